@@ -1,0 +1,94 @@
+"""Build and runtime information: show_config(), thread control, CUDA availability."""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from typing import Any
+
+from . import _core
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of CPU threads the kernels use (default: OMP_NUM_THREADS or all cores)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n: expected an int, got {type(n).__name__}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Number of CPU threads the kernels use."""
+    return int(_core.get_num_threads())
+
+
+def _cuda_module() -> tuple[Any, str]:
+    try:
+        from . import _cuda  # type: ignore[attr-defined]
+    except ImportError as e:
+        msg = str(e)
+        if "No module named" in msg:
+            return None, "built without CUDA (no CUDA toolkit at build time, or SAMBA_EXT_CUDA=0)"
+        return None, f"the CUDA extension failed to load: {msg}"
+    return _cuda, ""
+
+
+def cuda_available() -> bool:
+    """True when the CUDA extension is built and a usable GPU is present."""
+    mod, _ = _cuda_module()
+    if mod is None:
+        return False
+    try:
+        return int(mod.device_count()) > 0
+    except Exception:
+        return False
+
+
+def config_dict() -> dict:
+    """Everything show_config() prints, as a dict (also stored in results JSON)."""
+    from . import __version__
+
+    info = dict(_core.build_info())
+    d: dict[str, Any] = {
+        "version": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "compiler": info.get("compiler"),
+        "openmp": bool(info.get("openmp")),
+        "threads": get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "numpy_build": info.get("numpy_build"),
+    }
+    mod, why = _cuda_module()
+    if mod is None:
+        d["cuda"] = {"built": False, "reason": why}
+    else:
+        c = {"built": True}
+        try:
+            c.update(dict(mod.build_info()))
+        except Exception as e:  # pragma: no cover - depends on the machine
+            c["error"] = str(e)
+        try:
+            c["device_count"] = int(mod.device_count())
+        except Exception as e:
+            c["device_count"] = 0
+            c["device_error"] = str(e)
+        d["cuda"] = c
+    return d
+
+
+def show_config() -> None:
+    """Print the version, compiler, OpenMP and threads, and what CUDA support was built."""
+    d = config_dict()
+    print(f"samba_ext {d['version']}  (Python {d['python']}, {d['platform']})")
+    print(f"  C compiler : {d['compiler']}")
+    print(f"  OpenMP     : {'yes' if d['openmp'] else 'no'}, {d['threads']} threads"
+          f" (OMP_NUM_THREADS={d['OMP_NUM_THREADS']})")
+    print(f"  NumPy      : built against {d['numpy_build']}")
+    c = d["cuda"]
+    if not c["built"]:
+        print(f"  CUDA       : not built ({c['reason']})")
+    else:
+        print(f"  CUDA       : built with nvcc {c.get('nvcc')}, archs {c.get('archs')}, "
+              f"cuBLAS {c.get('cublas', 'linked')}")
+        print(f"  GPUs       : {c.get('device_count')}"
+              + (f" ({c['device_error']})" if c.get("device_error") else ""))

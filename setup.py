@@ -1,0 +1,217 @@
+"""Build script for samba-ext.
+
+Always builds ``samba_ext._core`` (C99, OpenMP when the compiler supports it).
+Builds ``samba_ext._cuda`` (nvcc + cuBLAS) when a CUDA toolkit is found, in this order:
+``CUDA_HOME`` / ``CUDA_PATH``, then ``nvcc`` on PATH, then ``/usr/local/cuda``.
+
+Environment:
+  SAMBA_EXT_CUDA=0   never build CUDA;  =1  require it (fail if it cannot be built);
+                     unset: build it when a toolkit is found, skip it (CPU-only) otherwise.
+  SAMBA_EXT_CUDA_ARCHS  e.g. "90" or "80;90" (default: 75;80;86;89;90 + PTX for 90).
+  SAMBA_EXT_SANITIZE=1  build _core with -fsanitize=address,undefined (for the CI job).
+  SAMBA_EXT_NO_OPENMP=1 build without OpenMP.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+CSRC = Path("csrc")
+
+CORE_SOURCES = sorted(str(p) for p in CSRC.glob("*.c")) + sorted(
+    str(p) for p in (CSRC / "py").glob("*.c")
+)
+
+
+def log(msg: str) -> None:
+    print(f"samba-ext build: {msg}", file=sys.stderr, flush=True)
+
+
+def compiler_works(args: list[str]) -> bool:
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "t.c"
+        src.write_text("#include <omp.h>\nint main(void){int n=0;\n#pragma omp parallel\n"
+                       "{n=omp_get_num_threads();}\nreturn n>0?0:1;}\n")
+        try:
+            r = subprocess.run(cc.split() + [str(src), "-o", str(Path(d) / "t")] + args,
+                               capture_output=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return r.returncode == 0
+
+
+def compiler_version() -> str:
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    try:
+        out = subprocess.run(cc.split() + ["--version"], capture_output=True, text=True,
+                             timeout=30).stdout
+        return out.splitlines()[0].strip() if out else cc
+    except (OSError, subprocess.SubprocessError):
+        return cc
+
+
+# ------------------------------------------------------------------------------- CUDA ---
+def find_cuda() -> tuple[Path | None, str]:
+    """Return (CUDA home, how it was found) or (None, why not)."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        v = os.environ.get(var)
+        if v:
+            if (Path(v) / "bin" / "nvcc").exists():
+                return Path(v), f"${var}={v}"
+            return None, f"${var}={v} has no bin/nvcc"
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        return Path(nvcc).resolve().parent.parent, f"nvcc on PATH ({nvcc})"
+    if Path("/usr/local/cuda/bin/nvcc").exists():
+        return Path("/usr/local/cuda"), "/usr/local/cuda"
+    return None, "no CUDA toolkit found (CUDA_HOME/CUDA_PATH unset, no nvcc on PATH, " \
+                 "no /usr/local/cuda)"
+
+
+def nvcc_version(home: Path) -> str | None:
+    try:
+        out = subprocess.run([str(home / "bin" / "nvcc"), "--version"], capture_output=True,
+                             text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"release (\d+)\.(\d+)", out)
+    return f"{m.group(1)}.{m.group(2)}" if m else None
+
+
+def cuda_archs() -> list[str]:
+    env = os.environ.get("SAMBA_EXT_CUDA_ARCHS")
+    if env:
+        return [a.strip().replace("sm_", "") for a in re.split(r"[;, ]+", env) if a.strip()]
+    return ["75", "80", "86", "89", "90"]
+
+
+def cuda_lib_dir(home: Path) -> Path:
+    for sub in ("lib64", "lib", "targets/x86_64-linux/lib"):
+        if (home / sub / "libcublas.so").exists() or (home / sub / "libcudart.so").exists():
+            return home / sub
+    return home / "lib64"
+
+
+def plan_cuda() -> dict | None:
+    mode = os.environ.get("SAMBA_EXT_CUDA", "").strip()
+    if mode == "0":
+        log("CUDA: off (SAMBA_EXT_CUDA=0) -> CPU-only build")
+        return None
+    home, how = find_cuda()
+    ver = nvcc_version(home) if home else None
+    problem = None
+    if home is None:
+        problem = how
+    elif ver is None:
+        problem = f"nvcc at {home} did not report a version"
+    elif int(ver.split(".")[0]) < 11:
+        problem = f"nvcc {ver} is older than 11.0"
+    if problem:
+        if mode == "1":
+            raise SystemExit(f"samba-ext build: SAMBA_EXT_CUDA=1 but CUDA cannot be built: "
+                             f"{problem}")
+        log(f"CUDA: skipped ({problem}) -> CPU-only build; set CUDA_HOME or "
+            f"SAMBA_EXT_CUDA=1 to require it")
+        return None
+    archs = cuda_archs()
+    log(f"CUDA: building _cuda with nvcc {ver} from {how}, archs sm_{',sm_'.join(archs)} "
+        f"+ PTX compute_{archs[-1]}, cuBLAS (SAMBA_EXT_CUDA=0 to skip)")
+    return {"home": home, "version": ver, "archs": archs, "required": mode == "1"}
+
+
+class BuildExt(build_ext):
+    """Compiles .cu sources with nvcc into objects linked into the _cuda extension."""
+
+    def build_extension(self, ext: Extension) -> None:
+        cuda = getattr(ext, "_samba_cuda", None)
+        if cuda is None:
+            return super().build_extension(ext)
+        try:
+            self._compile_cu(ext, cuda)
+            super().build_extension(ext)
+        except Exception as e:  # a broken toolkit never breaks the CPU install
+            if cuda["required"]:
+                raise
+            log(f"CUDA: build of _cuda failed ({e}); continuing CPU-only "
+                f"(set SAMBA_EXT_CUDA=1 to make this an error)")
+
+    def _compile_cu(self, ext: Extension, cuda: dict) -> None:
+        nvcc = str(cuda["home"] / "bin" / "nvcc")
+        objdir = Path(self.build_temp) / "cuda"
+        objdir.mkdir(parents=True, exist_ok=True)
+        gencode = []
+        for a in cuda["archs"]:
+            gencode += [f"-gencode=arch=compute_{a},code=sm_{a}"]
+        last = cuda["archs"][-1]
+        gencode += [f"-gencode=arch=compute_{last},code=compute_{last}"]
+        objs = []
+        for src in ext._samba_cu_sources:
+            obj = objdir / (Path(src).stem + ".o")
+            cmd = [nvcc, "-c", src, "-o", str(obj), "-O3", "-std=c++17",
+                   "--compiler-options", "-fPIC", "-I", str(CSRC), "-lineinfo",
+                   "--expt-relaxed-constexpr", *gencode]
+            log("nvcc " + src)
+            subprocess.run(cmd, check=True)
+            objs.append(str(obj))
+        ext.extra_objects = list(ext.extra_objects or []) + objs
+
+
+def make_extensions() -> list[Extension]:
+    cflags = ["-std=c99", "-O3", "-Wall", "-Wno-unused-function"]
+    ldflags: list[str] = []
+    if os.environ.get("SAMBA_EXT_SANITIZE") == "1":
+        cflags = ["-std=c99", "-O1", "-g", "-fno-omit-frame-pointer",
+                  "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
+        ldflags = ["-fsanitize=address,undefined"]
+        log("sanitizers: -fsanitize=address,undefined")
+    omp = os.environ.get("SAMBA_EXT_NO_OPENMP") != "1" and compiler_works(["-fopenmp"])
+    if omp:
+        cflags.append("-fopenmp")
+        ldflags.append("-fopenmp")
+    log(f"CPU: {compiler_version()}, OpenMP {'on' if omp else 'off'}")
+    macros = [
+        ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+        ("NPY_TARGET_VERSION", "NPY_1_23_API_VERSION"),
+        ("SAMBA_COMPILER", '"' + compiler_version().replace('"', "'") + '"'),
+        ("NUMPY_VERSION_STRING", '"' + np.__version__ + '"'),
+    ]
+    core = Extension("samba_ext._core", sources=CORE_SOURCES,
+                     include_dirs=[np.get_include(), str(CSRC)], define_macros=macros,
+                     extra_compile_args=cflags, extra_link_args=ldflags)
+    exts = [core]
+    cuda = plan_cuda()
+    if cuda is not None:
+        lib = cuda_lib_dir(cuda["home"])
+        cu_macros = macros + [
+            ("SAMBA_NVCC_VERSION", '"' + cuda["version"] + '"'),
+            ("SAMBA_CUDA_ARCHS", '"' + ";".join(cuda["archs"]) + '"'),
+        ]
+        ext = Extension(
+            "samba_ext._cuda",
+            sources=sorted(str(p) for p in (CSRC / "cuda").glob("*.c")),
+            include_dirs=[np.get_include(), str(CSRC), str(cuda["home"] / "include")],
+            define_macros=cu_macros,
+            library_dirs=[str(lib)],
+            runtime_library_dirs=[str(lib)],
+            libraries=["cublasLt", "cublas", "cudart", "stdc++"],
+            extra_compile_args=["-std=c99", "-O2", "-Wall"],
+        )
+        ext._samba_cuda = cuda
+        ext._samba_cu_sources = sorted(str(p) for p in (CSRC / "cuda").glob("*.cu"))
+        exts.append(ext)
+    return exts
+
+
+setup(ext_modules=make_extensions(), cmdclass={"build_ext": BuildExt})

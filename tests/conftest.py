@@ -1,0 +1,50 @@
+"""Shared pytest fixtures and the backend parametrisation.
+
+Tests that run on both backends take the ``backend`` fixture ("cpu" or "cuda"); the CUDA
+cases skip with a clear reason where no GPU or no CUDA build is present.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import samba_ext
+
+
+def _cuda_skip_reason() -> str | None:
+    try:
+        from samba_ext import _cuda  # noqa: F401
+    except ImportError as e:
+        return f"samba_ext built without CUDA ({e})"
+    if not samba_ext.cuda_available():
+        return "no CUDA device visible"
+    return None
+
+
+CUDA_SKIP = _cuda_skip_reason()
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def backend(request) -> str:
+    if request.param == "cuda" and CUDA_SKIP:
+        pytest.skip(CUDA_SKIP)
+    return request.param
+
+
+@pytest.fixture
+def rng(request) -> np.random.Generator:
+    """Fresh random inputs per test (seeded from the test id so failures reproduce)."""
+    import zlib
+
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+def assert_close(got, ref, rtol: float, name: str = "output") -> None:
+    """Relative-norm check ||got - ref|| / ||ref|| <= rtol; NaN/Inf never pass."""
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert got.shape == ref.shape, f"{name}: shape {got.shape} != {ref.shape}"
+    assert np.all(np.isfinite(got)), f"{name}: non-finite values in the result"
+    denom = max(np.linalg.norm(ref), 1e-30)
+    err = np.linalg.norm(got - ref) / denom
+    assert err <= rtol, f"{name}: relative error {err:.3e} > {rtol:.1e}"
