@@ -363,7 +363,8 @@ def infer_config(sd: dict[str, np.ndarray], source: str = "checkpoint",
             raise CheckpointError(f"{source}: MLP sizes differ between blocks")
         F = w1.shape[0]
     cfg: dict[str, Any] = dict(name=f"litgpt:{os.path.basename(source)}", vocab_size=V,
-                               n_layer=n_layer, d_model=D, intermediate_size=F)
+                               n_layer=n_layer, d_model=D, intermediate_size=F,
+                               tokenizer="byte" if V == 259 else "unknown")
     if mamba:
         if mamba["E"] % D:
             raise CheckpointError(f"{source}: d_inner {mamba['E']} is not a multiple of d_model {D}")
