@@ -58,6 +58,10 @@ class Backend:
         """Concatenate along ``axis`` (new C-contiguous array)."""
         raise NotImplementedError
 
+    def transpose(self, x: Array) -> Array:
+        """New C-contiguous array with the last two axes swapped (x may be a strided view)."""
+        raise NotImplementedError
+
     def take(self, x: Array, idx: np.ndarray, axis: int) -> Array:
         """Gather ``x`` along ``axis`` at host int64 indices ``idx`` (any shape; the result has
         idx's shape in place of that axis). Embedding lookup: ``take(wte, ids, 0)``."""
@@ -142,6 +146,9 @@ class CPUBackend(Backend):
 
     def concat(self, xs, axis):
         return np.concatenate(xs, axis=axis)
+
+    def transpose(self, x):
+        return np.ascontiguousarray(np.swapaxes(x, -1, -2))
 
     def take(self, x, idx, axis):
         return np.take(x, idx, axis=axis)
