@@ -260,39 +260,16 @@ def _check_model_path(spec: str) -> None:
         raise CliError(f"--model: {spec!r} is not readable (permission denied)")
 
 
-def _bundled_missing(name: str) -> bool:
-    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
-                        f"{name}.safetensors")
-    return not os.path.isfile(here)
-
-
 def load_model(spec: str | None, device: str, seed: int = 0, quiet: bool = False):
     """The model for --model (see the option's help), with clear errors."""
-    from .config import SambaConfig
-    from .eval._common import mark_random_weights
-    from .model import Samba
+    from .eval._common import get_model
 
-    if spec is None and _bundled_missing(DEFAULT_MODEL):
-        note = (f"the bundled {DEFAULT_MODEL} weights are not in this installation, so this run "
-                f"uses a RANDOM-WEIGHT model with the {DEFAULT_MODEL} config; its accuracy is "
-                f"meaningless (pass --model PATH to evaluate a trained checkpoint)")
-        model = Samba(SambaConfig.preset(DEFAULT_MODEL), seed=seed, device=device)
-        mark_random_weights(model, note)
-        if not quiet:
-            print(f"WARNING: {note}", file=sys.stderr)
-        return model
-    spec = DEFAULT_MODEL if spec is None else spec
-    if spec.startswith("random:"):
-        preset = spec.split(":", 1)[1]
-        if preset not in SambaConfig.presets():
-            raise CliError(f"--model {spec}: unknown preset {preset!r}; presets: "
-                           f"{', '.join(SambaConfig.presets())}")
-        model = Samba(SambaConfig.preset(preset), seed=seed, device=device)
-        mark_random_weights(model, f"--model {spec}: RANDOM weights (preset {preset}); accuracy "
-                                   "and perplexity are meaningless")
-        return model
-    _check_model_path(spec)
-    return Samba.load(spec, device=device)
+    if spec is not None and not spec.startswith("random:"):
+        _check_model_path(spec)
+    try:
+        return get_model(spec, device=device, seed=seed, warn=not quiet)
+    except KeyError as e:
+        raise CliError(e.args[0]) from None
 
 
 # ----------------------------------------------------------------------------- output ---

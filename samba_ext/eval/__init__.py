@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 from . import corpus
+from ._common import get_model
 from .passkey import (PasskeyPrompt, PasskeyResult, build_passkey_prompt, passkey,
                       score_passkey)
 from .perplexity import PerplexityResult, perplexity
@@ -31,4 +32,4 @@ from .throughput import ThroughputResult, throughput
 __all__ = ["passkey", "phonebook", "perplexity", "throughput",
            "PasskeyResult", "PhonebookResult", "PerplexityResult", "ThroughputResult",
            "EvalResult", "load_result", "build_passkey_prompt", "PasskeyPrompt",
-           "score_passkey", "phonebook_prompt", "score_phonebook", "corpus"]
+           "score_passkey", "phonebook_prompt", "score_phonebook", "corpus", "get_model"]

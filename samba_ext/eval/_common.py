@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["resolve_model", "model_info", "model_hash", "Progress", "greedy_decode",
+__all__ = ["get_model", "load_model", "resolve_model", "model_info", "model_hash", "Progress", "greedy_decode",
            "mark_random_weights"]
 
 #: Prompts at least this long get their own prefill progress bar.
@@ -20,12 +20,78 @@ PREFILL_BAR_MIN_TOKENS = 32768
 _RANDOM_ATTR = "_samba_ext_random_weights_note"
 
 
+def load_model(spec: str | os.PathLike, device: str = "cpu"):
+    """``Samba.load(spec, device=device)``, remembering the weights file it came from (so
+    results can carry the file's SHA-256)."""
+    from ..model import Samba
+
+    spec = os.fspath(spec)
+    model = Samba.load(spec, device=device)
+    path = spec if os.path.isfile(spec) else None
+    if path is None:
+        try:
+            from ..data import bundled_path
+
+            path = os.fspath(bundled_path(spec))
+        except Exception:
+            path = None
+    if path is not None:
+        try:
+            model._samba_ext_source = os.path.abspath(path)
+        except Exception:
+            pass
+    return model
+
+
+DEFAULT_MODEL = "samba-tiny"
+
+
+def _bundled_file(name: str) -> str:
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
+                        f"{name}.safetensors")
+
+
+def get_model(spec: str | os.PathLike | None = None, device: str = "cpu", seed: int = 0,
+              warn: bool = True):
+    """The model the CLI and the notebook use.
+
+    * ``None``: the bundled ``samba-tiny``; when its weights are not installed, a
+      RANDOM-weight model with the samba-tiny config, flagged so that every result says so
+      (and a warning on stderr when ``warn``).
+    * ``"random:PRESET"``: random weights with ``SambaConfig.preset(PRESET)`` (flagged).
+    * anything else: ``Samba.load(spec, device=device)`` (bundled name, .safetensors, .pth).
+
+    Raises KeyError (unknown preset), and whatever ``Samba.load`` raises for bad files.
+    """
+    from ..config import SambaConfig
+    from ..model import Samba
+
+    if spec is None and not os.path.isfile(_bundled_file(DEFAULT_MODEL)):
+        note = (f"the bundled {DEFAULT_MODEL} weights are not in this installation, so this run "
+                f"uses a RANDOM-WEIGHT model with the {DEFAULT_MODEL} config; its accuracy is "
+                f"meaningless (pass --model PATH to evaluate a trained checkpoint)")
+        model = Samba(SambaConfig.preset(DEFAULT_MODEL), seed=seed, device=device)
+        mark_random_weights(model, note)
+        if warn:
+            print(f"WARNING: {note}", file=sys.stderr)
+        return model
+    spec = DEFAULT_MODEL if spec is None else os.fspath(spec)
+    if spec.startswith("random:"):
+        preset = spec.split(":", 1)[1]
+        if preset not in SambaConfig.presets():
+            raise KeyError(f"--model {spec}: unknown preset {preset!r}; presets: "
+                           f"{', '.join(SambaConfig.presets())}")
+        model = Samba(SambaConfig.preset(preset), seed=seed, device=device)
+        mark_random_weights(model, f"model {spec}: RANDOM weights (preset {preset}); accuracy "
+                                   "and perplexity are meaningless")
+        return model
+    return load_model(spec, device)
+
+
 def resolve_model(model: Any, device: str = "cpu"):
     """A Samba instance, or a name/path given to ``Samba.load(model, device=device)``."""
     if isinstance(model, (str, os.PathLike)):
-        from ..model import Samba
-
-        return Samba.load(os.fspath(model), device=device)
+        return load_model(model, device)
     for attr in ("tokenizer", "new_state", "prefill", "step"):
         if not hasattr(model, attr):
             raise TypeError(f"model: expected a samba_ext.Samba (or a name/path to load), got "
@@ -52,7 +118,7 @@ def _config_dict(model: Any) -> dict:
 
 
 def _weights_file(model: Any) -> str | None:
-    for attr in ("path", "source_path", "weights_path", "source"):
+    for attr in ("_samba_ext_source", "path", "source_path", "weights_path", "source"):
         p = getattr(model, attr, None)
         if isinstance(p, (str, os.PathLike)) and os.path.isfile(p):
             return os.fspath(p)

@@ -168,6 +168,30 @@ def _as_tokens(model: Any, tokens: Any, file: Any, text: Any, n_tokens: int | No
     return (a if a.ndim == 2 else a[None]), info
 
 
+def _stream_row(model: Any, row: np.ndarray, out: np.ndarray, seg: int, chunk_size: int,
+                bar: Progress, base: int) -> None:
+    """Fill out[p] = NLL of row[p] for p >= 1, one ``seg``-token segment at a time, the state
+    carried across segments (exact: the first token of a segment is scored with the logits of
+    the previous segment's last position, ``state.logits``)."""
+    N = row.size
+    state = model.new_state(1)
+    if not hasattr(state, "logits"):
+        seg = N   # cannot score a segment's first token: one call for the whole row
+    for a in range(0, N, seg):
+        b = min(N, a + seg)
+        if a > 0:
+            out[a] = _log_softmax_nll(np.asarray(state.logits)[None], row[None, a:a + 1])[0, 0]
+
+        def cb(done: int, total: int, _off=base + a) -> None:
+            if bar.bar is not None:
+                bar.bar.n = _off + done
+                bar.bar.refresh()
+
+        vals = np.asarray(model.nll(row[None, a:b], state=state, chunk_size=chunk_size,
+                                    progress=cb), dtype=np.float64)[0]
+        out[a + 1:b] = vals
+
+
 def _stats(nll: np.ndarray) -> tuple[int, float, float]:
     n = int(nll.size)
     if n == 0:
@@ -181,7 +205,8 @@ def perplexity(model: Any, tokens: Any = None, *, file: str | os.PathLike | None
                mode: str = "streaming", context_lengths: Sequence[int] | None = None,
                buckets: Sequence[int] | None = None, stride: int | None = None,
                score: str = "new", batch_size: int = 1, chunk_size: int = 2048,
-               progress: bool = True, device: str = "cpu") -> PerplexityResult:
+               segment: int = 65536, progress: bool = True,
+               device: str = "cpu") -> PerplexityResult:
     """Perplexity of ``model`` on a token stream.
 
     Args:
@@ -195,6 +220,9 @@ def perplexity(model: Any, tokens: Any = None, *, file: str | os.PathLike | None
         buckets: streaming position-bucket edges (default 0, 256, 512, ... doubling, N).
         stride: sliding stride S (default W // 2). score: "new" (Press) or "window".
         batch_size: sliding windows per forward batch.
+        segment: streaming: tokens per ``model.nll`` call (the state is carried across calls
+            and the boundary token is scored from ``state.logits``, so the result does not
+            depend on it; Ctrl-C keeps the finished segments).
     Returns:
         :class:`PerplexityResult`; Ctrl-C returns the finished cells with ``partial=True``.
     """
@@ -221,38 +249,38 @@ def perplexity(model: Any, tokens: Any = None, *, file: str | os.PathLike | None
         if any(c > N for c in ctx):
             raise ValueError(f"context_lengths: {max(ctx)} is longer than the stream ({N} tokens)")
         params.update({"buckets": edges, "context_lengths": ctx})
+        seg = int(segment)
+        if seg < 2:
+            raise ValueError(f"segment: expected >= 2 tokens, got {segment}")
+        params["segment"] = seg
         bar = Progress(progress, B * N, desc="perplexity")
         nll = np.full((B, N), np.nan)   # nll[:, p] = NLL of token p (p >= 1)
         try:
             for b in range(B):
-                base = b * N
-
-                def cb(done: int, total: int, _base=base) -> None:
-                    if bar.bar is not None:
-                        bar.bar.n = _base + done
-                        bar.bar.refresh()
-
-                nll[b, 1:] = np.asarray(model.nll(toks[b:b + 1], chunk_size=chunk_size,
-                                                  progress=cb), dtype=np.float64)[0]
-                if bar.bar is not None:
-                    bar.bar.n = base + N
-                    bar.bar.refresh()
+                _stream_row(model, toks[b], nll[b], seg, chunk_size, bar, b * N)
         except KeyboardInterrupt:
             partial = True
-            bar.write("interrupted: reporting the rows that finished (result marked partial)")
+            bar.write("interrupted: reporting the finished segments (result marked partial)")
         finally:
             bar.close()
-        done = nll[~np.isnan(nll[:, 1:]).any(axis=1)]
-        if done.shape[0]:
+        # Rows finished completely, or (Ctrl-C) the prefix every row reached.
+        ok = ~np.isnan(nll[:, 1:])
+        reach = int(ok.all(axis=0).argmin()) + 1 if not ok.all() else N
+        params["tokens_done"] = reach
+        if reach >= 2:
+            done = nll[:, :reach]
             for lo, hi in zip(edges[:-1], edges[1:]):
+                if hi > reach:
+                    break
                 n, m, p = _stats(done[:, max(lo, 1):hi])
                 cells.append({"kind": "bucket", "start": lo, "end": hi, "tokens": n,
                               "mean_nll": m, "ppl": p})
             for L in ctx:
+                if L > reach:
+                    break
                 n, m, p = _stats(done[:, 1:L])
                 cells.append({"kind": "context", "context_length": L, "tokens": n,
                               "mean_nll": m, "ppl": p})
-        params["rows_done"] = int(done.shape[0])
     else:
         if B != 1:
             raise ValueError("sliding mode takes one 1-D stream (got several rows)")
