@@ -452,7 +452,7 @@ _COMMANDS = {"passkey": _cmd_passkey, "phonebook": _cmd_phonebook,
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    errs: list[type[BaseException]] = [CliError, ValueError, TypeError, OSError, ImportError]
+    errs: list[type[BaseException]] = [CliError, ValueError, OSError, ImportError]
     try:
         from .errors import CheckpointError, CudaUnavailableError
 

@@ -223,7 +223,7 @@ class Progress:
 
     def postfix(self, **kw: Any) -> None:
         if self.bar is not None:
-            self.bar.set_postfix(kw, refresh=False)
+            self.bar.set_postfix(kw, refresh=True)
 
     def write(self, msg: str) -> None:
         if self.bar is not None:

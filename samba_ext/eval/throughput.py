@@ -53,7 +53,9 @@ def resolve_config(spec: Any):
     else:
         raise ValueError(f"unknown baseline suffix {variant!r} in {spec!r}; expected one of "
                          f"{BASELINES}")
-    return SambaConfig.preset(name, name=spec, **over)
+    cfg = SambaConfig.preset(name, **over)
+    cfg.name = spec
+    return cfg
 
 
 class ThroughputResult(EvalResult):
