@@ -923,9 +923,9 @@ def swa_decode(q: Any, k_cache: Any, v_cache: Any, pos: Any, n_valid: Any,
         if not _is_gpu(val):
             h = np.asarray(val)
             if h.dtype.kind in "iu" and h.size:
-                if nm == "n_valid" and (h.min() < 0 or h.max() > cap):
-                    raise ValueError(f"n_valid: expected 0 <= n_valid <= capacity ({cap}), got "
-                                     f"{h.min()}..{h.max()}")
+                if nm == "n_valid" and (h.min() < 1 or h.max() > cap):
+                    raise ValueError(f"n_valid: expected 1 <= n_valid[b] <= capacity "
+                                     f"(k_cache.shape[1] = {cap}), got {h.min()}..{h.max()}")
                 if nm == "pos" and h.min() < 0:
                     raise ValueError(f"pos: expected positions >= 0, got {h.min()}")
     pa = _int_vector(c, pos, "pos", batch)

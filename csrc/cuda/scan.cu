@@ -23,9 +23,10 @@ scan_fwd_kernel(samba_cu_scan_args p) {
     const int64_t b = idx / p.dim, d = idx % p.dim;
     const int N = (int)p.dstate;
     const int64_t g = d / (p.dim / p.ngroups);
+    const int NB = UNROLL ? MAXN : N;  // loop bound: compile-time when unrolled
     float h[MAXN], a[MAXN];
 #pragma unroll(UNROLL ? MAXN : 1)
-    for (int n = 0; n < MAXN; ++n) {
+    for (int n = 0; n < NB; ++n) {
         if (n < N) {
             a[n] = ldf(p.A, d * N + n);
             h[n] = p.initial_state ? p.initial_state[idx * N + n] : 0.0f;
@@ -45,14 +46,12 @@ scan_fwd_kernel(samba_cu_scan_args p) {
         const int64_t bt = B0 + t * p.B_s[3], ct = C0 + t * p.C_s[3];
         float y = 0.0f;
 #pragma unroll(UNROLL ? MAXN : 1)
-        for (int n = 0; n < MAXN; ++n) {
-            if (UNROLL || n < N) {
-                if (n < N) {
-                    const float bn = ldt<TBC>(p.B.ptr, bt + n * p.B_s[2]);
-                    const float cn = ldt<TBC>(p.C.ptr, ct + n * p.C_s[2]);
-                    h[n] = expf(dt * a[n]) * h[n] + bn * du;
-                    y += h[n] * cn;
-                }
+        for (int n = 0; n < NB; ++n) {
+            if (n < N) {
+                const float bn = ldt<TBC>(p.B.ptr, bt + n * p.B_s[2]);
+                const float cn = ldt<TBC>(p.C.ptr, ct + n * p.C_s[2]);
+                h[n] = expf(dt * a[n]) * h[n] + bn * du;
+                y += h[n] * cn;
             }
         }
         y += Dd * u;
@@ -61,7 +60,7 @@ scan_fwd_kernel(samba_cu_scan_args p) {
     }
     if (p.final_state) {
 #pragma unroll(UNROLL ? MAXN : 1)
-        for (int n = 0; n < MAXN; ++n)
+        for (int n = 0; n < NB; ++n)
             if (n < N) p.final_state[idx * N + n] = h[n];
     }
 }
