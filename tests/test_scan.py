@@ -255,7 +255,7 @@ def test_state_update_equals_scan(rng, kernel, ngroups, bc_4d):
     assert_close(state, h, 1e-6, "state")
 
 
-@pytest.mark.parametrize("dstate", [16, 5])
+@pytest.mark.parametrize("dstate", [16, 5, 37])
 def test_state_update_matches_reference(rng, kernel, dstate):
     batch, dim = 3, 40
     inp = make_inputs(rng, batch, dim, dstate, 1, 2)
