@@ -14,10 +14,12 @@
  * the calling thread polls samba_ctx_stop(), inside a chunk the blocks are spread over
  * OpenMP threads. Per-call buffers only (no global scratch).
  *
- * Two block kernels: an AVX-512 one (16 lanes = 16 channels, 16x16 transposes to turn the
- * (channel, time) inputs into per-step channel vectors, a polynomial exp2 with relative
- * error < 1e-7, state kept in registers when dstate == 16), chosen at run time with
- * __builtin_cpu_supports, and a portable C one (libm expf / log1pf).
+ * Block kernels, chosen at run time with __builtin_cpu_supports: an AVX-512 one (16 lanes =
+ * 16 channels, 16x16 transposes between the (channel, time) rows and per-step channel
+ * vectors, a polynomial exp2 with relative error ~1e-7 (vreduceps + vscalefps), state in
+ * registers when dstate == 16), and portable C written for auto-vectorisation (same
+ * polynomials, no libm), compiled twice: for the baseline ISA (SSE2 / NEON) and for
+ * AVX2 + FMA. The decode step has its own AVX-512 kernel; elsewhere it is a 1-step scan.
  */
 #include "samba.h"
 
@@ -52,56 +54,202 @@ typedef void (*scan_block_fn)(const samba_scan_args *a, int64_t b, int64_t c0, i
                               const float *bc);
 
 /* ------------------------------------------------------------------ portable kernel --- */
+/*
+ * Plain C written so that compilers vectorise the lane loops (SSE2 / AVX2 / NEON): the math
+ * below uses only +, *, comparisons and integer bit operations (no libm calls), with the
+ * same polynomials as the AVX-512 kernel (relative error ~1e-7).
+ */
+#define SCAN_MAGIC 12582912.0f /* 1.5 * 2^23: (x + M) - M rounds x to an integer */
 
-static float
-scan_softplus(float x)
+/* 2^k for integer-valued k; 0 below -126 and inf above 127 (also maps NaN to 0: callers
+ * multiply by a NaN polynomial value then). */
+static inline float
+scan_pow2i(float k)
 {
-    return x <= 20.0f ? log1pf(expf(x)) : x;
+    int32_t bits;
+    float r;
+    k = k > -127.0f ? k : -127.0f;
+    k = k < 128.0f ? k : 128.0f;
+    bits = ((int32_t)k + 127) * (1 << 23);
+    memcpy(&r, &bits, sizeof r);
+    return r;
 }
 
-static float
-scan_silu(float x)
+/* c ? a : b as bit operations: keeps a and b unconditional, so that compilers that assume
+ * floating-point ops may trap (-ftrapping-math) still if-convert and vectorise the loop. */
+static inline float
+scan_sel(int c, float a, float b)
 {
-    return x / (1.0f + expf(-x));
+    const int32_t m = -(int32_t)(c != 0);
+    int32_t ia, ib;
+    memcpy(&ia, &a, sizeof ia);
+    memcpy(&ib, &b, sizeof ib);
+    ia = (ia & m) | (ib & ~m);
+    memcpy(&a, &ia, sizeof a);
+    return a;
+}
+
+/* 2^f for |f| <= 1/2: degree 6, near-minimax for relative error (1.9e-9; ~1e-7 in float). */
+static inline float
+scan_exp2_poly_c(float f)
+{
+    float p = 1.534581242594868e-04f;
+    p = p * f + 1.3399930903688073e-03f;
+    p = p * f + 9.618489071726799e-03f;
+    p = p * f + 5.550328642129898e-02f;
+    p = p * f + 2.4022646248340607e-01f;
+    p = p * f + 6.931471824645996e-01f;
+    return p * f + 1.0f;
+}
+
+/* 2^t */
+static inline float
+scan_exp2_c(float t)
+{
+    const float k = (t + SCAN_MAGIC) - SCAN_MAGIC;
+    return scan_exp2_poly_c(t - k) * scan_pow2i(k);
+}
+
+/* e^x, Cody-Waite reduction x = k ln2 + r (ln2 split in two floats) */
+static inline float
+scan_exp_c(float x)
+{
+    const float k = (x * SCAN_LOG2E + SCAN_MAGIC) - SCAN_MAGIC;
+    const float r = (x - k * 0.693145751953125f) - k * 1.428606765330187e-06f;
+    return scan_exp2_poly_c(r * SCAN_LOG2E) * scan_pow2i(k);
+}
+
+/* softplus, threshold 20: max(x, 0) + log1p(w), w = exp(-|x|); log1p(w) = 2 atanh(s),
+ * s = w / (2 + w), as in v_softplus. */
+static inline float
+scan_softplus_c(float x)
+{
+    const float w = scan_exp_c(-fabsf(x));
+    const float s = w / (2.0f + w);
+    const float q = s * s;
+    float p = 0.2817833423614502f;
+    p = p * q + 0.27960604429244995f;
+    p = p * q + 0.40024909377098083f;
+    p = p * q + 0.6666631698608398f;
+    p = p * q + 2.0f;
+    p = scan_sel(x > 0.0f, x, 0.0f) + s * p;
+    return scan_sel(x > 20.0f, x, p);
+}
+
+/* silu(x) = x sigmoid(x), sigmoid from e = exp(-|x|) without overflow */
+static inline float
+scan_silu_c(float x)
+{
+    const float e = scan_exp_c(-fabsf(x));
+    const float s = 1.0f / (1.0f + e);
+    return x * scan_sel(x >= 0.0f, s, e * s);
+}
+
+static inline
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+void
+scan_lanes_body(const samba_scan_args *a, int64_t b, int64_t c0, int nch, int64_t t0,
+                int64_t t1, float *restrict h, const float *restrict a2,
+                const float *restrict bc)
+{
+    const int64_t L = a->seqlen, N = a->dstate;
+    const int64_t row0 = (b * a->dim + c0) * L;
+    float dtT[16][SCAN_LANES], duT[16][SCAN_LANES], yT[16][SCAN_LANES], row[16];
+    int64_t t;
+
+    for (t = t0; t < t1; t += 16) {
+        const int nk = (int)(t1 - t < 16 ? t1 - t : 16);
+        int ch, k, l;
+        int64_t n;
+
+        /* dt, dt*u along the rows, stored per step (dtT[k][lane]) */
+        for (ch = 0; ch < SCAN_LANES; ch++) {
+            const int64_t o = row0 + ch * L + t;
+            const float bias = ch < nch && a->delta_bias != NULL ? a->delta_bias[c0 + ch] : 0.0f;
+            if (ch >= nch) {
+                for (k = 0; k < nk; k++) {
+                    dtT[k][ch] = 0.0f;
+                    duT[k][ch] = 0.0f;
+                }
+                continue;
+            }
+            for (k = 0; k < nk; k++) {
+                row[k] = a->delta[o + k] + bias;
+            }
+            if (a->delta_softplus) {
+                for (k = 0; k < nk; k++) {
+                    row[k] = scan_softplus_c(row[k]);
+                }
+            }
+            for (k = 0; k < nk; k++) {
+                dtT[k][ch] = row[k];
+                duT[k][ch] = row[k] * a->u[o + k];
+            }
+        }
+        /* the recurrence, vectorised over the 16 lanes */
+        for (k = 0; k < nk; k++) {
+            const float *Bk = bc + (t - t0 + k) * 2 * N;
+            const float *Ck = Bk + N;
+            float acc[SCAN_LANES];
+            for (l = 0; l < SCAN_LANES; l++) {
+                acc[l] = 0.0f;
+            }
+            for (n = 0; n < N; n++) {
+                const float bn = Bk[n], cn = Ck[n];
+                float *restrict hn = h + n * SCAN_LANES;
+                const float *restrict an = a2 + n * SCAN_LANES;
+                for (l = 0; l < SCAN_LANES; l++) {
+                    const float v = scan_exp2_c(dtT[k][l] * an[l]) * hn[l] + duT[k][l] * bn;
+                    hn[l] = v;
+                    acc[l] += v * cn;
+                }
+            }
+            for (l = 0; l < SCAN_LANES; l++) {
+                yT[k][l] = acc[l];
+            }
+        }
+        /* y = sum_n h C + D u, gated by silu(z), along the rows */
+        for (ch = 0; ch < nch; ch++) {
+            const int64_t o = row0 + ch * L + t;
+            const float dsk = a->D != NULL ? a->D[c0 + ch] : 0.0f;
+            for (k = 0; k < nk; k++) {
+                row[k] = yT[k][ch] + dsk * a->u[o + k];
+            }
+            if (a->z != NULL) {
+                for (k = 0; k < nk; k++) {
+                    row[k] *= scan_silu_c(a->z[o + k]);
+                }
+            }
+            for (k = 0; k < nk; k++) {
+                a->y[o + k] = row[k];
+            }
+        }
+    }
 }
 
 static void
 scan_block_portable(const samba_scan_args *a, int64_t b, int64_t c0, int nch, int64_t t0,
                     int64_t t1, float *h, const float *a2, const float *bc)
 {
-    const int64_t L = a->seqlen, N = a->dstate, D = a->dim;
-    int ch;
-
-    for (ch = 0; ch < nch; ch++) {
-        const int64_t c = c0 + ch;
-        const int64_t row = (b * D + c) * L;
-        const float bias = a->delta_bias != NULL ? a->delta_bias[c] : 0.0f;
-        const float dskip = a->D != NULL ? a->D[c] : 0.0f;
-        int64_t t, n;
-
-        for (t = t0; t < t1; t++) {
-            float dt = a->delta[row + t] + bias;
-            float uu = a->u[row + t];
-            float du, acc = 0.0f;
-
-            if (a->delta_softplus) {
-                dt = scan_softplus(dt);
-            }
-            du = dt * uu;
-            const float *Bt = bc + (t - t0) * 2 * N, *Ct = Bt + N;
-            for (n = 0; n < N; n++) {
-                float *hn = h + n * SCAN_LANES + ch;
-                *hn = expf(dt * a2[n * SCAN_LANES + ch]) * *hn + du * Bt[n];
-                acc += *hn * Ct[n];
-            }
-            acc += dskip * uu;
-            if (a->z != NULL) {
-                acc *= scan_silu(a->z[row + t]);
-            }
-            a->y[row + t] = acc;
-        }
-    }
+    scan_lanes_body(a, b, c0, nch, t0, t1, h, a2, bc);
 }
+
+#if SCAN_HAVE_AVX512
+/* the same C compiled for AVX2 + FMA (x86 without AVX-512) */
+#if defined(__clang__)
+#define SCAN_AVX2_ATTR __attribute__((target("avx2,fma")))
+#else /* let GCC fuse a*b+c into FMAs here (C99 mode turns contraction off): ~15% */
+#define SCAN_AVX2_ATTR __attribute__((target("avx2,fma"), optimize("fp-contract=fast")))
+#endif
+static SCAN_AVX2_ATTR void
+scan_block_avx2(const samba_scan_args *a, int64_t b, int64_t c0, int nch, int64_t t0,
+                int64_t t1, float *h, const float *a2, const float *bc)
+{
+    scan_lanes_body(a, b, c0, nch, t0, t1, h, a2, bc);
+}
+#endif
 
 /* ------------------------------------------------------------------- AVX-512 kernel --- */
 #if SCAN_HAVE_AVX512
@@ -344,6 +492,13 @@ scan_block_avx512_gen(const samba_scan_args *a, int64_t b, int64_t c0, int nch, 
 }
 
 static int
+scan_cpu_has_avx2(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+static int
 scan_cpu_has_avx512(void)
 {
     __builtin_cpu_init();
@@ -415,30 +570,41 @@ scan_step_avx512(const samba_scan_step_args *s, int64_t b, int64_t d0, int nd)
 
 /* ---------------------------------------------------------------------------- driver --- */
 
-/* Kernel choice: SAMBA_SCAN_KERNEL=portable in the environment forces the portable one
- * (used by the tests to check both). */
+/* Kernel choice: the best the CPU supports (AVX-512, else AVX2 + FMA, else portable C).
+ * SAMBA_SCAN_KERNEL=avx2 / =portable in the environment caps it (the tests check every
+ * kernel this way). */
 static int
-scan_use_avx512(void)
+scan_kernel_cap(void)
 {
-#if SCAN_HAVE_AVX512
     const char *env = getenv("SAMBA_SCAN_KERNEL");
     if (env != NULL && strcmp(env, "portable") == 0) {
         return 0;
     }
-    return scan_cpu_has_avx512();
+    if (env != NULL && strcmp(env, "avx2") == 0) {
+        return 1;
+    }
+    return 2;
+}
+
+static int
+scan_use_avx512(void)
+{
+#if SCAN_HAVE_AVX512
+    return scan_kernel_cap() >= 2 && scan_cpu_has_avx512();
 #else
     return 0;
 #endif
 }
 
 static scan_block_fn
-scan_pick(int64_t N, int *log2e_scaled)
+scan_pick(int64_t N)
 {
-    *log2e_scaled = 0;
 #if SCAN_HAVE_AVX512
     if (scan_use_avx512()) {
-        *log2e_scaled = 1;
         return N == 16 ? scan_block_avx512_n16 : scan_block_avx512_gen;
+    }
+    if (scan_kernel_cap() >= 1 && scan_cpu_has_avx2()) {
+        return scan_block_avx2;
     }
 #endif
     (void)N;
@@ -466,7 +632,6 @@ samba_scan_fwd(const samba_scan_args *a, const samba_ctx *ctx)
     int64_t N;
     float *hbuf, *a2buf, *bcbuf;
     scan_block_fn fn;
-    int scaled;
     samba_status st = SAMBA_OK;
 
     if (a == NULL || a->batch < 0 || a->dim < 0 || a->dstate < 0 || a->seqlen < 0 ||
@@ -487,7 +652,7 @@ samba_scan_fwd(const samba_scan_args *a, const samba_ctx *ctx)
         for (i = 0; i < total; i++) {
             const int64_t d = (i / a->seqlen) % a->dim;
             float v = a->D != NULL ? a->D[d] * a->u[i] : 0.0f;
-            a->y[i] = a->z != NULL ? v * scan_silu(a->z[i]) : v;
+            a->y[i] = a->z != NULL ? v * scan_silu_c(a->z[i]) : v;
         }
         return SAMBA_OK;
     }
@@ -504,7 +669,7 @@ samba_scan_fwd(const samba_scan_args *a, const samba_ctx *ctx)
         return SAMBA_OK;
     }
 
-    fn = scan_pick(N, &scaled);
+    fn = scan_pick(N);
     dpg = a->dim / a->ngroups;
     nbg = (dpg + SCAN_LANES - 1) / SCAN_LANES;
     nblk = a->ngroups * nbg;
@@ -532,13 +697,10 @@ samba_scan_fwd(const samba_scan_args *a, const samba_ctx *ctx)
         const int64_t blk = (c / dpg) * nbg + (c % dpg) / SCAN_LANES;
         const int64_t lane = (c % dpg) % SCAN_LANES;
         for (n = 0; n < N; n++) {
-            float v = a->A[c * N + n];
-            if (scaled) {
-                v *= SCAN_LOG2E;
-                /* keep dt*A finite for finite dt (exp2(-inf) would give NaN) */
-                if (v < -3.0e38f) {
-                    v = -3.0e38f;
-                }
+            /* A*log2(e), kept finite for finite dt (exp2(-inf) would give NaN) */
+            float v = a->A[c * N + n] * SCAN_LOG2E;
+            if (v < -3.0e38f) {
+                v = -3.0e38f;
             }
             a2buf[(blk * N + n) * SCAN_LANES + lane] = v;
         }

@@ -23,7 +23,7 @@ import samba_ext
 from conftest import assert_close
 from ref_scan import selective_scan_ref, selective_state_update_ref
 
-KERNELS = ["auto", "portable"]
+KERNELS = ["auto", "avx2", "portable"]
 
 
 def rtol(L: int) -> float:
@@ -32,9 +32,10 @@ def rtol(L: int) -> float:
 
 @pytest.fixture(params=KERNELS)
 def kernel(request, monkeypatch) -> str:
-    """Runs the test with the dispatched (AVX-512 where available) and the portable kernel."""
-    if request.param == "portable":
-        monkeypatch.setenv("SAMBA_SCAN_KERNEL", "portable")
+    """Runs the test with each CPU kernel: the dispatched one (AVX-512 where available), the
+    portable C compiled for AVX2 + FMA (where available, else plain), the plain portable C."""
+    if request.param != "auto":
+        monkeypatch.setenv("SAMBA_SCAN_KERNEL", request.param)
     else:
         monkeypatch.delenv("SAMBA_SCAN_KERNEL", raising=False)
     return request.param
