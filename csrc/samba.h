@@ -147,7 +147,7 @@ samba_status samba_rmsnorm_fwd(int64_t rows, int64_t n, const float *x, const fl
  * int64. NeoX half split: out1 = x1 cos - x2 sin, out2 = x1 sin + x2 cos,
  * theta_i = base^(-2i/hd). */
 samba_status samba_rotary_fwd(int64_t batch, int64_t seqlen, int64_t nheads, int64_t headdim,
-                              const float *x, const int64_t *positions, float base, float *y,
+                              const float *x, const int64_t *positions, double base, float *y,
                               const samba_ctx *ctx);
 
 /* gate, up, y (n) : y = silu(gate) * up (y may alias gate or up). */
