@@ -625,9 +625,10 @@ class Samba:
                 mix = be.matmul(y, b.out_proj, trans_b=True)
             else:
                 qkv = be.matmul(n, b.wqkv, trans_b=True)                    # (B, (H+2G) hd)
-                q = be.apply_rotary(qkv[:, : H * hd].reshape(B, 1, H, hd), pos2, cfg.rope_base)
-                k = be.apply_rotary(qkv[:, H * hd:(H + G) * hd].reshape(B, 1, G, hd), pos2,
-                                    cfg.rope_base)
+                # RoPE on the H query and G key heads in one call (same position per row)
+                qk = be.apply_rotary(qkv[:, : (H + G) * hd].reshape(B, 1, H + G, hd), pos2,
+                                     cfg.rope_base)
+                q, k = qk[:, 0, :H], qk[:, 0, H:]
                 v = qkv[:, (H + G) * hd:].reshape(B, G, hd)
                 if b.kind == "swa":
                     cap = cfg.window
@@ -637,9 +638,9 @@ class Samba:
                     cap = st["k"].shape[1]
                     n_valid = pos + 1
                 slots = pos % cap
-                be.write_rows(st["k"], slots, k.reshape(B, G, hd))
+                be.write_rows(st["k"], slots, k)
                 be.write_rows(st["v"], slots, v)
-                o = be.swa_decode(q.reshape(B, H, hd), st["k"], st["v"], pos, n_valid)
+                o = be.swa_decode(q, st["k"], st["v"], pos, n_valid)
                 mix = be.matmul(o.reshape(B, H * hd), b.wo, trans_b=True)
             n, resid = be.rms_norm(mix, b.norm_2, cfg.norm_eps, resid)
             delta = self._mlp(b, n)
