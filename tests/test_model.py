@@ -438,3 +438,29 @@ def test_model_uses_only_the_backend_interface(rng):
                                                                        stop=[])
     assert m.state_dict().keys() == ref.state_dict().keys()
     assert be.calls["matmul"] > 0 and be.calls["selective_state_update"] > 0
+
+
+def test_interrupted_prefill_invalidates_the_state(model, rng):
+    """A prefill stopped midway (e.g. Ctrl-C inside a chunk) must not leave a silently wrong
+    state: later calls on it raise; a copy taken before stays usable."""
+    tok = rng.integers(0, 259, (1, 40))
+    st = model.new_state(1)
+    model.prefill(tok[:, :20], st)
+    saved = st.copy()
+    calls = {"n": 0}
+    orig = model.backend.selective_scan
+
+    def boom(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:      # the second Mamba block of the chunk
+            raise KeyboardInterrupt
+        return orig(*a, **k)
+    model.backend.selective_scan = boom
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            model.prefill(tok[:, 20:], st)
+    finally:
+        del model.backend.selective_scan
+    with pytest.raises(ValueError, match="interrupted"):
+        model.step(tok[:, 0], st)
+    assert_close(model.prefill(tok[:, 20:], saved), model.forward(tok)[:, -1], RTOL_SAME, "copy")
