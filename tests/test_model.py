@@ -464,3 +464,19 @@ def test_interrupted_prefill_invalidates_the_state(model, rng):
     with pytest.raises(ValueError, match="interrupted"):
         model.step(tok[:, 0], st)
     assert_close(model.prefill(tok[:, 20:], saved), model.forward(tok)[:, -1], RTOL_SAME, "copy")
+
+
+def test_blas_threads_restored_after_decode(model):
+    """Decode-sized GEMMs run on one OpenBLAS thread; the previous count comes back for the
+    next large GEMM (skipped where NumPy's BLAS is not an OpenBLAS we can control)."""
+    be = model.backend
+    if getattr(be, "_blas", None) is None:
+        pytest.skip("no controllable OpenBLAS in this NumPy")
+    fs, fg = be._blas
+    before = int(fg())
+    st = model.new_state(1)
+    model.step([1], st)
+    assert int(fg()) == 1
+    a = np.ones((512, 512), np.float32)
+    np.testing.assert_array_equal(be.matmul(a, a), np.full((512, 512), 512, np.float32))
+    assert int(fg()) == before
