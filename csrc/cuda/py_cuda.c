@@ -794,22 +794,26 @@ py_pool_stats(PyObject *self, PyObject *args)
                          (unsigned long long)used);
 }
 
+/* copy(shape, src, src_strides, dst, dst_strides, axis, src_idx, dst_idx, batched, stream) */
 static PyObject *
-py_copy_strided(PyObject *self, PyObject *args)
+py_copy(PyObject *self, PyObject *args)
 {
-    samba_pycu_i64s shape, strides;
-    samba_cu_ref src, dst;
+    samba_pycu_i64s shape, ss, ds;
+    samba_cu_ref src, dst, sidx, didx;
+    int axis, batched;
     void *stream;
-    if (!PyArg_ParseTuple(args, "O&O&O&O&O&", samba_pycu_i64s_conv, &shape, samba_pycu_ref, &src,
-                          samba_pycu_i64s_conv, &strides, samba_pycu_ref, &dst, samba_pycu_ptr,
-                          &stream)) {
+    if (!PyArg_ParseTuple(args, "O&O&O&O&O&iO&O&iO&", samba_pycu_i64s_conv, &shape,
+                          samba_pycu_ref, &src, samba_pycu_i64s_conv, &ss, samba_pycu_ref, &dst,
+                          samba_pycu_i64s_conv, &ds, &axis, samba_pycu_ref, &sidx,
+                          samba_pycu_ref, &didx, &batched, samba_pycu_ptr, &stream)) {
         return NULL;
     }
-    if (strides.n != shape.n) {
+    if (ss.n != shape.n || ds.n != shape.n) {
         PyErr_SetString(PyExc_ValueError, "internal: strides / shape length mismatch");
         return NULL;
     }
-    return status_none(samba_cu_copy_strided(shape.n, shape.v, src, strides.v, dst, stream));
+    return status_none(samba_cu_copy(shape.n, shape.v, src, ss.v, dst, ds.v, axis, sidx, didx,
+                                     batched, stream));
 }
 
 static PyObject *
@@ -845,8 +849,9 @@ static PyMethodDef cuda_methods[] = {
     {"graph_free", py_graph_free, METH_O, "graph_free(graph)"},
     {"trim", py_trim, METH_VARARGS, "trim(device): release cached pool memory"},
     {"pool_stats", py_pool_stats, METH_VARARGS, "pool_stats(device) -> dict"},
-    {"copy_strided", py_copy_strided, METH_VARARGS,
-     "copy_strided(shape, (src, dtype), src_strides, (dst, dtype), stream)"},
+    {"copy", py_copy, METH_VARARGS,
+     "copy(shape, src, src_strides, dst, dst_strides, axis, src_idx, dst_idx, batched, "
+     "stream): strided copy / gather / scatter with dtype conversion"},
     {"last_error", py_last_error, METH_NOARGS, "last error message of this thread"},
     {NULL, NULL, 0, NULL}};
 
