@@ -12,7 +12,7 @@
 #include <math.h>
 
 #define SAMBA_NORM_CHUNK ((int64_t)1 << 22)
-#define SAMBA_NORM_PAR_MIN ((int64_t)1 << 15)
+#define SAMBA_NORM_PAR_MIN ((int64_t)1 << 18)
 #define SAMBA_NORM_LANES 16
 
 typedef struct norm_job {
@@ -101,7 +101,7 @@ static void
 norm_chunk(norm_row_fn fn, const norm_job *j, int64_t r0, int64_t r1, int nt)
 {
     int64_t r;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#pragma omp parallel for num_threads(nt) schedule(guided) if (nt > 1)
     for (r = r0; r < r1; r++) {
         fn(j, r);
     }
