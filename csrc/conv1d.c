@@ -13,7 +13,7 @@
 
 #include <stdlib.h>
 
-#define SAMBA_CONV_CHUNK ((int64_t)1 << 22) /* elements per stop poll */
+#define SAMBA_CONV_CHUNK ((int64_t)1 << 23) /* elements per stop poll */
 #define SAMBA_CONV_TCHUNK ((int64_t)1 << 16) /* longest time segment of one row in a chunk */
 #define SAMBA_CONV_PAR_MIN ((int64_t)1 << 18) /* fewer elements: stay on one thread */
 

@@ -20,7 +20,7 @@
 #include <stdlib.h>
 
 #define SAMBA_ROPE_BLOCK 64                 /* tokens per work item (exact re-seed) */
-#define SAMBA_ROPE_CHUNK ((int64_t)1 << 22) /* elements per stop poll */
+#define SAMBA_ROPE_CHUNK ((int64_t)1 << 23) /* elements per stop poll */
 #define SAMBA_ROPE_PAR_MIN ((int64_t)1 << 18)
 
 typedef struct rope_job {

@@ -8,7 +8,7 @@
 #include "samba.h"
 #include "vexp.h"
 
-#define SAMBA_SWIGLU_CHUNK ((int64_t)1 << 22)
+#define SAMBA_SWIGLU_CHUNK ((int64_t)1 << 23)
 #define SAMBA_SWIGLU_BLOCK ((int64_t)1 << 13)
 #define SAMBA_SWIGLU_PAR_MIN ((int64_t)1 << 18)
 
