@@ -183,6 +183,9 @@ def model_info(model: Any) -> dict:
     except Exception:
         nparams = None
     note = getattr(model, _RANDOM_ATTR, None)
+    meta = getattr(model, "metadata", None)
+    meta = {str(k): str(v) for k, v in meta.items() if k != "config"} \
+        if isinstance(meta, dict) else {}
     return {
         "name": getattr(model, "name", None) or cfg.get("name"),
         "source": _weights_file(model),
@@ -192,6 +195,7 @@ def model_info(model: Any) -> dict:
         "random_weights": note is not None,
         "note": note,
         "config": cfg,
+        "metadata": meta,     # free-form file metadata (e.g. train_command)
     }
 
 
