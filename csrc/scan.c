@@ -496,14 +496,12 @@ scan_block_avx512_gen(const samba_scan_args *a, int64_t b, int64_t c0, int nch, 
 static int
 scan_cpu_has_avx2(void)
 {
-    __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
 static int
 scan_cpu_has_avx512(void)
 {
-    __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
            __builtin_cpu_supports("fma");
 }
