@@ -7,7 +7,8 @@
 #                                              initcheck (comma separated; default: all)
 # Environment: OUT (log folder, default ./out), SAMBA_EXT_CUDA_ARCHS (default 90),
 #   CUDA_TESTS (test files, default: tests/test_cuda_*.py tests/test_model_cuda*.py),
-#   SAN_TIMEOUT (seconds per sanitizer run, default 150).
+#   SAN_TIMEOUT (seconds per sanitizer run, default 150), GIT_COMMIT (recorded in env.txt;
+#   the device copy of the tree has no git history).
 # Logs: $OUT/build.log, $OUT/tests.log, $OUT/memcheck.log, $OUT/racecheck.log,
 #   $OUT/initcheck.log, $OUT/summary.md
 set -u
@@ -31,7 +32,7 @@ counts() {  # pytest's last summary line
 
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+    echo "commit: ${GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
     nvcc --version | tail -1
     $PY -c "import sys, numpy; print('python', sys.version.split()[0], 'numpy', numpy.__version__)"

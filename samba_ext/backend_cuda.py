@@ -292,6 +292,20 @@ class CUDABackend(Backend):
             return out
         return self._guard(run)
 
+    def transpose(self, x: Any) -> Any:
+        """New C-contiguous array with the last two axes swapped (x may be a strided view)."""
+        def run() -> Any:
+            d = self._dev(x)
+            if d.ndim < 2:
+                raise ValueError(f"transpose: need >= 2 dimensions, got {d.shape}")
+            sh, st = list(d.shape), list(d.strides)
+            sh[-1], sh[-2], st[-1], st[-2] = sh[-2], sh[-1], st[-2], st[-1]
+            out = _gpu.DeviceArray.empty(sh, d.dtype, self.index, self.stream)
+            if out.size:
+                self._copy(out, d, sh, st, out.strides)
+            return out
+        return self._guard(run)
+
     def take(self, x: Any, idx: np.ndarray, axis: int) -> Any:
         x = self._dev(x)
         idx = np.asarray(idx)

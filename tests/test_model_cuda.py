@@ -124,3 +124,19 @@ def test_state_bytes_and_dtypes_on_gpu():
     w = gpu._blocks[0].in_proj
     assert w.dtype == "bfloat16"  # weights uploaded once in bf16
     assert gpu._blocks[0].A.dtype == "float32"  # Mamba's A stays float32
+
+
+@pytest.mark.parametrize("name", ["samba-tiny", "llama-tiny"])
+def test_bundled_model_on_cuda_matches_cpu(rng, name):
+    try:
+        cpu = Samba.load(name)
+    except Exception as e:  # pragma: no cover - depends on the bundled files
+        pytest.skip(f"{name} not bundled here ({e})")
+    gpu = Samba.load(name, device="cuda")
+    toks = rng.integers(0, 256, (1, 24))
+    assert_close(gpu.forward(toks), cpu.forward(toks), 4e-2)  # bf16 weights (see above)
+    st_c, st_g = cpu.new_state(1), gpu.new_state(1)
+    cpu.prefill(toks, st_c)
+    gpu.prefill(toks, st_g)
+    for t in (65, 66, 67):
+        assert_close(gpu.step([t], st_g), cpu.step([t], st_c), 4e-2)
