@@ -10,16 +10,18 @@
  * consecutive channels; all channels of a block share B and C, so one block advances 16
  * channels x dstate states per step with one broadcast of B[n,t] / C[n,t] per state. The
  * carried state lives in a per-call buffer in block layout (batch, block, dstate, 16) so a
- * block's state is one aligned (dstate, 16) tile. Time is cut into chunks; between chunks
- * the calling thread polls samba_ctx_stop(), inside a chunk the blocks are spread over
- * OpenMP threads. Per-call buffers only (no global scratch).
+ * block's state is one aligned (dstate, 16) tile; B and C are copied once per call to
+ * (batch, group, L, {B, C}, dstate) order so a step's values are contiguous. Time is cut
+ * into chunks; between chunks the calling thread polls samba_ctx_stop(), inside a chunk
+ * the blocks are spread over OpenMP threads. Per-call buffers only (no global scratch).
  *
  * Block kernels, chosen at run time with __builtin_cpu_supports: an AVX-512 one (16 lanes =
  * 16 channels, 16x16 transposes between the (channel, time) rows and per-step channel
  * vectors, a polynomial exp2 with relative error ~1e-7 (vreduceps + vscalefps), state in
  * registers when dstate == 16), and portable C written for auto-vectorisation (same
- * polynomials, no libm), compiled twice: for the baseline ISA (SSE2 / NEON) and for
- * AVX2 + FMA. The decode step has its own AVX-512 kernel; elsewhere it is a 1-step scan.
+ * polynomials, no libm), compiled twice: for the baseline ISA (SSE2; NEON on arm64, not
+ * tested here) and for AVX2 + FMA. The decode step has its own AVX-512 kernel; elsewhere
+ * it is a 1-step scan.
  */
 #include "samba.h"
 
@@ -46,7 +48,8 @@
 #define SCAN_LOG2E 1.44269504088896340736f
 
 /* One block of a chunk: channels c0 .. c0+nch-1 (nch <= 16) of batch b, steps [t0, t1).
- * h (N, 16) carried state of the block, a2 (N, 16) the block's A (lanes >= nch zero); both
+ * h (N, 16) carried state of the block, a2 (N, 16) the block's A * log2(e) (lanes >= nch
+ * zero); both
  * 64-byte aligned. bc (t1 - t0, 2, N): B[b, g, :, t] and C[b, g, :, t] of the block's group
  * transposed so one step's values are contiguous (B and C rows are L floats apart; reading
  * them column-wise would touch 2N lines of one L1 set per step when L*4 is a multiple of
