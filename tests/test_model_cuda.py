@@ -9,8 +9,10 @@ summation order: relative logit error ~1e-6; 1e-4 leaves a wide margin. bfloat16
 2^-9 = 2e-3 per value); over the 4 blocks of the test model the logits move by ~1e-2
 relative (seen: 8e-3); 4e-2 bounds that while a wrong layer (errors of order 1) fails.
 The GPU-only equivalences compare the GPU with itself: the same kernels on the same values,
-but chunk boundaries change the summation order in the scan / attention, so 1e-5 (float32
-weights) and 1e-3 (bf16 weights: the same bf16-rounded activations up to float32 noise).
+but chunk boundaries and GEMM shapes change the float32 summation order, so 1e-5 with
+float32 weights. With bf16 weights every GEMM input is rounded to bf16, and an activation
+that float32 noise moves across a rounding boundary changes by one bf16 ulp (2^-8
+relative); the paths then agree to bf16 level only (seen on the H200: 3e-3), so 1e-2.
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ def test_gpu_logits_match_cpu(rng, wd, tol, types):
     assert_close(lg, lc, tol, "logits")
 
 
-@pytest.mark.parametrize("wd,tol", [("float32", 1e-5), ("bfloat16", 1e-3)])
+@pytest.mark.parametrize("wd,tol", [("float32", 1e-5), ("bfloat16", 1e-2)])
 def test_chunked_prefill_equals_one_pass_on_gpu(rng, wd, tol):
     cfg = _cfg()
     toks = rng.integers(0, cfg.vocab_size, (2, 50))
@@ -64,7 +66,7 @@ def test_chunked_prefill_equals_one_pass_on_gpu(rng, wd, tol):
     assert_close(last, full[:, -1], tol, "prefill last logits")
 
 
-@pytest.mark.parametrize("wd,tol", [("float32", 1e-5), ("bfloat16", 1e-3)])
+@pytest.mark.parametrize("wd,tol", [("float32", 1e-5), ("bfloat16", 1e-2)])
 @pytest.mark.parametrize("types", [("mamba", "swa", "mamba", "swa"),
                                    ("attn", "mamba", "swa", "mamba")])
 def test_step_equals_forward_on_gpu_with_graph(rng, wd, tol, types):
