@@ -162,6 +162,9 @@ samba_attn_fwd(const samba_attn_args *a, const samba_ctx *ctx)
     if (a->q == NULL || a->k == NULL || a->v == NULL || a->out == NULL) {
         return SAMBA_ERR_ARG;
     }
+    if (a->seqlen_k >= ((int64_t)1 << 30)) {
+        return SAMBA_ERR_UNSUPPORTED; /* masks use 32-bit key offsets */
+    }
     P.B = a->batch;
     P.Lq = a->seqlen_q;
     P.Lk = a->seqlen_k;

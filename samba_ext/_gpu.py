@@ -170,19 +170,20 @@ def _stream_handle(stream: Any) -> int:
                     f"cupy.cuda.Stream, got {type(stream).__name__}")
 
 
-def _default_stream(objs: Sequence[Any], device: int) -> int:
+def _default_stream(objs: Sequence[Any], device: int) -> tuple[int, Any]:
+    """(stream handle, object keeping it alive) for stream=None."""
     for x in objs:
         if isinstance(x, DeviceArray):
-            return x.stream
+            return x.stream, getattr(x._buf, "keep", None)
     for x in objs:
         mod = type(x).__module__ or ""
         if mod.startswith("torch") and "torch" in sys.modules:
-            torch = sys.modules["torch"]
-            return _norm_stream(int(torch.cuda.current_stream(device).cuda_stream))
+            st = sys.modules["torch"].cuda.current_stream(device)
+            return _norm_stream(int(st.cuda_stream)), st
         if mod.startswith("cupy") and "cupy" in sys.modules:
-            cupy = sys.modules["cupy"]
-            return _norm_stream(int(cupy.cuda.get_current_stream().ptr))
-    return 0
+            st = sys.modules["cupy"].cuda.get_current_stream()
+            return _norm_stream(int(st.ptr)), st
+    return 0, None
 
 
 # ------------------------------------------------------------------------ recorder -------
@@ -298,9 +299,12 @@ class DeviceArray:
     # -- construction ---------------------------------------------------------------
     @classmethod
     def empty(cls, shape: Sequence[int], dtype: str = "float32", device: int = 0,
-              stream: Any = 0) -> "DeviceArray":
-        """Uninitialised C-contiguous array (stream-ordered allocation on ``stream``)."""
+              stream: Any = 0, keep: Any = None) -> "DeviceArray":
+        """Uninitialised C-contiguous array (stream-ordered allocation on ``stream``; a stream
+        object, or ``keep``, is kept alive with the memory so that its free stays valid)."""
         cu = _require()
+        if keep is None and not isinstance(stream, (int, np.integer)):
+            keep = stream
         dtype = _check_dtype(dtype)
         shape = tuple(int(s) for s in shape)
         if any(s < 0 for s in shape):
@@ -311,7 +315,7 @@ class DeviceArray:
         if got is not None:
             owner, ptr = got
             return cls(owner, ptr, shape, dtype, device, s)
-        buf = cu.Buffer(n, int(device), s)
+        buf = cu.Buffer(n, int(device), s, keep)
         a = cls(buf, buf.ptr, shape, dtype, device, s)
         if _poison and n:
             _launch(cu.memset, a._ptr, 0xFF, n, s)
@@ -432,7 +436,8 @@ class DeviceArray:
         dtype = _check_dtype(dtype)
         cu = _require()
         cu.set_device(self.device)
-        out = DeviceArray.empty(self.shape, dtype, self.device, self._stream)
+        out = DeviceArray.empty(self.shape, dtype, self.device, self._stream,
+                                getattr(self._buf, "keep", None))
         if out.size:
             _launch(cu.copy, self.shape, (self._ptr, _DTYPES[self.dtype][0]), self._strides,
                     (out._ptr, _DTYPES[dtype][0]), out._strides, -1, None, None, 0,
@@ -650,11 +655,16 @@ class _Call:
         self.device = _gpu_device(gpu[0]) if gpu else 0
         self.cu.set_device(self.device)
         if stream is None:
-            self.stream = _default_stream(gpu, self.device)
+            self.stream, self.keep_stream = _default_stream(gpu, self.device)
         else:
             self.stream = _stream_handle(stream)
+            self.keep_stream = None if isinstance(stream, (int, np.integer)) else stream
         self.keep: list = []
         self.writeback: list = []  # (numpy array, device _Arr) copied back after the call
+
+    def new(self, shape: Sequence[int], dtype: str) -> DeviceArray:
+        """A new array on this call's device and stream."""
+        return DeviceArray.empty(shape, dtype, self.device, self.stream, self.keep_stream)
 
     # -- inputs ---------------------------------------------------------------------
     def _upload(self, x: Any, name: str, kind: str) -> _Arr:
@@ -677,7 +687,7 @@ class _Call:
             else:
                 a = np.ascontiguousarray(a, dtype=np.float32)
                 dtype = "float32"
-        d = DeviceArray.empty(a.shape, dtype, self.device, self.stream)
+        d = self.new(a.shape, dtype)
         if a.size:
             self.cu.memcpy_h2d(d.ptr, a.reshape(-1).view(np.uint8), self.stream)
         self.keep.append(d)
@@ -705,7 +715,7 @@ class _Call:
     def convert(self, a: _Arr, dtype: Optional[str] = None) -> _Arr:
         """A C-contiguous copy of `a` (converted to `dtype`)."""
         dtype = dtype or a.dtype
-        d = DeviceArray.empty(a.shape, dtype, self.device, self.stream)
+        d = self.new(a.shape, dtype)
         if d.size:
             _launch(self.cu.copy, a.shape, a.ref, a.strides, (d.ptr, _DTYPES[dtype][0]),
                     d.strides, -1, None, None, 0, self.stream)
@@ -772,8 +782,7 @@ class _Call:
     def output(self, shape: tuple, dtype: str, out: Any = None) -> tuple[_Arr, Any]:
         """(view, result object): a new DeviceArray, or the caller's out= buffer."""
         if out is None:
-            d = DeviceArray.empty(shape, "float32" if self.host else dtype, self.device,
-                                  self.stream)
+            d = self.new(shape, "float32" if self.host else dtype)
             return _Arr(d.ptr, d.shape, _c_strides(d.shape), d.dtype, self.device, d), d
         if not _is_gpu(out):
             if not self.host:
@@ -783,7 +792,7 @@ class _Call:
                                 f"{_describe(out)}")
             if out.shape != tuple(shape):
                 raise ValueError(f"out: expected shape {tuple(shape)}, got {out.shape}")
-            d = DeviceArray.empty(shape, "float32", self.device, self.stream)
+            d = self.new(shape, "float32")
             a = _Arr(d.ptr, d.shape, _c_strides(d.shape), "float32", self.device, d)
             self.writeback.append((out, a))
             return a, out
@@ -800,7 +809,7 @@ class _Call:
         return a, out
 
     def state_output(self, shape: tuple) -> tuple[_Arr, Any]:
-        d = DeviceArray.empty(shape, "float32", self.device, self.stream)
+        d = self.new(shape, "float32")
         return _Arr(d.ptr, d.shape, _c_strides(d.shape), "float32", self.device, d), d
 
     def finish(self, result: Any) -> Any:
@@ -1118,7 +1127,7 @@ def rms_norm(x: Any, weight: Any, eps: float = 1e-5, residual: Any = None, *, ou
     ya, yres = c.output(xa.shape, xa.dtype, out)
     if ra is not None:
         ra, ldr = c.rows(ra)
-        ro = DeviceArray.empty(xa.shape, "float32" if c.host else ra.dtype, c.device, c.stream)
+        ro = c.new(xa.shape, "float32" if c.host else ra.dtype)
         _launch(c.cu.rms_norm, rows, n, xa.ref, ldx, ra.ref, ldr,
                 (ro.ptr, _DTYPES[ro.dtype][0]), wa.ref, eps, ya.ref, c.stream)
         return c.finish((yres, ro))
@@ -1197,7 +1206,7 @@ def to_device(x: Any, dtype: Optional[str] = None, device: int = 0,
     else:
         raise TypeError(f"x: expected a numeric array, got dtype {h.dtype}")
     dtype = _check_dtype(dtype) if dtype is not None else src_dtype
-    d = DeviceArray.empty(h.shape, src_dtype, int(device), s)
+    d = DeviceArray.empty(h.shape, src_dtype, int(device), stream)
     if h.size:
         cu.memcpy_h2d(d.ptr, h.reshape(-1).view(np.uint8), s)
     return d if dtype == src_dtype else d.astype(dtype)
