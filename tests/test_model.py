@@ -473,10 +473,11 @@ def test_blas_threads_restored_after_decode(model):
     if getattr(be, "_blas", None) is None:
         pytest.skip("no controllable OpenBLAS in this NumPy")
     fs, fg = be._blas
+    a = np.ones((512, 512), np.float32)
+    be.matmul(a, a)                       # large: the user's / default thread count
     before = int(fg())
     st = model.new_state(1)
     model.step([1], st)
     assert int(fg()) == 1
-    a = np.ones((512, 512), np.float32)
     np.testing.assert_array_equal(be.matmul(a, a), np.full((512, 512), 512, np.float32))
     assert int(fg()) == before
