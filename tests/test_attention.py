@@ -1,0 +1,313 @@
+"""Tests of the CPU attention kernels (csrc/attention.c, csrc/attention_decode.c).
+
+Every result is compared with the float64 references in ref_attention.py.
+
+Tolerance: the kernels take float32 inputs and accumulate in float32: the q.k dot products
+(hd <= 256 terms), the online-softmax sums and the P V sums over at most Lk keys, plus the
+exp2 polynomial (relative error ~1e-7).  Rounding errors of n float32 terms grow like
+sqrt(n) * 6e-8 for random data, i.e. ~1e-6 here (measured 1e-7 .. 5e-7), so RTOL = 1e-5
+keeps a 20x margin while any indexing or masking mistake (errors of order 1) fails.
+The reference sees the same float32-rounded inputs, so input rounding is not counted.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Optional
+
+import numpy as np
+import pytest
+from conftest import assert_close
+from ref_attention import ref_swa_attention, ref_swa_decode
+
+import samba_ext
+from samba_ext import _core
+
+RTOL = 1e-5
+
+
+def _qkv(rng: np.random.Generator, B: int, Lq: int, Lk: int, H: int, Hkv: int, hd: int,
+         dtype=np.float32):
+    q = rng.standard_normal((B, Lq, H, hd)).astype(dtype)
+    k = rng.standard_normal((B, Lk, Hkv, hd)).astype(dtype)
+    v = rng.standard_normal((B, Lk, Hkv, hd)).astype(dtype)
+    return q, k, v
+
+
+# (B, Lq, Lk, H, Hkv, hd, window, softmax_scale)
+PREFILL_CASES = [
+    pytest.param(1, 1, 1, 2, 1, 64, None, None, id="seqlen1"),
+    pytest.param(1, 1, 1, 2, 2, 64, 1, None, id="seqlen1-window1"),
+    pytest.param(1, 37, 37, 4, 4, 64, 8, None, id="odd-seqlen"),
+    pytest.param(1, 20, 20, 2, 2, 64, 64, None, id="shorter-than-window"),
+    pytest.param(1, 300, 300, 2, 1, 64, 100, None, id="longer-than-window"),
+    pytest.param(2, 33, 33, 4, 2, 64, 1, None, id="window1"),
+    pytest.param(1, 130, 130, 2, 2, 128, None, None, id="full-causal"),
+    pytest.param(1, 90, 90, 2, 2, 64, 90, None, id="window-eq-seqlen"),
+    pytest.param(1, 40, 200, 4, 4, 64, 70, None, id="past-keys"),
+    pytest.param(1, 1, 150, 4, 2, 64, 100, None, id="past-keys-one-query"),
+    pytest.param(1, 70, 260, 2, 1, 64, None, None, id="past-keys-full"),
+    pytest.param(3, 50, 50, 4, 2, 96, 20, None, id="batch3"),
+    pytest.param(1, 70, 70, 8, 1, 128, 40, None, id="gqa8:1"),
+    pytest.param(2, 45, 60, 4, 2, 64, 30, None, id="gqa4:2"),
+    pytest.param(1, 40, 40, 12, 1, 64, 16, None, id="gqa12:1-padded-tile"),
+    pytest.param(1, 50, 50, 9, 3, 64, 7, None, id="gqa9:3"),
+    pytest.param(1, 80, 80, 3, 3, 64, 33, None, id="mha-hd64"),
+    pytest.param(1, 80, 80, 2, 2, 96, 33, None, id="hd96"),
+    pytest.param(1, 80, 80, 2, 2, 128, 33, None, id="hd128"),
+    pytest.param(1, 80, 80, 2, 1, 256, 33, None, id="hd256"),
+    pytest.param(1, 70, 70, 2, 2, 64, 25, 0.3, id="scale0.3"),
+    pytest.param(1, 70, 70, 2, 1, 32, None, 2.0, id="scale2"),
+    # head dims that are not multiples of 16 take the portable C path
+    pytest.param(1, 150, 150, 2, 2, 40, 70, None, id="portable-hd40"),
+    pytest.param(2, 60, 90, 6, 2, 17, 25, None, id="portable-hd17-gqa"),
+    pytest.param(1, 33, 33, 1, 1, 1, None, 0.5, id="portable-hd1"),
+    pytest.param(1, 100, 100, 8, 1, 8, 1, None, id="portable-window1-gqa8"),
+]
+
+
+@pytest.mark.parametrize("B,Lq,Lk,H,Hkv,hd,window,scale", PREFILL_CASES)
+def test_prefill_matches_reference(rng, B, Lq, Lk, H, Hkv, hd, window, scale):
+    q, k, v = _qkv(rng, B, Lq, Lk, H, Hkv, hd)
+    out = _core.swa_attention(q, k, v, window, scale)
+    assert out.dtype == np.float32 and out.shape == (B, Lq, H, hd)
+    assert_close(out, ref_swa_attention(q, k, v, window, scale), RTOL)
+
+
+def test_public_api_and_keywords(rng):
+    q, k, v = _qkv(rng, 1, 50, 60, 4, 2, 64)
+    ref = ref_swa_attention(q, k, v, 16, 0.2)
+    assert_close(samba_ext.swa_attention(q, k, v, window=16, softmax_scale=0.2), ref, RTOL)
+    assert_close(_core.swa_attention(q=q, k=k, v=v, window=16, softmax_scale=0.2), ref, RTOL)
+    out = np.full((1, 50, 4, 64), np.nan, dtype=np.float32)
+    samba_ext.swa_attention(q, k, v, window=16, softmax_scale=0.2, out=out)
+    assert_close(out, ref, RTOL)
+
+
+def test_window_larger_than_keys_is_full_causal(rng):
+    q, k, v = _qkv(rng, 1, 77, 77, 2, 2, 64)
+    full = _core.swa_attention(q, k, v, None, None)
+    big = _core.swa_attention(q, k, v, 10**12, None)
+    np.testing.assert_array_equal(big, full)
+
+
+def test_masked_keys_do_not_leak(rng):
+    """A NaN key/value outside every window of the later queries must not reach them."""
+    L, W = 200, 50
+    q, k, v = _qkv(rng, 1, L, L, 2, 1, 64)
+    k[0, 10] = np.nan
+    v[0, 10] = np.nan
+    out = _core.swa_attention(q, k, v, W, None)
+    # queries 10 .. 59 see key 10: NaN must propagate there (never silently dropped)
+    assert np.all(np.isnan(out[0, 10:60]))
+    # queries 0 .. 9 (before it, causal) and 60 .. (after the window) must not see it
+    k0, v0 = k.copy(), v.copy()
+    k0[0, 10] = 0.0
+    v0[0, 10] = 0.0
+    ref = ref_swa_attention(q, k0, v0, W)
+    assert_close(out[0, :10], ref[0, :10], RTOL, "before the NaN key")
+    assert_close(out[0, 60:], ref[0, 60:], RTOL, "after the window")
+
+
+def test_nan_query_propagates(rng):
+    q, k, v = _qkv(rng, 1, 80, 80, 2, 2, 64)
+    q[0, 70, 1, 5] = np.nan
+    out = _core.swa_attention(q, k, v, 20, None)
+    assert np.all(np.isnan(out[0, 70, 1]))
+    assert np.all(np.isfinite(np.delete(out[0], 70, axis=0)))
+    assert np.all(np.isfinite(out[0, 70, 0]))
+
+
+def test_large_logits_are_stable(rng):
+    """Scores of +-1e3 (scale 30): the online max keeps exp finite."""
+    q, k, v = _qkv(rng, 1, 150, 150, 2, 2, 64)
+    out = _core.swa_attention(q, k, v, 100, 30.0)
+    assert_close(out, ref_swa_attention(q, k, v, 100, 30.0), RTOL)
+
+
+def test_dtypes_and_noncontiguous(rng):
+    q, k, v = _qkv(rng, 2, 45, 45, 4, 2, 64, dtype=np.float64)
+    # q: a non-contiguous view (transposed storage); k: float64; v: float16
+    q_nc = np.ascontiguousarray(q.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+    assert not q_nc.flags.c_contiguous
+    v16 = v.astype(np.float16)
+    k_neg = k[:, ::-1][:, ::-1]  # negative strides, same values
+    out = _core.swa_attention(q_nc, k_neg, v16, 12, None)
+    ref = ref_swa_attention(q.astype(np.float32), k.astype(np.float32),
+                            v16.astype(np.float32), 12)
+    assert out.dtype == np.float32
+    assert_close(out, ref, RTOL)
+    # every other query of a longer array
+    qs, ks, vs = _qkv(rng, 1, 80, 80, 2, 2, 64)
+    out = _core.swa_attention(qs[:, ::2], ks[:, ::2], vs[:, ::2], 10, None)
+    assert_close(out, ref_swa_attention(qs[:, ::2], ks[:, ::2], vs[:, ::2], 10), RTOL)
+
+
+@pytest.mark.parametrize("B,Lq,Lk,H,Hkv,hd", [
+    (0, 5, 5, 2, 1, 64), (2, 0, 0, 2, 1, 64), (2, 0, 7, 2, 1, 64), (1, 3, 3, 2, 2, 0),
+])
+def test_prefill_empty(B, Lq, Lk, H, Hkv, hd):
+    q = np.zeros((B, Lq, H, hd), np.float32)
+    k = np.zeros((B, Lk, Hkv, hd), np.float32)
+    out = _core.swa_attention(q, k, k, 4, None)
+    assert out.shape == (B, Lq, H, hd) and out.dtype == np.float32
+
+
+# ------------------------------------------------------------------------------- decode
+
+
+def _fill_ring(k_seq: np.ndarray, C: int, t: int) -> np.ndarray:
+    """Cache after writing keys 0..t of k_seq (B, L, Hkv, hd) at slot index % C."""
+    B, _, Hkv, hd = k_seq.shape
+    cache = np.full((B, C, Hkv, hd), np.nan, dtype=np.float32)  # poison: never-written slots
+    for i in range(t + 1):
+        cache[:, i % C] = k_seq[:, i]
+    return cache
+
+
+@pytest.mark.parametrize("H,Hkv,hd,W", [(4, 2, 64, 16), (2, 2, 128, 9), (8, 1, 40, 12)])
+def test_decode_ring_equals_prefill(rng, H, Hkv, hd, W):
+    """Step-by-step decode over a ring of capacity W equals windowed prefill attention."""
+    B, L = 2, 3 * W + 5
+    q, k, v = _qkv(rng, B, L, L, H, Hkv, hd)
+    full = _core.swa_attention(q, k, v, W, None)
+    steps = [0, 1, W - 2, W - 1, W, W + 1, 2 * W - 1, 2 * W + 3, L - 1]
+    for t in steps:
+        kc, vc = _fill_ring(k, W, t), _fill_ring(v, W, t)
+        pos = np.full(B, t, dtype=np.int64)
+        n_valid = np.full(B, min(t + 1, W), dtype=np.int64)
+        out = _core.swa_decode(q[:, t], kc, vc, pos, n_valid, None)
+        assert out.shape == (B, H, hd) and out.dtype == np.float32
+        assert_close(out, full[:, t], RTOL, f"decode step {t}")
+
+
+def test_decode_per_batch_positions_and_long_cache(rng):
+    """Different pos / n_valid per batch, a cache longer than one split-K chunk, GQA 4:1."""
+    B, H, Hkv, hd, C = 3, 8, 2, 64, 700
+    q = rng.standard_normal((B, H, hd)).astype(np.float32)
+    kc = rng.standard_normal((B, C, Hkv, hd)).astype(np.float32)
+    vc = rng.standard_normal((B, C, Hkv, hd)).astype(np.float32)
+    pos = np.array([5, 1000, 699])
+    n_valid = np.array([6, 700, 300])
+    out = _core.swa_decode(q, kc, vc, pos, n_valid, None)
+    assert_close(out, ref_swa_decode(q, kc, vc, pos, n_valid), RTOL)
+    out = samba_ext.swa_decode(q, kc, vc, pos.astype(np.int32), n_valid.tolist(),
+                               softmax_scale=0.7)
+    assert_close(out, ref_swa_decode(q, kc, vc, pos, n_valid, 0.7), RTOL)
+
+
+def test_decode_ignores_invalid_slots(rng):
+    """Slots outside the n_valid newest ones may hold anything (here NaN)."""
+    B, H, hd, C = 1, 2, 64, 10
+    q = rng.standard_normal((B, H, hd)).astype(np.float32)
+    kc = rng.standard_normal((B, C, 1, hd)).astype(np.float32)
+    vc = rng.standard_normal((B, C, 1, hd)).astype(np.float32)
+    pos, n_valid = np.array([12]), np.array([4])   # valid slots 9, 0, 1, 2
+    ref = ref_swa_decode(q, kc, vc, pos, n_valid)
+    for s in (3, 4, 5, 6, 7, 8):
+        kc[0, s] = np.nan
+        vc[0, s] = np.nan
+    assert_close(_core.swa_decode(q, kc, vc, pos, n_valid, None), ref, RTOL)
+
+
+def test_decode_empty():
+    out = _core.swa_decode(np.zeros((0, 4, 64), np.float32), np.zeros((0, 8, 2, 64), np.float32),
+                           np.zeros((0, 8, 2, 64), np.float32), np.zeros(0, np.int64),
+                           np.zeros(0, np.int64), None)
+    assert out.shape == (0, 4, 64)
+
+
+# ------------------------------------------------------------------------- bad inputs
+
+
+def _bad_prefill_cases():
+    f = np.zeros
+    q = f((1, 4, 4, 16), np.float32)
+    k = f((1, 4, 2, 16), np.float32)
+    return [
+        ("q", TypeError, (q.astype(np.int32), k, k, None, None)),
+        ("q", TypeError, ("abc", k, k, None, None)),
+        ("q", ValueError, (q[0], k, k, None, None)),
+        ("k", TypeError, (q, None, k, None, None)),
+        ("window", ValueError, (q, k, k, 0, None)),
+        ("window", ValueError, (q, k, k, -3, None)),
+        ("window", TypeError, (q, k, k, 2.5, None)),
+        ("window", TypeError, (q, k, k, True, None)),
+        ("softmax_scale", ValueError, (q, k, k, None, float("nan"))),
+        ("softmax_scale", TypeError, (q, k, k, None, "x")),
+        ("nheads", ValueError, (f((1, 4, 3, 16), np.float32), k, k, None, None)),
+        ("k", ValueError, (q, f((2, 4, 2, 16), np.float32), f((2, 4, 2, 16), np.float32),
+                           None, None)),
+        ("k", ValueError, (q, f((1, 4, 2, 8), np.float32), f((1, 4, 2, 8), np.float32),
+                           None, None)),
+        ("v", ValueError, (q, k, f((1, 5, 2, 16), np.float32), None, None)),
+        ("seqlen_k", ValueError, (q, k[:, :3], k[:, :3], None, None)),
+        ("nheads_kv", ValueError, (q, f((1, 4, 0, 16), np.float32),
+                                   f((1, 4, 0, 16), np.float32), None, None)),
+    ]
+
+
+@pytest.mark.parametrize("name,exc,args", _bad_prefill_cases())
+def test_prefill_bad_inputs(name, exc, args):
+    with pytest.raises(exc, match=name):
+        _core.swa_attention(*args)
+
+
+def _bad_decode_cases():
+    f = np.zeros
+    q = f((2, 4, 16), np.float32)
+    kc = f((2, 8, 2, 16), np.float32)
+    p = np.array([3, 9])
+    n = np.array([4, 8])
+    return [
+        ("q", TypeError, (q.astype(np.int64), kc, kc, p, n, None)),
+        ("q", ValueError, (q[None], kc, kc, p, n, None)),
+        ("k_cache", ValueError, (q, kc[:1], kc[:1], p, n, None)),
+        ("k_cache", ValueError, (q, f((2, 8, 2, 8), np.float32), f((2, 8, 2, 8), np.float32),
+                                 p, n, None)),
+        ("v_cache", ValueError, (q, kc, kc[:, :5], p, n, None)),
+        ("nheads", ValueError, (f((2, 3, 16), np.float32), kc, kc, p, n, None)),
+        ("pos", TypeError, (q, kc, kc, p.astype(np.float32), n, None)),
+        ("pos", ValueError, (q, kc, kc, p[:1], n, None)),
+        ("pos", ValueError, (q, kc, kc, np.array([3, -1]), n, None)),
+        ("n_valid", ValueError, (q, kc, kc, p, np.array([0, 3]), None)),
+        ("n_valid", ValueError, (q, kc, kc, p, np.array([4, 9]), None)),
+        ("n_valid", ValueError, (q, kc, kc, p, n[:, None], None)),
+        ("softmax_scale", ValueError, (q, kc, kc, p, n, float("inf"))),
+    ]
+
+
+@pytest.mark.parametrize("name,exc,args", _bad_decode_cases())
+def test_decode_bad_inputs(name, exc, args):
+    with pytest.raises(exc, match=name):
+        _core.swa_decode(*args)
+
+
+# ------------------------------------------------------------------------- threads
+
+
+def test_concurrent_calls_equal_serial(rng):
+    inputs = [_qkv(rng, 1, 200 + 17 * i, 230 + 17 * i, 4, 2, 64) for i in range(4)]
+    windows: list[Optional[int]] = [50, None, 7, 128]
+    serial = [_core.swa_attention(q, k, v, w, None) for (q, k, v), w in zip(inputs, windows)]
+    results: list = [None] * 4
+    errors: list = []
+
+    def work(i: int) -> None:
+        try:
+            q, k, v = inputs[i]
+            for _ in range(3):
+                r = _core.swa_attention(q, k, v, windows[i], None)
+                if results[i] is not None and not np.array_equal(results[i], r):
+                    raise AssertionError("repeated calls differ")
+                results[i] = r
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i in range(4):
+        np.testing.assert_array_equal(results[i], serial[i])
