@@ -55,7 +55,7 @@ int samba_has_openmp(void);
  * u, delta (B, D, L); A (D, N); Bm, Cm (B, G, N, L) with D % G == 0 (channel d uses group
  * d / (D/G)); Dskip (D) or NULL; z (B, D, L) or NULL; delta_bias (D) or NULL;
  * state (B, D, N): in = initial state (or NULL for zeros, then state_out may still be given),
- * state_out (B, D, N) or NULL.  y (B, D, L) out.
+ * state_out (B, D, N) or NULL (it may be the same buffer as the initial state).  y (B, D, L) out.
  *   dt = delta + delta_bias; if softplus: dt = dt <= 20 ? log1p(exp(dt)) : dt
  *   h = exp(dt*A) h + dt*B*u ; y = sum_n h*C + Dskip*u ; if z: y *= silu(z)
  */
@@ -147,7 +147,7 @@ samba_status samba_rmsnorm_fwd(int64_t rows, int64_t n, const float *x, const fl
  * int64. NeoX half split: out1 = x1 cos - x2 sin, out2 = x1 sin + x2 cos,
  * theta_i = base^(-2i/hd). */
 samba_status samba_rotary_fwd(int64_t batch, int64_t seqlen, int64_t nheads, int64_t headdim,
-                              const float *x, const int64_t *positions, float base, float *y,
+                              const float *x, const int64_t *positions, double base, float *y,
                               const samba_ctx *ctx);
 
 /* gate, up, y (n) : y = silu(gate) * up (y may alias gate or up). */

@@ -1,4 +1,226 @@
-/* py_conv.c - glue for the conv kernel family (placeholder: filled by its kernel work). */
+/*
+ * py_conv.c - glue for the depthwise causal conv1d (conv1d.c):
+ *   causal_conv1d(x, weight, bias=None, activation=None, initial_states=None,
+ *                 return_final_states=False) -> y | (y, final_states)
+ *   causal_conv1d_update(x, conv_state, weight, bias=None, activation=None) -> y
+ */
 #include "common.h"
 
-PyMethodDef samba_py_conv_methods[] = {{NULL, NULL, 0, NULL}};
+#include <string.h>
+
+/* activation None -> 0, "silu"/"swish" -> 1, else -1 with ValueError/TypeError. */
+static int
+conv_activation(PyObject *act)
+{
+    const char *s;
+
+    if (act == NULL || act == Py_None) {
+        return 0;
+    }
+    if (!PyUnicode_Check(act)) {
+        PyErr_Format(PyExc_TypeError,
+                     "activation: expected None, \"silu\" or \"swish\", got %s",
+                     Py_TYPE(act)->tp_name);
+        return -1;
+    }
+    s = PyUnicode_AsUTF8(act);
+    if (s == NULL) {
+        return -1;
+    }
+    if (strcmp(s, "silu") == 0 || strcmp(s, "swish") == 0) {
+        return 1;
+    }
+    PyErr_Format(PyExc_ValueError, "activation: expected None, \"silu\" or \"swish\", got %R",
+                 act);
+    return -1;
+}
+
+/* weight (D, W) with 2 <= W <= 4; a (D, 1, W) PyTorch Conv1d weight gets a hint. */
+static PyArrayObject *
+conv_weight(PyObject *obj, npy_intp dim)
+{
+    PyArrayObject *w;
+    npy_intp width;
+
+    if (PyArray_Check(obj) && PyArray_NDIM((PyArrayObject *)obj) == 3 &&
+        PyArray_DIM((PyArrayObject *)obj, 1) == 1) {
+        PyErr_SetString(PyExc_ValueError,
+                        "weight: expected a 2-D array (dim, width), got a 3-D (dim, 1, width) "
+                        "Conv1d weight; pass weight[:, 0, :]");
+        return NULL;
+    }
+    w = samba_py_f32(obj, "weight", 2);
+    if (w == NULL) {
+        return NULL;
+    }
+    if (samba_py_dim(w, "weight", 0, dim, "dim of x") < 0) {
+        Py_DECREF(w);
+        return NULL;
+    }
+    width = PyArray_DIM(w, 1);
+    if (width < 2 || width > 4) {
+        PyErr_Format(PyExc_ValueError,
+                     "weight: width (shape[1]) must be 2, 3 or 4, got %zd", (Py_ssize_t)width);
+        Py_DECREF(w);
+        return NULL;
+    }
+    return w;
+}
+
+static PyObject *
+py_causal_conv1d(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"x", "weight", "bias", "activation", "initial_states",
+                             "return_final_states", NULL};
+    PyObject *x_o, *w_o, *b_o = Py_None, *act_o = Py_None, *init_o = Py_None;
+    int ret_final = 0, silu;
+    PyArrayObject *x = NULL, *w = NULL, *b = NULL, *init = NULL, *y = NULL, *fin = NULL;
+    PyObject *result = NULL;
+    npy_intp batch, dim, seqlen, width, fshape[3];
+    samba_py_run run;
+    samba_status st;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OOOp:causal_conv1d", kwlist, &x_o,
+                                     &w_o, &b_o, &act_o, &init_o, &ret_final)) {
+        return NULL;
+    }
+    silu = conv_activation(act_o);
+    if (silu < 0) {
+        return NULL;
+    }
+    x = samba_py_f32(x_o, "x", 3);
+    if (x == NULL) {
+        goto done;
+    }
+    batch = PyArray_DIM(x, 0);
+    dim = PyArray_DIM(x, 1);
+    seqlen = PyArray_DIM(x, 2);
+    w = conv_weight(w_o, dim);
+    if (w == NULL) {
+        goto done;
+    }
+    width = PyArray_DIM(w, 1);
+    if (samba_py_f32_opt(b_o, "bias", 1, &b) < 0 ||
+        (b != NULL && samba_py_dim(b, "bias", 0, dim, "dim of x") < 0)) {
+        goto done;
+    }
+    if (samba_py_f32_opt(init_o, "initial_states", 3, &init) < 0) {
+        goto done;
+    }
+    if (init != NULL && (samba_py_dim(init, "initial_states", 0, batch, "batch of x") < 0 ||
+                         samba_py_dim(init, "initial_states", 1, dim, "dim of x") < 0 ||
+                         samba_py_dim(init, "initial_states", 2, width - 1, "width - 1") < 0)) {
+        goto done;
+    }
+    y = samba_py_empty(3, PyArray_DIMS(x));
+    if (y == NULL) {
+        goto done;
+    }
+    if (ret_final) {
+        fshape[0] = batch;
+        fshape[1] = dim;
+        fshape[2] = width - 1;
+        fin = samba_py_empty(3, fshape);
+        if (fin == NULL) {
+            goto done;
+        }
+    }
+    samba_py_run_begin(&run);
+    st = samba_conv1d_fwd(batch, dim, seqlen, width, SAMBA_F32(x), SAMBA_F32(w),
+                          SAMBA_F32_OPT(b), SAMBA_F32_OPT(init),
+                          fin != NULL ? SAMBA_F32(fin) : NULL, silu, SAMBA_F32(y), &run.ctx);
+    samba_py_run_end(&run);
+    if (samba_py_status(st, "causal_conv1d") < 0) {
+        goto done;
+    }
+    if (ret_final) {
+        result = PyTuple_Pack(2, (PyObject *)y, (PyObject *)fin);
+    }
+    else {
+        result = (PyObject *)y;
+        Py_INCREF(result);
+    }
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(w);
+    Py_XDECREF(b);
+    Py_XDECREF(init);
+    Py_XDECREF(y);
+    Py_XDECREF(fin);
+    return result;
+}
+
+static PyObject *
+py_causal_conv1d_update(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"x", "conv_state", "weight", "bias", "activation", NULL};
+    PyObject *x_o, *s_o, *w_o, *b_o = Py_None, *act_o = Py_None;
+    PyArrayObject *x = NULL, *state = NULL, *w = NULL, *b = NULL, *y = NULL;
+    PyObject *result = NULL;
+    npy_intp batch, dim, width;
+    int silu;
+    samba_py_run run;
+    samba_status st;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OO:causal_conv1d_update", kwlist,
+                                     &x_o, &s_o, &w_o, &b_o, &act_o)) {
+        return NULL;
+    }
+    silu = conv_activation(act_o);
+    if (silu < 0) {
+        return NULL;
+    }
+    x = samba_py_f32(x_o, "x", 2);
+    if (x == NULL) {
+        goto done;
+    }
+    batch = PyArray_DIM(x, 0);
+    dim = PyArray_DIM(x, 1);
+    w = conv_weight(w_o, dim);
+    if (w == NULL) {
+        goto done;
+    }
+    width = PyArray_DIM(w, 1);
+    if (samba_py_f32_opt(b_o, "bias", 1, &b) < 0 ||
+        (b != NULL && samba_py_dim(b, "bias", 0, dim, "dim of x") < 0)) {
+        goto done;
+    }
+    state = samba_py_f32_inplace(s_o, "conv_state", 3);
+    if (state == NULL || samba_py_dim(state, "conv_state", 0, batch, "batch of x") < 0 ||
+        samba_py_dim(state, "conv_state", 1, dim, "dim of x") < 0 ||
+        samba_py_dim(state, "conv_state", 2, width - 1, "width - 1") < 0) {
+        goto done;
+    }
+    y = samba_py_empty(2, PyArray_DIMS(x));
+    if (y == NULL) {
+        goto done;
+    }
+    samba_py_run_begin(&run);
+    st = samba_conv1d_step(batch, dim, width, SAMBA_F32(x), SAMBA_F32(state), SAMBA_F32(w),
+                           SAMBA_F32_OPT(b), silu, SAMBA_F32(y), &run.ctx);
+    samba_py_run_end(&run);
+    if (samba_py_status(st, "causal_conv1d_update") < 0) {
+        goto done;
+    }
+    result = (PyObject *)y;
+    Py_INCREF(result);
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(w);
+    Py_XDECREF(b);
+    Py_XDECREF(state);
+    Py_XDECREF(y);
+    return result;
+}
+
+PyMethodDef samba_py_conv_methods[] = {
+    {"causal_conv1d", (PyCFunction)(void (*)(void))py_causal_conv1d,
+     METH_VARARGS | METH_KEYWORDS,
+     "causal_conv1d(x (B, D, L), weight (D, W), bias=None (D,), activation=None|'silu', "
+     "initial_states=None (B, D, W-1), return_final_states=False) -> y (B, D, L) "
+     "[, final_states (B, D, W-1)]"},
+    {"causal_conv1d_update", (PyCFunction)(void (*)(void))py_causal_conv1d_update,
+     METH_VARARGS | METH_KEYWORDS,
+     "causal_conv1d_update(x (B, D), conv_state (B, D, W-1) float32 in place, weight (D, W), "
+     "bias=None, activation=None) -> y (B, D)"},
+    {NULL, NULL, 0, NULL}};

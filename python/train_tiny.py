@@ -1,0 +1,910 @@
+#!/usr/bin/env python3
+"""Train the bundled byte-level models ``samba-tiny`` and ``llama-tiny`` (PyTorch; optional extra).
+
+A plain PyTorch implementation of the Samba architecture (samba_arch.md sections 2-5):
+
+* Mamba-1 mixer (in_proj / depthwise causal conv1d / x_proj / dt_proj / A_log / D / out_proj), with a
+  chunked selective scan written in torch (exact up to a per-step log-decay floor, see ``scan_chunked``)
+  and an exact step-by-step reference scan (``scan_ref``);
+* sliding-window attention ("swa", window counted in keys including self, i.e. flash-attn
+  ``window_size=(window-1, 0)``) or full causal attention ("attn"), fused QKV rows grouped lit_gpt style
+  ``[q_g.., k_g, v_g]`` per KV group, GPT-NeoX (half-split) RoPE at absolute positions;
+* SwiGLU MLP (w1 gate, w2 up, w3 down), RMSNorm pre-norm, fp32 residual stream, tied embeddings.
+
+The model runs on whole sequences or chunk by chunk with the recurrent state carried (Mamba conv +
+SSM state, attention KV cache), which is how the long-context checks at the end of training run.
+
+Data are generated on the fly (no network): Landmark-template passkey documents, phonebook documents and
+Python standard-library sources of the running interpreter (training split only: files whose path
+relative to the stdlib directory has ``zlib.crc32(path) % 10 != 0``; the others are held out).
+
+Byte tokenizer: ids 0..255 = UTF-8 bytes, 256 <eos>, 257 <bos>, 258 <pad>; vocab_size 259.
+
+Export: safetensors written by hand (u64 header length, JSON header padded with spaces to 8 bytes, raw
+little-endian F32 data), lit_gpt key names, ``__metadata__`` = {"format": "samba-ext", "config": json,
+"tokenizer": "byte", "train_command": ..., "seed": ..., ...}.
+
+Examples::
+
+    python3 python/train_tiny.py --model samba-tiny --steps 20 --device cpu --out /tmp/x.safetensors
+    python3 python/train_tiny.py --model samba-tiny --minutes 7 --device cuda --out samba-tiny.safetensors \
+        --eval-long
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shlex
+import struct
+import sys
+import sysconfig
+import time
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer and configs
+# ----------------------------------------------------------------------------------------------
+EOS, BOS, PAD, VOCAB = 256, 257, 258, 259
+
+
+def encode(text: str) -> list[int]:
+    """UTF-8 bytes -> ids 0..255 (no specials added)."""
+    return list(text.encode("utf-8"))
+
+
+def decode(ids) -> str:
+    """Ids -> text; specials (>= 256) are dropped, invalid UTF-8 is replaced."""
+    return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+
+
+CONFIG_FIELDS = ("name", "vocab_size", "n_layer", "d_model", "n_head", "n_kv_head", "head_dim",
+                 "intermediate_size", "window", "layer_types", "rope_base", "norm_eps", "d_state",
+                 "d_conv", "expand", "dt_rank", "tie_embeddings", "tokenizer", "max_train_len")
+
+
+def make_config(name: str, d_model: int = 128, n_layer: int = 4, window: int = 256,
+                d_state: int = 16) -> dict:
+    """Config dict with exactly the fields of samba_ext.config.SambaConfig (MODEL_API.md).
+
+    samba-tiny: blocks alternate mamba (even) / swa (odd). llama-tiny: all "attn" (full causal attention
+    with RoPE), no Mamba; its MLP is widened so that both models have about the same parameter count.
+    """
+    n_head = 4
+    head_dim = d_model // n_head
+    if name.startswith("samba"):
+        layer_types = ["mamba" if i % 2 == 0 else "swa" for i in range(n_layer)]
+        inter, win = 2 * d_model, window
+    elif name.startswith("llama"):
+        layer_types = ["attn"] * n_layer
+        # match params: Mamba block (~115K at d=128) vs an extra MLP width; 2.5*d gives ~the same total.
+        inter, win = int(2.5 * d_model), None
+    else:
+        raise ValueError(f"unknown model {name!r}: use samba-tiny or llama-tiny")
+    cfg = dict(name=name, vocab_size=VOCAB, n_layer=n_layer, d_model=d_model, n_head=n_head,
+               n_kv_head=n_head, head_dim=head_dim, intermediate_size=inter, window=win,
+               layer_types=layer_types, rope_base=10000.0, norm_eps=1e-5, d_state=d_state, d_conv=4,
+               expand=2, dt_rank=math.ceil(d_model / 16), tie_embeddings=True, tokenizer="byte",
+               max_train_len=4096)
+    assert tuple(cfg) == CONFIG_FIELDS
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Selective scan (Mamba-1), reference and chunked
+# ----------------------------------------------------------------------------------------------
+def scan_ref(x, dt, A, Bm, Cm, Dv, h0=None):
+    """Exact step-by-step selective scan (no z gate).
+
+    x, dt: (B, L, E) float32 (dt already softplus'ed); A: (E, N); Bm, Cm: (B, L, N); Dv: (E,);
+    h0: (B, E, N) or None.  Returns y (B, L, E) and the final state (B, E, N).
+    """
+    Bsz, L, E = x.shape
+    h = torch.zeros(Bsz, E, A.shape[1], dtype=torch.float32, device=x.device) if h0 is None else h0
+    ys = []
+    for t in range(L):
+        dA = torch.exp(dt[:, t, :, None] * A)
+        h = dA * h + (dt[:, t] * x[:, t])[:, :, None] * Bm[:, t, None, :]
+        ys.append((h * Cm[:, t, None, :]).sum(-1))
+    y = torch.stack(ys, 1) if ys else x.new_zeros(Bsz, 0, E)
+    return y + x * Dv, h
+
+
+def _affine_scan(a, b):
+    """Inclusive scan over dim 1 of the maps h -> a_c h + b_c (Hillis-Steele, log depth).
+
+    a, b: (B, C, E, N). Returns (prod a_0..c, state at c from a zero start)."""
+    n, k = a.shape[1], 1
+    while k < n:
+        b = torch.cat([b[:, :k], a[:, k:] * b[:, :-k] + b[:, k:]], 1)
+        a = torch.cat([a[:, :k], a[:, k:] * a[:, :-k]], 1)
+        k *= 2
+    return a, b
+
+
+def scan_chunked(x, dt, A, Bm, Cm, Dv, h0=None, chunk: int = 16, min_log_decay: float = -5.0):
+    """Chunked selective scan, same arguments/returns as ``scan_ref``.
+
+    Inside a chunk of ``chunk`` steps: h_t = exp(S_t) * (h_in + cumsum_s exp(-S_s) dt_s B_s x_s) with
+    S = cumsum(dt*A); chunks are joined by a log-depth affine scan. To keep exp(-S) finite in fp32 the
+    per-step log-decay dt*A is floored at ``min_log_decay`` (chunk * |floor| <= 80): this differs from the
+    exact recurrence only where a step keeps less than e^-5 = 0.7% of the state.
+    """
+    Bsz, L, E = x.shape
+    N = A.shape[1]
+    if L == 0:
+        h = torch.zeros(Bsz, E, N, device=x.device) if h0 is None else h0
+        return x.new_zeros(Bsz, 0, E), h
+    T = chunk
+    pad = (-L) % T
+    if pad:  # dt = 0 steps keep the state unchanged and add nothing
+        x, dt, Bm, Cm = (F.pad(t, (0, 0, 0, pad)) for t in (x, dt, Bm, Cm))
+    nc = (L + pad) // T
+    dA = (dt.unsqueeze(-1) * A).clamp(min=min_log_decay).view(Bsz, nc, T, E, N)
+    S = dA.cumsum(2)
+    P = torch.exp(S)
+    u = ((dt * x).unsqueeze(-1) * Bm.unsqueeze(2)).view(Bsz, nc, T, E, N)
+    cs = (u * torch.exp(-S)).cumsum(2)  # chunk-local state / P
+    pend = P[:, :, -1]
+    acum, bcum = _affine_scan(pend, pend * cs[:, :, -1])
+    if h0 is None:
+        hend = bcum
+        hin = torch.cat([torch.zeros_like(bcum[:, :1]), bcum[:, :-1]], 1)
+    else:
+        hend = bcum + acum * h0.unsqueeze(1)
+        hin = torch.cat([h0.unsqueeze(1), hend[:, :-1]], 1)
+    h = P * (cs + hin.unsqueeze(2))  # (B, nc, T, E, N)
+    y = torch.matmul(h, Cm.view(Bsz, nc, T, N, 1)).reshape(Bsz, nc * T, E)[:, :L]
+    return y + x[:, :L] * Dv, hend[:, -1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Modules (attribute names give the lit_gpt state-dict keys of samba_arch.md section 7)
+# ----------------------------------------------------------------------------------------------
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x):  # (..., d) -> float32 (..., d)
+        x = x.float()
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+
+
+class Mamba(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        D = cfg["d_model"]
+        E = cfg["expand"] * D
+        N, K = cfg["d_state"], cfg["d_conv"]
+        R = cfg["dt_rank"] or math.ceil(D / 16)
+        self.E, self.N, self.K, self.R = E, N, K, R
+        self.in_proj = nn.Linear(D, 2 * E, bias=False)
+        self.conv1d = nn.Conv1d(E, E, K, groups=E, bias=True)
+        self.x_proj = nn.Linear(E, R + 2 * N, bias=False)
+        self.dt_proj = nn.Linear(R, E, bias=True)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(E, 1))
+        self.D = nn.Parameter(torch.ones(E))
+        self.out_proj = nn.Linear(E, D, bias=False)
+        # Mamba init (samba_arch.md section 3): dt_proj weight U(+-R^-0.5), bias = inv_softplus(dt)
+        nn.init.uniform_(self.dt_proj.weight, -R ** -0.5, R ** -0.5)
+        dt = torch.exp(torch.rand(E) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    def forward(self, u, state=None, dt_scale=None, exact=False):
+        """u: (B, L, D) -> (B, L, D); state: (conv_state (B, E, K-1), ssm (B, E, N)) or None.
+
+        dt_scale: optional (B,) multiplier of dt (training augmentation). exact: use scan_ref."""
+        Bsz, L, _ = u.shape
+        xz = self.in_proj(u)
+        x, z = xz.float().chunk(2, dim=-1)
+        xt = x.transpose(1, 2)  # (B, E, L)
+        cs = xt.new_zeros(Bsz, self.E, self.K - 1) if state is None else state[0]
+        xp = torch.cat([cs, xt], 2)
+        new_cs = xp[:, :, xp.shape[2] - (self.K - 1):]
+        xc = F.silu(F.conv1d(xp, self.conv1d.weight.float(), self.conv1d.bias.float(), groups=self.E))
+        xc = xc.transpose(1, 2)  # (B, L, E)
+        dbl = self.x_proj(xc).float()
+        dt_low, Bm, Cm = dbl.split([self.R, self.N, self.N], dim=-1)
+        dt = F.softplus(F.linear(dt_low, self.dt_proj.weight.float(), self.dt_proj.bias.float()).float())
+        if dt_scale is not None:
+            dt = dt * dt_scale.view(-1, 1, 1)
+        A = -torch.exp(self.A_log.float())
+        h0 = None if state is None else state[1]
+        scan = scan_ref if exact else scan_chunked
+        with torch.autocast(device_type=u.device.type, enabled=False):
+            y, hL = scan(xc.float(), dt, A, Bm, Cm, self.D.float(), h0)
+        y = y * F.silu(z)
+        return self.out_proj(y), (new_cs, hL)
+
+
+def rope_cos_sin(pos0: int, L: int, head_dim: int, base: float, device):
+    """NeoX RoPE tables for absolute positions pos0..pos0+L-1: (L, head_dim/2) float32 each.
+
+    Angles are formed in float64 so positions up to millions keep their accuracy."""
+    inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim))
+    pos = torch.arange(pos0, pos0 + L, dtype=torch.float64, device=device)
+    ang = torch.outer(pos, inv)
+    return torch.cos(ang).float(), torch.sin(ang).float()
+
+
+def apply_rope(x, cos, sin):
+    """x: (B, H, L, hd); half-split rotation: (x1 cos - x2 sin, x1 sin + x2 cos)."""
+    h = x.shape[-1] // 2
+    x1, x2 = x[..., :h], x[..., h:]
+    c, s = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], -1)
+
+
+def local_attention(q, k, v, n_cached: int, window: int):
+    """Sliding-window causal attention, window in keys including self.
+
+    q: (B, H, L, hd) for positions p0..p0+L-1; k, v: (B, H, n_cached + L, hd), the first n_cached
+    keys being positions p0-n_cached..p0-1 (n_cached <= window-1). Returns (B, H, L, hd).
+    Queries are processed in blocks of Q = window, each against the 2*window keys that can reach it.
+    """
+    Bsz, H, L, hd = q.shape
+    W = window
+    Q = W
+    nb = -(-L // Q)
+    right = nb * Q - L
+    left = W - n_cached
+    kp = F.pad(k, (0, 0, left, right))
+    vp = F.pad(v, (0, 0, left, right))
+    qb = F.pad(q, (0, 0, 0, right)).reshape(Bsz, H * nb, Q, hd)
+    kb = kp.unfold(2, Q + W, Q).transpose(-1, -2).reshape(Bsz, H * nb, Q + W, hd)
+    vb = vp.unfold(2, Q + W, Q).transpose(-1, -2).reshape(Bsz, H * nb, Q + W, hd)
+    i = torch.arange(Q, device=q.device).view(Q, 1)
+    j = torch.arange(Q + W, device=q.device).view(1, Q + W)
+    band = (j >= i + 1) & (j <= i + W)
+    blk = torch.arange(nb, device=q.device).view(nb, 1, 1)
+    mask = (band.unsqueeze(0) & (blk * Q + j.unsqueeze(0) >= left)).repeat(H, 1, 1).unsqueeze(0)
+    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask)
+    return out.reshape(Bsz, H, nb * Q, hd)[:, :, :L]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: dict, local: bool):
+        super().__init__()
+        self.H, self.G, self.hd = cfg["n_head"], cfg["n_kv_head"], cfg["head_dim"]
+        self.qpk = self.H // self.G
+        self.window = cfg["window"] if local else None
+        self.base = cfg["rope_base"]
+        self.attn = nn.Linear(cfg["d_model"], (self.H + 2 * self.G) * self.hd, bias=False)
+        self.proj = nn.Linear(self.H * self.hd, cfg["d_model"], bias=False)
+
+    def forward(self, x, state=None, pos0: int = 0, keep_cache: bool = False):
+        """x: (B, L, D) -> (B, L, D). state: (k_cache, v_cache) each (B, G, P, hd), post-RoPE, for the
+        P positions before pos0. Returns (out, new_state) (new_state None unless keep_cache)."""
+        Bsz, L, _ = x.shape
+        qkv = self.attn(x).view(Bsz, L, self.G, self.qpk + 2, self.hd)
+        q = qkv[:, :, :, : self.qpk].reshape(Bsz, L, self.H, self.hd).transpose(1, 2)
+        k = qkv[:, :, :, self.qpk].transpose(1, 2)
+        v = qkv[:, :, :, self.qpk + 1].transpose(1, 2)
+        cos, sin = rope_cos_sin(pos0, L, self.hd, self.base, x.device)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if state is not None:
+            k = torch.cat([state[0].to(k.dtype), k], 2)
+            v = torch.cat([state[1].to(v.dtype), v], 2)
+        P = k.shape[2] - L
+        new_state = None
+        if keep_cache:
+            keep = k.shape[2] if self.window is None else min(k.shape[2], self.window - 1)
+            new_state = (k[:, :, k.shape[2] - keep:], v[:, :, v.shape[2] - keep:])
+        kk = k.repeat_interleave(self.qpk, dim=1) if self.qpk > 1 else k
+        vv = v.repeat_interleave(self.qpk, dim=1) if self.qpk > 1 else v
+        if self.window is not None:
+            y = local_attention(q, kk, vv, P, self.window)
+        elif P == 0:
+            y = F.scaled_dot_product_attention(q, kk, vv, is_causal=True)
+        else:
+            mask = torch.arange(P + L, device=x.device)[None, :] <= (P + torch.arange(L, device=x.device))[:, None]
+            y = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask)
+        y = y.transpose(1, 2).reshape(Bsz, L, self.H * self.hd)
+        return self.proj(y), new_state
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d: int, f: int):
+        super().__init__()
+        self.w1 = nn.Linear(d, f, bias=False)
+        self.w2 = nn.Linear(d, f, bias=False)
+        self.w3 = nn.Linear(f, d, bias=False)
+
+    def forward(self, x):
+        return self.w3(F.silu(self.w1(x)) * self.w2(x))
+
+
+class MLP(nn.Module):
+    def __init__(self, d: int, f: int):
+        super().__init__()
+        self.swiglu = SwiGLU(d, f)
+
+    def forward(self, x):
+        return self.swiglu(x)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: dict, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.norm_1 = RMSNorm(cfg["d_model"], cfg["norm_eps"])
+        self.attn = Mamba(cfg) if kind == "mamba" else CausalSelfAttention(cfg, local=(kind == "swa"))
+        self.norm_2 = RMSNorm(cfg["d_model"], cfg["norm_eps"])
+        self.mlp = MLP(cfg["d_model"], cfg["intermediate_size"])
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.wte = nn.Embedding(cfg["vocab_size"], cfg["d_model"])
+        self.h = nn.ModuleList([Block(cfg, t) for t in cfg["layer_types"]])
+        self.ln_f = RMSNorm(cfg["d_model"], cfg["norm_eps"])
+
+
+class TorchSamba(nn.Module):
+    """Samba / Llama-style byte model. ``forward(tokens (B, L) int64) -> logits (B, L, vocab) float32``."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        assert cfg["tie_embeddings"], "only tied embeddings are implemented"
+        for t in cfg["layer_types"]:
+            if t not in ("mamba", "swa", "attn"):
+                raise ValueError(f"unknown layer type {t!r}")
+        self.cfg = dict(cfg)
+        self.transformer = Transformer(cfg)
+        nn.init.normal_(self.transformer.wte.weight, std=0.02)
+        scale = 1.0 / math.sqrt(2 * cfg["n_layer"])
+        with torch.no_grad():
+            for b in self.transformer.h:
+                (b.attn.out_proj if b.kind == "mamba" else b.attn.proj).weight.mul_(scale)
+                b.mlp.swiglu.w3.weight.mul_(scale)
+
+    def forward(self, tokens, state=None, pos0: int = 0, dt_scale=None, exact: bool = False,
+                return_state: bool = False, return_hidden: bool = False):
+        """tokens: (B, L) int64. state: list per block (or None). Returns logits (B, L, V) float32
+        [, new state list]. With return_hidden the final normed hidden (B, L, D) is returned instead."""
+        tr = self.transformer
+        x = tr.wte(tokens).float()
+        new_state = []
+        for i, b in enumerate(tr.h):
+            st = None if state is None else state[i]
+            n1 = b.norm_1(x)
+            if b.kind == "mamba":
+                hmix, ns = b.attn(n1, st, dt_scale=dt_scale, exact=exact)
+            else:
+                hmix, ns = b.attn(n1, st, pos0=pos0, keep_cache=return_state)
+            x = x + hmix.float()
+            x = x + b.mlp(b.norm_2(x)).float()
+            new_state.append(ns)
+        hfin = tr.ln_f(x)
+        out = hfin if return_hidden else self.logits(hfin)
+        return (out, new_state) if return_state else out
+
+    def logits(self, hfin):
+        return F.linear(hfin, self.transformer.wte.weight.to(hfin.dtype)).float()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# Safetensors (hand-written writer and reader)
+# ----------------------------------------------------------------------------------------------
+def export_state(model: TorchSamba) -> dict[str, np.ndarray]:
+    """lit_gpt-named float32 arrays (tied: no lm_head.weight)."""
+    return {k: v.detach().float().cpu().contiguous().numpy() for k, v in model.state_dict().items()}
+
+
+def save_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Write F32 tensors: u64 LE header length, JSON header padded with spaces to 8 bytes, raw data."""
+    header: dict = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}}
+    off = 0
+    blobs = []
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name], dtype="<f4")
+        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [off, off + a.nbytes]}
+        off += a.nbytes
+        blobs.append(a.tobytes())
+    hb = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    hb += b" " * ((-len(hb)) % 8)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(hb)))
+        f.write(hb)
+        for b in blobs:
+            f.write(b)
+    os.replace(tmp, path)
+
+
+def load_safetensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read F32/F16/BF16 safetensors -> (float32 arrays, metadata)."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        hdr = json.loads(f.read(n))
+        data = f.read()
+    meta = hdr.pop("__metadata__", {})
+    out = {}
+    for name, t in hdr.items():
+        b, e = t["data_offsets"]
+        raw = np.frombuffer(data[b:e], dtype=np.uint8)
+        if t["dtype"] == "F32":
+            a = raw.view("<f4")
+        elif t["dtype"] == "F16":
+            a = raw.view("<f2").astype(np.float32)
+        elif t["dtype"] == "BF16":
+            a = (raw.view("<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            raise ValueError(f"{path}: unsupported dtype {t['dtype']} for {name}")
+        out[name] = a.reshape(t["shape"]).copy()
+    return out, meta
+
+
+def load_model(path: str, device: str = "cpu") -> TorchSamba:
+    """Build a TorchSamba from a samba-ext safetensors file."""
+    tensors, meta = load_safetensors(path)
+    cfg = json.loads(meta["config"])
+    model = TorchSamba(cfg)
+    sd = {k: torch.from_numpy(v) for k, v in tensors.items() if k != "lm_head.weight"}
+    model.load_state_dict(sd, strict=True)
+    return model.to(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+PK_INSTR = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
+            "I will quiz you about the important information there.")
+PK_GARBAGE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+PK_QUESTION = "What is the pass key? The pass key is"
+
+
+def pk_info(key: int) -> str:
+    return f"The pass key is {key}. Remember it. {key} is the pass key."
+
+
+_GARBAGE_CACHE: dict[int, str] = {}
+
+
+def garbage(n: int) -> str:
+    """The first n characters of the repeated Landmark filler (" ".join([garbage] * many))."""
+    reps = n // (len(PK_GARBAGE) + 1) + 2
+    if reps not in _GARBAGE_CACHE or len(_GARBAGE_CACHE.get(reps, "")) < n:
+        _GARBAGE_CACHE.clear()
+        _GARBAGE_CACHE[reps] = " ".join([PK_GARBAGE] * reps)
+    return _GARBAGE_CACHE[reps][:n]
+
+
+def passkey_prompt(n_tokens: int, depth: float, key: int) -> str:
+    """Landmark prompt (lines joined by "\\n") of exactly n_tokens bytes (if n_tokens >= the fixed
+    part), info line after round(depth * n_garbage) filler characters."""
+    fixed = len(PK_INSTR) + len(pk_info(key)) + len(PK_QUESTION) + 4
+    n_garbage = max(0, n_tokens - fixed)
+    pre = int(round(depth * n_garbage))
+    return "\n".join([PK_INSTR, garbage(pre), pk_info(key), garbage(n_garbage - pre), PK_QUESTION])
+
+
+PASSKEY_ANSWER = " {key}."  # the trained continuation, followed by <eos>
+
+FIRST_NAMES = ("James Mary John Patricia Robert Jennifer Michael Linda William Elizabeth David Barbara Richard "
+               "Susan Joseph Jessica Thomas Sarah Charles Karen Daniel Nancy Matthew Lisa Anthony Betty Mark "
+               "Margaret Donald Sandra Steven Ashley Paul Kimberly Andrew Emily Joshua Donna Kenneth Michelle "
+               "Kevin Dorothy Brian Carol George Amanda Edward Melissa Ronald Deborah Timothy Stephanie Jason "
+               "Rebecca Jeffrey Laura Ryan Helen Jacob Sharon Gary Cynthia Nicholas Kathleen Eric Amy Stephen "
+               "Shirley Jonathan Angela Larry Anna").split()
+LAST_NAMES = ("Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez Martinez Hernandez Lopez "
+              "Gonzalez Wilson Anderson Thomas Taylor Moore Jackson Martin Lee Perez Thompson White Harris "
+              "Sanchez Clark Ramirez Lewis Robinson Walker Young Allen King Wright Scott Torres Nguyen Hill "
+              "Flores Green Adams Nelson Baker Hall Rivera Campbell Mitchell Carter Roberts Gomez Phillips "
+              "Evans Turner Diaz Parker Cruz Edwards Collins Reyes Stewart Morris Morales Murphy Cook Rogers "
+              "Gutierrez Ortiz Morgan Cooper Peterson Bailey Reed Kelly Howard").split()
+
+
+def phonebook_prompt(rng: random.Random, n_entries: int) -> tuple[str, str]:
+    """samba_arch.md 6.3 format: "Name: phone" lines, "\\n\\n", two re-stated entries, "\\n\\n",
+    "<query name>:". Phone = 10 digits, first 6-9. Returns (prompt, phone of the query)."""
+    n_entries = max(3, n_entries)
+    names: set[str] = set()
+    while len(names) < n_entries:
+        names.add(f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}")
+    names_l = sorted(names)
+    rng.shuffle(names_l)
+    phones = [str(rng.randint(6, 9)) + "".join(str(rng.randint(0, 9)) for _ in range(9)) for _ in names_l]
+    entries = [f"{n}: {p}" for n, p in zip(names_l, phones)]
+    a, b, c = rng.sample(range(n_entries), 3)
+    prompt = "\n".join(entries) + "\n\n" + entries[a] + "\n" + entries[b] + "\n\n" + names_l[c] + ":"
+    return prompt, phones[c]
+
+
+def stdlib_files(held_out: bool) -> list[str]:
+    """Sorted .py files of the running interpreter's stdlib (site-/dist-packages excluded).
+
+    held_out=True: files whose posix path relative to the stdlib dir has crc32 % 10 == 0."""
+    root = sysconfig.get_paths()["stdlib"]
+    out = []
+    for d, dirs, files in os.walk(root):
+        dirs[:] = sorted(x for x in dirs if x not in ("site-packages", "dist-packages", "__pycache__"))
+        for fn in sorted(files):
+            if fn.endswith(".py"):
+                p = os.path.join(d, fn)
+                rel = os.path.relpath(p, root).replace(os.sep, "/")
+                if (zlib.crc32(rel.encode("utf-8")) % 10 == 0) == held_out:
+                    out.append(p)
+    return out
+
+
+FILE_SEPARATOR = b"\n\n"  # between files, as in samba_ext.eval.corpus
+
+
+def text_stream(files: list[str], max_bytes: int | None = None) -> np.ndarray:
+    """Concatenate the UTF-8 files (others skipped) with "\n\n" between them: int16 ids."""
+    parts, n = [], 0
+    for p in files:
+        try:
+            with open(p, "rb") as f:
+                b = f.read()
+            b.decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if parts:
+            parts.append(np.frombuffer(FILE_SEPARATOR, dtype=np.uint8).astype(np.int16))
+        parts.append(np.frombuffer(b, dtype=np.uint8).astype(np.int16))
+        n += len(b) + 2
+        if max_bytes is not None and n >= max_bytes:
+            break
+    return np.concatenate(parts) if parts else np.zeros(0, np.int16)
+
+
+@dataclass
+class DataMix:
+    p_passkey: float = 0.5
+    p_phonebook: float = 0.15
+    p_bos: float = 0.5
+    text: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
+
+
+def make_doc(rng: random.Random, L: int, mix: DataMix):
+    """One training row of exactly L tokens. Returns (ids int64 (L,), kind (L,) int8) where
+    kind: 0 = pad (no loss), 1 = LM token, 2 = answer token (weighted; target at this position)."""
+    ids = np.full(L, PAD, dtype=np.int64)
+    kind = np.zeros(L, dtype=np.int8)
+    bos = [BOS] if rng.random() < mix.p_bos else []
+    r = rng.random()
+    if r < mix.p_passkey and L >= 320:
+        key = rng.randint(10000, 99999) if rng.random() < 0.9 else rng.randint(1, 50000)
+        ans = encode(PASSKEY_ANSWER.format(key=key)) + [EOS]
+        u = rng.random()
+        depth = 0.0 if u < 0.1 else 1.0 if u < 0.2 else rng.random()
+        prompt = encode(passkey_prompt(L - len(bos) - len(ans), depth, key))
+        seq = bos + prompt + ans
+        n_ans = len(ans)
+    elif r < mix.p_passkey + mix.p_phonebook or len(mix.text) < L + 1:
+        budget = L - len(bos) - 14
+        # entries ~ 24 bytes; the book (+3 re-stated lines) must fit; log-uniform size favours small books
+        max_e = max(3, (budget - 60) // 27)
+        n_e = int(round(math.exp(rng.uniform(math.log(3), math.log(max_e))))) if max_e > 3 else 3
+        while True:
+            prompt, ph = phonebook_prompt(rng, n_e)
+            ans = encode(" " + ph + "\n") + [EOS]
+            seq = bos + encode(prompt) + ans
+            if len(seq) <= L or n_e <= 3:
+                break
+            n_e = max(3, int(n_e * 0.8))
+        seq = seq[:L]
+        n_ans = len(ans)
+    else:
+        s = rng.randrange(0, len(mix.text) - L)
+        seq = bos + mix.text[s: s + L - len(bos)].astype(np.int64).tolist()
+        n_ans = 0
+    n = len(seq)
+    ids[:n] = seq
+    kind[: n - 1] = 1  # position t predicts seq[t+1]
+    if n_ans:
+        kind[n - 1 - n_ans: n - 1] = 2
+    return ids, kind
+
+
+def make_batch(rng: random.Random, B: int, L: int, mix: DataMix):
+    rows = [make_doc(rng, L, mix) for _ in range(B)]
+    ids = torch.from_numpy(np.stack([r[0] for r in rows]))
+    kind = torch.from_numpy(np.stack([r[1] for r in rows]))
+    return ids, kind
+
+
+# ----------------------------------------------------------------------------------------------
+# Chunked (recurrent) inference and quick long-context evaluations
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def run_chunked(model: TorchSamba, tokens: torch.Tensor, chunk: int = 8192, want: str = "last",
+                targets_from: int | None = None):
+    """Process tokens (B, L) chunk by chunk with the state carried.
+
+    want="last": logits of the last position (B, V). want="nll": per-token NLL (B, L-1) float32 of
+    tokens[:, t+1] given tokens[:, :t+1]. want="argmax_from": argmax predictions (B, L-targets_from)
+    for positions targets_from..L-1."""
+    state, pos = None, 0
+    L = tokens.shape[1]
+    outs = []
+    last = None
+    while pos < L:
+        cur = tokens[:, pos: pos + chunk]
+        h, state = model(cur, state=state, pos0=pos, return_state=True, return_hidden=True)
+        if want == "nll":
+            lg = model.logits(h)
+            tgt = tokens[:, pos + 1: pos + 1 + cur.shape[1]]
+            lp = torch.log_softmax(lg[:, : tgt.shape[1]], -1)
+            outs.append(-lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1))
+        elif want == "argmax_from":
+            lo = max(targets_from - pos, 0)
+            if lo < cur.shape[1]:
+                outs.append(model.logits(h[:, lo:]).argmax(-1))
+        last = h[:, -1]
+        pos += cur.shape[1]
+    if want == "last":
+        return model.logits(last)
+    return torch.cat(outs, 1)
+
+
+@torch.no_grad()
+def eval_passkey(model: TorchSamba, lengths, depths, trials: int, device, seed: int = 1234,
+                 chunk: int = 8192, max_batch: int = 16) -> dict[int, float]:
+    """Teacher-forced greedy check: prompt + " {key}." and all answer positions' argmax must equal
+    the next token, i.e. greedy decoding emits " {key}." (so the first integer is the key).
+    Returns {length: accuracy}."""
+    rng = random.Random(seed)
+    res = {}
+    for L in lengths:
+        items = []
+        for d in depths:
+            for _ in range(trials):
+                key = rng.randint(10000, 99999)
+                p = encode(passkey_prompt(L, d, key))
+                a = encode(PASSKEY_ANSWER.format(key=key))
+                items.append((p, a))
+        ok = 0
+        for s in range(0, len(items), max_batch):
+            grp = items[s: s + max_batch]
+            n = max(len(p) + len(a) for p, a in grp)
+            lp = len(grp[0][0])
+            assert all(len(p) == lp for p, _ in grp)
+            toks = torch.full((len(grp), n), PAD, dtype=torch.long)
+            for r, (p, a) in enumerate(grp):
+                toks[r, : len(p) + len(a)] = torch.tensor(p + a)
+            toks = toks.to(device)
+            pred = run_chunked(model, toks[:, :-1], chunk=chunk, want="argmax_from", targets_from=lp - 1)
+            for r, (p, a) in enumerate(grp):
+                ok += int(pred[r, : len(a)].tolist() == a)
+        res[L] = ok / len(items)
+    return res
+
+
+@torch.no_grad()
+def eval_ppl(model: TorchSamba, stream: np.ndarray, total: int, device, seg: int = 4096,
+             chunk: int = 8192, buckets=(4096, 16384, 65536, 262144, 1048576)) -> dict:
+    """NLL of one long held-out stream read with the state carried vs. the same tokens read in
+    independent `seg`-token pieces (state reset). Returns per position bucket ppl for both and ratio."""
+    total = min(total, len(stream) - 1) // seg * seg
+    toks = torch.from_numpy(stream[: total + 1].astype(np.int64)).to(device)
+    nll_long = run_chunked(model, toks[None, :total + 1], chunk=chunk, want="nll")[0]
+    pieces = toks[:total].view(-1, seg)
+    nxt = torch.cat([toks[1: total + 1].view(-1, seg)], 0)
+    nll_seg = []
+    per = max(1, (64 * 1024) // seg)
+    for s in range(0, pieces.shape[0], per):
+        p = pieces[s: s + per]
+        t = nxt[s: s + per]
+        full = torch.cat([p, t[:, -1:]], 1)
+        nll_seg.append(run_chunked(model, full, chunk=chunk, want="nll"))
+    nll_seg = torch.cat(nll_seg, 0).reshape(-1)
+    out = {}
+    lo = 0
+    for hi in buckets:
+        if lo >= total:
+            break
+        hi2 = min(hi, total)
+        a = nll_long[lo:hi2].double().mean().item()
+        b = nll_seg[lo:hi2].double().mean().item()
+        out[f"{lo}-{hi2}"] = dict(ppl_long=math.exp(a), ppl_reset=math.exp(b), ratio=math.exp(a - b))
+        lo = hi2
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------
+def curriculum_len(progress: float, max_len: int) -> int:
+    """Short-to-long stages: 1/8, 1/4, 1/2, 1 of max_len."""
+    if progress < 0.12:
+        return max(320, max_len // 8)
+    if progress < 0.30:
+        return max(320, max_len // 4)
+    if progress < 0.50:
+        return max(320, max_len // 2)
+    return max_len
+
+
+def lr_at(progress: float, step: int, lr: float, warmup: int) -> float:
+    w = min(1.0, (step + 1) / warmup)
+    return lr * w * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=["samba-tiny", "llama-tiny"], required=True)
+    ap.add_argument("--out", required=True, help="output .safetensors path")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--steps", type=int, default=None, help="number of steps (default: until --minutes)")
+    ap.add_argument("--minutes", type=float, default=None, help="wall-clock training budget")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--n-layer", type=int, default=4)
+    ap.add_argument("--d-state", type=int, default=16)
+    ap.add_argument("--window", type=int, default=256)
+    ap.add_argument("--max-len", type=int, default=None, help="training length (default 4096; cpu 384)")
+    ap.add_argument("--tokens-per-step", type=int, default=None, help="default 32768 (cpu 768)")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.01)
+    ap.add_argument("--warmup", type=int, default=150)
+    ap.add_argument("--lm-weight", type=float, default=0.25, help="weight of the LM loss vs the answer loss")
+    ap.add_argument("--p-passkey", type=float, default=0.5)
+    ap.add_argument("--p-phonebook", type=float, default=0.15)
+    ap.add_argument("--dt-aug", type=float, default=0.0,
+                    help="fraction of rows whose Mamba dt is multiplied by exp(U(0, ln dt_aug_max)) "
+                         "(time-dilation augmentation for length extrapolation)")
+    ap.add_argument("--dt-aug-max", type=float, default=64.0)
+    ap.add_argument("--text-bytes", type=int, default=None, help="cap on stdlib training text (cpu: 2 MB)")
+    ap.add_argument("--amp-cpu", action="store_true", help="bf16 autocast on the cpu too (debugging)")
+    ap.add_argument("--threads", type=int, default=None, help="torch cpu threads")
+    ap.add_argument("--log-every", type=int, default=50)
+    ap.add_argument("--eval-long", action="store_true", help="quick long-context evals after training")
+    ap.add_argument("--eval-max-len", type=int, default=262144)
+    ap.add_argument("--eval-ppl-tokens", type=int, default=None,
+                    help="held-out stream length for the ppl check (default 1M samba, 32K llama)")
+    ap.add_argument("--eval-json", default=None, help="also write the eval results to this JSON file")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    cmd = "python3 python/train_tiny.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    dev = torch.device(args.device)
+    cpu = dev.type == "cpu"
+    max_len = args.max_len or (384 if cpu else 4096)
+    tps = args.tokens_per_step or (768 if cpu else 32768)
+    if args.steps is None and args.minutes is None:
+        args.steps = 20 if cpu else 1000
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+
+    cfg = make_config(args.model, args.d_model, args.n_layer, args.window, args.d_state)
+    cfg["max_train_len"] = max_len
+    model = TorchSamba(cfg).to(dev)
+    n_params = model.num_parameters()
+    t0 = time.time()
+    text = text_stream(stdlib_files(held_out=False), args.text_bytes or (2_000_000 if cpu else None))
+    mix = DataMix(p_passkey=args.p_passkey, p_phonebook=args.p_phonebook, text=text)
+    print(f"[{args.model}] params {n_params} | train text {len(text)} tokens ({time.time() - t0:.1f}s) | "
+          f"device {dev} | max_len {max_len} | tokens/step {tps}", flush=True)
+
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "A_log" not in n else no_decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
+    use_amp = dev.type == "cuda" or args.amp_cpu
+    has_mamba = "mamba" in cfg["layer_types"]
+    log = []
+    t_start = time.time()
+    step = 0
+    while True:
+        el = time.time() - t_start
+        prog_s = step / args.steps if args.steps else 0.0
+        prog_t = el / (args.minutes * 60) if args.minutes else 0.0
+        progress = max(prog_s, prog_t)
+        if progress >= 1.0:
+            break
+        Lmax = curriculum_len(progress, max_len)
+        L = Lmax if rng.random() < 0.5 else max(320, int(rng.uniform(0.25, 1.0) * Lmax) // 64 * 64)
+        B = max(1, tps // L)
+        ids, kind = make_batch(rng, B, L, mix)
+        if dev.type == "cuda":
+            ids, kind = ids.pin_memory().to(dev, non_blocking=True), kind.pin_memory().to(dev, non_blocking=True)
+        dt_scale = None
+        if has_mamba and args.dt_aug > 0:
+            on = torch.rand(B, generator=None) < args.dt_aug
+            k = torch.exp(torch.rand(B) * math.log(args.dt_aug_max))
+            dt_scale = torch.where(on, k, torch.ones(B)).to(dev)
+        lr = lr_at(progress, step, args.lr, args.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
+            hfin = model(ids, dt_scale=dt_scale, return_hidden=True)
+        logits = model.logits(hfin[:, :-1].float())
+        tgt = ids[:, 1:]
+        k_ = kind[:, :-1]
+        ce = F.cross_entropy(logits.reshape(-1, VOCAB), tgt.reshape(-1), reduction="none").view_as(tgt)
+        m_ans = (k_ == 2).float()
+        m_lm = (k_ == 1).float()
+        n_ans = m_ans.sum().clamp(min=1)
+        loss_ans = (ce * m_ans).sum() / n_ans
+        loss_lm = (ce * m_lm).sum() / m_lm.sum().clamp(min=1)
+        loss = loss_ans + args.lm_weight * loss_lm
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % args.log_every == 0 or step == 1 or (args.steps and step == args.steps):
+            with torch.no_grad():
+                acc = ((logits.argmax(-1) == tgt).float() * m_ans).sum() / n_ans
+            rec = dict(step=step, t=round(time.time() - t_start, 1), L=L, B=B, lr=round(lr, 6),
+                       loss=round(loss.item(), 4), loss_ans=round(loss_ans.item(), 4),
+                       loss_lm=round(loss_lm.item(), 4), ans_acc=round(acc.item(), 4),
+                       gnorm=round(float(gn), 3))
+            log.append(rec)
+            print(json.dumps(rec), flush=True)
+    train_time = time.time() - t_start
+    model.eval()
+    meta = {
+        "format": "samba-ext", "config": json.dumps(cfg), "tokenizer": "byte", "train_command": cmd,
+        "seed": str(args.seed), "steps": str(step), "train_seconds": f"{train_time:.1f}",
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "torch": torch.__version__, "params": str(n_params),
+        "data": "passkey (Landmark template, answer ' {key}.'+<eos>), phonebook, stdlib .py (crc32(relpath)%10!=0)",
+        "final_log": json.dumps(log[-1] if log else {}),
+        "passkey_answer_format": PASSKEY_ANSWER + "<eos>",
+    }
+    save_safetensors(args.out, export_state(model), meta)
+    print(f"[{args.model}] saved {args.out} ({os.path.getsize(args.out)} bytes) after {step} steps, "
+          f"{train_time:.0f}s", flush=True)
+    result = dict(model=args.model, steps=step, train_seconds=train_time, params=n_params, log=log)
+    if args.eval_long:
+        result["eval"] = quick_evals(model, cfg, dev, args)
+        if args.eval_json:
+            with open(args.eval_json, "w") as f:
+                json.dump(result, f, indent=1)
+    return result
+
+
+def quick_evals(model: TorchSamba, cfg: dict, dev, args) -> dict:
+    """Torch-side passkey accuracy by length and long-context perplexity stability."""
+    is_samba = "mamba" in cfg["layer_types"]
+    cap = args.eval_max_len if is_samba else min(args.eval_max_len, 32768)
+    lengths = [n for n in (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144) if n <= cap]
+    out: dict = {}
+    t = time.time()
+    with torch.autocast(device_type=dev.type, enabled=False):
+        try:
+            out["passkey"] = eval_passkey(model, lengths, [0.0, 0.25, 0.5, 0.75, 1.0], 2, dev)
+        except Exception as e:  # keep going: the checkpoint is already saved
+            out["passkey_error"] = repr(e)
+        print(f"[{cfg['name']}] passkey {out.get('passkey', out.get('passkey_error'))} "
+              f"({time.time() - t:.0f}s)", flush=True)
+        t = time.time()
+        try:
+            held = text_stream(stdlib_files(held_out=True))
+            total = args.eval_ppl_tokens or ((1 << 20) if is_samba else 32768)
+            out["ppl"] = eval_ppl(model, held, total, dev)
+        except Exception as e:
+            out["ppl_error"] = repr(e)
+        print(f"[{cfg['name']}] ppl {json.dumps(out.get('ppl', out.get('ppl_error')))} "
+              f"({time.time() - t:.0f}s)", flush=True)
+    return out
+
+if __name__ == "__main__":
+    main()

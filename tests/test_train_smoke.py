@@ -1,0 +1,115 @@
+"""Fast checks of the PyTorch training recipe (python/train_tiny.py); skipped without torch.
+
+The torch model's fast paths are compared with plain references written from the formulas:
+the chunked selective scan against the step-by-step recurrence, the blocked sliding-window
+attention against dense masked attention, chunk-by-chunk inference (state carried) against one
+full forward, and a CPU smoke run of the training script (few steps, tiny batch) whose exported
+safetensors file must reload with the same weights and the MODEL_API metadata.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
+import train_tiny as tt  # noqa: E402
+
+from conftest import assert_close  # noqa: E402
+
+
+def _seq_scan_f64(x, dt, A, Bm, Cm, Dv, h0):
+    """Plain float64 NumPy recurrence (samba_arch.md section 3)."""
+    Bsz, L, E = x.shape
+    h = h0.copy()
+    y = np.zeros((Bsz, L, E))
+    for t in range(L):
+        h = np.exp(dt[:, t, :, None] * A) * h + (dt[:, t] * x[:, t])[:, :, None] * Bm[:, t, None, :]
+        y[:, t] = (h * Cm[:, t, None, :]).sum(-1) + Dv * x[:, t]
+    return y, h
+
+
+@pytest.mark.parametrize("L", [1, 16, 45, 100])
+def test_chunked_scan_matches_recurrence(rng, L):
+    B, E, N = 2, 6, 4
+    x = rng.standard_normal((B, L, E))
+    dt = rng.uniform(0.0, 1.0, (B, L, E))  # dt*A >= -3 > floor -5: the chunked form is exact here
+    A = -rng.uniform(0.1, 3.0, (E, N))
+    Bm, Cm = rng.standard_normal((B, L, N)), rng.standard_normal((B, L, N))
+    Dv, h0 = rng.standard_normal(E), rng.standard_normal((B, E, N))
+    yr, hr = _seq_scan_f64(x, dt, A, Bm, Cm, Dv, h0)
+    f = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    y, h = tt.scan_chunked(f(x), f(dt), f(A), f(Bm), f(Cm), f(Dv), f(h0))
+    # float32 with exp(+-S) factors up to e^48 inside a chunk: relative error ~1e-6 observed
+    assert_close(y.numpy(), yr, 1e-5, "y")
+    assert_close(h.numpy(), hr, 1e-5, "final state")
+    y2, _ = tt.scan_ref(f(x), f(dt), f(A), f(Bm), f(Cm), f(Dv), f(h0))
+    assert_close(y2.numpy(), yr, 1e-5, "scan_ref y")
+
+
+@pytest.mark.parametrize("W,P,L", [(4, 0, 37), (8, 7, 20), (16, 5, 16), (32, 0, 3)])
+def test_local_attention_matches_dense(rng, W, P, L):
+    B, H, hd = 2, 3, 8
+    q = rng.standard_normal((B, H, L, hd))
+    k = rng.standard_normal((B, H, P + L, hd))
+    v = rng.standard_normal((B, H, P + L, hd))
+    qpos = P + np.arange(L)[:, None]
+    kpos = np.arange(P + L)[None, :]
+    s = np.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(hd)
+    s = np.where((kpos <= qpos) & (kpos > qpos - W), s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    ref = np.einsum("bhqk,bhkd->bhqd", p / p.sum(-1, keepdims=True), v)
+    got = tt.local_attention(*(torch.tensor(a, dtype=torch.float32) for a in (q, k, v)), P, W)
+    assert_close(got.numpy(), ref, 1e-5, "swa")  # float32 softmax/matmul over <= 2W keys
+
+
+@pytest.mark.parametrize("name", ["samba-tiny", "llama-tiny"])
+def test_chunked_inference_matches_full_forward(name):
+    torch.manual_seed(0)
+    cfg = tt.make_config(name, d_model=32, window=8)
+    m = tt.TorchSamba(cfg).eval()
+    toks = torch.randint(0, tt.VOCAB, (2, 50))
+    with torch.no_grad():
+        full = m(toks, exact=True)
+        parts, st, pos = [], None, 0
+        for c in (13, 1, 20, 16):
+            o, st = m(toks[:, pos:pos + c], state=st, pos0=pos, return_state=True)
+            parts.append(o)
+            pos += c
+    assert_close(torch.cat(parts, 1).numpy(), full.numpy(), 1e-5, "chunked logits")
+
+
+def test_passkey_prompt_template():
+    p = tt.passkey_prompt(1000, 0.5, 12345)
+    assert len(tt.encode(p)) == 1000
+    lines = p.split("\n")
+    assert lines[0] == tt.PK_INSTR and lines[-1] == "What is the pass key? The pass key is"
+    assert lines[2] == "The pass key is 12345. Remember it. 12345 is the pass key."
+    assert abs(len(lines[1]) - len(lines[3])) <= 1
+    assert tt.passkey_prompt(500, 0.0, 7).split("\n")[1] == ""
+
+
+def test_train_smoke_cpu_and_export(tmp_path):
+    out = str(tmp_path / "x.safetensors")
+    res = tt.main(["--model", "samba-tiny", "--steps", "2", "--device", "cpu", "--out", out,
+                   "--tokens-per-step", "320", "--max-len", "320", "--text-bytes", "200000",
+                   "--threads", "1", "--log-every", "1"])
+    assert res["steps"] == 2 and all(math.isfinite(r["loss"]) for r in res["log"])
+    assert os.path.getsize(out) <= 16 * 1024 * 1024
+    tensors, meta = tt.load_safetensors(out)
+    assert meta["format"] == "samba-ext" and meta["tokenizer"] == "byte"
+    assert "--steps 2" in meta["train_command"] and meta["seed"] == "0"
+    cfg = json.loads(meta["config"])
+    assert tuple(cfg) == tt.CONFIG_FIELDS and cfg["layer_types"] == ["mamba", "swa", "mamba", "swa"]
+    assert "lm_head.weight" not in tensors and "transformer.h.1.attn.attn.weight" in tensors
+    assert tensors["transformer.h.0.attn.in_proj.weight"].shape == (4 * cfg["d_model"], cfg["d_model"])
+    with open(out, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+    assert n % 8 == 0
+    m = tt.load_model(out)
+    assert m.num_parameters() == res["params"]
