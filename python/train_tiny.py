@@ -246,6 +246,15 @@ def apply_rope(x, cos, sin):
     return torch.cat([x1 * c - x2 * s, x1 * s + x2 * c], -1)
 
 
+def masked_attention(q, k, v, mask):
+    """Plain softmax attention (fp32 scores): q (..., Lq, hd), k/v (..., Lk, hd), mask bool
+    broadcastable to (..., Lq, Lk), True = attend. Written out instead of SDPA with attn_mask, whose
+    default cuDNN backend on H100/H200 (torch 2.11) gave wrong training results here."""
+    s = torch.matmul(q, k.transpose(-1, -2)).float() * (1.0 / math.sqrt(q.shape[-1]))
+    s = s.masked_fill(~mask, float("-inf"))
+    return torch.matmul(torch.softmax(s, -1).to(v.dtype), v)
+
+
 def local_attention(q, k, v, n_cached: int, window: int):
     """Sliding-window causal attention, window in keys including self.
 
@@ -269,7 +278,7 @@ def local_attention(q, k, v, n_cached: int, window: int):
     band = (j >= i + 1) & (j <= i + W)
     blk = torch.arange(nb, device=q.device).view(nb, 1, 1)
     mask = (band.unsqueeze(0) & (blk * Q + j.unsqueeze(0) >= left)).repeat(H, 1, 1).unsqueeze(0)
-    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask)
+    out = masked_attention(qb, kb, vb, mask)
     return out.reshape(Bsz, H, nb * Q, hd)[:, :, :L]
 
 
@@ -309,7 +318,7 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, kk, vv, is_causal=True)
         else:
             mask = torch.arange(P + L, device=x.device)[None, :] <= (P + torch.arange(L, device=x.device))[:, None]
-            y = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask)
+            y = masked_attention(q, kk, vv, mask)
         y = y.transpose(1, 2).reshape(Bsz, L, self.H * self.hd)
         return self.proj(y), new_state
 

@@ -1,19 +1,43 @@
-// runtime.cu - device discovery and cuBLAS availability.
+// runtime.cu - device discovery, error reporting, stream-ordered memory, copies, streams,
+// CUDA graphs, and the strided / dtype-converting copy kernel.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
-#include "samba_cuda.h"
+#include "cu_common.cuh"
 
-static char g_err[256];
+static thread_local char g_err[512];
 
 extern "C" const char *samba_cuda_last_error(void) { return g_err; }
+
+extern "C" samba_status samba_cu_fail(const char *what, int err) {
+    cudaError_t e = (cudaError_t)err;
+    snprintf(g_err, sizeof g_err, "%s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
+    return e == cudaErrorMemoryAllocation ? SAMBA_ERR_ALLOC : SAMBA_ERR_CUDA;
+}
+
+extern "C" samba_status samba_cu_fail_msg(samba_status s, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+#define CU_TRY(what, call)                                       \
+    do {                                                         \
+        cudaError_t e_ = (call);                                 \
+        if (e_ != cudaSuccess) return samba_cu_fail((what), e_); \
+    } while (0)
 
 extern "C" int samba_cuda_device_count(void) {
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess) {
-        snprintf(g_err, sizeof g_err, "%s", cudaGetErrorString(e));
+        samba_cu_fail("cudaGetDeviceCount", e);
         cudaGetLastError();
         return -(int)e;
     }
@@ -36,4 +60,248 @@ extern "C" samba_status samba_cuda_cublas_check(int *version) {
     cublasGetVersion(h, version);
     cublasDestroy(h);
     return SAMBA_OK;
+}
+
+extern "C" samba_status samba_cu_device_info(int device, char *name, size_t name_len,
+                                             int *major, int *minor, int64_t *total_mem,
+                                             int *sm_count) {
+    cudaDeviceProp p;
+    CU_TRY("cudaGetDeviceProperties", cudaGetDeviceProperties(&p, device));
+    snprintf(name, name_len, "%s", p.name);
+    *major = p.major;
+    *minor = p.minor;
+    *total_mem = (int64_t)p.totalGlobalMem;
+    *sm_count = p.multiProcessorCount;
+    return SAMBA_OK;
+}
+
+// ------------------------------------------------------------------ devices, memory ----
+#define SAMBA_MAX_DEVICES 64
+static int g_pool_ready[SAMBA_MAX_DEVICES];
+
+extern "C" samba_status samba_cu_set_device(int device) {
+    int cur = -1;
+    if (device < 0 || device >= SAMBA_MAX_DEVICES)
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "device %d out of range", device);
+    if (cudaGetDevice(&cur) != cudaSuccess || cur != device)
+        CU_TRY("cudaSetDevice", cudaSetDevice(device));
+    if (!g_pool_ready[device]) {
+        // Keep freed blocks cached in the pool (the default threshold 0 would return them
+        // to the driver at every synchronization).
+        cudaMemPool_t pool;
+        CU_TRY("cudaDeviceGetDefaultMemPool", cudaDeviceGetDefaultMemPool(&pool, device));
+        uint64_t thr = UINT64_MAX;
+        CU_TRY("cudaMemPoolSetAttribute",
+               cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &thr));
+        g_pool_ready[device] = 1;
+    }
+    return SAMBA_OK;
+}
+
+extern "C" samba_status samba_cu_malloc(void **ptr, size_t nbytes, void *stream) {
+    *ptr = NULL;
+    if (nbytes == 0) return SAMBA_OK;
+    cudaError_t e = cudaMallocAsync(ptr, nbytes, (cudaStream_t)stream);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        *ptr = NULL;
+        samba_cu_fail("cudaMallocAsync", e);
+        char tmp[512];
+        snprintf(tmp, sizeof tmp, "%s while allocating %zu bytes", g_err, nbytes);
+        snprintf(g_err, sizeof g_err, "%s", tmp);
+        return e == cudaErrorMemoryAllocation ? SAMBA_ERR_ALLOC : SAMBA_ERR_CUDA;
+    }
+    return SAMBA_OK;
+}
+
+extern "C" samba_status samba_cu_free(void *ptr, void *stream) {
+    if (ptr == NULL) return SAMBA_OK;
+    CU_TRY("cudaFreeAsync", cudaFreeAsync(ptr, (cudaStream_t)stream));
+    return SAMBA_OK;
+}
+
+extern "C" samba_status samba_cu_trim(int device) {
+    cudaMemPool_t pool;
+    CU_TRY("cudaDeviceGetDefaultMemPool", cudaDeviceGetDefaultMemPool(&pool, device));
+    CU_TRY("cudaDeviceSynchronize", cudaDeviceSynchronize());
+    CU_TRY("cudaMemPoolTrimTo", cudaMemPoolTrimTo(pool, 0));
+    return SAMBA_OK;
+}
+
+extern "C" samba_status samba_cu_pool_stats(int device, uint64_t *reserved, uint64_t *used) {
+    cudaMemPool_t pool;
+    CU_TRY("cudaDeviceGetDefaultMemPool", cudaDeviceGetDefaultMemPool(&pool, device));
+    CU_TRY("cudaMemPoolGetAttribute",
+           cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, reserved));
+    CU_TRY("cudaMemPoolGetAttribute",
+           cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, used));
+    return SAMBA_OK;
+}
+
+extern "C" samba_status samba_cu_memcpy_h2d(void *dst, const void *src, size_t n, void *stream) {
+    if (n == 0) return SAMBA_OK;
+    CU_TRY("cudaMemcpyAsync (host to device)",
+           cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, (cudaStream_t)stream));
+    return SAMBA_OK;
+}
+
+extern "C" samba_status samba_cu_memcpy_d2h(void *dst, const void *src, size_t n, void *stream) {
+    if (n > 0)
+        CU_TRY("cudaMemcpyAsync (device to host)",
+               cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, (cudaStream_t)stream));
+    CU_TRY("cudaStreamSynchronize", cudaStreamSynchronize((cudaStream_t)stream));
+    return SAMBA_OK;
+}
+
+extern "C" samba_status samba_cu_memcpy_d2d(void *dst, const void *src, size_t n, void *stream) {
+    if (n == 0) return SAMBA_OK;
+    CU_TRY("cudaMemcpyAsync (device to device)",
+           cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, (cudaStream_t)stream));
+    return SAMBA_OK;
+}
+
+extern "C" samba_status samba_cu_memset(void *dst, int value, size_t n, void *stream) {
+    if (n == 0) return SAMBA_OK;
+    CU_TRY("cudaMemsetAsync", cudaMemsetAsync(dst, value, n, (cudaStream_t)stream));
+    return SAMBA_OK;
+}
+
+extern "C" samba_status samba_cu_stream_sync(void *stream) {
+    CU_TRY("cudaStreamSynchronize", cudaStreamSynchronize((cudaStream_t)stream));
+    return SAMBA_OK;
+}
+
+extern "C" samba_status samba_cu_device_sync(void) {
+    CU_TRY("cudaDeviceSynchronize", cudaDeviceSynchronize());
+    return SAMBA_OK;
+}
+
+extern "C" samba_status samba_cu_stream_wait(void *waiter, void *producer) {
+    if (waiter == producer) return SAMBA_OK;
+    cudaEvent_t ev;
+    CU_TRY("cudaEventCreate", cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    cudaError_t e = cudaEventRecord(ev, (cudaStream_t)producer);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent((cudaStream_t)waiter, ev, 0);
+    cudaEventDestroy(ev);  // released once the wait is done
+    if (e != cudaSuccess) return samba_cu_fail("stream synchronization (event record/wait)", e);
+    return SAMBA_OK;
+}
+
+extern "C" samba_status samba_cu_stream_create(void **stream) {
+    cudaStream_t s;
+    CU_TRY("cudaStreamCreateWithFlags", cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    *stream = (void *)s;
+    return SAMBA_OK;
+}
+
+extern "C" samba_status samba_cu_stream_destroy(void *stream) {
+    CU_TRY("cudaStreamDestroy", cudaStreamDestroy((cudaStream_t)stream));
+    return SAMBA_OK;
+}
+
+extern "C" int samba_cu_sync_mode(void) {
+    static int mode = -1;
+    if (mode < 0) {
+        const char *v = getenv("SAMBA_EXT_CUDA_SYNC");
+        mode = (v != NULL && v[0] == '1') ? 1 : 0;
+    }
+    return mode;
+}
+
+extern "C" samba_status samba_cu_check_launch(const char *kernel, void *stream) {
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess) return samba_cu_fail(kernel, e);
+    if (samba_cu_sync_mode()) {
+        cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+        cudaStreamIsCapturing((cudaStream_t)stream, &cs);
+        if (cs == cudaStreamCaptureStatusNone) {
+            e = cudaStreamSynchronize((cudaStream_t)stream);
+            if (e != cudaSuccess) return samba_cu_fail(kernel, e);
+        }
+    }
+    return SAMBA_OK;
+}
+
+// ------------------------------------------------------------------ graphs -------------
+extern "C" samba_status samba_cu_graph_begin(void *stream) {
+    CU_TRY("cudaStreamBeginCapture",
+           cudaStreamBeginCapture((cudaStream_t)stream, cudaStreamCaptureModeThreadLocal));
+    return SAMBA_OK;
+}
+
+extern "C" samba_status samba_cu_graph_end(void *stream, void **graph_exec) {
+    cudaGraph_t g = NULL;
+    cudaGraphExec_t ge = NULL;
+    *graph_exec = NULL;
+    CU_TRY("cudaStreamEndCapture", cudaStreamEndCapture((cudaStream_t)stream, &g));
+    cudaError_t e = cudaGraphInstantiate(&ge, g, 0);
+    cudaGraphDestroy(g);
+    if (e != cudaSuccess) return samba_cu_fail("cudaGraphInstantiate", e);
+    *graph_exec = (void *)ge;
+    return SAMBA_OK;
+}
+
+extern "C" samba_status samba_cu_graph_launch(void *graph_exec, void *stream) {
+    CU_TRY("cudaGraphLaunch", cudaGraphLaunch((cudaGraphExec_t)graph_exec, (cudaStream_t)stream));
+    return samba_cu_check_launch("decode graph", stream);
+}
+
+extern "C" samba_status samba_cu_graph_free(void *graph_exec) {
+    if (graph_exec) CU_TRY("cudaGraphExecDestroy", cudaGraphExecDestroy((cudaGraphExec_t)graph_exec));
+    return SAMBA_OK;
+}
+
+// ------------------------------------------------------------------ strided copy -------
+#define COPY_MAX_DIMS 8
+struct CopyParams {
+    int ndim;
+    int64_t n;
+    int64_t shape[COPY_MAX_DIMS];
+    int64_t stride[COPY_MAX_DIMS];
+    samba_cu_ref src, dst;
+};
+
+__global__ void copy_strided_kernel(CopyParams p) {
+    const int is_int = p.src.dtype >= SAMBA_CU_I32;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < p.n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t rem = i, off = 0;
+        for (int d = p.ndim - 1; d >= 0; --d) {
+            int64_t c = rem % p.shape[d];
+            rem /= p.shape[d];
+            off += c * p.stride[d];
+        }
+        if (is_int) {
+            int64_t v = ldi(p.src.ptr, p.src.dtype, off);
+            if (p.dst.dtype == SAMBA_CU_I32)
+                ((int32_t *)p.dst.ptr)[i] = (int32_t)v;
+            else
+                ((int64_t *)p.dst.ptr)[i] = v;
+        } else {
+            stf(p.dst, i, ldf(p.src, off));
+        }
+    }
+}
+
+extern "C" samba_status samba_cu_copy_strided(int ndim, const int64_t *shape, samba_cu_ref src,
+                                              const int64_t *src_strides, samba_cu_ref dst,
+                                              void *stream) {
+    CopyParams p;
+    if (ndim < 0 || ndim > COPY_MAX_DIMS)
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "copy: at most %d dimensions, got %d",
+                                 COPY_MAX_DIMS, ndim);
+    if ((src.dtype >= SAMBA_CU_I32) != (dst.dtype >= SAMBA_CU_I32))
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "copy: cannot convert between int and float");
+    p.ndim = ndim;
+    p.n = 1;
+    for (int d = 0; d < ndim; ++d) {
+        p.shape[d] = shape[d];
+        p.stride[d] = src_strides[d];
+        p.n *= shape[d];
+    }
+    if (p.n == 0) return SAMBA_OK;
+    p.src = src;
+    p.dst = dst;
+    copy_strided_kernel<<<grid_1d(p.n, 256), 256, 0, (cudaStream_t)stream>>>(p);
+    return samba_cu_check_launch("copy (strided / dtype conversion)", stream);
 }

@@ -1,21 +1,213 @@
 /*
- * samba_cuda.h - C interface of the CUDA kernels (implemented in *.cu, extern "C").
+ * samba_cuda.h - C interface of the CUDA kernels (implemented in *.cu as extern "C").
+ *
+ * Conventions (all .cu files follow them):
+ *   - Every launcher returns a samba_status and never aborts. On failure the message is
+ *     available from samba_cuda_last_error() (thread-local): it names the kernel and the
+ *     CUDA error, e.g. "selective_scan: an illegal memory access was encountered".
+ *   - Every launch is checked with cudaGetLastError(); with SAMBA_EXT_CUDA_SYNC=1 in the
+ *     environment the launchers also synchronize the stream after each kernel, so that an
+ *     asynchronous fault is reported by the kernel that caused it.
+ *   - Arrays are device pointers to C-contiguous data in the order the comment gives. Each
+ *     float array comes with its own dtype code (samba_cu_dtype): kernels load any of
+ *     float32 / float16 / bfloat16 and convert to float32 in registers; all arithmetic,
+ *     accumulation and recurrent state are float32. Arrays named *state* are float32 only.
+ *   - Streams are cudaStream_t passed as void* (NULL = legacy default stream).
+ *   - Launchers do not allocate memory (callers pass every buffer) except where noted, so
+ *     they may be captured in a CUDA graph.
  */
 #ifndef SAMBA_CUDA_H
 #define SAMBA_CUDA_H
+#include <stddef.h>
+#include <stdint.h>
+
 #include "../samba.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* Number of CUDA devices, or a negative CUDA error code. */
+typedef enum samba_cu_dtype {
+    SAMBA_CU_F32 = 0,
+    SAMBA_CU_F16 = 1,
+    SAMBA_CU_BF16 = 2,
+    SAMBA_CU_I32 = 3,
+    SAMBA_CU_I64 = 4
+} samba_cu_dtype;
+
+/* A device array reference: pointer + dtype code. ptr NULL = absent (optional input). */
+typedef struct samba_cu_ref {
+    void *ptr;
+    int dtype;
+} samba_cu_ref;
+
+/* ---------------------------------------------------------------- runtime.cu ---------- */
+/* Number of CUDA devices, or a negative CUDA error code (e.g. -100 no device, -35 driver
+ * too old); the message is in samba_cuda_last_error(). */
 int samba_cuda_device_count(void);
 /* Creates and destroys a cuBLAS handle: checks that cuBLAS loads and works. */
 samba_status samba_cuda_cublas_check(int *version);
-/* CUDA runtime / driver versions (e.g. 13000). */
+/* CUDA runtime / driver versions (e.g. 13000); driver 0 when no driver is installed. */
 void samba_cuda_versions(int *runtime, int *driver);
 const char *samba_cuda_last_error(void);
+/* Records "what: CUDA error text (code)" as the last error and returns SAMBA_ERR_CUDA (or
+ * SAMBA_ERR_ALLOC for out-of-memory). err is a cudaError_t. */
+samba_status samba_cu_fail(const char *what, int err);
+/* Records a plain message (argument problems found on the device side). */
+samba_status samba_cu_fail_msg(samba_status s, const char *fmt, ...);
+/* Name of the device (for messages), compute capability. */
+samba_status samba_cu_device_info(int device, char *name, size_t name_len, int *major,
+                                  int *minor, int64_t *total_mem, int *sm_count);
+
+samba_status samba_cu_set_device(int device);
+/* Stream-ordered allocation from the device's default memory pool (cudaMallocAsync). On
+ * first use of a device its pool's release threshold is raised so that freed memory stays
+ * cached for reuse (samba_cu_trim releases it). nbytes 0 gives NULL. */
+samba_status samba_cu_malloc(void **ptr, size_t nbytes, void *stream);
+samba_status samba_cu_free(void *ptr, void *stream);
+samba_status samba_cu_trim(int device);
+/* Pool statistics: bytes reserved by the pool and bytes in use. */
+samba_status samba_cu_pool_stats(int device, uint64_t *reserved, uint64_t *used);
+
+samba_status samba_cu_memcpy_h2d(void *dst, const void *src, size_t n, void *stream);
+/* Device -> host, then synchronizes the stream (the host buffer is ready on return). */
+samba_status samba_cu_memcpy_d2h(void *dst, const void *src, size_t n, void *stream);
+samba_status samba_cu_memcpy_d2d(void *dst, const void *src, size_t n, void *stream);
+samba_status samba_cu_memset(void *dst, int value, size_t n, void *stream);
+samba_status samba_cu_stream_sync(void *stream);
+samba_status samba_cu_device_sync(void);
+/* Makes `waiter` wait for all work currently queued on `producer` (event record + wait).
+ * No-op when they are the same stream. */
+samba_status samba_cu_stream_wait(void *waiter, void *producer);
+samba_status samba_cu_stream_create(void **stream);
+samba_status samba_cu_stream_destroy(void *stream);
+/* 1 if SAMBA_EXT_CUDA_SYNC=1 (synchronize after every launch). */
+int samba_cu_sync_mode(void);
+/* After a launch: cudaGetLastError (+ stream sync in sync mode); failures name `kernel`. */
+samba_status samba_cu_check_launch(const char *kernel, void *stream);
+
+/* CUDA graphs (stream capture on a non-default stream). */
+samba_status samba_cu_graph_begin(void *stream);
+samba_status samba_cu_graph_end(void *stream, void **graph_exec);
+samba_status samba_cu_graph_launch(void *graph_exec, void *stream);
+samba_status samba_cu_graph_free(void *graph_exec);
+
+/* Strided copy with dtype conversion: dst (C-contiguous, shape) = src viewed with element
+ * strides src_strides (ndim <= 8). Float dtypes convert among each other (float32 ->
+ * bf16/f16 rounds to nearest even), int dtypes among each other. */
+samba_status samba_cu_copy_strided(int ndim, const int64_t *shape, samba_cu_ref src,
+                                   const int64_t *src_strides, samba_cu_ref dst, void *stream);
+
+/* ---------------------------------------------------------------- gemm.cu ------------- */
+/*
+ * y (M, N) = x (M, K) @ w (N, K)^T [+ bias (N)] [+ beta * y], row-major, via cublasGemmEx.
+ * x, w: both float32, both float16 or both bfloat16; y: float32 or the input dtype.
+ * Math mode: CUBLAS_COMPUTE_32F (float32 accumulation; no TF32 for float32 inputs),
+ * CUBLAS_GEMM_DEFAULT. ldx/ldw/ldy are row strides in elements (>= K, K, N).
+ * One cuBLAS handle per device (created on first use, with a fixed 32 MiB workspace so the
+ * call can be captured in a CUDA graph); callers serialise (the Python glue holds the GIL).
+ */
+samba_status samba_cu_gemm(int64_t M, int64_t N, int64_t K, samba_cu_ref x, int64_t ldx,
+                           samba_cu_ref w, int64_t ldw, samba_cu_ref y, int64_t ldy,
+                           float beta, void *stream);
+void samba_cu_gemm_release(void);
+
+/* ---------------------------------------------------------------- scan.cu ------------- */
+/*
+ * Selective scan (samba.h samba_scan_fwd semantics). u, delta, z, y (B, D, L) with element
+ * strides (*_s[0], *_s[1], *_s[2]) (so token-major (B, L, D) views work without a copy);
+ * A (D, N) and Dskip, delta_bias (D) contiguous; Bm, Cm (B, G, N, L) with strides *_s[0..3];
+ * initial_state, final_state (B, D, N) float32 contiguous (may alias: the state is read
+ * once at the start and written at the end). One thread per (b, d) channel, the N states
+ * in registers (N <= 256).
+ */
+typedef struct samba_cu_scan_args {
+    int64_t batch, dim, dstate, seqlen, ngroups;
+    samba_cu_ref u, delta, A, B, C, D, z, delta_bias, y;
+    int64_t u_s[3], delta_s[3], z_s[3], y_s[3], B_s[4], C_s[4];
+    int delta_softplus;
+    const float *initial_state;
+    float *final_state;
+} samba_cu_scan_args;
+samba_status samba_cu_scan_fwd(const samba_cu_scan_args *a, void *stream);
+
+/* One decode step: state (B, D, N) float32 in place; x, dt, z, y (B, D) with strides
+ * *_s[0..1]; B, C (B, G, N) with strides *_s[0..2]; A (D, N), D, dt_bias (D) contiguous. */
+typedef struct samba_cu_scan_step_args {
+    int64_t batch, dim, dstate, ngroups;
+    float *state;
+    samba_cu_ref x, dt, A, B, C, D, z, dt_bias, y;
+    int64_t x_s[2], dt_s[2], z_s[2], y_s[2], B_s[3], C_s[3];
+    int dt_softplus;
+} samba_cu_scan_step_args;
+samba_status samba_cu_scan_step(const samba_cu_scan_step_args *a, void *stream);
+
+/* ---------------------------------------------------------------- conv.cu ------------- */
+/*
+ * Depthwise causal conv1d: x, y (B, D, L) with element strides x_s / y_s; weight (D, W)
+ * contiguous, 2 <= W <= 8; bias (D) or absent; initial_states (B, D, W-1) float32 or NULL;
+ * final_states (B, D, W-1) float32 or NULL (may alias initial_states: written by a second
+ * kernel after the convolution).
+ */
+samba_status samba_cu_conv1d_fwd(int64_t batch, int64_t dim, int64_t seqlen, int64_t width,
+                                 samba_cu_ref x, const int64_t *x_s, samba_cu_ref weight,
+                                 samba_cu_ref bias, const float *initial_states,
+                                 float *final_states, int silu, samba_cu_ref y,
+                                 const int64_t *y_s, void *stream);
+/* One step: x, y (B, D) with strides x_s, y_s; conv_state (B, D, W-1) float32 in place. */
+samba_status samba_cu_conv1d_step(int64_t batch, int64_t dim, int64_t width, samba_cu_ref x,
+                                  const int64_t *x_s, float *conv_state, samba_cu_ref weight,
+                                  samba_cu_ref bias, int silu, samba_cu_ref y,
+                                  const int64_t *y_s, void *stream);
+
+/* ---------------------------------------------------------------- attention.cu -------- */
+/*
+ * Causal sliding-window attention (samba.h samba_attn_fwd semantics), GQA, headdim <= 256.
+ * q (B, Lq, H, hd) with element strides (q_bstride, q_lstride, q_hstride) [last dim
+ * contiguous]; k, v likewise (B, Lk, Hkv, hd); out (B, Lq, H, hd) contiguous. window <= 0:
+ * full causal. Tiled online softmax: a block holds 16 queries of one head, key/value tiles
+ * of 32 in shared memory, float32 scores and accumulators.
+ */
+typedef struct samba_cu_attn_args {
+    int64_t batch, seqlen_q, seqlen_k, nheads, nheads_kv, headdim, window;
+    float softmax_scale;
+    samba_cu_ref q, k, v, out;
+    int64_t q_stride[3], k_stride[3], v_stride[3];
+} samba_cu_attn_args;
+samba_status samba_cu_attn_fwd(const samba_cu_attn_args *a, void *stream);
+
+/*
+ * Decode attention over a ring-buffer cache: q, out (B, H, hd); k_cache, v_cache
+ * (B, C, Hkv, hd); pos, n_valid (B) int32/int64 device arrays (read by the kernel, so a
+ * captured graph needs no change between steps). Valid slots: the n_valid[b] (clamped to
+ * [0, C]) slots ending at pos[b] % C.
+ */
+samba_status samba_cu_attn_decode(int64_t batch, int64_t nheads, int64_t nheads_kv,
+                                  int64_t headdim, int64_t capacity, samba_cu_ref q,
+                                  samba_cu_ref k_cache, samba_cu_ref v_cache, samba_cu_ref pos,
+                                  samba_cu_ref n_valid, float softmax_scale, samba_cu_ref out,
+                                  void *stream);
+
+/* ---------------------------------------------------------------- small.cu ------------ */
+/* RMSNorm over rows: x, y (rows, n); weight (n). residual (rows, n) or absent: then
+ * residual_out (rows, n; may alias residual) = x + residual rounded to its dtype, and y
+ * normalises that. One block per row. */
+samba_status samba_cu_rmsnorm(int64_t rows, int64_t n, samba_cu_ref x, samba_cu_ref residual,
+                              samba_cu_ref residual_out, samba_cu_ref weight, float eps,
+                              samba_cu_ref y, void *stream);
+/* Rotary (NeoX half split): x, y (B, L, H, hd) with element strides x_s, y_s (last dim
+ * contiguous; y may alias x). positions: int32/int64 device array (L) if pos_batched == 0 or
+ * (B, L) if 1, plus `offset`; or ptr NULL: position = offset + t. Angles in float64. */
+samba_status samba_cu_rotary(int64_t batch, int64_t seqlen, int64_t nheads, int64_t headdim,
+                             samba_cu_ref x, const int64_t *x_s, samba_cu_ref positions,
+                             int pos_batched, int64_t offset, double base, samba_cu_ref y,
+                             const int64_t *y_s, void *stream);
+/* y (rows, cols) = silu(gate) * up, rows strided by ld_gate / ld_up / ld_y elements (y may
+ * alias gate or up with the same row stride: each element is read, then written, by one
+ * thread). */
+samba_status samba_cu_swiglu(int64_t rows, int64_t cols, samba_cu_ref gate, int64_t ld_gate,
+                             samba_cu_ref up, int64_t ld_up, samba_cu_ref y, int64_t ld_y,
+                             void *stream);
 
 #ifdef __cplusplus
 }

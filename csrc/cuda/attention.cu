@@ -1,0 +1,301 @@
+// attention.cu - causal sliding-window attention (prefill) and ring-buffer decode attention.
+//
+// Prefill (attn_fwd_kernel): grid (ceil(Lq/16), H, B), 4 warps. The block's 16 queries
+// (pre-scaled by softmax_scale * log2 e) sit in shared memory; key/value tiles of 32 keys
+// are converted to float32 into shared memory (rows padded to an odd stride: the per-lane
+// key rows hit distinct banks). Only the tiles inside the block's window are visited. Each
+// warp owns 4 queries: lane j scores key j of the tile, the warp keeps the running max /
+// sum (online softmax in base 2) and each lane accumulates head dims lane, lane+32, ...
+//
+// Decode (attn_decode_kernel): grid (H, B), 4 warps splitting the n_valid cached keys;
+// lanes over head dims, 8 keys per step (8 independent warp reductions in flight); the four
+// partial softmax states are merged through shared memory at the end.
+#include "cu_common.cuh"
+
+#define ATT_BQ 16
+#define ATT_BK 32
+#define ATT_WARPS 4
+#define ATT_QPW (ATT_BQ / ATT_WARPS)
+#define LOG2E 1.4426950408889634f
+
+template <int DCH>
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+attn_fwd_kernel(samba_cu_attn_args p) {
+    extern __shared__ float smem[];
+    const int hd = (int)p.headdim;
+    const int ks = hd | 1;
+    float *sQ = smem;              // [BQ][hd]
+    float *sK = sQ + ATT_BQ * hd;  // [BK][ks]
+    float *sV = sK + ATT_BK * ks;  // [BK][ks]
+    const int64_t b = blockIdx.z, h = blockIdx.y, q0 = (int64_t)blockIdx.x * ATT_BQ;
+    const int64_t hkv = h / (p.nheads / p.nheads_kv);
+    const int64_t Lq = p.seqlen_q, Lk = p.seqlen_k, off = Lk - Lq;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const float qscale = p.softmax_scale * LOG2E;
+
+    for (int e = tid; e < ATT_BQ * hd; e += blockDim.x) {
+        const int qi = e / hd, c = e % hd;
+        const int64_t q = q0 + qi;
+        sQ[e] = q < Lq ? ldf(p.q, b * p.q_stride[0] + q * p.q_stride[1] + h * p.q_stride[2] + c) *
+                             qscale
+                       : 0.0f;
+    }
+    const int64_t q_last = (q0 + ATT_BQ < Lq ? q0 + ATT_BQ : Lq) - 1;
+    const int64_t kmax = q_last + off;  // inclusive
+    int64_t kmin = 0;
+    if (p.window > 0) {
+        kmin = q0 + off - p.window + 1;
+        if (kmin < 0) kmin = 0;
+    }
+
+    float m[ATT_QPW], l[ATT_QPW], o[ATT_QPW][DCH];
+#pragma unroll
+    for (int qq = 0; qq < ATT_QPW; ++qq) {
+        m[qq] = -INFINITY;
+        l[qq] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < DCH; ++c) o[qq][c] = 0.0f;
+    }
+
+    for (int64_t kbase = kmin; kbase <= kmax; kbase += ATT_BK) {
+        __syncthreads();
+        for (int e = tid; e < ATT_BK * hd; e += blockDim.x) {
+            const int j = e / hd, c = e % hd;
+            const int64_t key = kbase + j;
+            float kv = 0.0f, vv = 0.0f;
+            if (key < Lk) {
+                kv = ldf(p.k, b * p.k_stride[0] + key * p.k_stride[1] + hkv * p.k_stride[2] + c);
+                vv = ldf(p.v, b * p.v_stride[0] + key * p.v_stride[1] + hkv * p.v_stride[2] + c);
+            }
+            sK[j * ks + c] = kv;
+            sV[j * ks + c] = vv;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int qq = 0; qq < ATT_QPW; ++qq) {
+            const int qi = warp * ATT_QPW + qq;
+            const int64_t q = q0 + qi;
+            if (q >= Lq) continue;  // warp-uniform
+            const int64_t qpos = q + off;
+            const int64_t key = kbase + lane;
+            const bool valid =
+                key <= qpos && key < Lk && (p.window <= 0 || key > qpos - p.window);
+            float s = -INFINITY;
+            if (valid) {
+                const float *qr = sQ + qi * hd;
+                const float *kr = sK + lane * ks;
+                float acc = 0.0f;
+                for (int c = 0; c < hd; ++c) acc += qr[c] * kr[c];
+                s = acc;
+            }
+            const float mt = warp_max(s);
+            if (mt == -INFINITY) continue;  // warp-uniform: no key of this tile is visible
+            const float mnew = fmaxf(m[qq], mt);
+            const float corr = exp2f(m[qq] - mnew);
+            const float pj = valid ? exp2f(s - mnew) : 0.0f;
+            l[qq] = l[qq] * corr + warp_sum(pj);
+#pragma unroll
+            for (int c = 0; c < DCH; ++c) o[qq][c] *= corr;
+            for (int j = 0; j < ATT_BK; ++j) {
+                const float pjj = __shfl_sync(0xffffffffu, pj, j);
+                const float *vr = sV + j * ks;
+#pragma unroll
+                for (int c = 0; c < DCH; ++c) {
+                    const int col = lane + 32 * c;
+                    if (col < hd) o[qq][c] += pjj * vr[col];
+                }
+            }
+            m[qq] = mnew;
+        }
+    }
+#pragma unroll
+    for (int qq = 0; qq < ATT_QPW; ++qq) {
+        const int64_t q = q0 + warp * ATT_QPW + qq;
+        if (q >= Lq) continue;
+        const float inv = l[qq] > 0.0f ? 1.0f / l[qq] : 0.0f;
+        const int64_t ob = ((b * Lq + q) * p.nheads + h) * hd;
+#pragma unroll
+        for (int c = 0; c < DCH; ++c) {
+            const int col = lane + 32 * c;
+            if (col < hd) stf(p.out, ob + col, o[qq][c] * inv);
+        }
+    }
+}
+
+template <int DCH>
+static samba_status launch_fwd(const samba_cu_attn_args *a, cudaStream_t stream) {
+    const int hd = (int)a->headdim;
+    const size_t smem = (size_t)(ATT_BQ * hd + 2 * ATT_BK * (hd | 1)) * sizeof(float);
+    if (smem > 48 * 1024) {
+        cudaError_t e = cudaFuncSetAttribute(attn_fwd_kernel<DCH>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess) return samba_cu_fail("swa_attention (shared memory opt-in)", e);
+    }
+    dim3 grid((unsigned)cdiv(a->seqlen_q, ATT_BQ), (unsigned)a->nheads, (unsigned)a->batch);
+    attn_fwd_kernel<DCH><<<grid, ATT_WARPS * 32, smem, stream>>>(*a);
+    return samba_cu_check_launch("swa_attention", stream);
+}
+
+static samba_status check_heads(const char *what, int64_t nheads, int64_t nheads_kv,
+                                 int64_t headdim) {
+    if (nheads_kv < 1 || nheads % nheads_kv != 0)
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "%s: nheads %lld not divisible by nheads_kv %lld",
+                                 what, (long long)nheads, (long long)nheads_kv);
+    if (headdim < 1 || headdim > 256)
+        return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED,
+                                 "%s: headdim must be in 1..256 on CUDA, got %lld", what,
+                                 (long long)headdim);
+    if (nheads > 65535)
+        return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "%s: more than 65535 heads", what);
+    return SAMBA_OK;
+}
+
+extern "C" samba_status samba_cu_attn_fwd(const samba_cu_attn_args *a, void *stream) {
+    samba_status s = check_heads("swa_attention", a->nheads, a->nheads_kv, a->headdim);
+    if (s != SAMBA_OK) return s;
+    if (a->seqlen_k < a->seqlen_q)
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "swa_attention: seqlen_k %lld < seqlen_q %lld",
+                                 (long long)a->seqlen_k, (long long)a->seqlen_q);
+    if (a->batch == 0 || a->seqlen_q == 0 || a->nheads == 0) return SAMBA_OK;
+    if (a->batch > 65535)
+        return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "swa_attention: batch above 65535");
+    cudaStream_t st = (cudaStream_t)stream;
+    if (a->headdim <= 64) return launch_fwd<2>(a, st);
+    if (a->headdim <= 128) return launch_fwd<4>(a, st);
+    return launch_fwd<8>(a, st);
+}
+
+// ------------------------------------------------------------------ decode -------------
+#define DEC_KEYS 8
+
+template <int DCH>
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+attn_decode_kernel(int64_t nheads, int64_t nheads_kv, int hd, int64_t C, samba_cu_ref q,
+                   samba_cu_ref kc, samba_cu_ref vc, samba_cu_ref pos, samba_cu_ref n_valid,
+                   float scale, samba_cu_ref out) {
+    __shared__ float s_m[ATT_WARPS], s_l[ATT_WARPS];
+    __shared__ float s_o[ATT_WARPS][32 * DCH];
+    const int64_t b = blockIdx.y, h = blockIdx.x;
+    const int64_t hkv = h / (nheads / nheads_kv);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int64_t nv = ldi(n_valid.ptr, n_valid.dtype, b);
+    nv = nv < 0 ? 0 : (nv > C ? C : nv);
+    const int64_t p = ldi(pos.ptr, pos.dtype, b);
+    const int64_t newest = ((p % C) + C) % C;
+    const float qs = scale * LOG2E;
+    float qv[DCH], o[DCH];
+#pragma unroll
+    for (int c = 0; c < DCH; ++c) {
+        const int col = lane + 32 * c;
+        qv[c] = col < hd ? ldf(q, (b * nheads + h) * hd + col) * qs : 0.0f;
+        o[c] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    for (int64_t r0 = (int64_t)warp * DEC_KEYS; r0 < nv; r0 += ATT_WARPS * DEC_KEYS) {
+        float s[DEC_KEYS];
+#pragma unroll
+        for (int u = 0; u < DEC_KEYS; ++u) {
+            const int64_t r = r0 + u;
+            float part = 0.0f;
+            if (r < nv) {
+                const int64_t slot = (newest - r + C) % C;
+                const int64_t base = ((b * C + slot) * nheads_kv + hkv) * hd;
+#pragma unroll
+                for (int c = 0; c < DCH; ++c) {
+                    const int col = lane + 32 * c;
+                    if (col < hd) part += qv[c] * ldf(kc, base + col);
+                }
+            }
+            s[u] = part;
+        }
+#pragma unroll
+        for (int o2 = 16; o2 > 0; o2 >>= 1) {
+#pragma unroll
+            for (int u = 0; u < DEC_KEYS; ++u) s[u] += __shfl_xor_sync(0xffffffffu, s[u], o2);
+        }
+        float mt = -INFINITY;
+#pragma unroll
+        for (int u = 0; u < DEC_KEYS; ++u) {
+            if (r0 + u >= nv) s[u] = -INFINITY;
+            mt = fmaxf(mt, s[u]);
+        }
+        const float mnew = fmaxf(m, mt);
+        const float corr = exp2f(m - mnew);
+        l *= corr;
+#pragma unroll
+        for (int c = 0; c < DCH; ++c) o[c] *= corr;
+#pragma unroll
+        for (int u = 0; u < DEC_KEYS; ++u) {
+            const int64_t r = r0 + u;
+            if (r < nv) {
+                const float pu = exp2f(s[u] - mnew);
+                l += pu;
+                const int64_t slot = (newest - r + C) % C;
+                const int64_t base = ((b * C + slot) * nheads_kv + hkv) * hd;
+#pragma unroll
+                for (int c = 0; c < DCH; ++c) {
+                    const int col = lane + 32 * c;
+                    if (col < hd) o[c] += pu * ldf(vc, base + col);
+                }
+            }
+        }
+        m = mnew;
+    }
+    if (lane == 0) {
+        s_m[warp] = m;
+        s_l[warp] = l;
+    }
+#pragma unroll
+    for (int c = 0; c < DCH; ++c) s_o[warp][lane + 32 * c] = o[c];
+    __syncthreads();
+    if (warp == 0) {
+        float M = -INFINITY;
+        for (int w = 0; w < ATT_WARPS; ++w) M = fmaxf(M, s_m[w]);
+        float L = 0.0f, acc[DCH];
+#pragma unroll
+        for (int c = 0; c < DCH; ++c) acc[c] = 0.0f;
+        for (int w = 0; w < ATT_WARPS; ++w) {
+            if (s_m[w] == -INFINITY) continue;
+            const float f = exp2f(s_m[w] - M);
+            L += s_l[w] * f;
+#pragma unroll
+            for (int c = 0; c < DCH; ++c) acc[c] += s_o[w][lane + 32 * c] * f;
+        }
+        const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+#pragma unroll
+        for (int c = 0; c < DCH; ++c) {
+            const int col = lane + 32 * c;
+            if (col < hd) stf(out, (b * nheads + h) * hd + col, acc[c] * inv);
+        }
+    }
+}
+
+extern "C" samba_status samba_cu_attn_decode(int64_t batch, int64_t nheads, int64_t nheads_kv,
+                                             int64_t headdim, int64_t capacity, samba_cu_ref q,
+                                             samba_cu_ref k_cache, samba_cu_ref v_cache,
+                                             samba_cu_ref pos, samba_cu_ref n_valid,
+                                             float softmax_scale, samba_cu_ref out,
+                                             void *stream) {
+    samba_status s = check_heads("swa_decode", nheads, nheads_kv, headdim);
+    if (s != SAMBA_OK) return s;
+    if (capacity < 1)
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "swa_decode: cache capacity must be >= 1");
+    if (batch == 0 || nheads == 0) return SAMBA_OK;
+    if (batch > 65535)
+        return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "swa_decode: batch above 65535");
+    dim3 grid((unsigned)nheads, (unsigned)batch);
+    cudaStream_t st = (cudaStream_t)stream;
+    const int hd = (int)headdim;
+#define DEC_LAUNCH(D)                                                                       \
+    attn_decode_kernel<D><<<grid, ATT_WARPS * 32, 0, st>>>(nheads, nheads_kv, hd, capacity, \
+                                                          q, k_cache, v_cache, pos, n_valid,  \
+                                                          softmax_scale, out)
+    if (hd <= 64)
+        DEC_LAUNCH(2);
+    else if (hd <= 128)
+        DEC_LAUNCH(4);
+    else
+        DEC_LAUNCH(8);
+#undef DEC_LAUNCH
+    return samba_cu_check_launch("swa_decode", stream);
+}

@@ -1,0 +1,171 @@
+// conv.cu - depthwise causal conv1d (prefill) and its one-token update (decode).
+//
+// Prefill: one thread per output element (b, d, t): y = bias + sum_w weight[d, w] *
+// x[t - (W-1) + w], where positions before 0 come from initial_states (or are 0), then
+// optional SiLU; float32 accumulation. Consecutive threads take consecutive t, so loads of
+// a (B, D, L) row are coalesced (and a token-major view is coalesced over d instead when
+// the caller orders the grid that way: the index order is chosen from the strides).
+// The final states (last W-1 inputs) are written by a second kernel, one thread per
+// (b, d), which reads its whole row before writing: final_states may alias initial_states.
+#include "cu_common.cuh"
+
+#define CONV_MAX_W 8
+
+struct ConvParams {
+    int64_t batch, dim, seqlen, width;
+    samba_cu_ref x, weight, bias, y;
+    int64_t xs[3], ys[3];
+    const float *init;
+    int silu;
+    int time_fastest;  // 1: thread index -> (b, d, t) with t fastest; 0: d fastest
+};
+
+__global__ void conv_fwd_kernel(ConvParams p) {
+    const int64_t n = p.batch * p.dim * p.seqlen;
+    const int W = (int)p.width;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t b, d, t;
+        if (p.time_fastest) {
+            t = i % p.seqlen;
+            d = (i / p.seqlen) % p.dim;
+            b = i / (p.seqlen * p.dim);
+        } else {
+            d = i % p.dim;
+            t = (i / p.dim) % p.seqlen;
+            b = i / (p.seqlen * p.dim);
+        }
+        const int64_t xrow = b * p.xs[0] + d * p.xs[1];
+        const int64_t srow = (b * p.dim + d) * (W - 1);
+        float acc = ldf_opt(p.bias, d, 0.0f);
+        for (int w = 0; w < W; ++w) {
+            const int64_t pos = t - (W - 1) + w;
+            float xv;
+            if (pos >= 0)
+                xv = ldf(p.x, xrow + pos * p.xs[2]);
+            else
+                xv = p.init ? p.init[srow + (W - 1) + pos] : 0.0f;
+            acc += ldf(p.weight, d * W + w) * xv;
+        }
+        if (p.silu) acc = silu_f(acc);
+        stf(p.y, b * p.ys[0] + d * p.ys[1] + t * p.ys[2], acc);
+    }
+}
+
+__global__ void conv_final_kernel(ConvParams p, float *final_states) {
+    const int64_t n = p.batch * p.dim;
+    const int W1 = (int)p.width - 1;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t b = i / p.dim, d = i % p.dim;
+        const int64_t xrow = b * p.xs[0] + d * p.xs[1];
+        float v[CONV_MAX_W];
+#pragma unroll
+        for (int j = 0; j < CONV_MAX_W - 1; ++j) {
+            if (j < W1) {
+                const int64_t pos = p.seqlen - W1 + j;
+                if (pos >= 0)
+                    v[j] = ldf(p.x, xrow + pos * p.xs[2]);
+                else
+                    v[j] = p.init ? p.init[i * W1 + W1 + pos] : 0.0f;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < CONV_MAX_W - 1; ++j)
+            if (j < W1) final_states[i * W1 + j] = v[j];
+    }
+}
+
+__global__ void conv_step_kernel(int64_t batch, int64_t dim, int width, samba_cu_ref x,
+                                 int64_t xs0, int64_t xs1, float *state, samba_cu_ref weight,
+                                 samba_cu_ref bias, int silu, samba_cu_ref y, int64_t ys0,
+                                 int64_t ys1) {
+    const int64_t n = batch * dim;
+    const int W1 = width - 1;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t b = i / dim, d = i % dim;
+        float win[CONV_MAX_W];
+#pragma unroll
+        for (int j = 0; j < CONV_MAX_W - 1; ++j)
+            if (j < W1) win[j] = state[i * W1 + j];
+        const float xv = ldf(x, b * xs0 + d * xs1);
+        float acc = ldf_opt(bias, d, 0.0f);
+#pragma unroll
+        for (int j = 0; j < CONV_MAX_W; ++j) {
+            if (j < W1)
+                acc += ldf(weight, d * width + j) * win[j];
+            else if (j == W1)
+                acc += ldf(weight, d * width + j) * xv;
+        }
+        // Shift left, append the new input.
+#pragma unroll
+        for (int j = 0; j < CONV_MAX_W - 1; ++j) {
+            if (j < W1) state[i * W1 + j] = (j + 1 < W1) ? win[j + 1] : xv;
+        }
+        if (silu) acc = silu_f(acc);
+        stf(y, b * ys0 + d * ys1, acc);
+    }
+}
+
+static samba_status check_width(int64_t width) {
+    if (width < 2 || width > CONV_MAX_W)
+        return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED,
+                                 "causal_conv1d: width must be in 2..%d on CUDA, got %lld",
+                                 CONV_MAX_W, (long long)width);
+    return SAMBA_OK;
+}
+
+extern "C" samba_status samba_cu_conv1d_fwd(int64_t batch, int64_t dim, int64_t seqlen,
+                                            int64_t width, samba_cu_ref x, const int64_t *x_s,
+                                            samba_cu_ref weight, samba_cu_ref bias,
+                                            const float *initial_states, float *final_states,
+                                            int silu, samba_cu_ref y, const int64_t *y_s,
+                                            void *stream) {
+    samba_status s = check_width(width);
+    if (s != SAMBA_OK) return s;
+    ConvParams p;
+    p.batch = batch;
+    p.dim = dim;
+    p.seqlen = seqlen;
+    p.width = width;
+    p.x = x;
+    p.weight = weight;
+    p.bias = bias;
+    p.y = y;
+    for (int i = 0; i < 3; ++i) {
+        p.xs[i] = x_s[i];
+        p.ys[i] = y_s[i];
+    }
+    p.init = initial_states;
+    p.silu = silu;
+    // Make the fastest-moving thread index the one with unit stride in x (coalescing).
+    p.time_fastest = !(x_s[1] == 1 && x_s[2] != 1);
+    const int64_t n = batch * dim * seqlen;
+    if (n > 0) {
+        conv_fwd_kernel<<<grid_1d(n, 256), 256, 0, (cudaStream_t)stream>>>(p);
+        s = samba_cu_check_launch("causal_conv1d", stream);
+        if (s != SAMBA_OK) return s;
+    }
+    if (final_states && batch * dim > 0) {
+        conv_final_kernel<<<grid_1d(batch * dim, 256), 256, 0, (cudaStream_t)stream>>>(
+            p, final_states);
+        s = samba_cu_check_launch("causal_conv1d (final states)", stream);
+    }
+    return s;
+}
+
+extern "C" samba_status samba_cu_conv1d_step(int64_t batch, int64_t dim, int64_t width,
+                                             samba_cu_ref x, const int64_t *x_s,
+                                             float *conv_state, samba_cu_ref weight,
+                                             samba_cu_ref bias, int silu, samba_cu_ref y,
+                                             const int64_t *y_s, void *stream) {
+    samba_status s = check_width(width);
+    if (s != SAMBA_OK) return s;
+    const int64_t n = batch * dim;
+    if (n == 0) return SAMBA_OK;
+    conv_step_kernel<<<grid_1d(n, 256), 256, 0, (cudaStream_t)stream>>>(
+        batch, dim, (int)width, x, x_s[0], x_s[1], conv_state, weight, bias, silu, y, y_s[0],
+        y_s[1]);
+    return samba_cu_check_launch("causal_conv1d_update", stream);
+}

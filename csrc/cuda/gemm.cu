@@ -1,0 +1,120 @@
+// gemm.cu - y = x @ w^T through cublasGemmEx (row-major in, row-major out).
+//
+// Math mode: CUBLAS_COMPUTE_32F with CUBLAS_GEMM_DEFAULT and the handle's default math mode,
+// i.e. float32 accumulation for every input dtype and no TF32 down-conversion of float32
+// inputs; bf16/f16 inputs run on the tensor cores with float32 accumulation.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <stdio.h>
+
+#include "cu_common.cuh"
+
+#define GEMM_WORKSPACE (32u << 20)
+#define GEMM_MAX_DEVICES 64
+
+static cublasHandle_t g_handle[GEMM_MAX_DEVICES];
+static void *g_workspace[GEMM_MAX_DEVICES];
+
+static const char *cublas_status_str(cublasStatus_t s) {
+    switch (s) {
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    default: return "cuBLAS error";
+    }
+}
+
+static samba_status get_handle(cublasHandle_t *out) {
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return samba_cu_fail("gemm: cudaGetDevice", e);
+    if (dev >= GEMM_MAX_DEVICES) return samba_cu_fail_msg(SAMBA_ERR_ARG, "gemm: device %d", dev);
+    if (g_handle[dev] == NULL) {
+        cublasHandle_t h;
+        cublasStatus_t s = cublasCreate(&h);
+        if (s != CUBLAS_STATUS_SUCCESS)
+            return samba_cu_fail_msg(SAMBA_ERR_CUDA, "gemm: cublasCreate failed (%s)",
+                                     cublas_status_str(s));
+        // A fixed workspace: cuBLAS then never allocates inside a call (graph capture).
+        e = cudaMalloc(&g_workspace[dev], GEMM_WORKSPACE);
+        if (e != cudaSuccess) {
+            cublasDestroy(h);
+            g_workspace[dev] = NULL;
+            return samba_cu_fail("gemm: workspace cudaMalloc", e);
+        }
+        s = cublasSetWorkspace(h, g_workspace[dev], GEMM_WORKSPACE);
+        if (s != CUBLAS_STATUS_SUCCESS) {
+            cublasDestroy(h);
+            cudaFree(g_workspace[dev]);
+            g_workspace[dev] = NULL;
+            return samba_cu_fail_msg(SAMBA_ERR_CUDA, "gemm: cublasSetWorkspace failed (%s)",
+                                     cublas_status_str(s));
+        }
+        g_handle[dev] = h;
+    }
+    *out = g_handle[dev];
+    return SAMBA_OK;
+}
+
+static cudaDataType_t cuda_type(int dt) {
+    return dt == SAMBA_CU_BF16 ? CUDA_R_16BF : dt == SAMBA_CU_F16 ? CUDA_R_16F : CUDA_R_32F;
+}
+
+extern "C" samba_status samba_cu_gemm(int64_t M, int64_t N, int64_t K, samba_cu_ref x,
+                                      int64_t ldx, samba_cu_ref w, int64_t ldw, samba_cu_ref y,
+                                      int64_t ldy, float beta, void *stream) {
+    if (M == 0 || N == 0) return SAMBA_OK;
+    if (x.dtype != w.dtype)
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "gemm: x and w must have the same dtype");
+    if (y.dtype != SAMBA_CU_F32 && y.dtype != x.dtype)
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "gemm: y must be float32 or the input dtype");
+    if (M > INT32_MAX || N > INT32_MAX || K > INT32_MAX || ldx > INT32_MAX || ldw > INT32_MAX ||
+        ldy > INT32_MAX)
+        return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "gemm: dimensions above 2^31");
+    if (K == 0) {
+        // cuBLAS would leave y untouched; the product of empty matrices is zero.
+        if (beta != 0.0f)
+            return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "gemm: K == 0 with beta != 0");
+        size_t es = y.dtype == SAMBA_CU_F32 ? 4 : 2;
+        cudaError_t e = cudaMemset2DAsync(y.ptr, (size_t)ldy * es, 0, (size_t)N * es, (size_t)M,
+                                          (cudaStream_t)stream);
+        if (e != cudaSuccess) return samba_cu_fail("gemm: cudaMemset2DAsync", e);
+        return SAMBA_OK;
+    }
+    cublasHandle_t h;
+    samba_status st = get_handle(&h);
+    if (st != SAMBA_OK) return st;
+    cublasStatus_t s = cublasSetStream(h, (cudaStream_t)stream);
+    if (s != CUBLAS_STATUS_SUCCESS)
+        return samba_cu_fail_msg(SAMBA_ERR_CUDA, "gemm: cublasSetStream failed (%s)",
+                                 cublas_status_str(s));
+    const float alpha = 1.0f;
+    // Column-major view: y^T (N, M) = w (N, K) [w^T stored as K x N col-major, transposed]
+    //                                  @ x^T (K, M) [x stored as K x M col-major].
+    s = cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, (int)N, (int)M, (int)K, &alpha, w.ptr,
+                     cuda_type(w.dtype), (int)ldw, x.ptr, cuda_type(x.dtype), (int)ldx, &beta,
+                     y.ptr, cuda_type(y.dtype), (int)ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (s != CUBLAS_STATUS_SUCCESS)
+        return samba_cu_fail_msg(SAMBA_ERR_CUDA,
+                                 "gemm: cublasGemmEx(M=%lld, N=%lld, K=%lld) failed (%s)",
+                                 (long long)M, (long long)N, (long long)K, cublas_status_str(s));
+    return samba_cu_check_launch("gemm (cublasGemmEx)", stream);
+}
+
+extern "C" void samba_cu_gemm_release(void) {
+    for (int d = 0; d < GEMM_MAX_DEVICES; ++d) {
+        if (g_handle[d]) {
+            cublasDestroy(g_handle[d]);
+            g_handle[d] = NULL;
+        }
+        if (g_workspace[d]) {
+            cudaFree(g_workspace[d]);
+            g_workspace[d] = NULL;
+        }
+    }
+}

@@ -1,0 +1,246 @@
+/*
+ * py_cuda_kernels.c - one thin wrapper per CUDA launcher. Arguments are positional and
+ * already validated by samba_ext/_gpu.py: sizes as ints, arrays as (ptr, dtype) tuples or
+ * None, element strides as tuples, streams as int handles (0 = legacy default stream).
+ */
+#include "py_cuda.h"
+
+#include <string.h>
+
+#define REF samba_pycu_ref
+#define PTR samba_pycu_ptr
+#define I64S samba_pycu_i64s_conv
+
+static PyObject *
+done(samba_status s)
+{
+    if (s != SAMBA_OK) {
+        return samba_pycu_raise(s);
+    }
+    Py_RETURN_NONE;
+}
+
+static void
+copy_strides(int64_t *dst, const samba_pycu_i64s *src, int n)
+{
+    for (int i = 0; i < n; ++i) {
+        dst[i] = i < src->n ? src->v[i] : 0;
+    }
+}
+
+/* selective_scan(batch, dim, dstate, seqlen, ngroups, u, delta, A, B, C, D, z, delta_bias,
+ *                y, u_s, delta_s, z_s, y_s, B_s, C_s, softplus, initial_state,
+ *                final_state, stream) */
+static PyObject *
+py_selective_scan(PyObject *self, PyObject *args)
+{
+    samba_cu_scan_args a;
+    samba_pycu_i64s us, ds, zs, ys, bs, cs;
+    void *init, *fin, *stream;
+    memset(&a, 0, sizeof a);
+    if (!PyArg_ParseTuple(args, "LLLLLO&O&O&O&O&O&O&O&O&O&O&O&O&O&O&iO&O&O&", &a.batch, &a.dim,
+                          &a.dstate, &a.seqlen, &a.ngroups, REF, &a.u, REF, &a.delta, REF, &a.A,
+                          REF, &a.B, REF, &a.C, REF, &a.D, REF, &a.z, REF, &a.delta_bias, REF,
+                          &a.y, I64S, &us, I64S, &ds, I64S, &zs, I64S, &ys, I64S, &bs, I64S, &cs,
+                          &a.delta_softplus, PTR, &init, PTR, &fin, PTR, &stream)) {
+        return NULL;
+    }
+    copy_strides(a.u_s, &us, 3);
+    copy_strides(a.delta_s, &ds, 3);
+    copy_strides(a.z_s, &zs, 3);
+    copy_strides(a.y_s, &ys, 3);
+    copy_strides(a.B_s, &bs, 4);
+    copy_strides(a.C_s, &cs, 4);
+    a.initial_state = init;
+    a.final_state = fin;
+    return done(samba_cu_scan_fwd(&a, stream));
+}
+
+/* selective_state_update(batch, dim, dstate, ngroups, state, x, dt, A, B, C, D, z, dt_bias,
+ *                        y, x_s, dt_s, z_s, y_s, B_s, C_s, softplus, stream) */
+static PyObject *
+py_selective_state_update(PyObject *self, PyObject *args)
+{
+    samba_cu_scan_step_args a;
+    samba_pycu_i64s xs, ds, zs, ys, bs, cs;
+    void *state, *stream;
+    memset(&a, 0, sizeof a);
+    if (!PyArg_ParseTuple(args, "LLLLO&O&O&O&O&O&O&O&O&O&O&O&O&O&O&O&iO&", &a.batch, &a.dim,
+                          &a.dstate, &a.ngroups, PTR, &state, REF, &a.x, REF, &a.dt, REF, &a.A,
+                          REF, &a.B, REF, &a.C, REF, &a.D, REF, &a.z, REF, &a.dt_bias, REF,
+                          &a.y, I64S, &xs, I64S, &ds, I64S, &zs, I64S, &ys, I64S, &bs, I64S,
+                          &cs, &a.dt_softplus, PTR, &stream)) {
+        return NULL;
+    }
+    a.state = state;
+    copy_strides(a.x_s, &xs, 2);
+    copy_strides(a.dt_s, &ds, 2);
+    copy_strides(a.z_s, &zs, 2);
+    copy_strides(a.y_s, &ys, 2);
+    copy_strides(a.B_s, &bs, 3);
+    copy_strides(a.C_s, &cs, 3);
+    return done(samba_cu_scan_step(&a, stream));
+}
+
+/* causal_conv1d(batch, dim, seqlen, width, x, x_s, weight, bias, initial_states,
+ *               final_states, silu, y, y_s, stream) */
+static PyObject *
+py_causal_conv1d(PyObject *self, PyObject *args)
+{
+    long long batch, dim, seqlen, width;
+    samba_cu_ref x, w, bias, y;
+    samba_pycu_i64s xs, ys;
+    void *init, *fin, *stream;
+    int silu;
+    if (!PyArg_ParseTuple(args, "LLLLO&O&O&O&O&O&iO&O&O&", &batch, &dim, &seqlen, &width, REF,
+                          &x, I64S, &xs, REF, &w, REF, &bias, PTR, &init, PTR, &fin, &silu, REF,
+                          &y, I64S, &ys, PTR, &stream)) {
+        return NULL;
+    }
+    int64_t x_s[3], y_s[3];
+    copy_strides(x_s, &xs, 3);
+    copy_strides(y_s, &ys, 3);
+    return done(samba_cu_conv1d_fwd(batch, dim, seqlen, width, x, x_s, w, bias, init, fin, silu,
+                                    y, y_s, stream));
+}
+
+/* causal_conv1d_update(batch, dim, width, x, x_s, conv_state, weight, bias, silu, y, y_s,
+ *                      stream) */
+static PyObject *
+py_causal_conv1d_update(PyObject *self, PyObject *args)
+{
+    long long batch, dim, width;
+    samba_cu_ref x, w, bias, y;
+    samba_pycu_i64s xs, ys;
+    void *state, *stream;
+    int silu;
+    if (!PyArg_ParseTuple(args, "LLLO&O&O&O&O&iO&O&O&", &batch, &dim, &width, REF, &x, I64S, &xs,
+                          PTR, &state, REF, &w, REF, &bias, &silu, REF, &y, I64S, &ys, PTR,
+                          &stream)) {
+        return NULL;
+    }
+    int64_t x_s[2], y_s[2];
+    copy_strides(x_s, &xs, 2);
+    copy_strides(y_s, &ys, 2);
+    return done(samba_cu_conv1d_step(batch, dim, width, x, x_s, state, w, bias, silu, y, y_s,
+                                     stream));
+}
+
+/* swa_attention(batch, seqlen_q, seqlen_k, nheads, nheads_kv, headdim, window, scale,
+ *               q, q_s, k, k_s, v, v_s, out, stream) */
+static PyObject *
+py_swa_attention(PyObject *self, PyObject *args)
+{
+    samba_cu_attn_args a;
+    samba_pycu_i64s qs, ks, vs;
+    void *stream;
+    memset(&a, 0, sizeof a);
+    if (!PyArg_ParseTuple(args, "LLLLLLLfO&O&O&O&O&O&O&O&", &a.batch, &a.seqlen_q, &a.seqlen_k,
+                          &a.nheads, &a.nheads_kv, &a.headdim, &a.window, &a.softmax_scale, REF,
+                          &a.q, I64S, &qs, REF, &a.k, I64S, &ks, REF, &a.v, I64S, &vs, REF,
+                          &a.out, PTR, &stream)) {
+        return NULL;
+    }
+    copy_strides(a.q_stride, &qs, 3);
+    copy_strides(a.k_stride, &ks, 3);
+    copy_strides(a.v_stride, &vs, 3);
+    return done(samba_cu_attn_fwd(&a, stream));
+}
+
+/* swa_decode(batch, nheads, nheads_kv, headdim, capacity, q, k_cache, v_cache, pos, n_valid,
+ *            scale, out, stream) */
+static PyObject *
+py_swa_decode(PyObject *self, PyObject *args)
+{
+    long long batch, nheads, nheads_kv, headdim, capacity;
+    samba_cu_ref q, k, v, pos, nv, out;
+    float scale;
+    void *stream;
+    if (!PyArg_ParseTuple(args, "LLLLLO&O&O&O&O&fO&O&", &batch, &nheads, &nheads_kv, &headdim,
+                          &capacity, REF, &q, REF, &k, REF, &v, REF, &pos, REF, &nv, &scale, REF,
+                          &out, PTR, &stream)) {
+        return NULL;
+    }
+    return done(samba_cu_attn_decode(batch, nheads, nheads_kv, headdim, capacity, q, k, v, pos,
+                                      nv, scale, out, stream));
+}
+
+/* rms_norm(rows, n, x, residual, residual_out, weight, eps, y, stream) */
+static PyObject *
+py_rms_norm(PyObject *self, PyObject *args)
+{
+    long long rows, n;
+    samba_cu_ref x, res, res_out, w, y;
+    float eps;
+    void *stream;
+    if (!PyArg_ParseTuple(args, "LLO&O&O&O&fO&O&", &rows, &n, REF, &x, REF, &res, REF, &res_out,
+                          REF, &w, &eps, REF, &y, PTR, &stream)) {
+        return NULL;
+    }
+    return done(samba_cu_rmsnorm(rows, n, x, res, res_out, w, eps, y, stream));
+}
+
+/* apply_rotary(batch, seqlen, nheads, headdim, x, x_s, positions, pos_batched, offset, base,
+ *              y, y_s, stream) */
+static PyObject *
+py_apply_rotary(PyObject *self, PyObject *args)
+{
+    long long batch, seqlen, nheads, headdim, offset;
+    samba_cu_ref x, pos, y;
+    samba_pycu_i64s xs, ys;
+    int batched;
+    double base;
+    void *stream;
+    if (!PyArg_ParseTuple(args, "LLLLO&O&O&iLdO&O&O&", &batch, &seqlen, &nheads, &headdim, REF,
+                          &x, I64S, &xs, REF, &pos, &batched, &offset, &base, REF, &y, I64S, &ys,
+                          PTR, &stream)) {
+        return NULL;
+    }
+    int64_t x_s[3], y_s[3];
+    copy_strides(x_s, &xs, 3);
+    copy_strides(y_s, &ys, 3);
+    return done(samba_cu_rotary(batch, seqlen, nheads, headdim, x, x_s, pos, batched, offset,
+                                base, y, y_s, stream));
+}
+
+/* swiglu(rows, cols, gate, ld_gate, up, ld_up, y, ld_y, stream) */
+static PyObject *
+py_swiglu(PyObject *self, PyObject *args)
+{
+    long long rows, cols, ldg, ldu, ldy;
+    samba_cu_ref g, u, y;
+    void *stream;
+    if (!PyArg_ParseTuple(args, "LLO&LO&LO&LO&", &rows, &cols, REF, &g, &ldg, REF, &u, &ldu, REF,
+                          &y, &ldy, PTR, &stream)) {
+        return NULL;
+    }
+    return done(samba_cu_swiglu(rows, cols, g, ldg, u, ldu, y, ldy, stream));
+}
+
+/* gemm(M, N, K, x, ldx, w, ldw, y, ldy, beta, stream): y = x @ w^T (+ beta y) */
+static PyObject *
+py_gemm(PyObject *self, PyObject *args)
+{
+    long long M, N, K, ldx, ldw, ldy;
+    samba_cu_ref x, w, y;
+    float beta;
+    void *stream;
+    if (!PyArg_ParseTuple(args, "LLLO&LO&LO&LfO&", &M, &N, &K, REF, &x, &ldx, REF, &w, &ldw, REF,
+                          &y, &ldy, &beta, PTR, &stream)) {
+        return NULL;
+    }
+    return done(samba_cu_gemm(M, N, K, x, ldx, w, ldw, y, ldy, beta, stream));
+}
+
+PyMethodDef samba_pycu_kernel_methods[] = {
+    {"selective_scan", py_selective_scan, METH_VARARGS, "see py_cuda_kernels.c"},
+    {"selective_state_update", py_selective_state_update, METH_VARARGS, "see py_cuda_kernels.c"},
+    {"causal_conv1d", py_causal_conv1d, METH_VARARGS, "see py_cuda_kernels.c"},
+    {"causal_conv1d_update", py_causal_conv1d_update, METH_VARARGS, "see py_cuda_kernels.c"},
+    {"swa_attention", py_swa_attention, METH_VARARGS, "see py_cuda_kernels.c"},
+    {"swa_decode", py_swa_decode, METH_VARARGS, "see py_cuda_kernels.c"},
+    {"rms_norm", py_rms_norm, METH_VARARGS, "see py_cuda_kernels.c"},
+    {"apply_rotary", py_apply_rotary, METH_VARARGS, "see py_cuda_kernels.c"},
+    {"swiglu", py_swiglu, METH_VARARGS, "see py_cuda_kernels.c"},
+    {"gemm", py_gemm, METH_VARARGS, "see py_cuda_kernels.c"},
+    {NULL, NULL, 0, NULL}};

@@ -1,0 +1,412 @@
+"""microsoft/Samba (lit_gpt) checkpoints: ``.pth`` files read WITHOUT torch, config inference.
+
+A torch ``.pth`` (zip format, torch >= 1.6) is a zip archive ``<name>/data.pkl`` (a pickle)
+plus one ``<name>/data/<key>`` entry per storage. Tensors are pickled as
+``torch._utils._rebuild_tensor_v2(<persistent storage id>, offset, size, stride, ...)``.
+:func:`read_torch_zip` unpickles with a *restricted* unpickler whose ``find_class`` returns
+only tensor-rebuilding stand-ins and plain containers and refuses every other global with a
+:class:`~samba_ext.errors.CheckpointError` naming it, so a hostile pickle cannot run code
+(no ``os.system``, no ``builtins.eval``, no arbitrary constructors). Storages are memory-mapped
+from the zip (torch writes them uncompressed) after checking every offset, size and stride.
+
+Key names follow samba_arch.md section 7; lit_gpt checkpoints store the grouped QKV layout and
+(for tied models) both ``transformer.wte.weight`` and ``lm_head.weight``.
+"""
+from __future__ import annotations
+
+import collections
+import io
+import os
+import pickle
+import re
+import struct
+import warnings
+import zipfile
+from typing import Any, Optional
+
+import numpy as np
+
+from .config import PRESETS, SambaConfig
+from .errors import CheckpointError
+from .safetensors_io import bf16_to_f32
+
+__all__ = ["read_torch_zip", "load_litgpt_state_dict", "infer_config", "normalize_state_dict"]
+
+# torch storage class name -> numpy dtype of its elements (BFloat16 kept as raw uint16 bits)
+_STORAGES = {
+    "FloatStorage": np.dtype("<f4"),
+    "DoubleStorage": np.dtype("<f8"),
+    "HalfStorage": np.dtype("<f2"),
+    "BFloat16Storage": np.dtype("<u2"),
+    "LongStorage": np.dtype("<i8"),
+    "IntStorage": np.dtype("<i4"),
+    "ShortStorage": np.dtype("<i2"),
+    "CharStorage": np.dtype("i1"),
+    "ByteStorage": np.dtype("u1"),
+    "BoolStorage": np.dtype("?"),
+}
+
+
+class _StorageType:
+    """Stand-in for ``torch.<X>Storage`` classes (only ever used as a marker)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.dtype = _STORAGES[name]
+
+    def __repr__(self) -> str:
+        return f"torch.{self.name}"
+
+
+class _Storage:
+    """A storage: 1-D numpy array of its elements (a memory map into the zip) + its kind."""
+
+    def __init__(self, data: np.ndarray, kind: str):
+        self.data = data
+        self.kind = kind
+
+
+def _as_int(v: Any, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise CheckpointError(f"tensor {what}: expected an int, got {type(v).__name__}")
+    return v
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
+                       backward_hooks=None, metadata=None) -> np.ndarray:
+    """torch._utils._rebuild_tensor_v2 stand-in: a C-contiguous copy of the strided view.
+    Every index is bounds-checked against the storage before any memory is read."""
+    if not isinstance(storage, _Storage):
+        raise CheckpointError(f"tensor storage: expected a persistent storage, got "
+                              f"{type(storage).__name__}")
+    off = _as_int(storage_offset, "storage_offset")
+    if not isinstance(size, (tuple, list)) or not isinstance(stride, (tuple, list)) \
+            or len(size) != len(stride):
+        raise CheckpointError("tensor size/stride: expected two tuples of equal length")
+    size = tuple(_as_int(s, "size") for s in size)
+    stride = tuple(_as_int(s, "stride") for s in stride)
+    if off < 0 or any(s < 0 for s in size) or any(s < 0 for s in stride):
+        raise CheckpointError(f"tensor: negative offset/size/stride ({off}, {size}, {stride})")
+    n = storage.data.shape[0]
+    numel = 1
+    for s in size:
+        numel *= s
+    if numel == 0:
+        out = np.zeros(size, dtype=storage.data.dtype)
+    else:
+        last = off + sum((sz - 1) * st for sz, st in zip(size, stride))
+        if last >= n:
+            raise CheckpointError(f"tensor of size {size}, stride {stride}, offset {off} reads "
+                                  f"element {last} of a storage of {n} elements")
+        it = storage.data.itemsize
+        view = np.lib.stride_tricks.as_strided(storage.data[off:], shape=size,
+                                               strides=tuple(s * it for s in stride),
+                                               writeable=False)
+        out = np.array(view, order="C")
+    if storage.kind == "BFloat16Storage":
+        out = bf16_to_f32(out)
+    return out
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
+    return data
+
+
+# (module, name) -> object. Nothing else can be named by the pickle.
+_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+}
+_SAFE_GLOBALS.update({("torch", k): _StorageType(k) for k in _STORAGES})
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, f, load_storage):
+        super().__init__(f)
+        self._load_storage = load_storage
+
+    def find_class(self, module: str, name: str) -> Any:
+        obj = _SAFE_GLOBALS.get((module, name))
+        if obj is None:
+            raise CheckpointError(f"refusing to load the global '{module}.{name}': only tensors "
+                                  "and plain containers may appear in a checkpoint (a pickle "
+                                  "naming other globals can run arbitrary code)")
+        return obj
+
+    def persistent_load(self, pid: Any) -> Any:
+        if (not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage"
+                or not isinstance(pid[1], _StorageType) or not isinstance(pid[2], str)):
+            raise CheckpointError(f"unexpected persistent id {pid!r:.200} (expected a torch "
+                                  "storage reference)")
+        return self._load_storage(pid[1], pid[2], pid[4])
+
+
+def _zip_data_offset(fname: str, fsize: int, info: zipfile.ZipInfo) -> int:
+    """File offset of a stored zip member's data (after its local header)."""
+    with open(fname, "rb") as f:
+        f.seek(info.header_offset)
+        lh = f.read(30)
+    if len(lh) != 30 or lh[:4] != b"PK\x03\x04":
+        raise CheckpointError(f"{fname}: corrupt zip local header for {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", lh[26:30])
+    start = info.header_offset + 30 + name_len + extra_len
+    if start + info.file_size > fsize:
+        raise CheckpointError(f"{fname}: zip entry {info.filename} runs past the end of the "
+                              "file (truncated)")
+    return start
+
+
+def read_torch_zip(path: str | os.PathLike) -> Any:
+    """Unpickle a torch zip checkpoint without torch; tensors become numpy arrays
+    (float tensors: float32 for bf16 storages, else their own dtype)."""
+    fname = os.fspath(path)
+    try:
+        fsize = os.path.getsize(fname)
+        zf = zipfile.ZipFile(fname)
+    except zipfile.BadZipFile as e:
+        raise CheckpointError(f"{fname}: not a torch zip checkpoint ({e}); legacy (torch < 1.6) "
+                              "files need torch: re-save them with torch.save") from e
+    except OSError as e:
+        raise CheckpointError(f"{fname}: cannot read ({e})") from e
+    with zf:
+        names = zf.namelist()
+        pkl = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
+        if len(pkl) != 1:
+            raise CheckpointError(f"{fname}: expected exactly one <archive>/data.pkl in the zip, "
+                                  f"found {len(pkl)}")
+        prefix = pkl[0][: -len("data.pkl")]
+        big_endian = False
+        if prefix + "byteorder" in names:
+            bo = zf.read(prefix + "byteorder").decode("ascii", "replace").strip()
+            if bo not in ("little", "big"):
+                raise CheckpointError(f"{fname}: unknown byteorder {bo!r}")
+            big_endian = bo == "big"
+        cache: dict[str, _Storage] = {}
+
+        def load_storage(stype: _StorageType, key: str, numel: Any) -> _Storage:
+            if key in cache:
+                if cache[key].kind != stype.name:
+                    raise CheckpointError(f"{fname}: storage {key} used with two dtypes")
+                return cache[key]
+            if not re.fullmatch(r"[0-9A-Za-z_.]+", key):
+                raise CheckpointError(f"{fname}: invalid storage key {key!r:.100}")
+            member = f"{prefix}data/{key}"
+            try:
+                info = zf.getinfo(member)
+            except KeyError:
+                raise CheckpointError(f"{fname}: storage {member} is missing from the zip") from None
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise CheckpointError(f"{fname}: storage {member} is compressed; torch writes "
+                                      "storages uncompressed (re-save the file with torch.save)")
+            it = stype.dtype.itemsize
+            numel = _as_int(numel, "storage numel")
+            if numel < 0 or numel * it != info.file_size:
+                raise CheckpointError(f"{fname}: storage {key} should hold {numel} x {it} bytes "
+                                      f"but its zip entry has {info.file_size}")
+            dt = stype.dtype.newbyteorder(">") if big_endian and it > 1 else stype.dtype
+            if numel == 0:
+                arr = np.zeros(0, dtype=dt)
+            else:
+                start = _zip_data_offset(fname, fsize, info)
+                arr = np.memmap(fname, dtype=dt, mode="r", offset=start, shape=(numel,))
+            if big_endian and it > 1:
+                arr = arr.astype(stype.dtype)
+            st = _Storage(arr, stype.name)
+            cache[key] = st
+            return st
+
+        try:
+            with zf.open(pkl[0]) as f:
+                data = io.BytesIO(f.read())
+            return _RestrictedUnpickler(data, load_storage).load()
+        except CheckpointError as e:
+            msg = str(e)
+            raise CheckpointError(msg if msg.startswith(fname) else f"{fname}: {msg}") from None
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+                IndexError, KeyError, struct.error, zipfile.BadZipFile, OSError,
+                MemoryError, RecursionError) as e:
+            raise CheckpointError(f"{fname}: corrupt checkpoint pickle ({type(e).__name__}: "
+                                  f"{e})") from None
+
+
+_PREFIXES = ("_orig_mod.", "module.", "_forward_module.", "model.")
+
+
+def normalize_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, np.ndarray]:
+    """Find the model state dict in a loaded checkpoint ({"model": sd}, {"state_dict": sd}
+    or a bare sd), strip wrapper prefixes (``module.``, ``_orig_mod.``, ...) and return
+    {lit_gpt key: float32 array}. Non-float entries are dropped."""
+    if isinstance(obj, dict):
+        for k in ("model", "state_dict", "module"):
+            if k in obj and isinstance(obj[k], dict):
+                obj = obj[k]
+                break
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{source}: expected a state dict, got {type(obj).__name__}")
+    sd: dict[str, np.ndarray] = {}
+    for k, v in obj.items():
+        if not isinstance(k, str) or not isinstance(v, np.ndarray):
+            continue
+        for p in _PREFIXES:
+            if k.startswith(p) and ("transformer." in k or "lm_head" in k):
+                k = k[len(p):]
+        if v.dtype.kind != "f":
+            continue
+        sd[k] = np.ascontiguousarray(v, dtype=np.float32)
+    if "transformer.wte.weight" not in sd:
+        if any(".mixer." in k for k in sd):
+            raise CheckpointError(f"{source}: this looks like a mamba_ssm-style (MBlock, "
+                                  "'mixer.*' keys) checkpoint; only Samba/lit_gpt GPT "
+                                  "checkpoints are supported")
+        raise CheckpointError(f"{source}: no 'transformer.wte.weight': not a lit_gpt Samba "
+                              f"checkpoint (keys: {sorted(sd)[:5]}...)")
+    return sd
+
+
+def load_litgpt_state_dict(path: str | os.PathLike, use_torch: bool = False
+                           ) -> dict[str, np.ndarray]:
+    """Read a lit_gpt ``.pth`` into {key: float32 array}. The default reader needs no torch;
+    ``use_torch=True`` (or a legacy non-zip file with torch installed) uses
+    ``torch.load(weights_only=True)`` instead."""
+    fname = os.fspath(path)
+    if not os.path.isfile(fname):
+        raise FileNotFoundError(f"{fname}: no such checkpoint file")
+    if use_torch or not zipfile.is_zipfile(fname):
+        try:
+            import torch
+        except ImportError:
+            if use_torch:
+                raise
+            raise CheckpointError(f"{fname}: not a torch zip checkpoint; legacy (torch < 1.6) "
+                                  "files can only be read with torch installed") from None
+        try:
+            obj = torch.load(fname, map_location="cpu", weights_only=True, mmap=False)
+        except Exception as e:
+            raise CheckpointError(f"{fname}: torch.load(weights_only=True) failed: {e}") from e
+
+        def conv(o):
+            if isinstance(o, torch.Tensor):
+                return o.detach().float().numpy() if o.is_floating_point() else o.numpy()
+            if isinstance(o, dict):
+                return {k: conv(v) for k, v in o.items()}
+            return o
+        obj = conv(obj)
+    else:
+        obj = read_torch_zip(fname)
+    return normalize_state_dict(obj, fname)
+
+
+def _block_indices(sd: dict) -> list[int]:
+    idx = set()
+    for k in sd:
+        m = re.match(r"transformer\.h\.(\d+)\.", k)
+        if m:
+            idx.add(int(m.group(1)))
+    return sorted(idx)
+
+
+def infer_config(sd: dict[str, np.ndarray], source: str = "checkpoint",
+                 **overrides: Any) -> SambaConfig:
+    """Infer a :class:`SambaConfig` from lit_gpt tensor shapes.
+
+    Shapes give everything except the attention head split and the window. Heads come from
+    ``overrides`` (``n_head`` or ``head_dim``) or from a preset with the same d_model and
+    vocabulary (samba-421m, samba-1.3b, ...); otherwise CheckpointError asks for them. The
+    window defaults to 2048 (all Samba configs) for models with Mamba blocks; models without
+    Mamba blocks default to full attention ("attn") unless ``window`` is given. Any field in
+    ``overrides`` replaces the inferred value.
+    """
+    wte = sd["transformer.wte.weight"]
+    if wte.ndim != 2:
+        raise CheckpointError(f"{source}: transformer.wte.weight must be 2-D, got {wte.shape}")
+    V, D = wte.shape
+    blocks = _block_indices(sd)
+    if not blocks or blocks != list(range(len(blocks))):
+        raise CheckpointError(f"{source}: block indices {blocks[:10]} are not 0..n-1")
+    n_layer = len(blocks)
+    types: list[str] = []
+    mamba: dict[str, int] = {}
+    attn_dims: Optional[tuple[int, int]] = None
+    F = None
+    for i in blocks:
+        p = f"transformer.h.{i}."
+        if p + "attn.A_log" in sd:
+            types.append("mamba")
+            E, N = sd[p + "attn.A_log"].shape
+            cw = sd.get(p + "attn.conv1d.weight")
+            dtw = sd.get(p + "attn.dt_proj.weight")
+            if cw is None or dtw is None:
+                raise CheckpointError(f"{source}: block {i} has A_log but lacks conv1d/dt_proj")
+            got = dict(E=E, d_state=N, d_conv=cw.shape[-1], dt_rank=dtw.shape[1])
+            if mamba and got != mamba:
+                raise CheckpointError(f"{source}: Mamba blocks differ in shape ({mamba} vs {got})")
+            mamba = got
+        elif p + "attn.attn.weight" in sd:
+            types.append("attn")
+            q = sd[p + "attn.attn.weight"].shape[0]
+            o = sd[p + "attn.proj.weight"].shape[1] if p + "attn.proj.weight" in sd else None
+            if o is None:
+                raise CheckpointError(f"{source}: block {i} lacks attn.proj.weight")
+            if attn_dims and attn_dims != (q, o):
+                raise CheckpointError(f"{source}: attention blocks differ in shape")
+            attn_dims = (q, o)
+        else:
+            raise CheckpointError(f"{source}: block {i} has neither a Mamba (attn.A_log) nor an "
+                                  "attention (attn.attn.weight) mixer")
+        w1 = sd.get(p + "mlp.swiglu.w1.weight")
+        if w1 is None:
+            raise CheckpointError(f"{source}: block {i} lacks mlp.swiglu.w1.weight (only SwiGLU "
+                                  "MLPs are supported)")
+        if F is not None and w1.shape[0] != F:
+            raise CheckpointError(f"{source}: MLP sizes differ between blocks")
+        F = w1.shape[0]
+    cfg: dict[str, Any] = dict(name=f"litgpt:{os.path.basename(source)}", vocab_size=V,
+                               n_layer=n_layer, d_model=D, intermediate_size=F,
+                               tokenizer="byte" if V == 259 else "unknown")
+    if mamba:
+        if mamba["E"] % D:
+            raise CheckpointError(f"{source}: d_inner {mamba['E']} is not a multiple of d_model {D}")
+        cfg.update(expand=mamba["E"] // D, d_state=mamba["d_state"], d_conv=mamba["d_conv"],
+                   dt_rank=mamba["dt_rank"])
+    lm = sd.get("lm_head.weight")
+    cfg["tie_embeddings"] = lm is None or (lm.shape == wte.shape and np.array_equal(lm, wte))
+    has_attn = attn_dims is not None
+    window = overrides.get("window", 2048 if mamba else None)
+    if has_attn:
+        types = [("swa" if window is not None else "attn") if t == "attn" else t for t in types]
+    cfg["layer_types"] = tuple(types)
+    cfg["window"] = window
+    if has_attn:
+        qrows, hq = attn_dims
+        H = overrides.get("n_head")
+        hd = overrides.get("head_dim")
+        if hd is None and H is not None:
+            if hq % H:
+                raise CheckpointError(f"{source}: n_head={H} does not divide the {hq} attention "
+                                      "output features")
+            hd = hq // H
+        if hd is None:
+            for pname, pd in PRESETS.items():
+                pc = SambaConfig.preset(pname)
+                if pc.d_model == D and pc.vocab_size == V and pc.qkv_size == qrows \
+                        and pc.n_head * pc.head_dim == hq:
+                    hd = pc.head_dim
+                    break
+        if hd is None:
+            raise CheckpointError(
+                f"{source}: cannot infer the attention heads from the shapes (QKV rows {qrows}, "
+                f"{hq} output features); pass n_head=... or head_dim=... (and n_kv_head) or a "
+                "full config=SambaConfig(...)")
+        if hq % hd or (qrows - hq) % (2 * hd):
+            raise CheckpointError(f"{source}: head_dim {hd} does not fit the QKV shapes "
+                                  f"({qrows} rows, {hq} output features)")
+        cfg.update(head_dim=hd, n_head=hq // hd, n_kv_head=(qrows - hq) // (2 * hd))
+    else:   # no attention blocks: the head fields are unused
+        cfg.update(n_head=1, n_kv_head=1, head_dim=2)
+    cfg.update({k: v for k, v in overrides.items() if k != "window"})
+    try:
+        return SambaConfig.from_dict(cfg)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{source}: inferred config is invalid ({e})") from e

@@ -1,0 +1,800 @@
+"""The Samba language model, composed from the package kernels through a small backend.
+
+Architecture (samba_arch.md sections 2-5, checklist section 10)::
+
+    x = wte[tokens]                                    # (B, L, D), float32 residual stream
+    for each block i:   x = x + mixer_i(rmsnorm(x));   x = x + swiglu_mlp_i(rmsnorm(x))
+    logits = rmsnorm(x) @ lm_head.T                    # lm_head = wte when tied
+
+mixer "mamba": Mamba-1 (in_proj -> causal conv + SiLU -> x_proj -> dt_proj -> selective scan
+with softplus(dt + bias) and the silu(z) gate -> out_proj); "swa": sliding-window attention
+with grouped (lit_gpt) QKV rows, NeoX RoPE at absolute positions, ``window`` keys including
+the token itself; "attn": full causal attention (the Llama / Transformer baselines).
+
+Streaming. ``prefill`` runs the prompt in chunks with all state carried: the conv state (last
+d_conv-1 inputs) and SSM state (E x N) of every Mamba block, a ring buffer of exactly ``window``
+keys/values of every SWA block (keys stored after RoPE), and the position. Memory therefore
+depends on chunk_size and window, not on the prompt length, and ``step`` decodes forever in
+constant memory. "attn" blocks (full attention) necessarily keep every key/value: their cache
+grows with the sequence (capacity doubles when full).
+
+All tensor math goes through :mod:`samba_ext.backend` (NumPy/BLAS GEMMs + C kernels on the CPU).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+import numpy as np
+
+from .backend import Backend, get_backend
+from .config import SambaConfig
+from .errors import CheckpointError
+
+__all__ = ["Samba", "SambaState", "init_state_dict", "expected_shapes"]
+
+
+# ------------------------------------------------------------------------------ weights ---
+def expected_shapes(cfg: SambaConfig) -> dict[str, tuple[int, ...]]:
+    """lit_gpt key -> shape for ``cfg`` (samba_arch.md section 7). lm_head.weight only when
+    the embeddings are not tied."""
+    D, E, N, R, K, F = (cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv,
+                        cfg.intermediate_size)
+    s: dict[str, tuple[int, ...]] = {"transformer.wte.weight": (cfg.vocab_size, D),
+                                     "transformer.ln_f.weight": (D,)}
+    if not cfg.tie_embeddings:
+        s["lm_head.weight"] = (cfg.vocab_size, D)
+    for i, t in enumerate(cfg.layer_types):
+        p = f"transformer.h.{i}."
+        s[p + "norm_1.weight"] = (D,)
+        s[p + "norm_2.weight"] = (D,)
+        s[p + "mlp.swiglu.w1.weight"] = (F, D)
+        s[p + "mlp.swiglu.w2.weight"] = (F, D)
+        s[p + "mlp.swiglu.w3.weight"] = (D, F)
+        if t == "mamba":
+            s[p + "attn.A_log"] = (E, N)
+            s[p + "attn.D"] = (E,)
+            s[p + "attn.in_proj.weight"] = (2 * E, D)
+            s[p + "attn.conv1d.weight"] = (E, 1, K)
+            s[p + "attn.conv1d.bias"] = (E,)
+            s[p + "attn.x_proj.weight"] = (R + 2 * N, E)
+            s[p + "attn.dt_proj.weight"] = (E, R)
+            s[p + "attn.dt_proj.bias"] = (E,)
+            s[p + "attn.out_proj.weight"] = (D, E)
+        else:
+            s[p + "attn.attn.weight"] = (cfg.qkv_size, D)
+            s[p + "attn.proj.weight"] = (D, cfg.n_head * cfg.head_dim)
+    return s
+
+
+def init_state_dict(cfg: SambaConfig, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random Mamba/Samba initialisation (samba_arch.md section 3), lit_gpt keys, float32.
+
+    Embedding N(0, 0.02); Linear weights PyTorch-default U(+-1/sqrt(fan_in)); Mamba:
+    A_log = log(1..N), D = 1, dt_proj.weight U(+-dt_rank^-0.5), dt_proj.bias =
+    softplus^-1(dt) with dt log-uniform in [1e-3, 0.1] floored at 1e-4, conv1d weight and bias
+    U(+-1/sqrt(d_conv)); norms 1; out_proj / attention proj / SwiGLU w3 divided by
+    sqrt(2 * n_layer).
+    """
+    rng = np.random.default_rng(seed)
+    D, E, N, R, K = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv
+    resid_scale = 1.0 / math.sqrt(2 * cfg.n_layer)
+
+    def lin(out_f: int, in_f: int, scale: float = 1.0) -> np.ndarray:
+        b = 1.0 / math.sqrt(in_f)
+        return (rng.uniform(-b, b, (out_f, in_f)) * scale).astype(np.float32)
+
+    sd: dict[str, np.ndarray] = {
+        "transformer.wte.weight": rng.normal(0.0, 0.02, (cfg.vocab_size, D)).astype(np.float32),
+        "transformer.ln_f.weight": np.ones(D, np.float32),
+    }
+    if not cfg.tie_embeddings:
+        sd["lm_head.weight"] = lin(cfg.vocab_size, D)
+    for i, t in enumerate(cfg.layer_types):
+        p = f"transformer.h.{i}."
+        sd[p + "norm_1.weight"] = np.ones(D, np.float32)
+        sd[p + "norm_2.weight"] = np.ones(D, np.float32)
+        if t == "mamba":
+            sd[p + "attn.in_proj.weight"] = lin(2 * E, D)
+            kb = 1.0 / math.sqrt(K)
+            sd[p + "attn.conv1d.weight"] = rng.uniform(-kb, kb, (E, 1, K)).astype(np.float32)
+            sd[p + "attn.conv1d.bias"] = rng.uniform(-kb, kb, E).astype(np.float32)
+            sd[p + "attn.x_proj.weight"] = lin(R + 2 * N, E)
+            db = R ** -0.5
+            sd[p + "attn.dt_proj.weight"] = rng.uniform(-db, db, (E, R)).astype(np.float32)
+            dt = np.exp(rng.uniform(0, 1, E) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+            dt = np.maximum(dt, 1e-4)
+            sd[p + "attn.dt_proj.bias"] = (dt + np.log(-np.expm1(-dt))).astype(np.float32)
+            sd[p + "attn.A_log"] = np.log(np.tile(np.arange(1, N + 1, dtype=np.float64),
+                                                  (E, 1))).astype(np.float32)
+            sd[p + "attn.D"] = np.ones(E, np.float32)
+            sd[p + "attn.out_proj.weight"] = lin(D, E, resid_scale)
+        else:
+            sd[p + "attn.attn.weight"] = lin(cfg.qkv_size, D)
+            sd[p + "attn.proj.weight"] = lin(D, cfg.n_head * cfg.head_dim, resid_scale)
+        F = cfg.intermediate_size
+        sd[p + "mlp.swiglu.w1.weight"] = lin(F, D)
+        sd[p + "mlp.swiglu.w2.weight"] = lin(F, D)
+        sd[p + "mlp.swiglu.w3.weight"] = lin(D, F, resid_scale)
+    return sd
+
+
+def _qkv_grouped_to_split(w: np.ndarray, cfg: SambaConfig) -> np.ndarray:
+    """lit_gpt grouped rows [q_g0.., k_g, v_g] per KV group -> [Q (head order) | K | V]."""
+    G, qpk, hd = cfg.n_kv_head, cfg.q_per_kv, cfg.head_dim
+    g = w.reshape(G, qpk + 2, hd, -1)
+    q = g[:, :qpk].reshape(G * qpk * hd, -1)
+    k = g[:, qpk].reshape(G * hd, -1)
+    v = g[:, qpk + 1].reshape(G * hd, -1)
+    return np.ascontiguousarray(np.concatenate([q, k, v], axis=0), dtype=np.float32)
+
+
+def _qkv_split_to_grouped(w: np.ndarray, cfg: SambaConfig) -> np.ndarray:
+    """Inverse of :func:`_qkv_grouped_to_split`."""
+    G, qpk, hd = cfg.n_kv_head, cfg.q_per_kv, cfg.head_dim
+    H = G * qpk
+    q = w[: H * hd].reshape(G, qpk, hd, -1)
+    k = w[H * hd: (H + G) * hd].reshape(G, 1, hd, -1)
+    v = w[(H + G) * hd:].reshape(G, 1, hd, -1)
+    return np.concatenate([q, k, v], axis=1).reshape(cfg.qkv_size, -1)
+
+
+# -------------------------------------------------------------------------------- state ---
+class SambaState:
+    """Recurrent state of a batch of sequences (from :meth:`Samba.new_state`).
+
+    ``pos`` (B,) int64: tokens consumed so far (the next token's absolute position).
+    ``layers[i]``: dict of backend arrays for block i -- Mamba: ``conv`` (B, E, d_conv-1),
+    ``ssm`` (B, E, N); SWA: ``k``, ``v`` ring buffers (B, window, n_kv_head, head_dim), the key
+    of position p in slot p % window, stored after RoPE; full attention: ``k``, ``v``
+    (B, capacity, n_kv_head, head_dim) growing caches. ``logits``: (B, vocab) float32 logits
+    of the last consumed position (None before any token).
+    """
+
+    def __init__(self, batch: int, kinds: Sequence[str], layers: list, backend: Backend):
+        self.batch = int(batch)
+        self.kinds = tuple(kinds)
+        self.layers = layers
+        self.pos = np.zeros(self.batch, dtype=np.int64)
+        self.logits: Optional[np.ndarray] = None
+        self._backend = backend
+
+    def copy(self) -> "SambaState":
+        """Deep copy (independent arrays)."""
+        be = self._backend
+        s = SambaState(self.batch, self.kinds,
+                       [{k: be.copy(a) for k, a in d.items()} for d in self.layers], be)
+        s.pos = self.pos.copy()
+        s.logits = None if self.logits is None else self.logits.copy()
+        return s
+
+    def nbytes(self) -> int:
+        """Bytes held by the state arrays (caches, SSM/conv states, positions, logits)."""
+        n = self.pos.nbytes + (0 if self.logits is None else self.logits.nbytes)
+        for d in self.layers:
+            n += sum(int(a.nbytes) for a in d.values())
+        return n
+
+    def shapes(self) -> list[dict[str, tuple]]:
+        """Shapes of every layer's arrays (for inspection and tests)."""
+        return [{k: tuple(a.shape) for k, a in d.items()} for d in self.layers]
+
+    def __repr__(self) -> str:
+        return (f"SambaState(batch={self.batch}, pos={self.pos.tolist()[:4]}"
+                f"{'...' if self.batch > 4 else ''}, nbytes={self.nbytes()})")
+
+
+TokensLike = Union[np.ndarray, Sequence[int], Sequence[Sequence[int]]]
+
+
+# -------------------------------------------------------------------------------- model ---
+class Samba:
+    """A Samba-family language model (see the module docstring).
+
+    ``Samba(config, seed=0, device="cpu")`` builds a randomly initialised model;
+    :meth:`load` reads a bundled name, a ``.safetensors`` file or a lit_gpt ``.pth``.
+    """
+
+    def __init__(self, config: SambaConfig, seed: int = 0, device: str | Backend = "cpu",
+                 *, state_dict: Optional[dict[str, np.ndarray]] = None,
+                 tokenizer: Any = None, base_dir: Optional[str] = None):
+        if isinstance(config, str):
+            config = SambaConfig.preset(config)
+        if not isinstance(config, SambaConfig):
+            raise TypeError(f"config: expected a SambaConfig, got {type(config).__name__}")
+        self.config = config
+        self.backend = get_backend(device)
+        self.device = self.backend.device
+        self._tokenizer = tokenizer
+        self._base_dir = base_dir
+        self.metadata: dict[str, str] = {}
+        if state_dict is None:
+            state_dict = init_state_dict(config, seed)
+        self._set_weights(state_dict)
+
+    # ------------------------------------------------------------------ properties ---
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def tokenizer(self):
+        """The tokenizer named by ``config.tokenizer`` (loaded on first use)."""
+        if self._tokenizer is None or isinstance(self._tokenizer, (str, os.PathLike)):
+            from .tokenizer import load_tokenizer
+            spec = self._tokenizer if self._tokenizer is not None else self.config.tokenizer
+            self._tokenizer = load_tokenizer(spec, base_dir=self._base_dir)
+        return self._tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, tok) -> None:
+        self._tokenizer = tok
+
+    def num_parameters(self) -> int:
+        """Number of parameters (a tied embedding counted once)."""
+        return self.config.num_parameters()
+
+    def __repr__(self) -> str:
+        c = self.config
+        kinds = {t: c.layer_types.count(t) for t in ("mamba", "swa", "attn") if t in c.layer_types}
+        return (f"Samba({c.name!r}, {self.num_parameters() / 1e6:.2f}M params, blocks={kinds}, "
+                f"d_model={c.d_model}, window={c.window}, device={self.device!r})")
+
+    # --------------------------------------------------------------------- weights ---
+    def _set_weights(self, sd: dict[str, np.ndarray]) -> None:
+        """Validate a lit_gpt-keyed state dict against the config and upload it."""
+        cfg, be = self.config, self.backend
+        want = expected_shapes(cfg)
+        sd = dict(sd)
+        if cfg.tie_embeddings and "lm_head.weight" in sd:
+            lm = np.asarray(sd.pop("lm_head.weight"))
+            wte = np.asarray(sd.get("transformer.wte.weight"))
+            if lm.shape != wte.shape or not np.array_equal(lm, wte):
+                raise CheckpointError("lm_head.weight differs from transformer.wte.weight but "
+                                      "config.tie_embeddings is True")
+        missing = [k for k in want if k not in sd]
+        extra = [k for k in sd if k not in want]
+        if missing or extra:
+            raise CheckpointError(
+                f"checkpoint does not match the config ({cfg.name}): "
+                + (f"missing {missing[:4]}{'...' if len(missing) > 4 else ''} " if missing else "")
+                + (f"unexpected {extra[:4]}{'...' if len(extra) > 4 else ''}" if extra else ""))
+        for k, shp in want.items():
+            a = np.asarray(sd[k])
+            if tuple(a.shape) != shp:
+                raise CheckpointError(f"{k}: expected shape {shp} for config {cfg.name!r}, "
+                                      f"got {tuple(a.shape)}")
+            if a.dtype.kind != "f":
+                raise CheckpointError(f"{k}: expected a float tensor, got dtype {a.dtype}")
+        f32 = {k: np.ascontiguousarray(sd[k], dtype=np.float32) for k in want}
+        up = be.asarray
+        self._wte = up(f32["transformer.wte.weight"])
+        self._head = self._wte if cfg.tie_embeddings else up(f32["lm_head.weight"])
+        self._ln_f = up(f32["transformer.ln_f.weight"])
+        E, N, R, F = cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.intermediate_size
+        H, G, hd = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        blocks = []
+        for i, t in enumerate(cfg.layer_types):
+            p = f"transformer.h.{i}."
+            b = SimpleNamespace(kind=t)
+            b.norm_1 = up(f32[p + "norm_1.weight"])
+            b.norm_2 = up(f32[p + "norm_2.weight"])
+            b.w12 = up(np.concatenate([f32[p + "mlp.swiglu.w1.weight"],
+                                       f32[p + "mlp.swiglu.w2.weight"]], axis=0))
+            b.w1, b.w2 = b.w12[:F], b.w12[F:]
+            b.w3 = up(f32[p + "mlp.swiglu.w3.weight"])
+            if t == "mamba":
+                b.in_proj = up(f32[p + "attn.in_proj.weight"])
+                b.in_x, b.in_z = b.in_proj[:E], b.in_proj[E:]
+                b.conv_w = up(f32[p + "attn.conv1d.weight"].reshape(E, cfg.d_conv))
+                b.conv_b = up(f32[p + "attn.conv1d.bias"])
+                b.x_proj = up(f32[p + "attn.x_proj.weight"])
+                b.dt_proj = up(f32[p + "attn.dt_proj.weight"])
+                b.dt_bias = up(f32[p + "attn.dt_proj.bias"])
+                b.A_log = f32[p + "attn.A_log"]              # host copy, for saving exactly
+                b.A = up(-np.exp(b.A_log.astype(np.float64)).astype(np.float32))
+                b.Dskip = up(f32[p + "attn.D"])
+                b.out_proj = up(f32[p + "attn.out_proj.weight"])
+            else:
+                b.wqkv = up(_qkv_grouped_to_split(f32[p + "attn.attn.weight"], cfg))
+                b.wq = b.wqkv[: H * hd]
+                b.wk = b.wqkv[H * hd: (H + G) * hd]
+                b.wv = b.wqkv[(H + G) * hd:]
+                b.wo = up(f32[p + "attn.proj.weight"])
+            blocks.append(b)
+        self._blocks = blocks
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Weights as {lit_gpt key: float32 numpy array} (lm_head.weight only if untied)."""
+        cfg, np_ = self.config, self.backend.to_numpy
+        F, E = cfg.intermediate_size, cfg.d_inner
+        sd = {"transformer.wte.weight": np.array(np_(self._wte)),
+              "transformer.ln_f.weight": np.array(np_(self._ln_f))}
+        if not cfg.tie_embeddings:
+            sd["lm_head.weight"] = np.array(np_(self._head))
+        for i, b in enumerate(self._blocks):
+            p = f"transformer.h.{i}."
+            sd[p + "norm_1.weight"] = np.array(np_(b.norm_1))
+            sd[p + "norm_2.weight"] = np.array(np_(b.norm_2))
+            w12 = np.array(np_(b.w12))
+            sd[p + "mlp.swiglu.w1.weight"] = w12[:F].copy()
+            sd[p + "mlp.swiglu.w2.weight"] = w12[F:].copy()
+            sd[p + "mlp.swiglu.w3.weight"] = np.array(np_(b.w3))
+            if b.kind == "mamba":
+                sd[p + "attn.in_proj.weight"] = np.array(np_(b.in_proj))
+                sd[p + "attn.conv1d.weight"] = np.array(np_(b.conv_w)).reshape(E, 1, cfg.d_conv)
+                sd[p + "attn.conv1d.bias"] = np.array(np_(b.conv_b))
+                sd[p + "attn.x_proj.weight"] = np.array(np_(b.x_proj))
+                sd[p + "attn.dt_proj.weight"] = np.array(np_(b.dt_proj))
+                sd[p + "attn.dt_proj.bias"] = np.array(np_(b.dt_bias))
+                sd[p + "attn.A_log"] = np.array(b.A_log)
+                sd[p + "attn.D"] = np.array(np_(b.Dskip))
+                sd[p + "attn.out_proj.weight"] = np.array(np_(b.out_proj))
+            else:
+                sd[p + "attn.attn.weight"] = _qkv_split_to_grouped(np.array(np_(b.wqkv)), cfg)
+                sd[p + "attn.proj.weight"] = np.array(np_(b.wo))
+        return sd
+
+    def save(self, path: str | os.PathLike, dtype: str = "F32",
+             metadata: Optional[dict[str, str]] = None) -> None:
+        """Write a safetensors file with lit_gpt key names and ``__metadata__`` = {"format":
+        "samba-ext", "config": JSON of the config, "tokenizer": ..., **metadata}.
+        dtype: "F32" (default), "F16" or "BF16"."""
+        from .safetensors_io import write_safetensors
+        tok = self.config.tokenizer
+        meta = {"format": "samba-ext", "config": json.dumps(self.config.to_dict()),
+                "tokenizer": tok if isinstance(tok, str) else "byte"}
+        for k, v in (metadata or {}).items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise TypeError("metadata: expected str keys and str values")
+            meta[k] = v
+        write_safetensors(path, self.state_dict(), meta, dtype=dtype)
+
+    @classmethod
+    def load(cls, path_or_name: str | os.PathLike, device: str = "cpu",
+             config: Optional[SambaConfig] = None, **overrides: Any) -> "Samba":
+        """Load a model.
+
+        path_or_name: a bundled name ("samba-tiny", "llama-tiny"), a ``.safetensors`` file
+        (config from its metadata) or a lit_gpt ``.pth`` checkpoint (config inferred from the
+        tensor shapes; see :func:`samba_ext.litgpt.infer_config`). ``config`` replaces the
+        stored/inferred config; ``overrides`` replace single fields (e.g. ``window=2048``,
+        ``n_head=12``, ``tokenizer="path/to/tokenizer.model"``).
+        """
+        from . import litgpt
+        from .data import BUNDLED_MODELS, bundled_path
+        from .safetensors_io import read_safetensors
+
+        spec = os.fspath(path_or_name)
+        if spec in BUNDLED_MODELS and not os.path.exists(spec):
+            path = bundled_path(spec)
+        else:
+            path = Path(spec)
+            if not path.exists():
+                raise FileNotFoundError(f"{spec}: no such file, and not a bundled model name "
+                                        f"({sorted(BUNDLED_MODELS)})")
+        meta: dict[str, str] = {}
+        explicit = config is not None
+        if path.suffix == ".safetensors":
+            sd, meta = read_safetensors(path)
+            if not explicit and "config" in meta:
+                try:
+                    d = json.loads(meta["config"])
+                    if not isinstance(d, dict):
+                        raise ValueError("not a JSON object")
+                    d.update(overrides)
+                    config = SambaConfig.from_dict(d)
+                except (ValueError, TypeError) as e:
+                    raise CheckpointError(f"{path}: invalid config in the metadata ({e})") from e
+            elif not explicit:   # a safetensors file without our metadata: lit_gpt keys
+                sd = litgpt.normalize_state_dict(sd, str(path))
+                config = litgpt.infer_config(sd, str(path), **overrides)
+        else:
+            sd = litgpt.load_litgpt_state_dict(path)
+            if not explicit:
+                config = litgpt.infer_config(sd, str(path), **overrides)
+        if explicit and overrides:
+            config = dataclasses.replace(config, **overrides)
+        tok = config.tokenizer
+        m = cls(config, device=device, state_dict=sd, tokenizer=tok,
+                base_dir=str(path.parent))
+        m.metadata = dict(meta)
+        return m
+
+    # ---------------------------------------------------------------------- state ---
+    def new_state(self, batch: int = 1) -> SambaState:
+        """Empty state for ``batch`` sequences (all zeros, position 0)."""
+        if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 0:
+            raise ValueError(f"batch: expected an int >= 0, got {batch!r}")
+        cfg, be = self.config, self.backend
+        layers = []
+        for t in cfg.layer_types:
+            if t == "mamba":
+                layers.append({"conv": be.zeros((batch, cfg.d_inner, cfg.d_conv - 1)),
+                               "ssm": be.zeros((batch, cfg.d_inner, cfg.d_state))})
+            else:
+                cap = cfg.window if t == "swa" else 0
+                shp = (batch, cap, cfg.n_kv_head, cfg.head_dim)
+                layers.append({"k": be.zeros(shp), "v": be.zeros(shp)})
+        return SambaState(batch, cfg.layer_types, layers, be)
+
+    # ---------------------------------------------------------------------- input ---
+    def _tokens2d(self, tokens: TokensLike, name: str = "tokens") -> np.ndarray:
+        a = np.asarray(tokens)
+        if a.dtype == object or (a.size and a.dtype.kind not in "iu"):
+            raise TypeError(f"{name}: expected integer token ids, got dtype {a.dtype}")
+        if a.ndim == 1:
+            a = a[None, :]
+        if a.ndim != 2:
+            raise ValueError(f"{name}: expected shape (batch, seqlen), got {a.shape}")
+        a = a.astype(np.int64, copy=False)
+        if a.size and (a.min() < 0 or a.max() >= self.config.vocab_size):
+            raise ValueError(f"{name}: token ids must lie in [0, {self.config.vocab_size}), got "
+                             f"min {a.min()} max {a.max()}")
+        return a
+
+    def _check_state(self, state: SambaState, batch: int) -> None:
+        if not isinstance(state, SambaState) or state.kinds != self.config.layer_types:
+            raise TypeError("state: expected a SambaState from this model's new_state()")
+        if state.batch != batch:
+            raise ValueError(f"state: made for batch {state.batch}, tokens have batch {batch}")
+
+    # ------------------------------------------------------------------ the blocks ---
+    def _mlp(self, b, n):
+        be, F = self.backend, self.config.intermediate_size
+        if n.ndim == 2:   # decode: one GEMM for gate and up
+            gu = be.matmul(n, b.w12, trans_b=True)
+            h = be.swiglu(gu[:, :F], gu[:, F:])
+        else:
+            h = be.swiglu(be.matmul(n, b.w1, trans_b=True), be.matmul(n, b.w2, trans_b=True))
+        return be.matmul(h, b.w3, trans_b=True)
+
+    def _mamba_chunk(self, b, n, st):
+        """n (B, L, D) -> (B, L, D); updates st['conv'], st['ssm']."""
+        be, cfg = self.backend, self.config
+        R, N = cfg.dt_rank, cfg.d_state
+        x = be.matmul(b.in_x, n, trans_b=True)              # (B, E, L) channel-major
+        z = be.matmul(b.in_z, n, trans_b=True)              # (B, E, L)
+        xc, st["conv"] = be.causal_conv1d(x, b.conv_w, b.conv_b, st["conv"])
+        dbl = be.matmul(b.x_proj, xc)                        # (B, R + 2N, L)
+        dt = be.matmul(b.dt_proj, dbl[:, :R])                # (B, E, L)
+        y, st["ssm"] = be.selective_scan(xc, dt, b.A, dbl[:, R:R + N], dbl[:, R + N:],
+                                         b.Dskip, z, b.dt_bias, st["ssm"])
+        return be.matmul(y, b.out_proj, trans_a=True, trans_b=True)   # (B, L, D)
+
+    def _attn_chunk(self, b, n, st, p0: int):
+        """n (B, L, D) at absolute positions p0..p0+L-1 -> (B, L, D); updates the cache."""
+        be, cfg = self.backend, self.config
+        B, L = n.shape[0], n.shape[1]
+        H, G, hd = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        q = be.apply_rotary(be.matmul(n, b.wq, trans_b=True).reshape(B, L, H, hd),
+                            p0, cfg.rope_base)
+        k = be.apply_rotary(be.matmul(n, b.wk, trans_b=True).reshape(B, L, G, hd),
+                            p0, cfg.rope_base)
+        v = be.matmul(n, b.wv, trans_b=True).reshape(B, L, G, hd)
+        if b.kind == "swa":
+            W = cfg.window
+            n_prev = min(p0, W - 1)
+            if n_prev > 0:   # the last window-1 keys, in position order, from the ring
+                idx = np.arange(p0 - n_prev, p0, dtype=np.int64) % W
+                kf = be.concat([be.take(st["k"], idx, 1), k], 1)
+                vf = be.concat([be.take(st["v"], idx, 1), v], 1)
+            else:
+                kf, vf = k, v
+            o = be.swa_attention(q, kf, vf, W)
+            m = min(L, W)    # ring write: position p -> slot p % W
+            idx = np.arange(p0 + L - m, p0 + L, dtype=np.int64) % W
+            be.put(st["k"], idx, k[:, L - m:], 1)
+            be.put(st["v"], idx, v[:, L - m:], 1)
+        else:
+            self._grow(st, p0 + L)
+            idx = np.arange(p0, p0 + L, dtype=np.int64)
+            be.put(st["k"], idx, k, 1)
+            be.put(st["v"], idx, v, 1)
+            o = be.swa_attention(q, st["k"][:, : p0 + L], st["v"][:, : p0 + L], None)
+        return be.matmul(o.reshape(B, L, H * hd), b.wo, trans_b=True)
+
+    def _grow(self, st, need: int) -> None:
+        """Full-attention cache: make capacity >= need (doubling)."""
+        cap = st["k"].shape[1]
+        if cap >= need:
+            return
+        be = self.backend
+        new_cap = max(need, 2 * cap, 64)
+        for key in ("k", "v"):
+            old = st[key]
+            new = be.zeros((old.shape[0], new_cap) + tuple(old.shape[2:]))
+            if cap:
+                be.put(new, np.arange(cap, dtype=np.int64), old, 1)
+            st[key] = new
+
+    def _chunk(self, tokens: np.ndarray, state: SambaState, want: str):
+        """Run tokens (B, L) (L >= 1) through the model, advancing ``state``.
+        want: "all" -> logits (B, L, V) backend array; "last" -> (B, V)."""
+        be, cfg = self.backend, self.config
+        B, L = tokens.shape
+        p0 = int(state.pos[0]) if B else 0
+        if B and not np.all(state.pos == p0):
+            raise ValueError("prefill: all sequences of the state must be at the same position")
+        x = be.take(self._wte, tokens, 0)                  # (B, L, D)
+        resid, delta = x, None
+        for b, st in zip(self._blocks, state.layers):
+            if delta is None:
+                n = be.rms_norm(resid, b.norm_1, cfg.norm_eps)
+            else:
+                n, resid = be.rms_norm(delta, b.norm_1, cfg.norm_eps, resid)
+            mix = self._mamba_chunk(b, n, st) if b.kind == "mamba" else \
+                self._attn_chunk(b, n, st, p0)
+            n, resid = be.rms_norm(mix, b.norm_2, cfg.norm_eps, resid)
+            delta = self._mlp(b, n)
+        state.pos += L
+        if want == "all":
+            nf, _ = be.rms_norm(delta, self._ln_f, cfg.norm_eps, resid)
+            logits = be.matmul(nf, self._head, trans_b=True)
+            state.logits = np.array(be.to_numpy(logits[:, -1]), dtype=np.float32)
+            return logits
+        nf, _ = be.rms_norm(delta[:, -1], self._ln_f, cfg.norm_eps, resid[:, -1])
+        logits = be.matmul(nf, self._head, trans_b=True)
+        state.logits = np.array(be.to_numpy(logits), dtype=np.float32)
+        return logits
+
+    # ------------------------------------------------------------------ public API ---
+    def forward(self, tokens: TokensLike, chunk_size: Optional[int] = None) -> np.ndarray:
+        """Logits for every position: tokens int (B, L) -> float32 (B, L, vocab).
+
+        One pass over the whole sequence (chunk_size None) or in chunks of chunk_size with
+        the state carried (same result; the logits themselves are B*L*vocab floats).
+        """
+        t = self._tokens2d(tokens)
+        B, L = t.shape
+        V = self.config.vocab_size
+        if B == 0 or L == 0:
+            return np.zeros((B, L, V), np.float32)
+        state = self.new_state(B)
+        cs = L if chunk_size is None else _check_chunk(chunk_size)
+        parts = [self.backend.to_numpy(self._chunk(t[:, c:c + cs], state, "all"))
+                 for c in range(0, L, cs)]
+        return np.ascontiguousarray(parts[0] if len(parts) == 1 else np.concatenate(parts, 1),
+                                    dtype=np.float32)
+
+    __call__ = forward
+
+    def prefill(self, tokens: TokensLike, state: SambaState, chunk_size: int = 2048,
+                progress: Optional[Callable[[int, int], Any]] = None) -> np.ndarray:
+        """Consume tokens (B, L) into ``state`` in chunks; returns the logits of the last
+        position, float32 (B, vocab). Peak memory ~ chunk_size x (widths) + window, whatever L.
+        progress(done_tokens, total_tokens) is called after each chunk."""
+        t = self._tokens2d(tokens)
+        B, L = t.shape
+        self._check_state(state, B)
+        cs = _check_chunk(chunk_size)
+        for c in range(0, L, cs):
+            self._chunk(t[:, c:c + cs], state, "last")
+            if progress is not None:
+                progress(min(c + cs, L), L)
+        if state.logits is None:
+            if B == 0:
+                return np.zeros((0, self.config.vocab_size), np.float32)
+            raise ValueError("prefill: no tokens given and the state has consumed none yet")
+        return state.logits.copy()
+
+    def step(self, tokens: TokensLike, state: SambaState) -> np.ndarray:
+        """Decode one token per sequence: tokens (B,) -> logits float32 (B, vocab).
+
+        Constant memory: Mamba blocks update their conv/SSM states in place, SWA blocks write
+        the new key/value into slot pos % window of their ring buffer (RoPE at the absolute
+        position) and attend over the last min(pos+1, window) keys.
+        """
+        tok = np.asarray(tokens)
+        if tok.ndim == 0:
+            tok = tok[None]
+        if tok.ndim != 1:
+            raise ValueError(f"tokens: expected shape (batch,), got {tok.shape}")
+        tok = self._tokens2d(tok[:, None])[:, 0]
+        B = tok.shape[0]
+        self._check_state(state, B)
+        if B == 0:
+            return np.zeros((0, self.config.vocab_size), np.float32)
+        be, cfg = self.backend, self.config
+        H, G, hd, E, R, N = (cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.d_inner,
+                             cfg.dt_rank, cfg.d_state)
+        pos = state.pos
+        pos2 = pos[:, None]
+        x = be.take(self._wte, tok, 0)                  # (B, D)
+        resid, delta = x, None
+        for b, st in zip(self._blocks, state.layers):
+            if delta is None:
+                n = be.rms_norm(resid, b.norm_1, cfg.norm_eps)
+            else:
+                n, resid = be.rms_norm(delta, b.norm_1, cfg.norm_eps, resid)
+            if b.kind == "mamba":
+                xz = be.matmul(n, b.in_proj, trans_b=True)                  # (B, 2E)
+                xc = be.causal_conv1d_update(xz[:, :E], st["conv"], b.conv_w, b.conv_b)
+                dbl = be.matmul(xc, b.x_proj, trans_b=True)                 # (B, R + 2N)
+                dt = be.matmul(dbl[:, :R], b.dt_proj, trans_b=True)         # (B, E)
+                y = be.selective_state_update(st["ssm"], xc, dt, b.A, dbl[:, R:R + N],
+                                              dbl[:, R + N:], b.Dskip, xz[:, E:], b.dt_bias)
+                mix = be.matmul(y, b.out_proj, trans_b=True)
+            else:
+                qkv = be.matmul(n, b.wqkv, trans_b=True)                    # (B, (H+2G) hd)
+                q = be.apply_rotary(qkv[:, : H * hd].reshape(B, 1, H, hd), pos2, cfg.rope_base)
+                k = be.apply_rotary(qkv[:, H * hd:(H + G) * hd].reshape(B, 1, G, hd), pos2,
+                                    cfg.rope_base)
+                v = qkv[:, (H + G) * hd:].reshape(B, G, hd)
+                if b.kind == "swa":
+                    cap = cfg.window
+                    n_valid = np.minimum(pos + 1, cap)
+                else:
+                    self._grow(st, int(pos.max()) + 1)
+                    cap = st["k"].shape[1]
+                    n_valid = pos + 1
+                slots = pos % cap
+                be.write_rows(st["k"], slots, k.reshape(B, G, hd))
+                be.write_rows(st["v"], slots, v)
+                o = be.swa_decode(q.reshape(B, H, hd), st["k"], st["v"], pos, n_valid)
+                mix = be.matmul(o.reshape(B, H * hd), b.wo, trans_b=True)
+            n, resid = be.rms_norm(mix, b.norm_2, cfg.norm_eps, resid)
+            delta = self._mlp(b, n)
+        nf, _ = be.rms_norm(delta, self._ln_f, cfg.norm_eps, resid)
+        logits = np.array(be.to_numpy(be.matmul(nf, self._head, trans_b=True)),
+                          dtype=np.float32)
+        state.pos += 1
+        state.logits = logits
+        return logits.copy()
+
+    def nll(self, tokens: TokensLike, state: Optional[SambaState] = None,
+            chunk_size: int = 2048, progress: Optional[Callable[[int, int], Any]] = None
+            ) -> np.ndarray:
+        """Per-token negative log-likelihood, float64 (B, L-1):
+        out[:, t] = -log p(tokens[:, t+1] | tokens[:, :t+1]) (plus the state's context if a
+        state is given; the tokens then continue it). Streams in chunks with the state
+        carried: memory ~ chunk_size x vocab, whatever L."""
+        t = self._tokens2d(tokens)
+        B, L = t.shape
+        if state is None:
+            state = self.new_state(B)
+        self._check_state(state, B)
+        out = np.zeros((B, max(L - 1, 0)), dtype=np.float64)
+        if L == 0 or B == 0:
+            return out
+        cs = _check_chunk(chunk_size)
+        for c in range(0, L, cs):
+            e = min(c + cs, L)
+            lg = self.backend.to_numpy(self._chunk(t[:, c:e], state, "all"))
+            m = min(e, L - 1) - c           # positions with a target
+            if m > 0:
+                z = lg[:, :m].astype(np.float64)
+                zmax = z.max(axis=-1, keepdims=True)
+                lse = np.log(np.exp(z - zmax).sum(axis=-1)) + zmax[..., 0]
+                tgt = t[:, c + 1:c + 1 + m]
+                out[:, c:c + m] = lse - np.take_along_axis(z, tgt[..., None], -1)[..., 0]
+            if progress is not None:
+                progress(e, L)
+        return out
+
+    def generate(self, prompt: Union[str, TokensLike], max_new_tokens: int = 32,
+                 temperature: float = 0.0, top_k: Optional[int] = None,
+                 top_p: Optional[float] = None, seed: Optional[int] = None,
+                 stop: Union[None, int, str, Iterable[Union[int, str]]] = None,
+                 stream: Optional[Callable[[Any], Any]] = None,
+                 state: Optional[SambaState] = None, chunk_size: int = 2048,
+                 progress: Optional[Callable[[int, int], Any]] = None):
+        """Generate a continuation of ``prompt``.
+
+        prompt: text (encoded with ``model.tokenizer``), a list / 1-D array of token ids, or a
+        2-D array (B, L) of ids (a batch). Returns the generated continuation only: a str for
+        a text prompt, a list[int] for ids, a list of lists for a batch.
+
+        temperature 0 = greedy; otherwise sampling from softmax(logits / temperature) cut to
+        top_k / top_p, reproducible with ``seed``. stop: token id(s) and/or string(s); the
+        default stops at the tokenizer's EOS id (``stop=[]`` never stops early). A stop token
+        or string is not included in the output. stream: called as text arrives
+        (``stream(piece: str)``) for a text prompt, ``stream(token_id)`` for ids, and
+        ``stream(list_of_B_ids)`` for a batch (-1 for finished rows). state: continue this
+        state (the prompt is appended to it; the prompt may then be empty). On return the
+        state has consumed the prompt and every sampled token (including a stop token).
+        """
+        from .sampling import sample_next
+
+        is_text = isinstance(prompt, str)
+        if is_text:
+            ids = np.asarray([self.tokenizer.encode(prompt)], dtype=np.int64).reshape(1, -1)
+            batched = False
+        else:
+            arr = np.asarray(prompt)
+            batched = arr.ndim == 2
+            ids = self._tokens2d(arr.reshape(1, -1) if arr.ndim <= 1 else arr, "prompt")
+        B, L = ids.shape
+        if isinstance(max_new_tokens, bool) or int(max_new_tokens) < 0:
+            raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+        if state is None:
+            state = self.new_state(B)
+        self._check_state(state, B)
+        if L:
+            logits = self.prefill(ids, state, chunk_size=chunk_size, progress=progress)
+        elif state.logits is not None:
+            logits = state.logits
+        else:
+            raise ValueError("generate: empty prompt and no state to continue from")
+        stop_ids, stop_strs = self._parse_stop(stop)
+        rng = np.random.default_rng(seed)
+        out: list[list[int]] = [[] for _ in range(B)]
+        done = [False] * B
+        texts = [""] * B
+        emitted = 0                              # chars of texts[0] already streamed
+        hold = max((len(s) for s in stop_strs), default=1) - 1
+        tok = self.tokenizer if (is_text or stop_strs) else None
+        for _ in range(int(max_new_tokens)):
+            nxt = sample_next(logits, temperature, top_k, top_p, rng)
+            fresh = [-1] * B                    # token appended to each row this step
+            for r in range(B):
+                if done[r]:
+                    continue
+                tid = int(nxt[r])
+                if tid in stop_ids:
+                    done[r] = True
+                    continue
+                out[r].append(tid)
+                fresh[r] = tid
+                if tok is not None:
+                    texts[r] = tok.decode(out[r])
+                    hit = min((j for j in (texts[r].find(s) for s in stop_strs) if j >= 0),
+                              default=-1)
+                    if hit >= 0:
+                        texts[r] = texts[r][:hit]
+                        done[r] = True
+                        if not is_text:     # drop the ids that completed the stop string
+                            while out[r] and len(tok.decode(out[r])) > hit:
+                                out[r].pop()
+                            fresh[r] = -1
+            if stream is not None:
+                if is_text:
+                    safe = len(texts[0]) if done[0] else len(texts[0]) - hold
+                    if not done[0] and texts[0].endswith("\ufffd"):
+                        safe = min(safe, len(texts[0]) - 1)   # an incomplete UTF-8 sequence
+                    if safe > emitted:
+                        stream(texts[0][emitted:safe])
+                        emitted = safe
+                elif batched:
+                    stream(fresh)
+                elif fresh[0] >= 0:
+                    stream(fresh[0])
+            logits = self.step(nxt, state)
+            if all(done):
+                break
+        if is_text and stream is not None and len(texts[0]) > emitted:
+            stream(texts[0][emitted:])
+        if is_text:
+            return texts[0]
+        return out if batched else out[0]
+
+    def _parse_stop(self, stop) -> tuple[set, list]:
+        if stop is None:
+            try:
+                eos = self.tokenizer.eos_id
+            except (ValueError, ImportError, CheckpointError, OSError):
+                eos = None
+            return ({int(eos)} if eos is not None else set()), []
+        items = [stop] if isinstance(stop, (int, np.integer, str)) else list(stop)
+        ids, strs = set(), []
+        for s in items:
+            if isinstance(s, str):
+                if s:
+                    strs.append(s)
+            elif isinstance(s, (int, np.integer)) and not isinstance(s, bool):
+                ids.add(int(s))
+            else:
+                raise TypeError(f"stop: expected token ids and/or strings, got {s!r}")
+        return ids, strs
+
+
+def _check_chunk(chunk_size: Any) -> int:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) \
+            or chunk_size < 1:
+        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
+    return int(chunk_size)
