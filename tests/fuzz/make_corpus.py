@@ -27,10 +27,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import importlib.util  # noqa: E402
-
-if importlib.util.find_spec("samba_ext") is None:
-    sys.path.insert(1, str(HERE.parent.parent))
+sys.path.insert(1, str(HERE.parent.parent))   # the checkout's package, before site-packages
 
 import mutators as M  # noqa: E402
 

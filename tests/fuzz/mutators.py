@@ -21,8 +21,11 @@ import json
 import pickletools
 import random
 import struct
+import warnings
 import zipfile
 from typing import Callable, List
+
+warnings.filterwarnings("ignore", message="Duplicate name", module="zipfile")
 
 Mutator = Callable[[bytes, random.Random, List[bytes]], bytes]
 
@@ -150,6 +153,8 @@ def _weird_value(rng: random.Random):
 
 
 def _weird_shape(rng: random.Random, shape):
+    if not isinstance(shape, list):
+        shape = [3]
     opts = [
         [], [0], [-1], [2**40, 2**40], [2**63], [2**64 + 1], [1.5], ["3"], None, {}, [[2]],
         [1] * 40, [2**32, 2**32], [0, 2**62], list(shape) + [1], list(shape)[:-1],
@@ -457,7 +462,12 @@ def mutate(data: bytes, rng: random.Random, corpus: List[bytes], mutators: List[
            max_stack: int = 3) -> bytes:
     """Apply 1..max_stack mutators; keeps the result under 4 MiB."""
     for _ in range(rng.randint(1, max_stack)):
-        data = rng.choice(mutators)(data, rng, corpus)
+        m = rng.choice(mutators)
+        try:
+            data = m(data, rng, corpus)
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError):
+            data = flip_bit(data, rng, corpus)   # a structured mutator met a shape it
+                                                 # does not handle: still deterministic
         if len(data) > 4 << 20:
             data = data[:4 << 20]
     return data

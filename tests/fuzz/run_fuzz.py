@@ -37,10 +37,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 CORPUS = HERE / "corpus"
 sys.path.insert(0, str(HERE))
-import importlib.util  # noqa: E402
-
-if importlib.util.find_spec("samba_ext") is None:   # run from a checkout: use its in-place build
-    sys.path.insert(1, str(ROOT))
+sys.path.insert(1, str(ROOT))   # the checkout's package (in-place build), before site-packages
 
 
 def _signature(outcome_detail: str) -> str:
@@ -67,9 +64,20 @@ def save_finding(findings_dir: Path, target_name: str, kind: str, suffix: str, d
     return p
 
 
+def _cap_address_space(gib: float) -> None:
+    """An input that makes a parser allocate gigabytes then fails with MemoryError (and is
+    reported through its allocation peak) instead of taking the machine down."""
+    import resource
+
+    cap = int(gib * (1 << 30))
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
 def worker(args) -> int:
     import mutators as M
     import targets as T
+
+    _cap_address_space(args.max_gib)
 
     findings_dir = Path(args.findings)
     runner = T.Runner(workdir=args.workdir)
@@ -80,6 +88,7 @@ def worker(args) -> int:
     t0 = time.monotonic()
     deadline = t0 + args.seconds
     n_findings = 0
+    signatures: dict[str, int] = {}   # finding signature -> count (one saved input each)
     report = {}
     mut_sets = {"safetensors": M.SAFETENSORS, "pth": M.PTH}
 
@@ -97,6 +106,14 @@ def worker(args) -> int:
                 n_findings += 1
                 print(f"FINDING [{t.name}] corpus file {name}: {f}", flush=True)
         report[t.name] = {"corpus_files": len(files)}
+    if args.corpus_only:
+        for t in targets:
+            report[t.name].update(outcomes=dict(sorted(t.stats.items())))
+        print(json.dumps({"findings": n_findings, "targets": report}, indent=1))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"findings": n_findings, "targets": report}))
+        runner.close()
+        return 1 if n_findings else 0
 
     # 2. mutants, round-robin over targets, deterministic per (seed, target)
     rngs = {t.name: random.Random(f"{args.seed}:{t.name}") for t in targets}
@@ -122,10 +139,13 @@ def worker(args) -> int:
             done[t.name] += 1
             if f is not None:
                 n_findings += 1
-                p = save_finding(findings_dir, t.name, f.kind, t.suffix, data)
-                print(f"FINDING [{t.name}] exec {done[t.name]}: {f}\n    input saved to {p}",
-                      flush=True)
-                if n_findings >= args.max_findings:
+                sig = f"{t.name}|{f.signature}"
+                signatures[sig] = signatures.get(sig, 0) + 1
+                if signatures[sig] == 1:
+                    p = save_finding(findings_dir, t.name, f.kind, t.suffix, data)
+                    print(f"FINDING [{t.name}] exec {done[t.name]}: {f}\n    input saved to {p}",
+                          flush=True)
+                if len(signatures) >= args.max_findings:
                     active = []
                     break
                 continue
@@ -141,7 +161,7 @@ def worker(args) -> int:
     summary = {"seed": args.seed, "seconds": round(elapsed, 1), "stopped_on_time": stopped_on_time,
                "total_execs": sum(done.values()),
                "max_peak_alloc_over_file_size": round(runner.max_ratio, 2),
-               "findings": n_findings, "targets": report}
+               "findings": n_findings, "distinct_findings": signatures, "targets": report}
     print(json.dumps(summary, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
@@ -228,6 +248,10 @@ def main() -> int:
     ap.add_argument("--max-findings", type=int, default=20)
     ap.add_argument("--engine", choices=["builtin", "atheris"], default="builtin")
     ap.add_argument("--json", help="also write the summary to this file")
+    ap.add_argument("--corpus-only", action="store_true",
+                    help="only replay the committed corpus (what tests/fuzz/test_fuzz_corpus.py runs)")
+    ap.add_argument("--max-gib", type=float, default=6.0,
+                    help="address-space cap of the worker in GiB (default 6)")
     ap.add_argument("--replay", metavar="FILE", help="run FILE through --target (all targets "
                     "of its suffix if none) and print the full traceback / finding")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

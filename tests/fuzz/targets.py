@@ -43,9 +43,26 @@ class FuzzTimeout(BaseException):
 class Finding:
     kind: str                # "exception", "memory", "timeout", "result"
     detail: str
+    where: str = ""          # innermost samba_ext frame "file.py:line" (exceptions)
 
     def __str__(self) -> str:
-        return f"{self.kind}: {self.detail}"
+        return f"{self.kind}: {self.detail}" + (f" [at {self.where}]" if self.where else "")
+
+    @property
+    def signature(self) -> str:
+        """Same bug -> same signature (for de-duplicating findings)."""
+        head = self.detail.split(":", 1)[0] if self.kind == "exception" else ""
+        return f"{self.kind}:{head}:{self.where}"
+
+
+def _innermost_package_frame(tb) -> str:
+    where = ""
+    while tb is not None:
+        fn = tb.tb_frame.f_code.co_filename
+        if "samba_ext" in fn.replace("\\", "/").split("/"):
+            where = f"{os.path.basename(fn)}:{tb.tb_lineno}"
+        tb = tb.tb_next
+    return where
 
 
 @dataclass
@@ -90,7 +107,8 @@ def load_pth(path: str) -> Any:
     from samba_ext.litgpt import infer_config, load_litgpt_state_dict
 
     sd = load_litgpt_state_dict(path)
-    cfg = infer_config(sd, path, n_head=2) if "transformer.wte.weight" in sd else None
+    blocks = any(k.startswith("transformer.h.") for k in sd)
+    cfg = infer_config(sd, path, n_head=2) if blocks else None
     return sd, cfg
 
 
@@ -145,6 +163,7 @@ class Runner:
         if not tracemalloc.is_tracing():
             tracemalloc.start(1)
         self.max_ratio = 0.0           # largest peak / file size seen (for the report)
+        self._warm: set = set()
         self.last_detail = ""          # outcome of the last input ("ok" or "Type: message")
 
     def close(self) -> None:
@@ -155,6 +174,19 @@ class Runner:
         path = os.path.join(self.workdir, "input" + target.suffix)
         with open(path, "wb") as f:
             f.write(data)
+        if target.name not in self._warm:
+            # First call of a target: lazy imports and caches would count as allocations.
+            self._warm.add(target.name)
+            hide = "torch" not in sys.modules
+            if hide:
+                sys.modules["torch"] = None  # type: ignore[assignment]
+            try:
+                target.load(path)
+            except Exception:  # noqa: BLE001 - judged by the measured call below
+                pass
+            finally:
+                if hide:
+                    del sys.modules["torch"]
         limit = MEM_FACTOR * len(data) + MEM_SLACK
         result: Any = None
         finding: Optional[Finding] = None
@@ -179,11 +211,17 @@ class Runner:
         except self.CheckpointError as e:
             outcome = "CheckpointError"
             self.last_detail = f"CheckpointError: {e}"
+            if "MemoryError" in str(e):
+                # a wrapped MemoryError: the parser tried to allocate more than the machine
+                # (or the fuzz worker's address-space cap) allows, for a file of len(data)
+                finding = Finding("memory", f"an allocation failed (MemoryError, wrapped in "
+                                            f"CheckpointError) for a {len(data)}-byte file")
         except BaseException as e:  # noqa: BLE001 - every other type is the finding
             if isinstance(e, KeyboardInterrupt):
                 raise
             finding = Finding("exception", f"{type(e).__module__}.{type(e).__name__}: "
-                                           f"{str(e)[:300]}")
+                                           f"{str(e)[:300]}",
+                              _innermost_package_frame(e.__traceback__))
             outcome = type(e).__name__
             self.last_detail = finding.detail
         finally:
@@ -195,8 +233,9 @@ class Runner:
         self.max_ratio = max(self.max_ratio, peak / max(1, len(data)))
         target.stats[outcome] = target.stats.get(outcome, 0) + 1
         if finding is None and peak > limit:
+            snap_where = ""
             finding = Finding("memory", f"peak {peak} bytes of allocations for a {len(data)}-byte "
-                                        f"file (limit {limit})")
+                                        f"file (limit {limit})", snap_where)
         if finding is None and outcome == "ok" and target.check_result:
             n = _count_elements(result)
             if n > len(data):
