@@ -15,7 +15,8 @@
 # --capture=sys leaves fd 2 alone so that a report is printed even when it kills the process.
 # Any ASan/UBSan/LSan report, failing test or missing test file makes the exit status non-zero.
 #
-# Usage: bash tests/sanitize/run.sh [pytest args...]   (default: the kernel + model test files)
+# Usage: bash tests/sanitize/run.sh [test files...]   (default: the kernel + model test files)
+#        extra pytest options: SANITIZE_PYTEST_ARGS="--durations=10 -x"
 # Env:   SANITIZE_BUILD_DIR (default <repo>/build-asan), PYTHON (default python3).
 set -euo pipefail
 
@@ -27,6 +28,11 @@ HERE="$ROOT/tests/sanitize"
 PY="$("${PYTHON:-python3}" -c 'import sys; print(sys.executable)')"
 CC_BIN="${CC:-gcc}"
 ASAN_RT="$($CC_BIN -print-file-name=libasan.so)"
+# libstdc++ is preloaded too: ASan resolves the real __cxa_throw at start-up, and C++ libraries
+# loaded later by the tests (torch) would otherwise hit "CHECK failed: real___cxa_throw != 0".
+CXX_RT="$($CC_BIN -print-file-name=libstdc++.so)"
+PRELOAD="$ASAN_RT"
+[[ -e "$CXX_RT" ]] && PRELOAD="$ASAN_RT $CXX_RT"
 if [[ ! -e "$ASAN_RT" ]]; then
     echo "sanitize: cannot find the ASan runtime ($CC_BIN -print-file-name=libasan.so -> $ASAN_RT)" >&2
     exit 2
@@ -90,8 +96,8 @@ fi
 echo "sanitize: running pytest ${ARGS[*]}"
 LOG="$BUILD/pytest.log"
 set +e
-(cd "$PKG" && LD_PRELOAD="$ASAN_RT" "$PY" -m pytest -q -p no:cacheprovider -p asan_guard \
-    --capture=sys -m "not cuda" "${ARGS[@]}") 2>&1 | tee "$LOG"
+(cd "$PKG" && LD_PRELOAD="$PRELOAD" "$PY" -m pytest -q -p no:cacheprovider -p asan_guard \
+    --capture=sys -m "not cuda" ${SANITIZE_PYTEST_ARGS:-} "${ARGS[@]}") 2>&1 | tee "$LOG"
 rc=${PIPESTATUS[0]}
 set -e
 # Belt and braces: a report printed by a child process or a swallowed exit status still fails.
