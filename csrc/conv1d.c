@@ -13,9 +13,9 @@
 
 #include <stdlib.h>
 
-#define SAMBA_CONV_CHUNK ((int64_t)1 << 22) /* elements per stop poll */
+#define SAMBA_CONV_CHUNK ((int64_t)1 << 23) /* elements per stop poll */
 #define SAMBA_CONV_TCHUNK ((int64_t)1 << 16) /* longest time segment of one row in a chunk */
-#define SAMBA_CONV_PAR_MIN ((int64_t)1 << 15) /* fewer elements: stay on one thread */
+#define SAMBA_CONV_PAR_MIN ((int64_t)1 << 18) /* fewer elements: stay on one thread */
 
 /* One row segment y[t0, t1) (t0 < t1 <= L). x, y point at the row start; init (W-1) or
  * NULL; w (W). */
@@ -121,7 +121,7 @@ conv_chunk(conv_row_fn fn, const conv_job *j, int64_t r0, int64_t r1, int64_t t0
            int nt)
 {
     int64_t r;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#pragma omp parallel for num_threads(nt) schedule(guided) if (nt > 1)
     for (r = r0; r < r1; r++) {
         fn(j, r, t0, t1);
     }

@@ -11,8 +11,8 @@
 
 #include <math.h>
 
-#define SAMBA_NORM_CHUNK ((int64_t)1 << 22)
-#define SAMBA_NORM_PAR_MIN ((int64_t)1 << 15)
+#define SAMBA_NORM_CHUNK ((int64_t)1 << 23)
+#define SAMBA_NORM_PAR_MIN ((int64_t)1 << 18)
 #define SAMBA_NORM_LANES 16
 
 typedef struct norm_job {
@@ -22,6 +22,33 @@ typedef struct norm_job {
     float eps;
 } norm_job;
 
+/* sum(x^2) in double over 16 independent lanes (so that it vectorises). */
+SAMBA_ALWAYS_INLINE double
+norm_sumsq(const float *x, int64_t n)
+{
+    double acc[SAMBA_NORM_LANES];
+    double ss = 0.0;
+    const int64_t main = n - n % SAMBA_NORM_LANES;
+    int64_t i;
+    int l;
+
+    for (l = 0; l < SAMBA_NORM_LANES; l++) {
+        acc[l] = 0.0;
+    }
+    for (i = 0; i < main; i += SAMBA_NORM_LANES) {
+        for (l = 0; l < SAMBA_NORM_LANES; l++) {
+            acc[l] += (double)x[i + l] * (double)x[i + l];
+        }
+    }
+    for (; i < n; i++) {
+        ss += (double)x[i] * (double)x[i];
+    }
+    for (l = 0; l < SAMBA_NORM_LANES; l++) {
+        ss += acc[l];
+    }
+    return ss;
+}
+
 SAMBA_ALWAYS_INLINE void
 norm_row_body(const norm_job *j, int64_t r)
 {
@@ -30,46 +57,18 @@ norm_row_body(const norm_job *j, int64_t r)
     const float *w = j->weight;
     float *y = j->y + r * n;
     const float *s = x; /* the row that is normalised */
-    double acc[SAMBA_NORM_LANES];
-    double ss = 0.0;
     float scale;
-    int64_t i, main = n - n % SAMBA_NORM_LANES;
-    int l;
+    int64_t i;
 
-    for (l = 0; l < SAMBA_NORM_LANES; l++) {
-        acc[l] = 0.0;
-    }
     if (j->res != NULL) {
         const float *rs = j->res + r * n;
         float *ro = j->res_out + r * n;
-        for (i = 0; i < main; i += SAMBA_NORM_LANES) {
-            for (l = 0; l < SAMBA_NORM_LANES; l++) {
-                const float v = x[i + l] + rs[i + l];
-                ro[i + l] = v;
-                acc[l] += (double)v * (double)v;
-            }
+        for (i = 0; i < n; i++) {
+            ro[i] = x[i] + rs[i];
         }
-        for (; i < n; i++) {
-            const float v = x[i] + rs[i];
-            ro[i] = v;
-            ss += (double)v * (double)v;
-        }
-        s = ro;
+        s = ro; /* re-read from L1/L2 below */
     }
-    else {
-        for (i = 0; i < main; i += SAMBA_NORM_LANES) {
-            for (l = 0; l < SAMBA_NORM_LANES; l++) {
-                acc[l] += (double)x[i + l] * (double)x[i + l];
-            }
-        }
-        for (; i < n; i++) {
-            ss += (double)x[i] * (double)x[i];
-        }
-    }
-    for (l = 0; l < SAMBA_NORM_LANES; l++) {
-        ss += acc[l];
-    }
-    scale = (float)(1.0 / sqrt(ss / (double)n + (double)j->eps));
+    scale = (float)(1.0 / sqrt(norm_sumsq(s, n) / (double)n + (double)j->eps));
     for (i = 0; i < n; i++) {
         y[i] = (s[i] * scale) * w[i];
     }
@@ -101,7 +100,7 @@ static void
 norm_chunk(norm_row_fn fn, const norm_job *j, int64_t r0, int64_t r1, int nt)
 {
     int64_t r;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#pragma omp parallel for num_threads(nt) schedule(guided) if (nt > 1)
     for (r = r0; r < r1; r++) {
         fn(j, r);
     }

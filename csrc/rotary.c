@@ -20,8 +20,8 @@
 #include <stdlib.h>
 
 #define SAMBA_ROPE_BLOCK 64                 /* tokens per work item (exact re-seed) */
-#define SAMBA_ROPE_CHUNK ((int64_t)1 << 22) /* elements per stop poll */
-#define SAMBA_ROPE_PAR_MIN ((int64_t)1 << 15)
+#define SAMBA_ROPE_CHUNK ((int64_t)1 << 23) /* elements per stop poll */
+#define SAMBA_ROPE_PAR_MIN ((int64_t)1 << 18)
 
 typedef struct rope_job {
     int64_t seqlen, nheads, headdim;
@@ -124,7 +124,7 @@ rope_chunk(rope_item_fn fn, const rope_job *j, int64_t i0, int64_t i1, int nt)
 #pragma omp atomic write
             failed = 1;
         }
-#pragma omp for schedule(static)
+#pragma omp for schedule(guided)
         for (it = i0; it < i1; it++) {
             if (c != NULL && cf != NULL) {
                 fn(j, it, c, c + half, cf, cf + half);

@@ -10,16 +10,18 @@
  * consecutive channels; all channels of a block share B and C, so one block advances 16
  * channels x dstate states per step with one broadcast of B[n,t] / C[n,t] per state. The
  * carried state lives in a per-call buffer in block layout (batch, block, dstate, 16) so a
- * block's state is one aligned (dstate, 16) tile. Time is cut into chunks; between chunks
- * the calling thread polls samba_ctx_stop(), inside a chunk the blocks are spread over
- * OpenMP threads. Per-call buffers only (no global scratch).
+ * block's state is one aligned (dstate, 16) tile; B and C are copied once per call to
+ * (batch, group, L, {B, C}, dstate) order so a step's values are contiguous. Time is cut
+ * into chunks; between chunks the calling thread polls samba_ctx_stop(), inside a chunk
+ * the blocks are spread over OpenMP threads. Per-call buffers only (no global scratch).
  *
  * Block kernels, chosen at run time with __builtin_cpu_supports: an AVX-512 one (16 lanes =
  * 16 channels, 16x16 transposes between the (channel, time) rows and per-step channel
  * vectors, a polynomial exp2 with relative error ~1e-7 (vreduceps + vscalefps), state in
  * registers when dstate == 16), and portable C written for auto-vectorisation (same
- * polynomials, no libm), compiled twice: for the baseline ISA (SSE2 / NEON) and for
- * AVX2 + FMA. The decode step has its own AVX-512 kernel; elsewhere it is a 1-step scan.
+ * polynomials, no libm), compiled twice: for the baseline ISA (SSE2; NEON on arm64, not
+ * tested here) and for AVX2 + FMA. The decode step has its own AVX-512 kernel; elsewhere
+ * it is a 1-step scan.
  */
 #include "samba.h"
 
@@ -36,15 +38,18 @@
 
 #define SCAN_LANES 16
 /* Time steps per chunk are chosen so that one chunk is about this many state updates
- * (~10-50 ms), then clamped to [SCAN_CHUNK_MIN, SCAN_CHUNK_MAX]. */
-#define SCAN_CHUNK_UPDATES (1 << 25)
+ * (~10-50 ms per thread: the AVX-512 kernel does ~3e9 updates/s per core, the portable one
+ * 0.5e9 .. 1e9), then clamped to [SCAN_CHUNK_MIN, SCAN_CHUNK_MAX]. */
+#define SCAN_CHUNK_UPDATES_AVX512 (1 << 26)
+#define SCAN_CHUNK_UPDATES_PORTABLE (1 << 24)
 #define SCAN_CHUNK_MIN 16
 #define SCAN_CHUNK_MAX 1024
 
 #define SCAN_LOG2E 1.44269504088896340736f
 
 /* One block of a chunk: channels c0 .. c0+nch-1 (nch <= 16) of batch b, steps [t0, t1).
- * h (N, 16) carried state of the block, a2 (N, 16) the block's A (lanes >= nch zero); both
+ * h (N, 16) carried state of the block, a2 (N, 16) the block's A * log2(e) (lanes >= nch
+ * zero); both
  * 64-byte aligned. bc (t1 - t0, 2, N): B[b, g, :, t] and C[b, g, :, t] of the block's group
  * transposed so one step's values are contiguous (B and C rows are L floats apart; reading
  * them column-wise would touch 2N lines of one L1 set per step when L*4 is a multiple of
@@ -494,14 +499,12 @@ scan_block_avx512_gen(const samba_scan_args *a, int64_t b, int64_t c0, int nch, 
 static int
 scan_cpu_has_avx2(void)
 {
-    __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
 static int
 scan_cpu_has_avx512(void)
 {
-    __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
            __builtin_cpu_supports("fma");
 }
@@ -674,7 +677,8 @@ samba_scan_fwd(const samba_scan_args *a, const samba_ctx *ctx)
     nbg = (dpg + SCAN_LANES - 1) / SCAN_LANES;
     nblk = a->ngroups * nbg;
     nitems = a->batch * nblk;
-    chunk = SCAN_CHUNK_UPDATES / (a->batch * a->dim * N);
+    chunk = (scan_use_avx512() ? SCAN_CHUNK_UPDATES_AVX512 : SCAN_CHUNK_UPDATES_PORTABLE) /
+            (a->batch * a->dim * N);
     chunk = chunk < SCAN_CHUNK_MIN ? SCAN_CHUNK_MIN : chunk > SCAN_CHUNK_MAX ? SCAN_CHUNK_MAX
                                                                               : chunk;
     chunk = chunk / 16 * 16;
@@ -683,7 +687,7 @@ samba_scan_fwd(const samba_scan_args *a, const samba_ctx *ctx)
     }
     hbuf = (float *)scan_alloc((size_t)(nitems * N * SCAN_LANES));
     a2buf = (float *)scan_alloc((size_t)(nblk * N * SCAN_LANES));
-    bcbuf = (float *)scan_alloc((size_t)(a->batch * a->ngroups * chunk * 2 * N));
+    bcbuf = (float *)scan_alloc((size_t)(a->batch * a->ngroups * a->seqlen * 2 * N));
     if (hbuf == NULL || a2buf == NULL || bcbuf == NULL) {
         free(hbuf);
         free(a2buf);
@@ -714,46 +718,48 @@ samba_scan_fwd(const samba_scan_args *a, const samba_ctx *ctx)
         }
     }
 
+    /* B, C (b, g, N, L) -> bcbuf (b, g, L, {B, C}, N), in tiles of 256 steps */
+    {
+        const int64_t L = a->seqlen, ntile = (L + 255) / 256;
+        const int64_t ntot = a->batch * a->ngroups * ntile;
+        int64_t it;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(samba_ctx_threads(ctx)) schedule(static) if (ntot > 1)
+#endif
+        for (it = 0; it < ntot; it++) {
+            const int64_t bg = it / ntile, ta = (it % ntile) * 256;
+            const int64_t tb = ta + 256 < L ? ta + 256 : L;
+            const float *Bs = a->B + bg * N * L, *Cs = a->C + bg * N * L;
+            float *dst = bcbuf + bg * L * 2 * N;
+            int64_t t, nn;
+            for (nn = 0; nn < N; nn++) {
+                for (t = ta; t < tb; t++) {
+                    dst[t * 2 * N + nn] = Bs[nn * L + t];
+                    dst[t * 2 * N + N + nn] = Cs[nn * L + t];
+                }
+            }
+        }
+    }
+
     for (t0 = 0; t0 < a->seqlen; t0 += chunk) {
         const int64_t t1 = t0 + chunk < a->seqlen ? t0 + chunk : a->seqlen;
-        const int64_t nbc = a->batch * a->ngroups;
         int64_t it;
         if (t0 > 0 && samba_ctx_stop(ctx)) {
             st = SAMBA_ERR_INTERRUPTED;
             break;
         }
 #ifdef _OPENMP
-#pragma omp parallel num_threads(samba_ctx_threads(ctx)) if (nitems > 1)
+#pragma omp parallel for num_threads(samba_ctx_threads(ctx)) schedule(dynamic, 1) \
+    if (nitems > 1)
 #endif
-        {
-            /* B, C (b, g, N, [t0, t1)) -> bcbuf (b, g, t1 - t0, {B, C}, N) */
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-            for (it = 0; it < nbc; it++) {
-                const float *Bs = a->B + it * N * a->seqlen + t0;
-                const float *Cs = a->C + it * N * a->seqlen + t0;
-                float *dst = bcbuf + it * chunk * 2 * N;
-                int64_t t, nn;
-                for (nn = 0; nn < N; nn++) {
-                    for (t = 0; t < t1 - t0; t++) {
-                        dst[t * 2 * N + nn] = Bs[nn * a->seqlen + t];
-                        dst[t * 2 * N + N + nn] = Cs[nn * a->seqlen + t];
-                    }
-                }
-            }
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-            for (it = 0; it < nitems; it++) {
-                const int64_t bb = it / nblk, blk = it % nblk;
-                const int64_t g = blk / nbg, j = blk % nbg;
-                const int64_t c0 = g * dpg + j * SCAN_LANES;
-                const int nch = (int)(dpg - j * SCAN_LANES < SCAN_LANES ? dpg - j * SCAN_LANES
-                                                                         : SCAN_LANES);
-                fn(a, bb, c0, nch, t0, t1, hbuf + it * N * SCAN_LANES,
-                   a2buf + blk * N * SCAN_LANES, bcbuf + (bb * a->ngroups + g) * chunk * 2 * N);
-            }
+        for (it = 0; it < nitems; it++) {
+            const int64_t bb = it / nblk, blk = it % nblk;
+            const int64_t g = blk / nbg, j = blk % nbg;
+            const int64_t c0 = g * dpg + j * SCAN_LANES;
+            const int nch = (int)(dpg - j * SCAN_LANES < SCAN_LANES ? dpg - j * SCAN_LANES
+                                                                     : SCAN_LANES);
+            fn(a, bb, c0, nch, t0, t1, hbuf + it * N * SCAN_LANES, a2buf + blk * N * SCAN_LANES,
+               bcbuf + ((bb * a->ngroups + g) * a->seqlen + t0) * 2 * N);
         }
     }
 

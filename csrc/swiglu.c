@@ -8,9 +8,9 @@
 #include "samba.h"
 #include "vexp.h"
 
-#define SAMBA_SWIGLU_CHUNK ((int64_t)1 << 22)
+#define SAMBA_SWIGLU_CHUNK ((int64_t)1 << 23)
 #define SAMBA_SWIGLU_BLOCK ((int64_t)1 << 13)
-#define SAMBA_SWIGLU_PAR_MIN ((int64_t)1 << 15)
+#define SAMBA_SWIGLU_PAR_MIN ((int64_t)1 << 18)
 
 typedef void (*swiglu_fn)(int64_t, int64_t, const float *, const float *, float *);
 
@@ -52,7 +52,7 @@ swiglu_chunk(swiglu_fn fn, int64_t i0, int64_t i1, const float *gate, const floa
     const int64_t nb = (i1 - i0 + SAMBA_SWIGLU_BLOCK - 1) / SAMBA_SWIGLU_BLOCK;
     int64_t blk;
 
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+#pragma omp parallel for num_threads(nt) schedule(guided) if (nt > 1)
     for (blk = 0; blk < nb; blk++) {
         const int64_t a = i0 + blk * SAMBA_SWIGLU_BLOCK;
         const int64_t e = a + SAMBA_SWIGLU_BLOCK < i1 ? a + SAMBA_SWIGLU_BLOCK : i1;

@@ -2,7 +2,7 @@
 
 :class:`samba_ext.model.Samba` never touches NumPy for tensor math directly: it calls the
 methods of a :class:`Backend`. :class:`CPUBackend` implements them with NumPy (``np.matmul``
-for every GEMM, i.e. the BLAS NumPy links) and the C kernels in :mod:`samba_ext.kernels`.
+for every GEMM, i.e. the BLAS NumPy links) and the C kernels of :mod:`samba_ext.kernels` (called through ``_core``).
 A CUDA backend (``samba_ext/backend_cuda.py``, class ``CUDABackend``) implements the same
 methods with cuBLAS and the CUDA kernels; :func:`get_backend` picks one by device name.
 
@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from . import kernels as K
+from . import _core
 
 Array = Any
 
@@ -56,6 +56,10 @@ class Backend:
 
     def concat(self, xs: Sequence[Array], axis: int) -> Array:
         """Concatenate along ``axis`` (new C-contiguous array)."""
+        raise NotImplementedError
+
+    def transpose(self, x: Array) -> Array:
+        """New C-contiguous array with the last two axes swapped (x may be a strided view)."""
         raise NotImplementedError
 
     def take(self, x: Array, idx: np.ndarray, axis: int) -> Array:
@@ -143,6 +147,9 @@ class CPUBackend(Backend):
     def concat(self, xs, axis):
         return np.concatenate(xs, axis=axis)
 
+    def transpose(self, x):
+        return np.ascontiguousarray(np.swapaxes(x, -1, -2))
+
     def take(self, x, idx, axis):
         return np.take(x, idx, axis=axis)
 
@@ -159,32 +166,37 @@ class CPUBackend(Backend):
             b = np.swapaxes(b, -1, -2)
         return np.matmul(a, b)
 
+    # The kernels are called through samba_ext._core directly, with the positional
+    # arguments samba_ext.kernels passes: the model's arrays are always host NumPy arrays,
+    # so the device dispatch of the public wrappers (a few microseconds per call, i.e. a
+    # noticeable share of a decode step) is skipped.
     def rms_norm(self, x, weight, eps, residual=None):
-        return K.rms_norm(x, weight, eps, residual)
+        return _core.rms_norm(x, weight, float(eps), residual)
 
     def apply_rotary(self, x, positions, base):
-        return K.apply_rotary(x, positions, base)
+        return _core.apply_rotary(x, positions, float(base))
 
     def swiglu(self, gate, up):
-        return K.swiglu(gate, up)
+        return _core.swiglu(gate, up)
 
     def causal_conv1d(self, x, weight, bias, initial_states):
-        return K.causal_conv1d(x, weight, bias, "silu", initial_states, True)
+        return _core.causal_conv1d(x, weight, bias, "silu", initial_states, True)
 
     def causal_conv1d_update(self, x, conv_state, weight, bias):
-        return K.causal_conv1d_update(x, conv_state, weight, bias, "silu")
+        return _core.causal_conv1d_update(x, conv_state, weight, bias, "silu")
 
     def selective_scan(self, u, delta, A, B, C, D, z, delta_bias, initial_state):
-        return K.selective_scan(u, delta, A, B, C, D, z, delta_bias, True, initial_state, True)
+        return _core.selective_scan(u, delta, A, B, C, D, z, delta_bias, True, initial_state,
+                                    True)
 
     def selective_state_update(self, state, x, dt, A, B, C, D, z, dt_bias):
-        return K.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, True)
+        return _core.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, True)
 
     def swa_attention(self, q, k, v, window):
-        return K.swa_attention(q, k, v, window)
+        return _core.swa_attention(q, k, v, window, None)
 
     def swa_decode(self, q, k_cache, v_cache, pos, n_valid):
-        return K.swa_decode(q, k_cache, v_cache, pos, n_valid)
+        return _core.swa_decode(q, k_cache, v_cache, pos, n_valid, None)
 
 
 _BACKENDS: dict[str, Backend] = {}

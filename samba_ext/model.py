@@ -290,7 +290,6 @@ class Samba:
             b.w3 = up(f32[p + "mlp.swiglu.w3.weight"])
             if t == "mamba":
                 b.in_proj = up(f32[p + "attn.in_proj.weight"])
-                b.in_x, b.in_z = b.in_proj[:E], b.in_proj[E:]
                 b.conv_w = up(f32[p + "attn.conv1d.weight"].reshape(E, cfg.d_conv))
                 b.conv_b = up(f32[p + "attn.conv1d.bias"])
                 b.x_proj = up(f32[p + "attn.x_proj.weight"])
@@ -455,16 +454,20 @@ class Samba:
         return be.matmul(h, b.w3, trans_b=True)
 
     def _mamba_chunk(self, b, n, st):
-        """n (B, L, D) -> (B, L, D); updates st['conv'], st['ssm']."""
+        """n (B, L, D) -> (B, L, D); updates st['conv'], st['ssm'].
+
+        GEMM layouts (chosen for BLAS speed): in_proj writes channel-major (B, 2E, L) as the
+        conv/scan kernels want; x_proj writes token-major (B, L, R + 2N) (a tall GEMM rather
+        than a 48-row one), which is then transposed (R + 2N small rows) so that dt_proj and
+        the scan read contiguous rows."""
         be, cfg = self.backend, self.config
-        R, N = cfg.dt_rank, cfg.d_state
-        x = be.matmul(b.in_x, n, trans_b=True)              # (B, E, L) channel-major
-        z = be.matmul(b.in_z, n, trans_b=True)              # (B, E, L)
-        xc, st["conv"] = be.causal_conv1d(x, b.conv_w, b.conv_b, st["conv"])
-        dbl = be.matmul(b.x_proj, xc)                        # (B, R + 2N, L)
+        E, R, N = cfg.d_inner, cfg.dt_rank, cfg.d_state
+        xz = be.matmul(b.in_proj, n, trans_b=True)          # (B, 2E, L)
+        xc, st["conv"] = be.causal_conv1d(xz[:, :E], b.conv_w, b.conv_b, st["conv"])
+        dbl = be.transpose(be.matmul(xc, b.x_proj, trans_a=True, trans_b=True))  # (B, R+2N, L)
         dt = be.matmul(b.dt_proj, dbl[:, :R])                # (B, E, L)
-        y, st["ssm"] = be.selective_scan(xc, dt, b.A, dbl[:, R:R + N], dbl[:, R + N:],
-                                         b.Dskip, z, b.dt_bias, st["ssm"])
+        y, st["ssm"] = be.selective_scan(xc, dt, b.A, dbl[:, R:R + N], dbl[:, R + N:], b.Dskip,
+                                         xz[:, E:], b.dt_bias, st["ssm"])
         return be.matmul(y, b.out_proj, trans_a=True, trans_b=True)   # (B, L, D)
 
     def _attn_chunk(self, b, n, st, p0: int):
@@ -622,9 +625,10 @@ class Samba:
                 mix = be.matmul(y, b.out_proj, trans_b=True)
             else:
                 qkv = be.matmul(n, b.wqkv, trans_b=True)                    # (B, (H+2G) hd)
-                q = be.apply_rotary(qkv[:, : H * hd].reshape(B, 1, H, hd), pos2, cfg.rope_base)
-                k = be.apply_rotary(qkv[:, H * hd:(H + G) * hd].reshape(B, 1, G, hd), pos2,
-                                    cfg.rope_base)
+                # RoPE on the H query and G key heads in one call (same position per row)
+                qk = be.apply_rotary(qkv[:, : (H + G) * hd].reshape(B, 1, H + G, hd), pos2,
+                                     cfg.rope_base)
+                q, k = qk[:, 0, :H], qk[:, 0, H:]
                 v = qkv[:, (H + G) * hd:].reshape(B, G, hd)
                 if b.kind == "swa":
                     cap = cfg.window
@@ -634,9 +638,9 @@ class Samba:
                     cap = st["k"].shape[1]
                     n_valid = pos + 1
                 slots = pos % cap
-                be.write_rows(st["k"], slots, k.reshape(B, G, hd))
+                be.write_rows(st["k"], slots, k)
                 be.write_rows(st["v"], slots, v)
-                o = be.swa_decode(q.reshape(B, H, hd), st["k"], st["v"], pos, n_valid)
+                o = be.swa_decode(q, st["k"], st["v"], pos, n_valid)
                 mix = be.matmul(o.reshape(B, H * hd), b.wo, trans_b=True)
             n, resid = be.rms_norm(mix, b.norm_2, cfg.norm_eps, resid)
             delta = self._mlp(b, n)

@@ -29,7 +29,7 @@ def _poison(shape) -> None:
 
 
 def _inputs(rng, batch, dim, seqlen, width, bias, init):
-    x = rng.standard_normal((batch, dim, seqlen)).astype(np.float32)
+    x = rng.standard_normal((batch, dim, seqlen), dtype=np.float32)
     w = (rng.standard_normal((dim, width)) * 0.5).astype(np.float32)
     b = rng.standard_normal(dim).astype(np.float32) if bias else None
     s = rng.standard_normal((batch, dim, width - 1)).astype(np.float32) if init else None
@@ -134,11 +134,12 @@ def test_long_multichunk_and_threads(rng):
 
 
 def test_many_rows(rng):
-    """More rows than one chunk holds (4M elements / seqlen rows per chunk)."""
-    x, w, b, s = _inputs(rng, 3, 700, 2049, 3, True, True)
+    """More rows than one chunk holds (8M elements / seqlen = 4094 rows per chunk)."""
+    x, w, b, s = _inputs(rng, 2, 2100, 2049, 3, True, True)
     y = samba_ext.causal_conv1d(x, w, b, None, s)
-    # reference on a subset of channels (the kernel does not mix channels)
-    sel = np.array([0, 1, 349, 350, 699])
+    # reference on a subset of channels (the kernel does not mix channels); rows 4093/4094
+    # (b=1, d=1993/1994) sit on both sides of the chunk boundary
+    sel = np.array([0, 1, 1049, 1993, 1994, 2099])
     y_ref, _ = ref.causal_conv1d(x[:, sel], w[sel], b[sel], None, s[:, sel])
     assert_close(y[:, sel], y_ref, RTOL)
 

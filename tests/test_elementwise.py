@@ -68,9 +68,9 @@ def test_rms_norm_eps_and_zero_rows(rng):
 
 
 def test_rms_norm_large_and_threads(rng):
-    """Several row chunks (4M elements each); 1 and 2 threads give identical results."""
-    x = rng.standard_normal((2900, 1536)).astype(np.float32)
-    r = rng.standard_normal((2900, 1536)).astype(np.float32)
+    """Two row chunks (8M elements each); 1 and 2 threads give identical results."""
+    x = rng.standard_normal((5600, 1536), dtype=np.float32)
+    r = rng.standard_normal((5600, 1536), dtype=np.float32)
     w = rng.standard_normal(1536).astype(np.float32)
     n0 = samba_ext.get_num_threads()
     try:
@@ -82,7 +82,10 @@ def test_rms_norm_large_and_threads(rng):
         samba_ext.set_num_threads(n0)
     np.testing.assert_array_equal(y1, y2)
     np.testing.assert_array_equal(s1, s2)
-    assert_close(y1, ref.rms_norm(x, w, 1e-5, r)[0], RTOL)
+    np.testing.assert_array_equal(s1, x + r)
+    # reference on rows around the chunk boundary (8M // 1536 = 5461 rows per chunk)
+    sel = np.array([0, 1, 2730, 5460, 5461, 5599])
+    assert_close(y1[sel], ref.rms_norm(x[sel], w, 1e-5, r[sel])[0], RTOL)
 
 
 def test_rms_norm_layouts_dtypes_empty(rng):
@@ -186,6 +189,22 @@ def test_rotary_arbitrary_positions(rng):
     assert_close(y, ref.rotary(x, pos), RTOL)
 
 
+def test_rotary_long_and_threads(rng):
+    """1025 blocks of 64 tokens x 2 heads x 64 = two 8M-element chunks; 1 and 2 threads give
+    identical results."""
+    x = rng.standard_normal((1, 65600, 2, 64), dtype=np.float32)
+    n0 = samba_ext.get_num_threads()
+    try:
+        samba_ext.set_num_threads(1)
+        y1 = samba_ext.apply_rotary(x, 5)
+        samba_ext.set_num_threads(2)
+        y2 = samba_ext.apply_rotary(x, 5)
+    finally:
+        samba_ext.set_num_threads(n0)
+    np.testing.assert_array_equal(y1, y2)
+    assert_close(y1, ref.rotary(x, (5 + np.arange(65600))[None]), RTOL)
+
+
 def test_rotary_layouts_dtypes_empty(rng):
     xw = rng.standard_normal((2, 6, 3, 64))
     x = xw[:, ::-2, :, :32]  # float64, negative stride, non-contiguous head slice
@@ -256,8 +275,8 @@ def test_swiglu_range_and_specials():
 
 
 def test_swiglu_large_layouts_dtypes_empty(rng):
-    g = rng.standard_normal((3, 2_000_001)).astype(np.float32)  # several 4M-element chunks
-    u = rng.standard_normal((3, 2_000_001)).astype(np.float32)
+    g = rng.standard_normal((5, 2_000_001), dtype=np.float32)  # two 8M-element chunks
+    u = rng.standard_normal((5, 2_000_001), dtype=np.float32)
     y = samba_ext.swiglu(g, u)
     assert_close(y, ref.swiglu(g, u), RTOL)
     gw = rng.standard_normal((10, 12))

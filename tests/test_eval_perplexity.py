@@ -171,3 +171,31 @@ def test_default_corpus_run(model):
     assert r.params["data"]["source"] == "python-stdlib"
     assert r.params["data"]["split"] == "heldout" and r.params["data"]["tokens"] == 2000
     assert r.cells_of("context")[-1]["tokens"] == 1999
+
+
+def test_streaming_interrupt_keeps_finished_segments(model, rng):
+    class Interrupting:
+        """Wraps the real model; Ctrl-C during the 3rd nll call (segment)."""
+
+        def __init__(self, m):
+            self.m, self.calls = m, 0
+
+        def __getattr__(self, name):
+            return getattr(self.m, name)
+
+        def nll(self, *a, **k):
+            self.calls += 1
+            if self.calls == 3:
+                raise KeyboardInterrupt
+            return self.m.nll(*a, **k)
+
+    x = rng.integers(0, 256, 1000)
+    r = perplexity(Interrupting(model), tokens=x, segment=300, buckets=[0, 256, 512, 1000],
+                   context_lengths=[256, 600, 1000], progress=False)
+    # tokens 0..600 are scored (token 600 from the logits before the interrupted call)
+    assert r.partial and r.params["tokens_done"] == 601
+    ref = ref_nll(model, x)
+    assert [c["end"] for c in r.cells_of("bucket")] == [256, 512]
+    assert [c["context_length"] for c in r.cells_of("context")] == [256, 600]
+    assert r.cells_of("context")[-1]["ppl"] == pytest.approx(math.exp(ref[:599].mean()),
+                                                             rel=RTOL)

@@ -81,6 +81,7 @@ def run_both(inp: dict, delta_softplus: bool = True, return_last_state: bool = T
     (2, 21, 5, 33, 1),      # dstate 5, dim not a multiple of 16
     (1, 64, 32, 50, 4),     # dstate 32 (generic path), 4 groups
     (2, 18, 1, 17, 1),      # dstate 1
+    (1, 16, 37, 20, 1),     # dstate 37 (odd, > 16)
 ])
 def test_shapes_match_reference(rng, kernel, batch, dim, dstate, L, ngroups):
     inp = make_inputs(rng, batch, dim, dstate, L, ngroups)

@@ -183,6 +183,9 @@ def model_info(model: Any) -> dict:
     except Exception:
         nparams = None
     note = getattr(model, _RANDOM_ATTR, None)
+    meta = getattr(model, "metadata", None)
+    meta = {str(k): str(v) for k, v in meta.items() if k != "config"} \
+        if isinstance(meta, dict) else {}
     return {
         "name": getattr(model, "name", None) or cfg.get("name"),
         "source": _weights_file(model),
@@ -192,12 +195,30 @@ def model_info(model: Any) -> dict:
         "random_weights": note is not None,
         "note": note,
         "config": cfg,
+        "metadata": meta,     # free-form file metadata (e.g. train_command)
     }
 
 
 def notes_for(model: Any) -> list[str]:
     note = getattr(model, _RANDOM_ATTR, None)
     return [note] if note else []
+
+
+def _tqdm_class():
+    """tqdm's notebook widget bar when ipywidgets is installed (Jupyter), else the text bar
+    (tqdm.auto would warn in Jupyter without ipywidgets); None without tqdm."""
+    try:
+        import ipywidgets  # noqa: F401
+
+        from tqdm.auto import tqdm
+        return tqdm
+    except ImportError:
+        pass
+    try:
+        from tqdm import tqdm
+        return tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return None
 
 
 class Progress:
@@ -208,10 +229,7 @@ class Progress:
         self._tqdm = None
         self.bar = None
         if enabled:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:  # pragma: no cover - tqdm is a dependency
-                tqdm = None
+            tqdm = _tqdm_class()
             if tqdm is not None:
                 self._tqdm = tqdm
                 self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True,

@@ -11,7 +11,6 @@ need it.
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Any
 
@@ -96,20 +95,20 @@ def _passkey(result: Any, ax: Any, path: Any):
 
 
 def _phonebook(result: Any, ax: Any, path: Any):
-    fig, ax = _figure(ax, path, (5.0, 3.4))
+    fig, ax = _figure(ax, path, (5.4, 3.6))
     x = [c["entries"] for c in result.cells]
     y = [c["accuracy"] for c in result.cells]
     ax.plot(x, y, "o-")
     ax.set_ylim(-0.03, 1.03)
-    ax.set_xlabel("phone book entries")
+    if len(x) > 1 and max(x) / min(x) > 4:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{c['entries']}\n{fmt_tokens(int(round(c['tokens_mean'])))} tok"
+                        for c in result.cells], fontsize=8)
+    ax.minorticks_off()
+    ax.set_xlabel("phone book entries (mean prompt tokens)")
     ax.set_ylabel("accuracy (exact match)")
     ax.grid(alpha=0.3)
-    if result.cells:
-        sec = ax.secondary_xaxis("top", functions=(lambda v: v, lambda v: v))
-        sec.set_xticks(x)
-        sec.set_xticklabels([fmt_tokens(int(round(c["tokens_mean"]))) for c in result.cells],
-                            fontsize=7)
-        sec.set_xlabel("mean prompt tokens", fontsize=8)
     return _finish(fig, path, "phonebook", ax, result)
 
 
@@ -198,6 +197,3 @@ def plot_result(result: Any, path: str | os.PathLike | None = None, ax: Any = No
         raise ValueError(f"no plot for {result.eval_name!r} results")
     return fn(result, ax, path)
 
-
-def _is_nan(x: Any) -> bool:
-    return isinstance(x, float) and math.isnan(x)
