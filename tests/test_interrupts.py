@@ -130,21 +130,36 @@ def test_gil_released_during_kernel(rng):
     inp = long_scan_inputs(rng, L=40_000)
     n = samba_ext.get_num_threads()
     samba_ext.set_num_threads(1)          # leave a core free for the main thread
+    times = {}
     try:
-        done = threading.Event()
-        t = threading.Thread(target=lambda: (samba_ext.selective_scan(**inp), done.set()))
+        started, done = threading.Event(), threading.Event()
+
+        def work():
+            started.set()
+            times["k0"] = time.monotonic()
+            samba_ext.selective_scan(**inp)
+            times["k1"] = time.monotonic()
+            done.set()
+
+        t = threading.Thread(target=work)
         t.start()
-        time.sleep(0.2)                  # the worker is inside the kernel now
-        assert not done.is_set(), "the kernel finished too early to test anything"
+        started.wait()
+        time.sleep(0.3)                  # the worker is inside the kernel now
+        kernel_running = not done.is_set()
+        m0 = time.monotonic()
         acc = 0
-        for i in range(300_000):         # ~30 ms of pure-Python work
+        for i in range(300_000):         # ~30 ms of pure-Python work on an idle core
             acc += i & 7
+        m1 = time.monotonic()
         main_finished_first = not done.is_set()
         t.join()
     finally:
         samba_ext.set_num_threads(n)
+    assert kernel_running, "the kernel finished within 0.3 s: too short to test anything"
     assert acc == 300_000 // 8 * 28
-    assert main_finished_first, "the main thread was blocked while the kernel ran (GIL held)"
+    assert main_finished_first, (
+        f"the main thread was blocked while the kernel ran (GIL held?): Python work "
+        f"{m0 - times['k0']:.2f}..{m1 - times['k0']:.2f} s, kernel 0..{times['k1'] - times['k0']:.2f} s")
 
 
 def _kernel_calls(rng):

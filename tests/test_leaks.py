@@ -29,7 +29,8 @@ import pytest
 
 import samba_ext
 
-N_CALLS = 10_000
+N_CALLS = 10_000          # with 1 kernel thread (+ N_CALLS_MT with the default thread count)
+N_CALLS_MT = 1_000
 N_ERROR_CALLS = 2_000
 TRACED_BOUND = 64 << 10
 RSS_BOUND = 4 << 20
@@ -120,17 +121,31 @@ NAMES = ["selective_scan", "selective_state_update", "causal_conv1d", "causal_co
          "swa_attention", "swa_decode", "rms_norm", "apply_rotary", "swiglu"]
 
 
+@pytest.fixture
+def one_thread():
+    """10,000 tiny calls are latency-bound: with 2 OpenMP threads each call waits for the
+    second thread (ms per call on a busy machine). One thread allocates the same per-call
+    buffers (scratch is per thread: the multi-thread path gets N_CALLS_MT calls too)."""
+    n = samba_ext.get_num_threads()
+    samba_ext.set_num_threads(1)
+    yield n
+    samba_ext.set_num_threads(n)
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_kernel_calls_do_not_leak(rng, name):
+def test_kernel_calls_do_not_leak(rng, name, one_thread):
     fn, args = small_calls(rng)[name]
-    traced, drss, refs0, refs1 = _measure(fn, args, N_CALLS)
-    assert refs1 == refs0, f"{name}: input refcounts {refs0} -> {refs1} after {N_CALLS} calls"
-    assert traced <= TRACED_BOUND, f"{name}: +{traced} B traced after {N_CALLS} calls"
-    assert drss <= RSS_BOUND, f"{name}: RSS +{drss / 2**20:.1f} MiB after {N_CALLS} calls"
+    for threads, n in ((1, N_CALLS), (one_thread, N_CALLS_MT)):
+        samba_ext.set_num_threads(threads)
+        traced, drss, refs0, refs1 = _measure(fn, args, n)
+        what = f"{name}: after {n} calls on {threads} thread(s)"
+        assert refs1 == refs0, f"{what}: input refcounts {refs0} -> {refs1}"
+        assert traced <= TRACED_BOUND, f"{what}: +{traced} B traced"
+        assert drss <= RSS_BOUND, f"{what}: RSS +{drss / 2**20:.1f} MiB"
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_failing_calls_do_not_leak(rng, name):
+def test_failing_calls_do_not_leak(rng, name, one_thread):
     fn, args = failing_calls(rng)[name]
     traced, drss, refs0, refs1 = _measure(fn, args, N_ERROR_CALLS, expect_error=True)
     assert refs1 == refs0, f"{name}: input refcounts {refs0} -> {refs1} after failing calls"
@@ -139,7 +154,7 @@ def test_failing_calls_do_not_leak(rng, name):
 
 
 # --------------------------------------------------------------------------- model steps ---
-def test_model_steps_flat():
+def test_model_steps_flat(one_thread):
     mod = pytest.importorskip("samba_ext.model")
     from samba_ext.config import SambaConfig
 
@@ -182,6 +197,10 @@ def test_kernel_absurd_sizes_fail_fast(name, call):
     assert str(ei.value), f"{name}: the error has no message"
 
 
+_RSS_REPORT = ("\nimport resource as _r\n"
+               "print('MAXRSS_KB', _r.getrusage(_r.RUSAGE_SELF).ru_maxrss)\n")
+
+
 def _child(code: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
     """Run code in a child (address space capped at 12 GiB so that a missing check cannot
     take the machine down); a timeout means "did not fail fast": an up-front check answers
@@ -189,7 +208,7 @@ def _child(code: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
     50-80 s and 10-12 GB of RSS (measured without a check)."""
     pre = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (12 << 30, 12 << 30))\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-c", pre + textwrap.dedent(code)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-c", pre + textwrap.dedent(code) + _RSS_REPORT], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -243,3 +262,7 @@ def test_model_requests_beyond_memory_fail_fast(case):
         msg = r.stdout.split("REFUSED", 1)[1]
         assert any(w in msg.lower() for w in ("memory", "gib", "gb", "bytes", "too")), \
             f"{case}: unclear message: {msg[:500]}"
+        # Refused up front, not by running into the 12 GiB cap after filling gigabytes:
+        maxrss = int(r.stdout.split("MAXRSS_KB", 1)[1].split()[0]) << 10
+        assert maxrss <= 2 << 30, (f"{case}: refused only after using {maxrss / 2**30:.1f} GiB "
+                                   f"(the allocation cap hit, no up-front check): {msg[:300]}")
