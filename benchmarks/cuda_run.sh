@@ -7,7 +7,8 @@
 #                                              initcheck (comma separated; default: all)
 # Environment: OUT (log folder, default ./out), SAMBA_EXT_CUDA_ARCHS (default 90),
 #   CUDA_TESTS (test files, default: tests/test_cuda_*.py tests/test_model_cuda*.py),
-#   SAN_TIMEOUT (seconds per sanitizer run, default 240).
+#   SAN_TIMEOUT (seconds per sanitizer run, default 150), GIT_COMMIT (recorded in env.txt;
+#   the device copy of the tree has no git history).
 # Logs: $OUT/build.log, $OUT/tests.log, $OUT/memcheck.log, $OUT/racecheck.log,
 #   $OUT/initcheck.log, $OUT/summary.md
 set -u
@@ -17,7 +18,7 @@ STEPS=${1:-build,tests,memcheck,racecheck,initcheck}
 export SAMBA_EXT_CUDA_ARCHS=${SAMBA_EXT_CUDA_ARCHS:-90}
 export PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_PREALLOCATE=false   # jax must not take 75% of the GPU
-SAN_TIMEOUT=${SAN_TIMEOUT:-240}
+SAN_TIMEOUT=${SAN_TIMEOUT:-150}
 PY=${PYTHON:-python3}
 TESTS=${CUDA_TESTS:-$(ls tests/test_cuda_*.py tests/test_model_cuda*.py 2>/dev/null | tr '\n' ' ')}
 SUMMARY="$OUT/summary.md"
@@ -31,7 +32,7 @@ counts() {  # pytest's last summary line
 
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+    echo "commit: ${GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}"
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
     nvcc --version | tail -1
     $PY -c "import sys, numpy; print('python', sys.version.split()[0], 'numpy', numpy.__version__)"
@@ -63,15 +64,20 @@ if has tests; then
     grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20
 fi
 
-# Sanitizers: the CUDA kernel + interop tests in one process each. The planted-fault test
-# (its own subprocess faults on purpose) and jax are left out.
-SAN_SEL='not fault and not jax'
+# Sanitizers: memcheck over the CUDA kernel, interop and model tests; racecheck and
+# initcheck over the kernel tests (the kernels with shared memory). Left out: the planted
+# fault (its subprocess faults on purpose), the planted out-of-memory API error, and jax.
+SAN_SEL='not fault and not jax and not errors_are_exceptions'
+SAN_FILES_memcheck="tests/test_cuda_kernels.py tests/test_cuda_interop.py $(ls tests/test_model_cuda*.py 2>/dev/null | tr '\n' ' ')"
+SAN_FILES_racecheck="tests/test_cuda_kernels.py"
+SAN_FILES_initcheck="tests/test_cuda_kernels.py"
 san() {
     local tool=$1; shift
     local t0=$(date +%s)
+    local files_var="SAN_FILES_$tool"
     timeout "$SAN_TIMEOUT" compute-sanitizer --tool "$tool" "$@" --error-exitcode 99 \
         --print-limit 20 $PY -m pytest -q -x -p no:cacheprovider -k "$SAN_SEL" \
-        tests/test_cuda_kernels.py tests/test_cuda_interop.py > "$OUT/$tool.log" 2>&1
+        ${!files_var} > "$OUT/$tool.log" 2>&1
     local rc=$?
     local errs
     errs=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/$tool.log" | tail -1)

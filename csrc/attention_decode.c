@@ -7,8 +7,9 @@
  *
  * Split-K ("flash-decoding"): a task is (b, kv head g, chunk of DEC_CHUNK logical keys) and
  * serves the G = H / Hkv query heads of g, each K/V row loaded once for all of them.  It
- * writes a partial (max m, sum l, unnormalised o) per head in base 2; a second pass merges
- * the chunks of each (b, h).  Memory-bound: one pass over the valid part of the cache.
+ * writes a partial (max m, sum l, unnormalised o) per head in base 2 (scores, then
+ * exponentials, then P V: no per-key rescaling); a second pass merges the chunks of each
+ * (b, h).  Memory-bound: one pass over the valid part of the cache, rows prefetched ahead.
  */
 #include "samba.h"
 
@@ -80,77 +81,108 @@ dec_dot_avx512(const float *x, const float *y, int64_t n) /* n % 16 == 0 */
     return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 }
 
-/* o = o * alpha + p * v over n (n % 16 == 0) */
+/* o += p * v over n (n % 16 == 0) */
 __attribute__((target("avx512f,fma"))) static void
-dec_axpby_avx512(float *o, float alpha, float p, const float *v, int64_t n)
+dec_axpy_avx512(float *o, float p, const float *v, int64_t n)
 {
-    const __m512 a = _mm512_set1_ps(alpha), pv = _mm512_set1_ps(p);
+    const __m512 pv = _mm512_set1_ps(p);
     int64_t d;
     for (d = 0; d < n; d += 16) {
         _mm512_storeu_ps(o + d, _mm512_fmadd_ps(pv, _mm512_loadu_ps(v + d),
-                                                _mm512_mul_ps(a, _mm512_loadu_ps(o + d))));
+                                                _mm512_loadu_ps(o + d)));
     }
 }
 #endif
 
 static void
-dec_axpby_generic(float *o, float alpha, float p, const float *v, int64_t n)
+dec_axpy_generic(float *o, float p, const float *v, int64_t n)
 {
     int64_t d;
     for (d = 0; d < n; d++) {
-        o[d] = o[d] * alpha + p * v[d];
+        o[d] += p * v[d];
     }
 }
 
-/* Partial attention of the G heads of kv head g over logical keys [u0, u1) of batch b,
- * as a single-pass online softmax (keys stay in their cache rows). */
+/* Prefetches one cache row (hd floats): the rows of a head lie Hkv * hd floats apart,
+ * often a page or more, where hardware prefetchers stop. */
 static void
-dec_task(const dec_plan *P, int64_t b, int64_t g, int64_t ch, int avx)
+dec_prefetch_row(const float *r, int64_t hd)
+{
+    int64_t d;
+    for (d = 0; d < hd; d += 16) {
+        __builtin_prefetch(r + d, 0, 3);
+    }
+}
+
+#define DEC_AHEAD 4 /* rows prefetched ahead */
+
+/* Partial attention of the G heads of kv head g over logical keys [u0, u1) of batch b:
+ * scores s (G, nk) in scratch, then per head m = max s, p = 2^(s - m), l = sum p, and
+ * o = sum p v (unnormalised) into the task's partial (o[hd], m, l per head). */
+static void
+dec_task(const dec_plan *P, int64_t b, int64_t g, int64_t ch, int avx, float *s)
 {
     const int64_t hd = P->hd, G = P->G;
     const int64_t n = P->nv[b];
     const int64_t u0 = ch * DEC_CHUNK;
-    const int64_t u1 = u0 + DEC_CHUNK < n ? u0 + DEC_CHUNK : n;
+    const int64_t u1 = u0 + DEC_CHUNK < n ? u0 + DEC_CHUNK : n, nk = u1 - u0;
+    const int64_t rs = P->Hkv * hd;
+    const float *kb = P->kc + (b * P->C * P->Hkv + g) * hd;
+    const float *vb = P->vc + (b * P->C * P->Hkv + g) * hd;
+    const float *qb = P->q + (b * P->H + g * G) * hd;
     float *part = P->part + ((b * P->Hkv + g) * P->nch + ch) * G * (hd + 2);
     int64_t gq, u, d;
 
+    (void)avx;
+    /* scores */
+    for (u = 0; u < nk; u++) {
+        const float *kr = kb + dec_slot(P, b, u0 + u) * rs;
+        if (u + DEC_AHEAD < nk) {
+            dec_prefetch_row(kb + dec_slot(P, b, u0 + u + DEC_AHEAD) * rs, hd);
+        }
+        for (gq = 0; gq < G; gq++) {
+#ifdef SAMBA_DEC_AVX512
+            const float dot = avx ? dec_dot_avx512(qb + gq * hd, kr, hd)
+                                  : dec_dot_generic(qb + gq * hd, kr, hd);
+#else
+            const float dot = dec_dot_generic(qb + gq * hd, kr, hd);
+#endif
+            s[gq * nk + u] = dot * P->scale2;
+        }
+    }
+    /* softmax numerators per head */
     for (gq = 0; gq < G; gq++) {
-        float *o = part + gq * (hd + 2);
+        float *sg = s + gq * nk, *o = part + gq * (hd + 2);
+        float m = -INFINITY, l = 0.0f;
+        for (u = 0; u < nk; u++) {
+            if (sg[u] > m || sg[u] != sg[u]) {
+                m = sg[u]; /* a NaN score propagates */
+            }
+        }
+        for (u = 0; u < nk; u++) {
+            sg[u] = m == -INFINITY ? 0.0f : exp2f(sg[u] - m);
+            l += sg[u];
+        }
         for (d = 0; d < hd; d++) {
             o[d] = 0.0f;
         }
-        o[hd] = -INFINITY; /* m */
-        o[hd + 1] = 0.0f;  /* l */
+        o[hd] = m;
+        o[hd + 1] = l;
     }
-    for (u = u0; u < u1; u++) {
-        const int64_t slot = dec_slot(P, b, u);
-        const float *kr = P->kc + ((b * P->C + slot) * P->Hkv + g) * hd;
-        const float *vr = P->vc + ((b * P->C + slot) * P->Hkv + g) * hd;
+    /* o = sum_u p[u] v[u] */
+    for (u = 0; u < nk; u++) {
+        const float *vr = vb + dec_slot(P, b, u0 + u) * rs;
+        if (u + DEC_AHEAD < nk) {
+            dec_prefetch_row(vb + dec_slot(P, b, u0 + u + DEC_AHEAD) * rs, hd);
+        }
         for (gq = 0; gq < G; gq++) {
-            const float *qr = P->q + (b * P->H + g * G + gq) * hd;
-            float *o = part + gq * (hd + 2);
-            float s, mn, alpha, p;
-#ifdef SAMBA_DEC_AVX512
-            s = avx ? dec_dot_avx512(qr, kr, hd) : dec_dot_generic(qr, kr, hd);
-#else
-            s = dec_dot_generic(qr, kr, hd);
-#endif
-            s *= P->scale2;
-            mn = (s > o[hd] || s != s) ? s : o[hd]; /* a NaN score propagates */
-            if (mn == -INFINITY) {
-                continue; /* only -inf scores so far: nothing to add */
-            }
-            alpha = exp2f(o[hd] - mn);
-            p = exp2f(s - mn);
-            o[hd] = mn;
-            o[hd + 1] = o[hd + 1] * alpha + p;
 #ifdef SAMBA_DEC_AVX512
             if (avx) {
-                dec_axpby_avx512(o, alpha, p, vr, hd);
+                dec_axpy_avx512(part + gq * (hd + 2), s[gq * nk + u], vr, hd);
                 continue;
             }
 #endif
-            dec_axpby_generic(o, alpha, p, vr, hd);
+            dec_axpy_generic(part + gq * (hd + 2), s[gq * nk + u], vr, hd);
         }
     }
 }
@@ -202,6 +234,7 @@ samba_attn_decode(int64_t batch, int64_t nheads, int64_t nheads_kv, int64_t head
     dec_plan P;
     int64_t b, maxn = 0, T, t, step;
     int nth, avx = 0;
+    float *scratch;
 
     if (batch < 0 || nheads < 0 || nheads_kv < 0 || headdim < 0 || capacity < 0) {
         return SAMBA_ERR_ARG;
@@ -243,14 +276,21 @@ samba_attn_decode(int64_t batch, int64_t nheads, int64_t nheads_kv, int64_t head
     avx = headdim % 16 == 0 && __builtin_cpu_supports("avx512f");
 #endif
     nth = samba_ctx_threads(ctx);
+    nth = nth < 1 ? 1 : nth;
     T = batch * nheads_kv * P.nch;
-    /* rounds of ~2^24 (key, head) pairs between stop polls */
-    step = (int64_t)(16777216 / (DEC_CHUNK * P.G * (headdim > 0 ? headdim : 1) / 64 + 1)) + 1;
+    scratch = (float *)malloc(sizeof(float) * (size_t)(nth * P.G * DEC_CHUNK));
+    if (scratch == NULL) {
+        free(P.part);
+        return SAMBA_ERR_ALLOC;
+    }
+    /* rounds of ~64 MiB of cache reads between stop polls */
+    step = (int64_t)((64 << 20) / (DEC_CHUNK * 8 * headdim)) + nth;
     for (t = 0; t < T; t += step) {
         const int64_t t_end = t + step < T ? t + step : T;
         int64_t i;
         if (samba_ctx_stop(ctx)) {
             free(P.part);
+            free(scratch);
             return SAMBA_ERR_INTERRUPTED;
         }
 #ifdef _OPENMP
@@ -258,8 +298,12 @@ samba_attn_decode(int64_t batch, int64_t nheads, int64_t nheads_kv, int64_t head
 #endif
         for (i = t; i < t_end; i++) {
             const int64_t ch = i % P.nch, bg = i / P.nch, bb = bg / P.Hkv;
+            int tid = 0;
+#ifdef _OPENMP
+            tid = omp_get_thread_num();
+#endif
             if (ch * DEC_CHUNK < P.nv[bb]) {
-                dec_task(&P, bb, bg % P.Hkv, ch, avx);
+                dec_task(&P, bb, bg % P.Hkv, ch, avx, scratch + (size_t)tid * P.G * DEC_CHUNK);
             }
         }
     }
@@ -270,6 +314,6 @@ samba_attn_decode(int64_t batch, int64_t nheads, int64_t nheads_kv, int64_t head
         dec_merge(&P, t / nheads, t % nheads, out);
     }
     free(P.part);
-    (void)nth;
+    free(scratch);
     return SAMBA_OK;
 }

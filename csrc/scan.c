@@ -10,14 +10,18 @@
  * consecutive channels; all channels of a block share B and C, so one block advances 16
  * channels x dstate states per step with one broadcast of B[n,t] / C[n,t] per state. The
  * carried state lives in a per-call buffer in block layout (batch, block, dstate, 16) so a
- * block's state is one aligned (dstate, 16) tile. Time is cut into chunks; between chunks
- * the calling thread polls samba_ctx_stop(), inside a chunk the blocks are spread over
- * OpenMP threads. Per-call buffers only (no global scratch).
+ * block's state is one aligned (dstate, 16) tile; B and C are copied once per call to
+ * (batch, group, L, {B, C}, dstate) order so a step's values are contiguous. Time is cut
+ * into chunks; between chunks the calling thread polls samba_ctx_stop(), inside a chunk
+ * the blocks are spread over OpenMP threads. Per-call buffers only (no global scratch).
  *
- * Two block kernels: an AVX-512 one (16 lanes = 16 channels, 16x16 transposes to turn the
- * (channel, time) inputs into per-step channel vectors, a polynomial exp2 with relative
- * error < 1e-7, state kept in registers when dstate == 16), chosen at run time with
- * __builtin_cpu_supports, and a portable C one (libm expf / log1pf).
+ * Block kernels, chosen at run time with __builtin_cpu_supports: an AVX-512 one (16 lanes =
+ * 16 channels, 16x16 transposes between the (channel, time) rows and per-step channel
+ * vectors, a polynomial exp2 with relative error ~1e-7 (vreduceps + vscalefps), state in
+ * registers when dstate == 16), and portable C written for auto-vectorisation (same
+ * polynomials, no libm), compiled twice: for the baseline ISA (SSE2; NEON on arm64, not
+ * tested here) and for AVX2 + FMA. The decode step has its own AVX-512 kernel; elsewhere
+ * it is a 1-step scan.
  */
 #include "samba.h"
 
@@ -34,115 +38,266 @@
 
 #define SCAN_LANES 16
 /* Time steps per chunk are chosen so that one chunk is about this many state updates
- * (~10-50 ms), then clamped to [SCAN_CHUNK_MIN, SCAN_CHUNK_MAX]. */
-#define SCAN_CHUNK_UPDATES (1 << 25)
+ * (~10-50 ms per thread: the AVX-512 kernel does ~3e9 updates/s per core, the portable one
+ * 0.5e9 .. 1e9), then clamped to [SCAN_CHUNK_MIN, SCAN_CHUNK_MAX]. */
+#define SCAN_CHUNK_UPDATES_AVX512 (1 << 26)
+#define SCAN_CHUNK_UPDATES_PORTABLE (1 << 24)
 #define SCAN_CHUNK_MIN 16
 #define SCAN_CHUNK_MAX 1024
 
 #define SCAN_LOG2E 1.44269504088896340736f
 
-/* One block of a chunk: channels c0 .. c0+nch-1 (nch <= 16) of batch b, group g, steps
- * [t0, t1). h (N, 16) carried state of the block, a2 (N, 16) the block's A (lanes >= nch
- * zero); both 64-byte aligned. */
-typedef void (*scan_block_fn)(const samba_scan_args *a, int64_t b, int64_t g, int64_t c0,
-                              int nch, int64_t t0, int64_t t1, float *h, const float *a2);
+/* One block of a chunk: channels c0 .. c0+nch-1 (nch <= 16) of batch b, steps [t0, t1).
+ * h (N, 16) carried state of the block, a2 (N, 16) the block's A * log2(e) (lanes >= nch
+ * zero); both
+ * 64-byte aligned. bc (t1 - t0, 2, N): B[b, g, :, t] and C[b, g, :, t] of the block's group
+ * transposed so one step's values are contiguous (B and C rows are L floats apart; reading
+ * them column-wise would touch 2N lines of one L1 set per step when L*4 is a multiple of
+ * 4096). */
+typedef void (*scan_block_fn)(const samba_scan_args *a, int64_t b, int64_t c0, int nch,
+                              int64_t t0, int64_t t1, float *h, const float *a2,
+                              const float *bc);
 
 /* ------------------------------------------------------------------ portable kernel --- */
+/*
+ * Plain C written so that compilers vectorise the lane loops (SSE2 / AVX2 / NEON): the math
+ * below uses only +, *, comparisons and integer bit operations (no libm calls), with the
+ * same polynomials as the AVX-512 kernel (relative error ~1e-7).
+ */
+#define SCAN_MAGIC 12582912.0f /* 1.5 * 2^23: (x + M) - M rounds x to an integer */
 
-static float
-scan_softplus(float x)
+/* 2^k for integer-valued k; 0 below -126 and inf above 127 (also maps NaN to 0: callers
+ * multiply by a NaN polynomial value then). */
+static inline float
+scan_pow2i(float k)
 {
-    return x <= 20.0f ? log1pf(expf(x)) : x;
+    int32_t bits;
+    float r;
+    k = k > -127.0f ? k : -127.0f;
+    k = k < 128.0f ? k : 128.0f;
+    bits = ((int32_t)k + 127) * (1 << 23);
+    memcpy(&r, &bits, sizeof r);
+    return r;
 }
 
-static float
-scan_silu(float x)
+/* c ? a : b as bit operations: keeps a and b unconditional, so that compilers that assume
+ * floating-point ops may trap (-ftrapping-math) still if-convert and vectorise the loop. */
+static inline float
+scan_sel(int c, float a, float b)
 {
-    return x / (1.0f + expf(-x));
+    const int32_t m = -(int32_t)(c != 0);
+    int32_t ia, ib;
+    memcpy(&ia, &a, sizeof ia);
+    memcpy(&ib, &b, sizeof ib);
+    ia = (ia & m) | (ib & ~m);
+    memcpy(&a, &ia, sizeof a);
+    return a;
 }
 
-static void
-scan_block_portable(const samba_scan_args *a, int64_t b, int64_t g, int64_t c0, int nch,
-                    int64_t t0, int64_t t1, float *h, const float *a2)
+/* 2^f for |f| <= 1/2: degree 6, near-minimax for relative error (1.9e-9; ~1e-7 in float). */
+static inline float
+scan_exp2_poly_c(float f)
 {
-    const int64_t L = a->seqlen, N = a->dstate, D = a->dim, G = a->ngroups;
-    const float *Bp = a->B + (b * G + g) * N * L;
-    const float *Cp = a->C + (b * G + g) * N * L;
-    int ch;
+    float p = 1.534581242594868e-04f;
+    p = p * f + 1.3399930903688073e-03f;
+    p = p * f + 9.618489071726799e-03f;
+    p = p * f + 5.550328642129898e-02f;
+    p = p * f + 2.4022646248340607e-01f;
+    p = p * f + 6.931471824645996e-01f;
+    return p * f + 1.0f;
+}
 
-    for (ch = 0; ch < nch; ch++) {
-        const int64_t c = c0 + ch;
-        const int64_t row = (b * D + c) * L;
-        const float bias = a->delta_bias != NULL ? a->delta_bias[c] : 0.0f;
-        const float dskip = a->D != NULL ? a->D[c] : 0.0f;
-        int64_t t, n;
+/* 2^t */
+static inline float
+scan_exp2_c(float t)
+{
+    const float k = (t + SCAN_MAGIC) - SCAN_MAGIC;
+    return scan_exp2_poly_c(t - k) * scan_pow2i(k);
+}
 
-        for (t = t0; t < t1; t++) {
-            float dt = a->delta[row + t] + bias;
-            float uu = a->u[row + t];
-            float du, acc = 0.0f;
+/* e^x, Cody-Waite reduction x = k ln2 + r (ln2 split in two floats) */
+static inline float
+scan_exp_c(float x)
+{
+    const float k = (x * SCAN_LOG2E + SCAN_MAGIC) - SCAN_MAGIC;
+    const float r = (x - k * 0.693145751953125f) - k * 1.428606765330187e-06f;
+    return scan_exp2_poly_c(r * SCAN_LOG2E) * scan_pow2i(k);
+}
 
+/* softplus, threshold 20: max(x, 0) + log1p(w), w = exp(-|x|); log1p(w) = 2 atanh(s),
+ * s = w / (2 + w), as in v_softplus. */
+static inline float
+scan_softplus_c(float x)
+{
+    const float w = scan_exp_c(-fabsf(x));
+    const float s = w / (2.0f + w);
+    const float q = s * s;
+    float p = 0.2817833423614502f;
+    p = p * q + 0.27960604429244995f;
+    p = p * q + 0.40024909377098083f;
+    p = p * q + 0.6666631698608398f;
+    p = p * q + 2.0f;
+    p = scan_sel(x > 0.0f, x, 0.0f) + s * p;
+    return scan_sel(x > 20.0f, x, p);
+}
+
+/* silu(x) = x sigmoid(x), sigmoid from e = exp(-|x|) without overflow */
+static inline float
+scan_silu_c(float x)
+{
+    const float e = scan_exp_c(-fabsf(x));
+    const float s = 1.0f / (1.0f + e);
+    return x * scan_sel(x >= 0.0f, s, e * s);
+}
+
+static inline
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+void
+scan_lanes_body(const samba_scan_args *a, int64_t b, int64_t c0, int nch, int64_t t0,
+                int64_t t1, float *restrict h, const float *restrict a2,
+                const float *restrict bc)
+{
+    const int64_t L = a->seqlen, N = a->dstate;
+    const int64_t row0 = (b * a->dim + c0) * L;
+    float dtT[16][SCAN_LANES], duT[16][SCAN_LANES], yT[16][SCAN_LANES], row[16];
+    int64_t t;
+
+    for (t = t0; t < t1; t += 16) {
+        const int nk = (int)(t1 - t < 16 ? t1 - t : 16);
+        int ch, k, l;
+        int64_t n;
+
+        /* dt, dt*u along the rows, stored per step (dtT[k][lane]) */
+        for (ch = 0; ch < SCAN_LANES; ch++) {
+            const int64_t o = row0 + ch * L + t;
+            const float bias = ch < nch && a->delta_bias != NULL ? a->delta_bias[c0 + ch] : 0.0f;
+            if (ch >= nch) {
+                for (k = 0; k < nk; k++) {
+                    dtT[k][ch] = 0.0f;
+                    duT[k][ch] = 0.0f;
+                }
+                continue;
+            }
+            for (k = 0; k < nk; k++) {
+                row[k] = a->delta[o + k] + bias;
+            }
             if (a->delta_softplus) {
-                dt = scan_softplus(dt);
+                for (k = 0; k < nk; k++) {
+                    row[k] = scan_softplus_c(row[k]);
+                }
             }
-            du = dt * uu;
+            for (k = 0; k < nk; k++) {
+                dtT[k][ch] = row[k];
+                duT[k][ch] = row[k] * a->u[o + k];
+            }
+        }
+        /* the recurrence, vectorised over the 16 lanes */
+        for (k = 0; k < nk; k++) {
+            const float *Bk = bc + (t - t0 + k) * 2 * N;
+            const float *Ck = Bk + N;
+            float acc[SCAN_LANES];
+            for (l = 0; l < SCAN_LANES; l++) {
+                acc[l] = 0.0f;
+            }
             for (n = 0; n < N; n++) {
-                float *hn = h + n * SCAN_LANES + ch;
-                *hn = expf(dt * a2[n * SCAN_LANES + ch]) * *hn + du * Bp[n * L + t];
-                acc += *hn * Cp[n * L + t];
+                const float bn = Bk[n], cn = Ck[n];
+                float *restrict hn = h + n * SCAN_LANES;
+                const float *restrict an = a2 + n * SCAN_LANES;
+                for (l = 0; l < SCAN_LANES; l++) {
+                    const float v = scan_exp2_c(dtT[k][l] * an[l]) * hn[l] + duT[k][l] * bn;
+                    hn[l] = v;
+                    acc[l] += v * cn;
+                }
             }
-            acc += dskip * uu;
+            for (l = 0; l < SCAN_LANES; l++) {
+                yT[k][l] = acc[l];
+            }
+        }
+        /* y = sum_n h C + D u, gated by silu(z), along the rows */
+        for (ch = 0; ch < nch; ch++) {
+            const int64_t o = row0 + ch * L + t;
+            const float dsk = a->D != NULL ? a->D[c0 + ch] : 0.0f;
+            for (k = 0; k < nk; k++) {
+                row[k] = yT[k][ch] + dsk * a->u[o + k];
+            }
             if (a->z != NULL) {
-                acc *= scan_silu(a->z[row + t]);
+                for (k = 0; k < nk; k++) {
+                    row[k] *= scan_silu_c(a->z[o + k]);
+                }
             }
-            a->y[row + t] = acc;
+            for (k = 0; k < nk; k++) {
+                a->y[o + k] = row[k];
+            }
         }
     }
 }
 
+static void
+scan_block_portable(const samba_scan_args *a, int64_t b, int64_t c0, int nch, int64_t t0,
+                    int64_t t1, float *h, const float *a2, const float *bc)
+{
+    scan_lanes_body(a, b, c0, nch, t0, t1, h, a2, bc);
+}
+
+#if SCAN_HAVE_AVX512
+/* the same C compiled for AVX2 + FMA (x86 without AVX-512) */
+#if defined(__clang__)
+#define SCAN_AVX2_ATTR __attribute__((target("avx2,fma")))
+#else /* let GCC fuse a*b+c into FMAs here (C99 mode turns contraction off): ~15% */
+#define SCAN_AVX2_ATTR __attribute__((target("avx2,fma"), optimize("fp-contract=fast")))
+#endif
+static SCAN_AVX2_ATTR void
+scan_block_avx2(const samba_scan_args *a, int64_t b, int64_t c0, int nch, int64_t t0,
+                int64_t t1, float *h, const float *a2, const float *bc)
+{
+    scan_lanes_body(a, b, c0, nch, t0, t1, h, a2, bc);
+}
+#endif
+
 /* ------------------------------------------------------------------- AVX-512 kernel --- */
 #if SCAN_HAVE_AVX512
-#define AVX512 __attribute__((target("avx512f,fma")))
+#define AVX512 __attribute__((target("avx512f,avx512dq,fma")))
 
-/* 2^t for float32 t: t = k + f, k = round(t), |f| <= 1/2, 2^f by a degree-6 polynomial
- * (near-minimax for relative error, ~1e-7 in float32), then scaled by 2^k with vscalefps
- * (exact over/underflow to inf/0). NaN propagates. */
+/* Polynomial for 2^f, f in [0, 1): degree 6, near-minimax for relative error (1.9e-9 in
+ * exact arithmetic, ~1e-7 after float32 rounding). */
+static inline AVX512 __m512
+v_exp2_poly(__m512 f)
+{
+    __m512 p = _mm512_set1_ps(2.1702254889532924e-04f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.2439688434824347e-03f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.678840637207031e-03f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5483341217041016e-02f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022983014583588e-01f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931470036506653e-01f));
+    return _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+}
+
+/* 2^t: f = t - floor(t) in [0, 1) (one vreduceps), 2^f by the polynomial, then times
+ * 2^floor(t) with vscalefps (exact over/underflow to inf/0). NaN propagates. */
 static inline AVX512 __m512
 v_exp2(__m512 t)
 {
-    const __m512 k = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512 f = _mm512_sub_ps(t, k);
-    __m512 p = _mm512_set1_ps(1.534581242594868e-04f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3399930903688073e-03f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618489071726799e-03f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550328642129898e-02f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022646248340607e-01f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931471824645996e-01f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, k);
+    const __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    return _mm512_scalef_ps(v_exp2_poly(f), t);
 }
 
-/* e^x with the reduction done in extra precision (log2(e) split in two floats). */
+/* e^x with the reduction in extra precision: x log2(e) = hi + lo exactly enough
+ * (log2(e) split in two floats, fma for the product's rounding error). */
 static inline AVX512 __m512
 v_exp(__m512 x)
 {
     const __m512 l2e = _mm512_set1_ps(SCAN_LOG2E);
-    const __m512 l2e_lo = _mm512_set1_ps(1.925963033500011e-08f); /* log2(e) - l2e */
-    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, l2e),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_fmsub_ps(x, l2e, k);
-    f = _mm512_fmadd_ps(x, l2e_lo, f);
-    __m512 p = _mm512_set1_ps(1.534581242594868e-04f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3399930903688073e-03f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618489071726799e-03f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550328642129898e-02f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022646248340607e-01f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931471824645996e-01f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, k);
+    const __m512 hi = _mm512_mul_ps(x, l2e);
+    __m512 lo = _mm512_fmsub_ps(x, l2e, hi);
+    lo = _mm512_fmadd_ps(x, _mm512_set1_ps(1.925963033500011e-08f), lo); /* log2(e) - l2e */
+    const __m512 f = _mm512_add_ps(
+        _mm512_reduce_ps(hi, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC), lo);
+    return _mm512_scalef_ps(v_exp2_poly(f), hi);
 }
 
-/* 1/x to ~1e-8 relative: rcp14 + one Newton step. */
+/* 1/x to ~1e-8 relative for finite nonzero x: rcp14 + one Newton step. */
 static inline AVX512 __m512
 v_recip(__m512 x)
 {
@@ -150,44 +305,43 @@ v_recip(__m512 x)
     return _mm512_mul_ps(r, _mm512_fnmadd_ps(x, r, _mm512_set1_ps(2.0f)));
 }
 
-/* softplus with threshold 20: x > 20 ? x : log1p(exp(x)), computed as
- * max(x, 0) + log1p(w), w = exp(-|x|) in (0, 1]. log1p(w) = log(u) + (w - (u - 1)) / u with
- * u = 1 + w in [1, 2]; log(u) = e ln2 + log(m), m = u or u/2 in [0.707, 1.415],
- * log(m) = 2 atanh(s), s = (m - 1) / (m + 1), |s| <= 0.172, odd series to s^11. */
+/* -|x| (sign bit set) */
+static inline AVX512 __m512
+v_negabs(__m512 x)
+{
+    return _mm512_or_ps(x, _mm512_set1_ps(-0.0f));
+}
+
+/* softplus with threshold 20: x > 20 ? x : log1p(exp(x)), computed as max(x, 0) + log1p(w),
+ * w = exp(-|x|) in (0, 1]; log1p(w) = 2 atanh(s) with s = w / (2 + w) in (0, 1/3] (no
+ * cancellation for tiny w), 2 atanh(s) = s P(s^2), P of degree 4 near-minimax on
+ * [0, 1/9] (relative error 4e-9, ~7e-8 after float32 rounding). NaN propagates. */
 static inline AVX512 __m512
 v_softplus(__m512 x)
 {
-    const __m512 one = _mm512_set1_ps(1.0f);
-    const __m512 ax = _mm512_abs_ps(x);
-    const __m512 w = v_exp(_mm512_sub_ps(_mm512_setzero_ps(), ax));
-    const __m512 u = _mm512_add_ps(one, w);
-    const __m512 corr = _mm512_sub_ps(w, _mm512_sub_ps(u, one));
-    const __mmask16 big = _mm512_cmp_ps_mask(u, _mm512_set1_ps(1.41421356f), _CMP_GT_OQ);
-    const __m512 m = _mm512_mask_mul_ps(u, big, u, _mm512_set1_ps(0.5f));
-    const __m512 s = _mm512_mul_ps(_mm512_sub_ps(m, one), v_recip(_mm512_add_ps(m, one)));
-    const __m512 s2 = _mm512_mul_ps(s, s);
-    __m512 p = _mm512_set1_ps(2.0f / 11.0f);
+    const __m512 w = v_exp(v_negabs(x));
+    const __m512 s = _mm512_mul_ps(w, v_recip(_mm512_add_ps(_mm512_set1_ps(2.0f), w)));
+    const __m512 q = _mm512_mul_ps(s, s);
+    __m512 p = _mm512_set1_ps(0.2817833423614502f);
     __m512 r;
-    p = _mm512_fmadd_ps(p, s2, _mm512_set1_ps(2.0f / 9.0f));
-    p = _mm512_fmadd_ps(p, s2, _mm512_set1_ps(2.0f / 7.0f));
-    p = _mm512_fmadd_ps(p, s2, _mm512_set1_ps(2.0f / 5.0f));
-    p = _mm512_fmadd_ps(p, s2, _mm512_set1_ps(2.0f / 3.0f));
-    p = _mm512_mul_ps(p, s2);
-    /* log(m) = 2s + s*p */
-    r = _mm512_fmadd_ps(s, p, _mm512_add_ps(s, s));
-    r = _mm512_fmadd_ps(corr, v_recip(u), r);
-    r = _mm512_mask_add_ps(r, big, r, _mm512_set1_ps(0.69314718056f));
-    r = _mm512_add_ps(r, _mm512_max_ps(x, _mm512_setzero_ps()));
+    p = _mm512_fmadd_ps(p, q, _mm512_set1_ps(0.27960604429244995f));
+    p = _mm512_fmadd_ps(p, q, _mm512_set1_ps(0.40024909377098083f));
+    p = _mm512_fmadd_ps(p, q, _mm512_set1_ps(0.6666631698608398f));
+    p = _mm512_fmadd_ps(p, q, _mm512_set1_ps(2.0f));
+    r = _mm512_fmadd_ps(s, p, _mm512_max_ps(x, _mm512_setzero_ps()));
     /* x > 20 (false for NaN, which then propagates through r) */
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(20.0f), _CMP_GT_OQ), r, x);
 }
 
-/* silu(x) = x / (1 + exp(-x)) */
+/* silu(x) = x sigmoid(x); with e = exp(-|x|) in (0, 1] and s = 1 / (1 + e):
+ * sigmoid(x) = s for x >= 0, e s for x < 0 (no overflow, no cancellation). */
 static inline AVX512 __m512
 v_silu(__m512 x)
 {
-    const __m512 e = v_exp(_mm512_sub_ps(_mm512_setzero_ps(), x));
-    return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    const __m512 e = v_exp(v_negabs(x));
+    const __m512 s = v_recip(_mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    const __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+    return _mm512_mul_ps(x, _mm512_mask_mul_ps(s, neg, s, e));
 }
 
 /* In-place transpose of a 16x16 float tile held in r[0..15]. */
@@ -219,89 +373,107 @@ v_transpose16(__m512 r[16])
     }
 }
 
-/* Loads rows p + ch*L (ch < nch, 16 steps masked by km) and transposes them: out[k] is the
- * vector of the 16 channels at step k (zeros for absent channels / steps). */
-static inline AVX512 void
-v_load_tile(const float *p, int64_t L, int nch, __mmask16 km, __m512 out[16])
-{
-    int ch;
-    for (ch = 0; ch < 16; ch++) {
-        out[ch] = ch < nch ? _mm512_maskz_loadu_ps(km, p + ch * L) : _mm512_setzero_ps();
-    }
-    v_transpose16(out);
-}
-
 /*
  * The block kernel body. hv (N) the state vectors (registers when N is a compile-time 16),
- * av (N) the A*log2(e) vectors.
+ * av (N) the A*log2(e) vectors. Per sub-chunk of 16 steps: dt and dt*u are computed along
+ * the rows (one vector = 16 steps of one channel), transposed to one vector per step (16
+ * channels), the recurrence runs step by step, and its output sum_n h C is transposed back
+ * to rows where D*u and the silu(z) gate are applied.
  */
 static inline AVX512 __attribute__((always_inline)) void
-scan_block_avx512_body(const samba_scan_args *a, int64_t b, int64_t g, int64_t c0, int nch,
-                       int64_t t0, int64_t t1, const int N, __m512 *hv, const __m512 *av)
+scan_block_avx512_body(const samba_scan_args *a, int64_t b, int64_t c0, int nch, int64_t t0,
+                       int64_t t1, const int N, __m512 *hv, const __m512 *av, const float *bc)
 {
-    const int64_t L = a->seqlen, D = a->dim, G = a->ngroups;
-    const float *Bp = a->B + (b * G + g) * N * L;
-    const float *Cp = a->C + (b * G + g) * N * L;
-    const int64_t row0 = (b * D + c0) * L;
-    const __mmask16 cm = (__mmask16)((1u << nch) - 1u);
-    const __m512 bias = a->delta_bias != NULL ? _mm512_maskz_loadu_ps(cm, a->delta_bias + c0)
-                                              : _mm512_setzero_ps();
-    const __m512 dsk = a->D != NULL ? _mm512_maskz_loadu_ps(cm, a->D + c0) : _mm512_setzero_ps();
+    const int64_t L = a->seqlen;
+    const int64_t row0 = (b * a->dim + c0) * L;
     int64_t t;
 
     for (t = t0; t < t1; t += 16) {
         const int nk = (int)(t1 - t < 16 ? t1 - t : 16);
         const __mmask16 km = (__mmask16)((1u << nk) - 1u);
-        __m512 dtv[16], uv[16], gz[16];
+        __m512 dtv[16], duv[16];
         int k, n, ch;
 
-        v_load_tile(a->delta + row0 + t, L, nch, km, dtv);
-        v_load_tile(a->u + row0 + t, L, nch, km, uv);
-        if (a->z != NULL) {
-            v_load_tile(a->z + row0 + t, L, nch, km, gz);
-        }
-        for (k = 0; k < nk; k++) {
-            __m512 dt = _mm512_add_ps(dtv[k], bias);
-            if (a->delta_softplus) {
-                dt = v_softplus(dt);
+        if (t + 16 < t1) {
+            /* each channel row is its own stream (rows are L floats apart); with 16 rows of
+             * u, delta, z and y that is more streams than the hardware prefetchers follow,
+             * so fetch the next sub-chunk's lines now (~10% at seqlen 4096) */
+            for (ch = 0; ch < nch; ch++) {
+                const int64_t o = row0 + ch * L + t + 16;
+                _mm_prefetch((const char *)(a->delta + o), _MM_HINT_T0);
+                _mm_prefetch((const char *)(a->u + o), _MM_HINT_T0);
+                if (a->z != NULL) {
+                    _mm_prefetch((const char *)(a->z + o), _MM_HINT_T0);
+                }
+                _mm_prefetch((const char *)(a->y + o), _MM_HINT_T0);
             }
-            dtv[k] = dt;
-            gz[k] = a->z != NULL ? v_silu(gz[k]) : _mm512_set1_ps(1.0f);
         }
+        for (ch = 0; ch < 16; ch++) {
+            if (ch < nch) {
+                const int64_t o = row0 + ch * L + t;
+                __m512 dt = _mm512_maskz_loadu_ps(km, a->delta + o);
+                if (a->delta_bias != NULL) {
+                    dt = _mm512_add_ps(dt, _mm512_set1_ps(a->delta_bias[c0 + ch]));
+                }
+                if (a->delta_softplus) {
+                    dt = v_softplus(dt);
+                }
+                dtv[ch] = dt;
+                duv[ch] = _mm512_mul_ps(dt, _mm512_maskz_loadu_ps(km, a->u + o));
+            }
+            else {
+                dtv[ch] = _mm512_setzero_ps();
+                duv[ch] = _mm512_setzero_ps();
+            }
+        }
+        v_transpose16(dtv);
+        v_transpose16(duv);
         for (k = 0; k < nk; k++) {
             const __m512 dt = dtv[k];
-            const __m512 du = _mm512_mul_ps(dt, uv[k]);
-            const float *Bk = Bp + t + k;
-            const float *Ck = Cp + t + k;
-            __m512 acc0 = _mm512_mul_ps(dsk, uv[k]);
+            const __m512 du = duv[k];
+            const float *Bk = bc + (t - t0 + k) * 2 * N;
+            const float *Ck = Bk + N;
+            __m512 acc0 = _mm512_setzero_ps();
             __m512 acc1 = _mm512_setzero_ps();
 
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC unroll 8
+#endif
             for (n = 0; n < N; n += 2) {
                 const __m512 e0 = v_exp2(_mm512_mul_ps(dt, av[n]));
-                hv[n] = _mm512_fmadd_ps(e0, hv[n], _mm512_mul_ps(du, _mm512_set1_ps(Bk[n * L])));
-                acc0 = _mm512_fmadd_ps(hv[n], _mm512_set1_ps(Ck[n * L]), acc0);
+                hv[n] = _mm512_fmadd_ps(e0, hv[n], _mm512_mul_ps(du, _mm512_set1_ps(Bk[n])));
+                acc0 = _mm512_fmadd_ps(hv[n], _mm512_set1_ps(Ck[n]), acc0);
                 if (n + 1 < N) {
                     const __m512 e1 = v_exp2(_mm512_mul_ps(dt, av[n + 1]));
                     hv[n + 1] = _mm512_fmadd_ps(e1, hv[n + 1],
-                                                _mm512_mul_ps(du, _mm512_set1_ps(Bk[(n + 1) * L])));
-                    acc1 = _mm512_fmadd_ps(hv[n + 1], _mm512_set1_ps(Ck[(n + 1) * L]), acc1);
+                                                _mm512_mul_ps(du, _mm512_set1_ps(Bk[n + 1])));
+                    acc1 = _mm512_fmadd_ps(hv[n + 1], _mm512_set1_ps(Ck[n + 1]), acc1);
                 }
             }
-            uv[k] = _mm512_mul_ps(_mm512_add_ps(acc0, acc1), gz[k]);
+            duv[k] = _mm512_add_ps(acc0, acc1);
         }
         for (k = nk; k < 16; k++) {
-            uv[k] = _mm512_setzero_ps();
+            duv[k] = _mm512_setzero_ps();
         }
-        v_transpose16(uv);
+        v_transpose16(duv);
         for (ch = 0; ch < nch; ch++) {
-            _mm512_mask_storeu_ps(a->y + row0 + ch * L + t, km, uv[ch]);
+            const int64_t o = row0 + ch * L + t;
+            __m512 y = duv[ch];
+            if (a->D != NULL) {
+                y = _mm512_fmadd_ps(_mm512_set1_ps(a->D[c0 + ch]),
+                                    _mm512_maskz_loadu_ps(km, a->u + o), y);
+            }
+            if (a->z != NULL) {
+                y = _mm512_mul_ps(y, v_silu(_mm512_maskz_loadu_ps(km, a->z + o)));
+            }
+            _mm512_mask_storeu_ps(a->y + o, km, y);
         }
     }
 }
 
 static AVX512 void
-scan_block_avx512_n16(const samba_scan_args *a, int64_t b, int64_t g, int64_t c0, int nch,
-                      int64_t t0, int64_t t1, float *h, const float *a2)
+scan_block_avx512_n16(const samba_scan_args *a, int64_t b, int64_t c0, int nch, int64_t t0,
+                      int64_t t1, float *h, const float *a2, const float *bc)
 {
     __m512 hv[16], av[16];
     int n;
@@ -310,46 +482,134 @@ scan_block_avx512_n16(const samba_scan_args *a, int64_t b, int64_t g, int64_t c0
         hv[n] = _mm512_load_ps(h + n * 16);
         av[n] = _mm512_load_ps(a2 + n * 16);
     }
-    scan_block_avx512_body(a, b, g, c0, nch, t0, t1, 16, hv, av);
+    scan_block_avx512_body(a, b, c0, nch, t0, t1, 16, hv, av, bc);
     for (n = 0; n < 16; n++) {
         _mm512_store_ps(h + n * 16, hv[n]);
     }
 }
 
 static AVX512 void
-scan_block_avx512_gen(const samba_scan_args *a, int64_t b, int64_t g, int64_t c0, int nch,
-                      int64_t t0, int64_t t1, float *h, const float *a2)
+scan_block_avx512_gen(const samba_scan_args *a, int64_t b, int64_t c0, int nch, int64_t t0,
+                      int64_t t1, float *h, const float *a2, const float *bc)
 {
-    scan_block_avx512_body(a, b, g, c0, nch, t0, t1, (int)a->dstate, (__m512 *)h,
-                           (const __m512 *)a2);
+    scan_block_avx512_body(a, b, c0, nch, t0, t1, (int)a->dstate, (__m512 *)h,
+                           (const __m512 *)a2, bc);
+}
+
+static int
+scan_cpu_has_avx2(void)
+{
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 
 static int
 scan_cpu_has_avx512(void)
 {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("fma");
+}
+/*
+ * Decode step for channels d0 .. d0+nd-1 (nd <= 16) of batch b; the state rows (N floats per
+ * channel) are updated in place. Elementwise parts (softplus, dt*x, D*x, silu(z)) run over
+ * the 16 channels at once; the recurrence over n in vectors of 16 states. The state update
+ * uses the same float32 operations as the scan (bit-identical states); y sums h*C in another
+ * order.
+ */
+static AVX512 void
+scan_step_avx512(const samba_scan_step_args *s, int64_t b, int64_t d0, int nd)
+{
+    const int64_t D = s->dim, N = s->dstate, G = s->ngroups, dpg = D / G;
+    const int64_t o = b * D + d0;
+    const __mmask16 cm = (__mmask16)((1u << nd) - 1u);
+    const __m512 x = _mm512_maskz_loadu_ps(cm, s->x + o);
+    __m512 dt = _mm512_maskz_loadu_ps(cm, s->dt + o);
+    __m512 y;
+    float dtf[16], duf[16], yf[16];
+    int j;
+
+    if (s->dt_bias != NULL) {
+        dt = _mm512_add_ps(dt, _mm512_maskz_loadu_ps(cm, s->dt_bias + d0));
+    }
+    if (s->dt_softplus) {
+        dt = v_softplus(dt);
+    }
+    _mm512_storeu_ps(dtf, dt);
+    _mm512_storeu_ps(duf, _mm512_mul_ps(dt, x));
+    for (j = 0; j < nd; j++) {
+        const int64_t d = d0 + j;
+        const float *Bv = s->B + (b * G + d / dpg) * N;
+        const float *Cv = s->C + (b * G + d / dpg) * N;
+        const float *Ar = s->A + d * N;
+        float *h = s->state + (o + j) * N;
+        const __m512 dtj = _mm512_set1_ps(dtf[j]);
+        const __m512 duj = _mm512_set1_ps(duf[j]);
+        __m512 acc = _mm512_setzero_ps();
+        int64_t n0;
+
+        for (n0 = 0; n0 < N; n0 += 16) {
+            const __mmask16 nm = (__mmask16)(N - n0 >= 16 ? 0xFFFFu : (1u << (N - n0)) - 1u);
+            /* A*log2(e) rounded and clamped exactly as in samba_scan_fwd (NaN kept) */
+            const __m512 a2 = _mm512_max_ps(
+                _mm512_set1_ps(-3.0e38f),
+                _mm512_mul_ps(_mm512_maskz_loadu_ps(nm, Ar + n0), _mm512_set1_ps(SCAN_LOG2E)));
+            const __m512 e = v_exp2(_mm512_mul_ps(dtj, a2));
+            __m512 hv = _mm512_maskz_loadu_ps(nm, h + n0);
+            hv = _mm512_fmadd_ps(e, hv, _mm512_mul_ps(duj, _mm512_maskz_loadu_ps(nm, Bv + n0)));
+            _mm512_mask_storeu_ps(h + n0, nm, hv);
+            acc = _mm512_fmadd_ps(hv, _mm512_maskz_loadu_ps(nm, Cv + n0), acc);
+        }
+        yf[j] = _mm512_reduce_add_ps(acc);
+    }
+    y = _mm512_maskz_loadu_ps(cm, yf);
+    if (s->D != NULL) {
+        y = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(cm, s->D + d0), x, y);
+    }
+    if (s->z != NULL) {
+        y = _mm512_mul_ps(y, v_silu(_mm512_maskz_loadu_ps(cm, s->z + o)));
+    }
+    _mm512_mask_storeu_ps(s->y + o, cm, y);
 }
 #endif /* SCAN_HAVE_AVX512 */
 
 /* ---------------------------------------------------------------------------- driver --- */
 
-/* Kernel choice: SAMBA_SCAN_KERNEL=portable in the environment forces the portable one
- * (used by the tests to check both). */
-static scan_block_fn
-scan_pick(int64_t N, int *log2e_scaled)
+/* Kernel choice: the best the CPU supports (AVX-512, else AVX2 + FMA, else portable C).
+ * SAMBA_SCAN_KERNEL=avx2 / =portable in the environment caps it (the tests check every
+ * kernel this way). */
+static int
+scan_kernel_cap(void)
 {
     const char *env = getenv("SAMBA_SCAN_KERNEL");
-    int portable = env != NULL && strcmp(env, "portable") == 0;
+    if (env != NULL && strcmp(env, "portable") == 0) {
+        return 0;
+    }
+    if (env != NULL && strcmp(env, "avx2") == 0) {
+        return 1;
+    }
+    return 2;
+}
 
-    *log2e_scaled = 0;
+static int
+scan_use_avx512(void)
+{
 #if SCAN_HAVE_AVX512
-    if (!portable && scan_cpu_has_avx512()) {
-        *log2e_scaled = 1;
+    return scan_kernel_cap() >= 2 && scan_cpu_has_avx512();
+#else
+    return 0;
+#endif
+}
+
+static scan_block_fn
+scan_pick(int64_t N)
+{
+#if SCAN_HAVE_AVX512
+    if (scan_use_avx512()) {
         return N == 16 ? scan_block_avx512_n16 : scan_block_avx512_gen;
     }
+    if (scan_kernel_cap() >= 1 && scan_cpu_has_avx2()) {
+        return scan_block_avx2;
+    }
 #endif
-    (void)portable;
     (void)N;
     return scan_block_portable;
 }
@@ -373,9 +633,8 @@ samba_scan_fwd(const samba_scan_args *a, const samba_ctx *ctx)
 {
     int64_t dpg, nbg, nblk, nitems, chunk, t0, b, c, n;
     int64_t N;
-    float *hbuf, *a2buf;
+    float *hbuf, *a2buf, *bcbuf;
     scan_block_fn fn;
-    int scaled;
     samba_status st = SAMBA_OK;
 
     if (a == NULL || a->batch < 0 || a->dim < 0 || a->dstate < 0 || a->seqlen < 0 ||
@@ -396,7 +655,7 @@ samba_scan_fwd(const samba_scan_args *a, const samba_ctx *ctx)
         for (i = 0; i < total; i++) {
             const int64_t d = (i / a->seqlen) % a->dim;
             float v = a->D != NULL ? a->D[d] * a->u[i] : 0.0f;
-            a->y[i] = a->z != NULL ? v * scan_silu(a->z[i]) : v;
+            a->y[i] = a->z != NULL ? v * scan_silu_c(a->z[i]) : v;
         }
         return SAMBA_OK;
     }
@@ -413,16 +672,26 @@ samba_scan_fwd(const samba_scan_args *a, const samba_ctx *ctx)
         return SAMBA_OK;
     }
 
-    fn = scan_pick(N, &scaled);
+    fn = scan_pick(N);
     dpg = a->dim / a->ngroups;
     nbg = (dpg + SCAN_LANES - 1) / SCAN_LANES;
     nblk = a->ngroups * nbg;
     nitems = a->batch * nblk;
+    chunk = (scan_use_avx512() ? SCAN_CHUNK_UPDATES_AVX512 : SCAN_CHUNK_UPDATES_PORTABLE) /
+            (a->batch * a->dim * N);
+    chunk = chunk < SCAN_CHUNK_MIN ? SCAN_CHUNK_MIN : chunk > SCAN_CHUNK_MAX ? SCAN_CHUNK_MAX
+                                                                              : chunk;
+    chunk = chunk / 16 * 16;
+    if (chunk > a->seqlen) {
+        chunk = a->seqlen;
+    }
     hbuf = (float *)scan_alloc((size_t)(nitems * N * SCAN_LANES));
     a2buf = (float *)scan_alloc((size_t)(nblk * N * SCAN_LANES));
-    if (hbuf == NULL || a2buf == NULL) {
+    bcbuf = (float *)scan_alloc((size_t)(a->batch * a->ngroups * a->seqlen * 2 * N));
+    if (hbuf == NULL || a2buf == NULL || bcbuf == NULL) {
         free(hbuf);
         free(a2buf);
+        free(bcbuf);
         return SAMBA_ERR_ALLOC;
     }
     memset(hbuf, 0, (size_t)(nitems * N * SCAN_LANES) * sizeof(float));
@@ -432,13 +701,10 @@ samba_scan_fwd(const samba_scan_args *a, const samba_ctx *ctx)
         const int64_t blk = (c / dpg) * nbg + (c % dpg) / SCAN_LANES;
         const int64_t lane = (c % dpg) % SCAN_LANES;
         for (n = 0; n < N; n++) {
-            float v = a->A[c * N + n];
-            if (scaled) {
-                v *= SCAN_LOG2E;
-                /* keep dt*A finite for finite dt (exp2(-inf) would give NaN) */
-                if (v < -3.0e38f) {
-                    v = -3.0e38f;
-                }
+            /* A*log2(e), kept finite for finite dt (exp2(-inf) would give NaN) */
+            float v = a->A[c * N + n] * SCAN_LOG2E;
+            if (v < -3.0e38f) {
+                v = -3.0e38f;
             }
             a2buf[(blk * N + n) * SCAN_LANES + lane] = v;
         }
@@ -452,10 +718,28 @@ samba_scan_fwd(const samba_scan_args *a, const samba_ctx *ctx)
         }
     }
 
-    chunk = SCAN_CHUNK_UPDATES / (a->batch * a->dim * N > 0 ? a->batch * a->dim * N : 1);
-    chunk = chunk < SCAN_CHUNK_MIN ? SCAN_CHUNK_MIN : chunk > SCAN_CHUNK_MAX ? SCAN_CHUNK_MAX
-                                                                              : chunk;
-    chunk = chunk / 16 * 16;
+    /* B, C (b, g, N, L) -> bcbuf (b, g, L, {B, C}, N), in tiles of 256 steps */
+    {
+        const int64_t L = a->seqlen, ntile = (L + 255) / 256;
+        const int64_t ntot = a->batch * a->ngroups * ntile;
+        int64_t it;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(samba_ctx_threads(ctx)) schedule(static) if (ntot > 1)
+#endif
+        for (it = 0; it < ntot; it++) {
+            const int64_t bg = it / ntile, ta = (it % ntile) * 256;
+            const int64_t tb = ta + 256 < L ? ta + 256 : L;
+            const float *Bs = a->B + bg * N * L, *Cs = a->C + bg * N * L;
+            float *dst = bcbuf + bg * L * 2 * N;
+            int64_t t, nn;
+            for (nn = 0; nn < N; nn++) {
+                for (t = ta; t < tb; t++) {
+                    dst[t * 2 * N + nn] = Bs[nn * L + t];
+                    dst[t * 2 * N + N + nn] = Cs[nn * L + t];
+                }
+            }
+        }
+    }
 
     for (t0 = 0; t0 < a->seqlen; t0 += chunk) {
         const int64_t t1 = t0 + chunk < a->seqlen ? t0 + chunk : a->seqlen;
@@ -465,7 +749,8 @@ samba_scan_fwd(const samba_scan_args *a, const samba_ctx *ctx)
             break;
         }
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(samba_ctx_threads(ctx)) schedule(static) if (nitems > 1)
+#pragma omp parallel for num_threads(samba_ctx_threads(ctx)) schedule(dynamic, 1) \
+    if (nitems > 1)
 #endif
         for (it = 0; it < nitems; it++) {
             const int64_t bb = it / nblk, blk = it % nblk;
@@ -473,8 +758,8 @@ samba_scan_fwd(const samba_scan_args *a, const samba_ctx *ctx)
             const int64_t c0 = g * dpg + j * SCAN_LANES;
             const int nch = (int)(dpg - j * SCAN_LANES < SCAN_LANES ? dpg - j * SCAN_LANES
                                                                      : SCAN_LANES);
-            fn(a, bb, g, c0, nch, t0, t1, hbuf + it * N * SCAN_LANES,
-               a2buf + blk * N * SCAN_LANES);
+            fn(a, bb, c0, nch, t0, t1, hbuf + it * N * SCAN_LANES, a2buf + blk * N * SCAN_LANES,
+               bcbuf + ((bb * a->ngroups + g) * a->seqlen + t0) * 2 * N);
         }
     }
 
@@ -492,6 +777,7 @@ samba_scan_fwd(const samba_scan_args *a, const samba_ctx *ctx)
     }
     free(hbuf);
     free(a2buf);
+    free(bcbuf);
     return st;
 }
 
@@ -511,6 +797,22 @@ samba_scan_step(const samba_scan_step_args *s, const samba_ctx *ctx)
         s->A == NULL || s->B == NULL || s->C == NULL || s->y == NULL) {
         return SAMBA_ERR_ARG;
     }
+#if SCAN_HAVE_AVX512
+    if (scan_use_avx512()) {
+        const int64_t nblk = (s->dim + 15) / 16;
+        const int64_t nitems = s->batch * nblk;
+        int64_t it;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(samba_ctx_threads(ctx)) schedule(static) \
+    if (s->batch * s->dim * (s->dstate + 8) >= (1 << 16))
+#endif
+        for (it = 0; it < nitems; it++) {
+            const int64_t b = it / nblk, d0 = (it % nblk) * 16;
+            scan_step_avx512(s, b, d0, (int)(s->dim - d0 < 16 ? s->dim - d0 : 16));
+        }
+        return SAMBA_OK;
+    }
+#endif
     /* one step of the scan: (B, D) == (B, D, 1) and (B, G, N) == (B, G, N, 1) in memory;
      * the state is read before it is written, so in and out may be the same buffer. */
     memset(&a, 0, sizeof(a));

@@ -42,7 +42,7 @@ from .errors import CudaUnavailableError
 __all__ = [
     "DeviceArray", "CudaError", "selective_scan", "selective_state_update", "causal_conv1d",
     "causal_conv1d_update", "swa_attention", "swa_decode", "rms_norm", "apply_rotary",
-    "swiglu", "to_device", "empty", "zeros", "linear", "synchronize", "empty_cache",
+    "swiglu", "to_device", "empty", "zeros", "linear", "matmul", "synchronize", "empty_cache",
     "memory_stats", "is_available", "unavailable_reason",
 ]
 
@@ -170,19 +170,43 @@ def _stream_handle(stream: Any) -> int:
                     f"cupy.cuda.Stream, got {type(stream).__name__}")
 
 
-def _default_stream(objs: Sequence[Any], device: int) -> int:
+def _default_stream(objs: Sequence[Any], device: int) -> tuple[int, Any]:
+    """(stream handle, object keeping it alive) for stream=None."""
     for x in objs:
         if isinstance(x, DeviceArray):
-            return x.stream
+            return x.stream, getattr(x._buf, "keep", None)
     for x in objs:
         mod = type(x).__module__ or ""
         if mod.startswith("torch") and "torch" in sys.modules:
-            torch = sys.modules["torch"]
-            return _norm_stream(int(torch.cuda.current_stream(device).cuda_stream))
+            st = sys.modules["torch"].cuda.current_stream(device)
+            return _norm_stream(int(st.cuda_stream)), st
         if mod.startswith("cupy") and "cupy" in sys.modules:
-            cupy = sys.modules["cupy"]
-            return _norm_stream(int(cupy.cuda.get_current_stream().ptr))
-    return 0
+            st = sys.modules["cupy"].cuda.get_current_stream()
+            return _norm_stream(int(st.ptr)), st
+    return 0, None
+
+
+# ------------------------------------------------------------------------ recorder -------
+# The CUDA model backend records a decode step instead of running it: while a recorder is
+# active, every device operation issued here (kernel launches, copies, memsets, GEMMs) is
+# handed to recorder.defer(fn, args) instead of being called, and new arrays come from
+# recorder.alloc(nbytes) (a fixed arena, so a captured CUDA graph can be replayed). Host to
+# device uploads still run at once (they feed the graph's input buffers).
+_recorder: Any = None
+
+
+def _launch(fn: Any, *args: Any) -> None:
+    r = _recorder
+    if r is not None:
+        r.defer(fn, args)
+    else:
+        fn(*args)
+
+
+def _flush_recorder() -> None:
+    r = _recorder
+    if r is not None:
+        r.flush()
 
 
 # ------------------------------------------------------------------------ DeviceArray ----
@@ -192,6 +216,11 @@ def _c_strides(shape: Sequence[int]) -> tuple[int, ...]:
         st.append(acc)
         acc *= max(int(n), 1)
     return tuple(reversed(st))
+
+
+def _is_c_contig(shape: Sequence[int], strides: Sequence[int]) -> bool:
+    want = _c_strides(shape)
+    return all(n <= 1 or s == w for n, s, w in zip(shape, strides, want))
 
 
 def _check_dtype(dtype: Any) -> str:
@@ -204,24 +233,65 @@ def _check_dtype(dtype: Any) -> str:
     return name
 
 
-class DeviceArray:
-    """A C-contiguous array in CUDA device memory, produced by samba_ext.
+def _nocopy_reshape(shape: tuple, strides: tuple, new: tuple) -> Optional[tuple]:
+    """Strides of `new` viewing (shape, strides) without a copy, or None (numpy's rule)."""
+    old = [(n, s) for n, s in zip(shape, strides) if n != 1]
+    newd = [n for n in new if n != 1]
+    out: list[int] = []
+    oi = ni = 0
+    while oi < len(old) and ni < len(newd):
+        op, np_ = old[oi][0], newd[ni]
+        oj, nj = oi + 1, ni + 1
+        while op != np_:
+            if np_ < op:
+                np_ *= newd[nj]
+                nj += 1
+            else:
+                op *= old[oj][0]
+                oj += 1
+        for k in range(oi, oj - 1):  # the merged old axes must be contiguous among themselves
+            if old[k][1] != old[k + 1][0] * old[k + 1][1]:
+                return None
+        st = old[oj - 1][1]
+        grp = []
+        for k in range(nj - 1, ni - 1, -1):
+            grp.append(st)
+            st *= newd[k]
+        out.extend(reversed(grp))
+        oi, ni = oj, nj
+    if oi != len(old) or ni != len(newd):
+        return None
+    res, it = [], iter(out)
+    for n in new:
+        res.append(next(it) if n != 1 else 0)
+    # size-1 axes get the stride the C layout would give (harmless, keeps ld valid)
+    cs = _c_strides(new)
+    return tuple(cs[k] if new[k] == 1 else res[k] for k in range(len(new)))
 
-    Attributes: ``shape`` (tuple), ``dtype`` ("float32", "float16", "bfloat16", "int32" or
-    "int64"), ``device`` (CUDA index), ``ptr`` (device pointer), ``stream`` (the stream its
-    producing work was queued on). Exchange it without a copy through ``__dlpack__`` /
-    ``__dlpack_device__`` (``torch.from_dlpack(a)``, ``cupy.from_dlpack(a)``) or
-    ``__cuda_array_interface__`` (v3; bfloat16 appears there as "<V2", as torch does).
-    ``to_numpy()`` copies to the host (bfloat16 becomes float32).
+
+class DeviceArray:
+    """An array in CUDA device memory, produced by samba_ext (float32 / float16 / bfloat16 /
+    int32 / int64).
+
+    Attributes: ``shape`` (tuple), ``strides`` (in elements), ``dtype`` (a string),
+    ``device`` (CUDA index), ``ptr`` (device pointer of element [0, ..., 0]), ``stream`` (the
+    stream its producing work was queued on). Basic slicing (``a[:, 2:5]``, ``a[:, -1]``)
+    and ``reshape`` give views like NumPy's (reshape copies when no view is possible). Exchange
+    it without a copy through ``__dlpack__`` / ``__dlpack_device__`` (``torch.from_dlpack(a)``,
+    ``cupy.from_dlpack(a)``) or ``__cuda_array_interface__`` (v3; bfloat16 appears there as
+    "<V2", as torch does). ``to_numpy()`` copies to the host (bfloat16 becomes float32).
     """
 
-    __slots__ = ("_buf", "_ptr", "shape", "dtype", "device", "_stream", "__weakref__")
+    __slots__ = ("_buf", "_ptr", "shape", "_strides", "dtype", "device", "_stream",
+                 "__weakref__")
 
     def __init__(self, buf: Any, ptr: int, shape: Sequence[int], dtype: str, device: int,
-                 stream: int) -> None:
+                 stream: int, strides: Optional[Sequence[int]] = None) -> None:
         self._buf = buf
         self._ptr = int(ptr)
         self.shape = tuple(int(s) for s in shape)
+        self._strides = _c_strides(self.shape) if strides is None else tuple(
+            int(s) for s in strides)
         self.dtype = dtype
         self.device = int(device)
         self._stream = int(stream)
@@ -229,25 +299,37 @@ class DeviceArray:
     # -- construction ---------------------------------------------------------------
     @classmethod
     def empty(cls, shape: Sequence[int], dtype: str = "float32", device: int = 0,
-              stream: Any = 0) -> "DeviceArray":
-        """Uninitialised array (stream-ordered allocation on ``stream``)."""
+              stream: Any = 0, keep: Any = None) -> "DeviceArray":
+        """Uninitialised C-contiguous array (stream-ordered allocation on ``stream``; a stream
+        object, or ``keep``, is kept alive with the memory so that its free stays valid)."""
         cu = _require()
+        if keep is None and not isinstance(stream, (int, np.integer)):
+            keep = stream
         dtype = _check_dtype(dtype)
         shape = tuple(int(s) for s in shape)
         if any(s < 0 for s in shape):
             raise ValueError(f"shape: negative dimension in {shape}")
         s = _stream_handle(stream)
         n = int(np.prod(shape, dtype=np.int64)) * _DTYPES[dtype][1]
-        buf = cu.Buffer(n, int(device), s)
+        got = _recorder.alloc(n) if _recorder is not None else None
+        if got is not None:
+            owner, ptr = got
+            return cls(owner, ptr, shape, dtype, device, s)
+        buf = cu.Buffer(n, int(device), s, keep)
         a = cls(buf, buf.ptr, shape, dtype, device, s)
         if _poison and n:
-            cu.memset(a._ptr, 0xFF, n, s)
+            _launch(cu.memset, a._ptr, 0xFF, n, s)
         return a
 
     # -- properties -----------------------------------------------------------------
     @property
     def ptr(self) -> int:
         return self._ptr
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Strides in elements (NumPy's are in bytes)."""
+        return self._strides
 
     @property
     def stream(self) -> int:
@@ -269,18 +351,68 @@ class DeviceArray:
     def nbytes(self) -> int:
         return self.size * self.itemsize
 
+    @property
+    def is_contiguous(self) -> bool:
+        return _is_c_contig(self.shape, self._strides)
+
     def __len__(self) -> int:
         if not self.shape:
             raise TypeError("len() of a 0-d DeviceArray")
         return self.shape[0]
 
     def __repr__(self) -> str:
-        return (f"DeviceArray(shape={self.shape}, dtype={self.dtype}, device=cuda:{self.device}, "
-                f"ptr=0x{self._ptr:x})")
+        extra = "" if self.is_contiguous else f", strides={self._strides}"
+        return (f"DeviceArray(shape={self.shape}, dtype={self.dtype}, device=cuda:{self.device}"
+                f"{extra}, ptr=0x{self._ptr:x})")
 
     # -- views and copies -----------------------------------------------------------
+    def _view(self, ptr: int, shape: Sequence[int], strides: Sequence[int]) -> "DeviceArray":
+        return DeviceArray(self._buf, ptr, shape, self.dtype, self.device, self._stream,
+                           strides)
+
+    def __getitem__(self, key: Any) -> "DeviceArray":
+        """Basic indexing (ints, slices, Ellipsis, None) -> a view."""
+        if not isinstance(key, tuple):
+            key = (key,)
+        n_real = sum(1 for k in key if k is not None and k is not Ellipsis)
+        if sum(1 for k in key if k is Ellipsis) > 1:
+            raise IndexError("an index can only have a single ellipsis ('...')")
+        if n_real > self.ndim:
+            raise IndexError(f"too many indices for a {self.ndim}-D DeviceArray")
+        exp: list = []
+        for k in key:
+            if k is Ellipsis:
+                exp.extend([slice(None)] * (self.ndim - n_real))
+            else:
+                exp.append(k)
+        exp.extend([slice(None)] * (self.ndim - sum(1 for k in exp if k is not None)))
+        off, shape, strides, ax = 0, [], [], 0
+        for k in exp:
+            if k is None:
+                shape.append(1)
+                strides.append(0)
+                continue
+            n, st = self.shape[ax], self._strides[ax]
+            if isinstance(k, slice):
+                start, stop, step = k.indices(n)
+                m = len(range(start, stop, step))
+                if m:
+                    off += start * st
+                shape.append(m)
+                strides.append(st * step)
+            elif isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+                i = int(k) + (n if k < 0 else 0)
+                if not 0 <= i < n:
+                    raise IndexError(f"index {k} is out of bounds for axis {ax} with size {n}")
+                off += i * st
+            else:
+                raise TypeError(f"DeviceArray supports basic indexing only (ints, slices, "
+                                f"None, ...), got {type(k).__name__}")
+            ax += 1
+        return self._view(self._ptr + off * self.itemsize, shape, strides)
+
     def reshape(self, *shape: Any) -> "DeviceArray":
-        """A view with a new shape (same memory; one dimension may be -1)."""
+        """A view with a new shape (one dimension may be -1); a copy if no view exists."""
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         shape = list(int(s) for s in shape)
@@ -289,18 +421,27 @@ class DeviceArray:
         if -1 in shape:
             known = int(np.prod([s for s in shape if s != -1], dtype=np.int64))
             shape[shape.index(-1)] = self.size // known if known else 0
-        if int(np.prod(shape, dtype=np.int64)) != self.size:
-            raise ValueError(f"reshape: cannot view {self.shape} as {tuple(shape)}")
-        return DeviceArray(self._buf, self._ptr, shape, self.dtype, self.device, self._stream)
+        new = tuple(shape)
+        if int(np.prod(new, dtype=np.int64)) != self.size:
+            raise ValueError(f"reshape: cannot view {self.shape} as {new}")
+        if self.is_contiguous:
+            return self._view(self._ptr, new, None)
+        st = _nocopy_reshape(self.shape, self._strides, new) if self.size else None
+        if st is not None:
+            return self._view(self._ptr, new, st)
+        return self.copy().reshape(new)
 
     def astype(self, dtype: str) -> "DeviceArray":
-        """A converted copy (float dtypes among each other, int dtypes among each other)."""
+        """A converted C-contiguous copy (floats among each other, ints among each other)."""
         dtype = _check_dtype(dtype)
         cu = _require()
         cu.set_device(self.device)
-        out = DeviceArray.empty(self.shape, dtype, self.device, self._stream)
-        cu.copy_strided(self.shape, (self._ptr, _DTYPES[self.dtype][0]), _c_strides(self.shape),
-                        (out._ptr, _DTYPES[dtype][0]), self._stream)
+        out = DeviceArray.empty(self.shape, dtype, self.device, self._stream,
+                                getattr(self._buf, "keep", None))
+        if out.size:
+            _launch(cu.copy, self.shape, (self._ptr, _DTYPES[self.dtype][0]), self._strides,
+                    (out._ptr, _DTYPES[dtype][0]), out._strides, -1, None, None, 0,
+                    self._stream)
         return out
 
     def copy(self) -> "DeviceArray":
@@ -309,17 +450,19 @@ class DeviceArray:
     def to_numpy(self) -> np.ndarray:
         """Copy to a NumPy array (synchronizes; bfloat16 is returned as float32)."""
         cu = _require()
+        _flush_recorder()
         cu.set_device(self.device)
+        src = self if self.is_contiguous else self.copy()
         if self.dtype == "bfloat16":
             raw = np.empty(self.shape, dtype=np.uint16)
             if raw.size:
-                cu.memcpy_d2h(raw, self._ptr, self._stream)
+                cu.memcpy_d2h(raw, src._ptr, self._stream)
             else:
                 cu.stream_sync(self._stream)
             return (raw.astype(np.uint32) << 16).view(np.float32)
         host = np.empty(self.shape, dtype=np.dtype(self.dtype))
         if host.size:
-            cu.memcpy_d2h(host, self._ptr, self._stream)
+            cu.memcpy_d2h(host, src._ptr, self._stream)
         else:
             cu.stream_sync(self._stream)
         return host
@@ -348,6 +491,7 @@ class DeviceArray:
         if dl_device is not None and tuple(int(v) for v in dl_device) != (_KDLCUDA, self.device):
             raise BufferError(f"DeviceArray lives on cuda:{self.device}; it cannot be exported "
                               f"to device {tuple(dl_device)} (use to_numpy() for the host)")
+        _flush_recorder()
         cu.set_device(self.device)
         src = self.copy() if copy else self
         if stream is not None and not isinstance(stream, (int, np.integer)):
@@ -359,20 +503,24 @@ class DeviceArray:
             consumer = 0 if stream is None else _norm_stream(int(stream))
             if consumer != src._stream:
                 cu.stream_wait(consumer, src._stream)
-                src._buf.add_use(consumer)
+                if hasattr(src._buf, "add_use"):
+                    src._buf.add_use(consumer)
         versioned = max_version is not None and int(max_version[0]) >= 1
         minor = 0
         if versioned:
             minor = min(int(max_version[1]), 1) if int(max_version[0]) == 1 else 1
         code, bits = _DTYPES[src.dtype][2]
-        return cu.to_capsule(src, src._ptr, src.shape, None, code, bits, _KDLCUDA, src.device,
+        strides = None if src.is_contiguous else src._strides
+        return cu.to_capsule(src, src._ptr, src.shape, strides, code, bits, _KDLCUDA, src.device,
                              int(versioned), minor, 0, int(bool(copy)))
 
     @property
     def __cuda_array_interface__(self) -> dict:
+        _flush_recorder()
         ts = _DTYPES[self.dtype][3]
+        strides = None if self.is_contiguous else tuple(s * self.itemsize for s in self._strides)
         return {"shape": self.shape, "typestr": ts, "descr": [("", ts)],
-                "data": (self._ptr if self.size else 0, False), "strides": None,
+                "data": (self._ptr if self.size else 0, False), "strides": strides,
                 "version": 3, "stream": _dl_stream(self._stream)}
 
 
@@ -396,8 +544,7 @@ class _Arr:
         return len(self.shape)
 
     def contiguous(self) -> bool:
-        want = _c_strides(self.shape)
-        return all(n <= 1 or s == w for n, s, w in zip(self.shape, self.strides, want))
+        return _is_c_contig(self.shape, self.strides)
 
 
 def _is_gpu(x: Any) -> bool:
@@ -437,10 +584,11 @@ def _import_gpu(x: Any, name: str, stream: int, device: int) -> _Arr:
         if x.device != device:
             raise ValueError(f"{name}: is on cuda:{x.device} but the other inputs are on "
                              f"cuda:{device}")
-        if x.stream != stream:
+        if x.stream != stream and _recorder is None:
             cu.stream_wait(stream, x.stream)
-            x._buf.add_use(stream)
-        return _Arr(x.ptr, x.shape, _c_strides(x.shape), x.dtype, x.device, x)
+            if hasattr(x._buf, "add_use"):
+                x._buf.add_use(stream)
+        return _Arr(x.ptr, x.shape, x.strides, x.dtype, x.device, x)
     if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
         kw_stream = _dl_stream(stream)
         try:
@@ -507,11 +655,16 @@ class _Call:
         self.device = _gpu_device(gpu[0]) if gpu else 0
         self.cu.set_device(self.device)
         if stream is None:
-            self.stream = _default_stream(gpu, self.device)
+            self.stream, self.keep_stream = _default_stream(gpu, self.device)
         else:
             self.stream = _stream_handle(stream)
+            self.keep_stream = None if isinstance(stream, (int, np.integer)) else stream
         self.keep: list = []
         self.writeback: list = []  # (numpy array, device _Arr) copied back after the call
+
+    def new(self, shape: Sequence[int], dtype: str) -> DeviceArray:
+        """A new array on this call's device and stream."""
+        return DeviceArray.empty(shape, dtype, self.device, self.stream, self.keep_stream)
 
     # -- inputs ---------------------------------------------------------------------
     def _upload(self, x: Any, name: str, kind: str) -> _Arr:
@@ -534,7 +687,7 @@ class _Call:
             else:
                 a = np.ascontiguousarray(a, dtype=np.float32)
                 dtype = "float32"
-        d = DeviceArray.empty(a.shape, dtype, self.device, self.stream)
+        d = self.new(a.shape, dtype)
         if a.size:
             self.cu.memcpy_h2d(d.ptr, a.reshape(-1).view(np.uint8), self.stream)
         self.keep.append(d)
@@ -562,10 +715,10 @@ class _Call:
     def convert(self, a: _Arr, dtype: Optional[str] = None) -> _Arr:
         """A C-contiguous copy of `a` (converted to `dtype`)."""
         dtype = dtype or a.dtype
-        d = DeviceArray.empty(a.shape, dtype, self.device, self.stream)
+        d = self.new(a.shape, dtype)
         if d.size:
-            self.cu.copy_strided(a.shape, a.ref, a.strides, (d.ptr, _DTYPES[dtype][0]),
-                                 self.stream)
+            _launch(self.cu.copy, a.shape, a.ref, a.strides, (d.ptr, _DTYPES[dtype][0]),
+                    d.strides, -1, None, None, 0, self.stream)
         self.keep.append(d)
         return _Arr(d.ptr, d.shape, _c_strides(d.shape), dtype, self.device, d)
 
@@ -578,6 +731,22 @@ class _Call:
 
     def lastdim_contig(self, a: _Arr) -> _Arr:
         return a if a.shape[-1] <= 1 or a.strides[-1] == 1 else self.convert(a)
+
+    def rows(self, a: _Arr) -> tuple[_Arr, int]:
+        """(view, row stride): `a` seen as (rows, a.shape[-1]) with unit last stride and
+        one row stride (a copy in C order when its strides do not allow that)."""
+        if a.ndim == 0:
+            a = self.contig(a)
+            return a, 1
+        n = a.shape[-1]
+        rows = int(np.prod(a.shape[:-1], dtype=np.int64))
+        if rows * n == 0:
+            return a, n
+        st = _nocopy_reshape(a.shape, a.strides, (rows, n))
+        if st is None or (n > 1 and st[1] != 1):
+            a = self.convert(a)
+            return a, n
+        return a, (st[0] if rows > 1 else n)
 
     def inplace(self, x: Any, name: str, ndim: int) -> _Arr:
         """An array updated in place: float32, C-contiguous, writable."""
@@ -613,8 +782,7 @@ class _Call:
     def output(self, shape: tuple, dtype: str, out: Any = None) -> tuple[_Arr, Any]:
         """(view, result object): a new DeviceArray, or the caller's out= buffer."""
         if out is None:
-            d = DeviceArray.empty(shape, "float32" if self.host else dtype, self.device,
-                                  self.stream)
+            d = self.new(shape, "float32" if self.host else dtype)
             return _Arr(d.ptr, d.shape, _c_strides(d.shape), d.dtype, self.device, d), d
         if not _is_gpu(out):
             if not self.host:
@@ -624,7 +792,7 @@ class _Call:
                                 f"{_describe(out)}")
             if out.shape != tuple(shape):
                 raise ValueError(f"out: expected shape {tuple(shape)}, got {out.shape}")
-            d = DeviceArray.empty(shape, "float32", self.device, self.stream)
+            d = self.new(shape, "float32")
             a = _Arr(d.ptr, d.shape, _c_strides(d.shape), "float32", self.device, d)
             self.writeback.append((out, a))
             return a, out
@@ -641,7 +809,7 @@ class _Call:
         return a, out
 
     def state_output(self, shape: tuple) -> tuple[_Arr, Any]:
-        d = DeviceArray.empty(shape, "float32", self.device, self.stream)
+        d = self.new(shape, "float32")
         return _Arr(d.ptr, d.shape, _c_strides(d.shape), "float32", self.device, d), d
 
     def finish(self, result: Any) -> Any:
@@ -723,7 +891,7 @@ def selective_scan(u: Any, delta: Any, A: Any, B: Any, C: Any, D: Any = None, z:
     ya, yres = c.output((batch, dim, L), ua.dtype, out)
     fin, fres = (c.state_output((batch, dim, N)) if return_last_state else (None, None))
     zero3 = (0, 0, 0)
-    c.cu.selective_scan(batch, dim, N, L, G, ua.ref, da.ref, Aa.ref, Ba.ref, Ca.ref,
+    _launch(c.cu.selective_scan, batch, dim, N, L, G, ua.ref, da.ref, Aa.ref, Ba.ref, Ca.ref,
                         Da.ref if Da else None, za.ref if za else None,
                         dba.ref if dba else None, ya.ref, ua.strides, da.strides,
                         za.strides if za else zero3, ya.strides, _strides_bgnl(Ba),
@@ -773,7 +941,7 @@ def selective_state_update(state: Any, x: Any, dt: Any, A: Any, B: Any, C: Any, 
     if za is not None and za.shape != (batch, dim):
         raise _shape_err("z", f"({batch}, {dim})", za.shape)
     ya, yres = c.output((batch, dim), xa.dtype, out)
-    c.cu.selective_state_update(batch, dim, N, G, st.ptr, xa.ref, dta.ref, Aa.ref, Ba.ref,
+    _launch(c.cu.selective_state_update, batch, dim, N, G, st.ptr, xa.ref, dta.ref, Aa.ref, Ba.ref,
                                 Ca.ref, Da.ref if Da else None, za.ref if za else None,
                                 dba.ref if dba else None, ya.ref, xa.strides, dta.strides,
                                 za.strides if za else (0, 0), ya.strides, s3(Ba), s3(Ca),
@@ -815,7 +983,7 @@ def causal_conv1d(x: Any, weight: Any, bias: Any = None, activation: Optional[st
         raise _shape_err("initial_states", f"({batch}, {dim}, {W - 1})", init.shape)
     ya, yres = c.output((batch, dim, L), xa.dtype, out)
     fin, fres = (c.state_output((batch, dim, W - 1)) if return_final_states else (None, None))
-    c.cu.causal_conv1d(batch, dim, L, W, xa.ref, xa.strides, wa.ref, ba.ref if ba else None,
+    _launch(c.cu.causal_conv1d, batch, dim, L, W, xa.ref, xa.strides, wa.ref, ba.ref if ba else None,
                        init.ptr if init else None, fin.ptr if fin else None, silu, ya.ref,
                        ya.strides, c.stream)
     return c.finish((yres, fres) if return_final_states else yres)
@@ -841,7 +1009,7 @@ def causal_conv1d_update(x: Any, conv_state: Any, weight: Any, bias: Any = None,
     if ba is not None and ba.shape != (dim,):
         raise _shape_err("bias", f"({dim},)", ba.shape)
     ya, yres = c.output((batch, dim), xa.dtype, out)
-    c.cu.causal_conv1d_update(batch, dim, W1 + 1, xa.ref, xa.strides, st.ptr, wa.ref,
+    _launch(c.cu.causal_conv1d_update, batch, dim, W1 + 1, xa.ref, xa.strides, st.ptr, wa.ref,
                               ba.ref if ba else None, silu, ya.ref, ya.strides, c.stream)
     return c.finish(yres)
 
@@ -878,7 +1046,7 @@ def swa_attention(q: Any, k: Any, v: Any, window: Optional[int] = None,
     if Lk < Lq:
         raise ValueError(f"k: seqlen_k {Lk} must be >= seqlen_q {Lq}")
     ya, yres = c.output((batch, Lq, H, hd), qa.dtype, out)
-    c.cu.swa_attention(batch, Lq, Lk, H, Hkv, hd, int(window or 0), _scale(softmax_scale, hd),
+    _launch(c.cu.swa_attention, batch, Lq, Lk, H, Hkv, hd, int(window or 0), _scale(softmax_scale, hd),
                        qa.ref, qa.strides[:3], ka.ref, ka.strides[:3], va.ref, va.strides[:3],
                        ya.ref, c.stream)
     return c.finish(yres)
@@ -931,7 +1099,7 @@ def swa_decode(q: Any, k_cache: Any, v_cache: Any, pos: Any, n_valid: Any,
     pa = _int_vector(c, pos, "pos", batch)
     na = _int_vector(c, n_valid, "n_valid", batch)
     ya, yres = c.output((batch, H, hd), qa.dtype, out)
-    c.cu.swa_decode(batch, H, Hkv, hd, cap, qa.ref, ka.ref, va.ref, pa.ref, na.ref,
+    _launch(c.cu.swa_decode, batch, H, Hkv, hd, cap, qa.ref, ka.ref, va.ref, pa.ref, na.ref,
                     _scale(softmax_scale, hd), ya.ref, c.stream)
     return c.finish(yres)
 
@@ -944,24 +1112,26 @@ def rms_norm(x: Any, weight: Any, eps: float = 1e-5, residual: Any = None, *, ou
     if not (eps >= 0.0 and math.isfinite(eps)):
         raise ValueError(f"eps: expected a finite float >= 0, got {eps}")
     c = _Call("rms_norm", dict(x=x, weight=weight, residual=residual, out=out), stream)
-    xa = c.contig(c.arr(x, "x"))
+    xa = c.arr(x, "x")
     if xa.ndim < 1:
         raise ValueError("x: expected at least 1 dimension")
     n = xa.shape[-1]
     rows = int(np.prod(xa.shape[:-1], dtype=np.int64))
+    xa, ldx = c.rows(xa)
     wa = c.contig(c.arr(weight, "weight", (1,)))
     if wa.shape != (n,):
         raise _shape_err("weight", f"({n},) (x.shape[-1])", wa.shape)
-    ra = c.contig(c.arr(residual, "residual"))
+    ra = c.arr(residual, "residual")
     if ra is not None and ra.shape != xa.shape:
         raise _shape_err("residual", f"{xa.shape} (same as x)", ra.shape)
     ya, yres = c.output(xa.shape, xa.dtype, out)
     if ra is not None:
-        ro = DeviceArray.empty(xa.shape, "float32" if c.host else ra.dtype, c.device, c.stream)
-        c.cu.rms_norm(rows, n, xa.ref, ra.ref, (ro.ptr, _DTYPES[ro.dtype][0]), wa.ref, eps,
-                      ya.ref, c.stream)
+        ra, ldr = c.rows(ra)
+        ro = c.new(xa.shape, "float32" if c.host else ra.dtype)
+        _launch(c.cu.rms_norm, rows, n, xa.ref, ldx, ra.ref, ldr,
+                (ro.ptr, _DTYPES[ro.dtype][0]), wa.ref, eps, ya.ref, c.stream)
         return c.finish((yres, ro))
-    c.cu.rms_norm(rows, n, xa.ref, None, None, wa.ref, eps, ya.ref, c.stream)
+    _launch(c.cu.rms_norm, rows, n, xa.ref, ldx, None, 0, None, wa.ref, eps, ya.ref, c.stream)
     return c.finish(yres)
 
 
@@ -990,7 +1160,7 @@ def apply_rotary(x: Any, positions: Any = 0, base: float = 10000.0, *, out: Any 
             raise _shape_err("positions", f"({L},) or ({batch}, {L}) or an int offset", pa.shape)
         offset = 0
     ya, yres = c.output(xa.shape, xa.dtype, out)
-    c.cu.apply_rotary(batch, L, H, hd, xa.ref, xa.strides[:3], pa.ref if pa else None, batched,
+    _launch(c.cu.apply_rotary, batch, L, H, hd, xa.ref, xa.strides[:3], pa.ref if pa else None, batched,
                       offset, base, ya.ref, ya.strides[:3], c.stream)
     return c.finish(yres)
 
@@ -998,13 +1168,20 @@ def apply_rotary(x: Any, positions: Any = 0, base: float = 10000.0, *, out: Any 
 def swiglu(gate: Any, up: Any, *, out: Any = None, stream: Any = None) -> Any:
     """See :func:`samba_ext.kernels.swiglu`. Output has gate's dtype."""
     c = _Call("swiglu", dict(gate=gate, up=up, out=out), stream)
-    ga = c.contig(c.arr(gate, "gate"))
-    ua = c.contig(c.arr(up, "up"))
+    ga = c.arr(gate, "gate")
+    ua = c.arr(up, "up")
     if ua.shape != ga.shape:
         raise _shape_err("up", f"{ga.shape} (same as gate)", ua.shape)
     ya, yres = c.output(ga.shape, ga.dtype, out)
-    n = int(np.prod(ga.shape, dtype=np.int64))
-    c.cu.swiglu(1, n, ga.ref, n, ua.ref, n, ya.ref, n, c.stream)
+    if ga.ndim == 0:
+        ga, ua = c.contig(ga), c.contig(ua)
+        rows, cols, ldg, ldu = 1, 1, 1, 1
+    else:
+        cols = ga.shape[-1]
+        rows = int(np.prod(ga.shape[:-1], dtype=np.int64))
+        ga, ldg = c.rows(ga)
+        ua, ldu = c.rows(ua)
+    _launch(c.cu.swiglu, rows, cols, ga.ref, ldg, ua.ref, ldu, ya.ref, cols, c.stream)
     return c.finish(yres)
 
 
@@ -1029,7 +1206,7 @@ def to_device(x: Any, dtype: Optional[str] = None, device: int = 0,
     else:
         raise TypeError(f"x: expected a numeric array, got dtype {h.dtype}")
     dtype = _check_dtype(dtype) if dtype is not None else src_dtype
-    d = DeviceArray.empty(h.shape, src_dtype, int(device), s)
+    d = DeviceArray.empty(h.shape, src_dtype, int(device), stream)
     if h.size:
         cu.memcpy_h2d(d.ptr, h.reshape(-1).view(np.uint8), s)
     return d if dtype == src_dtype else d.astype(dtype)
@@ -1046,7 +1223,7 @@ def zeros(shape: Sequence[int], dtype: str = "float32", device: int = 0,
     """Zero-filled DeviceArray."""
     a = DeviceArray.empty(shape, dtype, device, stream)
     if a.nbytes:
-        _require().memset(a.ptr, 0, a.nbytes, a.stream)
+        _launch(_require().memset, a.ptr, 0, a.nbytes, a.stream)
     return a
 
 
@@ -1069,7 +1246,98 @@ def linear(x: Any, weight: Any, *, out: Any = None, out_dtype: Optional[str] = N
     if od not in ("float32", xa.dtype):
         raise TypeError(f"out_dtype: expected float32 or {xa.dtype}, got {od}")
     ya, yres = c.output(xa.shape[:-1] + (N,), od, out)
-    c.cu.gemm(M, N, K, xa.ref, K, wa.ref, K, ya.ref, N, 0.0, c.stream)
+    _launch(c.cu.gemm, M, N, K, xa.ref, K, wa.ref, K, ya.ref, N, 0.0, c.stream)
+    return c.finish(yres)
+
+
+def _blas_layout(r: int, c: int, sr: int, sc: int) -> Optional[tuple[str, int]]:
+    """How cuBLAS can read an (r, c) matrix with element strides (sr, sc): ("row", ld),
+    ("col", ld) or None (needs a copy)."""
+    if (c == 1 or sc == 1) and (r == 1 or sr >= max(c, 1)):
+        return "row", (sr if r > 1 else max(c, 1))
+    if (r == 1 or sr == 1) and (c == 1 or sc >= max(r, 1)):
+        return "col", (sc if c > 1 else max(r, 1))
+    return None
+
+
+def _batch_stride(shape: tuple, strides: tuple, bshape: tuple) -> Optional[int]:
+    """One stride covering the (broadcast) batch axes of an operand, or None."""
+    nb = len(bshape)
+    pad = nb - len(shape)
+    full = [(1, 0)] * pad + list(zip(shape, strides))
+    eff = [(n, st if n == bn else 0) for (n, st), bn in zip(full, bshape)]
+    nz = [(bn, st) for (n, st), bn in zip(eff, bshape) if bn != 1]
+    if not nz:
+        return 0
+    if all(st == 0 for _, st in nz):
+        return 0
+    st = nz[-1][1]
+    for k in range(len(nz) - 2, -1, -1):
+        if nz[k][1] != nz[k + 1][0] * nz[k + 1][1]:
+            return None
+    return st
+
+
+def matmul(a: Any, b: Any, trans_a: bool = False, trans_b: bool = False, *,
+           out_dtype: str = "float32", out: Any = None, stream: Any = None) -> Any:
+    """``op(a) @ op(b)`` over the last two axes (op = swap of the last two axes when the flag
+    is set), leading axes broadcast as in ``numpy.matmul``; strided views are read in place
+    where cuBLAS can (one unit stride per matrix), else copied. cuBLAS
+    cublasGemmStridedBatchedEx with CUBLAS_COMPUTE_32F (float32 accumulation, no TF32).
+    Operands of different dtypes run in the lower precision one (a float32 activation times a
+    bfloat16 weight is rounded to bfloat16 first). Output ``out_dtype`` (float32 default)."""
+    c = _Call("matmul", dict(a=a, b=b, out=out), stream)
+    A = c.arr(a, "a")
+    B = c.arr(b, "b")
+    if A.ndim < 2 or B.ndim < 2:
+        raise ValueError(f"matmul: operands need >= 2 dimensions, got {A.shape} and {B.shape}")
+
+    def op(x: _Arr, t: bool) -> _Arr:
+        if not t:
+            return x
+        sh, st = list(x.shape), list(x.strides)
+        sh[-1], sh[-2], st[-1], st[-2] = sh[-2], sh[-1], st[-2], st[-1]
+        return _Arr(x.ptr, tuple(sh), tuple(st), x.dtype, x.device, x.keep, x.readonly)
+
+    if A.dtype != B.dtype:
+        low = "bfloat16" if "bfloat16" in (A.dtype, B.dtype) else "float16"
+        A = A if A.dtype == low else c.convert(A, low)
+        B = B if B.dtype == low else c.convert(B, low)
+    A, B = op(A, trans_a), op(B, trans_b)
+    M, K = A.shape[-2:]
+    K2, N = B.shape[-2:]
+    if K != K2:
+        raise ValueError(f"matmul: inner dimensions differ: op(a) {A.shape} @ op(b) {B.shape}")
+    try:
+        bshape = tuple(np.broadcast_shapes(A.shape[:-2], B.shape[:-2]))
+    except ValueError:
+        raise ValueError(f"matmul: batch dimensions {A.shape[:-2]} and {B.shape[:-2]} do not "
+                         f"broadcast") from None
+    od = _check_dtype(out_dtype)
+    ya, yres = c.output(bshape + (M, N), od, out)
+    nb = int(np.prod(bshape, dtype=np.int64))
+    if M * N * nb == 0:
+        return c.finish(yres)
+    if K == 0:
+        _launch(c.cu.memset, ya.ptr, 0, M * N * nb * _DTYPES[ya.dtype][1], c.stream)
+        return c.finish(yres)
+
+    def prep(x: _Arr) -> tuple[_Arr, tuple, int]:
+        for attempt in (0, 1):
+            lay = _blas_layout(x.shape[-2], x.shape[-1], x.strides[-2], x.strides[-1])
+            sb = _batch_stride(x.shape[:-2], x.strides[:-2], bshape)
+            if lay is not None and sb is not None:
+                return x, lay, sb
+            x = c.convert(x)
+        raise AssertionError("unreachable")  # a C-contiguous copy always qualifies
+
+    A, la, sa = prep(A)
+    B, lb, sbt = prep(B)
+    # Column-major: C^T (N x M) = op(X) op(Y) with X from B, Y from A.
+    tx, ldx = (0, lb[1]) if lb[0] == "row" else (1, lb[1])
+    ty, ldy = (0, la[1]) if la[0] == "row" else (1, la[1])
+    _launch(c.cu.gemm_batched, tx, ty, N, M, K, B.ref, ldx, sbt if nb > 1 else 0, A.ref, ldy,
+            sa if nb > 1 else 0, ya.ref, N, M * N, nb, 0.0, c.stream)
     return c.finish(yres)
 
 

@@ -2,7 +2,7 @@
 
 :class:`samba_ext.model.Samba` never touches NumPy for tensor math directly: it calls the
 methods of a :class:`Backend`. :class:`CPUBackend` implements them with NumPy (``np.matmul``
-for every GEMM, i.e. the BLAS NumPy links) and the C kernels in :mod:`samba_ext.kernels`.
+for every GEMM, i.e. the BLAS NumPy links) and the C kernels of :mod:`samba_ext.kernels` (called through ``_core``).
 A CUDA backend (``samba_ext/backend_cuda.py``, class ``CUDABackend``) implements the same
 methods with cuBLAS and the CUDA kernels; :func:`get_backend` picks one by device name.
 
@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from . import kernels as K
+from . import _core
 
 Array = Any
 
@@ -56,6 +56,10 @@ class Backend:
 
     def concat(self, xs: Sequence[Array], axis: int) -> Array:
         """Concatenate along ``axis`` (new C-contiguous array)."""
+        raise NotImplementedError
+
+    def transpose(self, x: Array) -> Array:
+        """New C-contiguous array with the last two axes swapped (x may be a strided view)."""
         raise NotImplementedError
 
     def take(self, x: Array, idx: np.ndarray, axis: int) -> Array:
@@ -122,11 +126,73 @@ class Backend:
         raise NotImplementedError
 
 
+def _find_openblas_threads():
+    """(set_num_threads, get_num_threads) of the OpenBLAS NumPy uses, or None.
+
+    Looks for an OpenBLAS among the loaded libraries (NumPy wheels bundle scipy-openblas) and
+    for its thread-control symbols, as threadpoolctl does. None on other BLAS builds."""
+    import ctypes
+    import glob
+    import os
+
+    paths = []
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower()
+                            and ln.split()[-1].startswith("/")})
+    except OSError:
+        pass
+    npdir = os.path.dirname(np.__file__)
+    paths += glob.glob(os.path.join(npdir, "..", "numpy.libs", "*openblas*"))
+    paths += glob.glob(os.path.join(npdir, ".dylibs", "*openblas*"))
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix in ("scipy_openblas", "openblas"):
+            for suffix in ("64_", ""):
+                fs = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                fg = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                if fs is not None and fg is not None:
+                    fs.argtypes, fs.restype, fg.restype = [ctypes.c_int], None, ctypes.c_int
+                    return fs, fg
+    return None
+
+
+# GEMMs with fewer multiply-adds than this run on one BLAS thread (decode-sized products:
+# waking a second OpenBLAS thread, which then spins, costs more than the product itself).
+SMALL_GEMM_MACS = 1 << 20
+
+
 class CPUBackend(Backend):
-    """NumPy (BLAS) GEMMs + the C kernels of samba_ext (OpenMP)."""
+    """NumPy (BLAS) GEMMs + the C kernels of samba_ext (OpenMP).
+
+    Small GEMMs (decode steps) run on one OpenBLAS thread, large ones on the thread count
+    that was set when the first small GEMM came (all cores by default): with two threads,
+    a 1 x 256 x 1152 product burned ~10x the CPU time of one thread on a 2-core machine.
+    """
 
     name = "cpu"
     device = "cpu"
+
+    def __init__(self) -> None:
+        self._blas = _find_openblas_threads()
+        self._blas_cur: Optional[int] = None     # what we last set (None: untouched)
+        self._blas_max = 1
+
+    def _blas_threads_for(self, macs: int) -> None:
+        fs, fg = self._blas
+        if macs < SMALL_GEMM_MACS:
+            if self._blas_cur != 1:
+                self._blas_max = int(fg())
+                if self._blas_max != 1:
+                    fs(1)
+                self._blas_cur = 1
+        elif self._blas_cur == 1:
+            if self._blas_max > 1:
+                fs(self._blas_max)
+            self._blas_cur = self._blas_max
 
     def asarray(self, a, dtype=np.float32):
         return np.ascontiguousarray(a, dtype=dtype)
@@ -143,6 +209,9 @@ class CPUBackend(Backend):
     def concat(self, xs, axis):
         return np.concatenate(xs, axis=axis)
 
+    def transpose(self, x):
+        return np.ascontiguousarray(np.swapaxes(x, -1, -2))
+
     def take(self, x, idx, axis):
         return np.take(x, idx, axis=axis)
 
@@ -157,34 +226,43 @@ class CPUBackend(Backend):
             a = np.swapaxes(a, -1, -2)
         if trans_b:
             b = np.swapaxes(b, -1, -2)
+        if self._blas is not None:
+            batch = max(a.size // max(a.shape[-1] * a.shape[-2], 1),
+                        b.size // max(b.shape[-1] * b.shape[-2], 1))
+            self._blas_threads_for(batch * a.shape[-2] * a.shape[-1] * b.shape[-1])
         return np.matmul(a, b)
 
+    # The kernels are called through samba_ext._core directly, with the positional
+    # arguments samba_ext.kernels passes: the model's arrays are always host NumPy arrays,
+    # so the device dispatch of the public wrappers (a few microseconds per call, i.e. a
+    # noticeable share of a decode step) is skipped.
     def rms_norm(self, x, weight, eps, residual=None):
-        return K.rms_norm(x, weight, eps, residual)
+        return _core.rms_norm(x, weight, float(eps), residual)
 
     def apply_rotary(self, x, positions, base):
-        return K.apply_rotary(x, positions, base)
+        return _core.apply_rotary(x, positions, float(base))
 
     def swiglu(self, gate, up):
-        return K.swiglu(gate, up)
+        return _core.swiglu(gate, up)
 
     def causal_conv1d(self, x, weight, bias, initial_states):
-        return K.causal_conv1d(x, weight, bias, "silu", initial_states, True)
+        return _core.causal_conv1d(x, weight, bias, "silu", initial_states, True)
 
     def causal_conv1d_update(self, x, conv_state, weight, bias):
-        return K.causal_conv1d_update(x, conv_state, weight, bias, "silu")
+        return _core.causal_conv1d_update(x, conv_state, weight, bias, "silu")
 
     def selective_scan(self, u, delta, A, B, C, D, z, delta_bias, initial_state):
-        return K.selective_scan(u, delta, A, B, C, D, z, delta_bias, True, initial_state, True)
+        return _core.selective_scan(u, delta, A, B, C, D, z, delta_bias, True, initial_state,
+                                    True)
 
     def selective_state_update(self, state, x, dt, A, B, C, D, z, dt_bias):
-        return K.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, True)
+        return _core.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, True)
 
     def swa_attention(self, q, k, v, window):
-        return K.swa_attention(q, k, v, window)
+        return _core.swa_attention(q, k, v, window, None)
 
     def swa_decode(self, q, k_cache, v_cache, pos, n_valid):
-        return K.swa_decode(q, k_cache, v_cache, pos, n_valid)
+        return _core.swa_decode(q, k_cache, v_cache, pos, n_valid, None)
 
 
 _BACKENDS: dict[str, Backend] = {}

@@ -163,6 +163,7 @@ class SambaState:
         self.pos = np.zeros(self.batch, dtype=np.int64)
         self.logits: Optional[np.ndarray] = None
         self._backend = backend
+        self._broken = False     # set while a call updates the state; stays set if it fails
 
     def copy(self) -> "SambaState":
         """Deep copy (independent arrays)."""
@@ -171,6 +172,7 @@ class SambaState:
                        [{k: be.copy(a) for k, a in d.items()} for d in self.layers], be)
         s.pos = self.pos.copy()
         s.logits = None if self.logits is None else self.logits.copy()
+        s._broken = self._broken
         return s
 
     def nbytes(self) -> int:
@@ -290,7 +292,6 @@ class Samba:
             b.w3 = up(f32[p + "mlp.swiglu.w3.weight"])
             if t == "mamba":
                 b.in_proj = up(f32[p + "attn.in_proj.weight"])
-                b.in_x, b.in_z = b.in_proj[:E], b.in_proj[E:]
                 b.conv_w = up(f32[p + "attn.conv1d.weight"].reshape(E, cfg.d_conv))
                 b.conv_b = up(f32[p + "attn.conv1d.bias"])
                 b.x_proj = up(f32[p + "attn.x_proj.weight"])
@@ -441,6 +442,10 @@ class Samba:
     def _check_state(self, state: SambaState, batch: int) -> None:
         if not isinstance(state, SambaState) or state.kinds != self.config.layer_types:
             raise TypeError("state: expected a SambaState from this model's new_state()")
+        if state._broken:
+            raise ValueError("state: an earlier prefill/step on this state was interrupted or "
+                             "failed midway, leaving it inconsistent; start from a new state "
+                             "(or a copy() taken before)")
         if state.batch != batch:
             raise ValueError(f"state: made for batch {state.batch}, tokens have batch {batch}")
 
@@ -455,16 +460,20 @@ class Samba:
         return be.matmul(h, b.w3, trans_b=True)
 
     def _mamba_chunk(self, b, n, st):
-        """n (B, L, D) -> (B, L, D); updates st['conv'], st['ssm']."""
+        """n (B, L, D) -> (B, L, D); updates st['conv'], st['ssm'].
+
+        GEMM layouts (chosen for BLAS speed): in_proj writes channel-major (B, 2E, L) as the
+        conv/scan kernels want; x_proj writes token-major (B, L, R + 2N) (a tall GEMM rather
+        than a 48-row one), which is then transposed (R + 2N small rows) so that dt_proj and
+        the scan read contiguous rows."""
         be, cfg = self.backend, self.config
-        R, N = cfg.dt_rank, cfg.d_state
-        x = be.matmul(b.in_x, n, trans_b=True)              # (B, E, L) channel-major
-        z = be.matmul(b.in_z, n, trans_b=True)              # (B, E, L)
-        xc, st["conv"] = be.causal_conv1d(x, b.conv_w, b.conv_b, st["conv"])
-        dbl = be.matmul(b.x_proj, xc)                        # (B, R + 2N, L)
+        E, R, N = cfg.d_inner, cfg.dt_rank, cfg.d_state
+        xz = be.matmul(b.in_proj, n, trans_b=True)          # (B, 2E, L)
+        xc, st["conv"] = be.causal_conv1d(xz[:, :E], b.conv_w, b.conv_b, st["conv"])
+        dbl = be.transpose(be.matmul(xc, b.x_proj, trans_a=True, trans_b=True))  # (B, R+2N, L)
         dt = be.matmul(b.dt_proj, dbl[:, :R])                # (B, E, L)
-        y, st["ssm"] = be.selective_scan(xc, dt, b.A, dbl[:, R:R + N], dbl[:, R + N:],
-                                         b.Dskip, z, b.dt_bias, st["ssm"])
+        y, st["ssm"] = be.selective_scan(xc, dt, b.A, dbl[:, R:R + N], dbl[:, R + N:], b.Dskip,
+                                         xz[:, E:], b.dt_bias, st["ssm"])
         return be.matmul(y, b.out_proj, trans_a=True, trans_b=True)   # (B, L, D)
 
     def _attn_chunk(self, b, n, st, p0: int):
@@ -523,6 +532,7 @@ class Samba:
             raise ValueError("prefill: all sequences of the state must be at the same position")
         x = be.take(self._wte, tokens, 0)                  # (B, L, D)
         resid, delta = x, None
+        state._broken = True       # cleared below; stays set if interrupted (Ctrl-C) midway
         for b, st in zip(self._blocks, state.layers):
             if delta is None:
                 n = be.rms_norm(resid, b.norm_1, cfg.norm_eps)
@@ -533,6 +543,7 @@ class Samba:
             n, resid = be.rms_norm(mix, b.norm_2, cfg.norm_eps, resid)
             delta = self._mlp(b, n)
         state.pos += L
+        state._broken = False
         if want == "all":
             nf, _ = be.rms_norm(delta, self._ln_f, cfg.norm_eps, resid)
             logits = be.matmul(nf, self._head, trans_b=True)
@@ -607,6 +618,7 @@ class Samba:
         pos2 = pos[:, None]
         x = be.take(self._wte, tok, 0)                  # (B, D)
         resid, delta = x, None
+        state._broken = True
         for b, st in zip(self._blocks, state.layers):
             if delta is None:
                 n = be.rms_norm(resid, b.norm_1, cfg.norm_eps)
@@ -622,9 +634,10 @@ class Samba:
                 mix = be.matmul(y, b.out_proj, trans_b=True)
             else:
                 qkv = be.matmul(n, b.wqkv, trans_b=True)                    # (B, (H+2G) hd)
-                q = be.apply_rotary(qkv[:, : H * hd].reshape(B, 1, H, hd), pos2, cfg.rope_base)
-                k = be.apply_rotary(qkv[:, H * hd:(H + G) * hd].reshape(B, 1, G, hd), pos2,
-                                    cfg.rope_base)
+                # RoPE on the H query and G key heads in one call (same position per row)
+                qk = be.apply_rotary(qkv[:, : (H + G) * hd].reshape(B, 1, H + G, hd), pos2,
+                                     cfg.rope_base)
+                q, k = qk[:, 0, :H], qk[:, 0, H:]
                 v = qkv[:, (H + G) * hd:].reshape(B, G, hd)
                 if b.kind == "swa":
                     cap = cfg.window
@@ -634,9 +647,9 @@ class Samba:
                     cap = st["k"].shape[1]
                     n_valid = pos + 1
                 slots = pos % cap
-                be.write_rows(st["k"], slots, k.reshape(B, G, hd))
+                be.write_rows(st["k"], slots, k)
                 be.write_rows(st["v"], slots, v)
-                o = be.swa_decode(q.reshape(B, H, hd), st["k"], st["v"], pos, n_valid)
+                o = be.swa_decode(q, st["k"], st["v"], pos, n_valid)
                 mix = be.matmul(o.reshape(B, H * hd), b.wo, trans_b=True)
             n, resid = be.rms_norm(mix, b.norm_2, cfg.norm_eps, resid)
             delta = self._mlp(b, n)
@@ -645,6 +658,7 @@ class Samba:
                           dtype=np.float32)
         state.pos += 1
         state.logits = logits
+        state._broken = False
         return logits.copy()
 
     def nll(self, tokens: TokensLike, state: Optional[SambaState] = None,

@@ -73,6 +73,19 @@ def test_prefill_matches_reference(rng, B, Lq, Lk, H, Hkv, hd, window, scale):
     assert_close(out, ref_swa_attention(q, k, v, window, scale), RTOL)
 
 
+@pytest.mark.parametrize("isa", ["avx2", "vec", "scalar"])
+@pytest.mark.parametrize("B,Lq,Lk,H,Hkv,hd,window", [
+    (1, 150, 170, 4, 2, 64, 70), (2, 40, 40, 12, 1, 32, None), (1, 90, 90, 3, 3, 24, 1),
+])
+def test_lower_isa_paths(rng, monkeypatch, isa, B, Lq, Lk, H, Hkv, hd, window):
+    """SAMBA_EXT_ATTN_ISA caps the instruction set, so the AVX2, portable-vector and scalar
+    tile kernels are tested on any machine (a cap above what the CPU has changes nothing)."""
+    monkeypatch.setenv("SAMBA_EXT_ATTN_ISA", isa)
+    q, k, v = _qkv(rng, B, Lq, Lk, H, Hkv, hd)
+    out = _core.swa_attention(q, k, v, window, None)
+    assert_close(out, ref_swa_attention(q, k, v, window), RTOL)
+
+
 def test_public_api_and_keywords(rng):
     q, k, v = _qkv(rng, 1, 50, 60, 4, 2, 64)
     ref = ref_swa_attention(q, k, v, 16, 0.2)
@@ -311,3 +324,28 @@ def test_concurrent_calls_equal_serial(rng):
     assert not errors, errors
     for i in range(4):
         np.testing.assert_array_equal(results[i], serial[i])
+
+
+def test_ctrl_c_interrupts_a_long_call(rng):
+    """SIGINT during a long call raises KeyboardInterrupt from inside the kernel, which polls
+    between rounds of ~30 ms.  The call is ~4.4 TFLOP of full causal attention (tens of
+    seconds here, seconds even on a large server), so only a polling kernel can raise within
+    the generous 10 s liveness bound (this is not a speed assertion: ~100x margin)."""
+    import os
+    import signal
+    import time
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals are delivered to the main thread")
+    q = rng.standard_normal((1, 65536, 8, 64), dtype=np.float32)
+    k = rng.standard_normal((1, 65536, 1, 64), dtype=np.float32)
+    v = rng.standard_normal((1, 65536, 1, 64), dtype=np.float32)
+    timer = threading.Timer(0.05, lambda: os.kill(os.getpid(), signal.SIGINT))
+    t0 = time.perf_counter()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _core.swa_attention(q, k, v, None, None)
+    finally:
+        timer.cancel()
+    assert time.perf_counter() - t0 < 10.0, "the kernel did not stop on Ctrl-C"

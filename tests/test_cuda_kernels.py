@@ -478,3 +478,63 @@ def test_kernel_fault_raises_naming_the_kernel_without_abort():
     assert r.returncode == 0, r.stderr
     assert "CAUGHT swiglu: an illegal memory access" in r.stdout, r.stdout + r.stderr
 
+
+
+# ------------------------------------------------------------------------ views, matmul ---
+def test_device_array_views(rng):
+    from samba_ext import _gpu
+
+    a = rng.standard_normal((3, 5, 8)).astype(np.float32)
+    d = _gpu.to_device(a)
+    for key in [(slice(None), -1), (slice(None), slice(1, 4)), (1,), (Ellipsis, slice(2, 6)),
+                (slice(None), slice(None, None, 2), 3), (None, 0), (slice(None), 2, slice(1, 2))]:
+        np.testing.assert_array_equal(d[key].to_numpy(), a[key], err_msg=str(key))
+    v = d[:, :, 2:6]
+    np.testing.assert_array_equal(v.reshape(3, 5, 2, 2).to_numpy(), a[:, :, 2:6].reshape(3, 5, 2,
+                                                                                         2))
+    assert v.reshape(3, 5, 2, 2).ptr == v.ptr  # a last-axis slice split: still a view
+    np.testing.assert_array_equal(v.reshape(15, 4).to_numpy(), a[:, :, 2:6].reshape(15, 4))
+    np.testing.assert_array_equal(v.reshape(-1).to_numpy(), a[:, :, 2:6].reshape(-1))  # copy
+
+
+@pytest.mark.parametrize("case", ["2d", "batched", "trans_a", "trans_b", "both", "weight_left",
+                                  "strided_b", "bf16_weight", "broadcast_b"])
+def test_matmul_layouts(rng, case):
+    from samba_ext import _gpu
+
+    B, M, K, N = 3, 7, 33, 12
+    a = round_to(rng.standard_normal((B, M, K)), "float32")
+    b = round_to(rng.standard_normal((B, K, N)), "float32")
+    tol = 1e-5
+    if case == "2d":
+        x, y, ta, tb, ref = dev(a[0]), dev(b[0]), False, False, a[0] @ b[0]
+    elif case == "batched":
+        x, y, ta, tb, ref = dev(a), dev(b), False, False, a @ b
+    elif case == "trans_a":
+        at = np.ascontiguousarray(a.transpose(0, 2, 1))
+        x, y, ta, tb, ref = dev(at), dev(b), True, False, a @ b
+    elif case == "trans_b":
+        bt = np.ascontiguousarray(b.transpose(0, 2, 1))
+        x, y, ta, tb, ref = dev(a), dev(bt), False, True, a @ b
+    elif case == "both":
+        at = np.ascontiguousarray(a.transpose(0, 2, 1))
+        bt = np.ascontiguousarray(b.transpose(0, 2, 1))
+        x, y, ta, tb, ref = dev(at), dev(bt), True, True, a @ b
+    elif case == "weight_left":  # (E, D) weight @ (B, L, D)^T -> (B, E, L), as in_proj
+        w = round_to(rng.standard_normal((N, K)), "float32")
+        x, y, ta, tb, ref = dev(w), dev(a), False, True, np.matmul(w, a.transpose(0, 2, 1))
+    elif case == "strided_b":  # dbl[:, :R] style view
+        big = round_to(rng.standard_normal((B, K + 9, N)), "float32")
+        w = round_to(rng.standard_normal((M, K)), "float32")
+        x, y, ta, tb, ref = dev(w), dev(big)[:, 4:4 + K], False, False, w @ big[:, 4:4 + K]
+    elif case == "bf16_weight":  # float32 activation x bfloat16 weight^T
+        w = round_to(rng.standard_normal((N, K)), "bfloat16")
+        x, y, ta, tb = dev(a), dev(w, "bfloat16"), False, True
+        ref = round_to(a, "bfloat16") @ w.T
+        tol = 1e-5  # bf16 products are exact in float32; float32 accumulation
+    else:  # broadcast a 2-D right operand over the batch
+        w = round_to(rng.standard_normal((K, N)), "float32")
+        x, y, ta, tb, ref = dev(a), dev(w), False, False, a @ w
+    got = _gpu.matmul(x, y, ta, tb)
+    assert got.dtype == "float32" and got.shape == ref.shape
+    assert_close(host(got), ref, tol)

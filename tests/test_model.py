@@ -360,3 +360,124 @@ def test_mamba_initialisation():
     assert all(np.array_equal(sd[k], sd2[k]) for k in sd)
     assert not np.array_equal(init_state_dict(cfg, seed=6)[p + "in_proj.weight"],
                               sd[p + "in_proj.weight"])
+
+
+# ------------------------------------------------------------------ backend interface ---
+class _Opaque:
+    """An array that offers only what backend.py promises the model (shape, ndim, nbytes,
+    reshape, basic slicing); NumPy cannot consume it, so any tensor math the model did
+    outside the backend would fail here."""
+
+    def __init__(self, a: np.ndarray):
+        self.a = a
+
+    shape = property(lambda self: self.a.shape)
+    ndim = property(lambda self: self.a.ndim)
+    nbytes = property(lambda self: self.a.nbytes)
+
+    def reshape(self, *shape):
+        return _Opaque(self.a.reshape(*shape))
+
+    def __getitem__(self, idx):
+        items = idx if isinstance(idx, tuple) else (idx,)
+        assert all(isinstance(i, (slice, int)) for i in items), f"not a basic index: {idx!r}"
+        return _Opaque(self.a[idx])
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the model used a backend array outside the backend interface")
+
+
+def _opaque_backend():
+    """A Backend whose every interface method unwraps _Opaque arguments, calls CPUBackend and
+    wraps array results (counting calls)."""
+    from samba_ext.backend import Backend, CPUBackend
+    cpu = CPUBackend()
+
+    def un(x):
+        if isinstance(x, _Opaque):
+            return x.a
+        if isinstance(x, (list, tuple)):
+            return type(x)(un(v) for v in x)
+        return x
+
+    def wrap(r):
+        if isinstance(r, np.ndarray):
+            return _Opaque(r)
+        if isinstance(r, tuple):
+            return tuple(wrap(v) for v in r)
+        return r
+
+    def method(name):
+        def call(self, *args, **kwargs):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            r = getattr(cpu, name)(*un(args), **{k: un(v) for k, v in kwargs.items()})
+            return r if name == "to_numpy" else wrap(r)
+        return call
+
+    names = [n for n, v in vars(Backend).items() if callable(v) and not n.startswith("_")]
+    cls = type("OpaqueBackend", (Backend,), {n: method(n) for n in names})
+    be = cls()
+    be.name, be.device, be.calls = "opaque", "cpu", {}
+    return be
+
+
+def test_model_uses_only_the_backend_interface(rng):
+    be = _opaque_backend()
+    cfg = _config(("mamba", "swa", "attn"))
+    sd = _perturbed(cfg, 5)
+    ref, m = Samba(cfg, state_dict=sd), Samba(cfg, state_dict=sd, device=be)
+    tok = rng.integers(0, 259, (2, 37))
+    assert_close(m.forward(tok), ref.forward(tok), RTOL_SAME, "forward")
+    st, st_ref = m.new_state(2), ref.new_state(2)
+    assert_close(m.prefill(tok, st, chunk_size=10), ref.prefill(tok, st_ref, chunk_size=10),
+                 RTOL_SAME, "prefill")
+    for t in range(3):
+        assert_close(m.step(tok[:, t], st), ref.step(tok[:, t], st_ref), RTOL_SAME, "step")
+    assert st.copy().nbytes() == st_ref.nbytes()
+    assert m.generate("ab", max_new_tokens=4, stop=[]) == ref.generate("ab", max_new_tokens=4,
+                                                                       stop=[])
+    assert m.state_dict().keys() == ref.state_dict().keys()
+    assert be.calls["matmul"] > 0 and be.calls["selective_state_update"] > 0
+
+
+def test_interrupted_prefill_invalidates_the_state(model, rng):
+    """A prefill stopped midway (e.g. Ctrl-C inside a chunk) must not leave a silently wrong
+    state: later calls on it raise; a copy taken before stays usable."""
+    tok = rng.integers(0, 259, (1, 40))
+    st = model.new_state(1)
+    model.prefill(tok[:, :20], st)
+    saved = st.copy()
+    calls = {"n": 0}
+    orig = model.backend.selective_scan
+
+    def boom(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:      # the second Mamba block of the chunk
+            raise KeyboardInterrupt
+        return orig(*a, **k)
+    model.backend.selective_scan = boom
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            model.prefill(tok[:, 20:], st)
+    finally:
+        del model.backend.selective_scan
+    with pytest.raises(ValueError, match="interrupted"):
+        model.step(tok[:, 0], st)
+    assert_close(model.prefill(tok[:, 20:], saved), model.forward(tok)[:, -1], RTOL_SAME, "copy")
+
+
+def test_blas_threads_restored_after_decode(model):
+    """Decode-sized GEMMs run on one OpenBLAS thread; the previous count comes back for the
+    next large GEMM (skipped where NumPy's BLAS is not an OpenBLAS we can control)."""
+    be = model.backend
+    if getattr(be, "_blas", None) is None:
+        pytest.skip("no controllable OpenBLAS in this NumPy")
+    fs, fg = be._blas
+    a = np.ones((512, 512), np.float32)
+    be.matmul(a, a)                       # large: the user's / default thread count
+    before = int(fg())
+    st = model.new_state(1)
+    model.step([1], st)
+    assert int(fg()) == 1
+    np.testing.assert_array_equal(be.matmul(a, a), np.full((512, 512), 512, np.float32))
+    assert int(fg()) == before

@@ -23,7 +23,7 @@ import samba_ext
 from conftest import assert_close
 from ref_scan import selective_scan_ref, selective_state_update_ref
 
-KERNELS = ["auto", "portable"]
+KERNELS = ["auto", "avx2", "portable"]
 
 
 def rtol(L: int) -> float:
@@ -32,9 +32,10 @@ def rtol(L: int) -> float:
 
 @pytest.fixture(params=KERNELS)
 def kernel(request, monkeypatch) -> str:
-    """Runs the test with the dispatched (AVX-512 where available) and the portable kernel."""
-    if request.param == "portable":
-        monkeypatch.setenv("SAMBA_SCAN_KERNEL", "portable")
+    """Runs the test with each CPU kernel: the dispatched one (AVX-512 where available), the
+    portable C compiled for AVX2 + FMA (where available, else plain), the plain portable C."""
+    if request.param != "auto":
+        monkeypatch.setenv("SAMBA_SCAN_KERNEL", request.param)
     else:
         monkeypatch.delenv("SAMBA_SCAN_KERNEL", raising=False)
     return request.param
@@ -80,6 +81,7 @@ def run_both(inp: dict, delta_softplus: bool = True, return_last_state: bool = T
     (2, 21, 5, 33, 1),      # dstate 5, dim not a multiple of 16
     (1, 64, 32, 50, 4),     # dstate 32 (generic path), 4 groups
     (2, 18, 1, 17, 1),      # dstate 1
+    (1, 16, 37, 20, 1),     # dstate 37 (odd, > 16)
 ])
 def test_shapes_match_reference(rng, kernel, batch, dim, dstate, L, ngroups):
     inp = make_inputs(rng, batch, dim, dstate, L, ngroups)
@@ -255,7 +257,7 @@ def test_state_update_equals_scan(rng, kernel, ngroups, bc_4d):
     assert_close(state, h, 1e-6, "state")
 
 
-@pytest.mark.parametrize("dstate", [16, 5])
+@pytest.mark.parametrize("dstate", [16, 5, 37])
 def test_state_update_matches_reference(rng, kernel, dstate):
     batch, dim = 3, 40
     inp = make_inputs(rng, batch, dim, dstate, 1, 2)

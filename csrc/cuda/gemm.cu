@@ -106,6 +106,45 @@ extern "C" samba_status samba_cu_gemm(int64_t M, int64_t N, int64_t K, samba_cu_
     return samba_cu_check_launch("gemm (cublasGemmEx)", stream);
 }
 
+extern "C" samba_status samba_cu_gemm_batched(int transa, int transb, int64_t m, int64_t n,
+                                              int64_t k, samba_cu_ref A, int64_t lda,
+                                              int64_t sA, samba_cu_ref B, int64_t ldb,
+                                              int64_t sB, samba_cu_ref C, int64_t ldc,
+                                              int64_t sC, int64_t batch, float beta,
+                                              void *stream) {
+    if (m == 0 || n == 0 || batch == 0) return SAMBA_OK;
+    if (A.dtype != B.dtype)
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "gemm: A and B must have the same dtype");
+    if (C.dtype != SAMBA_CU_F32 && C.dtype != A.dtype)
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "gemm: C must be float32 or the input dtype");
+    if (m > INT32_MAX || n > INT32_MAX || k > INT32_MAX || lda > INT32_MAX || ldb > INT32_MAX ||
+        ldc > INT32_MAX || batch > INT32_MAX)
+        return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "gemm: dimensions above 2^31");
+    if (k == 0)
+        return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "gemm: k == 0 (empty product)");
+    cublasHandle_t h;
+    samba_status st = get_handle(&h);
+    if (st != SAMBA_OK) return st;
+    cublasStatus_t s = cublasSetStream(h, (cudaStream_t)stream);
+    if (s != CUBLAS_STATUS_SUCCESS)
+        return samba_cu_fail_msg(SAMBA_ERR_CUDA, "gemm: cublasSetStream failed (%s)",
+                                 cublas_status_str(s));
+    const float alpha = 1.0f;
+    s = cublasGemmStridedBatchedEx(
+        h, transa ? CUBLAS_OP_T : CUBLAS_OP_N, transb ? CUBLAS_OP_T : CUBLAS_OP_N, (int)m, (int)n,
+        (int)k, &alpha, A.ptr, cuda_type(A.dtype), (int)lda, (long long)sA, B.ptr,
+        cuda_type(B.dtype), (int)ldb, (long long)sB, &beta, C.ptr, cuda_type(C.dtype), (int)ldc,
+        (long long)sC, (int)batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    if (s != CUBLAS_STATUS_SUCCESS)
+        return samba_cu_fail_msg(
+            SAMBA_ERR_CUDA,
+            "gemm: cublasGemmStridedBatchedEx(m=%lld, n=%lld, k=%lld, lda=%lld, ldb=%lld, "
+            "ldc=%lld, batch=%lld) failed (%s)",
+            (long long)m, (long long)n, (long long)k, (long long)lda, (long long)ldb,
+            (long long)ldc, (long long)batch, cublas_status_str(s));
+    return samba_cu_check_launch("gemm (cublasGemmStridedBatchedEx)", stream);
+}
+
 extern "C" void samba_cu_gemm_release(void) {
     for (int d = 0; d < GEMM_MAX_DEVICES; ++d) {
         if (g_handle[d]) {

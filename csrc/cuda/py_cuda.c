@@ -3,10 +3,11 @@
  * buffers, copies, streams and graphs, and the DLPack producer / consumer in C.
  * Kernel wrappers live in py_cuda_kernels.c.
  *
- * Buffer: owns one cudaMallocAsync allocation made on a stream. Consumers that received it
- * through DLPack on another stream are recorded (add_use); when the Buffer dies, the
- * allocation stream first waits for those streams, then the memory is released with
- * cudaFreeAsync on the allocation stream (stream-ordered, never a device-wide sync).
+ * Buffer: owns one cudaMallocAsync allocation made on a stream (and keeps the Python object
+ * of that stream alive, so the handle stays valid until the free). The memory is released
+ * with cudaFreeAsync on the allocation stream (stream-ordered). If a DLPack consumer used it
+ * on another stream (add_use), that stream may be destroyed by the time the Buffer dies, so
+ * the free first waits for the whole device (the rare cross-stream export case only).
  *
  * DLPack producer (to_capsule): one PyMem_Malloc block holds the managed tensor, shape and
  * strides; manager_ctx keeps a reference to the exporting Python object; the deleter takes
@@ -184,27 +185,25 @@ py_set_device(PyObject *self, PyObject *args)
 
 /* ------------------------------------------------------------------ Buffer ----------- */
 
-#define BUF_MAX_USES 8
-
 typedef struct {
     PyObject_HEAD void *ptr;
     Py_ssize_t nbytes;
     int device;
     void *stream;
-    void *uses[BUF_MAX_USES];
-    int nuses;
-    int overflow;
+    PyObject *keep; /* the Python stream object of `stream` (kept alive), or NULL */
+    int foreign;    /* used on another stream (DLPack consumer): synchronize before free */
 } BufferObject;
 
 static PyObject *
 Buffer_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"nbytes", "device", "stream", NULL};
+    static char *kwlist[] = {"nbytes", "device", "stream", "keep", NULL};
     Py_ssize_t nbytes;
     int device;
     void *stream = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "ni|O&", kwlist, &nbytes, &device,
-                                     samba_pycu_ptr, &stream)) {
+    PyObject *keep = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "ni|O&O", kwlist, &nbytes, &device,
+                                     samba_pycu_ptr, &stream, &keep)) {
         return NULL;
     }
     if (nbytes < 0) {
@@ -229,8 +228,9 @@ Buffer_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     b->nbytes = nbytes;
     b->device = device;
     b->stream = stream;
-    b->nuses = 0;
-    b->overflow = 0;
+    b->keep = (keep != NULL && keep != Py_None) ? keep : NULL;
+    Py_XINCREF(b->keep);
+    b->foreign = 0;
     return (PyObject *)b;
 }
 
@@ -241,16 +241,16 @@ Buffer_dealloc(BufferObject *b)
         /* Errors cannot be raised from a destructor; a failed free leaves the memory in
          * the pool (a broken context is reported by the next launch anyway). */
         if (samba_cu_set_device(b->device) == SAMBA_OK) {
-            if (b->overflow) {
+            if (b->foreign) {
+                /* A consumer used the memory on its own stream, which may be gone by now:
+                 * wait for all work of the device rather than for a stream handle. */
                 samba_cu_device_sync();
-            }
-            for (int i = 0; i < b->nuses; ++i) {
-                samba_cu_stream_wait(b->stream, b->uses[i]);
             }
             samba_cu_free(b->ptr, b->stream);
         }
         b->ptr = NULL;
     }
+    Py_CLEAR(b->keep);
     Py_TYPE(b)->tp_free((PyObject *)b);
 }
 
@@ -261,19 +261,8 @@ Buffer_add_use(BufferObject *b, PyObject *arg)
     if (!samba_pycu_ptr(arg, &s)) {
         return NULL;
     }
-    if (s == b->stream) {
-        Py_RETURN_NONE;
-    }
-    for (int i = 0; i < b->nuses; ++i) {
-        if (b->uses[i] == s) {
-            Py_RETURN_NONE;
-        }
-    }
-    if (b->nuses < BUF_MAX_USES) {
-        b->uses[b->nuses++] = s;
-    }
-    else {
-        b->overflow = 1;
+    if (s != b->stream) {
+        b->foreign = 1;
     }
     Py_RETURN_NONE;
 }
@@ -302,9 +291,17 @@ Buffer_get_stream(BufferObject *b, void *c)
     return PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)b->stream);
 }
 
+static PyObject *
+Buffer_get_keep(BufferObject *b, void *c)
+{
+    PyObject *k = b->keep ? b->keep : Py_None;
+    Py_INCREF(k);
+    return k;
+}
+
 static PyMethodDef Buffer_methods[] = {
     {"add_use", (PyCFunction)Buffer_add_use, METH_O,
-     "add_use(stream): the buffer is used on `stream`; its free will wait for it."},
+     "add_use(stream): the buffer is used on `stream`; its free will wait for the device."},
     {NULL, NULL, 0, NULL}};
 
 static PyGetSetDef Buffer_getset[] = {
@@ -312,13 +309,15 @@ static PyGetSetDef Buffer_getset[] = {
     {"nbytes", (getter)Buffer_get_nbytes, NULL, "size in bytes", NULL},
     {"device", (getter)Buffer_get_device, NULL, "CUDA device index", NULL},
     {"stream", (getter)Buffer_get_stream, NULL, "allocation stream (int handle)", NULL},
+    {"keep", (getter)Buffer_get_keep, NULL, "the stream object kept alive (or None)", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
 
 static PyTypeObject BufferType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "samba_ext._cuda.Buffer",
     .tp_basicsize = sizeof(BufferObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Buffer(nbytes, device, stream=None): stream-ordered device allocation.",
+    .tp_doc = "Buffer(nbytes, device, stream=None, keep=None): stream-ordered device "
+              "allocation; `keep` (the stream's Python object) is kept alive with it.",
     .tp_new = Buffer_new,
     .tp_dealloc = (destructor)Buffer_dealloc,
     .tp_methods = Buffer_methods,
@@ -794,22 +793,26 @@ py_pool_stats(PyObject *self, PyObject *args)
                          (unsigned long long)used);
 }
 
+/* copy(shape, src, src_strides, dst, dst_strides, axis, src_idx, dst_idx, batched, stream) */
 static PyObject *
-py_copy_strided(PyObject *self, PyObject *args)
+py_copy(PyObject *self, PyObject *args)
 {
-    samba_pycu_i64s shape, strides;
-    samba_cu_ref src, dst;
+    samba_pycu_i64s shape, ss, ds;
+    samba_cu_ref src, dst, sidx, didx;
+    int axis, batched;
     void *stream;
-    if (!PyArg_ParseTuple(args, "O&O&O&O&O&", samba_pycu_i64s_conv, &shape, samba_pycu_ref, &src,
-                          samba_pycu_i64s_conv, &strides, samba_pycu_ref, &dst, samba_pycu_ptr,
-                          &stream)) {
+    if (!PyArg_ParseTuple(args, "O&O&O&O&O&iO&O&iO&", samba_pycu_i64s_conv, &shape,
+                          samba_pycu_ref, &src, samba_pycu_i64s_conv, &ss, samba_pycu_ref, &dst,
+                          samba_pycu_i64s_conv, &ds, &axis, samba_pycu_ref, &sidx,
+                          samba_pycu_ref, &didx, &batched, samba_pycu_ptr, &stream)) {
         return NULL;
     }
-    if (strides.n != shape.n) {
+    if (ss.n != shape.n || ds.n != shape.n) {
         PyErr_SetString(PyExc_ValueError, "internal: strides / shape length mismatch");
         return NULL;
     }
-    return status_none(samba_cu_copy_strided(shape.n, shape.v, src, strides.v, dst, stream));
+    return status_none(samba_cu_copy(shape.n, shape.v, src, ss.v, dst, ds.v, axis, sidx, didx,
+                                     batched, stream));
 }
 
 static PyObject *
@@ -845,8 +848,9 @@ static PyMethodDef cuda_methods[] = {
     {"graph_free", py_graph_free, METH_O, "graph_free(graph)"},
     {"trim", py_trim, METH_VARARGS, "trim(device): release cached pool memory"},
     {"pool_stats", py_pool_stats, METH_VARARGS, "pool_stats(device) -> dict"},
-    {"copy_strided", py_copy_strided, METH_VARARGS,
-     "copy_strided(shape, (src, dtype), src_strides, (dst, dtype), stream)"},
+    {"copy", py_copy, METH_VARARGS,
+     "copy(shape, src, src_strides, dst, dst_strides, axis, src_idx, dst_idx, batched, "
+     "stream): strided copy / gather / scatter with dtype conversion"},
     {"last_error", py_last_error, METH_NOARGS, "last error message of this thread"},
     {NULL, NULL, 0, NULL}};
 

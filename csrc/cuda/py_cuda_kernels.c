@@ -165,19 +165,19 @@ py_swa_decode(PyObject *self, PyObject *args)
                                       nv, scale, out, stream));
 }
 
-/* rms_norm(rows, n, x, residual, residual_out, weight, eps, y, stream) */
+/* rms_norm(rows, n, x, ldx, residual, ldr, residual_out, weight, eps, y, stream) */
 static PyObject *
 py_rms_norm(PyObject *self, PyObject *args)
 {
-    long long rows, n;
+    long long rows, n, ldx, ldr;
     samba_cu_ref x, res, res_out, w, y;
     float eps;
     void *stream;
-    if (!PyArg_ParseTuple(args, "LLO&O&O&O&fO&O&", &rows, &n, REF, &x, REF, &res, REF, &res_out,
-                          REF, &w, &eps, REF, &y, PTR, &stream)) {
+    if (!PyArg_ParseTuple(args, "LLO&LO&LO&O&fO&O&", &rows, &n, REF, &x, &ldx, REF, &res, &ldr,
+                          REF, &res_out, REF, &w, &eps, REF, &y, PTR, &stream)) {
         return NULL;
     }
-    return done(samba_cu_rmsnorm(rows, n, x, res, res_out, w, eps, y, stream));
+    return done(samba_cu_rmsnorm(rows, n, x, ldx, res, ldr, res_out, w, eps, y, stream));
 }
 
 /* apply_rotary(batch, seqlen, nheads, headdim, x, x_s, positions, pos_batched, offset, base,
@@ -232,7 +232,27 @@ py_gemm(PyObject *self, PyObject *args)
     return done(samba_cu_gemm(M, N, K, x, ldx, w, ldw, y, ldy, beta, stream));
 }
 
+/* gemm_batched(transa, transb, m, n, k, A, lda, sA, B, ldb, sB, C, ldc, sC, batch, beta,
+ *              stream): raw column-major cuBLAS */
+static PyObject *
+py_gemm_batched(PyObject *self, PyObject *args)
+{
+    int ta, tb;
+    long long m, n, k, lda, sa, ldb, sb, ldc, sc, batch;
+    samba_cu_ref A, B, C;
+    float beta;
+    void *stream;
+    if (!PyArg_ParseTuple(args, "iiLLLO&LLO&LLO&LLLfO&", &ta, &tb, &m, &n, &k, REF, &A, &lda,
+                          &sa, REF, &B, &ldb, &sb, REF, &C, &ldc, &sc, &batch, &beta, PTR,
+                          &stream)) {
+        return NULL;
+    }
+    return done(samba_cu_gemm_batched(ta, tb, m, n, k, A, lda, sa, B, ldb, sb, C, ldc, sc, batch,
+                                      beta, stream));
+}
+
 PyMethodDef samba_pycu_kernel_methods[] = {
+    {"gemm_batched", py_gemm_batched, METH_VARARGS, "see py_cuda_kernels.c"},
     {"selective_scan", py_selective_scan, METH_VARARGS, "see py_cuda_kernels.c"},
     {"selective_state_update", py_selective_state_update, METH_VARARGS, "see py_cuda_kernels.c"},
     {"causal_conv1d", py_causal_conv1d, METH_VARARGS, "see py_cuda_kernels.c"},

@@ -254,54 +254,77 @@ extern "C" samba_status samba_cu_graph_free(void *graph_exec) {
 // ------------------------------------------------------------------ strided copy -------
 #define COPY_MAX_DIMS 8
 struct CopyParams {
-    int ndim;
+    int ndim, axis, batched;
     int64_t n;
     int64_t shape[COPY_MAX_DIMS];
-    int64_t stride[COPY_MAX_DIMS];
-    samba_cu_ref src, dst;
+    int64_t sstride[COPY_MAX_DIMS], dstride[COPY_MAX_DIMS];
+    samba_cu_ref src, dst, sidx, didx;
 };
 
-__global__ void copy_strided_kernel(CopyParams p) {
+// One thread per element of `shape` (grid-stride): unravel the coordinate, replace the
+// coordinate along `axis` through an index array where given, convert and store.
+__global__ void copy_kernel(CopyParams p) {
     const int is_int = p.src.dtype >= SAMBA_CU_I32;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < p.n;
          i += (int64_t)gridDim.x * blockDim.x) {
-        int64_t rem = i, off = 0;
+        int64_t rem = i, soff = 0, doff = 0, c0 = 0, ca = 0;
         for (int d = p.ndim - 1; d >= 0; --d) {
-            int64_t c = rem % p.shape[d];
+            const int64_t c = rem % p.shape[d];
             rem /= p.shape[d];
-            off += c * p.stride[d];
+            if (d == 0) c0 = c;
+            if (d == p.axis) {
+                ca = c;
+                continue;
+            }
+            soff += c * p.sstride[d];
+            doff += c * p.dstride[d];
+        }
+        if (p.axis >= 0) {
+            const int64_t key = p.batched ? c0 : ca;
+            const int64_t sc = p.sidx.ptr ? ldi(p.sidx.ptr, p.sidx.dtype, key) : ca;
+            const int64_t dc = p.didx.ptr ? ldi(p.didx.ptr, p.didx.dtype, key) : ca;
+            soff += sc * p.sstride[p.axis];
+            doff += dc * p.dstride[p.axis];
         }
         if (is_int) {
-            int64_t v = ldi(p.src.ptr, p.src.dtype, off);
+            const int64_t v = ldi(p.src.ptr, p.src.dtype, soff);
             if (p.dst.dtype == SAMBA_CU_I32)
-                ((int32_t *)p.dst.ptr)[i] = (int32_t)v;
+                ((int32_t *)p.dst.ptr)[doff] = (int32_t)v;
             else
-                ((int64_t *)p.dst.ptr)[i] = v;
+                ((int64_t *)p.dst.ptr)[doff] = v;
         } else {
-            stf(p.dst, i, ldf(p.src, off));
+            stf(p.dst, doff, ldf(p.src, soff));
         }
     }
 }
 
-extern "C" samba_status samba_cu_copy_strided(int ndim, const int64_t *shape, samba_cu_ref src,
-                                              const int64_t *src_strides, samba_cu_ref dst,
-                                              void *stream) {
+extern "C" samba_status samba_cu_copy(int ndim, const int64_t *shape, samba_cu_ref src,
+                                      const int64_t *src_strides, samba_cu_ref dst,
+                                      const int64_t *dst_strides, int axis, samba_cu_ref src_idx,
+                                      samba_cu_ref dst_idx, int idx_batched, void *stream) {
     CopyParams p;
     if (ndim < 0 || ndim > COPY_MAX_DIMS)
         return samba_cu_fail_msg(SAMBA_ERR_ARG, "copy: at most %d dimensions, got %d",
                                  COPY_MAX_DIMS, ndim);
     if ((src.dtype >= SAMBA_CU_I32) != (dst.dtype >= SAMBA_CU_I32))
         return samba_cu_fail_msg(SAMBA_ERR_ARG, "copy: cannot convert between int and float");
+    if (axis >= ndim || (axis < 0 && (src_idx.ptr || dst_idx.ptr)))
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "copy: bad index axis %d", axis);
     p.ndim = ndim;
+    p.axis = (src_idx.ptr || dst_idx.ptr) ? axis : -1;
+    p.batched = idx_batched;
     p.n = 1;
     for (int d = 0; d < ndim; ++d) {
         p.shape[d] = shape[d];
-        p.stride[d] = src_strides[d];
+        p.sstride[d] = src_strides[d];
+        p.dstride[d] = dst_strides[d];
         p.n *= shape[d];
     }
     if (p.n == 0) return SAMBA_OK;
     p.src = src;
     p.dst = dst;
-    copy_strided_kernel<<<grid_1d(p.n, 256), 256, 0, (cudaStream_t)stream>>>(p);
-    return samba_cu_check_launch("copy (strided / dtype conversion)", stream);
+    p.sidx = src_idx;
+    p.didx = dst_idx;
+    copy_kernel<<<grid_1d(p.n, 256), 256, 0, (cudaStream_t)stream>>>(p);
+    return samba_cu_check_launch("copy (strided / gather / scatter / dtype conversion)", stream);
 }

@@ -92,11 +92,16 @@ samba_status samba_cu_graph_end(void *stream, void **graph_exec);
 samba_status samba_cu_graph_launch(void *graph_exec, void *stream);
 samba_status samba_cu_graph_free(void *graph_exec);
 
-/* Strided copy with dtype conversion: dst (C-contiguous, shape) = src viewed with element
- * strides src_strides (ndim <= 8). Float dtypes convert among each other (float32 ->
- * bf16/f16 rounds to nearest even), int dtypes among each other. */
-samba_status samba_cu_copy_strided(int ndim, const int64_t *shape, samba_cu_ref src,
-                                   const int64_t *src_strides, samba_cu_ref dst, void *stream);
+/* Strided copy / gather / scatter with dtype conversion (ndim <= 8). For every coordinate c
+ * of `shape`: dst[dc . dst_strides] = src[sc . src_strides] with sc = dc = c, except along
+ * `axis` where sc[axis] = src_idx[k] (if src_idx) and dc[axis] = dst_idx[k] (if dst_idx),
+ * k = c[0] if idx_batched else c[axis] (int32/int64 device index arrays). Float dtypes
+ * convert among each other (to bf16/f16 by round to nearest even), int dtypes likewise.
+ * Element strides may be 0 or negative; dst must not overlap src. */
+samba_status samba_cu_copy(int ndim, const int64_t *shape, samba_cu_ref src,
+                           const int64_t *src_strides, samba_cu_ref dst,
+                           const int64_t *dst_strides, int axis, samba_cu_ref src_idx,
+                           samba_cu_ref dst_idx, int idx_batched, void *stream);
 
 /* ---------------------------------------------------------------- gemm.cu ------------- */
 /*
@@ -110,6 +115,13 @@ samba_status samba_cu_copy_strided(int ndim, const int64_t *shape, samba_cu_ref 
 samba_status samba_cu_gemm(int64_t M, int64_t N, int64_t K, samba_cu_ref x, int64_t ldx,
                            samba_cu_ref w, int64_t ldw, samba_cu_ref y, int64_t ldy,
                            float beta, void *stream);
+/* Raw column-major cublasGemmStridedBatchedEx (same math mode): C = op(A) op(B) + beta C,
+ * op = transpose when trans* != 0, `batch` matrices at element strides sA, sB, sC (0 =
+ * broadcast). A, B one dtype; C float32 or that dtype. */
+samba_status samba_cu_gemm_batched(int transa, int transb, int64_t m, int64_t n, int64_t k,
+                                   samba_cu_ref A, int64_t lda, int64_t sA, samba_cu_ref B,
+                                   int64_t ldb, int64_t sB, samba_cu_ref C, int64_t ldc,
+                                   int64_t sC, int64_t batch, float beta, void *stream);
 void samba_cu_gemm_release(void);
 
 /* ---------------------------------------------------------------- scan.cu ------------- */
@@ -189,12 +201,13 @@ samba_status samba_cu_attn_decode(int64_t batch, int64_t nheads, int64_t nheads_
                                   void *stream);
 
 /* ---------------------------------------------------------------- small.cu ------------ */
-/* RMSNorm over rows: x, y (rows, n); weight (n). residual (rows, n) or absent: then
- * residual_out (rows, n; may alias residual) = x + residual rounded to its dtype, and y
- * normalises that. One block per row. */
-samba_status samba_cu_rmsnorm(int64_t rows, int64_t n, samba_cu_ref x, samba_cu_ref residual,
-                              samba_cu_ref residual_out, samba_cu_ref weight, float eps,
-                              samba_cu_ref y, void *stream);
+/* RMSNorm over rows: x (rows, n) with row stride ldx; weight (n); y (rows, n) contiguous.
+ * residual (rows, n, row stride ldr) or absent: then residual_out (rows, n) contiguous (may
+ * alias residual when ldr == n) = x + residual rounded to its dtype, and y normalises that.
+ * One block per row. */
+samba_status samba_cu_rmsnorm(int64_t rows, int64_t n, samba_cu_ref x, int64_t ldx,
+                              samba_cu_ref residual, int64_t ldr, samba_cu_ref residual_out,
+                              samba_cu_ref weight, float eps, samba_cu_ref y, void *stream);
 /* Rotary (NeoX half split): x, y (B, L, H, hd) with element strides x_s, y_s (last dim
  * contiguous; y may alias x). positions: int32/int64 device array (L) if pos_batched == 0 or
  * (B, L) if 1, plus `offset`; or ptr NULL: position = offset + t. Angles in float64. */

@@ -7,15 +7,16 @@
 // float32; block reduction; pass 2: y = v * rsqrt(mean + eps) * weight. With a residual,
 // v is the sum as stored in residual_out's dtype (what a framework's pre-norm would see).
 __global__ void __launch_bounds__(NORM_THREADS)
-rmsnorm_kernel(int64_t n, samba_cu_ref x, samba_cu_ref res, samba_cu_ref res_out,
-               samba_cu_ref w, float eps, samba_cu_ref y) {
+rmsnorm_kernel(int64_t n, samba_cu_ref x, int64_t ldx, samba_cu_ref res, int64_t ldr,
+               samba_cu_ref res_out, samba_cu_ref w, float eps, samba_cu_ref y) {
     __shared__ float red[NORM_THREADS / 32];
-    const int64_t base = (int64_t)blockIdx.x * n;
+    const int64_t row = blockIdx.x;
+    const int64_t base = row * n, xb = row * ldx, rb = row * ldr;
     float ss = 0.0f;
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-        float v = ldf(x, base + i);
+        float v = ldf(x, xb + i);
         if (res.ptr) {
-            v = round_to(res_out.dtype, v + ldf(res, base + i));
+            v = round_to(res_out.dtype, v + ldf(res, rb + i));
             stf(res_out, base + i, v);
         }
         ss += v * v;
@@ -27,23 +28,22 @@ rmsnorm_kernel(int64_t n, samba_cu_ref x, samba_cu_ref res, samba_cu_ref res_out
     for (int k = 0; k < (int)(blockDim.x >> 5); ++k) tot += red[k];
     const float r = 1.0f / sqrtf(tot / (float)n + eps);
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-        const float v = res.ptr ? ldf(res_out, base + i) : ldf(x, base + i);
+        const float v = res.ptr ? ldf(res_out, base + i) : ldf(x, xb + i);
         stf(y, base + i, v * r * ldf(w, i));
     }
 }
 
-extern "C" samba_status samba_cu_rmsnorm(int64_t rows, int64_t n, samba_cu_ref x,
-                                         samba_cu_ref residual, samba_cu_ref residual_out,
-                                         samba_cu_ref weight, float eps, samba_cu_ref y,
-                                         void *stream) {
+extern "C" samba_status samba_cu_rmsnorm(int64_t rows, int64_t n, samba_cu_ref x, int64_t ldx,
+                                         samba_cu_ref residual, int64_t ldr,
+                                         samba_cu_ref residual_out, samba_cu_ref weight,
+                                         float eps, samba_cu_ref y, void *stream) {
     if (rows == 0 || n == 0) return SAMBA_OK;
     if (rows > 0x7fffffffLL)
         return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "rms_norm: more than 2^31 rows");
     int threads = NORM_THREADS;
     while (threads > 32 && threads / 2 >= n) threads /= 2;
-    rmsnorm_kernel<<<(unsigned)rows, threads, 0, (cudaStream_t)stream>>>(n, x, residual,
-                                                                          residual_out, weight,
-                                                                          eps, y);
+    rmsnorm_kernel<<<(unsigned)rows, threads, 0, (cudaStream_t)stream>>>(
+        n, x, ldx, residual, ldr, residual_out, weight, eps, y);
     return samba_cu_check_launch("rms_norm", stream);
 }
 

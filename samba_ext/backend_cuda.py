@@ -1,0 +1,417 @@
+"""CUDA implementation of the model backend (:class:`samba_ext.backend.Backend`).
+
+``Samba(config, device="cuda")`` / ``Samba.load(name, device="cuda")`` run the model's single
+code path on one GPU through this class:
+
+* Arrays are :class:`samba_ext.DeviceArray` (strided views for the model's slices). Weights
+  are uploaded once: matrices (2-D, both sides >= 32, not Mamba's all-negative ``A``) in
+  bfloat16 by default (``CUDABackend(weight_dtype="float32")`` or the environment variable
+  ``SAMBA_EXT_CUDA_WEIGHTS=float32`` keep float32), everything else in float32. Activations,
+  the residual stream, the SSM / conv states and the KV caches are float32.
+* GEMMs: cuBLAS (cublasGemmStridedBatchedEx, CUBLAS_COMPUTE_32F). A float32 activation
+  times a bfloat16 weight is rounded to bfloat16 first (float32 accumulation, float32 out).
+* Only the logits the model asks for are copied back (``to_numpy``).
+* Decode: a :meth:`Samba.step` is recorded instead of run. Its first backend call (the
+  embedding gather of the (B,) tokens) opens a recording: every kernel, copy and GEMM of the
+  step is deferred and every array comes from a fixed device arena; host inputs (tokens,
+  positions, ring slots, valid counts) are copied at once into arena slots, i.e. device
+  memory the kernels read. When the step asks for its logits, the recorded launches are
+  captured once into a CUDA graph (keyed by the exact launch sequence: shapes, pointers) and
+  the graph is launched; later steps with the same state arrays replay it, so only the
+  small host-to-device copies and one graph launch are issued per step. A step that does
+  not fit the arena runs eagerly and grows the arena for the next one.
+"""
+from __future__ import annotations
+
+import collections
+import os
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from . import _gpu
+from .backend import Backend
+from .errors import CudaUnavailableError
+
+__all__ = ["CUDABackend"]
+
+_ALIGN = 256
+_MAX_GRAPHS = 8
+
+
+class _Arena:
+    """Bump allocator over one device buffer (reset at the start of each recorded step)."""
+
+    def __init__(self, cu: Any, device: int, stream: int, nbytes: int) -> None:
+        self.buf = cu.Buffer(int(nbytes), device, stream)
+        self.size = int(nbytes)
+        self.off = 0
+        self.need = 0
+
+    def reset(self) -> None:
+        self.off = 0
+        self.need = 0
+
+    def alloc(self, n: int) -> Optional[tuple]:
+        start = (self.off + _ALIGN - 1) // _ALIGN * _ALIGN
+        self.need = max(self.need, start + n)
+        if start + n > self.size:
+            self.off = start + n  # keep counting what the step needs
+            return None
+        self.off = start + n
+        return self.buf, self.buf.ptr + start
+
+
+class _StepRecorder:
+    """Installed as samba_ext._gpu._recorder while a decode step is being recorded."""
+
+    def __init__(self, backend: "CUDABackend", arena: Optional[_Arena]) -> None:
+        self.backend = backend
+        self.arena = arena
+        self.calls: list = []
+        self.overflow = arena is None
+        self.requested = 0  # bytes this step asks for (sizes the arena)
+
+    def alloc(self, n: int) -> Optional[tuple]:
+        if n == 0:
+            return None
+        self.requested += (n + _ALIGN - 1) // _ALIGN * _ALIGN
+        if self.arena is None:
+            return None
+        got = self.arena.alloc(n)
+        if got is None:
+            self.overflow = True
+        return got
+
+    def defer(self, fn: Any, args: tuple) -> None:
+        if self.overflow and not self.calls:
+            fn(*args)  # already eager: run in order
+            return
+        self.calls.append((fn, args))
+
+    def flush(self) -> None:
+        self.backend._end_step()
+
+
+class CUDABackend(Backend):
+    """The model backend on one CUDA GPU (see the module docstring)."""
+
+    name = "cuda"
+
+    def __init__(self, device: str = "cuda", weight_dtype: Optional[str] = None,
+                 graphs: bool = True) -> None:
+        self.cu = _gpu._require()  # CudaUnavailableError says why when CUDA cannot run
+        dev = str(device).lower()
+        if dev == "cuda":
+            idx = 0
+        elif dev.startswith("cuda:") and dev[5:].isdigit():
+            idx = int(dev[5:])
+        else:
+            raise ValueError(f"device: expected 'cuda' or 'cuda:N', got {device!r}")
+        n = self.cu.device_count()
+        if idx >= n:
+            raise CudaUnavailableError(f"no device: cuda:{idx} requested, {n} visible")
+        self.index = idx
+        self.device = "cuda" if idx == 0 else f"cuda:{idx}"
+        wd = weight_dtype or os.environ.get("SAMBA_EXT_CUDA_WEIGHTS", "bfloat16")
+        if wd not in ("bfloat16", "float32", "float16"):
+            raise ValueError(f"weight_dtype: expected 'bfloat16', 'float16' or 'float32', got "
+                             f"{wd!r}")
+        self.weight_dtype = wd
+        self.graphs = bool(graphs)
+        self.cu.set_device(idx)
+        # A non-blocking stream of our own (the legacy stream cannot be captured). It is never
+        # destroyed: arrays allocated on it may outlive this object.
+        self.stream = int(self.cu.stream_create())
+        self._arena: Optional[_Arena] = None
+        self._arena_need = 0
+        self._rec: Optional[_StepRecorder] = None
+        self._graphs: "collections.OrderedDict[Any, int]" = collections.OrderedDict()
+        self.stats = {"captures": 0, "replays": 0, "eager_steps": 0}
+
+    def __repr__(self) -> str:
+        return (f"CUDABackend(device={self.device!r}, weight_dtype={self.weight_dtype!r}, "
+                f"graphs={self.graphs})")
+
+    # ---------------------------------------------------------------- recording -------
+    def _begin_step(self) -> None:
+        if self._rec is not None:
+            self._end_step()
+        if not self.graphs:
+            return
+        if self._arena_need and (self._arena is None or self._arena.size < self._arena_need):
+            self._free_graphs()  # the graphs point into the old arena
+            self._arena = None
+            self._arena = _Arena(self.cu, self.index, self.stream,
+                                 int(self._arena_need * 1.25) + (1 << 20))
+        if self._arena is not None:
+            self._arena.reset()
+        self._rec = _StepRecorder(self, self._arena)
+        _gpu._recorder = self._rec
+
+    def _abort_step(self) -> None:
+        if self._rec is not None and _gpu._recorder is self._rec:
+            _gpu._recorder = None
+        self._rec = None
+
+    def _end_step(self) -> None:
+        rec = self._rec
+        if rec is None:
+            return
+        _gpu._recorder = None
+        self._rec = None
+        self._arena_need = max(self._arena_need, rec.requested)
+        if rec.overflow or rec.arena is None:
+            # Too little arena (or the first step): run eagerly, size the arena for next time.
+            self.stats["eager_steps"] += 1
+            for fn, args in rec.calls:
+                fn(*args)
+            return
+        key = tuple((getattr(fn, "__name__", repr(fn)), args) for fn, args in rec.calls)
+        g = self._graphs.get(key)
+        if g is None:
+            self.cu.graph_begin(self.stream)
+            try:
+                for fn, args in rec.calls:
+                    fn(*args)
+            except BaseException:
+                try:
+                    self.cu.graph_free(self.cu.graph_end(self.stream))
+                except Exception:
+                    pass
+                raise
+            g = self.cu.graph_end(self.stream)
+            self._graphs[key] = g
+            self.stats["captures"] += 1
+            while len(self._graphs) > _MAX_GRAPHS:
+                _, old = self._graphs.popitem(last=False)
+                self.cu.graph_free(old)
+        else:
+            self._graphs.move_to_end(key)
+            self.stats["replays"] += 1
+        self.cu.graph_launch(g, self.stream)
+
+    def _free_graphs(self) -> None:
+        for g in self._graphs.values():
+            self.cu.graph_free(g)
+        self._graphs.clear()
+
+    class _Persistent:
+        """Allocations that must outlive a step (weights, states, caches) bypass the arena."""
+
+        def __enter__(self) -> None:
+            self.saved = _gpu._recorder
+            _gpu._recorder = None
+
+        def __exit__(self, *exc: Any) -> None:
+            _gpu._recorder = self.saved
+
+    def _guard(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        """Run fn; an exception during a recorded step abandons the recording."""
+        try:
+            return fn(*args, **kw)
+        except BaseException:
+            self._abort_step()
+            raise
+
+    # ---------------------------------------------------------------- helpers ---------
+    def _dev(self, x: Any) -> Any:
+        if isinstance(x, _gpu.DeviceArray):
+            return x
+        return _gpu.to_device(np.asarray(x, dtype=np.float32), "float32", self.index,
+                              self.stream)
+
+    def _ints(self, a: Any) -> Any:
+        """Host integers -> int64 DeviceArray (an arena slot during a recorded step)."""
+        h = np.ascontiguousarray(np.asarray(a), dtype=np.int64)
+        d = _gpu.DeviceArray.empty(h.shape, "int64", self.index, self.stream)
+        if h.size:
+            self.cu.memcpy_h2d(d.ptr, h.reshape(-1).view(np.uint8), self.stream)
+        return d
+
+    def _copy(self, dst: Any, src: Any, shape: Sequence[int], src_strides: Sequence[int],
+              dst_strides: Sequence[int], axis: int = -1, sidx: Any = None,
+              didx: Any = None, batched: bool = False) -> None:
+        code = _gpu._DTYPES
+        _gpu._launch(self.cu.copy, tuple(shape), (src.ptr, code[src.dtype][0]),
+                     tuple(src_strides), (dst.ptr, code[dst.dtype][0]), tuple(dst_strides),
+                     axis, None if sidx is None else (sidx.ptr, code[sidx.dtype][0]),
+                     None if didx is None else (didx.ptr, code[didx.dtype][0]),
+                     int(batched), self.stream)
+
+    def _weight_dtype_for(self, a: np.ndarray) -> str:
+        if (self.weight_dtype != "float32" and a.ndim == 2 and min(a.shape) >= 32
+                and not bool(np.all(a < 0))):
+            return self.weight_dtype
+        return "float32"
+
+    # ---------------------------------------------------------------- arrays ----------
+    def asarray(self, a: np.ndarray, dtype: Any = np.float32) -> Any:
+        with self._Persistent():
+            h = np.asarray(a)
+            if np.dtype(dtype).kind in "iu":
+                return self._ints(h)
+            h = np.ascontiguousarray(h, dtype=np.float32)
+            return _gpu.to_device(h, self._weight_dtype_for(h), self.index, self.stream)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        self._end_step()
+        if isinstance(x, _gpu.DeviceArray):
+            return x.to_numpy()
+        return np.asarray(x)
+
+    def zeros(self, shape: Sequence[int], dtype: Any = np.float32) -> Any:
+        name = "int64" if np.dtype(dtype).kind in "iu" else "float32"
+        with self._Persistent():
+            return _gpu.zeros(tuple(int(s) for s in shape), name, self.index, self.stream)
+
+    def copy(self, x: Any) -> Any:
+        if self._rec is None:
+            return self._dev(x).copy()
+        return self._guard(lambda: self._dev(x).copy())
+
+    def concat(self, xs: Sequence[Any], axis: int) -> Any:
+        def run() -> Any:
+            ds = [self._dev(x) for x in xs]
+            nd = ds[0].ndim
+            ax = axis + nd if axis < 0 else axis
+            shape = list(ds[0].shape)
+            for d in ds[1:]:
+                if d.ndim != nd or any(d.shape[i] != shape[i] for i in range(nd) if i != ax):
+                    raise ValueError(f"concat: shapes {[x.shape for x in ds]} differ off axis "
+                                     f"{axis}")
+            shape[ax] = sum(d.shape[ax] for d in ds)
+            out = _gpu.DeviceArray.empty(shape, ds[0].dtype, self.index, self.stream)
+            off = 0
+            for d in ds:
+                n = d.shape[ax]
+                if n and d.size:
+                    dv = out[(slice(None),) * ax + (slice(off, off + n),)]
+                    self._copy(dv, d, d.shape, d.strides, dv.strides)
+                off += n
+            return out
+        return self._guard(run)
+
+    def transpose(self, x: Any) -> Any:
+        """New C-contiguous array with the last two axes swapped (x may be a strided view)."""
+        def run() -> Any:
+            d = self._dev(x)
+            if d.ndim < 2:
+                raise ValueError(f"transpose: need >= 2 dimensions, got {d.shape}")
+            sh, st = list(d.shape), list(d.strides)
+            sh[-1], sh[-2], st[-1], st[-2] = sh[-2], sh[-1], st[-2], st[-1]
+            out = _gpu.DeviceArray.empty(sh, d.dtype, self.index, self.stream)
+            if out.size:
+                self._copy(out, d, sh, st, out.strides)
+            return out
+        return self._guard(run)
+
+    def take(self, x: Any, idx: np.ndarray, axis: int) -> Any:
+        x = self._dev(x)
+        idx = np.asarray(idx)
+        ax = axis + x.ndim if axis < 0 else axis
+        if self.graphs and ax == 0 and x.ndim == 2 and idx.ndim == 1:
+            self._begin_step()  # the embedding gather of Samba.step: record the step
+
+        def run() -> Any:
+            n = x.shape[ax]
+            ii = np.asarray(idx, dtype=np.int64).reshape(-1)
+            ii = np.where(ii < 0, ii + n, ii)
+            if ii.size and (ii.min() < 0 or ii.max() >= n):
+                raise IndexError(f"take: index out of range for axis {axis} of size {n}")
+            dt = "float32" if x.dtype in _gpu._FLOATS else x.dtype
+            flat = x.shape[:ax] + (ii.size,) + x.shape[ax + 1:]
+            out = _gpu.DeviceArray.empty(flat, dt, self.index, self.stream)
+            if out.size:
+                di = self._ints(ii)
+                self._copy(out, x, flat, x.strides, out.strides, ax, sidx=di)
+            return out.reshape(x.shape[:ax] + idx.shape + x.shape[ax + 1:])
+        return self._guard(run)
+
+    def put(self, dst: Any, idx: np.ndarray, src: Any, axis: int) -> None:
+        def run() -> None:
+            ax = axis + dst.ndim if axis < 0 else axis
+            ii = np.asarray(idx, dtype=np.int64).reshape(-1)
+            n = dst.shape[ax]
+            ii = np.where(ii < 0, ii + n, ii)
+            if ii.size and (ii.min() < 0 or ii.max() >= n):
+                raise IndexError(f"put: index out of range for axis {axis} of size {n}")
+            s = self._dev(src)
+            want = dst.shape[:ax] + (ii.size,) + dst.shape[ax + 1:]
+            if s.shape != want:
+                raise ValueError(f"put: src shape {s.shape}, expected {want}")
+            if s.size:
+                self._copy(dst, s, s.shape, s.strides, dst.strides, ax, didx=self._ints(ii))
+        self._guard(run)
+
+    def write_rows(self, dst: Any, slots: np.ndarray, src: Any) -> None:
+        def run() -> None:
+            s = self._dev(src)
+            B = dst.shape[0]
+            sl = np.asarray(slots, dtype=np.int64).reshape(-1)
+            if sl.shape != (B,) or s.shape != (B,) + tuple(dst.shape[2:]):
+                raise ValueError(f"write_rows: dst {dst.shape}, slots {sl.shape}, src {s.shape}")
+            if sl.size and (sl.min() < 0 or sl.max() >= dst.shape[1]):
+                raise IndexError("write_rows: slot out of range")
+            if s.size:
+                shape = (B, 1) + tuple(s.shape[1:])
+                sst = (s.strides[0], 0) + tuple(s.strides[1:])
+                self._copy(dst, s, shape, sst, dst.strides, 1, didx=self._ints(sl),
+                           batched=True)
+        self._guard(run)
+
+    # ---------------------------------------------------------------- GEMM ------------
+    def matmul(self, a: Any, b: Any, trans_a: bool = False, trans_b: bool = False) -> Any:
+        return self._guard(_gpu.matmul, self._dev(a), self._dev(b), trans_a, trans_b,
+                           stream=self.stream)
+
+    # ---------------------------------------------------------------- kernels ---------
+    def rms_norm(self, x: Any, weight: Any, eps: float, residual: Any = None) -> Any:
+        return self._guard(_gpu.rms_norm, x, weight, eps, residual, stream=self.stream)
+
+    def apply_rotary(self, x: Any, positions: Any, base: float) -> Any:
+        def run() -> Any:
+            if isinstance(positions, (int, np.integer)) and not isinstance(positions, bool):
+                p: Any = int(positions)
+            else:
+                p = self._ints(positions)
+            return _gpu.apply_rotary(x, p, base, stream=self.stream)
+        return self._guard(run)
+
+    def swiglu(self, gate: Any, up: Any) -> Any:
+        return self._guard(_gpu.swiglu, gate, up, stream=self.stream)
+
+    def causal_conv1d(self, x: Any, weight: Any, bias: Any, initial_states: Any) -> Any:
+        return self._guard(_gpu.causal_conv1d, x, weight, bias, "silu", initial_states, True,
+                           stream=self.stream)
+
+    def causal_conv1d_update(self, x: Any, conv_state: Any, weight: Any, bias: Any) -> Any:
+        return self._guard(_gpu.causal_conv1d_update, x, conv_state, weight, bias, "silu",
+                           stream=self.stream)
+
+    def selective_scan(self, u: Any, delta: Any, A: Any, B: Any, C: Any, D: Any, z: Any,
+                       delta_bias: Any, initial_state: Any) -> Any:
+        return self._guard(_gpu.selective_scan, u, delta, A, B, C, D, z, delta_bias, True,
+                           initial_state, True, stream=self.stream)
+
+    def selective_state_update(self, state: Any, x: Any, dt: Any, A: Any, B: Any, C: Any,
+                               D: Any, z: Any, dt_bias: Any) -> Any:
+        return self._guard(_gpu.selective_state_update, state, x, dt, A, B, C, D, z, dt_bias,
+                           True, stream=self.stream)
+
+    def swa_attention(self, q: Any, k: Any, v: Any, window: Optional[int]) -> Any:
+        return self._guard(_gpu.swa_attention, q, k, v, window, stream=self.stream)
+
+    def swa_decode(self, q: Any, k_cache: Any, v_cache: Any, pos: Any, n_valid: Any) -> Any:
+        def run() -> Any:
+            cap = k_cache.shape[1]
+            p = np.asarray(pos, dtype=np.int64)
+            nv = np.asarray(n_valid, dtype=np.int64)
+            if nv.size and (nv.min() < 1 or nv.max() > cap):
+                raise ValueError(f"n_valid: expected 1 <= n_valid[b] <= capacity ({cap}), got "
+                                 f"{nv.min()}..{nv.max()}")
+            if p.size and p.min() < 0:
+                raise ValueError(f"pos: expected positions >= 0, got {p.min()}")
+            return _gpu.swa_decode(q, k_cache, v_cache, self._ints(p), self._ints(nv),
+                                   stream=self.stream)
+        return self._guard(run)

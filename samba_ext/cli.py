@@ -1,0 +1,564 @@
+"""``samba-ext`` command line: passkey, phonebook, perplexity, throughput, generate, info.
+
+Examples::
+
+    samba-ext passkey                                  # bundled samba-tiny, default grid
+    samba-ext passkey --lengths 4K,16K,64K,256K --depths 0:1:0.25 --trials 5
+    samba-ext phonebook --entries 20,40,80 --trials 10
+    samba-ext perplexity --tokens 1M                   # stdlib held-out split, streaming
+    samba-ext perplexity --file notes.txt --mode sliding --lengths 1K,4K --stride 512
+    samba-ext throughput --configs samba-10m,samba-10m:llama
+    samba-ext generate "The pass key is" --max-new-tokens 20
+    samba-ext info --model path/to/model.safetensors
+
+Each evaluation prints a table, and writes ``results.json`` (always) and a PNG (when
+matplotlib is installed) to ``--out`` (default ``./samba-ext-results/<eval>``). Ctrl-C stops
+cleanly: the finished cells are written, marked ``"partial": true``, and the exit code is 130.
+Bad input prints one ``samba-ext: error: ...`` line and exits with code 2 (set
+``SAMBA_EXT_DEBUG=1`` to see the traceback instead).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import shlex
+import sys
+import time
+from typing import Any, Sequence
+
+__all__ = ["main", "parse_lengths", "parse_depths"]
+
+DEFAULT_MODEL = "samba-tiny"
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+# Defaults of `samba-ext passkey`: 6 lengths x 11 depths x 2 trials (the full paper grid is
+# --lengths 4K,8K,16K,32K,64K,128K,256K --trials 5).
+PASSKEY_LENGTHS = "1K,2K,4K,8K,16K,32K"
+PASSKEY_DEPTHS = "0:1:0.1"
+PASSKEY_TRIALS = 2
+PHONEBOOK_ENTRIES = "20,40,80,160,320"
+PHONEBOOK_TRIALS = 5
+
+
+class CliError(Exception):
+    """Bad input: printed as one line, exit code 2."""
+
+
+# ----------------------------------------------------------------------------- parsing ---
+_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def parse_count(s: str, what: str = "value") -> int:
+    """'4096' -> 4096, '4K' -> 4096, '1M' -> 1048576, '1.5K' -> 1536 (binary multiples)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*", s)
+    if not m:
+        raise CliError(f"{what}: cannot parse {s!r}; use integers with an optional K/M suffix, "
+                       "e.g. 4K,8K,1M")
+    v = float(m.group(1)) * _SUFFIX[m.group(2).upper()]
+    if v != int(v) or v < 1:
+        raise CliError(f"{what}: {s!r} is not a positive whole number of tokens")
+    return int(v)
+
+
+def parse_lengths(s: str, what: str = "--lengths") -> list[int]:
+    """'1K,4K,1M' -> [1024, 4096, 1048576]."""
+    parts = [p for p in s.split(",") if p.strip()]
+    if not parts:
+        raise CliError(f"{what}: expected a comma-separated list, e.g. 4K,8K,16K")
+    return [parse_count(p, what) for p in parts]
+
+
+def parse_depths(s: str) -> list[float] | str:
+    """'random', '0,0.5,1' or 'start:stop:step' (inclusive, e.g. '0:1:0.1' = 11 depths)."""
+    s = s.strip()
+    if s.lower() == "random":
+        return "random"
+    try:
+        if ":" in s:
+            parts = [float(p) for p in s.split(":")]
+            if len(parts) != 3 or parts[2] <= 0:
+                raise ValueError
+            a, b, step = parts
+            n = int(math.floor((b - a) / step + 1e-9)) + 1
+            if n < 1:
+                raise ValueError
+            vals = [round(a + i * step, 10) for i in range(n)]
+        else:
+            vals = [float(p) for p in s.split(",") if p.strip()]
+    except ValueError:
+        raise CliError(f"--depths: cannot parse {s!r}; use 'random', a list like 0,0.5,1 or a "
+                       "range start:stop:step like 0:1:0.1") from None
+    if not vals:
+        raise CliError("--depths: expected at least one depth")
+    for d in vals:
+        if math.isnan(d) or not 0.0 <= d <= 1.0:
+            raise CliError(f"--depths: depth {d:g} is outside [0, 1]")
+    return vals
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = parse_count(s)
+    except CliError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    return v
+
+
+def _nonneg_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}")
+    return v
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse's own errors: one line, exit 2
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"samba-ext: error: {message}\n")
+
+
+def _common(p: argparse.ArgumentParser, out: bool = True, model: bool = True,
+            seed: bool = True) -> None:
+    g = p.add_argument_group("common options")
+    if model:
+        g.add_argument("--model", default=None,
+                       help="bundled name (samba-tiny, llama-tiny), a .safetensors file, a "
+                            "lit_gpt .pth file, or random:PRESET for random weights "
+                            f"(default: {DEFAULT_MODEL}; random weights if it is not installed)")
+    g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the model runs (default cpu)")
+    g.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads for the C kernels and NumPy's BLAS (default: "
+                        "OMP_NUM_THREADS or all cores, but 1 when the machine is already busy: "
+                        "idle threads of the two pools spin and compete with other load)")
+    if seed:
+        g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    if out:
+        g.add_argument("--out", default=None,
+                       help="output directory (default ./samba-ext-results/<eval>)")
+        g.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument("--chunk-size", type=_positive_int, default=2048,
+                   help="prefill chunk size in tokens (default 2048)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    ap = _Parser(prog="samba-ext", description="Samba long-context evaluations and tools "
+                 "(passkey, phonebook, perplexity, throughput).",
+                 epilog="Run 'samba-ext <command> --help' for a command's options.")
+    ap.add_argument("--version", action="version", version=f"samba-ext {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("passkey", help="passkey retrieval accuracy over length x depth",
+                       description="Passkey retrieval (Landmark template; lengths in tokens). "
+                       f"Defaults: --lengths {PASSKEY_LENGTHS} --depths {PASSKEY_DEPTHS} "
+                       f"--trials {PASSKEY_TRIALS}. The paper grid: --lengths "
+                       "4K,8K,16K,32K,64K,128K,256K --trials 5.")
+    p.add_argument("--lengths", default=PASSKEY_LENGTHS,
+                   help=f"prompt lengths in tokens, K/M suffixes (default {PASSKEY_LENGTHS})")
+    p.add_argument("--depths", default=PASSKEY_DEPTHS,
+                   help="key depths in [0,1]: list 0,0.5,1, range 0:1:0.1, or random "
+                        f"(default {PASSKEY_DEPTHS})")
+    p.add_argument("--trials", type=_positive_int, default=PASSKEY_TRIALS,
+                   help=f"trials (keys) per cell (default {PASSKEY_TRIALS})")
+    p.add_argument("--key-digits", type=_positive_int, default=5,
+                   help="digits of the random key (default 5, as in Samba)")
+    p.add_argument("--landmark-keys", action="store_true",
+                   help="keys uniform in 1..50000 as in Landmark Attention")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=10,
+                   help="greedy decoding budget (default 10)")
+    p.add_argument("--no-share-prefix", action="store_true",
+                   help="prefill every trial from scratch (slower; same results)")
+    _common(p)
+
+    p = sub.add_parser("phonebook", help="phonebook lookup accuracy vs number of entries",
+                       description="Phonebook lookup (Jelassi et al. 2024 / ArchScale).")
+    p.add_argument("--entries", default=PHONEBOOK_ENTRIES,
+                   help=f"book sizes (default {PHONEBOOK_ENTRIES})")
+    p.add_argument("--trials", type=_positive_int, default=PHONEBOOK_TRIALS,
+                   help=f"books per size (default {PHONEBOOK_TRIALS})")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=20,
+                   help="greedy decoding budget (default 20)")
+    _common(p)
+
+    p = sub.add_parser("perplexity", help="perplexity vs context length (streaming / sliding)",
+                       description="Long-context perplexity. Data: --file (text or .npy "
+                       "tokens) or the built-in Python stdlib corpus (held-out split).")
+    p.add_argument("--file", default=None, help="UTF-8 text file or .npy token array")
+    p.add_argument("--split", choices=("heldout", "train", "all"), default="heldout",
+                   help="stdlib corpus split when no --file (default heldout)")
+    p.add_argument("--tokens", default=None,
+                   help="stream length in tokens (default: 64K of the stdlib corpus, or the "
+                        "whole --file; the stdlib held-out split has ~3M byte tokens)")
+    p.add_argument("--mode", choices=("streaming", "sliding"), default="streaming",
+                   help="streaming: one pass, state carried (default); sliding: windows")
+    p.add_argument("--lengths", default=None,
+                   help="streaming: cumulative context lengths (default: bucket edges); "
+                        "sliding: window sizes (default 4K)")
+    p.add_argument("--stride", default=None, help="sliding stride (default window/2)")
+    p.add_argument("--score", choices=("new", "window"), default="new",
+                   help="sliding: score new tokens only (Press) or whole windows")
+    p.add_argument("--batch-size", type=_positive_int, default=1,
+                   help="sliding: windows per forward batch (default 1)")
+    _common(p, seed=False)
+
+    p = sub.add_parser("throughput", help="prefill / decode tokens/s of configs (random weights)",
+                       description="Throughput with random weights; configs are presets, "
+                       "optionally NAME:llama / NAME:mistral / NAME:mamba baselines.")
+    p.add_argument("--configs", default="samba-10m,samba-10m:llama",
+                   help="comma-separated presets (default samba-10m,samba-10m:llama)")
+    p.add_argument("--lengths", default="1K,2K,4K,8K,16K",
+                   help="prefill prompt lengths (default 1K,2K,4K,8K,16K)")
+    p.add_argument("--total-tokens", default="16K",
+                   help="tokens per prefill measurement; batch = total/length (default 16K)")
+    p.add_argument("--gen-lengths", default="128,512",
+                   help="decode lengths (default 128,512)")
+    p.add_argument("--batch-size", type=_positive_int, default=4,
+                   help="decode batch size (default 4; the paper uses 16)")
+    p.add_argument("--repeats", type=_positive_int, default=1, help="timed repeats (median)")
+    _common(p, model=False)
+
+    p = sub.add_parser("generate", help="generate text from a prompt",
+                       description="Generate a continuation (streamed to stdout).")
+    p.add_argument("prompt", nargs="?", default=None,
+                   help="prompt text ('-' or omitted: read stdin)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=64)
+    p.add_argument("--temperature", type=_nonneg_float, default=0.0,
+                   help="0 = greedy (default)")
+    p.add_argument("--top-k", type=_positive_int, default=None)
+    p.add_argument("--top-p", type=_nonneg_float, default=None)
+    _common(p, out=False)
+
+    p = sub.add_parser("info", help="build configuration and model information",
+                       description="Print the build configuration (compiler, OpenMP, CUDA) "
+                       "and the model's config, size, hash and state size.")
+    _common(p, out=False, seed=False)
+    return ap
+
+
+# ----------------------------------------------------------------------------- threads ---
+_BLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads_64_",
+                 "openblas_set_num_threads64_", "openblas_set_num_threads",
+                 "MKL_Set_Num_Threads", "bli_thread_set_num_threads")
+
+
+def set_blas_threads(n: int) -> bool:
+    """Limit NumPy's BLAS thread pool to ``n`` threads (threadpoolctl when installed, else
+    the OpenBLAS / MKL / BLIS setter found among the loaded libraries). True on success."""
+    try:
+        import threadpoolctl  # type: ignore[import-not-found]
+
+        threadpoolctl.threadpool_limits(n, user_api="blas")
+        return True
+    except ImportError:
+        pass
+    except Exception:
+        return False
+    import ctypes
+
+    import numpy  # noqa: F401  (makes sure NumPy's BLAS is loaded)
+
+    try:
+        with open("/proc/self/maps") as fh:
+            libs = {ln.split()[-1] for ln in fh if ".so" in ln and
+                    any(k in ln.lower() for k in ("openblas", "mkl_rt", "blis"))}
+    except OSError:
+        return False
+    ok = False
+    for path in sorted(libs):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for sym in _BLAS_SETTERS:
+            fn = getattr(lib, sym, None)
+            if fn is not None:
+                fn.argtypes = [ctypes.c_int]
+                fn.restype = None
+                fn(int(n))
+                ok = True
+                break
+    return ok
+
+
+def auto_threads() -> tuple[int | None, str]:
+    """The thread count when --threads is not given: None (all cores, the library default)
+    unless the machine is already busy (1-minute load average >= half the cores) and no
+    *_NUM_THREADS variable is set; then 1, because idle threads of the OpenMP and BLAS pools
+    spin and compete with the other load (measured 5-10x slower than one thread)."""
+    if any(v in os.environ for v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                     "MKL_NUM_THREADS")):
+        return None, ""
+    n = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None, ""
+    if n > 1 and load >= 0.5 * n:
+        return 1, (f"note: this machine is busy (load {load:.1f} on {n} cores), so this run "
+                   "uses 1 thread; pass --threads N to choose")
+    return None, ""
+
+
+# ----------------------------------------------------------------------------- model ---
+def _check_model_path(spec: str) -> None:
+    looks_like_path = (os.sep in spec or "/" in spec or spec.endswith((".safetensors", ".pth",
+                                                                       ".pt", ".bin")))
+    if not looks_like_path:
+        return
+    if os.path.islink(spec) and not os.path.exists(spec):
+        raise CliError(f"--model: {spec!r} is a broken symbolic link (its target "
+                       f"{os.readlink(spec)!r} does not exist)")
+    if not os.path.exists(spec):
+        raise CliError(f"--model: file {spec!r} does not exist")
+    if os.path.isdir(spec):
+        raise CliError(f"--model: {spec!r} is a directory; pass the .safetensors or .pth file")
+    if not os.access(spec, os.R_OK):
+        raise CliError(f"--model: {spec!r} is not readable (permission denied)")
+
+
+def load_model(spec: str | None, device: str, seed: int = 0, quiet: bool = False):
+    """The model for --model (see the option's help), with clear errors."""
+    from .eval._common import get_model
+
+    if spec is not None and not spec.startswith("random:"):
+        _check_model_path(spec)
+    try:
+        return get_model(spec, device=device, seed=seed, warn=not quiet)
+    except KeyError as e:
+        raise CliError(e.args[0]) from None
+
+
+# ----------------------------------------------------------------------------- output ---
+def _out_dir(args: argparse.Namespace, name: str) -> str:
+    out = args.out if args.out is not None else os.path.join("samba-ext-results", name)
+    if os.path.islink(out) and not os.path.exists(out):
+        raise CliError(f"--out: {out!r} is a broken symbolic link")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CliError(f"--out: {out!r} exists and is not a directory")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise CliError(f"--out: cannot create directory {out!r}: {e.strerror or e}") from None
+    if not os.access(out, os.W_OK):
+        raise CliError(f"--out: directory {out!r} is not writable")
+    return out
+
+
+def _finish(result: Any, args: argparse.Namespace, name: str, out: str) -> int:
+    result.command = "samba-ext " + shlex.join(sys.argv[1:] if args._argv is None
+                                                else args._argv)
+    print()
+    print(result)
+    path = result.save_json(os.path.join(out, "results.json"))
+    print(f"\nwrote {path}")
+    if not args.no_plot:
+        from .eval.plots import MATPLOTLIB_HINT, have_matplotlib
+
+        if not have_matplotlib():
+            print(f"skipped the PNG: {MATPLOTLIB_HINT}")
+        elif result.cells:
+            png = os.path.join(out, f"{name}.png")
+            result.plot(png)
+            print(f"wrote {png}")
+    if result.notes:
+        for n in result.notes:
+            print(f"NOTE: {n}")
+    if result.partial:
+        print("interrupted: the results above are PARTIAL (finished cells only)")
+        return EXIT_INTERRUPTED
+    return 0
+
+
+# ----------------------------------------------------------------------------- commands ---
+def _cmd_passkey(args: argparse.Namespace) -> int:
+    from .eval import passkey
+
+    lengths = parse_lengths(args.lengths)
+    depths = parse_depths(args.depths)
+    out = _out_dir(args, "passkey")
+    model = load_model(args.model, args.device, seed=args.seed)
+    r = passkey(model, lengths=lengths, depths=depths, trials=args.trials, seed=args.seed,
+                key_digits=args.key_digits, key_range=(1, 50000) if args.landmark_keys else None,
+                max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size,
+                progress=not args.no_progress, share_prefix=not args.no_share_prefix)
+    return _finish(r, args, "passkey", out)
+
+
+def _cmd_phonebook(args: argparse.Namespace) -> int:
+    from .eval import phonebook
+
+    entries = parse_lengths(args.entries, "--entries")
+    out = _out_dir(args, "phonebook")
+    model = load_model(args.model, args.device, seed=args.seed)
+    r = phonebook(model, entries=entries, trials=args.trials, seed=args.seed,
+                  max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size,
+                  progress=not args.no_progress)
+    return _finish(r, args, "phonebook", out)
+
+
+def _cmd_perplexity(args: argparse.Namespace) -> int:
+    from .eval import perplexity
+
+    n = parse_count(args.tokens, "--tokens") if args.tokens else None
+    lengths = parse_lengths(args.lengths) if args.lengths else None
+    stride = parse_count(args.stride, "--stride") if args.stride else None
+    if args.file is not None:
+        f = args.file
+        if os.path.islink(f) and not os.path.exists(f):
+            raise CliError(f"--file: {f!r} is a broken symbolic link")
+        if not os.path.exists(f):
+            raise CliError(f"--file: {f!r} does not exist")
+        if os.path.isdir(f):
+            raise CliError(f"--file: {f!r} is a directory")
+        if not os.access(f, os.R_OK):
+            raise CliError(f"--file: {f!r} is not readable (permission denied)")
+    out = _out_dir(args, "perplexity")
+    model = load_model(args.model, args.device)
+    kw: dict[str, Any] = dict(mode=args.mode, context_lengths=lengths, stride=stride,
+                              score=args.score, batch_size=args.batch_size,
+                              chunk_size=args.chunk_size, progress=not args.no_progress,
+                              split=args.split)
+    if args.file is not None:
+        r = perplexity(model, file=args.file, n_tokens=n, **kw)
+    else:
+        r = perplexity(model, n_tokens=n if n is not None else 65536, **kw)
+    return _finish(r, args, "perplexity", out)
+
+
+def _cmd_throughput(args: argparse.Namespace) -> int:
+    from .eval import throughput
+
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    if not configs:
+        raise CliError("--configs: expected at least one preset name")
+    from .eval.throughput import resolve_config
+
+    for c in configs:  # validate before any work
+        resolve_config(c)
+    out = _out_dir(args, "throughput")
+    r = throughput(configs, prompt_lengths=parse_lengths(args.lengths),
+                   total_tokens=parse_count(args.total_tokens, "--total-tokens"),
+                   gen_lengths=parse_lengths(args.gen_lengths, "--gen-lengths"),
+                   batch_size=args.batch_size, repeats=args.repeats, seed=args.seed,
+                   chunk_size=args.chunk_size, progress=not args.no_progress,
+                   device=args.device)
+    return _finish(r, args, "throughput", out)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    prompt = args.prompt
+    if prompt is None or prompt == "-":
+        if sys.stdin is None or sys.stdin.isatty():
+            raise CliError("generate: give a prompt argument (or pipe text on stdin)")
+        prompt = sys.stdin.read()
+    if not prompt:
+        raise CliError("generate: the prompt is empty")
+    model = load_model(args.model, args.device, seed=args.seed)
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+
+    def stream(piece: Any) -> None:
+        if isinstance(piece, str):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+
+    t = time.perf_counter()
+    model.generate(prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                   top_k=args.top_k, top_p=args.top_p, seed=args.seed, stream=stream,
+                   chunk_size=args.chunk_size)
+    dt = time.perf_counter() - t
+    sys.stdout.write("\n")
+    print(f"[{args.max_new_tokens} tokens max in {dt:.2f} s]", file=sys.stderr)
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from ._info import show_config
+    from .eval._common import model_info
+
+    show_config()
+    try:
+        from .data import available_models
+
+        print(f"  bundled    : {', '.join(available_models()) or '(none installed)'}")
+    except ImportError:
+        pass
+    model = load_model(args.model, args.device, quiet=True)
+    info = model_info(model)
+    print(f"\nmodel {info['name']}" + ("  [RANDOM WEIGHTS]" if info["random_weights"] else ""))
+    if info["note"]:
+        print(f"  note       : {info['note']}")
+    print(f"  source     : {info['source'] or '(not from a file)'}")
+    print(f"  parameters : {info['num_parameters']:,}" if info["num_parameters"] is not None
+          else "  parameters : ?")
+    print(f"  hash       : {info['hash']} (of the {info['hash_of']})")
+    try:
+        print(f"  state      : {model.new_state(1).nbytes():,} bytes per sequence (constant in "
+              "length for Mamba/SWA blocks)")
+    except Exception:
+        pass
+    for k, v in info["config"].items():
+        print(f"  {k:<18}: {v}")
+    return 0
+
+
+_COMMANDS = {"passkey": _cmd_passkey, "phonebook": _cmd_phonebook,
+             "perplexity": _cmd_perplexity, "throughput": _cmd_throughput,
+             "generate": _cmd_generate, "info": _cmd_info}
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    errs: list[type[BaseException]] = [CliError, ValueError, OSError, ImportError]
+    try:
+        from .errors import CheckpointError, CudaUnavailableError
+
+        errs += [CheckpointError, CudaUnavailableError]
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``samba-ext`` console script. Returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args._argv = list(argv) if argv is not None else None
+    try:
+        threads = getattr(args, "threads", None)
+        if threads is None and hasattr(args, "threads") and args.command != "throughput":
+            threads, why = auto_threads()
+            if why:
+                print(why, file=sys.stderr)
+        if threads is not None:
+            from ._info import set_num_threads
+
+            set_num_threads(threads)       # the C kernels (OpenMP)
+            set_blas_threads(threads)      # NumPy's BLAS (the model's GEMMs)
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("\nsamba-ext: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `samba-ext generate ... | head`
+        return 0
+    except _expected_errors() as e:
+        if os.environ.get("SAMBA_EXT_DEBUG"):
+            raise
+        msg = str(e) or type(e).__name__
+        if isinstance(e, FileNotFoundError) and e.filename and str(e.filename) not in msg:
+            msg = f"{msg}: {e.filename}"
+        print(f"samba-ext: error: {msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

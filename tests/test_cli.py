@@ -1,0 +1,214 @@
+"""`samba-ext` command line: argument parsing, smoke runs of every subcommand with tiny
+settings (via `python3 -m samba_ext.cli`, so no install is needed), bad input (exit code 2, one
+clear line, no traceback) and Ctrl-C (exit 130, partial results written)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import samba_ext
+from samba_ext.cli import CliError, parse_count, parse_depths, parse_lengths
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(samba_ext.__file__)))
+TINY = ["--model", "random:samba-test", "--no-progress"]
+
+
+def run(*args: str, cwd: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "samba_ext.cli", *args], cwd=cwd or ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_bad_input(p: subprocess.CompletedProcess, *needles: str) -> None:
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert "Traceback" not in p.stderr and "Traceback" not in p.stdout, p.stderr
+    assert "samba-ext: error:" in p.stderr, p.stderr
+    for n in needles:
+        assert n.lower() in p.stderr.lower(), (n, p.stderr)
+
+
+# ------------------------------------------------------------------------- parsing ---
+def test_parse_lengths_and_counts():
+    assert parse_lengths("1K,4k, 1M,4096") == [1024, 4096, 1 << 20, 4096]
+    assert parse_count("1.5K") == 1536
+    for bad in ("4X", "", "-1", "0", "1.3"):
+        with pytest.raises(CliError):
+            parse_lengths(bad) if bad == "" else parse_count(bad)
+
+
+def test_parse_depths():
+    assert parse_depths("0:1:0.1") == [round(i / 10, 10) for i in range(11)]
+    assert parse_depths("0,0.5,1") == [0.0, 0.5, 1.0]
+    assert parse_depths("0:1:0.25") == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert parse_depths("Random") == "random"
+    for bad in ("1.5", "-0.1,0.5", "0:1:0", "a,b", "0:1", "nan"):
+        with pytest.raises(CliError):
+            parse_depths(bad)
+
+
+# ------------------------------------------------------------------------- smoke ---
+def test_passkey_smoke(tmp_path):
+    out = tmp_path / "pk"
+    p = run("passkey", *TINY, "--lengths", "300,400", "--depths", "0,1", "--trials", "1",
+            "--seed", "3", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    assert "passkey accuracy" in p.stdout and "overall accuracy" in p.stdout
+    assert "RANDOM" in p.stdout                       # random weights are said plainly
+    d = json.loads((out / "results.json").read_text())
+    assert d["eval"] == "passkey" and d["partial"] is False and d["seed"] == 3
+    assert len(d["cells"]) == 4 and isinstance(d["overall_accuracy"], float)
+    assert d["command"].startswith("samba-ext passkey")
+    assert d["model"]["random_weights"] is True and d["model"]["hash"].startswith("sha256:")
+    assert d["machine"]["version"] == samba_ext.__version__
+    assert d["params"]["lengths"] == [300, 400] and d["params"]["depths"] == [0.0, 1.0]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "skipped the PNG" in p.stdout
+    else:
+        assert (out / "passkey.png").stat().st_size > 1000
+
+
+def test_default_model(tmp_path):
+    """No --model: the bundled samba-tiny, or random weights said plainly in output + JSON."""
+    out = tmp_path / "d"
+    p = run("passkey", "--lengths", "300", "--depths", "0.5", "--trials", "1", "--no-progress",
+            "--no-plot", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    d = json.loads((out / "results.json").read_text())
+    bundled = os.path.join(ROOT, "samba_ext", "data", "samba-tiny.safetensors")
+    if os.path.isfile(bundled):
+        assert d["model"]["random_weights"] is False and d["model"]["hash_of"] == "file"
+        assert d["model"]["name"] == "samba-tiny"
+    else:
+        assert d["model"]["random_weights"] is True
+        assert "RANDOM-WEIGHT" in p.stdout and "RANDOM-WEIGHT" in p.stderr
+        assert any("RANDOM-WEIGHT" in n for n in d["notes"])
+
+
+def test_phonebook_perplexity_throughput_smoke(tmp_path):
+    p = run("phonebook", *TINY, "--entries", "5,8", "--trials", "1", "--out",
+            str(tmp_path / "pb"))
+    assert p.returncode == 0, p.stderr
+    d = json.loads((tmp_path / "pb" / "results.json").read_text())
+    assert d["eval"] == "phonebook" and len(d["cells"]) == 2 and "overall_accuracy" in d
+
+    f = tmp_path / "doc.txt"
+    f.write_text("print('hello world')\n" * 40)
+    p = run("perplexity", *TINY, "--file", str(f), "--mode", "sliding", "--lengths", "256",
+            "--stride", "128", "--out", str(tmp_path / "pp"))
+    assert p.returncode == 0, p.stderr
+    d = json.loads((tmp_path / "pp" / "results.json").read_text())
+    assert d["cells"][0]["kind"] == "window" and d["cells"][0]["window"] == 256
+    p = run("perplexity", *TINY, "--tokens", "2K", "--no-plot", "--out", str(tmp_path / "ps"))
+    assert p.returncode == 0, p.stderr
+    d = json.loads((tmp_path / "ps" / "results.json").read_text())
+    assert d["params"]["data"]["source"] == "python-stdlib" and d["summary"]["tokens"] == 2047
+
+    p = run("throughput", "--configs", "samba-test,samba-test:llama", "--lengths", "128,256",
+            "--total-tokens", "512", "--gen-lengths", "4", "--batch-size", "2", "--no-progress",
+            "--out", str(tmp_path / "tp"))
+    assert p.returncode == 0, p.stderr
+    d = json.loads((tmp_path / "tp" / "results.json").read_text())
+    kinds = {(c["config"], c["kind"]) for c in d["cells"]}
+    assert kinds == {(n, k) for n in ("samba-test", "samba-test:llama")
+                     for k in ("prefill", "decode")}
+    assert d["params"]["models"]["samba-test:llama"]["layer_types"] == ["attn"] * 4
+    assert "prefill tokens/s" in p.stdout
+
+
+def test_generate_and_info():
+    p = run("generate", "The pass key is", "--max-new-tokens", "5", *TINY)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("The pass key is")
+    p = run("info", *TINY)
+    assert p.returncode == 0, p.stderr
+    assert "parameters" in p.stdout and "RANDOM WEIGHTS" in p.stdout and "samba_ext" in p.stdout
+
+
+# ------------------------------------------------------------------------- bad input ---
+def test_bad_model_inputs(tmp_path):
+    assert_bad_input(run("passkey", "--model", "no-such-model", "--no-progress"),
+                     "no-such-model")
+    assert_bad_input(run("passkey", "--model", str(tmp_path / "x.safetensors")),
+                     "does not exist")
+    link = tmp_path / "link.safetensors"
+    os.symlink(tmp_path / "gone.safetensors", link)
+    assert_bad_input(run("info", "--model", str(link)), "broken symbolic link")
+    d = tmp_path / "dir.safetensors"
+    d.mkdir()
+    assert_bad_input(run("info", "--model", str(d)), "directory")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00\x01not a safetensors file at all")
+    assert_bad_input(run("info", "--model", str(junk)))
+    assert_bad_input(run("info", "--model", "random:nope"), "unknown preset")
+
+
+def test_bad_eval_inputs(tmp_path):
+    assert_bad_input(run("passkey", *TINY, "--lengths", "100"), "smaller than the passkey template")
+    assert_bad_input(run("passkey", *TINY, "--lengths", "4X"), "4X")
+    assert_bad_input(run("passkey", *TINY, "--depths", "0,1.5"), "outside [0, 1]")
+    assert_bad_input(run("passkey", *TINY, "--trials", "0"), "trials")
+    f = tmp_path / "afile"
+    f.write_text("x")
+    assert_bad_input(run("passkey", *TINY, "--lengths", "300", "--out", str(f)),
+                     "not a directory")
+    assert_bad_input(run("perplexity", *TINY, "--file", str(tmp_path / "nope.txt")),
+                     "does not exist")
+    assert_bad_input(run("perplexity", *TINY, "--file", str(tmp_path)), "directory")
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"\xff\xfe\xfa")
+    assert_bad_input(run("perplexity", *TINY, "--file", str(bad), "--out", str(tmp_path / "o")),
+                     "UTF-8")
+    assert_bad_input(run("throughput", "--configs", "samba-nope"), "unknown config")
+    p = run("frobnicate")
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+
+
+def test_device_cuda_without_cuda(tmp_path):
+    if samba_ext.cuda_available():
+        pytest.skip("a CUDA device is available here")
+    try:
+        from samba_ext import _cuda
+    except ImportError:
+        pass
+    else:
+        if not os.path.abspath(_cuda.__file__).startswith(ROOT + os.sep):
+            pytest.skip(f"samba_ext._cuda resolves to another install ({_cuda.__file__})")
+    p = run("info", "--model", "random:samba-test", "--device", "cuda")
+    assert_bad_input(p, "cuda")
+
+
+# ------------------------------------------------------------------------- Ctrl-C ---
+def test_ctrl_c_keeps_finished_cells(tmp_path):
+    out = tmp_path / "int"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # a quick first cell, then a long one that the interrupt lands in
+    proc = subprocess.Popen([sys.executable, "-m", "samba_ext.cli", "passkey", "--model",
+                             "random:samba-test", "--lengths", "300,4M", "--depths", "0",
+                             "--trials", "1", "--no-plot", "--out", str(out)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    err = ""
+    t0 = time.time()
+    while "prefill 4M" not in err and time.time() - t0 < 60:   # the 300-token cell is done
+        ch = proc.stderr.read(1)
+        if not ch:
+            break
+        err += ch
+    assert "prefill 4M" in err, err
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    stdout, rest = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (stdout, err + rest)
+    assert "Traceback" not in rest
+    d = json.loads((out / "results.json").read_text())
+    assert d["partial"] is True
+    assert [(c["length"], c["n"]) for c in d["cells"]] == [(300, 1)]
+    assert "PARTIAL" in stdout
