@@ -168,9 +168,10 @@ SMALL_GEMM_MACS = 1 << 20
 class CPUBackend(Backend):
     """NumPy (BLAS) GEMMs + the C kernels of samba_ext (OpenMP).
 
-    Small GEMMs (decode steps) run on one OpenBLAS thread, large ones on the thread count
-    that was set when the first small GEMM came (all cores by default): with two threads,
-    a 1 x 256 x 1152 product burned ~10x the CPU time of one thread on a 2-core machine.
+    Small GEMMs (decode steps) run on one OpenBLAS thread: the thread count is set to 1 for
+    the call and put back right after, so NumPy work outside the model is not affected. (With
+    two threads a 1 x 256 x 1152 product burned ~10x the CPU time of one thread on a 2-core
+    machine: the woken second thread spins.)
     """
 
     name = "cpu"
@@ -178,21 +179,6 @@ class CPUBackend(Backend):
 
     def __init__(self) -> None:
         self._blas = _find_openblas_threads()
-        self._blas_cur: Optional[int] = None     # what we last set (None: untouched)
-        self._blas_max = 1
-
-    def _blas_threads_for(self, macs: int) -> None:
-        fs, fg = self._blas
-        if macs < SMALL_GEMM_MACS:
-            if self._blas_cur != 1:
-                self._blas_max = int(fg())
-                if self._blas_max != 1:
-                    fs(1)
-                self._blas_cur = 1
-        elif self._blas_cur == 1:
-            if self._blas_max > 1:
-                fs(self._blas_max)
-            self._blas_cur = self._blas_max
 
     def asarray(self, a, dtype=np.float32):
         return np.ascontiguousarray(a, dtype=dtype)
@@ -229,7 +215,15 @@ class CPUBackend(Backend):
         if self._blas is not None:
             batch = max(a.size // max(a.shape[-1] * a.shape[-2], 1),
                         b.size // max(b.shape[-1] * b.shape[-2], 1))
-            self._blas_threads_for(batch * a.shape[-2] * a.shape[-1] * b.shape[-1])
+            if batch * a.shape[-2] * a.shape[-1] * b.shape[-1] < SMALL_GEMM_MACS:
+                fs, fg = self._blas
+                n = fg()
+                if n != 1:
+                    fs(1)
+                    try:
+                        return np.matmul(a, b)
+                    finally:
+                        fs(n)
         return np.matmul(a, b)
 
     # The kernels are called through samba_ext._core directly, with the positional

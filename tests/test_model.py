@@ -466,18 +466,34 @@ def test_interrupted_prefill_invalidates_the_state(model, rng):
     assert_close(model.prefill(tok[:, 20:], saved), model.forward(tok)[:, -1], RTOL_SAME, "copy")
 
 
-def test_blas_threads_restored_after_decode(model):
-    """Decode-sized GEMMs run on one OpenBLAS thread; the previous count comes back for the
-    next large GEMM (skipped where NumPy's BLAS is not an OpenBLAS we can control)."""
+def test_blas_threads_untouched_by_decode(model):
+    """Decode-sized GEMMs run on one OpenBLAS thread, and the thread count is put back after
+    each of them (NumPy work outside the model keeps its threads). Skipped where NumPy's BLAS
+    is not an OpenBLAS we can control."""
     be = model.backend
     if getattr(be, "_blas", None) is None:
         pytest.skip("no controllable OpenBLAS in this NumPy")
     fs, fg = be._blas
-    a = np.ones((512, 512), np.float32)
-    be.matmul(a, a)                       # large: the user's / default thread count
     before = int(fg())
-    st = model.new_state(1)
-    model.step([1], st)
-    assert int(fg()) == 1
-    np.testing.assert_array_equal(be.matmul(a, a), np.full((512, 512), 512, np.float32))
+    seen = []
+    orig = np.matmul
+
+    class Spy:
+        def __getattr__(self, k):
+            return getattr(np, k)
+
+        @staticmethod
+        def matmul(a, b, **kw):
+            seen.append(int(fg()))
+            return orig(a, b, **kw)
+    import samba_ext.backend as bmod
+    bmod.np = Spy()
+    try:
+        st = model.new_state(1)
+        model.step([1], st)
+        big = be.matmul(np.ones((256, 256), np.float32), np.ones((256, 256), np.float32))
+    finally:
+        bmod.np = np
     assert int(fg()) == before
+    assert seen[:-1] == [1] * (len(seen) - 1) and seen[-1] == before
+    np.testing.assert_array_equal(big, 256.0)
