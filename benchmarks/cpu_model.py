@@ -42,6 +42,7 @@ import samba_ext  # noqa: E402
 from samba_ext import Samba, SambaConfig  # noqa: E402
 
 CHUNK = 4096
+LOAD0 = 0.0
 DECODE_TOKENS = 256
 DECODE_ROUNDS = 4
 
@@ -88,16 +89,17 @@ def prefill_flops(c: SambaConfig, L: int, chunk: int) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------- timing ---
-def matmul_rate(n: int = 2048, reps: int = 5) -> float:
+def matmul_rate(n: int = 2048, reps: int = 7) -> list[float]:
+    """FLOP/s of each of ``reps`` n^3 float32 np.matmul calls (after one warm-up)."""
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     b = np.random.default_rng(1).standard_normal((n, n)).astype(np.float32)
     np.matmul(a, b)
-    best = float("inf")
+    out = []
     for _ in range(reps):
         t = time.perf_counter()
         np.matmul(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best
+        out.append(2 * n ** 3 / (time.perf_counter() - t))
+    return out
 
 
 def model_gemm_rate(c: SambaConfig, L: int, reps: int = 3) -> float:
@@ -127,24 +129,31 @@ def model_gemm_rate(c: SambaConfig, L: int, reps: int = 3) -> float:
 
 
 def run(lengths: list[int], policy_compare: bool) -> str:
+    global LOAD0
+    LOAD0 = os.getloadavg()[0]
     cfg = SambaConfig.preset("samba-10m")
     model = Samba(cfg, seed=0)
     rng = np.random.default_rng(0)
-    mm = matmul_rate()
+    mms = matmul_rate()
     mg = model_gemm_rate(cfg, CHUNK)
     rows, states = [], []
     for L in lengths:
+        if L != lengths[0]:
+            mms += matmul_rate()
         tok = rng.integers(0, 256, (1, L))
         st = model.new_state(1)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         model.prefill(tok, st, chunk_size=CHUNK)
-        tp = time.perf_counter() - t0
+        tp, cp = time.perf_counter() - t0, time.process_time() - c0
         fl = prefill_flops(cfg, L, CHUNK)
-        rows.append(dict(L=L, prefill_s=tp, prefill_tps=L / tp, flops=fl,
+        rows.append(dict(L=L, prefill_s=tp, prefill_cpu=cp, prefill_tps=L / tp, flops=fl,
                          achieved=sum(fl.values()) / tp, state_bytes=st.nbytes(), decode=[]))
         states.append(st)
         print(f"L={L}: prefill {L / tp:,.0f} tok/s ({sum(fl.values()) / tp / 1e9:.1f} GFLOP/s)",
               flush=True)
+    mms += matmul_rate()
+    mm = float(np.median(mms))
+    print(f"matmul GFLOP/s: median {mm / 1e9:.1f}, best {max(mms) / 1e9:.1f}", flush=True)
     # decode: the contexts are timed in interleaved rounds, so that a change of machine load
     # during the run affects all of them alike; the median round counts
     nxt = rng.integers(0, 256, DECODE_TOKENS)
@@ -178,7 +187,7 @@ def run(lengths: list[int], policy_compare: bool) -> str:
         r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
         if r.returncode == 0:
             compare = [float(v) for v in r.stdout.split()]
-    return report(cfg, model, mm, mg, rows, compare)
+    return report(cfg, model, mm, mms, mg, rows, compare)
 
 
 def machine() -> str:
@@ -204,12 +213,14 @@ def commit() -> str:
         return "?"
 
 
-def report(cfg, model, mm, mg, rows, compare) -> str:
+def report(cfg, model, mm, mms, mg, rows, compare) -> str:
     g = gemm_flops_per_token(cfg)
     out = ["# CPU model benchmark (`benchmarks/cpu_model.py`)", ""]
     out += [f"- Date: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
             f"- Commit: {commit()}",
-            f"- Machine: {machine()}; load average at start {os.getloadavg()[0]:.2f}",
+            f"- Machine: {machine()}; load average (1 min) at start {LOAD0:.2f}, at the end "
+            f"{os.getloadavg()[0]:.2f} (other processes share the cores when > 0; CPU s below "
+            "is this process's user + system time)",
             f"- Python {platform.python_version()}, NumPy {np.__version__}; kernel threads "
             f"{samba_ext.get_num_threads()}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
@@ -222,17 +233,21 @@ def report(cfg, model, mm, mg, rows, compare) -> str:
             f"chunks); decode: {DECODE_TOKENS} `model.step` calls after each prefill, in "
             f"{DECODE_ROUNDS} rounds interleaved across the contexts (median round)", ""]
     out += ["## Reference: NumPy matmul in the same run", "",
-            f"- 2048 x 2048 x 2048 float32 `np.matmul`: **{mm / 1e9:.1f} GFLOP/s** (the "
-            "denominator of the ratios below)",
+            f"- 2048 x 2048 x 2048 float32 `np.matmul`, 7 calls before each prefill and 7 after "
+            f"the last ({len(mms)} calls): median **{mm / 1e9:.1f} GFLOP/s** (the denominator "
+            f"of the ratios below), best {max(mms) / 1e9:.1f}, worst {min(mms) / 1e9:.1f}. The "
+            "median, not the best, is used because the prefills themselves run through whatever "
+            "load the machine has; on an idle machine the two agree.",
             f"- the model's own GEMM shapes at chunk {CHUNK} (in/x/dt/out proj, QKV, proj, "
             f"SwiGLU): {mg / 1e9:.1f} GFLOP/s", ""]
     out += ["## Results", "",
-            "| tokens | prefill s | prefill tok/s | counted GFLOP | achieved GFLOP/s | "
+            "| tokens | prefill s (CPU s) | prefill tok/s | counted GFLOP | achieved GFLOP/s | "
             "ratio to matmul | decode tok/s | state bytes |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         tot = sum(r["flops"].values())
-        out.append(f"| {r['L']:,} | {r['prefill_s']:.2f} | {r['prefill_tps']:,.0f} | "
+        out.append(f"| {r['L']:,} | {r['prefill_s']:.2f} ({r['prefill_cpu']:.2f}) | "
+                   f"{r['prefill_tps']:,.0f} | "
                    f"{tot / 1e9:,.1f} | {r['achieved'] / 1e9:.1f} | {r['achieved'] / mm:.2f} | "
                    f"{r['decode_tps']:.1f} | {r['state_bytes']:,} |")
     out += ["", "Counted flops per prefill (GFLOP): " + "; ".join(

@@ -126,11 +126,73 @@ class Backend:
         raise NotImplementedError
 
 
+def _find_openblas_threads():
+    """(set_num_threads, get_num_threads) of the OpenBLAS NumPy uses, or None.
+
+    Looks for an OpenBLAS among the loaded libraries (NumPy wheels bundle scipy-openblas) and
+    for its thread-control symbols, as threadpoolctl does. None on other BLAS builds."""
+    import ctypes
+    import glob
+    import os
+
+    paths = []
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower()
+                            and ln.split()[-1].startswith("/")})
+    except OSError:
+        pass
+    npdir = os.path.dirname(np.__file__)
+    paths += glob.glob(os.path.join(npdir, "..", "numpy.libs", "*openblas*"))
+    paths += glob.glob(os.path.join(npdir, ".dylibs", "*openblas*"))
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix in ("scipy_openblas", "openblas"):
+            for suffix in ("64_", ""):
+                fs = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                fg = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                if fs is not None and fg is not None:
+                    fs.argtypes, fs.restype, fg.restype = [ctypes.c_int], None, ctypes.c_int
+                    return fs, fg
+    return None
+
+
+# GEMMs with fewer multiply-adds than this run on one BLAS thread (decode-sized products:
+# waking a second OpenBLAS thread, which then spins, costs more than the product itself).
+SMALL_GEMM_MACS = 1 << 20
+
+
 class CPUBackend(Backend):
-    """NumPy (BLAS) GEMMs + the C kernels of samba_ext (OpenMP)."""
+    """NumPy (BLAS) GEMMs + the C kernels of samba_ext (OpenMP).
+
+    Small GEMMs (decode steps) run on one OpenBLAS thread, large ones on the thread count
+    that was set when the first small GEMM came (all cores by default): with two threads,
+    a 1 x 256 x 1152 product burned ~10x the CPU time of one thread on a 2-core machine.
+    """
 
     name = "cpu"
     device = "cpu"
+
+    def __init__(self) -> None:
+        self._blas = _find_openblas_threads()
+        self._blas_cur: Optional[int] = None     # what we last set (None: untouched)
+        self._blas_max = 1
+
+    def _blas_threads_for(self, macs: int) -> None:
+        fs, fg = self._blas
+        if macs < SMALL_GEMM_MACS:
+            if self._blas_cur != 1:
+                self._blas_max = int(fg())
+                if self._blas_max != 1:
+                    fs(1)
+                self._blas_cur = 1
+        elif self._blas_cur == 1:
+            if self._blas_max > 1:
+                fs(self._blas_max)
+            self._blas_cur = self._blas_max
 
     def asarray(self, a, dtype=np.float32):
         return np.ascontiguousarray(a, dtype=dtype)
@@ -164,6 +226,10 @@ class CPUBackend(Backend):
             a = np.swapaxes(a, -1, -2)
         if trans_b:
             b = np.swapaxes(b, -1, -2)
+        if self._blas is not None:
+            batch = max(a.size // max(a.shape[-1] * a.shape[-2], 1),
+                        b.size // max(b.shape[-1] * b.shape[-2], 1))
+            self._blas_threads_for(batch * a.shape[-2] * a.shape[-1] * b.shape[-1])
         return np.matmul(a, b)
 
     # The kernels are called through samba_ext._core directly, with the positional

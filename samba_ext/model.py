@@ -163,6 +163,7 @@ class SambaState:
         self.pos = np.zeros(self.batch, dtype=np.int64)
         self.logits: Optional[np.ndarray] = None
         self._backend = backend
+        self._broken = False     # set while a call updates the state; stays set if it fails
 
     def copy(self) -> "SambaState":
         """Deep copy (independent arrays)."""
@@ -171,6 +172,7 @@ class SambaState:
                        [{k: be.copy(a) for k, a in d.items()} for d in self.layers], be)
         s.pos = self.pos.copy()
         s.logits = None if self.logits is None else self.logits.copy()
+        s._broken = self._broken
         return s
 
     def nbytes(self) -> int:
@@ -440,6 +442,10 @@ class Samba:
     def _check_state(self, state: SambaState, batch: int) -> None:
         if not isinstance(state, SambaState) or state.kinds != self.config.layer_types:
             raise TypeError("state: expected a SambaState from this model's new_state()")
+        if state._broken:
+            raise ValueError("state: an earlier prefill/step on this state was interrupted or "
+                             "failed midway, leaving it inconsistent; start from a new state "
+                             "(or a copy() taken before)")
         if state.batch != batch:
             raise ValueError(f"state: made for batch {state.batch}, tokens have batch {batch}")
 
@@ -526,6 +532,7 @@ class Samba:
             raise ValueError("prefill: all sequences of the state must be at the same position")
         x = be.take(self._wte, tokens, 0)                  # (B, L, D)
         resid, delta = x, None
+        state._broken = True       # cleared below; stays set if interrupted (Ctrl-C) midway
         for b, st in zip(self._blocks, state.layers):
             if delta is None:
                 n = be.rms_norm(resid, b.norm_1, cfg.norm_eps)
@@ -536,6 +543,7 @@ class Samba:
             n, resid = be.rms_norm(mix, b.norm_2, cfg.norm_eps, resid)
             delta = self._mlp(b, n)
         state.pos += L
+        state._broken = False
         if want == "all":
             nf, _ = be.rms_norm(delta, self._ln_f, cfg.norm_eps, resid)
             logits = be.matmul(nf, self._head, trans_b=True)
@@ -610,6 +618,7 @@ class Samba:
         pos2 = pos[:, None]
         x = be.take(self._wte, tok, 0)                  # (B, D)
         resid, delta = x, None
+        state._broken = True
         for b, st in zip(self._blocks, state.layers):
             if delta is None:
                 n = be.rms_norm(resid, b.norm_1, cfg.norm_eps)
@@ -649,6 +658,7 @@ class Samba:
                           dtype=np.float32)
         state.pos += 1
         state.logits = logits
+        state._broken = False
         return logits.copy()
 
     def nll(self, tokens: TokensLike, state: Optional[SambaState] = None,

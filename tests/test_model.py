@@ -438,3 +438,46 @@ def test_model_uses_only_the_backend_interface(rng):
                                                                        stop=[])
     assert m.state_dict().keys() == ref.state_dict().keys()
     assert be.calls["matmul"] > 0 and be.calls["selective_state_update"] > 0
+
+
+def test_interrupted_prefill_invalidates_the_state(model, rng):
+    """A prefill stopped midway (e.g. Ctrl-C inside a chunk) must not leave a silently wrong
+    state: later calls on it raise; a copy taken before stays usable."""
+    tok = rng.integers(0, 259, (1, 40))
+    st = model.new_state(1)
+    model.prefill(tok[:, :20], st)
+    saved = st.copy()
+    calls = {"n": 0}
+    orig = model.backend.selective_scan
+
+    def boom(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:      # the second Mamba block of the chunk
+            raise KeyboardInterrupt
+        return orig(*a, **k)
+    model.backend.selective_scan = boom
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            model.prefill(tok[:, 20:], st)
+    finally:
+        del model.backend.selective_scan
+    with pytest.raises(ValueError, match="interrupted"):
+        model.step(tok[:, 0], st)
+    assert_close(model.prefill(tok[:, 20:], saved), model.forward(tok)[:, -1], RTOL_SAME, "copy")
+
+
+def test_blas_threads_restored_after_decode(model):
+    """Decode-sized GEMMs run on one OpenBLAS thread; the previous count comes back for the
+    next large GEMM (skipped where NumPy's BLAS is not an OpenBLAS we can control)."""
+    be = model.backend
+    if getattr(be, "_blas", None) is None:
+        pytest.skip("no controllable OpenBLAS in this NumPy")
+    fs, fg = be._blas
+    a = np.ones((512, 512), np.float32)
+    be.matmul(a, a)                       # large: the user's / default thread count
+    before = int(fg())
+    st = model.new_state(1)
+    model.step([1], st)
+    assert int(fg()) == 1
+    np.testing.assert_array_equal(be.matmul(a, a), np.full((512, 512), 512, np.float32))
+    assert int(fg()) == before

@@ -204,6 +204,23 @@ def notes_for(model: Any) -> list[str]:
     return [note] if note else []
 
 
+def _tqdm_class():
+    """tqdm's notebook widget bar when ipywidgets is installed (Jupyter), else the text bar
+    (tqdm.auto would warn in Jupyter without ipywidgets); None without tqdm."""
+    try:
+        import ipywidgets  # noqa: F401
+
+        from tqdm.auto import tqdm
+        return tqdm
+    except ImportError:
+        pass
+    try:
+        from tqdm import tqdm
+        return tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return None
+
+
 class Progress:
     """A tqdm bar (stderr) with an optional nested prefill bar; a no-op when disabled or
     when tqdm is not installed."""
@@ -212,10 +229,7 @@ class Progress:
         self._tqdm = None
         self.bar = None
         if enabled:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:  # pragma: no cover - tqdm is a dependency
-                tqdm = None
+            tqdm = _tqdm_class()
             if tqdm is not None:
                 self._tqdm = tqdm
                 self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True,
