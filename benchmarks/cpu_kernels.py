@@ -373,8 +373,9 @@ NOTES = [
     "pairs, the time ratio equals the pair ratio (4.27 for L=16384, W=2048: 134.2 M vs "
     "31.5 M pairs per head), so a ratio >= 5x is not expected from a kernel whose cost is "
     "~ L*W; the ratio column (time ratio / pair ratio, 1.0 = exactly proportional) is the "
-    "check of that scaling. Values below 1 mean the full causal run reached a higher "
-    "GFLOP/s than the windowed one.",
+    "check of that scaling. Values away from 1 mean the two runs reached different "
+    "GFLOP/s (work at the diagonal / window edges, or the machine load changing during the "
+    "single full causal run).",
     "Memory-bound kernels write their outputs with ordinary stores, so every output cache "
     "line is first read (read-for-ownership): 1.5x the DRAM traffic of a copy of the same "
     "bytes (glibc's memcpy avoids it with rep movsb / streaming stores). Streaming stores "
