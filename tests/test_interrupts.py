@@ -127,7 +127,10 @@ def test_gil_released_during_kernel(rng):
     """While a worker thread runs a multi-second scan, the main thread runs Python code: it
     finishes a fixed amount of bytecode work while the kernel is still running. With the GIL
     held by the kernel the main thread could not run until the kernel returned."""
-    inp = long_scan_inputs(rng, L=40_000)
+    import tracemalloc
+
+    assert not tracemalloc.is_tracing(), "tracemalloc left on by an earlier test (slows Python)"
+    inp = long_scan_inputs(rng, L=80_000)  # ~3.5 s on one thread
     n = samba_ext.get_num_threads()
     samba_ext.set_num_threads(1)          # leave a core free for the main thread
     times = {}
@@ -148,7 +151,7 @@ def test_gil_released_during_kernel(rng):
         kernel_running = not done.is_set()
         m0 = time.monotonic()
         acc = 0
-        for i in range(300_000):         # ~30 ms of pure-Python work on an idle core
+        for i in range(100_000):         # ~10 ms of pure-Python work on an idle core
             acc += i & 7
         m1 = time.monotonic()
         main_finished_first = not done.is_set()
@@ -156,7 +159,7 @@ def test_gil_released_during_kernel(rng):
     finally:
         samba_ext.set_num_threads(n)
     assert kernel_running, "the kernel finished within 0.3 s: too short to test anything"
-    assert acc == 300_000 // 8 * 28
+    assert acc == 100_000 // 8 * 28
     assert main_finished_first, (
         f"the main thread was blocked while the kernel ran (GIL held?): Python work "
         f"{m0 - times['k0']:.2f}..{m1 - times['k0']:.2f} s, kernel 0..{times['k1'] - times['k0']:.2f} s")
