@@ -7,7 +7,7 @@ Examples::
     samba-ext phonebook --entries 20,40,80 --trials 10
     samba-ext perplexity --tokens 1M                   # stdlib held-out split, streaming
     samba-ext perplexity --file notes.txt --mode sliding --lengths 1K,4K --stride 512
-    samba-ext throughput --configs samba-10m,samba-10m:llama
+    samba-ext throughput --configs samba-10m,samba-10m:llama,samba-10m:mistral
     samba-ext generate "The pass key is" --max-new-tokens 20
     samba-ext info --model path/to/model.safetensors
 
@@ -214,8 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("throughput", help="prefill / decode tokens/s of configs (random weights)",
                        description="Throughput with random weights; configs are presets, "
                        "optionally NAME:llama / NAME:mistral / NAME:mamba baselines.")
-    p.add_argument("--configs", default="samba-10m,samba-10m:llama",
-                   help="comma-separated presets (default samba-10m,samba-10m:llama)")
+    p.add_argument("--configs", default="samba-tiny,samba-tiny:llama",
+                   help="comma-separated presets (default samba-tiny,samba-tiny:llama; e.g. "
+                        "samba-10m,samba-10m:llama,samba-10m:mistral for a larger pair)")
     p.add_argument("--lengths", default="1K,2K,4K,8K,16K",
                    help="prefill prompt lengths (default 1K,2K,4K,8K,16K)")
     p.add_argument("--total-tokens", default="16K",
@@ -509,6 +510,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         pass
     for k, v in info["config"].items():
         print(f"  {k:<18}: {v}")
+    for k, v in info.get("metadata", {}).items():
+        print(f"  metadata {k}: {v}")
     return 0
 
 
@@ -535,7 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args._argv = list(argv) if argv is not None else None
     try:
         threads = getattr(args, "threads", None)
-        if threads is None and hasattr(args, "threads") and args.command != "throughput":
+        if threads is None and hasattr(args, "threads"):
             threads, why = auto_threads()
             if why:
                 print(why, file=sys.stderr)

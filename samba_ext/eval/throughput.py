@@ -100,7 +100,7 @@ class ThroughputResult(EvalResult):
         return "\n\n".join(parts) if parts else "(no finished cells)"
 
 
-def throughput(configs: Sequence[Any] = ("samba-10m", "samba-10m:llama"),
+def throughput(configs: Sequence[Any] = ("samba-tiny", "samba-tiny:llama"),
                prompt_lengths: Sequence[int] = (1024, 2048, 4096, 8192, 16384),
                total_tokens: int = 16384, gen_lengths: Sequence[int] = (128, 512),
                batch_size: int = 4, decode_prompt: int = 16, repeats: int = 1,
