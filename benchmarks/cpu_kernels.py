@@ -363,8 +363,32 @@ def render(info: dict[str, str], rep: Report, elapsed: float, quick: bool) -> st
               "above the core count means other processes competed for the cores, which "
               "hurts the 2-thread kernels (each OpenMP region waits for its slowest thread) "
               "more than the single-threaded NumPy baselines.", ""]
+    lines += ["Reading the numbers:", ""] + [f"- {n}" for n in NOTES] + [""]
     lines += rep.notes
     return "\n".join(lines) + "\n"
+
+
+NOTES = [
+    "Full vs windowed attention: if cost is proportional to the number of (query, key) "
+    "pairs, the time ratio equals the pair ratio (4.27 for L=16384, W=2048: 134.2 M vs "
+    "31.5 M pairs per head), so a ratio >= 5x is not expected from a kernel whose cost is "
+    "~ L*W; the ratio column (time ratio / pair ratio, 1.0 = exactly proportional) is the "
+    "check of that scaling. Values away from 1 mean the two runs reached different "
+    "GFLOP/s (work at the diagonal / window edges, or the machine load changing during the "
+    "single full causal run).",
+    "Memory-bound kernels write their outputs with ordinary stores, so every output cache "
+    "line is first read (read-for-ownership): 1.5x the DRAM traffic of a copy of the same "
+    "bytes (glibc's memcpy avoids it with rep movsb / streaming stores). Streaming stores "
+    "would close that gap in this benchmark but push the output out of cache right before "
+    "the next operation of a model reads it, so the kernels do not use them.",
+    "NumPy's copy (and every kernel output) of <= 32 MB reuses glibc's freed heap block "
+    "without page faults; larger outputs are fresh mmaps whose pages the OS zeroes on "
+    "first touch. Both sides of each row pay the same.",
+    "On this 2-vCPU VM one core already draws most of the memory bandwidth, so 2 threads "
+    "add little to the memory-bound kernels; when other processes load the cores, each "
+    "OpenMP region waits for a descheduled thread, so the 1-thread column can be faster. "
+    "On a busy machine call samba_ext.set_num_threads(1).",
+]
 
 
 def main(argv: Optional[list[str]] = None) -> int:

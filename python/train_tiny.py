@@ -108,7 +108,7 @@ def scan_ref(x, dt, A, Bm, Cm, Dv, h0=None):
     h0: (B, E, N) or None.  Returns y (B, L, E) and the final state (B, E, N).
     """
     Bsz, L, E = x.shape
-    h = torch.zeros(Bsz, E, A.shape[1], dtype=torch.float32, device=x.device) if h0 is None else h0
+    h = torch.zeros(Bsz, E, A.shape[1], dtype=x.dtype, device=x.device) if h0 is None else h0
     ys = []
     for t in range(L):
         dA = torch.exp(dt[:, t, :, None] * A)
@@ -141,7 +141,7 @@ def scan_chunked(x, dt, A, Bm, Cm, Dv, h0=None, chunk: int = 16, min_log_decay: 
     Bsz, L, E = x.shape
     N = A.shape[1]
     if L == 0:
-        h = torch.zeros(Bsz, E, N, device=x.device) if h0 is None else h0
+        h = torch.zeros(Bsz, E, N, dtype=x.dtype, device=x.device) if h0 is None else h0
         return x.new_zeros(Bsz, 0, E), h
     T = chunk
     pad = (-L) % T
@@ -580,11 +580,30 @@ class DataMix:
     p_phonebook: float = 0.15
     p_bos: float = 0.5
     text: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int16))
+    # fraction of passkey rows whose key line is placed at least `window` tokens before the first answer
+    # token (beyond the SWA window, so only the Mamba state can carry the key), where the row is long enough
+    pk_far: float = 0.0
+    window: int | None = None
 
 
-def make_doc(rng: random.Random, L: int, mix: DataMix):
+def far_depth(rng: random.Random, n_tokens: int, key: int, window: int) -> float | None:
+    """A depth for passkey_prompt(n_tokens, depth, key) that puts >= window filler characters between the
+    key line and the question (so both copies of the key lie >= window tokens before every answer token),
+    uniform over the possible amounts of filler; None if the prompt is too short for that."""
+    fixed = len(PK_INSTR) + len(pk_info(key)) + len(PK_QUESTION) + 4
+    n_garbage = n_tokens - fixed
+    if n_garbage < window:
+        return None
+    post = rng.randint(window, n_garbage)
+    return (n_garbage - post) / n_garbage if n_garbage else 0.0
+
+
+def make_doc(rng: random.Random, L: int, mix: DataMix, info: dict | None = None):
     """One training row of exactly L tokens. Returns (ids int64 (L,), kind (L,) int8) where
-    kind: 0 = pad (no loss), 1 = LM token, 2 = answer token (weighted; target at this position)."""
+    kind: 0 = pad (no loss), 1 = LM token, 2 = answer token (weighted; target at this position).
+    info (optional dict) receives "task" ("passkey"/"phonebook"/"text") and "far" (passkey key beyond
+    the SWA window by construction)."""
+    far = False
     ids = np.full(L, PAD, dtype=np.int64)
     kind = np.zeros(L, dtype=np.int8)
     bos = [BOS] if rng.random() < mix.p_bos else []
@@ -594,7 +613,12 @@ def make_doc(rng: random.Random, L: int, mix: DataMix):
         ans = encode(PASSKEY_ANSWER.format(key=key)) + [EOS]
         u = rng.random()
         depth = 0.0 if u < 0.1 else 1.0 if u < 0.2 else rng.random()
+        if mix.window and mix.pk_far > 0 and rng.random() < mix.pk_far:
+            d_far = far_depth(rng, L - len(bos) - len(ans), key, mix.window)
+            if d_far is not None:
+                depth, far = d_far, True
         prompt = encode(passkey_prompt(L - len(bos) - len(ans), depth, key))
+        task = "passkey"
         seq = bos + prompt + ans
         n_ans = len(ans)
     elif r < mix.p_passkey + mix.p_phonebook or len(mix.text) < L + 1:
@@ -611,10 +635,14 @@ def make_doc(rng: random.Random, L: int, mix: DataMix):
             n_e = max(3, int(n_e * 0.8))
         seq = seq[:L]
         n_ans = len(ans)
+        task = "phonebook"
     else:
         s = rng.randrange(0, len(mix.text) - L)
         seq = bos + mix.text[s: s + L - len(bos)].astype(np.int64).tolist()
         n_ans = 0
+        task = "text"
+    if info is not None:
+        info.update(task=task, far=far)
     n = len(seq)
     ids[:n] = seq
     kind[: n - 1] = 1  # position t predicts seq[t+1]
@@ -623,8 +651,14 @@ def make_doc(rng: random.Random, L: int, mix: DataMix):
     return ids, kind
 
 
-def make_batch(rng: random.Random, B: int, L: int, mix: DataMix):
-    rows = [make_doc(rng, L, mix) for _ in range(B)]
+def make_batch(rng: random.Random, B: int, L: int, mix: DataMix, infos: list | None = None):
+    """B rows of make_doc: ids (B, L) int64, kind (B, L) int8; infos (optional list) gets each row's info."""
+    rows = []
+    for _ in range(B):
+        d: dict = {}
+        rows.append(make_doc(rng, L, mix, d))
+        if infos is not None:
+            infos.append(d)
     ids = torch.from_numpy(np.stack([r[0] for r in rows]))
     kind = torch.from_numpy(np.stack([r[1] for r in rows]))
     return ids, kind
@@ -731,8 +765,27 @@ def eval_ppl(model: TorchSamba, stream: np.ndarray, total: int, device, seg: int
 # ----------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------
-def curriculum_len(progress: float, max_len: int) -> int:
-    """Short-to-long stages: 1/8, 1/4, 1/2, 1 of max_len."""
+def parse_stages(spec: str | None) -> list[tuple[float, int]] | None:
+    """"0.4:1024,0.7:2048,1:4096" -> [(0.4, 1024), (0.7, 2048), (1.0, 4096)] (end of stage as a fraction
+    of the budget, stage length); None for None/""."""
+    if not spec:
+        return None
+    out = []
+    for part in spec.split(","):
+        f, n = part.split(":")
+        out.append((float(f), int(n)))
+    if any(b[0] <= a[0] for a, b in zip(out, out[1:])) or out[-1][0] < 1.0:
+        raise ValueError(f"--stages {spec!r}: fractions must increase and the last must be >= 1")
+    return out
+
+
+def curriculum_len(progress: float, max_len: int, stages: list[tuple[float, int]] | None = None) -> int:
+    """Short-to-long stages: 1/8, 1/4, 1/2, 1 of max_len (or the explicit ``stages``)."""
+    if stages:
+        for end, n in stages:
+            if progress < end:
+                return min(n, max_len)
+        return min(stages[-1][1], max_len)
     if progress < 0.12:
         return max(320, max_len // 8)
     if progress < 0.30:
@@ -767,6 +820,12 @@ def parse_args(argv=None):
     ap.add_argument("--lm-weight", type=float, default=0.25, help="weight of the LM loss vs the answer loss")
     ap.add_argument("--p-passkey", type=float, default=0.5)
     ap.add_argument("--p-phonebook", type=float, default=0.15)
+    ap.add_argument("--pk-far", type=float, default=0.0,
+                    help="fraction of passkey rows whose key is placed >= window tokens before the answer "
+                         "(beyond the SWA window: only the Mamba state can carry it); samba only")
+    ap.add_argument("--stages", default=None,
+                    help='curriculum "END:LEN,...", END = fraction of the budget, e.g. "0.4:1024,0.7:2048,1:4096" '
+                         "(default: max_len/8 to 12%%, /4 to 30%%, /2 to 50%%, then max_len; at least 320)")
     ap.add_argument("--dt-aug", type=float, default=0.0,
                     help="fraction of rows whose Mamba dt is multiplied by exp(U(0, ln dt_aug_max)) "
                          "(time-dilation augmentation for length extrapolation)")
@@ -805,7 +864,9 @@ def main(argv=None) -> dict:
     n_params = model.num_parameters()
     t0 = time.time()
     text = text_stream(stdlib_files(held_out=False), args.text_bytes or (2_000_000 if cpu else None))
-    mix = DataMix(p_passkey=args.p_passkey, p_phonebook=args.p_phonebook, text=text)
+    mix = DataMix(p_passkey=args.p_passkey, p_phonebook=args.p_phonebook, text=text, pk_far=args.pk_far,
+                  window=cfg["window"] if "swa" in cfg["layer_types"] else None)
+    stages = parse_stages(args.stages)
     print(f"[{args.model}] params {n_params} | train text {len(text)} tokens ({time.time() - t0:.1f}s) | "
           f"device {dev} | max_len {max_len} | tokens/step {tps}", flush=True)
 
@@ -827,10 +888,11 @@ def main(argv=None) -> dict:
         progress = max(prog_s, prog_t)
         if progress >= 1.0:
             break
-        Lmax = curriculum_len(progress, max_len)
+        Lmax = curriculum_len(progress, max_len, stages)
         L = Lmax if rng.random() < 0.5 else max(320, int(rng.uniform(0.25, 1.0) * Lmax) // 64 * 64)
         B = max(1, tps // L)
-        ids, kind = make_batch(rng, B, L, mix)
+        infos: list = []
+        ids, kind = make_batch(rng, B, L, mix, infos)
         if dev.type == "cuda":
             ids, kind = ids.pin_memory().to(dev, non_blocking=True), kind.pin_memory().to(dev, non_blocking=True)
         dt_scale = None
@@ -861,9 +923,14 @@ def main(argv=None) -> dict:
         if step % args.log_every == 0 or step == 1 or (args.steps and step == args.steps):
             with torch.no_grad():
                 acc = ((logits.argmax(-1) == tgt).float() * m_ans).sum() / n_ans
+                # rows whose whole answer is right, for passkey rows with the key beyond the window
+                row_ok = ((logits.argmax(-1) == tgt) | (k_ != 2)).all(1).cpu()
+                far_rows = [i for i, d in enumerate(infos) if d["far"]]
+                far_acc = (sum(float(row_ok[i]) for i in far_rows) / len(far_rows)) if far_rows else None
             rec = dict(step=step, t=round(time.time() - t_start, 1), L=L, B=B, lr=round(lr, 6),
                        loss=round(loss.item(), 4), loss_ans=round(loss_ans.item(), 4),
                        loss_lm=round(loss_lm.item(), 4), ans_acc=round(acc.item(), 4),
+                       far_rows=len(far_rows), far_exact=None if far_acc is None else round(far_acc, 3),
                        gnorm=round(float(gn), 3))
             log.append(rec)
             print(json.dumps(rec), flush=True)

@@ -24,6 +24,7 @@ import math
 import os
 import re
 import shlex
+import stat
 import sys
 import time
 from typing import Any, Sequence
@@ -323,6 +324,13 @@ def _check_model_path(spec: str) -> None:
         raise CliError(f"--model: file {spec!r} does not exist")
     if os.path.isdir(spec):
         raise CliError(f"--model: {spec!r} is a directory; pass the .safetensors or .pth file")
+    try:
+        mode = os.stat(spec).st_mode
+    except OSError as e:
+        raise CliError(f"--model: cannot stat {spec!r}: {e.strerror or e}") from None
+    if not stat.S_ISREG(mode):
+        raise CliError(f"--model: {spec!r} is not a regular file (a FIFO, device or socket); "
+                       "pass the .safetensors or .pth file")
     if not os.access(spec, os.R_OK):
         raise CliError(f"--model: {spec!r} is not readable (permission denied)")
 

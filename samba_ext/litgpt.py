@@ -28,7 +28,7 @@ import numpy as np
 
 from .config import PRESETS, SambaConfig
 from .errors import CheckpointError
-from .safetensors_io import bf16_to_f32
+from .safetensors_io import bf16_to_f32, open_regular_file
 
 __all__ = ["read_torch_zip", "load_litgpt_state_dict", "infer_config", "normalize_state_dict"]
 
@@ -58,12 +58,35 @@ class _StorageType:
         return f"torch.{self.name}"
 
 
-class _Storage:
-    """A storage: 1-D numpy array of its elements (a memory map into the zip) + its kind."""
+class _Budget:
+    """Running bound on the bytes :func:`_rebuild_tensor_v2` may materialise while reading one
+    file. Tensors are copies of views of storages; without a bound a small file can name one
+    storage thousands of times (through the pickle memo) or view it with stride 0, each copy
+    costing the full claimed size."""
 
-    def __init__(self, data: np.ndarray, kind: str):
+    def __init__(self, limit: int, fname: str):
+        self.limit = limit
+        self.used = 0
+        self.fname = fname
+
+    def charge(self, nbytes: int, what: str) -> None:
+        if self.used + nbytes > self.limit:
+            raise CheckpointError(
+                f"{self.fname}: {what} would bring the tensor bytes materialised to "
+                f"{self.used + nbytes}, more than {self.limit} (a few times the file size): the "
+                "pickle references its storages many times or broadcasts them (stride 0); "
+                "refusing a likely decompression bomb")
+        self.used += nbytes
+
+
+class _Storage:
+    """A storage: 1-D numpy array of its elements (a memory map into the zip) + its kind,
+    and the reader's :class:`_Budget` (shared by all storages of one file)."""
+
+    def __init__(self, data: np.ndarray, kind: str, budget: Optional[_Budget] = None):
         self.data = data
         self.kind = kind
+        self.budget = budget
 
 
 def _as_int(v: Any, what: str) -> int:
@@ -99,6 +122,8 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
             raise CheckpointError(f"tensor of size {size}, stride {stride}, offset {off} reads "
                                   f"element {last} of a storage of {n} elements")
         it = storage.data.itemsize
+        if storage.budget is not None:
+            storage.budget.charge(numel * it, f"tensor of size {size}")
         view = np.lib.stride_tricks.as_strided(storage.data[off:], shape=size,
                                                strides=tuple(s * it for s in stride),
                                                writeable=False)
@@ -122,7 +147,26 @@ _SAFE_GLOBALS: dict[tuple[str, str], Any] = {
 _SAFE_GLOBALS.update({("torch", k): _StorageType(k) for k in _STORAGES})
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+def _refuse_extension(self) -> None:
+    raise CheckpointError("refusing the pickle extension-registry opcodes (EXT1/EXT2/EXT4): "
+                          "they name globals outside find_class")
+
+
+class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
+    """The pure-Python unpickler (``pickle._Unpickler``), restricted.
+
+    Deliberately NOT the C ``pickle.Unpickler``: the C one allocates what the pickle claims
+    before checking it (LONG_BINPUT with index 2**32-1 grows its memo array to that index, ~GBs
+    from a 9-byte pickle; BINBYTES8 claiming 8 GiB allocates 8 GiB before noticing the data is
+    missing). The pure-Python one keeps the memo in a dict and reads counted data with
+    ``file.read(n)``, which returns at most what the (in-memory, size-bounded) data.pkl holds.
+    data.pkl is a few KB (tensor metadata only), so its speed does not matter."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    for _op in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
+        dispatch[_op[0]] = _refuse_extension
+    del _op
+
     def __init__(self, f, load_storage):
         super().__init__(f)
         self._load_storage = load_storage
@@ -143,11 +187,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._load_storage(pid[1], pid[2], pid[4])
 
 
-def _zip_data_offset(fname: str, fsize: int, info: zipfile.ZipInfo) -> int:
-    """File offset of a stored zip member's data (after its local header)."""
-    with open(fname, "rb") as f:
-        f.seek(info.header_offset)
-        lh = f.read(30)
+def _zip_data_offset(f: Any, fname: str, fsize: int, info: zipfile.ZipInfo) -> int:
+    """File offset of a stored zip member's data (after its local header); ``f`` is the
+    open checkpoint (binary, seekable)."""
+    if not 0 <= info.header_offset <= fsize - 30:
+        raise CheckpointError(f"{fname}: corrupt zip header offset for {info.filename}")
+    f.seek(info.header_offset)
+    lh = f.read(30)
     if len(lh) != 30 or lh[:4] != b"PK\x03\x04":
         raise CheckpointError(f"{fname}: corrupt zip local header for {info.filename}")
     name_len, extra_len = struct.unpack("<HH", lh[26:30])
@@ -158,18 +204,47 @@ def _zip_data_offset(fname: str, fsize: int, info: zipfile.ZipInfo) -> int:
     return start
 
 
+def _corrupt(fname: str, e: BaseException) -> CheckpointError:
+    return CheckpointError(f"{fname}: corrupt checkpoint ({type(e).__name__}: {e})")
+
+
+# Everything a hostile zip/pickle can make zipfile, struct, numpy or the unpickler raise.
+# (UnicodeDecodeError is a ValueError; zipfile.BadZipFile and LargeZipFile are Exceptions.)
+_CORRUPT = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            IndexError, KeyError, struct.error, zipfile.BadZipFile, zipfile.LargeZipFile,
+            OSError, NotImplementedError, OverflowError, MemoryError, RecursionError)
+
+
 def read_torch_zip(path: str | os.PathLike) -> Any:
     """Unpickle a torch zip checkpoint without torch; tensors become numpy arrays
-    (float tensors: float32 for bf16 storages, else their own dtype)."""
+    (float tensors: float32 for bf16 storages, else their own dtype).
+
+    Anything wrong with the file raises CheckpointError naming it; nothing in the file can
+    make the reader allocate more than a small multiple of the file size (data.pkl must be
+    stored uncompressed, the pure-Python unpickler is used, and the bytes of materialised
+    tensors are bounded by 4 x file size + 1 MiB)."""
     fname = os.fspath(path)
     try:
-        fsize = os.path.getsize(fname)
-        zf = zipfile.ZipFile(fname)
-    except zipfile.BadZipFile as e:
-        raise CheckpointError(f"{fname}: not a torch zip checkpoint ({e}); legacy (torch < 1.6) "
-                              "files need torch: re-save them with torch.save") from e
+        fh = open_regular_file(fname)
     except OSError as e:
         raise CheckpointError(f"{fname}: cannot read ({e})") from e
+    with fh:
+        try:
+            return _read_torch_zip(fname, fh)
+        except CheckpointError as e:
+            msg = str(e)
+            raise CheckpointError(msg if msg.startswith(fname) else f"{fname}: {msg}") from None
+        except _CORRUPT as e:
+            raise _corrupt(fname, e) from None
+
+
+def _read_torch_zip(fname: str, fh: Any) -> Any:
+    fsize = os.fstat(fh.fileno()).st_size
+    try:
+        zf = zipfile.ZipFile(fh)
+    except zipfile.BadZipFile as e:
+        raise CheckpointError(f"{fname}: not a torch zip checkpoint ({e}); legacy (torch < 1.6) "
+                              "files need torch: re-save them with torch.save") from None
     with zf:
         names = zf.namelist()
         pkl = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
@@ -179,11 +254,16 @@ def read_torch_zip(path: str | os.PathLike) -> Any:
         prefix = pkl[0][: -len("data.pkl")]
         big_endian = False
         if prefix + "byteorder" in names:
-            bo = zf.read(prefix + "byteorder").decode("ascii", "replace").strip()
+            bi = zf.getinfo(prefix + "byteorder")
+            if bi.compress_type != zipfile.ZIP_STORED or bi.file_size > 16:
+                raise CheckpointError(f"{fname}: invalid byteorder entry ({bi.file_size} bytes, "
+                                      f"compression {bi.compress_type})")
+            bo = zf.read(bi).decode("ascii", "replace").strip()
             if bo not in ("little", "big"):
                 raise CheckpointError(f"{fname}: unknown byteorder {bo!r}")
             big_endian = bo == "big"
         cache: dict[str, _Storage] = {}
+        budget = _Budget(4 * fsize + (1 << 20), fname)
 
         def load_storage(stype: _StorageType, key: str, numel: Any) -> _Storage:
             if key in cache:
@@ -209,26 +289,22 @@ def read_torch_zip(path: str | os.PathLike) -> Any:
             if numel == 0:
                 arr = np.zeros(0, dtype=dt)
             else:
-                start = _zip_data_offset(fname, fsize, info)
-                arr = np.memmap(fname, dtype=dt, mode="r", offset=start, shape=(numel,))
+                start = _zip_data_offset(fh, fname, fsize, info)
+                arr = np.memmap(fh, dtype=dt, mode="r", offset=start, shape=(numel,))
             if big_endian and it > 1:
+                budget.charge(numel * it, f"byte-swapping storage {key}")
                 arr = arr.astype(stype.dtype)
-            st = _Storage(arr, stype.name)
+            st = _Storage(arr, stype.name, budget)
             cache[key] = st
             return st
 
-        try:
-            with zf.open(pkl[0]) as f:
-                data = io.BytesIO(f.read())
-            return _RestrictedUnpickler(data, load_storage).load()
-        except CheckpointError as e:
-            msg = str(e)
-            raise CheckpointError(msg if msg.startswith(fname) else f"{fname}: {msg}") from None
-        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-                IndexError, KeyError, struct.error, zipfile.BadZipFile, OSError,
-                MemoryError, RecursionError) as e:
-            raise CheckpointError(f"{fname}: corrupt checkpoint pickle ({type(e).__name__}: "
-                                  f"{e})") from None
+        pinfo = zf.getinfo(pkl[0])
+        if pinfo.compress_type != zipfile.ZIP_STORED or pinfo.file_size > fsize:
+            raise CheckpointError(f"{fname}: {pkl[0]} is compressed or larger than the file "
+                                  "(torch writes it uncompressed); re-save the file with "
+                                  "torch.save")
+        data = io.BytesIO(zf.read(pinfo))
+        return _RestrictedUnpickler(data, load_storage).load()
 
 
 _PREFIXES = ("_orig_mod.", "module.", "_forward_module.", "model.")
@@ -265,15 +341,28 @@ def normalize_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, np.n
     return sd
 
 
+def _torch_version(torch: Any) -> tuple[int, int]:
+    """(major, minor) of ``torch.__version__`` ((0, 0) when it cannot be parsed)."""
+    m = re.match(r"(\d+)\.(\d+)", str(getattr(torch, "__version__", "")))
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
 def load_litgpt_state_dict(path: str | os.PathLike, use_torch: bool = False
                            ) -> dict[str, np.ndarray]:
     """Read a lit_gpt ``.pth`` into {key: float32 array}. The default reader needs no torch;
     ``use_torch=True`` (or a legacy non-zip file with torch installed) uses
     ``torch.load(weights_only=True)`` instead."""
     fname = os.fspath(path)
-    if not os.path.isfile(fname):
+    if not os.path.exists(fname):
         raise FileNotFoundError(f"{fname}: no such checkpoint file")
-    if use_torch or not zipfile.is_zipfile(fname):
+    try:
+        with open_regular_file(fname) as fh:
+            is_zip = zipfile.is_zipfile(fh)
+    except OSError as e:
+        raise CheckpointError(f"{fname}: cannot read ({e})") from e
+    except _CORRUPT as e:     # e.g. BadZipFile("zipfiles that span multiple disks ...")
+        raise _corrupt(fname, e) from None
+    if use_torch or not is_zip:
         try:
             import torch
         except ImportError:
@@ -281,6 +370,13 @@ def load_litgpt_state_dict(path: str | os.PathLike, use_torch: bool = False
                 raise
             raise CheckpointError(f"{fname}: not a torch zip checkpoint; legacy (torch < 1.6) "
                                   "files can only be read with torch installed") from None
+        if _torch_version(torch) < (2, 6):
+            # torch.load(weights_only=True) could run code before 2.6 (CVE-2025-32434)
+            raise CheckpointError(
+                f"{fname}: {'use_torch=True' if use_torch else 'this legacy (non-zip) file'} "
+                f"needs torch.load, which is unsafe on untrusted files with torch "
+                f"{torch.__version__} < 2.6 (CVE-2025-32434); upgrade torch, or re-save the "
+                "file with torch >= 1.6 (zip format, read without torch)")
         try:
             obj = torch.load(fname, map_location="cpu", weights_only=True, mmap=False)
         except Exception as e:

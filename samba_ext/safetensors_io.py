@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from typing import Iterable, Mapping, Optional
 
 import numpy as np
@@ -23,9 +24,33 @@ import numpy as np
 from .errors import CheckpointError
 
 __all__ = ["read_safetensors", "read_safetensors_header", "write_safetensors",
-           "bf16_to_f32", "f32_to_bf16", "MAX_HEADER_SIZE"]
+           "bf16_to_f32", "f32_to_bf16", "open_regular_file", "MAX_HEADER_SIZE"]
 
 MAX_HEADER_SIZE = 100_000_000  # bytes, as the reference implementation
+# numpy 1.x supports at most 32 dimensions (numpy 2: 64); no checkpoint tensor comes close
+_MAX_RANK = 32
+
+
+def open_regular_file(fname: str):
+    """Open ``fname`` for binary reading, refusing anything that is not a regular file
+    (FIFO, device, socket, directory) with CheckpointError *without blocking*: the file is
+    opened with O_NONBLOCK (a FIFO without a writer would otherwise block ``open`` forever)
+    and checked with ``fstat`` on the opened descriptor (no stat-then-open race).
+    OSError (missing file, permissions) propagates to the caller."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) \
+        | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(fname, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise CheckpointError(f"{fname}: {kind} (a checkpoint must be a regular file)")
+        if getattr(os, "O_NONBLOCK", 0) and hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 # dtype name -> (numpy dtype of the stored bytes, itemsize)
 _DTYPES = {
@@ -74,8 +99,8 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, dict, int, i
     """
     fname = os.fspath(path)
     try:
-        size = os.path.getsize(fname)
-        with open(fname, "rb") as f:
+        with open_regular_file(fname) as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
                 raise CheckpointError(f"{fname}: truncated safetensors file ({size} bytes; "
@@ -115,13 +140,16 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, dict, int, i
             raise CheckpointError(f"{where}: expected an object with exactly dtype, shape and "
                                   f"data_offsets, got {t!r:.200}")
         dt = t["dtype"]
-        if dt not in _DTYPES:
+        if not isinstance(dt, str) or dt not in _DTYPES:
             raise CheckpointError(f"{where}: unsupported dtype {dt!r} (supported: "
                                   f"{', '.join(_DTYPES)})")
         shape = t["shape"]
         if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
             raise CheckpointError(f"{where}: shape must be a list of non-negative ints, "
                                   f"got {shape!r:.200}")
+        if len(shape) > _MAX_RANK or any(s >= 2**63 for s in shape):
+            raise CheckpointError(f"{where}: shape {shape!r:.200} cannot be represented (at most "
+                                  f"{_MAX_RANK} dimensions, each < 2**63)")
         off = t["data_offsets"]
         if (not isinstance(off, list) or len(off) != 2 or not all(_is_int(o) for o in off)
                 or not 0 <= off[0] <= off[1]):
@@ -171,7 +199,8 @@ def read_safetensors(path: str | os.PathLike, names: Optional[Iterable[str]] = N
     mm = None
     if size > start:
         try:
-            mm = np.memmap(fname, dtype=np.uint8, mode="r", offset=start, shape=(size - start,))
+            with open_regular_file(fname) as fh:
+                mm = np.memmap(fh, dtype=np.uint8, mode="r", offset=start, shape=(size - start,))
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{fname}: cannot map the data ({e})") from e
     for name in sorted(want, key=lambda k: entries[k]["begin"]):

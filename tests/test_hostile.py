@@ -492,3 +492,41 @@ def test_cli_out_does_not_write_through_planted_symlinks(cli, tmp_path):
             timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]      # the run wrote its results
     assert victim.read_text() == "precious", "the CLI wrote through a symlink it did not create"
+
+
+# ------------------------------------------------------------- added with the fixes (fix) ---
+
+def test_pickle_extension_opcodes_refused(tmp_path):
+    """EXT1/EXT2/EXT4 name a global through copyreg's extension registry, not find_class:
+    refused outright (nothing in a torch checkpoint uses them)."""
+    import copyreg
+
+    copyreg.add_extension("os", "system", 0x7A)   # as if some library had registered it
+    try:
+        entries = {"transformer.wte.weight": _wte_ops(),
+                   "evil": b"\x82\x7a" + b"X\x04\x00\x00\x00true" + b"\x85R"}
+        with pytest.raises(CheckpointError, match="extension|os.system"):
+            litgpt.read_torch_zip(str(_pth(tmp_path, entries)))
+    finally:
+        copyreg.remove_extension("os", "system", 0x7A)
+
+
+@pytest.mark.parametrize("version", ["2.5.1+cpu", "1.13.0", "garbage"])
+def test_torch_load_fallback_needs_torch_2_6(tmp_path, monkeypatch, version):
+    """torch.load(weights_only=True) could run code before torch 2.6 (CVE-2025-32434): the
+    non-zip fallback (and use_torch=True) must refuse with an older torch, never call it."""
+    import types
+
+    calls = []
+    fake = types.ModuleType("torch")
+    fake.__version__ = version
+    fake.load = lambda *a, **k: calls.append(a)
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    legacy = tmp_path / "legacy.pth"
+    legacy.write_bytes(B.Pickle().raw(b"}").stop())
+    with pytest.raises(CheckpointError, match="2.6"):
+        litgpt.load_litgpt_state_dict(str(legacy))
+    with pytest.raises(CheckpointError, match="2.6"):
+        litgpt.load_litgpt_state_dict(str(_pth(tmp_path, {"transformer.wte.weight": _wte_ops()})),
+                                      use_torch=True)
+    assert calls == []

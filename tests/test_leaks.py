@@ -266,3 +266,27 @@ def test_model_requests_beyond_memory_fail_fast(case):
         maxrss = int(r.stdout.split("MAXRSS_KB", 1)[1].split()[0]) << 10
         assert maxrss <= 2 << 30, (f"{case}: refused only after using {maxrss / 2**30:.1f} GiB "
                                    f"(the allocation cap hit, no up-front check): {msg[:300]}")
+
+
+def test_memory_check_estimate_and_message(monkeypatch):
+    """The up-front check (model._check_memory) against a pretend 1 GiB of free memory:
+    requests whose working set is far above it are refused at once with a message naming
+    the need and the fix; ordinary requests (a few MB) are not refused."""
+    model = pytest.importorskip("samba_ext.model")
+    from samba_ext.config import SambaConfig
+
+    monkeypatch.setattr(model, "available_memory", lambda: 1 << 30)
+    m = model.Samba(SambaConfig.preset("samba-test"), seed=0)
+    L = 2_000_000          # forward: logits alone 2M x 259 x 4 B = 1.9 GiB
+    with pytest.raises(MemoryError, match="chunk_size") as ei:
+        m.forward(np.zeros((1, L), np.int64))
+    assert "GiB" in str(ei.value) and "nll()" in str(ei.value)
+    with pytest.raises(MemoryError, match="chunk_size"):   # one 2M-token chunk: ~10 GiB
+        m.prefill(np.zeros((1, L), np.int64), m.new_state(1), chunk_size=L)
+    with pytest.raises(MemoryError):                       # nll's float64 chunk logits
+        m.nll(np.zeros((1, L), np.int64), chunk_size=L)
+    # ordinary sizes pass and give the same result as without the check
+    t = np.arange(300, dtype=np.int64)[None] % 259
+    lg = m.forward(t)
+    monkeypatch.setenv("SAMBA_EXT_NO_MEMCHECK", "1")
+    np.testing.assert_array_equal(lg, m.forward(t))

@@ -113,3 +113,66 @@ def test_train_smoke_cpu_and_export(tmp_path):
     assert n % 8 == 0
     m = tt.load_model(out)
     assert m.num_parameters() == res["params"]
+
+
+def test_chunked_scan_backward_matches_recurrence():
+    """Gradients of the chunked scan (exp-cumsum chunks + affine scan across chunks, right padding)
+    equal those of the step-by-step scan_ref for every input, in float64."""
+    g = torch.Generator().manual_seed(1)
+    B, L, E, N = 2, 45, 5, 4  # 45 = 2 full chunks of 16 + a padded one
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    x, Bm, Cm, Dv, h0 = mk(B, L, E), mk(B, L, N), mk(B, L, N), mk(E), mk(B, E, N)
+    dt = torch.rand(B, L, E, generator=g, dtype=torch.float64)  # dt*A >= -3.1 > floor -5: exact
+    A = -(0.1 + 3 * torch.rand(E, N, generator=g, dtype=torch.float64))
+    gy, gh = mk(B, L, E), mk(B, E, N)
+    ins = [t.requires_grad_() for t in (x, dt, A, Bm, Cm, Dv, h0)]
+    grads = []
+    for scan in (tt.scan_ref, tt.scan_chunked):
+        y, h = scan(*ins)
+        grads.append(torch.autograd.grad((y * gy).sum() + (h * gh).sum(), ins))
+    for name, a, b in zip(("x", "dt", "A", "B", "C", "D", "h0"), *grads):
+        # float64 throughout: observed ~1e-15; 1e-10 leaves room for exp(+-S) up to e^48 in a chunk
+        assert_close(b.numpy(), a.numpy(), 1e-10, f"d/d{name}")
+
+
+@pytest.mark.parametrize("W,P,L", [(8, 0, 37), (16, 7, 40)])
+def test_local_attention_backward_matches_dense(W, P, L):
+    g = torch.Generator().manual_seed(W + P)
+    B, H, hd = 2, 2, 8
+    q, k, v = (torch.randn(B, H, n, hd, generator=g, dtype=torch.float64).requires_grad_()
+               for n in (L, P + L, P + L))
+    qpos, kpos = P + torch.arange(L)[:, None], torch.arange(P + L)[None, :]
+    s = (q @ k.transpose(-1, -2) / math.sqrt(hd)).masked_fill(~((kpos <= qpos) & (kpos > qpos - W)), -math.inf)
+    ref = torch.softmax(s, -1) @ v
+    got = tt.local_attention(q, k, v, P, W)
+    go = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    ga = torch.autograd.grad((ref * go).sum(), (q, k, v))
+    gb = torch.autograd.grad((got * go).sum(), (q, k, v))
+    for name, a, b in zip("qkv", ga, gb):
+        assert_close(b.numpy(), a.numpy(), 1e-5, f"swa d/d{name}")  # scores/softmax in float32
+
+
+def test_passkey_rows_answer_mask_and_far_placement():
+    """kind == 2 marks exactly the positions predicting " {key}." + <eos>, and with pk_far = 1 every
+    long-enough passkey row has both copies of the key >= window tokens before the first answer token
+    (so the SWA layers cannot see it: the Mamba state must carry it)."""
+    import random
+    W = 128
+    mix = tt.DataMix(p_passkey=1.0, p_phonebook=0.0, text=np.zeros(0, np.int16), pk_far=1.0, window=W)
+    rng = random.Random(0)
+    n_far = 0
+    for L in (320, 400, 700, 1024) * 10:
+        info: dict = {}
+        ids, kind = tt.make_doc(rng, L, mix, info)
+        assert info["task"] == "passkey" and len(ids) == L
+        pos = np.nonzero(kind == 2)[0]
+        assert np.array_equal(pos, np.arange(pos[0], pos[0] + len(pos))) and pos[-1] + 1 < L
+        text = tt.decode(ids[: pos[0] + 1])
+        key = text.split("The pass key is ")[1].split(".")[0]
+        assert ids[pos + 1].tolist() == tt.encode(f" {key}.") + [tt.EOS]
+        if info["far"]:
+            n_far += 1
+            off = int(ids[0] == tt.BOS)
+            last = text.rindex(f"{key} is the pass key") + len(key) - 1 + off  # last key digit
+            assert pos[0] + 1 - last >= W, (L, pos[0] + 1 - last)
+    assert n_far >= 25  # all rows with >= W filler tokens (L >= ~380 here)

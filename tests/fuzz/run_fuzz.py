@@ -173,6 +173,8 @@ def atheris_worker(args) -> int:  # pragma: no cover - optional long local runs
     import atheris
     import mutators as M
 
+    _cap_address_space(args.max_gib)
+
     with atheris.instrument_imports():
         import targets as T
         import samba_ext.safetensors_io  # noqa: F401
@@ -188,6 +190,8 @@ def atheris_worker(args) -> int:  # pragma: no cover - optional long local runs
 
     def one(data: bytes) -> None:
         f = runner.run_one(t, data)
+        if f is not None and any(i in f.signature for i in args.ignore):
+            return
         if f is not None:
             p = save_finding(Path(args.findings), t.name, f.kind, t.suffix, data)
             raise RuntimeError(f"{f} (saved to {p})")
@@ -203,8 +207,9 @@ def atheris_worker(args) -> int:  # pragma: no cover - optional long local runs
     for i, d in enumerate(pool):
         (seed_dir / f"s{i}").write_bytes(d)
     argv = [sys.argv[0], str(seed_dir), f"-max_total_time={int(args.seconds)}",
-            f"-seed={args.seed + 1}", "-max_len=4194304", "-rss_limit_mb=4096",
-            "-timeout=10"]
+            f"-seed={args.seed + 1}", "-max_len=4194304", "-rss_limit_mb=0",
+            "-timeout=10", f"-artifact_prefix={Path(args.findings).resolve()}/atheris-"]
+    Path(args.findings).mkdir(parents=True, exist_ok=True)
     atheris.Setup(argv, one, custom_mutator=custom_mutator)
     atheris.Fuzz()
     return 0
@@ -240,8 +245,11 @@ def replay(args) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=55.0, help="wall-time cap (default 55)")
-    ap.add_argument("--execs", type=int, default=2500,
-                    help="mutants per target (0: until --seconds; default 2500)")
+    ap.add_argument("--execs", type=int, default=2000,
+                    help="mutants per target (0: until --seconds; default 2000)")
+    ap.add_argument("--ignore", action="append", default=[],
+                    help="atheris engine: keep going past findings whose signature contains "
+                         "this text (e.g. litgpt.py:182), to explore beyond known bugs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--target", action="append", help="only this target (repeatable)")
     ap.add_argument("--findings", default=str(ROOT / "build-fuzz" / "findings"))

@@ -160,7 +160,8 @@ class Runner:
         from samba_ext.errors import CheckpointError
 
         self.CheckpointError = CheckpointError
-        if not tracemalloc.is_tracing():
+        self._started_tracing = not tracemalloc.is_tracing()
+        if self._started_tracing:
             tracemalloc.start(1)
         self.max_ratio = 0.0           # largest peak / file size seen (for the report)
         self._warm: set = set()
@@ -169,6 +170,8 @@ class Runner:
     def close(self) -> None:
         if self._tmp is not None:
             self._tmp.cleanup()
+        if self._started_tracing and tracemalloc.is_tracing():
+            tracemalloc.stop()   # tracing slows every later allocation of the process
 
     def run_one(self, target: Target, data: bytes) -> Optional[Finding]:
         path = os.path.join(self.workdir, "input" + target.suffix)
