@@ -497,3 +497,16 @@ def test_blas_threads_untouched_by_decode(model):
     assert int(fg()) == before
     assert seen[:-1] == [1] * (len(seen) - 1) and seen[-1] == before
     np.testing.assert_array_equal(big, 256.0)
+
+
+def test_device_selection_errors():
+    from samba_ext.errors import CudaUnavailableError
+    with pytest.raises(ValueError, match="device"):
+        Samba(_config(), device="tpu")
+    try:
+        import samba_ext.backend_cuda  # noqa: F401
+    except ImportError:
+        with pytest.raises(CudaUnavailableError, match="CUDA model backend"):
+            Samba(_config(), device="cuda")
+    else:
+        pytest.skip("samba_ext.backend_cuda exists; its own tests cover device='cuda'")
