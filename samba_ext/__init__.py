@@ -15,6 +15,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import os as _os
+
+# OpenMP threads that busy-wait between parallel regions steal the cores from NumPy's BLAS
+# threads and from each other: measured on 2 cores, prefill ~17% slower when quiet and decode
+# 5-10x slower under load (benchmarks/results/cpu_model.md). Sleep-waiting is the default here;
+# it only takes effect if set before the OpenMP runtime loads, and a user's value wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from . import _core
 from .kernels import (apply_rotary, causal_conv1d, causal_conv1d_update, rms_norm,
                       selective_scan, selective_state_update, swa_attention, swa_decode,
