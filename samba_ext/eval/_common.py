@@ -125,6 +125,18 @@ def _weights_file(model: Any) -> str | None:
     return None
 
 
+def _display_source(path: str | None) -> str | None:
+    """The weights file as recorded in results: bundled files relative to the package
+    ("samba_ext/data/samba-tiny.safetensors"), so results do not carry this machine's paths."""
+    if path is None:
+        return None
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ap = os.path.abspath(path)
+    if os.path.commonpath([ap, pkg]) == pkg:
+        return "samba_ext/" + os.path.relpath(ap, pkg).replace(os.sep, "/")
+    return path
+
+
 def _param_arrays(model: Any) -> list[tuple[str, np.ndarray]] | None:
     for attr in ("state_dict", "parameters", "named_parameters"):
         f = getattr(model, attr, None)
@@ -188,7 +200,7 @@ def model_info(model: Any) -> dict:
         if isinstance(meta, dict) else {}
     return {
         "name": getattr(model, "name", None) or cfg.get("name"),
-        "source": _weights_file(model),
+        "source": _display_source(_weights_file(model)),
         "hash": h, "hash_of": h_of,
         "num_parameters": nparams,
         "device": str(getattr(model, "device", "cpu")),
