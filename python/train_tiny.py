@@ -101,17 +101,19 @@ def make_config(name: str, d_model: int = 128, n_layer: int = 4, window: int = 2
 # ----------------------------------------------------------------------------------------------
 # Selective scan (Mamba-1), reference and chunked
 # ----------------------------------------------------------------------------------------------
-def scan_ref(x, dt, A, Bm, Cm, Dv, h0=None):
+def scan_ref(x, dt, A, Bm, Cm, Dv, h0=None, decay_scale=None):
     """Exact step-by-step selective scan (no z gate).
 
     x, dt: (B, L, E) float32 (dt already softplus'ed); A: (E, N); Bm, Cm: (B, L, N); Dv: (E,);
-    h0: (B, E, N) or None.  Returns y (B, L, E) and the final state (B, E, N).
+    h0: (B, E, N) or None; decay_scale: optional (B,) multiplier of dt in the decay exp(dt*A) only
+    (training augmentation). Returns y (B, L, E) and the final state (B, E, N).
     """
     Bsz, L, E = x.shape
     h = torch.zeros(Bsz, E, A.shape[1], dtype=x.dtype, device=x.device) if h0 is None else h0
     ys = []
+    dtd = dt if decay_scale is None else dt * decay_scale.view(-1, 1, 1)
     for t in range(L):
-        dA = torch.exp(dt[:, t, :, None] * A)
+        dA = torch.exp(dtd[:, t, :, None] * A)
         h = dA * h + (dt[:, t] * x[:, t])[:, :, None] * Bm[:, t, None, :]
         ys.append((h * Cm[:, t, None, :]).sum(-1))
     y = torch.stack(ys, 1) if ys else x.new_zeros(Bsz, 0, E)
@@ -130,7 +132,8 @@ def _affine_scan(a, b):
     return a, b
 
 
-def scan_chunked(x, dt, A, Bm, Cm, Dv, h0=None, chunk: int = 16, min_log_decay: float = -5.0):
+def scan_chunked(x, dt, A, Bm, Cm, Dv, h0=None, chunk: int = 16, min_log_decay: float = -5.0,
+                 decay_scale=None):
     """Chunked selective scan, same arguments/returns as ``scan_ref``.
 
     Inside a chunk of ``chunk`` steps: h_t = exp(S_t) * (h_in + cumsum_s exp(-S_s) dt_s B_s x_s) with
@@ -148,7 +151,8 @@ def scan_chunked(x, dt, A, Bm, Cm, Dv, h0=None, chunk: int = 16, min_log_decay: 
     if pad:  # dt = 0 steps keep the state unchanged and add nothing
         x, dt, Bm, Cm = (F.pad(t, (0, 0, 0, pad)) for t in (x, dt, Bm, Cm))
     nc = (L + pad) // T
-    dA = (dt.unsqueeze(-1) * A).clamp(min=min_log_decay).view(Bsz, nc, T, E, N)
+    dtd = dt if decay_scale is None else dt * decay_scale.view(-1, 1, 1)
+    dA = (dtd.unsqueeze(-1) * A).clamp(min=min_log_decay).view(Bsz, nc, T, E, N)
     S = dA.cumsum(2)
     P = torch.exp(S)
     u = ((dt * x).unsqueeze(-1) * Bm.unsqueeze(2)).view(Bsz, nc, T, E, N)
@@ -201,10 +205,11 @@ class Mamba(nn.Module):
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
-    def forward(self, u, state=None, dt_scale=None, exact=False):
+    def forward(self, u, state=None, dt_scale=None, exact=False, decay_only=False):
         """u: (B, L, D) -> (B, L, D); state: (conv_state (B, E, K-1), ssm (B, E, N)) or None.
 
-        dt_scale: optional (B,) multiplier of dt (training augmentation). exact: use scan_ref."""
+        dt_scale: optional (B,) multiplier of dt (training augmentation); with decay_only it scales
+        only the decay exp(dt*A), not the write dt*B*x. exact: use scan_ref."""
         Bsz, L, _ = u.shape
         xz = self.in_proj(u)
         x, z = xz.float().chunk(2, dim=-1)
@@ -217,13 +222,16 @@ class Mamba(nn.Module):
         dbl = self.x_proj(xc).float()
         dt_low, Bm, Cm = dbl.split([self.R, self.N, self.N], dim=-1)
         dt = F.softplus(F.linear(dt_low, self.dt_proj.weight.float(), self.dt_proj.bias.float()).float())
-        if dt_scale is not None:
+        decay_scale = None
+        if dt_scale is not None and decay_only:
+            decay_scale = dt_scale
+        elif dt_scale is not None:
             dt = dt * dt_scale.view(-1, 1, 1)
         A = -torch.exp(self.A_log.float())
         h0 = None if state is None else state[1]
         scan = scan_ref if exact else scan_chunked
         with torch.autocast(device_type=u.device.type, enabled=False):
-            y, hL = scan(xc.float(), dt, A, Bm, Cm, self.D.float(), h0)
+            y, hL = scan(xc.float(), dt, A, Bm, Cm, self.D.float(), h0, decay_scale=decay_scale)
         y = y * F.silu(z)
         return self.out_proj(y), (new_cs, hL)
 
@@ -380,7 +388,7 @@ class TorchSamba(nn.Module):
                 b.mlp.swiglu.w3.weight.mul_(scale)
 
     def forward(self, tokens, state=None, pos0: int = 0, dt_scale=None, exact: bool = False,
-                return_state: bool = False, return_hidden: bool = False):
+                return_state: bool = False, return_hidden: bool = False, decay_only: bool = False):
         """tokens: (B, L) int64. state: list per block (or None). Returns logits (B, L, V) float32
         [, new state list]. With return_hidden the final normed hidden (B, L, D) is returned instead."""
         tr = self.transformer
@@ -390,7 +398,7 @@ class TorchSamba(nn.Module):
             st = None if state is None else state[i]
             n1 = b.norm_1(x)
             if b.kind == "mamba":
-                hmix, ns = b.attn(n1, st, dt_scale=dt_scale, exact=exact)
+                hmix, ns = b.attn(n1, st, dt_scale=dt_scale, exact=exact, decay_only=decay_only)
             else:
                 hmix, ns = b.attn(n1, st, pos0=pos0, keep_cache=return_state)
             x = x + hmix.float()
@@ -808,6 +816,9 @@ def parse_args(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="number of steps (default: until --minutes)")
     ap.add_argument("--minutes", type=float, default=None, help="wall-clock training budget")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", default=None,
+                    help="start from this samba-ext .safetensors (its config wins over the size options; "
+                         "the optimizer and the schedule start fresh)")
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--n-layer", type=int, default=4)
     ap.add_argument("--d-state", type=int, default=16)
@@ -830,6 +841,9 @@ def parse_args(argv=None):
                     help="fraction of rows whose Mamba dt is multiplied by exp(U(0, ln dt_aug_max)) "
                          "(time-dilation augmentation for length extrapolation)")
     ap.add_argument("--dt-aug-max", type=float, default=64.0)
+    ap.add_argument("--dt-aug-mode", choices=["all", "decay"], default="all",
+                    help="all: scale dt everywhere; decay: scale only the decay exp(dt*A), i.e. the key must "
+                         "survive up to dt_aug_max times more filler than the row holds")
     ap.add_argument("--text-bytes", type=int, default=None, help="cap on stdlib training text (cpu: 2 MB)")
     ap.add_argument("--amp-cpu", action="store_true", help="bf16 autocast on the cpu too (debugging)")
     ap.add_argument("--threads", type=int, default=None, help="torch cpu threads")
@@ -858,9 +872,16 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
 
-    cfg = make_config(args.model, args.d_model, args.n_layer, args.window, args.d_state)
+    if args.init:
+        model = load_model(args.init, str(dev))
+        cfg = dict(model.cfg)
+        if cfg.get("name") != args.model:
+            raise SystemExit(f"--init {args.init} holds {cfg.get('name')!r}, not --model {args.model!r}")
+        print(f"[{args.model}] initialised from {args.init}", flush=True)
+    else:
+        cfg = make_config(args.model, args.d_model, args.n_layer, args.window, args.d_state)
+        model = TorchSamba(cfg).to(dev)
     cfg["max_train_len"] = max_len
-    model = TorchSamba(cfg).to(dev)
     n_params = model.num_parameters()
     t0 = time.time()
     text = text_stream(stdlib_files(held_out=False), args.text_bytes or (2_000_000 if cpu else None))
@@ -904,7 +925,7 @@ def main(argv=None) -> dict:
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
-            hfin = model(ids, dt_scale=dt_scale, return_hidden=True)
+            hfin = model(ids, dt_scale=dt_scale, return_hidden=True, decay_only=args.dt_aug_mode == "decay")
         logits = model.logits(hfin[:, :-1].float())
         tgt = ids[:, 1:]
         k_ = kind[:, :-1]

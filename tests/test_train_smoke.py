@@ -135,6 +135,31 @@ def test_chunked_scan_backward_matches_recurrence():
         assert_close(b.numpy(), a.numpy(), 1e-10, f"d/d{name}")
 
 
+def test_decay_only_dilation_is_exactly_a_longer_gap():
+    """--dt-aug-mode decay: scaling only the decay by k equals the plain recurrence with exp(k*dt*A) as
+    decay and dt*B*x as write (checked against an explicit loop), and chunked == ref for it."""
+    g = torch.Generator().manual_seed(2)
+    B, L, E, N = 2, 37, 3, 4
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    x, Bm, Cm, Dv = mk(B, L, E), mk(B, L, N), mk(B, L, N), mk(E)
+    dt = 0.05 * torch.rand(B, L, E, generator=g, dtype=torch.float64)
+    A = -(0.1 + 3 * torch.rand(E, N, generator=g, dtype=torch.float64))
+    k = torch.tensor([1.0, 7.5], dtype=torch.float64)
+    h = torch.zeros(B, E, N, dtype=torch.float64)
+    ys = []
+    for t in range(L):
+        h = torch.exp(k.view(B, 1, 1) * dt[:, t, :, None] * A) * h + (dt[:, t] * x[:, t])[:, :, None] * Bm[:, t, None, :]
+        ys.append((h * Cm[:, t, None, :]).sum(-1) + x[:, t] * Dv)
+    y_loop = torch.stack(ys, 1)
+    for scan in (tt.scan_ref, tt.scan_chunked):
+        y, hL = scan(x, dt, A, Bm, Cm, Dv, decay_scale=k)
+        assert_close(y.numpy(), y_loop.numpy(), 1e-10, f"{scan.__name__} y")
+        assert_close(hL.numpy(), h.numpy(), 1e-10, f"{scan.__name__} h")
+    # and it is not a no-op: k = 7.5 on row 1 changes the output
+    y1, _ = tt.scan_ref(x, dt, A, Bm, Cm, Dv)
+    assert float((y1[1] - y_loop[1]).abs().max()) > 1e-3
+
+
 @pytest.mark.parametrize("W,P,L", [(8, 0, 37), (16, 7, 40)])
 def test_local_attention_backward_matches_dense(W, P, L):
     g = torch.Generator().manual_seed(W + P)

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Train several samba-tiny / llama-tiny variants at once, one process per GPU (round robin).
+#
+#   OUT=/tmp/sweep MINUTES=7.5 bash python/train_sweep.sh variants.txt
+#
+# variants.txt: one variant per line, "NAME  ARGS..." (ARGS are passed to python/train_tiny.py after
+# --minutes/--seed/--threads/--eval-long/--out/--eval-json; '#' lines are skipped). Each variant writes
+# $OUT/NAME.safetensors, $OUT/NAME.log and $OUT/NAME.json; at the end one line per variant is printed
+# with its torch-side passkey accuracy by length. Needs torch (the "train" extra) and, for speed, GPUs.
+set -u
+spec=${1:?usage: train_sweep.sh VARIANTS_FILE}
+OUT=${OUT:-./sweep-out}
+MINUTES=${MINUTES:-7.5}
+SEED=${SEED:-0}
+mkdir -p "$OUT"
+ngpu=$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')
+ncpu=$(nproc)
+threads=$(( ncpu / ngpu > 1 ? ncpu / ngpu : 1 ))
+i=0
+names=()
+while read -r name args; do
+    [[ -z "$name" || "$name" == \#* ]] && continue
+    gpu=$(( i % ngpu ))
+    names+=("$name")
+    # shellcheck disable=SC2086
+    CUDA_VISIBLE_DEVICES=$gpu python3 python/train_tiny.py --minutes "$MINUTES" --seed "$SEED" \
+        --threads "$threads" --eval-long --log-every 100 $args \
+        --eval-json "$OUT/$name.json" --out "$OUT/$name.safetensors" >"$OUT/$name.log" 2>&1 &
+    echo "started $name on gpu $gpu: $args"
+    i=$(( i + 1 ))
+done <"$spec"
+wait
+for n in "${names[@]}"; do
+    python3 - "$OUT/$n.json" "$n" <<'PY'
+import json, sys
+try:
+    r = json.load(open(sys.argv[1]))
+except Exception as e:  # the run died: show why from the log
+    print(f"{sys.argv[2]:>12}: no result ({e})"); sys.exit()
+pk = r.get("eval", {}).get("passkey", {})
+last = r["log"][-1] if r.get("log") else {}
+print(f"{sys.argv[2]:>12}: steps {r['steps']} far_exact {last.get('far_exact')} ans_acc {last.get('ans_acc')} | passkey "
+      + " ".join(f"{int(k)//1024}K:{v:.1f}" for k, v in pk.items()))
+PY
+done
