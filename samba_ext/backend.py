@@ -37,6 +37,11 @@ class Backend:
     name: str = "abstract"
     device: str = "none"
 
+    def begin_step(self) -> None:
+        """Called by :meth:`Samba.step` before its first backend call. A backend may record the
+        step's launches from here until the step asks for its logits (``to_numpy``); the CUDA
+        backend captures them into a CUDA graph. The default does nothing."""
+
     # ---------------------------------------------------------------- arrays and copies ---
     def asarray(self, a: np.ndarray, dtype: Any = np.float32) -> Array:
         """Host array -> backend array of ``dtype`` (C-contiguous; may share memory on CPU)."""

@@ -11,11 +11,11 @@ code path on one GPU through this class:
 * GEMMs: cuBLAS (cublasGemmStridedBatchedEx, CUBLAS_COMPUTE_32F). A float32 activation
   times a bfloat16 weight is rounded to bfloat16 first (float32 accumulation, float32 out).
 * Only the logits the model asks for are copied back (``to_numpy``).
-* Decode: a :meth:`Samba.step` is recorded instead of run. Its first backend call (the
-  embedding gather of the (B,) tokens) opens a recording: every kernel, copy and GEMM of the
-  step is deferred and every array comes from a fixed device arena; host inputs (tokens,
-  positions, ring slots, valid counts) are copied at once into arena slots, i.e. device
-  memory the kernels read. When the step asks for its logits, the recorded launches are
+* Decode: a :meth:`Samba.step` is recorded instead of run. ``Samba.step`` calls
+  :meth:`CUDABackend.begin_step` before its first backend call, which opens a recording:
+  every kernel, copy and GEMM of the step is deferred and every array comes from a fixed
+  device arena; host inputs (tokens, positions, ring slots, valid counts) are copied at once
+  into arena slots, i.e. device memory the kernels read. When the step asks for its logits, the recorded launches are
   captured once into a CUDA graph (keyed by the exact launch sequence: shapes, pointers) and
   the graph is launched; later steps with the same state arrays replay it, so only the
   small host-to-device copies and one graph launch are issued per step. A step that does
@@ -134,6 +134,10 @@ class CUDABackend(Backend):
                 f"graphs={self.graphs})")
 
     # ---------------------------------------------------------------- recording -------
+    def begin_step(self) -> None:
+        """Start recording a decode step (see the module docstring); no-op with graphs=False."""
+        self._begin_step()
+
     def _begin_step(self) -> None:
         if self._rec is not None:
             self._end_step()
@@ -310,8 +314,6 @@ class CUDABackend(Backend):
         x = self._dev(x)
         idx = np.asarray(idx)
         ax = axis + x.ndim if axis < 0 else axis
-        if self.graphs and ax == 0 and x.ndim == 2 and idx.ndim == 1:
-            self._begin_step()  # the embedding gather of Samba.step: record the step
 
         def run() -> Any:
             n = x.shape[ax]

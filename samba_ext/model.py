@@ -689,6 +689,7 @@ class Samba:
                              cfg.dt_rank, cfg.d_state)
         pos = state.pos
         pos2 = pos[:, None]
+        be.begin_step()                                 # CUDA: record the step for a graph
         x = be.take(self._wte, tok, 0)                  # (B, D)
         resid, delta = x, None
         state._broken = True

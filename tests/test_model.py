@@ -431,8 +431,10 @@ def test_model_uses_only_the_backend_interface(rng):
     st, st_ref = m.new_state(2), ref.new_state(2)
     assert_close(m.prefill(tok, st, chunk_size=10), ref.prefill(tok, st_ref, chunk_size=10),
                  RTOL_SAME, "prefill")
+    assert "begin_step" not in be.calls  # forward/prefill never open a decode-step recording
     for t in range(3):
         assert_close(m.step(tok[:, t], st), ref.step(tok[:, t], st_ref), RTOL_SAME, "step")
+    assert be.calls["begin_step"] == 3  # each step announces itself (CUDA graph capture)
     assert st.copy().nbytes() == st_ref.nbytes()
     assert m.generate("ab", max_new_tokens=4, stop=[]) == ref.generate("ab", max_new_tokens=4,
                                                                        stop=[])

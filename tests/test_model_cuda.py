@@ -100,6 +100,23 @@ def test_graph_decode_matches_eager_decode(rng):
     assert_close(g1.step(toks[:, 0], s2), g0.step(toks[:, 0], s0), 1e-5)
 
 
+def test_only_a_step_is_recorded(rng):
+    """Outside Samba.step (which calls begin_step) nothing is deferred: a row gather like the
+    decode embedding runs at once and no graph or eager step is counted."""
+    be = _backend()
+    host = rng.standard_normal((10, 64)).astype(np.float32)
+    w = be.asarray(host)
+    np.testing.assert_array_equal(be.to_numpy(be.take(w, np.array([3, 1]), 0)), host[[3, 1]])
+    assert be.stats == {"captures": 0, "replays": 0, "eager_steps": 0}, be.stats
+    gpu = Samba(_cfg(), seed=8, device=be)
+    gpu.forward(rng.integers(0, 259, (2, 9)))
+    assert be.stats == {"captures": 0, "replays": 0, "eager_steps": 0}, be.stats
+    st = gpu.new_state(2)
+    for t in range(3):
+        gpu.step(np.array([t, t + 1]), st)
+    assert sum(be.stats.values()) == 3, be.stats
+
+
 def test_save_and_load_on_cuda(tmp_path, rng):
     cfg = _cfg()
     cpu = Samba(cfg, seed=7)
