@@ -455,6 +455,7 @@ def test_errors_are_exceptions():
 
 def test_kernel_fault_raises_naming_the_kernel_without_abort():
     """An illegal address inside a kernel becomes CudaError('swiglu: ...'), not an abort.
+    Every later call raises too, and the message says the context is unusable (sticky).
     Runs in a subprocess: the fault poisons that process's CUDA context."""
     code = textwrap.dedent("""
         import numpy as np, samba_ext
@@ -469,6 +470,15 @@ def test_kernel_fault_raises_naming_the_kernel_without_abort():
             _gpu.synchronize()
         except CudaError as e:
             print("CAUGHT", e)
+        # the context is now corrupt: a correct call must raise too (not crash, not return
+        # garbage), and say so
+        for i in range(2):
+            try:
+                y = samba_ext.swiglu(good, good)
+                _gpu.synchronize()
+                print("NO ERROR", float(y.to_numpy()[0]))
+            except CudaError as e:
+                print("LATER", e)
         """)
     import os
 
@@ -477,6 +487,10 @@ def test_kernel_fault_raises_naming_the_kernel_without_abort():
                        env=env)
     assert r.returncode == 0, r.stderr
     assert "CAUGHT swiglu: an illegal memory access" in r.stdout, r.stdout + r.stderr
+    assert "restart the Python process" in r.stdout, r.stdout
+    later = [ln for ln in r.stdout.splitlines() if ln.startswith(("LATER", "NO ERROR"))]
+    assert len(later) == 2 and all(ln.startswith("LATER") for ln in later), r.stdout
+    assert all("sticky" in ln for ln in later), r.stdout
 
 
 

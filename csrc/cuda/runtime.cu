@@ -13,9 +13,22 @@ static thread_local char g_err[512];
 
 extern "C" const char *samba_cuda_last_error(void) { return g_err; }
 
+/* Errors after which the context is corrupt: every later CUDA call in the process fails. */
+static int samba_cu_is_sticky(cudaError_t e) {
+    return e == cudaErrorIllegalAddress || e == cudaErrorLaunchFailure ||
+           e == cudaErrorIllegalInstruction || e == cudaErrorMisalignedAddress ||
+           e == cudaErrorInvalidAddressSpace || e == cudaErrorInvalidPc ||
+           e == cudaErrorHardwareStackError || e == cudaErrorAssert;
+}
+
 extern "C" samba_status samba_cu_fail(const char *what, int err) {
     cudaError_t e = (cudaError_t)err;
-    snprintf(g_err, sizeof g_err, "%s: %s (%s)", what, cudaGetErrorString(e), cudaGetErrorName(e));
+    snprintf(g_err, sizeof g_err, "%s: %s (%s)%s", what, cudaGetErrorString(e), cudaGetErrorName(e),
+             samba_cu_is_sticky(e)
+                 ? "; this error is sticky: the process's CUDA context is unusable and every later "
+                   "CUDA call will fail, so restart the Python process (the error may come from an "
+                   "earlier asynchronous launch: SAMBA_EXT_CUDA_SYNC=1 reports it at its kernel)"
+                 : "");
     return e == cudaErrorMemoryAllocation ? SAMBA_ERR_ALLOC : SAMBA_ERR_CUDA;
 }
 
