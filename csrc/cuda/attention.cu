@@ -88,9 +88,11 @@ attn_fwd_kernel(samba_cu_attn_args p) {
                 for (int c = 0; c < hd; ++c) acc += qr[c] * kr[c];
                 s = acc;
             }
-            const float mt = warp_max(s);
-            if (mt == -INFINITY) continue;  // warp-uniform: no key of this tile is visible
-            const float mnew = fmaxf(m[qq], mt);
+            float mt = warp_max(s);  // fmaxf drops NaN: a NaN score is tracked on its own
+            const bool nan_score = __any_sync(0xffffffffu, isnan(s));
+            if (mt == -INFINITY && !nan_score) continue;  // warp-uniform: no visible key here
+            if (nan_score) mt = NAN;  // NaN query or key: the output row becomes NaN (as on CPU)
+            const float mnew = isnan(mt) ? mt : fmaxf(m[qq], mt);
             const float corr = exp2f(m[qq] - mnew);
             const float pj = valid ? exp2f(s - mnew) : 0.0f;
             l[qq] = l[qq] * corr + warp_sum(pj);
@@ -98,6 +100,7 @@ attn_fwd_kernel(samba_cu_attn_args p) {
             for (int c = 0; c < DCH; ++c) o[qq][c] *= corr;
             for (int j = 0; j < ATT_BK; ++j) {
                 const float pjj = __shfl_sync(0xffffffffu, pj, j);
+                if (pjj == 0.0f) continue;  // masked key (warp-uniform): its value row may be NaN
                 const float *vr = sV + j * ks;
 #pragma unroll
                 for (int c = 0; c < DCH; ++c) {
@@ -214,12 +217,14 @@ attn_decode_kernel(int64_t nheads, int64_t nheads_kv, int hd, int64_t C, samba_c
             for (int u = 0; u < DEC_KEYS; ++u) s[u] += __shfl_xor_sync(0xffffffffu, s[u], o2);
         }
         float mt = -INFINITY;
+        bool nan_score = false;  // fmaxf drops NaN: a NaN score (query or key) is tracked apart
 #pragma unroll
         for (int u = 0; u < DEC_KEYS; ++u) {
             if (r0 + u >= nv) s[u] = -INFINITY;
+            nan_score |= isnan(s[u]);
             mt = fmaxf(mt, s[u]);
         }
-        const float mnew = fmaxf(m, mt);
+        const float mnew = nan_score ? NAN : fmaxf(m, mt);
         const float corr = exp2f(m - mnew);
         l *= corr;
 #pragma unroll
