@@ -7,6 +7,11 @@ are rounded to float32 and each output is a 2-term float32 dot product -> ~1e-7,
 at 1e-6 (also at position 1e6, where a float32 angle would be off by O(0.1) rad; the test
 shows such an implementation fails). SwiGLU: polynomial exp (~2 ulp) and two roundings ->
 ~2e-7, checked at 1e-6.
+
+The reference-comparison tests also run on CUDA (NumPy inputs with device="cuda"), which
+computes in float32 with float32 accumulation (RMSNorm's sum of squares too) and expf, so
+there every tolerance is max(CPU tolerance, 1e-5), the issue's float32 bound
+(cuda_util.RTOL["float32"]).
 """
 from __future__ import annotations
 
@@ -18,9 +23,15 @@ import pytest
 import samba_ext
 from samba_ext import _core
 from conftest import assert_close
+from cuda_util import RTOL as CUDA_RTOL
 import ref_small as ref
 
 RTOL = 1e-6
+
+
+def _tol(backend: str, cpu_rtol: float = RTOL) -> float:
+    """The CPU tolerance, or at least the float32 bound on CUDA (see the module docstring)."""
+    return cpu_rtol if backend == "cpu" else max(cpu_rtol, CUDA_RTOL["float32"])
 
 
 def _poison(shape) -> None:
@@ -33,14 +44,14 @@ def _poison(shape) -> None:
 # ------------------------------------------------------------------------------- RMSNorm
 @pytest.mark.parametrize("shape", [(1,), (7,), (3, 64), (2, 3, 17), (5, 1536)])
 @pytest.mark.parametrize("with_res", [False, True])
-def test_rms_norm_matches_reference(rng, shape, with_res):
+def test_rms_norm_matches_reference(rng, backend, shape, with_res):
     x = (rng.standard_normal(shape) * 3).astype(np.float32)
     w = rng.standard_normal(shape[-1]).astype(np.float32)
     r = rng.standard_normal(shape).astype(np.float32) if with_res else None
     eps = 1e-5
     y_ref, s_ref = ref.rms_norm(x, w, eps, r)
     _poison(shape)
-    res = samba_ext.rms_norm(x, w, eps, r)
+    res = samba_ext.rms_norm(x, w, eps, r, device=backend)
     if with_res:
         y, s = res
         np.testing.assert_array_equal(s, (x + r))  # float32 sum, exactly
@@ -48,22 +59,22 @@ def test_rms_norm_matches_reference(rng, shape, with_res):
     else:
         y = res
     assert y.shape == shape and y.dtype == np.float32
-    assert_close(y, y_ref, RTOL, "y")
+    assert_close(y, y_ref, _tol(backend), "y")
 
 
-def test_rms_norm_eps_and_zero_rows(rng):
+def test_rms_norm_eps_and_zero_rows(rng, backend):
     x = rng.standard_normal((4, 33)).astype(np.float32)
     x[1] = 0.0
     w = rng.standard_normal(33).astype(np.float32)
     for eps in (0.0, 1e-6, 0.5):
-        y = samba_ext.rms_norm(x[[0, 2, 3]], w, eps)
-        assert_close(y, ref.rms_norm(x[[0, 2, 3]], w, eps)[0], RTOL, f"eps={eps}")
-    y = samba_ext.rms_norm(x, w, 1e-5)
+        y = samba_ext.rms_norm(x[[0, 2, 3]], w, eps, device=backend)
+        assert_close(y, ref.rms_norm(x[[0, 2, 3]], w, eps)[0], _tol(backend), f"eps={eps}")
+    y = samba_ext.rms_norm(x, w, 1e-5, device=backend)
     np.testing.assert_array_equal(y[1], np.zeros(33, np.float32))
-    assert_close(y, ref.rms_norm(x, w, 1e-5)[0], RTOL)
+    assert_close(y, ref.rms_norm(x, w, 1e-5)[0], _tol(backend))
     # NaN in one row stays in that row
     x[2, 5] = np.nan
-    y = samba_ext.rms_norm(x, w, 1e-5)
+    y = samba_ext.rms_norm(x, w, 1e-5, device=backend)
     assert np.all(np.isnan(y[2])) and np.all(np.isfinite(y[[0, 1, 3]]))
 
 
@@ -88,20 +99,24 @@ def test_rms_norm_large_and_threads(rng):
     assert_close(y1[sel], ref.rms_norm(x[sel], w, 1e-5, r[sel])[0], RTOL)
 
 
-def test_rms_norm_layouts_dtypes_empty(rng):
+def test_rms_norm_layouts_dtypes_empty(rng, backend):
     xw = rng.standard_normal((6, 40)).astype(np.float32)
     x = xw[::-2, ::2]  # negative stride rows, strided columns
     w = rng.standard_normal(20)
     r = rng.standard_normal((3, 20)).astype(np.float16)
-    y, s = samba_ext.rms_norm(x, w, 1e-5, r)
+
+    def rms_norm(*args, **kw):
+        return samba_ext.rms_norm(*args, **kw, device=backend)
+
+    y, s = rms_norm(x, w, 1e-5, r)
     y_ref, s_ref = ref.rms_norm(x, w.astype(np.float32), 1e-5, r)
-    assert_close(y, y_ref, RTOL)
-    assert_close(s, s_ref, 1e-7)
-    y = samba_ext.rms_norm(x.astype(np.float64), w)
-    assert_close(y, ref.rms_norm(x, w.astype(np.float32), 1e-5)[0], RTOL)
-    assert samba_ext.rms_norm(np.zeros((0, 8), np.float32), np.ones(8)).shape == (0, 8)
-    assert samba_ext.rms_norm(np.zeros((3, 0), np.float32), np.ones(0)).shape == (3, 0)
-    y, s = samba_ext.rms_norm(np.zeros((2, 0, 8)), np.ones(8), residual=np.zeros((2, 0, 8)))
+    assert_close(y, y_ref, _tol(backend))
+    assert_close(s, s_ref, _tol(backend, 1e-7))
+    y = rms_norm(x.astype(np.float64), w)
+    assert_close(y, ref.rms_norm(x, w.astype(np.float32), 1e-5)[0], _tol(backend))
+    assert rms_norm(np.zeros((0, 8), np.float32), np.ones(8)).shape == (0, 8)
+    assert rms_norm(np.zeros((3, 0), np.float32), np.ones(0)).shape == (3, 0)
+    y, s = rms_norm(np.zeros((2, 0, 8)), np.ones(8), residual=np.zeros((2, 0, 8)))
     assert y.shape == s.shape == (2, 0, 8)
 
 
@@ -128,41 +143,46 @@ def test_rms_norm_bad_inputs(rng):
 
 # -------------------------------------------------------------------------------- rotary
 @pytest.mark.parametrize("hd", [2, 64, 96, 128, 256])
-def test_rotary_offset_matches_reference(rng, hd):
+def test_rotary_offset_matches_reference(rng, backend, hd):
     x = rng.standard_normal((2, 5, 3, hd)).astype(np.float32)
     pos = np.broadcast_to(7 + np.arange(5), (2, 5))
+
+    def rotary(positions):
+        return samba_ext.apply_rotary(x, positions, device=backend)
+
     _poison(x.shape)
-    y = samba_ext.apply_rotary(x, 7)
+    y = rotary(7)
     assert y.shape == x.shape and y.dtype == np.float32
-    assert_close(y, ref.rotary(x, pos), RTOL)
+    assert_close(y, ref.rotary(x, pos), _tol(backend))
     # the same positions as a (L,) array and as a (B, L) array
-    np.testing.assert_array_equal(samba_ext.apply_rotary(x, np.arange(7, 12)), y)
-    np.testing.assert_array_equal(samba_ext.apply_rotary(x, np.ascontiguousarray(pos)), y)
-    np.testing.assert_array_equal(samba_ext.apply_rotary(x, np.int32(7)), y)
-    np.testing.assert_array_equal(samba_ext.apply_rotary(x, np.array(7, np.uint16)), y)
+    np.testing.assert_array_equal(rotary(np.arange(7, 12)), y)
+    np.testing.assert_array_equal(rotary(np.ascontiguousarray(pos)), y)
+    np.testing.assert_array_equal(rotary(np.int32(7)), y)
+    if backend == "cpu":  # a 0-d integer array as the offset: the CPU glue only
+        np.testing.assert_array_equal(rotary(np.array(7, np.uint16)), y)
 
 
-def test_rotary_default_positions_and_base(rng):
+def test_rotary_default_positions_and_base(rng, backend):
     x = rng.standard_normal((1, 9, 2, 32)).astype(np.float32)
     pos = np.arange(9)[None]
     assert_close(_core.apply_rotary(x), ref.rotary(x, pos), RTOL)
-    assert_close(samba_ext.apply_rotary(x), ref.rotary(x, pos), RTOL)
+    assert_close(samba_ext.apply_rotary(x, device=backend), ref.rotary(x, pos), _tol(backend))
     for base in (500000.0, 10.5, 123456.789):
-        assert_close(samba_ext.apply_rotary(x, 3, base=base), ref.rotary(x, pos + 3, base),
-                     RTOL, f"base={base}")
+        assert_close(samba_ext.apply_rotary(x, 3, base=base, device=backend),
+                     ref.rotary(x, pos + 3, base), _tol(backend), f"base={base}")
 
 
 @pytest.mark.parametrize("hd", [64, 128])
-def test_rotary_large_positions(rng, hd):
+def test_rotary_large_positions(rng, backend, hd):
     """Positions around 1e6 over several 64-token blocks (the kernel advances cos/sin by a
     rotation within a block). A float32 angle would be wrong by O(0.1) rad there."""
     L = 300
     off = 1_000_000
     x = rng.standard_normal((1, L, 2, hd)).astype(np.float32)
     pos = (off + np.arange(L))[None]
-    y = samba_ext.apply_rotary(x, off)
+    y = samba_ext.apply_rotary(x, off, device=backend)
     y_ref = ref.rotary(x, pos)
-    assert_close(y, y_ref, RTOL)
+    assert_close(y, y_ref, _tol(backend))
     # this test can tell: the same formula with a float32 angle misses the tolerance
     half = hd // 2
     th32 = (10000.0 ** (-2.0 * np.arange(half) / hd)).astype(np.float32)
@@ -170,14 +190,14 @@ def test_rotary_large_positions(rng, hd):
     c, s = np.cos(ang32)[:, :, None], np.sin(ang32)[:, :, None]
     x1, x2 = x[..., :half], x[..., half:]
     bad = np.concatenate([x1 * c - x2 * s, x1 * s + x2 * c], -1)
-    assert np.linalg.norm(bad - y_ref) / np.linalg.norm(y_ref) > 100 * RTOL
+    assert np.linalg.norm(bad - y_ref) / np.linalg.norm(y_ref) > 100 * _tol(backend)
     # 2**24 + t: beyond float32's integer range, still accurate (angle formed in double;
     # much larger positions are limited by the double angle of the reference itself)
-    y = samba_ext.apply_rotary(x[:, :70], 2**24 + 1)
-    assert_close(y, ref.rotary(x[:, :70], (2**24 + 1 + np.arange(70))[None]), RTOL)
+    y = samba_ext.apply_rotary(x[:, :70], 2**24 + 1, device=backend)
+    assert_close(y, ref.rotary(x[:, :70], (2**24 + 1 + np.arange(70))[None]), _tol(backend))
 
 
-def test_rotary_arbitrary_positions(rng):
+def test_rotary_arbitrary_positions(rng, backend):
     """Per-batch positions with jumps, repeats and negatives (re-seeded cos/sin)."""
     B, L, H, hd = 3, 150, 2, 96
     x = rng.standard_normal((B, L, H, hd)).astype(np.float32)
@@ -185,8 +205,8 @@ def test_rotary_arbitrary_positions(rng):
     pos[1] = rng.integers(0, 2_000_000, size=L)
     pos[2, 70:] = pos[2, 70]  # repeated position (padding)
     _poison(x.shape) if x.size <= 256 else None
-    y = samba_ext.apply_rotary(x, pos)
-    assert_close(y, ref.rotary(x, pos), RTOL)
+    y = samba_ext.apply_rotary(x, pos, device=backend)
+    assert_close(y, ref.rotary(x, pos), _tol(backend))
 
 
 def test_rotary_long_and_threads(rng):
@@ -205,17 +225,21 @@ def test_rotary_long_and_threads(rng):
     assert_close(y1, ref.rotary(x, (5 + np.arange(65600))[None]), RTOL)
 
 
-def test_rotary_layouts_dtypes_empty(rng):
+def test_rotary_layouts_dtypes_empty(rng, backend):
     xw = rng.standard_normal((2, 6, 3, 64))
     x = xw[:, ::-2, :, :32]  # float64, negative stride, non-contiguous head slice
-    y = samba_ext.apply_rotary(x, 4)
+
+    def rotary(xs, positions):
+        return samba_ext.apply_rotary(xs, positions, device=backend)
+
+    y = rotary(x, 4)
     pos = np.broadcast_to(4 + np.arange(3), (2, 3))
-    assert_close(y, ref.rotary(x.astype(np.float32), pos), RTOL)
+    assert_close(y, ref.rotary(x.astype(np.float32), pos), _tol(backend))
     x16 = x.astype(np.float16)
-    assert_close(samba_ext.apply_rotary(x16, 4), ref.rotary(x16, pos), RTOL)
+    assert_close(rotary(x16, 4), ref.rotary(x16, pos), _tol(backend))
     for shape in [(0, 4, 2, 8), (2, 0, 2, 8), (2, 4, 0, 8), (2, 4, 2, 0)]:
-        assert samba_ext.apply_rotary(np.zeros(shape, np.float32), 3).shape == shape
-    y = samba_ext.apply_rotary(np.zeros((2, 0, 2, 8), np.float32), np.zeros((2, 0), np.int64))
+        assert rotary(np.zeros(shape, np.float32), 3).shape == shape
+    y = rotary(np.zeros((2, 0, 2, 8), np.float32), np.zeros((2, 0), np.int64))
     assert y.shape == (2, 0, 2, 8)
 
 
@@ -251,40 +275,41 @@ def test_rotary_bad_inputs(rng):
 
 # -------------------------------------------------------------------------------- SwiGLU
 @pytest.mark.parametrize("shape", [(), (1,), (7,), (3, 5, 11), (4, 1000)])
-def test_swiglu_matches_reference(rng, shape):
+def test_swiglu_matches_reference(rng, backend, shape):
     g = (rng.standard_normal(shape) * 4).astype(np.float32)
     u = rng.standard_normal(shape).astype(np.float32)
     _poison(shape)
-    y = samba_ext.swiglu(g, u)
+    y = samba_ext.swiglu(g, u, device=backend)
     assert y.shape == shape and y.dtype == np.float32
-    assert_close(y, ref.swiglu(g, u), RTOL)
+    assert_close(y, ref.swiglu(g, u), _tol(backend))
 
 
-def test_swiglu_range_and_specials():
+def test_swiglu_range_and_specials(backend):
     # the whole useful range of gate values, incl. where exp over/underflows
     g = np.linspace(-120, 120, 4801).astype(np.float32)
     u = np.ones_like(g)
-    y = samba_ext.swiglu(g, u)
+    y = samba_ext.swiglu(g, u, device=backend)
     r = ref.swiglu(g, u)
     # pointwise: relative 1e-6 where |silu| is not tiny, absolute 1e-30 where it is
-    np.testing.assert_allclose(y, r, rtol=1e-6, atol=1e-30)
+    np.testing.assert_allclose(y, r, rtol=_tol(backend), atol=1e-30)
     y = samba_ext.swiglu(np.array([np.nan, 1.0, np.inf, 2.0], np.float32),
-                         np.array([1.0, np.nan, 1.0, 3.0], np.float32))
+                         np.array([1.0, np.nan, 1.0, 3.0], np.float32), device=backend)
     assert np.isnan(y[0]) and np.isnan(y[1]) and y[2] == np.inf
-    assert_close(y[3:], ref.swiglu(np.float32([2.0]), np.float32([3.0])), RTOL)
+    assert_close(y[3:], ref.swiglu(np.float32([2.0]), np.float32([3.0])), _tol(backend))
 
 
-def test_swiglu_large_layouts_dtypes_empty(rng):
+def test_swiglu_large_layouts_dtypes_empty(rng, backend):
     g = rng.standard_normal((5, 2_000_001), dtype=np.float32)  # two 8M-element chunks
     u = rng.standard_normal((5, 2_000_001), dtype=np.float32)
-    y = samba_ext.swiglu(g, u)
-    assert_close(y, ref.swiglu(g, u), RTOL)
+    y = samba_ext.swiglu(g, u, device=backend)
+    assert_close(y, ref.swiglu(g, u), _tol(backend))
     gw = rng.standard_normal((10, 12))
     g2 = gw[::-3, 1::2]  # float64 strided
     u2 = rng.standard_normal((6, 12)).astype(np.float16).T[::-3]
     assert g2.shape == u2.shape
-    assert_close(samba_ext.swiglu(g2, u2), ref.swiglu(g2.astype(np.float32), u2), RTOL)
-    assert samba_ext.swiglu(np.zeros((0, 3)), np.zeros((0, 3))).shape == (0, 3)
+    assert_close(samba_ext.swiglu(g2, u2, device=backend),
+                 ref.swiglu(g2.astype(np.float32), u2), _tol(backend))
+    assert samba_ext.swiglu(np.zeros((0, 3)), np.zeros((0, 3)), device=backend).shape == (0, 3)
 
 
 def test_swiglu_bad_inputs(rng):
