@@ -38,8 +38,10 @@ try:
 except Exception as e:  # the run died: show why from the log
     print(f"{sys.argv[2]:>12}: no result ({e})"); sys.exit()
 pk = r.get("eval", {}).get("passkey", {})
+pb = r.get("eval", {}).get("phonebook", {})
 last = r["log"][-1] if r.get("log") else {}
 print(f"{sys.argv[2]:>12}: steps {r['steps']} far_exact {last.get('far_exact')} ans_acc {last.get('ans_acc')} | passkey "
-      + " ".join(f"{int(k)//1024}K:{v:.1f}" for k, v in pk.items()))
+      + " ".join(f"{int(k)//1024}K:{v:.1f}" for k, v in pk.items())
+      + " | phonebook " + " ".join(f"{k}:{v:.1f}" for k, v in pb.items()))
 PY
 done

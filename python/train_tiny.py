@@ -740,6 +740,25 @@ def eval_passkey(model: TorchSamba, lengths, depths, trials: int, device, seed: 
 
 
 @torch.no_grad()
+def eval_phonebook(model: TorchSamba, entries, books: int, device, seed: int = 4321) -> dict[int, float]:
+    """Teacher-forced greedy check on phonebook prompts (samba_arch.md 6.3 format): all answer
+    positions of " {phone}\n" must be the argmax. Returns {entries: accuracy} (one book per row)."""
+    rng = random.Random(seed)
+    res = {}
+    for n in entries:
+        ok = 0
+        for _ in range(books):
+            prompt, phone = phonebook_prompt(rng, n)
+            p, a = encode(prompt), encode(f" {phone}\n")
+            toks = torch.tensor([p + a], dtype=torch.long, device=device)
+            logits = model(toks[:, :-1])
+            pred = logits[0, len(p) - 1:].argmax(-1).tolist()
+            ok += int(pred == a)
+        res[n] = ok / books
+    return res
+
+
+@torch.no_grad()
 def eval_ppl(model: TorchSamba, stream: np.ndarray, total: int, device, seg: int = 4096,
              chunk: int = 8192, buckets=(4096, 16384, 65536, 262144, 1048576)) -> dict:
     """NLL of one long held-out stream read with the state carried vs. the same tokens read in
@@ -991,6 +1010,13 @@ def quick_evals(model: TorchSamba, cfg: dict, dev, args) -> dict:
         except Exception as e:  # keep going: the checkpoint is already saved
             out["passkey_error"] = repr(e)
         print(f"[{cfg['name']}] passkey {out.get('passkey', out.get('passkey_error'))} "
+              f"({time.time() - t:.0f}s)", flush=True)
+        t = time.time()
+        try:
+            out["phonebook"] = eval_phonebook(model, [4, 8, 16, 32, 64], 10, dev)
+        except Exception as e:
+            out["phonebook_error"] = repr(e)
+        print(f"[{cfg['name']}] phonebook {out.get('phonebook', out.get('phonebook_error'))} "
               f"({time.time() - t:.0f}s)", flush=True)
         t = time.time()
         try:
