@@ -210,6 +210,12 @@ def _flush_recorder() -> None:
 
 
 # ------------------------------------------------------------------------ DeviceArray ----
+def _host_contig(a: np.ndarray, dtype: Any = None) -> np.ndarray:
+    """C-contiguous host copy/view of ``a`` (optionally converted) with ``a``'s shape:
+    ``np.ascontiguousarray`` alone turns a 0-d array into shape (1,)."""
+    return np.ascontiguousarray(a, dtype=dtype).reshape(np.shape(a))
+
+
 def _c_strides(shape: Sequence[int]) -> tuple[int, ...]:
     st, acc = [], 1
     for n in reversed(shape):
@@ -672,20 +678,20 @@ class _Call:
         if kind == "int":
             if a.dtype.kind not in "iu":
                 raise TypeError(f"{name}: expected an integer array, got dtype {a.dtype}")
-            a = np.ascontiguousarray(a, dtype=np.int64)
+            a = _host_contig(a, np.int64)
             dtype = "int64"
         else:
             if getattr(a.dtype, "name", "") == "bfloat16" and not self.host:
-                a = np.ascontiguousarray(a).view(np.uint16)
+                a = _host_contig(a).view(np.uint16)
                 dtype = "bfloat16"
             elif a.dtype.kind != "f":
                 raise TypeError(f"{name}: expected a floating-point array (float16, float32 or "
                                 f"float64), got dtype {a.dtype}")
             elif a.dtype == np.float16 and not self.host:
-                a = np.ascontiguousarray(a)
+                a = _host_contig(a)
                 dtype = "float16"
             else:
-                a = np.ascontiguousarray(a, dtype=np.float32)
+                a = _host_contig(a, np.float32)
                 dtype = "float32"
         d = self.new(a.shape, dtype)
         if a.size:
@@ -1196,13 +1202,13 @@ def to_device(x: Any, dtype: Optional[str] = None, device: int = 0,
     s = _stream_handle(stream)
     h = np.asarray(x)
     if h.dtype.kind in "iub":
-        src_dtype, h = "int64", np.ascontiguousarray(h, dtype=np.int64)
+        src_dtype, h = "int64", _host_contig(h, np.int64)
     elif getattr(h.dtype, "name", "") == "bfloat16":
-        src_dtype, h = "bfloat16", np.ascontiguousarray(h).view(np.uint16)
+        src_dtype, h = "bfloat16", _host_contig(h).view(np.uint16)
     elif h.dtype == np.float16:
-        src_dtype, h = "float16", np.ascontiguousarray(h)
+        src_dtype, h = "float16", _host_contig(h)
     elif h.dtype.kind == "f":
-        src_dtype, h = "float32", np.ascontiguousarray(h, dtype=np.float32)
+        src_dtype, h = "float32", _host_contig(h, np.float32)
     else:
         raise TypeError(f"x: expected a numeric array, got dtype {h.dtype}")
     dtype = _check_dtype(dtype) if dtype is not None else src_dtype

@@ -227,7 +227,7 @@ class CUDABackend(Backend):
 
     def _ints(self, a: Any) -> Any:
         """Host integers -> int64 DeviceArray (an arena slot during a recorded step)."""
-        h = np.ascontiguousarray(np.asarray(a), dtype=np.int64)
+        h = _gpu._host_contig(np.asarray(a), np.int64)
         d = _gpu.DeviceArray.empty(h.shape, "int64", self.index, self.stream)
         if h.size:
             self.cu.memcpy_h2d(d.ptr, h.reshape(-1).view(np.uint8), self.stream)
@@ -255,7 +255,7 @@ class CUDABackend(Backend):
             h = np.asarray(a)
             if np.dtype(dtype).kind in "iu":
                 return self._ints(h)
-            h = np.ascontiguousarray(h, dtype=np.float32)
+            h = _gpu._host_contig(h, np.float32)
             return _gpu.to_device(h, self._weight_dtype_for(h), self.index, self.stream)
 
     def to_numpy(self, x: Any) -> np.ndarray:

@@ -128,3 +128,18 @@ def test_device_array_class_importable_without_gpu():
 
     assert DeviceArray.__name__ == "DeviceArray"
     assert hasattr(DeviceArray, "__dlpack__") and hasattr(DeviceArray, "__cuda_array_interface__")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, np.int32])
+def test_host_upload_keeps_0d_and_strided_shapes(dtype):
+    """The host side of a device upload keeps the array's shape: np.ascontiguousarray alone
+    turns a 0-d array into shape (1,) (found by swiglu(shape ()) with device="cuda" on the H200)."""
+    from samba_ext import _gpu
+
+    a = np.array(3, dtype=dtype)
+    for target in (None, np.float32, np.int64):
+        h = _gpu._host_contig(a, target)
+        assert h.shape == () and h.flags.c_contiguous and h == 3
+    b = np.arange(24, dtype=dtype).reshape(4, 6)[:, ::2]
+    h = _gpu._host_contig(b, np.float32)
+    assert h.shape == (4, 3) and h.flags.c_contiguous and np.array_equal(h, b)
