@@ -199,10 +199,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                          intermediate_size=8196, window=2048, layer_types=("swa",) * 24,
                          tie_embeddings=False, tokenizer="unknown", max_train_len=4096),
     # the bundled byte-level tiny models (tiny_model_notes.md): 4 blocks, d 128, 4 x 32, window 128
+    # the configs of the bundled checkpoints (samba_ext/data/*.safetensors)
     "samba-tiny": dict(vocab_size=259, n_layer=4, d_model=128, n_head=4, n_kv_head=4,
-                       intermediate_size=256, window=128, dt_rank=8),
+                       intermediate_size=256, window=256, dt_rank=8),
     "llama-tiny": dict(vocab_size=259, n_layer=4, d_model=128, n_head=4, n_kv_head=4,
-                       intermediate_size=256, window=None, layer_types=("attn",) * 4, dt_rank=8),
+                       intermediate_size=320, window=None, layer_types=("attn",) * 4, dt_rank=8),
     # small test config: 4 blocks, window 16, GQA 4:2
     "samba-test": dict(vocab_size=259, n_layer=4, d_model=64, n_head=4, n_kv_head=2,
                        head_dim=16, intermediate_size=128, window=16, d_state=8),

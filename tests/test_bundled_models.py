@@ -60,3 +60,17 @@ def test_llama_tiny_baseline_collapses_beyond_training_length():
     assert inside.overall_accuracy == 1.0
     assert beyond.overall_accuracy == 0.0
     assert all(c["n"] == 1 for c in beyond.cells)
+
+
+@pytest.mark.parametrize("name", ["samba-tiny", "llama-tiny"])
+def test_preset_matches_the_bundled_file(name):
+    """SambaConfig.preset(name) (used for random-weight fallbacks and throughput runs) has the
+    shapes of the shipped checkpoint."""
+    from samba_ext import SambaConfig
+
+    stored = json.loads(Samba.load(name).metadata["config"])
+    preset = SambaConfig.preset(name)
+    for key in ("vocab_size", "n_layer", "d_model", "n_head", "n_kv_head", "head_dim",
+                "intermediate_size", "window", "d_state", "d_conv", "expand", "dt_rank"):
+        assert getattr(preset, key) == stored[key], key
+    assert list(preset.layer_types) == stored["layer_types"]
