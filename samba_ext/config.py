@@ -198,8 +198,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mistral-1.6b": dict(vocab_size=50304, n_layer=24, d_model=2048, n_head=32, n_kv_head=4,
                          intermediate_size=8196, window=2048, layer_types=("swa",) * 24,
                          tie_embeddings=False, tokenizer="unknown", max_train_len=4096),
-    # the bundled byte-level tiny models (tiny_model_notes.md): 4 blocks, d 128, 4 x 32, window 128
-    # the configs of the bundled checkpoints (samba_ext/data/*.safetensors)
+    # the bundled byte-level tiny models (samba_ext/data/*.safetensors): 4 blocks, d 128, 4 x 32
     "samba-tiny": dict(vocab_size=259, n_layer=4, d_model=128, n_head=4, n_kv_head=4,
                        intermediate_size=256, window=256, dt_rank=8),
     "llama-tiny": dict(vocab_size=259, n_layer=4, d_model=128, n_head=4, n_kv_head=4,
