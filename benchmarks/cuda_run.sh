@@ -6,7 +6,7 @@
 #   bash benchmarks/cuda_run.sh [steps]        steps: any of build,tests,memcheck,racecheck,
 #                                              initcheck (comma separated; default: all)
 # Environment: OUT (log folder, default ./out), SAMBA_EXT_CUDA_ARCHS (default 90),
-#   CUDA_TESTS (test files, default: tests/test_cuda_*.py tests/test_model_cuda*.py),
+#   CUDA_TESTS (test files, default: the CUDA files + the backend-parametrised CPU files, see TESTS),
 #   SAN_TIMEOUT (seconds per sanitizer run, default 150), GIT_COMMIT (recorded in env.txt;
 #   the device copy of the tree has no git history).
 # Logs: $OUT/build.log, $OUT/tests.log, $OUT/memcheck.log, $OUT/racecheck.log,
@@ -20,7 +20,11 @@ export PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_PREALLOCATE=false   # jax must not take 75% of the GPU
 SAN_TIMEOUT=${SAN_TIMEOUT:-150}
 PY=${PYTHON:-python3}
-TESTS=${CUDA_TESTS:-$(ls tests/test_cuda_*.py tests/test_model_cuda*.py 2>/dev/null | tr '\n' ' ')}
+# Default: the CUDA files, the CPU kernel files parametrised over backends (their cuda cases),
+# the model suite, the bundled-model checks and the torch parity tests.
+TESTS=${CUDA_TESTS:-$(ls tests/test_cuda_*.py tests/test_model_cuda*.py tests/test_scan.py \
+    tests/test_conv1d.py tests/test_attention.py tests/test_elementwise.py tests/test_model.py \
+    tests/test_bundled_models.py tests/test_torch_parity.py 2>/dev/null | tr '\n' ' ')}
 SUMMARY="$OUT/summary.md"
 : > "$SUMMARY"
 row() { printf '| %-10s | %-8s | %s |\n' "$1" "$2" "$3" | tee -a "$SUMMARY"; }
