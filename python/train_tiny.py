@@ -592,6 +592,8 @@ class DataMix:
     # token (beyond the SWA window, so only the Mamba state can carry the key), where the row is long enough
     pk_far: float = 0.0
     window: int | None = None
+    # cap on the phonebook size (entries); None: as many as fit in the row (log-uniform from 3)
+    pb_max_entries: int | None = None
 
 
 def far_depth(rng: random.Random, n_tokens: int, key: int, window: int) -> float | None:
@@ -633,6 +635,8 @@ def make_doc(rng: random.Random, L: int, mix: DataMix, info: dict | None = None)
         budget = L - len(bos) - 14
         # entries ~ 24 bytes; the book (+3 re-stated lines) must fit; log-uniform size favours small books
         max_e = max(3, (budget - 60) // 27)
+        if mix.pb_max_entries is not None:
+            max_e = max(3, min(max_e, mix.pb_max_entries))
         n_e = int(round(math.exp(rng.uniform(math.log(3), math.log(max_e))))) if max_e > 3 else 3
         while True:
             prompt, ph = phonebook_prompt(rng, n_e)
@@ -850,6 +854,9 @@ def parse_args(argv=None):
     ap.add_argument("--lm-weight", type=float, default=0.25, help="weight of the LM loss vs the answer loss")
     ap.add_argument("--p-passkey", type=float, default=0.5)
     ap.add_argument("--p-phonebook", type=float, default=0.15)
+    ap.add_argument("--pb-max-entries", type=int, default=None,
+                    help="cap the phonebook size (default: as many entries as fit in the row); small "
+                         "books (e.g. 8: they fit in a 256-token window) for a lookup curriculum")
     ap.add_argument("--pk-far", type=float, default=0.0,
                     help="fraction of passkey rows whose key is placed >= window tokens before the answer "
                          "(beyond the SWA window: only the Mamba state can carry it); samba only")
@@ -905,6 +912,7 @@ def main(argv=None) -> dict:
     t0 = time.time()
     text = text_stream(stdlib_files(held_out=False), args.text_bytes or (2_000_000 if cpu else None))
     mix = DataMix(p_passkey=args.p_passkey, p_phonebook=args.p_phonebook, text=text, pk_far=args.pk_far,
+                  pb_max_entries=args.pb_max_entries,
                   window=cfg["window"] if "swa" in cfg["layer_types"] else None)
     stages = parse_stages(args.stages)
     print(f"[{args.model}] params {n_params} | train text {len(text)} tokens ({time.time() - t0:.1f}s) | "

@@ -201,3 +201,21 @@ def test_passkey_rows_answer_mask_and_far_placement():
             last = text.rindex(f"{key} is the pass key") + len(key) - 1 + off  # last key digit
             assert pos[0] + 1 - last >= W, (L, pos[0] + 1 - last)
     assert n_far >= 25  # all rows with >= W filler tokens (L >= ~380 here)
+
+
+def test_phonebook_size_cap():
+    """--pb-max-entries caps the book (3..cap entries); without it books grow with the row."""
+    import collections
+    import random
+
+    def sizes(cap):
+        mix = tt.DataMix(p_passkey=0.0, p_phonebook=1.0, pb_max_entries=cap)
+        rng, c = random.Random(0), collections.Counter()
+        for _ in range(100):
+            ids, _ = tt.make_doc(rng, 2048, mix)
+            text = bytes(int(t) for t in ids if t < 256).decode("latin-1")
+            c[text.split("\n\n")[0].count("\n") + 1] += 1
+        return c
+    capped = sizes(4)
+    assert set(capped) <= {3, 4} and capped[4] > 0
+    assert max(sizes(None)) > 8
