@@ -187,7 +187,10 @@ def make_extensions() -> list[Extension]:
         ("SAMBA_COMPILER", '"' + compiler_version().replace('"', "'") + '"'),
         ("NUMPY_VERSION_STRING", '"' + np.__version__ + '"'),
     ]
-    core = Extension("samba_ext._core", sources=CORE_SOURCES,
+    # headers (and, for _cuda, the .cu files nvcc compiles into extra_objects) as depends, so that
+    # an in-place rebuild relinks when only they changed
+    headers = sorted(str(p) for p in CSRC.rglob("*.h")) + sorted(str(p) for p in CSRC.rglob("*.cuh"))
+    core = Extension("samba_ext._core", sources=CORE_SOURCES, depends=headers,
                      include_dirs=[np.get_include(), str(CSRC)], define_macros=macros,
                      extra_compile_args=cflags, extra_link_args=ldflags)
     exts = [core]
@@ -207,6 +210,7 @@ def make_extensions() -> list[Extension]:
             runtime_library_dirs=[str(lib)],
             libraries=["cublasLt", "cublas", "cudart", "stdc++"],
             extra_compile_args=["-std=c99", "-O2", "-Wall"],
+            depends=headers + sorted(str(p) for p in (CSRC / "cuda").glob("*.cu")),
         )
         ext._samba_cuda = cuda
         ext._samba_cu_sources = sorted(str(p) for p in (CSRC / "cuda").glob("*.cu"))
