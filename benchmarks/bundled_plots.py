@@ -50,9 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     R = args.results
     panels = [
         ("samba-tiny (CPU, 2 threads)", [f"{R}/passkey-samba-tiny/results.json"]),
-        ("llama-tiny (CPU to 32K; GPU 64K, 128K)",
+        ("llama-tiny (CPU to 32K; GPU 64K, 128K; CPU 256K: 1 trial, 4 depths)",
          [f"{R}/passkey-llama-tiny-cpu/results.json",
-          f"{R}/gpu/passkey-llama-tiny-long/results.json"]),
+          f"{R}/gpu/passkey-llama-tiny-long/results.json",
+          f"{R}/passkey-llama-tiny-cpu-256k/results.json"]),
     ]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
     for ax, (title, paths) in zip(axes, panels):
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         overall = np.nansum(acc * n) / n[done].sum() if done.any() else float("nan")
         ax.set_title(f"{title}\n{int(n.sum())} trials, {overall:.1f}% correct", fontsize=10)
         ax.axvline(2.5, color="black", lw=1, ls=":")  # between 4K and 8K
-    fig.suptitle("Passkey retrieval of the bundled models (samba-ext passkey, 5 trials per cell)")
+    fig.suptitle("Passkey retrieval of the bundled models (samba-ext passkey; 5 trials per cell, fewer where a run was stopped)")
     fig.tight_layout()
     out = os.path.join(R, "passkey_grid.png")
     fig.savefig(out, dpi=110)
