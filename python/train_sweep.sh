@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Train several samba-tiny / llama-tiny variants at once, one process per GPU (round robin).
+# Train several samba-tiny / llama-tiny variants at once, one process per GPU (round robin; with more
+# variants than GPUs, several processes share a GPU).
 #
 #   OUT=/tmp/sweep MINUTES=7.5 bash python/train_sweep.sh variants.txt
 #
@@ -15,7 +16,9 @@ SEED=${SEED:-0}
 mkdir -p "$OUT"
 ngpu=$(python3 -c 'import torch; print(max(1, torch.cuda.device_count()))')
 ncpu=$(nproc)
-threads=$(( ncpu / ngpu > 1 ? ncpu / ngpu : 1 ))
+nvar=$(grep -cvE '^[[:space:]]*(#|$)' "$spec")
+per=$(( nvar > ngpu ? nvar : ngpu ))   # processes sharing the machine's cores
+threads=$(( ncpu / per > 1 ? ncpu / per : 1 ))
 i=0
 names=()
 while read -r name args; do
@@ -40,7 +43,8 @@ except Exception as e:  # the run died: show why from the log
 pk = r.get("eval", {}).get("passkey", {})
 pb = r.get("eval", {}).get("phonebook", {})
 last = r["log"][-1] if r.get("log") else {}
-print(f"{sys.argv[2]:>12}: steps {r['steps']} far_exact {last.get('far_exact')} ans_acc {last.get('ans_acc')} | passkey "
+print(f"{sys.argv[2]:>12}: steps {r['steps']} far_exact {last.get('far_exact')} pb_exact {last.get('pb_exact')} "
+      f"ans_acc {last.get('ans_acc')} | passkey "
       + " ".join(f"{int(k)//1024}K:{v:.1f}" for k, v in pk.items())
       + " | phonebook " + " ".join(f"{k}:{v:.1f}" for k, v in pb.items()))
 PY

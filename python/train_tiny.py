@@ -543,6 +543,18 @@ def phonebook_prompt(rng: random.Random, n_entries: int) -> tuple[str, str]:
     return prompt, phones[c]
 
 
+def fewshot_digit_spans(prompt: str) -> list[tuple[int, int]]:
+    """(start, end) byte offsets of the phone numbers of the two re-stated entries in a
+    phonebook_prompt (the two lines between the blank lines), i.e. the few-shot lookups."""
+    body, shots, _ = prompt.rsplit("\n\n", 2)
+    out, pos = [], len(body) + 2
+    for line in shots.split("\n"):
+        i = line.rindex(": ") + 2
+        out.append((pos + i, pos + len(line)))
+        pos += len(line) + 1
+    return out
+
+
 def stdlib_files(held_out: bool) -> list[str]:
     """Sorted .py files of the running interpreter's stdlib (site-/dist-packages excluded).
 
@@ -594,6 +606,8 @@ class DataMix:
     window: int | None = None
     # cap on the phonebook size (entries); None: as many as fit in the row (log-uniform from 3)
     pb_max_entries: int | None = None
+    # also train on the digits of the two re-stated (few-shot) entries: they are lookups in the book too
+    pb_fewshot_loss: bool = False
 
 
 def far_depth(rng: random.Random, n_tokens: int, key: int, window: int) -> float | None:
@@ -614,6 +628,7 @@ def make_doc(rng: random.Random, L: int, mix: DataMix, info: dict | None = None)
     info (optional dict) receives "task" ("passkey"/"phonebook"/"text") and "far" (passkey key beyond
     the SWA window by construction)."""
     far = False
+    shots: list[tuple[int, int]] = []
     ids = np.full(L, PAD, dtype=np.int64)
     kind = np.zeros(L, dtype=np.int8)
     bos = [BOS] if rng.random() < mix.p_bos else []
@@ -648,6 +663,8 @@ def make_doc(rng: random.Random, L: int, mix: DataMix, info: dict | None = None)
         seq = seq[:L]
         n_ans = len(ans)
         task = "phonebook"
+        if mix.pb_fewshot_loss and len(seq) == len(bos) + len(encode(prompt)) + len(ans):
+            shots = [(len(bos) + a, len(bos) + b) for a, b in fewshot_digit_spans(prompt)]
     else:
         s = rng.randrange(0, len(mix.text) - L)
         seq = bos + mix.text[s: s + L - len(bos)].astype(np.int64).tolist()
@@ -660,6 +677,8 @@ def make_doc(rng: random.Random, L: int, mix: DataMix, info: dict | None = None)
     kind[: n - 1] = 1  # position t predicts seq[t+1]
     if n_ans:
         kind[n - 1 - n_ans: n - 1] = 2
+    for a, b in shots:  # position t predicts seq[t+1]: targets a..b-1 sit at a-1..b-2
+        kind[a - 1: b - 1] = 2
     return ids, kind
 
 
@@ -845,7 +864,8 @@ def parse_args(argv=None):
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--n-layer", type=int, default=4)
     ap.add_argument("--d-state", type=int, default=16)
-    ap.add_argument("--window", type=int, default=256)
+    ap.add_argument("--window", type=int, default=None,
+                    help="SWA window (default 256; with --init: the file's, or this value to change it)")
     ap.add_argument("--max-len", type=int, default=None, help="training length (default 4096; cpu 384)")
     ap.add_argument("--tokens-per-step", type=int, default=None, help="default 32768 (cpu 768)")
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -857,6 +877,9 @@ def parse_args(argv=None):
     ap.add_argument("--pb-max-entries", type=int, default=None,
                     help="cap the phonebook size (default: as many entries as fit in the row); small "
                          "books (e.g. 8: they fit in a 256-token window) for a lookup curriculum")
+    ap.add_argument("--pb-fewshot-loss", action="store_true",
+                    help="weight the digits of the two re-stated phonebook entries like answers (they are "
+                         "lookups in the book too): three supervised lookups per phonebook row")
     ap.add_argument("--pk-far", type=float, default=0.0,
                     help="fraction of passkey rows whose key is placed >= window tokens before the answer "
                          "(beyond the SWA window: only the Mamba state can carry it); samba only")
@@ -904,15 +927,23 @@ def main(argv=None) -> dict:
         if cfg.get("name") != args.model:
             raise SystemExit(f"--init {args.init} holds {cfg.get('name')!r}, not --model {args.model!r}")
         print(f"[{args.model}] initialised from {args.init}", flush=True)
+        if args.window is not None and cfg.get("window") is not None and args.window != cfg["window"]:
+            print(f"[{args.model}] window {cfg['window']} -> {args.window}", flush=True)
+            cfg["window"] = args.window
+            model.cfg["window"] = args.window
+            for m in model.modules():
+                if isinstance(m, CausalSelfAttention) and m.window is not None:
+                    m.window = args.window
     else:
-        cfg = make_config(args.model, args.d_model, args.n_layer, args.window, args.d_state)
+        cfg = make_config(args.model, args.d_model, args.n_layer,
+                          256 if args.window is None else args.window, args.d_state)
         model = TorchSamba(cfg).to(dev)
     cfg["max_train_len"] = max_len
     n_params = model.num_parameters()
     t0 = time.time()
     text = text_stream(stdlib_files(held_out=False), args.text_bytes or (2_000_000 if cpu else None))
     mix = DataMix(p_passkey=args.p_passkey, p_phonebook=args.p_phonebook, text=text, pk_far=args.pk_far,
-                  pb_max_entries=args.pb_max_entries,
+                  pb_max_entries=args.pb_max_entries, pb_fewshot_loss=args.pb_fewshot_loss,
                   window=cfg["window"] if "swa" in cfg["layer_types"] else None)
     stages = parse_stages(args.stages)
     print(f"[{args.model}] params {n_params} | train text {len(text)} tokens ({time.time() - t0:.1f}s) | "
@@ -975,10 +1006,13 @@ def main(argv=None) -> dict:
                 row_ok = ((logits.argmax(-1) == tgt) | (k_ != 2)).all(1).cpu()
                 far_rows = [i for i, d in enumerate(infos) if d["far"]]
                 far_acc = (sum(float(row_ok[i]) for i in far_rows) / len(far_rows)) if far_rows else None
+                pb_rows = [i for i, d in enumerate(infos) if d["task"] == "phonebook"]
+                pb_acc = (sum(float(row_ok[i]) for i in pb_rows) / len(pb_rows)) if pb_rows else None
             rec = dict(step=step, t=round(time.time() - t_start, 1), L=L, B=B, lr=round(lr, 6),
                        loss=round(loss.item(), 4), loss_ans=round(loss_ans.item(), 4),
                        loss_lm=round(loss_lm.item(), 4), ans_acc=round(acc.item(), 4),
                        far_rows=len(far_rows), far_exact=None if far_acc is None else round(far_acc, 3),
+                       pb_rows=len(pb_rows), pb_exact=None if pb_acc is None else round(pb_acc, 3),
                        gnorm=round(float(gn), 3))
             log.append(rec)
             print(json.dumps(rec), flush=True)
@@ -1021,7 +1055,7 @@ def quick_evals(model: TorchSamba, cfg: dict, dev, args) -> dict:
               f"({time.time() - t:.0f}s)", flush=True)
         t = time.time()
         try:
-            out["phonebook"] = eval_phonebook(model, [4, 8, 16, 32, 64], 10, dev)
+            out["phonebook"] = eval_phonebook(model, [3, 4, 6, 8, 12, 16, 32, 64], 10, dev)
         except Exception as e:
             out["phonebook_error"] = repr(e)
         print(f"[{cfg['name']}] phonebook {out.get('phonebook', out.get('phonebook_error'))} "

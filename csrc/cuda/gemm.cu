@@ -61,6 +61,17 @@ static samba_status get_handle(cublasHandle_t *out) {
     return SAMBA_OK;
 }
 
+// The device's handle, bound to `stream` (every GEMM entry point starts here).
+static samba_status bind_handle(void *stream, cublasHandle_t *out) {
+    samba_status st = get_handle(out);
+    if (st != SAMBA_OK) return st;
+    cublasStatus_t s = cublasSetStream(*out, (cudaStream_t)stream);
+    if (s != CUBLAS_STATUS_SUCCESS)
+        return samba_cu_fail_msg(SAMBA_ERR_CUDA, "gemm: cublasSetStream failed (%s)",
+                                 cublas_status_str(s));
+    return SAMBA_OK;
+}
+
 static cudaDataType_t cuda_type(int dt) {
     return dt == SAMBA_CU_BF16 ? CUDA_R_16BF : dt == SAMBA_CU_F16 ? CUDA_R_16F : CUDA_R_32F;
 }
@@ -87,12 +98,9 @@ extern "C" samba_status samba_cu_gemm(int64_t M, int64_t N, int64_t K, samba_cu_
         return SAMBA_OK;
     }
     cublasHandle_t h;
-    samba_status st = get_handle(&h);
+    samba_status st = bind_handle(stream, &h);
     if (st != SAMBA_OK) return st;
-    cublasStatus_t s = cublasSetStream(h, (cudaStream_t)stream);
-    if (s != CUBLAS_STATUS_SUCCESS)
-        return samba_cu_fail_msg(SAMBA_ERR_CUDA, "gemm: cublasSetStream failed (%s)",
-                                 cublas_status_str(s));
+    cublasStatus_t s;
     const float alpha = 1.0f;
     // Column-major view: y^T (N, M) = w (N, K) [w^T stored as K x N col-major, transposed]
     //                                  @ x^T (K, M) [x stored as K x M col-major].
@@ -123,12 +131,9 @@ extern "C" samba_status samba_cu_gemm_batched(int transa, int transb, int64_t m,
     if (k == 0)
         return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "gemm: k == 0 (empty product)");
     cublasHandle_t h;
-    samba_status st = get_handle(&h);
+    samba_status st = bind_handle(stream, &h);
     if (st != SAMBA_OK) return st;
-    cublasStatus_t s = cublasSetStream(h, (cudaStream_t)stream);
-    if (s != CUBLAS_STATUS_SUCCESS)
-        return samba_cu_fail_msg(SAMBA_ERR_CUDA, "gemm: cublasSetStream failed (%s)",
-                                 cublas_status_str(s));
+    cublasStatus_t s;
     const float alpha = 1.0f;
     s = cublasGemmStridedBatchedEx(
         h, transa ? CUBLAS_OP_T : CUBLAS_OP_N, transb ? CUBLAS_OP_T : CUBLAS_OP_N, (int)m, (int)n,
