@@ -893,6 +893,9 @@ def parse_args(argv=None):
     ap.add_argument("--dt-aug-mode", choices=["all", "decay"], default="all",
                     help="all: scale dt everywhere; decay: scale only the decay exp(dt*A), i.e. the key must "
                          "survive up to dt_aug_max times more filler than the row holds")
+    ap.add_argument("--dt-aug-rows", choices=["all", "no-phonebook"], default="all",
+                    help="which rows may be dilated: all, or all but phonebook rows (the dilation is for "
+                         "the passkey's long-range memory; it blurs the local features a lookup needs)")
     ap.add_argument("--text-bytes", type=int, default=None, help="cap on stdlib training text (cpu: 2 MB)")
     ap.add_argument("--amp-cpu", action="store_true", help="bf16 autocast on the cpu too (debugging)")
     ap.add_argument("--threads", type=int, default=None, help="torch cpu threads")
@@ -977,6 +980,8 @@ def main(argv=None) -> dict:
         dt_scale = None
         if has_mamba and args.dt_aug > 0:
             on = torch.rand(B, generator=None) < args.dt_aug
+            if args.dt_aug_rows == "no-phonebook":  # lookups need the Mamba's undilated local features
+                on &= torch.tensor([d["task"] != "phonebook" for d in infos])
             k = torch.exp(torch.rand(B) * math.log(args.dt_aug_max))
             dt_scale = torch.where(on, k, torch.ones(B)).to(dev)
         lr = lr_at(progress, step, args.lr, args.warmup)
