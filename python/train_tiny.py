@@ -527,16 +527,18 @@ LAST_NAMES = ("Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez 
               "Gutierrez Ortiz Morgan Cooper Peterson Bailey Reed Kelly Howard").split()
 
 
-def phonebook_prompt(rng: random.Random, n_entries: int) -> tuple[str, str]:
+def phonebook_prompt(rng: random.Random, n_entries: int, digits: int = 10) -> tuple[str, str]:
     """samba_arch.md 6.3 format: "Name: phone" lines, "\\n\\n", two re-stated entries, "\\n\\n",
-    "<query name>:". Phone = 10 digits, first 6-9. Returns (prompt, phone of the query)."""
+    "<query name>:". Phone = `digits` digits (the evaluation's 10 by default), first 6-9.
+    Returns (prompt, phone of the query)."""
     n_entries = max(3, n_entries)
     names: set[str] = set()
     while len(names) < n_entries:
         names.add(f"{rng.choice(FIRST_NAMES)} {rng.choice(LAST_NAMES)}")
     names_l = sorted(names)
     rng.shuffle(names_l)
-    phones = [str(rng.randint(6, 9)) + "".join(str(rng.randint(0, 9)) for _ in range(9)) for _ in names_l]
+    phones = [str(rng.randint(6, 9)) + "".join(str(rng.randint(0, 9)) for _ in range(digits - 1))
+              for _ in names_l]
     entries = [f"{n}: {p}" for n, p in zip(names_l, phones)]
     a, b, c = rng.sample(range(n_entries), 3)
     prompt = "\n".join(entries) + "\n\n" + entries[a] + "\n" + entries[b] + "\n\n" + names_l[c] + ":"
@@ -608,6 +610,8 @@ class DataMix:
     pb_max_entries: int | None = None
     # also train on the digits of the two re-stated (few-shot) entries: they are lookups in the book too
     pb_fewshot_loss: bool = False
+    # phone-number lengths drawn uniformly from this range per book (the evaluation uses 10)
+    pb_digits: tuple[int, int] = (10, 10)
 
 
 def far_depth(rng: random.Random, n_tokens: int, key: int, window: int) -> float | None:
@@ -654,7 +658,7 @@ def make_doc(rng: random.Random, L: int, mix: DataMix, info: dict | None = None)
             max_e = max(3, min(max_e, mix.pb_max_entries))
         n_e = int(round(math.exp(rng.uniform(math.log(3), math.log(max_e))))) if max_e > 3 else 3
         while True:
-            prompt, ph = phonebook_prompt(rng, n_e)
+            prompt, ph = phonebook_prompt(rng, n_e, rng.randint(*mix.pb_digits))
             ans = encode(" " + ph + "\n") + [EOS]
             seq = bos + encode(prompt) + ans
             if len(seq) <= L or n_e <= 3:
@@ -845,6 +849,15 @@ def curriculum_len(progress: float, max_len: int, stages: list[tuple[float, int]
     return max_len
 
 
+def parse_digits(spec: str) -> tuple[int, int]:
+    """ "10" -> (10, 10); "8-13" -> (8, 13)."""
+    lo, _, hi = spec.partition("-")
+    lo_i, hi_i = int(lo), int(hi or lo)
+    if not 2 <= lo_i <= hi_i:
+        raise SystemExit(f"--pb-digits: expected N or LO-HI with 2 <= LO <= HI, got {spec!r}")
+    return lo_i, hi_i
+
+
 def lr_at(progress: float, step: int, lr: float, warmup: int) -> float:
     w = min(1.0, (step + 1) / warmup)
     return lr * w * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
@@ -880,6 +893,9 @@ def parse_args(argv=None):
     ap.add_argument("--pb-fewshot-loss", action="store_true",
                     help="weight the digits of the two re-stated phonebook entries like answers (they are "
                          "lookups in the book too): three supervised lookups per phonebook row")
+    ap.add_argument("--pb-digits", default="10",
+                    help='phone-number length in training books, N or "LO-HI" drawn per book (the '
+                         "evaluation uses 10; a range makes 10 an interior length, not the last one seen)")
     ap.add_argument("--pk-far", type=float, default=0.0,
                     help="fraction of passkey rows whose key is placed >= window tokens before the answer "
                          "(beyond the SWA window: only the Mamba state can carry it); samba only")
@@ -947,6 +963,7 @@ def main(argv=None) -> dict:
     text = text_stream(stdlib_files(held_out=False), args.text_bytes or (2_000_000 if cpu else None))
     mix = DataMix(p_passkey=args.p_passkey, p_phonebook=args.p_phonebook, text=text, pk_far=args.pk_far,
                   pb_max_entries=args.pb_max_entries, pb_fewshot_loss=args.pb_fewshot_loss,
+                  pb_digits=parse_digits(args.pb_digits),
                   window=cfg["window"] if "swa" in cfg["layer_types"] else None)
     stages = parse_stages(args.stages)
     print(f"[{args.model}] params {n_params} | train text {len(text)} tokens ({time.time() - t0:.1f}s) | "

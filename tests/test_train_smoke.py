@@ -219,3 +219,34 @@ def test_phonebook_size_cap():
     capped = sizes(4)
     assert set(capped) <= {3, 4} and capped[4] > 0
     assert max(sizes(None)) > 8
+
+
+def test_phonebook_fewshot_targets_and_number_lengths():
+    """--pb-fewshot-loss marks exactly the digits of the two re-stated entries (and the answer) as
+    answer targets, and those digits are the book's numbers for the re-stated names;
+    --pb-digits LO-HI draws the number length per book."""
+    import random
+
+    mix = tt.DataMix(p_passkey=0.0, p_phonebook=1.0, pb_max_entries=6, pb_fewshot_loss=True,
+                     pb_digits=(8, 13))
+    rng, lengths = random.Random(3), set()
+    for _ in range(40):
+        ids, kind = tt.make_doc(rng, 512, mix)
+        text = bytes(int(t) for t in ids if t < 256).decode("latin-1")
+        book, shots, query = text.split("\n\n")
+        numbers = dict(line.split(": ") for line in book.split("\n"))
+        shot_lines = shots.split("\n")
+        answer = query.split(":")[1].strip()
+        # the target tokens of answer-kind positions t are ids[t + 1]
+        tgt = "".join(chr(int(ids[t + 1])) if ids[t + 1] < 256 else "<eos>"
+                      for t in np.nonzero(kind == 2)[0])
+        want = "".join(line.split(": ")[1] for line in shot_lines) + f" {answer}\n<eos>"
+        assert tgt == want
+        for line in shot_lines:
+            name, num = line.split(": ")
+            assert numbers[name] == num
+        lengths |= {len(n) for n in numbers.values()}
+    assert lengths == set(range(8, 14))
+    assert tt.parse_digits("10") == (10, 10) and tt.parse_digits("8-13") == (8, 13)
+    with pytest.raises(SystemExit, match="pb-digits"):
+        tt.parse_digits("9-3")
