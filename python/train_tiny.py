@@ -4,11 +4,13 @@
 A plain PyTorch implementation of the Samba architecture (samba_arch.md sections 2-5):
 
 * Mamba-1 mixer (in_proj / depthwise causal conv1d / x_proj / dt_proj / A_log / D / out_proj), with a
-  chunked selective scan written in torch (exact up to a per-step log-decay floor, see ``scan_chunked``)
-  and an exact step-by-step reference scan (``scan_ref``);
+  chunked selective scan written in torch (exact up to a per-step log-decay floor, see ``scan_chunked``;
+  used on the GPU), an exact recurrence with a hand-written backward (``scan_seq``; used on the CPU,
+  where it is ~5x faster for short rows) and an exact step-by-step reference scan (``scan_ref``);
 * sliding-window attention ("swa", window counted in keys including self, i.e. flash-attn
   ``window_size=(window-1, 0)``) or full causal attention ("attn"), fused QKV rows grouped lit_gpt style
-  ``[q_g.., k_g, v_g]`` per KV group, GPT-NeoX (half-split) RoPE at absolute positions;
+  ``[q_g.., k_g, v_g]`` per KV group, GPT-NeoX (half-split) RoPE at absolute positions; on the CPU a
+  row no longer than the window takes plain causal attention (every key is inside the window);
 * SwiGLU MLP (w1 gate, w2 up, w3 down), RMSNorm pre-norm, fp32 residual stream, tied embeddings.
 
 The model runs on whole sequences or chunk by chunk with the recurrent state carried (Mamba conv +
@@ -120,6 +122,52 @@ def scan_ref(x, dt, A, Bm, Cm, Dv, h0=None, decay_scale=None):
     return y + x * Dv, h
 
 
+class _LinearRecurrence(torch.autograd.Function):
+    """H[:, t] = a[:, t] * H[:, t-1] + b[:, t] (H[:, -1] = h0), a, b: (B, L, E, N) -> H (B, L, E, N).
+
+    One fused multiply-add per step and no autograd graph inside the loop; the backward pass runs the
+    adjoint recurrence G[:, t] = gH[:, t] + a[:, t+1] * G[:, t+1] in reverse."""
+
+    @staticmethod
+    def forward(ctx, a, b, h0):
+        H = torch.empty_like(b)
+        h = h0
+        for t in range(b.shape[1]):
+            h = torch.addcmul(b[:, t], a[:, t], h)
+            H[:, t] = h
+        ctx.save_for_backward(a, H, h0)
+        return H
+
+    @staticmethod
+    def backward(ctx, gH):
+        a, H, h0 = ctx.saved_tensors
+        L = H.shape[1]
+        G = torch.empty_like(H)
+        g = gH[:, L - 1].clone()
+        G[:, L - 1] = g
+        for t in range(L - 2, -1, -1):
+            g = torch.addcmul(gH[:, t], a[:, t + 1], g)
+            G[:, t] = g
+        prev = torch.cat([h0.unsqueeze(1), H[:, :-1]], 1)
+        return G * prev, G, a[:, 0] * G[:, 0]
+
+
+def scan_seq(x, dt, A, Bm, Cm, Dv, h0=None, decay_scale=None):
+    """The exact recurrence of scan_ref (same arguments and results), vectorised except for one
+    fused multiply-add per step, with a hand-written backward: the fast training scan on the CPU
+    for short rows (scan_chunked's (B, L, E, N) temporaries are memory-bound there)."""
+    Bsz, L, E = x.shape
+    h0 = torch.zeros(Bsz, E, A.shape[1], dtype=x.dtype, device=x.device) if h0 is None else h0
+    if L == 0:
+        return x * Dv, h0
+    dtd = dt if decay_scale is None else dt * decay_scale.view(-1, 1, 1)
+    a = torch.exp(dtd.unsqueeze(-1) * A)
+    b = (dt * x).unsqueeze(-1) * Bm.unsqueeze(2)
+    H = _LinearRecurrence.apply(a, b, h0)
+    y = torch.einsum("blen,bln->ble", H, Cm)
+    return y + x * Dv, H[:, -1]
+
+
 def _affine_scan(a, b):
     """Inclusive scan over dim 1 of the maps h -> a_c h + b_c (Hillis-Steele, log depth).
 
@@ -229,7 +277,7 @@ class Mamba(nn.Module):
             dt = dt * dt_scale.view(-1, 1, 1)
         A = -torch.exp(self.A_log.float())
         h0 = None if state is None else state[1]
-        scan = scan_ref if exact else scan_chunked
+        scan = scan_ref if exact else scan_seq if u.device.type == "cpu" else scan_chunked
         with torch.autocast(device_type=u.device.type, enabled=False):
             y, hL = scan(xc.float(), dt, A, Bm, Cm, self.D.float(), h0, decay_scale=decay_scale)
         y = y * F.silu(z)
@@ -320,8 +368,10 @@ class CausalSelfAttention(nn.Module):
             new_state = (k[:, :, k.shape[2] - keep:], v[:, :, v.shape[2] - keep:])
         kk = k.repeat_interleave(self.qpk, dim=1) if self.qpk > 1 else k
         vv = v.repeat_interleave(self.qpk, dim=1) if self.qpk > 1 else v
-        if self.window is not None:
+        if self.window is not None and not (x.device.type == "cpu" and P == 0 and L <= self.window):
             y = local_attention(q, kk, vv, P, self.window)
+        elif self.window is not None:  # every key is inside the window: plain causal attention
+            y = F.scaled_dot_product_attention(q, kk, vv, is_causal=True)
         elif P == 0:
             y = F.scaled_dot_product_attention(q, kk, vv, is_causal=True)
         else:

@@ -250,3 +250,28 @@ def test_phonebook_fewshot_targets_and_number_lengths():
     assert tt.parse_digits("10") == (10, 10) and tt.parse_digits("8-13") == (8, 13)
     with pytest.raises(SystemExit, match="pb-digits"):
         tt.parse_digits("9-3")
+
+
+def test_scan_seq_matches_recurrence_with_gradients():
+    """scan_seq (the CPU training scan, hand-written backward) against scan_ref (plain autograd
+    through the step-by-step recurrence), float64, with h0 and the decay-only dilation."""
+    g = torch.Generator().manual_seed(5)
+    B, L, E, N = 2, 29, 5, 3
+    mk = lambda *s, scale=1.0: (torch.randn(*s, generator=g, dtype=torch.float64) * scale).requires_grad_()
+    x, Bm, Cm, Dv, h0 = mk(B, L, E), mk(B, L, N), mk(B, L, N), mk(E), mk(B, E, N)
+    dt = (torch.rand(B, L, E, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
+    A = (-torch.rand(E, N, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    scale = torch.rand(B, generator=g, dtype=torch.float64) * 5 + 1
+    ins = [x, dt, A, Bm, Cm, Dv, h0]
+    res = []
+    for f in (tt.scan_ref, tt.scan_seq):
+        y, h = f(x, dt, A, Bm, Cm, Dv, h0, decay_scale=scale)
+        (y.sin().sum() + h.cos().sum()).backward()
+        res.append([y.detach(), h.detach()] + [t.grad.clone() for t in ins])
+        for t in ins:
+            t.grad = None
+    for a, b in zip(*res):
+        assert torch.isfinite(b).all()
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+    y, h = tt.scan_seq(x[:, :0], dt[:, :0], A, Bm[:, :0], Cm[:, :0], Dv, h0)
+    assert y.shape == (B, 0, E) and torch.equal(h, h0)
