@@ -368,10 +368,10 @@ class CausalSelfAttention(nn.Module):
             new_state = (k[:, :, k.shape[2] - keep:], v[:, :, v.shape[2] - keep:])
         kk = k.repeat_interleave(self.qpk, dim=1) if self.qpk > 1 else k
         vv = v.repeat_interleave(self.qpk, dim=1) if self.qpk > 1 else v
-        if self.window is not None and not (x.device.type == "cpu" and P == 0 and L <= self.window):
+        # on the CPU, a row that fits in the window needs no band mask (every key is inside it)
+        fits = x.device.type == "cpu" and P == 0 and self.window is not None and L <= self.window
+        if self.window is not None and not fits:
             y = local_attention(q, kk, vv, P, self.window)
-        elif self.window is not None:  # every key is inside the window: plain causal attention
-            y = F.scaled_dot_product_attention(q, kk, vv, is_causal=True)
         elif P == 0:
             y = F.scaled_dot_product_attention(q, kk, vv, is_causal=True)
         else:
