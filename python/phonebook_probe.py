@@ -47,13 +47,9 @@ def attention_probe(model, seed: int) -> list[str]:
 
     def hook(li):
         def f(mod, inp, out):
-            x = inp[0]
-            B, L, _ = x.shape
-            qkv = mod.attn(x).view(B, L, mod.G, mod.qpk + 2, mod.hd)
-            q = qkv[:, :, :, : mod.qpk].reshape(B, L, mod.H, mod.hd).transpose(1, 2)
-            k = qkv[:, :, :, mod.qpk].transpose(1, 2).repeat_interleave(mod.qpk, 1)
-            cos, sin = T.rope_cos_sin(0, L, mod.hd, mod.base, x.device)
-            q, k = T.apply_rope(q, cos, sin), T.apply_rope(k, cos, sin)
+            q, k, _ = mod.qkv_rope(inp[0])
+            k = k.repeat_interleave(mod.qpk, 1)
+            L = q.shape[2]
             s = (q @ k.transpose(-1, -2)) / math.sqrt(mod.hd)
             i, j = torch.arange(L)[:, None], torch.arange(L)[None, :]
             keep = (j <= i) if mod.window is None else (j <= i) & (j > i - mod.window)

@@ -348,16 +348,21 @@ class CausalSelfAttention(nn.Module):
         self.attn = nn.Linear(cfg["d_model"], (self.H + 2 * self.G) * self.hd, bias=False)
         self.proj = nn.Linear(self.H * self.hd, cfg["d_model"], bias=False)
 
-    def forward(self, x, state=None, pos0: int = 0, keep_cache: bool = False):
-        """x: (B, L, D) -> (B, L, D). state: (k_cache, v_cache) each (B, G, P, hd), post-RoPE, for the
-        P positions before pos0. Returns (out, new_state) (new_state None unless keep_cache)."""
+    def qkv_rope(self, x, pos0: int = 0):
+        """x: (B, L, D) at positions pos0.. -> q (B, H, L, hd), k, v (B, G, L, hd); q and k after RoPE."""
         Bsz, L, _ = x.shape
         qkv = self.attn(x).view(Bsz, L, self.G, self.qpk + 2, self.hd)
         q = qkv[:, :, :, : self.qpk].reshape(Bsz, L, self.H, self.hd).transpose(1, 2)
         k = qkv[:, :, :, self.qpk].transpose(1, 2)
         v = qkv[:, :, :, self.qpk + 1].transpose(1, 2)
         cos, sin = rope_cos_sin(pos0, L, self.hd, self.base, x.device)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def forward(self, x, state=None, pos0: int = 0, keep_cache: bool = False):
+        """x: (B, L, D) -> (B, L, D). state: (k_cache, v_cache) each (B, G, P, hd), post-RoPE, for the
+        P positions before pos0. Returns (out, new_state) (new_state None unless keep_cache)."""
+        Bsz, L, _ = x.shape
+        q, k, v = self.qkv_rope(x, pos0)
         if state is not None:
             k = torch.cat([state[0].to(k.dtype), k], 2)
             v = torch.cat([state[1].to(v.dtype), v], 2)
@@ -714,10 +719,11 @@ def make_doc(rng: random.Random, L: int, mix: DataMix, info: dict | None = None)
             if len(seq) <= L or n_e <= 3:
                 break
             n_e = max(3, int(n_e * 0.8))
+        whole = len(seq) <= L
         seq = seq[:L]
         n_ans = len(ans)
         task = "phonebook"
-        if mix.pb_fewshot_loss and len(seq) == len(bos) + len(encode(prompt)) + len(ans):
+        if mix.pb_fewshot_loss and whole:
             shots = [(len(bos) + a, len(bos) + b) for a, b in fewshot_digit_spans(prompt)]
     else:
         s = rng.randrange(0, len(mix.text) - L)
