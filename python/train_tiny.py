@@ -905,6 +905,30 @@ def curriculum_len(progress: float, max_len: int, stages: list[tuple[float, int]
     return max_len
 
 
+def parse_blocks(spec: str, n_layer: int, flag: str) -> list[int]:
+    """"1,3" -> [1, 3]; each index must name a block (0..n_layer-1)."""
+    try:
+        out = [int(t) for t in spec.split(",") if t.strip()]
+    except ValueError:
+        raise SystemExit(f"{flag}: expected block indices like \"1,3\", got {spec!r}")
+    bad = [i for i in out if not 0 <= i < n_layer]
+    if bad or not out:
+        raise SystemExit(f"{flag}: block indices must lie in 0..{n_layer - 1}, got {spec!r}")
+    return out
+
+
+def reinit_attention(model: "TorchSamba", i: int) -> None:
+    """Fresh QKV / output projection for block i (as in TorchSamba.__init__: default Linear init,
+    output scaled by 1/sqrt(2 n_layer)). Raises ValueError for a Mamba block."""
+    b = model.transformer.h[i]
+    if b.kind == "mamba":
+        raise ValueError(f"block {i} is a Mamba block, it has no attention to re-initialise")
+    with torch.no_grad():
+        b.attn.attn.reset_parameters()
+        b.attn.proj.reset_parameters()
+        b.attn.proj.weight.mul_(1.0 / math.sqrt(2 * model.cfg["n_layer"]))
+
+
 def parse_digits(spec: str) -> tuple[int, int]:
     """ "10" -> (10, 10); "8-13" -> (8, 13)."""
     lo, _, hi = spec.partition("-")
@@ -930,6 +954,11 @@ def parse_args(argv=None):
     ap.add_argument("--init", default=None,
                     help="start from this samba-ext .safetensors (its config wins over the size options; "
                          "the optimizer and the schedule start fresh)")
+    ap.add_argument("--reinit-attn", default=None, metavar="BLOCKS",
+                    help="with --init: re-initialise the attention (QKV and output projection) of these "
+                         "blocks, e.g. \"3\" or \"1,3\" (a fresh start for a head whose softmax has settled)")
+    ap.add_argument("--train-blocks", default=None, metavar="BLOCKS",
+                    help="train only the parameters of these blocks, e.g. \"3\"; the others are frozen")
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--n-layer", type=int, default=4)
     ap.add_argument("--d-state", type=int, default=16)
@@ -1013,6 +1042,17 @@ def main(argv=None) -> dict:
         cfg = make_config(args.model, args.d_model, args.n_layer,
                           256 if args.window is None else args.window, args.d_state)
         model = TorchSamba(cfg).to(dev)
+    if args.reinit_attn:
+        if not args.init:
+            raise SystemExit("--reinit-attn needs --init")
+        for i in parse_blocks(args.reinit_attn, len(model.transformer.h), "--reinit-attn"):
+            reinit_attention(model, i)
+            print(f"[{args.model}] block {i}: attention re-initialised", flush=True)
+    if args.train_blocks:
+        keep = {f"transformer.h.{i}." for i in parse_blocks(args.train_blocks, len(model.transformer.h),
+                                                            "--train-blocks")}
+        for n, p in model.named_parameters():
+            p.requires_grad_(any(n.startswith(k) for k in keep))
     cfg["max_train_len"] = max_len
     n_params = model.num_parameters()
     t0 = time.time()
@@ -1027,6 +1067,8 @@ def main(argv=None) -> dict:
 
     decay, no_decay = [], []
     for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         (decay if p.ndim >= 2 and "A_log" not in n else no_decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],

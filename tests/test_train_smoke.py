@@ -275,3 +275,29 @@ def test_scan_seq_matches_recurrence_with_gradients():
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
     y, h = tt.scan_seq(x[:, :0], dt[:, :0], A, Bm[:, :0], Cm[:, :0], Dv, h0)
     assert y.shape == (B, 0, E) and torch.equal(h, h0)
+
+
+def test_reinit_attention_and_train_blocks(tmp_path):
+    """--reinit-attn gives block 3 a fresh attention; --train-blocks 3 leaves every other block exactly
+    as loaded and changes block 3."""
+    base = str(tmp_path / "base.safetensors")
+    common = ["--model", "samba-tiny", "--device", "cpu", "--tokens-per-step", "320", "--max-len", "320",
+              "--text-bytes", "200000", "--threads", "1", "--log-every", "1"]
+    tt.main(common + ["--steps", "1", "--out", base])
+    out = str(tmp_path / "re.safetensors")
+    res = tt.main(common + ["--steps", "2", "--init", base, "--reinit-attn", "3", "--train-blocks", "3",
+                            "--out", out])
+    assert all(math.isfinite(r["loss"]) for r in res["log"])
+    a, _ = tt.load_safetensors(base)
+    b, _ = tt.load_safetensors(out)
+    assert a.keys() == b.keys()
+    for k in a:
+        same = np.array_equal(a[k], b[k])
+        assert same == (not k.startswith("transformer.h.3.")), k
+    with pytest.raises(SystemExit, match="--reinit-attn needs --init"):
+        tt.main(common + ["--steps", "1", "--reinit-attn", "3", "--out", out])
+    with pytest.raises(SystemExit, match="0..3"):
+        tt.main(common + ["--steps", "1", "--train-blocks", "4", "--out", out])
+    m = tt.load_model(base)
+    with pytest.raises(ValueError, match="Mamba block"):
+        tt.reinit_attention(m, 0)
