@@ -6,8 +6,10 @@ the attention of every local/global attention head at the last answer steps (nee
 For each book size: the fraction of books whose answer token at position k (" ", digit 1..10, "\\n")
 is the argmax, the fraction right at every position, and the mean top probability per position.
 Then, for one 5-entry book, the top-3 keys (token and offset from the query) of each head of each
-attention layer at the steps that predict digits 7..10. Books come from train_tiny.phonebook_prompt
-(the training names); seed fixed, so the output is reproducible.
+attention layer at the steps that predict digits 7..10. With --features, also a linear probe: can the
+residual stream entering each block tell the digit 1 and 2 positions back, at the book's newlines that
+end a number and at its digit positions? Books come from train_tiny.phonebook_prompt (the training
+names); seed fixed, so the output is reproducible.
 """
 from __future__ import annotations
 
@@ -76,6 +78,51 @@ def attention_probe(model, seed: int) -> list[str]:
     return out
 
 
+def features_probe(model, books: int, seed: int, entries: int = 6) -> list[str]:
+    """Held-out accuracy of a ridge-regression probe (one-hot targets, argmax) that reads the digit
+    `back` positions before a book position from the residual (d_model,) entering each block. Positions:
+    "nl" = the newline ending a book number, "dig" = digit positions whose `back` predecessors are digits.
+    Fitted on the first half of the books, scored on the second (chance 0.10)."""
+    resid: dict[int, torch.Tensor] = {}
+    handles = [b.norm_1.register_forward_pre_hook(
+        (lambda i: lambda mod, args: resid.__setitem__(i, args[0][0].detach()))(i))
+        for i, b in enumerate(model.transformer.h)]
+    rng = random.Random(seed)
+    feats: dict[tuple[int, str, int], tuple[list, list]] = {}
+    for book in range(books):
+        prompt, _ = T.phonebook_prompt(rng, entries)
+        body = prompt.rsplit("\n\n", 2)[0] + "\n"
+        with torch.no_grad():
+            model(torch.tensor([T.encode(prompt)]))
+        for p in range(2, len(body)):
+            kind = "nl" if body[p] == "\n" else "dig" if body[p].isdigit() else None
+            for back in (1, 2):
+                if kind is None or not body[p - back: p].isdigit():
+                    continue
+                for i, r in resid.items():
+                    xs, ys = feats.setdefault((i, kind, back), ([], []))
+                    xs.append((book, r[p].numpy()))
+                    ys.append(int(body[p - back]))
+    for h in handles:
+        h.remove()
+    out = ["linear probe of the digit k back (held-out accuracy, chance 0.10): block input | nl k=1, k=2 | dig k=1, k=2"]
+    for i in sorted(resid):
+        cells = []
+        for kind in ("nl", "dig"):
+            for back in (1, 2):
+                xs, ys = feats[(i, kind, back)]
+                X = np.array([np.r_[x, 1.0] for _, x in xs])
+                Y = np.eye(10)[ys]
+                tr = np.array([b < books // 2 for b, _ in xs])
+                mu, sd = X[tr].mean(0), X[tr].std(0) + 1e-6  # standardised: the newline rows have large norms
+                mu[-1], sd[-1] = 0.0, 1.0
+                Z = (X - mu) / sd
+                W = np.linalg.solve(Z[tr].T @ Z[tr] + 0.05 * tr.sum() * np.eye(Z.shape[1]), Z[tr].T @ Y[tr])
+                cells.append(f"{(np.argmax(Z[~tr] @ W, 1) == np.array(ys)[~tr]).mean():.2f}")
+        out.append(f"block {i} ({model.transformer.h[i].kind}) | nl {cells[0]} {cells[1]} | dig {cells[2]} {cells[3]}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
@@ -83,6 +130,9 @@ def main() -> None:
     ap.add_argument("--entries", default="3,6,12")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--feature-books", type=int, default=200, help="books (6 entries) for --features")
+    ap.add_argument("--features", action="store_true",
+                    help="also the linear probe of the digits before each newline / digit of the book")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = T.load_model(args.checkpoint, "cpu").eval()
@@ -93,6 +143,8 @@ def main() -> None:
         print(f"entries {n:3d}: exact {exact:.2f} | acc " + " ".join(f"{v:.2f}" for v in acc)
               + " | top p " + " ".join(f"{v:.2f}" for v in top))
     print("\n".join(attention_probe(model, args.seed + 1)))
+    if args.features:
+        print("\n".join(features_probe(model, args.feature_books, args.seed + 2)))
 
 
 if __name__ == "__main__":

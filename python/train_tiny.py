@@ -582,10 +582,13 @@ LAST_NAMES = ("Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez 
               "Gutierrez Ortiz Morgan Cooper Peterson Bailey Reed Kelly Howard").split()
 
 
-def phonebook_prompt(rng: random.Random, n_entries: int, digits: int = 10) -> tuple[str, str]:
+def phonebook_prompt(rng: random.Random, n_entries: int, digits: int = 10,
+                     seps: float = 0.0) -> tuple[str, str]:
     """samba_arch.md 6.3 format: "Name: phone" lines, "\\n\\n", two re-stated entries, "\\n\\n",
     "<query name>:". Phone = `digits` digits (the evaluation's 10 by default), first 6-9.
-    Returns (prompt, phone of the query)."""
+    seps: the chance that a gap between two digits gets a separator ("-", " " or "."), drawn per
+    number (a training variant: it moves each digit's distance from the ":" at random).
+    Returns (prompt, phone of the query, as written in the book)."""
     n_entries = max(3, n_entries)
     names: set[str] = set()
     while len(names) < n_entries:
@@ -594,6 +597,9 @@ def phonebook_prompt(rng: random.Random, n_entries: int, digits: int = 10) -> tu
     rng.shuffle(names_l)
     phones = [str(rng.randint(6, 9)) + "".join(str(rng.randint(0, 9)) for _ in range(digits - 1))
               for _ in names_l]
+    if seps > 0:
+        phones = ["".join(d + (rng.choice("- .") if i < len(p) - 1 and rng.random() < seps else "")
+                          for i, d in enumerate(p)) for p in phones]
     entries = [f"{n}: {p}" for n, p in zip(names_l, phones)]
     a, b, c = rng.sample(range(n_entries), 3)
     prompt = "\n".join(entries) + "\n\n" + entries[a] + "\n" + entries[b] + "\n\n" + names_l[c] + ":"
@@ -667,6 +673,8 @@ class DataMix:
     pb_fewshot_loss: bool = False
     # phone-number lengths drawn uniformly from this range per book (the evaluation uses 10)
     pb_digits: tuple[int, int] = (10, 10)
+    # chance per digit gap of a separator inside a training phone number (see phonebook_prompt)
+    pb_seps: float = 0.0
 
 
 def far_depth(rng: random.Random, n_tokens: int, key: int, window: int) -> float | None:
@@ -713,7 +721,7 @@ def make_doc(rng: random.Random, L: int, mix: DataMix, info: dict | None = None)
             max_e = max(3, min(max_e, mix.pb_max_entries))
         n_e = int(round(math.exp(rng.uniform(math.log(3), math.log(max_e))))) if max_e > 3 else 3
         while True:
-            prompt, ph = phonebook_prompt(rng, n_e, rng.randint(*mix.pb_digits))
+            prompt, ph = phonebook_prompt(rng, n_e, rng.randint(*mix.pb_digits), mix.pb_seps)
             ans = encode(" " + ph + "\n") + [EOS]
             seq = bos + encode(prompt) + ans
             if len(seq) <= L or n_e <= 3:
@@ -978,6 +986,10 @@ def parse_args(argv=None):
     ap.add_argument("--pb-fewshot-loss", action="store_true",
                     help="weight the digits of the two re-stated phonebook entries like answers (they are "
                          "lookups in the book too): three supervised lookups per phonebook row")
+    ap.add_argument("--pb-seps", type=float, default=0.0,
+                    help="chance per digit gap of a separator (- . or space) inside training phone numbers, "
+                         "e.g. 0.2: each digit's distance from the ':' then varies, so a lookup by that "
+                         "distance stops working and a copy by content is needed (the evaluation uses none)")
     ap.add_argument("--pb-digits", default="10",
                     help='phone-number length in training books, N or "LO-HI" drawn per book (the '
                          "evaluation uses 10; a range makes 10 an interior length, not the last one seen)")
@@ -1059,7 +1071,7 @@ def main(argv=None) -> dict:
     text = text_stream(stdlib_files(held_out=False), args.text_bytes or (2_000_000 if cpu else None))
     mix = DataMix(p_passkey=args.p_passkey, p_phonebook=args.p_phonebook, text=text, pk_far=args.pk_far,
                   pb_max_entries=args.pb_max_entries, pb_fewshot_loss=args.pb_fewshot_loss,
-                  pb_digits=parse_digits(args.pb_digits),
+                  pb_digits=parse_digits(args.pb_digits), pb_seps=args.pb_seps,
                   window=cfg["window"] if "swa" in cfg["layer_types"] else None)
     stages = parse_stages(args.stages)
     print(f"[{args.model}] params {n_params} | train text {len(text)} tokens ({time.time() - t0:.1f}s) | "

@@ -301,3 +301,46 @@ def test_reinit_attention_and_train_blocks(tmp_path):
     m = tt.load_model(base)
     with pytest.raises(ValueError, match="Mamba block"):
         tt.reinit_attention(m, 0)
+
+
+def test_phonebook_separators():
+    """--pb-seps: separators ("-", " ", ".") only between digits, the digits themselves unchanged in
+    distribution (first 6-9, ten of them), the answer and few-shot targets are the numbers as written."""
+    import random
+
+    rng = random.Random(5)
+    seen_sep = set()
+    for _ in range(30):
+        prompt, ph = tt.phonebook_prompt(rng, 5, 10, seps=0.3)
+        body, shots, query = prompt.split("\n\n")
+        numbers = dict(line.split(": ") for line in body.split("\n"))
+        assert ph == numbers[query[:-1]]
+        for num in numbers.values():
+            digits = "".join(c for c in num if c.isdigit())
+            assert len(digits) == 10 and digits[0] in "6789"
+            assert num[0].isdigit() and num[-1].isdigit()
+            seen_sep |= set(num) - set("0123456789")
+            assert "--" not in num and "  " not in num
+        assert [prompt[a:b] for a, b in tt.fewshot_digit_spans(prompt)] == [
+            line.split(": ")[1] for line in shots.split("\n")]
+    assert seen_sep == {"-", " ", "."}
+    plain, _ = tt.phonebook_prompt(random.Random(5), 5, 10)
+    assert all(line.split(": ")[1].isdigit() for line in plain.split("\n\n")[0].split("\n"))
+
+
+def test_phonebook_probe_features_smoke():
+    """python/phonebook_probe.py --features on a fresh (untrained) model: one row per block, accuracies
+    in [0, 1] for both position kinds and both distances; per_position's shapes."""
+    import random
+    import re
+
+    import phonebook_probe as pp
+
+    torch.manual_seed(0)
+    model = tt.TorchSamba(tt.make_config("samba-tiny", d_model=32, n_layer=2, window=64)).eval()
+    out = pp.features_probe(model, 12, seed=1, entries=4)
+    assert len(out) == 3
+    vals = [float(v) for line in out[1:] for v in re.findall(r"\d\.\d\d", line)]
+    assert len(vals) == 8 and all(0.0 <= v <= 1.0 for v in vals)
+    acc, exact, top = pp.per_position(model, 3, 2, seed=random.Random(0).randint(0, 9))
+    assert acc.shape == (12,) and 0.0 <= exact <= 1.0 and np.all((top > 0) & (top <= 1))
