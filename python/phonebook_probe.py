@@ -8,7 +8,10 @@ is the argmax, the fraction right at every position, and the mean top probabilit
 Then, for one 5-entry book, the top-3 keys (token and offset from the query) of each head of each
 attention layer at the steps that predict digits 7..10. With --features, also a linear probe: can the
 residual stream entering each block tell the digit 1 and 2 positions back, at the book's newlines that
-end a number and at its digit positions? Books come from train_tiny.phonebook_prompt (the training
+end a number and at its digit positions? With --shift, a copy-by-distance test: the queried entry's
+book line gets 1 or 2 extra spaces after its ':', and the teacher-forced answer digits are scored both
+as right and as equal to the previous digit (what a copy keyed on the distance from the ':' gives).
+Books come from train_tiny.phonebook_prompt (the training
 names); seed fixed, so the output is reproducible.
 """
 from __future__ import annotations
@@ -123,6 +126,30 @@ def features_probe(model, books: int, seed: int, entries: int = 6) -> list[str]:
     return out
 
 
+def shift_probe(model, books: int, seed: int, entries: int = 6) -> list[str]:
+    """Per answer digit j: the fraction right, and the fraction equal to digit j-1 (j >= 2), when the
+    queried entry's book number sits 0, 1 or 2 positions further from its ':' than in training."""
+    rng = random.Random(seed)
+    out = ["shift test: extra spaces after the queried line's ':' | right d1..d10 | = digit j-1, d2..d10"]
+    for extra in (0, 1, 2):
+        right, prev, n = np.zeros(12), np.zeros(12), 0
+        for _ in range(books):
+            prompt, phone = T.phonebook_prompt(rng, entries)
+            body, shots, query = prompt.split("\n\n")
+            lines = [ln.replace(": ", ":" + " " * (extra + 1), 1) if ln.startswith(query[:-1] + ":") else ln
+                     for ln in body.split("\n")]
+            p = T.encode("\n".join(lines) + "\n\n" + shots + "\n\n" + query)
+            a = T.encode(f" {phone}\n")
+            with torch.no_grad():
+                pred = model(torch.tensor([p + a])[:, :-1])[0, len(p) - 1:].argmax(-1).tolist()
+            right += [pred[k] == a[k] for k in range(12)]
+            prev += [k >= 2 and pred[k] == a[k - 1] for k in range(12)]
+            n += 1
+        out.append(f"extra {extra} | right " + " ".join(f"{v:.2f}" for v in right[1:11] / n)
+                   + " | = digit j-1 " + " ".join(f"{v:.2f}" for v in prev[2:11] / n))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
@@ -131,6 +158,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--feature-books", type=int, default=200, help="books (6 entries) for --features")
+    ap.add_argument("--shift", action="store_true",
+                    help="also the copy-by-distance test (extra spaces after the queried line's ':')")
     ap.add_argument("--features", action="store_true",
                     help="also the linear probe of the digits before each newline / digit of the book")
     args = ap.parse_args()
@@ -143,6 +172,8 @@ def main() -> None:
         print(f"entries {n:3d}: exact {exact:.2f} | acc " + " ".join(f"{v:.2f}" for v in acc)
               + " | top p " + " ".join(f"{v:.2f}" for v in top))
     print("\n".join(attention_probe(model, args.seed + 1)))
+    if args.shift:
+        print("\n".join(shift_probe(model, 40, args.seed + 3)))
     if args.features:
         print("\n".join(features_probe(model, args.feature_books, args.seed + 2)))
 

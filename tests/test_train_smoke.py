@@ -330,7 +330,8 @@ def test_phonebook_separators():
 
 def test_phonebook_probe_features_smoke():
     """python/phonebook_probe.py --features on a fresh (untrained) model: one row per block, accuracies
-    in [0, 1] for both position kinds and both distances; per_position's shapes."""
+    in [0, 1] for both position kinds and both distances; --shift gives 10 + 9 rates per shift;
+    per_position's shapes."""
     import random
     import re
 
@@ -342,5 +343,8 @@ def test_phonebook_probe_features_smoke():
     assert len(out) == 3
     vals = [float(v) for line in out[1:] for v in re.findall(r"\d\.\d\d", line)]
     assert len(vals) == 8 and all(0.0 <= v <= 1.0 for v in vals)
+    shift = pp.shift_probe(model, 2, seed=3, entries=3)
+    assert len(shift) == 4
+    assert all(len(re.findall(r"\d\.\d\d", line)) == 19 for line in shift[1:])
     acc, exact, top = pp.per_position(model, 3, 2, seed=random.Random(0).randint(0, 9))
     assert acc.shape == (12,) and 0.0 <= exact <= 1.0 and np.all((top > 0) & (top <= 1))
