@@ -1054,6 +1054,8 @@ def main(argv=None) -> dict:
         cfg = make_config(args.model, args.d_model, args.n_layer,
                           256 if args.window is None else args.window, args.d_state)
         model = TorchSamba(cfg).to(dev)
+    if not 0.0 <= args.pb_seps <= 1.0:
+        raise SystemExit(f"--pb-seps is a probability in [0, 1], got {args.pb_seps}")
     if args.reinit_attn:
         if not args.init:
             raise SystemExit("--reinit-attn needs --init")

@@ -296,6 +296,8 @@ def test_reinit_attention_and_train_blocks(tmp_path):
         assert same == (not k.startswith("transformer.h.3.")), k
     with pytest.raises(SystemExit, match="--reinit-attn needs --init"):
         tt.main(common + ["--steps", "1", "--reinit-attn", "3", "--out", out])
+    with pytest.raises(SystemExit, match="pb-seps"):
+        tt.main(common + ["--steps", "1", "--pb-seps", "1.5", "--out", out])
     with pytest.raises(SystemExit, match="0..3"):
         tt.main(common + ["--steps", "1", "--train-blocks", "4", "--out", out])
     m = tt.load_model(base)
