@@ -11,8 +11,8 @@ residual stream entering each block tell the digit 1 and 2 positions back, at th
 end a number and at its digit positions? With --shift, a copy-by-distance test: the queried entry's
 book line gets 1 or 2 extra spaces after its ':', and the teacher-forced answer digits are scored both
 as right and as equal to the previous digit (what a copy keyed on the distance from the ':' gives).
-Books come from train_tiny.phonebook_prompt (the training
-names); seed fixed, so the output is reproducible.
+Books come from train_tiny.phonebook_prompt (the training names); seed fixed, so the output is
+reproducible.
 """
 from __future__ import annotations
 
@@ -29,16 +29,20 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_tiny as T  # noqa: E402
 
 
+def answer_probs(model, p: list[int], a: list[int]) -> torch.Tensor:
+    """Teacher-forced next-token probabilities (len(a), vocab) at the answer tokens a after prompt p."""
+    with torch.no_grad():
+        return model(torch.tensor([p + a])[:, :-1])[0, len(p) - 1:].softmax(-1)
+
+
 def per_position(model, entries: int, books: int, seed: int) -> tuple[np.ndarray, float, np.ndarray]:
     """(accuracy per answer position (12,), exact-match rate, mean top probability per position)."""
     rng = random.Random(seed)
     acc, top, exact = np.zeros(12), np.zeros(12), 0
     for _ in range(books):
         prompt, phone = T.phonebook_prompt(rng, entries)
-        p, a = T.encode(prompt), T.encode(f" {phone}\n")
-        with torch.no_grad():
-            logits = model(torch.tensor([p + a])[:, :-1])
-        prob = logits[0, len(p) - 1:].softmax(-1)
+        a = T.encode(f" {phone}\n")
+        prob = answer_probs(model, T.encode(prompt), a)
         ok = (prob.argmax(-1) == torch.tensor(a)).numpy()
         acc += ok
         top += prob.max(-1).values.numpy()
@@ -140,8 +144,7 @@ def shift_probe(model, books: int, seed: int, entries: int = 6) -> list[str]:
                      for ln in body.split("\n")]
             p = T.encode("\n".join(lines) + "\n\n" + shots + "\n\n" + query)
             a = T.encode(f" {phone}\n")
-            with torch.no_grad():
-                pred = model(torch.tensor([p + a])[:, :-1])[0, len(p) - 1:].argmax(-1).tolist()
+            pred = answer_probs(model, p, a).argmax(-1).tolist()
             right += [pred[k] == a[k] for k in range(12)]
             prev += [k >= 2 and pred[k] == a[k - 1] for k in range(12)]
             n += 1
