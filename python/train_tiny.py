@@ -937,6 +937,35 @@ def reinit_attention(model: "TorchSamba", i: int) -> None:
         b.attn.proj.weight.mul_(1.0 / math.sqrt(2 * model.cfg["n_layer"]))
 
 
+def grow_model(model: "TorchSamba", n_layer: int) -> "TorchSamba":
+    """Append blocks to reach n_layer (the layer-type pattern continues: samba mamba/swa alternating,
+    llama attn). The new blocks' output projections (mixer and MLP) start at zero, so the grown model
+    computes exactly the same logits as the original until training moves them. Returns a new model."""
+    cfg = dict(model.cfg)
+    n0 = cfg["n_layer"]
+    if n_layer <= n0:
+        raise ValueError(f"--grow {n_layer}: the model already has {n0} blocks; give a larger number")
+    kinds = cfg["layer_types"]
+    if all(k == "attn" for k in kinds):
+        new = ["attn"] * (n_layer - n0)
+    else:
+        new = ["mamba" if i % 2 == 0 else "swa" for i in range(n0, n_layer)]
+    cfg["layer_types"] = list(kinds) + new
+    cfg["n_layer"] = n_layer
+    dev = next(model.parameters()).device
+    grown = TorchSamba(cfg).to(dev)
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("transformer.h.") for k in missing), (missing, unexpected)
+    with torch.no_grad():
+        for b in grown.transformer.h[n0:]:
+            (b.attn.out_proj if b.kind == "mamba" else b.attn.proj).weight.zero_()
+            b.mlp.swiglu.w3.weight.zero_()
+    for m in grown.modules():  # keep a window changed by --window
+        if isinstance(m, CausalSelfAttention) and m.window is not None:
+            m.window = cfg["window"]
+    return grown
+
+
 def parse_digits(spec: str) -> tuple[int, int]:
     """ "10" -> (10, 10); "8-13" -> (8, 13)."""
     lo, _, hi = spec.partition("-")
@@ -965,6 +994,9 @@ def parse_args(argv=None):
     ap.add_argument("--reinit-attn", default=None, metavar="BLOCKS",
                     help="with --init: re-initialise the attention (QKV and output projection) of these "
                          "blocks, e.g. \"3\" or \"1,3\" (a fresh start for a head whose softmax has settled)")
+    ap.add_argument("--grow", type=int, default=None, metavar="N",
+                    help="with --init: append blocks up to N in all (the mamba/swa pattern continues); the new "
+                         "blocks' output projections start at zero, so training starts from the same function")
     ap.add_argument("--train-blocks", default=None, metavar="BLOCKS",
                     help="train only the parameters of these blocks, e.g. \"3\"; the others are frozen")
     ap.add_argument("--d-model", type=int, default=128)
@@ -1056,6 +1088,15 @@ def main(argv=None) -> dict:
         model = TorchSamba(cfg).to(dev)
     if not 0.0 <= args.pb_seps <= 1.0:
         raise SystemExit(f"--pb-seps is a probability in [0, 1], got {args.pb_seps}")
+    if args.grow is not None:
+        if not args.init:
+            raise SystemExit("--grow needs --init (a trained file to grow)")
+        try:
+            model = grow_model(model, args.grow)
+        except ValueError as e:
+            raise SystemExit(str(e))
+        cfg = dict(model.cfg)
+        print(f"[{args.model}] grown to {args.grow} blocks: {cfg['layer_types']}", flush=True)
     if args.reinit_attn:
         if not args.init:
             raise SystemExit("--reinit-attn needs --init")

@@ -305,6 +305,31 @@ def test_reinit_attention_and_train_blocks(tmp_path):
         tt.reinit_attention(m, 0)
 
 
+def test_grow_keeps_the_function(tmp_path):
+    """--grow 8 appends mamba/swa blocks whose output projections start at zero: before any step the
+    grown model's logits equal the original's; after training steps it is a valid 8-block file."""
+    base = str(tmp_path / "base.safetensors")
+    common = ["--model", "samba-tiny", "--device", "cpu", "--tokens-per-step", "320", "--max-len", "320",
+              "--text-bytes", "200000", "--threads", "1", "--log-every", "1"]
+    tt.main(common + ["--steps", "1", "--out", base])
+    m = tt.load_model(base)
+    g = tt.grow_model(m, 8)
+    assert g.cfg["n_layer"] == 8 and g.cfg["layer_types"] == ["mamba", "swa"] * 4
+    tok = torch.randint(0, 256, (2, 37))
+    with torch.no_grad():
+        assert torch.equal(m(tok), g(tok))
+    out = str(tmp_path / "grown.safetensors")
+    res = tt.main(common + ["--steps", "2", "--init", base, "--grow", "6", "--out", out])
+    assert all(math.isfinite(r["loss"]) for r in res["log"])
+    t, meta = tt.load_safetensors(out)
+    assert json.loads(meta["config"])["n_layer"] == 6 and "transformer.h.5.attn.proj.weight" in t
+    assert np.abs(t["transformer.h.5.attn.proj.weight"]).max() > 0  # the new blocks did train
+    with pytest.raises(SystemExit, match="already has 4 blocks"):
+        tt.main(common + ["--steps", "1", "--init", base, "--grow", "4", "--out", out])
+    with pytest.raises(SystemExit, match="--grow needs --init"):
+        tt.main(common + ["--steps", "1", "--grow", "8", "--out", out])
+
+
 def test_phonebook_separators():
     """--pb-seps: separators ("-", " ", ".") only between digits, the digits themselves unchanged in
     distribution (first 6-9, ten of them), the answer and few-shot targets are the numbers as written."""
