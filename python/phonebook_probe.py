@@ -11,6 +11,7 @@ residual stream entering each block tell the digit 1 and 2 positions back, at th
 end a number and at its digit positions? With --shift, a copy-by-distance test: the queried entry's
 book line gets 1 or 2 extra spaces after its ':', and the teacher-forced answer digits are scored both
 as right and as equal to the previous digit (what a copy keyed on the distance from the ':' gives).
+With --last, what the model predicts at digit 10 (is it a copy from the wrong place, or a guess?).
 Books come from train_tiny.phonebook_prompt (the training names); seed fixed, so the output is
 reproducible.
 """
@@ -153,6 +154,32 @@ def shift_probe(model, books: int, seed: int, entries: int = 6) -> list[str]:
     return out
 
 
+def last_digit_probe(model, books: int, seed: int, entries: int = 6) -> list[str]:
+    """What does the model say at digit 10 (teacher-forced)? The fraction of books whose argmax there is
+    the right digit, the queried number's digit 9, any digit of the queried number, or the last digit of
+    some other entry; the mean top probability; and how often each digit is the argmax."""
+    rng = random.Random(seed)
+    hits = {"right": 0, "= its d9": 0, "in its number": 0, "= another entry's d10": 0}
+    top, counts = 0.0, {str(d): 0 for d in range(10)}
+    for _ in range(books):
+        prompt, phone = T.phonebook_prompt(rng, entries)
+        others = [ln.split(": ")[1] for ln in prompt.split("\n\n")[0].split("\n")]
+        others = [x for x in others if x != phone]
+        pr = answer_probs(model, T.encode(prompt), T.encode(f" {phone}\n"))[10]
+        c = chr(int(pr.argmax()))
+        top += float(pr.max())
+        key = c if c.isdigit() else "other"  # an untrained model may not even say a digit
+        counts[key] = counts.get(key, 0) + 1
+        hits["right"] += c == phone[9]
+        hits["= its d9"] += c == phone[8]
+        hits["in its number"] += c in phone
+        hits["= another entry's d10"] += any(c == x[9] for x in others)
+    return [f"digit 10 ({books} books of {entries} entries): "
+            + ", ".join(f"{k} {v / books:.2f}" for k, v in hits.items())
+            + f", mean top p {top / books:.2f} | argmax counts "
+            + " ".join(f"{k}:{v}" for k, v in counts.items() if v)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
@@ -165,6 +192,8 @@ def main() -> None:
                     help="also the copy-by-distance test (extra spaces after the queried line's ':')")
     ap.add_argument("--features", action="store_true",
                     help="also the linear probe of the digits before each newline / digit of the book")
+    ap.add_argument("--last", action="store_true",
+                    help="also what the model predicts at digit 10 (right / its digit 9 / another entry's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = T.load_model(args.checkpoint, "cpu").eval()
@@ -177,6 +206,8 @@ def main() -> None:
     print("\n".join(attention_probe(model, args.seed + 1)))
     if args.shift:
         print("\n".join(shift_probe(model, 40, args.seed + 3)))
+    if args.last:
+        print("\n".join(last_digit_probe(model, 60, args.seed + 4)))
     if args.features:
         print("\n".join(features_probe(model, args.feature_books, args.seed + 2)))
 
