@@ -11,6 +11,7 @@ residual stream entering each block tell the digit 1 and 2 positions back, at th
 end a number and at its digit positions? With --shift, a copy-by-distance test: the queried entry's
 book line gets 1 or 2 extra spaces after its ':', and the teacher-forced answer digits are scored both
 as right and as equal to the previous digit (what a copy keyed on the distance from the ':' gives).
+With --entry-attention, where each head looks inside the queried entry's line at each answer digit.
 With --last, what the model predicts at digit 10 (is it a copy from the wrong place, or a guess?).
 Books come from train_tiny.phonebook_prompt (the training names); seed fixed, so the output is
 reproducible.
@@ -51,8 +52,8 @@ def per_position(model, entries: int, books: int, seed: int) -> tuple[np.ndarray
     return acc / books, exact / books, top / books
 
 
-def attention_probe(model, seed: int) -> list[str]:
-    """Top-3 keys per head of each attention layer at the steps predicting digits 7..10."""
+def attention_rows(model, p: list[int], a: list[int]) -> dict[int, torch.Tensor]:
+    """Softmax attention (heads, L, L) of every attention layer (by block index) for the tokens p + a[:-1]."""
     rows: dict[int, torch.Tensor] = {}
 
     def hook(li):
@@ -68,12 +69,20 @@ def attention_probe(model, seed: int) -> list[str]:
 
     handles = [b.attn.register_forward_hook(hook(li)) for li, b in enumerate(model.transformer.h)
                if b.kind != "mamba"]
+    try:
+        with torch.no_grad():
+            model(torch.tensor([p + a])[:, :-1])
+    finally:
+        for h in handles:
+            h.remove()
+    return rows
+
+
+def attention_probe(model, seed: int) -> list[str]:
+    """Top-3 keys per head of each attention layer at the steps predicting digits 7..10."""
     prompt, phone = T.phonebook_prompt(random.Random(seed), 5)
     p, a = T.encode(prompt), T.encode(f" {phone}\n")
-    with torch.no_grad():
-        model(torch.tensor([p + a])[:, :-1])
-    for h in handles:
-        h.remove()
+    rows = attention_rows(model, p, a)
     text = prompt + f" {phone}\n"
     out = [f"book tail {prompt[-70:]!r} -> {phone}"]
     for li, A in rows.items():
@@ -83,6 +92,35 @@ def attention_probe(model, seed: int) -> list[str]:
                 w, idx = A[h, qpos].topk(3)
                 keys = " ".join(f"{text[j]!r}@{j - qpos}:{v:.2f}" for v, j in zip(w.tolist(), idx.tolist()))
                 out.append(f"layer {li} digit {k} ({chr(a[k])!r}) head {h}: {keys}")
+    return out
+
+
+def entry_attention_probe(model, books: int, seed: int, entries: int = 6, span: int = 40,
+                          min_mass: float = 0.2) -> list[str]:
+    """Where in the queried book line does each head look when it predicts digit k? Mean attention
+    (over books) at offsets -span/2 .. span/2-1 from the line's digit 1 (offset 0 = digit 1, +9 = digit
+    10, +10 = the newline); one row per (layer, head, k) whose mass there is at least min_mass."""
+    rng = random.Random(seed)
+    acc: dict[tuple[int, int, int], np.ndarray] = {}
+    for _ in range(books):
+        prompt, phone = T.phonebook_prompt(rng, entries)
+        body, _, query = prompt.split("\n\n")
+        d0 = body.index(query[:-1] + ": ") + len(query) + 1  # digit 1 of the queried line
+        p, a = T.encode(prompt), T.encode(f" {phone}\n")
+        lo = d0 - span // 2
+        for li, A in attention_rows(model, p, a).items():
+            for k in range(1, 11):
+                seg = A[:, len(p) - 1 + k, max(lo, 0): lo + span].numpy()
+                for h in range(A.shape[0]):
+                    v = acc.setdefault((li, h, k), np.zeros(span))
+                    v[max(lo, 0) - lo: max(lo, 0) - lo + seg.shape[1]] += seg[h] / books
+    out = [f"attention on the queried line ({books} books of {entries}; offset 0 = its digit 1, +10 = its "
+           f"newline): layer, head, digit k, mass on the line, top offsets"]
+    for (li, h, k), v in sorted(acc.items()):
+        if v.sum() >= min_mass:
+            top = np.argsort(-v)[:3]
+            out.append(f"layer {li} head {h} k{k:<2d}: mass {v.sum():.2f} | "
+                       + " ".join(f"{o - span // 2:+d}:{v[o]:.2f}" for o in top))
     return out
 
 
@@ -192,6 +230,8 @@ def main() -> None:
                     help="also the copy-by-distance test (extra spaces after the queried line's ':')")
     ap.add_argument("--features", action="store_true",
                     help="also the linear probe of the digits before each newline / digit of the book")
+    ap.add_argument("--entry-attention", action="store_true",
+                    help="also where each head looks inside the queried book line, per answer digit")
     ap.add_argument("--last", action="store_true",
                     help="also what the model predicts at digit 10 (right / its digit 9 / another entry's)")
     args = ap.parse_args()
@@ -206,6 +246,8 @@ def main() -> None:
     print("\n".join(attention_probe(model, args.seed + 1)))
     if args.shift:
         print("\n".join(shift_probe(model, 40, args.seed + 3)))
+    if args.entry_attention:
+        print("\n".join(entry_attention_probe(model, 20, args.seed + 5)))
     if args.last:
         print("\n".join(last_digit_probe(model, 60, args.seed + 4)))
     if args.features:

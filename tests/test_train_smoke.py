@@ -379,5 +379,9 @@ def test_phonebook_probe_features_smoke():
     assert len(last) == 1
     rates = [float(v) for v in re.findall(r"\d\.\d\d", last[0])]
     assert len(rates) == 5 and all(0.0 <= v <= 1.0 for v in rates)
+    ent = pp.entry_attention_probe(model, 3, seed=4, entries=3, min_mass=0.0)
+    assert len(ent) == 1 + 4 * 10  # every (head, digit) row of the one SWA layer at min_mass 0
+    masses = [float(m) for m in re.findall(r"mass (\d\.\d\d)", "\n".join(ent[1:]))]
+    assert len(masses) == 40 and all(0.0 <= m <= 1.0 + 1e-6 for m in masses)
     counts = re.findall(r"(\d|other):(\d+)", last[0].split("argmax counts")[1])
     assert sum(int(c) for _, c in counts) == 5  # one argmax per book
