@@ -212,10 +212,27 @@ def last_digit_probe(model, books: int, seed: int, entries: int = 6) -> list[str
         hits["= its d9"] += c == phone[8]
         hits["in its number"] += c in phone
         hits["= another entry's d10"] += any(c == x[9] for x in others)
+    # causal check of a look-ahead copy: give the queried book number 1 or 3 extra digits (so the
+    # positions after its digit 10 are digit keys, not the newline) and score digit 10 again
+    ext = {}
+    for n_ext in (1, 3):
+        rng = random.Random(seed + 1)
+        ext[n_ext] = 0
+        for _ in range(books):
+            prompt, phone = T.phonebook_prompt(rng, entries)
+            body, shots, query = prompt.split("\n\n")
+            lines = body.split("\n")
+            i = lines.index(f"{query[:-1]}: {phone}")
+            lines[i] += "".join(str(rng.randint(0, 9)) for _ in range(n_ext))
+            p = T.encode("\n".join(lines) + "\n\n" + shots + "\n\n" + query)
+            pr = answer_probs(model, p, T.encode(f" {phone}\n"))[10]
+            ext[n_ext] += chr(int(pr.argmax())) == phone[9]
     return [f"digit 10 ({books} books of {entries} entries): "
             + ", ".join(f"{k} {v / books:.2f}" for k, v in hits.items())
             + f", mean top p {top / books:.2f} | argmax counts "
-            + " ".join(f"{k}:{v}" for k, v in counts.items() if v)]
+            + " ".join(f"{k}:{v}" for k, v in counts.items() if v),
+            "digit 10 right when the queried book number gets extra digits: "
+            + ", ".join(f"{n} more: {v / books:.2f}" for n, v in ext.items())]
 
 
 def main() -> None:

@@ -358,7 +358,7 @@ def test_phonebook_separators():
 def test_phonebook_probe_features_smoke():
     """python/phonebook_probe.py --features on a fresh (untrained) model: one row per block, accuracies
     in [0, 1] for both position kinds and both distances; --shift gives 10 + 9 rates per shift;
-    per_position's shapes; --last gives 5 rates and one argmax per book."""
+    per_position's shapes; --last gives 5 rates, one argmax per book, and 2 extra-digit rates."""
     import random
     import re
 
@@ -376,7 +376,9 @@ def test_phonebook_probe_features_smoke():
     acc, exact, top = pp.per_position(model, 3, 2, seed=random.Random(0).randint(0, 9))
     assert acc.shape == (12,) and 0.0 <= exact <= 1.0 and np.all((top > 0) & (top <= 1))
     last = pp.last_digit_probe(model, 5, seed=2, entries=3)
-    assert len(last) == 1
+    assert len(last) == 2
+    ext_rates = [float(v) for v in re.findall(r"\d\.\d\d", last[1])]
+    assert len(ext_rates) == 2 and all(0.0 <= v <= 1.0 for v in ext_rates)
     rates = [float(v) for v in re.findall(r"\d\.\d\d", last[0])]
     assert len(rates) == 5 and all(0.0 <= v <= 1.0 for v in rates)
     ent = pp.entry_attention_probe(model, 3, seed=4, entries=3, min_mass=0.0)
