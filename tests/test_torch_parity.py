@@ -23,12 +23,13 @@ DATA = os.path.join(os.path.dirname(os.path.abspath(samba_ext.__file__)), "data"
 BUNDLED = {n: os.path.join(DATA, f"{n}.safetensors") for n in ("samba-tiny", "llama-tiny")}
 
 
-@pytest.fixture(params=["random-samba", "random-llama", "samba-tiny", "llama-tiny"])
+@pytest.fixture(params=["random-samba", "random-samba8", "random-llama", "samba-tiny", "llama-tiny"])
 def weights(request, tmp_path):
     name = request.param
     if name.startswith("random"):
         torch.manual_seed(abs(hash(name)) % 1000)
-        cfg = tt.make_config("samba-tiny" if "samba" in name else "llama-tiny", d_model=64, window=32)
+        cfg = tt.make_config("samba-tiny" if "samba" in name else "llama-tiny", d_model=64, window=32,
+                             n_layer=8 if name.endswith("8") else 4)  # 8: a deeper stack, as --grow 8 makes
         m = tt.TorchSamba(cfg)
         with torch.no_grad():  # spread dt / A_log so that fast and slow channels both occur
             for b in m.transformer.h:
