@@ -1133,64 +1133,69 @@ def main(argv=None) -> dict:
     log = []
     t_start = time.time()
     step = 0
-    while True:
-        el = time.time() - t_start
-        prog_s = step / args.steps if args.steps else 0.0
-        prog_t = el / (args.minutes * 60) if args.minutes else 0.0
-        progress = max(prog_s, prog_t)
-        if progress >= 1.0:
-            break
-        Lmax = curriculum_len(progress, max_len, stages)
-        L = Lmax if rng.random() < 0.5 else max(320, int(rng.uniform(0.25, 1.0) * Lmax) // 64 * 64)
-        B = max(1, tps // L)
-        infos: list = []
-        ids, kind = make_batch(rng, B, L, mix, infos)
-        if dev.type == "cuda":
-            ids, kind = ids.pin_memory().to(dev, non_blocking=True), kind.pin_memory().to(dev, non_blocking=True)
-        dt_scale = None
-        if has_mamba and args.dt_aug > 0:
-            on = torch.rand(B, generator=None) < args.dt_aug
-            if args.dt_aug_rows == "no-phonebook":  # lookups need the Mamba's undilated local features
-                on &= torch.tensor([d["task"] != "phonebook" for d in infos])
-            k = torch.exp(torch.rand(B) * math.log(args.dt_aug_max))
-            dt_scale = torch.where(on, k, torch.ones(B)).to(dev)
-        lr = lr_at(progress, step, args.lr, args.warmup)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
-            hfin = model(ids, dt_scale=dt_scale, return_hidden=True, decay_only=args.dt_aug_mode == "decay")
-        logits = model.logits(hfin[:, :-1].float())
-        tgt = ids[:, 1:]
-        k_ = kind[:, :-1]
-        ce = F.cross_entropy(logits.reshape(-1, VOCAB), tgt.reshape(-1), reduction="none").view_as(tgt)
-        m_ans = (k_ == 2).float()
-        m_lm = (k_ == 1).float()
-        n_ans = m_ans.sum().clamp(min=1)
-        loss_ans = (ce * m_ans).sum() / n_ans
-        loss_lm = (ce * m_lm).sum() / m_lm.sum().clamp(min=1)
-        loss = loss_ans + args.lm_weight * loss_lm
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        if step % args.log_every == 0 or step == 1 or (args.steps and step == args.steps):
-            with torch.no_grad():
-                acc = ((logits.argmax(-1) == tgt).float() * m_ans).sum() / n_ans
-                # rows whose whole answer is right, for passkey rows with the key beyond the window
-                row_ok = ((logits.argmax(-1) == tgt) | (k_ != 2)).all(1).cpu()
-                far_rows = [i for i, d in enumerate(infos) if d["far"]]
-                far_acc = (sum(float(row_ok[i]) for i in far_rows) / len(far_rows)) if far_rows else None
-                pb_rows = [i for i, d in enumerate(infos) if d["task"] == "phonebook"]
-                pb_acc = (sum(float(row_ok[i]) for i in pb_rows) / len(pb_rows)) if pb_rows else None
-            rec = dict(step=step, t=round(time.time() - t_start, 1), L=L, B=B, lr=round(lr, 6),
-                       loss=round(loss.item(), 4), loss_ans=round(loss_ans.item(), 4),
-                       loss_lm=round(loss_lm.item(), 4), ans_acc=round(acc.item(), 4),
-                       far_rows=len(far_rows), far_exact=None if far_acc is None else round(far_acc, 3),
-                       pb_rows=len(pb_rows), pb_exact=None if pb_acc is None else round(pb_acc, 3),
-                       gnorm=round(float(gn), 3))
-            log.append(rec)
-            print(json.dumps(rec), flush=True)
+    interrupted = False
+    try:  # Ctrl-C stops training and still saves the model as it is (no evals then)
+        while True:
+            el = time.time() - t_start
+            prog_s = step / args.steps if args.steps else 0.0
+            prog_t = el / (args.minutes * 60) if args.minutes else 0.0
+            progress = max(prog_s, prog_t)
+            if progress >= 1.0:
+                break
+            Lmax = curriculum_len(progress, max_len, stages)
+            L = Lmax if rng.random() < 0.5 else max(320, int(rng.uniform(0.25, 1.0) * Lmax) // 64 * 64)
+            B = max(1, tps // L)
+            infos: list = []
+            ids, kind = make_batch(rng, B, L, mix, infos)
+            if dev.type == "cuda":
+                ids, kind = ids.pin_memory().to(dev, non_blocking=True), kind.pin_memory().to(dev, non_blocking=True)
+            dt_scale = None
+            if has_mamba and args.dt_aug > 0:
+                on = torch.rand(B, generator=None) < args.dt_aug
+                if args.dt_aug_rows == "no-phonebook":  # lookups need the Mamba's undilated local features
+                    on &= torch.tensor([d["task"] != "phonebook" for d in infos])
+                k = torch.exp(torch.rand(B) * math.log(args.dt_aug_max))
+                dt_scale = torch.where(on, k, torch.ones(B)).to(dev)
+            lr = lr_at(progress, step, args.lr, args.warmup)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
+                hfin = model(ids, dt_scale=dt_scale, return_hidden=True, decay_only=args.dt_aug_mode == "decay")
+            logits = model.logits(hfin[:, :-1].float())
+            tgt = ids[:, 1:]
+            k_ = kind[:, :-1]
+            ce = F.cross_entropy(logits.reshape(-1, VOCAB), tgt.reshape(-1), reduction="none").view_as(tgt)
+            m_ans = (k_ == 2).float()
+            m_lm = (k_ == 1).float()
+            n_ans = m_ans.sum().clamp(min=1)
+            loss_ans = (ce * m_ans).sum() / n_ans
+            loss_lm = (ce * m_lm).sum() / m_lm.sum().clamp(min=1)
+            loss = loss_ans + args.lm_weight * loss_lm
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            if step % args.log_every == 0 or step == 1 or (args.steps and step == args.steps):
+                with torch.no_grad():
+                    acc = ((logits.argmax(-1) == tgt).float() * m_ans).sum() / n_ans
+                    # rows whose whole answer is right, for passkey rows with the key beyond the window
+                    row_ok = ((logits.argmax(-1) == tgt) | (k_ != 2)).all(1).cpu()
+                    far_rows = [i for i, d in enumerate(infos) if d["far"]]
+                    far_acc = (sum(float(row_ok[i]) for i in far_rows) / len(far_rows)) if far_rows else None
+                    pb_rows = [i for i, d in enumerate(infos) if d["task"] == "phonebook"]
+                    pb_acc = (sum(float(row_ok[i]) for i in pb_rows) / len(pb_rows)) if pb_rows else None
+                rec = dict(step=step, t=round(time.time() - t_start, 1), L=L, B=B, lr=round(lr, 6),
+                           loss=round(loss.item(), 4), loss_ans=round(loss_ans.item(), 4),
+                           loss_lm=round(loss_lm.item(), 4), ans_acc=round(acc.item(), 4),
+                           far_rows=len(far_rows), far_exact=None if far_acc is None else round(far_acc, 3),
+                           pb_rows=len(pb_rows), pb_exact=None if pb_acc is None else round(pb_acc, 3),
+                           gnorm=round(float(gn), 3))
+                log.append(rec)
+                print(json.dumps(rec), flush=True)
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"[{args.model}] interrupted at step {step}: saving what there is", flush=True)
     train_time = time.time() - t_start
     model.eval()
     meta = {
@@ -1202,11 +1207,14 @@ def main(argv=None) -> dict:
         "final_log": json.dumps(log[-1] if log else {}),
         "passkey_answer_format": PASSKEY_ANSWER + "<eos>",
     }
+    if interrupted:
+        meta["interrupted"] = "true"
     save_safetensors(args.out, export_state(model), meta)
     print(f"[{args.model}] saved {args.out} ({os.path.getsize(args.out)} bytes) after {step} steps, "
           f"{train_time:.0f}s", flush=True)
-    result = dict(model=args.model, steps=step, train_seconds=train_time, params=n_params, log=log)
-    if args.eval_long:
+    result = dict(model=args.model, steps=step, train_seconds=train_time, params=n_params, log=log,
+                  interrupted=interrupted)
+    if args.eval_long and not interrupted:
         result["eval"] = quick_evals(model, cfg, dev, args)
         if args.eval_json:
             with open(args.eval_json, "w") as f:

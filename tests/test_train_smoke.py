@@ -330,6 +330,28 @@ def test_grow_keeps_the_function(tmp_path):
         tt.main(common + ["--steps", "1", "--grow", "8", "--out", out])
 
 
+def test_ctrl_c_saves_the_model(tmp_path, monkeypatch):
+    """A KeyboardInterrupt during training stops it after the steps done so far, saves a loadable file
+    marked interrupted, and skips the evals."""
+    real, calls = tt.make_batch, []
+
+    def batch(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(tt, "make_batch", batch)
+    out = str(tmp_path / "int.safetensors")
+    res = tt.main(["--model", "samba-tiny", "--device", "cpu", "--tokens-per-step", "320", "--max-len", "320",
+                   "--text-bytes", "200000", "--threads", "1", "--steps", "10", "--eval-long",
+                   "--out", out])
+    assert res["interrupted"] and res["steps"] == 2 and "eval" not in res
+    _, meta = tt.load_safetensors(out)
+    assert meta["interrupted"] == "true" and meta["steps"] == "2"
+    assert tt.load_model(out).num_parameters() == res["params"]
+
+
 def test_phonebook_separators():
     """--pb-seps: separators ("-", " ", ".") only between digits, the digits themselves unchanged in
     distribution (first 6-9, ten of them), the answer and few-shot targets are the numbers as written."""
