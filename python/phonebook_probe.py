@@ -105,7 +105,9 @@ def entry_attention_probe(model, books: int, seed: int, entries: int = 6, span: 
     for _ in range(books):
         prompt, phone = T.phonebook_prompt(rng, entries)
         body, _, query = prompt.split("\n\n")
-        d0 = body.index(query[:-1] + ": ") + len(query) + 1  # digit 1 of the queried line
+        lines = body.split("\n")
+        i = lines.index(f"{query[:-1]}: {phone}")  # the whole line: a name can end another name
+        d0 = sum(len(ln) + 1 for ln in lines[:i]) + len(query) + 1  # digit 1 of the queried line
         p, a = T.encode(prompt), T.encode(f" {phone}\n")
         lo = d0 - span // 2
         for li, A in attention_rows(model, p, a).items():

@@ -73,6 +73,15 @@ CONFIG_FIELDS = ("name", "vocab_size", "n_layer", "d_model", "n_head", "n_kv_hea
                  "d_conv", "expand", "dt_rank", "tie_embeddings", "tokenizer", "max_train_len")
 
 
+def layer_pattern(name: str, n_layer: int) -> list[str]:
+    """Block kinds: samba-* alternates mamba (even) / swa (odd); llama-* is all "attn"."""
+    if name.startswith("samba"):
+        return ["mamba" if i % 2 == 0 else "swa" for i in range(n_layer)]
+    if name.startswith("llama"):
+        return ["attn"] * n_layer
+    raise ValueError(f"unknown model {name!r}: use samba-tiny or llama-tiny")
+
+
 def make_config(name: str, d_model: int = 128, n_layer: int = 4, window: int = 256,
                 d_state: int = 16) -> dict:
     """Config dict with exactly the fields of samba_ext.config.SambaConfig (MODEL_API.md).
@@ -82,15 +91,12 @@ def make_config(name: str, d_model: int = 128, n_layer: int = 4, window: int = 2
     """
     n_head = 4
     head_dim = d_model // n_head
+    layer_types = layer_pattern(name, n_layer)  # raises for an unknown name
     if name.startswith("samba"):
-        layer_types = ["mamba" if i % 2 == 0 else "swa" for i in range(n_layer)]
         inter, win = 2 * d_model, window
-    elif name.startswith("llama"):
-        layer_types = ["attn"] * n_layer
+    else:
         # match params: Mamba block (~115K at d=128) vs an extra MLP width; 2.5*d gives ~the same total.
         inter, win = int(2.5 * d_model), None
-    else:
-        raise ValueError(f"unknown model {name!r}: use samba-tiny or llama-tiny")
     cfg = dict(name=name, vocab_size=VOCAB, n_layer=n_layer, d_model=d_model, n_head=n_head,
                n_kv_head=n_head, head_dim=head_dim, intermediate_size=inter, window=win,
                layer_types=layer_types, rope_base=10000.0, norm_eps=1e-5, d_state=d_state, d_conv=4,
@@ -945,12 +951,7 @@ def grow_model(model: "TorchSamba", n_layer: int) -> "TorchSamba":
     n0 = cfg["n_layer"]
     if n_layer <= n0:
         raise ValueError(f"--grow {n_layer}: the model already has {n0} blocks; give a larger number")
-    kinds = cfg["layer_types"]
-    if all(k == "attn" for k in kinds):
-        new = ["attn"] * (n_layer - n0)
-    else:
-        new = ["mamba" if i % 2 == 0 else "swa" for i in range(n0, n_layer)]
-    cfg["layer_types"] = list(kinds) + new
+    cfg["layer_types"] = list(cfg["layer_types"]) + layer_pattern(cfg["name"], n_layer)[n0:]
     cfg["n_layer"] = n_layer
     dev = next(model.parameters()).device
     grown = TorchSamba(cfg).to(dev)
@@ -960,9 +961,6 @@ def grow_model(model: "TorchSamba", n_layer: int) -> "TorchSamba":
         for b in grown.transformer.h[n0:]:
             (b.attn.out_proj if b.kind == "mamba" else b.attn.proj).weight.zero_()
             b.mlp.swiglu.w3.weight.zero_()
-    for m in grown.modules():  # keep a window changed by --window
-        if isinstance(m, CausalSelfAttention) and m.window is not None:
-            m.window = cfg["window"]
     return grown
 
 
@@ -1134,7 +1132,9 @@ def main(argv=None) -> dict:
     t_start = time.time()
     step = 0
     interrupted = False
-    try:  # Ctrl-C stops training and still saves the model as it is (no evals then)
+    # Ctrl-C stops training and still saves the model as it is (no evals then); a Ctrl-C that lands
+    # inside opt.step() can leave that one step half applied
+    try:
         while True:
             el = time.time() - t_start
             prog_s = step / args.steps if args.steps else 0.0
