@@ -23,3 +23,8 @@ tail -4 "$OUT/pb14.log"
     --dt-aug-rows no-phonebook --stages 0.45:1024,0.75:2048,1:4096 --eval-long --eval-json "$OUT/pk.json" \
     --out "$OUT/pk.safetensors" >"$OUT/pk.log" 2>&1
 tail -4 "$OUT/pk.log"
+# 4. (second call) pk2: from pk (copied to .sw/r9pk.safetensors, carried), more passkey, phonebook kept:
+#   python3 python/train_tiny.py --seed 0 --threads 16 --log-every 100 --model samba-tiny --minutes 8.8 \
+#     --init .sw/r9pk.safetensors --p-passkey 0.7 --p-phonebook 0.2 --pb-max-entries 14 --pb-fewshot-loss \
+#     --pk-far 0.8 --lm-weight 0.1 --dt-aug 0.5 --dt-aug-mode decay --dt-aug-rows no-phonebook \
+#     --stages 0.5:1024,0.8:2048,1:4096 --eval-long --eval-json $OUT/pk2.json --out $OUT/pk2.safetensors
