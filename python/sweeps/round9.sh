@@ -28,3 +28,8 @@ tail -4 "$OUT/pk.log"
 #     --init .sw/r9pk.safetensors --p-passkey 0.7 --p-phonebook 0.2 --pb-max-entries 14 --pb-fewshot-loss \
 #     --pk-far 0.8 --lm-weight 0.1 --dt-aug 0.5 --dt-aug-mode decay --dt-aug-rows no-phonebook \
 #     --stages 0.5:1024,0.8:2048,1:4096 --eval-long --eval-json $OUT/pk2.json --out $OUT/pk2.safetensors
+# 5. (third call) pk3: from pk2 (.sw/r9pk2.safetensors), every passkey row far, fewer phonebook rows:
+#   python3 python/train_tiny.py --seed 0 --threads 16 --log-every 100 --model samba-tiny --minutes 9.1 \
+#     --init .sw/r9pk2.safetensors --p-passkey 0.8 --p-phonebook 0.15 --pb-max-entries 14 --pb-fewshot-loss \
+#     --pk-far 1.0 --lm-weight 0.1 --dt-aug 0.3 --dt-aug-mode decay --dt-aug-rows no-phonebook --lr 1.5e-3 \
+#     --warmup 50 --stages 0.6:1024,0.85:2048,1:4096 --eval-long --eval-json $OUT/pk3.json --out $OUT/pk3.safetensors
