@@ -1,8 +1,9 @@
 """Side-by-side passkey heatmaps of the bundled models on the issue-7 grid (1K..256K x 11 depths).
 
-Reads the result JSONs written by ``benchmarks/bundled_eval.sh`` (CPU) and, for llama-tiny's
-cells beyond 32K, by ``benchmarks/cuda_bundled.sh`` / the GPU run (``--device cuda``); cells that
-were not run are drawn grey and labelled "n/a".
+Reads the result JSONs written by ``benchmarks/bundled_eval.sh`` (CPU; its ``pk-llama-long`` step
+gives llama-tiny's 64K and 128K columns, one trial per cell) and, where present, the GPU run's
+``gpu/passkey-llama-tiny-long`` (``benchmarks/cuda_bundled.sh``); cells that were not run are drawn
+grey and labelled "n/a".
 
     python3 benchmarks/bundled_plots.py [--results benchmarks/results/bundled]
 
@@ -50,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     R = args.results
     panels = [
         ("samba-tiny (CPU, 2 threads)", [f"{R}/passkey-samba-tiny/results.json"]),
-        ("llama-tiny (CPU to 32K; GPU 64K, 128K; CPU 256K: 1 trial, 4 depths)",
+        ("llama-tiny (CPU, 2 threads; cells in grey were not run)",
          [f"{R}/passkey-llama-tiny-cpu/results.json",
-          f"{R}/gpu/passkey-llama-tiny-long/results.json",
-          f"{R}/passkey-llama-tiny-cpu-256k/results.json"]),
+          f"{R}/passkey-llama-tiny-cpu-long/results.json",
+          f"{R}/gpu/passkey-llama-tiny-long/results.json"]),
     ]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
     for ax, (title, paths) in zip(axes, panels):

@@ -672,6 +672,9 @@ class DataMix:
     # fraction of passkey rows whose key line is placed at least `window` tokens before the first answer
     # token (beyond the SWA window, so only the Mamba state can carry the key), where the row is long enough
     pk_far: float = 0.0
+    # fraction of the other passkey rows whose key line straddles the window edge as seen from the first
+    # answer token (part of the line inside the window, the rest only in the Mamba state)
+    pk_edge: float = 0.0
     window: int | None = None
     # cap on the phonebook size (entries); None: as many as fit in the row (log-uniform from 3)
     pb_max_entries: int | None = None
@@ -695,12 +698,28 @@ def far_depth(rng: random.Random, n_tokens: int, key: int, window: int) -> float
     return (n_garbage - post) / n_garbage if n_garbage else 0.0
 
 
+def edge_depth(rng: random.Random, n_tokens: int, key: int, window: int) -> float | None:
+    """A depth for passkey_prompt(n_tokens, depth, key) that puts the key line across the SWA window's
+    edge as seen from the first answer token. The line ends post + len(question) + 2 tokens before that
+    token, so it straddles the edge when post is in [window - len(info) - len(question) - 2,
+    window - len(question) - 2); post is drawn uniformly from that range widened by 8 on each side.
+    None if the prompt is too short for that."""
+    fixed = len(PK_INSTR) + len(pk_info(key)) + len(PK_QUESTION) + 4
+    n_garbage = n_tokens - fixed
+    lo = max(0, window - len(pk_info(key)) - len(PK_QUESTION) - 10)
+    hi = window - len(PK_QUESTION) + 6
+    if n_garbage < hi:
+        return None
+    post = rng.randint(lo, hi)
+    return (n_garbage - post) / n_garbage
+
+
 def make_doc(rng: random.Random, L: int, mix: DataMix, info: dict | None = None):
     """One training row of exactly L tokens. Returns (ids int64 (L,), kind (L,) int8) where
     kind: 0 = pad (no loss), 1 = LM token, 2 = answer token (weighted; target at this position).
-    info (optional dict) receives "task" ("passkey"/"phonebook"/"text") and "far" (passkey key beyond
-    the SWA window by construction)."""
-    far = False
+    info (optional dict) receives "task" ("passkey"/"phonebook"/"text"), "far" (passkey key beyond
+    the SWA window by construction) and "edge" (key line across the window's edge, see edge_depth)."""
+    far = edge = False
     shots: list[tuple[int, int]] = []
     ids = np.full(L, PAD, dtype=np.int64)
     kind = np.zeros(L, dtype=np.int8)
@@ -715,6 +734,10 @@ def make_doc(rng: random.Random, L: int, mix: DataMix, info: dict | None = None)
             d_far = far_depth(rng, L - len(bos) - len(ans), key, mix.window)
             if d_far is not None:
                 depth, far = d_far, True
+        elif mix.window and mix.pk_edge > 0 and rng.random() < mix.pk_edge:
+            d_edge = edge_depth(rng, L - len(bos) - len(ans), key, mix.window)
+            if d_edge is not None:
+                depth, edge = d_edge, True
         prompt = encode(passkey_prompt(L - len(bos) - len(ans), depth, key))
         task = "passkey"
         seq = bos + prompt + ans
@@ -745,7 +768,7 @@ def make_doc(rng: random.Random, L: int, mix: DataMix, info: dict | None = None)
         n_ans = 0
         task = "text"
     if info is not None:
-        info.update(task=task, far=far)
+        info.update(task=task, far=far, edge=edge)
     n = len(seq)
     ids[:n] = seq
     kind[: n - 1] = 1  # position t predicts seq[t+1]
@@ -1026,6 +1049,10 @@ def parse_args(argv=None):
     ap.add_argument("--pk-far", type=float, default=0.0,
                     help="fraction of passkey rows whose key is placed >= window tokens before the answer "
                          "(beyond the SWA window: only the Mamba state can carry it); samba only")
+    ap.add_argument("--pk-edge", type=float, default=0.0,
+                    help="fraction of the passkey rows not made far by --pk-far whose key line straddles "
+                         "the window edge (part inside the SWA window, part only in the Mamba state: the "
+                         "hand-over between the two); samba only")
     ap.add_argument("--stages", default=None,
                     help='curriculum "END:LEN,...", END = fraction of the budget, e.g. "0.4:1024,0.7:2048,1:4096" '
                          "(default: max_len/8 to 12%%, /4 to 30%%, /2 to 50%%, then max_len; at least 320)")
@@ -1073,6 +1100,9 @@ def main(argv=None) -> dict:
         if cfg.get("name") != args.model:
             raise SystemExit(f"--init {args.init} holds {cfg.get('name')!r}, not --model {args.model!r}")
         print(f"[{args.model}] initialised from {args.init}", flush=True)
+        # the commands that made the --init file, oldest first, so the saved file names its whole recipe
+        _, init_meta = load_safetensors(args.init)
+        lineage = json.loads(init_meta.get("lineage", "[]")) + [init_meta.get("train_command", "?")]
         if args.window is not None and cfg.get("window") is not None and args.window != cfg["window"]:
             print(f"[{args.model}] window {cfg['window']} -> {args.window}", flush=True)
             cfg["window"] = args.window
@@ -1111,6 +1141,7 @@ def main(argv=None) -> dict:
     t0 = time.time()
     text = text_stream(stdlib_files(held_out=False), args.text_bytes or (2_000_000 if cpu else None))
     mix = DataMix(p_passkey=args.p_passkey, p_phonebook=args.p_phonebook, text=text, pk_far=args.pk_far,
+                  pk_edge=args.pk_edge,
                   pb_max_entries=args.pb_max_entries, pb_fewshot_loss=args.pb_fewshot_loss,
                   pb_digits=parse_digits(args.pb_digits), pb_seps=args.pb_seps,
                   window=cfg["window"] if "swa" in cfg["layer_types"] else None)
@@ -1183,12 +1214,15 @@ def main(argv=None) -> dict:
                     row_ok = ((logits.argmax(-1) == tgt) | (k_ != 2)).all(1).cpu()
                     far_rows = [i for i, d in enumerate(infos) if d["far"]]
                     far_acc = (sum(float(row_ok[i]) for i in far_rows) / len(far_rows)) if far_rows else None
+                    edge_rows = [i for i, d in enumerate(infos) if d["edge"]]
+                    edge_acc = (sum(float(row_ok[i]) for i in edge_rows) / len(edge_rows)) if edge_rows else None
                     pb_rows = [i for i, d in enumerate(infos) if d["task"] == "phonebook"]
                     pb_acc = (sum(float(row_ok[i]) for i in pb_rows) / len(pb_rows)) if pb_rows else None
                 rec = dict(step=step, t=round(time.time() - t_start, 1), L=L, B=B, lr=round(lr, 6),
                            loss=round(loss.item(), 4), loss_ans=round(loss_ans.item(), 4),
                            loss_lm=round(loss_lm.item(), 4), ans_acc=round(acc.item(), 4),
                            far_rows=len(far_rows), far_exact=None if far_acc is None else round(far_acc, 3),
+                           edge_rows=len(edge_rows), edge_exact=None if edge_acc is None else round(edge_acc, 3),
                            pb_rows=len(pb_rows), pb_exact=None if pb_acc is None else round(pb_acc, 3),
                            gnorm=round(float(gn), 3))
                 log.append(rec)
@@ -1209,6 +1243,8 @@ def main(argv=None) -> dict:
     }
     if interrupted:
         meta["interrupted"] = "true"
+    if args.init:
+        meta["lineage"] = json.dumps(lineage)
     save_safetensors(args.out, export_state(model), meta)
     print(f"[{args.model}] saved {args.out} ({os.path.getsize(args.out)} bytes) after {step} steps, "
           f"{train_time:.0f}s", flush=True)

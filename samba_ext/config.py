@@ -200,7 +200,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                          tie_embeddings=False, tokenizer="unknown", max_train_len=4096),
     # the bundled byte-level tiny models (samba_ext/data/*.safetensors): 4 blocks, d 128, 4 x 32
     "samba-tiny": dict(vocab_size=259, n_layer=4, d_model=128, n_head=4, n_kv_head=4,
-                       intermediate_size=256, window=256, dt_rank=8),
+                       intermediate_size=256, window=512, dt_rank=8),
     "llama-tiny": dict(vocab_size=259, n_layer=4, d_model=128, n_head=4, n_kv_head=4,
                        intermediate_size=320, window=None, layer_types=("attn",) * 4, dt_rank=8),
     # small test config: 4 blocks, window 16, GQA 4:2

@@ -203,6 +203,32 @@ def test_passkey_rows_answer_mask_and_far_placement():
     assert n_far >= 25  # all rows with >= W filler tokens (L >= ~380 here)
 
 
+def test_passkey_edge_placement():
+    """With pk_edge = 1 (and no far rows) every long-enough passkey row puts its key line across the
+    window's edge, within the documented 8-token margin: the line starts >= window - 8 and ends
+    <= window + 8 tokens before the first answer token; most rows truly straddle it (start beyond the
+    window, end inside it)."""
+    import random
+    W = 256
+    mix = tt.DataMix(p_passkey=1.0, p_phonebook=0.0, text=np.zeros(0, np.int16), pk_edge=1.0, window=W)
+    rng = random.Random(0)
+    n_edge = n_straddle = 0
+    for L in (320, 700, 1024, 2048) * 25:
+        info: dict = {}
+        ids, kind = tt.make_doc(rng, L, mix, info)
+        assert info["task"] == "passkey" and not info["far"]
+        if not info["edge"]:
+            continue
+        n_edge += 1
+        p = int(np.nonzero(kind == 2)[0][0]) + 1  # the first answer token
+        text = tt.decode(ids[:p])
+        start = text.index("The pass key is ") + int(ids[0] == tt.BOS)
+        end = text.index(" is the pass key.") + len(" is the pass key.") + int(ids[0] == tt.BOS)
+        assert W - 8 <= p - start and p - end <= W + 8, (L, p - start, p - end)
+        n_straddle += p - start >= W > p - end
+    assert n_edge >= 70 and n_straddle >= n_edge // 2, (n_edge, n_straddle)
+
+
 def test_phonebook_size_cap():
     """--pb-max-entries caps the book (3..cap entries); without it books grow with the row."""
     import collections
@@ -288,9 +314,15 @@ def test_reinit_attention_and_train_blocks(tmp_path):
     res = tt.main(common + ["--steps", "2", "--init", base, "--reinit-attn", "3", "--train-blocks", "3",
                             "--out", out])
     assert all(math.isfinite(r["loss"]) for r in res["log"])
-    a, _ = tt.load_safetensors(base)
-    b, _ = tt.load_safetensors(out)
+    a, meta_a = tt.load_safetensors(base)
+    b, meta_b = tt.load_safetensors(out)
     assert a.keys() == b.keys()
+    # the --init file's command is kept, so the new file names its whole recipe
+    assert "lineage" not in meta_a
+    assert json.loads(meta_b["lineage"]) == [meta_a["train_command"]]
+    tt.main(common + ["--steps", "1", "--init", out, "--out", base])
+    assert json.loads(tt.load_safetensors(base)[1]["lineage"]) == [meta_a["train_command"],
+                                                                  meta_b["train_command"]]
     for k in a:
         same = np.array_equal(a[k], b[k])
         assert same == (not k.startswith("transformer.h.3.")), k

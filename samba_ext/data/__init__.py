@@ -14,10 +14,11 @@ DATA_DIR = Path(__file__).resolve().parent
 
 # name -> what it is
 BUNDLED_MODELS = {
-    "samba-tiny": "byte-level Samba (Mamba + SWA window 256), 4 blocks, d_model 128, ~0.8M "
-                  "parameters, trained on documents of <= 4096 tokens (passkey, phonebook, "
-                  "stdlib text)",
-    "llama-tiny": "byte-level full-attention (RoPE) baseline of the same size and data",
+    "samba-tiny": "byte-level Samba (Mamba + SWA window 512), 4 blocks, d_model 128, ~0.8M "
+                  "parameters, trained on documents of <= 4096 tokens (phonebook first, then "
+                  "passkey and stdlib text)",
+    "llama-tiny": "byte-level full-attention (RoPE) baseline of the same size, trained at the "
+                  "same length on passkey, phonebook and stdlib text",
 }
 
 
