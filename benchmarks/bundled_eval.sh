@@ -2,7 +2,7 @@
 # Issue-7 evaluations of the bundled models, with the package's own CLI, on the CPU.
 #
 #   bash benchmarks/bundled_eval.sh [STEP...]      STEP: pk-samba pk-llama ppl phonebook (default: these four)
-#                                                       pk-llama-long (64K, 128K, 1 trial per cell: ~25 min)
+#                                                       pk-llama-long (64K, 128K, 1 trial per cell: over 30 min)
 #
 # Writes JSON + PNG under benchmarks/results/bundled/ (override with RESULTS=...); THREADS (default 2)
 # sets the CPU threads. Uses `samba-ext` when it is on PATH, else `python3 -m samba_ext.cli` on this checkout.

@@ -1136,7 +1136,8 @@ def main(argv=None) -> dict:
                                                             "--train-blocks")}
         for n, p in model.named_parameters():
             p.requires_grad_(any(n.startswith(k) for k in keep))
-    cfg["max_train_len"] = max_len
+    # the longest document the model has been trained on, over its whole --init history
+    cfg["max_train_len"] = max(max_len, int(cfg.get("max_train_len") or 0)) if args.init else max_len
     n_params = model.num_parameters()
     t0 = time.time()
     text = text_stream(stdlib_files(held_out=False), args.text_bytes or (2_000_000 if cpu else None))

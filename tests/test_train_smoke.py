@@ -320,6 +320,10 @@ def test_reinit_attention_and_train_blocks(tmp_path):
     # the --init file's command is kept, so the new file names its whole recipe
     assert "lineage" not in meta_a
     assert json.loads(meta_b["lineage"]) == [meta_a["train_command"]]
+    # a fine-tune on shorter rows keeps the longest training length of the history
+    short = str(tmp_path / "short.safetensors")
+    tt.main(common + ["--max-len", "160", "--steps", "1", "--init", out, "--out", short])
+    assert json.loads(tt.load_safetensors(short)[1]["config"])["max_train_len"] == 320
     tt.main(common + ["--steps", "1", "--init", out, "--out", base])
     assert json.loads(tt.load_safetensors(base)[1]["lineage"]) == [meta_a["train_command"],
                                                                   meta_b["train_command"]]
