@@ -535,6 +535,7 @@ def load_model(path: str, device: str = "cpu") -> TorchSamba:
     model = TorchSamba(cfg)
     sd = {k: torch.from_numpy(v) for k, v in tensors.items() if k != "lm_head.weight"}
     model.load_state_dict(sd, strict=True)
+    model.file_meta = meta  # the file's __metadata__ (train_command, lineage, ...)
     return model.to(device)
 
 
@@ -1101,8 +1102,7 @@ def main(argv=None) -> dict:
             raise SystemExit(f"--init {args.init} holds {cfg.get('name')!r}, not --model {args.model!r}")
         print(f"[{args.model}] initialised from {args.init}", flush=True)
         # the commands that made the --init file, oldest first, so the saved file names its whole recipe
-        _, init_meta = load_safetensors(args.init)
-        lineage = json.loads(init_meta.get("lineage", "[]")) + [init_meta.get("train_command", "?")]
+        lineage = json.loads(model.file_meta.get("lineage", "[]")) + [model.file_meta.get("train_command", "?")]
         if args.window is not None and cfg.get("window") is not None and args.window != cfg["window"]:
             print(f"[{args.model}] window {cfg['window']} -> {args.window}", flush=True)
             cfg["window"] = args.window
