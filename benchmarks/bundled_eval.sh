@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
 # Issue-7 evaluations of the bundled models, with the package's own CLI, on the CPU.
 #
-#   bash benchmarks/bundled_eval.sh [STEP...]      STEP: pk-samba pk-llama ppl phonebook (default: these four)
-#                                                       pk-llama-long (64K, 128K, 1 trial per cell: over 30 min)
+#   bash benchmarks/bundled_eval.sh [STEP...]      STEP: pk-samba pk-llama ppl phonebook (default: all)
 #
 # Writes JSON + PNG under benchmarks/results/bundled/ (override with RESULTS=...); THREADS (default 2)
 # sets the CPU threads. Uses `samba-ext` when it is on PATH, else `python3 -m samba_ext.cli` on this checkout.
-# The llama-tiny passkey grid stops at 32K on the CPU (pk-llama-long adds 64K and 128K with one trial per
-# cell): full attention costs O(L^2), about 14 minutes per 256K trial on 2 cores. Its full 1K..256K grid
+# The llama-tiny passkey grid stops at 32K on the CPU: full attention costs O(L^2), about 14 minutes per
+# 256K trial on 2 cores. Its full 1K..256K grid
 # is run on the GPU by benchmarks/cuda_bundled.sh.
 set -eu
 R=${RESULTS:-benchmarks/results/bundled}
@@ -21,9 +20,6 @@ for s in "${steps[@]}"; do
     case $s in
     pk-samba)  /usr/bin/time -f "wall %e s, max RSS %M KB" "${CLI[@]}" passkey --model samba-tiny "${GRID[@]}" \
                    --threads "$T" --no-progress --out "$R/passkey-samba-tiny" ;;
-    pk-llama-long) /usr/bin/time -f "wall %e s, max RSS %M KB" "${CLI[@]}" passkey --model llama-tiny \
-                   --lengths 64K,128K --depths 0:1:0.1 --trials 1 \
-                   --threads "$T" --no-progress --out "$R/passkey-llama-tiny-cpu-long" ;;
     pk-llama)  /usr/bin/time -f "wall %e s, max RSS %M KB" "${CLI[@]}" passkey --model llama-tiny \
                    --lengths 1K,2K,4K,8K,16K,32K --depths 0:1:0.1 --trials 5 \
                    --threads "$T" --no-progress --out "$R/passkey-llama-tiny-cpu" ;;

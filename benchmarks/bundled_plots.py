@@ -1,9 +1,8 @@
 """Side-by-side passkey heatmaps of the bundled models on the issue-7 grid (1K..256K x 11 depths).
 
-Reads the result JSONs written by ``benchmarks/bundled_eval.sh`` (CPU; its ``pk-llama-long`` step
-gives llama-tiny's 64K and 128K columns, one trial per cell) and, where present, the GPU run's
-``gpu/passkey-llama-tiny-long`` (``benchmarks/cuda_bundled.sh``); cells that were not run are drawn
-grey and labelled "n/a".
+Reads the result JSONs written by ``benchmarks/bundled_eval.sh`` (CPU) and, where present, the GPU
+run's ``gpu/passkey-llama-tiny-long`` for llama-tiny's cells beyond 32K (``benchmarks/cuda_bundled.sh``);
+cells that were not run are drawn grey and labelled "n/a".
 
     python3 benchmarks/bundled_plots.py [--results benchmarks/results/bundled]
 
@@ -53,7 +52,6 @@ def main(argv: list[str] | None = None) -> int:
         ("samba-tiny (CPU, 2 threads)", [f"{R}/passkey-samba-tiny/results.json"]),
         ("llama-tiny (CPU, 2 threads; cells in grey were not run)",
          [f"{R}/passkey-llama-tiny-cpu/results.json",
-          f"{R}/passkey-llama-tiny-cpu-long/results.json",
           f"{R}/gpu/passkey-llama-tiny-long/results.json"]),
     ]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))

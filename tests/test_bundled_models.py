@@ -89,3 +89,21 @@ def test_preset_matches_the_bundled_file(name):
                 "intermediate_size", "window", "d_state", "d_conv", "expand", "dt_rank"):
         assert getattr(preset, key) == stored[key], key
     assert list(preset.layer_types) == stored["layer_types"]
+
+
+def test_edge_probe_places_the_key_line(samba_tiny):
+    """python/passkey_edge_probe.py's depths put the key line's end where it says (to one token),
+    so its table of correct/trials per offset from the window edge means what it prints."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python",
+                        "passkey_edge_probe.py")
+    spec = importlib.util.spec_from_file_location("passkey_edge_probe", path)
+    ep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ep)
+    tok = samba_tiny.tokenizer
+    for L in (1024, 4096):
+        pairs = ep.edge_depths(tok, L, [440, 500, 584])
+        assert [e for e, _ in pairs] == [440, 500, 584]
+        for e, d in pairs:
+            assert abs(ep.tokens_after_key_line(tok, L, d) - e) <= 1, (L, e, d)
