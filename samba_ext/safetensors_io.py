@@ -223,7 +223,7 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
                       metadata: Optional[Mapping[str, str]] = None, dtype: str = "F32") -> None:
     """Write ``tensors`` (float arrays) as safetensors, converting to ``dtype``
     ("F32", "F16" or "BF16"). Tensors are stored in sorted-name order; the header is padded
-    with spaces to a multiple of 8 bytes. The file is written to a temporary name and renamed.
+    with spaces to a multiple of 8 bytes. Written atomically (:mod:`samba_ext.atomic`).
     """
     dtype = dtype.upper()
     if dtype not in ("F32", "F16", "BF16"):
@@ -246,22 +246,17 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
         pos += nbytes
     hb = json.dumps(hdr, separators=(",", ":")).encode("utf-8")
     hb += b" " * (-len(hb) % 8)
-    fname = os.fspath(path)
-    tmp = fname + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(len(hb).to_bytes(8, "little"))
-            f.write(hb)
-            for name in order:   # one tensor converted at a time
-                a = np.asarray(tensors[name])
-                if dtype == "F32":
-                    b = np.ascontiguousarray(a, dtype="<f4")
-                elif dtype == "F16":
-                    b = np.ascontiguousarray(a, dtype="<f2")
-                else:
-                    b = f32_to_bf16(a).astype("<u2", copy=False)
-                f.write(np.ascontiguousarray(b.reshape(-1)).view(np.uint8).data)
-        os.replace(tmp, fname)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from .atomic import atomic_write
+
+    with atomic_write(path, "wb") as f:   # unique temp file, fsync, rename (samba_ext.atomic)
+        f.write(len(hb).to_bytes(8, "little"))
+        f.write(hb)
+        for name in order:   # one tensor converted at a time
+            a = np.asarray(tensors[name])
+            if dtype == "F32":
+                b = np.ascontiguousarray(a, dtype="<f4")
+            elif dtype == "F16":
+                b = np.ascontiguousarray(a, dtype="<f2")
+            else:
+                b = f32_to_bf16(a).astype("<u2", copy=False)
+            f.write(np.ascontiguousarray(b.reshape(-1)).view(np.uint8).data)

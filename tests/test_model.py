@@ -613,3 +613,70 @@ def test_generate_rejects_bad_options(model):
                      ({"temperature": float("nan")}, "temperature")):
         with pytest.raises(ValueError, match=what):
             model.generate([1, 2], **kw)
+
+
+# ------------------------------------------------------------------------------ saving ---
+def test_save_ignores_a_planted_tmp_symlink(tmp_path):
+    """issue 16.6: Samba.save wrote through a fixed '<path>.tmp'; a symlink planted there
+    redirected the write to its target."""
+    import os
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    path = tmp_path / "m.safetensors"
+    os.symlink(victim, str(path) + ".tmp")
+    m = Samba(SambaConfig.preset("samba-test"), seed=0)
+    m.save(path)
+    assert victim.read_text() == "precious"
+    assert os.path.islink(str(path) + ".tmp")            # left alone
+    back = Samba.load(path)
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(back.state_dict()[k], v)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors", "m.safetensors.tmp",
+                                                          "victim.txt"]   # no temp files left
+    st = os.stat(path)
+    assert st.st_mode & 0o777 == 0o666 & ~_umask()       # not mkstemp's 0600
+
+
+def _umask() -> int:
+    from samba_ext.atomic import process_umask
+
+    return process_umask()
+
+
+def _save_rounds(path, seed, barrier, rounds):
+    from samba_ext import Samba as S, SambaConfig as C
+
+    m = S(C.preset("samba-tiny"), seed=seed)
+    for _ in range(rounds):
+        barrier.wait()
+        m.save(path)
+        barrier.wait()
+
+
+def test_concurrent_saves_never_mix(tmp_path):
+    """issue 16.6: two processes saving different models to one path at the same moment
+    (a barrier before every save) leave, after every round, one complete model -- never a
+    file that loads but mixes tensors of both."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    path = str(tmp_path / "m.safetensors")
+    rounds = 6
+    barrier = ctx.Barrier(3)
+    procs = [ctx.Process(target=_save_rounds, args=(path, seed, barrier, rounds))
+             for seed in (1, 2)]
+    for p in procs:
+        p.start()
+    want = [Samba(SambaConfig.preset("samba-tiny"), seed=s).state_dict() for s in (1, 2)]
+    try:
+        for _ in range(rounds):
+            barrier.wait(timeout=120)      # both save now
+            barrier.wait(timeout=120)      # both done
+            got = Samba.load(path).state_dict()
+            same = [all(np.array_equal(got[k], w[k]) for k in w) for w in want]
+            assert any(same), "the saved file mixes the tensors of two models"
+    finally:
+        for p in procs:
+            p.join(timeout=300)
+    assert all(p.exitcode == 0 for p in procs)

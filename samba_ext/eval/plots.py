@@ -32,6 +32,15 @@ def have_matplotlib() -> bool:
     return True
 
 
+def _savefig(fig: Any, path: str, dpi: int) -> None:
+    """fig.savefig, written atomically (samba_ext.atomic); the format from the suffix."""
+    from ..atomic import atomic_write
+
+    fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, dpi=dpi, format=fmt)
+
+
 def _figure(ax: Any, path: Any, figsize: tuple[float, float]):
     """(fig, ax): the given ax; a pyplot figure for interactive use (Jupyter shows it); a
     backend-free Figure when only saving to a file (works headless, leaves pyplot alone)."""
@@ -66,7 +75,7 @@ def _finish(fig: Any, path: Any, title: str, ax: Any, result: Any) -> Any:
         d = os.path.dirname(path)
         if d:
             os.makedirs(d, exist_ok=True)
-        fig.savefig(path, dpi=120)
+        _savefig(fig, path, 120)
     return fig
 
 
@@ -182,7 +191,7 @@ def _throughput(result: Any, ax: Any, path: Any):
     fig.suptitle("throughput (random weights)", fontsize=10)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(os.fspath(path), dpi=120)
+        _savefig(fig, os.fspath(path), 120)
     return fig
 
 

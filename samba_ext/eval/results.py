@@ -31,8 +31,9 @@ import datetime as _dt
 import json
 import math
 import os
-import tempfile
 from typing import Any, ClassVar
+
+from ..atomic import write_text_atomic
 
 __all__ = ["EvalResult", "load_result", "SCHEMA", "SCHEMA_VERSION", "format_table",
            "fmt_tokens", "machine_info"]
@@ -84,19 +85,6 @@ def _package_version() -> str:
 
 
 _REGISTRY: dict[str, type["EvalResult"]] = {}
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where possible (Linux /proc), else the
-    usual 0o022 (os.umask cannot be read without a racy set-and-restore)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
 
 
 class EvalResult:
@@ -179,22 +167,9 @@ class EvalResult:
         d = os.path.dirname(path)
         if d:
             os.makedirs(d, exist_ok=True)
-        # mkstemp: a fresh name created with O_EXCL, so a symlink planted in a shared output
-        # directory (e.g. <out>/results.json.tmp -> victim) is never followed or written through
-        fd, tmp = tempfile.mkstemp(dir=d or ".", prefix=".results-", suffix=".json.tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                if hasattr(os, "fchmod"):   # mkstemp creates 0600; results are shareable
-                    os.fchmod(fh.fileno(), 0o666 & ~_umask())
-                fh.write(self.to_json())
-                fh.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
-            raise
+        # a fresh O_EXCL temp name: a symlink planted in a shared output directory (e.g.
+        # <out>/results.json.tmp -> victim) is never followed or written through
+        write_text_atomic(path, self.to_json() + "\n")
         return path
 
     @classmethod
