@@ -216,19 +216,21 @@ class Samba:
         tensor shapes; see :func:`samba_ext.litgpt.infer_config`). ``config`` replaces the
         stored/inferred config; ``overrides`` replace single fields (e.g. ``window=2048``,
         ``n_head=12``, ``tokenizer="path/to/tokenizer.model"``).
+
+        A bundled name always means the bundled model, even when a file or folder of that
+        name exists in the current directory; give local files as paths (``./samba-tiny``).
         """
         from . import litgpt
-        from .data import BUNDLED_MODELS, bundled_path
+        from .data import BUNDLED_MODELS, resolve_model_spec
         from .safetensors_io import read_safetensors
 
         spec = os.fspath(path_or_name)
-        if spec in BUNDLED_MODELS and not os.path.exists(spec):
-            path = bundled_path(spec)
-        else:
-            path = Path(spec)
-            if not path.exists():
-                raise FileNotFoundError(f"{spec}: no such file, and not a bundled model name "
-                                        f"({sorted(BUNDLED_MODELS)})")
+        # a bundled name always means the bundled model; local files are given as paths
+        # (./samba-tiny), so a file planted in the current directory is never picked up
+        path, _ = resolve_model_spec(path_or_name)
+        if not path.exists():
+            raise FileNotFoundError(f"{spec}: no such file, and not a bundled model name "
+                                    f"({sorted(BUNDLED_MODELS)})")
         meta: dict[str, str] = {}
         explicit = config is not None
         if path.suffix == ".safetensors":

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 import samba_ext
@@ -212,3 +213,38 @@ def test_ctrl_c_keeps_finished_cells(tmp_path):
     assert d["partial"] is True
     assert [(c["length"], c["n"]) for c in d["cells"]] == [(300, 1)]
     assert "PARTIAL" in stdout
+
+
+# ------------------------------------------------------------- bundled names vs paths ---
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_bundled_name_is_not_shadowed_by_the_cwd(tmp_path, monkeypatch, kind):
+    """issue 16.5: a ./samba-tiny file or folder in the current directory was loaded instead
+    of the bundled model by Samba.load("samba-tiny") and by a plain `samba-ext` command."""
+    from samba_ext import Samba
+    from samba_ext.data import available_models, bundled_path
+    from samba_ext.eval._common import load_model, model_info
+
+    if "samba-tiny" not in available_models():
+        pytest.skip("the bundled samba-tiny is not installed")
+    planted = tmp_path / "samba-tiny"
+    if kind == "file":
+        Samba(samba_ext.SambaConfig.preset("samba-test"), seed=5).save(planted)  # a valid model
+    else:
+        planted.mkdir()
+        (planted / "model.safetensors").write_bytes(b"junk")
+    monkeypatch.chdir(tmp_path)
+    m = Samba.load("samba-tiny")
+    bundled = Samba.load(bundled_path("samba-tiny"))
+    assert m.config == bundled.config
+    np.testing.assert_array_equal(m.state_dict()["transformer.wte.weight"],
+                                  bundled.state_dict()["transformer.wte.weight"])
+    assert model_info(load_model("samba-tiny"))["source"] == \
+        "samba_ext/data/samba-tiny.safetensors"
+    p = run("info", cwd=str(tmp_path))                    # the CLI default
+    assert p.returncode == 0, p.stderr
+    assert "samba_ext/data/samba-tiny.safetensors" in p.stdout, p.stdout
+    # the local one, given as a path, is what gets read (its format is the reader's business:
+    # a suffix-less file is tried as a lit_gpt .pth)
+    p = run("info", "--model", "./samba-tiny", cwd=str(tmp_path))
+    assert "samba_ext/data/samba-tiny.safetensors" not in p.stdout, p.stdout
+    assert p.returncode == 2 and "samba-tiny" in p.stderr, p.stderr

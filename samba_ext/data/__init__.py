@@ -3,12 +3,18 @@
 ``Samba.load("samba-tiny")`` and ``Samba.load("llama-tiny")`` look up
 ``samba_ext/data/<name>.safetensors`` here. :func:`bundled_path` raises FileNotFoundError with
 an explanation when the file is not part of this installation.
+
+Names and paths (:func:`resolve_model_spec`): a bundled name always means the bundled model,
+even when a file or folder of that name exists in the current directory; local files are
+given as paths (``./samba-tiny``, ``dir/model``, ``model.safetensors``: anything that is not
+exactly a bundled name is a path).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-__all__ = ["BUNDLED_MODELS", "bundled_path", "available_models"]
+__all__ = ["BUNDLED_MODELS", "bundled_path", "available_models", "resolve_model_spec"]
 
 DATA_DIR = Path(__file__).resolve().parent
 
@@ -39,3 +45,11 @@ def bundled_path(name: str) -> Path:
             f"{p}); its weights have not been trained/packaged yet. Use a random model "
             f"(Samba(SambaConfig.preset({name!r}))) or load a checkpoint file by path.")
     return p
+
+
+def resolve_model_spec(spec: str | os.PathLike) -> tuple[Path, bool]:
+    """(path, is_bundled) for a model argument: exactly a bundled name -> the bundled file
+    (whatever exists in the current directory); anything else -> that path."""
+    if isinstance(spec, str) and spec in BUNDLED_MODELS:
+        return bundled_path(spec), True
+    return Path(os.fspath(spec)), False

@@ -25,16 +25,11 @@ def load_model(spec: str | os.PathLike, device: str = "cpu"):
     results can carry the file's SHA-256)."""
     from ..model import Samba
 
-    spec = os.fspath(spec)
-    model = Samba.load(spec, device=device)
-    path = spec if os.path.isfile(spec) else None
-    if path is None:
-        try:
-            from ..data import bundled_path
+    from ..data import resolve_model_spec
 
-            path = os.fspath(bundled_path(spec))
-        except Exception:
-            path = None
+    model = Samba.load(spec, device=device)
+    p, _ = resolve_model_spec(spec)      # the same name-or-path rule as Samba.load
+    path = os.fspath(p) if p.is_file() else None
     if path is not None:
         try:
             model._samba_ext_source = os.path.abspath(path)
