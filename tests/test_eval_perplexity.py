@@ -199,3 +199,97 @@ def test_streaming_interrupt_keeps_finished_segments(model, rng):
     assert [c["context_length"] for c in r.cells_of("context")] == [256, 600]
     assert r.cells_of("context")[-1]["ppl"] == pytest.approx(math.exp(ref[:599].mean()),
                                                              rel=RTOL)
+
+
+# ------------------------------------------------------------------ hostile --file inputs ---
+def _cli(*args, cwd=None, timeout=120):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "samba_ext.cli", *args], cwd=cwd or root,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def _one_line_error(p, *needles):
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert "Traceback" not in p.stderr, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("samba-ext: error:")]
+    assert len(lines) == 1, p.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this platform")
+def test_file_fifo_and_devices_are_refused(model, tmp_path):
+    """issue 16.7: a FIFO blocked forever (nobody writes); /dev/zero was read without end.
+    (The subprocess timeout only guards the test run against the old hang.)"""
+    fifo = tmp_path / "pipe.txt"
+    os.mkfifo(fifo)
+    for f in (fifo, "/dev/zero"):
+        if not os.path.exists(f):
+            continue
+        with pytest.raises(ValueError, match="not a regular file"):
+            perplexity(model, file=f, n_tokens=100, progress=False)
+        link = tmp_path / f"link-{os.path.basename(str(f))}"
+        os.symlink(f, link)
+        with pytest.raises(ValueError, match="not a regular file"):
+            perplexity(model, file=link, n_tokens=100, progress=False)
+    p = _cli("perplexity", "--model", "random:samba-test", "--no-progress", "--file",
+             str(fifo), "--tokens", "100", "--out", str(tmp_path / "o"), timeout=120)
+    _one_line_error(p, "not a regular file")
+
+
+def test_file_reads_only_what_tokens_needs(model, tmp_path, monkeypatch):
+    """issue 16.7: the whole file was read and tokenised whatever --tokens said. Counted:
+    the characters handed to the tokenizer stay bounded by a multiple of n_tokens."""
+    big = tmp_path / "big.txt"
+    line = "the quick brown fox jumps over the lazy dog 0123456789\n"
+    big.write_text(line * 200_000)                 # 11 MB
+    tok = model.tokenizer
+    seen = {"chars": 0}
+    real = type(tok).encode
+
+    def counting(self, text):
+        seen["chars"] += len(text)
+        return real(self, text)
+
+    monkeypatch.setattr(type(tok), "encode", counting)
+    r = perplexity(model, file=big, n_tokens=1024, progress=False)
+    assert r.params["data"]["tokens"] == 1024
+    assert seen["chars"] <= 64 * 1024, seen
+    want = np.frombuffer((line * 200)[:1024].encode(), np.uint8).astype(np.int64)
+    assert r.params["data"]["tokens_sha256"] == __import__("hashlib").sha256(
+        want.tobytes()).hexdigest()
+
+
+def _npy_with_header(path, shape, dtype="<i8", payload=b""):
+    hdr = repr({"descr": dtype, "fortran_order": False, "shape": shape}).encode("latin1")
+    hdr += b" " * (-(10 + len(hdr) + 1) % 64) + b"\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(hdr).to_bytes(2, "little") + hdr + payload)
+
+
+def test_npy_header_is_validated(model, tmp_path):
+    """issue 16.7: a .npy whose header claims a huge shape ended in a traceback (or tried to
+    allocate it). The claim is checked against the file size; other bad headers are named."""
+    cases = {"huge.npy": ((1 << 40,), "<i8", b"\0" * 64, "claims shape"),
+             "huge2d.npy": ((1 << 20, 1 << 20), "<i4", b"", "claims shape"),
+             "float.npy": ((8,), "<f4", b"\0" * 32, "integer array"),
+             "obj.npy": ((8,), "|O", b"\0" * 64, "integer array"),
+             "neg.npy": ((-5,), "<i8", b"", "shape")}
+    for name, (shape, dt, payload, msg) in cases.items():
+        _npy_with_header(tmp_path / name, shape, dt, payload)
+        with pytest.raises(ValueError, match=msg):
+            perplexity(model, file=tmp_path / name, n_tokens=4, progress=False)
+    (tmp_path / "junk.npy").write_bytes(b"\x93NUMPY\x01\x00\xff\xff{'descr'")
+    with pytest.raises(ValueError, match="not a valid .npy"):
+        perplexity(model, file=tmp_path / "junk.npy", n_tokens=4, progress=False)
+    p = _cli("perplexity", "--model", "random:samba-test", "--no-progress", "--file",
+             str(tmp_path / "huge.npy"), "--tokens", "100", "--out", str(tmp_path / "o"))
+    _one_line_error(p, "huge.npy")
+    # a valid one still reads, 1-D and 2-D, only the first n tokens of each row
+    a = np.arange(3 * 50, dtype=np.int32).reshape(3, 50) % 250
+    np.save(tmp_path / "ok.npy", a)
+    r = perplexity(model, file=tmp_path / "ok.npy", n_tokens=20, progress=False)
+    assert (r.params["data"]["rows"], r.params["data"]["tokens"]) == (3, 20)

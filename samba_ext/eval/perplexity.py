@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import stat
 from typing import Any, Sequence
 
 import numpy as np
@@ -46,32 +47,126 @@ def default_edges(n: int, first: int = 256) -> list[int]:
     return edges
 
 
-def load_tokens(tokenizer: Any, file: str | os.PathLike) -> tuple[np.ndarray, dict]:
-    """Tokens of ``file``: a ``.npy`` integer array (1-D or 2-D), else UTF-8 text encoded with
-    ``tokenizer``. Raises ValueError with a clear message for unreadable / invalid files."""
-    path = os.fspath(file)
-    if not os.path.exists(path):
-        raise ValueError(f"file {path!r} does not exist")
-    if os.path.isdir(path):
-        raise ValueError(f"file {path!r} is a directory; pass a text or .npy file")
+_NPY_MAX_HEADER = 1 << 16      # numpy's own limit for format 1.0 headers is 64 KiB
+
+
+def _open_regular(path: str):
+    """Open ``path`` for reading; refuse anything but a regular file (a FIFO would block
+    forever, /dev/zero never ends). O_NONBLOCK so that opening a FIFO does not wait for a
+    writer; the check is on the opened descriptor (no race with a swapped path)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        if path.endswith(".npy"):
-            arr = np.load(path, allow_pickle=False)
-            if arr.dtype.kind not in "iu" or arr.ndim not in (1, 2):
-                raise ValueError(f"file {path!r}: expected a 1-D or 2-D integer array, got "
-                                 f"{arr.dtype} with shape {arr.shape}")
-            arr = arr.astype(np.int64)
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise ValueError(f"file {path!r} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"file {path!r} is a directory; pass a text or .npy file") from None
+    except OSError as e:
+        raise ValueError(f"cannot read {path!r}: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ValueError(f"file {path!r} is a directory; pass a text or .npy file")
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"file {path!r} is not a regular file (a FIFO, device or socket); "
+                             "pass a text or .npy file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_npy(fh, path: str, size: int, max_tokens: int | None) -> np.ndarray:
+    """A validated .npy integer array, 1-D or 2-D, reading at most ``max_tokens`` per row."""
+    from numpy.lib import format as npf
+
+    try:
+        version = npf.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = npf.read_array_header_1_0(fh, max_header_size=_NPY_MAX_HEADER)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = npf.read_array_header_2_0(fh, max_header_size=_NPY_MAX_HEADER)
         else:
-            with open(path, "rb") as fh:
-                raw = fh.read()
+            raise ValueError(f"unsupported .npy format version {version}")
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as e:
+        raise ValueError(f"file {path!r}: not a valid .npy file ({e})") from None
+    if dtype.kind not in "iu" or dtype.hasobject or len(shape) not in (1, 2):
+        raise ValueError(f"file {path!r}: expected a 1-D or 2-D integer array, got {dtype} "
+                         f"with shape {shape}")
+    if any(not isinstance(d, int) or d < 0 for d in shape):
+        raise ValueError(f"file {path!r}: invalid shape {shape} in the .npy header")
+    data_off = fh.tell()
+    n_items = 1
+    for d in shape:
+        n_items *= d
+    if n_items * dtype.itemsize > size - data_off:
+        raise ValueError(f"file {path!r}: the .npy header claims shape {shape} of {dtype} "
+                         f"({n_items * dtype.itemsize:,} bytes) but the file holds only "
+                         f"{max(size - data_off, 0):,} bytes of data")
+    rows, L = (1, shape[0]) if len(shape) == 1 else shape
+    if fortran and rows > 1:
+        raise ValueError(f"file {path!r}: a Fortran-ordered 2-D array; save it with "
+                         "np.save(path, np.ascontiguousarray(a))")
+    take = L if max_tokens is None else min(L, max_tokens)
+    out = np.empty((rows, take), dtype=dtype)
+    for r in range(rows):                   # only the first `take` tokens of every row
+        fh.seek(data_off + r * L * dtype.itemsize)
+        buf = fh.read(take * dtype.itemsize)
+        if len(buf) != take * dtype.itemsize:
+            raise ValueError(f"file {path!r}: truncated .npy data")
+        out[r] = np.frombuffer(buf, dtype=dtype)
+    out = out.astype(np.int64)
+    return out[0] if len(shape) == 1 else out
+
+
+def _read_text_tokens(fh, path: str, tokenizer: Any, max_tokens: int | None) -> np.ndarray:
+    """Tokens of UTF-8 text. With ``max_tokens``, reads a growing prefix of the file (doubling)
+    until it yields more tokens than needed plus a margin, so a large file is neither read
+    nor tokenised whole; the margin keeps a tokenizer's merges at the cut from changing the
+    tokens kept (they are the first tokens of the whole text)."""
+    margin = 64
+    want = None if max_tokens is None else max_tokens + margin
+    raw = b""
+    step = 1 << 20 if want is None else max(4096, 8 * want)
+    while True:
+        chunk = fh.read(step)
+        raw += chunk
+        eof = len(chunk) < step
+        if want is not None or eof:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise ValueError(f"file {path!r} is not UTF-8 text ({e}); pass a UTF-8 text "
-                                 "file or a .npy token array") from None
-            arr = np.asarray(tokenizer.encode(text), dtype=np.int64)
-    except OSError as e:
-        raise ValueError(f"cannot read {path!r}: {e.strerror or e}") from None
+                if eof or e.start < len(raw) - 3:      # not just a character cut by the read
+                    raise ValueError(f"file {path!r} is not UTF-8 text ({e}); pass a UTF-8 "
+                                     "text file or a .npy token array") from None
+                text = raw[:e.start].decode("utf-8")
+            ids = tokenizer.encode(text)
+            if eof or (want is not None and len(ids) >= want):
+                arr = np.asarray(ids, dtype=np.int64)
+                return arr if max_tokens is None else arr[:max_tokens]
+        step *= 2
+
+
+def load_tokens(tokenizer: Any, file: str | os.PathLike,
+                max_tokens: int | None = None) -> tuple[np.ndarray, dict]:
+    """Tokens of ``file``: a ``.npy`` integer array (1-D or 2-D), else UTF-8 text encoded with
+    ``tokenizer``. ``max_tokens``: read and tokenise only what the first ``max_tokens`` tokens
+    (per row) need. Refuses non-regular files (FIFOs, devices) and .npy headers that claim
+    more data than the file holds. Raises ValueError with a clear message naming the file."""
+    path = os.fspath(file)
+    if max_tokens is not None and (isinstance(max_tokens, bool) or int(max_tokens) < 1):
+        raise ValueError(f"max_tokens: expected a positive int, got {max_tokens!r}")
+    fh, size = _open_regular(path)
+    with fh:
+        try:
+            if path.endswith(".npy"):
+                arr = _read_npy(fh, path, size, max_tokens)
+            else:
+                arr = _read_text_tokens(fh, path, tokenizer, max_tokens)
+        except OSError as e:
+            raise ValueError(f"cannot read {path!r}: {e.strerror or e}") from None
     return arr, {"source": "file", "path": os.path.abspath(path)}
 
 
@@ -144,7 +239,7 @@ def _as_tokens(model: Any, tokens: Any, file: Any, text: Any, n_tokens: int | No
                              f"with shape {arr.shape}")
         arr, info = arr.astype(np.int64), {"source": "array"}
     elif file is not None:
-        arr, info = load_tokens(tok, file)
+        arr, info = load_tokens(tok, file, n_tokens)
     elif text is not None:
         arr, info = np.asarray(tok.encode(str(text)), dtype=np.int64), {"source": "text"}
     else:
