@@ -20,10 +20,10 @@ Bad input prints one ``samba-ext: error: ...`` line and exits with code 2 (set
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import re
+import json
 import shlex
+import signal
 import stat
 import sys
 import time
@@ -35,69 +35,51 @@ DEFAULT_MODEL = "samba-tiny"
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
-# Defaults of `samba-ext passkey`: 6 lengths x 11 depths x 2 trials (the full paper grid is
-# --lengths 4K,8K,16K,32K,64K,128K,256K --trials 5).
+# The default grids are samba_ext.eval.grid.GRIDS["quick"], the Python API's defaults too
+# (--grid paper: the Samba paper's passkey grid, 4K..256K x 11 depths x 5 trials).
 PASSKEY_LENGTHS = "1K,2K,4K,8K,16K,32K"
 PASSKEY_DEPTHS = "0:1:0.1"
 PASSKEY_TRIALS = 2
 PHONEBOOK_ENTRIES = "20,40,80,160,320"
 PHONEBOOK_TRIALS = 5
+#: exit code for a run stopped by a signal: 128 + the signal number (130 for Ctrl-C)
+_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP")
+                 if hasattr(signal, n))
 
 
-class CliError(Exception):
+class CliError(ValueError):
     """Bad input: printed as one line, exit code 2."""
 
 
 # ----------------------------------------------------------------------------- parsing ---
-_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-
-
 def parse_count(s: str, what: str = "value") -> int:
-    """'4096' -> 4096, '4K' -> 4096, '1M' -> 1048576, '1.5K' -> 1536 (binary multiples)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)\s*", s)
-    if not m:
-        raise CliError(f"{what}: cannot parse {s!r}; use integers with an optional K/M suffix, "
-                       "e.g. 4K,8K,1M")
-    v = float(m.group(1)) * _SUFFIX[m.group(2).upper()]
-    if v != int(v) or v < 1:
-        raise CliError(f"{what}: {s!r} is not a positive whole number of tokens")
-    return int(v)
+    """'4096' -> 4096, '4K' -> 4096, '1M' -> 1048576 (samba_ext.eval.grid.parse_count)."""
+    from .eval.grid import GridSpecError, parse_count as _pc
+
+    try:
+        return _pc(s, what)
+    except GridSpecError as e:
+        raise CliError(str(e)) from None
 
 
 def parse_lengths(s: str, what: str = "--lengths") -> list[int]:
-    """'1K,4K,1M' -> [1024, 4096, 1048576]."""
-    parts = [p for p in s.split(",") if p.strip()]
-    if not parts:
-        raise CliError(f"{what}: expected a comma-separated list, e.g. 4K,8K,16K")
-    return [parse_count(p, what) for p in parts]
+    """'1K,4K,1M' -> [1024, 4096, 1048576] (the Python API's syntax too)."""
+    from .eval.grid import GridSpecError, parse_lengths as _pl
+
+    try:
+        return _pl(s, what)
+    except GridSpecError as e:
+        raise CliError(str(e)) from None
 
 
 def parse_depths(s: str) -> list[float] | str:
     """'random', '0,0.5,1' or 'start:stop:step' (inclusive, e.g. '0:1:0.1' = 11 depths)."""
-    s = s.strip()
-    if s.lower() == "random":
-        return "random"
+    from .eval.grid import GridSpecError, parse_depths as _pd
+
     try:
-        if ":" in s:
-            parts = [float(p) for p in s.split(":")]
-            if len(parts) != 3 or parts[2] <= 0:
-                raise ValueError
-            a, b, step = parts
-            n = int(math.floor((b - a) / step + 1e-9)) + 1
-            if n < 1:
-                raise ValueError
-            vals = [round(a + i * step, 10) for i in range(n)]
-        else:
-            vals = [float(p) for p in s.split(",") if p.strip()]
-    except ValueError:
-        raise CliError(f"--depths: cannot parse {s!r}; use 'random', a list like 0,0.5,1 or a "
-                       "range start:stop:step like 0:1:0.1") from None
-    if not vals:
-        raise CliError("--depths: expected at least one depth")
-    for d in vals:
-        if math.isnan(d) or not 0.0 <= d <= 1.0:
-            raise CliError(f"--depths: depth {d:g} is outside [0, 1]")
-    return vals
+        return _pd(s, "--depths")
+    except GridSpecError as e:
+        raise CliError(str(e)) from None
 
 
 def _positive_int(s: str) -> int:
@@ -105,6 +87,16 @@ def _positive_int(s: str) -> int:
         v = parse_count(s)
     except CliError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    return v
+
+
+def _top_p(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected 0 < top-p <= 1, got {s!r}")
     return v
 
 
@@ -132,6 +124,17 @@ def _common(p: argparse.ArgumentParser, out: bool = True, model: bool = True,
                        help="bundled name (samba-tiny, llama-tiny), a .safetensors file, a "
                             "lit_gpt .pth file, or random:PRESET for random weights "
                             f"(default: {DEFAULT_MODEL}; random weights if it is not installed)")
+    m = p.add_argument_group("model description (for checkpoints that lack it)")
+    m.add_argument("--config", default=None, metavar="FILE.json",
+                   help="JSON object of SambaConfig fields replacing the stored / inferred "
+                        "ones (e.g. {\"window\": 512, \"n_head\": 4})")
+    m.add_argument("--window", type=_positive_int, default=None,
+                   help="sliding-window size in keys (replaces the stored / guessed one)")
+    m.add_argument("--n-head", type=_positive_int, default=None, help="attention heads")
+    m.add_argument("--n-kv-head", type=_positive_int, default=None,
+                   help="key/value heads (GQA)")
+    m.add_argument("--tokenizer", default=None,
+                   help="'byte', or a tokenizer.json / tokenizer.model file or folder")
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the model runs (default cpu)")
     g.add_argument("--threads", type=_positive_int, default=None,
@@ -164,12 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
                        f"Defaults: --lengths {PASSKEY_LENGTHS} --depths {PASSKEY_DEPTHS} "
                        f"--trials {PASSKEY_TRIALS}. The paper grid: --lengths "
                        "4K,8K,16K,32K,64K,128K,256K --trials 5.")
-    p.add_argument("--lengths", default=PASSKEY_LENGTHS,
+    p.add_argument("--grid", choices=("quick", "paper"), default="quick",
+                   help="default grid: quick (below) or paper (4K..256K, 5 trials)")
+    p.add_argument("--lengths", default=None,
                    help=f"prompt lengths in tokens, K/M suffixes (default {PASSKEY_LENGTHS})")
-    p.add_argument("--depths", default=PASSKEY_DEPTHS,
+    p.add_argument("--depths", default=None,
                    help="key depths in [0,1]: list 0,0.5,1, range 0:1:0.1, or random "
                         f"(default {PASSKEY_DEPTHS})")
-    p.add_argument("--trials", type=_positive_int, default=PASSKEY_TRIALS,
+    p.add_argument("--trials", type=_positive_int, default=None,
                    help=f"trials (keys) per cell (default {PASSKEY_TRIALS})")
     p.add_argument("--key-digits", type=_positive_int, default=5,
                    help="digits of the random key (default 5, as in Samba)")
@@ -183,9 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("phonebook", help="phonebook lookup accuracy vs number of entries",
                        description="Phonebook lookup (Jelassi et al. 2024 / ArchScale).")
-    p.add_argument("--entries", default=PHONEBOOK_ENTRIES,
-                   help=f"book sizes (default {PHONEBOOK_ENTRIES})")
-    p.add_argument("--trials", type=_positive_int, default=PHONEBOOK_TRIALS,
+    p.add_argument("--grid", choices=("quick", "paper"), default="quick",
+                   help="default grid: quick (below) or paper (20..480 entries, 10 trials)")
+    p.add_argument("--entries", default=None,
+                   help=f"book sizes in entries (default {PHONEBOOK_ENTRIES})")
+    p.add_argument("--trials", type=_positive_int, default=None,
                    help=f"books per size (default {PHONEBOOK_TRIALS})")
     p.add_argument("--max-new-tokens", type=_positive_int, default=20,
                    help="greedy decoding budget (default 20)")
@@ -226,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode lengths (default 128,512)")
     p.add_argument("--batch-size", type=_positive_int, default=4,
                    help="decode batch size (default 4; the paper uses 16)")
-    p.add_argument("--repeats", type=_positive_int, default=1, help="timed repeats (median)")
+    p.add_argument("--repeats", type=_positive_int, default=3,
+                   help="timed repeats per measurement, after an untimed warm-up run; the "
+                        "median is reported (default 3)")
     _common(p, model=False)
 
     p = sub.add_parser("generate", help="generate text from a prompt",
@@ -237,12 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=_nonneg_float, default=0.0,
                    help="0 = greedy (default)")
     p.add_argument("--top-k", type=_positive_int, default=None)
-    p.add_argument("--top-p", type=_nonneg_float, default=None)
+    p.add_argument("--top-p", type=_top_p, default=None, help="nucleus sampling, 0 < p <= 1")
     _common(p, out=False)
 
     p = sub.add_parser("info", help="build configuration and model information",
                        description="Print the build configuration (compiler, OpenMP, CUDA) "
                        "and the model's config, size, hash and state size.")
+    p.add_argument("--verbose", action="store_true",
+                   help="also print the file's free-form metadata (e.g. the training lineage)")
     _common(p, out=False, seed=False)
     return ap
 
@@ -335,20 +346,87 @@ def _check_model_path(spec: str) -> None:
         raise CliError(f"--model: {spec!r} is not readable (permission denied)")
 
 
-def load_model(spec: str | None, device: str, seed: int = 0, quiet: bool = False):
-    """The model for --model (see the option's help), with clear errors."""
+_CONFIG_MAX_BYTES = 1 << 20
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """SambaConfig fields given on the command line: --config FILE.json, then --window,
+    --n-head, --n-kv-head and --tokenizer (which win over the file)."""
+    from .config import SambaConfig
+
+    over: dict[str, Any] = {}
+    f = getattr(args, "config", None)
+    if f is not None:
+        try:
+            st = os.stat(f)
+        except OSError as e:
+            raise CliError(f"--config: cannot read {f!r}: {e.strerror or e}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise CliError(f"--config: {f!r} is not a regular file")
+        if st.st_size > _CONFIG_MAX_BYTES:
+            raise CliError(f"--config: {f!r} is {st.st_size:,} bytes; a config is a small JSON "
+                           "object")
+        try:
+            with open(f, encoding="utf-8") as fh:
+                d = json.loads(fh.read(_CONFIG_MAX_BYTES + 1))
+        except (OSError, ValueError, RecursionError) as e:
+            raise CliError(f"--config: {f!r} is not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise CliError(f"--config: {f!r} must hold a JSON object of config fields")
+        known = set(SambaConfig.__dataclass_fields__)
+        unknown = sorted(k for k in d if k not in known)
+        if unknown:
+            raise CliError(f"--config: unknown field(s) {unknown} in {f!r}; fields: "
+                           f"{', '.join(sorted(known))}")
+        if "layer_types" in d and isinstance(d["layer_types"], list):
+            d["layer_types"] = tuple(d["layer_types"])
+        over.update(d)
+    for opt, field in (("window", "window"), ("n_head", "n_head"), ("n_kv_head", "n_kv_head"),
+                       ("tokenizer", "tokenizer")):
+        v = getattr(args, opt, None)
+        if v is not None:
+            over[field] = v
+    return over
+
+
+def load_model(spec: str | None, device: str, seed: int = 0, quiet: bool = False,
+               overrides: dict[str, Any] | None = None):
+    """The model for --model (see the option's help), with clear errors. ``overrides``:
+    config fields (config_overrides). Prints a warning naming every config field that had
+    to be guessed because the file does not state it."""
+    from .errors import CheckpointError
     from .eval._common import get_model
 
+    over = dict(overrides or {})
     if spec is not None and not spec.startswith("random:"):
         _check_model_path(spec)
     try:
-        return get_model(spec, device=device, seed=seed, warn=not quiet)
+        model = get_model(spec, device=device, seed=seed, warn=not quiet, overrides=over)
     except KeyError as e:
         raise CliError(e.args[0]) from None
+    except CheckpointError as e:
+        msg = str(e)
+        if "pass n_head" in msg:
+            msg += " (on the command line: --n-head N --n-kv-head M, or --config FILE.json)"
+        raise CliError(msg) from None
+    except TypeError as e:          # a config field of the wrong type
+        raise CliError(f"model options: {e}") from None
+    guessed = getattr(model, "guessed", {}) or {}
+    if guessed and not quiet:
+        fields = ", ".join(f"{k}={v!r}" for k, v in guessed.items())
+        print(f"WARNING: {spec or 'the model'}: the file does not state these config fields, "
+              f"so they were guessed: {fields}; set them with --window / --n-head / "
+              "--n-kv-head / --tokenizer or --config FILE.json", file=sys.stderr)
+    return model
 
 
 # ----------------------------------------------------------------------------- output ---
+RESULTS_NAME = "results.json"
+
+
 def _out_dir(args: argparse.Namespace, name: str) -> str:
+    """The --out directory, created. Refuses a directory whose results.json holds another
+    evaluation's results (it would be overwritten): use one --out per evaluation."""
     out = args.out if args.out is not None else os.path.join("samba-ext-results", name)
     if os.path.islink(out) and not os.path.exists(out):
         raise CliError(f"--out: {out!r} is a broken symbolic link")
@@ -360,17 +438,75 @@ def _out_dir(args: argparse.Namespace, name: str) -> str:
         raise CliError(f"--out: cannot create directory {out!r}: {e.strerror or e}") from None
     if not os.access(out, os.W_OK):
         raise CliError(f"--out: directory {out!r} is not writable")
+    prev = _previous_eval(os.path.join(out, RESULTS_NAME))
+    if prev is not None and prev != name:
+        raise CliError(f"--out: {out!r} already holds {prev} results ({RESULTS_NAME}); this "
+                       f"{name} run would overwrite them: pass another --out (e.g. "
+                       f"{os.path.join(out, name)})")
     return out
 
 
-def _finish(result: Any, args: argparse.Namespace, name: str, out: str) -> int:
+def _previous_eval(path: str) -> str | None:
+    """The "eval" of an existing results file; None when there is none. A file that is not
+    a results document is refused rather than overwritten."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise CliError(f"--out: cannot inspect {path!r}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode) or st.st_size > (256 << 20):
+        raise CliError(f"--out: {path!r} exists and is not a samba-ext results file")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            d = json.load(fh)
+    except (OSError, ValueError, RecursionError):
+        raise CliError(f"--out: {path!r} exists and is not a samba-ext results file; remove "
+                       "it or pass another --out") from None
+    if not isinstance(d, dict) or not isinstance(d.get("eval"), str):
+        raise CliError(f"--out: {path!r} exists and is not a samba-ext results file")
+    return d["eval"]
+
+
+def _run_eval(fn: Any, args: argparse.Namespace, name: str, out: str, **kw: Any) -> int:
+    """Run an evaluation writing its result to <out>/results.json after every finished cell
+    (one "cell done" line per cell on stdout when stdout is not a terminal, where it would
+    disturb the progress bars); interrupted runs keep their finished cells."""
+    from .eval import EvalInterrupted
+
+    def on_cell(cell: dict) -> None:
+        if not _stdout_is_tty():
+            keys = [k for k in ("length", "depth", "entries", "config", "kind", "prompt_length",
+                                "gen_length", "window") if k in cell]
+            desc = " ".join(f"{k}={cell[k]}" for k in keys)
+            extra = (f" accuracy={cell['accuracy']:.3f}" if cell.get("accuracy") is not None
+                     else "")
+            print(f"cell done: {name} {desc}{extra}", flush=True)
+
+    signum = None
+    try:
+        r = fn(out=os.path.join(out, RESULTS_NAME), on_cell=on_cell, **kw)
+    except EvalInterrupted as e:
+        r, signum = e.result, e.signum
+    return _finish(r, args, name, out, signum)
+
+
+def _stdout_is_tty() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _finish(result: Any, args: argparse.Namespace, name: str, out: str,
+            signum: int | None = None) -> int:
     result.command = "samba-ext " + shlex.join(sys.argv[1:] if args._argv is None
                                                 else args._argv)
+    path = result.save_json(os.path.join(out, RESULTS_NAME))
     print()
     print(result)
-    path = result.save_json(os.path.join(out, "results.json"))
     print(f"\nwrote {path}")
-    if not args.no_plot:
+    if not args.no_plot and signum is None:
         from .eval.plots import MATPLOTLIB_HINT, have_matplotlib
 
         if not have_matplotlib():
@@ -382,9 +518,9 @@ def _finish(result: Any, args: argparse.Namespace, name: str, out: str) -> int:
     if result.notes:
         for n in result.notes:
             print(f"NOTE: {n}")
-    if result.partial:
+    if result.partial or signum is not None:
         print("interrupted: the results above are PARTIAL (finished cells only)")
-        return EXIT_INTERRUPTED
+        return 128 + int(signum if signum is not None else signal.SIGINT)
     return 0
 
 
@@ -392,27 +528,28 @@ def _finish(result: Any, args: argparse.Namespace, name: str, out: str) -> int:
 def _cmd_passkey(args: argparse.Namespace) -> int:
     from .eval import passkey
 
-    lengths = parse_lengths(args.lengths)
-    depths = parse_depths(args.depths)
+    lengths = parse_lengths(args.lengths) if args.lengths is not None else None
+    depths = parse_depths(args.depths) if args.depths is not None else None
     out = _out_dir(args, "passkey")
-    model = load_model(args.model, args.device, seed=args.seed)
-    r = passkey(model, lengths=lengths, depths=depths, trials=args.trials, seed=args.seed,
-                key_digits=args.key_digits, key_range=(1, 50000) if args.landmark_keys else None,
-                max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size,
-                progress=not args.no_progress, share_prefix=not args.no_share_prefix)
-    return _finish(r, args, "passkey", out)
+    model = load_model(args.model, args.device, seed=args.seed, overrides=config_overrides(args))
+    return _run_eval(passkey, args, "passkey", out, model=model, lengths=lengths,
+                     depths=depths, trials=args.trials, grid=args.grid, seed=args.seed,
+                     key_digits=args.key_digits,
+                     key_range=(1, 50000) if args.landmark_keys else None,
+                     max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size,
+                     progress=not args.no_progress, share_prefix=not args.no_share_prefix)
 
 
 def _cmd_phonebook(args: argparse.Namespace) -> int:
     from .eval import phonebook
 
-    entries = parse_lengths(args.entries, "--entries")
+    entries = parse_lengths(args.entries, "--entries") if args.entries is not None else None
     out = _out_dir(args, "phonebook")
-    model = load_model(args.model, args.device, seed=args.seed)
-    r = phonebook(model, entries=entries, trials=args.trials, seed=args.seed,
-                  max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size,
-                  progress=not args.no_progress)
-    return _finish(r, args, "phonebook", out)
+    model = load_model(args.model, args.device, seed=args.seed, overrides=config_overrides(args))
+    return _run_eval(phonebook, args, "phonebook", out, model=model, entries=entries,
+                     trials=args.trials, grid=args.grid, seed=args.seed,
+                     max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size,
+                     progress=not args.no_progress)
 
 
 def _cmd_perplexity(args: argparse.Namespace) -> int:
@@ -429,19 +566,21 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
             raise CliError(f"--file: {f!r} does not exist")
         if os.path.isdir(f):
             raise CliError(f"--file: {f!r} is a directory")
+        if not stat.S_ISREG(os.stat(f).st_mode):
+            raise CliError(f"--file: {f!r} is not a regular file (a FIFO, device or socket)")
         if not os.access(f, os.R_OK):
             raise CliError(f"--file: {f!r} is not readable (permission denied)")
     out = _out_dir(args, "perplexity")
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, overrides=config_overrides(args))
     kw: dict[str, Any] = dict(mode=args.mode, context_lengths=lengths, stride=stride,
                               score=args.score, batch_size=args.batch_size,
                               chunk_size=args.chunk_size, progress=not args.no_progress,
                               split=args.split)
     if args.file is not None:
-        r = perplexity(model, file=args.file, n_tokens=n, **kw)
+        kw.update(file=args.file, n_tokens=n)
     else:
-        r = perplexity(model, n_tokens=n if n is not None else 65536, **kw)
-    return _finish(r, args, "perplexity", out)
+        kw.update(n_tokens=n if n is not None else 65536)
+    return _run_eval(perplexity, args, "perplexity", out, model=model, **kw)
 
 
 def _cmd_throughput(args: argparse.Namespace) -> int:
@@ -452,16 +591,28 @@ def _cmd_throughput(args: argparse.Namespace) -> int:
         raise CliError("--configs: expected at least one preset name")
     from .eval.throughput import resolve_config
 
+    over = config_overrides(args)
+    resolved = []
     for c in configs:  # validate before any work
-        resolve_config(c)
+        cfg = resolve_config(c)
+        if over:
+            import dataclasses
+
+            try:
+                cfg = dataclasses.replace(cfg, **over)
+            except TypeError as e:
+                raise CliError(f"model options: {e}") from None
+            cfg.name = c
+        resolved.append(cfg)
     out = _out_dir(args, "throughput")
-    r = throughput(configs, prompt_lengths=parse_lengths(args.lengths),
-                   total_tokens=parse_count(args.total_tokens, "--total-tokens"),
-                   gen_lengths=parse_lengths(args.gen_lengths, "--gen-lengths"),
-                   batch_size=args.batch_size, repeats=args.repeats, seed=args.seed,
-                   chunk_size=args.chunk_size, progress=not args.no_progress,
-                   device=args.device)
-    return _finish(r, args, "throughput", out)
+    return _run_eval(throughput, args, "throughput", out,
+                     configs=resolved if over else configs,
+                     prompt_lengths=parse_lengths(args.lengths),
+                     total_tokens=parse_count(args.total_tokens, "--total-tokens"),
+                     gen_lengths=parse_lengths(args.gen_lengths, "--gen-lengths"),
+                     batch_size=args.batch_size, repeats=args.repeats, seed=args.seed,
+                     chunk_size=args.chunk_size, progress=not args.no_progress,
+                     device=args.device)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -472,7 +623,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         prompt = sys.stdin.read()
     if not prompt:
         raise CliError("generate: the prompt is empty")
-    model = load_model(args.model, args.device, seed=args.seed)
+    model = load_model(args.model, args.device, seed=args.seed, overrides=config_overrides(args))
     sys.stdout.write(prompt)
     sys.stdout.flush()
 
@@ -502,7 +653,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"  bundled    : {', '.join(available_models()) or '(none installed)'}")
     except ImportError:
         pass
-    model = load_model(args.model, args.device, quiet=True)
+    model = load_model(args.model, args.device, overrides=config_overrides(args))
     info = model_info(model)
     print(f"\nmodel {info['name']}" + ("  [RANDOM WEIGHTS]" if info["random_weights"] else ""))
     if info["note"]:
@@ -516,10 +667,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
               "length for Mamba/SWA blocks)")
     except Exception:
         pass
+    guessed = getattr(model, "guessed", {}) or {}
     for k, v in info["config"].items():
-        print(f"  {k:<18}: {v}")
-    for k, v in info.get("metadata", {}).items():
-        print(f"  metadata {k}: {v}")
+        print(f"  {k:<18}: {v}" + ("   (guessed: not stated in the file)" if k in guessed
+                                   else ""))
+    meta = info.get("metadata", {})
+    if args.verbose:
+        for k, v in meta.items():
+            print(f"  metadata {k}: {v}")
+    elif meta:
+        print(f"  metadata   : {len(meta)} field(s) ({', '.join(sorted(meta))}); --verbose "
+              "prints them (e.g. the training lineage)")
     return 0
 
 
@@ -539,11 +697,51 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return tuple(errs)
 
 
+class _Interrupts:
+    """While a command runs: SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt (carrying
+    ``signum``) once; any further signal is only recorded, so that the finished cells are
+    saved -- atomically, once -- even when a second signal follows at once (a double
+    Ctrl-C, or SIGTERM then SIGHUP from a closing terminal). Only in the main thread."""
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+        self.later: list[int] = []
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.first is None:
+            self.first = signum
+            e = KeyboardInterrupt()
+            e.signum = signum       # type: ignore[attr-defined]
+            raise e
+        self.later.append(signum)
+
+    def __enter__(self) -> "_Interrupts":
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in _SIGNALS:
+                try:
+                    self._old[sig] = signal.signal(sig, self._handler)
+                except (OSError, ValueError):
+                    pass
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``samba-ext`` console script. Returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     args._argv = list(argv) if argv is not None else None
+    with _Interrupts() as intr:
+        return _main(args, intr)
+
+
+def _main(args: argparse.Namespace, intr: _Interrupts) -> int:
     try:
         threads = getattr(args, "threads", None)
         if threads is None and hasattr(args, "threads"):
@@ -556,9 +754,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             set_num_threads(threads)       # the C kernels (OpenMP)
             set_blas_threads(threads)      # NumPy's BLAS (the model's GEMMs)
         return _COMMANDS[args.command](args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("\nsamba-ext: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + int(getattr(e, "signum", intr.first or signal.SIGINT))
     except BrokenPipeError:  # e.g. `samba-ext generate ... | head`
         return 0
     except _expected_errors() as e:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
@@ -39,6 +38,42 @@ from .state import SambaState, state_signature
 from .weights import expected_shapes, init_state_dict, qkv_grouped_to_split, qkv_split_to_grouped
 
 __all__ = ["Samba", "SambaState", "init_state_dict", "expected_shapes", "available_memory"]
+
+
+#: Config fields a checkpoint may not state; when missing they are guessed (defaults/presets).
+GUESSABLE = ("window", "n_head", "n_kv_head", "head_dim", "rope_base", "norm_eps", "tokenizer")
+
+
+def guessed_fields(cfg: SambaConfig, meta: dict[str, str], explicit: bool,
+                   overrides: dict[str, Any]) -> dict[str, Any]:
+    """The fields of ``cfg`` that :meth:`Samba.load` guessed -> their value: none for an
+    explicit config; for a file with a stored config, the guessable fields it lacks; for
+    a config inferred from tensor shapes, every field shapes cannot give (the window of SWA
+    blocks, the head split of attention blocks, rope_base, norm_eps, the tokenizer).
+    Fields given in ``overrides`` are never guessed."""
+    if explicit:
+        return {}
+    stored: Any = None
+    if "config" in meta:
+        try:
+            stored = json.loads(meta["config"])
+        except ValueError:
+            stored = None
+    kinds = set(cfg.layer_types)
+    relevant = {"rope_base", "norm_eps", "tokenizer"}
+    if "swa" in kinds:
+        relevant.add("window")
+    if kinds & {"swa", "attn"}:
+        relevant |= {"n_head", "n_kv_head", "head_dim"}
+    if isinstance(stored, dict):
+        missing = {f for f in relevant if f not in stored}
+        if "head_dim" in missing and "n_head" in stored:
+            missing.discard("head_dim")        # d_model // n_head, not a guess
+    else:
+        missing = set(relevant)
+        if cfg.tokenizer == "byte" and cfg.vocab_size == 259:
+            missing.discard("tokenizer")       # the 259-id byte vocabulary is unambiguous
+    return {f: getattr(cfg, f) for f in GUESSABLE if f in missing and f not in overrides}
 
 
 TokensLike = Union[np.ndarray, Sequence[int], Sequence[Sequence[int]]]
@@ -65,6 +100,8 @@ class Samba:
         self._tokenizer = tokenizer
         self._base_dir = base_dir
         self.metadata: dict[str, str] = {}
+        #: config fields :meth:`load` could not read from the file and guessed -> value
+        self.guessed: dict[str, Any] = {}
         if state_dict is None:
             state_dict = init_state_dict(config, seed)
         self._set_weights(state_dict)
@@ -257,6 +294,7 @@ class Samba:
         m = cls(config, device=device, state_dict=sd, tokenizer=tok,
                 base_dir=str(path.parent))
         m.metadata = dict(meta)
+        m.guessed = guessed_fields(config, meta, explicit, overrides)
         return m
 
     # ---------------------------------------------------------------------- state ---

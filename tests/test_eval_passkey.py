@@ -209,7 +209,12 @@ def test_cells_independent_of_grid_and_random_depth(model):
     assert all(1 <= t["key"] <= 50000 for t in r.cells[0]["results"])
 
 
-def test_interrupt_keeps_finished_cells(model):
+def test_interrupt_keeps_finished_cells(model, tmp_path):
+    """issue 19.4: Ctrl-C in Python saves the finished cells (to out=) and then raises a
+    KeyboardInterrupt (EvalInterrupted) carrying them, instead of returning normally (a loop
+    over evaluations would otherwise go on)."""
+    from samba_ext.eval import EvalInterrupted, load_result
+
     class Interrupting:
         """Wraps the real model; raises KeyboardInterrupt on the 4th prefill call."""
 
@@ -225,11 +230,20 @@ def test_interrupt_keeps_finished_cells(model):
                 raise KeyboardInterrupt
             return self.m.prefill(*a, **k)
 
-    r = passkey(Interrupting(model), lengths=[300], depths=[0.0, 1.0], trials=2,
-                share_prefix=False, progress=False)
+    done: list = []
+    out = tmp_path / "pk.json"
+    with pytest.raises(KeyboardInterrupt) as ei:
+        passkey(Interrupting(model), lengths=[300], depths=[0.0, 1.0], trials=2,
+                share_prefix=False, progress=False, out=out, on_cell=done.append)
+    assert isinstance(ei.value, EvalInterrupted)
+    r = ei.value.result
     assert r.partial
     assert [c["n"] for c in r.cells] == [2, 1]
     assert r.to_dict()["partial"] is True
+    assert [c["depth"] for c in done] == [0.0]          # one finished cell reported
+    saved = load_result(out)
+    assert saved.partial and [c["n"] for c in saved.cells] == [2, 1]
+    assert ei.value.path == str(out)
 
 
 def test_passkey_argument_errors(model):

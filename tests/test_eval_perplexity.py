@@ -189,9 +189,13 @@ def test_streaming_interrupt_keeps_finished_segments(model, rng):
                 raise KeyboardInterrupt
             return self.m.nll(*a, **k)
 
+    from samba_ext.eval import EvalInterrupted
+
     x = rng.integers(0, 256, 1000)
-    r = perplexity(Interrupting(model), tokens=x, segment=300, buckets=[0, 256, 512, 1000],
+    with pytest.raises(EvalInterrupted) as ei:
+        perplexity(Interrupting(model), tokens=x, segment=300, buckets=[0, 256, 512, 1000],
                    context_lengths=[256, 600, 1000], progress=False)
+    r = ei.value.result
     # tokens 0..600 are scored (token 600 from the logits before the interrupted call)
     assert r.partial and r.params["tokens_done"] == 601
     ref = ref_nll(model, x)

@@ -7,7 +7,10 @@
 
 Each returns a result object: ``print(result)`` shows a table, ``result.save_json(path)``
 writes ``results.json``, ``result.plot(path)`` draws the figure (matplotlib extra), and
-:func:`load_result` reads a ``results.json`` back. The built-in real-text corpus (the Python
+:func:`load_result` reads a ``results.json`` back. Python and the CLI share one default grid
+(:data:`GRIDS` "quick"; ``grid="paper"`` for the paper's) and one syntax (``lengths="4K,8K"``).
+Ctrl-C during an evaluation saves the finished cells (to ``out=`` when given) and raises
+:class:`EvalInterrupted`, a KeyboardInterrupt whose ``result`` holds them. The built-in real-text corpus (the Python
 standard library's own sources, with a fixed train / held-out split) is
 :mod:`samba_ext.eval.corpus`.
 
@@ -15,13 +18,15 @@ Example::
 
     from samba_ext import Samba
     from samba_ext.eval import passkey
-    r = passkey(Samba.load("samba-tiny"), lengths=[1024, 4096], depths=[0, 0.5, 1], trials=2)
+    r = passkey(Samba.load("samba-tiny"), lengths="1K,4K", depths=[0, 0.5, 1], trials=2)
     print(r); r.plot("passkey.png")
 """
 from __future__ import annotations
 
 from . import corpus
 from ._common import get_model
+from ._run import EvalInterrupted
+from .grid import GRIDS
 from .passkey import (PasskeyPrompt, PasskeyResult, build_passkey_prompt, passkey,
                       score_passkey)
 from .perplexity import PerplexityResult, perplexity
@@ -32,4 +37,5 @@ from .throughput import ThroughputResult, throughput
 __all__ = ["passkey", "phonebook", "perplexity", "throughput",
            "PasskeyResult", "PhonebookResult", "PerplexityResult", "ThroughputResult",
            "EvalResult", "load_result", "build_passkey_prompt", "PasskeyPrompt",
-           "score_passkey", "phonebook_prompt", "score_phonebook", "corpus", "get_model"]
+           "score_passkey", "phonebook_prompt", "score_phonebook", "corpus", "get_model",
+           "EvalInterrupted", "GRIDS"]

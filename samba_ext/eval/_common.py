@@ -20,14 +20,14 @@ PREFILL_BAR_MIN_TOKENS = 32768
 _RANDOM_ATTR = "_samba_ext_random_weights_note"
 
 
-def load_model(spec: str | os.PathLike, device: str = "cpu"):
-    """``Samba.load(spec, device=device)``, remembering the weights file it came from (so
-    results can carry the file's SHA-256)."""
+def load_model(spec: str | os.PathLike, device: str = "cpu", **overrides: Any):
+    """``Samba.load(spec, device=device, **overrides)``, remembering the weights file it came
+    from (so results can carry the file's SHA-256)."""
     from ..model import Samba
 
     from ..data import resolve_model_spec
 
-    model = Samba.load(spec, device=device)
+    model = Samba.load(spec, device=device, **overrides)
     p, _ = resolve_model_spec(spec)      # the same name-or-path rule as Samba.load
     path = os.fspath(p) if p.is_file() else None
     if path is not None:
@@ -47,7 +47,7 @@ def _bundled_file(name: str) -> str:
 
 
 def get_model(spec: str | os.PathLike | None = None, device: str = "cpu", seed: int = 0,
-              warn: bool = True):
+              warn: bool = True, overrides: dict[str, Any] | None = None):
     """The model the CLI and the notebook use.
 
     * ``None``: the bundled ``samba-tiny``; when its weights are not installed, a
@@ -56,8 +56,11 @@ def get_model(spec: str | os.PathLike | None = None, device: str = "cpu", seed: 
     * ``"random:PRESET"``: random weights with ``SambaConfig.preset(PRESET)`` (flagged).
     * anything else: ``Samba.load(spec, device=device)`` (bundled name, .safetensors, .pth).
 
+    ``overrides``: config fields replacing the stored / inferred / preset ones.
+
     Raises KeyError (unknown preset), and whatever ``Samba.load`` raises for bad files.
     """
+    over = dict(overrides or {})
     from ..config import SambaConfig
     from ..model import Samba
 
@@ -65,7 +68,7 @@ def get_model(spec: str | os.PathLike | None = None, device: str = "cpu", seed: 
         note = (f"the bundled {DEFAULT_MODEL} weights are not in this installation, so this run "
                 f"uses a RANDOM-WEIGHT model with the {DEFAULT_MODEL} config; its accuracy is "
                 f"meaningless (pass --model PATH to evaluate a trained checkpoint)")
-        model = Samba(SambaConfig.preset(DEFAULT_MODEL), seed=seed, device=device)
+        model = Samba(SambaConfig.preset(DEFAULT_MODEL, **over), seed=seed, device=device)
         mark_random_weights(model, note)
         if warn:
             print(f"WARNING: {note}", file=sys.stderr)
@@ -76,11 +79,11 @@ def get_model(spec: str | os.PathLike | None = None, device: str = "cpu", seed: 
         if preset not in SambaConfig.presets():
             raise KeyError(f"--model {spec}: unknown preset {preset!r}; presets: "
                            f"{', '.join(SambaConfig.presets())}")
-        model = Samba(SambaConfig.preset(preset), seed=seed, device=device)
+        model = Samba(SambaConfig.preset(preset, **over), seed=seed, device=device)
         mark_random_weights(model, f"model {spec}: RANDOM weights (preset {preset}); accuracy "
                                    "and perplexity are meaningless")
         return model
-    return load_model(spec, device)
+    return load_model(spec, device, **over)
 
 
 def resolve_model(model: Any, device: str = "cpu"):

@@ -28,7 +28,9 @@ exactly its own token sequence (checked token by token before any reuse).
 from __future__ import annotations
 
 import math
+import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -36,6 +38,8 @@ import numpy as np
 
 from ._common import (Progress, Timer, as_int_list, call_prefill, greedy_decode, model_info,
                       notes_for, resolve_model)
+from ._run import CellRecorder
+from .grid import GRIDS, as_depths, as_lengths, grid_defaults
 from .results import EvalResult, fmt_tokens, format_table
 
 __all__ = ["passkey", "PasskeyResult", "PasskeyPrompt", "build_passkey_prompt",
@@ -51,8 +55,9 @@ QUESTION = "What is the pass key? The pass key is"
 FILLER_SENTENCES = ("The grass is green.", "The sky is blue.", "The sun is yellow.",
                     "Here we go.", "There and back again.")
 
-DEFAULT_LENGTHS = (4096, 8192, 16384, 32768, 65536, 131072, 262144)
-DEFAULT_DEPTHS = tuple(i / 10 for i in range(11))
+#: The default grid (the CLI's too): ``GRIDS["quick"]``; ``grid="paper"`` for the paper's.
+DEFAULT_LENGTHS = GRIDS["quick"]["passkey"]["lengths"]
+DEFAULT_DEPTHS = GRIDS["quick"]["passkey"]["depths"]
 
 _filler_cache = [FILLER]
 
@@ -318,30 +323,45 @@ def _seed_key(x: float) -> int:
     return int(round(x * 1_000_000))
 
 
-def passkey(model: Any, lengths: Sequence[int] = DEFAULT_LENGTHS,
-            depths: Sequence[float] | str = DEFAULT_DEPTHS, trials: int = 5, seed: int = 0,
-            key_digits: int = 5, key_range: tuple[int, int] | None = None,
+def passkey(model: Any, lengths: Sequence[int] | str | None = None,
+            depths: Sequence[float] | str | None = None, trials: int | None = None,
+            seed: int = 0, key_digits: int = 5, key_range: tuple[int, int] | None = None,
             max_new_tokens: int = 10, chunk_size: int = 2048, progress: bool = True,
-            share_prefix: bool = True, keep_outputs: bool = True,
-            device: str = "cpu") -> PasskeyResult:
+            share_prefix: bool = True, keep_outputs: bool = True, device: str = "cpu",
+            grid: str = "quick", out: str | os.PathLike | None = None,
+            on_cell: Callable[[dict], Any] | None = None) -> PasskeyResult:
     """Passkey retrieval accuracy over a (length x depth) grid.
 
     Args:
         model: a :class:`samba_ext.Samba`, or a name/path for ``Samba.load``.
-        lengths: target prompt lengths in tokens of ``model.tokenizer``.
-        depths: key-line depths in [0, 1] (fraction of the filler before it), or ``"random"``
-            (uniform per trial; then one cell per length).
-        trials: trials (keys) per cell. seed: base seed; each cell's keys depend only on
-            (seed, length, depth, trial), not on the rest of the grid.
+        lengths: target prompt lengths in tokens of ``model.tokenizer``: ints or text
+            ("4K,8K"). Default: the ``grid``'s.
+        depths: key-line depths in [0, 1] (fraction of the filler before it): numbers, text
+            ("0:1:0.1", "0,0.5,1"), or ``"random"`` (uniform per trial; then one cell per
+            length). Default: the ``grid``'s.
+        trials: trials (keys) per cell (default: the ``grid``'s). seed: base seed; each
+            cell's keys depend only on (seed, length, depth, trial), not on the rest of the grid.
+        grid: "quick" (the default of this function and of ``samba-ext passkey``: 1K..32K x
+            11 depths x 2 trials) or "paper" (4K..256K x 11 depths x 5 trials); explicit
+            lengths / depths / trials replace its values.
         key_digits: digits of the uniformly drawn key (Samba: 5). key_range: inclusive
             (lo, hi) instead, e.g. (1, 50000) for Landmark.
         max_new_tokens: greedy decoding budget (10 as in Landmark).
         chunk_size: prefill chunk. progress: tqdm bars (stderr) with ETA.
         share_prefix: reuse the key-independent prefix state across trials (exact).
         keep_outputs: store each trial's key/output in the cells.
+        out: a JSON path, rewritten atomically after every finished cell and at the end.
+        on_cell: called with each finished cell dict.
     Returns:
-        :class:`PasskeyResult`. Ctrl-C returns the finished cells with ``partial=True``.
+        :class:`PasskeyResult`.
+    Raises:
+        samba_ext.eval.EvalInterrupted (a KeyboardInterrupt) on Ctrl-C, after saving the
+        finished cells to ``out``; its ``result`` holds them (``partial=True``).
     """
+    g = grid_defaults(grid, "passkey")
+    lengths = g["lengths"] if lengths is None else as_lengths(lengths, "lengths")
+    depths = g["depths"] if depths is None else as_depths(depths, "depths")
+    trials = g["trials"] if trials is None else trials
     model = resolve_model(model, device)
     tok = model.tokenizer
     lengths = list(dict.fromkeys(as_int_list(list(lengths), "lengths")))
@@ -398,9 +418,19 @@ def passkey(model: Any, lengths: Sequence[int] = DEFAULT_LENGTHS,
                               "prompt_tokens": 0, "processed_tokens": 0, "results": []}
 
     total_tokens = sum(lengths) * trials * (1 if random_depth else len(depth_list))
+    recorder = CellRecorder(out, on_cell)
     bar = Progress(progress, total_tokens, desc="passkey")
     timer = Timer()
-    partial = False
+    info = model_info(model)
+
+    def result(partial: bool = False) -> PasskeyResult:
+        done_cells = [c for c in cells.values() if c["n"] > 0]
+        if any(c["n"] < c["trials"] for c in done_cells) or len(done_cells) < len(cells):
+            partial = True
+        return PasskeyResult(params=params, cells=done_cells, model=info, seed=seed,
+                             partial=partial, time_s=timer(), notes=notes_for(model))
+
+    interrupted: BaseException | None = None
     try:
         for length in lengths:
             trunk = None            # state after trunk_ids
@@ -454,13 +484,11 @@ def passkey(model: Any, lengths: Sequence[int] = DEFAULT_LENGTHS,
                 bar.postfix(len=fmt_tokens(length),
                             depth=("rand" if cell_d == "random" else f"{cell_d:.2f}"),
                             acc=f"{cell['accuracy']:.2f}")
-    except KeyboardInterrupt:
-        partial = True
+                if cell["n"] == cell["trials"]:
+                    recorder.cell_done(result(), cell)
+    except KeyboardInterrupt as e:
+        interrupted = e
         bar.write("interrupted: keeping the finished trials (result marked partial)")
     finally:
         bar.close()
-    done_cells = [c for c in cells.values() if c["n"] > 0]
-    if any(c["n"] < c["trials"] for c in done_cells) or len(done_cells) < len(cells):
-        partial = True
-    return PasskeyResult(params=params, cells=done_cells, model=model_info(model), seed=seed,
-                         partial=partial, time_s=timer(), notes=notes_for(model))
+    return recorder.finish(result(), interrupted)

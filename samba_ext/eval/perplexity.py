@@ -25,12 +25,14 @@ import hashlib
 import math
 import os
 import stat
+from collections.abc import Callable
 from typing import Any, Sequence
 
 import numpy as np
 
 from . import corpus as _corpus
 from ._common import Progress, Timer, model_info, notes_for, resolve_model
+from ._run import CellRecorder
 from .results import EvalResult, fmt_tokens, format_table
 
 __all__ = ["perplexity", "PerplexityResult", "default_edges", "load_tokens"]
@@ -301,7 +303,8 @@ def perplexity(model: Any, tokens: Any = None, *, file: str | os.PathLike | None
                buckets: Sequence[int] | None = None, stride: int | None = None,
                score: str = "new", batch_size: int = 1, chunk_size: int = 2048,
                segment: int = 65536, progress: bool = True,
-               device: str = "cpu") -> PerplexityResult:
+               device: str = "cpu", out: str | os.PathLike | None = None,
+               on_cell: Callable[[dict], Any] | None = None) -> PerplexityResult:
     """Perplexity of ``model`` on a token stream.
 
     Args:
@@ -318,8 +321,13 @@ def perplexity(model: Any, tokens: Any = None, *, file: str | os.PathLike | None
         segment: streaming: tokens per ``model.nll`` call (the state is carried across calls
             and the boundary token is scored from ``state.logits``, so the result does not
             depend on it; Ctrl-C keeps the finished segments).
+        out: a JSON path, written atomically (sliding mode: after every window size too).
+        on_cell: called with each finished cell dict.
     Returns:
-        :class:`PerplexityResult`; Ctrl-C returns the finished cells with ``partial=True``.
+        :class:`PerplexityResult`.
+    Raises:
+        samba_ext.eval.EvalInterrupted (a KeyboardInterrupt) on Ctrl-C, after saving the
+        finished cells to ``out``; its ``result`` holds them (``partial=True``).
     """
     model = resolve_model(model, device)
     if mode not in ("streaming", "sliding"):
@@ -334,6 +342,13 @@ def perplexity(model: Any, tokens: Any = None, *, file: str | os.PathLike | None
     timer = Timer()
     cells: list[dict] = []
     partial = False
+    interrupted: BaseException | None = None
+    recorder = CellRecorder(out, on_cell)
+    minfo = model_info(model)
+
+    def result() -> PerplexityResult:
+        return PerplexityResult(params=params, cells=cells, model=minfo, seed=None,
+                                partial=partial, time_s=timer(), notes=notes_for(model))
     if mode == "streaming":
         edges = list(buckets) if buckets is not None else default_edges(N)
         if sorted(set(edges)) != list(edges) or edges[0] < 0:
@@ -353,8 +368,8 @@ def perplexity(model: Any, tokens: Any = None, *, file: str | os.PathLike | None
         try:
             for b in range(B):
                 _stream_row(model, toks[b], nll[b], seg, chunk_size, bar, b * N)
-        except KeyboardInterrupt:
-            partial = True
+        except KeyboardInterrupt as e:
+            partial, interrupted = True, e
             bar.write("interrupted: reporting the finished segments (result marked partial)")
         finally:
             bar.close()
@@ -422,10 +437,10 @@ def perplexity(model: Any, tokens: Any = None, *, file: str | os.PathLike | None
                               "windows": len(starts), "tokens": count, "mean_nll": m,
                               "ppl": float(math.exp(m)) if count and m < 700 else math.nan,
                               "time_s": tw()})
-        except KeyboardInterrupt:
-            partial = True
-            bar.write("interrupted: keeping the finished windows sizes (result marked partial)")
+                recorder.cell_done(result(), cells[-1])
+        except KeyboardInterrupt as e:
+            partial, interrupted = True, e
+            bar.write("interrupted: keeping the finished window sizes (result marked partial)")
         finally:
             bar.close()
-    return PerplexityResult(params=params, cells=cells, model=model_info(model), seed=None,
-                            partial=partial, time_s=timer(), notes=notes_for(model))
+    return recorder.finish(result(), interrupted)

@@ -15,18 +15,22 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from typing import Any, Sequence
 
 import numpy as np
 
 from ._common import (Progress, Timer, as_int_list, call_prefill, greedy_decode, model_info,
                       notes_for, resolve_model)
+from ._run import CellRecorder
+from .grid import GRIDS, as_lengths, grid_defaults
 from .results import EvalResult, format_table
 
 __all__ = ["phonebook", "PhonebookResult", "load_names", "make_phonebook", "phonebook_prompt",
            "score_phonebook", "DEFAULT_ENTRIES"]
 
-DEFAULT_ENTRIES = (20, 40, 80, 160, 320, 480)
+#: The default grid (the CLI's too): ``GRIDS["quick"]``; ``grid="paper"`` for a longer one.
+DEFAULT_ENTRIES = GRIDS["quick"]["phonebook"]["entries"]
 _NAMES_CACHE: dict[str, tuple[list[str], list[str]]] = {}
 
 
@@ -132,20 +136,34 @@ class PhonebookResult(EvalResult):
         return out
 
 
-def phonebook(model: Any, entries: Sequence[int] = DEFAULT_ENTRIES, trials: int = 10,
-              seed: int = 0, max_new_tokens: int = 20, chunk_size: int = 2048,
-              progress: bool = True, keep_outputs: bool = True, names_file: str | None = None,
-              device: str = "cpu") -> PhonebookResult:
+def phonebook(model: Any, entries: Sequence[int] | str | None = None,
+              trials: int | None = None, seed: int = 0, max_new_tokens: int = 20,
+              chunk_size: int = 2048, progress: bool = True, keep_outputs: bool = True,
+              names_file: str | None = None, device: str = "cpu", grid: str = "quick",
+              out: str | os.PathLike | None = None,
+              on_cell: Callable[[dict], Any] | None = None) -> PhonebookResult:
     """Phonebook lookup accuracy vs number of entries.
 
     Args:
         model: a :class:`samba_ext.Samba`, or a name/path for ``Samba.load``.
-        entries: book sizes (number of name: number lines), each >= 3.
-        trials: books per size; each trial's book depends only on (seed, entries, trial).
+        entries: book sizes (number of name: number lines), each >= 3: ints or text
+            ("20,40,80"). Default: the ``grid``'s.
+        trials: books per size (default: the ``grid``'s); each trial's book depends only on
+            (seed, entries, trial).
+        grid: "quick" (the default here and in ``samba-ext phonebook``: 20..320 entries x 5
+            trials) or "paper" (20..480 x 10).
         max_new_tokens: greedy budget (20). names_file: another names list (same format).
+        out: a JSON path, rewritten atomically after every finished cell and at the end.
+        on_cell: called with each finished cell dict.
     Returns:
-        :class:`PhonebookResult`; Ctrl-C returns the finished cells with ``partial=True``.
+        :class:`PhonebookResult`.
+    Raises:
+        samba_ext.eval.EvalInterrupted (a KeyboardInterrupt) on Ctrl-C, after saving the
+        finished cells to ``out``; its ``result`` holds them (``partial=True``).
     """
+    g = grid_defaults(grid, "phonebook")
+    entries = g["entries"] if entries is None else as_lengths(entries, "entries")
+    trials = g["trials"] if trials is None else trials
     model = resolve_model(model, device)
     tok = model.tokenizer
     entries = list(dict.fromkeys(as_int_list(list(entries), "entries", minimum=3)))
@@ -159,9 +177,18 @@ def phonebook(model: Any, entries: Sequence[int] = DEFAULT_ENTRIES, trials: int 
               "chunk_size": int(chunk_size), "names": names_file or "samba_ext/data/names.txt",
               "scoring": "first output line (stripped) == number", "decoding": "greedy"}
     cells: list[dict] = []
+    recorder = CellRecorder(out, on_cell)
     bar = Progress(progress, len(entries) * trials, desc="phonebook", unit="trial")
     timer = Timer()
-    partial = False
+    info = model_info(model)
+
+    def result() -> PhonebookResult:
+        done = [c for c in cells if c["n"] > 0]
+        partial = len(done) < len(entries) or any(c["n"] < c["trials"] for c in done)
+        return PhonebookResult(params=params, cells=done, model=info, seed=seed,
+                               partial=partial, time_s=timer(), notes=notes_for(model))
+
+    interrupted: BaseException | None = None
     try:
         for n in entries:
             cell = {"entries": n, "trials": int(trials), "n": 0, "correct": 0, "accuracy": None,
@@ -195,13 +222,10 @@ def phonebook(model: Any, entries: Sequence[int] = DEFAULT_ENTRIES, trials: int 
                                             "tokens": int(ids.size)})
                 bar.update(1)
                 bar.postfix(entries=n, acc=f"{cell['accuracy']:.2f}")
-    except KeyboardInterrupt:
-        partial = True
+            recorder.cell_done(result(), cell)
+    except KeyboardInterrupt as e:
+        interrupted = e
         bar.write("interrupted: keeping the finished trials (result marked partial)")
     finally:
         bar.close()
-    cells = [c for c in cells if c["n"] > 0]
-    if len(cells) < len(entries) or any(c["n"] < c["trials"] for c in cells):
-        partial = True
-    return PhonebookResult(params=params, cells=cells, model=model_info(model), seed=seed,
-                           partial=partial, time_s=timer(), notes=notes_for(model))
+    return recorder.finish(result(), interrupted)

@@ -15,12 +15,15 @@ depend on them.
 """
 from __future__ import annotations
 
+import os
 import statistics
+from collections.abc import Callable
 from typing import Any, Sequence
 
 import numpy as np
 
 from ._common import Progress, Timer, as_int_list
+from ._run import CellRecorder
 from .results import EvalResult, fmt_tokens, format_table
 
 __all__ = ["throughput", "ThroughputResult", "resolve_config", "BASELINES"]
@@ -103,9 +106,11 @@ class ThroughputResult(EvalResult):
 def throughput(configs: Sequence[Any] = ("samba-tiny", "samba-tiny:llama"),
                prompt_lengths: Sequence[int] = (1024, 2048, 4096, 8192, 16384),
                total_tokens: int = 16384, gen_lengths: Sequence[int] = (128, 512),
-               batch_size: int = 4, decode_prompt: int = 16, repeats: int = 1,
+               batch_size: int = 4, decode_prompt: int = 16, repeats: int = 3,
                warmup: bool = True, seed: int = 0, chunk_size: int = 2048,
-               progress: bool = True, device: str = "cpu") -> ThroughputResult:
+               progress: bool = True, device: str = "cpu",
+               out: str | os.PathLike | None = None,
+               on_cell: Callable[[dict], Any] | None = None) -> ThroughputResult:
     """Prefill and decode tokens/s of ``configs`` with random weights.
 
     Args:
@@ -115,10 +120,15 @@ def throughput(configs: Sequence[Any] = ("samba-tiny", "samba-tiny:llama"),
         total_tokens: tokens per prefill measurement (paper: 128K).
         gen_lengths: decode lengths G; batch ``batch_size`` (paper: 16).
         decode_prompt: prompt tokens prefilled before decoding.
-        repeats: timed repeats per measurement (the median is reported).
-        warmup: one untimed short prefill + step per model first.
+        repeats: timed repeats per measurement, the median reported (default 3).
+        warmup: one untimed run of every measurement first (caches, thread pools, page
+            faults of the buffers), so the first cell is not an outlier.
+        out: a JSON path, rewritten atomically after every measurement and at the end.
+        on_cell: called with each finished cell dict.
+    Raises:
+        samba_ext.eval.EvalInterrupted (a KeyboardInterrupt) on Ctrl-C, after saving the
+        finished cells to ``out``; its ``result`` holds them (``partial=True``).
     """
-    from ..config import SambaConfig
     from ..model import Samba
 
     prompt_lengths = as_int_list(list(prompt_lengths), "prompt_lengths") if prompt_lengths else []
@@ -148,6 +158,17 @@ def throughput(configs: Sequence[Any] = ("samba-tiny", "samba-tiny:llama"),
     cells: list[dict] = []
     timer = Timer()
     partial = False
+    recorder = CellRecorder(out, on_cell)
+    info = {"name": ", ".join(m[0] for m in models), "random_weights": True,
+            "note": "throughput uses random weights (speed does not depend on them)",
+            "hash": None, "hash_of": "unavailable", "num_parameters": None,
+            "device": device, "config": {}, "source": None}
+
+    def result() -> ThroughputResult:
+        return ThroughputResult(params=params, cells=cells, model=info, seed=seed,
+                                partial=partial, time_s=timer(), notes=[])
+
+    interrupted: BaseException | None = None
     try:
         for label, m in models:
             model = m if hasattr(m, "prefill") else Samba(m, seed=seed, device=device)
@@ -157,14 +178,12 @@ def throughput(configs: Sequence[Any] = ("samba-tiny", "samba-tiny:llama"),
                                        "layer_types": list(cfg.layer_types),
                                        "window": cfg.window, "d_model": cfg.d_model,
                                        "n_layer": cfg.n_layer}
-            if warmup:
-                st = model.new_state(1)
-                model.prefill(rng.integers(0, V, (1, 64)), st, chunk_size=chunk_size)
-                model.step(rng.integers(0, V, (1,)), st)
             for L in prompt_lengths:
                 B = max(1, total_tokens // L)
                 x = rng.integers(0, V, (B, L))
                 times = []
+                if warmup:
+                    model.prefill(x, model.new_state(B), chunk_size=chunk_size)
                 for _ in range(repeats):
                     st = model.new_state(B)
                     t = Timer()
@@ -172,14 +191,16 @@ def throughput(configs: Sequence[Any] = ("samba-tiny", "samba-tiny:llama"),
                     times.append(t())
                 t = statistics.median(times)
                 cells.append({"config": label, "kind": "prefill", "prompt_length": L, "batch": B,
-                              "tokens": B * L, "time_s": t, "tokens_per_s": B * L / t})
+                              "tokens": B * L, "time_s": t, "tokens_per_s": B * L / t,
+                              "repeats": len(times)})
+                recorder.cell_done(result(), cells[-1])
                 bar.update(total_tokens)
                 bar.postfix(config=label, prefill=fmt_tokens(L))
             for G in gen_lengths:
                 B = int(batch_size)
                 times = []
                 st = None
-                for _ in range(repeats):
+                for r in range(repeats + (1 if warmup else 0)):
                     st = model.new_state(B)
                     model.prefill(rng.integers(0, V, (B, decode_prompt)), st,
                                   chunk_size=chunk_size)
@@ -188,7 +209,8 @@ def throughput(configs: Sequence[Any] = ("samba-tiny", "samba-tiny:llama"),
                     for _ in range(G):
                         logits = np.asarray(model.step(nxt, st))
                         nxt = np.argmax(logits, axis=-1)
-                    times.append(t())
+                    if not (warmup and r == 0):     # the first run warms up, untimed
+                        times.append(t())
                 t = statistics.median(times)
                 try:
                     sb = int(st.nbytes())
@@ -197,17 +219,13 @@ def throughput(configs: Sequence[Any] = ("samba-tiny", "samba-tiny:llama"),
                 cells.append({"config": label, "kind": "decode", "gen_length": G, "batch": B,
                               "prompt_length": int(decode_prompt), "time_s": t,
                               "tokens_per_s": B * G / t, "ms_per_step": 1000 * t / G,
-                              "state_bytes": sb})
+                              "state_bytes": sb, "repeats": len(times)})
+                recorder.cell_done(result(), cells[-1])
                 bar.update(G * B)
                 bar.postfix(config=label, decode=fmt_tokens(G))
-    except KeyboardInterrupt:
-        partial = True
+    except KeyboardInterrupt as e:
+        partial, interrupted = True, e
         bar.write("interrupted: keeping the finished measurements (result marked partial)")
     finally:
         bar.close()
-    info = {"name": ", ".join(m[0] for m in models), "random_weights": True,
-            "note": "throughput uses random weights (speed does not depend on them)",
-            "hash": None, "hash_of": "unavailable", "num_parameters": None,
-            "device": device, "config": {}, "source": None}
-    return ThroughputResult(params=params, cells=cells, model=info, seed=seed, partial=partial,
-                            time_s=timer(), notes=[])
+    return recorder.finish(result(), interrupted)
