@@ -40,7 +40,8 @@ from ._common import (Progress, Timer, as_int_list, call_prefill, greedy_decode,
                       notes_for, resolve_model)
 from ._run import CellRecorder
 from .grid import GRIDS, as_depths, as_lengths, grid_defaults
-from .results import EvalResult, fmt_tokens, format_table
+from ._format import fmt_depth, fmt_tokens, format_table
+from .results import EvalResult
 
 __all__ = ["passkey", "PasskeyResult", "PasskeyPrompt", "build_passkey_prompt",
            "passkey_text", "score_passkey", "template_tokens", "filler_text", "draw_key",
@@ -225,6 +226,7 @@ class PasskeyResult(EvalResult):
     """
 
     eval_name = "passkey"
+    trials_key = "results"
 
     @property
     def overall_accuracy(self) -> float:
@@ -282,7 +284,7 @@ class PasskeyResult(EvalResult):
         L, D, acc = self.accuracy_grid()
         rows = []
         for i, d in enumerate(D):
-            label = "random" if d == "random" else f"{d:.2f}"
+            label = fmt_depth(d)
             rows.append([label] + [("-" if np.isnan(a) else f"{100 * a:.0f}") for a in acc[i]])
         by_len = {r["length"]: r["accuracy"] for r in self._by("length")}
         if len(D) > 1:

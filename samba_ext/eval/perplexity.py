@@ -33,7 +33,8 @@ import numpy as np
 from . import corpus as _corpus
 from ._common import Progress, Timer, model_info, notes_for, resolve_model
 from ._run import CellRecorder
-from .results import EvalResult, fmt_tokens, format_table
+from ._format import fmt_tokens, format_table
+from .results import EvalResult
 
 __all__ = ["perplexity", "PerplexityResult", "default_edges", "load_tokens"]
 

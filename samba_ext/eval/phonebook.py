@@ -24,7 +24,8 @@ from ._common import (Progress, Timer, as_int_list, call_prefill, greedy_decode,
                       notes_for, resolve_model)
 from ._run import CellRecorder
 from .grid import GRIDS, as_lengths, grid_defaults
-from .results import EvalResult, format_table
+from ._format import format_table
+from .results import EvalResult
 
 __all__ = ["phonebook", "PhonebookResult", "load_names", "make_phonebook", "phonebook_prompt",
            "score_phonebook", "DEFAULT_ENTRIES"]
@@ -104,6 +105,7 @@ class PhonebookResult(EvalResult):
     """
 
     eval_name = "phonebook"
+    trials_key = "results"
 
     @property
     def overall_accuracy(self) -> float:

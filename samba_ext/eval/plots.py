@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .results import fmt_tokens
+from ._format import fmt_depth, fmt_tokens
 
 __all__ = ["plot_result", "have_matplotlib", "MATPLOTLIB_HINT"]
 
@@ -88,7 +88,7 @@ def _passkey(result: Any, ax: Any, path: Any):
     ax.set_xticks(range(len(L)))
     ax.set_xticklabels([fmt_tokens(x) for x in L])
     ax.set_yticks(range(len(D)))
-    ax.set_yticklabels(["random" if d == "random" else f"{d:.1f}" for d in D])
+    ax.set_yticklabels([fmt_depth(d) for d in D])
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("depth of the key")
     for i in range(len(D)):

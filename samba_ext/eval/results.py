@@ -33,39 +33,32 @@ import math
 import os
 from typing import Any, ClassVar
 
-from ..atomic import write_text_atomic
+from ..atomic import atomic_write, write_text_atomic
+from ._format import fmt_tokens, format_table
 
-__all__ = ["EvalResult", "load_result", "SCHEMA", "SCHEMA_VERSION", "format_table",
-           "fmt_tokens", "machine_info"]
+__all__ = ["EvalResult", "load_result", "SCHEMA", "SCHEMA_VERSION", "SCHEMA_FILE",
+           "format_table", "fmt_tokens", "machine_info", "json_schema"]
 
 SCHEMA = "samba-ext.eval-result"
 SCHEMA_VERSION = 1
+#: JSON Schema (draft 2020-12) of the results document, shipped with the package.
+SCHEMA_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
+                           "results.schema.json")
+PANDAS_HINT = ("to_dataframe() needs pandas, an optional extra: pip install pandas "
+               "(to_csv() and to_rows() work without it)")
 
 
-def fmt_tokens(n: int | float) -> str:
-    """4096 -> '4K', 1048576 -> '1M', 1500 -> '1500' (exact binary multiples only)."""
-    n = int(n)
-    if n >= 1 << 20 and n % (1 << 20) == 0:
-        return f"{n >> 20}M"
-    if n >= 1 << 10 and n % (1 << 10) == 0:
-        return f"{n >> 10}K"
-    return str(n)
+def json_schema() -> dict:
+    """The JSON Schema of ``results.json`` (``samba_ext/data/results.schema.json``)."""
+    with open(SCHEMA_FILE, encoding="utf-8") as fh:
+        return json.load(fh)
 
 
-def format_table(header: list[str], rows: list[list[Any]], title: str | None = None) -> str:
-    """Right-aligned plain-text table (first column left-aligned)."""
-    cells = [[str(h) for h in header]] + [[("" if v is None else str(v)) for v in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-
-    def line(r: list[str]) -> str:
-        return "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in
-                         enumerate(zip(r, widths))).rstrip()
-
-    out = [] if title is None else [title]
-    out.append(line(cells[0]))
-    out.append("  ".join("-" * w for w in widths))
-    out.extend(line(r) for r in cells[1:])
-    return "\n".join(out)
+def _scalar(v: Any) -> Any:
+    """A CSV / table cell: scalars as they are, lists and dicts as compact JSON."""
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return json.dumps(v, separators=(",", ":"))
 
 
 def machine_info() -> dict:
@@ -145,6 +138,51 @@ class EvalResult:
     def _top_level(self) -> dict:
         return {}
 
+    # --- tables for pandas / CSV -----------------------------------------------------
+    #: a per-trial list inside each cell (passkey, phonebook: "results"), if any
+    trials_key: ClassVar[str | None] = None
+
+    def to_rows(self, trials: bool = False) -> list[dict]:
+        """One flat dict per cell (the per-trial list left out), or with ``trials=True`` one
+        per trial, carrying its cell's fields (prefixed ``cell_`` where names collide).
+        Every row also has ``eval`` and ``model``."""
+        base = {"eval": self.eval_name, "model": self.model.get("name")}
+        rows = []
+        for c in self.cells:
+            cell = {k: _scalar(v) for k, v in c.items() if k != self.trials_key}
+            if trials and self.trials_key:
+                for t in c.get(self.trials_key) or []:
+                    row = dict(base)
+                    row.update({(f"cell_{k}" if k in t else k): v for k, v in cell.items()})
+                    row.update({k: _scalar(v) for k, v in t.items()})
+                    rows.append(row)
+            else:
+                rows.append({**base, **cell})
+        return rows
+
+    def to_dataframe(self, trials: bool = False):
+        """The cells (or with ``trials=True`` the trials) as a pandas DataFrame; pandas is
+        optional (ImportError saying how to install it)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError(PANDAS_HINT) from None
+        return pd.DataFrame(self.to_rows(trials))
+
+    def to_csv(self, path: str | os.PathLike, trials: bool = False) -> str:
+        """Write :meth:`to_rows` as CSV (stdlib csv, atomically). Returns the path."""
+        import csv
+
+        rows = self.to_rows(trials)
+        cols: list[str] = []
+        for r in rows:
+            cols.extend(k for k in r if k not in cols)
+        with atomic_write(path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=cols)
+            w.writeheader()
+            w.writerows(rows)
+        return os.fspath(path)
+
     # --- JSON ----------------------------------------------------------------------
     def to_dict(self) -> dict:
         d = {
@@ -218,6 +256,14 @@ class EvalResult:
 
     def _repr_pretty_(self, p, cycle):  # IPython / Jupyter text display
         p.text(str(self) if not cycle else repr(self))
+
+    def _repr_html_(self) -> str:  # Jupyter rich display
+        import html
+
+        parts = [f"<div><b>{html.escape(self.header())}</b>"]
+        parts += [f"<p style='color:#a00'>NOTE: {html.escape(n)}</p>" for n in self.notes]
+        parts.append(f"<pre>{html.escape(self.table())}</pre></div>")
+        return "".join(parts)
 
 
 def load_result(path_or_dict: str | os.PathLike | dict) -> EvalResult:

@@ -24,7 +24,8 @@ import numpy as np
 
 from ._common import Progress, Timer, as_int_list
 from ._run import CellRecorder
-from .results import EvalResult, fmt_tokens, format_table
+from ._format import fmt_tokens, format_table
+from .results import EvalResult
 
 __all__ = ["throughput", "ThroughputResult", "resolve_config", "BASELINES"]
 
