@@ -71,6 +71,8 @@ def guessed_fields(cfg: SambaConfig, meta: dict[str, str], explicit: bool,
             missing.discard("head_dim")        # d_model // n_head, not a guess
     else:
         missing = set(relevant)
+        if "n_head" in overrides or "head_dim" in overrides:   # the rest follows from shapes
+            missing -= {"n_head", "n_kv_head", "head_dim"}
         if cfg.tokenizer == "byte" and cfg.vocab_size == 259:
             missing.discard("tokenizer")       # the 259-id byte vocabulary is unambiguous
     return {f: getattr(cfg, f) for f in GUESSABLE if f in missing and f not in overrides}

@@ -272,3 +272,104 @@ def test_bundled_name_is_not_shadowed_by_the_cwd(tmp_path, monkeypatch, kind):
     p = run("info", "--model", "./samba-tiny", cwd=str(tmp_path))
     assert "samba_ext/data/samba-tiny.safetensors" not in p.stdout, p.stdout
     assert p.returncode == 2 and "samba-tiny" in p.stderr, p.stderr
+
+
+# ------------------------------------------------------------------ model description ---
+def _pth_like(tmp_path, window=16):
+    """A samba-test model saved as a plain safetensors file without our metadata (lit_gpt keys
+    only, as a converted lit_gpt checkpoint would be): the window cannot be read from it."""
+    from samba_ext import Samba
+    from samba_ext.safetensors_io import write_safetensors
+
+    m = Samba(samba_ext.SambaConfig.preset("samba-test", window=window), seed=2)
+    path = tmp_path / "bare.safetensors"
+    write_safetensors(path, m.state_dict(), None)
+    return m, path
+
+
+def test_guessed_config_fields_warn_and_options_set_them(tmp_path):
+    """issue 19.3: a file without metadata silently got window 2048; the head split could
+    only be passed from Python. Now every guessed field is named in a warning, and
+    --window / --n-head / --n-kv-head / --config set them on every command."""
+    _, path = _pth_like(tmp_path)
+    p = run("info", "--model", str(path))
+    assert p.returncode == 0, p.stderr
+    assert "guessed" in p.stderr and "window=2048" in p.stderr, p.stderr
+    assert "window" in p.stdout and "(guessed" in p.stdout
+    p = run("info", "--model", str(path), "--window", "16", "--n-head", "4", "--n-kv-head", "2")
+    assert p.returncode == 0, p.stderr
+    assert "window=" not in p.stderr and "n_head=" not in p.stderr, p.stderr
+    assert any(ln.split(":")[0].strip() == "window" and ln.split(":")[1].split()[0] == "16"
+               for ln in p.stdout.splitlines()), p.stdout
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"window": 16, "n_head": 4, "n_kv_head": 2, "rope_base": 10000.0,
+                               "norm_eps": 1e-5, "tokenizer": "byte"}))
+    p = run("info", "--model", str(path), "--config", str(cfg))
+    assert p.returncode == 0 and "guessed" not in p.stderr, p.stderr
+    for cmd in (["passkey", "--lengths", "300", "--depths", "0", "--trials", "1", "--no-plot",
+                 "--out", str(tmp_path / "pk")],
+                ["phonebook", "--entries", "5", "--trials", "1", "--no-plot",
+                 "--out", str(tmp_path / "pb")],
+                ["perplexity", "--tokens", "300", "--no-plot", "--out", str(tmp_path / "pp")],
+                ["generate", "hi", "--max-new-tokens", "2"]):
+        p = run(*cmd, "--model", str(path), "--config", str(cfg), "--no-progress")
+        assert p.returncode == 0, (cmd, p.stderr)
+        assert "guessed" not in p.stderr, (cmd, p.stderr)
+    d = json.loads((tmp_path / "pk" / "results.json").read_text())
+    assert d["model"]["config"]["window"] == 16
+    p = run("throughput", "--configs", "samba-test", "--lengths", "64", "--total-tokens", "64",
+            "--gen-lengths", "2", "--repeats", "1", "--window", "8", "--no-progress",
+            "--no-plot", "--out", str(tmp_path / "tp"))
+    assert p.returncode == 0, p.stderr
+    d = json.loads((tmp_path / "tp" / "results.json").read_text())
+    assert d["params"]["models"]["samba-test"]["window"] == 8
+
+
+def test_model_option_errors(tmp_path):
+    _, path = _pth_like(tmp_path)
+    bad = tmp_path / "bad.json"
+    for text, needle in (("[1]", "JSON object"), ("{", "not valid JSON"),
+                         ('{"windw": 3}', "unknown field"), ("[" * 100000, "config")):
+        bad.write_text(text)
+        assert_bad_input(run("info", "--model", str(path), "--config", str(bad)), needle)
+    assert_bad_input(run("info", "--model", str(path), "--window", "0"), "window")
+    assert_bad_input(run("info", "--model", str(path), "--n-head", "3"), "n_head")
+    assert_bad_input(run("info", "--model", str(path), "--config", str(tmp_path)), "config")
+
+
+# ------------------------------------------------------------------- small ones (19.8) ---
+def test_small_cli_fixes(tmp_path):
+    assert_bad_input(run("generate", "hi", *TINY, "--top-p", "2"), "top-p")
+    assert_bad_input(run("generate", "hi", *TINY, "--top-p", "0"), "top-p")
+    p = run("phonebook", *TINY, "--entries", "0", "--out", str(tmp_path / "pb"))
+    assert_bad_input(p, "--entries")
+    assert "tokens" not in p.stderr.split("error:")[1], p.stderr
+    # info: the training lineage (free-form metadata) only with --verbose
+    from samba_ext.data import available_models
+
+    if "samba-tiny" in available_models():
+        quiet, verbose = run("info"), run("info", "--verbose")
+        assert quiet.returncode == verbose.returncode == 0
+        assert "metadata " not in quiet.stdout.replace("metadata   :", "")
+        assert len(verbose.stdout) > len(quiet.stdout) and "--verbose" in quiet.stdout
+
+
+def test_out_refuses_another_evals_results(tmp_path):
+    """issue 19.5: `passkey --out X` then `phonebook --out X` overwrote passkey's results."""
+    out = tmp_path / "X"
+    p = run("passkey", *TINY, "--lengths", "300", "--depths", "0", "--trials", "1",
+            "--no-plot", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    before = (out / "results.json").read_bytes()
+    p = run("phonebook", *TINY, "--entries", "5", "--trials", "1", "--no-plot",
+            "--out", str(out))
+    assert_bad_input(p, "passkey results")
+    assert (out / "results.json").read_bytes() == before
+    p = run("passkey", *TINY, "--lengths", "300", "--depths", "1", "--trials", "1",
+            "--no-plot", "--out", str(out))          # the same evaluation again: fine
+    assert p.returncode == 0, p.stderr
+    (tmp_path / "Y").mkdir()
+    (tmp_path / "Y" / "results.json").write_text("my notes")
+    assert_bad_input(run("passkey", *TINY, "--lengths", "300", "--depths", "0", "--trials",
+                         "1", "--no-plot", "--out", str(tmp_path / "Y")), "not a samba-ext")
+    assert (tmp_path / "Y" / "results.json").read_text() == "my notes"

@@ -255,3 +255,37 @@ def test_passkey_argument_errors(model):
         passkey(model, lengths=[300], depths="middle", progress=False)
     with pytest.raises(ValueError, match="trials"):
         passkey(model, lengths=[300], trials=0, progress=False)
+
+
+def test_python_and_cli_share_grid_and_syntax(model):
+    """issue 19.4: passkey(model) ran the paper grid (28.6M tokens) while the CLI ran a
+    quick one, and Python rejected the CLI's "4K,8K". One default, one syntax. (The runs
+    are stopped after their first cell through on_cell; params record the whole grid.)"""
+    from samba_ext.cli import PASSKEY_DEPTHS, PASSKEY_LENGTHS, PASSKEY_TRIALS, parse_depths, \
+        parse_lengths
+    from samba_ext.eval import GRIDS, EvalInterrupted, phonebook
+
+    def stop(cell):
+        raise KeyboardInterrupt
+
+    def params(**kw):
+        with pytest.raises(EvalInterrupted) as ei:
+            passkey(model, progress=False, on_cell=stop, **kw)
+        return ei.value.result.params
+
+    p = params()
+    assert p["lengths"] == parse_lengths(PASSKEY_LENGTHS)
+    assert p["depths"] == parse_depths(PASSKEY_DEPTHS) and p["trials"] == PASSKEY_TRIALS
+    assert tuple(p["lengths"]) == GRIDS["quick"]["passkey"]["lengths"]
+    p = params(grid="paper")
+    assert p["lengths"][0] == 4096 and p["lengths"][-1] == 262144 and p["trials"] == 5
+    p = params(lengths="300, 1K", depths="0:1:0.5", trials=1)
+    assert p["lengths"] == [300, 1024] and p["depths"] == [0.0, 0.5, 1.0]
+    with pytest.raises(EvalInterrupted) as ei:
+        phonebook(model, entries="5,8", trials=1, progress=False, on_cell=stop)
+    assert ei.value.result.params["entries"] == [5, 8]
+    for bad in ("4X", "1.3"):
+        with pytest.raises(ValueError, match="lengths"):
+            passkey(model, lengths=bad, progress=False)
+    with pytest.raises(ValueError, match="grid"):
+        passkey(model, grid="huge", progress=False)

@@ -132,3 +132,31 @@ def test_heatmap_depth_labels(tmp_path):
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels == ["0", "0.25", "0.5", "0.75", "1"]
     assert "0.25" in r.table() and "0.75" in r.table()
+
+
+def test_throughput_warms_up_and_takes_a_median(model):
+    """issue 19.8: throughput timed one run by default (a noisy first cell). Now every
+    measurement runs once untimed, then 3 timed runs whose median is reported (counted
+    calls, no timing)."""
+    calls = {"prefill": 0, "step": 0}
+
+    class Counting:
+        def __init__(self, m):
+            self.m = m
+
+        def __getattr__(self, name):
+            return getattr(self.m, name)
+
+        def prefill(self, *a, **k):
+            calls["prefill"] += 1
+            return self.m.prefill(*a, **k)
+
+        def step(self, *a, **k):
+            calls["step"] += 1
+            return self.m.step(*a, **k)
+
+    r = throughput([Counting(model)], prompt_lengths=[32, 64], total_tokens=64,
+                   gen_lengths=[3], batch_size=2, progress=False)
+    assert [c["repeats"] for c in r.cells] == [3, 3, 3]
+    # per prefill length: 1 warm-up + 3 timed; decode: (1 + 3) runs of a prompt + 3 steps
+    assert calls["prefill"] == 2 * 4 + 4 and calls["step"] == 4 * 3
