@@ -331,6 +331,15 @@ def _block_indices(sd: dict) -> list[int]:
     return sorted(idx)
 
 
+def _shaped(sd: dict[str, np.ndarray], key: str, ndim: int, source: str) -> np.ndarray:
+    """sd[key], checked to have ``ndim`` dimensions, none of them zero."""
+    a = sd[key]
+    if a.ndim != ndim or 0 in a.shape:
+        raise CheckpointError(f"{source}: {key} has shape {tuple(a.shape)}; expected {ndim} "
+                              "non-zero dimensions")
+    return a
+
+
 def infer_config(sd: dict[str, np.ndarray], source: str = "checkpoint",
                  **overrides: Any) -> SambaConfig:
     """Infer a :class:`SambaConfig` from lit_gpt tensor shapes.
@@ -342,9 +351,7 @@ def infer_config(sd: dict[str, np.ndarray], source: str = "checkpoint",
     Mamba blocks default to full attention ("attn") unless ``window`` is given. Any field in
     ``overrides`` replaces the inferred value.
     """
-    wte = sd["transformer.wte.weight"]
-    if wte.ndim != 2:
-        raise CheckpointError(f"{source}: transformer.wte.weight must be 2-D, got {wte.shape}")
+    wte = _shaped(sd, "transformer.wte.weight", 2, source)
     V, D = wte.shape
     blocks = _block_indices(sd)
     if not blocks or blocks != list(range(len(blocks))):
@@ -358,31 +365,31 @@ def infer_config(sd: dict[str, np.ndarray], source: str = "checkpoint",
         p = f"transformer.h.{i}."
         if p + "attn.A_log" in sd:
             types.append("mamba")
-            E, N = sd[p + "attn.A_log"].shape
-            cw = sd.get(p + "attn.conv1d.weight")
-            dtw = sd.get(p + "attn.dt_proj.weight")
-            if cw is None or dtw is None:
+            E, N = _shaped(sd, p + "attn.A_log", 2, source).shape
+            if p + "attn.conv1d.weight" not in sd or p + "attn.dt_proj.weight" not in sd:
                 raise CheckpointError(f"{source}: block {i} has A_log but lacks conv1d/dt_proj")
+            cw = _shaped(sd, p + "attn.conv1d.weight", 3, source)
+            dtw = _shaped(sd, p + "attn.dt_proj.weight", 2, source)
             got = dict(E=E, d_state=N, d_conv=cw.shape[-1], dt_rank=dtw.shape[1])
             if mamba and got != mamba:
                 raise CheckpointError(f"{source}: Mamba blocks differ in shape ({mamba} vs {got})")
             mamba = got
         elif p + "attn.attn.weight" in sd:
             types.append("attn")
-            q = sd[p + "attn.attn.weight"].shape[0]
-            o = sd[p + "attn.proj.weight"].shape[1] if p + "attn.proj.weight" in sd else None
-            if o is None:
+            q = _shaped(sd, p + "attn.attn.weight", 2, source).shape[0]
+            if p + "attn.proj.weight" not in sd:
                 raise CheckpointError(f"{source}: block {i} lacks attn.proj.weight")
+            o = _shaped(sd, p + "attn.proj.weight", 2, source).shape[1]
             if attn_dims and attn_dims != (q, o):
                 raise CheckpointError(f"{source}: attention blocks differ in shape")
             attn_dims = (q, o)
         else:
             raise CheckpointError(f"{source}: block {i} has neither a Mamba (attn.A_log) nor an "
                                   "attention (attn.attn.weight) mixer")
-        w1 = sd.get(p + "mlp.swiglu.w1.weight")
-        if w1 is None:
+        if p + "mlp.swiglu.w1.weight" not in sd:
             raise CheckpointError(f"{source}: block {i} lacks mlp.swiglu.w1.weight (only SwiGLU "
                                   "MLPs are supported)")
+        w1 = _shaped(sd, p + "mlp.swiglu.w1.weight", 2, source)
         if F is not None and w1.shape[0] != F:
             raise CheckpointError(f"{source}: MLP sizes differ between blocks")
         F = w1.shape[0]
@@ -405,7 +412,10 @@ def infer_config(sd: dict[str, np.ndarray], source: str = "checkpoint",
     if has_attn:
         qrows, hq = attn_dims
         H = overrides.get("n_head")
-        hd = overrides.get("head_dim")
+        hd = overrides.get("head_dim") or None
+        for k, v in (("n_head", H), ("head_dim", hd)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{k}: expected a positive int, got {v!r}")
         if hd is None and H is not None:
             if hq % H:
                 raise CheckpointError(f"{source}: n_head={H} does not divide the {hq} attention "

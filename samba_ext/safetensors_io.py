@@ -24,6 +24,7 @@ import numpy as np
 
 from .errors import CheckpointError
 from .io import fileread
+from .io.atomic import atomic_write
 
 __all__ = ["read_safetensors", "read_safetensors_header", "write_safetensors",
            "bf16_to_f32", "f32_to_bf16", "open_regular_file", "MAX_HEADER_SIZE"]
@@ -230,7 +231,8 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
                       metadata: Optional[Mapping[str, str]] = None, dtype: str = "F32") -> None:
     """Write ``tensors`` (float arrays) as safetensors, converting to ``dtype``
     ("F32", "F16" or "BF16"). Tensors are stored in sorted-name order; the header is padded
-    with spaces to a multiple of 8 bytes. The file is written to a temporary name and renamed.
+    with spaces to a multiple of 8 bytes. The write is atomic (samba_ext/io/atomic.py: a unique
+    temporary file in the same folder, fsynced, then renamed over ``path``).
     """
     dtype = dtype.upper()
     if dtype not in ("F32", "F16", "BF16"):
@@ -253,22 +255,15 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
         pos += nbytes
     hb = json.dumps(hdr, separators=(",", ":")).encode("utf-8")
     hb += b" " * (-len(hb) % 8)
-    fname = os.fspath(path)
-    tmp = fname + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(len(hb).to_bytes(8, "little"))
-            f.write(hb)
-            for name in order:   # one tensor converted at a time
-                a = np.asarray(tensors[name])
-                if dtype == "F32":
-                    b = np.ascontiguousarray(a, dtype="<f4")
-                elif dtype == "F16":
-                    b = np.ascontiguousarray(a, dtype="<f2")
-                else:
-                    b = f32_to_bf16(a).astype("<u2", copy=False)
-                f.write(np.ascontiguousarray(b.reshape(-1)).view(np.uint8).data)
-        os.replace(tmp, fname)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path) as f:
+        f.write(len(hb).to_bytes(8, "little"))
+        f.write(hb)
+        for name in order:   # one tensor converted at a time
+            a = np.asarray(tensors[name])
+            if dtype == "F32":
+                b = np.ascontiguousarray(a, dtype="<f4")
+            elif dtype == "F16":
+                b = np.ascontiguousarray(a, dtype="<f2")
+            else:
+                b = f32_to_bf16(a).astype("<u2", copy=False)
+            f.write(np.ascontiguousarray(b.reshape(-1)).view(np.uint8).data)

@@ -78,7 +78,8 @@ def test_deep_nesting_is_refused_not_a_crash(tmp_path, case):
         except CheckpointError as e:
             print("CheckpointError:", e)
         """)
-    assert r.returncode == 0, f"the child died (rc {r.returncode}, -11 = SIGSEGV): {r.stderr[-800:]}"
+    assert r.returncode == 0, \
+        f"the child died (rc {r.returncode}, -11 = SIGSEGV): {r.stderr[-800:]}"
     assert "CheckpointError:" in r.stdout and str(path) in r.stdout, r.stdout + r.stderr[-800:]
 
 

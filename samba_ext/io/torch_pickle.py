@@ -30,7 +30,7 @@ from __future__ import annotations
 import collections
 import pickle
 import sys
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 
