@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from . import _core
 from .ops import contracts as _contract
-from .ops.meta import on_cuda as _on_gpu
+from .ops.meta import on_cuda as _on_cuda
 
 #: An input array: a NumPy array (or anything ``numpy.asarray`` accepts), or a CUDA array
 #: (:class:`samba_ext.DeviceArray`, torch / cupy / jax tensors: ``__dlpack__`` or
@@ -59,7 +59,7 @@ def _where(name: str, arrays: tuple, device: Optional[str]) -> str:
     "cuda-host" (NumPy inputs with device="cuda": copied there and back)."""
     if device not in (None, "cpu", "cuda"):
         raise ValueError(f"device: expected None, 'cpu' or 'cuda', got {device!r}")
-    gpu_inputs = any(_on_gpu(a) for a in arrays)
+    gpu_inputs = any(_on_cuda(a) for a in arrays)
     if device == "cpu" and gpu_inputs:
         raise ValueError(f"{name}: device='cpu' but an input is on a CUDA device; copy it to "
                          "the host first (e.g. tensor.cpu().numpy())")
@@ -69,9 +69,9 @@ def _where(name: str, arrays: tuple, device: Optional[str]) -> str:
 
 
 def _cuda_ops() -> Any:
-    from . import _gpu  # imported lazily: CPU users never touch CUDA
+    from .cuda import ops  # imported lazily: CPU users never load the CUDA backend
 
-    return _gpu
+    return ops
 
 
 def _finish(y: np.ndarray, out: Optional[np.ndarray]) -> np.ndarray:

@@ -264,12 +264,12 @@ def _call(op: str, bad: dict, rng: np.random.Generator, device: str, to_dev: boo
     args = make(rng)
     args.update(bad)
     if to_dev:
-        from samba_ext import _gpu
+        from samba_ext import cuda as samba_cuda
 
         for k, v in list(args.items()):
             if (k not in bad and isinstance(v, np.ndarray) and v.dtype.kind in "fi"
                     and v.dtype.isnative):
-                args[k] = _gpu.to_device(v, "int64" if v.dtype.kind == "i" else "float32")
+                args[k] = samba_cuda.to_device(v, "int64" if v.dtype.kind == "i" else "float32")
     before = {k: v.copy() for k, v in args.items() if k in ("state", "conv_state")
               and isinstance(v, np.ndarray)}
     try:
