@@ -79,6 +79,8 @@ class SambaConfig:
         if not 2 <= self.d_conv <= 4:
             raise ValueError(f"SambaConfig.d_conv: the conv kernels support widths 2..4, "
                              f"got {self.d_conv}")
+        if self.layer_types is None:          # JSON null: the default layout
+            self.layer_types = ()
         if not isinstance(self.layer_types, (tuple, list)):
             raise ValueError(f"SambaConfig.layer_types: expected a list of mixer names, got "
                              f"{self.layer_types!r:.80}")
@@ -166,7 +168,7 @@ class SambaConfig:
         if unknown:
             raise ValueError(f"SambaConfig.from_dict: unknown field(s) {unknown}")
         d = dict(d)
-        if "layer_types" in d and d["layer_types"] is not None:
+        if isinstance(d.get("layer_types"), list):
             d["layer_types"] = tuple(d["layer_types"])
         return cls(**d)
 

@@ -35,9 +35,9 @@ def hf_names() -> tuple[dict[str, str], dict[str, str]]:
 
 
 def _split_qkv(w: np.ndarray, cfg: SambaConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from ..model import _qkv_grouped_to_split
+    from ..weights import qkv_grouped_to_split
 
-    s = _qkv_grouped_to_split(w, cfg)
+    s = qkv_grouped_to_split(w, cfg)
     H, G, hd = cfg.n_head, cfg.n_kv_head, cfg.head_dim
     return s[: H * hd], s[H * hd: (H + G) * hd], s[(H + G) * hd:]
 
@@ -73,7 +73,7 @@ def _block_key(k: str) -> tuple[int, str]:
 def from_hf(sd: dict[str, np.ndarray], cfg: SambaConfig, source: str) -> dict[str, np.ndarray]:
     """HF-named state dict -> lit_gpt names (``cfg`` gives the head split for the QKV merge).
     A name outside the map, or an incomplete q/k/v triple, is a CheckpointError naming it."""
-    from ..model import _qkv_split_to_grouped
+    from ..weights import qkv_split_to_grouped
 
     inv_g = {v: k for k, v in _GLOBAL.items()}
     inv_b = {v: k for k, v in _BLOCK.items()}
@@ -107,5 +107,5 @@ def from_hf(sd: dict[str, np.ndarray], cfg: SambaConfig, source: str) -> dict[st
                 raise CheckpointError(f"{source}: model.layers.{i}.self_attn.{n}_proj.weight "
                                       f"has shape {t[n].shape}, the config needs {shp}")
         fused = np.concatenate([t["q"], t["k"], t["v"]], axis=0)
-        out[f"transformer.h.{i}.attn.attn.weight"] = _qkv_split_to_grouped(fused, cfg)
+        out[f"transformer.h.{i}.attn.attn.weight"] = qkv_split_to_grouped(fused, cfg)
     return out
