@@ -57,6 +57,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *,
     if mode not in ("w", "wb"):
         raise ValueError(f"mode: expected 'w' or 'wb', got {mode!r}")
     target = os.fspath(path)
+    if os.path.isdir(target):
+        raise IsADirectoryError(f"{target}: is a directory (expected a file path)")
     folder = os.path.dirname(target) or "."
     base = os.path.basename(target)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{base}.", suffix=".tmp")

@@ -11,7 +11,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["get_model", "load_model", "resolve_model", "model_info", "model_hash", "Progress", "greedy_decode",
+from ._format import fmt_tokens  # re-exported (one definition, in _format)
+
+__all__ = ["fmt_tokens", "get_model", "load_model", "resolve_model", "model_info", "model_hash", "Progress", "greedy_decode",
            "mark_random_weights"]
 
 #: Prompts at least this long get their own prefill progress bar.
