@@ -11,9 +11,14 @@ Examples::
     samba-ext generate "The pass key is" --max-new-tokens 20
     samba-ext info --model path/to/model.safetensors
 
-Each evaluation prints a table, and writes ``results.json`` (always) and a PNG (when
-matplotlib is installed) to ``--out`` (default ``./samba-ext-results/<eval>``). Ctrl-C stops
-cleanly: the finished cells are written, marked ``"partial": true``, and the exit code is 130.
+Each evaluation prints a table, and writes ``results.json`` (after every finished cell, and at
+the end) and a PNG (when matplotlib is installed) to ``--out`` (default
+``./samba-ext-results/<eval>``; a folder holding another evaluation's results is refused).
+Ctrl-C, SIGTERM and SIGHUP stop cleanly: the finished cells are written, marked
+``"partial": true``, and the exit code is 128 + the signal (130 for Ctrl-C); later signals
+are ignored until the results are saved. Every command takes ``--config FILE.json``,
+``--window``, ``--n-head``, ``--n-kv-head`` and ``--tokenizer`` to describe a checkpoint, and
+warns naming any config field it had to guess.
 Bad input prints one ``samba-ext: error: ...`` line and exits with code 2 (set
 ``SAMBA_EXT_DEBUG=1`` to see the traceback instead).
 """
