@@ -48,7 +48,9 @@ PASSKEY_TRIALS = 2
 PHONEBOOK_ENTRIES = "20,40,80,160,320"
 PHONEBOOK_TRIALS = 5
 #: exit code for a run stopped by a signal: 128 + the signal number (130 for Ctrl-C)
-_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP")
+#: the catchable signals whose default action ends the process: each saves the finished cells
+_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT",
+                                              "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGXCPU")
                  if hasattr(signal, n))
 
 
@@ -456,14 +458,17 @@ def _out_dir(args: argparse.Namespace, name: str) -> str:
 
 
 def _previous_eval(path: str) -> str | None:
-    """The "eval" of an existing results file; None when there is none. A file that is not
-    a results document is refused rather than overwritten."""
+    """The "eval" of an existing results file; None when there is none (or it is a symbolic
+    link: not followed, and the rename replaces the link itself). A file that is not a
+    results document is refused rather than overwritten."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return None
     except OSError as e:
         raise CliError(f"--out: cannot inspect {path!r}: {e.strerror or e}") from None
+    if stat.S_ISLNK(st.st_mode):
+        return None      # never read through a planted link; the atomic rename replaces it
     if not stat.S_ISREG(st.st_mode) or st.st_size > (256 << 20):
         raise CliError(f"--out: {path!r} exists and is not a samba-ext results file")
     try:
@@ -707,8 +712,8 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 
 class _Interrupts:
-    """While a command runs: SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt (carrying
-    ``signum``) once; any further signal is only recorded, so that the finished cells are
+    """While a command runs: SIGINT, SIGTERM, SIGHUP and the other catchable signals that
+    would end the process (_SIGNALS) raise KeyboardInterrupt (carrying ``signum``) once; any further signal is only recorded, so that the finished cells are
     saved -- atomically, once -- even when a second signal follows at once (a double
     Ctrl-C, or SIGTERM then SIGHUP from a closing terminal). Only in the main thread."""
 

@@ -208,7 +208,8 @@ def _wait_for_cell(proc) -> list[str]:
 
 
 SIGNAL_CASES = [("SIGINT",), ("SIGINT", "SIGINT"), ("SIGTERM",), ("SIGHUP",),
-                ("SIGTERM", "SIGHUP"), ("SIGINT", "SIGTERM")]
+                ("SIGTERM", "SIGHUP"), ("SIGINT", "SIGTERM"), ("SIGQUIT",), ("SIGUSR1",),
+                ("SIGXCPU",)]
 
 
 @pytest.mark.parametrize("sigs", [c for c in SIGNAL_CASES if all(hasattr(signal, n) for n in c)],
