@@ -194,7 +194,7 @@ def _decode_both(g, e, toks, n_prompt, n_steps, atol_rel=1e-5):
 def test_one_model_decodes_at_several_batch_sizes_in_turn(rng, types):
     cfg = _cfg(types)
     g, e = _pair(cfg, seed=11)
-    for B in (1, 64, 4, 64, 1, 96):
+    for B in (1, 64, 4, 64, 1, 256):   # 1 -> 64 and 64 -> 256 outgrow the arena
         toks = rng.integers(0, cfg.vocab_size, (B, 30))
         _decode_both(g, e, toks, n_prompt=int(rng.integers(1, 20)), n_steps=8)
     st = g.backend.stats
