@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from samba_ext import _gpu
+from samba_ext.cuda import runtime as _rt
 
 _BASE = 1 << 20          # first fake device address (never 0: NULL means "absent")
 _CLASS = 4096            # allocation size class: small blocks share one, so reuse happens
@@ -163,8 +163,8 @@ def fake_backend(monkeypatch):
     from samba_ext.backend_cuda import CUDABackend
 
     cu = _FakeCu()
-    monkeypatch.setattr(_gpu, "_cuda_mod", cu)
-    monkeypatch.setattr(_gpu, "_recorder", None)
+    monkeypatch.setattr(_rt, "_cuda_mod", cu)
+    monkeypatch.setattr(_rt, "_recorder", None)
     return CUDABackend(weight_dtype="float32")
 
 
@@ -212,7 +212,7 @@ def test_overflowing_step_holds_its_buffers_until_launched(fake_backend, rng):
     a = be.take(table, rng.integers(0, 20, 16), 0)
     be.take(a, rng.permutation(16), 0)
     assert rec.overflow and rec.held, "a batch-16 step must overflow a batch-1 arena"
-    cu = _gpu._cuda_mod
+    cu = _rt._cuda_mod
     ptrs = {h.ptr for h in rec.held}
 
     def pooled() -> set:
