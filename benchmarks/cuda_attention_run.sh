@@ -4,7 +4,9 @@
 # small prefill and decode call) and benchmarks/gpu_attention.py; print a short table.
 #
 # Usage (from the repository root):  bash benchmarks/cuda_attention_run.sh [steps]
-#   steps: comma-separated subset of build,tests,memcheck,racecheck,bench (default: all)
+#   steps: comma-separated subset of build,tests,memcheck,racecheck,bench,bench8 (default: the
+#   first five; bench8 re-times the prefill with 8 warps per block, SAMBA_EXT_ATTN_WARPS=8,
+#   without peers, and appends it to bench.log)
 # Environment: OUT (log folder, default ./out), SAMBA_EXT_CUDA_ARCHS (default 90),
 #   BENCH_ARGS (extra arguments for gpu_attention.py), GIT_COMMIT (recorded in the logs),
 #   SAN_TIMEOUT (seconds per sanitizer run, default 240).
@@ -45,7 +47,7 @@ fi
 
 if has tests; then
     t0=$(date +%s)
-    $PY -m pytest -q -p no:cacheprovider -x tests/test_cuda_attention.py \
+    $PY -m pytest -q -p no:cacheprovider --maxfail=5 tests/test_cuda_attention.py \
         tests/test_cuda_kernels.py -k "attention or swa or decode or errors or fault" \
         > "$OUT/tests.log" 2>&1
     rc=$?
@@ -94,6 +96,12 @@ if has bench; then
     rc=$?
     row bench "$([ $rc = 0 ] && echo ok || echo "rc=$rc")" "$(( $(date +%s) - t0 )) s"
     [ $rc = 0 ] || tail -30 "$OUT/bench.log"
+fi
+if has bench8; then
+    echo "== SAMBA_EXT_ATTN_WARPS=8 ==" >> "$OUT/bench.log"
+    SAMBA_EXT_ATTN_WARPS=8 $PY benchmarks/gpu_attention.py --out /tmp/bench8 --quick --no-flex \
+        --prefill-only >> "$OUT/bench.log" 2>&1
+    echo "8 warps (prefill, no peers):"; grep -E "^\| (swa|causal)" /tmp/bench8/gpu_attention.md
 fi
 echo
 [ -f "$OUT/gpu_attention.md" ] && sed -n '5,100p' "$OUT/gpu_attention.md"

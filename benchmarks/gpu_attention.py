@@ -247,6 +247,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="4K/32K prefill, fewer decode sizes")
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention (compile time)")
     ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT"))
+    ap.add_argument("--prefill-only", action="store_true", help="skip the decode cases")
     ap.add_argument("--reps", type=int, default=15)
     args = ap.parse_args()
     if not torch.cuda.is_available() or not samba_ext.cuda_available():
@@ -273,7 +274,7 @@ def main() -> int:
         print(rows[-1], flush=True)
     bw = copy_bandwidth()
     caches = [4 * K, 32 * K, 128 * K] if args.quick else [4 * K, 16 * K, 32 * K, 64 * K, 128 * K]
-    for B in (1, 16):
+    for B in () if args.prefill_only else (1, 16):
         for C in caches:
             rows.append(decode_case(B, C, 32, 4, 64, bw))
             torch.cuda.empty_cache()
