@@ -18,6 +18,7 @@ mkdir -p "$OUT"
 STEPS=${1:-build,tests,memcheck,racecheck,bench}
 export SAMBA_EXT_CUDA_ARCHS=${SAMBA_EXT_CUDA_ARCHS:-90}
 export PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 SAN_TIMEOUT=${SAN_TIMEOUT:-240}
 PY=${PYTHON:-python3}

@@ -24,6 +24,7 @@ namespace {
 
 constexpr int DEC_THREADS = 128;
 constexpr int DEC_U = 4;  // key rows loaded per thread before they are used
+constexpr int DEC_MAX_SPLIT = 1024;
 
 struct DecArgs {
     int64_t nheads, nheads_kv, C;
@@ -211,12 +212,13 @@ __global__ void __launch_bounds__(DEC_THREADS) decode_split_kernel(DecArgs a) {
     }
 }
 
-// grid (H, B): merges the nsplit partial states of one (batch, head); w[s] in shared memory.
+// grid (H, B): merges the nsplit partial states of one (batch, head); the split weights w[s]
+// sit in shared memory.
 template <typename T>
 __global__ void __launch_bounds__(DEC_THREADS)
 decode_combine_kernel(int64_t nheads, int hd, int nsplit, const float *ws_o, const float *ws_ml,
                       void *out) {
-    extern __shared__ float w[];  // [nsplit]
+    __shared__ float w[DEC_MAX_SPLIT];
     __shared__ float red[DEC_THREADS / 32], s_mref, s_L;
     const int64_t bh = (int64_t)blockIdx.y * nheads + blockIdx.x;
     const float *ml = ws_ml + bh * nsplit * 2;
@@ -274,7 +276,7 @@ samba_status run_split(DecArgs a, int64_t batch, cudaStream_t st) {
     samba_status s = samba_cu_check_launch("swa_decode (split)", st);
     if (s != SAMBA_OK || a.nsplit == 1) return s;
     dim3 g2((unsigned)a.nheads, (unsigned)batch);
-    decode_combine_kernel<T><<<g2, DEC_THREADS, a.nsplit * sizeof(float), st>>>(
+    decode_combine_kernel<T><<<g2, DEC_THREADS, 0, st>>>(
         a.nheads, a.hd, a.nsplit, a.ws_o, a.ws_ml, a.out);
     return samba_cu_check_launch("swa_decode (combine)", st);
 }
@@ -335,11 +337,10 @@ samba_status attn_decode_split(int64_t batch, int64_t nheads, int64_t nheads_kv,
     int64_t nsplit = cdiv(4 * (int64_t)sm_count(), base_blocks);
     const int64_t max_split = cdiv(capacity, 2 * step);
     if (nsplit > max_split) nsplit = max_split;
-    if (nsplit > 1024) nsplit = 1024;
+    if (nsplit > DEC_MAX_SPLIT) nsplit = DEC_MAX_SPLIT;
     if (nsplit < 1) nsplit = 1;
     a.chunk = cdiv(cdiv(capacity, nsplit), step) * step;
-    a.nsplit = (int)cdiv(capacity, a.chunk);
-    if (a.nsplit > 65535) a.nsplit = 65535;  // unreachable (<= 1024); grid.x bound
+    a.nsplit = (int)cdiv(capacity, a.chunk);  // <= nsplit chosen above
 
     void *ws = NULL;
     if (a.nsplit > 1) {
