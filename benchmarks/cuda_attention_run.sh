@@ -9,7 +9,8 @@
 #   without peers, and appends it to bench.log)
 # Environment: OUT (log folder, default ./out), SAMBA_EXT_CUDA_ARCHS (default 90),
 #   BENCH_ARGS (extra arguments for gpu_attention.py), GIT_COMMIT (recorded in the logs),
-#   SAN_TIMEOUT (seconds per sanitizer run, default 240).
+#   SAN_TIMEOUT (seconds per sanitizer run, default 240), BENCH_TIMEOUT (default 330; the
+#   benchmark rewrites its report after every case, so a cut-short run keeps what it measured).
 # Files written to $OUT (8 at most): build.log, tests.log, memcheck.log, racecheck.log,
 #   bench.log, gpu_attention.md, gpu_attention.json, summary.md
 set -u
@@ -93,7 +94,8 @@ fi
 
 if has bench; then
     t0=$(date +%s)
-    $PY benchmarks/gpu_attention.py --out "$OUT" ${BENCH_ARGS:-} > "$OUT/bench.log" 2>&1
+    timeout "${BENCH_TIMEOUT:-330}" $PY benchmarks/gpu_attention.py --out "$OUT" ${BENCH_ARGS:-} \
+        > "$OUT/bench.log" 2>&1
     rc=$?
     row bench "$([ $rc = 0 ] && echo ok || echo "rc=$rc")" "$(( $(date +%s) - t0 )) s"
     [ $rc = 0 ] || tail -30 "$OUT/bench.log"

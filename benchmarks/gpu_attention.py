@@ -261,40 +261,43 @@ def main() -> int:
         except Exception:
             commit = "unknown"
     peers = ["sdpa"] if args.no_flex else ["flex", "sdpa"]
-    lens = [4 * K, 32 * K] if args.quick else [4 * K, 32 * K, 128 * K]
-    rows = []
-    for H, Hkv, hd in ((32, 4, 64), (12, 12, 128)):
-        for L in lens:
-            rows.append(prefill_case(L, H, Hkv, hd, 2048, peers, args.reps))
-            torch.cuda.empty_cache()
-            print(rows[-1], flush=True)
-    for L in (4 * K, 32 * K):
-        rows.append(prefill_case(L, 32, 4, 64, None, peers, args.reps))
-        torch.cuda.empty_cache()
-        print(rows[-1], flush=True)
-    bw = copy_bandwidth()
-    caches = [4 * K, 32 * K, 128 * K] if args.quick else [4 * K, 16 * K, 32 * K, 64 * K, 128 * K]
-    for B in () if args.prefill_only else (1, 16):
-        for C in caches:
-            rows.append(decode_case(B, C, 32, 4, 64, bw))
-            torch.cuda.empty_cache()
-            print(rows[-1], flush=True)
-
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "commit": commit, "device": torch.cuda.get_device_name(),
             "torch": torch.__version__, "command": "python3 benchmarks/gpu_attention.py " +
             " ".join(sys.argv[1:]), "attn_warps": os.environ.get("SAMBA_EXT_ATTN_WARPS", "4"),
-            "copy_bandwidth": bw}
-    md = ["# GPU attention: samba_ext vs FlexAttention and SDPA", "",
-          (f"{meta['date']}, commit {commit}, {meta['device']}, torch {meta['torch']}, "
-          f"command `{meta['command']}` (SAMBA_EXT_ATTN_WARPS={meta['attn_warps']})."), "",
-          ("bf16, batch 1; times are medians of CUDA-event timings after warm-up; TFLOP/s count "
-          "4 * hd * H FLOPs per (query, key) pair inside the window."), "",
-          *table(rows, peers), "", *decode_table(rows, bw), ""]
-    write_atomic(os.path.join(args.out, "gpu_attention.md"), "\n".join(md))
-    write_atomic(os.path.join(args.out, "gpu_attention.json"),
-                 json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    print("\n".join(md))
+            "copy_bandwidth": copy_bandwidth()}
+    rows: list[dict] = []
+
+    def report() -> list[str]:  # rewritten after every case, so a cut-short run keeps its rows
+        bw = meta["copy_bandwidth"]
+        md = ["# GPU attention: samba_ext vs FlexAttention and SDPA", "",
+              f"{meta['date']}, commit {commit}, {meta['device']}, torch {meta['torch']}, "
+              f"command `{meta['command']}` (SAMBA_EXT_ATTN_WARPS={meta['attn_warps']}).", "",
+              "bf16, batch 1; times are medians of CUDA-event timings after warm-up; TFLOP/s "
+              "count 4 * hd * H FLOPs per (query, key) pair inside the window.", "",
+              *table(rows, peers), "", *decode_table(rows, bw), ""]
+        write_atomic(os.path.join(args.out, "gpu_attention.md"), "\n".join(md))
+        write_atomic(os.path.join(args.out, "gpu_attention.json"),
+                     json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+        return md
+
+    def add(row: dict) -> None:
+        rows.append(row)
+        torch.cuda.empty_cache()
+        print(row, flush=True)
+        report()
+
+    lens = [4 * K, 32 * K] if args.quick else [4 * K, 32 * K, 128 * K]
+    for H, Hkv, hd in ((32, 4, 64), (12, 12, 128)):
+        for L in lens:
+            add(prefill_case(L, H, Hkv, hd, 2048, peers, args.reps))
+    for L in (4 * K, 32 * K):
+        add(prefill_case(L, 32, 4, 64, None, peers, args.reps))
+    caches = [4 * K, 32 * K, 128 * K] if args.quick else [4 * K, 16 * K, 32 * K, 64 * K, 128 * K]
+    for B in () if args.prefill_only else (1, 16):
+        for C in caches:
+            add(decode_case(B, C, 32, 4, 64, meta["copy_bandwidth"]))
+    print("\n".join(report()))
     return 0
 
 
