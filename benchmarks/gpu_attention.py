@@ -30,7 +30,10 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-import torch
+try:
+    import torch
+except ImportError:  # --render needs neither torch nor a GPU
+    torch = None
 
 import samba_ext
 
@@ -84,7 +87,7 @@ def make_flex(L: int, W: int | None, H: int, Hkv: int):
             m = m & (qi - ki < W)
         return m
 
-    bm = create_block_mask(mask, None, None, L, L, device="cuda", _compile=True)
+    bm = torch.compile(create_block_mask)(mask, None, None, L, L, device="cuda")
     fa = torch.compile(flex_attention, dynamic=False)
     return lambda q, k, v: fa(q, k, v, block_mask=bm, enable_gqa=(H != Hkv))
 
@@ -232,6 +235,41 @@ def decode_table(rows: list[dict], copy_bw: float) -> list[str]:
     return lines
 
 
+def targets(rows: list[dict]) -> list[str]:
+    """Issue #17's targets against this run: met or missed, and by how much."""
+    out = ["## Targets (issue #17)", "",
+           "| target | case | ratio / share | met |", "|---|---|---|---|"]
+    for r in rows:
+        if r["kind"] == "swa" and r.get("flex_ms"):
+            x = r["samba_ext_ms"] / r["flex_ms"]
+            out.append(f"| SWA <= 1.0x FlexAttention (goal 0.67x) | L={r['L'] // K}K "
+                       f"({r['H']},{r['Hkv']},d{r['hd']}) | {x:.2f}x | "
+                       f"{'yes' if x <= 1.0 else f'no, {100 * (x - 1):.0f}% slower'} |")
+        elif r["kind"] == "causal" and r.get("sdpa_ms"):
+            x = r["samba_ext_ms"] / r["sdpa_ms"]
+            out.append(f"| causal <= 1.25x SDPA | L={r['L'] // K}K ({r['H']},{r['Hkv']},"
+                       f"d{r['hd']}) | {x:.2f}x | "
+                       f"{'yes' if x <= 1.25 else f'no, {100 * (x / 1.25 - 1):.0f}% over'} |")
+        elif r["kind"] == "decode":
+            x = r["vs_copy"]
+            out.append(f"| decode >= 70% of copy bandwidth | B={r['B']} C={r['C'] // K}K | "
+                       f"{100 * x:.0f}% | "
+                       f"{'yes' if x >= 0.7 else f'no, {100 * (0.7 - x):.0f} points short'} |")
+    out += ["", "Why a target is missed, and what comes next: gpu_attention_notes.md.", ""]
+    return out
+
+
+def render(meta: dict, rows: list[dict], peers: list[str]) -> list[str]:
+    """The markdown report of one run."""
+    return ["# GPU attention: samba_ext vs FlexAttention and SDPA", "",
+            f"{meta['date']}, commit {meta['commit']}, {meta['device']}, torch {meta['torch']}, "
+            f"command `{meta['command']}` (SAMBA_EXT_ATTN_WARPS={meta['attn_warps']}).", "",
+            "bf16, batch 1; times are medians of CUDA-event timings after warm-up; TFLOP/s "
+            "count 4 * hd * H FLOPs per (query, key) pair inside the window.", "",
+            *table(rows, peers), "", *decode_table(rows, meta["copy_bandwidth"]), "",
+            *targets(rows)]
+
+
 def write_atomic(path: str, text: str) -> None:
     d = os.path.dirname(path) or "."
     os.makedirs(d, exist_ok=True)
@@ -249,8 +287,17 @@ def main() -> int:
     ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT"))
     ap.add_argument("--prefill-only", action="store_true", help="skip the decode cases")
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--render", metavar="JSON",
+                    help="rewrite DIR/gpu_attention.md from a saved gpu_attention.json (no GPU)")
     args = ap.parse_args()
-    if not torch.cuda.is_available() or not samba_ext.cuda_available():
+    if args.render:
+        with open(args.render) as f:
+            saved = json.load(f)
+        peers = saved.get("peers") or ["flex", "sdpa"]
+        write_atomic(os.path.join(args.out, "gpu_attention.md"),
+                     "\n".join(render(saved["meta"], saved["rows"], peers)))
+        return 0
+    if torch is None or not torch.cuda.is_available() or not samba_ext.cuda_available():
         print("needs a CUDA GPU, torch with CUDA and samba_ext built with CUDA", file=sys.stderr)
         return 2
     commit = args.commit
@@ -264,21 +311,15 @@ def main() -> int:
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "commit": commit, "device": torch.cuda.get_device_name(),
             "torch": torch.__version__, "command": "python3 benchmarks/gpu_attention.py " +
-            " ".join(sys.argv[1:]), "attn_warps": os.environ.get("SAMBA_EXT_ATTN_WARPS", "4"),
+            " ".join(a for a in sys.argv[1:] if a != args.out), "attn_warps": os.environ.get("SAMBA_EXT_ATTN_WARPS", "4"),
             "copy_bandwidth": copy_bandwidth()}
     rows: list[dict] = []
 
     def report() -> list[str]:  # rewritten after every case, so a cut-short run keeps its rows
-        bw = meta["copy_bandwidth"]
-        md = ["# GPU attention: samba_ext vs FlexAttention and SDPA", "",
-              f"{meta['date']}, commit {commit}, {meta['device']}, torch {meta['torch']}, "
-              f"command `{meta['command']}` (SAMBA_EXT_ATTN_WARPS={meta['attn_warps']}).", "",
-              "bf16, batch 1; times are medians of CUDA-event timings after warm-up; TFLOP/s "
-              "count 4 * hd * H FLOPs per (query, key) pair inside the window.", "",
-              *table(rows, peers), "", *decode_table(rows, bw), ""]
+        md = render(meta, rows, peers)
         write_atomic(os.path.join(args.out, "gpu_attention.md"), "\n".join(md))
         write_atomic(os.path.join(args.out, "gpu_attention.json"),
-                     json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+                     json.dumps({"meta": meta, "rows": rows, "peers": peers}, indent=1) + "\n")
         return md
 
     def add(row: dict) -> None:
