@@ -72,7 +72,7 @@ if has racecheck; then
     t0=$(date +%s)
     cat > /tmp/attn_race.py <<'EOF'
 import numpy as np, samba_ext
-from samba_ext import _gpu
+from samba_ext import cuda as _gpu
 rng = np.random.default_rng(0)
 for dt in ("bfloat16", "float16"):
     for hd, W in ((64, 50), (96, None), (128, 70), (256, 40)):

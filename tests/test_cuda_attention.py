@@ -37,7 +37,7 @@ def cuda(f):
 
 @pytest.fixture()
 def poison():
-    from samba_ext import _gpu
+    from samba_ext import cuda as _gpu
 
     _gpu.set_poison(True)
     yield
@@ -194,7 +194,7 @@ def test_decode_split(poison, rng, dtype, B, H, Hkv, hd, C, pos, nvalid):
     out = samba_ext.swa_decode(dq, dk, dv, pos, nvalid)
     assert out.dtype == dtype
     assert_close(host(out), ref, RTOL[dtype])
-    from samba_ext import _gpu  # positions on the device (what a captured graph reads)
+    from samba_ext import cuda as _gpu  # positions on the device (what a captured graph reads)
 
     out2 = samba_ext.swa_decode(dq, dk, dv, _gpu.to_device(pos, "int32"),
                                 _gpu.to_device(nvalid, "int64"))
