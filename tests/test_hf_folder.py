@@ -273,3 +273,28 @@ def test_save_pretrained_arguments(tmp_path, model):
         H.save_pretrained(model, tmp_path / "a", naming="gguf")
     with pytest.raises(ValueError, match="max_shard_bytes"):
         H.save_pretrained(model, tmp_path / "a", max_shard_bytes=0)
+
+
+def test_cli_accepts_a_checkpoint_folder(tmp_path, model):
+    """`samba-ext info --model FOLDER` loads a folder; a folder without config.json is still
+    refused with one error line (exit 2)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    H.save_pretrained(model, tmp_path / "m", naming="hf", max_shard_bytes=30_000)
+    (tmp_path / "empty").mkdir()
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("SAMBA_EXT_DEBUG", None)
+    code = "import sys; from samba_ext.cli import main; sys.exit(main(sys.argv[1:]))"
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, text=True,
+                              capture_output=True, timeout=300, env=env)
+
+    r = cli("info", "--model", str(tmp_path / "m"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "samba-test" in r.stdout, r.stdout
+    r = cli("info", "--model", str(tmp_path / "empty"))
+    assert r.returncode == 2 and "config.json" in r.stderr and "Traceback" not in r.stderr, \
+        r.stderr[-2000:]
