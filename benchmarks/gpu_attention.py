@@ -261,9 +261,11 @@ def targets(rows: list[dict]) -> list[str]:
 
 def render(meta: dict, rows: list[dict], peers: list[str]) -> list[str]:
     """The markdown report of one run."""
+    knob = (f"SAMBA_EXT_ATTN_ROWS={meta['attn_rows']}" if "attn_rows" in meta else
+            f"SAMBA_EXT_ATTN_WARPS={meta.get('attn_warps', '4')}")
     return ["# GPU attention: samba_ext vs FlexAttention and SDPA", "",
             f"{meta['date']}, commit {meta['commit']}, {meta['device']}, torch {meta['torch']}, "
-            f"command `{meta['command']}` (SAMBA_EXT_ATTN_WARPS={meta['attn_warps']}).", "",
+            f"command `{meta['command']}` ({knob}).", "",
             "bf16, batch 1; times are medians of CUDA-event timings after warm-up; TFLOP/s "
             "count 4 * hd * H FLOPs per (query, key) pair inside the window.", "",
             *table(rows, peers), "", *decode_table(rows, meta["copy_bandwidth"]), "",
@@ -311,7 +313,7 @@ def main() -> int:
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "commit": commit, "device": torch.cuda.get_device_name(),
             "torch": torch.__version__, "command": "python3 benchmarks/gpu_attention.py " +
-            " ".join(a for a in sys.argv[1:] if a != args.out), "attn_warps": os.environ.get("SAMBA_EXT_ATTN_WARPS", "4"),
+            " ".join(a for a in sys.argv[1:] if a != args.out), "attn_rows": os.environ.get("SAMBA_EXT_ATTN_ROWS", "32"),
             "copy_bandwidth": copy_bandwidth()}
     rows: list[dict] = []
 
