@@ -313,7 +313,7 @@ def main() -> int:
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "commit": commit, "device": torch.cuda.get_device_name(),
             "torch": torch.__version__, "command": "python3 benchmarks/gpu_attention.py " +
-            " ".join(a for a in sys.argv[1:] if a != args.out), "attn_rows": os.environ.get("SAMBA_EXT_ATTN_ROWS", "32"),
+            " ".join(a for a in sys.argv[1:] if a != args.out), "attn_rows": os.environ.get("SAMBA_EXT_ATTN_ROWS", "default"),
             "copy_bandwidth": copy_bandwidth()}
     rows: list[dict] = []
 

@@ -2,8 +2,8 @@
 // tensor cores, FlashAttention-2 style.
 //
 // One block of 4 warps computes BQ = 64 * MT query rows of one head, each warp 16 * MT rows
-// (MT = 2 for head dims up to 128: every K/V fragment read from shared memory feeds two
-// mma, which halves the shared-memory traffic per FLOP; MT = 1 at 256). For each
+// (MT = 2 at head dims 96 and 128: every K/V fragment read from shared memory feeds two mma,
+// fewer shared-memory bytes per FLOP; MT = 1 at 64 and 256, see dispatch()). For each
 // tile of BK keys that the block's window touches:
 //   S = Q K^T             mma.sync m16n8k16, Q and K fragments read with ldmatrix
 //   online softmax        float32, base 2: each row keeps its running max m and sum l
@@ -294,14 +294,16 @@ samba_status launch(const samba_cu_attn_args *a, cudaStream_t st) {
     return samba_cu_check_launch("swa_attention", st);
 }
 
-// Rows per warp (SAMBA_EXT_ATTN_ROWS=16 or 32, read once; default 32 for head dims up to 128):
-// 32 rows (two m-tiles) reuse every K/V fragment read from shared memory twice. A tuning knob
-// for benchmarks/gpu_attention.py; results do not depend on it beyond rounding order.
-int attn_rows_per_warp() {
-    static int r = 0;
-    if (r == 0) {
+// Rows per warp: 16 (one m-tile) at head dim 64, 32 (two m-tiles sharing every K/V fragment)
+// at 96 and 128, 16 at 256 - the faster layout of each in benchmarks/results/gpu_attention.md
+// (on the H200, 32 rows lost at d64: more registers, 8 instead of 12 warps per SM).
+// SAMBA_EXT_ATTN_ROWS=16 or 32 (read once) forces one layout for d <= 128: a tuning knob for
+// benchmarks/gpu_attention.py; results do not depend on it beyond rounding order.
+int attn_rows_override() {
+    static int r = -1;
+    if (r < 0) {
         const char *s = getenv("SAMBA_EXT_ATTN_ROWS");
-        r = (s && s[0] == '1' && s[1] == '6') ? 16 : 32;
+        r = !s ? 0 : (s[0] == '1' && s[1] == '6') ? 16 : (s[0] == '3' && s[1] == '2') ? 32 : 0;
     }
     return r;
 }
@@ -309,7 +311,8 @@ int attn_rows_per_warp() {
 template <typename T>
 samba_status dispatch(const samba_cu_attn_args *a, cudaStream_t st) {
     const int64_t hd = a->headdim;
-    const bool two = attn_rows_per_warp() == 32;
+    const int force = attn_rows_override();
+    const bool two = force ? force == 32 : hd > 64;
     if (hd <= 64)
         return two ? launch<T, Cfg<64, 64, 2, false>>(a, st) : launch<T, Cfg<64, 64, 1, true>>(a, st);
     if (hd <= 96)
