@@ -281,6 +281,19 @@ def write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _args_without_out(argv: list[str]) -> list[str]:
+    """The command-line arguments minus --out DIR (a machine path, not part of the method)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--out":
+            skip = True
+        elif not a.startswith("--out="):
+            out.append(a)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
@@ -313,7 +326,7 @@ def main() -> int:
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "commit": commit, "device": torch.cuda.get_device_name(),
             "torch": torch.__version__, "command": "python3 benchmarks/gpu_attention.py " +
-            " ".join(a for a in sys.argv[1:] if a != args.out), "attn_rows": os.environ.get("SAMBA_EXT_ATTN_ROWS", "default"),
+            " ".join(_args_without_out(sys.argv[1:])), "attn_rows": os.environ.get("SAMBA_EXT_ATTN_ROWS", "default"),
             "copy_bandwidth": copy_bandwidth()}
     rows: list[dict] = []
 
