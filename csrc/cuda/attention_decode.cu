@@ -336,7 +336,7 @@ int attn_decode_split_applicable(int64_t headdim, samba_cu_ref q, samba_cu_ref k
     if (k_cache.dtype != dt || v_cache.dtype != dt || out.dtype != dt) return 0;
     if (headdim % 8 != 0 || headdim > 256) return 0;
     return is_aligned16(q.ptr) && is_aligned16(k_cache.ptr) && is_aligned16(v_cache.ptr) &&
-           is_aligned16(out.ptr);
+           is_aligned16(out.ptr) && attn_tensor_cores_ok();
 }
 
 samba_status attn_decode_split(int64_t batch, int64_t nheads, int64_t nheads_kv, int64_t headdim,

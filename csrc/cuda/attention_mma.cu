@@ -325,6 +325,23 @@ samba_status dispatch(const samba_cu_attn_args *a, cudaStream_t st) {
 
 }  // namespace
 
+int attn_tensor_cores_ok(void) {
+    static int cached[64];  // 0 unknown, 1 yes, 2 no
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
+        cudaGetLastError();
+        return 0;
+    }
+    if (cached[dev] == 0) {
+        cudaFuncAttributes fa;
+        const cudaError_t e =
+            cudaFuncGetAttributes(&fa, attn_mma_kernel<__nv_bfloat16, Cfg<64, 64, 1, true>>);
+        if (e != cudaSuccess) cudaGetLastError();
+        cached[dev] = (e == cudaSuccess && fa.binaryVersion >= 80) ? 1 : 2;
+    }
+    return cached[dev] == 1;
+}
+
 int attn_mma_applicable(const samba_cu_attn_args *a) {
     const int dt = a->q.dtype;
     if (dt != SAMBA_CU_BF16 && dt != SAMBA_CU_F16) return 0;
@@ -335,7 +352,7 @@ int attn_mma_applicable(const samba_cu_attn_args *a) {
         return 0;
     for (int i = 0; i < 3; ++i)
         if (a->q_stride[i] % 8 || a->k_stride[i] % 8 || a->v_stride[i] % 8) return 0;
-    return 1;
+    return attn_tensor_cores_ok();
 }
 
 samba_status attn_mma_fwd(const samba_cu_attn_args *a, cudaStream_t st) {
