@@ -31,7 +31,7 @@ __all__ = ["read_folder", "save_pretrained", "CONFIG", "SINGLE", "INDEX", "HF_CO
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
-_MAX_JSON = 64 << 20      # bytes: config.json / index larger than this are not checkpoints
+_MAX_JSON = 16 << 20      # bytes: a config.json / index larger than this is not a checkpoint's
 
 # samba-ext SambaConfig field -> Hugging Face config.json key
 HF_CONFIG_KEYS = {
