@@ -19,6 +19,12 @@ def _f64(x) -> Optional[np.ndarray]:
     return None if x is None else np.array(x, dtype=np.float64)
 
 
+def r32(x) -> np.ndarray:
+    """float64 copy of x rounded to float32 (what the C kernels see), so a comparison with a
+    float64 reference measures the kernel's error, not the input rounding."""
+    return np.asarray(x, dtype=np.float32).astype(np.float64)
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
 
