@@ -23,17 +23,10 @@
 
 #define CBWD_CHUNK ((int64_t)1 << 22) /* elements between stop polls */
 
-/* xp[s] of one row */
-static inline float
-cbwd_xp(const float *x, const float *init, int64_t wm1, int64_t s)
-{
-    return s >= 0 ? x[s] : (init != NULL ? init[wm1 + s] : 0.0f);
-}
-
-/* One row (b, d). gp: scratch (L). Accumulates dw (W) and *db. */
-static void
-cbwd_row(const samba_conv1d_bwd_args *a, int64_t b, int64_t d, float *restrict gp,
-         float *restrict dw, float *db)
+/* One row (b, d). scratch: (2 L + 2 W) floats. Accumulates dw (W) and *db. */
+SAMBA_ALWAYS_INLINE void
+cbwd_row_body(const samba_conv1d_bwd_args *a, int64_t b, int64_t d, float *restrict scratch,
+              float *restrict dw, float *db)
 {
     const int64_t L = a->seqlen, W = a->width, wm1 = W - 1;
     const int64_t r = b * a->dim + d;
@@ -43,44 +36,80 @@ cbwd_row(const samba_conv1d_bwd_args *a, int64_t b, int64_t d, float *restrict g
     const float *restrict w = a->weight + d * W;
     const float bias = a->bias != NULL ? a->bias[d] : 0.0f;
     float *restrict dx = a->dx + r * L;
+    /* xp (wm1 + L): [init | x];  gp (L + wm1): gp then wm1 zeros (taps past the end) */
+    float *restrict xp = scratch;
+    float *restrict gp = scratch + L + wm1;
     float sb = 0.0f;
     int64_t t, k;
 
+    for (k = 0; k < wm1; k++) {
+        xp[k] = init != NULL ? init[k] : 0.0f;
+        gp[L + k] = 0.0f;
+    }
+    memcpy(xp + wm1, x, (size_t)L * sizeof(float));
     if (a->silu) {
-        for (t = 0; t < L; t++) {
-            float p = bias, e, sg;
-            for (k = 0; k < W; k++) {
-                p += w[k] * cbwd_xp(x, init, wm1, t - wm1 + k);
+        /* pre-activation p into gp, then gp = dy silu'(p) */
+        if (W == 4) {
+            const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+            for (t = 0; t < L; t++) {
+                gp[t] = bias + w0 * xp[t] + w1 * xp[t + 1] + w2 * xp[t + 2] + w3 * xp[t + 3];
             }
-            e = samba_vexpf_neg(-fabsf(p));
-            sg = p >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
+        }
+        else if (W == 3) {
+            const float w0 = w[0], w1 = w[1], w2 = w[2];
+            for (t = 0; t < L; t++) {
+                gp[t] = bias + w0 * xp[t] + w1 * xp[t + 1] + w2 * xp[t + 2];
+            }
+        }
+        else {
+            const float w0 = w[0], w1 = w[1];
+            for (t = 0; t < L; t++) {
+                gp[t] = bias + w0 * xp[t] + w1 * xp[t + 1];
+            }
+        }
+        for (t = 0; t < L; t++) {
+            const float p = gp[t];
+            const float e = samba_vexpf_neg(-fabsf(p));
+            const float rr = 1.0f / (1.0f + e);
+            const float sg = p >= 0.0f ? rr : e * rr;
             gp[t] = dy[t] * sg * (1.0f + p * (1.0f - sg));
         }
     }
     else {
         memcpy(gp, dy, (size_t)L * sizeof(float));
     }
+#pragma omp simd reduction(+ : sb)
     for (t = 0; t < L; t++) {
         sb += gp[t];
     }
     *db += sb;
     for (k = 0; k < W; k++) {
         float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
         for (t = 0; t < L; t++) {
-            acc += gp[t] * cbwd_xp(x, init, wm1, t - wm1 + k);
+            acc += gp[t] * xp[t + k];
         }
         dw[k] += acc;
     }
-    /* dxp[s] = sum_k w[k] gp[s + wm1 - k] over 0 <= s + wm1 - k < L */
-    for (t = 0; t < L; t++) {
-        float acc = 0.0f;
-        for (k = 0; k < W; k++) {
-            const int64_t j = t + wm1 - k;
-            if (j < L) {
-                acc += w[k] * gp[j];
-            }
+    /* dxp[s] (s = t - wm1 .. in padded coordinates s + wm1 = t + k) = sum_k w[k] gp[t' ]
+     * with t' = s + wm1 - k; for x positions t: dx[t] = sum_k w[k] gp[t + wm1 - k] */
+    if (W == 4) {
+        const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+        for (t = 0; t < L; t++) {
+            dx[t] = w3 * gp[t] + w2 * gp[t + 1] + w1 * gp[t + 2] + w0 * gp[t + 3];
         }
-        dx[t] = acc;
+    }
+    else if (W == 3) {
+        const float w0 = w[0], w1 = w[1], w2 = w[2];
+        for (t = 0; t < L; t++) {
+            dx[t] = w2 * gp[t] + w1 * gp[t + 1] + w0 * gp[t + 2];
+        }
+    }
+    else {
+        const float w0 = w[0], w1 = w[1];
+        for (t = 0; t < L; t++) {
+            dx[t] = w1 * gp[t] + w0 * gp[t + 1];
+        }
     }
     if (a->dinitial_states != NULL) {
         float *di = a->dinitial_states + r * wm1;
@@ -111,12 +140,40 @@ cbwd_row(const samba_conv1d_bwd_args *a, int64_t b, int64_t d, float *restrict g
     }
 }
 
+typedef void (*cbwd_row_fn)(const samba_conv1d_bwd_args *, int64_t, int64_t, float *, float *,
+                            float *);
+
+SAMBA_VEC_FN static void
+cbwd_row_c(const samba_conv1d_bwd_args *a, int64_t b, int64_t d, float *s, float *dw,
+           float *db)
+{
+    cbwd_row_body(a, b, d, s, dw, db);
+}
+
+#if SAMBA_X86_DISPATCH
+SAMBA_VEC_FN SAMBA_TARGET_AVX2 static void
+cbwd_row_avx2(const samba_conv1d_bwd_args *a, int64_t b, int64_t d, float *s, float *dw,
+              float *db)
+{
+    cbwd_row_body(a, b, d, s, dw, db);
+}
+
+SAMBA_VEC_FN SAMBA_TARGET_AVX512 static void
+cbwd_row_avx512(const samba_conv1d_bwd_args *a, int64_t b, int64_t d, float *s, float *dw,
+                float *db)
+{
+    cbwd_row_body(a, b, d, s, dw, db);
+}
+#endif
+
 samba_status
 samba_conv1d_bwd(const samba_conv1d_bwd_args *a, const samba_ctx *ctx)
 {
     int64_t dchunk, d0;
     int nt;
     float *gbuf;
+    cbwd_row_fn fn;
+    int64_t rowbuf;
 
     if (a == NULL || a->batch < 0 || a->dim < 0 || a->seqlen < 0 || a->width < 2 ||
         a->width > 4) {
@@ -144,8 +201,16 @@ samba_conv1d_bwd(const samba_conv1d_bwd_args *a, const samba_ctx *ctx)
     if (a->batch * a->dim * a->seqlen < ((int64_t)1 << 16)) {
         nt = 1;
     }
-    gbuf = (float *)malloc((size_t)nt * (size_t)(a->seqlen > 0 ? a->seqlen : 1) *
-                           sizeof(float));
+    fn = cbwd_row_c;
+#if SAMBA_X86_DISPATCH
+    switch (samba_simd_level()) {
+    case 2: fn = cbwd_row_avx512; break;
+    case 1: fn = cbwd_row_avx2; break;
+    default: break;
+    }
+#endif
+    rowbuf = 2 * a->seqlen + 2 * a->width;
+    gbuf = (float *)malloc((size_t)nt * (size_t)rowbuf * sizeof(float));
     if (gbuf == NULL) {
         return SAMBA_ERR_ALLOC;
     }
@@ -169,7 +234,7 @@ samba_conv1d_bwd(const samba_conv1d_bwd_args *a, const samba_ctx *ctx)
             tid = omp_get_thread_num();
 #endif
             for (b = 0; b < a->batch; b++) {
-                cbwd_row(a, b, d, gbuf + (size_t)tid * (size_t)a->seqlen,
+                fn(a, b, d, gbuf + (size_t)tid * (size_t)rowbuf,
                          a->dweight + d * a->width, &db);
             }
             if (a->dbias != NULL) {

@@ -16,10 +16,12 @@
 #include <omp.h>
 #endif
 
+#include "vexp.h" /* last: it sets a GCC optimize pragma for the functions below */
+
 #define NBWD_CHUNK ((int64_t)1 << 22) /* elements between stop polls */
 
-static void
-nbwd_row(const samba_rmsnorm_bwd_args *a, int64_t row, float *restrict dw)
+SAMBA_ALWAYS_INLINE void
+nbwd_row_body(const samba_rmsnorm_bwd_args *a, int64_t row, float *restrict dw)
 {
     const int64_t n = a->n;
     const float *restrict x = a->x + row * n;
@@ -31,6 +33,7 @@ nbwd_row(const samba_rmsnorm_bwd_args *a, int64_t row, float *restrict dw)
     float ss = 0.0f, dot = 0.0f, r, c;
     int64_t i;
 
+#pragma omp simd reduction(+ : ss, dot)
     for (i = 0; i < n; i++) {
         const float s = res != NULL ? x[i] + res[i] : x[i];
         ss += s * s;
@@ -52,12 +55,35 @@ nbwd_row(const samba_rmsnorm_bwd_args *a, int64_t row, float *restrict dw)
     }
 }
 
+typedef void (*nbwd_fn)(const samba_rmsnorm_bwd_args *, int64_t, float *);
+
+SAMBA_VEC_FN static void
+nbwd_row_c(const samba_rmsnorm_bwd_args *a, int64_t row, float *dw)
+{
+    nbwd_row_body(a, row, dw);
+}
+
+#if SAMBA_X86_DISPATCH
+SAMBA_VEC_FN SAMBA_TARGET_AVX2 static void
+nbwd_row_avx2(const samba_rmsnorm_bwd_args *a, int64_t row, float *dw)
+{
+    nbwd_row_body(a, row, dw);
+}
+
+SAMBA_VEC_FN SAMBA_TARGET_AVX512 static void
+nbwd_row_avx512(const samba_rmsnorm_bwd_args *a, int64_t row, float *dw)
+{
+    nbwd_row_body(a, row, dw);
+}
+#endif
+
 samba_status
 samba_rmsnorm_bwd(const samba_rmsnorm_bwd_args *a, const samba_ctx *ctx)
 {
     int64_t rchunk, r0;
     int nt, i;
     float *priv;
+    nbwd_fn fn = nbwd_row_c;
 
     if (a == NULL || a->rows < 0 || a->n < 0 || !(a->eps >= 0.0f)) {
         return SAMBA_ERR_ARG;
@@ -69,6 +95,13 @@ samba_rmsnorm_bwd(const samba_rmsnorm_bwd_args *a, const samba_ctx *ctx)
         (a->rows > 0 && (a->x == NULL || a->dy == NULL || a->dx == NULL))) {
         return SAMBA_ERR_ARG;
     }
+#if SAMBA_X86_DISPATCH
+    switch (samba_simd_level()) {
+    case 2: fn = nbwd_row_avx512; break;
+    case 1: fn = nbwd_row_avx2; break;
+    default: break;
+    }
+#endif
     nt = samba_ctx_threads(ctx);
     if (a->rows * a->n < ((int64_t)1 << 15) || nt < 1) {
         nt = 1;
@@ -94,7 +127,7 @@ samba_rmsnorm_bwd(const samba_rmsnorm_bwd_args *a, const samba_ctx *ctx)
 #ifdef _OPENMP
             tid = omp_get_thread_num();
 #endif
-            nbwd_row(a, r, priv + (size_t)tid * (size_t)a->n);
+            fn(a, r, priv + (size_t)tid * (size_t)a->n);
         }
     }
     memcpy(a->dweight, priv, (size_t)a->n * sizeof(float));

@@ -70,7 +70,7 @@ sbwd_sigmoid(float x)
 }
 
 /* dt of channel d at row offset o, steps [t0, t1) -> dt[0 .. t1-t0) */
-static void
+SAMBA_ALWAYS_INLINE void
 sbwd_dt(const samba_scan_bwd_args *a, int64_t d, int64_t o, int64_t t0, int64_t t1, float *dt)
 {
     const float bias = a->delta_bias != NULL ? a->delta_bias[d] : 0.0f;
@@ -84,7 +84,7 @@ sbwd_dt(const samba_scan_bwd_args *a, int64_t d, int64_t o, int64_t t0, int64_t 
 /* Recompute steps [t0, t1) of channel d (row offset o): h (len + 1, N) holds h_{t0-1} in
  * row 0 on entry; rows 1..len get h_{t0} .. h_{t1-1}, ex (len, N) e_t, dt (len) dt_t.
  * bt (len, N): B of the chunk, transposed. */
-static void
+SAMBA_ALWAYS_INLINE void
 sbwd_recompute(const samba_scan_bwd_args *a, int64_t d, int64_t o, int64_t t0, int64_t t1,
                const float *restrict bt, float *restrict h, float *restrict ex,
                float *restrict dt)
@@ -112,7 +112,7 @@ sbwd_recompute(const samba_scan_bwd_args *a, int64_t d, int64_t o, int64_t t0, i
 /* Backward over steps [t0, t1) of channel d, batch b; ws->h / ws->ex / ws->dt hold the
  * chunk's recomputed forward; gn (N) is the adjoint carried in from step t1 (e_{t1} g_{t1})
  * and is left as e_{t0} g_{t0}. */
-static void
+SAMBA_ALWAYS_INLINE void
 sbwd_backward(const samba_scan_bwd_args *a, int64_t d, int64_t o, int64_t t0, int64_t t1,
               const float *restrict bt, const float *restrict ct, float *restrict gn,
               sbwd_ws *ws, float *dDacc, float *dbacc)
@@ -179,6 +179,55 @@ sbwd_backward(const samba_scan_bwd_args *a, int64_t d, int64_t o, int64_t t0, in
     }
 }
 
+/* One channel's work on one chunk. mode 0: advance ckpt_in (N) over the chunk into
+ * ckpt_out (N). mode 1: recompute from ckpt_in, then run the backward (gn, ws->dA, ws->dB,
+ * ws->dC, *dDacc, *dbacc accumulate). Compiled per ISA (vexp.h dispatch pattern). */
+typedef void (*sbwd_channel_fn)(const samba_scan_bwd_args *, int64_t, int64_t, int64_t,
+                                int64_t, const float *, const float *, const float *,
+                                float *, float *, sbwd_ws *, float *, float *, int);
+
+SAMBA_ALWAYS_INLINE void
+sbwd_channel_body(const samba_scan_bwd_args *a, int64_t d, int64_t o, int64_t t0, int64_t t1,
+                  const float *bt, const float *ct, const float *ckpt_in, float *ckpt_out,
+                  float *gn, sbwd_ws *ws, float *dDacc, float *dbacc, int mode)
+{
+    const int64_t N = a->dstate;
+    memcpy(ws->h, ckpt_in, (size_t)N * sizeof(float));
+    sbwd_recompute(a, d, o, t0, t1, bt, ws->h, ws->ex, ws->dt);
+    if (mode == 0) {
+        memcpy(ckpt_out, ws->h + (t1 - t0) * N, (size_t)N * sizeof(float));
+        return;
+    }
+    sbwd_backward(a, d, o, t0, t1, bt, ct, gn, ws, dDacc, dbacc);
+}
+
+#define SBWD_VARIANT(name, attr)                                                              \
+    SAMBA_VEC_FN attr static void name(const samba_scan_bwd_args *a, int64_t d, int64_t o,   \
+                                       int64_t t0, int64_t t1, const float *bt,              \
+                                       const float *ct, const float *ci, float *co,          \
+                                       float *gn, sbwd_ws *ws, float *dD, float *db, int m)  \
+    {                                                                                         \
+        sbwd_channel_body(a, d, o, t0, t1, bt, ct, ci, co, gn, ws, dD, db, m);               \
+    }
+SBWD_VARIANT(sbwd_channel_c, )
+#if SAMBA_X86_DISPATCH
+SBWD_VARIANT(sbwd_channel_avx2, SAMBA_TARGET_AVX2)
+SBWD_VARIANT(sbwd_channel_avx512, SAMBA_TARGET_AVX512)
+#endif
+
+static sbwd_channel_fn
+sbwd_pick(void)
+{
+#if SAMBA_X86_DISPATCH
+    switch (samba_simd_level()) {
+    case 2: return sbwd_channel_avx512;
+    case 1: return sbwd_channel_avx2;
+    default: break;
+    }
+#endif
+    return sbwd_channel_c;
+}
+
 static samba_status
 sbwd_check(const samba_scan_bwd_args *a)
 {
@@ -209,6 +258,7 @@ samba_scan_bwd(const samba_scan_bwd_args *a, const samba_ctx *ctx)
     float *ckpt = NULL, *bt = NULL, *ct = NULL, *gcarry = NULL, *wsbuf = NULL;
     sbwd_ws *ws = NULL;
     int64_t work = 0;
+    const sbwd_channel_fn fn = sbwd_pick();
 
     if (st != SAMBA_OK || a->batch == 0 || a->dim == 0) {
         return st;
@@ -309,10 +359,8 @@ samba_scan_bwd(const samba_scan_bwd_args *a, const samba_ctx *ctx)
                             }
                         }
                         if (k + 1 < nchunks) {
-                            memcpy(ws[tid].h, h, (size_t)N * sizeof(float));
-                            sbwd_recompute(a, d, o, t0, t1, bt, ws[tid].h, ws[tid].ex,
-                                           ws[tid].dt);
-                            memcpy(h + N, ws[tid].h + (t1 - t0) * N, (size_t)N * sizeof(float));
+                            fn(a, d, o, t0, t1, bt, NULL, h, h + N, NULL, &ws[tid], NULL, NULL,
+                               0);
                         }
                     }
                 }
@@ -358,13 +406,9 @@ samba_scan_bwd(const samba_scan_bwd_args *a, const samba_ctx *ctx)
                         const int64_t o = (b * a->dim + d) * L;
                         float dDacc = 0.0f, dbacc = 0.0f;
                         int64_t m;
-                        /* recompute the chunk from its checkpoint */
-                        memcpy(ws[tid].h, ckpt + (c * nchunks + k) * N,
-                               (size_t)N * sizeof(float));
-                        sbwd_recompute(a, d, o, t0, t1, bt, ws[tid].h, ws[tid].ex, ws[tid].dt);
                         memset(ws[tid].dA, 0, (size_t)N * sizeof(float));
-                        sbwd_backward(a, d, o, t0, t1, bt, ct, gcarry + c * N, &ws[tid],
-                                      &dDacc, &dbacc);
+                        fn(a, d, o, t0, t1, bt, ct, ckpt + (c * nchunks + k) * N, NULL,
+                           gcarry + c * N, &ws[tid], &dDacc, &dbacc, 1);
                         for (m = 0; m < N; m++) {
                             a->dA[d * N + m] += ws[tid].dA[m];
                         }
