@@ -345,24 +345,13 @@ def test_concurrent_calls_equal_serial(rng):
 
 def test_ctrl_c_interrupts_a_long_call(rng):
     """SIGINT during a long call raises KeyboardInterrupt from inside the kernel, which polls
-    between rounds of ~30 ms.  The call is ~4.4 TFLOP of full causal attention (tens of
-    seconds here, seconds even on a large server), so only a polling kernel can raise within
-    the generous 10 s liveness bound (this is not a speed assertion: ~100x margin)."""
-    import os
-    import signal
-    import time
+    between rounds. The call is ~4.4 TFLOP of full causal attention; the handler must run in
+    the kernel's own polls (tests/interrupt_util.py), so no clock is involved."""
+    from interrupt_util import interrupt_inside
 
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals are delivered to the main thread")
     q = rng.standard_normal((1, 65536, 8, 64), dtype=np.float32)
     k = rng.standard_normal((1, 65536, 1, 64), dtype=np.float32)
     v = rng.standard_normal((1, 65536, 1, 64), dtype=np.float32)
-    timer = threading.Timer(0.05, lambda: os.kill(os.getpid(), signal.SIGINT))
-    t0 = time.perf_counter()
-    timer.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            _core.swa_attention(q, k, v, None, None)
-    finally:
-        timer.cancel()
-    assert time.perf_counter() - t0 < 10.0, "the kernel did not stop on Ctrl-C"
+    interrupt_inside(_core.swa_attention, q, k, v, None, None)
