@@ -68,8 +68,8 @@ def rel_err(got, ref) -> float:
 
 def sh(cmd: list[str]) -> str:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=30,
-                              cwd=ROOT).stdout.strip()
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=ROOT,
+                              check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -291,8 +291,9 @@ def bench_all(quick: bool) -> list[dict]:
         out, lse = grad.attention_fwd(q, k, v, None, True, ws)
         row("attention", f"b1 L{La} h{H}/{Hkv}x{hd} " + (f"window {window}" if window else
                                                           "full causal"),
-            lambda: grad.attention_bwd(q, k, v, None, True, ws, dout=do, out=out, lse=lse),
-            lambda: np_attn_bwd(q, k, v, out, do, window), 2)
+            lambda ws=ws, out=out, lse=lse: grad.attention_bwd(q, k, v, None, True, ws, dout=do,
+                                                               out=out, lse=lse),
+            lambda out=out, window=window: np_attn_bwd(q, k, v, out, do, window), 2)
     return rows
 
 

@@ -22,6 +22,9 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 
 from . import _core
+from .ops import checks as ck
+from .ops import contracts
+from .ops.meta import on_cuda
 
 ArrayLike = Any
 
@@ -61,69 +64,40 @@ class RmsNormGrads(NamedTuple):
 
 
 # ------------------------------------------------------------------ argument checks ---
-# All checks of this module live here; the C glue re-checks shapes so it cannot crash.
+# The forward's arguments are checked by the op contracts (samba_ext.ops.contracts, the same
+# rules as the forward ops); the gradients and the backward-only options are checked here
+# with the same building blocks (samba_ext.ops.checks). The C glue re-checks shapes so that a
+# direct _core call cannot crash.
 
-def _arr(x: ArrayLike, name: str, ndim: Optional[int] = None,
-         optional: bool = False) -> Optional[np.ndarray]:
-    """float32 C-contiguous view/copy of x; None allowed when optional."""
+def _host(**arrays: Any) -> None:
+    """NotImplementedError for CUDA arrays (the CUDA backward is not written yet)."""
+    for name, x in arrays.items():
+        if on_cuda(x):
+            raise NotImplementedError(
+                f"{name}: is on a CUDA device; the CUDA backward is not implemented yet, pass "
+                "NumPy arrays (e.g. tensor.cpu().numpy())")
+
+
+def _f32(x: Any) -> Optional[np.ndarray]:
+    """Host float array -> float32 C-contiguous (bfloat16 and other NumPy-unknown float
+    dtypes go through float32 first); None stays None."""
     if x is None:
-        if optional:
-            return None
-        raise TypeError(f"{name}: expected an array, got None")
-    if hasattr(x, "__cuda_array_interface__") or (
-            hasattr(x, "__dlpack_device__") and not isinstance(x, np.ndarray)
-            and _dlpack_on_gpu(x)):
-        raise NotImplementedError(
-            f"{name}: is on a CUDA device; the CUDA backward is not implemented yet, pass "
-            "NumPy arrays (e.g. tensor.cpu().numpy())")
-    try:
-        a = np.asarray(x)
-    except Exception as e:  # noqa: BLE001 - any conversion failure is a type problem
-        raise TypeError(f"{name}: expected a float array, got {type(x).__name__}") from e
-    if a.dtype.kind != "f":
-        raise TypeError(f"{name}: expected a floating-point array (float16/32/64), got dtype "
-                        f"{a.dtype}; convert with .astype(numpy.float32)")
-    if ndim is not None and a.ndim != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {a.shape}")
+        return None
+    a = np.asarray(x)
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def _dlpack_on_gpu(x: Any) -> bool:
-    try:
-        return int(x.__dlpack_device__()[0]) in (2, 13)
-    except Exception:  # noqa: BLE001 - an unusable DLPack device is not a GPU array
-        return False
+def _grad_like(g: Any, name: str, want: tuple, what: str) -> Optional[np.ndarray]:
+    """A gradient input of shape ``want`` (None passes)."""
+    if g is None:
+        return None
+    ck.shape(ck.floats(g, name, len(want)), name, want, what)
+    return _f32(g)
 
 
-def _shape(a: Optional[np.ndarray], name: str, shape: tuple, what: str) -> None:
-    """Raise ValueError unless a is None or a.shape == shape (None entries match all)."""
-    if a is None:
-        return
-    if a.ndim != len(shape) or any(s is not None and s != t for s, t in zip(shape, a.shape)):
-        want = tuple("*" if s is None else s for s in shape)
-        raise ValueError(f"{name}: expected shape {want} ({what}), got {a.shape}")
-
-
-def _int(v: Any, name: str) -> int:
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
-    return int(v)
-
-
-def _float(v: Any, name: str, lo: float, what: str) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{name}: expected a float, got {type(v).__name__}") from e
-    if not math.isfinite(f) or f < lo:
-        raise ValueError(f"{name}: expected {what}, got {v!r}")
-    return f
-
-
-def _scale(softmax_scale: Optional[float], headdim: int) -> float:
-    if softmax_scale is None:
-        return 1.0 / math.sqrt(headdim)
-    return _float(softmax_scale, "softmax_scale", -math.inf, "a finite float")
+def _scale(softmax_scale: Any, headdim: int) -> float:
+    s = ck.f32_scalar(softmax_scale, "softmax_scale", allow_none=True)
+    return 1.0 / math.sqrt(headdim) if s is None else s
 
 
 def _windows(causal: bool, window_size: Any) -> tuple[int, int]:
@@ -133,13 +107,25 @@ def _windows(causal: bool, window_size: Any) -> tuple[int, int]:
     except (TypeError, ValueError) as e:
         raise TypeError("window_size: expected a pair (left, right) of ints, -1 = "
                         f"unbounded, got {window_size!r}") from e
-    left, right = _int(left, "window_size[0]"), _int(right, "window_size[1]")
-    if left < -1 or right < -1:
-        raise ValueError(f"window_size: entries must be >= 0 or -1 (unbounded), got "
-                         f"{window_size!r}")
-    if causal:
-        right = 0
-    return left, right
+    left = ck.int_scalar(left, "window_size[0]", lo=-1, expected="an int >= 0 or -1")
+    right = ck.int_scalar(right, "window_size[1]", lo=-1, expected="an int >= 0 or -1")
+    return left, 0 if causal else right
+
+
+def _attn_qkv(q: Any, k: Any, v: Any) -> tuple:
+    """q (B, Lq, H, hd), k, v (B, Lk, Hkv, hd) with H % Hkv == 0 -> float32 arrays."""
+    _host(q=q, k=k, v=v)
+    mq = ck.floats(q, "q", 4, "(batch, seqlen_q, nheads, headdim)")
+    mk = ck.floats(k, "k", 4, "(batch, seqlen_k, nheads_kv, headdim)")
+    ck.same_shape(ck.floats(v, "v", 4), "v", mk, "k")
+    ck.dim(mk, "k", 0, mq.shape[0], "batch of q")
+    ck.dim(mk, "k", 3, mq.shape[3], "headdim of q")
+    if mq.shape[3] < 1:
+        raise ValueError("q: headdim (shape[3]) must be >= 1")
+    if mk.shape[2] < 1 or mq.shape[2] % mk.shape[2]:
+        raise ValueError(f"q: nheads (q.shape[2] = {mq.shape[2]}) must be a multiple of "
+                         f"nheads_kv (k.shape[2] = {mk.shape[2]}) for grouped-query attention")
+    return _f32(q), _f32(k), _f32(v)
 
 
 def _positions(positions: Any, batch: int, seqlen: int) -> np.ndarray:
@@ -180,39 +166,20 @@ def selective_scan_bwd(u: ArrayLike, delta: ArrayLike, A: ArrayLike, B: ArrayLik
     delta_bias/initial_state were None. The states are recomputed per time chunk from
     checkpoints (memory O(dim * dstate * 256) besides the gradients).
     """
-    u = _arr(u, "u", 3)
-    batch, dim, seqlen = u.shape
-    delta = _arr(delta, "delta", 3)
-    _shape(delta, "delta", u.shape, "the shape of u")
-    A = _arr(A, "A", 2)
-    _shape(A, "A", (dim, None), "(dim, dstate)")
-    dstate = A.shape[1]
+    _host(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
+          initial_state=initial_state, dout=dout, dlast_state=dlast_state)
+    batch, dim, seqlen = contracts.selective_scan(u, delta, A, B, C, D, z, delta_bias,
+                                                  initial_state)
+    dstate = np.shape(A)[1]
     if dstate < 1:
         raise ValueError("A: dstate (shape[1]) must be >= 1")
-    B = _arr(B, "B")
-    C = _arr(C, "C")
-    if B.ndim not in (3, 4):
-        raise ValueError(f"B: expected (batch, dstate, seqlen) or (batch, ngroups, dstate, "
-                         f"seqlen), got shape {B.shape}")
-    if B.ndim == 3:
-        _shape(B, "B", (batch, dstate, seqlen), "(batch, dstate, seqlen)")
-    else:
-        _shape(B, "B", (batch, None, dstate, seqlen), "(batch, ngroups, dstate, seqlen)")
-        if B.shape[1] < 1 or dim % B.shape[1] != 0:
-            raise ValueError(f"B: ngroups (shape[1]) must divide dim {dim}, got {B.shape[1]}")
-    _shape(C, "C", B.shape, "the shape of B")
-    D = _arr(D, "D", optional=True)
-    _shape(D, "D", (dim,), "(dim,)")
-    z = _arr(z, "z", optional=True)
-    _shape(z, "z", u.shape, "the shape of u")
-    delta_bias = _arr(delta_bias, "delta_bias", optional=True)
-    _shape(delta_bias, "delta_bias", (dim,), "(dim,)")
-    initial_state = _arr(initial_state, "initial_state", optional=True)
-    _shape(initial_state, "initial_state", (batch, dim, dstate), "(batch, dim, dstate)")
-    dout = _arr(dout, "dout")
-    _shape(dout, "dout", u.shape, "the shape of u and y")
-    dlast_state = _arr(dlast_state, "dlast_state", optional=True)
-    _shape(dlast_state, "dlast_state", (batch, dim, dstate), "(batch, dim, dstate)")
+    dout = _grad_like(dout, "dout", (batch, dim, seqlen), "the shape of u and y")
+    if dout is None:
+        raise TypeError("dout: expected an array (batch, dim, seqlen), got None")
+    dlast_state = _grad_like(dlast_state, "dlast_state", (batch, dim, dstate),
+                             "(batch, dim, dstate)")
+    u, delta, A, B, C, D, z, delta_bias, initial_state = map(
+        _f32, (u, delta, A, B, C, D, z, delta_bias, initial_state))
     return ScanGrads(*_core.selective_scan_bwd(u, delta, A, B, C, D, z, delta_bias,
                                                bool(delta_softplus), initial_state, dout,
                                                dlast_state))
@@ -231,23 +198,16 @@ def causal_conv1d_bwd(x: ArrayLike, weight: ArrayLike, bias: ArrayLike = None,
     Returns :class:`Conv1dGrads` (dx, dweight, dbias, dinitial_states), float32; dbias /
     dinitial_states are None when bias / initial_states were None.
     """
-    if activation not in (None, "silu", "swish"):
-        raise ValueError(f'activation: expected None, "silu" or "swish", got {activation!r}')
-    x = _arr(x, "x", 3)
-    batch, dim, seqlen = x.shape
-    weight = _arr(weight, "weight", 2)
-    _shape(weight, "weight", (dim, None), "(dim, width)")
-    width = weight.shape[1]
-    if not 2 <= width <= 4:
-        raise ValueError(f"weight: width (shape[1]) must be 2, 3 or 4, got {width}")
-    bias = _arr(bias, "bias", optional=True)
-    _shape(bias, "bias", (dim,), "(dim,)")
-    initial_states = _arr(initial_states, "initial_states", optional=True)
-    _shape(initial_states, "initial_states", (batch, dim, width - 1), "(batch, dim, width-1)")
-    dy = _arr(dy, "dy")
-    _shape(dy, "dy", x.shape, "the shape of x and y")
-    dfinal_states = _arr(dfinal_states, "dfinal_states", optional=True)
-    _shape(dfinal_states, "dfinal_states", (batch, dim, width - 1), "(batch, dim, width-1)")
+    _host(x=x, weight=weight, bias=bias, initial_states=initial_states, dy=dy,
+          dfinal_states=dfinal_states)
+    batch, dim, seqlen = contracts.causal_conv1d(x, weight, bias, activation, initial_states)
+    width = np.shape(weight)[1]
+    dy = _grad_like(dy, "dy", (batch, dim, seqlen), "the shape of x and y")
+    if dy is None:
+        raise TypeError("dy: expected an array (batch, dim, seqlen), got None")
+    dfinal_states = _grad_like(dfinal_states, "dfinal_states", (batch, dim, width - 1),
+                               "(batch, dim, width-1)")
+    x, weight, bias, initial_states = map(_f32, (x, weight, bias, initial_states))
     return Conv1dGrads(*_core.causal_conv1d_bwd(x, weight, bias, activation is not None,
                                                 initial_states, dy, dfinal_states))
 
@@ -262,18 +222,14 @@ def rms_norm_bwd(x: ArrayLike, weight: ArrayLike, eps: float = 1e-5,
     the forward returned it. Returns :class:`RmsNormGrads` (dx, dweight, dresidual),
     float32; dresidual (equal to dx) is None when residual was None.
     """
-    eps = _float(eps, "eps", 0.0, "a finite value >= 0")
-    x = _arr(x, "x")
-    if x.ndim < 1:
-        raise ValueError("x: expected shape (..., n), got a 0-D array")
-    weight = _arr(weight, "weight", 1)
-    _shape(weight, "weight", (x.shape[-1],), "(n,), n = x.shape[-1]")
-    residual = _arr(residual, "residual", optional=True)
-    _shape(residual, "residual", x.shape, "the shape of x")
-    dy = _arr(dy, "dy")
-    _shape(dy, "dy", x.shape, "the shape of x")
-    dresidual_out = _arr(dresidual_out, "dresidual_out", optional=True)
-    _shape(dresidual_out, "dresidual_out", x.shape, "the shape of x")
+    _host(x=x, weight=weight, residual=residual, dy=dy, dresidual_out=dresidual_out)
+    shape = tuple(contracts.rms_norm(x, weight, eps, residual))
+    dy = _grad_like(dy, "dy", shape, "the shape of x")
+    if dy is None:
+        raise TypeError("dy: expected an array of x's shape, got None")
+    dresidual_out = _grad_like(dresidual_out, "dresidual_out", shape, "the shape of x")
+    eps = float(eps)
+    x, weight, residual = map(_f32, (x, weight, residual))
     return RmsNormGrads(*_core.rms_norm_bwd(x, weight, eps, residual, dy, dresidual_out))
 
 
@@ -283,11 +239,12 @@ def swiglu_bwd(gate: ArrayLike, up: ArrayLike, *, dy: ArrayLike
 
     gate, up, dy: equal shapes. Returns (dgate, dup), float32, of that shape.
     """
-    gate = _arr(gate, "gate")
-    up = _arr(up, "up")
-    _shape(up, "up", gate.shape, "the shape of gate")
-    dy = _arr(dy, "dy")
-    _shape(dy, "dy", gate.shape, "the shape of gate")
+    _host(gate=gate, up=up, dy=dy)
+    shape = tuple(contracts.swiglu(gate, up))
+    dy = _grad_like(dy, "dy", shape, "the shape of gate")
+    if dy is None:
+        raise TypeError("dy: expected an array of gate's shape, got None")
+    gate, up = _f32(gate), _f32(up)
     return _core.swiglu_bwd(gate, up, dy)
 
 
@@ -300,34 +257,18 @@ def apply_rotary_bwd(x: ArrayLike, positions: ArrayLike = 0, base: float = 10000
     (batch, seqlen); base. dy (batch, seqlen, nheads, headdim) is dL/dy.
     Returns dx (batch, seqlen, nheads, headdim) float32: dy rotated by the negative angles.
     """
-    base = _float(base, "base", 0.0, "a finite value > 0")
-    if base <= 0.0:
-        raise ValueError(f"base: expected a finite value > 0, got {base!r}")
-    dy = _arr(dy, "dy", 4)
+    _host(x=x, dy=dy)
+    my = ck.floats(dy, "dy", 4, "(batch, seqlen, nheads, headdim)")
     if x is not None:
-        xs = np.shape(x)
-        if tuple(xs) != dy.shape:
-            raise ValueError(f"dy: expected the shape of x {tuple(xs)}, got {dy.shape}")
-    if dy.shape[3] % 2 != 0:
-        raise ValueError(f"dy: headdim (shape[3]) must be even, got {dy.shape[3]}")
+        ck.same_shape(my, "dy", ck.floats(x, "x"), "x")
+    if my.shape[3] % 2:
+        raise ValueError(f"dy: headdim (shape[3]) must be even for the NeoX half split, got "
+                         f"{my.shape[3]}")
+    contracts.apply_rotary(dy, positions, base)
+    base = float(base)
+    dy = _f32(dy)
     pos = _positions(positions, dy.shape[0], dy.shape[1])
     return _core.apply_rotary_bwd(dy, pos, base)
-
-
-def _attn_qkv(q: ArrayLike, k: ArrayLike, v: ArrayLike
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    q = _arr(q, "q", 4)
-    k = _arr(k, "k", 4)
-    v = _arr(v, "v", 4)
-    batch, _, nheads, headdim = q.shape
-    _shape(k, "k", (batch, None, None, headdim), "(batch, seqlen_k, nheads_kv, headdim)")
-    _shape(v, "v", k.shape, "the shape of k")
-    if headdim < 1:
-        raise ValueError("q: headdim (shape[3]) must be >= 1")
-    if k.shape[2] < 1 or nheads % k.shape[2] != 0:
-        raise ValueError(f"k: nheads_kv (shape[2]) must divide nheads {nheads}, got "
-                         f"{k.shape[2]}")
-    return q, k, v
 
 
 def attention_fwd(q: ArrayLike, k: ArrayLike, v: ArrayLike,
@@ -348,7 +289,7 @@ def attention_fwd(q: ArrayLike, k: ArrayLike, v: ArrayLike,
     """
     q, k, v = _attn_qkv(q, k, v)
     left, right = _windows(bool(causal), window_size)
-    cap = _float(softcap, "softcap", 0.0, "a finite value >= 0")
+    cap = ck.f32_scalar(softcap, "softcap", lo=0.0, expected="a finite value >= 0")
     return _core.attention_fwd(q, k, v, _scale(softmax_scale, q.shape[3]), left, right, cap)
 
 
@@ -366,17 +307,18 @@ def attention_bwd(q: ArrayLike, k: ArrayLike, v: ArrayLike,
     """
     q, k, v = _attn_qkv(q, k, v)
     left, right = _windows(bool(causal), window_size)
-    cap = _float(softcap, "softcap", 0.0, "a finite value >= 0")
+    cap = ck.f32_scalar(softcap, "softcap", lo=0.0, expected="a finite value >= 0")
     scale = _scale(softmax_scale, q.shape[3])
-    dout = _arr(dout, "dout", 4)
-    _shape(dout, "dout", q.shape, "the shape of q and out")
+    _host(dout=dout, out=out, lse=lse)
+    dout = _grad_like(dout, "dout", q.shape, "the shape of q and out")
+    if dout is None:
+        raise TypeError("dout: expected an array of q's shape, got None")
     if out is None or lse is None:
         out, lse = _core.attention_fwd(q, k, v, scale, left, right, cap)
     else:
-        out = _arr(out, "out", 4)
-        _shape(out, "out", q.shape, "the shape of q")
-        lse = _arr(lse, "lse", 3)
-        _shape(lse, "lse", (q.shape[0], q.shape[2], q.shape[1]), "(batch, nheads, seqlen_q)")
+        out = _grad_like(out, "out", q.shape, "the shape of q")
+        lse = _grad_like(lse, "lse", (q.shape[0], q.shape[2], q.shape[1]),
+                         "(batch, nheads, seqlen_q)")
     return _core.attention_bwd(q, k, v, out, lse, dout, scale, left, right, cap)
 
 
@@ -389,16 +331,7 @@ def swa_attention_bwd(q: ArrayLike, k: ArrayLike, v: ArrayLike, window: Optional
     nheads_kv, headdim), seqlen_k >= seqlen_q; window None (full causal) or >= 1.
     dout (q's shape). Returns (dq, dk, dv), float32.
     """
-    if window is None:
-        left = -1
-    else:
-        w = _int(window, "window")
-        if w < 1:
-            raise ValueError(f"window: expected None or an int >= 1, got {window!r}")
-        left = w - 1
-    qa = _arr(q, "q", 4)
-    ka = _arr(k, "k", 4)
-    if ka.shape[1] < qa.shape[1]:
-        raise ValueError(f"k: seqlen_k (shape[1]) must be >= seqlen_q {qa.shape[1]}, got "
-                         f"{ka.shape[1]}")
-    return attention_bwd(qa, ka, v, softmax_scale, True, (left, 0), 0.0, dout=dout)
+    _host(q=q, k=k, v=v, dout=dout)
+    contracts.swa_attention(q, k, v, window, softmax_scale)
+    left = -1 if window is None else int(window) - 1
+    return attention_bwd(q, k, v, softmax_scale, True, (left, 0), 0.0, dout=dout)

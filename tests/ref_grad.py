@@ -211,7 +211,7 @@ def attention_mask(Lq: int, Lk: int, left: int, right: int) -> np.ndarray:
 def attention_fwd_ref(q, k, v, scale, left=-1, right=-1, softcap=0.0):
     """Full-matrix float64 attention -> (out (B, Lq, H, hd), lse (B, H, Lq))."""
     q, k, v = map(_f64, (q, k, v))
-    Bsz, Lq, H, hd = q.shape
+    Bsz, Lq, H, _ = q.shape
     Lk, Hkv = k.shape[1], k.shape[2]
     G = H // Hkv
     m = attention_mask(Lq, Lk, left, right)
@@ -236,7 +236,7 @@ def attention_fwd_ref(q, k, v, scale, left=-1, right=-1, softcap=0.0):
 def attention_bwd_ref(q, k, v, dout, scale, left=-1, right=-1, softcap=0.0) -> dict:
     """Gradients of attention_fwd_ref (float64, full matrices): dq, dk, dv."""
     q, k, v, dout = map(_f64, (q, k, v, dout))
-    Bsz, Lq, H, hd = q.shape
+    Bsz, Lq, H, _ = q.shape
     Lk, Hkv = k.shape[1], k.shape[2]
     G = H // Hkv
     m = attention_mask(Lq, Lk, left, right)

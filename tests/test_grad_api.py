@@ -125,7 +125,7 @@ def test_dtypes_and_empty():
     for x, y in zip(g16[:5], g32[:5]):
         assert x.dtype == np.float32
         np.testing.assert_array_equal(x, y)
-    dq, dk, dv = grad.attention_bwd(np.zeros((0, 3, 2, 4)), np.zeros((0, 3, 2, 4)),
+    dq, dk, _ = grad.attention_bwd(np.zeros((0, 3, 2, 4)), np.zeros((0, 3, 2, 4)),
                                     np.zeros((0, 3, 2, 4)), dout=np.zeros((0, 3, 2, 4)))
     assert dq.shape == (0, 3, 2, 4) and dk.shape == (0, 3, 2, 4)
     dx, dw, _ = grad.rms_norm_bwd(np.zeros((0, 4)), np.ones(4), dy=np.zeros((0, 4)))

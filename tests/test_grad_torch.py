@@ -14,7 +14,6 @@ Against the float64 references the gradients carry only float32 rounding (measur
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
