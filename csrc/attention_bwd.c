@@ -32,6 +32,7 @@
 #include "vexp.h" /* last: it sets a GCC optimize pragma for the functions below */
 
 #define ABWD_CHUNK_WORK ((int64_t)1 << 24) /* score evaluations x headdim between polls */
+#define ABWD_PAR_MIN ((int64_t)1 << 16)    /* fewer (query, key) x headdim: one thread */
 
 static int64_t
 abwd_min(int64_t a, int64_t b)
@@ -408,6 +409,9 @@ samba_attn_fwd_lse(const samba_attn_ext_args *a, const samba_ctx *ctx)
     memset(&jb, 0, sizeof jb);
     jb.a = a;
     nt = samba_ctx_threads(ctx);
+    if (rows * a->seqlen_k * a->headdim < ABWD_PAR_MIN) {
+        nt = 1;
+    }
     jb.kt = (float *)malloc((size_t)abwd_max(1, a->batch * a->seqlen_k * a->nheads_kv *
                                                 a->headdim) * sizeof(float));
     if (jb.kt == NULL) {
@@ -440,6 +444,9 @@ samba_attn_bwd(const samba_attn_ext_args *a, const samba_ctx *ctx)
         return SAMBA_ERR_ARG;
     }
     nt = samba_ctx_threads(ctx);
+    if (qrows * a->seqlen_k * a->headdim < ABWD_PAR_MIN) {
+        nt = 1; /* waking threads would cost more than the work */
+    }
     nk = abwd_max(1, kvrows * a->headdim);
     nq = abwd_max(1, qrows * a->headdim);
     memset(&jb, 0, sizeof jb);

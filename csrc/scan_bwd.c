@@ -41,6 +41,7 @@
 #define SBWD_MIN_CHUNK 64
 #define SBWD_MAX_CHUNKS 256
 #define SBWD_POLL_WORK ((int64_t)1 << 22) /* state updates between stop polls */
+#define SBWD_PAR_MIN ((int64_t)1 << 15)   /* fewer state updates per group: one thread */
 
 typedef struct sbwd_ws {
     float *h;   /* (T + 1, N): h_{t0-1} .. h_{t1-1} of the chunk being processed */
@@ -295,6 +296,9 @@ samba_scan_bwd(const samba_scan_bwd_args *a, const samba_ctx *ctx)
     nt = samba_ctx_threads(ctx);
     if (nt > dpg) {
         nt = (int)dpg;
+    }
+    if (dpg * L * N < SBWD_PAR_MIN) {
+        nt = 1; /* waking threads would cost more than the work */
     }
     if (nt < 1) {
         nt = 1;
