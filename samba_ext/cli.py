@@ -26,15 +26,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import json
-import shlex
 import signal
 import stat
 import sys
 import time
 from typing import Any, Sequence
 
-__all__ = ["main", "parse_lengths", "parse_depths"]
+from ._cli_util import (CliError, Interrupts, config_overrides, load_model, out_dir,
+                        run_eval)
+
+__all__ = ["main", "parse_lengths", "parse_depths", "parse_count", "CliError"]
 
 DEFAULT_MODEL = "samba-tiny"
 EXIT_BAD_INPUT = 2
@@ -48,14 +49,6 @@ PASSKEY_TRIALS = 2
 PHONEBOOK_ENTRIES = "20,40,80,160,320"
 PHONEBOOK_TRIALS = 5
 #: exit code for a run stopped by a signal: 128 + the signal number (130 for Ctrl-C)
-#: the catchable signals whose default action ends the process: each saves the finished cells
-_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT",
-                                              "SIGUSR1", "SIGUSR2", "SIGALRM", "SIGXCPU")
-                 if hasattr(signal, n))
-
-
-class CliError(ValueError):
-    """Bad input: printed as one line, exit code 2."""
 
 
 # ----------------------------------------------------------------------------- parsing ---
@@ -292,224 +285,15 @@ def auto_threads() -> tuple[int | None, str]:
     return None, ""
 
 
-# ----------------------------------------------------------------------------- model ---
-def _check_model_path(spec: str) -> None:
-    looks_like_path = (os.sep in spec or "/" in spec or spec.endswith((".safetensors", ".pth",
-                                                                       ".pt", ".bin")))
-    if not looks_like_path:
-        return
-    if os.path.islink(spec) and not os.path.exists(spec):
-        raise CliError(f"--model: {spec!r} is a broken symbolic link (its target "
-                       f"{os.readlink(spec)!r} does not exist)")
-    if not os.path.exists(spec):
-        raise CliError(f"--model: file {spec!r} does not exist")
-    if os.path.isdir(spec):
-        if os.path.isfile(os.path.join(spec, "config.json")):
-            return      # a Hugging Face-style checkpoint folder (docs/checkpoints.md)
-        raise CliError(f"--model: {spec!r} is a directory without a config.json; pass a "
-                       "checkpoint folder (config.json + model.safetensors), a .safetensors "
-                       "or a .pth file")
-    try:
-        mode = os.stat(spec).st_mode
-    except OSError as e:
-        raise CliError(f"--model: cannot stat {spec!r}: {e.strerror or e}") from None
-    if not stat.S_ISREG(mode):
-        raise CliError(f"--model: {spec!r} is not a regular file (a FIFO, device or socket); "
-                       "pass the .safetensors or .pth file")
-    if not os.access(spec, os.R_OK):
-        raise CliError(f"--model: {spec!r} is not readable (permission denied)")
-
-
-_CONFIG_MAX_BYTES = 1 << 20
-
-
-def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """SambaConfig fields given on the command line: --config FILE.json, then --window,
-    --n-head, --n-kv-head and --tokenizer (which win over the file)."""
-    from .config import SambaConfig
-
-    over: dict[str, Any] = {}
-    f = getattr(args, "config", None)
-    if f is not None:
-        try:
-            st = os.stat(f)
-        except OSError as e:
-            raise CliError(f"--config: cannot read {f!r}: {e.strerror or e}") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise CliError(f"--config: {f!r} is not a regular file")
-        if st.st_size > _CONFIG_MAX_BYTES:
-            raise CliError(f"--config: {f!r} is {st.st_size:,} bytes; a config is a small JSON "
-                           "object")
-        try:
-            with open(f, encoding="utf-8") as fh:
-                d = json.loads(fh.read(_CONFIG_MAX_BYTES + 1))
-        except (OSError, ValueError, RecursionError) as e:
-            raise CliError(f"--config: {f!r} is not valid JSON ({e})") from None
-        if not isinstance(d, dict):
-            raise CliError(f"--config: {f!r} must hold a JSON object of config fields")
-        known = set(SambaConfig.__dataclass_fields__)
-        unknown = sorted(k for k in d if k not in known)
-        if unknown:
-            raise CliError(f"--config: unknown field(s) {unknown} in {f!r}; fields: "
-                           f"{', '.join(sorted(known))}")
-        if "layer_types" in d and isinstance(d["layer_types"], list):
-            d["layer_types"] = tuple(d["layer_types"])
-        over.update(d)
-    for opt, field in (("window", "window"), ("n_head", "n_head"), ("n_kv_head", "n_kv_head"),
-                       ("tokenizer", "tokenizer")):
-        v = getattr(args, opt, None)
-        if v is not None:
-            over[field] = v
-    return over
-
-
-def load_model(spec: str | None, device: str, seed: int = 0, quiet: bool = False,
-               overrides: dict[str, Any] | None = None):
-    """The model for --model (see the option's help), with clear errors. ``overrides``:
-    config fields (config_overrides). Prints a warning naming every config field that had
-    to be guessed because the file does not state it."""
-    from .errors import CheckpointError
-    from .eval._common import get_model
-
-    over = dict(overrides or {})
-    if spec is not None and not spec.startswith("random:"):
-        _check_model_path(spec)
-    try:
-        model = get_model(spec, device=device, seed=seed, warn=not quiet, overrides=over)
-    except KeyError as e:
-        raise CliError(e.args[0]) from None
-    except CheckpointError as e:
-        msg = str(e)
-        if "pass n_head" in msg:
-            msg += " (on the command line: --n-head N --n-kv-head M, or --config FILE.json)"
-        raise CliError(msg) from None
-    except TypeError as e:          # a config field of the wrong type
-        raise CliError(f"model options: {e}") from None
-    guessed = getattr(model, "guessed", {}) or {}
-    if guessed and not quiet:
-        fields = ", ".join(f"{k}={v!r}" for k, v in guessed.items())
-        print(f"WARNING: {spec or 'the model'}: the file does not state these config fields, "
-              f"so they were guessed: {fields}; set them with --window / --n-head / "
-              "--n-kv-head / --tokenizer or --config FILE.json", file=sys.stderr)
-    return model
-
-
-# ----------------------------------------------------------------------------- output ---
-RESULTS_NAME = "results.json"
-
-
-def _out_dir(args: argparse.Namespace, name: str) -> str:
-    """The --out directory, created. Refuses a directory whose results.json holds another
-    evaluation's results (it would be overwritten): use one --out per evaluation."""
-    out = args.out if args.out is not None else os.path.join("samba-ext-results", name)
-    if os.path.islink(out) and not os.path.exists(out):
-        raise CliError(f"--out: {out!r} is a broken symbolic link")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise CliError(f"--out: {out!r} exists and is not a directory")
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise CliError(f"--out: cannot create directory {out!r}: {e.strerror or e}") from None
-    if not os.access(out, os.W_OK):
-        raise CliError(f"--out: directory {out!r} is not writable")
-    prev = _previous_eval(os.path.join(out, RESULTS_NAME))
-    if prev is not None and prev != name:
-        raise CliError(f"--out: {out!r} already holds {prev} results ({RESULTS_NAME}); this "
-                       f"{name} run would overwrite them: pass another --out (e.g. "
-                       f"{os.path.join(out, name)})")
-    return out
-
-
-def _previous_eval(path: str) -> str | None:
-    """The "eval" of an existing results file; None when there is none (or it is a symbolic
-    link: not followed, and the rename replaces the link itself). A file that is not a
-    results document is refused rather than overwritten."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise CliError(f"--out: cannot inspect {path!r}: {e.strerror or e}") from None
-    if stat.S_ISLNK(st.st_mode):
-        return None      # never read through a planted link; the atomic rename replaces it
-    if not stat.S_ISREG(st.st_mode) or st.st_size > (256 << 20):
-        raise CliError(f"--out: {path!r} exists and is not a samba-ext results file")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            d = json.load(fh)
-    except (OSError, ValueError, RecursionError):
-        raise CliError(f"--out: {path!r} exists and is not a samba-ext results file; remove "
-                       "it or pass another --out") from None
-    if not isinstance(d, dict) or not isinstance(d.get("eval"), str):
-        raise CliError(f"--out: {path!r} exists and is not a samba-ext results file")
-    return d["eval"]
-
-
-def _run_eval(fn: Any, args: argparse.Namespace, name: str, out: str, **kw: Any) -> int:
-    """Run an evaluation writing its result to <out>/results.json after every finished cell
-    (one "cell done" line per cell on stdout when stdout is not a terminal, where it would
-    disturb the progress bars); interrupted runs keep their finished cells."""
-    from .eval import EvalInterrupted
-
-    def on_cell(cell: dict) -> None:
-        if not _stdout_is_tty():
-            keys = [k for k in ("length", "depth", "entries", "config", "kind", "prompt_length",
-                                "gen_length", "window") if k in cell]
-            desc = " ".join(f"{k}={cell[k]}" for k in keys)
-            extra = (f" accuracy={cell['accuracy']:.3f}" if cell.get("accuracy") is not None
-                     else "")
-            print(f"cell done: {name} {desc}{extra}", flush=True)
-
-    signum = None
-    try:
-        r = fn(out=os.path.join(out, RESULTS_NAME), on_cell=on_cell, **kw)
-    except EvalInterrupted as e:
-        r, signum = e.result, e.signum
-    return _finish(r, args, name, out, signum)
-
-
-def _stdout_is_tty() -> bool:
-    try:
-        return sys.stdout.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-def _finish(result: Any, args: argparse.Namespace, name: str, out: str,
-            signum: int | None = None) -> int:
-    result.command = "samba-ext " + shlex.join(sys.argv[1:] if args._argv is None
-                                                else args._argv)
-    path = result.save_json(os.path.join(out, RESULTS_NAME))
-    print()
-    print(result)
-    print(f"\nwrote {path}")
-    if not args.no_plot and signum is None:
-        from .eval.plots import MATPLOTLIB_HINT, have_matplotlib
-
-        if not have_matplotlib():
-            print(f"skipped the PNG: {MATPLOTLIB_HINT}")
-        elif result.cells:
-            png = os.path.join(out, f"{name}.png")
-            result.plot(png)
-            print(f"wrote {png}")
-    if result.notes:
-        for n in result.notes:
-            print(f"NOTE: {n}")
-    if result.partial or signum is not None:
-        print("interrupted: the results above are PARTIAL (finished cells only)")
-        return 128 + int(signum if signum is not None else signal.SIGINT)
-    return 0
-
-
 # ----------------------------------------------------------------------------- commands ---
 def _cmd_passkey(args: argparse.Namespace) -> int:
     from .eval import passkey
 
     lengths = parse_lengths(args.lengths) if args.lengths is not None else None
     depths = parse_depths(args.depths) if args.depths is not None else None
-    out = _out_dir(args, "passkey")
+    out = out_dir(args, "passkey")
     model = load_model(args.model, args.device, seed=args.seed, overrides=config_overrides(args))
-    return _run_eval(passkey, args, "passkey", out, model=model, lengths=lengths,
+    return run_eval(passkey, args, "passkey", out, model=model, lengths=lengths,
                      depths=depths, trials=args.trials, grid=args.grid, seed=args.seed,
                      key_digits=args.key_digits,
                      key_range=(1, 50000) if args.landmark_keys else None,
@@ -521,9 +305,9 @@ def _cmd_phonebook(args: argparse.Namespace) -> int:
     from .eval import phonebook
 
     entries = parse_lengths(args.entries, "--entries") if args.entries is not None else None
-    out = _out_dir(args, "phonebook")
+    out = out_dir(args, "phonebook")
     model = load_model(args.model, args.device, seed=args.seed, overrides=config_overrides(args))
-    return _run_eval(phonebook, args, "phonebook", out, model=model, entries=entries,
+    return run_eval(phonebook, args, "phonebook", out, model=model, entries=entries,
                      trials=args.trials, grid=args.grid, seed=args.seed,
                      max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size,
                      progress=not args.no_progress)
@@ -547,7 +331,7 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
             raise CliError(f"--file: {f!r} is not a regular file (a FIFO, device or socket)")
         if not os.access(f, os.R_OK):
             raise CliError(f"--file: {f!r} is not readable (permission denied)")
-    out = _out_dir(args, "perplexity")
+    out = out_dir(args, "perplexity")
     model = load_model(args.model, args.device, overrides=config_overrides(args))
     kw: dict[str, Any] = dict(mode=args.mode, context_lengths=lengths, stride=stride,
                               score=args.score, batch_size=args.batch_size,
@@ -557,7 +341,7 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
         kw.update(file=args.file, n_tokens=n)
     else:
         kw.update(n_tokens=n if n is not None else 65536)
-    return _run_eval(perplexity, args, "perplexity", out, model=model, **kw)
+    return run_eval(perplexity, args, "perplexity", out, model=model, **kw)
 
 
 def _cmd_throughput(args: argparse.Namespace) -> int:
@@ -581,8 +365,8 @@ def _cmd_throughput(args: argparse.Namespace) -> int:
                 raise CliError(f"model options: {e}") from None
             cfg.name = c
         resolved.append(cfg)
-    out = _out_dir(args, "throughput")
-    return _run_eval(throughput, args, "throughput", out,
+    out = out_dir(args, "throughput")
+    return run_eval(throughput, args, "throughput", out,
                      configs=resolved if over else configs,
                      prompt_lengths=parse_lengths(args.lengths),
                      total_tokens=parse_count(args.total_tokens, "--total-tokens"),
@@ -674,51 +458,16 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return tuple(errs)
 
 
-class _Interrupts:
-    """While a command runs: SIGINT, SIGTERM, SIGHUP and the other catchable signals that
-    would end the process (_SIGNALS) raise KeyboardInterrupt (carrying ``signum``) once; any further signal is only recorded, so that the finished cells are
-    saved -- atomically, once -- even when a second signal follows at once (a double
-    Ctrl-C, or SIGTERM then SIGHUP from a closing terminal). Only in the main thread."""
-
-    def __init__(self) -> None:
-        self.first: int | None = None
-        self.later: list[int] = []
-        self._old: dict[int, Any] = {}
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.first is None:
-            self.first = signum
-            e = KeyboardInterrupt()
-            e.signum = signum       # type: ignore[attr-defined]
-            raise e
-        self.later.append(signum)
-
-    def __enter__(self) -> "_Interrupts":
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in _SIGNALS:
-                try:
-                    self._old[sig] = signal.signal(sig, self._handler)
-                except (OSError, ValueError):
-                    pass
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``samba-ext`` console script. Returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     args._argv = list(argv) if argv is not None else None
-    with _Interrupts() as intr:
+    with Interrupts() as intr:
         return _main(args, intr)
 
 
-def _main(args: argparse.Namespace, intr: _Interrupts) -> int:
+def _main(args: argparse.Namespace, intr: Interrupts) -> int:
     try:
         threads = getattr(args, "threads", None)
         if threads is None and hasattr(args, "threads"):
