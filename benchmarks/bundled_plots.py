@@ -1,4 +1,4 @@
-"""Side-by-side passkey heatmaps of the bundled models on the issue-7 grid (1K..256K x 11 depths).
+"""Side-by-side passkey heatmaps of the bundled models on the paper's grid (1K..256K x 11 depths).
 
 Reads the result JSONs written by ``benchmarks/bundled_eval.sh`` (CPU) and, where present, the GPU
 run's ``gpu/passkey-llama-tiny-long`` for llama-tiny's cells beyond 32K (``benchmarks/cuda_bundled.sh``);

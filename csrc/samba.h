@@ -49,7 +49,7 @@ int samba_ctx_stop(const samba_ctx *ctx);
 int samba_has_openmp(void);
 
 /* ------------------------------------------------------------------------------------ */
-/* Selective scan (Mamba-1 / S6), samba_arch.md section 3.  scan.c                          */
+/* Selective scan (Mamba-1 / S6), docs/specification.md section 3.  scan.c              */
 /* ------------------------------------------------------------------------------------ */
 /*
  * u, delta (B, D, L); A (D, N); Bm, Cm (B, G, N, L) with D % G == 0 (channel d uses group

@@ -1,5 +1,5 @@
 /*
- * scan.c - selective scan (Mamba-1 / S6) forward and decode step, samba_arch.md section 3.
+ * scan.c - selective scan (Mamba-1 / S6) forward and decode step, docs/specification.md section 3.
  *
  * Per batch b, channel d, step t, state n (all float32):
  *   dt     = delta[b,d,t] + delta_bias[d];  if softplus: dt = dt <= 20 ? log1p(exp(dt)) : dt

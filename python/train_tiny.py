@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train the bundled byte-level models ``samba-tiny`` and ``llama-tiny`` (PyTorch; optional extra).
 
-A plain PyTorch implementation of the Samba architecture (samba_arch.md sections 2-5):
+A plain PyTorch implementation of the Samba architecture (docs/specification.md sections 2-5):
 
 * Mamba-1 mixer (in_proj / depthwise causal conv1d / x_proj / dt_proj / A_log / D / out_proj), with a
   chunked selective scan written in torch (exact up to a per-step log-decay floor, see ``scan_chunked``;
@@ -225,7 +225,7 @@ def scan_chunked(x, dt, A, Bm, Cm, Dv, h0=None, chunk: int = 16, min_log_decay: 
 
 
 # ----------------------------------------------------------------------------------------------
-# Modules (attribute names give the lit_gpt state-dict keys of samba_arch.md section 7)
+# Modules (attribute names give the lit_gpt state-dict keys of docs/specification.md section 7)
 # ----------------------------------------------------------------------------------------------
 class RMSNorm(nn.Module):
     def __init__(self, d: int, eps: float):
@@ -253,7 +253,7 @@ class Mamba(nn.Module):
         self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(E, 1))
         self.D = nn.Parameter(torch.ones(E))
         self.out_proj = nn.Linear(E, D, bias=False)
-        # Mamba init (samba_arch.md section 3): dt_proj weight U(+-R^-0.5), bias = inv_softplus(dt)
+        # Mamba init (docs/specification.md section 3): dt_proj weight U(+-R^-0.5), bias = inv_softplus(dt)
         nn.init.uniform_(self.dt_proj.weight, -R ** -0.5, R ** -0.5)
         dt = torch.exp(torch.rand(E) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
         with torch.no_grad():
@@ -591,7 +591,7 @@ LAST_NAMES = ("Smith Johnson Williams Brown Jones Garcia Miller Davis Rodriguez 
 
 def phonebook_prompt(rng: random.Random, n_entries: int, digits: int = 10,
                      seps: float = 0.0) -> tuple[str, str]:
-    """samba_arch.md 6.3 format: "Name: phone" lines, "\\n\\n", two re-stated entries, "\\n\\n",
+    """docs/specification.md section 6.2 format: "Name: phone" lines, "\\n\\n", two re-stated entries, "\\n\\n",
     "<query name>:". Phone = `digits` digits (the evaluation's 10 by default), first 6-9.
     seps: the chance that a gap between two digits gets a separator ("-", " " or "."), drawn per
     number (a training variant: it moves each digit's distance from the ":" at random).
@@ -862,7 +862,7 @@ def eval_passkey(model: TorchSamba, lengths, depths, trials: int, device, seed: 
 
 @torch.no_grad()
 def eval_phonebook(model: TorchSamba, entries, books: int, device, seed: int = 4321) -> dict[int, float]:
-    """Teacher-forced greedy check on phonebook prompts (samba_arch.md 6.3 format): all answer
+    """Teacher-forced greedy check on phonebook prompts (docs/specification.md section 6.2 format): all answer
     positions of " {phone}\n" must be the argmax. Returns {entries: accuracy} (one book per row)."""
     rng = random.Random(seed)
     res = {}

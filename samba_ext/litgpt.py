@@ -9,7 +9,7 @@ only tensor-rebuilding stand-ins and plain containers and refuses every other gl
 (no ``os.system``, no ``builtins.eval``, no arbitrary constructors). Storages are memory-mapped
 from the zip (torch writes them uncompressed) after checking every offset, size and stride.
 
-Key names follow samba_arch.md section 7; lit_gpt checkpoints store the grouped QKV layout and
+Key names follow docs/specification.md section 7; lit_gpt checkpoints store the grouped QKV layout and
 (for tied models) both ``transformer.wte.weight`` and ``lm_head.weight``.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Samba language model, composed from the package kernels through a small backend.
 
-Architecture (samba_arch.md sections 2-5, checklist section 10)::
+Architecture (docs/specification.md sections 2-5, checklist section 8)::
 
     x = wte[tokens]                                    # (B, L, D), float32 residual stream
     for each block i:   x = x + mixer_i(rmsnorm(x));   x = x + swiglu_mlp_i(rmsnorm(x))
@@ -41,7 +41,7 @@ __all__ = ["Samba", "SambaState", "init_state_dict", "expected_shapes"]
 
 # ------------------------------------------------------------------------------ weights ---
 def expected_shapes(cfg: SambaConfig) -> dict[str, tuple[int, ...]]:
-    """lit_gpt key -> shape for ``cfg`` (samba_arch.md section 7). lm_head.weight only when
+    """lit_gpt key -> shape for ``cfg`` (docs/specification.md section 7). lm_head.weight only when
     the embeddings are not tied."""
     D, E, N, R, K, F = (cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv,
                         cfg.intermediate_size)
@@ -73,7 +73,7 @@ def expected_shapes(cfg: SambaConfig) -> dict[str, tuple[int, ...]]:
 
 
 def init_state_dict(cfg: SambaConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random Mamba/Samba initialisation (samba_arch.md section 3), lit_gpt keys, float32.
+    """Random Mamba/Samba initialisation (docs/specification.md section 3), lit_gpt keys, float32.
 
     Embedding N(0, 0.02); Linear weights PyTorch-default U(+-1/sqrt(fan_in)); Mamba:
     A_log = log(1..N), D = 1, dt_proj.weight U(+-dt_rank^-0.5), dt_proj.bias =

@@ -24,7 +24,7 @@ from conftest import assert_close  # noqa: E402
 
 
 def _seq_scan_f64(x, dt, A, Bm, Cm, Dv, h0):
-    """Plain float64 NumPy recurrence (samba_arch.md section 3)."""
+    """Plain float64 NumPy recurrence (docs/specification.md section 3)."""
     Bsz, L, E = x.shape
     h = h0.copy()
     y = np.zeros((Bsz, L, E))
