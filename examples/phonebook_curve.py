@@ -1,6 +1,6 @@
 """Phonebook lookup accuracy vs book size (Jelassi et al. 2024, as in ArchScale).
 
-    python3 python/examples/phonebook_curve.py --entries 20,40,80 --trials 5
+    python3 examples/phonebook_curve.py --entries 20,40,80 --trials 5
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Streamed generation, and a look at a passkey prompt and the model's answer.
 
-    python3 python/examples/generate_stream.py --length 2048 --depth 0.5
+    python3 examples/generate_stream.py --length 2048 --depth 0.5
 """
 from __future__ import annotations
 

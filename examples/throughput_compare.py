@@ -1,8 +1,8 @@
 """Prefill and decode throughput of Samba vs a same-size full-attention (Llama-style)
 baseline, with random weights (speed does not depend on the weights).
 
-    python3 python/examples/throughput_compare.py
-    python3 python/examples/throughput_compare.py --config samba-10m --lengths 1024,4096,16384
+    python3 examples/throughput_compare.py
+    python3 examples/throughput_compare.py --config samba-10m --lengths 1024,4096,16384
 """
 from __future__ import annotations
 

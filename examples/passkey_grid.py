@@ -1,7 +1,7 @@
 """Passkey retrieval over a (length x depth) grid, from Python.
 
-    python3 python/examples/passkey_grid.py                       # bundled samba-tiny
-    python3 python/examples/passkey_grid.py --model my.safetensors --lengths 4096,16384 \
+    python3 examples/passkey_grid.py                       # bundled samba-tiny
+    python3 examples/passkey_grid.py --model my.safetensors --lengths 4096,16384 \
         --depths 0,0.25,0.5,0.75,1 --trials 5 --out passkey_run
 
 Prints the accuracy table, writes results.json and (with matplotlib) a heatmap PNG.

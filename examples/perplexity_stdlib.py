@@ -1,8 +1,8 @@
 """Long-context perplexity on the built-in corpus (the Python standard library's own
 sources, held-out split), streaming and with sliding windows.
 
-    python3 python/examples/perplexity_stdlib.py --tokens 65536
-    python3 python/examples/perplexity_stdlib.py --tokens 1048576    # 1M tokens, bounded memory
+    python3 examples/perplexity_stdlib.py --tokens 65536
+    python3 examples/perplexity_stdlib.py --tokens 1048576    # 1M tokens, bounded memory
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Where does a checkpoint's phonebook lookup break? Teacher-forced accuracy per answer position, and
 the attention of every local/global attention head at the last answer steps (needs torch).
 
-    python3 python/phonebook_probe.py CHECKPOINT.safetensors [--books 30] [--entries 3,6,12]
+    python3 training/phonebook_probe.py CHECKPOINT.safetensors [--books 30] [--entries 3,6,12]
 
 For each book size: the fraction of books whose answer token at position k (" ", digit 1..10, "\\n")
 is the argmax, the fraction right at every position, and the mean top probability per position.
@@ -13,7 +13,7 @@ book line gets 1 or 2 extra spaces after its ':', and the teacher-forced answer 
 as right and as equal to the previous digit (what a copy keyed on the distance from the ':' gives).
 With --entry-attention, where each head looks inside the queried entry's line at each answer digit.
 With --last, what the model predicts at digit 10 (is it a copy from the wrong place, or a guess?).
-Books come from train_tiny.phonebook_prompt (the training names); seed fixed, so the output is
+Books come from training/data.py's phonebook_prompt (the package's names); seed fixed, so the output is
 reproducible.
 """
 from __future__ import annotations
@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import train_tiny as T  # noqa: E402
+import data as D  # noqa: E402
+import model_torch as M  # noqa: E402
 
 
 def answer_probs(model, p: list[int], a: list[int]) -> torch.Tensor:
@@ -42,9 +43,9 @@ def per_position(model, entries: int, books: int, seed: int) -> tuple[np.ndarray
     rng = random.Random(seed)
     acc, top, exact = np.zeros(12), np.zeros(12), 0
     for _ in range(books):
-        prompt, phone = T.phonebook_prompt(rng, entries)
-        a = T.encode(f" {phone}\n")
-        prob = answer_probs(model, T.encode(prompt), a)
+        prompt, phone = D.phonebook_prompt(rng, entries)
+        a = D.encode(f" {phone}\n")
+        prob = answer_probs(model, D.encode(prompt), a)
         ok = (prob.argmax(-1) == torch.tensor(a)).numpy()
         acc += ok
         top += prob.max(-1).values.numpy()
@@ -80,8 +81,8 @@ def attention_rows(model, p: list[int], a: list[int]) -> dict[int, torch.Tensor]
 
 def attention_probe(model, seed: int) -> list[str]:
     """Top-3 keys per head of each attention layer at the steps predicting digits 7..10."""
-    prompt, phone = T.phonebook_prompt(random.Random(seed), 5)
-    p, a = T.encode(prompt), T.encode(f" {phone}\n")
+    prompt, phone = D.phonebook_prompt(random.Random(seed), 5)
+    p, a = D.encode(prompt), D.encode(f" {phone}\n")
     rows = attention_rows(model, p, a)
     text = prompt + f" {phone}\n"
     out = [f"book tail {prompt[-70:]!r} -> {phone}"]
@@ -103,12 +104,12 @@ def entry_attention_probe(model, books: int, seed: int, entries: int = 6, span: 
     rng = random.Random(seed)
     acc: dict[tuple[int, int, int], np.ndarray] = {}
     for _ in range(books):
-        prompt, phone = T.phonebook_prompt(rng, entries)
+        prompt, phone = D.phonebook_prompt(rng, entries)
         body, _, query = prompt.split("\n\n")
         lines = body.split("\n")
         i = lines.index(f"{query[:-1]}: {phone}")  # the whole line: a name can end another name
         d0 = sum(len(ln) + 1 for ln in lines[:i]) + len(query) + 1  # digit 1 of the queried line
-        p, a = T.encode(prompt), T.encode(f" {phone}\n")
+        p, a = D.encode(prompt), D.encode(f" {phone}\n")
         lo = d0 - span // 2
         for li, A in attention_rows(model, p, a).items():
             for k in range(1, 11):
@@ -138,10 +139,10 @@ def features_probe(model, books: int, seed: int, entries: int = 6) -> list[str]:
     rng = random.Random(seed)
     feats: dict[tuple[int, str, int], tuple[list, list]] = {}
     for book in range(books):
-        prompt, _ = T.phonebook_prompt(rng, entries)
+        prompt, _ = D.phonebook_prompt(rng, entries)
         body = prompt.rsplit("\n\n", 2)[0] + "\n"
         with torch.no_grad():
-            model(torch.tensor([T.encode(prompt)]))
+            model(torch.tensor([D.encode(prompt)]))
         for p in range(2, len(body)):
             kind = "nl" if body[p] == "\n" else "dig" if body[p].isdigit() else None
             for back in (1, 2):
@@ -179,12 +180,12 @@ def shift_probe(model, books: int, seed: int, entries: int = 6) -> list[str]:
     for extra in (0, 1, 2):
         right, prev, n = np.zeros(12), np.zeros(12), 0
         for _ in range(books):
-            prompt, phone = T.phonebook_prompt(rng, entries)
+            prompt, phone = D.phonebook_prompt(rng, entries)
             body, shots, query = prompt.split("\n\n")
             lines = [ln.replace(": ", ":" + " " * (extra + 1), 1) if ln.startswith(query[:-1] + ":") else ln
                      for ln in body.split("\n")]
-            p = T.encode("\n".join(lines) + "\n\n" + shots + "\n\n" + query)
-            a = T.encode(f" {phone}\n")
+            p = D.encode("\n".join(lines) + "\n\n" + shots + "\n\n" + query)
+            a = D.encode(f" {phone}\n")
             pred = answer_probs(model, p, a).argmax(-1).tolist()
             right += [pred[k] == a[k] for k in range(12)]
             prev += [k >= 2 and pred[k] == a[k - 1] for k in range(12)]
@@ -202,10 +203,10 @@ def last_digit_probe(model, books: int, seed: int, entries: int = 6) -> list[str
     hits = {"right": 0, "= its d9": 0, "in its number": 0, "= another entry's d10": 0}
     top, counts = 0.0, {str(d): 0 for d in range(10)}
     for _ in range(books):
-        prompt, phone = T.phonebook_prompt(rng, entries)
+        prompt, phone = D.phonebook_prompt(rng, entries)
         others = [ln.split(": ")[1] for ln in prompt.split("\n\n")[0].split("\n")]
         others = [x for x in others if x != phone]
-        pr = answer_probs(model, T.encode(prompt), T.encode(f" {phone}\n"))[10]
+        pr = answer_probs(model, D.encode(prompt), D.encode(f" {phone}\n"))[10]
         c = chr(int(pr.argmax()))
         top += float(pr.max())
         key = c if c.isdigit() else "other"  # an untrained model may not even say a digit
@@ -221,13 +222,13 @@ def last_digit_probe(model, books: int, seed: int, entries: int = 6) -> list[str
         rng = random.Random(seed + 1)
         ext[n_ext] = 0
         for _ in range(books):
-            prompt, phone = T.phonebook_prompt(rng, entries)
+            prompt, phone = D.phonebook_prompt(rng, entries)
             body, shots, query = prompt.split("\n\n")
             lines = body.split("\n")
             i = lines.index(f"{query[:-1]}: {phone}")
             lines[i] += "".join(str(rng.randint(0, 9)) for _ in range(n_ext))
-            p = T.encode("\n".join(lines) + "\n\n" + shots + "\n\n" + query)
-            pr = answer_probs(model, p, T.encode(f" {phone}\n"))[10]
+            p = D.encode("\n".join(lines) + "\n\n" + shots + "\n\n" + query)
+            pr = answer_probs(model, p, D.encode(f" {phone}\n"))[10]
             ext[n_ext] += chr(int(pr.argmax())) == phone[9]
     return [f"digit 10 ({books} books of {entries} entries): "
             + ", ".join(f"{k} {v / books:.2f}" for k, v in hits.items())
@@ -255,7 +256,7 @@ def main() -> None:
                     help="also what the model predicts at digit 10 (right / its digit 9 / another entry's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model = T.load_model(args.checkpoint, "cpu").eval()
+    model = M.load_model(args.checkpoint, "cpu").eval()
     print(f"{args.checkpoint}: window {model.cfg.get('window')}, {args.books} books per size, teacher-forced")
     print("position: ' ' d1 d2 d3 d4 d5 d6 d7 d8 d9 d10 '\\n'")
     for n in [int(e) for e in args.entries.split(",")]:

@@ -7,7 +7,7 @@ edge), at three prompt lengths, and prints correct/trials per position. A model 
 over cleanly between attention and the Mamba state scores 100% everywhere (see
 docs/training.md, "The window edge").
 
-    python3 python/passkey_edge_probe.py [MODEL] [--lengths 1024,2048,4096] [--trials 3] [--seed 1]
+    python3 training/passkey_edge_probe.py [MODEL] [--lengths 1024,2048,4096] [--trials 3] [--seed 1]
 
 MODEL: a bundled name or a .safetensors file (default samba-tiny). Package kernels, CPU.
 """
