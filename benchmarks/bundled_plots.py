@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         overall = np.nansum(acc * n) / n[done].sum() if done.any() else float("nan")
         ax.set_title(f"{title}\n{int(n.sum())} trials, {overall:.1f}% correct", fontsize=10)
         ax.axvline(2.5, color="black", lw=1, ls=":")  # between 4K and 8K
-    fig.suptitle("Passkey retrieval of the bundled models (samba-ext passkey; 5 trials per cell, fewer where a run was stopped)")
+    fig.suptitle("Passkey retrieval of the bundled models "
+                 "(samba-ext passkey; 5 trials per cell, fewer where a run was stopped)")
     fig.tight_layout()
     out = os.path.join(R, "passkey_grid.png")
     fig.savefig(out, dpi=110)

@@ -4,6 +4,7 @@ sources, held-out split), streaming and with sliding windows.
     python3 examples/perplexity_stdlib.py --tokens 65536
     python3 examples/perplexity_stdlib.py --tokens 1048576    # 1M tokens, bounded memory
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,7 @@ def main() -> None:
 
     streaming = perplexity(model, tokens=tokens, mode="streaming")
     print(streaming)
-    sliding = perplexity(model, tokens=tokens, mode="sliding",
-                         context_lengths=[min(args.window, args.tokens)])
+    sliding = perplexity(model, tokens=tokens, mode="sliding", context_lengths=[min(args.window, args.tokens)])
     print(sliding)
 
 

@@ -20,7 +20,6 @@ import os
 import pickle
 import re
 import struct
-import warnings
 import zipfile
 from typing import Any, Optional
 

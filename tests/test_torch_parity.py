@@ -4,6 +4,7 @@ on the same weights: forward logits, and chunked NLL with state carried past the
 Skipped when torch is missing. Runs on a freshly initialised exported model (always) and on the
 bundled samba-tiny / llama-tiny files (when present).
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,12 @@ def weights(request, tmp_path):
     name = request.param
     if name.startswith("random"):
         torch.manual_seed(abs(hash(name)) % 1000)
-        cfg = mt.make_config("samba-tiny" if "samba" in name else "llama-tiny", d_model=64, window=32,
-                             n_layer=8 if name.endswith("8") else 4)  # 8: a deeper stack, as --grow 8 makes
+        cfg = mt.make_config(
+            "samba-tiny" if "samba" in name else "llama-tiny",
+            d_model=64,
+            window=32,
+            n_layer=8 if name.endswith("8") else 4,
+        )  # 8: a deeper stack, as --grow 8 makes
         m = mt.TorchSamba(cfg)
         with torch.no_grad():  # spread dt / A_log so that fast and slow channels both occur
             for b in m.transformer.h:
@@ -37,8 +42,11 @@ def weights(request, tmp_path):
                     b.attn.dt_proj.bias.uniform_(-12.0, 2.0)
                     b.attn.A_log.add_(torch.randn_like(b.attn.A_log))
         path = str(tmp_path / f"{name}.safetensors")
-        write_safetensors(path, mt.export_state(m), {"format": "samba-ext", "config": __import__("json").dumps(cfg),
-                                                       "tokenizer": "byte"})
+        write_safetensors(
+            path,
+            mt.export_state(m),
+            {"format": "samba-ext", "config": __import__("json").dumps(cfg), "tokenizer": "byte"},
+        )
         return path
     if not os.path.exists(BUNDLED[name]):
         pytest.skip(f"{BUNDLED[name]} not present")

@@ -6,6 +6,7 @@ attention against dense masked attention, chunk-by-chunk inference (state carrie
 full forward, and a CPU smoke run of the training script (few steps, tiny batch) whose exported
 safetensors file must reload with the same weights and the package's metadata keys.
 """
+
 from __future__ import annotations
 
 import json
@@ -82,7 +83,7 @@ def test_chunked_inference_matches_full_forward(name):
         full = m(toks, exact=True)
         parts, st, pos = [], None, 0
         for c in (13, 1, 20, 16):
-            o, st = m(toks[:, pos:pos + c], state=st, pos0=pos, return_state=True)
+            o, st = m(toks[:, pos : pos + c], state=st, pos0=pos, return_state=True)
             parts.append(o)
             pos += c
     assert_close(torch.cat(parts, 1).numpy(), full.numpy(), 1e-5, "chunked logits")
@@ -100,9 +101,28 @@ def test_passkey_prompt_template():
 
 def test_train_smoke_cpu_and_export(tmp_path):
     out = str(tmp_path / "x.safetensors")
-    res = train.main(["--model", "samba-tiny", "--steps", "2", "--device", "cpu", "--out", out,
-                   "--tokens-per-step", "320", "--max-len", "320", "--text-bytes", "200000",
-                   "--threads", "1", "--log-every", "1"])
+    res = train.main(
+        [
+            "--model",
+            "samba-tiny",
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            out,
+            "--tokens-per-step",
+            "320",
+            "--max-len",
+            "320",
+            "--text-bytes",
+            "200000",
+            "--threads",
+            "1",
+            "--log-every",
+            "1",
+        ]
+    )
     assert res["steps"] == 2 and all(math.isfinite(r["loss"]) for r in res["log"])
     assert os.path.getsize(out) <= 16 * 1024 * 1024
     tensors, meta = read_safetensors(out)
@@ -152,7 +172,10 @@ def test_decay_only_dilation_is_exactly_a_longer_gap():
     h = torch.zeros(B, E, N, dtype=torch.float64)
     ys = []
     for t in range(L):
-        h = torch.exp(k.view(B, 1, 1) * dt[:, t, :, None] * A) * h + (dt[:, t] * x[:, t])[:, :, None] * Bm[:, t, None, :]
+        h = (
+            torch.exp(k.view(B, 1, 1) * dt[:, t, :, None] * A) * h
+            + (dt[:, t] * x[:, t])[:, :, None] * Bm[:, t, None, :]
+        )
         ys.append((h * Cm[:, t, None, :]).sum(-1) + x[:, t] * Dv)
     y_loop = torch.stack(ys, 1)
     for scan in (mt.scan_ref, mt.scan_chunked):
@@ -168,8 +191,7 @@ def test_decay_only_dilation_is_exactly_a_longer_gap():
 def test_local_attention_backward_matches_dense(W, P, L):
     g = torch.Generator().manual_seed(W + P)
     B, H, hd = 2, 2, 8
-    q, k, v = (torch.randn(B, H, n, hd, generator=g, dtype=torch.float64).requires_grad_()
-               for n in (L, P + L, P + L))
+    q, k, v = (torch.randn(B, H, n, hd, generator=g, dtype=torch.float64).requires_grad_() for n in (L, P + L, P + L))
     qpos, kpos = P + torch.arange(L)[:, None], torch.arange(P + L)[None, :]
     s = (q @ k.transpose(-1, -2) / math.sqrt(hd)).masked_fill(~((kpos <= qpos) & (kpos > qpos - W)), -math.inf)
     ref = torch.softmax(s, -1) @ v
@@ -186,6 +208,7 @@ def test_passkey_rows_answer_mask_and_far_placement():
     long-enough passkey row has both copies of the key >= window tokens before the first answer token
     (so the SWA layers cannot see it: the Mamba state must carry it)."""
     import random
+
     W = 128
     mix = data.DataMix(p_passkey=1.0, p_phonebook=0.0, text=np.zeros(0, np.int16), pk_far=1.0, window=W)
     rng = random.Random(0)
@@ -213,6 +236,7 @@ def test_passkey_edge_placement():
     <= window + 8 tokens before the first answer token; most rows truly straddle it (start beyond the
     window, end inside it)."""
     import random
+
     W = 256
     mix = data.DataMix(p_passkey=1.0, p_phonebook=0.0, text=np.zeros(0, np.int16), pk_edge=1.0, window=W)
     rng = random.Random(0)
@@ -246,6 +270,7 @@ def test_phonebook_size_cap():
             text = bytes(int(t) for t in ids if t < 256).decode("latin-1")
             c[text.split("\n\n")[0].count("\n") + 1] += 1
         return c
+
     capped = sizes(4)
     assert set(capped) <= {3, 4} and capped[4] > 0
     assert max(sizes(None)) > 8
@@ -257,8 +282,7 @@ def test_phonebook_fewshot_targets_and_number_lengths():
     --pb-digits LO-HI draws the number length per book."""
     import random
 
-    mix = data.DataMix(p_passkey=0.0, p_phonebook=1.0, pb_max_entries=6, pb_fewshot_loss=True,
-                     pb_digits=(8, 13))
+    mix = data.DataMix(p_passkey=0.0, p_phonebook=1.0, pb_max_entries=6, pb_fewshot_loss=True, pb_digits=(8, 13))
     rng, lengths = random.Random(3), set()
     for _ in range(40):
         ids, kind = data.make_doc(rng, 512, mix)
@@ -268,8 +292,7 @@ def test_phonebook_fewshot_targets_and_number_lengths():
         shot_lines = shots.split("\n")
         answer = query.split(":")[1].strip()
         # the target tokens of answer-kind positions t are ids[t + 1]
-        tgt = "".join(chr(int(ids[t + 1])) if ids[t + 1] < 256 else "<eos>"
-                      for t in np.nonzero(kind == 2)[0])
+        tgt = "".join(chr(int(ids[t + 1])) if ids[t + 1] < 256 else "<eos>" for t in np.nonzero(kind == 2)[0])
         want = "".join(line.split(": ")[1] for line in shot_lines) + f" {answer}\n<eos>"
         assert tgt == want
         for line in shot_lines:
@@ -287,7 +310,10 @@ def test_scan_seq_matches_recurrence_with_gradients():
     through the step-by-step recurrence), float64, with h0 and the decay-only dilation."""
     g = torch.Generator().manual_seed(5)
     B, L, E, N = 2, 29, 5, 3
-    mk = lambda *s, scale=1.0: (torch.randn(*s, generator=g, dtype=torch.float64) * scale).requires_grad_()
+
+    def mk(*s, scale=1.0):
+        return (torch.randn(*s, generator=g, dtype=torch.float64) * scale).requires_grad_()
+
     x, Bm, Cm, Dv, h0 = mk(B, L, E), mk(B, L, N), mk(B, L, N), mk(E), mk(B, E, N)
     dt = (torch.rand(B, L, E, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
     A = (-torch.rand(E, N, generator=g, dtype=torch.float64) * 3).requires_grad_()
@@ -311,12 +337,27 @@ def test_reinit_attention_and_train_blocks(tmp_path):
     """--reinit-attn gives block 3 a fresh attention; --train-blocks 3 leaves every other block exactly
     as loaded and changes block 3."""
     base = str(tmp_path / "base.safetensors")
-    common = ["--model", "samba-tiny", "--device", "cpu", "--tokens-per-step", "320", "--max-len", "320",
-              "--text-bytes", "200000", "--threads", "1", "--log-every", "1"]
+    common = [
+        "--model",
+        "samba-tiny",
+        "--device",
+        "cpu",
+        "--tokens-per-step",
+        "320",
+        "--max-len",
+        "320",
+        "--text-bytes",
+        "200000",
+        "--threads",
+        "1",
+        "--log-every",
+        "1",
+    ]
     train.main(common + ["--steps", "1", "--out", base])
     out = str(tmp_path / "re.safetensors")
-    res = train.main(common + ["--steps", "2", "--init", base, "--reinit-attn", "3", "--train-blocks", "3",
-                            "--out", out])
+    res = train.main(
+        common + ["--steps", "2", "--init", base, "--reinit-attn", "3", "--train-blocks", "3", "--out", out]
+    )
     assert all(math.isfinite(r["loss"]) for r in res["log"])
     a, meta_a = read_safetensors(base)
     b, meta_b = read_safetensors(out)
@@ -329,8 +370,7 @@ def test_reinit_attention_and_train_blocks(tmp_path):
     train.main(common + ["--max-len", "160", "--steps", "1", "--init", out, "--out", short])
     assert json.loads(read_safetensors(short)[1]["config"])["max_train_len"] == 320
     train.main(common + ["--steps", "1", "--init", out, "--out", base])
-    assert json.loads(read_safetensors(base)[1]["lineage"]) == [meta_a["train_command"],
-                                                                  meta_b["train_command"]]
+    assert json.loads(read_safetensors(base)[1]["lineage"]) == [meta_a["train_command"], meta_b["train_command"]]
     for k in a:
         same = np.array_equal(a[k], b[k])
         assert same == (not k.startswith("transformer.h.3.")), k
@@ -349,8 +389,22 @@ def test_grow_keeps_the_function(tmp_path):
     """--grow 8 appends mamba/swa blocks whose output projections start at zero: before any step the
     grown model's logits equal the original's; after training steps it is a valid 8-block file."""
     base = str(tmp_path / "base.safetensors")
-    common = ["--model", "samba-tiny", "--device", "cpu", "--tokens-per-step", "320", "--max-len", "320",
-              "--text-bytes", "200000", "--threads", "1", "--log-every", "1"]
+    common = [
+        "--model",
+        "samba-tiny",
+        "--device",
+        "cpu",
+        "--tokens-per-step",
+        "320",
+        "--max-len",
+        "320",
+        "--text-bytes",
+        "200000",
+        "--threads",
+        "1",
+        "--log-every",
+        "1",
+    ]
     train.main(common + ["--steps", "1", "--out", base])
     m = mt.load_model(base)
     g = mt.grow_model(m, 8)
@@ -383,9 +437,27 @@ def test_ctrl_c_saves_the_model(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train, "make_batch", batch)
     out = str(tmp_path / "int.safetensors")
-    res = train.main(["--model", "samba-tiny", "--device", "cpu", "--tokens-per-step", "320", "--max-len", "320",
-                   "--text-bytes", "200000", "--threads", "1", "--steps", "10", "--eval-long",
-                   "--out", out])
+    res = train.main(
+        [
+            "--model",
+            "samba-tiny",
+            "--device",
+            "cpu",
+            "--tokens-per-step",
+            "320",
+            "--max-len",
+            "320",
+            "--text-bytes",
+            "200000",
+            "--threads",
+            "1",
+            "--steps",
+            "10",
+            "--eval-long",
+            "--out",
+            out,
+        ]
+    )
     assert res["interrupted"] and res["steps"] == 2 and "eval" not in res
     _, meta = read_safetensors(out)
     assert meta["interrupted"] == "true" and meta["steps"] == "2"
@@ -411,7 +483,8 @@ def test_phonebook_separators():
             seen_sep |= set(num) - set("0123456789")
             assert "--" not in num and "  " not in num
         assert [prompt[a:b] for a, b in data.fewshot_digit_spans(prompt)] == [
-            line.split(": ")[1] for line in shots.split("\n")]
+            line.split(": ")[1] for line in shots.split("\n")
+        ]
     assert seen_sep == {"-", " ", "."}
     plain, _ = data.phonebook_prompt(random.Random(5), 5, 10)
     assert all(line.split(": ")[1].isdigit() for line in plain.split("\n\n")[0].split("\n"))

@@ -56,8 +56,7 @@ def passkey_prompt(n_tokens: int, depth: float, key: int) -> str:
     return passkey_text(pre, n_filler - pre, key)
 
 
-def phonebook_prompt(rng: random.Random, n_entries: int, digits: int = 10,
-                     seps: float = 0.0) -> tuple[str, str]:
+def phonebook_prompt(rng: random.Random, n_entries: int, digits: int = 10, seps: float = 0.0) -> tuple[str, str]:
     """A phonebook prompt in the package's format (docs/specification.md section 6.2): "Name: number"
     lines, a blank line, two entries re-stated, a blank line, "<query name>:". Names come from the
     package's list. number = ``digits`` digits (the evaluation's 10 by default), the first 6-9.
@@ -71,11 +70,12 @@ def phonebook_prompt(rng: random.Random, n_entries: int, digits: int = 10,
         names.add(f"{rng.choice(first)} {rng.choice(last)}")
     names_l = sorted(names)
     rng.shuffle(names_l)
-    phones = [str(rng.randint(6, 9)) + "".join(str(rng.randint(0, 9)) for _ in range(digits - 1))
-              for _ in names_l]
+    phones = [str(rng.randint(6, 9)) + "".join(str(rng.randint(0, 9)) for _ in range(digits - 1)) for _ in names_l]
     if seps > 0:
-        phones = ["".join(d + (rng.choice("- .") if i < len(p) - 1 and rng.random() < seps else "")
-                          for i, d in enumerate(p)) for p in phones]
+        phones = [
+            "".join(d + (rng.choice("- .") if i < len(p) - 1 and rng.random() < seps else "") for i, d in enumerate(p))
+            for p in phones
+        ]
     a, b, c = rng.sample(range(n_entries), 3)
     return format_phonebook(list(zip(names_l, phones)), a, b, c), phones[c]
 
@@ -211,7 +211,7 @@ def make_doc(rng: random.Random, L: int, mix: DataMix, info: dict | None = None)
             shots = [(len(bos) + a, len(bos) + b) for a, b in fewshot_digit_spans(prompt)]
     else:
         s = rng.randrange(0, len(mix.text) - L)
-        seq = bos + mix.text[s: s + L - len(bos)].astype(np.int64).tolist()
+        seq = bos + mix.text[s : s + L - len(bos)].astype(np.int64).tolist()
         n_ans = 0
         task = "text"
     if info is not None:
@@ -220,9 +220,9 @@ def make_doc(rng: random.Random, L: int, mix: DataMix, info: dict | None = None)
     ids[:n] = seq
     kind[: n - 1] = 1  # position t predicts seq[t+1]
     if n_ans:
-        kind[n - 1 - n_ans: n - 1] = 2
+        kind[n - 1 - n_ans : n - 1] = 2
     for a, b in shots:  # position t predicts seq[t+1]: targets a..b-1 sit at a-1..b-2
-        kind[a - 1: b - 1] = 2
+        kind[a - 1 : b - 1] = 2
     return ids, kind
 
 

@@ -19,8 +19,9 @@ from model_torch import PAD, TorchSamba, run_chunked
 
 
 @torch.no_grad()
-def eval_passkey(model: TorchSamba, lengths, depths, trials: int, device, seed: int = 1234,
-                 chunk: int = 8192, max_batch: int = 16) -> dict[int, float]:
+def eval_passkey(
+    model: TorchSamba, lengths, depths, trials: int, device, seed: int = 1234, chunk: int = 8192, max_batch: int = 16
+) -> dict[int, float]:
     """Teacher-forced greedy check: prompt + " {key}." and all answer positions' argmax must equal
     the next token, i.e. greedy decoding emits " {key}." (so the first integer is the key).
     Returns {length: accuracy}."""
@@ -36,7 +37,7 @@ def eval_passkey(model: TorchSamba, lengths, depths, trials: int, device, seed: 
                 items.append((p, a))
         ok = 0
         for s in range(0, len(items), max_batch):
-            grp = items[s: s + max_batch]
+            grp = items[s : s + max_batch]
             n = max(len(p) + len(a) for p, a in grp)
             lp = len(grp[0][0])
             assert all(len(p) == lp for p, _ in grp)
@@ -64,27 +65,34 @@ def eval_phonebook(model: TorchSamba, entries, books: int, device, seed: int = 4
             p, a = encode(prompt), encode(f" {phone}\n")
             toks = torch.tensor([p + a], dtype=torch.long, device=device)
             logits = model(toks[:, :-1])
-            pred = logits[0, len(p) - 1:].argmax(-1).tolist()
+            pred = logits[0, len(p) - 1 :].argmax(-1).tolist()
             ok += int(pred == a)
         res[n] = ok / books
     return res
 
 
 @torch.no_grad()
-def eval_ppl(model: TorchSamba, stream: np.ndarray, total: int, device, seg: int = 4096,
-             chunk: int = 8192, buckets=(4096, 16384, 65536, 262144, 1048576)) -> dict:
+def eval_ppl(
+    model: TorchSamba,
+    stream: np.ndarray,
+    total: int,
+    device,
+    seg: int = 4096,
+    chunk: int = 8192,
+    buckets=(4096, 16384, 65536, 262144, 1048576),
+) -> dict:
     """NLL of one long held-out stream read with the state carried vs. the same tokens read in
     independent `seg`-token pieces (state reset). Returns per position bucket ppl for both and ratio."""
     total = min(total, len(stream) - 1) // seg * seg
     toks = torch.from_numpy(stream[: total + 1].astype(np.int64)).to(device)
-    nll_long = run_chunked(model, toks[None, :total + 1], chunk=chunk, want="nll")[0]
+    nll_long = run_chunked(model, toks[None, : total + 1], chunk=chunk, want="nll")[0]
     pieces = toks[:total].view(-1, seg)
-    nxt = torch.cat([toks[1: total + 1].view(-1, seg)], 0)
+    nxt = torch.cat([toks[1 : total + 1].view(-1, seg)], 0)
     nll_seg = []
     per = max(1, (64 * 1024) // seg)
     for s in range(0, pieces.shape[0], per):
-        p = pieces[s: s + per]
-        t = nxt[s: s + per]
+        p = pieces[s : s + per]
+        t = nxt[s : s + per]
         full = torch.cat([p, t[:, -1:]], 1)
         nll_seg.append(run_chunked(model, full, chunk=chunk, want="nll"))
     nll_seg = torch.cat(nll_seg, 0).reshape(-1)
@@ -113,15 +121,19 @@ def quick_evals(model: TorchSamba, cfg: dict, dev, args) -> dict:
             out["passkey"] = eval_passkey(model, lengths, [0.0, 0.25, 0.5, 0.75, 1.0], 2, dev)
         except Exception as e:  # keep going: the checkpoint is already saved
             out["passkey_error"] = repr(e)
-        print(f"[{cfg['name']}] passkey {out.get('passkey', out.get('passkey_error'))} "
-              f"({time.time() - t:.0f}s)", flush=True)
+        print(
+            f"[{cfg['name']}] passkey {out.get('passkey', out.get('passkey_error'))} ({time.time() - t:.0f}s)",
+            flush=True,
+        )
         t = time.time()
         try:
             out["phonebook"] = eval_phonebook(model, [3, 4, 6, 8, 12, 16, 32, 64], 10, dev)
         except Exception as e:
             out["phonebook_error"] = repr(e)
-        print(f"[{cfg['name']}] phonebook {out.get('phonebook', out.get('phonebook_error'))} "
-              f"({time.time() - t:.0f}s)", flush=True)
+        print(
+            f"[{cfg['name']}] phonebook {out.get('phonebook', out.get('phonebook_error'))} ({time.time() - t:.0f}s)",
+            flush=True,
+        )
         t = time.time()
         try:
             held = heldout_text()
@@ -129,6 +141,8 @@ def quick_evals(model: TorchSamba, cfg: dict, dev, args) -> dict:
             out["ppl"] = eval_ppl(model, held, total, dev)
         except Exception as e:
             out["ppl_error"] = repr(e)
-        print(f"[{cfg['name']}] ppl {json.dumps(out.get('ppl', out.get('ppl_error')))} "
-              f"({time.time() - t:.0f}s)", flush=True)
+        print(
+            f"[{cfg['name']}] ppl {json.dumps(out.get('ppl', out.get('ppl_error')))} ({time.time() - t:.0f}s)",
+            flush=True,
+        )
     return out

@@ -43,9 +43,27 @@ EOS, BOS, PAD, VOCAB = TOKENIZER.eos_id, TOKENIZER.bos_id, TOKENIZER.pad_id, TOK
 # ----------------------------------------------------------------------------------------------
 # Configs
 # ----------------------------------------------------------------------------------------------
-CONFIG_FIELDS = ("name", "vocab_size", "n_layer", "d_model", "n_head", "n_kv_head", "head_dim",
-                 "intermediate_size", "window", "layer_types", "rope_base", "norm_eps", "d_state",
-                 "d_conv", "expand", "dt_rank", "tie_embeddings", "tokenizer", "max_train_len")
+CONFIG_FIELDS = (
+    "name",
+    "vocab_size",
+    "n_layer",
+    "d_model",
+    "n_head",
+    "n_kv_head",
+    "head_dim",
+    "intermediate_size",
+    "window",
+    "layer_types",
+    "rope_base",
+    "norm_eps",
+    "d_state",
+    "d_conv",
+    "expand",
+    "dt_rank",
+    "tie_embeddings",
+    "tokenizer",
+    "max_train_len",
+)
 
 
 def layer_pattern(name: str, n_layer: int) -> list[str]:
@@ -57,8 +75,7 @@ def layer_pattern(name: str, n_layer: int) -> list[str]:
     raise ValueError(f"unknown model {name!r}: use samba-tiny or llama-tiny")
 
 
-def make_config(name: str, d_model: int = 128, n_layer: int = 4, window: int = 256,
-                d_state: int = 16) -> dict:
+def make_config(name: str, d_model: int = 128, n_layer: int = 4, window: int = 256, d_state: int = 16) -> dict:
     """Config dict with exactly the fields of samba_ext.config.SambaConfig.
 
     samba-tiny: blocks alternate mamba (even) / swa (odd). llama-tiny: all "attn" (full causal attention
@@ -72,14 +89,29 @@ def make_config(name: str, d_model: int = 128, n_layer: int = 4, window: int = 2
     else:
         # match params: Mamba block (~115K at d=128) vs an extra MLP width; 2.5*d gives ~the same total.
         inter, win = int(2.5 * d_model), None
-    cfg = dict(name=name, vocab_size=VOCAB, n_layer=n_layer, d_model=d_model, n_head=n_head,
-               n_kv_head=n_head, head_dim=head_dim, intermediate_size=inter, window=win,
-               layer_types=layer_types, rope_base=10000.0, norm_eps=1e-5, d_state=d_state, d_conv=4,
-               expand=2, dt_rank=math.ceil(d_model / 16), tie_embeddings=True, tokenizer="byte",
-               max_train_len=4096)
+    cfg = dict(
+        name=name,
+        vocab_size=VOCAB,
+        n_layer=n_layer,
+        d_model=d_model,
+        n_head=n_head,
+        n_kv_head=n_head,
+        head_dim=head_dim,
+        intermediate_size=inter,
+        window=win,
+        layer_types=layer_types,
+        rope_base=10000.0,
+        norm_eps=1e-5,
+        d_state=d_state,
+        d_conv=4,
+        expand=2,
+        dt_rank=math.ceil(d_model / 16),
+        tie_embeddings=True,
+        tokenizer="byte",
+        max_train_len=4096,
+    )
     assert tuple(cfg) == CONFIG_FIELDS
     return cfg
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,8 +194,7 @@ def _affine_scan(a, b):
     return a, b
 
 
-def scan_chunked(x, dt, A, Bm, Cm, Dv, h0=None, chunk: int = 16, min_log_decay: float = -5.0,
-                 decay_scale=None):
+def scan_chunked(x, dt, A, Bm, Cm, Dv, h0=None, chunk: int = 16, min_log_decay: float = -5.0, decay_scale=None):
     """Chunked selective scan, same arguments/returns as ``scan_ref``.
 
     Inside a chunk of ``chunk`` steps: h_t = exp(S_t) * (h_in + cumsum_s exp(-S_s) dt_s B_s x_s) with
@@ -242,7 +273,7 @@ class Mamba(nn.Module):
         self.D = nn.Parameter(torch.ones(E))
         self.out_proj = nn.Linear(E, D, bias=False)
         # Mamba init (docs/specification.md section 3): dt_proj weight U(+-R^-0.5), bias = inv_softplus(dt)
-        nn.init.uniform_(self.dt_proj.weight, -R ** -0.5, R ** -0.5)
+        nn.init.uniform_(self.dt_proj.weight, -(R**-0.5), R**-0.5)
         dt = torch.exp(torch.rand(E) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
         with torch.no_grad():
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
@@ -258,7 +289,7 @@ class Mamba(nn.Module):
         xt = x.transpose(1, 2)  # (B, E, L)
         cs = xt.new_zeros(Bsz, self.E, self.K - 1) if state is None else state[0]
         xp = torch.cat([cs, xt], 2)
-        new_cs = xp[:, :, xp.shape[2] - (self.K - 1):]
+        new_cs = xp[:, :, xp.shape[2] - (self.K - 1) :]
         xc = F.silu(F.conv1d(xp, self.conv1d.weight.float(), self.conv1d.bias.float(), groups=self.E))
         xc = xc.transpose(1, 2)  # (B, L, E)
         dbl = self.x_proj(xc).float()
@@ -272,8 +303,7 @@ class Mamba(nn.Module):
         A = -torch.exp(self.A_log.float())
         h0 = None if state is None else state[1]
         with torch.autocast(device_type=u.device.type, enabled=False):
-            y, hL = selective_scan(xc.float(), dt, A, Bm, Cm, self.D.float(), h0, decay_scale=decay_scale,
-                                   exact=exact)
+            y, hL = selective_scan(xc.float(), dt, A, Bm, Cm, self.D.float(), h0, decay_scale=decay_scale, exact=exact)
         y = y * F.silu(z)
         return self.out_proj(y), (new_cs, hL)
 
@@ -386,7 +416,7 @@ class CausalSelfAttention(nn.Module):
         new_state = None
         if keep_cache:
             keep = k.shape[2] if self.window is None else min(k.shape[2], self.window - 1)
-            new_state = (k[:, :, k.shape[2] - keep:], v[:, :, v.shape[2] - keep:])
+            new_state = (k[:, :, k.shape[2] - keep :], v[:, :, v.shape[2] - keep :])
         y = attention(q, k, v, P, self.window)
         y = y.transpose(1, 2).reshape(Bsz, L, self.H * self.hd)
         return self.proj(y), new_state
@@ -448,8 +478,17 @@ class TorchSamba(nn.Module):
                 (b.attn.out_proj if b.kind == "mamba" else b.attn.proj).weight.mul_(scale)
                 b.mlp.swiglu.w3.weight.mul_(scale)
 
-    def forward(self, tokens, state=None, pos0: int = 0, dt_scale=None, exact: bool = False,
-                return_state: bool = False, return_hidden: bool = False, decay_only: bool = False):
+    def forward(
+        self,
+        tokens,
+        state=None,
+        pos0: int = 0,
+        dt_scale=None,
+        exact: bool = False,
+        return_state: bool = False,
+        return_hidden: bool = False,
+        decay_only: bool = False,
+    ):
         """tokens: (B, L) int64. state: list per block (or None). Returns logits (B, L, V) float32
         [, new state list]. With return_hidden the final normed hidden (B, L, D) is returned instead."""
         tr = self.transformer
@@ -506,8 +545,9 @@ def load_model(path: str, device: str = "cpu") -> TorchSamba:
 # Chunked (recurrent) inference
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
-def run_chunked(model: TorchSamba, tokens: torch.Tensor, chunk: int = 8192, want: str = "last",
-                targets_from: int | None = None):
+def run_chunked(
+    model: TorchSamba, tokens: torch.Tensor, chunk: int = 8192, want: str = "last", targets_from: int | None = None
+):
     """Process tokens (B, L) chunk by chunk with the state carried.
 
     want="last": logits of the last position (B, V). want="nll": per-token NLL (B, L-1) float32 of
@@ -518,11 +558,11 @@ def run_chunked(model: TorchSamba, tokens: torch.Tensor, chunk: int = 8192, want
     outs = []
     last = None
     while pos < L:
-        cur = tokens[:, pos: pos + chunk]
+        cur = tokens[:, pos : pos + chunk]
         h, state = model(cur, state=state, pos0=pos, return_state=True, return_hidden=True)
         if want == "nll":
             lg = model.logits(h)
-            tgt = tokens[:, pos + 1: pos + 1 + cur.shape[1]]
+            tgt = tokens[:, pos + 1 : pos + 1 + cur.shape[1]]
             lp = torch.log_softmax(lg[:, : tgt.shape[1]], -1)
             outs.append(-lp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1))
         elif want == "argmax_from":
@@ -534,6 +574,7 @@ def run_chunked(model: TorchSamba, tokens: torch.Tensor, chunk: int = 8192, want
     if want == "last":
         return model.logits(last)
     return torch.cat(outs, 1)
+
 
 # ----------------------------------------------------------------------------------------------
 # Model surgery
@@ -569,4 +610,3 @@ def grow_model(model: "TorchSamba", n_layer: int) -> "TorchSamba":
             (b.attn.out_proj if b.kind == "mamba" else b.attn.proj).weight.zero_()
             b.mlp.swiglu.w3.weight.zero_()
     return grown
-

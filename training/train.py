@@ -34,14 +34,23 @@ import torch.nn.functional as F
 
 from data import PASSKEY_ANSWER, DataMix, make_batch, training_text
 from evals import quick_evals
-from model_torch import (VOCAB, CausalSelfAttention, TorchSamba, grow_model, load_model, make_config,
-                         reinit_attention, save_checkpoint)
+from model_torch import (
+    VOCAB,
+    CausalSelfAttention,
+    TorchSamba,
+    grow_model,
+    load_model,
+    make_config,
+    reinit_attention,
+    save_checkpoint,
+)
+
 
 # ----------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------
 def parse_stages(spec: str | None) -> list[tuple[float, int]] | None:
-    """"0.4:1024,0.7:2048,1:4096" -> [(0.4, 1024), (0.7, 2048), (1.0, 4096)] (end of stage as a fraction
+    """ "0.4:1024,0.7:2048,1:4096" -> [(0.4, 1024), (0.7, 2048), (1.0, 4096)] (end of stage as a fraction
     of the budget, stage length); None for None/""."""
     if not spec:
         return None
@@ -71,11 +80,11 @@ def curriculum_len(progress: float, max_len: int, stages: list[tuple[float, int]
 
 
 def parse_blocks(spec: str, n_layer: int, flag: str) -> list[int]:
-    """"1,3" -> [1, 3]; each index must name a block (0..n_layer-1)."""
+    """ "1,3" -> [1, 3]; each index must name a block (0..n_layer-1)."""
     try:
         out = [int(t) for t in spec.split(",") if t.strip()]
     except ValueError:
-        raise SystemExit(f"{flag}: expected block indices like \"1,3\", got {spec!r}")
+        raise SystemExit(f'{flag}: expected block indices like "1,3", got {spec!r}') from None
     bad = [i for i in out if not 0 <= i < n_layer]
     if bad or not out:
         raise SystemExit(f"{flag}: block indices must lie in 0..{n_layer - 1}, got {spec!r}")
@@ -104,22 +113,42 @@ def parse_args(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="number of steps (default: until --minutes)")
     ap.add_argument("--minutes", type=float, default=None, help="wall-clock training budget")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--init", default=None,
-                    help="start from this samba-ext .safetensors (its config wins over the size options; "
-                         "the optimizer and the schedule start fresh)")
-    ap.add_argument("--reinit-attn", default=None, metavar="BLOCKS",
-                    help="with --init: re-initialise the attention (QKV and output projection) of these "
-                         "blocks, e.g. \"3\" or \"1,3\" (a fresh start for a head whose softmax has settled)")
-    ap.add_argument("--grow", type=int, default=None, metavar="N",
-                    help="with --init: append blocks up to N in all (the mamba/swa pattern continues); the new "
-                         "blocks' output projections start at zero, so training starts from the same function")
-    ap.add_argument("--train-blocks", default=None, metavar="BLOCKS",
-                    help="train only the parameters of these blocks, e.g. \"3\"; the others are frozen")
+    ap.add_argument(
+        "--init",
+        default=None,
+        help="start from this samba-ext .safetensors (its config wins over the size options; "
+        "the optimizer and the schedule start fresh)",
+    )
+    ap.add_argument(
+        "--reinit-attn",
+        default=None,
+        metavar="BLOCKS",
+        help="with --init: re-initialise the attention (QKV and output projection) of these "
+        'blocks, e.g. "3" or "1,3" (a fresh start for a head whose softmax has settled)',
+    )
+    ap.add_argument(
+        "--grow",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --init: append blocks up to N in all (the mamba/swa pattern continues); the new "
+        "blocks' output projections start at zero, so training starts from the same function",
+    )
+    ap.add_argument(
+        "--train-blocks",
+        default=None,
+        metavar="BLOCKS",
+        help='train only the parameters of these blocks, e.g. "3"; the others are frozen',
+    )
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--n-layer", type=int, default=4)
     ap.add_argument("--d-state", type=int, default=16)
-    ap.add_argument("--window", type=int, default=None,
-                    help="SWA window (default 256; with --init: the file's, or this value to change it)")
+    ap.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        help="SWA window (default 256; with --init: the file's, or this value to change it)",
+    )
     ap.add_argument("--max-len", type=int, default=None, help="training length (default 4096; cpu 384)")
     ap.add_argument("--tokens-per-step", type=int, default=None, help="default 32768 (cpu 768)")
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -128,47 +157,88 @@ def parse_args(argv=None):
     ap.add_argument("--lm-weight", type=float, default=0.25, help="weight of the LM loss vs the answer loss")
     ap.add_argument("--p-passkey", type=float, default=0.5)
     ap.add_argument("--p-phonebook", type=float, default=0.15)
-    ap.add_argument("--pb-max-entries", type=int, default=None,
-                    help="cap the phonebook size (default: as many entries as fit in the row); small "
-                         "books (e.g. 8: they fit in a 256-token window) for a lookup curriculum")
-    ap.add_argument("--pb-fewshot-loss", action="store_true",
-                    help="weight the digits of the two re-stated phonebook entries like answers (they are "
-                         "lookups in the book too): three supervised lookups per phonebook row")
-    ap.add_argument("--pb-seps", type=float, default=0.0,
-                    help="chance per digit gap of a separator (- . or space) inside training phone numbers, "
-                         "e.g. 0.2: each digit's distance from the ':' then varies, so a lookup by that "
-                         "distance stops working and a copy by content is needed (the evaluation uses none)")
-    ap.add_argument("--pb-digits", default="10",
-                    help='phone-number length in training books, N or "LO-HI" drawn per book (the '
-                         "evaluation uses 10; a range makes 10 an interior length, not the last one seen)")
-    ap.add_argument("--pk-far", type=float, default=0.0,
-                    help="fraction of passkey rows whose key is placed >= window tokens before the answer "
-                         "(beyond the SWA window: only the Mamba state can carry it); samba only")
-    ap.add_argument("--pk-edge", type=float, default=0.0,
-                    help="fraction of the passkey rows not made far by --pk-far whose key line straddles "
-                         "the window edge (part inside the SWA window, part only in the Mamba state: the "
-                         "hand-over between the two); samba only")
-    ap.add_argument("--stages", default=None,
-                    help='curriculum "END:LEN,...", END = fraction of the budget, e.g. "0.4:1024,0.7:2048,1:4096" '
-                         "(default: max_len/8 to 12%%, /4 to 30%%, /2 to 50%%, then max_len; at least 320)")
-    ap.add_argument("--dt-aug", type=float, default=0.0,
-                    help="fraction of rows whose Mamba dt is multiplied by exp(U(0, ln dt_aug_max)) "
-                         "(time-dilation augmentation for length extrapolation)")
+    ap.add_argument(
+        "--pb-max-entries",
+        type=int,
+        default=None,
+        help="cap the phonebook size (default: as many entries as fit in the row); small "
+        "books (e.g. 8: they fit in a 256-token window) for a lookup curriculum",
+    )
+    ap.add_argument(
+        "--pb-fewshot-loss",
+        action="store_true",
+        help="weight the digits of the two re-stated phonebook entries like answers (they are "
+        "lookups in the book too): three supervised lookups per phonebook row",
+    )
+    ap.add_argument(
+        "--pb-seps",
+        type=float,
+        default=0.0,
+        help="chance per digit gap of a separator (- . or space) inside training phone numbers, "
+        "e.g. 0.2: each digit's distance from the ':' then varies, so a lookup by that "
+        "distance stops working and a copy by content is needed (the evaluation uses none)",
+    )
+    ap.add_argument(
+        "--pb-digits",
+        default="10",
+        help='phone-number length in training books, N or "LO-HI" drawn per book (the '
+        "evaluation uses 10; a range makes 10 an interior length, not the last one seen)",
+    )
+    ap.add_argument(
+        "--pk-far",
+        type=float,
+        default=0.0,
+        help="fraction of passkey rows whose key is placed >= window tokens before the answer "
+        "(beyond the SWA window: only the Mamba state can carry it); samba only",
+    )
+    ap.add_argument(
+        "--pk-edge",
+        type=float,
+        default=0.0,
+        help="fraction of the passkey rows not made far by --pk-far whose key line straddles "
+        "the window edge (part inside the SWA window, part only in the Mamba state: the "
+        "hand-over between the two); samba only",
+    )
+    ap.add_argument(
+        "--stages",
+        default=None,
+        help='curriculum "END:LEN,...", END = fraction of the budget, e.g. "0.4:1024,0.7:2048,1:4096" '
+        "(default: max_len/8 to 12%%, /4 to 30%%, /2 to 50%%, then max_len; at least 320)",
+    )
+    ap.add_argument(
+        "--dt-aug",
+        type=float,
+        default=0.0,
+        help="fraction of rows whose Mamba dt is multiplied by exp(U(0, ln dt_aug_max)) "
+        "(time-dilation augmentation for length extrapolation)",
+    )
     ap.add_argument("--dt-aug-max", type=float, default=64.0)
-    ap.add_argument("--dt-aug-mode", choices=["all", "decay"], default="all",
-                    help="all: scale dt everywhere; decay: scale only the decay exp(dt*A), i.e. the key must "
-                         "survive up to dt_aug_max times more filler than the row holds")
-    ap.add_argument("--dt-aug-rows", choices=["all", "no-phonebook"], default="all",
-                    help="which rows may be dilated: all, or all but phonebook rows (the dilation is for "
-                         "the passkey's long-range memory; it blurs the local features a lookup needs)")
+    ap.add_argument(
+        "--dt-aug-mode",
+        choices=["all", "decay"],
+        default="all",
+        help="all: scale dt everywhere; decay: scale only the decay exp(dt*A), i.e. the key must "
+        "survive up to dt_aug_max times more filler than the row holds",
+    )
+    ap.add_argument(
+        "--dt-aug-rows",
+        choices=["all", "no-phonebook"],
+        default="all",
+        help="which rows may be dilated: all, or all but phonebook rows (the dilation is for "
+        "the passkey's long-range memory; it blurs the local features a lookup needs)",
+    )
     ap.add_argument("--text-bytes", type=int, default=None, help="cap on stdlib training text (cpu: 2 MB)")
     ap.add_argument("--amp-cpu", action="store_true", help="bf16 autocast on the cpu too (debugging)")
     ap.add_argument("--threads", type=int, default=None, help="torch cpu threads")
     ap.add_argument("--log-every", type=int, default=50)
     ap.add_argument("--eval-long", action="store_true", help="quick long-context evals after training")
     ap.add_argument("--eval-max-len", type=int, default=262144)
-    ap.add_argument("--eval-ppl-tokens", type=int, default=None,
-                    help="held-out stream length for the ppl check (default 1M samba, 32K llama)")
+    ap.add_argument(
+        "--eval-ppl-tokens",
+        type=int,
+        default=None,
+        help="held-out stream length for the ppl check (default 1M samba, 32K llama)",
+    )
     ap.add_argument("--eval-json", default=None, help="also write the eval results to this JSON file")
     return ap.parse_args(argv)
 
@@ -205,8 +275,9 @@ def main(argv=None) -> dict:
                 if isinstance(m, CausalSelfAttention) and m.window is not None:
                     m.window = args.window
     else:
-        cfg = make_config(args.model, args.d_model, args.n_layer,
-                          256 if args.window is None else args.window, args.d_state)
+        cfg = make_config(
+            args.model, args.d_model, args.n_layer, 256 if args.window is None else args.window, args.d_state
+        )
         model = TorchSamba(cfg).to(dev)
     if not 0.0 <= args.pb_seps <= 1.0:
         raise SystemExit(f"--pb-seps is a probability in [0, 1], got {args.pb_seps}")
@@ -216,7 +287,7 @@ def main(argv=None) -> dict:
         try:
             model = grow_model(model, args.grow)
         except ValueError as e:
-            raise SystemExit(str(e))
+            raise SystemExit(str(e)) from None
         cfg = dict(model.cfg)
         print(f"[{args.model}] grown to {args.grow} blocks: {cfg['layer_types']}", flush=True)
     if args.reinit_attn:
@@ -226,8 +297,9 @@ def main(argv=None) -> dict:
             reinit_attention(model, i)
             print(f"[{args.model}] block {i}: attention re-initialised", flush=True)
     if args.train_blocks:
-        keep = {f"transformer.h.{i}." for i in parse_blocks(args.train_blocks, len(model.transformer.h),
-                                                            "--train-blocks")}
+        keep = {
+            f"transformer.h.{i}." for i in parse_blocks(args.train_blocks, len(model.transformer.h), "--train-blocks")
+        }
         for n, p in model.named_parameters():
             p.requires_grad_(any(n.startswith(k) for k in keep))
     # the longest document the model has been trained on, over its whole --init history
@@ -235,23 +307,36 @@ def main(argv=None) -> dict:
     n_params = model.num_parameters()
     t0 = time.time()
     text = training_text(args.text_bytes or (2_000_000 if cpu else None))
-    mix = DataMix(p_passkey=args.p_passkey, p_phonebook=args.p_phonebook, text=text, pk_far=args.pk_far,
-                  pk_edge=args.pk_edge,
-                  pb_max_entries=args.pb_max_entries, pb_fewshot_loss=args.pb_fewshot_loss,
-                  pb_digits=parse_digits(args.pb_digits), pb_seps=args.pb_seps,
-                  window=cfg["window"] if "swa" in cfg["layer_types"] else None)
+    mix = DataMix(
+        p_passkey=args.p_passkey,
+        p_phonebook=args.p_phonebook,
+        text=text,
+        pk_far=args.pk_far,
+        pk_edge=args.pk_edge,
+        pb_max_entries=args.pb_max_entries,
+        pb_fewshot_loss=args.pb_fewshot_loss,
+        pb_digits=parse_digits(args.pb_digits),
+        pb_seps=args.pb_seps,
+        window=cfg["window"] if "swa" in cfg["layer_types"] else None,
+    )
     stages = parse_stages(args.stages)
-    print(f"[{args.model}] params {n_params} | train text {len(text)} tokens ({time.time() - t0:.1f}s) | "
-          f"device {dev} | max_len {max_len} | tokens/step {tps}", flush=True)
+    print(
+        f"[{args.model}] params {n_params} | train text {len(text)} tokens ({time.time() - t0:.1f}s) | "
+        f"device {dev} | max_len {max_len} | tokens/step {tps}",
+        flush=True,
+    )
 
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (decay if p.ndim >= 2 and "A_log" not in n else no_decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.95), eps=1e-8)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+    )
     use_amp = dev.type == "cuda" or args.amp_cpu
     has_mamba = "mamba" in cfg["layer_types"]
     log = []
@@ -313,13 +398,24 @@ def main(argv=None) -> dict:
                     edge_acc = (sum(float(row_ok[i]) for i in edge_rows) / len(edge_rows)) if edge_rows else None
                     pb_rows = [i for i, d in enumerate(infos) if d["task"] == "phonebook"]
                     pb_acc = (sum(float(row_ok[i]) for i in pb_rows) / len(pb_rows)) if pb_rows else None
-                rec = dict(step=step, t=round(time.time() - t_start, 1), L=L, B=B, lr=round(lr, 6),
-                           loss=round(loss.item(), 4), loss_ans=round(loss_ans.item(), 4),
-                           loss_lm=round(loss_lm.item(), 4), ans_acc=round(acc.item(), 4),
-                           far_rows=len(far_rows), far_exact=None if far_acc is None else round(far_acc, 3),
-                           edge_rows=len(edge_rows), edge_exact=None if edge_acc is None else round(edge_acc, 3),
-                           pb_rows=len(pb_rows), pb_exact=None if pb_acc is None else round(pb_acc, 3),
-                           gnorm=round(float(gn), 3))
+                rec = dict(
+                    step=step,
+                    t=round(time.time() - t_start, 1),
+                    L=L,
+                    B=B,
+                    lr=round(lr, 6),
+                    loss=round(loss.item(), 4),
+                    loss_ans=round(loss_ans.item(), 4),
+                    loss_lm=round(loss_lm.item(), 4),
+                    ans_acc=round(acc.item(), 4),
+                    far_rows=len(far_rows),
+                    far_exact=None if far_acc is None else round(far_acc, 3),
+                    edge_rows=len(edge_rows),
+                    edge_exact=None if edge_acc is None else round(edge_acc, 3),
+                    pb_rows=len(pb_rows),
+                    pb_exact=None if pb_acc is None else round(pb_acc, 3),
+                    gnorm=round(float(gn), 3),
+                )
                 log.append(rec)
                 print(json.dumps(rec), flush=True)
     except KeyboardInterrupt:
@@ -328,12 +424,18 @@ def main(argv=None) -> dict:
     train_time = time.time() - t_start
     model.eval()
     meta = {
-        "format": "samba-ext", "config": json.dumps(cfg), "tokenizer": "byte", "train_command": cmd,
-        "seed": str(args.seed), "steps": str(step), "train_seconds": f"{train_time:.1f}",
+        "format": "samba-ext",
+        "config": json.dumps(cfg),
+        "tokenizer": "byte",
+        "train_command": cmd,
+        "seed": str(args.seed),
+        "steps": str(step),
+        "train_seconds": f"{train_time:.1f}",
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "torch": torch.__version__, "params": str(n_params),
+        "torch": torch.__version__,
+        "params": str(n_params),
         "data": "passkey (samba_ext.eval passkey prompt, answer ' {key}.'+<eos>), phonebook (samba_ext names), "
-                "stdlib .py (crc32(relpath)%10!=0)",
+        "stdlib .py (crc32(relpath)%10!=0)",
         "final_log": json.dumps(log[-1] if log else {}),
         "passkey_answer_format": PASSKEY_ANSWER + "<eos>",
     }
@@ -342,17 +444,19 @@ def main(argv=None) -> dict:
     if args.init:
         meta["lineage"] = json.dumps(lineage)
     save_checkpoint(args.out, model, meta)
-    print(f"[{args.model}] saved {args.out} ({os.path.getsize(args.out)} bytes) after {step} steps, "
-          f"{train_time:.0f}s", flush=True)
-    result = dict(model=args.model, steps=step, train_seconds=train_time, params=n_params, log=log,
-                  interrupted=interrupted)
+    print(
+        f"[{args.model}] saved {args.out} ({os.path.getsize(args.out)} bytes) after {step} steps, {train_time:.0f}s",
+        flush=True,
+    )
+    result = dict(
+        model=args.model, steps=step, train_seconds=train_time, params=n_params, log=log, interrupted=interrupted
+    )
     if args.eval_long and not interrupted:
         result["eval"] = quick_evals(model, cfg, dev, args)
         if args.eval_json:
             with open(args.eval_json, "w") as f:
                 json.dump(result, f, indent=1)
     return result
-
 
 
 if __name__ == "__main__":

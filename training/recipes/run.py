@@ -17,11 +17,17 @@ import shlex
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))   # training/: train.py and its modules
+sys.path.insert(0, os.path.dirname(HERE))  # training/: train.py and its modules
 
 
-def commands(recipe: str, out: str, start: str | None = None, init: str | None = None,
-             only: str | None = None, extra: list[str] | None = None) -> list[tuple[str, list[str]]]:
+def commands(
+    recipe: str,
+    out: str,
+    start: str | None = None,
+    init: str | None = None,
+    only: str | None = None,
+    extra: list[str] | None = None,
+) -> list[tuple[str, list[str]]]:
     """(step, train.py argv) for each step to run; --init chains the steps' output files."""
     mod = importlib.import_module(f"recipes.{recipe}")
     names = [n for n, _ in mod.STEPS]
@@ -53,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     extra: list[str] = []
     if "--" in argv:
         i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1:]
+        argv, extra = argv[:i], argv[i + 1 :]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("recipe", help="a module of training/recipes/, e.g. samba_tiny or llama_tiny")
     ap.add_argument("--out", default="train-out", help="folder for the files of every step")
