@@ -85,7 +85,7 @@ typedef struct samba_scan_step_args {
 samba_status samba_scan_step(const samba_scan_step_args *a, const samba_ctx *ctx);
 
 /* ------------------------------------------------------------------------------------ */
-/* Depthwise causal conv1d.  conv1d.c                                                    */
+/* Depthwise causal conv1d.  conv.c                                                       */
 /* ------------------------------------------------------------------------------------ */
 /*
  * x (B, D, L); weight (D, W) with 2 <= W <= 4 (weight[:, W-1] multiplies the current token);

@@ -1,5 +1,5 @@
 /*
- * py_conv.c - glue for the depthwise causal conv1d (conv1d.c):
+ * py_conv.c - glue for the depthwise causal conv1d (conv.c):
  *   causal_conv1d(x, weight, bias=None, activation=None, initial_states=None,
  *                 return_final_states=False) -> y | (y, final_states)
  *   causal_conv1d_update(x, conv_state, weight, bias=None, activation=None) -> y
