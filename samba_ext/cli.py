@@ -323,7 +323,11 @@ def _check_model_path(spec: str) -> None:
     if not os.path.exists(spec):
         raise CliError(f"--model: file {spec!r} does not exist")
     if os.path.isdir(spec):
-        raise CliError(f"--model: {spec!r} is a directory; pass the .safetensors or .pth file")
+        if os.path.isfile(os.path.join(spec, "config.json")):
+            return      # a Hugging Face-style checkpoint folder (docs/checkpoints.md)
+        raise CliError(f"--model: {spec!r} is a directory without a config.json; pass a "
+                       "checkpoint folder (config.json + model.safetensors), a .safetensors "
+                       "or a .pth file")
     try:
         mode = os.stat(spec).st_mode
     except OSError as e:
