@@ -13,7 +13,9 @@ JOBS ?= 2
 # folders kept in `ruff format` style (the rest of the tree is formatted by hand)
 RUFF_FORMATTED = training examples/*.py tests/test_train_smoke.py tests/test_torch_parity.py
 # C files kept in .clang-format style
-CLANG_FORMATTED = csrc/*.c csrc/simd.h csrc/attention_impl.h csrc/attention_tile.h
+CLANG_FORMATTED = csrc/attention.c csrc/attention_decode.c csrc/attention_simd.c csrc/conv.c csrc/norm.c \
+                  csrc/rotary.c csrc/scan.c csrc/simd.c csrc/swiglu.c csrc/threads.c csrc/simd.h \
+                  csrc/attention_impl.h csrc/attention_tile.h
 
 .PHONY: build install test lint format bench sanitize fuzz clean
 
