@@ -264,10 +264,10 @@ def render(meta: dict, rows: list[dict], peers: list[str]) -> list[str]:
     knob = (f"SAMBA_EXT_ATTN_ROWS={meta['attn_rows']}" if "attn_rows" in meta else
             f"SAMBA_EXT_ATTN_WARPS={meta.get('attn_warps', '4')}")
     return ["# GPU attention: samba_ext vs FlexAttention and SDPA", "",
-            f"{meta['date']}, commit {meta['commit']}, {meta['device']}, torch {meta['torch']}, "
-            f"command `{meta['command']}` ({knob}).", "",
-            "bf16, batch 1; times are medians of CUDA-event timings after warm-up; TFLOP/s "
-            "count 4 * hd * H FLOPs per (query, key) pair inside the window.", "",
+            (f"{meta['date']}, commit {meta['commit']}, {meta['device']}, torch {meta['torch']}, "
+             f"command `{meta['command']}` ({knob})."), "",
+            ("bf16, batch 1; times are medians of CUDA-event timings after warm-up; TFLOP/s "
+             "count 4 * hd * H FLOPs per (query, key) pair inside the window."), "",
             *table(rows, peers), "", *decode_table(rows, meta["copy_bandwidth"]), "",
             *targets(rows)]
 
@@ -326,7 +326,8 @@ def main() -> int:
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "commit": commit, "device": torch.cuda.get_device_name(),
             "torch": torch.__version__, "command": "python3 benchmarks/gpu_attention.py " +
-            " ".join(_args_without_out(sys.argv[1:])), "attn_rows": os.environ.get("SAMBA_EXT_ATTN_ROWS", "default"),
+            " ".join(_args_without_out(sys.argv[1:])),
+            "attn_rows": os.environ.get("SAMBA_EXT_ATTN_ROWS", "default"),
             "copy_bandwidth": copy_bandwidth()}
     rows: list[dict] = []
 
