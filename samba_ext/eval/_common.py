@@ -13,8 +13,10 @@ import numpy as np
 
 from ._format import fmt_tokens  # re-exported (one definition, in _format)
 
-__all__ = ["fmt_tokens", "get_model", "load_model", "resolve_model", "model_info", "model_hash", "Progress", "greedy_decode",
-           "mark_random_weights"]
+__all__ = [
+    "fmt_tokens", "get_model", "load_model", "resolve_model", "model_info", "model_hash",
+    "Progress", "greedy_decode", "mark_random_weights"
+]
 
 #: Prompts at least this long get their own prefill progress bar.
 PREFILL_BAR_MIN_TOKENS = 32768
