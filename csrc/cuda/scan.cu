@@ -112,8 +112,9 @@ scan_step_kernel(samba_cu_scan_step_args p) {
 // and its sum of dt. Pass 2 scans every chunk from its true start state, composed from the
 // earlier chunks' end states: h_start(c) = exp(A * sum_dt(c-1)) * h_start(c-1) + end(c-1)
 // (chunk 0's end state is already exact), and writes y and the final state. Pass 1 repeats
-// the exponentials of all but the last chunk, so this pays when the (batch, channel)
-// threads alone are too few to fill the GPU.
+// the exponentials of all but the last chunk; with 4 threads per channel a batch-1 scan of
+// 4096 channels already fills the H200, so chunks are used only on request (see
+// split_chunks).
 #define SPLIT_N 16
 #define SPLIT_T 8
 #define LOG2E_F 1.4426950408889634f
@@ -125,6 +126,19 @@ struct ScanChunks {
     float *ends;        // (nchunks-1, B*D, N) local end states
     float *sums;        // (nchunks-1, B*D) sums of dt
 };
+
+// softplus and SiLU of the split kernel with the exp unit's approximations: log1p(e) is
+// log(u) * e / (u - 1) with u = 1 + e rounded (exact to a few ulp for every e >= 0, as the
+// rounding of u cancels), and x * sigmoid(x) with a fast division (MUFU reciprocal; 0 where
+// exp(-x) overflows). Both are within float32 rounding of the accurate versions, about a
+// third of their instructions.
+__device__ __forceinline__ float softplus_fast(float x) {
+    if (x > 20.0f) return x;
+    const float e = __expf(x), u = 1.0f + e;
+    return u == 1.0f ? e : __logf(u) * __fdividef(e, u - 1.0f);
+}
+
+__device__ __forceinline__ float silu_fast(float x) { return __fdividef(x, 1.0f + __expf(-x)); }
 
 __device__ __forceinline__ float ex2_ftz(float x) {
     float y;
@@ -262,7 +276,7 @@ __device__ __forceinline__ void scan_group(const ScanGroup<T, NPL> &G, int n, in
 #pragma unroll
     for (int k = 0; k < OWN; ++k) {
         float x = pick(G.dl, lane * OWN + k) + sc.db;
-        if (sc.softplus) x = softplus_f(x);
+        if (sc.softplus) x = softplus_fast(x);
         own[k] = (lane * OWN + k < n) ? x : 0.0f;  // past the end: dt 0 leaves h as it is
     }
     float dt[SPLIT_T];
@@ -289,7 +303,7 @@ __device__ __forceinline__ void scan_group(const ScanGroup<T, NPL> &G, int n, in
         const int s = lane * OWN + k;
         if (sc.active && s < n) {
             float y = ys[k] + sc.Dd * pick(G.u, s);
-            if (sc.has_z) y *= silu_f(pick(G.z, s));
+            if (sc.has_z) y *= silu_fast(pick(G.z, s));
             stf(p.y, y0 + (t0 + s) * p.y_s[2], y);
         }
     }
@@ -387,16 +401,6 @@ static int env_int(const char *name, int dflt) {
     return (v != NULL && v[0] >= '0' && v[0] <= '9') ? atoi(v) : dflt;
 }
 
-static int sm_count(void) {
-    int dev = 0, n = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-        cudaGetLastError();
-        return 132;
-    }
-    return n;
-}
-
 // Threads per channel for the split kernel (1: the one-thread-per-channel kernel).
 // SAMBA_EXT_SCAN_LANES=1|4|8 overrides the choice (benchmarks/gpu_kernels.py compares them).
 static int split_lanes(const samba_cu_scan_args *a) {
@@ -453,22 +457,11 @@ static void launch_split_pass(const samba_cu_scan_args *a, int lanes, const Scan
         launch_split_lpc<float>(a, lanes, ck, nck, st);
 }
 
-// Chunks over the sequence: enough (batch, channel, chunk) warps to give every SM ~16
-// warps, chunks of at least 1024 steps (pass 1 repeats all but the last chunk's
-// exponentials). SAMBA_EXT_SCAN_CHUNKS=N overrides (1: no chunks).
-static int split_chunks(const samba_cu_scan_args *a, int lanes) {
-    const int forced = env_int("SAMBA_EXT_SCAN_CHUNKS", 0);
-    int64_t c;
-    if (forced > 0) {
-        c = forced;
-    } else {
-        int64_t warps = a->batch * a->dim * lanes / 32;
-        if (warps < 1) warps = 1;
-        const int64_t want = 16LL * sm_count();
-        c = warps >= want ? 1 : cdiv(want, warps);
-        if (c > 16) c = 16;
-        if (c > a->seqlen / 1024) c = a->seqlen / 1024;
-    }
+// Chunks over the sequence only on request (SAMBA_EXT_SCAN_CHUNKS=N): on the H200 the two
+// passes were slower than one pass with 4 threads per channel at every measured size, batch
+// 1 included (benchmarks/results/gpu_model.md), because pass 1 repeats the exponentials.
+static int split_chunks(const samba_cu_scan_args *a) {
+    int64_t c = env_int("SAMBA_EXT_SCAN_CHUNKS", 1);
     if (c > a->seqlen / SPLIT_T) c = a->seqlen / SPLIT_T;  // at least one group per chunk
     return c < 1 ? 1 : (int)c;
 }
@@ -477,7 +470,7 @@ static samba_status launch_split(const samba_cu_scan_args *a, int lanes, cudaStr
     const int64_t BD = a->batch * a->dim, N = SPLIT_N;
     ScanChunks ck;
     memset(&ck, 0, sizeof ck);
-    int nck = split_chunks(a, lanes);
+    int nck = split_chunks(a);
     ck.chunk_len = nck > 1 ? cdiv(cdiv(a->seqlen, nck), SPLIT_T) * SPLIT_T : a->seqlen;
     if (nck > 1) nck = (int)cdiv(a->seqlen, ck.chunk_len);
     if (nck == 1) ck.chunk_len = a->seqlen;
