@@ -544,7 +544,8 @@ class Samba:
                  stop: Union[None, int, str, Iterable[Union[int, str]]] = None,
                  stream: Optional[Callable[[Any], Any]] = None,
                  state: Optional[SambaState] = None, chunk_size: int = 2048,
-                 progress: Optional[Callable[[int, int], Any]] = None):
+                 progress: Optional[Callable[[int, int], Any]] = None
+                 ) -> Union[str, list[int], list[list[int]]]:
         """Generate a continuation of ``prompt``.
 
         prompt: text (encoded with ``model.tokenizer``), a list / 1-D array of token ids, or a

@@ -4,6 +4,7 @@
  */
 #define SAMBA_PY_MODULE_MAIN
 #include "common.h"
+#include "py_bwd.h"
 
 #ifndef NUMPY_VERSION_STRING
 #define NUMPY_VERSION_STRING "?"
@@ -42,9 +43,12 @@ py_build_info(PyObject *self, PyObject *noargs)
 }
 
 static PyMethodDef core_methods[] = {
-    {"set_num_threads", py_set_num_threads, METH_O, "set_num_threads(n): kernel threads."},
-    {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
-    {"build_info", py_build_info, METH_NOARGS, "build_info() -> dict"},
+    {"set_num_threads", py_set_num_threads, METH_O,
+     "set_num_threads($module, n, /)\n--\n\nNumber of threads of the kernels."},
+    {"get_num_threads", py_get_num_threads, METH_NOARGS,
+     "get_num_threads($module, /)\n--\n\nNumber of threads of the kernels."},
+    {"build_info", py_build_info, METH_NOARGS,
+     "build_info($module, /)\n--\n\nCompiler, OpenMP and NumPy of the build, as a dict."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef core_module = {
@@ -65,7 +69,9 @@ PyInit__core(void)
     if (PyModule_AddFunctions(m, samba_py_scan_methods) < 0 ||
         PyModule_AddFunctions(m, samba_py_conv_methods) < 0 ||
         PyModule_AddFunctions(m, samba_py_attn_methods) < 0 ||
-        PyModule_AddFunctions(m, samba_py_misc_methods) < 0) {
+        PyModule_AddFunctions(m, samba_py_misc_methods) < 0 ||
+        PyModule_AddFunctions(m, samba_py_bwd_methods) < 0 ||
+        PyModule_AddFunctions(m, samba_py_bwd_small_methods) < 0) {
         Py_DECREF(m);
         return NULL;
     }
