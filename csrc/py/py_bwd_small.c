@@ -3,6 +3,7 @@
  * (norm_bwd.c, swiglu_bwd.c, rotary_bwd.c, attention_bwd.c). Positional arguments only;
  * the documented functions are in samba_ext/grad.py. Every shape is checked here too.
  *   rms_norm_bwd(x, weight, eps, residual, dy, dresidual_out) -> (dx, dweight, dresidual|None)
+ *       (dresidual is dx itself: the gradient of a sum reaches both addends unchanged)
  *   swiglu_bwd(gate, up, dy) -> (dgate, dup)
  *   apply_rotary_bwd(dy, positions (B, L) int64, base) -> dx
  *   attention_fwd(q, k, v, scale, window_left, window_right, softcap) -> (out, lse)
@@ -54,8 +55,7 @@ py_rms_norm_bwd(PyObject *self, PyObject *args)
         goto done;
     }
     if ((dx = samba_py_empty(PyArray_NDIM(x), PyArray_DIMS(x))) == NULL ||
-        (dw = bwd_zeros(1, s1)) == NULL ||
-        (r != NULL && (dr = samba_py_empty(PyArray_NDIM(x), PyArray_DIMS(x))) == NULL)) {
+        (dw = bwd_zeros(1, s1)) == NULL) {
         goto done;
     }
     memset(&a, 0, sizeof a);
@@ -68,13 +68,17 @@ py_rms_norm_bwd(PyObject *self, PyObject *args)
     a.dy = SAMBA_F32(dy);
     a.dresidual_out = SAMBA_F32_OPT(dro);
     a.dx = SAMBA_F32(dx);
-    a.dresidual = dr != NULL ? SAMBA_F32(dr) : NULL;
+    a.dresidual = NULL; /* equal to dx: the same array is returned for both */
     a.dweight = SAMBA_F32(dw);
     samba_py_run_begin(&run);
     st = samba_rmsnorm_bwd(&a, &run.ctx);
     samba_py_run_end(&run);
     if (samba_py_status(st, "rms_norm_bwd") < 0) {
         goto done;
+    }
+    if (r != NULL) {
+        dr = dx;
+        Py_INCREF(dr);
     }
     result = Py_BuildValue("(OON)", dx, dw, bwd_or_none(dr));
 done:
