@@ -36,7 +36,7 @@
 #include <omp.h>
 #endif
 
-#include "vexp.h" /* last: it sets a GCC optimize pragma for the functions below */
+#include "simd.h" /* last: it sets a GCC optimize pragma for the functions below */
 
 #define SBWD_MIN_CHUNK 64
 #define SBWD_MAX_CHUNKS 256
@@ -54,30 +54,13 @@ typedef struct sbwd_ws {
     float *dA;  /* (N) */
 } sbwd_ws;
 
-/* sigmoid from e = exp(-|x|) (never overflows; vectorisable, vexp.h's exp) */
+/* sigmoid from e = exp(-|x|) (never overflows; vectorisable, simd.h's exp) */
 SAMBA_ALWAYS_INLINE float
 sbwd_sigmoid(float x)
 {
-    const float e = samba_vexpf_neg(-fabsf(x));
+    const float e = samba_expf(-fabsf(x));
     const float r = 1.0f / (1.0f + e);
     return x >= 0.0f ? r : e * r;
-}
-
-/* softplus with threshold 20: max(x, 0) + log1p(w), w = exp(-|x|), log1p(w) = 2 atanh(s),
- * s = w / (2 + w), with scan.c's polynomial (relative error ~1e-7) */
-SAMBA_ALWAYS_INLINE float
-sbwd_softplus(float x)
-{
-    const float w = samba_vexpf_neg(-fabsf(x));
-    const float s = w / (2.0f + w);
-    const float q = s * s;
-    float p = 0.2817833423614502f;
-    p = p * q + 0.27960604429244995f;
-    p = p * q + 0.40024909377098083f;
-    p = p * q + 0.6666631698608398f;
-    p = p * q + 2.0f;
-    p = (x > 0.0f ? x : 0.0f) + s * p;
-    return x > 20.0f ? x : p;
 }
 
 /* dt (and, under softplus, sx = its derivative) of channel d at row offset o, steps
@@ -93,7 +76,7 @@ sbwd_dt(const samba_scan_bwd_args *a, int64_t d, int64_t o, int64_t t0, int64_t 
     if (a->delta_softplus) {
         for (t = 0; t < n; t++) {
             const float x = delta[t] + bias;
-            dt[t] = sbwd_softplus(x);
+            dt[t] = samba_softplusf(x); /* the forward's softplus (simd.h) */
             sx[t] = x <= 20.0f ? sbwd_sigmoid(x) : 1.0f;
         }
     }
@@ -126,7 +109,7 @@ sbwd_recompute(const samba_scan_bwd_args *a, int64_t d, int64_t o, int64_t t0, i
         float *restrict e = ex + tt * N;
 #pragma omp simd
         for (n = 0; n < N; n++) {
-            e[n] = samba_vexpf(dtv * Ad[n]);
+            e[n] = samba_expf(dtv * Ad[n]);
             hnew[n] = e[n] * hprev[n] + dtu * Bt[n];
         }
     }
@@ -212,7 +195,7 @@ sbwd_backward(const samba_scan_bwd_args *a, int64_t d, int64_t o, int64_t t0, in
 
 /* One channel's work on one chunk. mode 0: advance ckpt_in (N) over the chunk into
  * ckpt_out (N). mode 1: recompute from ckpt_in, then run the backward (gn, ws->dA, ws->dB,
- * ws->dC, *dDacc, *dbacc accumulate). Compiled per ISA (vexp.h dispatch pattern). */
+ * ws->dC, *dDacc, *dbacc accumulate). Compiled per ISA (simd.h dispatch pattern). */
 typedef void (*sbwd_channel_fn)(const samba_scan_bwd_args *, int64_t, int64_t, int64_t,
                                 int64_t, const float *, const float *, const float *,
                                 float *, float *, sbwd_ws *, float *, float *, int);
@@ -250,9 +233,9 @@ static sbwd_channel_fn
 sbwd_pick(void)
 {
 #if SAMBA_X86_DISPATCH
-    switch (samba_simd_level()) {
-    case 2: return sbwd_channel_avx512;
-    case 1: return sbwd_channel_avx2;
+    switch (samba_isa()) {
+    case SAMBA_ISA_AVX512: return sbwd_channel_avx512;
+    case SAMBA_ISA_AVX2: return sbwd_channel_avx2;
     default: break;
     }
 #endif
