@@ -337,17 +337,18 @@ done:
 
 PyMethodDef samba_py_bwd_small_methods[] = {
     {"rms_norm_bwd", py_rms_norm_bwd, METH_VARARGS,
-     "rms_norm_bwd(x, weight, eps, residual, dy, dresidual_out) -> (dx, dweight, dresidual); "
-     "use samba_ext.grad.rms_norm_bwd"},
+     "rms_norm_bwd($module, x, weight, eps, residual, dy, dresidual_out, /)\n--\n\n"
+     "-> (dx, dweight, dresidual); use samba_ext.grad.rms_norm_bwd"},
     {"swiglu_bwd", py_swiglu_bwd, METH_VARARGS,
-     "swiglu_bwd(gate, up, dy) -> (dgate, dup); use samba_ext.grad.swiglu_bwd"},
+     "swiglu_bwd($module, gate, up, dy, /)\n--\n\n-> (dgate, dup); "
+     "use samba_ext.grad.swiglu_bwd"},
     {"apply_rotary_bwd", py_apply_rotary_bwd, METH_VARARGS,
-     "apply_rotary_bwd(dy, positions (B, L) int64, base) -> dx; "
-     "use samba_ext.grad.apply_rotary_bwd"},
+     "apply_rotary_bwd($module, dy, positions, base, /)\n--\n\n"
+     "positions (B, L) int64 -> dx; use samba_ext.grad.apply_rotary_bwd"},
     {"attention_fwd", py_attention_fwd, METH_VARARGS,
-     "attention_fwd(q, k, v, scale, window_left, window_right, softcap) -> (out, lse); "
-     "use samba_ext.grad.attention_fwd"},
+     "attention_fwd($module, q, k, v, scale, window_left, window_right, softcap, /)\n--\n\n"
+     "-> (out, lse); use samba_ext.grad.attention_fwd"},
     {"attention_bwd", py_attention_bwd, METH_VARARGS,
-     "attention_bwd(q, k, v, out, lse, dout, scale, window_left, window_right, softcap) -> "
-     "(dq, dk, dv); use samba_ext.grad.attention_bwd"},
+     "attention_bwd($module, q, k, v, out, lse, dout, scale, window_left, window_right, "
+     "softcap, /)\n--\n\n-> (dq, dk, dv); use samba_ext.grad.attention_bwd"},
     {NULL, NULL, 0, NULL}};
