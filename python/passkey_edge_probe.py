@@ -5,7 +5,7 @@ probe places the key line so that it ends ``window - 72 .. window + 72`` tokens 
 prompt (every 12 tokens; the line itself is ~58 tokens, so about five of these positions straddle the
 edge), at three prompt lengths, and prints correct/trials per position. A model that hands the key
 over cleanly between attention and the Mamba state scores 100% everywhere (see
-benchmarks/results/train_tiny.md, round 9, for round 9's models).
+docs/training.md, "The window edge").
 
     python3 python/passkey_edge_probe.py [MODEL] [--lengths 1024,2048,4096] [--trials 3] [--seed 1]
 
