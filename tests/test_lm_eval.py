@@ -242,6 +242,8 @@ def test_packaging_declares_tasks_and_script():
         "samba_ext.integrations.lmeval_cli:main"
     assert any(d.startswith("lm-eval") for d in proj["project"]["optional-dependencies"]["lm-eval"])
     assert any(d.startswith("lm-eval") for d in proj["project"]["optional-dependencies"]["test"])
+    assert any(d.startswith("ray") for d in proj["project"]["optional-dependencies"]["ray"])
+    assert any(d.startswith("ray") for d in proj["project"]["optional-dependencies"]["test"])
 
 
 def test_cli_include_path_added_once():
