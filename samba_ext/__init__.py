@@ -40,7 +40,7 @@ _LAZY = {
     "SambaConfig": ("config", "SambaConfig"),
     "Samba": ("model", "Samba"),
     "CheckpointError": ("errors", "CheckpointError"),
-    "DeviceArray": ("_gpu", "DeviceArray"),
+    "DeviceArray": ("cuda.array", "DeviceArray"),
 }
 
 

@@ -22,14 +22,15 @@ def get_num_threads() -> int:
 
 
 def _cuda_module() -> tuple[Any, str]:
+    from .cuda.runtime import _import_cuda, _not_built
+
     try:
-        from . import _cuda  # type: ignore[attr-defined]
+        mod = _import_cuda()
     except ImportError as e:
-        msg = str(e)
-        if "No module named" in msg:
+        if _not_built(e):
             return None, "built without CUDA (no CUDA toolkit at build time, or SAMBA_EXT_CUDA=0)"
-        return None, f"the CUDA extension failed to load: {msg}"
-    return _cuda, ""
+        return None, f"the CUDA extension failed to load: {e}"
+    return mod, ""
 
 
 def cuda_available() -> bool:

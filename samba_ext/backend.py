@@ -1,134 +1,21 @@
-"""The small backend interface the model is written against (one model code path).
+"""CPU implementation of the model backend, and :func:`get_backend`.
 
-:class:`samba_ext.model.Samba` never touches NumPy for tensor math directly: it calls the
-methods of a :class:`Backend`. :class:`CPUBackend` implements them with NumPy (``np.matmul``
-for every GEMM, i.e. the BLAS NumPy links) and the C kernels of :mod:`samba_ext.kernels` (called through ``_core``).
-A CUDA backend (``samba_ext/backend_cuda.py``, class ``CUDABackend``) implements the same
-methods with cuBLAS and the CUDA kernels; :func:`get_backend` picks one by device name.
-
-Array objects ("Array" below) are whatever the backend uses (``numpy.ndarray`` here). The
-model relies only on these array features, which NumPy, CuPy and torch all have:
-
-* ``.shape``, ``.ndim``, ``.nbytes``;
-* ``.reshape(*shape)`` of a C-contiguous array (a view) and of a last-axis slice when only the
-  last axis is split;
-* basic slicing with integer ranges (``x[:, a:b]``, ``x[:, -1]``), returning views.
-
-Everything else goes through the methods below. Unless stated otherwise arrays are float32;
-index arrays and positions are host ``numpy`` int64 arrays (a device backend copies them).
-Methods return new arrays unless they say "in place".
+The interface the model is written against is :class:`samba_ext.backend_api.Backend`
+(re-exported here); :class:`CPUBackend` implements it with NumPy (``np.matmul`` for every
+GEMM, i.e. the BLAS NumPy links) and the C kernels (``samba_ext._core``). The CUDA
+implementation is :class:`samba_ext.backend_cuda.CUDABackend`; :func:`get_backend` picks one
+by device name.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
 from . import _core
+from .backend_api import Array, Backend
 
-Array = Any
-
-__all__ = ["Backend", "CPUBackend", "get_backend"]
-
-
-class Backend:
-    """Interface (abstract). Shapes use B batch, L tokens, H/Hkv heads, hd head size."""
-
-    name: str = "abstract"
-    device: str = "none"
-
-    def begin_step(self) -> None:
-        """Called by :meth:`Samba.step` before its first backend call. A backend may record the
-        step's launches from here until the step asks for its logits (``to_numpy``); the CUDA
-        backend captures them into a CUDA graph. The default does nothing."""
-
-    # ---------------------------------------------------------------- arrays and copies ---
-    def asarray(self, a: np.ndarray, dtype: Any = np.float32) -> Array:
-        """Host array -> backend array of ``dtype`` (C-contiguous; may share memory on CPU)."""
-        raise NotImplementedError
-
-    def to_numpy(self, x: Array) -> np.ndarray:
-        """Backend array -> host ``numpy.ndarray`` (a copy for device arrays)."""
-        raise NotImplementedError
-
-    def zeros(self, shape: Sequence[int], dtype: Any = np.float32) -> Array:
-        """New zero-filled C-contiguous array."""
-        raise NotImplementedError
-
-    def copy(self, x: Array) -> Array:
-        """Deep C-contiguous copy."""
-        raise NotImplementedError
-
-    def concat(self, xs: Sequence[Array], axis: int) -> Array:
-        """Concatenate along ``axis`` (new C-contiguous array)."""
-        raise NotImplementedError
-
-    def transpose(self, x: Array) -> Array:
-        """New C-contiguous array with the last two axes swapped (x may be a strided view)."""
-        raise NotImplementedError
-
-    def take(self, x: Array, idx: np.ndarray, axis: int) -> Array:
-        """Gather ``x`` along ``axis`` at host int64 indices ``idx`` (any shape; the result has
-        idx's shape in place of that axis). Embedding lookup: ``take(wte, ids, 0)``."""
-        raise NotImplementedError
-
-    def put(self, dst: Array, idx: np.ndarray, src: Array, axis: int) -> None:
-        """In place: ``dst[(slice(None),)*axis + (idx,)] = src`` for 1-D host int64 ``idx``."""
-        raise NotImplementedError
-
-    def write_rows(self, dst: Array, slots: np.ndarray, src: Array) -> None:
-        """In place: ``dst[b, slots[b]] = src[b]`` for every b. dst (B, C, ...), slots (B,)
-        host int64, src (B, ...) (ring-buffer write of one decode step)."""
-        raise NotImplementedError
-
-    # ---------------------------------------------------------------------------- GEMM ---
-    def matmul(self, a: Array, b: Array, trans_a: bool = False, trans_b: bool = False) -> Array:
-        """``op(a) @ op(b)`` over the last two axes, op = transpose of the last two axes when
-        the flag is set; leading (batch) axes broadcast as in ``numpy.matmul`` (a 2-D weight
-        against a 3-D batch). float32 in, float32 out (accumulation in float32 or better)."""
-        raise NotImplementedError
-
-    # ------------------------------------------------------------------------- kernels ---
-    # Same arguments and semantics as the functions of samba_ext.kernels (see there).
-    def rms_norm(self, x, weight, eps, residual=None):
-        """(..., n) -> y, or (y, x + residual) when residual is given."""
-        raise NotImplementedError
-
-    def apply_rotary(self, x, positions, base):
-        """x (B, L, H, hd); positions host int64 (B, L) absolute. NeoX half split."""
-        raise NotImplementedError
-
-    def swiglu(self, gate, up):
-        """silu(gate) * up."""
-        raise NotImplementedError
-
-    def causal_conv1d(self, x, weight, bias, initial_states):
-        """SiLU(depthwise causal conv): x (B, E, L) -> (y (B, E, L), final_states (B, E, K-1))."""
-        raise NotImplementedError
-
-    def causal_conv1d_update(self, x, conv_state, weight, bias):
-        """x (B, E); conv_state (B, E, K-1) updated in place; returns SiLU(conv) (B, E)."""
-        raise NotImplementedError
-
-    def selective_scan(self, u, delta, A, B, C, D, z, delta_bias, initial_state):
-        """Mamba scan with softplus(delta + delta_bias) and the silu(z) gate:
-        u, delta, z (B, E, L); A (E, N); B, C (B, N, L); returns (y (B, E, L), state (B, E, N))."""
-        raise NotImplementedError
-
-    def selective_state_update(self, state, x, dt, A, B, C, D, z, dt_bias):
-        """One scan step, state (B, E, N) updated in place; x, dt, z (B, E); B, C (B, N);
-        returns y (B, E)."""
-        raise NotImplementedError
-
-    def swa_attention(self, q, k, v, window):
-        """q (B, Lq, H, hd); k, v (B, Lk, Hkv, hd), Lk >= Lq, query i at key index
-        i + Lk - Lq; window None = full causal. Returns (B, Lq, H, hd)."""
-        raise NotImplementedError
-
-    def swa_decode(self, q, k_cache, v_cache, pos, n_valid):
-        """q (B, H, hd); caches (B, C, Hkv, hd); newest key at slot pos % C; pos, n_valid host
-        int64 (B,). Returns (B, H, hd)."""
-        raise NotImplementedError
+__all__ = ["Backend", "Array", "CPUBackend", "get_backend"]
 
 
 def _find_openblas_threads():

@@ -29,8 +29,13 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from . import _gpu
-from .backend import Backend
+from .backend_api import Backend
+from .cuda import ops as cuda_ops
+from .cuda import runtime
+from .cuda.array import DeviceArray, to_device, zeros
+from .cuda.blas import matmul
+from .cuda.layout import DTYPES, FLOATS, host_contig
+from .cuda.runtime import launch
 from .errors import CudaUnavailableError
 
 __all__ = ["CUDABackend"]
@@ -63,7 +68,7 @@ class _Arena:
 
 
 class _StepRecorder:
-    """Installed as samba_ext._gpu._recorder while a decode step is being recorded."""
+    """Installed with samba_ext.cuda.runtime.set_recorder while a decode step is recorded."""
 
     def __init__(self, backend: "CUDABackend", arena: Optional[_Arena]) -> None:
         self.backend = backend
@@ -100,7 +105,7 @@ class CUDABackend(Backend):
 
     def __init__(self, device: str = "cuda", weight_dtype: Optional[str] = None,
                  graphs: bool = True) -> None:
-        self.cu = _gpu._require()  # CudaUnavailableError says why when CUDA cannot run
+        self.cu = runtime.require()  # CudaUnavailableError says why when CUDA cannot run
         dev = str(device).lower()
         if dev == "cuda":
             idx = 0
@@ -151,18 +156,18 @@ class CUDABackend(Backend):
         if self._arena is not None:
             self._arena.reset()
         self._rec = _StepRecorder(self, self._arena)
-        _gpu._recorder = self._rec
+        runtime.set_recorder(self._rec)
 
     def _abort_step(self) -> None:
-        if self._rec is not None and _gpu._recorder is self._rec:
-            _gpu._recorder = None
+        if self._rec is not None and runtime.recorder() is self._rec:
+            runtime.set_recorder(None)
         self._rec = None
 
     def _end_step(self) -> None:
         rec = self._rec
         if rec is None:
             return
-        _gpu._recorder = None
+        runtime.set_recorder(None)
         self._rec = None
         self._arena_need = max(self._arena_need, rec.requested)
         if rec.overflow or rec.arena is None:
@@ -204,11 +209,10 @@ class CUDABackend(Backend):
         """Allocations that must outlive a step (weights, states, caches) bypass the arena."""
 
         def __enter__(self) -> None:
-            self.saved = _gpu._recorder
-            _gpu._recorder = None
+            self.saved = runtime.set_recorder(None)
 
         def __exit__(self, *exc: Any) -> None:
-            _gpu._recorder = self.saved
+            runtime.set_recorder(self.saved)
 
     def _guard(self, fn: Any, *args: Any, **kw: Any) -> Any:
         """Run fn; an exception during a recorded step abandons the recording."""
@@ -220,15 +224,15 @@ class CUDABackend(Backend):
 
     # ---------------------------------------------------------------- helpers ---------
     def _dev(self, x: Any) -> Any:
-        if isinstance(x, _gpu.DeviceArray):
+        if isinstance(x, DeviceArray):
             return x
-        return _gpu.to_device(np.asarray(x, dtype=np.float32), "float32", self.index,
+        return to_device(np.asarray(x, dtype=np.float32), "float32", self.index,
                               self.stream)
 
     def _ints(self, a: Any) -> Any:
         """Host integers -> int64 DeviceArray (an arena slot during a recorded step)."""
-        h = _gpu._host_contig(np.asarray(a), np.int64)
-        d = _gpu.DeviceArray.empty(h.shape, "int64", self.index, self.stream)
+        h = host_contig(np.asarray(a), np.int64)
+        d = DeviceArray.empty(h.shape, "int64", self.index, self.stream)
         if h.size:
             self.cu.memcpy_h2d(d.ptr, h.reshape(-1).view(np.uint8), self.stream)
         return d
@@ -236,8 +240,8 @@ class CUDABackend(Backend):
     def _copy(self, dst: Any, src: Any, shape: Sequence[int], src_strides: Sequence[int],
               dst_strides: Sequence[int], axis: int = -1, sidx: Any = None,
               didx: Any = None, batched: bool = False) -> None:
-        code = _gpu._DTYPES
-        _gpu._launch(self.cu.copy, tuple(shape), (src.ptr, code[src.dtype][0]),
+        code = DTYPES
+        launch(self.cu.copy, tuple(shape), (src.ptr, code[src.dtype][0]),
                      tuple(src_strides), (dst.ptr, code[dst.dtype][0]), tuple(dst_strides),
                      axis, None if sidx is None else (sidx.ptr, code[sidx.dtype][0]),
                      None if didx is None else (didx.ptr, code[didx.dtype][0]),
@@ -255,19 +259,19 @@ class CUDABackend(Backend):
             h = np.asarray(a)
             if np.dtype(dtype).kind in "iu":
                 return self._ints(h)
-            h = _gpu._host_contig(h, np.float32)
-            return _gpu.to_device(h, self._weight_dtype_for(h), self.index, self.stream)
+            h = host_contig(h, np.float32)
+            return to_device(h, self._weight_dtype_for(h), self.index, self.stream)
 
     def to_numpy(self, x: Any) -> np.ndarray:
         self._end_step()
-        if isinstance(x, _gpu.DeviceArray):
+        if isinstance(x, DeviceArray):
             return x.to_numpy()
         return np.asarray(x)
 
     def zeros(self, shape: Sequence[int], dtype: Any = np.float32) -> Any:
         name = "int64" if np.dtype(dtype).kind in "iu" else "float32"
         with self._Persistent():
-            return _gpu.zeros(tuple(int(s) for s in shape), name, self.index, self.stream)
+            return zeros(tuple(int(s) for s in shape), name, self.index, self.stream)
 
     def copy(self, x: Any) -> Any:
         if self._rec is None:
@@ -285,7 +289,7 @@ class CUDABackend(Backend):
                     raise ValueError(f"concat: shapes {[x.shape for x in ds]} differ off axis "
                                      f"{axis}")
             shape[ax] = sum(d.shape[ax] for d in ds)
-            out = _gpu.DeviceArray.empty(shape, ds[0].dtype, self.index, self.stream)
+            out = DeviceArray.empty(shape, ds[0].dtype, self.index, self.stream)
             off = 0
             for d in ds:
                 n = d.shape[ax]
@@ -304,7 +308,7 @@ class CUDABackend(Backend):
                 raise ValueError(f"transpose: need >= 2 dimensions, got {d.shape}")
             sh, st = list(d.shape), list(d.strides)
             sh[-1], sh[-2], st[-1], st[-2] = sh[-2], sh[-1], st[-2], st[-1]
-            out = _gpu.DeviceArray.empty(sh, d.dtype, self.index, self.stream)
+            out = DeviceArray.empty(sh, d.dtype, self.index, self.stream)
             if out.size:
                 self._copy(out, d, sh, st, out.strides)
             return out
@@ -321,9 +325,9 @@ class CUDABackend(Backend):
             ii = np.where(ii < 0, ii + n, ii)
             if ii.size and (ii.min() < 0 or ii.max() >= n):
                 raise IndexError(f"take: index out of range for axis {axis} of size {n}")
-            dt = "float32" if x.dtype in _gpu._FLOATS else x.dtype
+            dt = "float32" if x.dtype in FLOATS else x.dtype
             flat = x.shape[:ax] + (ii.size,) + x.shape[ax + 1:]
-            out = _gpu.DeviceArray.empty(flat, dt, self.index, self.stream)
+            out = DeviceArray.empty(flat, dt, self.index, self.stream)
             if out.size:
                 di = self._ints(ii)
                 self._copy(out, x, flat, x.strides, out.strides, ax, sidx=di)
@@ -364,12 +368,12 @@ class CUDABackend(Backend):
 
     # ---------------------------------------------------------------- GEMM ------------
     def matmul(self, a: Any, b: Any, trans_a: bool = False, trans_b: bool = False) -> Any:
-        return self._guard(_gpu.matmul, self._dev(a), self._dev(b), trans_a, trans_b,
+        return self._guard(matmul, self._dev(a), self._dev(b), trans_a, trans_b,
                            stream=self.stream)
 
     # ---------------------------------------------------------------- kernels ---------
     def rms_norm(self, x: Any, weight: Any, eps: float, residual: Any = None) -> Any:
-        return self._guard(_gpu.rms_norm, x, weight, eps, residual, stream=self.stream)
+        return self._guard(cuda_ops.rms_norm, x, weight, eps, residual, stream=self.stream)
 
     def apply_rotary(self, x: Any, positions: Any, base: float) -> Any:
         def run() -> Any:
@@ -377,32 +381,32 @@ class CUDABackend(Backend):
                 p: Any = int(positions)
             else:
                 p = self._ints(positions)
-            return _gpu.apply_rotary(x, p, base, stream=self.stream)
+            return cuda_ops.apply_rotary(x, p, base, stream=self.stream)
         return self._guard(run)
 
     def swiglu(self, gate: Any, up: Any) -> Any:
-        return self._guard(_gpu.swiglu, gate, up, stream=self.stream)
+        return self._guard(cuda_ops.swiglu, gate, up, stream=self.stream)
 
     def causal_conv1d(self, x: Any, weight: Any, bias: Any, initial_states: Any) -> Any:
-        return self._guard(_gpu.causal_conv1d, x, weight, bias, "silu", initial_states, True,
+        return self._guard(cuda_ops.causal_conv1d, x, weight, bias, "silu", initial_states, True,
                            stream=self.stream)
 
     def causal_conv1d_update(self, x: Any, conv_state: Any, weight: Any, bias: Any) -> Any:
-        return self._guard(_gpu.causal_conv1d_update, x, conv_state, weight, bias, "silu",
+        return self._guard(cuda_ops.causal_conv1d_update, x, conv_state, weight, bias, "silu",
                            stream=self.stream)
 
     def selective_scan(self, u: Any, delta: Any, A: Any, B: Any, C: Any, D: Any, z: Any,
                        delta_bias: Any, initial_state: Any) -> Any:
-        return self._guard(_gpu.selective_scan, u, delta, A, B, C, D, z, delta_bias, True,
+        return self._guard(cuda_ops.selective_scan, u, delta, A, B, C, D, z, delta_bias, True,
                            initial_state, True, stream=self.stream)
 
     def selective_state_update(self, state: Any, x: Any, dt: Any, A: Any, B: Any, C: Any,
                                D: Any, z: Any, dt_bias: Any) -> Any:
-        return self._guard(_gpu.selective_state_update, state, x, dt, A, B, C, D, z, dt_bias,
+        return self._guard(cuda_ops.selective_state_update, state, x, dt, A, B, C, D, z, dt_bias,
                            True, stream=self.stream)
 
     def swa_attention(self, q: Any, k: Any, v: Any, window: Optional[int]) -> Any:
-        return self._guard(_gpu.swa_attention, q, k, v, window, stream=self.stream)
+        return self._guard(cuda_ops.swa_attention, q, k, v, window, stream=self.stream)
 
     def swa_decode(self, q: Any, k_cache: Any, v_cache: Any, pos: Any, n_valid: Any) -> Any:
         def run() -> Any:
@@ -414,6 +418,6 @@ class CUDABackend(Backend):
                                  f"{nv.min()}..{nv.max()}")
             if p.size and p.min() < 0:
                 raise ValueError(f"pos: expected positions >= 0, got {p.min()}")
-            return _gpu.swa_decode(q, k_cache, v_cache, self._ints(p), self._ints(nv),
+            return cuda_ops.swa_decode(q, k_cache, v_cache, self._ints(p), self._ints(nv),
                                    stream=self.stream)
         return self._guard(run)

@@ -12,18 +12,34 @@ Every function dispatches on its inputs:
 * NumPy inputs with ``device="cuda"`` are copied to the GPU, computed there, and returned
   as NumPy arrays.
 
+Every call first checks its arguments against the op's contract
+(:mod:`samba_ext.ops.contracts`: shapes, dtypes, ranges, in-place rules), whatever the
+device, so one mistake gets one message on every backend; then it runs the CPU kernels
+(``samba_ext._core``) or the CUDA ones (:mod:`samba_ext.cuda.ops`).
+
 Argument names and orders follow mamba_ssm ``selective_scan_fn``, causal-conv1d and
 flash-attn (``window_size=(window-1, 0)``), so research code can switch with small edits.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _core
+from .ops import contracts as _contract
+from .ops.meta import on_cuda as _on_cuda
 
-ArrayLike = Any
+#: An input array: a NumPy array (or anything ``numpy.asarray`` accepts), or a CUDA array
+#: (:class:`samba_ext.DeviceArray`, torch / cupy / jax tensors: ``__dlpack__`` or
+#: ``__cuda_array_interface__``).
+ArrayLike = Union[npt.ArrayLike, Any]
+#: A result: a float32 NumPy array for NumPy inputs, a DeviceArray (or the caller's ``out=``
+#: object) for CUDA inputs.
+Array = Union[npt.NDArray[np.float32], Any]
+#: An integer position / count array (host or CUDA) or a Python int.
+IntArrayLike = Union[int, npt.ArrayLike, Any]
 
 __all__ = [
     "selective_scan",
@@ -38,50 +54,40 @@ __all__ = [
 ]
 
 
-def _on_gpu(x: Any) -> bool:
-    """True for arrays that live on a CUDA device (DLPack device type 2, or CAI)."""
-    if x is None or isinstance(x, (np.ndarray, int, float, list, tuple)):
-        return False
-    dev = getattr(x, "__dlpack_device__", None)
-    if dev is not None:
-        try:
-            return int(dev()[0]) in (2, 13)  # kDLCUDA, kDLCUDAManaged
-        except Exception:
-            return False
-    return hasattr(x, "__cuda_array_interface__")
-
-
-def _gpu_call(name: str, args: tuple, kwargs: dict, device: Optional[str]) -> Any:
-    """Route a call to the CUDA backend when an input is on the GPU or device='cuda'."""
+def _where(name: str, arrays: tuple, device: Optional[str]) -> str:
+    """Where the op runs: "cpu", "cuda-arrays" (an input lives on a CUDA device) or
+    "cuda-host" (NumPy inputs with device="cuda": copied there and back)."""
     if device not in (None, "cpu", "cuda"):
         raise ValueError(f"device: expected None, 'cpu' or 'cuda', got {device!r}")
-    gpu_inputs = any(_on_gpu(a) for a in args) or any(_on_gpu(v) for v in kwargs.values())
+    gpu_inputs = any(_on_cuda(a) for a in arrays)
     if device == "cpu" and gpu_inputs:
         raise ValueError(f"{name}: device='cpu' but an input is on a CUDA device; copy it to "
                          "the host first (e.g. tensor.cpu().numpy())")
-    if not gpu_inputs and device != "cuda":
-        return NotImplemented
-    from . import _gpu  # imported lazily: CPU users never touch CUDA
+    if gpu_inputs:
+        return "cuda-arrays"
+    return "cuda-host" if device == "cuda" else "cpu"
 
-    return getattr(_gpu, name)(*args, **kwargs)
+
+def _cuda_ops() -> Any:
+    from .cuda import ops  # imported lazily: CPU users never load the CUDA backend
+
+    return ops
 
 
 def _finish(y: np.ndarray, out: Optional[np.ndarray]) -> np.ndarray:
+    """CPU results: y itself, or y copied into the caller's ``out`` (checked by the contract)."""
     if out is None:
         return y
-    if not isinstance(out, np.ndarray):
-        raise TypeError("out: expected a numpy.ndarray for a CPU call")
-    if out.shape != y.shape:
-        raise ValueError(f"out: expected shape {y.shape}, got {out.shape}")
     np.copyto(out, y, casting="same_kind")
     return out
 
 
 def selective_scan(u: ArrayLike, delta: ArrayLike, A: ArrayLike, B: ArrayLike, C: ArrayLike,
-                   D: ArrayLike = None, z: ArrayLike = None, delta_bias: ArrayLike = None,
-                   delta_softplus: bool = False, initial_state: ArrayLike = None,
-                   return_last_state: bool = False, *, out: Any = None,
-                   device: Optional[str] = None, stream: Optional[int] = None) -> Any:
+                   D: Optional[ArrayLike] = None, z: Optional[ArrayLike] = None,
+                   delta_bias: Optional[ArrayLike] = None, delta_softplus: bool = False,
+                   initial_state: Optional[ArrayLike] = None, return_last_state: bool = False,
+                   *, out: Optional[Array] = None, device: Optional[str] = None,
+                   stream: Any = None) -> Union[Array, tuple[Array, Array]]:
     """Mamba-1 selective scan (``mamba_ssm.selective_scan_fn`` semantics).
 
     Shapes: u, delta, z (batch, dim, seqlen); A (dim, dstate); B, C (batch, dstate, seqlen)
@@ -95,12 +101,14 @@ def selective_scan(u: ArrayLike, delta: ArrayLike, A: ArrayLike, B: ArrayLike, C
     Returns y (batch, dim, seqlen), or (y, last_state (batch, dim, dstate)) when
     return_last_state.
     """
-    kw = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
-              initial_state=initial_state, return_last_state=return_last_state)
-    r = _gpu_call("selective_scan", (u, delta, A, B, C),
-                  dict(kw, out=out, stream=stream), device)
-    if r is not NotImplemented:
-        return r
+    where = _where("selective_scan", (u, delta, A, B, C, D, z, delta_bias, initial_state, out),
+                   device)
+    _contract.out_array(out, _contract.selective_scan(u, delta, A, B, C, D, z, delta_bias,
+                                                      initial_state), where)
+    if where != "cpu":
+        return _cuda_ops().selective_scan(u, delta, A, B, C, D, z, delta_bias,
+                                          bool(delta_softplus), initial_state,
+                                          bool(return_last_state), out=out, stream=stream)
     res = _core.selective_scan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
                                initial_state, bool(return_last_state))
     if return_last_state:
@@ -109,29 +117,32 @@ def selective_scan(u: ArrayLike, delta: ArrayLike, A: ArrayLike, B: ArrayLike, C
 
 
 def selective_state_update(state: ArrayLike, x: ArrayLike, dt: ArrayLike, A: ArrayLike,
-                           B: ArrayLike, C: ArrayLike, D: ArrayLike = None,
-                           z: ArrayLike = None, dt_bias: ArrayLike = None,
-                           dt_softplus: bool = False, *, out: Any = None,
-                           device: Optional[str] = None, stream: Optional[int] = None) -> Any:
+                           B: ArrayLike, C: ArrayLike, D: Optional[ArrayLike] = None,
+                           z: Optional[ArrayLike] = None, dt_bias: Optional[ArrayLike] = None,
+                           dt_softplus: bool = False, *, out: Optional[Array] = None,
+                           device: Optional[str] = None, stream: Any = None) -> Array:
     """One selective-scan decode step; ``state`` is updated in place.
 
-    Shapes: state (batch, dim, dstate) float32 C-contiguous; x, dt, z (batch, dim);
-    A (dim, dstate); B, C (batch, dstate) or (batch, ngroups, dstate); D, dt_bias (dim,).
-    Returns y (batch, dim).
+    Shapes: state (batch, dim, dstate) float32 C-contiguous (native byte order, writeable);
+    x, dt, z (batch, dim); A (dim, dstate); B, C (batch, dstate) or (batch, ngroups, dstate);
+    D, dt_bias (dim,). Returns y (batch, dim).
     """
-    r = _gpu_call("selective_state_update", (state, x, dt, A, B, C),
-                  dict(D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, out=out,
-                       stream=stream), device)
-    if r is not NotImplemented:
-        return r
+    where = _where("selective_state_update", (state, x, dt, A, B, C, D, z, dt_bias, out),
+                   device)
+    _contract.out_array(out, _contract.selective_state_update(state, x, dt, A, B, C, D, z,
+                                                              dt_bias), where)
+    if where != "cpu":
+        return _cuda_ops().selective_state_update(state, x, dt, A, B, C, D, z, dt_bias,
+                                                  bool(dt_softplus), out=out, stream=stream)
     return _finish(_core.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias,
                                                 bool(dt_softplus)), out)
 
 
-def causal_conv1d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike = None,
-                  activation: Optional[str] = None, initial_states: ArrayLike = None,
-                  return_final_states: bool = False, *, out: Any = None,
-                  device: Optional[str] = None, stream: Optional[int] = None) -> Any:
+def causal_conv1d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None,
+                  activation: Optional[str] = None, initial_states: Optional[ArrayLike] = None,
+                  return_final_states: bool = False, *, out: Optional[Array] = None,
+                  device: Optional[str] = None,
+                  stream: Any = None) -> Union[Array, tuple[Array, Array]]:
     """Depthwise causal conv1d (``causal_conv1d_fn`` semantics).
 
     Shapes: x (batch, dim, seqlen); weight (dim, width), 2 <= width <= 4, weight[:, -1]
@@ -139,12 +150,12 @@ def causal_conv1d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike = None,
     activation: None or "silu" ("swish" is accepted as an alias).
     Returns y (batch, dim, seqlen), or (y, final_states (batch, dim, width-1)).
     """
-    r = _gpu_call("causal_conv1d", (x, weight),
-                  dict(bias=bias, activation=activation, initial_states=initial_states,
-                       return_final_states=return_final_states, out=out, stream=stream),
-                  device)
-    if r is not NotImplemented:
-        return r
+    where = _where("causal_conv1d", (x, weight, bias, initial_states, out), device)
+    _contract.out_array(out, _contract.causal_conv1d(x, weight, bias, activation,
+                                                     initial_states), where)
+    if where != "cpu":
+        return _cuda_ops().causal_conv1d(x, weight, bias, activation, initial_states,
+                                         bool(return_final_states), out=out, stream=stream)
     res = _core.causal_conv1d(x, weight, bias, activation, initial_states,
                               bool(return_final_states))
     if return_final_states:
@@ -153,23 +164,26 @@ def causal_conv1d(x: ArrayLike, weight: ArrayLike, bias: ArrayLike = None,
 
 
 def causal_conv1d_update(x: ArrayLike, conv_state: ArrayLike, weight: ArrayLike,
-                         bias: ArrayLike = None, activation: Optional[str] = None, *,
-                         out: Any = None, device: Optional[str] = None,
-                         stream: Optional[int] = None) -> Any:
-    """One conv decode step; ``conv_state`` (batch, dim, width-1) float32 is updated in place.
+                         bias: Optional[ArrayLike] = None, activation: Optional[str] = None, *,
+                         out: Optional[Array] = None, device: Optional[str] = None,
+                         stream: Any = None) -> Array:
+    """One conv decode step; ``conv_state`` (batch, dim, width-1) float32 (C-contiguous,
+    native byte order, writeable) is updated in place.
 
     Shapes: x (batch, dim); weight (dim, width); bias (dim,). Returns y (batch, dim).
     """
-    r = _gpu_call("causal_conv1d_update", (x, conv_state, weight),
-                  dict(bias=bias, activation=activation, out=out, stream=stream), device)
-    if r is not NotImplemented:
-        return r
+    where = _where("causal_conv1d_update", (x, conv_state, weight, bias, out), device)
+    _contract.out_array(out, _contract.causal_conv1d_update(x, conv_state, weight, bias,
+                                                            activation), where)
+    if where != "cpu":
+        return _cuda_ops().causal_conv1d_update(x, conv_state, weight, bias, activation,
+                                                out=out, stream=stream)
     return _finish(_core.causal_conv1d_update(x, conv_state, weight, bias, activation), out)
 
 
 def swa_attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, window: Optional[int] = None,
-                  softmax_scale: Optional[float] = None, *, out: Any = None,
-                  device: Optional[str] = None, stream: Optional[int] = None) -> Any:
+                  softmax_scale: Optional[float] = None, *, out: Optional[Array] = None,
+                  device: Optional[str] = None, stream: Any = None) -> Array:
     """Causal sliding-window attention with GQA (flash-attn ``window_size=(window-1, 0)``).
 
     Shapes: q (batch, seqlen_q, nheads, headdim); k, v (batch, seqlen_k, nheads_kv, headdim),
@@ -178,17 +192,18 @@ def swa_attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, window: Optional[int
     window=None is full causal attention. softmax_scale defaults to 1/sqrt(headdim).
     Returns out (batch, seqlen_q, nheads, headdim).
     """
-    r = _gpu_call("swa_attention", (q, k, v),
-                  dict(window=window, softmax_scale=softmax_scale, out=out, stream=stream),
-                  device)
-    if r is not NotImplemented:
-        return r
+    where = _where("swa_attention", (q, k, v, out), device)
+    _contract.out_array(out, _contract.swa_attention(q, k, v, window, softmax_scale), where)
+    if where != "cpu":
+        return _cuda_ops().swa_attention(q, k, v, window, softmax_scale, out=out,
+                                         stream=stream)
     return _finish(_core.swa_attention(q, k, v, window, softmax_scale), out)
 
 
-def swa_decode(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, pos: ArrayLike,
-               n_valid: ArrayLike, softmax_scale: Optional[float] = None, *, out: Any = None,
-               device: Optional[str] = None, stream: Optional[int] = None) -> Any:
+def swa_decode(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, pos: IntArrayLike,
+               n_valid: IntArrayLike, softmax_scale: Optional[float] = None, *,
+               out: Optional[Array] = None, device: Optional[str] = None,
+               stream: Any = None) -> Array:
     """Decode attention over a ring-buffer KV cache.
 
     Shapes: q (batch, nheads, headdim); k_cache, v_cache (batch, capacity, nheads_kv,
@@ -196,34 +211,38 @@ def swa_decode(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike, pos: ArrayL
     n_valid - 1 older ones in the slots before it (mod capacity).
     Returns out (batch, nheads, headdim).
     """
-    r = _gpu_call("swa_decode", (q, k_cache, v_cache, pos, n_valid),
-                  dict(softmax_scale=softmax_scale, out=out, stream=stream), device)
-    if r is not NotImplemented:
-        return r
+    where = _where("swa_decode", (q, k_cache, v_cache, pos, n_valid, out), device)
+    _contract.out_array(out, _contract.swa_decode(q, k_cache, v_cache, pos, n_valid,
+                                                  softmax_scale), where)
+    if where != "cpu":
+        return _cuda_ops().swa_decode(q, k_cache, v_cache, pos, n_valid, softmax_scale,
+                                      out=out, stream=stream)
     return _finish(_core.swa_decode(q, k_cache, v_cache, pos, n_valid, softmax_scale), out)
 
 
 def rms_norm(x: ArrayLike, weight: ArrayLike, eps: float = 1e-5,
-             residual: ArrayLike = None, *, out: Any = None, device: Optional[str] = None,
-             stream: Optional[int] = None) -> Any:
+             residual: Optional[ArrayLike] = None, *, out: Optional[Array] = None,
+             device: Optional[str] = None,
+             stream: Any = None) -> Union[Array, tuple[Array, Array]]:
     """RMSNorm over the last axis: y = x * rsqrt(mean(x**2) + eps) * weight.
 
     Shapes: x (..., n); weight (n,). With ``residual`` (same shape as x) it returns
     (y, x + residual) where y normalises x + residual (the fused pre-norm residual add).
+    eps: finite, >= 0 and within float32's range.
     """
-    r = _gpu_call("rms_norm", (x, weight),
-                  dict(eps=eps, residual=residual, out=out, stream=stream), device)
-    if r is not NotImplemented:
-        return r
+    where = _where("rms_norm", (x, weight, residual, out), device)
+    _contract.out_array(out, _contract.rms_norm(x, weight, eps, residual), where)
+    if where != "cpu":
+        return _cuda_ops().rms_norm(x, weight, float(eps), residual, out=out, stream=stream)
     res = _core.rms_norm(x, weight, float(eps), residual)
     if residual is not None:
         return _finish(res[0], out), res[1]
     return _finish(res, out)
 
 
-def apply_rotary(x: ArrayLike, positions: ArrayLike = 0, base: float = 10000.0, *,
-                 out: Any = None, device: Optional[str] = None,
-                 stream: Optional[int] = None) -> Any:
+def apply_rotary(x: ArrayLike, positions: IntArrayLike = 0, base: float = 10000.0, *,
+                 out: Optional[Array] = None, device: Optional[str] = None,
+                 stream: Any = None) -> Array:
     """Rotary position embedding, NeoX half-split over the full head dim.
 
     Shapes: x (batch, seqlen, nheads, headdim) with even headdim. positions: an int offset
@@ -231,17 +250,18 @@ def apply_rotary(x: ArrayLike, positions: ArrayLike = 0, base: float = 10000.0, 
     absolute positions. theta_i = base ** (-2i/headdim);
     out1 = x1 cos - x2 sin, out2 = x1 sin + x2 cos. Returns a new array.
     """
-    r = _gpu_call("apply_rotary", (x,),
-                  dict(positions=positions, base=base, out=out, stream=stream), device)
-    if r is not NotImplemented:
-        return r
+    where = _where("apply_rotary", (x, positions, out), device)
+    _contract.out_array(out, _contract.apply_rotary(x, positions, base), where)
+    if where != "cpu":
+        return _cuda_ops().apply_rotary(x, positions, float(base), out=out, stream=stream)
     return _finish(_core.apply_rotary(x, positions, float(base)), out)
 
 
-def swiglu(gate: ArrayLike, up: ArrayLike, *, out: Any = None,
-           device: Optional[str] = None, stream: Optional[int] = None) -> Any:
+def swiglu(gate: ArrayLike, up: ArrayLike, *, out: Optional[Array] = None,
+           device: Optional[str] = None, stream: Any = None) -> Array:
     """SwiGLU activation: silu(gate) * up, elementwise, any (equal) shapes."""
-    r = _gpu_call("swiglu", (gate, up), dict(out=out, stream=stream), device)
-    if r is not NotImplemented:
-        return r
+    where = _where("swiglu", (gate, up, out), device)
+    _contract.out_array(out, _contract.swiglu(gate, up), where)
+    if where != "cpu":
+        return _cuda_ops().swiglu(gate, up, out=out, stream=stream)
     return _finish(_core.swiglu(gate, up), out)

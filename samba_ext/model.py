@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from pathlib import Path
 from types import SimpleNamespace
@@ -35,160 +34,11 @@ import numpy as np
 from .backend import Backend, get_backend
 from .config import SambaConfig
 from .errors import CheckpointError
+from .memory import available_memory, check_chunk, check_memory, memory_needed
+from .state import SambaState, state_signature
+from .weights import expected_shapes, init_state_dict, qkv_grouped_to_split, qkv_split_to_grouped
 
-__all__ = ["Samba", "SambaState", "init_state_dict", "expected_shapes"]
-
-
-# ------------------------------------------------------------------------------ weights ---
-def expected_shapes(cfg: SambaConfig) -> dict[str, tuple[int, ...]]:
-    """lit_gpt key -> shape for ``cfg`` (samba_arch.md section 7). lm_head.weight only when
-    the embeddings are not tied."""
-    D, E, N, R, K, F = (cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv,
-                        cfg.intermediate_size)
-    s: dict[str, tuple[int, ...]] = {"transformer.wte.weight": (cfg.vocab_size, D),
-                                     "transformer.ln_f.weight": (D,)}
-    if not cfg.tie_embeddings:
-        s["lm_head.weight"] = (cfg.vocab_size, D)
-    for i, t in enumerate(cfg.layer_types):
-        p = f"transformer.h.{i}."
-        s[p + "norm_1.weight"] = (D,)
-        s[p + "norm_2.weight"] = (D,)
-        s[p + "mlp.swiglu.w1.weight"] = (F, D)
-        s[p + "mlp.swiglu.w2.weight"] = (F, D)
-        s[p + "mlp.swiglu.w3.weight"] = (D, F)
-        if t == "mamba":
-            s[p + "attn.A_log"] = (E, N)
-            s[p + "attn.D"] = (E,)
-            s[p + "attn.in_proj.weight"] = (2 * E, D)
-            s[p + "attn.conv1d.weight"] = (E, 1, K)
-            s[p + "attn.conv1d.bias"] = (E,)
-            s[p + "attn.x_proj.weight"] = (R + 2 * N, E)
-            s[p + "attn.dt_proj.weight"] = (E, R)
-            s[p + "attn.dt_proj.bias"] = (E,)
-            s[p + "attn.out_proj.weight"] = (D, E)
-        else:
-            s[p + "attn.attn.weight"] = (cfg.qkv_size, D)
-            s[p + "attn.proj.weight"] = (D, cfg.n_head * cfg.head_dim)
-    return s
-
-
-def init_state_dict(cfg: SambaConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random Mamba/Samba initialisation (samba_arch.md section 3), lit_gpt keys, float32.
-
-    Embedding N(0, 0.02); Linear weights PyTorch-default U(+-1/sqrt(fan_in)); Mamba:
-    A_log = log(1..N), D = 1, dt_proj.weight U(+-dt_rank^-0.5), dt_proj.bias =
-    softplus^-1(dt) with dt log-uniform in [1e-3, 0.1] floored at 1e-4, conv1d weight and bias
-    U(+-1/sqrt(d_conv)); norms 1; out_proj / attention proj / SwiGLU w3 divided by
-    sqrt(2 * n_layer).
-    """
-    rng = np.random.default_rng(seed)
-    D, E, N, R, K = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv
-    resid_scale = 1.0 / math.sqrt(2 * cfg.n_layer)
-
-    def lin(out_f: int, in_f: int, scale: float = 1.0) -> np.ndarray:
-        b = 1.0 / math.sqrt(in_f)
-        return (rng.uniform(-b, b, (out_f, in_f)) * scale).astype(np.float32)
-
-    sd: dict[str, np.ndarray] = {
-        "transformer.wte.weight": rng.normal(0.0, 0.02, (cfg.vocab_size, D)).astype(np.float32),
-        "transformer.ln_f.weight": np.ones(D, np.float32),
-    }
-    if not cfg.tie_embeddings:
-        sd["lm_head.weight"] = lin(cfg.vocab_size, D)
-    for i, t in enumerate(cfg.layer_types):
-        p = f"transformer.h.{i}."
-        sd[p + "norm_1.weight"] = np.ones(D, np.float32)
-        sd[p + "norm_2.weight"] = np.ones(D, np.float32)
-        if t == "mamba":
-            sd[p + "attn.in_proj.weight"] = lin(2 * E, D)
-            kb = 1.0 / math.sqrt(K)
-            sd[p + "attn.conv1d.weight"] = rng.uniform(-kb, kb, (E, 1, K)).astype(np.float32)
-            sd[p + "attn.conv1d.bias"] = rng.uniform(-kb, kb, E).astype(np.float32)
-            sd[p + "attn.x_proj.weight"] = lin(R + 2 * N, E)
-            db = R ** -0.5
-            sd[p + "attn.dt_proj.weight"] = rng.uniform(-db, db, (E, R)).astype(np.float32)
-            dt = np.exp(rng.uniform(0, 1, E) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-            dt = np.maximum(dt, 1e-4)
-            sd[p + "attn.dt_proj.bias"] = (dt + np.log(-np.expm1(-dt))).astype(np.float32)
-            sd[p + "attn.A_log"] = np.log(np.tile(np.arange(1, N + 1, dtype=np.float64),
-                                                  (E, 1))).astype(np.float32)
-            sd[p + "attn.D"] = np.ones(E, np.float32)
-            sd[p + "attn.out_proj.weight"] = lin(D, E, resid_scale)
-        else:
-            sd[p + "attn.attn.weight"] = lin(cfg.qkv_size, D)
-            sd[p + "attn.proj.weight"] = lin(D, cfg.n_head * cfg.head_dim, resid_scale)
-        F = cfg.intermediate_size
-        sd[p + "mlp.swiglu.w1.weight"] = lin(F, D)
-        sd[p + "mlp.swiglu.w2.weight"] = lin(F, D)
-        sd[p + "mlp.swiglu.w3.weight"] = lin(D, F, resid_scale)
-    return sd
-
-
-def _qkv_grouped_to_split(w: np.ndarray, cfg: SambaConfig) -> np.ndarray:
-    """lit_gpt grouped rows [q_g0.., k_g, v_g] per KV group -> [Q (head order) | K | V]."""
-    G, qpk, hd = cfg.n_kv_head, cfg.q_per_kv, cfg.head_dim
-    g = w.reshape(G, qpk + 2, hd, -1)
-    q = g[:, :qpk].reshape(G * qpk * hd, -1)
-    k = g[:, qpk].reshape(G * hd, -1)
-    v = g[:, qpk + 1].reshape(G * hd, -1)
-    return np.ascontiguousarray(np.concatenate([q, k, v], axis=0), dtype=np.float32)
-
-
-def _qkv_split_to_grouped(w: np.ndarray, cfg: SambaConfig) -> np.ndarray:
-    """Inverse of :func:`_qkv_grouped_to_split`."""
-    G, qpk, hd = cfg.n_kv_head, cfg.q_per_kv, cfg.head_dim
-    H = G * qpk
-    q = w[: H * hd].reshape(G, qpk, hd, -1)
-    k = w[H * hd: (H + G) * hd].reshape(G, 1, hd, -1)
-    v = w[(H + G) * hd:].reshape(G, 1, hd, -1)
-    return np.concatenate([q, k, v], axis=1).reshape(cfg.qkv_size, -1)
-
-
-# -------------------------------------------------------------------------------- state ---
-class SambaState:
-    """Recurrent state of a batch of sequences (from :meth:`Samba.new_state`).
-
-    ``pos`` (B,) int64: tokens consumed so far (the next token's absolute position).
-    ``layers[i]``: dict of backend arrays for block i -- Mamba: ``conv`` (B, E, d_conv-1),
-    ``ssm`` (B, E, N); SWA: ``k``, ``v`` ring buffers (B, window, n_kv_head, head_dim), the key
-    of position p in slot p % window, stored after RoPE; full attention: ``k``, ``v``
-    (B, capacity, n_kv_head, head_dim) growing caches. ``logits``: (B, vocab) float32 logits
-    of the last consumed position (None before any token).
-    """
-
-    def __init__(self, batch: int, kinds: Sequence[str], layers: list, backend: Backend):
-        self.batch = int(batch)
-        self.kinds = tuple(kinds)
-        self.layers = layers
-        self.pos = np.zeros(self.batch, dtype=np.int64)
-        self.logits: Optional[np.ndarray] = None
-        self._backend = backend
-        self._broken = False     # set while a call updates the state; stays set if it fails
-
-    def copy(self) -> "SambaState":
-        """Deep copy (independent arrays)."""
-        be = self._backend
-        s = SambaState(self.batch, self.kinds,
-                       [{k: be.copy(a) for k, a in d.items()} for d in self.layers], be)
-        s.pos = self.pos.copy()
-        s.logits = None if self.logits is None else self.logits.copy()
-        s._broken = self._broken
-        return s
-
-    def nbytes(self) -> int:
-        """Bytes held by the state arrays (caches, SSM/conv states, positions, logits)."""
-        n = self.pos.nbytes + (0 if self.logits is None else self.logits.nbytes)
-        for d in self.layers:
-            n += sum(int(a.nbytes) for a in d.values())
-        return n
-
-    def shapes(self) -> list[dict[str, tuple]]:
-        """Shapes of every layer's arrays (for inspection and tests)."""
-        return [{k: tuple(a.shape) for k, a in d.items()} for d in self.layers]
-
-    def __repr__(self) -> str:
-        return (f"SambaState(batch={self.batch}, pos={self.pos.tolist()[:4]}"
-                f"{'...' if self.batch > 4 else ''}, nbytes={self.nbytes()})")
+__all__ = ["Samba", "SambaState", "init_state_dict", "expected_shapes", "available_memory"]
 
 
 TokensLike = Union[np.ndarray, Sequence[int], Sequence[Sequence[int]]]
@@ -302,7 +152,7 @@ class Samba:
                 b.Dskip = up(f32[p + "attn.D"])
                 b.out_proj = up(f32[p + "attn.out_proj.weight"])
             else:
-                b.wqkv = up(_qkv_grouped_to_split(f32[p + "attn.attn.weight"], cfg))
+                b.wqkv = up(qkv_grouped_to_split(f32[p + "attn.attn.weight"], cfg))
                 b.wq = b.wqkv[: H * hd]
                 b.wk = b.wqkv[H * hd: (H + G) * hd]
                 b.wv = b.wqkv[(H + G) * hd:]
@@ -337,7 +187,7 @@ class Samba:
                 sd[p + "attn.D"] = np.array(np_(b.Dskip))
                 sd[p + "attn.out_proj.weight"] = np.array(np_(b.out_proj))
             else:
-                sd[p + "attn.attn.weight"] = _qkv_split_to_grouped(np.array(np_(b.wqkv)), cfg)
+                sd[p + "attn.attn.weight"] = qkv_split_to_grouped(np.array(np_(b.wqkv)), cfg)
                 sd[p + "attn.proj.weight"] = np.array(np_(b.wo))
         return sd
 
@@ -422,7 +272,7 @@ class Samba:
                 cap = cfg.window if t == "swa" else 0
                 shp = (batch, cap, cfg.n_kv_head, cfg.head_dim)
                 layers.append({"k": be.zeros(shp), "v": be.zeros(shp)})
-        return SambaState(batch, cfg.layer_types, layers, be)
+        return SambaState(batch, cfg.layer_types, layers, be, state_signature(cfg))
 
     # ---------------------------------------------------------------------- input ---
     def _tokens2d(self, tokens: TokensLike, name: str = "tokens") -> np.ndarray:
@@ -440,14 +290,9 @@ class Samba:
         return a
 
     def _check_state(self, state: SambaState, batch: int) -> None:
-        if not isinstance(state, SambaState) or state.kinds != self.config.layer_types:
+        if not isinstance(state, SambaState):
             raise TypeError("state: expected a SambaState from this model's new_state()")
-        if state._broken:
-            raise ValueError("state: an earlier prefill/step on this state was interrupted or "
-                             "failed midway, leaving it inconsistent; start from a new state "
-                             "(or a copy() taken before)")
-        if state.batch != batch:
-            raise ValueError(f"state: made for batch {state.batch}, tokens have batch {batch}")
+        state.check_for(self.config, batch)
 
     # ------------------------------------------------------------------ the blocks ---
     def _mlp(self, b, n):
@@ -557,73 +402,13 @@ class Samba:
     # --------------------------------------------------------------- memory check ---
     def _memory_needed(self, B: int, L: int, cs: int, state: Optional[SambaState],
                        logits: str) -> tuple[int, list[str]]:
-        """Lower estimate of the bytes a chunked pass over (B, L) tokens allocates (not
-        counting the weights), with a breakdown. logits: "last" (prefill), "chunk" (nll:
-        per-chunk logits + float64 log-softmax) or "all" (forward: every position kept)."""
-        cfg = self.config
-        c = min(cs, L)
-        D, E, F, V = cfg.d_model, cfg.d_inner, cfg.intermediate_size, cfg.vocab_size
-        R, N = cfg.dt_rank, cfg.d_state
-        H, G, hd = cfg.n_head, cfg.n_kv_head, cfg.head_dim
-        kinds = cfg.layer_types
-        per_tok = 5 * D + 3 * F        # residual stream (x, resid, n, mix, delta) + MLP
-        mixer = 0
-        if "mamba" in kinds:
-            mixer = max(mixer, 5 * E + 2 * (R + 2 * N))
-        if "swa" in kinds or "attn" in kinds:
-            mixer = max(mixer, 2 * (H + 2 * G) * hd + H * hd)
-        parts = [("activations", B * c * (per_tok + mixer) * 4)]
-        if "swa" in kinds:     # keys/values of the previous window concatenated per chunk
-            parts.append(("window keys/values", 2 * B * (c + cfg.window) * G * hd * 4))
-        n_full = sum(k == "attn" for k in kinds)
-        if n_full:             # full-attention cache, grown by doubling (as _grow does)
-            p0 = int(state.pos.max()) if state is not None and B else 0
-            cap = 0
-            if state is not None:
-                cap = max((st["k"].shape[1] for st, k in zip(state.layers, kinds)
-                           if k == "attn"), default=0)
-            end, prev = p0 + L, cap
-            while cap < end:
-                need = min(p0 + ((max(cap, p0) - p0) // c + 1) * c, end)
-                prev, cap = cap, max(need, 2 * cap, 64)
-            row = 2 * B * G * hd * 4          # one position of K and V, one layer
-            parts.append(("full-attention KV cache", n_full * cap * row + prev * row))
-        if logits == "last":
-            parts.append(("logits", B * V * 4))
-        elif logits == "chunk":
-            parts.append(("logits + float64 log-softmax", B * c * V * (4 + 8 + 8)))
-        else:
-            parts.append(("logits", B * L * V * 4 + (B * L * V * 4 if c < L else 0)))
-        total = sum(n for _, n in parts)
-        return total, [f"{k} {n / _GiB:.2f} GiB" for k, n in parts if n >= (1 << 20)]
+        """See :func:`samba_ext.memory.memory_needed`."""
+        return memory_needed(self.config, B, L, cs, state, logits)
 
     def _check_memory(self, what: str, B: int, L: int, cs: int,
                       state: Optional[SambaState], logits: str) -> None:
-        """Refuse up front (MemoryError) a request whose working set cannot fit in the memory
-        available, instead of running until the OS kills the process. Skipped when the
-        available memory is unknown or SAMBA_EXT_NO_MEMCHECK=1."""
-        if B == 0 or L == 0 or os.environ.get("SAMBA_EXT_NO_MEMCHECK") == "1":
-            return
-        need, parts = self._memory_needed(B, L, cs, state, logits)
-        if need < (256 << 20):
-            return
-        avail = available_memory()
-        if avail is None or need <= avail:
-            return
-        hints = []
-        if logits == "all":
-            hints.append("nll() (per-token losses, memory ~ chunk_size x vocab) or "
-                         "prefill() (last logits only) instead of forward()")
-        if min(cs, L) > 2048:
-            hints.append(f"a smaller chunk_size (now {cs}; e.g. 2048)")
-        if "attn" in self.config.layer_types:
-            hints.append("a model with sliding-window attention (full-attention caches grow "
-                         "with the sequence)")
-        hints.append(f"a shorter input (now {B} x {L} tokens)")
-        raise MemoryError(
-            f"{what}: needs about {need / _GiB:.1f} GiB ({', '.join(parts)}) but only "
-            f"{avail / _GiB:.1f} GiB of memory is available; use " + "; or ".join(hints) +
-            " (SAMBA_EXT_NO_MEMCHECK=1 skips this check)")
+        """See :func:`samba_ext.memory.check_memory`."""
+        check_memory(self.config, what, B, L, cs, state, logits)
 
     # ------------------------------------------------------------------ public API ---
     def forward(self, tokens: TokensLike, chunk_size: Optional[int] = None) -> np.ndarray:
@@ -637,7 +422,7 @@ class Samba:
         V = self.config.vocab_size
         if B == 0 or L == 0:
             return np.zeros((B, L, V), np.float32)
-        cs = L if chunk_size is None else _check_chunk(chunk_size)
+        cs = L if chunk_size is None else check_chunk(chunk_size)
         self._check_memory("forward", B, L, cs, None, "all")
         state = self.new_state(B)
         parts = [self.backend.to_numpy(self._chunk(t[:, c:c + cs], state, "all"))
@@ -655,7 +440,7 @@ class Samba:
         t = self._tokens2d(tokens)
         B, L = t.shape
         self._check_state(state, B)
-        cs = _check_chunk(chunk_size)
+        cs = check_chunk(chunk_size)
         self._check_memory("prefill", B, L, cs, state, "last")
         for c in range(0, L, cs):
             self._chunk(t[:, c:c + cs], state, "last")
@@ -749,7 +534,7 @@ class Samba:
         self._check_state(state, B)
         if L == 0 or B == 0:
             return np.zeros((B, max(L - 1, 0)), dtype=np.float64)
-        cs = _check_chunk(chunk_size)
+        cs = check_chunk(chunk_size)
         self._check_memory("nll", B, L, cs, state, "chunk")
         out = np.zeros((B, max(L - 1, 0)), dtype=np.float64)
         for c in range(0, L, cs):
@@ -788,157 +573,8 @@ class Samba:
         state (the prompt is appended to it; the prompt may then be empty). On return the
         state has consumed the prompt and every sampled token (including a stop token).
         """
-        from .sampling import sample_next
+        from .generation import generate
 
-        is_text = isinstance(prompt, str)
-        if is_text:
-            ids = np.asarray([self.tokenizer.encode(prompt)], dtype=np.int64).reshape(1, -1)
-            batched = False
-        else:
-            arr = np.asarray(prompt)
-            batched = arr.ndim == 2
-            ids = self._tokens2d(arr.reshape(1, -1) if arr.ndim <= 1 else arr, "prompt")
-        B, L = ids.shape
-        if isinstance(max_new_tokens, bool) or int(max_new_tokens) < 0:
-            raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
-        if state is None:
-            state = self.new_state(B)
-        self._check_state(state, B)
-        if L:
-            logits = self.prefill(ids, state, chunk_size=chunk_size, progress=progress)
-        elif state.logits is not None:
-            logits = state.logits
-        else:
-            raise ValueError("generate: empty prompt and no state to continue from")
-        stop_ids, stop_strs = self._parse_stop(stop)
-        rng = np.random.default_rng(seed)
-        out: list[list[int]] = [[] for _ in range(B)]
-        done = [False] * B
-        texts = [""] * B
-        emitted = 0                              # chars of texts[0] already streamed
-        hold = max((len(s) for s in stop_strs), default=1) - 1
-        tok = self.tokenizer if (is_text or stop_strs) else None
-        for _ in range(int(max_new_tokens)):
-            nxt = sample_next(logits, temperature, top_k, top_p, rng)
-            fresh = [-1] * B                    # token appended to each row this step
-            for r in range(B):
-                if done[r]:
-                    continue
-                tid = int(nxt[r])
-                if tid in stop_ids:
-                    done[r] = True
-                    continue
-                out[r].append(tid)
-                fresh[r] = tid
-                if tok is not None:
-                    texts[r] = tok.decode(out[r])
-                    hit = min((j for j in (texts[r].find(s) for s in stop_strs) if j >= 0),
-                              default=-1)
-                    if hit >= 0:
-                        texts[r] = texts[r][:hit]
-                        done[r] = True
-                        if not is_text:     # drop the ids that completed the stop string
-                            while out[r] and len(tok.decode(out[r])) > hit:
-                                out[r].pop()
-                            fresh[r] = -1
-            if stream is not None:
-                if is_text:
-                    safe = len(texts[0]) if done[0] else len(texts[0]) - hold
-                    if not done[0] and texts[0].endswith("\ufffd"):
-                        safe = min(safe, len(texts[0]) - 1)   # an incomplete UTF-8 sequence
-                    if safe > emitted:
-                        stream(texts[0][emitted:safe])
-                        emitted = safe
-                elif batched:
-                    stream(fresh)
-                elif fresh[0] >= 0:
-                    stream(fresh[0])
-            logits = self.step(nxt, state)
-            if all(done):
-                break
-        if is_text and stream is not None and len(texts[0]) > emitted:
-            stream(texts[0][emitted:])
-        if is_text:
-            return texts[0]
-        return out if batched else out[0]
-
-    def _parse_stop(self, stop) -> tuple[set, list]:
-        if stop is None:
-            try:
-                eos = self.tokenizer.eos_id
-            except (ValueError, ImportError, CheckpointError, OSError):
-                eos = None
-            return ({int(eos)} if eos is not None else set()), []
-        items = [stop] if isinstance(stop, (int, np.integer, str)) else list(stop)
-        ids, strs = set(), []
-        for s in items:
-            if isinstance(s, str):
-                if s:
-                    strs.append(s)
-            elif isinstance(s, (int, np.integer)) and not isinstance(s, bool):
-                ids.add(int(s))
-            else:
-                raise TypeError(f"stop: expected token ids and/or strings, got {s!r}")
-        return ids, strs
-
-
-# ----------------------------------------------------------------------- memory check ---
-_GiB = float(1 << 30)
-
-
-def _read_int(path: str) -> Optional[int]:
-    try:
-        with open(path, encoding="ascii") as fh:
-            v = fh.read().strip()
-    except (OSError, ValueError):
-        return None
-    return int(v) if v.isdigit() else None
-
-
-def available_memory() -> Optional[int]:
-    """Bytes this process can still allocate, best effort: the minimum of MemAvailable
-    (/proc/meminfo; elsewhere sysconf SC_AVPHYS_PAGES), the cgroup limit minus usage (v2 or
-    v1) and RLIMIT_AS minus the current address-space size. None when nothing is known."""
-    cands: list[int] = []
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    cands.append(int(line.split()[1]) * 1024)
-                    break
-    except (OSError, ValueError, IndexError):
-        pass
-    if not cands:
-        try:
-            cands.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-        except (AttributeError, ValueError, OSError):
-            pass
-    for lim_f, use_f in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                          "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        lim, use = _read_int(lim_f), _read_int(use_f)
-        if lim is not None and use is not None and lim < (1 << 60):
-            cands.append(max(lim - use, 0))
-            break
-    try:
-        import resource
-
-        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-        if soft != resource.RLIM_INFINITY:
-            vm = 0
-            with open("/proc/self/status", encoding="ascii") as fh:
-                for line in fh:
-                    if line.startswith("VmSize:"):
-                        vm = int(line.split()[1]) * 1024
-                        break
-            cands.append(max(soft - vm, 0))
-    except (ImportError, OSError, ValueError, IndexError):
-        pass
-    return min(cands) if cands else None
-
-
-def _check_chunk(chunk_size: Any) -> int:
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) \
-            or chunk_size < 1:
-        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size!r}")
-    return int(chunk_size)
+        return generate(self, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                        top_k=top_k, top_p=top_p, seed=seed, stop=stop, stream=stream,
+                        state=state, chunk_size=chunk_size, progress=progress)

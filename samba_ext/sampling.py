@@ -1,11 +1,29 @@
 """Next-token selection for generate(): greedy, temperature, top-k and top-p (nucleus)."""
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["sample_next"]
+__all__ = ["sample_next", "check_sampling"]
+
+
+def check_sampling(temperature: Any, top_k: Any = None, top_p: Any = None) -> None:
+    """Validate the sampling options (whatever the temperature, so that a bad value is
+    reported even when greedy decoding would not use it)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating,
+                                                                      np.integer)) \
+            or not math.isfinite(float(temperature)) or temperature < 0:
+        raise ValueError(f"temperature: expected a finite number >= 0 (0 = greedy), got "
+                         f"{temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))
+                              or top_k < 1):
+        raise ValueError(f"top_k: expected a positive int or None, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool)
+                              or not isinstance(top_p, (int, float, np.floating, np.integer))
+                              or not 0.0 < float(top_p) <= 1.0):
+        raise ValueError(f"top_p: expected a number with 0 < top_p <= 1, or None; got {top_p!r}")
 
 
 def sample_next(logits: np.ndarray, temperature: float = 0.0, top_k: Optional[int] = None,
@@ -20,12 +38,11 @@ def sample_next(logits: np.ndarray, temperature: float = 0.0, top_k: Optional[in
     logits = np.asarray(logits, dtype=np.float64)
     if logits.ndim != 2:
         raise ValueError(f"logits: expected (batch, vocab), got shape {logits.shape}")
-    if temperature is None or temperature <= 0:
+    if temperature is None:
+        temperature = 0.0
+    check_sampling(temperature, top_k, top_p)
+    if temperature <= 0:
         return np.argmax(logits, axis=-1).astype(np.int64)
-    if top_k is not None and (isinstance(top_k, bool) or int(top_k) < 1):
-        raise ValueError(f"top_k: expected a positive int or None, got {top_k!r}")
-    if top_p is not None and not 0.0 < float(top_p) <= 1.0:
-        raise ValueError(f"top_p: expected 0 < top_p <= 1 or None, got {top_p!r}")
     if rng is None:
         rng = np.random.default_rng()
     B, V = logits.shape

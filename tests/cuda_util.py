@@ -40,9 +40,9 @@ def round_to(a: np.ndarray, dtype: str) -> np.ndarray:
 
 def dev(a: np.ndarray, dtype: str = "float32"):
     """DeviceArray of `a` (already representable in dtype) in dtype."""
-    from samba_ext import _gpu
+    from samba_ext import cuda as samba_cuda
 
-    return _gpu.to_device(np.asarray(a, dtype=np.float32), dtype)
+    return samba_cuda.to_device(np.asarray(a, dtype=np.float32), dtype)
 
 
 def rdev(a: np.ndarray, dtype: str):

@@ -246,70 +246,7 @@ def test_decode_empty(backend):
     assert out.shape == (0, 4, 64)
 
 
-# ------------------------------------------------------------------------- bad inputs
-
-
-def _bad_prefill_cases():
-    f = np.zeros
-    q = f((1, 4, 4, 16), np.float32)
-    k = f((1, 4, 2, 16), np.float32)
-    return [
-        ("q", TypeError, (q.astype(np.int32), k, k, None, None)),
-        ("q", TypeError, ("abc", k, k, None, None)),
-        ("q", ValueError, (q[0], k, k, None, None)),
-        ("k", TypeError, (q, None, k, None, None)),
-        ("window", ValueError, (q, k, k, 0, None)),
-        ("window", ValueError, (q, k, k, -3, None)),
-        ("window", TypeError, (q, k, k, 2.5, None)),
-        ("window", TypeError, (q, k, k, True, None)),
-        ("softmax_scale", ValueError, (q, k, k, None, float("nan"))),
-        ("softmax_scale", TypeError, (q, k, k, None, "x")),
-        ("nheads", ValueError, (f((1, 4, 3, 16), np.float32), k, k, None, None)),
-        ("k", ValueError, (q, f((2, 4, 2, 16), np.float32), f((2, 4, 2, 16), np.float32),
-                           None, None)),
-        ("k", ValueError, (q, f((1, 4, 2, 8), np.float32), f((1, 4, 2, 8), np.float32),
-                           None, None)),
-        ("v", ValueError, (q, k, f((1, 5, 2, 16), np.float32), None, None)),
-        ("seqlen_k", ValueError, (q, k[:, :3], k[:, :3], None, None)),
-        ("nheads_kv", ValueError, (q, f((1, 4, 0, 16), np.float32),
-                                   f((1, 4, 0, 16), np.float32), None, None)),
-    ]
-
-
-@pytest.mark.parametrize("name,exc,args", _bad_prefill_cases())
-def test_prefill_bad_inputs(name, exc, args):
-    with pytest.raises(exc, match=name):
-        _core.swa_attention(*args)
-
-
-def _bad_decode_cases():
-    f = np.zeros
-    q = f((2, 4, 16), np.float32)
-    kc = f((2, 8, 2, 16), np.float32)
-    p = np.array([3, 9])
-    n = np.array([4, 8])
-    return [
-        ("q", TypeError, (q.astype(np.int64), kc, kc, p, n, None)),
-        ("q", ValueError, (q[None], kc, kc, p, n, None)),
-        ("k_cache", ValueError, (q, kc[:1], kc[:1], p, n, None)),
-        ("k_cache", ValueError, (q, f((2, 8, 2, 8), np.float32), f((2, 8, 2, 8), np.float32),
-                                 p, n, None)),
-        ("v_cache", ValueError, (q, kc, kc[:, :5], p, n, None)),
-        ("nheads", ValueError, (f((2, 3, 16), np.float32), kc, kc, p, n, None)),
-        ("pos", TypeError, (q, kc, kc, p.astype(np.float32), n, None)),
-        ("pos", ValueError, (q, kc, kc, p[:1], n, None)),
-        ("pos", ValueError, (q, kc, kc, np.array([3, -1]), n, None)),
-        ("n_valid", ValueError, (q, kc, kc, p, np.array([0, 3]), None)),
-        ("n_valid", ValueError, (q, kc, kc, p, np.array([4, 9]), None)),
-        ("n_valid", ValueError, (q, kc, kc, p, n[:, None], None)),
-        ("softmax_scale", ValueError, (q, kc, kc, p, n, float("inf"))),
-    ]
-
-
-@pytest.mark.parametrize("name,exc,args", _bad_decode_cases())
-def test_decode_bad_inputs(name, exc, args):
-    with pytest.raises(exc, match=name):
-        _core.swa_decode(*args)
+# Bad inputs: the table in tests/test_contracts.py (every op, every backend).
 
 
 # ------------------------------------------------------------------------- threads
@@ -345,24 +282,13 @@ def test_concurrent_calls_equal_serial(rng):
 
 def test_ctrl_c_interrupts_a_long_call(rng):
     """SIGINT during a long call raises KeyboardInterrupt from inside the kernel, which polls
-    between rounds of ~30 ms.  The call is ~4.4 TFLOP of full causal attention (tens of
-    seconds here, seconds even on a large server), so only a polling kernel can raise within
-    the generous 10 s liveness bound (this is not a speed assertion: ~100x margin)."""
-    import os
-    import signal
-    import time
+    between rounds. The call is ~4.4 TFLOP of full causal attention; the handler must run in
+    the kernel's own polls (tests/interrupt_util.py), so no clock is involved."""
+    from interrupt_util import interrupt_inside
 
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals are delivered to the main thread")
     q = rng.standard_normal((1, 65536, 8, 64), dtype=np.float32)
     k = rng.standard_normal((1, 65536, 1, 64), dtype=np.float32)
     v = rng.standard_normal((1, 65536, 1, 64), dtype=np.float32)
-    timer = threading.Timer(0.05, lambda: os.kill(os.getpid(), signal.SIGINT))
-    t0 = time.perf_counter()
-    timer.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            _core.swa_attention(q, k, v, None, None)
-    finally:
-        timer.cancel()
-    assert time.perf_counter() - t0 < 10.0, "the kernel did not stop on Ctrl-C"
+    interrupt_inside(_core.swa_attention, q, k, v, None, None)

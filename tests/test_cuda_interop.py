@@ -30,9 +30,9 @@ def _cupy():
 
 
 def test_device_array_protocols(rng):
-    from samba_ext import _gpu
+    from samba_ext import cuda as samba_cuda
 
-    a = _gpu.to_device(rng.standard_normal((3, 4)), "bfloat16")
+    a = samba_cuda.to_device(rng.standard_normal((3, 4)), "bfloat16")
     assert a.__dlpack_device__() == (2, 0)
     cai = a.__cuda_array_interface__
     assert cai["version"] == 3 and cai["typestr"] == "<V2" and cai["data"][0] == a.ptr
@@ -128,7 +128,7 @@ def test_cupy_stream_argument(rng):
 def test_stream_handshake_consumer_waits_for_torch_producer(rng):
     """Our kernel on stream S2 reads a tensor torch is still writing on stream S1."""
     torch = _torch()
-    from samba_ext import _gpu
+    from samba_ext import cuda as samba_cuda
 
     src = torch.randn(1 << 20, device="cuda")
     x = torch.full((1 << 20,), float("nan"), device="cuda")
@@ -144,7 +144,7 @@ def test_stream_handshake_consumer_waits_for_torch_producer(rng):
     got = y.to_numpy()
     ref = swiglu_ref(src.cpu().numpy(), src.cpu().numpy())
     assert_close(got, ref, 1e-5)
-    del _gpu
+    del samba_cuda
 
 
 def test_stream_handshake_torch_consumer_waits_for_us(rng):

@@ -17,15 +17,15 @@ import pytest
 from conftest import CUDA_SKIP
 
 import samba_ext
-from samba_ext import _gpu
+from samba_ext.cuda import runtime as cuda_runtime
 from samba_ext.errors import CudaUnavailableError
 
 
 @pytest.fixture
 def fresh_gpu(monkeypatch):
-    """_gpu with its cached CUDA module cleared (restored afterwards)."""
-    monkeypatch.setattr(_gpu, "_cuda_mod", None)
-    return _gpu
+    """samba_ext.cuda.runtime with its cached CUDA module cleared (restored afterwards)."""
+    monkeypatch.setattr(cuda_runtime, "_cuda_mod", None)
+    return cuda_runtime
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
@@ -71,7 +71,7 @@ def test_extension_fails_to_load_message(fresh_gpu, monkeypatch):
 
     monkeypatch.setattr(fresh_gpu, "_import_cuda", broken)
     with pytest.raises(CudaUnavailableError, match="failed to load.*libcudart"):
-        fresh_gpu.to_device(np.ones(3))
+        samba_ext.cuda.to_device(np.ones(3))
 
 
 class _FakeCuda:
@@ -134,12 +134,44 @@ def test_device_array_class_importable_without_gpu():
 def test_host_upload_keeps_0d_and_strided_shapes(dtype):
     """The host side of a device upload keeps the array's shape: np.ascontiguousarray alone
     turns a 0-d array into shape (1,) (found by swiglu(shape ()) with device="cuda" on the H200)."""
-    from samba_ext import _gpu
+    from samba_ext.cuda.layout import host_contig
 
     a = np.array(3, dtype=dtype)
     for target in (None, np.float32, np.int64):
-        h = _gpu._host_contig(a, target)
+        h = host_contig(a, target)
         assert h.shape == () and h.flags.c_contiguous and h == 3
     b = np.arange(24, dtype=dtype).reshape(4, 6)[:, ::2]
-    h = _gpu._host_contig(b, np.float32)
+    h = host_contig(b, np.float32)
     assert h.shape == (4, 3) and h.flags.c_contiguous and np.array_equal(h, b)
+
+
+def test_deprecated_gpu_alias_still_works():
+    """samba_ext._gpu (the former single CUDA module) stays importable for one release, with
+    a DeprecationWarning, and names the same objects as samba_ext.cuda."""
+    import importlib
+    import warnings
+
+    import samba_ext.cuda
+
+    sys.modules.pop("samba_ext._gpu", None)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        gpu = importlib.import_module("samba_ext._gpu")
+    assert any(issubclass(x.category, DeprecationWarning) for x in w)
+    for name in ("DeviceArray", "to_device", "matmul", "linear", "selective_scan",
+                 "memory_stats", "is_available", "set_poison"):
+        assert getattr(gpu, name) is getattr(samba_ext.cuda, name)
+    assert samba_ext.DeviceArray is samba_ext.cuda.DeviceArray
+    assert issubclass(gpu.CudaError, RuntimeError)
+
+
+def test_cpu_only_build_says_built_without_cuda():
+    """Without the _cuda extension the reason is "built without CUDA", not "failed to load"
+    (a relative import of a missing extension used to be reported as a load failure)."""
+    import importlib.util
+
+    if importlib.util.find_spec("samba_ext._cuda") is not None:
+        pytest.skip("the CUDA extension is built here")
+    with pytest.raises(CudaUnavailableError, match="built without CUDA"):
+        samba_ext.swiglu(np.ones(2, np.float32), np.ones(2, np.float32), device="cuda")
+    assert "built without CUDA" in samba_ext._info.config_dict()["cuda"]["reason"]

@@ -273,9 +273,10 @@ def test_memory_check_estimate_and_message(monkeypatch):
     requests whose working set is far above it are refused at once with a message naming
     the need and the fix; ordinary requests (a few MB) are not refused."""
     model = pytest.importorskip("samba_ext.model")
+    from samba_ext import memory
     from samba_ext.config import SambaConfig
 
-    monkeypatch.setattr(model, "available_memory", lambda: 1 << 30)
+    monkeypatch.setattr(memory, "available_memory", lambda: 1 << 30)
     m = model.Samba(SambaConfig.preset("samba-test"), seed=0)
     L = 2_000_000          # forward: logits alone 2M x 259 x 4 B = 1.9 GiB
     with pytest.raises(MemoryError, match="chunk_size") as ei:

@@ -510,3 +510,106 @@ def test_device_selection_errors():
         pytest.skip("a GPU is present; the CUDA backend's own tests cover device='cuda'")
     with pytest.raises(CudaUnavailableError):
         Samba(_config(), device="cuda")
+
+
+# ------------------------------------------------------------- states and generation ---
+def test_state_from_another_config_is_refused():
+    """issue 16.11: equal layer types but window 16 vs 8 -- the state's ring buffers would
+    even fit another window's shapes after a copy; the state names the config it was made
+    for and the mismatch is reported by field."""
+    a = Samba(SambaConfig.preset("samba-test"), seed=0)
+    b = Samba(SambaConfig.preset("samba-test", window=8), seed=0)
+    c = Samba(SambaConfig.preset("samba-test", rope_base=500.0), seed=0)
+    st = a.new_state(1)
+    a.prefill(np.arange(20)[None] % 250, st)
+    for other, field in ((b, "window"), (c, "rope_base")):
+        for call in (lambda m, s: m.step(np.array([1]), s),
+                     lambda m, s: m.prefill(np.array([[1, 2]]), s),
+                     lambda m, s: m.nll(np.array([[1, 2]]), state=s),
+                     lambda m, s: m.generate([1], max_new_tokens=1, state=s)):
+            with pytest.raises(TypeError, match=field):
+                call(other, st.copy())
+    # same architecture, other weights or name: accepted (a state is about the architecture)
+    cfg = SambaConfig.preset("samba-test")
+    cfg.name = "renamed"
+    d = Samba(cfg, seed=1)
+    d.step(np.array([1]), st.copy())
+
+
+class _CountingTokenizer:
+    """The byte tokenizer, counting the ids passed to decode()."""
+
+    def __init__(self):
+        from samba_ext.tokenizer import ByteTokenizer
+
+        self._t = ByteTokenizer()
+        self.vocab_size, self.eos_id, self.bos_id = 259, 256, 257
+        self.decoded = 0
+
+    def encode(self, text):
+        return self._t.encode(text)
+
+    def decode(self, ids):
+        ids = list(ids)
+        self.decoded += len(ids)
+        return self._t.decode(ids)
+
+
+@pytest.mark.parametrize("stop", [[], ["zzzzzz"]])
+def test_generate_detokenises_incrementally(stop):
+    """issue 16.14: the ids decoded per generated token stay bounded (whole-output re-decoding
+    made the total quadratic: n(n+1)/2 ids for n tokens). Counted, not timed."""
+    m = Samba(SambaConfig.preset("samba-test"), seed=3)
+    totals = {}
+    for n in (150, 600):
+        tok = _CountingTokenizer()
+        m.tokenizer = tok
+        pieces: list[str] = []
+        text = m.generate("Hello", max_new_tokens=n, temperature=1.0, seed=0, stop=stop,
+                          stream=pieces.append)
+        ids = m.generate(list(b"Hello"), max_new_tokens=n, temperature=1.0, seed=0, stop=stop)
+        totals[n] = tok.decoded
+        assert len(ids) == n
+        assert "".join(pieces) == text == tok._t.decode(ids)   # same text as one decode
+    # linear: at most a few ids decoded per token (a multi-byte character may stay pending
+    # for up to generation.MAX_PENDING tokens), so 4x the tokens -> ~4x the work, not 16x
+    assert totals[600] <= 12 * 600, totals
+    assert totals[600] <= 5 * totals[150], totals
+
+
+def test_generate_incremental_text_edges():
+    """Multi-byte characters split across tokens, invalid bytes, and stop strings that
+    straddle earlier pieces decode exactly as one decode of the whole output would."""
+    from samba_ext.generation import IncrementalText
+    from samba_ext.tokenizer import ByteTokenizer
+
+    tok = ByteTokenizer()
+    data = list("aé€😀b".encode()) + [0xFF, 0x61, 0xE2, 0x82] + list(b"xyz")
+    it = IncrementalText(tok)
+    for t in data:
+        it.push(t)
+    it.flush()
+    assert it.text == tok.decode(data)
+    for stop in ("€😀", "😀b", "xy", "a\ufffd"):
+        it = IncrementalText(tok, [stop])
+        hit = -1
+        for t in data:
+            _, hit = it.push(t)
+            if hit >= 0:
+                break
+        full = tok.decode(data)
+        assert hit == full.find(stop) and it.text == full[:hit], stop
+        kept = tok.decode(it.ids[:it.ids_before(hit)])   # ids kept when the prompt is ids
+        # exact for valid UTF-8; an incomplete character just before the stop string is
+        # dropped with it
+        assert kept == full[:hit] if stop in ("€😀", "😀b") else full[:hit].startswith(kept)
+
+
+def test_generate_rejects_bad_options(model):
+    for kw, what in (({"max_new_tokens": 2.5}, "max_new_tokens"),
+                     ({"max_new_tokens": True}, "max_new_tokens"),
+                     ({"top_p": 2.0}, "top_p"), ({"top_p": 0.0}, "top_p"),
+                     ({"top_k": 0}, "top_k"), ({"temperature": -1.0}, "temperature"),
+                     ({"temperature": float("nan")}, "temperature")):
+        with pytest.raises(ValueError, match=what):
+            model.generate([1, 2], **kw)

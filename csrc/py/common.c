@@ -96,6 +96,12 @@ samba_py_f32_inplace(PyObject *obj, const char *name, int ndim)
                      PyArray_NDIM(a));
         return NULL;
     }
+    if (!PyArray_ISNOTSWAPPED(a)) {
+        PyErr_Format(PyExc_TypeError,
+                     "%s: is updated in place and must be float32 in the machine's byte "
+                     "order, got dtype %S", name, (PyObject *)PyArray_DESCR(a));
+        return NULL;
+    }
     if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) {
         PyErr_Format(PyExc_ValueError,
                      "%s: is updated in place and must be C-contiguous and aligned; pass "
@@ -135,10 +141,84 @@ samba_py_i64(PyObject *obj, const char *name, int ndim)
         Py_DECREF(tmp);
         return NULL;
     }
+    if (PyArray_TYPE(tmp) == NPY_UINT64 && PyArray_SIZE(tmp) > 0) {
+        PyObject *mx = PyArray_Max(tmp, NPY_RAVEL_AXIS, NULL);
+        PyObject *lim = PyLong_FromLongLong(INT64_MAX);
+        int over = -1;
+        if (mx != NULL && lim != NULL) {
+            over = PyObject_RichCompareBool(mx, lim, Py_GT);
+        }
+        Py_XDECREF(mx);
+        Py_XDECREF(lim);
+        if (over != 0) {
+            if (over > 0) {
+                PyErr_Format(PyExc_ValueError, "%s: uint64 values above 2**63 - 1 do not fit "
+                             "in int64", name);
+            }
+            Py_DECREF(tmp);
+            return NULL;
+        }
+    }
     res = (PyArrayObject *)PyArray_FROMANY((PyObject *)tmp, NPY_INT64, 0, 0,
                                            NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
     Py_DECREF(tmp);
     return res;
+}
+
+int
+samba_py_shape(PyArrayObject *a, const char *op, const char *name, int ndim,
+               const npy_intp *want)
+{
+    int i, ok;
+    PyObject *got, *exp, *item;
+
+    if (a == NULL) {
+        return 0;
+    }
+    ok = PyArray_NDIM(a) == ndim;
+    for (i = 0; ok && i < ndim; i++) {
+        ok = want[i] < 0 || PyArray_DIM(a, i) == want[i];
+    }
+    if (ok) {
+        return 0;
+    }
+    got = PyObject_GetAttrString((PyObject *)a, "shape");
+    exp = PyTuple_New(ndim);
+    for (i = 0; exp != NULL && i < ndim; i++) {
+        item = want[i] < 0 ? PyUnicode_FromString("*") : PyLong_FromSsize_t(want[i]);
+        if (item == NULL) {
+            Py_CLEAR(exp);
+            break;
+        }
+        PyTuple_SET_ITEM(exp, i, item);
+    }
+    if (got != NULL && exp != NULL) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: %s has shape %S, which does not fit the other arguments (expected "
+                     "%S); samba_ext.%s checks the arguments and explains", op, name, got,
+                     exp, op);
+    }
+    Py_XDECREF(got);
+    Py_XDECREF(exp);
+    return -1;
+}
+
+int
+samba_py_range(PyArrayObject *a, const char *op, const char *name, int64_t lo, int64_t hi)
+{
+    const int64_t *p = (const int64_t *)PyArray_DATA(a);
+    npy_intp i, n = PyArray_SIZE(a);
+
+    for (i = 0; i < n; i++) {
+        if (p[i] < lo || p[i] > hi) {
+            PyErr_Format(PyExc_ValueError,
+                         "%s: %s[%zd] = %lld is outside [%lld, %lld] (would index out of "
+                         "bounds)", op, name, (Py_ssize_t)i, (long long)p[i], (long long)lo,
+                         (long long)hi);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 int

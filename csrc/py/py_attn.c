@@ -1,5 +1,6 @@
 /*
- * py_attn.c - glue for the attention kernels (attention.c, attention_decode.c):
+ * py_attn.c - glue for the attention kernels (attention.c, attention_decode.c); memory-safety
+ * checks only (the argument rules: samba_ext/ops/contracts.py):
  *   swa_attention(q, k, v, window=None, softmax_scale=None) -> out (B, Lq, H, hd)
  *   swa_decode(q, k_cache, v_cache, pos, n_valid, softmax_scale=None) -> out (B, H, hd)
  */
@@ -7,7 +8,7 @@
 
 #include <math.h>
 
-/* window: None -> 0 (full causal), else an int >= 1. Returns 0 or -1 (error set). */
+/* window: None -> 0 (full causal), else an integer (the kernel treats < 1 as full). */
 static int
 attn_parse_window(PyObject *obj, int64_t *window)
 {
@@ -17,29 +18,15 @@ attn_parse_window(PyObject *obj, int64_t *window)
     if (obj == NULL || obj == Py_None) {
         return 0;
     }
-    if (PyBool_Check(obj) || !PyIndex_Check(obj)) {
-        PyErr_Format(PyExc_TypeError,
-                     "window: expected None (full causal) or an int >= 1, got %s",
-                     Py_TYPE(obj)->tp_name);
-        return -1;
-    }
     w = PyLong_AsLongLong(obj);
     if (w == -1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_ValueError, "window: expected None or an int >= 1, got %R", obj);
-        return -1;
-    }
-    if (w < 1) {
-        PyErr_Format(PyExc_ValueError,
-                     "window: expected None (full causal) or an int >= 1 (the number of keys "
-                     "each query sees, itself included), got %lld", w);
         return -1;
     }
     *window = (int64_t)w;
     return 0;
 }
 
-/* softmax_scale: None -> 1/sqrt(headdim), else a finite real number. */
+/* softmax_scale: None -> 1/sqrt(headdim), else a number converted to float. */
 static int
 attn_parse_scale(PyObject *obj, int64_t headdim, float *scale)
 {
@@ -49,20 +36,8 @@ attn_parse_scale(PyObject *obj, int64_t headdim, float *scale)
         *scale = headdim > 0 ? (float)(1.0 / sqrt((double)headdim)) : 1.0f;
         return 0;
     }
-    if (PyBool_Check(obj) || !(PyFloat_Check(obj) || PyLong_Check(obj) || PyNumber_Check(obj))) {
-        PyErr_Format(PyExc_TypeError, "softmax_scale: expected None or a float, got %s",
-                     Py_TYPE(obj)->tp_name);
-        return -1;
-    }
     s = PyFloat_AsDouble(obj);
     if (s == -1.0 && PyErr_Occurred()) {
-        PyErr_Clear();
-        PyErr_Format(PyExc_TypeError, "softmax_scale: expected None or a float, got %s",
-                     Py_TYPE(obj)->tp_name);
-        return -1;
-    }
-    if (!isfinite(s)) {
-        PyErr_Format(PyExc_ValueError, "softmax_scale: expected a finite float, got %R", obj);
         return -1;
     }
     *scale = (float)s;
@@ -100,35 +75,10 @@ py_swa_attention(PyObject *self, PyObject *args, PyObject *kwargs)
     hd = PyArray_DIM(q, 3);
     Lk = PyArray_DIM(k, 1);
     Hkv = PyArray_DIM(k, 2);
-    if (samba_py_dim(k, "k", 0, B, "batch of q") < 0 ||
-        samba_py_dim(k, "k", 3, hd, "headdim of q") < 0) {
-        goto done;
-    }
-    if (PyArray_DIM(v, 0) != B || PyArray_DIM(v, 1) != Lk || PyArray_DIM(v, 2) != Hkv ||
-        PyArray_DIM(v, 3) != hd) {
-        PyObject *ks = PyObject_GetAttrString((PyObject *)k, "shape");
-        PyObject *vs = PyObject_GetAttrString((PyObject *)v, "shape");
-        PyErr_Format(PyExc_ValueError, "v: expected the shape of k %S, got %S", ks, vs);
-        Py_XDECREF(ks);
-        Py_XDECREF(vs);
-        goto done;
-    }
-    if (Hkv == 0 && H > 0) {
-        PyErr_SetString(PyExc_ValueError, "k: nheads_kv (k.shape[2]) must be >= 1");
-        goto done;
-    }
-    if (Hkv > 0 && H % Hkv != 0) {
-        PyErr_Format(PyExc_ValueError,
-                     "q: nheads (q.shape[2] = %zd) must be a multiple of nheads_kv "
-                     "(k.shape[2] = %zd) for grouped-query attention",
-                     (Py_ssize_t)H, (Py_ssize_t)Hkv);
-        goto done;
-    }
-    if (Lk < Lq) {
-        PyErr_Format(PyExc_ValueError,
-                     "k: seqlen_k (k.shape[1] = %zd) must be >= seqlen_q (q.shape[1] = %zd); "
-                     "the last seqlen_q keys belong to the queries, earlier ones are past "
-                     "context", (Py_ssize_t)Lk, (Py_ssize_t)Lq);
+    /* memory safety only; nheads % nheads_kv and seqlen_k >= seqlen_q are the kernel's
+     * (SAMBA_ERR_ARG), the rules and their messages samba_ext/ops/contracts.py's */
+    if (SAMBA_PY_SHAPE(k, "swa_attention", "k", B, -1, -1, hd) < 0 ||
+        SAMBA_PY_SHAPE(v, "swa_attention", "v", B, Lk, Hkv, hd) < 0) {
         goto done;
     }
     if (attn_parse_scale(oscale, (int64_t)hd, &a.softmax_scale) < 0) {
@@ -177,7 +127,7 @@ py_swa_decode(PyObject *self, PyObject *args, PyObject *kwargs)
     PyObject *res = NULL;
     samba_py_run run;
     samba_status st;
-    npy_intp B, H, hd, C, Hkv, b;
+    npy_intp B, H, hd, C, Hkv;
     npy_intp oshape[3];
     float scale;
     const int64_t *pp, *nn;
@@ -198,52 +148,16 @@ py_swa_decode(PyObject *self, PyObject *args, PyObject *kwargs)
     hd = PyArray_DIM(q, 2);
     C = PyArray_DIM(kc, 1);
     Hkv = PyArray_DIM(kc, 2);
-    if (samba_py_dim(kc, "k_cache", 0, B, "batch of q") < 0 ||
-        samba_py_dim(kc, "k_cache", 3, hd, "headdim of q") < 0) {
-        goto done;
-    }
-    if (PyArray_DIM(vc, 0) != B || PyArray_DIM(vc, 1) != C || PyArray_DIM(vc, 2) != Hkv ||
-        PyArray_DIM(vc, 3) != hd) {
-        PyObject *ks = PyObject_GetAttrString((PyObject *)kc, "shape");
-        PyObject *vs = PyObject_GetAttrString((PyObject *)vc, "shape");
-        PyErr_Format(PyExc_ValueError, "v_cache: expected the shape of k_cache %S, got %S",
-                     ks, vs);
-        Py_XDECREF(ks);
-        Py_XDECREF(vs);
-        goto done;
-    }
-    if (samba_py_dim(pos, "pos", 0, B, "batch") < 0 ||
-        samba_py_dim(nv, "n_valid", 0, B, "batch") < 0) {
-        goto done;
-    }
-    if (Hkv == 0 && H > 0) {
-        PyErr_SetString(PyExc_ValueError, "k_cache: nheads_kv (k_cache.shape[2]) must be >= 1");
-        goto done;
-    }
-    if (Hkv > 0 && H % Hkv != 0) {
-        PyErr_Format(PyExc_ValueError,
-                     "q: nheads (q.shape[1] = %zd) must be a multiple of nheads_kv "
-                     "(k_cache.shape[2] = %zd) for grouped-query attention",
-                     (Py_ssize_t)H, (Py_ssize_t)Hkv);
+    /* memory safety only; the kernel refuses (SAMBA_ERR_ARG) GQA mismatches and pos /
+     * n_valid outside [0, ...] / [1, capacity] before it reads a cache slot */
+    if (SAMBA_PY_SHAPE(kc, "swa_decode", "k_cache", B, -1, -1, hd) < 0 ||
+        SAMBA_PY_SHAPE(vc, "swa_decode", "v_cache", B, C, Hkv, hd) < 0 ||
+        SAMBA_PY_SHAPE(pos, "swa_decode", "pos", B) < 0 ||
+        SAMBA_PY_SHAPE(nv, "swa_decode", "n_valid", B) < 0) {
         goto done;
     }
     pp = (const int64_t *)PyArray_DATA(pos);
     nn = (const int64_t *)PyArray_DATA(nv);
-    for (b = 0; b < B; b++) {
-        if (nn[b] < 1 || nn[b] > C) {
-            PyErr_Format(PyExc_ValueError,
-                         "n_valid: expected 1 <= n_valid[b] <= capacity (k_cache.shape[1] = "
-                         "%zd), got n_valid[%zd] = %lld", (Py_ssize_t)C, (Py_ssize_t)b,
-                         (long long)nn[b]);
-            goto done;
-        }
-        if (pp[b] < 0) {
-            PyErr_Format(PyExc_ValueError,
-                         "pos: expected pos[b] >= 0 (absolute position of the newest key), "
-                         "got pos[%zd] = %lld", (Py_ssize_t)b, (long long)pp[b]);
-            goto done;
-        }
-    }
     if (attn_parse_scale(oscale, (int64_t)hd, &scale) < 0) {
         goto done;
     }

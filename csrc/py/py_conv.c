@@ -1,5 +1,6 @@
 /*
- * py_conv.c - glue for the depthwise causal conv1d (conv1d.c):
+ * py_conv.c - glue for the depthwise causal conv1d (conv1d.c); memory-safety checks only
+ * (the argument rules: samba_ext/ops/contracts.py):
  *   causal_conv1d(x, weight, bias=None, activation=None, initial_states=None,
  *                 return_final_states=False) -> y | (y, final_states)
  *   causal_conv1d_update(x, conv_state, weight, bias=None, activation=None) -> y
@@ -8,7 +9,7 @@
 
 #include <string.h>
 
-/* activation None -> 0, "silu"/"swish" -> 1, else -1 with ValueError/TypeError. */
+/* activation None -> 0, "silu"/"swish" -> 1, anything else -1 with ValueError. */
 static int
 conv_activation(PyObject *act)
 {
@@ -17,50 +18,33 @@ conv_activation(PyObject *act)
     if (act == NULL || act == Py_None) {
         return 0;
     }
-    if (!PyUnicode_Check(act)) {
-        PyErr_Format(PyExc_TypeError,
-                     "activation: expected None, \"silu\" or \"swish\", got %s",
-                     Py_TYPE(act)->tp_name);
-        return -1;
-    }
-    s = PyUnicode_AsUTF8(act);
-    if (s == NULL) {
-        return -1;
-    }
-    if (strcmp(s, "silu") == 0 || strcmp(s, "swish") == 0) {
+    s = PyUnicode_Check(act) ? PyUnicode_AsUTF8(act) : NULL;
+    if (s != NULL && (strcmp(s, "silu") == 0 || strcmp(s, "swish") == 0)) {
         return 1;
     }
+    PyErr_Clear();
     PyErr_Format(PyExc_ValueError, "activation: expected None, \"silu\" or \"swish\", got %R",
                  act);
     return -1;
 }
 
-/* weight (D, W) with 2 <= W <= 4; a (D, 1, W) PyTorch Conv1d weight gets a hint. */
+/* weight (dim, width) with 2 <= width <= 4 (the kernels' widths). Memory-safety check only
+ * (the rules and their messages: samba_ext/ops/contracts.py). */
 static PyArrayObject *
-conv_weight(PyObject *obj, npy_intp dim)
+conv_weight(PyObject *obj, const char *op, npy_intp dim)
 {
-    PyArrayObject *w;
-    npy_intp width;
+    PyArrayObject *w = samba_py_f32(obj, "weight", 2);
 
-    if (PyArray_Check(obj) && PyArray_NDIM((PyArrayObject *)obj) == 3 &&
-        PyArray_DIM((PyArrayObject *)obj, 1) == 1) {
-        PyErr_SetString(PyExc_ValueError,
-                        "weight: expected a 2-D array (dim, width), got a 3-D (dim, 1, width) "
-                        "Conv1d weight; pass weight[:, 0, :]");
-        return NULL;
-    }
-    w = samba_py_f32(obj, "weight", 2);
     if (w == NULL) {
         return NULL;
     }
-    if (samba_py_dim(w, "weight", 0, dim, "dim of x") < 0) {
+    if (SAMBA_PY_SHAPE(w, op, "weight", dim, -1) < 0) {
         Py_DECREF(w);
         return NULL;
     }
-    width = PyArray_DIM(w, 1);
-    if (width < 2 || width > 4) {
-        PyErr_Format(PyExc_ValueError,
-                     "weight: width (shape[1]) must be 2, 3 or 4, got %zd", (Py_ssize_t)width);
+    if (PyArray_DIM(w, 1) < 2 || PyArray_DIM(w, 1) > 4) {
+        PyErr_Format(PyExc_ValueError, "%s: weight: width %zd is not 2, 3 or 4", op,
+                     (Py_ssize_t)PyArray_DIM(w, 1));
         Py_DECREF(w);
         return NULL;
     }
@@ -95,21 +79,15 @@ py_causal_conv1d(PyObject *self, PyObject *args, PyObject *kwargs)
     batch = PyArray_DIM(x, 0);
     dim = PyArray_DIM(x, 1);
     seqlen = PyArray_DIM(x, 2);
-    w = conv_weight(w_o, dim);
+    w = conv_weight(w_o, "causal_conv1d", dim);
     if (w == NULL) {
         goto done;
     }
     width = PyArray_DIM(w, 1);
     if (samba_py_f32_opt(b_o, "bias", 1, &b) < 0 ||
-        (b != NULL && samba_py_dim(b, "bias", 0, dim, "dim of x") < 0)) {
-        goto done;
-    }
-    if (samba_py_f32_opt(init_o, "initial_states", 3, &init) < 0) {
-        goto done;
-    }
-    if (init != NULL && (samba_py_dim(init, "initial_states", 0, batch, "batch of x") < 0 ||
-                         samba_py_dim(init, "initial_states", 1, dim, "dim of x") < 0 ||
-                         samba_py_dim(init, "initial_states", 2, width - 1, "width - 1") < 0)) {
+        samba_py_f32_opt(init_o, "initial_states", 3, &init) < 0 ||
+        SAMBA_PY_SHAPE(b, "causal_conv1d", "bias", dim) < 0 ||
+        SAMBA_PY_SHAPE(init, "causal_conv1d", "initial_states", batch, dim, width - 1) < 0) {
         goto done;
     }
     y = samba_py_empty(3, PyArray_DIMS(x));
@@ -176,19 +154,15 @@ py_causal_conv1d_update(PyObject *self, PyObject *args, PyObject *kwargs)
     }
     batch = PyArray_DIM(x, 0);
     dim = PyArray_DIM(x, 1);
-    w = conv_weight(w_o, dim);
+    w = conv_weight(w_o, "causal_conv1d_update", dim);
     if (w == NULL) {
         goto done;
     }
     width = PyArray_DIM(w, 1);
     if (samba_py_f32_opt(b_o, "bias", 1, &b) < 0 ||
-        (b != NULL && samba_py_dim(b, "bias", 0, dim, "dim of x") < 0)) {
-        goto done;
-    }
-    state = samba_py_f32_inplace(s_o, "conv_state", 3);
-    if (state == NULL || samba_py_dim(state, "conv_state", 0, batch, "batch of x") < 0 ||
-        samba_py_dim(state, "conv_state", 1, dim, "dim of x") < 0 ||
-        samba_py_dim(state, "conv_state", 2, width - 1, "width - 1") < 0) {
+        (state = samba_py_f32_inplace(s_o, "conv_state", 3)) == NULL ||
+        SAMBA_PY_SHAPE(b, "causal_conv1d_update", "bias", dim) < 0 ||
+        SAMBA_PY_SHAPE(state, "causal_conv1d_update", "conv_state", batch, dim, width - 1) < 0) {
         goto done;
     }
     y = samba_py_empty(2, PyArray_DIMS(x));

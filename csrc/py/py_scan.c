@@ -1,5 +1,6 @@
 /*
- * py_scan.c - glue for the selective-scan family (scan.c):
+ * py_scan.c - glue for the selective-scan family (scan.c); memory-safety checks only (the
+ * argument rules: samba_ext/ops/contracts.py):
  *   _core.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
  *                        initial_state, return_last_state) -> y | (y, last_state)
  *   _core.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus) -> y
@@ -7,108 +8,36 @@
  */
 #include "common.h"
 
-/* Shape of B or C: (batch, dstate, L) [ngroups 1] or (batch, ngroups, dstate, L); for the
- * decode step (batch, dstate) or (batch, ngroups, dstate) (has_time = 0). Sets *groups and
- * *dstate; checks batch and L. Returns 0 or -1 (ValueError). */
+#define OP "selective_scan"
+#define OP1 "selective_state_update"
+
+/* B or C: (batch, dstate[, seqlen]) is one group, (batch, ngroups, dstate[, seqlen]) has
+ * ngroups; the kernel reads ngroups * dstate [* seqlen] floats per batch row. Sets *groups.
+ * Memory-safety check only (the rules and their messages: samba_ext/ops/contracts.py). */
 static int
-scan_bc_shape(PyArrayObject *m, const char *name, int has_time, npy_intp batch, npy_intp L,
-              npy_intp *groups, npy_intp *dstate)
+scan_bc(PyArrayObject *m, const char *op, const char *name, int has_time, npy_intp batch,
+        npy_intp dim, npy_intp dstate, npy_intp L, npy_intp *groups)
 {
-    const int nd = PyArray_NDIM(m);
-    const int base = has_time ? 3 : 2;
+    const int grouped = PyArray_NDIM(m) == (has_time ? 4 : 3);
+    const npy_intp g = grouped ? PyArray_DIM(m, 1) : 1;
 
-    if (nd != base && nd != base + 1) {
-        PyObject *shape = PyObject_GetAttrString((PyObject *)m, "shape");
-        PyErr_Format(PyExc_ValueError,
-                     has_time ? "%s: expected shape (batch, dstate, seqlen) or (batch, ngroups, "
-                                "dstate, seqlen), got shape %S"
-                              : "%s: expected shape (batch, dstate) or (batch, ngroups, dstate), "
-                                "got shape %S",
-                     name, shape);
-        Py_XDECREF(shape);
+    if (grouped && (g < 1 || dim % g != 0)) {
+        PyErr_Format(PyExc_ValueError, "%s: %s: ngroups %zd must be >= 1 and divide dim %zd",
+                     op, name, (Py_ssize_t)g, (Py_ssize_t)dim);
         return -1;
     }
-    if (samba_py_dim(m, name, 0, batch, "batch, as in the first input") < 0) {
+    if (*groups > 0 && g != *groups) {
+        PyErr_Format(PyExc_ValueError, "%s: %s: ngroups %zd differs from B's %zd", op, name,
+                     (Py_ssize_t)g, (Py_ssize_t)*groups);
         return -1;
     }
-    *groups = nd == base ? 1 : PyArray_DIM(m, 1);
-    *dstate = PyArray_DIM(m, nd == base ? 1 : 2);
-    if (has_time && samba_py_dim(m, name, nd - 1, L, "seqlen, as in u") < 0) {
-        return -1;
+    *groups = g;
+    if (has_time) {
+        return grouped ? SAMBA_PY_SHAPE(m, op, name, batch, g, dstate, L)
+                       : SAMBA_PY_SHAPE(m, op, name, batch, dstate, L);
     }
-    return 0;
-}
-
-/* Shared checks of A, B, C against (batch, dim, seqlen): returns 0 and sets dstate,
- * ngroups, or -1 with an exception naming the argument. */
-static int
-scan_check_abc(PyArrayObject *A, PyArrayObject *B, PyArrayObject *C, int has_time,
-               npy_intp batch, npy_intp dim, npy_intp L, npy_intp *dstate, npy_intp *ngroups)
-{
-    npy_intp gb, nb, gc, nc;
-
-    if (samba_py_dim(A, "A", 0, dim, "dim") < 0) {
-        return -1;
-    }
-    *dstate = PyArray_DIM(A, 1);
-    if (scan_bc_shape(B, "B", has_time, batch, L, &gb, &nb) < 0 ||
-        scan_bc_shape(C, "C", has_time, batch, L, &gc, &nc) < 0) {
-        return -1;
-    }
-    if (nb != *dstate) {
-        PyErr_Format(PyExc_ValueError, "B: dstate %zd does not match A.shape[1] == %zd",
-                     (Py_ssize_t)nb, (Py_ssize_t)*dstate);
-        return -1;
-    }
-    if (nc != *dstate) {
-        PyErr_Format(PyExc_ValueError, "C: dstate %zd does not match A.shape[1] == %zd",
-                     (Py_ssize_t)nc, (Py_ssize_t)*dstate);
-        return -1;
-    }
-    if (gb < 1) {
-        PyErr_Format(PyExc_ValueError, "B: ngroups must be >= 1, got %zd", (Py_ssize_t)gb);
-        return -1;
-    }
-    if (gc != gb) {
-        PyErr_Format(PyExc_ValueError, "C: ngroups %zd does not match B's ngroups %zd",
-                     (Py_ssize_t)gc, (Py_ssize_t)gb);
-        return -1;
-    }
-    if (dim % gb != 0) {
-        PyErr_Format(PyExc_ValueError,
-                     "B: ngroups %zd must divide dim %zd (channel d uses group d // (dim // "
-                     "ngroups))", (Py_ssize_t)gb, (Py_ssize_t)dim);
-        return -1;
-    }
-    *ngroups = gb;
-    return 0;
-}
-
-static int
-scan_check_vec(PyArrayObject *v, const char *name, npy_intp dim)
-{
-    return v == NULL ? 0 : samba_py_dim(v, name, 0, dim, "dim");
-}
-
-static int
-scan_check_same(PyArrayObject *v, const char *name, PyArrayObject *ref, const char *refname)
-{
-    int i;
-    if (v == NULL) {
-        return 0;
-    }
-    for (i = 0; i < PyArray_NDIM(ref); i++) {
-        if (PyArray_DIM(v, i) != PyArray_DIM(ref, i)) {
-            PyObject *s1 = PyObject_GetAttrString((PyObject *)v, "shape");
-            PyObject *s2 = PyObject_GetAttrString((PyObject *)ref, "shape");
-            PyErr_Format(PyExc_ValueError, "%s: expected the shape of %s %S, got %S", name,
-                         refname, s2, s1);
-            Py_XDECREF(s1);
-            Py_XDECREF(s2);
-            return -1;
-        }
-    }
-    return 0;
+    return grouped ? SAMBA_PY_SHAPE(m, op, name, batch, g, dstate)
+                   : SAMBA_PY_SHAPE(m, op, name, batch, dstate);
 }
 
 static PyObject *
@@ -140,15 +69,15 @@ py_selective_scan(PyObject *self, PyObject *args)
     batch = PyArray_DIM(u, 0);
     dim = PyArray_DIM(u, 1);
     L = PyArray_DIM(u, 2);
-    if (scan_check_same(delta, "delta", u, "u (batch, dim, seqlen)") < 0 ||
-        scan_check_same(z, "z", u, "u (batch, dim, seqlen)") < 0 ||
-        scan_check_abc(A, B, C, 1, batch, dim, L, &dstate, &ngroups) < 0 ||
-        scan_check_vec(D, "D", dim) < 0 || scan_check_vec(bias, "delta_bias", dim) < 0) {
-        goto done;
-    }
-    if (init != NULL && (samba_py_dim(init, "initial_state", 0, batch, "batch") < 0 ||
-                         samba_py_dim(init, "initial_state", 1, dim, "dim") < 0 ||
-                         samba_py_dim(init, "initial_state", 2, dstate, "dstate") < 0)) {
+    dstate = PyArray_DIM(A, 1);
+    ngroups = 0;
+    if (SAMBA_PY_SHAPE(delta, OP, "delta", batch, dim, L) < 0 ||
+        SAMBA_PY_SHAPE(A, OP, "A", dim, -1) < 0 ||
+        scan_bc(B, OP, "B", 1, batch, dim, dstate, L, &ngroups) < 0 ||
+        scan_bc(C, OP, "C", 1, batch, dim, dstate, L, &ngroups) < 0 ||
+        SAMBA_PY_SHAPE(D, OP, "D", dim) < 0 || SAMBA_PY_SHAPE(z, OP, "z", batch, dim, L) < 0 ||
+        SAMBA_PY_SHAPE(bias, OP, "delta_bias", dim) < 0 ||
+        SAMBA_PY_SHAPE(init, OP, "initial_state", batch, dim, dstate) < 0) {
         goto done;
     }
     {
@@ -234,13 +163,15 @@ py_selective_state_update(PyObject *self, PyObject *args)
     }
     batch = PyArray_DIM(x, 0);
     dim = PyArray_DIM(x, 1);
-    if (scan_check_same(dt, "dt", x, "x (batch, dim)") < 0 ||
-        scan_check_same(z, "z", x, "x (batch, dim)") < 0 ||
-        scan_check_abc(A, B, C, 0, batch, dim, 0, &dstate, &ngroups) < 0 ||
-        scan_check_vec(D, "D", dim) < 0 || scan_check_vec(bias, "dt_bias", dim) < 0 ||
-        samba_py_dim(state, "state", 0, batch, "batch, as in x") < 0 ||
-        samba_py_dim(state, "state", 1, dim, "dim, as in x") < 0 ||
-        samba_py_dim(state, "state", 2, dstate, "dstate, as in A") < 0) {
+    dstate = PyArray_DIM(A, 1);
+    ngroups = 0;
+    if (SAMBA_PY_SHAPE(state, OP1, "state", batch, dim, dstate) < 0 ||
+        SAMBA_PY_SHAPE(dt, OP1, "dt", batch, dim) < 0 ||
+        SAMBA_PY_SHAPE(A, OP1, "A", dim, -1) < 0 ||
+        scan_bc(B, OP1, "B", 0, batch, dim, dstate, 0, &ngroups) < 0 ||
+        scan_bc(C, OP1, "C", 0, batch, dim, dstate, 0, &ngroups) < 0 ||
+        SAMBA_PY_SHAPE(D, OP1, "D", dim) < 0 || SAMBA_PY_SHAPE(z, OP1, "z", batch, dim) < 0 ||
+        SAMBA_PY_SHAPE(bias, OP1, "dt_bias", dim) < 0) {
         goto done;
     }
     {

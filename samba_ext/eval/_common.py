@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["get_model", "load_model", "resolve_model", "model_info", "model_hash", "Progress", "greedy_decode",
+__all__ = ["fmt_tokens", "get_model", "load_model", "resolve_model", "model_info", "model_hash", "Progress", "greedy_decode",
            "mark_random_weights"]
 
 #: Prompts at least this long get their own prefill progress bar.
@@ -347,3 +347,13 @@ class Timer:
 
     def __call__(self) -> float:
         return time.perf_counter() - self.t0
+
+
+def fmt_tokens(n: int | float) -> str:
+    """4096 -> '4K', 1048576 -> '1M', 1500 -> '1500' (exact binary multiples only)."""
+    n = int(n)
+    if n >= 1 << 20 and n % (1 << 20) == 0:
+        return f"{n >> 20}M"
+    if n >= 1 << 10 and n % (1 << 10) == 0:
+        return f"{n >> 10}K"
+    return str(n)

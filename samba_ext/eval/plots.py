@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .results import fmt_tokens
+from ._common import fmt_tokens  # not from .results: results imports plots
 
 __all__ = ["plot_result", "have_matplotlib", "MATPLOTLIB_HINT"]
 

@@ -34,21 +34,13 @@ import os
 import tempfile
 from typing import Any, ClassVar
 
+from ._common import fmt_tokens
+
 __all__ = ["EvalResult", "load_result", "SCHEMA", "SCHEMA_VERSION", "format_table",
            "fmt_tokens", "machine_info"]
 
 SCHEMA = "samba-ext.eval-result"
 SCHEMA_VERSION = 1
-
-
-def fmt_tokens(n: int | float) -> str:
-    """4096 -> '4K', 1048576 -> '1M', 1500 -> '1500' (exact binary multiples only)."""
-    n = int(n)
-    if n >= 1 << 20 and n % (1 << 20) == 0:
-        return f"{n >> 20}M"
-    if n >= 1 << 10 and n % (1 << 10) == 0:
-        return f"{n >> 10}K"
-    return str(n)
 
 
 def format_table(header: list[str], rows: list[list[Any]], title: str | None = None) -> str:

@@ -1,0 +1,194 @@
+"""The CUDA runtime side of samba_ext: is CUDA usable here (and if not, why), streams, the
+launch recorder of the model backend, device synchronisation.
+
+Module state (the loaded ``_cuda`` extension, the poison flag, the active recorder) is only
+changed through the functions here: :func:`set_recorder`, :func:`set_poison`.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+from ..errors import CudaUnavailableError
+
+__all__ = ["require", "is_available", "unavailable_reason", "set_poison", "poison_enabled",
+           "set_recorder", "recorder", "launch", "flush_recorder", "stream_handle",
+           "norm_stream", "dl_stream", "current_framework_stream", "synchronize",
+           "cuda_error_class"]
+
+# ------------------------------------------------------------------------ availability ---
+_cuda_mod: Any = None
+_poison = False
+
+
+def _import_cuda() -> Any:
+    import importlib
+
+    return importlib.import_module("samba_ext._cuda")
+
+
+def _not_built(e: ImportError) -> bool:
+    """True when the extension does not exist (a CPU-only build), False when it exists but
+    failed to load (missing CUDA runtime / cuBLAS libraries)."""
+    return isinstance(e, ModuleNotFoundError) and e.name == "samba_ext._cuda" or \
+        "No module named" in str(e)
+
+
+def unavailable_reason(count: int, message: str, runtime: int, driver: int) -> str:
+    """Why CUDA cannot be used, from cudaGetDeviceCount's result (count or -error code)."""
+    def ver(v: int) -> str:
+        return f"{v // 1000}.{(v % 1000) // 10}"
+
+    if count == 0 or count == -100:  # cudaErrorNoDevice
+        return ("no device: the CUDA driver sees no GPU (check CUDA_VISIBLE_DEVICES and "
+                "nvidia-smi)")
+    if count == -35:  # cudaErrorInsufficientDriver
+        if driver == 0:
+            return "no device: no NVIDIA driver is installed (libcuda.so.1 not found)"
+        return (f"driver too old: the NVIDIA driver supports CUDA {ver(driver)} but samba_ext "
+                f"was built with CUDA {ver(runtime)}; update the driver or rebuild with an "
+                f"older toolkit")
+    if count == -34:  # cudaErrorStubLibrary
+        return "no device: only the CUDA stub driver library was found (no real driver)"
+    return f"no device: CUDA initialisation failed ({message})"
+
+
+def require() -> Any:
+    """The _cuda module, or CudaUnavailableError saying why CUDA cannot be used."""
+    global _cuda_mod
+    if _cuda_mod is not None:
+        return _cuda_mod
+    try:
+        mod = _import_cuda()
+    except ImportError as e:
+        if _not_built(e):
+            raise CudaUnavailableError(
+                "CUDA unavailable: samba_ext was built without CUDA (no CUDA toolkit at build "
+                "time, or SAMBA_EXT_CUDA=0); reinstall with a toolkit (CUDA_HOME) to use "
+                "device='cuda'") from None
+        raise CudaUnavailableError(
+            f"CUDA unavailable: the CUDA extension failed to load ({e}); the CUDA runtime / "
+            f"cuBLAS libraries it was built against are missing") from None
+    count, message = mod.device_status()
+    if count <= 0:
+        info = mod.build_info()
+        raise CudaUnavailableError("CUDA unavailable: " + unavailable_reason(
+            count, message, int(info.get("runtime_version", 0)),
+            int(info.get("driver_version", 0))))
+    _cuda_mod = mod
+    return mod
+
+
+def is_available() -> bool:
+    """True when CUDA calls can run here."""
+    try:
+        require()
+        return True
+    except CudaUnavailableError:
+        return False
+
+
+def cuda_error_class() -> type:
+    """The exception type of failed CUDA calls (RuntimeError when CUDA is not built)."""
+    try:
+        return _import_cuda().CudaError
+    except ImportError:
+        return RuntimeError
+
+
+def set_poison(on: bool) -> None:
+    """Testing aid: fill every new DeviceArray with 0xFF bytes (NaN for float dtypes)."""
+    global _poison
+    _poison = bool(on)
+
+
+def poison_enabled() -> bool:
+    return _poison
+
+
+
+# ------------------------------------------------------------------------ streams --------
+def norm_stream(s: int) -> int:
+    """Internal stream handle: 0 = legacy default (DLPack/CAI use 1 for it)."""
+    return 0 if s in (0, 1) else int(s)
+
+
+def dl_stream(s: int) -> int:
+    """Our stream as DLPack/CAI spell it (0 is not allowed there)."""
+    return 1 if s == 0 else s
+
+
+def stream_handle(stream: Any) -> int:
+    if isinstance(stream, bool):
+        raise TypeError("stream: expected an int cudaStream_t or a stream object, got bool")
+    if isinstance(stream, (int, np.integer)):
+        if int(stream) < 0:
+            raise ValueError(f"stream: expected a cudaStream_t handle >= 0, got {stream}")
+        return norm_stream(int(stream))
+    if hasattr(stream, "__cuda_stream__"):
+        return norm_stream(int(stream.__cuda_stream__()[1]))
+    if hasattr(stream, "cuda_stream"):  # torch.cuda.Stream
+        return norm_stream(int(stream.cuda_stream))
+    if hasattr(stream, "ptr"):  # cupy.cuda.Stream
+        return norm_stream(int(stream.ptr))
+    raise TypeError(f"stream: expected an int cudaStream_t, a torch.cuda.Stream or a "
+                    f"cupy.cuda.Stream, got {type(stream).__name__}")
+
+
+def current_framework_stream(objs: Any, device: int) -> tuple[int, Any]:
+    """(stream handle, object keeping it alive) of the current torch / cupy stream of the
+    first input that belongs to one of them, else (0, None) (the legacy default stream)."""
+    for x in objs:
+        mod = type(x).__module__ or ""
+        if mod.startswith("torch") and "torch" in sys.modules:
+            st = sys.modules["torch"].cuda.current_stream(device)
+            return norm_stream(int(st.cuda_stream)), st
+        if mod.startswith("cupy") and "cupy" in sys.modules:
+            st = sys.modules["cupy"].cuda.get_current_stream()
+            return norm_stream(int(st.ptr)), st
+    return 0, None
+
+
+# ------------------------------------------------------------------------ recorder -------
+# The CUDA model backend records a decode step instead of running it: while a recorder is
+# active, every device operation issued here (kernel launches, copies, memsets, GEMMs) is
+# handed to recorder.defer(fn, args) instead of being called, and new arrays come from
+# recorder.alloc(nbytes) (a fixed arena, so a captured CUDA graph can be replayed). Host to
+# device uploads still run at once (they feed the graph's input buffers).
+_recorder: Any = None
+
+
+def set_recorder(r: Any) -> Any:
+    """Install recorder r (None: launch at once again); returns the previous one."""
+    global _recorder
+    prev, _recorder = _recorder, r
+    return prev
+
+
+def recorder() -> Any:
+    """The active recorder, or None."""
+    return _recorder
+
+
+def launch(fn: Any, *args: Any) -> None:
+    r = _recorder
+    if r is not None:
+        r.defer(fn, args)
+    else:
+        fn(*args)
+
+
+def flush_recorder() -> None:
+    r = _recorder
+    if r is not None:
+        r.flush()
+
+
+
+def synchronize(device: int = 0) -> None:
+    """Wait for all work on the device."""
+    cu = require()
+    cu.set_device(int(device))
+    cu.device_sync()
