@@ -80,6 +80,11 @@ def test_loglikelihood_equals_samba_nll(run, model):
         # batch_size=1: the same chunked forward pass and the same float64 log-softmax as
         # Samba.nll, so the values are identical, not just close
         assert got == want
+        for ch, resp in zip(r["choices"], samples[r["id"]]["resps"]):
+            c, x = lm.encode_pair(r["context"], ch)
+            logits = model.forward(np.asarray([c + x]))[0]
+            greedy = all(int(np.argmax(logits[len(c) - 1 + i])) == t for i, t in enumerate(x))
+            assert resp[0][1] == greedy                          # is_greedy
         correct += int(int(np.argmax(want)) == r["gold"])
     acc = run["results"]["samba_test_choice"]["acc,none"]
     assert acc == correct / len(rows)

@@ -61,11 +61,15 @@ class _KillOnce:
             r.kill(r.get_runtime_context().current_actor, no_restart=False)
 
 
-def test_ray_grid_equals_serial(cluster, tmp_path):
+def test_ray_grid_equals_serial(cluster, tmp_path, capsys):
     for name, kw in (("passkey", PK), ("perplexity", PPL)):
         serial = run_grid(name, "samba-tiny", out=None, progress=False, **kw)
-        dist = run_grid(name, "samba-tiny", out=tmp_path / name, ray=cluster, progress=False,
+        capsys.readouterr()
+        dist = run_grid(name, "samba-tiny", out=tmp_path / name, ray=cluster, progress=True,
                         **kw)
+        err = capsys.readouterr().err
+        # one bar over the grid's cells, with the cluster's tokens/s
+        assert f"{name} grid" in err and "2/2" in err and "tok_s" in err
         assert not dist.partial and not serial.partial
         assert _strip(dist.cells) == _strip(serial.cells)
         assert dist.params == serial.params and dist.model == serial.model

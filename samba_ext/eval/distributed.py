@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Sequence
 
-from .grid import Interrupted, Unit, load_unit_model, run_unit
-
 __all__ = ["run_units_ray", "connect"]
 
 _ACTOR_CLS: dict[str, Any] = {}
@@ -59,15 +57,15 @@ def _actor_class(ray: Any) -> Any:
         class GridWorker:
             """Keeps loaded models; runs units."""
 
-            def __init__(self, threads: int | None = None) -> None:
+            def __init__(self, runner: tuple, threads: int | None = None) -> None:
+                self.load, self.run_unit = runner[0], runner[1]
                 self.models: dict = {}
                 if threads:
                     from .._info import set_num_threads
 
                     set_num_threads(int(threads))
 
-            def run(self, unit: Unit, device: str,
-                    on_unit: Callable[[Unit], None] | None) -> dict:
+            def run(self, unit: Any, device: str, on_unit: Callable[[Any], None] | None) -> dict:
                 if on_unit is not None:
                     on_unit(unit)
                 model = None
@@ -75,9 +73,9 @@ def _actor_class(ray: Any) -> Any:
                     seed = int(unit.kwargs.get("seed", 0) or 0)
                     k = (unit.model, device, seed)
                     if k not in self.models:
-                        self.models[k] = load_unit_model(unit.model, device, seed)
+                        self.models[k] = self.load(unit.model, device, seed)
                     model = self.models[k]
-                return run_unit(unit, model, device)
+                return self.run_unit(unit, model, device)
 
             def loaded(self) -> int:
                 return len(self.models)
@@ -89,7 +87,8 @@ def _actor_class(ray: Any) -> Any:
 def _pool_size(ray: Any, device: str, n_units: int, opts: dict) -> tuple[int, dict]:
     res = ray.cluster_resources()
     if device == "cuda":
-        per = {"num_gpus": float(opts.get("num_gpus", 1)), "num_cpus": float(opts.get("num_cpus", 1))}
+        per = {"num_gpus": float(opts.get("num_gpus", 1)),
+               "num_cpus": float(opts.get("num_cpus", 1))}
         have = res.get("GPU", 0) / max(per["num_gpus"], 1e-9)
         if have < 1:
             raise RuntimeError("ray: device=cuda but the Ray cluster has no GPU; start the "
@@ -101,11 +100,16 @@ def _pool_size(ray: Any, device: str, n_units: int, opts: dict) -> tuple[int, di
     return n, per
 
 
-def run_units_ray(todo: Sequence[Unit], address: Any, device: str,
-                  finished: Callable[[Unit, dict], None], bar: Any,
-                  on_unit: Callable[[Unit], None] | None, opts: dict) -> bool:
-    """Run ``todo`` on Ray; ``finished(unit, output)`` as each completes (in completion
-    order). Returns True when Ctrl-C (or an interrupted unit) stopped the run."""
+def run_units_ray(todo: Sequence[Any], address: Any, device: str,
+                  finished: Callable[[Any, dict], None], bar: Any,
+                  on_unit: Callable[[Any], None] | None, opts: dict, *,
+                  runner: tuple) -> bool:
+    """Run the units ``todo`` (:class:`samba_ext.eval.grid.Unit`) on Ray; ``finished(unit,
+    output)`` as each completes (in completion order). ``runner``: (load_model(spec, device,
+    seed), run_unit(unit, model, device), the exception class of an interrupted unit), from
+    :mod:`samba_ext.eval.grid`. Returns True when Ctrl-C (or an interrupted unit) stopped
+    the run."""
+    interrupted_cls = runner[2]
     for u in todo:
         if u.model is not None and not isinstance(u.model, (str, os.PathLike)):
             raise TypeError("ray: pass the model as a name or path (each worker loads it), "
@@ -115,11 +119,11 @@ def run_units_ray(todo: Sequence[Unit], address: Any, device: str,
     n, per = _pool_size(ray, device, len(todo), opts)
     cls = _actor_class(ray)
     threads = int(per.get("num_cpus", 1)) if device != "cuda" else None
-    actors = [cls.options(max_restarts=-1, max_task_retries=retries, **per).remote(threads)
-              for _ in range(n)]
+    actors = [cls.options(max_restarts=-1, max_task_retries=retries, **per).remote(
+        runner[:2], threads) for _ in range(n)]
     queue = list(todo)
     attempts: dict[str, int] = {}
-    pending: dict[Any, tuple[Unit, Any]] = {}
+    pending: dict[Any, tuple[Any, Any]] = {}
     idle = list(actors)
 
     def submit() -> None:
@@ -148,7 +152,7 @@ def run_units_ray(todo: Sequence[Unit], address: Any, device: str,
                 continue
             except ray.exceptions.RayTaskError as e:
                 cause = getattr(e, "cause", None)
-                if isinstance(cause, (KeyboardInterrupt, Interrupted)):
+                if isinstance(cause, (KeyboardInterrupt, interrupted_cls)):
                     interrupted = True
                     break
                 raise (cause if isinstance(cause, Exception) else e) from None

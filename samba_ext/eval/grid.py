@@ -12,9 +12,9 @@ Units (each keeps the exact work sharing of the evaluation itself, so a grid run
 numbers as one call over the whole grid):
 
 * passkey: one per (model, length) by default -- the prefix state is shared across the depths
-  and trials of a length; ``passkey_unit="depth"`` gives one per (model, length, depth), sharing only
-  across trials (same keys; same numbers as the whole-grid call with ``share_prefix=False``,
-  equal up to float rounding of the shared prefix state otherwise).
+  and trials of a length; ``passkey_unit="depth"`` gives one per (model, length, depth),
+  sharing only across trials (same keys; same numbers as the whole-grid call with
+  ``share_prefix=False``, equal up to float rounding of the shared prefix state otherwise).
 * phonebook: one per (model, entries). perplexity: sliding mode one per (model, window);
   streaming mode one per model (a streaming pass carries its state, so it is sequential).
 * throughput: one per (config, prompt length) and per (config, decode length).
@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import json
+import math
 import os
 import sys
 import tempfile
@@ -35,12 +37,42 @@ import time
 from typing import Any, Callable, Sequence
 
 from ._common import as_int_list
-from .results import EvalResult, _REGISTRY, _umask, fmt_tokens
+from .results import _REGISTRY, EvalResult, _umask, fmt_tokens
 
 __all__ = ["Unit", "plan_units", "run_grid", "run_unit", "grid_call", "model_identity",
            "UnitStore", "EVALS"]
 
 EVALS = ("passkey", "phonebook", "perplexity", "throughput")
+
+
+def eval_function(eval_name: str) -> Callable[..., EvalResult]:
+    """``samba_ext.eval.<eval_name>``, looked up on the package (never imported from here:
+    the evaluation modules import this one for their ``ray=`` / ``out=`` hook, and the
+    package has imported them before any of its submodules runs)."""
+    if eval_name not in EVALS:
+        raise ValueError(f"eval: expected one of {', '.join(EVALS)}, got {eval_name!r}")
+    return getattr(sys.modules[__package__], eval_name)
+
+
+def _default(eval_name: str, arg: str) -> Any:
+    return inspect.signature(eval_function(eval_name)).parameters[arg].default
+
+
+def _depth_list(depths: Any) -> tuple[bool, list[float]]:
+    """(random, depths) as the passkey evaluation normalises them (it validates them too)."""
+    if isinstance(depths, str):
+        if depths != "random":
+            raise ValueError(f"depths: expected a list of floats in [0, 1] or 'random', "
+                             f"got {depths!r}")
+        return True, []
+    ds = [float(d) for d in (depths if isinstance(depths, (list, tuple)) or
+                             hasattr(depths, "__array__") else [depths])]
+    if not ds:
+        raise ValueError("depths: expected at least one depth")
+    for d in ds:
+        if math.isnan(d) or not 0.0 <= d <= 1.0:
+            raise ValueError(f"depth {d!r} is outside [0, 1]")
+    return False, list(dict.fromkeys(ds))
 CELL_SCHEMA = "samba-ext.grid-unit"
 CELL_SCHEMA_VERSION = 1
 
@@ -115,13 +147,10 @@ def _unit_key(eval_name: str, model_id: str, device: str, kwargs: dict) -> str:
 
 # ----------------------------------------------------------------------- planning ---
 def _passkey_units(kw: dict, split: str) -> list[tuple[dict, str, float]]:
-    from .passkey import DEFAULT_DEPTHS, DEFAULT_LENGTHS, _check_depths
-
-    lengths = list(dict.fromkeys(as_int_list(list(kw.get("lengths", DEFAULT_LENGTHS)),
-                                             "lengths")))
-    depths = kw.get("depths", DEFAULT_DEPTHS)
-    random_depth, depth_list = _check_depths(depths)
-    trials = int(kw.get("trials", 5))
+    lengths = list(dict.fromkeys(as_int_list(
+        list(kw.get("lengths", _default("passkey", "lengths"))), "lengths")))
+    random_depth, depth_list = _depth_list(kw.get("depths", _default("passkey", "depths")))
+    trials = int(kw.get("trials", _default("passkey", "trials")))
     out = []
     for L in lengths:
         if split == "depth" and not random_depth:
@@ -136,11 +165,9 @@ def _passkey_units(kw: dict, split: str) -> list[tuple[dict, str, float]]:
 
 
 def _phonebook_units(kw: dict) -> list[tuple[dict, str, float]]:
-    from .phonebook import DEFAULT_ENTRIES
-
-    entries = list(dict.fromkeys(as_int_list(list(kw.get("entries", DEFAULT_ENTRIES)),
-                                             "entries", minimum=3)))
-    trials = int(kw.get("trials", 10))
+    entries = list(dict.fromkeys(as_int_list(
+        list(kw.get("entries", _default("phonebook", "entries"))), "entries", minimum=3)))
+    trials = int(kw.get("trials", _default("phonebook", "trials")))
     # work ~ tokens: about 12 byte-tokens per entry line
     return [({**kw, "entries": [n]}, f"{n} entries", float(12 * n * trials)) for n in entries]
 
@@ -154,13 +181,15 @@ def _perplexity_units(kw: dict) -> list[tuple[dict, str, float]]:
 
 
 def _throughput_units(kw: dict) -> list[tuple[dict, str, float]]:
-    configs = list(kw.get("configs", ("samba-tiny", "samba-tiny:llama")))
+    def get(k: str) -> Any:
+        return kw.get(k, _default("throughput", k))
+
+    configs = list(get("configs"))
     if not all(isinstance(c, str) for c in configs):
         raise TypeError("configs: a throughput grid takes preset names (strings)")
-    pls = list(kw.get("prompt_lengths", (1024, 2048, 4096, 8192, 16384)) or [])
-    gls = list(kw.get("gen_lengths", (128, 512)) or [])
-    total = int(kw.get("total_tokens", 16384))
-    bs = int(kw.get("batch_size", 4))
+    pls = list(get("prompt_lengths") or [])
+    gls = list(get("gen_lengths") or [])
+    total, bs = int(get("total_tokens")), int(get("batch_size"))
     out = []
     for c in configs:
         for L in pls:
@@ -175,11 +204,17 @@ def _throughput_units(kw: dict) -> list[tuple[dict, str, float]]:
 def plan_units(eval_name: str, model: Any, kwargs: dict, *, device: str = "cpu",
                passkey_unit: str = "length", model_id: str | None = None) -> list[Unit]:
     """The units of one model's grid, in grid order, each with its resume key."""
-    if eval_name not in EVALS:
-        raise ValueError(f"eval: expected one of {', '.join(EVALS)}, got {eval_name!r}")
     if passkey_unit not in ("length", "depth"):
         raise ValueError(f"passkey_unit: expected 'length' or 'depth', got {passkey_unit!r}")
-    kw = {k: v for k, v in kwargs.items() if k not in ("progress", "device")}
+    # every argument explicit (the defaults filled in), so that a unit's key does not depend
+    # on which arguments were spelled out
+    params = inspect.signature(eval_function(eval_name)).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise TypeError(f"{eval_name}: unexpected argument(s) {', '.join(unknown)}")
+    skip = ("model", "progress", "device", "ray", "out")
+    kw = {k: kwargs.get(k, p.default) for k, p in params.items()
+          if k not in skip and (k in kwargs or p.default is not inspect.Parameter.empty)}
     if eval_name == "passkey":
         parts = _passkey_units(kw, passkey_unit)
     elif eval_name == "phonebook":
@@ -211,10 +246,7 @@ def run_unit(unit: Unit, model: Any, device: str = "cpu", progress: bool = False
     """Run one unit in this process; returns its JSON-able output (cells, params, model,
     notes, seed, time_s). Raises :class:`Interrupted` if Ctrl-C stopped it midway.
     ``progress``: the evaluation's own progress bars."""
-    from . import passkey, perplexity, phonebook, throughput
-
-    fn = {"passkey": passkey, "phonebook": phonebook, "perplexity": perplexity,
-          "throughput": throughput}[unit.eval_name]
+    fn = eval_function(unit.eval_name)
     if unit.eval_name == "throughput":
         res = fn(progress=progress, device=device, **unit.kwargs)
     else:
@@ -315,28 +347,36 @@ def assemble(eval_name: str, units: list[Unit], outputs: dict[str, dict], kwargs
 
 
 class _Bar:
-    """One progress bar over all units, with the tokens/s of the whole run."""
+    """One progress bar (stderr) over all units, with the tokens/s of the whole run."""
 
     def __init__(self, enabled: bool, units: list[Unit], done: int, desc: str):
-        from ._common import Progress
+        from ._common import _tqdm_class
 
-        self.p = Progress(enabled, len(units), desc=desc, unit="cell")
-        self.p.update(done)
+        tqdm = _tqdm_class() if enabled else None
+        self.bar = None if tqdm is None else tqdm(
+            total=len(units), initial=done, desc=desc, unit="cell", dynamic_ncols=True,
+            file=sys.stderr, smoothing=0.05)
         self.work = 0.0
         self.t0 = time.perf_counter()
 
     def advance(self, unit: Unit) -> None:
         self.work += unit.work
-        dt = time.perf_counter() - self.t0
-        self.p.update(1)
-        if dt > 0:
-            self.p.postfix(last=unit.label, tok_s=f"{self.work / dt:,.0f}")
+        if self.bar is not None:
+            dt = time.perf_counter() - self.t0
+            self.bar.set_postfix({"last": unit.label,
+                                  "tok_s": f"{self.work / dt:,.0f}" if dt > 0 else "-"},
+                                 refresh=False)
+            self.bar.update(1)
 
     def write(self, msg: str) -> None:
-        self.p.write(msg)
+        if self.bar is not None:
+            self.bar.write(msg, file=sys.stderr)
+        else:
+            print(msg, file=sys.stderr)
 
     def close(self) -> None:
-        self.p.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def run_grid(eval_name: str, model: Any = None, *, out: str | os.PathLike | None = None,
@@ -397,10 +437,8 @@ def run_grid(eval_name: str, model: Any = None, *, out: str | os.PathLike | None
     unfinished: dict[str, dict] = {}
     try:
         if todo and ray is not None and ray is not False:
-            from .distributed import run_units_ray
-
-            interrupted = run_units_ray(todo, ray, device, finished, bar, on_unit,
-                                        ray_options or {})
+            interrupted = _run_ray(todo, ray, device, finished, bar, on_unit,
+                                   ray_options or {})
         elif todo:
             interrupted = _run_local(todo, model, device, finished, on_unit, unfinished,
                                      unit_progress)
@@ -414,6 +452,14 @@ def run_grid(eval_name: str, model: Any = None, *, out: str | os.PathLike | None
                     unfinished)
 
 
+def _run_ray(*args: Any) -> bool:
+    """samba_ext.eval.distributed.run_units_ray, handed this module's unit runner (that
+    module does not import this one)."""
+    from .distributed import run_units_ray
+
+    return run_units_ray(*args, runner=(load_unit_model, run_unit, Interrupted))
+
+
 def load_unit_model(model: Any, device: str, seed: int = 0) -> Any:
     """A Samba object for ``model`` (as the CLI resolves ``--model``: None = the default)."""
     from ._common import get_model, resolve_model
@@ -425,8 +471,9 @@ def load_unit_model(model: Any, device: str, seed: int = 0) -> Any:
 
 def grid_call(eval_name: str, args: dict) -> EvalResult:
     """The ``ray=`` / ``out=`` hook of the evaluation functions: ``args`` is the function's
-    ``locals()`` at entry (its arguments)."""
-    kw = dict(args)
+    ``locals()`` at entry (its arguments; other names are dropped)."""
+    params = inspect.signature(eval_function(eval_name)).parameters
+    kw = {k: v for k, v in args.items() if k in params}
     model = kw.pop("model", None)
     if eval_name == "throughput":
         model = None

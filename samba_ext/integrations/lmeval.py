@@ -37,7 +37,6 @@ import os
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
