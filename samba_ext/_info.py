@@ -1,4 +1,5 @@
-"""Build and runtime information: show_config(), thread control, CUDA availability."""
+"""Build and runtime information: show_config(), CUDA availability (thread control lives in
+samba_ext/threads.py; set_num_threads / get_num_threads are re-exported here)."""
 from __future__ import annotations
 
 import os
@@ -7,18 +8,9 @@ import sys
 from typing import Any
 
 from . import _core
+from .threads import blas_info, get_num_threads, set_num_threads
 
-
-def set_num_threads(n: int) -> None:
-    """Set the number of CPU threads the kernels use (default: OMP_NUM_THREADS or all cores)."""
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"n: expected an int, got {type(n).__name__}")
-    _core.set_num_threads(n)
-
-
-def get_num_threads() -> int:
-    """Number of CPU threads the kernels use."""
-    return int(_core.get_num_threads())
+__all__ = ["set_num_threads", "get_num_threads", "cuda_available", "config_dict", "show_config"]
 
 
 def _cuda_module() -> tuple[Any, str]:
@@ -56,6 +48,7 @@ def config_dict() -> dict:
         "compiler": info.get("compiler"),
         "openmp": bool(info.get("openmp")),
         "threads": get_num_threads(),
+        "blas": blas_info(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "numpy_build": info.get("numpy_build"),
     }
@@ -85,6 +78,9 @@ def show_config() -> None:
     print(f"  OpenMP     : {'yes' if d['openmp'] else 'no'}, {d['threads']} threads"
           f" (OMP_NUM_THREADS={d['OMP_NUM_THREADS']})")
     print(f"  NumPy      : built against {d['numpy_build']}")
+    b = d["blas"]
+    print(f"  BLAS       : {b['threads'] if b['threads'] is not None else '?'} threads "
+          f"(controlled through {b['control']})")
     c = d["cuda"]
     if not c["built"]:
         print(f"  CUDA       : not built ({c['reason']})")

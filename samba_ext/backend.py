@@ -14,42 +14,9 @@ import numpy as np
 
 from . import _core
 from .backend_api import Array, Backend
+from .threads import blas_controls
 
 __all__ = ["Backend", "Array", "CPUBackend", "get_backend"]
-
-
-def _find_openblas_threads():
-    """(set_num_threads, get_num_threads) of the OpenBLAS NumPy uses, or None.
-
-    Looks for an OpenBLAS among the loaded libraries (NumPy wheels bundle scipy-openblas) and
-    for its thread-control symbols, as threadpoolctl does. None on other BLAS builds."""
-    import ctypes
-    import glob
-    import os
-
-    paths = []
-    try:
-        with open("/proc/self/maps") as f:
-            paths = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower()
-                            and ln.split()[-1].startswith("/")})
-    except OSError:
-        pass
-    npdir = os.path.dirname(np.__file__)
-    paths += glob.glob(os.path.join(npdir, "..", "numpy.libs", "*openblas*"))
-    paths += glob.glob(os.path.join(npdir, ".dylibs", "*openblas*"))
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix in ("scipy_openblas", "openblas"):
-            for suffix in ("64_", ""):
-                fs = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                fg = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                if fs is not None and fg is not None:
-                    fs.argtypes, fs.restype, fg.restype = [ctypes.c_int], None, ctypes.c_int
-                    return fs, fg
-    return None
 
 
 def _tune_glibc_malloc() -> bool:
@@ -103,7 +70,7 @@ class CPUBackend(Backend):
 
     def __init__(self) -> None:
         global _MALLOC_TUNED
-        self._blas = _find_openblas_threads()
+        self._blas = blas_controls()  # (set, get) of NumPy's BLAS pool, or None
         if _MALLOC_TUNED is None:
             _MALLOC_TUNED = _tune_glibc_malloc()
 

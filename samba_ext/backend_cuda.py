@@ -19,7 +19,9 @@ code path on one GPU through this class:
   captured once into a CUDA graph (keyed by the exact launch sequence: shapes, pointers) and
   the graph is launched; later steps with the same state arrays replay it, so only the
   small host-to-device copies and one graph launch are issued per step. A step that does
-  not fit the arena runs eagerly and grows the arena for the next one.
+  not fit the arena (the first step, or the first after a change of batch size or of a
+  cache's capacity) runs eagerly, its extra buffers held by the recorder until its launches
+  are issued, and grows the arena for the next one.
 """
 from __future__ import annotations
 
@@ -68,7 +70,16 @@ class _Arena:
 
 
 class _StepRecorder:
-    """Installed with samba_ext.cuda.runtime.set_recorder while a decode step is recorded."""
+    """Installed with samba_ext.cuda.runtime.set_recorder while a decode step is recorded.
+
+    Every array the step allocates comes from here: an arena slot, or (when the arena is
+    missing or full) a buffer of its own that the recorder holds until the step's deferred
+    launches have been issued. Deferred launches carry raw pointers only; a temporary that
+    the model drops before they run (the inputs a kernel converts, the index arrays of a
+    gather) would otherwise go back to the stream-ordered pool at once, and a later
+    allocation of the same step (an index upload, which runs immediately) could be handed
+    the same address: the earlier deferred kernel would then overwrite the indices a later
+    one reads (out-of-range gathers/scatters: illegal memory accesses)."""
 
     def __init__(self, backend: "CUDABackend", arena: Optional[_Arena]) -> None:
         self.backend = backend
@@ -76,16 +87,19 @@ class _StepRecorder:
         self.calls: list = []
         self.overflow = arena is None
         self.requested = 0  # bytes this step asks for (sizes the arena)
+        self.held: list = []  # buffers allocated outside the arena, freed after the step
 
     def alloc(self, n: int) -> Optional[tuple]:
         if n == 0:
             return None
         self.requested += (n + _ALIGN - 1) // _ALIGN * _ALIGN
-        if self.arena is None:
-            return None
-        got = self.arena.alloc(n)
+        got = self.arena.alloc(n) if self.arena is not None else None
         if got is None:
             self.overflow = True
+            be = self.backend
+            buf = be.cu.Buffer(int(n), be.index, be.stream)
+            self.held.append(buf)
+            got = (buf, buf.ptr)
         return got
 
     def defer(self, fn: Any, args: tuple) -> None:
@@ -172,9 +186,12 @@ class CUDABackend(Backend):
         self._arena_need = max(self._arena_need, rec.requested)
         if rec.overflow or rec.arena is None:
             # Too little arena (or the first step): run eagerly, size the arena for next time.
+            # rec.held keeps the step's own buffers until here; dropping it afterwards queues
+            # their frees on the stream behind the launches that use them.
             self.stats["eager_steps"] += 1
             for fn, args in rec.calls:
                 fn(*args)
+            rec.held.clear()
             return
         key = tuple((getattr(fn, "__name__", repr(fn)), args) for fn, args in rec.calls)
         g = self._graphs.get(key)

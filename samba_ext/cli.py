@@ -254,48 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------- threads ---
-_BLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads_64_",
-                 "openblas_set_num_threads64_", "openblas_set_num_threads",
-                 "MKL_Set_Num_Threads", "bli_thread_set_num_threads")
-
-
 def set_blas_threads(n: int) -> bool:
-    """Limit NumPy's BLAS thread pool to ``n`` threads (threadpoolctl when installed, else
-    the OpenBLAS / MKL / BLIS setter found among the loaded libraries). True on success."""
-    try:
-        import threadpoolctl  # type: ignore[import-not-found]
+    """Limit NumPy's BLAS thread pool to ``n`` threads (samba_ext.threads). True on success."""
+    from .threads import set_blas_threads as _set
 
-        threadpoolctl.threadpool_limits(n, user_api="blas")
-        return True
-    except ImportError:
-        pass
-    except Exception:
-        return False
-    import ctypes
-
-    import numpy  # noqa: F401  (makes sure NumPy's BLAS is loaded)
-
-    try:
-        with open("/proc/self/maps") as fh:
-            libs = {ln.split()[-1] for ln in fh if ".so" in ln and
-                    any(k in ln.lower() for k in ("openblas", "mkl_rt", "blis"))}
-    except OSError:
-        return False
-    ok = False
-    for path in sorted(libs):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for sym in _BLAS_SETTERS:
-            fn = getattr(lib, sym, None)
-            if fn is not None:
-                fn.argtypes = [ctypes.c_int]
-                fn.restype = None
-                fn(int(n))
-                ok = True
-                break
-    return ok
+    return _set(n)
 
 
 def auto_threads() -> tuple[int | None, str]:
@@ -329,7 +292,11 @@ def _check_model_path(spec: str) -> None:
     if not os.path.exists(spec):
         raise CliError(f"--model: file {spec!r} does not exist")
     if os.path.isdir(spec):
-        raise CliError(f"--model: {spec!r} is a directory; pass the .safetensors or .pth file")
+        if os.path.isfile(os.path.join(spec, "config.json")):
+            return      # a Hugging Face-style checkpoint folder (docs/checkpoints.md)
+        raise CliError(f"--model: {spec!r} is a directory without a config.json; pass a "
+                       "checkpoint folder (config.json + model.safetensors), a .safetensors "
+                       "or a .pth file")
     try:
         mode = os.stat(spec).st_mode
     except OSError as e:

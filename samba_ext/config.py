@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 LAYER_TYPES = ("mamba", "swa", "attn")
+_F32_MAX = 3.4028234663852886e38   # largest finite float32 (the kernels compute in float32)
 
 
 def samba_layer_types(n_layer: int) -> tuple[str, ...]:
@@ -78,6 +79,11 @@ class SambaConfig:
         if not 2 <= self.d_conv <= 4:
             raise ValueError(f"SambaConfig.d_conv: the conv kernels support widths 2..4, "
                              f"got {self.d_conv}")
+        if self.layer_types is None:          # JSON null: the default layout
+            self.layer_types = ()
+        if not isinstance(self.layer_types, (tuple, list)):
+            raise ValueError(f"SambaConfig.layer_types: expected a list of mixer names, got "
+                             f"{self.layer_types!r:.80}")
         lt = tuple(self.layer_types) if self.layer_types else samba_layer_types(self.n_layer)
         if len(lt) != self.n_layer:
             raise ValueError(f"SambaConfig.layer_types: expected {self.n_layer} entries "
@@ -94,10 +100,25 @@ class SambaConfig:
         elif "swa" in lt:
             raise ValueError("SambaConfig.window: 'swa' blocks need a window (use 'attn' blocks "
                              "for full causal attention)")
-        if not (self.norm_eps > 0):
-            raise ValueError(f"SambaConfig.norm_eps: expected > 0, got {self.norm_eps!r}")
-        self.rope_base = float(self.rope_base)
-        self.norm_eps = float(self.norm_eps)
+        for f in ("rope_base", "norm_eps"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) \
+                    or not 0 < float(v) <= _F32_MAX:
+                raise ValueError(f"SambaConfig.{f}: expected a finite number > 0 (at most "
+                                 f"{_F32_MAX:.3g}, the float32 range), got {v!r}")
+            setattr(self, f, float(v))
+        if not isinstance(self.name, str):
+            raise ValueError(f"SambaConfig.name: expected a string, got {self.name!r:.80}")
+        if not isinstance(self.tokenizer, str) or not self.tokenizer:
+            raise ValueError(f"SambaConfig.tokenizer: expected a non-empty string (\"byte\" or "
+                             f"a tokenizer file / name), got {self.tokenizer!r:.80}")
+        if not isinstance(self.tie_embeddings, bool):
+            raise ValueError(f"SambaConfig.tie_embeddings: expected true or false, got "
+                             f"{self.tie_embeddings!r:.80}")
+        m = self.max_train_len
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            raise ValueError(f"SambaConfig.max_train_len: expected a positive int or None, "
+                             f"got {m!r:.80}")
 
     # ------------------------------------------------------------------ derived sizes ---
     @property
@@ -147,7 +168,7 @@ class SambaConfig:
         if unknown:
             raise ValueError(f"SambaConfig.from_dict: unknown field(s) {unknown}")
         d = dict(d)
-        if "layer_types" in d and d["layer_types"] is not None:
+        if isinstance(d.get("layer_types"), list):
             d["layer_types"] = tuple(d["layer_types"])
         return cls(**d)
 

@@ -129,7 +129,8 @@ def generate(model: Any, prompt: Union[str, Any], max_new_tokens: int = 32,
              top_p: Optional[float] = None, seed: Optional[int] = None,
              stop: Any = None, stream: Optional[Callable[[Any], Any]] = None,
              state: Any = None, chunk_size: int = 2048,
-             progress: Optional[Callable[[int, int], Any]] = None):
+             progress: Optional[Callable[[int, int], Any]] = None
+             ) -> Union[str, list[int], list[list[int]]]:
     """The implementation of :meth:`samba_ext.model.Samba.generate` (see its docstring)."""
     from .sampling import check_sampling, sample_next
 

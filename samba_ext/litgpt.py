@@ -6,15 +6,17 @@ plus one ``<name>/data/<key>`` entry per storage. Tensors are pickled as
 :func:`read_torch_zip` unpickles with a *restricted* unpickler whose ``find_class`` returns
 only tensor-rebuilding stand-ins and plain containers and refuses every other global with a
 :class:`~samba_ext.errors.CheckpointError` naming it, so a hostile pickle cannot run code
-(no ``os.system``, no ``builtins.eval``, no arbitrary constructors). Storages are memory-mapped
-from the zip (torch writes them uncompressed) after checking every offset, size and stride.
+(no ``os.system``, no ``builtins.eval``, no arbitrary constructors), bounds nesting and
+memory, and hands out only per-load read-only stand-ins (samba_ext/io/torch_pickle.py).
+Storage bytes are read from the zip (torch writes them uncompressed) with plain file reads,
+never memory-mapped (a file truncated during the load is a CheckpointError, not SIGBUS),
+after checking every offset, size and stride.
 
 Key names follow samba_arch.md section 7; lit_gpt checkpoints store the grouped QKV layout and
 (for tied models) both ``transformer.wte.weight`` and ``lm_head.weight``.
 """
 from __future__ import annotations
 
-import collections
 import io
 import os
 import pickle
@@ -28,65 +30,23 @@ import numpy as np
 
 from .config import PRESETS, SambaConfig
 from .errors import CheckpointError
+from .io import fileread
+from .io.torch_pickle import RestrictedUnpickler, StorageType, TensorBudget
 from .safetensors_io import bf16_to_f32, open_regular_file
+
+_MAX_RANK = 32   # numpy 1.x supports at most 32 dimensions; no checkpoint tensor comes close
 
 __all__ = ["read_torch_zip", "load_litgpt_state_dict", "infer_config", "normalize_state_dict"]
 
-# torch storage class name -> numpy dtype of its elements (BFloat16 kept as raw uint16 bits)
-_STORAGES = {
-    "FloatStorage": np.dtype("<f4"),
-    "DoubleStorage": np.dtype("<f8"),
-    "HalfStorage": np.dtype("<f2"),
-    "BFloat16Storage": np.dtype("<u2"),
-    "LongStorage": np.dtype("<i8"),
-    "IntStorage": np.dtype("<i4"),
-    "ShortStorage": np.dtype("<i2"),
-    "CharStorage": np.dtype("i1"),
-    "ByteStorage": np.dtype("u1"),
-    "BoolStorage": np.dtype("?"),
-}
-
-
-class _StorageType:
-    """Stand-in for ``torch.<X>Storage`` classes (only ever used as a marker)."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.dtype = _STORAGES[name]
-
-    def __repr__(self) -> str:
-        return f"torch.{self.name}"
-
-
-class _Budget:
-    """Running bound on the bytes :func:`_rebuild_tensor_v2` may materialise while reading one
-    file. Tensors are copies of views of storages; without a bound a small file can name one
-    storage thousands of times (through the pickle memo) or view it with stride 0, each copy
-    costing the full claimed size."""
-
-    def __init__(self, limit: int, fname: str):
-        self.limit = limit
-        self.used = 0
-        self.fname = fname
-
-    def charge(self, nbytes: int, what: str) -> None:
-        if self.used + nbytes > self.limit:
-            raise CheckpointError(
-                f"{self.fname}: {what} would bring the tensor bytes materialised to "
-                f"{self.used + nbytes}, more than {self.limit} (a few times the file size): the "
-                "pickle references its storages many times or broadcasts them (stride 0); "
-                "refusing a likely decompression bomb")
-        self.used += nbytes
-
-
 class _Storage:
-    """A storage: 1-D numpy array of its elements (a memory map into the zip) + its kind,
-    and the reader's :class:`_Budget` (shared by all storages of one file)."""
+    """A storage of the open checkpoint: where its elements lie in the file (read on demand
+    with file reads, never memory-mapped: see samba_ext/io/fileread.py), their dtype as
+    stored, and its torch kind."""
 
-    def __init__(self, data: np.ndarray, kind: str, budget: Optional[_Budget] = None):
-        self.data = data
-        self.kind = kind
-        self.budget = budget
+    __slots__ = ("key", "start", "numel", "dtype", "kind")
+
+    def __init__(self, key: str, start: int, numel: int, dtype: np.dtype, kind: str):
+        self.key, self.start, self.numel, self.dtype, self.kind = key, start, numel, dtype, kind
 
 
 def _as_int(v: Any, what: str) -> int:
@@ -95,96 +55,70 @@ def _as_int(v: Any, what: str) -> int:
     return v
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
-                       backward_hooks=None, metadata=None) -> np.ndarray:
-    """torch._utils._rebuild_tensor_v2 stand-in: a C-contiguous copy of the strided view.
-    Every index is bounds-checked against the storage before any memory is read."""
-    if not isinstance(storage, _Storage):
-        raise CheckpointError(f"tensor storage: expected a persistent storage, got "
-                              f"{type(storage).__name__}")
-    off = _as_int(storage_offset, "storage_offset")
-    if not isinstance(size, (tuple, list)) or not isinstance(stride, (tuple, list)) \
-            or len(size) != len(stride):
-        raise CheckpointError("tensor size/stride: expected two tuples of equal length")
-    size = tuple(_as_int(s, "size") for s in size)
-    stride = tuple(_as_int(s, "stride") for s in stride)
-    if off < 0 or any(s < 0 for s in size) or any(s < 0 for s in stride):
-        raise CheckpointError(f"tensor: negative offset/size/stride ({off}, {size}, {stride})")
-    n = storage.data.shape[0]
-    numel = 1
-    for s in size:
-        numel *= s
-    if numel == 0:
-        out = np.zeros(size, dtype=storage.data.dtype)
-    else:
-        last = off + sum((sz - 1) * st for sz, st in zip(size, stride))
-        if last >= n:
-            raise CheckpointError(f"tensor of size {size}, stride {stride}, offset {off} reads "
-                                  f"element {last} of a storage of {n} elements")
-        it = storage.data.itemsize
-        if storage.budget is not None:
-            storage.budget.charge(numel * it, f"tensor of size {size}")
-        view = np.lib.stride_tricks.as_strided(storage.data[off:], shape=size,
-                                               strides=tuple(s * it for s in stride),
-                                               writeable=False)
-        out = np.array(view, order="C")
-    if storage.kind == "BFloat16Storage":
-        out = bf16_to_f32(out)
-    return out
+def _make_rebuild(fh: Any, fname: str, budget: TensorBudget, storages: dict):
+    """The ``_rebuild_tensor_v2`` of one load: a C-contiguous copy of a strided view of a
+    storage, every index bounds-checked before any byte is read; bf16 becomes float32, other
+    dtypes stay as stored (native byte order)."""
+
+    def rebuild(storage: Any, storage_offset: Any, size: Any, stride: Any) -> np.ndarray:
+        if not isinstance(storage, _Storage) or storages.get(storage.key) is not storage:
+            raise CheckpointError(f"tensor storage: expected a persistent storage, got "
+                                  f"{type(storage).__name__}")
+        off = _as_int(storage_offset, "storage_offset")
+        if not isinstance(size, (tuple, list)) or not isinstance(stride, (tuple, list)) \
+                or len(size) != len(stride):
+            raise CheckpointError("tensor size/stride: expected two tuples of equal length")
+        if len(size) > _MAX_RANK:
+            raise CheckpointError(f"tensor: {len(size)} dimensions (at most {_MAX_RANK})")
+        size = tuple(_as_int(s, "size") for s in size)
+        stride = tuple(_as_int(s, "stride") for s in stride)
+        if off < 0 or any(s < 0 for s in size) or any(s < 0 for s in stride):
+            raise CheckpointError(f"tensor: negative offset/size/stride ({off}, {size}, {stride})")
+        native = storage.dtype.newbyteorder("=")
+        numel = 1
+        for s in size:
+            numel *= s
+        it = storage.dtype.itemsize
+        if numel == 0:
+            if any(s >= 2**31 for s in size):
+                raise CheckpointError(f"tensor: empty tensor with a huge size {size}")
+            out = np.zeros(size, dtype=native)
+        else:
+            last = off + sum((sz - 1) * st for sz, st in zip(size, stride))
+            if last >= storage.numel:
+                raise CheckpointError(f"tensor of size {size}, stride {stride}, offset {off} "
+                                      f"reads element {last} of a storage of {storage.numel} "
+                                      "elements")
+            budget.charge(numel * it, f"tensor of size {size}")
+            contiguous = all(st == c for sz, st, c in zip(size, stride, _c_strides(size))
+                             if sz != 1)
+            span = numel if contiguous else last - off + 1
+            if not contiguous:      # the bytes read to gather a strided view count too
+                budget.charge(span * it, f"strided view of size {size}")
+            raw = fileread.read_bytes(fh, storage.start + off * it, span * it, fname,
+                                      f"storage {storage.key}")
+            flat = raw.view(storage.dtype)
+            if contiguous:
+                out = flat.reshape(size)
+            else:
+                out = np.array(np.lib.stride_tricks.as_strided(
+                    flat, shape=size, strides=tuple(s * it for s in stride), writeable=False),
+                    order="C")
+            if out.dtype != native:
+                out = out.astype(native)
+        if storage.kind == "BFloat16Storage":
+            out = bf16_to_f32(out)
+        return out
+
+    return rebuild
 
 
-def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
-    return data
-
-
-# (module, name) -> object. Nothing else can be named by the pickle.
-_SAFE_GLOBALS: dict[tuple[str, str], Any] = {
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-}
-_SAFE_GLOBALS.update({("torch", k): _StorageType(k) for k in _STORAGES})
-
-
-def _refuse_extension(self) -> None:
-    raise CheckpointError("refusing the pickle extension-registry opcodes (EXT1/EXT2/EXT4): "
-                          "they name globals outside find_class")
-
-
-class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
-    """The pure-Python unpickler (``pickle._Unpickler``), restricted.
-
-    Deliberately NOT the C ``pickle.Unpickler``: the C one allocates what the pickle claims
-    before checking it (LONG_BINPUT with index 2**32-1 grows its memo array to that index, ~GBs
-    from a 9-byte pickle; BINBYTES8 claiming 8 GiB allocates 8 GiB before noticing the data is
-    missing). The pure-Python one keeps the memo in a dict and reads counted data with
-    ``file.read(n)``, which returns at most what the (in-memory, size-bounded) data.pkl holds.
-    data.pkl is a few KB (tensor metadata only), so its speed does not matter."""
-
-    dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
-    for _op in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
-        dispatch[_op[0]] = _refuse_extension
-    del _op
-
-    def __init__(self, f, load_storage):
-        super().__init__(f)
-        self._load_storage = load_storage
-
-    def find_class(self, module: str, name: str) -> Any:
-        obj = _SAFE_GLOBALS.get((module, name))
-        if obj is None:
-            raise CheckpointError(f"refusing to load the global '{module}.{name}': only tensors "
-                                  "and plain containers may appear in a checkpoint (a pickle "
-                                  "naming other globals can run arbitrary code)")
-        return obj
-
-    def persistent_load(self, pid: Any) -> Any:
-        if (not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage"
-                or not isinstance(pid[1], _StorageType) or not isinstance(pid[2], str)):
-            raise CheckpointError(f"unexpected persistent id {pid!r:.200} (expected a torch "
-                                  "storage reference)")
-        return self._load_storage(pid[1], pid[2], pid[4])
+def _c_strides(size: tuple) -> tuple:
+    st, acc = [], 1
+    for s in reversed(size):
+        st.append(acc)
+        acc *= s
+    return tuple(reversed(st))
 
 
 def _zip_data_offset(f: Any, fname: str, fsize: int, info: zipfile.ZipInfo) -> int:
@@ -263,9 +197,9 @@ def _read_torch_zip(fname: str, fh: Any) -> Any:
                 raise CheckpointError(f"{fname}: unknown byteorder {bo!r}")
             big_endian = bo == "big"
         cache: dict[str, _Storage] = {}
-        budget = _Budget(4 * fsize + (1 << 20), fname)
+        budget = TensorBudget(4 * fsize + (1 << 20), fname)
 
-        def load_storage(stype: _StorageType, key: str, numel: Any) -> _Storage:
+        def load_storage(stype: StorageType, key: str, numel: Any) -> _Storage:
             if key in cache:
                 if cache[key].kind != stype.name:
                     raise CheckpointError(f"{fname}: storage {key} used with two dtypes")
@@ -286,15 +220,8 @@ def _read_torch_zip(fname: str, fh: Any) -> Any:
                 raise CheckpointError(f"{fname}: storage {key} should hold {numel} x {it} bytes "
                                       f"but its zip entry has {info.file_size}")
             dt = stype.dtype.newbyteorder(">") if big_endian and it > 1 else stype.dtype
-            if numel == 0:
-                arr = np.zeros(0, dtype=dt)
-            else:
-                start = _zip_data_offset(fh, fname, fsize, info)
-                arr = np.memmap(fh, dtype=dt, mode="r", offset=start, shape=(numel,))
-            if big_endian and it > 1:
-                budget.charge(numel * it, f"byte-swapping storage {key}")
-                arr = arr.astype(stype.dtype)
-            st = _Storage(arr, stype.name, budget)
+            start = _zip_data_offset(fh, fname, fsize, info) if numel else 0
+            st = _Storage(key, start, numel, dt, stype.name)
             cache[key] = st
             return st
 
@@ -303,8 +230,9 @@ def _read_torch_zip(fname: str, fh: Any) -> Any:
             raise CheckpointError(f"{fname}: {pkl[0]} is compressed or larger than the file "
                                   "(torch writes it uncompressed); re-save the file with "
                                   "torch.save")
-        data = io.BytesIO(zf.read(pinfo))
-        return _RestrictedUnpickler(data, load_storage).load()
+        raw = zf.read(pinfo)
+        rebuild = _make_rebuild(fh, fname, budget, cache)
+        return RestrictedUnpickler(io.BytesIO(raw), len(raw), load_storage, rebuild).load()
 
 
 _PREFIXES = ("_orig_mod.", "module.", "_forward_module.", "model.")
@@ -403,6 +331,15 @@ def _block_indices(sd: dict) -> list[int]:
     return sorted(idx)
 
 
+def _shaped(sd: dict[str, np.ndarray], key: str, ndim: int, source: str) -> np.ndarray:
+    """sd[key], checked to have ``ndim`` dimensions, none of them zero."""
+    a = sd[key]
+    if a.ndim != ndim or 0 in a.shape:
+        raise CheckpointError(f"{source}: {key} has shape {tuple(a.shape)}; expected {ndim} "
+                              "non-zero dimensions")
+    return a
+
+
 def infer_config(sd: dict[str, np.ndarray], source: str = "checkpoint",
                  **overrides: Any) -> SambaConfig:
     """Infer a :class:`SambaConfig` from lit_gpt tensor shapes.
@@ -414,9 +351,7 @@ def infer_config(sd: dict[str, np.ndarray], source: str = "checkpoint",
     Mamba blocks default to full attention ("attn") unless ``window`` is given. Any field in
     ``overrides`` replaces the inferred value.
     """
-    wte = sd["transformer.wte.weight"]
-    if wte.ndim != 2:
-        raise CheckpointError(f"{source}: transformer.wte.weight must be 2-D, got {wte.shape}")
+    wte = _shaped(sd, "transformer.wte.weight", 2, source)
     V, D = wte.shape
     blocks = _block_indices(sd)
     if not blocks or blocks != list(range(len(blocks))):
@@ -430,31 +365,31 @@ def infer_config(sd: dict[str, np.ndarray], source: str = "checkpoint",
         p = f"transformer.h.{i}."
         if p + "attn.A_log" in sd:
             types.append("mamba")
-            E, N = sd[p + "attn.A_log"].shape
-            cw = sd.get(p + "attn.conv1d.weight")
-            dtw = sd.get(p + "attn.dt_proj.weight")
-            if cw is None or dtw is None:
+            E, N = _shaped(sd, p + "attn.A_log", 2, source).shape
+            if p + "attn.conv1d.weight" not in sd or p + "attn.dt_proj.weight" not in sd:
                 raise CheckpointError(f"{source}: block {i} has A_log but lacks conv1d/dt_proj")
+            cw = _shaped(sd, p + "attn.conv1d.weight", 3, source)
+            dtw = _shaped(sd, p + "attn.dt_proj.weight", 2, source)
             got = dict(E=E, d_state=N, d_conv=cw.shape[-1], dt_rank=dtw.shape[1])
             if mamba and got != mamba:
                 raise CheckpointError(f"{source}: Mamba blocks differ in shape ({mamba} vs {got})")
             mamba = got
         elif p + "attn.attn.weight" in sd:
             types.append("attn")
-            q = sd[p + "attn.attn.weight"].shape[0]
-            o = sd[p + "attn.proj.weight"].shape[1] if p + "attn.proj.weight" in sd else None
-            if o is None:
+            q = _shaped(sd, p + "attn.attn.weight", 2, source).shape[0]
+            if p + "attn.proj.weight" not in sd:
                 raise CheckpointError(f"{source}: block {i} lacks attn.proj.weight")
+            o = _shaped(sd, p + "attn.proj.weight", 2, source).shape[1]
             if attn_dims and attn_dims != (q, o):
                 raise CheckpointError(f"{source}: attention blocks differ in shape")
             attn_dims = (q, o)
         else:
             raise CheckpointError(f"{source}: block {i} has neither a Mamba (attn.A_log) nor an "
                                   "attention (attn.attn.weight) mixer")
-        w1 = sd.get(p + "mlp.swiglu.w1.weight")
-        if w1 is None:
+        if p + "mlp.swiglu.w1.weight" not in sd:
             raise CheckpointError(f"{source}: block {i} lacks mlp.swiglu.w1.weight (only SwiGLU "
                                   "MLPs are supported)")
+        w1 = _shaped(sd, p + "mlp.swiglu.w1.weight", 2, source)
         if F is not None and w1.shape[0] != F:
             raise CheckpointError(f"{source}: MLP sizes differ between blocks")
         F = w1.shape[0]
@@ -477,7 +412,10 @@ def infer_config(sd: dict[str, np.ndarray], source: str = "checkpoint",
     if has_attn:
         qrows, hq = attn_dims
         H = overrides.get("n_head")
-        hd = overrides.get("head_dim")
+        hd = overrides.get("head_dim") or None
+        for k, v in (("n_head", H), ("head_dim", hd)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{k}: expected a positive int, got {v!r}")
         if hd is None and H is not None:
             if hq % H:
                 raise CheckpointError(f"{source}: n_head={H} does not divide the {hq} attention "

@@ -22,7 +22,6 @@ All tensor math goes through :mod:`samba_ext.backend` (NumPy/BLAS GEMMs + C kern
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -195,8 +194,14 @@ class Samba:
              metadata: Optional[dict[str, str]] = None) -> None:
         """Write a safetensors file with lit_gpt key names and ``__metadata__`` = {"format":
         "samba-ext", "config": JSON of the config, "tokenizer": ..., **metadata}.
-        dtype: "F32" (default), "F16" or "BF16"."""
+        dtype: "F32" (default), "F16" or "BF16". A ``path`` that is a folder (exists, or ends
+        with "/") gets a Hugging Face-style folder instead (config.json + model.safetensors;
+        samba_ext.io.hf_folder.save_pretrained has the naming and sharding options)."""
         from .safetensors_io import write_safetensors
+        if os.path.isdir(path) or os.fspath(path).endswith(("/", os.sep)):
+            from .io.hf_folder import save_pretrained
+            save_pretrained(self, path, dtype=dtype, metadata=metadata)
+            return
         tok = self.config.tokenizer
         meta = {"format": "samba-ext", "config": json.dumps(self.config.to_dict()),
                 "tokenizer": tok if isinstance(tok, str) else "byte"}
@@ -211,15 +216,14 @@ class Samba:
              config: Optional[SambaConfig] = None, **overrides: Any) -> "Samba":
         """Load a model.
 
-        path_or_name: a bundled name ("samba-tiny", "llama-tiny"), a ``.safetensors`` file
+        path_or_name: a bundled name ("samba-tiny", "llama-tiny"), a Hugging Face-style folder
+        (docs/checkpoints.md), a ``.safetensors`` file
         (config from its metadata) or a lit_gpt ``.pth`` checkpoint (config inferred from the
         tensor shapes; see :func:`samba_ext.litgpt.infer_config`). ``config`` replaces the
         stored/inferred config; ``overrides`` replace single fields (e.g. ``window=2048``,
         ``n_head=12``, ``tokenizer="path/to/tokenizer.model"``).
         """
-        from . import litgpt
         from .data import BUNDLED_MODELS, bundled_path
-        from .safetensors_io import read_safetensors
 
         spec = os.fspath(path_or_name)
         if spec in BUNDLED_MODELS and not os.path.exists(spec):
@@ -229,31 +233,14 @@ class Samba:
             if not path.exists():
                 raise FileNotFoundError(f"{spec}: no such file, and not a bundled model name "
                                         f"({sorted(BUNDLED_MODELS)})")
-        meta: dict[str, str] = {}
-        explicit = config is not None
-        if path.suffix == ".safetensors":
-            sd, meta = read_safetensors(path)
-            if not explicit and "config" in meta:
-                try:
-                    d = json.loads(meta["config"])
-                    if not isinstance(d, dict):
-                        raise ValueError("not a JSON object")
-                    d.update(overrides)
-                    config = SambaConfig.from_dict(d)
-                except (ValueError, TypeError) as e:
-                    raise CheckpointError(f"{path}: invalid config in the metadata ({e})") from e
-            elif not explicit:   # a safetensors file without our metadata: lit_gpt keys
-                sd = litgpt.normalize_state_dict(sd, str(path))
-                config = litgpt.infer_config(sd, str(path), **overrides)
-        else:
-            sd = litgpt.load_litgpt_state_dict(path)
-            if not explicit:
-                config = litgpt.infer_config(sd, str(path), **overrides)
-        if explicit and overrides:
-            config = dataclasses.replace(config, **overrides)
+        from .io.load import load_checkpoint      # formats, validation: samba_ext/io/
+        config, sd, meta = load_checkpoint(path, config, **overrides)
         tok = config.tokenizer
-        m = cls(config, device=device, state_dict=sd, tokenizer=tok,
-                base_dir=str(path.parent))
+        try:
+            m = cls(config, device=device, state_dict=sd, tokenizer=tok,
+                    base_dir=str(path if path.is_dir() else path.parent))
+        except CheckpointError as e:   # key / shape mismatches: name the file
+            raise CheckpointError(f"{path}: {e}") from None
         m.metadata = dict(meta)
         return m
 
@@ -557,7 +544,8 @@ class Samba:
                  stop: Union[None, int, str, Iterable[Union[int, str]]] = None,
                  stream: Optional[Callable[[Any], Any]] = None,
                  state: Optional[SambaState] = None, chunk_size: int = 2048,
-                 progress: Optional[Callable[[int, int], Any]] = None):
+                 progress: Optional[Callable[[int, int], Any]] = None
+                 ) -> Union[str, list[int], list[list[int]]]:
         """Generate a continuation of ``prompt``.
 
         prompt: text (encoded with ``model.tokenizer``), a list / 1-D array of token ids, or a

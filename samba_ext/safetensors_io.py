@@ -4,7 +4,8 @@ File layout (huggingface/safetensors): 8 bytes little-endian u64 ``N``; ``N`` by
 JSON ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}``;
 then the packed little-endian C-order tensor bytes, offsets relative to the end of the header.
 
-The reader memory-maps the data (``np.memmap``) and validates everything before touching it:
+The reader validates everything before reading tensor bytes (with file reads, never a memory
+map: see samba_ext/io/fileread.py):
 header length within the file and <= 100 MB, valid UTF-8 JSON object, no duplicate keys, known
 dtypes, shapes of non-negative ints, byte sizes equal to prod(shape) * itemsize (Python ints:
 no overflow), offsets contiguous from 0 with no holes or overlaps, the last one ending exactly
@@ -22,6 +23,8 @@ from typing import Iterable, Mapping, Optional
 import numpy as np
 
 from .errors import CheckpointError
+from .io import fileread
+from .io.atomic import atomic_write
 
 __all__ = ["read_safetensors", "read_safetensors_header", "write_safetensors",
            "bf16_to_f32", "f32_to_bf16", "open_regular_file", "MAX_HEADER_SIZE"]
@@ -186,8 +189,9 @@ def read_safetensors(path: str | os.PathLike, names: Optional[Iterable[str]] = N
 
     Returns ({name: array}, metadata). With ``dtype=np.float32`` (default) every tensor is
     converted to a C-contiguous float32 array owned by the caller (F16/BF16/F64 converted);
-    with ``dtype=None`` arrays are returned as stored (BF16 as uint16 bits), read-only views
-    of the memory map. ``names`` restricts which tensors are read.
+    with ``dtype=None`` arrays are returned as stored (BF16 as uint16 bits). ``names``
+    restricts which tensors are read. Tensor bytes are read with plain file reads, not a memory
+    map: a file truncated by another process during the load is a CheckpointError, not SIGBUS.
     """
     fname = os.fspath(path)
     entries, meta, start, size = read_safetensors_header(fname)
@@ -196,26 +200,30 @@ def read_safetensors(path: str | os.PathLike, names: Optional[Iterable[str]] = N
     if missing:
         raise CheckpointError(f"{fname}: missing tensor(s) {sorted(missing)[:5]}")
     out: dict[str, np.ndarray] = {}
-    mm = None
-    if size > start:
-        try:
-            with open_regular_file(fname) as fh:
-                mm = np.memmap(fh, dtype=np.uint8, mode="r", offset=start, shape=(size - start,))
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{fname}: cannot map the data ({e})") from e
-    for name in sorted(want, key=lambda k: entries[k]["begin"]):
-        e = entries[name]
-        sdt = _DTYPES[e["dtype"]]
-        if e["end"] == e["begin"]:
-            a = np.zeros(e["shape"], dtype=sdt)
-        else:
-            a = np.ndarray(e["shape"], dtype=sdt, buffer=mm, offset=e["begin"])
-        if dtype is None:
-            out[name] = a
-        elif e["dtype"] == "BF16":
-            out[name] = np.array(bf16_to_f32(a), dtype=dtype, order="C")
-        else:
-            out[name] = np.array(a, dtype=dtype, order="C", copy=True)
+    try:
+        fh = open_regular_file(fname)
+    except OSError as e:
+        raise CheckpointError(f"{fname}: cannot read ({e})") from e
+    with fh:
+        fileread.check_size(fh, size, fname)
+        for name in sorted(want, key=lambda k: entries[k]["begin"]):
+            e = entries[name]
+            sdt = _DTYPES[e["dtype"]]
+            if e["end"] == e["begin"]:
+                if any(s >= 2**31 for s in e["shape"]):
+                    raise CheckpointError(f"{fname}: tensor {name!r}: empty tensor with a huge "
+                                          f"shape {list(e['shape'])}")
+                a = np.zeros(e["shape"], dtype=sdt)
+            else:
+                raw = fileread.read_bytes(fh, start + e["begin"], e["end"] - e["begin"], fname,
+                                          f"tensor {name!r}")
+                a = raw.view(sdt).reshape(e["shape"])
+            if dtype is None:
+                out[name] = a
+            elif e["dtype"] == "BF16":
+                out[name] = np.array(bf16_to_f32(a), dtype=dtype, order="C")
+            else:
+                out[name] = np.asarray(a, dtype=dtype, order="C")
     return out, meta
 
 
@@ -223,7 +231,8 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
                       metadata: Optional[Mapping[str, str]] = None, dtype: str = "F32") -> None:
     """Write ``tensors`` (float arrays) as safetensors, converting to ``dtype``
     ("F32", "F16" or "BF16"). Tensors are stored in sorted-name order; the header is padded
-    with spaces to a multiple of 8 bytes. The file is written to a temporary name and renamed.
+    with spaces to a multiple of 8 bytes. The write is atomic (samba_ext/io/atomic.py: a unique
+    temporary file in the same folder, fsynced, then renamed over ``path``).
     """
     dtype = dtype.upper()
     if dtype not in ("F32", "F16", "BF16"):
@@ -246,22 +255,15 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
         pos += nbytes
     hb = json.dumps(hdr, separators=(",", ":")).encode("utf-8")
     hb += b" " * (-len(hb) % 8)
-    fname = os.fspath(path)
-    tmp = fname + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(len(hb).to_bytes(8, "little"))
-            f.write(hb)
-            for name in order:   # one tensor converted at a time
-                a = np.asarray(tensors[name])
-                if dtype == "F32":
-                    b = np.ascontiguousarray(a, dtype="<f4")
-                elif dtype == "F16":
-                    b = np.ascontiguousarray(a, dtype="<f2")
-                else:
-                    b = f32_to_bf16(a).astype("<u2", copy=False)
-                f.write(np.ascontiguousarray(b.reshape(-1)).view(np.uint8).data)
-        os.replace(tmp, fname)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(path) as f:
+        f.write(len(hb).to_bytes(8, "little"))
+        f.write(hb)
+        for name in order:   # one tensor converted at a time
+            a = np.asarray(tensors[name])
+            if dtype == "F32":
+                b = np.ascontiguousarray(a, dtype="<f4")
+            elif dtype == "F16":
+                b = np.ascontiguousarray(a, dtype="<f2")
+            else:
+                b = f32_to_bf16(a).astype("<u2", copy=False)
+            f.write(np.ascontiguousarray(b.reshape(-1)).view(np.uint8).data)

@@ -159,3 +159,95 @@ def test_bundled_model_on_cuda_matches_cpu(rng, name):
     gpu.prefill(toks, st_g)
     for t in (65, 66, 67):
         assert_close(gpu.step([t], st_g), cpu.step([t], st_c), 4e-2)
+
+
+# ---------------------------------------------------------------- batch changes, models ---
+# The decode recorder sizes its arena from the steps it has seen; the first step at a larger
+# batch overflows it and runs eagerly (tests/test_cuda_model_recorder.py checks that logic on
+# any machine). These tests drive that path on the GPU through the model: batch 64 of the
+# test model needs several MiB per step, beyond a batch-1 arena (1.25 x its need + 1 MiB), so
+# each rise in batch size below is an overflowing step. Graph decode is compared with eager
+# decode (graphs=False) of the same weights: the same kernels on the same inputs, float32
+# weights, so 1e-5 of the largest logit only covers cuBLAS choosing another kernel for a
+# captured GEMM.
+def _pair(cfg, seed, wd="float32"):
+    g = Samba(cfg, seed=seed, device=_backend(weight_dtype=wd, graphs=True))
+    e = Samba(cfg, seed=seed, device=_backend(weight_dtype=wd, graphs=False))
+    return g, e
+
+
+def _decode_both(g, e, toks, n_prompt, n_steps, atol_rel=1e-5):
+    B = toks.shape[0]
+    sg, se = g.new_state(B), e.new_state(B)
+    lg = g.prefill(toks[:, :n_prompt], sg, chunk_size=11)
+    le = e.prefill(toks[:, :n_prompt], se, chunk_size=11)
+    np.testing.assert_allclose(lg, le, rtol=0, atol=atol_rel * np.abs(le).max())
+    for t in range(n_prompt, n_prompt + n_steps):
+        a, b = g.step(toks[:, t], sg), e.step(toks[:, t], se)
+        assert np.all(np.isfinite(a)), f"batch {B} step {t}: non-finite logits"
+        np.testing.assert_allclose(a, b, rtol=0, atol=atol_rel * np.abs(b).max(),
+                                   err_msg=f"batch {B} step {t}")
+
+
+@pytest.mark.parametrize("types", [("mamba", "swa", "mamba", "swa"),
+                                   ("mamba", "attn", "swa", "mamba")])
+def test_one_model_decodes_at_several_batch_sizes_in_turn(rng, types):
+    cfg = _cfg(types)
+    g, e = _pair(cfg, seed=11)
+    for B in (1, 64, 4, 64, 1, 256):   # 1 -> 64 and 64 -> 256 outgrow the arena
+        toks = rng.integers(0, cfg.vocab_size, (B, 30))
+        _decode_both(g, e, toks, n_prompt=int(rng.integers(1, 20)), n_steps=8)
+    st = g.backend.stats
+    assert st["eager_steps"] >= 3 and st["captures"] >= 3 and st["replays"] >= 20, st
+
+
+def test_two_models_in_one_process(rng):
+    """A second model (its own backend, stream and arena) after and interleaved with a first
+    that decoded at batch 1; both share the process's cuBLAS handle."""
+    cfg = _cfg(("mamba", "swa", "attn", "mamba"))
+    g1, e1 = _pair(cfg, seed=12)
+    _decode_both(g1, e1, rng.integers(0, 259, (1, 24)), 8, 12)
+    g2, e2 = _pair(cfg, seed=13)
+    _decode_both(g2, e2, rng.integers(0, 259, (64, 24)), 8, 12)
+    # interleaved: steps of the two models alternate (each replays its own graphs)
+    t1, t2 = rng.integers(0, 259, (64, 30)), rng.integers(0, 259, (16, 30))
+    states = [(g1, e1, g1.new_state(64), e1.new_state(64), t1),
+              (g2, e2, g2.new_state(16), e2.new_state(16), t2)]
+    for g, e, sg, se, t in states:
+        g.prefill(t[:, :6], sg)
+        e.prefill(t[:, :6], se)
+    for i in range(6, 30):
+        for g, e, sg, se, t in states:
+            a, b = g.step(t[:, i], sg), e.step(t[:, i], se)
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max(),
+                                       err_msg=f"step {i}")
+    assert g1.backend.stats["replays"] > 10 and g2.backend.stats["replays"] > 10
+
+
+@pytest.mark.parametrize("types", [("mamba", "swa"), ("attn", "attn")])
+def test_real_size_smoke_prefill_and_decode(rng, types):
+    """samba-1.7b shapes (d_model 2048, 32 x 64 heads, 4 KV heads, MLP 8196, vocab 50304,
+    window 2048) with 2 blocks and random weights: prefill across the window, then decode
+    at batch 1 and then 16 in the same process (the sequence that faulted), graph against
+    eager decode and the GPU prefill against the CPU model. bf16 weights: the GPU paths
+    agree to bf16 level (1e-2, see the module docstring), GPU vs CPU 4e-2 as above."""
+    cfg = SambaConfig.preset("samba-1.7b", n_layer=2, layer_types=types)
+    cpu = Samba(cfg, seed=14)
+    g, e = _pair(cfg, seed=14, wd="bfloat16")
+    toks = rng.integers(0, cfg.vocab_size, (1, 2100))
+    sg, se = g.new_state(1), e.new_state(1)
+    lg = g.prefill(toks, sg)               # two chunks of 2048: the ring is used
+    assert_close(lg, e.prefill(toks, se), 1e-2, "prefill, graph backend vs eager backend")
+    short = toks[:, :40]
+    sc, s1 = cpu.new_state(1), g.new_state(1)
+    assert_close(g.prefill(short, s1), cpu.prefill(short, sc), 4e-2, "prefill GPU vs CPU")
+    for i in range(6):
+        t = rng.integers(0, cfg.vocab_size, (1,))
+        assert_close(g.step(t, sg), e.step(t, se), 1e-2, f"batch 1 step {i}")
+    t16 = rng.integers(0, cfg.vocab_size, (16, 80))
+    sg, se = g.new_state(16), e.new_state(16)
+    assert_close(g.prefill(t16[:, :60], sg), e.prefill(t16[:, :60], se), 1e-2, "prefill b16")
+    for i in range(60, 80):   # "attn": the caches grow at 64 (a step that overflows again)
+        assert_close(g.step(t16[:, i], sg), e.step(t16[:, i], se), 1e-2, f"batch 16 step {i}")
+    st = g.backend.stats
+    assert st["eager_steps"] >= 2 and st["replays"] >= 10, st

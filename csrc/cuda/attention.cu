@@ -1,4 +1,11 @@
-// attention.cu - causal sliding-window attention (prefill) and ring-buffer decode attention.
+// attention.cu - causal sliding-window attention (prefill) and ring-buffer decode attention:
+// argument checks, dispatch, and the exact float32 kernels.
+//
+// Dispatch: bfloat16 / float16 inputs with a head dim that is a multiple of 8 (<= 256) and
+// 16-byte aligned rows go to the tensor-core prefill (attention_mma.cu) and to the split-KV
+// decode (attention_decode.cu). Everything else - float32 inputs in particular, which keep
+// exact float32 arithmetic (no TF32), mixed dtypes, odd head dims, unaligned views - runs the
+// CUDA-core kernels below.
 //
 // Prefill (attn_fwd_kernel): grid (ceil(Lq/16), H, B), 4 warps. The block's 16 queries
 // (pre-scaled by softmax_scale * log2 e) sit in shared memory; key/value tiles of 32 keys
@@ -10,7 +17,7 @@
 // Decode (attn_decode_kernel): grid (H, B), 4 warps splitting the n_valid cached keys;
 // lanes over head dims, 8 keys per step (8 independent warp reductions in flight); the four
 // partial softmax states are merged through shared memory at the end.
-#include "cu_common.cuh"
+#include "attention_impl.cuh"
 
 #define ATT_BQ 16
 #define ATT_BK 32
@@ -163,6 +170,7 @@ extern "C" samba_status samba_cu_attn_fwd(const samba_cu_attn_args *a, void *str
     if (a->batch > 65535)
         return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "swa_attention: batch above 65535");
     cudaStream_t st = (cudaStream_t)stream;
+    if (attn_mma_applicable(a)) return attn_mma_fwd(a, st);
     if (a->headdim <= 64) return launch_fwd<2>(a, st);
     if (a->headdim <= 128) return launch_fwd<4>(a, st);
     return launch_fwd<8>(a, st);
@@ -288,8 +296,11 @@ extern "C" samba_status samba_cu_attn_decode(int64_t batch, int64_t nheads, int6
     if (batch == 0 || nheads == 0) return SAMBA_OK;
     if (batch > 65535)
         return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "swa_decode: batch above 65535");
-    dim3 grid((unsigned)nheads, (unsigned)batch);
     cudaStream_t st = (cudaStream_t)stream;
+    if (attn_decode_split_applicable(headdim, q, k_cache, v_cache, out))
+        return attn_decode_split(batch, nheads, nheads_kv, headdim, capacity, q, k_cache, v_cache,
+                                 pos, n_valid, softmax_scale, out, st);
+    dim3 grid((unsigned)nheads, (unsigned)batch);
     const int hd = (int)headdim;
 #define DEC_LAUNCH(D)                                                                       \
     attn_decode_kernel<D><<<grid, ATT_WARPS * 32, 0, st>>>(nheads, nheads_kv, hd, capacity, \

@@ -11,9 +11,20 @@
 
 #define GEMM_WORKSPACE (32u << 20)
 #define GEMM_MAX_DEVICES 64
+#define GEMM_MAX_STREAMS 16
 
 static cublasHandle_t g_handle[GEMM_MAX_DEVICES];
-static void *g_workspace[GEMM_MAX_DEVICES];
+// The stream the device's handle is bound to (valid when g_bound[dev]).
+static void *g_bound_stream[GEMM_MAX_DEVICES];
+static int g_bound[GEMM_MAX_DEVICES];
+// One workspace per stream, never freed before samba_cu_gemm_release: a captured CUDA
+// graph keeps the workspace pointer of its stream, so a workspace must outlive every graph.
+// (cublasSetStream resets the handle to cuBLAS's default workspace pool, so the workspace
+// is set again after each change of stream; one workspace shared by two streams would let
+// GEMMs running concurrently on them overwrite each other's partial sums.)
+static void *g_ws_stream[GEMM_MAX_DEVICES][GEMM_MAX_STREAMS];
+static void *g_ws_ptr[GEMM_MAX_DEVICES][GEMM_MAX_STREAMS];
+static int g_ws_n[GEMM_MAX_DEVICES];
 
 static const char *cublas_status_str(cublasStatus_t s) {
     switch (s) {
@@ -29,46 +40,74 @@ static const char *cublas_status_str(cublasStatus_t s) {
     }
 }
 
-static samba_status get_handle(cublasHandle_t *out) {
+static samba_status get_handle(int *dev_out, cublasHandle_t *out) {
     int dev = 0;
     cudaError_t e = cudaGetDevice(&dev);
     if (e != cudaSuccess) return samba_cu_fail("gemm: cudaGetDevice", e);
-    if (dev >= GEMM_MAX_DEVICES) return samba_cu_fail_msg(SAMBA_ERR_ARG, "gemm: device %d", dev);
+    if (dev < 0 || dev >= GEMM_MAX_DEVICES)
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "gemm: device %d", dev);
     if (g_handle[dev] == NULL) {
         cublasHandle_t h;
         cublasStatus_t s = cublasCreate(&h);
         if (s != CUBLAS_STATUS_SUCCESS)
             return samba_cu_fail_msg(SAMBA_ERR_CUDA, "gemm: cublasCreate failed (%s)",
                                      cublas_status_str(s));
-        // A fixed workspace: cuBLAS then never allocates inside a call (graph capture).
-        e = cudaMalloc(&g_workspace[dev], GEMM_WORKSPACE);
-        if (e != cudaSuccess) {
-            cublasDestroy(h);
-            g_workspace[dev] = NULL;
-            return samba_cu_fail("gemm: workspace cudaMalloc", e);
-        }
-        s = cublasSetWorkspace(h, g_workspace[dev], GEMM_WORKSPACE);
-        if (s != CUBLAS_STATUS_SUCCESS) {
-            cublasDestroy(h);
-            cudaFree(g_workspace[dev]);
-            g_workspace[dev] = NULL;
-            return samba_cu_fail_msg(SAMBA_ERR_CUDA, "gemm: cublasSetWorkspace failed (%s)",
-                                     cublas_status_str(s));
-        }
         g_handle[dev] = h;
+        g_bound[dev] = 0;
     }
+    *dev_out = dev;
     *out = g_handle[dev];
     return SAMBA_OK;
 }
 
-// The device's handle, bound to `stream` (every GEMM entry point starts here).
+// The workspace of `stream` on device `dev` (allocated on first use), or NULL when none can
+// be had without allocating inside a stream capture or beyond GEMM_MAX_STREAMS streams (the
+// handle then keeps cuBLAS's default workspace pool, which is stream-ordered).
+static samba_status stream_workspace(int dev, void *stream, void **ws) {
+    *ws = NULL;
+    for (int i = 0; i < g_ws_n[dev]; ++i)
+        if (g_ws_stream[dev][i] == stream) {
+            *ws = g_ws_ptr[dev][i];
+            return SAMBA_OK;
+        }
+    if (g_ws_n[dev] >= GEMM_MAX_STREAMS) return SAMBA_OK;
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    cudaError_t e = cudaStreamIsCapturing((cudaStream_t)stream, &cs);
+    if (e != cudaSuccess) return samba_cu_fail("gemm: cudaStreamIsCapturing", e);
+    if (cs != cudaStreamCaptureStatusNone) return SAMBA_OK;  // no cudaMalloc while capturing
+    void *p = NULL;
+    e = cudaMalloc(&p, GEMM_WORKSPACE);
+    if (e != cudaSuccess) return samba_cu_fail("gemm: workspace cudaMalloc", e);
+    g_ws_stream[dev][g_ws_n[dev]] = stream;
+    g_ws_ptr[dev][g_ws_n[dev]] = p;
+    g_ws_n[dev]++;
+    *ws = p;
+    return SAMBA_OK;
+}
+
+// The device's handle, bound to `stream` with that stream's workspace (every GEMM entry
+// point starts here).
 static samba_status bind_handle(void *stream, cublasHandle_t *out) {
-    samba_status st = get_handle(out);
+    int dev = 0;
+    samba_status st = get_handle(&dev, out);
     if (st != SAMBA_OK) return st;
+    if (g_bound[dev] && g_bound_stream[dev] == stream) return SAMBA_OK;
+    g_bound[dev] = 0;
     cublasStatus_t s = cublasSetStream(*out, (cudaStream_t)stream);
     if (s != CUBLAS_STATUS_SUCCESS)
         return samba_cu_fail_msg(SAMBA_ERR_CUDA, "gemm: cublasSetStream failed (%s)",
                                  cublas_status_str(s));
+    void *ws = NULL;
+    st = stream_workspace(dev, stream, &ws);
+    if (st != SAMBA_OK) return st;
+    if (ws != NULL) {
+        s = cublasSetWorkspace(*out, ws, GEMM_WORKSPACE);
+        if (s != CUBLAS_STATUS_SUCCESS)
+            return samba_cu_fail_msg(SAMBA_ERR_CUDA, "gemm: cublasSetWorkspace failed (%s)",
+                                     cublas_status_str(s));
+        g_bound_stream[dev] = stream;
+        g_bound[dev] = 1;  // rebind (and look for a workspace again) only on a stream change
+    }
     return SAMBA_OK;
 }
 
@@ -156,9 +195,8 @@ extern "C" void samba_cu_gemm_release(void) {
             cublasDestroy(g_handle[d]);
             g_handle[d] = NULL;
         }
-        if (g_workspace[d]) {
-            cudaFree(g_workspace[d]);
-            g_workspace[d] = NULL;
-        }
+        g_bound[d] = 0;
+        for (int i = 0; i < g_ws_n[d]; ++i) cudaFree(g_ws_ptr[d][i]);
+        g_ws_n[d] = 0;
     }
 }

@@ -1,9 +1,12 @@
 /*
- * py_cuda.h - shared helpers of the samba_ext._cuda glue (py_cuda.c: module, memory,
- * streams, DLPack; py_cuda_kernels.c: one wrapper per kernel launcher).
+ * py_cuda.h - shared helpers of the samba_ext._cuda glue: py_cuda.c (module init, device
+ * queries), py_cuda_memory.c (Buffer, copies), py_cuda_stream.c (streams, graphs),
+ * py_cuda_dlpack.c (DLPack producer / consumer), py_cuda_kernels.c (one wrapper per kernel
+ * launcher).
  *
- * The glue is deliberately thin: samba_ext/_gpu.py validates shapes and dtypes and turns
- * every array into (pointer, dtype code) pairs plus element strides; the wrappers here
+ * The glue is deliberately thin: the op contracts (samba_ext/ops/contracts.py) check the
+ * arguments, samba_ext/cuda/ turns every array into (pointer, dtype code) pairs plus
+ * element strides and checks that the buffers fit together; the wrappers here
  * only unpack Python ints and call the launchers, holding the GIL (launches are
  * asynchronous and short; holding it serialises use of the per-device cuBLAS handle).
  */
@@ -33,6 +36,15 @@ typedef struct samba_pycu_i64s {
 } samba_pycu_i64s;
 int samba_pycu_i64s_conv(PyObject *obj, void *out);
 
+/* None on SAMBA_OK, else the exception of samba_pycu_raise(). */
+PyObject *samba_pycu_status_none(samba_status s);
+
+/* The module's types (py_cuda_memory.c, py_cuda_dlpack.c) and method tables (one per file). */
+extern PyTypeObject samba_pycu_BufferType;
+extern PyTypeObject samba_pycu_ImportedType;
+extern PyMethodDef samba_pycu_memory_methods[];
+extern PyMethodDef samba_pycu_stream_methods[];
+extern PyMethodDef samba_pycu_dlpack_methods[];
 extern PyMethodDef samba_pycu_kernel_methods[];
 
 #endif

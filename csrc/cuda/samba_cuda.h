@@ -177,8 +177,10 @@ samba_status samba_cu_conv1d_step(int64_t batch, int64_t dim, int64_t width, sam
  * Causal sliding-window attention (samba.h samba_attn_fwd semantics), GQA, headdim <= 256.
  * q (B, Lq, H, hd) with element strides (q_bstride, q_lstride, q_hstride) [last dim
  * contiguous]; k, v likewise (B, Lk, Hkv, hd); out (B, Lq, H, hd) contiguous. window <= 0:
- * full causal. Tiled online softmax: a block holds 16 queries of one head, key/value tiles
- * of 32 in shared memory, float32 scores and accumulators.
+ * full causal. bfloat16 / float16 (q, k, v, out one dtype, hd a multiple of 8, rows 16-byte
+ * aligned): tensor cores (mma.sync, sm_80+), float32 softmax and accumulation, the
+ * probabilities rounded to the input dtype for the P V product. Otherwise (float32 in
+ * particular): exact float32 arithmetic on the CUDA cores.
  */
 typedef struct samba_cu_attn_args {
     int64_t batch, seqlen_q, seqlen_k, nheads, nheads_kv, headdim, window;
@@ -192,7 +194,10 @@ samba_status samba_cu_attn_fwd(const samba_cu_attn_args *a, void *stream);
  * Decode attention over a ring-buffer cache: q, out (B, H, hd); k_cache, v_cache
  * (B, C, Hkv, hd); pos, n_valid (B) int32/int64 device arrays (read by the kernel, so a
  * captured graph needs no change between steps). Valid slots: the n_valid[b] (clamped to
- * [0, C]) slots ending at pos[b] % C.
+ * [0, C]) slots ending at pos[b] % C. bfloat16 / float16 (one dtype, hd a multiple of 8):
+ * split-KV - the cache range is split over enough blocks to fill the GPU, then merged; the
+ * float32 scratch for the partial results is taken stream-ordered from the device's memory
+ * pool (samba_cu_malloc / samba_cu_free on `stream`, so graph capture records it).
  */
 samba_status samba_cu_attn_decode(int64_t batch, int64_t nheads, int64_t nheads_kv,
                                   int64_t headdim, int64_t capacity, samba_cu_ref q,

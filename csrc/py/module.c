@@ -42,9 +42,12 @@ py_build_info(PyObject *self, PyObject *noargs)
 }
 
 static PyMethodDef core_methods[] = {
-    {"set_num_threads", py_set_num_threads, METH_O, "set_num_threads(n): kernel threads."},
-    {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads() -> int"},
-    {"build_info", py_build_info, METH_NOARGS, "build_info() -> dict"},
+    {"set_num_threads", py_set_num_threads, METH_O,
+     "set_num_threads($module, n, /)\n--\n\nNumber of threads of the kernels."},
+    {"get_num_threads", py_get_num_threads, METH_NOARGS,
+     "get_num_threads($module, /)\n--\n\nNumber of threads of the kernels."},
+    {"build_info", py_build_info, METH_NOARGS,
+     "build_info($module, /)\n--\n\nCompiler, OpenMP and NumPy of the build, as a dict."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef core_module = {

@@ -189,12 +189,12 @@ done:
 PyMethodDef samba_py_attn_methods[] = {
     {"swa_attention", (PyCFunction)(void (*)(void))py_swa_attention,
      METH_VARARGS | METH_KEYWORDS,
-     "swa_attention(q, k, v, window=None, softmax_scale=None) -> out\n\n"
+     "swa_attention($module, q, k, v, window=None, softmax_scale=None)\n--\n\n"
      "Causal sliding-window attention with GQA. q (B, Lq, H, hd); k, v (B, Lk, Hkv, hd), "
      "H % Hkv == 0, Lk >= Lq. Query i sits at key position i + Lk - Lq and sees the window "
      "keys ending there (None: all earlier keys). out (B, Lq, H, hd) float32."},
     {"swa_decode", (PyCFunction)(void (*)(void))py_swa_decode, METH_VARARGS | METH_KEYWORDS,
-     "swa_decode(q, k_cache, v_cache, pos, n_valid, softmax_scale=None) -> out\n\n"
+     "swa_decode($module, q, k_cache, v_cache, pos, n_valid, softmax_scale=None)\n--\n\n"
      "Decode attention over a ring-buffer KV cache. q (B, H, hd); k_cache, v_cache "
      "(B, C, Hkv, hd); pos, n_valid (B,) int: the newest key sits in slot pos % C, the "
      "n_valid - 1 older ones before it (mod C). out (B, H, hd) float32."},

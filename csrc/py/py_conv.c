@@ -190,11 +190,13 @@ done:
 PyMethodDef samba_py_conv_methods[] = {
     {"causal_conv1d", (PyCFunction)(void (*)(void))py_causal_conv1d,
      METH_VARARGS | METH_KEYWORDS,
-     "causal_conv1d(x (B, D, L), weight (D, W), bias=None (D,), activation=None|'silu', "
-     "initial_states=None (B, D, W-1), return_final_states=False) -> y (B, D, L) "
+     "causal_conv1d($module, x, weight, bias=None, activation=None, initial_states=None, "
+     "return_final_states=False)\n--\n\n"
+     "x (B, D, L), weight (D, W), bias (D,), activation None|'silu', "
+     "initial_states (B, D, W-1) -> y (B, D, L) "
      "[, final_states (B, D, W-1)]"},
     {"causal_conv1d_update", (PyCFunction)(void (*)(void))py_causal_conv1d_update,
      METH_VARARGS | METH_KEYWORDS,
-     "causal_conv1d_update(x (B, D), conv_state (B, D, W-1) float32 in place, weight (D, W), "
-     "bias=None, activation=None) -> y (B, D)"},
+     "causal_conv1d_update($module, x, conv_state, weight, bias=None, activation=None)\n--\n\n"
+     "x (B, D), conv_state (B, D, W-1) float32 in place, weight (D, W), bias (D,) -> y (B, D)"},
     {NULL, NULL, 0, NULL}};

@@ -290,12 +290,14 @@ done:
 
 PyMethodDef samba_py_misc_methods[] = {
     {"rms_norm", (PyCFunction)(void (*)(void))py_rms_norm, METH_VARARGS | METH_KEYWORDS,
-     "rms_norm(x (..., n), weight (n,), eps=1e-5, residual=None) -> y, or (y, x + residual) "
+     "rms_norm($module, x, weight, eps=1e-05, residual=None)\n--\n\n"
+     "x (..., n), weight (n,) -> y, or (y, x + residual) "
      "when residual is given (y then normalises x + residual)"},
     {"apply_rotary", (PyCFunction)(void (*)(void))py_apply_rotary,
      METH_VARARGS | METH_KEYWORDS,
-     "apply_rotary(x (B, L, H, hd), positions=0 (int offset | (L,) | (B, L) ints), "
-     "base=10000.0) -> new array, NeoX half-split rotary embedding"},
+     "apply_rotary($module, x, positions=0, base=10000.0)\n--\n\n"
+     "x (B, L, H, hd), positions an int offset | (L,) | (B, L) ints -> new array, NeoX "
+     "half-split rotary embedding"},
     {"swiglu", (PyCFunction)(void (*)(void))py_swiglu, METH_VARARGS | METH_KEYWORDS,
-     "swiglu(gate, up) -> silu(gate) * up (same shapes)"},
+     "swiglu($module, gate, up)\n--\n\nsilu(gate) * up (same shapes)"},
     {NULL, NULL, 0, NULL}};

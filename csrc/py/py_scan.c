@@ -220,12 +220,14 @@ done:
 
 PyMethodDef samba_py_scan_methods[] = {
     {"selective_scan", py_selective_scan, METH_VARARGS,
-     "selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, "
-     "return_last_state) -> y or (y, last_state). u, delta, z (batch, dim, seqlen); A (dim, "
+     "selective_scan($module, u, delta, A, B, C, D, z, delta_bias, delta_softplus, "
+     "initial_state, return_last_state, /)\n--\n\n"
+     "-> y or (y, last_state). u, delta, z (batch, dim, seqlen); A (dim, "
      "dstate); B, C (batch, dstate, seqlen) or (batch, ngroups, dstate, seqlen); D, "
      "delta_bias (dim,); initial_state (batch, dim, dstate). None for absent ones."},
     {"selective_state_update", py_selective_state_update, METH_VARARGS,
-     "selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus) -> y. "
+     "selective_state_update($module, state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, /)"
+     "\n--\n\n-> y. "
      "state (batch, dim, dstate) float32 C-contiguous, updated in place; x, dt, z (batch, "
      "dim); A (dim, dstate); B, C (batch, dstate) or (batch, ngroups, dstate); D, dt_bias "
      "(dim,). Returns y (batch, dim)."},

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# cuda_attention_run.sh - on a machine with a GPU: build samba_ext with CUDA, run the CUDA
+# attention tests, compute-sanitizer (memcheck on the small attention tests, racecheck on one
+# small prefill and decode call) and benchmarks/gpu_attention.py; print a short table.
+#
+# Usage (from the repository root):  bash benchmarks/cuda_attention_run.sh [steps]
+#   steps: comma-separated subset of build,tests,memcheck,racecheck,bench,bench8 (default: the
+#   first five; bench8 re-times the prefill with 8 warps per block, SAMBA_EXT_ATTN_WARPS=8,
+#   without peers, and appends it to bench.log)
+# Environment: OUT (log folder, default ./out), SAMBA_EXT_CUDA_ARCHS (default 90),
+#   BENCH_ARGS (extra arguments for gpu_attention.py), GIT_COMMIT (recorded in the logs),
+#   SAN_TIMEOUT (seconds per sanitizer run, default 240), BENCH_TIMEOUT (default 330; the
+#   benchmark rewrites its report after every case, so a cut-short run keeps what it measured).
+# Files written to $OUT (8 at most): build.log, tests.log, memcheck.log, racecheck.log,
+#   bench.log, gpu_attention.md, gpu_attention.json, summary.md
+set -u
+OUT=${OUT:-./out}
+mkdir -p "$OUT"
+STEPS=${1:-build,tests,memcheck,racecheck,bench}
+export SAMBA_EXT_CUDA_ARCHS=${SAMBA_EXT_CUDA_ARCHS:-90}
+export PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+SAN_TIMEOUT=${SAN_TIMEOUT:-240}
+PY=${PYTHON:-python3}
+SUMMARY="$OUT/summary.md"
+: > "$SUMMARY"
+row() { printf '| %-9s | %-7s | %s |\n' "$1" "$2" "$3" | tee -a "$SUMMARY"; }
+has() { [[ ",$STEPS," == *",$1,"* ]]; }
+last_line() { grep -E "passed|failed|error" "$1" | tail -1 | sed -e 's/=//g' -e 's/^ *//'; }
+
+{
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ) commit: ${GIT_COMMIT:-unknown}"
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
+    nvcc --version | tail -1
+} > "$OUT/build.log" 2>&1
+printf '| %-9s | %-7s | %s |\n' step status details | tee -a "$SUMMARY"
+printf '|%s|%s|%s|\n' ----------- --------- ------- | tee -a "$SUMMARY"
+
+if has build; then
+    t0=$(date +%s)
+    if SAMBA_EXT_CUDA=1 $PY setup.py build_ext --inplace -j16 >> "$OUT/build.log" 2>&1 &&
+        $PY -c "import samba_ext; assert samba_ext.cuda_available()" >> "$OUT/build.log" 2>&1; then
+        row build ok "$(( $(date +%s) - t0 )) s, sm_$SAMBA_EXT_CUDA_ARCHS"
+    else
+        row build FAILED "see build.log"; tail -40 "$OUT/build.log"; exit 1
+    fi
+fi
+
+if has tests; then
+    t0=$(date +%s)
+    $PY -m pytest -q -p no:cacheprovider --maxfail=5 tests/test_cuda_attention.py \
+        tests/test_cuda_kernels.py -k "attention or swa or decode or errors or fault" \
+        > "$OUT/tests.log" 2>&1
+    rc=$?
+    row tests "$([ $rc = 0 ] && echo ok || echo FAILED)" "$(last_line "$OUT/tests.log"), $(( $(date +%s) - t0 )) s"
+    [ $rc = 0 ] || grep -E "^(FAILED|ERROR|E )" "$OUT/tests.log" | head -20
+fi
+
+if has memcheck; then
+    t0=$(date +%s)
+    timeout "$SAN_TIMEOUT" compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 \
+        $PY -m pytest -q -p no:cacheprovider tests/test_cuda_attention.py \
+        -k "not real_sizes and not 128K and not 32K and not prefill_last_row" \
+        > "$OUT/memcheck.log" 2>&1
+    rc=$?
+    row memcheck "$([ $rc = 0 ] && echo clean || echo "rc=$rc")" \
+        "$(grep -E "ERROR SUMMARY" "$OUT/memcheck.log" | tail -1); $(last_line "$OUT/memcheck.log"), $(( $(date +%s) - t0 )) s"
+fi
+
+if has racecheck; then
+    t0=$(date +%s)
+    cat > /tmp/attn_race.py <<'EOF'
+import numpy as np, samba_ext
+from samba_ext import cuda as _gpu
+rng = np.random.default_rng(0)
+for dt in ("bfloat16", "float16"):
+    for hd, W in ((64, 50), (96, None), (128, 70), (256, 40)):
+        q = _gpu.to_device(rng.standard_normal((1, 200, 4, hd)).astype(np.float32), dt)
+        k = _gpu.to_device(rng.standard_normal((1, 200, 2, hd)).astype(np.float32), dt)
+        samba_ext.swa_attention(q, k, k, W).to_numpy()
+    for hd, G in ((64, 8), (128, 1), (256, 3)):
+        q = _gpu.to_device(rng.standard_normal((2, 2 * G, hd)).astype(np.float32), dt)
+        c = _gpu.to_device(rng.standard_normal((2, 3000, 2, hd)).astype(np.float32), dt)
+        samba_ext.swa_decode(q, c, c, np.array([2999, 100]), np.array([3000, 77])).to_numpy()
+print("racecheck script done")
+EOF
+    timeout "$SAN_TIMEOUT" compute-sanitizer --tool racecheck --racecheck-report all \
+        --error-exitcode 9 $PY /tmp/attn_race.py > "$OUT/racecheck.log" 2>&1
+    rc=$?
+    row racecheck "$([ $rc = 0 ] && echo clean || echo "rc=$rc")" \
+        "$(grep -E "RACECHECK SUMMARY|ERROR SUMMARY" "$OUT/racecheck.log" | tail -1), $(( $(date +%s) - t0 )) s"
+fi
+
+if has bench; then
+    t0=$(date +%s)
+    timeout "${BENCH_TIMEOUT:-330}" $PY benchmarks/gpu_attention.py --out "$OUT" ${BENCH_ARGS:-} \
+        > "$OUT/bench.log" 2>&1
+    rc=$?
+    row bench "$([ $rc = 0 ] && echo ok || echo "rc=$rc")" "$(( $(date +%s) - t0 )) s"
+    [ $rc = 0 ] || tail -30 "$OUT/bench.log"
+fi
+if has bench8; then
+    echo "== SAMBA_EXT_ATTN_WARPS=8 ==" >> "$OUT/bench.log"
+    SAMBA_EXT_ATTN_WARPS=8 $PY benchmarks/gpu_attention.py --out /tmp/bench8 --quick --no-flex \
+        --prefill-only >> "$OUT/bench.log" 2>&1
+    echo "8 warps (prefill, no peers):"; grep -E "^\| (swa|causal)" /tmp/bench8/gpu_attention.md
+fi
+echo
+[ -f "$OUT/gpu_attention.md" ] && sed -n '5,100p' "$OUT/gpu_attention.md"
+exit 0

@@ -1,0 +1,32 @@
+// attention_impl.cuh - internal interface between the attention launchers in attention.cu
+// (argument checks, float32 exact path, dispatch) and the tensor-core prefill
+// (attention_mma.cu) and split-KV decode (attention_decode.cu) implementations.
+#ifndef SAMBA_ATTENTION_IMPL_CUH
+#define SAMBA_ATTENTION_IMPL_CUH
+
+#include "cu_common.cuh"
+
+// 1 when the tensor-core prefill handles these arguments: q, k, v and out all bfloat16 or all
+// float16, headdim a multiple of 8 up to 256, 16-byte aligned pointers and strides that are
+// multiples of 8 elements (so every row starts on a 16-byte boundary).
+int attn_mma_applicable(const samba_cu_attn_args *a);
+samba_status attn_mma_fwd(const samba_cu_attn_args *a, cudaStream_t stream);
+
+// 1 when the split-KV decode handles these arguments (same dtype and alignment rules).
+int attn_decode_split_applicable(int64_t headdim, samba_cu_ref q, samba_cu_ref k_cache,
+                                 samba_cu_ref v_cache, samba_cu_ref out);
+samba_status attn_decode_split(int64_t batch, int64_t nheads, int64_t nheads_kv, int64_t headdim,
+                               int64_t capacity, samba_cu_ref q, samba_cu_ref k_cache,
+                               samba_cu_ref v_cache, samba_cu_ref pos, samba_cu_ref n_valid,
+                               float softmax_scale, samba_cu_ref out, cudaStream_t stream);
+
+// Shared by both: 2^x on the special-function unit (relative error ~2^-22; 2^-inf = +0).
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+static inline int is_aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+
+#endif

@@ -1,0 +1,354 @@
+// attention_mma.cu - causal sliding-window attention (prefill) for bfloat16 / float16 on the
+// tensor cores, FlashAttention-2 style.
+//
+// One block computes BQ = 16 * NW query rows of one head (one warp per 16 rows). For each
+// tile of BK keys that the block's window touches:
+//   S = Q K^T             mma.sync m16n8k16, Q and K fragments read with ldmatrix
+//   online softmax        float32, base 2: each row keeps its running max m and sum l
+//   O = O * corr + P V    P (rounded to the input dtype) stays in registers as the A operand,
+//                         V fragments come from ldmatrix.trans
+// K and V tiles are double-buffered in shared memory with cp.async: tile t+1 is in flight
+// while tile t is computed. Only the key tiles in [q0 + off - window + 1, q_last + off] are
+// visited, so the cost grows as L x W, and the mask is evaluated only on tiles that cross the
+// causal edge, the window edge or the end of the keys. GQA: the block reads the K/V rows of
+// head h / (H / Hkv) in place (no copy); the H / Hkv heads sharing them are adjacent in
+// blockIdx.x, so their blocks run together and hit the same K/V in L2.
+//
+// Shared-memory rows are padded by 16 bytes (stride D + 8 elements): the 8 row addresses of
+// each ldmatrix land in 8 different 4-bank groups, so the loads are conflict-free.
+// Head dims: templates for D = 64, 96, 128 and 256; a head dim that is a multiple of 8 runs in
+// the next larger template with the columns past hd zero-filled (cp.async src-size 0).
+#include "attention_impl.cuh"
+
+namespace {
+
+// ------------------------------------------------------------ PTX wrappers -------------
+__device__ __forceinline__ uint32_t smem_addr(const void *p) {
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+// 16-byte global -> shared copy that bypasses L1; when !valid the 16 bytes are zero-filled
+// and nothing is read (src is then any valid address).
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)),
+                 "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses of matrix i, and each lane
+// receives in r[i] the pair (row lane/4, cols 2*(lane%4), +1) of matrix i (.trans: of its
+// transpose).
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+// c (16x8 float32) += a (16x16, row major) * b (16x8, column major).
+// Fragments (g = lane / 4, t = lane % 4): a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..),
+// a3 (g+8, 2t+8..); b0 (k 2t..2t+1, n g), b1 (k 2t+8.., n g); c0,c1 (g, 2t..2t+1),
+// c2,c3 (g+8, 2t..2t+1).
+template <typename T> struct Mma;
+template <> struct Mma<__nv_bfloat16> {
+    static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                               uint32_t b1) {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+            "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+        __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<uint32_t *>(&v);
+    }
+};
+template <> struct Mma<__half> {
+    static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                               uint32_t b1) {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
+            "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+        __half2 v = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<uint32_t *>(&v);
+    }
+};
+
+// ------------------------------------------------------------ tile configuration -------
+template <int D_, int BK_, int NW_> struct Cfg {
+    static constexpr int D = D_;               // head dim of the template (>= the real hd)
+    static constexpr int BK = BK_;             // keys per tile
+    static constexpr int NW = NW_;             // warps; each owns 16 query rows
+    static constexpr int BQ = 16 * NW;         // query rows per block
+    static constexpr int THREADS = 32 * NW;
+    static constexpr int LD = D + 8;           // padded shared-memory row (elements)
+    static constexpr int KSTEPS = D / 16;      // k-steps of S = Q K^T
+    static constexpr int NT_S = BK / 8;        // 8-key column tiles of S
+    static constexpr int NT_O = D / 8;         // 8-dim column tiles of O
+    static constexpr bool Q_IN_REGS = D <= 128;  // D = 256: Q fragments re-read from smem
+    static constexpr size_t SMEM = (size_t)(BQ + 4 * BK) * LD * 2;  // Q + 2 x (K, V)
+    static_assert(NT_S % 2 == 0 && NT_O % 2 == 0 && BK % 16 == 0, "tile shape");
+};
+
+// rows [r0, r0 + ROWS) of a (rows, hd) global matrix with row stride `rs` (elements) into a
+// padded shared tile; rows >= rlimit and columns >= hd are zero-filled.
+template <class C, int ROWS, typename T>
+__device__ __forceinline__ void load_tile(T *s, const T *g, int64_t rs, int64_t r0,
+                                          int64_t rlimit, int hd) {
+    constexpr int CH = C::D / 8;  // 16-byte chunks per row
+    constexpr int ITERS = (ROWS * CH + C::THREADS - 1) / C::THREADS;
+#pragma unroll
+    for (int it = 0; it < ITERS; ++it) {
+        const int i = it * C::THREADS + threadIdx.x;
+        if (i >= ROWS * CH) break;
+        const int r = i / CH, c = i % CH;
+        const bool ok = r0 + r < rlimit && c * 8 < hd;
+        cp_async16(s + r * C::LD + c * 8, ok ? g + (r0 + r) * rs + c * 8 : g, ok);
+    }
+}
+
+template <typename T, class C>
+__global__ void __launch_bounds__(C::THREADS)
+attn_mma_kernel(samba_cu_attn_args p, int n_qtiles) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T *sQ = reinterpret_cast<T *>(smem_raw);  // [BQ][LD]
+    T *sK = sQ + C::BQ * C::LD;               // [2][BK][LD]
+    T *sV = sK + 2 * C::BK * C::LD;           // [2][BK][LD]
+
+    const int h = blockIdx.x;
+    const int64_t qtile = n_qtiles - 1 - (int64_t)blockIdx.y;  // longest rows first (causal)
+    const int64_t b = blockIdx.z;
+    const int64_t hkv = h / (p.nheads / p.nheads_kv);
+    const int hd = (int)p.headdim;
+    const int64_t Lq = p.seqlen_q, Lk = p.seqlen_k, off = Lk - Lq, W = p.window;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, tq = lane & 3;
+
+    const T *qg = (const T *)p.q.ptr + b * p.q_stride[0] + h * p.q_stride[2];
+    const T *kg = (const T *)p.k.ptr + b * p.k_stride[0] + hkv * p.k_stride[2];
+    const T *vg = (const T *)p.v.ptr + b * p.v_stride[0] + hkv * p.v_stride[2];
+
+    // keys seen by the block: [kmin, kmax] (absolute positions; query q sits at q + off)
+    const int64_t q0 = qtile * C::BQ;
+    const int64_t q_last = (q0 + C::BQ < Lq ? q0 + C::BQ : Lq) - 1;
+    const int64_t kmax = q_last + off;
+    const int64_t kmin = (W > 0 && q0 + off - W + 1 > 0) ? q0 + off - W + 1 : 0;
+    const int64_t t_first = kmin / C::BK, t_last = kmax / C::BK;
+
+    load_tile<C, C::BQ>(sQ, qg, p.q_stride[1], q0, Lq, hd);
+    load_tile<C, C::BK>(sK, kg, p.k_stride[1], t_first * C::BK, Lk, hd);
+    load_tile<C, C::BK>(sV, vg, p.v_stride[1], t_first * C::BK, Lk, hd);
+    cp_async_commit();
+
+    // this thread's two rows: wq + g and wq + g + 8, at absolute positions qp0, qp0 + 8
+    const int wrow = warp * 16;
+    const int64_t qp0 = q0 + wrow + g + off;
+    const float sl = p.softmax_scale * 1.4426950408889634f;  // scores in base-2 units
+
+    float o[C::NT_O][4];
+#pragma unroll
+    for (int i = 0; i < C::NT_O; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    uint32_t qf[C::Q_IN_REGS ? C::KSTEPS : 1][4];
+
+    for (int64_t t = t_first; t <= t_last; ++t) {
+        const int buf = (int)((t - t_first) & 1);
+        if (t < t_last) {  // prefetch the next tile into the other buffer
+            const int nb = buf ^ 1;
+            load_tile<C, C::BK>(sK + nb * C::BK * C::LD, kg, p.k_stride[1], (t + 1) * C::BK, Lk,
+                                hd);
+            load_tile<C, C::BK>(sV + nb * C::BK * C::LD, vg, p.v_stride[1], (t + 1) * C::BK, Lk,
+                                hd);
+        }
+        cp_async_commit();
+        cp_async_wait<1>();  // everything but the prefetch just issued has landed
+        __syncthreads();
+        const T *k_s = sK + buf * C::BK * C::LD;
+        const T *v_s = sV + buf * C::BK * C::LD;
+
+        // Q fragment for k-step ks: rows wrow + (lane % 16), cols ks*16 + (lane / 16) * 8
+        const T *q_lane = sQ + (wrow + (lane & 15)) * C::LD + (lane >> 4) * 8;
+        if (C::Q_IN_REGS && t == t_first) {
+#pragma unroll
+            for (int ks = 0; ks < (C::Q_IN_REGS ? C::KSTEPS : 0); ++ks) ldsm_x4(qf[ks], q_lane + ks * 16);
+        }
+
+        // ---- S = Q K^T (16 x BK per warp) ----
+        float s[C::NT_S][4];
+#pragma unroll
+        for (int i = 0; i < C::NT_S; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
+        // K fragments for key tiles n, n+1: keys n*8 + (lane % 8) + (lane / 16) * 8,
+        // dims ks*16 + ((lane / 8) % 2) * 8
+        const T *k_lane = k_s + ((lane & 7) + ((lane >> 4) << 3)) * C::LD + ((lane >> 3) & 1) * 8;
+#pragma unroll
+        for (int ks = 0; ks < C::KSTEPS; ++ks) {
+            uint32_t a[4];
+            if (C::Q_IN_REGS) {
+#pragma unroll
+                for (int i = 0; i < 4; ++i) a[i] = qf[C::Q_IN_REGS ? ks : 0][i];
+            } else {
+                ldsm_x4(a, q_lane + ks * 16);
+            }
+#pragma unroll
+            for (int n = 0; n < C::NT_S; n += 2) {
+                uint32_t kb[4];
+                ldsm_x4(kb, k_lane + n * 8 * C::LD + ks * 16);
+                Mma<T>::run(s[n], a, kb[0], kb[1]);
+                Mma<T>::run(s[n + 1], a, kb[2], kb[3]);
+            }
+        }
+
+        // ---- scale, mask (edge tiles only), online softmax ----
+        const int64_t kbase = t * C::BK;
+        const bool edge = kbase + C::BK - 1 > q0 + off            // crosses the causal edge
+                          || (W > 0 && kbase <= q_last + off - W)  // crosses the window edge
+                          || kbase + C::BK > Lk;                   // runs past the keys
+#pragma unroll
+        for (int n = 0; n < C::NT_S; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float x = s[n][e] * sl;
+                if (edge) {
+                    const int64_t key = kbase + n * 8 + 2 * tq + (e & 1);
+                    const int64_t qp = qp0 + (e >> 1) * 8;
+                    if (key > qp || key >= Lk || (W > 0 && key <= qp - W)) x = -INFINITY;
+                }
+                s[n][e] = x;
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int n = 0; n < C::NT_S; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the 4 lanes of a row
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float mnew = fmaxf(m[r], mx);
+            const float mref = mnew == -INFINITY ? 0.0f : mnew;  // no -inf - -inf = NaN
+            const float corr = fast_exp2(m[r] - mref);
+            m[r] = mnew;
+            float rs = 0.0f;
+#pragma unroll
+            for (int n = 0; n < C::NT_S; ++n) {
+                s[n][2 * r] = fast_exp2(s[n][2 * r] - mref);
+                s[n][2 * r + 1] = fast_exp2(s[n][2 * r + 1] - mref);
+                rs += s[n][2 * r] + s[n][2 * r + 1];
+            }
+            l[r] = l[r] * corr + rs;  // this lane's partial sum; the quad is summed at the end
+#pragma unroll
+            for (int i = 0; i < C::NT_O; ++i) {
+                o[i][2 * r] *= corr;
+                o[i][2 * r + 1] *= corr;
+            }
+        }
+
+        // ---- O += P V ----
+        // V fragments (.trans) for dim tiles i, i+1: keys kk*16 + (lane % 8) + ((lane/8) % 2)*8,
+        // dims i*8 + (lane / 16) * 8
+        const T *v_lane = v_s + ((lane & 7) + (((lane >> 3) & 1) << 3)) * C::LD + (lane >> 4) * 8;
+#pragma unroll
+        for (int kk = 0; kk < C::BK / 16; ++kk) {
+            uint32_t a[4];
+            a[0] = Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]);
+            a[1] = Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]);
+            a[2] = Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            a[3] = Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int i = 0; i < C::NT_O; i += 2) {
+                uint32_t vb[4];
+                ldsm_x4_trans(vb, v_lane + kk * 16 * C::LD + i * 8);
+                Mma<T>::run(o[i], a, vb[0], vb[1]);
+                Mma<T>::run(o[i + 1], a, vb[2], vb[3]);
+            }
+        }
+        __syncthreads();  // this buffer is refilled by the next iteration's prefetch
+    }
+    cp_async_wait<0>();
+
+    // ---- normalise and store (out is contiguous (B, Lq, H, hd)) ----
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float lr = l[r];
+        lr += __shfl_xor_sync(0xffffffffu, lr, 1);
+        lr += __shfl_xor_sync(0xffffffffu, lr, 2);
+        const float inv = lr > 0.0f ? 1.0f / lr : (lr == 0.0f ? 0.0f : lr);  // NaN stays NaN
+        const int64_t q = q0 + wrow + g + r * 8;
+        if (q >= Lq) continue;
+        T *orow = (T *)p.out.ptr + ((b * Lq + q) * p.nheads + h) * hd;
+#pragma unroll
+        for (int i = 0; i < C::NT_O; ++i) {
+            const int col = i * 8 + 2 * tq;
+            if (col < hd) {
+                const uint32_t v = Mma<T>::pack(o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
+                *reinterpret_cast<uint32_t *>(orow + col) = v;
+            }
+        }
+    }
+}
+
+template <typename T, class C>
+samba_status launch(const samba_cu_attn_args *a, cudaStream_t st) {
+    const int64_t n_qtiles = cdiv(a->seqlen_q, C::BQ);
+    if (n_qtiles > 65535)
+        return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED,
+                                 "swa_attention: seqlen_q above %lld on the tensor-core path",
+                                 (long long)65535 * C::BQ);
+    cudaError_t e = cudaFuncSetAttribute(attn_mma_kernel<T, C>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
+    if (e != cudaSuccess) return samba_cu_fail("swa_attention (shared memory opt-in)", e);
+    dim3 grid((unsigned)a->nheads, (unsigned)n_qtiles, (unsigned)a->batch);
+    attn_mma_kernel<T, C><<<grid, C::THREADS, C::SMEM, st>>>(*a, (int)n_qtiles);
+    return samba_cu_check_launch("swa_attention", st);
+}
+
+// Warps per block for D <= 128 (SAMBA_EXT_ATTN_WARPS=4 or 8, read once; default 4). A tuning
+// knob for benchmarks/gpu_attention.py; results do not depend on it beyond rounding order.
+int attn_warps() {
+    static int w = 0;
+    if (w == 0) {
+        const char *s = getenv("SAMBA_EXT_ATTN_WARPS");
+        w = (s && s[0] == '8') ? 8 : 4;
+    }
+    return w;
+}
+
+template <typename T>
+samba_status dispatch(const samba_cu_attn_args *a, cudaStream_t st) {
+    const int64_t hd = a->headdim;
+    const bool w8 = attn_warps() == 8;
+    if (hd <= 64) return w8 ? launch<T, Cfg<64, 64, 8>>(a, st) : launch<T, Cfg<64, 64, 4>>(a, st);
+    if (hd <= 96) return w8 ? launch<T, Cfg<96, 64, 8>>(a, st) : launch<T, Cfg<96, 64, 4>>(a, st);
+    if (hd <= 128)
+        return w8 ? launch<T, Cfg<128, 64, 8>>(a, st) : launch<T, Cfg<128, 64, 4>>(a, st);
+    return launch<T, Cfg<256, 32, 4>>(a, st);
+}
+
+}  // namespace
+
+int attn_mma_applicable(const samba_cu_attn_args *a) {
+    const int dt = a->q.dtype;
+    if (dt != SAMBA_CU_BF16 && dt != SAMBA_CU_F16) return 0;
+    if (a->k.dtype != dt || a->v.dtype != dt || a->out.dtype != dt) return 0;
+    if (a->headdim % 8 != 0 || a->headdim > 256) return 0;
+    if (!is_aligned16(a->q.ptr) || !is_aligned16(a->k.ptr) || !is_aligned16(a->v.ptr) ||
+        !is_aligned16(a->out.ptr))
+        return 0;
+    for (int i = 0; i < 3; ++i)
+        if (a->q_stride[i] % 8 || a->k_stride[i] % 8 || a->v_stride[i] % 8) return 0;
+    return 1;
+}
+
+samba_status attn_mma_fwd(const samba_cu_attn_args *a, cudaStream_t st) {
+    if (a->q.dtype == SAMBA_CU_BF16) return dispatch<__nv_bfloat16>(a, st);
+    return dispatch<__half>(a, st);
+}

@@ -1,0 +1,283 @@
+/*
+ * py_cuda_memory.c - device memory of the samba_ext._cuda module.
+ *
+ * Buffer: owns one cudaMallocAsync allocation made on a stream (and keeps the Python object
+ * of that stream alive, so the handle stays valid until the free). The memory is released
+ * with cudaFreeAsync on the allocation stream (stream-ordered). If a DLPack consumer used it
+ * on another stream (add_use), that stream may be destroyed by the time the Buffer dies, so
+ * the free first waits for the whole device (the rare cross-stream export case only).
+ * Also: host <-> device copies, memset, strided copies with dtype conversion, pool trim and
+ * statistics.
+ */
+#include "py_cuda.h"
+
+#include <string.h>
+
+/* ------------------------------------------------------------------ Buffer ----------- */
+
+typedef struct {
+    PyObject_HEAD void *ptr;
+    Py_ssize_t nbytes;
+    int device;
+    void *stream;
+    PyObject *keep; /* the Python stream object of `stream` (kept alive), or NULL */
+    int foreign;    /* used on another stream (DLPack consumer): synchronize before free */
+} BufferObject;
+
+static PyObject *
+Buffer_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"nbytes", "device", "stream", "keep", NULL};
+    Py_ssize_t nbytes;
+    int device;
+    void *stream = NULL;
+    PyObject *keep = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "ni|O&O", kwlist, &nbytes, &device,
+                                     samba_pycu_ptr, &stream, &keep)) {
+        return NULL;
+    }
+    if (nbytes < 0) {
+        PyErr_SetString(PyExc_ValueError, "nbytes must be >= 0");
+        return NULL;
+    }
+    samba_status s = samba_cu_set_device(device);
+    if (s != SAMBA_OK) {
+        return samba_pycu_raise(s);
+    }
+    void *ptr = NULL;
+    s = samba_cu_malloc(&ptr, (size_t)nbytes, stream);
+    if (s != SAMBA_OK) {
+        return samba_pycu_raise(s);
+    }
+    BufferObject *b = (BufferObject *)type->tp_alloc(type, 0);
+    if (b == NULL) {
+        samba_cu_free(ptr, stream);
+        return NULL;
+    }
+    b->ptr = ptr;
+    b->nbytes = nbytes;
+    b->device = device;
+    b->stream = stream;
+    b->keep = (keep != NULL && keep != Py_None) ? keep : NULL;
+    Py_XINCREF(b->keep);
+    b->foreign = 0;
+    return (PyObject *)b;
+}
+
+static void
+Buffer_dealloc(BufferObject *b)
+{
+    if (b->ptr != NULL) {
+        /* Errors cannot be raised from a destructor; a failed free leaves the memory in
+         * the pool (a broken context is reported by the next launch anyway). */
+        if (samba_cu_set_device(b->device) == SAMBA_OK) {
+            if (b->foreign) {
+                /* A consumer used the memory on its own stream, which may be gone by now:
+                 * wait for all work of the device rather than for a stream handle. */
+                samba_cu_device_sync();
+            }
+            samba_cu_free(b->ptr, b->stream);
+        }
+        b->ptr = NULL;
+    }
+    Py_CLEAR(b->keep);
+    Py_TYPE(b)->tp_free((PyObject *)b);
+}
+
+static PyObject *
+Buffer_add_use(BufferObject *b, PyObject *arg)
+{
+    void *s = NULL;
+    if (!samba_pycu_ptr(arg, &s)) {
+        return NULL;
+    }
+    if (s != b->stream) {
+        b->foreign = 1;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Buffer_get_ptr(BufferObject *b, void *c)
+{
+    return PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)b->ptr);
+}
+
+static PyObject *
+Buffer_get_nbytes(BufferObject *b, void *c)
+{
+    return PyLong_FromSsize_t(b->nbytes);
+}
+
+static PyObject *
+Buffer_get_device(BufferObject *b, void *c)
+{
+    return PyLong_FromLong(b->device);
+}
+
+static PyObject *
+Buffer_get_stream(BufferObject *b, void *c)
+{
+    return PyLong_FromUnsignedLongLong((unsigned long long)(uintptr_t)b->stream);
+}
+
+static PyObject *
+Buffer_get_keep(BufferObject *b, void *c)
+{
+    PyObject *k = b->keep ? b->keep : Py_None;
+    Py_INCREF(k);
+    return k;
+}
+
+static PyMethodDef Buffer_methods[] = {
+    {"add_use", (PyCFunction)Buffer_add_use, METH_O,
+     "add_use(stream): the buffer is used on `stream`; its free will wait for the device."},
+    {NULL, NULL, 0, NULL}};
+
+static PyGetSetDef Buffer_getset[] = {
+    {"ptr", (getter)Buffer_get_ptr, NULL, "device pointer (int)", NULL},
+    {"nbytes", (getter)Buffer_get_nbytes, NULL, "size in bytes", NULL},
+    {"device", (getter)Buffer_get_device, NULL, "CUDA device index", NULL},
+    {"stream", (getter)Buffer_get_stream, NULL, "allocation stream (int handle)", NULL},
+    {"keep", (getter)Buffer_get_keep, NULL, "the stream object kept alive (or None)", NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+PyTypeObject samba_pycu_BufferType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "samba_ext._cuda.Buffer",
+    .tp_basicsize = sizeof(BufferObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Buffer(nbytes, device, stream=None, keep=None): stream-ordered device "
+              "allocation; `keep` (the stream's Python object) is kept alive with it.",
+    .tp_new = Buffer_new,
+    .tp_dealloc = (destructor)Buffer_dealloc,
+    .tp_methods = Buffer_methods,
+    .tp_getset = Buffer_getset,
+};
+
+static PyObject *
+py_memcpy_h2d(PyObject *self, PyObject *args)
+{
+    void *dst, *stream;
+    Py_buffer buf;
+    if (!PyArg_ParseTuple(args, "O&y*O&", samba_pycu_ptr, &dst, &buf, samba_pycu_ptr, &stream)) {
+        return NULL;
+    }
+    samba_status s = samba_cu_memcpy_h2d(dst, buf.buf, (size_t)buf.len, stream);
+    PyBuffer_Release(&buf);
+    return samba_pycu_status_none(s);
+}
+
+static PyObject *
+py_memcpy_d2h(PyObject *self, PyObject *args)
+{
+    void *src, *stream;
+    Py_buffer buf;
+    if (!PyArg_ParseTuple(args, "w*O&O&", &buf, samba_pycu_ptr, &src, samba_pycu_ptr, &stream)) {
+        return NULL;
+    }
+    samba_status s;
+    Py_BEGIN_ALLOW_THREADS s = samba_cu_memcpy_d2h(buf.buf, src, (size_t)buf.len, stream);
+    Py_END_ALLOW_THREADS PyBuffer_Release(&buf);
+    return samba_pycu_status_none(s);
+}
+
+static PyObject *
+py_memcpy_d2d(PyObject *self, PyObject *args)
+{
+    void *dst, *src, *stream;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "O&O&nO&", samba_pycu_ptr, &dst, samba_pycu_ptr, &src, &n,
+                          samba_pycu_ptr, &stream)) {
+        return NULL;
+    }
+    return samba_pycu_status_none(samba_cu_memcpy_d2d(dst, src, (size_t)n, stream));
+}
+
+static PyObject *
+py_memset(PyObject *self, PyObject *args)
+{
+    void *dst, *stream;
+    int value;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "O&inO&", samba_pycu_ptr, &dst, &value, &n, samba_pycu_ptr,
+                          &stream)) {
+        return NULL;
+    }
+    return samba_pycu_status_none(samba_cu_memset(dst, value, (size_t)n, stream));
+}
+
+static PyObject *
+py_trim(PyObject *self, PyObject *args)
+{
+    int dev;
+    if (!PyArg_ParseTuple(args, "i", &dev)) {
+        return NULL;
+    }
+    samba_status s = samba_cu_set_device(dev);
+    if (s == SAMBA_OK) {
+        s = samba_cu_trim(dev);
+    }
+    return samba_pycu_status_none(s);
+}
+
+static PyObject *
+py_pool_stats(PyObject *self, PyObject *args)
+{
+    int dev;
+    uint64_t reserved = 0, used = 0;
+    if (!PyArg_ParseTuple(args, "i", &dev)) {
+        return NULL;
+    }
+    samba_status s = samba_cu_pool_stats(dev, &reserved, &used);
+    if (s != SAMBA_OK) {
+        return samba_pycu_raise(s);
+    }
+    return Py_BuildValue("{s:K,s:K}", "reserved", (unsigned long long)reserved, "used",
+                         (unsigned long long)used);
+}
+
+/* copy(shape, src, src_strides, dst, dst_strides, axis, src_idx, dst_idx, batched, stream) */
+static PyObject *
+py_copy(PyObject *self, PyObject *args)
+{
+    samba_pycu_i64s shape, ss, ds;
+    samba_cu_ref src, dst, sidx, didx;
+    int axis, batched;
+    void *stream;
+    if (!PyArg_ParseTuple(args, "O&O&O&O&O&iO&O&iO&", samba_pycu_i64s_conv, &shape,
+                          samba_pycu_ref, &src, samba_pycu_i64s_conv, &ss, samba_pycu_ref, &dst,
+                          samba_pycu_i64s_conv, &ds, &axis, samba_pycu_ref, &sidx,
+                          samba_pycu_ref, &didx, &batched, samba_pycu_ptr, &stream)) {
+        return NULL;
+    }
+    if (ss.n != shape.n || ds.n != shape.n) {
+        PyErr_SetString(PyExc_ValueError, "internal: strides / shape length mismatch");
+        return NULL;
+    }
+    return samba_pycu_status_none(samba_cu_copy(shape.n, shape.v, src, ss.v, dst, ds.v, axis,
+                                                sidx, didx, batched, stream));
+}
+
+PyMethodDef samba_pycu_memory_methods[] = {
+    {"memcpy_h2d", py_memcpy_h2d, METH_VARARGS,
+     "memcpy_h2d($module, dst, src, stream, /)\n--\n\n"
+     "Copy the bytes-like src to device pointer dst on stream."},
+    {"memcpy_d2h", py_memcpy_d2h, METH_VARARGS,
+     "memcpy_d2h($module, dst, src, stream, /)\n--\n\n"
+     "Copy device memory at src into the writable bytes-like dst; synchronizes."},
+    {"memcpy_d2d", py_memcpy_d2d, METH_VARARGS,
+     "memcpy_d2d($module, dst, src, nbytes, stream, /)\n--\n\n"
+     "Device-to-device copy of nbytes on stream."},
+    {"memset", py_memset, METH_VARARGS,
+     "memset($module, dst, value, nbytes, stream, /)\n--\n\n"
+     "Set nbytes at dst to the byte value on stream."},
+    {"trim", py_trim, METH_VARARGS,
+     "trim($module, device, /)\n--\n\nRelease the memory cached by the device's pool."},
+    {"pool_stats", py_pool_stats, METH_VARARGS,
+     "pool_stats($module, device, /)\n--\n\n"
+     "Bytes reserved by / in use in the device's default pool, as a dict."},
+    {"copy", py_copy, METH_VARARGS,
+     "copy($module, shape, src, src_strides, dst, dst_strides, axis, src_idx, dst_idx, "
+     "batched, stream, /)\n--\n\n"
+     "Strided copy / gather / scatter with dtype conversion."},
+    {NULL, NULL, 0, NULL}};

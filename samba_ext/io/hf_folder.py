@@ -1,0 +1,277 @@
+"""Hugging Face-style checkpoint folders: ``config.json`` + ``model.safetensors``, or a
+sharded ``model.safetensors.index.json`` + ``model-0000k-of-0000n.safetensors`` shards.
+
+Layout and key maps are documented in docs/checkpoints.md. Reading validates the folder as a
+whole (every shard named by the index exists, is a plain file name inside the folder, holds
+exactly the tensors the index maps to it, no tensor in two shards, ``total_size`` agrees);
+anything wrong is a :class:`~samba_ext.errors.CheckpointError` naming the file and the field or
+tensor. Writing replaces each file atomically (samba_ext/io/atomic.py) in the order shards ->
+index -> config.json, then removes the files of a previous save that the new one no longer
+uses.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from ..config import SambaConfig
+from ..errors import CheckpointError
+from ..safetensors_io import read_safetensors, read_safetensors_header, write_safetensors
+from .atomic import atomic_write
+from .keymap import from_hf, to_hf
+
+__all__ = ["read_folder", "save_pretrained", "CONFIG", "SINGLE", "INDEX", "HF_CONFIG_KEYS"]
+
+CONFIG = "config.json"
+SINGLE = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+_MAX_JSON = 64 << 20      # bytes: config.json / index larger than this are not checkpoints
+
+# samba-ext SambaConfig field -> Hugging Face config.json key
+HF_CONFIG_KEYS = {
+    "vocab_size": "vocab_size", "d_model": "hidden_size", "n_layer": "num_hidden_layers",
+    "n_head": "num_attention_heads", "n_kv_head": "num_key_value_heads",
+    "head_dim": "head_dim", "intermediate_size": "intermediate_size",
+    "window": "sliding_window", "layer_types": "layer_types", "rope_base": "rope_theta",
+    "norm_eps": "rms_norm_eps", "d_state": "state_size", "d_conv": "conv_kernel",
+    "expand": "expand", "dt_rank": "time_step_rank", "tie_embeddings": "tie_word_embeddings",
+    "max_train_len": "max_position_embeddings",
+}
+_HF_LAYER = {"mamba": "mamba", "swa": "sliding_attention", "attn": "full_attention"}
+# config.json keys that describe nothing the model computes (ignored when reading)
+_INFORMATIONAL = {"architectures", "model_type", "torch_dtype", "dtype", "transformers_version",
+                  "_name_or_path", "use_cache", "initializer_range", "samba_ext", "auto_map"}
+
+
+# --------------------------------------------------------------------------- config ---
+def config_to_hf(cfg: SambaConfig, naming: str) -> dict[str, Any]:
+    """The config.json written for ``cfg`` (Hugging Face key names, plus the samba-ext name,
+    tokenizer and weight naming under "samba_ext")."""
+    d = cfg.to_dict()
+    out: dict[str, Any] = {"architectures": ["SambaForCausalLM"], "model_type": "samba"}
+    for ours, hf in HF_CONFIG_KEYS.items():
+        out[hf] = d[ours]
+    out["layer_types"] = [_HF_LAYER[t] for t in cfg.layer_types]
+    out["torch_dtype"] = "float32"
+    out["samba_ext"] = {"name": cfg.name, "tokenizer": cfg.tokenizer, "weight_naming": naming}
+    return out
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(_MAX_JSON + 1)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e})") from None
+    if len(raw) > _MAX_JSON:
+        raise CheckpointError(f"{path}: larger than {_MAX_JSON} bytes; not a {what}")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError:
+        raise CheckpointError(f"{path}: JSON nested too deeply") from None
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not valid UTF-8 JSON ({e})") from None
+
+
+def config_from_hf(d: Any, fname: str, overrides: dict[str, Any]) -> SambaConfig:
+    """SambaConfig from a config.json dict: Hugging Face key names (see HF_CONFIG_KEYS) or
+    samba-ext field names. Unknown keys are refused (naming them) unless informational
+    (``architectures``, ``torch_dtype``, ``*_token_id``, ...)."""
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{fname}: expected a JSON object, got {type(d).__name__}")
+    ext = d.get("samba_ext") if isinstance(d.get("samba_ext"), dict) else {}
+    ours = {f for f in SambaConfig.__dataclass_fields__}
+    hf_to_ours = {v: k for k, v in HF_CONFIG_KEYS.items()}
+    c: dict[str, Any] = {}
+    unknown = []
+    for k, v in d.items():
+        if k in _INFORMATIONAL or k.endswith("_token_id"):
+            continue
+        if k in hf_to_ours:
+            c[hf_to_ours[k]] = v
+        elif k in ours:
+            c[k] = v
+        else:
+            unknown.append(k)
+    if unknown:
+        raise CheckpointError(f"{fname}: unknown config field(s) {sorted(unknown)[:8]} (fields "
+                              "that change the architecture cannot be ignored)")
+    if isinstance(c.get("layer_types"), list):
+        inv = {v: k for k, v in _HF_LAYER.items()}
+        c["layer_types"] = [inv.get(t, t) if isinstance(t, str) else t for t in c["layer_types"]]
+    for k in ("name", "tokenizer"):
+        if k in ext and k not in c:
+            c[k] = ext[k]
+    c.setdefault("name", os.path.basename(os.path.dirname(os.path.abspath(fname))))
+    c.update(overrides)
+    try:
+        return SambaConfig.from_dict(c)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{fname}: invalid config ({e})") from None
+
+
+# -------------------------------------------------------------------------- weights ---
+def _shard_name(name: Any, index: Path) -> str:
+    if (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+\.safetensors", name)
+            or name.startswith(".")):
+        raise CheckpointError(f"{index}: weight_map names the shard {name!r:.100}; expected a "
+                              "plain *.safetensors file name inside the folder")
+    return name
+
+
+def _read_sharded(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    index = folder / INDEX
+    d = _read_json(index, "safetensors index")
+    if not isinstance(d, dict) or not isinstance(d.get("weight_map"), dict):
+        raise CheckpointError(f"{index}: expected an object with a \"weight_map\" object "
+                              "(tensor name -> shard file)")
+    wmap: dict[str, str] = {}
+    for k, v in d["weight_map"].items():
+        wmap[k] = _shard_name(v, index)
+    if not wmap:
+        raise CheckpointError(f"{index}: weight_map is empty")
+    shards: dict[str, set[str]] = {}
+    for k, v in wmap.items():
+        shards.setdefault(v, set()).add(k)
+    sd: dict[str, np.ndarray] = {}
+    meta: dict[str, str] = {}
+    total = 0
+    for shard in sorted(shards):
+        p = folder / shard
+        if not p.is_file():
+            raise CheckpointError(f"{p}: shard named by {INDEX} is missing (or not a file)")
+        tensors, m = read_safetensors(p)
+        got, want = set(tensors), shards[shard]
+        if got != want:
+            extra, missing = sorted(got - want), sorted(want - got)
+            raise CheckpointError(
+                f"{p}: holds different tensors than {INDEX} maps to it"
+                + (f"; missing {missing[:4]}" if missing else "")
+                + (f"; not in the index {extra[:4]}" if extra else ""))
+        sd.update(tensors)
+        total += sum(e["end"] - e["begin"] for e in read_safetensors_header(p)[0].values())
+        meta.update(m)
+    md = d.get("metadata", {})
+    ts = md.get("total_size") if isinstance(md, dict) else None
+    if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int) or ts != total):
+        raise CheckpointError(f"{index}: metadata.total_size is {ts!r:.40} but the shards hold "
+                              f"{total} bytes of tensors")
+    return sd, meta
+
+
+def read_folder(folder: Path, overrides: dict[str, Any]
+                ) -> tuple[SambaConfig, dict[str, np.ndarray], dict[str, str]]:
+    """(config, {lit_gpt key: float32 array}, metadata) of a checkpoint folder."""
+    cfg_path = folder / CONFIG
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{folder}: a checkpoint folder needs {CONFIG} (and "
+                              f"{SINGLE} or {INDEX}); found {sorted(os.listdir(folder))[:8]}")
+    cfg = config_from_hf(_read_json(cfg_path, "model config"), str(cfg_path), overrides)
+    if (folder / INDEX).is_file():
+        sd, meta = _read_sharded(folder)
+    elif (folder / SINGLE).is_file():
+        sd, meta = read_safetensors(folder / SINGLE)
+    else:
+        raise CheckpointError(f"{folder}: neither {SINGLE} nor {INDEX} in the folder")
+    if any(k.startswith("transformer.") for k in sd):
+        pass                                      # lit_gpt names
+    elif "model.embed_tokens.weight" in sd:
+        sd = from_hf(sd, cfg, str(folder))
+    else:
+        raise CheckpointError(f"{folder}: tensor names are neither lit_gpt ('transformer.*') "
+                              f"nor Hugging Face ('model.embed_tokens.weight', ...): "
+                              f"{sorted(sd)[:4]}")
+    return cfg, sd, meta
+
+
+# -------------------------------------------------------------------------- writing ---
+def save_pretrained(model: Any, folder: str | os.PathLike, *, naming: str = "litgpt",
+                    dtype: str = "F32", max_shard_bytes: Optional[int] = None,
+                    metadata: Optional[dict[str, str]] = None) -> Path:
+    """Write ``model`` (a :class:`~samba_ext.model.Samba`) as a checkpoint folder.
+
+    naming: "litgpt" (the keys of ``model.state_dict()``) or "hf" (docs/checkpoints.md).
+    dtype: "F32", "F16" or "BF16". max_shard_bytes: split the tensors into shards of at most
+    this many bytes (a tensor larger than that gets a shard of its own) with an index;
+    None writes one model.safetensors. metadata: str -> str, stored in every shard.
+    Returns the folder."""
+    if naming not in ("litgpt", "hf"):
+        raise ValueError(f"naming: expected 'litgpt' or 'hf', got {naming!r}")
+    if max_shard_bytes is not None and (isinstance(max_shard_bytes, bool)
+                                        or not isinstance(max_shard_bytes, int)
+                                        or max_shard_bytes < 1):
+        raise ValueError(f"max_shard_bytes: expected a positive int or None, got "
+                         f"{max_shard_bytes!r}")
+    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    sd = model.state_dict()
+    if naming == "hf":
+        sd = to_hf(sd, cfg)
+    meta = {"format": "pt"}
+    meta.update(metadata or {})
+    itemsize = 4 if dtype.upper() == "F32" else 2
+    sizes = {k: int(np.asarray(a).size) * itemsize for k, a in sd.items()}
+    groups: list[list[str]] = [[]]
+    if max_shard_bytes is not None:
+        acc = 0
+        for k in sorted(sd):
+            if groups[-1] and acc + sizes[k] > max_shard_bytes:
+                groups.append([])
+                acc = 0
+            groups[-1].append(k)
+            acc += sizes[k]
+    else:
+        groups[0] = sorted(sd)
+    old = _files_of(out)
+    if len(groups) == 1:
+        write_safetensors(out / SINGLE, {k: sd[k] for k in groups[0]}, meta, dtype=dtype)
+        new = {SINGLE}
+    else:
+        n = len(groups)
+        wmap: dict[str, str] = {}
+        for i, g in enumerate(groups, 1):
+            name = f"model-{i:05d}-of-{n:05d}.safetensors"
+            write_safetensors(out / name, {k: sd[k] for k in g}, meta, dtype=dtype)
+            wmap.update({k: name for k in g})
+        idx = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": wmap}
+        _write_json(out / INDEX, idx)
+        new = set(wmap.values()) | {INDEX}
+    _write_json(out / CONFIG, config_to_hf(cfg, naming))
+    for stale in sorted(old - new):      # files of a previous save that this one replaced
+        try:
+            (out / stale).unlink()
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with atomic_write(path) as f:
+        f.write((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
+
+
+def _files_of(folder: Path) -> set[str]:
+    """The weight files a previous save left in ``folder`` (the single file, the index and
+    the shards it names)."""
+    found = set()
+    if (folder / SINGLE).is_file():
+        found.add(SINGLE)
+    if (folder / INDEX).is_file():
+        found.add(INDEX)
+        try:
+            d = json.loads((folder / INDEX).read_text())
+            for v in d.get("weight_map", {}).values():
+                if isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_.\-]+\.safetensors", v) \
+                        and not v.startswith("."):
+                    found.add(v)
+        except (OSError, ValueError, AttributeError, RecursionError):
+            pass
+    return found

@@ -1,0 +1,237 @@
+"""CUDA attention at real sizes: the tensor-core prefill (bfloat16 / float16) and the split-KV
+decode, against float64 references computed from the same rounded inputs.
+
+Tolerances (relative Frobenius norm, cuda_util.RTOL): float16 2e-3, bfloat16 1e-2. Besides
+the final rounding of the output (norm error ~0.6 unit roundoff: 2.8e-4 for float16, 2.3e-3
+for bfloat16), the tensor-core prefill rounds the softmax probabilities to the input dtype
+before the P V product. That adds a relative error per term of at most one unit roundoff with
+independent signs, so again ~0.6 u in norm: about 4e-4 (float16) and 3.3e-3 (bfloat16)
+combined, which leaves a 3x (bfloat16) to 5x (float16) margin under RTOL. Scores and
+accumulators are float32 (~1e-6). The decode keeps the probabilities in float32.
+
+Outputs are poisoned (NaN bytes) before each kernel runs, so an unwritten element fails the
+finiteness check of assert_close. At sizes where the full float64 reference is too costly
+(L up to 32K), every row is compared against the exact float32 CUDA path run on the same
+values, and a random sample of rows (plus the first, the last and those around tile and
+window edges) against float64. Skipped cleanly without a GPU / CUDA build.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_close
+from cuda_util import RTOL, dev, host, needs_cuda, rdev, round_to
+from ref_attention import ref_swa_attention, ref_swa_decode
+
+import samba_ext
+
+HALF = ["bfloat16", "float16"]
+
+
+def cuda(f):
+    """Marks a test as needing the CUDA build and a GPU (skipped cleanly otherwise)."""
+    for mark in needs_cuda:
+        f = mark(f)
+    return f
+
+
+@pytest.fixture()
+def poison():
+    from samba_ext import cuda as _gpu
+
+    _gpu.set_poison(True)
+    yield
+    _gpu.set_poison(False)
+
+
+def ref_rows(q: np.ndarray, k: np.ndarray, v: np.ndarray, rows: np.ndarray,
+             window: int | None, scale: float | None = None) -> np.ndarray:
+    """float64 attention for the query rows `rows` only: q (Lq, H, hd), k, v (Lk, Hkv, hd)
+    (batch 1) -> (len(rows), H, hd). Same definition as ref_swa_attention, one row at a time
+    over its visible keys pos - window < j <= pos."""
+    Lq, H, hd = q.shape
+    Lk, Hkv = k.shape[0], k.shape[1]
+    G = H // Hkv
+    scale = 1.0 / np.sqrt(hd) if scale is None else scale
+    out = np.zeros((len(rows), H, hd))
+    for n, i in enumerate(rows):
+        pos = int(i) + Lk - Lq
+        lo = 0 if window is None else max(0, pos - window + 1)
+        for kvh in range(Hkv):
+            kk = k[lo:pos + 1, kvh]                       # (n_keys, hd)
+            vv = v[lo:pos + 1, kvh]
+            qq = q[i, kvh * G:(kvh + 1) * G]              # (G, hd)
+            s = scale * (qq @ kk.T)                       # (G, n_keys)
+            p = np.exp(s - s.max(axis=1, keepdims=True))
+            out[n, kvh * G:(kvh + 1) * G] = (p / p.sum(axis=1, keepdims=True)) @ vv
+    return out
+
+
+def test_ref_rows_matches_full_reference(rng):
+    # the row-wise reference used at large sizes is the plain one
+    q, k, v = (rng.standard_normal(s) for s in ((1, 50, 4, 16), (1, 70, 2, 16), (1, 70, 2, 16)))
+    full = ref_swa_attention(q, k, v, 13)
+    rows = np.array([0, 7, 31, 49])
+    np.testing.assert_allclose(ref_rows(q[0], k[0], v[0], rows, 13), full[0, rows], rtol=1e-12,
+                               atol=1e-12)
+
+
+# ------------------------------------------------------------------ prefill, full reference --
+PREFILL = [
+    pytest.param(1, 200, 200, 4, 4, 64, 64, id="hd64-w64"),
+    pytest.param(2, 300, 300, 8, 1, 128, 100, id="gqa8:1-hd128"),
+    pytest.param(1, 257, 257, 4, 2, 96, None, id="hd96-full-odd"),
+    pytest.param(1, 190, 190, 2, 1, 256, 50, id="hd256"),
+    pytest.param(1, 129, 129, 3, 3, 256, None, id="hd256-full-odd"),
+    pytest.param(1, 65, 65, 2, 1, 64, 1000, id="window-longer-than-L"),
+    pytest.param(1, 1, 1, 2, 1, 64, None, id="one-token"),
+    pytest.param(1, 77, 333, 4, 2, 128, 90, id="past-keys-odd"),
+    pytest.param(1, 3, 300, 4, 4, 64, None, id="few-queries-many-keys"),
+    pytest.param(2, 130, 130, 4, 2, 40, 33, id="hd40-padded"),
+    pytest.param(1, 100, 100, 4, 4, 200, 17, id="hd200-padded"),
+    pytest.param(1, 150, 150, 2, 2, 64, 2, id="window2"),
+]
+
+
+@cuda
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("B,Lq,Lk,H,Hkv,hd,window", PREFILL)
+def test_prefill_tensor_cores(poison, rng, dtype, B, Lq, Lk, H, Hkv, hd, window):
+    (q, dq), (k, dk), (v, dv) = (rdev(rng.standard_normal(s), dtype) for s in
+                                 ((B, Lq, H, hd), (B, Lk, Hkv, hd), (B, Lk, Hkv, hd)))
+    out = samba_ext.swa_attention(dq, dk, dv, window)
+    assert out.dtype == dtype and out.shape == (B, Lq, H, hd)
+    assert_close(host(out), ref_swa_attention(q, k, v, window), RTOL[dtype])
+
+
+@cuda
+@pytest.mark.parametrize("dtype", HALF)
+def test_prefill_scale_and_large_scores(poison, rng, dtype):
+    # a large softmax scale (peaked softmax, scores ~ +-40) and a negative one
+    B, L, H, Hkv, hd, W = 1, 150, 4, 2, 64, 70
+    (q, dq), (k, dk), (v, dv) = (rdev(rng.standard_normal(s), dtype) for s in
+                                 ((B, L, H, hd), (B, L, Hkv, hd), (B, L, Hkv, hd)))
+    for scale in (5.0, -0.3):
+        out = samba_ext.swa_attention(dq, dk, dv, W, scale)
+        assert_close(host(out), ref_swa_attention(q, k, v, W, scale), RTOL[dtype])
+
+
+@cuda
+def test_prefill_strided_heads_major(poison, rng):
+    # (B, H, L, hd) memory viewed as (B, L, H, hd): strides are multiples of 8 elements, so the
+    # tensor-core path reads the views in place
+    from cuda_util import transposed_view
+
+    B, L, H, Hkv, hd, W = 2, 140, 4, 2, 64, 50
+    q, k, v = (round_to(rng.standard_normal(s), "bfloat16") for s in
+               ((B, L, H, hd), (B, L, Hkv, hd), (B, L, Hkv, hd)))
+    views = [transposed_view(a, "bfloat16", (0, 2, 1, 3)) for a in (q, k, v)]
+    out = samba_ext.swa_attention(*views, window=W)
+    assert_close(host(out), ref_swa_attention(q, k, v, W), RTOL["bfloat16"])
+
+
+# ------------------------------------------------------------------ prefill, real sizes -----
+def _edge_rows(rng, L: int, window: int | None, n_random: int) -> np.ndarray:
+    rows = {0, 1, L - 1, L - 2}
+    for t in (63, 64, 65, 127, 128, 129):           # query tile edges (64 / 128 rows)
+        rows.update(x for x in (t, L // 2 + t) if x < L)
+    if window is not None:
+        rows.update(x for x in (window - 1, window, window + 1, window + 64) if x < L)
+    rows.update(rng.integers(0, L, n_random).tolist())
+    return np.array(sorted(rows))
+
+
+LARGE = [
+    pytest.param(32768, 32, 4, 64, 2048, id="L32K-w2048-32q4kv-hd64"),
+    pytest.param(32768, 8, 1, 128, 4096, id="L32K-w4096-gqa8:1-hd128"),
+    pytest.param(16384, 4, 4, 128, None, id="L16K-full-hd128"),
+    pytest.param(8191, 4, 2, 256, 3000, id="L8191-w3000-hd256"),
+    pytest.param(12345, 6, 2, 96, 20000, id="L12345-window-longer-hd96"),
+]
+
+
+@cuda
+@pytest.mark.parametrize("L,H,Hkv,hd,window", LARGE)
+def test_prefill_real_sizes(poison, rng, L, H, Hkv, hd, window):
+    dtype = "bfloat16"
+    q, k, v = (round_to(rng.standard_normal(s), dtype) for s in
+               ((1, L, H, hd), (1, L, Hkv, hd), (1, L, Hkv, hd)))
+    out = host(samba_ext.swa_attention(dev(q, dtype), dev(k, dtype), dev(v, dtype), window))
+    assert np.all(np.isfinite(out)), "unwritten or non-finite output"
+    # every row against the exact float32 CUDA kernel on the same values (its error is ~1e-6,
+    # so the bfloat16 tolerance applies unchanged)
+    exact = host(samba_ext.swa_attention(dev(q), dev(k), dev(v), window))
+    assert_close(out, exact, RTOL[dtype], "vs float32 path")
+    rows = _edge_rows(rng, L, window, 48)
+    ref = ref_rows(q[0], k[0], v[0], rows, window)
+    assert_close(out[0, rows], ref, RTOL[dtype], "vs float64 rows")
+
+
+# ------------------------------------------------------------------ decode ------------------
+DECODE = [
+    pytest.param(1, 32, 4, 64, 131072, [131072 + 500], [131072], id="b1-128K-full-wrapped"),
+    pytest.param(1, 32, 4, 64, 4096, [4095], [4096], id="b1-4K"),
+    pytest.param(16, 32, 4, 64, 4096, None, None, id="b16-4K-mixed-nvalid"),
+    pytest.param(2, 12, 12, 128, 32768, [40000, 7], [32768, 8], id="b2-32K-hd128-mha"),
+    pytest.param(3, 24, 2, 256, 5000, [4999, 12000, 3], [5000, 4321, 4], id="hd256-gqa12"),
+    pytest.param(2, 6, 2, 96, 777, [776, 1000], [777, 1], id="hd96-gqa3-odd"),
+    pytest.param(1, 2, 1, 64, 10, [3], [2], id="tiny"),
+]
+
+
+@cuda
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("B,H,Hkv,hd,C,pos,nvalid", DECODE)
+def test_decode_split(poison, rng, dtype, B, H, Hkv, hd, C, pos, nvalid):
+    if pos is None:
+        pos = rng.integers(0, 3 * C, B)
+        nvalid = rng.integers(1, C + 1, B)
+        nvalid[0], nvalid[1] = 1, C
+    pos, nvalid = np.array(pos), np.array(nvalid)
+    (q, dq), (kc, dk), (vc, dv) = (rdev(rng.standard_normal(s), dtype) for s in
+                                   ((B, H, hd), (B, C, Hkv, hd), (B, C, Hkv, hd)))
+    ref = ref_swa_decode(q, kc, vc, pos, nvalid)
+    out = samba_ext.swa_decode(dq, dk, dv, pos, nvalid)
+    assert out.dtype == dtype
+    assert_close(host(out), ref, RTOL[dtype])
+    from samba_ext import cuda as _gpu  # positions on the device (what a captured graph reads)
+
+    out2 = samba_ext.swa_decode(dq, dk, dv, _gpu.to_device(pos, "int32"),
+                                _gpu.to_device(nvalid, "int64"))
+    assert_close(host(out2), ref, RTOL[dtype])
+
+
+@cuda
+@pytest.mark.parametrize("dtype", HALF)
+def test_decode_ignores_invalid_slots(poison, rng, dtype):
+    # slots outside the valid range hold NaN (an unwritten cache): they must not be read
+    B, H, Hkv, hd, C = 2, 8, 2, 64, 3000
+    pos, nvalid = np.array([2100, 50]), np.array([1500, 40])
+    kc = rng.standard_normal((B, C, Hkv, hd))
+    vc = rng.standard_normal((B, C, Hkv, hd))
+    for b in range(B):
+        valid = {(int(pos[b]) - t) % C for t in range(int(nvalid[b]))}
+        bad = np.array(sorted(set(range(C)) - valid))
+        kc[b, bad] = np.nan
+        vc[b, bad] = np.nan
+    (q, dq), (kc, dk), (vc, dv) = (rdev(a, dtype) for a in
+                                   (rng.standard_normal((B, H, hd)), kc, vc))
+    out = samba_ext.swa_decode(dq, dk, dv, pos, nvalid)
+    assert_close(host(out), ref_swa_decode(q, kc, vc, pos, nvalid), RTOL[dtype])
+
+
+@cuda
+def test_decode_matches_prefill_last_row(poison, rng):
+    # bfloat16 at a real size: the decode of the last token equals the last prefill row
+    dtype, L, H, Hkv, hd, W = "bfloat16", 9000, 32, 4, 64, 2048
+    q, k, v = (round_to(rng.standard_normal(s), dtype) for s in
+               ((1, L, H, hd), (1, L, Hkv, hd), (1, L, Hkv, hd)))
+    pre = host(samba_ext.swa_attention(dev(q, dtype), dev(k, dtype), dev(v, dtype), W))
+    kc, vc = np.zeros((1, W, Hkv, hd)), np.zeros((1, W, Hkv, hd))
+    for t in range(L - W, L):
+        kc[:, t % W], vc[:, t % W] = k[:, t], v[:, t]
+    out = samba_ext.swa_decode(dev(q[:, -1], dtype), dev(kc, dtype), dev(vc, dtype),
+                               np.array([L - 1]), np.array([W]))
+    ref = ref_rows(q[0], k[0], v[0], np.array([L - 1]), W)
+    assert_close(host(out), ref, RTOL[dtype])
+    assert_close(host(out), pre[:, -1], 2 * RTOL[dtype], "decode vs prefill")

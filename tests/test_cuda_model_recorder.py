@@ -1,0 +1,224 @@
+"""Host-side logic of the CUDA decode recorder (samba_ext/backend_cuda.py), on any machine.
+
+The recorder defers a decode step's launches (to capture them into a CUDA graph) while
+index uploads run at once. Its memory handling is host logic, so these tests run it over a
+stand-in for the ``_cuda`` extension: device memory is a NumPy byte array, the allocator
+hands a freed block back to the next request of its size class first (as the CUDA
+stream-ordered pool does), kernels are NumPy versions of the copy kernel, and an access
+outside every block ever allocated raises like an illegal memory access. They guard the
+batch-size-change fault: a step that overflows the arena used to let its temporaries go back
+to the pool before its deferred launches ran, so a later index upload of the same step could
+land in a block an earlier deferred kernel still writes (wrong rows, or float bits read as
+indices). The GPU versions of these checks are in tests/test_model_cuda.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from samba_ext.cuda import runtime as _rt
+
+_BASE = 1 << 20          # first fake device address (never 0: NULL means "absent")
+_CLASS = 4096            # allocation size class: small blocks share one, so reuse happens
+
+
+class _FakeBuffer:
+    def __init__(self, cu: _FakeCu, nbytes: int, device: int = 0, stream: int = 0,
+                 keep=None) -> None:
+        self.cu = cu
+        self.nbytes = int(nbytes)
+        self.ptr = cu._malloc(self.nbytes) if nbytes else 0
+        self.stream = stream
+        self.keep = keep
+
+    def __del__(self) -> None:
+        if self.ptr:
+            self.cu._free(self.ptr, self.nbytes)
+            self.ptr = 0
+
+
+class _FakeCu:
+    """The few entry points of samba_ext._cuda that the backend's step path uses."""
+
+    def __init__(self, nbytes: int = 64 << 20) -> None:
+        self.mem = np.zeros(nbytes, dtype=np.uint8)
+        self.top = _BASE
+        self.free: dict[int, list[int]] = {}
+        self.capturing: list | None = None
+        self.graphs: dict[int, list] = {}
+        self.Buffer = lambda n, device=0, stream=0, keep=None: _FakeBuffer(
+            self, n, device, stream, keep)
+
+    # -- allocator (LIFO reuse within a size class, like a caching pool) ---------------
+    def _malloc(self, n: int) -> int:
+        cls = -(-n // _CLASS)
+        lst = self.free.get(cls)
+        if lst:
+            return lst.pop()
+        p = self.top
+        self.top += cls * _CLASS
+        assert self.top - _BASE <= self.mem.size, "fake device memory exhausted"
+        return p
+
+    def _free(self, p: int, n: int) -> None:
+        self.free.setdefault(-(-n // _CLASS), []).append(p)
+
+    def _check(self, addr: np.ndarray, item: int) -> np.ndarray:
+        a = np.asarray(addr, dtype=np.int64)
+        if a.size and (a.min() < _BASE or a.max() + item > self.top):
+            raise RuntimeError("an illegal memory access was encountered (fake device)")
+        return a - _BASE
+
+    def _view(self, code: int) -> tuple[np.ndarray, int]:
+        dt = {0: np.float32, 4: np.int64}[code]
+        return self.mem.view(dt), np.dtype(dt).itemsize
+
+    # -- runtime ------------------------------------------------------------------------
+    def device_count(self) -> int:
+        return 1
+
+    def set_device(self, i: int) -> None:
+        pass
+
+    def stream_create(self) -> int:
+        return 7
+
+    def stream_wait(self, a, b) -> None:
+        pass
+
+    def stream_sync(self, s) -> None:
+        pass
+
+    def memcpy_h2d(self, ptr: int, src: np.ndarray, stream: int) -> None:
+        b = np.asarray(src).view(np.uint8).reshape(-1)
+        off = self._check(np.array([ptr]), b.size)[0]
+        self.mem[off:off + b.size] = b
+
+    def memcpy_d2h(self, dst: np.ndarray, ptr: int, stream: int) -> None:
+        flat = dst.reshape(-1).view(np.uint8)
+        off = self._check(np.array([ptr]), flat.size)[0]
+        flat[:] = self.mem[off:off + flat.size]
+
+    def memset(self, ptr: int, value: int, n: int, stream: int) -> None:
+        if self.capturing is not None:
+            self.capturing.append((self.memset, (ptr, value, n, stream)))
+            return
+        off = self._check(np.array([ptr]), n)[0]
+        self.mem[off:off + n] = value
+
+    # -- graphs: capture records the launches, launch replays them ----------------------
+    def graph_begin(self, stream: int) -> None:
+        self.capturing = []
+
+    def graph_end(self, stream: int) -> int:
+        g, self.capturing = self.capturing, None
+        h = len(self.graphs) + 1
+        self.graphs[h] = g
+        return h
+
+    def graph_launch(self, h: int, stream: int) -> None:
+        for fn, args in self.graphs[h]:
+            fn(*args)
+
+    def graph_free(self, h: int) -> None:
+        self.graphs.pop(h, None)
+
+    # -- the strided / gather / scatter copy kernel ---------------------------------------
+    def copy(self, shape, src, sst, dst, dstt, axis, sidx, didx, batched, stream) -> None:
+        if self.capturing is not None:
+            self.capturing.append((self.copy, (shape, src, sst, dst, dstt, axis, sidx, didx,
+                                               batched, stream)))
+            return
+        shape = tuple(int(s) for s in shape)
+        if int(np.prod(shape)) == 0:
+            return
+        idx = np.indices(shape).reshape(len(shape), -1)
+        soff = np.zeros(idx.shape[1], np.int64)
+        doff = np.zeros(idx.shape[1], np.int64)
+        ax = axis if (sidx or didx) else -1
+        for d in range(len(shape)):
+            if d != ax:
+                soff += idx[d] * sst[d]
+                doff += idx[d] * dstt[d]
+        if ax >= 0:
+            key = idx[0] if batched else idx[ax]
+
+            def lookup(ref):
+                if ref is None:
+                    return idx[ax]
+                v, item = self._view(ref[1])
+                off = self._check(ref[0] + key * item, item)
+                return v[off // item]
+            soff += lookup(sidx) * sst[ax]
+            doff += lookup(didx) * dstt[ax]
+        sv, si = self._view(src[1])
+        dv, di = self._view(dst[1])
+        s_at = self._check(src[0] + soff * si, si) // si
+        d_at = self._check(dst[0] + doff * di, di) // di
+        dv[d_at] = sv[s_at].astype(dv.dtype)
+
+
+@pytest.fixture
+def fake_backend(monkeypatch):
+    from samba_ext.backend_cuda import CUDABackend
+
+    cu = _FakeCu()
+    monkeypatch.setattr(_rt, "_cuda_mod", cu)
+    monkeypatch.setattr(_rt, "_recorder", None)
+    return CUDABackend(weight_dtype="float32")
+
+
+def _step(be, table, i1, i2, i3):
+    """A decode-like step: gathers (index uploads run at once, kernels are deferred),
+    a float temporary that dies mid-step, and a gather through indices uploaded after it."""
+    be.begin_step()
+    a = be.take(table, i1, 0)            # (B, D) rows of the table
+    t = be.transpose(a)                  # (D, B) float temporary, dropped below
+    del t
+    b = be.take(a, i2, 0)                # (B, D) rows of a, permuted
+    c = be.take(table, i3, 0)            # (B, D): indices uploaded after t died
+    return be.to_numpy(be.concat([b, c], 1))
+
+
+@pytest.mark.parametrize("batches", [(1, 16, 16, 4, 16, 1), (16, 1, 16), (1, 2, 64, 64)])
+def test_steps_at_changing_batch_sizes(fake_backend, rng, batches):
+    """One backend decoding at several batch sizes in turn: every step (eager at a first or
+    larger size, captured, replayed) gives exactly the rows a NumPy gather gives."""
+    be = fake_backend
+    V, D = 20, 16384           # V < 32: the table stays float32; D makes a batch-16 step
+    host = rng.standard_normal((V, D)).astype(np.float32)   # outgrow a batch-1 arena
+    table = be.asarray(host)
+    for B in batches:
+        for _ in range(3):
+            i1 = rng.integers(0, V, B)
+            i2 = rng.permutation(B)
+            i3 = rng.integers(0, V, B)
+            got = _step(be, table, i1, i2, i3)
+            want = np.concatenate([host[i1][i2], host[i3]], 1)
+            np.testing.assert_array_equal(got, want)
+    assert be.stats["eager_steps"] >= 1 and be.stats["replays"] >= 1, be.stats
+
+
+def test_overflowing_step_holds_its_buffers_until_launched(fake_backend, rng):
+    """The first step at a larger batch overflows the arena: the buffers it allocates
+    outside the arena stay alive until its deferred launches are issued, then go back."""
+    be = fake_backend
+    host = rng.standard_normal((20, 16384)).astype(np.float32)
+    table = be.asarray(host)
+    _step(be, table, rng.integers(0, 20, 1), np.array([0]), rng.integers(0, 20, 1))
+    small = be._arena_need
+    be.begin_step()
+    rec = be._rec
+    a = be.take(table, rng.integers(0, 20, 16), 0)
+    be.take(a, rng.permutation(16), 0)
+    assert rec.overflow and rec.held, "a batch-16 step must overflow a batch-1 arena"
+    cu = _rt._cuda_mod
+    ptrs = {h.ptr for h in rec.held}
+
+    def pooled() -> set:
+        return {p for lst in cu.free.values() for p in lst}
+
+    assert not ptrs & pooled(), "a buffer of the step went back to the pool before launch"
+    be.to_numpy(a)
+    assert not rec.held and be._arena_need > small
+    assert ptrs <= pooled(), "the step's own buffers are returned once it has run"
