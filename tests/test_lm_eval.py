@@ -238,7 +238,12 @@ def test_packaging_declares_tasks_and_script():
 
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
         proj = tomllib.load(fh)
-    assert "samba_ext.integrations" in proj["tool"]["setuptools"]["packages"]
+    st = proj["tool"]["setuptools"]
+    if "packages" in st:
+        assert "samba_ext.integrations" in st["packages"]
+    else:                                     # packages.find: every samba_ext.* package
+        assert "samba_ext.*" in st["packages"]["find"]["include"]
+        assert os.path.isfile(os.path.join(ROOT, "samba_ext", "integrations", "__init__.py"))
     pats = proj["tool"]["setuptools"]["package-data"]["samba_ext"]
     shipped = {os.path.basename(f) for p in pats
                for f in glob.glob(os.path.join(ROOT, "samba_ext", p))}

@@ -124,7 +124,6 @@ def throughput(configs: Sequence[Any] = ("samba-tiny", "samba-tiny:llama"),
     if ray is not None or out is not None:    # resumable / Ray grid (samba_ext.eval.grid)
         from .grid import grid_call
         return grid_call("throughput", locals())  # type: ignore[return-value]
-    from ..config import SambaConfig
     from ..model import Samba
 
     prompt_lengths = as_int_list(list(prompt_lengths), "prompt_lengths") if prompt_lengths else []
