@@ -177,6 +177,23 @@ def test_batched_equals_unbatched(model):
             == backend.SambaLM(pretrained=model, batch_size=1).generate_until(gen, True))
 
 
+def test_logits_budget_limits_the_batch(model, monkeypatch):
+    from lm_eval.api.instance import Instance
+
+    reqs = [Instance("loglikelihood", {}, (r["context"], r["choices"][0]), i)
+            for i, r in enumerate(_rows())]
+    lm = backend.SambaLM(pretrained=model, batch_size=8)
+    calls = []
+    real = model.forward
+    monkeypatch.setattr(model, "forward", lambda x, **kw: calls.append(x.shape) or real(x, **kw))
+    lm.loglikelihood(reqs, disable_tqdm=True)
+    assert len(calls) == 1 and calls[0][0] == len(reqs)       # one batch fits the budget
+    calls.clear()
+    monkeypatch.setattr(backend, "LOGITS_BUDGET", 1)           # no batch fits: one row each
+    lm.loglikelihood(reqs, disable_tqdm=True)
+    assert [c[0] for c in calls] == [1] * len(reqs)
+
+
 def test_model_args_precedence_and_errors(model):
     # lm-eval's CLI passes --device (default cuda:0) alongside model_args: model_args win
     lm = backend.SambaLM.create_from_arg_string("pretrained=samba-tiny,device=cpu",
@@ -239,7 +256,7 @@ def test_packaging_declares_tasks_and_script():
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as fh:
         proj = tomllib.load(fh)
     st = proj["tool"]["setuptools"]
-    if "packages" in st:
+    if isinstance(st.get("packages"), list):
         assert "samba_ext.integrations" in st["packages"]
     else:                                     # packages.find: every samba_ext.* package
         assert "samba_ext.*" in st["packages"]["find"]["include"]

@@ -135,3 +135,19 @@ def test_cli_ray_option(cluster, tmp_path):
     a = json.loads((tmp_path / "local" / "results.json").read_text())
     b = json.loads((tmp_path / "ray" / "results.json").read_text())
     assert _strip(a["cells"]) == _strip(b["cells"]) and a["params"] == b["params"]
+
+
+def test_several_models_share_the_pool(cluster, tmp_path):
+    """run_grids: model x length units of two models in one Ray run; each model's result
+    equals its own serial run."""
+    from samba_ext.eval.grid import run_grids
+
+    kw = dict(lengths=[260, 280], depths=[0.0], trials=1, seed=7)
+    got = run_grids("passkey", ["samba-tiny", "llama-tiny"], out=tmp_path, ray=cluster,
+                    progress=False, **kw)
+    assert list(got) == ["samba-tiny", "llama-tiny"]
+    for name, res in got.items():
+        serial = run_grid("passkey", name, progress=False, **kw)
+        assert not res.partial and _strip(res.cells) == _strip(serial.cells)
+        assert res.model == serial.model and res.params == serial.params
+    assert got["samba-tiny"].model["hash"] != got["llama-tiny"].model["hash"]

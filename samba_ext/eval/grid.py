@@ -39,8 +39,8 @@ from typing import Any, Callable, Sequence
 from ._common import as_int_list
 from .results import _REGISTRY, EvalResult, _umask, fmt_tokens
 
-__all__ = ["Unit", "plan_units", "run_grid", "run_unit", "grid_call", "model_identity",
-           "UnitStore", "EVALS"]
+__all__ = ["Unit", "plan_units", "run_grid", "run_grids", "run_unit", "grid_call",
+           "model_identity", "UnitStore", "EVALS"]
 
 EVALS = ("passkey", "phonebook", "perplexity", "throughput")
 
@@ -410,6 +410,44 @@ def run_grid(eval_name: str, model: Any = None, *, out: str | os.PathLike | None
         kwargs.setdefault("configs", [model] if isinstance(model, str) else model)
         model = None
     units = plan_units(eval_name, model, kwargs, device=device, passkey_unit=passkey_unit)
+    outputs, unfinished, interrupted = _execute(eval_name, units, out, ray, device, progress,
+                                                resume, on_unit, ray_options)
+    return assemble(eval_name, units, outputs, kwargs, time.perf_counter() - t0, interrupted,
+                    unfinished)
+
+
+def run_grids(eval_name: str, models: Sequence[Any], **options: Any) -> dict[str, EvalResult]:
+    """Several models' grids (model x length x ...) in one run: with Ray all their units share
+    the worker pool. ``models``: names or paths (Samba objects for local runs); the other
+    arguments as :func:`run_grid`. Returns ``{str(model): result}`` in the given order."""
+    if eval_name == "throughput":
+        raise ValueError("throughput: pass the models as configs=[...] to run_grid")
+    models = list(models)
+    labels = [os.fspath(m) if isinstance(m, (str, os.PathLike)) else
+              getattr(m, "name", None) or f"model{i}" for i, m in enumerate(models)]
+    if not models or len(set(labels)) != len(labels):
+        raise ValueError(f"models: expected distinct models, got {labels}")
+    t0 = time.perf_counter()
+    keys = ("out", "ray", "device", "progress", "resume", "on_unit", "ray_options")
+    run = {k: options.pop(k) for k in keys if k in options}
+    unit_opt = options.pop("passkey_unit", "length")
+    plans = [plan_units(eval_name, m, options, device=run.get("device", "cpu"),
+                        passkey_unit=unit_opt) for m in models]
+    units = [u for p in plans for u in p]
+    outputs, unfinished, interrupted = _execute(
+        eval_name, units, run.get("out"), run.get("ray"), run.get("device", "cpu"),
+        run.get("progress", True), run.get("resume", True), run.get("on_unit"),
+        run.get("ray_options"))
+    dt = time.perf_counter() - t0
+    return {lab: assemble(eval_name, p, outputs, options, dt, interrupted, unfinished)
+            for lab, p in zip(labels, plans)}
+
+
+def _execute(eval_name: str, units: list[Unit], out: Any, ray: Any, device: str,
+             progress: bool, resume: bool, on_unit: Callable[[Unit], None] | None,
+             ray_options: dict | None) -> tuple[dict[str, dict], dict[str, dict], bool]:
+    """Run the units not already in ``out``: (outputs by key, unfinished outputs of units
+    stopped midway, interrupted)."""
     store = UnitStore(out, eval_name) if out is not None else None
     outputs: dict[str, dict] = {}
     if store is not None and resume:
@@ -420,12 +458,11 @@ def run_grid(eval_name: str, model: Any = None, *, out: str | os.PathLike | None
     todo = [u for u in units if u.key not in outputs]
     # Local runs show the evaluation's own bars (tokens, ETA, prefill) unit by unit; Ray runs
     # one bar over all units with the cluster's tokens/s.
-    distributed = todo and ray is not None and ray is not False
-    unit_progress = bool(progress and not distributed)
-    bar = _Bar(progress and bool(distributed), units, len(outputs), desc=f"{eval_name} grid")
+    distributed = bool(todo) and ray is not None and ray is not False
+    bar = _Bar(progress and distributed, units, len(outputs), desc=f"{eval_name} grid")
     if outputs and progress:
         print(f"{eval_name}: resuming, {len(outputs)} of {len(units)} cells already in "
-                  f"{store.dir if store else ''}", file=sys.stderr)
+              f"{store.dir if store else ''}", file=sys.stderr)
 
     def finished(u: Unit, o: dict) -> None:
         outputs[u.key] = o
@@ -436,20 +473,19 @@ def run_grid(eval_name: str, model: Any = None, *, out: str | os.PathLike | None
     interrupted = False
     unfinished: dict[str, dict] = {}
     try:
-        if todo and ray is not None and ray is not False:
+        if distributed:
             interrupted = _run_ray(todo, ray, device, finished, bar, on_unit,
                                    ray_options or {})
         elif todo:
-            interrupted = _run_local(todo, model, device, finished, on_unit, unfinished,
-                                     unit_progress)
+            interrupted = _run_local(todo, device, finished, on_unit, unfinished,
+                                     bool(progress))
     finally:
         bar.close()
     if interrupted and progress:
         print(f"{eval_name}: interrupted; {len(outputs)} of {len(units)} cells are done"
               + (f" and kept in {store.dir} (run the same command again to finish)"
                  if store is not None else ""), file=sys.stderr, flush=True)
-    return assemble(eval_name, units, outputs, kwargs, time.perf_counter() - t0, interrupted,
-                    unfinished)
+    return outputs, unfinished, interrupted
 
 
 def _run_ray(*args: Any) -> bool:
@@ -481,20 +517,25 @@ def grid_call(eval_name: str, args: dict) -> EvalResult:
                     device=kw.pop("device", "cpu"), progress=kw.pop("progress", True), **kw)
 
 
-def _run_local(todo: Sequence[Unit], model: Any, device: str,
-               finished: Callable[[Unit, dict], None],
+def _run_local(todo: Sequence[Unit], device: str, finished: Callable[[Unit, dict], None],
                on_unit: Callable[[Unit], None] | None, unfinished: dict[str, dict],
                progress: bool = False) -> bool:
-    """Units one after another in this process; True when Ctrl-C stopped the run (the
-    stopped unit's finished cells go to ``unfinished``)."""
-    loaded = None
-    if todo[0].eval_name != "throughput":
-        loaded = load_unit_model(model, device, int(todo[0].kwargs.get("seed", 0) or 0))
+    """Units one after another in this process, each model loaded once; True when Ctrl-C
+    stopped the run (the stopped unit's finished cells go to ``unfinished``)."""
+    loaded: dict[Any, Any] = {}
     for u in todo:
+        model = None
+        if u.eval_name != "throughput":
+            seed = int(u.kwargs.get("seed", 0) or 0)
+            k = (u.model if isinstance(u.model, (str, os.PathLike, type(None))) else id(u.model),
+                 seed)
+            if k not in loaded:
+                loaded[k] = load_unit_model(u.model, device, seed)
+            model = loaded[k]
         try:
             if on_unit is not None:
                 on_unit(u)
-            out = run_unit(u, loaded, device, progress)
+            out = run_unit(u, model, device, progress)
         except KeyboardInterrupt:
             return True
         except Interrupted as e:

@@ -46,6 +46,8 @@ __all__ = ["SambaLM", "MODEL_NAME", "register"]
 
 MODEL_NAME = "samba-ext"
 DEFAULT_MAX_GEN_TOKS = 256
+#: Bytes of float32 logits (batch x padded length x vocab) one loglikelihood batch may hold.
+LOGITS_BUDGET = 1 << 28
 
 
 def _as_int(value: Any, name: str, minimum: int = 1) -> int:
@@ -189,7 +191,9 @@ class SambaLM(LM):
         i = 0
         while i < len(order):
             L = len(pairs[order[i]][0]) + len(pairs[order[i]][1])
-            take = max(1, min(self.batch_size, self.max_batch_tokens // max(1, L)))
+            V = int(self.model.config.vocab_size)
+            take = max(1, min(self.batch_size, self.max_batch_tokens // max(1, L),
+                              LOGITS_BUDGET // max(1, 4 * L * V)))
             group = order[i:i + take]
             for j, r in zip(group, self._score_batch([pairs[j] for j in group])):
                 results[j] = r
