@@ -4,9 +4,9 @@
 # small prefill and decode call) and benchmarks/gpu_attention.py; print a short table.
 #
 # Usage (from the repository root):  bash benchmarks/cuda_attention_run.sh [steps]
-#   steps: comma-separated subset of build,tests,memcheck,racecheck,bench,bench8 (default: the
-#   first five; bench8 re-times the prefill with 8 warps per block, SAMBA_EXT_ATTN_WARPS=8,
-#   without peers, and appends it to bench.log)
+#   steps: comma-separated subset of build,tests,memcheck,racecheck,bench,bench16,bench32
+#   (default: the first five; bench16 / bench32 re-time the prefill with 16 / 32 rows per warp
+#   everywhere, SAMBA_EXT_ATTN_ROWS, without peers, and append it to bench.log)
 # Environment: OUT (log folder, default ./out), SAMBA_EXT_CUDA_ARCHS (default 90),
 #   BENCH_ARGS (extra arguments for gpu_attention.py), GIT_COMMIT (recorded in the logs),
 #   SAN_TIMEOUT (seconds per sanitizer run, default 240), BENCH_TIMEOUT (default 330; the
@@ -100,12 +100,14 @@ if has bench; then
     row bench "$([ $rc = 0 ] && echo ok || echo "rc=$rc")" "$(( $(date +%s) - t0 )) s"
     [ $rc = 0 ] || tail -30 "$OUT/bench.log"
 fi
-if has bench8; then
-    echo "== SAMBA_EXT_ATTN_WARPS=8 ==" >> "$OUT/bench.log"
-    SAMBA_EXT_ATTN_WARPS=8 $PY benchmarks/gpu_attention.py --out /tmp/bench8 --quick --no-flex \
-        --prefill-only >> "$OUT/bench.log" 2>&1
-    echo "8 warps (prefill, no peers):"; grep -E "^\| (swa|causal)" /tmp/bench8/gpu_attention.md
-fi
+for rows in 16 32; do
+    has "bench$rows" || continue
+    echo "== SAMBA_EXT_ATTN_ROWS=$rows ==" >> "$OUT/bench.log"
+    SAMBA_EXT_ATTN_ROWS=$rows $PY benchmarks/gpu_attention.py --out "/tmp/bench$rows" --quick \
+        --no-flex --prefill-only >> "$OUT/bench.log" 2>&1
+    echo "$rows rows per warp (prefill, no peers):"
+    grep -E "^\| (swa|causal) " "/tmp/bench$rows/gpu_attention.md"
+done
 echo
 [ -f "$OUT/gpu_attention.md" ] && sed -n '5,100p' "$OUT/gpu_attention.md"
 exit 0

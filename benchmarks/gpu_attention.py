@@ -261,9 +261,11 @@ def targets(rows: list[dict]) -> list[str]:
 
 def render(meta: dict, rows: list[dict], peers: list[str]) -> list[str]:
     """The markdown report of one run."""
+    knob = (f"SAMBA_EXT_ATTN_ROWS={meta['attn_rows']}" if "attn_rows" in meta else
+            f"SAMBA_EXT_ATTN_WARPS={meta.get('attn_warps', '4')}")
     return ["# GPU attention: samba_ext vs FlexAttention and SDPA", "",
             f"{meta['date']}, commit {meta['commit']}, {meta['device']}, torch {meta['torch']}, "
-            f"command `{meta['command']}` (SAMBA_EXT_ATTN_WARPS={meta['attn_warps']}).", "",
+            f"command `{meta['command']}` ({knob}).", "",
             "bf16, batch 1; times are medians of CUDA-event timings after warm-up; TFLOP/s "
             "count 4 * hd * H FLOPs per (query, key) pair inside the window.", "",
             *table(rows, peers), "", *decode_table(rows, meta["copy_bandwidth"]), "",
@@ -277,6 +279,19 @@ def write_atomic(path: str, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def _args_without_out(argv: list[str]) -> list[str]:
+    """The command-line arguments minus --out DIR (a machine path, not part of the method)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--out":
+            skip = True
+        elif not a.startswith("--out="):
+            out.append(a)
+    return out
 
 
 def main() -> int:
@@ -311,7 +326,7 @@ def main() -> int:
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "commit": commit, "device": torch.cuda.get_device_name(),
             "torch": torch.__version__, "command": "python3 benchmarks/gpu_attention.py " +
-            " ".join(a for a in sys.argv[1:] if a != args.out), "attn_warps": os.environ.get("SAMBA_EXT_ATTN_WARPS", "4"),
+            " ".join(_args_without_out(sys.argv[1:])), "attn_rows": os.environ.get("SAMBA_EXT_ATTN_ROWS", "default"),
             "copy_bandwidth": copy_bandwidth()}
     rows: list[dict] = []
 

@@ -154,6 +154,97 @@ samba_status samba_rotary_fwd(int64_t batch, int64_t seqlen, int64_t nheads, int
 samba_status samba_swiglu_fwd(int64_t n, const float *gate, const float *up, float *y,
                               const samba_ctx *ctx);
 
+/* ------------------------------------------------------------------------------------ */
+/* Backward passes (fp32 in, fp32 accumulate).  *_bwd.c                                  */
+/* ------------------------------------------------------------------------------------ */
+/*
+ * Selective scan backward (scan_bwd.c).  The forward's arguments (as in samba_scan_args)
+ * plus dout (B, D, L) = dL/dy and dfinal_state (B, D, N) = dL/d(final state) or NULL.
+ * Outputs (all overwritten): du, ddelta (B, D, L); dA (D, N); dB, dC (B, G, N, L);
+ * dD (D) (required when D != NULL); dz (B, D, L) (used when z != NULL, may be NULL);
+ * ddelta_bias (D) (required when delta_bias != NULL); dinitial_state (B, D, N) or NULL
+ * (the gradient of the initial state, zeros-as-input when initial_state is NULL).
+ */
+typedef struct samba_scan_bwd_args {
+    int64_t batch, dim, dstate, seqlen, ngroups;
+    const float *u, *delta, *A, *B, *C, *D, *z, *delta_bias;
+    int delta_softplus;
+    const float *initial_state; /* (B, D, N) or NULL */
+    const float *dout;          /* (B, D, L) */
+    const float *dfinal_state;  /* (B, D, N) or NULL */
+    float *du, *ddelta, *dA, *dB, *dC, *dD, *dz, *ddelta_bias, *dinitial_state;
+} samba_scan_bwd_args;
+
+samba_status samba_scan_bwd(const samba_scan_bwd_args *a, const samba_ctx *ctx);
+
+/*
+ * Causal conv1d backward (conv1d_bwd.c).  Forward arguments as in samba_conv1d_fwd plus
+ * dy (B, D, L) and dfinal_states (B, D, W-1) or NULL.  Outputs (overwritten): dx (B, D, L),
+ * dweight (D, W), dbias (D) (required when bias != NULL), dinitial_states (B, D, W-1) or
+ * NULL (gradient of the initial states; zeros-as-input when initial_states is NULL).
+ */
+typedef struct samba_conv1d_bwd_args {
+    int64_t batch, dim, seqlen, width;
+    const float *x, *weight, *bias, *initial_states;
+    int silu;
+    const float *dy, *dfinal_states;
+    float *dx, *dweight, *dbias, *dinitial_states;
+} samba_conv1d_bwd_args;
+
+samba_status samba_conv1d_bwd(const samba_conv1d_bwd_args *a, const samba_ctx *ctx);
+
+/*
+ * RMSNorm (+ residual) backward (norm_bwd.c).  x, residual (rows, n) (residual may be NULL),
+ * weight (n), eps as in the forward; dy (rows, n) = dL/dy; dresidual_out (rows, n) or NULL =
+ * dL/d(x + residual).  Outputs: dx (rows, n), dresidual (rows, n) or NULL (equal to dx),
+ * dweight (n) (overwritten).
+ */
+typedef struct samba_rmsnorm_bwd_args {
+    int64_t rows, n;
+    const float *x, *residual, *weight;
+    float eps;
+    const float *dy, *dresidual_out;
+    float *dx, *dresidual, *dweight;
+} samba_rmsnorm_bwd_args;
+
+samba_status samba_rmsnorm_bwd(const samba_rmsnorm_bwd_args *a, const samba_ctx *ctx);
+
+/* SwiGLU backward (swiglu_bwd.c): gate, up, dy (n) -> dgate, dup (n). */
+samba_status samba_swiglu_bwd(int64_t n, const float *gate, const float *up, const float *dy,
+                              float *dgate, float *dup, const samba_ctx *ctx);
+
+/* Rotary backward (rotary_bwd.c): dy (B, L, H, hd), positions (B, L) as in the forward ->
+ * dx (B, L, H, hd) (may alias dy). */
+samba_status samba_rotary_bwd(int64_t batch, int64_t seqlen, int64_t nheads, int64_t headdim,
+                              const float *dy, const int64_t *positions, double base,
+                              float *dx, const samba_ctx *ctx);
+
+/*
+ * Attention with a two-sided window, GQA and softcap (attention_bwd.c): a forward that also
+ * returns the log-sum-exp, and the FlashAttention-2-style backward that uses it.
+ * q, out, dout, dq (B, Lq, H, hd); k, v, dk, dv (B, Lk, Hkv, hd), H % Hkv == 0; lse (B, H, Lq).
+ * Query i sits at key position p = i + Lk - Lq and sees keys j with
+ * (window_left < 0 or j >= p - window_left) and (window_right < 0 or j <= p + window_right)
+ * (causal: window_right = 0; samba_attn_fwd's window W: window_left = W - 1).
+ * Scores s = scale q.k, then s = softcap tanh(s / softcap) when softcap > 0.  A query that
+ * sees no key gets out = 0, lse = -inf.
+ * samba_attn_fwd_lse: q, k, v -> out, lse (lse may be NULL).
+ * samba_attn_bwd: q, k, v, out, lse, dout -> dq, dk, dv.
+ */
+typedef struct samba_attn_ext_args {
+    int64_t batch, seqlen_q, seqlen_k, nheads, nheads_kv, headdim;
+    int64_t window_left, window_right; /* < 0: unbounded on that side */
+    float softmax_scale, softcap;      /* softcap 0: none (negative: SAMBA_ERR_ARG) */
+    const float *q, *k, *v;
+    float *out; /* written by the forward, read by the backward */
+    float *lse; /* idem */
+    const float *dout;
+    float *dq, *dk, *dv;
+} samba_attn_ext_args;
+
+samba_status samba_attn_fwd_lse(const samba_attn_ext_args *a, const samba_ctx *ctx);
+samba_status samba_attn_bwd(const samba_attn_ext_args *a, const samba_ctx *ctx);
+
 #ifdef __cplusplus
 }
 #endif

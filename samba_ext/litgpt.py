@@ -80,9 +80,13 @@ def _make_rebuild(fh: Any, fname: str, budget: TensorBudget, storages: dict):
             numel *= s
         it = storage.dtype.itemsize
         if numel == 0:
-            if any(s >= 2**31 for s in size):
-                raise CheckpointError(f"tensor: empty tensor with a huge size {size}")
-            out = np.zeros(size, dtype=native)
+            try:
+                if any(s >= 2**31 for s in size):
+                    raise ValueError("a dimension >= 2**31")
+                out = np.zeros(size, dtype=native)
+            except ValueError as err:   # numpy: "array is too big" even with a 0 dim
+                raise CheckpointError(f"tensor: empty tensor with a huge size {size} "
+                                      f"({err})") from None
         else:
             last = off + sum((sz - 1) * st for sz, st in zip(size, stride))
             if last >= storage.numel:

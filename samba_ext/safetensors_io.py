@@ -210,10 +210,13 @@ def read_safetensors(path: str | os.PathLike, names: Optional[Iterable[str]] = N
             e = entries[name]
             sdt = _DTYPES[e["dtype"]]
             if e["end"] == e["begin"]:
-                if any(s >= 2**31 for s in e["shape"]):
+                try:
+                    if any(s >= 2**31 for s in e["shape"]):
+                        raise ValueError("a dimension >= 2**31")
+                    a = np.zeros(e["shape"], dtype=sdt)
+                except ValueError as err:   # numpy: "array is too big" even with a 0 dim
                     raise CheckpointError(f"{fname}: tensor {name!r}: empty tensor with a huge "
-                                          f"shape {list(e['shape'])}")
-                a = np.zeros(e["shape"], dtype=sdt)
+                                          f"shape {list(e['shape'])} ({err})") from None
             else:
                 raw = fileread.read_bytes(fh, start + e["begin"], e["end"] - e["begin"], fname,
                                           f"tensor {name!r}")

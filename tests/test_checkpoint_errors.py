@@ -91,6 +91,17 @@ CASES = ["1d_A_log", "1d_dt_proj", "zero_width_embedding", "nested_json_config",
          "huge_zero_element_shape"]
 
 
+@pytest.mark.parametrize("shape", [[0, 2**62], [0, 2**30, 2**30, 2**30], [2**31, 0]])
+def test_huge_empty_shape_raw_reader(tmp_path, shape):
+    """read_safetensors itself (not only Samba.load) answers CheckpointError."""
+    p = tmp_path / "e.safetensors"
+    hb = json.dumps({"e": {"dtype": "F32", "shape": shape, "data_offsets": [0, 0]}}).encode()
+    hb += b" " * (-len(hb) % 8)
+    p.write_bytes(len(hb).to_bytes(8, "little") + hb)
+    with pytest.raises(CheckpointError, match=r"e\.safetensors: tensor 'e': empty tensor"):
+        read_safetensors(p)
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_malformed_checkpoint_is_a_checkpoint_error(tmp_path, case):
     path, field = _malformed(tmp_path)[case]

@@ -7,7 +7,8 @@ for bfloat16), the tensor-core prefill rounds the softmax probabilities to the i
 before the P V product. That adds a relative error per term of at most one unit roundoff with
 independent signs, so again ~0.6 u in norm: about 4e-4 (float16) and 3.3e-3 (bfloat16)
 combined, which leaves a 3x (bfloat16) to 5x (float16) margin under RTOL. Scores and
-accumulators are float32 (~1e-6). The decode keeps the probabilities in float32.
+accumulators are float32 (~1e-6). The split-KV decode runs on the tensor cores the same way
+(probabilities rounded to the dtype), so the same bound applies.
 
 Outputs are poisoned (NaN bytes) before each kernel runs, so an unwritten element fails the
 finiteness check of assert_close. At sizes where the full float64 reference is too costly
@@ -176,6 +177,8 @@ DECODE = [
     pytest.param(3, 24, 2, 256, 5000, [4999, 12000, 3], [5000, 4321, 4], id="hd256-gqa12"),
     pytest.param(2, 6, 2, 96, 777, [776, 1000], [777, 1], id="hd96-gqa3-odd"),
     pytest.param(1, 2, 1, 64, 10, [3], [2], id="tiny"),
+    pytest.param(2, 4, 2, 40, 300, [299, 5], [300, 6], id="hd40-padded"),
+    pytest.param(1, 16, 1, 128, 2000, [1999], [1999], id="gqa16-two-head-groups"),
 ]
 
 

@@ -298,3 +298,18 @@ def test_cli_accepts_a_checkpoint_folder(tmp_path, model):
     r = cli("info", "--model", str(tmp_path / "empty"))
     assert r.returncode == 2 and "config.json" in r.stderr and "Traceback" not in r.stderr, \
         r.stderr[-2000:]
+
+
+def test_explicit_config_and_odd_files(tmp_path, model):
+    """config= replaces config.json (even a broken one); a FIFO or a duplicate key in
+    config.json is refused without hanging."""
+    d = H.save_pretrained(model, tmp_path / "m")
+    (d / "config.json").write_text("{broken")
+    _same(model, Samba.load(d, config=model.config))
+    (d / "config.json").write_text('{"hidden_size": 64, "hidden_size": 32}')
+    with pytest.raises(CheckpointError, match="duplicate key 'hidden_size'"):
+        Samba.load(d)
+    (d / "config.json").unlink()
+    os.mkfifo(d / "config.json")
+    with pytest.raises(CheckpointError, match="config.json"):
+        Samba.load(d)

@@ -1,29 +1,37 @@
 // attention_decode.cu - split-KV ("flash-decoding") attention of one new query per sequence
-// over a ring-buffer KV cache, for bfloat16 / float16.
+// over a ring-buffer KV cache, for bfloat16 / float16, on the tensor cores.
 //
-// Decode reads the whole visible cache once and does ~2 FLOP per byte: it is bound by memory
-// bandwidth, and batch 1 with a long cache has only B x Hkv (key, value) streams. So the
-// visible range (recency index r = 0 .. n_valid-1, slot (pos - r) mod C) is cut into nsplit
-// chunks of `chunk` keys, and one block handles one (chunk, kv head, batch):
-//   * the block's GB query heads share the kv head (GQA): each K/V row is loaded once, with
-//     16-byte loads, and used for all GB heads;
-//   * TPK threads (hd / 8 rounded up to a power of two) hold one key's row, 8 dims each;
-//     128 / TPK keys are in flight per block step, DEC_U steps are loaded before use;
-//   * each thread keeps a float32 online softmax (max m, sum l, partial output) per head,
-//     the key groups of the block are merged through shared memory;
-//   * nsplit == 1: the block writes the normalised output; else it writes its (m, l,
-//     unnormalised output) to a float32 workspace, and decode_combine_kernel merges the
-//     nsplit partial states of each (batch, head).
+// Decode reads the whole visible cache once and does ~2 FLOP per byte per query head: it is
+// bound by memory bandwidth, and batch 1 with a long cache has only B x Hkv (key, value)
+// streams. So the visible range (recency index r = 0 .. n_valid-1, slot (pos - r) mod C) is
+// cut into nsplit chunks of `chunk` keys, and one block handles one (chunk, kv head, batch):
+//   * K/V tiles of 64 keys stream through shared memory with cp.async, STAGES - 1 tiles in
+//     flight while one is computed (row addresses follow the ring buffer, 16-byte chunks);
+//   * the block's (up to) 8 query heads sharing the kv head are the N = 8 side of
+//     mma.sync m16n8k16, so a K/V row is read once for all of them and the G x hd
+//     multiply-adds per row run on the tensor cores instead of the CUDA cores:
+//       S^T (16 keys x 8 heads) = K (16 x hd) Q^T         K from ldmatrix, Q^T from ldmatrix
+//       O^T (hd x 8 heads)     += V^T (hd x 16) P^T        V^T from ldmatrix.trans, P^T from
+//                                                          the S^T accumulators via movmatrix
+//     each warp takes 16 keys of a tile and keeps a float32 online softmax per head; the
+//     probabilities are rounded to the input dtype for the P V product (as in the prefill);
+//   * the 4 warps are merged through shared memory; nsplit == 1: the block writes the
+//     normalised output; else its (m, l, unnormalised output) go to a float32 workspace and
+//     decode_combine_kernel merges the nsplit partial states of each (batch, head).
 // n_valid and pos are read on the device (a captured graph needs no change between steps), so
-// nsplit is chosen from the capacity C and chunks past n_valid produce empty states. The
-// workspace is allocated stream-ordered from the device's memory pool (samba_cu_malloc) and
-// freed after the combine, so concurrent streams and graph capture are safe.
+// nsplit is chosen from the capacity C and chunks past n_valid produce empty states. Slots
+// outside the valid range are never read. The workspace is allocated stream-ordered from the
+// device's memory pool (samba_cu_malloc) and freed after the combine, so concurrent streams and
+// graph capture are safe.
 #include "attention_impl.cuh"
+#include "mma_ptx.cuh"
 
 namespace {
+using namespace samba_ptx;
 
-constexpr int DEC_THREADS = 128;
-constexpr int DEC_U = 4;  // key rows loaded per thread before they are used
+constexpr int DEC_THREADS = 128;  // 4 warps
+constexpr int DEC_BT = 64;        // keys per tile (16 per warp)
+constexpr int DEC_GB = 8;         // query heads per block (the mma N side)
 constexpr int DEC_MAX_SPLIT = 1024;
 
 struct DecArgs {
@@ -37,25 +45,16 @@ struct DecArgs {
     float *ws_o, *ws_ml;  // (B, H, nsplit, hd) and (B, H, nsplit, 2)
 };
 
-template <typename T> __device__ __forceinline__ void unpack8(const uint4 &v, float (&f)[8]);
-template <> __device__ __forceinline__ void unpack8<__nv_bfloat16>(const uint4 &v, float (&f)[8]) {
-    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&v);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const float2 x = __bfloat1622float2(h[i]);
-        f[2 * i] = x.x;
-        f[2 * i + 1] = x.y;
-    }
-}
-template <> __device__ __forceinline__ void unpack8<__half>(const uint4 &v, float (&f)[8]) {
-    const __half2 *h = reinterpret_cast<const __half2 *>(&v);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const float2 x = __half22float2(h[i]);
-        f[2 * i] = x.x;
-        f[2 * i + 1] = x.y;
-    }
-}
+template <int D_> struct DCfg {
+    static constexpr int D = D_;                                   // template head dim (>= hd)
+    static constexpr int LD = D + 8;                               // padded smem row
+    static constexpr int STAGES = D <= 64 ? 4 : (D <= 128 ? 3 : 2);
+    static constexpr int KSTEPS = D / 16;
+    static constexpr size_t SMEM = (size_t)(DEC_GB + 2 * STAGES * DEC_BT) * LD * 2;
+    static_assert(KSTEPS % 2 == 0, "two k-steps per ldmatrix.x4");
+    // the merge scratch (4 warps x 8 heads x D floats) reuses the K stages
+    static_assert(4 * DEC_GB * D * 4 <= STAGES * DEC_BT * LD * 2, "merge scratch");
+};
 
 template <typename T> __device__ __forceinline__ T from_f(float x);
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
@@ -63,22 +62,24 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 }
 template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
 
-template <typename T, int TPK, int GB>
-__global__ void __launch_bounds__(DEC_THREADS) decode_split_kernel(DecArgs a) {
-    constexpr int KPB = DEC_THREADS / TPK;  // keys per block step
-    constexpr int DW = TPK * 8;             // dims covered by a key group (>= hd)
-    __shared__ float sm_m[KPB][GB], sm_l[KPB][GB];
-    __shared__ float sm_o[KPB][GB][DW];
+template <typename T, class C>
+__global__ void __launch_bounds__(DEC_THREADS) decode_tc_kernel(DecArgs a) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T *sQ = reinterpret_cast<T *>(smem_raw);        // [8][LD]
+    T *sK = sQ + DEC_GB * C::LD;                    // [STAGES][BT][LD]
+    T *sV = sK + C::STAGES * DEC_BT * C::LD;        // [STAGES][BT][LD]
+    __shared__ float sm_m[4][DEC_GB], sm_l[4][DEC_GB];
 
     const int split = blockIdx.x;
     const int64_t b = blockIdx.z;
     const int64_t hkv = blockIdx.y / a.ngroups;
     const int hgrp = blockIdx.y % a.ngroups;
     const int G = (int)(a.nheads / a.nheads_kv);
-    const int64_t h0 = hkv * G + (int64_t)hgrp * GB;  // first query head of this block
-    const int nh = min(GB, G - hgrp * GB);
-    const int kg = threadIdx.x / TPK, ti = threadIdx.x % TPK;
-    const bool dim_ok = ti * 8 < a.hd;
+    const int64_t h0 = hkv * G + (int64_t)hgrp * DEC_GB;  // first query head of this block
+    const int nh = min(DEC_GB, G - hgrp * DEC_GB);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, tq = lane & 3;
+    constexpr int CH = C::D / 8;  // 16-byte chunks per row
 
     int64_t nv = ldi(a.n_valid.ptr, a.n_valid.dtype, b);
     nv = nv < 0 ? 0 : (nv > a.C ? a.C : nv);
@@ -86,118 +87,154 @@ __global__ void __launch_bounds__(DEC_THREADS) decode_split_kernel(DecArgs a) {
     const int64_t newest = ((p % a.C) + a.C) % a.C;
     const int64_t r_begin = split * a.chunk;
     const int64_t r_end = r_begin + a.chunk < nv ? r_begin + a.chunk : nv;
+    const int ntiles = r_end > r_begin ? (int)((r_end - r_begin + DEC_BT - 1) / DEC_BT) : 0;
 
-    float qv[GB][8], o[GB][8], m[GB], l[GB];
-#pragma unroll
-    for (int j = 0; j < GB; ++j) {
-        float f[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        if (j < nh && dim_ok) {
-            const uint4 raw = *reinterpret_cast<const uint4 *>(
-                (const T *)a.q + (b * a.nheads + h0 + j) * a.hd + ti * 8);
-            unpack8<T>(raw, f);
-        }
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            qv[j][i] = f[i] * a.sl;
-            o[j][i] = 0.0f;
-        }
-        m[j] = -INFINITY;
-        l[j] = 0.0f;
+    // the block's query rows (heads h0 .. h0 + nh - 1); other rows and columns zero
+    const T *qg = (const T *)a.q + (b * a.nheads + h0) * a.hd;
+    for (int i = threadIdx.x; i < DEC_GB * CH; i += DEC_THREADS) {
+        const int r = i / CH, c = i % CH;
+        const bool ok = r < nh && c * 8 < a.hd;
+        cp_async16(sQ + r * C::LD + c * 8, ok ? qg + r * a.hd + c * 8 : qg, ok);
     }
-
-    const T *kbase = (const T *)a.k + (b * a.C * a.nheads_kv + hkv) * a.hd + ti * 8;
-    const T *vbase = (const T *)a.v + (b * a.C * a.nheads_kv + hkv) * a.hd + ti * 8;
+    const T *kg = (const T *)a.k + (b * a.C * a.nheads_kv + hkv) * a.hd;
+    const T *vg = (const T *)a.v + (b * a.C * a.nheads_kv + hkv) * a.hd;
     const int64_t row = a.nheads_kv * a.hd;  // elements between slots
-    // the loop bounds are the same for every thread (the shuffles below need the whole warp)
-    for (int64_t base = r_begin; base < r_end; base += KPB * DEC_U) {
-        uint4 kr[DEC_U], vr[DEC_U];
-        bool valid[DEC_U];
-#pragma unroll
-        for (int u = 0; u < DEC_U; ++u) {
-            const int64_t r = base + u * KPB + kg;
-            valid[u] = r < r_end;
-            int64_t slot = newest - r;
+    auto load_tile = [&](int tile, int stage) {
+        const int64_t r0 = r_begin + (int64_t)tile * DEC_BT;
+        T *ks = sK + stage * DEC_BT * C::LD, *vs = sV + stage * DEC_BT * C::LD;
+        for (int i = threadIdx.x; i < DEC_BT * CH; i += DEC_THREADS) {
+            const int r = i / CH, c = i % CH;
+            const bool ok = r0 + r < r_end && c * 8 < a.hd;
+            int64_t slot = newest - (r0 + r);
             if (slot < 0) slot += a.C;
-            if (valid[u] && dim_ok) {
-                kr[u] = *reinterpret_cast<const uint4 *>(kbase + slot * row);
-                vr[u] = *reinterpret_cast<const uint4 *>(vbase + slot * row);
-            } else {
-                kr[u] = make_uint4(0, 0, 0, 0);
-                vr[u] = make_uint4(0, 0, 0, 0);
-            }
+            const int64_t off = ok ? slot * row + c * 8 : 0;
+            cp_async16(ks + r * C::LD + c * 8, kg + off, ok);
+            cp_async16(vs + r * C::LD + c * 8, vg + off, ok);
         }
-        float sc[DEC_U][GB];
+    };
 #pragma unroll
-        for (int u = 0; u < DEC_U; ++u) {
-            float kf[8];
-            unpack8<T>(kr[u], kf);
-#pragma unroll
-            for (int j = 0; j < GB; ++j) {
-                float d = 0.0f;
-#pragma unroll
-                for (int i = 0; i < 8; ++i) d = fmaf(qv[j][i], kf[i], d);
-                sc[u][j] = d;
-            }
-        }
-#pragma unroll
-        for (int off = TPK / 2; off > 0; off >>= 1) {
-#pragma unroll
-            for (int u = 0; u < DEC_U; ++u)
-#pragma unroll
-                for (int j = 0; j < GB; ++j) sc[u][j] += __shfl_xor_sync(0xffffffffu, sc[u][j], off);
-        }
-        float vf[DEC_U][8];
-#pragma unroll
-        for (int u = 0; u < DEC_U; ++u) unpack8<T>(vr[u], vf[u]);
-#pragma unroll
-        for (int j = 0; j < GB; ++j) {
-            float mx = -INFINITY;
-#pragma unroll
-            for (int u = 0; u < DEC_U; ++u)
-                if (valid[u]) mx = fmaxf(mx, sc[u][j]);
-            const float mnew = fmaxf(m[j], mx);
-            const float mref = mnew == -INFINITY ? 0.0f : mnew;
-            const float corr = fast_exp2(m[j] - mref);
-            m[j] = mnew;
-            float pu[DEC_U], ps = 0.0f;
-#pragma unroll
-            for (int u = 0; u < DEC_U; ++u) {
-                pu[u] = valid[u] ? fast_exp2(sc[u][j] - mref) : 0.0f;
-                ps += pu[u];
-            }
-            l[j] = l[j] * corr + ps;
-#pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                float acc = o[j][i] * corr;
-#pragma unroll
-                for (int u = 0; u < DEC_U; ++u) acc = fmaf(pu[u], vf[u][i], acc);
-                o[j][i] = acc;
-            }
-        }
+    for (int st = 0; st < C::STAGES - 1; ++st) {
+        if (st < ntiles) load_tile(st, st);
+        cp_async_commit();  // (possibly empty) group st; group 0 also holds Q
     }
 
-    // merge the KPB key groups of the block
+    float o[C::KSTEPS][4];  // O^T m-tiles: (dims mt*16 + g (+8), heads 2tq, 2tq+1)
 #pragma unroll
-    for (int j = 0; j < GB; ++j) {
-        if (ti == 0) {
-            sm_m[kg][j] = m[j];
-            sm_l[kg][j] = l[j];
+    for (int i = 0; i < C::KSTEPS; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // heads 2tq, 2tq + 1
+    uint32_t qb[C::KSTEPS][2];                                  // Q^T B fragments
+
+    for (int it = 0; it < ntiles; ++it) {
+        cp_async_wait<C::STAGES - 2>();  // tile it (and Q) landed
+        __syncthreads();                 // ... for every thread; stage (it-1) is free again
+        if (it == 0) {
+            // B (k = dims, n = heads): heads (lane % 8), dims ks*16 + (lane / 8) * 8
+#pragma unroll
+            for (int ks = 0; ks < C::KSTEPS; ks += 2) {
+                uint32_t r[4];
+                ldsm_x4(r, sQ + (lane & 7) * C::LD + ks * 16 + (lane >> 3) * 8);
+                qb[ks][0] = r[0];
+                qb[ks][1] = r[1];
+                qb[ks + 1][0] = r[2];
+                qb[ks + 1][1] = r[3];
+            }
         }
+        const int nxt = it + C::STAGES - 1;
+        if (nxt < ntiles) load_tile(nxt, nxt % C::STAGES);
+        cp_async_commit();
+
+        const int stage = it % C::STAGES;
+        const T *k_w = sK + (stage * DEC_BT + warp * 16) * C::LD;  // this warp's 16 keys
+        const T *v_w = sV + (stage * DEC_BT + warp * 16) * C::LD;
+
+        // ---- S^T = K Q^T: A (keys x dims) rows lane % 16, cols (lane / 16) * 8 ----
+        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        const T *k_lane = k_w + (lane & 15) * C::LD + (lane >> 4) * 8;
 #pragma unroll
-        for (int i = 0; i < 8; ++i) sm_o[kg][j][ti * 8 + i] = o[j][i];
+        for (int ks = 0; ks < C::KSTEPS; ++ks) {
+            uint32_t ak[4];
+            ldsm_x4(ak, k_lane + ks * 16);
+            Mma<T>::run(s, ak, qb[ks][0], qb[ks][1]);
+        }
+        // s[e]: key g, head 2tq + e; s[2 + e]: key g + 8
+        const int64_t key0 = r_begin + (int64_t)it * DEC_BT + warp * 16 + g;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const bool valid = key0 + (e >> 1) * 8 < r_end;
+            s[e] = valid ? s[e] * a.sl : -INFINITY;
+        }
+        // ---- online softmax per head (a column: the 8 lanes with this tq) ----
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            float mx = fmaxf(s[e], s[2 + e]);
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+            const float mnew = fmaxf(m[e], mx);
+            const float mref = mnew == -INFINITY ? 0.0f : mnew;
+            const float corr = fast_exp2(m[e] - mref);
+            m[e] = mnew;
+            s[e] = fast_exp2(s[e] - mref);
+            s[2 + e] = fast_exp2(s[2 + e] - mref);
+            l[e] = l[e] * corr + s[e] + s[2 + e];  // this lane's keys; summed over g at the end
+#pragma unroll
+            for (int i = 0; i < C::KSTEPS; ++i) {
+                o[i][e] *= corr;
+                o[i][2 + e] *= corr;
+            }
+        }
+        // ---- O^T += V^T P^T ----
+        // P^T as B (k = keys, n = heads): transpose the two 8x8 (keys x heads) halves of S^T
+        const uint32_t b0 = movmatrix_trans(Mma<T>::pack(s[0], s[1]));  // keys 0-7
+        const uint32_t b1 = movmatrix_trans(Mma<T>::pack(s[2], s[3]));  // keys 8-15
+        // A = V^T (dims x keys) by ldmatrix.trans: keys (lane % 8) + (lane / 16) * 8,
+        // dims mt*16 + ((lane / 8) % 2) * 8
+        const T *v_lane = v_w + ((lane & 7) + ((lane >> 4) << 3)) * C::LD + ((lane >> 3) & 1) * 8;
+#pragma unroll
+        for (int mt = 0; mt < C::KSTEPS; ++mt) {
+            uint32_t av[4];
+            ldsm_x4_trans(av, v_lane + mt * 16);
+            Mma<T>::run(o[mt], av, b0, b1);
+        }
     }
+    cp_async_wait<0>();
+    __syncthreads();  // the K stages become the merge scratch
+
+    // ---- merge the 4 warps: (m, l) per head, O^T per head and dim ----
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+        float le = l[e];
+        le += __shfl_xor_sync(0xffffffffu, le, 4);
+        le += __shfl_xor_sync(0xffffffffu, le, 8);
+        le += __shfl_xor_sync(0xffffffffu, le, 16);
+        if (g == 0) {
+            sm_m[warp][2 * tq + e] = m[e];
+            sm_l[warp][2 * tq + e] = le;
+        }
+    }
+    float *so = reinterpret_cast<float *>(sK);  // [4][8][D]
+#pragma unroll
+    for (int mt = 0; mt < C::KSTEPS; ++mt)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            float *dst = so + (warp * DEC_GB + 2 * tq + e) * C::D + mt * 16 + g;
+            dst[0] = o[mt][e];
+            dst[8] = o[mt][2 + e];
+        }
     __syncthreads();
-    for (int item = threadIdx.x; item < GB * DW; item += DEC_THREADS) {
-        const int j = item / DW, d = item % DW;
+    for (int item = threadIdx.x; item < DEC_GB * C::D; item += DEC_THREADS) {
+        const int j = item / C::D, d = item % C::D;
         if (j >= nh || d >= a.hd) continue;
         float M = -INFINITY;
-        for (int k = 0; k < KPB; ++k) M = fmaxf(M, sm_m[k][j]);
+#pragma unroll
+        for (int w = 0; w < 4; ++w) M = fmaxf(M, sm_m[w][j]);
         const float mref = M == -INFINITY ? 0.0f : M;
         float L = 0.0f, acc = 0.0f;
-        for (int k = 0; k < KPB; ++k) {
-            const float w = fast_exp2(sm_m[k][j] - mref);  // 0 for an empty group
-            L += w * sm_l[k][j];
-            acc += w * sm_o[k][j][d];
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+            const float wt = fast_exp2(sm_m[w][j] - mref);  // 0 for a warp that saw no key
+            L += wt * sm_l[w][j];
+            acc += wt * so[(w * DEC_GB + j) * C::D + d];
         }
         const int64_t bh = b * a.nheads + h0 + j;
         if (a.nsplit == 1) {
@@ -269,31 +306,25 @@ int sm_count() {
     return n;
 }
 
-template <typename T, int TPK, int GB>
-samba_status run_split(DecArgs a, int64_t batch, cudaStream_t st) {
+template <typename T, class C> samba_status run_split(DecArgs a, int64_t batch, cudaStream_t st) {
+    cudaError_t e = cudaFuncSetAttribute(decode_tc_kernel<T, C>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
+    if (e != cudaSuccess) return samba_cu_fail("swa_decode (shared memory opt-in)", e);
     dim3 grid((unsigned)a.nsplit, (unsigned)(a.nheads_kv * a.ngroups), (unsigned)batch);
-    decode_split_kernel<T, TPK, GB><<<grid, DEC_THREADS, 0, st>>>(a);
+    decode_tc_kernel<T, C><<<grid, DEC_THREADS, C::SMEM, st>>>(a);
     samba_status s = samba_cu_check_launch("swa_decode (split)", st);
     if (s != SAMBA_OK || a.nsplit == 1) return s;
     dim3 g2((unsigned)a.nheads, (unsigned)batch);
-    decode_combine_kernel<T><<<g2, DEC_THREADS, 0, st>>>(
-        a.nheads, a.hd, a.nsplit, a.ws_o, a.ws_ml, a.out);
+    decode_combine_kernel<T><<<g2, DEC_THREADS, 0, st>>>(a.nheads, a.hd, a.nsplit, a.ws_o,
+                                                         a.ws_ml, a.out);
     return samba_cu_check_launch("swa_decode (combine)", st);
 }
 
-template <typename T, int TPK>
-samba_status by_group(DecArgs a, int64_t batch, int G, cudaStream_t st) {
-    if (G <= 1) return run_split<T, TPK, 1>(a, batch, st);
-    if (G <= 2) return run_split<T, TPK, 2>(a, batch, st);
-    if (G <= 4) return run_split<T, TPK, 4>(a, batch, st);
-    return run_split<T, TPK, 8>(a, batch, st);
-}
-
-template <typename T>
-samba_status by_dim(DecArgs a, int64_t batch, int G, cudaStream_t st) {
-    if (a.hd <= 64) return by_group<T, 8>(a, batch, G, st);
-    if (a.hd <= 128) return by_group<T, 16>(a, batch, G, st);
-    return by_group<T, 32>(a, batch, G, st);
+template <typename T> samba_status by_dim(DecArgs a, int64_t batch, cudaStream_t st) {
+    if (a.hd <= 64) return run_split<T, DCfg<64>>(a, batch, st);
+    if (a.hd <= 96) return run_split<T, DCfg<96>>(a, batch, st);
+    if (a.hd <= 128) return run_split<T, DCfg<128>>(a, batch, st);
+    return run_split<T, DCfg<256>>(a, batch, st);
 }
 
 }  // namespace
@@ -305,7 +336,7 @@ int attn_decode_split_applicable(int64_t headdim, samba_cu_ref q, samba_cu_ref k
     if (k_cache.dtype != dt || v_cache.dtype != dt || out.dtype != dt) return 0;
     if (headdim % 8 != 0 || headdim > 256) return 0;
     return is_aligned16(q.ptr) && is_aligned16(k_cache.ptr) && is_aligned16(v_cache.ptr) &&
-           is_aligned16(out.ptr);
+           is_aligned16(out.ptr) && attn_tensor_cores_ok();
 }
 
 samba_status attn_decode_split(int64_t batch, int64_t nheads, int64_t nheads_kv, int64_t headdim,
@@ -313,16 +344,14 @@ samba_status attn_decode_split(int64_t batch, int64_t nheads, int64_t nheads_kv,
                                samba_cu_ref v_cache, samba_cu_ref pos, samba_cu_ref n_valid,
                                float softmax_scale, samba_cu_ref out, cudaStream_t st) {
     const int G = (int)(nheads / nheads_kv);
-    const int GB = G <= 1 ? 1 : G <= 2 ? 2 : G <= 4 ? 4 : 8;
-    const int tpk = headdim <= 64 ? 8 : headdim <= 128 ? 16 : 32;
-    const int64_t step = (int64_t)(DEC_THREADS / tpk) * DEC_U;  // keys per block iteration
+    const int64_t step = DEC_BT;  // keys per block iteration
 
     DecArgs a;
     a.nheads = nheads;
     a.nheads_kv = nheads_kv;
     a.C = capacity;
     a.hd = (int)headdim;
-    a.ngroups = (G + GB - 1) / GB;
+    a.ngroups = (G + DEC_GB - 1) / DEC_GB;
     a.q = q.ptr;
     a.k = k_cache.ptr;
     a.v = v_cache.ptr;
@@ -350,8 +379,8 @@ samba_status attn_decode_split(int64_t batch, int64_t nheads, int64_t nheads_kv,
         a.ws_o = (float *)ws;
         a.ws_ml = a.ws_o + n * headdim;
     }
-    samba_status s = q.dtype == SAMBA_CU_BF16 ? by_dim<__nv_bfloat16>(a, batch, G, st)
-                                              : by_dim<__half>(a, batch, G, st);
+    samba_status s = q.dtype == SAMBA_CU_BF16 ? by_dim<__nv_bfloat16>(a, batch, st)
+                                              : by_dim<__half>(a, batch, st);
     if (ws) {
         samba_status s2 = samba_cu_free(ws, st);
         if (s == SAMBA_OK) s = s2;

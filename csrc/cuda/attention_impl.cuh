@@ -6,6 +6,10 @@
 
 #include "cu_common.cuh"
 
+// 1 when the current device runs the sm_80+ machine code of the tensor-core kernels (the
+// build may also hold sm_75 code, where they compile to a trap); cached per device.
+int attn_tensor_cores_ok(void);
+
 // 1 when the tensor-core prefill handles these arguments: q, k, v and out all bfloat16 or all
 // float16, headdim a multiple of 8 up to 256, 16-byte aligned pointers and strides that are
 // multiples of 8 elements (so every row starts on a 16-byte boundary).

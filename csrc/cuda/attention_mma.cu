@@ -1,7 +1,9 @@
 // attention_mma.cu - causal sliding-window attention (prefill) for bfloat16 / float16 on the
 // tensor cores, FlashAttention-2 style.
 //
-// One block computes BQ = 16 * NW query rows of one head (one warp per 16 rows). For each
+// One block of 4 warps computes BQ = 64 * MT query rows of one head, each warp 16 * MT rows
+// (MT = 2 at head dims 96 and 128: every K/V fragment read from shared memory feeds two mma,
+// fewer shared-memory bytes per FLOP; MT = 1 at 64 and 256, see dispatch()). For each
 // tile of BK keys that the block's window touches:
 //   S = Q K^T             mma.sync m16n8k16, Q and K fragments read with ldmatrix
 //   online softmax        float32, base 2: each row keeps its running max m and sum l
@@ -19,83 +21,25 @@
 // Head dims: templates for D = 64, 96, 128 and 256; a head dim that is a multiple of 8 runs in
 // the next larger template with the columns past hd zero-filled (cp.async src-size 0).
 #include "attention_impl.cuh"
+#include "mma_ptx.cuh"
 
 namespace {
-
-// ------------------------------------------------------------ PTX wrappers -------------
-__device__ __forceinline__ uint32_t smem_addr(const void *p) {
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-// 16-byte global -> shared copy that bypasses L1; when !valid the 16 bytes are zero-filled
-// and nothing is read (src is then any valid address).
-__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)),
-                 "l"(src), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-// Four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses of matrix i, and each lane
-// receives in r[i] the pair (row lane/4, cols 2*(lane%4), +1) of matrix i (.trans: of its
-// transpose).
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p)));
-}
-
-// c (16x8 float32) += a (16x16, row major) * b (16x8, column major).
-// Fragments (g = lane / 4, t = lane % 4): a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..),
-// a3 (g+8, 2t+8..); b0 (k 2t..2t+1, n g), b1 (k 2t+8.., n g); c0,c1 (g, 2t..2t+1),
-// c2,c3 (g+8, 2t..2t+1).
-template <typename T> struct Mma;
-template <> struct Mma<__nv_bfloat16> {
-    static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                               uint32_t b1) {
-        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
-            "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-        __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-        return *reinterpret_cast<uint32_t *>(&v);
-    }
-};
-template <> struct Mma<__half> {
-    static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                               uint32_t b1) {
-        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
-            "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-        __half2 v = __floats2half2_rn(lo, hi);
-        return *reinterpret_cast<uint32_t *>(&v);
-    }
-};
+using namespace samba_ptx;
 
 // ------------------------------------------------------------ tile configuration -------
-template <int D_, int BK_, int NW_> struct Cfg {
+template <int D_, int BK_, int MT_, bool QREG_> struct Cfg {
     static constexpr int D = D_;               // head dim of the template (>= the real hd)
     static constexpr int BK = BK_;             // keys per tile
-    static constexpr int NW = NW_;             // warps; each owns 16 query rows
-    static constexpr int BQ = 16 * NW;         // query rows per block
+    static constexpr int MT = MT_;             // 16-row m-tiles per warp (each K/V fragment
+                                               // read from shared memory feeds MT mma)
+    static constexpr int NW = 4;               // warps
+    static constexpr int BQ = 16 * MT * NW;    // query rows per block
     static constexpr int THREADS = 32 * NW;
     static constexpr int LD = D + 8;           // padded shared-memory row (elements)
     static constexpr int KSTEPS = D / 16;      // k-steps of S = Q K^T
     static constexpr int NT_S = BK / 8;        // 8-key column tiles of S
     static constexpr int NT_O = D / 8;         // 8-dim column tiles of O
-    static constexpr bool Q_IN_REGS = D <= 128;  // D = 256: Q fragments re-read from smem
+    static constexpr bool Q_IN_REGS = QREG_;   // else Q fragments are re-read from smem
     static constexpr size_t SMEM = (size_t)(BQ + 4 * BK) * LD * 2;  // Q + 2 x (K, V)
     static_assert(NT_S % 2 == 0 && NT_O % 2 == 0 && BK % 16 == 0, "tile shape");
 };
@@ -150,16 +94,25 @@ attn_mma_kernel(samba_cu_attn_args p, int n_qtiles) {
     load_tile<C, C::BK>(sV, vg, p.v_stride[1], t_first * C::BK, Lk, hd);
     cp_async_commit();
 
-    // this thread's two rows: wq + g and wq + g + 8, at absolute positions qp0, qp0 + 8
-    const int wrow = warp * 16;
+    // this thread's rows: wrow + mt*16 + g and + 8, at absolute positions qp0 + mt*16 (+ 8)
+    const int wrow = warp * 16 * C::MT;
     const int64_t qp0 = q0 + wrow + g + off;
     const float sl = p.softmax_scale * 1.4426950408889634f;  // scores in base-2 units
+    // window as int32: a window longer than every distance is the same as none
+    const int Wi = (W <= 0 || W > Lk + C::BQ) ? 0 : (int)W;
 
-    float o[C::NT_O][4];
+    float o[C::MT][C::NT_O][4];
 #pragma unroll
-    for (int i = 0; i < C::NT_O; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-    uint32_t qf[C::Q_IN_REGS ? C::KSTEPS : 1][4];
+    for (int mt = 0; mt < C::MT; ++mt)
+#pragma unroll
+        for (int i = 0; i < C::NT_O; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.0f;
+    float m[C::MT][2], l[C::MT][2];
+#pragma unroll
+    for (int mt = 0; mt < C::MT; ++mt) {
+        m[mt][0] = m[mt][1] = -INFINITY;
+        l[mt][0] = l[mt][1] = 0.0f;
+    }
+    uint32_t qf[C::Q_IN_REGS ? C::MT : 1][C::Q_IN_REGS ? C::KSTEPS : 1][4];
 
     for (int64_t t = t_first; t <= t_last; ++t) {
         const int buf = (int)((t - t_first) & 1);
@@ -176,35 +129,49 @@ attn_mma_kernel(samba_cu_attn_args p, int n_qtiles) {
         const T *k_s = sK + buf * C::BK * C::LD;
         const T *v_s = sV + buf * C::BK * C::LD;
 
-        // Q fragment for k-step ks: rows wrow + (lane % 16), cols ks*16 + (lane / 16) * 8
+        // Q fragment (m-tile mt, k-step ks): rows wrow + mt*16 + (lane % 16),
+        // cols ks*16 + (lane / 16) * 8
         const T *q_lane = sQ + (wrow + (lane & 15)) * C::LD + (lane >> 4) * 8;
         if (C::Q_IN_REGS && t == t_first) {
 #pragma unroll
-            for (int ks = 0; ks < (C::Q_IN_REGS ? C::KSTEPS : 0); ++ks) ldsm_x4(qf[ks], q_lane + ks * 16);
+            for (int mt = 0; mt < (C::Q_IN_REGS ? C::MT : 0); ++mt)
+#pragma unroll
+                for (int ks = 0; ks < C::KSTEPS; ++ks)
+                    ldsm_x4(qf[C::Q_IN_REGS ? mt : 0][C::Q_IN_REGS ? ks : 0],
+                            q_lane + mt * 16 * C::LD + ks * 16);
         }
 
-        // ---- S = Q K^T (16 x BK per warp) ----
-        float s[C::NT_S][4];
+        // ---- S = Q K^T (16*MT x BK per warp) ----
+        float s[C::MT][C::NT_S][4];
 #pragma unroll
-        for (int i = 0; i < C::NT_S; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
+        for (int mt = 0; mt < C::MT; ++mt)
+#pragma unroll
+            for (int i = 0; i < C::NT_S; ++i) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.0f;
         // K fragments for key tiles n, n+1: keys n*8 + (lane % 8) + (lane / 16) * 8,
         // dims ks*16 + ((lane / 8) % 2) * 8
         const T *k_lane = k_s + ((lane & 7) + ((lane >> 4) << 3)) * C::LD + ((lane >> 3) & 1) * 8;
 #pragma unroll
         for (int ks = 0; ks < C::KSTEPS; ++ks) {
-            uint32_t a[4];
-            if (C::Q_IN_REGS) {
+            uint32_t a[C::MT][4];
 #pragma unroll
-                for (int i = 0; i < 4; ++i) a[i] = qf[C::Q_IN_REGS ? ks : 0][i];
-            } else {
-                ldsm_x4(a, q_lane + ks * 16);
+            for (int mt = 0; mt < C::MT; ++mt) {
+                if (C::Q_IN_REGS) {
+#pragma unroll
+                    for (int i = 0; i < 4; ++i)
+                        a[mt][i] = qf[C::Q_IN_REGS ? mt : 0][C::Q_IN_REGS ? ks : 0][i];
+                } else {
+                    ldsm_x4(a[mt], q_lane + mt * 16 * C::LD + ks * 16);
+                }
             }
 #pragma unroll
             for (int n = 0; n < C::NT_S; n += 2) {
                 uint32_t kb[4];
                 ldsm_x4(kb, k_lane + n * 8 * C::LD + ks * 16);
-                Mma<T>::run(s[n], a, kb[0], kb[1]);
-                Mma<T>::run(s[n + 1], a, kb[2], kb[3]);
+#pragma unroll
+                for (int mt = 0; mt < C::MT; ++mt) {
+                    Mma<T>::run(s[mt][n], a[mt], kb[0], kb[1]);
+                    Mma<T>::run(s[mt][n + 1], a[mt], kb[2], kb[3]);
+                }
             }
         }
 
@@ -213,42 +180,49 @@ attn_mma_kernel(samba_cu_attn_args p, int n_qtiles) {
         const bool edge = kbase + C::BK - 1 > q0 + off            // crosses the causal edge
                           || (W > 0 && kbase <= q_last + off - W)  // crosses the window edge
                           || kbase + C::BK > Lk;                   // runs past the keys
+        // in int32, relative to this thread's first row: key - qpos = rel_key - rel_q
+        const int dkq = (int)(kbase - qp0);
+        const int kend = (int)(Lk - kbase < C::BK ? Lk - kbase : C::BK);  // keys left in the tile
 #pragma unroll
-        for (int n = 0; n < C::NT_S; ++n) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float x = s[n][e] * sl;
-                if (edge) {
-                    const int64_t key = kbase + n * 8 + 2 * tq + (e & 1);
-                    const int64_t qp = qp0 + (e >> 1) * 8;
-                    if (key > qp || key >= Lk || (W > 0 && key <= qp - W)) x = -INFINITY;
-                }
-                s[n][e] = x;
-            }
-        }
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float mx = -INFINITY;
-#pragma unroll
-            for (int n = 0; n < C::NT_S; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the 4 lanes of a row
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float mnew = fmaxf(m[r], mx);
-            const float mref = mnew == -INFINITY ? 0.0f : mnew;  // no -inf - -inf = NaN
-            const float corr = fast_exp2(m[r] - mref);
-            m[r] = mnew;
-            float rs = 0.0f;
+        for (int mt = 0; mt < C::MT; ++mt) {
 #pragma unroll
             for (int n = 0; n < C::NT_S; ++n) {
-                s[n][2 * r] = fast_exp2(s[n][2 * r] - mref);
-                s[n][2 * r + 1] = fast_exp2(s[n][2 * r + 1] - mref);
-                rs += s[n][2 * r] + s[n][2 * r + 1];
-            }
-            l[r] = l[r] * corr + rs;  // this lane's partial sum; the quad is summed at the end
 #pragma unroll
-            for (int i = 0; i < C::NT_O; ++i) {
-                o[i][2 * r] *= corr;
-                o[i][2 * r + 1] *= corr;
+                for (int e = 0; e < 4; ++e) {
+                    float x = s[mt][n][e] * sl;
+                    if (edge) {
+                        const int kt = n * 8 + 2 * tq + (e & 1);             // key in the tile
+                        const int rel = dkq + kt - mt * 16 - (e >> 1) * 8;   // key - qpos
+                        if (rel > 0 || kt >= kend || (Wi > 0 && rel <= -Wi)) x = -INFINITY;
+                    }
+                    s[mt][n][e] = x;
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                float mx = -INFINITY;
+#pragma unroll
+                for (int n = 0; n < C::NT_S; ++n)
+                    mx = fmaxf(mx, fmaxf(s[mt][n][2 * r], s[mt][n][2 * r + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the 4 lanes of a row
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float mnew = fmaxf(m[mt][r], mx);
+                const float mref = mnew == -INFINITY ? 0.0f : mnew;  // no -inf - -inf = NaN
+                const float corr = fast_exp2(m[mt][r] - mref);
+                m[mt][r] = mnew;
+                float rs = 0.0f;
+#pragma unroll
+                for (int n = 0; n < C::NT_S; ++n) {
+                    s[mt][n][2 * r] = fast_exp2(s[mt][n][2 * r] - mref);
+                    s[mt][n][2 * r + 1] = fast_exp2(s[mt][n][2 * r + 1] - mref);
+                    rs += s[mt][n][2 * r] + s[mt][n][2 * r + 1];
+                }
+                l[mt][r] = l[mt][r] * corr + rs;  // this lane's part; the quad is summed at the end
+#pragma unroll
+                for (int i = 0; i < C::NT_O; ++i) {
+                    o[mt][i][2 * r] *= corr;
+                    o[mt][i][2 * r + 1] *= corr;
+                }
             }
         }
 
@@ -258,17 +232,23 @@ attn_mma_kernel(samba_cu_attn_args p, int n_qtiles) {
         const T *v_lane = v_s + ((lane & 7) + (((lane >> 3) & 1) << 3)) * C::LD + (lane >> 4) * 8;
 #pragma unroll
         for (int kk = 0; kk < C::BK / 16; ++kk) {
-            uint32_t a[4];
-            a[0] = Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]);
-            a[1] = Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]);
-            a[2] = Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            a[3] = Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+            uint32_t a[C::MT][4];
+#pragma unroll
+            for (int mt = 0; mt < C::MT; ++mt) {
+                a[mt][0] = Mma<T>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                a[mt][1] = Mma<T>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                a[mt][2] = Mma<T>::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                a[mt][3] = Mma<T>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+            }
 #pragma unroll
             for (int i = 0; i < C::NT_O; i += 2) {
                 uint32_t vb[4];
                 ldsm_x4_trans(vb, v_lane + kk * 16 * C::LD + i * 8);
-                Mma<T>::run(o[i], a, vb[0], vb[1]);
-                Mma<T>::run(o[i + 1], a, vb[2], vb[3]);
+#pragma unroll
+                for (int mt = 0; mt < C::MT; ++mt) {
+                    Mma<T>::run(o[mt][i], a[mt], vb[0], vb[1]);
+                    Mma<T>::run(o[mt][i + 1], a[mt], vb[2], vb[3]);
+                }
             }
         }
         __syncthreads();  // this buffer is refilled by the next iteration's prefetch
@@ -277,20 +257,23 @@ attn_mma_kernel(samba_cu_attn_args p, int n_qtiles) {
 
     // ---- normalise and store (out is contiguous (B, Lq, H, hd)) ----
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        float lr = l[r];
-        lr += __shfl_xor_sync(0xffffffffu, lr, 1);
-        lr += __shfl_xor_sync(0xffffffffu, lr, 2);
-        const float inv = lr > 0.0f ? 1.0f / lr : (lr == 0.0f ? 0.0f : lr);  // NaN stays NaN
-        const int64_t q = q0 + wrow + g + r * 8;
-        if (q >= Lq) continue;
-        T *orow = (T *)p.out.ptr + ((b * Lq + q) * p.nheads + h) * hd;
+    for (int mt = 0; mt < C::MT; ++mt) {
 #pragma unroll
-        for (int i = 0; i < C::NT_O; ++i) {
-            const int col = i * 8 + 2 * tq;
-            if (col < hd) {
-                const uint32_t v = Mma<T>::pack(o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
-                *reinterpret_cast<uint32_t *>(orow + col) = v;
+        for (int r = 0; r < 2; ++r) {
+            float lr = l[mt][r];
+            lr += __shfl_xor_sync(0xffffffffu, lr, 1);
+            lr += __shfl_xor_sync(0xffffffffu, lr, 2);
+            const float inv = lr > 0.0f ? 1.0f / lr : (lr == 0.0f ? 0.0f : lr);  // NaN stays NaN
+            const int64_t q = q0 + wrow + mt * 16 + g + r * 8;
+            if (q >= Lq) continue;
+            T *orow = (T *)p.out.ptr + ((b * Lq + q) * p.nheads + h) * hd;
+#pragma unroll
+            for (int i = 0; i < C::NT_O; ++i) {
+                const int col = i * 8 + 2 * tq;
+                if (col < hd) {
+                    const uint32_t v = Mma<T>::pack(o[mt][i][2 * r] * inv, o[mt][i][2 * r + 1] * inv);
+                    *reinterpret_cast<uint32_t *>(orow + col) = v;
+                }
             }
         }
     }
@@ -311,29 +294,53 @@ samba_status launch(const samba_cu_attn_args *a, cudaStream_t st) {
     return samba_cu_check_launch("swa_attention", st);
 }
 
-// Warps per block for D <= 128 (SAMBA_EXT_ATTN_WARPS=4 or 8, read once; default 4). A tuning
-// knob for benchmarks/gpu_attention.py; results do not depend on it beyond rounding order.
-int attn_warps() {
-    static int w = 0;
-    if (w == 0) {
-        const char *s = getenv("SAMBA_EXT_ATTN_WARPS");
-        w = (s && s[0] == '8') ? 8 : 4;
+// Rows per warp: 16 (one m-tile) at head dim 64, 32 (two m-tiles sharing every K/V fragment)
+// at 96 and 128, 16 at 256 - the faster layout of each in benchmarks/results/gpu_attention.md
+// (on the H200, 32 rows lost at d64: more registers, 8 instead of 12 warps per SM).
+// SAMBA_EXT_ATTN_ROWS=16 or 32 (read once) forces one layout for d <= 128: a tuning knob for
+// benchmarks/gpu_attention.py; results do not depend on it beyond rounding order.
+int attn_rows_override() {
+    static int r = -1;
+    if (r < 0) {
+        const char *s = getenv("SAMBA_EXT_ATTN_ROWS");
+        r = !s ? 0 : (s[0] == '1' && s[1] == '6') ? 16 : (s[0] == '3' && s[1] == '2') ? 32 : 0;
     }
-    return w;
+    return r;
 }
 
 template <typename T>
 samba_status dispatch(const samba_cu_attn_args *a, cudaStream_t st) {
     const int64_t hd = a->headdim;
-    const bool w8 = attn_warps() == 8;
-    if (hd <= 64) return w8 ? launch<T, Cfg<64, 64, 8>>(a, st) : launch<T, Cfg<64, 64, 4>>(a, st);
-    if (hd <= 96) return w8 ? launch<T, Cfg<96, 64, 8>>(a, st) : launch<T, Cfg<96, 64, 4>>(a, st);
+    const int force = attn_rows_override();
+    const bool two = force ? force == 32 : hd > 64;
+    if (hd <= 64)
+        return two ? launch<T, Cfg<64, 64, 2, false>>(a, st) : launch<T, Cfg<64, 64, 1, true>>(a, st);
+    if (hd <= 96)
+        return two ? launch<T, Cfg<96, 32, 2, false>>(a, st) : launch<T, Cfg<96, 64, 1, true>>(a, st);
     if (hd <= 128)
-        return w8 ? launch<T, Cfg<128, 64, 8>>(a, st) : launch<T, Cfg<128, 64, 4>>(a, st);
-    return launch<T, Cfg<256, 32, 4>>(a, st);
+        return two ? launch<T, Cfg<128, 32, 2, false>>(a, st)
+                   : launch<T, Cfg<128, 64, 1, true>>(a, st);
+    return launch<T, Cfg<256, 32, 1, false>>(a, st);
 }
 
 }  // namespace
+
+int attn_tensor_cores_ok(void) {
+    static int cached[64];  // 0 unknown, 1 yes, 2 no
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
+        cudaGetLastError();
+        return 0;
+    }
+    if (cached[dev] == 0) {
+        cudaFuncAttributes fa;
+        const cudaError_t e =
+            cudaFuncGetAttributes(&fa, attn_mma_kernel<__nv_bfloat16, Cfg<64, 64, 1, true>>);
+        if (e != cudaSuccess) cudaGetLastError();
+        cached[dev] = (e == cudaSuccess && fa.binaryVersion >= 80) ? 1 : 2;
+    }
+    return cached[dev] == 1;
+}
 
 int attn_mma_applicable(const samba_cu_attn_args *a) {
     const int dt = a->q.dtype;
@@ -345,7 +352,7 @@ int attn_mma_applicable(const samba_cu_attn_args *a) {
         return 0;
     for (int i = 0; i < 3; ++i)
         if (a->q_stride[i] % 8 || a->k_stride[i] % 8 || a->v_stride[i] % 8) return 0;
-    return 1;
+    return attn_tensor_cores_ok();
 }
 
 samba_status attn_mma_fwd(const samba_cu_attn_args *a, cudaStream_t st) {

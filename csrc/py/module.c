@@ -4,6 +4,7 @@
  */
 #define SAMBA_PY_MODULE_MAIN
 #include "common.h"
+#include "py_bwd.h"
 
 #ifndef NUMPY_VERSION_STRING
 #define NUMPY_VERSION_STRING "?"
@@ -68,7 +69,9 @@ PyInit__core(void)
     if (PyModule_AddFunctions(m, samba_py_scan_methods) < 0 ||
         PyModule_AddFunctions(m, samba_py_conv_methods) < 0 ||
         PyModule_AddFunctions(m, samba_py_attn_methods) < 0 ||
-        PyModule_AddFunctions(m, samba_py_misc_methods) < 0) {
+        PyModule_AddFunctions(m, samba_py_misc_methods) < 0 ||
+        PyModule_AddFunctions(m, samba_py_bwd_methods) < 0 ||
+        PyModule_AddFunctions(m, samba_py_bwd_small_methods) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -21,7 +21,8 @@ import numpy as np
 
 from ..config import SambaConfig
 from ..errors import CheckpointError
-from ..safetensors_io import read_safetensors, read_safetensors_header, write_safetensors
+from ..safetensors_io import (_no_dup_pairs, open_regular_file, read_safetensors,
+                              read_safetensors_header, write_safetensors)
 from .atomic import atomic_write
 from .keymap import from_hf, to_hf
 
@@ -30,7 +31,7 @@ __all__ = ["read_folder", "save_pretrained", "CONFIG", "SINGLE", "INDEX", "HF_CO
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
-_MAX_JSON = 64 << 20      # bytes: config.json / index larger than this are not checkpoints
+_MAX_JSON = 16 << 20      # bytes: a config.json / index larger than this is not a checkpoint's
 
 # samba-ext SambaConfig field -> Hugging Face config.json key
 HF_CONFIG_KEYS = {
@@ -63,15 +64,18 @@ def config_to_hf(cfg: SambaConfig, naming: str) -> dict[str, Any]:
 
 
 def _read_json(path: Path, what: str) -> Any:
+    """The JSON object in ``path`` (a regular file of at most 64 MiB, no duplicate keys)."""
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(str(path)) as f:     # a FIFO / device is refused, not read
             raw = f.read(_MAX_JSON + 1)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e})") from None
     if len(raw) > _MAX_JSON:
         raise CheckpointError(f"{path}: larger than {_MAX_JSON} bytes; not a {what}")
     try:
-        return json.loads(raw.decode("utf-8"))
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_no_dup_pairs)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     except RecursionError:
         raise CheckpointError(f"{path}: JSON nested too deeply") from None
     except ValueError as e:
@@ -164,14 +168,18 @@ def _read_sharded(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     return sd, meta
 
 
-def read_folder(folder: Path, overrides: dict[str, Any]
+def read_folder(folder: Path, overrides: dict[str, Any], config: Optional[SambaConfig] = None
                 ) -> tuple[SambaConfig, dict[str, np.ndarray], dict[str, str]]:
-    """(config, {lit_gpt key: float32 array}, metadata) of a checkpoint folder."""
+    """(config, {lit_gpt key: float32 array}, metadata) of a checkpoint folder. A given
+    ``config`` replaces config.json (which is then not read)."""
     cfg_path = folder / CONFIG
-    if not cfg_path.is_file():
+    if config is not None:
+        cfg = config
+    elif not cfg_path.is_file():
         raise CheckpointError(f"{folder}: a checkpoint folder needs {CONFIG} (and "
                               f"{SINGLE} or {INDEX}); found {sorted(os.listdir(folder))[:8]}")
-    cfg = config_from_hf(_read_json(cfg_path, "model config"), str(cfg_path), overrides)
+    else:
+        cfg = config_from_hf(_read_json(cfg_path, "model config"), str(cfg_path), overrides)
     if (folder / INDEX).is_file():
         sd, meta = _read_sharded(folder)
     elif (folder / SINGLE).is_file():

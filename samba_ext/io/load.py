@@ -105,9 +105,7 @@ def _load(path: Path, fname: str, config: Optional[SambaConfig], overrides: dict
     if path.is_dir():
         from .hf_folder import read_folder
 
-        folder_cfg, sd, meta = read_folder(path, overrides)
-        if not explicit:
-            config = folder_cfg
+        config, sd, meta = read_folder(path, overrides, config)
     elif path.suffix == ".safetensors":
         sd, meta = read_safetensors(path)
         if not explicit and "config" in meta:

@@ -400,6 +400,22 @@ def pickle_structured(data: bytes, rng: random.Random, corpus: List[bytes]) -> b
                                    b"h\xff", b"j\xff\xff\xff\x7f", b"\x82\x01", b"Q", b"N",
                                    b"c__builtin__\neval\n", b"\x95" + b"\xff" * 8, b".",
                                    b"]", b"}", b"\x94", b"\x85", b"\x86", b"\x87", b"P"]))
+    elif what == 7 and rng.random() < 0.5:
+        # Attacks on the unpickler itself (issue 16.2-16.4), pushed and popped so that the
+        # rest of the pickle still runs: deep nesting, BUILD on an allowed global (state that
+        # would rename a storage type), runs of object-creating 1-byte opcodes.
+        k = rng.choice([99, 150, 3000])
+        m, n = rng.choice(GLOBAL_CHOICES[11:20])
+        raws.insert(i, rng.choice([
+            b")" + b"\x85" * k + b"0",                                   # tuple k deep
+            b"]" * k + b"a" * (k - 1) + b"0",                             # list k deep
+            b"c" + m.encode() + b"\n" + n.encode() + b"\n}" + _enc_str("name")
+            + _enc_str("BFloat16Storage") + b"sb0",                       # BUILD on a global
+            b"N}" + _enc_str("__defaults__") + b")sc" + m.encode() + b"\n" + n.encode()
+            + b"\n" + b"(" + b")" + b"t0",
+            b"\x8f" * k + b"0" * k,                                      # empty sets
+            b")" + b"\x94" * k + b"0",                                   # memo entries
+        ]))
     else:
         return rng.choice(GENERIC)(data, rng, corpus)
     return b"".join(raws)

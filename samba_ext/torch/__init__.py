@@ -1,0 +1,138 @@
+"""PyTorch interface of samba_ext: the peers' function names and signatures, with autograd.
+
+Optional: importing this module needs torch (``pip install torch``); nothing else in
+samba_ext does, and building never does. The ops are registered through torch.library
+(``samba_ext::selective_scan``, ``samba_ext::causal_conv1d``, ``samba_ext::attention`` and
+their ``*_backward``), each with a fake implementation, so torch.compile keeps them as
+single graph nodes, and with autograd backed by the C backward kernels.
+
+Supported now: CPU tensors (float32 computation; float16/bfloat16/float64 inputs are
+converted, outputs are cast back to the peers' output dtypes). CUDA tensors and the
+arguments listed under each function raise NotImplementedError naming the argument.
+
+- :func:`selective_scan_fn`, :func:`selective_scan_ref` (mamba_ssm.ops.selective_scan_interface)
+- :func:`causal_conv1d_fn` (causal_conv1d)
+- :func:`flash_attn_func` (flash_attn)
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._ops import attention_op, causal_conv1d_op, selective_scan_op
+
+__all__ = ["selective_scan_fn", "selective_scan_ref", "causal_conv1d_fn", "flash_attn_func"]
+
+
+def selective_scan_fn(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                      D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+                      delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
+                      return_last_state: bool = False):
+    """mamba_ssm's ``selective_scan_fn`` (real A only).
+
+    u, delta, z (batch, dim, L); A (dim, dstate); B, C (batch, dstate, L) or (batch,
+    ngroups, dstate, L); D, delta_bias (dim,). Returns out (batch, dim, L) in u's dtype, and
+    with return_last_state the last state (batch, dim, dstate) float32.
+    Differentiable in u, delta, A, B, C, D, z, delta_bias.
+    """
+    if A.is_complex():
+        raise NotImplementedError("A: complex A is not supported (real Mamba-1 only)")
+    y, last = selective_scan_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
+    y = y.to(u.dtype)
+    return (y, last) if return_last_state else y
+
+
+def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                       D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+                       delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
+                       return_last_state: bool = False):
+    """Plain-torch reference of :func:`selective_scan_fn` (a loop over time, float32 or the
+    inputs' wider dtype), differentiable by torch autograd; same arguments and outputs."""
+    dtype_in = u.dtype
+    wide = torch.float64 if u.dtype == torch.float64 else torch.float32
+    u, delta, A, B, C = (t.to(wide) for t in (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + delta_bias[..., None].to(wide)
+    if delta_softplus:
+        delta = F.softplus(delta)
+    batch, dim, L = u.shape
+    if B.dim() == 3:
+        B, C = B[:, None], C[:, None]
+    G = B.shape[1]
+    B = B.repeat_interleave(dim // G, dim=1)          # (batch, dim, N, L)
+    C = C.repeat_interleave(dim // G, dim=1)
+    x = u.new_zeros((batch, dim, A.shape[1]))
+    ys = []
+    for t in range(L):
+        x = torch.exp(delta[:, :, t, None] * A) * x + \
+            (delta[:, :, t] * u[:, :, t])[:, :, None] * B[:, :, :, t]
+        ys.append(torch.einsum("bdn,bdn->bd", x, C[:, :, :, t]))
+    y = torch.stack(ys, dim=2)
+    if D is not None:
+        y = y + u * D.to(wide)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(wide))
+    y = y.to(dtype_in)
+    return (y, x.float()) if return_last_state else y
+
+
+def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                     seq_idx: Optional[Tensor] = None, initial_states: Optional[Tensor] = None,
+                     return_final_states: bool = False,
+                     final_states_out: Optional[Tensor] = None,
+                     activation: Optional[str] = None):
+    """causal-conv1d's ``causal_conv1d_fn``.
+
+    x (batch, dim, L); weight (dim, width), 2 <= width <= 4; bias (dim,); initial_states
+    (batch, dim, width-1); activation None, "silu" or "swish". Returns out (x's dtype), and
+    with return_final_states also final_states (batch, dim, width-1) in x's dtype (written
+    into final_states_out when given). Not supported: seq_idx.
+    Differentiable in x, weight, bias, initial_states.
+    """
+    if seq_idx is not None:
+        raise NotImplementedError("seq_idx: packed sequences are not supported; pass "
+                                  "seq_idx=None")
+    if activation not in (None, "silu", "swish"):
+        raise NotImplementedError(f'activation: expected None, "silu" or "swish", got '
+                                  f"{activation!r}")
+    if final_states_out is not None and not return_final_states:
+        raise ValueError("final_states_out: only used with return_final_states=True")
+    y, fin = causal_conv1d_op(x, weight, bias, initial_states, activation is not None)
+    y = y.to(x.dtype)
+    if not return_final_states:
+        return y
+    fin = fin.to(x.dtype)
+    if final_states_out is not None:
+        final_states_out.copy_(fin)
+        fin = final_states_out
+    return y, fin
+
+
+def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
+                    softmax_scale: Optional[float] = None, causal: bool = False,
+                    window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                    alibi_slopes: Optional[Tensor] = None, deterministic: bool = False,
+                    return_attn_probs: bool = False) -> Tensor:
+    """flash-attn's ``flash_attn_func``.
+
+    q (batch, Lq, nheads, headdim); k, v (batch, Lk, nheads_kv, headdim). window_size
+    (left, right), -1 unbounded; causal sets right = 0 (bottom-right aligned, as flash-attn);
+    softcap as flash-attn. Returns out in q's dtype. The backward is deterministic whatever
+    ``deterministic`` says. Not supported: dropout_p > 0, alibi_slopes, return_attn_probs.
+    """
+    if dropout_p != 0.0:
+        raise NotImplementedError(f"dropout_p: only 0.0 is supported, got {dropout_p!r}")
+    if alibi_slopes is not None:
+        raise NotImplementedError("alibi_slopes: ALiBi is not supported; pass None")
+    if return_attn_probs:
+        raise NotImplementedError("return_attn_probs: not supported; pass False")
+    scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
+    left, right = (int(w) for w in window_size)
+    if causal:
+        right = 0
+    out, _ = attention_op(q, k, v, scale, left, right, float(softcap))
+    return out.to(q.dtype)

@@ -1,0 +1,160 @@
+"""samba_ext.torch (skipped without torch): autograd of the peers' functions.
+
+torch.autograd.gradcheck in float64 on small CPU shapes, the gradients against the float64
+references (ref_grad.py) through torch autograd, the op registrations with
+torch.library.opcheck (schema, fake tensors, autograd), and the arguments that are
+not supported raising NotImplementedError.
+
+Tolerances. The kernels compute in float32 even for float64 tensors, so gradcheck's finite
+differences (step eps) see float32 rounding of the outputs, ~1e-7 |y| / eps, besides the
+O(eps^2) truncation: with eps = 1e-3 that is ~1e-4 for O(1) values; atol = rtol = 3e-3
+leaves a margin of ~30x and still fails on a wrong gradient term (errors of O(1e-1..1)).
+Against the float64 references the gradients carry only float32 rounding (measured
+<= 5e-7 relative norm in test_grad_*.py): rtol 1e-5, as there.
+"""
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import assert_close  # noqa: E402
+from ref_grad import attention_bwd_ref, causal_conv1d_bwd_ref, selective_scan_bwd_ref  # noqa: E402
+import samba_ext.torch as st  # noqa: E402
+
+GC = dict(eps=1e-3, atol=3e-3, rtol=3e-3)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """gradcheck makes hundreds of tiny calls; on a loaded 2-core machine waking a second
+    OpenMP thread per call costs more than the work."""
+    import samba_ext
+    old = samba_ext.get_num_threads()
+    samba_ext.set_num_threads(1)
+    yield
+    samba_ext.set_num_threads(old)
+
+
+def t64(rng, *shape, scale=1.0, shift=0.0):
+    return torch.tensor(rng.standard_normal(shape) * scale + shift, dtype=torch.float64,
+                        requires_grad=True)
+
+
+def scan_inputs(rng, b=2, d=4, L=7, N=3, G=2):
+    return dict(u=t64(rng, b, d, L), delta=t64(rng, b, d, L, scale=0.5),
+                A=(-torch.exp(torch.tensor(rng.standard_normal((d, N)) * 0.5))).requires_grad_(),
+                B=t64(rng, b, G, N, L), C=t64(rng, b, G, N, L), D=t64(rng, d),
+                z=t64(rng, b, d, L), delta_bias=t64(rng, d, scale=0.3))
+
+
+def test_selective_scan_gradcheck(rng):
+    inp = scan_inputs(rng, b=1, d=2, L=5, N=2, G=2)
+    names = list(inp)
+
+    def f(*args):
+        y, last = st.selective_scan_fn(*args, delta_softplus=True, return_last_state=True)
+        return y, last.double()
+    assert torch.autograd.gradcheck(f, tuple(inp[n] for n in names), **GC)
+
+
+def test_selective_scan_matches_reference(rng):
+    inp = scan_inputs(rng, b=2, d=6, L=70, N=4, G=3)
+    y, last = st.selective_scan_fn(**inp, delta_softplus=True, return_last_state=True)
+    assert y.dtype == torch.float64 and last.dtype == torch.float32
+    dy = torch.tensor(rng.standard_normal(y.shape))
+    dl = torch.tensor(rng.standard_normal(last.shape), dtype=torch.float32)
+    torch.autograd.backward([y, last], [dy, dl])
+    ref = selective_scan_bwd_ref(**{k: v.detach().float().double().numpy()
+                                    for k, v in inp.items()}, delta_softplus=True,
+                                 dout=dy.float().double().numpy(), dlast_state=dl.numpy())
+    for k, v in inp.items():
+        assert_close(v.grad.numpy(), ref["d" + k], 1e-5, "d" + k)
+    yr = st.selective_scan_ref(**{k: v.detach() for k, v in inp.items()}, delta_softplus=True)
+    assert_close(y.detach().numpy(), yr.numpy(), 1e-5, "selective_scan_fn vs _ref")
+
+
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_causal_conv1d_gradcheck(rng, activation):
+    x, w, b, init = t64(rng, 2, 3, 6), t64(rng, 3, 4), t64(rng, 3), t64(rng, 2, 3, 3)
+
+    def f(x, w, b, init):
+        y, fin = st.causal_conv1d_fn(x, w, b, None, init, True, None, activation)
+        return y, fin
+    assert torch.autograd.gradcheck(f, (x, w, b, init), **GC)
+    y = st.causal_conv1d_fn(x, w, b, activation=activation, initial_states=init)
+    dy = torch.tensor(rng.standard_normal(y.shape))
+    y.backward(dy)
+    ref = causal_conv1d_bwd_ref(x.detach().float().double().numpy(),
+                                w.detach().float().double().numpy(),
+                                b.detach().float().double().numpy(), activation,
+                                init.detach().float().double().numpy(),
+                                dy.float().double().numpy())
+    for name, t in (("dx", x), ("dweight", w), ("dbias", b), ("dinitial_states", init)):
+        assert_close(t.grad.numpy(), ref[name], 1e-5, name)
+
+
+@pytest.mark.parametrize("causal,window_size,softcap,hkv", [
+    (True, (-1, -1), 0.0, 1), (False, (-1, -1), 0.0, 2), (True, (2, 0), 2.0, 1),
+    (False, (1, 2), 0.0, 2)])
+def test_flash_attn_gradcheck(rng, causal, window_size, softcap, hkv):
+    q, k, v = t64(rng, 1, 5, 2, 4), t64(rng, 1, 6, hkv, 4), t64(rng, 1, 6, hkv, 4)
+
+    def f(q, k, v):
+        return st.flash_attn_func(q, k, v, causal=causal, window_size=window_size,
+                                  softcap=softcap)
+    assert torch.autograd.gradcheck(f, (q, k, v), **GC)
+    out = f(q, k, v)
+    do = torch.tensor(rng.standard_normal(out.shape))
+    out.backward(do)
+    left, right = window_size[0], 0 if causal else window_size[1]
+    ref = attention_bwd_ref(*(t.detach().float().double().numpy() for t in (q, k, v)),
+                            do.float().double().numpy(), 0.5, left, right, softcap)
+    for name, t in (("dq", q), ("dk", k), ("dv", v)):
+        assert_close(t.grad.numpy(), ref[name], 1e-5, name)
+
+
+def test_dtypes_and_final_states_out(rng):
+    x = torch.randn(1, 4, 9, dtype=torch.bfloat16)
+    w = torch.randn(4, 3, dtype=torch.bfloat16)
+    buf = torch.empty(1, 4, 2, dtype=torch.bfloat16)
+    y, fin = st.causal_conv1d_fn(x, w, return_final_states=True, final_states_out=buf)
+    assert y.dtype == torch.bfloat16 and fin is buf
+    torch.testing.assert_close(buf, x[:, :, -2:])
+    q = torch.randn(1, 3, 2, 8, dtype=torch.float16)
+    assert st.flash_attn_func(q, q, q, causal=True).dtype == torch.float16
+
+
+def test_unsupported_arguments_raise():
+    q = torch.randn(1, 3, 2, 8)
+    with pytest.raises(NotImplementedError, match="dropout_p"):
+        st.flash_attn_func(q, q, q, dropout_p=0.1)
+    with pytest.raises(NotImplementedError, match="alibi_slopes"):
+        st.flash_attn_func(q, q, q, alibi_slopes=torch.ones(2))
+    with pytest.raises(NotImplementedError, match="return_attn_probs"):
+        st.flash_attn_func(q, q, q, return_attn_probs=True)
+    x = torch.randn(1, 2, 5)
+    with pytest.raises(NotImplementedError, match="seq_idx"):
+        st.causal_conv1d_fn(x, torch.randn(2, 4), seq_idx=torch.zeros(1, 5, dtype=torch.int32))
+    with pytest.raises(NotImplementedError, match="complex"):
+        st.selective_scan_fn(x, x, torch.ones(2, 3, dtype=torch.complex64), x, x)
+
+
+def test_opcheck(rng):
+    opcheck = getattr(torch.library, "opcheck", None)
+    if opcheck is None:
+        pytest.skip("torch.library.opcheck needs torch >= 2.4")
+    from samba_ext.torch import _ops
+    # schema, fake (meta) implementation and autograd registration; the AOT-dispatch checks
+    # (a torch.compile trace per op, ~seconds each on 2 cores) are left to torch.compile users
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    inp = {k: v.detach().float().requires_grad_() for k, v in scan_inputs(rng).items()}
+    opcheck(_ops.selective_scan_op, (inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"],
+                                     inp["D"], inp["z"], inp["delta_bias"], True), test_utils=utils)
+    x = torch.randn(2, 3, 6, requires_grad=True)
+    opcheck(_ops.causal_conv1d_op, (x, torch.randn(3, 4, requires_grad=True), None, None, True),
+            test_utils=utils)
+    q = torch.randn(1, 5, 2, 8, requires_grad=True)
+    opcheck(_ops.attention_op, (q, torch.randn(1, 5, 1, 8, requires_grad=True),
+                                torch.randn(1, 5, 1, 8, requires_grad=True), 0.3, 2, 0, 0.0),
+            test_utils=utils)
