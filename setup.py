@@ -1,18 +1,27 @@
 """Build script for samba-ext.
 
 Always builds ``samba_ext._core`` (C99, OpenMP when the compiler supports it).
-Builds ``samba_ext._cuda`` (nvcc + cuBLAS) when a CUDA toolkit is found, in this order:
+Builds ``samba_ext._cuda`` (nvcc + cuBLAS) when asked, or when a CUDA toolkit is found *and* an NVIDIA
+GPU is visible (compiling the CUDA kernels for five architectures takes about a minute of CPU time, which
+a machine without a GPU would spend for nothing). The toolkit is looked for in this order:
 ``CUDA_HOME`` / ``CUDA_PATH``, then ``nvcc`` on PATH, then ``/usr/local/cuda``.
 
 Environment:
-  SAMBA_EXT_CUDA=0   never build CUDA;  =1  require it (fail if it cannot be built);
-                     unset: build it when a toolkit is found, skip it (CPU-only) otherwise.
-  SAMBA_EXT_CUDA_ARCHS  e.g. "90" or "80;90" (default: 75;80;86;89;90 + PTX for 90).
+  SAMBA_EXT_CUDA=0   never build CUDA;  =1  build it and fail if it cannot be built;
+                     unset: build it when a toolkit and a GPU are found, or when SAMBA_EXT_CUDA_ARCHS is set.
+  SAMBA_EXT_CUDA_ARCHS  e.g. "90" or "80;90". Default: the visible GPUs' own architectures (from
+                     nvidia-smi), else 75;80;86;89;90; PTX is added for the newest.
   SAMBA_EXT_SANITIZE=1  build _core with -fsanitize=address,undefined (for the CI job).
   SAMBA_EXT_NO_OPENMP=1 build without OpenMP.
+
+Compiled objects are kept in build/obj-<key>/, where the key hashes the compiler, flags and versions, and
+an object is recompiled only when its source or a header is newer. So the README's two commands (a plain
+install, then an editable install for the tests) compile the kernels once. ``pip install -v`` shows the
+build's own lines ("samba-ext build: ...").
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -90,11 +99,34 @@ def nvcc_version(home: Path) -> str | None:
     return f"{m.group(1)}.{m.group(2)}" if m else None
 
 
-def cuda_archs() -> list[str]:
+DEFAULT_ARCHS = ["75", "80", "86", "89", "90"]
+
+
+def visible_gpus() -> tuple[bool, list[str]]:
+    """(an NVIDIA GPU is visible, their compute capabilities as arch strings like "90")."""
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            r = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"],
+                               capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            r = None
+        if r is not None and r.returncode == 0:
+            caps = sorted({c.replace(".", "") for c in r.stdout.split() if re.fullmatch(r"\d+\.\d+", c)})
+            if caps:
+                return True, caps
+    return Path("/dev/nvidia0").exists(), []
+
+
+def cuda_archs(native: list[str]) -> tuple[list[str], str]:
+    """(archs to compile, where the choice came from)."""
     env = os.environ.get("SAMBA_EXT_CUDA_ARCHS")
     if env:
-        return [a.strip().replace("sm_", "") for a in re.split(r"[;, ]+", env) if a.strip()]
-    return ["75", "80", "86", "89", "90"]
+        return [a.strip().replace("sm_", "") for a in re.split(r"[;, ]+", env) if a.strip()], \
+            "SAMBA_EXT_CUDA_ARCHS"
+    if native:
+        return native, "the visible GPUs"
+    return DEFAULT_ARCHS, "default"
 
 
 def cuda_lib_dir(home: Path) -> Path:
@@ -125,14 +157,46 @@ def plan_cuda() -> dict | None:
         log(f"CUDA: skipped ({problem}) -> CPU-only build; set CUDA_HOME or "
             f"SAMBA_EXT_CUDA=1 to require it")
         return None
-    archs = cuda_archs()
-    log(f"CUDA: building _cuda with nvcc {ver} from {how}, archs sm_{',sm_'.join(archs)} "
+    gpu, native = visible_gpus()
+    asked = mode == "1" or bool(os.environ.get("SAMBA_EXT_CUDA_ARCHS"))
+    if not gpu and not asked:
+        log(f"CUDA: skipped: nvcc {ver} found but no NVIDIA GPU is visible -> CPU-only build. "
+            f"To build the CUDA kernels anyway: SAMBA_EXT_CUDA=1 (sm_{',sm_'.join(DEFAULT_ARCHS)}, "
+            f"about a minute) or SAMBA_EXT_CUDA_ARCHS=90 (one architecture)")
+        return None
+    archs, why = cuda_archs(native)
+    log(f"CUDA: building _cuda with nvcc {ver} from {how}, archs sm_{',sm_'.join(archs)} ({why}) "
         f"+ PTX compute_{archs[-1]}, cuBLAS (SAMBA_EXT_CUDA=0 to skip)")
     return {"home": home, "version": ver, "archs": archs, "required": mode == "1"}
 
 
+BUILD_KEY = ""  # set by make_extensions: a hash of everything that changes the compiled objects
+
+
+def up_to_date(target: str, sources: list[str]) -> bool:
+    """``target`` exists and is newer than every existing file of ``sources``."""
+    try:
+        t = os.path.getmtime(target)
+    except OSError:
+        return False
+    return all(os.path.getmtime(f) <= t for f in sources if os.path.exists(f))
+
+
 class BuildExt(build_ext):
-    """Compiles .cu sources with nvcc into objects linked into the _cuda extension."""
+    """Compiles .cu sources with nvcc into objects linked into the _cuda extension, and reuses the
+    objects of a previous build with the same flags (build/obj-<key>/) when they are up to date."""
+
+    def finalize_options(self) -> None:
+        explicit = self.build_temp is not None
+        super().finalize_options()
+        self._reuse = not explicit
+        if not explicit:  # pip builds in a fresh temporary folder each time: keep objects in the tree
+            self.build_temp = str(ROOT / "build" / f"obj-{BUILD_KEY}")
+
+    def build_extensions(self) -> None:
+        if self._reuse and not self.force:
+            self._skip_up_to_date()
+        super().build_extensions()
 
     def build_extension(self, ext: Extension) -> None:
         cuda = getattr(ext, "_samba_cuda", None)
@@ -147,6 +211,23 @@ class BuildExt(build_ext):
             log(f"CUDA: build of _cuda failed ({e}); continuing CPU-only "
                 f"(set SAMBA_EXT_CUDA=1 to make this an error)")
 
+    def _skip_up_to_date(self) -> None:
+        """Make the compiler skip sources whose object is newer than them and their ``depends``
+        (build_ext passes each extension's headers as ``depends``)."""
+        orig = self.compiler.compile
+
+        def compile(sources, output_dir=None, *args, **kwargs):
+            deps = list(kwargs.get("depends") or [])
+            objs = self.compiler.object_filenames(sources, output_dir=output_dir)
+            stale = [src for src, obj in zip(sources, objs) if not up_to_date(obj, [src, *deps])]
+            if len(stale) < len(sources):
+                log(f"{len(sources) - len(stale)} of {len(sources)} C objects are up to date")
+            if stale:
+                orig(stale, output_dir, *args, **kwargs)
+            return objs
+
+        self.compiler.compile = compile
+
     def _compile_cu(self, ext: Extension, cuda: dict) -> None:
         nvcc = str(cuda["home"] / "bin" / "nvcc")
         objdir = Path(self.build_temp) / "cuda"
@@ -159,6 +240,10 @@ class BuildExt(build_ext):
         objs = []
         for src in ext._samba_cu_sources:
             obj = objdir / (Path(src).stem + ".o")
+            if self._reuse and not self.force and up_to_date(str(obj), [src, *(ext.depends or [])]):
+                log(f"nvcc {src}: up to date")
+                objs.append(str(obj))
+                continue
             cmd = [nvcc, "-c", src, "-o", str(obj), "-O3", "-std=c++17",
                    "--compiler-options", "-fPIC", "-I", str(CSRC), "-lineinfo",
                    "--expt-relaxed-constexpr", *gencode]
@@ -195,6 +280,10 @@ def make_extensions() -> list[Extension]:
                      extra_compile_args=cflags, extra_link_args=ldflags)
     exts = [core]
     cuda = plan_cuda()
+    global BUILD_KEY
+    key = repr((sys.implementation.cache_tag, sysconfig.get_platform(), compiler_version(), cflags, ldflags,
+                macros, None if cuda is None else (cuda["version"], cuda["archs"], str(cuda["home"]))))
+    BUILD_KEY = hashlib.sha256(key.encode()).hexdigest()[:12]
     if cuda is not None:
         lib = cuda_lib_dir(cuda["home"])
         cu_macros = macros + [

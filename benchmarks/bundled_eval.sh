@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue-7 evaluations of the bundled models, with the package's own CLI, on the CPU.
+# The long-context evaluations of the bundled models, with the package's own CLI, on the CPU.
 #
 #   bash benchmarks/bundled_eval.sh [STEP...]      STEP: pk-samba pk-llama ppl phonebook (default: all)
 #

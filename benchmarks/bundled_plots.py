@@ -1,4 +1,4 @@
-"""Side-by-side passkey heatmaps of the bundled models on the issue-7 grid (1K..256K x 11 depths).
+"""Side-by-side passkey heatmaps of the bundled models on the paper's grid (1K..256K x 11 depths).
 
 Reads the result JSONs written by ``benchmarks/bundled_eval.sh`` (CPU) and, where present, the GPU
 run's ``gpu/passkey-llama-tiny-long`` for llama-tiny's cells beyond 32K (``benchmarks/cuda_bundled.sh``);
@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         overall = np.nansum(acc * n) / n[done].sum() if done.any() else float("nan")
         ax.set_title(f"{title}\n{int(n.sum())} trials, {overall:.1f}% correct", fontsize=10)
         ax.axvline(2.5, color="black", lw=1, ls=":")  # between 4K and 8K
-    fig.suptitle("Passkey retrieval of the bundled models (samba-ext passkey; 5 trials per cell, fewer where a run was stopped)")
+    fig.suptitle("Passkey retrieval of the bundled models "
+                 "(samba-ext passkey; 5 trials per cell, fewer where a run was stopped)")
     fig.tight_layout()
     out = os.path.join(R, "passkey_grid.png")
     fig.savefig(out, dpi=110)

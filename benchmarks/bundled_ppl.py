@@ -1,4 +1,4 @@
-"""Perplexity vs context for the bundled models (issue 7), with the package's API.
+"""Perplexity vs context for the bundled models, with the package's API.
 
 The same held-out stdlib tokens (files with crc32(relpath) % 10 == 0, never trained on) are
 scored twice per model:
@@ -9,7 +9,7 @@ scored twice per model:
   the new tokens of each window (Press et al.), so every token sees 2K..4K tokens of context.
 
 Both readings score the same tokens, so ``ratio = ppl_long / ppl_4K`` per position bucket
-isolates the effect of the extra context: > 1 means the long context hurts. The issue-7 check
+isolates the effect of the extra context: > 1 means the long context hurts. The check
 "perplexity at 64K, 256K and 1M tokens of context stays within 5% of its value at the training
 length" is read off the buckets [32K, 64K), [128K, 256K) and [512K, 1M): ratio <= 1.05.
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# cuda_bundled.sh - the bundled models' evaluations through the CLI with --device cuda (issue 5:
-# "generate and all evaluations accept --device cuda"; issue 7: llama-tiny on the full passkey grid,
-# which is too slow on the CPU because full attention is O(L^2)).
+# cuda_bundled.sh - the bundled models' evaluations through the CLI with --device cuda: generate and
+# every evaluation on the GPU, and llama-tiny on the full passkey grid, which is too slow on the CPU
+# because full attention is O(L^2).
 #
 # Usage (repository root, samba_ext built with CUDA, e.g. by benchmarks/cuda_run.sh build):
 #   OUT=./out bash benchmarks/cuda_bundled.sh

@@ -52,7 +52,7 @@ attn_scratch_carve(const attn_plan *P, float *base, attn_scratch *s)
 
 static void
 attn_tile_scalar(const attn_plan *P, int64_t b, int64_t g, int64_t p0, int64_t nq,
-                  const attn_scratch *S)
+                 const attn_scratch *S)
 {
     const int64_t hd = P->hd, M = nq * P->G, Mp = attn_round16(M);
     const int64_t ks = P->Hkv * hd;

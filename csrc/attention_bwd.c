@@ -17,7 +17,7 @@
  * transposed, (headdim, seqlen) per head, so a row's scores against all its visible keys
  * (or queries) are computed 16 at a time with broadcast-FMAs, without horizontal sums; the
  * gradient rows are then accumulated along headdim. The row kernels are compiled per ISA
- * (vexp.h dispatch). Rows are spread over OpenMP threads in blocks; ctx is polled between
+ * (simd.h dispatch). Rows are spread over OpenMP threads in blocks; ctx is polled between
  * chunks of rows.
  */
 #include "samba.h"
@@ -29,7 +29,7 @@
 #include <omp.h>
 #endif
 
-#include "vexp.h" /* last: it sets a GCC optimize pragma for the functions below */
+#include "simd.h" /* last: it sets a GCC optimize pragma for the functions below */
 
 #define ABWD_CHUNK_WORK ((int64_t)1 << 24) /* score evaluations x headdim between polls */
 #define ABWD_PAR_MIN ((int64_t)1 << 16)    /* fewer (query, key) x headdim: one thread */
@@ -157,7 +157,7 @@ afwd_row(const abwd_job *jb, int64_t b, int64_t i, int64_t h, float *s, float *t
         m = s[jj] > m ? s[jj] : m;
     }
     for (jj = 0; jj < n; jj++) {
-        s[jj] = samba_vexpf(s[jj] - m);
+        s[jj] = samba_expf(s[jj] - m);
         sum += s[jj];
     }
     for (jj = 0; jj < n; jj++) {
@@ -204,7 +204,7 @@ abwd_q_row(const abwd_job *jb, int64_t b, int64_t i, int64_t h, float *s, float 
     abwd_rowdots(go, jb->vt + kvoff, a->seqlen_k, lo, n, hd, dp);
     abwd_softcap(a, s, t, n);
     for (jj = 0; jj < n; jj++) {
-        const float p = samba_vexpf(s[jj] - lse);
+        const float p = samba_expf(s[jj] - lse);
         float ds = p * (dp[jj] - dl) * a->softmax_scale;
         if (a->softcap > 0.0f) {
             ds *= 1.0f - t[jj] * t[jj];
@@ -251,7 +251,7 @@ abwd_kv_row(const abwd_job *jb, int64_t b, int64_t j, int64_t hk, float *s, floa
         abwd_softcap(a, s, t, n);
         for (ii = 0; ii < n; ii++) {
             /* lse = -inf (a query without keys) cannot occur here: query lo + ii sees j */
-            const float p = samba_vexpf(s[ii] - lse[ii]);
+            const float p = samba_expf(s[ii] - lse[ii]);
             float ds = p * (dp[ii] - dl[ii]) * a->softmax_scale;
             if (a->softcap > 0.0f) {
                 ds *= 1.0f - t[ii] * t[ii];
@@ -325,9 +325,9 @@ static abwd_rows_fn
 abwd_pick(void)
 {
 #if SAMBA_X86_DISPATCH
-    switch (samba_simd_level()) {
-    case 2: return abwd_rows_avx512;
-    case 1: return abwd_rows_avx2;
+    switch (samba_isa()) {
+    case SAMBA_ISA_AVX512: return abwd_rows_avx512;
+    case SAMBA_ISA_AVX2: return abwd_rows_avx2;
     default: break;
     }
 #endif

@@ -12,17 +12,13 @@
  * (b, h).  Memory-bound: one pass over the valid part of the cache, rows prefetched ahead.
  */
 #include "samba.h"
+#include "simd.h"
 
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #ifdef _OPENMP
 #include <omp.h>
-#endif
-
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-#define SAMBA_DEC_AVX512 1
-#include <immintrin.h>
 #endif
 
 #define DEC_CHUNK 256
@@ -64,35 +60,6 @@ dec_dot_generic(const float *x, const float *y, int64_t n)
     }
     return s;
 }
-
-#ifdef SAMBA_DEC_AVX512
-__attribute__((target("avx512f,fma"))) static float
-dec_dot_avx512(const float *x, const float *y, int64_t n) /* n % 16 == 0 */
-{
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    int64_t d = 0;
-    for (; d + 32 <= n; d += 32) {
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + d), _mm512_loadu_ps(y + d), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + d + 16), _mm512_loadu_ps(y + d + 16), a1);
-    }
-    for (; d < n; d += 16) {
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + d), _mm512_loadu_ps(y + d), a0);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-}
-
-/* o += p * v over n (n % 16 == 0) */
-__attribute__((target("avx512f,fma"))) static void
-dec_axpy_avx512(float *o, float p, const float *v, int64_t n)
-{
-    const __m512 pv = _mm512_set1_ps(p);
-    int64_t d;
-    for (d = 0; d < n; d += 16) {
-        _mm512_storeu_ps(o + d, _mm512_fmadd_ps(pv, _mm512_loadu_ps(v + d),
-                                                _mm512_loadu_ps(o + d)));
-    }
-}
-#endif
 
 static void
 dec_axpy_generic(float *o, float p, const float *v, int64_t n)
@@ -141,9 +108,9 @@ dec_task(const dec_plan *P, int64_t b, int64_t g, int64_t ch, int avx, float *s)
             dec_prefetch_row(kb + dec_slot(P, b, u0 + u + DEC_AHEAD) * rs, hd);
         }
         for (gq = 0; gq < G; gq++) {
-#ifdef SAMBA_DEC_AVX512
-            const float dot = avx ? dec_dot_avx512(qb + gq * hd, kr, hd)
-                                  : dec_dot_generic(qb + gq * hd, kr, hd);
+#if SAMBA_X86_DISPATCH
+            const float dot =
+                avx ? samba_v512_dot(qb + gq * hd, kr, hd) : dec_dot_generic(qb + gq * hd, kr, hd);
 #else
             const float dot = dec_dot_generic(qb + gq * hd, kr, hd);
 #endif
@@ -176,9 +143,9 @@ dec_task(const dec_plan *P, int64_t b, int64_t g, int64_t ch, int avx, float *s)
             dec_prefetch_row(vb + dec_slot(P, b, u0 + u + DEC_AHEAD) * rs, hd);
         }
         for (gq = 0; gq < G; gq++) {
-#ifdef SAMBA_DEC_AVX512
+#if SAMBA_X86_DISPATCH
             if (avx) {
-                dec_axpy_avx512(part + gq * (hd + 2), s[gq * nk + u], vr, hd);
+                samba_v512_axpy(part + gq * (hd + 2), s[gq * nk + u], vr, hd);
                 continue;
             }
 #endif
@@ -227,9 +194,9 @@ dec_merge(const dec_plan *P, int64_t b, int64_t h, float *out)
 
 samba_status
 samba_attn_decode(int64_t batch, int64_t nheads, int64_t nheads_kv, int64_t headdim,
-                  int64_t capacity, const float *q, const float *k_cache,
-                  const float *v_cache, const int64_t *pos, const int64_t *n_valid,
-                  float softmax_scale, float *out, const samba_ctx *ctx)
+                  int64_t capacity, const float *q, const float *k_cache, const float *v_cache,
+                  const int64_t *pos, const int64_t *n_valid, float softmax_scale, float *out,
+                  const samba_ctx *ctx)
 {
     dec_plan P;
     int64_t b, maxn = 0, T, t, step;
@@ -272,8 +239,8 @@ samba_attn_decode(int64_t batch, int64_t nheads, int64_t nheads_kv, int64_t head
     if (P.part == NULL) {
         return SAMBA_ERR_ALLOC;
     }
-#ifdef SAMBA_DEC_AVX512
-    avx = headdim % 16 == 0 && __builtin_cpu_supports("avx512f");
+#if SAMBA_X86_DISPATCH
+    avx = headdim % 16 == 0 && samba_isa() >= SAMBA_ISA_AVX512;
 #endif
     nth = samba_ctx_threads(ctx);
     nth = nth < 1 ? 1 : nth;

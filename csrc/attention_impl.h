@@ -22,31 +22,31 @@
 
 typedef struct attn_plan {
     int64_t B, Lq, Lk, H, Hkv, hd, G, off;
-    int64_t W;      /* window, 0 = full causal (also when window >= Lk) */
-    float scale2;   /* softmax_scale * log2(e): the softmax runs in base 2 */
-    int64_t bq;     /* query positions per tile */
-    int64_t nqt;    /* query tiles per (b, kv head) */
-    int64_t Mp;     /* padded columns of a full tile (multiple of 16) */
+    int64_t W;    /* window, 0 = full causal (also when window >= Lk) */
+    float scale2; /* softmax_scale * log2(e): the softmax runs in base 2 */
+    int64_t bq;   /* query positions per tile */
+    int64_t nqt;  /* query tiles per (b, kv head) */
+    int64_t Mp;   /* padded columns of a full tile (multiple of 16) */
     const float *q, *k, *v;
     float *out;
 } attn_plan;
 
 /* Per-thread scratch (64-byte aligned slices of one buffer). */
 typedef struct attn_scratch {
-    float *qt;        /* (hd, Mp) queries, transposed and scaled by scale2 */
-    float *st;        /* (ATTN_BK, Mp) scores, then probabilities */
-    float *o;         /* (Mp, hd) unnormalised output rows */
+    float *qt;            /* (hd, Mp) queries, transposed and scaled by scale2 */
+    float *st;            /* (ATTN_BK, Mp) scores, then probabilities */
+    float *o;             /* (Mp, hd) unnormalised output rows */
     float *m, *l, *alpha; /* (Mp) running max, running sum, rescale of this key tile */
-    int32_t *colq;    /* (Mp) column -> query position within the tile (c / G) */
-    int32_t *hi, *lo; /* (Mp) masked tile: column c sees rows lo[c] < j <= hi[c] */
+    int32_t *colq;        /* (Mp) column -> query position within the tile (c / G) */
+    int32_t *hi, *lo;     /* (Mp) masked tile: column c sees rows lo[c] < j <= hi[c] */
 } attn_scratch;
 
 /* Tile kernel: computes out rows of one task. */
-typedef void (*attn_tile_fn)(const attn_plan *P, int64_t b, int64_t g, int64_t p0,
-                             int64_t nq, const attn_scratch *S);
+typedef void (*attn_tile_fn)(const attn_plan *P, int64_t b, int64_t g, int64_t p0, int64_t nq,
+                             const attn_scratch *S);
 
-/* SIMD tile kernel for this CPU and head dim, or NULL (attention_simd.c).  The environment
- * variable SAMBA_EXT_ATTN_ISA=avx512|avx2|vec|scalar caps the instruction set (for tests). */
+/* SIMD tile kernel for this CPU and head dim, or NULL (attention_simd.c); the level is
+ * samba_isa()'s (simd.h: SAMBA_EXT_ISA=avx512|avx2|vec|scalar caps it, for tests). */
 attn_tile_fn samba_attn_pick_simd(int64_t hd, const char **name);
 
 static int64_t
@@ -81,8 +81,8 @@ attn_tile_needs_mask(const attn_plan *P, int64_t p0, int64_t nq, int64_t k0, int
 /* qt[d * Mp + c] = q[b, p0 + c / G, g * G + c % G, d] * scale2 (c < M), 0 for M <= c < Mp;
  * colq[c] = c / G. */
 static void
-attn_pack_q(const attn_plan *P, int64_t b, int64_t g, int64_t p0, int64_t nq, int64_t Mp,
-            float *qt, int32_t *colq)
+attn_pack_q(const attn_plan *P, int64_t b, int64_t g, int64_t p0, int64_t nq, int64_t Mp, float *qt,
+            int32_t *colq)
 {
     const int64_t G = P->G, hd = P->hd, M = nq * G;
     int64_t c, d;
@@ -129,8 +129,8 @@ attn_row_range(int32_t lo, int32_t hi, int64_t nk, int64_t *jlo, int64_t *jhi)
 
 /* out[b, p0 + c / G, g * G + c % G, :] = o[c] / l[c] for c < M. */
 static void
-attn_store_out(const attn_plan *P, int64_t b, int64_t g, int64_t p0, int64_t M,
-               const float *o, const float *l)
+attn_store_out(const attn_plan *P, int64_t b, int64_t g, int64_t p0, int64_t M, const float *o,
+               const float *l)
 {
     const int64_t G = P->G, hd = P->hd;
     int64_t c, d;

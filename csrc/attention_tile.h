@@ -94,6 +94,7 @@ ATTN_F(attn_pv_block)(const float *st, int64_t Mp, const float *vr, int64_t vs, 
 }
 
 /* Runtime (R, NV) -> unrolled block; cases above the ISA's blocking are never taken. */
+/* clang-format off */
 #define ATTN_QKC(R_, NV_)                                                                  \
     case (R_) * 8 + (NV_):                                                                 \
         if ((R_) <= ATTN_QK_R && (NV_) <= ATTN_QK_NV) {                                    \
@@ -110,26 +111,25 @@ ATTN_F(attn_pv_block)(const float *st, int64_t Mp, const float *vr, int64_t vs, 
     X(1, 1) X(1, 2) X(1, 3) X(1, 4) X(2, 1) X(2, 2) X(2, 3) X(2, 4)                        \
     X(3, 1) X(3, 2) X(3, 3) X(3, 4) X(4, 1) X(4, 2) X(4, 3) X(4, 4)                        \
     X(5, 1) X(5, 2) X(5, 3) X(5, 4) X(6, 1) X(6, 2) X(6, 3) X(6, 4)
+/* clang-format on */
 
 ATTN_TGT static void
-ATTN_F(attn_qk)(const float *qt, int64_t Mp, const float *kr, int64_t ks, int64_t hd,
-                float *st, int R, int NV)
+ATTN_F(attn_qk)(const float *qt, int64_t Mp, const float *kr, int64_t ks, int64_t hd, float *st,
+                int R, int NV)
 {
     switch (R * 8 + NV) {
         ATTN_CASES(ATTN_QKC)
-    default:
-        break;
+    default: break;
     }
 }
 
 ATTN_TGT static void
-ATTN_F(attn_pv)(const float *st, int64_t Mp, const float *vr, int64_t vs, int64_t nk,
-                float *o, int64_t hd, const float *alpha, int R, int NV)
+ATTN_F(attn_pv)(const float *st, int64_t Mp, const float *vr, int64_t vs, int64_t nk, float *o,
+                int64_t hd, const float *alpha, int R, int NV)
 {
     switch (R * 8 + NV) {
         ATTN_CASES(ATTN_PVC)
-    default:
-        break;
+    default: break;
     }
 }
 
@@ -206,8 +206,9 @@ ATTN_F(attn_tile)(const attn_plan *P, int64_t b, int64_t g, int64_t p0, int64_t 
                 attn_row_range(S->lo[c], S->hi[c], nk, &jlo, &jhi);
                 for (db = 0; db < hd; db += dstep) {
                     const int NV = (int)(hd - db < dstep ? (hd - db) / ATTN_VW : ATTN_PV_NV);
-                    ATTN_F(attn_pv)(st + jlo * Mp + c, Mp, vb + (k0 + jlo) * ks + db, ks,
-                                    jhi - jlo, o + c * hd + db, hd, alpha + c, 1, NV);
+                    ATTN_F(attn_pv)
+                    (st + jlo * Mp + c, Mp, vb + (k0 + jlo) * ks + db, ks, jhi - jlo,
+                     o + c * hd + db, hd, alpha + c, 1, NV);
                 }
             }
             continue;
@@ -216,8 +217,8 @@ ATTN_F(attn_tile)(const attn_plan *P, int64_t b, int64_t g, int64_t p0, int64_t 
             const int R = (int)(M - c < ATTN_PV_R ? M - c : ATTN_PV_R);
             for (db = 0; db < hd; db += dstep) {
                 const int NV = (int)(hd - db < dstep ? (hd - db) / ATTN_VW : ATTN_PV_NV);
-                ATTN_F(attn_pv)(st + c, Mp, vb + k0 * ks + db, ks, nk, o + c * hd + db, hd,
-                                alpha + c, R, NV);
+                ATTN_F(attn_pv)
+                (st + c, Mp, vb + k0 * ks + db, ks, nk, o + c * hd + db, hd, alpha + c, R, NV);
             }
         }
     }

@@ -1,5 +1,5 @@
 /*
- * conv1d_bwd.c - backward pass of the depthwise causal conv1d (conv1d.c), fp32.
+ * conv1d_bwd.c - backward pass of the depthwise causal conv1d (conv.c), fp32.
  *
  * Forward on the padded row xp = [initial_states (W-1) | x (L)], index s = -(W-1) .. L-1:
  *   p[t] = bias + sum_k w[k] xp[t - (W-1) + k];  y[t] = silu(p[t]) or p[t]
@@ -19,7 +19,7 @@
 #include <omp.h>
 #endif
 
-#include "vexp.h" /* last: it sets a GCC optimize pragma for the functions below */
+#include "simd.h" /* last: it sets a GCC optimize pragma for the functions below */
 
 #define CBWD_CHUNK ((int64_t)1 << 22) /* elements between stop polls */
 
@@ -69,7 +69,7 @@ cbwd_row_body(const samba_conv1d_bwd_args *a, int64_t b, int64_t d, float *restr
         }
         for (t = 0; t < L; t++) {
             const float p = gp[t];
-            const float e = samba_vexpf_neg(-fabsf(p));
+            const float e = samba_expf(-fabsf(p));
             const float rr = 1.0f / (1.0f + e);
             const float sg = p >= 0.0f ? rr : e * rr;
             gp[t] = dy[t] * sg * (1.0f + p * (1.0f - sg));
@@ -203,9 +203,9 @@ samba_conv1d_bwd(const samba_conv1d_bwd_args *a, const samba_ctx *ctx)
     }
     fn = cbwd_row_c;
 #if SAMBA_X86_DISPATCH
-    switch (samba_simd_level()) {
-    case 2: fn = cbwd_row_avx512; break;
-    case 1: fn = cbwd_row_avx2; break;
+    switch (samba_isa()) {
+    case SAMBA_ISA_AVX512: fn = cbwd_row_avx512; break;
+    case SAMBA_ISA_AVX2: fn = cbwd_row_avx2; break;
     default: break;
     }
 #endif

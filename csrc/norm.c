@@ -7,7 +7,7 @@
  * Rows are split into chunks of about SAMBA_NORM_CHUNK elements; ctx is polled between.
  */
 #include "samba.h"
-#include "vexp.h"
+#include "simd.h"
 
 #include <math.h>
 
@@ -126,9 +126,9 @@ samba_rmsnorm_fwd(int64_t rows, int64_t n, const float *x, const float *residual
         return SAMBA_ERR_ARG;
     }
 #if SAMBA_X86_DISPATCH
-    switch (samba_simd_level()) {
-    case 2: fn = norm_row_avx512; break;
-    case 1: fn = norm_row_avx2; break;
+    switch (samba_isa()) {
+    case SAMBA_ISA_AVX512: fn = norm_row_avx512; break;
+    case SAMBA_ISA_AVX2: fn = norm_row_avx2; break;
     default: break;
     }
 #endif

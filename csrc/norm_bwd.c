@@ -16,7 +16,7 @@
 #include <omp.h>
 #endif
 
-#include "vexp.h" /* last: it sets a GCC optimize pragma for the functions below */
+#include "simd.h" /* last: it sets a GCC optimize pragma for the functions below */
 
 #define NBWD_CHUNK ((int64_t)1 << 22) /* elements between stop polls */
 
@@ -96,9 +96,9 @@ samba_rmsnorm_bwd(const samba_rmsnorm_bwd_args *a, const samba_ctx *ctx)
         return SAMBA_ERR_ARG;
     }
 #if SAMBA_X86_DISPATCH
-    switch (samba_simd_level()) {
-    case 2: fn = nbwd_row_avx512; break;
-    case 1: fn = nbwd_row_avx2; break;
+    switch (samba_isa()) {
+    case SAMBA_ISA_AVX512: fn = nbwd_row_avx512; break;
+    case SAMBA_ISA_AVX2: fn = nbwd_row_avx2; break;
     default: break;
     }
 #endif

@@ -14,7 +14,7 @@
  * heads of the token.
  */
 #include "samba.h"
-#include "vexp.h"
+#include "simd.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -28,8 +28,8 @@ typedef struct rope_job {
     const float *x;
     const int64_t *pos;
     float *y;
-    const double *theta;            /* (half) */
-    const double *step_c, *step_s;  /* cos/sin(theta_i) (half) */
+    const double *theta;           /* (half) */
+    const double *step_c, *step_s; /* cos/sin(theta_i) (half) */
 } rope_job;
 
 /* Work item `it` = (b, block of SAMBA_ROPE_BLOCK tokens). c, s (half) double scratch,
@@ -56,8 +56,7 @@ rope_item_body(const rope_job *j, int64_t it, double *c, double *s, float *cf, f
                 c[i] = cos(a);
                 s[i] = sin(a);
             }
-        }
-        else if (adv == 1u) {
+        } else if (adv == 1u) {
             for (i = 0; i < half; i++) {
                 const double cn = c[i] * j->step_c[i] - s[i] * j->step_s[i];
                 const double sn = s[i] * j->step_c[i] + c[i] * j->step_s[i];
@@ -137,9 +136,8 @@ rope_chunk(rope_item_fn fn, const rope_job *j, int64_t i0, int64_t i1, int nt)
 }
 
 samba_status
-samba_rotary_fwd(int64_t batch, int64_t seqlen, int64_t nheads, int64_t headdim,
-                 const float *x, const int64_t *positions, double base, float *y,
-                 const samba_ctx *ctx)
+samba_rotary_fwd(int64_t batch, int64_t seqlen, int64_t nheads, int64_t headdim, const float *x,
+                 const int64_t *positions, double base, float *y, const samba_ctx *ctx)
 {
     rope_item_fn fn = rope_item_c;
     const int64_t half = headdim / 2;
@@ -162,9 +160,9 @@ samba_rotary_fwd(int64_t batch, int64_t seqlen, int64_t nheads, int64_t headdim,
         return SAMBA_ERR_ARG;
     }
 #if SAMBA_X86_DISPATCH
-    switch (samba_simd_level()) {
-    case 2: fn = rope_item_avx512; break;
-    case 1: fn = rope_item_avx2; break;
+    switch (samba_isa()) {
+    case SAMBA_ISA_AVX512: fn = rope_item_avx512; break;
+    case SAMBA_ISA_AVX2: fn = rope_item_avx2; break;
     default: break;
     }
 #endif

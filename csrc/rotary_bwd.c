@@ -16,7 +16,7 @@
 #include <omp.h>
 #endif
 
-#include "vexp.h" /* last: it sets a GCC optimize pragma for the functions below */
+#include "simd.h" /* last: it sets a GCC optimize pragma for the functions below */
 
 #define RBWD_BLOCK 64                  /* tokens per work item (exact re-seed) */
 #define RBWD_CHUNK ((int64_t)1 << 22)  /* elements between stop polls */
@@ -130,9 +130,9 @@ samba_rotary_bwd(int64_t batch, int64_t seqlen, int64_t nheads, int64_t headdim,
         return SAMBA_ERR_ARG;
     }
 #if SAMBA_X86_DISPATCH
-    switch (samba_simd_level()) {
-    case 2: fn = rbwd_block_avx512; break;
-    case 1: fn = rbwd_block_avx2; break;
+    switch (samba_isa()) {
+    case SAMBA_ISA_AVX512: fn = rbwd_block_avx512; break;
+    case SAMBA_ISA_AVX2: fn = rbwd_block_avx2; break;
     default: break;
     }
 #endif

@@ -49,7 +49,7 @@ int samba_ctx_stop(const samba_ctx *ctx);
 int samba_has_openmp(void);
 
 /* ------------------------------------------------------------------------------------ */
-/* Selective scan (Mamba-1 / S6), samba_arch.md section 3.  scan.c                          */
+/* Selective scan (Mamba-1 / S6), docs/specification.md section 3.  scan.c              */
 /* ------------------------------------------------------------------------------------ */
 /*
  * u, delta (B, D, L); A (D, N); Bm, Cm (B, G, N, L) with D % G == 0 (channel d uses group
@@ -85,7 +85,7 @@ typedef struct samba_scan_step_args {
 samba_status samba_scan_step(const samba_scan_step_args *a, const samba_ctx *ctx);
 
 /* ------------------------------------------------------------------------------------ */
-/* Depthwise causal conv1d.  conv1d.c                                                    */
+/* Depthwise causal conv1d.  conv.c                                                       */
 /* ------------------------------------------------------------------------------------ */
 /*
  * x (B, D, L); weight (D, W) with 2 <= W <= 4 (weight[:, W-1] multiplies the current token);

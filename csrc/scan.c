@@ -1,5 +1,5 @@
 /*
- * scan.c - selective scan (Mamba-1 / S6) forward and decode step, samba_arch.md section 3.
+ * scan.c - selective scan (Mamba-1 / S6) forward and decode step, docs/specification.md section 3.
  *
  * Per batch b, channel d, step t, state n (all float32):
  *   dt     = delta[b,d,t] + delta_bias[d];  if softplus: dt = dt <= 20 ? log1p(exp(dt)) : dt
@@ -15,26 +15,20 @@
  * into chunks; between chunks the calling thread polls samba_ctx_stop(), inside a chunk
  * the blocks are spread over OpenMP threads. Per-call buffers only (no global scratch).
  *
- * Block kernels, chosen at run time with __builtin_cpu_supports: an AVX-512 one (16 lanes =
+ * Block kernels, chosen at run time with samba_isa() (simd.h): an AVX-512 one (16 lanes =
  * 16 channels, 16x16 transposes between the (channel, time) rows and per-step channel
- * vectors, a polynomial exp2 with relative error ~1e-7 (vreduceps + vscalefps), state in
- * registers when dstate == 16), and portable C written for auto-vectorisation (same
- * polynomials, no libm), compiled twice: for the baseline ISA (SSE2; NEON on arm64, not
- * tested here) and for AVX2 + FMA. The decode step has its own AVX-512 kernel; elsewhere
- * it is a 1-step scan.
+ * vectors, state in registers when dstate == 16), and portable C written for
+ * auto-vectorisation, compiled twice: for the baseline ISA (SSE2; NEON on arm64, not
+ * tested here) and for AVX2 + FMA. exp2, exp, softplus and silu are simd.h's (the same
+ * polynomials at every width, relative error ~1e-7, no libm). The decode step has its own AVX-512
+ * kernel; elsewhere it is a 1-step scan.
  */
 #include "samba.h"
+#include "simd.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(SAMBA_NO_SIMD)
-#define SCAN_HAVE_AVX512 1
-#include <immintrin.h>
-#else
-#define SCAN_HAVE_AVX512 0
-#endif
 
 #define SCAN_LANES 16
 /* Time steps per chunk are chosen so that one chunk is about this many state updates
@@ -45,8 +39,6 @@
 #define SCAN_CHUNK_MIN 16
 #define SCAN_CHUNK_MAX 1024
 
-#define SCAN_LOG2E 1.44269504088896340736f
-
 /* One block of a chunk: channels c0 .. c0+nch-1 (nch <= 16) of batch b, steps [t0, t1).
  * h (N, 16) carried state of the block, a2 (N, 16) the block's A * log2(e) (lanes >= nch
  * zero); both
@@ -54,9 +46,8 @@
  * transposed so one step's values are contiguous (B and C rows are L floats apart; reading
  * them column-wise would touch 2N lines of one L1 set per step when L*4 is a multiple of
  * 4096). */
-typedef void (*scan_block_fn)(const samba_scan_args *a, int64_t b, int64_t c0, int nch,
-                              int64_t t0, int64_t t1, float *h, const float *a2,
-                              const float *bc);
+typedef void (*scan_block_fn)(const samba_scan_args *a, int64_t b, int64_t c0, int nch, int64_t t0,
+                              int64_t t1, float *h, const float *a2, const float *bc);
 
 /* ------------------------------------------------------------------ portable kernel --- */
 /*
@@ -64,100 +55,14 @@ typedef void (*scan_block_fn)(const samba_scan_args *a, int64_t b, int64_t c0, i
  * below uses only +, *, comparisons and integer bit operations (no libm calls), with the
  * same polynomials as the AVX-512 kernel (relative error ~1e-7).
  */
-#define SCAN_MAGIC 12582912.0f /* 1.5 * 2^23: (x + M) - M rounds x to an integer */
-
-/* 2^k for integer-valued k; 0 below -126 and inf above 127 (also maps NaN to 0: callers
- * multiply by a NaN polynomial value then). */
-static inline float
-scan_pow2i(float k)
-{
-    int32_t bits;
-    float r;
-    k = k > -127.0f ? k : -127.0f;
-    k = k < 128.0f ? k : 128.0f;
-    bits = ((int32_t)k + 127) * (1 << 23);
-    memcpy(&r, &bits, sizeof r);
-    return r;
-}
-
-/* c ? a : b as bit operations: keeps a and b unconditional, so that compilers that assume
- * floating-point ops may trap (-ftrapping-math) still if-convert and vectorise the loop. */
-static inline float
-scan_sel(int c, float a, float b)
-{
-    const int32_t m = -(int32_t)(c != 0);
-    int32_t ia, ib;
-    memcpy(&ia, &a, sizeof ia);
-    memcpy(&ib, &b, sizeof ib);
-    ia = (ia & m) | (ib & ~m);
-    memcpy(&a, &ia, sizeof a);
-    return a;
-}
-
-/* 2^f for |f| <= 1/2: degree 6, near-minimax for relative error (1.9e-9; ~1e-7 in float). */
-static inline float
-scan_exp2_poly_c(float f)
-{
-    float p = 1.534581242594868e-04f;
-    p = p * f + 1.3399930903688073e-03f;
-    p = p * f + 9.618489071726799e-03f;
-    p = p * f + 5.550328642129898e-02f;
-    p = p * f + 2.4022646248340607e-01f;
-    p = p * f + 6.931471824645996e-01f;
-    return p * f + 1.0f;
-}
-
-/* 2^t */
-static inline float
-scan_exp2_c(float t)
-{
-    const float k = (t + SCAN_MAGIC) - SCAN_MAGIC;
-    return scan_exp2_poly_c(t - k) * scan_pow2i(k);
-}
-
-/* e^x, Cody-Waite reduction x = k ln2 + r (ln2 split in two floats) */
-static inline float
-scan_exp_c(float x)
-{
-    const float k = (x * SCAN_LOG2E + SCAN_MAGIC) - SCAN_MAGIC;
-    const float r = (x - k * 0.693145751953125f) - k * 1.428606765330187e-06f;
-    return scan_exp2_poly_c(r * SCAN_LOG2E) * scan_pow2i(k);
-}
-
-/* softplus, threshold 20: max(x, 0) + log1p(w), w = exp(-|x|); log1p(w) = 2 atanh(s),
- * s = w / (2 + w), as in v_softplus. */
-static inline float
-scan_softplus_c(float x)
-{
-    const float w = scan_exp_c(-fabsf(x));
-    const float s = w / (2.0f + w);
-    const float q = s * s;
-    float p = 0.2817833423614502f;
-    p = p * q + 0.27960604429244995f;
-    p = p * q + 0.40024909377098083f;
-    p = p * q + 0.6666631698608398f;
-    p = p * q + 2.0f;
-    p = scan_sel(x > 0.0f, x, 0.0f) + s * p;
-    return scan_sel(x > 20.0f, x, p);
-}
-
-/* silu(x) = x sigmoid(x), sigmoid from e = exp(-|x|) without overflow */
-static inline float
-scan_silu_c(float x)
-{
-    const float e = scan_exp_c(-fabsf(x));
-    const float s = 1.0f / (1.0f + e);
-    return x * scan_sel(x >= 0.0f, s, e * s);
-}
-
 static inline
 #if defined(__GNUC__)
-__attribute__((always_inline))
+    __attribute__((always_inline))
 #endif
-void
-scan_lanes_body(const samba_scan_args *a, int64_t b, int64_t c0, int nch, int64_t t0,
-                int64_t t1, float *restrict h, const float *restrict a2,
-                const float *restrict bc)
+    void
+    scan_lanes_body(const samba_scan_args *a, int64_t b, int64_t c0, int nch, int64_t t0,
+                    int64_t t1, float *restrict h, const float *restrict a2,
+                    const float *restrict bc)
 {
     const int64_t L = a->seqlen, N = a->dstate;
     const int64_t row0 = (b * a->dim + c0) * L;
@@ -185,7 +90,7 @@ scan_lanes_body(const samba_scan_args *a, int64_t b, int64_t c0, int nch, int64_
             }
             if (a->delta_softplus) {
                 for (k = 0; k < nk; k++) {
-                    row[k] = scan_softplus_c(row[k]);
+                    row[k] = samba_softplusf(row[k]);
                 }
             }
             for (k = 0; k < nk; k++) {
@@ -206,7 +111,7 @@ scan_lanes_body(const samba_scan_args *a, int64_t b, int64_t c0, int nch, int64_
                 float *restrict hn = h + n * SCAN_LANES;
                 const float *restrict an = a2 + n * SCAN_LANES;
                 for (l = 0; l < SCAN_LANES; l++) {
-                    const float v = scan_exp2_c(dtT[k][l] * an[l]) * hn[l] + duT[k][l] * bn;
+                    const float v = samba_exp2f(dtT[k][l] * an[l]) * hn[l] + duT[k][l] * bn;
                     hn[l] = v;
                     acc[l] += v * cn;
                 }
@@ -224,7 +129,7 @@ scan_lanes_body(const samba_scan_args *a, int64_t b, int64_t c0, int nch, int64_
             }
             if (a->z != NULL) {
                 for (k = 0; k < nk; k++) {
-                    row[k] *= scan_silu_c(a->z[o + k]);
+                    row[k] *= samba_siluf(a->z[o + k]);
                 }
             }
             for (k = 0; k < nk; k++) {
@@ -241,7 +146,7 @@ scan_block_portable(const samba_scan_args *a, int64_t b, int64_t c0, int nch, in
     scan_lanes_body(a, b, c0, nch, t0, t1, h, a2, bc);
 }
 
-#if SCAN_HAVE_AVX512
+#if SAMBA_X86_DISPATCH
 /* the same C compiled for AVX2 + FMA (x86 without AVX-512) */
 #if defined(__clang__)
 #define SCAN_AVX2_ATTR __attribute__((target("avx2,fma")))
@@ -249,100 +154,16 @@ scan_block_portable(const samba_scan_args *a, int64_t b, int64_t c0, int nch, in
 #define SCAN_AVX2_ATTR __attribute__((target("avx2,fma"), optimize("fp-contract=fast")))
 #endif
 static SCAN_AVX2_ATTR void
-scan_block_avx2(const samba_scan_args *a, int64_t b, int64_t c0, int nch, int64_t t0,
-                int64_t t1, float *h, const float *a2, const float *bc)
+scan_block_avx2(const samba_scan_args *a, int64_t b, int64_t c0, int nch, int64_t t0, int64_t t1,
+                float *h, const float *a2, const float *bc)
 {
     scan_lanes_body(a, b, c0, nch, t0, t1, h, a2, bc);
 }
 #endif
 
 /* ------------------------------------------------------------------- AVX-512 kernel --- */
-#if SCAN_HAVE_AVX512
-#define AVX512 __attribute__((target("avx512f,avx512dq,fma")))
-
-/* Polynomial for 2^f, f in [0, 1): degree 6, near-minimax for relative error (1.9e-9 in
- * exact arithmetic, ~1e-7 after float32 rounding). */
-static inline AVX512 __m512
-v_exp2_poly(__m512 f)
-{
-    __m512 p = _mm512_set1_ps(2.1702254889532924e-04f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.2439688434824347e-03f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.678840637207031e-03f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5483341217041016e-02f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022983014583588e-01f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931470036506653e-01f));
-    return _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-}
-
-/* 2^t: f = t - floor(t) in [0, 1) (one vreduceps), 2^f by the polynomial, then times
- * 2^floor(t) with vscalefps (exact over/underflow to inf/0). NaN propagates. */
-static inline AVX512 __m512
-v_exp2(__m512 t)
-{
-    const __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    return _mm512_scalef_ps(v_exp2_poly(f), t);
-}
-
-/* e^x with the reduction in extra precision: x log2(e) = hi + lo exactly enough
- * (log2(e) split in two floats, fma for the product's rounding error). */
-static inline AVX512 __m512
-v_exp(__m512 x)
-{
-    const __m512 l2e = _mm512_set1_ps(SCAN_LOG2E);
-    const __m512 hi = _mm512_mul_ps(x, l2e);
-    __m512 lo = _mm512_fmsub_ps(x, l2e, hi);
-    lo = _mm512_fmadd_ps(x, _mm512_set1_ps(1.925963033500011e-08f), lo); /* log2(e) - l2e */
-    const __m512 f = _mm512_add_ps(
-        _mm512_reduce_ps(hi, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC), lo);
-    return _mm512_scalef_ps(v_exp2_poly(f), hi);
-}
-
-/* 1/x to ~1e-8 relative for finite nonzero x: rcp14 + one Newton step. */
-static inline AVX512 __m512
-v_recip(__m512 x)
-{
-    const __m512 r = _mm512_rcp14_ps(x);
-    return _mm512_mul_ps(r, _mm512_fnmadd_ps(x, r, _mm512_set1_ps(2.0f)));
-}
-
-/* -|x| (sign bit set) */
-static inline AVX512 __m512
-v_negabs(__m512 x)
-{
-    return _mm512_or_ps(x, _mm512_set1_ps(-0.0f));
-}
-
-/* softplus with threshold 20: x > 20 ? x : log1p(exp(x)), computed as max(x, 0) + log1p(w),
- * w = exp(-|x|) in (0, 1]; log1p(w) = 2 atanh(s) with s = w / (2 + w) in (0, 1/3] (no
- * cancellation for tiny w), 2 atanh(s) = s P(s^2), P of degree 4 near-minimax on
- * [0, 1/9] (relative error 4e-9, ~7e-8 after float32 rounding). NaN propagates. */
-static inline AVX512 __m512
-v_softplus(__m512 x)
-{
-    const __m512 w = v_exp(v_negabs(x));
-    const __m512 s = _mm512_mul_ps(w, v_recip(_mm512_add_ps(_mm512_set1_ps(2.0f), w)));
-    const __m512 q = _mm512_mul_ps(s, s);
-    __m512 p = _mm512_set1_ps(0.2817833423614502f);
-    __m512 r;
-    p = _mm512_fmadd_ps(p, q, _mm512_set1_ps(0.27960604429244995f));
-    p = _mm512_fmadd_ps(p, q, _mm512_set1_ps(0.40024909377098083f));
-    p = _mm512_fmadd_ps(p, q, _mm512_set1_ps(0.6666631698608398f));
-    p = _mm512_fmadd_ps(p, q, _mm512_set1_ps(2.0f));
-    r = _mm512_fmadd_ps(s, p, _mm512_max_ps(x, _mm512_setzero_ps()));
-    /* x > 20 (false for NaN, which then propagates through r) */
-    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(20.0f), _CMP_GT_OQ), r, x);
-}
-
-/* silu(x) = x sigmoid(x); with e = exp(-|x|) in (0, 1] and s = 1 / (1 + e):
- * sigmoid(x) = s for x >= 0, e s for x < 0 (no overflow, no cancellation). */
-static inline AVX512 __m512
-v_silu(__m512 x)
-{
-    const __m512 e = v_exp(v_negabs(x));
-    const __m512 s = v_recip(_mm512_add_ps(_mm512_set1_ps(1.0f), e));
-    const __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
-    return _mm512_mul_ps(x, _mm512_mask_mul_ps(s, neg, s, e));
-}
+#if SAMBA_X86_DISPATCH
+#define AVX512 SAMBA_TARGET_AVX512
 
 /* In-place transpose of a 16x16 float tile held in r[0..15]. */
 static inline AVX512 void
@@ -416,12 +237,11 @@ scan_block_avx512_body(const samba_scan_args *a, int64_t b, int64_t c0, int nch,
                     dt = _mm512_add_ps(dt, _mm512_set1_ps(a->delta_bias[c0 + ch]));
                 }
                 if (a->delta_softplus) {
-                    dt = v_softplus(dt);
+                    dt = samba_v512_softplus(dt);
                 }
                 dtv[ch] = dt;
                 duv[ch] = _mm512_mul_ps(dt, _mm512_maskz_loadu_ps(km, a->u + o));
-            }
-            else {
+            } else {
                 dtv[ch] = _mm512_setzero_ps();
                 duv[ch] = _mm512_setzero_ps();
             }
@@ -440,11 +260,11 @@ scan_block_avx512_body(const samba_scan_args *a, int64_t b, int64_t c0, int nch,
 #pragma GCC unroll 8
 #endif
             for (n = 0; n < N; n += 2) {
-                const __m512 e0 = v_exp2(_mm512_mul_ps(dt, av[n]));
+                const __m512 e0 = samba_v512_exp2(_mm512_mul_ps(dt, av[n]));
                 hv[n] = _mm512_fmadd_ps(e0, hv[n], _mm512_mul_ps(du, _mm512_set1_ps(Bk[n])));
                 acc0 = _mm512_fmadd_ps(hv[n], _mm512_set1_ps(Ck[n]), acc0);
                 if (n + 1 < N) {
-                    const __m512 e1 = v_exp2(_mm512_mul_ps(dt, av[n + 1]));
+                    const __m512 e1 = samba_v512_exp2(_mm512_mul_ps(dt, av[n + 1]));
                     hv[n + 1] = _mm512_fmadd_ps(e1, hv[n + 1],
                                                 _mm512_mul_ps(du, _mm512_set1_ps(Bk[n + 1])));
                     acc1 = _mm512_fmadd_ps(hv[n + 1], _mm512_set1_ps(Ck[n + 1]), acc1);
@@ -464,7 +284,7 @@ scan_block_avx512_body(const samba_scan_args *a, int64_t b, int64_t c0, int nch,
                                     _mm512_maskz_loadu_ps(km, a->u + o), y);
             }
             if (a->z != NULL) {
-                y = _mm512_mul_ps(y, v_silu(_mm512_maskz_loadu_ps(km, a->z + o)));
+                y = _mm512_mul_ps(y, samba_v512_silu(_mm512_maskz_loadu_ps(km, a->z + o)));
             }
             _mm512_mask_storeu_ps(a->y + o, km, y);
         }
@@ -492,22 +312,10 @@ static AVX512 void
 scan_block_avx512_gen(const samba_scan_args *a, int64_t b, int64_t c0, int nch, int64_t t0,
                       int64_t t1, float *h, const float *a2, const float *bc)
 {
-    scan_block_avx512_body(a, b, c0, nch, t0, t1, (int)a->dstate, (__m512 *)h,
-                           (const __m512 *)a2, bc);
+    scan_block_avx512_body(a, b, c0, nch, t0, t1, (int)a->dstate, (__m512 *)h, (const __m512 *)a2,
+                           bc);
 }
 
-static int
-scan_cpu_has_avx2(void)
-{
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
-
-static int
-scan_cpu_has_avx512(void)
-{
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("fma");
-}
 /*
  * Decode step for channels d0 .. d0+nd-1 (nd <= 16) of batch b; the state rows (N floats per
  * channel) are updated in place. Elementwise parts (softplus, dt*x, D*x, silu(z)) run over
@@ -531,7 +339,7 @@ scan_step_avx512(const samba_scan_step_args *s, int64_t b, int64_t d0, int nd)
         dt = _mm512_add_ps(dt, _mm512_maskz_loadu_ps(cm, s->dt_bias + d0));
     }
     if (s->dt_softplus) {
-        dt = v_softplus(dt);
+        dt = samba_v512_softplus(dt);
     }
     _mm512_storeu_ps(dtf, dt);
     _mm512_storeu_ps(duf, _mm512_mul_ps(dt, x));
@@ -551,8 +359,8 @@ scan_step_avx512(const samba_scan_step_args *s, int64_t b, int64_t d0, int nd)
             /* A*log2(e) rounded and clamped exactly as in samba_scan_fwd (NaN kept) */
             const __m512 a2 = _mm512_max_ps(
                 _mm512_set1_ps(-3.0e38f),
-                _mm512_mul_ps(_mm512_maskz_loadu_ps(nm, Ar + n0), _mm512_set1_ps(SCAN_LOG2E)));
-            const __m512 e = v_exp2(_mm512_mul_ps(dtj, a2));
+                _mm512_mul_ps(_mm512_maskz_loadu_ps(nm, Ar + n0), _mm512_set1_ps(SAMBA_LOG2E)));
+            const __m512 e = samba_v512_exp2(_mm512_mul_ps(dtj, a2));
             __m512 hv = _mm512_maskz_loadu_ps(nm, h + n0);
             hv = _mm512_fmadd_ps(e, hv, _mm512_mul_ps(duj, _mm512_maskz_loadu_ps(nm, Bv + n0)));
             _mm512_mask_storeu_ps(h + n0, nm, hv);
@@ -565,35 +373,21 @@ scan_step_avx512(const samba_scan_step_args *s, int64_t b, int64_t d0, int nd)
         y = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(cm, s->D + d0), x, y);
     }
     if (s->z != NULL) {
-        y = _mm512_mul_ps(y, v_silu(_mm512_maskz_loadu_ps(cm, s->z + o)));
+        y = _mm512_mul_ps(y, samba_v512_silu(_mm512_maskz_loadu_ps(cm, s->z + o)));
     }
     _mm512_mask_storeu_ps(s->y + o, cm, y);
 }
-#endif /* SCAN_HAVE_AVX512 */
+#endif /* SAMBA_X86_DISPATCH */
 
 /* ---------------------------------------------------------------------------- driver --- */
 
-/* Kernel choice: the best the CPU supports (AVX-512, else AVX2 + FMA, else portable C).
- * SAMBA_SCAN_KERNEL=avx2 / =portable in the environment caps it (the tests check every
- * kernel this way). */
-static int
-scan_kernel_cap(void)
-{
-    const char *env = getenv("SAMBA_SCAN_KERNEL");
-    if (env != NULL && strcmp(env, "portable") == 0) {
-        return 0;
-    }
-    if (env != NULL && strcmp(env, "avx2") == 0) {
-        return 1;
-    }
-    return 2;
-}
-
+/* Kernel choice (simd.h's samba_isa()): the AVX-512 kernel, else the portable C compiled for
+ * AVX2 + FMA, else the portable C at the baseline ISA. */
 static int
 scan_use_avx512(void)
 {
-#if SCAN_HAVE_AVX512
-    return scan_kernel_cap() >= 2 && scan_cpu_has_avx512();
+#if SAMBA_X86_DISPATCH
+    return samba_isa() >= SAMBA_ISA_AVX512;
 #else
     return 0;
 #endif
@@ -602,11 +396,11 @@ scan_use_avx512(void)
 static scan_block_fn
 scan_pick(int64_t N)
 {
-#if SCAN_HAVE_AVX512
+#if SAMBA_X86_DISPATCH
     if (scan_use_avx512()) {
         return N == 16 ? scan_block_avx512_n16 : scan_block_avx512_gen;
     }
-    if (scan_kernel_cap() >= 1 && scan_cpu_has_avx2()) {
+    if (samba_isa() >= SAMBA_ISA_AVX2) {
         return scan_block_avx2;
     }
 #endif
@@ -645,8 +439,8 @@ samba_scan_fwd(const samba_scan_args *a, const samba_ctx *ctx)
     if (a->batch == 0 || a->dim == 0) {
         return SAMBA_OK;
     }
-    if (a->A == NULL || (a->seqlen > 0 && (a->u == NULL || a->delta == NULL ||
-                                           a->B == NULL || a->C == NULL || a->y == NULL))) {
+    if (a->A == NULL || (a->seqlen > 0 && (a->u == NULL || a->delta == NULL || a->B == NULL ||
+                                           a->C == NULL || a->y == NULL))) {
         return SAMBA_ERR_ARG;
     }
     if (a->seqlen > 0 && N == 0) {
@@ -655,7 +449,7 @@ samba_scan_fwd(const samba_scan_args *a, const samba_ctx *ctx)
         for (i = 0; i < total; i++) {
             const int64_t d = (i / a->seqlen) % a->dim;
             float v = a->D != NULL ? a->D[d] * a->u[i] : 0.0f;
-            a->y[i] = a->z != NULL ? v * scan_silu_c(a->z[i]) : v;
+            a->y[i] = a->z != NULL ? v * samba_siluf(a->z[i]) : v;
         }
         return SAMBA_OK;
     }
@@ -664,8 +458,7 @@ samba_scan_fwd(const samba_scan_args *a, const samba_ctx *ctx)
             const size_t bytes = (size_t)(a->batch * a->dim * N) * sizeof(float);
             if (a->initial_state != NULL) {
                 memmove(a->final_state, a->initial_state, bytes);
-            }
-            else {
+            } else {
                 memset(a->final_state, 0, bytes);
             }
         }
@@ -679,8 +472,9 @@ samba_scan_fwd(const samba_scan_args *a, const samba_ctx *ctx)
     nitems = a->batch * nblk;
     chunk = (scan_use_avx512() ? SCAN_CHUNK_UPDATES_AVX512 : SCAN_CHUNK_UPDATES_PORTABLE) /
             (a->batch * a->dim * N);
-    chunk = chunk < SCAN_CHUNK_MIN ? SCAN_CHUNK_MIN : chunk > SCAN_CHUNK_MAX ? SCAN_CHUNK_MAX
-                                                                              : chunk;
+    chunk = chunk < SCAN_CHUNK_MIN   ? SCAN_CHUNK_MIN
+            : chunk > SCAN_CHUNK_MAX ? SCAN_CHUNK_MAX
+                                     : chunk;
     chunk = chunk / 16 * 16;
     if (chunk > a->seqlen) {
         chunk = a->seqlen;
@@ -702,7 +496,7 @@ samba_scan_fwd(const samba_scan_args *a, const samba_ctx *ctx)
         const int64_t lane = (c % dpg) % SCAN_LANES;
         for (n = 0; n < N; n++) {
             /* A*log2(e), kept finite for finite dt (exp2(-inf) would give NaN) */
-            float v = a->A[c * N + n] * SCAN_LOG2E;
+            float v = a->A[c * N + n] * SAMBA_LOG2E;
             if (v < -3.0e38f) {
                 v = -3.0e38f;
             }
@@ -749,15 +543,14 @@ samba_scan_fwd(const samba_scan_args *a, const samba_ctx *ctx)
             break;
         }
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(samba_ctx_threads(ctx)) schedule(dynamic, 1) \
-    if (nitems > 1)
+#pragma omp parallel for num_threads(samba_ctx_threads(ctx)) schedule(dynamic, 1) if (nitems > 1)
 #endif
         for (it = 0; it < nitems; it++) {
             const int64_t bb = it / nblk, blk = it % nblk;
             const int64_t g = blk / nbg, j = blk % nbg;
             const int64_t c0 = g * dpg + j * SCAN_LANES;
-            const int nch = (int)(dpg - j * SCAN_LANES < SCAN_LANES ? dpg - j * SCAN_LANES
-                                                                     : SCAN_LANES);
+            const int nch =
+                (int)(dpg - j * SCAN_LANES < SCAN_LANES ? dpg - j * SCAN_LANES : SCAN_LANES);
             fn(a, bb, c0, nch, t0, t1, hbuf + it * N * SCAN_LANES, a2buf + blk * N * SCAN_LANES,
                bcbuf + ((bb * a->ngroups + g) * a->seqlen + t0) * 2 * N);
         }
@@ -793,18 +586,18 @@ samba_scan_step(const samba_scan_step_args *s, const samba_ctx *ctx)
     if (s->batch == 0 || s->dim == 0) {
         return SAMBA_OK;
     }
-    if ((s->state == NULL && s->dstate > 0) || s->x == NULL || s->dt == NULL ||
-        s->A == NULL || s->B == NULL || s->C == NULL || s->y == NULL) {
+    if ((s->state == NULL && s->dstate > 0) || s->x == NULL || s->dt == NULL || s->A == NULL ||
+        s->B == NULL || s->C == NULL || s->y == NULL) {
         return SAMBA_ERR_ARG;
     }
-#if SCAN_HAVE_AVX512
+#if SAMBA_X86_DISPATCH
     if (scan_use_avx512()) {
         const int64_t nblk = (s->dim + 15) / 16;
         const int64_t nitems = s->batch * nblk;
         int64_t it;
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(samba_ctx_threads(ctx)) schedule(static) \
-    if (s->batch * s->dim * (s->dstate + 8) >= (1 << 16))
+#pragma omp parallel for num_threads(samba_ctx_threads(ctx))                                       \
+    schedule(static) if (s->batch * s->dim * (s->dstate + 8) >= (1 << 16))
 #endif
         for (it = 0; it < nitems; it++) {
             const int64_t b = it / nblk, d0 = (it % nblk) * 16;

@@ -36,7 +36,7 @@
 #include <omp.h>
 #endif
 
-#include "vexp.h" /* last: it sets a GCC optimize pragma for the functions below */
+#include "simd.h" /* last: it sets a GCC optimize pragma for the functions below */
 
 #define SBWD_MIN_CHUNK 64
 #define SBWD_MAX_CHUNKS 256
@@ -104,7 +104,7 @@ sbwd_recompute(const samba_scan_bwd_args *a, int64_t d, int64_t o, int64_t t0, i
         float *restrict e = ex + tt * N;
 #pragma omp simd
         for (n = 0; n < N; n++) {
-            e[n] = samba_vexpf(dtv * Ad[n]);
+            e[n] = samba_expf(dtv * Ad[n]);
             hnew[n] = e[n] * hprev[n] + dtu * Bt[n];
         }
     }
@@ -182,7 +182,7 @@ sbwd_backward(const samba_scan_bwd_args *a, int64_t d, int64_t o, int64_t t0, in
 
 /* One channel's work on one chunk. mode 0: advance ckpt_in (N) over the chunk into
  * ckpt_out (N). mode 1: recompute from ckpt_in, then run the backward (gn, ws->dA, ws->dB,
- * ws->dC, *dDacc, *dbacc accumulate). Compiled per ISA (vexp.h dispatch pattern). */
+ * ws->dC, *dDacc, *dbacc accumulate). Compiled per ISA (simd.h dispatch pattern). */
 typedef void (*sbwd_channel_fn)(const samba_scan_bwd_args *, int64_t, int64_t, int64_t,
                                 int64_t, const float *, const float *, const float *,
                                 float *, float *, sbwd_ws *, float *, float *, int);
@@ -220,9 +220,9 @@ static sbwd_channel_fn
 sbwd_pick(void)
 {
 #if SAMBA_X86_DISPATCH
-    switch (samba_simd_level()) {
-    case 2: return sbwd_channel_avx512;
-    case 1: return sbwd_channel_avx2;
+    switch (samba_isa()) {
+    case SAMBA_ISA_AVX512: return sbwd_channel_avx512;
+    case SAMBA_ISA_AVX2: return sbwd_channel_avx2;
     default: break;
     }
 #endif

@@ -6,7 +6,7 @@
  * OpenMP loop over blocks of SAMBA_SWIGLU_BLOCK elements.
  */
 #include "samba.h"
-#include "vexp.h"
+#include "simd.h"
 
 #define SAMBA_SWIGLU_CHUNK ((int64_t)1 << 23)
 #define SAMBA_SWIGLU_BLOCK ((int64_t)1 << 13)
@@ -21,7 +21,7 @@ swiglu_body(int64_t a, int64_t e, const float *gate, const float *up, float *y)
     int64_t i;
     for (i = a; i < e; i++) {
         const float g = gate[i];
-        y[i] = samba_vsiluf(g) * up[i];
+        y[i] = samba_siluf(g) * up[i];
     }
 }
 
@@ -46,8 +46,8 @@ swiglu_avx512(int64_t a, int64_t e, const float *gate, const float *up, float *y
 #endif
 
 static void
-swiglu_chunk(swiglu_fn fn, int64_t i0, int64_t i1, const float *gate, const float *up,
-             float *y, int nt)
+swiglu_chunk(swiglu_fn fn, int64_t i0, int64_t i1, const float *gate, const float *up, float *y,
+             int nt)
 {
     const int64_t nb = (i1 - i0 + SAMBA_SWIGLU_BLOCK - 1) / SAMBA_SWIGLU_BLOCK;
     int64_t blk;
@@ -61,8 +61,7 @@ swiglu_chunk(swiglu_fn fn, int64_t i0, int64_t i1, const float *gate, const floa
 }
 
 samba_status
-samba_swiglu_fwd(int64_t n, const float *gate, const float *up, float *y,
-                 const samba_ctx *ctx)
+samba_swiglu_fwd(int64_t n, const float *gate, const float *up, float *y, const samba_ctx *ctx)
 {
     swiglu_fn fn = swiglu_c;
     int threads;
@@ -78,9 +77,9 @@ samba_swiglu_fwd(int64_t n, const float *gate, const float *up, float *y,
         return SAMBA_ERR_ARG;
     }
 #if SAMBA_X86_DISPATCH
-    switch (samba_simd_level()) {
-    case 2: fn = swiglu_avx512; break;
-    case 1: fn = swiglu_avx2; break;
+    switch (samba_isa()) {
+    case SAMBA_ISA_AVX512: fn = swiglu_avx512; break;
+    case SAMBA_ISA_AVX2: fn = swiglu_avx2; break;
     default: break;
     }
 #endif

@@ -1,10 +1,10 @@
 /*
  * swiglu_bwd.c - backward pass of y = silu(gate) * up (swiglu.c), fp32, elementwise:
  *   dgate = dy up sigmoid(gate) (1 + gate (1 - sigmoid(gate)));  dup = dy silu(gate)
- * Vectorised per ISA as in swiglu.c (vexp.h), threads over blocks, ctx polled between chunks.
+ * Vectorised per ISA as in swiglu.c (simd.h), threads over blocks, ctx polled between chunks.
  */
 #include "samba.h"
-#include "vexp.h"
+#include "simd.h"
 
 #define GBWD_CHUNK ((int64_t)1 << 22)   /* elements between stop polls */
 #define GBWD_BLOCK ((int64_t)1 << 14)   /* elements per work item */
@@ -17,7 +17,7 @@ gbwd_body(int64_t i0, int64_t i1, const float *restrict g, const float *restrict
     int64_t i;
     for (i = i0; i < i1; i++) {
         const float x = g[i];
-        const float e = samba_vexpf_neg(-fabsf(x));
+        const float e = samba_expf(-fabsf(x));
         const float r = 1.0f / (1.0f + e);
         const float sg = x >= 0.0f ? r : e * r;
         dg[i] = dy[i] * u[i] * sg * (1.0f + x * (1.0f - sg));
@@ -69,9 +69,9 @@ samba_swiglu_bwd(int64_t n, const float *gate, const float *up, const float *dy,
         return SAMBA_ERR_ARG;
     }
 #if SAMBA_X86_DISPATCH
-    switch (samba_simd_level()) {
-    case 2: fn = gbwd_avx512; break;
-    case 1: fn = gbwd_avx2; break;
+    switch (samba_isa()) {
+    case SAMBA_ISA_AVX512: fn = gbwd_avx512; break;
+    case SAMBA_ISA_AVX2: fn = gbwd_avx2; break;
     default: break;
     }
 #endif

@@ -39,7 +39,7 @@ def _tune_glibc_malloc() -> bool:
         return False
     try:
         libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version        # glibc only
+        libc.gnu_get_libc_version  # noqa: B018 (glibc only: the attribute lookup raises elsewhere)
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False

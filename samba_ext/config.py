@@ -1,6 +1,6 @@
 """Model configuration: :class:`SambaConfig` and the named presets.
 
-A config fully determines the architecture (samba_arch.md sections 1-5): the number of blocks,
+A config fully determines the architecture (docs/specification.md sections 1-5): the number of blocks,
 which mixer each block has ("mamba", "swa" = sliding-window attention, "attn" = full causal
 attention), the widths, the attention heads (GQA) and the Mamba hyper-parameters. Checkpoints
 store ``dataclasses.asdict(config)`` as JSON in their metadata.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 LAYER_TYPES = ("mamba", "swa", "attn")
@@ -21,7 +21,7 @@ _F32_MAX = 3.4028234663852886e38   # largest finite float32 (the kernels compute
 
 
 def samba_layer_types(n_layer: int) -> tuple[str, ...]:
-    """Samba layout (samba_arch.md section 2): even blocks Mamba, odd blocks SWA."""
+    """Samba layout (docs/specification.md section 2): even blocks Mamba, odd blocks SWA."""
     return tuple("mamba" if i % 2 == 0 else "swa" for i in range(n_layer))
 
 
@@ -192,7 +192,7 @@ class SambaConfig:
         return sorted(PRESETS)
 
 
-# Presets. Sources: samba_arch.md section 1 (microsoft/Samba config.py for 421M/1.3B, paper
+# Presets. Sources: docs/specification.md section 1 (microsoft/Samba config.py for 421M/1.3B, paper
 # Table 10 for 1.7B/3.8B, Table 9 / section 6.5 for the 1.6B Transformer baselines).
 PRESETS: dict[str, dict[str, Any]] = {
     # code: Samba_421M (12 blocks = 24 paper layers), MHA 12 x 128, Llama-2 tokenizer

@@ -12,7 +12,7 @@ Storage bytes are read from the zip (torch writes them uncompressed) with plain 
 never memory-mapped (a file truncated during the load is a CheckpointError, not SIGBUS),
 after checking every offset, size and stride.
 
-Key names follow samba_arch.md section 7; lit_gpt checkpoints store the grouped QKV layout and
+Key names follow docs/specification.md section 7; lit_gpt checkpoints store the grouped QKV layout and
 (for tied models) both ``transformer.wte.weight`` and ``lm_head.weight``.
 """
 from __future__ import annotations
@@ -22,7 +22,6 @@ import os
 import pickle
 import re
 import struct
-import warnings
 import zipfile
 from typing import Any, Optional
 

@@ -1,6 +1,6 @@
 """The Samba language model, composed from the package kernels through a small backend.
 
-Architecture (samba_arch.md sections 2-5, checklist section 10)::
+Architecture (docs/specification.md sections 2-5, checklist section 8)::
 
     x = wte[tokens]                                    # (B, L, D), float32 residual stream
     for each block i:   x = x + mixer_i(rmsnorm(x));   x = x + swiglu_mlp_i(rmsnorm(x))
@@ -127,7 +127,7 @@ class Samba:
         self._wte = up(f32["transformer.wte.weight"])
         self._head = self._wte if cfg.tie_embeddings else up(f32["lm_head.weight"])
         self._ln_f = up(f32["transformer.ln_f.weight"])
-        E, N, R, F = cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.intermediate_size
+        E, F = cfg.d_inner, cfg.intermediate_size
         H, G, hd = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         blocks = []
         for i, t in enumerate(cfg.layer_types):

@@ -12,7 +12,7 @@ __all__ = ["expected_shapes", "init_state_dict", "qkv_grouped_to_split", "qkv_sp
 
 
 def expected_shapes(cfg: SambaConfig) -> dict[str, tuple[int, ...]]:
-    """lit_gpt key -> shape for ``cfg`` (samba_arch.md section 7). lm_head.weight only when
+    """lit_gpt key -> shape for ``cfg`` (docs/specification.md section 7). lm_head.weight only when
     the embeddings are not tied."""
     D, E, N, R, K, F = (cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv,
                         cfg.intermediate_size)
@@ -44,7 +44,7 @@ def expected_shapes(cfg: SambaConfig) -> dict[str, tuple[int, ...]]:
 
 
 def init_state_dict(cfg: SambaConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random Mamba/Samba initialisation (samba_arch.md section 3), lit_gpt keys, float32.
+    """Random Mamba/Samba initialisation (docs/specification.md section 3), lit_gpt keys, float32.
 
     Embedding N(0, 0.02); Linear weights PyTorch-default U(+-1/sqrt(fan_in)); Mamba:
     A_log = log(1..N), D = 1, dt_proj.weight U(+-dt_rank^-0.5), dt_proj.bias =

@@ -1,6 +1,6 @@
 """Independent float64 NumPy forward of the whole Samba model, for parity tests.
 
-Written plainly from samba_arch.md (sections 2-5), separately from samba_ext.model and the C
+Written plainly from docs/specification.md (sections 2-5), separately from samba_ext.model and the C
 kernels: explicit time loops for the conv and the scan, an explicit masked softmax for the
 attention, RoPE from its formula. It reads the lit_gpt-keyed state dict (grouped QKV rows)
 directly, so the model's weight re-layout is tested too. Slow; use small configs.
@@ -24,7 +24,7 @@ def softplus(x):
 
 
 def mamba(u, p, cfg):
-    """u (L, D) -> (L, D), one sequence (samba_arch.md section 3)."""
+    """u (L, D) -> (L, D), one sequence (docs/specification.md section 3)."""
     L = u.shape[0]
     E, N, R, K = cfg.d_inner, cfg.d_state, cfg.dt_rank, cfg.d_conv
     xz = u @ p["in_proj.weight"].T               # (L, 2E)

@@ -1,4 +1,4 @@
-"""Plain float64 NumPy reference of the Mamba-1 selective scan (samba_arch.md section 3).
+"""Plain float64 NumPy reference of the Mamba-1 selective scan (docs/specification.md section 3).
 
 Written directly from the formulas, one time step at a time, independent of the C kernel:
 

@@ -89,9 +89,9 @@ def test_prefill_matches_reference(rng, backend, B, Lq, Lk, H, Hkv, hd, window, 
     (1, 150, 170, 4, 2, 64, 70), (2, 40, 40, 12, 1, 32, None), (1, 90, 90, 3, 3, 24, 1),
 ])
 def test_lower_isa_paths(rng, monkeypatch, isa, B, Lq, Lk, H, Hkv, hd, window):
-    """SAMBA_EXT_ATTN_ISA caps the instruction set, so the AVX2, portable-vector and scalar
+    """SAMBA_EXT_ISA caps the instruction set, so the AVX2, portable-vector and scalar
     tile kernels are tested on any machine (a cap above what the CPU has changes nothing)."""
-    monkeypatch.setenv("SAMBA_EXT_ATTN_ISA", isa)
+    monkeypatch.setenv("SAMBA_EXT_ISA", isa)
     q, k, v = _qkv(rng, B, Lq, Lk, H, Hkv, hd)
     out = _core.swa_attention(q, k, v, window, None)
     assert_close(out, ref_swa_attention(q, k, v, window), RTOL)

@@ -92,11 +92,11 @@ def test_preset_matches_the_bundled_file(name):
 
 
 def test_edge_probe_places_the_key_line(samba_tiny):
-    """python/passkey_edge_probe.py's depths put the key line's end where it says (to one token),
+    """training/passkey_edge_probe.py's depths put the key line's end where it says (to one token),
     so its table of correct/trials per offset from the window edge means what it prints."""
     import importlib.util
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python",
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training",
                         "passkey_edge_probe.py")
     spec = importlib.util.spec_from_file_location("passkey_edge_probe", path)
     ep = importlib.util.module_from_spec(spec)

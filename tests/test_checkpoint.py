@@ -1,7 +1,6 @@
 """Checkpoints: safetensors round trip and validation, lit_gpt .pth without torch, hostile pickles."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle

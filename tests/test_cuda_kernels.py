@@ -13,7 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 from conftest import assert_close
-from cuda_util import DTYPES, RTOL, CAIView, dev, host, needs_cuda, rdev, round_to, \
+from cuda_util import DTYPES, RTOL, dev, host, needs_cuda, rdev, round_to, \
     transposed_view
 from ref_attention import ref_swa_attention, ref_swa_decode
 from ref_scan import selective_scan_ref, selective_state_update_ref

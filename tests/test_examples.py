@@ -1,4 +1,4 @@
-"""The notebook (python/quickstart.ipynb) and the example scripts (python/examples/) run, with
+"""The notebook (examples/quickstart.ipynb) and the example scripts (examples/*.py) run, with
 small settings, so they do not rot. The notebook test needs nbclient + nbformat + ipykernel
 (the `test` extra) and skips cleanly without them."""
 from __future__ import annotations
@@ -13,8 +13,7 @@ import pytest
 import samba_ext
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(samba_ext.__file__)))
-PY = os.path.join(ROOT, "python")
-EXAMPLES = os.path.join(PY, "examples")
+EXAMPLES = os.path.join(ROOT, "examples")
 MODEL = ["--model", "random:samba-test"]
 
 
@@ -59,7 +58,7 @@ def test_quickstart_notebook(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
-    nb = nbformat.read(os.path.join(PY, "quickstart.ipynb"), as_version=4)
+    nb = nbformat.read(os.path.join(EXAMPLES, "quickstart.ipynb"), as_version=4)
     params = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1
     # Small settings, default model (bundled samba-tiny, or the flagged random fallback).

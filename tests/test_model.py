@@ -295,7 +295,7 @@ def test_generate_batch_and_state_continuation(model, rng):
 # ------------------------------------------------------------------ config and init ---
 def test_presets_match_the_paper_sizes():
     n = {k: SambaConfig.preset(k).num_parameters() / 1e6 for k in SambaConfig.presets()}
-    # samba_arch.md section 1: 421.8M, 1.33B, 1.74B (tied), 3.86B (tied)
+    # docs/specification.md section 1: 421.8M, 1.33B, 1.74B (tied), 3.86B (tied)
     assert abs(n["samba-421m"] - 421.8) < 0.1 and abs(n["samba-1.3b"] - 1330) < 1
     assert abs(n["samba-1.7b"] - 1742) < 1 and abs(n["samba-3.8b"] - 3864) < 1
     assert 9.0 < n["samba-10m"] < 11.0

@@ -28,7 +28,6 @@ import os
 from typing import Optional
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

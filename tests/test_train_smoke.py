@@ -1,11 +1,12 @@
-"""Fast checks of the PyTorch training recipe (python/train_tiny.py); skipped without torch.
+"""Fast checks of the PyTorch training code (training/); skipped without torch.
 
 The torch model's fast paths are compared with plain references written from the formulas:
 the chunked selective scan against the step-by-step recurrence, the blocked sliding-window
 attention against dense masked attention, chunk-by-chunk inference (state carried) against one
 full forward, and a CPU smoke run of the training script (few steps, tiny batch) whose exported
-safetensors file must reload with the same weights and the MODEL_API metadata.
+safetensors file must reload with the same weights and the package's metadata keys.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,14 +18,18 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
-import train_tiny as tt  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training"))
+import data  # noqa: E402
+import model_torch as mt  # noqa: E402
+import train  # noqa: E402
+from samba_ext.safetensors_io import read_safetensors  # noqa: E402
+from samba_ext.eval.passkey import INSTRUCTION  # noqa: E402
 
 from conftest import assert_close  # noqa: E402
 
 
 def _seq_scan_f64(x, dt, A, Bm, Cm, Dv, h0):
-    """Plain float64 NumPy recurrence (samba_arch.md section 3)."""
+    """Plain float64 NumPy recurrence (docs/specification.md section 3)."""
     Bsz, L, E = x.shape
     h = h0.copy()
     y = np.zeros((Bsz, L, E))
@@ -44,11 +49,11 @@ def test_chunked_scan_matches_recurrence(rng, L):
     Dv, h0 = rng.standard_normal(E), rng.standard_normal((B, E, N))
     yr, hr = _seq_scan_f64(x, dt, A, Bm, Cm, Dv, h0)
     f = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
-    y, h = tt.scan_chunked(f(x), f(dt), f(A), f(Bm), f(Cm), f(Dv), f(h0))
+    y, h = mt.scan_chunked(f(x), f(dt), f(A), f(Bm), f(Cm), f(Dv), f(h0))
     # float32 with exp(+-S) factors up to e^48 inside a chunk: relative error ~1e-6 observed
     assert_close(y.numpy(), yr, 1e-5, "y")
     assert_close(h.numpy(), hr, 1e-5, "final state")
-    y2, _ = tt.scan_ref(f(x), f(dt), f(A), f(Bm), f(Cm), f(Dv), f(h0))
+    y2, _ = mt.scan_ref(f(x), f(dt), f(A), f(Bm), f(Cm), f(Dv), f(h0))
     assert_close(y2.numpy(), yr, 1e-5, "scan_ref y")
 
 
@@ -64,54 +69,73 @@ def test_local_attention_matches_dense(rng, W, P, L):
     s = np.where((kpos <= qpos) & (kpos > qpos - W), s, -np.inf)
     p = np.exp(s - s.max(-1, keepdims=True))
     ref = np.einsum("bhqk,bhkd->bhqd", p / p.sum(-1, keepdims=True), v)
-    got = tt.local_attention(*(torch.tensor(a, dtype=torch.float32) for a in (q, k, v)), P, W)
+    got = mt.local_attention(*(torch.tensor(a, dtype=torch.float32) for a in (q, k, v)), P, W)
     assert_close(got.numpy(), ref, 1e-5, "swa")  # float32 softmax/matmul over <= 2W keys
 
 
 @pytest.mark.parametrize("name", ["samba-tiny", "llama-tiny"])
 def test_chunked_inference_matches_full_forward(name):
     torch.manual_seed(0)
-    cfg = tt.make_config(name, d_model=32, window=8)
-    m = tt.TorchSamba(cfg).eval()
-    toks = torch.randint(0, tt.VOCAB, (2, 50))
+    cfg = mt.make_config(name, d_model=32, window=8)
+    m = mt.TorchSamba(cfg).eval()
+    toks = torch.randint(0, mt.VOCAB, (2, 50))
     with torch.no_grad():
         full = m(toks, exact=True)
         parts, st, pos = [], None, 0
         for c in (13, 1, 20, 16):
-            o, st = m(toks[:, pos:pos + c], state=st, pos0=pos, return_state=True)
+            o, st = m(toks[:, pos : pos + c], state=st, pos0=pos, return_state=True)
             parts.append(o)
             pos += c
     assert_close(torch.cat(parts, 1).numpy(), full.numpy(), 1e-5, "chunked logits")
 
 
 def test_passkey_prompt_template():
-    p = tt.passkey_prompt(1000, 0.5, 12345)
-    assert len(tt.encode(p)) == 1000
+    p = data.passkey_prompt(1000, 0.5, 12345)
+    assert len(data.encode(p)) == 1000
     lines = p.split("\n")
-    assert lines[0] == tt.PK_INSTR and lines[-1] == "What is the pass key? The pass key is"
+    assert lines[0] == INSTRUCTION and lines[-1] == "What is the pass key? The pass key is"
     assert lines[2] == "The pass key is 12345. Remember it. 12345 is the pass key."
     assert abs(len(lines[1]) - len(lines[3])) <= 1
-    assert tt.passkey_prompt(500, 0.0, 7).split("\n")[1] == ""
+    assert data.passkey_prompt(500, 0.0, 7).split("\n")[1] == ""
 
 
 def test_train_smoke_cpu_and_export(tmp_path):
     out = str(tmp_path / "x.safetensors")
-    res = tt.main(["--model", "samba-tiny", "--steps", "2", "--device", "cpu", "--out", out,
-                   "--tokens-per-step", "320", "--max-len", "320", "--text-bytes", "200000",
-                   "--threads", "1", "--log-every", "1"])
+    res = train.main(
+        [
+            "--model",
+            "samba-tiny",
+            "--steps",
+            "2",
+            "--device",
+            "cpu",
+            "--out",
+            out,
+            "--tokens-per-step",
+            "320",
+            "--max-len",
+            "320",
+            "--text-bytes",
+            "200000",
+            "--threads",
+            "1",
+            "--log-every",
+            "1",
+        ]
+    )
     assert res["steps"] == 2 and all(math.isfinite(r["loss"]) for r in res["log"])
     assert os.path.getsize(out) <= 16 * 1024 * 1024
-    tensors, meta = tt.load_safetensors(out)
+    tensors, meta = read_safetensors(out)
     assert meta["format"] == "samba-ext" and meta["tokenizer"] == "byte"
     assert "--steps 2" in meta["train_command"] and meta["seed"] == "0"
     cfg = json.loads(meta["config"])
-    assert tuple(cfg) == tt.CONFIG_FIELDS and cfg["layer_types"] == ["mamba", "swa", "mamba", "swa"]
+    assert tuple(cfg) == mt.CONFIG_FIELDS and cfg["layer_types"] == ["mamba", "swa", "mamba", "swa"]
     assert "lm_head.weight" not in tensors and "transformer.h.1.attn.attn.weight" in tensors
     assert tensors["transformer.h.0.attn.in_proj.weight"].shape == (4 * cfg["d_model"], cfg["d_model"])
     with open(out, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
     assert n % 8 == 0
-    m = tt.load_model(out)
+    m = mt.load_model(out)
     assert m.num_parameters() == res["params"]
 
 
@@ -127,7 +151,7 @@ def test_chunked_scan_backward_matches_recurrence():
     gy, gh = mk(B, L, E), mk(B, E, N)
     ins = [t.requires_grad_() for t in (x, dt, A, Bm, Cm, Dv, h0)]
     grads = []
-    for scan in (tt.scan_ref, tt.scan_chunked):
+    for scan in (mt.scan_ref, mt.scan_chunked):
         y, h = scan(*ins)
         grads.append(torch.autograd.grad((y * gy).sum() + (h * gh).sum(), ins))
     for name, a, b in zip(("x", "dt", "A", "B", "C", "D", "h0"), *grads):
@@ -148,15 +172,18 @@ def test_decay_only_dilation_is_exactly_a_longer_gap():
     h = torch.zeros(B, E, N, dtype=torch.float64)
     ys = []
     for t in range(L):
-        h = torch.exp(k.view(B, 1, 1) * dt[:, t, :, None] * A) * h + (dt[:, t] * x[:, t])[:, :, None] * Bm[:, t, None, :]
+        h = (
+            torch.exp(k.view(B, 1, 1) * dt[:, t, :, None] * A) * h
+            + (dt[:, t] * x[:, t])[:, :, None] * Bm[:, t, None, :]
+        )
         ys.append((h * Cm[:, t, None, :]).sum(-1) + x[:, t] * Dv)
     y_loop = torch.stack(ys, 1)
-    for scan in (tt.scan_ref, tt.scan_chunked):
+    for scan in (mt.scan_ref, mt.scan_chunked):
         y, hL = scan(x, dt, A, Bm, Cm, Dv, decay_scale=k)
         assert_close(y.numpy(), y_loop.numpy(), 1e-10, f"{scan.__name__} y")
         assert_close(hL.numpy(), h.numpy(), 1e-10, f"{scan.__name__} h")
     # and it is not a no-op: k = 7.5 on row 1 changes the output
-    y1, _ = tt.scan_ref(x, dt, A, Bm, Cm, Dv)
+    y1, _ = mt.scan_ref(x, dt, A, Bm, Cm, Dv)
     assert float((y1[1] - y_loop[1]).abs().max()) > 1e-3
 
 
@@ -164,12 +191,11 @@ def test_decay_only_dilation_is_exactly_a_longer_gap():
 def test_local_attention_backward_matches_dense(W, P, L):
     g = torch.Generator().manual_seed(W + P)
     B, H, hd = 2, 2, 8
-    q, k, v = (torch.randn(B, H, n, hd, generator=g, dtype=torch.float64).requires_grad_()
-               for n in (L, P + L, P + L))
+    q, k, v = (torch.randn(B, H, n, hd, generator=g, dtype=torch.float64).requires_grad_() for n in (L, P + L, P + L))
     qpos, kpos = P + torch.arange(L)[:, None], torch.arange(P + L)[None, :]
     s = (q @ k.transpose(-1, -2) / math.sqrt(hd)).masked_fill(~((kpos <= qpos) & (kpos > qpos - W)), -math.inf)
     ref = torch.softmax(s, -1) @ v
-    got = tt.local_attention(q, k, v, P, W)
+    got = mt.local_attention(q, k, v, P, W)
     go = torch.randn(ref.shape, generator=g, dtype=torch.float64)
     ga = torch.autograd.grad((ref * go).sum(), (q, k, v))
     gb = torch.autograd.grad((got * go).sum(), (q, k, v))
@@ -182,22 +208,23 @@ def test_passkey_rows_answer_mask_and_far_placement():
     long-enough passkey row has both copies of the key >= window tokens before the first answer token
     (so the SWA layers cannot see it: the Mamba state must carry it)."""
     import random
+
     W = 128
-    mix = tt.DataMix(p_passkey=1.0, p_phonebook=0.0, text=np.zeros(0, np.int16), pk_far=1.0, window=W)
+    mix = data.DataMix(p_passkey=1.0, p_phonebook=0.0, text=np.zeros(0, np.int16), pk_far=1.0, window=W)
     rng = random.Random(0)
     n_far = 0
     for L in (320, 400, 700, 1024) * 10:
         info: dict = {}
-        ids, kind = tt.make_doc(rng, L, mix, info)
+        ids, kind = data.make_doc(rng, L, mix, info)
         assert info["task"] == "passkey" and len(ids) == L
         pos = np.nonzero(kind == 2)[0]
         assert np.array_equal(pos, np.arange(pos[0], pos[0] + len(pos))) and pos[-1] + 1 < L
-        text = tt.decode(ids[: pos[0] + 1])
+        text = data.decode(ids[: pos[0] + 1])
         key = text.split("The pass key is ")[1].split(".")[0]
-        assert ids[pos + 1].tolist() == tt.encode(f" {key}.") + [tt.EOS]
+        assert ids[pos + 1].tolist() == data.encode(f" {key}.") + [mt.EOS]
         if info["far"]:
             n_far += 1
-            off = int(ids[0] == tt.BOS)
+            off = int(ids[0] == mt.BOS)
             last = text.rindex(f"{key} is the pass key") + len(key) - 1 + off  # last key digit
             assert pos[0] + 1 - last >= W, (L, pos[0] + 1 - last)
     assert n_far >= 25  # all rows with >= W filler tokens (L >= ~380 here)
@@ -209,21 +236,22 @@ def test_passkey_edge_placement():
     <= window + 8 tokens before the first answer token; most rows truly straddle it (start beyond the
     window, end inside it)."""
     import random
+
     W = 256
-    mix = tt.DataMix(p_passkey=1.0, p_phonebook=0.0, text=np.zeros(0, np.int16), pk_edge=1.0, window=W)
+    mix = data.DataMix(p_passkey=1.0, p_phonebook=0.0, text=np.zeros(0, np.int16), pk_edge=1.0, window=W)
     rng = random.Random(0)
     n_edge = n_straddle = 0
     for L in (320, 700, 1024, 2048) * 25:
         info: dict = {}
-        ids, kind = tt.make_doc(rng, L, mix, info)
+        ids, kind = data.make_doc(rng, L, mix, info)
         assert info["task"] == "passkey" and not info["far"]
         if not info["edge"]:
             continue
         n_edge += 1
         p = int(np.nonzero(kind == 2)[0][0]) + 1  # the first answer token
-        text = tt.decode(ids[:p])
-        start = text.index("The pass key is ") + int(ids[0] == tt.BOS)
-        end = text.index(" is the pass key.") + len(" is the pass key.") + int(ids[0] == tt.BOS)
+        text = data.decode(ids[:p])
+        start = text.index("The pass key is ") + int(ids[0] == mt.BOS)
+        end = text.index(" is the pass key.") + len(" is the pass key.") + int(ids[0] == mt.BOS)
         assert W - 8 <= p - start and p - end <= W + 8, (L, p - start, p - end)
         n_straddle += p - start >= W > p - end
     assert n_edge >= 70 and n_straddle >= n_edge // 2, (n_edge, n_straddle)
@@ -235,13 +263,14 @@ def test_phonebook_size_cap():
     import random
 
     def sizes(cap):
-        mix = tt.DataMix(p_passkey=0.0, p_phonebook=1.0, pb_max_entries=cap)
+        mix = data.DataMix(p_passkey=0.0, p_phonebook=1.0, pb_max_entries=cap)
         rng, c = random.Random(0), collections.Counter()
         for _ in range(100):
-            ids, _ = tt.make_doc(rng, 2048, mix)
+            ids, _ = data.make_doc(rng, 2048, mix)
             text = bytes(int(t) for t in ids if t < 256).decode("latin-1")
             c[text.split("\n\n")[0].count("\n") + 1] += 1
         return c
+
     capped = sizes(4)
     assert set(capped) <= {3, 4} and capped[4] > 0
     assert max(sizes(None)) > 8
@@ -253,19 +282,17 @@ def test_phonebook_fewshot_targets_and_number_lengths():
     --pb-digits LO-HI draws the number length per book."""
     import random
 
-    mix = tt.DataMix(p_passkey=0.0, p_phonebook=1.0, pb_max_entries=6, pb_fewshot_loss=True,
-                     pb_digits=(8, 13))
+    mix = data.DataMix(p_passkey=0.0, p_phonebook=1.0, pb_max_entries=6, pb_fewshot_loss=True, pb_digits=(8, 13))
     rng, lengths = random.Random(3), set()
     for _ in range(40):
-        ids, kind = tt.make_doc(rng, 512, mix)
+        ids, kind = data.make_doc(rng, 512, mix)
         text = bytes(int(t) for t in ids if t < 256).decode("latin-1")
         book, shots, query = text.split("\n\n")
         numbers = dict(line.split(": ") for line in book.split("\n"))
         shot_lines = shots.split("\n")
         answer = query.split(":")[1].strip()
         # the target tokens of answer-kind positions t are ids[t + 1]
-        tgt = "".join(chr(int(ids[t + 1])) if ids[t + 1] < 256 else "<eos>"
-                      for t in np.nonzero(kind == 2)[0])
+        tgt = "".join(chr(int(ids[t + 1])) if ids[t + 1] < 256 else "<eos>" for t in np.nonzero(kind == 2)[0])
         want = "".join(line.split(": ")[1] for line in shot_lines) + f" {answer}\n<eos>"
         assert tgt == want
         for line in shot_lines:
@@ -273,9 +300,9 @@ def test_phonebook_fewshot_targets_and_number_lengths():
             assert numbers[name] == num
         lengths |= {len(n) for n in numbers.values()}
     assert lengths == set(range(8, 14))
-    assert tt.parse_digits("10") == (10, 10) and tt.parse_digits("8-13") == (8, 13)
+    assert train.parse_digits("10") == (10, 10) and train.parse_digits("8-13") == (8, 13)
     with pytest.raises(SystemExit, match="pb-digits"):
-        tt.parse_digits("9-3")
+        train.parse_digits("9-3")
 
 
 def test_scan_seq_matches_recurrence_with_gradients():
@@ -283,14 +310,17 @@ def test_scan_seq_matches_recurrence_with_gradients():
     through the step-by-step recurrence), float64, with h0 and the decay-only dilation."""
     g = torch.Generator().manual_seed(5)
     B, L, E, N = 2, 29, 5, 3
-    mk = lambda *s, scale=1.0: (torch.randn(*s, generator=g, dtype=torch.float64) * scale).requires_grad_()
+
+    def mk(*s, scale=1.0):
+        return (torch.randn(*s, generator=g, dtype=torch.float64) * scale).requires_grad_()
+
     x, Bm, Cm, Dv, h0 = mk(B, L, E), mk(B, L, N), mk(B, L, N), mk(E), mk(B, E, N)
     dt = (torch.rand(B, L, E, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
     A = (-torch.rand(E, N, generator=g, dtype=torch.float64) * 3).requires_grad_()
     scale = torch.rand(B, generator=g, dtype=torch.float64) * 5 + 1
     ins = [x, dt, A, Bm, Cm, Dv, h0]
     res = []
-    for f in (tt.scan_ref, tt.scan_seq):
+    for f in (mt.scan_ref, mt.scan_seq):
         y, h = f(x, dt, A, Bm, Cm, Dv, h0, decay_scale=scale)
         (y.sin().sum() + h.cos().sum()).backward()
         res.append([y.detach(), h.detach()] + [t.grad.clone() for t in ins])
@@ -299,7 +329,7 @@ def test_scan_seq_matches_recurrence_with_gradients():
     for a, b in zip(*res):
         assert torch.isfinite(b).all()
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
-    y, h = tt.scan_seq(x[:, :0], dt[:, :0], A, Bm[:, :0], Cm[:, :0], Dv, h0)
+    y, h = mt.scan_seq(x[:, :0], dt[:, :0], A, Bm[:, :0], Cm[:, :0], Dv, h0)
     assert y.shape == (B, 0, E) and torch.equal(h, h0)
 
 
@@ -307,69 +337,97 @@ def test_reinit_attention_and_train_blocks(tmp_path):
     """--reinit-attn gives block 3 a fresh attention; --train-blocks 3 leaves every other block exactly
     as loaded and changes block 3."""
     base = str(tmp_path / "base.safetensors")
-    common = ["--model", "samba-tiny", "--device", "cpu", "--tokens-per-step", "320", "--max-len", "320",
-              "--text-bytes", "200000", "--threads", "1", "--log-every", "1"]
-    tt.main(common + ["--steps", "1", "--out", base])
+    common = [
+        "--model",
+        "samba-tiny",
+        "--device",
+        "cpu",
+        "--tokens-per-step",
+        "320",
+        "--max-len",
+        "320",
+        "--text-bytes",
+        "200000",
+        "--threads",
+        "1",
+        "--log-every",
+        "1",
+    ]
+    train.main(common + ["--steps", "1", "--out", base])
     out = str(tmp_path / "re.safetensors")
-    res = tt.main(common + ["--steps", "2", "--init", base, "--reinit-attn", "3", "--train-blocks", "3",
-                            "--out", out])
+    res = train.main(
+        common + ["--steps", "2", "--init", base, "--reinit-attn", "3", "--train-blocks", "3", "--out", out]
+    )
     assert all(math.isfinite(r["loss"]) for r in res["log"])
-    a, meta_a = tt.load_safetensors(base)
-    b, meta_b = tt.load_safetensors(out)
+    a, meta_a = read_safetensors(base)
+    b, meta_b = read_safetensors(out)
     assert a.keys() == b.keys()
     # the --init file's command is kept, so the new file names its whole recipe
     assert "lineage" not in meta_a
     assert json.loads(meta_b["lineage"]) == [meta_a["train_command"]]
     # a fine-tune on shorter rows keeps the longest training length of the history
     short = str(tmp_path / "short.safetensors")
-    tt.main(common + ["--max-len", "160", "--steps", "1", "--init", out, "--out", short])
-    assert json.loads(tt.load_safetensors(short)[1]["config"])["max_train_len"] == 320
-    tt.main(common + ["--steps", "1", "--init", out, "--out", base])
-    assert json.loads(tt.load_safetensors(base)[1]["lineage"]) == [meta_a["train_command"],
-                                                                  meta_b["train_command"]]
+    train.main(common + ["--max-len", "160", "--steps", "1", "--init", out, "--out", short])
+    assert json.loads(read_safetensors(short)[1]["config"])["max_train_len"] == 320
+    train.main(common + ["--steps", "1", "--init", out, "--out", base])
+    assert json.loads(read_safetensors(base)[1]["lineage"]) == [meta_a["train_command"], meta_b["train_command"]]
     for k in a:
         same = np.array_equal(a[k], b[k])
         assert same == (not k.startswith("transformer.h.3.")), k
     with pytest.raises(SystemExit, match="--reinit-attn needs --init"):
-        tt.main(common + ["--steps", "1", "--reinit-attn", "3", "--out", out])
+        train.main(common + ["--steps", "1", "--reinit-attn", "3", "--out", out])
     with pytest.raises(SystemExit, match="pb-seps"):
-        tt.main(common + ["--steps", "1", "--pb-seps", "1.5", "--out", out])
+        train.main(common + ["--steps", "1", "--pb-seps", "1.5", "--out", out])
     with pytest.raises(SystemExit, match="0..3"):
-        tt.main(common + ["--steps", "1", "--train-blocks", "4", "--out", out])
-    m = tt.load_model(base)
+        train.main(common + ["--steps", "1", "--train-blocks", "4", "--out", out])
+    m = mt.load_model(base)
     with pytest.raises(ValueError, match="Mamba block"):
-        tt.reinit_attention(m, 0)
+        mt.reinit_attention(m, 0)
 
 
 def test_grow_keeps_the_function(tmp_path):
     """--grow 8 appends mamba/swa blocks whose output projections start at zero: before any step the
     grown model's logits equal the original's; after training steps it is a valid 8-block file."""
     base = str(tmp_path / "base.safetensors")
-    common = ["--model", "samba-tiny", "--device", "cpu", "--tokens-per-step", "320", "--max-len", "320",
-              "--text-bytes", "200000", "--threads", "1", "--log-every", "1"]
-    tt.main(common + ["--steps", "1", "--out", base])
-    m = tt.load_model(base)
-    g = tt.grow_model(m, 8)
+    common = [
+        "--model",
+        "samba-tiny",
+        "--device",
+        "cpu",
+        "--tokens-per-step",
+        "320",
+        "--max-len",
+        "320",
+        "--text-bytes",
+        "200000",
+        "--threads",
+        "1",
+        "--log-every",
+        "1",
+    ]
+    train.main(common + ["--steps", "1", "--out", base])
+    m = mt.load_model(base)
+    g = mt.grow_model(m, 8)
     assert g.cfg["n_layer"] == 8 and g.cfg["layer_types"] == ["mamba", "swa"] * 4
     tok = torch.randint(0, 256, (2, 37))
     with torch.no_grad():
         assert torch.equal(m(tok), g(tok))
     out = str(tmp_path / "grown.safetensors")
-    res = tt.main(common + ["--steps", "2", "--init", base, "--grow", "6", "--out", out])
+    res = train.main(common + ["--steps", "2", "--init", base, "--grow", "6", "--out", out])
     assert all(math.isfinite(r["loss"]) for r in res["log"])
-    t, meta = tt.load_safetensors(out)
+    t, meta = read_safetensors(out)
     assert json.loads(meta["config"])["n_layer"] == 6 and "transformer.h.5.attn.proj.weight" in t
     assert np.abs(t["transformer.h.5.attn.proj.weight"]).max() > 0  # the new blocks did train
     with pytest.raises(SystemExit, match="already has 4 blocks"):
-        tt.main(common + ["--steps", "1", "--init", base, "--grow", "4", "--out", out])
+        train.main(common + ["--steps", "1", "--init", base, "--grow", "4", "--out", out])
     with pytest.raises(SystemExit, match="--grow needs --init"):
-        tt.main(common + ["--steps", "1", "--grow", "8", "--out", out])
+        train.main(common + ["--steps", "1", "--grow", "8", "--out", out])
 
 
 def test_ctrl_c_saves_the_model(tmp_path, monkeypatch):
     """A KeyboardInterrupt during training stops it after the steps done so far, saves a loadable file
     marked interrupted, and skips the evals."""
-    real, calls = tt.make_batch, []
+    real, calls = train.make_batch, []
 
     def batch(*a, **k):
         calls.append(1)
@@ -377,15 +435,33 @@ def test_ctrl_c_saves_the_model(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(tt, "make_batch", batch)
+    monkeypatch.setattr(train, "make_batch", batch)
     out = str(tmp_path / "int.safetensors")
-    res = tt.main(["--model", "samba-tiny", "--device", "cpu", "--tokens-per-step", "320", "--max-len", "320",
-                   "--text-bytes", "200000", "--threads", "1", "--steps", "10", "--eval-long",
-                   "--out", out])
+    res = train.main(
+        [
+            "--model",
+            "samba-tiny",
+            "--device",
+            "cpu",
+            "--tokens-per-step",
+            "320",
+            "--max-len",
+            "320",
+            "--text-bytes",
+            "200000",
+            "--threads",
+            "1",
+            "--steps",
+            "10",
+            "--eval-long",
+            "--out",
+            out,
+        ]
+    )
     assert res["interrupted"] and res["steps"] == 2 and "eval" not in res
-    _, meta = tt.load_safetensors(out)
+    _, meta = read_safetensors(out)
     assert meta["interrupted"] == "true" and meta["steps"] == "2"
-    assert tt.load_model(out).num_parameters() == res["params"]
+    assert mt.load_model(out).num_parameters() == res["params"]
 
 
 def test_phonebook_separators():
@@ -396,7 +472,7 @@ def test_phonebook_separators():
     rng = random.Random(5)
     seen_sep = set()
     for _ in range(30):
-        prompt, ph = tt.phonebook_prompt(rng, 5, 10, seps=0.3)
+        prompt, ph = data.phonebook_prompt(rng, 5, 10, seps=0.3)
         body, shots, query = prompt.split("\n\n")
         numbers = dict(line.split(": ") for line in body.split("\n"))
         assert ph == numbers[query[:-1]]
@@ -406,15 +482,16 @@ def test_phonebook_separators():
             assert num[0].isdigit() and num[-1].isdigit()
             seen_sep |= set(num) - set("0123456789")
             assert "--" not in num and "  " not in num
-        assert [prompt[a:b] for a, b in tt.fewshot_digit_spans(prompt)] == [
-            line.split(": ")[1] for line in shots.split("\n")]
+        assert [prompt[a:b] for a, b in data.fewshot_digit_spans(prompt)] == [
+            line.split(": ")[1] for line in shots.split("\n")
+        ]
     assert seen_sep == {"-", " ", "."}
-    plain, _ = tt.phonebook_prompt(random.Random(5), 5, 10)
+    plain, _ = data.phonebook_prompt(random.Random(5), 5, 10)
     assert all(line.split(": ")[1].isdigit() for line in plain.split("\n\n")[0].split("\n"))
 
 
 def test_phonebook_probe_features_smoke():
-    """python/phonebook_probe.py --features on a fresh (untrained) model: one row per block, accuracies
+    """training/phonebook_probe.py --features on a fresh (untrained) model: one row per block, accuracies
     in [0, 1] for both position kinds and both distances; --shift gives 10 + 9 rates per shift;
     per_position's shapes; --last gives 5 rates, one argmax per book, and 2 extra-digit rates."""
     import random
@@ -423,7 +500,7 @@ def test_phonebook_probe_features_smoke():
     import phonebook_probe as pp
 
     torch.manual_seed(0)
-    model = tt.TorchSamba(tt.make_config("samba-tiny", d_model=32, n_layer=2, window=64)).eval()
+    model = mt.TorchSamba(mt.make_config("samba-tiny", d_model=32, n_layer=2, window=64)).eval()
     out = pp.features_probe(model, 12, seed=1, entries=4)
     assert len(out) == 3
     vals = [float(v) for line in out[1:] for v in re.findall(r"\d\.\d\d", line)]
@@ -445,3 +522,24 @@ def test_phonebook_probe_features_smoke():
     assert len(masses) == 40 and all(0.0 <= m <= 1.0 + 1e-6 for m in masses)
     counts = re.findall(r"(\d|other):(\d+)", last[0].split("argmax counts")[1])
     assert sum(int(c) for _, c in counts) == 5  # one argmax per book
+
+
+@pytest.mark.parametrize("recipe", ["samba_tiny", "llama_tiny"])
+def test_recipes_parse_and_chain(recipe, tmp_path):
+    """Every step of a recipe is a valid train.py command, and each step continues the previous
+    step's file (--init), as the bundled files' lineage records."""
+    from recipes import run
+
+    cmds = run.commands(recipe, str(tmp_path))
+    assert len(cmds) >= 2
+    prev = None
+    for name, argv in cmds:
+        args = train.parse_args(argv)
+        assert args.out == str(tmp_path / f"{name}.safetensors")
+        assert args.init == prev
+        prev = args.out
+    name, argv = cmds[1]
+    only = run.commands(recipe, str(tmp_path), only=name, init="given.safetensors")
+    assert [n for n, _ in only] == [name] and train.parse_args(only[0][1]).init == "given.safetensors"
+    with pytest.raises(SystemExit, match="needs --init"):
+        run.commands(recipe, str(tmp_path), only=name)

@@ -85,7 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         for ax in axes[:2]:
             ax.axvline(offset, color="0.8", lw=0.8)
         if label != "pk3f":  # pk3e and pk3f are a few hundred CPU steps: one label for both
-            axes[0].text(offset, 1.02, "pk3e/f" if label == "pk3e" else label, transform=axes[0].get_xaxis_transform(), fontsize=8)
+            axes[0].text(
+                offset,
+                1.02,
+                "pk3e/f" if label == "pk3e" else label,
+                transform=axes[0].get_xaxis_transform(),
+                fontsize=8,
+            )
         offset = steps[-1] if steps else offset
     axes[0].set_yscale("log")
     axes[0].set_ylim(1e-4, 20)  # a batch answered perfectly logs 0.0; the floor keeps it on the plot

@@ -329,6 +329,14 @@ template <typename T> samba_status by_dim(DecArgs a, int64_t batch, cudaStream_t
 
 }  // namespace
 
+// Shared memory of the configuration by_dim() picks for head dim hd (keep the two in step).
+static size_t dec_smem(int64_t hd) {
+    if (hd <= 64) return DCfg<64>::SMEM;
+    if (hd <= 96) return DCfg<96>::SMEM;
+    if (hd <= 128) return DCfg<128>::SMEM;
+    return DCfg<256>::SMEM;
+}
+
 int attn_decode_split_applicable(int64_t headdim, samba_cu_ref q, samba_cu_ref k_cache,
                                  samba_cu_ref v_cache, samba_cu_ref out) {
     const int dt = q.dtype;
@@ -336,7 +344,8 @@ int attn_decode_split_applicable(int64_t headdim, samba_cu_ref q, samba_cu_ref k
     if (k_cache.dtype != dt || v_cache.dtype != dt || out.dtype != dt) return 0;
     if (headdim % 8 != 0 || headdim > 256) return 0;
     return is_aligned16(q.ptr) && is_aligned16(k_cache.ptr) && is_aligned16(v_cache.ptr) &&
-           is_aligned16(out.ptr) && attn_tensor_cores_ok();
+           is_aligned16(out.ptr) && attn_tensor_cores_ok() &&
+           dec_smem(headdim) <= attn_smem_optin();
 }
 
 samba_status attn_decode_split(int64_t batch, int64_t nheads, int64_t nheads_kv, int64_t headdim,

@@ -9,6 +9,10 @@
 // 1 when the current device runs the sm_80+ machine code of the tensor-core kernels (the
 // build may also hold sm_75 code, where they compile to a trap); cached per device.
 int attn_tensor_cores_ok(void);
+// Largest dynamic shared memory a block of the current device may opt in to (bytes; 0 when
+// the query fails), cached per device. The tensor-core kernels are used only where their
+// tiles fit (the H100/H200 and A100 allow 227/163 KB, sm_86/sm_89 cards 99 KB).
+size_t attn_smem_optin(void);
 
 // 1 when the tensor-core prefill handles these arguments: q, k, v and out all bfloat16 or all
 // float16, headdim a multiple of 8 up to 256, 16-byte aligned pointers and strides that are

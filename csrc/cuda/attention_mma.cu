@@ -342,6 +342,34 @@ int attn_tensor_cores_ok(void) {
     return cached[dev] == 1;
 }
 
+size_t attn_smem_optin(void) {
+    static size_t cached[64];
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
+        cudaGetLastError();
+        return 0;
+    }
+    if (cached[dev] == 0) {
+        if (cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) !=
+            cudaSuccess) {
+            cudaGetLastError();
+            return 0;
+        }
+        cached[dev] = (size_t)v;
+    }
+    return cached[dev];
+}
+
+// Shared memory of the configuration dispatch() picks for head dim hd (keep the two in step).
+static size_t mma_smem(int64_t hd) {
+    const int force = attn_rows_override();
+    const bool two = force ? force == 32 : hd > 64;
+    if (hd <= 64) return two ? Cfg<64, 64, 2, false>::SMEM : Cfg<64, 64, 1, true>::SMEM;
+    if (hd <= 96) return two ? Cfg<96, 32, 2, false>::SMEM : Cfg<96, 64, 1, true>::SMEM;
+    if (hd <= 128) return two ? Cfg<128, 32, 2, false>::SMEM : Cfg<128, 64, 1, true>::SMEM;
+    return Cfg<256, 32, 1, false>::SMEM;
+}
+
 int attn_mma_applicable(const samba_cu_attn_args *a) {
     const int dt = a->q.dtype;
     if (dt != SAMBA_CU_BF16 && dt != SAMBA_CU_F16) return 0;
@@ -352,7 +380,7 @@ int attn_mma_applicable(const samba_cu_attn_args *a) {
         return 0;
     for (int i = 0; i < 3; ++i)
         if (a->q_stride[i] % 8 || a->k_stride[i] % 8 || a->v_stride[i] % 8) return 0;
-    return attn_tensor_cores_ok();
+    return attn_tensor_cores_ok() && mma_smem(a->headdim) <= attn_smem_optin();
 }
 
 samba_status attn_mma_fwd(const samba_cu_attn_args *a, cudaStream_t st) {

@@ -1,5 +1,5 @@
 /*
- * py_conv.c - glue for the depthwise causal conv1d (conv1d.c); memory-safety checks only
+ * py_conv.c - glue for the depthwise causal conv1d (conv.c); memory-safety checks only
  * (the argument rules: samba_ext/ops/contracts.py):
  *   causal_conv1d(x, weight, bias=None, activation=None, initial_states=None,
  *                 return_final_states=False) -> y | (y, final_states)

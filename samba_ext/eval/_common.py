@@ -11,8 +11,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-__all__ = ["fmt_tokens", "get_model", "load_model", "resolve_model", "model_info", "model_hash", "Progress", "greedy_decode",
-           "mark_random_weights"]
+__all__ = [
+    "fmt_tokens", "get_model", "load_model", "resolve_model", "model_info", "model_hash",
+    "Progress", "greedy_decode", "mark_random_weights"
+]
 
 #: Prompts at least this long get their own prefill progress bar.
 PREFILL_BAR_MIN_TOKENS = 32768

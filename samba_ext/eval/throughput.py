@@ -118,7 +118,6 @@ def throughput(configs: Sequence[Any] = ("samba-tiny", "samba-tiny:llama"),
         repeats: timed repeats per measurement (the median is reported).
         warmup: one untimed short prefill + step per model first.
     """
-    from ..config import SambaConfig
     from ..model import Samba
 
     prompt_lengths = as_int_list(list(prompt_lengths), "prompt_lengths") if prompt_lengths else []

@@ -1,4 +1,4 @@
-"""Tensor-name maps between lit_gpt naming (the package's own, samba_arch.md section 7) and
+"""Tensor-name maps between lit_gpt naming (the package's own, docs/specification.md section 7) and
 Hugging Face naming (Llama-style attention and MLP, HF-Mamba-style mixer; docs/checkpoints.md).
 
 HF naming splits lit_gpt's fused, KV-grouped ``attn.attn.weight`` into ``q_proj`` / ``k_proj``

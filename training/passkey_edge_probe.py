@@ -7,10 +7,11 @@ edge), at three prompt lengths, and prints correct/trials per position. A model 
 over cleanly between attention and the Mamba state scores 100% everywhere (see
 docs/training.md, "The window edge").
 
-    python3 python/passkey_edge_probe.py [MODEL] [--lengths 1024,2048,4096] [--trials 3] [--seed 1]
+    python3 training/passkey_edge_probe.py [MODEL] [--lengths 1024,2048,4096] [--trials 3] [--seed 1]
 
 MODEL: a bundled name or a .safetensors file (default samba-tiny). Package kernels, CPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,7 @@ KEY_LINE_END = " is the pass key."  # the key line's last words in the package's
 def tokens_after_key_line(tokenizer, length: int, depth: float) -> int:
     """Tokens between the end of the key line and the end of the ``length``-token prompt."""
     text = build_passkey_prompt(tokenizer, length, depth, key=12345).text
-    return len(tokenizer.encode(text[text.index(KEY_LINE_END) + len(KEY_LINE_END):]))
+    return len(tokenizer.encode(text[text.index(KEY_LINE_END) + len(KEY_LINE_END) :]))
 
 
 def edge_depths(tokenizer, length: int, ends: list[int]) -> list[tuple[int, float]]:
@@ -50,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = 0
     for L in (int(x) for x in args.lengths.split(",")):
         pairs = edge_depths(m.tokenizer, L, ends)
-        r = passkey(m, lengths=[L], depths=[d for _, d in pairs], trials=args.trials, seed=args.seed,
-                    progress=False)
+        r = passkey(m, lengths=[L], depths=[d for _, d in pairs], trials=args.trials, seed=args.seed, progress=False)
         bad += sum(c["n"] - c["correct"] for c in r.cells)
         print(L, " ".join(f"{e}:{c['correct']}/{c['n']}" for (e, _), c in zip(pairs, r.cells)), flush=True)
     print(f"wrong: {bad}")

@@ -1,7 +1,7 @@
 """Where does a checkpoint's phonebook lookup break? Teacher-forced accuracy per answer position, and
 the attention of every local/global attention head at the last answer steps (needs torch).
 
-    python3 python/phonebook_probe.py CHECKPOINT.safetensors [--books 30] [--entries 3,6,12]
+    python3 training/phonebook_probe.py CHECKPOINT.safetensors [--books 30] [--entries 3,6,12]
 
 For each book size: the fraction of books whose answer token at position k (" ", digit 1..10, "\\n")
 is the argmax, the fraction right at every position, and the mean top probability per position.
@@ -13,9 +13,10 @@ book line gets 1 or 2 extra spaces after its ':', and the teacher-forced answer 
 as right and as equal to the previous digit (what a copy keyed on the distance from the ':' gives).
 With --entry-attention, where each head looks inside the queried entry's line at each answer digit.
 With --last, what the model predicts at digit 10 (is it a copy from the wrong place, or a guess?).
-Books come from train_tiny.phonebook_prompt (the training names); seed fixed, so the output is
+Books come from training/data.py's phonebook_prompt (the package's names); seed fixed, so the output is
 reproducible.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,13 +29,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import train_tiny as T  # noqa: E402
+import data as D  # noqa: E402
+import model_torch as M  # noqa: E402
 
 
 def answer_probs(model, p: list[int], a: list[int]) -> torch.Tensor:
     """Teacher-forced next-token probabilities (len(a), vocab) at the answer tokens a after prompt p."""
     with torch.no_grad():
-        return model(torch.tensor([p + a])[:, :-1])[0, len(p) - 1:].softmax(-1)
+        return model(torch.tensor([p + a])[:, :-1])[0, len(p) - 1 :].softmax(-1)
 
 
 def per_position(model, entries: int, books: int, seed: int) -> tuple[np.ndarray, float, np.ndarray]:
@@ -42,9 +44,9 @@ def per_position(model, entries: int, books: int, seed: int) -> tuple[np.ndarray
     rng = random.Random(seed)
     acc, top, exact = np.zeros(12), np.zeros(12), 0
     for _ in range(books):
-        prompt, phone = T.phonebook_prompt(rng, entries)
-        a = T.encode(f" {phone}\n")
-        prob = answer_probs(model, T.encode(prompt), a)
+        prompt, phone = D.phonebook_prompt(rng, entries)
+        a = D.encode(f" {phone}\n")
+        prob = answer_probs(model, D.encode(prompt), a)
         ok = (prob.argmax(-1) == torch.tensor(a)).numpy()
         acc += ok
         top += prob.max(-1).values.numpy()
@@ -65,10 +67,10 @@ def attention_rows(model, p: list[int], a: list[int]) -> dict[int, torch.Tensor]
             i, j = torch.arange(L)[:, None], torch.arange(L)[None, :]
             keep = (j <= i) if mod.window is None else (j <= i) & (j > i - mod.window)
             rows[li] = s.masked_fill(~keep, float("-inf")).softmax(-1)[0]
+
         return f
 
-    handles = [b.attn.register_forward_hook(hook(li)) for li, b in enumerate(model.transformer.h)
-               if b.kind != "mamba"]
+    handles = [b.attn.register_forward_hook(hook(li)) for li, b in enumerate(model.transformer.h) if b.kind != "mamba"]
     try:
         with torch.no_grad():
             model(torch.tensor([p + a])[:, :-1])
@@ -80,8 +82,8 @@ def attention_rows(model, p: list[int], a: list[int]) -> dict[int, torch.Tensor]
 
 def attention_probe(model, seed: int) -> list[str]:
     """Top-3 keys per head of each attention layer at the steps predicting digits 7..10."""
-    prompt, phone = T.phonebook_prompt(random.Random(seed), 5)
-    p, a = T.encode(prompt), T.encode(f" {phone}\n")
+    prompt, phone = D.phonebook_prompt(random.Random(seed), 5)
+    p, a = D.encode(prompt), D.encode(f" {phone}\n")
     rows = attention_rows(model, p, a)
     text = prompt + f" {phone}\n"
     out = [f"book tail {prompt[-70:]!r} -> {phone}"]
@@ -95,34 +97,39 @@ def attention_probe(model, seed: int) -> list[str]:
     return out
 
 
-def entry_attention_probe(model, books: int, seed: int, entries: int = 6, span: int = 40,
-                          min_mass: float = 0.2) -> list[str]:
+def entry_attention_probe(
+    model, books: int, seed: int, entries: int = 6, span: int = 40, min_mass: float = 0.2
+) -> list[str]:
     """Where in the queried book line does each head look when it predicts digit k? Mean attention
     (over books) at offsets -span/2 .. span/2-1 from the line's digit 1 (offset 0 = digit 1, +9 = digit
     10, +10 = the newline); one row per (layer, head, k) whose mass there is at least min_mass."""
     rng = random.Random(seed)
     acc: dict[tuple[int, int, int], np.ndarray] = {}
     for _ in range(books):
-        prompt, phone = T.phonebook_prompt(rng, entries)
+        prompt, phone = D.phonebook_prompt(rng, entries)
         body, _, query = prompt.split("\n\n")
         lines = body.split("\n")
         i = lines.index(f"{query[:-1]}: {phone}")  # the whole line: a name can end another name
         d0 = sum(len(ln) + 1 for ln in lines[:i]) + len(query) + 1  # digit 1 of the queried line
-        p, a = T.encode(prompt), T.encode(f" {phone}\n")
+        p, a = D.encode(prompt), D.encode(f" {phone}\n")
         lo = d0 - span // 2
         for li, A in attention_rows(model, p, a).items():
             for k in range(1, 11):
-                seg = A[:, len(p) - 1 + k, max(lo, 0): lo + span].numpy()
+                seg = A[:, len(p) - 1 + k, max(lo, 0) : lo + span].numpy()
                 for h in range(A.shape[0]):
                     v = acc.setdefault((li, h, k), np.zeros(span))
-                    v[max(lo, 0) - lo: max(lo, 0) - lo + seg.shape[1]] += seg[h] / books
-    out = [f"attention on the queried line ({books} books of {entries}; offset 0 = its digit 1, +10 = its "
-           f"newline): layer, head, digit k, mass on the line, top offsets"]
+                    v[max(lo, 0) - lo : max(lo, 0) - lo + seg.shape[1]] += seg[h] / books
+    out = [
+        f"attention on the queried line ({books} books of {entries}; offset 0 = its digit 1, +10 = its "
+        f"newline): layer, head, digit k, mass on the line, top offsets"
+    ]
     for (li, h, k), v in sorted(acc.items()):
         if v.sum() >= min_mass:
             top = np.argsort(-v)[:3]
-            out.append(f"layer {li} head {h} k{k:<2d}: mass {v.sum():.2f} | "
-                       + " ".join(f"{o - span // 2:+d}:{v[o]:.2f}" for o in top))
+            out.append(
+                f"layer {li} head {h} k{k:<2d}: mass {v.sum():.2f} | "
+                + " ".join(f"{o - span // 2:+d}:{v[o]:.2f}" for o in top)
+            )
     return out
 
 
@@ -132,20 +139,21 @@ def features_probe(model, books: int, seed: int, entries: int = 6) -> list[str]:
     "nl" = the newline ending a book number, "dig" = digit positions whose `back` predecessors are digits.
     Fitted on the first half of the books, scored on the second (chance 0.10)."""
     resid: dict[int, torch.Tensor] = {}
-    handles = [b.norm_1.register_forward_pre_hook(
-        (lambda i: lambda mod, args: resid.__setitem__(i, args[0][0].detach()))(i))
-        for i, b in enumerate(model.transformer.h)]
+    handles = [
+        b.norm_1.register_forward_pre_hook((lambda i: lambda mod, args: resid.__setitem__(i, args[0][0].detach()))(i))
+        for i, b in enumerate(model.transformer.h)
+    ]
     rng = random.Random(seed)
     feats: dict[tuple[int, str, int], tuple[list, list]] = {}
     for book in range(books):
-        prompt, _ = T.phonebook_prompt(rng, entries)
+        prompt, _ = D.phonebook_prompt(rng, entries)
         body = prompt.rsplit("\n\n", 2)[0] + "\n"
         with torch.no_grad():
-            model(torch.tensor([T.encode(prompt)]))
+            model(torch.tensor([D.encode(prompt)]))
         for p in range(2, len(body)):
             kind = "nl" if body[p] == "\n" else "dig" if body[p].isdigit() else None
             for back in (1, 2):
-                if kind is None or not body[p - back: p].isdigit():
+                if kind is None or not body[p - back : p].isdigit():
                     continue
                 for i, r in resid.items():
                     xs, ys = feats.setdefault((i, kind, back), ([], []))
@@ -153,7 +161,9 @@ def features_probe(model, books: int, seed: int, entries: int = 6) -> list[str]:
                     ys.append(int(body[p - back]))
     for h in handles:
         h.remove()
-    out = ["linear probe of the digit k back (held-out accuracy, chance 0.10): block input | nl k=1, k=2 | dig k=1, k=2"]
+    out = [
+        "linear probe of the digit k back (held-out accuracy, chance 0.10): block input | nl k=1, k=2 | dig k=1, k=2"
+    ]
     for i in sorted(resid):
         cells = []
         for kind in ("nl", "dig"):
@@ -179,18 +189,24 @@ def shift_probe(model, books: int, seed: int, entries: int = 6) -> list[str]:
     for extra in (0, 1, 2):
         right, prev, n = np.zeros(12), np.zeros(12), 0
         for _ in range(books):
-            prompt, phone = T.phonebook_prompt(rng, entries)
+            prompt, phone = D.phonebook_prompt(rng, entries)
             body, shots, query = prompt.split("\n\n")
-            lines = [ln.replace(": ", ":" + " " * (extra + 1), 1) if ln.startswith(query[:-1] + ":") else ln
-                     for ln in body.split("\n")]
-            p = T.encode("\n".join(lines) + "\n\n" + shots + "\n\n" + query)
-            a = T.encode(f" {phone}\n")
+            lines = [
+                ln.replace(": ", ":" + " " * (extra + 1), 1) if ln.startswith(query[:-1] + ":") else ln
+                for ln in body.split("\n")
+            ]
+            p = D.encode("\n".join(lines) + "\n\n" + shots + "\n\n" + query)
+            a = D.encode(f" {phone}\n")
             pred = answer_probs(model, p, a).argmax(-1).tolist()
             right += [pred[k] == a[k] for k in range(12)]
             prev += [k >= 2 and pred[k] == a[k - 1] for k in range(12)]
             n += 1
-        out.append(f"extra {extra} | right " + " ".join(f"{v:.2f}" for v in right[1:11] / n)
-                   + " | = digit j-1 " + " ".join(f"{v:.2f}" for v in prev[2:11] / n))
+        out.append(
+            f"extra {extra} | right "
+            + " ".join(f"{v:.2f}" for v in right[1:11] / n)
+            + " | = digit j-1 "
+            + " ".join(f"{v:.2f}" for v in prev[2:11] / n)
+        )
     return out
 
 
@@ -202,10 +218,10 @@ def last_digit_probe(model, books: int, seed: int, entries: int = 6) -> list[str
     hits = {"right": 0, "= its d9": 0, "in its number": 0, "= another entry's d10": 0}
     top, counts = 0.0, {str(d): 0 for d in range(10)}
     for _ in range(books):
-        prompt, phone = T.phonebook_prompt(rng, entries)
+        prompt, phone = D.phonebook_prompt(rng, entries)
         others = [ln.split(": ")[1] for ln in prompt.split("\n\n")[0].split("\n")]
         others = [x for x in others if x != phone]
-        pr = answer_probs(model, T.encode(prompt), T.encode(f" {phone}\n"))[10]
+        pr = answer_probs(model, D.encode(prompt), D.encode(f" {phone}\n"))[10]
         c = chr(int(pr.argmax()))
         top += float(pr.max())
         key = c if c.isdigit() else "other"  # an untrained model may not even say a digit
@@ -221,20 +237,22 @@ def last_digit_probe(model, books: int, seed: int, entries: int = 6) -> list[str
         rng = random.Random(seed + 1)
         ext[n_ext] = 0
         for _ in range(books):
-            prompt, phone = T.phonebook_prompt(rng, entries)
+            prompt, phone = D.phonebook_prompt(rng, entries)
             body, shots, query = prompt.split("\n\n")
             lines = body.split("\n")
             i = lines.index(f"{query[:-1]}: {phone}")
             lines[i] += "".join(str(rng.randint(0, 9)) for _ in range(n_ext))
-            p = T.encode("\n".join(lines) + "\n\n" + shots + "\n\n" + query)
-            pr = answer_probs(model, p, T.encode(f" {phone}\n"))[10]
+            p = D.encode("\n".join(lines) + "\n\n" + shots + "\n\n" + query)
+            pr = answer_probs(model, p, D.encode(f" {phone}\n"))[10]
             ext[n_ext] += chr(int(pr.argmax())) == phone[9]
-    return [f"digit 10 ({books} books of {entries} entries): "
-            + ", ".join(f"{k} {v / books:.2f}" for k, v in hits.items())
-            + f", mean top p {top / books:.2f} | argmax counts "
-            + " ".join(f"{k}:{v}" for k, v in counts.items() if v),
-            "digit 10 right when the queried book number gets extra digits: "
-            + ", ".join(f"{n} more: {v / books:.2f}" for n, v in ext.items())]
+    return [
+        f"digit 10 ({books} books of {entries} entries): "
+        + ", ".join(f"{k} {v / books:.2f}" for k, v in hits.items())
+        + f", mean top p {top / books:.2f} | argmax counts "
+        + " ".join(f"{k}:{v}" for k, v in counts.items() if v),
+        "digit 10 right when the queried book number gets extra digits: "
+        + ", ".join(f"{n} more: {v / books:.2f}" for n, v in ext.items()),
+    ]
 
 
 def main() -> None:
@@ -245,23 +263,39 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--feature-books", type=int, default=200, help="books (6 entries) for --features")
-    ap.add_argument("--shift", action="store_true",
-                    help="also the copy-by-distance test (extra spaces after the queried line's ':')")
-    ap.add_argument("--features", action="store_true",
-                    help="also the linear probe of the digits before each newline / digit of the book")
-    ap.add_argument("--entry-attention", action="store_true",
-                    help="also where each head looks inside the queried book line, per answer digit")
-    ap.add_argument("--last", action="store_true",
-                    help="also what the model predicts at digit 10 (right / its digit 9 / another entry's)")
+    ap.add_argument(
+        "--shift",
+        action="store_true",
+        help="also the copy-by-distance test (extra spaces after the queried line's ':')",
+    )
+    ap.add_argument(
+        "--features",
+        action="store_true",
+        help="also the linear probe of the digits before each newline / digit of the book",
+    )
+    ap.add_argument(
+        "--entry-attention",
+        action="store_true",
+        help="also where each head looks inside the queried book line, per answer digit",
+    )
+    ap.add_argument(
+        "--last",
+        action="store_true",
+        help="also what the model predicts at digit 10 (right / its digit 9 / another entry's)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model = T.load_model(args.checkpoint, "cpu").eval()
+    model = M.load_model(args.checkpoint, "cpu").eval()
     print(f"{args.checkpoint}: window {model.cfg.get('window')}, {args.books} books per size, teacher-forced")
     print("position: ' ' d1 d2 d3 d4 d5 d6 d7 d8 d9 d10 '\\n'")
     for n in [int(e) for e in args.entries.split(",")]:
         acc, exact, top = per_position(model, n, args.books, args.seed)
-        print(f"entries {n:3d}: exact {exact:.2f} | acc " + " ".join(f"{v:.2f}" for v in acc)
-              + " | top p " + " ".join(f"{v:.2f}" for v in top))
+        print(
+            f"entries {n:3d}: exact {exact:.2f} | acc "
+            + " ".join(f"{v:.2f}" for v in acc)
+            + " | top p "
+            + " ".join(f"{v:.2f}" for v in top)
+        )
     print("\n".join(attention_probe(model, args.seed + 1)))
     if args.shift:
         print("\n".join(shift_probe(model, 40, args.seed + 3)))

@@ -1,7 +1,8 @@
 """Phonebook lookup accuracy vs book size (Jelassi et al. 2024, as in ArchScale).
 
-    python3 python/examples/phonebook_curve.py --entries 20,40,80 --trials 5
+python3 examples/phonebook_curve.py --entries 20,40,80 --trials 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,7 @@ def main() -> None:
     print(phonebook_prompt(book, 0, 1, 2), "<- the model continues here\n")
 
     model = get_model(args.model)
-    result = phonebook(model, entries=[int(x) for x in args.entries.split(",")],
-                       trials=args.trials, seed=args.seed)
+    result = phonebook(model, entries=[int(x) for x in args.entries.split(",")], trials=args.trials, seed=args.seed)
     print(result)
     if args.png:
         result.plot(args.png)

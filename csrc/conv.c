@@ -1,5 +1,5 @@
 /*
- * conv1d.c - depthwise causal conv1d (Mamba's short conv), width 2..4, prefill and one step.
+ * conv.c - depthwise causal conv1d (Mamba's short conv), width 2..4, prefill and one step.
  *
  * Row r = (b, d) of x (B, D, L) is convolved with weight[d] (W taps, the last one on the
  * current token) over the padded sequence [initial_states[b, d] (W-1) | x[b, d] (L)]:
@@ -9,12 +9,12 @@
  * chunk is one OpenMP loop over its rows, and ctx is polled between chunks.
  */
 #include "samba.h"
-#include "vexp.h"
+#include "simd.h"
 
 #include <stdlib.h>
 
-#define SAMBA_CONV_CHUNK ((int64_t)1 << 23) /* elements per stop poll */
-#define SAMBA_CONV_TCHUNK ((int64_t)1 << 16) /* longest time segment of one row in a chunk */
+#define SAMBA_CONV_CHUNK ((int64_t)1 << 23)   /* elements per stop poll */
+#define SAMBA_CONV_TCHUNK ((int64_t)1 << 16)  /* longest time segment of one row in a chunk */
 #define SAMBA_CONV_PAR_MIN ((int64_t)1 << 18) /* fewer elements: stay on one thread */
 
 /* One row segment y[t0, t1) (t0 < t1 <= L). x, y point at the row start; init (W-1) or
@@ -42,14 +42,12 @@ conv_row_body(const float *x, const float *init, const float *w, float bias, int
         for (; t < t1; t++) {
             y[t] = bias + w0 * x[t - 3] + w1 * x[t - 2] + w2 * x[t - 1] + w3 * x[t];
         }
-    }
-    else if (width == 3) {
+    } else if (width == 3) {
         const float w0 = w[0], w1 = w[1], w2 = w[2];
         for (; t < t1; t++) {
             y[t] = bias + w0 * x[t - 2] + w1 * x[t - 1] + w2 * x[t];
         }
-    }
-    else {
+    } else {
         const float w0 = w[0], w1 = w[1];
         for (; t < t1; t++) {
             y[t] = bias + w0 * x[t - 1] + w1 * x[t];
@@ -57,7 +55,7 @@ conv_row_body(const float *x, const float *init, const float *w, float bias, int
     }
     if (silu) {
         for (t = t0; t < t1; t++) {
-            y[t] = samba_vsiluf(y[t]);
+            y[t] = samba_siluf(y[t]);
         }
     }
 }
@@ -78,8 +76,8 @@ conv_row_wrap(const conv_job *j, int64_t r, int64_t t0, int64_t t1)
     const int64_t d = r % j->dim;
     const int64_t wm1 = j->width - 1;
     conv_row_body(j->x + r * j->seqlen, j->init != NULL ? j->init + r * wm1 : NULL,
-                  j->weight + d * j->width, j->bias != NULL ? j->bias[d] : 0.0f, j->width,
-                  j->silu, t0, t1, j->y + r * j->seqlen);
+                  j->weight + d * j->width, j->bias != NULL ? j->bias[d] : 0.0f, j->width, j->silu,
+                  t0, t1, j->y + r * j->seqlen);
 }
 
 SAMBA_VEC_FN static void
@@ -106,9 +104,9 @@ static conv_row_fn
 conv_row_pick(void)
 {
 #if SAMBA_X86_DISPATCH
-    switch (samba_simd_level()) {
-    case 2: return conv_row_avx512;
-    case 1: return conv_row_avx2;
+    switch (samba_isa()) {
+    case SAMBA_ISA_AVX512: return conv_row_avx512;
+    case SAMBA_ISA_AVX2: return conv_row_avx2;
     default: break;
     }
 #endif
@@ -203,9 +201,8 @@ samba_conv1d_fwd(int64_t batch, int64_t dim, int64_t seqlen, int64_t width, cons
 
 /* One decode step for rows [r0, r1). */
 SAMBA_VEC_FN static void
-conv_step_rows(int64_t r0, int64_t r1, int64_t dim, int64_t width, const float *x,
-               float *state, const float *weight, const float *bias, int silu, float *y,
-               int nt)
+conv_step_rows(int64_t r0, int64_t r1, int64_t dim, int64_t width, const float *x, float *state,
+               const float *weight, const float *bias, int silu, float *y, int nt)
 {
     int64_t r;
     const int64_t wm1 = width - 1;
@@ -226,14 +223,13 @@ conv_step_rows(int64_t r0, int64_t r1, int64_t dim, int64_t width, const float *
             s[k] = s[k + 1];
         }
         s[wm1 - 1] = xv;
-        y[r] = silu ? samba_vsiluf(acc) : acc;
+        y[r] = silu ? samba_siluf(acc) : acc;
     }
 }
 
 samba_status
-samba_conv1d_step(int64_t batch, int64_t dim, int64_t width, const float *x,
-                  float *conv_state, const float *weight, const float *bias, int silu,
-                  float *y, const samba_ctx *ctx)
+samba_conv1d_step(int64_t batch, int64_t dim, int64_t width, const float *x, float *conv_state,
+                  const float *weight, const float *bias, int silu, float *y, const samba_ctx *ctx)
 {
     const int64_t rows = batch * dim;
     const int64_t rchunk = SAMBA_CONV_CHUNK / 4;

@@ -1,9 +1,10 @@
 """Prefill and decode throughput of Samba vs a same-size full-attention (Llama-style)
 baseline, with random weights (speed does not depend on the weights).
 
-    python3 python/examples/throughput_compare.py
-    python3 python/examples/throughput_compare.py --config samba-10m --lengths 1024,4096,16384
+    python3 examples/throughput_compare.py
+    python3 examples/throughput_compare.py --config samba-10m --lengths 1024,4096,16384
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,11 +22,13 @@ def main() -> None:
     ap.add_argument("--png", default=None)
     args = ap.parse_args()
 
-    result = throughput([args.config, f"{args.config}:llama"],
-                        prompt_lengths=[int(x) for x in args.lengths.split(",")],
-                        total_tokens=args.total_tokens,
-                        gen_lengths=[int(x) for x in args.gen_lengths.split(",")],
-                        batch_size=args.batch_size)
+    result = throughput(
+        [args.config, f"{args.config}:llama"],
+        prompt_lengths=[int(x) for x in args.lengths.split(",")],
+        total_tokens=args.total_tokens,
+        gen_lengths=[int(x) for x in args.gen_lengths.split(",")],
+        batch_size=args.batch_size,
+    )
     print(result)
     if args.png:
         result.plot(args.png)

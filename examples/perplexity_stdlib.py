@@ -1,9 +1,10 @@
 """Long-context perplexity on the built-in corpus (the Python standard library's own
 sources, held-out split), streaming and with sliding windows.
 
-    python3 python/examples/perplexity_stdlib.py --tokens 65536
-    python3 python/examples/perplexity_stdlib.py --tokens 1048576    # 1M tokens, bounded memory
+    python3 examples/perplexity_stdlib.py --tokens 65536
+    python3 examples/perplexity_stdlib.py --tokens 1048576    # 1M tokens, bounded memory
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,7 @@ def main() -> None:
 
     streaming = perplexity(model, tokens=tokens, mode="streaming")
     print(streaming)
-    sliding = perplexity(model, tokens=tokens, mode="sliding",
-                         context_lengths=[min(args.window, args.tokens)])
+    sliding = perplexity(model, tokens=tokens, mode="sliding", context_lengths=[min(args.window, args.tokens)])
     print(sliding)
 
 

@@ -1,7 +1,8 @@
 """Streamed generation, and a look at a passkey prompt and the model's answer.
 
-    python3 python/examples/generate_stream.py --length 2048 --depth 0.5
+python3 examples/generate_stream.py --length 2048 --depth 0.5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,9 @@ def main() -> None:
     print(f"  begins: {p.text[:80]!r}...")
     print(f"  ends:   ...{p.text[-80:]!r}")
     print("model  :", end=" ")
-    answer = model.generate(p.text, max_new_tokens=10,
-                            stream=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+    answer = model.generate(
+        p.text, max_new_tokens=10, stream=lambda piece: (sys.stdout.write(piece), sys.stdout.flush())
+    )
     print(f"\ncorrect: {score_passkey(answer, args.key)}")
 
 

@@ -2,9 +2,9 @@
 # Train several samba-tiny / llama-tiny variants at once, one process per GPU (round robin; with more
 # variants than GPUs, several processes share a GPU).
 #
-#   OUT=/tmp/sweep MINUTES=7.5 bash python/train_sweep.sh variants.txt
+#   OUT=/tmp/sweep MINUTES=7.5 bash training/sweep.sh variants.txt
 #
-# variants.txt: one variant per line, "NAME  ARGS..." (ARGS are passed to python/train_tiny.py after
+# variants.txt: one variant per line, "NAME  ARGS..." (ARGS are passed to training/train.py after
 # --minutes/--seed/--threads/--eval-long/--out/--eval-json; '#' lines are skipped). Each variant writes
 # $OUT/NAME.safetensors, $OUT/NAME.log and $OUT/NAME.json; at the end one line per variant is printed
 # with its torch-side passkey accuracy by length. Needs torch (the "train" extra) and, for speed, GPUs.
@@ -26,7 +26,7 @@ while read -r name args; do
     gpu=$(( i % ngpu ))
     names+=("$name")
     # shellcheck disable=SC2086
-    CUDA_VISIBLE_DEVICES=$gpu python3 python/train_tiny.py --minutes "$MINUTES" --seed "$SEED" \
+    CUDA_VISIBLE_DEVICES=$gpu python3 training/train.py --minutes "$MINUTES" --seed "$SEED" \
         --threads "$threads" --eval-long --log-every 100 $args \
         --eval-json "$OUT/$name.json" --out "$OUT/$name.safetensors" >"$OUT/$name.log" 2>&1 &
     echo "started $name on gpu $gpu: $args"

@@ -1,0 +1,77 @@
+"""Every instruction-set variant of the CPU kernels against the float64 references.
+
+The kernels pick a variant with one dispatch (csrc/simd.c, ``samba_isa()``): the best level the
+CPU has, capped by ``SAMBA_EXT_ISA=avx512|avx2|vec|scalar``. The per-kernel test files run the
+default level (and, for the scan and attention, the lower ones); this file runs the element-wise
+kernels and the conv at every level, on fresh random inputs whose shapes do not fill whole vectors
+(remainder lanes) and with values spanning the exp/silu range. A cap above what the CPU supports
+runs the best available variant, so the test is meaningful on any machine.
+
+Tolerances: the CPU kernels compute in float32 with polynomial exp (relative error ~1e-7), so
+a relative-norm error of 1e-6 against float64 leaves a factor ~10 for float32 rounding over the
+reductions (RMSNorm's mean of squares, the conv's 4 taps); silu's pointwise check uses an absolute
+floor of 1e-30, below which the float32 result underflows by design (simd.h flushes exp < 2^-126).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import ref_small as ref
+from conftest import assert_close
+
+from samba_ext import _core
+
+RTOL = 1e-6
+LEVELS = ["avx512", "avx2", "vec", "scalar"]
+
+
+@pytest.fixture(params=LEVELS)
+def isa(request, monkeypatch) -> str:
+    monkeypatch.setenv("SAMBA_EXT_ISA", request.param)
+    return request.param
+
+
+@pytest.mark.parametrize("shape", [(3, 37), (2, 5, 129), (1, 16)])
+def test_rms_norm_every_isa(isa, shape):
+    rng = np.random.default_rng()
+    x = rng.standard_normal(shape).astype(np.float32)
+    w = rng.standard_normal(shape[-1]).astype(np.float32)
+    r = rng.standard_normal(shape).astype(np.float32)
+    assert_close(_core.rms_norm(x, w, 1e-5), ref.rms_norm(x, w, 1e-5)[0], RTOL, f"{isa} rms_norm")
+    y, s = _core.rms_norm(x, w, 1e-5, r)
+    assert_close(y, ref.rms_norm(x, w, 1e-5, r)[0], RTOL, f"{isa} rms_norm + residual")
+
+
+@pytest.mark.parametrize("shape", [(1, 19, 3, 24), (2, 5, 2, 64)])
+def test_rotary_every_isa(isa, shape):
+    rng = np.random.default_rng()
+    x = rng.standard_normal(shape).astype(np.float32)
+    pos = (rng.integers(0, 10**6) + np.arange(shape[1]))[None].repeat(shape[0], 0)
+    assert_close(_core.apply_rotary(x, pos), ref.rotary(x, pos), RTOL, f"{isa} rotary")
+
+
+def test_swiglu_every_isa(isa):
+    rng = np.random.default_rng()
+    g = (rng.standard_normal(1003) * 6).astype(np.float32)
+    u = rng.standard_normal(1003).astype(np.float32)
+    assert_close(_core.swiglu(g, u), ref.swiglu(g, u), RTOL, f"{isa} swiglu")
+    # the whole range of gate values, including where exp under/overflows; specials
+    g = np.linspace(-120, 120, 2401).astype(np.float32)
+    np.testing.assert_allclose(_core.swiglu(g, np.ones_like(g)), ref.swiglu(g, np.ones_like(g)),
+                               rtol=RTOL, atol=1e-30)
+    y = _core.swiglu(np.float32([np.nan, 1.0, np.inf, -np.inf]), np.float32([1.0, np.nan, 1.0, 0.0]))
+    assert np.isnan(y[0]) and np.isnan(y[1]) and y[2] == np.inf and np.isnan(y[3])
+
+
+@pytest.mark.parametrize("width", [2, 3, 4])
+def test_conv1d_every_isa(isa, width):
+    rng = np.random.default_rng()
+    x = rng.standard_normal((2, 21, 67)).astype(np.float32) * 4
+    w = rng.standard_normal((21, width)).astype(np.float32)
+    b = rng.standard_normal(21).astype(np.float32)
+    s = rng.standard_normal((2, 21, width - 1)).astype(np.float32)
+    for act in (None, "silu"):
+        got = _core.causal_conv1d(x=x, weight=w, bias=b, activation=act, initial_states=s)
+        want, _ = ref.causal_conv1d(x, w, b, act, s)
+        assert_close(got, want, RTOL, f"{isa} conv width {width} activation {act}")
