@@ -438,3 +438,33 @@ def test_not_a_checkpoint(tmp_path):
     _zip_with_pickle(p, b"\x80\x02not a pickle")
     with pytest.raises(CheckpointError, match="corrupt"):
         read_torch_zip(p)
+
+
+def test_write_safetensors_is_atomic(tmp_path):
+    """The writer never uses a fixed '<path>.tmp' (a symlink planted there is not followed),
+    leaves no temporary file, and an interrupted write keeps the previous file whole."""
+    import os
+
+    import samba_ext.safetensors_io as st
+
+    p = tmp_path / "m.safetensors"
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    os.symlink(victim, tmp_path / "m.safetensors.tmp")
+    write_safetensors(p, {"a": np.arange(6, dtype=np.float32)})
+    assert victim.read_bytes() == b"keep"
+    assert sorted(os.listdir(tmp_path)) == ["m.safetensors", "m.safetensors.tmp", "victim"]
+    before = p.read_bytes()
+    real = st.f32_to_bf16
+
+    def boom(x):
+        raise KeyboardInterrupt
+
+    st.f32_to_bf16 = boom
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            write_safetensors(p, {"a": np.zeros(6, np.float32), "b": np.ones(3)}, dtype="BF16")
+    finally:
+        st.f32_to_bf16 = real
+    assert p.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["m.safetensors", "m.safetensors.tmp", "victim"]

@@ -67,7 +67,9 @@ def _read_json(path: Path, what: str) -> Any:
     """The JSON object in ``path`` (a regular file of at most 64 MiB, no duplicate keys)."""
     try:
         with open_regular_file(str(path)) as f:     # a FIFO / device is refused, not read
-            raw = f.read(_MAX_JSON + 1)
+            size = os.fstat(f.fileno()).st_size
+            # read(n) allocates n bytes up front: ask for what the file holds, not the cap
+            raw = f.read(min(size, _MAX_JSON) + 1)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read ({e})") from None
     if len(raw) > _MAX_JSON:

@@ -13,6 +13,8 @@ corpus/pth/          torch.save outputs in the lit_gpt/Fabric layout ({"model", 
                      "hparams", "iter_num", "step_count"}): fp32, bf16, tied wte/lm_head sharing
                      one storage, views with storage offsets and transposed strides, a bare
                      state dict with the ``_orig_mod.`` prefix; plus fixed mutants.
+corpus/hf_folder/    checkpoint folders (zips of their files) from save_pretrained: lit_gpt / HF
+                     names, single / sharded, F16 / BF16; plus fixed mutants.
 corpus/*/regressions/  inputs that once broke a parser (added by hand from fuzz findings).
 """
 from __future__ import annotations
@@ -161,6 +163,40 @@ def make_pth(out: Path) -> list[bytes]:
     return list(files.values())
 
 
+def make_folders(out: Path) -> list[bytes]:
+    """Checkpoint folders (zips of their files, see targets.load_folder) written by the
+    package's save_pretrained: lit_gpt and HF names, single file and sharded, F16 / BF16, a
+    folder whose config.json uses samba-ext field names; tiny model with a 16-token vocab."""
+    import io
+    import tempfile
+    import zipfile
+
+    from samba_ext.config import SambaConfig
+    from samba_ext.io.hf_folder import save_pretrained
+    from samba_ext.model import Samba
+
+    cfg = SambaConfig.from_dict(dict(TINY, vocab_size=16, name="fuzz-folder"))
+    model = Samba(cfg, seed=3)
+    seeds = []
+    variants = [("litgpt_single", dict(naming="litgpt", dtype="F16")),
+                ("hf_single", dict(naming="hf", dtype="F16")),
+                ("litgpt_sharded", dict(naming="litgpt", dtype="F16", max_shard_bytes=3000)),
+                ("hf_sharded", dict(naming="hf", dtype="BF16", max_shard_bytes=3000)),
+                ("own_config_names", dict(naming="litgpt", dtype="BF16"))]
+    for name, kw in variants:
+        with tempfile.TemporaryDirectory() as td:
+            d = save_pretrained(model, Path(td) / "m", **kw)
+            if name == "own_config_names":
+                (d / "config.json").write_text(json.dumps(cfg.to_dict()))
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w") as z:
+                for f in sorted(d.iterdir()):
+                    z.writestr(zipfile.ZipInfo(f.name), f.read_bytes())
+        (out / f"{name}.zip").write_bytes(buf.getvalue())
+        seeds.append(buf.getvalue())
+    return seeds
+
+
 def add_mutants(out: Path, seeds: list[bytes], muts, suffix: str, n: int, seed: int) -> None:
     rng = random.Random(seed)
     d = out / "mutants"
@@ -172,7 +208,8 @@ def add_mutants(out: Path, seeds: list[bytes], muts, suffix: str, n: int, seed: 
 
 def main() -> None:
     for sub, make, muts, suffix in (("safetensors", make_safetensors, M.SAFETENSORS, ".safetensors"),
-                                    ("pth", make_pth, M.PTH, ".pth")):
+                                    ("pth", make_pth, M.PTH, ".pth"),
+                                    ("hf_folder", make_folders, M.FOLDER, ".zip")):
         out = CORPUS / sub
         keep = out / "regressions"
         if out.exists():

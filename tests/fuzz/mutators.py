@@ -487,3 +487,63 @@ def mutate(data: bytes, rng: random.Random, corpus: List[bytes], mutators: List[
         if len(data) > 4 << 20:
             data = data[:4 << 20]
     return data
+
+
+# ------------------------------------------------------------------- checkpoint folders ---
+
+def _mutate_index(d, rng: random.Random):
+    wm = d.get("weight_map") if isinstance(d, dict) else None
+    if not isinstance(wm, dict) or not wm:
+        return rng.choice([{}, [], {"weight_map": []}, {"weight_map": {"x": 5}}, "[" * 3000])
+    wm = dict(wm)
+    k = rng.choice(sorted(wm))
+    r = rng.randrange(7)
+    if r == 0:
+        del wm[k]
+    elif r == 1:
+        wm[k] = rng.choice(["../" + str(wm[k]), "/etc/passwd", "", ".hidden.safetensors",
+                            "missing.safetensors", "config.json", 5, None, "a/b.safetensors"])
+    elif r == 2:
+        wm[k + ".extra"] = wm[k]
+    elif r == 3:
+        wm[rng.choice(["model.layers.0.self_attn.q_proj.weight", "lm_head.weight", ""])] = wm[k]
+    else:
+        md = dict(d.get("metadata") or {})
+        md["total_size"] = rng.choice([0, -1, 2**63, "1", None, md.get("total_size", 0) + 2])
+        return dict(d, metadata=md, weight_map=wm)
+    return dict(d, weight_map=wm)
+
+
+def folder_structured(data: bytes, rng: random.Random, corpus: List[bytes]) -> bytes:
+    """Mutate a checkpoint folder stored as a zip of its files: its config.json (the model
+    config mutator), its index (shard names, keys, total_size), a shard (the safetensors
+    mutators), or the set of files (drop, duplicate, rename)."""
+    members = _zip_members(data)
+    if not members:
+        return rng.choice(GENERIC)(data, rng, corpus)
+    items = [(info.filename, raw) for info, raw in members]
+    k = rng.randrange(len(items))
+    name, raw = items[k]
+    what = rng.randrange(6)
+    if what <= 2 and name.endswith(".json"):
+        try:
+            d = json.loads(raw)
+        except ValueError:
+            d = None
+        if name == "config.json" and isinstance(d, dict):
+            d = _mutate_config(d, rng)
+        else:
+            d = _mutate_index(d, rng)
+        items[k] = (name, d.encode() if isinstance(d, str) else
+                    json.dumps(d, allow_nan=True).encode())
+    elif what <= 3 and name.endswith(".safetensors"):
+        items[k] = (name, rng.choice(SAFETENSORS)(raw, rng, []))
+    elif what == 4 and len(items) > 1:
+        del items[k]
+    else:
+        items[k] = (rng.choice([name + "x", "model.safetensors", "config.json",
+                                "model.safetensors.index.json"]), raw)
+    return _zip_build(items)
+
+
+FOLDER: List[Mutator] = [folder_structured]   # byte flips would only break the zip's CRCs

@@ -90,7 +90,7 @@ def worker(args) -> int:
     n_findings = 0
     signatures: dict[str, int] = {}   # finding signature -> count (one saved input each)
     report = {}
-    mut_sets = {"safetensors": M.SAFETENSORS, "pth": M.PTH}
+    mut_sets = {"safetensors": M.SAFETENSORS, "pth": M.PTH, "folder": M.FOLDER}
 
     # 1. replay every corpus file (regressions must stay fixed)
     corpora = {}
@@ -186,7 +186,7 @@ def atheris_worker(args) -> int:  # pragma: no cover - optional long local runs
     t = tlist[0]
     runner = T.Runner(workdir=args.workdir)
     pool = [d for _, d in load_corpus(t)]
-    mset = {"safetensors": M.SAFETENSORS, "pth": M.PTH}[t.mutators]
+    mset = {"safetensors": M.SAFETENSORS, "pth": M.PTH, "folder": M.FOLDER}[t.mutators]
 
     def one(data: bytes) -> None:
         f = runner.run_one(t, data)

@@ -119,6 +119,38 @@ def load_model(path: str) -> Any:
     return Samba.load(path)
 
 
+def load_folder(path: str) -> Any:
+    """Samba.load on a checkpoint folder. The fuzzed bytes are a zip (stored, not deflated)
+    of the folder's files; the harness unpacks each readable member under its base name into
+    a fresh folder (a member it cannot read is left out: what the loader then meets is a
+    folder missing that file)."""
+    import shutil
+    import zipfile
+
+    from samba_ext.model import Samba
+
+    d = path + ".d"
+    if os.path.isdir(d):
+        shutil.rmtree(d)
+    os.mkdir(d)
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist()[:64]:
+                name = os.path.basename(info.filename)
+                if (not name or name.startswith(".") or info.compress_type != zipfile.ZIP_STORED
+                        or info.file_size > 16 << 20):
+                    continue
+                try:
+                    raw = z.read(info)
+                except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+                    continue
+                with open(os.path.join(d, name), "wb") as f:
+                    f.write(raw)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        pass                     # not a zip: an empty folder
+    return Samba.load(d)
+
+
 def _have(module: str) -> bool:
     import importlib.util
 
@@ -141,6 +173,9 @@ def all_targets() -> List[Target]:
         out.append(Target("model_safetensors", ".safetensors", ["safetensors"], load_model,
                           "safetensors", check_result=False))
         out.append(Target("model_pth", ".pth", ["pth"], load_model, "pth", check_result=False))
+    if _have("samba_ext.io.hf_folder"):
+        out.append(Target("hf_folder", ".zip", ["hf_folder"], load_folder, "folder",
+                          check_result=False))
     return out
 
 
