@@ -4,14 +4,17 @@
   against the exp-unit floor: batch*dim*seqlen*dstate exponentials at 16 per clock per
   multiprocessor (the MUFU rate of sm_90) at the card's maximum SM clock. Each variant of
   the kernel (``SAMBA_EXT_SCAN_LANES``: 1 = one thread per channel, 4 / 8 = that many
-  threads per channel; unset = the library's choice) is timed, and its output compared
-  with the one-thread-per-channel kernel's.
+  threads per channel; ``SAMBA_EXT_SCAN_CHUNKS``: chunks over the sequence; unset = the
+  library's choice) is timed, and its output compared with the one-thread-per-channel
+  kernel's.
 * rms_norm with the residual add, swiglu and causal_conv1d + SiLU against torch's
   composition of the same operations, and against the copy bandwidth (bytes read + written
   by a large device-to-device copy): the minimal bytes (each input read once, each output
   written once) over the time.
 
-Times: CUDA events on torch's current stream, median of ``--reps`` after warm-up.
+Times: CUDA events on torch's current stream, median of ``--reps`` after warm-up (a whole
+call, host overhead included); for the element-wise kernels also the device time of the
+kernels alone (torch profiler), which the bandwidth fraction uses.
 Usage: python benchmarks/gpu_kernels.py [--out results.json] [--only scan,rms,swiglu,conv]
 """
 from __future__ import annotations
@@ -55,6 +58,24 @@ def max_sm_clock_hz() -> float:
         return 1.98e9  # H200 SXM maximum SM clock
 
 
+def kernel_ms(fn, calls: int = 10):
+    """Milliseconds of device (kernel) time per call, from the torch profiler (CUPTI), so
+    that host-side overhead of the Python call does not count; None if unavailable."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+        tot = sum(float(getattr(e, "self_device_time_total", 0.0)) for e in prof.key_averages())
+        return tot / calls / 1000.0 if tot > 0 else None
+    except (RuntimeError, ImportError, AttributeError):
+        return None
+
+
 def rel(a, b) -> float:
     a, b = torch.as_tensor(a).float(), torch.as_tensor(b).float()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
@@ -89,22 +110,30 @@ def scan_cases(reps: int) -> list[dict]:
         run = functools.partial(K.selective_scan, u, delta, A, Bm, Cm, D, z, bias, True)
 
         ref = None
-        for lanes in ("1", "4", "8", ""):
-            if lanes:
-                os.environ["SAMBA_EXT_SCAN_LANES"] = lanes
-            else:
-                os.environ.pop("SAMBA_EXT_SCAN_LANES", None)
+        variants = [("1", "1"), ("4", "1"), ("8", "1"), ("", "")]
+        if os.environ.get("SCAN_VARIANTS") == "default":  # the library's choice only
+            variants = [("", "")]
+        elif b == 1:
+            variants[3:3] = [("4", "4"), ("8", "2"), ("8", "4"), ("4", "8")]
+        for lanes, chunks in variants:
+            for var, val in (("SAMBA_EXT_SCAN_LANES", lanes), ("SAMBA_EXT_SCAN_CHUNKS", chunks)):
+                if val:
+                    os.environ[var] = val
+                else:
+                    os.environ.pop(var, None)
             y = torch.from_dlpack(run())[part].float()
             if ref is None:
                 ref = y
             err = rel(y, ref)
-            ms = bench(run, reps=reps if b * L < 300000 else max(3, reps // 3))
+            big = b * d * L > 2**31
+            ms = bench(run, reps=3 if big else reps, warmup=1 if big else 3)
             rows.append({"kernel": "selective_scan", "batch": b, "dim": d, "seqlen": L,
-                         "dstate": N, "lanes": lanes or "default", "ms": ms,
-                         "floor_ms": floor_ms, "x_floor": ms / floor_ms,
+                         "dstate": N, "lanes": lanes or "default", "chunks": chunks or "default",
+                         "ms": ms, "floor_ms": floor_ms, "x_floor": ms / floor_ms,
                          "rel_diff_vs_lanes1": err})
             del y
         os.environ.pop("SAMBA_EXT_SCAN_LANES", None)
+        os.environ.pop("SAMBA_EXT_SCAN_CHUNKS", None)
         del u, z, delta, Bm, Cm, ref
         torch.cuda.empty_cache()
     return rows
@@ -118,8 +147,12 @@ def elementwise_cases(bw: float, which: set, reps: int) -> list[dict]:
 
     def add(name, ours, theirs, nbytes, err):
         t_o, t_t = bench(ours, reps), bench(theirs, reps)
+        k_o, k_t = kernel_ms(ours), kernel_ms(theirs)
+        kt = k_o if k_o else t_o
         rows.append({"kernel": name, "ms": t_o, "torch_ms": t_t, "x_torch": t_o / t_t,
-                     "bytes": nbytes, "frac_copy_bw": nbytes / (t_o * 1e-3) / bw,
+                     "kernel_ms": k_o, "torch_kernel_ms": k_t,
+                     "x_torch_kernel": (k_o / k_t) if (k_o and k_t) else None,
+                     "bytes": nbytes, "frac_copy_bw": nbytes / (kt * 1e-3) / bw,
                      "rel_diff_vs_torch": err})
 
     if "rms" in which:
@@ -173,12 +206,16 @@ def main() -> None:
     for row in res["rows"]:
         if row["kernel"] == "selective_scan":
             print(f"scan b{row['batch']} d{row['dim']} L{row['seqlen']} lanes "
-                  f"{row['lanes']:>7}: {row['ms']:8.2f} ms, floor {row['floor_ms']:7.2f} ms, "
+                  f"{row['lanes']:>7} chunks {row['chunks']:>7}: {row['ms']:8.2f} ms, "
+                  f"floor {row['floor_ms']:7.2f} ms, "
                   f"{row['x_floor']:5.2f}x floor, diff {row['rel_diff_vs_lanes1']:.1e}")
         else:
-            print(f"{row['kernel']:32s}: {row['ms']:7.3f} ms vs torch {row['torch_ms']:7.3f} ms "
-                  f"({row['x_torch']:.2f}x), {100 * row['frac_copy_bw']:.0f}% of copy bw, "
-                  f"diff {row['rel_diff_vs_torch']:.1e}")
+            ko, kt = row["kernel_ms"], row["torch_kernel_ms"]
+            kern = (f"kernels {ko:.3f} vs {kt:.3f} ms ({row['x_torch_kernel']:.2f}x)"
+                    if ko and kt else "kernel times unavailable")
+            print(f"{row['kernel']:32s}: call {row['ms']:7.3f} ms vs torch {row['torch_ms']:7.3f} "
+                  f"ms ({row['x_torch']:.2f}x); {kern}; {100 * row['frac_copy_bw']:.0f}% of copy "
+                  f"bw; diff {row['rel_diff_vs_torch']:.1e}")
     if args.out:
         tmp = args.out + ".tmp"
         with open(tmp, "w") as f:

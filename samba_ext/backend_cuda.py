@@ -88,6 +88,7 @@ class _StepRecorder:
         self.overflow = arena is None
         self.requested = 0  # bytes this step asks for (sizes the arena)
         self.held: list = []  # buffers allocated outside the arena, freed after the step
+        self.keep: list = []  # arrays the deferred launches read or write (see hold)
 
     def alloc(self, n: int) -> Optional[tuple]:
         if n == 0:
@@ -101,6 +102,13 @@ class _StepRecorder:
             self.held.append(buf)
             got = (buf, buf.ptr)
         return got
+
+    def hold(self, objs: Any) -> None:
+        """Keep objs (arrays a deferred launch uses) alive until the step's launches have
+        been issued: the model may drop an array during the step (a cache replaced by a
+        larger one, whose copy into the new one is deferred), and its memory must not be
+        reused before that copy runs."""
+        self.keep.append(objs)
 
     def defer(self, fn: Any, args: tuple) -> None:
         if self.overflow and not self.calls:
@@ -192,6 +200,7 @@ class CUDABackend(Backend):
             for fn, args in rec.calls:
                 fn(*args)
             rec.held.clear()
+            rec.keep.clear()
             return
         key = tuple((getattr(fn, "__name__", repr(fn)), args) for fn, args in rec.calls)
         g = self._graphs.get(key)
@@ -216,6 +225,8 @@ class CUDABackend(Backend):
             self._graphs.move_to_end(key)
             self.stats["replays"] += 1
         self.cu.graph_launch(g, self.stream)
+        rec.held.clear()   # frees queued behind the launch
+        rec.keep.clear()
 
     def _free_graphs(self) -> None:
         for g in self._graphs.values():
@@ -258,6 +269,8 @@ class CUDABackend(Backend):
               dst_strides: Sequence[int], axis: int = -1, sidx: Any = None,
               didx: Any = None, batched: bool = False) -> None:
         code = DTYPES
+        if self._rec is not None:
+            self._rec.hold((dst, src, sidx, didx))
         launch(self.cu.copy, tuple(shape), (src.ptr, code[src.dtype][0]),
                      tuple(src_strides), (dst.ptr, code[dst.dtype][0]), tuple(dst_strides),
                      axis, None if sidx is None else (sidx.ptr, code[sidx.dtype][0]),

@@ -222,3 +222,27 @@ def test_overflowing_step_holds_its_buffers_until_launched(fake_backend, rng):
     be.to_numpy(a)
     assert not rec.held and be._arena_need > small
     assert ptrs <= pooled(), "the step's own buffers are returned once it has run"
+
+
+def test_array_replaced_during_a_step_stays_alive_until_launched(fake_backend, rng):
+    """The full-attention cache grows inside a decode step: a larger zeroed cache is made,
+    the old rows are copied into it by a deferred launch, and the old cache is dropped. The
+    old cache's memory must not be reused (here: by an upload of the same size made right
+    after) before that copy has run."""
+    be = fake_backend
+    rows = rng.standard_normal((64, 1024)).astype(np.float32)
+    for captured in (False, True):
+        # a step to size the arena, then (second round) one captured as a graph
+        if captured:
+            be.begin_step()
+            be.to_numpy(be.take(be.asarray(rows[:2]), np.array([1, 0]), 0))
+        old = be.asarray(rows)
+        be.begin_step()
+        new = be.zeros((128, 1024))
+        be.put(new, np.arange(64), old, 0)
+        del old                                       # the model replaces its cache here
+        other = be.asarray(rng.standard_normal((64, 1024)).astype(np.float32))  # same size
+        got = be.to_numpy(new)
+        np.testing.assert_array_equal(got[:64], rows)
+        np.testing.assert_array_equal(got[64:], 0.0)
+        del other

@@ -108,6 +108,101 @@ __global__ void conv_step_kernel(int64_t batch, int64_t dim, int width, samba_cu
     }
 }
 
+// Vectorised prefill for unit time strides and 16-byte aligned rows, x and y of one dtype:
+// one thread per V consecutive outputs of a row (V = 4 float32 or 8 16-bit values): the V
+// inputs are one 16-byte load, the W-1 before them single loads (cached: the previous
+// thread's vector) or initial_states, and the V outputs one 16-byte store.
+template <typename T> struct CPack {
+    static constexpr int N = 16 / (int)sizeof(T);
+    union {
+        uint4 raw;
+        float f[4];
+        __nv_bfloat16 b[8];
+        __half h[8];
+    } v;
+    __device__ __forceinline__ float get(int k) const;
+    __device__ __forceinline__ void set(int k, float x);
+};
+template <> __device__ __forceinline__ float CPack<float>::get(int k) const { return v.f[k]; }
+template <> __device__ __forceinline__ void CPack<float>::set(int k, float x) { v.f[k] = x; }
+template <> __device__ __forceinline__ float CPack<__nv_bfloat16>::get(int k) const {
+    return __bfloat162float(v.b[k]);
+}
+template <> __device__ __forceinline__ void CPack<__nv_bfloat16>::set(int k, float x) {
+    v.b[k] = __float2bfloat16_rn(x);
+}
+template <> __device__ __forceinline__ float CPack<__half>::get(int k) const {
+    return __half2float(v.h[k]);
+}
+template <> __device__ __forceinline__ void CPack<__half>::set(int k, float x) {
+    v.h[k] = __float2half_rn(x);
+}
+
+template <typename T>
+__global__ void conv_fwd_vec_kernel(ConvParams p) {
+    constexpr int V = CPack<T>::N;
+    const int64_t ng = (p.seqlen + V - 1) / V;
+    const int64_t n = p.batch * p.dim * ng;
+    const int W = (int)p.width;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t row = i / ng, t0 = (i % ng) * V;
+        const int64_t b = row / p.dim, d = row % p.dim;
+        const int64_t xrow = b * p.xs[0] + d * p.xs[1], yrow = b * p.ys[0] + d * p.ys[1];
+        const int nv = (int)min((int64_t)V, p.seqlen - t0);
+        // win[CONV_MAX_W - 1 + k - m] = x[t0 + k - m]; taps beyond the width are 0, so every
+        // index is a compile-time constant (a run-time one would put win in local memory)
+        constexpr int H = CONV_MAX_W - 1;
+        float win[H + V];
+#pragma unroll
+        for (int j = 0; j < H; ++j) {
+            const int64_t pos = t0 - H + j;
+            float xv = 0.0f;
+            if (j >= H - (W - 1))
+                xv = pos >= 0 ? ldt<T>(p.x.ptr, xrow + pos)
+                              : (p.init ? p.init[row * (W - 1) + (W - 1) + pos] : 0.0f);
+            win[j] = xv;
+        }
+        CPack<T> in;
+        if (nv == V) {
+            in.v.raw = *(const uint4 *)((const T *)p.x.ptr + xrow + t0);
+        } else {
+#pragma unroll
+            for (int k = 0; k < V; ++k) in.set(k, k < nv ? ldt<T>(p.x.ptr, xrow + t0 + k) : 0.0f);
+        }
+#pragma unroll
+        for (int k = 0; k < V; ++k) win[H + k] = in.get(k);
+        const float bias = ldf_opt(p.bias, d, 0.0f);
+        float wr[CONV_MAX_W];  // wr[m] multiplies x[t - m]
+#pragma unroll
+        for (int m = 0; m < CONV_MAX_W; ++m) wr[m] = m < W ? ldf(p.weight, d * W + (W - 1 - m)) : 0.0f;
+        CPack<T> out;
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            float acc = bias;
+#pragma unroll
+            for (int m = 0; m < CONV_MAX_W; ++m) acc += wr[m] * win[H + k - m];
+            if (p.silu) acc = silu_f(acc);
+            out.set(k, acc);
+        }
+        if (nv == V) {
+            *(uint4 *)((T *)p.y.ptr + yrow + t0) = out.v.raw;
+        } else {
+#pragma unroll
+            for (int k = 0; k < V; ++k)
+                if (k < nv) stf(p.y, yrow + t0 + k, out.get(k));
+        }
+    }
+}
+
+static int conv_vec_ok(const ConvParams &p) {
+    const int64_t it = p.x.dtype == SAMBA_CU_F32 ? 4 : 2;
+    return p.x.dtype == p.y.dtype && p.xs[2] == 1 && p.ys[2] == 1 &&
+           (p.xs[0] * it) % 16 == 0 && (p.xs[1] * it) % 16 == 0 && (p.ys[0] * it) % 16 == 0 &&
+           (p.ys[1] * it) % 16 == 0 && (uintptr_t)p.x.ptr % 16 == 0 &&
+           (uintptr_t)p.y.ptr % 16 == 0;
+}
+
 static samba_status check_width(int64_t width) {
     if (width < 2 || width > CONV_MAX_W)
         return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED,
@@ -142,7 +237,19 @@ extern "C" samba_status samba_cu_conv1d_fwd(int64_t batch, int64_t dim, int64_t 
     // Make the fastest-moving thread index the one with unit stride in x (coalescing).
     p.time_fastest = !(x_s[1] == 1 && x_s[2] != 1);
     const int64_t n = batch * dim * seqlen;
-    if (n > 0) {
+    if (n > 0 && conv_vec_ok(p)) {
+        const int64_t V = p.x.dtype == SAMBA_CU_F32 ? 4 : 8;
+        const int64_t nt = batch * dim * cdiv(seqlen, V);
+        cudaStream_t st = (cudaStream_t)stream;
+        if (p.x.dtype == SAMBA_CU_BF16)
+            conv_fwd_vec_kernel<__nv_bfloat16><<<grid_1d(nt, 256), 256, 0, st>>>(p);
+        else if (p.x.dtype == SAMBA_CU_F16)
+            conv_fwd_vec_kernel<__half><<<grid_1d(nt, 256), 256, 0, st>>>(p);
+        else
+            conv_fwd_vec_kernel<float><<<grid_1d(nt, 256), 256, 0, st>>>(p);
+        s = samba_cu_check_launch("causal_conv1d", stream);
+        if (s != SAMBA_OK) return s;
+    } else if (n > 0) {
         conv_fwd_kernel<<<grid_1d(n, 256), 256, 0, (cudaStream_t)stream>>>(p);
         s = samba_cu_check_launch("causal_conv1d", stream);
         if (s != SAMBA_OK) return s;

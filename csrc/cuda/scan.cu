@@ -6,6 +6,9 @@
 // channels of a group, so the loads of a warp broadcast. Float32 arithmetic throughout:
 //   dt = delta + delta_bias; dt = softplus(dt) (threshold 20) if requested
 //   h = exp(dt * A) * h + dt * B * u;  y = <h, C> + D * u;  y *= silu(z) if z
+#include <stdlib.h>
+#include <string.h>
+
 #include "cu_common.cuh"
 
 #define SCAN_THREADS 128
@@ -90,6 +93,299 @@ scan_step_kernel(samba_cu_scan_step_args p) {
     stf(p.y, b * p.y_s[0] + d * p.y_s[1], y);
 }
 
+// ------------------------------------------------------------------ split kernel --------
+// The fast path for dstate 16 with u / delta / z / B / C of one dtype. LPC threads share a
+// (batch, channel), each holding NPL = 16 / LPC of its states, so a batch-1 prefill still has
+// enough threads to keep the exp units busy; the sequence is walked in groups of 8 steps:
+// each input row is read as 16-byte vectors (when aligned) and the next group's vectors are
+// loaded while the current one is computed. Per group, each thread computes softplus(dt)
+// for its 8 / LPC "own" steps and the group's dt values are exchanged by warp shuffles; the
+// partial outputs y_t = <h_t, C_t> over each thread's states are summed across the LPC
+// threads by a reduce-scatter, after which each thread finishes (D skip, gate) and stores
+// its own steps. exp(dt * A) is exp2(dt * A * log2(e)) on the exp unit (ex2.approx.ftz:
+// relative error about 2^-22, flushed to 0 below 2^-126, where the state's decay factor
+// does not matter against float32 rounding).
+//
+// Chunks (parallel over the sequence): with nchunks > 1 the sequence is cut into chunks of
+// chunk_len steps. Pass 1 scans chunks 0..nchunks-2 from a zero state (chunk 0 from the
+// initial state, which it also copies to the workspace) and stores each chunk's end state
+// and its sum of dt. Pass 2 scans every chunk from its true start state, composed from the
+// earlier chunks' end states: h_start(c) = exp(A * sum_dt(c-1)) * h_start(c-1) + end(c-1)
+// (chunk 0's end state is already exact), and writes y and the final state. Pass 1 repeats
+// the exponentials of all but the last chunk; with 4 threads per channel a batch-1 scan of
+// 4096 channels already fills the H200, so chunks are used only on request (see
+// split_chunks).
+#define SPLIT_N 16
+#define SPLIT_T 8
+#define LOG2E_F 1.4426950408889634f
+
+struct ScanChunks {
+    int64_t chunk_len;  // steps per chunk (a multiple of SPLIT_T when nchunks > 1)
+    int nchunks, pass;  // pass 0: no chunks; 1, 2: the two passes above
+    float *start0;      // (B*D, N) copy of the initial state (pass 1 writes, pass 2 reads)
+    float *ends;        // (nchunks-1, B*D, N) local end states
+    float *sums;        // (nchunks-1, B*D) sums of dt
+};
+
+// softplus and SiLU of the split kernel with the exp unit's approximations: log1p(e) is
+// log(u) * e / (u - 1) with u = 1 + e rounded (exact to a few ulp for every e >= 0, as the
+// rounding of u cancels), and x * sigmoid(x) with a fast division (MUFU reciprocal; 0 where
+// exp(-x) overflows). Both are within float32 rounding of the accurate versions, about a
+// third of their instructions.
+__device__ __forceinline__ float softplus_fast(float x) {
+    if (x > 20.0f) return x;
+    const float e = __expf(x), u = 1.0f + e;
+    return u == 1.0f ? e : __logf(u) * __fdividef(e, u - 1.0f);
+}
+
+__device__ __forceinline__ float silu_fast(float x) { return __fdividef(x, 1.0f + __expf(-x)); }
+
+__device__ __forceinline__ float ex2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// 8 consecutive elements of one row, kept in their storage type until used.
+template <typename T> struct Vec8;
+template <> struct Vec8<float> {
+    float v[8];
+    __device__ __forceinline__ void vload(const void *p, int64_t i) {
+        const float4 a = *(const float4 *)((const float *)p + i);
+        const float4 b = *(const float4 *)((const float *)p + i + 4);
+        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+        v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+    }
+    __device__ __forceinline__ void sload(const void *p, int64_t i, int64_t st, int n) {
+#pragma unroll
+        for (int s = 0; s < 8; ++s) v[s] = s < n ? ((const float *)p)[i + s * st] : 0.0f;
+    }
+    __device__ __forceinline__ float get(int s) const { return v[s]; }
+};
+template <typename T> struct Vec8h {  // 16-bit storage (bf16 / f16)
+    uint32_t w[4];
+    __device__ __forceinline__ void vload(const void *p, int64_t i) {
+        const uint4 a = *(const uint4 *)((const uint16_t *)p + i);
+        w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w;
+    }
+    __device__ __forceinline__ void sload(const void *p, int64_t i, int64_t st, int n) {
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const uint32_t lo = 2 * k < n ? ((const uint16_t *)p)[i + 2 * k * st] : 0u;
+            const uint32_t hi = 2 * k + 1 < n ? ((const uint16_t *)p)[i + (2 * k + 1) * st] : 0u;
+            w[k] = lo | (hi << 16);
+        }
+    }
+    __device__ __forceinline__ uint16_t bits(int s) const {
+        return (uint16_t)(w[s >> 1] >> ((s & 1) * 16));
+    }
+};
+template <> struct Vec8<__nv_bfloat16> : Vec8h<__nv_bfloat16> {
+    __device__ __forceinline__ float get(int s) const {
+        return __uint_as_float((uint32_t)bits(s) << 16);
+    }
+};
+template <> struct Vec8<__half> : Vec8h<__half> {
+    __device__ __forceinline__ float get(int s) const {
+        return __half2float(__ushort_as_half(bits(s)));
+    }
+};
+
+// Element s (a run-time index) of v without indexing a register array at run time.
+template <typename T> __device__ __forceinline__ float pick(const Vec8<T> &v, int s) {
+    float x = v.get(0);
+#pragma unroll
+    for (int i = 1; i < SPLIT_T; ++i) x = s == i ? v.get(i) : x;
+    return x;
+}
+
+template <typename T, int NPL> struct ScanGroup {
+    Vec8<T> u, dl, z, b[NPL], c[NPL];
+};
+
+// Offsets of one thread's rows: u, delta, z and its first B and C rows (time index 0).
+struct RowBases {
+    int64_t u, dl, z, b, c;
+};
+
+template <typename T, int NPL>
+__device__ __forceinline__ void load_group_vec(ScanGroup<T, NPL> &G, const samba_cu_scan_args &p,
+                                               const RowBases &r, int64_t t0, bool has_z) {
+    G.u.vload(p.u.ptr, r.u + t0);
+    G.dl.vload(p.delta.ptr, r.dl + t0);
+    if (has_z) G.z.vload(p.z.ptr, r.z + t0);
+#pragma unroll
+    for (int k = 0; k < NPL; ++k) {
+        G.b[k].vload(p.B.ptr, r.b + k * p.B_s[2] + t0);
+        G.c[k].vload(p.C.ptr, r.c + k * p.C_s[2] + t0);
+    }
+}
+
+template <typename T, int NPL>
+__device__ __forceinline__ void load_group_tail(ScanGroup<T, NPL> &G, const samba_cu_scan_args &p,
+                                                const RowBases &r, int64_t t0, int n, bool has_z) {
+    G.u.sload(p.u.ptr, r.u + t0, 1, n);
+    G.dl.sload(p.delta.ptr, r.dl + t0, 1, n);
+    if (has_z) G.z.sload(p.z.ptr, r.z + t0, 1, n);
+#pragma unroll
+    for (int k = 0; k < NPL; ++k) {
+        G.b[k].sload(p.B.ptr, r.b + k * p.B_s[2] + t0, 1, n);
+        G.c[k].sload(p.C.ptr, r.c + k * p.C_s[2] + t0, 1, n);
+    }
+}
+
+struct StepConsts {
+    float Dd, db;
+    bool softplus, has_z, want_y, active;
+};
+
+// The lanes of this thread's channel (LPC consecutive lanes: they run the same steps even
+// where the lanes of one warp belong to chunks of different lengths).
+template <int LPC> __device__ __forceinline__ unsigned seg_mask() {
+    return ((1u << LPC) - 1u) << ((threadIdx.x & 31u) & ~(unsigned)(LPC - 1));
+}
+
+// Reduce-scatter of ys[0..SPLIT_T) over the LPC threads of a channel: thread `lane` ends
+// with the full sums of steps lane * OWN .. lane * OWN + OWN - 1 in ys[0 .. OWN).
+template <int LPC>
+__device__ __forceinline__ void reduce_scatter(float (&ys)[SPLIT_T], int lane) {
+    constexpr int LEVELS = LPC == 8 ? 3 : LPC == 4 ? 2 : LPC == 2 ? 1 : 0;
+#pragma unroll
+    for (int lvl = 0; lvl < LEVELS; ++lvl) {
+        const int m = LPC >> (lvl + 1);
+        const bool up = (lane & m) != 0;
+#pragma unroll
+        for (int k = 0; k < (SPLIT_T >> (lvl + 1)); ++k) {
+            const int hk = k + (SPLIT_T >> (lvl + 1));
+            const float send = up ? ys[k] : ys[hk];
+            const float keep = up ? ys[hk] : ys[k];
+            ys[k] = keep + __shfl_xor_sync(seg_mask<LPC>(), send, m, LPC);
+        }
+    }
+}
+
+// One group of n <= SPLIT_T steps from t0 for the thread's NPL states (see above).
+template <int LPC, typename T, int NPL>
+__device__ __forceinline__ void scan_group(const ScanGroup<T, NPL> &G, int n, int64_t t0,
+                                           int lane, const float (&a2)[NPL], float (&h)[NPL],
+                                           float &sum_dt, const StepConsts &sc,
+                                           const samba_cu_scan_args &p, int64_t y0) {
+    constexpr int OWN = SPLIT_T / LPC;
+    // softplus(dt) of the own steps, then every step's dt from its owner by shuffles
+    float own[OWN];
+#pragma unroll
+    for (int k = 0; k < OWN; ++k) {
+        float x = pick(G.dl, lane * OWN + k) + sc.db;
+        if (sc.softplus) x = softplus_fast(x);
+        own[k] = (lane * OWN + k < n) ? x : 0.0f;  // past the end: dt 0 leaves h as it is
+    }
+    float dt[SPLIT_T];
+#pragma unroll
+    for (int s = 0; s < SPLIT_T; ++s)
+        dt[s] = __shfl_sync(seg_mask<LPC>(), own[s % OWN], s / OWN, LPC);
+    float ys[SPLIT_T];
+#pragma unroll
+    for (int s = 0; s < SPLIT_T; ++s) {
+        const float du = dt[s] * G.u.get(s);
+        float y = 0.0f;
+#pragma unroll
+        for (int k = 0; k < NPL; ++k) {
+            h[k] = ex2_ftz(dt[s] * a2[k]) * h[k] + G.b[k].get(s) * du;
+            y += h[k] * G.c[k].get(s);
+        }
+        ys[s] = y;
+        sum_dt += dt[s];
+    }
+    if (!sc.want_y) return;  // chunk pass 1 (the same for every thread of the launch)
+    reduce_scatter<LPC>(ys, lane);  // inactive threads take part in the shuffles too
+#pragma unroll
+    for (int k = 0; k < OWN; ++k) {
+        const int s = lane * OWN + k;
+        if (sc.active && s < n) {
+            float y = ys[k] + sc.Dd * pick(G.u, s);
+            if (sc.has_z) y *= silu_fast(pick(G.z, s));
+            stf(p.y, y0 + (t0 + s) * p.y_s[2], y);
+        }
+    }
+}
+
+template <int LPC, typename T>
+__global__ void __launch_bounds__(SCAN_THREADS)
+scan_split_kernel(samba_cu_scan_args p, ScanChunks ck) {
+    constexpr int NPL = SPLIT_N / LPC;  // states per thread
+    const int lane = threadIdx.x % LPC;
+    const int64_t BD = p.batch * p.dim;
+    const int nck = ck.pass == 1 ? ck.nchunks - 1 : ck.nchunks;
+    const int64_t gch = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) / LPC;
+    const bool active = gch < BD * nck;
+    // inactive threads (the tail of the last warp) shadow a valid channel, store nothing
+    const int64_t cg = active ? gch : BD * nck - 1;
+    const int chunk = (int)(cg / BD);
+    const int64_t idx = cg % BD;
+    const int64_t b = idx / p.dim, d = idx % p.dim;
+    const int64_t g = d / (p.dim / p.ngroups);
+    const int64_t t_begin = chunk * ck.chunk_len;
+    const int64_t t_end = min(p.seqlen, t_begin + ck.chunk_len);
+    const int n0 = lane * NPL;
+
+    float a2[NPL], h[NPL];
+#pragma unroll
+    for (int k = 0; k < NPL; ++k) a2[k] = ldf(p.A, d * SPLIT_N + n0 + k) * LOG2E_F;
+    if (ck.pass == 2 && chunk > 0) {
+        // start state from the earlier chunks: chunk 0's end is exact, later ones local
+#pragma unroll
+        for (int k = 0; k < NPL; ++k) h[k] = ck.ends[idx * SPLIT_N + n0 + k];
+        for (int c = 1; c < chunk; ++c) {
+            const float sdt = ck.sums[c * BD + idx];
+            const float *e = ck.ends + (c * BD + idx) * SPLIT_N + n0;
+#pragma unroll
+            for (int k = 0; k < NPL; ++k) h[k] = ex2_ftz(sdt * a2[k]) * h[k] + e[k];
+        }
+    } else if (chunk == 0) {
+        const float *init = ck.pass == 2 ? ck.start0 : p.initial_state;
+#pragma unroll
+        for (int k = 0; k < NPL; ++k) h[k] = init ? init[idx * SPLIT_N + n0 + k] : 0.0f;
+        if (ck.pass == 1 && active)
+#pragma unroll
+            for (int k = 0; k < NPL; ++k) ck.start0[idx * SPLIT_N + n0 + k] = h[k];
+    } else {
+#pragma unroll
+        for (int k = 0; k < NPL; ++k) h[k] = 0.0f;
+    }
+    const float Dd = ldf_opt(p.D, d, 0.0f);
+    const float db = ldf_opt(p.delta_bias, d, 0.0f);
+    const int64_t u0 = b * p.u_s[0] + d * p.u_s[1], dl0 = b * p.delta_s[0] + d * p.delta_s[1];
+    const int64_t z0 = b * p.z_s[0] + d * p.z_s[1], y0 = b * p.y_s[0] + d * p.y_s[1];
+    const int64_t B0 = b * p.B_s[0] + g * p.B_s[1], C0 = b * p.C_s[0] + g * p.C_s[1];
+    const bool has_z = p.z.ptr != NULL;
+    const RowBases rb = {u0, dl0, z0, B0 + n0 * p.B_s[2], C0 + n0 * p.C_s[2]};
+    const StepConsts sc = {Dd, db, p.delta_softplus != 0, has_z, ck.pass != 1, active};
+    float sum_dt = 0.0f;
+    // full groups: 16-byte vector loads, the next group loaded while this one is computed
+    const int64_t t_full = t_begin + (t_end - t_begin) / SPLIT_T * SPLIT_T;
+    ScanGroup<T, NPL> cur, nxt;
+    if (t_begin < t_full) load_group_vec<T, NPL>(cur, p, rb, t_begin, has_z);
+    for (int64_t t0 = t_begin; t0 < t_full; t0 += SPLIT_T) {
+        if (t0 + SPLIT_T < t_full) load_group_vec<T, NPL>(nxt, p, rb, t0 + SPLIT_T, has_z);
+        scan_group<LPC, T, NPL>(cur, SPLIT_T, t0, lane, a2, h, sum_dt, sc, p, y0);
+        cur = nxt;
+    }
+    if (t_full < t_end) {  // the last partial group: element loads
+        load_group_tail<T, NPL>(cur, p, rb, t_full, (int)(t_end - t_full), has_z);
+        scan_group<LPC, T, NPL>(cur, (int)(t_end - t_full), t_full, lane, a2, h, sum_dt, sc,
+                                p, y0);
+    }
+    if (!active) return;
+    if (ck.pass == 1) {
+        if (chunk > 0) ck.sums[chunk * BD + idx] = sum_dt;
+#pragma unroll
+        for (int k = 0; k < NPL; ++k) ck.ends[(chunk * BD + idx) * SPLIT_N + n0 + k] = h[k];
+    } else if (p.final_state && chunk == ck.nchunks - 1) {
+#pragma unroll
+        for (int k = 0; k < NPL; ++k) p.final_state[idx * SPLIT_N + n0 + k] = h[k];
+    }
+}
+
 template <typename TBC>
 static void launch_scan(const samba_cu_scan_args *a, unsigned grid, cudaStream_t st) {
     if (a->dstate <= 16)
@@ -98,6 +394,111 @@ static void launch_scan(const samba_cu_scan_args *a, unsigned grid, cudaStream_t
         scan_fwd_kernel<64, 1, TBC><<<grid, SCAN_THREADS, 0, st>>>(*a);
     else
         scan_fwd_kernel<256, 0, TBC><<<grid, SCAN_THREADS, 0, st>>>(*a);
+}
+
+static int env_int(const char *name, int dflt) {
+    const char *v = getenv(name);
+    return (v != NULL && v[0] >= '0' && v[0] <= '9') ? atoi(v) : dflt;
+}
+
+// Threads per channel for the split kernel (1: the one-thread-per-channel kernel).
+// SAMBA_EXT_SCAN_LANES=1|4|8 overrides the choice (benchmarks/gpu_kernels.py compares them).
+static int split_lanes(const samba_cu_scan_args *a) {
+    const int z_ok = a->z.ptr == NULL || a->z.dtype == a->u.dtype;
+    if (a->dstate != SPLIT_N || a->delta.dtype != a->u.dtype || !z_ok ||
+        a->B.dtype != a->u.dtype || a->C.dtype != a->u.dtype)
+        return 1;
+    const int v = env_int("SAMBA_EXT_SCAN_LANES", 0);
+    if (v == 1 || v == 4 || v == 8) return v;
+    return a->u.dtype == SAMBA_CU_F32 ? 8 : 4;  // float32 rows need twice the registers
+}
+
+static int aligned16(const void *p, int64_t item, const int64_t *st, int n) {
+    if ((uintptr_t)p % 16) return 0;
+    for (int i = 0; i < n; ++i)
+        if ((st[i] * item) % 16) return 0;
+    return 1;
+}
+
+// The split kernel reads rows as 16-byte vectors: unit time strides, every row 16-byte
+// aligned. Other layouts (token-major views, odd lengths) take the per-channel kernel.
+static int split_vec_ok(const samba_cu_scan_args *a) {
+    const int64_t item = a->u.dtype == SAMBA_CU_F32 ? 4 : 2;
+    return a->u_s[2] == 1 && a->delta_s[2] == 1 && a->B_s[3] == 1 && a->C_s[3] == 1 &&
+           (a->z.ptr == NULL || a->z_s[2] == 1) && aligned16(a->u.ptr, item, a->u_s, 2) &&
+           aligned16(a->delta.ptr, item, a->delta_s, 2) &&
+           (a->z.ptr == NULL || aligned16(a->z.ptr, item, a->z_s, 2)) &&
+           aligned16(a->B.ptr, item, a->B_s, 3) && aligned16(a->C.ptr, item, a->C_s, 3);
+}
+
+template <int LPC, typename T>
+static void launch_split_t(const samba_cu_scan_args *a, const ScanChunks &ck, int nck,
+                           cudaStream_t st) {
+    const int64_t threads = a->batch * a->dim * nck * LPC;
+    scan_split_kernel<LPC, T><<<(unsigned)cdiv(threads, SCAN_THREADS), SCAN_THREADS, 0, st>>>(*a, ck);
+}
+
+template <typename T>
+static void launch_split_lpc(const samba_cu_scan_args *a, int lanes, const ScanChunks &ck,
+                             int nck, cudaStream_t st) {
+    if (lanes == 8)
+        launch_split_t<8, T>(a, ck, nck, st);
+    else
+        launch_split_t<4, T>(a, ck, nck, st);
+}
+
+static void launch_split_pass(const samba_cu_scan_args *a, int lanes, const ScanChunks &ck,
+                              int nck, cudaStream_t st) {
+    if (a->u.dtype == SAMBA_CU_BF16)
+        launch_split_lpc<__nv_bfloat16>(a, lanes, ck, nck, st);
+    else if (a->u.dtype == SAMBA_CU_F16)
+        launch_split_lpc<__half>(a, lanes, ck, nck, st);
+    else
+        launch_split_lpc<float>(a, lanes, ck, nck, st);
+}
+
+// Chunks over the sequence only on request (SAMBA_EXT_SCAN_CHUNKS=N): on the H200 the two
+// passes were slower than one pass with 4 threads per channel at every measured size, batch
+// 1 included (benchmarks/results/gpu_model.md), because pass 1 repeats the exponentials.
+static int split_chunks(const samba_cu_scan_args *a) {
+    int64_t c = env_int("SAMBA_EXT_SCAN_CHUNKS", 1);
+    if (c > a->seqlen / SPLIT_T) c = a->seqlen / SPLIT_T;  // at least one group per chunk
+    return c < 1 ? 1 : (int)c;
+}
+
+static samba_status launch_split(const samba_cu_scan_args *a, int lanes, cudaStream_t st) {
+    const int64_t BD = a->batch * a->dim, N = SPLIT_N;
+    ScanChunks ck;
+    memset(&ck, 0, sizeof ck);
+    int nck = split_chunks(a);
+    ck.chunk_len = nck > 1 ? cdiv(cdiv(a->seqlen, nck), SPLIT_T) * SPLIT_T : a->seqlen;
+    if (nck > 1) nck = (int)cdiv(a->seqlen, ck.chunk_len);
+    if (nck == 1) ck.chunk_len = a->seqlen;
+    ck.nchunks = nck;
+    if (nck == 1) {
+        ck.pass = 0;
+        launch_split_pass(a, lanes, ck, 1, st);
+        return samba_cu_check_launch("selective_scan", st);
+    }
+    // workspace: start0 (BD, N), ends (nck-1, BD, N), sums (nck-1, BD), stream-ordered
+    const size_t nb = (size_t)(BD * N + (nck - 1) * BD * N + (nck - 1) * BD) * sizeof(float);
+    void *ws = NULL;
+    cudaError_t e = cudaMallocAsync(&ws, nb, st);
+    if (e != cudaSuccess) return samba_cu_fail("selective_scan: workspace cudaMallocAsync", e);
+    ck.start0 = (float *)ws;
+    ck.ends = ck.start0 + BD * N;
+    ck.sums = ck.ends + (nck - 1) * BD * N;
+    ck.pass = 1;
+    launch_split_pass(a, lanes, ck, nck - 1, st);
+    samba_status s = samba_cu_check_launch("selective_scan (chunk pass 1)", st);
+    if (s == SAMBA_OK) {
+        ck.pass = 2;
+        launch_split_pass(a, lanes, ck, nck, st);
+        s = samba_cu_check_launch("selective_scan (chunk pass 2)", st);
+    }
+    e = cudaFreeAsync(ws, st);
+    if (s == SAMBA_OK && e != cudaSuccess) return samba_cu_fail("selective_scan: cudaFreeAsync", e);
+    return s;
 }
 
 static samba_status check_groups(int64_t dim, int64_t ngroups, int64_t dstate) {
@@ -131,8 +532,10 @@ extern "C" samba_status samba_cu_scan_fwd(const samba_cu_scan_args *a, void *str
     }
     if (a->B.dtype != a->C.dtype)
         return samba_cu_fail_msg(SAMBA_ERR_ARG, "selective_scan: B and C must have one dtype");
-    const unsigned grid = (unsigned)cdiv(n, SCAN_THREADS);
     cudaStream_t st = (cudaStream_t)stream;
+    const int lanes = split_lanes(a);
+    if (lanes > 1 && split_vec_ok(a)) return launch_split(a, lanes, st);
+    const unsigned grid = (unsigned)cdiv(n, SCAN_THREADS);
     if (a->B.dtype == SAMBA_CU_BF16)
         launch_scan<__nv_bfloat16>(a, grid, st);
     else if (a->B.dtype == SAMBA_CU_F16)

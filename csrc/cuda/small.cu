@@ -3,6 +3,119 @@
 
 #define NORM_THREADS 256
 
+// 16 bytes of one dtype (4 float32 or 8 float16 / bfloat16), loaded and stored whole.
+template <typename T> struct Pack16 {
+    static constexpr int N = 16 / (int)sizeof(T);
+    union {
+        uint4 raw;
+        float f[4];
+        __nv_bfloat16 b[8];
+        __half h[8];
+    } v;
+    __device__ __forceinline__ void load(const void *p, int64_t i) {
+        v.raw = *(const uint4 *)((const T *)p + i);
+    }
+    __device__ __forceinline__ void store(void *p, int64_t i) const {
+        *(uint4 *)((T *)p + i) = v.raw;
+    }
+    __device__ __forceinline__ float get(int k) const;
+    __device__ __forceinline__ void set(int k, float x);
+};
+template <> __device__ __forceinline__ float Pack16<float>::get(int k) const { return v.f[k]; }
+template <> __device__ __forceinline__ void Pack16<float>::set(int k, float x) { v.f[k] = x; }
+template <> __device__ __forceinline__ float Pack16<__nv_bfloat16>::get(int k) const {
+    return __bfloat162float(v.b[k]);
+}
+template <> __device__ __forceinline__ void Pack16<__nv_bfloat16>::set(int k, float x) {
+    v.b[k] = __float2bfloat16_rn(x);
+}
+template <> __device__ __forceinline__ float Pack16<__half>::get(int k) const {
+    return __half2float(v.h[k]);
+}
+template <> __device__ __forceinline__ void Pack16<__half>::set(int k, float x) {
+    v.h[k] = __float2half_rn(x);
+}
+
+static int is_aligned16(const void *p) { return ((uintptr_t)p % 16) == 0; }
+static int64_t item_size(int dt) { return dt == SAMBA_CU_F32 ? 4 : 2; }
+
+// Vectorised RMSNorm: one block per row, the row held in registers (NV 16-byte vectors per
+// thread), so x and the residual are read once and y / residual_out written once. Used when
+// x, residual, residual_out and y share one float dtype and every row is 16-byte aligned.
+template <typename T, int NV>
+__global__ void __launch_bounds__(1024)
+rmsnorm_vec_kernel(int64_t n, samba_cu_ref x, int64_t ldx, samba_cu_ref res, int64_t ldr,
+                   samba_cu_ref res_out, samba_cu_ref w, float eps, samba_cu_ref y) {
+    constexpr int V = Pack16<T>::N;
+    __shared__ float red[32];
+    const int64_t row = blockIdx.x;
+    const int nvr = (int)(n / V);
+    Pack16<T> pk[NV];
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+        const int vi = threadIdx.x + j * blockDim.x;
+        if (vi < nvr) {
+            pk[j].load(x.ptr, row * ldx + (int64_t)vi * V);
+            if (res.ptr) {
+                Pack16<T> r;
+                r.load(res.ptr, row * ldr + (int64_t)vi * V);
+#pragma unroll
+                for (int k = 0; k < V; ++k) pk[j].set(k, pk[j].get(k) + r.get(k));
+                pk[j].store(res_out.ptr, row * n + (int64_t)vi * V);
+            }
+#pragma unroll
+            for (int k = 0; k < V; ++k) ss += pk[j].get(k) * pk[j].get(k);
+        }
+    }
+    ss = warp_sum(ss);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    float tot = 0.0f;
+    for (int k = 0; k < (int)((blockDim.x + 31) >> 5); ++k) tot += red[k];
+    const float r = 1.0f / sqrtf(tot / (float)n + eps);
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+        const int vi = threadIdx.x + j * blockDim.x;
+        if (vi < nvr) {
+            Pack16<T> o;
+#pragma unroll
+            for (int k = 0; k < V; ++k) o.set(k, pk[j].get(k) * r * ldf(w, (int64_t)vi * V + k));
+            o.store(y.ptr, row * n + (int64_t)vi * V);
+        }
+    }
+}
+
+template <typename T>
+static void launch_rms_vec(int64_t rows, int64_t n, samba_cu_ref x, int64_t ldx, samba_cu_ref res,
+                           int64_t ldr, samba_cu_ref res_out, samba_cu_ref w, float eps,
+                           samba_cu_ref y, cudaStream_t st) {
+    const int64_t nvr = n / Pack16<T>::N;
+    int nv = 1;
+    while (cdiv(nvr, nv) > 1024) nv *= 2;
+    const unsigned threads = (unsigned)(cdiv(cdiv(nvr, nv), 32) * 32);
+    if (nv == 1)
+        rmsnorm_vec_kernel<T, 1><<<(unsigned)rows, threads, 0, st>>>(n, x, ldx, res, ldr, res_out, w, eps, y);
+    else if (nv == 2)
+        rmsnorm_vec_kernel<T, 2><<<(unsigned)rows, threads, 0, st>>>(n, x, ldx, res, ldr, res_out, w, eps, y);
+    else
+        rmsnorm_vec_kernel<T, 4><<<(unsigned)rows, threads, 0, st>>>(n, x, ldx, res, ldr, res_out, w, eps, y);
+}
+
+// The vectorised path applies: one dtype for x / residual / outputs, aligned rows, and at
+// most 4 vectors per thread at 1024 threads.
+static int rms_vec_ok(int64_t n, samba_cu_ref x, int64_t ldx, samba_cu_ref res, int64_t ldr,
+                      samba_cu_ref res_out, samba_cu_ref y) {
+    const int dt = x.dtype;
+    const int64_t it = item_size(dt), V = 16 / it;
+    if (y.dtype != dt || (res.ptr && (res.dtype != dt || res_out.dtype != dt))) return 0;
+    if (n % V || n / V > 4096 || (ldx * it) % 16 || !is_aligned16(x.ptr) || !is_aligned16(y.ptr))
+        return 0;
+    if (res.ptr && ((ldr * it) % 16 || !is_aligned16(res.ptr) || !is_aligned16(res_out.ptr)))
+        return 0;
+    return 1;
+}
+
 // One block per row. Pass 1: (x [+ residual] -> residual_out) and the sum of squares in
 // float32; block reduction; pass 2: y = v * rsqrt(mean + eps) * weight. With a residual,
 // v is the sum as stored in residual_out's dtype (what a framework's pre-norm would see).
@@ -40,6 +153,16 @@ extern "C" samba_status samba_cu_rmsnorm(int64_t rows, int64_t n, samba_cu_ref x
     if (rows == 0 || n == 0) return SAMBA_OK;
     if (rows > 0x7fffffffLL)
         return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "rms_norm: more than 2^31 rows");
+    cudaStream_t st = (cudaStream_t)stream;
+    if (rms_vec_ok(n, x, ldx, residual, ldr, residual_out, y)) {
+        if (x.dtype == SAMBA_CU_BF16)
+            launch_rms_vec<__nv_bfloat16>(rows, n, x, ldx, residual, ldr, residual_out, weight, eps, y, st);
+        else if (x.dtype == SAMBA_CU_F16)
+            launch_rms_vec<__half>(rows, n, x, ldx, residual, ldr, residual_out, weight, eps, y, st);
+        else
+            launch_rms_vec<float>(rows, n, x, ldx, residual, ldr, residual_out, weight, eps, y, st);
+        return samba_cu_check_launch("rms_norm", stream);
+    }
     int threads = NORM_THREADS;
     while (threads > 32 && threads / 2 >= n) threads /= 2;
     rmsnorm_kernel<<<(unsigned)rows, threads, 0, (cudaStream_t)stream>>>(
@@ -109,12 +232,44 @@ __global__ void swiglu_kernel(int64_t rows, int64_t cols, samba_cu_ref g, int64_
     }
 }
 
+// Vectorised SwiGLU: one 16-byte vector of gate, up and y per thread and iteration.
+template <typename T>
+__global__ void swiglu_vec_kernel(int64_t rows, int64_t cols, samba_cu_ref g, int64_t ldg,
+                                  samba_cu_ref u, int64_t ldu, samba_cu_ref y, int64_t ldy) {
+    constexpr int V = Pack16<T>::N;
+    const int64_t vpr = cols / V, n = rows * vpr;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = i / vpr, c = (i % vpr) * V;
+        Pack16<T> a, b, o;
+        a.load(g.ptr, r * ldg + c);
+        b.load(u.ptr, r * ldu + c);
+#pragma unroll
+        for (int k = 0; k < V; ++k) o.set(k, silu_f(a.get(k)) * b.get(k));
+        o.store(y.ptr, r * ldy + c);
+    }
+}
+
 extern "C" samba_status samba_cu_swiglu(int64_t rows, int64_t cols, samba_cu_ref gate,
                                         int64_t ld_gate, samba_cu_ref up, int64_t ld_up,
                                         samba_cu_ref y, int64_t ld_y, void *stream) {
     const int64_t n = rows * cols;
     if (n == 0) return SAMBA_OK;
-    swiglu_kernel<<<grid_1d(n, 256), 256, 0, (cudaStream_t)stream>>>(rows, cols, gate, ld_gate,
-                                                                      up, ld_up, y, ld_y);
+    const int dt = gate.dtype;
+    const int64_t it = item_size(dt), V = 16 / it;
+    cudaStream_t st = (cudaStream_t)stream;
+    if (up.dtype == dt && y.dtype == dt && cols % V == 0 && (ld_gate * it) % 16 == 0 &&
+        (ld_up * it) % 16 == 0 && (ld_y * it) % 16 == 0 && is_aligned16(gate.ptr) &&
+        is_aligned16(up.ptr) && is_aligned16(y.ptr)) {
+        const unsigned grid = grid_1d(n / V, 256);
+        if (dt == SAMBA_CU_BF16)
+            swiglu_vec_kernel<__nv_bfloat16><<<grid, 256, 0, st>>>(rows, cols, gate, ld_gate, up, ld_up, y, ld_y);
+        else if (dt == SAMBA_CU_F16)
+            swiglu_vec_kernel<__half><<<grid, 256, 0, st>>>(rows, cols, gate, ld_gate, up, ld_up, y, ld_y);
+        else
+            swiglu_vec_kernel<float><<<grid, 256, 0, st>>>(rows, cols, gate, ld_gate, up, ld_up, y, ld_y);
+        return samba_cu_check_launch("swiglu", stream);
+    }
+    swiglu_kernel<<<grid_1d(n, 256), 256, 0, st>>>(rows, cols, gate, ld_gate, up, ld_up, y, ld_y);
     return samba_cu_check_launch("swiglu", stream);
 }

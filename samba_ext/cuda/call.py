@@ -233,6 +233,9 @@ class Call:
 
     def finish(self, result: Any) -> Any:
         """Host calls: download results (float32 NumPy) and write in-place arrays back."""
+        rec = recorder()
+        if rec is not None and hasattr(rec, "hold"):
+            rec.hold(self.keep)  # a recorded (deferred) launch: keep its arrays until it runs
         if not self.host:
             return result
         for host, dev in self.writeback:
