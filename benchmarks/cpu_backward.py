@@ -320,7 +320,18 @@ def render(info: dict, rows: list[dict], elapsed: float, quick: bool) -> str:
               "masked score matrices, so its cost does not shrink with the window; the C "
               "backward only visits (query, key) pairs inside the window. The machine is "
               "shared: a load average above the core count means other processes competed "
-              "for the cores.", ""]
+              "for the cores.", "",
+              "Reading the rows below target:", "",
+              "- swiglu (and, near the line, rms_norm and apply_rotary) is memory-bound: the C "
+              "kernel reads 3 arrays and writes 2, the NumPy version makes about a dozen "
+              "passes over arrays of the same size (one per temporary), so the ratio is "
+              "about that pass count times the relative efficiency of the passes; a kernel "
+              "cannot do fewer passes than its inputs and outputs.",
+              "- Full causal attention: the NumPy version runs BLAS matrix products over the "
+              "full score matrices (twice the needed pairs, at matrix-multiply speed); the C "
+              "backward visits only the visible pairs but with row-by-row vector loops, "
+              "not a register-blocked matrix kernel. Its advantage appears with a window "
+              "(the windowed row), where its work shrinks and NumPy's does not.", ""]
     return "\n".join(lines) + "\n"
 
 

@@ -47,38 +47,43 @@ typedef struct sbwd_ws {
     float *h;   /* (T + 1, N): h_{t0-1} .. h_{t1-1} of the chunk being processed */
     float *ex;  /* (T, N): e_t */
     float *dt;  /* (T) */
+    float *sx;  /* (T): sigmoid(delta + bias), the softplus derivative */
+    float *sz;  /* (T): sigmoid(z) */
     float *dB;  /* (T, N) private tile */
     float *dC;  /* (T, N) private tile */
     float *dA;  /* (N) */
 } sbwd_ws;
 
-static float
-sbwd_softplus(float x)
-{
-    return x <= 20.0f ? log1pf(expf(x)) : x;
-}
-
-static float
+/* sigmoid from e = exp(-|x|) (never overflows; vectorisable, simd.h's exp) */
+SAMBA_ALWAYS_INLINE float
 sbwd_sigmoid(float x)
 {
-    if (x >= 0.0f) {
-        return 1.0f / (1.0f + expf(-x));
-    }
-    {
-        const float e = expf(x);
-        return e / (1.0f + e);
-    }
+    const float e = samba_expf(-fabsf(x));
+    const float r = 1.0f / (1.0f + e);
+    return x >= 0.0f ? r : e * r;
 }
 
-/* dt of channel d at row offset o, steps [t0, t1) -> dt[0 .. t1-t0) */
+/* dt (and, under softplus, sx = its derivative) of channel d at row offset o, steps
+ * [t0, t1) -> dt[0 .. t1-t0), sx[0 .. t1-t0) */
 SAMBA_ALWAYS_INLINE void
-sbwd_dt(const samba_scan_bwd_args *a, int64_t d, int64_t o, int64_t t0, int64_t t1, float *dt)
+sbwd_dt(const samba_scan_bwd_args *a, int64_t d, int64_t o, int64_t t0, int64_t t1,
+        float *restrict dt, float *restrict sx)
 {
     const float bias = a->delta_bias != NULL ? a->delta_bias[d] : 0.0f;
+    const float *restrict delta = a->delta + o + t0;
+    const int64_t n = t1 - t0;
     int64_t t;
-    for (t = t0; t < t1; t++) {
-        const float x = a->delta[o + t] + bias;
-        dt[t - t0] = a->delta_softplus ? sbwd_softplus(x) : x;
+    if (a->delta_softplus) {
+        for (t = 0; t < n; t++) {
+            const float x = delta[t] + bias;
+            dt[t] = samba_softplusf(x); /* the forward's softplus (simd.h) */
+            sx[t] = x <= 20.0f ? sbwd_sigmoid(x) : 1.0f;
+        }
+    }
+    else {
+        for (t = 0; t < n; t++) {
+            dt[t] = delta[t] + bias;
+        }
     }
 }
 
@@ -88,13 +93,13 @@ sbwd_dt(const samba_scan_bwd_args *a, int64_t d, int64_t o, int64_t t0, int64_t 
 SAMBA_ALWAYS_INLINE void
 sbwd_recompute(const samba_scan_bwd_args *a, int64_t d, int64_t o, int64_t t0, int64_t t1,
                const float *restrict bt, float *restrict h, float *restrict ex,
-               float *restrict dt)
+               float *restrict dt, float *restrict sx)
 {
     const int64_t N = a->dstate;
     const float *restrict Ad = a->A + d * N;
     int64_t tt, n;
 
-    sbwd_dt(a, d, o, t0, t1, dt);
+    sbwd_dt(a, d, o, t0, t1, dt, sx);
     for (tt = 0; tt < t1 - t0; tt++) {
         const float dtv = dt[tt];
         const float dtu = dtv * a->u[o + t0 + tt];
@@ -121,10 +126,17 @@ sbwd_backward(const samba_scan_bwd_args *a, int64_t d, int64_t o, int64_t t0, in
     const int64_t N = a->dstate;
     const float *Ad = a->A + d * N;
     const float Dd = a->D != NULL ? a->D[d] : 0.0f;
-    const float bias = a->delta_bias != NULL ? a->delta_bias[d] : 0.0f;
     float *restrict dAl = ws->dA;
+    float dDsum = 0.0f, dbsum = 0.0f;
     int64_t t, n;
 
+    if (a->z != NULL) {
+        const float *restrict z = a->z + o + t0;
+        float *restrict sz = ws->sz;
+        for (t = 0; t < t1 - t0; t++) {
+            sz[t] = sbwd_sigmoid(z[t]);
+        }
+    }
     for (t = t1 - 1; t >= t0; t--) {
         const int64_t tt = t - t0;
         const float *restrict Bt = bt + tt * N;
@@ -141,7 +153,7 @@ sbwd_backward(const samba_scan_bwd_args *a, int64_t d, int64_t o, int64_t t0, in
 
         if (a->z != NULL) {
             const float zv = a->z[o + t];
-            const float sg = sbwd_sigmoid(zv);
+            const float sg = ws->sz[tt];
             const float silu = zv * sg;
             float y0 = Dd * u;
 #pragma omp simd reduction(+ : y0)
@@ -171,13 +183,14 @@ sbwd_backward(const samba_scan_bwd_args *a, int64_t d, int64_t o, int64_t t0, in
         a->du[o + t] = Dd * dy0 + s2 * dt;
         ddelta = ddt;
         if (a->delta_softplus) {
-            const float x = a->delta[o + t] + bias;
-            ddelta = x <= 20.0f ? ddt * sbwd_sigmoid(x) : ddt;
+            ddelta = ddt * ws->sx[tt];
         }
         a->ddelta[o + t] = ddelta;
-        *dbacc += ddelta;
-        *dDacc += dy0 * u;
+        dbsum += ddelta;
+        dDsum += dy0 * u;
     }
+    *dbacc += dbsum;
+    *dDacc += dDsum;
 }
 
 /* One channel's work on one chunk. mode 0: advance ckpt_in (N) over the chunk into
@@ -194,7 +207,7 @@ sbwd_channel_body(const samba_scan_bwd_args *a, int64_t d, int64_t o, int64_t t0
 {
     const int64_t N = a->dstate;
     memcpy(ws->h, ckpt_in, (size_t)N * sizeof(float));
-    sbwd_recompute(a, d, o, t0, t1, bt, ws->h, ws->ex, ws->dt);
+    sbwd_recompute(a, d, o, t0, t1, bt, ws->h, ws->ex, ws->dt, ws->sx);
     if (mode == 0) {
         memcpy(ckpt_out, ws->h + (t1 - t0) * N, (size_t)N * sizeof(float));
         return;
@@ -307,7 +320,7 @@ samba_scan_bwd(const samba_scan_bwd_args *a, const samba_ctx *ctx)
     gcarry = (float *)malloc((size_t)(dpg * N) * sizeof(float));
     bt = (float *)malloc((size_t)(T * N) * sizeof(float));
     ct = (float *)malloc((size_t)(T * N) * sizeof(float));
-    wsbuf = (float *)malloc((size_t)nt * (size_t)((T + 1) * N + 3 * T * N + T + N) *
+    wsbuf = (float *)malloc((size_t)nt * (size_t)((T + 1) * N + 3 * T * N + 3 * T + N) *
                             sizeof(float));
     ws = (sbwd_ws *)malloc((size_t)nt * sizeof(sbwd_ws));
     if (ckpt == NULL || gcarry == NULL || bt == NULL || ct == NULL || wsbuf == NULL ||
@@ -316,13 +329,15 @@ samba_scan_bwd(const samba_scan_bwd_args *a, const samba_ctx *ctx)
         goto done;
     }
     for (i = 0; i < nt; i++) {
-        float *p = wsbuf + (size_t)i * (size_t)((T + 1) * N + 3 * T * N + T + N);
+        float *p = wsbuf + (size_t)i * (size_t)((T + 1) * N + 3 * T * N + 3 * T + N);
         ws[i].h = p;
         ws[i].ex = p + (T + 1) * N;
         ws[i].dB = ws[i].ex + T * N;
         ws[i].dC = ws[i].dB + T * N;
         ws[i].dt = ws[i].dC + T * N;
-        ws[i].dA = ws[i].dt + T;
+        ws[i].sx = ws[i].dt + T;
+        ws[i].sz = ws[i].sx + T;
+        ws[i].dA = ws[i].sz + T;
     }
 
     for (b = 0; b < a->batch; b++) {

@@ -60,7 +60,7 @@ class RmsNormGrads(NamedTuple):
     """Gradients of :func:`samba_ext.rms_norm` (float32)."""
     dx: np.ndarray                         # x's shape
     dweight: np.ndarray                    # (n,)
-    dresidual: Optional[np.ndarray]        # x's shape (equal to dx) or None
+    dresidual: Optional[np.ndarray]        # dx itself (the same array) or None
 
 
 # ------------------------------------------------------------------ argument checks ---
@@ -220,7 +220,9 @@ def rms_norm_bwd(x: ArrayLike, weight: ArrayLike, eps: float = 1e-5,
     Forward arguments as there: x (..., n); weight (n,); eps; residual (x's shape) or None.
     dy (x's shape) is dL/dy; dresidual_out (x's shape), optional, is dL/d(x + residual) when
     the forward returned it. Returns :class:`RmsNormGrads` (dx, dweight, dresidual),
-    float32; dresidual (equal to dx) is None when residual was None.
+    float32. The gradient of x + residual reaches both addends unchanged, so dresidual is dx
+    itself (the same array, as autograd frameworks pass one gradient to both inputs of a
+    sum; copy it before modifying one in place); None when residual was None.
     """
     _host(x=x, weight=weight, residual=residual, dy=dy, dresidual_out=dresidual_out)
     shape = tuple(contracts.rms_norm(x, weight, eps, residual))

@@ -130,3 +130,11 @@ def test_dtypes_and_empty():
     assert dq.shape == (0, 3, 2, 4) and dk.shape == (0, 3, 2, 4)
     dx, dw, _ = grad.rms_norm_bwd(np.zeros((0, 4)), np.ones(4), dy=np.zeros((0, 4)))
     assert dx.shape == (0, 4) and not dw.any()
+
+
+@pytest.mark.parametrize("name,nparams", [
+    ("selective_scan_bwd", 12), ("causal_conv1d_bwd", 7), ("rms_norm_bwd", 6),
+    ("swiglu_bwd", 3), ("apply_rotary_bwd", 3), ("attention_fwd", 7), ("attention_bwd", 10)])
+def test_glue_text_signatures(name, nparams):
+    import inspect
+    assert len(inspect.signature(getattr(_core, name)).parameters) == nparams

@@ -62,6 +62,7 @@ def test_rms_norm_reference(rng, shape, eps):
     ref = rms_norm_bwd_ref(x, w, eps, res, dy, dro)
     for k in ("dx", "dweight", "dresidual"):
         assert_close(getattr(got, k), ref[k], 1e-5, k)
+    assert got.dresidual is got.dx  # one gradient for both addends of x + residual
     got = grad.rms_norm_bwd(x, w, eps, dy=dy)
     ref = rms_norm_bwd_ref(x, w, eps, None, dy)
     assert_close(got.dx, ref["dx"], 1e-5, "dx (no residual)")

@@ -297,10 +297,11 @@ done:
 
 PyMethodDef samba_py_bwd_methods[] = {
     {"selective_scan_bwd", py_selective_scan_bwd, METH_VARARGS,
-     "selective_scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, "
-     "dout, dlast_state) -> (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state); "
+     "selective_scan_bwd($module, u, delta, A, B, C, D, z, delta_bias, delta_softplus, "
+     "initial_state, dout, dlast_state, /)\n--\n\n"
+     "-> (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state); "
      "use samba_ext.grad.selective_scan_bwd"},
     {"causal_conv1d_bwd", py_causal_conv1d_bwd, METH_VARARGS,
-     "causal_conv1d_bwd(x, weight, bias, silu, initial_states, dy, dfinal_states) -> "
-     "(dx, dweight, dbias, dinitial_states); use samba_ext.grad.causal_conv1d_bwd"},
+     "causal_conv1d_bwd($module, x, weight, bias, silu, initial_states, dy, dfinal_states, /)"
+     "\n--\n\n-> (dx, dweight, dbias, dinitial_states); use samba_ext.grad.causal_conv1d_bwd"},
     {NULL, NULL, 0, NULL}};

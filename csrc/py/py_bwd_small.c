@@ -3,6 +3,7 @@
  * (norm_bwd.c, swiglu_bwd.c, rotary_bwd.c, attention_bwd.c). Positional arguments only;
  * the documented functions are in samba_ext/grad.py. Every shape is checked here too.
  *   rms_norm_bwd(x, weight, eps, residual, dy, dresidual_out) -> (dx, dweight, dresidual|None)
+ *       (dresidual is dx itself: the gradient of a sum reaches both addends unchanged)
  *   swiglu_bwd(gate, up, dy) -> (dgate, dup)
  *   apply_rotary_bwd(dy, positions (B, L) int64, base) -> dx
  *   attention_fwd(q, k, v, scale, window_left, window_right, softcap) -> (out, lse)
@@ -54,8 +55,7 @@ py_rms_norm_bwd(PyObject *self, PyObject *args)
         goto done;
     }
     if ((dx = samba_py_empty(PyArray_NDIM(x), PyArray_DIMS(x))) == NULL ||
-        (dw = bwd_zeros(1, s1)) == NULL ||
-        (r != NULL && (dr = samba_py_empty(PyArray_NDIM(x), PyArray_DIMS(x))) == NULL)) {
+        (dw = bwd_zeros(1, s1)) == NULL) {
         goto done;
     }
     memset(&a, 0, sizeof a);
@@ -68,13 +68,17 @@ py_rms_norm_bwd(PyObject *self, PyObject *args)
     a.dy = SAMBA_F32(dy);
     a.dresidual_out = SAMBA_F32_OPT(dro);
     a.dx = SAMBA_F32(dx);
-    a.dresidual = dr != NULL ? SAMBA_F32(dr) : NULL;
+    a.dresidual = NULL; /* equal to dx: the same array is returned for both */
     a.dweight = SAMBA_F32(dw);
     samba_py_run_begin(&run);
     st = samba_rmsnorm_bwd(&a, &run.ctx);
     samba_py_run_end(&run);
     if (samba_py_status(st, "rms_norm_bwd") < 0) {
         goto done;
+    }
+    if (r != NULL) {
+        dr = dx;
+        Py_INCREF(dr);
     }
     result = Py_BuildValue("(OON)", dx, dw, bwd_or_none(dr));
 done:
@@ -333,17 +337,18 @@ done:
 
 PyMethodDef samba_py_bwd_small_methods[] = {
     {"rms_norm_bwd", py_rms_norm_bwd, METH_VARARGS,
-     "rms_norm_bwd(x, weight, eps, residual, dy, dresidual_out) -> (dx, dweight, dresidual); "
-     "use samba_ext.grad.rms_norm_bwd"},
+     "rms_norm_bwd($module, x, weight, eps, residual, dy, dresidual_out, /)\n--\n\n"
+     "-> (dx, dweight, dresidual); use samba_ext.grad.rms_norm_bwd"},
     {"swiglu_bwd", py_swiglu_bwd, METH_VARARGS,
-     "swiglu_bwd(gate, up, dy) -> (dgate, dup); use samba_ext.grad.swiglu_bwd"},
+     "swiglu_bwd($module, gate, up, dy, /)\n--\n\n-> (dgate, dup); "
+     "use samba_ext.grad.swiglu_bwd"},
     {"apply_rotary_bwd", py_apply_rotary_bwd, METH_VARARGS,
-     "apply_rotary_bwd(dy, positions (B, L) int64, base) -> dx; "
-     "use samba_ext.grad.apply_rotary_bwd"},
+     "apply_rotary_bwd($module, dy, positions, base, /)\n--\n\n"
+     "positions (B, L) int64 -> dx; use samba_ext.grad.apply_rotary_bwd"},
     {"attention_fwd", py_attention_fwd, METH_VARARGS,
-     "attention_fwd(q, k, v, scale, window_left, window_right, softcap) -> (out, lse); "
-     "use samba_ext.grad.attention_fwd"},
+     "attention_fwd($module, q, k, v, scale, window_left, window_right, softcap, /)\n--\n\n"
+     "-> (out, lse); use samba_ext.grad.attention_fwd"},
     {"attention_bwd", py_attention_bwd, METH_VARARGS,
-     "attention_bwd(q, k, v, out, lse, dout, scale, window_left, window_right, softcap) -> "
-     "(dq, dk, dv); use samba_ext.grad.attention_bwd"},
+     "attention_bwd($module, q, k, v, out, lse, dout, scale, window_left, window_right, "
+     "softcap, /)\n--\n\n-> (dq, dk, dv); use samba_ext.grad.attention_bwd"},
     {NULL, NULL, 0, NULL}};
