@@ -164,3 +164,16 @@ def test_checker_ignores_edges_to_the_own_package_only():
     mods = {"samba_ext": "", "samba_ext.p": "from ..q import x\n", "samba_ext.p.m": "",
             "samba_ext.q": "from .p import m\n"}
     assert find_cycle(import_edges(mods)) == ["samba_ext.p", "samba_ext.q", "samba_ext.p"]
+
+
+def test_every_package_is_shipped():
+    """Each samba_ext package (a folder with __init__.py) is listed in pyproject.toml's
+    packages, so an installed samba_ext has the modules this graph was checked on."""
+    import re
+
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    listed = set(re.findall(r'"(samba_ext(?:\.[a-z_]+)*)"', text.split("packages =", 1)[1]
+                            .split("]", 1)[0]))
+    found = {".".join(p.parent.relative_to(ROOT).parts)
+             for p in (ROOT / PKG).rglob("__init__.py")}
+    assert found <= listed, f"not in pyproject.toml packages: {sorted(found - listed)}"
