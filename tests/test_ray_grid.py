@@ -196,3 +196,38 @@ def test_without_ray_installed_ray_argument_says_how(model, tmp_path, monkeypatc
     r = run_grid("passkey", model, out=tmp_path, progress=False, lengths=[260], depths=[0.0],
                  trials=1)
     assert not r.partial
+
+
+_DRIVER = """
+import os, signal, sys
+from samba_ext.eval.grid import run_grid
+started = []
+def die_on_second(unit):
+    if started:
+        os.kill(os.getpid(), signal.SIGKILL)      # the driver dies hard, no cleanup
+    started.append(unit.key)
+run_grid("passkey", "samba-tiny", out=sys.argv[1], progress=False, on_unit=die_on_second,
+         lengths=[260, 270, 280], depths=[0.0], trials=1, seed=9)
+"""
+
+
+def test_dead_driver_loses_only_the_running_unit(tmp_path):
+    """A driver killed (SIGKILL) inside the second unit: the first unit's file is on disk and
+    intact, and the same grid run again computes only the two missing units."""
+    import signal
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run([sys.executable, "-c", _DRIVER, str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
+    kw = dict(lengths=[260, 270, 280], depths=[0.0], trials=1, seed=9)
+    files = [f for f in os.listdir(tmp_path / "cells" / "passkey") if f.endswith(".json")]
+    assert len(files) == 1
+    count = _StopAfter(None)
+    done = run_grid("passkey", "samba-tiny", out=tmp_path, progress=False, on_unit=count, **kw)
+    assert len(count.started) == 2 and not done.partial
+    full = run_grid("passkey", "samba-tiny", progress=False, **kw)
+    assert _strip(done.cells) == _strip(full.cells)
