@@ -280,3 +280,15 @@ def test_cli_include_path_added_once():
     assert with_task_dir(["run", "--tasks", "x"])[-1] == TASK_DIR
     assert with_task_dir(["--include_path", "mine", "--tasks", "x"]).count("--include_path") == 1
     assert with_task_dir(["ls", "tasks"]) == ["ls", "tasks"]
+
+
+def test_missing_lm_eval_says_how_to_install():
+    """Without lm-eval the module raises an ImportError naming the extra (a subprocess in
+    which ``import lm_eval`` fails)."""
+    code = ("import sys; sys.modules['lm_eval'] = None\n"
+            "try:\n    import samba_ext.integrations.lmeval\n"
+            "except ImportError as e:\n    print(e)\n")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0 and "samba-ext[lm-eval]" in p.stdout, p.stderr[-2000:]

@@ -37,10 +37,15 @@ import os
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from lm_eval.api.model import LM
-from lm_eval.api.registry import register_model
 
 from ..eval._common import get_model, greedy_decode
+
+try:
+    from lm_eval.api.model import LM
+    from lm_eval.api.registry import register_model
+except ImportError as e:  # tested in a subprocess (test_missing_lm_eval_says_how_to_install)
+    raise ImportError(f"samba_ext.integrations.lmeval needs lm-evaluation-harness 0.4.x: "
+                      f"pip install 'samba-ext[lm-eval]' ({e})") from e
 
 __all__ = ["SambaLM", "MODEL_NAME", "register"]
 
