@@ -178,26 +178,51 @@ def _previous_eval(path: str) -> str | None:
     return d["eval"]
 
 
-def run_eval(fn: Any, args: argparse.Namespace, name: str, out: str, **kw: Any) -> int:
-    """Run an evaluation writing its result to <out>/results.json after every finished cell
-    (one "cell done" line per cell on stdout when stdout is not a terminal, where it would
-    disturb the progress bars); interrupted runs keep their finished cells."""
+def run_eval(name: str, args: argparse.Namespace, out: str, model: Any = None,
+             direct: bool = False, **kw: Any) -> int:
+    """Run an evaluation as a resumable grid in ``out`` (samba_ext.eval.grid: each finished
+    unit written atomically to <out>/cells/<eval>/, on Ray with --ray), then write
+    <out>/results.json once. Locally, a "cell done" line per finished unit goes to stdout
+    when stdout is not a terminal (where it would disturb the progress bars). Interrupted
+    runs keep their finished units; the exit code is then 128 + the signal."""
     from .eval import EvalInterrupted
+    from .eval.grid import run_grid
 
-    def on_cell(cell: dict) -> None:
-        if not _stdout_is_tty():
-            keys = [k for k in ("length", "depth", "entries", "config", "kind", "prompt_length",
-                                "gen_length", "window") if k in cell]
-            desc = " ".join(f"{k}={cell[k]}" for k in keys)
-            extra = (f" accuracy={cell['accuracy']:.3f}" if cell.get("accuracy") is not None
-                     else "")
-            print(f"cell done: {name} {desc}{extra}", flush=True)
+    prev: dict[str, Any] = {"unit": None}
 
-    signum = None
-    try:
-        r = fn(out=os.path.join(out, RESULTS_NAME), on_cell=on_cell, **kw)
-    except EvalInterrupted as e:
-        r, signum = e.result, e.signum
+    def on_unit(u: Any) -> None:     # local runs are sequential: the previous unit is done
+        if prev["unit"] is not None and not _stdout_is_tty():
+            print(f"cell done: {name} {prev['unit'].label}", flush=True)
+        prev["unit"] = u
+
+    if direct:   # a plain call (e.g. throughput of modified configs, which the grid cannot key)
+        if args.ray is not None:
+            raise CliError(f"--ray: {name} with --config/--window/--n-head/--n-kv-head/"
+                           "--tokenizer runs in this process only; drop --ray")
+        from . import eval as ev
+
+        def on_cell(cell: dict) -> None:
+            if not _stdout_is_tty():
+                print(f"cell done: {name} " + " ".join(
+                    f"{k}={cell[k]}" for k in ("config", "kind", "prompt_length", "gen_length")
+                    if k in cell), flush=True)
+        try:
+            r = getattr(ev, name)(save=os.path.join(out, RESULTS_NAME), on_cell=on_cell, **kw)
+        except EvalInterrupted as e:
+            r = e.result
+    else:
+        if args.ray is not None and name != "throughput":
+            model = args.model       # Ray workers load the model themselves, by name or path
+        try:
+            r = run_grid(name, model, out=out, ray=args.ray, resume=not args.no_resume,
+                         device=kw.pop("device", args.device),
+                         on_unit=on_unit if args.ray is None else None, **kw)
+        except EvalInterrupted as e:
+            r = e.result
+    intr = getattr(args, "_interrupts", None)
+    signum = intr.first if intr is not None and intr.first is not None else None
+    if r.partial and signum is None:
+        signum = int(signal.SIGINT)
     return finish(r, args, name, out, signum)
 
 

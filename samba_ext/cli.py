@@ -54,7 +54,7 @@ PHONEBOOK_TRIALS = 5
 # ----------------------------------------------------------------------------- parsing ---
 def parse_count(s: str, what: str = "value") -> int:
     """'4096' -> 4096, '4K' -> 4096, '1M' -> 1048576 (samba_ext.eval.grid.parse_count)."""
-    from .eval.grid import GridSpecError, parse_count as _pc
+    from .eval.gridspec import GridSpecError, parse_count as _pc
 
     try:
         return _pc(s, what)
@@ -64,7 +64,7 @@ def parse_count(s: str, what: str = "value") -> int:
 
 def parse_lengths(s: str, what: str = "--lengths") -> list[int]:
     """'1K,4K,1M' -> [1024, 4096, 1048576] (the Python API's syntax too)."""
-    from .eval.grid import GridSpecError, parse_lengths as _pl
+    from .eval.gridspec import GridSpecError, parse_lengths as _pl
 
     try:
         return _pl(s, what)
@@ -74,7 +74,7 @@ def parse_lengths(s: str, what: str = "--lengths") -> list[int]:
 
 def parse_depths(s: str) -> list[float] | str:
     """'random', '0,0.5,1' or 'start:stop:step' (inclusive, e.g. '0:1:0.1' = 11 depths)."""
-    from .eval.grid import GridSpecError, parse_depths as _pd
+    from .eval.gridspec import GridSpecError, parse_depths as _pd
 
     try:
         return _pd(s, "--depths")
@@ -147,6 +147,12 @@ def _common(p: argparse.ArgumentParser, out: bool = True, model: bool = True,
         g.add_argument("--out", default=None,
                        help="output directory (default ./samba-ext-results/<eval>)")
         g.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+        g.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                       help="run the grid's cells as Ray tasks: no ADDRESS starts a local Ray "
+                            "cluster, 'auto' joins the running one (see docs/distributed.md)")
+        g.add_argument("--no-resume", action="store_true",
+                       help="recompute every cell (default: cells already finished in --out "
+                            "are reused)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--chunk-size", type=_positive_int, default=2048,
                    help="prefill chunk size in tokens (default 2048)")
@@ -287,35 +293,36 @@ def auto_threads() -> tuple[int | None, str]:
 
 # ----------------------------------------------------------------------------- commands ---
 def _cmd_passkey(args: argparse.Namespace) -> int:
-    from .eval import passkey
+    from .eval.gridspec import grid_defaults
 
-    lengths = parse_lengths(args.lengths) if args.lengths is not None else None
-    depths = parse_depths(args.depths) if args.depths is not None else None
+    g = grid_defaults(args.grid, "passkey")
+    lengths = parse_lengths(args.lengths) if args.lengths is not None else list(g["lengths"])
+    depths = parse_depths(args.depths) if args.depths is not None else list(g["depths"])
     out = out_dir(args, "passkey")
     model = load_model(args.model, args.device, seed=args.seed, overrides=config_overrides(args))
-    return run_eval(passkey, args, "passkey", out, model=model, lengths=lengths,
-                     depths=depths, trials=args.trials, grid=args.grid, seed=args.seed,
-                     key_digits=args.key_digits,
-                     key_range=(1, 50000) if args.landmark_keys else None,
-                     max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size,
-                     progress=not args.no_progress, share_prefix=not args.no_share_prefix)
+    return run_eval("passkey", args, out, model=model, lengths=lengths, depths=depths,
+                    trials=args.trials or g["trials"], seed=args.seed,
+                    key_digits=args.key_digits,
+                    key_range=(1, 50000) if args.landmark_keys else None,
+                    max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size,
+                    progress=not args.no_progress, share_prefix=not args.no_share_prefix)
 
 
 def _cmd_phonebook(args: argparse.Namespace) -> int:
-    from .eval import phonebook
+    from .eval.gridspec import grid_defaults
 
-    entries = parse_lengths(args.entries, "--entries") if args.entries is not None else None
+    g = grid_defaults(args.grid, "phonebook")
+    entries = (parse_lengths(args.entries, "--entries") if args.entries is not None
+               else list(g["entries"]))
     out = out_dir(args, "phonebook")
     model = load_model(args.model, args.device, seed=args.seed, overrides=config_overrides(args))
-    return run_eval(phonebook, args, "phonebook", out, model=model, entries=entries,
-                     trials=args.trials, grid=args.grid, seed=args.seed,
-                     max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size,
-                     progress=not args.no_progress)
+    return run_eval("phonebook", args, out, model=model, entries=entries,
+                    trials=args.trials or g["trials"], seed=args.seed,
+                    max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size,
+                    progress=not args.no_progress)
 
 
 def _cmd_perplexity(args: argparse.Namespace) -> int:
-    from .eval import perplexity
-
     n = parse_count(args.tokens, "--tokens") if args.tokens else None
     lengths = parse_lengths(args.lengths) if args.lengths else None
     stride = parse_count(args.stride, "--stride") if args.stride else None
@@ -341,12 +348,10 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
         kw.update(file=args.file, n_tokens=n)
     else:
         kw.update(n_tokens=n if n is not None else 65536)
-    return run_eval(perplexity, args, "perplexity", out, model=model, **kw)
+    return run_eval("perplexity", args, out, model=model, **kw)
 
 
 def _cmd_throughput(args: argparse.Namespace) -> int:
-    from .eval import throughput
-
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     if not configs:
         raise CliError("--configs: expected at least one preset name")
@@ -366,7 +371,7 @@ def _cmd_throughput(args: argparse.Namespace) -> int:
             cfg.name = c
         resolved.append(cfg)
     out = out_dir(args, "throughput")
-    return run_eval(throughput, args, "throughput", out,
+    return run_eval("throughput", args, out, direct=bool(over),
                      configs=resolved if over else configs,
                      prompt_lengths=parse_lengths(args.lengths),
                      total_tokens=parse_count(args.total_tokens, "--total-tokens"),
@@ -464,6 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args._argv = list(argv) if argv is not None else None
     with Interrupts() as intr:
+        args._interrupts = intr
         return _main(args, intr)
 
 

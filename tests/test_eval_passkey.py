@@ -210,7 +210,7 @@ def test_cells_independent_of_grid_and_random_depth(model):
 
 
 def test_interrupt_keeps_finished_cells(model, tmp_path):
-    """issue 19.4: Ctrl-C in Python saves the finished cells (to out=) and then raises a
+    """issue 19.4: Ctrl-C in Python saves the finished cells (to save=) and then raises a
     KeyboardInterrupt (EvalInterrupted) carrying them, instead of returning normally (a loop
     over evaluations would otherwise go on)."""
     from samba_ext.eval import EvalInterrupted, load_result
@@ -234,7 +234,7 @@ def test_interrupt_keeps_finished_cells(model, tmp_path):
     out = tmp_path / "pk.json"
     with pytest.raises(KeyboardInterrupt) as ei:
         passkey(Interrupting(model), lengths=[300], depths=[0.0, 1.0], trials=2,
-                share_prefix=False, progress=False, out=out, on_cell=done.append)
+                share_prefix=False, progress=False, save=out, on_cell=done.append)
     assert isinstance(ei.value, EvalInterrupted)
     r = ei.value.result
     assert r.partial

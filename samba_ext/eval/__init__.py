@@ -9,8 +9,10 @@ Each returns a result object: ``print(result)`` shows a table, ``result.save_jso
 writes ``results.json``, ``result.plot(path)`` draws the figure (matplotlib extra), and
 :func:`load_result` reads a ``results.json`` back. Python and the CLI share one default grid
 (:data:`GRIDS` "quick"; ``grid="paper"`` for the paper's) and one syntax (``lengths="4K,8K"``).
-Ctrl-C during an evaluation saves the finished cells (to ``out=`` when given) and raises
-:class:`EvalInterrupted`, a KeyboardInterrupt whose ``result`` holds them. The built-in real-text corpus (the Python
+Ctrl-C during an evaluation saves the finished cells (to ``save=`` or, for a resumable grid,
+``out=``) and raises
+:class:`EvalInterrupted`, a KeyboardInterrupt whose ``result`` holds them. The built-in
+real-text corpus (the Python
 standard library's own sources, with a fixed train / held-out split) is
 :mod:`samba_ext.eval.corpus`.
 
@@ -26,7 +28,7 @@ from __future__ import annotations
 from . import corpus
 from ._common import get_model
 from ._run import EvalInterrupted
-from .grid import GRIDS
+from .gridspec import GRIDS
 from .passkey import (PasskeyPrompt, PasskeyResult, build_passkey_prompt, passkey,
                       score_passkey)
 from .perplexity import PerplexityResult, perplexity

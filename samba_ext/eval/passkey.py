@@ -38,8 +38,8 @@ import numpy as np
 
 from ._common import (Progress, Timer, as_int_list, call_prefill, greedy_decode, model_info,
                       notes_for, resolve_model)
-from ._run import CellRecorder
-from .grid import GRIDS, as_depths, as_lengths, grid_defaults
+from ._run import CellRecorder, EvalInterrupted
+from .gridspec import GRIDS, as_depths, as_lengths, grid_defaults
 from ._format import fmt_depth, fmt_tokens, format_table
 from .results import EvalResult
 
@@ -325,13 +325,14 @@ def _seed_key(x: float) -> int:
     return int(round(x * 1_000_000))
 
 
-def passkey(model: Any, lengths: Sequence[int] | str | None = None,
-            depths: Sequence[float] | str | None = None, trials: int | None = None,
+def passkey(model: Any, lengths: Sequence[int] | str | None = DEFAULT_LENGTHS,
+            depths: Sequence[float] | str | None = DEFAULT_DEPTHS, trials: int | None = None,
             seed: int = 0, key_digits: int = 5, key_range: tuple[int, int] | None = None,
             max_new_tokens: int = 10, chunk_size: int = 2048, progress: bool = True,
             share_prefix: bool = True, keep_outputs: bool = True, device: str = "cpu",
-            grid: str = "quick", out: str | os.PathLike | None = None,
-            on_cell: Callable[[dict], Any] | None = None) -> PasskeyResult:
+            grid: str = "quick", save: str | os.PathLike | None = None,
+            on_cell: Callable[[dict], Any] | None = None, ray: Any = None,
+            out: Any = None) -> PasskeyResult:
     """Passkey retrieval accuracy over a (length x depth) grid.
 
     Args:
@@ -352,18 +353,28 @@ def passkey(model: Any, lengths: Sequence[int] | str | None = None,
         chunk_size: prefill chunk. progress: tqdm bars (stderr) with ETA.
         share_prefix: reuse the key-independent prefix state across trials (exact).
         keep_outputs: store each trial's key/output in the cells.
-        out: a JSON path, rewritten atomically after every finished cell and at the end.
+        save: a JSON path, rewritten atomically after every finished cell and at the end.
+        ray / out: run the grid unit by unit, resumable in ``out`` (a folder) and on Ray with
+            ``ray`` (True, "auto" or an address); see :mod:`samba_ext.eval.grid`.
         on_cell: called with each finished cell dict.
     Returns:
         :class:`PasskeyResult`.
     Raises:
         samba_ext.eval.EvalInterrupted (a KeyboardInterrupt) on Ctrl-C, after saving the
-        finished cells to ``out``; its ``result`` holds them (``partial=True``).
+        finished cells to ``save``; its ``result`` holds them (``partial=True``).
     """
-    g = grid_defaults(grid, "passkey")
-    lengths = g["lengths"] if lengths is None else as_lengths(lengths, "lengths")
-    depths = g["depths"] if depths is None else as_depths(depths, "depths")
+    g = grid_defaults(grid, "passkey")     # arguments left at their defaults follow `grid`
+    lengths = g["lengths"] if lengths is None or lengths is DEFAULT_LENGTHS \
+        else as_lengths(lengths, "lengths")
+    depths = g["depths"] if depths is None or depths is DEFAULT_DEPTHS \
+        else as_depths(depths, "depths")
     trials = g["trials"] if trials is None else trials
+    if ray is not None or out is not None:    # resumable / Ray grid (samba_ext.eval.grid)
+        from .grid import grid_call
+        r = grid_call("passkey", locals())
+        if r.partial:      # interrupted: the finished units are kept in `out`
+            raise EvalInterrupted(r, None)
+        return r  # type: ignore[return-value]
     model = resolve_model(model, device)
     tok = model.tokenizer
     lengths = list(dict.fromkeys(as_int_list(list(lengths), "lengths")))
@@ -420,7 +431,7 @@ def passkey(model: Any, lengths: Sequence[int] | str | None = None,
                               "prompt_tokens": 0, "processed_tokens": 0, "results": []}
 
     total_tokens = sum(lengths) * trials * (1 if random_depth else len(depth_list))
-    recorder = CellRecorder(out, on_cell)
+    recorder = CellRecorder(save, on_cell)
     bar = Progress(progress, total_tokens, desc="passkey")
     timer = Timer()
     info = model_info(model)

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import corpus as _corpus
 from ._common import Progress, Timer, model_info, notes_for, resolve_model
-from ._run import CellRecorder
+from ._run import CellRecorder, EvalInterrupted
 from ._format import fmt_tokens, format_table
 from .results import EvalResult
 
@@ -304,8 +304,9 @@ def perplexity(model: Any, tokens: Any = None, *, file: str | os.PathLike | None
                buckets: Sequence[int] | None = None, stride: int | None = None,
                score: str = "new", batch_size: int = 1, chunk_size: int = 2048,
                segment: int = 65536, progress: bool = True,
-               device: str = "cpu", out: str | os.PathLike | None = None,
-               on_cell: Callable[[dict], Any] | None = None) -> PerplexityResult:
+               device: str = "cpu", save: str | os.PathLike | None = None,
+               on_cell: Callable[[dict], Any] | None = None, ray: Any = None,
+            out: Any = None) -> PerplexityResult:
     """Perplexity of ``model`` on a token stream.
 
     Args:
@@ -322,14 +323,22 @@ def perplexity(model: Any, tokens: Any = None, *, file: str | os.PathLike | None
         segment: streaming: tokens per ``model.nll`` call (the state is carried across calls
             and the boundary token is scored from ``state.logits``, so the result does not
             depend on it; Ctrl-C keeps the finished segments).
-        out: a JSON path, written atomically (sliding mode: after every window size too).
+        save: a JSON path, written atomically (sliding mode: after every window size too).
+        ray / out: run the grid unit by unit, resumable in ``out`` (a folder) and on Ray with
+            ``ray`` (True, "auto" or an address); see :mod:`samba_ext.eval.grid`.
         on_cell: called with each finished cell dict.
     Returns:
         :class:`PerplexityResult`.
     Raises:
         samba_ext.eval.EvalInterrupted (a KeyboardInterrupt) on Ctrl-C, after saving the
-        finished cells to ``out``; its ``result`` holds them (``partial=True``).
+        finished cells to ``save``; its ``result`` holds them (``partial=True``).
     """
+    if ray is not None or out is not None:    # resumable / Ray grid (samba_ext.eval.grid)
+        from .grid import grid_call
+        r = grid_call("perplexity", locals())
+        if r.partial:      # interrupted: the finished units are kept in `out`
+            raise EvalInterrupted(r, None)
+        return r  # type: ignore[return-value]
     model = resolve_model(model, device)
     if mode not in ("streaming", "sliding"):
         raise ValueError(f"mode: expected 'streaming' or 'sliding', got {mode!r}")
@@ -344,7 +353,7 @@ def perplexity(model: Any, tokens: Any = None, *, file: str | os.PathLike | None
     cells: list[dict] = []
     partial = False
     interrupted: BaseException | None = None
-    recorder = CellRecorder(out, on_cell)
+    recorder = CellRecorder(save, on_cell)
     minfo = model_info(model)
 
     def result() -> PerplexityResult:

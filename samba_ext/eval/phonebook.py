@@ -22,8 +22,8 @@ import numpy as np
 
 from ._common import (Progress, Timer, as_int_list, call_prefill, greedy_decode, model_info,
                       notes_for, resolve_model)
-from ._run import CellRecorder
-from .grid import GRIDS, as_lengths, grid_defaults
+from ._run import CellRecorder, EvalInterrupted
+from .gridspec import GRIDS, as_lengths, grid_defaults
 from ._format import format_table
 from .results import EvalResult
 
@@ -138,12 +138,13 @@ class PhonebookResult(EvalResult):
         return out
 
 
-def phonebook(model: Any, entries: Sequence[int] | str | None = None,
+def phonebook(model: Any, entries: Sequence[int] | str | None = DEFAULT_ENTRIES,
               trials: int | None = None, seed: int = 0, max_new_tokens: int = 20,
               chunk_size: int = 2048, progress: bool = True, keep_outputs: bool = True,
               names_file: str | None = None, device: str = "cpu", grid: str = "quick",
-              out: str | os.PathLike | None = None,
-              on_cell: Callable[[dict], Any] | None = None) -> PhonebookResult:
+              save: str | os.PathLike | None = None,
+              on_cell: Callable[[dict], Any] | None = None, ray: Any = None,
+            out: Any = None) -> PhonebookResult:
     """Phonebook lookup accuracy vs number of entries.
 
     Args:
@@ -155,17 +156,26 @@ def phonebook(model: Any, entries: Sequence[int] | str | None = None,
         grid: "quick" (the default here and in ``samba-ext phonebook``: 20..320 entries x 5
             trials) or "paper" (20..480 x 10).
         max_new_tokens: greedy budget (20). names_file: another names list (same format).
-        out: a JSON path, rewritten atomically after every finished cell and at the end.
+        save: a JSON path, rewritten atomically after every finished cell and at the end.
+        ray / out: run the grid unit by unit, resumable in ``out`` (a folder) and on Ray with
+            ``ray`` (True, "auto" or an address); see :mod:`samba_ext.eval.grid`.
         on_cell: called with each finished cell dict.
     Returns:
         :class:`PhonebookResult`.
     Raises:
         samba_ext.eval.EvalInterrupted (a KeyboardInterrupt) on Ctrl-C, after saving the
-        finished cells to ``out``; its ``result`` holds them (``partial=True``).
+        finished cells to ``save``; its ``result`` holds them (``partial=True``).
     """
-    g = grid_defaults(grid, "phonebook")
-    entries = g["entries"] if entries is None else as_lengths(entries, "entries")
+    g = grid_defaults(grid, "phonebook")   # arguments left at their defaults follow `grid`
+    entries = g["entries"] if entries is None or entries is DEFAULT_ENTRIES \
+        else as_lengths(entries, "entries")
     trials = g["trials"] if trials is None else trials
+    if ray is not None or out is not None:    # resumable / Ray grid (samba_ext.eval.grid)
+        from .grid import grid_call
+        r = grid_call("phonebook", locals())
+        if r.partial:      # interrupted: the finished units are kept in `out`
+            raise EvalInterrupted(r, None)
+        return r  # type: ignore[return-value]
     model = resolve_model(model, device)
     tok = model.tokenizer
     entries = list(dict.fromkeys(as_int_list(list(entries), "entries", minimum=3)))
@@ -179,7 +189,7 @@ def phonebook(model: Any, entries: Sequence[int] | str | None = None,
               "chunk_size": int(chunk_size), "names": names_file or "samba_ext/data/names.txt",
               "scoring": "first output line (stripped) == number", "decoding": "greedy"}
     cells: list[dict] = []
-    recorder = CellRecorder(out, on_cell)
+    recorder = CellRecorder(save, on_cell)
     bar = Progress(progress, len(entries) * trials, desc="phonebook", unit="trial")
     timer = Timer()
     info = model_info(model)

@@ -34,6 +34,7 @@ import os
 from typing import Any, ClassVar
 
 from ..atomic import atomic_write, write_text_atomic
+from ..atomic import process_umask as _umask  # noqa: F401  (used by eval/grid.py)
 from ._format import fmt_tokens, format_table
 
 __all__ = ["EvalResult", "load_result", "SCHEMA", "SCHEMA_VERSION", "SCHEMA_FILE",

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._common import Progress, Timer, as_int_list
-from ._run import CellRecorder
+from ._run import CellRecorder, EvalInterrupted
 from ._format import fmt_tokens, format_table
 from .results import EvalResult
 
@@ -110,8 +110,9 @@ def throughput(configs: Sequence[Any] = ("samba-tiny", "samba-tiny:llama"),
                batch_size: int = 4, decode_prompt: int = 16, repeats: int = 3,
                warmup: bool = True, seed: int = 0, chunk_size: int = 2048,
                progress: bool = True, device: str = "cpu",
-               out: str | os.PathLike | None = None,
-               on_cell: Callable[[dict], Any] | None = None) -> ThroughputResult:
+               save: str | os.PathLike | None = None,
+               on_cell: Callable[[dict], Any] | None = None, ray: Any = None,
+            out: Any = None) -> ThroughputResult:
     """Prefill and decode tokens/s of ``configs`` with random weights.
 
     Args:
@@ -124,12 +125,20 @@ def throughput(configs: Sequence[Any] = ("samba-tiny", "samba-tiny:llama"),
         repeats: timed repeats per measurement, the median reported (default 3).
         warmup: one untimed run of every measurement first (caches, thread pools, page
             faults of the buffers), so the first cell is not an outlier.
-        out: a JSON path, rewritten atomically after every measurement and at the end.
+        save: a JSON path, rewritten atomically after every measurement and at the end.
+        ray / out: run the grid unit by unit, resumable in ``out`` (a folder) and on Ray with
+            ``ray`` (True, "auto" or an address); see :mod:`samba_ext.eval.grid`.
         on_cell: called with each finished cell dict.
     Raises:
         samba_ext.eval.EvalInterrupted (a KeyboardInterrupt) on Ctrl-C, after saving the
-        finished cells to ``out``; its ``result`` holds them (``partial=True``).
+        finished cells to ``save``; its ``result`` holds them (``partial=True``).
     """
+    if ray is not None or out is not None:    # resumable / Ray grid (samba_ext.eval.grid)
+        from .grid import grid_call
+        r = grid_call("throughput", locals())
+        if r.partial:      # interrupted: the finished units are kept in `out`
+            raise EvalInterrupted(r, None)
+        return r  # type: ignore[return-value]
     from ..model import Samba
 
     prompt_lengths = as_int_list(list(prompt_lengths), "prompt_lengths") if prompt_lengths else []
@@ -159,7 +168,7 @@ def throughput(configs: Sequence[Any] = ("samba-tiny", "samba-tiny:llama"),
     cells: list[dict] = []
     timer = Timer()
     partial = False
-    recorder = CellRecorder(out, on_cell)
+    recorder = CellRecorder(save, on_cell)
     info = {"name": ", ".join(m[0] for m in models), "random_weights": True,
             "note": "throughput uses random weights (speed does not depend on them)",
             "hash": None, "hash_of": "unavailable", "num_parameters": None,
