@@ -323,16 +323,19 @@ def render(info: dict, rows: list[dict], elapsed: float, quick: bool) -> str:
               "shared: a load average above the core count means other processes competed "
               "for the cores.", "",
               "Reading the rows below target:", "",
-              "- swiglu (and, near the line, rms_norm and apply_rotary) is memory-bound: the C "
+              "- swiglu (and, near the line in some runs, rms_norm and apply_rotary) is memory-bound: the C "
               "kernel reads 3 arrays and writes 2, the NumPy version makes about a dozen "
               "passes over arrays of the same size (one per temporary), so the ratio is "
               "about that pass count times the relative efficiency of the passes; a kernel "
               "cannot do fewer passes than its inputs and outputs.",
-              "- Full causal attention: the NumPy version runs BLAS matrix products over the "
-              "full score matrices (twice the needed pairs, at matrix-multiply speed); the C "
-              "backward visits only the visible pairs but with row-by-row vector loops, "
-              "not a register-blocked matrix kernel. Its advantage appears with a window "
-              "(the windowed row), where its work shrinks and NumPy's does not.", ""]
+              "- Attention: the NumPy version runs multithreaded BLAS matrix products over the "
+              "full score matrices (twice the needed pairs with full causal masking, all "
+              "L x L pairs with a window, at matrix-multiply speed); the C backward visits "
+              "only the visible pairs, but with per-row vector loops (scores of one row "
+              "against its keys, then row sums), not a matrix-multiply micro-kernel that "
+              "tiles several rows and keys in registers. So it gains with the window (its "
+              "work shrinks, NumPy's does not) but stays below the 5x target; the ratio "
+              "also moves with the machine load, which slows BLAS's threads more.", ""]
     return "\n".join(lines) + "\n"
 
 
