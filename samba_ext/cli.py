@@ -144,6 +144,12 @@ def _common(p: argparse.ArgumentParser, out: bool = True, model: bool = True,
         g.add_argument("--out", default=None,
                        help="output directory (default ./samba-ext-results/<eval>)")
         g.add_argument("--no-plot", action="store_true", help="do not write the PNG")
+        g.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                       help="run the grid's cells as Ray tasks: no ADDRESS starts a local Ray "
+                            "cluster, 'auto' joins the running one (see docs/distributed.md)")
+        g.add_argument("--no-resume", action="store_true",
+                       help="recompute every cell (default: cells already finished in --out "
+                            "are reused)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
     g.add_argument("--chunk-size", type=_positive_int, default=2048,
                    help="prefill chunk size in tokens (default 2048)")
@@ -356,35 +362,44 @@ def _finish(result: Any, args: argparse.Namespace, name: str, out: str) -> int:
 
 
 # ----------------------------------------------------------------------------- commands ---
-def _cmd_passkey(args: argparse.Namespace) -> int:
-    from .eval import passkey
+def _grid(args: argparse.Namespace, out: str, name: str):
+    """The evaluation as a resumable grid in ``out`` (on Ray with --ray): a callable with
+    the evaluation function's arguments (see samba_ext.eval.grid)."""
+    from .eval.grid import run_grid
 
+    def run(model: Any = None, **kw: Any):
+        if args.ray is not None and name != "throughput":
+            model = args.model       # Ray workers load the model themselves, by name or path
+        return run_grid(name, model, out=out, ray=args.ray, resume=not args.no_resume,
+                        device=kw.pop("device", args.device), **kw)
+    return run
+
+
+def _cmd_passkey(args: argparse.Namespace) -> int:
     lengths = parse_lengths(args.lengths)
     depths = parse_depths(args.depths)
     out = _out_dir(args, "passkey")
     model = load_model(args.model, args.device, seed=args.seed)
-    r = passkey(model, lengths=lengths, depths=depths, trials=args.trials, seed=args.seed,
-                key_digits=args.key_digits, key_range=(1, 50000) if args.landmark_keys else None,
-                max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size,
-                progress=not args.no_progress, share_prefix=not args.no_share_prefix)
+    r = _grid(args, out, "passkey")(
+        model, lengths=lengths, depths=depths, trials=args.trials, seed=args.seed,
+        key_digits=args.key_digits, key_range=(1, 50000) if args.landmark_keys else None,
+        max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size,
+        progress=not args.no_progress, share_prefix=not args.no_share_prefix)
     return _finish(r, args, "passkey", out)
 
 
 def _cmd_phonebook(args: argparse.Namespace) -> int:
-    from .eval import phonebook
-
     entries = parse_lengths(args.entries, "--entries")
     out = _out_dir(args, "phonebook")
     model = load_model(args.model, args.device, seed=args.seed)
-    r = phonebook(model, entries=entries, trials=args.trials, seed=args.seed,
-                  max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size,
-                  progress=not args.no_progress)
+    r = _grid(args, out, "phonebook")(
+        model, entries=entries, trials=args.trials, seed=args.seed,
+        max_new_tokens=args.max_new_tokens, chunk_size=args.chunk_size,
+        progress=not args.no_progress)
     return _finish(r, args, "phonebook", out)
 
 
 def _cmd_perplexity(args: argparse.Namespace) -> int:
-    from .eval import perplexity
-
     n = parse_count(args.tokens, "--tokens") if args.tokens else None
     lengths = parse_lengths(args.lengths) if args.lengths else None
     stride = parse_count(args.stride, "--stride") if args.stride else None
@@ -405,15 +420,13 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
                               chunk_size=args.chunk_size, progress=not args.no_progress,
                               split=args.split)
     if args.file is not None:
-        r = perplexity(model, file=args.file, n_tokens=n, **kw)
+        r = _grid(args, out, "perplexity")(model, file=args.file, n_tokens=n, **kw)
     else:
-        r = perplexity(model, n_tokens=n if n is not None else 65536, **kw)
+        r = _grid(args, out, "perplexity")(model, n_tokens=n if n is not None else 65536, **kw)
     return _finish(r, args, "perplexity", out)
 
 
 def _cmd_throughput(args: argparse.Namespace) -> int:
-    from .eval import throughput
-
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     if not configs:
         raise CliError("--configs: expected at least one preset name")
@@ -422,12 +435,12 @@ def _cmd_throughput(args: argparse.Namespace) -> int:
     for c in configs:  # validate before any work
         resolve_config(c)
     out = _out_dir(args, "throughput")
-    r = throughput(configs, prompt_lengths=parse_lengths(args.lengths),
-                   total_tokens=parse_count(args.total_tokens, "--total-tokens"),
-                   gen_lengths=parse_lengths(args.gen_lengths, "--gen-lengths"),
-                   batch_size=args.batch_size, repeats=args.repeats, seed=args.seed,
-                   chunk_size=args.chunk_size, progress=not args.no_progress,
-                   device=args.device)
+    r = _grid(args, out, "throughput")(
+        configs=configs, prompt_lengths=parse_lengths(args.lengths),
+        total_tokens=parse_count(args.total_tokens, "--total-tokens"),
+        gen_lengths=parse_lengths(args.gen_lengths, "--gen-lengths"),
+        batch_size=args.batch_size, repeats=args.repeats, seed=args.seed,
+        chunk_size=args.chunk_size, progress=not args.no_progress, device=args.device)
     return _finish(r, args, "throughput", out)
 
 

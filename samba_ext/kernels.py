@@ -59,11 +59,11 @@ def _where(name: str, arrays: tuple, device: Optional[str]) -> str:
     "cuda-host" (NumPy inputs with device="cuda": copied there and back)."""
     if device not in (None, "cpu", "cuda"):
         raise ValueError(f"device: expected None, 'cpu' or 'cuda', got {device!r}")
-    gpu_inputs = any(_on_cuda(a) for a in arrays)
-    if device == "cpu" and gpu_inputs:
+    cuda_inputs = any(_on_cuda(a) for a in arrays)
+    if device == "cpu" and cuda_inputs:
         raise ValueError(f"{name}: device='cpu' but an input is on a CUDA device; copy it to "
                          "the host first (e.g. tensor.cpu().numpy())")
-    if gpu_inputs:
+    if cuda_inputs:
         return "cuda-arrays"
     return "cuda-host" if device == "cuda" else "cpu"
 

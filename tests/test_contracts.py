@@ -249,27 +249,41 @@ TABLE = [
     # out=
     ("swiglu", {"out": _zeros(4, 4)}, ValueError, "out: expected shape"),
     ("rms_norm", {"out": _zeros(3, 8, dtype=np.int32)}, TypeError, "out"),
-    ("swa_attention", {"out": [0.0]}, TypeError, "out"),
+    ("swa_attention", {"out": "x"}, TypeError, "out"),
+    ("swa_attention", {"out": [0.0]}, ValueError, "out: expected shape"),
 ]
 
 _IDS = [f"{op}-{i}-{'-'.join(bad)}" for i, (op, bad, _, _) in enumerate(TABLE)]
 
-# Rows whose mistake is a property of a NumPy object (list, read-only flag, byte order,
-# strides): with the inputs moved to the device the mistake would not exist.
-_HOST_ONLY_TYPES = (list, str)
+class FakeCudaArray:
+    """Shape and dtype of a CUDA array, as torch / cupy / DeviceArray report them, with no
+    device memory behind it: enough for the contract, which reads metadata only."""
+
+    def __init__(self, a: np.ndarray) -> None:
+        self.shape = a.shape
+        self.dtype = "int64" if a.dtype.kind == "i" else "float32"
+        self.is_contiguous = True
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (2, 0)  # kDLCUDA, device 0
 
 
-def _call(op: str, bad: dict, rng: np.random.Generator, device: str, to_dev: bool) -> tuple:
+def _call(op: str, bad: dict, rng: np.random.Generator, device: str, to_dev: Any) -> tuple:
     fn, make = OPS[op]
     args = make(rng)
     args.update(bad)
     if to_dev:
-        from samba_ext import cuda as samba_cuda
+        if to_dev == "fake":
+            move = FakeCudaArray
+        else:
+            from samba_ext import cuda as samba_cuda
 
+            def move(v):
+                return samba_cuda.to_device(v, "int64" if v.dtype.kind == "i" else "float32")
         for k, v in list(args.items()):
             if (k not in bad and isinstance(v, np.ndarray) and v.dtype.kind in "fi"
                     and v.dtype.isnative):
-                args[k] = samba_cuda.to_device(v, "int64" if v.dtype.kind == "i" else "float32")
+                args[k] = move(v)
     before = {k: v.copy() for k, v in args.items() if k in ("state", "conv_state")
               and isinstance(v, np.ndarray)}
     try:
@@ -288,13 +302,19 @@ def test_bad_input_table(rng, backend, op, bad, exc, match):
     assert __import__("re").search(match, got[1]), f"{got[1]!r} does not match {match!r}"
     if backend == "cpu":
         return
-    # CUDA: NumPy inputs with device="cuda", and (unless the mistake is a NumPy property)
-    # the valid inputs already on the device; the message is the CPU's, word for word.
+    # CUDA: NumPy inputs with device="cuda", and the valid inputs already on the device; the
+    # message is the CPU's, word for word.
     assert _call(op, bad, rng, "cuda", False) == got
-    if not any(isinstance(v, np.ndarray) and (not v.flags.writeable or not v.dtype.isnative
-                                              or not v.flags.c_contiguous)
-               for v in bad.values()):
-        assert _call(op, bad, rng, "cuda", True) == got
+    assert _call(op, bad, rng, "cuda", True) == got
+
+
+@pytest.mark.parametrize("op,bad,exc,match", TABLE, ids=_IDS)
+def test_bad_input_table_on_cuda_array_metadata(rng, op, bad, exc, match):
+    """On any machine: with the valid arguments replaced by objects that only describe CUDA
+    arrays, every mistake is still caught by the contract (before a backend could run) with
+    the CPU's exception and message."""
+    got = _call(op, bad, rng, "cpu", False)
+    assert _call(op, bad, rng, "cuda", "fake") == got
 
 
 @pytest.mark.parametrize("op", sorted(OPS))
@@ -304,6 +324,17 @@ def test_valid_base_calls_pass(rng, backend, op):
     fn, make = OPS[op]
     y = fn(**make(rng), device=backend)
     assert y is not None
+
+
+def test_out_must_live_where_the_op_runs(rng):
+    """out= of the right shape and dtype but the wrong kind of object: a NumPy call needs a
+    numpy.ndarray (a CUDA call a CUDA array; tests/test_cuda_kernels.py)."""
+    a = swiglu_args(rng)
+    with pytest.raises(TypeError, match="out: expected a numpy.ndarray"):
+        samba_ext.swiglu(**a, out=np.zeros((3, 4)).tolist())
+    with pytest.raises(TypeError, match="out: expected a CUDA array like the inputs"):
+        samba_ext.swiglu(FakeCudaArray(a["gate"]), FakeCudaArray(a["up"]),
+                         out=np.zeros((3, 4), f32))
 
 
 # ------------------------------------------------------------- regression: byte order ---

@@ -9,7 +9,9 @@ outside every block ever allocated raises like an illegal memory access. They gu
 batch-size-change fault: a step that overflows the arena used to let its temporaries go back
 to the pool before its deferred launches ran, so a later index upload of the same step could
 land in a block an earlier deferred kernel still writes (wrong rows, or float bits read as
-indices). The GPU versions of these checks are in tests/test_model_cuda.py.
+indices); and a cache replaced during a step (full attention growing) was freed before the
+deferred copy of its rows ran. The GPU versions of these checks are in
+tests/test_model_cuda.py.
 """
 from __future__ import annotations
 

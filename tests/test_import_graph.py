@@ -164,3 +164,21 @@ def test_checker_ignores_edges_to_the_own_package_only():
     mods = {"samba_ext": "", "samba_ext.p": "from ..q import x\n", "samba_ext.p.m": "",
             "samba_ext.q": "from .p import m\n"}
     assert find_cycle(import_edges(mods)) == ["samba_ext.p", "samba_ext.q", "samba_ext.p"]
+
+
+def test_every_package_is_shipped():
+    """Each samba_ext package (a folder with __init__.py) is shipped by pyproject.toml:
+    found by ``[tool.setuptools.packages.find]`` with ``samba_ext.*``, or listed in
+    ``packages``, so an installed samba_ext has the modules this graph was checked on."""
+    import re
+
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    if "[tool.setuptools.packages.find]" in text:
+        include = text.split("[tool.setuptools.packages.find]", 1)[1].split("\n[", 1)[0]
+        assert '"samba_ext.*"' in include and '"samba_ext"' in include, include
+        return
+    listed = set(re.findall(r'"(samba_ext(?:\.[a-z_]+)*)"', text.split("packages =", 1)[1]
+                            .split("]", 1)[0]))
+    found = {".".join(p.parent.relative_to(ROOT).parts)
+             for p in (ROOT / PKG).rglob("__init__.py")}
+    assert found <= listed, f"not in pyproject.toml packages: {sorted(found - listed)}"

@@ -71,6 +71,10 @@ def test_cuda_functions_have_text_signatures():
     cu = pytest.importorskip("samba_ext._cuda")
     assert list(inspect.signature(cu.stream_wait).parameters) == ["waiter", "producer"]
     assert list(inspect.signature(cu.device_info).parameters) == ["device"]
+    gemm = inspect.signature(cu.gemm).parameters
+    assert list(gemm) == ["M", "N", "K", "x", "ldx", "w", "ldw", "y", "ldy", "beta", "stream"]
+    for name in ("selective_scan", "swa_attention", "swa_decode", "rms_norm", "swiglu"):
+        assert "stream" in inspect.signature(getattr(cu, name)).parameters
 
 
 def test_generate_states_its_return_type():

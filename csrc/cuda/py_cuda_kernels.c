@@ -1,7 +1,8 @@
 /*
  * py_cuda_kernels.c - one thin wrapper per CUDA launcher. Arguments are positional and
- * already validated by samba_ext/_gpu.py: sizes as ints, arrays as (ptr, dtype) tuples or
- * None, element strides as tuples, streams as int handles (0 = legacy default stream).
+ * already checked (samba_ext/ops/contracts.py, samba_ext/cuda/ops.py): sizes as ints,
+ * arrays as (ptr, dtype) tuples or None, element strides as tuples, streams as int handles
+ * (0 = legacy default stream).
  */
 #include "py_cuda.h"
 
@@ -252,15 +253,47 @@ py_gemm_batched(PyObject *self, PyObject *args)
 }
 
 PyMethodDef samba_pycu_kernel_methods[] = {
-    {"gemm_batched", py_gemm_batched, METH_VARARGS, "see py_cuda_kernels.c"},
-    {"selective_scan", py_selective_scan, METH_VARARGS, "see py_cuda_kernels.c"},
-    {"selective_state_update", py_selective_state_update, METH_VARARGS, "see py_cuda_kernels.c"},
-    {"causal_conv1d", py_causal_conv1d, METH_VARARGS, "see py_cuda_kernels.c"},
-    {"causal_conv1d_update", py_causal_conv1d_update, METH_VARARGS, "see py_cuda_kernels.c"},
-    {"swa_attention", py_swa_attention, METH_VARARGS, "see py_cuda_kernels.c"},
-    {"swa_decode", py_swa_decode, METH_VARARGS, "see py_cuda_kernels.c"},
-    {"rms_norm", py_rms_norm, METH_VARARGS, "see py_cuda_kernels.c"},
-    {"apply_rotary", py_apply_rotary, METH_VARARGS, "see py_cuda_kernels.c"},
-    {"swiglu", py_swiglu, METH_VARARGS, "see py_cuda_kernels.c"},
-    {"gemm", py_gemm, METH_VARARGS, "see py_cuda_kernels.c"},
+    {"gemm_batched", py_gemm_batched, METH_VARARGS,
+     "gemm_batched($module, transa, transb, m, n, k, A, lda, sA, B, ldb, sB, C, ldc, "
+     "sC, batch, beta, stream, /)"
+     "\n--\n\nLaunch the gemm_batched kernel (arguments: see py_cuda_kernels.c)."},
+    {"selective_scan", py_selective_scan, METH_VARARGS,
+     "selective_scan($module, batch, dim, dstate, seqlen, ngroups, u, delta, A, B, "
+     "C, D, z, delta_bias, y, u_s, delta_s, z_s, y_s, B_s, C_s, softplus, "
+     "initial_state, final_state, stream, /)"
+     "\n--\n\nLaunch the selective_scan kernel (arguments: see py_cuda_kernels.c)."},
+    {"selective_state_update", py_selective_state_update, METH_VARARGS,
+     "selective_state_update($module, batch, dim, dstate, ngroups, state, x, dt, A, "
+     "B, C, D, z, dt_bias, y, x_s, dt_s, z_s, y_s, B_s, C_s, softplus, stream, /)"
+     "\n--\n\nLaunch the selective_state_update kernel (arguments: see py_cuda_kernels.c)."},
+    {"causal_conv1d", py_causal_conv1d, METH_VARARGS,
+     "causal_conv1d($module, batch, dim, seqlen, width, x, x_s, weight, bias, "
+     "initial_states, final_states, silu, y, y_s, stream, /)"
+     "\n--\n\nLaunch the causal_conv1d kernel (arguments: see py_cuda_kernels.c)."},
+    {"causal_conv1d_update", py_causal_conv1d_update, METH_VARARGS,
+     "causal_conv1d_update($module, batch, dim, width, x, x_s, conv_state, weight, "
+     "bias, silu, y, y_s, stream, /)"
+     "\n--\n\nLaunch the causal_conv1d_update kernel (arguments: see py_cuda_kernels.c)."},
+    {"swa_attention", py_swa_attention, METH_VARARGS,
+     "swa_attention($module, batch, seqlen_q, seqlen_k, nheads, nheads_kv, headdim, "
+     "window, scale, q, q_s, k, k_s, v, v_s, out, stream, /)"
+     "\n--\n\nLaunch the swa_attention kernel (arguments: see py_cuda_kernels.c)."},
+    {"swa_decode", py_swa_decode, METH_VARARGS,
+     "swa_decode($module, batch, nheads, nheads_kv, headdim, capacity, q, k_cache, "
+     "v_cache, pos, n_valid, scale, out, stream, /)"
+     "\n--\n\nLaunch the swa_decode kernel (arguments: see py_cuda_kernels.c)."},
+    {"rms_norm", py_rms_norm, METH_VARARGS,
+     "rms_norm($module, rows, n, x, ldx, residual, ldr, residual_out, weight, eps, "
+     "y, stream, /)"
+     "\n--\n\nLaunch the rms_norm kernel (arguments: see py_cuda_kernels.c)."},
+    {"apply_rotary", py_apply_rotary, METH_VARARGS,
+     "apply_rotary($module, batch, seqlen, nheads, headdim, x, x_s, positions, "
+     "pos_batched, offset, base, y, y_s, stream, /)"
+     "\n--\n\nLaunch the apply_rotary kernel (arguments: see py_cuda_kernels.c)."},
+    {"swiglu", py_swiglu, METH_VARARGS,
+     "swiglu($module, rows, cols, gate, ld_gate, up, ld_up, y, ld_y, stream, /)"
+     "\n--\n\nLaunch the swiglu kernel (arguments: see py_cuda_kernels.c)."},
+    {"gemm", py_gemm, METH_VARARGS,
+     "gemm($module, M, N, K, x, ldx, w, ldw, y, ldy, beta, stream, /)"
+     "\n--\n\nLaunch the gemm kernel (arguments: see py_cuda_kernels.c)."},
     {NULL, NULL, 0, NULL}};

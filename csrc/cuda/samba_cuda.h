@@ -131,7 +131,9 @@ void samba_cu_gemm_release(void);
  * A (D, N) and Dskip, delta_bias (D) contiguous; Bm, Cm (B, G, N, L) with strides *_s[0..3];
  * initial_state, final_state (B, D, N) float32 contiguous (may alias: the state is read
  * once at the start and written at the end). One thread per (b, d) channel, the N states
- * in registers (N <= 256).
+ * in registers (N <= 256); for N = 16 with one input dtype and 16-byte aligned rows of unit
+ * time stride, 4 or 8 threads per channel (scan.cu). With SAMBA_EXT_SCAN_CHUNKS=N > 1 that
+ * path scans in chunks and allocates a workspace (stream-ordered, freed after the call).
  */
 typedef struct samba_cu_scan_args {
     int64_t batch, dim, dstate, seqlen, ngroups;

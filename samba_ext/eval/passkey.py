@@ -323,7 +323,8 @@ def passkey(model: Any, lengths: Sequence[int] = DEFAULT_LENGTHS,
             key_digits: int = 5, key_range: tuple[int, int] | None = None,
             max_new_tokens: int = 10, chunk_size: int = 2048, progress: bool = True,
             share_prefix: bool = True, keep_outputs: bool = True,
-            device: str = "cpu") -> PasskeyResult:
+            device: str = "cpu", ray: Any = None,
+            out: Any = None) -> PasskeyResult:
     """Passkey retrieval accuracy over a (length x depth) grid.
 
     Args:
@@ -339,9 +340,14 @@ def passkey(model: Any, lengths: Sequence[int] = DEFAULT_LENGTHS,
         chunk_size: prefill chunk. progress: tqdm bars (stderr) with ETA.
         share_prefix: reuse the key-independent prefix state across trials (exact).
         keep_outputs: store each trial's key/output in the cells.
+        ray / out: run the grid unit by unit, resumable in ``out`` and on Ray with
+            ``ray`` (True, "auto" or an address); see :mod:`samba_ext.eval.grid`.
     Returns:
         :class:`PasskeyResult`. Ctrl-C returns the finished cells with ``partial=True``.
     """
+    if ray is not None or out is not None:    # resumable / Ray grid (samba_ext.eval.grid)
+        from .grid import grid_call
+        return grid_call("passkey", locals())  # type: ignore[return-value]
     model = resolve_model(model, device)
     tok = model.tokenizer
     lengths = list(dict.fromkeys(as_int_list(list(lengths), "lengths")))

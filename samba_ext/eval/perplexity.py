@@ -206,7 +206,8 @@ def perplexity(model: Any, tokens: Any = None, *, file: str | os.PathLike | None
                buckets: Sequence[int] | None = None, stride: int | None = None,
                score: str = "new", batch_size: int = 1, chunk_size: int = 2048,
                segment: int = 65536, progress: bool = True,
-               device: str = "cpu") -> PerplexityResult:
+               device: str = "cpu", ray: Any = None,
+               out: Any = None) -> PerplexityResult:
     """Perplexity of ``model`` on a token stream.
 
     Args:
@@ -223,9 +224,14 @@ def perplexity(model: Any, tokens: Any = None, *, file: str | os.PathLike | None
         segment: streaming: tokens per ``model.nll`` call (the state is carried across calls
             and the boundary token is scored from ``state.logits``, so the result does not
             depend on it; Ctrl-C keeps the finished segments).
+        ray / out: run the grid unit by unit, resumable in ``out`` and on Ray with
+            ``ray`` (True, "auto" or an address); see :mod:`samba_ext.eval.grid`.
     Returns:
         :class:`PerplexityResult`; Ctrl-C returns the finished cells with ``partial=True``.
     """
+    if ray is not None or out is not None:    # resumable / Ray grid (samba_ext.eval.grid)
+        from .grid import grid_call
+        return grid_call("perplexity", locals())  # type: ignore[return-value]
     model = resolve_model(model, device)
     if mode not in ("streaming", "sliding"):
         raise ValueError(f"mode: expected 'streaming' or 'sliding', got {mode!r}")

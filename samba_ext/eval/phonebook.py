@@ -135,7 +135,8 @@ class PhonebookResult(EvalResult):
 def phonebook(model: Any, entries: Sequence[int] = DEFAULT_ENTRIES, trials: int = 10,
               seed: int = 0, max_new_tokens: int = 20, chunk_size: int = 2048,
               progress: bool = True, keep_outputs: bool = True, names_file: str | None = None,
-              device: str = "cpu") -> PhonebookResult:
+              device: str = "cpu", ray: Any = None,
+              out: Any = None) -> PhonebookResult:
     """Phonebook lookup accuracy vs number of entries.
 
     Args:
@@ -143,9 +144,14 @@ def phonebook(model: Any, entries: Sequence[int] = DEFAULT_ENTRIES, trials: int 
         entries: book sizes (number of name: number lines), each >= 3.
         trials: books per size; each trial's book depends only on (seed, entries, trial).
         max_new_tokens: greedy budget (20). names_file: another names list (same format).
+        ray / out: run the grid unit by unit, resumable in ``out`` and on Ray with
+            ``ray`` (True, "auto" or an address); see :mod:`samba_ext.eval.grid`.
     Returns:
         :class:`PhonebookResult`; Ctrl-C returns the finished cells with ``partial=True``.
     """
+    if ray is not None or out is not None:    # resumable / Ray grid (samba_ext.eval.grid)
+        from .grid import grid_call
+        return grid_call("phonebook", locals())  # type: ignore[return-value]
     model = resolve_model(model, device)
     tok = model.tokenizer
     entries = list(dict.fromkeys(as_int_list(list(entries), "entries", minimum=3)))

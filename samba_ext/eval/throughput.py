@@ -105,7 +105,8 @@ def throughput(configs: Sequence[Any] = ("samba-tiny", "samba-tiny:llama"),
                total_tokens: int = 16384, gen_lengths: Sequence[int] = (128, 512),
                batch_size: int = 4, decode_prompt: int = 16, repeats: int = 1,
                warmup: bool = True, seed: int = 0, chunk_size: int = 2048,
-               progress: bool = True, device: str = "cpu") -> ThroughputResult:
+               progress: bool = True, device: str = "cpu", ray: Any = None,
+               out: Any = None) -> ThroughputResult:
     """Prefill and decode tokens/s of ``configs`` with random weights.
 
     Args:
@@ -117,7 +118,12 @@ def throughput(configs: Sequence[Any] = ("samba-tiny", "samba-tiny:llama"),
         decode_prompt: prompt tokens prefilled before decoding.
         repeats: timed repeats per measurement (the median is reported).
         warmup: one untimed short prefill + step per model first.
+        ray / out: run the grid unit by unit, resumable in ``out`` and on Ray with
+            ``ray`` (True, "auto" or an address); see :mod:`samba_ext.eval.grid`.
     """
+    if ray is not None or out is not None:    # resumable / Ray grid (samba_ext.eval.grid)
+        from .grid import grid_call
+        return grid_call("throughput", locals())  # type: ignore[return-value]
     from ..model import Samba
 
     prompt_lengths = as_int_list(list(prompt_lengths), "prompt_lengths") if prompt_lengths else []

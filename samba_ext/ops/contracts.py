@@ -265,13 +265,13 @@ def out_array(out: Any, shape: tuple, where: str) -> None:
     a numpy.ndarray)."""
     if out is None:
         return
+    m = ck.meta(out, "out")
+    if m.dtype not in ck.FLOAT_DTYPES:
+        raise TypeError(f"out: expected a floating-point array, got dtype {m.dtype}")
+    ck.shape(m, "out", shape)
     cuda = on_cuda(out)
     if where == "cuda-arrays" and not cuda:
         raise TypeError(f"out: expected a CUDA array like the inputs, got {ck.describe(out)}")
     if where != "cuda-arrays" and not isinstance(out, np.ndarray):
         raise TypeError(f"out: expected a numpy.ndarray for a call on NumPy inputs, got "
                         f"{ck.describe(out)}")
-    m = ck.meta(out, "out")
-    if m.dtype not in ck.FLOAT_DTYPES:
-        raise TypeError(f"out: expected a floating-point array, got dtype {m.dtype}")
-    ck.shape(m, "out", shape)
