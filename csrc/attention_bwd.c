@@ -30,8 +30,15 @@
 #endif
 
 #include "simd.h" /* last: it sets a GCC optimize pragma for the functions below */
+/* -std=c99 turns off floating-point contraction; the dot products and row sums below are
+ * chains of multiply-adds, so let the compiler fuse them (FMA rounds once: never less
+ * accurate). */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("fp-contract=fast")
+#endif
 
-#define ABWD_CHUNK_WORK ((int64_t)1 << 24) /* score evaluations x headdim between polls */
+#define ABWD_CHUNK_WORK ((int64_t)1 << 26) /* score evaluations x headdim between polls */
+#define ABWD_RB 64 /* floats per register block (4 AVX-512 / 8 AVX2 vectors) */
 #define ABWD_PAR_MIN ((int64_t)1 << 16)    /* fewer (query, key) x headdim: one thread */
 
 static int64_t
@@ -97,15 +104,66 @@ SAMBA_ALWAYS_INLINE void
 abwd_rowdots(const float *restrict x, const float *restrict mt, int64_t ld, int64_t lo,
              int64_t n, int64_t hd, float *restrict s)
 {
-    int64_t jj, c;
-    for (jj = 0; jj < n; jj++) {
+    int64_t jb = 0, jj, c, q;
+    /* blocks of ABWD_RB scores held in registers across the headdim loop */
+    for (; jb + ABWD_RB <= n; jb += ABWD_RB) {
+        float acc[ABWD_RB];
+        for (q = 0; q < ABWD_RB; q++) {
+            acc[q] = 0.0f;
+        }
+        for (c = 0; c < hd; c++) {
+            const float xc = x[c];
+            const float *restrict row = mt + c * ld + lo + jb;
+            for (q = 0; q < ABWD_RB; q++) {
+                acc[q] += xc * row[q];
+            }
+        }
+        for (q = 0; q < ABWD_RB; q++) {
+            s[jb + q] = acc[q];
+        }
+    }
+    for (jj = jb; jj < n; jj++) {
         s[jj] = 0.0f;
     }
-    for (c = 0; c < hd; c++) {
+    for (c = 0; c < hd && jb < n; c++) {
         const float xc = x[c];
         const float *restrict row = mt + c * ld + lo;
-        for (jj = 0; jj < n; jj++) {
+        for (jj = jb; jj < n; jj++) {
             s[jj] += xc * row[jj];
+        }
+    }
+}
+
+/* o[0..hd) += sum_jj w[jj] rows[jj][0..hd) (rows ldr floats apart), o held in registers in
+ * blocks of ABWD_RB */
+SAMBA_ALWAYS_INLINE void
+abwd_rowsum(float *restrict o, const float *restrict w, const float *restrict rows, int64_t ldr,
+            int64_t n, int64_t hd)
+{
+    int64_t xb = 0, jj, q;
+    for (; xb + ABWD_RB <= hd; xb += ABWD_RB) {
+        float acc[ABWD_RB];
+        for (q = 0; q < ABWD_RB; q++) {
+            acc[q] = o[xb + q];
+        }
+        for (jj = 0; jj < n; jj++) {
+            const float wj = w[jj];
+            const float *restrict r = rows + jj * ldr + xb;
+            for (q = 0; q < ABWD_RB; q++) {
+                acc[q] += wj * r[q];
+            }
+        }
+        for (q = 0; q < ABWD_RB; q++) {
+            o[xb + q] = acc[q];
+        }
+    }
+    if (xb < hd) {
+        for (jj = 0; jj < n; jj++) {
+            const float wj = w[jj];
+            const float *restrict r = rows + jj * ldr;
+            for (q = xb; q < hd; q++) {
+                o[q] += wj * r[q];
+            }
         }
     }
 }
@@ -160,13 +218,7 @@ afwd_row(const abwd_job *jb, int64_t b, int64_t i, int64_t h, float *s, float *t
         s[jj] = samba_expf(s[jj] - m);
         sum += s[jj];
     }
-    for (jj = 0; jj < n; jj++) {
-        const float p = s[jj];
-        const float *restrict v = a->v + K_OFF(a, b, lo + jj, hk);
-        for (x = 0; x < hd; x++) {
-            o[x] += p * v[x];
-        }
-    }
+    abwd_rowsum(o, s, a->v + K_OFF(a, b, lo, hk), a->nheads_kv * hd, n, hd);
     for (x = 0; x < hd; x++) {
         o[x] /= sum;
     }
@@ -211,13 +263,7 @@ abwd_q_row(const abwd_job *jb, int64_t b, int64_t i, int64_t h, float *s, float 
         }
         s[jj] = ds;
     }
-    for (jj = 0; jj < n; jj++) {
-        const float ds = s[jj];
-        const float *restrict k = a->k + K_OFF(a, b, lo + jj, hk);
-        for (x = 0; x < hd; x++) {
-            dq[x] += ds * k[x];
-        }
-    }
+    abwd_rowsum(dq, s, a->k + K_OFF(a, b, lo, hk), a->nheads_kv * hd, n, hd);
 }
 
 /* dk, dv rows (b, j, hk) */
@@ -259,15 +305,8 @@ abwd_kv_row(const abwd_job *jb, int64_t b, int64_t j, int64_t hk, float *s, floa
             s[ii] = p;
             dp[ii] = ds;
         }
-        for (ii = 0; ii < n; ii++) {
-            const float p = s[ii], ds = dp[ii];
-            const float *restrict go = a->dout + Q_OFF(a, b, lo + ii, h);
-            const float *restrict q = a->q + Q_OFF(a, b, lo + ii, h);
-            for (x = 0; x < hd; x++) {
-                dv[x] += p * go[x];
-                dk[x] += ds * q[x];
-            }
-        }
+        abwd_rowsum(dv, s, a->dout + Q_OFF(a, b, lo, h), a->nheads * hd, n, hd);
+        abwd_rowsum(dk, dp, a->q + Q_OFF(a, b, lo, h), a->nheads * hd, n, hd);
     }
 }
 
@@ -356,6 +395,16 @@ abwd_transpose(const float *src, float *dst, int64_t batch, int64_t ls, int64_t 
 
 #define ABWD_BLOCK 8 /* rows per OpenMP work item */
 
+/* keys (or queries) a row visits at most: the window's width, capped at len */
+static int64_t
+abwd_span(const samba_attn_ext_args *a, int64_t len)
+{
+    if (a->window_left < 0 || a->window_right < 0) {
+        return len;
+    }
+    return abwd_min(len, a->window_left + a->window_right + 1);
+}
+
 /* Runs `rows` rows of one kind in chunks, polling ctx between chunks. */
 static samba_status
 abwd_run(const abwd_job *jb, int kind, int64_t rows, int64_t per_row, int nt,
@@ -418,7 +467,7 @@ samba_attn_fwd_lse(const samba_attn_ext_args *a, const samba_ctx *ctx)
         return SAMBA_ERR_ALLOC;
     }
     abwd_transpose(a->k, jb.kt, a->batch, a->seqlen_k, a->nheads_kv, a->headdim, nt);
-    st = abwd_run(&jb, 0, rows, a->seqlen_k * a->headdim, nt, ctx);
+    st = abwd_run(&jb, 0, rows, abwd_span(a, a->seqlen_k) * a->headdim, nt, ctx);
     free(jb.kt);
     return st;
 }
@@ -463,9 +512,10 @@ samba_attn_bwd(const samba_attn_ext_args *a, const samba_ctx *ctx)
     abwd_transpose(a->v, jb.vt, a->batch, a->seqlen_k, a->nheads_kv, a->headdim, nt);
     abwd_transpose(a->q, jb.qt, a->batch, a->seqlen_q, a->nheads, a->headdim, nt);
     abwd_transpose(a->dout, jb.dot, a->batch, a->seqlen_q, a->nheads, a->headdim, nt);
-    st = abwd_run(&jb, 1, qrows, a->seqlen_k * a->headdim, nt, ctx);
+    st = abwd_run(&jb, 1, qrows, abwd_span(a, a->seqlen_k) * a->headdim, nt, ctx);
     if (st == SAMBA_OK) {
-        st = abwd_run(&jb, 2, kvrows, a->seqlen_q * a->headdim * (a->nheads / a->nheads_kv),
+        st = abwd_run(&jb, 2, kvrows,
+                      abwd_span(a, a->seqlen_q) * a->headdim * (a->nheads / a->nheads_kv),
                       nt, ctx);
     }
     free(jb.kt);

@@ -93,7 +93,14 @@ def test_against_reference(rng, case):
     dq, dk, dv = grad.attention_bwd(q, k, v, None, causal, ws, cap, dout=do, out=out, lse=lse)
     ref = attention_bwd_ref(q, k, v, do, scale, left, right, cap)
     for name, got in (("dq", dq), ("dk", dk), ("dv", dv)):
-        assert_close(got, ref[name], RTOL, name)
+        r = ref[name]
+        if np.linalg.norm(r) < 1e-6 * np.sqrt(r.size):
+            # a query that sees one key has P = 1 and dS = dP - Delta = 0 exactly, so its dq
+            # (and those keys' dk) is 0 in exact arithmetic and float32 rounding noise
+            # (~1e-7 per element for unit-normal inputs) here: bound it absolutely
+            assert np.all(np.isfinite(got)) and np.max(np.abs(got)) <= 1e-5, name
+        else:
+            assert_close(got, r, RTOL, name)
 
 
 @pytest.mark.parametrize("window", [None, 1, 3, 50])
