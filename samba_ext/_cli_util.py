@@ -212,6 +212,10 @@ def run_eval(name: str, args: argparse.Namespace, out: str, model: Any = None,
             r = e.result
     else:
         if args.ray is not None and name != "throughput":
+            if config_overrides(args):
+                raise CliError("--ray: Ray workers load the model by name or path and would not "
+                               "see --config/--window/--n-head/--n-kv-head/--tokenizer; write "
+                               "the described model to a file first (Samba.save) or drop --ray")
             model = args.model       # Ray workers load the model themselves, by name or path
         try:
             r = run_grid(name, model, out=out, ray=args.ray, resume=not args.no_resume,

@@ -336,6 +336,9 @@ def test_model_option_errors(tmp_path):
     assert_bad_input(run("info", "--model", str(path), "--window", "0"), "window")
     assert_bad_input(run("info", "--model", str(path), "--n-head", "3"), "n_head")
     assert_bad_input(run("info", "--model", str(path), "--config", str(tmp_path)), "config")
+    # Ray workers load the model by path: they would silently drop the description
+    assert_bad_input(run("passkey", "--model", str(path), "--window", "16", "--ray", "--lengths",
+                         "300", "--no-plot", "--out", str(tmp_path / "r")), "--ray")
 
 
 # ------------------------------------------------------------------- small ones (19.8) ---
