@@ -21,7 +21,7 @@ SUMMARY="$OUT/summary.md"
 : > "$SUMMARY"
 row() { printf '| %-22s | %s |\n' "$1" "$2" | tee -a "$SUMMARY"; }
 TESTS=${TESTS:-$(ls tests/test_cuda_*.py tests/test_model_cuda*.py tests/test_scan.py \
-    tests/test_conv1d.py tests/test_elementwise.py tests/test_model.py 2>/dev/null | tr '\n' ' ')}
+    tests/test_conv.py tests/test_elementwise.py tests/test_model.py 2>/dev/null | tr '\n' ' ')}
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "commit: ${GIT_COMMIT:-unknown}"

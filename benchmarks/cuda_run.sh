@@ -23,7 +23,7 @@ PY=${PYTHON:-python3}
 # Default: the CUDA files, the CPU kernel files parametrised over backends (their cuda cases),
 # the model suite, the bundled-model checks and the torch parity tests.
 TESTS=${CUDA_TESTS:-$(ls tests/test_cuda_*.py tests/test_model_cuda*.py tests/test_scan.py \
-    tests/test_conv1d.py tests/test_attention.py tests/test_elementwise.py tests/test_model.py \
+    tests/test_conv.py tests/test_attention.py tests/test_elementwise.py tests/test_model.py \
     tests/test_bundled_models.py tests/test_torch_parity.py 2>/dev/null | tr '\n' ' ')}
 SUMMARY="$OUT/summary.md"
 : > "$SUMMARY"

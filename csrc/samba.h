@@ -178,7 +178,7 @@ typedef struct samba_scan_bwd_args {
 samba_status samba_scan_bwd(const samba_scan_bwd_args *a, const samba_ctx *ctx);
 
 /*
- * Causal conv1d backward (conv1d_bwd.c).  Forward arguments as in samba_conv1d_fwd plus
+ * Causal conv1d backward (conv_bwd.c).  Forward arguments as in samba_conv1d_fwd plus
  * dy (B, D, L) and dfinal_states (B, D, W-1) or NULL.  Outputs (overwritten): dx (B, D, L),
  * dweight (D, W), dbias (D) (required when bias != NULL), dinitial_states (B, D, W-1) or
  * NULL (gradient of the initial states; zeros-as-input when initial_states is NULL).

@@ -1,7 +1,7 @@
 """The vectorised single-pass CUDA paths of rms_norm (+ residual), swiglu and
 causal_conv1d (+ SiLU) against the float64 references of tests/ref_small.py.
 
-csrc/cuda/small.cu and conv.cu take a 16-byte-vector path when the arrays share one dtype
+csrc/cuda/norm.cu, swiglu.cu and conv.cu take a 16-byte-vector path when the arrays share one dtype
 and every row is 16-byte aligned (row lengths a multiple of 8 values for 16-bit dtypes, 4
 for float32), and the element-wise kernels otherwise; the shapes below hit both, plus the
 partial last vector of a conv row and rms_norm rows of 1, 2 and 4 vectors per thread.

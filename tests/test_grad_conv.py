@@ -1,4 +1,4 @@
-"""Gradients of the causal conv1d (samba_ext.grad.causal_conv1d_bwd, C kernel conv1d_bwd.c).
+"""Gradients of the causal conv1d (samba_ext.grad.causal_conv1d_bwd, C kernel conv_bwd.c).
 
 Finite differences of the float64 forward (ref_small.causal_conv1d) on tiny shapes, against
 both the C gradients and the float64 analytic reference (ref_grad.py); then the C

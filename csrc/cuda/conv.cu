@@ -7,7 +7,7 @@
 // the caller orders the grid that way: the index order is chosen from the strides).
 // The final states (last W-1 inputs) are written by a second kernel, one thread per
 // (b, d), which reads its whole row before writing: final_states may alias initial_states.
-#include "cu_common.cuh"
+#include "pack16.cuh"
 
 #define CONV_MAX_W 8
 
@@ -112,35 +112,10 @@ __global__ void conv_step_kernel(int64_t batch, int64_t dim, int width, samba_cu
 // one thread per V consecutive outputs of a row (V = 4 float32 or 8 16-bit values): the V
 // inputs are one 16-byte load, the W-1 before them single loads (cached: the previous
 // thread's vector) or initial_states, and the V outputs one 16-byte store.
-template <typename T> struct CPack {
-    static constexpr int N = 16 / (int)sizeof(T);
-    union {
-        uint4 raw;
-        float f[4];
-        __nv_bfloat16 b[8];
-        __half h[8];
-    } v;
-    __device__ __forceinline__ float get(int k) const;
-    __device__ __forceinline__ void set(int k, float x);
-};
-template <> __device__ __forceinline__ float CPack<float>::get(int k) const { return v.f[k]; }
-template <> __device__ __forceinline__ void CPack<float>::set(int k, float x) { v.f[k] = x; }
-template <> __device__ __forceinline__ float CPack<__nv_bfloat16>::get(int k) const {
-    return __bfloat162float(v.b[k]);
-}
-template <> __device__ __forceinline__ void CPack<__nv_bfloat16>::set(int k, float x) {
-    v.b[k] = __float2bfloat16_rn(x);
-}
-template <> __device__ __forceinline__ float CPack<__half>::get(int k) const {
-    return __half2float(v.h[k]);
-}
-template <> __device__ __forceinline__ void CPack<__half>::set(int k, float x) {
-    v.h[k] = __float2half_rn(x);
-}
 
 template <typename T>
 __global__ void conv_fwd_vec_kernel(ConvParams p) {
-    constexpr int V = CPack<T>::N;
+    constexpr int V = Pack16<T>::N;
     const int64_t ng = (p.seqlen + V - 1) / V;
     const int64_t n = p.batch * p.dim * ng;
     const int W = (int)p.width;
@@ -163,7 +138,7 @@ __global__ void conv_fwd_vec_kernel(ConvParams p) {
                               : (p.init ? p.init[row * (W - 1) + (W - 1) + pos] : 0.0f);
             win[j] = xv;
         }
-        CPack<T> in;
+        Pack16<T> in;
         if (nv == V) {
             in.v.raw = *(const uint4 *)((const T *)p.x.ptr + xrow + t0);
         } else {
@@ -176,7 +151,7 @@ __global__ void conv_fwd_vec_kernel(ConvParams p) {
         float wr[CONV_MAX_W];  // wr[m] multiplies x[t - m]
 #pragma unroll
         for (int m = 0; m < CONV_MAX_W; ++m) wr[m] = m < W ? ldf(p.weight, d * W + (W - 1 - m)) : 0.0f;
-        CPack<T> out;
+        Pack16<T> out;
 #pragma unroll
         for (int k = 0; k < V; ++k) {
             float acc = bias;

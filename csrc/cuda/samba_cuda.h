@@ -207,7 +207,7 @@ samba_status samba_cu_attn_decode(int64_t batch, int64_t nheads, int64_t nheads_
                                   samba_cu_ref n_valid, float softmax_scale, samba_cu_ref out,
                                   void *stream);
 
-/* ---------------------------------------------------------------- small.cu ------------ */
+/* ---------------------------------------------------------------- norm.cu, rotary.cu, swiglu.cu  */
 /* RMSNorm over rows: x (rows, n) with row stride ldx; weight (n); y (rows, n) contiguous.
  * residual (rows, n, row stride ldr) or absent: then residual_out (rows, n) contiguous (may
  * alias residual when ldr == n) = x + residual rounded to its dtype, and y normalises that.

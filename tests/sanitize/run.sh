@@ -41,7 +41,7 @@ t0=$SECONDS
 
 # Test files run under the sanitizers: every kernel and model test file (whatever exists of them
 # must be there: a missing one is an error, so a rename cannot silently drop it).
-KERNEL_TESTS=(test_scan.py test_conv1d.py test_elementwise.py test_attention.py test_properties.py
+KERNEL_TESTS=(test_scan.py test_conv.py test_elementwise.py test_attention.py test_properties.py
               test_grad_scan.py test_grad_conv.py test_grad_small.py test_grad_attention.py
               test_grad_api.py)
 MODEL_TESTS=(test_model.py test_checkpoint.py)

@@ -1,5 +1,5 @@
 /*
- * conv1d_bwd.c - backward pass of the depthwise causal conv1d (conv.c), fp32.
+ * conv_bwd.c - backward pass of the depthwise causal conv1d (conv.c), fp32.
  *
  * Forward on the padded row xp = [initial_states (W-1) | x (L)], index s = -(W-1) .. L-1:
  *   p[t] = bias + sum_k w[k] xp[t - (W-1) + k];  y[t] = silu(p[t]) or p[t]
