@@ -12,7 +12,29 @@ import sys
 from typing import Any
 
 __all__ = ["CliError", "config_overrides", "load_model", "out_dir", "run_eval", "finish",
-           "Interrupts", "SIGNALS", "RESULTS_NAME"]
+           "Interrupts", "SIGNALS", "RESULTS_NAME", "hold_note", "print_held_notes",
+           "drop_held_notes"]
+
+# Notes about how a run will go (e.g. the thread count chosen for a busy machine) are held
+# until the command has checked its arguments, so a command that fails on its arguments
+# prints only its error line.
+_HELD_NOTES: list[str] = []
+
+
+def hold_note(msg: str) -> None:
+    """Keep ``msg`` for stderr until the command starts its work (print_held_notes)."""
+    _HELD_NOTES.append(msg)
+
+
+def drop_held_notes() -> None:
+    """Forget the held notes (the command ended before its work started)."""
+    _HELD_NOTES.clear()
+
+
+def print_held_notes() -> None:
+    """Print (once) the notes kept by hold_note; called when a command starts its work."""
+    while _HELD_NOTES:
+        print(_HELD_NOTES.pop(0), file=sys.stderr)
 
 
 class CliError(ValueError):
@@ -188,6 +210,7 @@ def run_eval(name: str, args: argparse.Namespace, out: str, model: Any = None,
     from .eval import EvalInterrupted
     from .eval.grid import run_grid
 
+    print_held_notes()
     prev: dict[str, Any] = {"unit": None}
 
     def on_unit(u: Any) -> None:     # local runs are sequential: the previous unit is done

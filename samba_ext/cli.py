@@ -32,8 +32,8 @@ import sys
 import time
 from typing import Any, Sequence
 
-from ._cli_util import (CliError, Interrupts, config_overrides, load_model, out_dir,
-                        run_eval)
+from ._cli_util import (CliError, Interrupts, config_overrides, drop_held_notes, hold_note,
+                        load_model, out_dir, print_held_notes, run_eval)
 
 __all__ = ["main", "parse_lengths", "parse_depths", "parse_count", "CliError"]
 
@@ -390,6 +390,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if not prompt:
         raise CliError("generate: the prompt is empty")
     model = load_model(args.model, args.device, seed=args.seed, overrides=config_overrides(args))
+    print_held_notes()
     sys.stdout.write(prompt)
     sys.stdout.flush()
 
@@ -470,7 +471,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args._argv = list(argv) if argv is not None else None
     with Interrupts() as intr:
         args._interrupts = intr
-        return _main(args, intr)
+        try:
+            return _main(args, intr)
+        finally:
+            drop_held_notes()
 
 
 def _main(args: argparse.Namespace, intr: Interrupts) -> int:
@@ -479,7 +483,7 @@ def _main(args: argparse.Namespace, intr: Interrupts) -> int:
         if threads is None and hasattr(args, "threads"):
             threads, why = auto_threads()
             if why:
-                print(why, file=sys.stderr)
+                hold_note(why)     # printed once the command's arguments have passed
         if threads is not None:
             from ._info import set_num_threads
 

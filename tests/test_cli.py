@@ -377,3 +377,25 @@ def test_out_refuses_another_evals_results(tmp_path):
     assert_bad_input(run("passkey", *TINY, "--lengths", "300", "--depths", "0", "--trials",
                          "1", "--no-plot", "--out", str(tmp_path / "Y")), "not a samba-ext")
     assert (tmp_path / "Y" / "results.json").read_text() == "my notes"
+
+
+def test_busy_machine_note_only_for_commands_that_run(tmp_path, monkeypatch, capsys):
+    """The busy-machine thread note is held until the command's arguments have passed: a
+    command that fails on its arguments prints only its error line, one that runs says how
+    many threads it uses."""
+    from samba_ext import cli
+
+    note = "note: this machine is busy (load 9.0 on 2 cores), so this run uses 1 thread"
+    monkeypatch.setattr(cli, "auto_threads", lambda: (1, note))
+    monkeypatch.setattr(cli, "set_blas_threads", lambda n: True)
+    threads = samba_ext.get_num_threads()
+    try:
+        rc = cli.main(["passkey", *TINY, "--lengths", "foo", "--out", str(tmp_path / "a")])
+        err = capsys.readouterr().err
+        assert rc == 2 and "--lengths" in err and note not in err
+        rc = cli.main(["passkey", *TINY, "--lengths", "300", "--depths", "0", "--trials", "1",
+                       "--no-progress", "--out", str(tmp_path / "b")])
+        err = capsys.readouterr().err
+        assert rc == 0 and err.count(note) == 1
+    finally:
+        samba_ext.set_num_threads(threads)
