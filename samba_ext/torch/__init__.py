@@ -13,6 +13,8 @@ arguments listed under each function raise NotImplementedError naming the argume
 - :func:`selective_scan_fn`, :func:`selective_scan_ref` (mamba_ssm.ops.selective_scan_interface)
 - :func:`causal_conv1d_fn` (causal_conv1d)
 - :func:`flash_attn_func` (flash_attn)
+- forward only (decode, state updated in place, no autograd): :func:`selective_state_update`
+  (mamba_ssm.ops.triton.selective_state_update), :func:`causal_conv1d_update` (causal_conv1d)
 """
 from __future__ import annotations
 
@@ -23,9 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._inference import causal_conv1d_update, selective_state_update
 from ._ops import attention_op, causal_conv1d_op, selective_scan_op
 
-__all__ = ["selective_scan_fn", "selective_scan_ref", "causal_conv1d_fn", "flash_attn_func"]
+__all__ = ["selective_scan_fn", "selective_scan_ref", "causal_conv1d_fn", "flash_attn_func",
+           "selective_state_update", "causal_conv1d_update"]
 
 
 def selective_scan_fn(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
