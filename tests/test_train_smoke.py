@@ -333,26 +333,30 @@ def test_scan_seq_matches_recurrence_with_gradients():
     assert y.shape == (B, 0, E) and torch.equal(h, h0)
 
 
+# The arguments of a one-core training run on 320-token rows of samba-tiny.
+SMALL_RUN = (
+    "--model",
+    "samba-tiny",
+    "--device",
+    "cpu",
+    "--tokens-per-step",
+    "320",
+    "--max-len",
+    "320",
+    "--text-bytes",
+    "200000",
+    "--threads",
+    "1",
+    "--log-every",
+    "1",
+)
+
+
 def test_reinit_attention_and_train_blocks(tmp_path):
     """--reinit-attn gives block 3 a fresh attention; --train-blocks 3 leaves every other block exactly
     as loaded and changes block 3."""
     base = str(tmp_path / "base.safetensors")
-    common = [
-        "--model",
-        "samba-tiny",
-        "--device",
-        "cpu",
-        "--tokens-per-step",
-        "320",
-        "--max-len",
-        "320",
-        "--text-bytes",
-        "200000",
-        "--threads",
-        "1",
-        "--log-every",
-        "1",
-    ]
+    common = list(SMALL_RUN)
     train.main(common + ["--steps", "1", "--out", base])
     out = str(tmp_path / "re.safetensors")
     res = train.main(
@@ -389,22 +393,7 @@ def test_grow_keeps_the_function(tmp_path):
     """--grow 8 appends mamba/swa blocks whose output projections start at zero: before any step the
     grown model's logits equal the original's; after training steps it is a valid 8-block file."""
     base = str(tmp_path / "base.safetensors")
-    common = [
-        "--model",
-        "samba-tiny",
-        "--device",
-        "cpu",
-        "--tokens-per-step",
-        "320",
-        "--max-len",
-        "320",
-        "--text-bytes",
-        "200000",
-        "--threads",
-        "1",
-        "--log-every",
-        "1",
-    ]
+    common = list(SMALL_RUN)
     train.main(common + ["--steps", "1", "--out", base])
     m = mt.load_model(base)
     g = mt.grow_model(m, 8)
