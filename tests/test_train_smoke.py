@@ -426,27 +426,7 @@ def test_ctrl_c_saves_the_model(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train, "make_batch", batch)
     out = str(tmp_path / "int.safetensors")
-    res = train.main(
-        [
-            "--model",
-            "samba-tiny",
-            "--device",
-            "cpu",
-            "--tokens-per-step",
-            "320",
-            "--max-len",
-            "320",
-            "--text-bytes",
-            "200000",
-            "--threads",
-            "1",
-            "--steps",
-            "10",
-            "--eval-long",
-            "--out",
-            out,
-        ]
-    )
+    res = train.main([*SMALL_RUN, "--steps", "10", "--eval-long", "--out", out])
     assert res["interrupted"] and res["steps"] == 2 and "eval" not in res
     _, meta = read_safetensors(out)
     assert meta["interrupted"] == "true" and meta["steps"] == "2"
