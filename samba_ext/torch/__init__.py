@@ -4,7 +4,9 @@ Optional: importing this module needs torch (``pip install torch``); nothing els
 samba_ext does, and building never does. The ops are registered through torch.library
 (``samba_ext::selective_scan``, ``samba_ext::causal_conv1d``, ``samba_ext::attention`` and
 their ``*_backward``), each with a fake implementation, so torch.compile keeps them as
-single graph nodes, and with autograd backed by the C backward kernels.
+single graph nodes, and with autograd backed by the C backward kernels; the decode ops
+(``samba_ext::selective_state_update``, ``samba_ext::causal_conv1d_update``,
+``samba_ext::attention_kvcache``) mutate their state/cache arguments and have no autograd.
 
 Supported now: CPU tensors (float32 computation; float16/bfloat16/float64 inputs are
 converted, outputs are cast back to the peers' output dtypes). CUDA tensors and the
@@ -14,7 +16,8 @@ arguments listed under each function raise NotImplementedError naming the argume
 - :func:`causal_conv1d_fn` (causal_conv1d)
 - :func:`flash_attn_func` (flash_attn)
 - forward only (decode, state updated in place, no autograd): :func:`selective_state_update`
-  (mamba_ssm.ops.triton.selective_state_update), :func:`causal_conv1d_update` (causal_conv1d)
+  (mamba_ssm.ops.triton.selective_state_update), :func:`causal_conv1d_update` (causal_conv1d),
+  :func:`flash_attn_with_kvcache` (flash_attn; KV cache appended in place)
 """
 from __future__ import annotations
 
@@ -26,10 +29,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._inference import causal_conv1d_update, selective_state_update
+from ._kvcache import flash_attn_with_kvcache
 from ._ops import attention_op, causal_conv1d_op, selective_scan_op
 
 __all__ = ["selective_scan_fn", "selective_scan_ref", "causal_conv1d_fn", "flash_attn_func",
-           "selective_state_update", "causal_conv1d_update"]
+           "selective_state_update", "causal_conv1d_update", "flash_attn_with_kvcache"]
 
 
 def selective_scan_fn(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,

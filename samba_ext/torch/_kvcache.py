@@ -1,0 +1,139 @@
+"""flash-attn's ``flash_attn_with_kvcache`` over the CPU C attention forward (no autograd).
+
+The new keys/values are written into the caches in place, then each batch row attends to
+its valid cache positions through :func:`samba_ext.grad.attention_fwd` (GQA, bottom-right
+aligned causality, two-sided windows, softcap, log-sum-exp), float32 arithmetic. Registered
+as the torch.library op ``samba_ext::attention_kvcache`` (mutating k_cache and v_cache) with
+a fake implementation. The argument rules live in :mod:`._kvcache_args`.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor
+
+from .. import grad as _grad
+from ._kvcache_args import check
+from ._rotary import apply_rotary_table
+
+
+def _slots(b: int, start: int, stop: int, row: int, block_table: Optional[Tensor],
+           block_size: int) -> tuple[Tensor, Tensor]:
+    """(cache rows, offsets) of logical positions start..stop-1 of batch row b: row ``row``
+    of a contiguous cache, or the blocks of block_table[b] of a paged one."""
+    pos = torch.arange(start, stop, dtype=torch.int64)
+    if block_table is None:
+        return torch.full_like(pos, row), pos
+    return block_table[b, pos // block_size], pos % block_size
+
+
+def _np32(t: Tensor):
+    return t.detach().to(torch.float32).contiguous().numpy()
+
+
+@torch.library.custom_op("samba_ext::attention_kvcache", mutates_args=("k_cache", "v_cache"))
+def attention_kvcache_op(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor],
+                         v: Optional[Tensor], rotary_cos: Optional[Tensor],
+                         rotary_sin: Optional[Tensor], cache_seqlens: Tensor,
+                         cache_batch_idx: Optional[Tensor], cache_leftpad: Optional[Tensor],
+                         block_table: Optional[Tensor], softmax_scale: float, window_left: int,
+                         window_right: int, softcap: float, rotary_interleaved: bool,
+                         rotary_q_per_token: bool) -> tuple[Tensor, Tensor]:
+    """Arguments as checked by _kvcache_args.check (int64 index tensors, cache_seqlens a
+    (batch,) tensor, causality folded into window_right = 0).
+    -> (out (batch, seqlen_q, nheads, headdim) float32, lse (batch, nheads, seqlen_q) float32)
+    """
+    batch, seqlen_q = q.shape[0], q.shape[1]
+    seqlen_new = 0 if k is None else k.shape[1]
+    block_size = k_cache.shape[1]
+    seq = [int(s) for s in cache_seqlens]
+    rows = list(range(batch)) if cache_batch_idx is None else [int(r) for r in cache_batch_idx]
+    if k is not None and v is not None:
+        if rotary_cos is not None and rotary_sin is not None:
+            pos = cache_seqlens[:, None] + torch.arange(seqlen_new, dtype=torch.int64)
+            k = apply_rotary_table(k, rotary_cos, rotary_sin, pos, rotary_interleaved)
+        kw, vw = k.detach().to(k_cache.dtype), v.detach().to(v_cache.dtype)
+        for b in range(batch):
+            r, o = _slots(b, seq[b], seq[b] + seqlen_new, rows[b], block_table, block_size)
+            k_cache[r, o] = kw[b]
+            v_cache[r, o] = vw[b]
+    if rotary_cos is not None and rotary_sin is not None:
+        steps = torch.arange(seqlen_q, dtype=torch.int64) if rotary_q_per_token else \
+            torch.zeros(seqlen_q, dtype=torch.int64)
+        q = apply_rotary_table(q, rotary_cos, rotary_sin, cache_seqlens[:, None] + steps,
+                               rotary_interleaved)
+    out = q.new_empty(q.shape, dtype=torch.float32)
+    lse = q.new_empty((batch, q.shape[2], seqlen_q), dtype=torch.float32)
+    for b in range(batch):
+        start = 0 if cache_leftpad is None else int(cache_leftpad[b])
+        r, o = _slots(b, start, seq[b] + seqlen_new, rows[b], block_table, block_size)
+        ob, lb = _grad.attention_fwd(_np32(q[b:b + 1]), _np32(k_cache[r, o][None]),
+                                     _np32(v_cache[r, o][None]), softmax_scale, False,
+                                     (window_left, window_right), softcap)
+        out[b] = torch.from_numpy(ob[0])
+        lse[b] = torch.from_numpy(lb[0])
+    # a query that sees no key: out 0 and, as flash-attn reports it, lse = +inf
+    lse[lse == float("-inf")] = float("inf")
+    return out, lse
+
+
+@attention_kvcache_op.register_fake
+def _(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx,
+      cache_leftpad, block_table, softmax_scale, window_left, window_right, softcap,
+      rotary_interleaved, rotary_q_per_token):
+    return (q.new_empty(q.shape, dtype=torch.float32),
+            q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32))
+
+
+def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor,
+                            k: Optional[Tensor] = None, v: Optional[Tensor] = None,
+                            rotary_cos: Optional[Tensor] = None,
+                            rotary_sin: Optional[Tensor] = None,
+                            cache_seqlens: Optional[Union[int, Tensor]] = None,
+                            cache_batch_idx: Optional[Tensor] = None,
+                            cache_leftpad: Optional[Tensor] = None,
+                            block_table: Optional[Tensor] = None,
+                            softmax_scale: Optional[float] = None, causal: bool = False,
+                            window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                            rotary_interleaved: bool = True,
+                            alibi_slopes: Optional[Tensor] = None, num_splits: int = 0,
+                            return_softmax_lse: bool = False) -> Any:
+    """flash-attn's ``flash_attn_with_kvcache``: append to a KV cache in place, then attend.
+
+    q (batch, seqlen_q, nheads, headdim); k_cache, v_cache (batch_cache, seqlen_cache,
+    nheads_k, headdim), or with block_table (num_blocks, page_block_size, nheads_k, headdim),
+    any float dtype, nheads % nheads_k == 0 (GQA). k, v (batch, seqlen_new, nheads_k,
+    headdim), optional: written (in the caches' dtype) at positions cache_seqlens[b] ..
+    cache_seqlens[b] + seqlen_new - 1 of cache row cache_batch_idx[b] (row b without it).
+    cache_seqlens: int or integer tensor (batch,), required with k; None means the whole
+    cache. Batch row b then attends to cache positions cache_leftpad[b] (0 without it) ..
+    cache_seqlens[b] + seqlen_new - 1, with flash-attn's masking over those n keys: query i
+    sits at key position i + n - seqlen_q (causal bottom-right aligned; window_size (left,
+    right), -1 unbounded); scores softmax_scale q.k (default 1/sqrt(headdim)), softcapped when
+    softcap > 0. block_table (batch, max_blocks) int: position p of row b lives in block
+    block_table[b, p // page_block_size] at offset p % page_block_size (any block size).
+    rotary_cos, rotary_sin (seqlen_ro, rotary_dim / 2), with k only: the new keys are rotated
+    at positions cache_seqlens[b] + t before they are written, and the queries at
+    cache_seqlens[b] + i when causal or local (a window side shorter than the cache), else
+    all at cache_seqlens[b]; rotary_interleaved pairs features (0, 1), (2, 3) ... (True) or
+    (i, i + rotary_dim / 2) (False).
+
+    Returns out (batch, seqlen_q, nheads, headdim) in q's dtype, and with
+    return_softmax_lse also lse (batch, nheads, seqlen_q) float32 (natural log of the softmax
+    normalizer); a query that sees no key gets out 0 and lse +inf, as flash-attn.
+    Forward only (no autograd, as flash-attn's). CPU tensors, float32 arithmetic.
+    Not supported (NotImplementedError): alibi_slopes, num_splits > 1, CUDA tensors. Also
+    refused (ValueError): an index or length out of the cache, k without cache_seqlens,
+    repeated cache_batch_idx (or shared block slots) when writing.
+    """
+    a = check(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens,
+              cache_batch_idx, cache_leftpad, block_table, softmax_scale, causal, window_size,
+              softcap, alibi_slopes, num_splits)
+    out, lse = attention_kvcache_op(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin,
+                                    a.cache_seqlens, a.cache_batch_idx, a.cache_leftpad,
+                                    a.block_table, a.softmax_scale, a.window_left,
+                                    a.window_right, a.softcap, bool(rotary_interleaved),
+                                    a.rotary_q_per_token)
+    out = out.to(q.dtype)
+    return (out, lse) if return_softmax_lse else out
