@@ -15,6 +15,8 @@ arguments listed under each function raise NotImplementedError naming the argume
 - :func:`selective_scan_fn`, :func:`selective_scan_ref` (mamba_ssm.ops.selective_scan_interface)
 - :func:`causal_conv1d_fn` (causal_conv1d)
 - :func:`flash_attn_func` (flash_attn)
+- :func:`mamba_inner_fn` (autograd through the ops above), :func:`mamba_inner_ref`
+  (mamba_ssm.ops.selective_scan_interface)
 - forward only (decode, state updated in place, no autograd): :func:`selective_state_update`
   (mamba_ssm.ops.triton.selective_state_update), :func:`causal_conv1d_update` (causal_conv1d),
   :func:`flash_attn_with_kvcache` (flash_attn; KV cache appended in place)
@@ -30,10 +32,12 @@ from torch import Tensor
 
 from ._inference import causal_conv1d_update, selective_state_update
 from ._kvcache import flash_attn_with_kvcache
+from ._mamba_inner import mamba_inner_fn, mamba_inner_ref
 from ._ops import attention_op, causal_conv1d_op, selective_scan_op
 
 __all__ = ["selective_scan_fn", "selective_scan_ref", "causal_conv1d_fn", "flash_attn_func",
-           "selective_state_update", "causal_conv1d_update", "flash_attn_with_kvcache"]
+           "mamba_inner_fn", "mamba_inner_ref", "selective_state_update",
+           "causal_conv1d_update", "flash_attn_with_kvcache"]
 
 
 def selective_scan_fn(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
