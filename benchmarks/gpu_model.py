@@ -515,7 +515,7 @@ def params(a: argparse.Namespace) -> dict[str, Any]:
             "warm_steps": 2 if a.quick else 4, "steps": 4 if a.quick else 12,
             "chunk_size": a.chunk_size, "cap_s": a.cap_s, "device": a.device,
             "hf_shapes": a.hf_shapes, "hf_caches": caches, "seed": 0,
-            "copy_bytes": (256 << 20) if a.quick else (2 << 30),
+            "copy_bytes": (a.copy_mib or (256 if a.quick else 2048)) << 20,
             "out": str(a.out), "quick": bool(a.quick)}
 
 
@@ -540,6 +540,7 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                     help="samba_ext preset whose shapes the transformers Llama takes")
     ap.add_argument("--hf-caches", default="dynamic,static",
                     help="transformers decode caches to time (dynamic,static)")
+    ap.add_argument("--copy-mib", type=int, help="size of the bandwidth copy (2048 MiB)")
     ap.add_argument("--device", default="cuda")
     a = ap.parse_args(argv)
     Path(a.out).mkdir(parents=True, exist_ok=True)

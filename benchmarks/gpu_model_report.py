@@ -25,6 +25,12 @@ def role(label: str, info: dict[str, Any]) -> Optional[str]:
     if label == HF_LABEL:
         return "hf"
     kinds = set(info.get("layer_types") or {})
+    if not kinds:           # a model that failed to build: its kinds from its name
+        try:
+            from samba_ext.eval.throughput import resolve_config
+            kinds = set(resolve_config(label).layer_types)
+        except (ValueError, TypeError):
+            return None
     if "mamba" in kinds and "swa" in kinds:
         return "samba"
     if kinds == {"attn"}:
@@ -35,9 +41,10 @@ def role(label: str, info: dict[str, Any]) -> Optional[str]:
 
 
 def model_of(res: dict[str, Any], want: str) -> Optional[str]:
-    """Label of the first measured model with role ``want``."""
+    """Label of the first model of the run with role ``want`` (measured or failed: a failed
+    one gives its error as the reason a ratio is missing)."""
     for label, info in res.get("models", {}).items():
-        if "error" not in info and role(label, info) == want:
+        if role(label, info) == want:
             return label
     return None
 
@@ -53,8 +60,8 @@ def decode_cell(res: dict[str, Any], label: Optional[str], ctx: int, key: str = 
                 ) -> Optional[dict[str, Any]]:
     """The fastest measured decode cell of ``label`` at context ``ctx`` (over cache kinds)."""
     cells = [c for c in res.get(key, []) if c["model"] == label and c.get("context") == ctx
-             and "tokens_per_s" in c]
-    return max(cells, key=lambda c: c["tokens_per_s"]) if cells else None
+             and "ms_per_step" in c]
+    return min(cells, key=lambda c: c["ms_per_step"]) if cells else None
 
 
 def why_missing(res: dict[str, Any], label: Optional[str], what: str, **match: Any) -> str:
