@@ -356,6 +356,10 @@ def prefill_point(m: Any, L: int, total: int, cap_s: float, done: list[tuple[int
     cell["estimate_s"] = est
     x = rng.integers(0, m.vocab, (B, L))
     warmed = False
+    if est is not None and est / B > cap_s:
+        cell["skipped"] = (f"estimated {est:.0f} s > cap {cap_s:.0f} s (from the shorter "
+                           "lengths; even one prompt alone would pass the cap)")
+        return cell
     if (est is None or est > cap_s) and B > 1:
         tp = time_call(lambda: m.prefill(x[:1]))        # one prompt alone: warm-up + probe
         cell["probe_s"] = tp

@@ -61,6 +61,65 @@ def test_batch_and_estimate():
     assert est([(4096, 10.0), (32768, 24.0)], 8192, True) == pytest.approx(24.0)
 
 
+class _FakeModel:
+    """Records prefill calls; gm.time_call is replaced so that a call of batch b "takes"
+    per_prompt * b seconds (no clock involved)."""
+
+    label, vocab, chunk_size = "fake", 7, 8
+
+    def __init__(self, full_attention: bool, per_prompt: float):
+        self.full_attention, self.per_prompt, self.calls = full_attention, per_prompt, []
+
+    def prefill(self, x):
+        self.calls.append(tuple(x.shape))
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    def time_call(fn):
+        fn()
+        m = time_call.model
+        return m.per_prompt * m.calls[-1][0]
+    monkeypatch.setattr(gm, "time_call", time_call)
+    return time_call
+
+
+def test_prefill_point_probe_and_skip(fake_clock):
+    rng = np.random.default_rng(0)
+    m = fake_clock.model = _FakeModel(True, per_prompt=1.0)
+    # no estimate: one prompt alone (probe, batch 1), then the point: 4 prompts x 1 s = 4 s,
+    # over the 2 s of a cheap run, so one run
+    done: list = []
+    c = gm.prefill_point(m, 16, 64, 90.0, done, rng)
+    assert m.calls == [(1, 16), (4, 16)] and c["probe_s"] == 1.0 and c["time_s"] == 4.0
+    assert c["tokens_per_s"] == 16.0 and done == [(16, 4.0)]
+    # estimated 4 * 32 / 16 = 8 s (all attention) <= cap: a short warm-up slice, one run
+    m.calls.clear()
+    c = gm.prefill_point(m, 32, 64, 90.0, done, rng)
+    assert m.calls == [(1, 8), (2, 32)] and "probe_s" not in c
+    # a cap below the estimate (8 s) but above its share of one prompt (4 s): the probe
+    # decides; 2 prompts at 1 s -> 2 s: it runs (the probe was the warm-up)
+    m.calls.clear()
+    c = gm.prefill_point(m, 32, 64, 5.0, [(16, 4.0)], rng)
+    assert m.calls == [(1, 32), (2, 32)] and c["estimate_s"] == 2.0 and "time_s" in c
+    # the same at 3 s per prompt: 6 s > 5 s, skipped after the probe
+    m.calls.clear()
+    m.per_prompt = 3.0
+    c = gm.prefill_point(m, 32, 64, 5.0, [(16, 4.0)], rng)
+    assert m.calls == [(1, 32)] and c["skipped"].startswith("estimated 6 s > cap 5 s")
+    assert "time_s" not in c
+    # even one prompt alone over the cap: skipped without running anything
+    m.calls.clear()
+    c = gm.prefill_point(m, 64, 64, 1.0, [(16, 4.0), (32, 8.0)], rng)
+    assert m.calls == [] and "skipped" in c and c["estimate_s"] == pytest.approx(16.0)
+
+
+def test_prefill_point_repeats_cheap_runs(fake_clock):
+    m = fake_clock.model = _FakeModel(False, per_prompt=0.1)
+    c = gm.prefill_point(m, 16, 64, 90.0, [(8, 0.4)], np.random.default_rng(0))
+    assert len(c["times_s"]) == 3 and m.calls[0] == (1, 8)     # warm-up slice, 3 runs
+
+
 # ------------------------------------------------------------ state at a context ---
 def test_fill_random_repeats_the_block():
     from samba_ext.backend import get_backend
