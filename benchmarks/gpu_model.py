@@ -517,7 +517,8 @@ def params(a: argparse.Namespace) -> dict[str, Any]:
             "total_tokens": int(total), "decode_batch": a.decode_batch,
             "batch1_context": a.batch1_context or (1 * K if a.quick else 4 * K),
             "warm_steps": 2 if a.quick else 4, "steps": 4 if a.quick else 12,
-            "chunk_size": a.chunk_size, "cap_s": a.cap_s, "device": a.device,
+            "chunk_size": a.chunk_size, "cap_s": a.cap_s, "cheap_s": CHEAP_S,
+            "device": a.device,
             "hf_shapes": a.hf_shapes, "hf_caches": caches, "seed": 0,
             "copy_bytes": (a.copy_mib or (256 if a.quick else 2048)) << 20,
             "out": str(a.out), "quick": bool(a.quick)}

@@ -205,11 +205,15 @@ def markdown_section(res: dict[str, Any]) -> str:
              f"- Prefill: {p.get('total_tokens'):,} tokens per point in one call (batch = total /"
              f" length); samba_ext chunk_size {p.get('chunk_size')}, full-attention caches "
              f"preallocated for the prompt; transformers `use_cache=False`, `logits_to_keep=1`; "
-             f"median of 3 runs below {2:.0f} s, else one run; points estimated above "
-             f"{p.get('cap_s'):.0f} s skipped.",
+             f"median of 3 runs below {p.get('cheap_s', 2.0):.0f} s, else one run; points "
+             f"estimated above {p.get('cap_s'):.0f} s skipped.",
              f"- Decode: states / caches made at the context with random contents, "
              f"{p.get('warm_steps')} untimed + {p.get('steps')} timed steps (median step).",
-             f"- Whole run {res.get('total_s', 0):.0f} s. Numbers: `gpu_model.json`.", ""]
+             f"- Whole run {res.get('total_s', 0):.0f} s ("
+             + ", ".join(f"{k}: built in {m['build_s']:.0f} s, measured in "
+                         f"{m.get('measure_s', 0):.0f} s"
+                         for k, m in res.get("models", {}).items() if "build_s" in m)
+             + "). Numbers: `gpu_model.json`.", ""]
     lines += ["```", tables(res), "```", ""]
     lines += ["| target | ratio | needed | verdict | note |", "|---|---|---|---|---|"]
     for t in res.get("targets") or targets(res):
