@@ -7,8 +7,8 @@
 # Usage (repository root): OUT=dir GIT_COMMIT=abc1234 bash benchmarks/cuda_gpu_model_run.sh \
 #     [steps] [-- extra gpu_model.py arguments]
 #   steps: comma-separated subset of build,smoke,bench (default: build,bench)
-#     smoke: gpu_model.py --quick (small lengths, about a minute) into $OUT/smoke
-#     bench: the full default run into $OUT/results (about 5 minutes on an H200)
+#     smoke: gpu_model.py --quick (small lengths; 1-2 min, mostly building the models) into $OUT/smoke
+#     bench: the full default run into $OUT/results (estimated 4-6 min on an H200)
 # Environment: CAP_S (skip a prefill point estimated longer, default 90), MODELS (default all).
 # Copy $OUT/results/gpu_model.json, gpu_model_figure3.md and the two PNGs to benchmarks/results/.
 set -u
