@@ -290,10 +290,18 @@ class Samba:
         return m
 
     # ---------------------------------------------------------------------- state ---
-    def new_state(self, batch: int = 1) -> SambaState:
-        """Empty state for ``batch`` sequences (all zeros, position 0)."""
+    def new_state(self, batch: int = 1, capacity: int = 0) -> SambaState:
+        """Empty state for ``batch`` sequences (all zeros, position 0).
+
+        capacity: positions preallocated in the key/value caches of full-attention ("attn")
+        blocks, which otherwise start empty and double when full; a state that will hold
+        ``n`` tokens never reallocates with ``capacity >= n``. SWA ring buffers always hold
+        ``window`` positions and Mamba states are fixed-size, so they ignore it."""
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 0:
             raise ValueError(f"batch: expected an int >= 0, got {batch!r}")
+        if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) \
+                or capacity < 0:
+            raise ValueError(f"capacity: expected an int >= 0, got {capacity!r}")
         cfg, be = self.config, self.backend
         layers = []
         for t in cfg.layer_types:
@@ -301,7 +309,7 @@ class Samba:
                 layers.append({"conv": be.zeros((batch, cfg.d_inner, cfg.d_conv - 1)),
                                "ssm": be.zeros((batch, cfg.d_inner, cfg.d_state))})
             else:
-                cap = cfg.window if t == "swa" else 0
+                cap = cfg.window if t == "swa" else int(capacity)
                 shp = (batch, cap, cfg.n_kv_head, cfg.head_dim)
                 layers.append({"k": be.zeros(shp), "v": be.zeros(shp)})
         return SambaState(batch, cfg.layer_types, layers, be, state_signature(cfg))
