@@ -22,15 +22,17 @@
 // state in the workspace slot (block + row) - unique, since a block's next segment is the next
 // row - then adds 1 to the row's counter (after a __threadfence); the block that brings the
 // counter to the number of segments of the row merges the row's slots (float4 loads from L2,
-// 8 slots in flight per thread), writes the output and sets the counter back to zero, so the
+// 16 slots in flight per thread), writes the output and sets the counter back to zero, so the
 // next launch finds it zeroed without a memset.
 //
 // Workspace: per (device, stream), a counter buffer and a slot buffer, allocated with
 // cudaMalloc on first use (the counters zeroed with cudaMemsetAsync on that stream) and grown
-// geometrically; a replaced buffer is never freed, because a captured graph may point at it. A call under stream capture whose workspace is too
-// small runs the two-kernel path of attention_decode.cu instead (no allocation while capturing).
-// Two graphs captured on the same stream share its workspace: they must not be replayed
-// concurrently with each other or with direct calls on that stream.
+// geometrically. A replaced buffer is never freed, because a captured graph may point at it
+// (nor are the buffers of a stream evicted from the table of 64 streams, see d2_workspace).
+// A call under stream capture whose workspace is too small runs the two-kernel path of
+// attention_decode.cu instead (no allocation while capturing). Graphs captured on one stream
+// share its workspace: they must not be replayed concurrently with each other or with direct
+// calls on that stream.
 #include <string.h>
 
 #include <mutex>
@@ -43,6 +45,7 @@ using namespace samba_ptx;
 
 constexpr int D2_GB = 8;             // query heads per row (the mma N side)
 constexpr int D2_MAX_BLOCKS = 1024;  // bounds the slots one row can have (combine weights)
+constexpr int D2_LOADS = 16;         // slots in flight per thread in the combine
 
 template <int D_, int NW_, int STAGES_> struct D2Cfg {
     static constexpr int D = D_;            // template head dim (>= hd)
@@ -57,10 +60,11 @@ template <int D_, int NW_, int STAGES_> struct D2Cfg {
     static constexpr size_t SMEM = (size_t)D2_GB * LD * 2 + 2 * STAGE_BYTES;
     static_assert(KSTEPS % 2 == 0, "two k-steps per ldmatrix.x4");
     static_assert((BT * CH) % THREADS == 0, "whole tile-load iterations");
-    // scratch reusing the K stages: the warp merge (NW x 8 heads x D floats), the combine
-    // weights (slots x 8 floats); the V stages: the combine's partial sums (float4s)
+    // scratch reusing the K stages: the warp merge (NW x 8 heads x D floats), the combine's
+    // maxima / weights and sums (2 x slots x 8 floats); the V stages: the combine's partial
+    // sums of outputs (float4s)
     static_assert((size_t)NW * D2_GB * D * 4 <= STAGE_BYTES, "merge scratch");
-    static_assert((size_t)D2_MAX_BLOCKS * D2_GB * 4 <= STAGE_BYTES, "combine weights");
+    static_assert((size_t)2 * D2_MAX_BLOCKS * D2_GB * 4 <= STAGE_BYTES, "combine (m, l) / weights");
     static_assert((size_t)(THREADS + 2 * D) * 16 <= STAGE_BYTES, "combine sums");
 };
 // 8 warps (128-key tiles) and 3-4 stages: 64-96 KB in flight per SM at d64, more above;
@@ -112,19 +116,26 @@ __device__ __forceinline__ void d2_combine(const Dec2Args &a, int64_t p0, int P,
                                            T *out_rows, unsigned char *smem, D2Shared &sh) {
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     float *wts = reinterpret_cast<float *>(smem + (size_t)D2_GB * C::LD * 2);  // K stages
+    float *lsh = wts + D2_MAX_BLOCKS * D2_GB;
     float4 *red = reinterpret_cast<float4 *>(smem + (size_t)D2_GB * C::LD * 2 + C::STAGE_BYTES);
-    const float *ml = a.ws_ml + p0 * D2_GB * 2;
-    // 1. per head: the largest max, each slot's weight 2^(m_s - M), and L = sum w_s l_s
+    const float2 *ml = reinterpret_cast<const float2 *>(a.ws_ml) + p0 * D2_GB;
+    // 1. per head: the largest max M, each slot's weight w_s = 2^(m_s - M), L = sum w_s l_s
+    //    (one pass over the (m, l) pairs in L2, the pairs kept in shared memory)
     for (int j = warp; j < nh; j += C::NW) {
         float mx = -INFINITY;
-        for (int s = lane; s < P; s += 32) mx = fmaxf(mx, __ldcg(ml + (s * D2_GB + j) * 2));
+        for (int s = lane; s < P; s += 32) {
+            const float2 x = __ldcg(ml + s * D2_GB + j);
+            wts[s * D2_GB + j] = x.x;
+            lsh[s * D2_GB + j] = x.y;
+            mx = fmaxf(mx, x.x);
+        }
         mx = warp_max(mx);
         const float mref = mx == -INFINITY ? 0.0f : mx;
         float ls = 0.0f;
         for (int s = lane; s < P; s += 32) {
-            const float w = fast_exp2(__ldcg(ml + (s * D2_GB + j) * 2) - mref);
+            const float w = fast_exp2(wts[s * D2_GB + j] - mref);
             wts[s * D2_GB + j] = w;
-            ls += w * __ldcg(ml + (s * D2_GB + j) * 2 + 1);  // 0 * NaN stays NaN
+            ls += w * lsh[s * D2_GB + j];  // 0 * NaN stays NaN
         }
         ls = warp_sum(ls);
         if (lane == 0) sh.L[j] = ls;
@@ -139,18 +150,18 @@ __device__ __forceinline__ void d2_combine(const Dec2Args &a, int64_t p0, int P,
         const float4 *src = reinterpret_cast<const float4 *>(a.ws_o + (p0 * D2_GB + j) * a.hd) + d4;
         const int64_t stride = (int64_t)D2_GB * c4;  // float4s per slot
         float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        for (int s0 = u; s0 < P; s0 += 8 * subs) {
-            float4 v[8];
-            float w[8];
+        for (int s0 = u; s0 < P; s0 += D2_LOADS * subs) {
+            float4 v[D2_LOADS];
+            float w[D2_LOADS];
 #pragma unroll
-            for (int e = 0; e < 8; ++e) {  // 8 independent loads in flight
+            for (int e = 0; e < D2_LOADS; ++e) {  // independent loads in flight
                 const int s = s0 + e * subs;
                 const bool ok = s < P;
                 v[e] = ok ? __ldcg(src + s * stride) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
                 w[e] = ok ? wts[s * D2_GB + j] : 0.0f;
             }
 #pragma unroll
-            for (int e = 0; e < 8; ++e) {
+            for (int e = 0; e < D2_LOADS; ++e) {
                 acc.x += w[e] * v[e].x;
                 acc.y += w[e] * v[e].y;
                 acc.z += w[e] * v[e].z;
@@ -428,11 +439,14 @@ struct D2Buffer {
 struct D2Workspace {
     int dev;
     cudaStream_t stream;
+    uint64_t used;  // last use (a call counter), for the eviction below
     D2Buffer count, slots;
 };
+constexpr int D2_WS_MAX = 64;
 std::mutex d2_ws_mutex;
-D2Workspace d2_ws[64];
+D2Workspace d2_ws[D2_WS_MAX];
 int d2_ws_n;
+uint64_t d2_ws_clock;
 
 // Makes b hold >= bytes (a new buffer, the old one kept: a captured graph may use it).
 samba_status d2_grow(D2Buffer *b, size_t bytes, int zero, cudaStream_t st) {
@@ -455,8 +469,9 @@ samba_status d2_grow(D2Buffer *b, size_t bytes, int zero, cudaStream_t st) {
 }
 
 // *count / *slots = buffers of >= the given sizes for (current device, st), or NULL when they
-// cannot be had without allocating under stream capture (or the table is full): the caller
-// then takes the two-kernel path.
+// cannot be had without allocating under stream capture: the caller then takes the two-kernel
+// path. The table holds D2_WS_MAX streams; a new stream beyond that takes over the least
+// recently used entry, whose buffers are then forgotten, not freed (a graph may use them).
 samba_status d2_workspace(size_t count_bytes, size_t slot_bytes, cudaStream_t st,
                           unsigned **count, float **slots) {
     *count = NULL;
@@ -476,8 +491,13 @@ samba_status d2_workspace(size_t count_bytes, size_t slot_bytes, cudaStream_t st
         }
         if (cs != cudaStreamCaptureStatusNone) return SAMBA_OK;
         if (!w) {
-            if (d2_ws_n == 64) return SAMBA_OK;
-            w = &d2_ws[d2_ws_n++];
+            if (d2_ws_n < D2_WS_MAX) {
+                w = &d2_ws[d2_ws_n++];
+            } else {
+                w = &d2_ws[0];
+                for (int i = 1; i < D2_WS_MAX; ++i)
+                    if (d2_ws[i].used < w->used) w = &d2_ws[i];
+            }
             memset(w, 0, sizeof *w);
             w->dev = dev;
             w->stream = st;
@@ -486,6 +506,7 @@ samba_status d2_workspace(size_t count_bytes, size_t slot_bytes, cudaStream_t st
         if (s == SAMBA_OK) s = d2_grow(&w->slots, slot_bytes, 0, st);
         if (s != SAMBA_OK) return s;
     }
+    w->used = ++d2_ws_clock;
     *count = (unsigned *)w->count.ptr;
     *slots = (float *)w->slots.ptr;
     return SAMBA_OK;
