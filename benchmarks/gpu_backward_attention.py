@@ -14,7 +14,9 @@ FLOPs: the backward's five products count 10 * hd * H FLOPs per (query, key) pai
 window. Timing: median of CUDA-event timings after warm-up. Every case also compares samba_ext's
 dq, dk, dv with the peer's (relative norm), so a fast wrong kernel cannot pass unnoticed.
 Writes DIR/gpu_backward_attention.md and .json (default DIR: benchmarks/results), with the date,
-commit, device and the SAMBA_EXT_ATTN_BWD_SPLIT knob (group split of the tensor-core kernel).
+commit, device and the tuning knobs of the tensor-core kernel: SAMBA_EXT_ATTN_BWD_SPLIT (blocks
+per group of query heads; default: enough blocks for the device) and SAMBA_EXT_ATTN_BWD_WARPS
+(4 or 8 warps per block at head dim 64; default 8).
 """
 from __future__ import annotations
 
@@ -195,7 +197,8 @@ def targets(rows: list[dict]) -> list[str]:
 def render(meta: dict, rows: list[dict], peers: list[str]) -> list[str]:
     return ["# GPU attention backward: samba_ext vs FlexAttention and SDPA", "",
             (f"{meta['date']}, commit {meta['commit']}, {meta['device']}, torch {meta['torch']}, "
-             f"command `{meta['command']}` (SAMBA_EXT_ATTN_BWD_SPLIT={meta['split']})."), "",
+             f"command `{meta['command']}` (SAMBA_EXT_ATTN_BWD_SPLIT={meta['split']}, "
+             f"SAMBA_EXT_ATTN_BWD_WARPS={meta.get('warps', '8')})."), "",
             ("bf16, batch 1; backward only (dq, dk, dv from saved out / lse); medians of "
              "CUDA-event timings after warm-up; TFLOP/s count 10 * hd * H FLOPs per (query, key) "
              "pair inside the window. The error column compares samba_ext's gradients with each "
@@ -243,7 +246,8 @@ def main() -> int:
             "commit": commit, "device": torch.cuda.get_device_name(),
             "torch": torch.__version__,
             "command": "python3 benchmarks/gpu_backward_attention.py " + " ".join(argv),
-            "split": os.environ.get("SAMBA_EXT_ATTN_BWD_SPLIT", "auto")}
+            "split": os.environ.get("SAMBA_EXT_ATTN_BWD_SPLIT", "auto"),
+            "warps": os.environ.get("SAMBA_EXT_ATTN_BWD_WARPS", "8")}
     rows: list[dict] = []
 
     def report() -> list[str]:  # rewritten after every case, so a cut-short run keeps its rows

@@ -344,16 +344,28 @@ samba_status launch(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int 
 }
 
 // Configurations: D, warps (keys per block / 16), queries per tile, output columns per block.
-// d <= 64: 8 warps (128 keys: half the dQ atomics of 64-key blocks), 64-query tiles.
+// d <= 64: 8 warps (128 keys: half the dQ atomics of 64-key blocks), 64-query tiles; or 4 warps
+// (64 keys, two blocks per multiprocessor) with SAMBA_EXT_ATTN_BWD_WARPS=4 (read once; a tuning
+// knob for benchmarks/gpu_backward_attention.py, results differ only in rounding order).
 // d <= 128: 8 warps, 32-query tiles (the dK/dV accumulators take 2 x D / 2 registers).
 // d <= 256: 4 warps, 32-query tiles, dK/dV for 128 of the head dims per block.
 using Cfg64 = BCfg<64, 8, 64, 64>;
+using Cfg64w4 = BCfg<64, 4, 64, 64>;
 using Cfg96 = BCfg<96, 8, 32, 96>;
 using Cfg128 = BCfg<128, 8, 32, 128>;
 using Cfg256 = BCfg<256, 4, 32, 128>;
 
+bool warps4_d64() {
+    static int w = -1;
+    if (w < 0) {
+        const char *s = getenv("SAMBA_EXT_ATTN_BWD_WARPS");
+        w = (s && s[0] == '4' && s[1] == '\0') ? 4 : 8;
+    }
+    return w == 4;
+}
+
 size_t cfg_smem(int64_t hd) {
-    if (hd <= 64) return Cfg64::SMEM;
+    if (hd <= 64) return warps4_d64() ? Cfg64w4::SMEM : Cfg64::SMEM;
     if (hd <= 96) return Cfg96::SMEM;
     if (hd <= 128) return Cfg128::SMEM;
     return Cfg256::SMEM;
@@ -361,7 +373,8 @@ size_t cfg_smem(int64_t hd) {
 
 int64_t cfg_blocks(const samba_cu_attn_ext_args *a) {  // blocks per (kv head, group split)
     const int64_t hd = a->headdim;
-    const int bn = hd <= 64 ? Cfg64::BN : hd <= 96 ? Cfg96::BN : hd <= 128 ? Cfg128::BN : Cfg256::BN;
+    const int bn = hd <= 64 ? (warps4_d64() ? Cfg64w4::BN : Cfg64::BN)
+                   : hd <= 96 ? Cfg96::BN : hd <= 128 ? Cfg128::BN : Cfg256::BN;
     const int nds = hd <= 128 ? 1 : Cfg256::NDS;
     return cdiv(a->seqlen_k, bn) * nds * a->batch;
 }
@@ -370,7 +383,8 @@ template <typename T>
 samba_status dispatch(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int split,
                       cudaStream_t st) {
     const int64_t hd = a->headdim;
-    if (hd <= 64) return launch<T, Cfg64>(a, ws, split, st);
+    if (hd <= 64)
+        return warps4_d64() ? launch<T, Cfg64w4>(a, ws, split, st) : launch<T, Cfg64>(a, ws, split, st);
     if (hd <= 96) return launch<T, Cfg96>(a, ws, split, st);
     if (hd <= 128) return launch<T, Cfg128>(a, ws, split, st);
     return launch<T, Cfg256>(a, ws, split, st);

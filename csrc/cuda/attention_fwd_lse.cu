@@ -202,7 +202,7 @@ extern "C" samba_status samba_cu_attn_fwd_lse(const samba_cu_attn_ext_args *a, v
     if (a->batch == 0 || a->seqlen_q == 0 || a->nheads == 0) return SAMBA_OK;
     cudaStream_t st = (cudaStream_t)stream;
     const samba_cu_attn_args f = attn_ext_as_fwd(a);
-    if (attn_mma_applicable(&f)) {
+    if (a->seqlen_k > 0 && attn_mma_applicable(&f)) {
         const attn_gen gx = {a->window_left, a->window_right, a->softcap, a->lse};
         return attn_mma_fwd_gen(&f, &gx, st);
     }
