@@ -69,7 +69,8 @@ def attention_bwd(q: Any, k: Any, v: Any, scale: float, left: int, right: int, s
     da = c.lastdim_contig(c.arr(dout, "dout", (4,)))
     c.fit(da, "dout", batch, Lq, H, hd)
     if out is None or lse is None:
-        oa, _, la, _ = _forward(c, qa, ka, va, scale, left, right, softcap)
+        oa, ores, la, lres = _forward(c, qa, ka, va, scale, left, right, softcap)
+        c.keep.extend((ores, lres))  # alive until the backward's kernels have run
     else:
         oa = c.lastdim_contig(c.arr(out, "out", (4,)))
         c.fit(oa, "out", batch, Lq, H, hd)
