@@ -21,6 +21,17 @@ size_t attn_smem_optin(void);
 int attn_mma_applicable(const samba_cu_attn_args *a);
 samba_status attn_mma_fwd(const samba_cu_attn_args *a, cudaStream_t stream);
 
+// The general masking of samba_cu_attn_fwd_lse for the tensor-core prefill (a->window is
+// ignored): query i at key position p = i + Lk - Lq sees keys p - left .. p + right (-1 =
+// unbounded), scores softcap * tanh(s / softcap) when softcap > 0, and lse (B, H, Lq) float32
+// (natural log, -inf for a row without keys) is written when not NULL.
+struct attn_gen {
+    int64_t left, right;
+    float softcap;
+    float *lse;
+};
+samba_status attn_mma_fwd_gen(const samba_cu_attn_args *a, const attn_gen *g, cudaStream_t stream);
+
 // 1 when the split-KV decode handles these arguments (same dtype and alignment rules).
 int attn_decode_split_applicable(int64_t headdim, samba_cu_ref q, samba_cu_ref k_cache,
                                  samba_cu_ref v_cache, samba_cu_ref out);
