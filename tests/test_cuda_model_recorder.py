@@ -182,8 +182,17 @@ def _step(be, table, i1, i2, i3):
     return be.to_numpy(be.concat([b, c], 1))
 
 
+@pytest.fixture
+def uploads_only(monkeypatch):
+    """Every host index array is uploaded (no slice copies for runs of consecutive indices):
+    the tests below are about index uploads racing with deferred launches."""
+    import samba_ext.backend_cuda as bc
+
+    monkeypatch.setattr(bc, "_MAX_RUNS", 0)
+
+
 @pytest.mark.parametrize("batches", [(1, 16, 16, 4, 16, 1), (16, 1, 16), (1, 2, 64, 64)])
-def test_steps_at_changing_batch_sizes(fake_backend, rng, batches):
+def test_steps_at_changing_batch_sizes(fake_backend, uploads_only, rng, batches):
     """One backend decoding at several batch sizes in turn: every step (eager at a first or
     larger size, captured, replayed) gives exactly the rows a NumPy gather gives."""
     be = fake_backend
@@ -201,7 +210,7 @@ def test_steps_at_changing_batch_sizes(fake_backend, rng, batches):
     assert be.stats["eager_steps"] >= 1 and be.stats["replays"] >= 1, be.stats
 
 
-def test_overflowing_step_holds_its_buffers_until_launched(fake_backend, rng):
+def test_overflowing_step_holds_its_buffers_until_launched(fake_backend, uploads_only, rng):
     """The first step at a larger batch overflows the arena: the buffers it allocates
     outside the arena stay alive until its deferred launches are issued, then go back."""
     be = fake_backend
@@ -226,7 +235,8 @@ def test_overflowing_step_holds_its_buffers_until_launched(fake_backend, rng):
     assert ptrs <= pooled(), "the step's own buffers are returned once it has run"
 
 
-def test_array_replaced_during_a_step_stays_alive_until_launched(fake_backend, rng):
+def test_array_replaced_during_a_step_stays_alive_until_launched(fake_backend, uploads_only,
+                                                                rng):
     """The full-attention cache grows inside a decode step: a larger zeroed cache is made,
     the old rows are copied into it by a deferred launch, and the old cache is dropped. The
     old cache's memory must not be reused (here: by an upload of the same size made right
