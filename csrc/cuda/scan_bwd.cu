@@ -101,8 +101,11 @@ static samba_status sbwd_check(const samba_cu_scan_bwd_args *a) {
         (a->z.ptr != NULL && a->z.dtype != dt) || dt > SAMBA_CU_BF16)
         return samba_cu_fail_msg(SAMBA_ERR_ARG, "selective_scan_bwd: u, delta, z, dout, B and "
                                  "C must have one float dtype");
-    if (a->dA == NULL || a->dB == NULL || a->dC == NULL || a->du.ptr == NULL ||
-        a->ddelta.ptr == NULL || (a->z.ptr != NULL && a->dz.ptr == NULL))
+    const int64_t bdl = a->batch * a->dim * a->seqlen;
+    if ((a->dim > 0 && a->dA == NULL) ||
+        (a->batch * a->seqlen > 0 && (a->dB == NULL || a->dC == NULL)) ||
+        (bdl > 0 && (a->du.ptr == NULL || a->ddelta.ptr == NULL ||
+                     (a->z.ptr != NULL && a->dz.ptr == NULL))))
         return samba_cu_fail_msg(SAMBA_ERR_ARG, "selective_scan_bwd: an output is missing");
     const int64_t nslices = cdiv(a->dstate, SBWD_SLICE);
     if (a->batch > 65535 || a->ngroups * nslices > 65535)
