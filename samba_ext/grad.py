@@ -40,7 +40,8 @@ __all__ = [
 
 
 class ScanGrads(NamedTuple):
-    """Gradients of :func:`samba_ext.selective_scan` (float32)."""
+    """Gradients of :func:`samba_ext.selective_scan`: float32 NumPy arrays, or DeviceArrays
+    for CUDA inputs (du, ddelta, dz in their input's dtype, the others float32)."""
     du: np.ndarray                         # (batch, dim, seqlen)
     ddelta: np.ndarray                     # (batch, dim, seqlen)
     dA: np.ndarray                         # (dim, dstate)
@@ -53,7 +54,8 @@ class ScanGrads(NamedTuple):
 
 
 class Conv1dGrads(NamedTuple):
-    """Gradients of :func:`samba_ext.causal_conv1d` (float32)."""
+    """Gradients of :func:`samba_ext.causal_conv1d`: float32 NumPy arrays, or DeviceArrays
+    for CUDA inputs (dx in x's dtype, the others float32)."""
     dx: np.ndarray                         # (batch, dim, seqlen)
     dweight: np.ndarray                    # (dim, width)
     dbias: Optional[np.ndarray]            # (dim,) or None
@@ -183,21 +185,23 @@ def selective_scan_bwd(u: ArrayLike, delta: ArrayLike, A: ArrayLike, B: ArrayLik
     dinitial_state), float32; dD/dz/ddelta_bias/dinitial_state are None when D/z/
     delta_bias/initial_state were None. The states are recomputed per time chunk from
     checkpoints (memory O(dim * dstate * 256) besides the gradients).
+
+    With an input on a CUDA device the CUDA kernels run (samba_ext/cuda/grad_scan.py) and
+    the gradients are DeviceArrays: du, ddelta, dz in the dtype of u, delta, z (float32,
+    float16 or bfloat16), the others float32; accumulation is float32, the sums over
+    channels and batch are atomic (their last bits may vary from run to run).
     """
-    _host(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
-          initial_state=initial_state, dout=dout, dlast_state=dlast_state)
-    batch, dim, seqlen = contracts.selective_scan(u, delta, A, B, C, D, z, delta_bias,
-                                                  initial_state)
-    dstate = np.shape(A)[1]
-    if dstate < 1:
-        raise ValueError("A: dstate (shape[1]) must be >= 1")
-    dout = _grad_like(dout, "dout", (batch, dim, seqlen), "the shape of u and y")
-    if dout is None:
-        raise TypeError("dout: expected an array (batch, dim, seqlen), got None")
-    dlast_state = _grad_like(dlast_state, "dlast_state", (batch, dim, dstate),
-                             "(batch, dim, dstate)")
-    u, delta, A, B, C, D, z, delta_bias, initial_state = map(
-        _f32, (u, delta, A, B, C, D, z, delta_bias, initial_state))
+    contracts.selective_scan_bwd(u, delta, A, B, C, D, z, delta_bias, initial_state, dout,
+                                 dlast_state)
+    if any(on_cuda(a) for a in (u, delta, A, B, C, D, z, delta_bias, initial_state, dout,
+                                dlast_state)):
+        from .cuda import grad_scan  # imported lazily: CPU users never load the CUDA backend
+
+        return ScanGrads(*grad_scan.selective_scan_bwd(
+            u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state, dout,
+            dlast_state))
+    u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_state = map(
+        _f32, (u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_state))
     return ScanGrads(*_core.selective_scan_bwd(u, delta, A, B, C, D, z, delta_bias,
                                                bool(delta_softplus), initial_state, dout,
                                                dlast_state))
@@ -214,18 +218,19 @@ def causal_conv1d_bwd(x: ArrayLike, weight: ArrayLike, bias: ArrayLike = None,
     dL/d(final_states) when the forward returned them.
 
     Returns :class:`Conv1dGrads` (dx, dweight, dbias, dinitial_states), float32; dbias /
-    dinitial_states are None when bias / initial_states were None.
+    dinitial_states are None when bias / initial_states were None. With an input on a CUDA
+    device the CUDA kernel runs and the gradients are DeviceArrays (dx in x's dtype, the
+    others float32; float32 accumulation, deterministic).
     """
-    _host(x=x, weight=weight, bias=bias, initial_states=initial_states, dy=dy,
-          dfinal_states=dfinal_states)
-    batch, dim, seqlen = contracts.causal_conv1d(x, weight, bias, activation, initial_states)
-    width = np.shape(weight)[1]
-    dy = _grad_like(dy, "dy", (batch, dim, seqlen), "the shape of x and y")
-    if dy is None:
-        raise TypeError("dy: expected an array (batch, dim, seqlen), got None")
-    dfinal_states = _grad_like(dfinal_states, "dfinal_states", (batch, dim, width - 1),
-                               "(batch, dim, width-1)")
-    x, weight, bias, initial_states = map(_f32, (x, weight, bias, initial_states))
+    contracts.causal_conv1d_bwd(x, weight, bias, activation, initial_states, dy,
+                                dfinal_states)
+    if any(on_cuda(a) for a in (x, weight, bias, initial_states, dy, dfinal_states)):
+        from .cuda import grad_scan  # imported lazily: CPU users never load the CUDA backend
+
+        return Conv1dGrads(*grad_scan.causal_conv1d_bwd(x, weight, bias, activation,
+                                                        initial_states, dy, dfinal_states))
+    x, weight, bias, initial_states, dy, dfinal_states = map(
+        _f32, (x, weight, bias, initial_states, dy, dfinal_states))
     return Conv1dGrads(*_core.causal_conv1d_bwd(x, weight, bias, activation is not None,
                                                 initial_states, dy, dfinal_states))
 

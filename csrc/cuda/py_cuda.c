@@ -243,6 +243,10 @@ PyInit__cuda(void)
         Py_DECREF(m);
         return NULL;
     }
+    if (PyModule_AddFunctions(m, samba_pycu_bwd_scan_methods) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     samba_pycu_CudaError = PyErr_NewExceptionWithDoc(
         "samba_ext._cuda.CudaError",
         "A CUDA runtime or kernel error (the message names the kernel).", PyExc_RuntimeError,
