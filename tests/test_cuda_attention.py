@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 from conftest import assert_close
 from conftest import CUDA_SKIP
-from cuda_util import RTOL, dev, host, needs_cuda, rdev, round_to
+from cuda_util import RTOL, cuda, dev, host, rdev, round_to
 from ref_attention import ref_swa_attention, ref_swa_decode
 
 import samba_ext
@@ -41,20 +41,6 @@ PREFILL_VARIANTS = ["v1", "v2", "v3"]
 DECODE_VARIANTS = ["v1", "v2"]
 
 
-def cuda(f):
-    """Marks a test as needing the CUDA build and a GPU (skipped cleanly otherwise)."""
-    for mark in needs_cuda:
-        f = mark(f)
-    return f
-
-
-@pytest.fixture()
-def poison():
-    from samba_ext import cuda as _gpu
-
-    _gpu.set_poison(True)
-    yield
-    _gpu.set_poison(False)
 
 
 @contextlib.contextmanager

@@ -38,7 +38,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import assert_close
-from cuda_util import RTOL, dev, host, needs_cuda, rdev, round_to
+from cuda_util import RTOL, cuda, dev, host, rdev, round_to
 from ref_grad import attention_bwd_ref, attention_fwd_ref, attention_mask
 
 from samba_ext import grad
@@ -53,19 +53,6 @@ def tol(dtype: str, n: int) -> float:
     return BASE[dtype] + 4 * 2.0 ** -24 * math.sqrt(max(n, 1))
 
 
-def cuda(f):
-    for mark in needs_cuda:
-        f = mark(f)
-    return f
-
-
-@pytest.fixture()
-def poison():
-    from samba_ext import cuda as _gpu
-
-    _gpu.set_poison(True)
-    yield
-    _gpu.set_poison(False)
 
 
 def windows(causal: bool, window_size: tuple) -> tuple[int, int]:

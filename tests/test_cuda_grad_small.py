@@ -26,7 +26,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import assert_close
-from cuda_util import RTOL, CAIView, dev, host, needs_cuda, rdev, round_to, transposed_view
+from cuda_util import CAIView, RTOL, cuda, dev, host, rdev, round_to, transposed_view
 from ref_grad import rms_norm_bwd_ref, rotary_bwd_ref, swiglu_bwd_ref
 
 from samba_ext import grad
@@ -41,19 +41,6 @@ def tol(dtype: str, n: int) -> float:
     return REDUCE[dtype] + 4 * 2.0 ** -24 * math.sqrt(max(n, 1))
 
 
-def cuda(f):
-    for mark in needs_cuda:
-        f = mark(f)
-    return f
-
-
-@pytest.fixture()
-def poison():
-    from samba_ext import cuda as _gpu
-
-    _gpu.set_poison(True)
-    yield
-    _gpu.set_poison(False)
 
 
 def row_view(a: np.ndarray, dtype: str, pad: int) -> CAIView:
