@@ -11,8 +11,12 @@ Also here: :func:`attention_fwd`, an attention forward with two-sided windows, c
 an option and softcap (flash-attn's ``window_size``/``causal``/``softcap``) that returns the
 log-sum-exp the backward uses.
 
-CUDA arrays are not accepted yet (the CUDA backward is not implemented): they raise
-NotImplementedError. Argument problems raise TypeError/ValueError naming the argument.
+CUDA arrays (DeviceArray, torch / cupy tensors: ``__dlpack__`` / ``__cuda_array_interface__``)
+run the CUDA kernels in rms_norm_bwd, swiglu_bwd, apply_rotary_bwd and the attention functions
+(samba_ext/cuda/grad_small.py, grad_attention.py) and return DeviceArrays in the dtypes of the
+matching inputs (float32 / float16 / bfloat16), accumulated in float32; lse is float32. The
+other functions raise NotImplementedError for CUDA arrays. Argument problems raise
+TypeError/ValueError naming the argument.
 """
 from __future__ import annotations
 
@@ -89,12 +93,26 @@ def _f32(x: Any) -> Optional[np.ndarray]:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def _grad_like(g: Any, name: str, want: tuple, what: str) -> Optional[np.ndarray]:
-    """A gradient input of shape ``want`` (None passes)."""
+def _grad_like(g: Any, name: str, want: tuple, what: str, host: bool = True) -> Any:
+    """A gradient input of shape ``want`` (None passes), as float32 NumPy when ``host``."""
     if g is None:
         return None
     ck.shape(ck.floats(g, name, len(want)), name, want, what)
-    return _f32(g)
+    return _f32(g) if host else g
+
+
+def _gpu(*arrays: Any) -> bool:
+    """True when an input lives on a CUDA device: the call runs the CUDA backward."""
+    return any(on_cuda(a) for a in arrays)
+
+
+def _cuda(module: str) -> Any:
+    """samba_ext.cuda.grad_<module> (imported lazily: CPU users never load the CUDA backend)."""
+    if module == "attention":
+        from .cuda import grad_attention as m
+    else:
+        from .cuda import grad_small as m
+    return m
 
 
 def _scale(softmax_scale: Any, headdim: int) -> float:
@@ -114,9 +132,9 @@ def _windows(causal: bool, window_size: Any) -> tuple[int, int]:
     return left, 0 if causal else right
 
 
-def _attn_qkv(q: Any, k: Any, v: Any) -> tuple:
-    """q (B, Lq, H, hd), k, v (B, Lk, Hkv, hd) with H % Hkv == 0 -> float32 arrays."""
-    _host(q=q, k=k, v=v)
+def _attn_qkv(q: Any, k: Any, v: Any, host: bool = True) -> tuple:
+    """q (B, Lq, H, hd), k, v (B, Lk, Hkv, hd) with H % Hkv == 0 -> float32 arrays (the
+    arrays themselves when not ``host``)."""
     mq = ck.floats(q, "q", 4, "(batch, seqlen_q, nheads, headdim)")
     mk = ck.floats(k, "k", 4, "(batch, seqlen_k, nheads_kv, headdim)")
     ck.same_shape(ck.floats(v, "v", 4), "v", mk, "k")
@@ -127,7 +145,7 @@ def _attn_qkv(q: Any, k: Any, v: Any) -> tuple:
     if mk.shape[2] < 1 or mq.shape[2] % mk.shape[2]:
         raise ValueError(f"q: nheads (q.shape[2] = {mq.shape[2]}) must be a multiple of "
                          f"nheads_kv (k.shape[2] = {mk.shape[2]}) for grouped-query attention")
-    return _f32(q), _f32(k), _f32(v)
+    return (_f32(q), _f32(k), _f32(v)) if host else (q, k, v)
 
 
 def _positions(positions: Any, batch: int, seqlen: int) -> np.ndarray:
@@ -229,13 +247,16 @@ def rms_norm_bwd(x: ArrayLike, weight: ArrayLike, eps: float = 1e-5,
     itself (the same array, as autograd frameworks pass one gradient to both inputs of a
     sum; copy it before modifying one in place); None when residual was None.
     """
-    _host(x=x, weight=weight, residual=residual, dy=dy, dresidual_out=dresidual_out)
+    gpu = _gpu(x, weight, residual, dy, dresidual_out)
     shape = tuple(contracts.rms_norm(x, weight, eps, residual))
-    dy = _grad_like(dy, "dy", shape, "the shape of x")
+    dy = _grad_like(dy, "dy", shape, "the shape of x", not gpu)
     if dy is None:
         raise TypeError("dy: expected an array of x's shape, got None")
-    dresidual_out = _grad_like(dresidual_out, "dresidual_out", shape, "the shape of x")
+    dresidual_out = _grad_like(dresidual_out, "dresidual_out", shape, "the shape of x", not gpu)
     eps = float(eps)
+    if gpu:
+        return RmsNormGrads(*_cuda("small").rms_norm_bwd(x, weight, eps, residual, dy,
+                                                         dresidual_out))
     x, weight, residual = map(_f32, (x, weight, residual))
     return RmsNormGrads(*_core.rms_norm_bwd(x, weight, eps, residual, dy, dresidual_out))
 
@@ -246,11 +267,13 @@ def swiglu_bwd(gate: ArrayLike, up: ArrayLike, *, dy: ArrayLike
 
     gate, up, dy: equal shapes. Returns (dgate, dup), float32, of that shape.
     """
-    _host(gate=gate, up=up, dy=dy)
+    gpu = _gpu(gate, up, dy)
     shape = tuple(contracts.swiglu(gate, up))
-    dy = _grad_like(dy, "dy", shape, "the shape of gate")
+    dy = _grad_like(dy, "dy", shape, "the shape of gate", not gpu)
     if dy is None:
         raise TypeError("dy: expected an array of gate's shape, got None")
+    if gpu:
+        return _cuda("small").swiglu_bwd(gate, up, dy)
     gate, up = _f32(gate), _f32(up)
     return _core.swiglu_bwd(gate, up, dy)
 
@@ -264,7 +287,6 @@ def apply_rotary_bwd(x: ArrayLike, positions: ArrayLike = 0, base: float = 10000
     (batch, seqlen); base. dy (batch, seqlen, nheads, headdim) is dL/dy.
     Returns dx (batch, seqlen, nheads, headdim) float32: dy rotated by the negative angles.
     """
-    _host(x=x, dy=dy)
     my = ck.floats(dy, "dy", 4, "(batch, seqlen, nheads, headdim)")
     if x is not None:
         ck.same_shape(my, "dy", ck.floats(x, "x"), "x")
@@ -273,6 +295,8 @@ def apply_rotary_bwd(x: ArrayLike, positions: ArrayLike = 0, base: float = 10000
                          f"{my.shape[3]}")
     contracts.apply_rotary(dy, positions, base)
     base = float(base)
+    if _gpu(x, dy, positions):
+        return _cuda("small").apply_rotary_bwd(dy, positions, base)
     dy = _f32(dy)
     pos = _positions(positions, dy.shape[0], dy.shape[1])
     return _core.apply_rotary_bwd(dy, pos, base)
@@ -294,10 +318,14 @@ def attention_fwd(q: ArrayLike, k: ArrayLike, v: ArrayLike,
     Returns (out (batch, seqlen_q, nheads, headdim), lse (batch, nheads, seqlen_q)), float32;
     a query that sees no key gets out = 0 and lse = -inf.
     """
-    q, k, v = _attn_qkv(q, k, v)
+    gpu = _gpu(q, k, v)
+    q, k, v = _attn_qkv(q, k, v, not gpu)
     left, right = _windows(bool(causal), window_size)
     cap = ck.f32_scalar(softcap, "softcap", lo=0.0, expected="a finite value >= 0")
-    return _core.attention_fwd(q, k, v, _scale(softmax_scale, q.shape[3]), left, right, cap)
+    scale = _scale(softmax_scale, np.shape(q)[3])
+    if gpu:
+        return _cuda("attention").attention_fwd(q, k, v, scale, left, right, cap)
+    return _core.attention_fwd(q, k, v, scale, left, right, cap)
 
 
 def attention_bwd(q: ArrayLike, k: ArrayLike, v: ArrayLike,
@@ -312,20 +340,24 @@ def attention_bwd(q: ArrayLike, k: ArrayLike, v: ArrayLike,
     outputs; when either is None both are recomputed with :func:`attention_fwd`.
     Returns (dq (q's shape), dk, dv (k's shape)), float32.
     """
-    q, k, v = _attn_qkv(q, k, v)
+    gpu = _gpu(q, k, v, dout, out, lse)
+    q, k, v = _attn_qkv(q, k, v, not gpu)
     left, right = _windows(bool(causal), window_size)
     cap = ck.f32_scalar(softcap, "softcap", lo=0.0, expected="a finite value >= 0")
-    scale = _scale(softmax_scale, q.shape[3])
-    _host(dout=dout, out=out, lse=lse)
-    dout = _grad_like(dout, "dout", q.shape, "the shape of q and out")
+    qs = tuple(np.shape(q))
+    scale = _scale(softmax_scale, qs[3])
+    dout = _grad_like(dout, "dout", qs, "the shape of q and out", not gpu)
     if dout is None:
         raise TypeError("dout: expected an array of q's shape, got None")
+    if out is not None and lse is not None:
+        out = _grad_like(out, "out", qs, "the shape of q", not gpu)
+        lse = _grad_like(lse, "lse", (qs[0], qs[2], qs[1]), "(batch, nheads, seqlen_q)",
+                         not gpu)
+    if gpu:
+        return _cuda("attention").attention_bwd(q, k, v, scale, left, right, cap, dout, out,
+                                                lse)
     if out is None or lse is None:
         out, lse = _core.attention_fwd(q, k, v, scale, left, right, cap)
-    else:
-        out = _grad_like(out, "out", q.shape, "the shape of q")
-        lse = _grad_like(lse, "lse", (q.shape[0], q.shape[2], q.shape[1]),
-                         "(batch, nheads, seqlen_q)")
     return _core.attention_bwd(q, k, v, out, lse, dout, scale, left, right, cap)
 
 
@@ -338,7 +370,6 @@ def swa_attention_bwd(q: ArrayLike, k: ArrayLike, v: ArrayLike, window: Optional
     nheads_kv, headdim), seqlen_k >= seqlen_q; window None (full causal) or >= 1.
     dout (q's shape). Returns (dq, dk, dv), float32.
     """
-    _host(q=q, k=k, v=v, dout=dout)
     contracts.swa_attention(q, k, v, window, softmax_scale)
     left = -1 if window is None else int(window) - 1
     return attention_bwd(q, k, v, softmax_scale, True, (left, 0), 0.0, dout=dout)

@@ -47,5 +47,6 @@ extern PyMethodDef samba_pycu_memory_methods[];
 extern PyMethodDef samba_pycu_stream_methods[];
 extern PyMethodDef samba_pycu_dlpack_methods[];
 extern PyMethodDef samba_pycu_kernel_methods[];
+extern PyMethodDef samba_pycu_bwd_attn_methods[]; /* py_cuda_bwd_attn.c */
 
 #endif
