@@ -50,20 +50,24 @@ class SambaState:
         self.kinds = tuple(kinds)
         self.layers = layers
         self.pos = np.zeros(self.batch, dtype=np.int64)
-        self._logits: Any = None     # backend array, or NumPy once read (see logits)
+        self._logits: Any = None     # backend array (see logits)
+        self._host_logits: Optional[np.ndarray] = None   # its host copy, made when first read
         self.signature = dict(signature) if signature is not None else None
         self._backend = backend
         self._broken = False     # set while a call updates the state; stays set if it fails
 
     @property
     def logits(self) -> Optional[np.ndarray]:
-        if self._logits is not None and not isinstance(self._logits, np.ndarray):
-            self._logits = np.array(self._backend.to_numpy(self._logits), dtype=np.float32)
-        return self._logits
+        if self._logits is None:
+            return None
+        if self._host_logits is None:
+            self._host_logits = np.array(self._backend.to_numpy(self._logits), dtype=np.float32)
+        return self._host_logits
 
     @logits.setter
     def logits(self, value: Any) -> None:
         self._logits = value
+        self._host_logits = None
 
     def has_logits(self) -> bool:
         """True once a token has been consumed (without copying the logits to the host)."""

@@ -161,9 +161,11 @@ static samba_status launch_fwd(const samba_cu_attn_args *a, cudaStream_t stream)
 
 // ------------------------------------------------------------------ variants -----------
 // Which tensor-core variant runs when the setting is "auto", by head dim.
+// The defaults follow benchmarks/results/gpu_attention.md (H200, bf16): v2 was the fastest
+// prefill at head dim 64 (SWA and causal) and 96 at 32K, v3 at head dim 128 (all lengths);
+// decode v2 was faster from 16K keys on and within 8% of v1 at 4K.
 static int auto_prefill(int64_t hd) {
-    (void)hd;
-    return 2;
+    return hd >= 128 ? 3 : 2;
 }
 static int auto_decode(int64_t hd) {
     (void)hd;
