@@ -12,10 +12,10 @@ an option and softcap (flash-attn's ``window_size``/``causal``/``softcap``) that
 log-sum-exp the backward uses.
 
 CUDA arrays (DeviceArray, torch / cupy tensors: ``__dlpack__`` / ``__cuda_array_interface__``)
-run the CUDA kernels in rms_norm_bwd, swiglu_bwd, apply_rotary_bwd and the attention functions
-(samba_ext/cuda/grad_small.py, grad_attention.py) and return DeviceArrays in the dtypes of the
-matching inputs (float32 / float16 / bfloat16), accumulated in float32; lse is float32. The
-other functions raise NotImplementedError for CUDA arrays. Argument problems raise
+run the CUDA kernels (samba_ext/cuda/grad_scan.py for the scan and the conv, grad_small.py,
+grad_attention.py) and return DeviceArrays: the gradients of activations in the dtypes of the
+matching inputs (float32 / float16 / bfloat16), those of the scan's and the conv's parameters
+and states, and lse, in float32; all accumulated in float32. Argument problems raise
 TypeError/ValueError naming the argument.
 """
 from __future__ import annotations
@@ -71,18 +71,10 @@ class RmsNormGrads(NamedTuple):
 
 # ------------------------------------------------------------------ argument checks ---
 # The forward's arguments are checked by the op contracts (samba_ext.ops.contracts, the same
-# rules as the forward ops); the gradients and the backward-only options are checked here
-# with the same building blocks (samba_ext.ops.checks). The C glue re-checks shapes so that a
+# rules as the forward ops; the scan's and the conv's gradients too); the other gradients and
+# the backward-only options are checked here with the same building blocks
+# (samba_ext.ops.checks). The C glue re-checks shapes so that a
 # direct _core call cannot crash.
-
-def _host(**arrays: Any) -> None:
-    """NotImplementedError for CUDA arrays (the CUDA backward is not written yet)."""
-    for name, x in arrays.items():
-        if on_cuda(x):
-            raise NotImplementedError(
-                f"{name}: is on a CUDA device; the CUDA backward is not implemented yet, pass "
-                "NumPy arrays (e.g. tensor.cpu().numpy())")
-
 
 def _f32(x: Any) -> Optional[np.ndarray]:
     """Host float array -> float32 C-contiguous (bfloat16 and other NumPy-unknown float

@@ -36,6 +36,14 @@
 #define SBWD_WARPS (SBWD_THREADS / 32)
 #define SBWD_RED_FLOATS (SBWD_WARPS * SPLIT_T * 32)  // one group's dB / dC partials
 #define SBWD_FULL 0xffffffffu
+// dB / dC added 4 steps at a time (float4 atomicAdd, sm_90+) where the rows allow it
+#ifndef SBWD_VEC_ATOMICS
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define SBWD_VEC_ATOMICS 1
+#else
+#define SBWD_VEC_ATOMICS 0
+#endif
+#endif
 
 struct SbwdParams {
     int64_t batch, dim, dstate, seqlen, ngroups;
@@ -300,6 +308,25 @@ __device__ __forceinline__ void sbwd_group(const SbwdParams &p, const SbwdIdx<LP
     for (int s = 0; s < SPLIT_T; ++s) red[(warp * SPLIT_T + s) * 32 + wl] = bc[s];
     __syncthreads();
     const int64_t N = p.dstate, L = p.seqlen;
+#if SBWD_VEC_ATOMICS
+    if (n == SPLIT_T && L % 4 == 0) {  // 4 consecutive steps per 16-byte atomic add
+        for (int q = (int)threadIdx.x; q < 2 * SBWD_SLICE * SPLIT_T / 4; q += SBWD_THREADS) {
+            const int s0 = (q % (SPLIT_T / 4)) * 4, slot = q / (SPLIT_T / 4);
+            const int which = slot / SBWD_SLICE, nl = slot % SBWD_SLICE;
+            const int cw = which * NPL + nl % NPL, src = cw * LPC + nl / NPL;
+            const int64_t nabs = (int64_t)ix.slice * SBWD_SLICE + nl;
+            if (nabs >= N) continue;
+            float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int w = 0; w < SBWD_WARPS; ++w)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) v[i] += red[(w * SPLIT_T + s0 + i) * 32 + src];
+            float *dst = (which ? p.dC : p.dB) + ((ix.b * p.ngroups + ix.g) * N + nabs) * L;
+            atomicAdd((float4 *)(dst + t0 + s0), make_float4(v[0], v[1], v[2], v[3]));
+        }
+        return;
+    }
+#endif
     for (int q = (int)threadIdx.x; q < 2 * SBWD_SLICE * SPLIT_T; q += SBWD_THREADS) {
         const int s = q % SPLIT_T, slot = q / SPLIT_T;  // slot: which * 16 + state in slice
         const int which = slot / SBWD_SLICE, nl = slot % SBWD_SLICE;
