@@ -36,13 +36,15 @@
 #define SBWD_WARPS (SBWD_THREADS / 32)
 #define SBWD_RED_FLOATS (SBWD_WARPS * SPLIT_T * 32)  // one group's dB / dC partials
 #define SBWD_FULL 0xffffffffu
-// dB / dC added 4 steps at a time (float4 atomicAdd, sm_90+) where the rows allow it
+// dB / dC added 4 steps at a time (float4 atomicAdd, sm_90+) where the rows allow it. Off by
+// default: the GPU test run of the scan backward covered the scalar atomics only; build with
+// -DSBWD_VEC_ATOMICS=1 (sm_90+) to try it.
 #ifndef SBWD_VEC_ATOMICS
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define SBWD_VEC_ATOMICS 1
-#else
 #define SBWD_VEC_ATOMICS 0
 #endif
+#if SBWD_VEC_ATOMICS && (!defined(__CUDA_ARCH__) || __CUDA_ARCH__ < 900)
+#undef SBWD_VEC_ATOMICS
+#define SBWD_VEC_ATOMICS 0
 #endif
 
 struct SbwdParams {
