@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # cuda_attention_run.sh - on a machine with a GPU: build samba_ext with CUDA, run the CUDA
-# attention tests, compute-sanitizer (memcheck on the small attention tests, racecheck on one
-# small prefill and decode call) and benchmarks/gpu_attention.py; print a short table.
+# attention tests (every tensor-core variant), compute-sanitizer (memcheck on the small
+# attention tests, racecheck on small prefill and decode calls of every variant) and
+# benchmarks/gpu_attention.py (all variants against the peers); print a short table.
 #
 # Usage (from the repository root):  bash benchmarks/cuda_attention_run.sh [steps]
 #   steps: comma-separated subset of build,tests,memcheck,racecheck,bench,bench16,bench32
-#   (default: the first five; bench16 / bench32 re-time the prefill with 16 / 32 rows per warp
-#   everywhere, SAMBA_EXT_ATTN_ROWS, without peers, and append it to bench.log)
+#   (default: the first five; bench16 / bench32 re-time the v1 prefill with 16 / 32 rows per
+#   warp everywhere, SAMBA_EXT_ATTN_ROWS, without peers, and append it to bench.log)
 # Environment: OUT (log folder, default ./out), SAMBA_EXT_CUDA_ARCHS (default 90),
-#   BENCH_ARGS (extra arguments for gpu_attention.py), GIT_COMMIT (recorded in the logs),
+#   BENCH_ARGS (extra arguments for gpu_attention.py; default --variants v1,v2,v3),
+#   GIT_COMMIT (recorded in the logs),
 #   SAN_TIMEOUT (seconds per sanitizer run, default 240), BENCH_TIMEOUT (default 330; the
 #   benchmark rewrites its report after every case, so a cut-short run keeps what it measured).
 # Files written to $OUT (8 at most): build.log, tests.log, memcheck.log, racecheck.log,
@@ -73,16 +75,23 @@ if has racecheck; then
     cat > /tmp/attn_race.py <<'EOF'
 import numpy as np, samba_ext
 from samba_ext import cuda as _gpu
+from samba_ext.cuda import runtime
+cu = runtime.require()
 rng = np.random.default_rng(0)
 for dt in ("bfloat16", "float16"):
-    for hd, W in ((64, 50), (96, None), (128, 70), (256, 40)):
-        q = _gpu.to_device(rng.standard_normal((1, 200, 4, hd)).astype(np.float32), dt)
-        k = _gpu.to_device(rng.standard_normal((1, 200, 2, hd)).astype(np.float32), dt)
-        samba_ext.swa_attention(q, k, k, W).to_numpy()
-    for hd, G in ((64, 8), (128, 1), (256, 3)):
-        q = _gpu.to_device(rng.standard_normal((2, 2 * G, hd)).astype(np.float32), dt)
-        c = _gpu.to_device(rng.standard_normal((2, 3000, 2, hd)).astype(np.float32), dt)
-        samba_ext.swa_decode(q, c, c, np.array([2999, 100]), np.array([3000, 77])).to_numpy()
+    for var in (1, 2, 3):
+        cu._attn_variant(0, var)
+        for hd, W in ((64, 50), (96, None), (128, 70), (256, 40)):
+            q = _gpu.to_device(rng.standard_normal((1, 300, 4, hd)).astype(np.float32), dt)
+            k = _gpu.to_device(rng.standard_normal((1, 300, 2, hd)).astype(np.float32), dt)
+            samba_ext.swa_attention(q, k, k, W).to_numpy()
+    for var in (1, 2):
+        cu._attn_variant(1, var)
+        for B, hd, G, C in ((2, 64, 8, 3000), (2, 128, 1, 3000), (2, 256, 3, 3000), (9, 64, 2, 300)):
+            q = _gpu.to_device(rng.standard_normal((B, 2 * G, hd)).astype(np.float32), dt)
+            c = _gpu.to_device(rng.standard_normal((B, C, 2, hd)).astype(np.float32), dt)
+            pos, nv = rng.integers(0, 3 * C, B), rng.integers(1, C + 1, B)
+            samba_ext.swa_decode(q, c, c, pos, nv).to_numpy()
 print("racecheck script done")
 EOF
     timeout "$SAN_TIMEOUT" compute-sanitizer --tool racecheck --racecheck-report all \
@@ -94,7 +103,8 @@ fi
 
 if has bench; then
     t0=$(date +%s)
-    timeout "${BENCH_TIMEOUT:-330}" $PY benchmarks/gpu_attention.py --out "$OUT" ${BENCH_ARGS:-} \
+    timeout "${BENCH_TIMEOUT:-330}" $PY benchmarks/gpu_attention.py --out "$OUT" \
+        ${BENCH_ARGS:---variants v1,v2,v3} \
         > "$OUT/bench.log" 2>&1
     rc=$?
     row bench "$([ $rc = 0 ] && echo ok || echo "rc=$rc")" "$(( $(date +%s) - t0 )) s"
@@ -104,7 +114,7 @@ for rows in 16 32; do
     has "bench$rows" || continue
     echo "== SAMBA_EXT_ATTN_ROWS=$rows ==" >> "$OUT/bench.log"
     SAMBA_EXT_ATTN_ROWS=$rows $PY benchmarks/gpu_attention.py --out "/tmp/bench$rows" --quick \
-        --no-flex --prefill-only >> "$OUT/bench.log" 2>&1
+        --no-flex --prefill-only --variants v1 >> "$OUT/bench.log" 2>&1
     echo "$rows rows per warp (prefill, no peers):"
     grep -E "^\| (swa|causal) " "/tmp/bench$rows/gpu_attention.md"
 done

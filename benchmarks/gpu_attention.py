@@ -3,15 +3,24 @@ torch.compile'd) and SDPA (flash backend), on the same tensors, in one run.
 
 Usage (on a machine with a CUDA GPU, torch installed, samba_ext built with CUDA):
     python3 benchmarks/gpu_attention.py [--out DIR] [--quick] [--no-flex] [--commit SHA]
+                                        [--variants v1,v2,v3]
 
 Prefill cases: bf16, batch 1, sliding window W = 2048 at L = 4K, 32K, 128K for (32 q heads,
-4 kv heads, dim 64) and (12, 12, 128); full causal at 4K and 32K for (32, 4, 64). FLOPs are
-counted over the (query, key) pairs inside the window: 4 * hd * H * sum_i min(i + 1, W).
+4 kv heads, dim 64) and (12, 12, 128), at 4K and 32K for (32, 32, 96); full causal at 4K and
+32K for (32, 4, 64). FLOPs are counted over the (query, key) pairs inside the window:
+4 * hd * H * sum_i min(i + 1, W).
+
+Variants: every case times each tensor-core variant of samba_ext named in --variants (prefill
+v1, v2, v3; decode v1, v2 - "auto" is the build's default choice), switched in-process through
+the private selector samba_ext._cuda._attn_variant, on the same tensors as the peers. The
+"samba_ext" columns and the targets use the fastest variant of each case and name it.
 Decode cases: one new token over a full ring-buffer cache, batch 1 and 16, caches 4K..128K,
 (32, 4, 64) bf16; bytes = the K and V cache read once; compared with the bandwidth of a
 measured device-to-device copy (bytes read + bytes written).
 
-Timing: median of CUDA-event timings after warm-up. Decode calls are captured in a CUDA
+Timing: median of CUDA-event timings after warm-up; a sample times enough back-to-back calls
+to last >= 1 ms (the same count for every implementation of a case), so that launch jitter of
+sub-millisecond kernels does not dominate. Decode calls are captured in a CUDA
 graph (20 calls over rotating caches, so the caches are not served from L2) and the graph is
 replayed; the time per call is the replay time / 20. Each case also checks samba_ext's output
 against the peer's (relative norm), so a fast wrong kernel cannot pass unnoticed.
@@ -40,8 +49,9 @@ import samba_ext
 K = 1024
 
 
-def median_ms(fn: Callable[[], Any], warmup: int = 3, reps: int = 15) -> float:
-    """Median of `reps` CUDA-event timings of fn() after `warmup` calls."""
+def median_ms(fn: Callable[[], Any], warmup: int = 3, reps: int = 15, calls: int = 1) -> float:
+    """Median over `reps` samples of the time per call of fn(), each sample `calls` calls
+    between two CUDA events, after `warmup` calls."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -49,11 +59,25 @@ def median_ms(fn: Callable[[], Any], warmup: int = 3, reps: int = 15) -> float:
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
-        fn()
+        for _ in range(calls):
+            fn()
         b.record()
         b.synchronize()
-        times.append(a.elapsed_time(b))
+        times.append(a.elapsed_time(b) / calls)
     return statistics.median(times)
+
+
+def calls_per_sample(fn: Callable[[], Any], target_ms: float = 1.0) -> int:
+    """Back-to-back calls of fn() that last about target_ms (at least 1, at most 64)."""
+    t = median_ms(fn, warmup=2, reps=3)
+    return max(1, min(64, int(target_ms / max(t, 1e-3)) + 1))
+
+
+def set_variant(which: int, name: str) -> None:
+    """Selects a tensor-core variant ("auto", "v1", "v2", "v3"); which 0 prefill, 1 decode."""
+    from samba_ext.cuda import runtime
+
+    runtime.require()._attn_variant(which, 0 if name == "auto" else int(name[1:]))
 
 
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -107,7 +131,7 @@ def sdpa_flash(q, k, v, H: int, Hkv: int):
 
 
 def prefill_case(L: int, H: int, Hkv: int, hd: int, W: int | None, peers: list[str],
-                 reps: int) -> dict:
+                 reps: int, variants: list[str]) -> dict:
     g = torch.Generator(device="cuda").manual_seed(L + H + hd)
     q = torch.randn(1, L, H, hd, device="cuda", dtype=torch.bfloat16, generator=g)
     k = torch.randn(1, L, Hkv, hd, device="cuda", dtype=torch.bfloat16, generator=g)
@@ -116,9 +140,20 @@ def prefill_case(L: int, H: int, Hkv: int, hd: int, W: int | None, peers: list[s
     ours = lambda: samba_ext.swa_attention(q, k, v, W, out=out)
     flops = 4 * hd * H * window_pairs(L, W)
     row: dict = {"kind": "swa" if W else "causal", "L": L, "H": H, "Hkv": Hkv, "hd": hd,
-                 "W": W, "flops": flops}
-    row["samba_ext_ms"] = median_ms(ours, reps=reps)
-    ours()
+                 "W": W, "flops": flops, "variants": {}}
+    set_variant(0, variants[0])
+    calls = calls_per_sample(ours)
+    row["calls_per_sample"] = calls
+    outs = {}
+    for var in variants:
+        set_variant(0, var)
+        row["variants"][var] = {"ms": median_ms(ours, reps=reps, calls=calls)}
+        ours()
+        outs[var] = out.clone()
+    set_variant(0, "auto")
+    best = min(row["variants"], key=lambda x: row["variants"][x]["ms"])
+    row["best"] = best
+    row["samba_ext_ms"] = row["variants"][best]["ms"]
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, L, hd) views
     for peer in peers:
         try:
@@ -129,10 +164,15 @@ def prefill_case(L: int, H: int, Hkv: int, hd: int, W: int | None, peers: list[s
                 if W is not None and W < L:
                     continue  # SDPA has no sliding window
                 run = sdpa_flash(qt, kt, vt, H, Hkv)
-            row[f"{peer}_ms"] = median_ms(run, reps=reps)
-            row[f"{peer}_err"] = rel_err(out, run().transpose(1, 2))
+            row[f"{peer}_ms"] = median_ms(run, reps=reps, calls=calls)
+            ref = run().transpose(1, 2)
+            for var in variants:
+                row["variants"][var][f"err_{peer}"] = rel_err(outs[var], ref)
+            row[f"{peer}_err"] = max(row["variants"][x][f"err_{peer}"] for x in variants)
         except Exception as e:  # noqa: BLE001 - a peer that cannot run is reported, not fatal
             row[f"{peer}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+    for var in variants:
+        row["variants"][var]["tflops"] = flops / (row["variants"][var]["ms"] * 1e-3) / 1e12
     for key in ("samba_ext", *peers):
         if f"{key}_ms" in row:
             row[f"{key}_tflops"] = flops / (row[f"{key}_ms"] * 1e-3) / 1e12
@@ -140,7 +180,8 @@ def prefill_case(L: int, H: int, Hkv: int, hd: int, W: int | None, peers: list[s
 
 
 # ------------------------------------------------------------------ decode ---------------
-def decode_case(B: int, C: int, H: int, Hkv: int, hd: int, copy_bw: float) -> dict:
+def decode_case(B: int, C: int, H: int, Hkv: int, hd: int, copy_bw: float,
+                variants: list[str]) -> dict:
     g = torch.Generator(device="cuda").manual_seed(C + B)
     cache_bytes = 2 * B * C * Hkv * hd * 2
     n_sets = max(2, min(64, -(-512 * 2**20 // cache_bytes)))  # >= 512 MiB in rotation
@@ -154,6 +195,13 @@ def decode_case(B: int, C: int, H: int, Hkv: int, hd: int, copy_bw: float) -> di
     pos = torch.full((B,), C + 123, device="cuda", dtype=torch.int32)
     nv = torch.full((B,), C, device="cuda", dtype=torch.int32)
     calls = 20
+    G = H // Hkv
+    kc, vc = sets[(calls - 1) % n_sets]
+    kk = kc.float().repeat_interleave(G, dim=2)  # (B, C, H, hd); order of slots is irrelevant
+    vv = vc.float().repeat_interleave(G, dim=2)
+    s_ = torch.einsum("bhd,bchd->bhc", q.float(), kk) / hd ** 0.5
+    ref = torch.einsum("bhc,bchd->bhd", s_.softmax(-1), vv)
+    del kk, vv, s_
 
     def burst():
         for i in range(calls):
@@ -161,35 +209,39 @@ def decode_case(B: int, C: int, H: int, Hkv: int, hd: int, copy_bw: float) -> di
             samba_ext.swa_decode(q, kc, vc, pos, nv, out=out)
 
     row: dict = {"kind": "decode", "B": B, "C": C, "H": H, "Hkv": Hkv, "hd": hd,
-                 "bytes": cache_bytes}
-    burst()
-    torch.cuda.synchronize()
-    try:
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.stream(s):
-            burst()  # warm-up on the capture stream
-            torch.cuda.synchronize()
-            with torch.cuda.graph(graph, stream=s):
-                burst()
-        t = median_ms(graph.replay, warmup=2, reps=10) / calls
-        row["timing"] = "graph"
-    except Exception as e:  # noqa: BLE001 - no graph capture: time the eager calls
-        row["timing"] = f"eager ({type(e).__name__})"
-        t = median_ms(burst, warmup=2, reps=10) / calls
-    row["samba_ext_ms"] = t
-    row["bandwidth"] = cache_bytes / (t * 1e-3)
-    row["vs_copy"] = row["bandwidth"] / copy_bw
-    # correctness spot check against a float32 torch computation (the last set)
-    kc, vc = sets[(calls - 1) % n_sets]
-    samba_ext.swa_decode(q, kc, vc, pos, nv, out=out)
-    G = H // Hkv
-    kk = kc.float().repeat_interleave(G, dim=2)  # (B, C, H, hd); order of slots is irrelevant
-    vv = vc.float().repeat_interleave(G, dim=2)
-    s_ = torch.einsum("bhd,bchd->bhc", q.float(), kk) / hd ** 0.5
-    ref = torch.einsum("bhc,bchd->bhd", s_.softmax(-1), vv)
-    row["err_vs_torch"] = rel_err(out, ref)
+                 "bytes": cache_bytes, "variants": {}}
+    for var in variants:
+        set_variant(1, var)
+        r: dict = {}
+        burst()
+        torch.cuda.synchronize()
+        try:
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.stream(s):
+                burst()  # warm-up on the capture stream (v2 sizes its workspace here)
+                torch.cuda.synchronize()
+                with torch.cuda.graph(graph, stream=s):
+                    burst()
+            t = median_ms(graph.replay, warmup=2, reps=10) / calls
+            r["timing"] = "graph"
+            del graph
+        except Exception as e:  # noqa: BLE001 - no graph capture: time the eager calls
+            r["timing"] = f"eager ({type(e).__name__})"
+            t = median_ms(burst, warmup=2, reps=10) / calls
+        r["ms"] = t
+        r["bandwidth"] = cache_bytes / (t * 1e-3)
+        r["vs_copy"] = r["bandwidth"] / copy_bw
+        # correctness spot check against a float32 torch computation (the last set)
+        samba_ext.swa_decode(q, kc, vc, pos, nv, out=out)
+        r["err_vs_torch"] = rel_err(out, ref)
+        row["variants"][var] = r
+    set_variant(1, "auto")
+    best = min(row["variants"], key=lambda x: row["variants"][x]["ms"])
+    row["best"] = best
+    for key in ("ms", "bandwidth", "vs_copy", "timing", "err_vs_torch"):
+        row["samba_ext_" + key if key == "ms" else key] = row["variants"][best][key]
     return row
 
 
@@ -198,16 +250,38 @@ def fmt(x: float | None, spec: str = ".3f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _variants(r: dict) -> dict:
+    """{variant: {"ms": ...}} of a row (a row of an older run has one, "samba_ext")."""
+    return r.get("variants") or {"samba_ext": {"ms": r["samba_ext_ms"]}}
+
+
+def _variant_names(rows: list[dict], kind: str) -> list[str]:
+    names: list[str] = []
+    for r in rows:
+        if (r["kind"] == "decode") == (kind == "decode"):
+            names += [v for v in _variants(r) if v not in names]
+    return names
+
+
+def case_name(r: dict) -> str:
+    if r["kind"] == "decode":
+        return f"decode B={r['B']} C={r['C'] // K}K ({r['H']},{r['Hkv']},d{r['hd']})"
+    return (f"{r['kind']} L={r['L'] // K}K" + (f" W={r['W']}" if r["W"] else "") +
+            f" ({r['H']},{r['Hkv']},d{r['hd']})")
+
+
 def table(rows: list[dict], peers: list[str]) -> list[str]:
-    lines = ["| case | samba_ext ms | TFLOP/s | " + " | ".join(
-        f"{p} ms | {p} TFLOP/s | samba_ext / {p}" for p in peers) + " | max rel. err vs peer |",
-        "|---" * (4 + 3 * len(peers)) + "|"]
+    names = _variant_names(rows, "prefill")
+    lines = ["| case | " + " | ".join(f"{v} ms" for v in names) + " | best | TFLOP/s | " +
+             " | ".join(f"{p} ms | {p} TFLOP/s | best / {p}" for p in peers) +
+             " | max rel. err vs peer |",
+             "|---" * (4 + len(names) + 3 * len(peers)) + "|"]
     for r in rows:
         if r["kind"] == "decode":
             continue
-        name = (f"{r['kind']} L={r['L'] // K}K" + (f" W={r['W']}" if r["W"] else "") +
-                f" ({r['H']},{r['Hkv']},d{r['hd']})")
-        cells = [name, fmt(r["samba_ext_ms"]), fmt(r.get("samba_ext_tflops"), ".0f")]
+        var = _variants(r)
+        cells = [case_name(r)] + [fmt(var.get(v, {}).get("ms")) for v in names]
+        cells += [r.get("best", "-"), fmt(r.get("samba_ext_tflops"), ".0f")]
         errs = []
         for p in peers:
             t = r.get(f"{p}_ms")
@@ -222,38 +296,48 @@ def table(rows: list[dict], peers: list[str]) -> list[str]:
 
 
 def decode_table(rows: list[dict], copy_bw: float) -> list[str]:
+    names = _variant_names(rows, "decode")
     lines = [f"Copy bandwidth (device-to-device, read + write): {copy_bw / 1e12:.2f} TB/s", "",
-             "| case | cache MiB | samba_ext us | GB/s | of copy bw | timing | rel. err |",
-             "|---|---|---|---|---|---|---|"]
+             "| case | cache MiB | " + " | ".join(f"{v} us" for v in names) +
+             " | best | GB/s | of copy bw | timing | max rel. err |",
+             "|---" * (7 + len(names)) + "|"]
     for r in rows:
         if r["kind"] != "decode":
             continue
-        lines.append(f"| decode B={r['B']} C={r['C'] // K}K ({r['H']},{r['Hkv']},d{r['hd']}) | "
-                     f"{r['bytes'] / 2**20:.0f} | {r['samba_ext_ms'] * 1e3:.1f} | "
-                     f"{r['bandwidth'] / 1e9:.0f} | {100 * r['vs_copy']:.0f}% | {r['timing']} | "
-                     f"{r['err_vs_torch']:.1e} |")
+        var = _variants(r)
+        us = [fmt(var[v]["ms"] * 1e3, ".1f") if v in var else "-" for v in names]
+        err = max(x.get("err_vs_torch", r.get("err_vs_torch", 0.0)) for x in var.values())
+        lines.append(f"| {case_name(r)} | {r['bytes'] / 2**20:.0f} | " + " | ".join(us) +
+                     f" | {r.get('best', '-')} | {r['bandwidth'] / 1e9:.0f} | "
+                     f"{100 * r['vs_copy']:.0f}% | {r['timing']} | {err:.1e} |")
     return lines
 
 
+ISSUE_SWA_HEADS = {(32, 4, 64), (12, 12, 128)}  # the heads of issue #17's SWA target
+
+
 def targets(rows: list[dict]) -> list[str]:
-    """Issue #17's targets against this run: met or missed, and by how much."""
+    """Issue #17's targets against this run (fastest variant of each case): met or missed,
+    and by how much."""
     out = ["## Targets (issue #17)", "",
-           "| target | case | ratio / share | met |", "|---|---|---|---|"]
+           "| target | case | ratio / share (variant) | met |", "|---|---|---|---|"]
     for r in rows:
-        if r["kind"] == "swa" and r.get("flex_ms"):
+        best = f" ({r['best']})" if "best" in r else ""
+        if (r["kind"] == "swa" and r.get("flex_ms") and
+                (r["H"], r["Hkv"], r["hd"]) in ISSUE_SWA_HEADS):
             x = r["samba_ext_ms"] / r["flex_ms"]
             out.append(f"| SWA <= 1.0x FlexAttention (goal 0.67x) | L={r['L'] // K}K "
-                       f"({r['H']},{r['Hkv']},d{r['hd']}) | {x:.2f}x | "
+                       f"({r['H']},{r['Hkv']},d{r['hd']}) | {x:.2f}x{best} | "
                        f"{'yes' if x <= 1.0 else f'no, {100 * (x - 1):.0f}% slower'} |")
         elif r["kind"] == "causal" and r.get("sdpa_ms"):
             x = r["samba_ext_ms"] / r["sdpa_ms"]
             out.append(f"| causal <= 1.25x SDPA | L={r['L'] // K}K ({r['H']},{r['Hkv']},"
-                       f"d{r['hd']}) | {x:.2f}x | "
+                       f"d{r['hd']}) | {x:.2f}x{best} | "
                        f"{'yes' if x <= 1.25 else f'no, {100 * (x / 1.25 - 1):.0f}% over'} |")
         elif r["kind"] == "decode":
             x = r["vs_copy"]
             out.append(f"| decode >= 70% of copy bandwidth | B={r['B']} C={r['C'] // K}K | "
-                       f"{100 * x:.0f}% | "
+                       f"{100 * x:.0f}%{best} | "
                        f"{'yes' if x >= 0.7 else f'no, {100 * (0.7 - x):.0f} points short'} |")
     out += ["", "Why a target is missed, and what comes next: gpu_attention_notes.md.", ""]
     return out
@@ -261,13 +345,20 @@ def targets(rows: list[dict]) -> list[str]:
 
 def render(meta: dict, rows: list[dict], peers: list[str]) -> list[str]:
     """The markdown report of one run."""
-    knob = (f"SAMBA_EXT_ATTN_ROWS={meta['attn_rows']}" if "attn_rows" in meta else
-            f"SAMBA_EXT_ATTN_WARPS={meta.get('attn_warps', '4')}")
+    if "variants" in meta:
+        knob = "variants " + ", ".join(meta["variants"])
+    elif "attn_rows" in meta:
+        knob = f"SAMBA_EXT_ATTN_ROWS={meta['attn_rows']}"
+    else:
+        knob = f"SAMBA_EXT_ATTN_WARPS={meta.get('attn_warps', '4')}"
     return ["# GPU attention: samba_ext vs FlexAttention and SDPA", "",
             (f"{meta['date']}, commit {meta['commit']}, {meta['device']}, torch {meta['torch']}, "
              f"command `{meta['command']}` ({knob})."), "",
-            ("bf16, batch 1; times are medians of CUDA-event timings after warm-up; TFLOP/s "
-             "count 4 * hd * H FLOPs per (query, key) pair inside the window."), "",
+            ("bf16, batch 1 (prefill); times are medians of CUDA-event timings after warm-up; "
+             "TFLOP/s count 4 * hd * H FLOPs per (query, key) pair inside the window. One column "
+             "per samba_ext variant (prefill v1 attention_mma.cu, v2 / v3 attention_mma_v2.cu; "
+             "decode v1 attention_decode.cu, v2 attention_decode_v2.cu); best = the fastest, "
+             "which the TFLOP/s, ratio and bandwidth columns use."), "",
             *table(rows, peers), "", *decode_table(rows, meta["copy_bandwidth"]), "",
             *targets(rows)]
 
@@ -302,6 +393,9 @@ def main() -> int:
     ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT"))
     ap.add_argument("--prefill-only", action="store_true", help="skip the decode cases")
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--variants", default="v1,v2,v3",
+                    help="comma-separated samba_ext variants to time: v1, v2, v3 (prefill "
+                         "only) or auto (the default choice)")
     ap.add_argument("--render", metavar="JSON",
                     help="rewrite DIR/gpu_attention.md from a saved gpu_attention.json (no GPU)")
     args = ap.parse_args()
@@ -323,11 +417,18 @@ def main() -> int:
         except Exception:  # noqa: BLE001 - no git: the commit is unknown
             commit = "unknown"
     peers = ["sdpa"] if args.no_flex else ["flex", "sdpa"]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in variants if v not in ("auto", "v1", "v2", "v3")]
+    if bad or not variants:
+        print(f"--variants: expected a list of auto, v1, v2, v3; got {args.variants!r}",
+              file=sys.stderr)
+        return 2
+    dec_variants = [v for v in variants if v != "v3"] or ["auto"]
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "commit": commit, "device": torch.cuda.get_device_name(),
             "torch": torch.__version__, "command": "python3 benchmarks/gpu_attention.py " +
             " ".join(_args_without_out(sys.argv[1:])),
-            "attn_rows": os.environ.get("SAMBA_EXT_ATTN_ROWS", "default"),
+            "variants": variants,
             "copy_bandwidth": copy_bandwidth()}
     rows: list[dict] = []
 
@@ -345,15 +446,15 @@ def main() -> int:
         report()
 
     lens = [4 * K, 32 * K] if args.quick else [4 * K, 32 * K, 128 * K]
-    for H, Hkv, hd in ((32, 4, 64), (12, 12, 128)):
-        for L in lens:
-            add(prefill_case(L, H, Hkv, hd, 2048, peers, args.reps))
+    for H, Hkv, hd in ((32, 4, 64), (12, 12, 128), (32, 32, 96)):
+        for L in (lens if hd != 96 else [4 * K, 32 * K]):
+            add(prefill_case(L, H, Hkv, hd, 2048, peers, args.reps, variants))
     for L in (4 * K, 32 * K):
-        add(prefill_case(L, 32, 4, 64, None, peers, args.reps))
+        add(prefill_case(L, 32, 4, 64, None, peers, args.reps, variants))
     caches = [4 * K, 32 * K, 128 * K] if args.quick else [4 * K, 16 * K, 32 * K, 64 * K, 128 * K]
     for B in () if args.prefill_only else (1, 16):
         for C in caches:
-            add(decode_case(B, C, 32, 4, 64, meta["copy_bandwidth"]))
+            add(decode_case(B, C, 32, 4, 64, meta["copy_bandwidth"], dec_variants))
     print("\n".join(report()))
     return 0
 

@@ -4,16 +4,23 @@ Usage (GPU machine, repository root, extension built):
     python benchmarks/gpu_model_profile.py [--configs samba-1.7b,samba-1.7b:llama] [--lengths 4096,32768]
 
 For each config (random bfloat16 weights) and prompt length (batch 1): the plain prefill time
-(CUDA synchronised at the end only), then one more prefill with every ``CUDABackend`` method
+(CUDA synchronised at the end only) and the host time of the same call with
+``logits="device"`` (how long Python takes to queue the work: when it is close to the plain
+time the prefill is host-bound), then one more prefill with every ``CUDABackend`` method
 wrapped so that the device is synchronised after it; the table lists each method's share of
-that time, with its call count and the mean wall time per call. With ``--hf`` the same lengths
-are timed with transformers' ``LlamaForCausalLM`` of the config's shapes (bf16, SDPA).
+that time, with its call count and the mean wall time per call. Decode: ms per step at batch
+1 and 16 after 4 warm-up steps, with the backend's graph counters (captures, replays, direct
+replays that skipped the model's Python code, eager steps) over the timed steps. With
+``--hf`` the same lengths are timed with transformers' ``LlamaForCausalLM`` of the config's
+shapes (bf16, SDPA). ``--chunk 0`` (default) uses the backend's default prefill chunk;
+``--act float32`` selects float32 activations (``SAMBA_EXT_CUDA_ACTIVATIONS``).
 """
 from __future__ import annotations
 
 import argparse
 import collections
 import functools
+import os
 import time
 
 import numpy as np
@@ -42,20 +49,30 @@ def profile(spec: str, lengths: list[int], chunk: int) -> None:
     from samba_ext.cuda import runtime
     from samba_ext.eval.throughput import resolve_config
 
-    model = Samba(resolve_config(spec), seed=0, device="cuda")
+    from samba_ext.backend_cuda import CUDABackend
+
+    be0 = CUDABackend()
+    model = Samba(resolve_config(spec), seed=0, device=be0)
+    print(f"\n# {spec}: {be0!r}", flush=True)
     V = model.config.vocab_size
     rng = np.random.default_rng(0)
     sync = runtime.synchronize
-    model.prefill(rng.integers(0, V, (1, 512)), model.new_state(1), chunk_size=chunk)
+    cs = chunk or None
+    model.prefill(rng.integers(0, V, (1, 512)), model.new_state(1), chunk_size=cs)
     sync()
     for L in lengths:
         x = rng.integers(0, V, (1, L))
+        used = cs or be0.default_chunk(model.config, 1, L)
         t0 = time.perf_counter()
-        model.prefill(x, model.new_state(1), chunk_size=chunk)
+        model.prefill(x, model.new_state(1), chunk_size=cs)
         sync()
         t = time.perf_counter() - t0
-        print(f"\n## {spec} prefill 1 x {L} (chunk {chunk}): {t * 1e3:.1f} ms, "
-              f"{L / t:,.0f} tokens/s", flush=True)
+        t0 = time.perf_counter()
+        model.prefill(x, model.new_state(1), chunk_size=cs, logits="device")
+        th = time.perf_counter() - t0
+        sync()
+        print(f"\n## {spec} prefill 1 x {L} (chunk {used}): {t * 1e3:.1f} ms, "
+              f"{L / t:,.0f} tokens/s (host time to queue it: {th * 1e3:.1f} ms)", flush=True)
         if L > 32768:
             continue
         stats: dict = collections.defaultdict(lambda: [0, 0.0])
@@ -63,7 +80,7 @@ def profile(spec: str, lengths: list[int], chunk: int) -> None:
         saved = dict(be.__dict__)
         _wrap(be, stats, sync)
         t0 = time.perf_counter()
-        model.prefill(x, model.new_state(1), chunk_size=chunk)
+        model.prefill(x, model.new_state(1), chunk_size=cs)
         sync()
         tw = time.perf_counter() - t0
         be.__dict__.clear()
@@ -77,17 +94,28 @@ def profile(spec: str, lengths: list[int], chunk: int) -> None:
     # decode, batch 1 and 16 (graph replay after warm-up)
     for B in (1, 16):
         st = model.new_state(B)
-        model.prefill(rng.integers(0, V, (B, 64)), st, chunk_size=chunk)
+        model.prefill(rng.integers(0, V, (B, 64)), st, chunk_size=cs)
         tok = rng.integers(0, V, (B,))
         for _ in range(4):
             model.step(tok, st)
         sync()
         n = 32
+        before = dict(be0.stats)
         t0 = time.perf_counter()
         for _ in range(n):
             model.step(tok, st)
         sync()
-        print(f"{spec} decode batch {B}: {(time.perf_counter() - t0) / n * 1e3:.2f} ms/step")
+        dt = (time.perf_counter() - t0) / n
+        t0 = time.perf_counter()
+        for _ in range(n):
+            model.step(tok, st, logits="device")
+        sync()
+        dd = (time.perf_counter() - t0) / n
+        diff = {k: v - before.get(k, 0) for k, v in be0.stats.items()}
+        print(f"{spec} decode batch {B}: {dt * 1e3:.2f} ms/step (NumPy logits), "
+              f"{dd * 1e3:.2f} ms/step (device logits); backend counters over these "
+              f"{2 * n} steps: {diff}", flush=True)
+    print(f"{spec} backend counters (whole run): {be0.stats}", flush=True)
     del model
 
 
@@ -121,9 +149,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--configs", default="samba-1.7b,samba-1.7b:llama")
     ap.add_argument("--lengths", default="4096,32768")
-    ap.add_argument("--chunk", type=int, default=2048)
+    ap.add_argument("--chunk", type=int, default=0, help="prefill chunk (0: backend default)")
+    ap.add_argument("--act", default=None, help="activation dtype: bfloat16 | float32")
     ap.add_argument("--hf", action="store_true")
     a = ap.parse_args()
+    if a.act:
+        os.environ["SAMBA_EXT_CUDA_ACTIVATIONS"] = a.act
     lengths = [int(v) for v in a.lengths.split(",")]
     for spec in a.configs.split(","):
         profile(spec, lengths, a.chunk)

@@ -92,7 +92,7 @@ class CPUBackend(Backend):
     def transpose(self, x):
         return np.ascontiguousarray(np.swapaxes(x, -1, -2))
 
-    def take(self, x, idx, axis):
+    def take(self, x, idx, axis, dtype=None):
         return np.take(x, idx, axis=axis)
 
     def put(self, dst, idx, src, axis):
@@ -101,7 +101,7 @@ class CPUBackend(Backend):
     def write_rows(self, dst, slots, src):
         dst[np.arange(dst.shape[0]), slots] = src
 
-    def matmul(self, a, b, trans_a=False, trans_b=False):
+    def matmul(self, a, b, trans_a=False, trans_b=False, dtype=None):
         if trans_a:
             a = np.swapaxes(a, -1, -2)
         if trans_b:

@@ -18,9 +18,18 @@ model relies only on these array features, which NumPy, CuPy and torch all have:
   last axis is split;
 * basic slicing with integer ranges (``x[:, a:b]``, ``x[:, -1]``), returning views.
 
-Everything else goes through the methods below. Unless stated otherwise arrays are float32;
-index arrays and positions are host ``numpy`` int64 arrays (a device backend copies them).
-Methods return new arrays unless they say "in place".
+Everything else goes through the methods below. Activations are float32 on the CPU; a
+device backend may keep them in a lower precision (``act_dtype``: the CUDA backend's default
+is bfloat16), while the residual stream, recurrent states and logits stay float32 (see each
+method). Index arrays and positions are host ``numpy`` int64 arrays (a device backend
+copies them) or int64 arrays made by :meth:`Backend.asarray` / :meth:`Backend.step_inputs`
+(already on the device: used as they are, unchecked). Methods return new arrays unless they
+say "in place".
+
+Decode steps may be replayed (:meth:`Backend.replay_step`): :meth:`Samba.step` passes every
+per-step host value (tokens, positions, ring slots, valid counts) through one
+:meth:`Backend.step_inputs` array, so a backend that recorded a step can run it again with
+new inputs without running the model's Python code.
 """
 from __future__ import annotations
 
@@ -38,11 +47,46 @@ class Backend:
 
     name: str = "abstract"
     device: str = "none"
+    #: dtype name of activations between kernels (GEMM outputs, q/k/v, MLP)
+    act_dtype: str = "float32"
+    #: dtype name of the attention key/value caches of a new state
+    cache_dtype: str = "float32"
+    #: prefill chunk used when the caller gives none (see :meth:`default_chunk`)
+    default_chunk_size: int = 2048
 
-    def begin_step(self) -> None:
+    def default_chunk(self, cfg: Any, batch: int, length: int) -> int:
+        """The prefill chunk size when the caller gives none: ``default_chunk_size``."""
+        return self.default_chunk_size
+
+    # ------------------------------------------------------------------ decode steps ---
+    def step_key(self, tag: Any, arrays: Sequence[Array]) -> Any:
+        """A key identifying a decode step's launch sequence (``tag``: the model and batch;
+        ``arrays``: the state arrays it updates), or None when the backend does not replay
+        steps (the default)."""
+        return None
+
+    def replay_step(self, key: Any, inputs: np.ndarray) -> Any:
+        """Run the decode step recorded under ``key`` again with new host ``inputs`` (the
+        int64 array :meth:`step_inputs` was given when it was recorded, same shape) and
+        return its logits (float32, a new array), or None when there is none (the default):
+        the caller then runs the step (:meth:`begin_step` ... :meth:`end_step`)."""
+        return None
+
+    def begin_step(self, key: Any = None) -> None:
         """Called by :meth:`Samba.step` before its first backend call. A backend may record the
-        step's launches from here until the step asks for its logits (``to_numpy``); the CUDA
-        backend captures them into a CUDA graph. The default does nothing."""
+        step's launches from here until :meth:`end_step` (or ``to_numpy``); the CUDA backend
+        captures them into a CUDA graph, kept under ``key`` for :meth:`replay_step`. The
+        default does nothing."""
+
+    def step_inputs(self, host: np.ndarray) -> Array:
+        """The step's host int64 inputs as an index array of the backend (the values a replay
+        replaces). The default returns ``host`` itself."""
+        return host
+
+    def end_step(self, logits: Array) -> Array:
+        """Ends the step opened by :meth:`begin_step`; returns its logits as an array that
+        later steps do not overwrite. The default returns ``logits``."""
+        return logits
 
     # ---------------------------------------------------------------- arrays and copies ---
     def asarray(self, a: np.ndarray, dtype: Any = np.float32) -> Array:
@@ -69,9 +113,10 @@ class Backend:
         """New C-contiguous array with the last two axes swapped (x may be a strided view)."""
         raise NotImplementedError
 
-    def take(self, x: Array, idx: np.ndarray, axis: int) -> Array:
-        """Gather ``x`` along ``axis`` at host int64 indices ``idx`` (any shape; the result has
-        idx's shape in place of that axis). Embedding lookup: ``take(wte, ids, 0)``."""
+    def take(self, x: Array, idx: np.ndarray, axis: int, dtype: Any = None) -> Array:
+        """Gather ``x`` along ``axis`` at int64 indices ``idx`` (any shape; the result has
+        idx's shape in place of that axis). Embedding lookup: ``take(wte, ids, 0,
+        np.float32)``. dtype: of the result (None: x's; the CPU backend is float32 always)."""
         raise NotImplementedError
 
     def put(self, dst: Array, idx: np.ndarray, src: Array, axis: int) -> None:
@@ -84,20 +129,24 @@ class Backend:
         raise NotImplementedError
 
     # ---------------------------------------------------------------------------- GEMM ---
-    def matmul(self, a: Array, b: Array, trans_a: bool = False, trans_b: bool = False) -> Array:
+    def matmul(self, a: Array, b: Array, trans_a: bool = False, trans_b: bool = False,
+               dtype: Any = None) -> Array:
         """``op(a) @ op(b)`` over the last two axes, op = transpose of the last two axes when
         the flag is set; leading (batch) axes broadcast as in ``numpy.matmul`` (a 2-D weight
-        against a 3-D batch). float32 in, float32 out (accumulation in float32 or better)."""
+        against a 3-D batch). Accumulation in float32 or better; the result is ``dtype``
+        (None: ``act_dtype``; ``np.float32`` for logits). The CPU backend is float32 always."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------------- kernels ---
     # Same arguments and semantics as the functions of samba_ext.kernels (see there).
     def rms_norm(self, x, weight, eps, residual=None):
-        """(..., n) -> y, or (y, x + residual) when residual is given."""
+        """(..., n) -> y, or (y, x + residual) when residual is given. y is an activation
+        (``act_dtype``); x + residual has residual's dtype (the float32 residual stream)."""
         raise NotImplementedError
 
     def apply_rotary(self, x, positions, base):
-        """x (B, L, H, hd); positions host int64 (B, L) absolute. NeoX half split."""
+        """x (B, L, H, hd); positions int64 (B, L) absolute, or an int (the first position of
+        every row). NeoX half split."""
         raise NotImplementedError
 
     def swiglu(self, gate, up):

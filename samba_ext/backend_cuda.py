@@ -6,22 +6,34 @@ code path on one GPU through this class:
 * Arrays are :class:`samba_ext.DeviceArray` (strided views for the model's slices). Weights
   are uploaded once: matrices (2-D, both sides >= 32, not Mamba's all-negative ``A``) in
   bfloat16 by default (``CUDABackend(weight_dtype="float32")`` or the environment variable
-  ``SAMBA_EXT_CUDA_WEIGHTS=float32`` keep float32), everything else in float32. Activations,
-  the residual stream, the SSM / conv states and the KV caches are float32.
-* GEMMs: cuBLAS (cublasGemmStridedBatchedEx, CUBLAS_COMPUTE_32F). A float32 activation
-  times a bfloat16 weight is rounded to bfloat16 first (float32 accumulation, float32 out).
-* Only the logits the model asks for are copied back (``to_numpy``).
+  ``SAMBA_EXT_CUDA_WEIGHTS=float32`` keep float32), everything else in float32.
+* Activations (``act_dtype``): bfloat16 by default (float32 when the weights are not
+  bfloat16); ``CUDABackend(act_dtype="float32")`` or ``SAMBA_EXT_CUDA_ACTIVATIONS=float32``
+  select float32. Every GEMM writes the activation dtype (float32 accumulation), so q / k / v,
+  the attention key/value caches, the MLP and the Mamba projections are bfloat16 and the
+  attention runs on the tensor cores (csrc/cuda/attention_mma.cu, attention_decode.cu). The
+  residual stream (the fused rms_norm + residual add keeps the sum in float32), the SSM and
+  conv states, the normalisation arithmetic and the logits (float32 GEMM output) stay float32.
+* GEMMs: cuBLAS (cublasGemmStridedBatchedEx, CUBLAS_COMPUTE_32F).
+* Nothing is copied to the host inside ``prefill`` / ``step`` except what the caller asks
+  for (the logits, when returned as NumPy). Index arrays that are runs of consecutive indices
+  (the ring-buffer reads and writes of a prefill chunk) become strided copies, so a prefill
+  uploads only its tokens.
 * Decode: a :meth:`Samba.step` is recorded instead of run. ``Samba.step`` calls
   :meth:`CUDABackend.begin_step` before its first backend call, which opens a recording:
   every kernel, copy and GEMM of the step is deferred and every array comes from a fixed
-  device arena; host inputs (tokens, positions, ring slots, valid counts) are copied at once
-  into arena slots, i.e. device memory the kernels read. When the step asks for its logits, the recorded launches are
-  captured once into a CUDA graph (keyed by the exact launch sequence: shapes, pointers) and
-  the graph is launched; later steps with the same state arrays replay it, so only the
-  small host-to-device copies and one graph launch are issued per step. A step that does
-  not fit the arena (the first step, or the first after a change of batch size or of a
-  cache's capacity) runs eagerly, its extra buffers held by the recorder until its launches
-  are issued, and grows the arena for the next one.
+  device arena; the step's host inputs (tokens, positions, ring slots, valid counts: one
+  int64 array, :meth:`step_inputs`) are copied at once into an arena slot. At
+  :meth:`end_step` the recorded launches are captured once into a CUDA graph (keyed by the
+  exact launch sequence: shapes, pointers) and the graph is launched. The step is also kept
+  under the model's step key (model, batch, the state arrays' addresses): the next step with
+  that key is a direct replay (:meth:`replay_step`): one host-to-device copy of the new
+  inputs and one graph launch, without running the model's Python code. A step that does not
+  fit the arena (the first step, or the first after a change of batch size or of a cache's
+  capacity) runs eagerly, its extra buffers held by the recorder until its launches are
+  issued, and grows the arena for the next one. ``stats`` counts ``captures``, ``replays``
+  (graph launches without capture; ``direct_replays`` of them skipped the recording) and
+  ``eager_steps``.
 """
 from __future__ import annotations
 
@@ -36,7 +48,7 @@ from .cuda import ops as cuda_ops
 from .cuda import runtime
 from .cuda.array import DeviceArray, to_device, zeros
 from .cuda.blas import matmul
-from .cuda.layout import DTYPES, FLOATS, host_contig
+from .cuda.layout import DTYPES, check_dtype, host_contig
 from .cuda.runtime import launch
 from .errors import CudaUnavailableError
 
@@ -44,6 +56,31 @@ __all__ = ["CUDABackend"]
 
 _ALIGN = 256
 _MAX_GRAPHS = 8
+_MAX_RUNS = 4          # index arrays of at most this many runs of consecutive values are copied
+                       # as strided slices (no index upload)
+_CHUNKS = (16384, 8192, 4096, 2048)   # default prefill chunk: the largest that fits the budget
+
+
+def _dtname(dtype: Any) -> Optional[str]:
+    """A dtype (NumPy type, name string or None) -> samba_ext.cuda dtype name (or None)."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        return check_dtype(dtype)
+    k = np.dtype(dtype)
+    return "int64" if k.kind in "iu" else check_dtype(k.name if k.itemsize <= 4 else "float32")
+
+
+def _runs(ii: np.ndarray) -> Optional[list]:
+    """[(first position in ii, first value, length)] of the runs of consecutive values of the
+    1-D index array ii, or None when there are more than _MAX_RUNS."""
+    if ii.size == 0:
+        return []
+    starts = np.flatnonzero(np.diff(ii) != 1) + 1
+    if starts.size >= _MAX_RUNS:
+        return None
+    b = [0] + starts.tolist() + [int(ii.size)]
+    return [(b[i], int(ii[b[i]]), b[i + 1] - b[i]) for i in range(len(b) - 1)]
 
 
 class _Arena:
@@ -89,6 +126,8 @@ class _StepRecorder:
         self.requested = 0  # bytes this step asks for (sizes the arena)
         self.held: list = []  # buffers allocated outside the arena, freed after the step
         self.keep: list = []  # arrays the deferred launches read or write (see hold)
+        self.uploads = 0      # host-to-device copies issued while recording
+        self.inputs: Optional[DeviceArray] = None  # the step_inputs array (replaced on replay)
 
     def alloc(self, n: int) -> Optional[tuple]:
         if n == 0:
@@ -126,7 +165,7 @@ class CUDABackend(Backend):
     name = "cuda"
 
     def __init__(self, device: str = "cuda", weight_dtype: Optional[str] = None,
-                 graphs: bool = True) -> None:
+                 graphs: bool = True, act_dtype: Optional[str] = None) -> None:
         self.cu = runtime.require()  # CudaUnavailableError says why when CUDA cannot run
         dev = str(device).lower()
         if dev == "cuda":
@@ -145,6 +184,12 @@ class CUDABackend(Backend):
             raise ValueError(f"weight_dtype: expected 'bfloat16', 'float16' or 'float32', got "
                              f"{wd!r}")
         self.weight_dtype = wd
+        ad = act_dtype or os.environ.get("SAMBA_EXT_CUDA_ACTIVATIONS") or (
+            "bfloat16" if wd == "bfloat16" else "float32")
+        if ad not in ("bfloat16", "float32"):
+            raise ValueError(f"act_dtype: expected 'bfloat16' or 'float32', got {ad!r}")
+        self.act_dtype = ad
+        self.cache_dtype = ad
         self.graphs = bool(graphs)
         self.cu.set_device(idx)
         # A non-blocking stream of our own (the legacy stream cannot be captured). It is never
@@ -154,16 +199,85 @@ class CUDABackend(Backend):
         self._arena_need = 0
         self._rec: Optional[_StepRecorder] = None
         self._graphs: "collections.OrderedDict[Any, int]" = collections.OrderedDict()
-        self.stats = {"captures": 0, "replays": 0, "eager_steps": 0}
+        self._replay: dict = {}    # step key -> (graph key, inputs array, logits array)
+        self._step_key: Any = None
+        self.stats = {"captures": 0, "replays": 0, "direct_replays": 0, "eager_steps": 0}
 
     def __repr__(self) -> str:
         return (f"CUDABackend(device={self.device!r}, weight_dtype={self.weight_dtype!r}, "
-                f"graphs={self.graphs})")
+                f"act_dtype={self.act_dtype!r}, graphs={self.graphs})")
+
+    # ---------------------------------------------------------------- prefill chunk ---
+    def default_chunk(self, cfg: Any, batch: int, length: int) -> int:
+        """The largest of 16384, 8192, 4096 tokens whose working set (the estimate of
+        samba_ext.memory.memory_needed) fits in a quarter of the device memory that this
+        process's memory pool does not hold; 2048 otherwise. Larger chunks make the GEMMs
+        and kernels of a chunk fewer and larger (less launch overhead per token)."""
+        from .memory import memory_needed
+
+        total = int(self.cu.device_info(self.index).get("total_memory", 0))
+        used = int(self.cu.pool_stats(self.index).get("used", 0))
+        budget = max(total - used, 0) // 4
+        for cs in _CHUNKS:
+            if memory_needed(cfg, max(batch, 1), max(length, 1), cs, None, "last")[0] <= budget:
+                return cs
+        return _CHUNKS[-1]
 
     # ---------------------------------------------------------------- recording -------
-    def begin_step(self) -> None:
-        """Start recording a decode step (see the module docstring); no-op with graphs=False."""
+    def step_key(self, tag: Any, arrays: Sequence[Any]) -> Any:
+        """(tag, the arrays' addresses, shapes and dtypes): a recorded step reads and writes
+        exactly those buffers, so any state whose arrays sit there may replay it."""
+        if not self.graphs:
+            return None
+        return (tag, tuple((a.ptr, a.shape, a.dtype) for a in arrays))
+
+    def replay_step(self, key: Any, inputs: np.ndarray) -> Any:
+        """Direct replay (see the module docstring): copy ``inputs`` into the recorded step's
+        input slot, launch its graph, return a copy of its logits (None: not recorded)."""
+        ent = self._replay.get(key) if key is not None else None
+        if ent is None:
+            return None
+        gkey, dev_in, out = ent
+        g = self._graphs.get(gkey)
+        h = host_contig(np.asarray(inputs), np.int64)
+        if g is None or h.shape != dev_in.shape:
+            del self._replay[key]
+            return None
+        if self._rec is not None:
+            self._end_step()
+        self.cu.memcpy_h2d(dev_in.ptr, h.reshape(-1).view(np.uint8), self.stream)
+        self._graphs.move_to_end(gkey)
+        self.cu.graph_launch(g, self.stream)
+        self.stats["replays"] += 1
+        self.stats["direct_replays"] += 1
+        return out.copy()
+
+    def begin_step(self, key: Any = None) -> None:
+        """Start recording a decode step (see the module docstring); no-op with graphs=False.
+        ``key``: the :meth:`step_key` a direct replay of this step will be looked up by."""
         self._begin_step()
+        self._step_key = key
+
+    def step_inputs(self, host: np.ndarray) -> Any:
+        """The step's int64 inputs on the device (an arena slot while recording)."""
+        d = self._ints(host)
+        if self._rec is not None:
+            self._rec.inputs = d
+        return d
+
+    def end_step(self, logits: Any) -> Any:
+        """Issue the recorded step (capture / replay / eager), keep it for direct replay when
+        it was captured and its only upload was :meth:`step_inputs`; returns a copy of the
+        logits outside the arena (the next step reuses the arena)."""
+        rec, key = self._rec, self._step_key
+        self._step_key = None
+        if rec is None:
+            return logits
+        gkey = self._end_step()
+        if (gkey is not None and key is not None and rec.inputs is not None
+                and rec.uploads == 1 and isinstance(logits, DeviceArray)):
+            self._replay[key] = (gkey, rec.inputs, logits)
+        return self._dev(logits).copy()
 
     def _begin_step(self) -> None:
         if self._rec is not None:
@@ -171,7 +285,7 @@ class CUDABackend(Backend):
         if not self.graphs:
             return
         if self._arena_need and (self._arena is None or self._arena.size < self._arena_need):
-            self._free_graphs()  # the graphs point into the old arena
+            self._free_graphs()  # the graphs (and direct replays) point into the old arena
             self._arena = None
             self._arena = _Arena(self.cu, self.index, self.stream,
                                  int(self._arena_need * 1.25) + (1 << 20))
@@ -185,10 +299,11 @@ class CUDABackend(Backend):
             runtime.set_recorder(None)
         self._rec = None
 
-    def _end_step(self) -> None:
+    def _end_step(self) -> Any:
+        """Issue the open recording; returns its graph key when it ran as a graph."""
         rec = self._rec
         if rec is None:
-            return
+            return None
         runtime.set_recorder(None)
         self._rec = None
         self._arena_need = max(self._arena_need, rec.requested)
@@ -201,7 +316,7 @@ class CUDABackend(Backend):
                 fn(*args)
             rec.held.clear()
             rec.keep.clear()
-            return
+            return None
         key = tuple((getattr(fn, "__name__", repr(fn)), args) for fn, args in rec.calls)
         g = self._graphs.get(key)
         if g is None:
@@ -227,11 +342,13 @@ class CUDABackend(Backend):
         self.cu.graph_launch(g, self.stream)
         rec.held.clear()   # frees queued behind the launch
         rec.keep.clear()
+        return key
 
     def _free_graphs(self) -> None:
         for g in self._graphs.values():
             self.cu.graph_free(g)
         self._graphs.clear()
+        self._replay.clear()
 
     class _Persistent:
         """Allocations that must outlive a step (weights, states, caches) bypass the arena."""
@@ -254,16 +371,33 @@ class CUDABackend(Backend):
     def _dev(self, x: Any) -> Any:
         if isinstance(x, DeviceArray):
             return x
+        if self._rec is not None:
+            self._rec.uploads += 1
         return to_device(np.asarray(x, dtype=np.float32), "float32", self.index,
                               self.stream)
 
     def _ints(self, a: Any) -> Any:
-        """Host integers -> int64 DeviceArray (an arena slot during a recorded step)."""
+        """Host integers -> int64 DeviceArray (an arena slot during a recorded step); a
+        DeviceArray of integers is returned as is (C-contiguous)."""
+        if isinstance(a, DeviceArray):
+            if a.dtype not in ("int64", "int32"):
+                raise TypeError(f"indices: expected an integer array, got {a.dtype}")
+            return a if a.is_contiguous else a.copy()
         h = host_contig(np.asarray(a), np.int64)
         d = DeviceArray.empty(h.shape, "int64", self.index, self.stream)
         if h.size:
+            if self._rec is not None:
+                self._rec.uploads += 1
             self.cu.memcpy_h2d(d.ptr, h.reshape(-1).view(np.uint8), self.stream)
         return d
+
+    def _host_index(self, idx: Any, n: int, what: str, axis: int) -> np.ndarray:
+        """Host indices -> flat int64 in [0, n) (negative ones counted from the end)."""
+        ii = np.asarray(idx, dtype=np.int64).reshape(-1)
+        ii = np.where(ii < 0, ii + n, ii)
+        if ii.size and (ii.min() < 0 or ii.max() >= n):
+            raise IndexError(f"{what}: index out of range for axis {axis} of size {n}")
+        return ii
 
     def _copy(self, dst: Any, src: Any, shape: Sequence[int], src_strides: Sequence[int],
               dst_strides: Sequence[int], axis: int = -1, sidx: Any = None,
@@ -299,7 +433,9 @@ class CUDABackend(Backend):
         return np.asarray(x)
 
     def zeros(self, shape: Sequence[int], dtype: Any = np.float32) -> Any:
-        name = "int64" if np.dtype(dtype).kind in "iu" else "float32"
+        """Zero-filled array: dtype a NumPy type (integers -> int64, floats -> float32) or a
+        samba_ext.cuda dtype name ("bfloat16" for the caches of a bfloat16 backend)."""
+        name = _dtname(dtype)
         with self._Persistent():
             return zeros(tuple(int(s) for s in shape), name, self.index, self.stream)
 
@@ -344,66 +480,105 @@ class CUDABackend(Backend):
             return out
         return self._guard(run)
 
-    def take(self, x: Any, idx: np.ndarray, axis: int) -> Any:
+    def _axis_view(self, a: Any, ax: int, lo: int, n: int) -> Any:
+        return a[(slice(None),) * ax + (slice(lo, lo + n),)]
+
+    def take(self, x: Any, idx: Any, axis: int, dtype: Any = None) -> Any:
+        """Gather along axis; idx host integers (checked) or a DeviceArray of int64 (used as
+        is: the caller guarantees the range). Host indices that form at most _MAX_RUNS runs
+        of consecutive values are copied as slices (no upload). dtype: the result's (None:
+        x's)."""
         x = self._dev(x)
-        idx = np.asarray(idx)
         ax = axis + x.ndim if axis < 0 else axis
+        dt = x.dtype if dtype is None else _dtname(dtype)
 
         def run() -> Any:
             n = x.shape[ax]
-            ii = np.asarray(idx, dtype=np.int64).reshape(-1)
-            ii = np.where(ii < 0, ii + n, ii)
-            if ii.size and (ii.min() < 0 or ii.max() >= n):
-                raise IndexError(f"take: index out of range for axis {axis} of size {n}")
-            dt = "float32" if x.dtype in FLOATS else x.dtype
-            flat = x.shape[:ax] + (ii.size,) + x.shape[ax + 1:]
+            if isinstance(idx, DeviceArray):
+                di, ishape, size, runs = self._ints(idx), idx.shape, idx.size, None
+            else:
+                ih = np.asarray(idx)
+                ii = self._host_index(ih, n, "take", axis)
+                di, ishape, size, runs = None, ih.shape, ii.size, _runs(ii)
+            flat = x.shape[:ax] + (size,) + x.shape[ax + 1:]
             out = DeviceArray.empty(flat, dt, self.index, self.stream)
             if out.size:
-                di = self._ints(ii)
-                self._copy(out, x, flat, x.strides, out.strides, ax, sidx=di)
-            return out.reshape(x.shape[:ax] + idx.shape + x.shape[ax + 1:])
+                if runs is not None:
+                    for at, v0, m in runs:
+                        sv, dv = self._axis_view(x, ax, v0, m), self._axis_view(out, ax, at, m)
+                        self._copy(dv, sv, sv.shape, sv.strides, dv.strides)
+                else:
+                    if di is None:
+                        di = self._ints(ii)
+                    self._copy(out, x, flat, x.strides, out.strides, ax, sidx=di)
+            return out.reshape(x.shape[:ax] + tuple(ishape) + x.shape[ax + 1:])
         return self._guard(run)
 
-    def put(self, dst: Any, idx: np.ndarray, src: Any, axis: int) -> None:
+    def put(self, dst: Any, idx: Any, src: Any, axis: int) -> None:
+        """dst[..., idx, ...] = src along axis (idx as in :meth:`take`)."""
         def run() -> None:
             ax = axis + dst.ndim if axis < 0 else axis
-            ii = np.asarray(idx, dtype=np.int64).reshape(-1)
             n = dst.shape[ax]
-            ii = np.where(ii < 0, ii + n, ii)
-            if ii.size and (ii.min() < 0 or ii.max() >= n):
-                raise IndexError(f"put: index out of range for axis {axis} of size {n}")
+            if isinstance(idx, DeviceArray):
+                di, size, runs = self._ints(idx).reshape(-1), idx.size, None
+            else:
+                ii = self._host_index(idx, n, "put", axis)
+                di, size, runs = None, ii.size, _runs(ii)
             s = self._dev(src)
-            want = dst.shape[:ax] + (ii.size,) + dst.shape[ax + 1:]
+            want = dst.shape[:ax] + (size,) + dst.shape[ax + 1:]
             if s.shape != want:
                 raise ValueError(f"put: src shape {s.shape}, expected {want}")
-            if s.size:
-                self._copy(dst, s, s.shape, s.strides, dst.strides, ax, didx=self._ints(ii))
+            if not s.size:
+                return
+            if runs is not None:
+                for at, v0, m in runs:
+                    sv, dv = self._axis_view(s, ax, at, m), self._axis_view(dst, ax, v0, m)
+                    self._copy(dv, sv, sv.shape, sv.strides, dv.strides)
+                return
+            if di is None:
+                di = self._ints(ii)
+            self._copy(dst, s, s.shape, s.strides, dst.strides, ax, didx=di)
         self._guard(run)
 
-    def write_rows(self, dst: Any, slots: np.ndarray, src: Any) -> None:
+    def write_rows(self, dst: Any, slots: Any, src: Any) -> None:
+        """dst[b, slots[b]] = src[b]; slots host (checked) or a device int64 (B,) array."""
         def run() -> None:
             s = self._dev(src)
             B = dst.shape[0]
-            sl = np.asarray(slots, dtype=np.int64).reshape(-1)
-            if sl.shape != (B,) or s.shape != (B,) + tuple(dst.shape[2:]):
-                raise ValueError(f"write_rows: dst {dst.shape}, slots {sl.shape}, src {s.shape}")
-            if sl.size and (sl.min() < 0 or sl.max() >= dst.shape[1]):
-                raise IndexError("write_rows: slot out of range")
+            if isinstance(slots, DeviceArray):
+                sl_shape, di = slots.shape, self._ints(slots)
+            else:
+                sl = np.asarray(slots, dtype=np.int64).reshape(-1)
+                sl_shape, di = sl.shape, None
+                if sl.size and (sl.min() < 0 or sl.max() >= dst.shape[1]):
+                    raise IndexError("write_rows: slot out of range")
+            if sl_shape != (B,) or s.shape != (B,) + tuple(dst.shape[2:]):
+                raise ValueError(f"write_rows: dst {dst.shape}, slots {sl_shape}, src {s.shape}")
             if s.size:
+                if di is None:
+                    di = self._ints(sl)
                 shape = (B, 1) + tuple(s.shape[1:])
                 sst = (s.strides[0], 0) + tuple(s.strides[1:])
-                self._copy(dst, s, shape, sst, dst.strides, 1, didx=self._ints(sl),
-                           batched=True)
+                self._copy(dst, s, shape, sst, dst.strides, 1, didx=di, batched=True)
         self._guard(run)
 
     # ---------------------------------------------------------------- GEMM ------------
-    def matmul(self, a: Any, b: Any, trans_a: bool = False, trans_b: bool = False) -> Any:
+    def matmul(self, a: Any, b: Any, trans_a: bool = False, trans_b: bool = False,
+               dtype: Any = None) -> Any:
+        """cuBLAS GEMM (float32 accumulation) writing ``dtype`` (None: act_dtype)."""
+        od = self.act_dtype if dtype is None else _dtname(dtype)
         return self._guard(matmul, self._dev(a), self._dev(b), trans_a, trans_b,
-                           stream=self.stream)
+                           out_dtype=od, stream=self.stream)
 
     # ---------------------------------------------------------------- kernels ---------
     def rms_norm(self, x: Any, weight: Any, eps: float, residual: Any = None) -> Any:
-        return self._guard(cuda_ops.rms_norm, x, weight, eps, residual, stream=self.stream)
+        """y in act_dtype (float32 arithmetic); the sum x + residual in residual's dtype."""
+        def run() -> Any:
+            out = None
+            if x.dtype != self.act_dtype:
+                out = DeviceArray.empty(x.shape, self.act_dtype, self.index, self.stream)
+            return cuda_ops.rms_norm(x, weight, eps, residual, out=out, stream=self.stream)
+        return self._guard(run)
 
     def apply_rotary(self, x: Any, positions: Any, base: float) -> Any:
         def run() -> Any:
@@ -439,15 +614,18 @@ class CUDABackend(Backend):
         return self._guard(cuda_ops.swa_attention, q, k, v, window, stream=self.stream)
 
     def swa_decode(self, q: Any, k_cache: Any, v_cache: Any, pos: Any, n_valid: Any) -> Any:
+        """pos / n_valid: host integers (checked) or device int64 arrays (the caller's)."""
         def run() -> Any:
             cap = k_cache.shape[1]
-            p = np.asarray(pos, dtype=np.int64)
-            nv = np.asarray(n_valid, dtype=np.int64)
-            if nv.size and (nv.min() < 1 or nv.max() > cap):
-                raise ValueError(f"n_valid: expected 1 <= n_valid[b] <= capacity ({cap}), got "
-                                 f"{nv.min()}..{nv.max()}")
-            if p.size and p.min() < 0:
-                raise ValueError(f"pos: expected positions >= 0, got {p.min()}")
-            return cuda_ops.swa_decode(q, k_cache, v_cache, self._ints(p), self._ints(nv),
-                                   stream=self.stream)
+            if not isinstance(n_valid, DeviceArray):
+                nv = np.asarray(n_valid, dtype=np.int64)
+                if nv.size and (nv.min() < 1 or nv.max() > cap):
+                    raise ValueError(f"n_valid: expected 1 <= n_valid[b] <= capacity ({cap}), "
+                                     f"got {nv.min()}..{nv.max()}")
+            if not isinstance(pos, DeviceArray):
+                p = np.asarray(pos, dtype=np.int64)
+                if p.size and p.min() < 0:
+                    raise ValueError(f"pos: expected positions >= 0, got {p.min()}")
+            return cuda_ops.swa_decode(q, k_cache, v_cache, self._ints(pos), self._ints(n_valid),
+                                       stream=self.stream)
         return self._guard(run)

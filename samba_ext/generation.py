@@ -128,7 +128,7 @@ def generate(model: Any, prompt: Union[str, Any], max_new_tokens: int = 32,
              temperature: float = 0.0, top_k: Optional[int] = None,
              top_p: Optional[float] = None, seed: Optional[int] = None,
              stop: Any = None, stream: Optional[Callable[[Any], Any]] = None,
-             state: Any = None, chunk_size: int = 2048,
+             state: Any = None, chunk_size: Optional[int] = None,
              progress: Optional[Callable[[int, int], Any]] = None
              ) -> Union[str, list[int], list[list[int]]]:
     """The implementation of :meth:`samba_ext.model.Samba.generate` (see its docstring)."""

@@ -11,8 +11,12 @@ Also here: :func:`attention_fwd`, an attention forward with two-sided windows, c
 an option and softcap (flash-attn's ``window_size``/``causal``/``softcap``) that returns the
 log-sum-exp the backward uses.
 
-CUDA arrays are not accepted yet (the CUDA backward is not implemented): they raise
-NotImplementedError. Argument problems raise TypeError/ValueError naming the argument.
+CUDA arrays (DeviceArray, torch / cupy tensors: ``__dlpack__`` / ``__cuda_array_interface__``)
+run the CUDA kernels (samba_ext/cuda/grad_scan.py for the scan and the conv, grad_small.py,
+grad_attention.py) and return DeviceArrays: the gradients of activations in the dtypes of the
+matching inputs (float32 / float16 / bfloat16), those of the scan's and the conv's parameters
+and states, and lse, in float32; all accumulated in float32. Argument problems raise
+TypeError/ValueError naming the argument.
 """
 from __future__ import annotations
 
@@ -36,7 +40,8 @@ __all__ = [
 
 
 class ScanGrads(NamedTuple):
-    """Gradients of :func:`samba_ext.selective_scan` (float32)."""
+    """Gradients of :func:`samba_ext.selective_scan`: float32 NumPy arrays, or DeviceArrays
+    for CUDA inputs (du, ddelta, dz in their input's dtype, the others float32)."""
     du: np.ndarray                         # (batch, dim, seqlen)
     ddelta: np.ndarray                     # (batch, dim, seqlen)
     dA: np.ndarray                         # (dim, dstate)
@@ -49,7 +54,8 @@ class ScanGrads(NamedTuple):
 
 
 class Conv1dGrads(NamedTuple):
-    """Gradients of :func:`samba_ext.causal_conv1d` (float32)."""
+    """Gradients of :func:`samba_ext.causal_conv1d`: float32 NumPy arrays, or DeviceArrays
+    for CUDA inputs (dx in x's dtype, the others float32)."""
     dx: np.ndarray                         # (batch, dim, seqlen)
     dweight: np.ndarray                    # (dim, width)
     dbias: Optional[np.ndarray]            # (dim,) or None
@@ -65,18 +71,10 @@ class RmsNormGrads(NamedTuple):
 
 # ------------------------------------------------------------------ argument checks ---
 # The forward's arguments are checked by the op contracts (samba_ext.ops.contracts, the same
-# rules as the forward ops); the gradients and the backward-only options are checked here
-# with the same building blocks (samba_ext.ops.checks). The C glue re-checks shapes so that a
+# rules as the forward ops; the scan's and the conv's gradients too); the other gradients and
+# the backward-only options are checked here with the same building blocks
+# (samba_ext.ops.checks). The C glue re-checks shapes so that a
 # direct _core call cannot crash.
-
-def _host(**arrays: Any) -> None:
-    """NotImplementedError for CUDA arrays (the CUDA backward is not written yet)."""
-    for name, x in arrays.items():
-        if on_cuda(x):
-            raise NotImplementedError(
-                f"{name}: is on a CUDA device; the CUDA backward is not implemented yet, pass "
-                "NumPy arrays (e.g. tensor.cpu().numpy())")
-
 
 def _f32(x: Any) -> Optional[np.ndarray]:
     """Host float array -> float32 C-contiguous (bfloat16 and other NumPy-unknown float
@@ -87,12 +85,26 @@ def _f32(x: Any) -> Optional[np.ndarray]:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def _grad_like(g: Any, name: str, want: tuple, what: str) -> Optional[np.ndarray]:
-    """A gradient input of shape ``want`` (None passes)."""
+def _grad_like(g: Any, name: str, want: tuple, what: str, host: bool = True) -> Any:
+    """A gradient input of shape ``want`` (None passes), as float32 NumPy when ``host``."""
     if g is None:
         return None
     ck.shape(ck.floats(g, name, len(want)), name, want, what)
-    return _f32(g)
+    return _f32(g) if host else g
+
+
+def _gpu(*arrays: Any) -> bool:
+    """True when an input lives on a CUDA device: the call runs the CUDA backward."""
+    return any(on_cuda(a) for a in arrays)
+
+
+def _cuda(module: str) -> Any:
+    """samba_ext.cuda.grad_<module> (imported lazily: CPU users never load the CUDA backend)."""
+    if module == "attention":
+        from .cuda import grad_attention as m
+    else:
+        from .cuda import grad_small as m
+    return m
 
 
 def _scale(softmax_scale: Any, headdim: int) -> float:
@@ -112,9 +124,9 @@ def _windows(causal: bool, window_size: Any) -> tuple[int, int]:
     return left, 0 if causal else right
 
 
-def _attn_qkv(q: Any, k: Any, v: Any) -> tuple:
-    """q (B, Lq, H, hd), k, v (B, Lk, Hkv, hd) with H % Hkv == 0 -> float32 arrays."""
-    _host(q=q, k=k, v=v)
+def _attn_qkv(q: Any, k: Any, v: Any, host: bool = True) -> tuple:
+    """q (B, Lq, H, hd), k, v (B, Lk, Hkv, hd) with H % Hkv == 0 -> float32 arrays (the
+    arrays themselves when not ``host``)."""
     mq = ck.floats(q, "q", 4, "(batch, seqlen_q, nheads, headdim)")
     mk = ck.floats(k, "k", 4, "(batch, seqlen_k, nheads_kv, headdim)")
     ck.same_shape(ck.floats(v, "v", 4), "v", mk, "k")
@@ -125,7 +137,7 @@ def _attn_qkv(q: Any, k: Any, v: Any) -> tuple:
     if mk.shape[2] < 1 or mq.shape[2] % mk.shape[2]:
         raise ValueError(f"q: nheads (q.shape[2] = {mq.shape[2]}) must be a multiple of "
                          f"nheads_kv (k.shape[2] = {mk.shape[2]}) for grouped-query attention")
-    return _f32(q), _f32(k), _f32(v)
+    return (_f32(q), _f32(k), _f32(v)) if host else (q, k, v)
 
 
 def _positions(positions: Any, batch: int, seqlen: int) -> np.ndarray:
@@ -165,21 +177,23 @@ def selective_scan_bwd(u: ArrayLike, delta: ArrayLike, A: ArrayLike, B: ArrayLik
     dinitial_state), float32; dD/dz/ddelta_bias/dinitial_state are None when D/z/
     delta_bias/initial_state were None. The states are recomputed per time chunk from
     checkpoints (memory O(dim * dstate * 256) besides the gradients).
+
+    With an input on a CUDA device the CUDA kernels run (samba_ext/cuda/grad_scan.py) and
+    the gradients are DeviceArrays: du, ddelta, dz in the dtype of u, delta, z (float32,
+    float16 or bfloat16), the others float32; accumulation is float32, the sums over
+    channels and batch are atomic (their last bits may vary from run to run).
     """
-    _host(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
-          initial_state=initial_state, dout=dout, dlast_state=dlast_state)
-    batch, dim, seqlen = contracts.selective_scan(u, delta, A, B, C, D, z, delta_bias,
-                                                  initial_state)
-    dstate = np.shape(A)[1]
-    if dstate < 1:
-        raise ValueError("A: dstate (shape[1]) must be >= 1")
-    dout = _grad_like(dout, "dout", (batch, dim, seqlen), "the shape of u and y")
-    if dout is None:
-        raise TypeError("dout: expected an array (batch, dim, seqlen), got None")
-    dlast_state = _grad_like(dlast_state, "dlast_state", (batch, dim, dstate),
-                             "(batch, dim, dstate)")
-    u, delta, A, B, C, D, z, delta_bias, initial_state = map(
-        _f32, (u, delta, A, B, C, D, z, delta_bias, initial_state))
+    contracts.selective_scan_bwd(u, delta, A, B, C, D, z, delta_bias, initial_state, dout,
+                                 dlast_state)
+    if any(on_cuda(a) for a in (u, delta, A, B, C, D, z, delta_bias, initial_state, dout,
+                                dlast_state)):
+        from .cuda import grad_scan  # imported lazily: CPU users never load the CUDA backend
+
+        return ScanGrads(*grad_scan.selective_scan_bwd(
+            u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state, dout,
+            dlast_state))
+    u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_state = map(
+        _f32, (u, delta, A, B, C, D, z, delta_bias, initial_state, dout, dlast_state))
     return ScanGrads(*_core.selective_scan_bwd(u, delta, A, B, C, D, z, delta_bias,
                                                bool(delta_softplus), initial_state, dout,
                                                dlast_state))
@@ -196,18 +210,19 @@ def causal_conv1d_bwd(x: ArrayLike, weight: ArrayLike, bias: ArrayLike = None,
     dL/d(final_states) when the forward returned them.
 
     Returns :class:`Conv1dGrads` (dx, dweight, dbias, dinitial_states), float32; dbias /
-    dinitial_states are None when bias / initial_states were None.
+    dinitial_states are None when bias / initial_states were None. With an input on a CUDA
+    device the CUDA kernel runs and the gradients are DeviceArrays (dx in x's dtype, the
+    others float32; float32 accumulation, deterministic).
     """
-    _host(x=x, weight=weight, bias=bias, initial_states=initial_states, dy=dy,
-          dfinal_states=dfinal_states)
-    batch, dim, seqlen = contracts.causal_conv1d(x, weight, bias, activation, initial_states)
-    width = np.shape(weight)[1]
-    dy = _grad_like(dy, "dy", (batch, dim, seqlen), "the shape of x and y")
-    if dy is None:
-        raise TypeError("dy: expected an array (batch, dim, seqlen), got None")
-    dfinal_states = _grad_like(dfinal_states, "dfinal_states", (batch, dim, width - 1),
-                               "(batch, dim, width-1)")
-    x, weight, bias, initial_states = map(_f32, (x, weight, bias, initial_states))
+    contracts.causal_conv1d_bwd(x, weight, bias, activation, initial_states, dy,
+                                dfinal_states)
+    if any(on_cuda(a) for a in (x, weight, bias, initial_states, dy, dfinal_states)):
+        from .cuda import grad_scan  # imported lazily: CPU users never load the CUDA backend
+
+        return Conv1dGrads(*grad_scan.causal_conv1d_bwd(x, weight, bias, activation,
+                                                        initial_states, dy, dfinal_states))
+    x, weight, bias, initial_states, dy, dfinal_states = map(
+        _f32, (x, weight, bias, initial_states, dy, dfinal_states))
     return Conv1dGrads(*_core.causal_conv1d_bwd(x, weight, bias, activation is not None,
                                                 initial_states, dy, dfinal_states))
 
@@ -224,13 +239,16 @@ def rms_norm_bwd(x: ArrayLike, weight: ArrayLike, eps: float = 1e-5,
     itself (the same array, as autograd frameworks pass one gradient to both inputs of a
     sum; copy it before modifying one in place); None when residual was None.
     """
-    _host(x=x, weight=weight, residual=residual, dy=dy, dresidual_out=dresidual_out)
+    gpu = _gpu(x, weight, residual, dy, dresidual_out)
     shape = tuple(contracts.rms_norm(x, weight, eps, residual))
-    dy = _grad_like(dy, "dy", shape, "the shape of x")
+    dy = _grad_like(dy, "dy", shape, "the shape of x", not gpu)
     if dy is None:
         raise TypeError("dy: expected an array of x's shape, got None")
-    dresidual_out = _grad_like(dresidual_out, "dresidual_out", shape, "the shape of x")
+    dresidual_out = _grad_like(dresidual_out, "dresidual_out", shape, "the shape of x", not gpu)
     eps = float(eps)
+    if gpu:
+        return RmsNormGrads(*_cuda("small").rms_norm_bwd(x, weight, eps, residual, dy,
+                                                         dresidual_out))
     x, weight, residual = map(_f32, (x, weight, residual))
     return RmsNormGrads(*_core.rms_norm_bwd(x, weight, eps, residual, dy, dresidual_out))
 
@@ -241,11 +259,13 @@ def swiglu_bwd(gate: ArrayLike, up: ArrayLike, *, dy: ArrayLike
 
     gate, up, dy: equal shapes. Returns (dgate, dup), float32, of that shape.
     """
-    _host(gate=gate, up=up, dy=dy)
+    gpu = _gpu(gate, up, dy)
     shape = tuple(contracts.swiglu(gate, up))
-    dy = _grad_like(dy, "dy", shape, "the shape of gate")
+    dy = _grad_like(dy, "dy", shape, "the shape of gate", not gpu)
     if dy is None:
         raise TypeError("dy: expected an array of gate's shape, got None")
+    if gpu:
+        return _cuda("small").swiglu_bwd(gate, up, dy)
     gate, up = _f32(gate), _f32(up)
     return _core.swiglu_bwd(gate, up, dy)
 
@@ -259,7 +279,6 @@ def apply_rotary_bwd(x: ArrayLike, positions: ArrayLike = 0, base: float = 10000
     (batch, seqlen); base. dy (batch, seqlen, nheads, headdim) is dL/dy.
     Returns dx (batch, seqlen, nheads, headdim) float32: dy rotated by the negative angles.
     """
-    _host(x=x, dy=dy)
     my = ck.floats(dy, "dy", 4, "(batch, seqlen, nheads, headdim)")
     if x is not None:
         ck.same_shape(my, "dy", ck.floats(x, "x"), "x")
@@ -268,6 +287,8 @@ def apply_rotary_bwd(x: ArrayLike, positions: ArrayLike = 0, base: float = 10000
                          f"{my.shape[3]}")
     contracts.apply_rotary(dy, positions, base)
     base = float(base)
+    if _gpu(x, dy, positions):
+        return _cuda("small").apply_rotary_bwd(dy, positions, base)
     dy = _f32(dy)
     pos = _positions(positions, dy.shape[0], dy.shape[1])
     return _core.apply_rotary_bwd(dy, pos, base)
@@ -289,10 +310,14 @@ def attention_fwd(q: ArrayLike, k: ArrayLike, v: ArrayLike,
     Returns (out (batch, seqlen_q, nheads, headdim), lse (batch, nheads, seqlen_q)), float32;
     a query that sees no key gets out = 0 and lse = -inf.
     """
-    q, k, v = _attn_qkv(q, k, v)
+    gpu = _gpu(q, k, v)
+    q, k, v = _attn_qkv(q, k, v, not gpu)
     left, right = _windows(bool(causal), window_size)
     cap = ck.f32_scalar(softcap, "softcap", lo=0.0, expected="a finite value >= 0")
-    return _core.attention_fwd(q, k, v, _scale(softmax_scale, q.shape[3]), left, right, cap)
+    scale = _scale(softmax_scale, np.shape(q)[3])
+    if gpu:
+        return _cuda("attention").attention_fwd(q, k, v, scale, left, right, cap)
+    return _core.attention_fwd(q, k, v, scale, left, right, cap)
 
 
 def attention_bwd(q: ArrayLike, k: ArrayLike, v: ArrayLike,
@@ -307,20 +332,24 @@ def attention_bwd(q: ArrayLike, k: ArrayLike, v: ArrayLike,
     outputs; when either is None both are recomputed with :func:`attention_fwd`.
     Returns (dq (q's shape), dk, dv (k's shape)), float32.
     """
-    q, k, v = _attn_qkv(q, k, v)
+    gpu = _gpu(q, k, v, dout, out, lse)
+    q, k, v = _attn_qkv(q, k, v, not gpu)
     left, right = _windows(bool(causal), window_size)
     cap = ck.f32_scalar(softcap, "softcap", lo=0.0, expected="a finite value >= 0")
-    scale = _scale(softmax_scale, q.shape[3])
-    _host(dout=dout, out=out, lse=lse)
-    dout = _grad_like(dout, "dout", q.shape, "the shape of q and out")
+    qs = tuple(np.shape(q))
+    scale = _scale(softmax_scale, qs[3])
+    dout = _grad_like(dout, "dout", qs, "the shape of q and out", not gpu)
     if dout is None:
         raise TypeError("dout: expected an array of q's shape, got None")
+    if out is not None and lse is not None:
+        out = _grad_like(out, "out", qs, "the shape of q", not gpu)
+        lse = _grad_like(lse, "lse", (qs[0], qs[2], qs[1]), "(batch, nheads, seqlen_q)",
+                         not gpu)
+    if gpu:
+        return _cuda("attention").attention_bwd(q, k, v, scale, left, right, cap, dout, out,
+                                                lse)
     if out is None or lse is None:
         out, lse = _core.attention_fwd(q, k, v, scale, left, right, cap)
-    else:
-        out = _grad_like(out, "out", q.shape, "the shape of q")
-        lse = _grad_like(lse, "lse", (q.shape[0], q.shape[2], q.shape[1]),
-                         "(batch, nheads, seqlen_q)")
     return _core.attention_bwd(q, k, v, out, lse, dout, scale, left, right, cap)
 
 
@@ -333,7 +362,6 @@ def swa_attention_bwd(q: ArrayLike, k: ArrayLike, v: ArrayLike, window: Optional
     nheads_kv, headdim), seqlen_k >= seqlen_q; window None (full causal) or >= 1.
     dout (q's shape). Returns (dq, dk, dv), float32.
     """
-    _host(q=q, k=k, v=v, dout=dout)
     contracts.swa_attention(q, k, v, window, softmax_scale)
     left = -1 if window is None else int(window) - 1
     return attention_bwd(q, k, v, softmax_scale, True, (left, 0), 0.0, dout=dout)

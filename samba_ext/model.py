@@ -22,6 +22,7 @@ All tensor math goes through :mod:`samba_ext.backend` (NumPy/BLAS GEMMs + C kern
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from types import SimpleNamespace
@@ -79,6 +80,13 @@ def guessed_fields(cfg: SambaConfig, meta: dict[str, str], explicit: bool,
 
 TokensLike = Union[np.ndarray, Sequence[int], Sequence[Sequence[int]]]
 
+_UIDS = itertools.count(1)   # one per model: tags its recorded decode steps (never reused)
+
+
+def _check_logits_mode(logits: str) -> None:
+    if logits not in ("host", "device"):
+        raise ValueError(f"logits: expected 'host' or 'device', got {logits!r}")
+
 
 # -------------------------------------------------------------------------------- model ---
 class Samba:
@@ -101,6 +109,7 @@ class Samba:
         self._tokenizer = tokenizer
         self._base_dir = base_dir
         self.metadata: dict[str, str] = {}
+        self._uid = next(_UIDS)
         #: config fields :meth:`load` could not read from the file and guessed -> value
         self.guessed: dict[str, Any] = {}
         if state_dict is None:
@@ -290,10 +299,18 @@ class Samba:
         return m
 
     # ---------------------------------------------------------------------- state ---
-    def new_state(self, batch: int = 1) -> SambaState:
-        """Empty state for ``batch`` sequences (all zeros, position 0)."""
+    def new_state(self, batch: int = 1, capacity: int = 0) -> SambaState:
+        """Empty state for ``batch`` sequences (all zeros, position 0).
+
+        capacity: positions preallocated in the key/value caches of full-attention ("attn")
+        blocks, which otherwise start empty and double when full; a state that will hold
+        ``n`` tokens never reallocates with ``capacity >= n``. SWA ring buffers always hold
+        ``window`` positions and Mamba states are fixed-size, so they ignore it."""
         if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 0:
             raise ValueError(f"batch: expected an int >= 0, got {batch!r}")
+        if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) \
+                or capacity < 0:
+            raise ValueError(f"capacity: expected an int >= 0, got {capacity!r}")
         cfg, be = self.config, self.backend
         layers = []
         for t in cfg.layer_types:
@@ -301,9 +318,10 @@ class Samba:
                 layers.append({"conv": be.zeros((batch, cfg.d_inner, cfg.d_conv - 1)),
                                "ssm": be.zeros((batch, cfg.d_inner, cfg.d_state))})
             else:
-                cap = cfg.window if t == "swa" else 0
+                cap = cfg.window if t == "swa" else int(capacity)
                 shp = (batch, cap, cfg.n_kv_head, cfg.head_dim)
-                layers.append({"k": be.zeros(shp), "v": be.zeros(shp)})
+                layers.append({"k": be.zeros(shp, be.cache_dtype),
+                               "v": be.zeros(shp, be.cache_dtype)})
         return SambaState(batch, cfg.layer_types, layers, be, state_signature(cfg))
 
     # ---------------------------------------------------------------------- input ---
@@ -394,20 +412,24 @@ class Samba:
         new_cap = max(need, 2 * cap, 64)
         for key in ("k", "v"):
             old = st[key]
-            new = be.zeros((old.shape[0], new_cap) + tuple(old.shape[2:]))
+            new = be.zeros((old.shape[0], new_cap) + tuple(old.shape[2:]), be.cache_dtype)
             if cap:
                 be.put(new, np.arange(cap, dtype=np.int64), old, 1)
             st[key] = new
 
-    def _chunk(self, tokens: np.ndarray, state: SambaState, want: str):
+    def _chunk(self, tokens: np.ndarray, state: SambaState, want: str, tok_dev: Any = None):
         """Run tokens (B, L) (L >= 1) through the model, advancing ``state``.
-        want: "all" -> logits (B, L, V) backend array; "last" -> (B, V)."""
+        want: "all" -> logits (B, L, V) backend array; "last" -> (B, V). tok_dev: the same
+        tokens already as a backend index array (:meth:`Backend.asarray`), else uploaded here.
+        Nothing is copied to the host: ``state.logits`` keeps the last position's logits as
+        a backend array (converted to NumPy when read)."""
         be, cfg = self.backend, self.config
         B, L = tokens.shape
         p0 = int(state.pos[0]) if B else 0
         if B and not np.all(state.pos == p0):
             raise ValueError("prefill: all sequences of the state must be at the same position")
-        x = be.take(self._wte, tokens, 0)                  # (B, L, D)
+        x = be.take(self._wte, tokens if tok_dev is None else tok_dev, 0,
+                    np.float32)                            # (B, L, D) float32 residual
         resid, delta = x, None
         state._broken = True       # cleared below; stays set if interrupted (Ctrl-C) midway
         for b, st in zip(self._blocks, state.layers):
@@ -423,12 +445,12 @@ class Samba:
         state._broken = False
         if want == "all":
             nf, _ = be.rms_norm(delta, self._ln_f, cfg.norm_eps, resid)
-            logits = be.matmul(nf, self._head, trans_b=True)
-            state.logits = np.array(be.to_numpy(logits[:, -1]), dtype=np.float32)
+            logits = be.matmul(nf, self._head, trans_b=True, dtype=np.float32)
+            state.logits = be.copy(logits[:, -1])
             return logits
         nf, _ = be.rms_norm(delta[:, -1], self._ln_f, cfg.norm_eps, resid[:, -1])
-        logits = be.matmul(nf, self._head, trans_b=True)
-        state.logits = np.array(be.to_numpy(logits), dtype=np.float32)
+        logits = be.matmul(nf, self._head, trans_b=True, dtype=np.float32)
+        state.logits = logits
         return logits
 
     # --------------------------------------------------------------- memory check ---
@@ -464,33 +486,51 @@ class Samba:
 
     __call__ = forward
 
-    def prefill(self, tokens: TokensLike, state: SambaState, chunk_size: int = 2048,
-                progress: Optional[Callable[[int, int], Any]] = None) -> np.ndarray:
+    def prefill(self, tokens: TokensLike, state: SambaState, chunk_size: Optional[int] = None,
+                progress: Optional[Callable[[int, int], Any]] = None, *,
+                logits: str = "host") -> Any:
         """Consume tokens (B, L) into ``state`` in chunks; returns the logits of the last
         position, float32 (B, vocab). Peak memory ~ chunk_size x (widths) + window, whatever L.
-        progress(done_tokens, total_tokens) is called after each chunk."""
+        chunk_size: None = the backend's default (2048 on the CPU; on the GPU the largest of
+        16384 / 8192 / 4096 / 2048 that fits a quarter of the free device memory).
+        progress(done_tokens, total_tokens) is called after each chunk.
+        logits: "host" (default) returns a NumPy array; "device" returns the backend's array
+        (a DeviceArray on the GPU: nothing is copied to the host and nothing waits for the
+        GPU; NumPy on the CPU). ``state.logits`` (NumPy) is converted on first access."""
+        _check_logits_mode(logits)
         t = self._tokens2d(tokens)
         B, L = t.shape
         self._check_state(state, B)
-        cs = check_chunk(chunk_size)
+        be = self.backend
+        cs = be.default_chunk(self.config, B, L) if chunk_size is None else \
+            check_chunk(chunk_size)
         self._check_memory("prefill", B, L, cs, state, "last")
-        for c in range(0, L, cs):
-            self._chunk(t[:, c:c + cs], state, "last")
+        # every chunk's tokens go to the device before the first chunk is queued
+        dev = [be.asarray(t[:, c:c + cs], np.int64) for c in range(0, L, cs)] if B else []
+        for i, c in enumerate(range(0, L, cs)):
+            self._chunk(t[:, c:c + cs], state, "last", dev[i] if dev else None)
             if progress is not None:
                 progress(min(c + cs, L), L)
-        if state.logits is None:
+        if not state.has_logits():
             if B == 0:
-                return np.zeros((0, self.config.vocab_size), np.float32)
+                z = np.zeros((0, self.config.vocab_size), np.float32)
+                return z if logits == "host" else be.asarray(z)
             raise ValueError("prefill: no tokens given and the state has consumed none yet")
+        if logits == "device":
+            return be.copy(state.device_logits())
         return state.logits.copy()
 
-    def step(self, tokens: TokensLike, state: SambaState) -> np.ndarray:
+    def step(self, tokens: TokensLike, state: SambaState, *, logits: str = "host") -> Any:
         """Decode one token per sequence: tokens (B,) -> logits float32 (B, vocab).
 
         Constant memory: Mamba blocks update their conv/SSM states in place, SWA blocks write
         the new key/value into slot pos % window of their ring buffer (RoPE at the absolute
         position) and attend over the last min(pos+1, window) keys.
+        logits: "host" (default, NumPy) or "device" (the backend's array; see :meth:`prefill`).
+        On the GPU a step is recorded into a CUDA graph; the next steps of the same state
+        replay it with new inputs (samba_ext/backend_cuda.py).
         """
+        _check_logits_mode(logits)
         tok = np.asarray(tokens)
         if tok.ndim == 0:
             tok = tok[None]
@@ -499,17 +539,42 @@ class Samba:
         tok = self._tokens2d(tok[:, None])[:, 0]
         B = tok.shape[0]
         self._check_state(state, B)
+        be, cfg = self.backend, self.config
         if B == 0:
-            return np.zeros((0, self.config.vocab_size), np.float32)
+            z = np.zeros((0, cfg.vocab_size), np.float32)
+            return z if logits == "host" else be.asarray(z)
+        pos = state.pos
+        for b, st in zip(self._blocks, state.layers):
+            if b.kind == "attn":
+                self._grow(st, int(pos.max()) + 1)   # before recording: new arrays, new key
+        # Every per-step host value in one int64 array (the inputs a graph replay replaces):
+        # tokens, positions, SWA ring slot and valid count, full-attention valid count (its
+        # slot is the position: the cache holds every position).
+        W = cfg.window if cfg.window else 1
+        host = np.stack([tok, pos, pos % W, np.minimum(pos + 1, W), pos + 1]).astype(np.int64)
+        key = be.step_key((self._uid, B), [a for d in state.layers for a in d.values()])
+        state._broken = True
+        out = be.replay_step(key, host) if key is not None else None
+        if out is None:
+            be.begin_step(key)                          # CUDA: record the step for a graph
+            out = be.end_step(self._step_body(be.step_inputs(host), state))
+        state.pos += 1
+        state.logits = out
+        state._broken = False
+        if logits == "device":
+            return be.copy(out)
+        return state.logits.copy()
+
+    def _step_body(self, ins: Any, state: SambaState) -> Any:
+        """The decode step's backend calls: ins (5, B) int64 backend array (see step) ->
+        logits (B, V) float32."""
         be, cfg = self.backend, self.config
         H, G, hd, E, R, N = (cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.d_inner,
                              cfg.dt_rank, cfg.d_state)
-        pos = state.pos
-        pos2 = pos[:, None]
-        be.begin_step()                                 # CUDA: record the step for a graph
-        x = be.take(self._wte, tok, 0)                  # (B, D)
+        B = state.batch
+        tok, pos = ins[0], ins[1]
+        x = be.take(self._wte, tok, 0, np.float32)      # (B, D) float32 residual
         resid, delta = x, None
-        state._broken = True
         for b, st in zip(self._blocks, state.layers):
             if delta is None:
                 n = be.rms_norm(resid, b.norm_1, cfg.norm_eps)
@@ -526,18 +591,11 @@ class Samba:
             else:
                 qkv = be.matmul(n, b.wqkv, trans_b=True)                    # (B, (H+2G) hd)
                 # RoPE on the H query and G key heads in one call (same position per row)
-                qk = be.apply_rotary(qkv[:, : (H + G) * hd].reshape(B, 1, H + G, hd), pos2,
-                                     cfg.rope_base)
+                qk = be.apply_rotary(qkv[:, : (H + G) * hd].reshape(B, 1, H + G, hd),
+                                     pos.reshape(B, 1), cfg.rope_base)
                 q, k = qk[:, 0, :H], qk[:, 0, H:]
                 v = qkv[:, (H + G) * hd:].reshape(B, G, hd)
-                if b.kind == "swa":
-                    cap = cfg.window
-                    n_valid = np.minimum(pos + 1, cap)
-                else:
-                    self._grow(st, int(pos.max()) + 1)
-                    cap = st["k"].shape[1]
-                    n_valid = pos + 1
-                slots = pos % cap
+                slots, n_valid = (ins[2], ins[3]) if b.kind == "swa" else (pos, ins[4])
                 be.write_rows(st["k"], slots, k)
                 be.write_rows(st["v"], slots, v)
                 o = be.swa_decode(q, st["k"], st["v"], pos, n_valid)
@@ -545,12 +603,7 @@ class Samba:
             n, resid = be.rms_norm(mix, b.norm_2, cfg.norm_eps, resid)
             delta = self._mlp(b, n)
         nf, _ = be.rms_norm(delta, self._ln_f, cfg.norm_eps, resid)
-        logits = np.array(be.to_numpy(be.matmul(nf, self._head, trans_b=True)),
-                          dtype=np.float32)
-        state.pos += 1
-        state.logits = logits
-        state._broken = False
-        return logits.copy()
+        return be.matmul(nf, self._head, trans_b=True, dtype=np.float32)
 
     def nll(self, tokens: TokensLike, state: Optional[SambaState] = None,
             chunk_size: int = 2048, progress: Optional[Callable[[int, int], Any]] = None
@@ -588,7 +641,7 @@ class Samba:
                  top_p: Optional[float] = None, seed: Optional[int] = None,
                  stop: Union[None, int, str, Iterable[Union[int, str]]] = None,
                  stream: Optional[Callable[[Any], Any]] = None,
-                 state: Optional[SambaState] = None, chunk_size: int = 2048,
+                 state: Optional[SambaState] = None, chunk_size: Optional[int] = None,
                  progress: Optional[Callable[[int, int], Any]] = None
                  ) -> Union[str, list[int], list[list[int]]]:
         """Generate a continuation of ``prompt``.

@@ -37,9 +37,11 @@ class SambaState:
     ``layers[i]``: dict of backend arrays for block i -- Mamba: ``conv`` (B, E, d_conv-1),
     ``ssm`` (B, E, N); SWA: ``k``, ``v`` ring buffers (B, window, n_kv_head, head_dim), the key
     of position p in slot p % window, stored after RoPE; full attention: ``k``, ``v``
-    (B, capacity, n_kv_head, head_dim) growing caches. ``logits``: (B, vocab) float32 logits
-    of the last consumed position (None before any token). ``signature``: the architecture
-    fields of the config the state was made for (see :func:`state_signature`).
+    (B, capacity, n_kv_head, head_dim) growing caches. ``logits``: (B, vocab) float32 NumPy
+    logits of the last consumed position (None before any token); the model keeps them as a
+    backend array (:meth:`device_logits`, on the GPU a DeviceArray) and they are copied to
+    the host when ``logits`` is first read. ``signature``: the architecture fields of the
+    config the state was made for (see :func:`state_signature`).
     """
 
     def __init__(self, batch: int, kinds: Sequence[str], layers: list, backend: Backend,
@@ -48,10 +50,32 @@ class SambaState:
         self.kinds = tuple(kinds)
         self.layers = layers
         self.pos = np.zeros(self.batch, dtype=np.int64)
-        self.logits: Optional[np.ndarray] = None
+        self._logits: Any = None     # backend array (see logits)
+        self._host_logits: Optional[np.ndarray] = None   # its host copy, made when first read
         self.signature = dict(signature) if signature is not None else None
         self._backend = backend
         self._broken = False     # set while a call updates the state; stays set if it fails
+
+    @property
+    def logits(self) -> Optional[np.ndarray]:
+        if self._logits is None:
+            return None
+        if self._host_logits is None:
+            self._host_logits = np.array(self._backend.to_numpy(self._logits), dtype=np.float32)
+        return self._host_logits
+
+    @logits.setter
+    def logits(self, value: Any) -> None:
+        self._logits = value
+        self._host_logits = None
+
+    def has_logits(self) -> bool:
+        """True once a token has been consumed (without copying the logits to the host)."""
+        return self._logits is not None
+
+    def device_logits(self) -> Any:
+        """The last logits as the model keeps them (a backend array; None before any token)."""
+        return self._logits
 
     def copy(self) -> "SambaState":
         """Deep copy (independent arrays)."""
@@ -60,13 +84,13 @@ class SambaState:
                        [{k: be.copy(a) for k, a in d.items()} for d in self.layers], be,
                        self.signature)
         s.pos = self.pos.copy()
-        s.logits = None if self.logits is None else self.logits.copy()
+        s._logits = None if self._logits is None else be.copy(self._logits)
         s._broken = self._broken
         return s
 
     def nbytes(self) -> int:
         """Bytes held by the state arrays (caches, SSM/conv states, positions, logits)."""
-        n = self.pos.nbytes + (0 if self.logits is None else self.logits.nbytes)
+        n = self.pos.nbytes + (0 if self._logits is None else int(self._logits.nbytes))
         for d in self.layers:
             n += sum(int(a.nbytes) for a in d.values())
         return n

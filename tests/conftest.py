@@ -48,3 +48,13 @@ def assert_close(got, ref, rtol: float, name: str = "output") -> None:
     denom = max(np.linalg.norm(ref), 1e-30)
     err = np.linalg.norm(got - ref) / denom
     assert err <= rtol, f"{name}: relative error {err:.3e} > {rtol:.1e}"
+
+
+@pytest.fixture()
+def poison():
+    """Fill new CUDA outputs with NaN for the test (an unwritten element then cannot pass)."""
+    from samba_ext import cuda as samba_cuda
+
+    samba_cuda.set_poison(True)
+    yield
+    samba_cuda.set_poison(False)

@@ -91,3 +91,10 @@ def transposed_view(a: np.ndarray, dtype: str, axes: tuple):
     inv = np.argsort(axes)
     strides = tuple(pstr[i] for i in inv)
     return CAIView(base, a.shape, strides)
+
+
+def cuda(f):
+    """Marks a test as needing the CUDA build and a GPU (skipped cleanly otherwise)."""
+    for mark in needs_cuda:
+        f = mark(f)
+    return f

@@ -10,6 +10,13 @@ combined, which leaves a 3x (bfloat16) to 5x (float16) margin under RTOL. Scores
 accumulators are float32 (~1e-6). The split-KV decode runs on the tensor cores the same way
 (probabilities rounded to the dtype), so the same bound applies.
 
+Every tensor-core variant is tested: prefill v1 (attention_mma.cu), v2 and v3
+(attention_mma_v2.cu), decode v1 (attention_decode.cu) and v2 (attention_decode_v2.cu), chosen
+through the private selector samba_ext._cuda._attn_variant (what SAMBA_EXT_ATTN_PREFILL /
+SAMBA_EXT_ATTN_DECODE set at start-up). They compute the same function with the same
+roundings (probabilities rounded to the dtype before P V, float32 elsewhere) in a different
+order, so the same tolerances apply.
+
 Outputs are poisoned (NaN bytes) before each kernel runs, so an unwritten element fails the
 finiteness check of assert_close. At sizes where the full float64 reference is too costly
 (L up to 32K), every row is compared against the exact float32 CUDA path run on the same
@@ -18,31 +25,74 @@ window edges) against float64. Skipped cleanly without a GPU / CUDA build.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from conftest import assert_close
-from cuda_util import RTOL, dev, host, needs_cuda, rdev, round_to
+from conftest import CUDA_SKIP
+from cuda_util import RTOL, cuda, dev, host, rdev, round_to
 from ref_attention import ref_swa_attention, ref_swa_decode
 
 import samba_ext
 
 HALF = ["bfloat16", "float16"]
+PREFILL_VARIANTS = ["v1", "v2", "v3"]
+DECODE_VARIANTS = ["v1", "v2"]
 
 
-def cuda(f):
-    """Marks a test as needing the CUDA build and a GPU (skipped cleanly otherwise)."""
-    for mark in needs_cuda:
-        f = mark(f)
-    return f
 
 
-@pytest.fixture()
-def poison():
-    from samba_ext import cuda as _gpu
+@contextlib.contextmanager
+def attn_variant(prefill: str | None = None, decode: str | None = None):
+    """Runs the block with the given tensor-core variants ("v1", "v2", ...), then restores
+    the previous settings."""
+    from samba_ext.cuda import runtime
 
-    _gpu.set_poison(True)
-    yield
-    _gpu.set_poison(False)
+    cu = runtime.require()
+    old = (cu._attn_variant(0, -1), cu._attn_variant(1, -1))
+    try:
+        if prefill:
+            cu._attn_variant(0, int(prefill[1:]))
+        if decode:
+            cu._attn_variant(1, int(decode[1:]))
+        yield
+    finally:
+        cu._attn_variant(0, old[0])
+        cu._attn_variant(1, old[1])
+
+
+@pytest.fixture(params=PREFILL_VARIANTS)
+def prefill_variant(request):
+    """Each prefill variant in turn (skipped without CUDA)."""
+    if CUDA_SKIP:
+        pytest.skip(str(CUDA_SKIP))
+    with attn_variant(prefill=request.param):
+        yield request.param
+
+
+@pytest.fixture(params=DECODE_VARIANTS)
+def decode_variant(request):
+    """Each decode variant in turn (skipped without CUDA)."""
+    if CUDA_SKIP:
+        pytest.skip(str(CUDA_SKIP))
+    with attn_variant(decode=request.param):
+        yield request.param
+
+
+@cuda
+def test_variant_selector():
+    from samba_ext.cuda import runtime
+
+    cu = runtime.require()
+    with attn_variant():
+        for which, values in ((0, (0, 1, 2, 3)), (1, (0, 1, 2))):
+            for v in values:
+                assert cu._attn_variant(which, v) == v
+                assert cu._attn_variant(which, -1) == v
+        for which, v in ((0, 4), (1, 3), (2, 1), (0, -2)):
+            with pytest.raises(ValueError, match="_attn_variant"):
+                cu._attn_variant(which, v)
 
 
 def ref_rows(q: np.ndarray, k: np.ndarray, v: np.ndarray, rows: np.ndarray,
@@ -91,13 +141,19 @@ PREFILL = [
     pytest.param(2, 130, 130, 4, 2, 40, 33, id="hd40-padded"),
     pytest.param(1, 100, 100, 4, 4, 200, 17, id="hd200-padded"),
     pytest.param(1, 150, 150, 2, 2, 64, 2, id="window2"),
+    # windows and lengths that cut 128-row blocks and 16-row warps at odd places
+    pytest.param(1, 1000, 1000, 8, 2, 64, 130, id="hd64-w130-gqa4"),
+    pytest.param(1, 513, 513, 4, 4, 128, None, id="hd128-full-513"),
+    pytest.param(1, 300, 300, 4, 1, 96, 48, id="hd96-w48-gqa4"),
+    pytest.param(2, 200, 700, 4, 2, 64, 333, id="past-keys-w333"),
 ]
 
 
 @cuda
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("B,Lq,Lk,H,Hkv,hd,window", PREFILL)
-def test_prefill_tensor_cores(poison, rng, dtype, B, Lq, Lk, H, Hkv, hd, window):
+def test_prefill_tensor_cores(poison, rng, prefill_variant, dtype, B, Lq, Lk, H, Hkv, hd,
+                              window):
     (q, dq), (k, dk), (v, dv) = (rdev(rng.standard_normal(s), dtype) for s in
                                  ((B, Lq, H, hd), (B, Lk, Hkv, hd), (B, Lk, Hkv, hd)))
     out = samba_ext.swa_attention(dq, dk, dv, window)
@@ -107,8 +163,9 @@ def test_prefill_tensor_cores(poison, rng, dtype, B, Lq, Lk, H, Hkv, hd, window)
 
 @cuda
 @pytest.mark.parametrize("dtype", HALF)
-def test_prefill_scale_and_large_scores(poison, rng, dtype):
-    # a large softmax scale (peaked softmax, scores ~ +-40) and a negative one
+def test_prefill_scale_and_large_scores(poison, rng, prefill_variant, dtype):
+    # a large softmax scale (peaked softmax, scores ~ +-40) and a negative one (v2 / v3 fold a
+    # positive scale into the exponent; other scales take v1)
     B, L, H, Hkv, hd, W = 1, 150, 4, 2, 64, 70
     (q, dq), (k, dk), (v, dv) = (rdev(rng.standard_normal(s), dtype) for s in
                                  ((B, L, H, hd), (B, L, Hkv, hd), (B, L, Hkv, hd)))
@@ -118,7 +175,7 @@ def test_prefill_scale_and_large_scores(poison, rng, dtype):
 
 
 @cuda
-def test_prefill_strided_heads_major(poison, rng):
+def test_prefill_strided_heads_major(poison, rng, prefill_variant):
     # (B, H, L, hd) memory viewed as (B, L, H, hd): strides are multiples of 8 elements, so the
     # tensor-core path reads the views in place
     from cuda_util import transposed_view
@@ -154,18 +211,22 @@ LARGE = [
 @cuda
 @pytest.mark.parametrize("L,H,Hkv,hd,window", LARGE)
 def test_prefill_real_sizes(poison, rng, L, H, Hkv, hd, window):
+    # every prefill variant against the same references (computed once)
     dtype = "bfloat16"
     q, k, v = (round_to(rng.standard_normal(s), dtype) for s in
                ((1, L, H, hd), (1, L, Hkv, hd), (1, L, Hkv, hd)))
-    out = host(samba_ext.swa_attention(dev(q, dtype), dev(k, dtype), dev(v, dtype), window))
-    assert np.all(np.isfinite(out)), "unwritten or non-finite output"
     # every row against the exact float32 CUDA kernel on the same values (its error is ~1e-6,
     # so the bfloat16 tolerance applies unchanged)
     exact = host(samba_ext.swa_attention(dev(q), dev(k), dev(v), window))
-    assert_close(out, exact, RTOL[dtype], "vs float32 path")
     rows = _edge_rows(rng, L, window, 48)
     ref = ref_rows(q[0], k[0], v[0], rows, window)
-    assert_close(out[0, rows], ref, RTOL[dtype], "vs float64 rows")
+    dq, dk, dv = dev(q, dtype), dev(k, dtype), dev(v, dtype)
+    for variant in PREFILL_VARIANTS:
+        with attn_variant(prefill=variant):
+            out = host(samba_ext.swa_attention(dq, dk, dv, window))
+        assert np.all(np.isfinite(out)), f"{variant}: unwritten or non-finite output"
+        assert_close(out, exact, RTOL[dtype], f"{variant} vs float32 path")
+        assert_close(out[0, rows], ref, RTOL[dtype], f"{variant} vs float64 rows")
 
 
 # ------------------------------------------------------------------ decode ------------------
@@ -179,13 +240,16 @@ DECODE = [
     pytest.param(1, 2, 1, 64, 10, [3], [2], id="tiny"),
     pytest.param(2, 4, 2, 40, 300, [299, 5], [300, 6], id="hd40-padded"),
     pytest.param(1, 16, 1, 128, 2000, [1999], [1999], id="gqa16-two-head-groups"),
+    # many rows: v2's blocks take several rows each, rows split over two or three blocks
+    pytest.param(50, 8, 2, 64, 300, None, None, id="b50-rows-split-over-blocks"),
+    pytest.param(300, 4, 2, 64, 100, None, None, id="b300-one-tile-rows"),
 ]
 
 
 @cuda
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("B,H,Hkv,hd,C,pos,nvalid", DECODE)
-def test_decode_split(poison, rng, dtype, B, H, Hkv, hd, C, pos, nvalid):
+def test_decode_split(poison, rng, decode_variant, dtype, B, H, Hkv, hd, C, pos, nvalid):
     if pos is None:
         pos = rng.integers(0, 3 * C, B)
         nvalid = rng.integers(1, C + 1, B)
@@ -206,7 +270,7 @@ def test_decode_split(poison, rng, dtype, B, H, Hkv, hd, C, pos, nvalid):
 
 @cuda
 @pytest.mark.parametrize("dtype", HALF)
-def test_decode_ignores_invalid_slots(poison, rng, dtype):
+def test_decode_ignores_invalid_slots(poison, rng, decode_variant, dtype):
     # slots outside the valid range hold NaN (an unwritten cache): they must not be read
     B, H, Hkv, hd, C = 2, 8, 2, 64, 3000
     pos, nvalid = np.array([2100, 50]), np.array([1500, 40])
@@ -224,7 +288,7 @@ def test_decode_ignores_invalid_slots(poison, rng, dtype):
 
 
 @cuda
-def test_decode_matches_prefill_last_row(poison, rng):
+def test_decode_matches_prefill_last_row(poison, rng, decode_variant):
     # bfloat16 at a real size: the decode of the last token equals the last prefill row
     dtype, L, H, Hkv, hd, W = "bfloat16", 9000, 32, 4, 64, 2048
     q, k, v = (round_to(rng.standard_normal(s), dtype) for s in
@@ -238,3 +302,54 @@ def test_decode_matches_prefill_last_row(poison, rng):
     ref = ref_rows(q[0], k[0], v[0], np.array([L - 1]), W)
     assert_close(host(out), ref, RTOL[dtype])
     assert_close(host(out), pre[:, -1], 2 * RTOL[dtype], "decode vs prefill")
+
+
+@cuda
+@pytest.mark.parametrize("warm", [True, False], ids=["warm-stream", "fresh-stream"])
+def test_decode_graph_replays(rng, decode_variant, warm):
+    # A decode call captured into a CUDA graph and replayed with new positions written into
+    # the same device arrays. warm: the stream ran the call before the capture, so v2 has its
+    # workspace and the graph holds the one-launch kernel, whose arrival counters must be back
+    # at zero for every replay. fresh: a larger call than the stream has seen, so under capture
+    # v2 declines (no allocation while capturing) and the graph holds v1's two kernels.
+    from samba_ext import cuda as _gpu
+    from samba_ext.cuda import runtime
+
+    cu = runtime.require()
+    dtype = "bfloat16"
+    B, H, Hkv, hd, C = (2, 16, 2, 64, 5000) if warm else (6, 16, 2, 128, 7000)
+    st = cu.stream_create()
+    try:
+        (q, dq), (kc, dk), (vc, dv) = (
+            (r, _gpu.to_device(r.astype(np.float32), dtype, stream=st)) for r in
+            (round_to(rng.standard_normal(s), dtype) for s in
+             ((B, H, hd), (B, C, Hkv, hd), (B, C, Hkv, hd))))
+        pos0, nv0 = np.full(B, C + 17), np.full(B, C)
+        dpos = _gpu.to_device(pos0.astype(np.int32), "int32", stream=st)
+        dnv = _gpu.to_device(nv0, "int64", stream=st)
+        out = _gpu.empty((B, H, hd), dtype, stream=st)
+        if warm:
+            samba_ext.swa_decode(dq, dk, dv, dpos, dnv, out=out, stream=st)
+        cu.stream_sync(st)
+        cu.graph_begin(st)
+        try:
+            samba_ext.swa_decode(dq, dk, dv, dpos, dnv, out=out, stream=st)
+        finally:
+            g = cu.graph_end(st)
+        try:
+            for step in range(3):
+                pos = rng.integers(0, 3 * C, B)
+                nv = rng.integers(1, C + 1, B)
+                nv[0] = C if step == 0 else nv[0]
+                cu.memcpy_h2d(dpos.ptr, pos.astype(np.int32).view(np.uint8), st)
+                cu.memcpy_h2d(dnv.ptr, nv.astype(np.int64).view(np.uint8), st)
+                cu.graph_launch(g, st)
+                cu.stream_sync(st)
+                assert_close(host(out), ref_swa_decode(q, kc, vc, pos, nv), RTOL[dtype],
+                             f"replay {step}")
+        finally:
+            cu.graph_free(g)
+        del dq, dk, dv, dpos, dnv, out
+    finally:
+        cu.stream_sync(st)
+        cu.stream_destroy(st)

@@ -182,8 +182,17 @@ def _step(be, table, i1, i2, i3):
     return be.to_numpy(be.concat([b, c], 1))
 
 
+@pytest.fixture
+def uploads_only(monkeypatch):
+    """Every host index array is uploaded (no slice copies for runs of consecutive indices):
+    the tests below are about index uploads racing with deferred launches."""
+    import samba_ext.backend_cuda as bc
+
+    monkeypatch.setattr(bc, "_MAX_RUNS", 0)
+
+
 @pytest.mark.parametrize("batches", [(1, 16, 16, 4, 16, 1), (16, 1, 16), (1, 2, 64, 64)])
-def test_steps_at_changing_batch_sizes(fake_backend, rng, batches):
+def test_steps_at_changing_batch_sizes(fake_backend, uploads_only, rng, batches):
     """One backend decoding at several batch sizes in turn: every step (eager at a first or
     larger size, captured, replayed) gives exactly the rows a NumPy gather gives."""
     be = fake_backend
@@ -201,7 +210,7 @@ def test_steps_at_changing_batch_sizes(fake_backend, rng, batches):
     assert be.stats["eager_steps"] >= 1 and be.stats["replays"] >= 1, be.stats
 
 
-def test_overflowing_step_holds_its_buffers_until_launched(fake_backend, rng):
+def test_overflowing_step_holds_its_buffers_until_launched(fake_backend, uploads_only, rng):
     """The first step at a larger batch overflows the arena: the buffers it allocates
     outside the arena stay alive until its deferred launches are issued, then go back."""
     be = fake_backend
@@ -226,7 +235,8 @@ def test_overflowing_step_holds_its_buffers_until_launched(fake_backend, rng):
     assert ptrs <= pooled(), "the step's own buffers are returned once it has run"
 
 
-def test_array_replaced_during_a_step_stays_alive_until_launched(fake_backend, rng):
+def test_array_replaced_during_a_step_stays_alive_until_launched(fake_backend, uploads_only,
+                                                                rng):
     """The full-attention cache grows inside a decode step: a larger zeroed cache is made,
     the old rows are copied into it by a deferred launch, and the old cache is dropped. The
     old cache's memory must not be reused (here: by an upload of the same size made right
@@ -248,3 +258,102 @@ def test_array_replaced_during_a_step_stays_alive_until_launched(fake_backend, r
         np.testing.assert_array_equal(got[:64], rows)
         np.testing.assert_array_equal(got[64:], 0.0)
         del other
+
+
+# ------------------------------------------------------------ direct replay of a step ---
+def _counting(cu):
+    """Count cu.memcpy_h2d calls (uploads) in cu.n_h2d."""
+    orig = cu.memcpy_h2d
+    cu.n_h2d = 0
+
+    def h2d(ptr, src, stream):
+        cu.n_h2d += 1
+        orig(ptr, src, stream)
+    cu.memcpy_h2d = h2d
+    return cu
+
+
+def _index_step(be, table, cache, host, key):
+    """A decode-like step driven only by its step_inputs array: rows host[0] and host[1] of
+    the table, the first also written into cache row slot host[2][b] (a ring write)."""
+    out = be.replay_step(key, host)
+    if out is not None:
+        return be.to_numpy(out), True
+    be.begin_step(key)
+    ins = be.step_inputs(host)
+    a = be.take(table, ins[0], 0)
+    be.write_rows(cache, ins[2], a)
+    b = be.take(table, ins[1], 0)
+    return be.to_numpy(be.end_step(be.concat([a, b], 1))), False
+
+
+def test_a_captured_step_is_replayed_without_running_it(fake_backend, rng):
+    """After a step has been captured, the next steps with the same key are direct replays:
+    one upload (the new inputs), one graph launch, and the same results as running them."""
+    be = fake_backend
+    cu = _counting(_rt._cuda_mod)
+    V, D, B, C = 20, 64, 3, 5
+    host_t = rng.standard_normal((V, D)).astype(np.float32)
+    table = be.asarray(host_t)
+    cache = be.zeros((B, C, D))
+    key = be.step_key(("model", B), [cache])
+    want_cache = np.zeros((B, C, D), np.float32)
+    direct = []
+    for step in range(6):
+        host = np.stack([rng.integers(0, V, B), rng.integers(0, V, B),
+                         np.full(B, step % C)]).astype(np.int64)
+        before = cu.n_h2d
+        got, was_direct = _index_step(be, table, cache, host, key)
+        direct.append(was_direct)
+        want_cache[np.arange(B), host[2]] = host_t[host[0]]
+        np.testing.assert_array_equal(got, np.concatenate([host_t[host[0]], host_t[host[1]]], 1))
+        np.testing.assert_array_equal(be.to_numpy(cache), want_cache)
+        if was_direct:
+            assert cu.n_h2d - before == 1, "a direct replay uploads its inputs only"
+    # step 0 eager (sizes the arena), step 1 captured, then direct replays
+    assert direct == [False, False, True, True, True, True], direct
+    assert be.stats["direct_replays"] == 4 and be.stats["captures"] == 1, be.stats
+    # another key (another state's arrays) is not replayed from this one
+    other = be.zeros((B, C, D))
+    assert be.replay_step(be.step_key(("model", B), [other]), host) is None
+
+
+def test_a_step_with_other_uploads_is_not_replayed_directly(fake_backend, rng):
+    """A step that uploaded host values besides its step_inputs (here a host index array)
+    would replay stale values: it is captured and replayed as a graph, never directly."""
+    be = fake_backend
+    table = be.asarray(rng.standard_normal((20, 64)).astype(np.float32))
+    key = be.step_key(("m", 2), [table])
+    for _ in range(4):
+        assert be.replay_step(key, np.zeros((1, 2), np.int64)) is None
+        be.begin_step(key)
+        ins = be.step_inputs(np.array([[1, 2]]))
+        a = be.take(table, ins[0], 0)
+        b = be.take(table, np.array([7, 3, 9, 1, 4, 12]), 0)   # a host upload inside the step
+        be.end_step(be.concat([a, b], 0))
+    assert be.stats["direct_replays"] == 0 and be.stats["replays"] >= 2, be.stats
+
+
+def test_ring_reads_and_writes_upload_nothing(fake_backend, rng):
+    """take / put with index runs (a prefill chunk's ring-buffer reads and writes,
+    arange(a, b) % W) become strided slice copies: no index upload, NumPy's results."""
+    be = fake_backend
+    cu = _counting(_rt._cuda_mod)
+    W, L = 16, 6
+    ring_h = rng.standard_normal((2, W, 3)).astype(np.float32)
+    ring = be.asarray(ring_h)
+    for p0 in (3, 13, 16, 30):
+        idx = np.arange(p0 - 5, p0) % W          # wraps for p0 = 16 + k < 21
+        before = cu.n_h2d
+        got = be.to_numpy(be.take(ring, idx, 1))
+        new = rng.standard_normal((2, L, 3)).astype(np.float32)
+        widx = np.arange(p0, p0 + L) % W
+        be.put(ring, widx, be.asarray(new), 1)
+        ring_h_old = ring_h.copy()
+        ring_h[:, widx] = new
+        assert cu.n_h2d - before == 1, "only the put's source array is uploaded"
+        np.testing.assert_array_equal(got, ring_h_old[:, idx])
+        np.testing.assert_array_equal(be.to_numpy(ring), ring_h)
+    # scattered indices still gather correctly (through an index upload)
+    idx = np.array([5, 0, 9, 2, 14, 7, 1])
+    np.testing.assert_array_equal(be.to_numpy(be.take(ring, idx, 1)), ring_h[:, idx])

@@ -1,17 +1,22 @@
 """Argument checking of samba_ext.grad and of the backward glue: bad input raises an
-exception naming the argument, never crashes; CUDA arrays raise NotImplementedError."""
+exception naming the argument, never crashes; the contract runs before the backend is
+chosen, and a CUDA array without a usable GPU raises CudaUnavailableError."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from conftest import CUDA_SKIP
 from samba_ext import _core, grad
+from samba_ext.errors import CudaUnavailableError
 
 
 class FakeCudaArray:
     """Looks like a CUDA array to the dispatch (no GPU needed)."""
-    __cuda_array_interface__ = {"shape": (1,), "typestr": "<f4", "data": (0, False),
-                                "version": 3}
+
+    def __init__(self, shape: tuple = (1,)) -> None:
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": "<f4",
+                                         "data": (0, False), "version": 3}
 
 
 def scan_args(batch=2, dim=4, L=5, N=3):
@@ -32,7 +37,7 @@ def scan_args(batch=2, dim=4, L=5, N=3):
     (dict(initial_state=np.zeros((2, 4, 2))), ValueError, "initial_state"),
     (dict(dout=np.zeros((2, 4, 4))), ValueError, "dout"),
     (dict(dlast_state=np.zeros((1, 4, 3))), ValueError, "dlast_state"),
-    (dict(u=FakeCudaArray()), NotImplementedError, "CUDA"),
+    (dict(u=FakeCudaArray()), ValueError, "u"),  # the contract, before the backend
     (dict(u="abc"), TypeError, "u"),
 ])
 def test_scan_bad_args(change, exc, word):
@@ -40,6 +45,19 @@ def test_scan_bad_args(change, exc, word):
     kw.update(change)
     with pytest.raises(exc, match=word):
         grad.selective_scan_bwd(**kw)
+
+
+@pytest.mark.skipif(CUDA_SKIP is None, reason="a CUDA device is present")
+def test_cuda_inputs_without_device():
+    """Valid shapes with a CUDA array pass the contract and reach the CUDA backend, which
+    says why it cannot run here."""
+    kw = dict(scan_args(), dout=np.zeros((2, 4, 5)))
+    kw["u"] = FakeCudaArray((2, 4, 5))
+    with pytest.raises(CudaUnavailableError):
+        grad.selective_scan_bwd(**kw)
+    x = np.zeros((2, 3, 5))
+    with pytest.raises(CudaUnavailableError):
+        grad.causal_conv1d_bwd(x, np.zeros((3, 4)), dy=FakeCudaArray((2, 3, 5)))
 
 
 def test_conv_bad_args():
@@ -138,3 +156,14 @@ def test_dtypes_and_empty():
 def test_glue_text_signatures(name, nparams):
     import inspect
     assert len(inspect.signature(getattr(_core, name)).parameters) == nparams
+
+
+def test_backward_contracts_return_sizes():
+    from samba_ext.ops import contracts
+
+    kw = scan_args()
+    assert contracts.selective_scan_bwd(**kw, dout=np.zeros((2, 4, 5))) == (2, 4, 5, 3)
+    x = np.zeros((2, 3, 5))
+    assert contracts.causal_conv1d_bwd(x, np.zeros((3, 4)), dy=x) == (2, 3, 5, 4)
+    with pytest.raises(TypeError, match="dy"):
+        contracts.causal_conv1d_bwd(x, np.zeros((3, 4)))

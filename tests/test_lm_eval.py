@@ -237,7 +237,14 @@ def test_cuda_loglikelihood_matches_cpu(model):
     reqs = [Instance("loglikelihood", {}, (r["context"], ch), i)
             for i, r in enumerate(_rows()) for ch in r["choices"]]
     cpu = backend.SambaLM(pretrained="samba-tiny", device="cpu", batch_size=4)
-    gpu = backend.SambaLM(pretrained="samba-tiny", device="cuda", batch_size=4)
+    from samba_ext import Samba
+    from samba_ext.backend_cuda import CUDABackend
+
+    # the shared "cuda" backend keeps weights and activations in bfloat16; a float32 backend
+    # makes the two devices differ only by summation order
+    f32 = CUDABackend(weight_dtype="float32", act_dtype="float32")
+    gpu = backend.SambaLM(pretrained=Samba.load("samba-tiny", device=f32), device="cuda",
+                          batch_size=4)
     a = [v for v, _ in cpu.loglikelihood(reqs, True)]
     b = [v for v, _ in gpu.loglikelihood(reqs, True)]
     # float32 on both devices with different summation orders: relative 1e-5 per logit,

@@ -442,6 +442,35 @@ def test_model_uses_only_the_backend_interface(rng):
     assert be.calls["matmul"] > 0 and be.calls["selective_state_update"] > 0
 
 
+def test_prefill_and_step_copy_nothing_to_the_host_until_asked(rng):
+    """The logits stay backend arrays: a prefill over several chunks and decode steps with
+    logits="device" never call to_numpy (on the GPU: no device-to-host copy, no wait);
+    state.logits converts once when read; the default return values are NumPy as before."""
+    be = _opaque_backend()
+    cfg = _config(("mamba", "swa", "attn"))
+    sd = _perturbed(cfg, 6)
+    ref, m = Samba(cfg, state_dict=sd), Samba(cfg, state_dict=sd, device=be)
+    tok = rng.integers(0, 259, (2, 37))
+    st, st_ref = m.new_state(2), ref.new_state(2)
+    dev = m.prefill(tok, st, chunk_size=8, logits="device")     # 5 chunks
+    assert be.calls.get("to_numpy", 0) == 0 and st.has_logits()
+    want = ref.prefill(tok, st_ref, chunk_size=8)
+    assert_close(be.to_numpy(dev), want, RTOL_SAME, "device logits")
+    for t in range(3):
+        d = m.step(tok[:, t], st, logits="device")
+        assert be.calls["to_numpy"] == 1, "a step with logits='device' copied to the host"
+        assert_close(be.to_numpy(d), ref.step(tok[:, t], st_ref), RTOL_SAME, "step")
+        be.calls["to_numpy"] -= 1
+    lg = st.logits
+    assert isinstance(lg, np.ndarray) and lg.dtype == np.float32
+    assert_close(lg, st_ref.logits, RTOL_SAME, "state.logits")
+    assert st.logits is lg, "state.logits is converted once"
+    out = m.prefill(tok[:, :3], st)
+    assert isinstance(out, np.ndarray) and out.shape == (2, cfg.vocab_size)
+    with pytest.raises(ValueError, match="logits"):
+        m.step(tok[:, 0], st, logits="numpy")
+
+
 def test_interrupted_prefill_invalidates_the_state(model, rng):
     """A prefill stopped midway (e.g. Ctrl-C inside a chunk) must not leave a silently wrong
     state: later calls on it raise; a copy taken before stays usable."""

@@ -14,9 +14,22 @@
 // warp owns 4 queries: lane j scores key j of the tile, the warp keeps the running max /
 // sum (online softmax in base 2) and each lane accumulates head dims lane, lane+32, ...
 //
+// Variants of the tensor-core kernels (bfloat16 / float16): prefill v1 = attention_mma.cu,
+// v2 and v3 = attention_mma_v2.cu (two block shapes); decode v1 = attention_decode.cu (split kernel + merge kernel),
+// v2 = attention_decode_v2.cu (one launch). SAMBA_EXT_ATTN_PREFILL / SAMBA_EXT_ATTN_DECODE =
+// v1 | v2 | v3 (prefill only) | auto (read once; default auto: the per-head-dim choice in auto_prefill() /
+// auto_decode()); samba_cu_attn_variant() overrides them at run time (tests, benchmarks).
+// A variant that does not apply to a call (shared memory, scale, capture) falls back to v1.
+//
 // Decode (attn_decode_kernel): grid (H, B), 4 warps splitting the n_valid cached keys;
 // lanes over head dims, 8 keys per step (8 independent warp reductions in flight); the four
 // partial softmax states are merged through shared memory at the end.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <atomic>
+
 #include "attention_impl.cuh"
 
 #define ATT_BQ 16
@@ -146,6 +159,50 @@ static samba_status launch_fwd(const samba_cu_attn_args *a, cudaStream_t stream)
     return samba_cu_check_launch("swa_attention", stream);
 }
 
+// ------------------------------------------------------------------ variants -----------
+// Which tensor-core variant runs when the setting is "auto", by head dim.
+// The defaults follow benchmarks/results/gpu_attention.md (H200, bf16): v2 was the fastest
+// prefill at head dim 64 (SWA and causal) and 96 at 32K, v3 at head dim 128 (all lengths);
+// decode v2 was faster from 16K keys on and within 8% of v1 at 4K.
+static int auto_prefill(int64_t hd) {
+    return hd >= 128 ? 3 : 2;
+}
+static int auto_decode(int64_t hd) {
+    (void)hd;
+    return 2;
+}
+
+static std::atomic<int> attn_variant_setting[2] = {{-1}, {-1}};  // -1: not read yet
+
+static int variant_from_env(int which, const char *name) {
+    const char *s = getenv(name);
+    if (!s || !*s || !strcmp(s, "auto")) return 0;
+    if (!strcmp(s, "v1") || !strcmp(s, "1")) return 1;
+    if (!strcmp(s, "v2") || !strcmp(s, "2")) return 2;
+    if (which == 0 && (!strcmp(s, "v3") || !strcmp(s, "3"))) return 3;
+    fprintf(stderr, "samba_ext: %s=%s not understood (%s or auto); using auto\n", name, s,
+            which == 0 ? "v1, v2, v3" : "v1, v2");
+    return 0;
+}
+
+extern "C" int samba_cu_attn_variant(int which, int value) {
+    if (which < 0 || which > 1 || value < -1 || value > (which == 0 ? 3 : 2)) return -1;
+    std::atomic<int> &v = attn_variant_setting[which];
+    if (value >= 0) {
+        v.store(value);
+    } else if (v.load() < 0) {
+        v.store(variant_from_env(which, which == 0 ? "SAMBA_EXT_ATTN_PREFILL" : "SAMBA_EXT_ATTN_DECODE"));
+    }
+    return v.load();
+}
+
+// The variant (1, 2 or, for the prefill, 3) for this call's head dim.
+static int attn_variant(int which, int64_t hd) {
+    const int v = samba_cu_attn_variant(which, -1);
+    if (v > 0) return v;
+    return which == 0 ? auto_prefill(hd) : auto_decode(hd);
+}
+
 static samba_status check_heads(const char *what, int64_t nheads, int64_t nheads_kv,
                                  int64_t headdim) {
     if (nheads_kv < 1 || nheads % nheads_kv != 0)
@@ -170,6 +227,8 @@ extern "C" samba_status samba_cu_attn_fwd(const samba_cu_attn_args *a, void *str
     if (a->batch > 65535)
         return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "swa_attention: batch above 65535");
     cudaStream_t st = (cudaStream_t)stream;
+    const int var = attn_variant(0, a->headdim);
+    if (var >= 2 && attn_mma_v2_applicable(a, var)) return attn_mma_v2_fwd(a, var, st);
     if (attn_mma_applicable(a)) return attn_mma_fwd(a, st);
     if (a->headdim <= 64) return launch_fwd<2>(a, st);
     if (a->headdim <= 128) return launch_fwd<4>(a, st);
@@ -297,6 +356,12 @@ extern "C" samba_status samba_cu_attn_decode(int64_t batch, int64_t nheads, int6
     if (batch > 65535)
         return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "swa_decode: batch above 65535");
     cudaStream_t st = (cudaStream_t)stream;
+    if (attn_variant(1, headdim) == 2 && attn_decode_v2_applicable(headdim, q, k_cache, v_cache, out)) {
+        int taken = 0;
+        s = attn_decode_v2(batch, nheads, nheads_kv, headdim, capacity, q, k_cache, v_cache, pos,
+                           n_valid, softmax_scale, out, st, &taken);
+        if (s != SAMBA_OK || taken) return s;
+    }
     if (attn_decode_split_applicable(headdim, q, k_cache, v_cache, out))
         return attn_decode_split(batch, nheads, nheads_kv, headdim, capacity, q, k_cache, v_cache,
                                  pos, n_valid, softmax_scale, out, st);

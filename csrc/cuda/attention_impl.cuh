@@ -1,6 +1,7 @@
 // attention_impl.cuh - internal interface between the attention launchers in attention.cu
 // (argument checks, float32 exact path, dispatch) and the tensor-core prefill
-// (attention_mma.cu) and split-KV decode (attention_decode.cu) implementations.
+// (attention_mma.cu, attention_mma_v2.cu) and split-KV decode (attention_decode.cu,
+// attention_decode_v2.cu) implementations.
 #ifndef SAMBA_ATTENTION_IMPL_CUH
 #define SAMBA_ATTENTION_IMPL_CUH
 
@@ -20,6 +21,17 @@ size_t attn_smem_optin(void);
 int attn_mma_applicable(const samba_cu_attn_args *a);
 samba_status attn_mma_fwd(const samba_cu_attn_args *a, cudaStream_t stream);
 
+// The general masking of samba_cu_attn_fwd_lse for the tensor-core prefill (a->window is
+// ignored): query i at key position p = i + Lk - Lq sees keys p - left .. p + right (-1 =
+// unbounded), scores softcap * tanh(s / softcap) when softcap > 0, and lse (B, H, Lq) float32
+// (natural log, -inf for a row without keys) is written when not NULL.
+struct attn_gen {
+    int64_t left, right;
+    float softcap;
+    float *lse;
+};
+samba_status attn_mma_fwd_gen(const samba_cu_attn_args *a, const attn_gen *g, cudaStream_t stream);
+
 // 1 when the split-KV decode handles these arguments (same dtype and alignment rules).
 int attn_decode_split_applicable(int64_t headdim, samba_cu_ref q, samba_cu_ref k_cache,
                                  samba_cu_ref v_cache, samba_cu_ref out);
@@ -27,6 +39,24 @@ samba_status attn_decode_split(int64_t batch, int64_t nheads, int64_t nheads_kv,
                                int64_t capacity, samba_cu_ref q, samba_cu_ref k_cache,
                                samba_cu_ref v_cache, samba_cu_ref pos, samba_cu_ref n_valid,
                                float softmax_scale, samba_cu_ref out, cudaStream_t stream);
+
+// Variants 2 and 3 of the prefill (attention_mma_v2.cu): the same rules plus a positive,
+// finite softmax_scale (the scale is folded into the exponent), seqlen_k < 2^30 and the
+// variant's tiles fitting the shared memory.
+int attn_mma_v2_applicable(const samba_cu_attn_args *a, int variant);
+samba_status attn_mma_v2_fwd(const samba_cu_attn_args *a, int variant, cudaStream_t stream);
+
+// Variant 2 of the split-KV decode (attention_decode_v2.cu): one launch, a stream-K division
+// of the key tiles over one wave of blocks, the merge folded in. Same applicability rules
+// (its tiles must fit the shared memory). *taken = 0 (and SAMBA_OK) when it declined: under
+// stream capture without a large enough workspace for the stream; then run the first variant.
+int attn_decode_v2_applicable(int64_t headdim, samba_cu_ref q, samba_cu_ref k_cache,
+                              samba_cu_ref v_cache, samba_cu_ref out);
+samba_status attn_decode_v2(int64_t batch, int64_t nheads, int64_t nheads_kv, int64_t headdim,
+                            int64_t capacity, samba_cu_ref q, samba_cu_ref k_cache,
+                            samba_cu_ref v_cache, samba_cu_ref pos, samba_cu_ref n_valid,
+                            float softmax_scale, samba_cu_ref out, cudaStream_t stream,
+                            int *taken);
 
 // Shared by both: 2^x on the special-function unit (relative error ~2^-22; 2^-inf = +0).
 __device__ __forceinline__ float fast_exp2(float x) {

@@ -20,6 +20,11 @@
 // each ldmatrix land in 8 different 4-bank groups, so the loads are conflict-free.
 // Head dims: templates for D = 64, 96, 128 and 256; a head dim that is a multiple of 8 runs in
 // the next larger template with the columns past hd zero-filled (cp.async src-size 0).
+//
+// GEN = true instantiates the general masking of samba_cu_attn_fwd_lse (attention_fwd_lse.cu):
+// a two-sided window (left, right, either unbounded), any Lq / Lk, softcap, and the
+// log-sum-exp stored per row. GEN = false is the causal sliding-window kernel above, compiled
+// without any of it.
 #include "attention_impl.cuh"
 #include "mma_ptx.cuh"
 
@@ -61,9 +66,9 @@ __device__ __forceinline__ void load_tile(T *s, const T *g, int64_t rs, int64_t 
     }
 }
 
-template <typename T, class C>
+template <typename T, class C, bool GEN>
 __global__ void __launch_bounds__(C::THREADS)
-attn_mma_kernel(samba_cu_attn_args p, int n_qtiles) {
+attn_mma_kernel(samba_cu_attn_args p, int n_qtiles, attn_gen gx) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T *sQ = reinterpret_cast<T *>(smem_raw);  // [BQ][LD]
     T *sK = sQ + C::BQ * C::LD;               // [2][BK][LD]
@@ -85,9 +90,20 @@ attn_mma_kernel(samba_cu_attn_args p, int n_qtiles) {
     // keys seen by the block: [kmin, kmax] (absolute positions; query q sits at q + off)
     const int64_t q0 = qtile * C::BQ;
     const int64_t q_last = (q0 + C::BQ < Lq ? q0 + C::BQ : Lq) - 1;
-    const int64_t kmax = q_last + off;
-    const int64_t kmin = (W > 0 && q0 + off - W + 1 > 0) ? q0 + off - W + 1 : 0;
-    const int64_t t_first = kmin / C::BK, t_last = kmax / C::BK;
+    int64_t t_first, t_last;
+    if constexpr (GEN) {
+        const int64_t kmax =
+            gx.right < 0 ? Lk - 1 : (q_last + off + gx.right < Lk ? q_last + off + gx.right : Lk - 1);
+        const int64_t kmin = gx.left < 0 ? 0 : (q0 + off - gx.left > 0 ? q0 + off - gx.left : 0);
+        const bool none = kmax < kmin;  // no key seen by any row of the block
+        t_first = none ? 0 : kmin / C::BK;
+        t_last = none ? -1 : kmax / C::BK;
+    } else {
+        const int64_t kmax = q_last + off;
+        const int64_t kmin = (W > 0 && q0 + off - W + 1 > 0) ? q0 + off - W + 1 : 0;
+        t_first = kmin / C::BK;
+        t_last = kmax / C::BK;
+    }
 
     load_tile<C, C::BQ>(sQ, qg, p.q_stride[1], q0, Lq, hd);
     load_tile<C, C::BK>(sK, kg, p.k_stride[1], t_first * C::BK, Lk, hd);
@@ -100,6 +116,13 @@ attn_mma_kernel(samba_cu_attn_args p, int n_qtiles) {
     const float sl = p.softmax_scale * 1.4426950408889634f;  // scores in base-2 units
     // window as int32: a window longer than every distance is the same as none
     const int Wi = (W <= 0 || W > Lk + C::BQ) ? 0 : (int)W;
+    // GEN: window sides as int32 (-1 = unbounded; longer than every distance = unbounded)
+    const int64_t far = Lk + Lq + C::BQ + C::BK;
+    const int Li = (!GEN || gx.left < 0 || gx.left > far) ? -1 : (int)gx.left;
+    const int Ri = (!GEN || gx.right < 0 || gx.right > far) ? -1 : (int)gx.right;
+    const bool capped = GEN && gx.softcap > 0.0f;
+    const float cap_in = capped ? p.softmax_scale / gx.softcap : 0.0f;  // tanh argument
+    const float cap_out = gx.softcap * 1.4426950408889634f;              // base-2 units
 
     float o[C::MT][C::NT_O][4];
 #pragma unroll
@@ -177,9 +200,15 @@ attn_mma_kernel(samba_cu_attn_args p, int n_qtiles) {
 
         // ---- scale, mask (edge tiles only), online softmax ----
         const int64_t kbase = t * C::BK;
-        const bool edge = kbase + C::BK - 1 > q0 + off            // crosses the causal edge
-                          || (W > 0 && kbase <= q_last + off - W)  // crosses the window edge
-                          || kbase + C::BK > Lk;                   // runs past the keys
+        bool edge;
+        if constexpr (GEN)
+            edge = (Ri >= 0 && kbase + C::BK - 1 > q0 + off + Ri)  // past the first row's right
+                   || (Li >= 0 && kbase < q_last + off - Li)       // before the last row's left
+                   || kbase + C::BK > Lk;
+        else
+            edge = kbase + C::BK - 1 > q0 + off            // crosses the causal edge
+                   || (W > 0 && kbase <= q_last + off - W)  // crosses the window edge
+                   || kbase + C::BK > Lk;                   // runs past the keys
         // in int32, relative to this thread's first row: key - qpos = rel_key - rel_q
         const int dkq = (int)(kbase - qp0);
         const int kend = (int)(Lk - kbase < C::BK ? Lk - kbase : C::BK);  // keys left in the tile
@@ -190,10 +219,15 @@ attn_mma_kernel(samba_cu_attn_args p, int n_qtiles) {
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     float x = s[mt][n][e] * sl;
+                    if constexpr (GEN) {
+                        if (capped) x = cap_out * tanhf(s[mt][n][e] * cap_in);
+                    }
                     if (edge) {
                         const int kt = n * 8 + 2 * tq + (e & 1);             // key in the tile
                         const int rel = dkq + kt - mt * 16 - (e >> 1) * 8;   // key - qpos
-                        if (rel > 0 || kt >= kend || (Wi > 0 && rel <= -Wi)) x = -INFINITY;
+                        if (GEN ? (kt >= kend || (Ri >= 0 && rel > Ri) || (Li >= 0 && rel < -Li))
+                                : (rel > 0 || kt >= kend || (Wi > 0 && rel <= -Wi)))
+                            x = -INFINITY;
                     }
                     s[mt][n][e] = x;
                 }
@@ -266,6 +300,12 @@ attn_mma_kernel(samba_cu_attn_args p, int n_qtiles) {
             const float inv = lr > 0.0f ? 1.0f / lr : (lr == 0.0f ? 0.0f : lr);  // NaN stays NaN
             const int64_t q = q0 + wrow + mt * 16 + g + r * 8;
             if (q >= Lq) continue;
+            if constexpr (GEN) {
+                if (gx.lse && tq == 0)  // natural log: ln 2 (m + log2 l)
+                    gx.lse[(b * p.nheads + h) * Lq + q] =
+                        lr > 0.0f ? 0.6931471805599453f * (m[mt][r] + log2f(lr))
+                                  : (lr == 0.0f ? -INFINITY : lr);
+            }
             T *orow = (T *)p.out.ptr + ((b * Lq + q) * p.nheads + h) * hd;
 #pragma unroll
             for (int i = 0; i < C::NT_O; ++i) {
@@ -279,19 +319,21 @@ attn_mma_kernel(samba_cu_attn_args p, int n_qtiles) {
     }
 }
 
-template <typename T, class C>
-samba_status launch(const samba_cu_attn_args *a, cudaStream_t st) {
+template <typename T, class C, bool GEN>
+samba_status launch(const samba_cu_attn_args *a, const attn_gen *gx, cudaStream_t st) {
     const int64_t n_qtiles = cdiv(a->seqlen_q, C::BQ);
     if (n_qtiles > 65535)
         return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED,
                                  "swa_attention: seqlen_q above %lld on the tensor-core path",
                                  (long long)65535 * C::BQ);
-    cudaError_t e = cudaFuncSetAttribute(attn_mma_kernel<T, C>,
+    cudaError_t e = cudaFuncSetAttribute(attn_mma_kernel<T, C, GEN>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
     if (e != cudaSuccess) return samba_cu_fail("swa_attention (shared memory opt-in)", e);
     dim3 grid((unsigned)a->nheads, (unsigned)n_qtiles, (unsigned)a->batch);
-    attn_mma_kernel<T, C><<<grid, C::THREADS, C::SMEM, st>>>(*a, (int)n_qtiles);
-    return samba_cu_check_launch("swa_attention", st);
+    attn_gen none = {0, 0, 0.0f, nullptr};
+    attn_mma_kernel<T, C, GEN><<<grid, C::THREADS, C::SMEM, st>>>(*a, (int)n_qtiles,
+                                                                  gx ? *gx : none);
+    return samba_cu_check_launch(GEN ? "attention_fwd" : "swa_attention", st);
 }
 
 // Rows per warp: 16 (one m-tile) at head dim 64, 32 (two m-tiles sharing every K/V fragment)
@@ -308,19 +350,21 @@ int attn_rows_override() {
     return r;
 }
 
-template <typename T>
-samba_status dispatch(const samba_cu_attn_args *a, cudaStream_t st) {
+template <typename T, bool GEN>
+samba_status dispatch(const samba_cu_attn_args *a, const attn_gen *gx, cudaStream_t st) {
     const int64_t hd = a->headdim;
     const int force = attn_rows_override();
     const bool two = force ? force == 32 : hd > 64;
     if (hd <= 64)
-        return two ? launch<T, Cfg<64, 64, 2, false>>(a, st) : launch<T, Cfg<64, 64, 1, true>>(a, st);
+        return two ? launch<T, Cfg<64, 64, 2, false>, GEN>(a, gx, st)
+                   : launch<T, Cfg<64, 64, 1, true>, GEN>(a, gx, st);
     if (hd <= 96)
-        return two ? launch<T, Cfg<96, 32, 2, false>>(a, st) : launch<T, Cfg<96, 64, 1, true>>(a, st);
+        return two ? launch<T, Cfg<96, 32, 2, false>, GEN>(a, gx, st)
+                   : launch<T, Cfg<96, 64, 1, true>, GEN>(a, gx, st);
     if (hd <= 128)
-        return two ? launch<T, Cfg<128, 32, 2, false>>(a, st)
-                   : launch<T, Cfg<128, 64, 1, true>>(a, st);
-    return launch<T, Cfg<256, 32, 1, false>>(a, st);
+        return two ? launch<T, Cfg<128, 32, 2, false>, GEN>(a, gx, st)
+                   : launch<T, Cfg<128, 64, 1, true>, GEN>(a, gx, st);
+    return launch<T, Cfg<256, 32, 1, false>, GEN>(a, gx, st);
 }
 
 }  // namespace
@@ -335,7 +379,7 @@ int attn_tensor_cores_ok(void) {
     if (cached[dev] == 0) {
         cudaFuncAttributes fa;
         const cudaError_t e =
-            cudaFuncGetAttributes(&fa, attn_mma_kernel<__nv_bfloat16, Cfg<64, 64, 1, true>>);
+            cudaFuncGetAttributes(&fa, attn_mma_kernel<__nv_bfloat16, Cfg<64, 64, 1, true>, false>);
         if (e != cudaSuccess) cudaGetLastError();
         cached[dev] = (e == cudaSuccess && fa.binaryVersion >= 80) ? 1 : 2;
     }
@@ -384,6 +428,11 @@ int attn_mma_applicable(const samba_cu_attn_args *a) {
 }
 
 samba_status attn_mma_fwd(const samba_cu_attn_args *a, cudaStream_t st) {
-    if (a->q.dtype == SAMBA_CU_BF16) return dispatch<__nv_bfloat16>(a, st);
-    return dispatch<__half>(a, st);
+    if (a->q.dtype == SAMBA_CU_BF16) return dispatch<__nv_bfloat16, false>(a, nullptr, st);
+    return dispatch<__half, false>(a, nullptr, st);
+}
+
+samba_status attn_mma_fwd_gen(const samba_cu_attn_args *a, const attn_gen *gx, cudaStream_t st) {
+    if (a->q.dtype == SAMBA_CU_BF16) return dispatch<__nv_bfloat16, true>(a, gx, st);
+    return dispatch<__half, true>(a, gx, st);
 }

@@ -119,6 +119,35 @@ __device__ __forceinline__ uint32_t movmatrix_trans(uint32_t x) {
     return y;
 }
 
+// The same copies and loads addressed by 32-bit shared-memory addresses (smem_addr()), so a
+// kernel can keep its tile offsets in 32-bit registers.
+__device__ __forceinline__ void cp_async16_s(uint32_t dst, const void *src, bool valid) {
+#if SAMBA_PTX_SM80
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+                 "r"(valid ? 16 : 0));
+#else
+    __trap();
+#endif
+}
+__device__ __forceinline__ void ldsm_x4_s(uint32_t (&r)[4], uint32_t addr) {
+#if SAMBA_PTX_SM80
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+#else
+    __trap();
+#endif
+}
+__device__ __forceinline__ void ldsm_x4_trans_s(uint32_t (&r)[4], uint32_t addr) {
+#if SAMBA_PTX_SM80
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+#else
+    __trap();
+#endif
+}
+
 }  // namespace samba_ptx
 
 #endif

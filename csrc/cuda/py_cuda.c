@@ -238,7 +238,12 @@ PyInit__cuda(void)
     if (PyModule_AddFunctions(m, samba_pycu_memory_methods) < 0 ||
         PyModule_AddFunctions(m, samba_pycu_stream_methods) < 0 ||
         PyModule_AddFunctions(m, samba_pycu_dlpack_methods) < 0 ||
-        PyModule_AddFunctions(m, samba_pycu_kernel_methods) < 0) {
+        PyModule_AddFunctions(m, samba_pycu_kernel_methods) < 0 ||
+        PyModule_AddFunctions(m, samba_pycu_bwd_attn_methods) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (PyModule_AddFunctions(m, samba_pycu_bwd_scan_methods) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -42,9 +42,11 @@ PyObject *samba_pycu_status_none(samba_status s);
 /* The module's types (py_cuda_memory.c, py_cuda_dlpack.c) and method tables (one per file). */
 extern PyTypeObject samba_pycu_BufferType;
 extern PyTypeObject samba_pycu_ImportedType;
+extern PyMethodDef samba_pycu_bwd_scan_methods[]; /* py_cuda_bwd_scan.c */
 extern PyMethodDef samba_pycu_memory_methods[];
 extern PyMethodDef samba_pycu_stream_methods[];
 extern PyMethodDef samba_pycu_dlpack_methods[];
 extern PyMethodDef samba_pycu_kernel_methods[];
+extern PyMethodDef samba_pycu_bwd_attn_methods[]; /* py_cuda_bwd_attn.c */
 
 #endif

@@ -166,6 +166,25 @@ py_swa_decode(PyObject *self, PyObject *args)
                                       nv, scale, out, stream));
 }
 
+/* _attn_variant(which, value) -> the setting: which 0 = prefill, 1 = decode; value -1 = query,
+ * 0 = auto, 1, 2 (3: prefill) = that tensor-core variant (samba_cuda.h). Private: tests and
+ * benchmarks/gpu_attention.py compare the variants in one process. */
+static PyObject *
+py_attn_variant(PyObject *self, PyObject *args)
+{
+    int which, value;
+    if (!PyArg_ParseTuple(args, "ii", &which, &value)) {
+        return NULL;
+    }
+    int r = samba_cu_attn_variant(which, value);
+    if (r < 0) {
+        PyErr_Format(PyExc_ValueError, "_attn_variant: which must be 0 or 1 and value -1..%d, "
+                     "got which=%d, value=%d", which == 0 ? 3 : 2, which, value);
+        return NULL;
+    }
+    return PyLong_FromLong(r);
+}
+
 /* rms_norm(rows, n, x, ldx, residual, ldr, residual_out, weight, eps, y, stream) */
 static PyObject *
 py_rms_norm(PyObject *self, PyObject *args)
@@ -282,6 +301,10 @@ PyMethodDef samba_pycu_kernel_methods[] = {
      "swa_decode($module, batch, nheads, nheads_kv, headdim, capacity, q, k_cache, "
      "v_cache, pos, n_valid, scale, out, stream, /)"
      "\n--\n\nLaunch the swa_decode kernel (arguments: see py_cuda_kernels.c)."},
+    {"_attn_variant", py_attn_variant, METH_VARARGS,
+     "_attn_variant($module, which, value, /)"
+     "\n--\n\nGet (value -1) or set the tensor-core attention variant (private; see "
+     "py_cuda_kernels.c)."},
     {"rms_norm", py_rms_norm, METH_VARARGS,
      "rms_norm($module, rows, n, x, ldx, residual, ldr, residual_out, weight, eps, "
      "y, stream, /)"

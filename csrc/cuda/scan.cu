@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cu_common.cuh"
+#include "scan_common.cuh"
 
 #define SCAN_THREADS 128
 
@@ -116,8 +116,6 @@ scan_step_kernel(samba_cu_scan_step_args p) {
 // 4096 channels already fills the H200, so chunks are used only on request (see
 // split_chunks).
 #define SPLIT_N 16
-#define SPLIT_T 8
-#define LOG2E_F 1.4426950408889634f
 
 struct ScanChunks {
     int64_t chunk_len;  // steps per chunk (a multiple of SPLIT_T when nchunks > 1)
@@ -126,78 +124,6 @@ struct ScanChunks {
     float *ends;        // (nchunks-1, B*D, N) local end states
     float *sums;        // (nchunks-1, B*D) sums of dt
 };
-
-// softplus and SiLU of the split kernel with the exp unit's approximations: log1p(e) is
-// log(u) * e / (u - 1) with u = 1 + e rounded (exact to a few ulp for every e >= 0, as the
-// rounding of u cancels), and x * sigmoid(x) with a fast division (MUFU reciprocal; 0 where
-// exp(-x) overflows). Both are within float32 rounding of the accurate versions, about a
-// third of their instructions.
-__device__ __forceinline__ float softplus_fast(float x) {
-    if (x > 20.0f) return x;
-    const float e = __expf(x), u = 1.0f + e;
-    return u == 1.0f ? e : __logf(u) * __fdividef(e, u - 1.0f);
-}
-
-__device__ __forceinline__ float silu_fast(float x) { return __fdividef(x, 1.0f + __expf(-x)); }
-
-__device__ __forceinline__ float ex2_ftz(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-
-// 8 consecutive elements of one row, kept in their storage type until used.
-template <typename T> struct Vec8;
-template <> struct Vec8<float> {
-    float v[8];
-    __device__ __forceinline__ void vload(const void *p, int64_t i) {
-        const float4 a = *(const float4 *)((const float *)p + i);
-        const float4 b = *(const float4 *)((const float *)p + i + 4);
-        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
-        v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
-    }
-    __device__ __forceinline__ void sload(const void *p, int64_t i, int64_t st, int n) {
-#pragma unroll
-        for (int s = 0; s < 8; ++s) v[s] = s < n ? ((const float *)p)[i + s * st] : 0.0f;
-    }
-    __device__ __forceinline__ float get(int s) const { return v[s]; }
-};
-template <typename T> struct Vec8h {  // 16-bit storage (bf16 / f16)
-    uint32_t w[4];
-    __device__ __forceinline__ void vload(const void *p, int64_t i) {
-        const uint4 a = *(const uint4 *)((const uint16_t *)p + i);
-        w[0] = a.x; w[1] = a.y; w[2] = a.z; w[3] = a.w;
-    }
-    __device__ __forceinline__ void sload(const void *p, int64_t i, int64_t st, int n) {
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-            const uint32_t lo = 2 * k < n ? ((const uint16_t *)p)[i + 2 * k * st] : 0u;
-            const uint32_t hi = 2 * k + 1 < n ? ((const uint16_t *)p)[i + (2 * k + 1) * st] : 0u;
-            w[k] = lo | (hi << 16);
-        }
-    }
-    __device__ __forceinline__ uint16_t bits(int s) const {
-        return (uint16_t)(w[s >> 1] >> ((s & 1) * 16));
-    }
-};
-template <> struct Vec8<__nv_bfloat16> : Vec8h<__nv_bfloat16> {
-    __device__ __forceinline__ float get(int s) const {
-        return __uint_as_float((uint32_t)bits(s) << 16);
-    }
-};
-template <> struct Vec8<__half> : Vec8h<__half> {
-    __device__ __forceinline__ float get(int s) const {
-        return __half2float(__ushort_as_half(bits(s)));
-    }
-};
-
-// Element s (a run-time index) of v without indexing a register array at run time.
-template <typename T> __device__ __forceinline__ float pick(const Vec8<T> &v, int s) {
-    float x = v.get(0);
-#pragma unroll
-    for (int i = 1; i < SPLIT_T; ++i) x = s == i ? v.get(i) : x;
-    return x;
-}
 
 template <typename T, int NPL> struct ScanGroup {
     Vec8<T> u, dl, z, b[NPL], c[NPL];

@@ -29,7 +29,7 @@ from .meta import on_cuda
 
 __all__ = ["selective_scan", "selective_state_update", "causal_conv1d",
            "causal_conv1d_update", "swa_attention", "swa_decode", "rms_norm", "apply_rotary",
-           "swiglu", "out_array", "activation_code"]
+           "swiglu", "out_array", "activation_code", "selective_scan_bwd", "causal_conv1d_bwd"]
 
 
 def _bc(m: ck.ArrayMeta, name: str, batch: int, dim: int, dstate: int,
@@ -275,3 +275,43 @@ def out_array(out: Any, shape: tuple, where: str) -> None:
     if where != "cuda-arrays" and not isinstance(out, np.ndarray):
         raise TypeError(f"out: expected a numpy.ndarray for a call on NumPy inputs, got "
                         f"{ck.describe(out)}")
+
+
+# ------------------------------------------------------------------------- backward ---
+# The backward of an op takes the forward's arguments (checked by the forward's contract)
+# plus the gradients of the forward's outputs.
+
+def _grad(g: Any, name: str, want: tuple, what: str, layout: Optional[str] = None) -> None:
+    """A gradient input of shape ``want`` (``what`` explains it); None passes unless
+    ``layout`` (the axes, for the message) says the gradient is required."""
+    if g is None:
+        if layout is not None:
+            raise TypeError(f"{name}: expected an array {layout}, got None")
+        return
+    ck.shape(ck.floats(g, name, len(want)), name, want, what)
+
+
+def selective_scan_bwd(u: Any, delta: Any, A: Any, B: Any, C: Any, D: Any = None,
+                       z: Any = None, delta_bias: Any = None, initial_state: Any = None,
+                       dout: Any = None, dlast_state: Any = None) -> tuple:
+    """Backward of the scan: the forward's rules, dstate >= 1, dout (batch, dim, seqlen)
+    (required) and dlast_state (batch, dim, dstate). -> (batch, dim, seqlen, dstate)."""
+    batch, dim, L = selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    N = ck.meta(A, "A").shape[1]
+    if N < 1:
+        raise ValueError("A: dstate (shape[1]) must be >= 1")
+    _grad(dout, "dout", (batch, dim, L), "the shape of u and y", "(batch, dim, seqlen)")
+    _grad(dlast_state, "dlast_state", (batch, dim, N), "(batch, dim, dstate)")
+    return (batch, dim, L, N)
+
+
+def causal_conv1d_bwd(x: Any, weight: Any, bias: Any = None, activation: Any = None,
+                      initial_states: Any = None, dy: Any = None,
+                      dfinal_states: Any = None) -> tuple:
+    """Backward of the conv: the forward's rules, dy (batch, dim, seqlen) (required) and
+    dfinal_states (batch, dim, width - 1). -> (batch, dim, seqlen, width)."""
+    batch, dim, L = causal_conv1d(x, weight, bias, activation, initial_states)
+    W = ck.meta(weight, "weight").shape[1]
+    _grad(dy, "dy", (batch, dim, L), "the shape of x and y", "(batch, dim, seqlen)")
+    _grad(dfinal_states, "dfinal_states", (batch, dim, W - 1), "(batch, dim, width-1)")
+    return (batch, dim, L, W)

@@ -1,0 +1,270 @@
+"""GPU attention backward timings: samba_ext.grad.attention_bwd against FlexAttention's backward
+(sliding-window block mask, torch.compile'd) and SDPA's backward, on the same tensors, in one run.
+
+Usage (on a machine with a CUDA GPU, torch installed, samba_ext built with CUDA):
+    python3 benchmarks/gpu_backward_attention.py [--out DIR] [--no-flex] [--reps N] [--commit SHA]
+
+Cases: bf16, batch 1, 32 query heads, 4 kv heads, head dim 64: sliding window W = 2048 at
+L = 4K and 16K, full causal at 4K. Only the backward is timed: samba_ext's from the out / lse of
+its own forward (grad.attention_fwd), the peers' as torch.autograd.grad of a forward kept
+alive (retain_graph). SDPA: the flash backend with is_causal=True for the causal case; for the
+sliding window (which the flash backend cannot mask) SDPA with a boolean (L, L) mask, the
+backend torch picks (efficient attention), reported as "sdpa (mask)".
+FLOPs: the backward's five products count 10 * hd * H FLOPs per (query, key) pair inside the
+window. Timing: median of CUDA-event timings after warm-up. Every case also compares samba_ext's
+dq, dk, dv with the peer's (relative norm), so a fast wrong kernel cannot pass unnoticed.
+Writes DIR/gpu_backward_attention.md and .json (default DIR: benchmarks/results), with the date,
+commit, device and the tuning knobs of the tensor-core kernel: SAMBA_EXT_ATTN_BWD_SPLIT (blocks
+per group of query heads; default: enough blocks for the device) and SAMBA_EXT_ATTN_BWD_WARPS
+(4 or 8 warps per block at head dim 64; default 8).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+try:
+    import torch
+except ImportError:  # --render needs neither torch nor a GPU
+    torch = None
+
+import samba_ext
+from samba_ext import grad
+
+K = 1024
+PEERS = ["flex", "sdpa"]
+
+
+def median_ms(fn: Callable[[], Any], warmup: int = 3, reps: int = 15) -> float:
+    """Median of `reps` CUDA-event timings of fn() after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def rel_err(x: Any, ref: Any) -> float:
+    x, ref = torch.from_dlpack(x).float() if not torch.is_tensor(x) else x.float(), ref.float()
+    return float((x - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def window_pairs(L: int, W: int | None) -> int:
+    """Number of (query, key) pairs with key <= query and query - key < W."""
+    if W is None or W >= L:
+        return L * (L + 1) // 2
+    return W * (W + 1) // 2 + (L - W) * W
+
+
+def flex_backward(q, k, v, do, L: int, W: int | None, gqa: bool):
+    """A function that runs FlexAttention's backward of one kept forward, -> grads."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    def mask(b, h, qi, ki):
+        m = qi >= ki
+        if W is not None:
+            m = m & (qi - ki < W)
+        return m
+
+    bm = torch.compile(create_block_mask)(mask, None, None, L, L, device="cuda")
+    fa = torch.compile(flex_attention, dynamic=False)
+    qt, kt, vt = (x.detach().transpose(1, 2).requires_grad_() for x in (q, k, v))
+    out = fa(qt, kt, vt, block_mask=bm, enable_gqa=gqa)
+    dot = do.transpose(1, 2)
+
+    def run():
+        return torch.autograd.grad(out, (qt, kt, vt), dot, retain_graph=True)
+    return run, lambda g: [x.transpose(1, 2) for x in g]
+
+
+def sdpa_backward(q, k, v, do, L: int, W: int | None, H: int, Hkv: int):
+    """SDPA's backward: flash backend for full causal, a boolean mask for a window."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    G = H // Hkv
+    qt = q.detach().transpose(1, 2).requires_grad_()
+    kt0, vt0 = (x.detach().transpose(1, 2).requires_grad_() for x in (k, v))
+    kt, vt = (x.repeat_interleave(G, dim=1) if G > 1 else x for x in (kt0, vt0))
+    if W is None or W >= L:
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True)
+        name = "sdpa"
+    else:
+        i = torch.arange(L, device="cuda")
+        m = (i[:, None] >= i[None, :]) & (i[:, None] - i[None, :] < W)
+        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=m)
+        name = "sdpa (mask)"
+    dot = do.transpose(1, 2)
+
+    def run():  # the repeat_interleave's backward (sum over the group) is part of the cost
+        return torch.autograd.grad(out, (qt, kt0, vt0), dot, retain_graph=True)
+    return run, lambda g: [x.transpose(1, 2) for x in g], name
+
+
+def case(L: int, H: int, Hkv: int, hd: int, W: int | None, peers: list[str], reps: int) -> dict:
+    g = torch.Generator(device="cuda").manual_seed(L + H + hd)
+    q = torch.randn(1, L, H, hd, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(1, L, Hkv, hd, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn(1, L, Hkv, hd, device="cuda", dtype=torch.bfloat16, generator=g)
+    do = torch.randn(1, L, H, hd, device="cuda", dtype=torch.bfloat16, generator=g)
+    ws = (-1 if W is None else W - 1, 0)
+    out, lse = grad.attention_fwd(q, k, v, None, True, ws)
+
+    def ours():
+        return grad.attention_bwd(q, k, v, None, True, ws, dout=do, out=out, lse=lse)
+    flops = 10 * hd * H * window_pairs(L, W)
+    row: dict = {"kind": "swa" if W else "causal", "L": L, "H": H, "Hkv": Hkv, "hd": hd,
+                 "W": W, "flops": flops}
+    row["samba_ext_ms"] = median_ms(ours, reps=reps)
+    row["samba_ext_fwd_ms"] = median_ms(
+        lambda: grad.attention_fwd(q, k, v, None, True, ws), reps=reps)
+    mine = ours()
+    for peer in peers:
+        try:
+            if peer == "flex":
+                run, back = flex_backward(q, k, v, do, L, W, H != Hkv)
+                name = "flex"
+            else:
+                run, back, name = sdpa_backward(q, k, v, do, L, W, H, Hkv)
+            row[f"{peer}_name"] = name
+            row[f"{peer}_ms"] = median_ms(run, reps=reps)
+            theirs = back(run())
+            row[f"{peer}_err"] = max(rel_err(a, b) for a, b in zip(mine, theirs))
+        except Exception as e:  # noqa: BLE001 - a peer that cannot run is reported, not fatal
+            row[f"{peer}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        torch.cuda.empty_cache()
+    for key in ("samba_ext", *peers):
+        if f"{key}_ms" in row:
+            row[f"{key}_tflops"] = flops / (row[f"{key}_ms"] * 1e-3) / 1e12
+    return row
+
+
+def fmt(x: float | None, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def table(rows: list[dict], peers: list[str]) -> list[str]:
+    lines = ["| case | samba_ext bwd ms | TFLOP/s | (fwd+lse ms) | " + " | ".join(
+        f"{p} bwd ms | {p} TFLOP/s | samba_ext / {p}" for p in peers) +
+        " | max rel. err vs peers |", "|---" * (5 + 3 * len(peers)) + "|"]
+    for r in rows:
+        name = (f"{r['kind']} L={r['L'] // K}K" + (f" W={r['W']}" if r["W"] else "") +
+                f" ({r['H']},{r['Hkv']},d{r['hd']})")
+        cells = [name, fmt(r["samba_ext_ms"]), fmt(r.get("samba_ext_tflops"), ".0f"),
+                 fmt(r.get("samba_ext_fwd_ms"))]
+        errs = []
+        for p in peers:
+            t = r.get(f"{p}_ms")
+            label = r.get(f"{p}_name", p)
+            cells += [(fmt(t) + ("" if label == p else f" ({label})")) if t
+                      else r.get(f"{p}_error", "-")[:40],
+                      fmt(r.get(f"{p}_tflops"), ".0f"),
+                      fmt(r["samba_ext_ms"] / t, ".2f") + "x" if t else "-"]
+            if f"{p}_err" in r:
+                errs.append(r[f"{p}_err"])
+        cells.append(fmt(max(errs), ".1e") if errs else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def targets(rows: list[dict]) -> list[str]:
+    out = ["## Target", "", "| target | case | ratio | met |", "|---|---|---|---|"]
+    for r in rows:
+        if r.get("flex_ms"):
+            x = r["samba_ext_ms"] / r["flex_ms"]
+            out.append(f"| backward <= 1.0x FlexAttention's | {r['kind']} L={r['L'] // K}K "
+                       f"({r['H']},{r['Hkv']},d{r['hd']}) | {x:.2f}x | "
+                       f"{'yes' if x <= 1.0 else f'no, {100 * (x - 1):.0f}% slower'} |")
+    return out + [""]
+
+
+def render(meta: dict, rows: list[dict], peers: list[str]) -> list[str]:
+    return ["# GPU attention backward: samba_ext vs FlexAttention and SDPA", "",
+            (f"{meta['date']}, commit {meta['commit']}, {meta['device']}, torch {meta['torch']}, "
+             f"command `{meta['command']}` (SAMBA_EXT_ATTN_BWD_SPLIT={meta['split']}, "
+             f"SAMBA_EXT_ATTN_BWD_WARPS={meta.get('warps', '8')})."), "",
+            ("bf16, batch 1; backward only (dq, dk, dv from saved out / lse); medians of "
+             "CUDA-event timings after warm-up; TFLOP/s count 10 * hd * H FLOPs per (query, key) "
+             "pair inside the window. The error column compares samba_ext's gradients with each "
+             "peer's (relative norm, the largest of dq, dk, dv)."), "",
+            *table(rows, peers), "", *targets(rows)]
+
+
+def write_atomic(path: str, text: str) -> None:
+    d = os.path.dirname(path) or "."
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention (compile time)")
+    ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT"))
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--render", metavar="JSON",
+                    help="rewrite DIR/gpu_backward_attention.md from a saved .json (no GPU)")
+    args = ap.parse_args()
+    if args.render:
+        with open(args.render) as f:
+            saved = json.load(f)
+        write_atomic(os.path.join(args.out, "gpu_backward_attention.md"),
+                     "\n".join(render(saved["meta"], saved["rows"], saved["peers"])))
+        return 0
+    if torch is None or not torch.cuda.is_available() or not samba_ext.cuda_available():
+        print("needs a CUDA GPU, torch with CUDA and samba_ext built with CUDA", file=sys.stderr)
+        return 2
+    commit = args.commit
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                    text=True, check=True).stdout.strip()
+        except Exception:  # noqa: BLE001 - no git: the commit is unknown
+            commit = "unknown"
+    peers = ["sdpa"] if args.no_flex else PEERS
+    argv = [a for a in sys.argv[1:] if not a.startswith("--out")]
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "commit": commit, "device": torch.cuda.get_device_name(),
+            "torch": torch.__version__,
+            "command": "python3 benchmarks/gpu_backward_attention.py " + " ".join(argv),
+            "split": os.environ.get("SAMBA_EXT_ATTN_BWD_SPLIT", "auto"),
+            "warps": os.environ.get("SAMBA_EXT_ATTN_BWD_WARPS", "8")}
+    rows: list[dict] = []
+
+    def report() -> list[str]:  # rewritten after every case, so a cut-short run keeps its rows
+        md = render(meta, rows, peers)
+        write_atomic(os.path.join(args.out, "gpu_backward_attention.md"), "\n".join(md))
+        write_atomic(os.path.join(args.out, "gpu_backward_attention.json"),
+                     json.dumps({"meta": meta, "rows": rows, "peers": peers}, indent=1) + "\n")
+        return md
+
+    for L, W in ((4 * K, 2048), (16 * K, 2048), (4 * K, None)):
+        rows.append(case(L, 32, 4, 64, W, peers, args.reps))
+        torch.cuda.empty_cache()
+        print(rows[-1], flush=True)
+        report()
+    print("\n".join(report()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

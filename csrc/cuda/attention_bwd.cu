@@ -1,0 +1,392 @@
+// attention_bwd.cu - attention backward (samba_cu_attn_bwd): argument checks, the
+// preprocessing kernel, dispatch, and the exact float32 CUDA-core kernels.
+//
+// Preprocessing (attn_bwd_prep_kernel, one warp per query row): Delta = dout . out and
+// lse * log2(e) (+inf where lse = -inf, so P = 0 there), float32 (B, H, Lq) in scratch.
+//
+// bfloat16 / float16 with aligned rows: the tensor-core kernel (attention_bwd_mma.cu) adds
+// sum_j dS_ij k_j into a float32 dq accumulator (atomics), then attn_bwd_store_kernel writes
+// dq = scale * acc (and dk / dv from their accumulators when the group was split).
+//
+// Everything else - float32 inputs in particular (exact float32 arithmetic, no TF32), mixed
+// dtypes, head dims that are not a multiple of 8, unaligned views - runs two CUDA-core passes
+// without atomics, as csrc/attention_bwd.c does on the CPU (deterministic):
+//   attn_bwd_dq_kernel    grid (ceil(Lq/16), H, B), 4 warps of 4 queries; key tiles of 32 in
+//                         shared memory (float32, odd row stride); lane j scores key j
+//                         (q.k and dout.v), dS from P and Delta, and each lane adds
+//                         dS_j k_j to the head dims it owns (c, c + 32, ...).
+//   attn_bwd_dkdv_kernel  grid (ceil(Lk/16), Hkv, B), 4 warps of 4 keys; query tiles of 32 of
+//                         every query head of the group; lane i scores query i, and each lane
+//                         adds P_i dout_i to dv and dS_i q_i to dk for its head dims.
+// Both visit only the tiles inside the window and skip masked pairs, so a NaN in a row that a
+// key does not see never reaches it (as on the CPU).
+#include "attention_bwd_impl.cuh"
+
+#define AB_BQ 16   // query rows (dq pass) / key rows (dk-dv pass) per block
+#define AB_BT 32   // keys (dq pass) / queries (dk-dv pass) per tile
+#define AB_WARPS 4
+#define AB_RPW (AB_BQ / AB_WARPS)
+
+// ---------------------------------------------------------------- preprocessing --------
+__global__ void attn_bwd_prep_kernel(samba_cu_attn_ext_args p, float *delta, float *lse2) {
+    const int64_t rows = p.batch * p.seqlen_q * p.nheads;
+    const int lane = threadIdx.x & 31, hd = (int)p.headdim;
+    const int64_t wpb = blockDim.x >> 5;
+    for (int64_t r = blockIdx.x * wpb + (threadIdx.x >> 5); r < rows; r += (int64_t)gridDim.x * wpb) {
+        const int64_t h = r % p.nheads, i = (r / p.nheads) % p.seqlen_q;
+        const int64_t b = r / (p.nheads * p.seqlen_q);
+        const int64_t ob = b * p.o_stride[0] + i * p.o_stride[1] + h * p.o_stride[2];
+        const int64_t db = b * p.do_stride[0] + i * p.do_stride[1] + h * p.do_stride[2];
+        float acc = 0.0f;
+        for (int c = lane; c < hd; c += 32) acc += ldf(p.dout, db + c) * ldf(p.out, ob + c);
+        acc = warp_sum(acc);
+        if (lane == 0) {
+            const int64_t at = (b * p.nheads + h) * p.seqlen_q + i;
+            const float l = p.lse[at];
+            delta[at] = acc;
+            lse2[at] = l == -INFINITY ? INFINITY : l * ABW_LOG2E;
+        }
+    }
+}
+
+// dst[i] = src[i] * scale rounded to dst's dtype
+__global__ void attn_bwd_store_kernel(const float *src, samba_cu_ref dst, int64_t n, float scale) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        stf(dst, i, src[i] * scale);
+}
+
+// ---------------------------------------------------------------- CUDA-core passes -----
+// Probability and dS of one visible (query, key) pair from the raw dot products:
+// x = q.k * scale * log2 e (sc = that factor), or with softcap x = q.k * scale / cap (sc) and
+// s = cap log2 e tanh(x).
+__device__ __forceinline__ void ab_pair(float qk, float dpv, float lse2, float dl, bool capped,
+                                        float cap2, float *pr, float *ds) {
+    float t = 0.0f, x = qk;
+    if (capped) {
+        t = tanhf(qk);
+        x = cap2 * t;
+    }
+    *pr = exp2f(x - lse2);
+    *ds = *pr * (dpv - dl);
+    if (capped) *ds *= 1.0f - t * t;
+}
+
+__device__ __forceinline__ bool ab_visible(const samba_cu_attn_ext_args &p, int64_t i, int64_t j) {
+    const int64_t pos = i + p.seqlen_k - p.seqlen_q;
+    return i < p.seqlen_q && j < p.seqlen_k && (p.window_right < 0 || j <= pos + p.window_right) &&
+           (p.window_left < 0 || j >= pos - p.window_left);
+}
+
+template <int DCH>
+__global__ void __launch_bounds__(AB_WARPS * 32)
+attn_bwd_dq_kernel(samba_cu_attn_ext_args p, const float *delta, const float *lse2) {
+    extern __shared__ float smem[];
+    const int hd = (int)p.headdim, ks = hd | 1;
+    float *sQ = smem;             // [BQ][hd] q * sc
+    float *sO = sQ + AB_BQ * hd;  // [BQ][hd] dout
+    float *sK = sO + AB_BQ * hd;  // [BT][ks]
+    float *sV = sK + AB_BT * ks;  // [BT][ks]
+    const int64_t b = blockIdx.z, h = blockIdx.y, q0 = (int64_t)blockIdx.x * AB_BQ;
+    const int64_t hkv = h / (p.nheads / p.nheads_kv);
+    const int64_t Lq = p.seqlen_q, Lk = p.seqlen_k, off = Lk - Lq;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const bool capped = p.softcap > 0.0f;
+    const float sc = capped ? p.softmax_scale / p.softcap : p.softmax_scale * ABW_LOG2E;
+    const float cap2 = p.softcap * ABW_LOG2E;
+
+    for (int e = tid; e < AB_BQ * hd; e += blockDim.x) {
+        const int qi = e / hd, c = e % hd;
+        const int64_t q = q0 + qi;
+        float qv = 0.0f, ov = 0.0f;
+        if (q < Lq) {
+            qv = ldf(p.q, b * p.q_stride[0] + q * p.q_stride[1] + h * p.q_stride[2] + c) * sc;
+            ov = ldf(p.dout, b * p.do_stride[0] + q * p.do_stride[1] + h * p.do_stride[2] + c);
+        }
+        sQ[e] = qv;
+        sO[e] = ov;
+    }
+    float l2[AB_RPW], dl[AB_RPW], dq[AB_RPW][DCH];
+#pragma unroll
+    for (int r = 0; r < AB_RPW; ++r) {
+        const int64_t q = q0 + warp * AB_RPW + r;
+        const int64_t at = (b * p.nheads + h) * Lq + (q < Lq ? q : 0);
+        l2[r] = lse2[at];
+        dl[r] = delta[at];
+#pragma unroll
+        for (int c = 0; c < DCH; ++c) dq[r][c] = 0.0f;
+    }
+    const int64_t q_last = (q0 + AB_BQ < Lq ? q0 + AB_BQ : Lq) - 1;
+    int64_t kmin = p.window_left < 0 ? 0 : q0 + off - p.window_left;
+    int64_t kmax = p.window_right < 0 ? Lk - 1 : q_last + off + p.window_right;
+    kmin = kmin < 0 ? 0 : kmin;
+    kmax = kmax > Lk - 1 ? Lk - 1 : kmax;
+
+    for (int64_t kbase = kmin; kbase <= kmax; kbase += AB_BT) {
+        __syncthreads();
+        for (int e = tid; e < AB_BT * hd; e += blockDim.x) {
+            const int j = e / hd, c = e % hd;
+            const int64_t key = kbase + j;
+            float kv = 0.0f, vv = 0.0f;
+            if (key < Lk) {
+                kv = ldf(p.k, b * p.k_stride[0] + key * p.k_stride[1] + hkv * p.k_stride[2] + c);
+                vv = ldf(p.v, b * p.v_stride[0] + key * p.v_stride[1] + hkv * p.v_stride[2] + c);
+            }
+            sK[j * ks + c] = kv;
+            sV[j * ks + c] = vv;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int r = 0; r < AB_RPW; ++r) {
+            const int qi = warp * AB_RPW + r;
+            const int64_t q = q0 + qi;
+            if (q >= Lq) continue;  // warp-uniform
+            const bool valid = ab_visible(p, q, kbase + lane);
+            const unsigned vm = __ballot_sync(0xffffffffu, valid);
+            if (vm == 0u) continue;
+            float ds = 0.0f;
+            if (valid) {
+                const float *qr = sQ + qi * hd, *orow = sO + qi * hd;
+                const float *kr = sK + lane * ks, *vr = sV + lane * ks;
+                float qk = 0.0f, dpv = 0.0f;
+                for (int c = 0; c < hd; ++c) {
+                    qk += qr[c] * kr[c];
+                    dpv += orow[c] * vr[c];
+                }
+                float pr;
+                ab_pair(qk, dpv, l2[r], dl[r], capped, cap2, &pr, &ds);
+            }
+            for (int j = 0; j < AB_BT; ++j) {
+                const float dsj = __shfl_sync(0xffffffffu, ds, j);
+                if (!((vm >> j) & 1u)) continue;  // warp-uniform
+                const float *kr = sK + j * ks;
+#pragma unroll
+                for (int c = 0; c < DCH; ++c) {
+                    const int col = lane + 32 * c;
+                    if (col < hd) dq[r][c] += dsj * kr[col];
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < AB_RPW; ++r) {
+        const int64_t q = q0 + warp * AB_RPW + r;
+        if (q >= Lq) continue;
+        const int64_t ob = ((b * Lq + q) * p.nheads + h) * hd;
+#pragma unroll
+        for (int c = 0; c < DCH; ++c) {
+            const int col = lane + 32 * c;
+            if (col < hd) stf(p.dq, ob + col, dq[r][c] * p.softmax_scale);
+        }
+    }
+}
+
+template <int DCH>
+__global__ void __launch_bounds__(AB_WARPS * 32)
+attn_bwd_dkdv_kernel(samba_cu_attn_ext_args p, const float *delta, const float *lse2) {
+    extern __shared__ float smem[];
+    const int hd = (int)p.headdim, ks = hd | 1;
+    float *sK = smem;             // [BQ][hd] k * sc (this block's keys)
+    float *sV = sK + AB_BQ * hd;  // [BQ][hd]
+    float *sQ = sV + AB_BQ * hd;  // [BT][ks] q
+    float *sO = sQ + AB_BT * ks;  // [BT][ks] dout
+    float *sL = sO + AB_BT * ks;  // [BT] lse * log2 e
+    float *sD = sL + AB_BT;       // [BT] Delta
+    const int64_t b = blockIdx.z, hk = blockIdx.y, k0 = (int64_t)blockIdx.x * AB_BQ;
+    const int64_t G = p.nheads / p.nheads_kv;
+    const int64_t Lq = p.seqlen_q, Lk = p.seqlen_k, off = Lk - Lq;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const bool capped = p.softcap > 0.0f;
+    const float sc = capped ? p.softmax_scale / p.softcap : p.softmax_scale * ABW_LOG2E;
+    const float cap2 = p.softcap * ABW_LOG2E;
+
+    for (int e = tid; e < AB_BQ * hd; e += blockDim.x) {
+        const int kj = e / hd, c = e % hd;
+        const int64_t key = k0 + kj;
+        float kv = 0.0f, vv = 0.0f;
+        if (key < Lk) {
+            kv = ldf(p.k, b * p.k_stride[0] + key * p.k_stride[1] + hk * p.k_stride[2] + c) * sc;
+            vv = ldf(p.v, b * p.v_stride[0] + key * p.v_stride[1] + hk * p.v_stride[2] + c);
+        }
+        sK[e] = kv;
+        sV[e] = vv;
+    }
+    float dk[AB_RPW][DCH], dv[AB_RPW][DCH];
+#pragma unroll
+    for (int r = 0; r < AB_RPW; ++r)
+#pragma unroll
+        for (int c = 0; c < DCH; ++c) dk[r][c] = dv[r][c] = 0.0f;
+    const int64_t k_last = (k0 + AB_BQ < Lk ? k0 + AB_BQ : Lk) - 1;
+    int64_t qlo = p.window_right < 0 ? 0 : k0 - off - p.window_right;
+    int64_t qhi = p.window_left < 0 ? Lq - 1 : k_last - off + p.window_left;
+    qlo = qlo < 0 ? 0 : qlo;
+    qhi = qhi > Lq - 1 ? Lq - 1 : qhi;
+
+    for (int64_t h = hk * G; h < (hk + 1) * G; ++h) {
+        for (int64_t qbase = qlo; qbase <= qhi; qbase += AB_BT) {
+            __syncthreads();
+            for (int e = tid; e < AB_BT * hd; e += blockDim.x) {
+                const int i = e / hd, c = e % hd;
+                const int64_t q = qbase + i;
+                float qv = 0.0f, ov = 0.0f;
+                if (q < Lq) {
+                    qv = ldf(p.q, b * p.q_stride[0] + q * p.q_stride[1] + h * p.q_stride[2] + c);
+                    ov = ldf(p.dout, b * p.do_stride[0] + q * p.do_stride[1] + h * p.do_stride[2] + c);
+                }
+                sQ[i * ks + c] = qv;
+                sO[i * ks + c] = ov;
+            }
+            if (tid < AB_BT) {
+                const int64_t q = qbase + tid;
+                const int64_t at = (b * p.nheads + h) * Lq + (q < Lq ? q : 0);
+                sL[tid] = lse2[at];
+                sD[tid] = delta[at];
+            }
+            __syncthreads();
+#pragma unroll
+            for (int r = 0; r < AB_RPW; ++r) {
+                const int kj = warp * AB_RPW + r;
+                const int64_t key = k0 + kj;
+                if (key >= Lk) continue;  // warp-uniform
+                const bool valid = ab_visible(p, qbase + lane, key);
+                const unsigned vm = __ballot_sync(0xffffffffu, valid);
+                if (vm == 0u) continue;
+                float pr = 0.0f, ds = 0.0f;
+                if (valid) {
+                    const float *kr = sK + kj * hd, *vr = sV + kj * hd;
+                    const float *qr = sQ + lane * ks, *orow = sO + lane * ks;
+                    float qk = 0.0f, dpv = 0.0f;
+                    for (int c = 0; c < hd; ++c) {
+                        qk += kr[c] * qr[c];
+                        dpv += vr[c] * orow[c];
+                    }
+                    ab_pair(qk, dpv, sL[lane], sD[lane], capped, cap2, &pr, &ds);
+                }
+                for (int i = 0; i < AB_BT; ++i) {
+                    const float pi = __shfl_sync(0xffffffffu, pr, i);
+                    const float dsi = __shfl_sync(0xffffffffu, ds, i);
+                    if (!((vm >> i) & 1u)) continue;  // warp-uniform
+                    const float *qr = sQ + i * ks, *orow = sO + i * ks;
+#pragma unroll
+                    for (int c = 0; c < DCH; ++c) {
+                        const int col = lane + 32 * c;
+                        if (col < hd) {
+                            dv[r][c] += pi * orow[col];
+                            dk[r][c] += dsi * qr[col];
+                        }
+                    }
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < AB_RPW; ++r) {
+        const int64_t key = k0 + warp * AB_RPW + r;
+        if (key >= Lk) continue;
+        const int64_t ob = ((b * Lk + key) * p.nheads_kv + hk) * hd;
+#pragma unroll
+        for (int c = 0; c < DCH; ++c) {
+            const int col = lane + 32 * c;
+            if (col < hd) {
+                stf(p.dk, ob + col, dk[r][c] * p.softmax_scale);
+                stf(p.dv, ob + col, dv[r][c]);
+            }
+        }
+    }
+}
+
+template <int DCH>
+static samba_status launch_core(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws,
+                                cudaStream_t st) {
+    const int hd = (int)a->headdim, ks = hd | 1;
+    const size_t smem_q = (size_t)(2 * AB_BQ * hd + 2 * AB_BT * ks) * sizeof(float);
+    const size_t smem_k = smem_q + 2 * AB_BT * sizeof(float);
+    if (smem_k > 48 * 1024) {
+        cudaError_t e = cudaFuncSetAttribute(attn_bwd_dq_kernel<DCH>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_q);
+        if (e == cudaSuccess)
+            e = cudaFuncSetAttribute(attn_bwd_dkdv_kernel<DCH>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_k);
+        if (e != cudaSuccess) return samba_cu_fail("attention_bwd (shared memory opt-in)", e);
+    }
+    if (a->seqlen_q > 0) {
+        dim3 grid((unsigned)cdiv(a->seqlen_q, AB_BQ), (unsigned)a->nheads, (unsigned)a->batch);
+        attn_bwd_dq_kernel<DCH><<<grid, AB_WARPS * 32, smem_q, st>>>(*a, ws->delta, ws->lse2);
+        samba_status s = samba_cu_check_launch("attention_bwd (dq)", st);
+        if (s != SAMBA_OK) return s;
+    }
+    if (a->seqlen_k > 0) {
+        dim3 grid((unsigned)cdiv(a->seqlen_k, AB_BQ), (unsigned)a->nheads_kv, (unsigned)a->batch);
+        attn_bwd_dkdv_kernel<DCH><<<grid, AB_WARPS * 32, smem_k, st>>>(*a, ws->delta, ws->lse2);
+        return samba_cu_check_launch("attention_bwd (dk, dv)", st);
+    }
+    return SAMBA_OK;
+}
+
+static samba_status zero_fill(samba_cu_ref r, int64_t n, cudaStream_t st) {
+    if (n == 0) return SAMBA_OK;
+    const cudaError_t e = cudaMemsetAsync(r.ptr, 0, (size_t)n * (r.dtype == SAMBA_CU_F32 ? 4 : 2), st);
+    return e == cudaSuccess ? SAMBA_OK : samba_cu_fail("attention_bwd (memset)", e);
+}
+
+static samba_status store(const float *src, samba_cu_ref dst, int64_t n, float scale,
+                          cudaStream_t st) {
+    if (n == 0) return SAMBA_OK;
+    attn_bwd_store_kernel<<<grid_1d(n, 256), 256, 0, st>>>(src, dst, n, scale);
+    return samba_cu_check_launch("attention_bwd (store)", st);
+}
+
+static samba_status run(const samba_cu_attn_ext_args *a, float *scratch, bool mma, int split,
+                        cudaStream_t st) {
+    const int64_t nrow = a->batch * a->nheads * a->seqlen_q;
+    const int64_t nq = nrow * a->headdim;
+    const int64_t nk = a->batch * a->seqlen_k * a->nheads_kv * a->headdim;
+    attn_bwd_ws ws;
+    ws.delta = scratch;
+    ws.lse2 = ws.delta + nrow;
+    ws.dq_acc = mma ? ws.lse2 + nrow : nullptr;
+    ws.dk_acc = mma && split > 1 ? ws.dq_acc + nq : nullptr;
+    ws.dv_acc = ws.dk_acc ? ws.dk_acc + nk : nullptr;
+    attn_bwd_prep_kernel<<<grid_1d(nrow, 8), 256, 0, st>>>(*a, ws.delta, ws.lse2);
+    samba_status s = samba_cu_check_launch("attention_bwd (preprocess)", st);
+    if (s != SAMBA_OK) return s;
+    if (!mma) {
+        if (a->headdim <= 64) return launch_core<2>(a, &ws, st);
+        if (a->headdim <= 128) return launch_core<4>(a, &ws, st);
+        return launch_core<8>(a, &ws, st);
+    }
+    const size_t acc = (size_t)(nq + (ws.dk_acc ? 2 * nk : 0)) * sizeof(float);
+    const cudaError_t e = cudaMemsetAsync(ws.dq_acc, 0, acc, st);
+    if (e != cudaSuccess) return samba_cu_fail("attention_bwd (memset)", e);
+    s = attn_bwd_mma(a, &ws, split, st);
+    if (s == SAMBA_OK) s = store(ws.dq_acc, a->dq, nq, a->softmax_scale, st);
+    if (s == SAMBA_OK && ws.dk_acc) s = store(ws.dk_acc, a->dk, nk, 1.0f, st);
+    if (s == SAMBA_OK && ws.dv_acc) s = store(ws.dv_acc, a->dv, nk, 1.0f, st);
+    return s;
+}
+
+extern "C" samba_status samba_cu_attn_bwd(const samba_cu_attn_ext_args *a, void *stream) {
+    samba_status s = attn_ext_check("attention_bwd", a);
+    if (s != SAMBA_OK) return s;
+    if (a->lse == NULL && a->batch * a->nheads * a->seqlen_q > 0)
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "attention_bwd: lse is required");
+    cudaStream_t st = (cudaStream_t)stream;
+    const int64_t nq = a->batch * a->seqlen_q * a->nheads * a->headdim;
+    const int64_t nk = a->batch * a->seqlen_k * a->nheads_kv * a->headdim;
+    if (nq == 0 || nk == 0) {  // no (query, key) pair: zero gradients
+        s = zero_fill(a->dq, nq, st);
+        if (s == SAMBA_OK) s = zero_fill(a->dk, nk, st);
+        if (s == SAMBA_OK) s = zero_fill(a->dv, nk, st);
+        return s;
+    }
+    const bool mma = attn_bwd_mma_applicable(a) != 0;
+    const int split = mma ? attn_bwd_mma_group_split(a) : 1;
+    const int64_t nrow = a->batch * a->nheads * a->seqlen_q;
+    const size_t n = (size_t)(2 * nrow + (mma ? nq : 0) + (mma && split > 1 ? 2 * nk : 0));
+    void *scratch = NULL;
+    s = samba_cu_malloc(&scratch, n * sizeof(float), st);
+    if (s != SAMBA_OK) return s;
+    s = run(a, (float *)scratch, mma, split, st);
+    const samba_status s2 = samba_cu_free(scratch, st);
+    return s != SAMBA_OK ? s : s2;
+}

@@ -1,0 +1,208 @@
+// scan_bwd.cu - launcher of the selective scan's backward (kernels: scan_bwd_kernels.cuh).
+//
+// Choices, each overridable from the environment (benchmarks/gpu_backward.py compares them):
+//   SAMBA_EXT_SCAN_BWD_LANES=4|8   threads per channel (default 8 for float32 inputs or
+//                                  fewer than 32768 channels x batch, else 4);
+//   SAMBA_EXT_SCAN_BWD_CHUNK=S     groups of 8 steps per checkpointed chunk, 1..16 (default:
+//                                  the smallest S whose checkpoints fit the budget below);
+//   SAMBA_EXT_SCAN_BWD_WS_MB=M     checkpoint budget in MiB (default 512).
+#include <stdlib.h>
+#include <string.h>
+
+#include "samba_cuda_bwd_scan.h"
+#include "scan_bwd_kernels.cuh"
+
+#define SBWD_MAX_CHUNK_GROUPS 16
+
+static int sbwd_env(const char *name, int dflt) {
+    const char *v = getenv(name);
+    return (v != NULL && v[0] >= '0' && v[0] <= '9') ? atoi(v) : dflt;
+}
+
+static int sbwd_lanes(const samba_cu_scan_bwd_args *a) {
+    const int v = sbwd_env("SAMBA_EXT_SCAN_BWD_LANES", 0);
+    if (v == 4 || v == 8) return v;
+    return (a->u.dtype == SAMBA_CU_F32 || a->batch * a->dim < 32768) ? 8 : 4;
+}
+
+static int64_t sbwd_ckpt_floats(const samba_cu_scan_bwd_args *a, int64_t S, int64_t NS) {
+    const int64_t nck = cdiv(a->seqlen, S * SPLIT_T);
+    return a->batch * a->dim * (nck - 1) * NS;
+}
+
+static int64_t sbwd_chunk_groups(const samba_cu_scan_bwd_args *a, int64_t NS) {
+    const int forced = sbwd_env("SAMBA_EXT_SCAN_BWD_CHUNK", 0);
+    if (forced >= 1) return forced < SBWD_MAX_CHUNK_GROUPS ? forced : SBWD_MAX_CHUNK_GROUPS;
+    const int64_t budget = (int64_t)sbwd_env("SAMBA_EXT_SCAN_BWD_WS_MB", 512) << 20;
+    int64_t S = 1;
+    while (S < SBWD_MAX_CHUNK_GROUPS && sbwd_ckpt_floats(a, S, NS) * 4 > budget) ++S;
+    return S;
+}
+
+static int sbwd_vec_ok(const samba_cu_scan_bwd_args *a) {
+    const int64_t item = a->u.dtype == SAMBA_CU_F32 ? 4 : 2;
+    const samba_cu_ref *r[6] = {&a->u, &a->delta, &a->dout, &a->z, &a->B, &a->C};
+    const int64_t *s[6] = {a->u_s, a->delta_s, a->dout_s, a->z_s, a->B_s, a->C_s};
+    const int nd[6] = {3, 3, 3, 3, 4, 4};
+    for (int i = 0; i < 6; ++i) {
+        if (r[i]->ptr == NULL) continue;  // z absent
+        if (s[i][nd[i] - 1] != 1 || (uintptr_t)r[i]->ptr % 16) return 0;
+        for (int j = 0; j < nd[i] - 1; ++j)
+            if ((s[i][j] * item) % 16) return 0;
+    }
+    return 1;
+}
+
+template <typename T, int LPC>
+static samba_status sbwd_launch(const SbwdParams &p, dim3 grid, size_t smem, cudaStream_t st) {
+    if (p.nchunks > 1) {
+        sbwd_ckpt_kernel<T, LPC><<<grid, SBWD_THREADS, 0, st>>>(p);
+        samba_status s = samba_cu_check_launch("selective_scan_bwd (checkpoints)", st);
+        if (s != SAMBA_OK) return s;
+    }
+    if (smem > 48 * 1024) {
+        cudaError_t e = cudaFuncSetAttribute(sbwd_main_kernel<T, LPC>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             (int)smem);
+        if (e != cudaSuccess) return samba_cu_fail("selective_scan_bwd: shared memory", e);
+    }
+    sbwd_main_kernel<T, LPC><<<grid, SBWD_THREADS, smem, st>>>(p);
+    samba_status s = samba_cu_check_launch("selective_scan_bwd", st);
+    if (s != SAMBA_OK || p.nslices == 1) return s;
+    const int64_t warps = p.batch * p.dim;
+    sbwd_finish_kernel<T><<<(unsigned)cdiv(warps, SBWD_WARPS), SBWD_THREADS, 0, st>>>(p);
+    return samba_cu_check_launch("selective_scan_bwd (finish)", st);
+}
+
+template <typename T>
+static samba_status sbwd_launch_t(const SbwdParams &p, int lanes, dim3 grid, cudaStream_t st) {
+    const int npl = SBWD_SLICE / lanes;
+    const size_t smem = (size_t)(2 * SBWD_RED_FLOATS + p.chunk_groups * npl * SBWD_THREADS) *
+                        sizeof(float);
+    if (lanes == 8) return sbwd_launch<T, 8>(p, grid, smem, st);
+    return sbwd_launch<T, 4>(p, grid, smem, st);
+}
+
+static samba_status sbwd_zero(void *p, int64_t nfloats, cudaStream_t st) {
+    if (p == NULL || nfloats <= 0) return SAMBA_OK;
+    cudaError_t e = cudaMemsetAsync(p, 0, (size_t)nfloats * sizeof(float), st);
+    return e == cudaSuccess ? SAMBA_OK : samba_cu_fail("selective_scan_bwd: cudaMemsetAsync", e);
+}
+
+static samba_status sbwd_check(const samba_cu_scan_bwd_args *a) {
+    if (a->batch < 0 || a->dim < 0 || a->seqlen < 0 || a->ngroups < 1 || a->dim % a->ngroups)
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "selective_scan_bwd: dim %lld not divisible by "
+                                 "ngroups %lld", (long long)a->dim, (long long)a->ngroups);
+    if (a->dstate < 1 || a->dstate > 256)
+        return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "selective_scan_bwd: dstate must be in "
+                                 "1..256 on CUDA, got %lld", (long long)a->dstate);
+    const int dt = a->u.dtype;
+    if (a->delta.dtype != dt || a->dout.dtype != dt || a->B.dtype != dt || a->C.dtype != dt ||
+        (a->z.ptr != NULL && a->z.dtype != dt) || dt > SAMBA_CU_BF16)
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "selective_scan_bwd: u, delta, z, dout, B and "
+                                 "C must have one float dtype");
+    const int64_t bdl = a->batch * a->dim * a->seqlen;
+    if ((a->dim > 0 && a->dA == NULL) ||
+        (a->batch * a->seqlen > 0 && (a->dB == NULL || a->dC == NULL)) ||
+        (bdl > 0 && (a->du.ptr == NULL || a->ddelta.ptr == NULL ||
+                     (a->z.ptr != NULL && a->dz.ptr == NULL))))
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "selective_scan_bwd: an output is missing");
+    const int64_t nslices = cdiv(a->dstate, SBWD_SLICE);
+    if (a->batch > 65535 || a->ngroups * nslices > 65535)
+        return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "selective_scan_bwd: batch (%lld) and "
+                                 "ngroups x ceil(dstate / 16) (%lld) must be <= 65535 on CUDA",
+                                 (long long)a->batch, (long long)(a->ngroups * nslices));
+    return SAMBA_OK;
+}
+
+extern "C" samba_status samba_cu_scan_bwd(const samba_cu_scan_bwd_args *a, void *stream) {
+    samba_status s = sbwd_check(a);
+    if (s != SAMBA_OK) return s;
+    cudaStream_t st = (cudaStream_t)stream;
+    const int64_t B = a->batch, Dm = a->dim, N = a->dstate, L = a->seqlen, G = a->ngroups;
+    // the sums (atomic adds) start from 0
+    if ((s = sbwd_zero(a->dA, Dm * N, st)) != SAMBA_OK ||
+        (s = sbwd_zero(a->dB, B * G * N * L, st)) != SAMBA_OK ||
+        (s = sbwd_zero(a->dC, B * G * N * L, st)) != SAMBA_OK ||
+        (s = sbwd_zero(a->dD, Dm, st)) != SAMBA_OK ||
+        (s = sbwd_zero(a->ddelta_bias, Dm, st)) != SAMBA_OK)
+        return s;
+    if (B * Dm == 0) return SAMBA_OK;
+    if (L == 0) {  // no steps: the gradient of the last state is that of the initial state
+        if (a->dinitial_state == NULL) return SAMBA_OK;
+        const size_t nb = (size_t)(B * Dm * N) * sizeof(float);
+        cudaError_t e = a->dlast_state
+                            ? cudaMemcpyAsync(a->dinitial_state, a->dlast_state, nb,
+                                              cudaMemcpyDeviceToDevice, st)
+                            : cudaMemsetAsync(a->dinitial_state, 0, nb, st);
+        return e == cudaSuccess ? SAMBA_OK : samba_cu_fail("selective_scan_bwd (empty)", e);
+    }
+    SbwdParams p;
+    memset(&p, 0, sizeof p);
+    p.batch = B;
+    p.dim = Dm;
+    p.dstate = N;
+    p.seqlen = L;
+    p.ngroups = G;
+    p.u = a->u.ptr;
+    p.delta = a->delta.ptr;
+    p.z = a->z.ptr;
+    p.dout = a->dout.ptr;
+    p.B = a->B.ptr;
+    p.C = a->C.ptr;
+    memcpy(p.u_s, a->u_s, sizeof p.u_s);
+    memcpy(p.delta_s, a->delta_s, sizeof p.delta_s);
+    memcpy(p.z_s, a->z_s, sizeof p.z_s);
+    memcpy(p.dout_s, a->dout_s, sizeof p.dout_s);
+    memcpy(p.B_s, a->B_s, sizeof p.B_s);
+    memcpy(p.C_s, a->C_s, sizeof p.C_s);
+    p.A = a->A;
+    p.D = a->D;
+    p.delta_bias = a->delta_bias;
+    p.initial_state = a->initial_state;
+    p.dlast_state = a->dlast_state;
+    p.du = a->du;
+    p.ddelta = a->ddelta;
+    p.dz = a->dz;
+    p.dA = a->dA;
+    p.dB = a->dB;
+    p.dC = a->dC;
+    p.dD = a->D.ptr ? a->dD : NULL;
+    p.ddelta_bias = a->delta_bias.ptr ? a->ddelta_bias : NULL;
+    p.dinitial_state = a->dinitial_state;
+    p.softplus = a->delta_softplus != 0;
+    p.vec = sbwd_vec_ok(a);
+    p.nslices = (int)cdiv(N, SBWD_SLICE);
+    const int64_t NS = (int64_t)p.nslices * SBWD_SLICE;
+    p.chunk_groups = sbwd_chunk_groups(a, NS);
+    p.nchunks = cdiv(L, p.chunk_groups * SPLIT_T);
+    const int lanes = sbwd_lanes(a);
+
+    // workspace: checkpoints, and the per-step sums when there is more than one slice
+    const int64_t nck_f = sbwd_ckpt_floats(a, p.chunk_groups, NS);
+    const int64_t acc_f = p.nslices > 1 ? 3 * B * Dm * L : 0;
+    void *ws = NULL;
+    if (nck_f + acc_f > 0) {
+        cudaError_t e = cudaMallocAsync(&ws, (size_t)(nck_f + acc_f) * sizeof(float), st);
+        if (e != cudaSuccess) return samba_cu_fail("selective_scan_bwd: workspace cudaMallocAsync", e);
+        p.ckpt = (float *)ws;
+        p.acc = p.ckpt + nck_f;
+        s = sbwd_zero(p.acc, acc_f, st);
+    }
+    const int64_t cpb = SBWD_THREADS / lanes;
+    const dim3 grid((unsigned)cdiv(Dm / G, cpb), (unsigned)(G * p.nslices), (unsigned)B);
+    if (s == SAMBA_OK) {
+        if (a->u.dtype == SAMBA_CU_BF16)
+            s = sbwd_launch_t<__nv_bfloat16>(p, lanes, grid, st);
+        else if (a->u.dtype == SAMBA_CU_F16)
+            s = sbwd_launch_t<__half>(p, lanes, grid, st);
+        else
+            s = sbwd_launch_t<float>(p, lanes, grid, st);
+    }
+    if (ws != NULL) {
+        cudaError_t e = cudaFreeAsync(ws, st);
+        if (s == SAMBA_OK && e != cudaSuccess)
+            return samba_cu_fail("selective_scan_bwd: cudaFreeAsync", e);
+    }
+    return s;
+}
