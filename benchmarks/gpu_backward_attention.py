@@ -73,7 +73,12 @@ def window_pairs(L: int, W: int | None) -> int:
 
 def flex_backward(q, k, v, do, L: int, W: int | None, gqa: bool):
     """A function that runs FlexAttention's backward of one kept forward, -> grads."""
+    import torch._functorch.config as functorch_config
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    # the timed backward reruns one kept graph (retain_graph=True); a compiled backward that
+    # donates its saved buffers refuses that after a recompile ("non-empty donated buffers")
+    functorch_config.donated_buffer = False
 
     def mask(b, h, qi, ki):
         m = qi >= ki
