@@ -168,6 +168,121 @@ abwd_rowsum(float *restrict o, const float *restrict w, const float *restrict ro
     }
 }
 
+#define ABWD_TR 4  /* rows (queries or keys) per register tile */
+#define ABWD_TB 32 /* columns (keys, queries or headdim) per register tile */
+
+/* s[r lds + jj] = x[r] . Mt[:, lo + jj] for the ABWD_TR rows x[r]: each loaded column of Mt
+ * is reused by all rows, ABWD_TR x ABWD_TB scores held in registers across the headdim loop */
+SAMBA_ALWAYS_INLINE void
+abwd_tiledots(const float *const *x, const float *restrict mt, int64_t ld, int64_t lo,
+              int64_t n, int64_t hd, float *restrict s, int64_t lds)
+{
+    int64_t jb = 0, jj, c, q, r;
+    for (; jb + ABWD_TB <= n; jb += ABWD_TB) {
+        float acc[ABWD_TR][ABWD_TB];
+        for (r = 0; r < ABWD_TR; r++) {
+            for (q = 0; q < ABWD_TB; q++) {
+                acc[r][q] = 0.0f;
+            }
+        }
+        for (c = 0; c < hd; c++) {
+            const float *restrict row = mt + c * ld + lo + jb;
+            for (r = 0; r < ABWD_TR; r++) {
+                const float xc = x[r][c];
+                for (q = 0; q < ABWD_TB; q++) {
+                    acc[r][q] += xc * row[q];
+                }
+            }
+        }
+        for (r = 0; r < ABWD_TR; r++) {
+            for (q = 0; q < ABWD_TB; q++) {
+                s[r * lds + jb + q] = acc[r][q];
+            }
+        }
+    }
+    for (r = 0; r < ABWD_TR && jb < n; r++) {
+        float *restrict sr = s + r * lds;
+        for (jj = jb; jj < n; jj++) {
+            sr[jj] = 0.0f;
+        }
+        for (c = 0; c < hd; c++) {
+            const float xc = x[r][c];
+            const float *restrict row = mt + c * ld + lo;
+            for (jj = jb; jj < n; jj++) {
+                sr[jj] += xc * row[jj];
+            }
+        }
+    }
+}
+
+/* o[r][0..hd) += sum_jj w[r ldw + jj] rows[jj][0..hd) for the ABWD_TR rows o[r] (rows ldr
+ * floats apart): each loaded row is reused by all outputs, held in registers */
+SAMBA_ALWAYS_INLINE void
+abwd_tilesum_all(float *const *o, const float *restrict w, int64_t ldw, const float *restrict rows,
+             int64_t ldr, int64_t n, int64_t hd)
+{
+    int64_t xb = 0, jj, q, r;
+    for (; xb + ABWD_TB <= hd; xb += ABWD_TB) {
+        float acc[ABWD_TR][ABWD_TB];
+        for (r = 0; r < ABWD_TR; r++) {
+            for (q = 0; q < ABWD_TB; q++) {
+                acc[r][q] = o[r][xb + q];
+            }
+        }
+        for (jj = 0; jj < n; jj++) {
+            const float *restrict src = rows + jj * ldr + xb;
+            for (r = 0; r < ABWD_TR; r++) {
+                const float wj = w[r * ldw + jj];
+                for (q = 0; q < ABWD_TB; q++) {
+                    acc[r][q] += wj * src[q];
+                }
+            }
+        }
+        for (r = 0; r < ABWD_TR; r++) {
+            for (q = 0; q < ABWD_TB; q++) {
+                o[r][xb + q] = acc[r][q];
+            }
+        }
+    }
+    for (r = 0; r < ABWD_TR && xb < hd; r++) {
+        for (jj = 0; jj < n; jj++) {
+            const float wj = w[r * ldw + jj];
+            const float *restrict src = rows + jj * ldr;
+            for (q = xb; q < hd; q++) {
+                o[r][q] += wj * src[q];
+            }
+        }
+    }
+}
+
+/* abwd_tilesum_all restricted to the columns [j0[r], j1[r]) of each row: the columns all rows
+ * share as one tile, the rest row by row, so a row never multiplies a row of `rows` it does
+ * not see (0 x inf or NaN there would leak into its sum) */
+SAMBA_ALWAYS_INLINE void
+abwd_tilesum(float *const *o, const float *restrict w, int64_t ldw, const float *restrict rows,
+             int64_t ldr, const int64_t *j0, const int64_t *j1, int64_t hd)
+{
+    int64_t c0 = j0[0], c1 = j1[0], r, e0, e1;
+    for (r = 1; r < ABWD_TR; r++) {
+        c0 = abwd_max(c0, j0[r]);
+        c1 = abwd_min(c1, j1[r]);
+    }
+    c1 = abwd_max(c0, c1);
+    if (c1 > c0) {
+        abwd_tilesum_all(o, w + c0, ldw, rows + c0 * ldr, ldr, c1 - c0, hd);
+    }
+    for (r = 0; r < ABWD_TR; r++) {
+        e1 = abwd_min(j1[r], c0);
+        if (e1 > j0[r]) {
+            abwd_rowsum(o[r], w + r * ldw + j0[r], rows + j0[r] * ldr, ldr, e1 - j0[r], hd);
+        }
+        e0 = abwd_max(j0[r], c1);
+        if (j1[r] > e0) {
+            abwd_rowsum(o[r], w + r * ldw + e0, rows + e0 * ldr, ldr, j1[r] - e0, hd);
+        }
+    }
+}
+
 /* scores in place: s = scale s, softcap; t[jj] = tanh(r / cap) (only with softcap) */
 SAMBA_ALWAYS_INLINE void
 abwd_softcap(const samba_attn_ext_args *a, float *restrict s, float *restrict t, int64_t n)
@@ -227,112 +342,179 @@ afwd_row(const abwd_job *jb, int64_t b, int64_t i, int64_t h, float *s, float *t
     }
 }
 
-/* dq row (b, i, h) and Delta */
+/* w[0..j0) = w[j1..n) = 0: the tile's columns outside one row's range */
 SAMBA_ALWAYS_INLINE void
-abwd_q_row(const abwd_job *jb, int64_t b, int64_t i, int64_t h, float *s, float *dp, float *t)
+abwd_zero_outside(float *restrict w, int64_t j0, int64_t j1, int64_t n)
+{
+    int64_t jj;
+    for (jj = 0; jj < j0; jj++) {
+        w[jj] = 0.0f;
+    }
+    for (jj = j1; jj < n; jj++) {
+        w[jj] = 0.0f;
+    }
+}
+
+/* dq rows and Delta of the nr <= ABWD_TR queries i0.. (b, h), as one tile over the union of
+ * their key ranges; pairs outside a row's own range get dS = 0. dummy: hd floats (the dq of
+ * the unused tile rows). */
+SAMBA_ALWAYS_INLINE void
+abwd_q_tile(const abwd_job *jb, int64_t b, int64_t i0, int64_t nr, int64_t h, float *s,
+            float *dp, float *t, int64_t ls, float *dummy)
 {
     const samba_attn_ext_args *a = jb->a;
     const int64_t hd = a->headdim, hk = h / (a->nheads / a->nheads_kv);
-    const float *restrict q = a->q + Q_OFF(a, b, i, h);
-    const float *restrict go = a->dout + Q_OFF(a, b, i, h);
-    const float *restrict out = a->out + Q_OFF(a, b, i, h);
-    float *restrict dq = a->dq + Q_OFF(a, b, i, h);
-    const float lse = a->lse[LSE_AT(a, b, h, i)];
     const int64_t kvoff = (b * a->nheads_kv + hk) * hd * a->seqlen_k;
-    float dl = 0.0f;
-    int64_t lo, hi, n, jj, x;
+    const float *qr[ABWD_TR], *gr[ABWD_TR];
+    float *dqr[ABWD_TR], lse[ABWD_TR], dl[ABWD_TR];
+    int64_t lo[ABWD_TR], hi[ABWD_TR], c0[ABWD_TR], c1[ABWD_TR], ulo = a->seqlen_k, uhi = 0;
+    int64_t n, jj, r, x;
 
-    for (x = 0; x < hd; x++) {
-        dl += go[x] * out[x];
-        dq[x] = 0.0f;
+    for (r = 0; r < ABWD_TR; r++) {
+        const int64_t i = i0 + (r < nr ? r : 0);
+        const float *go = a->dout + Q_OFF(a, b, i, h), *out = a->out + Q_OFF(a, b, i, h);
+        qr[r] = a->q + Q_OFF(a, b, i, h);
+        gr[r] = go;
+        dqr[r] = r < nr ? a->dq + Q_OFF(a, b, i, h) : dummy;
+        lse[r] = a->lse[LSE_AT(a, b, h, i)];
+        dl[r] = 0.0f;
+        for (x = 0; x < hd; x++) {
+            dl[r] += go[x] * out[x];
+            dqr[r][x] = 0.0f;
+        }
+        jb->delta[LSE_AT(a, b, h, i)] = dl[r];
+        abwd_key_range(a, i, &lo[r], &hi[r]);
+        if (r >= nr || !(lse[r] > -INFINITY)) {
+            hi[r] = lo[r]; /* no keys: dq stays 0 */
+        }
+        if (hi[r] > lo[r]) {
+            ulo = abwd_min(ulo, lo[r]);
+            uhi = abwd_max(uhi, hi[r]);
+        }
     }
-    jb->delta[LSE_AT(a, b, h, i)] = dl;
-    abwd_key_range(a, i, &lo, &hi);
-    n = hi - lo;
-    if (n <= 0 || !(lse > -INFINITY)) {
+    if (uhi <= ulo) {
         return;
     }
-    abwd_rowdots(q, jb->kt + kvoff, a->seqlen_k, lo, n, hd, s);
-    abwd_rowdots(go, jb->vt + kvoff, a->seqlen_k, lo, n, hd, dp);
-    abwd_softcap(a, s, t, n);
-    for (jj = 0; jj < n; jj++) {
-        const float p = samba_expf(s[jj] - lse);
-        float ds = p * (dp[jj] - dl) * a->softmax_scale;
-        if (a->softcap > 0.0f) {
-            ds *= 1.0f - t[jj] * t[jj];
+    n = uhi - ulo;
+    abwd_tiledots(qr, jb->kt + kvoff, a->seqlen_k, ulo, n, hd, s, ls);
+    abwd_tiledots(gr, jb->vt + kvoff, a->seqlen_k, ulo, n, hd, dp, ls);
+    for (r = 0; r < ABWD_TR; r++) {
+        float *sr = s + r * ls, *dpr = dp + r * ls, *tr = t + r * ls;
+        const int64_t j0 = hi[r] > lo[r] ? lo[r] - ulo : 0, j1 = hi[r] > lo[r] ? hi[r] - ulo : 0;
+        c0[r] = j0;
+        c1[r] = j1;
+        abwd_softcap(a, sr, tr, n);
+        for (jj = j0; jj < j1; jj++) {
+            const float p = samba_expf(sr[jj] - lse[r]);
+            sr[jj] = p * (dpr[jj] - dl[r]) * a->softmax_scale;
         }
-        s[jj] = ds;
+        if (a->softcap > 0.0f) {
+            for (jj = j0; jj < j1; jj++) {
+                sr[jj] *= 1.0f - tr[jj] * tr[jj];
+            }
+        }
+        abwd_zero_outside(sr, j0, j1, n);
     }
-    abwd_rowsum(dq, s, a->k + K_OFF(a, b, lo, hk), a->nheads_kv * hd, n, hd);
+    abwd_tilesum(dqr, s, ls, a->k + K_OFF(a, b, ulo, hk), a->nheads_kv * hd, c0, c1, hd);
 }
 
-/* dk, dv rows (b, j, hk) */
+/* dk, dv rows of the nr <= ABWD_TR keys j0.. (b, hk), as one tile over the union of their
+ * query ranges; pairs outside a row's own range get P = dS = 0. dummy: 2 hd floats. */
 SAMBA_ALWAYS_INLINE void
-abwd_kv_row(const abwd_job *jb, int64_t b, int64_t j, int64_t hk, float *s, float *dp,
-            float *t)
+abwd_kv_tile(const abwd_job *jb, int64_t b, int64_t j0, int64_t nr, int64_t hk, float *s,
+             float *dp, float *t, int64_t ls, float *dummy)
 {
     const samba_attn_ext_args *a = jb->a;
     const int64_t hd = a->headdim, grp = a->nheads / a->nheads_kv;
-    const float *restrict k = a->k + K_OFF(a, b, j, hk);
-    const float *restrict v = a->v + K_OFF(a, b, j, hk);
-    float *restrict dk = a->dk + K_OFF(a, b, j, hk);
-    float *restrict dv = a->dv + K_OFF(a, b, j, hk);
-    int64_t lo, hi, n, h, ii, x;
+    const float *kr[ABWD_TR], *vr[ABWD_TR];
+    float *dkr[ABWD_TR], *dvr[ABWD_TR];
+    int64_t lo[ABWD_TR], hi[ABWD_TR], c0[ABWD_TR], c1[ABWD_TR], ulo = a->seqlen_q, uhi = 0;
+    int64_t n, h, ii, r, x;
 
-    for (x = 0; x < hd; x++) {
-        dk[x] = 0.0f;
-        dv[x] = 0.0f;
+    for (r = 0; r < ABWD_TR; r++) {
+        const int64_t j = j0 + (r < nr ? r : 0);
+        kr[r] = a->k + K_OFF(a, b, j, hk);
+        vr[r] = a->v + K_OFF(a, b, j, hk);
+        dkr[r] = r < nr ? a->dk + K_OFF(a, b, j, hk) : dummy;
+        dvr[r] = r < nr ? a->dv + K_OFF(a, b, j, hk) : dummy + hd;
+        for (x = 0; x < hd; x++) {
+            dkr[r][x] = 0.0f;
+            dvr[r][x] = 0.0f;
+        }
+        abwd_query_range(a, j, &lo[r], &hi[r]);
+        if (r >= nr) {
+            hi[r] = lo[r];
+        }
+        if (hi[r] > lo[r]) {
+            ulo = abwd_min(ulo, lo[r]);
+            uhi = abwd_max(uhi, hi[r]);
+        }
     }
-    abwd_query_range(a, j, &lo, &hi);
-    n = hi - lo;
-    if (n <= 0) {
+    if (uhi <= ulo) {
         return;
     }
+    n = uhi - ulo;
     for (h = hk * grp; h < (hk + 1) * grp; h++) {
         const int64_t qoff = (b * a->nheads + h) * hd * a->seqlen_q;
-        const float *restrict lse = a->lse + LSE_AT(a, b, h, lo);
-        const float *restrict dl = jb->delta + LSE_AT(a, b, h, lo);
-        abwd_rowdots(k, jb->qt + qoff, a->seqlen_q, lo, n, hd, s);
-        abwd_rowdots(v, jb->dot + qoff, a->seqlen_q, lo, n, hd, dp);
-        abwd_softcap(a, s, t, n);
-        for (ii = 0; ii < n; ii++) {
-            /* lse = -inf (a query without keys) cannot occur here: query lo + ii sees j */
-            const float p = samba_expf(s[ii] - lse[ii]);
-            float ds = p * (dp[ii] - dl[ii]) * a->softmax_scale;
-            if (a->softcap > 0.0f) {
-                ds *= 1.0f - t[ii] * t[ii];
+        const float *restrict lse = a->lse + LSE_AT(a, b, h, ulo);
+        const float *restrict dl = jb->delta + LSE_AT(a, b, h, ulo);
+        abwd_tiledots(kr, jb->qt + qoff, a->seqlen_q, ulo, n, hd, s, ls);
+        abwd_tiledots(vr, jb->dot + qoff, a->seqlen_q, ulo, n, hd, dp, ls);
+        for (r = 0; r < ABWD_TR; r++) {
+            float *sr = s + r * ls, *dpr = dp + r * ls, *tr = t + r * ls;
+            const int64_t i0 = hi[r] > lo[r] ? lo[r] - ulo : 0;
+            const int64_t i1 = hi[r] > lo[r] ? hi[r] - ulo : 0;
+            c0[r] = i0;
+            c1[r] = i1;
+            abwd_softcap(a, sr, tr, n);
+            /* lse = -inf (a query without keys) cannot occur in range: the query sees j */
+            for (ii = i0; ii < i1; ii++) {
+                const float p = samba_expf(sr[ii] - lse[ii]);
+                dpr[ii] = p * (dpr[ii] - dl[ii]) * a->softmax_scale;
+                sr[ii] = p;
             }
-            s[ii] = p;
-            dp[ii] = ds;
+            if (a->softcap > 0.0f) {
+                for (ii = i0; ii < i1; ii++) {
+                    dpr[ii] *= 1.0f - tr[ii] * tr[ii];
+                }
+            }
+            abwd_zero_outside(sr, i0, i1, n);
+            abwd_zero_outside(dpr, i0, i1, n);
         }
-        abwd_rowsum(dv, s, a->dout + Q_OFF(a, b, lo, h), a->nheads * hd, n, hd);
-        abwd_rowsum(dk, dp, a->q + Q_OFF(a, b, lo, h), a->nheads * hd, n, hd);
+        abwd_tilesum(dvr, s, ls, a->dout + Q_OFF(a, b, ulo, h), a->nheads * hd, c0, c1, hd);
+        abwd_tilesum(dkr, dp, ls, a->q + Q_OFF(a, b, ulo, h), a->nheads * hd, c0, c1, hd);
     }
 }
 
-/* rows [r0, r1) of one kind (0 forward, 1 dq, 2 dk/dv); scratch: 3 max(Lq, Lk) floats */
+/* rows [r0, r1) of one kind (0 forward, 1 dq, 2 dk/dv), the backward ones in tiles of up to
+ * ABWD_TR neighbouring rows; scratch: ABWD_SCRATCH floats */
+#define ABWD_SCRATCH(ls, hd) (3 * ABWD_TR * (ls) + 2 * (hd))
 SAMBA_ALWAYS_INLINE void
 abwd_rows_body(const abwd_job *jb, int kind, int64_t r0, int64_t r1, float *scratch)
 {
     const samba_attn_ext_args *a = jb->a;
-    const int64_t ls = a->seqlen_q > a->seqlen_k ? a->seqlen_q : a->seqlen_k;
-    float *s = scratch, *dp = scratch + ls, *t = scratch + 2 * ls;
-    int64_t r;
-    for (r = r0; r < r1; r++) {
+    const int64_t ls = abwd_max(1, a->seqlen_q > a->seqlen_k ? a->seqlen_q : a->seqlen_k);
+    float *s = scratch, *dp = scratch + ABWD_TR * ls, *t = scratch + 2 * ABWD_TR * ls;
+    float *dummy = scratch + 3 * ABWD_TR * ls;
+    int64_t r, nr;
+    for (r = r0; r < r1; r += nr) {
         if (kind == 2) {
             /* r = (b, hk, j), j fastest: neighbouring rows share Q^T / dout^T columns */
             const int64_t j = r % a->seqlen_k, hk = (r / a->seqlen_k) % a->nheads_kv;
-            abwd_kv_row(jb, r / (a->seqlen_k * a->nheads_kv), j, hk, s, dp, t);
+            nr = abwd_min(ABWD_TR, abwd_min(r1 - r, a->seqlen_k - j));
+            abwd_kv_tile(jb, r / (a->seqlen_k * a->nheads_kv), j, nr, hk, s, dp, t, ls, dummy);
         }
         else {
             /* r = (b, h, i), i fastest */
             const int64_t i = r % a->seqlen_q, h = (r / a->seqlen_q) % a->nheads;
             const int64_t b = r / (a->seqlen_q * a->nheads);
             if (kind == 0) {
+                nr = 1;
                 afwd_row(jb, b, i, h, s, t);
             }
             else {
-                abwd_q_row(jb, b, i, h, s, dp, t);
+                nr = abwd_min(ABWD_TR, abwd_min(r1 - r, a->seqlen_q - i));
+                abwd_q_tile(jb, b, i, nr, h, s, dp, t, ls, dummy);
             }
         }
     }
@@ -393,7 +575,7 @@ abwd_transpose(const float *src, float *dst, int64_t batch, int64_t ls, int64_t 
     }
 }
 
-#define ABWD_BLOCK 8 /* rows per OpenMP work item */
+#define ABWD_BLOCK 8 /* rows per OpenMP work item (a multiple of ABWD_TR) */
 
 /* keys (or queries) a row visits at most: the window's width, capped at len */
 static int64_t
@@ -414,7 +596,8 @@ abwd_run(const abwd_job *jb, int kind, int64_t rows, int64_t per_row, int nt,
     const int64_t ls = a->seqlen_q > a->seqlen_k ? a->seqlen_q : a->seqlen_k;
     const abwd_rows_fn fn = abwd_pick();
     int64_t chunk = ABWD_CHUNK_WORK / abwd_max(1, per_row), r0;
-    float *scratch = (float *)malloc((size_t)nt * (size_t)(3 * abwd_max(1, ls)) * sizeof(float));
+    const size_t per_thread = (size_t)ABWD_SCRATCH(abwd_max(1, ls), a->headdim);
+    float *scratch = (float *)malloc((size_t)nt * per_thread * sizeof(float));
 
     if (scratch == NULL) {
         return SAMBA_ERR_ALLOC;
@@ -434,7 +617,7 @@ abwd_run(const abwd_job *jb, int kind, int64_t rows, int64_t per_row, int nt,
             tid = omp_get_thread_num();
 #endif
             fn(jb, kind, rb, abwd_min(r1, rb + ABWD_BLOCK),
-               scratch + (size_t)tid * (size_t)(3 * abwd_max(1, ls)));
+               scratch + (size_t)tid * per_thread);
         }
     }
     free(scratch);
