@@ -331,11 +331,14 @@ def render(info: dict, rows: list[dict], elapsed: float, quick: bool) -> str:
               "- Attention: the NumPy version runs multithreaded BLAS matrix products over the "
               "full score matrices (twice the needed pairs with full causal masking, all "
               "L x L pairs with a window, at matrix-multiply speed); the C backward visits "
-              "only the visible pairs, but with per-row vector loops (scores of one row "
-              "against its keys, then row sums), not a matrix-multiply micro-kernel that "
-              "tiles several rows and keys in registers. So it gains with the window (its "
-              "work shrinks, NumPy's does not) but stays below the 5x target; the ratio "
-              "also moves with the machine load, which slows BLAS's threads more.", ""]
+              "only the visible pairs, in register tiles of 4 query (or key) rows x 32 keys "
+              "(or headdim floats), without BLAS's cache blocking and packing and with an "
+              "exponential per pair on top. So it gains with the window (its work shrinks, "
+              "NumPy's does not) but stays below the 5x target; the ratio also moves with "
+              "the machine load, which slows BLAS's threads more. The interleaving costs the "
+              "C side too: OpenBLAS's threads keep spinning for a while after the NumPy call "
+              "and take cores from the OpenMP threads (a 1024 x 1024 matmul just before each C "
+              "call made it about 1.3 to 1.7 times slower on this machine).", ""]
     return "\n".join(lines) + "\n"
 
 

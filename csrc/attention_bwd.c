@@ -14,9 +14,13 @@
  * Two passes without atomics: one over query rows (dq, Delta), one over key rows (dk, dv,
  * summed over the query heads of the kv head); each recomputes the scores it needs.
  * Vectorisation: K, V (for query rows) and Q, dout (for key rows) are first copied
- * transposed, (headdim, seqlen) per head, so a row's scores against all its visible keys
- * (or queries) are computed 16 at a time with broadcast-FMAs, without horizontal sums; the
- * gradient rows are then accumulated along headdim. The row kernels are compiled per ISA
+ * transposed, (headdim, seqlen) per head. The backward works on tiles of 4 neighbouring
+ * query (or key) rows over the union of their visible keys (queries): the scores of the tile
+ * are register blocks of 4 rows x 32 columns built with broadcast-FMAs (no horizontal sums),
+ * each loaded column serving all 4 rows; the gradient rows are then accumulated along headdim
+ * in blocks of 4 rows x 32 floats, each loaded key (query) row serving all 4. Pairs outside a
+ * row's own range are left out (not multiplied by 0, which would turn inf or NaN inputs the
+ * row never sees into NaN). The row kernels are compiled per ISA
  * (simd.h dispatch). Rows are spread over OpenMP threads in blocks; ctx is polled between
  * chunks of rows.
  */
