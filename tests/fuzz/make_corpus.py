@@ -140,23 +140,14 @@ def make_pth(out: Path) -> list[bytes]:
 
     sd = {k: torch.from_numpy(v) for k, v in tiny_state_dict(TINY, rng).items()}
     sd["lm_head.weight"] = sd["transformer.wte.weight"]          # tied: one shared storage
-    hp = {"model_name": "fuzz-tiny", "learning_rate": 4e-4, "micro_batch_size": 2,
-          "train_config": "fuzz", "eval_iters": 10}
-    opt = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(4, 2),
-                         "exp_avg_sq": torch.zeros(4, 2)}},
-           "param_groups": [{"lr": 4e-4, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1,
-                             "amsgrad": False, "params": [0]}]}
-    save("fabric_f32.pth", {"model": sd, "optimizer": opt, "hparams": hp, "iter_num": 12,
-                            "step_count": 3})
-    save("fabric_bf16.pth", {"model": {k: v.to(torch.bfloat16) for k, v in sd.items()},
-                             "hparams": hp, "iter_num": 1, "step_count": 1})
+    # fabric_f32 / fabric_bf16 / bare_orig_mod (model-sized) are built at run time by
+    # pth_seeds.py without torch; only the small seeds below are stored
     views = dict(sd)
     big = torch.randn(2 * 32 * 16 + 5)
     # w1 is a slice with a storage offset, w2 a transposed (non-contiguous) view
     views["transformer.h.0.mlp.swiglu.w1.weight"] = big[5:5 + 32 * 16].view(32, 16)
     views["transformer.h.0.mlp.swiglu.w2.weight"] = torch.randn(16, 32).t()
     save("views.pth", {"model": views})
-    save("bare_orig_mod.pth", {"_orig_mod." + k: v.half() for k, v in sd.items()})
     save("small_misc.pth", {"model": {"transformer.wte.weight": torch.ones(3, 2)},
                             "nested": [1, 2.5, "s", None, True, (1, 2), {"a": [3, {"b": 1e-8}]}],
                             "long": torch.arange(4), "bool": torch.tensor([True, False])})
