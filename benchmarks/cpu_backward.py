@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import samba_ext  # noqa: E402
 from samba_ext import _core, grad  # noqa: E402
+from samba_ext.atomic import write_text_atomic  # noqa: E402
 
 TARGET = 5.0
 f32 = np.float32
@@ -343,10 +344,9 @@ def render(info: dict, rows: list[dict], elapsed: float, quick: bool) -> str:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """write_text_atomic into a folder that is made if missing."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

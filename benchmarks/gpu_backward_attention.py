@@ -27,7 +27,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +36,7 @@ except ImportError:  # --render needs neither torch nor a GPU
     torch = None
 
 import samba_ext
+from samba_ext.atomic import write_text_atomic
 from samba_ext import grad
 
 K = 1024
@@ -212,12 +212,9 @@ def render(meta: dict, rows: list[dict], peers: list[str]) -> list[str]:
 
 
 def write_atomic(path: str, text: str) -> None:
-    d = os.path.dirname(path) or "."
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """write_text_atomic into a folder that is made if missing."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    write_text_atomic(path, text)
 
 
 def main() -> int:
