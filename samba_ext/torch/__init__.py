@@ -117,6 +117,9 @@ def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                                   f"{activation!r}")
     if final_states_out is not None and not return_final_states:
         raise ValueError("final_states_out: only used with return_final_states=True")
+    if final_states_out is not None and final_states_out.device != x.device:
+        raise ValueError(f"final_states_out: is on {final_states_out.device} but x is on "
+                         f"{x.device}; pass all tensors on one device")
     y, fin = causal_conv1d_op(x, weight, bias, initial_states, activation is not None)
     y = y.to(x.dtype)
     if not return_final_states:

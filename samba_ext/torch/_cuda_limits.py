@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-__all__ = ["scan", "scan_backward", "attention"]
+__all__ = ["scan", "scan_backward", "attention_heads", "attention"]
 
 _MAX_DSTATE = 256        # scan forward / step / backward: dstate in 1..256
 _MAX_GRID_Y = 65535      # CUDA grid y/z limit: batch, heads
@@ -35,12 +35,20 @@ def scan_backward(A: Tensor, B: Tensor, batch: int) -> None:
                 f"{_MAX_GRID_Y} in the backward")
 
 
-def attention(q: Tensor, k: Tensor) -> None:
-    """Attention forward / backward: q (batch, Lq, nheads, headdim), k (batch, Lk, ...)."""
-    batch, lq, nheads, hd = q.shape
+def attention_heads(q: Tensor) -> None:
+    """Attention of any batch: q (..., nheads, headdim)."""
+    nheads, hd = q.shape[-2], q.shape[-1]
     if hd > 256:
         _refuse("q", f"headdim = {hd} > 256")
-    if nheads > _MAX_GRID_Y or batch > _MAX_GRID_Y:
-        _refuse("q", f"batch = {batch} or nheads = {nheads} > {_MAX_GRID_Y}")
+    if nheads > _MAX_GRID_Y:
+        _refuse("q", f"nheads = {nheads} > {_MAX_GRID_Y}")
+
+
+def attention(q: Tensor, k: Tensor) -> None:
+    """Attention forward / backward: q (batch, Lq, nheads, headdim), k (batch, Lk, ...)."""
+    attention_heads(q)
+    batch, lq = q.shape[0], q.shape[1]
+    if batch > _MAX_GRID_Y:
+        _refuse("q", f"batch = {batch} > {_MAX_GRID_Y}")
     if lq > _MAX_SEQLEN or k.shape[1] > _MAX_SEQLEN:
         _refuse("q", f"a sequence length > 2^30 (seqlen_q = {lq}, seqlen_k = {k.shape[1]})")
