@@ -226,6 +226,20 @@ def test_cli_script(tmp_path, run):
     assert res["acc,none"] == run["results"]["samba_phonebook"]["acc,none"]
 
 
+def test_import_keeps_lm_evals_own_models():
+    """Importing the backend registers samba-ext without hiding lm-eval's models: get_model
+    imports lm_eval.models only while the registry is empty (hook turned off here)."""
+    code = ("import samba_ext.integrations.lmeval as b\n"
+            "from lm_eval.api.registry import get_model\n"
+            "assert get_model('samba-ext') is b.SambaLM\n"
+            "print(get_model('dummy').__name__)\n")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               SAMBA_EXT_NO_LM_EVAL_HOOK="1")
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0 and p.stdout.split() == ["DummyLM"], p.stderr[-2000:]
+
+
 @pytest.mark.cuda
 def test_cuda_loglikelihood_matches_cpu(model):
     from conftest import CUDA_SKIP

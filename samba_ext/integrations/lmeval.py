@@ -314,7 +314,12 @@ class SambaLM(LM):
 
 
 def register() -> type[SambaLM]:
-    """Register :class:`SambaLM` as ``samba-ext`` (idempotent; done on import)."""
+    """Register :class:`SambaLM` as ``samba-ext`` (idempotent; done on import).
+
+    ``lm_eval.models`` (lm-eval's own lazy model entries) is imported first: ``get_model``
+    imports it only while the registry is empty, so registering into an empty registry would
+    hide ``hf``, ``dummy`` and the rest."""
+    import lm_eval.models  # noqa: F401
     from lm_eval.api.registry import model_registry
 
     if MODEL_NAME not in model_registry:
