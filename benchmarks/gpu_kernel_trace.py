@@ -110,8 +110,6 @@ def hf(spec: str, L: int, top: int) -> None:
         prof, wall = _trace(lambda: m(x, logits_to_keep=1, use_cache=False),
                             torch.cuda.synchronize)
     _table(prof, wall, f"transformers Llama ({spec} shapes) prefill 1 x {L}", top)
-    m.to("meta")
-    torch.cuda.empty_cache()
 
 
 def main() -> None:
