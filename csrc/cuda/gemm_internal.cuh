@@ -13,7 +13,8 @@ extern "C" samba_status samba_cu_gemm_stream_workspace(int dev, void *stream, vo
 
 // gemm_lt.cu: column-major C = op(A) op(B) + beta C through cublasLtMatmul (same arguments as
 // samba_cu_gemm_batched); tune != 0 times the heuristic's candidates on a key's first eager
-// beta == 0 call. Returns SAMBA_ERR_UNSUPPORTED when cuBLASLt has no algorithm for the shape.
+// beta == 0 call. Returns SAMBA_ERR_UNSUPPORTED when cuBLASLt has no algorithm for the shape
+// (or reports CUBLAS_STATUS_NOT_SUPPORTED).
 extern "C" samba_status samba_cu_gemm_lt(int tune, int transa, int transb, int64_t m, int64_t n,
                                          int64_t k, samba_cu_ref A, int64_t lda, int64_t sA,
                                          samba_cu_ref B, int64_t ldb, int64_t sB, samba_cu_ref C,

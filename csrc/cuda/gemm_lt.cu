@@ -63,6 +63,16 @@ static int ptr_align(const void *p) {
     return al;
 }
 
+// Alignment of every matrix of a strided batch (byte stride `bstride`, 0 = broadcast).
+static int batch_align(const void *p, int64_t bstride, int64_t batch) {
+    int al = ptr_align(p);
+    if (batch > 1 && bstride != 0) {
+        int as = ptr_align((const void *)(uintptr_t)(bstride < 0 ? -bstride : bstride));
+        if (as < al) al = as;
+    }
+    return al;
+}
+
 static cudaDataType_t lt_type(int dt) {
     return dt == SAMBA_CU_BF16 ? CUDA_R_16BF : dt == SAMBA_CU_F16 ? CUDA_R_16F : CUDA_R_32F;
 }
@@ -76,8 +86,10 @@ static cudaDataType_t lt_type(int dt) {
         }                                                                                    \
     } while (0)
 
+// SAMBA_ERR_UNSUPPORTED for CUBLAS_STATUS_NOT_SUPPORTED (gemm.cu then runs cublas*Ex).
 static samba_status lt_fail(const char *what, cublasStatus_t s, const LtKey *k) {
-    return samba_cu_fail_msg(SAMBA_ERR_CUDA,
+    return samba_cu_fail_msg(s == CUBLAS_STATUS_NOT_SUPPORTED ? SAMBA_ERR_UNSUPPORTED
+                                                              : SAMBA_ERR_CUDA,
                              "gemm (cuBLASLt): %s(m=%lld, n=%lld, k=%lld, lda=%lld, ldb=%lld, "
                              "ldc=%lld, batch=%lld) failed (%s)",
                              what, (long long)k->m, (long long)k->n, (long long)k->k,
@@ -242,9 +254,11 @@ extern "C" samba_status samba_cu_gemm_lt(int tune_mode, int transa, int transb, 
     key.tb = transb != 0;
     key.dtA = A.dtype;
     key.dtC = C.dtype;
-    key.alA = ptr_align(A.ptr);
-    key.alB = ptr_align(B.ptr);
-    key.alC = ptr_align(C.ptr);
+    // every matrix of a batch starts at ptr + i * stride: its alignment counts too
+    const int esA = A.dtype == SAMBA_CU_F32 ? 4 : 2, esC = C.dtype == SAMBA_CU_F32 ? 4 : 2;
+    key.alA = batch_align(A.ptr, sA * esA, batch);
+    key.alB = batch_align(B.ptr, sB * esA, batch);
+    key.alC = batch_align(C.ptr, sC * esC, batch);
     key.beta0 = beta == 0.0f;
     key.m = m;
     key.n = n;
