@@ -11,4 +11,4 @@ from samba_ext.torch import causal_conv1d_fn, causal_conv1d_update
 
 __all__ = ["causal_conv1d_fn", "causal_conv1d_update"]
 __all__ += exec_upstream(globals(), "causal-conv1d/causal_conv1d/causal_conv1d_interface.py",
-              ["causal_conv1d_ref", "causal_conv1d_update_ref"])
+                         ["causal_conv1d_ref", "causal_conv1d_update_ref"])

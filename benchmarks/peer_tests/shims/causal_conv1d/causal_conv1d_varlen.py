@@ -18,4 +18,4 @@ def causal_conv1d_varlen_states(x, cu_seqlens, state_len):
 
 
 __all__ += exec_upstream(globals(), "causal-conv1d/causal_conv1d/causal_conv1d_varlen.py",
-              ["causal_conv1d_varlen_states_ref"])
+                         ["causal_conv1d_varlen_states_ref"])

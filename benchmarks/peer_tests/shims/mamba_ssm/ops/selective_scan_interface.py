@@ -16,4 +16,4 @@ from samba_ext.torch import causal_conv1d_fn, mamba_inner_fn, selective_scan_fn
 
 __all__ = ["selective_scan_fn", "mamba_inner_fn", "causal_conv1d_fn"]
 __all__ += exec_upstream(globals(), "mamba/mamba_ssm/ops/selective_scan_interface.py",
-              ["selective_scan_ref", "mamba_inner_ref"])
+                         ["selective_scan_ref", "mamba_inner_ref"])

@@ -11,4 +11,4 @@ from samba_ext.torch import selective_state_update
 
 __all__ = ["selective_state_update"]
 __all__ += exec_upstream(globals(), "mamba/mamba_ssm/ops/triton/selective_state_update.py",
-              ["selective_state_update_ref"])
+                         ["selective_state_update_ref"])
