@@ -47,8 +47,8 @@ PROVENANCE = [
      "causal-conv1d's own, from its source file"),
     ("flash_attn", "flash_attn_func, flash_attn_with_kvcache", "samba_ext.torch; with "
      "return_attn_probs, flash_attn_func also returns softmax_lse from samba_ext's "
-     "flash_attn_with_kvcache(return_softmax_lse=True) and S_dmask None (as flash-attn "
-     "without dropout)"),
+     "flash_attn_with_kvcache(return_softmax_lse=True) (on the CPU where that does not take "
+     "the device) and S_dmask None (as flash-attn without dropout)"),
     ("flash_attn", "flash_attn_kvpacked_func, flash_attn_qkvpacked_func",
      "unbind, then flash_attn_func"),
     ("flash_attn", "flash_attn_varlen_func (+ kvpacked, qkvpacked)",

@@ -4,7 +4,8 @@
 - flash_attn_func: samba_ext.torch's. With return_attn_probs=True it returns flash-attn's
   triple (out, softmax_lse, S_dmask): softmax_lse (batch, nheads, seqlen_q) float32 from
   samba_ext's flash_attn_with_kvcache(return_softmax_lse=True) over the same q and copies
-  of k, v (a second forward, no gradient), S_dmask None (flash-attn returns None without dropout;
+  of k, v (a second forward, no gradient; on the CPU when samba_ext's kvcache does not take
+  the tensors' device), S_dmask None (flash-attn returns None without dropout;
   dropout_p > 0 raises NotImplementedError in samba_ext before that).
 - *_kvpacked_func / *_qkvpacked_func: unbind the packed axis, then the unpacked function.
 - flash_attn_varlen_func: one flash_attn_func call per packed sequence (slices of the
@@ -56,12 +57,21 @@ def _softmax_lse(q: Tensor, k: Tensor, v: Tensor, softmax_scale: Optional[float]
     is registered as mutating them, which would bump the version of the caller's k, v
     (autograd then refuses their backward)."""
     left, right = (int(w) for w in window_size)
-    with torch.no_grad():
-        _, lse = flash_attn_with_kvcache(q.detach(), k.detach().clone(), v.detach().clone(),
-                                         softmax_scale=softmax_scale, causal=causal,
-                                         window_size=(left, right), softcap=softcap,
-                                         return_softmax_lse=True)
-    return lse
+
+    def lse_on(device) -> Tensor:
+        with torch.no_grad():
+            return flash_attn_with_kvcache(
+                q.detach().to(device), k.detach().to(device, copy=True),
+                v.detach().to(device, copy=True), softmax_scale=softmax_scale, causal=causal,
+                window_size=(left, right), softcap=softcap, return_softmax_lse=True)[1]
+
+    try:
+        return lse_on(q.device)
+    except NotImplementedError:
+        if q.device.type == "cpu":
+            raise
+        # samba_ext's kvcache does not take this device: its CPU kernel's log-sum-exp
+        return lse_on(torch.device("cpu")).to(q.device)
 
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
