@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 CSRC = Path("csrc")
@@ -307,4 +308,35 @@ def make_extensions() -> list[Extension]:
     return exts
 
 
-setup(ext_modules=make_extensions(), cmdclass={"build_ext": BuildExt})
+# ------------------------------------------------------------------ lm-eval start-up hook ---
+# (source, name in site-packages): see samba_ext/integrations/lmeval_hook.py
+LM_EVAL_HOOK = [("samba_ext/integrations/samba-ext-lm-eval.pth", "samba-ext-lm-eval.pth"),
+                ("samba_ext/integrations/lmeval_hook.py", "_samba_ext_lm_eval_hook.py")]
+
+
+class BuildPy(build_py):
+    """Also puts the lm-eval start-up hook (a .pth file and the module it imports) at the top
+    of site-packages: into the build root, so wheels and ``pip install .`` carry it, and for an
+    editable install (``pip install -e``, whose wheel holds no build root) straight into the
+    editable wheel. The .pth is not package data."""
+
+    def run(self) -> None:
+        super().run()
+        dest = self.build_lib
+        if getattr(self, "editable_mode", False):
+            # setuptools' editable_wheel points install_lib at the wheel it is assembling
+            dest = self.get_finalized_command("install").install_lib
+        for src, name in LM_EVAL_HOOK:
+            self.copy_file(str(ROOT / src), os.path.join(dest, name), preserve_mode=False)
+
+    def get_outputs(self, include_bytecode: bool = True) -> list[str]:
+        if getattr(self, "editable_mode", False):     # outputs under build_lib only
+            return super().get_outputs(include_bytecode)
+        return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, name)
+                                                        for _, name in LM_EVAL_HOOK]
+
+    def find_data_files(self, package: str, src_dir: str) -> list[str]:
+        return [f for f in super().find_data_files(package, src_dir) if not f.endswith(".pth")]
+
+
+setup(ext_modules=make_extensions(), cmdclass={"build_ext": BuildExt, "build_py": BuildPy})

@@ -226,6 +226,57 @@ def test_cli_script(tmp_path, run):
     assert res["acc,none"] == run["results"]["samba_phonebook"]["acc,none"]
 
 
+def _as_str(x):
+    return [_as_str(v) for v in x] if isinstance(x, (list, tuple)) else str(x)
+
+
+def test_plain_lm_eval_cli(tmp_path, run):
+    """``python -m lm_eval --model samba-ext`` (lm-eval's own CLI, nothing of samba-ext
+    imported first) with the start-up hook of an install: the .pth and the hook module in a
+    site directory that the interpreter processes before lm-eval runs. Per sample the same
+    values as the in-process run, which the tests above compare with Samba.nll."""
+    from test_lm_eval_hook import hook_site
+
+    site, out = hook_site(str(tmp_path / "site")), tmp_path / "out"
+    code = ("import runpy, site, sys; site.addsitedir(sys.argv.pop(1)); "
+            "runpy.run_module('lm_eval', run_name='__main__', alter_sys=True)")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("SAMBA_EXT_NO_LM_EVAL_HOOK", None)
+    tasks = ["samba_test_choice", "samba_test_rolling"]
+    p = subprocess.run(
+        [sys.executable, "-c", code, site, "--model", "samba-ext",
+         "--model_args", "pretrained=samba-tiny,device=cpu", "--tasks", ",".join(tasks),
+         "--include_path", TEST_TASKS, "--output_path", str(out), "--log_samples"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    files = list(out.rglob("results_*.json"))
+    assert len(files) == 1
+    res = json.loads(files[0].read_text())["results"]
+    for task in tasks:
+        [path] = out.rglob(f"samples_{task}_*.jsonl")
+        with open(path, encoding="utf-8") as fh:
+            got = {s["doc"]["id"]: s["resps"] for s in map(json.loads, fh)}
+        # the samples file holds each response value as str(): repr, which round-trips a float
+        want = {i: _as_str(s["resps"]) for i, s in _by_id(run, task).items()}
+        assert got == want and len(got) == len(_rows())
+        for metric in ("acc,none", "bits_per_byte,none"):
+            assert res[task].get(metric) == run["results"][task].get(metric)
+
+
+def test_import_keeps_lm_evals_own_models():
+    """Importing the backend registers samba-ext without hiding lm-eval's models: get_model
+    imports lm_eval.models only while the registry is empty (hook turned off here)."""
+    code = ("import samba_ext.integrations.lmeval as b\n"
+            "from lm_eval.api.registry import get_model\n"
+            "assert get_model('samba-ext') is b.SambaLM\n"
+            "print(get_model('dummy').__name__)\n")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               SAMBA_EXT_NO_LM_EVAL_HOOK="1")
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0 and p.stdout.split() == ["DummyLM"], p.stderr[-2000:]
+
+
 @pytest.mark.cuda
 def test_cuda_loglikelihood_matches_cpu(model):
     from conftest import CUDA_SKIP

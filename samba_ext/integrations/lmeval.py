@@ -1,15 +1,17 @@
 """A ``samba-ext`` model for EleutherAI's lm-evaluation-harness (0.4.x).
 
-Importing this module registers the model under the name ``samba-ext`` (lm-eval's
-``register_model``), so after ``import samba_ext.integrations.lmeval``::
+The model is registered under the name ``samba-ext``. lm-eval 0.4.x has no plugin discovery;
+an installed samba-ext puts a start-up hook into site-packages
+(:mod:`samba_ext.integrations.lmeval_hook`) that registers the name as a lazy placeholder for
+:class:`SambaLM` once lm-eval has loaded its own model list, so the plain command line works::
 
-    lm_eval.simple_evaluate(model="samba-ext",
-                            model_args="pretrained=samba-tiny,device=cpu", tasks=[...])
+    lm_eval --model samba-ext --model_args pretrained=samba-tiny,device=cpu --tasks ...
 
-The ``lm_eval`` console script of lm-eval 0.4.x has no plugin discovery, so the command line
-goes through ``samba-ext-lm-eval`` (:mod:`samba_ext.integrations.lmeval_cli`): the same
-arguments as ``lm_eval``, with the model registered and the package's task YAMLs
-(``samba_passkey``, ``samba_phonebook``) on the include path.
+and so does ``lm_eval.simple_evaluate(model="samba-ext", ...)``. Importing this module also
+registers the model (for a source checkout without the hook, or with it turned off by
+``SAMBA_EXT_NO_LM_EVAL_HOOK=1``). ``samba-ext-lm-eval``
+(:mod:`samba_ext.integrations.lmeval_cli`) is ``lm_eval`` with this module imported and the
+package's task YAMLs (``samba_passkey``, ``samba_phonebook``) on the include path.
 
 Model arguments (``--model_args``): ``pretrained`` (bundled name, ``.safetensors``/``.pth``
 file, or ``random:PRESET``), ``device`` (``cpu``/``cuda``), ``batch_size`` (requests per
@@ -314,7 +316,12 @@ class SambaLM(LM):
 
 
 def register() -> type[SambaLM]:
-    """Register :class:`SambaLM` as ``samba-ext`` (idempotent; done on import)."""
+    """Register :class:`SambaLM` as ``samba-ext`` (idempotent; done on import).
+
+    ``lm_eval.models`` (lm-eval's own lazy model entries) is imported first: ``get_model``
+    imports it only while the registry is empty, so registering into an empty registry would
+    hide ``hf``, ``dummy`` and the rest."""
+    import lm_eval.models  # noqa: F401
     from lm_eval.api.registry import model_registry
 
     if MODEL_NAME not in model_registry:

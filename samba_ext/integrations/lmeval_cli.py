@@ -1,11 +1,11 @@
-"""``samba-ext-lm-eval``: lm-eval's command line with the ``samba-ext`` model registered.
+"""``samba-ext-lm-eval``: lm-eval's command line with the package's tasks on the include path.
 
-lm-eval 0.4.x resolves ``--model NAME`` against its own registry before any user code runs
-and has no plugin discovery, so the plain ``lm_eval`` script cannot see an out-of-tree model.
-This script takes exactly ``lm_eval``'s arguments; it imports
-:mod:`samba_ext.integrations.lmeval` (which registers ``samba-ext``) and, when no
-``--include_path`` is given, adds the package's task directory (``samba_passkey``,
-``samba_phonebook``)::
+With samba-ext installed, the plain ``lm_eval`` command finds ``--model samba-ext`` through
+the start-up hook (:mod:`samba_ext.integrations.lmeval_hook`). This script takes exactly
+``lm_eval``'s arguments; it imports :mod:`samba_ext.integrations.lmeval` (which registers
+``samba-ext`` without the hook too: a source checkout on ``PYTHONPATH``, or
+``SAMBA_EXT_NO_LM_EVAL_HOOK=1``) and, when no ``--include_path`` is given, adds the package's
+task directory (``samba_passkey``, ``samba_phonebook``)::
 
     samba-ext-lm-eval --model samba-ext --model_args pretrained=samba-tiny,device=cpu \\
         --tasks samba_passkey --metadata '{"lengths": "1K,2K", "trials": 2}'

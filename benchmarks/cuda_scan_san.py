@@ -1,0 +1,28 @@
+"""Small selective-scan and causal-conv1d calls (forward and backward) for compute-sanitizer.
+
+Usage (GPU machine): compute-sanitizer --tool memcheck|racecheck python3 benchmarks/cuda_scan_san.py
+"""
+import numpy as np
+from samba_ext import cuda as _gpu, grad
+import samba_ext
+rng = np.random.default_rng(0)
+def dev(shape, dt="float32"):
+    return _gpu.to_device(rng.standard_normal(shape).astype(np.float32), dt)
+for dt in ("float32", "bfloat16"):
+    for (b, d, n, L, g) in ((1, 5, 4, 37, 1), (2, 9, 16, 300, 1), (2, 8, 16, 130, 2)):
+        u, de, z = dev((b, d, L), dt), dev((b, d, L), dt), dev((b, d, L), dt)
+        A = _gpu.to_device(-np.exp(rng.standard_normal((d, n))).astype(np.float32))
+        Bs = (b, n, L) if g == 1 else (b, g, n, L)
+        B, C = dev(Bs), dev(Bs)
+        D, db, h0 = dev((d,)), dev((d,)), dev((b, d, n))
+        y, last = samba_ext.selective_scan(u, de, A, B, C, D, z, db, True, return_last_state=True, initial_state=h0)
+        y.to_numpy()
+        gr = grad.selective_scan_bwd(u, de, A, B, C, D, z, db, True, h0, dout=dev((b, d, L), dt), dlast_state=dev((b, d, n)))
+        [x.to_numpy() for x in gr if x is not None]
+    for w in (2, 3, 4):
+        x = dev((2, 12, 77), dt)
+        wt, bias, s0 = dev((12, w)), dev((12,)), dev((2, 12, w - 1))
+        samba_ext.causal_conv1d(x, wt, bias, "silu").to_numpy()
+        gr = grad.causal_conv1d_bwd(x, wt, bias, "silu", s0, dy=dev((2, 12, 77), dt), dfinal_states=dev((2, 12, w - 1)))
+        [a.to_numpy() for a in gr if a is not None]
+print("scan/conv sanitizer script done")
