@@ -33,7 +33,7 @@
 #   (pytest-xdist workers, default 8; 0 = none), PEER_CASE_TIMEOUT (seconds per case through
 #   pytest-timeout when installed, default 45), PEER_BUDGET_SCAN/STATE/CONV/FLASH (default
 #   40/30/100/200), PEER_MAX_SCAN/STATE/CONV/FLASH (default 0/0/500/200), PEER_TOTAL_S (the
-#   whole script's time, build included, default 540: each run's budget is cut to what is
+#   whole script's time, build included, default 520: each run's budget is cut to what is
 #   left, so the script ends within about PEER_TOTAL_S + 30 s), PEER_BUILD=1 (build samba_ext
 #   with CUDA in place first), PEER_PYTEST_ARGS (more pytest arguments, word-split;
 #   e.g. "--peer-fake-cuda-capability 9.0 --collect-only" to count the cases on a machine
@@ -75,7 +75,7 @@ EOF
 fi
 
 START=$(date +%s)
-TOTAL=${PEER_TOTAL_S:-540}
+TOTAL=${PEER_TOTAL_S:-520}
 SELECT=${1:-scan,state,conv,flash}
 OUTD=${PEER_OUT:-out/peer_tests}
 RESULTS=${PEER_RESULTS:-benchmarks/results}
