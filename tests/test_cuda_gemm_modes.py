@@ -79,7 +79,7 @@ def _raw_gemm(M, N, K, dt, ldx, ldw, ldy, beta, rng, stream=None, xoff=0):
     return host(yd), ref, absref
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=64)
 def _operand(rows: int, K: int, dt: str, seed: int) -> np.ndarray:
     """A rounded random (rows, K) operand, made once per shape, dtype and seed (the modes and
     the other operand's shapes reuse it: drawing 2560 x 8196 values dominates the test time)."""
