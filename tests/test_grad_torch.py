@@ -177,14 +177,51 @@ def test_dtypes_and_final_states_out(rng):
     assert st.flash_attn_func(q, q, q, causal=True).dtype == torch.float16
 
 
+@pytest.mark.parametrize("causal,window", [(False, (-1, -1)), (True, (-1, -1)),
+                                           (False, (1, 0))])
+def test_flash_attn_return_attn_probs(rng, causal, window):
+    """return_attn_probs=True without dropout -> (out, softmax_lse, None) as flash-attn:
+    out equal to the plain call's, lse (batch, nheads, Lq) float32 against the float64
+    log-sum-exp of the masked scaled scores (float32 kernels: rtol 1e-5, as above), +inf for
+    a query that sees no key (Lq > Lk, causal: bottom-right aligned), detached; gradients of
+    out unchanged by it."""
+    b, lq, lk, h, hkv, hd = 2, 6, 4, 4, 2, 8
+    q, k, v = t64(rng, b, lq, h, hd), t64(rng, b, lk, hkv, hd), t64(rng, b, lk, hkv, hd)
+    out, lse, s = st.flash_attn_func(q, k, v, causal=causal, window_size=window,
+                                     return_attn_probs=True)
+    assert s is None and lse.dtype == torch.float32 and lse.shape == (b, h, lq)
+    assert not lse.requires_grad
+    plain = st.flash_attn_func(q, k, v, causal=causal, window_size=window)
+    assert torch.equal(out, plain)
+    kk = k.detach().repeat_interleave(h // hkv, dim=2)
+    scores = torch.einsum("bihd,bjhd->bhij", q.detach(), kk) / hd ** 0.5
+    i = torch.arange(lq)[:, None] + lk - lq                # query i sits at key position i
+    j = torch.arange(lk)[None, :]
+    left, right = window[0], 0 if causal else window[1]
+    seen = torch.ones(lq, lk, dtype=torch.bool)
+    if left >= 0:
+        seen &= j >= i - left
+    if right >= 0:
+        seen &= j <= i + right
+    ref = torch.logsumexp(scores.masked_fill(~seen, float("-inf")), dim=-1)
+    ref = torch.where(torch.isneginf(ref), float("inf"), ref)
+    fin = torch.isfinite(ref)
+    assert torch.equal(torch.isinf(lse), ~fin) and bool((lse[~fin] > 0).all())
+    assert (~fin).any() == (causal or window != (-1, -1))  # the masked cases do mask a query
+    assert_close(lse[fin].double().numpy(), ref[fin].numpy(), 1e-5, "softmax_lse")
+    dy = torch.tensor(rng.standard_normal(out.shape))
+    g = torch.autograd.grad(out, (q, k, v), dy)
+    gp = torch.autograd.grad(plain, (q, k, v), dy)
+    for a, r in zip(g, gp):
+        assert torch.equal(a, r)
+
+
 def test_unsupported_arguments_raise():
     q = torch.randn(1, 3, 2, 8)
     with pytest.raises(NotImplementedError, match="dropout_p"):
         st.flash_attn_func(q, q, q, dropout_p=0.1)
     with pytest.raises(NotImplementedError, match="alibi_slopes"):
         st.flash_attn_func(q, q, q, alibi_slopes=torch.ones(2))
-    with pytest.raises(NotImplementedError, match="return_attn_probs"):
-        st.flash_attn_func(q, q, q, return_attn_probs=True)
     x = torch.randn(1, 2, 5)
     with pytest.raises(NotImplementedError, match="seq_idx"):
         st.causal_conv1d_fn(x, torch.randn(2, 4), seq_idx=torch.zeros(1, 5, dtype=torch.int32))

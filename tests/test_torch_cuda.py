@@ -234,6 +234,28 @@ def test_flash_attn_func(rng, poison, dtype, case):
         assert_close(f64(g), want[name], attn_tol(dtype, n), name)
 
 
+@gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_flash_attn_func_return_attn_probs(rng, poison, dtype):
+    """(out, softmax_lse, None) as flash-attn without dropout: lse (batch, nheads, Lq)
+    float32 on the GPU within 2e-5 absolute of the float64 reference (float32 scores of
+    exact products, as in test_cuda_grad_attention.py), +inf where a query sees no key
+    (Lq > Lk, causal), out identical to the plain call's."""
+    b, lq, lk, H, Hkv, hd = 2, 37, 29, 4, 2, 64
+    q = gpu_tensor(rng, (b, lq, H, hd), dtype)
+    k, v = gpu_tensor(rng, (b, lk, Hkv, hd), dtype), gpu_tensor(rng, (b, lk, Hkv, hd), dtype)
+    out, lse, s = st.flash_attn_func(q, k, v, causal=True, return_attn_probs=True)
+    assert s is None
+    on_gpu_as(out, q)
+    assert lse.device == q.device and lse.dtype == torch.float32 and lse.shape == (b, H, lq)
+    assert torch.equal(out, st.flash_attn_func(q, k, v, causal=True))
+    _, ref = attention_fwd_ref(f64(q), f64(k), f64(v), 1.0 / math.sqrt(hd), -1, 0)
+    got = f64(lse)
+    empty = np.isneginf(ref)
+    assert empty.any() and np.all(np.isposinf(got[empty]))
+    np.testing.assert_allclose(got[~empty], ref[~empty], rtol=0, atol=2e-5)
+
+
 # ------------------------------------------------------------------- mamba_inner_fn ---
 def inner_inputs(rng, dtype, nb=2, d=24, L=67, n=8, rank=3, width=4, e=16, fixed_b=False):
     """Mamba-1 mixer weights in dtype (A, D, delta_bias float32 as mamba_ssm keeps them;

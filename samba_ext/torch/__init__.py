@@ -177,23 +177,31 @@ def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
                     softmax_scale: Optional[float] = None, causal: bool = False,
                     window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
                     alibi_slopes: Optional[Tensor] = None, deterministic: bool = False,
-                    return_attn_probs: bool = False) -> Tensor:
+                    return_attn_probs: bool = False):
     """flash-attn's ``flash_attn_func``.
 
     q (batch, Lq, nheads, headdim); k, v (batch, Lk, nheads_kv, headdim). window_size
     (left, right), -1 unbounded; causal sets right = 0 (bottom-right aligned, as flash-attn);
-    softcap as flash-attn. Returns out in q's dtype. The backward is deterministic whatever
-    ``deterministic`` says. Not supported: dropout_p > 0, alibi_slopes, return_attn_probs.
+    softcap as flash-attn. Returns out in q's dtype; with return_attn_probs, as flash-attn
+    without dropout, (out, softmax_lse, None): softmax_lse (batch, nheads, Lq) float32, the
+    natural log of each query's softmax denominator of the scaled (soft-capped) scores
+    (+inf for a query that sees no key), and None for S_dmask (flash-attn returns it only
+    when dropout_p > 0). softmax_lse is detached: flash-attn's backward ignores its
+    gradient, here autograd sees it as a constant. The backward is deterministic whatever
+    ``deterministic`` says. Not supported: dropout_p > 0, alibi_slopes.
     """
     if dropout_p != 0.0:
         raise NotImplementedError(f"dropout_p: only 0.0 is supported, got {dropout_p!r}")
     if alibi_slopes is not None:
         raise NotImplementedError("alibi_slopes: ALiBi is not supported; pass None")
-    if return_attn_probs:
-        raise NotImplementedError("return_attn_probs: not supported; pass False")
     scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
     left, right = (int(w) for w in window_size)
     if causal:
         right = 0
-    out, _ = attention_op(q, k, v, scale, left, right, float(softcap))
-    return out.to(q.dtype)
+    out, lse = attention_op(q, k, v, scale, left, right, float(softcap))
+    out = out.to(q.dtype)
+    if not return_attn_probs:
+        return out
+    # a new tensor (the op's lse is saved for the backward): -inf -> +inf as flash-attn
+    lse = lse.detach()
+    return out, torch.where(lse == float("-inf"), float("inf"), lse), None
