@@ -1,12 +1,8 @@
 """Test shim of flash_attn.flash_attn_interface over samba_ext.torch.
 
 - flash_attn_with_kvcache: samba_ext.torch's, unchanged.
-- flash_attn_func: samba_ext.torch's. With return_attn_probs=True it returns flash-attn's
-  triple (out, softmax_lse, S_dmask): softmax_lse (batch, nheads, seqlen_q) float32 from
-  samba_ext's flash_attn_with_kvcache(return_softmax_lse=True) over the same q and copies
-  of k, v (a second forward, no gradient; on the CPU when samba_ext's kvcache does not take
-  the tensors' device), S_dmask None (flash-attn returns None without dropout;
-  dropout_p > 0 raises NotImplementedError in samba_ext before that).
+- flash_attn_func: samba_ext.torch's, unchanged (with return_attn_probs=True it returns
+  flash-attn's triple (out, softmax_lse, None); dropout_p > 0 raises NotImplementedError).
 - *_kvpacked_func / *_qkvpacked_func: unbind the packed axis, then the unpacked function.
 - flash_attn_varlen_func: one flash_attn_func call per packed sequence (slices of the
   (total, nheads, headdim) inputs by cu_seqlens), concatenated; softmax_lse (nheads,
@@ -16,12 +12,10 @@
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 from samba_ext.torch import flash_attn_func as _samba_flash_attn_func
 from samba_ext.torch import flash_attn_with_kvcache
-from torch import Tensor
 
 __all__ = ["flash_attn_func", "flash_attn_kvpacked_func", "flash_attn_qkvpacked_func",
            "flash_attn_varlen_func", "flash_attn_varlen_kvpacked_func",
@@ -50,42 +44,16 @@ def _get_block_size_n(device, head_dim, is_dropout, is_causal):
                               "samba_ext counterpart (samba_ext has no dropout)")
 
 
-def _softmax_lse(q: Tensor, k: Tensor, v: Tensor, softmax_scale: Optional[float],
-                 causal: bool, window_size, softcap: float) -> Tensor:
-    """(batch, nheads, seqlen_q) float32 log-sum-exp of the scaled scores, from samba_ext's
-    flash_attn_with_kvcache over the full k, v (no new keys). The caches are copies: the op
-    is registered as mutating them, which would bump the version of the caller's k, v
-    (autograd then refuses their backward)."""
-    left, right = (int(w) for w in window_size)
-
-    def lse_on(device) -> Tensor:
-        with torch.no_grad():
-            return flash_attn_with_kvcache(
-                q.detach().to(device), k.detach().to(device, copy=True),
-                v.detach().to(device, copy=True), softmax_scale=softmax_scale, causal=causal,
-                window_size=(left, right), softcap=softcap, return_softmax_lse=True)[1]
-
-    try:
-        return lse_on(q.device)
-    except NotImplementedError:
-        if q.device.type == "cpu":
-            raise
-        # samba_ext's kvcache does not take this device: its CPU kernel's log-sum-exp
-        return lse_on(torch.device("cpu")).to(q.device)
-
-
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
                     window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
                     return_attn_probs=False):
     """flash-attn's flash_attn_func: q (batch, seqlen_q, nheads, headdim), k, v (batch,
     seqlen_k, nheads_k, headdim) -> out, or (out, softmax_lse, None) with
     return_attn_probs."""
-    out = _samba_flash_attn_func(q, k, v, dropout_p, softmax_scale=softmax_scale,
-                                 causal=causal, window_size=window_size, softcap=softcap,
-                                 alibi_slopes=alibi_slopes, deterministic=deterministic)
-    if not return_attn_probs:
-        return out
-    return out, _softmax_lse(q, k, v, softmax_scale, causal, window_size, softcap), None
+    return _samba_flash_attn_func(q, k, v, dropout_p, softmax_scale=softmax_scale,
+                                  causal=causal, window_size=window_size, softcap=softcap,
+                                  alibi_slopes=alibi_slopes, deterministic=deterministic,
+                                  return_attn_probs=return_attn_probs)
 
 
 def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False,
