@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "scan_common.cuh"
-#include "scan_tile.cuh"
+#include "scan_tile_ws.cuh"  // includes scan_tile.cuh
 
 #define SCAN_THREADS 128
 
@@ -428,15 +428,19 @@ static samba_status launch_split(const samba_cu_scan_args *a, int lanes, cudaStr
     return s;
 }
 
-// The tiled kernel (scan_tile.cuh): SAMBA_EXT_SCAN_VARIANT=tile selects it, =split (or
-// unset) the split kernel above; it needs the split kernel's conditions (split_lanes > 1 and
-// split_vec_ok), whole blocks of channels within one group, and no chunks requested.
-// Threads per channel: SAMBA_EXT_SCAN_LANES=4 (4 states per thread) or 8 (2 states);
-// otherwise 8 (twice the warps for the latency of a short batch; smaller blocks of 16
-// channels quantise into waves of resident blocks more finely). Returns 0: not used.
-static int tile_lanes(const samba_cu_scan_args *a) {
+// The tiled kernels: SAMBA_EXT_SCAN_VARIANT=tile (scan_tile.cuh) or tilews (specialised
+// warps, scan_tile_ws.cuh) selects one, =split (or unset) the split kernel above; they need
+// the split kernel's conditions (split_lanes > 1 and split_vec_ok), whole blocks of channels
+// within one group, and no chunks requested. Threads per channel: SAMBA_EXT_SCAN_LANES=4
+// (4 states per thread) or 8 (2 states); otherwise 8. Returns 0 where not used.
+static int tile_kind(void) {  // 0: split, 1: tile, 2: tilews
     const char *v = getenv("SAMBA_EXT_SCAN_VARIANT");
-    if (v == NULL || strcmp(v, "tile") != 0) return 0;
+    if (v == NULL) return 0;
+    return strcmp(v, "tile") == 0 ? 1 : strcmp(v, "tilews") == 0 ? 2 : 0;
+}
+
+static int tile_lanes(const samba_cu_scan_args *a) {
+    if (tile_kind() == 0) return 0;
     if (env_int("SAMBA_EXT_SCAN_CHUNKS", 1) > 1) return 0;
     const int lanes = env_int("SAMBA_EXT_SCAN_LANES", 0) == 4 ? 4 : 8;
     const int64_t cpb = TILE_THREADS / lanes;  // channels per block
@@ -447,6 +451,13 @@ template <typename T>
 static void launch_tile_t(const samba_cu_scan_args *a, int lanes, cudaStream_t st) {
     const int64_t cpb = TILE_THREADS / lanes;
     const unsigned grid = (unsigned)(a->batch * a->dim / cpb);
+    if (tile_kind() == 2) {
+        if (lanes == 4)
+            scan_tile_ws_kernel<4, T><<<grid, WS_THREADS, 0, st>>>(*a);
+        else
+            scan_tile_ws_kernel<2, T><<<grid, WS_THREADS, 0, st>>>(*a);
+        return;
+    }
     if (lanes == 4)
         scan_tile_kernel<4, T><<<grid, TILE_THREADS, 0, st>>>(*a);
     else

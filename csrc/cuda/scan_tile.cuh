@@ -37,6 +37,39 @@
 #define TILE_THREADS 128
 #define TILE_N 16        // d_state
 
+__device__ __forceinline__ float lg2_ftz(float x) {
+#ifdef __CUDA_ARCH__
+    float y;
+    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#else
+    return log2f(x);
+#endif
+}
+
+__device__ __forceinline__ float rcp_ftz(float x) {
+#ifdef __CUDA_ARCH__
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#else
+    return 1.0f / x;
+#endif
+}
+
+// softplus_fast / silu_fast (scan_common.cuh) with the flush-to-zero forms of the exp-unit
+// instructions (no subnormal handling around each MUFU op): the same values except where
+// exp(x) is subnormal (x < -87), where softplus gives 0 instead of a subnormal dt.
+__device__ __forceinline__ float softplus_ftz(float x) {
+    if (x > 20.0f) return x;
+    const float e = ex2_ftz(x * LOG2E_F), u = 1.0f + e;
+    return u == 1.0f ? e : lg2_ftz(u) * (0.6931471805599453f * e) * rcp_ftz(u - 1.0f);
+}
+
+__device__ __forceinline__ float silu_ftz(float x) {
+    return x * rcp_ftz(1.0f + ex2_ftz(-x * LOG2E_F));  // 0 where exp(-x) overflows
+}
+
 template <int NPL> struct TileCfg {
     static constexpr int LPC = 16 / NPL;                   // threads per channel
     static constexpr int CPB = TILE_THREADS / LPC;         // channels per block
@@ -69,12 +102,14 @@ struct TileRows {
     int64_t t_end;
 };
 
-template <int NPL, typename T>
+// Loads the 8-step pieces at t0 + q * 8 (TT: the tile length; a whole tile in range: 16-byte
+// vectors, else element loads with zeros past the end).
+template <int TT, typename T>
 __device__ __forceinline__ void tile_load(TileRegs<T> &R, const samba_cu_scan_args &p,
                                           const TileRows &r, int64_t t0, bool piece, int q,
                                           bool has_z) {
     const int64_t t = t0 + q * 8;  // first step of this thread's pieces (both roles)
-    if (t0 + TILE_T <= r.t_end) {
+    if (t0 + TT <= r.t_end) {
         if (piece) {
             R.u.vload(p.u.ptr, r.u + t);
             R.dl.vload(p.delta.ptr, r.dl + t);
@@ -132,16 +167,16 @@ scan_tile_kernel(samba_cu_scan_args p) {
     const int64_t y0 = b * p.y_s[0] + dp * p.y_s[1];
 
     TileRegs<T> cur, nxt;
-    tile_load<NPL, T>(cur, p, rows, 0, piece, q, has_z);
+    tile_load<TILE_T, T>(cur, p, rows, 0, piece, q, has_z);
     for (int64_t t0 = 0; t0 < p.seqlen; t0 += TILE_T) {
         if (t0 + TILE_T < p.seqlen)  // the next tile's rows, in flight during this one
-            tile_load<NPL, T>(nxt, p, rows, t0 + TILE_T, piece, q, has_z);
+            tile_load<TILE_T, T>(nxt, p, rows, t0 + TILE_T, piece, q, has_z);
         __syncthreads();  // the previous tile's scan and output are done with the smem
         if (piece) {
 #pragma unroll
             for (int s = 0; s < 8; ++s) {
                 float x = cur.dl.get(s) + db;
-                if (p.delta_softplus) x = softplus_fast(x);
+                if (p.delta_softplus) x = softplus_ftz(x);
                 const float dt = t0 + q * 8 + s < p.seqlen ? x : 0.0f;
                 sm.dtdu[cp][q * 8 + s] = make_float2(dt, dt * cur.u.get(s));
             }
@@ -196,7 +231,7 @@ scan_tile_kernel(samba_cu_scan_args p) {
                 const int64_t t = t0 + q * 8 + s;
                 if (t < p.seqlen) {
                     float y = fmaf(Dd, cur.u.get(s), ys[s]);
-                    if (has_z) y *= silu_fast(cur.z.get(s));
+                    if (has_z) y *= silu_ftz(cur.z.get(s));
                     stf(p.y, y0 + t * p.y_s[2], y);
                 }
             }
