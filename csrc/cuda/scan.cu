@@ -428,21 +428,23 @@ static samba_status launch_split(const samba_cu_scan_args *a, int lanes, cudaStr
     return s;
 }
 
-// The tiled kernels: SAMBA_EXT_SCAN_VARIANT=tile (scan_tile.cuh) or tilews (specialised
-// warps, scan_tile_ws.cuh) selects one, =split (or unset) the split kernel above; they need
+// The tiled kernels: SAMBA_EXT_SCAN_VARIANT=tile (scan_tile.cuh, the default) or tilews
+// (specialised warps, scan_tile_ws.cuh) selects one, =split the split kernel above; they need
 // the split kernel's conditions (split_lanes > 1 and split_vec_ok), whole blocks of channels
-// within one group, and no chunks requested. Threads per channel: SAMBA_EXT_SCAN_LANES=4
-// (4 states per thread) or 8 (2 states); otherwise 8. Returns 0 where not used.
+// within one group, and no chunks requested (else the split kernel runs). Threads per
+// channel: SAMBA_EXT_SCAN_LANES=8 (2 states per thread), otherwise 4 (4 states). On the H200
+// (benchmarks/results/gpu_model.md) tile with 4 threads per channel was 1.35-2x faster than
+// split at every measured size; tilews was slower than tile at all of them.
 static int tile_kind(void) {  // 0: split, 1: tile, 2: tilews
     const char *v = getenv("SAMBA_EXT_SCAN_VARIANT");
-    if (v == NULL) return 0;
-    return strcmp(v, "tile") == 0 ? 1 : strcmp(v, "tilews") == 0 ? 2 : 0;
+    if (v == NULL || v[0] == '\0') return 1;
+    return strcmp(v, "split") == 0 ? 0 : strcmp(v, "tilews") == 0 ? 2 : 1;
 }
 
 static int tile_lanes(const samba_cu_scan_args *a) {
     if (tile_kind() == 0) return 0;
     if (env_int("SAMBA_EXT_SCAN_CHUNKS", 1) > 1) return 0;
-    const int lanes = env_int("SAMBA_EXT_SCAN_LANES", 0) == 4 ? 4 : 8;
+    const int lanes = env_int("SAMBA_EXT_SCAN_LANES", 0) == 8 ? 8 : 4;
     const int64_t cpb = TILE_THREADS / lanes;  // channels per block
     return (a->dim / a->ngroups) % cpb == 0 ? lanes : 0;
 }
