@@ -27,7 +27,14 @@
 //   rate (128 issue / 16 MUFU per clock per SM): the kernel is issue and MUFU co-limited.
 //   MUFU per (channel, step): 16 ex2 + softplus 3 (ex2, lg2, rcp) + gate 2 (ex2, rcp) = 21.
 // Prediction: ~1.3x the floor (the 21 / 16 MUFU ratio) where every scheduler has >= 2 warps;
-// 1.4-1.8x at batch 1 (1-2 warps per scheduler, less latency hiding).
+// 1.4-1.8x at batch 1 (1-2 warps per scheduler, less latency hiding). Measured on the H200
+// (benchmarks/results/gpu_model.md): 2.6x at batch 8 (half the split kernel's time), 5.1x at
+// batch 1 x 4096 channels, 4.2x at batch 1 x 6144: the gap to the count is not explained yet.
+// No chunks over the sequence: with a channel's A per state, a chunk's start state reaches
+// its outputs only through exp(A * cumulative dt) per (state, step), so any chunked scheme
+// (two passes, or a correction of y) computes up to twice the exponentials (2 - 1 / chunks
+// times the floor), which alone exceeds the 1.5x target; the parallelism comes from the
+// threads per channel instead (4096 channels x 4 threads = one warp per scheduler).
 #ifndef SAMBA_SCAN_TILE_CUH
 #define SAMBA_SCAN_TILE_CUH
 
