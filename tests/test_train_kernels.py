@@ -10,6 +10,7 @@ tests/test_grad_torch.py for the ops). Skipped without torch.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -119,3 +120,23 @@ def test_kernel_choice_is_checked():
     with pytest.raises(SystemExit):
         train.parse_args(["--model", "samba-tiny", "--out", "x", "--kernels", "triton"])
     assert train.parse_args(["--model", "samba-tiny", "--out", "x", "--kernels", "torch"]).kernels == "torch"
+
+
+def test_train_kernels_benchmark_cpu(tmp_path):
+    """benchmarks/train_kernels.py's logic on a few CPU steps: both runs complete on the same batches,
+    the curves agree (float32 on the CPU), and the JSON / Markdown results are written; a budget too
+    small for the estimate stops the runs with a note instead."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import train_kernels as tk
+
+    small = ["--device", "cpu", "--batch", "2", "--seq-len", "40", "--d-model", "32", "--window", "16"]
+    res = tk.main([*small, "--steps", "12", "--threads", "1", "--out-dir", str(tmp_path)])
+    s = res["summary"]
+    assert set(s["runs"]) == {"torch", "samba_ext"} and all(r["steps"] == 12 for r in s["runs"].values())
+    assert s["compare"]["max_abs_diff_ma50"] <= 1e-3 and abs(s["compare"]["final_loss_diff"]) <= 1e-3
+    saved = json.loads((tmp_path / "train_kernels.json").read_text())
+    assert saved["summary"] == s and saved["device"].startswith("CPU")
+    assert "step time torch / samba_ext" in (tmp_path / "train_kernels.md").read_text()
+    res = tk.main([*small, "--steps", "40", "--budget-s", "0.001", "--out-dir", str(tmp_path)])
+    assert res["summary"]["runs"]["torch"]["stopped"].startswith("stopped at step 20")
+    assert "samba_ext" not in res["summary"]["runs"] and res["summary"]["compare"] is None

@@ -295,6 +295,12 @@ def main(argv=None) -> dict:
         args.steps = 20 if cpu else 1000
     if args.threads:
         torch.set_num_threads(args.threads)
+        try:  # the samba_ext kernels' OpenMP threads too (their runtime is not torch's)
+            import samba_ext.threads
+
+            samba_ext.threads.set_num_threads(args.threads)
+        except ImportError:
+            pass
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
