@@ -353,7 +353,7 @@ class Mamba(nn.Module):
         plain scan of u = x / k with delta = k dt (write k dt * x/k * B = dt B x; k >= 1 here), the D
         skip and the z gate then applied outside the kernel."""
         st = _samba_ext_torch()
-        xt = x.transpose(1, 2)  # (B, E, L)
+        xt = x.transpose(1, 2).contiguous()  # (B, E, L), time contiguous as the peers' kernels take it
         new_cs = F.pad(xt, (self.K - 1, 0))[:, :, xt.shape[2] :]
         with torch.autocast(device_type=x.device.type, enabled=False):
             w = self.conv1d.weight.float().squeeze(1)  # (E, K)
@@ -365,17 +365,18 @@ class Mamba(nn.Module):
         if dt_scale is not None and not decay_only:
             dt = dt * dt_scale.view(-1, 1, 1)
         A = -torch.exp(self.A_log.float())
-        Bt, Ct, zt = Bm.transpose(1, 2), Cm.transpose(1, 2), z.transpose(1, 2)
+        Bt, Ct, zt = (t.transpose(1, 2).contiguous() for t in (Bm, Cm, z))
+        dt_t = dt.transpose(1, 2).contiguous()
         with torch.autocast(device_type=x.device.type, enabled=False):
             if dt_scale is not None and decay_only:
                 k = dt_scale.float().view(-1, 1, 1)
                 y, hL = st.selective_scan_fn(
-                    xc_t / k, dt.transpose(1, 2) * k, A, Bt, Ct, return_last_state=True
+                    xc_t / k, dt_t * k, A, Bt, Ct, return_last_state=True
                 )
                 y = (y + xc_t * self.D.float()[:, None]) * F.silu(zt)
             else:
                 y, hL = st.selective_scan_fn(
-                    xc_t, dt.transpose(1, 2), A, Bt, Ct, self.D.float(), zt, return_last_state=True
+                    xc_t, dt_t, A, Bt, Ct, self.D.float(), zt, return_last_state=True
                 )
         return self.out_proj(y.transpose(1, 2)), (new_cs, hL)
 
