@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from typing import Iterable, Mapping, Optional
+from typing import BinaryIO, Callable, Iterable, Mapping, Optional
 
 import numpy as np
 
@@ -26,7 +26,8 @@ from .errors import CheckpointError
 from .io import fileread
 from .atomic import atomic_write
 
-__all__ = ["read_safetensors", "read_safetensors_header", "write_safetensors",
+__all__ = ["read_safetensors", "read_safetensors_checked", "read_safetensors_header",
+           "write_safetensors",
            "bf16_to_f32", "f32_to_bf16", "open_regular_file", "MAX_HEADER_SIZE"]
 
 MAX_HEADER_SIZE = 100_000_000  # bytes, as the reference implementation
@@ -102,20 +103,30 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, dict, int, i
     """
     fname = os.fspath(path)
     try:
-        with open_regular_file(fname) as f:
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(8)
-            if len(head) < 8:
-                raise CheckpointError(f"{fname}: truncated safetensors file ({size} bytes; "
-                                      "the 8-byte header length is missing)")
-            n = int.from_bytes(head, "little")
-            if n > MAX_HEADER_SIZE:
-                raise CheckpointError(f"{fname}: header length {n} exceeds the {MAX_HEADER_SIZE}"
-                                      "-byte limit (corrupt or not a safetensors file)")
-            if 8 + n > size:
-                raise CheckpointError(f"{fname}: header length {n} points past the end of the "
-                                      f"file ({size} bytes): truncated or not a safetensors file")
-            raw = f.read(n)
+        fh = open_regular_file(fname)
+    except OSError as e:
+        raise CheckpointError(f"{fname}: cannot read ({e})") from e
+    with fh:
+        return _parse_header(fh, fname)
+
+
+def _parse_header(f: BinaryIO, fname: str) -> tuple[dict, dict, int, int]:
+    """read_safetensors_header on the open file ``f`` (read from its start)."""
+    try:
+        size = os.fstat(f.fileno()).st_size
+        f.seek(0)
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{fname}: truncated safetensors file ({size} bytes; "
+                                  "the 8-byte header length is missing)")
+        n = int.from_bytes(head, "little")
+        if n > MAX_HEADER_SIZE:
+            raise CheckpointError(f"{fname}: header length {n} exceeds the {MAX_HEADER_SIZE}"
+                                  "-byte limit (corrupt or not a safetensors file)")
+        if 8 + n > size:
+            raise CheckpointError(f"{fname}: header length {n} points past the end of the "
+                                  f"file ({size} bytes): truncated or not a safetensors file")
+        raw = f.read(n)
     except OSError as e:
         raise CheckpointError(f"{fname}: cannot read ({e})") from e
     if len(raw) != n:
@@ -190,21 +201,36 @@ def read_safetensors(path: str | os.PathLike, names: Optional[Iterable[str]] = N
     Returns ({name: array}, metadata). With ``dtype=np.float32`` (default) every tensor is
     converted to a C-contiguous float32 array owned by the caller (F16/BF16/F64 converted);
     with ``dtype=None`` arrays are returned as stored (BF16 as uint16 bits). ``names``
-    restricts which tensors are read. Tensor bytes are read with plain file reads, not a memory
-    map: a file truncated by another process during the load is a CheckpointError, not SIGBUS.
+    restricts which tensors are read. The header and the tensor bytes come from one open
+    file, with plain file reads, not a memory map: a file replaced (renamed over) by another
+    process during the load is read whole as it was when opened, and a file truncated in
+    place is a CheckpointError, not SIGBUS.
     """
+    out, meta, _ = read_safetensors_checked(path, names=names, dtype=dtype)
+    return out, meta
+
+
+def read_safetensors_checked(path: str | os.PathLike, names: Optional[Iterable[str]] = None,
+                             dtype=np.float32,
+                             check_meta: Optional[Callable[[dict[str, str]], None]] = None
+                             ) -> tuple[dict[str, np.ndarray], dict[str, str], dict]:
+    """read_safetensors, plus the parsed header entries (as read_safetensors_header returns
+    them, from the same open file as the tensors). ``check_meta(metadata)`` runs after the
+    header is parsed and before any tensor byte is read; it may raise CheckpointError."""
     fname = os.fspath(path)
-    entries, meta, start, size = read_safetensors_header(fname)
-    want = set(entries) if names is None else set(names)
-    missing = want - set(entries)
-    if missing:
-        raise CheckpointError(f"{fname}: missing tensor(s) {sorted(missing)[:5]}")
-    out: dict[str, np.ndarray] = {}
     try:
         fh = open_regular_file(fname)
     except OSError as e:
         raise CheckpointError(f"{fname}: cannot read ({e})") from e
+    out: dict[str, np.ndarray] = {}
     with fh:
+        entries, meta, start, size = _parse_header(fh, fname)
+        if check_meta is not None:
+            check_meta(meta)
+        want = set(entries) if names is None else set(names)
+        missing = want - set(entries)
+        if missing:
+            raise CheckpointError(f"{fname}: missing tensor(s) {sorted(missing)[:5]}")
         fileread.check_size(fh, size, fname)
         for name in sorted(want, key=lambda k: entries[k]["begin"]):
             e = entries[name]
@@ -227,7 +253,7 @@ def read_safetensors(path: str | os.PathLike, names: Optional[Iterable[str]] = N
                 out[name] = np.array(bf16_to_f32(a), dtype=dtype, order="C")
             else:
                 out[name] = np.asarray(a, dtype=dtype, order="C")
-    return out, meta
+    return out, meta, entries
 
 
 def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],

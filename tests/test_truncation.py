@@ -104,23 +104,55 @@ def test_truncated_during_load_is_an_error_not_sigbus(tmp_path, loader):
 
 
 def test_size_change_after_header_is_detected(tmp_path):
-    """The file grows between the header parse and the data read (replaced in place):
+    """The file grows between the header parse and the data read (changed in place):
     the data would no longer be where the header says; refused, naming the file."""
     from samba_ext import safetensors_io as st
     from samba_ext.errors import CheckpointError
 
     path = _safetensors(tmp_path)
-    orig = st.read_safetensors_header
+    orig = st._parse_header
 
-    def grow(p):
-        out = orig(p)
-        with open(p, "ab") as f:
+    def grow(fh, fname):
+        out = orig(fh, fname)
+        with open(fname, "ab") as f:
             f.write(b"\0" * 64)
         return out
 
-    st.read_safetensors_header = grow
+    st._parse_header = grow
     try:
         with pytest.raises(CheckpointError, match="changed size"):
             st.read_safetensors(path)
     finally:
-        st.read_safetensors_header = orig
+        st._parse_header = orig
+
+
+def test_file_replaced_after_header_is_read_whole(tmp_path):
+    """Another process renames a different checkpoint of the same size over the path between
+    the header parse and the data read (what an atomic save does): the reader still reads
+    the file it opened, header and tensors alike, never the header of one and the tensors of
+    the other."""
+    from samba_ext import safetensors_io as st
+    from samba_ext.model import Samba
+
+    path = _safetensors(tmp_path)
+    first = Samba("samba-test", seed=1).state_dict()
+    other = tmp_path / "other.safetensors"
+    Samba("samba-test", seed=2).save(other)
+    assert os.path.getsize(other) == os.path.getsize(path)   # only the tensor bytes differ
+    orig = st._parse_header
+
+    def replace(fh, fname):
+        out = orig(fh, fname)
+        os.replace(other, fname)
+        return out
+
+    st._parse_header = replace
+    try:
+        sd, _ = st.read_safetensors(path)
+    finally:
+        st._parse_header = orig
+    assert sorted(sd) == sorted(first)
+    for k in first:
+        assert sd[k].tobytes() == first[k].tobytes(), k
+    now = st.read_safetensors(path)[0]                 # the path now names the other file
+    assert any(now[k].tobytes() != first[k].tobytes() for k in first)
