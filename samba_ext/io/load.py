@@ -1,13 +1,15 @@
 """One entry point for every checkpoint format, with one error contract.
 
-:func:`load_checkpoint` reads a Hugging Face-style folder, a ``.safetensors`` file or a
-lit_gpt ``.pth``, resolves the config (stored, inferred or given) and validates what
+:func:`load_checkpoint` reads a Hugging Face-style folder, a safetensors file or a
+lit_gpt ``.pth`` (the format from the content where the suffix does not say it; see
+samba_ext/io/sniff.py), resolves the config (stored, inferred or given) and validates what
 ``Samba`` will need *at load time*: the config fields (finite positive ``rope_base`` /
 ``norm_eps``, a string tokenizer, ...) and every weight being finite. Anything wrong with the
 file raises :class:`~samba_ext.errors.CheckpointError` whose message starts with the file name
 and names the field or tensor; no other exception type escapes for a bad file (a last guard
 turns any stray ValueError / IndexError / ZeroDivisionError / RecursionError / ... into one,
-naming the exception).
+naming the exception; an OSError, e.g. a file removed by a concurrent save while it is
+being read, becomes one too).
 """
 from __future__ import annotations
 
@@ -81,8 +83,9 @@ def load_checkpoint(path: str | os.PathLike, config: Optional[SambaConfig] = Non
     """(config, {lit_gpt key: float32 array}, metadata) of the checkpoint at ``path``:
     a folder (config.json + model.safetensors or a sharded index), a ``.safetensors`` file
     (config from its metadata, else inferred from lit_gpt shapes) or a lit_gpt ``.pth``
-    (config inferred). ``config`` replaces the stored / inferred config, ``overrides``
-    single fields."""
+    (config inferred). The format comes from the content when the suffix does not name one,
+    and a suffix that disagrees with the content is refused (samba_ext/io/sniff.py).
+    ``config`` replaces the stored / inferred config, ``overrides`` single fields."""
     fname = os.fspath(path)
     if config is not None and overrides:    # the caller's arguments: their errors stay theirs
         config = dataclasses.replace(config, **overrides)
@@ -93,20 +96,24 @@ def load_checkpoint(path: str | os.PathLike, config: Optional[SambaConfig] = Non
         raise _named(fname, e) from None
     except _STRAY as e:
         raise _named(fname, e) from None
+    except OSError as e:    # a file that vanished or changed while it was being read
+        raise CheckpointError(f"{fname}: cannot read ({e})") from None
 
 
 def _load(path: Path, fname: str, config: Optional[SambaConfig], overrides: dict[str, Any]
           ) -> tuple[SambaConfig, dict[str, np.ndarray], dict[str, str]]:
     from .. import litgpt
     from ..safetensors_io import read_safetensors
+    from .sniff import FOLDER, SAFETENSORS, checkpoint_format
 
     explicit = config is not None
     meta: dict[str, str] = {}
-    if path.is_dir():
+    kind = checkpoint_format(path)
+    if kind == FOLDER:
         from .hf_folder import read_folder
 
         config, sd, meta = read_folder(path, overrides, config)
-    elif path.suffix == ".safetensors":
+    elif kind == SAFETENSORS:
         sd, meta = read_safetensors(path)
         if not explicit and "config" in meta:
             config = config_from_json(meta["config"], fname, "the metadata field 'config'",
@@ -114,7 +121,7 @@ def _load(path: Path, fname: str, config: Optional[SambaConfig], overrides: dict
         elif not explicit:   # a safetensors file without our metadata: lit_gpt keys
             sd = litgpt.normalize_state_dict(sd, fname)
             config = litgpt.infer_config(sd, fname, **overrides)
-    else:
+    else:                    # a torch zip or legacy pickle: the lit_gpt .pth reader
         sd = litgpt.load_litgpt_state_dict(path)
         if not explicit:
             config = litgpt.infer_config(sd, fname, **overrides)
