@@ -236,6 +236,41 @@ def _case_config_not_object(d, idx):
     return "config.json", "object"
 
 
+def _case_short_shard(d, idx):
+    shard = sorted(set(idx["weight_map"].values()))[1]
+    raw = (d / shard).read_bytes()
+    (d / shard).write_bytes(raw[:-100])
+    return shard, "truncated"
+
+
+def _other_save(d: Path) -> Path:
+    """The same layout saved by another save (another model of the same shapes)."""
+    return H.save_pretrained(Samba("samba-test", seed=99), d.parent / "other",
+                             max_shard_bytes=30_000)
+
+
+def _case_shard_from_another_save(d, idx):
+    shard = sorted(set(idx["weight_map"].values()))[1]
+    (d / shard).write_bytes((_other_save(d) / shard).read_bytes())
+    return shard, "another save"
+
+
+def _case_index_from_another_save(d, idx):
+    (d / H.INDEX).write_bytes((_other_save(d) / H.INDEX).read_bytes())
+    return H.INDEX, "another save"
+
+
+def _case_config_from_another_save(d, idx):
+    (d / "config.json").write_bytes((_other_save(d) / "config.json").read_bytes())
+    return H.INDEX, "another save"
+
+
+def _case_save_id_not_a_string(d, idx):
+    idx["metadata"][H.SAVE_ID_KEY] = 7
+    (d / H.INDEX).write_text(json.dumps(idx))
+    return H.INDEX, "must be a string"
+
+
 BAD = {n[6:]: f for n, f in globals().items() if n.startswith("_case_")}
 
 
@@ -313,3 +348,65 @@ def test_explicit_config_and_odd_files(tmp_path, model):
     os.mkfifo(d / "config.json")
     with pytest.raises(CheckpointError, match="config.json"):
         Samba.load(d)
+
+
+def test_single_file_folder_from_two_saves(tmp_path, model):
+    """config.json of one save with model.safetensors of another (same shapes) is refused,
+    naming the weight file, in both directions."""
+    d = H.save_pretrained(model, tmp_path / "m")
+    o = H.save_pretrained(Samba("samba-test", seed=99), tmp_path / "o")
+    (d / "model.safetensors").write_bytes((o / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="model.safetensors: written by another save"):
+        Samba.load(d)
+    (d / "config.json").write_bytes((o / "config.json").read_bytes())
+    _same(Samba("samba-test", seed=99), Samba.load(d))
+
+
+def test_save_ids_and_hand_edited_files(tmp_path, model):
+    """Every file of a save names one save id, a fresh one per save; it is not part of the
+    loaded metadata. A config.json without one (written by hand or by another tool) loads
+    with any weights; weights without one under a config.json that names a save are refused
+    (the message says what to do)."""
+    d = H.save_pretrained(model, tmp_path / "m", max_shard_bytes=30_000, metadata={"k": "v"})
+    sid = json.loads((d / "config.json").read_text())["samba_ext"]["save_id"]
+    idx = json.loads((d / H.INDEX).read_text())
+    assert idx["metadata"][H.SAVE_ID_KEY] == sid and len(sid) == 32
+    for shard in set(idx["weight_map"].values()):
+        assert read_safetensors(d / shard)[1][H.SAVE_ID_KEY] == sid
+    m = Samba.load(d)
+    assert H.SAVE_ID_KEY not in m.metadata and m.metadata["k"] == "v"
+    H.save_pretrained(model, d)
+    assert json.loads((d / "config.json").read_text())["samba_ext"]["save_id"] != sid
+
+    c = json.loads((d / "config.json").read_text())
+    del c["samba_ext"]["save_id"]
+    (d / "config.json").write_text(json.dumps(c))
+    _same(model, Samba.load(d))
+    sd, meta = read_safetensors(d / "model.safetensors")
+    del meta[H.SAVE_ID_KEY]
+    write_safetensors(d / "model.safetensors", sd, meta)
+    _same(model, Samba.load(d))                     # neither names a save: nothing to check
+    H.save_pretrained(model, d)
+    write_safetensors(d / "model.safetensors", sd, meta)
+    with pytest.raises(CheckpointError, match=r"model.safetensors: written by another save "
+                                              r"than config.json \(no save id"):
+        Samba.load(d)
+
+
+def test_saving_into_a_folder_keeps_other_files(tmp_path, model):
+    """A save replaces config.json, model.safetensors / the index and the shards of the
+    previous save, and leaves every other file of the folder as it was."""
+    d = tmp_path / "m"
+    d.mkdir()
+    keep = {"README.md": b"notes", "tokenizer.json": b"{}", "notes.safetensors": b"x",
+            "model-00001-of-00009.safetensors": b"not ours", "pytorch_model.bin": b"y"}
+    for name, raw in keep.items():
+        (d / name).write_bytes(raw)
+    H.save_pretrained(model, d, max_shard_bytes=30_000)
+    H.save_pretrained(model, d)
+    H.save_pretrained(model, d, max_shard_bytes=30_000)
+    H.save_pretrained(model, d)
+    assert sorted(os.listdir(d)) == sorted(list(keep) + ["config.json", "model.safetensors"])
+    for name, raw in keep.items():
+        assert (d / name).read_bytes() == raw, name
+    _same(model, Samba.load(d))

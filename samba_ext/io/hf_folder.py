@@ -8,12 +8,20 @@ anything wrong is a :class:`~samba_ext.errors.CheckpointError` naming the file a
 tensor. Writing replaces each file atomically (samba_ext/io/atomic.py) in the order shards ->
 index -> config.json, then removes the files of a previous save that the new one no longer
 uses.
+
+A folder is several files, and no POSIX call replaces a set of files at once, so each save
+marks every file it writes with a fresh random save id (``samba_ext.save_id`` in config.json,
+``samba_ext_save_id`` in the index's ``metadata`` and in each weight file's ``__metadata__``).
+The reader accepts a folder only when the files it read all name the same save, so a load that
+runs during a save into the same folder gives the old model, the new one, or a
+CheckpointError naming the file from the other save -- never a mix (docs/checkpoints.md).
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import secrets
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,17 +29,21 @@ import numpy as np
 
 from ..config import SambaConfig
 from ..errors import CheckpointError
-from ..safetensors_io import (_no_dup_pairs, open_regular_file, read_safetensors,
-                              read_safetensors_header, write_safetensors)
+from ..safetensors_io import (_no_dup_pairs, open_regular_file, read_safetensors_checked,
+                              write_safetensors)
 from .atomic import atomic_write
 from .keymap import from_hf, to_hf
 
-__all__ = ["read_folder", "save_pretrained", "CONFIG", "SINGLE", "INDEX", "HF_CONFIG_KEYS"]
+__all__ = ["read_folder", "save_pretrained", "CONFIG", "SINGLE", "INDEX", "HF_CONFIG_KEYS",
+           "SAVE_ID_KEY"]
 
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 _MAX_JSON = 16 << 20      # bytes: a config.json / index larger than this is not a checkpoint's
+# the save id in a weight file's __metadata__ and the index's "metadata"; in config.json it is
+# "samba_ext": {"save_id": ...}
+SAVE_ID_KEY = "samba_ext_save_id"
 
 # samba-ext SambaConfig field -> Hugging Face config.json key
 HF_CONFIG_KEYS = {
@@ -50,9 +62,10 @@ _INFORMATIONAL = {"architectures", "model_type", "torch_dtype", "dtype", "transf
 
 
 # --------------------------------------------------------------------------- config ---
-def config_to_hf(cfg: SambaConfig, naming: str) -> dict[str, Any]:
+def config_to_hf(cfg: SambaConfig, naming: str, save_id: Optional[str] = None
+                 ) -> dict[str, Any]:
     """The config.json written for ``cfg`` (Hugging Face key names, plus the samba-ext name,
-    tokenizer and weight naming under "samba_ext")."""
+    tokenizer, weight naming and, when given, the save id under "samba_ext")."""
     d = cfg.to_dict()
     out: dict[str, Any] = {"architectures": ["SambaForCausalLM"], "model_type": "samba"}
     for ours, hf in HF_CONFIG_KEYS.items():
@@ -60,6 +73,8 @@ def config_to_hf(cfg: SambaConfig, naming: str) -> dict[str, Any]:
     out["layer_types"] = [_HF_LAYER[t] for t in cfg.layer_types]
     out["torch_dtype"] = "float32"
     out["samba_ext"] = {"name": cfg.name, "tokenizer": cfg.tokenizer, "weight_naming": naming}
+    if save_id is not None:
+        out["samba_ext"]["save_id"] = save_id
     return out
 
 
@@ -130,12 +145,45 @@ def _shard_name(name: Any, index: Path) -> str:
     return name
 
 
-def _read_sharded(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+class _SaveCheck:
+    """The save every file of a folder must come from. Once a file names a save (config.json
+    first, then the index, then the weight files in the order read), every later weight file
+    and index must name the same one; config.json may name none (a hand-written config), a
+    weight file or index read after a named save may not."""
+
+    def __init__(self, folder: Path, config_id: Optional[str]):
+        self.folder = folder
+        self.want = config_id
+        self.first = CONFIG if config_id is not None else None
+
+    def check(self, path: Path, got: Any) -> None:
+        if got is not None and not isinstance(got, str):
+            raise CheckpointError(f"{path}: {SAVE_ID_KEY} must be a string, got {got!r:.40}")
+        if self.want is None:
+            if got is not None:
+                self.want, self.first = got, path.name
+            return
+        if got != self.want:
+            got_s = "no save id" if got is None else f"save {got!r}"
+            raise CheckpointError(
+                f"{path}: written by another save than {self.first} ({got_s}, not "
+                f"{self.want!r}): the folder mixes files of two saves (a save into it ran "
+                "during this load, or a file was replaced by hand); load it again once the "
+                "save has finished")
+
+    def meta_checker(self, path: Path):
+        return lambda meta: self.check(path, meta.get(SAVE_ID_KEY))
+
+
+def _read_sharded(folder: Path, saves: _SaveCheck
+                  ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     index = folder / INDEX
     d = _read_json(index, "safetensors index")
     if not isinstance(d, dict) or not isinstance(d.get("weight_map"), dict):
         raise CheckpointError(f"{index}: expected an object with a \"weight_map\" object "
                               "(tensor name -> shard file)")
+    md = d.get("metadata", {})
+    saves.check(index, md.get(SAVE_ID_KEY) if isinstance(md, dict) else None)
     wmap: dict[str, str] = {}
     for k, v in d["weight_map"].items():
         wmap[k] = _shard_name(v, index)
@@ -151,7 +199,7 @@ def _read_sharded(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         p = folder / shard
         if not p.is_file():
             raise CheckpointError(f"{p}: shard named by {INDEX} is missing (or not a file)")
-        tensors, m = read_safetensors(p)
+        tensors, m, entries = read_safetensors_checked(p, check_meta=saves.meta_checker(p))
         got, want = set(tensors), shards[shard]
         if got != want:
             extra, missing = sorted(got - want), sorted(want - got)
@@ -160,9 +208,8 @@ def _read_sharded(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
                 + (f"; missing {missing[:4]}" if missing else "")
                 + (f"; not in the index {extra[:4]}" if extra else ""))
         sd.update(tensors)
-        total += sum(e["end"] - e["begin"] for e in read_safetensors_header(p)[0].values())
+        total += sum(e["end"] - e["begin"] for e in entries.values())
         meta.update(m)
-    md = d.get("metadata", {})
     ts = md.get("total_size") if isinstance(md, dict) else None
     if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int) or ts != total):
         raise CheckpointError(f"{index}: metadata.total_size is {ts!r:.40} but the shards hold "
@@ -173,21 +220,32 @@ def _read_sharded(folder: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 def read_folder(folder: Path, overrides: dict[str, Any], config: Optional[SambaConfig] = None
                 ) -> tuple[SambaConfig, dict[str, np.ndarray], dict[str, str]]:
     """(config, {lit_gpt key: float32 array}, metadata) of a checkpoint folder. A given
-    ``config`` replaces config.json (which is then not read)."""
+    ``config`` replaces config.json (which is then not read). Every file read must come from
+    one save (see the module docstring); the save id is not part of the returned metadata."""
     cfg_path = folder / CONFIG
+    config_id = None
     if config is not None:
         cfg = config
     elif not cfg_path.is_file():
         raise CheckpointError(f"{folder}: a checkpoint folder needs {CONFIG} (and "
                               f"{SINGLE} or {INDEX}); found {sorted(os.listdir(folder))[:8]}")
     else:
-        cfg = config_from_hf(_read_json(cfg_path, "model config"), str(cfg_path), overrides)
+        d = _read_json(cfg_path, "model config")
+        cfg = config_from_hf(d, str(cfg_path), overrides)
+        ext = d.get("samba_ext")
+        config_id = ext.get("save_id") if isinstance(ext, dict) else None
+        if config_id is not None and not isinstance(config_id, str):
+            raise CheckpointError(f"{cfg_path}: samba_ext.save_id must be a string, got "
+                                  f"{config_id!r:.40}")
+    saves = _SaveCheck(folder, config_id)
     if (folder / INDEX).is_file():
-        sd, meta = _read_sharded(folder)
+        sd, meta = _read_sharded(folder, saves)
     elif (folder / SINGLE).is_file():
-        sd, meta = read_safetensors(folder / SINGLE)
+        p = folder / SINGLE
+        sd, meta, _ = read_safetensors_checked(p, check_meta=saves.meta_checker(p))
     else:
         raise CheckpointError(f"{folder}: neither {SINGLE} nor {INDEX} in the folder")
+    meta.pop(SAVE_ID_KEY, None)
     if any(k.startswith("transformer.") for k in sd):
         pass                                      # lit_gpt names
     elif "model.embed_tokens.weight" in sd:
@@ -209,7 +267,11 @@ def save_pretrained(model: Any, folder: str | os.PathLike, *, naming: str = "lit
     dtype: "F32", "F16" or "BF16". max_shard_bytes: split the tensors into shards of at most
     this many bytes (a tensor larger than that gets a shard of its own) with an index;
     None writes one model.safetensors. metadata: str -> str, stored in every shard.
-    Returns the folder."""
+
+    Every file of the save carries one fresh random save id (the module docstring), so a
+    reader never combines files of two saves. Files of the folder that this save does not
+    write are kept, except those of the previous save it replaces (model.safetensors, the
+    index and the shards that index names). Returns the folder."""
     if naming not in ("litgpt", "hf"):
         raise ValueError(f"naming: expected 'litgpt' or 'hf', got {naming!r}")
     if max_shard_bytes is not None and (isinstance(max_shard_bytes, bool)
@@ -225,8 +287,10 @@ def save_pretrained(model: Any, folder: str | os.PathLike, *, naming: str = "lit
     sd = model.state_dict()
     if naming == "hf":
         sd = to_hf(sd, cfg)
+    save_id = secrets.token_hex(16)
     meta = {"format": "pt"}
     meta.update(metadata or {})
+    meta[SAVE_ID_KEY] = save_id
     itemsize = 4 if dtype.upper() == "F32" else 2
     sizes = {k: int(np.asarray(a).size) * itemsize for k, a in sd.items()}
     groups: list[list[str]] = [[]]
@@ -251,10 +315,11 @@ def save_pretrained(model: Any, folder: str | os.PathLike, *, naming: str = "lit
             name = f"model-{i:05d}-of-{n:05d}.safetensors"
             write_safetensors(out / name, {k: sd[k] for k in g}, meta, dtype=dtype)
             wmap.update({k: name for k in g})
-        idx = {"metadata": {"total_size": sum(sizes.values())}, "weight_map": wmap}
+        idx = {"metadata": {"total_size": sum(sizes.values()), SAVE_ID_KEY: save_id},
+               "weight_map": wmap}
         _write_json(out / INDEX, idx)
         new = set(wmap.values()) | {INDEX}
-    _write_json(out / CONFIG, config_to_hf(cfg, naming))
+    _write_json(out / CONFIG, config_to_hf(cfg, naming, save_id))
     for stale in sorted(old - new):      # files of a previous save that this one replaced
         try:
             (out / stale).unlink()
