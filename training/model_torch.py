@@ -252,7 +252,7 @@ def _samba_ext_torch():
 
 
 def default_kernels() -> str:
-    """"samba_ext" when samba_ext.torch imports, else "torch"."""
+    """The default kernel path: "samba_ext" when samba_ext.torch imports, else "torch"."""
     return "samba_ext" if _samba_ext_torch() is not None else "torch"
 
 
@@ -370,14 +370,10 @@ class Mamba(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             if dt_scale is not None and decay_only:
                 k = dt_scale.float().view(-1, 1, 1)
-                y, hL = st.selective_scan_fn(
-                    xc_t / k, dt_t * k, A, Bt, Ct, return_last_state=True
-                )
+                y, hL = st.selective_scan_fn(xc_t / k, dt_t * k, A, Bt, Ct, return_last_state=True)
                 y = (y + xc_t * self.D.float()[:, None]) * F.silu(zt)
             else:
-                y, hL = st.selective_scan_fn(
-                    xc_t, dt_t, A, Bt, Ct, self.D.float(), zt, return_last_state=True
-                )
+                y, hL = st.selective_scan_fn(xc_t, dt_t, A, Bt, Ct, self.D.float(), zt, return_last_state=True)
         return self.out_proj(y.transpose(1, 2)), (new_cs, hL)
 
 
@@ -562,9 +558,10 @@ class TorchSamba(nn.Module):
         self.set_kernels(default_kernels() if kernels is None else kernels)
 
     def set_kernels(self, kernels: str) -> None:
-        """"samba_ext": the Mamba blocks run samba_ext.torch's causal_conv1d_fn and selective_scan_fn
-        (the torch scan where a state is passed in or ``exact``), the attention blocks its
-        flash_attn_func; "torch": this file's scans and attention (SDPA / masked softmax)."""
+        """Choose the kernels. "samba_ext": the Mamba blocks run samba_ext.torch's
+        causal_conv1d_fn and selective_scan_fn (the torch scan where a state is passed in or
+        ``exact``), the attention blocks its flash_attn_func; "torch": this file's scans and
+        attention (SDPA / masked softmax)."""
         self.kernels = check_kernels(kernels)
         for b in self.transformer.h:
             b.attn.kernels = self.kernels
