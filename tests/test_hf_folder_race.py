@@ -11,7 +11,8 @@ every weight) or raise CheckpointError naming the file from the other save; neve
   pair of layouts (single file / sharded).
 * ``test_concurrent_saver_and_loader``: two processes, one saving A and B alternately (single
   and sharded layouts) a fixed number of times, one loading until the saver is done (at most a
-  fixed number of loads). No sleeps and no clock: the loop ends on the saver's event.
+  fixed number of loads). No sleeps and no clock: the loads start on the saver's "ready" event
+  (set just before its first save) and end on its "done" event.
 """
 from __future__ import annotations
 
@@ -113,33 +114,29 @@ def test_save_between_any_two_reads(tmp_path, monkeypatch, a_sharded, b_sharded)
     assert errors == reads - 1
 
 
-def _saver(path: str, rounds: int, go, done) -> None:
-    A, B = _pair()
-    go.wait()
+def _saver(path: str, rounds: int, ready, done) -> None:
     try:
+        A, B = _pair()
+        ready.set()
         for i in range(rounds):          # A single, B sharded, A sharded, B single, ...
             _save((A, B)[i % 2], Path(path), sharded=(i % 4) in (1, 2))
     finally:
         done.set()
 
 
-def test_concurrent_saver_and_loader(tmp_path):
-    """One process saves A and B alternately into one folder (120 saves, layouts cycling),
-    this one loads it until the saver is done (at most 5,000 loads): every load is exactly A
-    or exactly B, or a CheckpointError naming a file of the folder. Once the saver is done,
-    the folder loads as its last save."""
+def run_saver_and_loader(d: Path, rounds: int, max_loads: int) -> dict:
+    """Saver process against loads here (see the test); {0: loads of A, 1: loads of B,
+    "error": CheckpointErrors}. AssertionError for a mix."""
     ctx = mp.get_context("spawn")
     A, B = _pair()
-    d = tmp_path / "m"
     _save(A, d, sharded=False)
-    rounds, max_loads = 120, 5000
-    go, done = ctx.Event(), ctx.Event()
-    p = ctx.Process(target=_saver, args=(str(d), rounds, go, done))
+    ready, done = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_saver, args=(str(d), rounds, ready, done))
     p.start()
     seen = {0: 0, 1: 0, "error": 0}
     try:
-        go.set()
-        for _ in range(max_loads):
+        assert ready.wait(timeout=300), "the saver process did not start"
+        for _ in range(max_loads):       # the saver is saving from here on
             if done.is_set():
                 break
             try:
@@ -150,6 +147,18 @@ def test_concurrent_saver_and_loader(tmp_path):
     finally:
         p.join(timeout=600)
     assert p.exitcode == 0, p.exitcode
+    return seen
+
+
+def test_concurrent_saver_and_loader(tmp_path):
+    """One process saves A and B alternately into one folder (120 saves, layouts cycling),
+    this one loads it until the saver is done (at most 5,000 loads): every load is exactly A
+    or exactly B, or a CheckpointError naming a file of the folder. Once the saver is done,
+    the folder loads as its last save."""
+    A, B = _pair()
+    d = tmp_path / "m"
+    rounds = 120
+    seen = run_saver_and_loader(d, rounds, max_loads=5000)
     last = (A, B)[(rounds - 1) % 2]
     cfg, sd, _ = load_checkpoint(d)
     assert cfg == last.config, seen
