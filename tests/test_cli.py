@@ -268,11 +268,15 @@ def test_bundled_name_is_not_shadowed_by_the_cwd(tmp_path, monkeypatch, kind):
     p = run("info", cwd=str(tmp_path))                    # the CLI default
     assert p.returncode == 0, p.stderr
     assert "samba_ext/data/samba-tiny.safetensors" in p.stdout, p.stdout
-    # the local one, given as a path, is what gets read (its format is the reader's business:
-    # a suffix-less file is tried as a lit_gpt .pth)
+    # the local one, given as a path, is what gets read: the suffix-less file is recognised by
+    # its content (a safetensors file of samba-test), the junk folder is refused
     p = run("info", "--model", "./samba-tiny", cwd=str(tmp_path))
     assert "samba_ext/data/samba-tiny.safetensors" not in p.stdout, p.stdout
-    assert p.returncode == 2 and "samba-tiny" in p.stderr, p.stderr
+    if kind == "file":
+        assert p.returncode == 0, p.stderr
+        assert "model samba-test" in p.stdout and str(planted) in p.stdout, p.stdout
+    else:
+        assert p.returncode == 2 and "samba-tiny" in p.stderr, p.stderr
 
 
 # ------------------------------------------------------------------ model description ---
