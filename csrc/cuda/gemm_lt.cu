@@ -281,7 +281,10 @@ extern "C" samba_status samba_cu_gemm_lt(int tune_mode, int transa, int transb, 
     LtEntry local;
     cublasLtMatmulHeuristicResult_t res[LT_CANDIDATES];
     int nres = 0;
-    const int want_tune = tune_mode && !capturing && key.beta0;
+    // Tune only a shape the cache can keep: with the cache full, a tuned choice would be
+    // thrown away after the call and the timing repeated on every call of the shape.
+    const int want_tune = tune_mode && !capturing && key.beta0 &&
+                          (e != NULL || g_ncache < LT_CACHE);
     if (e == NULL || (want_tune && !e->tuned)) {
         const int fresh = e == NULL;
         LtEntry *slot = e;
