@@ -12,8 +12,8 @@ Run from the repository root after an in-place build::
 The NumPy implementations are float32 and vectorised over everything but the time axis
 of the scan (a Python loop over time, states kept for all steps), use BLAS matmuls for
 attention (full score matrices per head, masked), and allocate like a user call would.
-Each row reports the best wall time of a few interleaved repeats (both sides see the same
-machine load), the speed-up, and the relative-norm difference of the two results (a check
+Each row reports the best wall time over alternating blocks of repeated calls (block_times:
+both sides see the same machine load, neither sees the other's idle threads), the speed-up, and the relative-norm difference of the two results (a check
 that both compute the same gradients). Target (issue #18): C >= 5x NumPy.
 """
 from __future__ import annotations
@@ -43,16 +43,25 @@ f32 = np.float32
 
 
 # ------------------------------------------------------------------------------ helpers
-def interleaved_times(fns: list[Callable[[], object]], repeats: int) -> list[float]:
-    """Best seconds of each function, called in turn `repeats` times after a warm-up."""
+def block_times(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Best seconds of each function over two rounds of blocks: in each round every function
+    runs max(2, ceil(repeats / 2)) times in a row, after one warm-up call each.
+
+    Blocks rather than strict alternation: after a NumPy call OpenBLAS's threads spin for a
+    while (about 0.1 s) and take the 2 cores from the OpenMP threads of the next C call, which
+    made an alternated C call up to about 2x slower here. The best call of a block runs after
+    its own library's calls; two rounds still spread slow drifts of the machine's load over
+    both sides."""
     for fn in fns:
         fn()
+    per = max(2, -(-repeats // 2))
     best = [float("inf")] * len(fns)
-    for _ in range(repeats):
+    for _ in range(2):
         for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - t0)
+            for _ in range(per):
+                t0 = time.perf_counter()
+                fn()
+                best[i] = min(best[i], time.perf_counter() - t0)
     return best
 
 
@@ -243,7 +252,7 @@ def bench_all(quick: bool) -> list[dict]:
     gflops = blas_gflops()
 
     def row(name, shape, c_fn, np_fn, repeats, pick=None):
-        tc, tn = interleaved_times([c_fn, np_fn], repeats)
+        tc, tn = block_times([c_fn, np_fn], repeats)
         gc, gn = c_fn(), np_fn()
         if pick is not None:
             gc = pick(gc)
@@ -344,8 +353,10 @@ def render(info: dict, rows: list[dict], elapsed: float, quick: bool) -> str:
         lines.append(f"| {r['op']} | {r['shape']} | {r['c_ms']:.2f} | {r['numpy_ms']:.2f} | "
                      f"{r['speedup']:.1f}x | >= {r['target']:.0f}x | {r['rel_diff']:.1e} | "
                      f"{'ok' if r['ok'] else 'below target'} |")
-    lines += ["", "Method: best wall time of interleaved repeats (scan 3, windowed attention "
-              "4, full causal attention 2, others 5; one warm-up call each); float32 on both sides; every call "
+    lines += ["", "Method: best wall time over two rounds of blocks of consecutive calls per side "
+              "(2 calls per block for the scan and full causal attention, 3 otherwise; one "
+              "warm-up call each; blocks keep OpenBLAS's spinning idle threads out of the C "
+              "calls' timings); float32 on both sides; every call "
               "allocates its outputs. rel. diff: largest relative-norm difference between "
               "the C and NumPy gradients (both float32). The NumPy scan keeps all states "
               "(batch x dim x dstate x seqlen floats); the C scan keeps 256 checkpoints "
@@ -354,8 +365,8 @@ def render(info: dict, rows: list[dict], elapsed: float, quick: bool) -> str:
               "backward only visits (query, key) pairs inside the window. The machine is "
               "shared: a load average above the core count means other processes competed "
               "for the cores.", "",
-              "Reading the rows below target:", "",
-              "- swiglu (and, near the line in some runs, rms_norm and apply_rotary) is memory-bound: the C "
+              "Reading the rows (those below target, and those near it):", "",
+              "- swiglu (and, in some runs, rms_norm) is memory-bound: the C "
               "kernel reads 3 arrays and writes 2, the NumPy version makes about a dozen "
               "passes over arrays of the same size (one per temporary), so the ratio is "
               "about that pass count times the relative efficiency of the passes; a kernel "
@@ -366,11 +377,12 @@ def render(info: dict, rows: list[dict], elapsed: float, quick: bool) -> str:
               "only the visible pairs, in register tiles of 4 query (or key) rows x 32 keys "
               "(or headdim floats), without BLAS's cache blocking and packing and with an "
               "exponential per pair on top. So it gains with the window (its work shrinks, "
-              "NumPy's does not) but stays below the 5x target; the ratio also moves with "
-              "the machine load, which slows BLAS's threads more. The interleaving costs the "
-              "C side too: OpenBLAS's threads keep spinning for a while after the NumPy call "
-              "and take cores from the OpenMP threads (a 1024 x 1024 matmul just before each C "
-              "call made it about 1.3 to 1.7 times slower on this machine).", ""]
+              "NumPy's does not); with full causal masking NumPy does only twice the needed "
+              "work, at BLAS speed, so 5x is out of reach (the floor table below); the ratio also moves with "
+              "the machine load, which slows BLAS's threads more. Mixed calls cost the C side "
+              "too: OpenBLAS's threads keep spinning for a while after a NumPy call and take "
+              "cores from the OpenMP threads (strictly alternated calls made the C attention "
+              "backward up to about 2x slower on this machine; see Method).", ""]
     floors = [r for r in rows if "floor_ms" in r]
     if floors:
         lines += ["Attention against its floor: the backward's five products (10 x headdim "
