@@ -69,7 +69,12 @@ Buffer_dealloc(BufferObject *b)
 {
     if (b->ptr != NULL) {
         /* Errors cannot be raised from a destructor; a failed free leaves the memory in
-         * the pool (a broken context is reported by the next launch anyway). */
+         * the pool (a broken context is reported by the next launch anyway). The free runs
+         * on the buffer's device; the thread's current device is put back afterwards (a
+         * destructor runs at any point of the caller's code, e.g. inside torch's work on
+         * another device). */
+        int prev = -1;
+        const int have_prev = samba_cu_get_device(&prev) == SAMBA_OK;
         if (samba_cu_set_device(b->device) == SAMBA_OK) {
             if (b->foreign) {
                 /* A consumer used the memory on its own stream, which may be gone by now:
@@ -78,6 +83,7 @@ Buffer_dealloc(BufferObject *b)
             }
             samba_cu_free(b->ptr, b->stream);
         }
+        if (have_prev && prev != b->device) samba_cu_set_device(prev);
         b->ptr = NULL;
     }
     Py_CLEAR(b->keep);

@@ -92,6 +92,11 @@ extern "C" samba_status samba_cu_device_info(int device, char *name, size_t name
 #define SAMBA_MAX_DEVICES 64
 static int g_pool_ready[SAMBA_MAX_DEVICES];
 
+extern "C" samba_status samba_cu_get_device(int *device) {
+    CU_TRY("cudaGetDevice", cudaGetDevice(device));
+    return SAMBA_OK;
+}
+
 extern "C" samba_status samba_cu_set_device(int device) {
     int cur = -1;
     if (device < 0 || device >= SAMBA_MAX_DEVICES)

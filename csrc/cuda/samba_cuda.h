@@ -60,6 +60,8 @@ samba_status samba_cu_device_info(int device, char *name, size_t name_len, int *
                                   int *minor, int64_t *total_mem, int *sm_count);
 
 samba_status samba_cu_set_device(int device);
+/* The calling thread's current device. */
+samba_status samba_cu_get_device(int *device);
 /* Stream-ordered allocation from the device's default memory pool (cudaMallocAsync). On
  * first use of a device its pool's release threshold is raised so that freed memory stays
  * cached for reuse (samba_cu_trim releases it). nbytes 0 gives NULL. */
