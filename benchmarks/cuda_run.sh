@@ -21,10 +21,12 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false   # jax must not take 75% of the GPU
 SAN_TIMEOUT=${SAN_TIMEOUT:-150}
 PY=${PYTHON:-python3}
 # Default: the CUDA files, the CPU kernel files parametrised over backends (their cuda cases),
-# the model suite, the bundled-model checks and the torch parity tests.
+# the model suite (with the MLP padding), the bundled-model checks, the torch layer on CUDA
+# tensors, the training kernel paths and the torch parity tests.
 TESTS=${CUDA_TESTS:-$(ls tests/test_cuda_*.py tests/test_model_cuda*.py tests/test_scan.py \
     tests/test_conv.py tests/test_attention.py tests/test_elementwise.py tests/test_model.py \
-    tests/test_bundled_models.py tests/test_torch_parity.py 2>/dev/null | tr '\n' ' ')}
+    tests/test_mlp_padding.py tests/test_bundled_models.py tests/test_torch_cuda*.py \
+    tests/test_train_kernels.py tests/test_torch_parity.py 2>/dev/null | tr '\n' ' ')}
 SUMMARY="$OUT/summary.md"
 : > "$SUMMARY"
 row() { printf '| %-10s | %-8s | %s |\n' "$1" "$2" "$3" | tee -a "$SUMMARY"; }
