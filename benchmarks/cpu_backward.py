@@ -19,89 +19,31 @@ that both compute the same gradients). Target (issue #18): C >= 5x NumPy.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import os
-import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from cpu_bench_util import ROOT, block_times, machine_info
+from cpu_bench_util import rel_err as _rel_err
 
-import samba_ext  # noqa: E402
-from samba_ext import _core, grad  # noqa: E402
-from samba_ext.atomic import write_text_atomic  # noqa: E402
+from samba_ext import grad
+from samba_ext.atomic import write_text_atomic
 
 TARGET = 5.0
 f32 = np.float32
 
 
 # ------------------------------------------------------------------------------ helpers
-def block_times(fns: list[Callable[[], object]], repeats: int) -> list[float]:
-    """Best seconds of each function over two rounds of blocks: in each round every function
-    runs max(2, ceil(repeats / 2)) times in a row, after one warm-up call each.
-
-    Blocks rather than strict alternation: after a NumPy call OpenBLAS's threads spin for a
-    while (about 0.1 s) and take the 2 cores from the OpenMP threads of the next C call, which
-    made an alternated C call up to about 2x slower here. The best call of a block runs after
-    its own library's calls; two rounds still spread slow drifts of the machine's load over
-    both sides."""
-    for fn in fns:
-        fn()
-    per = max(2, -(-repeats // 2))
-    best = [float("inf")] * len(fns)
-    for _ in range(2):
-        for i, fn in enumerate(fns):
-            for _ in range(per):
-                t0 = time.perf_counter()
-                fn()
-                best[i] = min(best[i], time.perf_counter() - t0)
-    return best
-
-
 def rel_err(got, ref) -> float:
     errs = []
     for g, r in zip(got, ref):
         if g is None:
             continue
-        g = np.asarray(g, np.float64)
-        r = np.asarray(r, np.float64)
-        errs.append(float(np.linalg.norm(g - r) / max(np.linalg.norm(r), 1e-30)))
+        errs.append(_rel_err(g, r))
     return max(errs)
-
-
-def sh(cmd: list[str]) -> str:
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=30, cwd=ROOT,
-                              check=False).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def machine_info() -> dict[str, str]:
-    model = ""
-    for line in sh(["lscpu"]).splitlines():
-        if line.startswith("Model name:"):
-            model = line.split(":", 1)[1].strip()
-    commit = sh(["git", "rev-parse", "--short", "HEAD"]) or "unknown"
-    dirty = sh(["git", "status", "--porcelain", "--untracked-files=no"])
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    return {
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "commit": commit + (" (+ uncommitted changes)" if dirty else ""),
-        "machine": f"{model or platform.processor() or '?'}, {os.cpu_count()} logical CPUs",
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "threads": f"samba_ext {samba_ext.get_num_threads()} "
-                   f"(OpenMP {'on' if _core.build_info().get('openmp') else 'off'})",
-        "load": load,
-    }
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -29,10 +29,6 @@ with a note.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import os
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,92 +37,18 @@ from typing import Callable, Optional
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from cpu_bench_util import ROOT, best_time, interleaved_times, machine_info, rel_err
 
-import samba_ext  # noqa: E402
-from samba_ext import _core  # noqa: E402
+import samba_ext
+from samba_ext import _core
 
 
 # ---------------------------------------------------------------------------- helpers
-def best_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Best wall-clock seconds of `repeats` calls after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def interleaved_times(fns: list[Callable[[], object]], repeats: int) -> list[float]:
-    """Best wall-clock seconds of each function, calling them in turn `repeats` times after
-    one warm-up round, so that all of them see the same machine load."""
-    for fn in fns:
-        fn()
-    best = [float("inf")] * len(fns)
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return best
-
-
 def copy_fn(nbytes: int) -> Callable[[], object]:
     """A NumPy copy of nbytes/2 bytes (nbytes read + written), allocation included (as in
     the kernels, which allocate their outputs)."""
     src = np.ones(max(nbytes // 8, 1), dtype=np.float32)
     return src.copy
-
-
-def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
-    got = np.asarray(got, np.float64)
-    ref = np.asarray(ref, np.float64)
-    return float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30))
-
-
-def sh(cmd: list[str]) -> str:
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=30,
-                              cwd=ROOT).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def machine_info() -> dict[str, str]:
-    model = ""
-    for line in sh(["lscpu"]).splitlines():
-        if line.startswith("Model name:"):
-            model = line.split(":", 1)[1].strip()
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count() or 0
-    blas = "unknown"
-    try:
-        cfg = np.show_config(mode="dicts")
-        b = cfg["Build Dependencies"]["blas"]
-        blas = f"{b.get('name', '?')} {b.get('version', '')}".strip()
-    except Exception:
-        pass
-    commit = sh(["git", "rev-parse", "--short", "HEAD"]) or "unknown"
-    dirty = sh(["git", "status", "--porcelain", "--untracked-files=no"])
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    bi = _core.build_info()
-    return {
-        "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "commit": commit + (" (+ uncommitted changes)" if dirty else ""),
-        "machine": f"{model or platform.processor() or '?'}, {os.cpu_count()} logical CPUs "
-                   f"({usable} usable)",
-        "python": platform.python_version(),
-        "numpy": f"{np.__version__}, BLAS: {blas}",
-        "threads": f"samba_ext {samba_ext.get_num_threads()} (OpenMP "
-                   f"{'on' if bi.get('openmp') else 'off'}), compiler {bi.get('compiler')}",
-        "load": load,
-    }
 
 
 @dataclass
