@@ -32,8 +32,6 @@ import argparse
 import datetime
 import json
 import os
-import statistics
-import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -43,28 +41,12 @@ try:
 except ImportError:  # --render needs neither torch nor a GPU
     torch = None
 
+from gpu_bench_util import git_commit, median_ms
+
 import samba_ext
 from samba_ext.atomic import write_text_atomic
 
 K = 1024
-
-
-def median_ms(fn: Callable[[], Any], warmup: int = 3, reps: int = 15, calls: int = 1) -> float:
-    """Median over `reps` samples of the time per call of fn(), each sample `calls` calls
-    between two CUDA events, after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(calls):
-            fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / calls)
-    return statistics.median(times)
 
 
 def calls_per_sample(fn: Callable[[], Any], target_ms: float = 1.0) -> int:
@@ -406,13 +388,7 @@ def main() -> int:
     if torch is None or not torch.cuda.is_available() or not samba_ext.cuda_available():
         print("needs a CUDA GPU, torch with CUDA and samba_ext built with CUDA", file=sys.stderr)
         return 2
-    commit = args.commit
-    if not commit:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                    text=True, check=True).stdout.strip()
-        except Exception:  # noqa: BLE001 - no git: the commit is unknown
-            commit = "unknown"
+    commit = git_commit(args.commit)
     peers = ["sdpa"] if args.no_flex else ["flex", "sdpa"]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in variants if v not in ("auto", "v1", "v2", "v3")]

@@ -24,10 +24,7 @@ import argparse
 import datetime
 import json
 import os
-import statistics
-import subprocess
 import sys
-from collections.abc import Callable
 from typing import Any
 
 try:
@@ -35,28 +32,14 @@ try:
 except ImportError:  # --render needs neither torch nor a GPU
     torch = None
 
+from gpu_bench_util import git_commit, median_ms
+
 import samba_ext
 from samba_ext.atomic import write_text_atomic
 from samba_ext import grad
 
 K = 1024
 PEERS = ["flex", "sdpa"]
-
-
-def median_ms(fn: Callable[[], Any], warmup: int = 3, reps: int = 15) -> float:
-    """Median of `reps` CUDA-event timings of fn() after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def rel_err(x: Any, ref: Any) -> float:
@@ -235,13 +218,7 @@ def main() -> int:
     if torch is None or not torch.cuda.is_available() or not samba_ext.cuda_available():
         print("needs a CUDA GPU, torch with CUDA and samba_ext built with CUDA", file=sys.stderr)
         return 2
-    commit = args.commit
-    if not commit:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                    text=True, check=True).stdout.strip()
-        except Exception:  # noqa: BLE001 - no git: the commit is unknown
-            commit = "unknown"
+    commit = git_commit(args.commit)
     peers = ["sdpa"] if args.no_flex else PEERS
     argv = [a for a in sys.argv[1:] if not a.startswith("--out")]
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -26,10 +26,12 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 import subprocess
 import sys
 from typing import Any, Callable
+
+from gpu_bench_util import git_commit
+from gpu_bench_util import median_ms as _median_ms
 
 MODES = ("gemmex", "lt", "lt-tune")
 F, FP = 8196, 8256
@@ -57,19 +59,8 @@ def _worker(mode: str, with_torch: bool) -> list[dict]:
     if got != MODES.index(mode):
         raise RuntimeError(f"SAMBA_EXT_GEMM={mode} but the extension runs mode {got}")
 
-    def median_ms(fn: Callable[[], Any], warmup: int = 2, reps: int = 7) -> float:
-        for _ in range(warmup):
-            fn()
-        torch.cuda.synchronize()
-        ts = []
-        for _ in range(reps):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            ts.append(a.elapsed_time(b))
-        return statistics.median(ts)
+    def median_ms(fn: Callable[[], Any]) -> float:
+        return _median_ms(fn, warmup=2, reps=7)
 
     def rel(a: Any, b: Any) -> float:
         a, b = a.float(), b.float()
@@ -196,13 +187,7 @@ def main() -> int:
 
     from samba_ext.atomic import write_text_atomic
 
-    commit = args.commit
-    if not commit:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                    text=True, check=True).stdout.strip()
-        except Exception:  # noqa: BLE001 - no git: the commit is unknown
-            commit = "unknown"
+    commit = git_commit(args.commit)
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "commit": commit, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
             "command": "python3 benchmarks/gpu_gemm.py --modes " + ",".join(modes)}

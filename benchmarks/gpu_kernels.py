@@ -26,10 +26,11 @@ import argparse
 import functools
 import json
 import os
-import statistics
 import subprocess
 
 import torch
+
+from gpu_bench_util import median_ms
 import torch.nn.functional as F
 
 from samba_ext import kernels as K
@@ -37,18 +38,7 @@ from samba_ext import kernels as K
 
 def bench(fn, reps: int = 10, warmup: int = 3) -> float:
     """Median milliseconds of fn() (CUDA events)."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        ts.append(s.elapsed_time(e))
-    return statistics.median(ts)
+    return median_ms(fn, warmup=warmup, reps=reps)
 
 
 def max_sm_clock_hz() -> float:
