@@ -5,8 +5,7 @@
   multiprocessor (the MUFU rate of sm_90) at the card's maximum SM clock. Each variant of
   the kernel (``SAMBA_EXT_SCAN_VARIANT``: split = 4 threads per channel, 8 steps per group;
   tile = blocks of channels walking 32-step tiles with B / C and softplus(delta) in shared
-  memory, ``SAMBA_EXT_SCAN_LANES`` 4 or 8 threads per channel; tilews = the same with the
-  staging and output in their own warps; unset = the library's choice)
+  memory, ``SAMBA_EXT_SCAN_LANES`` 4 or 8 threads per channel; unset = the library's choice)
   is timed at the issue's five shapes and the model's 16384-token prefill chunk, as a whole
   call and as device time, and its output compared with the library's choice.
   ``SCAN_VARIANTS=default`` times the library's choice only.
@@ -106,8 +105,7 @@ def scan_cases(reps: int) -> list[dict]:
         ref = None
         # (SAMBA_EXT_SCAN_VARIANT, _LANES, _CHUNKS); "" = unset (the library's choice); the
         # first row is the reference of the diff column
-        variants = [("", "", ""), ("split", "4", "1"), ("tile", "4", "1"), ("tile", "8", "1"),
-                    ("tilews", "4", "1"), ("tilews", "8", "1")]
+        variants = [("", "", ""), ("split", "4", "1"), ("tile", "4", "1"), ("tile", "8", "1")]
         if os.environ.get("SCAN_VARIANTS") == "default":  # the library's choice only
             variants = variants[:1]
         for kind, lanes, chunks in variants:

@@ -2,11 +2,9 @@
 
 For d_state 16 with u / delta / z / B / C of one dtype and aligned rows, csrc/cuda/scan.cu
 runs one of two kernels (``SAMBA_EXT_SCAN_VARIANT``): ``split``, 4 or 8 threads per channel,
-optionally in chunks over the sequence (two passes, the state passed between chunks), or
+optionally in chunks over the sequence (two passes, the state passed between chunks), and
 ``tile`` (csrc/cuda/scan_tile.cuh), blocks of 32 or 16 channels (4 or 8 threads each) walking
-the sequence in tiles of 32 steps with B / C and softplus(delta) staged in shared memory, or
-``tilews`` (scan_tile_ws.cuh), the same with the staging and output in separate warps,
-pipelined over tiles of 16 steps.
+the sequence in tiles of 32 steps with B / C and softplus(delta) staged in shared memory.
 ``SAMBA_EXT_SCAN_LANES`` (1 | 4 | 8) and ``SAMBA_EXT_SCAN_CHUNKS`` (N) force a variant, read at
 each call; every variant must give the reference's result on fresh random inputs, including
 sequence lengths that leave a partial last group of 8 steps or a partial last tile (odd L, L
@@ -43,8 +41,7 @@ def variant(monkeypatch):
 # (kind, lanes, chunks); tile with chunks > 1 or a channel count that is not a multiple of its
 # block falls back to the split kernel
 VARIANTS = [("split", 4, 1), ("split", 8, 1), ("split", 4, 3), ("split", 8, 7),
-            ("split", 4, 16), ("split", 1, 1), ("tile", 4, 1), ("tile", 8, 1), ("tilews", 4, 1),
-            ("tilews", 8, 1)]
+            ("split", 4, 16), ("split", 1, 1), ("tile", 4, 1), ("tile", 8, 1)]
 # (batch, dim, L, G): the first four from the split kernel's tests; then whole tiled blocks
 # (dim / G a multiple of 32): batch 3 with a partial last tile, grouped B/C with an odd L over
 # many tiles, L shorter than one tile and than one group of 8, and L a multiple of the tile
@@ -85,8 +82,7 @@ def test_scan_variants_match_reference(rng, variant, dtype, kind, lanes, chunks,
 
 
 @pytest.mark.parametrize("kind,lanes,chunks", [("split", 4, 1), ("split", 8, 5), ("tile", 4, 1),
-                                                ("tile", 8, 1), ("tilews", 4, 1),
-                                                ("tilews", 8, 1)])
+                                                ("tile", 8, 1)])
 def test_scan_variants_without_options(rng, variant, kind, lanes, chunks):
     """No z / D / delta_bias / softplus / states; then an initial state without the last."""
     variant(lanes, chunks, kind)

@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "scan_common.cuh"
-#include "scan_tile_ws.cuh"  // includes scan_tile.cuh
+#include "scan_tile.cuh"
 
 #define SCAN_THREADS 128
 
@@ -428,17 +428,17 @@ static samba_status launch_split(const samba_cu_scan_args *a, int lanes, cudaStr
     return s;
 }
 
-// The tiled kernels: SAMBA_EXT_SCAN_VARIANT=tile (scan_tile.cuh, the default) or tilews
-// (specialised warps, scan_tile_ws.cuh) selects one, =split the split kernel above; they need
+// The tiled kernel (scan_tile.cuh, the default; SAMBA_EXT_SCAN_VARIANT=split selects the split
+// kernel above instead; a variant with specialised I/O warps measured slower everywhere and
+// was dropped). It needs
 // the split kernel's conditions (split_lanes > 1 and split_vec_ok), whole blocks of channels
 // within one group, and no chunks requested (else the split kernel runs). Threads per
 // channel: SAMBA_EXT_SCAN_LANES=8 (2 states per thread), otherwise 4 (4 states). On the H200
 // (benchmarks/results/gpu_model.md) tile with 4 threads per channel was 1.35-2x faster than
-// split at every measured size; tilews was slower than tile at all of them.
-static int tile_kind(void) {  // 0: split, 1: tile, 2: tilews
+// split at every measured size.
+static int tile_kind(void) {  // 0: split, 1: tile
     const char *v = getenv("SAMBA_EXT_SCAN_VARIANT");
-    if (v == NULL || v[0] == '\0') return 1;
-    return strcmp(v, "split") == 0 ? 0 : strcmp(v, "tilews") == 0 ? 2 : 1;
+    return (v != NULL && strcmp(v, "split") == 0) ? 0 : 1;
 }
 
 static int tile_lanes(const samba_cu_scan_args *a) {
@@ -453,13 +453,6 @@ template <typename T>
 static void launch_tile_t(const samba_cu_scan_args *a, int lanes, cudaStream_t st) {
     const int64_t cpb = TILE_THREADS / lanes;
     const unsigned grid = (unsigned)(a->batch * a->dim / cpb);
-    if (tile_kind() == 2) {
-        if (lanes == 4)
-            scan_tile_ws_kernel<4, T><<<grid, WS_THREADS, 0, st>>>(*a);
-        else
-            scan_tile_ws_kernel<2, T><<<grid, WS_THREADS, 0, st>>>(*a);
-        return;
-    }
     if (lanes == 4)
         scan_tile_kernel<4, T><<<grid, TILE_THREADS, 0, st>>>(*a);
     else
