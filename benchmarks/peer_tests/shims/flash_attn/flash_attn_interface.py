@@ -102,10 +102,15 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
             lses.append(res[1][0])
         else:
             outs.append(res[0])
-    out = torch.cat(outs, dim=0)
+    if not outs:  # no sequences: empty results of flash-attn's shapes
+        out = q.new_empty((0,) + tuple(q.shape[1:]))
+        lse = torch.empty((q.shape[1], 0), dtype=torch.float32, device=q.device)
+    else:
+        out = torch.cat(outs, dim=0)
+        lse = torch.cat(lses, dim=1) if return_attn_probs else None
     if not return_attn_probs:
         return out
-    return out, torch.cat(lses, dim=1), None
+    return out, lse, None
 
 
 def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
