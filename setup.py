@@ -21,6 +21,7 @@ build's own lines ("samba-ext build: ...").
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import re
@@ -309,16 +310,24 @@ def make_extensions() -> list[Extension]:
 
 
 # ------------------------------------------------------------------ lm-eval start-up hook ---
-# (source, name in site-packages): see samba_ext/integrations/lmeval_hook.py
-LM_EVAL_HOOK = [("samba_ext/integrations/samba-ext-lm-eval.pth", "samba-ext-lm-eval.pth"),
-                ("samba_ext/integrations/lmeval_hook.py", "_samba_ext_lm_eval_hook.py")]
+HOOK_SRC = ROOT / "samba_ext" / "integrations" / "lmeval_hook.py"
+HOOK_TOP = "_samba_ext_lm_eval_hook.py"        # the hook module's name in site-packages
+
+
+def _hook_constant(name: str) -> str:
+    """A string constant of lmeval_hook.py (PTH_NAME, PTH_LINE), read without importing it."""
+    for node in ast.parse(HOOK_SRC.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name
+                                                for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise RuntimeError(f"{HOOK_SRC}: no constant {name}")
 
 
 class BuildPy(build_py):
-    """Also puts the lm-eval start-up hook (a .pth file and the module it imports) at the top
-    of site-packages: into the build root, so wheels and ``pip install .`` carry it, and for an
-    editable install (``pip install -e``, whose wheel holds no build root) straight into the
-    editable wheel. The .pth is not package data."""
+    """Also puts the lm-eval start-up hook (a .pth file, written from lmeval_hook.PTH_LINE, and
+    a copy of the module it imports) at the top of site-packages: into the build root, so
+    wheels and ``pip install .`` carry it, and for an editable install (``pip install -e``,
+    whose wheel holds no build root) straight into the editable wheel."""
 
     def run(self) -> None:
         super().run()
@@ -326,17 +335,16 @@ class BuildPy(build_py):
         if getattr(self, "editable_mode", False):
             # setuptools' editable_wheel points install_lib at the wheel it is assembling
             dest = self.get_finalized_command("install").install_lib
-        for src, name in LM_EVAL_HOOK:
-            self.copy_file(str(ROOT / src), os.path.join(dest, name), preserve_mode=False)
+        self.mkpath(dest)
+        self.copy_file(str(HOOK_SRC), os.path.join(dest, HOOK_TOP), preserve_mode=False)
+        with open(os.path.join(dest, _hook_constant("PTH_NAME")), "w", encoding="utf-8") as f:
+            f.write(_hook_constant("PTH_LINE") + "\n")
 
     def get_outputs(self, include_bytecode: bool = True) -> list[str]:
         if getattr(self, "editable_mode", False):     # outputs under build_lib only
             return super().get_outputs(include_bytecode)
-        return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, name)
-                                                        for _, name in LM_EVAL_HOOK]
-
-    def find_data_files(self, package: str, src_dir: str) -> list[str]:
-        return [f for f in super().find_data_files(package, src_dir) if not f.endswith(".pth")]
+        return super().get_outputs(include_bytecode) + [
+            os.path.join(self.build_lib, name) for name in (HOOK_TOP, _hook_constant("PTH_NAME"))]
 
 
 setup(ext_modules=make_extensions(), cmdclass={"build_ext": BuildExt, "build_py": BuildPy})

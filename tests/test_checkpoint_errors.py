@@ -140,7 +140,8 @@ def _limit_memory():
 
 
 def test_only_checkpoint_errors_escape_the_corpus(tmp_path):
-    """Class-wide: every committed fuzz input (valid seeds, mutants, regressions) through
+    """Class-wide: every fuzz input (valid seeds, mutants, regressions; stored or built by
+    tests/fuzz/pth_seeds.py) through
     Samba.load either loads or raises CheckpointError whose message starts with the file
     name. In a child process capped at 6 GiB (an allocation bomb fails, not the machine)."""
     code = f"""
@@ -151,7 +152,13 @@ from samba_ext.errors import CheckpointError
 from samba_ext.model import Samba
 bad, n = [], 0
 d = Path(tempfile.mkdtemp())
-for src in sorted(Path({str(CORPUS)!r}).rglob("*")):
+sys.path[:0] = [{str(CORPUS.parent)!r}]
+import pth_seeds
+built = Path(tempfile.mkdtemp())
+for name, data in pth_seeds.built_files().items():   # the .pth inputs built at run time
+    (built / name.replace("/", "_")).write_bytes(data)
+srcs = sorted(Path({str(CORPUS)!r}).rglob("*")) + sorted(built.iterdir())
+for src in srcs:
     if src.suffix not in (".pth", ".safetensors"):
         continue
     p = d / ("input" + src.suffix)

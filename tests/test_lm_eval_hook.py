@@ -1,4 +1,4 @@
-"""The lm-eval start-up hook (samba_ext/integrations/lmeval_hook.py, samba-ext-lm-eval.pth).
+"""The lm-eval start-up hook (samba_ext/integrations/lmeval_hook.py and the .pth line it holds).
 
 Each test runs a fresh interpreter with ``-I -S`` (no site-packages, no PYTHONPATH) that
 processes a temporary site directory holding what an install puts into site-packages -- the
@@ -8,6 +8,7 @@ package's ``.pth`` file and the hook module under its top-level name -- next to 
 ``"module:object"`` placeholders for names not taken). So these tests need no lm-eval; the
 real one is exercised in test_lm_eval.py (test_plain_lm_eval_cli).
 """
+import importlib.util
 import json
 import os
 import shutil
@@ -20,8 +21,10 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 INTEGRATIONS = os.path.join(ROOT, "samba_ext", "integrations")
-PTH = os.path.join(INTEGRATIONS, "samba-ext-lm-eval.pth")
 HOOK = os.path.join(INTEGRATIONS, "lmeval_hook.py")
+_spec = importlib.util.spec_from_file_location("_hook_under_test", HOOK)
+H = importlib.util.module_from_spec(_spec)   # the file itself, without importing samba_ext
+_spec.loader.exec_module(H)
 HOOK_TOP = "_samba_ext_lm_eval_hook.py"          # the name setup.py's build_py gives the copy
 
 REGISTRY = '''
@@ -76,7 +79,8 @@ def hook_site(site, pth=True, hook=True):
     the hook module under its top-level name (``site.addsitedir(site)`` then runs the .pth)."""
     os.makedirs(site, exist_ok=True)
     if pth:
-        shutil.copy(PTH, os.path.join(site, os.path.basename(PTH)))
+        with open(os.path.join(site, H.PTH_NAME), "w", encoding="utf-8") as f:
+            f.write(H.PTH_LINE + "\n")
     if hook:
         shutil.copy(HOOK, os.path.join(site, HOOK_TOP))
     return site
@@ -233,12 +237,10 @@ def test_build_py_puts_the_hook_at_the_top_of_the_build(tmp_path):
     p = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(lib)],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    with open(PTH, "rb") as a, open(lib / "samba-ext-lm-eval.pth", "rb") as b:
-        assert a.read() == b.read()
+    assert (lib / H.PTH_NAME).read_text(encoding="utf-8") == H.PTH_LINE + "\n"
     with open(HOOK, "rb") as a, open(lib / HOOK_TOP, "rb") as b:
         assert a.read() == b.read()
     assert (lib / "samba_ext" / "integrations" / "lmeval_hook.py").is_file()
     assert not list((lib / "samba_ext").rglob("*.pth"))
-    with open(PTH, encoding="utf-8") as fh:
-        lines = [x for x in fh.read().splitlines() if x.strip()]
+    lines = [x for x in (lib / H.PTH_NAME).read_text().splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("import ")   # site runs only import lines

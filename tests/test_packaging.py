@@ -45,6 +45,6 @@ def test_sdist_file_list_has_every_readme_link(tmp_path):
         elif u not in sources:
             absent.append(u)
     assert not absent, f"linked from the README but not in the sdist: {absent}"
-    for must in ("samba_ext/integrations/samba-ext-lm-eval.pth", "examples/quickstart.ipynb",
+    for must in ("samba_ext/integrations/lmeval_hook.py", "examples/quickstart.ipynb",
                  "csrc/samba.h", "pyproject.toml"):
         assert must in sources, must

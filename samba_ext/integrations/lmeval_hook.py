@@ -5,8 +5,9 @@ name up in ``model_registry``, which ``import lm_eval.models`` fills with lazy
 ``"module:object"`` placeholders, and ``get_model`` does that import only while the registry
 is still empty.
 
-An installed samba-ext carries two files in site-packages: ``samba-ext-lm-eval.pth`` and
-``_samba_ext_lm_eval_hook.py``, a copy of this file (setup.py's ``build_py`` puts both there).
+An installed samba-ext carries two files in site-packages: ``samba-ext-lm-eval.pth`` (the one
+line :data:`PTH_LINE`) and ``_samba_ext_lm_eval_hook.py``, a copy of this file (setup.py's
+``build_py`` writes both there).
 At interpreter start-up ``site`` runs the ``.pth`` line, which imports that copy and calls
 :func:`install`. :func:`install` puts a finder first on ``sys.meta_path``; the finder answers
 no import itself. When ``lm_eval.models`` is imported, it takes the spec the other finders
@@ -26,7 +27,8 @@ is swallowed: start-up and lm-eval behave as without the hook if anything goes w
 import os
 import sys
 
-__all__ = ["install", "register", "MODEL_NAME", "TARGET", "TRIGGER", "DISABLE_ENV"]
+__all__ = ["install", "register", "MODEL_NAME", "TARGET", "TRIGGER", "DISABLE_ENV", "PTH_NAME",
+           "PTH_LINE"]
 
 MODEL_NAME = "samba-ext"
 #: The lazy placeholder registered under :data:`MODEL_NAME` (lm-eval's ``"module:object"``).
@@ -34,6 +36,11 @@ TARGET = "samba_ext.integrations.lmeval:SambaLM"
 #: The module after whose execution the placeholder is registered.
 TRIGGER = "lm_eval.models"
 DISABLE_ENV = "SAMBA_EXT_NO_LM_EVAL_HOOK"
+# The start-up file: its name in site-packages and its one line (site runs only lines that
+# start with "import"; the exec keeps a .pth left without its module silent). setup.py reads
+# both from here (as literals, without importing the package).
+PTH_NAME = "samba-ext-lm-eval.pth"
+PTH_LINE = 'import sys; exec("try:\\n import _samba_ext_lm_eval_hook\\n _samba_ext_lm_eval_hook.install()\\nexcept Exception:\\n pass")'
 _MARK = "_samba_ext_lm_eval_hook"   # attribute of the finder (both copies of this file see it)
 
 

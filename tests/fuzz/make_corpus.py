@@ -209,6 +209,9 @@ def main() -> None:
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
         out.mkdir(parents=True, exist_ok=True)
         seeds = make(out)
+        if sub == "pth":   # its mutants are built at run time (pth_seeds.mutants)
+            print(f"{out}: {len(seeds)} stored seeds")
+            continue
         add_mutants(out, seeds, muts, suffix, 24, seed=1234)
         print(f"{out}: {len(seeds)} seeds + 24 mutants")
 

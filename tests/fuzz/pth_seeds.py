@@ -1,12 +1,22 @@
-"""The model-sized ``.pth`` seeds of the fuzz corpus, built without torch at run time.
+"""The model-sized ``.pth`` seeds of the fuzz corpus and the corpus's ``.pth`` mutants, built
+without torch at run time.
 
 ``fabric_f32.pth`` (lit_gpt / Fabric layout, float32, lm_head tied to wte through one shared
 storage), ``fabric_bf16.pth`` (bfloat16) and ``bare_orig_mod.pth`` (a bare state dict of float16
 tensors under ``_orig_mod.`` names, as torch.compile saves it), from the random 2-block model of
 ``make_corpus.TINY``. They are assembled with :mod:`pth_builder` in the zip + pickle layout of
 ``torch.save``, so they are not stored in the repository and CI needs no torch to make them.
+The 24 mutants (``mutants/m00.pth`` ...) are seeded mutations (:mod:`mutators`, seed 1234) of
+those three and of the two small stored seeds, so they are not stored either.
+
+``python3 tests/fuzz/pth_seeds.py`` prints the size and sha256 of every built file (the list
+in docs/reliability.md).
 """
 from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
 
 import numpy as np
 from make_corpus import TINY, tiny_state_dict
@@ -50,3 +60,28 @@ def model_seeds() -> dict[str, bytes]:
     return {"fabric_f32.pth": _seed(sd, "float32", "", True, True),
             "fabric_bf16.pth": _seed(sd, "bfloat16", "", True, True),
             "bare_orig_mod.pth": _seed(sd, "float16", "_orig_mod.", False, False)}
+
+
+PTH_DIR = Path(__file__).resolve().parent / "corpus" / "pth"
+
+
+def mutants(n: int = 24, seed: int = 1234) -> dict[str, bytes]:
+    """{"mutants/mNN.pth": bytes} of ``n`` seeded mutants of the .pth seeds (deterministic)."""
+    import mutators as M
+
+    seeds = [p.read_bytes() for p in sorted(PTH_DIR.glob("*.pth"))]
+    seeds += [data for _, data in sorted(model_seeds().items())]
+    rng = random.Random(seed)
+    return {f"mutants/m{i:02d}.pth": M.mutate(rng.choice(seeds), rng, seeds, M.PTH)
+            for i in range(n)}
+
+
+def built_files() -> dict[str, bytes]:
+    """Every .pth corpus file built at run time, by its path under corpus/pth/."""
+    return {**model_seeds(), **mutants()}
+
+
+if __name__ == "__main__":
+    for name, data in built_files().items():
+        print(f"| `{name}` | {len(data)} | `{hashlib.sha256(data).hexdigest()}` |")
+

@@ -49,17 +49,17 @@ def _signature(outcome_detail: str) -> str:
 
 def load_corpus(target) -> list[tuple[str, bytes]]:
     """The committed corpus files of the target's directories, plus (for pth) the model-sized
-    seeds that pth_seeds.py builds at run time instead of storing them."""
+    seeds and the mutants that pth_seeds.py builds at run time instead of storing them."""
     files = []
     for d in target.corpus_dirs:
         for p in sorted((CORPUS / d).rglob("*")):
             if p.is_file() and not p.name.startswith("."):
                 files.append((str(p.relative_to(HERE)), p.read_bytes()))
         if d == "pth":
-            from pth_seeds import model_seeds
+            from pth_seeds import built_files
 
             files += [(f"corpus/pth/{name} (built)", data)
-                      for name, data in sorted(model_seeds().items())]
+                      for name, data in sorted(built_files().items())]
     return files
 
 
