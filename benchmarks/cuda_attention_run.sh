@@ -24,19 +24,9 @@ build_step
 
 has tests && pytest_step tests tests.log --maxfail=5 tests/test_cuda_attention.py tests/test_cuda_kernels.py -k "attention or swa or decode or errors or fault"
 
-if has memcheck; then
-    t0=$(date +%s)
-    timeout "$SAN_TIMEOUT" compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 \
-        $PY -m pytest -q -p no:cacheprovider tests/test_cuda_attention.py \
-        -k "not real_sizes and not 128K and not 32K and not prefill_last_row" \
-        > "$OUT/memcheck.log" 2>&1
-    rc=$?
-    row memcheck "$([ $rc = 0 ] && echo clean || echo "rc=$rc")" \
-        "$(grep -E "ERROR SUMMARY" "$OUT/memcheck.log" | tail -1); $(last_line "$OUT/memcheck.log"), $(( $(date +%s) - t0 )) s"
-fi
+has memcheck && sanitizer_step memcheck $PY -m pytest -q -p no:cacheprovider tests/test_cuda_attention.py -k "not real_sizes and not 128K and not 32K and not prefill_last_row"
 
 if has racecheck; then
-    t0=$(date +%s)
     cat > /tmp/attn_race.py <<'EOF'
 import numpy as np, samba_ext
 from samba_ext import cuda as _gpu
@@ -59,11 +49,7 @@ for dt in ("bfloat16", "float16"):
             samba_ext.swa_decode(q, c, c, pos, nv).to_numpy()
 print("racecheck script done")
 EOF
-    timeout "$SAN_TIMEOUT" compute-sanitizer --tool racecheck --racecheck-report all \
-        --error-exitcode 9 $PY /tmp/attn_race.py > "$OUT/racecheck.log" 2>&1
-    rc=$?
-    row racecheck "$([ $rc = 0 ] && echo clean || echo "rc=$rc")" \
-        "$(grep -E "RACECHECK SUMMARY|ERROR SUMMARY" "$OUT/racecheck.log" | tail -1), $(( $(date +%s) - t0 )) s"
+    sanitizer_step racecheck $PY /tmp/attn_race.py
 fi
 
 if has bench; then

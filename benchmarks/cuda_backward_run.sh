@@ -22,19 +22,9 @@ build_step
 
 has tests && pytest_step tests tests.log tests/test_cuda_grad_attention.py tests/test_cuda_grad_small.py tests/test_cuda_attention.py
 
-if has memcheck; then
-    t0=$(date +%s)
-    timeout "$SAN_TIMEOUT" compute-sanitizer --tool memcheck --leak-check no --error-exitcode 9 \
-        $PY -m pytest -q -p no:cacheprovider tests/test_cuda_grad_attention.py \
-        tests/test_cuda_grad_small.py -k "not real_sizes and not shared and not 4096" \
-        > "$OUT/memcheck.log" 2>&1
-    rc=$?
-    row memcheck "$([ $rc = 0 ] && echo clean || echo "rc=$rc")" \
-        "$(grep -E "ERROR SUMMARY" "$OUT/memcheck.log" | tail -1); $(last_line "$OUT/memcheck.log"), $(( $(date +%s) - t0 )) s"
-fi
+has memcheck && sanitizer_step memcheck $PY -m pytest -q -p no:cacheprovider tests/test_cuda_grad_attention.py tests/test_cuda_grad_small.py -k "not real_sizes and not shared and not 4096"
 
 if has racecheck; then
-    t0=$(date +%s)
     cat > /tmp/bwd_race.py <<'EOF'
 import os
 import numpy as np
@@ -51,11 +41,7 @@ x = dev((40, 300), "bfloat16")
 grad.rms_norm_bwd(x, dev((300,), "bfloat16"), 1e-5, x, dy=x).dx.to_numpy()
 print("racecheck script done")
 EOF
-    timeout "$SAN_TIMEOUT" compute-sanitizer --tool racecheck --racecheck-report all \
-        --error-exitcode 9 $PY /tmp/bwd_race.py > "$OUT/racecheck.log" 2>&1
-    rc=$?
-    row racecheck "$([ $rc = 0 ] && echo clean || echo "rc=$rc")" \
-        "$(grep -E "RACECHECK SUMMARY|ERROR SUMMARY" "$OUT/racecheck.log" | tail -1), $(( $(date +%s) - t0 )) s"
+    sanitizer_step racecheck $PY /tmp/bwd_race.py
 fi
 
 if has bench; then

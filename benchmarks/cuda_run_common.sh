@@ -6,7 +6,9 @@
 #   result line); header [CMD...] (the date/commit/GPU/nvcc lines, plus CMD's output, into
 #   $OUT/build.log, and the table head); build_step [PYTHON_CHECK] (when STEPS has build: build
 #   in place with CUDA, then run the Python check, default "CUDA is available"; exits on failure);
-#   pytest_step STEP LOG ARGS... (pytest -q -rs ARGS into $OUT/LOG, a row, failures listed).
+#   pytest_step STEP LOG ARGS... (pytest -q -rs ARGS into $OUT/LOG, a row, failures listed);
+#   sanitizer_step TOOL CMD... (compute-sanitizer --tool TOOL, memcheck or racecheck, on CMD
+#   within $SAN_TIMEOUT s into $OUT/TOOL.log, and a row with the tool's summary line).
 set -u
 OUT=${OUT:-./out}
 mkdir -p "$OUT"
@@ -53,4 +55,18 @@ pytest_step() {
         "$(last_line "$OUT/$log"), $(( $(date +%s) - t0 )) s"
     [ $rc = 0 ] || grep -E "^(FAILED|ERROR|E )" "$OUT/$log" | head -30
     return $rc
+}
+
+sanitizer_step() {
+    local tool=$1 t0 rc summary
+    shift
+    local opts=(--leak-check no)
+    [ "$tool" = racecheck ] && opts=(--racecheck-report all)
+    t0=$(date +%s)
+    timeout "${SAN_TIMEOUT:-240}" compute-sanitizer --tool "$tool" "${opts[@]}" --error-exitcode 9 \
+        "$@" > "$OUT/$tool.log" 2>&1
+    rc=$?
+    summary=$(grep -E "RACECHECK SUMMARY|ERROR SUMMARY" "$OUT/$tool.log" | tail -1)
+    row "$tool" "$([ $rc = 0 ] && echo clean || echo "rc=$rc")" \
+        "$summary; $(last_line "$OUT/$tool.log"), $(( $(date +%s) - t0 )) s"
 }

@@ -41,10 +41,9 @@ try:
 except ImportError:  # --render needs neither torch nor a GPU
     torch = None
 
-from gpu_bench_util import git_commit, median_ms
+from gpu_bench_util import git_commit, median_ms, write_atomic
 
 import samba_ext
-from samba_ext.atomic import write_text_atomic
 
 K = 1024
 
@@ -343,12 +342,6 @@ def render(meta: dict, rows: list[dict], peers: list[str]) -> list[str]:
              "which the TFLOP/s, ratio and bandwidth columns use."), "",
             *table(rows, peers), "", *decode_table(rows, meta["copy_bandwidth"]), "",
             *targets(rows)]
-
-
-def write_atomic(path: str, text: str) -> None:
-    """write_text_atomic into a folder that is made if missing."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    write_text_atomic(path, text)
 
 
 def _args_without_out(argv: list[str]) -> list[str]:

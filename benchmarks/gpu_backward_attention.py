@@ -32,10 +32,9 @@ try:
 except ImportError:  # --render needs neither torch nor a GPU
     torch = None
 
-from gpu_bench_util import git_commit, median_ms
+from gpu_bench_util import git_commit, median_ms, write_atomic
 
 import samba_ext
-from samba_ext.atomic import write_text_atomic
 from samba_ext import grad
 
 K = 1024
@@ -192,12 +191,6 @@ def render(meta: dict, rows: list[dict], peers: list[str]) -> list[str]:
              "pair inside the window. The error column compares samba_ext's gradients with each "
              "peer's (relative norm, the largest of dq, dk, dv)."), "",
             *table(rows, peers), "", *targets(rows)]
-
-
-def write_atomic(path: str, text: str) -> None:
-    """write_text_atomic into a folder that is made if missing."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    write_text_atomic(path, text)
 
 
 def main() -> int:

@@ -2,6 +2,7 @@
 torch is imported when a timing runs, so the scripts' pure-Python parts import without it."""
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 from typing import Any, Callable, Optional
@@ -38,3 +39,12 @@ def git_commit(given: Optional[str] = None) -> str:
                               text=True, check=True).stdout.strip()
     except Exception:  # noqa: BLE001 - no git: the commit is unknown
         return "unknown"
+
+
+def write_atomic(path: str, text: str) -> None:
+    """samba_ext.atomic.write_text_atomic into a folder that is made if missing."""
+    from samba_ext.atomic import write_text_atomic
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    write_text_atomic(path, text)
+
