@@ -25,11 +25,16 @@ rmsnorm_reg_kernel(int64_t n, samba_cu_ref x, int64_t ldx, samba_cu_ref res, int
         const int c = threadIdx.x + j * blockDim.x;
         if (c < nch) {
             const int64_t col = (int64_t)c * E;
-            ldv<E>(x, row * ldx + col, v[j]);
-            if constexpr (W_EARLY) ldv<E>(w, col, wv[j]);
+            // All loads of the chunk issued before any is waited for (raw, then converted).
+            RawV<E> rx, rr, rw;
+            ldraw<E>(x, row * ldx + col, rx);
+            if (res.ptr) ldraw<E>(res, row * ldr + col, rr);
+            if constexpr (W_EARLY) ldraw<E>(w, col, rw);
+            cvt<E>(rx, x.dtype, v[j]);
+            if constexpr (W_EARLY) cvt<E>(rw, w.dtype, wv[j]);
             if (res.ptr) {
                 float r[E];
-                ldv<E>(res, row * ldr + col, r);
+                cvt<E>(rr, res.dtype, r);
 #pragma unroll
                 for (int k = 0; k < E; ++k) v[j][k] = round_to(res_out.dtype, v[j][k] + r[k]);
                 stv<E>(res_out, row * n + col, v[j]);
@@ -113,9 +118,10 @@ static int rms_reg_try(int64_t rows, int64_t n, samba_cu_ref x, int64_t ldx, sam
     return 1;
 }
 
-// The general path (rows longer than the register path holds): one block per row. Pass 1: (x [+ residual] -> residual_out) and the sum of squares in
-// float32; block reduction; pass 2: y = v * rsqrt(mean + eps) * weight. With a residual,
-// v is the sum as stored in residual_out's dtype (what a framework's pre-norm would see).
+// The general path (rows longer than the register path holds): one block per row.
+// Pass 1: (x [+ residual] -> residual_out) and the sum of squares in float32; block
+// reduction; pass 2: y = v * rsqrt(mean + eps) * weight. With a residual, v is the sum as
+// stored in residual_out's dtype (what a framework's pre-norm would see).
 __global__ void __launch_bounds__(NORM_THREADS)
 rmsnorm_kernel(int64_t n, samba_cu_ref x, int64_t ldx, samba_cu_ref res, int64_t ldr,
                samba_cu_ref res_out, samba_cu_ref w, float eps, samba_cu_ref y) {

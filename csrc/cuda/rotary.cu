@@ -1,8 +1,9 @@
 // rotary.cu - rotary position embedding (the CUDA side of csrc/rotary.c).
 #include "vecio.cuh"
 
-// The general path: one thread per rotated pair (b, t, h, i < hd/2). Angles pos * base^(-2i/hd) and their
-// sine / cosine in float64 (large positions keep full float32 accuracy).
+// The general path: one thread per rotated pair (b, t, h, i < hd/2). Angles
+// pos * base^(-2i/hd) and their sine / cosine in float64 (large positions keep full float32
+// accuracy).
 __global__ void rotary_kernel(int64_t batch, int64_t L, int64_t H, int64_t hd, samba_cu_ref x,
                               int64_t xs0, int64_t xs1, int64_t xs2, samba_cu_ref pos,
                               int pos_batched, int64_t offset, double log_base, samba_cu_ref y,
@@ -86,9 +87,12 @@ rotary_tok_kernel(int64_t ntok, int64_t L, int H, int hd, int tpb, samba_cu_ref 
         const int64_t b = g / L, t = g - b * L;
         const int64_t xo = b * xs0 + t * xs1 + h * xs2;
         const int64_t yo = b * ys0 + t * ys1 + h * ys2;
+        RawV<E> r1, r2;
+        ldraw<E>(x, xo + i, r1);
+        ldraw<E>(x, xo + i + half, r2);
         float x1[E], x2[E], y1[E], y2[E];
-        ldv<E>(x, xo + i, x1);
-        ldv<E>(x, xo + i + half, x2);
+        cvt<E>(r1, x.dtype, x1);
+        cvt<E>(r2, x.dtype, x2);
         const float *cs = rot_cs + 2 * (tl * half + i);
 #pragma unroll
         for (int e = 0; e < E; ++e) {

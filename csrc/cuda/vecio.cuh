@@ -22,53 +22,77 @@ __device__ __forceinline__ unsigned f_to_h16(float v, int dt) {
 
 // Two 16-bit elements per 32-bit word, element 2k in the low half (little-endian).
 template <int W>
-__device__ __forceinline__ void unpack_words(const unsigned (&w)[W], int dt, float *o) {
-#pragma unroll
-    for (int k = 0; k < W; ++k) {
-        o[2 * k] = h16_to_f(w[k] & 0xffffu, dt);
-        o[2 * k + 1] = h16_to_f(w[k] >> 16, dt);
-    }
-}
-template <int W>
 __device__ __forceinline__ void pack_words(const float *v, int dt, unsigned (&w)[W]) {
 #pragma unroll
     for (int k = 0; k < W; ++k) w[k] = f_to_h16(v[2 * k], dt) | (f_to_h16(v[2 * k + 1], dt) << 16);
 }
 
-template <int E>
-__device__ __forceinline__ void ldv(const void *p, int dt, int64_t i, float (&o)[E]) {
+// The raw bits of E elements (E words: room for E float32; 16-bit dtypes use the first
+// E / 2 words, or the low half of word 0 for E = 1). Loading raw and converting later lets a
+// kernel issue all its loads before the first one is waited for, whatever the dtypes.
+template <int E> struct RawV {
     static_assert(E == 1 || E == 2 || E == 4 || E == 8, "E must be 1, 2, 4 or 8");
+    unsigned w[E];
+};
+
+template <int E>
+__device__ __forceinline__ void ldraw(const void *p, int dt, int64_t i, RawV<E> &r) {
     if (dt == SAMBA_CU_F32) {
-        const float *q = (const float *)p + i;
+        const unsigned *q = (const unsigned *)p + i;
         if constexpr (E >= 4) {
 #pragma unroll
             for (int j = 0; j < E / 4; ++j) {
-                const float4 v = ((const float4 *)q)[j];
-                o[4 * j] = v.x, o[4 * j + 1] = v.y, o[4 * j + 2] = v.z, o[4 * j + 3] = v.w;
+                const uint4 v = ((const uint4 *)q)[j];
+                r.w[4 * j] = v.x, r.w[4 * j + 1] = v.y, r.w[4 * j + 2] = v.z, r.w[4 * j + 3] = v.w;
             }
         } else if constexpr (E == 2) {
-            const float2 v = *(const float2 *)q;
-            o[0] = v.x, o[1] = v.y;
+            const uint2 v = *(const uint2 *)q;
+            r.w[0] = v.x, r.w[1] = v.y;
         } else {
-            o[0] = q[0];
+            r.w[0] = q[0];
         }
     } else {
         const unsigned short *q = (const unsigned short *)p + i;
         if constexpr (E == 8) {
             const uint4 v = *(const uint4 *)q;
-            const unsigned w[4] = {v.x, v.y, v.z, v.w};
-            unpack_words<4>(w, dt, o);
+            r.w[0] = v.x, r.w[1] = v.y, r.w[2] = v.z, r.w[3] = v.w;
         } else if constexpr (E == 4) {
             const uint2 v = *(const uint2 *)q;
-            const unsigned w[2] = {v.x, v.y};
-            unpack_words<2>(w, dt, o);
+            r.w[0] = v.x, r.w[1] = v.y;
         } else if constexpr (E == 2) {
-            const unsigned w[1] = {*(const unsigned *)q};
-            unpack_words<1>(w, dt, o);
+            r.w[0] = *(const unsigned *)q;
         } else {
-            o[0] = h16_to_f(q[0], dt);
+            r.w[0] = q[0];
         }
     }
+}
+
+template <int E>
+__device__ __forceinline__ void cvt(const RawV<E> &r, int dt, float (&o)[E]) {
+    if (dt == SAMBA_CU_F32) {
+#pragma unroll
+        for (int k = 0; k < E; ++k) o[k] = __uint_as_float(r.w[k]);
+    } else if constexpr (E == 1) {
+        o[0] = h16_to_f(r.w[0] & 0xffffu, dt);
+    } else {
+#pragma unroll
+        for (int k = 0; k < E / 2; ++k) {
+            o[2 * k] = h16_to_f(r.w[k] & 0xffffu, dt);
+            o[2 * k + 1] = h16_to_f(r.w[k] >> 16, dt);
+        }
+    }
+}
+
+template <int E>
+__device__ __forceinline__ void ldraw(samba_cu_ref a, int64_t i, RawV<E> &r) {
+    ldraw<E>(a.ptr, a.dtype, i, r);
+}
+
+template <int E>
+__device__ __forceinline__ void ldv(const void *p, int dt, int64_t i, float (&o)[E]) {
+    RawV<E> r;
+    ldraw<E>(p, dt, i, r);
+    cvt<E>(r, dt, o);
 }
 
 template <int E>
@@ -107,7 +131,8 @@ __device__ __forceinline__ void stv(void *p, int dt, int64_t i, const float (&v)
 template <int E> __device__ __forceinline__ void ldv(samba_cu_ref r, int64_t i, float (&o)[E]) {
     ldv<E>(r.ptr, r.dtype, i, o);
 }
-template <int E> __device__ __forceinline__ void stv(samba_cu_ref r, int64_t i, const float (&v)[E]) {
+template <int E>
+__device__ __forceinline__ void stv(samba_cu_ref r, int64_t i, const float (&v)[E]) {
     stv<E>(r.ptr, r.dtype, i, v);
 }
 
