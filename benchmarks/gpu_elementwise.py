@@ -12,6 +12,8 @@ bfloat16 activations, float32 residual stream):
   at the padded width 8256; 16 and 1 rows as halves (decode).
 * apply_rotary: q (1, 16384, 32, 64) and k (1, 16384, 4, 64) bf16; decode: the q and k
   heads (36 of 64) as a view of the (B, 1, 40 x 64) qkv GEMM output, B = 1 and 16.
+* causal_conv1d + SiLU (Mamba, width 4) on the channel-major half of the in_proj output,
+  16384 tokens, with initial and final states.
 
 Times are device (kernel) time per call from the torch profiler (CUPTI), so the Python call
 overhead does not count and decode shapes show the kernels' own latency; the torch column is
@@ -165,6 +167,27 @@ def rotary_cases(add, gen):
             rel(t(K.apply_rotary(qk, pos, 10000.0)), rope_torch(qk, 5000)))
 
 
+def conv_cases(add, gen):
+    """The Mamba conv + SiLU: x the first half (d_inner 4096 channels) of the channel-major
+    (1, 8192, 16384) in_proj output, width 4, float32 weight / bias / states."""
+    E, L, W = 4096, 16384, 4
+    xz = torch.randn(1, 2 * E, L, device="cuda", generator=gen).to(BF)
+    x = xz[:, :E]
+    w = torch.randn(E, W, device="cuda", generator=gen) * 0.3
+    b = torch.randn(E, device="cuda", generator=gen) * 0.1
+    init = torch.randn(1, E, W - 1, device="cuda", generator=gen)
+
+    def ours():
+        return K.causal_conv1d(x, w, b, "silu", init, True)
+
+    def theirs():
+        xp = torch.cat([init.to(BF), x], -1)
+        return F.silu(F.conv1d(xp, w[:, None, :].to(BF), b.to(BF), groups=E)), xp[..., -(W - 1):]
+
+    add(f"causal_conv1d+silu 1x{E}x{L} (in_proj half)", "causal_conv1d", ours, theirs,
+        E * L * 2 * 2, rel(t(ours()[0]), theirs()[0]))
+
+
 def markdown(res: dict) -> str:
     lines = [f"# Element-wise kernels at samba-1.7b's shapes ({res['device']})", "",
              "Device time per call (torch profiler); torch = its composition's kernels; "
@@ -182,7 +205,7 @@ def markdown(res: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results/gpu_elementwise")
-    ap.add_argument("--only", default="rms,swiglu,rotary")
+    ap.add_argument("--only", default="rms,swiglu,rotary,conv")
     args = ap.parse_args()
     which = set(args.only.split(","))
     bw = copy_bandwidth()
@@ -204,6 +227,8 @@ def main() -> None:
         swiglu_cases(add, gen)
     if "rotary" in which:
         rotary_cases(add, gen)
+    if "conv" in which:
+        conv_cases(add, gen)
     write_text_atomic(args.out + ".json", json.dumps(res, indent=1) + "\n")
     write_text_atomic(args.out + ".md", markdown(res))
     print(f"wrote {args.out}.json, {args.out}.md")
