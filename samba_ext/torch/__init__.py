@@ -8,9 +8,13 @@ single graph nodes, and with autograd backed by the C backward kernels; the deco
 (``samba_ext::selective_state_update``, ``samba_ext::causal_conv1d_update``,
 ``samba_ext::attention_kvcache``) mutate their state/cache arguments and have no autograd.
 
-Supported now: CPU tensors (float32 computation; float16/bfloat16/float64 inputs are
-converted, outputs are cast back to the peers' output dtypes). CUDA tensors and the
-arguments listed under each function raise NotImplementedError naming the argument.
+CPU and CUDA tensors (all tensors of one call on one device; float32 computation). CPU
+tensors run the C kernels (float16/bfloat16/float64 inputs are converted, outputs are cast
+back to the peers' output dtypes). CUDA tensors run the CUDA kernels in place, without host
+copies, on the current torch stream; they read float32, float16 and bfloat16 (float64 is
+converted to float32 on the device) and write the outputs in the peers' dtypes (see
+:mod:`._device`). The arguments listed under each function, other devices, and on CUDA
+dstate > 256 or headdim > 256 raise NotImplementedError naming the argument.
 
 - :func:`selective_scan_fn`, :func:`selective_scan_ref` (mamba_ssm.ops.selective_scan_interface)
 - :func:`causal_conv1d_fn` (causal_conv1d)
@@ -113,6 +117,9 @@ def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                                   f"{activation!r}")
     if final_states_out is not None and not return_final_states:
         raise ValueError("final_states_out: only used with return_final_states=True")
+    if final_states_out is not None and final_states_out.device != x.device:
+        raise ValueError(f"final_states_out: is on {final_states_out.device} but x is on "
+                         f"{x.device}; pass all tensors on one device")
     y, fin = causal_conv1d_op(x, weight, bias, initial_states, activation is not None)
     y = y.to(x.dtype)
     if not return_final_states:

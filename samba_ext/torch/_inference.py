@@ -3,42 +3,39 @@
 ``selective_state_update`` (mamba_ssm.ops.triton.selective_state_update) and
 ``causal_conv1d_update`` (causal_conv1d), registered as torch.library custom ops that mutate
 their state argument (``samba_ext::selective_state_update``, ``samba_ext::causal_conv1d_update``)
-with fake implementations, over the CPU C kernels. They carry no autograd (the peers' update
-functions have none either). The state keeps its own dtype and is updated in place; the
-arithmetic runs in float32, as the peers' kernels do.
+with fake implementations, over the samba_ext kernels: the C kernels for CPU tensors, the
+CUDA kernels for CUDA tensors (no host copies; see :mod:`._device`). They carry no autograd
+(the peers' update functions have none either). The state keeps its own dtype and device and
+is updated in place; the arithmetic runs in float32, as the peers' kernels do.
 
-Not supported (NotImplementedError naming it): CUDA tensors (device), complex A.
+Not supported (NotImplementedError naming it): devices other than CPU and CUDA, complex A;
+on CUDA dstate > 256.
 """
 from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from .. import kernels as _k
+from . import _cuda_limits
+from ._device import act_dtype, arg, device_of, is_cuda, on_device, tensor
 
 
-def _cpu(name: str, t: Optional[Tensor]) -> None:
-    if t is not None and t.device.type != "cpu":
-        raise NotImplementedError(
-            f"{name}: is on device {t.device}; samba_ext.torch's decode updates run on CPU "
-            "tensors only (move the tensors to the CPU)")
-
-
-def _f32(t: Optional[Tensor]) -> Optional[np.ndarray]:
-    """A float32 C-contiguous ndarray of t (no copy when t already is one)."""
-    if t is None:
-        return None
-    return t.detach().to(torch.float32).contiguous().numpy()
+def _work(t: Tensor) -> Tensor:
+    """The float32 C-contiguous tensor a kernel updates in place: t itself (detached, same
+    memory) when it already is one, else a float32 copy to write back afterwards."""
+    t = t.detach()
+    if t.dtype == torch.float32 and t.is_contiguous():
+        return t
+    return t.to(torch.float32).contiguous()
 
 
 def _indices(name: str, idx: Optional[Tensor], batch: int, nstate: int) -> Optional[Tensor]:
     """Validate a (batch,) integer index tensor into a state of nstate rows -> int64 tensor."""
     if idx is None:
         return None
-    _cpu(name, idx)
     if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
         raise TypeError(f"{name}: expected an integer tensor (int32/int64), got {idx.dtype}")
     if tuple(idx.shape) != (batch,):
@@ -69,31 +66,37 @@ def selective_state_update_op(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B
     state (nstate, nheads, headdim, dstate) any float dtype, updated in place; x, dt, z
     (batch, nheads, headdim); A (nheads, headdim, dstate); B, C (batch, ngroups, dstate);
     D, dt_bias (nheads, headdim); state_batch_indices (batch,) or None.
-    -> out (batch, nheads, headdim) float32."""
+    -> out (batch, nheads, headdim) float32 (CUDA: x's dtype)."""
+    dev = device_of((("state", state), ("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C),
+                     ("D", D), ("z", z), ("dt_bias", dt_bias),
+                     ("state_batch_indices", state_batch_indices)))
+    if is_cuda(dev):
+        _cuda_limits.scan(A)
     batch, nheads, headdim = x.shape
     dstate = state.shape[-1]
     idx = state_batch_indices
     rows = state if idx is None else state.index_select(0, idx)
-    flat = rows.reshape(batch, nheads * headdim, dstate)
-    work = _f32(flat)  # shares state's memory when it is float32 and contiguous
+    work = _work(rows.reshape(batch, nheads * headdim, dstate))  # state's memory if float32
     fl = (batch, nheads * headdim)
-    y = _k.selective_state_update(
-        work, _f32(x.reshape(fl)), _f32(dt.reshape(fl)),
-        _f32(A.reshape(nheads * headdim, dstate)), _f32(B), _f32(C),
-        _f32(None if D is None else D.reshape(-1)), _f32(None if z is None else z.reshape(fl)),
-        _f32(None if dt_bias is None else dt_bias.reshape(-1)), dt_softplus)
-    new = torch.from_numpy(work).reshape(rows.shape)
+    with on_device(dev):
+        y = _k.selective_state_update(
+            work.numpy() if work.device.type == "cpu" else work, arg(x.reshape(fl)),
+            arg(dt.reshape(fl)), arg(A.reshape(nheads * headdim, dstate)), arg(B), arg(C),
+            arg(None if D is None else D.reshape(-1)), arg(None if z is None else z.reshape(fl)),
+            arg(None if dt_bias is None else dt_bias.reshape(-1)), dt_softplus)
+        y = tensor(y, dev)
+    new = work.reshape(rows.shape)
     if idx is None:
         if new.data_ptr() != state.data_ptr():
             state.copy_(new)
     else:
         state.index_copy_(0, idx, new.to(state.dtype))
-    return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)).reshape(x.shape)
+    return y.reshape(x.shape)
 
 
 @selective_state_update_op.register_fake
 def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, state_batch_indices):
-    return x.new_empty(x.shape, dtype=torch.float32)
+    return x.new_empty(x.shape, dtype=act_dtype(x))
 
 
 def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor,
@@ -115,11 +118,13 @@ def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: T
     model's bfloat16); out is computed from the float32 state before it is rounded to that
     dtype, as in the Triton kernel. out has x's dtype. With state_batch_indices (batch,)
     int, batch entry b uses (and updates) state[state_batch_indices[b]], and state may have
-    more rows than the batch. CPU tensors only.
+    more rows than the batch. CPU or CUDA tensors, all on one device (on CUDA dstate <=
+    256).
     """
-    for name, t in (("state", state), ("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C),
-                    ("D", D), ("z", z), ("dt_bias", dt_bias)):
-        _cpu(name, t)
+    named = (("state", state), ("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D),
+             ("z", z), ("dt_bias", dt_bias))
+    device_of(named + (("state_batch_indices", state_batch_indices),))
+    for name, t in named:
         if t is not None and not t.dtype.is_floating_point:
             if t.dtype.is_complex:
                 raise NotImplementedError(f"{name}: complex tensors are not supported "
@@ -180,7 +185,11 @@ def causal_conv1d_update_op(x: Tensor, conv_state: Tensor, weight: Tensor,
                             conv_state_indices: Optional[Tensor]) -> Tensor:
     """x (batch, dim, seqlen); conv_state (nstate, dim, state_len), state_len >= width-1, any
     float dtype, updated in place; weight (dim, width); bias (dim,); cache_seqlens,
-    conv_state_indices (batch,) int64 or None. -> out (batch, dim, seqlen) float32."""
+    conv_state_indices (batch,) int64 or None. -> out (batch, dim, seqlen) float32 (CUDA:
+    x's dtype)."""
+    dev = device_of((("x", x), ("conv_state", conv_state), ("weight", weight), ("bias", bias),
+                     ("cache_seqlens", cache_seqlens),
+                     ("conv_state_indices", conv_state_indices)))
     batch, dim, seqlen = x.shape
     width, state_len = weight.shape[1], conv_state.shape[2]
     idx = conv_state_indices
@@ -191,10 +200,12 @@ def causal_conv1d_update_op(x: Tensor, conv_state: Tensor, weight: Tensor,
         prev = rows[:, :, state_len - (width - 1):]
     else:
         pos = torch.remainder(cache_seqlens[:, None]
-                              + torch.arange(-(width - 1), 0, dtype=torch.int64), state_len)
+                              + torch.arange(-(width - 1), 0, dtype=torch.int64, device=dev),
+                              state_len)
         prev = rows.gather(2, pos[:, None, :].expand(batch, dim, width - 1))
-    y = _k.causal_conv1d(_f32(x), _f32(weight), _f32(bias), "silu" if silu else None,
-                         _f32(prev))
+    with on_device(dev):
+        y = tensor(_k.causal_conv1d(arg(x), arg(weight), arg(bias), "silu" if silu else None,
+                                    arg(prev)), dev)
     xs = x.detach().to(conv_state.dtype)
     if cache_seqlens is None:
         new = torch.cat([rows, xs], dim=2)[:, :, -state_len:]
@@ -202,7 +213,7 @@ def causal_conv1d_update_op(x: Tensor, conv_state: Tensor, weight: Tensor,
         # only the last state_len tokens survive; their slots are then distinct
         k = min(seqlen, state_len)
         slots = torch.remainder(cache_seqlens[:, None]
-                                + torch.arange(seqlen - k, seqlen, dtype=torch.int64),
+                                + torch.arange(seqlen - k, seqlen, dtype=torch.int64, device=dev),
                                 state_len)
         new = rows.clone()
         new.scatter_(2, slots[:, None, :].expand(batch, dim, k), xs[:, :, seqlen - k:])
@@ -210,12 +221,12 @@ def causal_conv1d_update_op(x: Tensor, conv_state: Tensor, weight: Tensor,
         conv_state.copy_(new)
     else:
         conv_state.index_copy_(0, idx, new)
-    return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+    return y
 
 
 @causal_conv1d_update_op.register_fake
 def _(x, conv_state, weight, bias, silu, cache_seqlens, conv_state_indices):
-    return x.new_empty(x.shape, dtype=torch.float32)
+    return x.new_empty(x.shape, dtype=act_dtype(x))
 
 
 def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor,
@@ -231,13 +242,14 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor,
     circular buffer, x is written at slots cache_seqlens % state_len onward and the width-1
     inputs before it are read from the slots before that. conv_state_indices (batch,) int:
     batch entry b uses row conv_state_indices[b] of a larger conv_state. Returns out with
-    x's shape and dtype (float32 arithmetic). CPU tensors only.
+    x's shape and dtype (float32 arithmetic). CPU or CUDA tensors, all on one device.
     """
     if activation not in (None, "silu", "swish"):
         raise NotImplementedError(f'activation: expected None, "silu" or "swish", got '
                                   f"{activation!r}")
+    device_of((("x", x), ("conv_state", conv_state), ("weight", weight), ("bias", bias),
+               ("cache_seqlens", cache_seqlens), ("conv_state_indices", conv_state_indices)))
     for name, t in (("x", x), ("conv_state", conv_state), ("weight", weight), ("bias", bias)):
-        _cpu(name, t)
         if t is not None and not t.dtype.is_floating_point:
             raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
     unsqueeze = x.dim() == 2
@@ -260,7 +272,6 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor,
     idx = _indices("conv_state_indices", conv_state_indices, batch, conv_state.shape[0])
     seq = None
     if cache_seqlens is not None:
-        _cpu("cache_seqlens", cache_seqlens)
         if cache_seqlens.dtype.is_floating_point or cache_seqlens.dtype == torch.bool:
             raise TypeError(f"cache_seqlens: expected an integer tensor, got "
                             f"{cache_seqlens.dtype}")

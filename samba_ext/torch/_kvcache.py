@@ -1,10 +1,13 @@
-"""flash-attn's ``flash_attn_with_kvcache`` over the CPU C attention forward (no autograd).
+"""flash-attn's ``flash_attn_with_kvcache`` over samba_ext's attention forward (no autograd).
 
-The new keys/values are written into the caches in place, then each batch row attends to
-its valid cache positions through :func:`samba_ext.grad.attention_fwd` (GQA, bottom-right
-aligned causality, two-sided windows, softcap, log-sum-exp), float32 arithmetic. Registered
-as the torch.library op ``samba_ext::attention_kvcache`` (mutating k_cache and v_cache) with
-a fake implementation. The argument rules live in :mod:`._kvcache_args`.
+The new keys/values are written into the caches in place (torch indexing on the caches'
+device), then each batch row attends to its valid cache positions through
+:func:`samba_ext.grad.attention_fwd` (GQA, bottom-right aligned causality, two-sided windows,
+softcap, log-sum-exp), float32 arithmetic: the C kernel for CPU tensors, the CUDA kernel for
+CUDA tensors (no host copies of the data; the per-row lengths and indices are read to the
+host once per call, one synchronization). Registered as the torch.library op
+``samba_ext::attention_kvcache`` (mutating k_cache and v_cache) with a fake implementation.
+The argument rules live in :mod:`._kvcache_args`.
 """
 from __future__ import annotations
 
@@ -14,22 +17,34 @@ import torch
 from torch import Tensor
 
 from .. import grad as _grad
+from . import _cuda_limits
+from ._device import arg, device_of, is_cuda, on_device, tensor
 from ._kvcache_args import check
 from ._rotary import apply_rotary_table
 
 
 def _slots(b: int, start: int, stop: int, row: int, block_table: Optional[Tensor],
-           block_size: int) -> tuple[Tensor, Tensor]:
-    """(cache rows, offsets) of logical positions start..stop-1 of batch row b: row ``row``
-    of a contiguous cache, or the blocks of block_table[b] of a paged one."""
-    pos = torch.arange(start, stop, dtype=torch.int64)
+           block_size: int) -> Any:
+    """Index of logical positions start..stop-1 of batch row b into a cache: row ``row`` of
+    a contiguous cache (basic slicing: reads give views), or (blocks, offsets) tensors
+    through block_table[b] of a paged one."""
     if block_table is None:
-        return torch.full_like(pos, row), pos
+        return row, slice(start, stop)
+    pos = torch.arange(start, stop, dtype=torch.int64, device=block_table.device)
     return block_table[b, pos // block_size], pos % block_size
 
 
-def _np32(t: Tensor):
-    return t.detach().to(torch.float32).contiguous().numpy()
+def _attend(q: Tensor, k: Tensor, v: Tensor, softmax_scale: float, window: tuple[int, int],
+            softcap: float) -> tuple[Tensor, Tensor]:
+    """One batch row: q (1, Lq, H, hd), k, v (1, n, Hkv, hd) -> (out, lse) float32 on q's
+    device (CPU: the float32 arrays of the tensors; CUDA: the tensors as they are)."""
+    dev = q.device
+    if not is_cuda(dev):
+        q, k, v = (t.detach().to(torch.float32) for t in (q, k, v))
+    with on_device(dev):
+        out, lse = _grad.attention_fwd(arg(q), arg(k), arg(v), softmax_scale, False, window,
+                                       softcap)
+        return tensor(out, dev), tensor(lse, dev)
 
 
 @torch.library.custom_op("samba_ext::attention_kvcache", mutates_args=("k_cache", "v_cache"))
@@ -44,35 +59,42 @@ def attention_kvcache_op(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optiona
     (batch,) tensor, causality folded into window_right = 0).
     -> (out (batch, seqlen_q, nheads, headdim) float32, lse (batch, nheads, seqlen_q) float32)
     """
+    dev = device_of((("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("k", k), ("v", v),
+                     ("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin),
+                     ("cache_seqlens", cache_seqlens), ("cache_batch_idx", cache_batch_idx),
+                     ("cache_leftpad", cache_leftpad), ("block_table", block_table)))
+    if is_cuda(dev):
+        _cuda_limits.attention_heads(q)   # one attention call per batch row
     batch, seqlen_q = q.shape[0], q.shape[1]
     seqlen_new = 0 if k is None else k.shape[1]
     block_size = k_cache.shape[1]
-    seq = [int(s) for s in cache_seqlens]
-    rows = list(range(batch)) if cache_batch_idx is None else [int(r) for r in cache_batch_idx]
+    # the per-row lengths and rows drive the host loop below: read once (on CUDA one sync)
+    seq = cache_seqlens.tolist()
+    rows = list(range(batch)) if cache_batch_idx is None else cache_batch_idx.tolist()
+    pads = [0] * batch if cache_leftpad is None else cache_leftpad.tolist()
     if k is not None and v is not None:
         if rotary_cos is not None and rotary_sin is not None:
-            pos = cache_seqlens[:, None] + torch.arange(seqlen_new, dtype=torch.int64)
+            pos = cache_seqlens[:, None] + torch.arange(seqlen_new, dtype=torch.int64,
+                                                        device=dev)
             k = apply_rotary_table(k, rotary_cos, rotary_sin, pos, rotary_interleaved)
         kw, vw = k.detach().to(k_cache.dtype), v.detach().to(v_cache.dtype)
         for b in range(batch):
-            r, o = _slots(b, seq[b], seq[b] + seqlen_new, rows[b], block_table, block_size)
-            k_cache[r, o] = kw[b]
-            v_cache[r, o] = vw[b]
+            at = _slots(b, seq[b], seq[b] + seqlen_new, rows[b], block_table, block_size)
+            k_cache[at] = kw[b]
+            v_cache[at] = vw[b]
     if rotary_cos is not None and rotary_sin is not None:
-        steps = torch.arange(seqlen_q, dtype=torch.int64) if rotary_q_per_token else \
-            torch.zeros(seqlen_q, dtype=torch.int64)
+        steps = torch.arange(seqlen_q, dtype=torch.int64, device=dev) if rotary_q_per_token \
+            else torch.zeros(seqlen_q, dtype=torch.int64, device=dev)
         q = apply_rotary_table(q, rotary_cos, rotary_sin, cache_seqlens[:, None] + steps,
                                rotary_interleaved)
     out = q.new_empty(q.shape, dtype=torch.float32)
     lse = q.new_empty((batch, q.shape[2], seqlen_q), dtype=torch.float32)
     for b in range(batch):
-        start = 0 if cache_leftpad is None else int(cache_leftpad[b])
-        r, o = _slots(b, start, seq[b] + seqlen_new, rows[b], block_table, block_size)
-        ob, lb = _grad.attention_fwd(_np32(q[b:b + 1]), _np32(k_cache[r, o][None]),
-                                     _np32(v_cache[r, o][None]), softmax_scale, False,
-                                     (window_left, window_right), softcap)
-        out[b] = torch.from_numpy(ob[0])
-        lse[b] = torch.from_numpy(lb[0])
+        at = _slots(b, pads[b], seq[b] + seqlen_new, rows[b], block_table, block_size)
+        ob, lb = _attend(q[b:b + 1], k_cache[at][None], v_cache[at][None], softmax_scale,
+                         (window_left, window_right), softcap)
+        out[b] = ob[0]
+        lse[b] = lb[0]
     # a query that sees no key: out 0 and, as flash-attn reports it, lse = +inf
     lse[lse == float("-inf")] = float("inf")
     return out, lse
@@ -122,8 +144,12 @@ def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor,
     Returns out (batch, seqlen_q, nheads, headdim) in q's dtype, and with
     return_softmax_lse also lse (batch, nheads, seqlen_q) float32 (natural log of the softmax
     normalizer); a query that sees no key gets out 0 and lse +inf, as flash-attn.
-    Forward only (no autograd, as flash-attn's). CPU tensors, float32 arithmetic.
-    Not supported (NotImplementedError): alibi_slopes, num_splits > 1, CUDA tensors. Also
+    Forward only (no autograd, as flash-attn's). CPU or CUDA tensors, all on one device
+    (the integer tensors too), float32 arithmetic. On CUDA the new keys are written and the
+    rows gathered by torch indexing on the device; the lengths and indices are read to the
+    host once per call (one synchronization) to drive one attention call per batch row.
+    Not supported (NotImplementedError): alibi_slopes, num_splits > 1; on CUDA headdim > 256.
+    Also
     refused (ValueError): an index or length out of the cache, k without cache_seqlens,
     repeated cache_batch_idx (or shared block slots) when writing.
     """

@@ -1,9 +1,11 @@
 """Argument checks of flash_attn_with_kvcache: every rule, before any cache row is written.
 
 :func:`check` validates the arguments and returns them normalized (integer tensors as
-int64, cache_seqlens as a (batch,) tensor, the window with causality folded in). Wrong
-kinds raise TypeError, wrong shapes or values ValueError, arguments this CPU implementation
-does not support NotImplementedError; each message starts with the argument's name.
+int64, cache_seqlens as a (batch,) tensor on q's device, the window with causality folded
+in). Wrong kinds raise TypeError, wrong shapes or values and tensors on another device than
+q's ValueError, arguments this implementation does not support NotImplementedError; each
+message starts with the argument's name. On CUDA the range checks read small reductions of
+the index tensors to the host (synchronizing).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..ops import checks as ck
+from ._device import check_kind
 
 
 class KvArgs(NamedTuple):
@@ -28,27 +31,31 @@ class KvArgs(NamedTuple):
     rotary_q_per_token: bool           # q rotated at cache_seqlens + i (else all at + 0)
 
 
-def _cpu(name: str, t: Optional[Tensor]) -> None:
-    if t is not None and t.device.type != "cpu":
-        raise NotImplementedError(f"{name}: is on device {t.device}; samba_ext.torch's "
-                                  "flash_attn_with_kvcache runs on CPU tensors only")
+def _device(name: str, t: Optional[Tensor], device: torch.device) -> None:
+    """t (when given) lives on q's device (CPU or CUDA)."""
+    if t is None:
+        return
+    check_kind(name, t.device)
+    if t.device != device:
+        raise ValueError(f"{name}: is on {t.device} but q is on {device}; pass all tensors "
+                         "on one device")
 
 
-def _floats(name: str, t: Tensor, layout: str) -> None:
+def _floats(name: str, t: Tensor, layout: str, device: torch.device) -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor {layout}, got {type(t).__name__}")
-    _cpu(name, t)
+    _device(name, t, device)
     if not t.dtype.is_floating_point:
         raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
     if t.dim() != 4:
         raise ValueError(f"{name}: expected a 4-D tensor {layout}, got shape {tuple(t.shape)}")
 
 
-def _ints(name: str, t: Any, shape: tuple) -> Tensor:
+def _ints(name: str, t: Any, shape: tuple, device: torch.device) -> Tensor:
     if not isinstance(t, Tensor):
         raise TypeError(f"{name}: expected an integer tensor of shape {shape}, got "
                         f"{type(t).__name__}")
-    _cpu(name, t)
+    _device(name, t, device)
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise TypeError(f"{name}: expected an integer tensor (int32/int64), got {t.dtype}")
     if tuple(t.shape) != shape:
@@ -91,13 +98,17 @@ def check(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor],
     splits = ck.int_scalar(num_splits, "num_splits", lo=0)
     if splits > 1:
         raise NotImplementedError(f"num_splits: only 0 (automatic) and 1 are supported; the "
-                                  f"CPU kernel does not split the keys, got {splits}")
-    _floats("q", q, "(batch, seqlen_q, nheads, headdim)")
+                                  f"kernels do not split the keys, got {splits}")
+    if not isinstance(q, Tensor):
+        raise TypeError(f"q: expected a torch.Tensor (batch, seqlen_q, nheads, headdim), got "
+                        f"{type(q).__name__}")
+    dev = q.device
+    _floats("q", q, "(batch, seqlen_q, nheads, headdim)", dev)
     paged = block_table is not None
     layout = ("(num_blocks, page_block_size, nheads_k, headdim)" if paged else
               "(batch_cache, seqlen_cache, nheads_k, headdim)")
-    _floats("k_cache", k_cache, layout)
-    _floats("v_cache", v_cache, layout)
+    _floats("k_cache", k_cache, layout, dev)
+    _floats("v_cache", v_cache, layout, dev)
     batch, _, nheads, hd = q.shape
     if tuple(v_cache.shape) != tuple(k_cache.shape):
         raise ValueError(f"v_cache: expected k_cache's shape {tuple(k_cache.shape)}, got "
@@ -115,8 +126,8 @@ def check(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor],
                          f"{missing} is None")
     seqlen_new = 0
     if k is not None:
-        _floats("k", k, "(batch, seqlen_new, nheads_k, headdim)")
-        _floats("v", v, "(batch, seqlen_new, nheads_k, headdim)")
+        _floats("k", k, "(batch, seqlen_new, nheads_k, headdim)", dev)
+        _floats("v", v, "(batch, seqlen_new, nheads_k, headdim)", dev)
         seqlen_new = k.shape[1]
         want = (batch, seqlen_new, nheads_k, hd)
         for name, t in (("k", k), ("v", v)):
@@ -134,7 +145,7 @@ def check(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor],
         if block_table.dim() != 2 or block_table.shape[0] != batch:
             raise ValueError(f"block_table: expected shape (batch, max_num_blocks_per_seq) = "
                              f"({batch}, n), got {tuple(block_table.shape)}")
-        table = _ints("block_table", block_table, tuple(block_table.shape))
+        table = _ints("block_table", block_table, tuple(block_table.shape), dev)
         _in_range("block_table", table, 0, k_cache.shape[0] - 1, "block indices of k_cache")
         capacity = table.shape[1] * k_cache.shape[1]
     else:
@@ -142,7 +153,7 @@ def check(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor],
         capacity = k_cache.shape[1]
     idx = None
     if cache_batch_idx is not None:
-        idx = _ints("cache_batch_idx", cache_batch_idx, (batch,))
+        idx = _ints("cache_batch_idx", cache_batch_idx, (batch,), dev)
         _in_range("cache_batch_idx", idx, 0, k_cache.shape[0] - 1, "rows of k_cache")
         if k is not None and torch.unique(idx).numel() != batch:
             raise ValueError("cache_batch_idx: indices must be distinct when k and v are "
@@ -152,25 +163,25 @@ def check(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor],
                          f"q's batch ({batch}) without cache_batch_idx")
 
     if cache_seqlens is None:
-        seqlens = torch.full((batch,), capacity, dtype=torch.int64)
+        seqlens = torch.full((batch,), capacity, dtype=torch.int64, device=dev)
     elif isinstance(cache_seqlens, Tensor):
-        seqlens = _ints("cache_seqlens", cache_seqlens, (batch,))
+        seqlens = _ints("cache_seqlens", cache_seqlens, (batch,), dev)
     else:
         n = ck.int_scalar(cache_seqlens, "cache_seqlens", expected="an int >= 0 or an "
                           "integer tensor (batch,)")
-        seqlens = torch.full((batch,), n, dtype=torch.int64)
+        seqlens = torch.full((batch,), n, dtype=torch.int64, device=dev)
     _in_range("cache_seqlens", seqlens, 0, capacity - seqlen_new,
               f"the cache holds {capacity} positions per row"
               + (f", {seqlen_new} of them for the new keys" if seqlen_new else ""))
     pad = None
     if cache_leftpad is not None:
-        pad = _ints("cache_leftpad", cache_leftpad, (batch,))
+        pad = _ints("cache_leftpad", cache_leftpad, (batch,), dev)
         if pad.numel() and (int(pad.min()) < 0 or bool((pad > seqlens).any())):
             raise ValueError("cache_leftpad: expected 0 <= cache_leftpad[b] <= "
                              "cache_seqlens[b] (the first valid key of each row)")
     if table is not None and k is not None:
         # the positions each row writes must not share a slot with another row's
-        pos = seqlens[:, None] + torch.arange(seqlen_new)
+        pos = seqlens[:, None] + torch.arange(seqlen_new, device=dev)
         bs = k_cache.shape[1]
         slots = table.gather(1, pos // bs) * bs + pos % bs
         if torch.unique(slots).numel() != slots.numel():
@@ -185,10 +196,10 @@ def check(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor],
             raise ValueError("rotary_cos: the rotary embedding applies to new keys; it needs "
                              "k and v")
         for name, t in (("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin)):
-            _cpu(name, t)
             if not isinstance(t, Tensor) or not t.dtype.is_floating_point or t.dim() != 2:
                 raise TypeError(f"{name}: expected a 2-D floating-point tensor (seqlen_ro, "
                                 "rotary_dim / 2)")
+            _device(name, t, dev)
         if tuple(rotary_sin.shape) != tuple(rotary_cos.shape):
             raise ValueError(f"rotary_sin: expected rotary_cos's shape "
                              f"{tuple(rotary_cos.shape)}, got {tuple(rotary_sin.shape)}")

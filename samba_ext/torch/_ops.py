@@ -1,42 +1,34 @@
-"""torch.library custom ops (forward + backward) over the CPU C kernels, with autograd.
+"""torch.library custom ops (forward + backward) over the samba_ext kernels, with autograd.
 
-Each op converts its CPU tensors to NumPy without a copy where they are float32 and
-contiguous (other float dtypes are converted to float32 by the kernels), calls
-samba_ext.kernels / samba_ext.grad, and wraps the float32 results with torch.from_numpy
-(no copy); the public functions in samba_ext.torch cast to the peers' output dtypes.
-Registered with fake (meta) implementations so torch.compile can trace them as single
-graph nodes. CUDA tensors raise NotImplementedError (the CUDA backward is not written yet).
+Each op hands its tensors to samba_ext.kernels / samba_ext.grad through :mod:`._device`:
+CPU tensors as NumPy arrays (the C kernels; float32 results), CUDA tensors as they are (the
+CUDA kernels, read in place through DLPack; results wrapped with torch.from_dlpack, on the
+current torch stream). Output dtypes: the CPU kernels return float32; the CUDA kernels write
+the outputs that follow an input (y, out, du, ddelta, dz, dx, dq, dk, dv) in that input's
+dtype (float32 / float16 / bfloat16; float64 inputs are computed as float32) and states,
+lse and parameter gradients in float32 (:func:`._device.act_dtype`). The public functions
+in samba_ext.torch cast to the peers' output dtypes. Registered with fake implementations
+that follow the same rules, so torch.compile traces each op as one graph node on either
+device. All tensors of one call must be on one device (ValueError naming the argument).
 """
 from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from .. import grad as _grad
 from .. import kernels as _k
+from . import _cuda_limits
+from ._device import act_dtype, arg, device_of, is_cuda, on_device, tensor
 
 
-def _np(t: Optional[Tensor], name: str) -> Optional[np.ndarray]:
+def _like(t: Optional[Tensor], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Fake of a gradient of input t (empty placeholder when t was not given)."""
     if t is None:
-        return None
-    if t.device.type != "cpu":
-        raise NotImplementedError(
-            f"{name}: is on {t.device}; samba_ext.torch runs on CPU tensors only so far "
-            "(the CUDA backward is not implemented)")
-    a = t.detach()
-    if a.dtype == torch.bfloat16:
-        a = a.float()
-    return a.contiguous().numpy()
-
-
-def _t(a: Optional[np.ndarray]) -> Tensor:
-    """float32 ndarray -> tensor sharing its memory; None -> an empty placeholder."""
-    if a is None:
-        return torch.empty(0)
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+        return torch.empty(0, device=device)
+    return t.new_empty(t.shape, dtype=dtype)
 
 
 # -------------------------------------------------------------------- selective scan ---
@@ -44,17 +36,22 @@ def _t(a: Optional[np.ndarray]) -> Tensor:
 def selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                       D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
                       delta_softplus: bool) -> tuple[Tensor, Tensor]:
-    """-> (y (batch, dim, L) float32, last_state (batch, dim, dstate) float32)"""
-    y, last = _k.selective_scan(_np(u, "u"), _np(delta, "delta"), _np(A, "A"), _np(B, "B"),
-                                _np(C, "C"), _np(D, "D"), _np(z, "z"),
-                                _np(delta_bias, "delta_bias"), delta_softplus,
-                                return_last_state=True)
-    return _t(y), _t(last)
+    """-> (y (batch, dim, L) float32 (CUDA: u's dtype), last_state (batch, dim, dstate)
+    float32)"""
+    dev = device_of((("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D),
+                     ("z", z), ("delta_bias", delta_bias)))
+    if is_cuda(dev):
+        _cuda_limits.scan(A)
+    with on_device(dev):
+        y, last = _k.selective_scan(arg(u), arg(delta), arg(A), arg(B), arg(C), arg(D),
+                                    arg(z), arg(delta_bias), delta_softplus,
+                                    return_last_state=True)
+        return tensor(y, dev), tensor(last, dev)
 
 
 @selective_scan_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    return (u.new_empty(u.shape, dtype=torch.float32),
+    return (u.new_empty(u.shape, dtype=act_dtype(u)),
             u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=torch.float32))
 
 
@@ -65,22 +62,27 @@ def selective_scan_backward_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C
                                dout: Tensor, dlast_state: Optional[Tensor]
                                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                           Tensor, Tensor]:
-    """-> (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias); empty tensors for inputs not given"""
-    g = _grad.selective_scan_bwd(
-        _np(u, "u"), _np(delta, "delta"), _np(A, "A"), _np(B, "B"), _np(C, "C"), _np(D, "D"),
-        _np(z, "z"), _np(delta_bias, "delta_bias"), delta_softplus, dout=_np(dout, "dout"),
-        dlast_state=_np(dlast_state, "dlast_state"))
-    return (_t(g.du), _t(g.ddelta), _t(g.dA), _t(g.dB), _t(g.dC), _t(g.dD), _t(g.dz),
-            _t(g.ddelta_bias))
+    """-> (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias); empty tensors for inputs not given;
+    float32, except du, ddelta, dz on CUDA: the dtypes of u, delta, z"""
+    dev = device_of((("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D),
+                     ("z", z), ("delta_bias", delta_bias), ("dout", dout),
+                     ("dlast_state", dlast_state)))
+    if is_cuda(dev):
+        _cuda_limits.scan_backward(A, B, u.shape[0])
+    with on_device(dev):
+        g = _grad.selective_scan_bwd(
+            arg(u), arg(delta), arg(A), arg(B), arg(C), arg(D), arg(z), arg(delta_bias),
+            delta_softplus, dout=arg(dout), dlast_state=arg(dlast_state))
+        return tuple(tensor(a, dev) for a in (g.du, g.ddelta, g.dA, g.dB, g.dC, g.dD, g.dz,
+                                              g.ddelta_bias))
 
 
 @selective_scan_backward_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, dout, dlast_state):
-    def like(t):
-        return (torch.empty(0, device=u.device) if t is None
-                else t.new_empty(t.shape, dtype=torch.float32))
-    return (like(u), like(delta), like(A), like(B), like(C), like(D), like(z),
-            like(delta_bias))
+    f32, dev = torch.float32, u.device
+    return (_like(u, act_dtype(u), dev), _like(delta, act_dtype(delta), dev),
+            _like(A, f32, dev), _like(B, f32, dev), _like(C, f32, dev), _like(D, f32, dev),
+            _like(z, None if z is None else act_dtype(z), dev), _like(delta_bias, f32, dev))
 
 
 def _scan_setup(ctx, inputs, output):
@@ -105,16 +107,19 @@ selective_scan_op.register_autograd(_scan_backward, setup_context=_scan_setup)
 @torch.library.custom_op("samba_ext::causal_conv1d", mutates_args=())
 def causal_conv1d_op(x: Tensor, weight: Tensor, bias: Optional[Tensor],
                      initial_states: Optional[Tensor], silu: bool) -> tuple[Tensor, Tensor]:
-    """-> (y (batch, dim, L) float32, final_states (batch, dim, width-1) float32)"""
-    y, fin = _k.causal_conv1d(_np(x, "x"), _np(weight, "weight"), _np(bias, "bias"),
-                              "silu" if silu else None, _np(initial_states, "initial_states"),
-                              return_final_states=True)
-    return _t(y), _t(fin)
+    """-> (y (batch, dim, L) float32 (CUDA: x's dtype), final_states (batch, dim, width-1)
+    float32)"""
+    dev = device_of((("x", x), ("weight", weight), ("bias", bias),
+                     ("initial_states", initial_states)))
+    with on_device(dev):
+        y, fin = _k.causal_conv1d(arg(x), arg(weight), arg(bias), "silu" if silu else None,
+                                  arg(initial_states), return_final_states=True)
+        return tensor(y, dev), tensor(fin, dev)
 
 
 @causal_conv1d_op.register_fake
 def _(x, weight, bias, initial_states, silu):
-    return (x.new_empty(x.shape, dtype=torch.float32),
+    return (x.new_empty(x.shape, dtype=act_dtype(x)),
             x.new_empty((x.shape[0], x.shape[1], weight.shape[1] - 1), dtype=torch.float32))
 
 
@@ -123,20 +128,23 @@ def causal_conv1d_backward_op(x: Tensor, weight: Tensor, bias: Optional[Tensor],
                               initial_states: Optional[Tensor], silu: bool, dy: Tensor,
                               dfinal_states: Optional[Tensor]
                               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """-> (dx, dweight, dbias, dinitial_states); empty tensors for inputs not given"""
-    g = _grad.causal_conv1d_bwd(_np(x, "x"), _np(weight, "weight"), _np(bias, "bias"),
-                                "silu" if silu else None, _np(initial_states, "initial_states"),
-                                dy=_np(dy, "dy"), dfinal_states=_np(dfinal_states,
-                                                                    "dfinal_states"))
-    return _t(g.dx), _t(g.dweight), _t(g.dbias), _t(g.dinitial_states)
+    """-> (dx, dweight, dbias, dinitial_states); empty tensors for inputs not given;
+    float32, except dx on CUDA: x's dtype"""
+    dev = device_of((("x", x), ("weight", weight), ("bias", bias),
+                     ("initial_states", initial_states), ("dy", dy),
+                     ("dfinal_states", dfinal_states)))
+    with on_device(dev):
+        g = _grad.causal_conv1d_bwd(arg(x), arg(weight), arg(bias), "silu" if silu else None,
+                                    arg(initial_states), dy=arg(dy),
+                                    dfinal_states=arg(dfinal_states))
+        return tuple(tensor(a, dev) for a in (g.dx, g.dweight, g.dbias, g.dinitial_states))
 
 
 @causal_conv1d_backward_op.register_fake
 def _(x, weight, bias, initial_states, silu, dy, dfinal_states):
-    def like(t):
-        return (torch.empty(0, device=x.device) if t is None
-                else t.new_empty(t.shape, dtype=torch.float32))
-    return like(x), like(weight), like(bias), like(initial_states)
+    f32, dev = torch.float32, x.device
+    return (_like(x, act_dtype(x), dev), _like(weight, f32, dev), _like(bias, f32, dev),
+            _like(initial_states, f32, dev))
 
 
 def _conv_setup(ctx, inputs, output):
@@ -159,15 +167,20 @@ causal_conv1d_op.register_autograd(_conv_backward, setup_context=_conv_setup)
 @torch.library.custom_op("samba_ext::attention", mutates_args=())
 def attention_op(q: Tensor, k: Tensor, v: Tensor, softmax_scale: float, window_left: int,
                  window_right: int, softcap: float) -> tuple[Tensor, Tensor]:
-    """-> (out (batch, Lq, H, hd) float32, lse (batch, H, Lq) float32); window -1 = none"""
-    out, lse = _grad.attention_fwd(_np(q, "q"), _np(k, "k"), _np(v, "v"), softmax_scale,
-                                   False, (window_left, window_right), softcap)
-    return _t(out), _t(lse)
+    """-> (out (batch, Lq, H, hd) float32 (CUDA: q's dtype), lse (batch, H, Lq) float32);
+    window -1 = none"""
+    dev = device_of((("q", q), ("k", k), ("v", v)))
+    if is_cuda(dev):
+        _cuda_limits.attention(q, k)
+    with on_device(dev):
+        out, lse = _grad.attention_fwd(arg(q), arg(k), arg(v), softmax_scale, False,
+                                       (window_left, window_right), softcap)
+        return tensor(out, dev), tensor(lse, dev)
 
 
 @attention_op.register_fake
 def _(q, k, v, softmax_scale, window_left, window_right, softcap):
-    return (q.new_empty(q.shape, dtype=torch.float32),
+    return (q.new_empty(q.shape, dtype=act_dtype(q)),
             q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32))
 
 
@@ -175,19 +188,23 @@ def _(q, k, v, softmax_scale, window_left, window_right, softcap):
 def attention_backward_op(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                           dout: Tensor, softmax_scale: float, window_left: int,
                           window_right: int, softcap: float) -> tuple[Tensor, Tensor, Tensor]:
-    """-> (dq, dk, dv) float32"""
-    dq, dk, dv = _grad.attention_bwd(_np(q, "q"), _np(k, "k"), _np(v, "v"), softmax_scale,
-                                     False, (window_left, window_right), softcap,
-                                     dout=_np(dout, "dout"), out=_np(out, "out"),
-                                     lse=_np(lse, "lse"))
-    return _t(dq), _t(dk), _t(dv)
+    """-> (dq, dk, dv) float32 (CUDA: the dtypes of q, k, v)"""
+    dev = device_of((("q", q), ("k", k), ("v", v), ("out", out), ("lse", lse),
+                     ("dout", dout)))
+    if is_cuda(dev):
+        _cuda_limits.attention(q, k)
+    with on_device(dev):
+        dq, dk, dv = _grad.attention_bwd(arg(q), arg(k), arg(v), softmax_scale, False,
+                                         (window_left, window_right), softcap,
+                                         dout=arg(dout), out=arg(out), lse=arg(lse))
+        return tensor(dq, dev), tensor(dk, dev), tensor(dv, dev)
 
 
 @attention_backward_op.register_fake
 def _(q, k, v, out, lse, dout, softmax_scale, window_left, window_right, softcap):
-    return (q.new_empty(q.shape, dtype=torch.float32),
-            k.new_empty(k.shape, dtype=torch.float32),
-            v.new_empty(v.shape, dtype=torch.float32))
+    return (q.new_empty(q.shape, dtype=act_dtype(q)),
+            k.new_empty(k.shape, dtype=act_dtype(k)),
+            v.new_empty(v.shape, dtype=act_dtype(v)))
 
 
 def _attn_setup(ctx, inputs, output):
