@@ -58,6 +58,14 @@ class Backend:
         """The prefill chunk size when the caller gives none: ``default_chunk_size``."""
         return self.default_chunk_size
 
+    def mlp_width(self, intermediate_size: int) -> int:
+        """The SwiGLU hidden width the model's weights are laid out with on this backend:
+        ``intermediate_size`` itself (the default), or more when the backend pads it (zero
+        rows of the gate/up weights and zero columns of the down weight: the padded hidden
+        units are silu(0) * 0 = 0 and add nothing). The config and the weights read back
+        (:meth:`Samba.state_dict`) keep ``intermediate_size``."""
+        return int(intermediate_size)
+
     # ------------------------------------------------------------------ decode steps ---
     def step_key(self, tag: Any, arrays: Sequence[Array]) -> Any:
         """A key identifying a decode step's launch sequence (``tag``: the model and batch;

@@ -14,7 +14,12 @@ code path on one GPU through this class:
   attention runs on the tensor cores (csrc/cuda/attention_mma.cu, attention_decode.cu). The
   residual stream (the fused rms_norm + residual add keeps the sum in float32), the SSM and
   conv states, the normalisation arithmetic and the logits (float32 GEMM output) stay float32.
-* GEMMs: cuBLAS (cublasGemmStridedBatchedEx, CUBLAS_COMPUTE_32F).
+* GEMMs: cuBLAS (cublasGemmStridedBatchedEx, CUBLAS_COMPUTE_32F; cuBLASLt when the environment
+  variable ``SAMBA_EXT_GEMM`` is ``lt`` or ``lt-tune``, see csrc/cuda/gemm_lt.cu).
+* The MLP's hidden width is padded to a multiple of ``mlp_pad`` (default 64; the environment
+  variable ``SAMBA_EXT_CUDA_MLP_PAD``; 1 keeps it) with zero weights (:meth:`mlp_width`): an
+  intermediate size such as 8196 would leave the GEMMs' and the SwiGLU's rows unaligned
+  (cuBLAS then falls back to slower kernels). Exact: the padded units are silu(0) * 0 = 0.
 * Nothing is copied to the host inside ``prefill`` / ``step`` except what the caller asks
   for (the logits, when returned as NumPy). Index arrays that are runs of consecutive indices
   (the ring-buffer reads and writes of a prefill chunk) become strided copies, so a prefill
@@ -69,6 +74,23 @@ def _dtname(dtype: Any) -> Optional[str]:
         return check_dtype(dtype)
     k = np.dtype(dtype)
     return "int64" if k.kind in "iu" else check_dtype(k.name if k.itemsize <= 4 else "float32")
+
+
+def _mlp_pad(pad: Any) -> int:
+    """The MLP padding multiple: ``pad``, else $SAMBA_EXT_CUDA_MLP_PAD, else 64 (an int >= 1)."""
+    what = "mlp_pad"
+    if pad is None:
+        env = os.environ.get("SAMBA_EXT_CUDA_MLP_PAD")
+        if env is None or env == "":
+            return 64
+        what = "SAMBA_EXT_CUDA_MLP_PAD"
+        try:
+            pad = int(env)
+        except ValueError:
+            raise ValueError(f"{what}: expected a positive integer, got {env!r}") from None
+    if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 1:
+        raise ValueError(f"{what}: expected a positive integer, got {pad!r}")
+    return int(pad)
 
 
 def _runs(ii: np.ndarray) -> Optional[list]:
@@ -165,7 +187,8 @@ class CUDABackend(Backend):
     name = "cuda"
 
     def __init__(self, device: str = "cuda", weight_dtype: Optional[str] = None,
-                 graphs: bool = True, act_dtype: Optional[str] = None) -> None:
+                 graphs: bool = True, act_dtype: Optional[str] = None,
+                 mlp_pad: Optional[int] = None) -> None:
         self.cu = runtime.require()  # CudaUnavailableError says why when CUDA cannot run
         dev = str(device).lower()
         if dev == "cuda":
@@ -190,6 +213,7 @@ class CUDABackend(Backend):
             raise ValueError(f"act_dtype: expected 'bfloat16' or 'float32', got {ad!r}")
         self.act_dtype = ad
         self.cache_dtype = ad
+        self.mlp_pad = _mlp_pad(mlp_pad)
         self.graphs = bool(graphs)
         self.cu.set_device(idx)
         # A non-blocking stream of our own (the legacy stream cannot be captured). It is never
@@ -205,7 +229,13 @@ class CUDABackend(Backend):
 
     def __repr__(self) -> str:
         return (f"CUDABackend(device={self.device!r}, weight_dtype={self.weight_dtype!r}, "
-                f"act_dtype={self.act_dtype!r}, graphs={self.graphs})")
+                f"act_dtype={self.act_dtype!r}, graphs={self.graphs}, mlp_pad={self.mlp_pad})")
+
+    def mlp_width(self, intermediate_size: int) -> int:
+        """``intermediate_size`` rounded up to a multiple of ``mlp_pad`` (see the module
+        docstring)."""
+        p = self.mlp_pad
+        return (int(intermediate_size) + p - 1) // p * p
 
     # ---------------------------------------------------------------- prefill chunk ---
     def default_chunk(self, cfg: Any, batch: int, length: int) -> int:

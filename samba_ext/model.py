@@ -35,7 +35,8 @@ from .config import SambaConfig
 from .errors import CheckpointError
 from .memory import available_memory, check_chunk, check_memory, memory_needed
 from .state import SambaState, state_signature
-from .weights import expected_shapes, init_state_dict, qkv_grouped_to_split, qkv_split_to_grouped
+from .weights import (expected_shapes, init_state_dict, pad_rows, qkv_grouped_to_split,
+                      qkv_split_to_grouped)
 
 __all__ = ["Samba", "SambaState", "init_state_dict", "expected_shapes", "available_memory"]
 
@@ -176,6 +177,8 @@ class Samba:
         self._head = self._wte if cfg.tie_embeddings else up(f32["lm_head.weight"])
         self._ln_f = up(f32["transformer.ln_f.weight"])
         E, F = cfg.d_inner, cfg.intermediate_size
+        # the backend's MLP width (>= F; the padding is zero weights, see Backend.mlp_width)
+        Fp = self._mlp_width = int(be.mlp_width(F))
         H, G, hd = cfg.n_head, cfg.n_kv_head, cfg.head_dim
         blocks = []
         for i, t in enumerate(cfg.layer_types):
@@ -183,10 +186,10 @@ class Samba:
             b = SimpleNamespace(kind=t)
             b.norm_1 = up(f32[p + "norm_1.weight"])
             b.norm_2 = up(f32[p + "norm_2.weight"])
-            b.w12 = up(np.concatenate([f32[p + "mlp.swiglu.w1.weight"],
-                                       f32[p + "mlp.swiglu.w2.weight"]], axis=0))
-            b.w1, b.w2 = b.w12[:F], b.w12[F:]
-            b.w3 = up(f32[p + "mlp.swiglu.w3.weight"])
+            w1, w2, w3 = (f32[p + f"mlp.swiglu.w{j}.weight"] for j in (1, 2, 3))
+            b.w12 = up(np.concatenate([pad_rows(w1, Fp), pad_rows(w2, Fp)]))
+            b.w1, b.w2 = b.w12[:Fp], b.w12[Fp:]
+            b.w3 = up(np.ascontiguousarray(pad_rows(w3.T, Fp).T))
             if t == "mamba":
                 b.in_proj = up(f32[p + "attn.in_proj.weight"])
                 b.conv_w = up(f32[p + "attn.conv1d.weight"].reshape(E, cfg.d_conv))
@@ -219,10 +222,10 @@ class Samba:
             p = f"transformer.h.{i}."
             sd[p + "norm_1.weight"] = np.array(np_(b.norm_1))
             sd[p + "norm_2.weight"] = np.array(np_(b.norm_2))
-            w12 = np.array(np_(b.w12))
+            w12, Fp = np.array(np_(b.w12)), self._mlp_width   # without the padding
             sd[p + "mlp.swiglu.w1.weight"] = w12[:F].copy()
-            sd[p + "mlp.swiglu.w2.weight"] = w12[F:].copy()
-            sd[p + "mlp.swiglu.w3.weight"] = np.array(np_(b.w3))
+            sd[p + "mlp.swiglu.w2.weight"] = w12[Fp:Fp + F].copy()
+            sd[p + "mlp.swiglu.w3.weight"] = np.ascontiguousarray(np.array(np_(b.w3))[:, :F])
             if b.kind == "mamba":
                 sd[p + "attn.in_proj.weight"] = np.array(np_(b.in_proj))
                 sd[p + "attn.conv1d.weight"] = np.array(np_(b.conv_w)).reshape(E, 1, cfg.d_conv)
@@ -346,7 +349,7 @@ class Samba:
 
     # ------------------------------------------------------------------ the blocks ---
     def _mlp(self, b, n):
-        be, F = self.backend, self.config.intermediate_size
+        be, F = self.backend, self._mlp_width
         if n.ndim == 2:   # decode: one GEMM for gate and up
             gu = be.matmul(n, b.w12, trans_b=True)
             h = be.swiglu(gu[:, :F], gu[:, F:])

@@ -8,7 +8,8 @@ import numpy as np
 
 from .config import SambaConfig
 
-__all__ = ["expected_shapes", "init_state_dict", "qkv_grouped_to_split", "qkv_split_to_grouped"]
+__all__ = ["expected_shapes", "init_state_dict", "pad_rows", "qkv_grouped_to_split",
+           "qkv_split_to_grouped"]
 
 
 def expected_shapes(cfg: SambaConfig) -> dict[str, tuple[int, ...]]:
@@ -113,3 +114,16 @@ def qkv_split_to_grouped(w: np.ndarray, cfg: SambaConfig) -> np.ndarray:
     k = w[H * hd: (H + G) * hd].reshape(G, 1, hd, -1)
     v = w[(H + G) * hd:].reshape(G, 1, hd, -1)
     return np.concatenate([q, k, v], axis=1).reshape(cfg.qkv_size, -1)
+
+
+def pad_rows(a: np.ndarray, rows: int) -> np.ndarray:
+    """2-D ``a`` (r, c) with zero rows appended up to (rows, c); ``a`` itself when r == rows.
+    Used for the MLP padding of a device backend (:meth:`Backend.mlp_width`)."""
+    r = a.shape[0]
+    if rows < r:
+        raise ValueError(f"rows: expected >= {r}, got {rows}")
+    if rows == r:
+        return a
+    out = np.zeros((rows,) + tuple(a.shape[1:]), dtype=a.dtype)
+    out[:r] = a
+    return out

@@ -74,6 +74,58 @@ def test_selective_scan_matches_reference(rng):
     assert_close(y.detach().numpy(), yr.numpy(), 1e-5, "selective_scan_fn vs _ref")
 
 
+def _scan_time_invariant_ref(u, delta, A, B, C):
+    """Plain float64 recurrence with mamba_ssm's non-variable B/C: a 2-D B or C is
+    (dim, dstate), channel d using B[d] at every step; else (batch, [G,] dstate, L)."""
+    b, d, L = u.shape
+
+    def at(m, t):                                  # -> (batch, dim, dstate) at step t
+        if m.dim() == 2:
+            return m[None].expand(b, d, m.shape[1])
+        if m.dim() == 3:                           # (batch, dstate, L): one group
+            m = m[:, None]
+        return m[..., t].repeat_interleave(d // m.shape[1], dim=1)
+    x = u.new_zeros((b, d, A.shape[1]))
+    ys = []
+    for t in range(L):
+        x = torch.exp(delta[:, :, t, None] * A) * x + \
+            (delta[:, :, t] * u[:, :, t])[:, :, None] * at(B, t)
+        ys.append((x * at(C, t)).sum(-1))
+    return torch.stack(ys, dim=2)
+
+
+@pytest.mark.parametrize("which", ["B", "C", "BC"])
+def test_selective_scan_time_invariant_B_C(rng, which):
+    """B and/or C of shape (dim, dstate) (run as ngroups = dim): output and the gradients
+    (summed back to (dim, dstate)) against autograd of the float64 recurrence; rtol 1e-5
+    (float32 kernels, as above)."""
+    b, d, L, N = 2, 6, 9, 4
+    u, delta = t64(rng, b, d, L), t64(rng, b, d, L, scale=0.3, shift=0.5)
+    A = (-torch.exp(torch.tensor(rng.standard_normal((d, N)) * 0.5))).requires_grad_()
+    B = t64(rng, d, N) if "B" in which else t64(rng, b, 3, N, L)
+    C = t64(rng, d, N) if "C" in which else t64(rng, b, N, L)
+    ins = (u, delta, A, B, C)
+    y = st.selective_scan_fn(*ins)
+    yr = _scan_time_invariant_ref(*ins)
+    assert y.shape == (b, d, L)
+    assert_close(y.detach().numpy(), yr.detach().numpy(), 1e-5, "y")
+    dy = torch.tensor(rng.standard_normal(y.shape))
+    g = torch.autograd.grad(y, ins, dy)
+    gr = torch.autograd.grad(yr, ins, dy)
+    for name, a, r, x in zip("u delta A B C".split(), g, gr, ins):
+        assert a.shape == x.shape, name
+        assert_close(a.numpy(), r.numpy(), 1e-5, "d" + name)
+    ys = st.selective_scan_ref(*(t.detach() for t in ins))
+    assert_close(ys.numpy(), yr.detach().numpy(), 1e-12, "selective_scan_ref")
+
+
+def test_selective_scan_time_invariant_B_gradcheck(rng):
+    inp = (t64(rng, 1, 3, 4), t64(rng, 1, 3, 4, scale=0.3, shift=0.5),
+           (-torch.exp(torch.tensor(rng.standard_normal((3, 2)) * 0.5))).requires_grad_(),
+           t64(rng, 3, 2), t64(rng, 3, 2))
+    assert torch.autograd.gradcheck(lambda *a: st.selective_scan_fn(*a), inp, **GC)
+
+
 @pytest.mark.parametrize("activation", [None, "silu"])
 def test_causal_conv1d_gradcheck(rng, activation):
     x, w, b, init = t64(rng, 2, 3, 6), t64(rng, 3, 4), t64(rng, 3), t64(rng, 2, 3, 3)
@@ -125,19 +177,61 @@ def test_dtypes_and_final_states_out(rng):
     assert st.flash_attn_func(q, q, q, causal=True).dtype == torch.float16
 
 
+@pytest.mark.parametrize("causal,window", [(False, (-1, -1)), (True, (-1, -1)),
+                                           (False, (1, 0))])
+def test_flash_attn_return_attn_probs(rng, causal, window):
+    """return_attn_probs=True without dropout -> (out, softmax_lse, None) as flash-attn:
+    out equal to the plain call's, lse (batch, nheads, Lq) float32 against the float64
+    log-sum-exp of the masked scaled scores (float32 kernels: rtol 1e-5, as above), +inf for
+    a query that sees no key (Lq > Lk, causal: bottom-right aligned), detached; gradients of
+    out unchanged by it."""
+    b, lq, lk, h, hkv, hd = 2, 6, 4, 4, 2, 8
+    q, k, v = t64(rng, b, lq, h, hd), t64(rng, b, lk, hkv, hd), t64(rng, b, lk, hkv, hd)
+    out, lse, s = st.flash_attn_func(q, k, v, causal=causal, window_size=window,
+                                     return_attn_probs=True)
+    assert s is None and lse.dtype == torch.float32 and lse.shape == (b, h, lq)
+    assert not lse.requires_grad
+    plain = st.flash_attn_func(q, k, v, causal=causal, window_size=window)
+    assert torch.equal(out, plain)
+    kk = k.detach().repeat_interleave(h // hkv, dim=2)
+    scores = torch.einsum("bihd,bjhd->bhij", q.detach(), kk) / hd ** 0.5
+    i = torch.arange(lq)[:, None] + lk - lq                # query i sits at key position i
+    j = torch.arange(lk)[None, :]
+    left, right = window[0], 0 if causal else window[1]
+    seen = torch.ones(lq, lk, dtype=torch.bool)
+    if left >= 0:
+        seen &= j >= i - left
+    if right >= 0:
+        seen &= j <= i + right
+    ref = torch.logsumexp(scores.masked_fill(~seen, float("-inf")), dim=-1)
+    ref = torch.where(torch.isneginf(ref), float("inf"), ref)
+    fin = torch.isfinite(ref)
+    assert torch.equal(torch.isinf(lse), ~fin) and bool((lse[~fin] > 0).all())
+    assert (~fin).any() == (causal or window != (-1, -1))  # the masked cases do mask a query
+    assert_close(lse[fin].double().numpy(), ref[fin].numpy(), 1e-5, "softmax_lse")
+    dy = torch.tensor(rng.standard_normal(out.shape))
+    g = torch.autograd.grad(out, (q, k, v), dy)
+    gp = torch.autograd.grad(plain, (q, k, v), dy)
+    for a, r in zip(g, gp):
+        assert torch.equal(a, r)
+
+
 def test_unsupported_arguments_raise():
     q = torch.randn(1, 3, 2, 8)
     with pytest.raises(NotImplementedError, match="dropout_p"):
         st.flash_attn_func(q, q, q, dropout_p=0.1)
     with pytest.raises(NotImplementedError, match="alibi_slopes"):
         st.flash_attn_func(q, q, q, alibi_slopes=torch.ones(2))
-    with pytest.raises(NotImplementedError, match="return_attn_probs"):
-        st.flash_attn_func(q, q, q, return_attn_probs=True)
     x = torch.randn(1, 2, 5)
     with pytest.raises(NotImplementedError, match="seq_idx"):
         st.causal_conv1d_fn(x, torch.randn(2, 4), seq_idx=torch.zeros(1, 5, dtype=torch.int32))
     with pytest.raises(NotImplementedError, match="complex"):
         st.selective_scan_fn(x, x, torch.ones(2, 3, dtype=torch.complex64), x, x)
+    with pytest.raises(NotImplementedError, match="B: complex"):
+        st.selective_scan_fn(x, x, -torch.ones(2, 3), torch.ones(2, 3, dtype=torch.complex64),
+                             torch.ones(2, 3))
+    with pytest.raises(ValueError, match="B: a time-invariant"):
+        st.selective_scan_fn(x, x, -torch.ones(2, 3), torch.ones(4, 3), torch.ones(2, 3))
 
 
 def test_opcheck(rng):

@@ -119,6 +119,40 @@ def test_selective_scan(rng, poison, dtype, case):
         assert_close(f64(g), want["d" + k], scan_tol(L) + HALF[dtype_name(inp[k])], "d" + k)
 
 
+@gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_selective_scan_time_invariant_B(rng, poison, dtype):
+    """mamba_ssm's non-variable B (dim, dstate) float32 with a variable C in the activation
+    dtype: run as ngroups = dim stride-0 views (no copy of B). Against the float64
+    references with B broadcast to (batch, dim, dstate, L); dB is their gradient summed over
+    batch and L: per element within scan_tol + HALF, the sum of b * L random-signed terms
+    cancels partly, hence twice that bound (relative norm)."""
+    b, d, L, N = 2, 24, 67, 16
+    u = gpu_tensor(rng, (b, d, L), dtype, grad=True)
+    delta = gpu_tensor(rng, (b, d, L), dtype, 0.5, grad=True)
+    A = (-torch.exp(gpu_tensor(rng, (d, N), scale=0.5))).detach().requires_grad_()
+    B = gpu_tensor(rng, (d, N), grad=True)
+    C = gpu_tensor(rng, (b, N, L), dtype, grad=True)
+    y = st.selective_scan_fn(u, delta, A, B, C, delta_softplus=True)
+    on_gpu_as(y, u)
+    Bx = np.broadcast_to(f64(B)[None, :, :, None], (b, d, N, L))
+    Cx = np.broadcast_to(f64(C)[:, None], (b, d, N, L))
+    ref = dict(u=f64(u), delta=f64(delta), A=f64(A), B=Bx, C=Cx)
+    assert_close(f64(y), selective_scan_ref(**ref, delta_softplus=True),
+                 scan_tol(L) + HALF[dtype], "y")
+    dy = gpu_tensor(rng, (b, d, L), dtype)
+    got = torch.autograd.grad(y, (u, delta, A, B, C), dy)
+    want = selective_scan_bwd_ref(**ref, D=None, z=None, delta_bias=None, delta_softplus=True,
+                                  dout=f64(dy))
+    for k, g, x in zip("u delta A".split(), got, (u, delta, A)):
+        on_gpu_as(g, x)
+        assert_close(f64(g), want["d" + k], scan_tol(L) + HALF[dtype_name(x)], "d" + k)
+    on_gpu_as(got[3], B)
+    assert_close(f64(got[3]), want["dB"].sum(axis=(0, 3)), 2 * scan_tol(L), "dB")
+    on_gpu_as(got[4], C)
+    assert_close(f64(got[4]), want["dC"].sum(axis=1), 2 * (scan_tol(L) + HALF[dtype]), "dC")
+
+
 # --------------------------------------------------------------------- causal conv1d ---
 # (batch, dim, L, width, options)
 CONV_CASES = [
@@ -198,6 +232,28 @@ def test_flash_attn_func(rng, poison, dtype, case):
     for name, t, g in zip(("dq", "dk", "dv"), (q, k, v), got):
         on_gpu_as(g, t)
         assert_close(f64(g), want[name], attn_tol(dtype, n), name)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_flash_attn_func_return_attn_probs(rng, poison, dtype):
+    """(out, softmax_lse, None) as flash-attn without dropout: lse (batch, nheads, Lq)
+    float32 on the GPU within 2e-5 absolute of the float64 reference (float32 scores of
+    exact products, as in test_cuda_grad_attention.py), +inf where a query sees no key
+    (Lq > Lk, causal), out identical to the plain call's."""
+    b, lq, lk, H, Hkv, hd = 2, 37, 29, 4, 2, 64
+    q = gpu_tensor(rng, (b, lq, H, hd), dtype)
+    k, v = gpu_tensor(rng, (b, lk, Hkv, hd), dtype), gpu_tensor(rng, (b, lk, Hkv, hd), dtype)
+    out, lse, s = st.flash_attn_func(q, k, v, causal=True, return_attn_probs=True)
+    assert s is None
+    on_gpu_as(out, q)
+    assert lse.device == q.device and lse.dtype == torch.float32 and lse.shape == (b, H, lq)
+    assert torch.equal(out, st.flash_attn_func(q, k, v, causal=True))
+    _, ref = attention_fwd_ref(f64(q), f64(k), f64(v), 1.0 / math.sqrt(hd), -1, 0)
+    got = f64(lse)
+    empty = np.isneginf(ref)
+    assert empty.any() and np.all(np.isposinf(got[empty]))
+    np.testing.assert_allclose(got[~empty], ref[~empty], rtol=0, atol=2e-5)
 
 
 # ------------------------------------------------------------------- mamba_inner_fn ---

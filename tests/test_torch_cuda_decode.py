@@ -147,6 +147,46 @@ def test_causal_conv1d_update(rng, poison, case):
         assert torch.equal(state[r], before[r]), f"conv_state row {r} changed"
 
 
+@gpu
+def test_state_updates_padding(rng, poison):
+    """Index entries of -1 (the peers' pad slot): out rows exactly 0 (no NaN from the poisoned
+    outputs), the padded rows' states untouched, the valid rows as the float64 references."""
+    nb, d, W, S, rows = 6, 40, 4, 5, 12
+    idx_l = [7, -1, 2, -1, -1, 10]
+    ok = [b for b, i in enumerate(idx_l) if i >= 0]
+    sel = [idx_l[b] for b in ok]
+    idx = torch.tensor(idx_l, dtype=torch.int32, device="cuda")
+    x = gpu_tensor(rng, (nb, d, 2), "bfloat16")
+    state = gpu_tensor(rng, (rows, d, S), "bfloat16")
+    w = gpu_tensor(rng, (d, W), "bfloat16", 0.5)
+    before = state.clone()
+    out = st.causal_conv1d_update(x, state, w, None, "silu", conv_state_indices=idx)
+    on_gpu_as(out, x)
+    assert not out[[1, 3, 4]].any()
+    s_ref, y_ref = conv_update_ref(f64(x)[ok], f64(before)[sel], f64(w), None, True)
+    assert_close(f64(out)[ok], y_ref, CONV + HALF["bfloat16"], "out")
+    assert torch.equal(state[sel].cpu(), torch.tensor(s_ref).to(state.dtype))
+    for r in set(range(rows)) - set(sel):
+        assert torch.equal(state[r], before[r]), f"conv_state row {r} changed"
+
+    N = 16
+    ss = gpu_tensor(rng, (rows, d, N))
+    xs, dt = gpu_tensor(rng, (nb, d)), gpu_tensor(rng, (nb, d), scale=0.5)
+    A = -torch.exp(gpu_tensor(rng, (d, N), scale=0.5))
+    B, C = gpu_tensor(rng, (nb, N)), gpu_tensor(rng, (nb, N))
+    sbefore = ss.clone()
+    y = st.selective_state_update(ss, xs, dt, A, B, C, dt_softplus=True, state_batch_indices=idx)
+    on_gpu_as(y, xs)
+    assert not y[[1, 3, 4]].any()
+    y_ref, s_ref = selective_state_update_ref(f64(sbefore)[sel], f64(xs)[ok], f64(dt)[ok],
+                                              f64(A), f64(B)[ok], f64(C)[ok],
+                                              dt_softplus=True)
+    assert_close(f64(y)[ok], y_ref, 1e-5, "out")       # float32 state and x: 1e-5, as above
+    assert_close(f64(ss)[sel], s_ref, 1e-5, "state")
+    for r in set(range(rows)) - set(sel):
+        assert torch.equal(ss[r], sbefore[r]), f"state row {r} changed"
+
+
 # ----------------------------------------------------------- flash_attn_with_kvcache ---
 def kv_case(rng, dtype, nb, lq, lnew, nh, nhk, hd, cap, batch_idx, leftpad, spare=1):
     """CPU float64-exact tensors in dtype: caches with spare rows, distinct fill lengths that

@@ -248,6 +248,60 @@ def test_causal_conv1d_update_state_indices(rng):
         assert torch.equal(state[r], before[r])
 
 
+@pytest.mark.parametrize("seqlen", [None, 3])
+def test_causal_conv1d_update_padding(rng, seqlen):
+    """conv_state_indices entries of -1 are padding (causal-conv1d's pad slot): their out
+    rows are exactly 0 and conv_state is untouched for them; the valid rows match the float64
+    reference on their own state rows; all-padding updates nothing."""
+    nb, dim, width, S = 5, 3, 4, 6
+    x = tt(rng.standard_normal((nb, dim) if seqlen is None else (nb, dim, seqlen)))
+    x3 = npf(x) if seqlen else npf(x)[:, :, None]
+    w, bias = tt(rng.standard_normal((dim, width))), tt(rng.standard_normal(dim))
+    state = tt(rng.standard_normal((8, dim, S)))
+    before = state.clone()
+    idx = torch.tensor([4, -1, 0, -1, 6], dtype=torch.int32)
+    ok = [0, 2, 4]
+    s_ref, y_ref = conv_update_ref(x3[ok], npf(state)[[4, 0, 6]], npf(w), npf(bias), True)
+    y = st.causal_conv1d_update(x, state, w, bias, activation="silu", conv_state_indices=idx)
+    assert y.shape == x.shape
+    y3 = npf(y) if seqlen else npf(y)[:, :, None]
+    assert not y3[[1, 3]].any()
+    assert_close(y3[ok], y_ref, RTOL, "out")
+    np.testing.assert_array_equal(npf(state)[[4, 0, 6]], s_ref)
+    for r in (1, 2, 3, 5, 7):
+        assert torch.equal(state[r], before[r])
+    y = st.causal_conv1d_update(x, state, w, conv_state_indices=torch.full((nb,), -1))
+    assert not y.any() and torch.equal(state[[1, 2, 3, 5, 7]], before[[1, 2, 3, 5, 7]])
+
+
+@pytest.mark.parametrize("heads", [False, True])
+def test_selective_state_update_padding(rng, heads):
+    """state_batch_indices entries < 0 are padding (the Triton kernel skips them): out rows
+    exactly 0, no state row read or written; valid rows as the float64 reference."""
+    nb, nh, hp, nn, ng = 4, (2 if heads else 1), 3, 5, 1
+    state = tt(rng.standard_normal((6, nh, hp, nn)))
+    x, dt, z = (tt(rng.standard_normal((nb, nh, hp))) for _ in range(3))
+    A = tt(-np.exp(rng.standard_normal((nh, hp, nn)) * 0.5))
+    B, C = (tt(rng.standard_normal((nb, ng, nn))) for _ in range(2))
+    D, db = (tt(rng.standard_normal((nh, hp))) for _ in range(2))
+    idx = torch.tensor([-1, 5, -1, 2])
+    ok, rows = [1, 3], [5, 2]
+    before = state.clone()
+    s_ref, y_ref = ssu_ref(npf(state)[rows], *(npf(t)[ok] for t in (x, dt)), npf(A),
+                           npf(B)[ok], npf(C)[ok], npf(D), npf(z)[ok], npf(db), True)
+    if heads:
+        y = st.selective_state_update(state, x, dt, A, B, C, D, z, db, True, idx)
+    else:
+        s3 = state[:, 0]
+        y = st.selective_state_update(s3, x[:, 0], dt[:, 0], A[0], B[:, 0], C[:, 0], D[0],
+                                      z[:, 0], db[0], True, idx)[:, None]
+    assert not npf(y)[[0, 2]].any()
+    assert_close(npf(y)[ok], y_ref, RTOL, "out")
+    assert_close(npf(state)[rows], s_ref, RTOL, "state")
+    for r in (0, 1, 3, 4):
+        assert torch.equal(state[r], before[r])
+
+
 # ---------------------------------------------------------------------- bad input ---
 def test_bad_arguments_raise():
     s, x, A, B = torch.zeros(2, 3, 4), torch.randn(2, 3), -torch.rand(3, 4), torch.randn(2, 4)

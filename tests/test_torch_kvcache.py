@@ -150,6 +150,23 @@ def test_matches_reference(rng, nb, lq, lnew, nh, nhk, hd, cap, causal, window, 
     assert torch.equal(case["k_cache"], ref_kc) and torch.equal(case["v_cache"], ref_vc)
 
 
+@pytest.mark.parametrize("window", [torch.tensor([3, 1]),
+                                    (torch.tensor(2, dtype=torch.int32), torch.tensor(-1))])
+def test_window_size_tensors(rng, window):
+    """window_size as 0-d integer tensors (flash-attn's tests pass ``torch.randint(0, n,
+    (2,))``): the same as the ints, against the float64 reference; float tensors refused."""
+    case = make_case(rng, 2, 3, 2, 4, 2, 64, 12, False)
+    kc0, vc0 = case["k_cache"].clone(), case["v_cache"].clone()
+    ints = tuple(int(w) for w in window)
+    out, lse = st.flash_attn_with_kvcache(**case, window_size=window, return_softmax_lse=True)
+    ref_kc, ref_vc = check_against_ref(case, out, lse, kc0, vc0, window=ints)
+    assert torch.equal(case["k_cache"], ref_kc) and torch.equal(case["v_cache"], ref_vc)
+    with pytest.raises(TypeError, match=r"window_size\[0\]"):
+        st.flash_attn_with_kvcache(case["q"], case["k_cache"], case["v_cache"],
+                                   cache_seqlens=case["cache_seqlens"],
+                                   window_size=(torch.tensor(2.0), -1))
+
+
 def test_scalar_seqlens_scale_dtypes(rng):
     """int cache_seqlens, an explicit softmax_scale, bfloat16 caches (the new keys rounded
     to bfloat16 when written, exactly as .to(bfloat16)), float16 q -> float16 out."""
@@ -280,6 +297,15 @@ def test_refused_arguments(rng):
         with pytest.raises((ValueError, TypeError), match=name):
             st.flash_attn_with_kvcache(**args)
     assert torch.equal(kc, kc0)          # nothing was written by a refused call
+    # flash-attn's paged bounds guard (test_flash_attn_kvcache_paged_block_table_bounds):
+    # a row longer than block_table covers is refused naming both (a ValueError here, a
+    # RuntimeError from flash-attn's C++ checks)
+    for k1, v1, n in ((None, None, 9), (k[:, :1], v[:, :1], 8)):
+        with pytest.raises(ValueError, match="cache_seqlens.*block_table's 1 blocks of 8"):
+            st.flash_attn_with_kvcache(q, kc[:, :8], vc[:, :8], k1, v1, cache_seqlens=n,
+                                       block_table=torch.zeros(2, 1, dtype=torch.int32))
+    st.flash_attn_with_kvcache(q, kc[:, :8], vc[:, :8], cache_seqlens=8,
+                               block_table=torch.zeros(2, 1, dtype=torch.int32))
     with pytest.raises(ValueError, match="block_table"):   # two rows writing one slot
         st.flash_attn_with_kvcache(q, kc[:2, :4], vc[:2, :4], k, v, cache_seqlens=0,
                                    block_table=torch.zeros(2, 1, dtype=torch.int32))

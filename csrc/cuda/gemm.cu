@@ -1,4 +1,6 @@
-// gemm.cu - y = x @ w^T through cublasGemmEx (row-major in, row-major out).
+// gemm.cu - y = x @ w^T through cublasGemmEx (row-major in, row-major out), or through
+// cuBLASLt (gemm_lt.cu) when the mode says so (samba_cu_gemm_mode: environment variable
+// SAMBA_EXT_GEMM = gemmex (default) | lt | lt-tune, read once).
 //
 // Math mode: CUBLAS_COMPUTE_32F with CUBLAS_GEMM_DEFAULT and the handle's default math mode,
 // i.e. float32 accumulation for every input dtype and no TF32 down-conversion of float32
@@ -6,10 +8,12 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
-#include "cu_common.cuh"
+#include "gemm_internal.cuh"
 
-#define GEMM_WORKSPACE (32u << 20)
+#define GEMM_WORKSPACE SAMBA_GEMM_WORKSPACE_BYTES
 #define GEMM_MAX_DEVICES 64
 #define GEMM_MAX_STREAMS 16
 
@@ -63,7 +67,7 @@ static samba_status get_handle(int *dev_out, cublasHandle_t *out) {
 // The workspace of `stream` on device `dev` (allocated on first use), or NULL when none can
 // be had without allocating inside a stream capture or beyond GEMM_MAX_STREAMS streams (the
 // handle then keeps cuBLAS's default workspace pool, which is stream-ordered).
-static samba_status stream_workspace(int dev, void *stream, void **ws) {
+extern "C" samba_status samba_cu_gemm_stream_workspace(int dev, void *stream, void **ws) {
     *ws = NULL;
     for (int i = 0; i < g_ws_n[dev]; ++i)
         if (g_ws_stream[dev][i] == stream) {
@@ -98,7 +102,7 @@ static samba_status bind_handle(void *stream, cublasHandle_t *out) {
         return samba_cu_fail_msg(SAMBA_ERR_CUDA, "gemm: cublasSetStream failed (%s)",
                                  cublas_status_str(s));
     void *ws = NULL;
-    st = stream_workspace(dev, stream, &ws);
+    st = samba_cu_gemm_stream_workspace(dev, stream, &ws);
     if (st != SAMBA_OK) return st;
     if (ws != NULL) {
         s = cublasSetWorkspace(*out, ws, GEMM_WORKSPACE);
@@ -109,6 +113,41 @@ static samba_status bind_handle(void *stream, cublasHandle_t *out) {
         g_bound[dev] = 1;  // rebind (and look for a workspace again) only on a stream change
     }
     return SAMBA_OK;
+}
+
+static int g_mode = -1;  // SAMBA_GEMM_* once known
+
+extern "C" int samba_cu_gemm_mode(void) {
+    if (g_mode < 0) {
+        const char *v = getenv("SAMBA_EXT_GEMM");
+        g_mode = SAMBA_GEMM_GEMMEX;
+        if (v != NULL && strcmp(v, "lt") == 0) g_mode = SAMBA_GEMM_LT;
+        if (v != NULL && strcmp(v, "lt-tune") == 0) g_mode = SAMBA_GEMM_LT_TUNE;
+    }
+    return g_mode;
+}
+
+extern "C" samba_status samba_cu_gemm_set_mode(int mode) {
+    if (mode != SAMBA_GEMM_GEMMEX && mode != SAMBA_GEMM_LT && mode != SAMBA_GEMM_LT_TUNE)
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "gemm: unknown mode %d", mode);
+    g_mode = mode;
+    return SAMBA_OK;
+}
+
+// The cuBLASLt path when the mode asks for it: *done = 1 when it ran (or failed: st), 0 when
+// the mode is gemmex or cuBLASLt has no algorithm for the shape (then cublas*Ex runs).
+static samba_status try_lt(int *done, int ta, int tb, int64_t m, int64_t n, int64_t k,
+                           samba_cu_ref A, int64_t lda, int64_t sA, samba_cu_ref B, int64_t ldb,
+                           int64_t sB, samba_cu_ref C, int64_t ldc, int64_t sC, int64_t batch,
+                           float beta, void *stream) {
+    *done = 0;
+    int mode = samba_cu_gemm_mode();
+    if (mode == SAMBA_GEMM_GEMMEX) return SAMBA_OK;
+    samba_status st = samba_cu_gemm_lt(mode == SAMBA_GEMM_LT_TUNE, ta, tb, m, n, k, A, lda, sA, B,
+                                       ldb, sB, C, ldc, sC, batch, beta, stream);
+    if (st == SAMBA_ERR_UNSUPPORTED) return SAMBA_OK;
+    *done = 1;
+    return st;
 }
 
 static cudaDataType_t cuda_type(int dt) {
@@ -136,8 +175,12 @@ extern "C" samba_status samba_cu_gemm(int64_t M, int64_t N, int64_t K, samba_cu_
         if (e != cudaSuccess) return samba_cu_fail("gemm: cudaMemset2DAsync", e);
         return SAMBA_OK;
     }
+    int done = 0;
+    samba_status st = try_lt(&done, 1, 0, N, M, K, w, ldw, 0, x, ldx, 0, y, ldy, 0, 1, beta,
+                             stream);
+    if (done) return st;
     cublasHandle_t h;
-    samba_status st = bind_handle(stream, &h);
+    st = bind_handle(stream, &h);
     if (st != SAMBA_OK) return st;
     cublasStatus_t s;
     const float alpha = 1.0f;
@@ -169,8 +212,12 @@ extern "C" samba_status samba_cu_gemm_batched(int transa, int transb, int64_t m,
         return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "gemm: dimensions above 2^31");
     if (k == 0)
         return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "gemm: k == 0 (empty product)");
+    int done = 0;
+    samba_status st = try_lt(&done, transa, transb, m, n, k, A, lda, sA, B, ldb, sB, C, ldc, sC,
+                             batch, beta, stream);
+    if (done) return st;
     cublasHandle_t h;
-    samba_status st = bind_handle(stream, &h);
+    st = bind_handle(stream, &h);
     if (st != SAMBA_OK) return st;
     cublasStatus_t s;
     const float alpha = 1.0f;
@@ -190,6 +237,7 @@ extern "C" samba_status samba_cu_gemm_batched(int transa, int transb, int64_t m,
 }
 
 extern "C" void samba_cu_gemm_release(void) {
+    samba_cu_gemm_lt_release();
     for (int d = 0; d < GEMM_MAX_DEVICES; ++d) {
         if (g_handle[d]) {
             cublasDestroy(g_handle[d]);

@@ -271,7 +271,25 @@ py_gemm_batched(PyObject *self, PyObject *args)
                                       beta, stream));
 }
 
+/* gemm_mode(mode=-1): the GEMM path (0 cublas*Ex, 1 cuBLASLt, 2 cuBLASLt tuned; see
+ * samba_cuda.h); a mode >= 0 is set first. */
+static PyObject *
+py_gemm_mode(PyObject *self, PyObject *args)
+{
+    int mode = -1;
+    if (!PyArg_ParseTuple(args, "|i", &mode)) {
+        return NULL;
+    }
+    if (mode >= 0 && samba_cu_gemm_set_mode(mode) != SAMBA_OK) {
+        return done(SAMBA_ERR_ARG);
+    }
+    return PyLong_FromLong(samba_cu_gemm_mode());
+}
+
 PyMethodDef samba_pycu_kernel_methods[] = {
+    {"gemm_mode", py_gemm_mode, METH_VARARGS,
+     "gemm_mode($module, mode=-1, /)"
+     "\n--\n\nThe GEMM path (0 cublas*Ex, 1 cuBLASLt, 2 cuBLASLt tuned); mode >= 0 sets it."},
     {"gemm_batched", py_gemm_batched, METH_VARARGS,
      "gemm_batched($module, transa, transb, m, n, k, A, lda, sA, B, ldb, sB, C, ldc, "
      "sC, batch, beta, stream, /)"

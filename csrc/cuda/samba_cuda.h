@@ -123,6 +123,15 @@ samba_status samba_cu_gemm_batched(int transa, int transb, int64_t m, int64_t n,
                                    int64_t ldb, int64_t sB, samba_cu_ref C, int64_t ldc,
                                    int64_t sC, int64_t batch, float beta, void *stream);
 void samba_cu_gemm_release(void);
+/* GEMM path of samba_cu_gemm / samba_cu_gemm_batched: cublas*Ex (default), cuBLASLt with the
+ * heuristic's first algorithm, or cuBLASLt with the fastest of its candidates timed on each
+ * shape's first eager beta == 0 call. Initially from SAMBA_EXT_GEMM (gemmex | lt | lt-tune),
+ * read once on first use; samba_cu_gemm_set_mode overrides it (SAMBA_ERR_ARG if unknown). */
+#define SAMBA_GEMM_GEMMEX 0
+#define SAMBA_GEMM_LT 1
+#define SAMBA_GEMM_LT_TUNE 2
+int samba_cu_gemm_mode(void);
+samba_status samba_cu_gemm_set_mode(int mode);
 
 /* ---------------------------------------------------------------- scan.cu ------------- */
 /*

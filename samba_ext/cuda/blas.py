@@ -2,6 +2,12 @@
 broadcast, strided operands read in place where cuBLAS can). cublasGemmEx /
 cublasGemmStridedBatchedEx with CUBLAS_COMPUTE_32F: float32 accumulation, no TF32.
 
+The environment variable ``SAMBA_EXT_GEMM`` (read once per process, csrc/cuda/gemm.cu)
+selects the cuBLAS path: ``gemmex`` (the default, the calls above), ``lt`` (cuBLASLt with its
+heuristic's first algorithm per shape) or ``lt-tune`` (cuBLASLt, the fastest of up to 16
+candidates timed on each shape's first eager call); the maths (float32 accumulation, no TF32)
+is the same. ``samba_ext._cuda.gemm_mode()`` reports it (0, 1, 2) and ``gemm_mode(m)`` sets it.
+
 These are not kernel ops of samba_ext.kernels (no contract there): the checks here are the
 whole argument check.
 """

@@ -50,16 +50,54 @@ def selective_scan_fn(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                       return_last_state: bool = False):
     """mamba_ssm's ``selective_scan_fn`` (real A only).
 
-    u, delta, z (batch, dim, L); A (dim, dstate); B, C (batch, dstate, L) or (batch,
-    ngroups, dstate, L); D, delta_bias (dim,). Returns out (batch, dim, L) in u's dtype, and
+    u, delta, z (batch, dim, L); A (dim, dstate); B, C each (batch, dstate, L), (batch,
+    ngroups, dstate, L) or, time-invariant, (dim, dstate) (channel d uses B[d], as mamba_ssm's
+    non-variable B/C); D, delta_bias (dim,). Returns out (batch, dim, L) in u's dtype, and
     with return_last_state the last state (batch, dim, dstate) float32.
-    Differentiable in u, delta, A, B, C, D, z, delta_bias.
+    Differentiable in u, delta, A, B, C, D, z, delta_bias. Not supported: complex A, B, C.
+    A (dim, dstate) B or C runs as ngroups = dim (one channel per group), broadcast over
+    batch and time as a stride-0 view on CUDA (the CPU kernels get a contiguous copy,
+    batch x dim x dstate x L floats); its gradient is summed back to (dim, dstate).
     """
-    if A.is_complex():
-        raise NotImplementedError("A: complex A is not supported (real Mamba-1 only)")
+    for name, t in (("A", A), ("B", B), ("C", C)):
+        if t.is_complex():
+            raise NotImplementedError(f"{name}: complex {name} is not supported (real "
+                                      "Mamba-1 only)")
+    B, C = _per_channel(u, B, C)
     y, last = selective_scan_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
     y = y.to(u.dtype)
     return (y, last) if return_last_state else y
+
+
+def _per_channel(u: Tensor, B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
+    """B, C with a time-invariant (dim, dstate) one -> both (batch, dim, dstate, L) (ngroups
+    = dim) as broadcast views (the other one's groups repeated per channel); unchanged when
+    neither is 2-D. Shapes are checked by the op's contract afterwards."""
+    if B.dim() != 2 and C.dim() != 2:
+        return B, C
+    if u.dim() != 3:
+        raise ValueError(f"u: expected (batch, dim, L), got shape {tuple(u.shape)}")
+    batch, dim, L = u.shape
+
+    def widen(name: str, m: Tensor) -> Tensor:
+        if m.dim() == 2:
+            if m.shape[0] != dim:
+                raise ValueError(f"{name}: a time-invariant {name} is (dim, dstate) = ({dim}, "
+                                 f"dstate), got shape {tuple(m.shape)}")
+            return m[None, :, :, None].expand(batch, dim, m.shape[1], L)
+        if m.dim() == 3:
+            m = m[:, None]
+        if m.dim() != 4 or m.shape[1] < 1 or dim % m.shape[1]:
+            raise ValueError(f"{name}: expected (batch, dstate, L), (batch, ngroups, dstate, "
+                             f"L) with ngroups dividing dim ({dim}) or (dim, dstate), got "
+                             f"shape {tuple(m.shape)}")
+        g = m.shape[1]
+        if g == dim:
+            return m
+        return m[:, :, None].expand(m.shape[0], g, dim // g, *m.shape[2:]).reshape(
+            m.shape[0], dim, *m.shape[2:])
+
+    return widen("B", B), widen("C", C)
 
 
 def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
@@ -76,11 +114,15 @@ def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     if delta_softplus:
         delta = F.softplus(delta)
     batch, dim, L = u.shape
-    if B.dim() == 3:
-        B, C = B[:, None], C[:, None]
-    G = B.shape[1]
-    B = B.repeat_interleave(dim // G, dim=1)          # (batch, dim, N, L)
-    C = C.repeat_interleave(dim // G, dim=1)
+
+    def per_channel(m: Tensor) -> Tensor:             # -> (batch, dim, N, L)
+        if m.dim() == 2:                              # time-invariant (dim, N)
+            return m[None, :, :, None].expand(batch, dim, m.shape[1], L)
+        if m.dim() == 3:
+            m = m[:, None]
+        return m.repeat_interleave(dim // m.shape[1], dim=1)
+
+    B, C = per_channel(B), per_channel(C)
     x = u.new_zeros((batch, dim, A.shape[1]))
     ys = []
     for t in range(L):
@@ -135,23 +177,31 @@ def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
                     softmax_scale: Optional[float] = None, causal: bool = False,
                     window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
                     alibi_slopes: Optional[Tensor] = None, deterministic: bool = False,
-                    return_attn_probs: bool = False) -> Tensor:
+                    return_attn_probs: bool = False):
     """flash-attn's ``flash_attn_func``.
 
     q (batch, Lq, nheads, headdim); k, v (batch, Lk, nheads_kv, headdim). window_size
     (left, right), -1 unbounded; causal sets right = 0 (bottom-right aligned, as flash-attn);
-    softcap as flash-attn. Returns out in q's dtype. The backward is deterministic whatever
-    ``deterministic`` says. Not supported: dropout_p > 0, alibi_slopes, return_attn_probs.
+    softcap as flash-attn. Returns out in q's dtype; with return_attn_probs, as flash-attn
+    without dropout, (out, softmax_lse, None): softmax_lse (batch, nheads, Lq) float32, the
+    natural log of each query's softmax denominator of the scaled (soft-capped) scores
+    (+inf for a query that sees no key), and None for S_dmask (flash-attn returns it only
+    when dropout_p > 0). softmax_lse is detached: flash-attn's backward ignores its
+    gradient, here autograd sees it as a constant. The backward is deterministic whatever
+    ``deterministic`` says. Not supported: dropout_p > 0, alibi_slopes.
     """
     if dropout_p != 0.0:
         raise NotImplementedError(f"dropout_p: only 0.0 is supported, got {dropout_p!r}")
     if alibi_slopes is not None:
         raise NotImplementedError("alibi_slopes: ALiBi is not supported; pass None")
-    if return_attn_probs:
-        raise NotImplementedError("return_attn_probs: not supported; pass False")
     scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
     left, right = (int(w) for w in window_size)
     if causal:
         right = 0
-    out, _ = attention_op(q, k, v, scale, left, right, float(softcap))
-    return out.to(q.dtype)
+    out, lse = attention_op(q, k, v, scale, left, right, float(softcap))
+    out = out.to(q.dtype)
+    if not return_attn_probs:
+        return out
+    # a new tensor (the op's lse is saved for the backward): -inf -> +inf as flash-attn
+    lse = lse.detach()
+    return out, torch.where(lse == float("-inf"), float("inf"), lse), None

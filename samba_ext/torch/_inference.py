@@ -33,7 +33,9 @@ def _work(t: Tensor) -> Tensor:
 
 
 def _indices(name: str, idx: Optional[Tensor], batch: int, nstate: int) -> Optional[Tensor]:
-    """Validate a (batch,) integer index tensor into a state of nstate rows -> int64 tensor."""
+    """Validate a (batch,) integer index tensor into a state of nstate rows -> int64 tensor.
+    Negative entries mark padding rows (the peers' pad slot, -1): allowed here, handled by
+    :func:`_valid`."""
     if idx is None:
         return None
     if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
@@ -42,13 +44,36 @@ def _indices(name: str, idx: Optional[Tensor], batch: int, nstate: int) -> Optio
         raise ValueError(f"{name}: expected shape ({batch},) (one state row per batch entry), "
                          f"got {tuple(idx.shape)}")
     idx = idx.to(torch.int64)
-    if batch and (int(idx.min()) < 0 or int(idx.max()) >= nstate):
+    real = idx[idx >= 0]
+    if real.numel() and int(real.max()) >= nstate:
         raise ValueError(f"{name}: expected indices in [0, {nstate}) (the state's batch "
-                         f"size), got {int(idx.min())}..{int(idx.max())}")
-    if batch and torch.unique(idx).numel() != batch:
+                         f"size) or negative (padding), got {int(real.max())}")
+    if torch.unique(real).numel() != real.numel():
         raise ValueError(f"{name}: indices must be distinct (two batch entries would update "
                          "the same state row)")
     return idx
+
+
+def _valid(idx: Optional[Tensor]) -> Optional[Tensor]:
+    """(batch,) bool mask of the non-padding entries of idx, or None when there is no
+    padding (no index tensor, or no negative entry)."""
+    if idx is None:
+        return None
+    mask = idx >= 0
+    return None if bool(mask.all()) else mask
+
+
+def _sub(t: Optional[Tensor], mask: Optional[Tensor]) -> Optional[Tensor]:
+    return t if t is None or mask is None else t[mask]
+
+
+def _unpad(out: Tensor, mask: Optional[Tensor], batch: int) -> Tensor:
+    """The outputs of the valid entries placed in a batch of zeros (padding rows output 0)."""
+    if mask is None:
+        return out
+    full = out.new_zeros((batch,) + tuple(out.shape[1:]))
+    full[mask] = out
+    return full
 
 
 def _shape(name: str, t: Optional[Tensor], want: tuple[int, ...]) -> None:
@@ -118,7 +143,8 @@ def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: T
     model's bfloat16); out is computed from the float32 state before it is rounded to that
     dtype, as in the Triton kernel. out has x's dtype. With state_batch_indices (batch,)
     int, batch entry b uses (and updates) state[state_batch_indices[b]], and state may have
-    more rows than the batch. CPU or CUDA tensors, all on one device (on CUDA dstate <=
+    more rows than the batch; a negative entry (the Triton kernel's padding, -1) marks a
+    padding entry: its out row is 0 and no state row is read or written. CPU or CUDA tensors, all on one device (on CUDA dstate <=
     256).
     """
     named = (("state", state), ("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D),
@@ -171,9 +197,14 @@ def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: T
         raise ValueError(f"state: batch {s4.shape[0]} != x's batch {batch}; pass "
                          "state_batch_indices to select state rows")
     idx = _indices("state_batch_indices", state_batch_indices, batch, s4.shape[0])
-    out = selective_state_update_op(s4, x4, dt4, A4, B4, C4, D4, z4, db4, bool(dt_softplus),
-                                    idx)
-    out = out.to(x.dtype)
+    m = _valid(idx)
+    if m is not None and not bool(m.any()):        # padding only: nothing to update
+        out = x4.new_zeros(x4.shape)
+    else:
+        out = selective_state_update_op(s4, _sub(x4, m), _sub(dt4, m), A4, _sub(B4, m),
+                                        _sub(C4, m), D4, _sub(z4, m), db4, bool(dt_softplus),
+                                        _sub(idx, m))
+        out = _unpad(out.to(x.dtype), m, batch)
     return out if has_heads else out.squeeze(1)
 
 
@@ -241,7 +272,9 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor,
     (dim,); activation None, "silu" or "swish". cache_seqlens (batch,) int: conv_state is a
     circular buffer, x is written at slots cache_seqlens % state_len onward and the width-1
     inputs before it are read from the slots before that. conv_state_indices (batch,) int:
-    batch entry b uses row conv_state_indices[b] of a larger conv_state. Returns out with
+    batch entry b uses row conv_state_indices[b] of a larger conv_state; a negative entry
+    (causal-conv1d's padding, -1) marks a padding entry: its out row is 0 and conv_state is
+    left untouched for it. Returns out with
     x's shape and dtype (float32 arithmetic). CPU or CUDA tensors, all on one device.
     """
     if activation not in (None, "silu", "swish"):
@@ -279,6 +312,12 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor,
         seq = cache_seqlens.to(torch.int64)
         if batch and int(seq.min()) < 0:
             raise ValueError(f"cache_seqlens: expected values >= 0, got {int(seq.min())}")
-    out = causal_conv1d_update_op(x3, conv_state, weight, bias, activation is not None, seq,
-                                  idx).to(x.dtype)
+    m = _valid(idx)
+    if m is not None and not bool(m.any()):        # padding only: nothing to update
+        out = x3.new_zeros(x3.shape)
+    else:
+        out = causal_conv1d_update_op(_sub(x3, m), conv_state, weight, bias,
+                                      activation is not None, _sub(seq, m),
+                                      _sub(idx, m)).to(x.dtype)
+        out = _unpad(out, m, batch)
     return out.squeeze(-1) if unsqueeze else out

@@ -69,6 +69,17 @@ def _in_range(name: str, t: Tensor, lo: int, hi: int, what: str) -> None:
                          f"{int(t.min())}..{int(t.max())}")
 
 
+def _host_int(v: Any) -> Any:
+    """A 0-d integer tensor (as flash-attn's tests pass window sizes, e.g. the items of
+    ``torch.randint(0, n, (2,))``) as a Python int (a device sync for a CUDA tensor); anything
+    else unchanged, for int_scalar to check."""
+    if isinstance(v, Tensor) and v.dim() == 0 and not (v.dtype.is_floating_point
+                                                        or v.dtype.is_complex
+                                                        or v.dtype == torch.bool):
+        return int(v)
+    return v
+
+
 def _scalars(q: Tensor, softmax_scale: Any, causal: bool, window_size: Any,
              softcap: Any) -> tuple[float, int, int, float]:
     scale = ck.f32_scalar(softmax_scale, "softmax_scale", allow_none=True)
@@ -78,8 +89,10 @@ def _scalars(q: Tensor, softmax_scale: Any, causal: bool, window_size: Any,
     except (TypeError, ValueError) as e:
         raise TypeError("window_size: expected a pair (left, right) of ints, -1 = unbounded, "
                         f"got {window_size!r}") from e
-    left = ck.int_scalar(left, "window_size[0]", lo=-1, expected="an int >= 0 or -1")
-    right = ck.int_scalar(right, "window_size[1]", lo=-1, expected="an int >= 0 or -1")
+    left = ck.int_scalar(_host_int(left), "window_size[0]", lo=-1,
+                         expected="an int >= 0 or -1")
+    right = ck.int_scalar(_host_int(right), "window_size[1]", lo=-1,
+                          expected="an int >= 0 or -1")
     cap = ck.f32_scalar(softcap, "softcap", lo=0.0, expected="a finite value >= 0")
     return scale, left, 0 if causal else right, cap
 
@@ -172,6 +185,8 @@ def check(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor],
         seqlens = torch.full((batch,), n, dtype=torch.int64, device=dev)
     _in_range("cache_seqlens", seqlens, 0, capacity - seqlen_new,
               f"the cache holds {capacity} positions per row"
+              + (f": block_table's {table.shape[1]} blocks of {k_cache.shape[1]}" if paged
+                 else "")
               + (f", {seqlen_new} of them for the new keys" if seqlen_new else ""))
     pad = None
     if cache_leftpad is not None:

@@ -215,8 +215,8 @@ def _attn_setup(ctx, inputs, output):
 
 
 def _attn_backward(ctx, dout, dlse):
-    # lse is an auxiliary output for the backward; the public functions never return it, so
-    # no loss depends on it and its incoming gradient (dlse) is zero.
+    # lse is an auxiliary output for the backward; flash_attn_func returns it only detached
+    # (return_attn_probs), so no loss depends on it and its incoming gradient (dlse) is zero.
     q, k, v, out, lse = ctx.saved_tensors
     dq, dk, dv = attention_backward_op(q, k, v, out, lse, dout, *ctx.args)
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None

@@ -1,0 +1,1 @@
+"""Test shim package (see flash_attn/__init__.py)."""

@@ -1,0 +1,1 @@
+"""Test shim package (see mamba_ssm/__init__.py)."""
