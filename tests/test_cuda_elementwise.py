@@ -308,3 +308,142 @@ def test_apply_rotary_in_place_many_tokens(rng):
     assert y is dx
     ref = rotary_ref(x, np.tile(np.arange(L), (B, 1)), 10000.0)
     check(host(dx), ref, _rot_bound(x, ref, "bfloat16"), "y")
+
+
+# ------------------------------------------------ aliasing, output / weight alignment, empty ---
+def offset_empty(shape, dtype: str, off: int):
+    """A new C-contiguous (poisoned) DeviceArray view starting `off` elements into its
+    buffer: base address misaligned by off elements, rows still n apart."""
+    from samba_ext import cuda as samba_cuda
+
+    return samba_cuda.empty((int(np.prod(shape)) + off,), dtype)[off:].reshape(shape)
+
+
+def offset_dev(a: np.ndarray, dtype: str, off: int):
+    """`a` (1-D) on the device at a base address `off` elements past an allocation's."""
+    return dev(np.concatenate([np.zeros(off), a]), dtype)[off:]
+
+
+@pytest.mark.parametrize("n", [2048, 37, 40960])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_rms_norm_out_is_x(rng, n, dtype):
+    """y written over x (out=x): each element read, then written, by one thread (register
+    path, E = 8 / 1, and the looping path)."""
+    rows = 17
+    x = round_to(rng.standard_normal((rows, n)), dtype)
+    w = round_to(rng.uniform(0.5, 1.5, n), "float32")
+    y_ref, _ = rms_ref(x, w, 1e-5)
+    dx = dev(x, dtype)
+    y = samba_ext.rms_norm(dx, dev(w), 1e-5, out=dx)
+    assert y is dx
+    check(host(dx), y_ref, _norm_bound(y_ref, dtype), "y (out=x)")
+
+
+@pytest.mark.parametrize("n", [2048, 37, 40960])
+def test_rms_norm_out_is_residual(rng, n):
+    """bf16 x, float32 residual, y (float32) written over the residual it reads; the sum is
+    returned in a new array."""
+    rows = 5
+    x = round_to(rng.standard_normal((rows, n)), "bfloat16")
+    res = round_to(rng.standard_normal((rows, n)), "float32")
+    w = round_to(rng.uniform(0.5, 1.5, n), "float32")
+    y_ref, s_ref = rms_ref(x, w, 1e-5, res)
+    dres = dev(res)
+    y, s = samba_ext.rms_norm(dev(x, "bfloat16"), dev(w), 1e-5, residual=dres, out=dres)
+    assert y is dres
+    check(host(s), s_ref, 2 * 2.0 ** -24 * np.abs(s_ref), "x + residual")
+    check(host(dres), y_ref, _norm_bound(y_ref, "float32", "float32"), "y (out=residual)")
+
+
+@pytest.mark.parametrize("woff,yoff", [(1, 0), (2, 0), (4, 0), (0, 1), (0, 2), (0, 4)])
+@pytest.mark.parametrize("xdtype,wdtype,ydtype", [("bfloat16", "float32", "bfloat16"),
+                                                  ("float32", "bfloat16", "float32")])
+@pytest.mark.parametrize("residual", [False, True])
+def test_rms_norm_misaligned_weight_and_out(rng, woff, yoff, xdtype, wdtype, ydtype, residual):
+    """The weight and y (out=) at base addresses off elements past 16-byte boundaries (x
+    aligned): the access width must follow the weight's / y's alignment too."""
+    rows, n = 3, 2048
+    x = round_to(rng.standard_normal((rows, n)), xdtype)
+    w = round_to(rng.uniform(0.5, 1.5, n), wdtype)
+    out = offset_empty((rows, n), ydtype, yoff)
+    if residual:
+        res = round_to(rng.standard_normal((rows, n)), "float32")
+        y_ref, s_ref = rms_ref(x, w, 1e-5, res)
+        y, s = samba_ext.rms_norm(dev(x, xdtype), offset_dev(w, wdtype, woff), 1e-5,
+                                  residual=dev(res), out=out)
+        check(host(s), s_ref, 2 * 2.0 ** -24 * np.abs(s_ref), "x + residual")
+    else:
+        y_ref, _ = rms_ref(x, w, 1e-5)
+        y = samba_ext.rms_norm(dev(x, xdtype), offset_dev(w, wdtype, woff), 1e-5, out=out)
+    assert y is out
+    check(host(y), y_ref, _norm_bound(y_ref, ydtype, "float32"), "y")
+
+
+@pytest.mark.parametrize("width", [2048, 37])
+@pytest.mark.parametrize("target", ["gate", "up"])
+def test_swiglu_out_is_input(rng, width, target):
+    """y written over gate or up (out=gate / out=up)."""
+    rows = 9
+    g = round_to(rng.standard_normal((rows, width)) * 3.0, "bfloat16")
+    u = round_to(rng.standard_normal((rows, width)), "bfloat16")
+    dg, du = dev(g, "bfloat16"), dev(u, "bfloat16")
+    out = dg if target == "gate" else du
+    y = samba_ext.swiglu(dg, du, out=out)
+    assert y is out
+    ref = swiglu_ref(g, u)
+    check(host(out), ref, _swiglu_bound(ref, "bfloat16"), f"y (out={target})")
+
+
+@pytest.mark.parametrize("off", [1, 2, 4])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_swiglu_misaligned_out(rng, off, dtype):
+    """Aligned inputs, y at a base address off elements past a 16-byte boundary."""
+    rows, width = 5, 2048
+    g = round_to(rng.standard_normal((rows, width)) * 3.0, dtype)
+    u = round_to(rng.standard_normal((rows, width)), dtype)
+    out = offset_empty((rows, width), dtype, off)
+    y = samba_ext.swiglu(dev(g, dtype), dev(u, dtype), out=out)
+    assert y is out
+    ref = swiglu_ref(g, u)
+    check(host(y), ref, _swiglu_bound(ref, dtype), "y")
+
+
+@pytest.mark.parametrize("off", [1, 2, 4])
+def test_apply_rotary_misaligned_out(rng, off):
+    """Aligned x, y at a base address off elements past a 16-byte boundary."""
+    B, L, H, hd = 2, 5, 4, 64
+    x = round_to(rng.standard_normal((B, L, H, hd)), "bfloat16")
+    out = offset_empty((B, L, H, hd), "bfloat16", off)
+    y = samba_ext.apply_rotary(dev(x, "bfloat16"), 11, 10000.0, out=out)
+    assert y is out
+    ref = rotary_ref(x, np.tile(np.arange(L) + 11, (B, 1)), 10000.0)
+    check(host(y), ref, _rot_bound(x, ref, "bfloat16"), "y")
+
+
+@pytest.mark.parametrize("pdtype", ["int32", "int64"])
+@pytest.mark.parametrize("batched", [False, True])
+def test_apply_rotary_device_positions(rng, pdtype, batched):
+    """Positions held on the device ((seqlen,) or (batch, seqlen), int32 or int64) with
+    several tokens per block spanning a batch boundary (4 heads of 64: 16 tokens per block,
+    seqlen 5)."""
+    from samba_ext import cuda as samba_cuda
+
+    B, L, H, hd = 3, 5, 4, 64
+    x = round_to(rng.standard_normal((B, L, H, hd)), "bfloat16")
+    p = rng.integers(0, 100000, (B, L) if batched else (L,))
+    ref = rotary_ref(x, p if batched else np.tile(p, (B, 1)), 10000.0)
+    y = samba_ext.apply_rotary(dev(x, "bfloat16"), samba_cuda.to_device(p, pdtype), 10000.0)
+    check(host(y), ref, _rot_bound(x, ref, "bfloat16"), "y")
+
+
+def test_elementwise_empty(rng):
+    """Zero rows or zero width: nothing launched, outputs of the right shapes."""
+    for shape in [(0, 64), (3, 0)]:
+        x = dev(np.zeros(shape), "bfloat16")
+        w = dev(np.ones(shape[1]))
+        assert samba_ext.rms_norm(x, w, 1e-5).shape == shape
+        y, s = samba_ext.rms_norm(x, w, 1e-5, residual=dev(np.zeros(shape)))
+        assert y.shape == shape and s.shape == shape
+        assert samba_ext.swiglu(x, x).shape == shape
+    for shape in [(2, 0, 4, 64), (2, 3, 0, 64), (0, 3, 4, 64)]:
+        assert samba_ext.apply_rotary(dev(np.zeros(shape), "bfloat16"), 5).shape == shape
