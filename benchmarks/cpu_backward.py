@@ -214,9 +214,33 @@ def np_attn_bwd(q, k, v, out, dout, window):
 
 
 # ----------------------------------------------------------------------------- benches
+def blas_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """This machine's float32 matrix-product speed (GFLOP/s): the best of ``repeats`` BLAS
+    n x n x n products, the speed at which NumPy's attention does its work."""
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2.0 * n ** 3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def attention_pairs(L: int, window: Optional[int]) -> int:
+    """Visible (query, key) pairs of one head: causal, limited to ``window`` keys if given."""
+    w = L if window is None else window
+    return sum(min(i + 1, w) for i in range(L))
+
+
 def bench_all(quick: bool) -> list[dict]:
     rng = np.random.default_rng(0)
     rows = []
+    gflops = blas_gflops()
 
     def row(name, shape, c_fn, np_fn, repeats, pick=None):
         tc, tn = interleaved_times([c_fn, np_fn], repeats)
@@ -296,6 +320,13 @@ def bench_all(quick: bool) -> list[dict]:
                                                                out=out, lse=lse),
             lambda out=out, window=window: np_attn_bwd(q, k, v, out, do, window),
             4 if window else 2)
+        # the backward's products: S = q k, dP = dO v, dV += P dO, dQ += dS k, dK += dS q,
+        # 2 * hd flops each per visible pair; at BLAS's speed on only those pairs
+        flops = 10.0 * hd * H * attention_pairs(La, window)
+        r = rows[-1]
+        r["floor_ms"] = flops / (gflops * 1e9) * 1e3
+        r["blas_gflops"] = gflops
+        r["max_speedup"] = r["numpy_ms"] / r["floor_ms"]
     return rows
 
 
@@ -340,6 +371,20 @@ def render(info: dict, rows: list[dict], elapsed: float, quick: bool) -> str:
               "C side too: OpenBLAS's threads keep spinning for a while after the NumPy call "
               "and take cores from the OpenMP threads (a 1024 x 1024 matmul just before each C "
               "call made it about 1.3 to 1.7 times slower on this machine).", ""]
+    floors = [r for r in rows if "floor_ms" in r]
+    if floors:
+        lines += ["Attention against its floor: the backward's five products (10 x headdim "
+                  "flops per visible pair) over only the visible pairs, at this machine's BLAS "
+                  f"matrix-product speed measured in the same run "
+                  f"({floors[0]['blas_gflops']:.0f} GFLOP/s, a 1024^3 float32 product), take "
+                  "the time below. No kernel can beat that floor by much, so NumPy's time over "
+                  "it bounds the reachable speed-up:", "",
+                  "| shape | floor (ms) | C (ms) | C / floor | NumPy / floor (best reachable "
+                  "speed-up) |", "|---|---|---|---|---|"]
+        for r in floors:
+            lines.append(f"| {r['shape']} | {r['floor_ms']:.1f} | {r['c_ms']:.1f} | "
+                         f"{r['c_ms'] / r['floor_ms']:.1f}x | {r['max_speedup']:.1f}x |")
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 

@@ -15,49 +15,14 @@
 #   benchmark rewrites its report after every case, so a cut-short run keeps what it measured).
 # Files written to $OUT (8 at most): build.log, tests.log, memcheck.log, racecheck.log,
 #   bench.log, gpu_attention.md, gpu_attention.json, summary.md
-set -u
-OUT=${OUT:-./out}
-mkdir -p "$OUT"
 STEPS=${1:-build,tests,memcheck,racecheck,bench}
-export SAMBA_EXT_CUDA_ARCHS=${SAMBA_EXT_CUDA_ARCHS:-90}
-export PYTHONUNBUFFERED=1
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+source "$(dirname "$0")/cuda_run_common.sh"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 SAN_TIMEOUT=${SAN_TIMEOUT:-240}
-PY=${PYTHON:-python3}
-SUMMARY="$OUT/summary.md"
-: > "$SUMMARY"
-row() { printf '| %-9s | %-7s | %s |\n' "$1" "$2" "$3" | tee -a "$SUMMARY"; }
-has() { [[ ",$STEPS," == *",$1,"* ]]; }
-last_line() { grep -E "passed|failed|error" "$1" | tail -1 | sed -e 's/=//g' -e 's/^ *//'; }
+header
+build_step
 
-{
-    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ) commit: ${GIT_COMMIT:-unknown}"
-    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
-    nvcc --version | tail -1
-} > "$OUT/build.log" 2>&1
-printf '| %-9s | %-7s | %s |\n' step status details | tee -a "$SUMMARY"
-printf '|%s|%s|%s|\n' ----------- --------- ------- | tee -a "$SUMMARY"
-
-if has build; then
-    t0=$(date +%s)
-    if SAMBA_EXT_CUDA=1 $PY setup.py build_ext --inplace -j16 >> "$OUT/build.log" 2>&1 &&
-        $PY -c "import samba_ext; assert samba_ext.cuda_available()" >> "$OUT/build.log" 2>&1; then
-        row build ok "$(( $(date +%s) - t0 )) s, sm_$SAMBA_EXT_CUDA_ARCHS"
-    else
-        row build FAILED "see build.log"; tail -40 "$OUT/build.log"; exit 1
-    fi
-fi
-
-if has tests; then
-    t0=$(date +%s)
-    $PY -m pytest -q -p no:cacheprovider --maxfail=5 tests/test_cuda_attention.py \
-        tests/test_cuda_kernels.py -k "attention or swa or decode or errors or fault" \
-        > "$OUT/tests.log" 2>&1
-    rc=$?
-    row tests "$([ $rc = 0 ] && echo ok || echo FAILED)" "$(last_line "$OUT/tests.log"), $(( $(date +%s) - t0 )) s"
-    [ $rc = 0 ] || grep -E "^(FAILED|ERROR|E )" "$OUT/tests.log" | head -20
-fi
+has tests && pytest_step tests tests.log --maxfail=5 tests/test_cuda_attention.py tests/test_cuda_kernels.py -k "attention or swa or decode or errors or fault"
 
 if has memcheck; then
     t0=$(date +%s)

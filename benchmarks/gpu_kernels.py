@@ -3,10 +3,13 @@
 * selective_scan (bf16 u/delta/z/B/C, float32 A/D/delta_bias, softplus, gate z, d_state 16)
   against the exp-unit floor: batch*dim*seqlen*dstate exponentials at 16 per clock per
   multiprocessor (the MUFU rate of sm_90) at the card's maximum SM clock. Each variant of
-  the kernel (``SAMBA_EXT_SCAN_LANES``: 1 = one thread per channel, 4 / 8 = that many
-  threads per channel; ``SAMBA_EXT_SCAN_CHUNKS``: chunks over the sequence; unset = the
-  library's choice) is timed, and its output compared with the one-thread-per-channel
-  kernel's.
+  the kernel (``SAMBA_EXT_SCAN_VARIANT``: split = 4 threads per channel, 8 steps per group;
+  tile = blocks of channels walking 32-step tiles with B / C and softplus(delta) in shared
+  memory, ``SAMBA_EXT_SCAN_LANES`` 4 or 8 threads per channel; tilews = the same with the
+  staging and output in their own warps; unset = the library's choice)
+  is timed at the issue's five shapes and the model's 16384-token prefill chunk, as a whole
+  call and as device time, and its output compared with the library's choice.
+  ``SCAN_VARIANTS=default`` times the library's choice only.
 * rms_norm with the residual add, swiglu and causal_conv1d + SiLU against torch's
   composition of the same operations, and against the copy bandwidth (bytes read + written
   by a large device-to-device copy): the minimal bytes (each input read once, each output
@@ -93,8 +96,9 @@ def scan_cases(reps: int) -> list[dict]:
     rate = props.multi_processor_count * 16 * max_sm_clock_hz()  # exponentials per second
     rows = []
     g = torch.Generator(device="cuda").manual_seed(0)
+    # the five shapes, then the model's prefill chunk (16384 tokens of samba-1.7b)
     for (b, d, L) in [(1, 4096, 32768), (8, 4096, 4096), (8, 4096, 32768),
-                      (1, 6144, 131072), (8, 6144, 131072)]:
+                      (1, 6144, 131072), (8, 6144, 131072), (1, 4096, 16384)]:
         N = 16
         bf = torch.bfloat16
         r = lambda *s, dt=bf: torch.randn(*s, device="cuda", generator=g,
@@ -110,13 +114,15 @@ def scan_cases(reps: int) -> list[dict]:
         run = functools.partial(K.selective_scan, u, delta, A, Bm, Cm, D, z, bias, True)
 
         ref = None
-        variants = [("1", "1"), ("4", "1"), ("8", "1"), ("", "")]
+        # (SAMBA_EXT_SCAN_VARIANT, _LANES, _CHUNKS); "" = unset (the library's choice); the
+        # first row is the reference of the diff column
+        variants = [("", "", ""), ("split", "4", "1"), ("tile", "4", "1"), ("tile", "8", "1"),
+                    ("tilews", "4", "1"), ("tilews", "8", "1")]
         if os.environ.get("SCAN_VARIANTS") == "default":  # the library's choice only
-            variants = [("", "")]
-        elif b == 1:
-            variants[3:3] = [("4", "4"), ("8", "2"), ("8", "4"), ("4", "8")]
-        for lanes, chunks in variants:
-            for var, val in (("SAMBA_EXT_SCAN_LANES", lanes), ("SAMBA_EXT_SCAN_CHUNKS", chunks)):
+            variants = variants[:1]
+        for kind, lanes, chunks in variants:
+            for var, val in (("SAMBA_EXT_SCAN_VARIANT", kind), ("SAMBA_EXT_SCAN_LANES", lanes),
+                             ("SAMBA_EXT_SCAN_CHUNKS", chunks)):
                 if val:
                     os.environ[var] = val
                 else:
@@ -127,13 +133,16 @@ def scan_cases(reps: int) -> list[dict]:
             err = rel(y, ref)
             big = b * d * L > 2**31
             ms = bench(run, reps=3 if big else reps, warmup=1 if big else 3)
+            kms = kernel_ms(run, calls=2 if big else 10)  # device time: no host overhead
             rows.append({"kernel": "selective_scan", "batch": b, "dim": d, "seqlen": L,
-                         "dstate": N, "lanes": lanes or "default", "chunks": chunks or "default",
-                         "ms": ms, "floor_ms": floor_ms, "x_floor": ms / floor_ms,
-                         "rel_diff_vs_lanes1": err})
+                         "dstate": N, "variant": kind or "default", "lanes": lanes or "default",
+                         "chunks": chunks or "default", "ms": ms, "kernel_ms": kms,
+                         "floor_ms": floor_ms, "x_floor": ms / floor_ms,
+                         "x_floor_kernel": kms / floor_ms if kms else None,
+                         "rel_diff_vs_default": err})
             del y
-        os.environ.pop("SAMBA_EXT_SCAN_LANES", None)
-        os.environ.pop("SAMBA_EXT_SCAN_CHUNKS", None)
+        for var in ("SAMBA_EXT_SCAN_VARIANT", "SAMBA_EXT_SCAN_LANES", "SAMBA_EXT_SCAN_CHUNKS"):
+            os.environ.pop(var, None)
         del u, z, delta, Bm, Cm, ref
         torch.cuda.empty_cache()
     return rows
@@ -205,10 +214,13 @@ def main() -> None:
     res["rows"] += elementwise_cases(bw, which, args.reps)
     for row in res["rows"]:
         if row["kernel"] == "selective_scan":
-            print(f"scan b{row['batch']} d{row['dim']} L{row['seqlen']} lanes "
-                  f"{row['lanes']:>7} chunks {row['chunks']:>7}: {row['ms']:8.2f} ms, "
-                  f"floor {row['floor_ms']:7.2f} ms, "
-                  f"{row['x_floor']:5.2f}x floor, diff {row['rel_diff_vs_lanes1']:.1e}")
+            km = row["kernel_ms"]
+            kern = f"kernel {km:8.3f} ms = {row['x_floor_kernel']:5.2f}x floor" if km else \
+                "kernel time unavailable"
+            print(f"scan b{row['batch']} d{row['dim']} L{row['seqlen']} {row['variant']:>7} "
+                  f"lanes {row['lanes']:>7} chunks {row['chunks']:>7}: call {row['ms']:8.3f} ms "
+                  f"({row['x_floor']:5.2f}x), {kern}, floor {row['floor_ms']:7.3f} ms, "
+                  f"diff {row['rel_diff_vs_default']:.1e}")
         else:
             ko, kt = row["kernel_ms"], row["torch_kernel_ms"]
             kern = (f"kernels {ko:.3f} vs {kt:.3f} ms ({row['x_torch_kernel']:.2f}x)"

@@ -1,15 +1,22 @@
 """The CUDA selective scan's fast paths against the float64 reference (tests/ref_scan.py).
 
 For d_state 16 with u / delta / z / B / C of one dtype and aligned rows, csrc/cuda/scan.cu
-runs a kernel with 4 or 8 threads per channel, optionally in chunks over the sequence (two
-passes, the state passed between chunks). ``SAMBA_EXT_SCAN_LANES`` (1 | 4 | 8) and
-``SAMBA_EXT_SCAN_CHUNKS`` (N) force a variant, read at each call; every variant must give
-the reference's result on fresh random inputs, including sequence lengths that leave a
-partial last group of 8 steps, channel counts that leave the lanes of one warp in different
-chunks, grouped B/C, an initial state, and no z / D / delta_bias. Tolerances: tests/cuda_util
-RTOL (float32 arithmetic; the output rounded to its dtype); the chunked passes recombine the
-state as exp(A * sum(dt)) * h + h_local, a different float32 rounding order than the
-step-by-step product, well inside float32's 1e-5 over these lengths.
+runs one of two kernels (``SAMBA_EXT_SCAN_VARIANT``): ``split``, 4 or 8 threads per channel,
+optionally in chunks over the sequence (two passes, the state passed between chunks), or
+``tile`` (csrc/cuda/scan_tile.cuh), blocks of 32 or 16 channels (4 or 8 threads each) walking
+the sequence in tiles of 32 steps with B / C and softplus(delta) staged in shared memory, or
+``tilews`` (scan_tile_ws.cuh), the same with the staging and output in separate warps,
+pipelined over tiles of 16 steps.
+``SAMBA_EXT_SCAN_LANES`` (1 | 4 | 8) and ``SAMBA_EXT_SCAN_CHUNKS`` (N) force a variant, read at
+each call; every variant must give the reference's result on fresh random inputs, including
+sequence lengths that leave a partial last group of 8 steps or a partial last tile (odd L, L
+shorter than one tile), channel counts that leave the lanes of one warp in different chunks
+or that the tiled kernel cannot cut into whole blocks (it then falls back to the split
+kernel), batch > 1, grouped B/C, an initial state with the last state returned, and no z / D /
+delta_bias. Tolerances: tests/cuda_util RTOL (float32 arithmetic; the output rounded to its
+dtype); the chunked passes recombine the state as exp(A * sum(dt)) * h + h_local, and the
+tiled kernel sums y over its threads' states in another order, float32 rounding
+differences well inside float32's 1e-5 over these lengths.
 """
 from __future__ import annotations
 
@@ -26,10 +33,23 @@ pytestmark = needs_cuda
 
 @pytest.fixture
 def variant(monkeypatch):
-    def set_(lanes: int, chunks: int) -> None:
+    def set_(lanes: int, chunks: int, kind: str = "split") -> None:
+        monkeypatch.setenv("SAMBA_EXT_SCAN_VARIANT", kind)
         monkeypatch.setenv("SAMBA_EXT_SCAN_LANES", str(lanes))
         monkeypatch.setenv("SAMBA_EXT_SCAN_CHUNKS", str(chunks))
     return set_
+
+
+# (kind, lanes, chunks); tile with chunks > 1 or a channel count that is not a multiple of its
+# block falls back to the split kernel
+VARIANTS = [("split", 4, 1), ("split", 8, 1), ("split", 4, 3), ("split", 8, 7),
+            ("split", 4, 16), ("split", 1, 1), ("tile", 4, 1), ("tile", 8, 1), ("tilews", 4, 1),
+            ("tilews", 8, 1)]
+# (batch, dim, L, G): the first four from the split kernel's tests; then whole tiled blocks
+# (dim / G a multiple of 32): batch 3 with a partial last tile, grouped B/C with an odd L over
+# many tiles, L shorter than one tile and than one group of 8, and L a multiple of the tile
+SHAPES = [(2, 24, 296, 0), (1, 40, 1003, 2), (3, 5, 64, 0), (1, 7, 4096, 0),
+          (3, 64, 296, 0), (1, 64, 1003, 2), (2, 32, 20, 0), (1, 96, 5, 0), (2, 32, 256, 4)]
 
 
 def _inputs(rng, batch, dim, L, G, dtype):
@@ -48,11 +68,11 @@ def _inputs(rng, batch, dim, L, G, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
-@pytest.mark.parametrize("lanes,chunks", [(4, 1), (8, 1), (4, 3), (8, 7), (4, 16), (1, 1)])
-@pytest.mark.parametrize("batch,dim,L,G", [(2, 24, 296, 0), (1, 40, 1003, 2), (3, 5, 64, 0),
-                                           (1, 7, 4096, 0)])
-def test_scan_variants_match_reference(rng, variant, dtype, lanes, chunks, batch, dim, L, G):
-    variant(lanes, chunks)
+@pytest.mark.parametrize("kind,lanes,chunks", VARIANTS)
+@pytest.mark.parametrize("batch,dim,L,G", SHAPES)
+def test_scan_variants_match_reference(rng, variant, dtype, kind, lanes, chunks, batch, dim, L,
+                                       G):
+    variant(lanes, chunks, kind)
     r = _inputs(rng, batch, dim, L, G, dtype)
     y_ref, h_ref = selective_scan_ref(r["u"], r["delta"], r["A"], r["B"], r["C"], r["D"],
                                       r["z"], r["delta_bias"], True, r["initial_state"], True)
@@ -64,11 +84,13 @@ def test_scan_variants_match_reference(rng, variant, dtype, lanes, chunks, batch
     assert_close(host(h), h_ref, RTOL["float32"], "last state")
 
 
-@pytest.mark.parametrize("lanes,chunks", [(4, 1), (8, 5)])
-def test_scan_variants_without_options(rng, variant, lanes, chunks):
+@pytest.mark.parametrize("kind,lanes,chunks", [("split", 4, 1), ("split", 8, 5), ("tile", 4, 1),
+                                                ("tile", 8, 1), ("tilews", 4, 1),
+                                                ("tilews", 8, 1)])
+def test_scan_variants_without_options(rng, variant, kind, lanes, chunks):
     """No z / D / delta_bias / softplus / states; then an initial state without the last."""
-    variant(lanes, chunks)
-    batch, dim, L = 2, 16, 808
+    variant(lanes, chunks, kind)
+    batch, dim, L = 2, 32, 808
     r = _inputs(rng, batch, dim, L, 0, "float32")
     r["delta"] = round_to(rng.uniform(0.01, 0.3, (batch, dim, L)), "float32")
     y_ref = selective_scan_ref(r["u"], r["delta"], r["A"], r["B"], r["C"])

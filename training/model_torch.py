@@ -18,6 +18,11 @@ the package's own autograd kernels) can be swapped in at one place:
 * :func:`attention` - every attention block calls it; it picks banded local attention, plain causal
   attention, or masked attention over a cache.
 
+``TorchSamba(cfg, kernels=...)`` picks the implementation: ``"samba_ext"`` (the default where
+:mod:`samba_ext.torch` imports) runs the package's autograd ops instead - ``causal_conv1d_fn`` and
+``selective_scan_fn`` in the Mamba blocks (z gate and D fused), ``flash_attn_func`` with
+``window_size=(window-1, 0)`` in the attention blocks; ``"torch"`` runs the two entry points above.
+
 Checkpoints are safetensors files written and read with the package's :mod:`samba_ext.safetensors_io`:
 lit_gpt key names, float32, the config as JSON in the metadata. Tokens are the package's byte tokenizer
 (:class:`samba_ext.tokenizer.ByteTokenizer`: ids 0..255 bytes, 256 <eos>, 257 <bos>, 258 <pad>).
@@ -231,6 +236,35 @@ def scan_chunked(x, dt, A, Bm, Cm, Dv, h0=None, chunk: int = 16, min_log_decay: 
     return y + x[:, :L] * Dv, hend[:, -1]
 
 
+# ----------------------------------------------------------------------------------------------
+# Kernel switch: the package's autograd ops (samba_ext.torch) or the pure-torch paths of this file
+# ----------------------------------------------------------------------------------------------
+KERNELS = ("samba_ext", "torch")
+
+
+def _samba_ext_torch():
+    """samba_ext.torch, or None where it cannot be imported (extension not built)."""
+    try:
+        import samba_ext.torch as st
+    except (ImportError, OSError):
+        return None
+    return st
+
+
+def default_kernels() -> str:
+    """The default kernel path: "samba_ext" when samba_ext.torch imports, else "torch"."""
+    return "samba_ext" if _samba_ext_torch() is not None else "torch"
+
+
+def check_kernels(kernels: str) -> str:
+    """Validate a kernel choice; "samba_ext" needs samba_ext.torch (raises ValueError otherwise)."""
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels: expected one of {KERNELS}, got {kernels!r}")
+    if kernels == "samba_ext" and _samba_ext_torch() is None:
+        raise ValueError("kernels: 'samba_ext' needs samba_ext.torch (build the extension; torch installed)")
+    return kernels
+
+
 def selective_scan(x, dt, A, Bm, Cm, Dv, h0=None, decay_scale=None, exact: bool = False):
     """The one scan entry point of the model (same arguments and results as ``scan_ref``).
 
@@ -265,6 +299,7 @@ class Mamba(nn.Module):
         N, K = cfg["d_state"], cfg["d_conv"]
         R = cfg["dt_rank"] or math.ceil(D / 16)
         self.E, self.N, self.K, self.R = E, N, K, R
+        self.kernels = "torch"  # set by TorchSamba (set_kernels)
         self.in_proj = nn.Linear(D, 2 * E, bias=False)
         self.conv1d = nn.Conv1d(E, E, K, groups=E, bias=True)
         self.x_proj = nn.Linear(E, R + 2 * N, bias=False)
@@ -286,6 +321,8 @@ class Mamba(nn.Module):
         Bsz, L, _ = u.shape
         xz = self.in_proj(u)
         x, z = xz.float().chunk(2, dim=-1)
+        if self.kernels == "samba_ext" and state is None and not exact:
+            return self._forward_samba_ext(x, z, dt_scale, decay_only)
         xt = x.transpose(1, 2)  # (B, E, L)
         cs = xt.new_zeros(Bsz, self.E, self.K - 1) if state is None else state[0]
         xp = torch.cat([cs, xt], 2)
@@ -306,6 +343,38 @@ class Mamba(nn.Module):
             y, hL = selective_scan(xc.float(), dt, A, Bm, Cm, self.D.float(), h0, decay_scale=decay_scale, exact=exact)
         y = y * F.silu(z)
         return self.out_proj(y), (new_cs, hL)
+
+    def _forward_samba_ext(self, x, z, dt_scale, decay_only):
+        """The same mixer with samba_ext.torch's causal_conv1d_fn and selective_scan_fn (no initial
+        state). x, z: (B, L, E) float32 -> (out (B, L, D), (conv_state (B, E, K-1), ssm (B, E, N))).
+
+        The conv and the scan get float32 tensors (as the torch path computes them); dt is formed in
+        torch exactly as there. The decay-only dilation (decay exp(k dt A), write dt B x) runs as the
+        plain scan of u = x / k with delta = k dt (write k dt * x/k * B = dt B x; k >= 1 here), the D
+        skip and the z gate then applied outside the kernel."""
+        st = _samba_ext_torch()
+        xt = x.transpose(1, 2).contiguous()  # (B, E, L), time contiguous as the peers' kernels take it
+        new_cs = F.pad(xt, (self.K - 1, 0))[:, :, xt.shape[2] :]
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            w = self.conv1d.weight.float().squeeze(1)  # (E, K)
+            xc_t = st.causal_conv1d_fn(xt, w, self.conv1d.bias.float(), activation="silu")  # (B, E, L)
+        xc = xc_t.transpose(1, 2)  # (B, L, E)
+        dbl = self.x_proj(xc).float()
+        dt_low, Bm, Cm = dbl.split([self.R, self.N, self.N], dim=-1)
+        dt = F.softplus(F.linear(dt_low, self.dt_proj.weight.float(), self.dt_proj.bias.float()).float())
+        if dt_scale is not None and not decay_only:
+            dt = dt * dt_scale.view(-1, 1, 1)
+        A = -torch.exp(self.A_log.float())
+        Bt, Ct, zt = (t.transpose(1, 2).contiguous() for t in (Bm, Cm, z))
+        dt_t = dt.transpose(1, 2).contiguous()
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if dt_scale is not None and decay_only:
+                k = dt_scale.float().view(-1, 1, 1)
+                y, hL = st.selective_scan_fn(xc_t / k, dt_t * k, A, Bt, Ct, return_last_state=True)
+                y = (y + xc_t * self.D.float()[:, None]) * F.silu(zt)
+            else:
+                y, hL = st.selective_scan_fn(xc_t, dt_t, A, Bt, Ct, self.D.float(), zt, return_last_state=True)
+        return self.out_proj(y.transpose(1, 2)), (new_cs, hL)
 
 
 def rope_cos_sin(pos0: int, L: int, head_dim: int, base: float, device):
@@ -391,6 +460,7 @@ class CausalSelfAttention(nn.Module):
         self.qpk = self.H // self.G
         self.window = cfg["window"] if local else None
         self.base = cfg["rope_base"]
+        self.kernels = "torch"  # set by TorchSamba (set_kernels)
         self.attn = nn.Linear(cfg["d_model"], (self.H + 2 * self.G) * self.hd, bias=False)
         self.proj = nn.Linear(self.H * self.hd, cfg["d_model"], bias=False)
 
@@ -417,8 +487,16 @@ class CausalSelfAttention(nn.Module):
         if keep_cache:
             keep = k.shape[2] if self.window is None else min(k.shape[2], self.window - 1)
             new_state = (k[:, :, k.shape[2] - keep :], v[:, :, v.shape[2] - keep :])
-        y = attention(q, k, v, P, self.window)
-        y = y.transpose(1, 2).reshape(Bsz, L, self.H * self.hd)
+        if self.kernels == "samba_ext":
+            # flash-attn layout (B, L, heads, hd), GQA by the op, causal bottom-right aligned (query i
+            # at position P + i); window keys including the query itself = window_size (window-1, 0)
+            left = -1 if self.window is None else self.window - 1
+            y = _samba_ext_torch().flash_attn_func(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True, window_size=(left, 0)
+            )
+        else:
+            y = attention(q, k, v, P, self.window).transpose(1, 2)
+        y = y.reshape(Bsz, L, self.H * self.hd)
         return self.proj(y), new_state
 
 
@@ -463,7 +541,7 @@ class Transformer(nn.Module):
 class TorchSamba(nn.Module):
     """Samba / Llama-style byte model. ``forward(tokens (B, L) int64) -> logits (B, L, vocab) float32``."""
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, kernels: str | None = None):
         super().__init__()
         assert cfg["tie_embeddings"], "only tied embeddings are implemented"
         for t in cfg["layer_types"]:
@@ -477,6 +555,16 @@ class TorchSamba(nn.Module):
             for b in self.transformer.h:
                 (b.attn.out_proj if b.kind == "mamba" else b.attn.proj).weight.mul_(scale)
                 b.mlp.swiglu.w3.weight.mul_(scale)
+        self.set_kernels(default_kernels() if kernels is None else kernels)
+
+    def set_kernels(self, kernels: str) -> None:
+        """Choose the kernels. "samba_ext": the Mamba blocks run samba_ext.torch's
+        causal_conv1d_fn and selective_scan_fn (the torch scan where a state is passed in or
+        ``exact``), the attention blocks its flash_attn_func; "torch": this file's scans and
+        attention (SDPA / masked softmax)."""
+        self.kernels = check_kernels(kernels)
+        for b in self.transformer.h:
+            b.attn.kernels = self.kernels
 
     def forward(
         self,
@@ -528,13 +616,14 @@ def save_checkpoint(path: str, model: TorchSamba, metadata: dict[str, str]) -> N
     write_safetensors(path, export_state(model), {str(k): str(v) for k, v in metadata.items()})
 
 
-def load_model(path: str, device: str = "cpu") -> TorchSamba:
-    """Build a TorchSamba from a samba-ext safetensors file; ``model.file_meta`` is its metadata."""
+def load_model(path: str, device: str = "cpu", kernels: str | None = None) -> TorchSamba:
+    """Build a TorchSamba from a samba-ext safetensors file; ``model.file_meta`` is its metadata.
+    kernels: as TorchSamba (default: samba_ext when it imports)."""
     tensors, meta = read_safetensors(path)
     if "config" not in meta:
         raise ValueError(f"{path}: no 'config' in the metadata; this is not a samba-ext training file")
     cfg = json.loads(meta["config"])
-    model = TorchSamba(cfg)
+    model = TorchSamba(cfg, kernels=kernels)
     sd = {k: torch.from_numpy(v) for k, v in tensors.items() if k != "lm_head.weight"}
     model.load_state_dict(sd, strict=True)
     model.file_meta = meta  # the file's __metadata__ (train_command, lineage, ...)
@@ -602,7 +691,7 @@ def grow_model(model: "TorchSamba", n_layer: int) -> "TorchSamba":
     cfg["layer_types"] = list(cfg["layer_types"]) + layer_pattern(cfg["name"], n_layer)[n0:]
     cfg["n_layer"] = n_layer
     dev = next(model.parameters()).device
-    grown = TorchSamba(cfg).to(dev)
+    grown = TorchSamba(cfg, kernels=model.kernels).to(dev)
     missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("transformer.h.") for k in missing), (missing, unexpected)
     with torch.no_grad():

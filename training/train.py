@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from data import PASSKEY_ANSWER, DataMix, make_batch, training_text
 from evals import quick_evals
 from model_torch import (
+    KERNELS,
     VOCAB,
     CausalSelfAttention,
     TorchSamba,
@@ -105,6 +106,39 @@ def lr_at(progress: float, step: int, lr: float, warmup: int) -> float:
     return lr * w * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+def forward_loss(model, ids, kind, lm_weight: float, use_amp: bool, dt_scale=None, decay_only: bool = False):
+    """The training objective of one batch: ids, kind (B, L) int64 (kind 1 = LM target, 2 = answer
+    target at the next position). The model runs under bf16 autocast when ``use_amp``; the logits and
+    the cross-entropy are float32. Returns (loss = loss_ans + lm_weight * loss_lm, loss_ans, loss_lm,
+    logits (B, L-1, V))."""
+    with torch.autocast(device_type=ids.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        hfin = model(ids, dt_scale=dt_scale, return_hidden=True, decay_only=decay_only)
+    logits = model.logits(hfin[:, :-1].float())
+    tgt = ids[:, 1:]
+    k_ = kind[:, :-1]
+    ce = F.cross_entropy(logits.reshape(-1, VOCAB), tgt.reshape(-1), reduction="none").view_as(tgt)
+    m_ans = (k_ == 2).float()
+    m_lm = (k_ == 1).float()
+    loss_ans = (ce * m_ans).sum() / m_ans.sum().clamp(min=1)
+    loss_lm = (ce * m_lm).sum() / m_lm.sum().clamp(min=1)
+    return loss_ans + lm_weight * loss_lm, loss_ans, loss_lm, logits
+
+
+def make_optimizer(model, lr: float, weight_decay: float):
+    """AdamW (betas 0.9, 0.95), weight decay on the matrices except A_log."""
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "A_log" not in n else no_decay).append(p)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+    )
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=["samba-tiny", "llama-tiny"], required=True)
@@ -113,6 +147,13 @@ def parse_args(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="number of steps (default: until --minutes)")
     ap.add_argument("--minutes", type=float, default=None, help="wall-clock training budget")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--kernels",
+        choices=KERNELS,
+        default=None,
+        help="samba_ext: the package's autograd ops (scan, conv, flash_attn_func; the default where "
+        "samba_ext.torch imports); torch: the model file's own scans and SDPA / masked attention",
+    )
     ap.add_argument(
         "--init",
         default=None,
@@ -254,13 +295,19 @@ def main(argv=None) -> dict:
         args.steps = 20 if cpu else 1000
     if args.threads:
         torch.set_num_threads(args.threads)
+        try:  # the samba_ext kernels' OpenMP threads too (their runtime is not torch's)
+            import samba_ext.threads
+
+            samba_ext.threads.set_num_threads(args.threads)
+        except ImportError:
+            pass
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
 
     if args.init:
-        model = load_model(args.init, str(dev))
+        model = load_model(args.init, str(dev), kernels=args.kernels)
         cfg = dict(model.cfg)
         if cfg.get("name") != args.model:
             raise SystemExit(f"--init {args.init} holds {cfg.get('name')!r}, not --model {args.model!r}")
@@ -278,7 +325,7 @@ def main(argv=None) -> dict:
         cfg = make_config(
             args.model, args.d_model, args.n_layer, 256 if args.window is None else args.window, args.d_state
         )
-        model = TorchSamba(cfg).to(dev)
+        model = TorchSamba(cfg, kernels=args.kernels).to(dev)
     if not 0.0 <= args.pb_seps <= 1.0:
         raise SystemExit(f"--pb-seps is a probability in [0, 1], got {args.pb_seps}")
     if args.grow is not None:
@@ -322,21 +369,11 @@ def main(argv=None) -> dict:
     stages = parse_stages(args.stages)
     print(
         f"[{args.model}] params {n_params} | train text {len(text)} tokens ({time.time() - t0:.1f}s) | "
-        f"device {dev} | max_len {max_len} | tokens/step {tps}",
+        f"device {dev} | kernels {model.kernels} | max_len {max_len} | tokens/step {tps}",
         flush=True,
     )
 
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.ndim >= 2 and "A_log" not in n else no_decay).append(p)
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr,
-        betas=(0.9, 0.95),
-        eps=1e-8,
-    )
+    opt = make_optimizer(model, args.lr, args.weight_decay)
     use_amp = dev.type == "cuda" or args.amp_cpu
     has_mamba = "mamba" in cfg["layer_types"]
     log = []
@@ -370,18 +407,13 @@ def main(argv=None) -> dict:
             lr = lr_at(progress, step, args.lr, args.warmup)
             for g in opt.param_groups:
                 g["lr"] = lr
-            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                hfin = model(ids, dt_scale=dt_scale, return_hidden=True, decay_only=args.dt_aug_mode == "decay")
-            logits = model.logits(hfin[:, :-1].float())
+            loss, loss_ans, loss_lm, logits = forward_loss(
+                model, ids, kind, args.lm_weight, use_amp, dt_scale, args.dt_aug_mode == "decay"
+            )
             tgt = ids[:, 1:]
             k_ = kind[:, :-1]
-            ce = F.cross_entropy(logits.reshape(-1, VOCAB), tgt.reshape(-1), reduction="none").view_as(tgt)
             m_ans = (k_ == 2).float()
-            m_lm = (k_ == 1).float()
             n_ans = m_ans.sum().clamp(min=1)
-            loss_ans = (ce * m_ans).sum() / n_ans
-            loss_lm = (ce * m_lm).sum() / m_lm.sum().clamp(min=1)
-            loss = loss_ans + args.lm_weight * loss_lm
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -433,6 +465,7 @@ def main(argv=None) -> dict:
         "train_seconds": f"{train_time:.1f}",
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "torch": torch.__version__,
+        "kernels": model.kernels,
         "params": str(n_params),
         "data": "passkey (samba_ext.eval passkey prompt, answer ' {key}.'+<eos>), phonebook (samba_ext names), "
         "stdlib .py (crc32(relpath)%10!=0)",

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "scan_common.cuh"
+#include "scan_tile_ws.cuh"  // includes scan_tile.cuh
 
 #define SCAN_THREADS 128
 
@@ -427,6 +428,54 @@ static samba_status launch_split(const samba_cu_scan_args *a, int lanes, cudaStr
     return s;
 }
 
+// The tiled kernels: SAMBA_EXT_SCAN_VARIANT=tile (scan_tile.cuh, the default) or tilews
+// (specialised warps, scan_tile_ws.cuh) selects one, =split the split kernel above; they need
+// the split kernel's conditions (split_lanes > 1 and split_vec_ok), whole blocks of channels
+// within one group, and no chunks requested (else the split kernel runs). Threads per
+// channel: SAMBA_EXT_SCAN_LANES=8 (2 states per thread), otherwise 4 (4 states). On the H200
+// (benchmarks/results/gpu_model.md) tile with 4 threads per channel was 1.35-2x faster than
+// split at every measured size; tilews was slower than tile at all of them.
+static int tile_kind(void) {  // 0: split, 1: tile, 2: tilews
+    const char *v = getenv("SAMBA_EXT_SCAN_VARIANT");
+    if (v == NULL || v[0] == '\0') return 1;
+    return strcmp(v, "split") == 0 ? 0 : strcmp(v, "tilews") == 0 ? 2 : 1;
+}
+
+static int tile_lanes(const samba_cu_scan_args *a) {
+    if (tile_kind() == 0) return 0;
+    if (env_int("SAMBA_EXT_SCAN_CHUNKS", 1) > 1) return 0;
+    const int lanes = env_int("SAMBA_EXT_SCAN_LANES", 0) == 8 ? 8 : 4;
+    const int64_t cpb = TILE_THREADS / lanes;  // channels per block
+    return (a->dim / a->ngroups) % cpb == 0 ? lanes : 0;
+}
+
+template <typename T>
+static void launch_tile_t(const samba_cu_scan_args *a, int lanes, cudaStream_t st) {
+    const int64_t cpb = TILE_THREADS / lanes;
+    const unsigned grid = (unsigned)(a->batch * a->dim / cpb);
+    if (tile_kind() == 2) {
+        if (lanes == 4)
+            scan_tile_ws_kernel<4, T><<<grid, WS_THREADS, 0, st>>>(*a);
+        else
+            scan_tile_ws_kernel<2, T><<<grid, WS_THREADS, 0, st>>>(*a);
+        return;
+    }
+    if (lanes == 4)
+        scan_tile_kernel<4, T><<<grid, TILE_THREADS, 0, st>>>(*a);
+    else
+        scan_tile_kernel<2, T><<<grid, TILE_THREADS, 0, st>>>(*a);
+}
+
+static samba_status launch_tile(const samba_cu_scan_args *a, int lanes, cudaStream_t st) {
+    if (a->u.dtype == SAMBA_CU_BF16)
+        launch_tile_t<__nv_bfloat16>(a, lanes, st);
+    else if (a->u.dtype == SAMBA_CU_F16)
+        launch_tile_t<__half>(a, lanes, st);
+    else
+        launch_tile_t<float>(a, lanes, st);
+    return samba_cu_check_launch("selective_scan (tiled)", st);
+}
+
 static samba_status check_groups(int64_t dim, int64_t ngroups, int64_t dstate) {
     if (ngroups < 1 || dim % ngroups != 0)
         return samba_cu_fail_msg(SAMBA_ERR_ARG, "selective_scan: dim %lld not divisible by "
@@ -460,7 +509,10 @@ extern "C" samba_status samba_cu_scan_fwd(const samba_cu_scan_args *a, void *str
         return samba_cu_fail_msg(SAMBA_ERR_ARG, "selective_scan: B and C must have one dtype");
     cudaStream_t st = (cudaStream_t)stream;
     const int lanes = split_lanes(a);
-    if (lanes > 1 && split_vec_ok(a)) return launch_split(a, lanes, st);
+    if (lanes > 1 && split_vec_ok(a)) {
+        const int tl = tile_lanes(a);
+        return tl ? launch_tile(a, tl, st) : launch_split(a, lanes, st);
+    }
     const unsigned grid = (unsigned)cdiv(n, SCAN_THREADS);
     if (a->B.dtype == SAMBA_CU_BF16)
         launch_scan<__nv_bfloat16>(a, grid, st);

@@ -6,6 +6,7 @@ changed through the functions here: :func:`set_recorder`, :func:`set_poison`.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -55,6 +56,23 @@ def unavailable_reason(count: int, message: str, runtime: int, driver: int) -> s
     return f"no device: CUDA initialisation failed ({message})"
 
 
+# Environment knobs read by the C side, with the values it understands (anything else would
+# silently mean the default there, so a typo is refused here, before the first CUDA call).
+ENV_CHOICES = {
+    "SAMBA_EXT_GEMM": ("gemmex", "lt", "lt-tune"),
+    "SAMBA_EXT_SCAN_VARIANT": ("split", "tile", "tilews"),
+}
+
+
+def check_env() -> None:
+    """Raise ValueError naming the variable when a knob of ``ENV_CHOICES`` has another value."""
+    for name, choices in ENV_CHOICES.items():
+        v = os.environ.get(name)
+        if v not in (None, "") and v not in choices:
+            raise ValueError(f"{name}: expected one of {', '.join(choices)} (or unset), "
+                             f"got {v!r}")
+
+
 def require() -> Any:
     """The _cuda module, or CudaUnavailableError saying why CUDA cannot be used."""
     global _cuda_mod
@@ -71,6 +89,7 @@ def require() -> Any:
         raise CudaUnavailableError(
             f"CUDA unavailable: the CUDA extension failed to load ({e}); the CUDA runtime / "
             f"cuBLAS libraries it was built against are missing") from None
+    check_env()
     count, message = mod.device_status()
     if count <= 0:
         info = mod.build_info()
