@@ -280,15 +280,21 @@ struct CopyParams {
 };
 
 // One thread per element of `shape` (grid-stride): unravel the coordinate, replace the
-// coordinate along `axis` through an index array where given, convert and store.
+// coordinate along `axis` through an index array where given, convert and store. I: the
+// type of the element index and the unravelling divisions, 32-bit (a few instructions per
+// division instead of a 64-bit division routine) when the element count allows.
+template <typename I>
 __global__ void copy_kernel(CopyParams p) {
     const int is_int = p.src.dtype >= SAMBA_CU_I32;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < p.n;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        int64_t rem = i, soff = 0, doff = 0, c0 = 0, ca = 0;
+    const I n = (I)p.n;
+    for (I i = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; i < n;
+         i += (I)gridDim.x * (I)blockDim.x) {
+        I rem = i;
+        int64_t soff = 0, doff = 0, c0 = 0, ca = 0;
         for (int d = p.ndim - 1; d >= 0; --d) {
-            const int64_t c = rem % p.shape[d];
-            rem /= p.shape[d];
+            const I q = rem / (I)p.shape[d];
+            const int64_t c = (int64_t)(rem - q * (I)p.shape[d]);
+            rem = q;
             if (d == 0) c0 = c;
             if (d == p.axis) {
                 ca = c;
@@ -343,6 +349,10 @@ extern "C" samba_status samba_cu_copy(int ndim, const int64_t *shape, samba_cu_r
     p.dst = dst;
     p.sidx = src_idx;
     p.didx = dst_idx;
-    copy_kernel<<<grid_1d(p.n, 256), 256, 0, (cudaStream_t)stream>>>(p);
+    // 32-bit: i < n < 2^31 and the grid stride <= (65535 * 32) * 256 < 2^29: no wrap.
+    if (p.n < 0x7fffffffLL)
+        copy_kernel<uint32_t><<<grid_1d(p.n, 256), 256, 0, (cudaStream_t)stream>>>(p);
+    else
+        copy_kernel<uint64_t><<<grid_1d(p.n, 256), 256, 0, (cudaStream_t)stream>>>(p);
     return samba_cu_check_launch("copy (strided / gather / scatter / dtype conversion)", stream);
 }
