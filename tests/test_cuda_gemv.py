@@ -58,12 +58,19 @@ def _operand(rows: int, cols: int, dt: str, seed: int) -> np.ndarray:
     return a
 
 
+def _pitch(K: int) -> int:
+    """A row pitch for W: K where K 16-bit values make 8-byte aligned rows, else K rounded up
+    to 8 (the GEMV's vector loads need 8-byte aligned rows; W rows that are not are cuBLAS's,
+    tested in test_gemv_alignment_and_fallback)."""
+    return K if K % 4 == 0 else -(-K // 8) * 8
+
+
 def _run(cu, M, N, K, dt, odt, beta, *, ldx=None, ldw=None, ldy=None, xoff=0, woff=0, yoff=0,
          seed=0, stream=None):
     """cu.gemm on x (M, ldx), w (N, ldw), y (M, ldy) starting xoff / woff / yoff elements into
     their buffers (y's buffer is NaN where the product is not written when beta = 0).
     Returns (y rows as float64 incl. the columns past N, expected, |x||w|^T, ran the GEMV)."""
-    ldx, ldw, ldy = ldx or K, ldw or K, ldy or N
+    ldx, ldw, ldy = ldx or K, ldw or _pitch(K), ldy or N
     xb = _operand(1, xoff + M * ldx, dt, 10 + seed)[0]
     wb = _operand(1, woff + N * ldw, dt, 20 + seed)[0]
     y0 = round_to(np.random.default_rng(30 + seed).standard_normal(yoff + M * ldy), odt)
@@ -99,8 +106,9 @@ def _check(got, ref, absref, N, K, odt, what):
 @pytest.mark.parametrize("N", [1, 7, 160, 2048])
 @pytest.mark.parametrize("K", [8, 128, 2050, 8196])
 def test_gemv_matches_float64(gemv_on, dt, M, N, K):
-    """Every output dtype and beta; K 2050: a 2-element tail past the 16-byte vectors;
-    K 8196: rows 8 bytes apart modulo 16 (the 8-byte path); N 160 / 2048: split-K."""
+    """Every output dtype and beta; K 2050 (W pitch 2056): a 2-element tail past the 16-byte
+    vectors; K 8196: rows 8 bytes apart modulo 16 (the 8-byte path); N 160 / 2048: split-K;
+    M 8 with K 8196: split-K forced by the shared-memory x slice."""
     for odt in (dt, "float32"):
         for beta in (0.0, 1.0):
             got, ref, absref, ran = _run(gemv_on, M, N, K, dt, odt, beta, ldy=N + 3)
@@ -160,7 +168,7 @@ def test_gemv_through_matmul_batches(gemv_on, shape, rows, runs):
     from samba_ext.cuda import runtime
     from samba_ext.cuda.blas import matmul
 
-    K, N, dt = 2050, 160, "bfloat16"
+    K, N, dt = 2052, 160, "bfloat16"   # rows 8-byte aligned: the 8-byte vector path
     x = _operand(rows, K, dt, 1).reshape(shape + (K,))
     w = _operand(N, K, dt, 2)
     runtime.set_poison(True)   # outputs start as NaN
@@ -196,13 +204,15 @@ def test_gemv_strided_x_view(gemv_on):
     _check(got, x @ w.T, np.abs(x) @ np.abs(w).T, N, K, dt, "strided x")
 
 
-@pytest.mark.parametrize("M,N,K,warm", [(1, 2048, 8196, True), (8, 160, 4096, True),
+@pytest.mark.parametrize("M,N,K,warm", [(1, 2048, 8196, True), (4, 160, 2048, True),
                                         (1, 2048, 2048, False), (2, 4096, 128, False)])
 def test_gemv_in_a_cuda_graph(gemv_on, rng, M, N, K, warm):
     """A GEMV captured into a graph and replayed computes from the inputs' current values.
     warm: the stream ran a GEMM eagerly before the capture, so it has its workspace and the
     split-K partial sums go there; not warm: the first GEMM of a fresh stream is the captured
-    one, no workspace can be allocated, and the GEMV runs unsplit (S = 1)."""
+    one, no workspace can be allocated, and the GEMV runs unsplit (S = 1). (These shapes fit
+    one split's shared memory, so the GEMV runs with or without a workspace: gemm.cu keeps
+    workspaces for at most 16 streams per process.)"""
     from samba_ext.cuda import to_device
     from samba_ext.cuda.blas import linear
 
