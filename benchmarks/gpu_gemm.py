@@ -60,12 +60,13 @@ def rotating_weights(N: int, K: int, generator: Any, min_bytes: int = 256 * 2**2
 
 
 def graph_ms_per_call(burst: Callable[[], Any], calls: int,
-                      median_ms: Callable[[Callable[[], Any]], float]) -> float:
+                      median_ms: Callable[[Callable[[], Any]], float], stream: Any = None) -> float:
     """burst() (``calls`` calls) run once eagerly on a side stream (workspaces, tuned choices),
-    then captured in a CUDA graph; the median replay time / calls, in ms."""
+    then captured in a CUDA graph; the median replay time / calls, in ms. ``stream``: the
+    torch.cuda.Stream to capture on (default: a new one)."""
     import torch
 
-    s = torch.cuda.Stream()
+    s = torch.cuda.Stream() if stream is None else stream
     s.wait_stream(torch.cuda.current_stream())
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.stream(s):

@@ -7,9 +7,10 @@ Usage (on a machine with a CUDA GPU, torch installed, samba_ext built with CUDA)
     python3 benchmarks/gpu_gemv.py [--out DIR] [--commit SHA] [--m 1,8,16]
 
 M = 1 and 8 run the GEMV when it is on; M = 16 is above its 8-row limit and shows that both
-settings then run cuBLAS. Each case is timed as a CUDA graph of 20 calls over rotating weight
-copies (>= 256 MiB in rotation, so W is not served from the 50 MB L2; gpu_gemm.py's
-rotating_weights / graph_ms_per_call) and reported as TB/s of weight bytes (N K 2 per call)
+settings then run cuBLAS. Each case is timed as a CUDA graph of max(20, copies) calls that
+cycle through the weight copies, each read at least once (gpu_gemm.py's rotating_weights / graph_ms_per_call:
+>= 256 MiB of copies, at most 64, so W is not served from the 50 MB L2; the 1 MB weights of
+x_proj and dt_proj have 64 MB in rotation) and reported as TB/s of weight bytes (N K 2 per call)
 and as a fraction of the device-to-device copy bandwidth measured in the same run ((read +
 write bytes) / time of a 1 GiB torch copy). The GEMV switch is flipped in-process
 (``_cuda.gemv_mode``) before each capture, and ``_cuda.gemv_launches`` confirms which path
@@ -64,16 +65,21 @@ def measure(ms: list[int]) -> list[dict]:
         return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
     g = torch.Generator(device="cuda").manual_seed(0)
+    # One capture stream for every case: samba_ext keeps a GEMM workspace (where the GEMV's
+    # split-K partial sums go) for at most 16 streams per process.
+    cap = torch.cuda.Stream()
     rows = []
     try:
         for name, K, N in SHAPES:
             ws = rotating_weights(N, K, g)
             n_w = len(ws)
+            calls = max(CALLS, n_w)  # every copy at least once per replay
             for M in ms:
                 x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=g)
                 y = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
                 yt = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
-                row: dict = {"name": name, "M": M, "N": N, "K": K, "weight_copies": n_w}
+                row: dict = {"name": name, "M": M, "N": N, "K": K, "weight_copies": n_w,
+                             "calls_per_graph": calls}
                 wbytes = N * K * 2
 
                 def ours(i: int = 0) -> None:
@@ -90,9 +96,9 @@ def measure(ms: list[int]) -> list[dict]:
                     before = int(cu.gemv_launches())
 
                     def burst(fn=fn) -> None:
-                        for i in range(CALLS):
+                        for i in range(calls):
                             fn(i)
-                    t = graph_ms_per_call(burst, CALLS, median_ms)
+                    t = graph_ms_per_call(burst, calls, median_ms, cap)
                     row[label + "_ms"] = t
                     row[label + "_tbs"] = wbytes / (t * 1e-3) / 1e12
                     if on is not None:
@@ -119,7 +125,8 @@ def render(meta: dict, rows: list[dict]) -> list[str]:
            f"{meta['date']}, commit {meta['commit']}, {meta['device']}, torch {meta['torch']}. "
            f"Command: `{meta['command']}`.", "",
            f"bf16 x bf16 -> bf16, y = x @ W^T; ms per call and TB/s of weight bytes (N K 2) from "
-           f"a CUDA graph of {CALLS} calls over rotating weights (>= 256 MiB). Device-to-device "
+           f"a CUDA graph of max({CALLS}, copies) calls over rotating weight copies (>= 256 MiB, "
+           f"at most 64 copies). Device-to-device "
            f"copy bandwidth in this run: {cp:.2f} TB/s ((read + write) / time); \"of copy\" is "
            f"the GEMV's TB/s over it. M > {GEMV_MAX_M} runs cuBLAS either way.", ""]
     for M in sorted({r["M"] for r in rows}):

@@ -119,6 +119,8 @@ template <> __device__ __forceinline__ void ld_x<4>(const unsigned short *p, uin
     v[0] = t.x, v[1] = t.y;
 }
 
+__device__ __forceinline__ int64_t imin64(int64_t a, int64_t b) { return a < b ? a : b; }
+
 __device__ __forceinline__ void store_out(const GemvArgs &a, int64_t off, float v) {
     if (a.beta != 0.0f) v += a.beta * ldf(a.y, a.ydt, off);
     stf(a.y, a.ydt, off, v);
@@ -137,8 +139,8 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_kernel(const GemvArgs a)
     const int s = blockIdx.y;
     const bool last = s == (int)gridDim.y - 1;
     const int64_t nvec = a.K / VEC;
-    const int64_t c0 = min((int64_t)s * a.cps, nvec);
-    const int64_t c1 = min(c0 + a.cps, nvec);
+    const int64_t c0 = imin64((int64_t)s * a.cps, nvec);
+    const int64_t c1 = imin64(c0 + a.cps, nvec);
     const int64_t k0 = c0 * VEC;
     const int ks = (int)((last ? a.K : c1 * VEC) - k0);  // elements of x staged per row
     const int xst = a.xs_stride;
@@ -166,7 +168,7 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_kernel(const GemvArgs a)
     const char *wr[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
-        const int64_t n = min(nb + r, a.N - 1);  // rows past N re-read row N-1, not stored
+        const int64_t n = imin64(nb + r, a.N - 1);  // rows past N re-read row N-1, not stored
         wr[r] = static_cast<const char *>(a.w) + n * a.ldw * 2;
     }
     float acc[R][MT];
