@@ -285,3 +285,29 @@ def test_model_decode_with_gemv_matches_cublas(rng, ad, B):
     assert launched[0] > 0 and launched[1] == 0, launched
     assert np.isfinite(outs[0]).all()
     np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=1e-2 * np.abs(outs[1]).max())
+
+
+def test_gemv_mode_rejects_other_values():
+    cu = _cu()
+    old = cu.gemv_mode()
+    with pytest.raises(Exception, match="gemv"):
+        cu.gemv_mode(2)
+    assert cu.gemv_mode() == old
+
+
+@pytest.mark.parametrize("env,want", [("1", 1), ("0", 0), (None, 0)])
+def test_gemv_mode_starts_from_the_environment(env, want):
+    """SAMBA_EXT_GEMV gives the initial setting (read once, in a fresh process)."""
+    import os
+    import subprocess
+    import sys
+
+    e = {k: v for k, v in os.environ.items() if k != "SAMBA_EXT_GEMV"}
+    if env is not None:
+        e["SAMBA_EXT_GEMV"] = env
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    e["PYTHONPATH"] = root + os.pathsep + e.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", "import samba_ext._cuda as c; "
+                          "print(c.gemv_mode())"], env=e, capture_output=True, text=True,
+                         check=True).stdout
+    assert int(out.strip()) == want
