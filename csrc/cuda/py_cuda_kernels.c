@@ -286,7 +286,38 @@ py_gemm_mode(PyObject *self, PyObject *args)
     return PyLong_FromLong(samba_cu_gemm_mode());
 }
 
+/* gemv_mode(on=-1): whether small-M GEMMs run gemv.cu's kernel (1) or cuBLAS (0); on >= 0
+ * sets it first (SAMBA_EXT_GEMV gives the initial value). */
+static PyObject *
+py_gemv_mode(PyObject *self, PyObject *args)
+{
+    int on = -1;
+    if (!PyArg_ParseTuple(args, "|i", &on)) {
+        return NULL;
+    }
+    if (on >= 0 && samba_cu_gemv_set(on) != SAMBA_OK) {
+        return done(SAMBA_ERR_ARG);
+    }
+    return PyLong_FromLong(samba_cu_gemv_enabled());
+}
+
+/* gemv_launches(): GEMM calls that ran the GEMV kernel so far (tests check the dispatch). */
+static PyObject *
+py_gemv_launches(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    return PyLong_FromLongLong(samba_cu_gemv_launches());
+}
+
 PyMethodDef samba_pycu_kernel_methods[] = {
+    {"gemv_launches", py_gemv_launches, METH_NOARGS,
+     "gemv_launches($module, /)"
+     "\n--\n\nGEMM calls that ran the GEMV kernel so far in this process."},
+    {"gemv_mode", py_gemv_mode, METH_VARARGS,
+     "gemv_mode($module, on=-1, /)"
+     "\n--\n\nWhether GEMMs of <= 8 bf16/f16 rows run the GEMV kernel (1) or cuBLAS (0); on >= 0 "
+     "sets it."},
     {"gemm_mode", py_gemm_mode, METH_VARARGS,
      "gemm_mode($module, mode=-1, /)"
      "\n--\n\nThe GEMM path (0 cublas*Ex, 1 cuBLASLt, 2 cuBLASLt tuned); mode >= 0 sets it."},

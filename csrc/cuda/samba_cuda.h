@@ -134,6 +134,14 @@ void samba_cu_gemm_release(void);
 #define SAMBA_GEMM_LT_TUNE 2
 int samba_cu_gemm_mode(void);
 samba_status samba_cu_gemm_set_mode(int mode);
+/* GEMV path (gemv.cu) of samba_cu_gemm / samba_cu_gemm_batched for y = x @ W^T with at most 8
+ * rows of bf16 / f16 x and W's base and row pitch 8-byte aligned (other calls keep the path
+ * above): 1 on, 0 off. Initially from SAMBA_EXT_GEMV ("1" on, else off), read once on first
+ * use; samba_cu_gemv_set overrides it (SAMBA_ERR_ARG unless 0 or 1). */
+int samba_cu_gemv_enabled(void);
+samba_status samba_cu_gemv_set(int on);
+/* Number of GEMM calls that ran the GEMV kernel so far in this process (a testing aid). */
+long long samba_cu_gemv_launches(void);
 
 /* ---------------------------------------------------------------- scan.cu ------------- */
 /*

@@ -60,6 +60,7 @@ def unavailable_reason(count: int, message: str, runtime: int, driver: int) -> s
 # silently mean the default there, so a typo is refused here, before the first CUDA call).
 ENV_CHOICES = {
     "SAMBA_EXT_GEMM": ("gemmex", "lt", "lt-tune"),
+    "SAMBA_EXT_GEMV": ("0", "1"),
     "SAMBA_EXT_SCAN_VARIANT": ("split", "tile"),
 }
 
