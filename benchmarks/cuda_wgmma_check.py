@@ -26,8 +26,12 @@ import numpy as np
 
 RTOL = {"bfloat16": 1e-2, "float16": 2e-3}
 
-# (name, B, Lq, Lk, H, Hkv, hd, window)
+# (name, B, Lq, Lk, H, Hkv, hd, window). The window-1 cases isolate O += P V: each query
+# sees only its own key, so P is exactly 1 there and the output is that key's V row whatever
+# S = Q K^T computed - if they pass while the others fail, the Q / K side (S) is wrong.
 CASES = [
+    ("window-1-V-only-hd64", 1, 200, 200, 2, 1, 64, 1),
+    ("window-1-V-only-hd128", 1, 200, 200, 2, 1, 128, 1),
     ("one-tile-hd64", 1, 64, 64, 1, 1, 64, None),
     ("one-tile-hd128", 1, 128, 128, 1, 1, 128, None),
     ("one-query", 1, 1, 1, 2, 1, 64, None),
