@@ -15,11 +15,15 @@
 // sum (online softmax in base 2) and each lane accumulates head dims lane, lane+32, ...
 //
 // Variants of the tensor-core kernels (bfloat16 / float16): prefill v1 = attention_mma.cu,
-// v2 and v3 = attention_mma_v2.cu (two block shapes); decode v1 = attention_decode.cu (split kernel + merge kernel),
+// v2 and v3 = attention_mma_v2.cu (two block shapes), v4 = attention_wgmma.cu (Hopper wgmma,
+// sm_90a; opt-in, never chosen by auto); decode v1 = attention_decode.cu (split kernel + merge kernel),
 // v2 = attention_decode_v2.cu (one launch). SAMBA_EXT_ATTN_PREFILL / SAMBA_EXT_ATTN_DECODE =
-// v1 | v2 | v3 (prefill only) | auto (read once; default auto: the per-head-dim choice in auto_prefill() /
+// v1 | v2 | v3 | v4 (prefill only) | auto (read once; default auto: the per-head-dim choice in auto_prefill() /
 // auto_decode()); samba_cu_attn_variant() overrides them at run time (tests, benchmarks).
-// A variant that does not apply to a call (shared memory, scale, capture) falls back to v1.
+// A variant that does not apply to a call (shared memory, scale, capture) falls back to v1;
+// v4 runs v3 for head dims above 128, and a call that would run v4 on a device without its
+// sm_90a code (not compute capability 9.0, or a build without 90) fails with
+// SAMBA_ERR_UNSUPPORTED naming the requirement.
 //
 // Decode (attn_decode_kernel): grid (H, B), 4 warps splitting the n_valid cached keys;
 // lanes over head dims, 8 keys per step (8 independent warp reductions in flight); the four
@@ -180,13 +184,14 @@ static int variant_from_env(int which, const char *name) {
     if (!strcmp(s, "v1") || !strcmp(s, "1")) return 1;
     if (!strcmp(s, "v2") || !strcmp(s, "2")) return 2;
     if (which == 0 && (!strcmp(s, "v3") || !strcmp(s, "3"))) return 3;
+    if (which == 0 && (!strcmp(s, "v4") || !strcmp(s, "4"))) return 4;
     fprintf(stderr, "samba_ext: %s=%s not understood (%s or auto); using auto\n", name, s,
-            which == 0 ? "v1, v2, v3" : "v1, v2");
+            which == 0 ? "v1, v2, v3, v4" : "v1, v2");
     return 0;
 }
 
 extern "C" int samba_cu_attn_variant(int which, int value) {
-    if (which < 0 || which > 1 || value < -1 || value > (which == 0 ? 3 : 2)) return -1;
+    if (which < 0 || which > 1 || value < -1 || value > (which == 0 ? 4 : 2)) return -1;
     std::atomic<int> &v = attn_variant_setting[which];
     if (value >= 0) {
         v.store(value);
@@ -196,7 +201,7 @@ extern "C" int samba_cu_attn_variant(int which, int value) {
     return v.load();
 }
 
-// The variant (1, 2 or, for the prefill, 3) for this call's head dim.
+// The variant (1, 2 or, for the prefill, 3 or 4) for this call's head dim.
 static int attn_variant(int which, int64_t hd) {
     const int v = samba_cu_attn_variant(which, -1);
     if (v > 0) return v;
@@ -227,7 +232,18 @@ extern "C" samba_status samba_cu_attn_fwd(const samba_cu_attn_args *a, void *str
     if (a->batch > 65535)
         return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "swa_attention: batch above 65535");
     cudaStream_t st = (cudaStream_t)stream;
-    const int var = attn_variant(0, a->headdim);
+    int var = attn_variant(0, a->headdim);
+    if (var == 4) {
+        if (a->headdim <= 128 && attn_mma_applicable(a)) {
+            if (!attn_wgmma_device_ok())
+                return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED,
+                                         "swa_attention: prefill variant v4 (wgmma) needs a compute "
+                                         "capability 9.0 GPU and a build with 90 in "
+                                         "SAMBA_EXT_CUDA_ARCHS (sm_90a code)");
+            if (attn_wgmma_applicable(a)) return attn_wgmma_fwd(a, st);
+        }
+        var = 3;  // head dims above 128 run v3 (and calls v3 cannot take, v1)
+    }
     if (var >= 2 && attn_mma_v2_applicable(a, var)) return attn_mma_v2_fwd(a, var, st);
     if (attn_mma_applicable(a)) return attn_mma_fwd(a, st);
     if (a->headdim <= 64) return launch_fwd<2>(a, st);

@@ -167,7 +167,7 @@ py_swa_decode(PyObject *self, PyObject *args)
 }
 
 /* _attn_variant(which, value) -> the setting: which 0 = prefill, 1 = decode; value -1 = query,
- * 0 = auto, 1, 2 (3: prefill) = that tensor-core variant (samba_cuda.h). Private: tests and
+ * 0 = auto, 1, 2 (3, 4: prefill) = that tensor-core variant (samba_cuda.h). Private: tests and
  * benchmarks/gpu_attention.py compare the variants in one process. */
 static PyObject *
 py_attn_variant(PyObject *self, PyObject *args)
@@ -179,7 +179,7 @@ py_attn_variant(PyObject *self, PyObject *args)
     int r = samba_cu_attn_variant(which, value);
     if (r < 0) {
         PyErr_Format(PyExc_ValueError, "_attn_variant: which must be 0 or 1 and value -1..%d, "
-                     "got which=%d, value=%d", which == 0 ? 3 : 2, which, value);
+                     "got which=%d, value=%d", which == 0 ? 4 : 2, which, value);
         return NULL;
     }
     return PyLong_FromLong(r);

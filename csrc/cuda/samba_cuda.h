@@ -222,9 +222,9 @@ samba_status samba_cu_attn_fwd(const samba_cu_attn_args *a, void *stream);
  */
 /*
  * Tensor-core variant of the attention kernels: which 0 = prefill, 1 = decode; value 0 =
- * auto (per head dim), 1, 2 (or 3, prefill) = that variant, -1 = query only. Returns the setting (after
+ * auto (per head dim), 1, 2 (or 3, 4: prefill) = that variant, -1 = query only. Returns the setting (after
  * the change), or -1 for a bad argument. Initially from SAMBA_EXT_ATTN_PREFILL /
- * SAMBA_EXT_ATTN_DECODE (v1 | v2 | v3 | auto). Results agree up to rounding order.
+ * SAMBA_EXT_ATTN_DECODE (v1 | v2 | v3 | v4 | auto). Results agree up to rounding order.
  */
 int samba_cu_attn_variant(int which, int value);
 samba_status samba_cu_attn_decode(int64_t batch, int64_t nheads, int64_t nheads_kv,
