@@ -263,13 +263,14 @@ SM90A_SOURCES = {"attention_wgmma.cu"}
 
 
 def sm90a_gencode(archs: list[str]) -> list[str]:
-    out = []
+    """nvcc flags for SM90A_SOURCES: 90 (or 90a) as sm_90a; "90a" in SAMBA_EXT_CUDA_ARCHS
+    names the same code, so it defines SAMBA_WGMMA_SM90A too."""
+    out: list[str] = []
     for a in archs:
-        if a == "90":
-            out += ["-gencode=arch=compute_90a,code=sm_90a", "-DSAMBA_WGMMA_SM90A=1"]
-        else:
-            out += [f"-gencode=arch=compute_{a},code=sm_{a}"]
-    if archs[-1] != "90":
+        flags = (["-gencode=arch=compute_90a,code=sm_90a", "-DSAMBA_WGMMA_SM90A=1"]
+                 if a in ("90", "90a") else [f"-gencode=arch=compute_{a},code=sm_{a}"])
+        out += [f for f in flags if f not in out]
+    if archs[-1] not in ("90", "90a"):
         out += [f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
     return out
 
