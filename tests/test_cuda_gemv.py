@@ -148,6 +148,19 @@ def test_gemv_alignment_and_fallback(gemv_on, layout, M, N, K):
         _check(got, ref, absref, N, K, "bfloat16", (layout, beta, M, N, K))
 
 
+@pytest.mark.parametrize("M", [1, 4, 8])
+@pytest.mark.parametrize("K", [2049, 2050, 2051])
+def test_gemv_8byte_rows_with_tail(gemv_on, M, K):
+    """W rows 2052 elements apart (4104 bytes: 8-byte but not 16-byte aligned) with K % 4 =
+    1, 2, 3: the 8-byte vector path (4 elements per load) with a scalar tail of 1..3
+    elements, unsplit and split-K (N 160: 4 splits, the tail in the last one)."""
+    for dt in ("bfloat16", "float16"):
+        for odt, beta in ((dt, 0.0), ("float32", 1.0)):
+            got, ref, absref, ran = _run(gemv_on, M, 160, K, dt, odt, beta, ldw=2052)
+            assert ran, (dt, odt, M, K)
+            _check(got, ref, absref, 160, K, odt, (dt, odt, beta, M, K))
+
+
 def test_gemv_off_and_outside_its_range_uses_cublas(gemv_on):
     cu = gemv_on
     for M, dt in ((9, "bfloat16"), (1, "float32")):   # too many rows; float32 inputs
