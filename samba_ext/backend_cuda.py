@@ -275,18 +275,20 @@ class CUDABackend(Backend):
             return None
         if self._rec is not None:
             self._end_step()
-        # The decode hot path: one device read and compare when the device is current.
+        # The decode hot path: one exchange (a device read and compare when the device is
+        # current already); the copy of the logits then finds its device current too.
         prev = self.cu.exchange_device(self.index)
         try:
             self.cu.memcpy_h2d(dev_in.ptr, h.reshape(-1).view(np.uint8), self.stream)
             self.cu.graph_launch(g, self.stream)
+            res = out.copy()
         finally:
             if prev != self.index:
                 self.cu.restore_device(prev)
         self._graphs.move_to_end(gkey)
         self.stats["replays"] += 1
         self.stats["direct_replays"] += 1
-        return out.copy()
+        return res
 
     def begin_step(self, key: Any = None) -> None:
         """Start recording a decode step (see the module docstring); no-op with graphs=False.
