@@ -59,9 +59,24 @@ samba_status samba_cu_fail_msg(samba_status s, const char *fmt, ...);
 samba_status samba_cu_device_info(int device, char *name, size_t name_len, int *major,
                                   int *minor, int64_t *total_mem, int *sm_count);
 
+/* Makes `device` the calling thread's current device; on first use of a device its memory
+ * pool is set up (see samba_cu_malloc). */
 samba_status samba_cu_set_device(int device);
 /* The calling thread's current device. */
 samba_status samba_cu_get_device(int *device);
+/* samba_cu_set_device(device), returning in *prev the device that was current before (-1
+ * when it could not be read). Pair it with samba_cu_restore_device(*prev). */
+samba_status samba_cu_exchange_device(int device, int *prev);
+/* Makes `prev` current again after samba_cu_exchange_device, as PyTorch's device guard does:
+ * nothing happens when `prev` is current already or is -1, nor when the primary context of
+ * `prev` is not active (making it current would create that context, hundreds of MB on a
+ * device the thread never used: the thread stays on its present device). When the context
+ * state cannot be read (see samba_cu_primary_ctx_active) `prev` is made current anyway. */
+samba_status samba_cu_restore_device(int prev);
+/* 1 when the primary context of `device` is active, 0 when it is not, -1 when unknown
+ * (cuDevicePrimaryCtxGetState fetched from the driver with cudaGetDriverEntryPoint*,
+ * without linking libcuda; unavailable before CUDA 11.3 or when the query fails). */
+int samba_cu_primary_ctx_active(int device);
 /* Stream-ordered allocation from the device's default memory pool (cudaMallocAsync). On
  * first use of a device its pool's release threshold is raised so that freed memory stays
  * cached for reuse (samba_cu_trim releases it). nbytes 0 gives NULL. */
