@@ -529,3 +529,43 @@ def test_models_on_two_devices_leave_device_0_current(rng):
             assert cu.get_device() == 0, f"{m.device} step {t}"
     for m in gpus:
         assert m.backend.stats["direct_replays"] >= 10, m.backend.stats
+
+
+# ------------------------------------------------------- the framework stream's device ----
+class _FakeCupyStream:
+    def __init__(self, ptr: int) -> None:
+        self.ptr = ptr
+
+
+class _FakeCupyCuda:
+    """cupy.cuda's get_current_stream: each device has its own current stream."""
+
+    def __init__(self, takes_device: bool) -> None:
+        self.takes_device = takes_device
+        self.streams = {0: _FakeCupyStream(0x1000), 1: _FakeCupyStream(0x2000)}
+        self.current_device = 0
+
+    def get_current_stream(self, *args):
+        if args and not self.takes_device:
+            raise TypeError("get_current_stream() takes no arguments")
+        return self.streams[args[0] if args else self.current_device]
+
+
+class _FakeCupyArray:
+    pass
+
+
+_FakeCupyArray.__module__ = "cupy._core.core"
+
+
+@pytest.mark.parametrize("takes_device", [True, False])
+def test_cupy_stream_is_the_inputs_device_stream(monkeypatch, takes_device):
+    # an op on CuPy arrays of cuda:1 with stream=None runs on CuPy's current stream of
+    # device 1, even while device 0 is current (an older CuPy without the device argument
+    # gives its only answer, the current device's stream)
+    fake = type("cupy", (), {})()
+    fake.cuda = _FakeCupyCuda(takes_device)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    handle, keep = _rt.current_framework_stream([_FakeCupyArray()], 1)
+    want = 0x2000 if takes_device else 0x1000
+    assert handle == want and keep is fake.cuda.streams[1 if takes_device else 0]

@@ -232,7 +232,11 @@ def current_framework_stream(objs: Any, device: int) -> tuple[int, Any]:
             st = sys.modules["torch"].cuda.current_stream(device)
             return norm_stream(int(st.cuda_stream)), st
         if mod.startswith("cupy") and "cupy" in sys.modules:
-            st = sys.modules["cupy"].cuda.get_current_stream()
+            cuda_mod = sys.modules["cupy"].cuda
+            try:  # the current stream of the inputs' device, not of the current device
+                st = cuda_mod.get_current_stream(device)
+            except TypeError:  # a CuPy without the device argument
+                st = cuda_mod.get_current_stream()
             return norm_stream(int(st.ptr)), st
     return 0, None
 
