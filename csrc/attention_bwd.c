@@ -90,13 +90,28 @@ abwd_threads(const samba_attn_ext_args *a, const samba_ctx *ctx)
     return samba_ctx_threads(ctx);
 }
 
-/* dst (B, Hkv, nkt, hd, ABWD_BK) = src (B, Lk, Hkv, hd) transposed per key tile, zero past Lk */
-static void
+/* 1 if x[0..n) is all finite (exponent bits not all ones) */
+static int
+abwd_row_finite(const float *x, int64_t n)
+{
+    uint32_t bad = 0, u;
+    int64_t i;
+    for (i = 0; i < n; i++) {
+        memcpy(&u, x + i, sizeof u);
+        bad |= (u & 0x7f800000u) == 0x7f800000u;
+    }
+    return bad == 0;
+}
+
+/* dst (B, Hkv, nkt, hd, ABWD_BK) = src (B, Lk, Hkv, hd) transposed per key tile, zero past Lk;
+ * returns 1 if src is all finite */
+static int
 abwd_pack_t(const abwd_plan *P, const float *src, float *dst, int nt)
 {
     const int64_t n = P->B * P->Hkv * P->nkt, hd = P->hd;
     int64_t task;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    int bad = 0;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1) reduction(| : bad)
     for (task = 0; task < n; task++) {
         const int64_t t = task % P->nkt, hk = (task / P->nkt) % P->Hkv, b = task / (P->nkt * P->Hkv);
         float *d = dst + task * hd * ABWD_BK;
@@ -107,8 +122,25 @@ abwd_pack_t(const abwd_plan *P, const float *src, float *dst, int nt)
             for (x = 0; x < hd; x++) {
                 d[x * ABWD_BK + c] = j < P->Lk ? row[x] : 0.0f;
             }
+            if (j < P->Lk) {
+                bad |= !abwd_row_finite(row, hd);
+            }
         }
     }
+    return !bad;
+}
+
+/* 1 if x[0..n) is all finite */
+static int
+abwd_finite(const float *x, int64_t n, int nt)
+{
+    int64_t blk;
+    int bad = 0;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1) reduction(| : bad)
+    for (blk = 0; blk < (n + 4095) / 4096; blk++) {
+        bad |= !abwd_row_finite(x + blk * 4096, abwd_min(4096, n - blk * 4096));
+    }
+    return !bad;
 }
 
 /* per-thread scratch slices (64-byte aligned) */
@@ -121,11 +153,17 @@ abwd_carve(float *base, int64_t hd, abwd_scratch *S)
     S->dp = ABWD_TAKE(ABWD_BQ * ABWD_BK);
     S->dk = ABWD_TAKE(ABWD_BK * hd);
     S->dv = ABWD_TAKE(ABWD_BK * hd);
-    S->o = S->dk; /* the forward uses o, m, l; the backward dk, dv */
+    S->o = S->dk; /* the forward uses o, qt; the backward dk, dv (ABWD_BQ == ABWD_BK) */
+    S->qt = S->dv;
     S->m = ABWD_TAKE(ABWD_BQ);
     S->l = ABWD_TAKE(ABWD_BQ);
+    S->al = ABWD_TAKE(ABWD_BQ);
+    S->flo = ABWD_TAKE(ABWD_BQ);
+    S->fhi = ABWD_TAKE(ABWD_BQ);
 #undef ABWD_TAKE
 }
+
+#define ABWD_NRANGES (4 * ABWD_BQ + 2 * ABWD_BK) /* int64s per thread: clo chi rlo rhi alo ahi */
 
 typedef struct abwd_ws {
     float *scratch; /* nt slices */
@@ -137,8 +175,9 @@ static int
 abwd_ws_alloc(abwd_ws *w, int64_t hd, int nt)
 {
     w->per = (size_t)(ABWD_SCRATCH_FLOATS(hd) + 16 * 8);
-    w->scratch = (float *)malloc((size_t)nt * w->per * sizeof(float));
-    w->ranges = (int64_t *)malloc((size_t)nt * (2 * ABWD_BQ + 2 * ABWD_BK) * sizeof(int64_t));
+    /* zeroed: masked tiles read (and discard) score columns no product wrote yet */
+    w->scratch = (float *)calloc((size_t)nt * w->per, sizeof(float));
+    w->ranges = (int64_t *)malloc((size_t)nt * ABWD_NRANGES * sizeof(int64_t));
     if (w->scratch == NULL || w->ranges == NULL) {
         free(w->scratch);
         free(w->ranges);
@@ -156,11 +195,13 @@ abwd_ws_get(const abwd_ws *w, int64_t hd, abwd_scratch *S)
     tid = omp_get_thread_num();
 #endif
     abwd_carve(w->scratch + (size_t)tid * w->per, hd, S);
-    rg = w->ranges + (size_t)tid * (2 * ABWD_BQ + 2 * ABWD_BK);
+    rg = w->ranges + (size_t)tid * ABWD_NRANGES;
     S->clo = rg;
     S->chi = rg + ABWD_BQ;
     S->rlo = rg + 2 * ABWD_BQ;
     S->rhi = rg + 2 * ABWD_BQ + ABWD_BK;
+    S->alo = rg + 2 * ABWD_BQ + 2 * ABWD_BK;
+    S->ahi = rg + 3 * ABWD_BQ + 2 * ABWD_BK;
 }
 
 static void
@@ -190,7 +231,6 @@ samba_attn_fwd_lse(const samba_attn_ext_args *a, const samba_ctx *ctx)
     const abwd_kernels *K;
     abwd_plan P;
     abwd_ws ws;
-    float *kt;
     int64_t *work, nqt, e0, ntask, t0, q;
     int nt;
 
@@ -206,16 +246,12 @@ samba_attn_fwd_lse(const samba_attn_ext_args *a, const samba_ctx *ctx)
     K = samba_abwd_pick(P.hd);
     nt = abwd_threads(a, ctx);
     nqt = abwd_nqt(&P, &e0);
-    kt = (float *)malloc((size_t)abwd_max(1, P.B * P.Hkv * P.nkt * P.hd * ABWD_BK) *
-                         sizeof(float));
     work = (int64_t *)malloc((size_t)nqt * sizeof(int64_t));
-    if (kt == NULL || work == NULL || abwd_ws_alloc(&ws, P.hd, nt) < 0) {
-        free(kt);
+    if (work == NULL || abwd_ws_alloc(&ws, P.hd, nt) < 0) {
         free(work);
         return SAMBA_ERR_ALLOC;
     }
-    abwd_pack_t(&P, a->k, kt, nt);
-    P.kt = kt;
+    P.finite = abwd_finite(a->v, P.B * P.Lk * P.Hkv * P.hd, nt);
     for (q = 0; q < nqt; q++) { /* visible pairs x hd of each query tile (+ a fixed cost) */
         const int64_t i0 = q == 0 ? 0 : e0 + (q - 1) * ABWD_BQ;
         const int64_t i1 = q == 0 ? e0 : abwd_min(P.Lq, i0 + ABWD_BQ);
@@ -250,29 +286,37 @@ samba_attn_fwd_lse(const samba_attn_ext_args *a, const samba_ctx *ctx)
     }
     abwd_ws_free(&ws);
     free(work);
-    free(kt);
     return st;
 }
 
 /* ----------------------------------------------------------------------- backward --- */
 
-/* delta[b, h, i] = dout[b, i, h] . out[b, i, h] */
-static void
+/* delta[b, h, i] = dout[b, i, h] . out[b, i, h]; returns 1 if dout and q are all finite */
+static int
 abwd_delta(const abwd_plan *P, float *delta, int nt)
 {
     const int64_t rows = P->B * P->Lq * P->H, hd = P->hd;
     int64_t r;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1)
+    int bad = 0;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1) reduction(| : bad)
     for (r = 0; r < rows; r++) {
         const int64_t h = r % P->H, i = (r / P->H) % P->Lq, b = r / (P->H * P->Lq);
         const float *g = P->dout + r * hd, *o = P->out + r * hd;
-        float s = 0.0f;
-        int64_t x;
-        for (x = 0; x < hd; x++) {
-            s += g[x] * o[x];
+        float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f}, s;
+        int64_t x, l;
+        for (x = 0; x + 8 <= hd; x += 8) { /* 8 partial sums: vectorises */
+            for (l = 0; l < 8; l++) {
+                acc[l] += g[x + l] * o[x + l];
+            }
         }
+        for (; x < hd; x++) {
+            acc[0] += g[x] * o[x];
+        }
+        s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
         delta[(b * P->H + h) * P->Lq + i] = s;
+        bad |= !abwd_row_finite(g, hd) || !abwd_row_finite(P->q + r * hd, hd);
     }
+    return !bad;
 }
 
 /* The split of each (batch, kv head)'s key tiles into chunks: chunk c is tiles
@@ -427,9 +471,9 @@ samba_attn_bwd(const samba_attn_ext_args *a, const samba_ctx *ctx)
     P.kt = pack;
     P.vt = pack + npack;
     P.delta = pack + 2 * npack;
-    abwd_pack_t(&P, a->k, pack, nt);
+    P.finite = abwd_pack_t(&P, a->k, pack, nt);
     abwd_pack_t(&P, a->v, pack + npack, nt);
-    abwd_delta(&P, pack + 2 * npack, nt);
+    P.finite &= abwd_delta(&P, pack + 2 * npack, nt);
     memset(a->dq, 0, sizeof(float) * (size_t)(P.B * P.Lq * P.H * P.hd));
     for (task = 0; task < ntask; task++) {
         cur[task] = sp.tb[task % sp.n];

@@ -9,6 +9,7 @@
  */
 #include "attention_bwd_impl.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 

@@ -19,7 +19,8 @@
  *   dV (nk x hd) += P^T dO      W = P read by columns, M = the dout rows
  *   dK (nk x hd) += dS^T Q      W = dS read by columns, M = the query rows
  *   dQ (nq x hd) += dS K        W = dS, M = the key rows
- *   O  (nq x hd) += P V         (forward) W = P, M = the value rows
+ *   S^T (nk x nq) = K Q^T       (forward) W = the key rows, M = Q^T (packed per query tile)
+ *   O  (nq x hd) += P V         (forward) W = P read from S^T by columns, M = the value rows
  * Tiles that every row of the tile sees whole use the plain products. In the others (the
  * causal diagonal, the window's far edge, the sequence ends) P and dS are 0 outside each
  * row's range, and the three rank updates add each row's own range only (abt_gemm_ranged):
@@ -109,22 +110,61 @@ ABT_F(abt_gemm)(float *c, int64_t ldc, const float *w, int64_t wr, int64_t wk, c
     }
 }
 
-/* c row r += sum_{lo[r] <= k < hi[r]} W[r, k] M[k, :]: per register block of rows, the range
- * they share as one block, then each row's rest */
+/* abt_gemm (no accumulation) restricted, per register block of rows, to the vectors of columns
+ * that cover the union of its rows' [lo[r], hi[r]); the other columns are left as they are */
+ABT_TGT static void
+ABT_F(abt_gemm_cols)(float *c, int64_t ldc, const float *w, int64_t wr, int64_t wk,
+                     const float *m, int64_t ldm, int64_t n, int64_t rows, const int64_t *lo,
+                     const int64_t *hi)
+{
+    const int64_t cstep = ABT_VW * ABT_NV;
+    int64_t r0, r, cb, c0, c1;
+    for (r0 = 0; r0 < rows; r0 += ABT_R) {
+        const int R = (int)(rows - r0 < ABT_R ? rows - r0 : ABT_R);
+        c0 = INT64_MAX;
+        c1 = 0;
+        for (r = r0; r < r0 + R; r++) {
+            if (hi[r] > lo[r]) {
+                c0 = lo[r] < c0 ? lo[r] : c0;
+                c1 = hi[r] > c1 ? hi[r] : c1;
+            }
+        }
+        if (c1 <= c0) {
+            continue;
+        }
+        c0 = c0 / ABT_VW * ABT_VW;
+        c1 = (c1 + ABT_VW - 1) / ABT_VW * ABT_VW;
+        for (cb = c0; cb < c1; cb += cstep) {
+            const int NV = (int)(c1 - cb < cstep ? (c1 - cb) / ABT_VW : ABT_NV);
+            ABT_F(abt_mkx)(c + r0 * ldc + cb, ldc, w + r0 * wr, wr, wk, m + cb, ldm, n, 0, R, NV);
+        }
+    }
+}
+
+/* c row r += sum_{lo[r] <= k < hi[r]} W[r, k] M[k, :]. exact: per register block of rows,
+ * the range they share as one block, then each row's rest on its own; else (W is 0 outside
+ * each row's range and M finite, so the terms outside add exactly 0) the block over the union
+ * of its rows' ranges. */
 ABT_TGT static void
 ABT_F(abt_gemm_ranged)(float *c, int64_t ldc, const float *w, int64_t wr, int64_t wk,
                        const float *m, int64_t ldm, int64_t rows, int64_t cols, const int64_t *lo,
-                       const int64_t *hi)
+                       const int64_t *hi, int exact)
 {
     const int64_t cstep = ABT_VW * ABT_NV;
     int64_t r0, r, cb, k0, k1, piece;
     for (r0 = 0; r0 < rows; r0 += ABT_R) {
         const int R = (int)(rows - r0 < ABT_R ? rows - r0 : ABT_R);
-        k0 = lo[r0];
-        k1 = hi[r0];
-        for (r = r0 + 1; r < r0 + R; r++) {
-            k0 = lo[r] > k0 ? lo[r] : k0;
-            k1 = hi[r] < k1 ? hi[r] : k1;
+        k0 = exact ? lo[r0] : INT64_MAX;
+        k1 = exact ? hi[r0] : 0;
+        for (r = r0; r < r0 + R; r++) {
+            if (exact) { /* the intersection */
+                k0 = lo[r] > k0 ? lo[r] : k0;
+                k1 = hi[r] < k1 ? hi[r] : k1;
+            }
+            else if (hi[r] > lo[r]) { /* the union of the non-empty ranges */
+                k0 = lo[r] < k0 ? lo[r] : k0;
+                k1 = hi[r] > k1 ? hi[r] : k1;
+            }
         }
         if (k1 > k0) {
             for (cb = 0; cb < cols; cb += cstep) {
@@ -133,7 +173,7 @@ ABT_F(abt_gemm_ranged)(float *c, int64_t ldc, const float *w, int64_t wr, int64_
                                m + k0 * ldm + cb, ldm, k1 - k0, 1, R, NV);
             }
         }
-        for (r = r0; r < r0 + R; r++) {
+        for (r = r0; r < r0 + R && exact; r++) {
             for (piece = 0; piece < 2; piece++) {
                 /* [lo, k0) and [k1, hi) around the shared range, or all of [lo, hi) */
                 int64_t a = lo[r], e = hi[r];
@@ -231,12 +271,20 @@ ABT_F(abt_bwd_block)(const abwd_plan *P, const abwd_scratch *S, int64_t b, int64
     if (!any) {
         return;
     }
-    ABT_F(abt_gemm)(S->s, ABWD_BK, qr, ldq, 1, kt, ABWD_BK, hd, nq, nkp, 0);
-    ABT_F(abt_gemm)(S->dp, ABWD_BK, gr, ldq, 1, vt, ABWD_BK, hd, nq, nkp, 0);
+    if (full) {
+        ABT_F(abt_gemm)(S->s, ABWD_BK, qr, ldq, 1, kt, ABWD_BK, hd, nq, nkp, 0);
+        ABT_F(abt_gemm)(S->dp, ABWD_BK, gr, ldq, 1, vt, ABWD_BK, hd, nq, nkp, 0);
+    }
+    else { /* only the vectors of keys each block of rows sees; the rest is masked below */
+        ABT_F(abt_gemm_cols)(S->s, ABWD_BK, qr, ldq, 1, kt, ABWD_BK, hd, nq, clo, chi);
+        ABT_F(abt_gemm_cols)(S->dp, ABWD_BK, gr, ldq, 1, vt, ABWD_BK, hd, nq, clo, chi);
+    }
     for (r = 0; r < nq; r++) {
         float *sr = S->s + r * ABWD_BK, *dpr = S->dp + r * ABWD_BK;
-        if (chi[r] <= clo[r]) {
-            continue; /* never read below */
+        if (chi[r] <= clo[r]) { /* P = dS = 0 (read as zeros by the union ranges below) */
+            memset(sr, 0, sizeof(float) * (size_t)nkp);
+            memset(dpr, 0, sizeof(float) * (size_t)nkp);
+            continue;
         }
         if (P->softcap > 0.0f) {
             ABT_F(abt_bwd_row_cap)(sr, dpr, nkp, clo[r], chi[r], lse[r], dl[r], P->scale,
@@ -260,9 +308,9 @@ ABT_F(abt_bwd_block)(const abwd_plan *P, const abwd_scratch *S, int64_t b, int64
         rlo[c] = abwd_min(nq, abwd_max(0, lo - i0));
         rhi[c] = abwd_max(rlo[c], abwd_min(nq, hi - i0));
     }
-    ABT_F(abt_gemm_ranged)(S->dv, hd, S->s, 1, ABWD_BK, gr, ldq, nk, hd, rlo, rhi);
-    ABT_F(abt_gemm_ranged)(S->dk, hd, S->dp, 1, ABWD_BK, qr, ldq, nk, hd, rlo, rhi);
-    ABT_F(abt_gemm_ranged)(dqr, D->ld, S->dp, ABWD_BK, 1, kr, ldk, nq, hd, clo, chi);
+    ABT_F(abt_gemm_ranged)(S->dv, hd, S->s, 1, ABWD_BK, gr, ldq, nk, hd, rlo, rhi, !P->finite);
+    ABT_F(abt_gemm_ranged)(S->dk, hd, S->dp, 1, ABWD_BK, qr, ldq, nk, hd, rlo, rhi, !P->finite);
+    ABT_F(abt_gemm_ranged)(dqr, D->ld, S->dp, ABWD_BK, 1, kr, ldk, nq, hd, clo, chi, !P->finite);
 }
 
 /* dk, dv rows of key tile t of (b, hk) over all queries of its grp query heads that see it,
@@ -296,109 +344,141 @@ ABT_F(abt_bwd_key_tile)(const abwd_plan *P, const abwd_scratch *S, int64_t b, in
     }
 }
 
-/* one query row of a forward tile: s (scores) -> P = e^(scale s - m') with the running max
- * m' = max(*m, the row's scaled scores) (softcap applied first), *l = alpha *l + sum P;
- * returns alpha = e^(*m - m') (0 before the row's first key). masked: only [clo, chi). */
-ABT_INLINE float
-ABT_F(abt_fwd_row)(float *s, int64_t nkp, int64_t clo, int64_t chi, float scale, float cap,
-                   float *m, float *l, const int masked)
+/* the forward's softmax step for one vector of queries (lanes) over the nk key rows of a
+ * transposed score tile st (row stride ABWD_BQ): scores scaled (softcap applied before), lanes
+ * outside each query's keys [lo, hi) (vectors of tile-local key indices) set to -inf when
+ * masked; running max m and sum l updated; st -> P = e^(s - m'); alpha = e^(m - m') (0 before
+ * a query's first key) */
+ABT_INLINE void
+ABT_F(abt_fwd_cols)(float *st, int64_t nk, float *m, float *l, float *al, const float *flo,
+                    const float *fhi, float scale, int scaled, const int masked)
 {
-    const ABT_V step = VSET1((float)ABT_VW), vlo = VSET1((float)clo), vhi = VSET1((float)chi);
-    const ABT_V sc = VSET1(scale), l2e = VSET1(SAMBA_LOG2E);
-    ABT_V ci = VIOTA(), mx = VSET1(-INFINITY), sum = VZERO(), mu;
-    float mt, mnew, alpha;
-    int64_t c;
-
-    if (cap > 0.0f) {
-        for (c = 0; c < nkp; c++) {
-            s[c] = c >= clo && c < chi ? cap * tanhf(scale * s[c] / cap) : -INFINITY;
-        }
-    }
-    for (c = 0; c < nkp; c += ABT_VW) {
-        ABT_V x = VLOADU(s + c);
-        if (!(cap > 0.0f)) {
+    const ABT_V sc = VSET1(scale), l2e = VSET1(SAMBA_LOG2E), ninf = VSET1(-INFINITY);
+    const ABT_V vlo = VLOADU(flo), vhi = VLOADU(fhi), m0 = VLOADU(m);
+    ABT_V mx = m0, mu, sum = VZERO();
+    int64_t j;
+    for (j = 0; j < nk; j++) {
+        ABT_V x = VLOADU(st + j * ABWD_BQ);
+        if (!scaled) {
             x = VMUL(x, sc);
-            if (masked) {
-                x = VKEEP(x, ci, vlo, vhi, VSET1(-INFINITY));
-                ci = VADD(ci, step);
-            }
-            VSTOREU(s + c, x);
         }
+        if (masked) {
+            x = VKEEP(x, VSET1((float)j), vlo, vhi, ninf);
+        }
+        VSTOREU(st + j * ABWD_BQ, x);
         mx = VMAX(x, mx);
     }
-    mt = VHMAX(mx);
-    mnew = mt > *m ? mt : *m;
-    mu = VSET1(mnew == -INFINITY ? 0.0f : mnew); /* no key seen yet: P stays 0 */
-    alpha = *m == -INFINITY ? 0.0f : samba_expf(*m - mnew);
-    for (c = 0; c < nkp; c += ABT_VW) {
-        const ABT_V p = VEXP2(VMUL(VSUB(VLOADU(s + c), mu), l2e));
-        VSTOREU(s + c, p);
+    /* mu = mx, or 0 where no key was seen yet (mx = -inf): P and alpha stay 0 there */
+    mu = VKEEP(mx, mx, VSET1(-FLT_MAX), VSET1(INFINITY), VZERO());
+    for (j = 0; j < nk; j++) {
+        const ABT_V p = VEXP2(VMUL(VSUB(VLOADU(st + j * ABWD_BQ), mu), l2e));
+        VSTOREU(st + j * ABWD_BQ, p);
         sum = VADD(sum, p);
     }
-    *l = *l * alpha + VHSUM(sum);
-    *m = mnew;
-    return alpha;
+    {
+        const ABT_V alpha = VEXP2(VMUL(VSUB(m0, mu), l2e));
+        VSTOREU(al, alpha);
+        VSTOREU(l, VFMA(VLOADU(l), alpha, sum));
+        VSTOREU(m, mx);
+    }
 }
 
 /* out rows and lse of the queries [i0, i0 + nq) of (b, h): online softmax over the key tiles
- * the rows see, O = sum P V in S->o */
+ * the rows see, on transposed score tiles S^T = K Q^T (keys x queries), so the softmax runs
+ * across queries, one vector of them at a time, without horizontal reductions; O = sum P V
+ * in S->o */
 ABT_TGT static void
 ABT_F(abt_fwd_tile)(const abwd_plan *P, const abwd_scratch *S, int64_t b, int64_t h, int64_t i0,
                     int64_t nq)
 {
     const int64_t hd = P->hd, hk = h / P->grp, ldq = P->H * hd, ldk = P->Hkv * hd;
+    const int64_t nqp = (nq + ABT_VW - 1) / ABT_VW * ABT_VW;
     const float *qr = P->q + ((b * P->Lq + i0) * P->H + h) * hd;
-    float *o = S->o, *m = S->m, *l = S->l;
-    int64_t *lo = S->rlo, *hi = S->rhi, *clo = S->clo, *chi = S->chi;
-    int64_t klo = P->Lk, khi = 0, r, t, x;
+    float *o = S->o, *m = S->m, *l = S->l, *qt = S->qt, *st = S->s;
+    int64_t *lo = S->alo, *hi = S->ahi, *clo = S->clo, *chi = S->chi;
+    int64_t klo = P->Lk, khi = 0, r, t, x, j, cv, qlo, qhi;
 
     memset(o, 0, sizeof(float) * (size_t)(nq * hd));
-    for (r = 0; r < nq; r++) {
+    for (r = 0; r < ABWD_BQ; r++) {
         m[r] = -INFINITY;
         l[r] = 0.0f;
-        abwd_key_range(P, i0 + r, &lo[r], &hi[r]);
+        S->flo[r] = S->fhi[r] = 0.0f; /* rows past nq: no keys */
+        lo[r] = hi[r] = 0;
+        if (r < nq) {
+            abwd_key_range(P, i0 + r, &lo[r], &hi[r]);
+        }
         if (hi[r] > lo[r]) {
             klo = abwd_min(klo, lo[r]);
             khi = abwd_max(khi, hi[r]);
         }
     }
+    for (r = 0; r < nqp; r++) { /* Q^T of the tile, zero past nq */
+        for (x = 0; x < hd; x++) {
+            qt[x * ABWD_BQ + r] = r < nq ? qr[r * ldq + x] : 0.0f;
+        }
+    }
     for (t = klo / ABWD_BK; t * ABWD_BK < khi; t++) {
         const int64_t j0 = t * ABWD_BK, nk = abwd_min(ABWD_BK, P->Lk - j0);
-        const int64_t nkp = (nk + ABT_VW - 1) / ABT_VW * ABT_VW;
-        const float *kt = P->kt + ((b * P->Hkv + hk) * P->nkt + t) * hd * ABWD_BK;
+        const float *kr = P->k + ((b * P->Lk + j0) * P->Hkv + hk) * hd;
         const float *vr = P->v + ((b * P->Lk + j0) * P->Hkv + hk) * hd;
-        int full = nk == nkp, any = 0;
+        int full = 1, any = 0;
         for (r = 0; r < nq; r++) {
             clo[r] = abwd_min(nk, abwd_max(0, lo[r] - j0));
             chi[r] = abwd_max(clo[r], abwd_min(nk, hi[r] - j0));
+            S->flo[r] = (float)clo[r];
+            S->fhi[r] = (float)chi[r];
             full &= clo[r] == 0 && chi[r] == nk;
             any |= chi[r] > clo[r];
         }
         if (!any) {
             continue;
         }
-        ABT_F(abt_gemm)(S->s, ABWD_BK, qr, ldq, 1, kt, ABWD_BK, hd, nq, nkp, 0);
-        for (r = 0; r < nq; r++) {
-            float alpha;
-            if (chi[r] <= clo[r]) {
-                continue;
+        /* S^T (nk x nqp) = K Q^T; in masked tiles only the vectors of queries that see the
+         * keys of each block of rows */
+        if (full) {
+            ABT_F(abt_gemm)(st, ABWD_BQ, kr, ldk, 1, qt, ABWD_BQ, hd, nk, nqp, 0);
+        }
+        else {
+            for (j = 0; j < nk; j++) {
+                abwd_query_range(P, j0 + j, &qlo, &qhi);
+                S->rlo[j] = abwd_min(nq, abwd_max(0, qlo - i0));
+                S->rhi[j] = abwd_max(S->rlo[j], abwd_min(nq, qhi - i0));
             }
-            alpha = full ? ABT_F(abt_fwd_row)(S->s + r * ABWD_BK, nkp, 0, nkp, P->scale,
-                                              P->softcap, &m[r], &l[r], 0)
-                         : ABT_F(abt_fwd_row)(S->s + r * ABWD_BK, nkp, clo[r], chi[r],
-                                              P->scale, P->softcap, &m[r], &l[r], 1);
-            if (alpha != 1.0f) {
-                const ABT_V av = VSET1(alpha);
+            ABT_F(abt_gemm_cols)(st, ABWD_BQ, kr, ldk, 1, qt, ABWD_BQ, hd, nk, S->rlo, S->rhi);
+        }
+        if (P->softcap > 0.0f) {
+            for (j = 0; j < nk; j++) {
+                for (r = 0; r < nqp; r++) {
+                    float *sj = st + j * ABWD_BQ + r;
+                    *sj = P->softcap * tanhf(P->scale * *sj / P->softcap);
+                }
+            }
+        }
+        for (cv = 0; cv < nqp; cv += ABT_VW) {
+            if (full) {
+                ABT_F(abt_fwd_cols)(st + cv, nk, m + cv, l + cv, S->al + cv, S->flo + cv,
+                                    S->fhi + cv, P->scale, P->softcap > 0.0f, 0);
+            }
+            else {
+                ABT_F(abt_fwd_cols)(st + cv, nk, m + cv, l + cv, S->al + cv, S->flo + cv,
+                                    S->fhi + cv, P->scale, P->softcap > 0.0f, 1);
+            }
+        }
+        for (r = 0; r < nq; r++) {
+            if (S->al[r] != 1.0f) {
+                const ABT_V av = VSET1(S->al[r]);
                 for (x = 0; x < hd; x += ABT_VW) {
                     VSTOREU(o + r * hd + x, VMUL(av, VLOADU(o + r * hd + x)));
                 }
             }
         }
+        /* O (nq x hd) += P V, P read from S^T by columns */
         if (full) {
-            ABT_F(abt_gemm)(o, hd, S->s, ABWD_BK, 1, vr, ldk, nk, nq, hd, 1);
+            ABT_F(abt_gemm)(o, hd, st, 1, ABWD_BQ, vr, ldk, nk, nq, hd, 1);
         }
         else {
-            ABT_F(abt_gemm_ranged)(o, hd, S->s, ABWD_BK, 1, vr, ldk, nq, hd, clo, chi);
+            ABT_F(abt_gemm_ranged)(o, hd, st, 1, ABWD_BQ, vr, ldk, nq, hd, clo, chi,
+                                   !P->finite);
         }
     }
     for (r = 0; r < nq; r++) {
