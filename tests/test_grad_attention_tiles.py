@@ -114,3 +114,19 @@ def test_nan_stays_in_its_rows(rng, isa, window):
         clean = np.arange(L) < j - window + 1
         assert np.isfinite(dk[0, clean]).all() and np.isfinite(dv[0, clean]).all(), isa
         assert np.isnan(dk[0, j]).all() and np.isnan(dv[0, j]).all(), isa
+
+
+@pytest.mark.parametrize("kernel", ["attention_fwd", "attention_bwd"])
+def test_interrupt(rng, kernel):
+    """Ctrl-C stops a long call from the kernel's own stop polls (between rounds of tiles);
+    the kernels are correct afterwards. No clock: see tests/interrupt_util.py."""
+    from interrupt_util import interrupt_inside
+    from samba_ext import _core
+
+    q = rng.standard_normal((1, 8000, 4, 64)).astype(np.float32)  # ~1 s each on 2 cores
+    if kernel == "attention_fwd":
+        interrupt_inside(_core.attention_fwd, q, q, q, 0.125, -1, -1, 0.0)
+    else:  # out, lse only need the right shapes here
+        lse = np.zeros((1, 4, 8000), np.float32)
+        interrupt_inside(_core.attention_bwd, q, q, q, q, lse, q, 0.125, -1, 0, 0.0)
+    check(*make(rng, 1, 70, 70, 2, 1, 16), True, (-1, -1), 0.0, "after an interrupt")
