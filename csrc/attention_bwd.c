@@ -25,12 +25,30 @@
  * than one only when there are fewer (batch, kv head) pairs than threads can share evenly)
  * cut the key tiles into equal work, bounded by the buffers' memory.
  * Forward: tasks are (batch, query head, query tile); online softmax over the key tiles the
- * tile sees. Both pack K^T (and V^T) per key tile once per call (ABWD_BK x headdim blocks).
- * Tasks run in rounds of bounded work, ctx polled between rounds on the calling thread.
+ * tile sees, on transposed score tiles (keys x queries) so that it runs across queries with
+ * no horizontal reductions. The backward packs K^T and V^T per key tile once per call
+ * (headdim x ABWD_BK blocks). Tasks run in rounds of bounded work, ctx polled between rounds
+ * on the calling thread.
  *
- * Timings (b1 L2048 h8/2x64, 2 threads, AMD EPYC with AVX-512; floor = 10 x headdim flops per
- * visible pair at the machine's BLAS matrix-product speed): see
- * benchmarks/results/cpu_backward.md.
+ * Notes (b1 L2048 h8/2x64, causal, full or window 256 (w256); one thread, AVX-512; time over
+ * the floor = the op's products (backward 10, forward 4 x headdim flops per visible pair) at a
+ * one-thread BLAS 1024^3 product's speed, ~100 GFLOP/s; each step A/B against the previous
+ * one, best of alternating calls in one process on a loaded machine, so +-3%):
+ *   v0 rows in register tiles of 4 x 32, two backward passes (S, dP computed twice), forward
+ *      one row at a time -> v1 64 x 64 tiles, one backward pass, 6 x 4-vector blocks:
+ *      backward full 2.60x -> 1.12x, w256 3.54x -> 1.29x; forward 4.83x -> 1.22x, 4.35x -> 1.51x
+ *   v2 finite inputs: masked tiles add each register block's union range at once:
+ *      backward 1.17x -> 1.14x, 1.30x -> 1.26x
+ *   v3 forward on transposed score tiles: forward full 1.22x -> 1.18x, w256 unchanged
+ *   v4 masked tiles compute only the score vectors their rows see: backward w256
+ *      1.23x -> 1.18x, forward w256 1.38x -> 1.32x; full unchanged at 1.08x and 1.15x
+ * (v0 at 2 threads: 1.7x and 2.8x of the 2-thread floor.) What remains is the
+ * elementwise work (exp per pair; the forward's running max and rescaling weigh more against
+ * its 4 products), the masked tiles' partly empty score products (2 of 5 key tiles per query
+ * tile at window 256) and the packing. Full causal at head dim 128: backward 1.10x, forward
+ * 1.07x; at 32: 1.20x, 1.31x.
+ * At 2 threads the floor's BLAS scales worse than the tasks (see
+ * benchmarks/results/cpu_backward.md).
  */
 #include "attention_bwd_impl.h"
 
