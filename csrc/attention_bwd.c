@@ -42,13 +42,13 @@
  *   v3 forward on transposed score tiles: forward full 1.22x -> 1.18x, w256 unchanged
  *   v4 masked tiles compute only the score vectors their rows see: backward w256
  *      1.23x -> 1.18x, forward w256 1.38x -> 1.32x; full unchanged at 1.08x and 1.15x
- * (v0 at 2 threads: 1.7x and 2.8x of the 2-thread floor.) What remains is the
- * elementwise work (exp per pair; the forward's running max and rescaling weigh more against
+ * At 2 threads on the quiet machine (2-thread BLAS ~200 GFLOP/s; v0 and v4 A/B, v4 also in
+ * benchmarks/results/cpu_backward.md): backward full 143 ms -> 60 ms (2.7x -> 1.2x the floor),
+ * w256 44 ms -> 16 ms (3.5x -> 1.3x); forward full 91 ms -> 26 ms, w256 31 ms -> 7 ms.
+ * What remains is the elementwise work (exp per pair; the forward's running max and rescaling weigh more against
  * its 4 products), the masked tiles' partly empty score products (2 of 5 key tiles per query
  * tile at window 256) and the packing. Full causal at head dim 128: backward 1.10x, forward
  * 1.07x; at 32: 1.20x, 1.31x.
- * At 2 threads the floor's BLAS scales worse than the tasks (see
- * benchmarks/results/cpu_backward.md).
  */
 #include "attention_bwd_impl.h"
 
