@@ -48,26 +48,7 @@
                              _mm512_cmp_ps_mask((c), (hi), _CMP_LT_OQ),                        \
                          (f), (x))
 #include "attention_bwd_tile.h"
-#undef ABT_SFX
-#undef ABT_TGT
-#undef ABT_V
-#undef ABT_VW
-#undef ABT_R
-#undef ABT_NV
-#undef VLOADU
-#undef VSTOREU
-#undef VSET1
-#undef VZERO
-#undef VFMA
-#undef VMUL
-#undef VADD
-#undef VSUB
-#undef VMAX
-#undef VEXP2
-#undef VHSUM
-#undef VHMAX
-#undef VIOTA
-#undef VKEEP
+#include "attention_bwd_undef.h"
 
 /* ---------------------------------------------------------------------------- AVX2 --- */
 SAMBA_V256 float
@@ -112,26 +93,7 @@ abt_v256_hmax(__m256 x)
                      _mm256_and_ps(_mm256_cmp_ps((c), (lo), _CMP_GE_OQ),                       \
                                    _mm256_cmp_ps((c), (hi), _CMP_LT_OQ)))
 #include "attention_bwd_tile.h"
-#undef ABT_SFX
-#undef ABT_TGT
-#undef ABT_V
-#undef ABT_VW
-#undef ABT_R
-#undef ABT_NV
-#undef VLOADU
-#undef VSTOREU
-#undef VSET1
-#undef VZERO
-#undef VFMA
-#undef VMUL
-#undef VADD
-#undef VSUB
-#undef VMAX
-#undef VEXP2
-#undef VHSUM
-#undef VHMAX
-#undef VIOTA
-#undef VKEEP
+#include "attention_bwd_undef.h"
 #endif /* SAMBA_X86_DISPATCH */
 
 /* ------------------------------------------------------------ portable vectors --- */
@@ -164,26 +126,7 @@ abt_v4_hmax(samba_v4 x)
 #define VIOTA() ((samba_v4){0.0f, 1.0f, 2.0f, 3.0f})
 #define VKEEP(x, c, lo, hi, f) samba_v4_select(((c) >= (lo)) & ((c) < (hi)), (x), (f))
 #include "attention_bwd_tile.h"
-#undef ABT_SFX
-#undef ABT_TGT
-#undef ABT_V
-#undef ABT_VW
-#undef ABT_R
-#undef ABT_NV
-#undef VLOADU
-#undef VSTOREU
-#undef VSET1
-#undef VZERO
-#undef VFMA
-#undef VMUL
-#undef VADD
-#undef VSUB
-#undef VMAX
-#undef VEXP2
-#undef VHSUM
-#undef VHMAX
-#undef VIOTA
-#undef VKEEP
+#include "attention_bwd_undef.h"
 #endif /* SAMBA_HAVE_VEC_EXT */
 
 /* -------------------------------------------------------------------------- scalar --- */
