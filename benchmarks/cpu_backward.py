@@ -165,7 +165,7 @@ def np_attn_bwd(q, k, v, out, dout, window):
 
 
 # ----------------------------------------------------------------------------- benches
-def blas_gflops(n: int = 1024, repeats: int = 5) -> float:
+def blas_gflops(n: int = 1024, repeats: int = 20) -> float:
     """This machine's float32 matrix-product speed (GFLOP/s): the best of ``repeats`` BLAS
     n x n x n products, the speed at which NumPy's attention does its work."""
     rng = np.random.default_rng(1)
@@ -270,7 +270,7 @@ def bench_all(quick: bool) -> list[dict]:
             lambda ws=ws, out=out, lse=lse: grad.attention_bwd(q, k, v, None, True, ws, dout=do,
                                                                out=out, lse=lse),
             lambda out=out, window=window: np_attn_bwd(q, k, v, out, do, window),
-            4 if window else 2)
+            6)
         # the backward's products: S = q k, dP = dO v, dV += P dO, dQ += dS k, dK += dS q,
         # 2 * hd flops each per visible pair; at BLAS's speed on only those pairs
         flops = 10.0 * hd * H * attention_pairs(La, window)
@@ -296,9 +296,9 @@ def render(info: dict, rows: list[dict], elapsed: float, quick: bool) -> str:
                      f"{r['speedup']:.1f}x | >= {r['target']:.0f}x | {r['rel_diff']:.1e} | "
                      f"{'ok' if r['ok'] else 'below target'} |")
     lines += ["", "Method: best wall time over two rounds of blocks of consecutive calls per side "
-              "(2 calls per block for the scan and full causal attention, 3 otherwise; one "
-              "warm-up call each; blocks keep OpenBLAS's spinning idle threads out of the C "
-              "calls' timings); float32 on both sides; every call "
+              "(2 calls per block for the scan, 3 otherwise; one "
+              "warm-up call each; each block starts after an untimed 0.3 s pause; blocks and "
+              "pauses keep OpenBLAS's spinning idle threads out of the C calls' timings); float32 on both sides; every call "
               "allocates its outputs. rel. diff: largest relative-norm difference between "
               "the C and NumPy gradients (both float32). The NumPy scan keeps all states "
               "(batch x dim x dstate x seqlen floats); the C scan keeps 256 checkpoints "
@@ -316,11 +316,11 @@ def render(info: dict, rows: list[dict], elapsed: float, quick: bool) -> str:
               "- Attention: the NumPy version runs multithreaded BLAS matrix products over the "
               "full score matrices (twice the needed pairs with full causal masking, all "
               "L x L pairs with a window, at matrix-multiply speed); the C backward visits "
-              "only the visible pairs, in register tiles of 4 query (or key) rows x 32 keys "
-              "(or headdim floats), without BLAS's cache blocking and packing and with an "
+              "only the visible pairs, in tiles of 64 queries x 64 keys (register blocks of 6 "
+              "rows x 64 floats), each of the five products once per pair, with an "
               "exponential per pair on top. So it gains with the window (its work shrinks, "
               "NumPy's does not); with full causal masking NumPy does only twice the needed "
-              "work, at BLAS speed, so 5x is out of reach (the floor table below); the ratio also moves with "
+              "work, at BLAS speed, so a kernel at the floor gets about 4-5x (the floor table below); the ratio also moves with "
               "the machine load, which slows BLAS's threads more. Mixed calls cost the C side "
               "too: OpenBLAS's threads keep spinning for a while after a NumPy call and take "
               "cores from the OpenMP threads (strictly alternated calls made the C attention "
@@ -331,8 +331,9 @@ def render(info: dict, rows: list[dict], elapsed: float, quick: bool) -> str:
                   "flops per visible pair) over only the visible pairs, at this machine's BLAS "
                   f"matrix-product speed measured in the same run "
                   f"({floors[0]['blas_gflops']:.0f} GFLOP/s, a 1024^3 float32 product), take "
-                  "the time below. No kernel can beat that floor by much, so NumPy's time over "
-                  "it bounds the reachable speed-up:", "",
+                  "the time below (the measured BLAS speed moves by up to ~20% between runs on "
+                  "this shared machine, and the floor with it). No kernel can beat that floor by "
+                  "much, so NumPy's time over it bounds the reachable speed-up:", "",
                   "| shape | floor (ms) | C (ms) | C / floor | NumPy / floor (best reachable "
                   "speed-up) |", "|---|---|---|---|---|"]
         for r in floors:

@@ -49,21 +49,24 @@ def interleaved_times(fns: list[Callable[[], object]], repeats: int) -> list[flo
     return best
 
 
-def block_times(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+def block_times(fns: list[Callable[[], object]], repeats: int,
+                settle: float = 0.3) -> list[float]:
     """Best seconds of each function over two rounds of blocks: in each round every function
     runs max(2, ceil(repeats / 2)) times in a row, after one warm-up call each.
 
     Blocks rather than strict alternation: after a NumPy call OpenBLAS's threads spin for a
     while (about 0.1 s) and take the 2 cores from the OpenMP threads of the next C call, which
-    made an alternated C call up to about 2x slower here. The best call of a block runs after
-    its own library's calls; two rounds still spread slow drifts of the machine's load over
-    both sides."""
+    made an alternated C call up to about 2x slower here. Each block starts after a pause of
+    ``settle`` seconds (not timed), so the other library's threads are idle again even when a
+    whole block is shorter than their spin time; two rounds still spread slow drifts of the
+    machine's load over both sides."""
     for fn in fns:
         fn()
     per = max(2, -(-repeats // 2))
     best = [float("inf")] * len(fns)
     for _ in range(2):
         for i, fn in enumerate(fns):
+            time.sleep(settle)
             for _ in range(per):
                 t0 = time.perf_counter()
                 fn()
