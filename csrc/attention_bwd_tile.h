@@ -498,3 +498,10 @@ ABT_F(abt_fwd_tile)(const abwd_plan *P, const abwd_scratch *S, int64_t b, int64_
 #undef ABT_F
 #undef ABT_CAT
 #undef ABT_CAT2
+/* the parameters of this instantiation */
+#undef ABT_SFX
+#undef ABT_TGT
+#undef ABT_V
+#undef ABT_VW
+#undef ABT_R
+#undef ABT_NV

@@ -228,3 +228,12 @@ ATTN_F(attn_tile)(const attn_plan *P, int64_t b, int64_t g, int64_t p0, int64_t 
 #undef ATTN_F
 #undef ATTN_CAT
 #undef ATTN_CAT2
+/* the parameters of this instantiation */
+#undef ATTN_SFX
+#undef ATTN_TGT
+#undef ATTN_V
+#undef ATTN_VW
+#undef ATTN_QK_R
+#undef ATTN_QK_NV
+#undef ATTN_PV_R
+#undef ATTN_PV_NV

@@ -262,6 +262,13 @@ samba_v4_deadzero(samba_v4 x)
 {
     return (samba_v4)((samba_v4i)x & ~(x == samba_v4_set1(-INFINITY)));
 }
+/* largest lane */
+SAMBA_ALWAYS_INLINE float
+samba_v4_hmax(samba_v4 x)
+{
+    const float a = x[0] > x[1] ? x[0] : x[1], b = x[2] > x[3] ? x[2] : x[3];
+    return a > b ? a : b;
+}
 #endif /* SAMBA_HAVE_VEC_EXT */
 
 #if SAMBA_X86_DISPATCH
@@ -295,6 +302,25 @@ samba_v256_deadzero(__m256 x)
 {
     const __m256 dead = _mm256_cmp_ps(x, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ);
     return _mm256_andnot_ps(dead, x);
+}
+
+/* sum and largest of the lanes */
+SAMBA_V256 float
+samba_v256_hsum(__m256 x)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+SAMBA_V256 float
+samba_v256_hmax(__m256 x)
+{
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
 }
 
 /* ------------------------------------------------------------------------ AVX-512 --- */

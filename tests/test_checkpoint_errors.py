@@ -23,7 +23,8 @@ from samba_ext.model import Samba
 from samba_ext.safetensors_io import read_safetensors, write_safetensors
 
 ROOT = Path(__file__).resolve().parent.parent
-CORPUS = ROOT / "tests" / "fuzz" / "corpus"
+CORPUS = ROOT / "tests" / "fixtures" / "fuzz_corpus"
+FUZZ_DIR = ROOT / "tests" / "fuzz"  # pth_seeds.py, which builds the run-time .pth inputs
 
 
 def _model() -> Samba:
@@ -152,7 +153,7 @@ from samba_ext.errors import CheckpointError
 from samba_ext.model import Samba
 bad, n = [], 0
 d = Path(tempfile.mkdtemp())
-sys.path[:0] = [{str(CORPUS.parent)!r}]
+sys.path[:0] = [{str(FUZZ_DIR)!r}]
 import pth_seeds
 built = Path(tempfile.mkdtemp())
 for name, data in pth_seeds.built_files().items():   # the .pth inputs built at run time

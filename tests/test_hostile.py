@@ -256,7 +256,7 @@ def test_pickle_claims_8gib_bytes(tmp_path):
 def test_pickle_memo_index_amplification(tmp_path):
     """LONG_BINPUT with index 2**25 (a 9-byte pickle): CPython's C unpickler grows its memo
     array to the index, i.e. 256 MiB here (12 GB with a larger index, found by the fuzzer:
-    corpus/pth/regressions/long_binput_memo_12gb.pth). The loader must not."""
+    tests/fixtures/fuzz_corpus/pth/regressions/long_binput_memo_12gb.pth). The loader must not."""
     pk = b"\x80\x02}r" + (2**25).to_bytes(4, "little") + b"."
     p = tmp_path / "memo_index.pth"
     p.write_bytes(B.torch_zip(pk))

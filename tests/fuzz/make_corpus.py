@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate the committed seed corpus of tests/fuzz/corpus/ (deterministic).
+"""Regenerate the committed seed corpus of tests/fixtures/fuzz_corpus/ (deterministic).
 
     python3 tests/fuzz/make_corpus.py        # needs torch for the .pth seeds
 
@@ -33,7 +33,7 @@ sys.path.insert(1, str(HERE.parent.parent))   # the checkout's package, before s
 
 import mutators as M  # noqa: E402
 
-CORPUS = HERE / "corpus"
+from paths import CORPUS  # noqa: E402
 
 # A tiny Samba: 2 blocks (mamba, swa), d_model 16, 2 heads of 8, 1 kv head, SwiGLU 32.
 TINY = dict(name="fuzz-tiny", vocab_size=259, n_layer=2, d_model=16, n_head=2, n_kv_head=1,

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import random
-from pathlib import Path
 
 import numpy as np
 from make_corpus import TINY, tiny_state_dict
+from paths import CORPUS
 from pth_builder import Pickle, torch_zip
 
 KINDS = {"float32": "FloatStorage", "bfloat16": "BFloat16Storage", "float16": "HalfStorage"}
@@ -62,7 +62,7 @@ def model_seeds() -> dict[str, bytes]:
             "bare_orig_mod.pth": _seed(sd, "float16", "_orig_mod.", False, False)}
 
 
-PTH_DIR = Path(__file__).resolve().parent / "corpus" / "pth"
+PTH_DIR = CORPUS / "pth"
 
 
 def mutants(n: int = 24, seed: int = 1234) -> dict[str, bytes]:

@@ -6,7 +6,7 @@
     python3 tests/fuzz/run_fuzz.py --engine atheris --target pth --seconds 300
 
 Builtin engine (default, no dependency): for each target, first replays every file of its
-seed corpus (tests/fuzz/corpus/<dir>/, valid files + mutants + regressions), then runs
+seed corpus (tests/fixtures/fuzz_corpus/<dir>/, valid files + mutants + regressions), then runs
 ``--execs`` mutants (structure-aware + byte-level mutators, mutators.py) drawn from a
 ``random.Random(seed)``: the same seed and count give the same inputs. A mutant whose outcome
 (exception type + message shape) was not seen before joins the in-memory corpus, a cheap
@@ -15,7 +15,7 @@ stand-in for coverage feedback. ``--seconds`` caps the wall time (a stop on time
 The work runs in a child process; if it dies (segfault, abort, OOM kill) the parent saves the
 input being parsed. Every finding (see targets.py for the oracle) is written to
 ``--findings`` (default build-fuzz/findings/) as ``<target>/<kind>-<sha1>.<ext>``; commit it
-to tests/fuzz/corpus/<dir>/ as a regression input once understood. Exit status 1 on findings.
+to tests/fixtures/fuzz_corpus/<dir>/ as a regression input once understood. Exit status 1 on findings.
 
 Atheris engine (optional, ``pip install atheris``): coverage-guided libFuzzer over one target
 with the same structure-aware mutators as a custom mutator; meant for long local runs.
@@ -35,9 +35,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-CORPUS = HERE / "corpus"
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(ROOT))   # the checkout's package (in-place build), before site-packages
+from paths import CORPUS  # noqa: E402
 
 
 def _signature(outcome_detail: str) -> str:
@@ -54,11 +54,11 @@ def load_corpus(target) -> list[tuple[str, bytes]]:
     for d in target.corpus_dirs:
         for p in sorted((CORPUS / d).rglob("*")):
             if p.is_file() and not p.name.startswith("."):
-                files.append((str(p.relative_to(HERE)), p.read_bytes()))
+                files.append((str(p.relative_to(CORPUS.parent)), p.read_bytes()))
         if d == "pth":
             from pth_seeds import built_files
 
-            files += [(f"corpus/pth/{name} (built)", data)
+            files += [(f"fuzz_corpus/pth/{name} (built)", data)
                       for name, data in sorted(built_files().items())]
     return files
 

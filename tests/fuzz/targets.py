@@ -69,7 +69,7 @@ def _innermost_package_frame(tb) -> str:
 class Target:
     name: str
     suffix: str               # file suffix the loader dispatches on
-    corpus_dirs: List[str]    # sub-directories of tests/fuzz/corpus/ used as seeds
+    corpus_dirs: List[str]    # sub-directories of tests/fixtures/fuzz_corpus/ used as seeds
     load: Callable[[str], Any]
     mutators: str             # "safetensors" | "pth"
     check_result: bool = True  # raw parsers: returned elements <= file bytes
