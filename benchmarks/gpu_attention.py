@@ -42,7 +42,7 @@ try:
 except ImportError:  # --render needs neither torch nor a GPU
     torch = None
 
-from gpu_bench_util import git_commit, median_ms, write_atomic
+from gpu_bench_util import copy_bandwidth_Bps, git_commit, median_ms, write_atomic
 
 import samba_ext
 
@@ -85,15 +85,6 @@ def window_pairs(L: int, W: int | None) -> int:
     if W is None or W >= L:
         return L * (L + 1) // 2
     return W * (W + 1) // 2 + (L - W) * W
-
-
-def copy_bandwidth() -> float:
-    """Device-to-device copy of 2 GiB, bytes read + written per second (median)."""
-    n = 1 << 30
-    a = torch.empty(n, dtype=torch.uint8, device="cuda").random_()
-    b = torch.empty_like(a)
-    t = median_ms(lambda: b.copy_(a), warmup=3, reps=10)
-    return 2 * n / (t * 1e-3)
 
 
 # ------------------------------------------------------------------ prefill --------------
@@ -412,7 +403,7 @@ def main() -> int:
             "torch": torch.__version__, "command": "python3 benchmarks/gpu_attention.py " +
             " ".join(_args_without_out(sys.argv[1:])),
             "variants": variants,
-            "copy_bandwidth": copy_bandwidth()}
+            "copy_bandwidth": copy_bandwidth_Bps()}
     rows: list[dict] = []
 
     def report() -> list[str]:  # rewritten after every case, so a cut-short run keeps its rows

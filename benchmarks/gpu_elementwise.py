@@ -30,57 +30,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
 import torch
 import torch.nn.functional as F
 
+from gpu_bench_util import copy_bandwidth_Bps, device_ms, rel
 from samba_ext import kernels as K
 from samba_ext.atomic import write_text_atomic
 
 D, FF, FP, H, G, HD = 2048, 8196, 8256, 32, 4, 64
 BF, F32 = torch.bfloat16, torch.float32
-
-
-def device_ms(fn, calls: int = 20) -> float:
-    """Device time per call (ms): summed CUDA kernel / memcpy / memset time of `calls`
-    calls under the torch profiler, divided by calls."""
-    from torch.profiler import ProfilerActivity, profile
-
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-    tot = 0.0
-    for ev in prof.events():
-        if str(getattr(ev, "device_type", "")) == "DeviceType.CUDA":
-            tot += ev.device_time if hasattr(ev, "device_time") else ev.cuda_time
-    return tot / calls / 1000.0
-
-
-def copy_bandwidth() -> float:
-    src = torch.empty(1 << 29, device="cuda", dtype=F32).normal_()  # 2 GiB
-    dst = torch.empty_like(src)
-    ts = []
-    for _ in range(5):
-        dst.copy_(src)
-    for _ in range(10):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        dst.copy_(src)
-        e.record()
-        e.synchronize()
-        ts.append(s.elapsed_time(e))
-    del src, dst
-    return 2 * (1 << 29) * 4 / (statistics.median(ts) * 1e-3)
-
-
-def rel(a, b) -> float:
-    a, b = torch.as_tensor(a).float(), torch.as_tensor(b).float()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
 def t(x):
@@ -208,12 +167,15 @@ def main() -> None:
     ap.add_argument("--only", default="rms,swiglu,rotary,conv")
     args = ap.parse_args()
     which = set(args.only.split(","))
-    bw = copy_bandwidth()
+    bw = copy_bandwidth_Bps()
     res = {"device": torch.cuda.get_device_name(0), "copy_bandwidth_Bps": bw, "rows": []}
     gen = torch.Generator(device="cuda").manual_seed(0)
 
     def add(case, kernel, ours, theirs, nbytes, err):
-        us, tus = 1e3 * device_ms(ours), 1e3 * device_ms(theirs)
+        ms, tms = device_ms(ours, calls=20), device_ms(theirs, calls=20)
+        if ms is None or tms is None:
+            raise SystemExit("gpu_elementwise: the torch profiler gave no device times")
+        us, tus = 1e3 * ms, 1e3 * tms
         row = {"case": case, "kernel": kernel, "us": us, "torch_us": tus, "x_torch": us / tus,
                "bytes": nbytes, "frac_copy_bw": nbytes / (us * 1e-6) / bw,
                "rel_diff_vs_torch": err}

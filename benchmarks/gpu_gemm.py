@@ -30,7 +30,7 @@ import subprocess
 import sys
 from typing import Any, Callable
 
-from gpu_bench_util import git_commit
+from gpu_bench_util import git_commit, rel
 from gpu_bench_util import median_ms as _median_ms
 
 MODES = ("gemmex", "lt", "lt-tune")
@@ -91,10 +91,6 @@ def _worker(mode: str, with_torch: bool) -> list[dict]:
 
     def median_ms(fn: Callable[[], Any]) -> float:
         return _median_ms(fn, warmup=2, reps=7)
-
-    def rel(a: Any, b: Any) -> float:
-        a, b = a.float(), b.float()
-        return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
     g = torch.Generator(device="cuda").manual_seed(0)
 

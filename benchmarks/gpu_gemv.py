@@ -27,25 +27,12 @@ import os
 import sys
 from typing import Any, Callable
 
-from gpu_bench_util import git_commit
+from gpu_bench_util import copy_bandwidth_Bps, git_commit, rel
 from gpu_bench_util import median_ms as _median_ms
 from gpu_gemm import SHAPES, graph_ms_per_call, rotating_weights
 
 CALLS = 20
 GEMV_MAX_M = 8
-
-
-def copy_tbs() -> float:
-    """Device-to-device copy bandwidth in TB/s: (read + write bytes) / time of a 1 GiB copy."""
-    import torch
-
-    n = 1 << 30
-    a = torch.empty(n, dtype=torch.uint8, device="cuda")
-    b = torch.empty_like(a)
-    t = _median_ms(lambda: b.copy_(a), warmup=3, reps=9)
-    a = b = None  # noqa: F841 - freed before the GEMM cases allocate their weights
-    torch.cuda.empty_cache()
-    return 2 * n / (t * 1e-3) / 1e12
 
 
 def measure(ms: list[int]) -> list[dict]:
@@ -59,10 +46,6 @@ def measure(ms: list[int]) -> list[dict]:
 
     def median_ms(fn: Callable[[], Any]) -> float:
         return _median_ms(fn, warmup=2, reps=7)
-
-    def rel(a: Any, b: Any) -> float:
-        a, b = a.float(), b.float()
-        return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
     g = torch.Generator(device="cuda").manual_seed(0)
     # One capture stream for every case: samba_ext keeps a GEMM workspace (where the GEMV's
@@ -174,7 +157,7 @@ def main() -> int:
             "commit": git_commit(args.commit), "device": torch.cuda.get_device_name(),
             "torch": torch.__version__,
             "command": "python3 benchmarks/gpu_gemv.py --m " + ",".join(map(str, ms))}
-    meta["copy_tbs"] = copy_tbs()
+    meta["copy_tbs"] = copy_bandwidth_Bps() / 1e12
     rows = measure(ms)
     md = render(meta, rows)
     os.makedirs(args.out, exist_ok=True)
