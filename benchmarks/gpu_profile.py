@@ -4,7 +4,8 @@ outside the range, so only the timed call's kernels are profiled.
 
 Cases (bf16 data, the sizes of the issues' targets):
   scan_b1, scan_b8   selective_scan, dim 4096, d_state 16, softplus, gate z; batch 1 x L 32K
-                     and batch 8 x L 4K (the exp-floor targets)
+                     and batch 8 x L 4K (the exp-floor targets); *_warp: the warp kernel
+                     (SAMBA_EXT_SCAN_VARIANT=warp)
   scan_bwd           grad.selective_scan_bwd, batch 1, dim 4096, L 4K
   swa, swa_v4        swa_attention, L 32K, 32 query / 4 KV heads x 64, window 2048 (the
                      library's prefill choice, and the sm_90a wgmma variant v4)
@@ -21,7 +22,8 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable
 
-CASES = ("scan_b1", "scan_b8", "scan_bwd", "swa", "swa_v4", "causal", "attn_bwd", "gemv")
+CASES = ("scan_b1", "scan_b8", "scan_b1_warp", "scan_b8_warp", "scan_bwd", "swa", "swa_v4",
+         "causal", "attn_bwd", "gemv")
 
 
 def _scan_inputs(b: int, d: int, L: int) -> tuple:
@@ -56,8 +58,12 @@ def make(case: str) -> Callable[[], Any]:
     from samba_ext import grad
     from samba_ext.cuda import runtime
 
-    if case in ("scan_b1", "scan_b8"):
-        b, L = (1, 32768) if case == "scan_b1" else (8, 4096)
+    if case.startswith(("scan_b1", "scan_b8")):
+        import os
+
+        if case.endswith("_warp"):
+            os.environ["SAMBA_EXT_SCAN_VARIANT"] = "warp"
+        b, L = (1, 32768) if case.startswith("scan_b1") else (8, 4096)
         args = _scan_inputs(b, 4096, L)
         return lambda: samba_ext.selective_scan(*args, True)
     if case == "scan_bwd":
