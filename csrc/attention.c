@@ -87,6 +87,9 @@ attn_tile_scalar(const attn_plan *P, int64_t b, int64_t g, int64_t p0, int64_t n
             }
         }
         const int masked = attn_tile_needs_mask(P, p0, nq, k0, nk);
+        if (P->softcap > 0.0f) {
+            attn_softcap_tile(P, st, nk, Mp);
+        }
         if (masked) {
             attn_mask_bounds(P, p0, k0, Mp, S->colq, S->hi, S->lo);
             for (j = 0; j < nk; j++) {
@@ -130,13 +133,13 @@ attn_tile_scalar(const attn_plan *P, int64_t b, int64_t g, int64_t p0, int64_t n
             }
         }
     }
-    attn_store_out(P, b, g, p0, M, o, l);
+    attn_store_out(P, b, g, p0, M, o, m, l);
 }
 
 /* ------------------------------------------------------------------------ driver --- */
 
 samba_status
-samba_attn_fwd(const samba_attn_args *a, const samba_ctx *ctx)
+samba_attn_fwd_run(const samba_attn_ext_args *a, const samba_ctx *ctx)
 {
     attn_plan P;
     int64_t T, t, per;
@@ -146,23 +149,13 @@ samba_attn_fwd(const samba_attn_args *a, const samba_ctx *ctx)
     float *scratch;
     double budget;
 
-    if (a == NULL) {
-        return SAMBA_ERR_ARG;
-    }
-    if (a->batch < 0 || a->seqlen_q < 0 || a->seqlen_k < a->seqlen_q || a->nheads < 0 ||
-        a->nheads_kv < 0 || a->headdim < 0) {
-        return SAMBA_ERR_ARG;
-    }
     if (a->batch == 0 || a->seqlen_q == 0 || a->nheads == 0 || a->headdim == 0) {
         return SAMBA_OK;
     }
-    if (a->nheads_kv == 0 || a->nheads % a->nheads_kv != 0) {
+    if (a->q == NULL || a->out == NULL || (a->seqlen_k > 0 && (a->k == NULL || a->v == NULL))) {
         return SAMBA_ERR_ARG;
     }
-    if (a->q == NULL || a->k == NULL || a->v == NULL || a->out == NULL) {
-        return SAMBA_ERR_ARG;
-    }
-    if (a->seqlen_k >= ((int64_t)1 << 30)) {
+    if (a->seqlen_k >= ((int64_t)1 << 30) || a->seqlen_q >= ((int64_t)1 << 30)) {
         return SAMBA_ERR_UNSUPPORTED; /* masks use 32-bit key offsets */
     }
     P.B = a->batch;
@@ -173,9 +166,12 @@ samba_attn_fwd(const samba_attn_args *a, const samba_ctx *ctx)
     P.hd = a->headdim;
     P.G = P.H / P.Hkv;
     P.off = P.Lk - P.Lq;
-    /* a window covering every key is full causal attention */
-    P.W = a->window > 0 && a->window < P.Lk ? a->window : 0;
-    P.scale2 = (float)((double)a->softmax_scale * ATTN_LOG2E);
+    /* a side longer than any distance between a query and a key is unbounded (and keeps the
+     * mask arithmetic far from overflow) */
+    P.left = a->window_left > P.Lk + P.Lq ? -1 : a->window_left;
+    P.right = a->window_right > P.Lk + P.Lq ? -1 : a->window_right;
+    P.softcap = a->softcap;
+    P.qscale = (float)((double)a->softmax_scale * (a->softcap > 0.0f ? 1.0 : ATTN_LOG2E));
     P.bq = P.G >= ATTN_MCOLS ? 1 : ATTN_MCOLS / P.G;
     if (P.bq > P.Lq) {
         P.bq = P.Lq;
@@ -186,6 +182,7 @@ samba_attn_fwd(const samba_attn_args *a, const samba_ctx *ctx)
     P.k = a->k;
     P.v = a->v;
     P.out = a->out;
+    P.lse = a->lse;
 
     tile = samba_attn_pick_simd(P.hd, &isa);
     if (tile == NULL) {
@@ -219,7 +216,8 @@ samba_attn_fwd(const samba_attn_args *a, const samba_ctx *ctx)
             const int64_t nq = P.Lq - p0 < P.bq ? P.Lq - p0 : P.bq;
             int64_t klo, khi;
             attn_key_range(&P, p0, nq, &klo, &khi);
-            cost += 2.0 * (double)(nq * P.G) * (double)(khi - klo + 1) * (double)P.hd;
+            cost += 2.0 * (double)(nq * P.G) * (double)(khi >= klo ? khi - klo + 1 : 1) *
+                    (double)P.hd;
             t_end++;
         }
 #ifdef _OPENMP
@@ -241,4 +239,43 @@ samba_attn_fwd(const samba_attn_args *a, const samba_ctx *ctx)
     }
     free(scratch);
     return SAMBA_OK;
+}
+
+samba_status
+samba_attn_fwd(const samba_attn_args *a, const samba_ctx *ctx)
+{
+    samba_attn_ext_args e;
+
+    if (a == NULL) {
+        return SAMBA_ERR_ARG;
+    }
+    if (a->batch < 0 || a->seqlen_q < 0 || a->seqlen_k < a->seqlen_q || a->nheads < 0 ||
+        a->nheads_kv < 0 || a->headdim < 0) {
+        return SAMBA_ERR_ARG;
+    }
+    if (a->batch == 0 || a->seqlen_q == 0 || a->nheads == 0 || a->headdim == 0) {
+        return SAMBA_OK;
+    }
+    if (a->nheads_kv == 0 || a->nheads % a->nheads_kv != 0) {
+        return SAMBA_ERR_ARG;
+    }
+    memset(&e, 0, sizeof e);
+    e.batch = a->batch;
+    e.seqlen_q = a->seqlen_q;
+    e.seqlen_k = a->seqlen_k;
+    e.nheads = a->nheads;
+    e.nheads_kv = a->nheads_kv;
+    e.headdim = a->headdim;
+    /* a window covering every key is full causal attention */
+    e.window_left = a->window > 0 && a->window < a->seqlen_k ? a->window - 1 : -1;
+    e.window_right = 0;
+    e.softmax_scale = a->softmax_scale;
+    e.q = a->q;
+    e.k = a->k;
+    e.v = a->v;
+    e.out = a->out;
+    if (a->k == NULL || a->v == NULL) {
+        return SAMBA_ERR_ARG;
+    }
+    return samba_attn_fwd_run(&e, ctx);
 }

@@ -1,9 +1,9 @@
 /*
- * attention_bwd.c - attention with a two-sided window, GQA and softcap: a forward that also
- * returns the log-sum-exp, and the FlashAttention-2-style backward that recomputes the
- * probabilities from it (fp32 in, fp32 accumulate). This file is the driver (arguments,
- * packing, tasks, threads, stop polling); the tile kernels are attention_bwd_tile.h,
- * instantiated per instruction set in attention_bwd_simd.c.
+ * attention_bwd.c - attention with a two-sided window, GQA and softcap: the forward that also
+ * returns the log-sum-exp (attention.c's kernel), and the FlashAttention-2-style backward that
+ * recomputes the probabilities from it (fp32 in, fp32 accumulate). This file is the argument
+ * check and the backward's driver (packing, tasks, threads, stop polling); the backward's tile
+ * kernels are attention_bwd_tile.h, instantiated per instruction set in attention_bwd_simd.c.
  *
  * Scores (query i at key position p = i + Lk - Lq, query head h, kv head h / (H/Hkv)):
  *   r_ij = scale q_i . k_j;  s_ij = cap tanh(r_ij / cap) if cap > 0 else r_ij
@@ -24,33 +24,31 @@
  * per later chunk, added to dq at the end (no atomics, fixed summation order). Chunks (more
  * than one only when there are fewer (batch, kv head) pairs than threads can share evenly)
  * cut the key tiles into equal work, bounded by the buffers' memory.
- * Forward: tasks are (batch, query head, query tile); online softmax over the key tiles the
- * tile sees, on transposed score tiles (keys x queries) so that it runs across queries with
- * no horizontal reductions. The backward packs K^T and V^T per key tile once per call
- * (headdim x ABWD_BK blocks). Tasks run in rounds of bounded work, ctx polled between rounds
- * on the calling thread.
+ * The backward packs K^T and V^T per key tile once per call (headdim x ABWD_BK blocks). Tasks
+ * run in rounds of bounded work, ctx polled between rounds on the calling thread.
+ * Forward: samba_attn_fwd_lse runs attention.c's kernel (samba_attn_fwd's, with GQA-packed
+ * query tiles and the online softmax across queries), which also writes lse.
  *
- * Notes (b1 L2048 h8/2x64, causal, full or window 256 (w256); one thread, AVX-512; time over
- * the floor = the op's products (backward 10, forward 4 x headdim flops per visible pair) at a
- * one-thread BLAS 1024^3 product's speed, ~100 GFLOP/s; each step A/B against the previous
- * one, best of alternating calls in one process on a loaded machine, so +-3%):
- *   v0 rows in register tiles of 4 x 32, two backward passes (S, dP computed twice), forward
- *      one row at a time -> v1 64 x 64 tiles, one backward pass, 6 x 4-vector blocks:
- *      backward full 2.60x -> 1.12x, w256 3.54x -> 1.29x; forward 4.83x -> 1.22x, 4.35x -> 1.51x
+ * Notes on the backward (b1 L2048 h8/2x64, causal, full or window 256 (w256); one thread,
+ * AVX-512; time over the floor = the backward's products (10 x headdim flops per visible pair)
+ * at a one-thread BLAS 1024^3 product's speed, ~100 GFLOP/s; each step A/B against the
+ * previous one, best of alternating calls in one process on a loaded machine, so +-3%):
+ *   v0 rows in register tiles of 4 x 32, two backward passes (S, dP computed twice)
+ *      -> v1 64 x 64 tiles, one backward pass, 6 x 4-vector blocks: full 2.60x -> 1.12x,
+ *      w256 3.54x -> 1.29x
  *   v2 finite inputs: masked tiles add each register block's union range at once:
- *      backward 1.17x -> 1.14x, 1.30x -> 1.26x
- *   v3 forward on transposed score tiles: forward full 1.22x -> 1.18x, w256 unchanged
- *   v4 masked tiles compute only the score vectors their rows see: backward w256
- *      1.23x -> 1.18x, forward w256 1.38x -> 1.32x; full unchanged at 1.08x and 1.15x
+ *      1.17x -> 1.14x, 1.30x -> 1.26x
+ *   v4 masked tiles compute only the score vectors their rows see: w256 1.23x -> 1.18x;
+ *      full unchanged at 1.08x
  * At 2 threads on the quiet machine (2-thread BLAS ~200 GFLOP/s; v0 and v4 A/B, v4 also in
- * benchmarks/results/cpu_backward.md): backward full 143 ms -> 60 ms (2.7x -> 1.2x the floor),
- * w256 44 ms -> 16 ms (3.5x -> 1.3x); forward full 91 ms -> 26 ms, w256 31 ms -> 7 ms.
- * What remains is the elementwise work (exp per pair; the forward's running max and rescaling weigh more against
- * its 4 products), the masked tiles' partly empty score products (2 of 5 key tiles per query
- * tile at window 256) and the packing. Full causal at head dim 128: backward 1.10x, forward
- * 1.07x; at 32: 1.20x, 1.31x.
+ * benchmarks/results/cpu_backward.md): full 143 ms -> 60 ms (2.7x -> 1.2x the floor), w256
+ * 44 ms -> 16 ms (3.5x -> 1.3x). What remains is the elementwise work (an exponential per
+ * pair), the masked tiles' partly empty score products (2 of 5 key tiles per query tile at
+ * window 256) and the packing. Full causal at head dim 128: 1.10x; at 32: 1.20x.
+ * v5: the forward's own tiles gave way to attention.c's kernel (see above).
  */
 #include "attention_bwd_impl.h"
+#include "attention_impl.h" /* samba_attn_fwd_run */
 
 #include <math.h>
 #include <stdlib.h>
@@ -171,21 +169,14 @@ abwd_carve(float *base, int64_t hd, abwd_scratch *S)
     S->dp = ABWD_TAKE(ABWD_BQ * ABWD_BK);
     S->dk = ABWD_TAKE(ABWD_BK * hd);
     S->dv = ABWD_TAKE(ABWD_BK * hd);
-    S->o = S->dk; /* the forward uses o, qt; the backward dk, dv (ABWD_BQ == ABWD_BK) */
-    S->qt = S->dv;
-    S->m = ABWD_TAKE(ABWD_BQ);
-    S->l = ABWD_TAKE(ABWD_BQ);
-    S->al = ABWD_TAKE(ABWD_BQ);
-    S->flo = ABWD_TAKE(ABWD_BQ);
-    S->fhi = ABWD_TAKE(ABWD_BQ);
 #undef ABWD_TAKE
 }
 
-#define ABWD_NRANGES (4 * ABWD_BQ + 2 * ABWD_BK) /* int64s per thread: clo chi rlo rhi alo ahi */
+#define ABWD_NRANGES (2 * ABWD_BQ + 2 * ABWD_BK) /* int64s per thread: clo chi rlo rhi */
 
 typedef struct abwd_ws {
     float *scratch; /* nt slices */
-    int64_t *ranges; /* nt x (2 ABWD_BQ + 2 ABWD_BK) */
+    int64_t *ranges; /* nt x ABWD_NRANGES */
     size_t per;
 } abwd_ws;
 
@@ -218,8 +209,6 @@ abwd_ws_get(const abwd_ws *w, int64_t hd, abwd_scratch *S)
     S->chi = rg + ABWD_BQ;
     S->rlo = rg + 2 * ABWD_BQ;
     S->rhi = rg + 2 * ABWD_BQ + ABWD_BK;
-    S->alo = rg + 2 * ABWD_BQ + 2 * ABWD_BK;
-    S->ahi = rg + 3 * ABWD_BQ + 2 * ABWD_BK;
 }
 
 static void
@@ -231,80 +220,19 @@ abwd_ws_free(abwd_ws *w)
 
 /* ------------------------------------------------------------------------ forward --- */
 
-/* query tiles of one (batch, head): the first ends at abwd_qtile_end(0), the rest are full */
-static int64_t
-abwd_nqt(const abwd_plan *P, int64_t *e0)
-{
-    *e0 = abwd_min(P->Lq, abwd_qtile_end(P, 0));
-    if (P->Lq == 0) {
-        return 0;
-    }
-    return 1 + (P->Lq - *e0 + ABWD_BQ - 1) / ABWD_BQ;
-}
-
+/* The forward is attention.c's kernel (GQA-packed query tiles, online softmax), which also
+ * writes the log-sum-exp. */
 samba_status
 samba_attn_fwd_lse(const samba_attn_ext_args *a, const samba_ctx *ctx)
 {
-    samba_status st = abwd_check(a);
-    const abwd_kernels *K;
-    abwd_plan P;
-    abwd_ws ws;
-    int64_t *work, nqt, e0, ntask, t0, q;
-    int nt;
-
+    const samba_status st = abwd_check(a);
     if (st != SAMBA_OK || a->batch * a->seqlen_q * a->nheads == 0) {
         return st;
     }
     if (a->q == NULL || a->k == NULL || a->v == NULL || a->out == NULL) {
         return SAMBA_ERR_ARG;
     }
-    abwd_plan_init(&P, a);
-    P.out_w = a->out;
-    P.lse_w = a->lse;
-    K = samba_abwd_pick(P.hd);
-    nt = abwd_threads(a, ctx);
-    nqt = abwd_nqt(&P, &e0);
-    work = (int64_t *)malloc((size_t)nqt * sizeof(int64_t));
-    if (work == NULL || abwd_ws_alloc(&ws, P.hd, nt) < 0) {
-        free(work);
-        return SAMBA_ERR_ALLOC;
-    }
-    P.finite = abwd_finite(a->v, P.B * P.Lk * P.Hkv * P.hd, nt);
-    for (q = 0; q < nqt; q++) { /* visible pairs x hd of each query tile (+ a fixed cost) */
-        const int64_t i0 = q == 0 ? 0 : e0 + (q - 1) * ABWD_BQ;
-        const int64_t i1 = q == 0 ? e0 : abwd_min(P.Lq, i0 + ABWD_BQ);
-        int64_t i, lo, hi;
-        work[q] = ABWD_BQ * P.hd;
-        for (i = i0; i < i1; i++) {
-            abwd_key_range(&P, i, &lo, &hi);
-            work[q] += (hi - lo) * P.hd;
-        }
-    }
-    ntask = P.B * P.H * nqt;
-    for (t0 = 0; t0 < ntask && st == SAMBA_OK;) {
-        int64_t t1 = t0, sum = 0, task;
-        while (t1 < ntask && sum < ABWD_CHUNK_WORK * nt) {
-            sum += work[t1 % nqt];
-            t1++;
-        }
-        if (samba_ctx_stop(ctx)) {
-            st = SAMBA_ERR_INTERRUPTED;
-            break;
-        }
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
-        for (task = t0; task < t1; task++) {
-            const int64_t qt = task % nqt, bh = task / nqt;
-            const int64_t i0 = qt == 0 ? 0 : e0 + (qt - 1) * ABWD_BQ;
-            const int64_t i1 = qt == 0 ? e0 : abwd_min(P.Lq, i0 + ABWD_BQ);
-            abwd_scratch S;
-            abwd_ws_get(&ws, P.hd, &S);
-            K->fwd_tile(&P, &S, bh / P.H, bh % P.H, i0, i1 - i0);
-        }
-        t0 = t1;
-    }
-    abwd_ws_free(&ws);
-    free(work);
-    return st;
+    return samba_attn_fwd_run(a, ctx);
 }
 
 /* ----------------------------------------------------------------------- backward --- */

@@ -22,11 +22,10 @@ typedef struct abwd_plan {
     int64_t left, right;                      /* window; < 0: unbounded on that side */
     int64_t nkt;                              /* key tiles: ceil(Lk / ABWD_BK) */
     float scale, softcap;
-    int finite; /* the rows the rank updates read (forward v; backward q, k, dout) are finite */
+    int finite; /* the rows the rank updates read (q, k, dout) are finite */
     const float *q, *k, *v, *dout, *out, *lse; /* the argument arrays */
     const float *kt, *vt; /* (B, Hkv, nkt, hd, ABWD_BK): K^T, V^T per key tile, zero padded */
     const float *delta;   /* (B, H, Lq): dout_i . out_i */
-    float *out_w, *lse_w; /* forward outputs */
     float *dk, *dv;       /* backward outputs (dq: see abwd_dqdst) */
 } abwd_plan;
 
@@ -39,27 +38,19 @@ typedef struct abwd_dqdst {
 
 /* Per-thread scratch of the tile kernels (floats; ABWD_SCRATCH_FLOATS(hd) of them). */
 typedef struct abwd_scratch {
-    float *s, *dp;       /* (ABWD_BQ, ABWD_BK): scores then P; dP then dS (forward: S^T) */
+    float *s, *dp;       /* (ABWD_BQ, ABWD_BK): scores then P; dP then dS */
     float *dk, *dv;      /* (ABWD_BK, hd): one key tile's dk, dv sums */
-    float *o, *qt;       /* forward: (ABWD_BQ, hd) output sums; (hd, ABWD_BQ) Q^T of the tile */
-    float *m, *l, *al;   /* forward, (ABWD_BQ) each: running max, running sum, rescale */
-    float *flo, *fhi;    /* forward, (ABWD_BQ) each: clo, chi as floats */
     int64_t *clo, *chi;  /* (ABWD_BQ): per query row, its keys [clo, chi) in the tile */
     int64_t *rlo, *rhi;  /* (ABWD_BK): per key, its queries [rlo, rhi) in the tile */
-    int64_t *alo, *ahi;  /* forward, (ABWD_BQ): per query row, its keys [alo, ahi) */
 } abwd_scratch;
 
-#define ABWD_SCRATCH_FLOATS(hd)                                                                \
-    (2 * ABWD_BQ * ABWD_BK + 2 * ABWD_BK * (hd) + 5 * ABWD_BQ + 16 * 8)
+#define ABWD_SCRATCH_FLOATS(hd) (2 * ABWD_BQ * ABWD_BK + 2 * ABWD_BK * (hd) + 16 * 4)
 
 /* One instruction set's kernels. */
 typedef struct abwd_kernels {
     /* dk, dv rows of key tile t of (b, hk), and its dq terms added at D */
     void (*bwd_key_tile)(const abwd_plan *P, const abwd_scratch *S, int64_t b, int64_t hk,
                          int64_t t, const abwd_dqdst *D);
-    /* out rows and lse of the queries [i0, i0 + nq) of (b, h), nq <= ABWD_BQ */
-    void (*fwd_tile)(const abwd_plan *P, const abwd_scratch *S, int64_t b, int64_t h,
-                     int64_t i0, int64_t nq);
     const char *name;
 } abwd_kernels;
 

@@ -1,5 +1,5 @@
 /*
- * attention_bwd_simd.c - instantiates the attention forward/backward tile kernels
+ * attention_bwd_simd.c - instantiates the attention backward tile kernels
  * (attention_bwd_tile.h) for
  *   avx512: x86-64 AVX-512, 16 floats a vector, 32 registers: blocks of 6 rows x 4 vectors;
  *   avx2:   x86-64 AVX2 + FMA, 8 floats, 16 registers: 6 x 2;
@@ -9,7 +9,6 @@
  */
 #include "attention_bwd_impl.h"
 
-#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -69,7 +68,7 @@
 #include "attention_bwd_tile.h"
 
 /* ------------------------------------------------------------------------ dispatch --- */
-#define ABT_KERNELS(sfx) {abt_bwd_key_tile_##sfx, abt_fwd_tile_##sfx, #sfx}
+#define ABT_KERNELS(sfx) {abt_bwd_key_tile_##sfx, #sfx}
 
 const abwd_kernels *
 samba_abwd_pick(int64_t hd)

@@ -6,9 +6,8 @@
  *   ABT_V    vector type of ABT_VW floats         ABT_VW   floats per vector
  *   ABT_R, ABT_NV  register block: rows x vectors (<= 6 x 4)
  *   VLOADU(p) VSTOREU(p, x) VSET1(s) VZERO() VFMA(a, b, c) = a b + c, VMUL, VADD, VSUB,
- *   VMAX(a, b), VEXP2(x) (2^x for x <= 0, exactly 0 for x = -inf), VHSUM(x), VHMAX(x) (sum,
- *   max of the lanes), VIOTA() (lanes 0, 1, ..), VKEEP(x, c, lo, hi, f) (x where
- *   lo <= c < hi lane by lane, else f; all float vectors).
+ *   VEXP2(x) (2^x for x <= 0, exactly 0 for x = -inf), VIOTA() (lanes 0, 1, ..),
+ *   VKEEP(x, c, lo, hi, f) (x where lo <= c < hi lane by lane, else f; all float vectors).
  * Requires hd % ABT_VW == 0 (vectors run along hd, and along the keys of a tile).
  *
  * Every product is one register-blocked kernel (abt_mk): C (R x NV vectors) (+)= sum over k of
@@ -19,8 +18,6 @@
  *   dV (nk x hd) += P^T dO      W = P read by columns, M = the dout rows
  *   dK (nk x hd) += dS^T Q      W = dS read by columns, M = the query rows
  *   dQ (nq x hd) += dS K        W = dS, M = the key rows
- *   S^T (nk x nq) = K Q^T       (forward) W = the key rows, M = Q^T (packed per query tile)
- *   O  (nq x hd) += P V         (forward) W = P read from S^T by columns, M = the value rows
  * Tiles that every row of the tile sees whole use the plain products. In the others (the
  * causal diagonal, the window's far edge, the sequence ends) P and dS are 0 outside each
  * row's range, and the three rank updates add each row's own range only (abt_gemm_ranged):
@@ -340,156 +337,6 @@ ABT_F(abt_bwd_key_tile)(const abwd_plan *P, const abwd_scratch *S, int64_t b, in
         for (x = 0; x < hd; x++) {
             dk[x] = S->dk[r * hd + x];
             dv[x] = S->dv[r * hd + x];
-        }
-    }
-}
-
-/* the forward's softmax step for one vector of queries (lanes) over the nk key rows of a
- * transposed score tile st (row stride ABWD_BQ): scores scaled (softcap applied before), lanes
- * outside each query's keys [lo, hi) (vectors of tile-local key indices) set to -inf when
- * masked; running max m and sum l updated; st -> P = e^(s - m'); alpha = e^(m - m') (0 before
- * a query's first key) */
-ABT_INLINE void
-ABT_F(abt_fwd_cols)(float *st, int64_t nk, float *m, float *l, float *al, const float *flo,
-                    const float *fhi, float scale, int scaled, const int masked)
-{
-    const ABT_V sc = VSET1(scale), l2e = VSET1(SAMBA_LOG2E), ninf = VSET1(-INFINITY);
-    const ABT_V vlo = VLOADU(flo), vhi = VLOADU(fhi), m0 = VLOADU(m);
-    ABT_V mx = m0, mu, sum = VZERO();
-    int64_t j;
-    for (j = 0; j < nk; j++) {
-        ABT_V x = VLOADU(st + j * ABWD_BQ);
-        if (!scaled) {
-            x = VMUL(x, sc);
-        }
-        if (masked) {
-            x = VKEEP(x, VSET1((float)j), vlo, vhi, ninf);
-        }
-        VSTOREU(st + j * ABWD_BQ, x);
-        mx = VMAX(x, mx);
-    }
-    /* mu = mx, or 0 where no key was seen yet (mx = -inf): P and alpha stay 0 there */
-    mu = VKEEP(mx, mx, VSET1(-FLT_MAX), VSET1(INFINITY), VZERO());
-    for (j = 0; j < nk; j++) {
-        const ABT_V p = VEXP2(VMUL(VSUB(VLOADU(st + j * ABWD_BQ), mu), l2e));
-        VSTOREU(st + j * ABWD_BQ, p);
-        sum = VADD(sum, p);
-    }
-    {
-        const ABT_V alpha = VEXP2(VMUL(VSUB(m0, mu), l2e));
-        VSTOREU(al, alpha);
-        VSTOREU(l, VFMA(VLOADU(l), alpha, sum));
-        VSTOREU(m, mx);
-    }
-}
-
-/* out rows and lse of the queries [i0, i0 + nq) of (b, h): online softmax over the key tiles
- * the rows see, on transposed score tiles S^T = K Q^T (keys x queries), so the softmax runs
- * across queries, one vector of them at a time, without horizontal reductions; O = sum P V
- * in S->o */
-ABT_TGT static void
-ABT_F(abt_fwd_tile)(const abwd_plan *P, const abwd_scratch *S, int64_t b, int64_t h, int64_t i0,
-                    int64_t nq)
-{
-    const int64_t hd = P->hd, hk = h / P->grp, ldq = P->H * hd, ldk = P->Hkv * hd;
-    const int64_t nqp = (nq + ABT_VW - 1) / ABT_VW * ABT_VW;
-    const float *qr = P->q + ((b * P->Lq + i0) * P->H + h) * hd;
-    float *o = S->o, *m = S->m, *l = S->l, *qt = S->qt, *st = S->s;
-    int64_t *lo = S->alo, *hi = S->ahi, *clo = S->clo, *chi = S->chi;
-    int64_t klo = P->Lk, khi = 0, r, t, x, j, cv, qlo, qhi;
-
-    memset(o, 0, sizeof(float) * (size_t)(nq * hd));
-    for (r = 0; r < ABWD_BQ; r++) {
-        m[r] = -INFINITY;
-        l[r] = 0.0f;
-        S->flo[r] = S->fhi[r] = 0.0f; /* rows past nq: no keys */
-        lo[r] = hi[r] = 0;
-        if (r < nq) {
-            abwd_key_range(P, i0 + r, &lo[r], &hi[r]);
-        }
-        if (hi[r] > lo[r]) {
-            klo = abwd_min(klo, lo[r]);
-            khi = abwd_max(khi, hi[r]);
-        }
-    }
-    for (r = 0; r < nqp; r++) { /* Q^T of the tile, zero past nq */
-        for (x = 0; x < hd; x++) {
-            qt[x * ABWD_BQ + r] = r < nq ? qr[r * ldq + x] : 0.0f;
-        }
-    }
-    for (t = klo / ABWD_BK; t * ABWD_BK < khi; t++) {
-        const int64_t j0 = t * ABWD_BK, nk = abwd_min(ABWD_BK, P->Lk - j0);
-        const float *kr = P->k + ((b * P->Lk + j0) * P->Hkv + hk) * hd;
-        const float *vr = P->v + ((b * P->Lk + j0) * P->Hkv + hk) * hd;
-        int full = 1, any = 0;
-        for (r = 0; r < nq; r++) {
-            clo[r] = abwd_min(nk, abwd_max(0, lo[r] - j0));
-            chi[r] = abwd_max(clo[r], abwd_min(nk, hi[r] - j0));
-            S->flo[r] = (float)clo[r];
-            S->fhi[r] = (float)chi[r];
-            full &= clo[r] == 0 && chi[r] == nk;
-            any |= chi[r] > clo[r];
-        }
-        if (!any) {
-            continue;
-        }
-        /* S^T (nk x nqp) = K Q^T; in masked tiles only the vectors of queries that see the
-         * keys of each block of rows */
-        if (full) {
-            ABT_F(abt_gemm)(st, ABWD_BQ, kr, ldk, 1, qt, ABWD_BQ, hd, nk, nqp, 0);
-        }
-        else {
-            for (j = 0; j < nk; j++) {
-                abwd_query_range(P, j0 + j, &qlo, &qhi);
-                S->rlo[j] = abwd_min(nq, abwd_max(0, qlo - i0));
-                S->rhi[j] = abwd_max(S->rlo[j], abwd_min(nq, qhi - i0));
-            }
-            ABT_F(abt_gemm_cols)(st, ABWD_BQ, kr, ldk, 1, qt, ABWD_BQ, hd, nk, S->rlo, S->rhi);
-        }
-        if (P->softcap > 0.0f) {
-            for (j = 0; j < nk; j++) {
-                for (r = 0; r < nqp; r++) {
-                    float *sj = st + j * ABWD_BQ + r;
-                    *sj = P->softcap * tanhf(P->scale * *sj / P->softcap);
-                }
-            }
-        }
-        for (cv = 0; cv < nqp; cv += ABT_VW) {
-            if (full) {
-                ABT_F(abt_fwd_cols)(st + cv, nk, m + cv, l + cv, S->al + cv, S->flo + cv,
-                                    S->fhi + cv, P->scale, P->softcap > 0.0f, 0);
-            }
-            else {
-                ABT_F(abt_fwd_cols)(st + cv, nk, m + cv, l + cv, S->al + cv, S->flo + cv,
-                                    S->fhi + cv, P->scale, P->softcap > 0.0f, 1);
-            }
-        }
-        for (r = 0; r < nq; r++) {
-            if (S->al[r] != 1.0f) {
-                const ABT_V av = VSET1(S->al[r]);
-                for (x = 0; x < hd; x += ABT_VW) {
-                    VSTOREU(o + r * hd + x, VMUL(av, VLOADU(o + r * hd + x)));
-                }
-            }
-        }
-        /* O (nq x hd) += P V, P read from S^T by columns */
-        if (full) {
-            ABT_F(abt_gemm)(o, hd, st, 1, ABWD_BQ, vr, ldk, nk, nq, hd, 1);
-        }
-        else {
-            ABT_F(abt_gemm_ranged)(o, hd, st, 1, ABWD_BQ, vr, ldk, nq, hd, clo, chi,
-                                   !P->finite);
-        }
-    }
-    for (r = 0; r < nq; r++) {
-        float *dst = P->out_w + ((b * P->Lq + i0 + r) * P->H + h) * hd;
-        const float inv = hi[r] > lo[r] ? 1.0f / l[r] : 0.0f;
-        for (x = 0; x < hd; x++) {
-            dst[x] = o[r * hd + x] * inv;
-        }
-        if (P->lse_w != NULL) {
-            P->lse_w[(b * P->H + h) * P->Lq + i0 + r] =
-                hi[r] > lo[r] ? m[r] + logf(l[r]) : -INFINITY;
         }
     }
 }

@@ -13,7 +13,8 @@
  * One task = one query tile (see attention_impl.h):
  *   st (nk, Mp) = K_tile qt     straight from the strided K rows: broadcast k[j, d], FMA a row
  *                               of qt (no K packing; the packed qt is reused by every key tile)
- *   mask                        only tiles crossing the diagonal or the window edge
+ *   softcap                     when set: s = cap tanh(s / cap) (scalar tanhf)
+ *   mask                        only tiles crossing a window edge (the causal diagonal is one)
  *   online softmax              per column, i.e. SIMD across queries; base 2
  *   o (M, hd) = alpha o + P V   straight from the strided V rows: broadcast P[c, j], FMA a row
  *                               of V; in masked tiles each row only reads its visible keys,
@@ -170,6 +171,9 @@ ATTN_F(attn_tile)(const attn_plan *P, int64_t b, int64_t g, int64_t p0, int64_t 
                 ATTN_F(attn_qk)(qt + cb, Mp, kt + j * ks, ks, hd, st + j * Mp + cb, R, NV);
             }
         }
+        if (P->softcap > 0.0f) {
+            attn_softcap_tile(P, st, nk, Mp);
+        }
         if (masked) {
             const int32_t *hi = S->hi, *lo = S->lo;
             attn_mask_bounds(P, p0, k0, Mp, S->colq, S->hi, S->lo);
@@ -222,7 +226,7 @@ ATTN_F(attn_tile)(const attn_plan *P, int64_t b, int64_t g, int64_t p0, int64_t 
             }
         }
     }
-    attn_store_out(P, b, g, p0, M, o, l);
+    attn_store_out(P, b, g, p0, M, o, m, l);
 }
 
 #undef ATTN_F

@@ -1,5 +1,5 @@
-"""The tiled attention forward-with-LSE and backward (attention_bwd.c, attention_bwd_tile.h)
-on shapes that cross their tile boundaries, at every instruction-set level.
+"""The attention forward-with-LSE (attention.c's kernel) and the tiled backward (attention_bwd.c,
+attention_bwd_tile.h) on shapes that cross their tile boundaries, at every instruction-set level.
 
 The kernels cut queries and keys into tiles of 64 (query tiles aligned to the key tiles in key
 positions, so Lq != Lk shifts them), use plain register-blocked products on tiles every row
@@ -70,6 +70,10 @@ CASES = [
     (1, 100, 100, 2, 2, 256, True, (-1, -1), 20.0),   # softcap, hd 256
     (1, 90, 90, 4, 2, 12, False, (70, 3), 5.0),       # hd 12 (portable or scalar)
     (1, 67, 67, 2, 1, 8, True, (64, 0), 0.0),         # window 65: one key past a tile
+    (1, 150, 97, 4, 2, 64, True, (-1, -1), 0.0),      # Lq > Lk causal: 53 rows see no key
+    (2, 77, 77, 4, 4, 64, False, (5, 9), 3.0),        # two-sided narrow window + softcap
+    (1, 130, 90, 6, 2, 48, False, (-1, 10), 0.0),     # only a right edge, GQA 3
+    (1, 100, 200, 4, 1, 64, True, (10, 0), 0.0),      # Lq < Lk with a window inside a tile
 ]
 
 
