@@ -19,6 +19,11 @@ call allocating its outputs like a user call does):
   float32 matmul GFLOP/s (2048^3) measured in the same run. Target >= 0.4. Full causal
   attention at the same length: time ratio full / windowed (brief's target >= 5x; the
   pair-count ratio, i.e. the ratio for cost ~ pairs, is printed next to it).
+* swa_decode (one new token over a full cache: batch 1, 32 query / 4 KV heads of 64, the
+  cache 32768 keys long; and 12 / 12 heads of 128): GB/s of cache bytes read, against NumPy
+  reading the same two arrays (``k.sum(); v.sum()``) in the same run. Decode attention is
+  bound by that read (its 2 x heads-per-KV-head flops per float are far below the FMA rate);
+  our target: >= 0.4x NumPy's read.
 * causal_conv1d, rms_norm, rotary, swiglu: GB/s of bytes read + written, against a NumPy
   copy (``a.copy()``, which also allocates) of the same number of bytes. Our own target:
   >= 0.7x of that copy ("approach memcpy bandwidth").
@@ -204,6 +209,41 @@ def bench_attention(rep: Report, quick: bool) -> None:
                 f"max rel. err {err_f:.1e}"))
 
 
+# -------------------------------------------------------------------------------- decode
+def bench_decode(rep: Report, quick: bool) -> None:
+    rng = np.random.default_rng(5)
+    for H, Hkv, hd in ((32, 4, 64), (12, 12, 128)):
+        C = 4096 if quick else 32768
+        q = rng.standard_normal((1, H, hd), dtype=np.float32)
+        kc = rng.standard_normal((1, C, Hkv, hd), dtype=np.float32)
+        vc = rng.standard_normal((1, C, Hkv, hd), dtype=np.float32)
+        pos, nv = np.array([C + 7]), np.array([C])  # a full ring that has wrapped
+        fn = lambda: samba_ext.swa_decode(q, kc, vc, pos, nv)  # noqa: E731
+        times = interleaved_times([fn, lambda: (kc.sum(), vc.sum())], 15)
+        nbytes = kc.nbytes + vc.nbytes
+        gbs, gbs_np = nbytes / times[0] / 1e9, nbytes / times[1] / 1e9
+        r = gbs / gbs_np
+        err = rel_err(fn(), ref_decode(q, kc, vc, pos, nv))
+        rep.add(Row("swa_decode", f"b1 C{C} h{H}/{Hkv}x{hd}", "GB/s (cache read)", f"{gbs:.2f}",
+                    f"NumPy read {gbs_np:.2f}", f"{r:.2f}", ">= 0.4x read", status(r >= 0.4),
+                    f"{times[0] * 1e3:.2f} ms, {nbytes / 1e6:.0f} MB; rel. err vs float64 "
+                    f"{err:.1e}"))
+
+
+def ref_decode(q, kc, vc, pos, nv) -> np.ndarray:
+    """float64 decode attention over the nv[0] newest ring slots (batch 1)."""
+    C, Hkv = kc.shape[1], kc.shape[2]
+    slots = (pos[0] - np.arange(nv[0])) % C
+    k, v = kc[0, slots].astype(np.float64), vc[0, slots].astype(np.float64)
+    G = q.shape[1] // Hkv
+    out = np.empty(q.shape[1:])
+    for h in range(q.shape[1]):
+        s = k[:, h // G] @ q[0, h].astype(np.float64) / np.sqrt(q.shape[2])
+        p = np.exp(s - s.max())
+        out[h] = p @ v[:, h // G] / p.sum()
+    return out
+
+
 # ------------------------------------------------------------------ memory-bound kernels
 def bench_memory(rep: Report, quick: bool) -> None:
     rng = np.random.default_rng(4)
@@ -328,6 +368,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     bench_memory(rep, args.quick)
     bench_scan(rep, args.quick)
     bench_attention(rep, args.quick)
+    bench_decode(rep, args.quick)
     md = render(info, rep, time.perf_counter() - t0, args.quick)
     print()
     print(md)
