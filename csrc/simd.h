@@ -21,7 +21,7 @@
  *   scalar / auto-vectorised  samba_exp2f, samba_expf, samba_siluf, samba_softplusf, samba_sel
  *   GCC vector extension      samba_v4 type: samba_v4_exp2, samba_v4_max, ...
  *   AVX2                      samba_v256_exp2
- *   AVX-512                   samba_v512_exp2, _exp, _recip, _softplus, _silu, _dot, _axpy
+ *   AVX-512                   samba_v512_exp2, _exp, _recip, _softplus, _silu
  *
  * Every exponential is 2^t = 2^round(t) * P(t - round(t)) with the one degree-6 polynomial P of
  * SAMBA_EXP2_P1..P6 on [-1/2, 1/2] (relative error 1.9e-9 in exact arithmetic, about 1e-7 after
