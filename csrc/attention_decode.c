@@ -83,21 +83,40 @@ dec_prefetch_row(const float *r, int64_t hd)
 
 #define DEC_AHEAD 4 /* rows prefetched ahead */
 
+/* What a task (b, kv head g, chunk ch) works on: logical keys [u0, u0 + nk), the cache rows of
+ * kv head g (row stride rs floats: one slot holds every kv head), the G query rows of g and
+ * the task's partials (G x (hd + 2): o, m, l). */
+typedef struct dec_view {
+    int64_t u0, nk, rs;
+    const float *kb, *vb, *qb;
+    float *part;
+} dec_view;
+
+static dec_view
+dec_view_of(const dec_plan *P, int64_t b, int64_t g, int64_t ch)
+{
+    const int64_t hd = P->hd, G = P->G, n = P->nv[b];
+    dec_view V;
+    V.u0 = ch * DEC_CHUNK;
+    V.nk = (V.u0 + DEC_CHUNK < n ? V.u0 + DEC_CHUNK : n) - V.u0;
+    V.rs = P->Hkv * hd;
+    V.kb = P->kc + (b * P->C * P->Hkv + g) * hd;
+    V.vb = P->vc + (b * P->C * P->Hkv + g) * hd;
+    V.qb = P->q + (b * P->H + g * G) * hd;
+    V.part = P->part + ((b * P->Hkv + g) * P->nch + ch) * G * (hd + 2);
+    return V;
+}
+
 /* Partial attention of the G heads of kv head g over logical keys [u0, u1) of batch b:
  * scores s (G, nk) in scratch, then per head m = max s, p = 2^(s - m), l = sum p, and
  * o = sum p v (unnormalised) into the task's partial (o[hd], m, l per head). */
 static void
 dec_task(const dec_plan *P, int64_t b, int64_t g, int64_t ch, float *s)
 {
-    const int64_t hd = P->hd, G = P->G;
-    const int64_t n = P->nv[b];
-    const int64_t u0 = ch * DEC_CHUNK;
-    const int64_t u1 = u0 + DEC_CHUNK < n ? u0 + DEC_CHUNK : n, nk = u1 - u0;
-    const int64_t rs = P->Hkv * hd;
-    const float *kb = P->kc + (b * P->C * P->Hkv + g) * hd;
-    const float *vb = P->vc + (b * P->C * P->Hkv + g) * hd;
-    const float *qb = P->q + (b * P->H + g * G) * hd;
-    float *part = P->part + ((b * P->Hkv + g) * P->nch + ch) * G * (hd + 2);
+    const dec_view V = dec_view_of(P, b, g, ch);
+    const int64_t hd = P->hd, G = P->G, u0 = V.u0, nk = V.nk, rs = V.rs;
+    const float *kb = V.kb, *vb = V.vb, *qb = V.qb;
+    float *part = V.part;
     int64_t gq, u, d;
 
     /* scores */
@@ -272,15 +291,10 @@ dec_pv(const dec_plan *P, int64_t b, int64_t u0, int64_t nk, const float *p, con
 SAMBA_TARGET_AVX512 static void
 dec_task_avx512(const dec_plan *P, int64_t b, int64_t g, int64_t ch, float *s)
 {
-    const int64_t hd = P->hd, G = P->G, nv4 = hd / 16;
-    const int64_t n = P->nv[b];
-    const int64_t u0 = ch * DEC_CHUNK;
-    const int64_t u1 = u0 + DEC_CHUNK < n ? u0 + DEC_CHUNK : n, nk = u1 - u0;
-    const int64_t rs = P->Hkv * hd;
-    const float *kb = P->kc + (b * P->C * P->Hkv + g) * hd;
-    const float *vb = P->vc + (b * P->C * P->Hkv + g) * hd;
-    const float *qb = P->q + (b * P->H + g * G) * hd;
-    float *part = P->part + ((b * P->Hkv + g) * P->nch + ch) * G * (hd + 2);
+    const dec_view V = dec_view_of(P, b, g, ch);
+    const int64_t hd = P->hd, G = P->G, nv4 = hd / 16, u0 = V.u0, nk = V.nk, rs = V.rs;
+    const float *kb = V.kb, *vb = V.vb, *qb = V.qb;
+    float *part = V.part;
     /* kv head 0 prefetches whole cache rows (all kv heads, contiguous), later ones find them */
     const int64_t pfo = g == 0 ? 0 : g * hd, pfn = g == 0 ? rs : hd;
     const float *rows[16];
