@@ -83,24 +83,42 @@ dec_prefetch_row(const float *r, int64_t hd)
 
 #define DEC_AHEAD 4 /* rows prefetched ahead */
 
+/* What a task (b, kv head g, chunk ch) works on: logical keys [u0, u0 + nk), the cache rows of
+ * kv head g (row stride rs floats: one slot holds every kv head), the G query rows of g and
+ * the task's partials (G x (hd + 2): o, m, l). */
+typedef struct dec_view {
+    int64_t u0, nk, rs;
+    const float *kb, *vb, *qb;
+    float *part;
+} dec_view;
+
+static dec_view
+dec_view_of(const dec_plan *P, int64_t b, int64_t g, int64_t ch)
+{
+    const int64_t hd = P->hd, G = P->G, n = P->nv[b];
+    dec_view V;
+    V.u0 = ch * DEC_CHUNK;
+    V.nk = (V.u0 + DEC_CHUNK < n ? V.u0 + DEC_CHUNK : n) - V.u0;
+    V.rs = P->Hkv * hd;
+    V.kb = P->kc + (b * P->C * P->Hkv + g) * hd;
+    V.vb = P->vc + (b * P->C * P->Hkv + g) * hd;
+    V.qb = P->q + (b * P->H + g * G) * hd;
+    V.part = P->part + ((b * P->Hkv + g) * P->nch + ch) * G * (hd + 2);
+    return V;
+}
+
 /* Partial attention of the G heads of kv head g over logical keys [u0, u1) of batch b:
  * scores s (G, nk) in scratch, then per head m = max s, p = 2^(s - m), l = sum p, and
  * o = sum p v (unnormalised) into the task's partial (o[hd], m, l per head). */
 static void
-dec_task(const dec_plan *P, int64_t b, int64_t g, int64_t ch, int avx, float *s)
+dec_task(const dec_plan *P, int64_t b, int64_t g, int64_t ch, float *s)
 {
-    const int64_t hd = P->hd, G = P->G;
-    const int64_t n = P->nv[b];
-    const int64_t u0 = ch * DEC_CHUNK;
-    const int64_t u1 = u0 + DEC_CHUNK < n ? u0 + DEC_CHUNK : n, nk = u1 - u0;
-    const int64_t rs = P->Hkv * hd;
-    const float *kb = P->kc + (b * P->C * P->Hkv + g) * hd;
-    const float *vb = P->vc + (b * P->C * P->Hkv + g) * hd;
-    const float *qb = P->q + (b * P->H + g * G) * hd;
-    float *part = P->part + ((b * P->Hkv + g) * P->nch + ch) * G * (hd + 2);
+    const dec_view V = dec_view_of(P, b, g, ch);
+    const int64_t hd = P->hd, G = P->G, u0 = V.u0, nk = V.nk, rs = V.rs;
+    const float *kb = V.kb, *vb = V.vb, *qb = V.qb;
+    float *part = V.part;
     int64_t gq, u, d;
 
-    (void)avx;
     /* scores */
     for (u = 0; u < nk; u++) {
         const float *kr = kb + dec_slot(P, b, u0 + u) * rs;
@@ -108,12 +126,7 @@ dec_task(const dec_plan *P, int64_t b, int64_t g, int64_t ch, int avx, float *s)
             dec_prefetch_row(kb + dec_slot(P, b, u0 + u + DEC_AHEAD) * rs, hd);
         }
         for (gq = 0; gq < G; gq++) {
-#if SAMBA_X86_DISPATCH
-            const float dot =
-                avx ? samba_v512_dot(qb + gq * hd, kr, hd) : dec_dot_generic(qb + gq * hd, kr, hd);
-#else
             const float dot = dec_dot_generic(qb + gq * hd, kr, hd);
-#endif
             s[gq * nk + u] = dot * P->scale2;
         }
     }
@@ -143,16 +156,209 @@ dec_task(const dec_plan *P, int64_t b, int64_t g, int64_t ch, int avx, float *s)
             dec_prefetch_row(vb + dec_slot(P, b, u0 + u + DEC_AHEAD) * rs, hd);
         }
         for (gq = 0; gq < G; gq++) {
-#if SAMBA_X86_DISPATCH
-            if (avx) {
-                samba_v512_axpy(part + gq * (hd + 2), s[gq * nk + u], vr, hd);
-                continue;
-            }
-#endif
             dec_axpy_generic(part + gq * (hd + 2), s[gq * nk + u], vr, hd);
         }
     }
 }
+
+#if SAMBA_X86_DISPATCH
+/* r lane i = the sum of the lanes of v[i], i < 16: a transpose-and-add network (45 operations
+ * for 16 sums instead of 16 horizontal reductions) */
+SAMBA_V512 __m512
+dec_hsum16(const __m512 *v)
+{
+    __m512 t[8], w[4], x, y;
+    int i;
+    for (i = 0; i < 8; i++) { /* per 128-bit quarter: [a0+a2, b0+b2, a1+a3, b1+b3] */
+        t[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                             _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    }
+    for (i = 0; i < 4; i++) { /* quarter q of w[i]: the quarter-q sums of v[4i .. 4i+3] */
+        w[i] = _mm512_add_ps(_mm512_shuffle_ps(t[2 * i], t[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(t[2 * i], t[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    }
+    x = _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], 0x88), _mm512_shuffle_f32x4(w[0], w[1], 0xdd));
+    y = _mm512_add_ps(_mm512_shuffle_f32x4(w[2], w[3], 0x88), _mm512_shuffle_f32x4(w[2], w[3], 0xdd));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(x, y, 0x88), _mm512_shuffle_f32x4(x, y, 0xdd));
+}
+
+#define DEC_HB 6 /* heads per register block of P V (6 x 4 accumulators) */
+
+/* 16 scores (q . k_j, j < 16) of one head: per block of 4 vectors of hd, the query's vectors
+ * stay in registers and each key row adds its 4 products (one FMA per 16 products) */
+SAMBA_V512 __m512
+dec_scores16(const float *qg, const float *const *rows, int64_t nv4)
+{
+    __m512 acc[16];
+    int64_t d0;
+    int j;
+#pragma GCC unroll 16
+    for (j = 0; j < 16; j++) {
+        acc[j] = _mm512_setzero_ps();
+    }
+    for (d0 = 0; d0 < nv4; d0 += 4) {
+        const int64_t o = 16 * d0;
+        if (nv4 - d0 >= 4) {
+            const __m512 q0 = _mm512_loadu_ps(qg + o), q1 = _mm512_loadu_ps(qg + o + 16);
+            const __m512 q2 = _mm512_loadu_ps(qg + o + 32), q3 = _mm512_loadu_ps(qg + o + 48);
+#pragma GCC unroll 16
+            for (j = 0; j < 16; j++) {
+                const float *k = rows[j] + o;
+                __m512 a = _mm512_fmadd_ps(q0, _mm512_loadu_ps(k), acc[j]);
+                a = _mm512_fmadd_ps(q1, _mm512_loadu_ps(k + 16), a);
+                a = _mm512_fmadd_ps(q2, _mm512_loadu_ps(k + 32), a);
+                acc[j] = _mm512_fmadd_ps(q3, _mm512_loadu_ps(k + 48), a);
+            }
+        }
+        else {
+            int64_t v;
+            for (v = 0; v < nv4 - d0; v++) {
+                const __m512 qv = _mm512_loadu_ps(qg + o + 16 * v);
+#pragma GCC unroll 16
+                for (j = 0; j < 16; j++) {
+                    acc[j] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(rows[j] + o + 16 * v), acc[j]);
+                }
+            }
+        }
+    }
+    return dec_hsum16(acc);
+}
+
+/* o[r] (the NV vectors at o + r (hd + 2)) = sum_u p[r nk + u] v_u[0 .. 16 NV), r < R, over the
+ * keys u < nk of a chunk (V rows at vb + slot(u0 + u) rs); R, NV constants after inlining */
+SAMBA_V512 void
+dec_pv_block(const dec_plan *P, int64_t b, int64_t u0, int64_t nk, const float *p, const float *vb,
+             float *o, const int R, const int NV, int64_t pfo)
+{
+    const int64_t rs = P->Hkv * P->hd, ostride = P->hd + 2;
+    __m512 acc[DEC_HB][4];
+    int64_t u;
+    int r, v;
+    for (r = 0; r < R; r++) {
+        for (v = 0; v < NV; v++) {
+            acc[r][v] = _mm512_setzero_ps();
+        }
+    }
+    for (u = 0; u < nk; u++) {
+        const float *vr = vb + dec_slot(P, b, u0 + u) * rs;
+        __m512 vv[4];
+        if (pfo >= 0 && u + DEC_AHEAD < nk) { /* whole cache rows, ahead of the first pass */
+            dec_prefetch_row(vb + dec_slot(P, b, u0 + u + DEC_AHEAD) * rs - pfo, rs);
+        }
+        for (v = 0; v < NV; v++) {
+            vv[v] = _mm512_loadu_ps(vr + 16 * v);
+        }
+        for (r = 0; r < R; r++) {
+            const __m512 pr = _mm512_set1_ps(p[r * nk + u]);
+            for (v = 0; v < NV; v++) {
+                acc[r][v] = _mm512_fmadd_ps(pr, vv[v], acc[r][v]);
+            }
+        }
+    }
+    for (r = 0; r < R; r++) {
+        for (v = 0; v < NV; v++) {
+            _mm512_storeu_ps(o + r * ostride + 16 * v, acc[r][v]);
+        }
+    }
+}
+
+/* runtime (R, NV) -> an unrolled dec_pv_block */
+/* clang-format off */
+#define DEC_PVC(R_, NV_)                                                                   \
+    case (R_) * 8 + (NV_):                                                                 \
+        dec_pv_block(P, b, u0, nk, p, vb, o, (R_), (NV_), pfo);                            \
+        break;
+/* clang-format on */
+SAMBA_TARGET_AVX512 static void
+dec_pv(const dec_plan *P, int64_t b, int64_t u0, int64_t nk, const float *p, const float *vb,
+       float *o, int R, int NV, int64_t pfo)
+{
+    switch (R * 8 + NV) {
+        DEC_PVC(1, 1) DEC_PVC(1, 2) DEC_PVC(1, 3) DEC_PVC(1, 4)
+        DEC_PVC(2, 1) DEC_PVC(2, 2) DEC_PVC(2, 3) DEC_PVC(2, 4)
+        DEC_PVC(3, 1) DEC_PVC(3, 2) DEC_PVC(3, 3) DEC_PVC(3, 4)
+        DEC_PVC(4, 1) DEC_PVC(4, 2) DEC_PVC(4, 3) DEC_PVC(4, 4)
+        DEC_PVC(5, 1) DEC_PVC(5, 2) DEC_PVC(5, 3) DEC_PVC(5, 4)
+        DEC_PVC(6, 1) DEC_PVC(6, 2) DEC_PVC(6, 3) DEC_PVC(6, 4)
+    default: break;
+    }
+}
+#undef DEC_PVC
+
+/* dec_task for AVX-512 (hd % 16 == 0): scores 16 keys x one head at a time (one FMA per 16
+ * products, the 16 dot products reduced together), the softmax numerators 16 at a time,
+ * P V in register blocks of up to 6 heads x 64 floats of hd, each V row loaded once per block. */
+SAMBA_TARGET_AVX512 static void
+dec_task_avx512(const dec_plan *P, int64_t b, int64_t g, int64_t ch, float *s)
+{
+    const dec_view V = dec_view_of(P, b, g, ch);
+    const int64_t hd = P->hd, G = P->G, nv4 = hd / 16, u0 = V.u0, nk = V.nk, rs = V.rs;
+    const float *kb = V.kb, *vb = V.vb, *qb = V.qb;
+    float *part = V.part;
+    /* kv head 0 prefetches whole cache rows (all kv heads, contiguous), later ones find them */
+    const int64_t pfo = g == 0 ? 0 : g * hd, pfn = g == 0 ? rs : hd;
+    const float *rows[16];
+    int64_t gq, u, j, d0;
+
+    /* scores s (G, nk); past the chunk's end the rows repeat its first key (stored nowhere) */
+    for (u = 0; u < nk; u += 16) {
+        const int nb = (int)(nk - u < 16 ? nk - u : 16);
+        const __mmask16 keep = (__mmask16)((1u << nb) - 1u);
+        for (j = 0; j < 16; j++) {
+            rows[j] = kb + dec_slot(P, b, u0 + u + (j < nb ? j : 0)) * rs;
+            if (j < nb && u + 16 + j < nk) {
+                dec_prefetch_row(kb + dec_slot(P, b, u0 + u + 16 + j) * rs - pfo, pfn);
+            }
+        }
+        for (gq = 0; gq < G; gq++) {
+            _mm512_mask_storeu_ps(
+                s + gq * nk + u, keep,
+                _mm512_mul_ps(dec_scores16(qb + gq * hd, rows, nv4), _mm512_set1_ps(P->scale2)));
+        }
+    }
+    /* per head: m = max s (NaN if any score is NaN), p = 2^(s - m), l = sum p */
+    for (gq = 0; gq < G; gq++) {
+        float *sg = s + gq * nk, *o = part + gq * (hd + 2);
+        __m512 mx = _mm512_set1_ps(-INFINITY), sum = _mm512_setzero_ps();
+        __mmask16 nan = 0;
+        float m;
+        for (u = 0; u < nk; u += 16) {
+            const __mmask16 keep = (__mmask16)(nk - u >= 16 ? 0xffffu : (1u << (nk - u)) - 1u);
+            const __m512 x = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), keep, sg + u);
+            nan |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+            mx = _mm512_max_ps(mx, x);
+        }
+        m = nan ? NAN : _mm512_reduce_max_ps(mx);
+        if (m == -INFINITY) { /* no finite score: every p is 0 */
+            for (u = 0; u < nk; u++) {
+                sg[u] = 0.0f;
+            }
+        }
+        else {
+            const __m512 mv = _mm512_set1_ps(m);
+            for (u = 0; u < nk; u += 16) {
+                const __mmask16 keep =
+                    (__mmask16)(nk - u >= 16 ? 0xffffu : (1u << (nk - u)) - 1u);
+                const __m512 p = _mm512_maskz_mov_ps(
+                    keep, samba_v512_exp2(_mm512_sub_ps(_mm512_maskz_loadu_ps(keep, sg + u), mv)));
+                _mm512_mask_storeu_ps(sg + u, keep, p);
+                sum = _mm512_add_ps(sum, p);
+            }
+        }
+        o[hd] = m;
+        o[hd + 1] = _mm512_reduce_add_ps(sum);
+    }
+    /* o = sum_u p[u] v[u]: blocks of up to 6 heads x 4 vectors of hd */
+    for (gq = 0; gq < G; gq += DEC_HB) {
+        const int R = (int)(G - gq < DEC_HB ? G - gq : DEC_HB);
+        for (d0 = 0; d0 < nv4; d0 += 4) {
+            const int NV = (int)(nv4 - d0 < 4 ? nv4 - d0 : 4);
+            dec_pv(P, b, u0, nk, s + gq * nk, vb + 16 * d0, part + gq * (hd + 2) + 16 * d0, R,
+                   NV, g == 0 && gq == 0 && d0 == 0 ? g * hd + 16 * d0 : -1);
+        }
+    }
+}
+#endif /* SAMBA_X86_DISPATCH */
 
 /* out[b, h] = merge of the chunk partials of (b, h). */
 static void
@@ -244,14 +450,14 @@ samba_attn_decode(int64_t batch, int64_t nheads, int64_t nheads_kv, int64_t head
 #endif
     nth = samba_ctx_threads(ctx);
     nth = nth < 1 ? 1 : nth;
-    T = batch * nheads_kv * P.nch;
+    T = batch * P.nch; /* a task: one chunk of one batch row, all its kv heads in turn */
     scratch = (float *)malloc(sizeof(float) * (size_t)(nth * P.G * DEC_CHUNK));
     if (scratch == NULL) {
         free(P.part);
         return SAMBA_ERR_ALLOC;
     }
     /* rounds of ~64 MiB of cache reads between stop polls */
-    step = (int64_t)((64 << 20) / (DEC_CHUNK * 8 * headdim)) + nth;
+    step = (int64_t)((64 << 20) / (DEC_CHUNK * 8 * headdim * nheads_kv)) + nth;
     for (t = 0; t < T; t += step) {
         const int64_t t_end = t + step < T ? t + step : T;
         int64_t i;
@@ -264,13 +470,21 @@ samba_attn_decode(int64_t batch, int64_t nheads, int64_t nheads_kv, int64_t head
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nth)
 #endif
         for (i = t; i < t_end; i++) {
-            const int64_t ch = i % P.nch, bg = i / P.nch, bb = bg / P.Hkv;
+            const int64_t ch = i % P.nch, bb = i / P.nch;
+            int64_t g;
             int tid = 0;
 #ifdef _OPENMP
             tid = omp_get_thread_num();
 #endif
-            if (ch * DEC_CHUNK < P.nv[bb]) {
-                dec_task(&P, bb, bg % P.Hkv, ch, avx, scratch + (size_t)tid * P.G * DEC_CHUNK);
+            for (g = 0; g < P.Hkv && ch * DEC_CHUNK < P.nv[bb]; g++) {
+                float *s = scratch + (size_t)tid * P.G * DEC_CHUNK;
+#if SAMBA_X86_DISPATCH
+                if (avx) {
+                    dec_task_avx512(&P, bb, g, ch, s);
+                    continue;
+                }
+#endif
+                dec_task(&P, bb, g, ch, s);
             }
         }
     }

@@ -93,10 +93,46 @@ conv_row_avx2(const conv_job *j, int64_t r, int64_t t0, int64_t t1)
     conv_row_wrap(j, r, t0, t1);
 }
 
-SAMBA_VEC_FN SAMBA_TARGET_AVX512 static void
+/* The body (every tap inside x) 16 steps at a time with explicit AVX-512: the taps as
+ * unaligned loads at t - W + 1 .. t, SiLU (samba_v512_silu) in the same pass; the head (taps
+ * in the initial state) and the tail take conv_row_body. (The compiler's vectorisation of
+ * conv_row_body with a second SiLU pass ran at 0.55x a copy's bandwidth here, this at 0.75x.) */
+SAMBA_TARGET_AVX512 static void
 conv_row_avx512(const conv_job *j, int64_t r, int64_t t0, int64_t t1)
 {
-    conv_row_wrap(j, r, t0, t1);
+    const int64_t W = j->width, wm1 = W - 1, d = r % j->dim;
+    const float *x = j->x + r * j->seqlen, *w = j->weight + d * W;
+    float *y = j->y + r * j->seqlen;
+    const int64_t b0 = t0 > wm1 ? t0 : wm1; /* first step of the vector body */
+    int64_t t = b0;
+    if (W > 4 || t1 - b0 < 16) {
+        conv_row_wrap(j, r, t0, t1);
+        return;
+    }
+    if (b0 > t0) {
+        conv_row_wrap(j, r, t0, b0);
+    }
+    {
+        const __m512 bias = _mm512_set1_ps(j->bias != NULL ? j->bias[d] : 0.0f);
+        const __m512 w0 = _mm512_set1_ps(w[0]), w1 = _mm512_set1_ps(w[1]);
+        const __m512 w2 = _mm512_set1_ps(W > 2 ? w[2] : 0.0f);
+        const __m512 w3 = _mm512_set1_ps(W > 3 ? w[3] : 0.0f);
+        for (; t + 16 <= t1; t += 16) {
+            const float *xt = x + t - wm1; /* tap k reads x[t - wm1 + k] */
+            __m512 acc = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xt), bias);
+            acc = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xt + 1), acc);
+            if (W > 2) {
+                acc = _mm512_fmadd_ps(w2, _mm512_loadu_ps(xt + 2), acc);
+            }
+            if (W > 3) {
+                acc = _mm512_fmadd_ps(w3, _mm512_loadu_ps(xt + 3), acc);
+            }
+            _mm512_storeu_ps(y + t, j->silu ? samba_v512_silu(acc) : acc);
+        }
+    }
+    if (t < t1) {
+        conv_row_wrap(j, r, t, t1);
+    }
 }
 #endif
 

@@ -21,7 +21,7 @@
  *   scalar / auto-vectorised  samba_exp2f, samba_expf, samba_siluf, samba_softplusf, samba_sel
  *   GCC vector extension      samba_v4 type: samba_v4_exp2, samba_v4_max, ...
  *   AVX2                      samba_v256_exp2
- *   AVX-512                   samba_v512_exp2, _exp, _recip, _softplus, _silu, _dot, _axpy
+ *   AVX-512                   samba_v512_exp2, _exp, _recip, _softplus, _silu
  *
  * Every exponential is 2^t = 2^round(t) * P(t - round(t)) with the one degree-6 polynomial P of
  * SAMBA_EXP2_P1..P6 on [-1/2, 1/2] (relative error 1.9e-9 in exact arithmetic, about 1e-7 after
@@ -413,36 +413,6 @@ samba_v512_deadzero(__m512 x)
     return _mm512_mask_mov_ps(x, dead, _mm512_setzero_ps());
 }
 
-/* Whole-array helpers, callable from code compiled for any ISA (not forced inline). */
-#define SAMBA_V512_FN SAMBA_TARGET_AVX512 static inline
-
-/* sum x[i] y[i], n % 16 == 0 */
-SAMBA_V512_FN float
-samba_v512_dot(const float *x, const float *y, int64_t n)
-{
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    int64_t d = 0;
-    for (; d + 32 <= n; d += 32) {
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + d), _mm512_loadu_ps(y + d), a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + d + 16), _mm512_loadu_ps(y + d + 16), a1);
-    }
-    for (; d < n; d += 16) {
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + d), _mm512_loadu_ps(y + d), a0);
-    }
-    return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-}
-
-/* o += p v, n % 16 == 0 */
-SAMBA_V512_FN void
-samba_v512_axpy(float *o, float p, const float *v, int64_t n)
-{
-    const __m512 pv = _mm512_set1_ps(p);
-    int64_t d;
-    for (d = 0; d < n; d += 16) {
-        _mm512_storeu_ps(o + d,
-                         _mm512_fmadd_ps(pv, _mm512_loadu_ps(v + d), _mm512_loadu_ps(o + d)));
-    }
-}
 #endif /* SAMBA_X86_DISPATCH */
 
 #endif /* SAMBA_SIMD_H */

@@ -238,6 +238,47 @@ def test_decode_ignores_invalid_slots(rng, backend):
     assert_close(out, ref, _tol(backend))
 
 
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "scalar"])
+@pytest.mark.parametrize("H,Hkv,hd", [(8, 1, 64), (12, 2, 48), (3, 1, 256), (16, 1, 16),
+                                      (7, 7, 32), (2, 1, 96)])
+def test_decode_head_blocks_and_tails(rng, monkeypatch, isa, H, Hkv, hd):
+    """The CPU decode kernels: query heads per KV head above one register block (8, 16),
+    head dims that leave a partial block of vectors (48, 96) or take several (256), chunks of
+    keys that end inside a group of 16 and rings that wrap inside one."""
+    monkeypatch.setenv("SAMBA_EXT_ISA", isa)
+    B, C = 3, 300
+    q = rng.standard_normal((B, H, hd)).astype(np.float32)
+    kc = rng.standard_normal((B, C, Hkv, hd)).astype(np.float32)
+    vc = rng.standard_normal((B, C, Hkv, hd)).astype(np.float32)
+    pos = np.array([299, 310, 1000])          # wraps after 11 keys; after 101
+    n_valid = np.array([300, 283, 17])
+    out = samba_ext.swa_decode(q, kc, vc, pos, n_valid, None)
+    assert_close(out, ref_swa_decode(q, kc, vc, pos, n_valid), RTOL)
+
+
+@pytest.mark.parametrize("isa", ["avx512", "scalar"])
+def test_decode_nan_stays_in_its_kv_head(rng, monkeypatch, isa):
+    """A NaN in a valid key of KV head 1 makes that head's query heads NaN; a NaN in a value
+    only the same dimension of their outputs."""
+    monkeypatch.setenv("SAMBA_EXT_ISA", isa)
+    B, C, H, Hkv, hd = 1, 64, 4, 2, 32
+    q = rng.standard_normal((B, H, hd)).astype(np.float32)
+    kc = rng.standard_normal((B, C, Hkv, hd)).astype(np.float32)
+    vc = rng.standard_normal((B, C, Hkv, hd)).astype(np.float32)
+    pos, n_valid = np.array([63]), np.array([40])
+    for cache in (kc, vc):
+        c = cache.copy()
+        c[0, 50, 1, 3] = np.nan
+        args = (q, c, vc, pos, n_valid) if cache is kc else (q, kc, c, pos, n_valid)
+        out = samba_ext.swa_decode(*args, None)
+        want = np.zeros((H, hd), bool)
+        if cache is kc:
+            want[2:] = True
+        else:
+            want[2:, 3] = True
+        np.testing.assert_array_equal(np.isnan(out[0]), want)
+
+
 def test_decode_empty(backend):
     out = samba_ext.swa_decode(np.zeros((0, 4, 64), np.float32),
                                np.zeros((0, 8, 2, 64), np.float32),

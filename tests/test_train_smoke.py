@@ -493,7 +493,7 @@ def test_phonebook_probe_features_smoke():
     assert sum(int(c) for _, c in counts) == 5  # one argmax per book
 
 
-@pytest.mark.parametrize("recipe", ["samba_tiny", "llama_tiny"])
+@pytest.mark.parametrize("recipe", ["samba_tiny", "llama_tiny", "llama_tiny_pbfirst"])
 def test_recipes_parse_and_chain(recipe, tmp_path):
     """Every step of a recipe is a valid train.py command, and each step continues the previous
     step's file (--init), as the bundled files' lineage records."""
@@ -512,3 +512,7 @@ def test_recipes_parse_and_chain(recipe, tmp_path):
     assert [n for n, _ in only] == [name] and train.parse_args(only[0][1]).init == "given.safetensors"
     with pytest.raises(SystemExit, match="needs --init"):
         run.commands(recipe, str(tmp_path), only=name)
+    first_two = run.commands(recipe, str(tmp_path), to=name)
+    assert [n for n, _ in first_two] == [n for n, _ in cmds[:2]]
+    with pytest.raises(SystemExit, match="no such step"):
+        run.commands(recipe, str(tmp_path), to="nope")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run a recipe of training/recipes/ step by step, each step continuing the previous one's file.
 
-    python3 training/recipes/run.py samba_tiny --out OUTDIR [--from pk3 --init FILE] [--only pb5]
+    python3 training/recipes/run.py samba_tiny --out OUTDIR [--from pk3 --init FILE] [--only pb5] [--to pk2]
     python3 training/recipes/run.py samba_tiny --print          # the commands, without running them
 
 Each step writes OUTDIR/<step>.safetensors, and with ``--eval-long`` OUTDIR/<step>.json; pass extra
@@ -27,11 +27,12 @@ def commands(
     init: str | None = None,
     only: str | None = None,
     extra: list[str] | None = None,
+    to: str | None = None,
 ) -> list[tuple[str, list[str]]]:
     """(step, train.py argv) for each step to run; --init chains the steps' output files."""
     mod = importlib.import_module(f"recipes.{recipe}")
     names = [n for n, _ in mod.STEPS]
-    for flag, v in (("--from", start), ("--only", only)):
+    for flag, v in (("--from", start), ("--only", only), ("--to", to)):
         if v is not None and v not in names:
             raise SystemExit(f"{flag} {v}: no such step in {recipe}; steps: {', '.join(names)}")
     if (start or only) not in (None, names[0]) and init is None:
@@ -48,7 +49,7 @@ def commands(
         if "--eval-long" in opts:
             argv += ["--eval-json", os.path.join(out, f"{name}.json")]
         out_list.append((name, argv + list(extra or [])))
-        if only is not None:
+        if only is not None or name == to:
             break
         prev = path
     return out_list
@@ -65,10 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="train-out", help="folder for the files of every step")
     ap.add_argument("--from", dest="start", default=None, help="start at this step")
     ap.add_argument("--only", default=None, help="run only this step")
+    ap.add_argument("--to", default=None, help="stop after this step")
     ap.add_argument("--init", default=None, help="the file the first step run continues")
     ap.add_argument("--print", action="store_true", help="print the commands only")
     args = ap.parse_args(argv)
-    cmds = commands(args.recipe, args.out, args.start, args.init, args.only, extra)
+    cmds = commands(args.recipe, args.out, args.start, args.init, args.only, extra, args.to)
     if args.print:
         for _, a in cmds:
             print("python3 training/train.py " + " ".join(shlex.quote(x) for x in a))

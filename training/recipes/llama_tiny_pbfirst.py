@@ -1,0 +1,107 @@
+"""llama-tiny trained from scratch with samba-tiny's schedule (docs/training.md): phonebooks first (books
+of up to 5, then 14 entries), then books as long as rows of up to 4,096 tokens mixed with passkeys, so that
+the Transformer baseline looks up every book that fits in its training length. The candidate to replace
+the bundled llama-tiny (the current one was fine-tuned on books of at most 12 entries), sized for one
+H200 session: three device calls of under 10 minutes each (``--to long1``; ``--only long2``;
+``--only long3``), each continuing the previous step's file.
+"""
+
+MODEL = "llama-tiny"
+PB = ["--p-passkey", "0", "--p-phonebook", "1.0", "--pb-fewshot-loss", "--lm-weight", "0.1"]
+LONG = ["--pb-fewshot-loss", "--lm-weight", "0.1"]  # no --pb-max-entries: books fill the row
+STEPS = [
+    (
+        "pb5",
+        [
+            "--minutes",
+            "1.6",
+            *PB,
+            "--pb-max-entries",
+            "5",
+            "--lr",
+            "3e-3",
+            "--warmup",
+            "100",
+            "--max-len",
+            "192",
+            "--stages",
+            "1:192",
+        ],
+    ),
+    (
+        "pb14",
+        [
+            "--minutes",
+            "1.4",
+            *PB,
+            "--pb-max-entries",
+            "14",
+            "--lr",
+            "2e-3",
+            "--warmup",
+            "50",
+            "--max-len",
+            "512",
+            "--stages",
+            "1:512",
+            "--eval-long",
+        ],
+    ),
+    (
+        "long1",
+        [
+            "--minutes",
+            "5",
+            *LONG,
+            "--p-passkey",
+            "0.2",
+            "--p-phonebook",
+            "0.7",
+            "--lr",
+            "1.5e-3",
+            "--warmup",
+            "50",
+            "--stages",
+            "0.3:1024,0.7:2048,1:4096",
+            "--eval-long",
+        ],
+    ),
+    (
+        "long2",
+        [
+            "--minutes",
+            "8.5",
+            *LONG,
+            "--p-passkey",
+            "0.15",
+            "--p-phonebook",
+            "0.8",
+            "--lr",
+            "1e-3",
+            "--warmup",
+            "30",
+            "--stages",
+            "0.2:2048,1:4096",
+            "--eval-long",
+        ],
+    ),
+    (
+        "long3",
+        [
+            "--minutes",
+            "8",
+            *LONG,
+            "--p-passkey",
+            "0.1",
+            "--p-phonebook",
+            "0.85",
+            "--lr",
+            "6e-4",
+            "--warmup",
+            "20",
+            "--stages",
+            "1:4096",
+            "--eval-long",
+        ],
+    ),
+]
