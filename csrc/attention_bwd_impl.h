@@ -26,6 +26,7 @@ typedef struct abwd_plan {
     const float *q, *k, *v, *dout, *out, *lse; /* the argument arrays */
     const float *kt, *vt; /* (B, Hkv, nkt, hd, ABWD_BK): K^T, V^T per key tile, zero padded */
     const float *delta;   /* (B, H, Lq): dout_i . out_i */
+    const float *qh, *gh; /* (B, H, Lq, hd): q and dout head-major (rows hd floats apart) */
     float *dk, *dv;       /* backward outputs (dq: see abwd_dqdst) */
 } abwd_plan;
 

@@ -246,10 +246,10 @@ ABT_F(abt_bwd_block)(const abwd_plan *P, const abwd_scratch *S, int64_t b, int64
                      int64_t gi, int64_t i0, int64_t nq, int64_t j0, int64_t nk, const float *kt,
                      const float *vt, const abwd_dqdst *D)
 {
-    const int64_t hd = P->hd, h = hk * P->grp + gi, ldq = P->H * hd, ldk = P->Hkv * hd;
+    const int64_t hd = P->hd, h = hk * P->grp + gi, ldq = hd, ldk = P->Hkv * hd;
     const int64_t nkp = (nk + ABT_VW - 1) / ABT_VW * ABT_VW;
-    const float *qr = P->q + ((b * P->Lq + i0) * P->H + h) * hd;
-    const float *gr = P->dout + ((b * P->Lq + i0) * P->H + h) * hd;
+    const float *qr = P->qh + ((b * P->H + h) * P->Lq + i0) * hd;
+    const float *gr = P->gh + ((b * P->H + h) * P->Lq + i0) * hd;
     const float *kr = P->k + ((b * P->Lk + j0) * P->Hkv + hk) * hd;
     const float *lse = P->lse + (b * P->H + h) * P->Lq + i0;
     const float *dl = P->delta + (b * P->H + h) * P->Lq + i0;
