@@ -140,7 +140,8 @@ def _common(p: argparse.ArgumentParser, out: bool = True, model: bool = True,
     g.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads for the C kernels and NumPy's BLAS (default: "
                         "OMP_NUM_THREADS or all cores, but 1 when the machine is already busy: "
-                        "idle threads of the two pools spin and compete with other load)")
+                        "idle threads of the two pools spin and compete with other load); "
+                        "passkey and phonebook run that many trials at once, one thread each")
     if seed:
         g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     if out:

@@ -174,7 +174,9 @@ class _Recorder:
 def test_prefix_sharing_is_exact(model):
     # Every trial must see exactly its own tokens: the last-position logits of each prompt
     # agree with and without reusing the shared-prefix state (and so do the outputs).
-    kw = dict(lengths=[400], depths=[0.0, 0.3, 0.31, 1.0], trials=2, seed=5, progress=False)
+    # (one trial at a time: the recorders keep the logits in the order the prefills end)
+    kw = dict(lengths=[400], depths=[0.0, 0.3, 0.31, 1.0], trials=2, seed=5, progress=False,
+              workers=1)
     ra, rb = _Recorder(model, 400), _Recorder(model, 400)
     a = passkey(ra, share_prefix=True, **kw)
     b = passkey(rb, share_prefix=False, **kw)
@@ -207,6 +209,75 @@ def test_cells_independent_of_grid_and_random_depth(model):
     ds = [t["depth"] for t in r.cells[0]["results"]]
     assert all(0 <= d <= 1 for d in ds) and len(set(ds)) >= 2   # actual depths (rounded)
     assert all(1 <= t["key"] <= 50000 for t in r.cells[0]["results"])
+
+
+class _ByPrompt:
+    """Wraps the real model; keeps each prompt's last-position logits keyed by its tokens
+    (trials run side by side finish in any order)."""
+
+    def __init__(self, m):
+        self.m, self.logits, self.prefills = m, {}, 0
+
+    def __getattr__(self, name):
+        return getattr(self.m, name)
+
+    def prefill(self, tokens, state, **kw):
+        self.prefills += 1
+        out = self.m.prefill(tokens, state, **kw)
+        self.logits[(int(state.pos[0]), tokens.tobytes())] = np.array(out)
+        return out
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_trials_side_by_side_equal_one_at_a_time(model, share_prefix):
+    """workers > 1 runs trials concurrently (one kernel thread each); the cells, keys,
+    outputs and token counts are those of the serial run, every prompt's logits agree to
+    float32 rounding (3e-6, as in test_prefix_sharing_is_exact), and the thread counts are
+    put back afterwards."""
+    from samba_ext import threads
+
+    n0, blas0 = threads.get_num_threads(), threads.blas_info()["threads"]
+    kw = dict(lengths=[400, 700], depths=[0.0, 0.5, 1.0], trials=3, seed=7, progress=False,
+              share_prefix=share_prefix)
+    ma, mb = _ByPrompt(model), _ByPrompt(model)
+    a = passkey(ma, workers=1, **kw)
+    b = passkey(mb, workers=3, **kw)
+    assert threads.get_num_threads() == n0 and threads.blas_info()["threads"] == blas0
+    strip = [{k: v for k, v in c.items() if k != "time_s"} for c in a.cells]
+    assert strip == [{k: v for k, v in c.items() if k != "time_s"} for c in b.cells]
+    assert sum(c["n"] for c in b.cells) == 18 and ma.prefills == mb.prefills
+    assert ma.logits.keys() == mb.logits.keys()
+    assert max(np.max(np.abs(ma.logits[k] - mb.logits[k])) for k in ma.logits) <= 3e-6
+
+
+def test_trials_side_by_side_stop_on_interrupt(model):
+    """A KeyboardInterrupt in one of the concurrent trials stops the others at their next
+    prefill chunk, keeps the finished cells and restores the thread counts."""
+    from samba_ext import threads
+    from samba_ext.eval import EvalInterrupted
+
+    n0 = threads.get_num_threads()
+
+    class Interrupting(_ByPrompt):
+        def prefill(self, tokens, state, **kw):
+            if self.prefills == 5:
+                self.prefills += 1
+                raise KeyboardInterrupt
+            return super().prefill(tokens, state, **kw)
+
+    m = Interrupting(model)
+    with pytest.raises(EvalInterrupted) as ei:
+        passkey(m, lengths=[700], depths=[0.0, 1.0], trials=4, share_prefix=False,
+                chunk_size=64, progress=False, workers=2)
+    r = ei.value.result
+    assert r.partial and 0 < sum(c["n"] for c in r.cells) < 8
+    assert threads.get_num_threads() == n0
+
+
+def test_workers_argument(model):
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError, match="workers"):
+            passkey(model, lengths=[300], trials=1, progress=False, workers=bad)
 
 
 def test_interrupt_keeps_finished_cells(model, tmp_path):

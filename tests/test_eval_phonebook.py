@@ -100,3 +100,20 @@ def test_phonebook_end_to_end(tmp_path):
     assert [t["query"] for t in again.cells[0]["results"]] == \
         [t["query"] for t in r.cells[0]["results"]]
     assert "phonebook accuracy" in r.table()
+
+
+def test_books_side_by_side_equal_one_at_a_time():
+    """workers > 1 runs books concurrently (one kernel thread each): the cells (queries,
+    outputs, token counts) are those of the serial run, and the thread counts come back."""
+    from samba_ext import threads
+
+    m = Samba(SambaConfig.preset("samba-test"), seed=2)
+    n0 = threads.get_num_threads()
+    kw = dict(entries=[3, 6, 9], trials=3, seed=4, progress=False)
+    a, b = phonebook(m, workers=1, **kw), phonebook(m, workers=3, **kw)
+    assert threads.get_num_threads() == n0
+    strip = [{k: v for k, v in c.items() if k != "time_s"} for c in a.cells]
+    assert strip == [{k: v for k, v in c.items() if k != "time_s"} for c in b.cells]
+    assert sum(c["n"] for c in b.cells) == 9
+    with pytest.raises(ValueError, match="workers"):
+        phonebook(m, entries=[3], trials=1, progress=False, workers=0)

@@ -261,12 +261,13 @@ class Progress:
         if self.bar is not None:
             self.bar.write(msg, file=sys.stderr)
 
-    def prefill_bar(self, total: int, desc: str = "prefill"):
-        """(callback, close) for model.prefill(progress=...): a nested bar for long prompts."""
+    def prefill_bar(self, total: int, desc: str = "prefill", position: int = 1):
+        """(callback, close) for model.prefill(progress=...): a nested bar for long prompts
+        (``position``: its line below the main bar; trials run side by side use 2, 3, ...)."""
         if self.bar is None or total < PREFILL_BAR_MIN_TOKENS:
             return None, (lambda: None)
         bar = self._tqdm(total=total, desc=desc, unit="tok", unit_scale=True, leave=False,
-                         dynamic_ncols=True, file=sys.stderr, position=1)
+                         dynamic_ncols=True, file=sys.stderr, position=position)
         state = {"base": 0, "last": 0}
 
         def cb(done: int, tot: int) -> None:

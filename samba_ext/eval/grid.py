@@ -212,7 +212,8 @@ def plan_units(eval_name: str, model: Any, kwargs: dict, *, device: str = "cpu",
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
         raise TypeError(f"{eval_name}: unexpected argument(s) {', '.join(unknown)}")
-    skip = ("model", "progress", "device", "ray", "out")
+    # (workers: how many trials run at once in the unit's process; not part of the result)
+    skip = ("model", "progress", "device", "ray", "out", "workers")
     kw = {k: kwargs.get(k, p.default) for k, p in params.items()
           if k not in skip and (k in kwargs or p.default is not inspect.Parameter.empty)}
     if eval_name == "passkey":

@@ -38,6 +38,7 @@ import numpy as np
 
 from ._common import (Progress, Timer, as_int_list, call_prefill, greedy_decode, model_info,
                       notes_for, resolve_model)
+from ._pool import TrialPool, eval_workers
 from ._run import CellRecorder, EvalInterrupted
 from .gridspec import GRIDS, as_depths, as_lengths, grid_defaults
 from ._format import fmt_depth, fmt_tokens, format_table
@@ -332,7 +333,7 @@ def passkey(model: Any, lengths: Sequence[int] | str | None = DEFAULT_LENGTHS,
             share_prefix: bool = True, keep_outputs: bool = True, device: str = "cpu",
             grid: str = "quick", save: str | os.PathLike | None = None,
             on_cell: Callable[[dict], Any] | None = None, ray: Any = None,
-            out: Any = None) -> PasskeyResult:
+            out: Any = None, workers: int | None = None) -> PasskeyResult:
     """Passkey retrieval accuracy over a (length x depth) grid.
 
     Args:
@@ -357,6 +358,9 @@ def passkey(model: Any, lengths: Sequence[int] | str | None = DEFAULT_LENGTHS,
         ray / out: run the grid unit by unit, resumable in ``out`` (a folder) and on Ray with
             ``ray`` (True, "auto" or an address); see :mod:`samba_ext.eval.grid`.
         on_cell: called with each finished cell dict.
+        workers: trials run at once (CPU: default the kernels' thread count, each trial then
+            on one thread; a small model keeps one core per prompt busy). The results are
+            those of one at a time; 1 runs them one at a time with all threads.
     Returns:
         :class:`PasskeyResult`.
     Raises:
@@ -443,21 +447,66 @@ def passkey(model: Any, lengths: Sequence[int] | str | None = DEFAULT_LENGTHS,
         return PasskeyResult(params=params, cells=done_cells, model=info, seed=seed,
                              partial=partial, time_s=timer(), notes=notes_for(model))
 
+    n_jobs = sum(len(j) for j in jobs_by_length.values())
+    n_workers = eval_workers(workers, getattr(model, "device", device), n_jobs)
+    last_t = [timer()]  # the wall time already counted in the cells
+
+    def suffix_trial(pool: TrialPool, ids: np.ndarray, start: int, state: Any, length: int,
+                     slot: int) -> tuple[list[int], int]:
+        """A worker's part of a trial: the prompt after the shared prefix, then greedy decoding."""
+        cb, close_cb = bar.prefill_bar(ids.size - start, desc=f"prefill {fmt_tokens(length)}",
+                                       position=1 + slot + (pool.workers > 1))
+
+        def progress_cb(done: int, total: int) -> None:
+            pool.check()
+            if cb is not None:
+                cb(done, total)
+        try:
+            logits = call_prefill(model, ids[None, start:], state, chunk_size, progress_cb)
+            gen = greedy_decode(model, logits, state, max_new_tokens, done=_answer_complete)[0]
+        finally:
+            close_cb()
+        return gen, ids.size - start
+
+    def finish(length: int, cell_d: Any, key: int, pr: Any, processed: int, fut: Any) -> None:
+        """Count a finished trial (in submission order, so the cells are the serial run's)."""
+        cell = cells[(length, cell_d)]
+        gen, suffix = fut.result()
+        processed += suffix + max(0, len(gen) - 1)
+        output = tok.decode(gen)
+        ok = score_passkey(output, key)
+        cell["n"] += 1
+        cell["correct"] += int(ok)
+        cell["accuracy"] = cell["correct"] / cell["n"]
+        now = timer()
+        cell["time_s"] += now - last_t[0]
+        last_t[0] = now
+        cell["prompt_tokens"] += int(pr.ids.size)
+        cell["processed_tokens"] += int(processed)
+        if keep_outputs:
+            cell["results"].append({"key": int(key), "depth": round(pr.actual_depth, 6),
+                                    "tokens": int(pr.ids.size), "output": output,
+                                    "correct": bool(ok)})
+        bar.update(length)
+        bar.postfix(len=fmt_tokens(length),
+                    depth=("rand" if cell_d == "random" else f"{cell_d:.2f}"),
+                    acc=f"{cell['accuracy']:.2f}")
+        if cell["n"] == cell["trials"]:
+            recorder.cell_done(result(), cell)
+
     interrupted: BaseException | None = None
     try:
-        for length in lengths:
-            trunk = None            # state after trunk_ids
-            trunk_ids = None        # np.ndarray of the tokens the trunk has consumed
-            hint: dict[Any, int] = {}
-            for cell_d, t, d, key in jobs_by_length[length]:
-                cell = cells[(length, cell_d)]
-                tj = Timer()
-                pr = build_passkey_prompt(tok, length, d, key, n_hint=hint.get(cell_d))
-                hint[cell_d] = pr.prefix_chars + pr.suffix_chars
-                ids = pr.ids
-                processed = 0
-                cb, close_cb = bar.prefill_bar(ids.size, desc=f"prefill {fmt_tokens(length)}")
-                try:
+        with TrialPool(n_workers) as pool:
+            pending: list[tuple] = []
+            for length in lengths:
+                trunk = None            # state after trunk_ids
+                trunk_ids = None        # np.ndarray of the tokens the trunk has consumed
+                hint: dict[Any, int] = {}
+                for cell_d, t, d, key in jobs_by_length[length]:
+                    pr = build_passkey_prompt(tok, length, d, key, n_hint=hint.get(cell_d))
+                    hint[cell_d] = pr.prefix_chars + pr.suffix_chars
+                    ids = pr.ids
+                    processed = 0
                     start = 0
                     if share_prefix and pr.shared_tokens > 0:
                         k = pr.shared_tokens
@@ -467,38 +516,25 @@ def passkey(model: Any, lengths: Sequence[int] | str | None = DEFAULT_LENGTHS,
                             trunk = model.new_state(1)
                             trunk_ids = ids[:0]
                         if k > trunk_ids.size:
-                            call_prefill(model, ids[None, trunk_ids.size:k], trunk, chunk_size, cb)
+                            cb, close_cb = bar.prefill_bar(k - trunk_ids.size,
+                                                           desc=f"prefix {fmt_tokens(length)}")
+                            try:
+                                call_prefill(model, ids[None, trunk_ids.size:k], trunk,
+                                             chunk_size, cb)
+                            finally:
+                                close_cb()
                             processed += k - trunk_ids.size
                             trunk_ids = ids[:k]
                         state = trunk.copy()
                         start = k
                     else:
                         state = model.new_state(1)
-                    logits = call_prefill(model, ids[None, start:], state, chunk_size, cb)
-                    processed += ids.size - start
-                    gen = greedy_decode(model, logits, state, max_new_tokens,
-                                        done=_answer_complete)[0]
-                finally:
-                    close_cb()
-                processed += max(0, len(gen) - 1)
-                output = tok.decode(gen)
-                ok = score_passkey(output, key)
-                cell["n"] += 1
-                cell["correct"] += int(ok)
-                cell["accuracy"] = cell["correct"] / cell["n"]
-                cell["time_s"] += tj()
-                cell["prompt_tokens"] += int(ids.size)
-                cell["processed_tokens"] += int(processed)
-                if keep_outputs:
-                    cell["results"].append({"key": int(key), "depth": round(pr.actual_depth, 6),
-                                            "tokens": int(ids.size), "output": output,
-                                            "correct": bool(ok)})
-                bar.update(length)
-                bar.postfix(len=fmt_tokens(length),
-                            depth=("rand" if cell_d == "random" else f"{cell_d:.2f}"),
-                            acc=f"{cell['accuracy']:.2f}")
-                if cell["n"] == cell["trials"]:
-                    recorder.cell_done(result(), cell)
+                    fut = pool.submit(suffix_trial, pool, ids, start, state, length)
+                    pending.append((length, cell_d, key, pr, processed, fut))
+                    while len(pending) >= n_workers:
+                        finish(*pending.pop(0))
+            while pending:
+                finish(*pending.pop(0))
     except KeyboardInterrupt as e:
         interrupted = e
         bar.write("interrupted: keeping the finished trials (result marked partial)")

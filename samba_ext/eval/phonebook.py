@@ -22,6 +22,7 @@ import numpy as np
 
 from ._common import (Progress, Timer, as_int_list, call_prefill, greedy_decode, model_info,
                       notes_for, resolve_model)
+from ._pool import TrialPool, eval_workers
 from ._run import CellRecorder, EvalInterrupted
 from .gridspec import GRIDS, as_lengths, grid_defaults
 from ._format import format_table
@@ -144,7 +145,7 @@ def phonebook(model: Any, entries: Sequence[int] | str | None = DEFAULT_ENTRIES,
               names_file: str | None = None, device: str = "cpu", grid: str = "quick",
               save: str | os.PathLike | None = None,
               on_cell: Callable[[dict], Any] | None = None, ray: Any = None,
-            out: Any = None) -> PhonebookResult:
+              out: Any = None, workers: int | None = None) -> PhonebookResult:
     """Phonebook lookup accuracy vs number of entries.
 
     Args:
@@ -160,6 +161,8 @@ def phonebook(model: Any, entries: Sequence[int] | str | None = DEFAULT_ENTRIES,
         ray / out: run the grid unit by unit, resumable in ``out`` (a folder) and on Ray with
             ``ray`` (True, "auto" or an address); see :mod:`samba_ext.eval.grid`.
         on_cell: called with each finished cell dict.
+        workers: books run at once (CPU: default the kernels' thread count, each book then on
+            one thread). The results are those of one at a time.
     Returns:
         :class:`PhonebookResult`.
     Raises:
@@ -200,41 +203,65 @@ def phonebook(model: Any, entries: Sequence[int] | str | None = DEFAULT_ENTRIES,
         return PhonebookResult(params=params, cells=done, model=info, seed=seed,
                                partial=partial, time_s=timer(), notes=notes_for(model))
 
+    n_workers = eval_workers(workers, getattr(model, "device", device), len(entries) * trials)
+    last_t = [timer()]  # the wall time already counted in the cells
+
+    def trial(pool: TrialPool, ids: np.ndarray, slot: int) -> list[int]:
+        """A worker's part of a trial: prefill the book, decode the answer."""
+        state = model.new_state(1)
+        cb, close_cb = bar.prefill_bar(ids.size, position=1 + slot + (pool.workers > 1))
+
+        def progress_cb(done: int, total: int) -> None:
+            pool.check()
+            if cb is not None:
+                cb(done, total)
+        try:
+            logits = call_prefill(model, ids[None], state, chunk_size, progress_cb)
+            return greedy_decode(model, logits, state, max_new_tokens,
+                                 done=lambda s: "\n" in s)[0]
+        finally:
+            close_cb()
+
+    def finish(cell: dict, book: list, c: int, ids: np.ndarray, fut: Any) -> None:
+        """Count a finished trial (in submission order, so the cells are the serial run's)."""
+        output = tok.decode(fut.result())
+        ok = score_phonebook(output, book[c][1])
+        cell["n"] += 1
+        cell["correct"] += int(ok)
+        cell["accuracy"] = cell["correct"] / cell["n"]
+        cell["prompt_tokens"] += int(ids.size)
+        cell["tokens_mean"] = cell["prompt_tokens"] / cell["n"]
+        now = timer()
+        cell["time_s"] += now - last_t[0]
+        last_t[0] = now
+        if keep_outputs:
+            cell["results"].append({"query": book[c][0], "number": book[c][1],
+                                    "output": output, "correct": bool(ok),
+                                    "tokens": int(ids.size)})
+        bar.update(1)
+        bar.postfix(entries=cell["entries"], acc=f"{cell['accuracy']:.2f}")
+        if cell["n"] == cell["trials"]:
+            recorder.cell_done(result(), cell)
+
     interrupted: BaseException | None = None
     try:
-        for n in entries:
-            cell = {"entries": n, "trials": int(trials), "n": 0, "correct": 0, "accuracy": None,
-                    "tokens_mean": 0.0, "time_s": 0.0, "prompt_tokens": 0, "results": []}
-            cells.append(cell)
-            for t in range(trials):
-                tj = Timer()
-                rng = np.random.default_rng([seed, n, t])
-                book = make_phonebook(rng, n, names)
-                a, b, c = (int(i) for i in rng.choice(n, size=3, replace=False))
-                ids = np.asarray(tok.encode(phonebook_prompt(book, a, b, c)), dtype=np.int64)
-                state = model.new_state(1)
-                cb, close_cb = bar.prefill_bar(ids.size)
-                try:
-                    logits = call_prefill(model, ids[None], state, chunk_size, cb)
-                    gen = greedy_decode(model, logits, state, max_new_tokens,
-                                        done=lambda s: "\n" in s)[0]
-                finally:
-                    close_cb()
-                output = tok.decode(gen)
-                ok = score_phonebook(output, book[c][1])
-                cell["n"] += 1
-                cell["correct"] += int(ok)
-                cell["accuracy"] = cell["correct"] / cell["n"]
-                cell["prompt_tokens"] += int(ids.size)
-                cell["tokens_mean"] = cell["prompt_tokens"] / cell["n"]
-                cell["time_s"] += tj()
-                if keep_outputs:
-                    cell["results"].append({"query": book[c][0], "number": book[c][1],
-                                            "output": output, "correct": bool(ok),
-                                            "tokens": int(ids.size)})
-                bar.update(1)
-                bar.postfix(entries=n, acc=f"{cell['accuracy']:.2f}")
-            recorder.cell_done(result(), cell)
+        with TrialPool(n_workers) as pool:
+            pending: list[tuple] = []
+            for n in entries:
+                cell = {"entries": n, "trials": int(trials), "n": 0, "correct": 0,
+                        "accuracy": None, "tokens_mean": 0.0, "time_s": 0.0,
+                        "prompt_tokens": 0, "results": []}
+                cells.append(cell)
+                for t in range(trials):
+                    rng = np.random.default_rng([seed, n, t])
+                    book = make_phonebook(rng, n, names)
+                    a, b, c = (int(i) for i in rng.choice(n, size=3, replace=False))
+                    ids = np.asarray(tok.encode(phonebook_prompt(book, a, b, c)), dtype=np.int64)
+                    pending.append((cell, book, c, ids, pool.submit(trial, pool, ids)))
+                    while len(pending) >= n_workers:
+                        finish(*pending.pop(0))
+            while pending:
+                finish(*pending.pop(0))
     except KeyboardInterrupt as e:
         interrupted = e
         bar.write("interrupted: keeping the finished trials (result marked partial)")

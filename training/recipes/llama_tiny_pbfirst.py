@@ -6,47 +6,12 @@ H200 session: three device calls of under 10 minutes each (``--to long1``; ``--o
 ``--only long3``), each continuing the previous step's file.
 """
 
+from recipes import phonebook_first
+
 MODEL = "llama-tiny"
-PB = ["--p-passkey", "0", "--p-phonebook", "1.0", "--pb-fewshot-loss", "--lm-weight", "0.1"]
 LONG = ["--pb-fewshot-loss", "--lm-weight", "0.1"]  # no --pb-max-entries: books fill the row
 STEPS = [
-    (
-        "pb5",
-        [
-            "--minutes",
-            "1.6",
-            *PB,
-            "--pb-max-entries",
-            "5",
-            "--lr",
-            "3e-3",
-            "--warmup",
-            "100",
-            "--max-len",
-            "192",
-            "--stages",
-            "1:192",
-        ],
-    ),
-    (
-        "pb14",
-        [
-            "--minutes",
-            "1.4",
-            *PB,
-            "--pb-max-entries",
-            "14",
-            "--lr",
-            "2e-3",
-            "--warmup",
-            "50",
-            "--max-len",
-            "512",
-            "--stages",
-            "1:512",
-            "--eval-long",
-        ],
-    ),
+    *phonebook_first.steps(),
     (
         "long1",
         [

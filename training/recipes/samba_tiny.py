@@ -4,7 +4,8 @@ Seven steps, each continuing the previous file (``--init``). The first five ran 
 on 2 CPU cores; ``--minutes`` is a wall-clock budget, so the step counts depend on the machine.
 """
 
-PB = ["--p-passkey", "0", "--p-phonebook", "1.0", "--pb-fewshot-loss", "--lm-weight", "0.1"]
+from recipes import phonebook_first
+
 MIX = [
     "--pb-max-entries",
     "14",
@@ -36,45 +37,7 @@ CPU = [
 MODEL = "samba-tiny"
 # (name, options); train.py adds --model, --out and, from the second step on, --init <previous file>
 STEPS = [
-    (
-        "pb5",
-        [
-            "--minutes",
-            "1.6",
-            "--window",
-            "512",
-            *PB,
-            "--pb-max-entries",
-            "5",
-            "--lr",
-            "3e-3",
-            "--warmup",
-            "100",
-            "--max-len",
-            "192",
-            "--stages",
-            "1:192",
-        ],
-    ),
-    (
-        "pb14",
-        [
-            "--minutes",
-            "1.4",
-            *PB,
-            "--pb-max-entries",
-            "14",
-            "--lr",
-            "2e-3",
-            "--warmup",
-            "50",
-            "--max-len",
-            "512",
-            "--stages",
-            "1:512",
-            "--eval-long",
-        ],
-    ),
+    *phonebook_first.steps(["--window", "512"]),
     (
         "pk",
         [
