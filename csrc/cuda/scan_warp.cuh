@@ -94,13 +94,18 @@ scan_warp_kernel(samba_cu_scan_args p) {
 #pragma unroll
         for (int i = 0; i < K; ++i) sdt += dt[i];
 
+        // B and C rows of state n + 1 are loaded while state n is computed
+        RowK<K, T> Bn, Cn, Bx, Cx;
+        Bn.load(p.B.ptr, B0 + ts, nv);
+        Cn.load(p.C.ptr, C0 + ts, nv);
 #pragma unroll 1
         for (int n = 0; n < WS_N; ++n) {
             const float a2 = __shfl_sync(0xffffffffu, a2_own, n);
             const float c_in = __shfl_sync(0xffffffffu, carry, n);
-            RowK<K, T> Bn, Cn;
-            Bn.load(p.B.ptr, B0 + n * p.B_s[2] + ts, nv);
-            Cn.load(p.C.ptr, C0 + n * p.C_s[2] + ts, nv);
+            if (n + 1 < WS_N) {
+                Bx.load(p.B.ptr, B0 + (n + 1) * p.B_s[2] + ts, nv);
+                Cx.load(p.C.ptr, C0 + (n + 1) * p.C_s[2] + ts, nv);
+            }
             // pass 1: the exponentials, the lane's local sum and decay
             float a[K], bu[K], H = 0.0f;
 #pragma unroll
@@ -135,6 +140,8 @@ scan_warp_kernel(samba_cu_scan_args p) {
                 h = fmaf(a[i], h, bu[i]);
                 y[i] = fmaf(Cn.get(i), h, y[i]);
             }
+            Bn = Bx;
+            Cn = Cx;
         }
         // gate and store
         if (has_z) {
