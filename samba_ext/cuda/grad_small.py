@@ -1,5 +1,6 @@
 """The CUDA side of :func:`samba_ext.grad.rms_norm_bwd`, :func:`~samba_ext.grad.swiglu_bwd` and
-:func:`~samba_ext.grad.apply_rotary_bwd` (csrc/cuda/norm_bwd.cu, swiglu_bwd.cu, rotary_bwd.cu).
+:func:`~samba_ext.grad.apply_rotary_bwd` (csrc/cuda/norm_bwd.cu, swiglu_bwd.cu, and rotary.cu with
+negated angles).
 
 :mod:`samba_ext.grad` checks the arguments and calls here when an input lives on a CUDA
 device. Inputs are float32 / float16 / bfloat16 with any strides (rows are read through a row
