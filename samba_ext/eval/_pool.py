@@ -62,19 +62,22 @@ class TrialPool:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._ex is not None:
-            if exc[0] is not None:      # stopping early: running trials end at a check()
-                self._stop.set()
-            self._ex.shutdown(wait=True, cancel_futures=True)
-            self._ex = None
-        if self._saved is not None:
-            from .. import threads
+        try:
+            if self._ex is not None:
+                if exc[0] is not None:      # stopping early: running trials end at a check()
+                    self._stop.set()
+                ex, self._ex = self._ex, None
+                ex.shutdown(wait=True, cancel_futures=True)
+        finally:                            # (also when a second Ctrl-C cuts the wait short)
+            self._stop.set()
+            if self._saved is not None:
+                from .. import threads
 
-            n, blas = self._saved
-            threads.set_num_threads(n)
-            if blas is not None:
-                threads.set_blas_threads(blas)
-            self._saved = None
+                n, blas = self._saved
+                self._saved = None
+                threads.set_num_threads(n)
+                if blas is not None:
+                    threads.set_blas_threads(blas)
 
     def check(self) -> None:
         """Raise :class:`Cancelled` if the pool is stopping."""
