@@ -9,7 +9,7 @@
 # Usage (from the repository root):  bash benchmarks/cuda_verify_run.sh [steps]
 #   steps: comma-separated subset of build,wgmma,tests (default: all three)
 # Environment: OUT (log folder, default ./out), SAMBA_EXT_CUDA_ARCHS (default 90), PYTHON,
-#   PYTEST_WORKERS (default 8), TESTS_TIMEOUT (seconds for the suite, default 330),
+#   PYTEST_WORKERS (default 8), TESTS_TIMEOUT (seconds for the suite, default 450: the build is skipped when a stamped build is carried),
 #   GIT_COMMIT (recorded in the logs).
 # Files written to $OUT: build.log, wgmma.log, tests.log, summary.md
 STEPS=${1:-build,wgmma,tests}
@@ -40,7 +40,7 @@ if has tests; then
     xd=()
     $PY -c "import xdist" 2>/dev/null && xd=(-n "${PYTEST_WORKERS:-8}")
     # shellcheck disable=SC2086
-    timeout "${TESTS_TIMEOUT:-330}" $PY -m pytest -q -rs -p no:cacheprovider "${xd[@]}" \
+    timeout "${TESTS_TIMEOUT:-450}" $PY -m pytest -q -rs -p no:cacheprovider "${xd[@]}" \
         $files > "$OUT/tests.log" 2>&1
     rc=$?
     row tests "$([ $rc = 0 ] && echo ok || echo "rc=$rc")" "$(last_line "$OUT/tests.log"), $(( $(date +%s) - t0 )) s"
