@@ -51,7 +51,7 @@ VARIANTS = [("split", 4, 1), ("split", 8, 1), ("split", 4, 3), ("split", 8, 7),
 # many tiles, L shorter than one tile and than one group of 8, and L a multiple of the tile
 SHAPES = [(2, 24, 296, 0), (1, 40, 1003, 2), (3, 5, 64, 0), (1, 7, 4096, 0),
           (3, 64, 296, 0), (1, 64, 1003, 2), (2, 32, 20, 0), (1, 96, 5, 0), (2, 32, 256, 4),
-          (1, 6, 513, 3)]
+          (1, 6, 1048, 3)]
 
 
 def _inputs(rng, batch, dim, L, G, dtype):
@@ -103,3 +103,35 @@ def test_scan_variants_without_options(rng, variant, kind, lanes, chunks):
     y = samba_ext.selective_scan(d["u"], d["delta"], d["A"], d["B"], d["C"], d["D"], d["z"],
                                  d["delta_bias"], True, d["initial_state"])
     assert_close(host(y), y_ref, RTOL["float32"], "y (initial state)")
+
+
+def _launches(kind: str) -> int:
+    from samba_ext.cuda import runtime
+
+    return runtime.require().scan_launches()[("channel", "split", "tile", "warp").index(kind)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("kind", ["warp", "warp8"])
+def test_warp_kernel_runs_and_matches(rng, variant, dtype, kind):
+    """The warp kernel itself (its launch counter moves): 2 channels per group, so a block of 4
+    warps spans groups; L 1048 = 2 chunks of 512 + a partial third (warp) or 4 of 256 + a
+    partial fifth (warp8), a carried state and the last state; then a padded view (rows 1048
+    long, L 1043), so lanes end inside a vector of 8 and take the element loads."""
+    variant(4, 1, kind)
+    for L, pad in ((1048, 0), (1043, 5)):
+        r = _inputs(rng, 1, 6, L + pad, 3, dtype)
+        full = {k: (dev(v, dtype) if k in ("u", "delta", "B", "C", "z") else dev(v))
+                for k, v in r.items()}
+        d = {k: (v[..., :L] if k in ("u", "delta", "B", "C", "z") else v) for k, v in full.items()}
+        h = {k: (v[..., :L] if k in ("u", "delta", "B", "C", "z") else v) for k, v in r.items()}
+        y_ref, h_ref = selective_scan_ref(h["u"], h["delta"], h["A"], h["B"], h["C"], h["D"],
+                                          h["z"], h["delta_bias"], True, h["initial_state"],
+                                          True)
+        before = _launches("warp")
+        y, last = samba_ext.selective_scan(d["u"], d["delta"], d["A"], d["B"], d["C"], d["D"],
+                                           d["z"], d["delta_bias"], True, d["initial_state"],
+                                           True)
+        assert _launches("warp") == before + 1, f"L {L}: the warp kernel did not run"
+        assert_close(host(y), y_ref, RTOL[dtype], f"y (L {L})")
+        assert_close(host(last), h_ref, RTOL["float32"], f"last state (L {L})")

@@ -310,7 +310,20 @@ py_gemv_launches(PyObject *self, PyObject *args)
     return PyLong_FromLongLong(samba_cu_gemv_launches());
 }
 
+/* scan_launches(): forward scan calls per kernel so far, (per-channel, split, tile, warp). */
+static PyObject *
+py_scan_launches(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    return Py_BuildValue("(LLLL)", samba_cu_scan_launches(0), samba_cu_scan_launches(1),
+                         samba_cu_scan_launches(2), samba_cu_scan_launches(3));
+}
+
 PyMethodDef samba_pycu_kernel_methods[] = {
+    {"scan_launches", py_scan_launches, METH_NOARGS,
+     "scan_launches($module, /)"
+     "\n--\n\nForward selective-scan calls so far per kernel: (per-channel, split, tile, warp)."},
     {"gemv_launches", py_gemv_launches, METH_NOARGS,
      "gemv_launches($module, /)"
      "\n--\n\nGEMM calls that ran the GEMV kernel so far in this process."},

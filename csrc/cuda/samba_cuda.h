@@ -178,6 +178,8 @@ typedef struct samba_cu_scan_args {
     float *final_state;
 } samba_cu_scan_args;
 samba_status samba_cu_scan_fwd(const samba_cu_scan_args *a, void *stream);
+/* Forward calls so far that ran kernel `kind` (0 per-channel, 1 split, 2 tile, 3 warp). */
+long long samba_cu_scan_launches(int kind);
 
 /* One decode step: state (B, D, N) float32 in place; x, dt, z, y (B, D) with strides
  * *_s[0..1]; B, C (B, G, N) with strides *_s[0..2]; A (D, N), D, dt_bias (D) contiguous. */

@@ -471,7 +471,8 @@ static samba_status launch_tile(const samba_cu_scan_args *a, int lanes, cudaStre
 }
 
 // The warp kernel (scan_warp.cuh): SAMBA_EXT_SCAN_VARIANT=warp (16 steps per lane) or warp8
-// (8), under the tiled kernel's conditions and with no chunks requested; 0 otherwise.
+// (8), under the split kernel's conditions (split_lanes > 1, split_vec_ok; so
+// SAMBA_EXT_SCAN_LANES=1 runs the per-channel kernel) and with no chunks requested; 0 otherwise.
 static int warp_items(void) {
     const char *v = getenv("SAMBA_EXT_SCAN_VARIANT");
     if (v == NULL || env_int("SAMBA_EXT_SCAN_CHUNKS", 1) > 1) return 0;
@@ -495,6 +496,14 @@ static samba_status launch_warp(const samba_cu_scan_args *a, int items, cudaStre
     else
         launch_warp_t<float>(a, items, st);
     return samba_cu_check_launch("selective_scan (warp)", st);
+}
+
+// Forward calls per kernel so far (0 per-channel, 1 split, 2 tile, 3 warp): the tests check
+// which kernel a shape reaches with it.
+static long long g_scan_launches[4];
+
+extern "C" long long samba_cu_scan_launches(int kind) {
+    return kind >= 0 && kind < 4 ? g_scan_launches[kind] : -1;
 }
 
 static samba_status check_groups(int64_t dim, int64_t ngroups, int64_t dstate) {
@@ -532,10 +541,15 @@ extern "C" samba_status samba_cu_scan_fwd(const samba_cu_scan_args *a, void *str
     const int lanes = split_lanes(a);
     if (lanes > 1 && split_vec_ok(a)) {
         const int wk = warp_items();
-        if (wk) return launch_warp(a, wk, st);
+        if (wk) {
+            g_scan_launches[3]++;
+            return launch_warp(a, wk, st);
+        }
         const int tl = tile_lanes(a);
+        g_scan_launches[tl ? 2 : 1]++;
         return tl ? launch_tile(a, tl, st) : launch_split(a, lanes, st);
     }
+    g_scan_launches[0]++;
     const unsigned grid = (unsigned)cdiv(n, SCAN_THREADS);
     if (a->B.dtype == SAMBA_CU_BF16)
         launch_scan<__nv_bfloat16>(a, grid, st);
