@@ -1,5 +1,6 @@
 // attention.cu - causal sliding-window attention (prefill) and ring-buffer decode attention:
-// argument checks, dispatch, and the exact float32 kernels.
+// argument checks, dispatch, and the exact float32 decode kernel (the exact prefill kernel is
+// attention_fwd_lse.cu's).
 //
 // Dispatch: bfloat16 / float16 inputs with a head dim that is a multiple of 8 (<= 256) and
 // 16-byte aligned rows go to the tensor-core prefill (attention_mma.cu) and to the split-KV
@@ -63,7 +64,7 @@ static samba_status launch_fwd(const samba_cu_attn_args *a, cudaStream_t stream)
         e.k_stride[i] = a->k_stride[i];
         e.v_stride[i] = a->v_stride[i];
     }
-    return attn_fwd_cuda_core(&e, stream);
+    return attn_fwd_cuda_core(&e, "swa_attention", stream);
 }
 
 // ------------------------------------------------------------------ variants -----------
