@@ -448,7 +448,7 @@ def passkey(model: Any, lengths: Sequence[int] | str | None = DEFAULT_LENGTHS,
                              partial=partial, time_s=timer(), notes=notes_for(model))
 
     n_jobs = sum(len(j) for j in jobs_by_length.values())
-    n_workers = eval_workers(workers, getattr(model, "device", device), n_jobs)
+    n_workers = eval_workers(workers, model, n_jobs)
     last_t = [timer()]  # the wall time already counted in the cells
 
     def suffix_trial(pool: TrialPool, ids: np.ndarray, start: int, state: Any, length: int,

@@ -203,7 +203,7 @@ def phonebook(model: Any, entries: Sequence[int] | str | None = DEFAULT_ENTRIES,
         return PhonebookResult(params=params, cells=done, model=info, seed=seed,
                                partial=partial, time_s=timer(), notes=notes_for(model))
 
-    n_workers = eval_workers(workers, getattr(model, "device", device), len(entries) * trials)
+    n_workers = eval_workers(workers, model, len(entries) * trials)
     last_t = [timer()]  # the wall time already counted in the cells
 
     def trial(pool: TrialPool, ids: np.ndarray, slot: int) -> list[int]:
