@@ -141,7 +141,8 @@ def _common(p: argparse.ArgumentParser, out: bool = True, model: bool = True,
                    help="CPU threads for the C kernels and NumPy's BLAS (default: "
                         "OMP_NUM_THREADS or all cores, but 1 when the machine is already busy: "
                         "idle threads of the two pools spin and compete with other load); "
-                        "passkey and phonebook run that many trials at once, one thread each")
+                        "passkey and phonebook run that many trials at once, one thread each, "
+                        "for models of up to 100M parameters")
     if seed:
         g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     if out:

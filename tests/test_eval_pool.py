@@ -6,18 +6,29 @@ import threading
 import pytest
 
 from samba_ext import threads
-from samba_ext.eval._pool import Cancelled, TrialPool, eval_workers
+from samba_ext.eval._pool import SMALL_MODEL_PARAMS, Cancelled, TrialPool, eval_workers
+
+
+class _Model:
+    def __init__(self, device: str, params: int):
+        self.device, self.params = device, params
+
+    def num_parameters(self) -> int:
+        return self.params
 
 
 def test_eval_workers_defaults_and_checks():
-    assert eval_workers(None, "cuda", 10) == 1
-    assert eval_workers(None, "cuda:1", 10) == 1
-    assert eval_workers(None, "cpu", 1) == 1
-    assert eval_workers(None, "cpu", 100) == max(1, threads.get_num_threads())
-    assert eval_workers(3, "cuda", 1) == 3          # an explicit count is taken as given
+    small, big = _Model("cpu", 10**6), _Model("cpu", SMALL_MODEL_PARAMS + 1)
+    assert eval_workers(None, _Model("cuda", 10**6), 10) == 1
+    assert eval_workers(None, _Model("cuda:1", 10**6), 10) == 1
+    assert eval_workers(None, small, 1) == 1
+    assert eval_workers(None, small, 100) == max(1, threads.get_num_threads())
+    assert eval_workers(None, big, 100) == 1          # large models: all threads on one trial
+    assert eval_workers(None, object(), 100) == 1     # no parameter count: one at a time
+    assert eval_workers(3, _Model("cuda", 1), 1) == 3  # an explicit count is taken as given
     for bad in (0, -2, True, 2.0, "2"):
         with pytest.raises(ValueError, match="workers"):
-            eval_workers(bad, "cpu", 4)
+            eval_workers(bad, small, 4)
 
 
 def test_serial_pool_runs_at_submit_and_keeps_exceptions():

@@ -18,15 +18,28 @@ class Cancelled(Exception):
     """Raised inside a worker's trial when the evaluation is being stopped (Ctrl-C)."""
 
 
-def eval_workers(workers: Optional[int], device: str, jobs: int) -> int:
-    """The number of trials to run at once: ``workers`` if given (an int >= 1), else on the CPU
-    the kernels' thread count, at most ``jobs``; 1 on a GPU."""
+#: Models up to this many parameters run their trials side by side by default: their matrix
+#: products are too small to use more than one core each. Larger models use every thread on
+#: one trial (their products scale), and one trial's state at a time keeps memory bounded.
+SMALL_MODEL_PARAMS = 100_000_000
+
+
+def eval_workers(workers: Optional[int], model: Any, jobs: int) -> int:
+    """The number of trials to run at once: ``workers`` if given (an int >= 1); else, for a
+    model on the CPU with at most :data:`SMALL_MODEL_PARAMS` parameters, the kernels' thread
+    count (at most ``jobs``); else 1."""
     if workers is not None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ValueError(f"workers: expected an int >= 1 (or None for the CPU's thread "
-                             f"count), got {workers!r}")
+            raise ValueError(f"workers: expected an int >= 1 (or None for the default), got "
+                             f"{workers!r}")
         return workers
-    if str(device).split(":")[0] != "cpu":
+    if str(getattr(model, "device", "cpu")).split(":")[0] != "cpu":
+        return 1
+    try:
+        small = int(model.num_parameters()) <= SMALL_MODEL_PARAMS
+    except Exception:  # noqa: BLE001 - a model without a parameter count: one at a time
+        small = False
+    if not small:
         return 1
     from .. import threads
 

@@ -358,9 +358,10 @@ def passkey(model: Any, lengths: Sequence[int] | str | None = DEFAULT_LENGTHS,
         ray / out: run the grid unit by unit, resumable in ``out`` (a folder) and on Ray with
             ``ray`` (True, "auto" or an address); see :mod:`samba_ext.eval.grid`.
         on_cell: called with each finished cell dict.
-        workers: trials run at once (CPU: default the kernels' thread count, each trial then
-            on one thread; a small model keeps one core per prompt busy). The results are
-            those of one at a time; 1 runs them one at a time with all threads.
+        workers: trials run at once (default: for a model of up to 100M parameters on the
+            CPU the kernels' thread count, each trial then on one thread, since a small model
+            keeps one core per prompt busy; else 1). The results are those of one at a time;
+            1 runs them one at a time with all threads.
     Returns:
         :class:`PasskeyResult`.
     Raises:
@@ -448,7 +449,7 @@ def passkey(model: Any, lengths: Sequence[int] | str | None = DEFAULT_LENGTHS,
                              partial=partial, time_s=timer(), notes=notes_for(model))
 
     n_jobs = sum(len(j) for j in jobs_by_length.values())
-    n_workers = eval_workers(workers, getattr(model, "device", device), n_jobs)
+    n_workers = eval_workers(workers, model, n_jobs)
     last_t = [timer()]  # the wall time already counted in the cells
 
     def suffix_trial(pool: TrialPool, ids: np.ndarray, start: int, state: Any, length: int,

@@ -161,8 +161,9 @@ def phonebook(model: Any, entries: Sequence[int] | str | None = DEFAULT_ENTRIES,
         ray / out: run the grid unit by unit, resumable in ``out`` (a folder) and on Ray with
             ``ray`` (True, "auto" or an address); see :mod:`samba_ext.eval.grid`.
         on_cell: called with each finished cell dict.
-        workers: books run at once (CPU: default the kernels' thread count, each book then on
-            one thread). The results are those of one at a time.
+        workers: books run at once (default: for a model of up to 100M parameters on the CPU
+            the kernels' thread count, each book then on one thread; else 1). The results are
+            those of one at a time.
     Returns:
         :class:`PhonebookResult`.
     Raises:
@@ -203,7 +204,7 @@ def phonebook(model: Any, entries: Sequence[int] | str | None = DEFAULT_ENTRIES,
         return PhonebookResult(params=params, cells=done, model=info, seed=seed,
                                partial=partial, time_s=timer(), notes=notes_for(model))
 
-    n_workers = eval_workers(workers, getattr(model, "device", device), len(entries) * trials)
+    n_workers = eval_workers(workers, model, len(entries) * trials)
     last_t = [timer()]  # the wall time already counted in the cells
 
     def trial(pool: TrialPool, ids: np.ndarray, slot: int) -> list[int]:
