@@ -248,11 +248,31 @@ class BuildExt(build_ext):
                 continue
             cmd = [nvcc, "-c", src, "-o", str(obj), "-O3", "-std=c++17",
                    "--compiler-options", "-fPIC", "-I", str(CSRC), "-lineinfo",
-                   "--expt-relaxed-constexpr", *gencode]
+                   "--expt-relaxed-constexpr",
+                   *(sm90a_gencode(cuda["archs"]) if Path(src).name in SM90A_SOURCES else gencode)]
             log("nvcc " + src)
             subprocess.run(cmd, check=True)
             objs.append(str(obj))
         ext.extra_objects = list(ext.extra_objects or []) + objs
+
+
+# Sources whose kernels use sm_90a-only instructions (wgmma): for them architecture 90 is
+# compiled as sm_90a machine code (and no compute_90 PTX, which would hold only the fallback
+# trap), and SAMBA_WGMMA_SM90A tells the launcher that the code is there.
+SM90A_SOURCES = {"attention_wgmma.cu"}
+
+
+def sm90a_gencode(archs: list[str]) -> list[str]:
+    """nvcc flags for SM90A_SOURCES: 90 (or 90a) as sm_90a; "90a" in SAMBA_EXT_CUDA_ARCHS
+    names the same code, so it defines SAMBA_WGMMA_SM90A too."""
+    out: list[str] = []
+    for a in archs:
+        flags = (["-gencode=arch=compute_90a,code=sm_90a", "-DSAMBA_WGMMA_SM90A=1"]
+                 if a in ("90", "90a") else [f"-gencode=arch=compute_{a},code=sm_{a}"])
+        out += [f for f in flags if f not in out]
+    if archs[-1] not in ("90", "90a"):
+        out += [f"-gencode=arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
+    return out
 
 
 def make_extensions() -> list[Extension]:

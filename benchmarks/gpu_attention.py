@@ -3,7 +3,7 @@ torch.compile'd) and SDPA (flash backend), on the same tensors, in one run.
 
 Usage (on a machine with a CUDA GPU, torch installed, samba_ext built with CUDA):
     python3 benchmarks/gpu_attention.py [--out DIR] [--quick] [--no-flex] [--commit SHA]
-                                        [--variants v1,v2,v3]
+                                        [--variants v1,v2,v3,v4]
 
 Prefill cases: bf16, batch 1, sliding window W = 2048 at L = 4K, 32K, 128K for (32 q heads,
 4 kv heads, dim 64) and (12, 12, 128), at 4K and 32K for (32, 32, 96); full causal at 4K and
@@ -11,7 +11,8 @@ Prefill cases: bf16, batch 1, sliding window W = 2048 at L = 4K, 32K, 128K for (
 4 * hd * H * sum_i min(i + 1, W).
 
 Variants: every case times each tensor-core variant of samba_ext named in --variants (prefill
-v1, v2, v3; decode v1, v2 - "auto" is the build's default choice), switched in-process through
+v1, v2, v3, v4 - v4 is the sm_90a wgmma kernel, dropped with a message where it cannot run;
+decode v1, v2 - "auto" is the build's default choice), switched in-process through
 the private selector samba_ext._cuda._attn_variant, on the same tensors as the peers. The
 "samba_ext" columns and the targets use the fastest variant of each case and name it.
 Decode cases: one new token over a full ring-buffer cache, batch 1 and 16, caches 4K..128K,
@@ -41,7 +42,7 @@ try:
 except ImportError:  # --render needs neither torch nor a GPU
     torch = None
 
-from gpu_bench_util import git_commit, median_ms, write_atomic
+from gpu_bench_util import copy_bandwidth_Bps, git_commit, median_ms, write_atomic
 
 import samba_ext
 
@@ -55,10 +56,23 @@ def calls_per_sample(fn: Callable[[], Any], target_ms: float = 1.0) -> int:
 
 
 def set_variant(which: int, name: str) -> None:
-    """Selects a tensor-core variant ("auto", "v1", "v2", "v3"); which 0 prefill, 1 decode."""
+    """Selects a tensor-core variant ("auto", "v1" .. "v4"); which 0 prefill, 1 decode."""
     from samba_ext.cuda import runtime
 
     runtime.require()._attn_variant(which, 0 if name == "auto" else int(name[1:]))
+
+
+def v4_unavailable() -> str | None:
+    """None when prefill v4 (sm_90a wgmma) runs on this device and build, else the reason."""
+    x = torch.zeros(1, 8, 1, 64, device="cuda", dtype=torch.bfloat16)
+    try:
+        set_variant(0, "v4")
+        samba_ext.swa_attention(x, x, x, None)
+        return None
+    except ValueError as e:
+        return str(e)
+    finally:
+        set_variant(0, "auto")
 
 
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -71,15 +85,6 @@ def window_pairs(L: int, W: int | None) -> int:
     if W is None or W >= L:
         return L * (L + 1) // 2
     return W * (W + 1) // 2 + (L - W) * W
-
-
-def copy_bandwidth() -> float:
-    """Device-to-device copy of 2 GiB, bytes read + written per second (median)."""
-    n = 1 << 30
-    a = torch.empty(n, dtype=torch.uint8, device="cuda").random_()
-    b = torch.empty_like(a)
-    t = median_ms(lambda: b.copy_(a), warmup=3, reps=10)
-    return 2 * n / (t * 1e-3)
 
 
 # ------------------------------------------------------------------ prefill --------------
@@ -366,8 +371,8 @@ def main() -> int:
     ap.add_argument("--prefill-only", action="store_true", help="skip the decode cases")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--variants", default="v1,v2,v3",
-                    help="comma-separated samba_ext variants to time: v1, v2, v3 (prefill "
-                         "only) or auto (the default choice)")
+                    help="comma-separated samba_ext variants to time: v1, v2, v3, v4 (prefill "
+                         "only; v4 needs sm_90a) or auto (the default choice)")
     ap.add_argument("--render", metavar="JSON",
                     help="rewrite DIR/gpu_attention.md from a saved gpu_attention.json (no GPU)")
     args = ap.parse_args()
@@ -384,18 +389,21 @@ def main() -> int:
     commit = git_commit(args.commit)
     peers = ["sdpa"] if args.no_flex else ["flex", "sdpa"]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    bad = [v for v in variants if v not in ("auto", "v1", "v2", "v3")]
+    bad = [v for v in variants if v not in ("auto", "v1", "v2", "v3", "v4")]
     if bad or not variants:
-        print(f"--variants: expected a list of auto, v1, v2, v3; got {args.variants!r}",
+        print(f"--variants: expected a list of auto, v1, v2, v3, v4; got {args.variants!r}",
               file=sys.stderr)
         return 2
-    dec_variants = [v for v in variants if v != "v3"] or ["auto"]
+    if "v4" in variants and (why := v4_unavailable()):
+        print(f"--variants: dropping v4: {why}", file=sys.stderr)
+        variants = [v for v in variants if v != "v4"] or ["auto"]
+    dec_variants = [v for v in variants if v not in ("v3", "v4")] or ["auto"]
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "commit": commit, "device": torch.cuda.get_device_name(),
             "torch": torch.__version__, "command": "python3 benchmarks/gpu_attention.py " +
             " ".join(_args_without_out(sys.argv[1:])),
             "variants": variants,
-            "copy_bandwidth": copy_bandwidth()}
+            "copy_bandwidth": copy_bandwidth_Bps()}
     rows: list[dict] = []
 
     def report() -> list[str]:  # rewritten after every case, so a cut-short run keeps its rows

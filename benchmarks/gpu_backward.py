@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 import samba_ext  # noqa: E402
 from samba_ext import cuda as scuda  # noqa: E402
 from samba_ext import grad  # noqa: E402
+from gpu_bench_util import rel  # noqa: E402
 
 TARGET = 2.5
 EXP_RATE_PER_SM = 16  # exp2 (MUFU) results per clock per multiprocessor on sm_90
@@ -82,11 +83,6 @@ def time_call(fn: Callable[[], Any], reps: int, calls: int) -> tuple[float, str]
             ts.append((time.perf_counter() - t0) * 1e3 / calls)
     return statistics.median(ts), ("cuda events (torch)" if torch is not None
                                     else "wall time between synchronisations")
-
-
-def rel(a: Any, b: Any) -> float:
-    a, b = np.asarray(a.to_numpy(), np.float64), np.asarray(b.to_numpy(), np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def set_env(**kv: str) -> None:

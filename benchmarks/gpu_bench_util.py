@@ -48,3 +48,54 @@ def write_atomic(path: str, text: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     write_text_atomic(path, text)
 
+
+
+def device_ms(fn: Callable[[], Any], calls: int = 10, warmup: int = 3) -> Optional[float]:
+    """Milliseconds of device time (kernels, copies, fills) per call of fn(), summed from the
+    torch profiler (CUPTI) over ``calls`` calls after ``warmup``, so that the host-side cost of
+    a Python call does not count; None where the profiler gives no device times."""
+    import torch
+
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        for _ in range(warmup):
+            fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+        tot = sum(float(getattr(e, "self_device_time_total", 0.0)) for e in prof.key_averages())
+        return tot / calls / 1000.0 if tot > 0 else None
+    except (RuntimeError, ImportError, AttributeError):
+        return None
+
+
+def copy_bandwidth_Bps(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy of ``nbytes``: bytes read + written per second (median of
+    CUDA-event timings); the buffers are freed before returning."""
+    import torch
+
+    a = torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_()
+    b = torch.empty_like(a)
+    t = median_ms(lambda: b.copy_(a), warmup=3, reps=10)
+    a = b = None  # noqa: F841 - freed before the caller allocates
+    torch.cuda.empty_cache()
+    return 2 * nbytes / (t * 1e-3)
+
+
+def rel(a: Any, b: Any) -> float:
+    """Relative Frobenius-norm difference |a - b| / |b| in float64 (torch tensors, NumPy
+    arrays, or anything with ``to_numpy()`` / ``__dlpack__``)."""
+    import numpy as np
+
+    def f64(x: Any) -> "np.ndarray":
+        if hasattr(x, "detach"):
+            return x.detach().double().cpu().numpy()
+        if hasattr(x, "to_numpy"):
+            return np.asarray(x.to_numpy(), np.float64)
+        return np.asarray(x, np.float64)
+
+    x, y = f64(a), f64(b)
+    return float(np.linalg.norm(x - y) / max(float(np.linalg.norm(y)), 1e-30))

@@ -30,7 +30,7 @@ import subprocess
 import sys
 from typing import Any, Callable
 
-from gpu_bench_util import git_commit
+from gpu_bench_util import git_commit, rel
 from gpu_bench_util import median_ms as _median_ms
 
 MODES = ("gemmex", "lt", "lt-tune")
@@ -45,6 +45,36 @@ SHAPES = [  # (name, K, N)
 ]
 PREFILL_M = 16384
 DECODE_M = (1, 16)
+
+
+# ------------------------------------------------------------------ shared helpers -------
+def rotating_weights(N: int, K: int, generator: Any, min_bytes: int = 256 * 2**20) -> list:
+    """Copies of a random bf16 (N, K) weight, scaled by K^-0.5, enough of them (2..64) that
+    cycling through them reads >= min_bytes, so a timed burst is not served from L2 (one copy
+    when min_bytes is 0)."""
+    import torch
+
+    n_w = 1 if min_bytes <= 0 else max(2, min(64, -(-min_bytes // (N * K * 2))))
+    return [torch.randn(N, K, device="cuda", dtype=torch.bfloat16, generator=generator) * K ** -0.5
+            for _ in range(n_w)]
+
+
+def graph_ms_per_call(burst: Callable[[], Any], calls: int,
+                      median_ms: Callable[[Callable[[], Any]], float], stream: Any = None) -> float:
+    """burst() (``calls`` calls) run once eagerly on a side stream (workspaces, tuned choices),
+    then captured in a CUDA graph; the median replay time / calls, in ms. ``stream``: the
+    torch.cuda.Stream to capture on (default: a new one)."""
+    import torch
+
+    s = torch.cuda.Stream() if stream is None else stream
+    s.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(s):
+        burst()  # warm-up on the capture stream (workspace, lt-tune's choice)
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph, stream=s):
+            burst()
+    return median_ms(graph.replay) / calls
 
 
 # ------------------------------------------------------------------ worker (one mode) -----
@@ -62,17 +92,12 @@ def _worker(mode: str, with_torch: bool) -> list[dict]:
     def median_ms(fn: Callable[[], Any]) -> float:
         return _median_ms(fn, warmup=2, reps=7)
 
-    def rel(a: Any, b: Any) -> float:
-        a, b = a.float(), b.float()
-        return float((a - b).norm() / b.norm().clamp_min(1e-30))
-
     g = torch.Generator(device="cuda").manual_seed(0)
 
     def case(M: int, name: str, K: int, N: int) -> dict:
         wbytes = N * K * 2
-        n_w = 1 if M == PREFILL_M else max(2, min(64, -(-256 * 2**20 // wbytes)))
-        ws = [torch.randn(N, K, device="cuda", dtype=torch.bfloat16, generator=g) * K ** -0.5
-              for _ in range(n_w)]
+        ws = rotating_weights(N, K, g, 0 if M == PREFILL_M else 256 * 2**20)
+        n_w = len(ws)
         x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16, generator=g)
         y = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
         yt = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
@@ -94,15 +119,7 @@ def _worker(mode: str, with_torch: bool) -> list[dict]:
                 t = median_ms(burst)
                 row["timing"] = "eager"
             else:
-                s = torch.cuda.Stream()
-                s.wait_stream(torch.cuda.current_stream())
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.stream(s):
-                    burst()  # warm-up on the capture stream (workspace, lt-tune's choice)
-                    torch.cuda.synchronize()
-                    with torch.cuda.graph(graph, stream=s):
-                        burst()
-                t = median_ms(graph.replay) / calls
+                t = graph_ms_per_call(burst, calls, median_ms)
                 row["timing"] = "graph"
             row[label + "_ms"] = t
             if M == PREFILL_M:

@@ -5,7 +5,8 @@
   multiprocessor (the MUFU rate of sm_90) at the card's maximum SM clock. Each variant of
   the kernel (``SAMBA_EXT_SCAN_VARIANT``: split = 4 threads per channel, 8 steps per group;
   tile = blocks of channels walking 32-step tiles with B / C and softplus(delta) in shared
-  memory, ``SAMBA_EXT_SCAN_LANES`` 4 or 8 threads per channel; unset = the library's choice)
+  memory, ``SAMBA_EXT_SCAN_LANES`` 4 or 8 threads per channel; warp / warp8 = one warp per
+  channel, parallel over the sequence in chunks of 512 / 256 steps; unset = the library's choice)
   is timed at the issue's five shapes and the model's 16384-token prefill chunk, as a whole
   call and as device time, and its output compared with the library's choice.
   ``SCAN_VARIANTS=default`` times the library's choice only.
@@ -29,7 +30,7 @@ import subprocess
 
 import torch
 
-from gpu_bench_util import median_ms
+from gpu_bench_util import copy_bandwidth_Bps, device_ms, median_ms, rel
 import torch.nn.functional as F
 
 from samba_ext import kernels as K
@@ -48,36 +49,6 @@ def max_sm_clock_hz() -> float:
         return float(out) * 1e6
     except (OSError, ValueError, IndexError, subprocess.SubprocessError):
         return 1.98e9  # H200 SXM maximum SM clock
-
-
-def kernel_ms(fn, calls: int = 10):
-    """Milliseconds of device (kernel) time per call, from the torch profiler (CUPTI), so
-    that host-side overhead of the Python call does not count; None if unavailable."""
-    try:
-        from torch.profiler import ProfilerActivity, profile
-
-        fn()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(calls):
-                fn()
-            torch.cuda.synchronize()
-        tot = sum(float(getattr(e, "self_device_time_total", 0.0)) for e in prof.key_averages())
-        return tot / calls / 1000.0 if tot > 0 else None
-    except (RuntimeError, ImportError, AttributeError):
-        return None
-
-
-def rel(a, b) -> float:
-    a, b = torch.as_tensor(a).float(), torch.as_tensor(b).float()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
-
-
-def copy_bandwidth() -> float:
-    src = torch.randn(1 << 29, device="cuda", dtype=torch.float32)  # 2 GiB
-    dst = torch.empty_like(src)
-    ms = bench(lambda: dst.copy_(src))
-    return 2 * src.numel() * 4 / (ms * 1e-3)
 
 
 def scan_cases(reps: int) -> list[dict]:
@@ -105,7 +76,8 @@ def scan_cases(reps: int) -> list[dict]:
         ref = None
         # (SAMBA_EXT_SCAN_VARIANT, _LANES, _CHUNKS); "" = unset (the library's choice); the
         # first row is the reference of the diff column
-        variants = [("", "", ""), ("split", "4", "1"), ("tile", "4", "1"), ("tile", "8", "1")]
+        variants = [("", "", ""), ("split", "4", "1"), ("tile", "4", "1"), ("tile", "8", "1"),
+                    ("warp", "", "1"), ("warp8", "", "1")]
         if os.environ.get("SCAN_VARIANTS") == "default":  # the library's choice only
             variants = variants[:1]
         for kind, lanes, chunks in variants:
@@ -121,7 +93,7 @@ def scan_cases(reps: int) -> list[dict]:
             err = rel(y, ref)
             big = b * d * L > 2**31
             ms = bench(run, reps=3 if big else reps, warmup=1 if big else 3)
-            kms = kernel_ms(run, calls=2 if big else 10)  # device time: no host overhead
+            kms = device_ms(run, calls=2 if big else 10)  # device time: no host overhead
             rows.append({"kernel": "selective_scan", "batch": b, "dim": d, "seqlen": L,
                          "dstate": N, "variant": kind or "default", "lanes": lanes or "default",
                          "chunks": chunks or "default", "ms": ms, "kernel_ms": kms,
@@ -144,7 +116,7 @@ def elementwise_cases(bw: float, which: set, reps: int) -> list[dict]:
 
     def add(name, ours, theirs, nbytes, err):
         t_o, t_t = bench(ours, reps), bench(theirs, reps)
-        k_o, k_t = kernel_ms(ours), kernel_ms(theirs)
+        k_o, k_t = device_ms(ours), device_ms(theirs)
         kt = k_o if k_o else t_o
         rows.append({"kernel": name, "ms": t_o, "torch_ms": t_t, "x_torch": t_o / t_t,
                      "kernel_ms": k_o, "torch_kernel_ms": k_t,
@@ -193,7 +165,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=10)
     args = ap.parse_args()
     which = set(args.only.split(","))
-    bw = copy_bandwidth()
+    bw = copy_bandwidth_Bps()
     res = {"device": torch.cuda.get_device_name(0), "copy_bandwidth_Bps": bw,
            "max_sm_clock_hz": max_sm_clock_hz(), "rows": []}
     print(f"copy bandwidth {bw / 1e12:.2f} TB/s (read + write)")

@@ -215,10 +215,10 @@ class CUDABackend(Backend):
         self.cache_dtype = ad
         self.mlp_pad = _mlp_pad(mlp_pad)
         self.graphs = bool(graphs)
-        self.cu.set_device(idx)
-        # A non-blocking stream of our own (the legacy stream cannot be captured). It is never
-        # destroyed: arrays allocated on it may outlive this object.
-        self.stream = int(self.cu.stream_create())
+        # A non-blocking stream of our own on the device (the legacy stream cannot be
+        # captured). It is never destroyed: arrays allocated on it may outlive this object.
+        with runtime.DeviceGuard(idx):
+            self.stream = int(self.cu.stream_create())
         self._arena: Optional[_Arena] = None
         self._arena_need = 0
         self._rec: Optional[_StepRecorder] = None
@@ -275,12 +275,20 @@ class CUDABackend(Backend):
             return None
         if self._rec is not None:
             self._end_step()
-        self.cu.memcpy_h2d(dev_in.ptr, h.reshape(-1).view(np.uint8), self.stream)
+        # The decode hot path: one exchange (a device read and compare when the device is
+        # current already); the copy of the logits then finds its device current too.
+        prev = self.cu.exchange_device(self.index)
+        try:
+            self.cu.memcpy_h2d(dev_in.ptr, h.reshape(-1).view(np.uint8), self.stream)
+            self.cu.graph_launch(g, self.stream)
+            res = out.copy()
+        finally:
+            if prev != self.index:
+                self.cu.restore_device(prev)
         self._graphs.move_to_end(gkey)
-        self.cu.graph_launch(g, self.stream)
         self.stats["replays"] += 1
         self.stats["direct_replays"] += 1
-        return out.copy()
+        return res
 
     def begin_step(self, key: Any = None) -> None:
         """Start recording a decode step (see the module docstring); no-op with graphs=False.
@@ -334,6 +342,11 @@ class CUDABackend(Backend):
         rec = self._rec
         if rec is None:
             return None
+        with runtime.DeviceGuard(self.index):
+            return self._issue(rec)
+
+    def _issue(self, rec: _StepRecorder) -> Any:
+        """_end_step's work, with the backend's device current."""
         runtime.set_recorder(None)
         self._rec = None
         self._arena_need = max(self._arena_need, rec.requested)
@@ -418,7 +431,8 @@ class CUDABackend(Backend):
         if h.size:
             if self._rec is not None:
                 self._rec.uploads += 1
-            self.cu.memcpy_h2d(d.ptr, h.reshape(-1).view(np.uint8), self.stream)
+            with runtime.DeviceGuard(self.index):
+                self.cu.memcpy_h2d(d.ptr, h.reshape(-1).view(np.uint8), self.stream)
         return d
 
     def _host_index(self, idx: Any, n: int, what: str, axis: int) -> np.ndarray:
@@ -433,13 +447,15 @@ class CUDABackend(Backend):
               dst_strides: Sequence[int], axis: int = -1, sidx: Any = None,
               didx: Any = None, batched: bool = False) -> None:
         code = DTYPES
+        args = (tuple(shape), (src.ptr, code[src.dtype][0]), tuple(src_strides),
+                (dst.ptr, code[dst.dtype][0]), tuple(dst_strides), axis,
+                None if sidx is None else (sidx.ptr, code[sidx.dtype][0]),
+                None if didx is None else (didx.ptr, code[didx.dtype][0]), int(batched),
+                self.stream)
         if self._rec is not None:
             self._rec.hold((dst, src, sidx, didx))
-        launch(self.cu.copy, tuple(shape), (src.ptr, code[src.dtype][0]),
-                     tuple(src_strides), (dst.ptr, code[dst.dtype][0]), tuple(dst_strides),
-                     axis, None if sidx is None else (sidx.ptr, code[sidx.dtype][0]),
-                     None if didx is None else (didx.ptr, code[didx.dtype][0]),
-                     int(batched), self.stream)
+        with runtime.DeviceGuard(self.index):  # a recorder may run it at once (overflow)
+            launch(self.cu.copy, *args)
 
     def _weight_dtype_for(self, a: np.ndarray) -> str:
         if (self.weight_dtype != "float32" and a.ndim == 2 and min(a.shape) >= 32

@@ -11,7 +11,9 @@ accumulators are float32 (~1e-6). The split-KV decode runs on the tensor cores t
 (probabilities rounded to the dtype), so the same bound applies.
 
 Every tensor-core variant is tested: prefill v1 (attention_mma.cu), v2 and v3
-(attention_mma_v2.cu), decode v1 (attention_decode.cu) and v2 (attention_decode_v2.cu), chosen
+(attention_mma_v2.cu), v4 (attention_wgmma.cu, Hopper wgmma: skipped, with the launcher's
+reason, where the device or the build has no sm_90a code), decode v1 (attention_decode.cu) and
+v2 (attention_decode_v2.cu), chosen
 through the private selector samba_ext._cuda._attn_variant (what SAMBA_EXT_ATTN_PREFILL /
 SAMBA_EXT_ATTN_DECODE set at start-up). They compute the same function with the same
 roundings (probabilities rounded to the dtype before P V, float32 elsewhere) in a different
@@ -26,6 +28,7 @@ window edges) against float64. Skipped cleanly without a GPU / CUDA build.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import numpy as np
 import pytest
@@ -37,8 +40,9 @@ from ref_attention import ref_swa_attention, ref_swa_decode
 import samba_ext
 
 HALF = ["bfloat16", "float16"]
-PREFILL_VARIANTS = ["v1", "v2", "v3"]
+PREFILL_VARIANTS = ["v1", "v2", "v3", "v4"]
 DECODE_VARIANTS = ["v1", "v2"]
+_V4_REASON: list[str | None] = []  # cached v4_unavailable()
 
 
 
@@ -62,11 +66,37 @@ def attn_variant(prefill: str | None = None, decode: str | None = None):
         cu._attn_variant(1, old[1])
 
 
+def v4_unavailable() -> str | None:
+    """None when prefill v4 (sm_90a wgmma) runs here, else the launcher's reason (a
+    compute capability 9.0 GPU and a build with 90 in SAMBA_EXT_CUDA_ARCHS are needed): one
+    tiny call, whose refusal is a ValueError naming v4."""
+    if not _V4_REASON and os.environ.get("SAMBA_EXT_TEST_NO_V4") == "1":
+        _V4_REASON.append("left out by SAMBA_EXT_TEST_NO_V4=1")
+    if not _V4_REASON:
+        q = rdev(np.zeros((1, 8, 1, 64)), "bfloat16")[1]
+        try:
+            with attn_variant(prefill="v4"):
+                samba_ext.swa_attention(q, q, q, None)
+            _V4_REASON.append(None)
+        except ValueError as e:
+            if "v4" not in str(e):
+                raise
+            _V4_REASON.append(str(e))
+    return _V4_REASON[0]
+
+
+def prefill_variants_here() -> list[str]:
+    """PREFILL_VARIANTS less v4 where it cannot run."""
+    return [v for v in PREFILL_VARIANTS if v != "v4" or v4_unavailable() is None]
+
+
 @pytest.fixture(params=PREFILL_VARIANTS)
 def prefill_variant(request):
-    """Each prefill variant in turn (skipped without CUDA)."""
+    """Each prefill variant in turn (skipped without CUDA; v4 skipped off sm_90a)."""
     if CUDA_SKIP:
         pytest.skip(str(CUDA_SKIP))
+    if request.param == "v4" and v4_unavailable():
+        pytest.skip(f"prefill v4: {v4_unavailable()}")
     with attn_variant(prefill=request.param):
         yield request.param
 
@@ -86,11 +116,11 @@ def test_variant_selector():
 
     cu = runtime.require()
     with attn_variant():
-        for which, values in ((0, (0, 1, 2, 3)), (1, (0, 1, 2))):
+        for which, values in ((0, (0, 1, 2, 3, 4)), (1, (0, 1, 2))):
             for v in values:
                 assert cu._attn_variant(which, v) == v
                 assert cu._attn_variant(which, -1) == v
-        for which, v in ((0, 4), (1, 3), (2, 1), (0, -2)):
+        for which, v in ((0, 5), (1, 3), (2, 1), (0, -2)):
             with pytest.raises(ValueError, match="_attn_variant"):
                 cu._attn_variant(which, v)
 
@@ -161,6 +191,36 @@ def test_prefill_tensor_cores(poison, rng, prefill_variant, dtype, B, Lq, Lk, H,
     assert_close(host(out), ref_swa_attention(q, k, v, window), RTOL[dtype])
 
 
+V4_TILES = [
+    pytest.param(1, 200, 200, 4, 4, 64, 64, id="hd64-w64"),
+    pytest.param(2, 300, 300, 8, 1, 128, 100, id="gqa8:1-hd128"),
+    pytest.param(1, 513, 513, 4, 4, 128, None, id="hd128-full-513"),
+    pytest.param(1, 1000, 1000, 8, 2, 64, 130, id="hd64-w130-gqa4"),
+    pytest.param(2, 200, 700, 4, 2, 64, 333, id="past-keys-w333"),
+    pytest.param(1, 77, 333, 4, 2, 96, 90, id="past-keys-hd96-padded"),
+]
+
+
+@cuda
+@pytest.mark.parametrize("bk", ["64", "128"])
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("B,Lq,Lk,H,Hkv,hd,window", V4_TILES)
+def test_prefill_v4_key_tiles(poison, rng, monkeypatch, bk, dtype, B, Lq, Lk, H, Hkv, hd,
+                              window):
+    # prefill v4 with each key-tile size that SAMBA_EXT_ATTN_V4_BK selects (read on every call;
+    # the default is 64 keys at head dim 64 and 128 above)
+    if CUDA_SKIP:
+        pytest.skip(str(CUDA_SKIP))
+    if v4_unavailable():
+        pytest.skip(f"prefill v4: {v4_unavailable()}")
+    monkeypatch.setenv("SAMBA_EXT_ATTN_V4_BK", bk)
+    (q, dq), (k, dk), (v, dv) = (rdev(rng.standard_normal(s), dtype) for s in
+                                 ((B, Lq, H, hd), (B, Lk, Hkv, hd), (B, Lk, Hkv, hd)))
+    with attn_variant(prefill="v4"):
+        out = samba_ext.swa_attention(dq, dk, dv, window)
+    assert_close(host(out), ref_swa_attention(q, k, v, window), RTOL[dtype])
+
+
 @cuda
 @pytest.mark.parametrize("dtype", HALF)
 def test_prefill_scale_and_large_scores(poison, rng, prefill_variant, dtype):
@@ -221,7 +281,7 @@ def test_prefill_real_sizes(poison, rng, L, H, Hkv, hd, window):
     rows = _edge_rows(rng, L, window, 48)
     ref = ref_rows(q[0], k[0], v[0], rows, window)
     dq, dk, dv = dev(q, dtype), dev(k, dtype), dev(v, dtype)
-    for variant in PREFILL_VARIANTS:
+    for variant in prefill_variants_here():
         with attn_variant(prefill=variant):
             out = host(samba_ext.swa_attention(dq, dk, dv, window))
         assert np.all(np.isfinite(out)), f"{variant}: unwritten or non-finite output"

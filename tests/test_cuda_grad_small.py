@@ -1,5 +1,5 @@
 """CUDA backward of RMSNorm (+ residual), SwiGLU and rotary (samba_ext.grad on DeviceArrays,
-csrc/cuda/norm_bwd.cu, swiglu_bwd.cu, rotary_bwd.cu) against the float64 references of
+csrc/cuda/norm_bwd.cu, swiglu_bwd.cu, rotary.cu) against the float64 references of
 tests/ref_grad.py on the same rounded inputs, and against the CPU backward.
 
 Tolerances (relative Frobenius norm):

@@ -82,6 +82,15 @@ class _FakeCu:
     def set_device(self, i: int) -> None:
         pass
 
+    def get_device(self) -> int:
+        return 0
+
+    def exchange_device(self, i: int) -> int:
+        return 0
+
+    def restore_device(self, i: int) -> None:
+        pass
+
     def stream_create(self) -> int:
         return 7
 

@@ -4,7 +4,9 @@ For d_state 16 with u / delta / z / B / C of one dtype and aligned rows, csrc/cu
 runs one of two kernels (``SAMBA_EXT_SCAN_VARIANT``): ``split``, 4 or 8 threads per channel,
 optionally in chunks over the sequence (two passes, the state passed between chunks), and
 ``tile`` (csrc/cuda/scan_tile.cuh), blocks of 32 or 16 channels (4 or 8 threads each) walking
-the sequence in tiles of 32 steps with B / C and softplus(delta) staged in shared memory.
+the sequence in tiles of 32 steps with B / C and softplus(delta) staged in shared memory, and
+``warp`` / ``warp8`` (csrc/cuda/scan_warp.cuh), one warp per channel scanning chunks of 32 x 16
+or 32 x 8 steps in parallel over the sequence (a warp scan of the lanes' partial states).
 ``SAMBA_EXT_SCAN_LANES`` (1 | 4 | 8) and ``SAMBA_EXT_SCAN_CHUNKS`` (N) force a variant, read at
 each call; every variant must give the reference's result on fresh random inputs, including
 sequence lengths that leave a partial last group of 8 steps or a partial last tile (odd L, L
@@ -13,7 +15,8 @@ or that the tiled kernel cannot cut into whole blocks (it then falls back to the
 kernel), batch > 1, grouped B/C, an initial state with the last state returned, and no z / D /
 delta_bias. Tolerances: tests/cuda_util RTOL (float32 arithmetic; the output rounded to its
 dtype); the chunked passes recombine the state as exp(A * sum(dt)) * h + h_local, and the
-tiled kernel sums y over its threads' states in another order, float32 rounding
+tiled kernel sums y over its threads' states in another order, and the warp kernel combines
+the lanes' partial states with the decay exp(A * sum(dt)) of each lane's steps: float32 rounding
 differences well inside float32's 1e-5 over these lengths.
 """
 from __future__ import annotations
@@ -39,14 +42,16 @@ def variant(monkeypatch):
 
 
 # (kind, lanes, chunks); tile with chunks > 1 or a channel count that is not a multiple of its
-# block falls back to the split kernel
+# block falls back to the split kernel, and so does warp with chunks > 1
 VARIANTS = [("split", 4, 1), ("split", 8, 1), ("split", 4, 3), ("split", 8, 7),
-            ("split", 4, 16), ("split", 1, 1), ("tile", 4, 1), ("tile", 8, 1)]
+            ("split", 4, 16), ("split", 1, 1), ("tile", 4, 1), ("tile", 8, 1), ("warp", 4, 1),
+            ("warp8", 4, 1), ("warp", 4, 2)]
 # (batch, dim, L, G): the first four from the split kernel's tests; then whole tiled blocks
 # (dim / G a multiple of 32): batch 3 with a partial last tile, grouped B/C with an odd L over
 # many tiles, L shorter than one tile and than one group of 8, and L a multiple of the tile
 SHAPES = [(2, 24, 296, 0), (1, 40, 1003, 2), (3, 5, 64, 0), (1, 7, 4096, 0),
-          (3, 64, 296, 0), (1, 64, 1003, 2), (2, 32, 20, 0), (1, 96, 5, 0), (2, 32, 256, 4)]
+          (3, 64, 296, 0), (1, 64, 1003, 2), (2, 32, 20, 0), (1, 96, 5, 0), (2, 32, 256, 4),
+          (1, 6, 1048, 3)]
 
 
 def _inputs(rng, batch, dim, L, G, dtype):
@@ -82,7 +87,7 @@ def test_scan_variants_match_reference(rng, variant, dtype, kind, lanes, chunks,
 
 
 @pytest.mark.parametrize("kind,lanes,chunks", [("split", 4, 1), ("split", 8, 5), ("tile", 4, 1),
-                                                ("tile", 8, 1)])
+                                                ("tile", 8, 1), ("warp", 4, 1), ("warp8", 4, 1)])
 def test_scan_variants_without_options(rng, variant, kind, lanes, chunks):
     """No z / D / delta_bias / softplus / states; then an initial state without the last."""
     variant(lanes, chunks, kind)
@@ -98,3 +103,35 @@ def test_scan_variants_without_options(rng, variant, kind, lanes, chunks):
     y = samba_ext.selective_scan(d["u"], d["delta"], d["A"], d["B"], d["C"], d["D"], d["z"],
                                  d["delta_bias"], True, d["initial_state"])
     assert_close(host(y), y_ref, RTOL["float32"], "y (initial state)")
+
+
+def _launches(kind: str) -> int:
+    from samba_ext.cuda import runtime
+
+    return runtime.require().scan_launches()[("channel", "split", "tile", "warp").index(kind)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("kind", ["warp", "warp8"])
+def test_warp_kernel_runs_and_matches(rng, variant, dtype, kind):
+    """The warp kernel itself (its launch counter moves): 2 channels per group, so a block of 4
+    warps spans groups; L 1048 = 2 chunks of 512 + a partial third (warp) or 4 of 256 + a
+    partial fifth (warp8), a carried state and the last state; then a padded view (rows 1048
+    long, L 1043), so lanes end inside a vector of 8 and take the element loads."""
+    variant(4, 1, kind)
+    for L, pad in ((1048, 0), (1043, 5)):
+        r = _inputs(rng, 1, 6, L + pad, 3, dtype)
+        full = {k: (dev(v, dtype) if k in ("u", "delta", "B", "C", "z") else dev(v))
+                for k, v in r.items()}
+        d = {k: (v[..., :L] if k in ("u", "delta", "B", "C", "z") else v) for k, v in full.items()}
+        h = {k: (v[..., :L] if k in ("u", "delta", "B", "C", "z") else v) for k, v in r.items()}
+        y_ref, h_ref = selective_scan_ref(h["u"], h["delta"], h["A"], h["B"], h["C"], h["D"],
+                                          h["z"], h["delta_bias"], True, h["initial_state"],
+                                          True)
+        before = _launches("warp")
+        y, last = samba_ext.selective_scan(d["u"], d["delta"], d["A"], d["B"], d["C"], d["D"],
+                                           d["z"], d["delta_bias"], True, d["initial_state"],
+                                           True)
+        assert _launches("warp") == before + 1, f"L {L}: the warp kernel did not run"
+        assert_close(host(y), y_ref, RTOL[dtype], f"y (L {L})")
+        assert_close(host(last), h_ref, RTOL["float32"], f"last state (L {L})")

@@ -37,7 +37,7 @@ class _PaddingCPU(CPUBackend):
 
 def _cfg(F: int = 100, types=("mamba", "swa", "attn", "mamba")) -> SambaConfig:
     return dataclasses.replace(SambaConfig.preset("samba-test"), intermediate_size=F,
-                               layer_types=types)
+                               n_layer=len(types), layer_types=types)
 
 
 def test_pad_rows():

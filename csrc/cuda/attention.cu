@@ -1,25 +1,31 @@
 // attention.cu - causal sliding-window attention (prefill) and ring-buffer decode attention:
-// argument checks, dispatch, and the exact float32 kernels.
+// argument checks, dispatch, and the exact float32 decode kernel (the exact prefill kernel is
+// attention_fwd_lse.cu's).
 //
 // Dispatch: bfloat16 / float16 inputs with a head dim that is a multiple of 8 (<= 256) and
 // 16-byte aligned rows go to the tensor-core prefill (attention_mma.cu) and to the split-KV
 // decode (attention_decode.cu). Everything else - float32 inputs in particular, which keep
 // exact float32 arithmetic (no TF32), mixed dtypes, odd head dims, unaligned views - runs the
-// CUDA-core kernels below.
+// CUDA-core kernels (the prefill's in attention_fwd_lse.cu, the decode's below).
 //
-// Prefill (attn_fwd_kernel): grid (ceil(Lq/16), H, B), 4 warps. The block's 16 queries
-// (pre-scaled by softmax_scale * log2 e) sit in shared memory; key/value tiles of 32 keys
-// are converted to float32 into shared memory (rows padded to an odd stride: the per-lane
-// key rows hit distinct banks). Only the tiles inside the block's window are visited. Each
-// warp owns 4 queries: lane j scores key j of the tile, the warp keeps the running max /
-// sum (online softmax in base 2) and each lane accumulates head dims lane, lane+32, ...
+// Prefill on the CUDA cores: the kernel of attention_fwd_lse.cu (launch_fwd below maps the
+// window to its mask): grid (ceil(Lq/16), H, B), 4 warps. The block's 16 queries sit in shared
+// memory; key/value tiles of 32 keys are converted to float32 into shared memory (rows padded to
+// an odd stride: the per-lane key rows hit distinct banks). Only the tiles inside the block's
+// window are visited. Each warp owns 4 queries: lane j scores key j of the tile, the warp keeps
+// the running max / sum (online softmax in base 2) and each lane accumulates head dims lane,
+// lane+32, ...
 //
 // Variants of the tensor-core kernels (bfloat16 / float16): prefill v1 = attention_mma.cu,
-// v2 and v3 = attention_mma_v2.cu (two block shapes); decode v1 = attention_decode.cu (split kernel + merge kernel),
+// v2 and v3 = attention_mma_v2.cu (two block shapes), v4 = attention_wgmma.cu (Hopper wgmma,
+// sm_90a; opt-in, never chosen by auto); decode v1 = attention_decode.cu (split kernel + merge kernel),
 // v2 = attention_decode_v2.cu (one launch). SAMBA_EXT_ATTN_PREFILL / SAMBA_EXT_ATTN_DECODE =
-// v1 | v2 | v3 (prefill only) | auto (read once; default auto: the per-head-dim choice in auto_prefill() /
+// v1 | v2 | v3 | v4 (prefill only) | auto (read once; default auto: the per-head-dim choice in auto_prefill() /
 // auto_decode()); samba_cu_attn_variant() overrides them at run time (tests, benchmarks).
-// A variant that does not apply to a call (shared memory, scale, capture) falls back to v1.
+// A variant that does not apply to a call (shared memory, scale, capture) falls back to v1;
+// v4 runs v3 for head dims above 128, and a call that would run v4 on a device without its
+// sm_90a code (not compute capability 9.0, or a build without 90) fails with
+// SAMBA_ERR_UNSUPPORTED naming the requirement.
 //
 // Decode (attn_decode_kernel): grid (H, B), 4 warps splitting the n_valid cached keys;
 // lanes over head dims, 8 keys per step (8 independent warp reductions in flight); the four
@@ -30,133 +36,35 @@
 
 #include <atomic>
 
-#include "attention_impl.cuh"
+#include "attention_bwd_impl.cuh"
 
-#define ATT_BQ 16
-#define ATT_BK 32
 #define ATT_WARPS 4
-#define ATT_QPW (ATT_BQ / ATT_WARPS)
 #define LOG2E 1.4426950408889634f
 
-template <int DCH>
-__global__ void __launch_bounds__(ATT_WARPS * 32)
-attn_fwd_kernel(samba_cu_attn_args p) {
-    extern __shared__ float smem[];
-    const int hd = (int)p.headdim;
-    const int ks = hd | 1;
-    float *sQ = smem;              // [BQ][hd]
-    float *sK = sQ + ATT_BQ * hd;  // [BK][ks]
-    float *sV = sK + ATT_BK * ks;  // [BK][ks]
-    const int64_t b = blockIdx.z, h = blockIdx.y, q0 = (int64_t)blockIdx.x * ATT_BQ;
-    const int64_t hkv = h / (p.nheads / p.nheads_kv);
-    const int64_t Lq = p.seqlen_q, Lk = p.seqlen_k, off = Lk - Lq;
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const float qscale = p.softmax_scale * LOG2E;
-
-    for (int e = tid; e < ATT_BQ * hd; e += blockDim.x) {
-        const int qi = e / hd, c = e % hd;
-        const int64_t q = q0 + qi;
-        sQ[e] = q < Lq ? ldf(p.q, b * p.q_stride[0] + q * p.q_stride[1] + h * p.q_stride[2] + c) *
-                             qscale
-                       : 0.0f;
-    }
-    const int64_t q_last = (q0 + ATT_BQ < Lq ? q0 + ATT_BQ : Lq) - 1;
-    const int64_t kmax = q_last + off;  // inclusive
-    int64_t kmin = 0;
-    if (p.window > 0) {
-        kmin = q0 + off - p.window + 1;
-        if (kmin < 0) kmin = 0;
-    }
-
-    float m[ATT_QPW], l[ATT_QPW], o[ATT_QPW][DCH];
-#pragma unroll
-    for (int qq = 0; qq < ATT_QPW; ++qq) {
-        m[qq] = -INFINITY;
-        l[qq] = 0.0f;
-#pragma unroll
-        for (int c = 0; c < DCH; ++c) o[qq][c] = 0.0f;
-    }
-
-    for (int64_t kbase = kmin; kbase <= kmax; kbase += ATT_BK) {
-        __syncthreads();
-        for (int e = tid; e < ATT_BK * hd; e += blockDim.x) {
-            const int j = e / hd, c = e % hd;
-            const int64_t key = kbase + j;
-            float kv = 0.0f, vv = 0.0f;
-            if (key < Lk) {
-                kv = ldf(p.k, b * p.k_stride[0] + key * p.k_stride[1] + hkv * p.k_stride[2] + c);
-                vv = ldf(p.v, b * p.v_stride[0] + key * p.v_stride[1] + hkv * p.v_stride[2] + c);
-            }
-            sK[j * ks + c] = kv;
-            sV[j * ks + c] = vv;
-        }
-        __syncthreads();
-#pragma unroll
-        for (int qq = 0; qq < ATT_QPW; ++qq) {
-            const int qi = warp * ATT_QPW + qq;
-            const int64_t q = q0 + qi;
-            if (q >= Lq) continue;  // warp-uniform
-            const int64_t qpos = q + off;
-            const int64_t key = kbase + lane;
-            const bool valid =
-                key <= qpos && key < Lk && (p.window <= 0 || key > qpos - p.window);
-            float s = -INFINITY;
-            if (valid) {
-                const float *qr = sQ + qi * hd;
-                const float *kr = sK + lane * ks;
-                float acc = 0.0f;
-                for (int c = 0; c < hd; ++c) acc += qr[c] * kr[c];
-                s = acc;
-            }
-            float mt = warp_max(s);  // fmaxf drops NaN: a NaN score is tracked on its own
-            const bool nan_score = __any_sync(0xffffffffu, isnan(s));
-            if (mt == -INFINITY && !nan_score) continue;  // warp-uniform: no visible key here
-            if (nan_score) mt = NAN;  // NaN query or key: the output row becomes NaN (as on CPU)
-            const float mnew = isnan(mt) ? mt : fmaxf(m[qq], mt);
-            const float corr = exp2f(m[qq] - mnew);
-            const float pj = valid ? exp2f(s - mnew) : 0.0f;
-            l[qq] = l[qq] * corr + warp_sum(pj);
-#pragma unroll
-            for (int c = 0; c < DCH; ++c) o[qq][c] *= corr;
-            for (int j = 0; j < ATT_BK; ++j) {
-                const float pjj = __shfl_sync(0xffffffffu, pj, j);
-                if (pjj == 0.0f) continue;  // masked key (warp-uniform): its value row may be NaN
-                const float *vr = sV + j * ks;
-#pragma unroll
-                for (int c = 0; c < DCH; ++c) {
-                    const int col = lane + 32 * c;
-                    if (col < hd) o[qq][c] += pjj * vr[col];
-                }
-            }
-            m[qq] = mnew;
-        }
-    }
-#pragma unroll
-    for (int qq = 0; qq < ATT_QPW; ++qq) {
-        const int64_t q = q0 + warp * ATT_QPW + qq;
-        if (q >= Lq) continue;
-        const float inv = l[qq] > 0.0f ? 1.0f / l[qq] : 0.0f;
-        const int64_t ob = ((b * Lq + q) * p.nheads + h) * hd;
-#pragma unroll
-        for (int c = 0; c < DCH; ++c) {
-            const int col = lane + 32 * c;
-            if (col < hd) stf(p.out, ob + col, o[qq][c] * inv);
-        }
-    }
-}
-
-template <int DCH>
+// The causal (window) prefill of any dtype on the CUDA cores: attention_fwd_lse.cu's kernel with
+// window_left = window - 1 (unbounded for window <= 0), window_right = 0, no softcap, no lse.
 static samba_status launch_fwd(const samba_cu_attn_args *a, cudaStream_t stream) {
-    const int hd = (int)a->headdim;
-    const size_t smem = (size_t)(ATT_BQ * hd + 2 * ATT_BK * (hd | 1)) * sizeof(float);
-    if (smem > 48 * 1024) {
-        cudaError_t e = cudaFuncSetAttribute(attn_fwd_kernel<DCH>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess) return samba_cu_fail("swa_attention (shared memory opt-in)", e);
+    samba_cu_attn_ext_args e;
+    memset(&e, 0, sizeof e);
+    e.batch = a->batch;
+    e.seqlen_q = a->seqlen_q;
+    e.seqlen_k = a->seqlen_k;
+    e.nheads = a->nheads;
+    e.nheads_kv = a->nheads_kv;
+    e.headdim = a->headdim;
+    e.window_left = a->window > 0 ? a->window - 1 : -1;
+    e.window_right = 0;
+    e.softmax_scale = a->softmax_scale;
+    e.q = a->q;
+    e.k = a->k;
+    e.v = a->v;
+    e.out = a->out;
+    for (int i = 0; i < 3; ++i) {
+        e.q_stride[i] = a->q_stride[i];
+        e.k_stride[i] = a->k_stride[i];
+        e.v_stride[i] = a->v_stride[i];
     }
-    dim3 grid((unsigned)cdiv(a->seqlen_q, ATT_BQ), (unsigned)a->nheads, (unsigned)a->batch);
-    attn_fwd_kernel<DCH><<<grid, ATT_WARPS * 32, smem, stream>>>(*a);
-    return samba_cu_check_launch("swa_attention", stream);
+    return attn_fwd_cuda_core(&e, "swa_attention", stream);
 }
 
 // ------------------------------------------------------------------ variants -----------
@@ -180,13 +88,14 @@ static int variant_from_env(int which, const char *name) {
     if (!strcmp(s, "v1") || !strcmp(s, "1")) return 1;
     if (!strcmp(s, "v2") || !strcmp(s, "2")) return 2;
     if (which == 0 && (!strcmp(s, "v3") || !strcmp(s, "3"))) return 3;
+    if (which == 0 && (!strcmp(s, "v4") || !strcmp(s, "4"))) return 4;
     fprintf(stderr, "samba_ext: %s=%s not understood (%s or auto); using auto\n", name, s,
-            which == 0 ? "v1, v2, v3" : "v1, v2");
+            which == 0 ? "v1, v2, v3, v4" : "v1, v2");
     return 0;
 }
 
 extern "C" int samba_cu_attn_variant(int which, int value) {
-    if (which < 0 || which > 1 || value < -1 || value > (which == 0 ? 3 : 2)) return -1;
+    if (which < 0 || which > 1 || value < -1 || value > (which == 0 ? 4 : 2)) return -1;
     std::atomic<int> &v = attn_variant_setting[which];
     if (value >= 0) {
         v.store(value);
@@ -196,7 +105,7 @@ extern "C" int samba_cu_attn_variant(int which, int value) {
     return v.load();
 }
 
-// The variant (1, 2 or, for the prefill, 3) for this call's head dim.
+// The variant (1, 2 or, for the prefill, 3 or 4) for this call's head dim.
 static int attn_variant(int which, int64_t hd) {
     const int v = samba_cu_attn_variant(which, -1);
     if (v > 0) return v;
@@ -227,12 +136,21 @@ extern "C" samba_status samba_cu_attn_fwd(const samba_cu_attn_args *a, void *str
     if (a->batch > 65535)
         return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "swa_attention: batch above 65535");
     cudaStream_t st = (cudaStream_t)stream;
-    const int var = attn_variant(0, a->headdim);
+    int var = attn_variant(0, a->headdim);
+    if (var == 4) {
+        if (a->headdim <= 128 && attn_mma_applicable(a)) {
+            if (!attn_wgmma_device_ok())
+                return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED,
+                                         "swa_attention: prefill variant v4 (wgmma) needs a compute "
+                                         "capability 9.0 GPU and a build with 90 in "
+                                         "SAMBA_EXT_CUDA_ARCHS (sm_90a code)");
+            if (attn_wgmma_applicable(a)) return attn_wgmma_fwd(a, st);
+        }
+        var = 3;  // head dims above 128 run v3 (and calls v3 cannot take, v1)
+    }
     if (var >= 2 && attn_mma_v2_applicable(a, var)) return attn_mma_v2_fwd(a, var, st);
     if (attn_mma_applicable(a)) return attn_mma_fwd(a, st);
-    if (a->headdim <= 64) return launch_fwd<2>(a, st);
-    if (a->headdim <= 128) return launch_fwd<4>(a, st);
-    return launch_fwd<8>(a, st);
+    return launch_fwd(a, st);
 }
 
 // ------------------------------------------------------------------ decode -------------

@@ -13,6 +13,11 @@
 samba_status attn_ext_check(const char *what, const samba_cu_attn_ext_args *a);
 // The tensor-core prefill's view of the arguments (q, k, v, out, strides; no window).
 samba_cu_attn_args attn_ext_as_fwd(const samba_cu_attn_ext_args *a);
+// The exact CUDA-core forward (attention_fwd_lse.cu): any dtype, float32 arithmetic, the
+// general mask, lse written when a->lse is set; arguments checked by the caller; `what` names
+// the call in errors.
+samba_status attn_fwd_cuda_core(const samba_cu_attn_ext_args *a, const char *what,
+                                cudaStream_t st);
 
 // Scratch of one backward call (float32, from the pool).
 struct attn_bwd_ws {

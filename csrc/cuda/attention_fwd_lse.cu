@@ -3,8 +3,8 @@
 //
 // bfloat16 / float16 with aligned rows run the tensor-core prefill of attention_mma.cu in its
 // general-mask instantiation (attn_mma_fwd_gen). Everything else - float32 in particular, which
-// keeps exact float32 arithmetic - runs the CUDA-core kernel below, the float32 kernel of
-// attention.cu with the general mask: grid (ceil(Lq/16), H, B), 4 warps of 4 queries; key tiles
+// keeps exact float32 arithmetic - runs the CUDA-core kernel below (also swa_attention's, through
+// attn_fwd_cuda_core): grid (ceil(Lq/16), H, B), 4 warps of 4 queries; key tiles
 // of 32 keys converted to float32 in shared memory (rows padded to an odd stride); lane j scores
 // key j of the tile, online softmax in base 2, lane c accumulates head dims c, c+32, ...
 #include "attention_bwd_impl.cuh"
@@ -138,17 +138,20 @@ attn_fwd_lse_kernel(samba_cu_attn_ext_args p) {
 }
 
 template <int DCH>
-static samba_status launch_fwd_lse(const samba_cu_attn_ext_args *a, cudaStream_t stream) {
+static samba_status launch_fwd_lse(const samba_cu_attn_ext_args *a, const char *what,
+                                   cudaStream_t stream) {
     const int hd = (int)a->headdim;
     const size_t smem = (size_t)(FL_BQ * hd + 2 * FL_BK * (hd | 1)) * sizeof(float);
     if (smem > 48 * 1024) {
         cudaError_t e = cudaFuncSetAttribute(attn_fwd_lse_kernel<DCH>,
                                              cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess) return samba_cu_fail("attention_fwd (shared memory opt-in)", e);
+        if (e != cudaSuccess)
+            return samba_cu_fail_msg(SAMBA_ERR_CUDA, "%s (shared memory opt-in): %s", what,
+                                     cudaGetErrorString(e));
     }
     dim3 grid((unsigned)cdiv(a->seqlen_q, FL_BQ), (unsigned)a->nheads, (unsigned)a->batch);
     attn_fwd_lse_kernel<DCH><<<grid, FL_WARPS * 32, smem, stream>>>(*a);
-    return samba_cu_check_launch("attention_fwd", stream);
+    return samba_cu_check_launch(what, stream);
 }
 
 // Size and argument checks shared with the backward (attention_bwd.cu).
@@ -196,6 +199,14 @@ samba_cu_attn_args attn_ext_as_fwd(const samba_cu_attn_ext_args *a) {
     return f;
 }
 
+// The CUDA-core kernel for any dtype and layout (samba_cu_attn_fwd's fallback too).
+samba_status attn_fwd_cuda_core(const samba_cu_attn_ext_args *a, const char *what,
+                                cudaStream_t st) {
+    if (a->headdim <= 64) return launch_fwd_lse<2>(a, what, st);
+    if (a->headdim <= 128) return launch_fwd_lse<4>(a, what, st);
+    return launch_fwd_lse<8>(a, what, st);
+}
+
 extern "C" samba_status samba_cu_attn_fwd_lse(const samba_cu_attn_ext_args *a, void *stream) {
     samba_status s = attn_ext_check("attention_fwd", a);
     if (s != SAMBA_OK) return s;
@@ -206,7 +217,5 @@ extern "C" samba_status samba_cu_attn_fwd_lse(const samba_cu_attn_ext_args *a, v
         const attn_gen gx = {a->window_left, a->window_right, a->softcap, a->lse};
         return attn_mma_fwd_gen(&f, &gx, st);
     }
-    if (a->headdim <= 64) return launch_fwd_lse<2>(a, st);
-    if (a->headdim <= 128) return launch_fwd_lse<4>(a, st);
-    return launch_fwd_lse<8>(a, st);
+    return attn_fwd_cuda_core(a, "attention_fwd", st);
 }

@@ -46,6 +46,15 @@ samba_status attn_decode_split(int64_t batch, int64_t nheads, int64_t nheads_kv,
 int attn_mma_v2_applicable(const samba_cu_attn_args *a, int variant);
 samba_status attn_mma_v2_fwd(const samba_cu_attn_args *a, int variant, cudaStream_t stream);
 
+// Variant 4 of the prefill (attention_wgmma.cu, Hopper wgmma, sm_90a code only).
+// attn_wgmma_device_ok(): 1 when this build holds sm_90a code for it (SAMBA_EXT_CUDA_ARCHS
+// with 90) and the current device has compute capability 9.0; cached per device.
+// attn_wgmma_applicable(): the rules of v2 / v3 (dtype, alignment, positive finite scale,
+// seqlen_k < 2^30) for head dims up to 128, and its tiles fitting the shared memory.
+int attn_wgmma_device_ok(void);
+int attn_wgmma_applicable(const samba_cu_attn_args *a);
+samba_status attn_wgmma_fwd(const samba_cu_attn_args *a, cudaStream_t stream);
+
 // Variant 2 of the split-KV decode (attention_decode_v2.cu): one launch, a stream-K division
 // of the key tiles over one wave of blocks, the merge folded in. Same applicability rules
 // (its tiles must fit the shared memory). *taken = 0 (and SAMBA_OK) when it declined: under

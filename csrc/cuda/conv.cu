@@ -113,16 +113,20 @@ __global__ void conv_step_kernel(int64_t batch, int64_t dim, int width, samba_cu
 // inputs are one 16-byte load, the W-1 before them single loads (cached: the previous
 // thread's vector) or initial_states, and the V outputs one 16-byte store.
 
-template <typename T>
+// I: the index type of the thread -> (b, d, t0) decomposition, 32-bit (a few instructions
+// per division instead of a 64-bit division routine) when the vector count allows.
+template <typename T, typename I>
 __global__ void conv_fwd_vec_kernel(ConvParams p) {
     constexpr int V = Pack16<T>::N;
-    const int64_t ng = (p.seqlen + V - 1) / V;
-    const int64_t n = p.batch * p.dim * ng;
+    const I ng = (I)((p.seqlen + V - 1) / V);
+    const I dim = (I)p.dim;
+    const I n = (I)(p.batch * p.dim) * ng;
     const int W = (int)p.width;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t row = i / ng, t0 = (i % ng) * V;
-        const int64_t b = row / p.dim, d = row % p.dim;
+    for (I i = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; i < n;
+         i += (I)gridDim.x * (I)blockDim.x) {
+        const I rowi = i / ng, bi = rowi / dim;
+        const int64_t row = (int64_t)rowi, t0 = (int64_t)(i - rowi * ng) * V;
+        const int64_t b = (int64_t)bi, d = (int64_t)(rowi - bi * dim);
         const int64_t xrow = b * p.xs[0] + d * p.xs[1], yrow = b * p.ys[0] + d * p.ys[1];
         const int nv = (int)min((int64_t)V, p.seqlen - t0);
         // win[CONV_MAX_W - 1 + k - m] = x[t0 + k - m]; taps beyond the width are 0, so every
@@ -216,12 +220,19 @@ extern "C" samba_status samba_cu_conv1d_fwd(int64_t batch, int64_t dim, int64_t 
         const int64_t V = p.x.dtype == SAMBA_CU_F32 ? 4 : 8;
         const int64_t nt = batch * dim * cdiv(seqlen, V);
         cudaStream_t st = (cudaStream_t)stream;
-        if (p.x.dtype == SAMBA_CU_BF16)
-            conv_fwd_vec_kernel<__nv_bfloat16><<<grid_1d(nt, 256), 256, 0, st>>>(p);
-        else if (p.x.dtype == SAMBA_CU_F16)
-            conv_fwd_vec_kernel<__half><<<grid_1d(nt, 256), 256, 0, st>>>(p);
-        else
-            conv_fwd_vec_kernel<float><<<grid_1d(nt, 256), 256, 0, st>>>(p);
+        const unsigned grid = grid_1d(nt, 256);
+        // 32-bit: i < nt < 2^31 and the grid stride <= (65535 * 32) * 256 < 2^29: no wrap.
+        const bool small = nt < 0x7fffffffLL;
+        if (p.x.dtype == SAMBA_CU_BF16) {
+            if (small) conv_fwd_vec_kernel<__nv_bfloat16, uint32_t><<<grid, 256, 0, st>>>(p);
+            else conv_fwd_vec_kernel<__nv_bfloat16, uint64_t><<<grid, 256, 0, st>>>(p);
+        } else if (p.x.dtype == SAMBA_CU_F16) {
+            if (small) conv_fwd_vec_kernel<__half, uint32_t><<<grid, 256, 0, st>>>(p);
+            else conv_fwd_vec_kernel<__half, uint64_t><<<grid, 256, 0, st>>>(p);
+        } else {
+            if (small) conv_fwd_vec_kernel<float, uint32_t><<<grid, 256, 0, st>>>(p);
+            else conv_fwd_vec_kernel<float, uint64_t><<<grid, 256, 0, st>>>(p);
+        }
         s = samba_cu_check_launch("causal_conv1d", stream);
         if (s != SAMBA_OK) return s;
     } else if (n > 0) {

@@ -1,6 +1,7 @@
 // gemm.cu - y = x @ w^T through cublasGemmEx (row-major in, row-major out), or through
 // cuBLASLt (gemm_lt.cu) when the mode says so (samba_cu_gemm_mode: environment variable
-// SAMBA_EXT_GEMM = gemmex (default) | lt | lt-tune, read once).
+// SAMBA_EXT_GEMM = gemmex (default) | lt | lt-tune, read once). With SAMBA_EXT_GEMV=1, products
+// of at most 8 rows of bf16 / f16 x with a row-major W run gemv.cu's kernel instead.
 //
 // Math mode: CUBLAS_COMPUTE_32F with CUBLAS_GEMM_DEFAULT and the handle's default math mode,
 // i.e. float32 accumulation for every input dtype and no TF32 down-conversion of float32
@@ -176,8 +177,14 @@ extern "C" samba_status samba_cu_gemm(int64_t M, int64_t N, int64_t K, samba_cu_
         return SAMBA_OK;
     }
     int done = 0;
-    samba_status st = try_lt(&done, 1, 0, N, M, K, w, ldw, 0, x, ldx, 0, y, ldy, 0, 1, beta,
-                             stream);
+    samba_status st;
+    if (samba_cu_gemv_enabled() && M <= SAMBA_GEMV_MAX_M) {
+        int64_t xo[SAMBA_GEMV_MAX_M], yo[SAMBA_GEMV_MAX_M];
+        for (int64_t i = 0; i < M; ++i) xo[i] = i * ldx, yo[i] = i * ldy;
+        st = samba_cu_gemv(&done, M, N, K, x, xo, w, ldw, y, yo, beta, stream);
+        if (done || st != SAMBA_OK) return st;
+    }
+    st = try_lt(&done, 1, 0, N, M, K, w, ldw, 0, x, ldx, 0, y, ldy, 0, 1, beta, stream);
     if (done) return st;
     cublasHandle_t h;
     st = bind_handle(stream, &h);
@@ -213,8 +220,18 @@ extern "C" samba_status samba_cu_gemm_batched(int transa, int transb, int64_t m,
     if (k == 0)
         return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "gemm: k == 0 (empty product)");
     int done = 0;
-    samba_status st = try_lt(&done, transa, transb, m, n, k, A, lda, sA, B, ldb, sB, C, ldc, sC,
-                             batch, beta, stream);
+    samba_status st;
+    // y (rows, m) = x (rows, k) @ W (m, k)^T with W = A shared by the batch: the GEMV when on.
+    if (samba_cu_gemv_enabled() && transa && !transb && (batch == 1 || sA == 0) &&
+        n * batch <= SAMBA_GEMV_MAX_M) {
+        int64_t xo[SAMBA_GEMV_MAX_M], yo[SAMBA_GEMV_MAX_M];
+        for (int64_t r = 0; r < n * batch; ++r)
+            xo[r] = (r / n) * sB + (r % n) * ldb, yo[r] = (r / n) * sC + (r % n) * ldc;
+        st = samba_cu_gemv(&done, n * batch, m, k, B, xo, A, lda, C, yo, beta, stream);
+        if (done || st != SAMBA_OK) return st;
+    }
+    st = try_lt(&done, transa, transb, m, n, k, A, lda, sA, B, ldb, sB, C, ldc, sC, batch, beta,
+                stream);
     if (done) return st;
     cublasHandle_t h;
     st = bind_handle(stream, &h);

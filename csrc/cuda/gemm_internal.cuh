@@ -22,4 +22,14 @@ extern "C" samba_status samba_cu_gemm_lt(int tune, int transa, int transb, int64
                                          void *stream);
 extern "C" void samba_cu_gemm_lt_release(void);
 
+// gemv.cu: y = x @ W^T (+ beta y) for M <= SAMBA_GEMV_MAX_M rows of bf16 / f16 x; row m of x
+// starts at element xoff[m] of x.ptr, of y at yoff[m] of y.ptr; W (N, K) with row pitch ldw.
+// *done = 0 (and SAMBA_OK) when the shape, dtypes or W's alignment do not fit (the caller
+// then runs cuBLAS); *done = 1 when it was launched (st: launch status).
+#define SAMBA_GEMV_MAX_M 8
+extern "C" samba_status samba_cu_gemv(int *done, int64_t M, int64_t N, int64_t K,
+                                      samba_cu_ref x, const int64_t *xoff, samba_cu_ref w,
+                                      int64_t ldw, samba_cu_ref y, const int64_t *yoff,
+                                      float beta, void *stream);
+
 #endif

@@ -1,6 +1,8 @@
 /*
  * py_cuda.c - the samba_ext._cuda extension module: its init, the argument converters and
- * status -> exception mapping shared by the glue, and device queries. By concern:
+ * status -> exception mapping shared by the glue, device queries and the current-device
+ * switch (exchange_device / restore_device, used by samba_ext.cuda.runtime.DeviceGuard so
+ * that every call leaves the thread's current device as it found it). By concern:
  *   py_cuda_memory.c   stream-ordered device buffers (Buffer), copies, memset, pool stats;
  *   py_cuda_stream.c   streams, synchronisation and CUDA graphs;
  *   py_cuda_dlpack.c   the DLPack producer / consumer;
@@ -185,6 +187,55 @@ py_set_device(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *
+py_get_device(PyObject *self, PyObject *noargs)
+{
+    int dev = -1;
+    samba_status s = samba_cu_get_device(&dev);
+    if (s != SAMBA_OK) {
+        return samba_pycu_raise(s);
+    }
+    return PyLong_FromLong(dev);
+}
+
+static PyObject *
+py_exchange_device(PyObject *self, PyObject *args)
+{
+    int dev, prev = -1;
+    if (!PyArg_ParseTuple(args, "i", &dev)) {
+        return NULL;
+    }
+    samba_status s = samba_cu_exchange_device(dev, &prev);
+    if (s != SAMBA_OK) {
+        return samba_pycu_raise(s);
+    }
+    return PyLong_FromLong(prev);
+}
+
+static PyObject *
+py_restore_device(PyObject *self, PyObject *args)
+{
+    int prev;
+    if (!PyArg_ParseTuple(args, "i", &prev)) {
+        return NULL;
+    }
+    return samba_pycu_status_none(samba_cu_restore_device(prev));
+}
+
+static PyObject *
+py_primary_context_active(PyObject *self, PyObject *args)
+{
+    int dev;
+    if (!PyArg_ParseTuple(args, "i", &dev)) {
+        return NULL;
+    }
+    int a = samba_cu_primary_ctx_active(dev);
+    if (a < 0) {
+        Py_RETURN_NONE;
+    }
+    return PyBool_FromLong(a);
+}
+
 PyObject *
 samba_pycu_status_none(samba_status s)
 {
@@ -215,6 +266,22 @@ static PyMethodDef cuda_methods[] = {
      "Name, capability, memory and SM count of a device, as a dict."},
     {"set_device", py_set_device, METH_VARARGS,
      "set_device($module, device, /)\n--\n\nMake device the current one of this thread."},
+    {"get_device", py_get_device, METH_NOARGS,
+     "get_device($module, /)\n--\n\nThe current device of this thread."},
+    {"exchange_device", py_exchange_device, METH_VARARGS,
+     "exchange_device($module, device, /)\n--\n\n"
+     "Make device the current one of this thread; return the device that was current before\n"
+     "(-1 when it could not be read). Pair with restore_device(previous)."},
+    {"restore_device", py_restore_device, METH_VARARGS,
+     "restore_device($module, previous, /)\n--\n\n"
+     "Make previous (from exchange_device) current again. Does nothing when it is current\n"
+     "already or is -1, nor when its primary context is not active: making it current would\n"
+     "create a context on a device this process never used (PyTorch's device guard does the\n"
+     "same). When the context state cannot be read, previous is made current regardless."},
+    {"primary_context_active", py_primary_context_active, METH_VARARGS,
+     "primary_context_active($module, device, /)\n--\n\n"
+     "True / False: whether the device's primary context is active; None when the driver\n"
+     "cannot be asked (cuDevicePrimaryCtxGetState not available)."},
     {"last_error", py_last_error, METH_NOARGS,
      "last_error($module, /)\n--\n\nLast error message of this thread."},
     {NULL, NULL, 0, NULL}};

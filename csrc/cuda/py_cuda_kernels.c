@@ -167,7 +167,7 @@ py_swa_decode(PyObject *self, PyObject *args)
 }
 
 /* _attn_variant(which, value) -> the setting: which 0 = prefill, 1 = decode; value -1 = query,
- * 0 = auto, 1, 2 (3: prefill) = that tensor-core variant (samba_cuda.h). Private: tests and
+ * 0 = auto, 1, 2 (3, 4: prefill) = that tensor-core variant (samba_cuda.h). Private: tests and
  * benchmarks/gpu_attention.py compare the variants in one process. */
 static PyObject *
 py_attn_variant(PyObject *self, PyObject *args)
@@ -179,7 +179,7 @@ py_attn_variant(PyObject *self, PyObject *args)
     int r = samba_cu_attn_variant(which, value);
     if (r < 0) {
         PyErr_Format(PyExc_ValueError, "_attn_variant: which must be 0 or 1 and value -1..%d, "
-                     "got which=%d, value=%d", which == 0 ? 3 : 2, which, value);
+                     "got which=%d, value=%d", which == 0 ? 4 : 2, which, value);
         return NULL;
     }
     return PyLong_FromLong(r);
@@ -286,7 +286,51 @@ py_gemm_mode(PyObject *self, PyObject *args)
     return PyLong_FromLong(samba_cu_gemm_mode());
 }
 
+/* gemv_mode(on=-1): whether small-M GEMMs run gemv.cu's kernel (1) or cuBLAS (0); on >= 0
+ * sets it first (SAMBA_EXT_GEMV gives the initial value). */
+static PyObject *
+py_gemv_mode(PyObject *self, PyObject *args)
+{
+    int on = -1;
+    if (!PyArg_ParseTuple(args, "|i", &on)) {
+        return NULL;
+    }
+    if (on >= 0 && samba_cu_gemv_set(on) != SAMBA_OK) {
+        return done(SAMBA_ERR_ARG);
+    }
+    return PyLong_FromLong(samba_cu_gemv_enabled());
+}
+
+/* gemv_launches(): GEMM calls that ran the GEMV kernel so far (tests check the dispatch). */
+static PyObject *
+py_gemv_launches(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    return PyLong_FromLongLong(samba_cu_gemv_launches());
+}
+
+/* scan_launches(): forward scan calls per kernel so far, (per-channel, split, tile, warp). */
+static PyObject *
+py_scan_launches(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    return Py_BuildValue("(LLLL)", samba_cu_scan_launches(0), samba_cu_scan_launches(1),
+                         samba_cu_scan_launches(2), samba_cu_scan_launches(3));
+}
+
 PyMethodDef samba_pycu_kernel_methods[] = {
+    {"scan_launches", py_scan_launches, METH_NOARGS,
+     "scan_launches($module, /)"
+     "\n--\n\nForward selective-scan calls so far per kernel: (per-channel, split, tile, warp)."},
+    {"gemv_launches", py_gemv_launches, METH_NOARGS,
+     "gemv_launches($module, /)"
+     "\n--\n\nGEMM calls that ran the GEMV kernel so far in this process."},
+    {"gemv_mode", py_gemv_mode, METH_VARARGS,
+     "gemv_mode($module, on=-1, /)"
+     "\n--\n\nWhether GEMMs of <= 8 bf16/f16 rows run the GEMV kernel (1) or cuBLAS (0); on >= 0 "
+     "sets it."},
     {"gemm_mode", py_gemm_mode, METH_VARARGS,
      "gemm_mode($module, mode=-1, /)"
      "\n--\n\nThe GEMM path (0 cublas*Ex, 1 cuBLASLt, 2 cuBLASLt tuned); mode >= 0 sets it."},

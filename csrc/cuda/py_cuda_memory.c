@@ -40,19 +40,27 @@ Buffer_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "nbytes must be >= 0");
         return NULL;
     }
-    samba_status s = samba_cu_set_device(device);
-    if (s != SAMBA_OK) {
-        return samba_pycu_raise(s);
-    }
-    void *ptr = NULL;
-    s = samba_cu_malloc(&ptr, (size_t)nbytes, stream);
-    if (s != SAMBA_OK) {
-        return samba_pycu_raise(s);
-    }
     BufferObject *b = (BufferObject *)type->tp_alloc(type, 0);
     if (b == NULL) {
-        samba_cu_free(ptr, stream);
         return NULL;
+    }
+    b->ptr = NULL; /* until allocated: a failure below frees nothing */
+    b->keep = NULL;
+    /* Allocated with `device` current; the caller's current device is put back after. */
+    int prev = -1;
+    void *ptr = NULL;
+    samba_status s = samba_cu_exchange_device(device, &prev);
+    if (s == SAMBA_OK) {
+        s = samba_cu_malloc(&ptr, (size_t)nbytes, stream);
+    }
+    samba_status r = samba_cu_restore_device(prev);
+    if (s == SAMBA_OK && r != SAMBA_OK) {
+        samba_cu_free(ptr, stream); /* still on `device`: the restore failed */
+        s = r;
+    }
+    if (s != SAMBA_OK) {
+        Py_DECREF(b);
+        return samba_pycu_raise(s);
     }
     b->ptr = ptr;
     b->nbytes = nbytes;
@@ -74,8 +82,7 @@ Buffer_dealloc(BufferObject *b)
          * destructor runs at any point of the caller's code, e.g. inside torch's work on
          * another device). */
         int prev = -1;
-        const int have_prev = samba_cu_get_device(&prev) == SAMBA_OK;
-        if (samba_cu_set_device(b->device) == SAMBA_OK) {
+        if (samba_cu_exchange_device(b->device, &prev) == SAMBA_OK) {
             if (b->foreign) {
                 /* A consumer used the memory on its own stream, which may be gone by now:
                  * wait for all work of the device rather than for a stream handle. */
@@ -83,7 +90,7 @@ Buffer_dealloc(BufferObject *b)
             }
             samba_cu_free(b->ptr, b->stream);
         }
-        if (have_prev && prev != b->device) samba_cu_set_device(prev);
+        samba_cu_restore_device(prev);
         b->ptr = NULL;
     }
     Py_CLEAR(b->keep);
@@ -219,11 +226,13 @@ py_trim(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "i", &dev)) {
         return NULL;
     }
-    samba_status s = samba_cu_set_device(dev);
+    int prev = -1;
+    samba_status s = samba_cu_exchange_device(dev, &prev);
     if (s == SAMBA_OK) {
         s = samba_cu_trim(dev);
     }
-    return samba_pycu_status_none(s);
+    samba_status r = samba_cu_restore_device(prev); /* the caller's device, as found */
+    return samba_pycu_status_none(s != SAMBA_OK ? s : r);
 }
 
 static PyObject *

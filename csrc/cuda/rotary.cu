@@ -1,12 +1,17 @@
-// rotary.cu - rotary position embedding (the CUDA side of csrc/rotary.c).
-#include "cu_common.cuh"
+// rotary.cu - rotary position embedding and its backward (the CUDA side of csrc/rotary.c and
+// csrc/rotary_bwd.c). A rotation's adjoint is the rotation by the negative angle, so the
+// backward is the forward with the sines negated (sgn = -1): dx1 = dy1 cos a + dy2 sin a,
+// dx2 = -dy1 sin a + dy2 cos a.
+#include "samba_cuda_bwd.h"
+#include "vecio.cuh"
 
-// One thread per rotated pair (b, t, h, i < hd/2). Angles pos * base^(-2i/hd) and their
-// sine / cosine in float64 (large positions keep full float32 accuracy).
+// The general path: one thread per rotated pair (b, t, h, i < hd/2). Angles
+// pos * base^(-2i/hd) and their sine / cosine in float64 (large positions keep full float32
+// accuracy).
 __global__ void rotary_kernel(int64_t batch, int64_t L, int64_t H, int64_t hd, samba_cu_ref x,
                               int64_t xs0, int64_t xs1, int64_t xs2, samba_cu_ref pos,
-                              int pos_batched, int64_t offset, double log_base, samba_cu_ref y,
-                              int64_t ys0, int64_t ys1, int64_t ys2) {
+                              int pos_batched, int64_t offset, double log_base, float sgn,
+                              samba_cu_ref y, int64_t ys0, int64_t ys1, int64_t ys2) {
     const int64_t half = hd / 2;
     const int64_t n = batch * L * H * half;
     for (int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; idx < n;
@@ -28,10 +33,142 @@ __global__ void rotary_kernel(int64_t batch, int64_t L, int64_t H, int64_t hd, s
         const int64_t xo = b * xs0 + t * xs1 + h * xs2;
         const int64_t yo = b * ys0 + t * ys1 + h * ys2;
         const float x1 = ldf(x, xo + i), x2 = ldf(x, xo + i + half);
-        const float c = (float)cs, s = (float)sn;
+        const float c = (float)cs, s = sgn * (float)sn;
         stf(y, yo + i, x1 * c - x2 * s);
         stf(y, yo + i + half, x1 * s + x2 * c);
     }
+}
+
+#define ROT_THREADS 256
+#define ROT_SMEM_MAX (32 * 1024)
+
+// Rotary with the angles shared across heads: a block takes tpb consecutive tokens (b, t)
+// (token g = b * L + t). Phase 1: the block's threads compute cos / sin of pos * inv_freq_i
+// (float64, as rotary_kernel) once per (token, i < hd/2) into shared memory. Phase 2: one
+// thread per (token, head, chunk of E pairs): x1 = x[i .. i+E), x2 = x[half+i .. half+i+E)
+// loaded with one vector access each (vecio.cuh), y1 = x1 c - x2 s, y2 = x1 s + x2 c in
+// float32 (the same expressions as rotary_kernel). Each element is read and then written by
+// one thread, so y may alias x.
+template <int E>
+__global__ void __launch_bounds__(ROT_THREADS)
+rotary_tok_kernel(int64_t ntok, int64_t L, int H, int hd, int tpb, samba_cu_ref x, int64_t xs0,
+                  int64_t xs1, int64_t xs2, samba_cu_ref pos, int pos_batched, int64_t offset,
+                  double log_base, float sgn, samba_cu_ref y, int64_t ys0, int64_t ys1,
+                  int64_t ys2) {
+    extern __shared__ float rot_cs[];   // [tpb][half][2]: cos, sin
+    const int half = hd / 2;
+    const int64_t tok0 = (int64_t)blockIdx.x * tpb;
+    const int nang = tpb * half;
+    for (int k = threadIdx.x; k < nang; k += blockDim.x) {
+        const int tl = k / half, i = k - tl * half;
+        const int64_t g = tok0 + tl;
+        float c = 1.0f, s = 0.0f;
+        if (g < ntok) {
+            const int64_t b = g / L, t = g - b * L;
+            int64_t p;
+            if (pos.ptr)
+                p = ldi(pos.ptr, pos.dtype, pos_batched ? g : t) + offset;
+            else
+                p = offset + t;
+            const double inv_freq = exp(-(2.0 * (double)i / (double)hd) * log_base);
+            double sn, cs;
+            sincos((double)p * inv_freq, &sn, &cs);
+            c = (float)cs, s = sgn * (float)sn;
+        }
+        rot_cs[2 * k] = c;
+        rot_cs[2 * k + 1] = s;
+    }
+    __syncthreads();
+    const int cph = half / E;            // chunks per head
+    const int per_tok = H * cph;
+    const int nwork = tpb * per_tok;
+    for (int k = threadIdx.x; k < nwork; k += blockDim.x) {
+        const int tl = k / per_tok;
+        const int rem = k - tl * per_tok;
+        const int h = rem / cph;
+        const int i = (rem - h * cph) * E;
+        const int64_t g = tok0 + tl;
+        if (g >= ntok) continue;
+        const int64_t b = g / L, t = g - b * L;
+        const int64_t xo = b * xs0 + t * xs1 + h * xs2;
+        const int64_t yo = b * ys0 + t * ys1 + h * ys2;
+        RawV<E> r1, r2;
+        ldraw<E>(x, xo + i, r1);
+        ldraw<E>(x, xo + i + half, r2);
+        float x1[E], x2[E], y1[E], y2[E];
+        cvt<E>(r1, x.dtype, x1);
+        cvt<E>(r2, x.dtype, x2);
+        const float *cs = rot_cs + 2 * (tl * half + i);
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+            const float c = cs[2 * e], s = cs[2 * e + 1];
+            y1[e] = x1[e] * c - x2[e] * s;
+            y2[e] = x1[e] * s + x2[e] * c;
+        }
+        stv<E>(y, yo + i, y1);
+        stv<E>(y, yo + i + half, y2);
+    }
+}
+
+// The token path: float dtypes, hd/2 and the chunk sizes fitting int, the angle table in
+// ROT_SMEM_MAX. E: the widest in {8, 4, 2, 1} dividing hd/2 that x's and y's base
+// addresses and strides allow (half an offset of hd/2 is then also a multiple of E).
+static int rotary_tok_try(int64_t batch, int64_t L, int64_t H, int64_t hd, samba_cu_ref x,
+                          const int64_t *xs, samba_cu_ref pos, int pos_batched, int64_t offset,
+                          double log_base, float sgn, samba_cu_ref y, const int64_t *ys,
+                          cudaStream_t st) {
+    if (!vec_float_dtype(x.dtype) || !vec_float_dtype(y.dtype)) return 0;
+    const int64_t half = hd / 2;
+    if (H > 65536 || half > 4096) return 0;
+    int E = 8;
+    for (; E > 1; E /= 2) {
+        if (half % E) continue;
+        int ok = 1;
+        for (int d = 0; d < 3 && ok; ++d) ok = vec_ok(E, x, xs[d]) && vec_ok(E, y, ys[d]);
+        if (ok) break;
+    }
+    const int64_t per_tok = H * (half / E);
+    int64_t tpb = per_tok >= ROT_THREADS ? 1 : ROT_THREADS / per_tok;
+    const int64_t ntok = batch * L;
+    if (tpb > ntok) tpb = ntok;
+    const size_t smem = (size_t)tpb * (size_t)half * 2 * sizeof(float);
+    if (smem > ROT_SMEM_MAX) return 0;
+    const int64_t grid = cdiv(ntok, tpb);
+    if (grid > 0x7fffffffLL) return 0;
+    const int64_t work = tpb * per_tok;
+    const unsigned threads = (unsigned)(work >= ROT_THREADS ? ROT_THREADS : cdiv(work, 32) * 32);
+#define ROT_LAUNCH(E_)                                                                         \
+    rotary_tok_kernel<E_><<<(unsigned)grid, threads, smem, st>>>(                             \
+        ntok, L, (int)H, (int)hd, (int)tpb, x, xs[0], xs[1], xs[2], pos, pos_batched, offset,  \
+        log_base, sgn, y, ys[0], ys[1], ys[2])
+    if (E == 8) ROT_LAUNCH(8);
+    else if (E == 4) ROT_LAUNCH(4);
+    else if (E == 2) ROT_LAUNCH(2);
+    else ROT_LAUNCH(1);
+#undef ROT_LAUNCH
+    return 1;
+}
+
+// y = x rotated by sgn * the angles (sgn 1: the forward, -1: the backward); `what` names the
+// call in errors.
+static samba_status rotary_run(const char *what, int64_t batch, int64_t seqlen, int64_t nheads,
+                               int64_t headdim, samba_cu_ref x, const int64_t *x_s,
+                               samba_cu_ref positions, int pos_batched, int64_t offset,
+                               double base, float sgn, samba_cu_ref y, const int64_t *y_s,
+                               void *stream) {
+    if (headdim % 2 != 0)
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "%s: headdim must be even, got %lld", what,
+                                 (long long)headdim);
+    if (!(base > 0.0)) return samba_cu_fail_msg(SAMBA_ERR_ARG, "%s: base must be > 0", what);
+    const int64_t n = batch * seqlen * nheads * (headdim / 2);
+    if (n == 0) return SAMBA_OK;
+    if (rotary_tok_try(batch, seqlen, nheads, headdim, x, x_s, positions, pos_batched, offset,
+                       log(base), sgn, y, y_s, (cudaStream_t)stream))
+        return samba_cu_check_launch(what, stream);
+    rotary_kernel<<<grid_1d(n, 256), 256, 0, (cudaStream_t)stream>>>(
+        batch, seqlen, nheads, headdim, x, x_s[0], x_s[1], x_s[2], positions, pos_batched,
+        offset, log(base), sgn, y, y_s[0], y_s[1], y_s[2]);
+    return samba_cu_check_launch(what, stream);
 }
 
 extern "C" samba_status samba_cu_rotary(int64_t batch, int64_t seqlen, int64_t nheads,
@@ -39,15 +176,15 @@ extern "C" samba_status samba_cu_rotary(int64_t batch, int64_t seqlen, int64_t n
                                         samba_cu_ref positions, int pos_batched, int64_t offset,
                                         double base, samba_cu_ref y, const int64_t *y_s,
                                         void *stream) {
-    if (headdim % 2 != 0)
-        return samba_cu_fail_msg(SAMBA_ERR_ARG, "apply_rotary: headdim must be even, got %lld",
-                                 (long long)headdim);
-    if (!(base > 0.0))
-        return samba_cu_fail_msg(SAMBA_ERR_ARG, "apply_rotary: base must be > 0");
-    const int64_t n = batch * seqlen * nheads * (headdim / 2);
-    if (n == 0) return SAMBA_OK;
-    rotary_kernel<<<grid_1d(n, 256), 256, 0, (cudaStream_t)stream>>>(
-        batch, seqlen, nheads, headdim, x, x_s[0], x_s[1], x_s[2], positions, pos_batched,
-        offset, log(base), y, y_s[0], y_s[1], y_s[2]);
-    return samba_cu_check_launch("apply_rotary", stream);
+    return rotary_run("apply_rotary", batch, seqlen, nheads, headdim, x, x_s, positions,
+                      pos_batched, offset, base, 1.0f, y, y_s, stream);
+}
+
+extern "C" samba_status samba_cu_rotary_bwd(int64_t batch, int64_t seqlen, int64_t nheads,
+                                            int64_t headdim, samba_cu_ref dy, const int64_t *dy_s,
+                                            samba_cu_ref positions, int pos_batched, int64_t offset,
+                                            double base, samba_cu_ref dx, const int64_t *dx_s,
+                                            void *stream) {
+    return rotary_run("apply_rotary_bwd", batch, seqlen, nheads, headdim, dy, dy_s, positions,
+                      pos_batched, offset, base, -1.0f, dx, dx_s, stream);
 }

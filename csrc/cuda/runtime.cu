@@ -97,12 +97,7 @@ extern "C" samba_status samba_cu_get_device(int *device) {
     return SAMBA_OK;
 }
 
-extern "C" samba_status samba_cu_set_device(int device) {
-    int cur = -1;
-    if (device < 0 || device >= SAMBA_MAX_DEVICES)
-        return samba_cu_fail_msg(SAMBA_ERR_ARG, "device %d out of range", device);
-    if (cudaGetDevice(&cur) != cudaSuccess || cur != device)
-        CU_TRY("cudaSetDevice", cudaSetDevice(device));
+static samba_status samba_cu_pool_setup(int device) {
     if (!g_pool_ready[device]) {
         // Keep freed blocks cached in the pool (the default threshold 0 would return them
         // to the driver at every synchronization).
@@ -112,6 +107,92 @@ extern "C" samba_status samba_cu_set_device(int device) {
         CU_TRY("cudaMemPoolSetAttribute",
                cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &thr));
         g_pool_ready[device] = 1;
+    }
+    return SAMBA_OK;
+}
+
+extern "C" samba_status samba_cu_exchange_device(int device, int *prev) {
+    int cur = -1;
+    *prev = -1;
+    if (device < 0 || device >= SAMBA_MAX_DEVICES)
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "device %d out of range", device);
+    if (cudaGetDevice(&cur) != cudaSuccess) {
+        cudaGetLastError();  // not left behind for the next launch check
+        cur = -1;
+    }
+    *prev = cur;
+    if (cur != device) CU_TRY("cudaSetDevice", cudaSetDevice(device));
+    return samba_cu_pool_setup(device);
+}
+
+extern "C" samba_status samba_cu_set_device(int device) {
+    int prev;
+    return samba_cu_exchange_device(device, &prev);
+}
+
+// cuDevicePrimaryCtxGetState and cuDeviceGet, fetched from the driver through the runtime
+// (samba_ext does not link libcuda). Both NULL when the runtime cannot provide them.
+typedef int (*samba_drv_ctx_state_fn)(int dev, unsigned int *flags, int *active);
+typedef int (*samba_drv_device_get_fn)(int *dev, int ordinal);
+struct SambaDriverFns {
+    samba_drv_ctx_state_fn ctx_state;
+    samba_drv_device_get_fn device_get;
+};
+
+static void *samba_driver_symbol(const char *name) {
+    void *fn = NULL;
+#if CUDART_VERSION >= 12050
+    // Version 12.0 of the symbol: both functions are unchanged since CUDA 7, and every driver
+    // that runs this 12.5+ runtime supports 12.0 (a later version would fail on older ones).
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion(name, &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+        fn = NULL;
+#elif CUDART_VERSION >= 12000
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPoint(name, &fn, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+        fn = NULL;
+#elif CUDART_VERSION >= 11030
+    if (cudaGetDriverEntryPoint(name, &fn, cudaEnableDefault) != cudaSuccess) fn = NULL;
+#else
+    (void)name;
+#endif
+    cudaGetLastError();  // a failed lookup is not an error of the next launch
+    return fn;
+}
+
+static const SambaDriverFns &samba_driver_fns(void) {
+    static const SambaDriverFns fns = {
+        (samba_drv_ctx_state_fn)samba_driver_symbol("cuDevicePrimaryCtxGetState"),
+        (samba_drv_device_get_fn)samba_driver_symbol("cuDeviceGet")};
+    return fns;
+}
+
+extern "C" int samba_cu_primary_ctx_active(int device) {
+    const SambaDriverFns &f = samba_driver_fns();
+    int dev = -1, active = 0;
+    unsigned int flags = 0;
+    if (f.ctx_state == NULL || f.device_get == NULL || device < 0) return -1;
+    if (f.device_get(&dev, device) != 0 || f.ctx_state(dev, &flags, &active) != 0) return -1;
+    return active ? 1 : 0;
+}
+
+extern "C" samba_status samba_cu_restore_device(int prev) {
+    int cur = -1;
+    if (prev < 0) return SAMBA_OK;  // no previous device was known
+    if (cudaGetDevice(&cur) != cudaSuccess) {
+        cudaGetLastError();
+        cur = -1;
+    }
+    if (cur == prev) return SAMBA_OK;
+    // Making a device current creates its primary context (hundreds of MB) when it has none:
+    // a thread that never used `prev` is left on the device it is on now.
+    if (samba_cu_primary_ctx_active(prev) == 0) return SAMBA_OK;
+    cudaError_t e = cudaSetDevice(prev);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return samba_cu_fail("cudaSetDevice (making the previous device current again)", e);
     }
     return SAMBA_OK;
 }
@@ -280,15 +361,21 @@ struct CopyParams {
 };
 
 // One thread per element of `shape` (grid-stride): unravel the coordinate, replace the
-// coordinate along `axis` through an index array where given, convert and store.
+// coordinate along `axis` through an index array where given, convert and store. I: the
+// type of the element index and the unravelling divisions, 32-bit (a few instructions per
+// division instead of a 64-bit division routine) when the element count allows.
+template <typename I>
 __global__ void copy_kernel(CopyParams p) {
     const int is_int = p.src.dtype >= SAMBA_CU_I32;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < p.n;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        int64_t rem = i, soff = 0, doff = 0, c0 = 0, ca = 0;
+    const I n = (I)p.n;
+    for (I i = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; i < n;
+         i += (I)gridDim.x * (I)blockDim.x) {
+        I rem = i;
+        int64_t soff = 0, doff = 0, c0 = 0, ca = 0;
         for (int d = p.ndim - 1; d >= 0; --d) {
-            const int64_t c = rem % p.shape[d];
-            rem /= p.shape[d];
+            const I q = rem / (I)p.shape[d];
+            const int64_t c = (int64_t)(rem - q * (I)p.shape[d]);
+            rem = q;
             if (d == 0) c0 = c;
             if (d == p.axis) {
                 ca = c;
@@ -343,6 +430,10 @@ extern "C" samba_status samba_cu_copy(int ndim, const int64_t *shape, samba_cu_r
     p.dst = dst;
     p.sidx = src_idx;
     p.didx = dst_idx;
-    copy_kernel<<<grid_1d(p.n, 256), 256, 0, (cudaStream_t)stream>>>(p);
+    // 32-bit: i < n < 2^31 and the grid stride <= (65535 * 32) * 256 < 2^29: no wrap.
+    if (p.n < 0x7fffffffLL)
+        copy_kernel<uint32_t><<<grid_1d(p.n, 256), 256, 0, (cudaStream_t)stream>>>(p);
+    else
+        copy_kernel<uint64_t><<<grid_1d(p.n, 256), 256, 0, (cudaStream_t)stream>>>(p);
     return samba_cu_check_launch("copy (strided / gather / scatter / dtype conversion)", stream);
 }

@@ -59,9 +59,24 @@ samba_status samba_cu_fail_msg(samba_status s, const char *fmt, ...);
 samba_status samba_cu_device_info(int device, char *name, size_t name_len, int *major,
                                   int *minor, int64_t *total_mem, int *sm_count);
 
+/* Makes `device` the calling thread's current device; on first use of a device its memory
+ * pool is set up (see samba_cu_malloc). */
 samba_status samba_cu_set_device(int device);
 /* The calling thread's current device. */
 samba_status samba_cu_get_device(int *device);
+/* samba_cu_set_device(device), returning in *prev the device that was current before (-1
+ * when it could not be read). Pair it with samba_cu_restore_device(*prev). */
+samba_status samba_cu_exchange_device(int device, int *prev);
+/* Makes `prev` current again after samba_cu_exchange_device, as PyTorch's device guard does:
+ * nothing happens when `prev` is current already or is -1, nor when the primary context of
+ * `prev` is not active (making it current would create that context, hundreds of MB on a
+ * device the thread never used: the thread stays on its present device). When the context
+ * state cannot be read (see samba_cu_primary_ctx_active) `prev` is made current anyway. */
+samba_status samba_cu_restore_device(int prev);
+/* 1 when the primary context of `device` is active, 0 when it is not, -1 when unknown
+ * (cuDevicePrimaryCtxGetState fetched from the driver with cudaGetDriverEntryPoint*,
+ * without linking libcuda; unavailable before CUDA 11.3 or when the query fails). */
+int samba_cu_primary_ctx_active(int device);
 /* Stream-ordered allocation from the device's default memory pool (cudaMallocAsync). On
  * first use of a device its pool's release threshold is raised so that freed memory stays
  * cached for reuse (samba_cu_trim releases it). nbytes 0 gives NULL. */
@@ -134,6 +149,14 @@ void samba_cu_gemm_release(void);
 #define SAMBA_GEMM_LT_TUNE 2
 int samba_cu_gemm_mode(void);
 samba_status samba_cu_gemm_set_mode(int mode);
+/* GEMV path (gemv.cu) of samba_cu_gemm / samba_cu_gemm_batched for y = x @ W^T with at most 8
+ * rows of bf16 / f16 x and W's base and row pitch 8-byte aligned (other calls keep the path
+ * above): 1 on, 0 off. Initially from SAMBA_EXT_GEMV ("1" on, else off), read once on first
+ * use; samba_cu_gemv_set overrides it (SAMBA_ERR_ARG unless 0 or 1). */
+int samba_cu_gemv_enabled(void);
+samba_status samba_cu_gemv_set(int on);
+/* Number of GEMM calls that ran the GEMV kernel so far in this process (a testing aid). */
+long long samba_cu_gemv_launches(void);
 
 /* ---------------------------------------------------------------- scan.cu ------------- */
 /*
@@ -155,6 +178,8 @@ typedef struct samba_cu_scan_args {
     float *final_state;
 } samba_cu_scan_args;
 samba_status samba_cu_scan_fwd(const samba_cu_scan_args *a, void *stream);
+/* Forward calls so far that ran kernel `kind` (0 per-channel, 1 split, 2 tile, 3 warp). */
+long long samba_cu_scan_launches(int kind);
 
 /* One decode step: state (B, D, N) float32 in place; x, dt, z, y (B, D) with strides
  * *_s[0..1]; B, C (B, G, N) with strides *_s[0..2]; A (D, N), D, dt_bias (D) contiguous. */
@@ -214,9 +239,9 @@ samba_status samba_cu_attn_fwd(const samba_cu_attn_args *a, void *stream);
  */
 /*
  * Tensor-core variant of the attention kernels: which 0 = prefill, 1 = decode; value 0 =
- * auto (per head dim), 1, 2 (or 3, prefill) = that variant, -1 = query only. Returns the setting (after
+ * auto (per head dim), 1, 2 (or 3, 4: prefill) = that variant, -1 = query only. Returns the setting (after
  * the change), or -1 for a bad argument. Initially from SAMBA_EXT_ATTN_PREFILL /
- * SAMBA_EXT_ATTN_DECODE (v1 | v2 | v3 | auto). Results agree up to rounding order.
+ * SAMBA_EXT_ATTN_DECODE (v1 | v2 | v3 | v4 | auto). Results agree up to rounding order.
  */
 int samba_cu_attn_variant(int which, int value);
 samba_status samba_cu_attn_decode(int64_t batch, int64_t nheads, int64_t nheads_kv,

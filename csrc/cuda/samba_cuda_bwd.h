@@ -1,7 +1,7 @@
 /*
  * samba_cuda_bwd.h - C interface of the CUDA backward kernels of attention, RMSNorm, SwiGLU
  * and rotary (attention_bwd.cu, attention_bwd_mma.cu, attention_fwd_lse.cu, norm_bwd.cu,
- * swiglu_bwd.cu, rotary_bwd.cu). Conventions as in samba_cuda.h: launchers return a
+ * swiglu_bwd.cu, rotary.cu). Conventions as in samba_cuda.h: launchers return a
  * samba_status (message in samba_cuda_last_error()), arrays are device pointers with a
  * dtype code each (float32 / float16 / bfloat16 read and written; float32 arithmetic and
  * accumulation), streams are cudaStream_t passed as void*. Where a launcher needs scratch
@@ -54,7 +54,7 @@ typedef struct samba_cu_attn_ext_args {
 samba_status samba_cu_attn_fwd_lse(const samba_cu_attn_ext_args *a, void *stream);
 samba_status samba_cu_attn_bwd(const samba_cu_attn_ext_args *a, void *stream);
 
-/* ------------------------------------------------ norm_bwd.cu, swiglu_bwd.cu, rotary_bwd.cu */
+/* ------------------------------------------------ norm_bwd.cu, swiglu_bwd.cu, rotary.cu ---- */
 /*
  * RMSNorm backward (samba.h samba_rmsnorm_bwd semantics): x, dy (rows, n) with row strides
  * ldx / ldy; residual, dresidual_out (rows, n, row strides ldr / ldro) or absent; weight (n).

@@ -11,6 +11,7 @@
 
 #include "scan_common.cuh"
 #include "scan_tile.cuh"
+#include "scan_warp.cuh"
 
 #define SCAN_THREADS 128
 
@@ -469,6 +470,42 @@ static samba_status launch_tile(const samba_cu_scan_args *a, int lanes, cudaStre
     return samba_cu_check_launch("selective_scan (tiled)", st);
 }
 
+// The warp kernel (scan_warp.cuh): SAMBA_EXT_SCAN_VARIANT=warp (16 steps per lane) or warp8
+// (8), under the split kernel's conditions (split_lanes > 1, split_vec_ok; so
+// SAMBA_EXT_SCAN_LANES=1 runs the per-channel kernel) and with no chunks requested; 0 otherwise.
+static int warp_items(void) {
+    const char *v = getenv("SAMBA_EXT_SCAN_VARIANT");
+    if (v == NULL || env_int("SAMBA_EXT_SCAN_CHUNKS", 1) > 1) return 0;
+    return strcmp(v, "warp") == 0 ? 16 : strcmp(v, "warp8") == 0 ? 8 : 0;
+}
+
+template <typename T>
+static void launch_warp_t(const samba_cu_scan_args *a, int items, cudaStream_t st) {
+    const unsigned grid = (unsigned)cdiv(a->batch * a->dim, WS_WARPS);
+    if (items == 16)
+        scan_warp_kernel<16, T><<<grid, WS_WARPS * 32, 0, st>>>(*a);
+    else
+        scan_warp_kernel<8, T><<<grid, WS_WARPS * 32, 0, st>>>(*a);
+}
+
+static samba_status launch_warp(const samba_cu_scan_args *a, int items, cudaStream_t st) {
+    if (a->u.dtype == SAMBA_CU_BF16)
+        launch_warp_t<__nv_bfloat16>(a, items, st);
+    else if (a->u.dtype == SAMBA_CU_F16)
+        launch_warp_t<__half>(a, items, st);
+    else
+        launch_warp_t<float>(a, items, st);
+    return samba_cu_check_launch("selective_scan (warp)", st);
+}
+
+// Forward calls per kernel so far (0 per-channel, 1 split, 2 tile, 3 warp): the tests check
+// which kernel a shape reaches with it.
+static long long g_scan_launches[4];
+
+extern "C" long long samba_cu_scan_launches(int kind) {
+    return kind >= 0 && kind < 4 ? g_scan_launches[kind] : -1;
+}
+
 static samba_status check_groups(int64_t dim, int64_t ngroups, int64_t dstate) {
     if (ngroups < 1 || dim % ngroups != 0)
         return samba_cu_fail_msg(SAMBA_ERR_ARG, "selective_scan: dim %lld not divisible by "
@@ -503,9 +540,16 @@ extern "C" samba_status samba_cu_scan_fwd(const samba_cu_scan_args *a, void *str
     cudaStream_t st = (cudaStream_t)stream;
     const int lanes = split_lanes(a);
     if (lanes > 1 && split_vec_ok(a)) {
+        const int wk = warp_items();
+        if (wk) {
+            g_scan_launches[3]++;
+            return launch_warp(a, wk, st);
+        }
         const int tl = tile_lanes(a);
+        g_scan_launches[tl ? 2 : 1]++;
         return tl ? launch_tile(a, tl, st) : launch_split(a, lanes, st);
     }
+    g_scan_launches[0]++;
     const unsigned grid = (unsigned)cdiv(n, SCAN_THREADS);
     if (a->B.dtype == SAMBA_CU_BF16)
         launch_scan<__nv_bfloat16>(a, grid, st);

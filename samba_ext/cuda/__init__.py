@@ -39,6 +39,10 @@ Every op here takes the same arguments as its namesake in :mod:`samba_ext.kernel
   fault is reported by the kernel that caused it. Without a usable GPU every function
   raises :class:`samba_ext.errors.CudaUnavailableError` saying why ("built without CUDA",
   "no device", "driver too old").
+* Devices: a call runs on the device of its CUDA inputs (device 0 for NumPy inputs) and
+  leaves the calling thread's current device as it found it, also when it raises (as
+  PyTorch's device guard: not when the previous device has no active primary context,
+  which would be created).
 * Memory comes from the CUDA stream-ordered allocator (``cudaMallocAsync`` on the device's
   default pool); :func:`empty_cache` returns cached blocks to the driver.
 """

@@ -3,6 +3,8 @@
 
 Memory comes from the CUDA stream-ordered allocator (``cudaMallocAsync`` on the device's
 default pool), or from the model backend's arena while a decode step is being recorded.
+Every function and method here leaves the calling thread's current CUDA device as it found
+it (:class:`~samba_ext.cuda.runtime.DeviceGuard`).
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ import numpy as np
 from .interop import export_cai, export_dlpack
 from .layout import DTYPES, KDLCUDA, c_strides, check_dtype, host_contig, is_c_contig, \
     nocopy_reshape
-from .runtime import flush_recorder, launch, poison_enabled, recorder, require, stream_handle
+from .runtime import DeviceGuard, flush_recorder, launch, poison_enabled, recorder, require, \
+    stream_handle
 
 __all__ = ["DeviceArray", "to_device", "empty", "zeros"]
 
@@ -65,10 +68,11 @@ class DeviceArray:
         if got is not None:
             owner, ptr = got
             return cls(owner, ptr, shape, dtype, device, s)
-        buf = cu.Buffer(n, int(device), s, keep)
+        buf = cu.Buffer(n, int(device), s, keep)  # allocates on `device`, restores the current
         a = cls(buf, buf.ptr, shape, dtype, device, s)
         if poison_enabled() and n:
-            launch(cu.memset, a._ptr, 0xFF, n, s)
+            with DeviceGuard(device):
+                launch(cu.memset, a._ptr, 0xFF, n, s)
         return a
 
     # -- properties -----------------------------------------------------------------
@@ -185,13 +189,13 @@ class DeviceArray:
         """A converted C-contiguous copy (floats among each other, ints among each other)."""
         dtype = check_dtype(dtype)
         cu = require()
-        cu.set_device(self.device)
-        out = DeviceArray.empty(self.shape, dtype, self.device, self._stream,
-                                getattr(self._buf, "keep", None))
-        if out.size:
-            launch(cu.copy, self.shape, (self._ptr, DTYPES[self.dtype][0]), self._strides,
-                    (out._ptr, DTYPES[dtype][0]), out._strides, -1, None, None, 0,
-                    self._stream)
+        with DeviceGuard(self.device):
+            out = DeviceArray.empty(self.shape, dtype, self.device, self._stream,
+                                    getattr(self._buf, "keep", None))
+            if out.size:
+                launch(cu.copy, self.shape, (self._ptr, DTYPES[self.dtype][0]), self._strides,
+                       (out._ptr, DTYPES[dtype][0]), out._strides, -1, None, None, 0,
+                       self._stream)
         return out
 
     def copy(self) -> "DeviceArray":
@@ -201,21 +205,15 @@ class DeviceArray:
         """Copy to a NumPy array (synchronizes; bfloat16 is returned as float32)."""
         cu = require()
         flush_recorder()
-        cu.set_device(self.device)
-        src = self if self.is_contiguous else self.copy()
-        if self.dtype == "bfloat16":
-            raw = np.empty(self.shape, dtype=np.uint16)
-            if raw.size:
-                cu.memcpy_d2h(raw, src._ptr, self._stream)
+        bf16 = self.dtype == "bfloat16"
+        host = np.empty(self.shape, dtype=np.uint16 if bf16 else np.dtype(self.dtype))
+        with DeviceGuard(self.device):
+            src = self if self.is_contiguous else self.copy()
+            if host.size:
+                cu.memcpy_d2h(host, src._ptr, self._stream)
             else:
                 cu.stream_sync(self._stream)
-            return (raw.astype(np.uint32) << 16).view(np.float32)
-        host = np.empty(self.shape, dtype=np.dtype(self.dtype))
-        if host.size:
-            cu.memcpy_d2h(host, src._ptr, self._stream)
-        else:
-            cu.stream_sync(self._stream)
-        return host
+        return (host.astype(np.uint32) << 16).view(np.float32) if bf16 else host
 
     numpy = to_numpy
 
@@ -250,7 +248,6 @@ def to_device(x: Any, dtype: Optional[str] = None, device: int = 0,
     (default: float32 for floats, int64 for integers; float16 kept; "bfloat16" rounds to
     nearest even on the device)."""
     cu = require()
-    cu.set_device(int(device))
     s = stream_handle(stream)
     h = np.asarray(x)
     if h.dtype.kind in "iub":
@@ -264,9 +261,10 @@ def to_device(x: Any, dtype: Optional[str] = None, device: int = 0,
     else:
         raise TypeError(f"x: expected a numeric array, got dtype {h.dtype}")
     dtype = check_dtype(dtype) if dtype is not None else src_dtype
-    d = DeviceArray.empty(h.shape, src_dtype, int(device), stream)
-    if h.size:
-        cu.memcpy_h2d(d.ptr, h.reshape(-1).view(np.uint8), s)
+    with DeviceGuard(int(device)):
+        d = DeviceArray.empty(h.shape, src_dtype, int(device), stream)
+        if h.size:
+            cu.memcpy_h2d(d.ptr, h.reshape(-1).view(np.uint8), s)
     return d if dtype == src_dtype else d.astype(dtype)
 
 
@@ -279,7 +277,8 @@ def empty(shape: Sequence[int], dtype: str = "float32", device: int = 0,
 def zeros(shape: Sequence[int], dtype: str = "float32", device: int = 0,
           stream: Any = 0) -> DeviceArray:
     """Zero-filled DeviceArray."""
-    a = DeviceArray.empty(shape, dtype, device, stream)
-    if a.nbytes:
-        launch(require().memset, a.ptr, 0, a.nbytes, a.stream)
+    with DeviceGuard(int(device)):
+        a = DeviceArray.empty(shape, dtype, device, stream)
+        if a.nbytes:
+            launch(require().memset, a.ptr, 0, a.nbytes, a.stream)
     return a

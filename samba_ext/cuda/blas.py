@@ -20,11 +20,12 @@ import numpy as np
 from .call import Call
 from .interop import ArrayView
 from .layout import DTYPES, check_dtype
-from .runtime import launch
+from .runtime import keeps_device, launch
 
 __all__ = ["linear", "matmul"]
 
 
+@keeps_device
 def linear(x: Any, weight: Any, *, out: Any = None, out_dtype: Optional[str] = None,
            stream: Any = None) -> Any:
     """y (..., N) = x (..., K) @ weight (N, K)^T through cuBLAS (cublasGemmEx,
@@ -76,6 +77,7 @@ def _batch_stride(shape: tuple, strides: tuple, bshape: tuple) -> Optional[int]:
     return st
 
 
+@keeps_device
 def matmul(a: Any, b: Any, trans_a: bool = False, trans_b: bool = False, *,
            out_dtype: str = "float32", out: Any = None, stream: Any = None) -> Any:
     """``op(a) @ op(b)`` over the last two axes (op = swap of the last two axes when the flag

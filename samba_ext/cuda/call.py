@@ -46,7 +46,11 @@ def view(x: Any, name: str, stream: int, device: int) -> ArrayView:
 
 
 class Call:
-    """Collects the device, stream, imported views and temporaries of one kernel call."""
+    """Collects the device, stream, imported views and temporaries of one kernel call.
+
+    Makes the inputs' device current (device 0 for host inputs); the public function that
+    creates the Call is decorated with :func:`~samba_ext.cuda.runtime.keeps_device`, which
+    puts the caller's current device back when it returns or raises."""
 
     def __init__(self, name: str, arrays: dict, stream: Any) -> None:
         self.name = name

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from .call import Call
 from .interop import ArrayView
-from .runtime import launch
+from .runtime import keeps_device, launch
 
 __all__ = ["attention_fwd", "attention_bwd"]
 
@@ -45,6 +45,7 @@ def _forward(c: Call, qa: ArrayView, ka: ArrayView, va: ArrayView, scale: float,
     return oa, ores, la, lres
 
 
+@keeps_device
 def attention_fwd(q: Any, k: Any, v: Any, scale: float, left: int, right: int, softcap: float,
                   *, stream: Any = None) -> tuple[Any, Any]:
     """(out (batch, seqlen_q, nheads, headdim) in q's dtype, lse (batch, nheads, seqlen_q)
@@ -56,6 +57,7 @@ def attention_fwd(q: Any, k: Any, v: Any, scale: float, left: int, right: int, s
     return c.finish((ores, lres))
 
 
+@keeps_device
 def attention_bwd(q: Any, k: Any, v: Any, scale: float, left: int, right: int, softcap: float,
                   dout: Any, out: Optional[Any] = None, lse: Optional[Any] = None, *,
                   stream: Any = None) -> tuple[Any, Any, Any]:

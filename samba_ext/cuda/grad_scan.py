@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from .call import Call, strides_bgnl
 from .layout import DTYPES
-from .runtime import launch
+from .runtime import keeps_device, launch
 
 __all__ = ["selective_scan_bwd", "causal_conv1d_bwd"]
 
@@ -38,6 +38,7 @@ def _ref(d: Any) -> Optional[tuple]:
     return None if d is None else (d.ptr, DTYPES[d.dtype][0])
 
 
+@keeps_device
 def selective_scan_bwd(u: Any, delta: Any, A: Any, B: Any, C: Any, D: Any, z: Any,
                        delta_bias: Any, delta_softplus: bool, initial_state: Any, dout: Any,
                        dlast_state: Any, *, stream: Any = None) -> tuple:
@@ -100,6 +101,7 @@ def selective_scan_bwd(u: Any, delta: Any, A: Any, B: Any, C: Any, D: Any, z: An
     return c.finish((du, ddelta, dA, dB, dC, dD, dz, ddb, dinit))
 
 
+@keeps_device
 def causal_conv1d_bwd(x: Any, weight: Any, bias: Any, activation: Optional[str],
                       initial_states: Any, dy: Any, dfinal_states: Any, *,
                       stream: Any = None) -> tuple:

@@ -1,5 +1,6 @@
 """The CUDA side of :func:`samba_ext.grad.rms_norm_bwd`, :func:`~samba_ext.grad.swiglu_bwd` and
-:func:`~samba_ext.grad.apply_rotary_bwd` (csrc/cuda/norm_bwd.cu, swiglu_bwd.cu, rotary_bwd.cu).
+:func:`~samba_ext.grad.apply_rotary_bwd` (csrc/cuda/norm_bwd.cu, swiglu_bwd.cu, and rotary.cu with
+negated angles).
 
 :mod:`samba_ext.grad` checks the arguments and calls here when an input lives on a CUDA
 device. Inputs are float32 / float16 / bfloat16 with any strides (rows are read through a row
@@ -15,11 +16,12 @@ import numpy as np
 
 from .call import Call
 from .layout import DTYPES
-from .runtime import launch
+from .runtime import keeps_device, launch
 
 __all__ = ["rms_norm_bwd", "swiglu_bwd", "apply_rotary_bwd"]
 
 
+@keeps_device
 def rms_norm_bwd(x: Any, weight: Any, eps: float, residual: Any, dy: Any, dresidual_out: Any,
                  *, stream: Any = None) -> tuple[Any, Any, Any]:
     """(dx (x's shape), dweight (n,), dresidual): dresidual is dx itself when residual was
@@ -52,6 +54,7 @@ def rms_norm_bwd(x: Any, weight: Any, eps: float, residual: Any, dy: Any, dresid
     return dx, dw, (dx if residual is not None else None)
 
 
+@keeps_device
 def swiglu_bwd(gate: Any, up: Any, dy: Any, *, stream: Any = None) -> tuple[Any, Any]:
     """(dgate, dup) of gate's shape."""
     c = Call("swiglu_bwd", dict(gate=gate, up=up, dy=dy), stream)
@@ -77,6 +80,7 @@ def swiglu_bwd(gate: Any, up: Any, dy: Any, *, stream: Any = None) -> tuple[Any,
     return c.finish((dgr, dur))
 
 
+@keeps_device
 def apply_rotary_bwd(dy: Any, positions: Any = 0, base: float = 10000.0, *,
                      stream: Any = None) -> Any:
     """dx (batch, seqlen, nheads, headdim) in dy's dtype: dy rotated by the negative angles.

@@ -14,7 +14,7 @@ import numpy as np
 
 from .layout import DTYPES, FROM_DL, FROM_TYPESTR, KDLCUDA, KDLCUDA_MANAGED, c_strides, \
     is_c_contig
-from .runtime import flush_recorder, norm_stream, dl_stream, require
+from .runtime import DeviceGuard, dl_stream, flush_recorder, norm_stream, require
 
 __all__ = ["ArrayView", "is_cuda_array", "cuda_device_of", "describe", "import_array",
            "export_dlpack", "export_cai"]
@@ -134,20 +134,20 @@ def export_dlpack(arr: Any, stream: Any, max_version: Any, dl_device: Any,
     if dl_device is not None and tuple(int(v) for v in dl_device) != (KDLCUDA, arr.device):
         raise BufferError(f"DeviceArray lives on cuda:{arr.device}; it cannot be exported "
                           f"to device {tuple(dl_device)} (use to_numpy() for the host)")
-    flush_recorder()
-    cu.set_device(arr.device)
-    src = arr.copy() if copy else arr
     if stream is not None and not isinstance(stream, (int, np.integer)):
         raise TypeError(f"stream: expected an int or None, got {type(stream).__name__}")
     if stream is not None and int(stream) == 0:
         raise ValueError("stream=0 is not allowed by DLPack (use 1 for the legacy default "
                          "stream, 2 for the per-thread default stream)")
-    if stream is None or int(stream) != -1:
-        consumer = 0 if stream is None else norm_stream(int(stream))
-        if consumer != src._stream:
-            cu.stream_wait(consumer, src._stream)
-            if hasattr(src._buf, "add_use"):
-                src._buf.add_use(consumer)
+    flush_recorder()
+    with DeviceGuard(arr.device):
+        src = arr.copy() if copy else arr
+        if stream is None or int(stream) != -1:
+            consumer = 0 if stream is None else norm_stream(int(stream))
+            if consumer != src._stream:
+                cu.stream_wait(consumer, src._stream)
+                if hasattr(src._buf, "add_use"):
+                    src._buf.add_use(consumer)
     versioned = max_version is not None and int(max_version[0]) >= 1
     minor = 0
     if versioned:

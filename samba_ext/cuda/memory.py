@@ -1,5 +1,6 @@
 """Device memory statistics and cache control of the stream-ordered pool
-(``cudaMallocAsync`` on each device's default pool)."""
+(``cudaMallocAsync`` on each device's default pool). Neither function changes the calling
+thread's current device (``_cuda.trim`` switches to ``device`` and back itself)."""
 from __future__ import annotations
 
 from .runtime import require

@@ -15,6 +15,8 @@ functions directly with arrays it made itself.
   NumPy results.
 * A failed launch raises ``CudaError`` (a RuntimeError) naming the kernel; set
   ``SAMBA_EXT_CUDA_SYNC=1`` to synchronize after every launch.
+* The work runs with the inputs' device current; the calling thread's current device is
+  put back afterwards, also on error (:func:`~samba_ext.cuda.runtime.keeps_device`).
 """
 from __future__ import annotations
 
@@ -26,12 +28,13 @@ import numpy as np
 from .call import Call, strides_bgnl
 from .interop import ArrayView, is_cuda_array
 from .layout import DTYPES
-from .runtime import launch
+from .runtime import keeps_device, launch
 
 __all__ = ["selective_scan", "selective_state_update", "causal_conv1d", "causal_conv1d_update",
            "swa_attention", "swa_decode", "rms_norm", "apply_rotary", "swiglu"]
 
 
+@keeps_device
 def selective_scan(u: Any, delta: Any, A: Any, B: Any, C: Any, D: Any = None, z: Any = None,
                    delta_bias: Any = None, delta_softplus: bool = False,
                    initial_state: Any = None, return_last_state: bool = False, *,
@@ -74,6 +77,7 @@ def selective_scan(u: Any, delta: Any, A: Any, B: Any, C: Any, D: Any = None, z:
     return c.finish((yres, fres) if return_last_state else yres)
 
 
+@keeps_device
 def selective_state_update(state: Any, x: Any, dt: Any, A: Any, B: Any, C: Any, D: Any = None,
                            z: Any = None, dt_bias: Any = None, dt_softplus: bool = False, *,
                            out: Any = None, stream: Any = None) -> Any:
@@ -129,6 +133,7 @@ def _conv_weight(c: Call, weight: Any, dim: int) -> ArrayView:
     return wa
 
 
+@keeps_device
 def causal_conv1d(x: Any, weight: Any, bias: Any = None, activation: Optional[str] = None,
                   initial_states: Any = None, return_final_states: bool = False, *,
                   out: Any = None, stream: Any = None) -> Any:
@@ -152,6 +157,7 @@ def causal_conv1d(x: Any, weight: Any, bias: Any = None, activation: Optional[st
     return c.finish((yres, fres) if return_final_states else yres)
 
 
+@keeps_device
 def causal_conv1d_update(x: Any, conv_state: Any, weight: Any, bias: Any = None,
                          activation: Optional[str] = None, *, out: Any = None,
                          stream: Any = None) -> Any:
@@ -177,6 +183,7 @@ def _scale(softmax_scale: Optional[float], hd: int) -> float:
     return 1.0 / math.sqrt(hd) if softmax_scale is None else float(softmax_scale)
 
 
+@keeps_device
 def swa_attention(q: Any, k: Any, v: Any, window: Optional[int] = None,
                   softmax_scale: Optional[float] = None, *, out: Any = None,
                   stream: Any = None) -> Any:
@@ -213,6 +220,7 @@ def _int_vector(c: Call, x: Any, name: str, batch: int, lo: int, hi: int) -> Arr
     return a
 
 
+@keeps_device
 def swa_decode(q: Any, k_cache: Any, v_cache: Any, pos: Any, n_valid: Any,
                softmax_scale: Optional[float] = None, *, out: Any = None,
                stream: Any = None) -> Any:
@@ -237,6 +245,7 @@ def swa_decode(q: Any, k_cache: Any, v_cache: Any, pos: Any, n_valid: Any,
     return c.finish(yres)
 
 
+@keeps_device
 def rms_norm(x: Any, weight: Any, eps: float = 1e-5, residual: Any = None, *, out: Any = None,
              stream: Any = None) -> Any:
     """See :func:`samba_ext.kernels.rms_norm`. y has x's dtype; the returned sum x + residual
@@ -263,6 +272,7 @@ def rms_norm(x: Any, weight: Any, eps: float = 1e-5, residual: Any = None, *, ou
     return c.finish(yres)
 
 
+@keeps_device
 def apply_rotary(x: Any, positions: Any = 0, base: float = 10000.0, *, out: Any = None,
                  stream: Any = None) -> Any:
     """See :func:`samba_ext.kernels.apply_rotary` (angles computed in float64)."""
@@ -287,6 +297,7 @@ def apply_rotary(x: Any, positions: Any = 0, base: float = 10000.0, *, out: Any 
     return c.finish(yres)
 
 
+@keeps_device
 def swiglu(gate: Any, up: Any, *, out: Any = None, stream: Any = None) -> Any:
     """See :func:`samba_ext.kernels.swiglu`. Output has gate's dtype."""
     c = Call("swiglu", dict(gate=gate, up=up, out=out), stream)

@@ -1,14 +1,16 @@
-"""The CUDA runtime side of samba_ext: is CUDA usable here (and if not, why), streams, the
-launch recorder of the model backend, device synchronisation.
+"""The CUDA runtime side of samba_ext: is CUDA usable here (and if not, why), the current
+device (:class:`DeviceGuard`, :func:`keeps_device`), streams, the launch recorder of the
+model backend, device synchronisation.
 
 Module state (the loaded ``_cuda`` extension, the poison flag, the active recorder) is only
 changed through the functions here: :func:`set_recorder`, :func:`set_poison`.
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
-from typing import Any
+from typing import Any, Callable, Optional, TypeVar
 
 import numpy as np
 
@@ -17,7 +19,7 @@ from ..errors import CudaUnavailableError
 __all__ = ["require", "is_available", "unavailable_reason", "set_poison", "poison_enabled",
            "set_recorder", "recorder", "launch", "flush_recorder", "stream_handle",
            "norm_stream", "dl_stream", "current_framework_stream", "synchronize",
-           "cuda_error_class"]
+           "cuda_error_class", "DeviceGuard", "keeps_device"]
 
 # ------------------------------------------------------------------------ availability ---
 _cuda_mod: Any = None
@@ -60,7 +62,8 @@ def unavailable_reason(count: int, message: str, runtime: int, driver: int) -> s
 # silently mean the default there, so a typo is refused here, before the first CUDA call).
 ENV_CHOICES = {
     "SAMBA_EXT_GEMM": ("gemmex", "lt", "lt-tune"),
-    "SAMBA_EXT_SCAN_VARIANT": ("split", "tile"),
+    "SAMBA_EXT_GEMV": ("0", "1"),
+    "SAMBA_EXT_SCAN_VARIANT": ("split", "tile", "warp", "warp8"),
 }
 
 
@@ -128,6 +131,70 @@ def poison_enabled() -> bool:
 
 
 
+# ------------------------------------------------------------------------ current device -
+class DeviceGuard:
+    """``with DeviceGuard(device):`` runs the block with CUDA device ``device`` current, then
+    makes the device that was current on entry current again, also when the block raises.
+
+    ``DeviceGuard()`` (no device) changes nothing on entry and only restores: for code that
+    selects its device itself (:class:`samba_ext.cuda.call.Call` makes the inputs' device
+    current). Without a usable CUDA it does nothing, so the guarded code raises the reason.
+
+    The previous device is put back through ``_cuda.restore_device``, which, as PyTorch's
+    device guard, leaves the thread on its present device when the previous one has no active
+    primary context (making it current would create a context, hundreds of MB, on a device
+    the process never used). A failed restore raises, unless the block already raised.
+    """
+
+    __slots__ = ("device", "_cu", "_prev")
+
+    def __init__(self, device: Optional[int] = None) -> None:
+        self.device = None if device is None else int(device)
+        self._cu: Any = None
+        self._prev = -1
+
+    def __enter__(self) -> "DeviceGuard":
+        if self.device is None:
+            try:
+                cu = require()
+            except CudaUnavailableError:
+                return self
+            self._prev = int(cu.get_device())
+        else:
+            cu = require()
+            self._prev = int(cu.exchange_device(self.device))
+        self._cu = cu
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        cu = self._cu
+        if cu is None:
+            return
+        self._cu = None
+        try:
+            if int(cu.get_device()) != self._prev:
+                cu.restore_device(self._prev)
+        except Exception:
+            if exc_type is None:
+                raise  # else the block's own exception says more
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def keeps_device(fn: _F) -> _F:
+    """Decorator: ``fn`` runs inside ``DeviceGuard()``, so the calling thread's current CUDA
+    device is the same after the call as before it (on success and on error). Every public
+    entry point of samba_ext.cuda that selects a device is wrapped in it or in
+    ``DeviceGuard(device)``."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kw: Any) -> Any:
+        with DeviceGuard():
+            return fn(*args, **kw)
+
+    return wrapper  # type: ignore[return-value]
+
+
 # ------------------------------------------------------------------------ streams --------
 def norm_stream(s: int) -> int:
     """Internal stream handle: 0 = legacy default (DLPack/CAI use 1 for it)."""
@@ -165,7 +232,11 @@ def current_framework_stream(objs: Any, device: int) -> tuple[int, Any]:
             st = sys.modules["torch"].cuda.current_stream(device)
             return norm_stream(int(st.cuda_stream)), st
         if mod.startswith("cupy") and "cupy" in sys.modules:
-            st = sys.modules["cupy"].cuda.get_current_stream()
+            cuda_mod = sys.modules["cupy"].cuda
+            try:  # the current stream of the inputs' device, not of the current device
+                st = cuda_mod.get_current_stream(device)
+            except TypeError:  # a CuPy without the device argument
+                st = cuda_mod.get_current_stream()
             return norm_stream(int(st.ptr)), st
     return 0, None
 
@@ -207,7 +278,6 @@ def flush_recorder() -> None:
 
 
 def synchronize(device: int = 0) -> None:
-    """Wait for all work on the device."""
-    cu = require()
-    cu.set_device(int(device))
-    cu.device_sync()
+    """Wait for all work on the device (the current device is left as it was)."""
+    with DeviceGuard(int(device)):
+        require().device_sync()

@@ -1,0 +1,367 @@
+// attention_wgmma.cu - causal sliding-window attention (prefill) for bfloat16 / float16 on
+// Hopper's warpgroup matrix instructions (wgmma, sm_90a only): prefill variant 4.
+//
+// Same function, masking, GQA, causal offset (query i sits at key position i + Lk - Lq),
+// output layout and roundings as variants 2 / 3 (attention_mma_v2.cu): scores and softmax
+// in float32, base 2 with the scale folded into the exponent, probabilities rounded to the
+// input dtype before P V. What changes is the matrix unit:
+//   * a block is 2 warpgroups (256 threads); warpgroup wg owns query rows [64 wg, 64 wg + 64)
+//     of the block's 128 (BQ), and each of its 4 warps the 16 rows 16 w .. 16 w + 15;
+//   * S = Q K^T is wgmma m64nBKk16 (SS form): Q (BQ x D) and K (BK x D) in shared memory,
+//     both K-major in the 128-byte swizzle layout, one instruction per 16 head dims;
+//   * O += P V is wgmma m64nDk16 (RS form): P from registers (the accumulator fragment of S
+//     is, per warp, the m16n8k16 layout, so its bf16/fp16 pairs are the A fragment as in
+//     v2), V (BK x D, rows = keys, head dim contiguous) in shared memory as the MN-major
+//     operand (tnspB = 1), one instruction per 16 keys;
+//   * K/V tiles of BK keys are loaded with cp.async (16-byte chunks, written in the swizzled
+//     order) into a STAGES-deep ring, one barrier per tile as in v2; before the barrier each
+//     thread makes its cp.async writes visible to the async proxy (fence.proxy.async);
+//   * every wgmma batch is waited for (wait_group 0) before its results are used, so a ring
+//     stage is free again once every warpgroup has passed the next barrier.
+// Tiles a warpgroup's 64 rows do not see (outside the causal window) are skipped by the
+// whole warpgroup (wgmma is warpgroup-collective); the mask is applied per warp on tiles
+// crossing one of the warp's edges, exactly as in v2.
+//
+// Shared-memory layout (all bf16/fp16; the base rounded up to 1024 bytes): a tile of R rows
+// and D head dims is stored as D/64 column blocks of R x 128 bytes; 16-byte chunk c (of 8)
+// of row r of a block sits at r * 128 + ((c ^ (r % 8)) * 16) - the 128-byte swizzle that the
+// descriptors declare (layout type 1). Descriptors (wgmma_ptx.cuh for the ISA sections):
+//   Q, K (K-major): start = block (ks / 4) + rows offset + (ks % 4) * 32 bytes for the 16
+//                   head dims of step ks, SBO = 1024 (8 rows x 128 bytes), LBO unused (16);
+//   V (MN-major):   start = stage + kk * 16 * 128 bytes for the 16 keys of step kk,
+//                   SBO = 1024 (8 keys), LBO = BK * 128 (next 64 head dims).
+// Configurations: D = 64 and 128 (head dims up to 64 run in D = 64, 72..128 in D = 128 with
+// the extra columns zero-filled; larger head dims run v3), STAGES = 2, and by default
+//   D = 64 : BK = 64,  Q 16 KB + 2 x (K 8 KB + V 8 KB) = 48 KB (+1 KB alignment), registers
+//            capped at 128 so that 2 blocks (4 warpgroups) share an SM;
+//   D = 128: BK = 128, Q 32 KB + 2 x (K 32 KB + V 32 KB) = 160 KB (+1 KB), 1 block per SM.
+// (the list below has the alternatives that SAMBA_EXT_ATTN_V4_BK selects).
+// Positions are int32 (seqlen_k < 2^30; longer sequences run v1), as in v2.
+#include <stdlib.h>
+
+#include "attention_impl.cuh"
+#include "mma_ptx.cuh"
+#include "wgmma_ptx.cuh"
+
+namespace {
+using namespace samba_ptx;
+using namespace samba_wgmma;
+
+template <int D_, int BK_, int STAGES_, int MINB_> struct CfgW {
+    static constexpr int D = D_;            // head dim of the template (>= the real hd)
+    static constexpr int BK = BK_;          // keys per tile (the N of S = Q K^T)
+    static constexpr int STAGES = STAGES_;  // K/V ring depth
+    static constexpr int MINB = MINB_;      // blocks per SM the registers must allow
+    static constexpr int BQ = 128;          // query rows per block: 2 warpgroups x 64
+    static constexpr int THREADS = 256;
+    static constexpr int KSTEPS = D / 16;   // wgmma k-steps of S = Q K^T
+    static constexpr int NS = BK / 2;       // S accumulator registers per thread
+    static constexpr int NO = D / 2;        // O accumulator registers per thread
+    static constexpr uint32_t Q_BYTES = BQ * D * 2;
+    static constexpr uint32_t KV_BYTES = BK * D * 2;  // one K (or V) stage
+    static constexpr size_t SMEM = 1024 + Q_BYTES + 2 * STAGES * (size_t)KV_BYTES;
+    static_assert(D % 64 == 0 && BK % 64 == 0 && STAGES >= 2, "tile shape");
+    static_assert(BK == 64 || BK == 128, "wgmma N for S is written out for 64 and 128");
+    static_assert(D == 64 || D == 128, "wgmma N for O is written out for 64 and 128");
+};
+// The configurations (registers and spills from ptxas -v, sm_90a, nvcc 13.0): the default
+// per head dim first; SAMBA_EXT_ATTN_V4_BK=64 or 128 forces the key-tile size (a tuning knob
+// for benchmarks/gpu_attention.py, read on every call).
+using W64_64 = CfgW<64, 64, 2, 2>;     // 49 KB, 128 registers, 2 blocks (16 warps) per SM
+using W64_128 = CfgW<64, 128, 2, 1>;   // 81 KB, 211 registers, 1 block per SM
+using W128_128 = CfgW<128, 128, 2, 1>; // 161 KB, 254 registers, 1 block per SM
+using W128_64 = CfgW<128, 64, 2, 1>;   // 97 KB, 176 registers (capped at 128: spills), 1 block
+
+// rows [r0, r0 + ROWS) of a (rows, hd) global matrix with row stride rs into the swizzled
+// tile at shared address s (1024-byte aligned); rows >= rlimit and columns >= hd are
+// zero-filled (cp.async with src-size 0).
+template <class C, int ROWS, typename T>
+__device__ __forceinline__ void load_tile_sw(uint32_t s, const T *g, int64_t rs, int r0,
+                                             int rlimit, int hd) {
+    constexpr int CH = C::D / 8;  // 16-byte chunks per row
+    constexpr int ITERS = (ROWS * CH + C::THREADS - 1) / C::THREADS;
+#pragma unroll
+    for (int it = 0; it < ITERS; ++it) {
+        const int i = it * C::THREADS + threadIdx.x;
+        if (ROWS * CH % C::THREADS != 0 && i >= ROWS * CH) break;
+        const int r = i / CH, c = i % CH;
+        const bool ok = r0 + r < rlimit && c * 8 < hd;
+        const uint32_t dst = s + (uint32_t)((c >> 3) * ROWS * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
+        cp_async16_s(dst, ok ? g + (int64_t)(r0 + r) * rs + c * 8 : g, ok);
+    }
+}
+
+template <typename T, class C>
+__global__ void __launch_bounds__(C::THREADS, C::MINB)
+attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    // Q [D/64][BQ][64], K and V [STAGES][D/64][BK][64], each block swizzled (header)
+    const uint32_t sQ = (smem_addr(smem_raw) + 1023u) & ~1023u;
+    const uint32_t sK = sQ + C::Q_BYTES;
+    const uint32_t sV = sK + C::STAGES * C::KV_BYTES;
+
+    const int h = blockIdx.x;
+    const int qtile = n_qtiles - 1 - (int)blockIdx.y;  // longest rows first (causal)
+    const int64_t b = blockIdx.z;
+    const int64_t hkv = h / (p.nheads / p.nheads_kv);
+    const int hd = (int)p.headdim;
+    const int Lq = (int)p.seqlen_q, Lk = (int)p.seqlen_k, off = Lk - Lq;
+    const int W = (p.window <= 0 || p.window > (int64_t)Lk + C::BQ) ? 0 : (int)p.window;
+    const int wg = threadIdx.x >> 7;              // warpgroup
+    const int warp = (threadIdx.x >> 5) & 3;      // warp within the warpgroup
+    const int lane = threadIdx.x & 31;
+    const int g = lane >> 2, tq = lane & 3;
+
+    const T *qg = (const T *)p.q.ptr + b * p.q_stride[0] + h * p.q_stride[2];
+    const T *kg = (const T *)p.k.ptr + b * p.k_stride[0] + hkv * p.k_stride[2];
+    const T *vg = (const T *)p.v.ptr + b * p.v_stride[0] + hkv * p.v_stride[2];
+
+    // keys seen by the block: [kmin, kmax] (absolute positions; query q sits at q + off)
+    const int q0 = qtile * C::BQ;
+    const int q_last = (q0 + C::BQ < Lq ? q0 + C::BQ : Lq) - 1;
+    const int kmax = q_last + off;
+    const int kmin = (W > 0 && q0 + off - W + 1 > 0) ? q0 + off - W + 1 : 0;
+    const int t_first = kmin / C::BK;
+    const int ntiles = kmax / C::BK - t_first + 1;
+
+    auto load_kv = [&](int tile, int stage) {
+        const int k0 = (t_first + tile) * C::BK;
+        load_tile_sw<C, C::BK>(sK + stage * C::KV_BYTES, kg, p.k_stride[1], k0, Lk, hd);
+        load_tile_sw<C, C::BK>(sV + stage * C::KV_BYTES, vg, p.v_stride[1], k0, Lk, hd);
+    };
+    load_tile_sw<C, C::BQ>(sQ, qg, p.q_stride[1], q0, Lq, hd);
+#pragma unroll
+    for (int st = 0; st < C::STAGES - 1; ++st) {
+        if (st < ntiles) load_kv(st, st);
+        cp_async_commit();  // (possibly empty) group st; group 0 also holds Q
+    }
+
+    // this warpgroup's rows: absolute positions [qg0, qg1]; this warp's [qw0, qw1]; this
+    // thread's rows qp0 and qp0 + 8
+    const int qg0 = q0 + wg * 64 + off, qg1 = qg0 + 63;
+    const int qw0 = qg0 + warp * 16, qw1 = qw0 + 15;
+    const bool wg_live = q0 + wg * 64 < Lq;
+    const int qp0 = qw0 + g;
+    const float sl = p.softmax_scale * 1.4426950408889634f;  // > 0 (attn_wgmma_applicable)
+
+    float o[C::NO];
+#pragma unroll
+    for (int i = 0; i < C::NO; ++i) o[i] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // m: max of the raw scores
+
+    // Q descriptors of this warpgroup's 64 rows: column block ks / 4, 32 bytes per k-step
+    const uint32_t q_base = sQ + wg * 64 * 128;
+    constexpr uint32_t SBO = 1024, LBO_K = 16, LBO_V = C::BK * 128;
+
+    for (int it = 0; it < ntiles; ++it) {
+        cp_async_wait<C::STAGES - 2>();  // tile it (and Q) landed for this thread's copies
+        fence_proxy_async_smem();         // ... and is visible to wgmma (async proxy)
+        __syncthreads();                  // ... for every thread; stage (it-1) is free again
+        const int nxt = it + C::STAGES - 1;
+        if (nxt < ntiles) load_kv(nxt, nxt % C::STAGES);
+        cp_async_commit();
+
+        const int kbase = (t_first + it) * C::BK;
+        // tiles entirely outside the warpgroup's rows' windows contribute nothing
+        // (warpgroup-uniform: wgmma needs all 4 warps)
+        if (!wg_live || kbase > qg1 || (W > 0 && kbase + C::BK - 1 <= qg0 - W)) continue;
+        const int stage = it % C::STAGES;
+        const uint32_t k_s = sK + stage * C::KV_BYTES;
+        const uint32_t v_s = sV + stage * C::KV_BYTES;
+
+        // ---- S = Q K^T (64 x BK per warpgroup), raw scores ----
+        float s[C::NS];
+#pragma unroll
+        for (int i = 0; i < C::NS; ++i) s[i] = 0.0f;
+        fence_operands(s);
+        wg_fence();
+#pragma unroll
+        for (int ks = 0; ks < C::KSTEPS; ++ks) {
+            const uint32_t col = (ks & 3) * 32;  // 16 dims = 32 bytes into the row
+            const uint64_t da = desc_sw128(q_base + (ks >> 2) * C::BQ * 128 + col, LBO_K, SBO);
+            const uint64_t db = desc_sw128(k_s + (ks >> 2) * C::BK * 128 + col, LBO_K, SBO);
+            Wgmma<T, C::BK>::ss(s, da, db);
+        }
+        wg_commit();
+        wg_wait<0>();
+        fence_operands(s);
+
+        // ---- mask (tiles crossing one of this warp's edges only) ----
+        const bool edge = kbase + C::BK - 1 > qw0          // crosses the causal edge
+                          || (W > 0 && kbase <= qw1 - W)   // crosses the window edge
+                          || kbase + C::BK > Lk;           // runs past the keys
+        if (edge) {
+            const int dkq = kbase - qp0;  // key - qpos = dkq + kt - row offset
+            const int kend = Lk - kbase < C::BK ? Lk - kbase : C::BK;
+#pragma unroll
+            for (int n = 0; n < C::BK / 8; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int kt = n * 8 + 2 * tq + (e & 1);
+                    const int rel = dkq + kt - (e >> 1) * 8;
+                    if (rel > 0 || kt >= kend || (W > 0 && rel <= -W)) s[4 * n + e] = -INFINITY;
+                }
+        }
+
+        // ---- online softmax, base 2, scale folded into the exponent (as in v2) ----
+        float corr[2];
+        bool grew = false;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int n = 0; n < C::BK / 8; ++n)
+                mx = fmaxf(mx, fmaxf(s[4 * n + 2 * r], s[4 * n + 2 * r + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the 4 lanes of a row
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float mold = m[r];
+            const float mnew = fmaxf(mold, mx);
+            const float mref = mnew == -INFINITY ? 0.0f : mnew * sl;  // no -inf - -inf
+            corr[r] = mnew == mold ? 1.0f : fast_exp2(fmaf(mold, sl, -mref));
+            grew |= mnew != mold;
+            m[r] = mnew;
+            float rs = 0.0f;
+#pragma unroll
+            for (int n = 0; n < C::BK / 8; ++n) {
+                s[4 * n + 2 * r] = fast_exp2(fmaf(s[4 * n + 2 * r], sl, -mref));
+                s[4 * n + 2 * r + 1] = fast_exp2(fmaf(s[4 * n + 2 * r + 1], sl, -mref));
+                rs += s[4 * n + 2 * r] + s[4 * n + 2 * r + 1];
+            }
+            l[r] = l[r] * corr[r] + rs;  // this lane's part; the quad is summed at the end
+        }
+        if (__any_sync(0xffffffffu, grew)) {
+#pragma unroll
+            for (int i = 0; i < C::NO / 4; ++i) {
+                o[4 * i + 0] *= corr[0];
+                o[4 * i + 1] *= corr[0];
+                o[4 * i + 2] *= corr[1];
+                o[4 * i + 3] *= corr[1];
+            }
+        }
+
+        // ---- O += P V (P rounded to T, in registers: the RS form) ----
+        uint32_t pa[C::BK / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < C::BK / 16; ++kk) {
+            pa[kk][0] = Mma<T>::pack(s[8 * kk + 0], s[8 * kk + 1]);
+            pa[kk][1] = Mma<T>::pack(s[8 * kk + 2], s[8 * kk + 3]);
+            pa[kk][2] = Mma<T>::pack(s[8 * kk + 4], s[8 * kk + 5]);
+            pa[kk][3] = Mma<T>::pack(s[8 * kk + 6], s[8 * kk + 7]);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) fence_operand(pa[kk][j]);
+        }
+        fence_operands(o);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < C::BK / 16; ++kk)
+            Wgmma<T, C::D>::rs_t(o, pa[kk], desc_sw128(v_s + kk * 16 * 128, LBO_V, SBO));
+        wg_commit();
+        wg_wait<0>();
+        fence_operands(o);
+    }
+    cp_async_wait<0>();
+
+    // ---- normalise and store (out is contiguous (B, Lq, H, hd)) ----
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float lr = l[r];
+        lr += __shfl_xor_sync(0xffffffffu, lr, 1);
+        lr += __shfl_xor_sync(0xffffffffu, lr, 2);
+        const float inv = lr > 0.0f ? 1.0f / lr : (lr == 0.0f ? 0.0f : lr);  // NaN stays NaN
+        const int q = q0 + wg * 64 + warp * 16 + g + r * 8;
+        if (q >= Lq) continue;
+        T *orow = (T *)p.out.ptr + ((b * Lq + q) * p.nheads + h) * hd;
+#pragma unroll
+        for (int i = 0; i < C::NO / 4; ++i) {
+            const int col = i * 8 + 2 * tq;
+            if (col < hd) {
+                const uint32_t v = Mma<T>::pack(o[4 * i + 2 * r] * inv, o[4 * i + 2 * r + 1] * inv);
+                *reinterpret_cast<uint32_t *>(orow + col) = v;
+            }
+        }
+    }
+}
+
+template <typename T, class C>
+samba_status launch_w(const samba_cu_attn_args *a, cudaStream_t st) {
+    const int64_t n_qtiles = cdiv(a->seqlen_q, C::BQ);
+    if (n_qtiles > 65535)
+        return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED,
+                                 "swa_attention: seqlen_q above %lld on the tensor-core path",
+                                 (long long)65535 * C::BQ);
+    cudaError_t e = cudaFuncSetAttribute(attn_wgmma_kernel<T, C>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
+    if (e != cudaSuccess) return samba_cu_fail("swa_attention (shared memory opt-in)", e);
+    dim3 grid((unsigned)a->nheads, (unsigned)n_qtiles, (unsigned)a->batch);
+    attn_wgmma_kernel<T, C><<<grid, C::THREADS, C::SMEM, st>>>(*a, (int)n_qtiles);
+    return samba_cu_check_launch("swa_attention (v4)", st);
+}
+
+// SAMBA_EXT_ATTN_V4_BK: 64 or 128 (anything else: the default of the head dim)
+int v4_bk_override() {
+    const char *e = getenv("SAMBA_EXT_ATTN_V4_BK");
+    if (!e) return 0;
+    const int v = atoi(e);
+    return v == 64 || v == 128 ? v : 0;
+}
+
+// key-tile size for head dim hd (keep in step with attn_wgmma_fwd)
+int v4_bk(int64_t hd) {
+    const int f = v4_bk_override();
+    return f ? f : (hd <= 64 ? 64 : 128);
+}
+
+size_t wgmma_smem(int64_t hd) {
+    const int bk = v4_bk(hd);
+    if (hd <= 64) return bk == 64 ? W64_64::SMEM : W64_128::SMEM;
+    return bk == 64 ? W128_64::SMEM : W128_128::SMEM;
+}
+
+}  // namespace
+
+int attn_wgmma_device_ok(void) {
+#if defined(SAMBA_WGMMA_SM90A)
+    static int cached[64];  // 0 unknown, 1 yes, 2 no
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
+        cudaGetLastError();
+        return 0;
+    }
+    if (cached[dev] == 0) {
+        int major = 0, minor = 0;
+        cudaFuncAttributes fa;
+        bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+                  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) == cudaSuccess &&
+                  major == 9 && minor == 0;
+        // the image the runtime picked for this device must be the sm_90a one (binary 90)
+        if (ok) {
+            ok = cudaFuncGetAttributes(&fa, attn_wgmma_kernel<__nv_bfloat16, W64_64>) == cudaSuccess &&
+                 fa.binaryVersion >= 90;
+        }
+        cudaGetLastError();
+        cached[dev] = ok ? 1 : 2;
+    }
+    return cached[dev] == 1;
+#else
+    return 0;  // this build has no sm_90a code for the kernel (SAMBA_EXT_CUDA_ARCHS without 90)
+#endif
+}
+
+int attn_wgmma_applicable(const samba_cu_attn_args *a) {
+    if (a->headdim > 128) return 0;
+    const float sl = a->softmax_scale * 1.4426950408889634f;
+    if (!(sl > 0.0f) || isinf(sl)) return 0;  // the folded exponent needs a positive scale
+    if (a->seqlen_k >= ((int64_t)1 << 30)) return 0;  // positions are int32 in the kernel
+    return attn_mma_applicable(a) && wgmma_smem(a->headdim) <= attn_smem_optin();
+}
+
+template <typename T> static samba_status dispatch_w(const samba_cu_attn_args *a, cudaStream_t st) {
+    const int bk = v4_bk(a->headdim);
+    if (a->headdim <= 64) return bk == 64 ? launch_w<T, W64_64>(a, st) : launch_w<T, W64_128>(a, st);
+    return bk == 64 ? launch_w<T, W128_64>(a, st) : launch_w<T, W128_128>(a, st);
+}
+
+samba_status attn_wgmma_fwd(const samba_cu_attn_args *a, cudaStream_t st) {
+    if (a->q.dtype == SAMBA_CU_BF16) return dispatch_w<__nv_bfloat16>(a, st);
+    return dispatch_w<__half>(a, st);
+}

@@ -1,0 +1,406 @@
+// gemv.cu - y (M, N) = x (M, K) @ W (N, K)^T [+ beta y] for small M (1..8), bf16 / fp16 in,
+// float32 accumulation, y float32 or the input dtype: a weight-streaming kernel for batch-1
+// decode, where cuBLAS picks tensor-core tiles (nvjet ..x8) that read W at 1.7-3 TB/s.
+// Opt-in through SAMBA_EXT_GEMV=1 (read once; samba_cu_gemv_set overrides it); gemm.cu
+// calls samba_cu_gemv first and keeps its cuBLAS path whenever this returns *done = 0.
+//
+// Design
+// - A block is 8 warps; a warp owns R = 4 consecutive rows n of W and one K-slice (split s of
+//   S). Each lane reads W[n, k..k+VEC) as one vector load (VEC = 8 bf16 = 16 bytes when W's
+//   base and row pitch are 16-byte aligned, VEC = 4 (8 bytes) when only 8-byte aligned, e.g.
+//   K = 8196 whose rows are 16392 bytes apart; otherwise cuBLAS runs). Per step a lane issues
+//   R x U loads (U = 16 / VEC, 128 bytes in flight per lane, 32 KiB per block) through
+//   ld.global.nc.L1::no_allocate (W is read once per call), then multiplies them with x.
+// - x's K-slice is staged once per block in shared memory in its own 16-bit format (32 KiB:
+//   MT x slice <= 16384 elements), read back as vectors (conflict-free: lane j reads bytes
+//   [16 j, 16 j + 16)), one x vector reused by the warp's R rows. x may have any alignment
+//   and row stride (it is copied with 16-byte loads when aligned, element by element if not).
+// - Products accumulate in float32 per lane in a fixed order, then a butterfly warp sum
+//   (deterministic). Elements past the last whole vector of a row (K % VEC) are a scalar tail
+//   done by the last split.
+// - Split-K: S = 1 when ceil(N / 32) blocks already cover 2 x #SMs; else S grows towards 4 x
+//   #SMs blocks, keeping >= 32 U vectors of a row per split, and at least what the 32 KiB of
+//   shared memory needs. S > 1 writes float32 partials (S, M, N) into the caller's stream
+//   workspace (gemm.cu's per-stream cuBLAS workspace, 32 MiB, stream-ordered with cuBLAS's
+//   own use) and a second kernel sums them in split order (deterministic, no atomics) and
+//   applies beta / the output dtype. Nothing is allocated here, so the call can be captured in
+//   a CUDA graph; without a workspace (first GEMM of a stream inside a capture) only S = 1 can
+//   run, else cuBLAS does.
+// - M is compiled as MT in {1, 2, 4, 8}: M = 3 runs MT = 4 with its 4th row a copy of row 0
+//   whose results are not stored.
+//
+// Bytes and predicted time per decode shape of samba-1.7b at M = 1 (bf16 W; H200, copy
+// bandwidth ~4.2 TB/s; fixed cost ~2 us per call in a graph plus ~1.5 us for the reduce pass
+// when S > 1; these are predictions, benchmarks/gpu_gemv.py measures them):
+//   K -> N            W bytes   VEC  blocks x S   predicted    TB/s   (cuBLAS, trace 0f03b51)
+//   2048 -> 2560      10.5 MB   8    80 x 4       ~6.0 us      ~1.8   (nvjet 64x8, ~5-10 us)
+//   2048 -> 2048       8.4 MB   8    64 x 4       ~5.5 us      ~1.5   (nvjet 64x8 + splitK)
+//   2048 -> 8192      33.6 MB   8    256 x 2      ~11.5 us     ~2.9
+//   4096 -> 160        1.3 MB   8    5 x 8        ~3.8 us      ~0.35
+//   128 -> 4096        1.0 MB   8    128 x 1      ~2.3 us      ~0.45
+//   4096 -> 2048      16.8 MB   8    64 x 8       ~7.5 us      ~2.2
+//   2048 -> 16392     67.1 MB   8    513 x 1      ~18 us       ~3.7   (gemvx 16.9 us, ~4.0)
+//   8196 -> 2048      33.6 MB   4    64 x 9       ~12 us       ~2.8   (nvjet 128x8, 19.4 us)
+//   2048 -> 50304      206 MB   8    1572 x 1     ~52 us       ~4.0   (nvjet 384x8, 54 us)
+// Per samba-1.7b decode step (24 layers, 12 mamba: in_proj, x_proj, dt_proj, out_proj; 12
+// attention: qkv, out; 24 MLPs: gate+up, down; the head): ~1.2 ms of GEMM time predicted
+// against 1.40 ms of cuBLAS kernels in that trace.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gemm_internal.cuh"
+
+#define GEMV_WARPS 8
+#define GEMV_THREADS (GEMV_WARPS * 32)
+#define GEMV_R 4                  // rows of W per warp
+#define GEMV_SMEM_ELEMS 16384     // x slice in shared memory: 16-bit elements (32 KiB)
+#define GEMV_MAX_SPLITS 1024
+#define GEMV_MAX_DEVICES 64
+
+struct GemvArgs {
+    const void *w;      // W (N, K), row pitch ldw elements
+    int64_t ldw, N, K;
+    const void *x;      // row m of x starts at element xoff[m] (m < MT; padded rows repeat 0)
+    int64_t xoff[SAMBA_GEMV_MAX_M];
+    void *y;            // row m of y starts at element yoff[m]
+    int64_t yoff[SAMBA_GEMV_MAX_M];
+    int ydt, M;         // y's dtype, real rows (<= MT)
+    float beta;
+    float *part;        // S > 1: float32 partial sums (S, M, N)
+    int64_t cps;        // vectors of a row per split
+    int xs_stride;      // elements between x rows in shared memory (multiple of 8)
+};
+
+// ------------------------------------------------------------------ device helpers -----
+template <typename T> __device__ __forceinline__ float2 unpack2(uint32_t u);
+template <> __device__ __forceinline__ float2 unpack2<__nv_bfloat16>(uint32_t u) {
+    return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
+}
+template <> __device__ __forceinline__ float2 unpack2<__half>(uint32_t u) {
+    __half2 h;
+    memcpy(&h, &u, sizeof h);
+    return __half22float2(h);
+}
+
+template <typename T> __device__ __forceinline__ float unpack1(unsigned short u);
+template <> __device__ __forceinline__ float unpack1<__nv_bfloat16>(unsigned short u) {
+    return __uint_as_float((uint32_t)u << 16);
+}
+template <> __device__ __forceinline__ float unpack1<__half>(unsigned short u) {
+    return __half2float(__ushort_as_half(u));
+}
+
+// One VEC-element vector of W, streamed past L1 (read once per call).
+template <int VEC> __device__ __forceinline__ void ld_w(const void *p, uint32_t (&v)[VEC / 2]);
+template <> __device__ __forceinline__ void ld_w<8>(const void *p, uint32_t (&v)[4]) {
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v[0]), "=r"(v[1]), "=r"(v[2]), "=r"(v[3])
+        : "l"(p));
+}
+template <> __device__ __forceinline__ void ld_w<4>(const void *p, uint32_t (&v)[2]) {
+    asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];"
+        : "=r"(v[0]), "=r"(v[1])
+        : "l"(p));
+}
+
+// One VEC-element vector of x from shared memory.
+template <int VEC>
+__device__ __forceinline__ void ld_x(const unsigned short *p, uint32_t (&v)[VEC / 2]);
+template <> __device__ __forceinline__ void ld_x<8>(const unsigned short *p, uint32_t (&v)[4]) {
+    uint4 t = *reinterpret_cast<const uint4 *>(p);
+    v[0] = t.x, v[1] = t.y, v[2] = t.z, v[3] = t.w;
+}
+template <> __device__ __forceinline__ void ld_x<4>(const unsigned short *p, uint32_t (&v)[2]) {
+    uint2 t = *reinterpret_cast<const uint2 *>(p);
+    v[0] = t.x, v[1] = t.y;
+}
+
+__device__ __forceinline__ int64_t imin64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+__device__ __forceinline__ void store_out(const GemvArgs &a, int64_t off, float v) {
+    if (a.beta != 0.0f) v += a.beta * ldf(a.y, a.ydt, off);
+    stf(a.y, a.ydt, off, v);
+}
+
+// ------------------------------------------------------------------ kernels -------------
+// grid (ceil(N / (8 R)), S); block 256. Split s covers vectors [s cps, min((s+1) cps, K/VEC))
+// of every row, the last split also the scalar tail [VEC (K/VEC), K).
+template <typename T, int MT, int VEC>
+__global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_kernel(const GemvArgs a) {
+    constexpr int U = 16 / VEC;  // vectors per lane per step
+    constexpr int W2 = VEC / 2;  // 32-bit words per vector
+    constexpr int R = GEMV_R;
+    __shared__ __align__(16) unsigned short xs[GEMV_SMEM_ELEMS];
+
+    const int s = blockIdx.y;
+    const bool last = s == (int)gridDim.y - 1;
+    const int64_t nvec = a.K / VEC;
+    const int64_t c0 = imin64((int64_t)s * a.cps, nvec);
+    const int64_t c1 = imin64(c0 + a.cps, nvec);
+    const int64_t k0 = c0 * VEC;
+    const int ks = (int)((last ? a.K : c1 * VEC) - k0);  // elements of x staged per row
+    const int xst = a.xs_stride;
+
+    // Stage x[:, k0 : k0 + ks) (16-bit raw copies).
+    const unsigned short *xg = static_cast<const unsigned short *>(a.x);
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+        const unsigned short *src = xg + a.xoff[m] + k0;
+        unsigned short *dst = xs + m * xst;
+        int i0 = 0;
+        if ((reinterpret_cast<uintptr_t>(src) & 15) == 0) {
+            const int nv = ks >> 3;
+            for (int i = threadIdx.x; i < nv; i += GEMV_THREADS)
+                reinterpret_cast<uint4 *>(dst)[i] = __ldg(reinterpret_cast<const uint4 *>(src) + i);
+            i0 = nv << 3;
+        }
+        for (int i = i0 + threadIdx.x; i < ks; i += GEMV_THREADS) dst[i] = src[i];
+    }
+    __syncthreads();
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int64_t nb = ((int64_t)blockIdx.x * GEMV_WARPS + warp) * R;
+    if (nb >= a.N) return;  // no barrier below
+    const char *wr[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+        const int64_t n = imin64(nb + r, a.N - 1);  // rows past N re-read row N-1, not stored
+        wr[r] = static_cast<const char *>(a.w) + n * a.ldw * 2;
+    }
+    float acc[R][MT];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int m = 0; m < MT; ++m) acc[r][m] = 0.0f;
+
+    for (int64_t c = c0 + lane; c < c1; c += 32 * U) {
+        uint32_t wv[U][R][W2];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int64_t cc = c + 32 * u;
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                if (cc < c1) {
+                    ld_w<VEC>(wr[r] + cc * (VEC * 2), wv[u][r]);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < W2; ++e) wv[u][r][e] = 0u;
+                }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int64_t cc = c + 32 * u;
+            if (cc < c1) {
+                const unsigned short *xp = xs + (cc - c0) * VEC;
+                uint32_t xv[MT][W2];
+#pragma unroll
+                for (int m = 0; m < MT; ++m) ld_x<VEC>(xp + m * xst, xv[m]);
+#pragma unroll
+                for (int e = 0; e < W2; ++e) {
+                    float2 xf[MT];
+#pragma unroll
+                    for (int m = 0; m < MT; ++m) xf[m] = unpack2<T>(xv[m][e]);
+#pragma unroll
+                    for (int r = 0; r < R; ++r) {
+                        const float2 wf = unpack2<T>(wv[u][r][e]);
+#pragma unroll
+                        for (int m = 0; m < MT; ++m) {
+                            acc[r][m] = fmaf(wf.x, xf[m].x, acc[r][m]);
+                            acc[r][m] = fmaf(wf.y, xf[m].y, acc[r][m]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if (last) {  // the scalar tail: K % VEC < 32 elements, one per lane
+        const int64_t kt = nvec * VEC;
+        if (lane < (int)(a.K - kt)) {
+            const int64_t k = kt + lane;
+            float xf[MT];
+#pragma unroll
+            for (int m = 0; m < MT; ++m) xf[m] = unpack1<T>(xs[m * xst + (int)(k - k0)]);
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+                const float wf =
+                    unpack1<T>(reinterpret_cast<const unsigned short *>(wr[r])[k]);
+#pragma unroll
+                for (int m = 0; m < MT; ++m) acc[r][m] = fmaf(wf, xf[m], acc[r][m]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int m = 0; m < MT; ++m) acc[r][m] = warp_sum(acc[r][m]);
+    // R MT <= 32 results, one per lane.
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+            const int64_t n = nb + r;
+            if (lane == r * MT + m && m < a.M && n < a.N) {
+                if (gridDim.y == 1)
+                    store_out(a, a.yoff[m] + n, acc[r][m]);
+                else
+                    a.part[((int64_t)s * a.M + m) * a.N + n] = acc[r][m];
+            }
+        }
+}
+
+// y[m, n] = sum over the S splits in order of part[s, m, n] (+ beta y).
+__global__ void gemv_reduce_kernel(const GemvArgs a, int S) {
+    const int64_t total = (int64_t)a.M * a.N;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t m = i / a.N, n = i - m * a.N;
+        float v = 0.0f;
+        for (int s = 0; s < S; ++s) v += a.part[(int64_t)s * total + i];
+        store_out(a, a.yoff[m] + n, v);
+    }
+}
+
+// ------------------------------------------------------------------ host ----------------
+static int g_gemv = -1;  // 0 / 1 once known
+
+extern "C" int samba_cu_gemv_enabled(void) {
+    if (g_gemv < 0) {
+        const char *v = getenv("SAMBA_EXT_GEMV");
+        g_gemv = (v != NULL && strcmp(v, "1") == 0) ? 1 : 0;
+    }
+    return g_gemv;
+}
+
+extern "C" samba_status samba_cu_gemv_set(int on) {
+    if (on != 0 && on != 1) return samba_cu_fail_msg(SAMBA_ERR_ARG, "gemv: expected 0 or 1, got %d", on);
+    g_gemv = on;
+    return SAMBA_OK;
+}
+
+static int g_sms[GEMV_MAX_DEVICES];
+static long long g_launches;  // calls that ran the GEMV (tests check the dispatch with it)
+
+extern "C" long long samba_cu_gemv_launches(void) { return g_launches; }
+
+template <typename T, int MT, int VEC>
+static void launch_mt(const GemvArgs &a, dim3 grid, cudaStream_t st) {
+    gemv_kernel<T, MT, VEC><<<grid, GEMV_THREADS, 0, st>>>(a);
+}
+
+template <typename T, int VEC>
+static void launch_vec(const GemvArgs &a, int mt, dim3 grid, cudaStream_t st) {
+    switch (mt) {
+    case 1: launch_mt<T, 1, VEC>(a, grid, st); break;
+    case 2: launch_mt<T, 2, VEC>(a, grid, st); break;
+    case 4: launch_mt<T, 4, VEC>(a, grid, st); break;
+    default: launch_mt<T, 8, VEC>(a, grid, st); break;
+    }
+}
+
+extern "C" samba_status samba_cu_gemv(int *done, int64_t M, int64_t N, int64_t K,
+                                      samba_cu_ref x, const int64_t *xoff, samba_cu_ref w,
+                                      int64_t ldw, samba_cu_ref y, const int64_t *yoff,
+                                      float beta, void *stream) {
+    *done = 0;
+    if (M < 1 || M > SAMBA_GEMV_MAX_M || N < 1 || K < 1 || N > INT32_MAX || K > INT32_MAX)
+        return SAMBA_OK;
+    if (x.dtype != w.dtype || (x.dtype != SAMBA_CU_BF16 && x.dtype != SAMBA_CU_F16))
+        return SAMBA_OK;
+    if (y.dtype != SAMBA_CU_F32 && y.dtype != x.dtype) return SAMBA_OK;
+    const uintptr_t wa = reinterpret_cast<uintptr_t>(w.ptr);
+    const int64_t pitch = ldw * 2;
+    int vec = 0;
+    if (wa % 16 == 0 && (N == 1 || pitch % 16 == 0)) vec = 8;
+    else if (wa % 8 == 0 && (N == 1 || pitch % 8 == 0)) vec = 4;
+    if (vec == 0) return SAMBA_OK;  // cuBLAS reads W of any alignment
+    for (int64_t m = 0; m < M; ++m)
+        if (xoff[m] < 0 || yoff[m] < 0) return SAMBA_OK;
+
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return samba_cu_fail("gemv: cudaGetDevice", e);
+    if (dev < 0 || dev >= GEMV_MAX_DEVICES) return SAMBA_OK;
+    if (g_sms[dev] == 0) {
+        int n = 0;
+        e = cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+        if (e != cudaSuccess) return samba_cu_fail("gemv: cudaDeviceGetAttribute", e);
+        g_sms[dev] = n > 0 ? n : 1;
+    }
+    const int64_t sms = g_sms[dev];
+    const int mt = M == 1 ? 1 : M == 2 ? 2 : M <= 4 ? 4 : 8;
+    const int u = 16 / vec;
+
+    // Splits: enough blocks for the GPU, >= one full step (32 u vectors) per split, and few
+    // enough vectors per split for x's slice to fit the shared memory.
+    const int64_t nblk = cdiv(N, GEMV_WARPS * GEMV_R);
+    const int64_t nvec = K / vec;
+    const int64_t cps_max = (GEMV_SMEM_ELEMS / mt - 16) / vec;  // x slice + tail + padding fit
+    const int64_t s_min = nvec > 0 ? cdiv(nvec, cps_max) : 1;
+    int64_t S = 1;
+    if (nblk < 2 * sms) S = cdiv(4 * sms, nblk);
+    const int64_t s_k = nvec / (32 * u);  // splits of at least one full step
+    if (S > s_k) S = s_k;
+    if (S < s_min) S = s_min;
+    if (S < 1) S = 1;
+    if (S > GEMV_MAX_SPLITS) return SAMBA_OK;
+
+    void *ws = NULL;
+    if (S > 1) {
+        samba_status st = samba_cu_gemm_stream_workspace(dev, stream, &ws);
+        if (st != SAMBA_OK) return st;
+        const int64_t s_ws = ws ? (int64_t)(SAMBA_GEMM_WORKSPACE_BYTES / (M * N * 4)) : 1;
+        if (S > s_ws) S = s_ws;
+        if (S < s_min) return SAMBA_OK;  // no room for the partial sums: cuBLAS
+        if (S < 1) S = 1;
+    }
+    int64_t cps = nvec > 0 ? cdiv(nvec, S) : 1;
+    // Whole steps per split where the shared memory allows (no half-idle last step).
+    if (S > 1 && cdiv(cps, 32 * u) * 32 * u <= cps_max) cps = cdiv(cps, 32 * u) * 32 * u;
+    if (nvec > 0) S = cdiv(nvec, cps);  // no empty split
+    if (S < 1) S = 1;
+
+    GemvArgs a;
+    a.w = w.ptr;
+    a.ldw = ldw;
+    a.N = N;
+    a.K = K;
+    a.x = x.ptr;
+    a.y = y.ptr;
+    for (int m = 0; m < SAMBA_GEMV_MAX_M; ++m) {
+        a.xoff[m] = m < M ? xoff[m] : xoff[0];
+        a.yoff[m] = m < M ? yoff[m] : yoff[0];
+    }
+    a.ydt = y.dtype;
+    a.M = (int)M;
+    a.beta = beta;
+    a.part = S > 1 ? static_cast<float *>(ws) : NULL;
+    a.cps = cps;
+    a.xs_stride = (int)(((cps * vec + vec) + 7) / 8 * 8);
+    if ((int64_t)a.xs_stride * mt > GEMV_SMEM_ELEMS)
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "gemv: internal: x slice %d x %d too large",
+                                 a.xs_stride, mt);
+
+    cudaStream_t st = (cudaStream_t)stream;
+    const dim3 grid((unsigned)nblk, (unsigned)S);
+    if (x.dtype == SAMBA_CU_BF16) {
+        if (vec == 8) launch_vec<__nv_bfloat16, 8>(a, mt, grid, st);
+        else launch_vec<__nv_bfloat16, 4>(a, mt, grid, st);
+    } else {
+        if (vec == 8) launch_vec<__half, 8>(a, mt, grid, st);
+        else launch_vec<__half, 4>(a, mt, grid, st);
+    }
+    *done = 1;
+    g_launches++;
+    if (S > 1) {
+        samba_status s1 = samba_cu_check_launch("gemv", stream);
+        if (s1 != SAMBA_OK) return s1;
+        gemv_reduce_kernel<<<grid_1d(M * N, 256), 256, 0, st>>>(a, (int)S);
+        return samba_cu_check_launch("gemv (split-K reduce)", stream);
+    }
+    return samba_cu_check_launch("gemv", stream);
+}
