@@ -2,7 +2,8 @@
 # cuda_verify_run.sh - on an sm_90 GPU: build samba_ext with CUDA, run the seconds-long wgmma
 # self-check (benchmarks/cuda_wgmma_check.py), then the whole CUDA test suite (the files of
 # cuda_run.sh's default list) with pytest-xdist workers; print a short table. When the wgmma
-# check fails, the suite runs without the prefill-v4 cases (SAMBA_EXT_TEST_NO_V4=1: a faulting
+# check fails, the suite runs without the prefill-v4 cases and with v2 as the prefill
+# (SAMBA_EXT_TEST_NO_V4=1, SAMBA_EXT_ATTN_PREFILL=v2: a faulting
 # kernel poisons its worker's CUDA context and would fail every later test there), and the
 # table says so.
 #
@@ -36,7 +37,8 @@ if has tests; then
         tests/test_attention.py tests/test_elementwise.py tests/test_model.py tests/test_mlp_padding.py \
         tests/test_bundled_models.py tests/test_torch_cuda*.py tests/test_train_kernels.py \
         tests/test_torch_parity.py 2>/dev/null | tr '\n' ' ')
-    [ $V4_OK = 1 ] || export SAMBA_EXT_TEST_NO_V4=1
+    # without a working v4, auto (which picks v4 at head dims 64 and 128) is pinned to v2
+    [ $V4_OK = 1 ] || export SAMBA_EXT_TEST_NO_V4=1 SAMBA_EXT_ATTN_PREFILL=v2
     xd=()
     $PY -c "import xdist" 2>/dev/null && xd=(-n "${PYTEST_WORKERS:-8}")
     # shellcheck disable=SC2086

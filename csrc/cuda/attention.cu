@@ -18,14 +18,14 @@
 //
 // Variants of the tensor-core kernels (bfloat16 / float16): prefill v1 = attention_mma.cu,
 // v2 and v3 = attention_mma_v2.cu (two block shapes), v4 = attention_wgmma.cu (Hopper wgmma,
-// sm_90a; opt-in, never chosen by auto); decode v1 = attention_decode.cu (split kernel + merge kernel),
+// sm_90a; auto for head dims 64 and 128 where it can run); decode v1 = attention_decode.cu (split kernel + merge kernel),
 // v2 = attention_decode_v2.cu (one launch). SAMBA_EXT_ATTN_PREFILL / SAMBA_EXT_ATTN_DECODE =
 // v1 | v2 | v3 | v4 (prefill only) | auto (read once; default auto: the per-head-dim choice in auto_prefill() /
 // auto_decode()); samba_cu_attn_variant() overrides them at run time (tests, benchmarks).
 // A variant that does not apply to a call (shared memory, scale, capture) falls back to v1;
-// v4 runs v3 for head dims above 128, and a call that would run v4 on a device without its
-// sm_90a code (not compute capability 9.0, or a build without 90) fails with
-// SAMBA_ERR_UNSUPPORTED naming the requirement.
+// v4 runs v2/v3 for head dims above 128, and an explicit v4 on a device without its sm_90a
+// code (not compute capability 9.0, or a build without 90) fails with SAMBA_ERR_UNSUPPORTED
+// naming the requirement (auto then picks v2/v3 instead).
 //
 // Decode (attn_decode_kernel): grid (H, B), 4 warps splitting the n_valid cached keys;
 // lanes over head dims, 8 keys per step (8 independent warp reductions in flight); the four
@@ -69,11 +69,16 @@ static samba_status launch_fwd(const samba_cu_attn_args *a, cudaStream_t stream)
 
 // ------------------------------------------------------------------ variants -----------
 // Which tensor-core variant runs when the setting is "auto", by head dim.
-// The defaults follow benchmarks/results/gpu_attention.md (H200, bf16): v2 was the fastest
-// prefill at head dim 64 (SWA and causal) and 96 at 32K, v3 at head dim 128 (all lengths);
-// decode v2 was faster from 16K keys on and within 8% of v1 at 4K.
-static int auto_prefill(int64_t hd) {
+// The defaults follow benchmarks/results/gpu_attention.md (H200, bf16, 2026-12-05): v4 (wgmma,
+// compute capability 9.0 with sm_90a code) was the fastest prefill at head dims 64 and 128, v3
+// at 96; without wgmma, v2 at head dim 64 and v3 from 128. Decode v2 was faster from 16K keys
+// on and within 8% of v1 at 4K.
+static int mma_fallback(int64_t hd) {
     return hd >= 128 ? 3 : 2;
+}
+static int auto_prefill(int64_t hd) {
+    if ((hd == 64 || hd == 128) && attn_wgmma_device_ok()) return 4;
+    return mma_fallback(hd);
 }
 static int auto_decode(int64_t hd) {
     (void)hd;
@@ -146,7 +151,7 @@ extern "C" samba_status samba_cu_attn_fwd(const samba_cu_attn_args *a, void *str
                                          "SAMBA_EXT_CUDA_ARCHS (sm_90a code)");
             if (attn_wgmma_applicable(a)) return attn_wgmma_fwd(a, st);
         }
-        var = 3;  // head dims above 128 run v3 (and calls v3 cannot take, v1)
+        var = mma_fallback(a->headdim);  // calls v4 cannot take (and those v2/v3 cannot, v1)
     }
     if (var >= 2 && attn_mma_v2_applicable(a, var)) return attn_mma_v2_fwd(a, var, st);
     if (attn_mma_applicable(a)) return attn_mma_fwd(a, st);
