@@ -97,205 +97,74 @@ template <int N> __device__ __forceinline__ void fence_operands(float (&r)[N]) {
 }
 
 // Wgmma<T, N>::ss / ::rs_t: one wgmma.mma_async m64nNk16 with float32 accumulators
-// (written out for N = 64 and 128, bfloat16 and float16).
+// (N = 64 and 128, bfloat16 and float16; one macro spells the four specialisations):
+//   ss(d, da, db):  d (64 x N, accumulator fragment) += A (64 x 16, K-major, descriptor da) *
+//                   B (16 x N, K-major, descriptor db)
+//   rs_t(d, a, db): d += A (64 x 16 in registers: each warp's 16 rows as the A fragment of
+//                   mma.sync m16n8k16) * B (16 x N, MN-major: tnspB = 1, descriptor db)
 template <typename T, int N> struct Wgmma;
 
-template <> struct Wgmma<__nv_bfloat16, 64> {
-    // d (64 x 64, float32 accumulator fragment) += A (64 x 16, K-major, descriptor da) *
-    // B (16 x 64, K-major, descriptor db)
-    static __device__ __forceinline__ void ss(float (&d)[32], uint64_t da, uint64_t db) {
 #if SAMBA_WGMMA
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-            "}, "
-            "%32, %33, p, 1, 1, 0, 0;\n}\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-            : "l"(da), "l"(db), "r"(1));
+#define SAMBA_WG_ASM(...) asm volatile(__VA_ARGS__)
 #else
-        __trap();
+#define SAMBA_WG_ASM(...) __trap()
 #endif
-    }
-    // d += A (64 x 16 in registers: each warp's 16 rows as the A fragment of mma.sync
-    // m16n8k16) * B (16 x 64, MN-major: tnspB = 1, descriptor db)
-    static __device__ __forceinline__ void rs_t(float (&d)[32], const uint32_t (&a)[4],
-                                                uint64_t db) {
-#if SAMBA_WGMMA
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-            "}, "
-            "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
-#else
-        __trap();
-#endif
-    }
-};
-template <> struct Wgmma<__nv_bfloat16, 128> {
-    // d (64 x 128, float32 accumulator fragment) += A (64 x 16, K-major, descriptor da) *
-    // B (16 x 128, K-major, descriptor db)
-    static __device__ __forceinline__ void ss(float (&d)[64], uint64_t da, uint64_t db) {
-#if SAMBA_WGMMA
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-            "}, "
-            "%64, %65, p, 1, 1, 0, 0;\n}\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-              "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-              "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-              "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-              "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-            : "l"(da), "l"(db), "r"(1));
-#else
-        __trap();
-#endif
-    }
-    // d += A (64 x 16 in registers: each warp's 16 rows as the A fragment of mma.sync
-    // m16n8k16) * B (16 x 128, MN-major: tnspB = 1, descriptor db)
-    static __device__ __forceinline__ void rs_t(float (&d)[64], const uint32_t (&a)[4],
-                                                uint64_t db) {
-#if SAMBA_WGMMA
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-            "}, "
-            "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-              "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-              "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-              "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-              "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
-#else
-        __trap();
-#endif
-    }
-};
-template <> struct Wgmma<__half, 64> {
-    // d (64 x 64, float32 accumulator fragment) += A (64 x 16, K-major, descriptor da) *
-    // B (16 x 64, K-major, descriptor db)
-    static __device__ __forceinline__ void ss(float (&d)[32], uint64_t da, uint64_t db) {
-#if SAMBA_WGMMA
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-            "}, "
-            "%32, %33, p, 1, 1, 0, 0;\n}\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-            : "l"(da), "l"(db), "r"(1));
-#else
-        __trap();
-#endif
-    }
-    // d += A (64 x 16 in registers: each warp's 16 rows as the A fragment of mma.sync
-    // m16n8k16) * B (16 x 64, MN-major: tnspB = 1, descriptor db)
-    static __device__ __forceinline__ void rs_t(float (&d)[32], const uint32_t (&a)[4],
-                                                uint64_t db) {
-#if SAMBA_WGMMA
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {"
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
-            "}, "
-            "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
-#else
-        __trap();
-#endif
-    }
-};
-template <> struct Wgmma<__half, 128> {
-    // d (64 x 128, float32 accumulator fragment) += A (64 x 16, K-major, descriptor da) *
-    // B (16 x 128, K-major, descriptor db)
-    static __device__ __forceinline__ void ss(float (&d)[64], uint64_t da, uint64_t db) {
-#if SAMBA_WGMMA
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-            "}, "
-            "%64, %65, p, 1, 1, 0, 0;\n}\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-              "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-              "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-              "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-              "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-            : "l"(da), "l"(db), "r"(1));
-#else
-        __trap();
-#endif
-    }
-    // d += A (64 x 16 in registers: each warp's 16 rows as the A fragment of mma.sync
-    // m16n8k16) * B (16 x 128, MN-major: tnspB = 1, descriptor db)
-    static __device__ __forceinline__ void rs_t(float (&d)[64], const uint32_t (&a)[4],
-                                                uint64_t db) {
-#if SAMBA_WGMMA
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {"
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-            "}, "
-            "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-              "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-              "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-              "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-              "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
-#else
-        __trap();
-#endif
-    }
-};
+
+// the accumulator operands %0 .. %31 (N = 64) or %0 .. %63 (N = 128), as text and as bindings
+#define SAMBA_WG_REGS32                                                                        \
+    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                   \
+    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+#define SAMBA_WG_REGS64                                                                        \
+    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                   \
+    "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "         \
+    "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "         \
+    "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+#define SAMBA_WG_F8(d, i)                                                                      \
+    "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
+        "+f"(d[i + 6]), "+f"(d[i + 7])
+#define SAMBA_WG_OUT32(d) \
+    SAMBA_WG_F8(d, 0), SAMBA_WG_F8(d, 8), SAMBA_WG_F8(d, 16), SAMBA_WG_F8(d, 24)
+#define SAMBA_WG_OUT64(d) \
+    SAMBA_WG_OUT32(d), SAMBA_WG_F8(d, 32), SAMBA_WG_F8(d, 40), SAMBA_WG_F8(d, 48), SAMBA_WG_F8(d, 56)
+
+// T, its PTX type, N, accumulator registers NA, their operand text / bindings, then the
+// operand numbers that follow the accumulators: SS predicate and descriptors, RS predicate and
+// A registers + descriptor.
+#define SAMBA_WG_SPEC(T, TY, N, NA, REGS, OUTS, SS_P, SS_AB, RS_P, RS_AB)                     \
+    template <> struct Wgmma<T, N> {                                                          \
+        static __device__ __forceinline__ void ss(float (&d)[NA], uint64_t da, uint64_t db) { \
+            SAMBA_WG_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, " SS_P ", 0;\n"                    \
+                         "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " {"    \
+                         REGS "}, " SS_AB ", p, 1, 1, 0, 0;\n}\n"                            \
+                         : OUTS(d)                                                            \
+                         : "l"(da), "l"(db), "r"(1));                                         \
+        }                                                                                     \
+        static __device__ __forceinline__ void rs_t(float (&d)[NA], const uint32_t (&a)[4],   \
+                                                    uint64_t db) {                            \
+            SAMBA_WG_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, " RS_P ", 0;\n"                    \
+                         "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " {"    \
+                         REGS "}, " RS_AB ", p, 1, 1, 1;\n}\n"                               \
+                         : OUTS(d)                                                            \
+                         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));     \
+        }                                                                                     \
+    };
+
+SAMBA_WG_SPEC(__nv_bfloat16, "bf16", 64, 32, SAMBA_WG_REGS32, SAMBA_WG_OUT32, "%34", "%32, %33",
+              "%37", "{%32, %33, %34, %35}, %36")
+SAMBA_WG_SPEC(__nv_bfloat16, "bf16", 128, 64, SAMBA_WG_REGS64, SAMBA_WG_OUT64, "%66", "%64, %65",
+              "%69", "{%64, %65, %66, %67}, %68")
+SAMBA_WG_SPEC(__half, "f16", 64, 32, SAMBA_WG_REGS32, SAMBA_WG_OUT32, "%34", "%32, %33", "%37",
+              "{%32, %33, %34, %35}, %36")
+SAMBA_WG_SPEC(__half, "f16", 128, 64, SAMBA_WG_REGS64, SAMBA_WG_OUT64, "%66", "%64, %65", "%69",
+              "{%64, %65, %66, %67}, %68")
+
+#undef SAMBA_WG_SPEC
+#undef SAMBA_WG_OUT64
+#undef SAMBA_WG_OUT32
+#undef SAMBA_WG_F8
+#undef SAMBA_WG_REGS64
+#undef SAMBA_WG_REGS32
+#undef SAMBA_WG_ASM
 
 }  // namespace samba_wgmma
 
