@@ -23,11 +23,11 @@
 // outside the valid range are never read. The workspace is allocated stream-ordered from the
 // device's memory pool (samba_cu_malloc) and freed after the combine, so concurrent streams and
 // graph capture are safe.
-#include "attention_impl.cuh"
-#include "mma_ptx.cuh"
+#include "decode_warp.cuh"
 
 namespace {
 using namespace samba_ptx;
+using namespace samba_decode;
 
 constexpr int DEC_THREADS = 128;  // 4 warps
 constexpr int DEC_BT = 64;        // keys per tile (16 per warp)
@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(DEC_THREADS) decode_tc_kernel(DecArgs a) {
     const int64_t h0 = hkv * G + (int64_t)hgrp * DEC_GB;  // first query head of this block
     const int nh = min(DEC_GB, G - hgrp * DEC_GB);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int g = lane >> 2, tq = lane & 3;
+    const int g = lane >> 2;
     constexpr int CH = C::D / 8;  // 16-byte chunks per row
 
     int64_t nv = ldi(a.n_valid.ptr, a.n_valid.dtype, b);
@@ -127,18 +127,7 @@ __global__ void __launch_bounds__(DEC_THREADS) decode_tc_kernel(DecArgs a) {
     for (int it = 0; it < ntiles; ++it) {
         cp_async_wait<C::STAGES - 2>();  // tile it (and Q) landed
         __syncthreads();                 // ... for every thread; stage (it-1) is free again
-        if (it == 0) {
-            // B (k = dims, n = heads): heads (lane % 8), dims ks*16 + (lane / 8) * 8
-#pragma unroll
-            for (int ks = 0; ks < C::KSTEPS; ks += 2) {
-                uint32_t r[4];
-                ldsm_x4(r, sQ + (lane & 7) * C::LD + ks * 16 + (lane >> 3) * 8);
-                qb[ks][0] = r[0];
-                qb[ks][1] = r[1];
-                qb[ks + 1][0] = r[2];
-                qb[ks + 1][1] = r[3];
-            }
-        }
+        if (it == 0) dec_q_frags<T, C::KSTEPS, C::LD>(qb, sQ, lane);
         const int nxt = it + C::STAGES - 1;
         if (nxt < ntiles) load_tile(nxt, nxt % C::STAGES);
         cp_async_commit();
@@ -147,95 +136,21 @@ __global__ void __launch_bounds__(DEC_THREADS) decode_tc_kernel(DecArgs a) {
         const T *k_w = sK + (stage * DEC_BT + warp * 16) * C::LD;  // this warp's 16 keys
         const T *v_w = sV + (stage * DEC_BT + warp * 16) * C::LD;
 
-        // ---- S^T = K Q^T: A (keys x dims) rows lane % 16, cols (lane / 16) * 8 ----
-        float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        const T *k_lane = k_w + (lane & 15) * C::LD + (lane >> 4) * 8;
-#pragma unroll
-        for (int ks = 0; ks < C::KSTEPS; ++ks) {
-            uint32_t ak[4];
-            ldsm_x4(ak, k_lane + ks * 16);
-            Mma<T>::run(s, ak, qb[ks][0], qb[ks][1]);
-        }
-        // s[e]: key g, head 2tq + e; s[2 + e]: key g + 8
-        const int64_t key0 = r_begin + (int64_t)it * DEC_BT + warp * 16 + g;
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const bool valid = key0 + (e >> 1) * 8 < r_end;
-            s[e] = valid ? s[e] * a.sl : -INFINITY;
-        }
-        // ---- online softmax per head (a column: the 8 lanes with this tq) ----
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            float mx = fmaxf(s[e], s[2 + e]);
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
-            const float mnew = fmaxf(m[e], mx);
-            const float mref = mnew == -INFINITY ? 0.0f : mnew;
-            const float corr = fast_exp2(m[e] - mref);
-            m[e] = mnew;
-            s[e] = fast_exp2(s[e] - mref);
-            s[2 + e] = fast_exp2(s[2 + e] - mref);
-            l[e] = l[e] * corr + s[e] + s[2 + e];  // this lane's keys; summed over g at the end
-#pragma unroll
-            for (int i = 0; i < C::KSTEPS; ++i) {
-                o[i][e] *= corr;
-                o[i][2 + e] *= corr;
-            }
-        }
-        // ---- O^T += V^T P^T ----
-        // P^T as B (k = keys, n = heads): transpose the two 8x8 (keys x heads) halves of S^T
-        const uint32_t b0 = movmatrix_trans(Mma<T>::pack(s[0], s[1]));  // keys 0-7
-        const uint32_t b1 = movmatrix_trans(Mma<T>::pack(s[2], s[3]));  // keys 8-15
-        // A = V^T (dims x keys) by ldmatrix.trans: keys (lane % 8) + (lane / 16) * 8,
-        // dims mt*16 + ((lane / 8) % 2) * 8
-        const T *v_lane = v_w + ((lane & 7) + ((lane >> 4) << 3)) * C::LD + ((lane >> 3) & 1) * 8;
-#pragma unroll
-        for (int mt = 0; mt < C::KSTEPS; ++mt) {
-            uint32_t av[4];
-            ldsm_x4_trans(av, v_lane + mt * 16);
-            Mma<T>::run(o[mt], av, b0, b1);
-        }
+        const int64_t key0 = r_begin + (int64_t)it * DEC_BT + warp * 16 + g;  // this lane's key g
+        dec_warp_tile<T, C::KSTEPS, C::LD>(k_w, v_w, qb, key0, r_end, a.sl, o, m, l, lane);
     }
     cp_async_wait<0>();
     __syncthreads();  // the K stages become the merge scratch
 
     // ---- merge the 4 warps: (m, l) per head, O^T per head and dim ----
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-        float le = l[e];
-        le += __shfl_xor_sync(0xffffffffu, le, 4);
-        le += __shfl_xor_sync(0xffffffffu, le, 8);
-        le += __shfl_xor_sync(0xffffffffu, le, 16);
-        if (g == 0) {
-            sm_m[warp][2 * tq + e] = m[e];
-            sm_l[warp][2 * tq + e] = le;
-        }
-    }
     float *so = reinterpret_cast<float *>(sK);  // [4][8][D]
-#pragma unroll
-    for (int mt = 0; mt < C::KSTEPS; ++mt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            float *dst = so + (warp * DEC_GB + 2 * tq + e) * C::D + mt * 16 + g;
-            dst[0] = o[mt][e];
-            dst[8] = o[mt][2 + e];
-        }
+    dec_warp_publish<C::KSTEPS, C::D>(o, m, l, sm_m, sm_l, so, warp, lane);
     __syncthreads();
     for (int item = threadIdx.x; item < DEC_GB * C::D; item += DEC_THREADS) {
         const int j = item / C::D, d = item % C::D;
         if (j >= nh || d >= a.hd) continue;
-        float M = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < 4; ++w) M = fmaxf(M, sm_m[w][j]);
-        const float mref = M == -INFINITY ? 0.0f : M;
-        float L = 0.0f, acc = 0.0f;
-#pragma unroll
-        for (int w = 0; w < 4; ++w) {
-            const float wt = fast_exp2(sm_m[w][j] - mref);  // 0 for a warp that saw no key
-            L += wt * sm_l[w][j];
-            acc += wt * so[(w * DEC_GB + j) * C::D + d];
-        }
+        float M, L, acc;
+        dec_merge_warps<4, C::D>(sm_m, sm_l, so, j, d, M, L, acc);
         const int64_t bh = b * a.nheads + h0 + j;
         if (a.nsplit == 1) {
             ((T *)a.out)[bh * a.hd + d] = from_f<T>(L == 0.0f ? 0.0f : acc / L);

@@ -37,11 +37,11 @@
 
 #include <mutex>
 
-#include "attention_impl.cuh"
-#include "mma_ptx.cuh"
+#include "decode_warp.cuh"
 
 namespace {
 using namespace samba_ptx;
+using namespace samba_decode;
 
 constexpr int D2_GB = 8;             // query heads per row (the mma N side)
 constexpr int D2_MAX_BLOCKS = 1024;  // bounds the slots one row can have (combine weights)
@@ -198,7 +198,7 @@ __device__ __forceinline__ void d2_segment(const Dec2Args &a, int64_t row, int64
     T *sK = sQ + D2_GB * C::LD;            // [STAGES][BT][LD]
     T *sV = sK + C::STAGES * C::BT * C::LD;  // [STAGES][BT][LD]
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-    const int g = lane >> 2, tq = lane & 3;
+    const int g = lane >> 2;
 
     const int grp = (int)(row % a.ngroups);
     const int64_t bh = row / a.ngroups;
@@ -254,17 +254,7 @@ __device__ __forceinline__ void d2_segment(const Dec2Args &a, int64_t row, int64
         for (int it = 0; it < ntiles; ++it) {
             cp_async_wait<C::STAGES - 2>();  // tile it (and Q) landed
             __syncthreads();                 // ... for every thread; stage (it-1) is free again
-            if (it == 0) {
-#pragma unroll
-                for (int ks = 0; ks < C::KSTEPS; ks += 2) {
-                    uint32_t r[4];
-                    ldsm_x4(r, sQ + (lane & 7) * C::LD + ks * 16 + (lane >> 3) * 8);
-                    qb[ks][0] = r[0];
-                    qb[ks][1] = r[1];
-                    qb[ks + 1][0] = r[2];
-                    qb[ks + 1][1] = r[3];
-                }
-            }
+            if (it == 0) dec_q_frags<T, C::KSTEPS, C::LD>(qb, sQ, lane);
             const int nxt = it + C::STAGES - 1;
             if (nxt < ntiles) load_tile(nxt, nxt % C::STAGES);
             cp_async_commit();
@@ -275,78 +265,15 @@ __device__ __forceinline__ void d2_segment(const Dec2Args &a, int64_t row, int64
             const T *k_w = sK + (stage * C::BT + warp * 16) * C::LD;
             const T *v_w = sV + (stage * C::BT + warp * 16) * C::LD;
 
-            // ---- S^T = K Q^T: A (keys x dims) rows lane % 16, cols (lane / 16) * 8 ----
-            float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            const T *k_lane = k_w + (lane & 15) * C::LD + (lane >> 4) * 8;
-#pragma unroll
-            for (int ks = 0; ks < C::KSTEPS; ++ks) {
-                uint32_t ak[4];
-                ldsm_x4(ak, k_lane + ks * 16);
-                Mma<T>::run(s, ak, qb[ks][0], qb[ks][1]);
-            }
-            // s[e]: key g, head 2tq + e; s[2 + e]: key g + 8
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const bool valid = key0 + g + (e >> 1) * 8 < r_end;
-                s[e] = valid ? s[e] * a.sl : -INFINITY;
-            }
-            // ---- online softmax per head (a column: the 8 lanes with this tq) ----
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                float mx = fmaxf(s[e], s[2 + e]);
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
-                const float mnew = fmaxf(m[e], mx);
-                const float mref = mnew == -INFINITY ? 0.0f : mnew;
-                const float corr = fast_exp2(m[e] - mref);
-                m[e] = mnew;
-                s[e] = fast_exp2(s[e] - mref);
-                s[2 + e] = fast_exp2(s[2 + e] - mref);
-                l[e] = l[e] * corr + s[e] + s[2 + e];  // this lane's keys; summed over g below
-#pragma unroll
-                for (int i = 0; i < C::KSTEPS; ++i) {
-                    o[i][e] *= corr;
-                    o[i][2 + e] *= corr;
-                }
-            }
-            // ---- O^T += V^T P^T (P^T from the two 8x8 halves of S^T, transposed) ----
-            const uint32_t b0 = movmatrix_trans(Mma<T>::pack(s[0], s[1]));  // keys 0-7
-            const uint32_t b1 = movmatrix_trans(Mma<T>::pack(s[2], s[3]));  // keys 8-15
-            const T *v_lane =
-                v_w + ((lane & 7) + ((lane >> 4) << 3)) * C::LD + ((lane >> 3) & 1) * 8;
-#pragma unroll
-            for (int mt = 0; mt < C::KSTEPS; ++mt) {
-                uint32_t av[4];
-                ldsm_x4_trans(av, v_lane + mt * 16);
-                Mma<T>::run(o[mt], av, b0, b1);
-            }
+            dec_warp_tile<T, C::KSTEPS, C::LD>(k_w, v_w, qb, key0 + g, r_end, a.sl, o, m, l, lane);
         }
         cp_async_wait<0>();
     }
     __syncthreads();  // the K stages become the merge scratch
 
     // ---- merge the NW warps: (m, l) per head, O^T per head and dim ----
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-        float le = l[e];
-        le += __shfl_xor_sync(0xffffffffu, le, 4);
-        le += __shfl_xor_sync(0xffffffffu, le, 8);
-        le += __shfl_xor_sync(0xffffffffu, le, 16);
-        if (g == 0) {
-            sh.m[warp][2 * tq + e] = m[e];
-            sh.l[warp][2 * tq + e] = le;
-        }
-    }
     float *so = reinterpret_cast<float *>(sK);  // [NW][8][D]
-#pragma unroll
-    for (int mt = 0; mt < C::KSTEPS; ++mt)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            float *dst = so + (warp * D2_GB + 2 * tq + e) * C::D + mt * 16 + g;
-            dst[0] = o[mt][e];
-            dst[8] = o[mt][2 + e];
-        }
+    dec_warp_publish<C::KSTEPS, C::D>(o, m, l, sh.m, sh.l, so, warp, lane);
     __syncthreads();
 
     const int64_t first = d2_owner(a, row * a.tpr), last = d2_owner(a, (row + 1) * a.tpr - 1);
@@ -356,17 +283,8 @@ __device__ __forceinline__ void d2_segment(const Dec2Args &a, int64_t row, int64
     for (int item = tid; item < D2_GB * C::D; item += C::THREADS) {
         const int j = item / C::D, d = item % C::D;
         if (j >= nh || d >= a.hd) continue;
-        float M = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < C::NW; ++w) M = fmaxf(M, sh.m[w][j]);
-        const float mref = M == -INFINITY ? 0.0f : M;
-        float L = 0.0f, acc = 0.0f;
-#pragma unroll
-        for (int w = 0; w < C::NW; ++w) {
-            const float wt = fast_exp2(sh.m[w][j] - mref);  // 0 for a warp that saw no key
-            L += wt * sh.l[w][j];
-            acc += wt * so[(w * D2_GB + j) * C::D + d];
-        }
+        float M, L, acc;
+        dec_merge_warps<C::NW, C::D>(sh.m, sh.l, so, j, d, M, L, acc);
         if (nseg == 1) {
             out_rows[(int64_t)j * a.hd + d] = d2_from_f<T>(L == 0.0f ? 0.0f : acc / L);
         } else {
