@@ -95,17 +95,7 @@ attn_bwd_dq_kernel(samba_cu_attn_ext_args p, const float *delta, const float *ls
     const float sc = capped ? p.softmax_scale / p.softcap : p.softmax_scale * ABW_LOG2E;
     const float cap2 = p.softcap * ABW_LOG2E;
 
-    for (int e = tid; e < AB_BQ * hd; e += blockDim.x) {
-        const int qi = e / hd, c = e % hd;
-        const int64_t q = q0 + qi;
-        float qv = 0.0f, ov = 0.0f;
-        if (q < Lq) {
-            qv = ldf(p.q, b * p.q_stride[0] + q * p.q_stride[1] + h * p.q_stride[2] + c) * sc;
-            ov = ldf(p.dout, b * p.do_stride[0] + q * p.do_stride[1] + h * p.do_stride[2] + c);
-        }
-        sQ[e] = qv;
-        sO[e] = ov;
-    }
+    ab_load_rows2(sQ, sO, hd, p.q, p.q_stride, p.dout, p.do_stride, b, h, q0, AB_BQ, Lq, hd, sc);
     float l2[AB_RPW], dl[AB_RPW], dq[AB_RPW][DCH];
 #pragma unroll
     for (int r = 0; r < AB_RPW; ++r) {
@@ -124,17 +114,8 @@ attn_bwd_dq_kernel(samba_cu_attn_ext_args p, const float *delta, const float *ls
 
     for (int64_t kbase = kmin; kbase <= kmax; kbase += AB_BT) {
         __syncthreads();
-        for (int e = tid; e < AB_BT * hd; e += blockDim.x) {
-            const int j = e / hd, c = e % hd;
-            const int64_t key = kbase + j;
-            float kv = 0.0f, vv = 0.0f;
-            if (key < Lk) {
-                kv = ldf(p.k, b * p.k_stride[0] + key * p.k_stride[1] + hkv * p.k_stride[2] + c);
-                vv = ldf(p.v, b * p.v_stride[0] + key * p.v_stride[1] + hkv * p.v_stride[2] + c);
-            }
-            sK[j * ks + c] = kv;
-            sV[j * ks + c] = vv;
-        }
+        ab_load_rows2(sK, sV, ks, p.k, p.k_stride, p.v, p.v_stride, b, hkv, kbase, AB_BT, Lk, hd,
+                      1.0f);
         __syncthreads();
 #pragma unroll
         for (int r = 0; r < AB_RPW; ++r) {
@@ -200,17 +181,7 @@ attn_bwd_dkdv_kernel(samba_cu_attn_ext_args p, const float *delta, const float *
     const float sc = capped ? p.softmax_scale / p.softcap : p.softmax_scale * ABW_LOG2E;
     const float cap2 = p.softcap * ABW_LOG2E;
 
-    for (int e = tid; e < AB_BQ * hd; e += blockDim.x) {
-        const int kj = e / hd, c = e % hd;
-        const int64_t key = k0 + kj;
-        float kv = 0.0f, vv = 0.0f;
-        if (key < Lk) {
-            kv = ldf(p.k, b * p.k_stride[0] + key * p.k_stride[1] + hk * p.k_stride[2] + c) * sc;
-            vv = ldf(p.v, b * p.v_stride[0] + key * p.v_stride[1] + hk * p.v_stride[2] + c);
-        }
-        sK[e] = kv;
-        sV[e] = vv;
-    }
+    ab_load_rows2(sK, sV, hd, p.k, p.k_stride, p.v, p.v_stride, b, hk, k0, AB_BQ, Lk, hd, sc);
     float dk[AB_RPW][DCH], dv[AB_RPW][DCH];
 #pragma unroll
     for (int r = 0; r < AB_RPW; ++r)
@@ -225,17 +196,8 @@ attn_bwd_dkdv_kernel(samba_cu_attn_ext_args p, const float *delta, const float *
     for (int64_t h = hk * G; h < (hk + 1) * G; ++h) {
         for (int64_t qbase = qlo; qbase <= qhi; qbase += AB_BT) {
             __syncthreads();
-            for (int e = tid; e < AB_BT * hd; e += blockDim.x) {
-                const int i = e / hd, c = e % hd;
-                const int64_t q = qbase + i;
-                float qv = 0.0f, ov = 0.0f;
-                if (q < Lq) {
-                    qv = ldf(p.q, b * p.q_stride[0] + q * p.q_stride[1] + h * p.q_stride[2] + c);
-                    ov = ldf(p.dout, b * p.do_stride[0] + q * p.do_stride[1] + h * p.do_stride[2] + c);
-                }
-                sQ[i * ks + c] = qv;
-                sO[i * ks + c] = ov;
-            }
+            ab_load_rows2(sQ, sO, ks, p.q, p.q_stride, p.dout, p.do_stride, b, h, qbase, AB_BT, Lq,
+                          hd, 1.0f);
             if (tid < AB_BT) {
                 const int64_t q = qbase + tid;
                 const int64_t at = (b * p.nheads + h) * Lq + (q < Lq ? q : 0);

@@ -9,6 +9,27 @@
 
 #define ABW_LOG2E 1.4426950408889634f
 
+// Rows r0 .. r0 + n - 1 of two (B, L, heads, hd) operands x and y (strides xs / ys; batch b,
+// head `head`) into float32 shared rows sx / sy of pitch ld, x times xscale; rows at or past
+// `limit` are zero. All threads of the block take part (the CUDA-core kernels' tile loads).
+__device__ __forceinline__ void ab_load_rows2(float *sx, float *sy, int ld, samba_cu_ref x,
+                                              const int64_t (&xs)[3], samba_cu_ref y,
+                                              const int64_t (&ys)[3], int64_t b, int64_t head,
+                                              int64_t r0, int n, int64_t limit, int hd,
+                                              float xscale) {
+    for (int e = threadIdx.x; e < n * hd; e += blockDim.x) {
+        const int j = e / hd, c = e % hd;
+        const int64_t r = r0 + j;
+        float xv = 0.0f, yv = 0.0f;
+        if (r < limit) {
+            xv = ldf(x, b * xs[0] + r * xs[1] + head * xs[2] + c) * xscale;
+            yv = ldf(y, b * ys[0] + r * ys[1] + head * ys[2] + c);
+        }
+        sx[j * ld + c] = xv;
+        sy[j * ld + c] = yv;
+    }
+}
+
 // Size and scalar checks of samba_cu_attn_fwd_lse / samba_cu_attn_bwd (message names `what`).
 samba_status attn_ext_check(const char *what, const samba_cu_attn_ext_args *a);
 // The tensor-core prefill's view of the arguments (q, k, v, out, strides; no window).

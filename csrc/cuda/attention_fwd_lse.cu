@@ -68,17 +68,8 @@ attn_fwd_lse_kernel(samba_cu_attn_ext_args p) {
 
     for (int64_t kbase = kmin; kbase <= kmax; kbase += FL_BK) {
         __syncthreads();
-        for (int e = tid; e < FL_BK * hd; e += blockDim.x) {
-            const int j = e / hd, c = e % hd;
-            const int64_t key = kbase + j;
-            float kv = 0.0f, vv = 0.0f;
-            if (key < Lk) {
-                kv = ldf(p.k, b * p.k_stride[0] + key * p.k_stride[1] + hkv * p.k_stride[2] + c);
-                vv = ldf(p.v, b * p.v_stride[0] + key * p.v_stride[1] + hkv * p.v_stride[2] + c);
-            }
-            sK[j * ks + c] = kv;
-            sV[j * ks + c] = vv;
-        }
+        ab_load_rows2(sK, sV, ks, p.k, p.k_stride, p.v, p.v_stride, b, hkv, kbase, FL_BK, Lk, hd,
+                      1.0f);
         __syncthreads();
 #pragma unroll
         for (int qq = 0; qq < FL_QPW; ++qq) {
