@@ -25,11 +25,11 @@
 // a two-sided window (left, right, either unbounded), any Lq / Lk, softcap, and the
 // log-sum-exp stored per row. GEN = false is the causal sliding-window kernel above, compiled
 // without any of it.
-#include "attention_impl.cuh"
-#include "mma_ptx.cuh"
+#include "prefill_common.cuh"
 
 namespace {
 using namespace samba_ptx;
+using namespace samba_prefill;
 
 // ------------------------------------------------------------ tile configuration -------
 template <int D_, int BK_, int MT_, bool QREG_> struct Cfg {
@@ -268,12 +268,7 @@ attn_mma_kernel(samba_cu_attn_args p, int n_qtiles, attn_gen gx) {
         for (int kk = 0; kk < C::BK / 16; ++kk) {
             uint32_t a[C::MT][4];
 #pragma unroll
-            for (int mt = 0; mt < C::MT; ++mt) {
-                a[mt][0] = Mma<T>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-                a[mt][1] = Mma<T>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-                a[mt][2] = Mma<T>::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-                a[mt][3] = Mma<T>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-            }
+            for (int mt = 0; mt < C::MT; ++mt) pack_p<T>(a[mt], s[mt][2 * kk], s[mt][2 * kk + 1]);
 #pragma unroll
             for (int i = 0; i < C::NT_O; i += 2) {
                 uint32_t vb[4];
@@ -294,10 +289,8 @@ attn_mma_kernel(samba_cu_attn_args p, int n_qtiles, attn_gen gx) {
     for (int mt = 0; mt < C::MT; ++mt) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            float lr = l[mt][r];
-            lr += __shfl_xor_sync(0xffffffffu, lr, 1);
-            lr += __shfl_xor_sync(0xffffffffu, lr, 2);
-            const float inv = lr > 0.0f ? 1.0f / lr : (lr == 0.0f ? 0.0f : lr);  // NaN stays NaN
+            const float lr = quad_sum(l[mt][r]);
+            const float inv = row_inv(lr);
             const int64_t q = q0 + wrow + mt * 16 + g + r * 8;
             if (q >= Lq) continue;
             if constexpr (GEN) {
@@ -306,34 +299,17 @@ attn_mma_kernel(samba_cu_attn_args p, int n_qtiles, attn_gen gx) {
                         lr > 0.0f ? 0.6931471805599453f * (m[mt][r] + log2f(lr))
                                   : (lr == 0.0f ? -INFINITY : lr);
             }
-            T *orow = (T *)p.out.ptr + ((b * Lq + q) * p.nheads + h) * hd;
-#pragma unroll
-            for (int i = 0; i < C::NT_O; ++i) {
-                const int col = i * 8 + 2 * tq;
-                if (col < hd) {
-                    const uint32_t v = Mma<T>::pack(o[mt][i][2 * r] * inv, o[mt][i][2 * r + 1] * inv);
-                    *reinterpret_cast<uint32_t *>(orow + col) = v;
-                }
-            }
+            store_o_row<T, C::NT_O>((T *)p.out.ptr + ((b * Lq + q) * p.nheads + h) * hd, o[mt], r,
+                                    inv, hd, tq);
         }
     }
 }
 
 template <typename T, class C, bool GEN>
 samba_status launch(const samba_cu_attn_args *a, const attn_gen *gx, cudaStream_t st) {
-    const int64_t n_qtiles = cdiv(a->seqlen_q, C::BQ);
-    if (n_qtiles > 65535)
-        return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED,
-                                 "swa_attention: seqlen_q above %lld on the tensor-core path",
-                                 (long long)65535 * C::BQ);
-    cudaError_t e = cudaFuncSetAttribute(attn_mma_kernel<T, C, GEN>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
-    if (e != cudaSuccess) return samba_cu_fail("swa_attention (shared memory opt-in)", e);
-    dim3 grid((unsigned)a->nheads, (unsigned)n_qtiles, (unsigned)a->batch);
-    attn_gen none = {0, 0, 0.0f, nullptr};
-    attn_mma_kernel<T, C, GEN><<<grid, C::THREADS, C::SMEM, st>>>(*a, (int)n_qtiles,
-                                                                  gx ? *gx : none);
-    return samba_cu_check_launch(GEN ? "attention_fwd" : "swa_attention", st);
+    const attn_gen none = {0, 0, 0.0f, nullptr};
+    return launch_prefill(attn_mma_kernel<T, C, GEN>, C::BQ, C::THREADS, C::SMEM,
+                          GEN ? "attention_fwd" : "swa_attention", a, st, gx ? *gx : none);
 }
 
 // Rows per warp: 16 (one m-tile) at head dim 64, 32 (two m-tiles sharing every K/V fragment)

@@ -39,12 +39,12 @@
 // Positions are int32 (seqlen_k < 2^30; longer sequences run v1), as in v2.
 #include <stdlib.h>
 
-#include "attention_impl.cuh"
-#include "mma_ptx.cuh"
+#include "prefill_common.cuh"
 #include "wgmma_ptx.cuh"
 
 namespace {
 using namespace samba_ptx;
+using namespace samba_prefill;
 using namespace samba_wgmma;
 
 template <int D_, int BK_, int STAGES_, int MINB_> struct CfgW {
@@ -243,10 +243,8 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
         uint32_t pa[C::BK / 16][4];
 #pragma unroll
         for (int kk = 0; kk < C::BK / 16; ++kk) {
-            pa[kk][0] = Mma<T>::pack(s[8 * kk + 0], s[8 * kk + 1]);
-            pa[kk][1] = Mma<T>::pack(s[8 * kk + 2], s[8 * kk + 3]);
-            pa[kk][2] = Mma<T>::pack(s[8 * kk + 4], s[8 * kk + 5]);
-            pa[kk][3] = Mma<T>::pack(s[8 * kk + 6], s[8 * kk + 7]);
+            pack_p<T>(pa[kk], reinterpret_cast<const float(&)[4]>(s[8 * kk]),
+                      reinterpret_cast<const float(&)[4]>(s[8 * kk + 4]));
 #pragma unroll
             for (int j = 0; j < 4; ++j) fence_operand(pa[kk][j]);
         }
@@ -264,37 +262,18 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
     // ---- normalise and store (out is contiguous (B, Lq, H, hd)) ----
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        float lr = l[r];
-        lr += __shfl_xor_sync(0xffffffffu, lr, 1);
-        lr += __shfl_xor_sync(0xffffffffu, lr, 2);
-        const float inv = lr > 0.0f ? 1.0f / lr : (lr == 0.0f ? 0.0f : lr);  // NaN stays NaN
+        const float inv = row_inv(quad_sum(l[r]));
         const int q = q0 + wg * 64 + warp * 16 + g + r * 8;
         if (q >= Lq) continue;
-        T *orow = (T *)p.out.ptr + ((b * Lq + q) * p.nheads + h) * hd;
-#pragma unroll
-        for (int i = 0; i < C::NO / 4; ++i) {
-            const int col = i * 8 + 2 * tq;
-            if (col < hd) {
-                const uint32_t v = Mma<T>::pack(o[4 * i + 2 * r] * inv, o[4 * i + 2 * r + 1] * inv);
-                *reinterpret_cast<uint32_t *>(orow + col) = v;
-            }
-        }
+        store_o_row<T, C::NO / 4>((T *)p.out.ptr + ((b * Lq + q) * p.nheads + h) * hd,
+                                  reinterpret_cast<const float(&)[C::NO / 4][4]>(o), r, inv, hd, tq);
     }
 }
 
 template <typename T, class C>
 samba_status launch_w(const samba_cu_attn_args *a, cudaStream_t st) {
-    const int64_t n_qtiles = cdiv(a->seqlen_q, C::BQ);
-    if (n_qtiles > 65535)
-        return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED,
-                                 "swa_attention: seqlen_q above %lld on the tensor-core path",
-                                 (long long)65535 * C::BQ);
-    cudaError_t e = cudaFuncSetAttribute(attn_wgmma_kernel<T, C>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
-    if (e != cudaSuccess) return samba_cu_fail("swa_attention (shared memory opt-in)", e);
-    dim3 grid((unsigned)a->nheads, (unsigned)n_qtiles, (unsigned)a->batch);
-    attn_wgmma_kernel<T, C><<<grid, C::THREADS, C::SMEM, st>>>(*a, (int)n_qtiles);
-    return samba_cu_check_launch("swa_attention (v4)", st);
+    return launch_prefill(attn_wgmma_kernel<T, C>, C::BQ, C::THREADS, C::SMEM, "swa_attention (v4)",
+                          a, st);
 }
 
 // SAMBA_EXT_ATTN_V4_BK: 64 or 128 (anything else: the default of the head dim)
