@@ -178,6 +178,27 @@ def test_python_out_argument_is_resumable(model, tmp_path):
     assert count.started == []
 
 
+def test_interrupted_out_argument_raises_with_the_finished_units(model, tmp_path, monkeypatch):
+    """passkey(..., out=DIR) stopped by Ctrl-C after its first unit raises EvalInterrupted whose
+    result holds that unit's cells; calling again finishes only the missing unit."""
+    from samba_ext.eval import EvalInterrupted, grid
+
+    full = passkey(model, progress=False, **PK)
+    run = grid.run_grid
+    stop = _StopAfter(1)
+    monkeypatch.setattr(grid, "run_grid", lambda *a, **k: run(*a, on_unit=stop, **k))
+    with pytest.raises(EvalInterrupted) as e:
+        passkey(model, progress=False, out=tmp_path, **PK)
+    part = e.value.result
+    assert part.partial and len(stop.started) == 1
+    assert _strip(part.cells) == [c for c in _strip(full.cells) if c["length"] == 260]
+    again = _StopAfter(None)
+    monkeypatch.setattr(grid, "run_grid", lambda *a, **k: run(*a, on_unit=again, **k))
+    done = passkey(model, progress=False, out=tmp_path, **PK)
+    assert len(again.started) == 1 and not done.partial
+    assert _strip(done.cells) == _strip(full.cells)
+
+
 def test_without_ray_installed_ray_argument_says_how(model, tmp_path, monkeypatch):
     import builtins
 

@@ -344,6 +344,13 @@ def as_int_list(xs: Sequence[Any], name: str, minimum: int = 1) -> list[int]:
     return out
 
 
+def as_trials(trials: Any) -> int:
+    """``trials`` checked: an integer >= 1."""
+    if isinstance(trials, bool) or not isinstance(trials, (int, np.integer)) or trials < 1:
+        raise ValueError(f"trials: expected an integer >= 1, got {trials!r}")
+    return int(trials)
+
+
 class Timer:
     def __init__(self) -> None:
         self.t0 = time.perf_counter()

@@ -513,14 +513,20 @@ def load_unit_model(model: Any, device: str, seed: int = 0) -> Any:
 
 def grid_call(eval_name: str, args: dict) -> EvalResult:
     """The ``ray=`` / ``out=`` hook of the evaluation functions: ``args`` is the function's
-    ``locals()`` at entry (its arguments; other names are dropped)."""
+    ``locals()`` at entry (its arguments; other names are dropped). Raises EvalInterrupted
+    with the partial result when the run was interrupted (its finished units stay in
+    ``out``)."""
     params = inspect.signature(eval_function(eval_name)).parameters
     kw = {k: v for k, v in args.items() if k in params}
     model = kw.pop("model", None)
     if eval_name == "throughput":
         model = None
-    return run_grid(eval_name, model, out=kw.pop("out"), ray=kw.pop("ray"),
-                    device=kw.pop("device", "cpu"), progress=kw.pop("progress", True), **kw)
+    r = run_grid(eval_name, model, out=kw.pop("out"), ray=kw.pop("ray"),
+                 device=kw.pop("device", "cpu"), progress=kw.pop("progress", True), **kw)
+    if r.partial:
+        from ._run import EvalInterrupted
+        raise EvalInterrupted(r, None)
+    return r
 
 
 def _run_local(todo: Sequence[Unit], device: str, finished: Callable[[Unit, dict], None],

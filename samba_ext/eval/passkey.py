@@ -36,10 +36,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._common import (Progress, Timer, as_int_list, call_prefill, greedy_decode, model_info,
+from ._common import (Progress, Timer, as_int_list, as_trials, call_prefill, greedy_decode, model_info,
                       notes_for, resolve_model)
 from ._pool import TrialPool, eval_workers
-from ._run import CellRecorder, EvalInterrupted
+from ._run import CellRecorder
 from .gridspec import GRIDS, as_depths, as_lengths, grid_defaults
 from ._format import fmt_depth, fmt_tokens, format_table
 from .results import EvalResult
@@ -376,16 +376,12 @@ def passkey(model: Any, lengths: Sequence[int] | str | None = DEFAULT_LENGTHS,
     trials = g["trials"] if trials is None else trials
     if ray is not None or out is not None:    # resumable / Ray grid (samba_ext.eval.grid)
         from .grid import grid_call
-        r = grid_call("passkey", locals())
-        if r.partial:      # interrupted: the finished units are kept in `out`
-            raise EvalInterrupted(r, None)
-        return r  # type: ignore[return-value]
+        return grid_call("passkey", locals())  # type: ignore[return-value]
     model = resolve_model(model, device)
     tok = model.tokenizer
     lengths = list(dict.fromkeys(as_int_list(list(lengths), "lengths")))
     random_depth, depth_list = _check_depths(depths)
-    if isinstance(trials, bool) or not isinstance(trials, (int, np.integer)) or trials < 1:
-        raise ValueError(f"trials: expected an integer >= 1, got {trials!r}")
+    trials = as_trials(trials)
     if key_range is not None:
         lo, hi = int(key_range[0]), int(key_range[1])
         if not 0 <= lo <= hi:

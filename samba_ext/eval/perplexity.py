@@ -32,7 +32,7 @@ import numpy as np
 
 from . import corpus as _corpus
 from ._common import Progress, Timer, model_info, notes_for, resolve_model
-from ._run import CellRecorder, EvalInterrupted
+from ._run import CellRecorder
 from ._format import fmt_tokens, format_table
 from .results import EvalResult
 
@@ -335,10 +335,7 @@ def perplexity(model: Any, tokens: Any = None, *, file: str | os.PathLike | None
     """
     if ray is not None or out is not None:    # resumable / Ray grid (samba_ext.eval.grid)
         from .grid import grid_call
-        r = grid_call("perplexity", locals())
-        if r.partial:      # interrupted: the finished units are kept in `out`
-            raise EvalInterrupted(r, None)
-        return r  # type: ignore[return-value]
+        return grid_call("perplexity", locals())  # type: ignore[return-value]
     model = resolve_model(model, device)
     if mode not in ("streaming", "sliding"):
         raise ValueError(f"mode: expected 'streaming' or 'sliding', got {mode!r}")

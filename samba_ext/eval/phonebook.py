@@ -20,10 +20,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._common import (Progress, Timer, as_int_list, call_prefill, greedy_decode, model_info,
+from ._common import (Progress, Timer, as_int_list, as_trials, call_prefill, greedy_decode, model_info,
                       notes_for, resolve_model)
 from ._pool import TrialPool, eval_workers
-from ._run import CellRecorder, EvalInterrupted
+from ._run import CellRecorder
 from .gridspec import GRIDS, as_lengths, grid_defaults
 from ._format import format_table
 from .results import EvalResult
@@ -176,15 +176,11 @@ def phonebook(model: Any, entries: Sequence[int] | str | None = DEFAULT_ENTRIES,
     trials = g["trials"] if trials is None else trials
     if ray is not None or out is not None:    # resumable / Ray grid (samba_ext.eval.grid)
         from .grid import grid_call
-        r = grid_call("phonebook", locals())
-        if r.partial:      # interrupted: the finished units are kept in `out`
-            raise EvalInterrupted(r, None)
-        return r  # type: ignore[return-value]
+        return grid_call("phonebook", locals())  # type: ignore[return-value]
     model = resolve_model(model, device)
     tok = model.tokenizer
     entries = list(dict.fromkeys(as_int_list(list(entries), "entries", minimum=3)))
-    if isinstance(trials, bool) or not isinstance(trials, (int, np.integer)) or trials < 1:
-        raise ValueError(f"trials: expected an integer >= 1, got {trials!r}")
+    trials = as_trials(trials)
     names = load_names(names_file)
     cap = len(names[0]) * len(names[1])
     if max(entries) > cap:

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._common import Progress, Timer, as_int_list
-from ._run import CellRecorder, EvalInterrupted
+from ._run import CellRecorder
 from ._format import fmt_tokens, format_table
 from .results import EvalResult
 
@@ -135,10 +135,7 @@ def throughput(configs: Sequence[Any] = ("samba-tiny", "samba-tiny:llama"),
     """
     if ray is not None or out is not None:    # resumable / Ray grid (samba_ext.eval.grid)
         from .grid import grid_call
-        r = grid_call("throughput", locals())
-        if r.partial:      # interrupted: the finished units are kept in `out`
-            raise EvalInterrupted(r, None)
-        return r  # type: ignore[return-value]
+        return grid_call("throughput", locals())  # type: ignore[return-value]
     from ..model import Samba
 
     prompt_lengths = as_int_list(list(prompt_lengths), "prompt_lengths") if prompt_lengths else []
