@@ -117,3 +117,10 @@ def test_books_side_by_side_equal_one_at_a_time():
     assert sum(c["n"] for c in b.cells) == 9
     with pytest.raises(ValueError, match="workers"):
         phonebook(m, entries=[3], trials=1, progress=False, workers=0)
+
+
+@pytest.mark.parametrize("trials", [0, -1, True, 2.0, "3"])
+def test_trials_must_be_a_positive_integer(trials):
+    m = Samba(SambaConfig.preset("samba-test"), seed=2)
+    with pytest.raises(ValueError, match="trials: expected an integer >= 1"):
+        phonebook(m, entries=[3], trials=trials, progress=False)
