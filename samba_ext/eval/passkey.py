@@ -36,8 +36,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._common import (Progress, Timer, as_int_list, as_trials, call_prefill, greedy_decode, model_info,
-                      notes_for, resolve_model)
+from ._common import (Progress, Timer, as_int_list, as_trials, call_prefill, greedy_decode,
+                      model_info, notes_for, resolve_model)
 from ._pool import TrialPool, eval_workers
 from ._run import CellRecorder
 from .gridspec import GRIDS, as_depths, as_lengths, grid_defaults
