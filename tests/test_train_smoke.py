@@ -262,8 +262,8 @@ def test_phonebook_size_cap():
     import collections
     import random
 
-    def sizes(cap):
-        mix = data.DataMix(p_passkey=0.0, p_phonebook=1.0, pb_max_entries=cap)
+    def sizes(cap, floor=3):
+        mix = data.DataMix(p_passkey=0.0, p_phonebook=1.0, pb_max_entries=cap, pb_min_entries=floor)
         rng, c = random.Random(0), collections.Counter()
         for _ in range(100):
             ids, _ = data.make_doc(rng, 2048, mix)
@@ -274,6 +274,11 @@ def test_phonebook_size_cap():
     capped = sizes(4)
     assert set(capped) <= {3, 4} and capped[4] > 0
     assert max(sizes(None)) > 8
+    # --pb-min-entries: no book below the floor where the row has room, and still up to the cap;
+    # a floor above what fits in the row gives the largest book that fits (2048 tokens: ~74 entries)
+    floored = sizes(30, floor=20)
+    assert min(floored) >= 20 and max(floored) > 25, floored
+    assert min(sizes(None, floor=500)) >= 60
 
 
 def test_phonebook_fewshot_targets_and_number_lengths():

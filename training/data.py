@@ -125,6 +125,8 @@ class DataMix:
     window: int | None = None
     # cap on the phonebook size (entries); None: as many as fit in the row (log-uniform from 3)
     pb_max_entries: int | None = None
+    # floor on the phonebook size (entries), where the row has room: spends the steps on long books
+    pb_min_entries: int = 3
     # also train on the digits of the two re-stated (few-shot) entries: they are lookups in the book too
     pb_fewshot_loss: bool = False
     # phone-number lengths drawn uniformly from this range per book (the evaluation uses 10)
@@ -195,7 +197,8 @@ def make_doc(rng: random.Random, L: int, mix: DataMix, info: dict | None = None)
         max_e = max(3, (budget - 60) // 27)
         if mix.pb_max_entries is not None:
             max_e = max(3, min(max_e, mix.pb_max_entries))
-        n_e = int(round(math.exp(rng.uniform(math.log(3), math.log(max_e))))) if max_e > 3 else 3
+        min_e = max(3, min(mix.pb_min_entries, max_e))
+        n_e = int(round(math.exp(rng.uniform(math.log(min_e), math.log(max_e))))) if max_e > min_e else min_e
         while True:
             prompt, ph = phonebook_prompt(rng, n_e, rng.randint(*mix.pb_digits), mix.pb_seps)
             ans = encode(" " + ph + "\n") + [EOS]

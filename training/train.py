@@ -206,6 +206,13 @@ def parse_args(argv=None):
         "books (e.g. 8: they fit in a 256-token window) for a lookup curriculum",
     )
     ap.add_argument(
+        "--pb-min-entries",
+        type=int,
+        default=3,
+        help="smallest phonebook size drawn where the row has room (default 3); e.g. 20 spends the "
+        "steps on the long books a model fails on",
+    )
+    ap.add_argument(
         "--pb-fewshot-loss",
         action="store_true",
         help="weight the digits of the two re-stated phonebook entries like answers (they are "
@@ -361,6 +368,7 @@ def main(argv=None) -> dict:
         pk_far=args.pk_far,
         pk_edge=args.pk_edge,
         pb_max_entries=args.pb_max_entries,
+        pb_min_entries=args.pb_min_entries,
         pb_fewshot_loss=args.pb_fewshot_loss,
         pb_digits=parse_digits(args.pb_digits),
         pb_seps=args.pb_seps,
