@@ -4,7 +4,9 @@ For d_state 16 with u / delta / z / B / C of one dtype and aligned rows, csrc/cu
 runs one of two kernels (``SAMBA_EXT_SCAN_VARIANT``): ``split``, 4 or 8 threads per channel,
 optionally in chunks over the sequence (two passes, the state passed between chunks), and
 ``tile`` (csrc/cuda/scan_tile.cuh), blocks of 32 or 16 channels (4 or 8 threads each) walking
-the sequence in tiles of 32 steps with B / C and softplus(delta) staged in shared memory, and
+the sequence in tiles of 32 steps with B / C and softplus(delta) staged in shared memory,
+``tile2`` (csrc/cuda/scan_tile2.cuh, the same with the 4 threads' partial outputs summed by
+shuffles and swizzled staging), and
 ``warp`` / ``warp8`` (csrc/cuda/scan_warp.cuh), one warp per channel scanning chunks of 32 x 16
 or 32 x 8 steps in parallel over the sequence (a warp scan of the lanes' partial states).
 ``SAMBA_EXT_SCAN_LANES`` (1 | 4 | 8) and ``SAMBA_EXT_SCAN_CHUNKS`` (N) force a variant, read at
@@ -44,8 +46,8 @@ def variant(monkeypatch):
 # (kind, lanes, chunks); tile with chunks > 1 or a channel count that is not a multiple of its
 # block falls back to the split kernel, and so does warp with chunks > 1
 VARIANTS = [("split", 4, 1), ("split", 8, 1), ("split", 4, 3), ("split", 8, 7),
-            ("split", 4, 16), ("split", 1, 1), ("tile", 4, 1), ("tile", 8, 1), ("warp", 4, 1),
-            ("warp8", 4, 1), ("warp", 4, 2)]
+            ("split", 4, 16), ("split", 1, 1), ("tile", 4, 1), ("tile", 8, 1), ("tile2", 4, 1),
+            ("warp", 4, 1), ("warp8", 4, 1), ("warp", 4, 2)]
 # (batch, dim, L, G): the first four from the split kernel's tests; then whole tiled blocks
 # (dim / G a multiple of 32): batch 3 with a partial last tile, grouped B/C with an odd L over
 # many tiles, L shorter than one tile and than one group of 8, and L a multiple of the tile
@@ -87,7 +89,8 @@ def test_scan_variants_match_reference(rng, variant, dtype, kind, lanes, chunks,
 
 
 @pytest.mark.parametrize("kind,lanes,chunks", [("split", 4, 1), ("split", 8, 5), ("tile", 4, 1),
-                                                ("tile", 8, 1), ("warp", 4, 1), ("warp8", 4, 1)])
+                                                ("tile", 8, 1), ("tile2", 4, 1), ("warp", 4, 1),
+                                                ("warp8", 4, 1)])
 def test_scan_variants_without_options(rng, variant, kind, lanes, chunks):
     """No z / D / delta_bias / softplus / states; then an initial state without the last."""
     variant(lanes, chunks, kind)
@@ -133,5 +136,30 @@ def test_warp_kernel_runs_and_matches(rng, variant, dtype, kind):
                                            d["z"], d["delta_bias"], True, d["initial_state"],
                                            True)
         assert _launches("warp") == before + 1, f"L {L}: the warp kernel did not run"
+        assert_close(host(y), y_ref, RTOL[dtype], f"y (L {L})")
+        assert_close(host(last), h_ref, RTOL["float32"], f"last state (L {L})")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("kind,lanes", [("tile", 4), ("tile", 8), ("tile2", 4)])
+def test_tile_kernels_run_and_match(rng, variant, dtype, kind, lanes):
+    """The tiled kernels themselves (the tile launch counter moves): 2 groups of 64 channels,
+    batch 2, a carried and a returned state; L 1024 (whole tiles), then L 1003 as a view of rows
+    1008 long (16-byte aligned rows, which the fast paths need: 31 whole tiles and a partial one,
+    whose last 8-step piece is partial too)."""
+    variant(lanes, 1, kind)
+    for L, pad in ((1024, 0), (1003, 5)):
+        r = _inputs(rng, 2, 128, L + pad, 2, dtype)
+        full = {k: (dev(v, dtype) if k in ("u", "delta", "B", "C", "z") else dev(v))
+                for k, v in r.items()}
+        d = {k: (v[..., :L] if k in ("u", "delta", "B", "C", "z") else v) for k, v in full.items()}
+        h = {k: (v[..., :L] if k in ("u", "delta", "B", "C", "z") else v) for k, v in r.items()}
+        y_ref, h_ref = selective_scan_ref(h["u"], h["delta"], h["A"], h["B"], h["C"], h["D"],
+                                          h["z"], h["delta_bias"], True, h["initial_state"], True)
+        before = _launches("tile")
+        y, last = samba_ext.selective_scan(d["u"], d["delta"], d["A"], d["B"], d["C"], d["D"],
+                                           d["z"], d["delta_bias"], True, d["initial_state"],
+                                           True)
+        assert _launches("tile") == before + 1, f"{kind}, L {L}: the tiled kernel did not run"
         assert_close(host(y), y_ref, RTOL[dtype], f"y (L {L})")
         assert_close(host(last), h_ref, RTOL["float32"], f"last state (L {L})")

@@ -11,6 +11,7 @@
 
 #include "scan_common.cuh"
 #include "scan_tile.cuh"
+#include "scan_tile2.cuh"
 #include "scan_warp.cuh"
 
 #define SCAN_THREADS 128
@@ -437,15 +438,19 @@ static samba_status launch_split(const samba_cu_scan_args *a, int lanes, cudaStr
 // channel: SAMBA_EXT_SCAN_LANES=8 (2 states per thread), otherwise 4 (4 states). On the H200
 // (benchmarks/results/gpu_model.md) tile with 4 threads per channel was 1.35-2x faster than
 // split at every measured size.
-static int tile_kind(void) {  // 0: split, 1: tile
+// SAMBA_EXT_SCAN_VARIANT=tile2 runs scan_tile2.cuh's kernel (4 threads per channel; less
+// shared-memory traffic, same results up to float32 rounding) under the same conditions.
+static int tile_kind(void) {  // 0: split, 1: tile, 2: tile2
     const char *v = getenv("SAMBA_EXT_SCAN_VARIANT");
-    return (v != NULL && strcmp(v, "split") == 0) ? 0 : 1;
+    if (v != NULL && strcmp(v, "split") == 0) return 0;
+    return (v != NULL && strcmp(v, "tile2") == 0) ? 2 : 1;
 }
 
 static int tile_lanes(const samba_cu_scan_args *a) {
-    if (tile_kind() == 0) return 0;
+    const int kind = tile_kind();
+    if (kind == 0) return 0;
     if (env_int("SAMBA_EXT_SCAN_CHUNKS", 1) > 1) return 0;
-    const int lanes = env_int("SAMBA_EXT_SCAN_LANES", 0) == 8 ? 8 : 4;
+    const int lanes = kind == 1 && env_int("SAMBA_EXT_SCAN_LANES", 0) == 8 ? 8 : 4;
     const int64_t cpb = TILE_THREADS / lanes;  // channels per block
     return (a->dim / a->ngroups) % cpb == 0 ? lanes : 0;
 }
@@ -454,7 +459,9 @@ template <typename T>
 static void launch_tile_t(const samba_cu_scan_args *a, int lanes, cudaStream_t st) {
     const int64_t cpb = TILE_THREADS / lanes;
     const unsigned grid = (unsigned)(a->batch * a->dim / cpb);
-    if (lanes == 4)
+    if (lanes == 4 && tile_kind() == 2)
+        scan_tile2_kernel<T><<<grid, TILE_THREADS, 0, st>>>(*a);
+    else if (lanes == 4)
         scan_tile_kernel<4, T><<<grid, TILE_THREADS, 0, st>>>(*a);
     else
         scan_tile_kernel<2, T><<<grid, TILE_THREADS, 0, st>>>(*a);
