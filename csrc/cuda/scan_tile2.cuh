@@ -20,7 +20,9 @@
 //   * stages B / C with the 16-byte chunks of each step's row XOR-swizzled by the piece index
 //     (chunk c of step t at c ^ f((t / 8) % 4), f = 0, 1, 4, 5), so that the 32 lanes of a
 //     staging warp write 32 different banks;
-// about 160 wavefronts per warp and tile (-33%). The exponentials, the arithmetic per state
+// about 144 wavefronts per warp and tile (-40%: scan loop 112 = per 16 steps 8 LDS.128 (dt, du),
+// 32 LDS.128 (B, C), 12 SHFL, 4 STS.32; staging 24; output 8), and 126 shared-memory / shuffle
+// instructions against 128. The exponentials, the arithmetic per state
 // and the global traffic are those of scan_tile_kernel; y is summed over the states in
 // another order (float32 rounding only).
 #ifndef SAMBA_SCAN_TILE2_CUH
