@@ -17,6 +17,9 @@
 //     4 lanes (3 shuffles per 4 steps; lane l ends with the whole y of step t4 + l), and
 //     stores one float per (channel, step), conflict-free (row stride 36 floats);
 //   * reads them back in the output role with 2 conflict-free LDS.128 per 8-step piece;
+//   * stores y 8 steps per 16-byte store (where y's rows are aligned) instead of one 2-byte
+//     store per step with a dtype branch each (8 store instructions per warp and tile, each
+//     touching 16 sectors, down to 1);
 //   * stages B / C with the 16-byte chunks of each step's row XOR-swizzled by the piece index
 //     (chunk c of step t at c ^ f((t / 8) % 4), f = 0, 1, 4, 5), so that the 32 lanes of a
 //     staging warp write 32 different banks;
@@ -29,6 +32,7 @@
 #define SAMBA_SCAN_TILE2_CUH
 
 #include "scan_tile.cuh"
+#include "vecio.cuh"
 
 #define TILE2_LPC 4                           // threads per channel (4 states each)
 #define TILE2_CPB (TILE_THREADS / TILE2_LPC)  // 32 channels per block
@@ -89,6 +93,13 @@ scan_tile2_kernel(samba_cu_scan_args p) {
                            b * p.z_s[0] + dp * p.z_s[1], bcrow, isB ? p.B.ptr : p.C.ptr,
                            p.seqlen};
     const int64_t y0 = b * p.y_s[0] + dp * p.y_s[1];
+    // y written 8 steps per vector store where its rows allow (unit time stride, 16-byte
+    // aligned base and row starts), else element by element
+    const int64_t y_item = p.y.dtype == SAMBA_CU_F32 ? 4 : 2;
+    const bool y_vec = p.y_s[2] == 1 && ((uintptr_t)p.y.ptr & 15) == 0 &&
+                       ((p.y_s[1] * y_item) & 15) == 0 && ((p.y_s[0] * y_item) & 15) == 0 &&
+                       (p.y.dtype == SAMBA_CU_F32 || p.y.dtype == SAMBA_CU_F16 ||
+                        p.y.dtype == SAMBA_CU_BF16);
     // reduce-scatter of the partial y over the 4 lanes of a channel: bit 1 of l picks the
     // half of the 4 steps kept in round 1, bit 0 the step kept in round 2
     const bool hi1 = (l & 2) != 0, hi0 = (l & 1) != 0;
@@ -128,8 +139,10 @@ scan_tile2_kernel(samba_cu_scan_args p) {
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const int t = t4 + j;
-                const float4 &d4 = j < 2 ? dd01 : dd23;
-                const float2 dd = (j & 1) ? make_float2(d4.z, d4.w) : make_float2(d4.x, d4.y);
+                const float2 dd = j == 0 ? make_float2(dd01.x, dd01.y)
+                                  : j == 1 ? make_float2(dd01.z, dd01.w)
+                                  : j == 2 ? make_float2(dd23.x, dd23.y)
+                                           : make_float2(dd23.z, dd23.w);
                 const float4 w = *(const float4 *)&sm.bc[t][4 * ((2 * l) ^ swz)];
                 const float4 x = *(const float4 *)&sm.bc[t][4 * ((2 * l + 1) ^ swz)];
                 const float bv[4] = {w.x, w.y, w.z, w.w}, cv[4] = {x.x, x.y, x.z, x.w};
@@ -155,15 +168,19 @@ scan_tile2_kernel(samba_cu_scan_args p) {
         {
             const float4 *src = (const float4 *)&sm.y[cp][q * 8];
             const float4 a = src[0], c = src[1];
-            const float ys[8] = {a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w};
+            float ys[8] = {a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w};
 #pragma unroll
             for (int s = 0; s < 8; ++s) {
-                const int64_t t = t0 + q * 8 + s;
-                if (t < p.seqlen) {
-                    float y = fmaf(Dd, cur.u.get(s), ys[s]);
-                    if (has_z) y *= silu_ftz(cur.z.get(s));
-                    stf(p.y, y0 + t * p.y_s[2], y);
-                }
+                ys[s] = fmaf(Dd, cur.u.get(s), ys[s]);
+                if (has_z) ys[s] *= silu_ftz(cur.z.get(s));
+            }
+            const int64_t tq = t0 + q * 8;
+            if (y_vec && tq + 8 <= p.seqlen) {
+                stv<8>(p.y, y0 + tq, ys);  // one 16-byte store (two for float32)
+            } else {
+#pragma unroll
+                for (int s = 0; s < 8; ++s)
+                    if (tq + s < p.seqlen) stf(p.y, y0 + (tq + s) * p.y_s[2], ys[s]);
             }
         }
         cur = nxt;
