@@ -4,13 +4,14 @@ outside the range, so only the timed call's kernels are profiled.
 
 Cases (bf16 data, the sizes of the issues' targets):
   scan_b1, scan_b8   selective_scan, dim 4096, d_state 16, softplus, gate z; batch 1 x L 32K
-                     and batch 8 x L 4K (the exp-floor targets); *_warp: the warp kernel
-                     (SAMBA_EXT_SCAN_VARIANT=warp)
+                     and batch 8 x L 4K (the exp-floor targets); *_warp, *_tile2: the warp
+                     and tile2 kernels (SAMBA_EXT_SCAN_VARIANT=warp | tile2)
   scan_bwd           grad.selective_scan_bwd, batch 1, dim 4096, L 4K
   swa, swa_v4        swa_attention, L 32K, 32 query / 4 KV heads x 64, window 2048 (the
                      library's prefill choice, and the sm_90a wgmma variant v4)
   causal             swa_attention, full causal, L 4K, 32 / 4 heads x 64
   attn_bwd           grad.attention_bwd, full causal, L 4K, 32 / 4 heads x 64
+  attn_bwd_swa       the same with window 2048 (the FlexAttention comparison of #18)
   gemv               samba_ext.cuda.blas.matmul, M 1, K 2048, N 8192 (a decode projection),
                      with the GEMV kernel on
 
@@ -22,8 +23,8 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable
 
-CASES = ("scan_b1", "scan_b8", "scan_b1_warp", "scan_b8_warp", "scan_bwd", "swa", "swa_v4",
-         "causal", "attn_bwd", "gemv")
+CASES = ("scan_b1", "scan_b8", "scan_b1_warp", "scan_b8_warp", "scan_b1_tile2", "scan_b8_tile2",
+         "scan_bwd", "swa", "swa_v4", "causal", "attn_bwd", "attn_bwd_swa", "gemv")
 
 
 def _scan_inputs(b: int, d: int, L: int) -> tuple:
@@ -61,8 +62,8 @@ def make(case: str) -> Callable[[], Any]:
     if case.startswith(("scan_b1", "scan_b8")):
         import os
 
-        if case.endswith("_warp"):
-            os.environ["SAMBA_EXT_SCAN_VARIANT"] = "warp"
+        if case.endswith(("_warp", "_tile2")):
+            os.environ["SAMBA_EXT_SCAN_VARIANT"] = case.rsplit("_", 1)[1]
         b, L = (1, 32768) if case.startswith("scan_b1") else (8, 4096)
         args = _scan_inputs(b, 4096, L)
         return lambda: samba_ext.selective_scan(*args, True)
@@ -78,9 +79,9 @@ def make(case: str) -> Callable[[], Any]:
         if case == "swa_v4":
             runtime.require()._attn_variant(0, 4)
         return lambda: samba_ext.swa_attention(q, k, v, W)
-    if case == "attn_bwd":
+    if case in ("attn_bwd", "attn_bwd_swa"):
         q, k, v, do = _attn_inputs(4096, 32, 4, 64)
-        ws = (-1, 0)
+        ws = (-1, 0) if case == "attn_bwd" else (2047, 0)
         out, lse = grad.attention_fwd(q, k, v, None, True, ws)
         return lambda: grad.attention_bwd(q, k, v, None, True, ws, dout=do, out=out, lse=lse)
     if case == "gemv":
