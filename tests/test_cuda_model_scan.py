@@ -114,6 +114,28 @@ def _launches(kind: str) -> int:
     return runtime.require().scan_launches()[("channel", "split", "tile", "warp").index(kind)]
 
 
+def _check_kernel_on_views(rng, dtype, counter, shape, runs):
+    """For each (L, pad) of ``runs``: inputs of rows L + pad long, the scan of their first L steps
+    (a view when pad > 0) with a carried and a returned state; the kernel counted by ``counter``
+    ran once, and y and the last state match the reference."""
+    batch, dim, G = shape
+    for L, pad in runs:
+        r = _inputs(rng, batch, dim, L + pad, G, dtype)
+        full = {k: (dev(v, dtype) if k in ("u", "delta", "B", "C", "z") else dev(v))
+                for k, v in r.items()}
+        d = {k: (v[..., :L] if k in ("u", "delta", "B", "C", "z") else v) for k, v in full.items()}
+        h = {k: (v[..., :L] if k in ("u", "delta", "B", "C", "z") else v) for k, v in r.items()}
+        y_ref, h_ref = selective_scan_ref(h["u"], h["delta"], h["A"], h["B"], h["C"], h["D"],
+                                          h["z"], h["delta_bias"], True, h["initial_state"], True)
+        before = _launches(counter)
+        y, last = samba_ext.selective_scan(d["u"], d["delta"], d["A"], d["B"], d["C"], d["D"],
+                                           d["z"], d["delta_bias"], True, d["initial_state"],
+                                           True)
+        assert _launches(counter) == before + 1, f"L {L}: the {counter} kernel did not run"
+        assert_close(host(y), y_ref, RTOL[dtype], f"y (L {L})")
+        assert_close(host(last), h_ref, RTOL["float32"], f"last state (L {L})")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("kind", ["warp", "warp8"])
 def test_warp_kernel_runs_and_matches(rng, variant, dtype, kind):
@@ -122,44 +144,15 @@ def test_warp_kernel_runs_and_matches(rng, variant, dtype, kind):
     partial fifth (warp8), a carried state and the last state; then a padded view (rows 1048
     long, L 1043), so lanes end inside a vector of 8 and take the element loads."""
     variant(4, 1, kind)
-    for L, pad in ((1048, 0), (1043, 5)):
-        r = _inputs(rng, 1, 6, L + pad, 3, dtype)
-        full = {k: (dev(v, dtype) if k in ("u", "delta", "B", "C", "z") else dev(v))
-                for k, v in r.items()}
-        d = {k: (v[..., :L] if k in ("u", "delta", "B", "C", "z") else v) for k, v in full.items()}
-        h = {k: (v[..., :L] if k in ("u", "delta", "B", "C", "z") else v) for k, v in r.items()}
-        y_ref, h_ref = selective_scan_ref(h["u"], h["delta"], h["A"], h["B"], h["C"], h["D"],
-                                          h["z"], h["delta_bias"], True, h["initial_state"],
-                                          True)
-        before = _launches("warp")
-        y, last = samba_ext.selective_scan(d["u"], d["delta"], d["A"], d["B"], d["C"], d["D"],
-                                           d["z"], d["delta_bias"], True, d["initial_state"],
-                                           True)
-        assert _launches("warp") == before + 1, f"L {L}: the warp kernel did not run"
-        assert_close(host(y), y_ref, RTOL[dtype], f"y (L {L})")
-        assert_close(host(last), h_ref, RTOL["float32"], f"last state (L {L})")
+    _check_kernel_on_views(rng, dtype, "warp", (1, 6, 3), ((1048, 0), (1043, 5)))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("kind,lanes", [("tile", 4), ("tile", 8), ("tile2", 4)])
 def test_tile_kernels_run_and_match(rng, variant, dtype, kind, lanes):
     """The tiled kernels themselves (the tile launch counter moves): 2 groups of 64 channels,
-    batch 2, a carried and a returned state; L 1024 (whole tiles), then L 1003 as a view of rows
-    1008 long (16-byte aligned rows, which the fast paths need: 31 whole tiles and a partial one,
-    whose last 8-step piece is partial too)."""
+    batch 2; L 1024 (whole tiles, aligned output rows: tile2's vector stores), then L 1003 as a
+    view of rows 1008 long (16-byte aligned input rows, which the fast paths need; 31 whole tiles
+    and a partial one whose last 8-step piece is partial too; unaligned output rows)."""
     variant(lanes, 1, kind)
-    for L, pad in ((1024, 0), (1003, 5)):
-        r = _inputs(rng, 2, 128, L + pad, 2, dtype)
-        full = {k: (dev(v, dtype) if k in ("u", "delta", "B", "C", "z") else dev(v))
-                for k, v in r.items()}
-        d = {k: (v[..., :L] if k in ("u", "delta", "B", "C", "z") else v) for k, v in full.items()}
-        h = {k: (v[..., :L] if k in ("u", "delta", "B", "C", "z") else v) for k, v in r.items()}
-        y_ref, h_ref = selective_scan_ref(h["u"], h["delta"], h["A"], h["B"], h["C"], h["D"],
-                                          h["z"], h["delta_bias"], True, h["initial_state"], True)
-        before = _launches("tile")
-        y, last = samba_ext.selective_scan(d["u"], d["delta"], d["A"], d["B"], d["C"], d["D"],
-                                           d["z"], d["delta_bias"], True, d["initial_state"],
-                                           True)
-        assert _launches("tile") == before + 1, f"{kind}, L {L}: the tiled kernel did not run"
-        assert_close(host(y), y_ref, RTOL[dtype], f"y (L {L})")
-        assert_close(host(last), h_ref, RTOL["float32"], f"last state (L {L})")
+    _check_kernel_on_views(rng, dtype, "tile", (2, 128, 2), ((1024, 0), (1003, 5)))
