@@ -7,6 +7,8 @@
 #   make bench       the CPU benchmarks (write benchmarks/results/cpu_*.md)
 #   make sanitize    ASan/UBSan/LSan build of the C kernels and the kernel + model tests under it
 #   make fuzz        the checkpoint-parser fuzzers, CI's budget
+#   make cuda-check  ptxas's report on every CUDA kernel (registers, spills, serialised wgmma), no GPU
+#                    needed (benchmarks/cuda_static_check.sh)
 #   make clean       remove build outputs
 PYTHON ?= python3
 JOBS ?= 2
@@ -17,7 +19,7 @@ CLANG_FORMATTED = csrc/attention.c csrc/attention_decode.c csrc/attention_simd.c
                   csrc/rotary.c csrc/scan.c csrc/simd.c csrc/swiglu.c csrc/threads.c csrc/simd.h \
                   csrc/attention_impl.h csrc/attention_tile.h
 
-.PHONY: build install test lint format bench sanitize fuzz clean
+.PHONY: build install test lint format bench sanitize fuzz cuda-check clean
 
 build:
 	$(PYTHON) setup.py build_ext --inplace -j$(JOBS)
@@ -27,6 +29,9 @@ install:
 
 test:
 	$(PYTHON) -m pytest -q
+
+cuda-check:
+	bash benchmarks/cuda_static_check.sh
 
 lint:
 	$(PYTHON) -m ruff check .
