@@ -134,6 +134,30 @@ __device__ __forceinline__ void tile_load(TileRegs<T> &R, const samba_cu_scan_ar
     }
 }
 
+// The block's (batch, first channel, group) for CPB channels per block; every channel of a
+// block is in one group.
+struct TileBlock {
+    int64_t b, d0, g;
+};
+__device__ __forceinline__ TileBlock tile_block(const samba_cu_scan_args &p, int64_t cpb) {
+    const int64_t blocks_per_row = p.dim / cpb;
+    const int64_t d0 = (blockIdx.x % blocks_per_row) * cpb;
+    return {blockIdx.x / blocks_per_row, d0, d0 / (p.dim / p.ngroups)};
+}
+
+// A thread's NPL states n0 .. of channel ds (row idx = b * dim + ds): A * log2 e and the initial
+// state (0 without one).
+template <int NPL>
+__device__ __forceinline__ void tile_state_init(const samba_cu_scan_args &p, int64_t ds,
+                                                int64_t idx, int n0, float (&a2)[NPL],
+                                                float (&h)[NPL]) {
+#pragma unroll
+    for (int k = 0; k < NPL; ++k) {
+        a2[k] = ldf(p.A, ds * TILE_N + n0 + k) * LOG2E_F;
+        h[k] = p.initial_state ? p.initial_state[idx * TILE_N + n0 + k] : 0.0f;
+    }
+}
+
 template <int NPL, typename T>
 __global__ void __launch_bounds__(TILE_THREADS)
 scan_tile_kernel(samba_cu_scan_args p) {
@@ -141,21 +165,15 @@ scan_tile_kernel(samba_cu_scan_args p) {
     constexpr int LPC = Cfg::LPC, CPB = Cfg::CPB, QPR = Cfg::QPR;
     __shared__ TileSmem<NPL> sm;
     const int tid = threadIdx.x;
-    const int64_t blocks_per_row = p.dim / CPB;
-    const int64_t b = blockIdx.x / blocks_per_row;
-    const int64_t d0 = (blockIdx.x % blocks_per_row) * CPB;
-    const int64_t g = d0 / (p.dim / p.ngroups);  // every channel of the block: same group
+    const TileBlock blk = tile_block(p, CPB);
+    const int64_t b = blk.b, d0 = blk.d0, g = blk.g;
     const bool has_z = p.z.ptr != NULL;
 
     // scan role: channel cs, states n0 .. n0 + NPL - 1
     const int cs = tid / LPC, l = tid % LPC, n0 = l * NPL;
     const int64_t ds = d0 + cs, idx = b * p.dim + ds;
     float a2[NPL], h[NPL];
-#pragma unroll
-    for (int k = 0; k < NPL; ++k) {
-        a2[k] = ldf(p.A, ds * TILE_N + n0 + k) * LOG2E_F;
-        h[k] = p.initial_state ? p.initial_state[idx * TILE_N + n0 + k] : 0.0f;
-    }
+    tile_state_init<NPL>(p, ds, idx, n0, a2, h);
     // piece role (tid < PIECES): channel cp, steps q * 8 .. q * 8 + 7 of each tile
     const bool piece = tid < Cfg::PIECES;
     const int cp = piece ? tid / QPR : 0, q = tid % QPR;

@@ -62,21 +62,15 @@ scan_tile2_kernel(samba_cu_scan_args p) {
     static_assert(CPB * QPR == TILE_THREADS, "one u / delta / z piece per thread");
     __shared__ Tile2Smem sm;
     const int tid = threadIdx.x;
-    const int64_t blocks_per_row = p.dim / CPB;
-    const int64_t b = blockIdx.x / blocks_per_row;
-    const int64_t d0 = (blockIdx.x % blocks_per_row) * CPB;
-    const int64_t g = d0 / (p.dim / p.ngroups);  // every channel of the block: same group
+    const TileBlock blk = tile_block(p, CPB);
+    const int64_t b = blk.b, d0 = blk.d0, g = blk.g;
     const bool has_z = p.z.ptr != NULL;
 
-    // scan role: channel cs, states n0 .. n0 + 3 (lanes 4 cs .. 4 cs + 3 of the block)
+    // scan role: channel cs, states n0 .. n0 + NPL - 1
     const int cs = tid / LPC, l = tid % LPC, n0 = l * NPL;
     const int64_t ds = d0 + cs, idx = b * p.dim + ds;
     float a2[NPL], h[NPL];
-#pragma unroll
-    for (int k = 0; k < NPL; ++k) {
-        a2[k] = ldf(p.A, ds * TILE_N + n0 + k) * LOG2E_F;
-        h[k] = p.initial_state ? p.initial_state[idx * TILE_N + n0 + k] : 0.0f;
-    }
+    tile_state_init<NPL>(p, ds, idx, n0, a2, h);
     // piece role (every thread): channel cp, steps q * 8 .. q * 8 + 7 of each tile
     const int cp = tid / QPR, q = tid % QPR;
     const int64_t dp = d0 + cp;
