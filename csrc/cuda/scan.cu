@@ -430,20 +430,20 @@ static samba_status launch_split(const samba_cu_scan_args *a, int lanes, cudaStr
     return s;
 }
 
-// The tiled kernel (scan_tile.cuh, the default; SAMBA_EXT_SCAN_VARIANT=split selects the split
-// kernel above instead; a variant with specialised I/O warps measured slower everywhere and
-// was dropped). It needs
-// the split kernel's conditions (split_lanes > 1 and split_vec_ok), whole blocks of channels
-// within one group, and no chunks requested (else the split kernel runs). Threads per
-// channel: SAMBA_EXT_SCAN_LANES=8 (2 states per thread), otherwise 4 (4 states). On the H200
-// (benchmarks/results/gpu_model.md) tile with 4 threads per channel was 1.35-2x faster than
-// split at every measured size.
-// SAMBA_EXT_SCAN_VARIANT=tile2 runs scan_tile2.cuh's kernel (4 threads per channel; less
-// shared-memory traffic, same results up to float32 rounding) under the same conditions.
+// The tiled kernels (scan_tile2.cuh, the default, and scan_tile.cuh; SAMBA_EXT_SCAN_VARIANT=split
+// selects the split kernel above instead; a variant with specialised I/O warps measured slower
+// everywhere and was dropped). They need the split kernel's conditions (split_lanes > 1 and
+// split_vec_ok), whole blocks of channels within one group, and no chunks requested (else the
+// split kernel runs). scan_tile2.cuh's kernel (4 threads per channel, 4 states each) runs
+// unless SAMBA_EXT_SCAN_VARIANT=tile, which selects scan_tile.cuh's (4 threads per channel, or
+// 8 with SAMBA_EXT_SCAN_LANES=8). Measured (benchmarks/results/gpu_scan_variants.md, H100,
+// same run): tile2 0.80x tile's kernel time at batch 8 and 0.90-0.92x at batch 1; tile was
+// 1.35-2x faster than split at every measured size (H200, gpu_model.md). Results agree up to
+// float32 rounding (y is summed over the states in another order).
 static int tile_kind(void) {  // 0: split, 1: tile, 2: tile2
     const char *v = getenv("SAMBA_EXT_SCAN_VARIANT");
     if (v != NULL && strcmp(v, "split") == 0) return 0;
-    return (v != NULL && strcmp(v, "tile2") == 0) ? 2 : 1;
+    return (v != NULL && strcmp(v, "tile") == 0) ? 1 : 2;
 }
 
 static int tile_lanes(const samba_cu_scan_args *a) {

@@ -63,7 +63,7 @@ def unavailable_reason(count: int, message: str, runtime: int, driver: int) -> s
 ENV_CHOICES = {
     "SAMBA_EXT_GEMM": ("gemmex", "lt", "lt-tune"),
     "SAMBA_EXT_GEMV": ("0", "1"),
-    "SAMBA_EXT_SCAN_VARIANT": ("split", "tile", "warp", "warp8"),
+    "SAMBA_EXT_SCAN_VARIANT": ("split", "tile", "tile2", "warp", "warp8"),
 }
 
 
