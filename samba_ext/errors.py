@@ -12,3 +12,10 @@ class CheckpointError(ValueError):
 class CudaUnavailableError(RuntimeError):
     """A call asked for CUDA, but it cannot run here (built without CUDA, no device, or
     a driver too old). The message says which."""
+
+
+class PeerArgumentError(ValueError, RuntimeError):
+    """A bad argument to one of samba_ext.torch's functions named after a peer's
+    (flash_attn_with_kvcache, ...). A ValueError, as everywhere in samba_ext, and a
+    RuntimeError, as the peers' own argument checks (``TORCH_CHECK``) raise, so code written
+    against either keeps catching it."""

@@ -298,12 +298,14 @@ def test_refused_arguments(rng):
             st.flash_attn_with_kvcache(**args)
     assert torch.equal(kc, kc0)          # nothing was written by a refused call
     # flash-attn's paged bounds guard (test_flash_attn_kvcache_paged_block_table_bounds):
-    # a row longer than block_table covers is refused naming both (a ValueError here, a
-    # RuntimeError from flash-attn's C++ checks)
+    # a row longer than block_table covers is refused naming both, as an error that is a
+    # ValueError (samba_ext's convention) and a RuntimeError (what the test and flash-attn's
+    # C++ checks expect)
     for k1, v1, n in ((None, None, 9), (k[:, :1], v[:, :1], 8)):
-        with pytest.raises(ValueError, match="cache_seqlens.*block_table's 1 blocks of 8"):
+        with pytest.raises(RuntimeError, match="cache_seqlens.*block_table's 1 blocks of 8") as e:
             st.flash_attn_with_kvcache(q, kc[:, :8], vc[:, :8], k1, v1, cache_seqlens=n,
                                        block_table=torch.zeros(2, 1, dtype=torch.int32))
+        assert isinstance(e.value, ValueError)
     st.flash_attn_with_kvcache(q, kc[:, :8], vc[:, :8], cache_seqlens=8,
                                block_table=torch.zeros(2, 1, dtype=torch.int32))
     with pytest.raises(ValueError, match="block_table"):   # two rows writing one slot

@@ -3,7 +3,7 @@
 :func:`check` validates the arguments and returns them normalized (integer tensors as
 int64, cache_seqlens as a (batch,) tensor on q's device, the window with causality folded
 in). Wrong kinds raise TypeError, wrong shapes or values and tensors on another device than
-q's ValueError, arguments this implementation does not support NotImplementedError; each
+q's PeerArgumentError (a ValueError and, as flash-attn's own checks raise, a RuntimeError), arguments this implementation does not support NotImplementedError; each
 message starts with the argument's name. On CUDA the range checks read small reductions of
 the index tensors to the host (synchronizing).
 """
@@ -14,6 +14,7 @@ from typing import Any, NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from ..errors import PeerArgumentError
 from ..ops import checks as ck
 from ._device import check_kind
 
@@ -37,7 +38,7 @@ def _device(name: str, t: Optional[Tensor], device: torch.device) -> None:
         return
     check_kind(name, t.device)
     if t.device != device:
-        raise ValueError(f"{name}: is on {t.device} but q is on {device}; pass all tensors "
+        raise PeerArgumentError(f"{name}: is on {t.device} but q is on {device}; pass all tensors "
                          "on one device")
 
 
@@ -48,7 +49,7 @@ def _floats(name: str, t: Tensor, layout: str, device: torch.device) -> None:
     if not t.dtype.is_floating_point:
         raise TypeError(f"{name}: expected a floating-point tensor, got {t.dtype}")
     if t.dim() != 4:
-        raise ValueError(f"{name}: expected a 4-D tensor {layout}, got shape {tuple(t.shape)}")
+        raise PeerArgumentError(f"{name}: expected a 4-D tensor {layout}, got shape {tuple(t.shape)}")
 
 
 def _ints(name: str, t: Any, shape: tuple, device: torch.device) -> Tensor:
@@ -59,13 +60,13 @@ def _ints(name: str, t: Any, shape: tuple, device: torch.device) -> Tensor:
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
         raise TypeError(f"{name}: expected an integer tensor (int32/int64), got {t.dtype}")
     if tuple(t.shape) != shape:
-        raise ValueError(f"{name}: expected shape {shape}, got {tuple(t.shape)}")
+        raise PeerArgumentError(f"{name}: expected shape {shape}, got {tuple(t.shape)}")
     return t.to(torch.int64)
 
 
 def _in_range(name: str, t: Tensor, lo: int, hi: int, what: str) -> None:
     if t.numel() and (int(t.min()) < lo or int(t.max()) > hi):
-        raise ValueError(f"{name}: expected values in [{lo}, {hi}] ({what}), got "
+        raise PeerArgumentError(f"{name}: expected values in [{lo}, {hi}] ({what}), got "
                          f"{int(t.min())}..{int(t.max())}")
 
 
@@ -124,18 +125,18 @@ def check(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor],
     _floats("v_cache", v_cache, layout, dev)
     batch, _, nheads, hd = q.shape
     if tuple(v_cache.shape) != tuple(k_cache.shape):
-        raise ValueError(f"v_cache: expected k_cache's shape {tuple(k_cache.shape)}, got "
+        raise PeerArgumentError(f"v_cache: expected k_cache's shape {tuple(k_cache.shape)}, got "
                          f"{tuple(v_cache.shape)}")
     nheads_k = k_cache.shape[2]
     if k_cache.shape[3] != hd:
-        raise ValueError(f"k_cache: headdim (shape[3] = {k_cache.shape[3]}) must equal q's "
+        raise PeerArgumentError(f"k_cache: headdim (shape[3] = {k_cache.shape[3]}) must equal q's "
                          f"({hd})")
     if nheads_k < 1 or nheads % nheads_k:
-        raise ValueError(f"q: nheads (q.shape[2] = {nheads}) must be a multiple of nheads_k "
+        raise PeerArgumentError(f"q: nheads (q.shape[2] = {nheads}) must be a multiple of nheads_k "
                          f"(k_cache.shape[2] = {nheads_k})")
     if (k is None) != (v is None):
         missing = "v" if v is None else "k"
-        raise ValueError(f"{missing}: k and v are given together (the new keys and values); "
+        raise PeerArgumentError(f"{missing}: k and v are given together (the new keys and values); "
                          f"{missing} is None")
     seqlen_new = 0
     if k is not None:
@@ -145,18 +146,18 @@ def check(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor],
         want = (batch, seqlen_new, nheads_k, hd)
         for name, t in (("k", k), ("v", v)):
             if tuple(t.shape) != want:
-                raise ValueError(f"{name}: expected shape (batch, seqlen_new, nheads_k, "
+                raise PeerArgumentError(f"{name}: expected shape (batch, seqlen_new, nheads_k, "
                                  f"headdim) = {want}, got {tuple(t.shape)}")
         if cache_seqlens is None:
-            raise ValueError("cache_seqlens: required when k and v are given (where the new "
+            raise PeerArgumentError("cache_seqlens: required when k and v are given (where the new "
                              "keys are written)")
 
     if paged:
         if cache_batch_idx is not None:
-            raise ValueError("cache_batch_idx: not used with block_table (a paged cache maps "
+            raise PeerArgumentError("cache_batch_idx: not used with block_table (a paged cache maps "
                              "each batch row to its blocks); pass None")
         if block_table.dim() != 2 or block_table.shape[0] != batch:
-            raise ValueError(f"block_table: expected shape (batch, max_num_blocks_per_seq) = "
+            raise PeerArgumentError(f"block_table: expected shape (batch, max_num_blocks_per_seq) = "
                              f"({batch}, n), got {tuple(block_table.shape)}")
         table = _ints("block_table", block_table, tuple(block_table.shape), dev)
         _in_range("block_table", table, 0, k_cache.shape[0] - 1, "block indices of k_cache")
@@ -169,10 +170,10 @@ def check(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor],
         idx = _ints("cache_batch_idx", cache_batch_idx, (batch,), dev)
         _in_range("cache_batch_idx", idx, 0, k_cache.shape[0] - 1, "rows of k_cache")
         if k is not None and torch.unique(idx).numel() != batch:
-            raise ValueError("cache_batch_idx: indices must be distinct when k and v are "
+            raise PeerArgumentError("cache_batch_idx: indices must be distinct when k and v are "
                              "given (two batch rows would write the same cache row)")
     elif not paged and k_cache.shape[0] < batch:
-        raise ValueError(f"k_cache: batch_cache (shape[0] = {k_cache.shape[0]}) must be >= "
+        raise PeerArgumentError(f"k_cache: batch_cache (shape[0] = {k_cache.shape[0]}) must be >= "
                          f"q's batch ({batch}) without cache_batch_idx")
 
     if cache_seqlens is None:
@@ -192,7 +193,7 @@ def check(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor],
     if cache_leftpad is not None:
         pad = _ints("cache_leftpad", cache_leftpad, (batch,), dev)
         if pad.numel() and (int(pad.min()) < 0 or bool((pad > seqlens).any())):
-            raise ValueError("cache_leftpad: expected 0 <= cache_leftpad[b] <= "
+            raise PeerArgumentError("cache_leftpad: expected 0 <= cache_leftpad[b] <= "
                              "cache_seqlens[b] (the first valid key of each row)")
     if table is not None and k is not None:
         # the positions each row writes must not share a slot with another row's
@@ -200,15 +201,15 @@ def check(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor],
         bs = k_cache.shape[1]
         slots = table.gather(1, pos // bs) * bs + pos % bs
         if torch.unique(slots).numel() != slots.numel():
-            raise ValueError("block_table: two batch rows would write the new keys into the "
+            raise PeerArgumentError("block_table: two batch rows would write the new keys into the "
                              "same block slots")
 
     if (rotary_cos is None) != (rotary_sin is None):
-        raise ValueError(f"{'rotary_sin' if rotary_sin is None else 'rotary_cos'}: rotary_cos "
+        raise PeerArgumentError(f"{'rotary_sin' if rotary_sin is None else 'rotary_cos'}: rotary_cos "
                          "and rotary_sin are given together")
     if rotary_cos is not None:
         if k is None:
-            raise ValueError("rotary_cos: the rotary embedding applies to new keys; it needs "
+            raise PeerArgumentError("rotary_cos: the rotary embedding applies to new keys; it needs "
                              "k and v")
         for name, t in (("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin)):
             if not isinstance(t, Tensor) or not t.dtype.is_floating_point or t.dim() != 2:
@@ -216,10 +217,10 @@ def check(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor],
                                 "rotary_dim / 2)")
             _device(name, t, dev)
         if tuple(rotary_sin.shape) != tuple(rotary_cos.shape):
-            raise ValueError(f"rotary_sin: expected rotary_cos's shape "
+            raise PeerArgumentError(f"rotary_sin: expected rotary_cos's shape "
                              f"{tuple(rotary_cos.shape)}, got {tuple(rotary_sin.shape)}")
         if not 2 <= 2 * rotary_cos.shape[1] <= hd:
-            raise ValueError(f"rotary_cos: rotary_dim = 2 * shape[1] = {2 * rotary_cos.shape[1]}"
+            raise PeerArgumentError(f"rotary_cos: rotary_dim = 2 * shape[1] = {2 * rotary_cos.shape[1]}"
                              f" must be in [2, headdim = {hd}]")
     scale, left, right, cap = _scalars(q, softmax_scale, causal, window_size, softcap)
     # flash-attn rotates query i at cache_seqlens + i when the attention is causal or local
@@ -229,6 +230,6 @@ def check(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor],
         span = max(q.shape[1] if per_token else 1, seqlen_new)
         need = int(seqlens.max()) + span
         if rotary_cos.shape[0] < need:
-            raise ValueError(f"rotary_cos: seqlen_ro (shape[0] = {rotary_cos.shape[0]}) must "
+            raise PeerArgumentError(f"rotary_cos: seqlen_ro (shape[0] = {rotary_cos.shape[0]}) must "
                              f"cover the rotated positions, up to {need - 1}")
     return KvArgs(seqlens, idx, pad, table, scale, left, right, cap, per_token)
