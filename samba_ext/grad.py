@@ -323,13 +323,16 @@ def attention_fwd(q: ArrayLike, k: ArrayLike, v: ArrayLike,
 def attention_bwd(q: ArrayLike, k: ArrayLike, v: ArrayLike,
                   softmax_scale: Optional[float] = None, causal: bool = False,
                   window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0, *,
-                  dout: ArrayLike, out: ArrayLike = None, lse: ArrayLike = None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  dout: ArrayLike, out: ArrayLike = None, lse: ArrayLike = None,
+                  deterministic: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of :func:`attention_fwd` (FlashAttention-2 style: the probabilities are
     recomputed from the saved log-sum-exp, nothing of size seqlen_q x seqlen_k is stored).
 
     Forward arguments as there; dout (q's shape) is dL/dout. out and lse are the forward's
     outputs; when either is None both are recomputed with :func:`attention_fwd`.
+    deterministic: bitwise-repeatable results on the GPU's bfloat16 / float16 tensor-core
+    path (otherwise it sums dq with atomics in a varying order); the CPU and float32 paths
+    are always deterministic.
     Returns (dq (q's shape), dk, dv (k's shape)), float32.
     """
     gpu = _gpu(q, k, v, dout, out, lse)
@@ -347,7 +350,7 @@ def attention_bwd(q: ArrayLike, k: ArrayLike, v: ArrayLike,
                          not gpu)
     if gpu:
         return _cuda("attention").attention_bwd(q, k, v, scale, left, right, cap, dout, out,
-                                                lse)
+                                                lse, deterministic=bool(deterministic))
     if out is None or lse is None:
         out, lse = _core.attention_fwd(q, k, v, scale, left, right, cap)
     return _core.attention_bwd(q, k, v, out, lse, dout, scale, left, right, cap)

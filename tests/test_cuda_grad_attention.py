@@ -25,7 +25,8 @@ of rounded inputs, ex2.approx with relative error 2^-22, log of a float32 sum).
 Outputs are poisoned (NaN bytes) before the kernels run, so an unwritten element fails; NaN and
 Inf never pass assert_close. dq, and dk / dv when the query heads of a group are split over
 blocks, are summed with float32 atomics (order-dependent last bits), so GPU results are
-compared with tolerances, never bit for bit.
+compared with tolerances, never bit for bit, except with deterministic=True, whose repeated
+calls must agree bit for bit.
 
 Run: python3 -m pytest -q tests/test_cuda_grad_attention.py (or python3 this file); skipped
 without a GPU / CUDA build.
@@ -221,6 +222,43 @@ def test_recomputes_forward_and_swa(poison, rng, dtype):
     out, _ = grad.attention_fwd(gq, gk, gv, None, True, (W - 1, 0))
     assert_close(host(out), host(samba_ext.swa_attention(gq, gk, gv, W)), RTOL[dtype],
                  "attention_fwd vs swa_attention")
+
+
+# flash-attn's test_flash_attn_deterministic shapes (Lq much shorter than Lk, bottom-right
+# causal / windowed) and GQA groups that the default backward splits over blocks
+DET_CASES = [
+    pytest.param(2, 3, 799, 9, 9, 64, True, (-1, -1), id="3x799-causal"),
+    pytest.param(2, 127, 512, 9, 9, 128, False, (100, 30), id="127x512-window-hd128"),
+    pytest.param(1, 1, 239, 9, 9, 256, False, (-1, -1), id="1x239-hd256"),
+    pytest.param(1, 600, 600, 32, 4, 64, True, (255, 0), id="gqa8-split-group"),
+    pytest.param(2, 300, 300, 12, 2, 96, True, (-1, -1), id="gqa6-hd96"),
+]
+
+
+@cuda
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("B,Lq,Lk,H,Hkv,hd,causal,ws", DET_CASES)
+def test_deterministic_is_bitwise_repeatable(poison, rng, dtype, B, Lq, Lk, H, Hkv, hd, causal,
+                                             ws):
+    # deterministic=True: three backward calls give identical bits (the default may not: its
+    # dq sums key blocks with atomics), and the same gradients as the reference and as the
+    # default path within the module's tolerances
+    (q, gq), (k, gk), (v, gv), (do, gdo) = (rdev(rng.standard_normal(s), dtype) for s in (
+        (B, Lq, H, hd), (B, Lk, Hkv, hd), (B, Lk, Hkv, hd), (B, Lq, H, hd)))
+    left, right = windows(causal, ws)
+    out, lse = grad.attention_fwd(gq, gk, gv, None, causal, ws)
+    runs = [[host(g) for g in grad.attention_bwd(gq, gk, gv, None, causal, ws, dout=gdo,
+                                                  out=out, lse=lse, deterministic=True)]
+            for _ in range(3)]
+    for r in runs[1:]:
+        for name, a, b in zip(("dq", "dk", "dv"), runs[0], r):
+            assert np.array_equal(a, b), f"{name} differs between calls"
+    n = reduction_lengths(Lq, Lk, H // Hkv, left, right)
+    ref = attention_bwd_ref(q, k, v, do, 1.0 / math.sqrt(hd), left, right, 0.0)
+    check_grads(runs[0], ref, dtype, *n, "deterministic ")
+    default = grad.attention_bwd(gq, gk, gv, None, causal, ws, dout=gdo, out=out, lse=lse)
+    check_grads(runs[0], dict(zip(("dq", "dk", "dv"), (host(g) for g in default))), dtype, *n,
+                "deterministic vs default ")
 
 
 @cuda

@@ -216,6 +216,22 @@ def test_flash_attn_return_attn_probs(rng, causal, window):
         assert torch.equal(a, r)
 
 
+def test_flash_attn_deterministic_flag(rng):
+    """deterministic=True goes through the op (and torch.compile's schema) to the backward:
+    on the CPU both settings are the same deterministic kernel, so the gradients are equal
+    bit for bit to the default call's and to a repeated call's."""
+    b, lq, lk, h, hkv, hd = 2, 5, 9, 4, 2, 8
+    q, k, v = t64(rng, b, lq, h, hd), t64(rng, b, lk, hkv, hd), t64(rng, b, lk, hkv, hd)
+    dy = torch.tensor(rng.standard_normal((b, lq, h, hd)))
+    grads = []
+    for det in (True, True, False):
+        out = st.flash_attn_func(q, k, v, causal=True, window_size=(3, 0), deterministic=det)
+        grads.append(torch.autograd.grad(out, (q, k, v), dy))
+    for g in grads[1:]:
+        for a, r in zip(g, grads[0]):
+            assert torch.equal(a, r)
+
+
 def test_unsupported_arguments_raise():
     q = torch.randn(1, 3, 2, 8)
     with pytest.raises(NotImplementedError, match="dropout_p"):

@@ -86,9 +86,10 @@ __device__ __forceinline__ void atomic_add2(float *a, float x, float y) {
 #endif
 }
 
+// The work of one block for the key block starting at k0 (below); dQ is added to dq_acc.
 template <typename T, class C>
-__global__ void __launch_bounds__(C::THREADS)
-attn_bwd_mma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
+__device__ __forceinline__ void attn_bwd_key_block(samba_cu_attn_ext_args p, attn_bwd_ws ws,
+                                                   int gsplit, int64_t k0, float *dq_acc) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T *sK = reinterpret_cast<T *>(smem_raw);  // [BN][LD]
     T *sV = sK + C::BN * C::LD;               // [BN][LD]
@@ -110,7 +111,6 @@ attn_bwd_mma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     const int hd = (int)p.headdim;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, tq = lane & 3;
-    const int64_t k0 = (int64_t)blockIdx.x * C::BN;
     const int64_t kend = k0 + C::BN < Lk ? k0 + C::BN : Lk;  // exclusive
     const int dcol0 = dsi * C::DO;
     const int64_t left = p.window_left, right = p.window_right;
@@ -287,7 +287,7 @@ attn_bwd_mma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
             for (int r = 0; r < 2; ++r) {
                 const int64_t q = m0 + mt * 16 + g + 8 * r;
                 if (q >= Lq) continue;
-                float *row = ws.dq_acc + ((b * Lq + q) * H + h) * hd;
+                float *row = dq_acc + ((b * Lq + q) * H + h) * hd;
 #pragma unroll
                 for (int j = 0; j < 2; ++j) {
                     const int col = dcol0 + np * 16 + j * 8 + 2 * tq;
@@ -328,10 +328,27 @@ attn_bwd_mma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     }
 }
 
+// One block per key block and one shared dq accumulator (ws.dq_slice = 0, gridDim.x = the
+// number of key blocks: one pass of the loop), or, deterministic, gridDim.x = S blocks per
+// (kv head, batch) each walking key blocks x, x + S, ... into its own dq slice x. Within one
+// key block every dq element is added by at most one thread (each (head, query tile) is
+// visited once and each element of a 16 x 16 dQ job belongs to one lane), and the barrier
+// between key blocks orders the block's additions, so each slice's sums have a fixed order.
+template <typename T, class C>
+__global__ void __launch_bounds__(C::THREADS)
+attn_bwd_mma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
+    float *dq_acc = ws.dq_acc + (int64_t)blockIdx.x * ws.dq_slice;
+    const int64_t nkb = (p.seqlen_k + C::BN - 1) / C::BN;
+    for (int64_t kb = blockIdx.x; kb < nkb; kb += gridDim.x) {
+        if (kb != (int64_t)blockIdx.x) __syncthreads();  // the last key block read sK and sS
+        attn_bwd_key_block<T, C>(p, ws, gsplit, kb * C::BN, dq_acc);
+    }
+}
+
 template <typename T, class C>
 samba_status launch(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int split,
                     cudaStream_t st) {
-    const int64_t nkb = cdiv(a->seqlen_k, C::BN);
+    const int64_t nkb = ws->dq_slices > 0 ? ws->dq_slices : cdiv(a->seqlen_k, C::BN);
     const int64_t ny = a->nheads_kv * split * C::NDS;
     if (nkb > 0x7fffffffLL || ny > 65535)
         return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "attention_bwd: too many key blocks or heads");
@@ -441,6 +458,24 @@ int attn_bwd_mma_group_split(const samba_cu_attn_ext_args *a) {
     for (int64_t s = 1; s < G; ++s)
         if (G % s == 0 && base * s >= want) return (int)s;
     return (int)G;
+}
+
+// deterministic: S dq accumulators, enough blocks for about 2 per multiprocessor (S blocks per
+// kv head, batch and head-dim part; the group is not split), at most one per key block, and at
+// most 512 MiB of them unless one alone is larger.
+int64_t attn_bwd_mma_dq_slices(const samba_cu_attn_ext_args *a) {
+    const int64_t hd = a->headdim;
+    const int bn = hd <= 64 ? (warps4_d64() ? Cfg64w4::BN : Cfg64::BN)
+                   : hd <= 96 ? Cfg96::BN : hd <= 128 ? Cfg128::BN : Cfg256::BN;
+    const int64_t nds = hd <= 128 ? 1 : Cfg256::NDS;
+    const int64_t nkb = cdiv(a->seqlen_k, bn);
+    const int64_t per = a->nheads_kv * nds * a->batch;
+    int64_t S = cdiv(2 * (int64_t)sm_count_cached(), per);
+    if (S > nkb) S = nkb;
+    const int64_t bytes = a->batch * a->seqlen_q * a->nheads * hd * (int64_t)sizeof(float);
+    const int64_t cap = bytes > 0 ? ((int64_t)512 << 20) / bytes : S;
+    if (S > cap) S = cap;
+    return S < 1 ? 1 : S;
 }
 
 samba_status attn_bwd_mma(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int split,

@@ -24,19 +24,19 @@ copy3(int64_t *dst, const samba_pycu_i64s *src)
 
 /* attention_fwd_lse / attention_bwd(batch, seqlen_q, seqlen_k, nheads, nheads_kv, headdim,
  *     left, right, scale, softcap, q, q_s, k, k_s, v, v_s, out, o_s, dout, do_s, lse, dq, dk,
- *     dv, stream) */
+ *     dv, stream[, deterministic]) */
 static int
 parse_attn(PyObject *args, samba_cu_attn_ext_args *a, void **stream)
 {
     samba_pycu_i64s qs, ks, vs, os, ds;
     void *lse;
     memset(a, 0, sizeof *a);
-    if (!PyArg_ParseTuple(args, "LLLLLLLLffO&O&O&O&O&O&O&O&O&O&O&O&O&O&O&", &a->batch,
+    if (!PyArg_ParseTuple(args, "LLLLLLLLffO&O&O&O&O&O&O&O&O&O&O&O&O&O&O&|i", &a->batch,
                           &a->seqlen_q, &a->seqlen_k, &a->nheads, &a->nheads_kv, &a->headdim,
                           &a->window_left, &a->window_right, &a->softmax_scale, &a->softcap,
                           REF, &a->q, I64S, &qs, REF, &a->k, I64S, &ks, REF, &a->v, I64S, &vs,
                           REF, &a->out, I64S, &os, REF, &a->dout, I64S, &ds, PTR, &lse, REF,
-                          &a->dq, REF, &a->dk, REF, &a->dv, PTR, stream)) {
+                          &a->dq, REF, &a->dk, REF, &a->dv, PTR, stream, &a->deterministic)) {
         return 0;
     }
     copy3(a->q_stride, &qs);

@@ -60,9 +60,10 @@ def attention_fwd(q: Any, k: Any, v: Any, scale: float, left: int, right: int, s
 @keeps_device
 def attention_bwd(q: Any, k: Any, v: Any, scale: float, left: int, right: int, softcap: float,
                   dout: Any, out: Optional[Any] = None, lse: Optional[Any] = None, *,
-                  stream: Any = None) -> tuple[Any, Any, Any]:
+                  deterministic: bool = False, stream: Any = None) -> tuple[Any, Any, Any]:
     """(dq, dk, dv) in the dtypes of q, k, v. out / lse: the forward's outputs; when either
-    is None both are recomputed on the device first."""
+    is None both are recomputed on the device first. deterministic: bitwise-repeatable
+    (csrc/cuda/attention_bwd.cu)."""
     c = Call("attention_bwd", dict(q=q, k=k, v=v, dout=dout, out=out, lse=lse), stream)
     qa, ka, va = _qkv(c, q, k, v)
     batch, Lq, H, hd = qa.shape
@@ -83,5 +84,6 @@ def attention_bwd(q: Any, k: Any, v: Any, scale: float, left: int, right: int, s
     dva, dvr = c.output((batch, Lk, Hkv, hd), va.dtype)
     launch(c.cu.attention_bwd, batch, Lq, Lk, H, Hkv, hd, left, right, scale, softcap, qa.ref,
            qa.strides[:3], ka.ref, ka.strides[:3], va.ref, va.strides[:3], oa.ref,
-           oa.strides[:3], da.ref, da.strides[:3], la.ptr, dqa.ref, dka.ref, dva.ref, c.stream)
+           oa.strides[:3], da.ref, da.strides[:3], la.ptr, dqa.ref, dka.ref, dva.ref, c.stream,
+           int(bool(deterministic)))
     return c.finish((dqr, dkr, dvr))

@@ -187,8 +187,12 @@ def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
     natural log of each query's softmax denominator of the scaled (soft-capped) scores
     (+inf for a query that sees no key), and None for S_dmask (flash-attn returns it only
     when dropout_p > 0). softmax_lse is detached: flash-attn's backward ignores its
-    gradient, here autograd sees it as a constant. The backward is deterministic whatever
-    ``deterministic`` says. Not supported: dropout_p > 0, alibi_slopes.
+    gradient, here autograd sees it as a constant. deterministic: on CUDA, bfloat16 / float16
+    inputs take the tensor-core backward, which sums dq (and dk / dv when query heads of a
+    group are split over blocks) with float32 atomics, so the last bits vary between runs;
+    deterministic=True makes them bitwise-repeatable, for more scratch memory (float32 copies
+    of dq, up to 512 MiB) and some speed. The CPU and float32 backwards are always
+    deterministic. Not supported: dropout_p > 0, alibi_slopes.
     """
     if dropout_p != 0.0:
         raise NotImplementedError(f"dropout_p: only 0.0 is supported, got {dropout_p!r}")
@@ -198,7 +202,7 @@ def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
     left, right = (int(w) for w in window_size)
     if causal:
         right = 0
-    out, lse = attention_op(q, k, v, scale, left, right, float(softcap))
+    out, lse = attention_op(q, k, v, scale, left, right, float(softcap), bool(deterministic))
     out = out.to(q.dtype)
     if not return_attn_probs:
         return out

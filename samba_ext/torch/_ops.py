@@ -166,9 +166,10 @@ causal_conv1d_op.register_autograd(_conv_backward, setup_context=_conv_setup)
 # ------------------------------------------------------------------------ attention ---
 @torch.library.custom_op("samba_ext::attention", mutates_args=())
 def attention_op(q: Tensor, k: Tensor, v: Tensor, softmax_scale: float, window_left: int,
-                 window_right: int, softcap: float) -> tuple[Tensor, Tensor]:
+                 window_right: int, softcap: float,
+                 deterministic: bool = False) -> tuple[Tensor, Tensor]:
     """-> (out (batch, Lq, H, hd) float32 (CUDA: q's dtype), lse (batch, H, Lq) float32);
-    window -1 = none"""
+    window -1 = none; deterministic: a bitwise-repeatable backward (see flash_attn_func)"""
     dev = device_of((("q", q), ("k", k), ("v", v)))
     if is_cuda(dev):
         _cuda_limits.attention(q, k)
@@ -179,7 +180,7 @@ def attention_op(q: Tensor, k: Tensor, v: Tensor, softmax_scale: float, window_l
 
 
 @attention_op.register_fake
-def _(q, k, v, softmax_scale, window_left, window_right, softcap):
+def _(q, k, v, softmax_scale, window_left, window_right, softcap, deterministic=False):
     return (q.new_empty(q.shape, dtype=act_dtype(q)),
             q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32))
 
@@ -187,7 +188,8 @@ def _(q, k, v, softmax_scale, window_left, window_right, softcap):
 @torch.library.custom_op("samba_ext::attention_backward", mutates_args=())
 def attention_backward_op(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                           dout: Tensor, softmax_scale: float, window_left: int,
-                          window_right: int, softcap: float) -> tuple[Tensor, Tensor, Tensor]:
+                          window_right: int, softcap: float,
+                          deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """-> (dq, dk, dv) float32 (CUDA: the dtypes of q, k, v)"""
     dev = device_of((("q", q), ("k", k), ("v", v), ("out", out), ("lse", lse),
                      ("dout", dout)))
@@ -196,22 +198,24 @@ def attention_backward_op(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Ten
     with on_device(dev):
         dq, dk, dv = _grad.attention_bwd(arg(q), arg(k), arg(v), softmax_scale, False,
                                          (window_left, window_right), softcap,
-                                         dout=arg(dout), out=arg(out), lse=arg(lse))
+                                         dout=arg(dout), out=arg(out), lse=arg(lse),
+                                         deterministic=deterministic)
         return tensor(dq, dev), tensor(dk, dev), tensor(dv, dev)
 
 
 @attention_backward_op.register_fake
-def _(q, k, v, out, lse, dout, softmax_scale, window_left, window_right, softcap):
+def _(q, k, v, out, lse, dout, softmax_scale, window_left, window_right, softcap,
+      deterministic=False):
     return (q.new_empty(q.shape, dtype=act_dtype(q)),
             k.new_empty(k.shape, dtype=act_dtype(k)),
             v.new_empty(v.shape, dtype=act_dtype(v)))
 
 
 def _attn_setup(ctx, inputs, output):
-    q, k, v, scale, wl, wr, cap = inputs
+    q, k, v, scale, wl, wr, cap, det = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse)
-    ctx.args = (scale, wl, wr, cap)
+    ctx.args = (scale, wl, wr, cap, det)
 
 
 def _attn_backward(ctx, dout, dlse):
@@ -219,7 +223,7 @@ def _attn_backward(ctx, dout, dlse):
     # (return_attn_probs), so no loss depends on it and its incoming gradient (dlse) is zero.
     q, k, v, out, lse = ctx.saved_tensors
     dq, dk, dv = attention_backward_op(q, k, v, out, lse, dout, *ctx.args)
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None
 
 
 attention_op.register_autograd(_attn_backward, setup_context=_attn_setup)
