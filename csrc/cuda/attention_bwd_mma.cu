@@ -328,15 +328,21 @@ __device__ __forceinline__ void attn_bwd_key_block(samba_cu_attn_ext_args p, att
     }
 }
 
-// One block per key block and one shared dq accumulator (ws.dq_slice = 0, gridDim.x = the
-// number of key blocks: one pass of the loop), or, deterministic, gridDim.x = S blocks per
-// (kv head, batch) each walking key blocks x, x + S, ... into its own dq slice x. Within one
-// key block every dq element is added by at most one thread (each (head, query tile) is
-// visited once and each element of a 16 x 16 dQ job belongs to one lane), and the barrier
-// between key blocks orders the block's additions, so each slice's sums have a fixed order.
-template <typename T, class C>
+// DET false: one block per key block (gridDim.x = the number of key blocks), all adding to
+// one shared dq accumulator. DET true (deterministic): gridDim.x = S blocks per (kv head,
+// batch), block x walking key blocks x, x + S, ... into its own dq accumulator x (ws.dq_slice
+// floats apart). Within one key block every dq element is added by at most one thread (each
+// (head, query tile) is visited once, and each element of a 16 x 16 dQ job belongs to one
+// lane), and the barrier between key blocks orders the block's additions, so each
+// accumulator's sums have a fixed order. Two kernels, so that the default one keeps its
+// registers (the loop costs a few, and spills at 255).
+template <typename T, class C, bool DET>
 __global__ void __launch_bounds__(C::THREADS)
 attn_bwd_mma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
+    if (!DET) {
+        attn_bwd_key_block<T, C>(p, ws, gsplit, (int64_t)blockIdx.x * C::BN, ws.dq_acc);
+        return;
+    }
     float *dq_acc = ws.dq_acc + (int64_t)blockIdx.x * ws.dq_slice;
     const int64_t nkb = (p.seqlen_k + C::BN - 1) / C::BN;
     for (int64_t kb = blockIdx.x; kb < nkb; kb += gridDim.x) {
@@ -352,11 +358,16 @@ samba_status launch(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int 
     const int64_t ny = a->nheads_kv * split * C::NDS;
     if (nkb > 0x7fffffffLL || ny > 65535)
         return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "attention_bwd: too many key blocks or heads");
-    cudaError_t e = cudaFuncSetAttribute(attn_bwd_mma_kernel<T, C>,
+    const bool det = ws->dq_slices > 0;
+    cudaError_t e = cudaFuncSetAttribute(det ? attn_bwd_mma_kernel<T, C, true>
+                                             : attn_bwd_mma_kernel<T, C, false>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
     if (e != cudaSuccess) return samba_cu_fail("attention_bwd (shared memory opt-in)", e);
     dim3 grid((unsigned)nkb, (unsigned)ny, (unsigned)a->batch);
-    attn_bwd_mma_kernel<T, C><<<grid, C::THREADS, C::SMEM, st>>>(*a, *ws, split);
+    if (det)
+        attn_bwd_mma_kernel<T, C, true><<<grid, C::THREADS, C::SMEM, st>>>(*a, *ws, split);
+    else
+        attn_bwd_mma_kernel<T, C, false><<<grid, C::THREADS, C::SMEM, st>>>(*a, *ws, split);
     return samba_cu_check_launch("attention_bwd", st);
 }
 
