@@ -7,14 +7,16 @@
 // bfloat16 / float16 with aligned rows: the tensor-core kernel (attention_bwd_mma.cu) adds
 // sum_j dS_ij k_j into a float32 dq accumulator (atomics), then attn_bwd_store_kernel writes
 // dq = scale * acc (and dk / dv from their accumulators when the group was split). The order
-// of those additions varies from run to run (the last bits of dq, and of dk / dv with a split
-// group). With deterministic set, the group is not split and S dq accumulators
-// (attn_bwd_mma_dq_slices) are each summed by one block in a fixed order, then added in slice
-// order: bitwise-repeatable, for S - 1 more float32 copies of dq in scratch.
+// of those atomic additions varies from run to run, and so do the last bits of dq (and of dk,
+// dv with the split); with a->deterministic the kernel runs without the group split and with
+// S dq accumulators (slices, attn_bwd_ws) that each sum in a fixed order, and the store adds
+// the slices in slice order: bit-identical results on every run (same device), for S float32
+// copies of dq of scratch and some speed.
 //
 // Everything else - float32 inputs in particular (exact float32 arithmetic, no TF32), mixed
 // dtypes, head dims that are not a multiple of 8, unaligned views - runs two CUDA-core passes
-// without atomics, as csrc/attention_bwd.c does on the CPU (deterministic):
+// without atomics, as csrc/attention_bwd.c does on the CPU (deterministic whatever
+// a->deterministic says; so are the preprocessing and the store kernels):
 //   attn_bwd_dq_kernel    grid (ceil(Lq/16), H, B), 4 warps of 4 queries; key tiles of 32 in
 //                         shared memory (float32, odd row stride); lane j scores key j
 //                         (q.k and dout.v), dS from P and Delta, and each lane adds
@@ -53,14 +55,14 @@ __global__ void attn_bwd_prep_kernel(samba_cu_attn_ext_args p, float *delta, flo
     }
 }
 
-// dst[i] = scale * (src[i] + src[stride + i] + ... + src[(nsum - 1) * stride + i]) (summed
-// in that order) rounded to dst's dtype
-__global__ void attn_bwd_store_kernel(const float *src, int64_t nsum, int64_t stride,
-                                      samba_cu_ref dst, int64_t n, float scale) {
+// dst[i] = scale * (src[i] + src[stride + i] + ... + src[(ns - 1) stride + i]) rounded to dst's
+// dtype: the ns >= 1 slices summed in slice order (ns = 1: src[i] * scale)
+__global__ void attn_bwd_store_kernel(const float *src, samba_cu_ref dst, int64_t n, float scale,
+                                      int64_t ns, int64_t stride) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
         float acc = src[i];
-        for (int64_t s = 1; s < nsum; ++s) acc += src[s * stride + i];
+        for (int64_t s = 1; s < ns; ++s) acc += src[s * stride + i];
         stf(dst, i, acc * scale);
     }
 }
@@ -300,27 +302,29 @@ static samba_status zero_fill(samba_cu_ref r, int64_t n, cudaStream_t st) {
     return e == cudaSuccess ? SAMBA_OK : samba_cu_fail("attention_bwd (memset)", e);
 }
 
-static samba_status store(const float *src, int64_t nsum, samba_cu_ref dst, int64_t n,
-                          float scale, cudaStream_t st) {
+// dst (n elements) = scale * the sum of the ns slices of src, stride elements apart
+static samba_status store(const float *src, samba_cu_ref dst, int64_t n, float scale, int64_t ns,
+                          int64_t stride, cudaStream_t st) {
     if (n == 0) return SAMBA_OK;
-    attn_bwd_store_kernel<<<grid_1d(n, 256), 256, 0, st>>>(src, nsum, n, dst, n, scale);
+    attn_bwd_store_kernel<<<grid_1d(n, 256), 256, 0, st>>>(src, dst, n, scale, ns, stride);
     return samba_cu_check_launch("attention_bwd (store)", st);
 }
 
+// slices: the number of dq accumulators (deterministic mode; 0 = one, shared through atomics)
 static samba_status run(const samba_cu_attn_ext_args *a, float *scratch, bool mma, int split,
                         int64_t slices, cudaStream_t st) {
     const int64_t nrow = a->batch * a->nheads * a->seqlen_q;
     const int64_t nq = nrow * a->headdim;
     const int64_t nk = a->batch * a->seqlen_k * a->nheads_kv * a->headdim;
+    const int64_t ncopy = slices > 0 ? slices : 1;  // float32 copies of dq in scratch
     attn_bwd_ws ws;
     ws.delta = scratch;
     ws.lse2 = ws.delta + nrow;
     ws.dq_acc = mma ? ws.lse2 + nrow : nullptr;
-    ws.dq_slices = slices;                 // 0: one dq accumulator shared by all blocks
-    ws.dq_slice = slices > 0 ? nq : 0;
-    const int64_t nacc = slices > 0 ? slices : 1;
-    ws.dk_acc = mma && split > 1 ? ws.dq_acc + nacc * nq : nullptr;
+    ws.dk_acc = mma && split > 1 ? ws.dq_acc + ncopy * nq : nullptr;
     ws.dv_acc = ws.dk_acc ? ws.dk_acc + nk : nullptr;
+    ws.dq_slices = slices;
+    ws.dq_slice_stride = slices > 0 ? nq : 0;
     attn_bwd_prep_kernel<<<grid_1d(nrow, 8), 256, 0, st>>>(*a, ws.delta, ws.lse2);
     samba_status s = samba_cu_check_launch("attention_bwd (preprocess)", st);
     if (s != SAMBA_OK) return s;
@@ -329,13 +333,13 @@ static samba_status run(const samba_cu_attn_ext_args *a, float *scratch, bool mm
         if (a->headdim <= 128) return launch_core<4>(a, &ws, st);
         return launch_core<8>(a, &ws, st);
     }
-    const size_t acc = (size_t)(nacc * nq + (ws.dk_acc ? 2 * nk : 0)) * sizeof(float);
+    const size_t acc = (size_t)(ncopy * nq + (ws.dk_acc ? 2 * nk : 0)) * sizeof(float);
     const cudaError_t e = cudaMemsetAsync(ws.dq_acc, 0, acc, st);
     if (e != cudaSuccess) return samba_cu_fail("attention_bwd (memset)", e);
     s = attn_bwd_mma(a, &ws, split, st);
-    if (s == SAMBA_OK) s = store(ws.dq_acc, nacc, a->dq, nq, a->softmax_scale, st);
-    if (s == SAMBA_OK && ws.dk_acc) s = store(ws.dk_acc, 1, a->dk, nk, 1.0f, st);
-    if (s == SAMBA_OK && ws.dv_acc) s = store(ws.dv_acc, 1, a->dv, nk, 1.0f, st);
+    if (s == SAMBA_OK) s = store(ws.dq_acc, a->dq, nq, a->softmax_scale, ncopy, nq, st);
+    if (s == SAMBA_OK && ws.dk_acc) s = store(ws.dk_acc, a->dk, nk, 1.0f, 1, 0, st);
+    if (s == SAMBA_OK && ws.dv_acc) s = store(ws.dv_acc, a->dv, nk, 1.0f, 1, 0, st);
     return s;
 }
 
@@ -354,12 +358,12 @@ extern "C" samba_status samba_cu_attn_bwd(const samba_cu_attn_ext_args *a, void 
         return s;
     }
     const bool mma = attn_bwd_mma_applicable(a) != 0;
-    const bool det = mma && a->deterministic;
-    const int split = mma && !det ? attn_bwd_mma_group_split(a) : 1;
-    const int64_t slices = det ? attn_bwd_mma_dq_slices(a) : 0;
+    const int split = mma ? attn_bwd_mma_group_split(a) : 1;  // 1 when deterministic
+    // dq slices: only the tensor-core path sums with atomics (attn_bwd_mma_dq_slices)
+    const int64_t slices = mma && a->deterministic ? attn_bwd_mma_dq_slices(a) : 0;
     const int64_t nrow = a->batch * a->nheads * a->seqlen_q;
-    const size_t n = (size_t)(2 * nrow + (mma ? (slices > 0 ? slices : 1) * nq : 0) +
-                              (mma && split > 1 ? 2 * nk : 0));
+    const int64_t ndq = mma ? (slices > 0 ? slices : 1) * nq : 0;
+    const size_t n = (size_t)(2 * nrow + ndq + (mma && split > 1 ? 2 * nk : 0));
     void *scratch = NULL;
     s = samba_cu_malloc(&scratch, n * sizeof(float), st);
     if (s != SAMBA_OK) return s;

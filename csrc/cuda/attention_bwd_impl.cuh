@@ -44,10 +44,14 @@ samba_status attn_fwd_cuda_core(const samba_cu_attn_ext_args *a, const char *wha
 struct attn_bwd_ws {
     float *delta;           // (B, H, Lq): dout . out per row
     float *lse2;            // (B, H, Lq): lse * log2(e); +inf for a row without keys
-    float *dq_acc;          // (B, Lq, H, hd): sum_j dS_ij k_j (tensor-core path), zeroed
+    float *dq_acc;          // (S, B, Lq, H, hd): sum_j dS_ij k_j (tensor-core path), zeroed
     float *dk_acc, *dv_acc; // (B, Lk, Hkv, hd), zeroed, when the group is split; else NULL
-    int64_t dq_slices;      // deterministic: S dq accumulators, one per block column; else 0
-    int64_t dq_slice;       // floats from one dq accumulator to the next (0: one, shared)
+    // dq slices (deterministic mode): S = dq_slices copies of dq_acc, dq_slice_stride
+    // (= B * Lq * H * hd) elements apart; the tensor-core kernel then runs S blocks along the
+    // keys, block x adding the key tiles x, x + S, ... into copy x, and the store sums the
+    // copies in order. dq_slices = 0 (and dq_slice_stride = 0): one copy, shared through the
+    // atomics by one block per key tile (the default).
+    int64_t dq_slices, dq_slice_stride;
 };
 
 // Tensor-core backward: 1 when it handles these arguments (q, k, v, out, dout all bfloat16 or
@@ -55,12 +59,13 @@ struct attn_bwd_ws {
 // device's shared memory).
 int attn_bwd_mma_applicable(const samba_cu_attn_ext_args *a);
 // Number of blocks that share the query heads of one kv head (a divisor of H / Hkv; 1 = one
-// block sums all of them and writes dk, dv directly). Enough blocks for the device.
+// block sums all of them and writes dk, dv directly). Enough blocks for the device; always 1
+// with a->deterministic.
 int attn_bwd_mma_group_split(const samba_cu_attn_ext_args *a);
-// deterministic=1: the number S of dq accumulators (>= 1; the group split is then 1).
+// Deterministic mode: the number S >= 1 of dq slices (attn_bwd_ws) for these arguments.
 int64_t attn_bwd_mma_dq_slices(const samba_cu_attn_ext_args *a);
-// Main kernel: dq_acc (+)= dS K; dk, dv written (split 1) or added to dk_acc / dv_acc (dk
-// already scaled by softmax_scale).
+// Main kernel: dq_acc (+)= dS K (into the slices when ws->dq_slices > 0); dk, dv written
+// (split 1) or added to dk_acc / dv_acc (dk already scaled by softmax_scale).
 samba_status attn_bwd_mma(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int split,
                           cudaStream_t stream);
 

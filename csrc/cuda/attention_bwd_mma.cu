@@ -19,6 +19,15 @@
 // added to float32 accumulators with atomics when the group is split. Masks are evaluated only
 // on tiles that cross a window edge or the end of the keys / queries.
 //
+// Deterministic mode (samba_cu_attn_ext_args.deterministic): the group is never split, and the
+// grid has S blocks along the keys instead of one per key tile; block x walks the key tiles
+// x, x + S, ... (one pass of the above each) and adds dS K into its own float32 copy (slice) x
+// of the dq accumulator, with the same atomics, but each dq element then gets exactly one
+// addition per pass and the passes are ordered by a barrier, so every slice sums in a fixed
+// order; attn_bwd_store_kernel adds the slices in slice order. The mode is a template flag
+// (DET): the default instantiation has no loop (one key tile per block) and compiles to the
+// same SASS as before the mode existed (nvcc 13.0, sm_90).
+//
 // Head dims: templates for D = 64, 96 and 128 (a multiple of 8 runs in the next larger one with
 // zero-filled columns); D = 256 keeps its dK/dV accumulators for half of the head dims per block
 // (two blocks per key tile, each recomputing S and dP), so they fit in registers.
@@ -86,10 +95,11 @@ __device__ __forceinline__ void atomic_add2(float *a, float x, float y) {
 #endif
 }
 
-// The work of one block for the key block starting at k0 (below); dQ is added to dq_acc.
-template <typename T, class C>
-__device__ __forceinline__ void attn_bwd_key_block(samba_cu_attn_ext_args p, attn_bwd_ws ws,
-                                                   int gsplit, int64_t k0, float *dq_acc) {
+// DET: the deterministic mode (grid.x = ws.dq_slices, a loop over key tiles, dq into slice
+// blockIdx.x); else one key tile per block and one shared dq accumulator
+template <typename T, class C, bool DET>
+__global__ void __launch_bounds__(C::THREADS)
+attn_bwd_mma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T *sK = reinterpret_cast<T *>(smem_raw);  // [BN][LD]
     T *sV = sK + C::BN * C::LD;               // [BN][LD]
@@ -111,264 +121,268 @@ __device__ __forceinline__ void attn_bwd_key_block(samba_cu_attn_ext_args p, att
     const int hd = (int)p.headdim;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, tq = lane & 3;
-    const int64_t kend = k0 + C::BN < Lk ? k0 + C::BN : Lk;  // exclusive
     const int dcol0 = dsi * C::DO;
     const int64_t left = p.window_left, right = p.window_right;
 
-    // the queries that see a key of [k0, kend): [qlo, qhi]
-    int64_t qlo = right < 0 ? 0 : k0 - off - right;
-    int64_t qhi = left < 0 ? Lq - 1 : kend - 1 - off + left;
-    qlo = qlo < 0 ? 0 : qlo;
-    qhi = qhi > Lq - 1 ? Lq - 1 : qhi;
-    const int64_t n_mt = qhi >= qlo ? (qhi - qlo + C::BM) / C::BM : 0;
-    const int64_t n_it = n_mt * hpb;
+    // Key tiles: kb = blockIdx.x only (grid.x = the number of key tiles), or in the
+    // deterministic mode (grid.x = S slices <= the number of key tiles) kb = blockIdx.x, + S,
+    // + 2S, ... in increasing order. Within a pass each dq element of the slice gets one
+    // addition, from one thread; passes are separated by the barrier below, so a slice sums
+    // its key tiles in a fixed order.
+    const int nkb = (int)((Lk + C::BN - 1) / C::BN);
+    for (int kb = (int)blockIdx.x; !DET || kb < nkb; kb += (int)gridDim.x) {
+        // the previous pass's dQ jobs have finished reading sK and sS (its cp.async were drained)
+        if (DET) __syncthreads();
+        const int64_t k0 = (DET ? (int64_t)kb : (int64_t)blockIdx.x) * C::BN;
+        const int64_t kend = k0 + C::BN < Lk ? k0 + C::BN : Lk;  // exclusive
 
-    const T *kg = (const T *)p.k.ptr + b * p.k_stride[0] + hk * p.k_stride[2];
-    const T *vg = (const T *)p.v.ptr + b * p.v_stride[0] + hk * p.v_stride[2];
+        // the queries that see a key of [k0, kend): [qlo, qhi]
+        int64_t qlo = right < 0 ? 0 : k0 - off - right;
+        int64_t qhi = left < 0 ? Lq - 1 : kend - 1 - off + left;
+        qlo = qlo < 0 ? 0 : qlo;
+        qhi = qhi > Lq - 1 ? Lq - 1 : qhi;
+        const int64_t n_mt = qhi >= qlo ? (qhi - qlo + C::BM) / C::BM : 0;
+        const int64_t n_it = n_mt * hpb;
 
-    // Q / dO / lse / Delta tile of iteration it into buffer buf
-    auto load_q = [&](int64_t it, int buf) {
-        const int64_t h = h_first + it / n_mt;
-        const int64_t m0 = qlo + (it % n_mt) * C::BM;
-        load_rows<C, C::BM>(sQ + buf * C::BM * C::LD,
-                            (const T *)p.q.ptr + b * p.q_stride[0] + h * p.q_stride[2],
-                            p.q_stride[1], m0, Lq, hd);
-        load_rows<C, C::BM>(sO + buf * C::BM * C::LD,
-                            (const T *)p.dout.ptr + b * p.do_stride[0] + h * p.do_stride[2],
-                            p.do_stride[1], m0, Lq, hd);
-        const int64_t rb = (b * H + h) * Lq;
-        for (int i = threadIdx.x; i < 2 * C::BM; i += C::THREADS) {
-            const int r = i % C::BM;
-            const bool ok = m0 + r < Lq;
-            const float *src = (i < C::BM ? ws.lse2 : ws.delta) + (ok ? rb + m0 + r : 0);
-            cp_async4((i < C::BM ? sL : sD) + buf * C::BM + r, src, ok);
-        }
-    };
+        const T *kg = (const T *)p.k.ptr + b * p.k_stride[0] + hk * p.k_stride[2];
+        const T *vg = (const T *)p.v.ptr + b * p.v_stride[0] + hk * p.v_stride[2];
 
-    load_rows<C, C::BN>(sK, kg, p.k_stride[1], k0, Lk, hd);
-    load_rows<C, C::BN>(sV, vg, p.v_stride[1], k0, Lk, hd);
-    if (n_it > 0) load_q(0, 0);
-    cp_async_commit();
-
-    const bool capped = p.softcap > 0.0f;
-    const float sl = p.softmax_scale * ABW_LOG2E;       // scores in base-2 units
-    const float cap_in = capped ? p.softmax_scale / p.softcap : 0.0f;
-    const float cap2 = p.softcap * ABW_LOG2E;
-
-    float dk[C::NDT][4], dv[C::NDT][4];
-#pragma unroll
-    for (int i = 0; i < C::NDT; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) dk[i][e] = dv[i][e] = 0.0f;
-
-    // per-lane fragment offsets (elements)
-    const int a_off = (warp * 16 + (lane & 15)) * C::LD + (lane >> 4) * 8;             // A, row-major
-    const int b_off = ((lane & 7) + ((lane >> 4) << 3)) * C::LD + ((lane >> 3) & 1) * 8;  // B = M^T
-    const int t_off = ((lane & 7) + (((lane >> 3) & 1) << 3)) * C::LD + (lane >> 4) * 8;  // B, .trans
-    const int s_off = ((lane & 7) + ((lane >> 4) << 3)) * C::LDS + ((lane >> 3) & 1) * 8;  // A = dS, .trans
-
-    for (int64_t it = 0; it < n_it; ++it) {
-        const int buf = (int)(it & 1);
-        if (it + 1 < n_it) load_q(it + 1, buf ^ 1);
-        cp_async_commit();
-        cp_async_wait<1>();
-        __syncthreads();
-        const int64_t h = h_first + it / n_mt;
-        const int64_t m0 = qlo + (it % n_mt) * C::BM;
-        const T *q_s = sQ + buf * C::BM * C::LD;
-        const T *o_s = sO + buf * C::BM * C::LD;
-        const float *l_s = sL + buf * C::BM;
-        const float *d_s = sD + buf * C::BM;
-
-        // ---- S^T = K_w Q^T, dP^T = V_w dO^T (16 keys x BM queries per warp) ----
-        float s[C::NQT][4], dp[C::NQT][4];
-#pragma unroll
-        for (int n = 0; n < C::NQT; ++n)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.0f;
-#pragma unroll
-        for (int ks = 0; ks < C::KS; ++ks) {
-            uint32_t ak[4], av[4];
-            ldsm_x4(ak, sK + a_off + ks * 16);
-            ldsm_x4(av, sV + a_off + ks * 16);
-#pragma unroll
-            for (int n = 0; n < C::NQT; n += 2) {
-                uint32_t bq[4], bo[4];
-                ldsm_x4(bq, q_s + b_off + n * 8 * C::LD + ks * 16);
-                ldsm_x4(bo, o_s + b_off + n * 8 * C::LD + ks * 16);
-                Mma<T>::run(s[n], ak, bq[0], bq[1]);
-                Mma<T>::run(s[n + 1], ak, bq[2], bq[3]);
-                Mma<T>::run(dp[n], av, bo[0], bo[1]);
-                Mma<T>::run(dp[n + 1], av, bo[2], bo[3]);
+        // Q / dO / lse / Delta tile of iteration it into buffer buf
+        auto load_q = [&](int64_t it, int buf) {
+            const int64_t h = h_first + it / n_mt;
+            const int64_t m0 = qlo + (it % n_mt) * C::BM;
+            load_rows<C, C::BM>(sQ + buf * C::BM * C::LD,
+                                (const T *)p.q.ptr + b * p.q_stride[0] + h * p.q_stride[2],
+                                p.q_stride[1], m0, Lq, hd);
+            load_rows<C, C::BM>(sO + buf * C::BM * C::LD,
+                                (const T *)p.dout.ptr + b * p.do_stride[0] + h * p.do_stride[2],
+                                p.do_stride[1], m0, Lq, hd);
+            const int64_t rb = (b * H + h) * Lq;
+            for (int i = threadIdx.x; i < 2 * C::BM; i += C::THREADS) {
+                const int r = i % C::BM;
+                const bool ok = m0 + r < Lq;
+                const float *src = (i < C::BM ? ws.lse2 : ws.delta) + (ok ? rb + m0 + r : 0);
+                cp_async4((i < C::BM ? sL : sD) + buf * C::BM + r, src, ok);
             }
-        }
+        };
 
-        // ---- P^T and dS^T (in place of s and dp) ----
-        const bool full = kend - k0 == C::BN && m0 + C::BM <= Lq &&
-                          (right < 0 || k0 + C::BN - 1 - m0 - off <= right) &&
-                          (left < 0 || k0 - (m0 + C::BM - 1) - off >= -left);
-        const int64_t rel0 = k0 + warp * 16 + g - m0 - off;  // key - query position, e = 0, col 0
+        load_rows<C, C::BN>(sK, kg, p.k_stride[1], k0, Lk, hd);
+        load_rows<C, C::BN>(sV, vg, p.v_stride[1], k0, Lk, hd);
+        if (n_it > 0) load_q(0, 0);
+        cp_async_commit();
+
+        const bool capped = p.softcap > 0.0f;
+        const float sl = p.softmax_scale * ABW_LOG2E;       // scores in base-2 units
+        const float cap_in = capped ? p.softmax_scale / p.softcap : 0.0f;
+        const float cap2 = p.softcap * ABW_LOG2E;
+
+        float dk[C::NDT][4], dv[C::NDT][4];
 #pragma unroll
-        for (int n = 0; n < C::NQT; ++n) {
+        for (int i = 0; i < C::NDT; ++i)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int qc = n * 8 + 2 * tq + (e & 1);  // query in the tile
-                float x = s[n][e], t = 0.0f;
-                if (capped) {
-                    t = tanhf(x * cap_in);
-                    x = cap2 * t;
-                } else {
-                    x *= sl;
+            for (int e = 0; e < 4; ++e) dk[i][e] = dv[i][e] = 0.0f;
+
+        // per-lane fragment offsets (elements)
+        const int a_off = (warp * 16 + (lane & 15)) * C::LD + (lane >> 4) * 8;  // A, row-major
+        const int b_off = ((lane & 7) + ((lane >> 4) << 3)) * C::LD + ((lane >> 3) & 1) * 8;  // B = M^T
+        const int t_off = ((lane & 7) + (((lane >> 3) & 1) << 3)) * C::LD + (lane >> 4) * 8;  // B, .trans
+        // A = dS, .trans
+        const int s_off = ((lane & 7) + ((lane >> 4) << 3)) * C::LDS + ((lane >> 3) & 1) * 8;
+
+        for (int64_t it = 0; it < n_it; ++it) {
+            const int buf = (int)(it & 1);
+            if (it + 1 < n_it) load_q(it + 1, buf ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+            __syncthreads();
+            const int64_t h = h_first + it / n_mt;
+            const int64_t m0 = qlo + (it % n_mt) * C::BM;
+            const T *q_s = sQ + buf * C::BM * C::LD;
+            const T *o_s = sO + buf * C::BM * C::LD;
+            const float *l_s = sL + buf * C::BM;
+            const float *d_s = sD + buf * C::BM;
+
+            // ---- S^T = K_w Q^T, dP^T = V_w dO^T (16 keys x BM queries per warp) ----
+            float s[C::NQT][4], dp[C::NQT][4];
+#pragma unroll
+            for (int n = 0; n < C::NQT; ++n)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.0f;
+#pragma unroll
+            for (int ks = 0; ks < C::KS; ++ks) {
+                uint32_t ak[4], av[4];
+                ldsm_x4(ak, sK + a_off + ks * 16);
+                ldsm_x4(av, sV + a_off + ks * 16);
+#pragma unroll
+                for (int n = 0; n < C::NQT; n += 2) {
+                    uint32_t bq[4], bo[4];
+                    ldsm_x4(bq, q_s + b_off + n * 8 * C::LD + ks * 16);
+                    ldsm_x4(bo, o_s + b_off + n * 8 * C::LD + ks * 16);
+                    Mma<T>::run(s[n], ak, bq[0], bq[1]);
+                    Mma<T>::run(s[n + 1], ak, bq[2], bq[3]);
+                    Mma<T>::run(dp[n], av, bo[0], bo[1]);
+                    Mma<T>::run(dp[n + 1], av, bo[2], bo[3]);
                 }
-                float pr = fast_exp2(x - l_s[qc]);
-                float ds = pr * (dp[n][e] - d_s[qc]);
-                if (capped) ds *= 1.0f - t * t;
-                if (!full) {
-                    const int kr = warp * 16 + g + (e >> 1) * 8;  // key in the block
-                    const int64_t rel = rel0 + (e >> 1) * 8 - qc;
-                    if (k0 + kr >= Lk || m0 + qc >= Lq || (right >= 0 && rel > right) ||
-                        (left >= 0 && rel < -left)) {
-                        pr = 0.0f;
-                        ds = 0.0f;
+            }
+
+            // ---- P^T and dS^T (in place of s and dp) ----
+            const bool full = kend - k0 == C::BN && m0 + C::BM <= Lq &&
+                              (right < 0 || k0 + C::BN - 1 - m0 - off <= right) &&
+                              (left < 0 || k0 - (m0 + C::BM - 1) - off >= -left);
+            // key - query position at e = 0, column 0
+            const int64_t rel0 = k0 + warp * 16 + g - m0 - off;
+#pragma unroll
+            for (int n = 0; n < C::NQT; ++n) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int qc = n * 8 + 2 * tq + (e & 1);  // query in the tile
+                    float x = s[n][e], t = 0.0f;
+                    if (capped) {
+                        t = tanhf(x * cap_in);
+                        x = cap2 * t;
+                    } else {
+                        x *= sl;
+                    }
+                    float pr = fast_exp2(x - l_s[qc]);
+                    float ds = pr * (dp[n][e] - d_s[qc]);
+                    if (capped) ds *= 1.0f - t * t;
+                    if (!full) {
+                        const int kr = warp * 16 + g + (e >> 1) * 8;  // key in the block
+                        const int64_t rel = rel0 + (e >> 1) * 8 - qc;
+                        if (k0 + kr >= Lk || m0 + qc >= Lq || (right >= 0 && rel > right) ||
+                            (left >= 0 && rel < -left)) {
+                            pr = 0.0f;
+                            ds = 0.0f;
+                        }
+                    }
+                    s[n][e] = pr;
+                    dp[n][e] = ds;
+                }
+            }
+
+            // ---- dV_w += P^T dO, dK_w += dS^T Q (16 keys x DO dims per warp) ----
+#pragma unroll
+            for (int kk = 0; kk < C::BM / 16; ++kk) {
+                uint32_t ap[4], ad[4];
+                ap[0] = Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]);
+                ap[1] = Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]);
+                ap[2] = Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+                ap[3] = Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+                ad[0] = Mma<T>::pack(dp[2 * kk][0], dp[2 * kk][1]);
+                ad[1] = Mma<T>::pack(dp[2 * kk][2], dp[2 * kk][3]);
+                ad[2] = Mma<T>::pack(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
+                ad[3] = Mma<T>::pack(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
+#pragma unroll
+                for (int i = 0; i < C::NDT; i += 2) {
+                    uint32_t bo[4], bq[4];
+                    ldsm_x4_trans(bo, o_s + t_off + kk * 16 * C::LD + dcol0 + i * 8);
+                    ldsm_x4_trans(bq, q_s + t_off + kk * 16 * C::LD + dcol0 + i * 8);
+                    Mma<T>::run(dv[i], ap, bo[0], bo[1]);
+                    Mma<T>::run(dv[i + 1], ap, bo[2], bo[3]);
+                    Mma<T>::run(dk[i], ad, bq[0], bq[1]);
+                    Mma<T>::run(dk[i + 1], ad, bq[2], bq[3]);
+                }
+            }
+
+            // ---- dS^T to shared memory ----
+#pragma unroll
+            for (int n = 0; n < C::NQT; ++n)
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    T *dst = sS + (warp * 16 + g + 8 * r) * C::LDS + n * 8 + 2 * tq;
+                    const uint32_t pk = Mma<T>::pack(dp[n][2 * r], dp[n][2 * r + 1]);
+                    *reinterpret_cast<uint32_t *>(dst) = pk;
+                }
+            __syncthreads();
+
+            // ---- dQ (BM x DO) += dS K: jobs of 16 queries x 16 dims over the warps ----
+            constexpr int NJ = (C::BM / 16) * (C::DO / 16);
+            for (int job = warp; job < NJ; job += C::NW) {
+                const int mt = job % (C::BM / 16), np = job / (C::BM / 16);
+                float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+#pragma unroll
+                for (int kk = 0; kk < C::BN / 16; ++kk) {
+                    uint32_t a[4], bk[4];
+                    ldsm_x4_trans(a, sS + s_off + kk * 16 * C::LDS + mt * 16);
+                    ldsm_x4_trans(bk, sK + t_off + kk * 16 * C::LD + dcol0 + np * 16);
+                    Mma<T>::run(acc[0], a, bk[0], bk[1]);
+                    Mma<T>::run(acc[1], a, bk[2], bk[3]);
+                }
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const int64_t q = m0 + mt * 16 + g + 8 * r;
+                    if (q >= Lq) continue;
+                    // this block's slice in the deterministic mode, else the shared accumulator
+                    float *row = ws.dq_acc + (DET ? (int64_t)blockIdx.x * ws.dq_slice_stride : 0) +
+                                 ((b * Lq + q) * H + h) * hd;
+#pragma unroll
+                    for (int j = 0; j < 2; ++j) {
+                        const int col = dcol0 + np * 16 + j * 8 + 2 * tq;
+                        if (col < hd) atomic_add2(row + col, acc[j][2 * r], acc[j][2 * r + 1]);
                     }
                 }
-                s[n][e] = pr;
-                dp[n][e] = ds;
             }
+            // no barrier here: the next tile's loads go to the other buffer, and sS is rewritten
+            // only after the next iteration's first barrier
         }
+        cp_async_wait<0>();
 
-        // ---- dV_w += P^T dO, dK_w += dS^T Q (16 keys x DO dims per warp) ----
-#pragma unroll
-        for (int kk = 0; kk < C::BM / 16; ++kk) {
-            uint32_t ap[4], ad[4];
-            ap[0] = Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]);
-            ap[1] = Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]);
-            ap[2] = Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-            ap[3] = Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-            ad[0] = Mma<T>::pack(dp[2 * kk][0], dp[2 * kk][1]);
-            ad[1] = Mma<T>::pack(dp[2 * kk][2], dp[2 * kk][3]);
-            ad[2] = Mma<T>::pack(dp[2 * kk + 1][0], dp[2 * kk + 1][1]);
-            ad[3] = Mma<T>::pack(dp[2 * kk + 1][2], dp[2 * kk + 1][3]);
-#pragma unroll
-            for (int i = 0; i < C::NDT; i += 2) {
-                uint32_t bo[4], bq[4];
-                ldsm_x4_trans(bo, o_s + t_off + kk * 16 * C::LD + dcol0 + i * 8);
-                ldsm_x4_trans(bq, q_s + t_off + kk * 16 * C::LD + dcol0 + i * 8);
-                Mma<T>::run(dv[i], ap, bo[0], bo[1]);
-                Mma<T>::run(dv[i + 1], ap, bo[2], bo[3]);
-                Mma<T>::run(dk[i], ad, bq[0], bq[1]);
-                Mma<T>::run(dk[i + 1], ad, bq[2], bq[3]);
-            }
+        // ---- dK (times scale), dV ----
+        const bool split = ws.dk_acc != nullptr;
+        if (split && n_it == 0) {  // the accumulators are zero already
+            if (!DET) return;
+            continue;
         }
-
-        // ---- dS^T to shared memory ----
+        const int64_t Hkv = p.nheads_kv;
 #pragma unroll
-        for (int n = 0; n < C::NQT; ++n)
+        for (int r = 0; r < 2; ++r) {
+            const int64_t key = k0 + warp * 16 + g + 8 * r;
+            if (key >= Lk) continue;
+            const int64_t rb = ((b * Lk + key) * Hkv + hk) * hd;
 #pragma unroll
-            for (int r = 0; r < 2; ++r)
-                *reinterpret_cast<uint32_t *>(sS + (warp * 16 + g + 8 * r) * C::LDS + n * 8 + 2 * tq) =
-                    Mma<T>::pack(dp[n][2 * r], dp[n][2 * r + 1]);
-        __syncthreads();
-
-        // ---- dQ (BM x DO) += dS K: jobs of 16 queries x 16 dims over the warps ----
-        constexpr int NJ = (C::BM / 16) * (C::DO / 16);
-        for (int job = warp; job < NJ; job += C::NW) {
-            const int mt = job % (C::BM / 16), np = job / (C::BM / 16);
-            float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
-#pragma unroll
-            for (int kk = 0; kk < C::BN / 16; ++kk) {
-                uint32_t a[4], bk[4];
-                ldsm_x4_trans(a, sS + s_off + kk * 16 * C::LDS + mt * 16);
-                ldsm_x4_trans(bk, sK + t_off + kk * 16 * C::LD + dcol0 + np * 16);
-                Mma<T>::run(acc[0], a, bk[0], bk[1]);
-                Mma<T>::run(acc[1], a, bk[2], bk[3]);
-            }
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                const int64_t q = m0 + mt * 16 + g + 8 * r;
-                if (q >= Lq) continue;
-                float *row = dq_acc + ((b * Lq + q) * H + h) * hd;
-#pragma unroll
-                for (int j = 0; j < 2; ++j) {
-                    const int col = dcol0 + np * 16 + j * 8 + 2 * tq;
-                    if (col < hd) atomic_add2(row + col, acc[j][2 * r], acc[j][2 * r + 1]);
+            for (int i = 0; i < C::NDT; ++i) {
+                const int col = dcol0 + i * 8 + 2 * tq;
+                if (col >= hd) continue;
+                const float k0v = dk[i][2 * r] * p.softmax_scale;
+                const float k1v = dk[i][2 * r + 1] * p.softmax_scale;
+                const float v0v = dv[i][2 * r], v1v = dv[i][2 * r + 1];
+                if (split) {
+                    atomic_add2(ws.dk_acc + rb + col, k0v, k1v);
+                    atomic_add2(ws.dv_acc + rb + col, v0v, v1v);
+                } else {
+                    stf(p.dk, rb + col, k0v);
+                    stf(p.dk, rb + col + 1, k1v);
+                    stf(p.dv, rb + col, v0v);
+                    stf(p.dv, rb + col + 1, v1v);
                 }
             }
         }
-        // no barrier here: the next tile's loads go to the other buffer, and sS is rewritten
-        // only after the next iteration's first barrier
-    }
-    cp_async_wait<0>();
-
-    // ---- dK (times scale), dV ----
-    const bool split = ws.dk_acc != nullptr;
-    if (split && n_it == 0) return;  // the accumulators are zero already
-    const int64_t Hkv = p.nheads_kv;
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int64_t key = k0 + warp * 16 + g + 8 * r;
-        if (key >= Lk) continue;
-        const int64_t rb = ((b * Lk + key) * Hkv + hk) * hd;
-#pragma unroll
-        for (int i = 0; i < C::NDT; ++i) {
-            const int col = dcol0 + i * 8 + 2 * tq;
-            if (col >= hd) continue;
-            const float k0v = dk[i][2 * r] * p.softmax_scale, k1v = dk[i][2 * r + 1] * p.softmax_scale;
-            const float v0v = dv[i][2 * r], v1v = dv[i][2 * r + 1];
-            if (split) {
-                atomic_add2(ws.dk_acc + rb + col, k0v, k1v);
-                atomic_add2(ws.dv_acc + rb + col, v0v, v1v);
-            } else {
-                stf(p.dk, rb + col, k0v);
-                stf(p.dk, rb + col + 1, k1v);
-                stf(p.dv, rb + col, v0v);
-                stf(p.dv, rb + col + 1, v1v);
-            }
-        }
-    }
+        if (!DET) break;
+    }  // key tiles
 }
 
-// DET false: one block per key block (gridDim.x = the number of key blocks), all adding to
-// one shared dq accumulator. DET true (deterministic): gridDim.x = S blocks per (kv head,
-// batch), block x walking key blocks x, x + S, ... into its own dq accumulator x (ws.dq_slice
-// floats apart). Within one key block every dq element is added by at most one thread (each
-// (head, query tile) is visited once, and each element of a 16 x 16 dQ job belongs to one
-// lane), and the barrier between key blocks orders the block's additions, so each
-// accumulator's sums have a fixed order. Two kernels, so that the default one keeps its
-// registers (the loop costs a few, and spills at 255).
 template <typename T, class C, bool DET>
-__global__ void __launch_bounds__(C::THREADS)
-attn_bwd_mma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
-    if (!DET) {
-        attn_bwd_key_block<T, C>(p, ws, gsplit, (int64_t)blockIdx.x * C::BN, ws.dq_acc);
-        return;
-    }
-    float *dq_acc = ws.dq_acc + (int64_t)blockIdx.x * ws.dq_slice;
-    const int64_t nkb = (p.seqlen_k + C::BN - 1) / C::BN;
-    for (int64_t kb = blockIdx.x; kb < nkb; kb += gridDim.x) {
-        if (kb != (int64_t)blockIdx.x) __syncthreads();  // the last key block read sK and sS
-        attn_bwd_key_block<T, C>(p, ws, gsplit, kb * C::BN, dq_acc);
-    }
+samba_status launch_det(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int split,
+                        cudaStream_t st) {
+    const int64_t nkb = cdiv(a->seqlen_k, C::BN);
+    const int64_t ny = a->nheads_kv * split * C::NDS;
+    if (nkb > 0x7fffffffLL || ny > 65535)
+        return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "attention_bwd: too many key blocks or heads");
+    cudaError_t e = cudaFuncSetAttribute(attn_bwd_mma_kernel<T, C, DET>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
+    if (e != cudaSuccess) return samba_cu_fail("attention_bwd (shared memory opt-in)", e);
+    // one block per key tile, or per dq slice (deterministic; each loops over its key tiles)
+    const int64_t nx = DET ? (ws->dq_slices < nkb ? ws->dq_slices : nkb) : nkb;
+    dim3 grid((unsigned)nx, (unsigned)ny, (unsigned)a->batch);
+    attn_bwd_mma_kernel<T, C, DET><<<grid, C::THREADS, C::SMEM, st>>>(*a, *ws, split);
+    return samba_cu_check_launch("attention_bwd", st);
 }
 
 template <typename T, class C>
 samba_status launch(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int split,
                     cudaStream_t st) {
-    const int64_t nkb = ws->dq_slices > 0 ? ws->dq_slices : cdiv(a->seqlen_k, C::BN);
-    const int64_t ny = a->nheads_kv * split * C::NDS;
-    if (nkb > 0x7fffffffLL || ny > 65535)
-        return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "attention_bwd: too many key blocks or heads");
-    const bool det = ws->dq_slices > 0;
-    cudaError_t e = cudaFuncSetAttribute(det ? attn_bwd_mma_kernel<T, C, true>
-                                             : attn_bwd_mma_kernel<T, C, false>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
-    if (e != cudaSuccess) return samba_cu_fail("attention_bwd (shared memory opt-in)", e);
-    dim3 grid((unsigned)nkb, (unsigned)ny, (unsigned)a->batch);
-    if (det)
-        attn_bwd_mma_kernel<T, C, true><<<grid, C::THREADS, C::SMEM, st>>>(*a, *ws, split);
-    else
-        attn_bwd_mma_kernel<T, C, false><<<grid, C::THREADS, C::SMEM, st>>>(*a, *ws, split);
-    return samba_cu_check_launch("attention_bwd", st);
+    if (ws->dq_slices > 0) return launch_det<T, C, true>(a, ws, split, st);
+    return launch_det<T, C, false>(a, ws, split, st);
 }
 
 // Configurations: D, warps (keys per block / 16), queries per tile, output columns per block.
@@ -399,12 +413,17 @@ size_t cfg_smem(int64_t hd) {
     return Cfg256::SMEM;
 }
 
+int cfg_bn(int64_t hd) {  // keys per block (key tile)
+    return hd <= 64 ? (warps4_d64() ? Cfg64w4::BN : Cfg64::BN)
+           : hd <= 96 ? Cfg96::BN : hd <= 128 ? Cfg128::BN : Cfg256::BN;
+}
+
+int cfg_nds(int64_t hd) {  // blocks per key tile along the head dim
+    return hd <= 128 ? 1 : Cfg256::NDS;
+}
+
 int64_t cfg_blocks(const samba_cu_attn_ext_args *a) {  // blocks per (kv head, group split)
-    const int64_t hd = a->headdim;
-    const int bn = hd <= 64 ? (warps4_d64() ? Cfg64w4::BN : Cfg64::BN)
-                   : hd <= 96 ? Cfg96::BN : hd <= 128 ? Cfg128::BN : Cfg256::BN;
-    const int nds = hd <= 128 ? 1 : Cfg256::NDS;
-    return cdiv(a->seqlen_k, bn) * nds * a->batch;
+    return cdiv(a->seqlen_k, cfg_bn(a->headdim)) * cfg_nds(a->headdim) * a->batch;
 }
 
 template <typename T>
@@ -453,8 +472,10 @@ int attn_bwd_mma_applicable(const samba_cu_attn_ext_args *a) {
 }
 
 // SAMBA_EXT_ATTN_BWD_SPLIT=n (read once) forces the group split n when it divides H / Hkv: a
-// tuning knob for benchmarks/gpu_backward_attention.py.
+// tuning knob for benchmarks/gpu_backward_attention.py. The deterministic mode never splits
+// (dk / dv would be summed with atomics).
 int attn_bwd_mma_group_split(const samba_cu_attn_ext_args *a) {
+    if (a->deterministic) return 1;
     static int forced = -1;
     if (forced < 0) {
         const char *s = getenv("SAMBA_EXT_ATTN_BWD_SPLIT");
@@ -471,22 +492,24 @@ int attn_bwd_mma_group_split(const samba_cu_attn_ext_args *a) {
     return (int)G;
 }
 
-// deterministic: S dq accumulators, enough blocks for about 2 per multiprocessor (S blocks per
-// kv head, batch and head-dim part; the group is not split), at most one per key block, and at
-// most 512 MiB of them unless one alone is larger.
+// Deterministic mode: S dq slices, S blocks along the keys per (batch, kv head, head-dim
+// part), block x summing key tiles x, x + S, ... (the group is not split). S = the number of
+// key tiles would be the most parallel (each slice then gets one tile) but costs one float32
+// copy of dq per tile; ~2 blocks per multiprocessor are enough to fill the device (the tiles'
+// 128-256 threads of ~250 registers allow 1-2 resident blocks), so
+//   S = min(key tiles, ceil(2 SMs / (Hkv NDS batch))), at least 1,
+// and S copies take at most max(one copy, 512 MiB) of scratch. Where that cap bites (a large
+// dq: long sequences, many query heads) the grid has fewer blocks than the device holds, each
+// looping over more key tiles: slower, not wrong.
 int64_t attn_bwd_mma_dq_slices(const samba_cu_attn_ext_args *a) {
-    const int64_t hd = a->headdim;
-    const int bn = hd <= 64 ? (warps4_d64() ? Cfg64w4::BN : Cfg64::BN)
-                   : hd <= 96 ? Cfg96::BN : hd <= 128 ? Cfg128::BN : Cfg256::BN;
-    const int64_t nds = hd <= 128 ? 1 : Cfg256::NDS;
-    const int64_t nkb = cdiv(a->seqlen_k, bn);
-    const int64_t per = a->nheads_kv * nds * a->batch;
-    int64_t S = cdiv(2 * (int64_t)sm_count_cached(), per);
-    if (S > nkb) S = nkb;
-    const int64_t bytes = a->batch * a->seqlen_q * a->nheads * hd * (int64_t)sizeof(float);
-    const int64_t cap = bytes > 0 ? ((int64_t)512 << 20) / bytes : S;
-    if (S > cap) S = cap;
-    return S < 1 ? 1 : S;
+    const int64_t nkb = cdiv(a->seqlen_k, cfg_bn(a->headdim));
+    const int64_t per = a->nheads_kv * cfg_nds(a->headdim) * a->batch;  // blocks per slice
+    int64_t s = per > 0 ? cdiv(2 * (int64_t)sm_count_cached(), per) : 1;
+    if (s > nkb) s = nkb;
+    const int64_t slice = a->batch * a->seqlen_q * a->nheads * a->headdim * (int64_t)sizeof(float);
+    const int64_t cap = slice > 0 ? ((int64_t)512 << 20) / slice : s;
+    if (s > cap) s = cap;
+    return s < 1 ? 1 : s;
 }
 
 samba_status attn_bwd_mma(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int split,

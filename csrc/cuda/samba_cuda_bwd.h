@@ -39,10 +39,16 @@ extern "C" {
  * path), taken from the pool and freed on the stream. bfloat16 / float16 with hd a
  * multiple of 8 up to 256 and aligned rows: tensor cores (attention_bwd_mma.cu), dq and
  * (with the group split) dk / dv summed with float32 atomics, so their last bits depend on
- * the order of the additions, unless deterministic is set (no group split, and dq summed in
- * S float32 accumulators, each by one block in a fixed order: S - 1 more copies of dq in
- * scratch). Otherwise (float32 in particular): exact float32 arithmetic on the CUDA cores,
- * two deterministic passes (query rows, then key rows).
+ * the order of the additions. Otherwise (float32 in particular): exact float32 arithmetic
+ * on the CUDA cores, two deterministic passes (query rows, then key rows).
+ *
+ * deterministic (backward only; 0 = off, the fast default, as flash-attn's flag): the
+ * tensor-core path gives bit-identical dq / dk / dv on every call with the same inputs and
+ * device: no group split (dk / dv written directly), and dq summed into S float32 copies
+ * (B, Lq, H, hd) of its accumulator, each owned by one block that adds its key tiles in a
+ * fixed order, then added up in copy order (S at most the number of key tiles and
+ * max(1, 512 MiB / one copy); attention_bwd_mma.cu). Costs that scratch and some speed. The
+ * CUDA-core path is deterministic either way.
  */
 typedef struct samba_cu_attn_ext_args {
     int64_t batch, seqlen_q, seqlen_k, nheads, nheads_kv, headdim;
@@ -52,7 +58,7 @@ typedef struct samba_cu_attn_ext_args {
     int64_t q_stride[3], k_stride[3], v_stride[3], o_stride[3], do_stride[3];
     float *lse;
     samba_cu_ref dq, dk, dv;
-    int deterministic;  /* backward: 1 = bitwise-repeatable dq / dk / dv (see above) */
+    int deterministic; /* samba_cu_attn_bwd: 1 = bit-reproducible gradients (see above) */
 } samba_cu_attn_ext_args;
 samba_status samba_cu_attn_fwd_lse(const samba_cu_attn_ext_args *a, void *stream);
 samba_status samba_cu_attn_bwd(const samba_cu_attn_ext_args *a, void *stream);
