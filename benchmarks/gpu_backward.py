@@ -13,7 +13,8 @@ Cases: the scan with bfloat16 u / delta / z / B / C / dout, float32 A / D / delt
 softplus, gate z, an initial state and dlast_state, dstate 16, dim 4096, seqlen 4096, batch 1
 and 8; the conv (width 4, SiLU, bias, initial states) at the same sizes. The scan backward
 is timed for the library's default and for each lane layout x checkpoint chunk
-(SAMBA_EXT_SCAN_BWD_LANES / SAMBA_EXT_SCAN_BWD_CHUNK); each variant's du and dB are compared
+(SAMBA_EXT_SCAN_BWD_LANES / SAMBA_EXT_SCAN_BWD_CHUNK), and with dB / dC added by 16-byte
+atomics (SAMBA_EXT_SCAN_BWD_VEC=1); each variant's du and dB are compared
 with the default's (relative norm: they compute the same sums in another order).
 Target (issue #18): scan backward <= 2.5x its forward.
 
@@ -103,7 +104,7 @@ def randn(rng: np.random.Generator, shape: tuple, dtype: str, scale: float = 1.0
 
 
 def scan_rows(rng: np.random.Generator, batch: int, dim: int, L: int, reps: int, calls: int,
-              variants: list[tuple[str, str]], exp_rate: float) -> list[dict]:
+              variants: list[tuple[str, str, str]], exp_rate: float) -> list[dict]:
     N = 16
     bf = "bfloat16"
     u, z, dout = (randn(rng, (batch, dim, L), bf) for _ in range(3))
@@ -128,8 +129,9 @@ def scan_rows(rng: np.random.Generator, batch: int, dim: int, L: int, reps: int,
     rows = [dict(op="selective_scan fwd", shape=shape, variant="default", ms=fwd_ms,
                  exp_floor_ms=floor, ratio=None, rel_diff=None, method=method)]
     ref = None
-    for lanes, chunk in variants:
-        set_env(SAMBA_EXT_SCAN_BWD_LANES=lanes, SAMBA_EXT_SCAN_BWD_CHUNK=chunk)
+    for lanes, chunk, vec in variants:
+        set_env(SAMBA_EXT_SCAN_BWD_LANES=lanes, SAMBA_EXT_SCAN_BWD_CHUNK=chunk,
+                SAMBA_EXT_SCAN_BWD_VEC=vec)
         g = bwd()
         diff = None
         if ref is None:
@@ -139,10 +141,11 @@ def scan_rows(rng: np.random.Generator, batch: int, dim: int, L: int, reps: int,
         del g
         ms, method = time_call(bwd, reps, calls)
         rows.append(dict(op="selective_scan bwd", shape=shape,
-                         variant=f"lanes {lanes or 'default'}, chunk {chunk or 'default'}",
+                         variant=f"lanes {lanes or 'default'}, chunk {chunk or 'default'}"
+                                 + (", vec atomics" if vec else ""),
                          ms=ms, exp_floor_ms=2 * floor, ratio=ms / fwd_ms, rel_diff=diff,
                          method=method))
-    set_env(SAMBA_EXT_SCAN_BWD_LANES="", SAMBA_EXT_SCAN_BWD_CHUNK="")
+    set_env(SAMBA_EXT_SCAN_BWD_LANES="", SAMBA_EXT_SCAN_BWD_CHUNK="", SAMBA_EXT_SCAN_BWD_VEC="")
     return rows
 
 
@@ -207,9 +210,10 @@ def main() -> None:
     exp_rate = info["multiprocessors"] * EXP_RATE_PER_SM * clock
     rng = np.random.default_rng(0)
     dim, L = (256, 512) if args.quick else (4096, 4096)
-    variants = [("", "")] + [(ln, ch) for ln in ("4", "8") for ch in ("1", "2", "4", "8")]
+    variants = ([("", "", ""), ("", "", "1"), ("4", "1", "1"), ("8", "1", "1")]
+                + [(ln, ch, "") for ln in ("4", "8") for ch in ("1", "2", "4", "8")])
     if args.quick:
-        variants = [("", ""), ("4", "1"), ("8", "2")]
+        variants = [("", "", ""), ("", "", "1"), ("4", "1", ""), ("8", "2", "")]
     rows: list[dict] = []
     for batch in (1, 8):
         rows += scan_rows(rng, batch, dim, L, args.reps, args.calls, variants, exp_rate)

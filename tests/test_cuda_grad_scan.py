@@ -10,7 +10,7 @@ outputs differ. The cases cover odd lengths (a partial last group of 8 steps), l
 across many checkpointed chunks, batch > 1, channel counts that leave padding channels in
 a block, grouped and 3-D B/C, dstate 1..256 (more than 16: several state slices), every
 optional input on and off, softplus on and off, both lane layouts and several chunk sizes
-(``SAMBA_EXT_SCAN_BWD_LANES`` / ``_CHUNK`` / ``_WS_MB``), strided (token-major) inputs and
+(``SAMBA_EXT_SCAN_BWD_LANES`` / ``_CHUNK`` / ``_WS_MB`` / ``_VEC``), strided (token-major) inputs and
 mixed input dtypes.
 
 Tolerances (relative Frobenius norm, conftest.assert_close; NaN or Inf in a result never
@@ -150,6 +150,18 @@ def test_scan_variants(rng, monkeypatch, lanes, chunk, dtype):
     r, softplus = scan_inputs(rng, 2, 72, 301, 16, 2, dtype)
     got = scan_call(to_device(r, dtype), softplus)
     check_scan(got, scan_ref(r, softplus), r, 301, dtype, f"lanes {lanes} chunk {chunk}: ")
+
+
+@pytest.mark.parametrize("lanes", ["4", "8"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_scan_vector_atomics(rng, monkeypatch, lanes, dtype):
+    """SAMBA_EXT_SCAN_BWD_VEC=1: dB / dC added 4 steps per 16-byte atomic (seqlen a multiple
+    of 4; 300 leaves a partial last group of 8, which takes the scalar adds), grouped B / C."""
+    monkeypatch.setenv("SAMBA_EXT_SCAN_BWD_LANES", lanes)
+    monkeypatch.setenv("SAMBA_EXT_SCAN_BWD_VEC", "1")
+    r, softplus = scan_inputs(rng, 2, 72, 300, 16, 2, dtype)
+    got = scan_call(to_device(r, dtype), softplus)
+    check_scan(got, scan_ref(r, softplus), r, 300, dtype, f"vec, lanes {lanes}: ")
 
 
 def test_scan_long_sequence(rng):

@@ -36,17 +36,6 @@
 #define SBWD_WARPS (SBWD_THREADS / 32)
 #define SBWD_RED_FLOATS (SBWD_WARPS * SPLIT_T * 32)  // one group's dB / dC partials
 #define SBWD_FULL 0xffffffffu
-// dB / dC added 4 steps at a time (float4 atomicAdd, sm_90+) where the rows allow it. Off by
-// default: the GPU test run of the scan backward covered the scalar atomics only; build with
-// -DSBWD_VEC_ATOMICS=1 (sm_90+) to try it.
-#ifndef SBWD_VEC_ATOMICS
-#define SBWD_VEC_ATOMICS 0
-#endif
-#if SBWD_VEC_ATOMICS && (!defined(__CUDA_ARCH__) || __CUDA_ARCH__ < 900)
-#undef SBWD_VEC_ATOMICS
-#define SBWD_VEC_ATOMICS 0
-#endif
-
 struct SbwdParams {
     int64_t batch, dim, dstate, seqlen, ngroups;
     const void *u, *delta, *z, *dout, *B, *C;  // one dtype (the kernel's T)
@@ -59,6 +48,7 @@ struct SbwdParams {
     float *acc;    // nslices > 1: (3, B*D*L) per-step sums over the states
     int64_t chunk_groups, nchunks;  // S groups of SPLIT_T steps per chunk
     int nslices, softplus, vec;     // vec: unit time strides, 16-byte aligned rows
+    int vec_atomics;  // dB / dC by float4 atomics, 4 steps each (sm_90+; scan_bwd.cu decides)
 };
 
 // Which (batch, group, slice, channel, states) a thread works on.
@@ -310,8 +300,8 @@ __device__ __forceinline__ void sbwd_group(const SbwdParams &p, const SbwdIdx<LP
     for (int s = 0; s < SPLIT_T; ++s) red[(warp * SPLIT_T + s) * 32 + wl] = bc[s];
     __syncthreads();
     const int64_t N = p.dstate, L = p.seqlen;
-#if SBWD_VEC_ATOMICS
-    if (n == SPLIT_T && L % 4 == 0) {  // 4 consecutive steps per 16-byte atomic add
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (p.vec_atomics && n == SPLIT_T) {  // 4 consecutive steps per 16-byte atomic add
         for (int q = (int)threadIdx.x; q < 2 * SBWD_SLICE * SPLIT_T / 4; q += SBWD_THREADS) {
             const int s0 = (q % (SPLIT_T / 4)) * 4, slot = q / (SPLIT_T / 4);
             const int which = slot / SBWD_SLICE, nl = slot % SBWD_SLICE;
