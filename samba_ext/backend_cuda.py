@@ -38,7 +38,8 @@ code path on one GPU through this class:
   capacity) runs eagerly, its extra buffers held by the recorder until its launches are
   issued, and grows the arena for the next one. ``stats`` counts ``captures``, ``replays``
   (graph launches without capture; ``direct_replays`` of them skipped the recording) and
-  ``eager_steps``.
+  ``eager_steps``. With ``SAMBA_EXT_L2_PREFETCH`` set, a captured step also prefetches each
+  GEMM's weights into L2 on a side branch of its graph (samba_ext/cuda/prefetch.py).
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ import numpy as np
 
 from .backend_api import Backend
 from .cuda import ops as cuda_ops
+from .cuda import prefetch
 from .cuda import runtime
 from .cuda.array import DeviceArray, to_device, zeros
 from .cuda.blas import matmul
@@ -222,6 +224,8 @@ class CUDABackend(Backend):
         self._arena: Optional[_Arena] = None
         self._arena_need = 0
         self._rec: Optional[_StepRecorder] = None
+        self._side: Optional[int] = None  # see _side_stream
+        self._sms: Optional[int] = None
         self._graphs: "collections.OrderedDict[Any, int]" = collections.OrderedDict()
         self._replay: dict = {}    # step key -> (graph key, inputs array, logits array)
         self._step_key: Any = None
@@ -363,10 +367,17 @@ class CUDABackend(Backend):
         key = tuple((getattr(fn, "__name__", repr(fn)), args) for fn, args in rec.calls)
         g = self._graphs.get(key)
         if g is None:
+            how = prefetch.mode()
+            cap = prefetch.cap_bytes() if how else 0
+            side = self._side_stream() if how else 0
             self.cu.graph_begin(self.stream)
             try:
-                for fn, args in rec.calls:
-                    fn(*args)
+                if how:
+                    prefetch.capture(self.cu, rec.calls, self.stream, side, self._sm_count(),
+                                     how, cap)
+                else:
+                    for fn, args in rec.calls:
+                        fn(*args)
             except BaseException:
                 try:
                     self.cu.graph_free(self.cu.graph_end(self.stream))
@@ -386,6 +397,18 @@ class CUDABackend(Backend):
         rec.held.clear()   # frees queued behind the launch
         rec.keep.clear()
         return key
+
+    def _side_stream(self) -> int:
+        """A second stream of this device for the L2 prefetch branch of a captured step
+        (created on first use, never destroyed, like self.stream)."""
+        if self._side is None:
+            self._side = int(self.cu.stream_create())
+        return self._side
+
+    def _sm_count(self) -> int:
+        if self._sms is None:
+            self._sms = max(int(self.cu.device_info(self.index).get("multiprocessors", 1)), 1)
+        return self._sms
 
     def _free_graphs(self) -> None:
         for g in self._graphs.values():

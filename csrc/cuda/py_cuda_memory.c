@@ -219,6 +219,20 @@ py_memset(PyObject *self, PyObject *args)
     return samba_pycu_status_none(samba_cu_memset(dst, value, (size_t)n, stream));
 }
 
+/* l2_prefetch(ptr, nbytes, mode, sm_count, stream) */
+static PyObject *
+py_l2_prefetch(PyObject *self, PyObject *args)
+{
+    void *ptr, *stream;
+    long long n;
+    int mode, sms;
+    if (!PyArg_ParseTuple(args, "O&LiiO&", samba_pycu_ptr, &ptr, &n, &mode, &sms,
+                          samba_pycu_ptr, &stream)) {
+        return NULL;
+    }
+    return samba_pycu_status_none(samba_cu_l2_prefetch(ptr, (int64_t)n, mode, sms, stream));
+}
+
 static PyObject *
 py_trim(PyObject *self, PyObject *args)
 {
@@ -286,6 +300,10 @@ PyMethodDef samba_pycu_memory_methods[] = {
     {"memset", py_memset, METH_VARARGS,
      "memset($module, dst, value, nbytes, stream, /)\n--\n\n"
      "Set nbytes at dst to the byte value on stream."},
+    {"l2_prefetch", py_l2_prefetch, METH_VARARGS,
+     "l2_prefetch($module, ptr, nbytes, mode, sm_count, stream, /)\n--\n\n"
+     "Pull nbytes at device pointer ptr into the L2 cache on stream (mode 1: bulk prefetch, "
+     "2: loads); reads only."},
     {"trim", py_trim, METH_VARARGS,
      "trim($module, device, /)\n--\n\nRelease the memory cached by the device's pool."},
     {"pool_stats", py_pool_stats, METH_VARARGS,

@@ -91,6 +91,11 @@ samba_status samba_cu_memcpy_h2d(void *dst, const void *src, size_t n, void *str
 samba_status samba_cu_memcpy_d2h(void *dst, const void *src, size_t n, void *stream);
 samba_status samba_cu_memcpy_d2d(void *dst, const void *src, size_t n, void *stream);
 samba_status samba_cu_memset(void *dst, int value, size_t n, void *stream);
+/* Pull [ptr, ptr + bytes) into the L2 cache on stream (l2_prefetch.cu): mode 1 bulk
+ * prefetch (sm_90: cp.async.bulk.prefetch.L2, else prefetch.global.L2), mode 2 loads through
+ * L2. sm_count bounds the grid. Reads only; never changes results. */
+samba_status samba_cu_l2_prefetch(const void *ptr, int64_t bytes, int mode, int sm_count,
+                                  void *stream);
 samba_status samba_cu_stream_sync(void *stream);
 samba_status samba_cu_device_sync(void);
 /* Makes `waiter` wait for all work currently queued on `producer` (event record + wait).
