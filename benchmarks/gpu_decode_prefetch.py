@@ -1,0 +1,142 @@
+"""Decode with and without the L2 prefetch of the GEMM weights (``SAMBA_EXT_L2_PREFETCH``,
+samba_ext/cuda/prefetch.py), one model, every setting in the same run.
+
+    python3 benchmarks/gpu_decode_prefetch.py [--model samba-1.7b] [--settings 0,bulk:24,touch:24]
+        [--batches 1,16] [--context 4096] [--steps 20] [--out DIR]
+
+A setting is ``0`` (off) or ``MODE:MB`` (``bulk`` or ``touch``, at most MB MiB per GEMM). The
+model (random bf16 weights, benchmarks/gpu_model.py's ``Ours``) is built once; for each
+setting its captured graphs are dropped, so the next step is captured again with the setting
+in force. Each point: a state at ``--context`` (gpu_model.py's ``state_at_context``), 4 untimed
+and ``--steps`` timed ``step`` calls (wall clock, synchronised: the time a user sees), median.
+The weight-read floor is gpu_model.py's (bf16 weights read once at the copy bandwidth measured
+in the same run). The first timed step's logits of every setting are compared with the first
+setting's (the prefetch must not change them). Writes DIR/gpu_decode_prefetch.md and .json
+(default DIR: benchmarks/results).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+for _p in (str(ROOT), str(ROOT / "benchmarks")):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+from gpu_model import (Ours, device_name, floor_ms, git_commit,  # noqa: E402
+                       measure_copy_bandwidth, state_at_context, weight_read_bytes)
+
+
+def parse_setting(s: str) -> tuple[str, str]:
+    """'0' -> ('0', ''); 'bulk:24' -> ('bulk', '24')."""
+    if s == "0":
+        return "0", ""
+    mode, _, mb = s.partition(":")
+    if mode not in ("bulk", "touch") or not mb.isdigit():
+        raise SystemExit(f"--settings: expected 0 or bulk:MB / touch:MB, got {s!r}")
+    return mode, mb
+
+
+def point(m: Ours, batch: int, ctx: int, steps: int, warm: int = 4) -> dict[str, Any]:
+    model = m.model
+    st = state_at_context(model, batch, ctx, extra=warm + steps + 1, seed=1)
+    rng = np.random.default_rng(2)
+    toks = rng.integers(0, m.vocab, (warm + steps, batch))
+    for i in range(warm):
+        model.step(toks[i], st)
+    ts, first = [], None
+    for i in range(steps):
+        t0 = time.perf_counter()
+        lg = model.step(toks[warm + i], st)
+        m.sync()
+        ts.append(time.perf_counter() - t0)
+        if first is None:
+            first = np.asarray(lg, dtype=np.float32).copy()
+    return {"batch": batch, "context": ctx, "steps": steps, "step_s": ts,
+            "ms_per_step": 1000 * statistics.median(ts), "first_logits": first,
+            "stats": dict(model.backend.stats)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="samba-1.7b")
+    ap.add_argument("--settings", default="0,bulk:8,bulk:24,bulk:48,touch:24")
+    ap.add_argument("--batches", default="1,16")
+    ap.add_argument("--context", type=int, default=4096)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    a = ap.parse_args()
+    settings = [parse_setting(s) for s in a.settings.split(",")]
+    batches = [int(b) for b in a.batches.split(",")]
+    bw = measure_copy_bandwidth("cuda")["bandwidth_Bps"]
+    m = Ours(a.model, "cuda", 8192)
+    wb = weight_read_bytes(m.cfg)
+    fl = floor_ms(wb, bw)
+    rows: list[dict[str, Any]] = []
+    ref: dict[int, np.ndarray] = {}
+    for mode, mb in settings:
+        os.environ["SAMBA_EXT_L2_PREFETCH"] = mode
+        if mb:
+            os.environ["SAMBA_EXT_L2_PREFETCH_MB"] = mb
+        for B in batches:
+            m.model.backend._free_graphs()
+            p = point(m, B, a.context, a.steps)
+            lg = p.pop("first_logits")
+            same = None
+            if B in ref:
+                same = bool(np.array_equal(lg, ref[B]))
+            else:
+                ref[B] = lg
+            p.update(setting=mode if mode == "0" else f"{mode}:{mb}", same_logits=same,
+                     floor_ms=fl if B == 1 else None)
+            rows.append(p)
+            print(f"{p['setting']:>9} B={B:<3} {p['ms_per_step']:.3f} ms/step"
+                  + (f" ({p['ms_per_step'] / fl:.2f}x floor {fl:.3f} ms)" if B == 1 else "")
+                  + ("" if same is None else f", logits {'identical' if same else 'DIFFER'}"),
+                  flush=True)
+    base = {r["batch"]: r["ms_per_step"] for r in rows if r["setting"] == "0"}
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    meta = {"date": now, "commit": git_commit(), "device": device_name("cuda"),
+            "model": a.model, "context": a.context, "copy_bandwidth_Bps": bw,
+            "weight_read_bytes": wb, "floor_ms": fl,
+            "command": "python3 benchmarks/gpu_decode_prefetch.py " + " ".join(sys.argv[1:])}
+    lines = ["# Decode with and without the L2 prefetch of the GEMM weights", "",
+             f"{now}, commit {meta['commit']}, {meta['device']}, model {a.model} (random bf16 "
+             f"weights), context {a.context}. Command: `{meta['command']}`.", "",
+             f"Median wall-clock ms per synchronised `step` over {a.steps} steps after 4 "
+             f"untimed ones. Floor: {wb / 1e9:.2f} GB of bf16 weights at the copy bandwidth "
+             f"measured in this run ({bw / 1e12:.2f} TB/s) = {fl:.3f} ms. Setting: "
+             "SAMBA_EXT_L2_PREFETCH[:SAMBA_EXT_L2_PREFETCH_MB]. Same logits: the first timed "
+             "step's logits equal the first setting's bit for bit.", "",
+             "| setting | batch | ms / step | x floor (batch 1) | vs off | same logits |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        B = r["batch"]
+        xf = f"{r['ms_per_step'] / fl:.2f}x" if B == 1 else "-"
+        vs = f"{base[B] / r['ms_per_step']:.3f}x faster" if B in base else "-"
+        same = "-" if r["same_logits"] is None else ("yes" if r["same_logits"] else "**no**")
+        lines.append(f"| {r['setting']} | {B} | {r['ms_per_step']:.3f} | {xf} | {vs} | {same} |")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in (("gpu_decode_prefetch.md", "\n".join(lines) + "\n"),
+                       ("gpu_decode_prefetch.json",
+                        json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")):
+        tmp = out / (name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
+    print("\n".join(lines))
+    return 0 if all(r["same_logits"] in (None, True) for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
