@@ -4,14 +4,16 @@ samba_ext/cuda/prefetch.py), one model, every setting in the same run.
     python3 benchmarks/gpu_decode_prefetch.py [--model samba-1.7b] [--settings 0,bulk:24,touch:24]
         [--batches 1,16] [--context 4096] [--steps 20] [--out DIR]
 
-A setting is ``0`` (off) or ``MODE:MB`` (``bulk`` or ``touch``, at most MB MiB per GEMM). The
+A setting is ``0`` (off) or ``MODE:MB`` (``bulk`` or ``touch``, at most MB MiB per GEMM), with
+an optional ``+gemv`` (the products on csrc/cuda/gemv.cu's kernel instead of cuBLAS). The
 model (random bf16 weights, benchmarks/gpu_model.py's ``Ours``) is built once; for each
 setting its captured graphs are dropped, so the next step is captured again with the setting
 in force. Each point: a state at ``--context`` (gpu_model.py's ``state_at_context``), 4 untimed
 and ``--steps`` timed ``step`` calls (wall clock, synchronised: the time a user sees), median.
 The weight-read floor is gpu_model.py's (bf16 weights read once at the copy bandwidth measured
 in the same run). The first timed step's logits of every setting are compared with the first
-setting's (the prefetch must not change them). Writes DIR/gpu_decode_prefetch.md and .json
+setting's (the prefetch must not change them; the GEMV kernel sums in another order than
+cuBLAS, so ``+gemv`` rows may differ in the last bits). Writes DIR/gpu_decode_prefetch.md and .json
 (default DIR: benchmarks/results).
 """
 from __future__ import annotations
@@ -37,14 +39,19 @@ from gpu_model import (Ours, device_name, floor_ms, git_commit,  # noqa: E402
                        measure_copy_bandwidth, state_at_context, weight_read_bytes)
 
 
-def parse_setting(s: str) -> tuple[str, str]:
-    """'0' -> ('0', ''); 'bulk:24' -> ('bulk', '24')."""
-    if s == "0":
-        return "0", ""
-    mode, _, mb = s.partition(":")
+def parse_setting(s: str) -> tuple[str, str, int]:
+    """'0' -> ('0', '', 0); 'bulk:24' -> ('bulk', '24', 0); a '+gemv' suffix -> 1 (the GEMV
+    kernel of csrc/cuda/gemv.cu instead of cuBLAS for the products, SAMBA_EXT_GEMV=1)."""
+    body, plus, extra = s.partition("+")
+    if plus and extra != "gemv":
+        raise SystemExit(f"--settings: the only suffix is +gemv, got {s!r}")
+    gemv = int(bool(plus))
+    if body == "0":
+        return "0", "", gemv
+    mode, _, mb = body.partition(":")
     if mode not in ("bulk", "touch") or not mb.isdigit():
-        raise SystemExit(f"--settings: expected 0 or bulk:MB / touch:MB, got {s!r}")
-    return mode, mb
+        raise SystemExit(f"--settings: expected 0 or bulk:MB / touch:MB [+gemv], got {s!r}")
+    return mode, mb, gemv
 
 
 def point(m: Ours, batch: int, ctx: int, steps: int, warm: int = 4) -> dict[str, Any]:
@@ -84,8 +91,12 @@ def main() -> int:
     fl = floor_ms(wb, bw)
     rows: list[dict[str, Any]] = []
     ref: dict[int, np.ndarray] = {}
-    for mode, mb in settings:
+    from samba_ext.cuda import runtime
+
+    cu = runtime.require()
+    for mode, mb, gemv in settings:
         os.environ["SAMBA_EXT_L2_PREFETCH"] = mode
+        cu.gemv_mode(gemv)
         if mb:
             os.environ["SAMBA_EXT_L2_PREFETCH_MB"] = mb
         for B in batches:
@@ -97,7 +108,8 @@ def main() -> int:
                 same = bool(np.array_equal(lg, ref[B]))
             else:
                 ref[B] = lg
-            p.update(setting=mode if mode == "0" else f"{mode}:{mb}", same_logits=same,
+            name = (mode if mode == "0" else f"{mode}:{mb}") + ("+gemv" if gemv else "")
+            p.update(setting=name, same_logits=same,
                      floor_ms=fl if B == 1 else None)
             rows.append(p)
             print(f"{p['setting']:>9} B={B:<3} {p['ms_per_step']:.3f} ms/step"
@@ -116,7 +128,7 @@ def main() -> int:
              f"Median wall-clock ms per synchronised `step` over {a.steps} steps after 4 "
              f"untimed ones. Floor: {wb / 1e9:.2f} GB of bf16 weights at the copy bandwidth "
              f"measured in this run ({bw / 1e12:.2f} TB/s) = {fl:.3f} ms. Setting: "
-             "SAMBA_EXT_L2_PREFETCH[:SAMBA_EXT_L2_PREFETCH_MB]. Same logits: the first timed "
+             "SAMBA_EXT_L2_PREFETCH[:SAMBA_EXT_L2_PREFETCH_MB] (+gemv: SAMBA_EXT_GEMV=1). Same logits: the first timed "
              "step's logits equal the first setting's bit for bit.", "",
              "| setting | batch | ms / step | x floor (batch 1) | vs off | same logits |",
              "|---|---|---|---|---|---|"]
@@ -135,7 +147,8 @@ def main() -> int:
         tmp.write_text(text)
         os.replace(tmp, out / name)
     print("\n".join(lines))
-    return 0 if all(r["same_logits"] in (None, True) for r in rows) else 1
+    return 0 if all(r["same_logits"] in (None, True) or "gemv" in r["setting"]
+                    for r in rows) else 1
 
 
 if __name__ == "__main__":
