@@ -152,16 +152,18 @@ def test_scan_variants(rng, monkeypatch, lanes, chunk, dtype):
     check_scan(got, scan_ref(r, softplus), r, 301, dtype, f"lanes {lanes} chunk {chunk}: ")
 
 
+@pytest.mark.parametrize("vec", ["1", "0"])
 @pytest.mark.parametrize("lanes", ["4", "8"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_scan_vector_atomics(rng, monkeypatch, lanes, dtype):
-    """SAMBA_EXT_SCAN_BWD_VEC=1: dB / dC added 4 steps per 16-byte atomic (seqlen a multiple
-    of 4; 300 leaves a partial last group of 8, which takes the scalar adds), grouped B / C."""
+def test_scan_vector_atomics(rng, monkeypatch, vec, lanes, dtype):
+    """SAMBA_EXT_SCAN_BWD_VEC=1 (the default): dB / dC added 4 steps per 16-byte atomic
+    (seqlen a multiple of 4; 300 leaves a partial last group of 8, which takes the scalar
+    adds), grouped B / C; =0: one scalar atomic per (block, state, step)."""
     monkeypatch.setenv("SAMBA_EXT_SCAN_BWD_LANES", lanes)
-    monkeypatch.setenv("SAMBA_EXT_SCAN_BWD_VEC", "1")
+    monkeypatch.setenv("SAMBA_EXT_SCAN_BWD_VEC", vec)
     r, softplus = scan_inputs(rng, 2, 72, 300, 16, 2, dtype)
     got = scan_call(to_device(r, dtype), softplus)
-    check_scan(got, scan_ref(r, softplus), r, 300, dtype, f"vec, lanes {lanes}: ")
+    check_scan(got, scan_ref(r, softplus), r, 300, dtype, f"vec {vec}, lanes {lanes}: ")
 
 
 def test_scan_long_sequence(rng):
