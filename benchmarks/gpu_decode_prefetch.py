@@ -116,40 +116,71 @@ def main() -> int:
                   + (f" ({p['ms_per_step'] / fl:.2f}x floor {fl:.3f} ms)" if B == 1 else "")
                   + ("" if same is None else f", logits {'identical' if same else 'DIFFER'}"),
                   flush=True)
-    base = {r["batch"]: r["ms_per_step"] for r in rows if r["setting"] == "0"}
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     meta = {"date": now, "commit": git_commit(), "device": device_name("cuda"),
-            "model": a.model, "context": a.context, "copy_bandwidth_Bps": bw,
-            "weight_read_bytes": wb, "floor_ms": fl,
+            "model": a.model, "context": a.context, "steps": a.steps,
+            "copy_bandwidth_Bps": bw, "weight_read_bytes": wb, "floor_ms": fl,
             "command": "python3 benchmarks/gpu_decode_prefetch.py " + " ".join(sys.argv[1:])}
+    write(Path(a.out), meta, rows)
+    return 0 if all(r["same_logits"] in (None, True) or "gemv" in r["setting"]
+                    for r in rows) else 1
+
+
+def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The Markdown table of one run (the JSON's meta and rows)."""
+    fl = meta["floor_ms"]
+    off: dict[int, list[float]] = {}
+    for r in rows:
+        if r["setting"] == "0":
+            off.setdefault(r["batch"], []).append(r["ms_per_step"])
+    base = {b: statistics.mean(v) for b, v in off.items()}
     lines = ["# Decode with and without the L2 prefetch of the GEMM weights", "",
-             f"{now}, commit {meta['commit']}, {meta['device']}, model {a.model} (random bf16 "
-             f"weights), context {a.context}. Command: `{meta['command']}`.", "",
-             f"Median wall-clock ms per synchronised `step` over {a.steps} steps after 4 "
-             f"untimed ones. Floor: {wb / 1e9:.2f} GB of bf16 weights at the copy bandwidth "
-             f"measured in this run ({bw / 1e12:.2f} TB/s) = {fl:.3f} ms. Setting: "
-             "SAMBA_EXT_L2_PREFETCH[:SAMBA_EXT_L2_PREFETCH_MB] (+gemv: SAMBA_EXT_GEMV=1). Same logits: the first timed "
-             "step's logits equal the first setting's bit for bit.", "",
+             f"{meta['date']}, commit {meta['commit']}, {meta['device']}, model "
+             f"{meta['model']} (random bf16 weights), context {meta['context']}. Command: "
+             f"`{meta['command']}`.", "",
+             f"Median wall-clock ms per synchronised `step` over {meta.get('steps', 20)} steps "
+             f"after 4 untimed ones. Floor: {meta['weight_read_bytes'] / 1e9:.2f} GB of bf16 "
+             f"weights at the copy bandwidth measured in this run "
+             f"({meta['copy_bandwidth_Bps'] / 1e12:.2f} TB/s) = {fl:.3f} ms. Setting: "
+             "SAMBA_EXT_L2_PREFETCH[:SAMBA_EXT_L2_PREFETCH_MB] (+gemv: SAMBA_EXT_GEMV=1). "
+             "vs off: the mean time of this batch's `0` rows (the setting is off; the spread "
+             "between them is the run-to-run noise) over this row's. Same logits: the first "
+             "timed step's logits equal the first setting's bit for bit.", "",
              "| setting | batch | ms / step | x floor (batch 1) | vs off | same logits |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         B = r["batch"]
         xf = f"{r['ms_per_step'] / fl:.2f}x" if B == 1 else "-"
-        vs = f"{base[B] / r['ms_per_step']:.3f}x faster" if B in base else "-"
+        vs = f"{base[B] / r['ms_per_step']:.3f}x" if B in base else "-"
         same = "-" if r["same_logits"] is None else ("yes" if r["same_logits"] else "**no**")
         lines.append(f"| {r['setting']} | {B} | {r['ms_per_step']:.3f} | {xf} | {vs} | {same} |")
-    out = Path(a.out)
+    return "\n".join(lines) + "\n"
+
+
+def write(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """OUT/gpu_decode_prefetch.md (between markers; text outside them is kept) and .json,
+    each written atomically."""
     out.mkdir(parents=True, exist_ok=True)
-    for name, text in (("gpu_decode_prefetch.md", "\n".join(lines) + "\n"),
+    md = out / "gpu_decode_prefetch.md"
+    table = render(meta, rows)
+    old = md.read_text() if md.exists() else ""
+    begin, end = "<!-- gpu_decode_prefetch.py: begin -->\n", "<!-- gpu_decode_prefetch.py: end -->\n"
+    if begin in old and end in old:
+        text = old[:old.index(begin)] + begin + table + old[old.index(end):]
+    else:
+        text = begin + table + end
+    for name, body in ((md.name, text),
                        ("gpu_decode_prefetch.json",
                         json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")):
         tmp = out / (name + ".tmp")
-        tmp.write_text(text)
+        tmp.write_text(body)
         os.replace(tmp, out / name)
-    print("\n".join(lines))
-    return 0 if all(r["same_logits"] in (None, True) or "gemv" in r["setting"]
-                    for r in rows) else 1
+    print(table)
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--render":   # re-render a run's JSON
+        d = json.loads(Path(sys.argv[2]).read_text())
+        write(Path(sys.argv[2]).parent, d["meta"], d["rows"])
+        raise SystemExit(0)
     raise SystemExit(main())
