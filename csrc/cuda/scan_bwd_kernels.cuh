@@ -181,29 +181,46 @@ template <int NPL> struct SbwdAcc {
     float dD, db;   // own steps' sums (one slice only)
 };
 
-// The backward over one group: n <= SPLIT_T steps from t0, states h_{t0-1} in hstart.
-// red: this group's shared buffer (SBWD_RED_FLOATS floats).
+// One group's inputs: n <= SPLIT_T steps from t0 of u, delta, dout, z (when given) and the
+// thread's states of B and C (zeros past n and past dstate).
+template <typename T, int NPL> struct SbwdIn {
+    Vec8<T> u, dl, dy, z, bv[NPL], cv[NPL];
+};
+
+template <typename T, int LPC>
+__device__ __forceinline__ void sbwd_load_group(const SbwdParams &p, const SbwdIdx<LPC> &ix,
+                                                int64_t t0, int n,
+                                                SbwdIn<T, SBWD_SLICE / LPC> &in) {
+    constexpr int NPL = SBWD_SLICE / LPC;
+    const bool vec = p.vec != 0;
+    sbwd_load(in.u, p.u, ix.u0, p.u_s[2], t0, n, vec);
+    sbwd_load(in.dl, p.delta, ix.dl0, p.delta_s[2], t0, n, vec);
+    sbwd_load(in.dy, p.dout, ix.dy0, p.dout_s[2], t0, n, vec);
+    if (p.z != nullptr) sbwd_load(in.z, p.z, ix.z0, p.z_s[2], t0, n, vec);
+#pragma unroll
+    for (int k = 0; k < NPL; ++k) {
+        const bool ok = ix.valid(k, p);
+        const int64_t nn = ok ? ix.n0 + k : 0;
+        sbwd_load(in.bv[k], p.B, ix.B0 + nn * p.B_s[2], p.B_s[3], t0, ok ? n : 0, vec && ok);
+        sbwd_load(in.cv[k], p.C, ix.C0 + nn * p.C_s[2], p.C_s[3], t0, ok ? n : 0, vec && ok);
+    }
+}
+
+// The backward over one group: n <= SPLIT_T steps from t0 (inputs in `in`), states h_{t0-1}
+// in hstart. red: this group's shared buffer (SBWD_RED_FLOATS floats).
 template <typename T, int LPC>
 __device__ __forceinline__ void sbwd_group(const SbwdParams &p, const SbwdIdx<LPC> &ix,
+                                           const SbwdIn<T, SBWD_SLICE / LPC> &in,
                                            const float (&a)[SBWD_SLICE / LPC],
                                            const float (&a2)[SBWD_SLICE / LPC], float Dd,
                                            float db, int64_t t0, int n,
                                            const float (&hstart)[SBWD_SLICE / LPC],
                                            SbwdAcc<SBWD_SLICE / LPC> &acc, float *red) {
     constexpr int NPL = SBWD_SLICE / LPC, OWN = SPLIT_T / LPC;
-    const bool vec = p.vec != 0, has_z = p.z != nullptr;
-    Vec8<T> u, dl, z, dy, bv[NPL], cv[NPL];
-    sbwd_load(u, p.u, ix.u0, p.u_s[2], t0, n, vec);
-    sbwd_load(dl, p.delta, ix.dl0, p.delta_s[2], t0, n, vec);
-    sbwd_load(dy, p.dout, ix.dy0, p.dout_s[2], t0, n, vec);
-    if (has_z) sbwd_load(z, p.z, ix.z0, p.z_s[2], t0, n, vec);
-#pragma unroll
-    for (int k = 0; k < NPL; ++k) {
-        const bool ok = ix.valid(k, p);
-        const int64_t nn = ok ? ix.n0 + k : 0;
-        sbwd_load(bv[k], p.B, ix.B0 + nn * p.B_s[2], p.B_s[3], t0, ok ? n : 0, vec && ok);
-        sbwd_load(cv[k], p.C, ix.C0 + nn * p.C_s[2], p.C_s[3], t0, ok ? n : 0, vec && ok);
-    }
+    const bool has_z = p.z != nullptr;
+    const Vec8<T> &u = in.u, &dl = in.dl, &z = in.z, &dy = in.dy;
+    const Vec8<T>(&bv)[NPL] = in.bv;
+    const Vec8<T>(&cv)[NPL] = in.cv;
     // own steps: dt, the softplus derivative, dy0 = dout silu(z), dout silu'(z)
     float x[OWN], own_dt[OWN], own_sx[OWN], own_dy0[OWN], own_dzf[OWN], dt[SPLIT_T];
 #pragma unroll
@@ -358,6 +375,23 @@ __global__ void __launch_bounds__(SBWD_THREADS) sbwd_ckpt_kernel(SbwdParams p) {
     }
 }
 
+// The state at the start of chunk c: the checkpoint for c > 0, else the initial state (or 0).
+template <int LPC>
+__device__ __forceinline__ void sbwd_chunk_start(const SbwdParams &p, const SbwdIdx<LPC> &ix,
+                                                 int64_t row, int64_t c,
+                                                 float (&h)[SBWD_SLICE / LPC]) {
+    constexpr int NPL = SBWD_SLICE / LPC;
+    const int64_t NS = (int64_t)p.nslices * SBWD_SLICE;
+#pragma unroll
+    for (int k = 0; k < NPL; ++k) {
+        if (c > 0)
+            h[k] = p.ckpt[(row * (p.nchunks - 1) + c - 1) * NS + ix.n0 + k];
+        else
+            h[k] = ix.valid(k, p) && p.initial_state
+                       ? p.initial_state[row * p.dstate + ix.n0 + k] : 0.0f;
+    }
+}
+
 // The backward (see the top of the file). Dynamic shared memory: 2 * SBWD_RED_FLOATS
 // floats (double-buffered dB / dC partials) + chunk_groups * NPL * SBWD_THREADS floats (the
 // states at the group starts of the current chunk, private to each thread).
@@ -382,19 +416,33 @@ __global__ void __launch_bounds__(SBWD_THREADS) sbwd_main_kernel(SbwdParams p) {
     acc.dD = acc.db = 0.0f;
     const float Dd = ldf_opt(p.D, ix.d, 0.0f);
     const float db = ldf_opt(p.delta_bias, ix.d, 0.0f);
-    const int64_t NS = (int64_t)p.nslices * SBWD_SLICE, K = p.chunk_groups * SPLIT_T;
+    const int64_t K = p.chunk_groups * SPLIT_T;
+    // With 8 lanes per channel and 16-bit inputs the registers allow loading one step ahead:
+    // the next group's inputs (the groups are processed strictly backwards in time, so the
+    // next one starts SPLIT_T steps earlier and is full) and the next chunk's starting state
+    // are loaded before the current group is processed, so their latency overlaps its
+    // arithmetic (bf16: 229 registers instead of 181, still one block per multiprocessor).
+    // With 4 lanes (twice the states per thread) or float32 inputs (twice the bytes) the
+    // kernel is at the register limit and loads on use.
+    constexpr bool AHEAD = LPC == 8 && sizeof(T) == 2;
+    SbwdIn<T, NPL> cur, nxt;
+    float hck[NPL];  // AHEAD: the state at the start of the chunk processed next
+    if constexpr (AHEAD) {
+        const int64_t tl = (L - 1) / SPLIT_T * SPLIT_T;  // the first group processed
+        sbwd_load_group<T, LPC>(p, ix, tl, (int)(L - tl), cur);
+        sbwd_chunk_start<LPC>(p, ix, row, p.nchunks - 1, hck);
+    }
     int parity = 0;
     for (int64_t c = p.nchunks - 1; c >= 0; --c) {
         const int64_t c0 = c * K, c1 = min(L, c0 + K);
         const int ng = (int)((c1 - c0 + SPLIT_T - 1) / SPLIT_T);
         float h[NPL];
+        if constexpr (AHEAD) {
 #pragma unroll
-        for (int k = 0; k < NPL; ++k) {
-            if (c > 0)
-                h[k] = p.ckpt[(row * (p.nchunks - 1) + c - 1) * NS + ix.n0 + k];
-            else
-                h[k] = ix.valid(k, p) && p.initial_state ? p.initial_state[row * N + ix.n0 + k]
-                                                         : 0.0f;
+            for (int k = 0; k < NPL; ++k) h[k] = hck[k];
+            if (c > 0) sbwd_chunk_start<LPC>(p, ix, row, c - 1, hck);
+        } else {
+            sbwd_chunk_start<LPC>(p, ix, row, c, h);
         }
         for (int j = 0; j < ng; ++j) {
 #pragma unroll
@@ -403,10 +451,17 @@ __global__ void __launch_bounds__(SBWD_THREADS) sbwd_main_kernel(SbwdParams p) {
         }
         for (int j = ng - 1; j >= 0; --j) {
             const int64_t t0 = c0 + j * SPLIT_T;
+            const int n = (int)min((int64_t)SPLIT_T, c1 - t0);
 #pragma unroll
             for (int k = 0; k < NPL; ++k) h[k] = sub[(j * NPL + k) * SBWD_THREADS];
-            sbwd_group<T, LPC>(p, ix, a, a2, Dd, db, t0, (int)min((int64_t)SPLIT_T, c1 - t0), h,
-                               acc, red + parity * SBWD_RED_FLOATS);
+            if constexpr (AHEAD) {
+                if (t0 > 0) sbwd_load_group<T, LPC>(p, ix, t0 - SPLIT_T, SPLIT_T, nxt);
+            } else {
+                sbwd_load_group<T, LPC>(p, ix, t0, n, cur);
+            }
+            sbwd_group<T, LPC>(p, ix, cur, a, a2, Dd, db, t0, n, h, acc,
+                               red + parity * SBWD_RED_FLOATS);
+            if constexpr (AHEAD) cur = nxt;  // after the last group: a copy never read
             parity ^= 1;
         }
     }
