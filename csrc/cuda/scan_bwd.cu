@@ -4,7 +4,8 @@
 //   SAMBA_EXT_SCAN_BWD_LANES=4|8   threads per channel (default 8 for float32 inputs or
 //                                  fewer than 32768 channels x batch, else 4);
 //   SAMBA_EXT_SCAN_BWD_CHUNK=S     groups of 8 steps per checkpointed chunk, 1..16 (default:
-//                                  the smallest S whose checkpoints fit the budget below);
+//                                  the smallest S whose checkpoints fit the budget below, and
+//                                  at least 4 with 8 lanes and 16-bit inputs);
 //   SAMBA_EXT_SCAN_BWD_WS_MB=M     checkpoint budget in MiB (default 512).
 //   SAMBA_EXT_SCAN_BWD_VEC=1|0     dB / dC added by 16-byte atomics, 4 steps each (default 1),
 //                                  where the seqlen is a multiple of 4 and dB / dC are 16-byte
@@ -35,11 +36,13 @@ static int64_t sbwd_ckpt_floats(const samba_cu_scan_bwd_args *a, int64_t S, int6
     return a->batch * a->dim * (nck - 1) * NS;
 }
 
-static int64_t sbwd_chunk_groups(const samba_cu_scan_bwd_args *a, int64_t NS) {
+static int64_t sbwd_chunk_groups(const samba_cu_scan_bwd_args *a, int64_t NS, int lanes) {
     const int forced = sbwd_env("SAMBA_EXT_SCAN_BWD_CHUNK", 0);
     if (forced >= 1) return forced < SBWD_MAX_CHUNK_GROUPS ? forced : SBWD_MAX_CHUNK_GROUPS;
     const int64_t budget = (int64_t)sbwd_env("SAMBA_EXT_SCAN_BWD_WS_MB", 512) << 20;
-    int64_t S = 1;
+    // 8 lanes with 16-bit inputs (the main kernel loading ahead): chunks of at least 4 groups
+    // were 4-7% faster than 1 at batch 1 in each of three H100 runs (gpu_backward.md)
+    int64_t S = lanes == 8 && a->u.dtype != SAMBA_CU_F32 ? 4 : 1;
     while (S < SBWD_MAX_CHUNK_GROUPS && sbwd_ckpt_floats(a, S, NS) * 4 > budget) ++S;
     return S;
 }
@@ -181,9 +184,9 @@ extern "C" samba_status samba_cu_scan_bwd(const samba_cu_scan_bwd_args *a, void 
                     (uintptr_t)a->dB % 16 == 0 && (uintptr_t)a->dC % 16 == 0;
     p.nslices = (int)cdiv(N, SBWD_SLICE);
     const int64_t NS = (int64_t)p.nslices * SBWD_SLICE;
-    p.chunk_groups = sbwd_chunk_groups(a, NS);
-    p.nchunks = cdiv(L, p.chunk_groups * SPLIT_T);
     const int lanes = sbwd_lanes(a);
+    p.chunk_groups = sbwd_chunk_groups(a, NS, lanes);
+    p.nchunks = cdiv(L, p.chunk_groups * SPLIT_T);
 
     // workspace: checkpoints, and the per-step sums when there is more than one slice
     const int64_t nck_f = sbwd_ckpt_floats(a, p.chunk_groups, NS);

@@ -112,30 +112,54 @@ __device__ __forceinline__ void sbwd_dt(float (&dt)[SPLIT_T], float (&own_dt)[SP
     for (int s = 0; s < SPLIT_T; ++s) dt[s] = __shfl_sync(SBWD_FULL, own_dt[s % OWN], s / OWN, LPC);
 }
 
-// Advance h over n steps from t0 (the forward recurrence; nothing stored).
+// The inputs of the forward recurrence over one group: n <= SPLIT_T steps from t0 of u and
+// delta, and the thread's states of B (zeros past n and past dstate).
+template <typename T, int NPL> struct SbwdFwdIn {
+    Vec8<T> u, dl, bv[NPL];
+};
+
+template <typename T, int LPC>
+__device__ __forceinline__ void sbwd_load_fwd(const SbwdParams &p, const SbwdIdx<LPC> &ix,
+                                              int64_t t0, int n,
+                                              SbwdFwdIn<T, SBWD_SLICE / LPC> &in) {
+    constexpr int NPL = SBWD_SLICE / LPC;
+    const bool vec = p.vec != 0;
+    sbwd_load(in.u, p.u, ix.u0, p.u_s[2], t0, n, vec);
+    sbwd_load(in.dl, p.delta, ix.dl0, p.delta_s[2], t0, n, vec);
+#pragma unroll
+    for (int k = 0; k < NPL; ++k)
+        sbwd_load(in.bv[k], p.B, ix.B0 + (ix.valid(k, p) ? ix.n0 + k : 0) * p.B_s[2], p.B_s[3],
+                  t0, ix.valid(k, p) ? n : 0, vec && ix.valid(k, p));
+}
+
+// Advance h over the n steps whose inputs are in `in` (the forward recurrence; nothing stored).
+template <typename T, int LPC>
+__device__ __forceinline__ void sbwd_forward_in(const SbwdParams &p, const SbwdIdx<LPC> &ix,
+                                                const SbwdFwdIn<T, SBWD_SLICE / LPC> &in,
+                                                const float (&a2)[SBWD_SLICE / LPC], float db,
+                                                int n, float (&h)[SBWD_SLICE / LPC]) {
+    constexpr int NPL = SBWD_SLICE / LPC, OWN = SPLIT_T / LPC;
+    float x[OWN], own_dt[OWN], own_sx[OWN], dt[SPLIT_T];
+#pragma unroll
+    for (int o = 0; o < OWN; ++o) x[o] = pick(in.dl, ix.lane * OWN + o) + db;
+    sbwd_dt<LPC>(dt, own_dt, own_sx, x, ix.lane, n, p.softplus != 0);
+#pragma unroll
+    for (int s = 0; s < SPLIT_T; ++s) {
+        const float dtu = dt[s] * in.u.get(s);
+#pragma unroll
+        for (int k = 0; k < NPL; ++k)
+            h[k] = ex2_ftz(dt[s] * a2[k]) * h[k] + in.bv[k].get(s) * dtu;
+    }
+}
+
+// Advance h over n steps from t0, loading their inputs first.
 template <typename T, int LPC>
 __device__ __forceinline__ void sbwd_forward(const SbwdParams &p, const SbwdIdx<LPC> &ix,
                                              const float (&a2)[SBWD_SLICE / LPC], float db,
                                              int64_t t0, int n, float (&h)[SBWD_SLICE / LPC]) {
-    constexpr int NPL = SBWD_SLICE / LPC, OWN = SPLIT_T / LPC;
-    const bool vec = p.vec != 0;
-    Vec8<T> u, dl, bv[NPL];
-    sbwd_load(u, p.u, ix.u0, p.u_s[2], t0, n, vec);
-    sbwd_load(dl, p.delta, ix.dl0, p.delta_s[2], t0, n, vec);
-#pragma unroll
-    for (int k = 0; k < NPL; ++k)
-        sbwd_load(bv[k], p.B, ix.B0 + (ix.valid(k, p) ? ix.n0 + k : 0) * p.B_s[2], p.B_s[3], t0,
-                  ix.valid(k, p) ? n : 0, vec && ix.valid(k, p));
-    float x[OWN], own_dt[OWN], own_sx[OWN], dt[SPLIT_T];
-#pragma unroll
-    for (int o = 0; o < OWN; ++o) x[o] = pick(dl, ix.lane * OWN + o) + db;
-    sbwd_dt<LPC>(dt, own_dt, own_sx, x, ix.lane, n, p.softplus != 0);
-#pragma unroll
-    for (int s = 0; s < SPLIT_T; ++s) {
-        const float dtu = dt[s] * u.get(s);
-#pragma unroll
-        for (int k = 0; k < NPL; ++k) h[k] = ex2_ftz(dt[s] * a2[k]) * h[k] + bv[k].get(s) * dtu;
-    }
+    SbwdFwdIn<T, SBWD_SLICE / LPC> in;
+    sbwd_load_fwd<T, LPC>(p, ix, t0, n, in);
+    sbwd_forward_in<T, LPC>(p, ix, in, a2, db, n, h);
 }
 
 // Reduce-scatter of v[0 .. 2 NPL) (dB then dC of the thread's states at one step) over the
@@ -366,12 +390,20 @@ __global__ void __launch_bounds__(SBWD_THREADS) sbwd_ckpt_kernel(SbwdParams p) {
     const float db = ldf_opt(p.delta_bias, ix.d, 0.0f);
     const int64_t NS = (int64_t)p.nslices * SBWD_SLICE, K = p.chunk_groups * SPLIT_T;
     float *ck = p.ckpt + (ix.b * p.dim + ix.d) * (p.nchunks - 1) * NS + ix.n0;
-    for (int64_t c = 0; c + 1 < p.nchunks; ++c) {
-        for (int64_t j = 0; j < p.chunk_groups; ++j)  // chunks before the last are full
-            sbwd_forward<T, LPC>(p, ix, a2, db, c * K + j * SPLIT_T, SPLIT_T, h);
-        if (ix.active)
+    // The groups of the chunks before the last (all full), each group's inputs loaded while
+    // the one before it is processed.
+    const int64_t walk = (p.nchunks - 1) * K;
+    SbwdFwdIn<T, NPL> cur, nxt;
+    if (walk > 0) sbwd_load_fwd<T, LPC>(p, ix, 0, SPLIT_T, cur);
+    for (int64_t t0 = 0; t0 < walk; t0 += SPLIT_T) {
+        if (t0 + SPLIT_T < walk) sbwd_load_fwd<T, LPC>(p, ix, t0 + SPLIT_T, SPLIT_T, nxt);
+        sbwd_forward_in<T, LPC>(p, ix, cur, a2, db, SPLIT_T, h);
+        cur = nxt;  // after the last group: a copy never read
+        if ((t0 + SPLIT_T) % K == 0 && ix.active) {
+            const int64_t c = (t0 + SPLIT_T) / K - 1;  // h is the state at the start of chunk c + 1
 #pragma unroll
             for (int k = 0; k < NPL; ++k) ck[c * NS + k] = h[k];
+        }
     }
 }
 
