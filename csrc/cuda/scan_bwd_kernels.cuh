@@ -205,10 +205,11 @@ template <int NPL> struct SbwdAcc {
     float dD, db;   // own steps' sums (one slice only)
 };
 
-// One group's inputs: n <= SPLIT_T steps from t0 of u, delta, dout, z (when given) and the
-// thread's states of B and C (zeros past n and past dstate).
+// One group's inputs: those of the forward recurrence (u, delta, B), and dout, z (when given)
+// and the thread's states of C (zeros past n and past dstate).
 template <typename T, int NPL> struct SbwdIn {
-    Vec8<T> u, dl, dy, z, bv[NPL], cv[NPL];
+    SbwdFwdIn<T, NPL> f;
+    Vec8<T> dy, z, cv[NPL];
 };
 
 template <typename T, int LPC>
@@ -217,15 +218,13 @@ __device__ __forceinline__ void sbwd_load_group(const SbwdParams &p, const SbwdI
                                                 SbwdIn<T, SBWD_SLICE / LPC> &in) {
     constexpr int NPL = SBWD_SLICE / LPC;
     const bool vec = p.vec != 0;
-    sbwd_load(in.u, p.u, ix.u0, p.u_s[2], t0, n, vec);
-    sbwd_load(in.dl, p.delta, ix.dl0, p.delta_s[2], t0, n, vec);
+    sbwd_load_fwd<T, LPC>(p, ix, t0, n, in.f);
     sbwd_load(in.dy, p.dout, ix.dy0, p.dout_s[2], t0, n, vec);
     if (p.z != nullptr) sbwd_load(in.z, p.z, ix.z0, p.z_s[2], t0, n, vec);
 #pragma unroll
     for (int k = 0; k < NPL; ++k) {
         const bool ok = ix.valid(k, p);
         const int64_t nn = ok ? ix.n0 + k : 0;
-        sbwd_load(in.bv[k], p.B, ix.B0 + nn * p.B_s[2], p.B_s[3], t0, ok ? n : 0, vec && ok);
         sbwd_load(in.cv[k], p.C, ix.C0 + nn * p.C_s[2], p.C_s[3], t0, ok ? n : 0, vec && ok);
     }
 }
@@ -242,8 +241,8 @@ __device__ __forceinline__ void sbwd_group(const SbwdParams &p, const SbwdIdx<LP
                                            SbwdAcc<SBWD_SLICE / LPC> &acc, float *red) {
     constexpr int NPL = SBWD_SLICE / LPC, OWN = SPLIT_T / LPC;
     const bool has_z = p.z != nullptr;
-    const Vec8<T> &u = in.u, &dl = in.dl, &z = in.z, &dy = in.dy;
-    const Vec8<T>(&bv)[NPL] = in.bv;
+    const Vec8<T> &u = in.f.u, &dl = in.f.dl, &z = in.z, &dy = in.dy;
+    const Vec8<T>(&bv)[NPL] = in.f.bv;
     const Vec8<T>(&cv)[NPL] = in.cv;
     // own steps: dt, the softplus derivative, dy0 = dout silu(z), dout silu'(z)
     float x[OWN], own_dt[OWN], own_sx[OWN], own_dy0[OWN], own_dzf[OWN], dt[SPLIT_T];
