@@ -102,3 +102,6 @@ def test_settings_are_checked(monkeypatch):
         monkeypatch.setenv("SAMBA_EXT_L2_PREFETCH_MB", bad)
         with pytest.raises(ValueError, match="SAMBA_EXT_L2_PREFETCH_MB"):
             prefetch.cap_bytes()
+    monkeypatch.setenv("SAMBA_EXT_L2_PREFETCH", "Bulk")
+    with pytest.raises(ValueError, match="SAMBA_EXT_L2_PREFETCH: expected one of 0, bulk, touch"):
+        prefetch.mode()

@@ -29,9 +29,14 @@ _ITEMSIZE = {code: size for code, size, *_ in DTYPES.values()}
 
 
 def mode() -> int:
-    """0 (off), 1 (bulk) or 2 (touch), from ``SAMBA_EXT_L2_PREFETCH`` (checked by
-    runtime.check_env)."""
-    return MODES.get(os.environ.get("SAMBA_EXT_L2_PREFETCH") or "0", 0)
+    """0 (off), 1 (bulk) or 2 (touch), from ``SAMBA_EXT_L2_PREFETCH``; another value raises
+    ValueError naming the variable (read at each capture, so a value set after the extension
+    was loaded is checked too)."""
+    v = os.environ.get("SAMBA_EXT_L2_PREFETCH") or "0"
+    if v not in MODES:
+        raise ValueError(f"SAMBA_EXT_L2_PREFETCH: expected one of {', '.join(MODES)} (or unset), "
+                         f"got {v!r}")
+    return MODES[v]
 
 
 def cap_bytes() -> int:

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, TypeVar
 import numpy as np
 
 from ..errors import CudaUnavailableError
+from .prefetch import MODES as _PREFETCH_MODES
 
 __all__ = ["require", "is_available", "unavailable_reason", "set_poison", "poison_enabled",
            "set_recorder", "recorder", "launch", "flush_recorder", "stream_handle",
@@ -63,7 +64,7 @@ def unavailable_reason(count: int, message: str, runtime: int, driver: int) -> s
 ENV_CHOICES = {
     "SAMBA_EXT_GEMM": ("gemmex", "lt", "lt-tune"),
     "SAMBA_EXT_GEMV": ("0", "1"),
-    "SAMBA_EXT_L2_PREFETCH": ("0", "bulk", "touch"),
+    "SAMBA_EXT_L2_PREFETCH": tuple(_PREFETCH_MODES),
     "SAMBA_EXT_SCAN_VARIANT": ("split", "tile", "tile2", "warp", "warp8"),
 }
 
