@@ -152,6 +152,10 @@ class _StepRecorder:
         self.keep: list = []  # arrays the deferred launches read or write (see hold)
         self.uploads = 0      # host-to-device copies issued while recording
         self.inputs: Optional[DeviceArray] = None  # the step_inputs array (replaced on replay)
+        # the L2 prefetch settings (mode, bytes), read when the recording opens: a bad value
+        # raises before anything of the step is recorded, never after its launches are held
+        how = prefetch.mode()
+        self.prefetch = (how, prefetch.cap_bytes() if how else 0)
 
     def alloc(self, n: int) -> Optional[tuple]:
         if n == 0:
@@ -367,8 +371,7 @@ class CUDABackend(Backend):
         key = tuple((getattr(fn, "__name__", repr(fn)), args) for fn, args in rec.calls)
         g = self._graphs.get(key)
         if g is None:
-            how = prefetch.mode()
-            cap = prefetch.cap_bytes() if how else 0
+            how, cap = rec.prefetch
             side = self._side_stream() if how else 0
             self.cu.graph_begin(self.stream)
             try:

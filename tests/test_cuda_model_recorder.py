@@ -366,3 +366,25 @@ def test_ring_reads_and_writes_upload_nothing(fake_backend, rng):
     # scattered indices still gather correctly (through an index upload)
     idx = np.array([5, 0, 9, 2, 14, 7, 1])
     np.testing.assert_array_equal(be.to_numpy(be.take(ring, idx, 1)), ring_h[:, idx])
+
+
+def test_a_bad_prefetch_setting_raises_before_the_step_is_recorded(fake_backend, rng,
+                                                                    monkeypatch):
+    """SAMBA_EXT_L2_PREFETCH is read when a recording opens: a bad value raises there, naming
+    the variable, with nothing of the step recorded or lost; the next step runs normally."""
+    be = fake_backend
+    V, D, B, C = 20, 64, 3, 5
+    host_t = rng.standard_normal((V, D)).astype(np.float32)
+    table, cache = be.asarray(host_t), be.zeros((B, C, D))
+    key = be.step_key(("model", B), [cache])
+    host = np.stack([np.arange(B), np.arange(B), np.zeros(B)]).astype(np.int64)
+    _index_step(be, table, cache, host, key)   # eager: sizes the arena
+    monkeypatch.setenv("SAMBA_EXT_L2_PREFETCH", "on")
+    with pytest.raises(ValueError, match="SAMBA_EXT_L2_PREFETCH"):
+        be.begin_step(key)
+    assert be._rec is None and _rt.recorder() is None
+    monkeypatch.delenv("SAMBA_EXT_L2_PREFETCH")
+    host[2] = 1
+    got, _ = _index_step(be, table, cache, host, key)
+    np.testing.assert_array_equal(got, np.concatenate([host_t[:B], host_t[:B]], 1))
+    np.testing.assert_array_equal(be.to_numpy(cache)[np.arange(B), 1], host_t[:B])
