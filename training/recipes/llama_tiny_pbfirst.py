@@ -35,7 +35,7 @@ STEPS = [
         "long2",
         [
             "--minutes",
-            "8.5",
+            "7.5",
             *LONG,
             "--p-passkey",
             "0.15",
@@ -54,7 +54,7 @@ STEPS = [
         "long3",
         [
             "--minutes",
-            "8",
+            "7.5",
             *LONG,
             "--p-passkey",
             "0.1",
