@@ -2,8 +2,8 @@
 of up to 5, then 14 entries), then books as long as rows of up to 4,096 tokens mixed with passkeys, so that
 the Transformer baseline looks up every book that fits in its training length. The candidate to replace
 the bundled llama-tiny (the current one was fine-tuned on books of at most 12 entries), sized for one
-H200 session: three device calls of under 10 minutes each (``--to long1``; ``--only long2``;
-``--only long3``), each continuing the previous step's file.
+session's device time: two device calls of under 10 minutes each (``--to long1``; then ``--from long2
+--init long1.safetensors``), each continuing the previous step's file.
 """
 
 from recipes import phonebook_first
@@ -35,7 +35,7 @@ STEPS = [
         "long2",
         [
             "--minutes",
-            "7.5",
+            "4",
             *LONG,
             "--p-passkey",
             "0.15",
@@ -54,7 +54,7 @@ STEPS = [
         "long3",
         [
             "--minutes",
-            "7.5",
+            "3.5",
             *LONG,
             "--p-passkey",
             "0.1",
