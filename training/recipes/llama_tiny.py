@@ -1,4 +1,5 @@
-"""The bundled llama-tiny: the default mixture, then a phonebook fine-tune (docs/training.md)."""
+"""The earlier llama-tiny baseline (sha256 8cef42fc...a47179): the default mixture, then a phonebook fine-tune on
+books of at most 12 entries (docs/training.md). The bundled llama-tiny comes from llama_tiny_pbfirst."""
 
 MODEL = "llama-tiny"
 # (name, options); train.py adds --model, --out and, from the second step on, --init <previous file>

@@ -1,9 +1,8 @@
 """llama-tiny trained from scratch with samba-tiny's schedule (docs/training.md): phonebooks first (books
 of up to 5, then 14 entries), then books as long as rows of up to 4,096 tokens mixed with passkeys, so that
-the Transformer baseline looks up every book that fits in its training length. The candidate to replace
-the bundled llama-tiny (the current one was fine-tuned on books of at most 12 entries), sized for one
-session's device time: two device calls of under 10 minutes each (``--to long1``; then ``--from long2
---init long1.safetensors``), each continuing the previous step's file.
+the Transformer baseline looks books up inside its training length. The bundled llama-tiny is the output
+of its last step, ``long3`` (docs/training.md). Two device calls of under 10 minutes each (``--to long1``;
+then ``--from long2 --init long1.safetensors``), each continuing the previous step's file.
 """
 
 from recipes import phonebook_first
