@@ -24,7 +24,8 @@ BUNDLED_MODELS = {
                   "parameters, trained on documents of <= 4096 tokens (phonebook first, then "
                   "passkey and stdlib text)",
     "llama-tiny": "byte-level full-attention (RoPE) baseline of the same size, trained at the "
-                  "same length on passkey, phonebook and stdlib text",
+                  "same length on the same schedule (phonebook first, then passkey and stdlib "
+                  "text)",
 }
 
 
