@@ -7,7 +7,8 @@ Usage (an sm_90 GPU, samba_ext built with 90 in SAMBA_EXT_CUDA_ARCHS; no torch n
 
 Cases: one key tile, partial tiles, GQA 8:1, window shorter and longer than the sequence, a
 causal offset (more keys than queries), head dims 64 and 128 (and 96, padded to 128), each key
-tile size (SAMBA_EXT_ATTN_V4_BK = 64, 128), bfloat16 and float16. For every case it prints
+tile size and ring depth (SAMBA_EXT_ATTN_V4_BK = 64, 128; SAMBA_EXT_ATTN_V4_STAGES = 2, 3, 4),
+bfloat16 and float16. For every case it prints
 the relative norm error and the largest absolute error against float64 (and against v3);
 where the tolerance (relative norm, bfloat16 1e-2, float16 2e-3 - tests/cuda_util.RTOL) is
 exceeded it also prints where the errors sit: the largest error per group of 8 head-dim
@@ -106,8 +107,9 @@ def main() -> int:
     failed = 0
     try:
         for dtype in ("bfloat16", "float16"):
-            for bk in ("64", "128"):
+            for bk, stages in (("64", "2"), ("128", "2"), ("64", "3"), ("64", "4"), ("128", "3")):
                 os.environ["SAMBA_EXT_ATTN_V4_BK"] = bk
+                os.environ["SAMBA_EXT_ATTN_V4_STAGES"] = stages
                 for name, B, Lq, Lk, H, Hkv, hd, W in CASES:
                     q, k, v = (round_to(rng.standard_normal(s), dtype) for s in
                                ((B, Lq, H, hd), (B, Lk, Hkv, hd), (B, Lk, Hkv, hd)))
@@ -134,13 +136,14 @@ def main() -> int:
                         else float("inf")
                     ok = finite and rel <= RTOL[dtype]
                     failed += not ok
-                    print(f"{'ok  ' if ok else 'FAIL'} {dtype:8s} BK={bk:3s} {name:22s} "
+                    print(f"{'ok  ' if ok else 'FAIL'} {dtype:8s} BK={bk:3s} S={stages} {name:22s} "
                           f"rel {rel:.2e}  max|err| {float(err.max()) if finite else float('inf'):.2e}"
                           f"  vs v3 {rel3:.2e}", flush=True)
                     if (not ok or args.verbose) and finite:
                         print(where_errors(err))
     finally:
         os.environ.pop("SAMBA_EXT_ATTN_V4_BK", None)
+        os.environ.pop("SAMBA_EXT_ATTN_V4_STAGES", None)
         cu._attn_variant(0, old)
     print(f"{failed} case(s) failed" if failed else "all cases passed")
     return 1 if failed else 0

@@ -11,7 +11,8 @@ Prefill cases: bf16, batch 1, sliding window W = 2048 at L = 4K, 32K, 128K for (
 4 * hd * H * sum_i min(i + 1, W).
 
 Variants: every case times each tensor-core variant of samba_ext named in --variants (prefill
-v1, v2, v3, v4 - v4 is the sm_90a wgmma kernel, dropped with a message where it cannot run;
+v1, v2, v3, v4 - v4 is the sm_90a wgmma kernel, dropped with a message where it cannot run,
+and may name its key tile and ring depth, "v4b128s3" -;
 decode v1, v2 - "auto" is the build's default choice), switched in-process through
 the private selector samba_ext._cuda._attn_variant, on the same tensors as the peers. The
 "samba_ext" columns and the targets use the fastest variant of each case and name it.
@@ -33,6 +34,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -56,10 +58,21 @@ def calls_per_sample(fn: Callable[[], Any], target_ms: float = 1.0) -> int:
 
 
 def set_variant(which: int, name: str) -> None:
-    """Selects a tensor-core variant ("auto", "v1" .. "v4"); which 0 prefill, 1 decode."""
+    """Selects a tensor-core variant ("auto", "v1" .. "v4"); which 0 prefill, 1 decode.
+
+    A prefill v4 name may carry its tuning knobs: "v4s3" sets SAMBA_EXT_ATTN_V4_STAGES=3,
+    "v4b128" SAMBA_EXT_ATTN_V4_BK=128, "v4b128s3" both (the kernel reads them on every call).
+    """
     from samba_ext.cuda import runtime
 
-    runtime.require()._attn_variant(which, 0 if name == "auto" else int(name[1:]))
+    m = re.fullmatch(r"v(\d)(?:b(\d+))?(?:s(\d))?", name)
+    if which == 0:
+        for key, val in (("BK", m.group(2) if m else None), ("STAGES", m.group(3) if m else None)):
+            if val:
+                os.environ[f"SAMBA_EXT_ATTN_V4_{key}"] = val
+            else:
+                os.environ.pop(f"SAMBA_EXT_ATTN_V4_{key}", None)
+    runtime.require()._attn_variant(which, 0 if name == "auto" else int(m.group(1)))
 
 
 def v4_unavailable() -> str | None:
@@ -428,15 +441,16 @@ def main() -> int:
     commit = git_commit(args.commit)
     peers = ["sdpa"] if args.no_flex else ["flex", "sdpa"]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    bad = [v for v in variants if v not in ("auto", "v1", "v2", "v3", "v4")]
+    bad = [v for v in variants
+           if v not in ("auto", "v1", "v2", "v3") and not re.fullmatch(r"v4(b(64|128))?(s[234])?", v)]
     if bad or not variants:
-        print(f"--variants: expected a list of auto, v1, v2, v3, v4; got {args.variants!r}",
-              file=sys.stderr)
+        print(f"--variants: expected a list of auto, v1, v2, v3, v4 (v4 with b64 / b128, s2 / s3 "
+              f"/ s4, e.g. v4b128s3); got {args.variants!r}", file=sys.stderr)
         return 2
-    if "v4" in variants and (why := v4_unavailable()):
+    if any(v.startswith("v4") for v in variants) and (why := v4_unavailable()):
         print(f"--variants: dropping v4: {why}", file=sys.stderr)
-        variants = [v for v in variants if v != "v4"] or ["auto"]
-    dec_variants = [v for v in variants if v not in ("v3", "v4")] or ["auto"]
+        variants = [v for v in variants if not v.startswith("v4")] or ["auto"]
+    dec_variants = [v for v in variants if v not in ("v3",) and not v.startswith("v4")] or ["auto"]
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "commit": commit, "device": torch.cuda.get_device_name(),
             "torch": torch.__version__, "command": "python3 benchmarks/gpu_attention.py " +

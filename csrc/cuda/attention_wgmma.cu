@@ -35,7 +35,7 @@
 //   D = 64 : BK = 64,  Q 16 KB + 2 x (K 8 KB + V 8 KB) = 48 KB (+1 KB alignment), registers
 //            capped at 128 so that 2 blocks (4 warpgroups) share an SM;
 //   D = 128: BK = 128, Q 32 KB + 2 x (K 32 KB + V 32 KB) = 160 KB (+1 KB), 1 block per SM.
-// (the list below has the alternatives that SAMBA_EXT_ATTN_V4_BK selects).
+// (the list below has the alternatives that SAMBA_EXT_ATTN_V4_BK and _STAGES select).
 // Positions are int32 (seqlen_k < 2^30; longer sequences run v1), as in v2.
 #include <stdlib.h>
 
@@ -71,6 +71,13 @@ using W64_64 = CfgW<64, 64, 2, 2>;     // 49 KB, 128 registers, 2 blocks (16 war
 using W64_128 = CfgW<64, 128, 2, 1>;   // 81 KB, 211 registers, 1 block per SM
 using W128_128 = CfgW<128, 128, 2, 1>; // 161 KB, 254 registers, 1 block per SM
 using W128_64 = CfgW<128, 64, 2, 1>;   // 97 KB, 176 registers (capped at 128: spills), 1 block
+// Deeper K/V rings (SAMBA_EXT_ATTN_V4_STAGES=3 or 4): two or three tiles in flight while one is
+// computed, instead of one; the registers do not change, only the shared memory:
+using W64_64_S3 = CfgW<64, 64, 3, 2>;     // 65 KB, 2 blocks per SM, 8 bytes of spills (the % 3)
+using W64_64_S4 = CfgW<64, 64, 4, 2>;     // 81 KB, 2 blocks per SM, 8 bytes of spills
+using W64_128_S3 = CfgW<64, 128, 3, 1>;   // 113 KB
+using W128_128_S3 = CfgW<128, 128, 3, 1>; // 225 KB (the opt-in limit of sm_90 is 227 KB)
+using W128_64_S3 = CfgW<128, 64, 3, 1>;   // 129 KB
 
 // rows [r0, r0 + ROWS) of a (rows, hd) global matrix with row stride rs into the swizzled
 // tile at shared address s (1024-byte aligned); rows >= rlimit and columns >= hd are
@@ -284,16 +291,29 @@ int v4_bk_override() {
     return v == 64 || v == 128 ? v : 0;
 }
 
+// SAMBA_EXT_ATTN_V4_STAGES: 3, or 4 at head dim 64 with 64-key tiles (anything else: 2)
+int v4_stages(int64_t hd, int bk) {
+    const char *e = getenv("SAMBA_EXT_ATTN_V4_STAGES");
+    const int v = e ? atoi(e) : 2;
+    if (v == 4 && hd <= 64 && bk == 64) return 4;
+    return v == 3 || v == 4 ? 3 : 2;
+}
+
 // key-tile size for head dim hd (keep in step with attn_wgmma_fwd)
 int v4_bk(int64_t hd) {
     const int f = v4_bk_override();
     return f ? f : (hd <= 64 ? 64 : 128);
 }
 
+template <class C2, class C3, class C4 = C3> size_t smem_of(int stages) {
+    return stages == 2 ? C2::SMEM : stages == 3 ? C3::SMEM : C4::SMEM;
+}
+
 size_t wgmma_smem(int64_t hd) {
-    const int bk = v4_bk(hd);
-    if (hd <= 64) return bk == 64 ? W64_64::SMEM : W64_128::SMEM;
-    return bk == 64 ? W128_64::SMEM : W128_128::SMEM;
+    const int bk = v4_bk(hd), ns = v4_stages(hd, bk);
+    if (hd <= 64)
+        return bk == 64 ? smem_of<W64_64, W64_64_S3, W64_64_S4>(ns) : smem_of<W64_128, W64_128_S3>(ns);
+    return bk == 64 ? smem_of<W128_64, W128_64_S3>(ns) : smem_of<W128_128, W128_128_S3>(ns);
 }
 
 }  // namespace
@@ -334,10 +354,19 @@ int attn_wgmma_applicable(const samba_cu_attn_args *a) {
     return attn_mma_applicable(a) && wgmma_smem(a->headdim) <= attn_smem_optin();
 }
 
+template <typename T, class C2, class C3, class C4 = C3>
+static samba_status launch_stages(int stages, const samba_cu_attn_args *a, cudaStream_t st) {
+    if (stages == 2) return launch_w<T, C2>(a, st);
+    return stages == 3 ? launch_w<T, C3>(a, st) : launch_w<T, C4>(a, st);
+}
+
 template <typename T> static samba_status dispatch_w(const samba_cu_attn_args *a, cudaStream_t st) {
-    const int bk = v4_bk(a->headdim);
-    if (a->headdim <= 64) return bk == 64 ? launch_w<T, W64_64>(a, st) : launch_w<T, W64_128>(a, st);
-    return bk == 64 ? launch_w<T, W128_64>(a, st) : launch_w<T, W128_128>(a, st);
+    const int bk = v4_bk(a->headdim), ns = v4_stages(a->headdim, bk);
+    if (a->headdim <= 64)
+        return bk == 64 ? launch_stages<T, W64_64, W64_64_S3, W64_64_S4>(ns, a, st)
+                        : launch_stages<T, W64_128, W64_128_S3>(ns, a, st);
+    return bk == 64 ? launch_stages<T, W128_64, W128_64_S3>(ns, a, st)
+                    : launch_stages<T, W128_128, W128_128_S3>(ns, a, st);
 }
 
 samba_status attn_wgmma_fwd(const samba_cu_attn_args *a, cudaStream_t st) {
