@@ -12,7 +12,7 @@ Prefill cases: bf16, batch 1, sliding window W = 2048 at L = 4K, 32K, 128K for (
 
 Variants: every case times each tensor-core variant of samba_ext named in --variants (prefill
 v1, v2, v3, v4 - v4 is the sm_90a wgmma kernel, dropped with a message where it cannot run,
-and may name its key tile and ring depth, "v4b128s3" -;
+and may name its key tile, ring depth and schedule, "v4b128s3skew" -;
 decode v1, v2 - "auto" is the build's default choice), switched in-process through
 the private selector samba_ext._cuda._attn_variant, on the same tensors as the peers. The
 "samba_ext" columns and the targets use the fastest variant of each case and name it.
@@ -61,13 +61,15 @@ def set_variant(which: int, name: str) -> None:
     """Selects a tensor-core variant ("auto", "v1" .. "v4"); which 0 prefill, 1 decode.
 
     A prefill v4 name may carry its tuning knobs: "v4s3" sets SAMBA_EXT_ATTN_V4_STAGES=3,
-    "v4b128" SAMBA_EXT_ATTN_V4_BK=128, "v4b128s3" both (the kernel reads them on every call).
+    "v4b128" SAMBA_EXT_ATTN_V4_BK=128, "v4b128s3" both, a trailing "skew"
+    SAMBA_EXT_ATTN_V4_SKEW=1 (the kernel reads them on every call).
     """
     from samba_ext.cuda import runtime
 
-    m = re.fullmatch(r"v(\d)(?:b(\d+))?(?:s(\d))?", name)
+    m = re.fullmatch(r"v(\d)(?:b(\d+))?(?:s(\d))?(skew)?", name)
     if which == 0:
-        for key, val in (("BK", m.group(2) if m else None), ("STAGES", m.group(3) if m else None)):
+        for key, val in (("BK", m.group(2) if m else None), ("STAGES", m.group(3) if m else None),
+                         ("SKEW", "1" if m and m.group(4) else None)):
             if val:
                 os.environ[f"SAMBA_EXT_ATTN_V4_{key}"] = val
             else:
@@ -442,7 +444,7 @@ def main() -> int:
     peers = ["sdpa"] if args.no_flex else ["flex", "sdpa"]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in variants
-           if v not in ("auto", "v1", "v2", "v3") and not re.fullmatch(r"v4(b(64|128))?(s[234])?", v)]
+           if v not in ("auto", "v1", "v2", "v3") and not re.fullmatch(r"v4(b(64|128))?(s[234])?(skew)?", v)]
     if bad or not variants:
         print(f"--variants: expected a list of auto, v1, v2, v3, v4 (v4 with b64 / b128, s2 / s3 "
               f"/ s4, e.g. v4b128s3); got {args.variants!r}", file=sys.stderr)

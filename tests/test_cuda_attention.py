@@ -202,21 +202,24 @@ V4_TILES = [
 
 
 @cuda
-@pytest.mark.parametrize("bk,stages", [("64", "2"), ("128", "2"), ("64", "3"), ("128", "3"),
-                                       ("64", "4")])
+@pytest.mark.parametrize("bk,stages,skew", [("64", "2", "0"), ("128", "2", "0"), ("64", "3", "0"),
+                                            ("128", "3", "0"), ("64", "4", "0"), ("64", "3", "1"),
+                                            ("128", "3", "1"), ("64", "4", "1")])
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("B,Lq,Lk,H,Hkv,hd,window", V4_TILES)
-def test_prefill_v4_key_tiles(poison, rng, monkeypatch, bk, stages, dtype, B, Lq, Lk, H, Hkv,
-                              hd, window):
-    # prefill v4 with each key-tile size and ring depth that SAMBA_EXT_ATTN_V4_BK / _STAGES
-    # select (read on every call; the default is 64 keys at head dim 64 and 128 above, 2
-    # stages; 4 stages exist at head dim 64 with 64 keys only, elsewhere 4 runs 3)
+def test_prefill_v4_key_tiles(poison, rng, monkeypatch, bk, stages, skew, dtype, B, Lq, Lk, H,
+                              Hkv, hd, window):
+    # prefill v4 with each key-tile size, ring depth and schedule that SAMBA_EXT_ATTN_V4_BK /
+    # _STAGES / _SKEW select (read on every call; the default is 64 keys at head dim 64 and 128
+    # above, 2 stages, no skew; 4 stages exist at head dim 64 with 64 keys only, elsewhere 4
+    # runs 3)
     if CUDA_SKIP:
         pytest.skip(str(CUDA_SKIP))
     if v4_unavailable():
         pytest.skip(f"prefill v4: {v4_unavailable()}")
     monkeypatch.setenv("SAMBA_EXT_ATTN_V4_BK", bk)
     monkeypatch.setenv("SAMBA_EXT_ATTN_V4_STAGES", stages)
+    monkeypatch.setenv("SAMBA_EXT_ATTN_V4_SKEW", skew)
     (q, dq), (k, dk), (v, dv) = (rdev(rng.standard_normal(s), dtype) for s in
                                  ((B, Lq, H, hd), (B, Lk, Hkv, hd), (B, Lk, Hkv, hd)))
     with attn_variant(prefill="v4"):

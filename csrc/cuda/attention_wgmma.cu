@@ -18,6 +18,13 @@
 //     thread makes its cp.async writes visible to the async proxy (fence.proxy.async);
 //   * every wgmma batch is waited for (wait_group 0) before its results are used, so a ring
 //     stage is free again once every warpgroup has passed the next barrier.
+// Skewed schedule (SAMBA_EXT_ATTN_V4_SKEW=1, 3 or more stages): with one barrier per tile
+// the two warpgroups run their products and their softmax at the same moments, so inside a
+// block the tensor cores wait while both run the softmax and the exp unit waits while both
+// multiply. Skewed, warpgroup 1 runs the softmax and P V of tile j - 1 while warpgroup 0
+// runs S = Q K^T of tile j, and its S = Q K^T of tile j while warpgroup 0 runs the softmax
+// (the P V products of the two then meet). Tile j - 1's V is then read in iteration j, so
+// loads run STAGES - 2 tiles ahead instead of STAGES - 1.
 // Tiles a warpgroup's 64 rows do not see (outside the causal window) are skipped by the
 // whole warpgroup (wgmma is warpgroup-collective); the mask is applied per warp on tiles
 // crossing one of the warp's edges, exactly as in v2.
@@ -98,9 +105,12 @@ __device__ __forceinline__ void load_tile_sw(uint32_t s, const T *g, int64_t rs,
     }
 }
 
-template <typename T, class C>
+template <typename T, class C, bool SKEW>
 __global__ void __launch_bounds__(C::THREADS, C::MINB)
 attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
+    // SKEW: warpgroup 1 runs half an iteration behind warpgroup 0 (header: "skewed schedule")
+    static_assert(!SKEW || C::STAGES >= 3, "the skewed schedule keeps two tiles alive");
+    constexpr int AHEAD = SKEW ? C::STAGES - 2 : C::STAGES - 1;  // tiles loaded ahead
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     // Q [D/64][BQ][64], K and V [STAGES][D/64][BK][64], each block swizzled (header)
     const uint32_t sQ = (smem_addr(smem_raw) + 1023u) & ~1023u;
@@ -138,7 +148,7 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
     };
     load_tile_sw<C, C::BQ>(sQ, qg, p.q_stride[1], q0, Lq, hd);
 #pragma unroll
-    for (int st = 0; st < C::STAGES - 1; ++st) {
+    for (int st = 0; st < AHEAD; ++st) {
         if (st < ntiles) load_kv(st, st);
         cp_async_commit();  // (possibly empty) group st; group 0 also holds Q
     }
@@ -160,24 +170,9 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
     const uint32_t q_base = sQ + wg * 64 * 128;
     constexpr uint32_t SBO = 1024, LBO_K = 16, LBO_V = C::BK * 128;
 
-    for (int it = 0; it < ntiles; ++it) {
-        cp_async_wait<C::STAGES - 2>();  // tile it (and Q) landed for this thread's copies
-        fence_proxy_async_smem();         // ... and is visible to wgmma (async proxy)
-        __syncthreads();                  // ... for every thread; stage (it-1) is free again
-        const int nxt = it + C::STAGES - 1;
-        if (nxt < ntiles) load_kv(nxt, nxt % C::STAGES);
-        cp_async_commit();
-
-        const int kbase = (t_first + it) * C::BK;
-        // tiles entirely outside the warpgroup's rows' windows contribute nothing
-        // (warpgroup-uniform: wgmma needs all 4 warps)
-        if (!wg_live || kbase > qg1 || (W > 0 && kbase + C::BK - 1 <= qg0 - W)) continue;
-        const int stage = it % C::STAGES;
-        const uint32_t k_s = sK + stage * C::KV_BYTES;
-        const uint32_t v_s = sV + stage * C::KV_BYTES;
-
-        // ---- S = Q K^T (64 x BK per warpgroup), raw scores ----
-        float s[C::NS];
+    float s[C::NS];  // scores, then probabilities, of the tile in hand
+    // S = Q K^T of the tile whose K sits at shared address k_s (waited for)
+    auto s_gemm = [&](uint32_t k_s) {
 #pragma unroll
         for (int i = 0; i < C::NS; ++i) s[i] = 0.0f;
         fence_operands(s);
@@ -193,6 +188,9 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
         wg_wait<0>();
         fence_operands(s);
 
+    };
+    // mask, online softmax and O += P V of the tile at key kbase, V at shared address v_s
+    auto softmax_pv = [&](int kbase, uint32_t v_s) {
         // ---- mask (tiles crossing one of this warp's edges only) ----
         const bool edge = kbase + C::BK - 1 > qw0          // crosses the causal edge
                           || (W > 0 && kbase <= qw1 - W)   // crosses the window edge
@@ -263,7 +261,46 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
         wg_commit();
         wg_wait<0>();
         fence_operands(o);
+    };
+    // a tile the warpgroup's rows see (warpgroup-uniform: wgmma needs all 4 warps)
+    auto visible = [&](int kbase) {
+        return wg_live && kbase <= qg1 && !(W > 0 && kbase + C::BK - 1 <= qg0 - W);
+    };
+
+    const bool skewed = SKEW && wg == 1;
+    bool pending = false;  // skewed: S of the previous tile computed, its softmax / P V not yet
+    int pend_kbase = 0;
+    uint32_t pend_v = 0;
+    for (int it = 0; it < ntiles; ++it) {
+        cp_async_wait<AHEAD - 1>();       // tile it (and Q) landed for this thread's copies
+        fence_proxy_async_smem();         // ... and is visible to wgmma (async proxy)
+        __syncthreads();                  // ... for every thread; the stage read last is free
+        const int nxt = it + AHEAD;
+        if (nxt < ntiles) load_kv(nxt, nxt % C::STAGES);
+        cp_async_commit();
+
+        const int kbase = (t_first + it) * C::BK;
+        const int stage = it % C::STAGES;
+        const uint32_t k_s = sK + stage * C::KV_BYTES;
+        const uint32_t v_s = sV + stage * C::KV_BYTES;
+        if (!skewed) {
+            // tiles entirely outside the warpgroup's rows' windows contribute nothing
+            if (!visible(kbase)) continue;
+            s_gemm(k_s);
+            softmax_pv(kbase, v_s);
+        } else {
+            // the previous tile's softmax / P V (while warpgroup 0 runs this tile's S = Q K^T),
+            // then this tile's S = Q K^T (while warpgroup 0 runs its softmax)
+            if (pending) softmax_pv(pend_kbase, pend_v);
+            pending = visible(kbase);
+            if (pending) {
+                s_gemm(k_s);
+                pend_kbase = kbase;
+                pend_v = v_s;
+            }
+        }
     }
+    if (pending) softmax_pv(pend_kbase, pend_v);  // no loads are left, the stage is intact
     cp_async_wait<0>();
 
     // ---- normalise and store (out is contiguous (B, Lq, H, hd)) ----
@@ -277,9 +314,9 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
     }
 }
 
-template <typename T, class C>
+template <typename T, class C, bool SKEW = false>
 samba_status launch_w(const samba_cu_attn_args *a, cudaStream_t st) {
-    return launch_prefill(attn_wgmma_kernel<T, C>, C::BQ, C::THREADS, C::SMEM, "swa_attention (v4)",
+    return launch_prefill(attn_wgmma_kernel<T, C, SKEW>, C::BQ, C::THREADS, C::SMEM, "swa_attention (v4)",
                           a, st);
 }
 
@@ -291,12 +328,19 @@ int v4_bk_override() {
     return v == 64 || v == 128 ? v : 0;
 }
 
-// SAMBA_EXT_ATTN_V4_STAGES: 3, or 4 at head dim 64 with 64-key tiles (anything else: 2)
+// SAMBA_EXT_ATTN_V4_SKEW=1: the skewed schedule of the two warpgroups (header)
+bool v4_skew() {
+    const char *e = getenv("SAMBA_EXT_ATTN_V4_SKEW");
+    return e && e[0] == '1';
+}
+
+// SAMBA_EXT_ATTN_V4_STAGES: 3, or 4 at head dim 64 with 64-key tiles (anything else: 2; the
+// skewed schedule needs 3 at least)
 int v4_stages(int64_t hd, int bk) {
     const char *e = getenv("SAMBA_EXT_ATTN_V4_STAGES");
     const int v = e ? atoi(e) : 2;
     if (v == 4 && hd <= 64 && bk == 64) return 4;
-    return v == 3 || v == 4 ? 3 : 2;
+    return v == 3 || v == 4 || v4_skew() ? 3 : 2;
 }
 
 // key-tile size for head dim hd (keep in step with attn_wgmma_fwd)
@@ -334,7 +378,7 @@ int attn_wgmma_device_ok(void) {
                   major == 9 && minor == 0;
         // the image the runtime picked for this device must be the sm_90a one (binary 90)
         if (ok) {
-            ok = cudaFuncGetAttributes(&fa, attn_wgmma_kernel<__nv_bfloat16, W64_64>) == cudaSuccess &&
+            ok = cudaFuncGetAttributes(&fa, attn_wgmma_kernel<__nv_bfloat16, W64_64, false>) == cudaSuccess &&
                  fa.binaryVersion >= 90;
         }
         cudaGetLastError();
@@ -355,18 +399,21 @@ int attn_wgmma_applicable(const samba_cu_attn_args *a) {
 }
 
 template <typename T, class C2, class C3, class C4 = C3>
-static samba_status launch_stages(int stages, const samba_cu_attn_args *a, cudaStream_t st) {
+static samba_status launch_stages(int stages, bool skew, const samba_cu_attn_args *a,
+                                  cudaStream_t st) {
+    if (skew) return stages == 4 ? launch_w<T, C4, true>(a, st) : launch_w<T, C3, true>(a, st);
     if (stages == 2) return launch_w<T, C2>(a, st);
     return stages == 3 ? launch_w<T, C3>(a, st) : launch_w<T, C4>(a, st);
 }
 
 template <typename T> static samba_status dispatch_w(const samba_cu_attn_args *a, cudaStream_t st) {
     const int bk = v4_bk(a->headdim), ns = v4_stages(a->headdim, bk);
+    const bool skew = v4_skew();
     if (a->headdim <= 64)
-        return bk == 64 ? launch_stages<T, W64_64, W64_64_S3, W64_64_S4>(ns, a, st)
-                        : launch_stages<T, W64_128, W64_128_S3>(ns, a, st);
-    return bk == 64 ? launch_stages<T, W128_64, W128_64_S3>(ns, a, st)
-                    : launch_stages<T, W128_128, W128_128_S3>(ns, a, st);
+        return bk == 64 ? launch_stages<T, W64_64, W64_64_S3, W64_64_S4>(ns, skew, a, st)
+                        : launch_stages<T, W64_128, W64_128_S3>(ns, skew, a, st);
+    return bk == 64 ? launch_stages<T, W128_64, W128_64_S3>(ns, skew, a, st)
+                    : launch_stages<T, W128_128, W128_128_S3>(ns, skew, a, st);
 }
 
 samba_status attn_wgmma_fwd(const samba_cu_attn_args *a, cudaStream_t st) {
