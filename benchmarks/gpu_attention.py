@@ -60,16 +60,18 @@ def calls_per_sample(fn: Callable[[], Any], target_ms: float = 1.0) -> int:
 def set_variant(which: int, name: str) -> None:
     """Selects a tensor-core variant ("auto", "v1" .. "v4"); which 0 prefill, 1 decode.
 
-    A prefill v4 name may carry its tuning knobs: "v4s3" sets SAMBA_EXT_ATTN_V4_STAGES=3,
-    "v4b128" SAMBA_EXT_ATTN_V4_BK=128, "v4b128s3" both, a trailing "skew"
-    SAMBA_EXT_ATTN_V4_SKEW=1 (the kernel reads them on every call).
+    A prefill v4 name may carry its tuning knobs (the kernel reads them on every call): "v4b128"
+    sets SAMBA_EXT_ATTN_V4_BK=128; "v4s3" the ring depth, SAMBA_EXT_ATTN_V4_STAGES=3, without
+    the skewed schedule (SAMBA_EXT_ATTN_V4_SKEW=0) unless the name ends in "skew" ("v4s3skew");
+    plain "v4" is the library's default (skewed, 4 stages at head dim 64, 3 at 128).
     """
     from samba_ext.cuda import runtime
 
     m = re.fullmatch(r"v(\d)(?:b(\d+))?(?:s(\d))?(skew)?", name)
     if which == 0:
+        skew = ("1" if m.group(4) else "0" if m.group(3) else None) if m else None
         for key, val in (("BK", m.group(2) if m else None), ("STAGES", m.group(3) if m else None),
-                         ("SKEW", "1" if m and m.group(4) else None)):
+                         ("SKEW", skew)):
             if val:
                 os.environ[f"SAMBA_EXT_ATTN_V4_{key}"] = val
             else:
@@ -112,6 +114,9 @@ def make_flex(L: int, W: int | None, H: int, Hkv: int):
             m = m & (qi - ki < W)
         return m
 
+    # every case is a new shape, i.e. a recompile: past dynamo's limit (8) flex_attention would
+    # silently run its unfused eager path (materialised scores: 60x slower, out of memory at 32K)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     bm = torch.compile(create_block_mask)(mask, None, None, L, L, device="cuda")
     fa = torch.compile(flex_attention, dynamic=False)
     return lambda q, k, v: fa(q, k, v, block_mask=bm, enable_gqa=(H != Hkv))

@@ -17,14 +17,15 @@
 //     order) into a STAGES-deep ring, one barrier per tile as in v2; before the barrier each
 //     thread makes its cp.async writes visible to the async proxy (fence.proxy.async);
 //   * every wgmma batch is waited for (wait_group 0) before its results are used, so a ring
-//     stage is free again once every warpgroup has passed the next barrier.
-// Skewed schedule (SAMBA_EXT_ATTN_V4_SKEW=1, 3 or more stages): with one barrier per tile
-// the two warpgroups run their products and their softmax at the same moments, so inside a
-// block the tensor cores wait while both run the softmax and the exp unit waits while both
-// multiply. Skewed, warpgroup 1 runs the softmax and P V of tile j - 1 while warpgroup 0
-// runs S = Q K^T of tile j, and its S = Q K^T of tile j while warpgroup 0 runs the softmax
-// (the P V products of the two then meet). Tile j - 1's V is then read in iteration j, so
-// loads run STAGES - 2 tiles ahead instead of STAGES - 1.
+//     stage is free again once every warpgroup has passed the next barrier (skewed: the one
+//     after).
+// Skewed schedule (the default; SAMBA_EXT_ATTN_V4_SKEW=0 turns it off; 3 or more stages):
+// with one barrier per tile the two warpgroups run their products and their softmax at the
+// same moments, so inside a block the tensor cores wait while both run the softmax and the
+// exp unit waits while both multiply. Skewed, warpgroup 1 runs the softmax and P V of tile
+// j - 1 while warpgroup 0 runs S = Q K^T of tile j, and its S = Q K^T of tile j while
+// warpgroup 0 runs the softmax (the P V products of the two then meet). Tile j - 1's V is
+// then read in iteration j, so loads run STAGES - 2 tiles ahead instead of STAGES - 1.
 // Tiles a warpgroup's 64 rows do not see (outside the causal window) are skipped by the
 // whole warpgroup (wgmma is warpgroup-collective); the mask is applied per warp on tiles
 // crossing one of the warp's edges, exactly as in v2.
@@ -38,10 +39,11 @@
 //   V (MN-major):   start = stage + kk * 16 * 128 bytes for the 16 keys of step kk,
 //                   SBO = 1024 (8 keys), LBO = BK * 128 (next 64 head dims).
 // Configurations: D = 64 and 128 (head dims up to 64 run in D = 64, 72..128 in D = 128 with
-// the extra columns zero-filled; larger head dims run v3), STAGES = 2, and by default
-//   D = 64 : BK = 64,  Q 16 KB + 2 x (K 8 KB + V 8 KB) = 48 KB (+1 KB alignment), registers
-//            capped at 128 so that 2 blocks (4 warpgroups) share an SM;
-//   D = 128: BK = 128, Q 32 KB + 2 x (K 32 KB + V 32 KB) = 160 KB (+1 KB), 1 block per SM.
+// the extra columns zero-filled; larger head dims run v3), by default skewed and
+//   D = 64 : BK = 64, 4 stages: Q 16 KB + 4 x (K 8 KB + V 8 KB) = 80 KB (+1 KB alignment),
+//            registers capped at 128 so that 2 blocks (4 warpgroups) share an SM;
+//   D = 128: BK = 128, 3 stages: Q 32 KB + 3 x (K 32 KB + V 32 KB) = 224 KB (+1 KB), 1 block
+//            per SM.
 // (the list below has the alternatives that SAMBA_EXT_ATTN_V4_BK and _STAGES select).
 // Positions are int32 (seqlen_k < 2^30; longer sequences run v1), as in v2.
 #include <stdlib.h>
@@ -71,9 +73,10 @@ template <int D_, int BK_, int STAGES_, int MINB_> struct CfgW {
     static_assert(BK == 64 || BK == 128, "wgmma N for S is written out for 64 and 128");
     static_assert(D == 64 || D == 128, "wgmma N for O is written out for 64 and 128");
 };
-// The configurations (registers and spills from ptxas -v, sm_90a, nvcc 13.0): the default
-// per head dim first; SAMBA_EXT_ATTN_V4_BK=64 or 128 forces the key-tile size (a tuning knob
-// for benchmarks/gpu_attention.py, read on every call).
+// The configurations (registers and spills from ptxas -v, sm_90a, nvcc 13.0; the skewed
+// kernels within 5 registers of these): SAMBA_EXT_ATTN_V4_BK=64 or 128 forces the key-tile
+// size, SAMBA_EXT_ATTN_V4_STAGES the ring depth (tuning knobs for benchmarks/gpu_attention.py,
+// read on every call); the defaults are W64_64_S4 and W128_128_S3, skewed.
 using W64_64 = CfgW<64, 64, 2, 2>;     // 49 KB, 128 registers, 2 blocks (16 warps) per SM
 using W64_128 = CfgW<64, 128, 2, 1>;   // 81 KB, 211 registers, 1 block per SM
 using W128_128 = CfgW<128, 128, 2, 1>; // 161 KB, 254 registers, 1 block per SM
@@ -328,17 +331,18 @@ int v4_bk_override() {
     return v == 64 || v == 128 ? v : 0;
 }
 
-// SAMBA_EXT_ATTN_V4_SKEW=1: the skewed schedule of the two warpgroups (header)
+// SAMBA_EXT_ATTN_V4_SKEW: the skewed schedule of the two warpgroups (header); on unless "0"
 bool v4_skew() {
     const char *e = getenv("SAMBA_EXT_ATTN_V4_SKEW");
-    return e && e[0] == '1';
+    return !(e && e[0] == '0');
 }
 
-// SAMBA_EXT_ATTN_V4_STAGES: 3, or 4 at head dim 64 with 64-key tiles (anything else: 2; the
-// skewed schedule needs 3 at least)
+// SAMBA_EXT_ATTN_V4_STAGES: 2, 3, or 4 at head dim 64 with 64-key tiles (4 elsewhere runs 3;
+// the skewed schedule needs 3 at least). Default: 4 at head dim 64 with 64-key tiles, else 3
+// (with the skewed schedule the fastest on an H100, benchmarks/results/gpu_attention_notes.md).
 int v4_stages(int64_t hd, int bk) {
     const char *e = getenv("SAMBA_EXT_ATTN_V4_STAGES");
-    const int v = e ? atoi(e) : 2;
+    const int v = e ? atoi(e) : 4;
     if (v == 4 && hd <= 64 && bk == 64) return 4;
     return v == 3 || v == 4 || v4_skew() ? 3 : 2;
 }
