@@ -82,9 +82,10 @@ using W64_128 = CfgW<64, 128, 2, 1>;   // 81 KB, 211 registers, 1 block per SM
 using W128_128 = CfgW<128, 128, 2, 1>; // 161 KB, 254 registers, 1 block per SM
 using W128_64 = CfgW<128, 64, 2, 1>;   // 97 KB, 176 registers (capped at 128: spills), 1 block
 // Deeper K/V rings (SAMBA_EXT_ATTN_V4_STAGES=3 or 4): two or three tiles in flight while one is
-// computed, instead of one; the registers do not change, only the shared memory:
-using W64_64_S3 = CfgW<64, 64, 3, 2>;     // 65 KB, 2 blocks per SM, 8 bytes of spills (the % 3)
-using W64_64_S4 = CfgW<64, 64, 4, 2>;     // 81 KB, 2 blocks per SM, 8 bytes of spills
+// computed, instead of one (skewed: one or two); the registers barely change, the shared memory
+// grows:
+using W64_64_S3 = CfgW<64, 64, 3, 2>;     // 65 KB, 2 blocks per SM; spills 16 bytes (skewed: 8)
+using W64_64_S4 = CfgW<64, 64, 4, 2>;     // 81 KB, 2 blocks per SM; spills 16 bytes (skewed: none)
 using W64_128_S3 = CfgW<64, 128, 3, 1>;   // 113 KB
 using W128_128_S3 = CfgW<128, 128, 3, 1>; // 225 KB (the opt-in limit of sm_90 is 227 KB)
 using W128_64_S3 = CfgW<128, 64, 3, 1>;   // 129 KB
