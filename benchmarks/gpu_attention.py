@@ -22,7 +22,9 @@ measured device-to-device copy (bytes read + bytes written).
 
 Timing: median of CUDA-event timings after warm-up; a sample times enough back-to-back calls
 to last >= 1 ms (the same count for every implementation of a case), so that launch jitter of
-sub-millisecond kernels does not dominate. Decode calls are captured in a CUDA
+sub-millisecond kernels does not dominate, and the samples of a prefill case's variants and
+peers are interleaved (one of each per round; the peers compiled and run once before), so that
+clock drift during the run weighs on all of them alike. Decode calls are captured in a CUDA
 graph (20 calls over rotating caches, so the caches are not served from L2) and the graph is
 replayed; the time per call is the replay time / 20. Each case also checks samba_ext's output
 against the peer's (relative norm), so a fast wrong kernel cannot pass unnoticed.
@@ -44,7 +46,7 @@ try:
 except ImportError:  # --render needs neither torch nor a GPU
     torch = None
 
-from gpu_bench_util import copy_bandwidth_Bps, git_commit, median_ms, write_atomic
+from gpu_bench_util import copy_bandwidth_Bps, git_commit, median_ms, median_ms_rounds, write_atomic
 
 import samba_ext
 
@@ -146,37 +148,47 @@ def prefill_case(L: int, H: int, Hkv: int, hd: int, W: int | None, peers: list[s
     ours = lambda: samba_ext.swa_attention(q, k, v, W, out=out)
     flops = 4 * hd * H * window_pairs(L, W)
     row: dict = {"kind": "swa" if W else "causal", "L": L, "H": H, "Hkv": Hkv, "hd": hd,
-                 "W": W, "flops": flops, "variants": {}}
+                 "W": W, "flops": flops, "variants": {var: {} for var in variants}}
     set_variant(0, variants[0])
     calls = calls_per_sample(ours)
     row["calls_per_sample"] = calls
     outs = {}
     for var in variants:
         set_variant(0, var)
-        row["variants"][var] = {"ms": median_ms(ours, reps=reps, calls=calls)}
         ours()
         outs[var] = out.clone()
-    set_variant(0, "auto")
-    best = min(row["variants"], key=lambda x: row["variants"][x]["ms"])
-    row["best"] = best
-    row["samba_ext_ms"] = row["variants"][best]["ms"]
+    # the peers: built (compiled) and run once before any timing, a failure reported per peer
+    runs: dict[str, Callable[[], Any]] = {}
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, L, hd) views
     for peer in peers:
+        if peer == "sdpa" and W is not None and W < L:
+            continue  # SDPA has no sliding window
         try:
             if peer == "flex":
                 fn = make_flex(L, W, H, Hkv)
                 run = lambda fn=fn: fn(qt, kt, vt)
             else:
-                if W is not None and W < L:
-                    continue  # SDPA has no sliding window
                 run = sdpa_flash(qt, kt, vt, H, Hkv)
-            row[f"{peer}_ms"] = median_ms(run, reps=reps, calls=calls)
             ref = run().transpose(1, 2)
             for var in variants:
                 row["variants"][var][f"err_{peer}"] = rel_err(outs[var], ref)
             row[f"{peer}_err"] = max(row["variants"][x][f"err_{peer}"] for x in variants)
+            runs[peer] = run
         except Exception as e:  # noqa: BLE001 - a peer that cannot run is reported, not fatal
             row[f"{peer}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+    # every variant and peer timed in interleaved rounds (median_ms_rounds)
+    impls: dict[str, Callable[[], Any]] = {f"v:{var}": ours for var in variants}
+    impls.update({f"p:{peer}": run for peer, run in runs.items()})
+    ms = median_ms_rounds(impls, reps=reps, calls=calls,
+                          before=lambda name: set_variant(0, name[2:]) if name[0] == "v" else None)
+    set_variant(0, "auto")
+    for var in variants:
+        row["variants"][var]["ms"] = ms[f"v:{var}"]
+    for peer in runs:
+        row[f"{peer}_ms"] = ms[f"p:{peer}"]
+    best = min(row["variants"], key=lambda x: row["variants"][x]["ms"])
+    row["best"] = best
+    row["samba_ext_ms"] = row["variants"][best]["ms"]
     for var in variants:
         row["variants"][var]["tflops"] = flops / (row["variants"][var]["ms"] * 1e-3) / 1e12
     for key in ("samba_ext", *peers):

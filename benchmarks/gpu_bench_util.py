@@ -29,6 +29,37 @@ def median_ms(fn: Callable[[], Any], warmup: int = 3, reps: int = 15, calls: int
     return statistics.median(times)
 
 
+def median_ms_rounds(fns: dict[str, Callable[[], Any]], warmup: int = 3, reps: int = 15,
+                     calls: int = 1,
+                     before: Optional[Callable[[str], None]] = None) -> dict[str, float]:
+    """median_ms for several implementations of one case, their samples interleaved: round r
+    takes sample r of every implementation in turn, so that a drift of the clocks during the
+    run (or a pause, e.g. a compile, before one of them) weighs on all alike. ``before(name)``
+    runs ahead of each implementation's warm-up and samples (outside the timed span); it
+    selects a variant that is switched by a setting rather than by the function."""
+    import torch
+
+    for name, fn in fns.items():
+        if before is not None:
+            before(name)
+        for _ in range(warmup):
+            fn()
+    torch.cuda.synchronize()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            if before is not None:
+                before(name)
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            for _ in range(calls):
+                fn()
+            b.record()
+            b.synchronize()
+            times[name].append(a.elapsed_time(b) / calls)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def git_commit(given: Optional[str] = None) -> str:
     """``given`` when set, else the checkout's short HEAD, else "unknown" (the device copy of
     a tree has no git history: pass the commit explicitly there)."""

@@ -35,3 +35,57 @@ def test_rel_of_a_zero_reference_is_finite_and_nan_shows():
 def test_git_commit_prefers_the_given_one():
     assert gb.git_commit("abc1234") == "abc1234"
     assert isinstance(gb.git_commit(None), str)
+
+
+class _FakeCuda:
+    """torch.cuda stand-in whose events read a clock that the timed functions advance."""
+
+    def __init__(self):
+        self.now = 0.0
+        clock = self
+
+        class Event:
+            def __init__(self, enable_timing=False):
+                self.t = None
+
+            def record(self):
+                self.t = clock.now
+
+            def synchronize(self):
+                pass
+
+            def elapsed_time(self, end):
+                return end.t - self.t
+
+        self.Event = Event
+
+    def synchronize(self):
+        pass
+
+
+def _drifting(fake, log, name):
+    # one call costs 1 ms, plus 1% of the time elapsed so far: a machine slowing down
+    def fn():
+        log.append(name)
+        fake.now += 1.0 + 0.01 * fake.now
+    return fn
+
+
+def test_median_ms_rounds_interleaves_so_a_drift_weighs_alike(monkeypatch):
+    import types
+    fake = _FakeCuda()
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=fake))
+    log, selected = [], []
+    fns = {"a": _drifting(fake, log, "a"), "b": _drifting(fake, log, "b")}
+    ms = gb.median_ms_rounds(fns, warmup=1, reps=9, calls=2, before=selected.append)
+    # warm-up of each, then rounds of (a, a, b, b): every sample of one follows one of the other
+    assert log[:2] == ["a", "b"]
+    assert log[2:] == ["a", "a", "b", "b"] * 9
+    assert selected == ["a", "b"] + ["a", "b"] * 9
+    # the same function, the same drift: equal within one sample's share of the drift
+    assert ms["a"] == pytest.approx(ms["b"], rel=0.05)
+    # timed one after the other instead, the second would look slower by the whole block's drift
+    fake.now = 0.0
+    seq_a = gb.median_ms(fns["a"], warmup=1, reps=9, calls=2)
+    seq_b = gb.median_ms(fns["b"], warmup=1, reps=9, calls=2)
+    assert seq_b > 1.15 * seq_a
