@@ -9,7 +9,7 @@
 #   (default: the first five; bench16 / bench32 re-time the v1 prefill with 16 / 32 rows per
 #   warp everywhere, SAMBA_EXT_ATTN_ROWS, without peers, and append it to bench.log)
 # Environment: OUT (log folder, default ./out), SAMBA_EXT_CUDA_ARCHS (default 90),
-#   BENCH_ARGS (extra arguments for gpu_attention.py; default --variants v1,v2,v3),
+#   BENCH_ARGS (extra arguments for gpu_attention.py; default --variants v2,v3,v4,v4s2),
 #   GIT_COMMIT (recorded in the logs),
 #   SAN_TIMEOUT (seconds per sanitizer run, default 240), BENCH_TIMEOUT (default 330; the
 #   benchmark rewrites its report after every case, so a cut-short run keeps what it measured).
@@ -28,18 +28,33 @@ has memcheck && sanitizer_step memcheck $PY -m pytest -q -p no:cacheprovider tes
 
 if has racecheck; then
     cat > /tmp/attn_race.py <<'EOF'
-import numpy as np, samba_ext
+import os, numpy as np, samba_ext
 from samba_ext import cuda as _gpu
 from samba_ext.cuda import runtime
 cu = runtime.require()
 rng = np.random.default_rng(0)
+def prefill(hd, W, dt):
+    q = _gpu.to_device(rng.standard_normal((1, 300, 4, hd)).astype(np.float32), dt)
+    k = _gpu.to_device(rng.standard_normal((1, 300, 2, hd)).astype(np.float32), dt)
+    samba_ext.swa_attention(q, k, k, W).to_numpy()
 for dt in ("bfloat16", "float16"):
     for var in (1, 2, 3):
         cu._attn_variant(0, var)
         for hd, W in ((64, 50), (96, None), (128, 70), (256, 40)):
-            q = _gpu.to_device(rng.standard_normal((1, 300, 4, hd)).astype(np.float32), dt)
-            k = _gpu.to_device(rng.standard_normal((1, 300, 2, hd)).astype(np.float32), dt)
-            samba_ext.swa_attention(q, k, k, W).to_numpy()
+            prefill(hd, W, dt)
+    # v4 (Hopper): each ring depth and schedule, the skewed default among them
+    cu._attn_variant(0, 4)
+    try:
+        for bk, stages, skew in (("64", "2", "0"), ("64", "4", "1"), ("64", "3", "1"),
+                                 ("128", "3", "1"), ("128", "2", "0")):
+            os.environ.update(SAMBA_EXT_ATTN_V4_BK=bk, SAMBA_EXT_ATTN_V4_STAGES=stages,
+                              SAMBA_EXT_ATTN_V4_SKEW=skew)
+            for hd, W in ((64, 50), (128, 70), (64, None)):
+                prefill(hd, W, dt)
+    except ValueError as e:  # no sm_90a code in the build, or not a compute capability 9.0 GPU
+        print(f"v4 not run: {e}")
+    for key in ("BK", "STAGES", "SKEW"):
+        os.environ.pop(f"SAMBA_EXT_ATTN_V4_{key}", None)
     for var in (1, 2):
         cu._attn_variant(1, var)
         for B, hd, G, C in ((2, 64, 8, 3000), (2, 128, 1, 3000), (2, 256, 3, 3000), (9, 64, 2, 300)):
@@ -55,7 +70,7 @@ fi
 if has bench; then
     t0=$(date +%s)
     timeout "${BENCH_TIMEOUT:-330}" $PY benchmarks/gpu_attention.py --out "$OUT" \
-        ${BENCH_ARGS:---variants v1,v2,v3} \
+        ${BENCH_ARGS:---variants v2,v3,v4,v4s2} \
         > "$OUT/bench.log" 2>&1
     rc=$?
     row bench "$([ $rc = 0 ] && echo ok || echo "rc=$rc")" "$(( $(date +%s) - t0 )) s"
