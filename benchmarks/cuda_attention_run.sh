@@ -55,8 +55,9 @@ for dt in ("bfloat16", "float16"):
         print(f"v4 not run: {e}")
     for key in ("BK", "STAGES", "SKEW"):
         os.environ.pop(f"SAMBA_EXT_ATTN_V4_{key}", None)
-    for var in (1, 2):
+    for var, align in ((1, "0"), (2, "0"), (2, "1")):  # align: SAMBA_EXT_ATTN_DECODE_ALIGN
         cu._attn_variant(1, var)
+        os.environ["SAMBA_EXT_ATTN_DECODE_ALIGN"] = align
         for B, hd, G, C in ((2, 64, 8, 3000), (2, 128, 1, 3000), (2, 256, 3, 3000), (9, 64, 2, 300)):
             q = _gpu.to_device(rng.standard_normal((B, 2 * G, hd)).astype(np.float32), dt)
             c = _gpu.to_device(rng.standard_normal((B, C, 2, hd)).astype(np.float32), dt)

@@ -336,6 +336,28 @@ def test_decode_split(poison, rng, decode_variant, dtype, B, H, Hkv, hd, C, pos,
 
 @cuda
 @pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("B,H,Hkv,hd,C,pos,nvalid", DECODE)
+def test_decode_v2_row_aligned_blocks(poison, rng, monkeypatch, dtype, B, H, Hkv, hd, C, pos,
+                                      nvalid):
+    # decode v2 with SAMBA_EXT_ATTN_DECODE_ALIGN=1: the block count chosen so that no block
+    # crosses a row (or no row is split), same results
+    if CUDA_SKIP:
+        pytest.skip(str(CUDA_SKIP))
+    monkeypatch.setenv("SAMBA_EXT_ATTN_DECODE_ALIGN", "1")
+    if pos is None:
+        pos = rng.integers(0, 3 * C, B)
+        nvalid = rng.integers(1, C + 1, B)
+        nvalid[0], nvalid[1] = 1, C
+    pos, nvalid = np.array(pos), np.array(nvalid)
+    (q, dq), (kc, dk), (vc, dv) = (rdev(rng.standard_normal(s), dtype) for s in
+                                   ((B, H, hd), (B, C, Hkv, hd), (B, C, Hkv, hd)))
+    with attn_variant(decode="v2"):
+        out = samba_ext.swa_decode(dq, dk, dv, pos, nvalid)
+    assert_close(host(out), ref_swa_decode(q, kc, vc, pos, nvalid), RTOL[dtype])
+
+
+@cuda
+@pytest.mark.parametrize("dtype", HALF)
 def test_decode_ignores_invalid_slots(poison, rng, decode_variant, dtype):
     # slots outside the valid range hold NaN (an unwritten cache): they must not be read
     B, H, Hkv, hd, C = 2, 8, 2, 64, 3000

@@ -33,6 +33,7 @@
 // attention_decode.cu instead (no allocation while capturing). Graphs captured on one stream
 // share its workspace: they must not be replayed concurrently with each other or with direct
 // calls on that stream.
+#include <stdlib.h>
 #include <string.h>
 
 #include <mutex>
@@ -430,6 +431,28 @@ samba_status d2_workspace(size_t count_bytes, size_t slot_bytes, cudaStream_t st
     return SAMBA_OK;
 }
 
+// SAMBA_EXT_ATTN_DECODE_ALIGN=1 (read on every call; off by default until measured): a block
+// count that keeps every block inside one row, or every row inside one block, instead of the
+// even stream-K split of nblk blocks. rows <= nblk: k blocks per row with k | tpr, so a block's
+// tiles are one piece of one row (no pipeline restart at a row boundary); rows > nblk: m whole
+// rows per block with m | rows (no merge at all). Used when it keeps at least 7/8 of nblk;
+// returns nblk otherwise.
+int64_t d2_aligned_blocks(int64_t rows, int64_t tpr, int64_t nblk) {
+    const char *e = getenv("SAMBA_EXT_ATTN_DECODE_ALIGN");
+    if (!(e && e[0] == '1') || rows < 1 || tpr < 1) return nblk;
+    int64_t n;
+    if (rows <= nblk) {
+        int64_t k = nblk / rows;
+        while (k > 1 && tpr % k) --k;
+        n = rows * k;
+    } else {
+        int64_t m = cdiv(rows, nblk);
+        while (rows % m) ++m;
+        n = rows / m;
+    }
+    return 8 * n >= 7 * nblk ? n : nblk;
+}
+
 template <typename T, class C>
 samba_status d2_run(Dec2Args a, int64_t batch, cudaStream_t st, int *taken) {
     *taken = 0;
@@ -441,6 +464,7 @@ samba_status d2_run(Dec2Args a, int64_t batch, cudaStream_t st, int *taken) {
     if (a.total > ((int64_t)1 << 50)) return SAMBA_OK;  // keeps (x + 1) * nblk in int64
     int64_t nblk = grid < D2_MAX_BLOCKS ? grid : D2_MAX_BLOCKS;
     if (nblk > a.total) nblk = a.total;
+    nblk = d2_aligned_blocks(a.rows, a.tpr, nblk);
     a.nblk = (int)nblk;
     // (max, sum) then outputs for nblk + rows slots; one counter per row
     const size_t slots = (size_t)(nblk + a.rows);
