@@ -46,7 +46,8 @@ for dt in ("bfloat16", "float16"):
     cu._attn_variant(0, 4)
     try:
         for bk, stages, skew in (("64", "2", "0"), ("64", "4", "1"), ("64", "3", "1"),
-                                 ("128", "3", "1"), ("128", "2", "0")):
+                                 ("128", "3", "1"), ("128", "2", "0"), ("64", "4", "2"),
+                                 ("128", "3", "2")):
             os.environ.update(SAMBA_EXT_ATTN_V4_BK=bk, SAMBA_EXT_ATTN_V4_STAGES=stages,
                               SAMBA_EXT_ATTN_V4_SKEW=skew)
             for hd, W in ((64, 50), (128, 70), (64, None)):

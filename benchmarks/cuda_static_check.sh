@@ -2,8 +2,8 @@
 # cuda_static_check.sh - what ptxas says about every CUDA kernel, without a GPU: compiles each
 # csrc/cuda/*.cu for sm_90 (attention_wgmma.cu as sm_90a, as setup.py does) with -Xptxas -v and
 # prints one line per kernel (registers, spill bytes, stack), then every ptxas warning. Exits 1
-# when ptxas reports that wgmma instructions are serialised (warning C7518: a pipelined
-# Hopper kernel would silently lose its overlap) or when a kernel spills more than
+# when ptxas reports that wgmma instructions are serialised (C7518, a warning, or C7520, printed
+# as info: a pipelined Hopper kernel would silently lose its overlap) or when a kernel spills more than
 # SPILL_LIMIT bytes (default 64).
 #
 # Usage (repository root, nvcc on PATH or in CUDA_HOME):  bash benchmarks/cuda_static_check.sh [FILE.cu ...]
@@ -37,8 +37,8 @@ for f in "${files[@]}"; do
             if (st + 0 > lim || ld + 0 > lim) bad = 1 }
         END { exit bad }' "$log" | { command -v c++filt >/dev/null && c++filt || cat; }
     [ "${PIPESTATUS[0]}" = 0 ] || { echo "$f: a kernel spills more than $SPILL_LIMIT bytes"; status=1; }
-    if grep -q "C7518" "$log"; then
-        echo "$f: ptxas serialised wgmma instructions (C7518):"; grep "C7518" "$log" | head -4
+    if grep -qE "C7518|C7520" "$log"; then
+        echo "$f: ptxas serialised wgmma instructions (C7518 / C7520):"; grep -E "C7518|C7520" "$log" | head -4
         status=1
     fi
     grep -i "warning" "$log" | grep -v C7518 | head -5

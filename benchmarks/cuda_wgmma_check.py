@@ -7,7 +7,7 @@ Usage (an sm_90 GPU, samba_ext built with 90 in SAMBA_EXT_CUDA_ARCHS; no torch n
 
 Cases: one key tile, partial tiles, GQA 8:1, window shorter and longer than the sequence, a
 causal offset (more keys than queries), head dims 64 and 128 (and 96, padded to 128), each key
-tile size, ring depth and schedule (SAMBA_EXT_ATTN_V4_BK = 64, 128; _STAGES = 2, 3, 4; _SKEW = 0, 1),
+tile size, ring depth and schedule (SAMBA_EXT_ATTN_V4_BK = 64, 128; _STAGES = 2, 3, 4; _SKEW = 0, 1, 2),
 bfloat16 and float16. For every case it prints
 the relative norm error and the largest absolute error against float64 (and against v3);
 where the tolerance (relative norm, bfloat16 1e-2, float16 2e-3 - tests/cuda_util.RTOL) is
@@ -109,7 +109,8 @@ def main() -> int:
         for dtype in ("bfloat16", "float16"):
             for bk, stages, skew in (("64", "2", "0"), ("128", "2", "0"), ("64", "3", "0"),
                                      ("64", "4", "0"), ("128", "3", "0"), ("64", "3", "1"),
-                                     ("64", "4", "1"), ("128", "3", "1")):
+                                     ("64", "4", "1"), ("128", "3", "1"), ("64", "4", "2"),
+                                     ("128", "3", "2")):
                 os.environ["SAMBA_EXT_ATTN_V4_BK"] = bk
                 os.environ["SAMBA_EXT_ATTN_V4_STAGES"] = stages
                 os.environ["SAMBA_EXT_ATTN_V4_SKEW"] = skew

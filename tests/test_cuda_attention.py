@@ -204,13 +204,15 @@ V4_TILES = [
 @cuda
 @pytest.mark.parametrize("bk,stages,skew", [("64", "2", "0"), ("128", "2", "0"), ("64", "3", "0"),
                                             ("128", "3", "0"), ("64", "4", "0"), ("64", "3", "1"),
-                                            ("128", "3", "1"), ("64", "4", "1")])
+                                            ("128", "3", "1"), ("64", "4", "1"), ("64", "3", "2"),
+                                            ("64", "4", "2"), ("128", "3", "2")])
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("B,Lq,Lk,H,Hkv,hd,window", V4_TILES)
 def test_prefill_v4_key_tiles(poison, rng, monkeypatch, bk, stages, skew, dtype, B, Lq, Lk, H,
                               Hkv, hd, window):
     # prefill v4 with each key-tile size, ring depth and schedule that SAMBA_EXT_ATTN_V4_BK /
-    # _STAGES / _SKEW select (read on every call; the default is 64 keys at head dim 64 and 128
+    # _STAGES / _SKEW (0 in step, 1 skewed, 2 alternating) select (read on every call; the
+    # default is 64 keys at head dim 64 and 128
     # above, skewed, 4 stages at head dim 64 and 3 above; 4 stages exist at head dim 64 with 64
     # keys only, elsewhere 4 runs 3)
     if CUDA_SKIP:

@@ -19,13 +19,17 @@
 //   * every wgmma batch is waited for (wait_group 0) before its results are used, so a ring
 //     stage is free again once every warpgroup has passed the next barrier (skewed: the one
 //     after).
-// Skewed schedule (the default; SAMBA_EXT_ATTN_V4_SKEW=0 turns it off; 3 or more stages):
-// with one barrier per tile the two warpgroups run their products and their softmax at the
-// same moments, so inside a block the tensor cores wait while both run the softmax and the
-// exp unit waits while both multiply. Skewed, warpgroup 1 runs the softmax and P V of tile
-// j - 1 while warpgroup 0 runs S = Q K^T of tile j, and its S = Q K^T of tile j while
-// warpgroup 0 runs the softmax (the P V products of the two then meet). Tile j - 1's V is
-// then read in iteration j, so loads run STAGES - 2 tiles ahead instead of STAGES - 1.
+// Schedules of the two warpgroups (SAMBA_EXT_ATTN_V4_SKEW: "0" in step, "2" alternating,
+// else skewed, the default; skewed and alternating need 3 or more stages). In step, one
+// barrier per tile makes the two warpgroups run their products and their softmax at the same
+// moments, so inside a block the tensor cores wait while both run the softmax and the exp unit
+// waits while both multiply. Skewed, warpgroup 1 runs the softmax and P V of tile j - 1 while
+// warpgroup 0 runs S = Q K^T of tile j, and its S = Q K^T of tile j while warpgroup 0 runs the
+// softmax (the P V products of the two then meet). Alternating (as FlashAttention-3's
+// "ping-pong"), each warpgroup issues the P V of the previous tile and S = Q K^T of this one as
+// one batch, then runs this tile's softmax; warpgroup 1 runs its softmax before the batch and
+// warpgroup 0 after it, so the products of one meet the softmax of the other. In both, tile
+// j - 1's V is read in iteration j, so loads run STAGES - 2 tiles ahead instead of STAGES - 1.
 // Tiles a warpgroup's 64 rows do not see (outside the causal window) are skipped by the
 // whole warpgroup (wgmma is warpgroup-collective); the mask is applied per warp on tiles
 // crossing one of the warp's edges, exactly as in v2.
@@ -109,12 +113,12 @@ __device__ __forceinline__ void load_tile_sw(uint32_t s, const T *g, int64_t rs,
     }
 }
 
-template <typename T, class C, bool SKEW>
+template <typename T, class C, int SCHED>
 __global__ void __launch_bounds__(C::THREADS, C::MINB)
 attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
-    // SKEW: warpgroup 1 runs half an iteration behind warpgroup 0 (header: "skewed schedule")
-    static_assert(!SKEW || C::STAGES >= 3, "the skewed schedule keeps two tiles alive");
-    constexpr int AHEAD = SKEW ? C::STAGES - 2 : C::STAGES - 1;  // tiles loaded ahead
+    // SCHED: 0 the warpgroups in step, 1 skewed, 2 alternating (header: "Schedules")
+    static_assert(SCHED == 0 || C::STAGES >= 3, "skewed / alternating keep two tiles alive");
+    constexpr int AHEAD = SCHED ? C::STAGES - 2 : C::STAGES - 1;  // tiles loaded ahead
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     // Q [D/64][BQ][64], K and V [STAGES][D/64][BK][64], each block swizzled (header)
     const uint32_t sQ = (smem_addr(smem_raw) + 1023u) & ~1023u;
@@ -174,9 +178,10 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
     const uint32_t q_base = sQ + wg * 64 * 128;
     constexpr uint32_t SBO = 1024, LBO_K = 16, LBO_V = C::BK * 128;
 
-    float s[C::NS];  // scores, then probabilities, of the tile in hand
-    // S = Q K^T of the tile whose K sits at shared address k_s (waited for)
-    auto s_gemm = [&](uint32_t k_s) {
+    float s[C::NS];             // scores, then probabilities, of the tile in hand
+    uint32_t pa[C::BK / 16][4];  // the probabilities rounded to T: the A operand of P V
+    // issues S = Q K^T of the tile whose K sits at shared address k_s (not committed)
+    auto s_issue = [&](uint32_t k_s) {
 #pragma unroll
         for (int i = 0; i < C::NS; ++i) s[i] = 0.0f;
         fence_operands(s);
@@ -188,13 +193,24 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
             const uint64_t db = desc_sw128(k_s + (ks >> 2) * C::BK * 128 + col, LBO_K, SBO);
             Wgmma<T, C::BK>::ss(s, da, db);
         }
+    };
+    // issues O += P V with P in pa and V at shared address v_s (not committed)
+    auto pv_issue = [&](uint32_t v_s) {
+        fence_operands(o);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < C::BK / 16; ++kk)
+            Wgmma<T, C::D>::rs_t(o, pa[kk], desc_sw128(v_s + kk * 16 * 128, LBO_V, SBO));
+    };
+    // S = Q K^T, waited for
+    auto s_gemm = [&](uint32_t k_s) {
+        s_issue(k_s);
         wg_commit();
         wg_wait<0>();
         fence_operands(s);
-
     };
-    // mask, online softmax and O += P V of the tile at key kbase, V at shared address v_s
-    auto softmax_pv = [&](int kbase, uint32_t v_s) {
+    // mask and online softmax of the tile at key kbase (scores in s), O rescaled, P into pa
+    auto softmax_pack = [&](int kbase) {
         // ---- mask (tiles crossing one of this warp's edges only) ----
         const bool edge = kbase + C::BK - 1 > qw0          // crosses the causal edge
                           || (W > 0 && kbase <= qw1 - W)   // crosses the window edge
@@ -248,8 +264,7 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
             }
         }
 
-        // ---- O += P V (P rounded to T, in registers: the RS form) ----
-        uint32_t pa[C::BK / 16][4];
+        // ---- P rounded to T, in registers (the A operand of the RS form of P V) ----
 #pragma unroll
         for (int kk = 0; kk < C::BK / 16; ++kk) {
             pack_p<T>(pa[kk], reinterpret_cast<const float(&)[4]>(s[8 * kk]),
@@ -257,11 +272,11 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
 #pragma unroll
             for (int j = 0; j < 4; ++j) fence_operand(pa[kk][j]);
         }
-        fence_operands(o);
-        wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < C::BK / 16; ++kk)
-            Wgmma<T, C::D>::rs_t(o, pa[kk], desc_sw128(v_s + kk * 16 * 128, LBO_V, SBO));
+    };
+    // mask, online softmax and O += P V of the tile at key kbase, V at shared address v_s
+    auto softmax_pv = [&](int kbase, uint32_t v_s) {
+        softmax_pack(kbase);
+        pv_issue(v_s);
         wg_commit();
         wg_wait<0>();
         fence_operands(o);
@@ -271,10 +286,12 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
         return wg_live && kbase <= qg1 && !(W > 0 && kbase + C::BK - 1 <= qg0 - W);
     };
 
-    const bool skewed = SKEW && wg == 1;
-    bool pending = false;  // skewed: S of the previous tile computed, its softmax / P V not yet
+    const bool skewed = SCHED == 1 && wg == 1;
+    bool pending = false;  // skewed / alternating: S of a tile computed, its softmax not yet
     int pend_kbase = 0;
     uint32_t pend_v = 0;
+    bool have_p = false;   // alternating: P of a tile in pa, its P V not yet issued
+    uint32_t p_v = 0;
     for (int it = 0; it < ntiles; ++it) {
         cp_async_wait<AHEAD - 1>();       // tile it (and Q) landed for this thread's copies
         fence_proxy_async_smem();         // ... and is visible to wgmma (async proxy)
@@ -287,7 +304,46 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
         const int stage = it % C::STAGES;
         const uint32_t k_s = sK + stage * C::KV_BYTES;
         const uint32_t v_s = sV + stage * C::KV_BYTES;
-        if (!skewed) {
+        if (SCHED == 2) {
+            // alternating: a product phase (P V of the previous tile with S = Q K^T of this
+            // one, one batch) and a softmax phase; warpgroup 1 runs its softmax before the
+            // product phase, warpgroup 0 after it, so one multiplies while the other does not
+            if (wg == 1 && pending) {
+                softmax_pack(pend_kbase);
+                have_p = true;
+                p_v = pend_v;
+                pending = false;
+            }
+            // each batch straight-line code (a batch across a branch would be serialised)
+            const bool vis = visible(kbase);
+            if (have_p && vis) {
+                pv_issue(p_v);
+                s_issue(k_s);
+                wg_commit();
+                wg_wait<0>();
+                fence_operands(o);
+                fence_operands(s);
+            } else if (have_p) {
+                pv_issue(p_v);
+                wg_commit();
+                wg_wait<0>();
+                fence_operands(o);
+            } else if (vis) {
+                s_gemm(k_s);
+            }
+            have_p = false;
+            if (vis) {
+                pending = true;
+                pend_kbase = kbase;
+                pend_v = v_s;
+            }
+            if (wg == 0 && pending) {
+                softmax_pack(pend_kbase);
+                have_p = true;
+                p_v = pend_v;
+                pending = false;
+            }
+        } else if (!skewed) {
             // tiles entirely outside the warpgroup's rows' windows contribute nothing
             if (!visible(kbase)) continue;
             s_gemm(k_s);
@@ -304,7 +360,21 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
             }
         }
     }
-    if (pending) softmax_pv(pend_kbase, pend_v);  // no loads are left, the stage is intact
+    // the last tile's remaining steps (no loads are left, its stage is intact)
+    if (pending && SCHED != 2) softmax_pv(pend_kbase, pend_v);
+    if (SCHED == 2) {
+        if (pending) {
+            softmax_pack(pend_kbase);
+            have_p = true;
+            p_v = pend_v;
+        }
+        if (have_p) {
+            pv_issue(p_v);
+            wg_commit();
+            wg_wait<0>();
+            fence_operands(o);
+        }
+    }
     cp_async_wait<0>();
 
     // ---- normalise and store (out is contiguous (B, Lq, H, hd)) ----
@@ -318,9 +388,9 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
     }
 }
 
-template <typename T, class C, bool SKEW = false>
+template <typename T, class C, int SCHED = 0>
 samba_status launch_w(const samba_cu_attn_args *a, cudaStream_t st) {
-    return launch_prefill(attn_wgmma_kernel<T, C, SKEW>, C::BQ, C::THREADS, C::SMEM, "swa_attention (v4)",
+    return launch_prefill(attn_wgmma_kernel<T, C, SCHED>, C::BQ, C::THREADS, C::SMEM, "swa_attention (v4)",
                           a, st);
 }
 
@@ -332,20 +402,22 @@ int v4_bk_override() {
     return v == 64 || v == 128 ? v : 0;
 }
 
-// SAMBA_EXT_ATTN_V4_SKEW: the skewed schedule of the two warpgroups (header); on unless "0"
-bool v4_skew() {
+// SAMBA_EXT_ATTN_V4_SKEW: the schedule of the two warpgroups (header): "0" in step, "2"
+// alternating, anything else (and unset) skewed
+int v4_sched() {
     const char *e = getenv("SAMBA_EXT_ATTN_V4_SKEW");
-    return !(e && e[0] == '0');
+    return e && e[0] == '0' ? 0 : e && e[0] == '2' ? 2 : 1;
 }
 
 // SAMBA_EXT_ATTN_V4_STAGES: 2, 3, or 4 at head dim 64 with 64-key tiles (4 elsewhere runs 3;
-// the skewed schedule needs 3 at least). Default: 4 at head dim 64 with 64-key tiles, else 3
-// (with the skewed schedule the fastest on an H100, benchmarks/results/gpu_attention_notes.md).
+// the skewed and alternating schedules need 3 at least). Default: 4 at head dim 64 with 64-key
+// tiles, else 3 (with the skewed schedule the fastest on an H100,
+// benchmarks/results/gpu_attention_notes.md).
 int v4_stages(int64_t hd, int bk) {
     const char *e = getenv("SAMBA_EXT_ATTN_V4_STAGES");
     const int v = e ? atoi(e) : 4;
     if (v == 4 && hd <= 64 && bk == 64) return 4;
-    return v == 3 || v == 4 || v4_skew() ? 3 : 2;
+    return v == 3 || v == 4 || v4_sched() != 0 ? 3 : 2;
 }
 
 // key-tile size for head dim hd (keep in step with attn_wgmma_fwd)
@@ -383,7 +455,7 @@ int attn_wgmma_device_ok(void) {
                   major == 9 && minor == 0;
         // the image the runtime picked for this device must be the sm_90a one (binary 90)
         if (ok) {
-            ok = cudaFuncGetAttributes(&fa, attn_wgmma_kernel<__nv_bfloat16, W64_64, false>) == cudaSuccess &&
+            ok = cudaFuncGetAttributes(&fa, attn_wgmma_kernel<__nv_bfloat16, W64_64, 0>) == cudaSuccess &&
                  fa.binaryVersion >= 90;
         }
         cudaGetLastError();
@@ -404,21 +476,22 @@ int attn_wgmma_applicable(const samba_cu_attn_args *a) {
 }
 
 template <typename T, class C2, class C3, class C4 = C3>
-static samba_status launch_stages(int stages, bool skew, const samba_cu_attn_args *a,
+static samba_status launch_stages(int stages, int sched, const samba_cu_attn_args *a,
                                   cudaStream_t st) {
-    if (skew) return stages == 4 ? launch_w<T, C4, true>(a, st) : launch_w<T, C3, true>(a, st);
+    if (sched == 1) return stages == 4 ? launch_w<T, C4, 1>(a, st) : launch_w<T, C3, 1>(a, st);
+    if (sched == 2) return stages == 4 ? launch_w<T, C4, 2>(a, st) : launch_w<T, C3, 2>(a, st);
     if (stages == 2) return launch_w<T, C2>(a, st);
     return stages == 3 ? launch_w<T, C3>(a, st) : launch_w<T, C4>(a, st);
 }
 
 template <typename T> static samba_status dispatch_w(const samba_cu_attn_args *a, cudaStream_t st) {
     const int bk = v4_bk(a->headdim), ns = v4_stages(a->headdim, bk);
-    const bool skew = v4_skew();
+    const int sched = v4_sched();
     if (a->headdim <= 64)
-        return bk == 64 ? launch_stages<T, W64_64, W64_64_S3, W64_64_S4>(ns, skew, a, st)
-                        : launch_stages<T, W64_128, W64_128_S3>(ns, skew, a, st);
-    return bk == 64 ? launch_stages<T, W128_64, W128_64_S3>(ns, skew, a, st)
-                    : launch_stages<T, W128_128, W128_128_S3>(ns, skew, a, st);
+        return bk == 64 ? launch_stages<T, W64_64, W64_64_S3, W64_64_S4>(ns, sched, a, st)
+                        : launch_stages<T, W64_128, W64_128_S3>(ns, sched, a, st);
+    return bk == 64 ? launch_stages<T, W128_64, W128_64_S3>(ns, sched, a, st)
+                    : launch_stages<T, W128_128, W128_128_S3>(ns, sched, a, st);
 }
 
 samba_status attn_wgmma_fwd(const samba_cu_attn_args *a, cudaStream_t st) {
