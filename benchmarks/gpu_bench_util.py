@@ -12,21 +12,7 @@ def median_ms(fn: Callable[[], Any], warmup: int = 3, reps: int = 15, calls: int
     """Median over ``reps`` samples of the milliseconds per call of fn(), each sample
     ``calls`` calls between two CUDA events on torch's current stream, after ``warmup``
     calls and a device synchronisation."""
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(calls):
-            fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / calls)
-    return statistics.median(times)
+    return median_ms_rounds({"fn": fn}, warmup=warmup, reps=reps, calls=calls)["fn"]
 
 
 def median_ms_rounds(fns: dict[str, Callable[[], Any]], warmup: int = 3, reps: int = 15,

@@ -314,10 +314,9 @@ DECODE = [
 ]
 
 
-@cuda
-@pytest.mark.parametrize("dtype", HALF)
-@pytest.mark.parametrize("B,H,Hkv,hd,C,pos,nvalid", DECODE)
-def test_decode_split(poison, rng, decode_variant, dtype, B, H, Hkv, hd, C, pos, nvalid):
+def decode_inputs(rng, dtype, B, H, Hkv, hd, C, pos, nvalid):
+    """A DECODE case's positions (random ones, with 1 and C valid slots among them, where the
+    case gives none) and its query and caches, each on the host and on the device."""
     if pos is None:
         pos = rng.integers(0, 3 * C, B)
         nvalid = rng.integers(1, C + 1, B)
@@ -325,6 +324,14 @@ def test_decode_split(poison, rng, decode_variant, dtype, B, H, Hkv, hd, C, pos,
     pos, nvalid = np.array(pos), np.array(nvalid)
     (q, dq), (kc, dk), (vc, dv) = (rdev(rng.standard_normal(s), dtype) for s in
                                    ((B, H, hd), (B, C, Hkv, hd), (B, C, Hkv, hd)))
+    return pos, nvalid, q, dq, kc, dk, vc, dv
+
+
+@cuda
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("B,H,Hkv,hd,C,pos,nvalid", DECODE)
+def test_decode_split(poison, rng, decode_variant, dtype, B, H, Hkv, hd, C, pos, nvalid):
+    pos, nvalid, q, dq, kc, dk, vc, dv = decode_inputs(rng, dtype, B, H, Hkv, hd, C, pos, nvalid)
     ref = ref_swa_decode(q, kc, vc, pos, nvalid)
     out = samba_ext.swa_decode(dq, dk, dv, pos, nvalid)
     assert out.dtype == dtype
@@ -346,13 +353,7 @@ def test_decode_v2_row_aligned_blocks(poison, rng, monkeypatch, dtype, B, H, Hkv
     if CUDA_SKIP:
         pytest.skip(str(CUDA_SKIP))
     monkeypatch.setenv("SAMBA_EXT_ATTN_DECODE_ALIGN", "1")
-    if pos is None:
-        pos = rng.integers(0, 3 * C, B)
-        nvalid = rng.integers(1, C + 1, B)
-        nvalid[0], nvalid[1] = 1, C
-    pos, nvalid = np.array(pos), np.array(nvalid)
-    (q, dq), (kc, dk), (vc, dv) = (rdev(rng.standard_normal(s), dtype) for s in
-                                   ((B, H, hd), (B, C, Hkv, hd), (B, C, Hkv, hd)))
+    pos, nvalid, q, dq, kc, dk, vc, dv = decode_inputs(rng, dtype, B, H, Hkv, hd, C, pos, nvalid)
     with attn_variant(decode="v2"):
         out = samba_ext.swa_decode(dq, dk, dv, pos, nvalid)
     assert_close(host(out), ref_swa_decode(q, kc, vc, pos, nvalid), RTOL[dtype])
