@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 import samba_ext  # noqa: E402
 from samba_ext import cuda as scuda  # noqa: E402
 from samba_ext import grad  # noqa: E402
-from gpu_bench_util import rel  # noqa: E402
+from gpu_bench_util import median_ms, rel  # noqa: E402
 
 TARGET = 2.5
 EXP_RATE_PER_SM = 16  # exp2 (MUFU) results per clock per multiprocessor on sm_90
@@ -63,28 +63,18 @@ def _torch_events() -> Optional[Any]:
 
 def time_call(fn: Callable[[], Any], reps: int, calls: int) -> tuple[float, str]:
     """(median milliseconds per call, method)."""
-    torch = _torch_events()
+    if _torch_events() is not None:
+        return median_ms(fn, warmup=1, reps=reps, calls=calls), "cuda events (torch)"
     fn()
     scuda.synchronize()
     ts = []
     for _ in range(reps):
-        if torch is not None:
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            for _ in range(calls):
-                fn()
-            e.record()
-            e.synchronize()
-            ts.append(s.elapsed_time(e) / calls)
-        else:
-            scuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            scuda.synchronize()
-            ts.append((time.perf_counter() - t0) * 1e3 / calls)
-    return statistics.median(ts), ("cuda events (torch)" if torch is not None
-                                    else "wall time between synchronisations")
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        scuda.synchronize()
+        ts.append((time.perf_counter() - t0) * 1e3 / calls)
+    return statistics.median(ts), "wall time between synchronisations"
 
 
 def set_env(**kv: str) -> None:

@@ -273,13 +273,17 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
             for (int j = 0; j < 4; ++j) fence_operand(pa[kk][j]);
         }
     };
-    // mask, online softmax and O += P V of the tile at key kbase, V at shared address v_s
-    auto softmax_pv = [&](int kbase, uint32_t v_s) {
-        softmax_pack(kbase);
+    // O += P V, waited for
+    auto pv_gemm = [&](uint32_t v_s) {
         pv_issue(v_s);
         wg_commit();
         wg_wait<0>();
         fence_operands(o);
+    };
+    // mask, online softmax and O += P V of the tile at key kbase, V at shared address v_s
+    auto softmax_pv = [&](int kbase, uint32_t v_s) {
+        softmax_pack(kbase);
+        pv_gemm(v_s);
     };
     // a tile the warpgroup's rows see (warpgroup-uniform: wgmma needs all 4 warps)
     auto visible = [&](int kbase) {
@@ -292,6 +296,12 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
     uint32_t pend_v = 0;
     bool have_p = false;   // alternating: P of a tile in pa, its P V not yet issued
     uint32_t p_v = 0;
+    auto pack_pending = [&] {  // alternating: the pending tile's softmax, P into pa
+        softmax_pack(pend_kbase);
+        have_p = true;
+        p_v = pend_v;
+        pending = false;
+    };
     for (int it = 0; it < ntiles; ++it) {
         cp_async_wait<AHEAD - 1>();       // tile it (and Q) landed for this thread's copies
         fence_proxy_async_smem();         // ... and is visible to wgmma (async proxy)
@@ -308,12 +318,7 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
             // alternating: a product phase (P V of the previous tile with S = Q K^T of this
             // one, one batch) and a softmax phase; warpgroup 1 runs its softmax before the
             // product phase, warpgroup 0 after it, so one multiplies while the other does not
-            if (wg == 1 && pending) {
-                softmax_pack(pend_kbase);
-                have_p = true;
-                p_v = pend_v;
-                pending = false;
-            }
+            if (wg == 1 && pending) pack_pending();
             // each batch straight-line code (a batch across a branch would be serialised)
             const bool vis = visible(kbase);
             if (have_p && vis) {
@@ -324,10 +329,7 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
                 fence_operands(o);
                 fence_operands(s);
             } else if (have_p) {
-                pv_issue(p_v);
-                wg_commit();
-                wg_wait<0>();
-                fence_operands(o);
+                pv_gemm(p_v);
             } else if (vis) {
                 s_gemm(k_s);
             }
@@ -337,12 +339,7 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
                 pend_kbase = kbase;
                 pend_v = v_s;
             }
-            if (wg == 0 && pending) {
-                softmax_pack(pend_kbase);
-                have_p = true;
-                p_v = pend_v;
-                pending = false;
-            }
+            if (wg == 0 && pending) pack_pending();
         } else if (!skewed) {
             // tiles entirely outside the warpgroup's rows' windows contribute nothing
             if (!visible(kbase)) continue;
@@ -363,17 +360,8 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
     // the last tile's remaining steps (no loads are left, its stage is intact)
     if (pending && SCHED != 2) softmax_pv(pend_kbase, pend_v);
     if (SCHED == 2) {
-        if (pending) {
-            softmax_pack(pend_kbase);
-            have_p = true;
-            p_v = pend_v;
-        }
-        if (have_p) {
-            pv_issue(p_v);
-            wg_commit();
-            wg_wait<0>();
-            fence_operands(o);
-        }
+        if (pending) pack_pending();
+        if (have_p) pv_gemm(p_v);
     }
     cp_async_wait<0>();
 
