@@ -12,8 +12,9 @@ Prefill cases: bf16, batch 1, sliding window W = 2048 at L = 4K, 32K, 128K for (
 
 Variants: every case times each tensor-core variant of samba_ext named in --variants (prefill
 v1, v2, v3, v4 - v4 is the sm_90a wgmma kernel, dropped with a message where it cannot run,
-and may name its key tile, ring depth and schedule, "v4b128s3skew" -; decode v1, v2, v2a -
-v2 with row-aligned blocks; "auto" is the build's default choice), switched in-process
+and may name its key tile, ring depth and schedule, "v4b128s3skew" -; decode v1, v2, v2a /
+v2e - v2 with row-aligned blocks (the default) / the even split; "auto" is the build's default
+choice), switched in-process
 through the private selector samba_ext._cuda._attn_variant, on the same tensors as the peers. The
 "samba_ext" columns and the targets use the fastest variant of each case and name it.
 Decode cases: one new token over a full ring-buffer cache, batch 1 and 16, caches 4K..128K,
@@ -66,22 +67,24 @@ def set_variant(which: int, name: str) -> None:
     sets SAMBA_EXT_ATTN_V4_BK=128; "v4s3" the ring depth, SAMBA_EXT_ATTN_V4_STAGES=3, without
     the skewed schedule (SAMBA_EXT_ATTN_V4_SKEW=0) unless the name ends in "skew" ("v4s3skew";
     "alt": the alternating schedule, SAMBA_EXT_ATTN_V4_SKEW=2);
+    "v4old" the previous addressing (SAMBA_EXT_ATTN_V4_LEAN=0);
     plain "v4" is the library's default (skewed, 4 stages at head dim 64, 3 at 128). A decode
-    name ending in "a" ("v2a") sets SAMBA_EXT_ATTN_DECODE_ALIGN=1 (row-aligned blocks).
+    name ending in "a" ("v2a") sets SAMBA_EXT_ATTN_DECODE_ALIGN=1 (row-aligned blocks, the
+    default), in "e" ("v2e") 0 (the even split).
     """
     from samba_ext.cuda import runtime
 
-    m = re.fullmatch(r"v(\d)(?:b(\d+))?(?:s(\d))?(skew|alt)?(a)?", name)
-    if which == 1:  # "v2a": the row-aligned block count of decode v2
-        if m and m.group(5):
-            os.environ["SAMBA_EXT_ATTN_DECODE_ALIGN"] = "1"
+    m = re.fullmatch(r"v(\d)(?:b(\d+))?(?:s(\d))?(skew|alt)?(old)?(a|e)?", name)
+    if which == 1:  # "v2a" / "v2e": the row-aligned / even block split of decode v2
+        if m and m.group(6):
+            os.environ["SAMBA_EXT_ATTN_DECODE_ALIGN"] = "1" if m.group(6) == "a" else "0"
         else:
             os.environ.pop("SAMBA_EXT_ATTN_DECODE_ALIGN", None)
     if which == 0:
         skew = ({"skew": "1", "alt": "2"}[m.group(4)] if m.group(4) else "0" if m.group(3)
                 else None) if m else None
         for key, val in (("BK", m.group(2) if m else None), ("STAGES", m.group(3) if m else None),
-                         ("SKEW", skew)):
+                         ("SKEW", skew), ("LEAN", "0" if m and m.group(5) else None)):
             if val:
                 os.environ[f"SAMBA_EXT_ATTN_V4_{key}"] = val
             else:
@@ -469,17 +472,18 @@ def main() -> int:
     peers = ["sdpa"] if args.no_flex else ["flex", "sdpa"]
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in variants
-           if v not in ("auto", "v1", "v2", "v3", "v2a")
-           and not re.fullmatch(r"v4(b(64|128))?(s[234])?(skew|alt)?", v)]
+           if v not in ("auto", "v1", "v2", "v3", "v2a", "v2e")
+           and not re.fullmatch(r"v4(b(64|128))?(s[234])?(skew|alt)?(old)?", v)]
     if bad or not variants:
         print(f"--variants: expected a list of auto, v1, v2, v3, v4 (v4 with b64 / b128, s2 / s3 "
-              f"/ s4, skew / alt, e.g. v4b128s3skew), v2a (decode); got {args.variants!r}", file=sys.stderr)
+              f"/ s4, skew / alt, old, e.g. v4b128s3skew), v2a / v2e (decode); got {args.variants!r}",
+              file=sys.stderr)
         return 2
     if any(v.startswith("v4") for v in variants) and (why := v4_unavailable()):
         print(f"--variants: dropping v4: {why}", file=sys.stderr)
         variants = [v for v in variants if not v.startswith("v4")] or ["auto"]
     dec_variants = [v for v in variants if v not in ("v3",) and not v.startswith("v4")] or ["auto"]
-    variants = [v for v in variants if v != "v2a"] or ["auto"]  # v2a: a decode setting only
+    variants = [v for v in variants if v not in ("v2a", "v2e")] or ["auto"]  # decode settings only
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "commit": commit, "device": torch.cuda.get_device_name(),
             "torch": torch.__version__, "command": "python3 benchmarks/gpu_attention.py " +

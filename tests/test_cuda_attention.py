@@ -344,15 +344,17 @@ def test_decode_split(poison, rng, decode_variant, dtype, B, H, Hkv, hd, C, pos,
 
 
 @cuda
+@pytest.mark.parametrize("align", ["0", "1"])
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("B,H,Hkv,hd,C,pos,nvalid", DECODE)
-def test_decode_v2_row_aligned_blocks(poison, rng, monkeypatch, dtype, B, H, Hkv, hd, C, pos,
-                                      nvalid):
-    # decode v2 with SAMBA_EXT_ATTN_DECODE_ALIGN=1: the block count chosen so that no block
-    # crosses a row (or no row is split), same results
+def test_decode_v2_block_split(poison, rng, monkeypatch, align, dtype, B, H, Hkv, hd, C, pos,
+                               nvalid):
+    # decode v2 with each split of the key tiles over the blocks: SAMBA_EXT_ATTN_DECODE_ALIGN=1
+    # (the default) a block count with no block crossing a row (or no row split), 0 the even
+    # stream-K split; same results
     if CUDA_SKIP:
         pytest.skip(str(CUDA_SKIP))
-    monkeypatch.setenv("SAMBA_EXT_ATTN_DECODE_ALIGN", "1")
+    monkeypatch.setenv("SAMBA_EXT_ATTN_DECODE_ALIGN", align)
     pos, nvalid, q, dq, kc, dk, vc, dv = decode_inputs(rng, dtype, B, H, Hkv, hd, C, pos, nvalid)
     with attn_variant(decode="v2"):
         out = samba_ext.swa_decode(dq, dk, dv, pos, nvalid)

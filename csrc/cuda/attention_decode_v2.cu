@@ -431,15 +431,16 @@ samba_status d2_workspace(size_t count_bytes, size_t slot_bytes, cudaStream_t st
     return SAMBA_OK;
 }
 
-// SAMBA_EXT_ATTN_DECODE_ALIGN=1 (read on every call; off by default until measured): a block
-// count that keeps every block inside one row, or every row inside one block, instead of the
-// even stream-K split of nblk blocks. rows <= nblk: k blocks per row with k | tpr, so a block's
-// tiles are one piece of one row (no pipeline restart at a row boundary); rows > nblk: m whole
-// rows per block with m | rows (no merge at all). Used when it keeps at least 7/8 of nblk;
-// returns nblk otherwise.
+// The block count (the default; SAMBA_EXT_ATTN_DECODE_ALIGN=0, read on every call, keeps the
+// even stream-K split of nblk blocks): one that keeps every block inside one row, or every row
+// inside one block. rows <= nblk: k blocks per row with k | tpr, so a block's tiles are one
+// piece of one row (no pipeline restart at a row boundary); rows > nblk: m whole rows per block
+// with m | rows (no merge at all). Used when it keeps at least 7/8 of nblk; returns nblk
+// otherwise. Measured (H100, benchmarks/results/gpu_attention_notes.md): as fast or faster at
+// every decode size, 12% at batch 16 with 4K caches.
 int64_t d2_aligned_blocks(int64_t rows, int64_t tpr, int64_t nblk) {
     const char *e = getenv("SAMBA_EXT_ATTN_DECODE_ALIGN");
-    if (!(e && e[0] == '1') || rows < 1 || tpr < 1) return nblk;
+    if ((e && e[0] == '0') || rows < 1 || tpr < 1) return nblk;
     int64_t n;
     if (rows <= nblk) {
         int64_t k = nblk / rows;

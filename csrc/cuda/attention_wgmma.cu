@@ -113,10 +113,47 @@ __device__ __forceinline__ void load_tile_sw(uint32_t s, const T *g, int64_t rs,
     }
 }
 
-template <typename T, class C, int SCHED>
+// One thread's part of loading a K or V tile (BK rows x D head dims, 16-byte chunks into the
+// swizzled layout above): chunk column lc of rows lr + i * RPI, i < ITERS. RPI is a multiple of
+// 8, so the swizzle (row % 8) is the same in every iteration and the shared offsets are fixed;
+// per tile only the first row moves (load_tile_sw recomputes every address instead, which for
+// the K/V tiles of the loop was about a fifth of the issued instructions at head dim 64).
+template <class C> struct KvPart {
+    static constexpr int CH = C::D / 8;             // 16-byte chunks per row
+    static constexpr int RPI = C::THREADS / CH;     // rows per iteration
+    static constexpr int ITERS = C::BK * CH / C::THREADS;
+    static_assert(RPI % 8 == 0 && C::BK * CH % C::THREADS == 0, "whole iterations, fixed swizzle");
+    int lr, lc;
+    uint32_t dst0;  // shared offset of the first chunk in a tile
+    __device__ __forceinline__ KvPart()
+        : lr((int)threadIdx.x / CH), lc((int)threadIdx.x % CH),
+          dst0((uint32_t)((lc >> 3) * C::BK * 128 + lr * 128 + (((lc & 7) ^ (lr & 7)) << 4))) {}
+    // rows [k0, k0 + BK) of the (rows, hd) matrix at g with row stride rs into the tile at
+    // shared address s; CHECKED: rows >= rlimit and columns >= hd are zero-filled, else every
+    // copy is whole (the caller knows k0 + BK <= rlimit and hd == D)
+    template <bool CHECKED, typename T>
+    __device__ __forceinline__ void load(uint32_t s, const T *g, int64_t rs, int k0, int rlimit,
+                                         int hd) const {
+        const T *src = g + (int64_t)(k0 + lr) * rs + lc * 8;
+#pragma unroll
+        for (int i = 0; i < ITERS; ++i) {
+            const uint32_t dst = s + dst0 + i * RPI * 128;
+            if (CHECKED) {
+                const bool ok = k0 + lr + i * RPI < rlimit && lc * 8 < hd;
+                cp_async16_s(dst, ok ? src + (int64_t)i * RPI * rs : g, ok);
+            } else {
+                cp_async16_s_full(dst, src + (int64_t)i * RPI * rs);
+            }
+        }
+    }
+};
+
+template <typename T, class C, int SCHED, bool LEAN = true>
 __global__ void __launch_bounds__(C::THREADS, C::MINB)
 attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
-    // SCHED: 0 the warpgroups in step, 1 skewed, 2 alternating (header: "Schedules")
+    // SCHED: 0 the warpgroups in step, 1 skewed, 2 alternating (header: "Schedules"); LEAN
+    // false: the previous addressing (every K/V chunk address and descriptor recomputed; kept
+    // for a same-run comparison, SAMBA_EXT_ATTN_V4_LEAN=0)
     static_assert(SCHED == 0 || C::STAGES >= 3, "skewed / alternating keep two tiles alive");
     constexpr int AHEAD = SCHED ? C::STAGES - 2 : C::STAGES - 1;  // tiles loaded ahead
     extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -132,7 +169,9 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
     const int hd = (int)p.headdim;
     const int Lq = (int)p.seqlen_q, Lk = (int)p.seqlen_k, off = Lk - Lq;
     const int W = (p.window <= 0 || p.window > (int64_t)Lk + C::BQ) ? 0 : (int)p.window;
-    const int wg = threadIdx.x >> 7;              // warpgroup
+    // the warpgroup, broadcast from lane 0 so that the compiler knows it is warp-uniform (its
+    // descriptors can then live in uniform registers)
+    const int wg = LEAN ? __shfl_sync(0xffffffffu, (int)threadIdx.x >> 7, 0) : (int)threadIdx.x >> 7;
     const int warp = (threadIdx.x >> 5) & 3;      // warp within the warpgroup
     const int lane = threadIdx.x & 31;
     const int g = lane >> 2, tq = lane & 3;
@@ -149,10 +188,20 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
     const int t_first = kmin / C::BK;
     const int ntiles = kmax / C::BK - t_first + 1;
 
+    const KvPart<C> part;
     auto load_kv = [&](int tile, int stage) {
         const int k0 = (t_first + tile) * C::BK;
-        load_tile_sw<C, C::BK>(sK + stage * C::KV_BYTES, kg, p.k_stride[1], k0, Lk, hd);
-        load_tile_sw<C, C::BK>(sV + stage * C::KV_BYTES, vg, p.v_stride[1], k0, Lk, hd);
+        const uint32_t sk = sK + stage * C::KV_BYTES, sv = sV + stage * C::KV_BYTES;
+        if (!LEAN) {
+            load_tile_sw<C, C::BK>(sk, kg, p.k_stride[1], k0, Lk, hd);
+            load_tile_sw<C, C::BK>(sv, vg, p.v_stride[1], k0, Lk, hd);
+        } else if (hd == C::D && k0 + C::BK <= Lk) {
+            part.template load<false>(sk, kg, p.k_stride[1], k0, Lk, hd);
+            part.template load<false>(sv, vg, p.v_stride[1], k0, Lk, hd);
+        } else {
+            part.template load<true>(sk, kg, p.k_stride[1], k0, Lk, hd);
+            part.template load<true>(sv, vg, p.v_stride[1], k0, Lk, hd);
+        }
     };
     load_tile_sw<C, C::BQ>(sQ, qg, p.q_stride[1], q0, Lq, hd);
 #pragma unroll
@@ -174,9 +223,11 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
     for (int i = 0; i < C::NO; ++i) o[i] = 0.0f;
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};  // m: max of the raw scores
 
-    // Q descriptors of this warpgroup's 64 rows: column block ks / 4, 32 bytes per k-step
-    const uint32_t q_base = sQ + wg * 64 * 128;
+    // descriptors of this warpgroup's 64 Q rows and of K and V stage 0; a k-step (column block
+    // ks / 4, 32 bytes per step), a stage or a 16-key step of V only moves the start (desc_add)
     constexpr uint32_t SBO = 1024, LBO_K = 16, LBO_V = C::BK * 128;
+    const uint64_t dq0 = desc_sw128(sQ + wg * 64 * 128, LBO_K, SBO);
+    const uint64_t dk0 = desc_sw128(sK, LBO_K, SBO), dv0 = desc_sw128(sV, LBO_V, SBO);
 
     float s[C::NS];             // scores, then probabilities, of the tile in hand
     uint32_t pa[C::BK / 16][4];  // the probabilities rounded to T: the A operand of P V
@@ -189,8 +240,10 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
 #pragma unroll
         for (int ks = 0; ks < C::KSTEPS; ++ks) {
             const uint32_t col = (ks & 3) * 32;  // 16 dims = 32 bytes into the row
-            const uint64_t da = desc_sw128(q_base + (ks >> 2) * C::BQ * 128 + col, LBO_K, SBO);
-            const uint64_t db = desc_sw128(k_s + (ks >> 2) * C::BK * 128 + col, LBO_K, SBO);
+            const uint64_t da = LEAN ? desc_add(dq0, (ks >> 2) * C::BQ * 128 + col)
+                                     : desc_sw128(sQ + wg * 64 * 128 + (ks >> 2) * C::BQ * 128 + col, LBO_K, SBO);
+            const uint64_t db = LEAN ? desc_add(dk0, k_s - sK + (ks >> 2) * C::BK * 128 + col)
+                                     : desc_sw128(k_s + (ks >> 2) * C::BK * 128 + col, LBO_K, SBO);
             Wgmma<T, C::BK>::ss(s, da, db);
         }
     };
@@ -200,7 +253,8 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < C::BK / 16; ++kk)
-            Wgmma<T, C::D>::rs_t(o, pa[kk], desc_sw128(v_s + kk * 16 * 128, LBO_V, SBO));
+            Wgmma<T, C::D>::rs_t(o, pa[kk], LEAN ? desc_add(dv0, v_s - sV + kk * 16 * 128)
+                                                 : desc_sw128(v_s + kk * 16 * 128, LBO_V, SBO));
     };
     // S = Q K^T, waited for
     auto s_gemm = [&](uint32_t k_s) {
@@ -376,9 +430,9 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
     }
 }
 
-template <typename T, class C, int SCHED = 0>
+template <typename T, class C, int SCHED = 0, bool LEAN = true>
 samba_status launch_w(const samba_cu_attn_args *a, cudaStream_t st) {
-    return launch_prefill(attn_wgmma_kernel<T, C, SCHED>, C::BQ, C::THREADS, C::SMEM, "swa_attention (v4)",
+    return launch_prefill(attn_wgmma_kernel<T, C, SCHED, LEAN>, C::BQ, C::THREADS, C::SMEM, "swa_attention (v4)",
                           a, st);
 }
 
@@ -406,6 +460,13 @@ int v4_stages(int64_t hd, int bk) {
     const int v = e ? atoi(e) : 4;
     if (v == 4 && hd <= 64 && bk == 64) return 4;
     return v == 3 || v == 4 || v4_sched() != 0 ? 3 : 2;
+}
+
+// SAMBA_EXT_ATTN_V4_LEAN: "0" runs the skewed kernels with the previous addressing (every K/V
+// chunk address and wgmma descriptor recomputed), for a same-run comparison; else the lean one
+int v4_lean() {
+    const char *e = getenv("SAMBA_EXT_ATTN_V4_LEAN");
+    return e && e[0] == '0' ? 0 : 1;
 }
 
 // key-tile size for head dim hd (keep in step with attn_wgmma_fwd)
@@ -466,6 +527,8 @@ int attn_wgmma_applicable(const samba_cu_attn_args *a) {
 template <typename T, class C2, class C3, class C4 = C3>
 static samba_status launch_stages(int stages, int sched, const samba_cu_attn_args *a,
                                   cudaStream_t st) {
+    if (sched == 1 && v4_lean() == 0)  // the previous addressing, default configurations only
+        return stages == 4 ? launch_w<T, C4, 1, false>(a, st) : launch_w<T, C3, 1, false>(a, st);
     if (sched == 1) return stages == 4 ? launch_w<T, C4, 1>(a, st) : launch_w<T, C3, 1>(a, st);
     if (sched == 2) return stages == 4 ? launch_w<T, C4, 2>(a, st) : launch_w<T, C3, 2>(a, st);
     if (stages == 2) return launch_w<T, C2>(a, st);

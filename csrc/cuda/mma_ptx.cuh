@@ -129,6 +129,14 @@ __device__ __forceinline__ void cp_async16_s(uint32_t dst, const void *src, bool
     __trap();
 #endif
 }
+// cp_async16_s with valid = true known at compile time (no source-size operand)
+__device__ __forceinline__ void cp_async16_s_full(uint32_t dst, const void *src) {
+#if SAMBA_PTX_SM80
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
+#else
+    __trap();
+#endif
+}
 __device__ __forceinline__ void ldsm_x4_s(uint32_t (&r)[4], uint32_t addr) {
 #if SAMBA_PTX_SM80
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"

@@ -58,6 +58,13 @@ __device__ __forceinline__ uint64_t desc_sw128(uint32_t addr, uint32_t lbo, uint
     return (uint64_t)((addr & 0x3FFFFu) >> 4) | ((uint64_t)((lbo >> 4) & 0x3FFFu) << 16) |
            ((uint64_t)((sbo >> 4) & 0x3FFFu) << 32) | ((uint64_t)1 << 62);
 }
+// The descriptor d moved by `bytes` (a multiple of 16) in shared memory: only the start-address
+// field (bits 0-13, address / 16) changes, and it cannot carry into the next field because every
+// shared address of sm_90 is below 256 KB. So the add is 32-bit and the high word stays what it
+// was (a compile-time constant when d came from desc_sw128 with constant offsets).
+__device__ __forceinline__ uint64_t desc_add(uint64_t d, uint32_t bytes) {
+    return (d & 0xFFFFFFFF00000000ull) | (uint32_t)((uint32_t)d + (bytes >> 4));
+}
 
 __device__ __forceinline__ void wg_fence() {
 #if SAMBA_WGMMA
