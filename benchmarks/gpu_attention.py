@@ -67,14 +67,15 @@ def set_variant(which: int, name: str) -> None:
     sets SAMBA_EXT_ATTN_V4_BK=128; "v4s3" the ring depth, SAMBA_EXT_ATTN_V4_STAGES=3, without
     the skewed schedule (SAMBA_EXT_ATTN_V4_SKEW=0) unless the name ends in "skew" ("v4s3skew";
     "alt": the alternating schedule, SAMBA_EXT_ATTN_V4_SKEW=2);
-    "v4old" the previous addressing (SAMBA_EXT_ATTN_V4_LEAN=0);
+    "v4old" the previous addressing and rescaling (SAMBA_EXT_ATTN_V4_LEAN=0), "v4addr" the
+    new addressing with the previous rescaling (1);
     plain "v4" is the library's default (skewed, 4 stages at head dim 64, 3 at 128). A decode
     name ending in "a" ("v2a") sets SAMBA_EXT_ATTN_DECODE_ALIGN=1 (row-aligned blocks, the
     default), in "e" ("v2e") 0 (the even split).
     """
     from samba_ext.cuda import runtime
 
-    m = re.fullmatch(r"v(\d)(?:b(\d+))?(?:s(\d))?(skew|alt)?(old)?(a|e)?", name)
+    m = re.fullmatch(r"v(\d)(?:b(\d+))?(?:s(\d))?(skew|alt)?(old|addr)?(a|e)?", name)
     if which == 1:  # "v2a" / "v2e": the row-aligned / even block split of decode v2
         if m and m.group(6):
             os.environ["SAMBA_EXT_ATTN_DECODE_ALIGN"] = "1" if m.group(6) == "a" else "0"
@@ -84,7 +85,7 @@ def set_variant(which: int, name: str) -> None:
         skew = ({"skew": "1", "alt": "2"}[m.group(4)] if m.group(4) else "0" if m.group(3)
                 else None) if m else None
         for key, val in (("BK", m.group(2) if m else None), ("STAGES", m.group(3) if m else None),
-                         ("SKEW", skew), ("LEAN", "0" if m and m.group(5) else None)):
+                         ("SKEW", skew), ("LEAN", {"old": "0", "addr": "1"}.get(m.group(5) or "") if m else None)):
             if val:
                 os.environ[f"SAMBA_EXT_ATTN_V4_{key}"] = val
             else:
@@ -473,10 +474,10 @@ def main() -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in variants
            if v not in ("auto", "v1", "v2", "v3", "v2a", "v2e")
-           and not re.fullmatch(r"v4(b(64|128))?(s[234])?(skew|alt)?(old)?", v)]
+           and not re.fullmatch(r"v4(b(64|128))?(s[234])?(skew|alt)?(old|addr)?", v)]
     if bad or not variants:
         print(f"--variants: expected a list of auto, v1, v2, v3, v4 (v4 with b64 / b128, s2 / s3 "
-              f"/ s4, skew / alt, old, e.g. v4b128s3skew), v2a / v2e (decode); got {args.variants!r}",
+              f"/ s4, skew / alt, old / addr, e.g. v4b128s3skew), v2a / v2e (decode); got {args.variants!r}",
               file=sys.stderr)
         return 2
     if any(v.startswith("v4") for v in variants) and (why := v4_unavailable()):

@@ -148,12 +148,13 @@ template <class C> struct KvPart {
     }
 };
 
-template <typename T, class C, int SCHED, bool LEAN = true>
+template <typename T, class C, int SCHED, int LEAN = 2>
 __global__ void __launch_bounds__(C::THREADS, C::MINB)
 attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
     // SCHED: 0 the warpgroups in step, 1 skewed, 2 alternating (header: "Schedules"); LEAN
-    // false: the previous addressing (every K/V chunk address and descriptor recomputed; kept
-    // for a same-run comparison, SAMBA_EXT_ATTN_V4_LEAN=0)
+    // (kept for a same-run comparison, SAMBA_EXT_ATTN_V4_LEAN): 0 the previous addressing
+    // (every K/V chunk address and descriptor recomputed) and rescaling, 1 the fixed offsets
+    // and descriptor bases with the previous rescaling, 2 (default) both new
     static_assert(SCHED == 0 || C::STAGES >= 3, "skewed / alternating keep two tiles alive");
     constexpr int AHEAD = SCHED ? C::STAGES - 2 : C::STAGES - 1;  // tiles loaded ahead
     extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -171,7 +172,7 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
     const int W = (p.window <= 0 || p.window > (int64_t)Lk + C::BQ) ? 0 : (int)p.window;
     // the warpgroup, broadcast from lane 0 so that the compiler knows it is warp-uniform (its
     // descriptors can then live in uniform registers)
-    const int wg = LEAN ? __shfl_sync(0xffffffffu, (int)threadIdx.x >> 7, 0) : (int)threadIdx.x >> 7;
+    const int wg = LEAN != 0 ? __shfl_sync(0xffffffffu, (int)threadIdx.x >> 7, 0) : (int)threadIdx.x >> 7;
     const int warp = (threadIdx.x >> 5) & 3;      // warp within the warpgroup
     const int lane = threadIdx.x & 31;
     const int g = lane >> 2, tq = lane & 3;
@@ -192,7 +193,7 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
     auto load_kv = [&](int tile, int stage) {
         const int k0 = (t_first + tile) * C::BK;
         const uint32_t sk = sK + stage * C::KV_BYTES, sv = sV + stage * C::KV_BYTES;
-        if (!LEAN) {
+        if (LEAN == 0) {
             load_tile_sw<C, C::BK>(sk, kg, p.k_stride[1], k0, Lk, hd);
             load_tile_sw<C, C::BK>(sv, vg, p.v_stride[1], k0, Lk, hd);
         } else if (hd == C::D && k0 + C::BK <= Lk) {
@@ -240,9 +241,9 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
 #pragma unroll
         for (int ks = 0; ks < C::KSTEPS; ++ks) {
             const uint32_t col = (ks & 3) * 32;  // 16 dims = 32 bytes into the row
-            const uint64_t da = LEAN ? desc_add(dq0, (ks >> 2) * C::BQ * 128 + col)
+            const uint64_t da = LEAN != 0 ? desc_add(dq0, (ks >> 2) * C::BQ * 128 + col)
                                      : desc_sw128(sQ + wg * 64 * 128 + (ks >> 2) * C::BQ * 128 + col, LBO_K, SBO);
-            const uint64_t db = LEAN ? desc_add(dk0, k_s - sK + (ks >> 2) * C::BK * 128 + col)
+            const uint64_t db = LEAN != 0 ? desc_add(dk0, k_s - sK + (ks >> 2) * C::BK * 128 + col)
                                      : desc_sw128(k_s + (ks >> 2) * C::BK * 128 + col, LBO_K, SBO);
             Wgmma<T, C::BK>::ss(s, da, db);
         }
@@ -253,7 +254,7 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < C::BK / 16; ++kk)
-            Wgmma<T, C::D>::rs_t(o, pa[kk], LEAN ? desc_add(dv0, v_s - sV + kk * 16 * 128)
+            Wgmma<T, C::D>::rs_t(o, pa[kk], LEAN != 0 ? desc_add(dv0, v_s - sV + kk * 16 * 128)
                                                  : desc_sw128(v_s + kk * 16 * 128, LBO_V, SBO));
     };
     // S = Q K^T, waited for
@@ -283,6 +284,11 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
         }
 
         // ---- online softmax, base 2, scale folded into the exponent (as in v2) ----
+        // A row's reference maximum m moves only when the tile's scores exceed it by more
+        // than 8 in the base-2 exponent (FlashAttention-4's conditional rescaling): the
+        // probabilities are then at most 2^8, which the float32 sums carry exactly as well
+        // and whose rounding to bf16 / fp16 for P V is as relative as below 1 (fp16 holds up
+        // to 65504); O is rescaled only on such a jump instead of whenever the maximum grows.
         float corr[2];
         bool grew = false;
 #pragma unroll
@@ -294,10 +300,12 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));  // the 4 lanes of a row
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
             const float mold = m[r];
-            const float mnew = fmaxf(mold, mx);
+            // mold = -inf: any finite maximum moves it
+            const bool up = LEAN == 2 ? mx * sl > fmaf(mold, sl, 8.0f) : mx > mold;
+            const float mnew = up ? mx : mold;
             const float mref = mnew == -INFINITY ? 0.0f : mnew * sl;  // no -inf - -inf
-            corr[r] = mnew == mold ? 1.0f : fast_exp2(fmaf(mold, sl, -mref));
-            grew |= mnew != mold;
+            corr[r] = up ? fast_exp2(fmaf(mold, sl, -mref)) : 1.0f;
+            grew |= up;
             m[r] = mnew;
             float rs = 0.0f;
 #pragma unroll
@@ -430,7 +438,7 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
     }
 }
 
-template <typename T, class C, int SCHED = 0, bool LEAN = true>
+template <typename T, class C, int SCHED = 0, int LEAN = 2>
 samba_status launch_w(const samba_cu_attn_args *a, cudaStream_t st) {
     return launch_prefill(attn_wgmma_kernel<T, C, SCHED, LEAN>, C::BQ, C::THREADS, C::SMEM, "swa_attention (v4)",
                           a, st);
@@ -462,11 +470,12 @@ int v4_stages(int64_t hd, int bk) {
     return v == 3 || v == 4 || v4_sched() != 0 ? 3 : 2;
 }
 
-// SAMBA_EXT_ATTN_V4_LEAN: "0" runs the skewed kernels with the previous addressing (every K/V
-// chunk address and wgmma descriptor recomputed), for a same-run comparison; else the lean one
+// SAMBA_EXT_ATTN_V4_LEAN (skewed kernels; for a same-run comparison): "0" the previous
+// addressing (every K/V chunk address and wgmma descriptor recomputed) and rescaling, "1" the
+// new addressing with the previous rescaling, else (default) both new
 int v4_lean() {
     const char *e = getenv("SAMBA_EXT_ATTN_V4_LEAN");
-    return e && e[0] == '0' ? 0 : 1;
+    return e && e[0] == '0' ? 0 : e && e[0] == '1' ? 1 : 2;
 }
 
 // key-tile size for head dim hd (keep in step with attn_wgmma_fwd)
@@ -527,8 +536,10 @@ int attn_wgmma_applicable(const samba_cu_attn_args *a) {
 template <typename T, class C2, class C3, class C4 = C3>
 static samba_status launch_stages(int stages, int sched, const samba_cu_attn_args *a,
                                   cudaStream_t st) {
-    if (sched == 1 && v4_lean() == 0)  // the previous addressing, default configurations only
-        return stages == 4 ? launch_w<T, C4, 1, false>(a, st) : launch_w<T, C3, 1, false>(a, st);
+    if (sched == 1 && v4_lean() == 0)  // the previous kernel, default configurations only
+        return stages == 4 ? launch_w<T, C4, 1, 0>(a, st) : launch_w<T, C3, 1, 0>(a, st);
+    if (sched == 1 && v4_lean() == 1)
+        return stages == 4 ? launch_w<T, C4, 1, 1>(a, st) : launch_w<T, C3, 1, 1>(a, st);
     if (sched == 1) return stages == 4 ? launch_w<T, C4, 1>(a, st) : launch_w<T, C3, 1>(a, st);
     if (sched == 2) return stages == 4 ? launch_w<T, C4, 2>(a, st) : launch_w<T, C3, 2>(a, st);
     if (stages == 2) return launch_w<T, C2>(a, st);
