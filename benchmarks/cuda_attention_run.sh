@@ -9,7 +9,7 @@
 #   (default: the first five; bench16 / bench32 re-time the v1 prefill with 16 / 32 rows per
 #   warp everywhere, SAMBA_EXT_ATTN_ROWS, without peers, and append it to bench.log)
 # Environment: OUT (log folder, default ./out), SAMBA_EXT_CUDA_ARCHS (default 90),
-#   BENCH_ARGS (extra arguments for gpu_attention.py; default --variants v2,v3,v4,v4s2),
+#   BENCH_ARGS (extra arguments for gpu_attention.py; default --variants v2,v3,v4,v4skew),
 #   GIT_COMMIT (recorded in the logs),
 #   SAN_TIMEOUT (seconds per sanitizer run, default 240), BENCH_TIMEOUT (default 330; the
 #   benchmark rewrites its report after every case, so a cut-short run keeps what it measured).
@@ -42,7 +42,7 @@ for dt in ("bfloat16", "float16"):
         cu._attn_variant(0, var)
         for hd, W in ((64, 50), (96, None), (128, 70), (256, 40)):
             prefill(hd, W, dt)
-    # v4 (Hopper): each ring depth and schedule, the skewed default among them
+    # v4 (Hopper): each ring depth and schedule, the alternating default among them
     cu._attn_variant(0, 4)
     try:
         for bk, stages, skew in (("64", "2", "0"), ("64", "4", "1"), ("64", "3", "1"),
@@ -72,7 +72,7 @@ fi
 if has bench; then
     t0=$(date +%s)
     timeout "${BENCH_TIMEOUT:-330}" $PY benchmarks/gpu_attention.py --out "$OUT" \
-        ${BENCH_ARGS:---variants v2,v3,v4,v4s2} \
+        ${BENCH_ARGS:---variants v2,v3,v4,v4skew} \
         > "$OUT/bench.log" 2>&1
     rc=$?
     row bench "$([ $rc = 0 ] && echo ok || echo "rc=$rc")" "$(( $(date +%s) - t0 )) s"

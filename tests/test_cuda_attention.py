@@ -213,7 +213,7 @@ def test_prefill_v4_key_tiles(poison, rng, monkeypatch, bk, stages, skew, dtype,
     # prefill v4 with each key-tile size, ring depth and schedule that SAMBA_EXT_ATTN_V4_BK /
     # _STAGES / _SKEW (0 in step, 1 skewed, 2 alternating) select (read on every call; the
     # default is 64 keys at head dim 64 and 128
-    # above, skewed, 4 stages at head dim 64 and 3 above; 4 stages exist at head dim 64 with 64
+    # above, alternating, 4 stages at head dim 64 and 3 above; 4 stages exist at head dim 64 with 64
     # keys only, elsewhere 4 runs 3)
     if CUDA_SKIP:
         pytest.skip(str(CUDA_SKIP))

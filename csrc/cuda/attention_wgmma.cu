@@ -19,8 +19,8 @@
 //   * every wgmma batch is waited for (wait_group 0) before its results are used, so a ring
 //     stage is free again once every warpgroup has passed the next barrier (skewed: the one
 //     after).
-// Schedules of the two warpgroups (SAMBA_EXT_ATTN_V4_SKEW: "0" in step, "2" alternating,
-// else skewed, the default; skewed and alternating need 3 or more stages). In step, one
+// Schedules of the two warpgroups (SAMBA_EXT_ATTN_V4_SKEW: "0" in step, "1" skewed, else
+// alternating, the default; skewed and alternating need 3 or more stages). In step, one
 // barrier per tile makes the two warpgroups run their products and their softmax at the same
 // moments, so inside a block the tensor cores wait while both run the softmax and the exp unit
 // waits while both multiply. Skewed, warpgroup 1 runs the softmax and P V of tile j - 1 while
@@ -33,6 +33,12 @@
 // Tiles a warpgroup's 64 rows do not see (outside the causal window) are skipped by the
 // whole warpgroup (wgmma is warpgroup-collective); the mask is applied per warp on tiles
 // crossing one of the warp's edges, exactly as in v2.
+// Addressing: each thread copies the same chunk positions of every K/V tile (KvPart), so its
+// shared offsets and global row offsets are fixed and only the tile's first row moves; the
+// wgmma descriptors are built once per block and moved by 32-bit adds (desc_add), in uniform
+// registers since the warpgroup index is broadcast from lane 0. Rescaling is conditional: a
+// row's reference maximum moves only when its scores exceed it by more than 8 in the base-2
+// exponent (softmax_pack).
 //
 // Shared-memory layout (all bf16/fp16; the base rounded up to 1024 bytes): a tile of R rows
 // and D head dims is stored as D/64 column blocks of R x 128 bytes; 16-byte chunk c (of 8)
@@ -43,7 +49,7 @@
 //   V (MN-major):   start = stage + kk * 16 * 128 bytes for the 16 keys of step kk,
 //                   SBO = 1024 (8 keys), LBO = BK * 128 (next 64 head dims).
 // Configurations: D = 64 and 128 (head dims up to 64 run in D = 64, 72..128 in D = 128 with
-// the extra columns zero-filled; larger head dims run v3), by default skewed and
+// the extra columns zero-filled; larger head dims run v3), by default alternating and
 //   D = 64 : BK = 64, 4 stages: Q 16 KB + 4 x (K 8 KB + V 8 KB) = 80 KB (+1 KB alignment),
 //            registers capped at 128 so that 2 blocks (4 warpgroups) share an SM;
 //   D = 128: BK = 128, 3 stages: Q 32 KB + 3 x (K 32 KB + V 32 KB) = 224 KB (+1 KB), 1 block
@@ -77,22 +83,21 @@ template <int D_, int BK_, int STAGES_, int MINB_> struct CfgW {
     static_assert(BK == 64 || BK == 128, "wgmma N for S is written out for 64 and 128");
     static_assert(D == 64 || D == 128, "wgmma N for O is written out for 64 and 128");
 };
-// The configurations (registers and spills from ptxas -v, sm_90a, nvcc 13.0; the skewed
-// kernels within 5 registers of these): SAMBA_EXT_ATTN_V4_BK=64 or 128 forces the key-tile
-// size, SAMBA_EXT_ATTN_V4_STAGES the ring depth (tuning knobs for benchmarks/gpu_attention.py,
-// read on every call); the defaults are W64_64_S4 and W128_128_S3, skewed.
-using W64_64 = CfgW<64, 64, 2, 2>;     // 49 KB, 128 registers, 2 blocks (16 warps) per SM
-using W64_128 = CfgW<64, 128, 2, 1>;   // 81 KB, 211 registers, 1 block per SM
-using W128_128 = CfgW<128, 128, 2, 1>; // 161 KB, 254 registers, 1 block per SM
-using W128_64 = CfgW<128, 64, 2, 1>;   // 97 KB, 176 registers (capped at 128: spills), 1 block
+// The configurations (registers from ptxas -v, sm_90a, nvcc 13.0, in step / skewed /
+// alternating; no spills): SAMBA_EXT_ATTN_V4_BK=64 or 128 forces the key-tile size,
+// SAMBA_EXT_ATTN_V4_STAGES the ring depth (tuning knobs for benchmarks/gpu_attention.py, read on
+// every call); the defaults are W64_64_S4 and W128_128_S3, alternating.
+using W64_64 = CfgW<64, 64, 2, 2>;     // 49 KB, 124 registers, 2 blocks (16 warps) per SM
+using W64_128 = CfgW<64, 128, 2, 1>;   // 81 KB, 162 registers, 1 block per SM
+using W128_128 = CfgW<128, 128, 2, 1>; // 161 KB, 198 registers, 1 block per SM
+using W128_64 = CfgW<128, 64, 2, 1>;   // 97 KB, 154 registers, 1 block per SM
 // Deeper K/V rings (SAMBA_EXT_ATTN_V4_STAGES=3 or 4): two or three tiles in flight while one is
-// computed, instead of one (skewed: one or two); the registers barely change, the shared memory
-// grows:
-using W64_64_S3 = CfgW<64, 64, 3, 2>;     // 65 KB, 2 blocks per SM; spills 16 bytes (skewed: 8)
-using W64_64_S4 = CfgW<64, 64, 4, 2>;     // 81 KB, 2 blocks per SM; spills 16 bytes (skewed: none)
-using W64_128_S3 = CfgW<64, 128, 3, 1>;   // 113 KB
-using W128_128_S3 = CfgW<128, 128, 3, 1>; // 225 KB (the opt-in limit of sm_90 is 227 KB)
-using W128_64_S3 = CfgW<128, 64, 3, 1>;   // 129 KB
+// computed, instead of one (skewed / alternating: one or two); the shared memory grows:
+using W64_64_S3 = CfgW<64, 64, 3, 2>;     // 65 KB, 2 blocks per SM; 120 / 117 / 124 registers
+using W64_64_S4 = CfgW<64, 64, 4, 2>;     // 81 KB, 2 blocks per SM; 120 / 116 / 126 registers
+using W64_128_S3 = CfgW<64, 128, 3, 1>;   // 113 KB; 158 / 167 / 188 registers
+using W128_128_S3 = CfgW<128, 128, 3, 1>; // 225 KB (the opt-in limit of sm_90 is 227 KB); 192 / 200 / 230
+using W128_64_S3 = CfgW<128, 64, 3, 1>;   // 129 KB; 150 / 156 / 168 registers
 
 // rows [r0, r0 + ROWS) of a (rows, hd) global matrix with row stride rs into the swizzled
 // tile at shared address s (1024-byte aligned); rows >= rlimit and columns >= hd are
@@ -148,13 +153,10 @@ template <class C> struct KvPart {
     }
 };
 
-template <typename T, class C, int SCHED, int LEAN = 2>
+template <typename T, class C, int SCHED>
 __global__ void __launch_bounds__(C::THREADS, C::MINB)
 attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
-    // SCHED: 0 the warpgroups in step, 1 skewed, 2 alternating (header: "Schedules"); LEAN
-    // (kept for a same-run comparison, SAMBA_EXT_ATTN_V4_LEAN): 0 the previous addressing
-    // (every K/V chunk address and descriptor recomputed) and rescaling, 1 the fixed offsets
-    // and descriptor bases with the previous rescaling, 2 (default) both new
+    // SCHED: 0 the warpgroups in step, 1 skewed, 2 alternating (header: "Schedules")
     static_assert(SCHED == 0 || C::STAGES >= 3, "skewed / alternating keep two tiles alive");
     constexpr int AHEAD = SCHED ? C::STAGES - 2 : C::STAGES - 1;  // tiles loaded ahead
     extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -172,7 +174,7 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
     const int W = (p.window <= 0 || p.window > (int64_t)Lk + C::BQ) ? 0 : (int)p.window;
     // the warpgroup, broadcast from lane 0 so that the compiler knows it is warp-uniform (its
     // descriptors can then live in uniform registers)
-    const int wg = LEAN != 0 ? __shfl_sync(0xffffffffu, (int)threadIdx.x >> 7, 0) : (int)threadIdx.x >> 7;
+    const int wg = __shfl_sync(0xffffffffu, (int)threadIdx.x >> 7, 0);
     const int warp = (threadIdx.x >> 5) & 3;      // warp within the warpgroup
     const int lane = threadIdx.x & 31;
     const int g = lane >> 2, tq = lane & 3;
@@ -193,10 +195,7 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
     auto load_kv = [&](int tile, int stage) {
         const int k0 = (t_first + tile) * C::BK;
         const uint32_t sk = sK + stage * C::KV_BYTES, sv = sV + stage * C::KV_BYTES;
-        if (LEAN == 0) {
-            load_tile_sw<C, C::BK>(sk, kg, p.k_stride[1], k0, Lk, hd);
-            load_tile_sw<C, C::BK>(sv, vg, p.v_stride[1], k0, Lk, hd);
-        } else if (hd == C::D && k0 + C::BK <= Lk) {
+        if (hd == C::D && k0 + C::BK <= Lk) {
             part.template load<false>(sk, kg, p.k_stride[1], k0, Lk, hd);
             part.template load<false>(sv, vg, p.v_stride[1], k0, Lk, hd);
         } else {
@@ -241,10 +240,8 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
 #pragma unroll
         for (int ks = 0; ks < C::KSTEPS; ++ks) {
             const uint32_t col = (ks & 3) * 32;  // 16 dims = 32 bytes into the row
-            const uint64_t da = LEAN != 0 ? desc_add(dq0, (ks >> 2) * C::BQ * 128 + col)
-                                     : desc_sw128(sQ + wg * 64 * 128 + (ks >> 2) * C::BQ * 128 + col, LBO_K, SBO);
-            const uint64_t db = LEAN != 0 ? desc_add(dk0, k_s - sK + (ks >> 2) * C::BK * 128 + col)
-                                     : desc_sw128(k_s + (ks >> 2) * C::BK * 128 + col, LBO_K, SBO);
+            const uint64_t da = desc_add(dq0, (ks >> 2) * C::BQ * 128 + col);
+            const uint64_t db = desc_add(dk0, k_s - sK + (ks >> 2) * C::BK * 128 + col);
             Wgmma<T, C::BK>::ss(s, da, db);
         }
     };
@@ -254,8 +251,7 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < C::BK / 16; ++kk)
-            Wgmma<T, C::D>::rs_t(o, pa[kk], LEAN != 0 ? desc_add(dv0, v_s - sV + kk * 16 * 128)
-                                                 : desc_sw128(v_s + kk * 16 * 128, LBO_V, SBO));
+            Wgmma<T, C::D>::rs_t(o, pa[kk], desc_add(dv0, v_s - sV + kk * 16 * 128));
     };
     // S = Q K^T, waited for
     auto s_gemm = [&](uint32_t k_s) {
@@ -301,7 +297,7 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
             const float mold = m[r];
             // mold = -inf: any finite maximum moves it
-            const bool up = LEAN == 2 ? mx * sl > fmaf(mold, sl, 8.0f) : mx > mold;
+            const bool up = mx * sl > fmaf(mold, sl, 8.0f);
             const float mnew = up ? mx : mold;
             const float mref = mnew == -INFINITY ? 0.0f : mnew * sl;  // no -inf - -inf
             corr[r] = up ? fast_exp2(fmaf(mold, sl, -mref)) : 1.0f;
@@ -438,9 +434,9 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
     }
 }
 
-template <typename T, class C, int SCHED = 0, int LEAN = 2>
+template <typename T, class C, int SCHED = 0>
 samba_status launch_w(const samba_cu_attn_args *a, cudaStream_t st) {
-    return launch_prefill(attn_wgmma_kernel<T, C, SCHED, LEAN>, C::BQ, C::THREADS, C::SMEM, "swa_attention (v4)",
+    return launch_prefill(attn_wgmma_kernel<T, C, SCHED>, C::BQ, C::THREADS, C::SMEM, "swa_attention (v4)",
                           a, st);
 }
 
@@ -452,30 +448,22 @@ int v4_bk_override() {
     return v == 64 || v == 128 ? v : 0;
 }
 
-// SAMBA_EXT_ATTN_V4_SKEW: the schedule of the two warpgroups (header): "0" in step, "2"
-// alternating, anything else (and unset) skewed
+// SAMBA_EXT_ATTN_V4_SKEW: the schedule of the two warpgroups (header): "0" in step, "1"
+// skewed, anything else (and unset) alternating, the fastest in every prefill case measured
+// with the addressing and rescaling above (benchmarks/results/gpu_attention_notes.md)
 int v4_sched() {
     const char *e = getenv("SAMBA_EXT_ATTN_V4_SKEW");
-    return e && e[0] == '0' ? 0 : e && e[0] == '2' ? 2 : 1;
+    return e && e[0] == '0' ? 0 : e && e[0] == '1' ? 1 : 2;
 }
 
 // SAMBA_EXT_ATTN_V4_STAGES: 2, 3, or 4 at head dim 64 with 64-key tiles (4 elsewhere runs 3;
 // the skewed and alternating schedules need 3 at least). Default: 4 at head dim 64 with 64-key
-// tiles, else 3 (with the skewed schedule the fastest on an H100,
-// benchmarks/results/gpu_attention_notes.md).
+// tiles, else 3 (the fastest on an H100, benchmarks/results/gpu_attention_notes.md).
 int v4_stages(int64_t hd, int bk) {
     const char *e = getenv("SAMBA_EXT_ATTN_V4_STAGES");
     const int v = e ? atoi(e) : 4;
     if (v == 4 && hd <= 64 && bk == 64) return 4;
     return v == 3 || v == 4 || v4_sched() != 0 ? 3 : 2;
-}
-
-// SAMBA_EXT_ATTN_V4_LEAN (skewed kernels; for a same-run comparison): "0" the previous
-// addressing (every K/V chunk address and wgmma descriptor recomputed) and rescaling, "1" the
-// new addressing with the previous rescaling, else (default) both new
-int v4_lean() {
-    const char *e = getenv("SAMBA_EXT_ATTN_V4_LEAN");
-    return e && e[0] == '0' ? 0 : e && e[0] == '1' ? 1 : 2;
 }
 
 // key-tile size for head dim hd (keep in step with attn_wgmma_fwd)
@@ -536,10 +524,6 @@ int attn_wgmma_applicable(const samba_cu_attn_args *a) {
 template <typename T, class C2, class C3, class C4 = C3>
 static samba_status launch_stages(int stages, int sched, const samba_cu_attn_args *a,
                                   cudaStream_t st) {
-    if (sched == 1 && v4_lean() == 0)  // the previous kernel, default configurations only
-        return stages == 4 ? launch_w<T, C4, 1, 0>(a, st) : launch_w<T, C3, 1, 0>(a, st);
-    if (sched == 1 && v4_lean() == 1)
-        return stages == 4 ? launch_w<T, C4, 1, 1>(a, st) : launch_w<T, C3, 1, 1>(a, st);
     if (sched == 1) return stages == 4 ? launch_w<T, C4, 1>(a, st) : launch_w<T, C3, 1>(a, st);
     if (sched == 2) return stages == 4 ? launch_w<T, C4, 2>(a, st) : launch_w<T, C3, 2>(a, st);
     if (stages == 2) return launch_w<T, C2>(a, st);
