@@ -35,3 +35,41 @@ def test_render_run_with_decode_cases():
     targets = md[md.index("## Targets (issue #17)"):]
     assert sum("decode >= 70%" in ln for ln in targets) == n_dec
 
+
+
+class _Selector:
+    def __init__(self):
+        self.calls = []
+
+    def _attn_variant(self, which, variant):
+        self.calls.append((which, variant))
+
+
+def test_variant_names_set_the_kernel_knobs(monkeypatch):
+    # the names of --variants map to the environment knobs the launchers read on every call
+    from samba_ext.cuda import runtime
+
+    sel = _Selector()
+    monkeypatch.setattr(runtime, "require", lambda: sel)
+    # set then delete through monkeypatch, so that whatever set_variant writes is undone
+    for var in ("SAMBA_EXT_ATTN_V4_BK", "SAMBA_EXT_ATTN_V4_STAGES", "SAMBA_EXT_ATTN_V4_SKEW",
+                "SAMBA_EXT_ATTN_DECODE_ALIGN"):
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+    cases = [
+        ("v4", {}),  # the library's defaults
+        ("v4alt", {"SKEW": "2"}),
+        ("v4skew", {"SKEW": "1"}),
+        ("v4s3", {"STAGES": "3", "SKEW": "0"}),
+        ("v4b128s3skew", {"BK": "128", "STAGES": "3", "SKEW": "1"}),
+    ]
+    for name, want in cases:
+        ga.set_variant(0, name)
+        got = {k: os.environ[f"SAMBA_EXT_ATTN_V4_{k}"] for k in ("BK", "STAGES", "SKEW")
+               if f"SAMBA_EXT_ATTN_V4_{k}" in os.environ}
+        assert got == want, name
+        assert sel.calls[-1] == (0, 4)
+    for name, want in (("v2", None), ("v2a", "1"), ("v2e", "0")):
+        ga.set_variant(1, name)
+        assert os.environ.get("SAMBA_EXT_ATTN_DECODE_ALIGN") == want, name
+        assert sel.calls[-1] == (1, 2)
