@@ -8,8 +8,12 @@
 #   steps: comma-separated subset of build,profile (default both)
 #   cases: comma-separated gpu_profile.py cases (default: every case)
 # Environment: OUT (log folder, default ./out), NCU (default ncu), NCU_TIMEOUT (seconds per
-#   case, default 120), GIT_COMMIT, SAMBA_EXT_CUDA_ARCHS (default 90).
-# Files written to $OUT: build.log, ncu_CASE.txt per case, summary.md
+#   case, default 120), GIT_COMMIT, SAMBA_EXT_CUDA_ARCHS (default 90), SASS=1 (a second ncu
+#   pass per case with the SourceCounters section: per-instruction stall samples and execution
+#   counts, exported as sass_CASE.csv and summarised by benchmarks/ncu_sass_summary.py into
+#   sass_CASE.txt).
+# Files written to $OUT: build.log, ncu_CASE.txt per case (with SASS=1 also sass_CASE.csv and
+#   sass_CASE.txt), summary.md
 STEPS=${1:-build,profile}
 CASES=${2:-$(python3 benchmarks/gpu_profile.py --list)}
 source "$(dirname "$0")/cuda_run_common.sh"
@@ -38,6 +42,17 @@ if has profile; then
         else
             row "$c" "rc=$rc" "see ncu_$c.txt"
             tail -5 "$log"
+        fi
+        if [ "${SASS:-0}" = 1 ]; then
+            rep="$OUT/sass_$c"
+            timeout "${NCU_TIMEOUT:-120}" "$NCU" --clock-control none --profile-from-start off \
+                --section SourceCounters --import-source no -f -o "$rep" \
+                $PY benchmarks/gpu_profile.py "$c" > "$rep.log" 2>&1 &&
+                "$NCU" -i "$rep.ncu-rep" --page source --csv --print-source sass > "$rep.csv" 2>&1 &&
+                $PY benchmarks/ncu_sass_summary.py "$rep.csv" > "$rep.txt" 2>&1
+            src=$?
+            row "$c sass" "$([ $src = 0 ] && echo ok || echo "rc=$src")" "sass_$c.csv, sass_$c.txt"
+            rm -f "$rep.ncu-rep"
         fi
     done
 fi
