@@ -17,8 +17,8 @@
 //     order) into a STAGES-deep ring, one barrier per tile as in v2; before the barrier each
 //     thread makes its cp.async writes visible to the async proxy (fence.proxy.async);
 //   * every wgmma batch is waited for (wait_group 0) before its results are used, so a ring
-//     stage is free again once every warpgroup has passed the next barrier (skewed: the one
-//     after).
+//     stage is free again once every warpgroup has passed the next barrier (skewed and
+//     alternating: the one after).
 // Schedules of the two warpgroups (SAMBA_EXT_ATTN_V4_SKEW: "0" in step, "1" skewed, else
 // alternating, the default; skewed and alternating need 3 or more stages). In step, one
 // barrier per tile makes the two warpgroups run their products and their softmax at the same
