@@ -45,16 +45,18 @@ for dt in ("bfloat16", "float16"):
     # v4 (Hopper): each ring depth and schedule, the alternating default among them
     cu._attn_variant(0, 4)
     try:
-        for bk, stages, skew in (("64", "2", "0"), ("64", "4", "1"), ("64", "3", "1"),
-                                 ("128", "3", "1"), ("128", "2", "0"), ("64", "4", "2"),
-                                 ("128", "3", "2")):
+        for bk, stages, skew, tma in (("64", "2", "0", "0"), ("64", "4", "1", "0"),
+                                      ("64", "3", "1", "0"), ("128", "3", "1", "0"),
+                                      ("128", "2", "0", "0"), ("64", "4", "2", "0"),
+                                      ("128", "3", "2", "0"), ("64", "4", "2", "1"),
+                                      ("128", "3", "2", "1")):
             os.environ.update(SAMBA_EXT_ATTN_V4_BK=bk, SAMBA_EXT_ATTN_V4_STAGES=stages,
-                              SAMBA_EXT_ATTN_V4_SKEW=skew)
+                              SAMBA_EXT_ATTN_V4_SKEW=skew, SAMBA_EXT_ATTN_V4_TMA=tma)
             for hd, W in ((64, 50), (128, 70), (64, None)):
                 prefill(hd, W, dt)
     except ValueError as e:  # no sm_90a code in the build, or not a compute capability 9.0 GPU
         print(f"v4 not run: {e}")
-    for key in ("BK", "STAGES", "SKEW"):
+    for key in ("BK", "STAGES", "SKEW", "TMA"):
         os.environ.pop(f"SAMBA_EXT_ATTN_V4_{key}", None)
     for var, align in ((1, "0"), (2, "0"), (2, "1")):  # align: SAMBA_EXT_ATTN_DECODE_ALIGN
         cu._attn_variant(1, var)

@@ -7,7 +7,8 @@ Usage (an sm_90 GPU, samba_ext built with 90 in SAMBA_EXT_CUDA_ARCHS; no torch n
 
 Cases: one key tile, partial tiles, GQA 8:1, window shorter and longer than the sequence, a
 causal offset (more keys than queries), head dims 64 and 128 (and 96, padded to 128), each key
-tile size, ring depth and schedule (SAMBA_EXT_ATTN_V4_BK = 64, 128; _STAGES = 2, 3, 4; _SKEW = 0, 1, 2),
+tile size, ring depth and schedule (SAMBA_EXT_ATTN_V4_BK = 64, 128; _STAGES = 2, 3, 4; _SKEW = 0, 1, 2;
+the alternating schedule also with TMA loads, _TMA = 1),
 bfloat16 and float16. For every case it prints
 the relative norm error and the largest absolute error against float64 (and against v3);
 where the tolerance (relative norm, bfloat16 1e-2, float16 2e-3 - tests/cuda_util.RTOL) is
@@ -107,13 +108,17 @@ def main() -> int:
     failed = 0
     try:
         for dtype in ("bfloat16", "float16"):
-            for bk, stages, skew in (("64", "2", "0"), ("128", "2", "0"), ("64", "3", "0"),
-                                     ("64", "4", "0"), ("128", "3", "0"), ("64", "3", "1"),
-                                     ("64", "4", "1"), ("128", "3", "1"), ("64", "4", "2"),
-                                     ("128", "3", "2")):
+            for bk, stages, skew, tma in (("64", "2", "0", "0"), ("128", "2", "0", "0"),
+                                          ("64", "3", "0", "0"), ("64", "4", "0", "0"),
+                                          ("128", "3", "0", "0"), ("64", "3", "1", "0"),
+                                          ("64", "4", "1", "0"), ("128", "3", "1", "0"),
+                                          ("64", "4", "2", "0"), ("128", "3", "2", "0"),
+                                          ("64", "4", "2", "1"), ("64", "3", "2", "1"),
+                                          ("128", "3", "2", "1")):
                 os.environ["SAMBA_EXT_ATTN_V4_BK"] = bk
                 os.environ["SAMBA_EXT_ATTN_V4_STAGES"] = stages
                 os.environ["SAMBA_EXT_ATTN_V4_SKEW"] = skew
+                os.environ["SAMBA_EXT_ATTN_V4_TMA"] = tma
                 for name, B, Lq, Lk, H, Hkv, hd, W in CASES:
                     q, k, v = (round_to(rng.standard_normal(s), dtype) for s in
                                ((B, Lq, H, hd), (B, Lk, Hkv, hd), (B, Lk, Hkv, hd)))
@@ -140,7 +145,8 @@ def main() -> int:
                         else float("inf")
                     ok = finite and rel <= RTOL[dtype]
                     failed += not ok
-                    print(f"{'ok  ' if ok else 'FAIL'} {dtype:8s} BK={bk:3s} S={stages} skew={skew} {name:22s} "
+                    print(f"{'ok  ' if ok else 'FAIL'} {dtype:8s} BK={bk:3s} S={stages} skew={skew} "
+                          f"tma={tma} {name:22s} "
                           f"rel {rel:.2e}  max|err| {float(err.max()) if finite else float('inf'):.2e}"
                           f"  vs v3 {rel3:.2e}", flush=True)
                     if (not ok or args.verbose) and finite:
@@ -149,6 +155,7 @@ def main() -> int:
         os.environ.pop("SAMBA_EXT_ATTN_V4_BK", None)
         os.environ.pop("SAMBA_EXT_ATTN_V4_STAGES", None)
         os.environ.pop("SAMBA_EXT_ATTN_V4_SKEW", None)
+        os.environ.pop("SAMBA_EXT_ATTN_V4_TMA", None)
         cu._attn_variant(0, old)
     print(f"{failed} case(s) failed" if failed else "all cases passed")
     return 1 if failed else 0

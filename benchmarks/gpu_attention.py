@@ -66,24 +66,25 @@ def set_variant(which: int, name: str) -> None:
     A prefill v4 name may carry its tuning knobs (the kernel reads them on every call): "v4b128"
     sets SAMBA_EXT_ATTN_V4_BK=128; "v4s3" the ring depth, SAMBA_EXT_ATTN_V4_STAGES=3, with the
     warpgroups in step (SAMBA_EXT_ATTN_V4_SKEW=0) unless the name ends in "skew" (skewed,
-    SAMBA_EXT_ATTN_V4_SKEW=1, as in "v4s3skew") or "alt" (alternating, 2);
+    SAMBA_EXT_ATTN_V4_SKEW=1, as in "v4s3skew"), "alt" (alternating, 2) or "tma" (alternating with
+    tensor-memory loads, SAMBA_EXT_ATTN_V4_TMA=1);
     plain "v4" is the library's default (alternating, 4 stages at head dim 64, 3 at 128). A decode
     name ending in "a" ("v2a") sets SAMBA_EXT_ATTN_DECODE_ALIGN=1 (row-aligned blocks, the
     default), in "e" ("v2e") 0 (the even split).
     """
     from samba_ext.cuda import runtime
 
-    m = re.fullmatch(r"v(\d)(?:b(\d+))?(?:s(\d))?(skew|alt)?(a|e)?", name)
+    m = re.fullmatch(r"v(\d)(?:b(\d+))?(?:s(\d))?(skew|alt|tma)?(a|e)?", name)
     if which == 1:  # "v2a" / "v2e": the row-aligned / even block split of decode v2
         if m and m.group(5):
             os.environ["SAMBA_EXT_ATTN_DECODE_ALIGN"] = "1" if m.group(5) == "a" else "0"
         else:
             os.environ.pop("SAMBA_EXT_ATTN_DECODE_ALIGN", None)
     if which == 0:
-        skew = ({"skew": "1", "alt": "2"}[m.group(4)] if m.group(4) else "0" if m.group(3)
-                else None) if m else None
+        skew = ({"skew": "1", "alt": "2", "tma": "2"}[m.group(4)] if m.group(4) else "0"
+                if m.group(3) else None) if m else None
         for key, val in (("BK", m.group(2) if m else None), ("STAGES", m.group(3) if m else None),
-                         ("SKEW", skew)):
+                         ("SKEW", skew), ("TMA", "1" if m and m.group(4) == "tma" else None)):
             if val:
                 os.environ[f"SAMBA_EXT_ATTN_V4_{key}"] = val
             else:
@@ -474,10 +475,10 @@ def main() -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in variants
            if v not in ("auto", "v1", "v2", "v3", "v2a", "v2e")
-           and not re.fullmatch(r"v4(b(64|128))?(s[234])?(skew|alt)?", v)]
+           and not re.fullmatch(r"v4(b(64|128))?(s[234])?(skew|alt|tma)?", v)]
     if bad or not variants:
         print(f"--variants: expected a list of auto, v1, v2, v3, v4 (v4 with b64 / b128, s2 / s3 "
-              f"/ s4, skew / alt, e.g. v4b128s3skew), v2a / v2e (decode); got {args.variants!r}",
+              f"/ s4, skew / alt / tma, e.g. v4b128s3skew), v2a / v2e (decode); got {args.variants!r}",
               file=sys.stderr)
         return 2
     if any(v.startswith("v4") for v in variants) and (why := v4_unavailable()):

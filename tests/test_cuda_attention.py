@@ -202,16 +202,18 @@ V4_TILES = [
 
 
 @cuda
-@pytest.mark.parametrize("bk,stages,skew", [("64", "2", "0"), ("128", "2", "0"), ("64", "3", "0"),
-                                            ("128", "3", "0"), ("64", "4", "0"), ("64", "3", "1"),
-                                            ("128", "3", "1"), ("64", "4", "1"), ("64", "3", "2"),
-                                            ("64", "4", "2"), ("128", "3", "2")])
+@pytest.mark.parametrize("bk,stages,skew,tma", [
+    ("64", "2", "0", "0"), ("128", "2", "0", "0"), ("64", "3", "0", "0"), ("128", "3", "0", "0"),
+    ("64", "4", "0", "0"), ("64", "3", "1", "0"), ("128", "3", "1", "0"), ("64", "4", "1", "0"),
+    ("64", "3", "2", "0"), ("64", "4", "2", "0"), ("128", "3", "2", "0"), ("64", "3", "2", "1"),
+    ("64", "4", "2", "1"), ("128", "3", "2", "1")])
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("B,Lq,Lk,H,Hkv,hd,window", V4_TILES)
-def test_prefill_v4_key_tiles(poison, rng, monkeypatch, bk, stages, skew, dtype, B, Lq, Lk, H,
-                              Hkv, hd, window):
+def test_prefill_v4_key_tiles(poison, rng, monkeypatch, bk, stages, skew, tma, dtype, B, Lq, Lk,
+                              H, Hkv, hd, window):
     # prefill v4 with each key-tile size, ring depth and schedule that SAMBA_EXT_ATTN_V4_BK /
-    # _STAGES / _SKEW (0 in step, 1 skewed, 2 alternating) select (read on every call; the
+    # _STAGES / _SKEW (0 in step, 1 skewed, 2 alternating) select, the alternating one also
+    # with tensor-memory loads (_TMA=1) (read on every call; the
     # default is 64 keys at head dim 64 and 128
     # above, alternating, 4 stages at head dim 64 and 3 above; 4 stages exist at head dim 64 with 64
     # keys only, elsewhere 4 runs 3)
@@ -222,6 +224,7 @@ def test_prefill_v4_key_tiles(poison, rng, monkeypatch, bk, stages, skew, dtype,
     monkeypatch.setenv("SAMBA_EXT_ATTN_V4_BK", bk)
     monkeypatch.setenv("SAMBA_EXT_ATTN_V4_STAGES", stages)
     monkeypatch.setenv("SAMBA_EXT_ATTN_V4_SKEW", skew)
+    monkeypatch.setenv("SAMBA_EXT_ATTN_V4_TMA", tma)
     (q, dq), (k, dk), (v, dv) = (rdev(rng.standard_normal(s), dtype) for s in
                                  ((B, Lq, H, hd), (B, Lk, Hkv, hd), (B, Lk, Hkv, hd)))
     with attn_variant(prefill="v4"):
@@ -253,6 +256,27 @@ def test_prefill_strided_heads_major(poison, rng, prefill_variant):
                ((B, L, H, hd), (B, L, Hkv, hd), (B, L, Hkv, hd)))
     views = [transposed_view(a, "bfloat16", (0, 2, 1, 3)) for a in (q, k, v)]
     out = samba_ext.swa_attention(*views, window=W)
+    assert_close(host(out), ref_swa_attention(q, k, v, W), RTOL["bfloat16"])
+
+
+@cuda
+@pytest.mark.parametrize("hd,W", [(64, 50), (128, None), (96, 70)])
+def test_prefill_v4_tma_strided_views(poison, rng, monkeypatch, hd, W):
+    # the tensor-memory loads (SAMBA_EXT_ATTN_V4_TMA=1) read (B, H, L, hd) memory viewed as
+    # (B, L, H, hd) through their tensor maps' strides
+    if CUDA_SKIP:
+        pytest.skip(str(CUDA_SKIP))
+    if v4_unavailable():
+        pytest.skip(f"prefill v4: {v4_unavailable()}")
+    from cuda_util import transposed_view
+
+    monkeypatch.setenv("SAMBA_EXT_ATTN_V4_TMA", "1")
+    B, L, H, Hkv = 2, 333, 4, 2
+    q, k, v = (round_to(rng.standard_normal(s), "bfloat16") for s in
+               ((B, L, H, hd), (B, L, Hkv, hd), (B, L, Hkv, hd)))
+    views = [transposed_view(a, "bfloat16", (0, 2, 1, 3)) for a in (q, k, v)]
+    with attn_variant(prefill="v4"):
+        out = samba_ext.swa_attention(*views, window=W)
     assert_close(host(out), ref_swa_attention(q, k, v, W), RTOL["bfloat16"])
 
 

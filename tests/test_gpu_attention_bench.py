@@ -53,7 +53,7 @@ def test_variant_names_set_the_kernel_knobs(monkeypatch):
     monkeypatch.setattr(runtime, "require", lambda: sel)
     # set then delete through monkeypatch, so that whatever set_variant writes is undone
     for var in ("SAMBA_EXT_ATTN_V4_BK", "SAMBA_EXT_ATTN_V4_STAGES", "SAMBA_EXT_ATTN_V4_SKEW",
-                "SAMBA_EXT_ATTN_DECODE_ALIGN"):
+                "SAMBA_EXT_ATTN_V4_TMA", "SAMBA_EXT_ATTN_DECODE_ALIGN"):
         monkeypatch.setenv(var, "")
         monkeypatch.delenv(var)
     cases = [
@@ -62,10 +62,12 @@ def test_variant_names_set_the_kernel_knobs(monkeypatch):
         ("v4skew", {"SKEW": "1"}),
         ("v4s3", {"STAGES": "3", "SKEW": "0"}),
         ("v4b128s3skew", {"BK": "128", "STAGES": "3", "SKEW": "1"}),
+        ("v4tma", {"SKEW": "2", "TMA": "1"}),
+        ("v4s3tma", {"STAGES": "3", "SKEW": "2", "TMA": "1"}),
     ]
     for name, want in cases:
         ga.set_variant(0, name)
-        got = {k: os.environ[f"SAMBA_EXT_ATTN_V4_{k}"] for k in ("BK", "STAGES", "SKEW")
+        got = {k: os.environ[f"SAMBA_EXT_ATTN_V4_{k}"] for k in ("BK", "STAGES", "SKEW", "TMA")
                if f"SAMBA_EXT_ATTN_V4_{k}" in os.environ}
         assert got == want, name
         assert sel.calls[-1] == (0, 4)

@@ -39,6 +39,13 @@
 // registers since the warpgroup index is broadcast from lane 0. Rescaling is conditional: a
 // row's reference maximum moves only when its scores exceed it by more than 8 in the base-2
 // exponent (softmax_pack).
+// TMA (opt-in, SAMBA_EXT_ATTN_V4_TMA=1, alternating schedule only): thread 0 issues
+// tensor-memory copies of each K/V tile (tma_ptx.cuh; tensor maps made per call on the host,
+// out-of-range rows and head dims arriving as zeros) that complete on the stage's "full"
+// mbarrier; every thread waits on it instead of cp.async.wait + a block-wide barrier, and
+// arrives on the stage's "empty" mbarrier once its batch no longer reads the tile, which thread 0
+// waits for before it refills the stage. Without the driver's cuTensorMapEncodeTiled, or with
+// strides TMA cannot take, the cp.async kernel runs.
 //
 // Shared-memory layout (all bf16/fp16; the base rounded up to 1024 bytes): a tile of R rows
 // and D head dims is stored as D/64 column blocks of R x 128 bytes; 16-byte chunk c (of 8)
@@ -59,12 +66,14 @@
 #include <stdlib.h>
 
 #include "prefill_common.cuh"
+#include "tma_ptx.cuh"
 #include "wgmma_ptx.cuh"
 
 namespace {
 using namespace samba_ptx;
 using namespace samba_prefill;
 using namespace samba_wgmma;
+using namespace samba_tma;
 
 template <int D_, int BK_, int STAGES_, int MINB_> struct CfgW {
     static constexpr int D = D_;            // head dim of the template (>= the real hd)
@@ -153,17 +162,36 @@ template <class C> struct KvPart {
     }
 };
 
-template <typename T, class C, int SCHED>
+// The tensor maps of K and V for the TMA kernels (as one __grid_constant__ parameter); empty
+// for the others
+template <bool TMA> struct KvMaps {};
+template <> struct KvMaps<true> {
+    CUtensorMap k, v;
+};
+// the map of K (which 0) or V (1); none without TMA
+__device__ __forceinline__ const CUtensorMap *kv_map(const KvMaps<true> &m, int which) {
+    return which == 0 ? &m.k : &m.v;
+}
+__device__ __forceinline__ const CUtensorMap *kv_map(const KvMaps<false> &, int) { return nullptr; }
+
+// SCHED: 0 the warpgroups in step, 1 skewed, 2 alternating (header: "Schedules"). TMA
+// (alternating only; SAMBA_EXT_ATTN_V4_TMA=1, not the default): the K/V tiles come by
+// tensor-memory copies issued by thread 0, through the tensor maps in `maps`, each stage with a
+// "full" barrier (the copies' bytes) and an "empty" one (every thread arrives once the stage's
+// tile is no longer read); no block-wide barrier in the loop.
+template <typename T, class C, int SCHED, bool TMA = false>
 __global__ void __launch_bounds__(C::THREADS, C::MINB)
-attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
-    // SCHED: 0 the warpgroups in step, 1 skewed, 2 alternating (header: "Schedules")
+attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles, const __grid_constant__ KvMaps<TMA> maps) {
     static_assert(SCHED == 0 || C::STAGES >= 3, "skewed / alternating keep two tiles alive");
+    static_assert(!TMA || SCHED == 2, "the TMA loads are written for the alternating schedule");
     constexpr int AHEAD = SCHED ? C::STAGES - 2 : C::STAGES - 1;  // tiles loaded ahead
     extern __shared__ __align__(1024) unsigned char smem_raw[];
-    // Q [D/64][BQ][64], K and V [STAGES][D/64][BK][64], each block swizzled (header)
+    // Q [D/64][BQ][64], K and V [STAGES][D/64][BK][64], each block swizzled (header); with
+    // TMA then the barriers full[STAGES], empty[STAGES] (8 bytes each)
     const uint32_t sQ = (smem_addr(smem_raw) + 1023u) & ~1023u;
     const uint32_t sK = sQ + C::Q_BYTES;
     const uint32_t sV = sK + C::STAGES * C::KV_BYTES;
+    const uint32_t sFull = sV + C::STAGES * C::KV_BYTES, sEmpty = sFull + 8 * C::STAGES;
 
     const int h = blockIdx.x;
     const int qtile = n_qtiles - 1 - (int)blockIdx.y;  // longest rows first (causal)
@@ -203,11 +231,44 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
             part.template load<true>(sv, vg, p.v_stride[1], k0, Lk, hd);
         }
     };
-    load_tile_sw<C, C::BQ>(sQ, qg, p.q_stride[1], q0, Lq, hd);
+    // TMA: tile t's K and V into stage t % STAGES, once every thread has released the tile
+    // that held it before (thread 0 only)
+    auto produce = [&](auto t) {  // generic: instantiated by the TMA kernels only
+        const int st = t % C::STAGES;
+        if (t >= C::STAGES) mbar_wait(sEmpty + 8 * st, ((t / C::STAGES) - 1) & 1);
+        mbar_arrive_expect_tx(sFull + 8 * st, 2 * C::KV_BYTES);
+        const int k0 = (t_first + t) * C::BK;
 #pragma unroll
-    for (int st = 0; st < AHEAD; ++st) {
-        if (st < ntiles) load_kv(st, st);
-        cp_async_commit();  // (possibly empty) group st; group 0 also holds Q
+        for (int cb = 0; cb < C::D / 64; ++cb) {
+            const uint32_t off = st * C::KV_BYTES + cb * C::BK * 128;
+            tma_load_4d(sK + off, kv_map(maps, 0), sFull + 8 * st, cb * 64, k0, (int)hkv, (int)b);
+            tma_load_4d(sV + off, kv_map(maps, 1), sFull + 8 * st, cb * 64, k0, (int)hkv, (int)b);
+        }
+    };
+    if constexpr (TMA) {
+        if (threadIdx.x == 0) {
+            for (int st = 0; st < C::STAGES; ++st) {
+                mbar_init(sFull + 8 * st, 1);
+                mbar_init(sEmpty + 8 * st, C::THREADS);
+            }
+            mbar_init_fence();
+        }
+        __syncthreads();
+    }
+    load_tile_sw<C, C::BQ>(sQ, qg, p.q_stride[1], q0, Lq, hd);
+    if constexpr (TMA) {
+        cp_async_commit();
+        if (threadIdx.x == 0)
+            for (int t = 0; t < AHEAD && t < ntiles; ++t) produce(t);
+        cp_async_wait<0>();       // Q landed for this thread's copies
+        fence_proxy_async_smem();  // ... and is visible to wgmma
+        __syncthreads();           // ... for every thread
+    } else {
+#pragma unroll
+        for (int st = 0; st < AHEAD; ++st) {
+            if (st < ntiles) load_kv(st, st);
+            cp_async_commit();  // (possibly empty) group st; group 0 also holds Q
+        }
     }
 
     // this warpgroup's rows: absolute positions [qg0, qg1]; this warp's [qw0, qw1]; this
@@ -361,12 +422,17 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
         pending = false;
     };
     for (int it = 0; it < ntiles; ++it) {
-        cp_async_wait<AHEAD - 1>();       // tile it (and Q) landed for this thread's copies
-        fence_proxy_async_smem();         // ... and is visible to wgmma (async proxy)
-        __syncthreads();                  // ... for every thread; the stage read last is free
-        const int nxt = it + AHEAD;
-        if (nxt < ntiles) load_kv(nxt, nxt % C::STAGES);
-        cp_async_commit();
+        if constexpr (TMA) {
+            if (threadIdx.x == 0 && it + AHEAD < ntiles) produce(it + AHEAD);
+            mbar_wait(sFull + 8 * (it % C::STAGES), (it / C::STAGES) & 1);  // tile it landed
+        } else {
+            cp_async_wait<AHEAD - 1>();  // tile it (and Q) landed for this thread's copies
+            fence_proxy_async_smem();    // ... and is visible to wgmma (async proxy)
+            __syncthreads();             // ... for every thread; the stage read last is free
+            const int nxt = it + AHEAD;
+            if (nxt < ntiles) load_kv(nxt, nxt % C::STAGES);
+            cp_async_commit();
+        }
 
         const int kbase = (t_first + it) * C::BK;
         const int stage = it % C::STAGES;
@@ -392,6 +458,9 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
                 s_gemm(k_s);
             }
             have_p = false;
+            // TMA: tile it - 1 is read no more by this thread (its K in the last iteration,
+            // its V in the batch above)
+            if (TMA && it > 0) mbar_arrive(sEmpty + 8 * ((it - 1) % C::STAGES));
             if (vis) {
                 pending = true;
                 pend_kbase = kbase;
@@ -437,7 +506,7 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles) {
 template <typename T, class C, int SCHED = 0>
 samba_status launch_w(const samba_cu_attn_args *a, cudaStream_t st) {
     return launch_prefill(attn_wgmma_kernel<T, C, SCHED>, C::BQ, C::THREADS, C::SMEM, "swa_attention (v4)",
-                          a, st);
+                          a, st, KvMaps<false>{});
 }
 
 // SAMBA_EXT_ATTN_V4_BK: 64 or 128 (anything else: the default of the head dim)
@@ -464,6 +533,72 @@ int v4_stages(int64_t hd, int bk) {
     const int v = e ? atoi(e) : 4;
     if (v == 4 && hd <= 64 && bk == 64) return 4;
     return v == 3 || v == 4 || v4_sched() != 0 ? 3 : 2;
+}
+
+// SAMBA_EXT_ATTN_V4_TMA=1 (read on every call; off by default until measured): the alternating
+// schedule loads K and V by tensor-memory copies (attn_wgmma_kernel with TMA = true)
+int v4_tma() {
+    const char *e = getenv("SAMBA_EXT_ATTN_V4_TMA");
+    return e && e[0] == '1';
+}
+
+typedef CUresult (*EncodeTiled)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *,
+                                const cuuint64_t *, const cuuint64_t *, const cuuint32_t *,
+                                const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+// the driver's cuTensorMapEncodeTiled, looked up once (NULL without it: no TMA)
+EncodeTiled encode_tiled() {
+    static const EncodeTiled fn = [] {
+        void *f = nullptr;
+#if CUDART_VERSION >= 12050
+        cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
+                                             &q) != cudaSuccess ||
+            q != cudaDriverEntryPointSuccess) {
+            cudaGetLastError();
+            f = nullptr;
+        }
+#endif
+        return (EncodeTiled)f;
+    }();
+    return fn;
+}
+
+// K or V (element (b, l, h, d) at b s[0] + l s[1] + h s[2] + d) as the 4-D tensor (head dim,
+// seqlen_k, nheads_kv, batch), in boxes of 64 head dims x bk rows with the 128-byte swizzle of
+// the kernel's shared layout; false when the driver or the strides (non-negative multiples of
+// 16 bytes) do not allow it
+bool kv_tensor_map(CUtensorMap *m, const samba_cu_attn_args *a, samba_cu_ref t, const int64_t s[3],
+                   int bk) {
+    const EncodeTiled f = encode_tiled();
+    if (f == nullptr) return false;
+    for (int i = 0; i < 3; ++i)
+        if (s[i] < 0 || (s[i] * 2) % 16 != 0 || s[i] * 2 >= ((int64_t)1 << 40)) return false;
+    const cuuint64_t dims[4] = {(cuuint64_t)a->headdim, (cuuint64_t)a->seqlen_k,
+                                (cuuint64_t)a->nheads_kv, (cuuint64_t)a->batch};
+    const cuuint64_t strides[3] = {(cuuint64_t)(s[1] * 2), (cuuint64_t)(s[2] * 2),
+                                   (cuuint64_t)(s[0] * 2)};
+    const cuuint32_t box[4] = {64, (cuuint32_t)bk, 1, 1}, unit[4] = {1, 1, 1, 1};
+    const CUtensorMapDataType dt = t.dtype == SAMBA_CU_BF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16
+                                                            : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+    return f(m, dt, 4, t.ptr, dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
+             CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+// the TMA kernel for configuration C, into *out; false (nothing launched) when its tensor maps
+// or its shared memory (the ring plus 16 bytes of barriers per stage) are not available
+template <typename T, class C>
+bool launch_tma(const samba_cu_attn_args *a, cudaStream_t st, samba_status *out) {
+    KvMaps<true> maps;
+    const size_t smem = C::SMEM + 16 * C::STAGES;
+    if (smem > attn_smem_optin() || !kv_tensor_map(&maps.k, a, a->k, a->k_stride, C::BK) ||
+        !kv_tensor_map(&maps.v, a, a->v, a->v_stride, C::BK))
+        return false;
+    *out = launch_prefill(attn_wgmma_kernel<T, C, 2, true>, C::BQ, C::THREADS, smem,
+                          "swa_attention (v4, TMA)", a, st, maps);
+    return true;
 }
 
 // key-tile size for head dim hd (keep in step with attn_wgmma_fwd)
@@ -501,7 +636,7 @@ int attn_wgmma_device_ok(void) {
                   major == 9 && minor == 0;
         // the image the runtime picked for this device must be the sm_90a one (binary 90)
         if (ok) {
-            ok = cudaFuncGetAttributes(&fa, attn_wgmma_kernel<__nv_bfloat16, W64_64, 0>) == cudaSuccess &&
+            ok = cudaFuncGetAttributes(&fa, attn_wgmma_kernel<__nv_bfloat16, W64_64, 0, false>) == cudaSuccess &&
                  fa.binaryVersion >= 90;
         }
         cudaGetLastError();
@@ -525,6 +660,10 @@ template <typename T, class C2, class C3, class C4 = C3>
 static samba_status launch_stages(int stages, int sched, const samba_cu_attn_args *a,
                                   cudaStream_t st) {
     if (sched == 1) return stages == 4 ? launch_w<T, C4, 1>(a, st) : launch_w<T, C3, 1>(a, st);
+    samba_status s = SAMBA_OK;
+    if (sched == 2 && v4_tma() &&
+        (stages == 4 ? launch_tma<T, C4>(a, st, &s) : launch_tma<T, C3>(a, st, &s)))
+        return s;
     if (sched == 2) return stages == 4 ? launch_w<T, C4, 2>(a, st) : launch_w<T, C3, 2>(a, st);
     if (stages == 2) return launch_w<T, C2>(a, st);
     return stages == 3 ? launch_w<T, C3>(a, st) : launch_w<T, C4>(a, st);
