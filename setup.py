@@ -259,7 +259,7 @@ class BuildExt(build_ext):
 # Sources whose kernels use sm_90a-only instructions (wgmma): for them architecture 90 is
 # compiled as sm_90a machine code (and no compute_90 PTX, which would hold only the fallback
 # trap), and SAMBA_WGMMA_SM90A tells the launcher that the code is there.
-SM90A_SOURCES = {"attention_wgmma.cu"}
+SM90A_SOURCES = {"attention_wgmma.cu", "attention_bwd_wgmma.cu"}
 
 
 def sm90a_gencode(archs: list[str]) -> list[str]:

@@ -2,8 +2,8 @@
 # cuda_backward_run.sh - on a machine with a GPU: build samba_ext with CUDA, run the CUDA
 # backward tests of attention / RMSNorm / SwiGLU / rotary (and the forward attention tests, the
 # tensor-core prefill being shared), compute-sanitizer (memcheck on the small backward tests,
-# racecheck on one small call per kernel configuration) and benchmarks/gpu_backward_attention.py;
-# print a short table.
+# racecheck on one small call per kernel configuration, the wgmma kernel's included) and
+# benchmarks/gpu_backward_attention.py (the mma and wgmma kernels in one run); print a short table.
 #
 # Usage (from the repository root):  bash benchmarks/cuda_backward_run.sh [steps]
 #   steps: comma-separated subset of build,tests,memcheck,racecheck,bench,knobs
@@ -32,11 +32,13 @@ from samba_ext import cuda as _gpu, grad
 rng = np.random.default_rng(0)
 def dev(shape, dt):
     return _gpu.to_device(rng.standard_normal(shape).astype(np.float32), dt)
-for dt in ("bfloat16", "float16", "float32"):
-    for hd, ws, cap in ((64, (50, 0), 0.0), (96, (-1, -1), 0.0), (128, (30, 20), 5.0), (256, (40, 0), 0.0)):
-        q, k, do = dev((1, 150, 4, hd), dt), dev((1, 170, 2, hd), dt), dev((1, 150, 4, hd), dt)
-        out, lse = grad.attention_fwd(q, k, k, None, False, ws, cap)
-        [g.to_numpy() for g in grad.attention_bwd(q, k, k, None, False, ws, cap, dout=do, out=out, lse=lse)]
+for wg in ("0", "1"):  # the mma.sync kernel, then the wgmma one where it applies (sm_90a)
+    os.environ["SAMBA_EXT_ATTN_BWD_WGMMA"] = wg
+    for dt in ("bfloat16", "float16", "float32"):
+        for hd, ws, cap in ((64, (50, 0), 0.0), (96, (-1, -1), 0.0), (128, (30, 20), 5.0), (256, (40, 0), 0.0)):
+            q, k, do = dev((1, 150, 4, hd), dt), dev((1, 170, 2, hd), dt), dev((1, 150, 4, hd), dt)
+            out, lse = grad.attention_fwd(q, k, k, None, False, ws, cap)
+            [g.to_numpy() for g in grad.attention_bwd(q, k, k, None, False, ws, cap, dout=do, out=out, lse=lse)]
 x = dev((40, 300), "bfloat16")
 grad.rms_norm_bwd(x, dev((300,), "bfloat16"), 1e-5, x, dy=x).dx.to_numpy()
 print("racecheck script done")

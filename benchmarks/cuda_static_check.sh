@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # cuda_static_check.sh - what ptxas says about every CUDA kernel, without a GPU: compiles each
-# csrc/cuda/*.cu for sm_90 (attention_wgmma.cu as sm_90a, as setup.py does) with -Xptxas -v and
+# csrc/cuda/*.cu for sm_90 (the wgmma files as sm_90a, as setup.py does) with -Xptxas -v and
 # prints one line per kernel (registers, spill bytes, stack), then every ptxas warning. Exits 1
 # when ptxas reports that wgmma instructions are serialised (C7518, a warning, or C7520, printed
 # as info: a pipelined Hopper kernel would silently lose its overlap) or when a kernel spills more than
@@ -18,7 +18,7 @@ files=("$@"); [ ${#files[@]} -eq 0 ] && files=(csrc/cuda/*.cu)
 status=0
 for f in "${files[@]}"; do
     base=$(basename "$f" .cu)
-    if [ "$base" = attention_wgmma ]; then
+    if [ "$base" = attention_wgmma ] || [ "$base" = attention_bwd_wgmma ]; then
         arch=(-gencode=arch=compute_90a,code=sm_90a -DSAMBA_WGMMA_SM90A=1)
     else
         arch=(-gencode=arch=compute_90,code=sm_90)

@@ -3,13 +3,19 @@
 
 Usage (on a machine with a CUDA GPU, torch installed, samba_ext built with CUDA):
     python3 benchmarks/gpu_backward_attention.py [--out DIR] [--no-flex] [--reps N] [--commit SHA]
+        [--variants mma,wgmma]
 
 Cases: bf16, batch 1, 32 query heads, 4 kv heads, head dim 64: sliding window W = 2048 at
-L = 4K and 16K, full causal at 4K. Only the backward is timed: samba_ext's from the out / lse of
-its own forward (grad.attention_fwd), the peers' as torch.autograd.grad of a forward kept
-alive (retain_graph). SDPA: the flash backend with is_causal=True for the causal case; for the
-sliding window (which the flash backend cannot mask) SDPA with a boolean (L, L) mask, the
-backend torch picks (efficient attention), reported as "sdpa (mask)".
+L = 4K and 16K, full causal at 4K; and 12 heads of dim 128 (no GQA) with W = 2048 at 4K.
+Variants of samba_ext's tensor-core backward, timed in interleaved rounds (median_ms_rounds):
+"mma" (attention_bwd_mma.cu) and "wgmma" (attention_bwd_wgmma.cu, sm_90a; selected with
+SAMBA_EXT_ATTN_BWD_WGMMA=require, so a call it cannot run fails instead of timing the other
+kernel; a variant that fails is reported and left out). The fastest is the samba_ext column.
+Only the backward is timed: samba_ext's from the out / lse of its own forward
+(grad.attention_fwd), the peers' as torch.autograd.grad of a forward kept alive (retain_graph).
+SDPA: the flash backend with is_causal=True for the causal case; for the sliding window (which
+the flash backend cannot mask) SDPA with a boolean (L, L) mask, the backend torch picks
+(efficient attention), reported as "sdpa (mask)".
 FLOPs: the backward's five products count 10 * hd * H FLOPs per (query, key) pair inside the
 window. Timing: median of CUDA-event timings after warm-up. Every case also compares samba_ext's
 dq, dk, dv with the peer's (relative norm), so a fast wrong kernel cannot pass unnoticed.
@@ -32,7 +38,7 @@ try:
 except ImportError:  # --render needs neither torch nor a GPU
     torch = None
 
-from gpu_bench_util import git_commit, median_ms, write_atomic
+from gpu_bench_util import git_commit, median_ms, median_ms_rounds, write_atomic
 
 import samba_ext
 from samba_ext import grad
@@ -104,7 +110,25 @@ def sdpa_backward(q, k, v, do, L: int, W: int | None, H: int, Hkv: int):
     return run, lambda g: [x.transpose(1, 2) for x in g], name
 
 
-def case(L: int, H: int, Hkv: int, hd: int, W: int | None, peers: list[str], reps: int) -> dict:
+VARIANT_ENV = {"mma": "0", "wgmma": "require"}  # SAMBA_EXT_ATTN_BWD_WGMMA per variant
+
+
+def select_variant(name: str | None) -> None:
+    """Selects samba_ext's backward kernel by its setting; None restores the caller's."""
+    if name is None:
+        if _ENV_BEFORE is None:
+            os.environ.pop("SAMBA_EXT_ATTN_BWD_WGMMA", None)
+        else:
+            os.environ["SAMBA_EXT_ATTN_BWD_WGMMA"] = _ENV_BEFORE
+    else:
+        os.environ["SAMBA_EXT_ATTN_BWD_WGMMA"] = VARIANT_ENV[name]
+
+
+_ENV_BEFORE = os.environ.get("SAMBA_EXT_ATTN_BWD_WGMMA")
+
+
+def case(L: int, H: int, Hkv: int, hd: int, W: int | None, peers: list[str], reps: int,
+         variants: list[str]) -> dict:
     g = torch.Generator(device="cuda").manual_seed(L + H + hd)
     q = torch.randn(1, L, H, hd, device="cuda", dtype=torch.bfloat16, generator=g)
     k = torch.randn(1, L, Hkv, hd, device="cuda", dtype=torch.bfloat16, generator=g)
@@ -118,10 +142,29 @@ def case(L: int, H: int, Hkv: int, hd: int, W: int | None, peers: list[str], rep
     flops = 10 * hd * H * window_pairs(L, W)
     row: dict = {"kind": "swa" if W else "causal", "L": L, "H": H, "Hkv": Hkv, "hd": hd,
                  "W": W, "flops": flops}
-    row["samba_ext_ms"] = median_ms(ours, reps=reps)
+    grads: dict = {}
+    for name in variants:  # a variant that cannot run here is reported and left out
+        select_variant(name)
+        try:
+            grads[name] = ours()
+        except ValueError as e:
+            row[f"variant_{name}_error"] = str(e)[:200]
+    select_variant(None)
+    if not grads:
+        raise RuntimeError(f"no samba_ext variant ran: {row}")
+    times = median_ms_rounds({v: ours for v in grads}, reps=reps, before=select_variant)
+    select_variant(None)
+    for name, t in times.items():
+        row[f"samba_ext_{name}_ms"] = t
+    best = min(times, key=times.get)
+    row["samba_ext_variant"], row["samba_ext_ms"] = best, times[best]
+    mine = grads[best]
+    if len(grads) > 1:  # the variants against each other (rounding order only)
+        first = next(iter(grads))
+        row["variant_err"] = max(rel_err(a, torch.from_dlpack(b)) for w in grads if w != first
+                                 for a, b in zip(grads[w], grads[first]))
     row["samba_ext_fwd_ms"] = median_ms(
         lambda: grad.attention_fwd(q, k, v, None, True, ws), reps=reps)
-    mine = ours()
     for peer in peers:
         try:
             if peer == "flex":
@@ -146,15 +189,25 @@ def fmt(x: float | None, spec: str = ".3f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def variants_of(rows: list[dict]) -> list[str]:
+    """The samba_ext variants timed in these rows, in VARIANT_ENV's order (none in old runs)."""
+    return [v for v in VARIANT_ENV if any(f"samba_ext_{v}_ms" in r for r in rows)]
+
+
 def table(rows: list[dict], peers: list[str]) -> list[str]:
-    lines = ["| case | samba_ext bwd ms | TFLOP/s | (fwd+lse ms) | " + " | ".join(
-        f"{p} bwd ms | {p} TFLOP/s | samba_ext / {p}" for p in peers) +
-        " | max rel. err vs peers |", "|---" * (5 + 3 * len(peers)) + "|"]
+    vs = variants_of(rows)
+    lines = ["| case | " + "".join(f"{v} ms | " for v in vs) +
+             "samba_ext bwd ms | TFLOP/s | (fwd+lse ms) | " + " | ".join(
+                 f"{p} bwd ms | {p} TFLOP/s | samba_ext / {p}" for p in peers) +
+             " | max rel. err vs peers |" + (" variants' rel. diff |" if len(vs) > 1 else ""),
+             "|---" * (5 + len(vs) + 3 * len(peers) + (len(vs) > 1)) + "|"]
     for r in rows:
         name = (f"{r['kind']} L={r['L'] // K}K" + (f" W={r['W']}" if r["W"] else "") +
                 f" ({r['H']},{r['Hkv']},d{r['hd']})")
-        cells = [name, fmt(r["samba_ext_ms"]), fmt(r.get("samba_ext_tflops"), ".0f"),
-                 fmt(r.get("samba_ext_fwd_ms"))]
+        cells = [name, *(fmt(r.get(f"samba_ext_{v}_ms")) if f"samba_ext_{v}_ms" in r else
+                         ("failed" if f"variant_{v}_error" in r else "-") for v in vs),
+                 fmt(r["samba_ext_ms"]) + (f" ({r['samba_ext_variant']})" if vs else ""),
+                 fmt(r.get("samba_ext_tflops"), ".0f"), fmt(r.get("samba_ext_fwd_ms"))]
         errs = []
         for p in peers:
             t = r.get(f"{p}_ms")
@@ -166,6 +219,8 @@ def table(rows: list[dict], peers: list[str]) -> list[str]:
             if f"{p}_err" in r:
                 errs.append(r[f"{p}_err"])
         cells.append(fmt(max(errs), ".1e") if errs else "-")
+        if len(vs) > 1:
+            cells.append(fmt(r.get("variant_err"), ".1e"))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -199,6 +254,8 @@ def main() -> int:
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention (compile time)")
     ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT"))
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--variants", default="mma,wgmma",
+                    help="samba_ext kernels to time, comma-separated: mma, wgmma")
     ap.add_argument("--render", metavar="JSON",
                     help="rewrite DIR/gpu_backward_attention.md from a saved .json (no GPU)")
     args = ap.parse_args()
@@ -229,8 +286,14 @@ def main() -> int:
                      json.dumps({"meta": meta, "rows": rows, "peers": peers}, indent=1) + "\n")
         return md
 
-    for L, W in ((4 * K, 2048), (16 * K, 2048), (4 * K, None)):
-        rows.append(case(L, 32, 4, 64, W, peers, args.reps))
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in variants if v not in VARIANT_ENV]
+    if bad or not variants:
+        ap.error(f"--variants: names from {', '.join(VARIANT_ENV)}, got {args.variants!r}")
+    meta["variants"] = variants
+    for L, W, H, Hkv, hd in ((4 * K, 2048, 32, 4, 64), (16 * K, 2048, 32, 4, 64),
+                             (4 * K, None, 32, 4, 64), (4 * K, 2048, 12, 12, 128)):
+        rows.append(case(L, H, Hkv, hd, W, peers, args.reps, variants))
         torch.cuda.empty_cache()
         print(rows[-1], flush=True)
         report()

@@ -14,6 +14,8 @@ for dk and dv):
   these roundings on the shapes below (L 200..1000, d 64..128, GQA up to 8:1, windows, softcap)
   gives 2.3e-3..2.6e-3 for bfloat16 (u = 3.9e-3) and 2.8e-4..3.3e-4 for float16 (u = 4.9e-4):
   margins of 3.8x and 6x.
+  The wgmma kernel (attention_bwd_wgmma.cu, SAMBA_EXT_ATTN_BWD_WGMMA) rounds the same quantities
+  at the same points, so the same bounds hold for it.
 * float32: exact float32 arithmetic (no TF32); 1e-5 as on the CPU (tests/test_grad_attention.py,
   measured <= 5e-7 on short sequences).
 * plus 4 * 2^-24 * sqrt(n) for every dtype: float32 rounding in a sum of n terms with random
@@ -318,6 +320,67 @@ def test_empty_sequences(rng):
     assert dq.shape == (1, 0, 2, 64) and np.all(host(dk) == 0) and np.all(host(dv) == 0)
 
 
+# ------------------------------------------------------------------ wgmma kernel ----------
+# attention_bwd_wgmma.cu (sm_90a): SAMBA_EXT_ATTN_BWD_WGMMA=require makes a call fail rather than
+# take another kernel, so these tests fail, not skip, where the kernel should run but does not. It
+# runs wherever prefill v4 (the same sm_90a build and device) runs.
+WGMMA_CASES = [c for c in CASES if c.values[5] % 8 == 0 and c.values[5] <= 128] + [
+    pytest.param(1, 600, 600, 32, 4, 64, True, (255, 0), 0.0, id="gqa8-split-group"),
+    pytest.param(2, 300, 300, 12, 2, 96, True, (-1, -1), 0.0, id="gqa6-hd96"),
+    pytest.param(1, 3, 799, 4, 4, 64, True, (-1, -1), 0.0, id="3x799-causal"),
+    pytest.param(1, 127, 512, 4, 2, 128, False, (100, 30), 0.0, id="127x512-window-hd128"),
+]
+
+
+def wgmma_unavailable() -> str | None:
+    """None where the wgmma backward runs (where prefill v4 does), else why not."""
+    from test_cuda_attention import v4_unavailable
+    return v4_unavailable()
+
+
+@cuda
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("B,Lq,Lk,H,Hkv,hd,causal,ws,cap", WGMMA_CASES)
+def test_wgmma_against_reference(poison, rng, monkeypatch, dtype, B, Lq, Lk, H, Hkv, hd, causal,
+                                 ws, cap):
+    if wgmma_unavailable():
+        pytest.skip(f"wgmma backward: {wgmma_unavailable()}")
+    (q, gq), (k, gk), (v, gv), (do, gdo) = (rdev(rng.standard_normal(s), dtype) for s in (
+        (B, Lq, H, hd), (B, Lk, Hkv, hd), (B, Lk, Hkv, hd), (B, Lq, H, hd)))
+    left, right = windows(causal, ws)
+    out, lse = grad.attention_fwd(gq, gk, gv, None, causal, ws, cap)
+    monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_WGMMA", "require")
+    got = grad.attention_bwd(gq, gk, gv, None, causal, ws, cap, dout=gdo, out=out, lse=lse)
+    ref = attention_bwd_ref(q, k, v, do, 1.0 / math.sqrt(hd), left, right, cap)
+    n = reduction_lengths(Lq, Lk, H // Hkv, left, right)
+    check_grads(got, ref, dtype, *n, "wgmma ")
+    monkeypatch.delenv("SAMBA_EXT_ATTN_BWD_WGMMA")
+    other = grad.attention_bwd(gq, gk, gv, None, causal, ws, cap, dout=gdo, out=out, lse=lse)
+    check_grads(got, dict(zip(("dq", "dk", "dv"), (host(g) for g in other))), dtype, *n,
+                "wgmma vs mma ")
+
+
+@cuda
+def test_wgmma_require_refuses_what_it_cannot_run(rng, monkeypatch):
+    # deterministic=True, float32 and head dim 256 are not the wgmma kernel's: with "require" the
+    # call fails naming the setting; "1" takes the other kernels instead
+    if wgmma_unavailable():
+        pytest.skip(f"wgmma backward: {wgmma_unavailable()}")
+    shapes = ((1, 70, 2, 64), (1, 70, 1, 64), (1, 70, 1, 64), (1, 70, 2, 64))
+    half = [rdev(rng.standard_normal(s), "bfloat16")[1] for s in shapes]
+    f32 = [rdev(rng.standard_normal(s), "float32")[1] for s in shapes]
+    wide = [rdev(rng.standard_normal(s[:3] + (256,)), "bfloat16")[1] for s in shapes]
+    for setting in ("require", "1"):
+        monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_WGMMA", setting)
+        for args, kw in ((half, {"deterministic": True}), (f32, {}), (wide, {})):
+            if setting == "require":
+                with pytest.raises(ValueError, match="SAMBA_EXT_ATTN_BWD_WGMMA=require"):
+                    grad.attention_bwd(*args[:3], None, True, dout=args[3], **kw)
+            else:
+                got = grad.attention_bwd(*args[:3], None, True, dout=args[3], **kw)
+                assert all(np.all(np.isfinite(host(g))) for g in got)
+
+
 # ------------------------------------------------------------------ real sizes ------------
 LARGE = [
     # dtype, B, L, H, Hkv, hd, causal, window_size
@@ -332,7 +395,7 @@ LARGE = [
 @cuda
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype,B,L,H,Hkv,hd,causal,ws", LARGE)
-def test_real_sizes(poison, rng, dtype, B, L, H, Hkv, hd, causal, ws):
+def test_real_sizes(poison, rng, monkeypatch, dtype, B, L, H, Hkv, hd, causal, ws):
     (q, gq), (k, gk), (v, gv), (do, gdo) = (rdev(rng.standard_normal(s), dtype) for s in (
         (B, L, H, hd), (B, L, Hkv, hd), (B, L, Hkv, hd), (B, L, H, hd)))
     left, right = windows(causal, ws)
@@ -342,6 +405,10 @@ def test_real_sizes(poison, rng, dtype, B, L, H, Hkv, hd, causal, ws):
     got = grad.attention_bwd(gq, gk, gv, None, causal, ws, dout=gdo, out=out, lse=lse)
     w = L if left < 0 else min(L, left + 1 + max(right, 0))
     check_grads(got, ref, dtype, w, (H // Hkv) * w)
+    if dtype != "float32" and not wgmma_unavailable():
+        monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_WGMMA", "require")
+        got = grad.attention_bwd(gq, gk, gv, None, causal, ws, dout=gdo, out=out, lse=lse)
+        check_grads(got, ref, dtype, w, (H // Hkv) * w, "wgmma ")
 
 
 if __name__ == "__main__":

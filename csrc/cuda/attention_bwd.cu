@@ -311,8 +311,8 @@ static samba_status store(const float *src, samba_cu_ref dst, int64_t n, float s
 }
 
 // slices: the number of dq accumulators (deterministic mode; 0 = one, shared through atomics)
-static samba_status run(const samba_cu_attn_ext_args *a, float *scratch, bool mma, int split,
-                        int64_t slices, cudaStream_t st) {
+static samba_status run(const samba_cu_attn_ext_args *a, float *scratch, bool mma, int wgmma,
+                        int split, int64_t slices, cudaStream_t st) {
     const int64_t nrow = a->batch * a->nheads * a->seqlen_q;
     const int64_t nq = nrow * a->headdim;
     const int64_t nk = a->batch * a->seqlen_k * a->nheads_kv * a->headdim;
@@ -336,7 +336,7 @@ static samba_status run(const samba_cu_attn_ext_args *a, float *scratch, bool mm
     const size_t acc = (size_t)(ncopy * nq + (ws.dk_acc ? 2 * nk : 0)) * sizeof(float);
     const cudaError_t e = cudaMemsetAsync(ws.dq_acc, 0, acc, st);
     if (e != cudaSuccess) return samba_cu_fail("attention_bwd (memset)", e);
-    s = attn_bwd_mma(a, &ws, split, st);
+    s = attn_bwd_mma(a, &ws, split, wgmma, st);
     if (s == SAMBA_OK) s = store(ws.dq_acc, a->dq, nq, a->softmax_scale, ncopy, nq, st);
     if (s == SAMBA_OK && ws.dk_acc) s = store(ws.dk_acc, a->dk, nk, 1.0f, 1, 0, st);
     if (s == SAMBA_OK && ws.dv_acc) s = store(ws.dv_acc, a->dv, nk, 1.0f, 1, 0, st);
@@ -358,7 +358,17 @@ extern "C" samba_status samba_cu_attn_bwd(const samba_cu_attn_ext_args *a, void 
         return s;
     }
     const bool mma = attn_bwd_mma_applicable(a) != 0;
-    const int split = mma ? attn_bwd_mma_group_split(a) : 1;  // 1 when deterministic
+    const int wg_setting = attn_bwd_wgmma_setting();
+    const int wgmma = mma && wg_setting != 0 && attn_bwd_wgmma_applicable(a);
+    if (wg_setting == 2 && !wgmma)
+        return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED,
+                                 "attention_bwd: SAMBA_EXT_ATTN_BWD_WGMMA=require, but the wgmma "
+                                 "backward cannot run this call (it needs an sm_90 GPU and a build "
+                                 "with 90 in SAMBA_EXT_CUDA_ARCHS, q / k / v / out / dout all "
+                                 "bfloat16 or all float16 with 16-byte aligned rows, a head dim "
+                                 "that is a multiple of 8 up to 128, and deterministic=False); "
+                                 "unset it to use the other kernels");
+    const int split = mma ? attn_bwd_mma_group_split(a, wgmma) : 1;  // 1 when deterministic
     // dq slices: only the tensor-core path sums with atomics (attn_bwd_mma_dq_slices)
     const int64_t slices = mma && a->deterministic ? attn_bwd_mma_dq_slices(a) : 0;
     const int64_t nrow = a->batch * a->nheads * a->seqlen_q;
@@ -367,7 +377,7 @@ extern "C" samba_status samba_cu_attn_bwd(const samba_cu_attn_ext_args *a, void 
     void *scratch = NULL;
     s = samba_cu_malloc(&scratch, n * sizeof(float), st);
     if (s != SAMBA_OK) return s;
-    s = run(a, (float *)scratch, mma, split, slices, st);
+    s = run(a, (float *)scratch, mma, wgmma, split, slices, st);
     const samba_status s2 = samba_cu_free(scratch, st);
     return s != SAMBA_OK ? s : s2;
 }

@@ -30,6 +30,16 @@ __device__ __forceinline__ void ab_load_rows2(float *sx, float *sy, int ld, samb
     }
 }
 
+// float32 a (+)= (x, y) at an 8-byte aligned address (one vector atomic on sm_90)
+__device__ __forceinline__ void atomic_add2(float *a, float x, float y) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    atomicAdd(reinterpret_cast<float2 *>(a), make_float2(x, y));
+#else
+    atomicAdd(a, x);
+    atomicAdd(a + 1, y);
+#endif
+}
+
 // Size and scalar checks of samba_cu_attn_fwd_lse / samba_cu_attn_bwd (message names `what`).
 samba_status attn_ext_check(const char *what, const samba_cu_attn_ext_args *a);
 // The tensor-core prefill's view of the arguments (q, k, v, out, strides; no window).
@@ -60,13 +70,25 @@ struct attn_bwd_ws {
 int attn_bwd_mma_applicable(const samba_cu_attn_ext_args *a);
 // Number of blocks that share the query heads of one kv head (a divisor of H / Hkv; 1 = one
 // block sums all of them and writes dk, dv directly). Enough blocks for the device; always 1
-// with a->deterministic.
-int attn_bwd_mma_group_split(const samba_cu_attn_ext_args *a);
+// with a->deterministic. wgmma: for the blocks of attention_bwd_wgmma.cu.
+int attn_bwd_mma_group_split(const samba_cu_attn_ext_args *a, int wgmma);
 // Deterministic mode: the number S >= 1 of dq slices (attn_bwd_ws) for these arguments.
 int64_t attn_bwd_mma_dq_slices(const samba_cu_attn_ext_args *a);
+// The wgmma main kernel (attention_bwd_wgmma.cu): SAMBA_EXT_ATTN_BWD_WGMMA (read on every call)
+// "1" runs it where it applies, "require" makes the call fail where it does not, anything else
+// (and unset) keeps attention_bwd_mma.cu (attn_bwd_wgmma_setting: 1, 2, 0). It applies to the
+// arguments of attn_bwd_mma_applicable with head dims up to 128, sequences shorter than 2^29 and
+// deterministic off, on an sm_90 device with the sm_90a build; its blocks hold
+// ATTN_BWD_WGMMA_BN keys. Same scratch and results as attn_bwd_mma up to rounding order.
+#define ATTN_BWD_WGMMA_BN 64
+int attn_bwd_wgmma_setting(void);
+int attn_bwd_wgmma_applicable(const samba_cu_attn_ext_args *a);
+samba_status attn_bwd_wgmma(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int split,
+                            cudaStream_t stream);
 // Main kernel: dq_acc (+)= dS K (into the slices when ws->dq_slices > 0); dk, dv written
 // (split 1) or added to dk_acc / dv_acc (dk already scaled by softmax_scale).
+// wgmma: run attention_bwd_wgmma.cu's kernel instead (the caller checked that it applies).
 samba_status attn_bwd_mma(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int split,
-                          cudaStream_t stream);
+                          int wgmma, cudaStream_t stream);
 
 #endif

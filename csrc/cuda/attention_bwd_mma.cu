@@ -58,16 +58,6 @@ template <int D_, int NW_, int BM_, int DO_> struct BCfg {
     static_assert(NQT % 2 == 0 && NDT % 2 == 0 && DO % 16 == 0 && D % DO == 0, "tile shape");
 };
 
-// 4-byte global -> shared copy (zero-filled when !valid).
-__device__ __forceinline__ void cp_async4(void *dst, const void *src, bool valid) {
-#if SAMBA_PTX_SM80
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)),
-                 "l"(src), "r"(valid ? 4 : 0));
-#else
-    __trap();
-#endif
-}
-
 // rows [r0, r0 + ROWS) of a (rows, hd) matrix with row stride rs into a padded shared tile;
 // rows >= rlimit and columns >= hd zero-filled.
 template <class C, int ROWS, typename T>
@@ -83,16 +73,6 @@ __device__ __forceinline__ void load_rows(T *s, const T *g, int64_t rs, int64_t 
         const bool ok = r0 + r < rlimit && c * 8 < hd;
         cp_async16(s + r * C::LD + c * 8, ok ? g + (r0 + r) * rs + c * 8 : g, ok);
     }
-}
-
-// float32 a (+)= (x, y) at an 8-byte aligned address
-__device__ __forceinline__ void atomic_add2(float *a, float x, float y) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    atomicAdd(reinterpret_cast<float2 *>(a), make_float2(x, y));
-#else
-    atomicAdd(a, x);
-    atomicAdd(a + 1, y);
-#endif
 }
 
 // DET: the deterministic mode (grid.x = ws.dq_slices, a loop over key tiles, dq into slice
@@ -422,7 +402,9 @@ int cfg_nds(int64_t hd) {  // blocks per key tile along the head dim
     return hd <= 128 ? 1 : Cfg256::NDS;
 }
 
-int64_t cfg_blocks(const samba_cu_attn_ext_args *a) {  // blocks per (kv head, group split)
+// blocks per (kv head, group split); wgmma: of attention_bwd_wgmma.cu
+int64_t cfg_blocks(const samba_cu_attn_ext_args *a, int wgmma) {
+    if (wgmma) return cdiv(a->seqlen_k, ATTN_BWD_WGMMA_BN) * a->batch;
     return cdiv(a->seqlen_k, cfg_bn(a->headdim)) * cfg_nds(a->headdim) * a->batch;
 }
 
@@ -474,7 +456,7 @@ int attn_bwd_mma_applicable(const samba_cu_attn_ext_args *a) {
 // SAMBA_EXT_ATTN_BWD_SPLIT=n (read once) forces the group split n when it divides H / Hkv: a
 // tuning knob for benchmarks/gpu_backward_attention.py. The deterministic mode never splits
 // (dk / dv would be summed with atomics).
-int attn_bwd_mma_group_split(const samba_cu_attn_ext_args *a) {
+int attn_bwd_mma_group_split(const samba_cu_attn_ext_args *a, int wgmma) {
     if (a->deterministic) return 1;
     static int forced = -1;
     if (forced < 0) {
@@ -486,7 +468,7 @@ int attn_bwd_mma_group_split(const samba_cu_attn_ext_args *a) {
     if (forced > 0 && G % forced == 0) return forced;
     // the smallest divisor of G that gives ~3 blocks per multiprocessor
     const int64_t want = 3 * (int64_t)sm_count_cached();
-    const int64_t base = cfg_blocks(a) * a->nheads_kv;
+    const int64_t base = cfg_blocks(a, wgmma) * a->nheads_kv;
     for (int64_t s = 1; s < G; ++s)
         if (G % s == 0 && base * s >= want) return (int)s;
     return (int)G;
@@ -513,7 +495,8 @@ int64_t attn_bwd_mma_dq_slices(const samba_cu_attn_ext_args *a) {
 }
 
 samba_status attn_bwd_mma(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int split,
-                          cudaStream_t st) {
+                          int wgmma, cudaStream_t st) {
+    if (wgmma) return attn_bwd_wgmma(a, ws, split, st);
     if (a->q.dtype == SAMBA_CU_BF16) return dispatch<__nv_bfloat16>(a, ws, split, st);
     return dispatch<__half>(a, ws, split, st);
 }

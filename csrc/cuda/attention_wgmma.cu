@@ -68,6 +68,7 @@
 #include "prefill_common.cuh"
 #include "tma_ptx.cuh"
 #include "wgmma_ptx.cuh"
+#include "wgmma_tile.cuh"
 
 namespace {
 using namespace samba_ptx;
@@ -107,25 +108,6 @@ using W64_64_S4 = CfgW<64, 64, 4, 2>;     // 81 KB, 2 blocks per SM; 120 / 116 /
 using W64_128_S3 = CfgW<64, 128, 3, 1>;   // 113 KB; 158 / 167 / 188 registers
 using W128_128_S3 = CfgW<128, 128, 3, 1>; // 225 KB (the opt-in limit of sm_90 is 227 KB); 192 / 200 / 230
 using W128_64_S3 = CfgW<128, 64, 3, 1>;   // 129 KB; 150 / 156 / 168 registers
-
-// rows [r0, r0 + ROWS) of a (rows, hd) global matrix with row stride rs into the swizzled
-// tile at shared address s (1024-byte aligned); rows >= rlimit and columns >= hd are
-// zero-filled (cp.async with src-size 0).
-template <class C, int ROWS, typename T>
-__device__ __forceinline__ void load_tile_sw(uint32_t s, const T *g, int64_t rs, int r0,
-                                             int rlimit, int hd) {
-    constexpr int CH = C::D / 8;  // 16-byte chunks per row
-    constexpr int ITERS = (ROWS * CH + C::THREADS - 1) / C::THREADS;
-#pragma unroll
-    for (int it = 0; it < ITERS; ++it) {
-        const int i = it * C::THREADS + threadIdx.x;
-        if (ROWS * CH % C::THREADS != 0 && i >= ROWS * CH) break;
-        const int r = i / CH, c = i % CH;
-        const bool ok = r0 + r < rlimit && c * 8 < hd;
-        const uint32_t dst = s + (uint32_t)((c >> 3) * ROWS * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
-        cp_async16_s(dst, ok ? g + (int64_t)(r0 + r) * rs + c * 8 : g, ok);
-    }
-}
 
 // One thread's part of loading a K or V tile (BK rows x D head dims, 16-byte chunks into the
 // swizzled layout above): chunk column lc of rows lr + i * RPI, i < ITERS. RPI is a multiple of
@@ -255,7 +237,7 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles, const __grid_constant__ Kv
         }
         __syncthreads();
     }
-    load_tile_sw<C, C::BQ>(sQ, qg, p.q_stride[1], q0, Lq, hd);
+    load_tile_sw<C::D, C::THREADS, C::BQ>(sQ, qg, p.q_stride[1], q0, Lq, hd);
     if constexpr (TMA) {
         cp_async_commit();
         if (threadIdx.x == 0)

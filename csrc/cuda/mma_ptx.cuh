@@ -30,6 +30,15 @@ __device__ __forceinline__ void cp_async16(void *dst, const void *src, bool vali
     __trap();
 #endif
 }
+// 4-byte global -> shared copy (zero-filled when !valid).
+__device__ __forceinline__ void cp_async4(void *dst, const void *src, bool valid) {
+#if SAMBA_PTX_SM80
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(dst)),
+                 "l"(src), "r"(valid ? 4 : 0));
+#else
+    __trap();
+#endif
+}
 __device__ __forceinline__ void cp_async_commit() {
 #if SAMBA_PTX_SM80
     asm volatile("cp.async.commit_group;\n" ::);

@@ -107,6 +107,7 @@ template <int N> __device__ __forceinline__ void fence_operands(float (&r)[N]) {
 // (N = 64 and 128, bfloat16 and float16; one macro spells the four specialisations):
 //   ss(d, da, db):  d (64 x N, accumulator fragment) += A (64 x 16, K-major, descriptor da) *
 //                   B (16 x N, K-major, descriptor db)
+//   ss_t(d, da, db): the same with B MN-major (tnspB = 1)
 //   rs_t(d, a, db): d += A (64 x 16 in registers: each warp's 16 rows as the A fragment of
 //                   mma.sync m16n8k16) * B (16 x N, MN-major: tnspB = 1, descriptor db)
 template <typename T, int N> struct Wgmma;
@@ -143,6 +144,13 @@ template <typename T, int N> struct Wgmma;
             SAMBA_WG_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, " SS_P ", 0;\n"                    \
                          "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " {"    \
                          REGS "}, " SS_AB ", p, 1, 1, 0, 0;\n}\n"                            \
+                         : OUTS(d)                                                            \
+                         : "l"(da), "l"(db), "r"(1));                                         \
+        }                                                                                     \
+        static __device__ __forceinline__ void ss_t(float (&d)[NA], uint64_t da, uint64_t db) { \
+            SAMBA_WG_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, " SS_P ", 0;\n"                    \
+                         "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " {"    \
+                         REGS "}, " SS_AB ", p, 1, 1, 0, 1;\n}\n"                            \
                          : OUTS(d)                                                            \
                          : "l"(da), "l"(db), "r"(1));                                         \
         }                                                                                     \

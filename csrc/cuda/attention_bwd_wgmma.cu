@@ -1,0 +1,353 @@
+// attention_bwd_wgmma.cu - attention backward for bfloat16 / float16 on Hopper's warpgroup matrix
+// instructions (wgmma, sm_90a code only): the main kernel of the tensor-core backward
+// (attention_bwd_mma.cu) with every product on wgmma. Opt-in (SAMBA_EXT_ATTN_BWD_WGMMA, below).
+//
+// Same function, masks, softcap, GQA, scratch (attn_bwd_ws) and roundings as attention_bwd_mma.cu:
+// P and dS are rounded to the input dtype before their products, dq is summed in the float32
+// accumulator with atomics and scaled by the store kernel, dk (times the scale) and dv are
+// written at the end (or added to their accumulators when the group is split over blocks).
+//
+// One block is one warpgroup (4 warps, 128 threads) and owns BN = 64 keys of one kv head, warp w
+// the keys 16 w .. 16 w + 15 (the rows of every M = 64 product below). K and V of the block stay in
+// shared memory; the block walks over the query tiles of BM = 64 rows that see one of its keys,
+// for the query heads of its group (or 1 / split of them). Per tile:
+//   S^T  = K Q^T,  dP^T = V dO^T   wgmma m64n64k16, SS: K, V, Q, dO all K-major (head dims = K)
+//   P^T  = exp2(S^T scale log2e - lse log2e)   (softcap: cap tanh(s scale / cap) first)
+//   dS^T = P^T (dP^T - Delta)      (x (1 - tanh^2) with softcap); masked pairs exactly 0
+//   dV  += P^T dO, dK += dS^T Q     wgmma m64nDk16, RS: P^T / dS^T rounded to T in registers
+//                                  (the accumulator fragment is the A fragment, as P in the
+//                                  forward), dO / Q as the MN-major B operand (queries = K)
+//   dS   -> shared memory           movmatrix transposes each 8 x 8 block of dS^T in registers,
+//                                  so a lane stores 2 keys of one query (32-bit, no bank
+//                                  conflicts): dS (queries x keys) K-major
+//   dQ   = dS K                     wgmma m64nDk16, SS with the MN-major B operand (K's rows are
+//                                  the keys = K), added to the float32 accumulator with
+//                                  red.global.add.v2.f32
+// Q, dO, lse and Delta tiles are double-buffered with cp.async (tile t + 1 in flight while t is
+// computed); two barriers per tile (the tile landed; dS stored). Blocks are small (58 KB of shared
+// memory at D = 64, 106 KB at D = 128; 2 per multiprocessor) so that the products of one overlap
+// the softmax of the other.
+//
+// Configurations: D = 64 (head dims up to 64) and D = 128 (72..128, extra columns zero-filled);
+// the deterministic mode, other head dims, dtypes and devices run attention_bwd_mma.cu.
+// Shared layouts and descriptors: wgmma_tile.cuh.
+#include <stdlib.h>
+#include <string.h>
+
+#include "attention_bwd_impl.cuh"
+#include "prefill_common.cuh"
+#include "wgmma_tile.cuh"
+
+namespace {
+using namespace samba_ptx;
+using namespace samba_prefill;
+using namespace samba_wgmma;
+
+template <int D_, int MINB_> struct WBCfg {
+    static constexpr int D = D_;         // head dim of the template (>= the real hd)
+    static constexpr int MINB = MINB_;   // blocks per SM the registers must allow
+    static constexpr int BN = 64;        // keys per block (M of every product but dQ)
+    static constexpr int BM = 64;        // queries per tile
+    static constexpr int THREADS = 128;  // one warpgroup
+    static constexpr int KS = D / 16;    // k-steps of S^T and dP^T
+    static constexpr int NQ = BM / 2;    // S^T / dP^T accumulator registers per thread
+    static constexpr int ND = D / 2;     // dK / dV / dQ accumulator registers per thread
+    static constexpr uint32_t KV_BYTES = BN * D * 2;  // K (or V)
+    static constexpr uint32_t QO_BYTES = BM * D * 2;  // one buffer of Q (or dO)
+    static constexpr uint32_t DS_BYTES = BM * BN * 2;  // dS
+    static constexpr uint32_t LD_BYTES = 2 * 2 * BM * 4;  // lse and Delta, two buffers each
+    static constexpr size_t SMEM = 1024 + 2 * KV_BYTES + 4 * QO_BYTES + DS_BYTES + LD_BYTES;
+    static_assert(D == 64 || D == 128, "wgmma N of dK / dV / dQ is written out for 64 and 128");
+};
+// Registers (ptxas, sm_90a, nvcc 13.0): 214 at D = 64, 255 with 32 bytes of spills at D = 128,
+// so 2 blocks per SM either way (a cap of 168 for 3 blocks at D = 64 spills 76 bytes: the
+// scores, dP^T, dK and dV take 128 registers and the tile's lse / Delta loads come on top).
+using WB64 = WBCfg<64, 2>;    // 58 KB
+using WB128 = WBCfg<128, 2>;  // 106 KB
+
+template <typename T, class C>
+__global__ void __launch_bounds__(C::THREADS, C::MINB)
+attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
+    extern __shared__ __align__(1024) unsigned char smem_raw[];
+    // K, V, Q [2], dO [2], dS: swizzled tiles (wgmma_tile.cuh), 1024-byte aligned; then the
+    // float32 lse * log2 e [2][BM] and Delta [2][BM]
+    const uint32_t raw = smem_addr(smem_raw);
+    const uint32_t sK = (raw + 1023u) & ~1023u;
+    unsigned char *const sm = smem_raw + (sK - raw);  // generic pointer to sK
+    const uint32_t sV = sK + C::KV_BYTES;
+    const uint32_t sQ = sV + C::KV_BYTES;
+    const uint32_t sO = sQ + 2 * C::QO_BYTES;
+    const uint32_t sS = sO + 2 * C::QO_BYTES;
+    float *const sL = reinterpret_cast<float *>(sm + (sS + C::DS_BYTES - sK));
+    float *const sD = sL + 2 * C::BM;
+
+    const int hs = (int)(blockIdx.y % (unsigned)gsplit);
+    const int64_t hk = blockIdx.y / (unsigned)gsplit;
+    const int64_t b = blockIdx.z;
+    const int64_t H = p.nheads, G = H / p.nheads_kv, hpb = G / gsplit;
+    const int64_t h_first = hk * G + hs * hpb;
+    const int Lq = (int)p.seqlen_q, Lk = (int)p.seqlen_k, off = Lk - Lq;
+    const int hd = (int)p.headdim;
+    // warp-uniform as far as the compiler can tell (descriptors in uniform registers)
+    const int warp = __shfl_sync(0xffffffffu, (int)threadIdx.x >> 5, 0);
+    const int lane = threadIdx.x & 31;
+    const int g = lane >> 2, tq = lane & 3;
+    // window sides in int32 (-1 = unbounded; sequences are shorter than 2^29, so key - query
+    // position lies in (-2^30, 2^30) and a side clamped to 2^30 still reaches every position)
+    const int left = p.window_left < 0 ? -1 : (int)(p.window_left < (1 << 30) ? p.window_left : (1 << 30));
+    const int right = p.window_right < 0 ? -1 : (int)(p.window_right < (1 << 30) ? p.window_right : (1 << 30));
+
+    const int k0 = (int)blockIdx.x * C::BN;
+    const int kend = k0 + C::BN < Lk ? k0 + C::BN : Lk;  // exclusive
+    // the queries that see a key of [k0, kend): [qlo, qhi] (int64 before the clamp)
+    const int64_t qlo64 = right < 0 ? 0 : (int64_t)k0 - off - right;
+    const int64_t qhi64 = left < 0 ? Lq - 1 : (int64_t)kend - 1 - off + left;
+    const int qlo = (int)(qlo64 < 0 ? 0 : qlo64);
+    const int qhi = (int)(qhi64 > Lq - 1 ? Lq - 1 : qhi64);
+    const int n_mt = qhi >= qlo ? (qhi - qlo + C::BM) / C::BM : 0;
+    const int n_it = n_mt * (int)hpb;
+
+    const T *kg = (const T *)p.k.ptr + b * p.k_stride[0] + hk * p.k_stride[2];
+    const T *vg = (const T *)p.v.ptr + b * p.v_stride[0] + hk * p.v_stride[2];
+    // Q / dO / lse / Delta tile of iteration it into buffer buf
+    auto load_q = [&](int it, int buf) {
+        const int64_t h = h_first + it / n_mt;
+        const int m0 = qlo + (it % n_mt) * C::BM;
+        load_tile_sw<C::D, C::THREADS, C::BM>(
+            sQ + buf * C::QO_BYTES, (const T *)p.q.ptr + b * p.q_stride[0] + h * p.q_stride[2],
+            p.q_stride[1], m0, Lq, hd);
+        load_tile_sw<C::D, C::THREADS, C::BM>(
+            sO + buf * C::QO_BYTES, (const T *)p.dout.ptr + b * p.do_stride[0] + h * p.do_stride[2],
+            p.do_stride[1], m0, Lq, hd);
+        const int64_t rb = (b * H + h) * Lq;
+        for (int i = threadIdx.x; i < 2 * C::BM; i += C::THREADS) {
+            const int r = i % C::BM;
+            const bool ok = m0 + r < Lq;
+            const float *src = (i < C::BM ? ws.lse2 : ws.delta) + (ok ? rb + m0 + r : 0);
+            cp_async4((i < C::BM ? sL : sD) + buf * C::BM + r, src, ok);
+        }
+    };
+
+    load_tile_sw<C::D, C::THREADS, C::BN>(sK, kg, p.k_stride[1], k0, Lk, hd);
+    load_tile_sw<C::D, C::THREADS, C::BN>(sV, vg, p.v_stride[1], k0, Lk, hd);
+    if (n_it > 0) load_q(0, 0);
+    cp_async_commit();
+
+    const bool capped = p.softcap > 0.0f;
+    const float sl = p.softmax_scale * ABW_LOG2E;  // scores in base-2 units
+    const float cap_in = capped ? p.softmax_scale / p.softcap : 0.0f;
+    const float cap2 = p.softcap * ABW_LOG2E;
+
+    float dk[C::ND], dv[C::ND];
+#pragma unroll
+    for (int i = 0; i < C::ND; ++i) dk[i] = dv[i] = 0.0f;
+
+    for (int it = 0; it < n_it; ++it) {
+        const int buf = (int)(it & 1);
+        cp_async_wait<0>();        // tile it (and K, V) landed for this thread's copies
+        fence_proxy_async_smem();  // ... visible to wgmma
+        __syncthreads();           // ... for every thread; tile it - 1's buffers and dS are free
+        if (it + 1 < n_it) load_q(it + 1, buf ^ 1);
+        cp_async_commit();
+
+        const int64_t h = h_first + it / n_mt;
+        const int m0 = qlo + (it % n_mt) * C::BM;
+        const uint32_t q_s = sQ + buf * C::QO_BYTES, o_s = sO + buf * C::QO_BYTES;
+        const float *l_s = sL + buf * C::BM, *d_s = sD + buf * C::BM;
+
+        // ---- S^T = K Q^T, dP^T = V dO^T (keys x queries), one batch ----
+        float s[C::NQ], dp[C::NQ];
+#pragma unroll
+        for (int i = 0; i < C::NQ; ++i) s[i] = dp[i] = 0.0f;
+        fence_operands(s);
+        fence_operands(dp);
+        wg_fence();
+#pragma unroll
+        for (int ks = 0; ks < C::KS; ++ks)
+            Wgmma<T, 64>::ss(s, desc_kmajor<C::BN>(sK, ks), desc_kmajor<C::BM>(q_s, ks));
+#pragma unroll
+        for (int ks = 0; ks < C::KS; ++ks)
+            Wgmma<T, 64>::ss(dp, desc_kmajor<C::BN>(sV, ks), desc_kmajor<C::BM>(o_s, ks));
+        wg_commit();
+        wg_wait<0>();
+        fence_operands(s);
+        fence_operands(dp);
+
+        // ---- P^T and dS^T (in place of s and dp); element 4 j + e: key 16 warp + g + 8 (e / 2),
+        //      query 8 j + 2 tq + (e % 2) of the tile ----
+        const bool full = kend - k0 == C::BN && m0 + C::BM <= Lq &&
+                          (right < 0 || k0 + C::BN - 1 - m0 - off <= right) &&
+                          (left < 0 || k0 - (m0 + C::BM - 1) - off >= -left);
+        const int rel0 = k0 + warp * 16 + g - m0 - off;  // key - query position
+#pragma unroll
+        for (int j = 0; j < C::BM / 8; ++j) {
+            const float2 l2 = *reinterpret_cast<const float2 *>(l_s + 8 * j + 2 * tq);
+            const float2 dl = *reinterpret_cast<const float2 *>(d_s + 8 * j + 2 * tq);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int qc = 8 * j + 2 * tq + (e & 1);  // query in the tile
+                float x = s[4 * j + e], t = 0.0f;
+                if (capped) {
+                    t = tanhf(x * cap_in);
+                    x = cap2 * t;
+                } else {
+                    x *= sl;
+                }
+                float pr = fast_exp2(x - ((e & 1) ? l2.y : l2.x));
+                float ds = pr * (dp[4 * j + e] - ((e & 1) ? dl.y : dl.x));
+                if (capped) ds *= 1.0f - t * t;
+                if (!full) {
+                    const int kr = warp * 16 + g + (e >> 1) * 8;  // key in the block
+                    const int rel = rel0 + (e >> 1) * 8 - qc;
+                    if (k0 + kr >= Lk || m0 + qc >= Lq || (right >= 0 && rel > right) ||
+                        (left >= 0 && rel < -left)) {
+                        pr = 0.0f;
+                        ds = 0.0f;
+                    }
+                }
+                s[4 * j + e] = pr;
+                dp[4 * j + e] = ds;
+            }
+        }
+
+        // ---- dV += P^T dO, dK += dS^T Q (keys x head dims), one batch, left running ----
+        uint32_t pa[C::BM / 16][4], da[C::BM / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < C::BM / 16; ++kk) {
+            pack_p<T>(pa[kk], reinterpret_cast<const float(&)[4]>(s[8 * kk]),
+                      reinterpret_cast<const float(&)[4]>(s[8 * kk + 4]));
+            pack_p<T>(da[kk], reinterpret_cast<const float(&)[4]>(dp[8 * kk]),
+                      reinterpret_cast<const float(&)[4]>(dp[8 * kk + 4]));
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                fence_operand(pa[kk][i]);
+                fence_operand(da[kk][i]);
+            }
+        }
+        fence_operands(dv);
+        fence_operands(dk);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < C::BM / 16; ++kk)
+            Wgmma<T, C::D>::rs_t(dv, pa[kk], desc_mnmajor<C::BM>(o_s, kk));
+#pragma unroll
+        for (int kk = 0; kk < C::BM / 16; ++kk)
+            Wgmma<T, C::D>::rs_t(dk, da[kk], desc_mnmajor<C::BM>(q_s, kk));
+        wg_commit();
+
+        // ---- dS into shared memory (queries x keys, K-major) while those run: da[kk][i] is the
+        //      8 x 8 block of keys 16 warp + 8 (i % 2) .., queries 16 kk + 8 (i / 2) ..; after
+        //      movmatrix the lane holds query 16 kk + 8 (i / 2) + g, keys .. + 2 tq, + 1 ----
+#pragma unroll
+        for (int kk = 0; kk < C::BM / 16; ++kk)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int qrow = 16 * kk + 8 * (i >> 1) + g;  // qrow % 8 == g
+                const int chunk = 2 * warp + (i & 1);         // 16-byte chunk of 8 keys
+                const uint32_t at = (uint32_t)(qrow * 128 + ((chunk ^ g) << 4) + 4 * tq);
+                *reinterpret_cast<uint32_t *>(sm + (sS - sK) + at) = movmatrix_trans(da[kk][i]);
+            }
+        wg_wait<0>();  // dV, dK: P^T and dS^T leave the registers before dQ's accumulators come
+        fence_operands(dv);
+        fence_operands(dk);
+        fence_proxy_async_smem();
+        __syncthreads();  // every warp's dS stored
+
+        // ---- dQ = dS K (queries x head dims), into the float32 accumulator ----
+        float dq[C::ND];
+#pragma unroll
+        for (int i = 0; i < C::ND; ++i) dq[i] = 0.0f;
+        fence_operands(dq);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < C::BN / 16; ++kk)
+            Wgmma<T, C::D>::ss_t(dq, desc_kmajor<C::BM>(sS, kk), desc_mnmajor<C::BN>(sK, kk));
+        wg_commit();
+        wg_wait<0>();
+        fence_operands(dq);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int q = m0 + warp * 16 + g + 8 * r;
+            if (q >= Lq) continue;
+            float *row = ws.dq_acc + (((int64_t)b * Lq + q) * H + h) * hd;
+#pragma unroll
+            for (int j = 0; j < C::D / 8; ++j) {
+                const int col = 8 * j + 2 * tq;
+                if (col < hd) atomic_add2(row + col, dq[4 * j + 2 * r], dq[4 * j + 2 * r + 1]);
+            }
+        }
+    }
+    cp_async_wait<0>();
+
+    // ---- dK (times scale), dV: keys 16 warp + g (+8), head dims 8 j + 2 tq (+1) ----
+    const bool split = ws.dk_acc != nullptr;
+    if (split && n_it == 0) return;  // the accumulators are zero already
+    const int64_t Hkv = p.nheads_kv;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int key = k0 + warp * 16 + g + 8 * r;
+        if (key >= Lk) continue;
+        const int64_t rb = ((b * Lk + key) * Hkv + hk) * hd;
+#pragma unroll
+        for (int j = 0; j < C::D / 8; ++j) {
+            const int col = 8 * j + 2 * tq;
+            if (col >= hd) continue;
+            const float k0v = dk[4 * j + 2 * r] * p.softmax_scale;
+            const float k1v = dk[4 * j + 2 * r + 1] * p.softmax_scale;
+            const float v0v = dv[4 * j + 2 * r], v1v = dv[4 * j + 2 * r + 1];
+            if (split) {
+                atomic_add2(ws.dk_acc + rb + col, k0v, k1v);
+                atomic_add2(ws.dv_acc + rb + col, v0v, v1v);
+            } else {
+                stf(p.dk, rb + col, k0v);
+                stf(p.dk, rb + col + 1, k1v);
+                stf(p.dv, rb + col, v0v);
+                stf(p.dv, rb + col + 1, v1v);
+            }
+        }
+    }
+}
+
+template <typename T, class C>
+samba_status launch(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int split,
+                    cudaStream_t st) {
+    const int64_t nkb = cdiv(a->seqlen_k, C::BN);
+    const int64_t ny = a->nheads_kv * split;
+    if (nkb > 0x7fffffffLL || ny > 65535 || a->batch > 65535)
+        return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "attention_bwd: too many key blocks or heads");
+    cudaError_t e = cudaFuncSetAttribute(attn_bwd_wgmma_kernel<T, C>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
+    if (e != cudaSuccess) return samba_cu_fail("attention_bwd (shared memory opt-in)", e);
+    dim3 grid((unsigned)nkb, (unsigned)ny, (unsigned)a->batch);
+    attn_bwd_wgmma_kernel<T, C><<<grid, C::THREADS, C::SMEM, st>>>(*a, *ws, split);
+    return samba_cu_check_launch("attention_bwd (wgmma)", st);
+}
+
+}  // namespace
+
+int attn_bwd_wgmma_setting(void) {
+    const char *e = getenv("SAMBA_EXT_ATTN_BWD_WGMMA");
+    if (e == NULL) return 0;
+    if (!strcmp(e, "require")) return 2;
+    return e[0] == '1' ? 1 : 0;
+}
+
+int attn_bwd_wgmma_applicable(const samba_cu_attn_ext_args *a) {
+#if !defined(SAMBA_WGMMA_SM90A)
+    (void)a;
+    return 0;  // this build has no sm_90a code for the kernel
+#else
+    if (a->deterministic || a->headdim > 128 || !attn_bwd_mma_applicable(a)) return 0;
+    if (a->seqlen_q >= ((int64_t)1 << 29) || a->seqlen_k >= ((int64_t)1 << 29)) return 0;
+    const size_t smem = a->headdim <= 64 ? WB64::SMEM : WB128::SMEM;
+    return attn_wgmma_device_ok() && smem <= attn_smem_optin();
+#endif
+}
+
+samba_status attn_bwd_wgmma(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int split,
+                            cudaStream_t st) {
+    const bool bf = a->q.dtype == SAMBA_CU_BF16;
+    if (a->headdim <= 64)
+        return bf ? launch<__nv_bfloat16, WB64>(a, ws, split, st) : launch<__half, WB64>(a, ws, split, st);
+    return bf ? launch<__nv_bfloat16, WB128>(a, ws, split, st) : launch<__half, WB128>(a, ws, split, st);
+}

@@ -1,0 +1,70 @@
+"""benchmarks/gpu_backward_attention.py without a GPU: the report of a saved run, and of a run
+that timed two kernel variants."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import gpu_backward_attention as gba  # noqa: E402
+
+
+def _saved() -> dict:
+    with open(os.path.join(ROOT, "benchmarks", "results", "gpu_backward_attention.json")) as f:
+        return json.load(f)
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_render_saved_run_without_variants():
+    # a run from before the variants: one samba_ext column, as it was written
+    d = _saved()
+    md = gba.render(d["meta"], d["rows"], d["peers"])
+    head = md.index(next(ln for ln in md if ln.startswith("| case |")))
+    assert _cells(md[head])[1] == "samba_ext bwd ms"
+    body = md[head + 2:head + 2 + len(d["rows"])]
+    assert all(ln.startswith(("| swa L=", "| causal L=")) for ln in body)
+    assert all(len(_cells(ln)) == len(_cells(md[head])) for ln in body)
+
+
+def test_render_run_with_variants():
+    # two variants, one failed in the second case: a column per variant, the fastest named in the
+    # samba_ext column, the variants' difference in the last column
+    d = _saved()
+    rows = copy.deepcopy(d["rows"][:2])
+    rows[0].update(samba_ext_mma_ms=2.0, samba_ext_wgmma_ms=1.0, samba_ext_ms=1.0,
+                   samba_ext_variant="wgmma", variant_err=3e-3)
+    rows[1].update(samba_ext_mma_ms=5.0, samba_ext_ms=5.0, samba_ext_variant="mma",
+                   variant_wgmma_error="ValueError: ...")
+    md = gba.render(d["meta"], rows, d["peers"])
+    head = md.index(next(ln for ln in md if ln.startswith("| case |")))
+    names = _cells(md[head])
+    assert names[1:4] == ["mma ms", "wgmma ms", "samba_ext bwd ms"]
+    assert names[-1] == "variants' rel. diff"
+    r0, r1 = (_cells(ln) for ln in md[head + 2:head + 4])
+    assert r0[1:4] == ["2.000", "1.000", "1.000 (wgmma)"] and r0[-1] == "3.0e-03"
+    assert r1[1:4] == ["5.000", "failed", "5.000 (mma)"] and r1[-1] == "-"
+    assert len(_cells(md[head + 1])) == len(names)
+
+
+@pytest.mark.parametrize("name,setting", [("mma", "0"), ("wgmma", "require")])
+def test_variant_selects_the_kernel_setting(monkeypatch, name, setting):
+    # each variant sets SAMBA_EXT_ATTN_BWD_WGMMA ("require": a call the wgmma kernel cannot run
+    # fails rather than timing the other kernel); None restores what was there before
+    monkeypatch.setattr(gba, "_ENV_BEFORE", "1")
+    monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_WGMMA", "1")
+    gba.select_variant(name)
+    assert os.environ["SAMBA_EXT_ATTN_BWD_WGMMA"] == setting
+    gba.select_variant(None)
+    assert os.environ["SAMBA_EXT_ATTN_BWD_WGMMA"] == "1"
+    monkeypatch.setattr(gba, "_ENV_BEFORE", None)
+    gba.select_variant(name)
+    gba.select_variant(None)
+    assert "SAMBA_EXT_ATTN_BWD_WGMMA" not in os.environ
