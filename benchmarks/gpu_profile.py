@@ -12,6 +12,8 @@ Cases (bf16 data, the sizes of the issues' targets):
   causal             swa_attention, full causal, L 4K, 32 / 4 heads x 64
   attn_bwd           grad.attention_bwd, full causal, L 4K, 32 / 4 heads x 64
   attn_bwd_swa       the same with window 2048 (the FlexAttention comparison of #18)
+  attn_bwd_wgmma, attn_bwd_swa_wgmma
+                     the two above on the sm_90a wgmma kernel (SAMBA_EXT_ATTN_BWD_WGMMA=require)
   gemv               samba_ext.cuda.blas.matmul, M 1, K 2048, N 8192 (a decode projection),
                      with the GEMV kernel on
 
@@ -24,7 +26,8 @@ import sys
 from typing import Any, Callable
 
 CASES = ("scan_b1", "scan_b8", "scan_b1_warp", "scan_b8_warp", "scan_b1_tile2", "scan_b8_tile2",
-         "scan_bwd", "swa", "swa_v4", "causal", "attn_bwd", "attn_bwd_swa", "gemv")
+         "scan_bwd", "swa", "swa_v4", "causal", "attn_bwd", "attn_bwd_swa", "attn_bwd_wgmma",
+         "attn_bwd_swa_wgmma", "gemv")
 
 
 def _scan_inputs(b: int, d: int, L: int) -> tuple:
@@ -79,9 +82,13 @@ def make(case: str) -> Callable[[], Any]:
         if case == "swa_v4":
             runtime.require()._attn_variant(0, 4)
         return lambda: samba_ext.swa_attention(q, k, v, W)
-    if case in ("attn_bwd", "attn_bwd_swa"):
+    if case.startswith("attn_bwd"):
+        import os
+
+        if case.endswith("_wgmma"):
+            os.environ["SAMBA_EXT_ATTN_BWD_WGMMA"] = "require"
         q, k, v, do = _attn_inputs(4096, 32, 4, 64)
-        ws = (-1, 0) if case == "attn_bwd" else (2047, 0)
+        ws = (2047, 0) if "_swa" in case else (-1, 0)
         out, lse = grad.attention_fwd(q, k, v, None, True, ws)
         return lambda: grad.attention_bwd(q, k, v, None, True, ws, dout=do, out=out, lse=lse)
     if case == "gemv":
