@@ -1,0 +1,159 @@
+"""Index math of the Hopper attention backward (csrc/cuda/attention_bwd_wgmma.cu) checked on the
+host, without a GPU, against the documented wgmma layouts of tests/test_wgmma_layout.py (its
+hardware side: descriptor decoding, the K-major / MN-major 128-byte-swizzle reads and the
+accumulator / A fragment, reused from there):
+  * every operand of the five products reads what the kernel wrote there: K, V, Q and dO from
+    load_tile_sw, dS from the kernel's own store after movmatrix;
+  * the register positions the kernel assumes (mask and softmax of S^T / dP^T, the P^T / dS^T A
+    operands, the dQ, dK and dV stores) are those of the fragment layouts;
+  * movmatrix.trans is modelled from the PTX ISA ("movmatrix": lane l holds row l / 4, columns
+    2 (l % 4), + 1 of an 8 x 8 matrix of 16-bit values, and afterwards those positions of its
+    transpose).
+The kernel's formulas are mirrored here line by line (keep them in step with the .cu file and
+wgmma_tile.cuh). Every check is exact, so there is no tolerance.
+"""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from test_wgmma_layout import desc_sw128, frag, kernel_pa, read_kmajor, read_mnmajor, write_addr
+
+BN = BM = 64  # keys per block, queries per tile
+BASE = 1024 * 5  # any 1024-aligned shared address (the kernel rounds sK up to 1024)
+
+
+# ---------------------------------------------------------------- the kernel, mirrored -------
+def desc_kmajor(s: int, rows: int, ks: int) -> int:
+    """wgmma_tile.cuh desc_kmajor<ROWS>(s, ks)."""
+    return desc_sw128(s + (ks >> 2) * rows * 128 + (ks & 3) * 32, 16, 1024)
+
+
+def desc_mnmajor(s: int, rows: int, kk: int) -> int:
+    """wgmma_tile.cuh desc_mnmajor<ROWS>(s, kk)."""
+    return desc_sw128(s + kk * 16 * 128, rows * 128, 1024)
+
+
+def layout(D: int) -> dict:
+    """The kernel's shared offsets (sK .. sS), buffer 1 of Q and dO."""
+    kv, qo = BN * D * 2, BM * D * 2
+    sK = BASE
+    sV = sK + kv
+    sQ = sV + kv
+    sO = sQ + 2 * qo
+    sS = sO + 2 * qo
+    return {"sK": sK, "sV": sV, "q_s": sQ + qo, "o_s": sO + qo, "sS": sS}
+
+
+def kernel_st_pos(lane: int, warp: int, j: int, e: int) -> tuple[int, int]:
+    """(key in the block, query in the tile) the mask and softmax give s[4 j + e]."""
+    g, tq = lane >> 2, lane & 3
+    return warp * 16 + g + (e >> 1) * 8, 8 * j + 2 * tq + (e & 1)
+
+
+def kernel_ds_store(lane: int, warp: int, kk: int, i: int, half: int) -> int:
+    """Byte address the kernel stores half `half` of movmatrix_trans(da[kk][i]) to."""
+    g, tq = lane >> 2, lane & 3
+    qrow = 16 * kk + 8 * (i >> 1) + g
+    chunk = 2 * warp + (i & 1)
+    return layout(64)["sS"] + qrow * 128 + ((chunk ^ g) << 4) + 4 * tq + 2 * half
+
+
+def kernel_acc_pos(lane: int, warp: int, j: int, r: int, c: int) -> tuple[int, int]:
+    """(row, head dim) the dQ atomics / dK, dV stores give acc[4 j + 2 r + c]."""
+    g, tq = lane >> 2, lane & 3
+    return warp * 16 + g + 8 * r, 8 * j + 2 * tq + c
+
+
+# ---------------------------------------------------------------- the hardware ---------------
+def movmatrix_trans_source(lane: int, half: int) -> tuple[int, int]:
+    """(source lane, source half) of half `half` of lane's result of movmatrix.trans."""
+    g, tq = lane >> 2, lane & 3
+    row, col = 2 * tq + half, g  # the lane holds (g, 2 tq + half) of the transpose
+    return 4 * row + col // 2, col % 2
+
+
+# ---------------------------------------------------------------- checks ---------------------
+@pytest.mark.parametrize("D", [64, 128])
+def test_score_products_read_k_v_q_do_as_loaded(D):
+    # S^T = K Q^T and dP^T = V dO^T: A = K / V (keys x head dims), B = Q / dO (queries x head
+    # dims), both K-major
+    lay = layout(D)
+    for ks in range(D // 16):
+        for m, k in itertools.product(range(BN), range(16)):
+            for a in ("sK", "sV"):
+                assert read_kmajor(desc_kmajor(lay[a], BN, ks), m, k) == \
+                    write_addr(lay[a], BN, m, ks * 16 + k), (a, ks, m, k)
+        for n, k in itertools.product(range(BM), range(16)):
+            for b in ("q_s", "o_s"):
+                assert read_kmajor(desc_kmajor(lay[b], BM, ks), n, k) == \
+                    write_addr(lay[b], BM, n, ks * 16 + k), (b, ks, n, k)
+
+
+@pytest.mark.parametrize("D", [64, 128])
+def test_gradient_products_read_q_do_k_as_loaded(D):
+    # dV += P^T dO, dK += dS^T Q: B = dO / Q MN-major (queries = K); dQ = dS K: B = K MN-major
+    # (keys = K); N = D in all three
+    lay = layout(D)
+    for kk in range(4):
+        for k, n in itertools.product(range(16), range(D)):
+            for b in ("q_s", "o_s"):
+                assert read_mnmajor(desc_mnmajor(lay[b], BM, kk), k, n) == \
+                    write_addr(lay[b], BM, kk * 16 + k, n), (b, kk, k, n)
+            assert read_mnmajor(desc_mnmajor(lay["sK"], BN, kk), k, n) == \
+                write_addr(lay["sK"], BN, kk * 16 + k, n), (kk, k, n)
+
+
+def test_ds_store_is_what_the_dq_product_reads():
+    # dS^T sits in the dP^T accumulator (keys x queries); da[kk][i] packs it as the A fragment
+    # of dK += dS^T Q; movmatrix transposes each 8 x 8 block and the kernel stores the result.
+    # The dQ product then reads dS (queries x keys) K-major at k-step kk2 = key // 16: every
+    # element must come back from where the kernel put it
+    sS = layout(64)["sS"]
+    stored = {}  # byte address -> (key, query) of the dS^T value stored there
+    for t in range(128):
+        lane, warp = t % 32, t // 32
+        for kk, i, half in itertools.product(range(4), range(4), range(2)):
+            src_lane, src_half = movmatrix_trans_source(lane, half)
+            src_t = warp * 32 + src_lane
+            key, query = frag(src_t, kernel_pa(kk, i, src_half))
+            addr = kernel_ds_store(lane, warp, kk, i, half)
+            assert addr not in stored, "two values stored to one address"
+            stored[addr] = (key, query)
+    assert set(stored) == set(range(sS, sS + BM * BN * 2, 2))  # the whole tile, once
+    for kk2 in range(BN // 16):
+        for m, k in itertools.product(range(BM), range(16)):
+            addr = read_kmajor(desc_kmajor(sS, BM, kk2), m, k)
+            assert stored[addr] == (16 * kk2 + k, m), (kk2, m, k)
+
+
+def test_ds_stores_are_free_of_bank_conflicts():
+    # one 32-bit store per lane per (kk, i): the 32 lanes of a warp hit 32 different banks
+    for warp, kk, i in itertools.product(range(4), range(4), range(4)):
+        banks = {(kernel_ds_store(lane, warp, kk, i, 0) // 4) % 32 for lane in range(32)}
+        assert len(banks) == 32
+
+
+@pytest.mark.parametrize("D", [64, 128])
+def test_register_positions_match_the_fragment_layouts(D):
+    for t in range(128):
+        lane, warp = t % 32, t // 32
+        # S^T / dP^T accumulators (m64n64): the mask and the lse / Delta columns
+        for j, e in itertools.product(range(BM // 8), range(4)):
+            assert kernel_st_pos(lane, warp, j, e) == frag(t, 4 * j + e)
+        # P^T / dS^T as the A operand of k-step kk (queries 16 kk ..): value 2 q + half of the
+        # A fragment is the element (key, 16 kk + col) that s / dp hold at kernel_pa(kk, q, half)
+        for kk, q, half in itertools.product(range(BM // 16), range(4), range(2)):
+            row, col = frag(t, 2 * q + half)
+            idx = kernel_pa(kk, q, half)
+            assert kernel_st_pos(lane, warp, idx // 4, idx % 4) == (row, 16 * kk + col)
+        # dQ (queries x head dims), dK and dV (keys x head dims) accumulators (m64nD)
+        for j, r, c in itertools.product(range(D // 8), range(2), range(2)):
+            assert kernel_acc_pos(lane, warp, j, r, c) == frag(t, 4 * j + 2 * r + c)
+
+
+def test_movmatrix_model_is_a_transpose():
+    # the model above: applying it twice gives every value back where it started
+    for lane, half in itertools.product(range(32), range(2)):
+        src = movmatrix_trans_source(*movmatrix_trans_source(lane, half))
+        assert src == (lane, half)
