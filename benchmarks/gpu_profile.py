@@ -14,6 +14,9 @@ Cases (bf16 data, the sizes of the issues' targets):
   attn_bwd_swa       the same with window 2048 (the FlexAttention comparison of #18)
   attn_bwd_wgmma, attn_bwd_swa_wgmma
                      the two above on the sm_90a wgmma kernel (SAMBA_EXT_ATTN_BWD_WGMMA=require)
+  decode_b1_16k, decode_b1_32k
+                     swa_decode, batch 1, caches of 16K / 32K keys, 32 query / 4 KV heads x 64
+                     (the decode cases below #17's 70% bandwidth target)
   gemv               samba_ext.cuda.blas.matmul, M 1, K 2048, N 8192 (a decode projection),
                      with the GEMV kernel on
 
@@ -27,7 +30,7 @@ from typing import Any, Callable
 
 CASES = ("scan_b1", "scan_b8", "scan_b1_warp", "scan_b8_warp", "scan_b1_tile2", "scan_b8_tile2",
          "scan_bwd", "swa", "swa_v4", "causal", "attn_bwd", "attn_bwd_swa", "attn_bwd_wgmma",
-         "attn_bwd_swa_wgmma", "gemv")
+         "attn_bwd_swa_wgmma", "decode_b1_16k", "decode_b1_32k", "gemv")
 
 
 def _scan_inputs(b: int, d: int, L: int) -> tuple:
@@ -91,6 +94,18 @@ def make(case: str) -> Callable[[], Any]:
         ws = (2047, 0) if "_swa" in case else (-1, 0)
         out, lse = grad.attention_fwd(q, k, v, None, True, ws)
         return lambda: grad.attention_bwd(q, k, v, None, True, ws, dout=do, out=out, lse=lse)
+    if case.startswith("decode_b1_"):
+        import torch
+
+        C = int(case.rsplit("_", 1)[1][:-1]) * 1024
+        g = torch.Generator(device="cuda").manual_seed(3)
+        kc, vc = (torch.randn(1, C, 4, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+                  for _ in range(2))
+        q = torch.randn(1, 32, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+        out = torch.empty_like(q)
+        pos = torch.full((1,), C + 123, device="cuda", dtype=torch.int32)
+        nv = torch.full((1,), C, device="cuda", dtype=torch.int32)
+        return lambda: samba_ext.swa_decode(q, kc, vc, pos, nv, out=out)
     if case == "gemv":
         import torch
 
