@@ -32,8 +32,10 @@ from samba_ext import cuda as _gpu, grad
 rng = np.random.default_rng(0)
 def dev(shape, dt):
     return _gpu.to_device(rng.standard_normal(shape).astype(np.float32), dt)
-for wg in ("0", "1"):  # the mma.sync kernel, then the wgmma one where it applies (sm_90a)
+# the mma.sync kernel, then the wgmma one (one and two warpgroups) where it applies (sm_90a)
+for wg, nwg in (("0", "1"), ("1", "1"), ("1", "2")):
     os.environ["SAMBA_EXT_ATTN_BWD_WGMMA"] = wg
+    os.environ["SAMBA_EXT_ATTN_BWD_WGMMA_WG"] = nwg
     for dt in ("bfloat16", "float16", "float32"):
         for hd, ws, cap in ((64, (50, 0), 0.0), (96, (-1, -1), 0.0), (128, (30, 20), 5.0), (256, (40, 0), 0.0)):
             q, k, do = dev((1, 150, 4, hd), dt), dev((1, 170, 2, hd), dt), dev((1, 150, 4, hd), dt)

@@ -3,14 +3,15 @@
 
 Usage (on a machine with a CUDA GPU, torch installed, samba_ext built with CUDA):
     python3 benchmarks/gpu_backward_attention.py [--out DIR] [--no-flex] [--reps N] [--commit SHA]
-        [--variants mma,wgmma]
+        [--variants mma,wgmma,wgmma2]
 
 Cases: bf16, batch 1, 32 query heads, 4 kv heads, head dim 64: sliding window W = 2048 at
 L = 4K and 16K, full causal at 4K; and 12 heads of dim 128 (no GQA) with W = 2048 at 4K.
 Variants of samba_ext's tensor-core backward, timed in interleaved rounds (median_ms_rounds):
-"mma" (attention_bwd_mma.cu) and "wgmma" (attention_bwd_wgmma.cu, sm_90a; selected with
-SAMBA_EXT_ATTN_BWD_WGMMA=require, so a call it cannot run fails instead of timing the other
-kernel; a variant that fails is reported and left out). The fastest is the samba_ext column.
+"mma" (attention_bwd_mma.cu), "wgmma" and "wgmma2" (attention_bwd_wgmma.cu, sm_90a, one or two
+warpgroups per block: SAMBA_EXT_ATTN_BWD_WGMMA_WG; selected with SAMBA_EXT_ATTN_BWD_WGMMA=require,
+so a call it cannot run fails instead of timing the other kernel; a variant that fails is
+reported and left out). The fastest is the samba_ext column.
 Only the backward is timed: samba_ext's from the out / lse of its own forward
 (grad.attention_fwd), the peers' as torch.autograd.grad of a forward kept alive (retain_graph).
 SDPA: the flash backend with is_causal=True for the causal case; for the sliding window (which
@@ -110,21 +111,22 @@ def sdpa_backward(q, k, v, do, L: int, W: int | None, H: int, Hkv: int):
     return run, lambda g: [x.transpose(1, 2) for x in g], name
 
 
-VARIANT_ENV = {"mma": "0", "wgmma": "require"}  # SAMBA_EXT_ATTN_BWD_WGMMA per variant
+# the settings of each variant: SAMBA_EXT_ATTN_BWD_WGMMA, SAMBA_EXT_ATTN_BWD_WGMMA_WG
+VARIANT_ENV = {"mma": ("0", "1"), "wgmma": ("require", "1"), "wgmma2": ("require", "2")}
+KNOBS = ("SAMBA_EXT_ATTN_BWD_WGMMA", "SAMBA_EXT_ATTN_BWD_WGMMA_WG")
 
 
 def select_variant(name: str | None) -> None:
-    """Selects samba_ext's backward kernel by its setting; None restores the caller's."""
-    if name is None:
-        if _ENV_BEFORE is None:
-            os.environ.pop("SAMBA_EXT_ATTN_BWD_WGMMA", None)
+    """Selects samba_ext's backward kernel by its settings; None restores the caller's."""
+    for i, knob in enumerate(KNOBS):
+        value = _ENV_BEFORE[i] if name is None else VARIANT_ENV[name][i]
+        if value is None:
+            os.environ.pop(knob, None)
         else:
-            os.environ["SAMBA_EXT_ATTN_BWD_WGMMA"] = _ENV_BEFORE
-    else:
-        os.environ["SAMBA_EXT_ATTN_BWD_WGMMA"] = VARIANT_ENV[name]
+            os.environ[knob] = value
 
 
-_ENV_BEFORE = os.environ.get("SAMBA_EXT_ATTN_BWD_WGMMA")
+_ENV_BEFORE = tuple(os.environ.get(k) for k in KNOBS)
 
 
 def case(L: int, H: int, Hkv: int, hd: int, W: int | None, peers: list[str], reps: int,
@@ -254,8 +256,8 @@ def main() -> int:
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention (compile time)")
     ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT"))
     ap.add_argument("--reps", type=int, default=15)
-    ap.add_argument("--variants", default="mma,wgmma",
-                    help="samba_ext kernels to time, comma-separated: mma, wgmma")
+    ap.add_argument("--variants", default="mma,wgmma,wgmma2",
+                    help="samba_ext kernels to time, comma-separated: mma, wgmma, wgmma2")
     ap.add_argument("--render", metavar="JSON",
                     help="rewrite DIR/gpu_backward_attention.md from a saved .json (no GPU)")
     args = ap.parse_args()

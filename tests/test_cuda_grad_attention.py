@@ -339,12 +339,15 @@ def wgmma_unavailable() -> str | None:
 
 
 @cuda
+@pytest.mark.parametrize("nwg", ["1", "2"])
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("B,Lq,Lk,H,Hkv,hd,causal,ws,cap", WGMMA_CASES)
-def test_wgmma_against_reference(poison, rng, monkeypatch, dtype, B, Lq, Lk, H, Hkv, hd, causal,
-                                 ws, cap):
+def test_wgmma_against_reference(poison, rng, monkeypatch, nwg, dtype, B, Lq, Lk, H, Hkv, hd,
+                                 causal, ws, cap):
+    # with one warpgroup per block (64 keys) and with two (128 keys, SAMBA_EXT_ATTN_BWD_WGMMA_WG=2)
     if wgmma_unavailable():
         pytest.skip(f"wgmma backward: {wgmma_unavailable()}")
+    monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_WGMMA_WG", nwg)
     (q, gq), (k, gk), (v, gv), (do, gdo) = (rdev(rng.standard_normal(s), dtype) for s in (
         (B, Lq, H, hd), (B, Lk, Hkv, hd), (B, Lk, Hkv, hd), (B, Lq, H, hd)))
     left, right = windows(causal, ws)
@@ -407,8 +410,10 @@ def test_real_sizes(poison, rng, monkeypatch, dtype, B, L, H, Hkv, hd, causal, w
     check_grads(got, ref, dtype, w, (H // Hkv) * w)
     if dtype != "float32" and not wgmma_unavailable():
         monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_WGMMA", "require")
-        got = grad.attention_bwd(gq, gk, gv, None, causal, ws, dout=gdo, out=out, lse=lse)
-        check_grads(got, ref, dtype, w, (H // Hkv) * w, "wgmma ")
+        for nwg in ("1", "2"):
+            monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_WGMMA_WG", nwg)
+            got = grad.attention_bwd(gq, gk, gv, None, causal, ws, dout=gdo, out=out, lse=lse)
+            check_grads(got, ref, dtype, w, (H // Hkv) * w, f"wgmma x{nwg} ")
 
 
 if __name__ == "__main__":

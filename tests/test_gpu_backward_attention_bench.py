@@ -54,17 +54,18 @@ def test_render_run_with_variants():
     assert len(_cells(md[head + 1])) == len(names)
 
 
-@pytest.mark.parametrize("name,setting", [("mma", "0"), ("wgmma", "require")])
-def test_variant_selects_the_kernel_setting(monkeypatch, name, setting):
+@pytest.mark.parametrize("name,settings", [("mma", ("0", "1")), ("wgmma", ("require", "1")),
+                                           ("wgmma2", ("require", "2"))])
+def test_variant_selects_the_kernel_settings(monkeypatch, name, settings):
     # each variant sets SAMBA_EXT_ATTN_BWD_WGMMA ("require": a call the wgmma kernel cannot run
-    # fails rather than timing the other kernel); None restores what was there before
-    monkeypatch.setattr(gba, "_ENV_BEFORE", "1")
+    # fails rather than timing the other kernel) and _WG (warpgroups per block); None restores
+    # what was there before, unset knobs included
+    monkeypatch.setattr(gba, "_ENV_BEFORE", ("1", None))
     monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_WGMMA", "1")
+    monkeypatch.delenv("SAMBA_EXT_ATTN_BWD_WGMMA_WG", raising=False)
     gba.select_variant(name)
-    assert os.environ["SAMBA_EXT_ATTN_BWD_WGMMA"] == setting
+    assert (os.environ["SAMBA_EXT_ATTN_BWD_WGMMA"], os.environ["SAMBA_EXT_ATTN_BWD_WGMMA_WG"]) \
+        == settings
     gba.select_variant(None)
     assert os.environ["SAMBA_EXT_ATTN_BWD_WGMMA"] == "1"
-    monkeypatch.setattr(gba, "_ENV_BEFORE", None)
-    gba.select_variant(name)
-    gba.select_variant(None)
-    assert "SAMBA_EXT_ATTN_BWD_WGMMA" not in os.environ
+    assert "SAMBA_EXT_ATTN_BWD_WGMMA_WG" not in os.environ

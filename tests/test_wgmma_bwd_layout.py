@@ -19,7 +19,7 @@ import itertools
 import pytest
 from test_wgmma_layout import desc_sw128, frag, kernel_pa, read_kmajor, read_mnmajor, write_addr
 
-BN = BM = 64  # keys per block, queries per tile
+BM = 64  # queries per tile; a block has 64 keys per warpgroup (NWG = 1 or 2)
 BASE = 1024 * 5  # any 1024-aligned shared address (the kernel rounds sK up to 1024)
 
 
@@ -34,9 +34,9 @@ def desc_mnmajor(s: int, rows: int, kk: int) -> int:
     return desc_sw128(s + kk * 16 * 128, rows * 128, 1024)
 
 
-def layout(D: int) -> dict:
+def layout(D: int, nwg: int = 1) -> dict:
     """The kernel's shared offsets (sK .. sS), buffer 1 of Q and dO."""
-    kv, qo = BN * D * 2, BM * D * 2
+    kv, qo = 64 * nwg * D * 2, BM * D * 2
     sK = BASE
     sV = sK + kv
     sQ = sV + kv
@@ -45,18 +45,39 @@ def layout(D: int) -> dict:
     return {"sK": sK, "sV": sV, "q_s": sQ + qo, "o_s": sO + qo, "sS": sS}
 
 
+def warpgroup_bases(lay: dict, wg: int) -> dict:
+    """sKw, sVw, sSw of warpgroup wg."""
+    return {"sK": lay["sK"] + wg * 64 * 128, "sV": lay["sV"] + wg * 64 * 128,
+            "sS": lay["sS"] + wg * BM * 64 * 2}
+
+
 def kernel_st_pos(lane: int, warp: int, j: int, e: int) -> tuple[int, int]:
     """(key in the block, query in the tile) the mask and softmax give s[4 j + e]."""
     g, tq = lane >> 2, lane & 3
     return warp * 16 + g + (e >> 1) * 8, 8 * j + 2 * tq + (e & 1)
 
 
-def kernel_ds_store(lane: int, warp: int, kk: int, i: int, half: int) -> int:
+def kernel_ds_store(sSw: int, lane: int, warp: int, kk: int, i: int, half: int) -> int:
     """Byte address the kernel stores half `half` of movmatrix_trans(da[kk][i]) to."""
     g, tq = lane >> 2, lane & 3
     qrow = 16 * kk + 8 * (i >> 1) + g
     chunk = 2 * warp + (i & 1)
-    return layout(64)["sS"] + qrow * 128 + ((chunk ^ g) << 4) + 4 * tq + 2 * half
+    return sSw + qrow * 128 + ((chunk ^ g) << 4) + 4 * tq + 2 * half
+
+
+def kernel_xc_index(D: int, wg: int, i: int, tid: int) -> int:
+    """Float index into the dQ exchange that thread tid of warpgroup wg writes x[i * 128] to."""
+    return wg * (D // 4) * 128 + tid + i * 128
+
+
+def kernel_dq_kept(D: int, nwg: int, wg: int, i: int) -> list[tuple[int, int]]:
+    """(warpgroup, accumulator index) of the dq values summed into dq[i] (i < D / 4 with two
+    warpgroups) by the exchange: the own value and what the other warpgroup sent."""
+    if nwg == 1:
+        return [(0, i)]
+    own = (wg, D // 4 + i if wg else i)
+    sent = (1 - wg, i if 1 - wg else D // 4 + i)  # the other one's x[i]: wg ? dq[i] : dq[D/4+i]
+    return [own, sent]
 
 
 def kernel_acc_pos(lane: int, warp: int, j: int, r: int, c: int) -> tuple[int, int]:
@@ -74,63 +95,107 @@ def movmatrix_trans_source(lane: int, half: int) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------- checks ---------------------
-@pytest.mark.parametrize("D", [64, 128])
-def test_score_products_read_k_v_q_do_as_loaded(D):
-    # S^T = K Q^T and dP^T = V dO^T: A = K / V (keys x head dims), B = Q / dO (queries x head
-    # dims), both K-major
-    lay = layout(D)
-    for ks in range(D // 16):
-        for m, k in itertools.product(range(BN), range(16)):
+@pytest.mark.parametrize("D,nwg", [(64, 1), (128, 1), (64, 2), (128, 2)])
+def test_score_products_read_k_v_q_do_as_loaded(D, nwg):
+    # S^T = K Q^T and dP^T = V dO^T: A = the warpgroup's 64 rows of K / V (keys x head dims), B =
+    # Q / dO (queries x head dims), both K-major
+    lay, BN = layout(D, nwg), 64 * nwg
+    for wg, ks in itertools.product(range(nwg), range(D // 16)):
+        w = warpgroup_bases(lay, wg)
+        for m, k in itertools.product(range(64), range(16)):
             for a in ("sK", "sV"):
-                assert read_kmajor(desc_kmajor(lay[a], BN, ks), m, k) == \
-                    write_addr(lay[a], BN, m, ks * 16 + k), (a, ks, m, k)
+                assert read_kmajor(desc_kmajor(w[a], BN, ks), m, k) == \
+                    write_addr(lay[a], BN, 64 * wg + m, ks * 16 + k), (a, wg, ks, m, k)
         for n, k in itertools.product(range(BM), range(16)):
             for b in ("q_s", "o_s"):
                 assert read_kmajor(desc_kmajor(lay[b], BM, ks), n, k) == \
                     write_addr(lay[b], BM, n, ks * 16 + k), (b, ks, n, k)
 
 
-@pytest.mark.parametrize("D", [64, 128])
-def test_gradient_products_read_q_do_k_as_loaded(D):
-    # dV += P^T dO, dK += dS^T Q: B = dO / Q MN-major (queries = K); dQ = dS K: B = K MN-major
-    # (keys = K); N = D in all three
-    lay = layout(D)
+@pytest.mark.parametrize("D,nwg", [(64, 1), (128, 1), (64, 2), (128, 2)])
+def test_gradient_products_read_q_do_k_as_loaded(D, nwg):
+    # dV += P^T dO, dK += dS^T Q: B = dO / Q MN-major (queries = K); dQ = dS K: B = the
+    # warpgroup's rows of K, MN-major (keys = K); N = D in all three
+    lay, BN = layout(D, nwg), 64 * nwg
     for kk in range(4):
         for k, n in itertools.product(range(16), range(D)):
             for b in ("q_s", "o_s"):
                 assert read_mnmajor(desc_mnmajor(lay[b], BM, kk), k, n) == \
                     write_addr(lay[b], BM, kk * 16 + k, n), (b, kk, k, n)
-            assert read_mnmajor(desc_mnmajor(lay["sK"], BN, kk), k, n) == \
-                write_addr(lay["sK"], BN, kk * 16 + k, n), (kk, k, n)
+            for wg in range(nwg):
+                w = warpgroup_bases(lay, wg)
+                assert read_mnmajor(desc_mnmajor(w["sK"], BN, kk), k, n) == \
+                    write_addr(lay["sK"], BN, 64 * wg + kk * 16 + k, n), (wg, kk, k, n)
 
 
-def test_ds_store_is_what_the_dq_product_reads():
+@pytest.mark.parametrize("nwg", [1, 2])
+def test_ds_store_is_what_the_dq_product_reads(nwg):
     # dS^T sits in the dP^T accumulator (keys x queries); da[kk][i] packs it as the A fragment
-    # of dK += dS^T Q; movmatrix transposes each 8 x 8 block and the kernel stores the result.
-    # The dQ product then reads dS (queries x keys) K-major at k-step kk2 = key // 16: every
-    # element must come back from where the kernel put it
-    sS = layout(64)["sS"]
-    stored = {}  # byte address -> (key, query) of the dS^T value stored there
+    # of dK += dS^T Q; movmatrix transposes each 8 x 8 block and the kernel stores the result
+    # into the warpgroup's dS. The dQ product then reads dS (queries x keys) K-major at k-step
+    # kk2 = key // 16: every element must come back from where the kernel put it
+    lay = layout(64, nwg)
+    every = set()
+    for wg in range(nwg):
+        sS = warpgroup_bases(lay, wg)["sS"]
+        stored = {}  # byte address -> (key, query) of the dS^T value stored there
+        for t in range(128):
+            lane, warp = t % 32, t // 32
+            for kk, i, half in itertools.product(range(4), range(4), range(2)):
+                src_lane, src_half = movmatrix_trans_source(lane, half)
+                src_t = warp * 32 + src_lane
+                key, query = frag(src_t, kernel_pa(kk, i, src_half))
+                addr = kernel_ds_store(sS, lane, warp, kk, i, half)
+                assert addr not in stored, "two values stored to one address"
+                stored[addr] = (key, query)
+        assert set(stored) == set(range(sS, sS + BM * 64 * 2, 2))  # the whole tile, once
+        assert not every & set(stored), "the warpgroups' dS overlap"
+        every |= set(stored)
+        for kk2 in range(4):
+            for m, k in itertools.product(range(BM), range(16)):
+                addr = read_kmajor(desc_kmajor(sS, BM, kk2), m, k)
+                assert stored[addr] == (16 * kk2 + k, m), (wg, kk2, m, k)
+    assert every == set(range(lay["sS"], lay["sS"] + nwg * BM * 64 * 2, 2))  # inside dS [NWG]
+
+
+@pytest.mark.parametrize("D,nwg", [(64, 1), (128, 1), (64, 2), (128, 2)])
+def test_dq_exchange_sums_both_warpgroups_once(D, nwg):
+    # after the exchange each warpgroup adds dq[4 jj + 2 r + c], jj < JH, to column
+    # 8 (jlo + jj) + 2 tq + c: that must be the sum of the element (row, column) of every
+    # warpgroup's accumulator, and every column of the tile must be added by one warpgroup
+    JH = D // 16 if nwg == 2 else D // 8
     for t in range(128):
         lane, warp = t % 32, t // 32
-        for kk, i, half in itertools.product(range(4), range(4), range(2)):
-            src_lane, src_half = movmatrix_trans_source(lane, half)
-            src_t = warp * 32 + src_lane
-            key, query = frag(src_t, kernel_pa(kk, i, src_half))
-            addr = kernel_ds_store(lane, warp, kk, i, half)
-            assert addr not in stored, "two values stored to one address"
-            stored[addr] = (key, query)
-    assert set(stored) == set(range(sS, sS + BM * BN * 2, 2))  # the whole tile, once
-    for kk2 in range(BN // 16):
-        for m, k in itertools.product(range(BM), range(16)):
-            addr = read_kmajor(desc_kmajor(sS, BM, kk2), m, k)
-            assert stored[addr] == (16 * kk2 + k, m), (kk2, m, k)
+        added = []
+        for wg in range(nwg):
+            jlo = wg * JH
+            for jj, r, c in itertools.product(range(JH), range(2), range(2)):
+                row, col = kernel_acc_pos(lane, warp, jlo + jj, r, c)
+                parts = kernel_dq_kept(D, nwg, wg, 4 * jj + 2 * r + c)
+                assert sorted(w for w, _ in parts) == list(range(nwg))
+                for _, idx in parts:
+                    assert frag(t, idx) == (row, col), (wg, jj, r, c, idx)
+                added.append((row, col))
+        assert sorted(added) == sorted(frag(t, v) for v in range(D // 2))
+
+
+@pytest.mark.parametrize("D", [64, 128])
+def test_dq_exchange_slots(D):
+    # every (warpgroup, thread, value) has its own float of the exchange (2 x D / 4 x 128
+    # floats), the other warpgroup's thread tid reads it back at the same index, and a warp's 32
+    # lanes write 32 consecutive floats (no bank conflicts)
+    slots = {kernel_xc_index(D, wg, i, tid) for wg in range(2) for i in range(D // 4)
+             for tid in range(128)}
+    assert slots == set(range(2 * (D // 4) * 128))
+    for wg, i, warp in itertools.product(range(2), range(D // 4), range(4)):
+        idx = [kernel_xc_index(D, wg, i, 32 * warp + lane) for lane in range(32)]
+        assert idx == list(range(idx[0], idx[0] + 32))
 
 
 def test_ds_stores_are_free_of_bank_conflicts():
     # one 32-bit store per lane per (kk, i): the 32 lanes of a warp hit 32 different banks
     for warp, kk, i in itertools.product(range(4), range(4), range(4)):
-        banks = {(kernel_ds_store(lane, warp, kk, i, 0) // 4) % 32 for lane in range(32)}
+        banks = {(kernel_ds_store(BASE, lane, warp, kk, i, 0) // 4) % 32 for lane in range(32)}
         assert len(banks) == 32
 
 

@@ -79,9 +79,10 @@ int64_t attn_bwd_mma_dq_slices(const samba_cu_attn_ext_args *a);
 // (and unset) keeps attention_bwd_mma.cu (attn_bwd_wgmma_setting: 1, 2, 0). It applies to the
 // arguments of attn_bwd_mma_applicable with head dims up to 128, sequences shorter than 2^29 and
 // deterministic off, on an sm_90 device with the sm_90a build; its blocks hold
-// ATTN_BWD_WGMMA_BN keys. Same scratch and results as attn_bwd_mma up to rounding order.
-#define ATTN_BWD_WGMMA_BN 64
+// attn_bwd_wgmma_bn() keys (64, or 128 with SAMBA_EXT_ATTN_BWD_WGMMA_WG=2, read on every call).
+// Same scratch and results as attn_bwd_mma up to rounding order.
 int attn_bwd_wgmma_setting(void);
+int attn_bwd_wgmma_bn(void);
 int attn_bwd_wgmma_applicable(const samba_cu_attn_ext_args *a);
 samba_status attn_bwd_wgmma(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int split,
                             cudaStream_t stream);

@@ -404,7 +404,7 @@ int cfg_nds(int64_t hd) {  // blocks per key tile along the head dim
 
 // blocks per (kv head, group split); wgmma: of attention_bwd_wgmma.cu
 int64_t cfg_blocks(const samba_cu_attn_ext_args *a, int wgmma) {
-    if (wgmma) return cdiv(a->seqlen_k, ATTN_BWD_WGMMA_BN) * a->batch;
+    if (wgmma) return cdiv(a->seqlen_k, attn_bwd_wgmma_bn()) * a->batch;
     return cdiv(a->seqlen_k, cfg_bn(a->headdim)) * cfg_nds(a->headdim) * a->batch;
 }
 

@@ -7,10 +7,11 @@
 // accumulator with atomics and scaled by the store kernel, dk (times the scale) and dv are
 // written at the end (or added to their accumulators when the group is split over blocks).
 //
-// One block is one warpgroup (4 warps, 128 threads) and owns BN = 64 keys of one kv head, warp w
-// the keys 16 w .. 16 w + 15 (the rows of every M = 64 product below). K and V of the block stay in
-// shared memory; the block walks over the query tiles of BM = 64 rows that see one of its keys,
-// for the query heads of its group (or 1 / split of them). Per tile:
+// A warpgroup (4 warps, 128 threads) owns 64 keys of one kv head, warp w the keys 16 w .. 16 w + 15
+// (the rows of every M = 64 product below); a block is one warpgroup (BN = 64 keys) or, with
+// SAMBA_EXT_ATTN_BWD_WGMMA_WG=2, two (BN = 128). K and V of the block stay in shared memory; the
+// block walks over the query tiles of BM = 64 rows that see one of its keys, for the query heads
+// of its group (or 1 / split of them). Per tile and warpgroup:
 //   S^T  = K Q^T,  dP^T = V dO^T   wgmma m64n64k16, SS: K, V, Q, dO all K-major (head dims = K)
 //   P^T  = exp2(S^T scale log2e - lse log2e)   (softcap: cap tanh(s scale / cap) first)
 //   dS^T = P^T (dP^T - Delta)      (x (1 - tanh^2) with softcap); masked pairs exactly 0
@@ -22,11 +23,14 @@
 //                                  conflicts): dS (queries x keys) K-major
 //   dQ   = dS K                     wgmma m64nDk16, SS with the MN-major B operand (K's rows are
 //                                  the keys = K), added to the float32 accumulator with
-//                                  red.global.add.v2.f32
+//                                  red.global.add.v2.f32 (two warpgroups: first summed
+//                                  through shared memory, each adding half of the head dims)
 // Q, dO, lse and Delta tiles are double-buffered with cp.async (tile t + 1 in flight while t is
-// computed); two barriers per tile (the tile landed; dS stored). Blocks are small (58 KB of shared
-// memory at D = 64, 106 KB at D = 128; 2 per multiprocessor) so that the products of one overlap
-// the softmax of the other.
+// computed); two barriers per tile (the tile landed; dS stored), three with two warpgroups (dS
+// stored is then per warpgroup, a named barrier, and the dQ exchange). One-warpgroup blocks are
+// small (58 KB of shared memory at D = 64, 106 KB at D = 128; 2 per multiprocessor) so that the
+// products of one overlap the softmax of the other; two-warpgroup blocks halve the Q / dO loads
+// and the dQ atomics per key instead.
 //
 // Configurations: D = 64 (head dims up to 64) and D = 128 (72..128, extra columns zero-filled);
 // the deterministic mode, other head dims, dtypes and devices run attention_bwd_mma.cu.
@@ -43,34 +47,47 @@ using namespace samba_ptx;
 using namespace samba_prefill;
 using namespace samba_wgmma;
 
-template <int D_, int MINB_> struct WBCfg {
-    static constexpr int D = D_;         // head dim of the template (>= the real hd)
-    static constexpr int MINB = MINB_;   // blocks per SM the registers must allow
-    static constexpr int BN = 64;        // keys per block (M of every product but dQ)
-    static constexpr int BM = 64;        // queries per tile
-    static constexpr int THREADS = 128;  // one warpgroup
-    static constexpr int KS = D / 16;    // k-steps of S^T and dP^T
-    static constexpr int NQ = BM / 2;    // S^T / dP^T accumulator registers per thread
-    static constexpr int ND = D / 2;     // dK / dV / dQ accumulator registers per thread
-    static constexpr uint32_t KV_BYTES = BN * D * 2;  // K (or V)
-    static constexpr uint32_t QO_BYTES = BM * D * 2;  // one buffer of Q (or dO)
-    static constexpr uint32_t DS_BYTES = BM * BN * 2;  // dS
+template <int D_, int NWG_, int MINB_> struct WBCfg {
+    static constexpr int D = D_;          // head dim of the template (>= the real hd)
+    static constexpr int NWG = NWG_;      // warpgroups per block, 64 keys each
+    static constexpr int MINB = MINB_;    // blocks per SM the registers must allow
+    static constexpr int BN = 64 * NWG;   // keys per block
+    static constexpr int BM = 64;         // queries per tile
+    static constexpr int THREADS = 128 * NWG;
+    static constexpr int KS = D / 16;     // k-steps of S^T and dP^T
+    static constexpr int NQ = BM / 2;     // S^T / dP^T accumulator registers per thread
+    static constexpr int ND = D / 2;      // dK / dV / dQ accumulator registers per thread
+    static constexpr uint32_t KV_BYTES = BN * D * 2;   // K (or V)
+    static constexpr uint32_t QO_BYTES = BM * D * 2;   // one buffer of Q (or dO)
+    static constexpr uint32_t DS_BYTES = BM * 64 * 2;  // one warpgroup's dS
+    static constexpr uint32_t XC_BYTES = NWG == 2 ? 2 * 128 * (D / 4) * 4 : 0;  // dQ exchange
     static constexpr uint32_t LD_BYTES = 2 * 2 * BM * 4;  // lse and Delta, two buffers each
-    static constexpr size_t SMEM = 1024 + 2 * KV_BYTES + 4 * QO_BYTES + DS_BYTES + LD_BYTES;
+    static constexpr size_t SMEM =
+        1024 + 2 * KV_BYTES + 4 * QO_BYTES + NWG * DS_BYTES + XC_BYTES + LD_BYTES;
     static_assert(D == 64 || D == 128, "wgmma N of dK / dV / dQ is written out for 64 and 128");
+    static_assert(NWG == 1 || NWG == 2, "one or two warpgroups");
 };
 // Registers (ptxas, sm_90a, nvcc 13.0): 214 at D = 64, 255 with 32 bytes of spills at D = 128,
-// so 2 blocks per SM either way (a cap of 168 for 3 blocks at D = 64 spills 76 bytes: the
-// scores, dP^T, dK and dV take 128 registers and the tile's lse / Delta loads come on top).
-using WB64 = WBCfg<64, 2>;    // 58 KB
-using WB128 = WBCfg<128, 2>;  // 106 KB
+// so 2 blocks of one warpgroup per SM either way (a cap of 168 for 3 blocks at D = 64 spills 76
+// bytes: the scores, dP^T, dK and dV take 128 registers and the tile's lse / Delta loads come on
+// top), or 1 block of two.
+using WB64 = WBCfg<64, 1, 2>;     // 58 KB
+using WB128 = WBCfg<128, 1, 2>;   // 106 KB
+using WB64x2 = WBCfg<64, 2, 1>;   // 98 KB
+using WB128x2 = WBCfg<128, 2, 1>; // 178 KB
+
+// bar.sync on named barrier id (1, 2, ...; 0 is __syncthreads) for n threads
+template <int N> __device__ __forceinline__ void named_bar(int id) {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(N) : "memory");
+}
 
 template <typename T, class C>
 __global__ void __launch_bounds__(C::THREADS, C::MINB)
 attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     extern __shared__ __align__(1024) unsigned char smem_raw[];
-    // K, V, Q [2], dO [2], dS: swizzled tiles (wgmma_tile.cuh), 1024-byte aligned; then the
-    // float32 lse * log2 e [2][BM] and Delta [2][BM]
+    // K, V, Q [2], dO [2], dS [NWG]: swizzled tiles (wgmma_tile.cuh), 1024-byte aligned; then
+    // (two warpgroups) the float32 dQ exchange [2][D / 4][128], lse * log2 e [2][BM] and Delta
+    // [2][BM]
     const uint32_t raw = smem_addr(smem_raw);
     const uint32_t sK = (raw + 1023u) & ~1023u;
     unsigned char *const sm = smem_raw + (sK - raw);  // generic pointer to sK
@@ -78,7 +95,8 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     const uint32_t sQ = sV + C::KV_BYTES;
     const uint32_t sO = sQ + 2 * C::QO_BYTES;
     const uint32_t sS = sO + 2 * C::QO_BYTES;
-    float *const sL = reinterpret_cast<float *>(sm + (sS + C::DS_BYTES - sK));
+    float *const sX = reinterpret_cast<float *>(sm + (sS + C::NWG * C::DS_BYTES - sK));
+    float *const sL = reinterpret_cast<float *>(reinterpret_cast<unsigned char *>(sX) + C::XC_BYTES);
     float *const sD = sL + 2 * C::BM;
 
     const int hs = (int)(blockIdx.y % (unsigned)gsplit);
@@ -89,7 +107,9 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     const int Lq = (int)p.seqlen_q, Lk = (int)p.seqlen_k, off = Lk - Lq;
     const int hd = (int)p.headdim;
     // warp-uniform as far as the compiler can tell (descriptors in uniform registers)
-    const int warp = __shfl_sync(0xffffffffu, (int)threadIdx.x >> 5, 0);
+    const int wg = C::NWG == 1 ? 0 : __shfl_sync(0xffffffffu, (int)threadIdx.x >> 7, 0);
+    const int warp = __shfl_sync(0xffffffffu, ((int)threadIdx.x >> 5) & 3, 0);  // in the warpgroup
+    const int tid = threadIdx.x & 127;                                          // in the warpgroup
     const int lane = threadIdx.x & 31;
     const int g = lane >> 2, tq = lane & 3;
     // window sides in int32 (-1 = unbounded; sequences are shorter than 2^29, so key - query
@@ -99,6 +119,9 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
 
     const int k0 = (int)blockIdx.x * C::BN;
     const int kend = k0 + C::BN < Lk ? k0 + C::BN : Lk;  // exclusive
+    const int kw0 = k0 + 64 * wg;                         // this warpgroup's first key
+    const uint32_t sKw = sK + wg * 64 * 128, sVw = sV + wg * 64 * 128;  // its rows of K, V
+    const uint32_t sSw = sS + wg * C::DS_BYTES;                        // its dS
     // the queries that see a key of [k0, kend): [qlo, qhi] (int64 before the clamp)
     const int64_t qlo64 = right < 0 ? 0 : (int64_t)k0 - off - right;
     const int64_t qhi64 = left < 0 ? Lq - 1 : (int64_t)kend - 1 - off + left;
@@ -164,10 +187,10 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         wg_fence();
 #pragma unroll
         for (int ks = 0; ks < C::KS; ++ks)
-            Wgmma<T, 64>::ss(s, desc_kmajor<C::BN>(sK, ks), desc_kmajor<C::BM>(q_s, ks));
+            Wgmma<T, 64>::ss(s, desc_kmajor<C::BN>(sKw, ks), desc_kmajor<C::BM>(q_s, ks));
 #pragma unroll
         for (int ks = 0; ks < C::KS; ++ks)
-            Wgmma<T, 64>::ss(dp, desc_kmajor<C::BN>(sV, ks), desc_kmajor<C::BM>(o_s, ks));
+            Wgmma<T, 64>::ss(dp, desc_kmajor<C::BN>(sVw, ks), desc_kmajor<C::BM>(o_s, ks));
         wg_commit();
         wg_wait<0>();
         fence_operands(s);
@@ -175,10 +198,10 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
 
         // ---- P^T and dS^T (in place of s and dp); element 4 j + e: key 16 warp + g + 8 (e / 2),
         //      query 8 j + 2 tq + (e % 2) of the tile ----
-        const bool full = kend - k0 == C::BN && m0 + C::BM <= Lq &&
-                          (right < 0 || k0 + C::BN - 1 - m0 - off <= right) &&
-                          (left < 0 || k0 - (m0 + C::BM - 1) - off >= -left);
-        const int rel0 = k0 + warp * 16 + g - m0 - off;  // key - query position
+        const bool full = kw0 + 64 <= Lk && m0 + C::BM <= Lq &&
+                          (right < 0 || kw0 + 63 - m0 - off <= right) &&
+                          (left < 0 || kw0 - (m0 + C::BM - 1) - off >= -left);
+        const int rel0 = kw0 + warp * 16 + g - m0 - off;  // key - query position
 #pragma unroll
         for (int j = 0; j < C::BM / 8; ++j) {
             const float2 l2 = *reinterpret_cast<const float2 *>(l_s + 8 * j + 2 * tq);
@@ -197,9 +220,9 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
                 float ds = pr * (dp[4 * j + e] - ((e & 1) ? dl.y : dl.x));
                 if (capped) ds *= 1.0f - t * t;
                 if (!full) {
-                    const int kr = warp * 16 + g + (e >> 1) * 8;  // key in the block
+                    const int kr = warp * 16 + g + (e >> 1) * 8;  // key in the warpgroup's 64
                     const int rel = rel0 + (e >> 1) * 8 - qc;
-                    if (k0 + kr >= Lk || m0 + qc >= Lq || (right >= 0 && rel > right) ||
+                    if (kw0 + kr >= Lk || m0 + qc >= Lq || (right >= 0 && rel > right) ||
                         (left >= 0 && rel < -left)) {
                         pr = 0.0f;
                         ds = 0.0f;
@@ -245,13 +268,16 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
                 const int qrow = 16 * kk + 8 * (i >> 1) + g;  // qrow % 8 == g
                 const int chunk = 2 * warp + (i & 1);         // 16-byte chunk of 8 keys
                 const uint32_t at = (uint32_t)(qrow * 128 + ((chunk ^ g) << 4) + 4 * tq);
-                *reinterpret_cast<uint32_t *>(sm + (sS - sK) + at) = movmatrix_trans(da[kk][i]);
+                *reinterpret_cast<uint32_t *>(sm + (sSw - sK) + at) = movmatrix_trans(da[kk][i]);
             }
         wg_wait<0>();  // dV, dK: P^T and dS^T leave the registers before dQ's accumulators come
         fence_operands(dv);
         fence_operands(dk);
         fence_proxy_async_smem();
-        __syncthreads();  // every warp's dS stored
+        if (C::NWG == 1)  // every warp's dS stored (two warpgroups: every warp of this one)
+            __syncthreads();
+        else
+            named_bar<128>(1 + wg);
 
         // ---- dQ = dS K (queries x head dims), into the float32 accumulator ----
         float dq[C::ND];
@@ -261,19 +287,34 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < C::BN / 16; ++kk)
-            Wgmma<T, C::D>::ss_t(dq, desc_kmajor<C::BM>(sS, kk), desc_mnmajor<C::BN>(sK, kk));
+            Wgmma<T, C::D>::ss_t(dq, desc_kmajor<C::BM>(sSw, kk), desc_mnmajor<C::BN>(sKw, kk));
         wg_commit();
         wg_wait<0>();
         fence_operands(dq);
+        // two warpgroups: each adds the other's part to half of the head dims (column tiles
+        // [jlo, jlo + D / 16), warpgroup 0 the first half) through shared memory, so that the
+        // block adds each dQ element to the accumulator once; the half a warpgroup adds ends up
+        // in dq[0 .. D / 4) (register indices stay compile-time constants)
+        constexpr int JH = C::NWG == 2 ? C::D / 16 : C::D / 8;  // column tiles added here
+        const int jlo = wg * JH;
+        if constexpr (C::NWG == 2) {
+            float *x = sX + wg * (C::D / 4) * 128 + tid;
+#pragma unroll
+            for (int i = 0; i < C::D / 4; ++i) x[i * 128] = wg ? dq[i] : dq[C::D / 4 + i];
+            __syncthreads();  // both parts written
+            const float *y = sX + (1 - wg) * (C::D / 4) * 128 + tid;
+#pragma unroll
+            for (int i = 0; i < C::D / 4; ++i) dq[i] = (wg ? dq[C::D / 4 + i] : dq[i]) + y[i * 128];
+        }
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const int q = m0 + warp * 16 + g + 8 * r;
             if (q >= Lq) continue;
             float *row = ws.dq_acc + (((int64_t)b * Lq + q) * H + h) * hd;
 #pragma unroll
-            for (int j = 0; j < C::D / 8; ++j) {
-                const int col = 8 * j + 2 * tq;
-                if (col < hd) atomic_add2(row + col, dq[4 * j + 2 * r], dq[4 * j + 2 * r + 1]);
+            for (int jj = 0; jj < JH; ++jj) {
+                const int col = 8 * (jlo + jj) + 2 * tq;
+                if (col < hd) atomic_add2(row + col, dq[4 * jj + 2 * r], dq[4 * jj + 2 * r + 1]);
             }
         }
     }
@@ -285,7 +326,7 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     const int64_t Hkv = p.nheads_kv;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        const int key = k0 + warp * 16 + g + 8 * r;
+        const int key = kw0 + warp * 16 + g + 8 * r;
         if (key >= Lk) continue;
         const int64_t rb = ((b * Lk + key) * Hkv + hk) * hd;
 #pragma unroll
@@ -325,6 +366,16 @@ samba_status launch(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int 
 
 }  // namespace
 
+// SAMBA_EXT_ATTN_BWD_WGMMA_WG: warpgroups per block, "2" (128 keys; the Q / dO tiles loaded once
+// for both and dQ summed in shared memory before the atomics: half the traffic of both) or
+// anything else (and unset) 1 (64 keys; two independent blocks per SM)
+static int wgmma_nwg(void) {
+    const char *e = getenv("SAMBA_EXT_ATTN_BWD_WGMMA_WG");
+    return e && e[0] == '2' && e[1] == '\0' ? 2 : 1;
+}
+
+int attn_bwd_wgmma_bn(void) { return 64 * wgmma_nwg(); }
+
 int attn_bwd_wgmma_setting(void) {
     const char *e = getenv("SAMBA_EXT_ATTN_BWD_WGMMA");
     if (e == NULL) return 0;
@@ -339,15 +390,20 @@ int attn_bwd_wgmma_applicable(const samba_cu_attn_ext_args *a) {
 #else
     if (a->deterministic || a->headdim > 128 || !attn_bwd_mma_applicable(a)) return 0;
     if (a->seqlen_q >= ((int64_t)1 << 29) || a->seqlen_k >= ((int64_t)1 << 29)) return 0;
-    const size_t smem = a->headdim <= 64 ? WB64::SMEM : WB128::SMEM;
+    const bool two = wgmma_nwg() == 2;
+    const size_t smem = a->headdim <= 64 ? (two ? WB64x2::SMEM : WB64::SMEM)
+                                         : (two ? WB128x2::SMEM : WB128::SMEM);
     return attn_wgmma_device_ok() && smem <= attn_smem_optin();
 #endif
 }
 
 samba_status attn_bwd_wgmma(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int split,
                             cudaStream_t st) {
-    const bool bf = a->q.dtype == SAMBA_CU_BF16;
-    if (a->headdim <= 64)
+    const bool bf = a->q.dtype == SAMBA_CU_BF16, two = wgmma_nwg() == 2;
+    if (a->headdim <= 64) {
+        if (two) return bf ? launch<__nv_bfloat16, WB64x2>(a, ws, split, st) : launch<__half, WB64x2>(a, ws, split, st);
         return bf ? launch<__nv_bfloat16, WB64>(a, ws, split, st) : launch<__half, WB64>(a, ws, split, st);
+    }
+    if (two) return bf ? launch<__nv_bfloat16, WB128x2>(a, ws, split, st) : launch<__half, WB128x2>(a, ws, split, st);
     return bf ? launch<__nv_bfloat16, WB128>(a, ws, split, st) : launch<__half, WB128>(a, ws, split, st);
 }
