@@ -38,6 +38,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <type_traits>
+
 #include "attention_bwd_impl.cuh"
 #include "prefill_common.cuh"
 #include "wgmma_tile.cuh"
@@ -67,10 +69,10 @@ template <int D_, int NWG_, int MINB_> struct WBCfg {
     static_assert(D == 64 || D == 128, "wgmma N of dK / dV / dQ is written out for 64 and 128");
     static_assert(NWG == 1 || NWG == 2, "one or two warpgroups");
 };
-// Registers (ptxas, sm_90a, nvcc 13.0): 214 at D = 64, 255 with 32 bytes of spills at D = 128,
-// so 2 blocks of one warpgroup per SM either way (a cap of 168 for 3 blocks at D = 64 spills 76
-// bytes: the scores, dP^T, dK and dV take 128 registers and the tile's lse / Delta loads come on
-// top), or 1 block of two.
+// Registers (ptxas, sm_90a, nvcc 13.0), one / two warpgroups: 220 / 217 at D = 64, 255 with 60
+// bytes of spills / 255 at D = 128, so 2 blocks of one warpgroup per SM either way (a cap of 168
+// for 3 blocks at D = 64 spills: the scores, dP^T, dK and dV take 128 registers and the tile's
+// lse / Delta loads come on top), or 1 block of two.
 using WB64 = WBCfg<64, 1, 2>;     // 58 KB
 using WB128 = WBCfg<128, 1, 2>;   // 106 KB
 using WB64x2 = WBCfg<64, 2, 1>;   // 98 KB
@@ -197,40 +199,55 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         fence_operands(dp);
 
         // ---- P^T and dS^T (in place of s and dp); element 4 j + e: key 16 warp + g + 8 (e / 2),
-        //      query 8 j + 2 tq + (e % 2) of the tile ----
+        //      query 8 j + 2 tq + (e % 2) of the tile. softmax_grad<CAP, MASK> is straight-line
+        //      code: the softcap test and the tile's mask test are taken once per tile, not per
+        //      element ----
         const bool full = kw0 + 64 <= Lk && m0 + C::BM <= Lq &&
                           (right < 0 || kw0 + 63 - m0 - off <= right) &&
                           (left < 0 || kw0 - (m0 + C::BM - 1) - off >= -left);
         const int rel0 = kw0 + warp * 16 + g - m0 - off;  // key - query position
+        auto softmax_grad = [&](auto cap_c, auto mask_c) {
+            constexpr bool CAP = decltype(cap_c)::value, MASK = decltype(mask_c)::value;
 #pragma unroll
-        for (int j = 0; j < C::BM / 8; ++j) {
-            const float2 l2 = *reinterpret_cast<const float2 *>(l_s + 8 * j + 2 * tq);
-            const float2 dl = *reinterpret_cast<const float2 *>(d_s + 8 * j + 2 * tq);
+            for (int j = 0; j < C::BM / 8; ++j) {
+                const float2 l2 = *reinterpret_cast<const float2 *>(l_s + 8 * j + 2 * tq);
+                const float2 dl = *reinterpret_cast<const float2 *>(d_s + 8 * j + 2 * tq);
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int qc = 8 * j + 2 * tq + (e & 1);  // query in the tile
-                float x = s[4 * j + e], t = 0.0f;
-                if (capped) {
-                    t = tanhf(x * cap_in);
-                    x = cap2 * t;
-                } else {
-                    x *= sl;
-                }
-                float pr = fast_exp2(x - ((e & 1) ? l2.y : l2.x));
-                float ds = pr * (dp[4 * j + e] - ((e & 1) ? dl.y : dl.x));
-                if (capped) ds *= 1.0f - t * t;
-                if (!full) {
-                    const int kr = warp * 16 + g + (e >> 1) * 8;  // key in the warpgroup's 64
-                    const int rel = rel0 + (e >> 1) * 8 - qc;
-                    if (kw0 + kr >= Lk || m0 + qc >= Lq || (right >= 0 && rel > right) ||
-                        (left >= 0 && rel < -left)) {
-                        pr = 0.0f;
-                        ds = 0.0f;
+                for (int e = 0; e < 4; ++e) {
+                    float x = s[4 * j + e], t = 0.0f;
+                    if (CAP) {
+                        t = tanhf(x * cap_in);
+                        x = cap2 * t;
+                    } else {
+                        x *= sl;
                     }
+                    float pr = fast_exp2(x - ((e & 1) ? l2.y : l2.x));
+                    float ds = pr * (dp[4 * j + e] - ((e & 1) ? dl.y : dl.x));
+                    if (CAP) ds *= 1.0f - t * t;
+                    if (MASK) {  // masked pairs exactly 0 (a NaN there stays out)
+                        const int qc = 8 * j + 2 * tq + (e & 1);      // query in the tile
+                        const int kr = warp * 16 + g + (e >> 1) * 8;  // key in the warpgroup's 64
+                        const int rel = rel0 + (e >> 1) * 8 - qc;
+                        const bool out = kw0 + kr >= Lk || m0 + qc >= Lq ||
+                                         (right >= 0 && rel > right) || (left >= 0 && rel < -left);
+                        pr = out ? 0.0f : pr;
+                        ds = out ? 0.0f : ds;
+                    }
+                    s[4 * j + e] = pr;
+                    dp[4 * j + e] = ds;
                 }
-                s[4 * j + e] = pr;
-                dp[4 * j + e] = ds;
             }
+        };
+        if (capped) {
+            if (full)
+                softmax_grad(std::true_type{}, std::false_type{});
+            else
+                softmax_grad(std::true_type{}, std::true_type{});
+        } else {
+            if (full)
+                softmax_grad(std::false_type{}, std::false_type{});
+            else
+                softmax_grad(std::false_type{}, std::true_type{});
         }
 
         // ---- dV += P^T dO, dK += dS^T Q (keys x head dims), one batch, left running ----
