@@ -329,6 +329,10 @@ WGMMA_CASES = [c for c in CASES if c.values[5] % 8 == 0 and c.values[5] <= 128] 
     pytest.param(2, 300, 300, 12, 2, 96, True, (-1, -1), 0.0, id="gqa6-hd96"),
     pytest.param(1, 3, 799, 4, 4, 64, True, (-1, -1), 0.0, id="3x799-causal"),
     pytest.param(1, 127, 512, 4, 2, 128, False, (100, 30), 0.0, id="127x512-window-hd128"),
+    # a tile whose corner pair is one past the causal edge / one before the window's left edge
+    # (the kernel's unmasked-tile test; tests/test_wgmma_bwd_layout.py)
+    pytest.param(1, 100, 162, 2, 1, 64, True, (-1, -1), 0.0, id="corner-past-causal-edge"),
+    pytest.param(1, 100, 132, 2, 1, 64, False, (30, -1), 0.0, id="corner-before-left-edge"),
 ]
 
 
