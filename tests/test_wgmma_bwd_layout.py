@@ -4,8 +4,10 @@ hardware side: descriptor decoding, the K-major / MN-major 128-byte-swizzle read
 accumulator / A fragment, reused from there):
   * every operand of the five products reads what the kernel wrote there: K, V, Q and dO from
     load_tile_sw, dS from the kernel's own store after movmatrix;
-  * the register positions the kernel assumes (mask and softmax of S^T / dP^T, the P^T / dS^T A
-    operands, the dQ, dK and dV stores) are those of the fragment layouts;
+  * the dQ exchange of two warpgroups adds each element once (the register positions the kernel
+    assumes for S^T / dP^T, the P^T / dS^T A operands and the dQ / dK / dV stores are the
+    formulas of prefill v4, checked in tests/test_wgmma_layout.py: kernel_s_pos, kernel_pa,
+    kernel_o_pos);
   * movmatrix.trans is modelled from the PTX ISA ("movmatrix": lane l holds row l / 4, columns
     2 (l % 4), + 1 of an 8 x 8 matrix of 16-bit values, and afterwards those positions of its
     transpose).
@@ -21,7 +23,8 @@ import itertools
 
 import numpy as np
 import pytest
-from test_wgmma_layout import desc_sw128, frag, kernel_pa, read_kmajor, read_mnmajor, write_addr
+from test_wgmma_layout import (desc_sw128, frag, kernel_o_pos, kernel_pa, read_kmajor, read_mnmajor,
+                               write_addr)
 
 BM = 64  # queries per tile; a block has 64 keys per warpgroup (NWG = 1 or 2)
 BASE = 1024 * 5  # any 1024-aligned shared address (the kernel rounds sK up to 1024)
@@ -55,12 +58,6 @@ def warpgroup_bases(lay: dict, wg: int) -> dict:
             "sS": lay["sS"] + wg * BM * 64 * 2}
 
 
-def kernel_st_pos(lane: int, warp: int, j: int, e: int) -> tuple[int, int]:
-    """(key in the block, query in the tile) the mask and softmax give s[4 j + e]."""
-    g, tq = lane >> 2, lane & 3
-    return warp * 16 + g + (e >> 1) * 8, 8 * j + 2 * tq + (e & 1)
-
-
 def kernel_ds_store(sSw: int, lane: int, warp: int, kk: int, i: int, half: int) -> int:
     """Byte address the kernel stores half `half` of movmatrix_trans(da[kk][i]) to."""
     g, tq = lane >> 2, lane & 3
@@ -82,12 +79,6 @@ def kernel_dq_kept(D: int, nwg: int, wg: int, i: int) -> list[tuple[int, int]]:
     own = (wg, D // 4 + i if wg else i)
     sent = (1 - wg, i if 1 - wg else D // 4 + i)  # the other one's x[i]: wg ? dq[i] : dq[D/4+i]
     return [own, sent]
-
-
-def kernel_acc_pos(lane: int, warp: int, j: int, r: int, c: int) -> tuple[int, int]:
-    """(row, head dim) the dQ atomics / dK, dV stores give acc[4 j + 2 r + c]."""
-    g, tq = lane >> 2, lane & 3
-    return warp * 16 + g + 8 * r, 8 * j + 2 * tq + c
 
 
 # ---------------------------------------------------------------- the hardware ---------------
@@ -174,7 +165,7 @@ def test_dq_exchange_sums_both_warpgroups_once(D, nwg):
         for wg in range(nwg):
             jlo = wg * JH
             for jj, r, c in itertools.product(range(JH), range(2), range(2)):
-                row, col = kernel_acc_pos(lane, warp, jlo + jj, r, c)
+                row, col = kernel_o_pos(lane, warp, jlo + jj, r, c)
                 parts = kernel_dq_kept(D, nwg, wg, 4 * jj + 2 * r + c)
                 assert sorted(w for w, _ in parts) == list(range(nwg))
                 for _, idx in parts:
@@ -201,24 +192,6 @@ def test_ds_stores_are_free_of_bank_conflicts():
     for warp, kk, i in itertools.product(range(4), range(4), range(4)):
         banks = {(kernel_ds_store(BASE, lane, warp, kk, i, 0) // 4) % 32 for lane in range(32)}
         assert len(banks) == 32
-
-
-@pytest.mark.parametrize("D", [64, 128])
-def test_register_positions_match_the_fragment_layouts(D):
-    for t in range(128):
-        lane, warp = t % 32, t // 32
-        # S^T / dP^T accumulators (m64n64): the mask and the lse / Delta columns
-        for j, e in itertools.product(range(BM // 8), range(4)):
-            assert kernel_st_pos(lane, warp, j, e) == frag(t, 4 * j + e)
-        # P^T / dS^T as the A operand of k-step kk (queries 16 kk ..): value 2 q + half of the
-        # A fragment is the element (key, 16 kk + col) that s / dp hold at kernel_pa(kk, q, half)
-        for kk, q, half in itertools.product(range(BM // 16), range(4), range(2)):
-            row, col = frag(t, 2 * q + half)
-            idx = kernel_pa(kk, q, half)
-            assert kernel_st_pos(lane, warp, idx // 4, idx % 4) == (row, 16 * kk + col)
-        # dQ (queries x head dims), dK and dV (keys x head dims) accumulators (m64nD)
-        for j, r, c in itertools.product(range(D // 8), range(2), range(2)):
-            assert kernel_acc_pos(lane, warp, j, r, c) == frag(t, 4 * j + 2 * r + c)
 
 
 def test_movmatrix_model_is_a_transpose():

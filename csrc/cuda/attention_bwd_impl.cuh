@@ -5,6 +5,7 @@
 #define SAMBA_ATTENTION_BWD_IMPL_CUH
 
 #include "attention_impl.cuh"
+#include "mma_ptx.cuh"
 #include "samba_cuda_bwd.h"
 
 #define ABW_LOG2E 1.4426950408889634f
@@ -63,6 +64,38 @@ struct attn_bwd_ws {
     // atomics by one block per key tile (the default).
     int64_t dq_slices, dq_slice_stride;
 };
+
+// lse * log2 e and Delta of the BM query rows m0 .. of one (batch, head) - their rows of the
+// (B, H, Lq) scratch start at element rb - into the shared rows sl and sd by cp.async (rows at
+// or past Lq zero-filled), by the block's THREADS threads (the tensor-core kernels' tile loads).
+template <int BM, int THREADS>
+__device__ __forceinline__ void ab_load_lse_delta(float *sl, float *sd, const attn_bwd_ws &ws,
+                                                  int64_t rb, int64_t m0, int64_t Lq) {
+    for (int i = threadIdx.x; i < 2 * BM; i += THREADS) {
+        const int r = i % BM;
+        const bool ok = m0 + r < Lq;
+        const float *src = (i < BM ? ws.lse2 : ws.delta) + (ok ? rb + m0 + r : 0);
+        samba_ptx::cp_async4((i < BM ? sl : sd) + r, src, ok);
+    }
+}
+
+// dk (times softmax_scale: k0v, k1v already are) and dv of two adjacent head dims of one key,
+// element offset `at` of the (B, Lk, Hkv, hd) gradients: written to dk / dv, or, when the group
+// of query heads is split over blocks (split: ws.dk_acc set), added to the float32 accumulators.
+__device__ __forceinline__ void ab_store_dkdv2(const samba_cu_attn_ext_args &p,
+                                               const attn_bwd_ws &ws, bool split, int64_t at,
+                                               float k0v, float k1v, float v0v, float v1v) {
+    if (split) {
+        atomic_add2(ws.dk_acc + at, k0v, k1v);
+        atomic_add2(ws.dv_acc + at, v0v, v1v);
+    } else {
+        stf(p.dk, at, k0v);
+        stf(p.dk, at + 1, k1v);
+        stf(p.dv, at, v0v);
+        stf(p.dv, at + 1, v1v);
+    }
+}
+
 
 // Tensor-core backward: 1 when it handles these arguments (q, k, v, out, dout all bfloat16 or
 // all float16, headdim a multiple of 8 up to 256, 16-byte aligned rows, its tiles fit the

@@ -137,13 +137,8 @@ attn_bwd_mma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
             load_rows<C, C::BM>(sO + buf * C::BM * C::LD,
                                 (const T *)p.dout.ptr + b * p.do_stride[0] + h * p.do_stride[2],
                                 p.do_stride[1], m0, Lq, hd);
-            const int64_t rb = (b * H + h) * Lq;
-            for (int i = threadIdx.x; i < 2 * C::BM; i += C::THREADS) {
-                const int r = i % C::BM;
-                const bool ok = m0 + r < Lq;
-                const float *src = (i < C::BM ? ws.lse2 : ws.delta) + (ok ? rb + m0 + r : 0);
-                cp_async4((i < C::BM ? sL : sD) + buf * C::BM + r, src, ok);
-            }
+            ab_load_lse_delta<C::BM, C::THREADS>(sL + buf * C::BM, sD + buf * C::BM, ws,
+                                                 (b * H + h) * Lq, m0, Lq);
         };
 
         load_rows<C, C::BN>(sK, kg, p.k_stride[1], k0, Lk, hd);
@@ -323,18 +318,8 @@ attn_bwd_mma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
             for (int i = 0; i < C::NDT; ++i) {
                 const int col = dcol0 + i * 8 + 2 * tq;
                 if (col >= hd) continue;
-                const float k0v = dk[i][2 * r] * p.softmax_scale;
-                const float k1v = dk[i][2 * r + 1] * p.softmax_scale;
-                const float v0v = dv[i][2 * r], v1v = dv[i][2 * r + 1];
-                if (split) {
-                    atomic_add2(ws.dk_acc + rb + col, k0v, k1v);
-                    atomic_add2(ws.dv_acc + rb + col, v0v, v1v);
-                } else {
-                    stf(p.dk, rb + col, k0v);
-                    stf(p.dk, rb + col + 1, k1v);
-                    stf(p.dv, rb + col, v0v);
-                    stf(p.dv, rb + col + 1, v1v);
-                }
+                ab_store_dkdv2(p, ws, split, rb + col, dk[i][2 * r] * p.softmax_scale,
+                               dk[i][2 * r + 1] * p.softmax_scale, dv[i][2 * r], dv[i][2 * r + 1]);
             }
         }
         if (!DET) break;

@@ -69,7 +69,7 @@ template <int D_, int NWG_, int MINB_> struct WBCfg {
     static_assert(D == 64 || D == 128, "wgmma N of dK / dV / dQ is written out for 64 and 128");
     static_assert(NWG == 1 || NWG == 2, "one or two warpgroups");
 };
-// Registers (ptxas, sm_90a, nvcc 13.0), one / two warpgroups: 220 / 217 at D = 64, 255 with 60
+// Registers (ptxas, sm_90a, nvcc 13.0), one / two warpgroups: 222 / 220 at D = 64, 255 with 56
 // bytes of spills / 255 at D = 128, so 2 blocks of one warpgroup per SM either way (a cap of 168
 // for 3 blocks at D = 64 spills: the scores, dP^T, dK and dV take 128 registers and the tile's
 // lse / Delta loads come on top), or 1 block of two.
@@ -144,13 +144,8 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         load_tile_sw<C::D, C::THREADS, C::BM>(
             sO + buf * C::QO_BYTES, (const T *)p.dout.ptr + b * p.do_stride[0] + h * p.do_stride[2],
             p.do_stride[1], m0, Lq, hd);
-        const int64_t rb = (b * H + h) * Lq;
-        for (int i = threadIdx.x; i < 2 * C::BM; i += C::THREADS) {
-            const int r = i % C::BM;
-            const bool ok = m0 + r < Lq;
-            const float *src = (i < C::BM ? ws.lse2 : ws.delta) + (ok ? rb + m0 + r : 0);
-            cp_async4((i < C::BM ? sL : sD) + buf * C::BM + r, src, ok);
-        }
+        ab_load_lse_delta<C::BM, C::THREADS>(sL + buf * C::BM, sD + buf * C::BM, ws,
+                                             (b * H + h) * Lq, m0, Lq);
     };
 
     load_tile_sw<C::D, C::THREADS, C::BN>(sK, kg, p.k_stride[1], k0, Lk, hd);
@@ -350,18 +345,9 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         for (int j = 0; j < C::D / 8; ++j) {
             const int col = 8 * j + 2 * tq;
             if (col >= hd) continue;
-            const float k0v = dk[4 * j + 2 * r] * p.softmax_scale;
-            const float k1v = dk[4 * j + 2 * r + 1] * p.softmax_scale;
-            const float v0v = dv[4 * j + 2 * r], v1v = dv[4 * j + 2 * r + 1];
-            if (split) {
-                atomic_add2(ws.dk_acc + rb + col, k0v, k1v);
-                atomic_add2(ws.dv_acc + rb + col, v0v, v1v);
-            } else {
-                stf(p.dk, rb + col, k0v);
-                stf(p.dk, rb + col + 1, k1v);
-                stf(p.dv, rb + col, v0v);
-                stf(p.dv, rb + col + 1, v1v);
-            }
+            ab_store_dkdv2(p, ws, split, rb + col, dk[4 * j + 2 * r] * p.softmax_scale,
+                           dk[4 * j + 2 * r + 1] * p.softmax_scale, dv[4 * j + 2 * r],
+                           dv[4 * j + 2 * r + 1]);
         }
     }
 }

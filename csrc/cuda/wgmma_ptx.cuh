@@ -135,25 +135,23 @@ template <typename T, int N> struct Wgmma;
 #define SAMBA_WG_OUT64(d) \
     SAMBA_WG_OUT32(d), SAMBA_WG_F8(d, 32), SAMBA_WG_F8(d, 40), SAMBA_WG_F8(d, 48), SAMBA_WG_F8(d, 56)
 
+// One SS-form member NAME with tnspB = TB ("0" K-major, "1" MN-major B) of Wgmma<T, N> (the
+// arguments after TB as in SAMBA_WG_SPEC).
+#define SAMBA_WG_SS(NAME, TB, TY, N, NA, REGS, OUTS, SS_P, SS_AB)                             \
+    static __device__ __forceinline__ void NAME(float (&d)[NA], uint64_t da, uint64_t db) {   \
+        SAMBA_WG_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, " SS_P ", 0;\n"                        \
+                     "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " {"        \
+                     REGS "}, " SS_AB ", p, 1, 1, 0, " TB ";\n}\n"                            \
+                     : OUTS(d)                                                                \
+                     : "l"(da), "l"(db), "r"(1));                                             \
+    }
 // T, its PTX type, N, accumulator registers NA, their operand text / bindings, then the
 // operand numbers that follow the accumulators: SS predicate and descriptors, RS predicate and
 // A registers + descriptor.
 #define SAMBA_WG_SPEC(T, TY, N, NA, REGS, OUTS, SS_P, SS_AB, RS_P, RS_AB)                     \
     template <> struct Wgmma<T, N> {                                                          \
-        static __device__ __forceinline__ void ss(float (&d)[NA], uint64_t da, uint64_t db) { \
-            SAMBA_WG_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, " SS_P ", 0;\n"                    \
-                         "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " {"    \
-                         REGS "}, " SS_AB ", p, 1, 1, 0, 0;\n}\n"                            \
-                         : OUTS(d)                                                            \
-                         : "l"(da), "l"(db), "r"(1));                                         \
-        }                                                                                     \
-        static __device__ __forceinline__ void ss_t(float (&d)[NA], uint64_t da, uint64_t db) { \
-            SAMBA_WG_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, " SS_P ", 0;\n"                    \
-                         "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " {"    \
-                         REGS "}, " SS_AB ", p, 1, 1, 0, 1;\n}\n"                            \
-                         : OUTS(d)                                                            \
-                         : "l"(da), "l"(db), "r"(1));                                         \
-        }                                                                                     \
+        SAMBA_WG_SS(ss, "0", TY, N, NA, REGS, OUTS, SS_P, SS_AB)                              \
+        SAMBA_WG_SS(ss_t, "1", TY, N, NA, REGS, OUTS, SS_P, SS_AB)                            \
         static __device__ __forceinline__ void rs_t(float (&d)[NA], const uint32_t (&a)[4],   \
                                                     uint64_t db) {                            \
             SAMBA_WG_ASM("{\n.reg .pred p;\nsetp.ne.b32 p, " RS_P ", 0;\n"                    \
@@ -174,6 +172,7 @@ SAMBA_WG_SPEC(__half, "f16", 128, 64, SAMBA_WG_REGS64, SAMBA_WG_OUT64, "%66", "%
               "{%64, %65, %66, %67}, %68")
 
 #undef SAMBA_WG_SPEC
+#undef SAMBA_WG_SS
 #undef SAMBA_WG_OUT64
 #undef SAMBA_WG_OUT32
 #undef SAMBA_WG_F8
