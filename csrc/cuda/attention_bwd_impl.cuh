@@ -65,6 +65,18 @@ struct attn_bwd_ws {
     int64_t dq_slices, dq_slice_stride;
 };
 
+// The exponent constants of the tensor-core kernels: raw scores times sl are in base-2 units; with
+// softcap (capped) a score s becomes cap2 tanh(s cap_in), cap2 = softcap log2 e.
+struct ab_exp {
+    bool capped;
+    float sl, cap_in, cap2;
+};
+__device__ __forceinline__ ab_exp ab_exp_of(const samba_cu_attn_ext_args &p) {
+    const bool capped = p.softcap > 0.0f;
+    return {capped, p.softmax_scale * ABW_LOG2E, capped ? p.softmax_scale / p.softcap : 0.0f,
+            p.softcap * ABW_LOG2E};
+}
+
 // lse * log2 e and Delta of the BM query rows m0 .. of one (batch, head) - their rows of the
 // (B, H, Lq) scratch start at element rb - into the shared rows sl and sd by cp.async (rows at
 // or past Lq zero-filled), by the block's THREADS threads (the tensor-core kernels' tile loads).

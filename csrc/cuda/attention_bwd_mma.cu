@@ -146,10 +146,9 @@ attn_bwd_mma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         if (n_it > 0) load_q(0, 0);
         cp_async_commit();
 
-        const bool capped = p.softcap > 0.0f;
-        const float sl = p.softmax_scale * ABW_LOG2E;       // scores in base-2 units
-        const float cap_in = capped ? p.softmax_scale / p.softcap : 0.0f;
-        const float cap2 = p.softcap * ABW_LOG2E;
+        const ab_exp ex = ab_exp_of(p);
+        const bool capped = ex.capped;
+        const float sl = ex.sl, cap_in = ex.cap_in, cap2 = ex.cap2;
 
         float dk[C::NDT][4], dv[C::NDT][4];
 #pragma unroll
