@@ -14,8 +14,8 @@ Cases (bf16 data, the sizes of the issues' targets):
   attn_bwd_swa       the same with window 2048 (the FlexAttention comparison of #18)
   attn_bwd_wgmma, attn_bwd_swa_wgmma
                      the two above on the sm_90a wgmma kernel (SAMBA_EXT_ATTN_BWD_WGMMA=require)
-  decode_b1_16k, decode_b1_32k
-                     swa_decode, batch 1, caches of 16K / 32K keys, 32 query / 4 KV heads x 64
+  decode_b1_4k, decode_b1_16k, decode_b1_32k
+                     swa_decode, batch 1, caches of 4K / 16K / 32K keys, 32 query / 4 KV heads x 64
                      (the decode cases below #17's 70% bandwidth target)
   gemv               samba_ext.cuda.blas.matmul, M 1, K 2048, N 8192 (a decode projection),
                      with the GEMV kernel on
@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 CASES = ("scan_b1", "scan_b8", "scan_b1_warp", "scan_b8_warp", "scan_b1_tile2", "scan_b8_tile2",
          "scan_bwd", "swa", "swa_v4", "causal", "attn_bwd", "attn_bwd_swa", "attn_bwd_wgmma",
-         "attn_bwd_swa_wgmma", "decode_b1_16k", "decode_b1_32k", "gemv")
+         "attn_bwd_swa_wgmma", "decode_b1_4k", "decode_b1_16k", "decode_b1_32k", "gemv")
 
 
 def _scan_inputs(b: int, d: int, L: int) -> tuple:
