@@ -262,11 +262,11 @@ def test_phonebook_size_cap():
     import collections
     import random
 
-    def sizes(cap, floor=3):
+    def sizes(cap, floor=3, L=2048):
         mix = data.DataMix(p_passkey=0.0, p_phonebook=1.0, pb_max_entries=cap, pb_min_entries=floor)
         rng, c = random.Random(0), collections.Counter()
         for _ in range(100):
-            ids, _ = data.make_doc(rng, 2048, mix)
+            ids, _ = data.make_doc(rng, L, mix)
             text = bytes(int(t) for t in ids if t < 256).decode("latin-1")
             c[text.split("\n\n")[0].count("\n") + 1] += 1
         return c
@@ -279,6 +279,10 @@ def test_phonebook_size_cap():
     floored = sizes(30, floor=20)
     assert min(floored) >= 20 and max(floored) > 25, floored
     assert min(sizes(None, floor=500)) >= 60
+    # the largest books that fit a 4,096-token row are drawn (the evaluation's 150 entries, 3,947
+    # tokens, among them), and every row holds its whole book
+    big = sizes(None, floor=140, L=4096)
+    assert max(big) >= 152 and min(big) >= 140, big
 
 
 def test_phonebook_fewshot_targets_and_number_lengths():

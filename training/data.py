@@ -193,8 +193,11 @@ def make_doc(rng: random.Random, L: int, mix: DataMix, info: dict | None = None)
         n_ans = len(ans)
     elif r < mix.p_passkey + mix.p_phonebook or len(mix.text) < L + 1:
         budget = L - len(bos) - 14
-        # entries ~ 24 bytes; the book (+3 re-stated lines) must fit; log-uniform size favours small books
-        max_e = max(3, (budget - 60) // 27)
+        # entries ~ 26 bytes; the book (+3 re-stated lines) must fit; log-uniform size favours small
+        # books. max_e slightly over-estimates what fits, and a row that comes out too long loses an
+        # entry or two per retry, so the largest books that fit the row are drawn too (4,096 tokens:
+        # up to ~155 entries; every size of the evaluation grid that fits)
+        max_e = max(3, (budget - 50) // 26)
         if mix.pb_max_entries is not None:
             max_e = max(3, min(max_e, mix.pb_max_entries))
         min_e = max(3, min(mix.pb_min_entries, max_e))
@@ -205,7 +208,7 @@ def make_doc(rng: random.Random, L: int, mix: DataMix, info: dict | None = None)
             seq = bos + encode(prompt) + ans
             if len(seq) <= L or n_e <= 3:
                 break
-            n_e = max(3, int(n_e * 0.8))
+            n_e = max(3, n_e - 1 - n_e // 64)
         whole = len(seq) <= L
         seq = seq[:L]
         n_ans = len(ans)
