@@ -392,6 +392,8 @@ int attn_bwd_wgmma_applicable(const samba_cu_attn_ext_args *a) {
 #else
     if (a->deterministic || a->headdim > 128 || !attn_bwd_mma_applicable(a)) return 0;
     if (a->seqlen_q >= ((int64_t)1 << 29) || a->seqlen_k >= ((int64_t)1 << 29)) return 0;
+    // a block's iteration count (query tiles x query heads) is an int
+    if ((a->seqlen_q / 64 + 1) * (a->nheads / a->nheads_kv) >= ((int64_t)1 << 31)) return 0;
     const bool two = wgmma_nwg() == 2;
     const size_t smem = a->headdim <= 64 ? (two ? WB64x2::SMEM : WB64::SMEM)
                                          : (two ? WB128x2::SMEM : WB128::SMEM);
