@@ -69,15 +69,18 @@ static samba_status launch_fwd(const samba_cu_attn_args *a, cudaStream_t stream)
 
 // ------------------------------------------------------------------ variants -----------
 // Which tensor-core variant runs when the setting is "auto", by head dim.
-// The defaults follow benchmarks/results/gpu_attention.md (H200, bf16, 2026-12-05): v4 (wgmma,
-// compute capability 9.0 with sm_90a code) was the fastest prefill at head dims 64 and 128, v3
-// at 96; without wgmma, v2 at head dim 64 and v3 from 128. Decode v2 was faster from 16K keys
-// on and within 8% of v1 at 4K.
+// The defaults follow benchmarks/results/gpu_attention*.md (bf16, 2026-12-05): v4 (wgmma,
+// compute capability 9.0 with sm_90a code) was the fastest prefill at head dims 64 and 128
+// (H200 and H100), and at 96 (its 128 instantiation with zero-filled columns: 0.353 / 3.103 ms
+// against v2's 0.372 / 3.282 at 4K / 32K in one H100 run, gpu_attention_decode.md; v2 and v3
+// within 3% of each other there); head dims 104..120 run v4's 128 instantiation as v2 / v3 run
+// their 128 one. Below 96 (other than 64) v4 is not measured and v2 runs. Without wgmma, v2 below
+// head dim 128 and v3 from 128. Decode v2 was faster from 16K keys on and within 8% of v1 at 4K.
 static int mma_fallback(int64_t hd) {
     return hd >= 128 ? 3 : 2;
 }
 static int auto_prefill(int64_t hd) {
-    if ((hd == 64 || hd == 128) && attn_wgmma_device_ok()) return 4;
+    if ((hd == 64 || (hd >= 96 && hd <= 128)) && attn_wgmma_device_ok()) return 4;
     return mma_fallback(hd);
 }
 static int auto_decode(int64_t hd) {
