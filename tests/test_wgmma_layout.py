@@ -1,7 +1,8 @@
 """Index math of the Hopper prefill (csrc/cuda/attention_wgmma.cu, variant v4) checked on the
 host, without a GPU: the shared-memory addresses the kernel writes (load_tile_sw) against the
 addresses wgmma reads through the kernel's matrix descriptors, and the register positions the
-kernel assumes (mask, softmax rows, P packing, output store) against the wgmma fragment layouts.
+kernel assumes (mask, softmax rows, P packing, output store) against the wgmma fragment layouts,
+and (the TMA opt-in) where a tensor-memory copy with the 128-byte swizzle puts each K / V box.
 
 The kernel's formulas are mirrored here line by line (keep them in step with the .cu file).
 The hardware side is written independently from the documented forms (PTX ISA, "Asynchronous
@@ -152,3 +153,30 @@ def test_descriptor_fields():
     d = desc_sw128(0x1F3A0 + 32, 128 * 128, 1024)
     assert decode(d) == (0x1F3A0 + 32, 128 * 128, 1024)
     assert d >> 62 == 1 and (d >> 14) & 3 == 0 and (d >> 30) & 3 == 0 and (d >> 46) & 0xFFFF == 0
+
+
+# ---------------------------------------------------------------- the TMA opt-in -------------
+def tma_write_addr(dst: int, r: int, col: int) -> int:
+    """Byte address where a tensor-memory copy with CU_TENSOR_MAP_SWIZZLE_128B puts element
+    (row r, column col < 64) of a box of 64 columns (128 bytes per row) at the 1024-byte aligned
+    shared address dst (CUDA programming guide, "Tensor Memory Access": the 16-byte chunks of each
+    128-byte row are permuted by XOR with bits 7-9 of the address, i.e. the row within 8)."""
+    return swizzle128(dst + r * 128 + col * 2)
+
+
+@pytest.mark.parametrize("D,BK", CONFIGS)
+def test_tma_boxes_land_where_the_descriptors_read(D, BK):
+    # produce(): box cb (head dims 64 cb ..) of tile t goes to stage + cb * BK * 128; the K and V
+    # descriptors of that stage must read every element from there
+    stages = 3
+    sk = BASE + BQ * D * 2
+    sv = sk + stages * BK * D * 2
+    for st in range(stages):
+        ks_base, vs_base = sk + st * BK * D * 2, sv + st * BK * D * 2
+        for cb, r, c in itertools.product(range(D // 64), range(BK), range(64)):
+            col = 64 * cb + c
+            assert tma_write_addr(ks_base + cb * BK * 128, r, c) == write_addr(ks_base, BK, r, col)
+            assert read_kmajor(k_desc(ks_base, BK, col // 16), r, col % 16) == \
+                tma_write_addr(ks_base + cb * BK * 128, r, c)
+            assert read_mnmajor(v_desc(vs_base, BK, r // 16), r % 16, col) == \
+                tma_write_addr(vs_base + cb * BK * 128, r, c)
