@@ -66,6 +66,12 @@ def kernel_ds_store(sSw: int, lane: int, warp: int, kk: int, i: int, half: int) 
     return sSw + qrow * 128 + ((chunk ^ g) << 4) + 4 * tq + 2 * half
 
 
+def kernel_dq_ksteps() -> int:
+    """The k-steps of the kernel's dQ = dS K loop: kk < 64 / 16, the warpgroup's own keys (not
+    the block's BN)."""
+    return 64 // 16
+
+
 def kernel_xc_index(D: int, wg: int, i: int, tid: int) -> int:
     """Float index into the dQ exchange that thread tid of warpgroup wg writes x[i * 128] to."""
     return wg * (D // 4) * 128 + tid + i * 128
@@ -172,6 +178,27 @@ def test_dq_exchange_sums_both_warpgroups_once(D, nwg):
                     assert frag(t, idx) == (row, col), (wg, jj, r, c, idx)
                 added.append((row, col))
         assert sorted(added) == sorted(frag(t, v) for v in range(D // 2))
+
+
+@pytest.mark.parametrize("D,nwg", [(64, 1), (128, 1), (64, 2), (128, 2)])
+def test_dq_product_reads_only_its_warpgroups_ds_and_keys(D, nwg):
+    # dQ = dS K runs over the warpgroup's 64 keys: its k-steps cover them exactly, the A reads
+    # stay inside the warpgroup's dS (queries x its 64 keys) and the B reads are K rows of its
+    # own keys (with two warpgroups a loop over the block's 128 keys would read the other one's
+    # dS, and K rows past the tile)
+    lay, BN = layout(D, nwg), 64 * nwg
+    assert kernel_dq_ksteps() * 16 == 64
+    for wg in range(nwg):
+        w = warpgroup_bases(lay, wg)
+        own_ds = range(w["sS"], w["sS"] + BM * 64 * 2)
+        for kk in range(kernel_dq_ksteps()):
+            for m, k in itertools.product(range(BM), range(16)):
+                assert read_kmajor(desc_kmajor(w["sS"], BM, kk), m, k) in own_ds, (wg, kk, m, k)
+            for k, n in itertools.product(range(16), range(D)):
+                key = 16 * kk + k
+                assert key < 64
+                assert read_mnmajor(desc_mnmajor(w["sK"], BN, kk), k, n) == \
+                    write_addr(lay["sK"], BN, 64 * wg + key, n), (wg, kk, k, n)
 
 
 @pytest.mark.parametrize("D", [64, 128])

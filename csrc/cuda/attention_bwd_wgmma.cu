@@ -290,14 +290,15 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         else
             named_bar<128>(1 + wg);
 
-        // ---- dQ = dS K (queries x head dims), into the float32 accumulator ----
+        // ---- dQ = dS K (queries x head dims) over this warpgroup's 64 keys (4 k-steps), into
+        //      the float32 accumulator ----
         float dq[C::ND];
 #pragma unroll
         for (int i = 0; i < C::ND; ++i) dq[i] = 0.0f;
         fence_operands(dq);
         wg_fence();
 #pragma unroll
-        for (int kk = 0; kk < C::BN / 16; ++kk)
+        for (int kk = 0; kk < 64 / 16; ++kk)
             Wgmma<T, C::D>::ss_t(dq, desc_kmajor<C::BM>(sSw, kk), desc_mnmajor<C::BN>(sKw, kk));
         wg_commit();
         wg_wait<0>();
