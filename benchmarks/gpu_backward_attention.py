@@ -154,7 +154,7 @@ def case(L: int, H: int, Hkv: int, hd: int, W: int | None, peers: list[str], rep
     select_variant(None)
     if not grads:
         raise RuntimeError(f"no samba_ext variant ran: {row}")
-    times = median_ms_rounds({v: ours for v in grads}, reps=reps, before=select_variant)
+    times = median_ms_rounds({name: ours for name in grads}, reps=reps, before=select_variant)
     select_variant(None)
     for name, t in times.items():
         row[f"samba_ext_{name}_ms"] = t
