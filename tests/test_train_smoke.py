@@ -280,7 +280,7 @@ def test_phonebook_size_cap():
     assert min(floored) >= 20 and max(floored) > 25, floored
     assert min(sizes(None, floor=500)) >= 60
     # the largest books that fit a 4,096-token row are drawn (the evaluation's 150 entries, 3,947
-    # tokens, among them), and every row holds its whole book
+    # tokens, among them)
     big = sizes(None, floor=140, L=4096)
     assert max(big) >= 152 and min(big) >= 140, big
 

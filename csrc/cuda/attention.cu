@@ -74,8 +74,9 @@ static samba_status launch_fwd(const samba_cu_attn_args *a, cudaStream_t stream)
 // (H200 and H100), and at 96 (its 128 instantiation with zero-filled columns: 0.353 / 3.103 ms
 // against v2's 0.372 / 3.282 at 4K / 32K in one H100 run, gpu_attention_decode.md; v2 and v3
 // were within 3% of each other at 96 in an H200 run, gpu_attention_notes.md); head dims
-// 104..120 run v4's 128 instantiation as v2 / v3 run their 128 one. Below 96 (other than 64) v4 is not measured and v2 runs. Without wgmma, v2 below
-// head dim 128 and v3 from 128. Decode v2 was faster from 16K keys on and within 8% of v1 at 4K.
+// 104..120 run v4's 128 instantiation as v2 / v3 run their 128 one. Below 96 (other than 64) v4
+// is not measured and v2 runs. Without wgmma, v2 below head dim 128 and v3 from 128. Decode v2
+// was faster from 16K keys on and within 8% of v1 at 4K.
 static int mma_fallback(int64_t hd) {
     return hd >= 128 ? 3 : 2;
 }

@@ -336,7 +336,7 @@ static samba_status run(const samba_cu_attn_ext_args *a, float *scratch, bool mm
     const size_t acc = (size_t)(ncopy * nq + (ws.dk_acc ? 2 * nk : 0)) * sizeof(float);
     const cudaError_t e = cudaMemsetAsync(ws.dq_acc, 0, acc, st);
     if (e != cudaSuccess) return samba_cu_fail("attention_bwd (memset)", e);
-    s = attn_bwd_mma(a, &ws, split, wgmma, st);
+    s = wgmma ? attn_bwd_wgmma(a, &ws, split, st) : attn_bwd_mma(a, &ws, split, st);
     if (s == SAMBA_OK) s = store(ws.dq_acc, a->dq, nq, a->softmax_scale, ncopy, nq, st);
     if (s == SAMBA_OK && ws.dk_acc) s = store(ws.dk_acc, a->dk, nk, 1.0f, 1, 0, st);
     if (s == SAMBA_OK && ws.dv_acc) s = store(ws.dv_acc, a->dv, nk, 1.0f, 1, 0, st);

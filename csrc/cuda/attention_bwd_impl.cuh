@@ -108,7 +108,6 @@ __device__ __forceinline__ void ab_store_dkdv2(const samba_cu_attn_ext_args &p,
     }
 }
 
-
 // Tensor-core backward: 1 when it handles these arguments (q, k, v, out, dout all bfloat16 or
 // all float16, headdim a multiple of 8 up to 256, 16-byte aligned rows, its tiles fit the
 // device's shared memory).
@@ -123,10 +122,10 @@ int64_t attn_bwd_mma_dq_slices(const samba_cu_attn_ext_args *a);
 // "1" runs it where it applies, "require" makes the call fail where it does not, anything else
 // (and unset) keeps attention_bwd_mma.cu (attn_bwd_wgmma_setting: 1, 2, 0). It applies to the
 // arguments of attn_bwd_mma_applicable with head dims up to 128, sequences shorter than 2^29
-// (and query tiles x group size below 2^31), and
-// deterministic off, on an sm_90 device with the sm_90a build; its blocks hold
-// attn_bwd_wgmma_bn() keys (64, or 128 with SAMBA_EXT_ATTN_BWD_WGMMA_WG=2, read on every call).
-// Same scratch and results as attn_bwd_mma up to rounding order.
+// (and query tiles x group size below 2^31) and deterministic off, on an sm_90 device with the
+// sm_90a build; its blocks hold attn_bwd_wgmma_bn() keys (64, or 128 with
+// SAMBA_EXT_ATTN_BWD_WGMMA_WG=2, read on every call). Same scratch and results as attn_bwd_mma
+// up to rounding order.
 int attn_bwd_wgmma_setting(void);
 int attn_bwd_wgmma_bn(void);
 int attn_bwd_wgmma_applicable(const samba_cu_attn_ext_args *a);
@@ -134,8 +133,7 @@ samba_status attn_bwd_wgmma(const samba_cu_attn_ext_args *a, const attn_bwd_ws *
                             cudaStream_t stream);
 // Main kernel: dq_acc (+)= dS K (into the slices when ws->dq_slices > 0); dk, dv written
 // (split 1) or added to dk_acc / dv_acc (dk already scaled by softmax_scale).
-// wgmma: run attention_bwd_wgmma.cu's kernel instead (the caller checked that it applies).
 samba_status attn_bwd_mma(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int split,
-                          int wgmma, cudaStream_t stream);
+                          cudaStream_t stream);
 
 #endif

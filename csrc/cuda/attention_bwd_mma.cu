@@ -479,8 +479,7 @@ int64_t attn_bwd_mma_dq_slices(const samba_cu_attn_ext_args *a) {
 }
 
 samba_status attn_bwd_mma(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int split,
-                          int wgmma, cudaStream_t st) {
-    if (wgmma) return attn_bwd_wgmma(a, ws, split, st);
+                          cudaStream_t st) {
     if (a->q.dtype == SAMBA_CU_BF16) return dispatch<__nv_bfloat16>(a, ws, split, st);
     return dispatch<__half>(a, ws, split, st);
 }
