@@ -47,7 +47,8 @@ try:
 except ImportError:  # --render needs neither torch nor a GPU
     torch = None
 
-from gpu_bench_util import copy_bandwidth_Bps, git_commit, median_ms, median_ms_rounds, write_atomic
+from gpu_bench_util import (command_line, copy_bandwidth_Bps, git_commit, median_ms,
+                            median_ms_rounds, write_atomic)
 
 import samba_ext
 
@@ -433,19 +434,6 @@ def render(meta: dict, rows: list[dict], peers: list[str]) -> list[str]:
             *targets(rows)]
 
 
-def _args_without_out(argv: list[str]) -> list[str]:
-    """The command-line arguments minus --out DIR (a machine path, not part of the method)."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--out":
-            skip = True
-        elif not a.startswith("--out="):
-            out.append(a)
-    return out
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
@@ -488,8 +476,7 @@ def main() -> int:
     variants = [v for v in variants if v not in ("v2a", "v2e")] or ["auto"]  # decode settings only
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "commit": commit, "device": torch.cuda.get_device_name(),
-            "torch": torch.__version__, "command": "python3 benchmarks/gpu_attention.py " +
-            " ".join(_args_without_out(sys.argv[1:])),
+            "torch": torch.__version__, "command": command_line("gpu_attention.py", sys.argv[1:]),
             "variants": variants,
             "copy_bandwidth": copy_bandwidth_Bps()}
     rows: list[dict] = []

@@ -39,7 +39,7 @@ try:
 except ImportError:  # --render needs neither torch nor a GPU
     torch = None
 
-from gpu_bench_util import git_commit, median_ms, median_ms_rounds, write_atomic
+from gpu_bench_util import command_line, git_commit, median_ms, median_ms_rounds, write_atomic
 
 import samba_ext
 from samba_ext import grad
@@ -272,11 +272,10 @@ def main() -> int:
         return 2
     commit = git_commit(args.commit)
     peers = ["sdpa"] if args.no_flex else PEERS
-    argv = [a for a in sys.argv[1:] if not a.startswith("--out")]
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "commit": commit, "device": torch.cuda.get_device_name(),
             "torch": torch.__version__,
-            "command": "python3 benchmarks/gpu_backward_attention.py " + " ".join(argv),
+            "command": command_line("gpu_backward_attention.py", sys.argv[1:]),
             "split": os.environ.get("SAMBA_EXT_ATTN_BWD_SPLIT", "auto"),
             "warps": os.environ.get("SAMBA_EXT_ATTN_BWD_WARPS", "8")}
     rows: list[dict] = []

@@ -46,6 +46,20 @@ def median_ms_rounds(fns: dict[str, Callable[[], Any]], warmup: int = 3, reps: i
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def command_line(script: str, argv: list[str]) -> str:
+    """`python3 benchmarks/SCRIPT ARGS` for a report, without --out DIR (a machine path, not
+    part of the method)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--out":
+            skip = True
+        elif not a.startswith("--out="):
+            out.append(a)
+    return " ".join([f"python3 benchmarks/{script}", *out])
+
+
 def git_commit(given: Optional[str] = None) -> str:
     """``given`` when set, else the checkout's short HEAD, else "unknown" (the device copy of
     a tree has no git history: pass the commit explicitly there)."""

@@ -23,9 +23,17 @@ def _cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
 
+def _without_variants(rows: list[dict]) -> list[dict]:
+    """The saved rows as a run from before the variants wrote them (samba_ext_ms alone)."""
+    keep = ("samba_ext_ms", "samba_ext_fwd_ms", "samba_ext_tflops")
+    return [{k: v for k, v in r.items() if k in keep or not k.startswith(("samba_ext_", "variant"))}
+            for r in rows]
+
+
 def test_render_saved_run_without_variants():
     # a run from before the variants: one samba_ext column, as it was written
     d = _saved()
+    d["rows"] = _without_variants(d["rows"])
     md = gba.render(d["meta"], d["rows"], d["peers"])
     head = md.index(next(ln for ln in md if ln.startswith("| case |")))
     assert _cells(md[head])[1] == "samba_ext bwd ms"
@@ -38,7 +46,7 @@ def test_render_run_with_variants():
     # two variants, one failed in the second case: a column per variant, the fastest named in the
     # samba_ext column, the variants' difference in the last column
     d = _saved()
-    rows = copy.deepcopy(d["rows"][:2])
+    rows = copy.deepcopy(_without_variants(d["rows"][:2]))
     rows[0].update(samba_ext_mma_ms=2.0, samba_ext_wgmma_ms=1.0, samba_ext_ms=1.0,
                    samba_ext_variant="wgmma", variant_err=3e-3)
     rows[1].update(samba_ext_mma_ms=5.0, samba_ext_ms=5.0, samba_ext_variant="mma",
@@ -69,3 +77,13 @@ def test_variant_selects_the_kernel_settings(monkeypatch, name, settings):
     gba.select_variant(None)
     assert os.environ["SAMBA_EXT_ATTN_BWD_WGMMA"] == "1"
     assert "SAMBA_EXT_ATTN_BWD_WGMMA_WG" not in os.environ
+
+
+def test_command_line_leaves_out_the_output_folder():
+    # a report's command names the script and its options, not the machine path given to --out
+    from gpu_bench_util import command_line
+
+    assert command_line("x.py", ["--out", "/tmp/w", "--reps", "5"]) == \
+        "python3 benchmarks/x.py --reps 5"
+    assert command_line("x.py", ["--out=/tmp/w", "--no-flex"]) == "python3 benchmarks/x.py --no-flex"
+    assert command_line("x.py", []) == "python3 benchmarks/x.py"
