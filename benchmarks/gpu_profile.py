@@ -10,7 +10,8 @@ Cases (bf16 data, the sizes of the issues' targets):
   swa, swa_v4        swa_attention, L 32K, 32 query / 4 KV heads x 64, window 2048 (the
                      library's prefill choice, and the sm_90a wgmma variant v4)
   causal             swa_attention, full causal, L 4K, 32 / 4 heads x 64
-  attn_bwd           grad.attention_bwd, full causal, L 4K, 32 / 4 heads x 64
+  attn_bwd           grad.attention_bwd, full causal, L 4K, 32 / 4 heads x 64, on the mma.sync
+                     kernel (SAMBA_EXT_ATTN_BWD_WGMMA=0)
   attn_bwd_swa       the same with window 2048 (the FlexAttention comparison of #18)
   attn_bwd_wgmma, attn_bwd_swa_wgmma
                      the two above on the sm_90a wgmma kernel (SAMBA_EXT_ATTN_BWD_WGMMA=require)
@@ -88,8 +89,8 @@ def make(case: str) -> Callable[[], Any]:
     if case.startswith("attn_bwd"):
         import os
 
-        if case.endswith("_wgmma"):
-            os.environ["SAMBA_EXT_ATTN_BWD_WGMMA"] = "require"
+        # the wgmma kernel (required), or the mma.sync one (0)
+        os.environ["SAMBA_EXT_ATTN_BWD_WGMMA"] = "require" if case.endswith("_wgmma") else "0"
         q, k, v, do = _attn_inputs(4096, 32, 4, 64)
         ws = (2047, 0) if "_swa" in case else (-1, 0)
         out, lse = grad.attention_fwd(q, k, v, None, True, ws)

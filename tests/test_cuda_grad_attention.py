@@ -14,8 +14,9 @@ for dk and dv):
   these roundings on the shapes below (L 200..1000, d 64..128, GQA up to 8:1, windows, softcap)
   gives 2.3e-3..2.6e-3 for bfloat16 (u = 3.9e-3) and 2.8e-4..3.3e-4 for float16 (u = 4.9e-4):
   margins of 3.8x and 6x.
-  The wgmma kernel (attention_bwd_wgmma.cu, SAMBA_EXT_ATTN_BWD_WGMMA) rounds the same quantities
-  at the same points, so the same bounds hold for it.
+  The wgmma kernel (attention_bwd_wgmma.cu, the default on sm_90; SAMBA_EXT_ATTN_BWD_WGMMA=0
+  keeps the mma.sync one) rounds the same quantities at the same points, so the same bounds hold
+  for it.
 * float32: exact float32 arithmetic (no TF32); 1e-5 as on the CPU (tests/test_grad_attention.py,
   measured <= 5e-7 on short sequences).
 * plus 4 * 2^-24 * sqrt(n) for every dtype: float32 rounding in a sum of n terms with random
@@ -181,6 +182,22 @@ CASES = [
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,Lq,Lk,H,Hkv,hd,causal,ws,cap", CASES)
 def test_against_reference(poison, rng, dtype, B, Lq, Lk, H, Hkv, hd, causal, ws, cap):
+    # the default kernels: wgmma on sm_90 where it applies, else mma.sync / CUDA cores
+    against_reference(rng, dtype, B, Lq, Lk, H, Hkv, hd, causal, ws, cap)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("B,Lq,Lk,H,Hkv,hd,causal,ws,cap", CASES)
+def test_mma_against_reference(poison, rng, monkeypatch, dtype, B, Lq, Lk, H, Hkv, hd, causal, ws,
+                               cap):
+    # the mma.sync backward (attention_bwd_mma.cu), which SAMBA_EXT_ATTN_BWD_WGMMA=0 keeps on sm_90
+    monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_WGMMA", "0")
+    against_reference(rng, dtype, B, Lq, Lk, H, Hkv, hd, causal, ws, cap)
+
+
+def against_reference(rng, dtype, B, Lq, Lk, H, Hkv, hd, causal, ws, cap) -> None:
+    """Forward (out, lse) and backward of one case against the float64 references."""
     (q, gq), (k, gk), (v, gv), (do, gdo) = (rdev(rng.standard_normal(s), dtype) for s in (
         (B, Lq, H, hd), (B, Lk, Hkv, hd), (B, Lk, Hkv, hd), (B, Lq, H, hd)))
     scale = 1.0 / math.sqrt(hd)
@@ -361,7 +378,7 @@ def test_wgmma_against_reference(poison, rng, monkeypatch, nwg, dtype, B, Lq, Lk
     ref = attention_bwd_ref(q, k, v, do, 1.0 / math.sqrt(hd), left, right, cap)
     n = reduction_lengths(Lq, Lk, H // Hkv, left, right)
     check_grads(got, ref, dtype, *n, "wgmma ")
-    monkeypatch.delenv("SAMBA_EXT_ATTN_BWD_WGMMA")
+    monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_WGMMA", "0")
     other = grad.attention_bwd(gq, gk, gv, None, causal, ws, cap, dout=gdo, out=out, lse=lse)
     check_grads(got, dict(zip(("dq", "dk", "dv"), (host(g) for g in other))), dtype, *n,
                 "wgmma vs mma ")
@@ -409,6 +426,7 @@ def test_real_sizes(poison, rng, monkeypatch, dtype, B, L, H, Hkv, hd, causal, w
     ref = ref_chunked(q, k, v, do, 1.0 / math.sqrt(hd), left, right)
     out, lse = grad.attention_fwd(gq, gk, gv, None, causal, ws)
     check_forward(out, lse, ref["out"], ref["lse"], dtype)
+    monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_WGMMA", "0")  # mma.sync here, wgmma below
     got = grad.attention_bwd(gq, gk, gv, None, causal, ws, dout=gdo, out=out, lse=lse)
     w = L if left < 0 else min(L, left + 1 + max(right, 0))
     check_grads(got, ref, dtype, w, (H // Hkv) * w)

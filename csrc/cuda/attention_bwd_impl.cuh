@@ -119,12 +119,12 @@ int attn_bwd_mma_group_split(const samba_cu_attn_ext_args *a, int wgmma);
 // Deterministic mode: the number S >= 1 of dq slices (attn_bwd_ws) for these arguments.
 int64_t attn_bwd_mma_dq_slices(const samba_cu_attn_ext_args *a);
 // The wgmma main kernel (attention_bwd_wgmma.cu): SAMBA_EXT_ATTN_BWD_WGMMA (read on every call)
-// "1" runs it where it applies, "require" makes the call fail where it does not, anything else
-// (and unset) keeps attention_bwd_mma.cu (attn_bwd_wgmma_setting: 1, 2, 0). It applies to the
-// arguments of attn_bwd_mma_applicable with head dims up to 128, sequences shorter than 2^29
-// (and query tiles x group size below 2^31) and deterministic off, on an sm_90 device with the
-// sm_90a build; its blocks hold attn_bwd_wgmma_bn() keys (64, or 128 with
-// SAMBA_EXT_ATTN_BWD_WGMMA_WG=2, read on every call). Same scratch and results as attn_bwd_mma
+// "0" keeps attention_bwd_mma.cu, "require" makes the call fail where the wgmma kernel does not
+// apply, anything else (and unset) runs it where it applies (attn_bwd_wgmma_setting: 0, 2, 1).
+// It applies to the arguments of attn_bwd_mma_applicable with head dims up to 128, sequences
+// shorter than 2^29 (and query tiles x group size below 2^31) and deterministic off, on an sm_90
+// device with the sm_90a build; its blocks hold attn_bwd_wgmma_bn() keys (128, or 64 with
+// SAMBA_EXT_ATTN_BWD_WGMMA_WG=1, read on every call). Same scratch and results as attn_bwd_mma
 // up to rounding order.
 int attn_bwd_wgmma_setting(void);
 int attn_bwd_wgmma_bn(void);

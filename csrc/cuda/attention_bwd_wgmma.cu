@@ -1,6 +1,6 @@
 // attention_bwd_wgmma.cu - attention backward for bfloat16 / float16 on Hopper's warpgroup matrix
 // instructions (wgmma, sm_90a code only): the main kernel of the tensor-core backward
-// (attention_bwd_mma.cu) with every product on wgmma. Opt-in (SAMBA_EXT_ATTN_BWD_WGMMA, below).
+// (attention_bwd_mma.cu) with every product on wgmma. The default where it applies (SAMBA_EXT_ATTN_BWD_WGMMA, below).
 //
 // Same function, masks, softcap, GQA, scratch (attn_bwd_ws) and roundings as attention_bwd_mma.cu:
 // P and dS are rounded to the input dtype before their products, dq is summed in the float32
@@ -8,8 +8,8 @@
 // written at the end (or added to their accumulators when the group is split over blocks).
 //
 // A warpgroup (4 warps, 128 threads) owns 64 keys of one kv head, warp w the keys 16 w .. 16 w + 15
-// (the rows of every M = 64 product below); a block is one warpgroup (BN = 64 keys) or, with
-// SAMBA_EXT_ATTN_BWD_WGMMA_WG=2, two (BN = 128). K and V of the block stay in shared memory; the
+// (the rows of every M = 64 product below); a block is two warpgroups (BN = 128 keys) or, with
+// SAMBA_EXT_ATTN_BWD_WGMMA_WG=1, one (BN = 64). K and V of the block stay in shared memory; the
 // block walks over the query tiles of BM = 64 rows that see one of its keys, for the query heads
 // of its group (or 1 / split of them). Per tile and warpgroup:
 //   S^T  = K Q^T,  dP^T = V dO^T   wgmma m64n64k16, SS: K, V, Q, dO all K-major (head dims = K)
@@ -369,21 +369,22 @@ samba_status launch(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int 
 
 }  // namespace
 
-// SAMBA_EXT_ATTN_BWD_WGMMA_WG: warpgroups per block, "2" (128 keys; the Q / dO tiles loaded once
-// for both and dQ summed in shared memory before the atomics: half the traffic of both) or
-// anything else (and unset) 1 (64 keys; two independent blocks per SM)
+// SAMBA_EXT_ATTN_BWD_WGMMA_WG: warpgroups per block, "1" (64 keys; two independent blocks per
+// SM) or anything else (and unset) 2 (128 keys; the Q / dO tiles loaded once for both and dQ
+// summed in shared memory before the atomics: half the traffic of both, and 10-30% faster on an
+// H100, benchmarks/results/gpu_backward_attention.md)
 static int wgmma_nwg(void) {
     const char *e = getenv("SAMBA_EXT_ATTN_BWD_WGMMA_WG");
-    return e && e[0] == '2' && e[1] == '\0' ? 2 : 1;
+    return e && e[0] == '1' && e[1] == '\0' ? 1 : 2;
 }
 
 int attn_bwd_wgmma_bn(void) { return 64 * wgmma_nwg(); }
 
 int attn_bwd_wgmma_setting(void) {
     const char *e = getenv("SAMBA_EXT_ATTN_BWD_WGMMA");
-    if (e == NULL) return 0;
+    if (e == NULL) return 1;
     if (!strcmp(e, "require")) return 2;
-    return e[0] == '1' ? 1 : 0;
+    return e[0] == '0' && e[1] == '\0' ? 0 : 1;
 }
 
 int attn_bwd_wgmma_applicable(const samba_cu_attn_ext_args *a) {
