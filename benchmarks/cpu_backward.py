@@ -320,11 +320,13 @@ def render(info: dict, rows: list[dict], elapsed: float, quick: bool) -> str:
               "rows x 64 floats), each of the five products once per pair, with an "
               "exponential per pair on top. So it gains with the window (its work shrinks, "
               "NumPy's does not); with full causal masking NumPy does only twice the needed "
-              "work, at BLAS speed, so a kernel at the floor gets about 4-5x (the floor table below); the ratio also moves with "
-              "the machine load, which slows BLAS's threads more. Mixed calls cost the C side "
+              "work, at BLAS speed plus its element-wise passes over the full score matrices, so a "
+              "kernel at the floor gets NumPy's time over the floor (the floor table below: "
+              "about 5x where those passes are cheap next to BLAS, more where they are not); "
+              "the ratio also moves with the machine load, which slows BLAS's threads more. Mixed calls cost the C side "
               "too: OpenBLAS's threads keep spinning for a while after a NumPy call and take "
               "cores from the OpenMP threads (strictly alternated calls made the C attention "
-              "backward up to about 2x slower on this machine; see Method).", ""]
+              "backward up to about 2x slower on a 2-core machine; see Method).", ""]
     floors = [r for r in rows if "floor_ms" in r]
     if floors:
         lines += ["Attention against its floor: the backward's five products (10 x headdim "
