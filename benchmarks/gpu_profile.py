@@ -15,6 +15,10 @@ Cases (bf16 data, the sizes of the issues' targets):
   attn_bwd_swa       the same with window 2048 (the FlexAttention comparison of #18)
   attn_bwd_wgmma, attn_bwd_swa_wgmma
                      the two above on the sm_90a wgmma kernel (SAMBA_EXT_ATTN_BWD_WGMMA=require)
+  attn_bwd_swa16k_wgmma, attn_bwd_swa_d128_wgmma
+                     the wgmma kernel on the two cases of benchmarks/gpu_backward_attention.py
+                     slower than FlexAttention: window 2048 at L 16K, and 12 / 12 heads x 128
+                     at L 4K
   decode_b1_4k, decode_b1_16k, decode_b1_32k
                      swa_decode, batch 1, caches of 4K / 16K / 32K keys, 32 query / 4 KV heads x 64
                      (the decode cases below #17's 70% bandwidth target)
@@ -31,7 +35,7 @@ from typing import Any, Callable
 
 CASES = ("scan_b1", "scan_b8", "scan_b1_warp", "scan_b8_warp", "scan_b1_tile2", "scan_b8_tile2",
          "scan_bwd", "swa", "swa_v4", "causal", "attn_bwd", "attn_bwd_swa", "attn_bwd_wgmma",
-         "attn_bwd_swa_wgmma", "decode_b1_4k", "decode_b1_16k", "decode_b1_32k", "gemv")
+         "attn_bwd_swa_wgmma", "attn_bwd_swa16k_wgmma", "attn_bwd_swa_d128_wgmma", "decode_b1_4k", "decode_b1_16k", "decode_b1_32k", "gemv")
 
 
 def _scan_inputs(b: int, d: int, L: int) -> tuple:
@@ -91,7 +95,8 @@ def make(case: str) -> Callable[[], Any]:
 
         # the wgmma kernel (required), or the mma.sync one (0)
         os.environ["SAMBA_EXT_ATTN_BWD_WGMMA"] = "require" if case.endswith("_wgmma") else "0"
-        q, k, v, do = _attn_inputs(4096, 32, 4, 64)
+        L = 16384 if "16k" in case else 4096
+        q, k, v, do = _attn_inputs(L, *((12, 12, 128) if "_d128" in case else (32, 4, 64)))
         ws = (2047, 0) if "_swa" in case else (-1, 0)
         out, lse = grad.attention_fwd(q, k, v, None, True, ws)
         return lambda: grad.attention_bwd(q, k, v, None, True, ws, dout=do, out=out, lse=lse)
