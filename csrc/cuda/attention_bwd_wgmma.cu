@@ -371,7 +371,7 @@ samba_status launch(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int 
 
 // SAMBA_EXT_ATTN_BWD_WGMMA_WG: warpgroups per block, "1" (64 keys; two independent blocks per
 // SM) or anything else (and unset) 2 (128 keys; the Q / dO tiles loaded once for both and dQ
-// summed in shared memory before the atomics: half the traffic of both, and 10-30% faster on an
+// summed in shared memory before the atomics: half the traffic of both, and 10-19% faster on an
 // H100, benchmarks/results/gpu_backward_attention.md)
 static int wgmma_nwg(void) {
     const char *e = getenv("SAMBA_EXT_ATTN_BWD_WGMMA_WG");
