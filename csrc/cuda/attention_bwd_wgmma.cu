@@ -1,6 +1,7 @@
 // attention_bwd_wgmma.cu - attention backward for bfloat16 / float16 on Hopper's warpgroup matrix
 // instructions (wgmma, sm_90a code only): the main kernel of the tensor-core backward
-// (attention_bwd_mma.cu) with every product on wgmma. The default where it applies (SAMBA_EXT_ATTN_BWD_WGMMA, below).
+// (attention_bwd_mma.cu) with every product on wgmma; the default where it applies
+// (SAMBA_EXT_ATTN_BWD_WGMMA, below).
 //
 // Same function, masks, softcap, GQA, scratch (attn_bwd_ws) and roundings as attention_bwd_mma.cu:
 // P and dS are rounded to the input dtype before their products, dq is summed in the float32
