@@ -27,6 +27,7 @@
 // Both visit only the tiles inside the window and skip masked pairs, so a NaN in a row that a
 // key does not see never reaches it (as on the CPU).
 #include "attention_bwd_impl.cuh"
+#include "vecio.cuh"
 
 #define AB_BQ 16   // query rows (dq pass) / key rows (dk-dv pass) per block
 #define AB_BT 32   // keys (dq pass) / queries (dk-dv pass) per tile
@@ -55,6 +56,45 @@ __global__ void attn_bwd_prep_kernel(samba_cu_attn_ext_args p, float *delta, flo
     }
 }
 
+// The same with 16-byte loads, where hd is a multiple of 8 and every row of out and dout starts
+// 16-byte aligned (prep_vec_ok): a group of g lanes per row (g the power of two >= hd / 8, lane
+// j of the group taking elements 8j .. 8j + 7), 32 / g rows per warp, and 32-bit index
+// arithmetic (fewer than 2^31 rows). Loops and shuffles are warp-uniform.
+__global__ void attn_bwd_prep_vec_kernel(samba_cu_attn_ext_args p, float *delta, float *lse2,
+                                         int g) {
+    const int64_t rows = p.batch * p.seqlen_q * p.nheads;
+    const unsigned H = (unsigned)p.nheads, L = (unsigned)p.seqlen_q;
+    const int lane = threadIdx.x & 31, sub = lane & (g - 1), nch = (int)(p.headdim >> 3);
+    const int64_t rpw = 32 / g, wpb = blockDim.x >> 5;
+    const int64_t step = (int64_t)gridDim.x * wpb * rpw;
+    for (int64_t base = (blockIdx.x * wpb + (threadIdx.x >> 5)) * rpw; base < rows; base += step) {
+        const int64_t r = base + lane / g;
+        const unsigned ru = (unsigned)r, h = ru % H, t = ru / H, i = t % L, b = t / L;
+        float acc = 0.0f;
+        if (r < rows && sub < nch) {
+            float x[8], y[8];
+            ldv<8>(p.dout, b * p.do_stride[0] + i * p.do_stride[1] + h * p.do_stride[2] + 8 * sub, x);
+            ldv<8>(p.out, b * p.o_stride[0] + i * p.o_stride[1] + h * p.o_stride[2] + 8 * sub, y);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) acc += x[k] * y[k];
+        }
+        for (int o = g >> 1; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (r < rows && sub == 0) {
+            const int64_t at = ((int64_t)b * p.nheads + h) * p.seqlen_q + i;
+            const float l = p.lse[at];
+            delta[at] = acc;
+            lse2[at] = l == -INFINITY ? INFINITY : l * ABW_LOG2E;
+        }
+    }
+}
+
+static bool prep_vec_ok(const samba_cu_attn_ext_args *a) {
+    if (a->headdim % 8 != 0 || a->batch * a->seqlen_q * a->nheads >= ((int64_t)1 << 31)) return false;
+    for (int k = 0; k < 3; ++k)
+        if (!vec_ok(8, a->out, a->o_stride[k]) || !vec_ok(8, a->dout, a->do_stride[k])) return false;
+    return vec_ok(8, a->out, 0) && vec_ok(8, a->dout, 0);
+}
+
 // dst[i] = scale * (src[i] + src[stride + i] + ... + src[(ns - 1) stride + i]) rounded to dst's
 // dtype: the ns >= 1 slices summed in slice order (ns = 1: src[i] * scale)
 __global__ void attn_bwd_store_kernel(const float *src, samba_cu_ref dst, int64_t n, float scale,
@@ -64,6 +104,23 @@ __global__ void attn_bwd_store_kernel(const float *src, samba_cu_ref dst, int64_
         float acc = src[i];
         for (int64_t s = 1; s < ns; ++s) acc += src[s * stride + i];
         stf(dst, i, acc * scale);
+    }
+}
+
+// The same four elements at a time (n and stride multiples of 4, src 16-byte aligned, dst
+// aligned for four elements): float4 loads, one 8- or 16-byte store; the same sums.
+__global__ void attn_bwd_store4_kernel(const float *src, samba_cu_ref dst, int64_t n4, float scale,
+                                       int64_t ns, int64_t stride) {
+    const float4 *s4 = reinterpret_cast<const float4 *>(src);
+    for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < n4;
+         j += (int64_t)gridDim.x * blockDim.x) {
+        float4 acc = s4[j];
+        for (int64_t s = 1; s < ns; ++s) {
+            const float4 x = s4[s * (stride / 4) + j];
+            acc.x += x.x, acc.y += x.y, acc.z += x.z, acc.w += x.w;
+        }
+        const float v[4] = {acc.x * scale, acc.y * scale, acc.z * scale, acc.w * scale};
+        stv<4>(dst, 4 * j, v);
     }
 }
 
@@ -306,7 +363,10 @@ static samba_status zero_fill(samba_cu_ref r, int64_t n, cudaStream_t st) {
 static samba_status store(const float *src, samba_cu_ref dst, int64_t n, float scale, int64_t ns,
                           int64_t stride, cudaStream_t st) {
     if (n == 0) return SAMBA_OK;
-    attn_bwd_store_kernel<<<grid_1d(n, 256), 256, 0, st>>>(src, dst, n, scale, ns, stride);
+    if (n % 4 == 0 && stride % 4 == 0 && (uintptr_t)src % 16 == 0 && vec_ok(4, dst, 0))
+        attn_bwd_store4_kernel<<<grid_1d(n / 4, 256), 256, 0, st>>>(src, dst, n / 4, scale, ns, stride);
+    else
+        attn_bwd_store_kernel<<<grid_1d(n, 256), 256, 0, st>>>(src, dst, n, scale, ns, stride);
     return samba_cu_check_launch("attention_bwd (store)", st);
 }
 
@@ -325,7 +385,14 @@ static samba_status run(const samba_cu_attn_ext_args *a, float *scratch, bool mm
     ws.dv_acc = ws.dk_acc ? ws.dk_acc + nk : nullptr;
     ws.dq_slices = slices;
     ws.dq_slice_stride = slices > 0 ? nq : 0;
-    attn_bwd_prep_kernel<<<grid_1d(nrow, 8), 256, 0, st>>>(*a, ws.delta, ws.lse2);
+    if (prep_vec_ok(a)) {
+        int g = 1;
+        while (g < a->headdim / 8) g *= 2;
+        attn_bwd_prep_vec_kernel<<<grid_1d(cdiv(nrow, 32 / g), 8), 256, 0, st>>>(*a, ws.delta,
+                                                                               ws.lse2, g);
+    } else {
+        attn_bwd_prep_kernel<<<grid_1d(nrow, 8), 256, 0, st>>>(*a, ws.delta, ws.lse2);
+    }
     samba_status s = samba_cu_check_launch("attention_bwd (preprocess)", st);
     if (s != SAMBA_OK) return s;
     if (!mma) {
