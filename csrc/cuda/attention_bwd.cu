@@ -1,8 +1,10 @@
 // attention_bwd.cu - attention backward (samba_cu_attn_bwd): argument checks, the
 // preprocessing kernel, dispatch, and the exact float32 CUDA-core kernels.
 //
-// Preprocessing (attn_bwd_prep_kernel, one warp per query row): Delta = dout . out and
-// lse * log2(e) (+inf where lse = -inf, so P = 0 there), float32 (B, H, Lq) in scratch.
+// Preprocessing: Delta = dout . out and lse * log2(e) (+inf where lse = -inf, so P = 0 there),
+// float32 (B, H, Lq) in scratch; attn_bwd_prep_vec_kernel (16-byte loads, a group of lanes per
+// row) where the rows of out and dout are 16-byte aligned, else attn_bwd_prep_kernel (one warp
+// per query row, element loads).
 //
 // bfloat16 / float16 with aligned rows: the tensor-core kernel (attention_bwd_mma.cu) adds
 // sum_j dS_ij k_j into a float32 dq accumulator (atomics), then attn_bwd_store_kernel writes
