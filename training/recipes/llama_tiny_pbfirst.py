@@ -1,8 +1,11 @@
 """llama-tiny trained from scratch with samba-tiny's schedule (docs/training.md): phonebooks first (books
 of up to 5, then 14 entries), then books as long as rows of up to 4,096 tokens mixed with passkeys, so that
 the Transformer baseline looks books up inside its training length. The bundled llama-tiny is the output
-of its last step, ``long3`` (docs/training.md). Two device calls of under 10 minutes each (``--to long1``;
-then ``--from long2 --init long1.safetensors``), each continuing the previous step's file.
+of its last step, ``long10cpu`` (docs/training.md). Three device calls of under 10 minutes each (``--to long1``;
+``--from long2 --init long1.safetensors --to long3``; ``--only long9 --init long3.safetensors``), then
+``long10cpu`` on 2 CPU cores (``--only long10cpu --init long9.safetensors``), each continuing the previous
+step's file: ``long9`` trains on books of at least 100 entries, ``long10cpu`` gives half of the rows back to
+text at a quarter of the learning rate.
 """
 
 from recipes import phonebook_first
@@ -61,6 +64,64 @@ STEPS = [
             "0.85",
             "--lr",
             "6e-4",
+            "--warmup",
+            "20",
+            "--stages",
+            "1:4096",
+            "--eval-long",
+        ],
+    ),
+    (
+        "long9",
+        [
+            "--minutes",
+            "5.5",
+            "--max-len",
+            "4096",
+            *LONG,
+            "--tokens-per-step",
+            "16384",
+            "--seed",
+            "11",
+            "--p-passkey",
+            "0.1",
+            "--p-phonebook",
+            "0.85",
+            "--pb-min-entries",
+            "100",
+            "--lr",
+            "2e-4",
+            "--warmup",
+            "20",
+            "--stages",
+            "1:4096",
+            "--eval-long",
+        ],
+    ),
+    (
+        "long10cpu",
+        [
+            "--device",
+            "cpu",
+            "--threads",
+            "2",
+            "--minutes",
+            "35",
+            "--max-len",
+            "4096",
+            *LONG,
+            "--tokens-per-step",
+            "8192",
+            "--seed",
+            "12",
+            "--p-passkey",
+            "0.05",
+            "--p-phonebook",
+            "0.5",
+            "--pb-min-entries",
+            "100",
+            "--lr",
+            "5e-5",
             "--warmup",
             "20",
             "--stages",
