@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     R = args.results
     panels = [
         ("samba-tiny (CPU, 2 threads)", [f"{R}/passkey-samba-tiny/results.json"]),
-        ("llama-tiny (CPU, 2 threads; cells in grey were not run)",
+        ("llama-tiny (CPU to 32K, GPU beyond; cells in grey were not run)",
          [f"{R}/passkey-llama-tiny-cpu/results.json",
           f"{R}/gpu/passkey-llama-tiny-long/results.json"]),
     ]

@@ -441,6 +441,7 @@ def main() -> int:
     ap.add_argument("--no-flex", action="store_true", help="skip FlexAttention (compile time)")
     ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT"))
     ap.add_argument("--prefill-only", action="store_true", help="skip the decode cases")
+    ap.add_argument("--decode-only", action="store_true", help="skip the prefill cases")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--variants", default="v1,v2,v3",
                     help="comma-separated samba_ext variants to time: v1, v2, v3, v4 (prefill "
@@ -495,10 +496,10 @@ def main() -> int:
         report()
 
     lens = [4 * K, 32 * K] if args.quick else [4 * K, 32 * K, 128 * K]
-    for H, Hkv, hd in ((32, 4, 64), (12, 12, 128), (32, 32, 96)):
+    for H, Hkv, hd in () if args.decode_only else ((32, 4, 64), (12, 12, 128), (32, 32, 96)):
         for L in (lens if hd != 96 else [4 * K, 32 * K]):
             add(prefill_case(L, H, Hkv, hd, 2048, peers, args.reps, variants))
-    for L in (4 * K, 32 * K):
+    for L in () if args.decode_only else (4 * K, 32 * K):
         add(prefill_case(L, 32, 4, 64, None, peers, args.reps, variants))
     caches = [4 * K, 32 * K, 128 * K] if args.quick else [4 * K, 16 * K, 32 * K, 64 * K, 128 * K]
     for B in () if args.prefill_only else (1, 16):

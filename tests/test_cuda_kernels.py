@@ -152,6 +152,28 @@ def test_selective_state_update(rng, dtype, G):
     assert_close(host(ds), s_ref, 1e-5, "state (in place)")
 
 
+@pytest.mark.parametrize("batch,dim,N,G", [(1, 4096, 16, 0), (2, 1536, 16, 3), (3, 7, 1, 0),
+                                           (2, 9, 5, 0), (1, 33, 17, 0), (2, 6, 33, 2),
+                                           (1, 5, 64, 0), (2, 3, 256, 0)])
+def test_selective_state_update_dstate(rng, batch, dim, N, G):
+    # The step kernel splits each channel's states over min(32, pow2 >= N) lanes: state
+    # counts below, at and above a lane group, and Samba-1.7B's 4096 channels at batch 1.
+    x, dt, z = (round_to(rng.standard_normal((batch, dim)), "bfloat16") for _ in range(3))
+    A = round_to(-np.exp(rng.uniform(-1, 1, (dim, N))), "float32")
+    shape = (batch, N) if G == 0 else (batch, G, N)
+    Bm, Cm = (round_to(rng.standard_normal(shape), "bfloat16") for _ in range(2))
+    D, dtb = round_to(rng.standard_normal(dim), "float32"), round_to(rng.uniform(-1, 1, dim),
+                                                                     "float32")
+    state = rng.standard_normal((batch, dim, N)).astype(np.float32)
+    y_ref, s_ref = selective_state_update_ref(state, x, dt, A, Bm, Cm, D, z, dtb, True)
+    ds = dev(state)
+    y = samba_ext.selective_state_update(ds, dev(x, "bfloat16"), dev(dt, "bfloat16"), dev(A),
+                                         dev(Bm, "bfloat16"), dev(Cm, "bfloat16"), dev(D),
+                                         dev(z, "bfloat16"), dev(dtb), True)
+    assert_close(host(y), y_ref, RTOL["bfloat16"], "y")
+    assert_close(host(ds), s_ref, 1e-5, "state (in place)")
+
+
 def test_step_by_step_equals_scan(rng):
     # The decode path (selective_state_update per token) reproduces the prefill scan.
     batch, dim, L, N = 2, 8, 12, 16

@@ -20,10 +20,11 @@
 //   * the NW warps are merged through shared memory into one (m, l, o) per head.
 // A row covered by one segment is written out directly. Otherwise each segment stores its
 // state in the workspace slot (block + row) - unique, since a block's next segment is the next
-// row - then adds 1 to the row's counter (after a __threadfence); the block that brings the
-// counter to the number of segments of the row merges the row's slots (float4 loads from L2,
-// 16 slots in flight per thread), writes the output and sets the counter back to zero, so the
-// next launch finds it zeroed without a memset.
+// row - then adds 1 to the row's counter (one acquire-release atomic by thread 0 after a
+// barrier); the block that brings the counter to the number of segments of the row merges the
+// row's slots (float4 loads from L2, 16 slots in flight per thread, the first 16 issued before
+// the combine weights are computed), writes the output and sets the counter back to zero, so
+// the next launch finds it zeroed without a memset.
 //
 // Workspace: per (device, stream), a counter buffer and a slot buffer, allocated with
 // cudaMalloc on first use (the counters zeroed with cudaMemsetAsync on that stream) and grown
@@ -105,6 +106,14 @@ template <> __device__ __forceinline__ __half d2_from_f<__half>(float x) {
     return __float2half_rn(x);
 }
 
+// atomicAdd(count, 1) with acquire-release semantics at GPU scope; returns the old value.
+__device__ __forceinline__ unsigned d2_arrive(unsigned *count) {
+    unsigned old;
+    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;"
+                 : "=r"(old) : "l"(count) : "memory");
+    return old;
+}
+
 struct D2Shared {
     float m[8][D2_GB], l[8][D2_GB];  // per warp (NW <= 8)
     float L[D2_GB];
@@ -120,6 +129,22 @@ __device__ __forceinline__ void d2_combine(const Dec2Args &a, int64_t p0, int P,
     float *lsh = wts + D2_MAX_BLOCKS * D2_GB;
     float4 *red = reinterpret_cast<float4 *>(smem + (size_t)D2_GB * C::LD * 2 + C::STAGE_BYTES);
     const float2 *ml = reinterpret_cast<const float2 *>(a.ws_ml) + p0 * D2_GB;
+    const int c4 = a.hd / 4, cols = nh * c4;
+    const int subs = cols >= C::THREADS ? 1 : C::THREADS / cols;
+    const int64_t stride = (int64_t)D2_GB * c4;  // float4s per slot
+    // 0. this thread's first round of output loads (step 2's first item), issued before the
+    //    weights are known so that their latency overlaps step 1's
+    float4 v0[D2_LOADS];
+    {
+        const int it = tid, u = it / cols, c = it % cols;
+        const float4 *src = reinterpret_cast<const float4 *>(a.ws_o + (p0 * D2_GB + c / c4) * a.hd) + c % c4;
+#pragma unroll
+        for (int e = 0; e < D2_LOADS; ++e) {
+            const int s = u + e * subs;
+            v0[e] = it < cols * subs && s < P ? __ldcg(src + s * stride)
+                                              : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+    }
     // 1. per head: the largest max M, each slot's weight w_s = 2^(m_s - M), L = sum w_s l_s
     //    (one pass over the (m, l) pairs in L2, the pairs kept in shared memory)
     for (int j = warp; j < nh; j += C::NW) {
@@ -144,14 +169,26 @@ __device__ __forceinline__ void d2_combine(const Dec2Args &a, int64_t p0, int P,
     __syncthreads();
     // 2. sum_s w_s o_s: one float4 column (head j, dims 4 d4 ..) per item; when the columns
     //    are fewer than the threads, `subs` threads share a column over interleaved slots.
-    const int c4 = a.hd / 4, cols = nh * c4;
-    const int subs = cols >= C::THREADS ? 1 : C::THREADS / cols;
+    //    The first round of the first item comes from step 0's registers.
+    float4 acc0 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (tid < cols * subs) {
+        const int u = tid / cols, j = (tid % cols) / c4;
+#pragma unroll
+        for (int e = 0; e < D2_LOADS; ++e) {
+            const int s = u + e * subs;
+            const float w = s < P ? wts[s * D2_GB + j] : 0.0f;
+            acc0.x += w * v0[e].x;
+            acc0.y += w * v0[e].y;
+            acc0.z += w * v0[e].z;
+            acc0.w += w * v0[e].w;
+        }
+    }
     for (int it = tid; it < cols * subs; it += C::THREADS) {
         const int u = it / cols, c = it % cols, j = c / c4, d4 = c % c4;
         const float4 *src = reinterpret_cast<const float4 *>(a.ws_o + (p0 * D2_GB + j) * a.hd) + d4;
-        const int64_t stride = (int64_t)D2_GB * c4;  // float4s per slot
-        float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        for (int s0 = u; s0 < P; s0 += D2_LOADS * subs) {
+        const bool first = it == tid;
+        float4 acc = first ? acc0 : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (int s0 = first ? u + D2_LOADS * subs : u; s0 < P; s0 += D2_LOADS * subs) {
             float4 v[D2_LOADS];
             float w[D2_LOADS];
 #pragma unroll
@@ -297,12 +334,14 @@ __device__ __forceinline__ void d2_segment(const Dec2Args &a, int64_t row, int64
         }
     }
     if (nseg > 1) {
-        __threadfence();  // this block's slot is visible before its arrival is counted
+        // The arrival is one acquire-release add by thread 0 after the barrier: the release
+        // publishes every thread's slot writes (ordered before it by the barrier), the
+        // acquire makes the earlier arrivals' slots visible to the block that comes last
+        // (through the barrier that follows; the combine reads them past L1).
         __syncthreads();
-        if (tid == 0) sh.last = atomicAdd(a.count + row, 1u) == (unsigned)(nseg - 1);
+        if (tid == 0) sh.last = d2_arrive(a.count + row) == (unsigned)(nseg - 1);
         __syncthreads();
         if (sh.last) {
-            __threadfence();  // the other segments' slots, published before their arrivals
             d2_combine<T, C>(a, first + row, nseg, nh, out_rows, smem, sh);
             if (tid == 0) a.count[row] = 0u;  // ready for the next launch
         }

@@ -71,10 +71,18 @@ scan_fwd_kernel(samba_cu_scan_args p) {
     }
 }
 
-__global__ void __launch_bounds__(SCAN_THREADS)
-scan_step_kernel(samba_cu_scan_step_args p) {
-    const int64_t idx = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-    if (idx >= p.batch * p.dim) return;
+// The one-step update: LPC = min(32, next power of two >= N) consecutive threads share a
+// (batch, channel), thread `lane` updating the states lane, lane + LPC, ...; y = <h, C> is
+// summed over the LPC threads by shuffles. A batch-1 step of 4096 channels is 64K threads
+// (about 4 per exp unit lane of an H100) instead of 4096, and the state and A rows are read
+// and written as contiguous, coalesced rows.
+template <int LPC>
+__global__ void __launch_bounds__(SCAN_THREADS) scan_step_kernel(samba_cu_scan_step_args p) {
+    const int64_t tid = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    const int64_t rows = p.batch * p.dim;
+    const bool ok = tid / LPC < rows;  // a whole group of LPC lanes is in or out
+    const int64_t idx = ok ? tid / LPC : rows - 1;  // out: computes row rows-1, stores nothing
+    const int lane = (int)(tid % LPC);
     const int64_t b = idx / p.dim, d = idx % p.dim;
     const int N = (int)p.dstate;
     const int64_t g = d / (p.dim / p.ngroups);
@@ -85,12 +93,14 @@ scan_step_kernel(samba_cu_scan_step_args p) {
     const float dx = dt * x;
     float y = 0.0f;
     float *st = p.state + idx * N;
-#pragma unroll 4
-    for (int n = 0; n < N; ++n) {
+    for (int n = lane; n < N; n += LPC) {
         const float h = expf(dt * ldf(p.A, d * N + n)) * st[n] + ldf(p.B, B0 + n * p.B_s[2]) * dx;
-        st[n] = h;
+        if (ok) st[n] = h;
         y += h * ldf(p.C, C0 + n * p.C_s[2]);
     }
+#pragma unroll
+    for (int m = LPC / 2; m >= 1; m /= 2) y += __shfl_xor_sync(0xffffffffu, y, m, LPC);
+    if (!ok || lane != 0) return;
     y += ldf_opt(p.D, d, 0.0f) * x;
     if (p.z.ptr) y *= silu_f(ldf(p.z, b * p.z_s[0] + d * p.z_s[1]));
     stf(p.y, b * p.y_s[0] + d * p.y_s[1], y);
@@ -572,7 +582,17 @@ extern "C" samba_status samba_cu_scan_step(const samba_cu_scan_step_args *a, voi
     if (s != SAMBA_OK) return s;
     const int64_t n = a->batch * a->dim;
     if (n == 0) return SAMBA_OK;
-    const unsigned grid = (unsigned)cdiv(n, SCAN_THREADS);
-    scan_step_kernel<<<grid, SCAN_THREADS, 0, (cudaStream_t)stream>>>(*a);
+    int lpc = 1;
+    while (lpc < 32 && lpc < a->dstate) lpc *= 2;
+    const unsigned grid = (unsigned)cdiv(n * lpc, SCAN_THREADS);
+    cudaStream_t st = (cudaStream_t)stream;
+    switch (lpc) {
+    case 1: scan_step_kernel<1><<<grid, SCAN_THREADS, 0, st>>>(*a); break;
+    case 2: scan_step_kernel<2><<<grid, SCAN_THREADS, 0, st>>>(*a); break;
+    case 4: scan_step_kernel<4><<<grid, SCAN_THREADS, 0, st>>>(*a); break;
+    case 8: scan_step_kernel<8><<<grid, SCAN_THREADS, 0, st>>>(*a); break;
+    case 16: scan_step_kernel<16><<<grid, SCAN_THREADS, 0, st>>>(*a); break;
+    default: scan_step_kernel<32><<<grid, SCAN_THREADS, 0, st>>>(*a); break;
+    }
     return samba_cu_check_launch("selective_state_update", stream);
 }
