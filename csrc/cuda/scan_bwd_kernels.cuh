@@ -283,30 +283,31 @@ __device__ __forceinline__ void sbwd_group(const SbwdParams &p, const SbwdIdx<LP
         ys[s] = y;
     }
 
-    // the adjoint recurrence, last step first
+    // the adjoint recurrence, last step first. Steps past n (a partial last group) need no
+    // test: their dt, u, dout, B and C were loaded as 0, so e = 1 and they pass the adjoint
+    // through unchanged and add 0 to dA and to the sums (whose entries past n are never
+    // stored). One branch-free block lets the compiler overlap each step's shuffles with the
+    // next step's arithmetic.
     float s1[SPLIT_T], s2[SPLIT_T], bc[SPLIT_T];
 #pragma unroll
     for (int s = SPLIT_T - 1; s >= 0; --s) {
-        s1[s] = s2[s] = bc[s] = 0.0f;
-        if (s < n) {  // the same for the whole block
-            const float dtu = dt[s] * u.get(s);
-            float v[2 * NPL], t1 = 0.0f, t2 = 0.0f;
+        const float dtu = dt[s] * u.get(s);
+        float v[2 * NPL], t1 = 0.0f, t2 = 0.0f;
 #pragma unroll
-            for (int k = 0; k < NPL; ++k) {
-                const float g = fmaf(dy0[s], cv[k].get(s), acc.gn[k]);
-                const float ge = g * e[s][k];
-                const float geh = ge * hs[s][k];
-                acc.dA[k] = fmaf(geh, dt[s], acc.dA[k]);
-                t1 = fmaf(geh, a[k], t1);
-                t2 = fmaf(g, bv[k].get(s), t2);
-                v[k] = ix.active ? g * dtu : 0.0f;
-                v[NPL + k] = ix.active ? dy0[s] * hs[s + 1][k] : 0.0f;
-                acc.gn[k] = ge;
-            }
-            s1[s] = t1;
-            s2[s] = t2;
-            bc[s] = sbwd_reduce_channels<LPC>(v, ix.cw);
+        for (int k = 0; k < NPL; ++k) {
+            const float g = fmaf(dy0[s], cv[k].get(s), acc.gn[k]);
+            const float ge = g * e[s][k];
+            const float geh = ge * hs[s][k];
+            acc.dA[k] = fmaf(geh, dt[s], acc.dA[k]);
+            t1 = fmaf(geh, a[k], t1);
+            t2 = fmaf(g, bv[k].get(s), t2);
+            v[k] = ix.active ? g * dtu : 0.0f;
+            v[NPL + k] = ix.active ? dy0[s] * hs[s + 1][k] : 0.0f;
+            acc.gn[k] = ge;
         }
+        s1[s] = t1;
+        s2[s] = t2;
+        bc[s] = sbwd_reduce_channels<LPC>(v, ix.cw);
     }
 
     // sums over the channel's states for the own steps, then du, ddelta, dz
