@@ -468,6 +468,36 @@ def test_phonebook_separators():
     assert all(line.split(": ")[1].isdigit() for line in plain.split("\n\n")[0].split("\n"))
 
 
+def test_phonebook_early_lookups():
+    """--pb-early: with early=1 the query and both re-stated entries are among the first quarter of
+    the book's lines; with early=0 the same seed gives the same prompts as before the option (no
+    extra draw), and lookups fall all over the book."""
+    import random
+
+    def positions(prompt):
+        body, shots, query = prompt.split("\n\n")
+        lines = body.split("\n")
+        names = [line.split(": ")[0] for line in lines]
+        asked = [line.split(": ")[0] for line in shots.split("\n")] + [query[:-1]]
+        return [names.index(n) for n in asked], len(lines)
+
+    rng = random.Random(9)
+    for n in (3, 4, 12, 150):
+        for _ in range(20):
+            prompt, ph = data.phonebook_prompt(rng, n, early=1.0)
+            idx, m = positions(prompt)
+            assert m == n and len(set(idx)) == 3
+            assert max(idx) < max(3, n // 4)
+    # the numbers asked, and the generator's next draw, as the code before the option gave them
+    r = random.Random(4)
+    asked = [data.phonebook_prompt(r, 40, early=0.0)[1] for _ in range(3)]
+    assert asked == ["9337670367", "7409559522", "7387852925"]
+    assert r.random() == 0.7291690221452836
+    rng = random.Random(11)
+    late = [max(positions(data.phonebook_prompt(rng, 40)[0])[0]) for _ in range(30)]
+    assert max(late) >= 10  # uniform lookups reach past the first quarter
+
+
 def test_phonebook_probe_features_smoke():
     """training/phonebook_probe.py --features on a fresh (untrained) model: one row per block, accuracies
     in [0, 1] for both position kinds and both distances; --shift gives 10 + 9 rates per shift;

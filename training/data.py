@@ -56,12 +56,16 @@ def passkey_prompt(n_tokens: int, depth: float, key: int) -> str:
     return passkey_text(pre, n_filler - pre, key)
 
 
-def phonebook_prompt(rng: random.Random, n_entries: int, digits: int = 10, seps: float = 0.0) -> tuple[str, str]:
+def phonebook_prompt(
+    rng: random.Random, n_entries: int, digits: int = 10, seps: float = 0.0, early: float = 0.0
+) -> tuple[str, str]:
     """A phonebook prompt in the package's format (docs/specification.md section 6.2): "Name: number"
     lines, a blank line, two entries re-stated, a blank line, "<query name>:". Names come from the
     package's list. number = ``digits`` digits (the evaluation's 10 by default), the first 6-9.
     seps: the chance that a gap between two digits gets a separator ("-", " " or "."), drawn per
     number (a training variant: it moves each digit's distance from the ":" at random).
+    early: the chance that the query and the two re-stated entries all come from the first quarter
+    of the book (at least 3 entries), i.e. the lookups farthest from the question.
     Returns (prompt, number of the query, as written in the book)."""
     first, last = load_names()
     n_entries = max(3, n_entries)
@@ -76,7 +80,10 @@ def phonebook_prompt(rng: random.Random, n_entries: int, digits: int = 10, seps:
             "".join(d + (rng.choice("- .") if i < len(p) - 1 and rng.random() < seps else "") for i, d in enumerate(p))
             for p in phones
         ]
-    a, b, c = rng.sample(range(n_entries), 3)
+    pool = n_entries
+    if early > 0 and rng.random() < early:  # no draw without it: earlier recipes stay reproducible
+        pool = max(3, n_entries // 4)
+    a, b, c = rng.sample(range(pool), 3)
     return format_phonebook(list(zip(names_l, phones)), a, b, c), phones[c]
 
 
@@ -133,6 +140,8 @@ class DataMix:
     pb_digits: tuple[int, int] = (10, 10)
     # chance per digit gap of a separator inside a training phone number (see phonebook_prompt)
     pb_seps: float = 0.0
+    # chance that a row's three lookups come from the first quarter of the book (see phonebook_prompt)
+    pb_early: float = 0.0
 
 
 def far_depth(rng: random.Random, n_tokens: int, key: int, window: int) -> float | None:
@@ -203,7 +212,7 @@ def make_doc(rng: random.Random, L: int, mix: DataMix, info: dict | None = None)
         min_e = max(3, min(mix.pb_min_entries, max_e))
         n_e = int(round(math.exp(rng.uniform(math.log(min_e), math.log(max_e))))) if max_e > min_e else min_e
         while True:
-            prompt, ph = phonebook_prompt(rng, n_e, rng.randint(*mix.pb_digits), mix.pb_seps)
+            prompt, ph = phonebook_prompt(rng, n_e, rng.randint(*mix.pb_digits), mix.pb_seps, mix.pb_early)
             ans = encode(" " + ph + "\n") + [EOS]
             seq = bos + encode(prompt) + ans
             if len(seq) <= L or n_e <= 3:

@@ -227,6 +227,14 @@ def parse_args(argv=None):
         "distance stops working and a copy by content is needed (the evaluation uses none)",
     )
     ap.add_argument(
+        "--pb-early",
+        type=float,
+        default=0.0,
+        help="chance that a phonebook row's query and two re-stated entries all come from the "
+        "first quarter of the book, e.g. 0.5: in a 4K-token book those lookups reach 3-4K tokens "
+        "back, which uniformly drawn entries rarely do",
+    )
+    ap.add_argument(
         "--pb-digits",
         default="10",
         help='phone-number length in training books, N or "LO-HI" drawn per book (the '
@@ -335,6 +343,8 @@ def main(argv=None) -> dict:
         model = TorchSamba(cfg, kernels=args.kernels).to(dev)
     if not 0.0 <= args.pb_seps <= 1.0:
         raise SystemExit(f"--pb-seps is a probability in [0, 1], got {args.pb_seps}")
+    if not 0.0 <= args.pb_early <= 1.0:
+        raise SystemExit(f"--pb-early is a probability in [0, 1], got {args.pb_early}")
     if args.grow is not None:
         if not args.init:
             raise SystemExit("--grow needs --init (a trained file to grow)")
@@ -372,6 +382,7 @@ def main(argv=None) -> dict:
         pb_fewshot_loss=args.pb_fewshot_loss,
         pb_digits=parse_digits(args.pb_digits),
         pb_seps=args.pb_seps,
+        pb_early=args.pb_early,
         window=cfg["window"] if "swa" in cfg["layer_types"] else None,
     )
     stages = parse_stages(args.stages)
