@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """GPU benchmark of the CUDA backward of the selective scan and of the causal conv1d
 (samba_ext.grad with DeviceArray inputs) against their forwards, in the same run. Writes
-benchmarks/results/gpu_backward.md and .json (date, commit, device).
+gpu_backward.md and .json (date, commit, device) into --out (default benchmarks/results); in the .md
+only the part between its markers is replaced, so notes written by hand around it are kept.
 
 Run from the repository root after an in-place CUDA build, on a machine with a GPU::
 
@@ -45,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 import samba_ext  # noqa: E402
 from samba_ext import cuda as scuda  # noqa: E402
 from samba_ext import grad  # noqa: E402
-from gpu_bench_util import median_ms, rel  # noqa: E402
+from gpu_bench_util import median_ms, rel, write_atomic, write_marked  # noqa: E402
 
 TARGET = 2.5
 EXP_RATE_PER_SM = 16  # exp2 (MUFU) results per clock per multiprocessor on sm_90
@@ -193,6 +194,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small shapes; writes nothing")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--calls", type=int, default=5)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"),
+                    help="folder of gpu_backward.md (the table between its markers; notes "
+                    "outside them are kept) and gpu_backward.json")
     args = ap.parse_args()
     if not samba_ext.cuda_available():
         sys.exit("gpu_backward.py: no usable CUDA device (samba_ext.cuda_available() is False)")
@@ -219,11 +223,9 @@ def main() -> None:
            "commit": commit(), "device": info["name"], "multiprocessors": info["multiprocessors"],
            "exp_floor_clock_hz": clock, "target_bwd_over_fwd": TARGET,
            "seconds": round(time.time() - t_start, 1), "rows": rows}
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_backward.json").write_text(json.dumps(res, indent=1) + "\n")
-    md = ["# GPU backward benchmark (selective scan, causal conv1d)", "",
-          f"- date: {res['date']}", f"- git commit: {res['commit']}",
+    out = Path(args.out)
+    write_atomic(str(out / "gpu_backward.json"), json.dumps(res, indent=1) + "\n")
+    md = [f"- date: {res['date']}", f"- git commit: {res['commit']}",
           f"- device: {res['device']} ({res['multiprocessors']} SMs)",
           f"- timing: {rows[0]['method']}; median of {args.reps} x {args.calls} calls",
           f"- command: `python3 benchmarks/gpu_backward.py` ({res['seconds']:.0f} s)", "",
@@ -234,8 +236,11 @@ def main() -> None:
           f"the checkpoint pass) at {EXP_RATE_PER_SM} per clock per SM at {clock / 1e9:.2f} "
           "GHz. rel. diff: largest relative-norm difference of du and dB against the default "
           "variant (the same sums in another order)."]
-    (out / "gpu_backward.md").write_text("\n".join(md) + "\n")
-    print(f"wrote {out / 'gpu_backward.md'} and .json")
+    path = str(out / "gpu_backward.md")
+    if not os.path.exists(path):
+        write_atomic(path, "# GPU backward benchmark (selective scan, causal conv1d)\n\n")
+    write_marked(path, "gpu_backward.py", "\n".join(md))
+    print(f"wrote {path} and .json")
 
 
 if __name__ == "__main__":

@@ -81,6 +81,26 @@ def write_atomic(path: str, text: str) -> None:
 
 
 
+def write_marked(path: str, script: str, block: str) -> str:
+    """Writes ``block`` into the markdown file ``path`` between the lines
+    ``<!-- SCRIPT: begin -->`` and ``<!-- SCRIPT: end -->``. Text outside the markers (notes
+    written by hand) is kept; in a file without them (or a new one) the marked block is added at
+    the end, so nothing already there is lost. Atomic; returns the text."""
+    begin, end = f"<!-- {script}: begin -->\n", f"<!-- {script}: end -->\n"
+    body = block if block.endswith("\n") else block + "\n"
+    old = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+    if begin in old and end in old[old.index(begin):]:
+        i = old.index(begin)
+        text = old[:i] + begin + body + old[old.index(end, i):]
+    else:
+        text = old + ("\n" if old and not old.endswith("\n") else "") + begin + body + end
+    write_atomic(path, text)
+    return text
+
+
 def device_ms(fn: Callable[[], Any], calls: int = 10, warmup: int = 3) -> Optional[float]:
     """Milliseconds of device time (kernels, copies, fills) per call of fn(), summed from the
     torch profiler (CUPTI) over ``calls`` calls after ``warmup``, so that the host-side cost of

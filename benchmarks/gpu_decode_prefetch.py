@@ -35,6 +35,7 @@ for _p in (str(ROOT), str(ROOT / "benchmarks")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
+from gpu_bench_util import write_atomic, write_marked  # noqa: E402
 from gpu_model import (Ours, device_name, floor_ms, git_commit,  # noqa: E402
                        measure_copy_bandwidth, state_at_context, weight_read_bytes)
 
@@ -160,21 +161,10 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 def write(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     """OUT/gpu_decode_prefetch.md (between markers; text outside them is kept) and .json,
     each written atomically."""
-    out.mkdir(parents=True, exist_ok=True)
-    md = out / "gpu_decode_prefetch.md"
     table = render(meta, rows)
-    old = md.read_text() if md.exists() else ""
-    begin, end = "<!-- gpu_decode_prefetch.py: begin -->\n", "<!-- gpu_decode_prefetch.py: end -->\n"
-    if begin in old and end in old:
-        text = old[:old.index(begin)] + begin + table + old[old.index(end):]
-    else:
-        text = begin + table + end
-    for name, body in ((md.name, text),
-                       ("gpu_decode_prefetch.json",
-                        json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(body)
-        os.replace(tmp, out / name)
+    write_marked(str(out / "gpu_decode_prefetch.md"), "gpu_decode_prefetch.py", table)
+    write_atomic(str(out / "gpu_decode_prefetch.json"),
+                 json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     print(table)
 
 

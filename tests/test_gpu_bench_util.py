@@ -89,3 +89,22 @@ def test_median_ms_rounds_interleaves_so_a_drift_weighs_alike(monkeypatch):
     seq_a = gb.median_ms(fns["a"], warmup=1, reps=9, calls=2)
     seq_b = gb.median_ms(fns["b"], warmup=1, reps=9, calls=2)
     assert seq_b > 1.15 * seq_a
+
+
+def test_write_marked_keeps_the_notes_around_the_block(tmp_path):
+    p = str(tmp_path / "r.md")
+    t1 = gb.write_marked(p, "x.py", "| a |")  # a new file: just the block
+    assert t1 == "<!-- x.py: begin -->\n| a |\n<!-- x.py: end -->\n"
+    with open(p, "a") as f:
+        f.write("\n## Notes\nby hand\n")
+    with open(p) as f:
+        text = f.read()
+    with open(p, "w") as f:
+        f.write("# Title\n\n" + text)
+    t2 = gb.write_marked(p, "x.py", "| b |\n")
+    assert t2 == "# Title\n\n<!-- x.py: begin -->\n| b |\n<!-- x.py: end -->\n\n## Notes\nby hand\n"
+    assert gb.write_marked(p, "other.py", "c").startswith(t2)  # another script's block: appended
+    q = str(tmp_path / "plain.md")
+    with open(q, "w") as f:
+        f.write("old notes")  # no markers: kept, the block goes after them
+    assert gb.write_marked(q, "x.py", "d") == "old notes\n<!-- x.py: begin -->\nd\n<!-- x.py: end -->\n"
