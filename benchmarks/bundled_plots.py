@@ -22,14 +22,21 @@ DEPTHS = [round(0.1 * i, 1) for i in range(11)]
 
 def grid(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(accuracy %, trials) arrays of shape (depths, lengths) merged from result files; NaN /
-    0 where no file has the cell. Later files do not overwrite cells already filled."""
+    0 where no file has the cell. Later files do not overwrite cells already filled, and a file
+    measured on other weights than the first one found (another model hash) is left out."""
     acc = np.full((len(DEPTHS), len(LENGTHS)), np.nan)
     n = np.zeros_like(acc)
+    ref = None
     for p in paths:
         if not os.path.isfile(p):
             continue
         with open(p) as f:
             doc = json.load(f)
+        h = doc.get("model", {}).get("hash")
+        ref = h if ref is None else ref
+        if h != ref:
+            print(f"bundled_plots: leaving out {p}: model {h}, not {ref}")
+            continue
         for c in doc["cells"]:
             if c["length"] not in LENGTHS or c["n"] == 0:
                 continue
@@ -50,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     R = args.results
     panels = [
         ("samba-tiny (CPU, 2 threads)", [f"{R}/passkey-samba-tiny/results.json"]),
-        ("llama-tiny (CPU to 32K, GPU beyond; cells in grey were not run)",
+        ("llama-tiny (CPU to 32K, GPU beyond where run; grey: not run on this file)",
          [f"{R}/passkey-llama-tiny-cpu/results.json",
           f"{R}/gpu/passkey-llama-tiny-long/results.json"]),
     ]

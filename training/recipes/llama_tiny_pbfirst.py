@@ -1,11 +1,12 @@
 """llama-tiny trained from scratch with samba-tiny's schedule (docs/training.md): phonebooks first (books
 of up to 5, then 14 entries), then books as long as rows of up to 4,096 tokens mixed with passkeys, so that
 the Transformer baseline looks books up inside its training length. The bundled llama-tiny is the output
-of its last step, ``long10cpu`` (docs/training.md). Three device calls of under 10 minutes each (``--to long1``;
-``--from long2 --init long1.safetensors --to long3``; ``--only long9 --init long3.safetensors``), then
-``long10cpu`` on 2 CPU cores (``--only long10cpu --init long9.safetensors``), each continuing the previous
-step's file: ``long9`` trains on books of at least 100 entries, ``long10cpu`` gives half of the rows back to
-text at a quarter of the learning rate.
+of its last step, ``long12cpu`` (docs/training.md). Three device calls of under 10 minutes each (``--to long1``;
+``--from long2 --init long1.safetensors --to long3``; ``--only long9 --init long3.safetensors``), then three
+steps on 2 CPU cores (``--from long10cpu --init long9.safetensors``), each continuing the previous step's
+file: ``long9`` trains on books of at least 100 entries, ``long10cpu`` gives half of the rows back to text at
+a quarter of the learning rate, ``long11cpu`` and ``long12cpu`` draw 50% and then 15% of the books' lookups
+from their first quarter (``--pb-early``), the lookups 3-4K tokens back that the model missed most.
 """
 
 from recipes import phonebook_first
@@ -129,4 +130,44 @@ STEPS = [
             "--eval-long",
         ],
     ),
+    *[
+        (
+            name,
+            [
+                "--device",
+                "cpu",
+                "--threads",
+                "2",
+                "--minutes",
+                minutes,
+                "--max-len",
+                "4096",
+                *LONG,
+                "--tokens-per-step",
+                "8192",
+                "--seed",
+                seed,
+                "--p-passkey",
+                "0.05",
+                "--p-phonebook",
+                "0.6",
+                "--pb-min-entries",
+                "110",
+                "--pb-early",
+                early,
+                "--lr",
+                lr,
+                "--warmup",
+                "20",
+                "--stages",
+                "1:4096",
+                "--eval-long",
+            ],
+        )
+        # long11cpu: half of the lookups from the first quarter of the book; long12cpu: 15%
+        for name, minutes, seed, early, lr in (
+            ("long11cpu", "35", "13", "0.5", "1e-4"),
+            ("long12cpu", "30", "14", "0.15", "5e-5"),
+        )
+    ],
 ]
