@@ -7,6 +7,7 @@ from the question). Needs only NumPy and the package.
 
     python3 training/phonebook_depth.py benchmarks/results/llama_tiny_phonebook100/long10cpu/results.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,10 @@ def by_depth(doc: dict, bins: int = 5) -> list[tuple[int, list[tuple[int, int]]]
             book = make_phonebook(rng, n, names)
             c = int(rng.choice(n, size=3, replace=False)[2])
             if book[c][0] != r["query"]:
-                raise ValueError(f"{n} entries, trial {t}: the rebuilt book asks {book[c][0]!r}, "
-                                 f"the file {r['query']!r} (another names list or seed?)")
+                raise ValueError(
+                    f"{n} entries, trial {t}: the rebuilt book asks {book[c][0]!r}, "
+                    f"the file {r['query']!r} (another names list or seed?)"
+                )
             k = min(bins - 1, c * bins // n)
             counts[k][0] += bool(r["correct"])
             counts[k][1] += 1
@@ -45,8 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     with open(args.results) as f:
         doc = json.load(f)
-    print(f"accuracy by the queried entry's place in the book ({args.bins} bins, first = farthest "
-          f"from the question); correct/trials")
+    print(
+        f"accuracy by the queried entry's place in the book ({args.bins} bins, first = farthest "
+        f"from the question); correct/trials"
+    )
     for n, counts in by_depth(doc, args.bins):
         cells = "  ".join(f"{a / b:4.0%} ({a}/{b})" if b else "   -" for a, b in counts)
         print(f"{n:4d} entries: {cells}")
