@@ -26,14 +26,14 @@ def grid(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
     measured on other weights than the first one found (another model hash) is left out."""
     acc = np.full((len(DEPTHS), len(LENGTHS)), np.nan)
     n = np.zeros_like(acc)
-    ref = None
+    ref: object = grid  # no file read yet (a value no hash can equal)
     for p in paths:
         if not os.path.isfile(p):
             continue
         with open(p) as f:
             doc = json.load(f)
         h = doc.get("model", {}).get("hash")
-        ref = h if ref is None else ref
+        ref = h if ref is grid else ref
         if h != ref:
             print(f"bundled_plots: leaving out {p}: model {h}, not {ref}")
             continue

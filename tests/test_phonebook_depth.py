@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import sys
 
-import numpy as np
 import pytest
 
-from samba_ext.eval.phonebook import load_names, make_phonebook
+from samba_ext.eval.phonebook import load_names, trial_book
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training"))
 import phonebook_depth  # noqa: E402
@@ -21,9 +20,7 @@ def _doc(seed: int, sizes: list[int], trials: int) -> tuple[dict, dict]:
     for n in sizes:
         res, counts = [], [[0, 0] for _ in range(5)]
         for t in range(trials):
-            rng = np.random.default_rng([seed, n, t])
-            book = make_phonebook(rng, n, names)
-            c = int(rng.choice(n, size=3, replace=False)[2])
+            book, _, _, c = trial_book(seed, n, t, names)
             ok = c < n / 2
             res.append({"query": book[c][0], "number": book[c][1], "correct": ok})
             counts[min(4, c * 5 // n)][0] += ok

@@ -1,7 +1,7 @@
 """Phonebook accuracy by where the queried entry sits in the book.
 
 Rebuilds each trial's book from a ``samba-ext phonebook`` result file (the evaluation draws trial t of
-a book size n from ``numpy.random.default_rng([seed, n, t])``), finds the queried entry's line and
+a book size n with ``samba_ext.eval.phonebook.trial_book``), finds the queried entry's line and
 prints, per book size, the accuracy in each fifth of the book (first fifth = the entries farthest
 from the question). Needs only NumPy and the package.
 
@@ -13,9 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 
-import numpy as np
 
-from samba_ext.eval.phonebook import load_names, make_phonebook
+from samba_ext.eval.phonebook import load_names, trial_book
 
 
 def by_depth(doc: dict, bins: int = 5) -> list[tuple[int, list[tuple[int, int]]]]:
@@ -26,9 +25,7 @@ def by_depth(doc: dict, bins: int = 5) -> list[tuple[int, list[tuple[int, int]]]
         n = int(cell["entries"])
         counts = [[0, 0] for _ in range(bins)]
         for t, r in enumerate(cell["results"]):
-            rng = np.random.default_rng([seed, n, t])
-            book = make_phonebook(rng, n, names)
-            c = int(rng.choice(n, size=3, replace=False)[2])
+            book, _, _, c = trial_book(seed, n, t, names)
             if book[c][0] != r["query"]:
                 raise ValueError(
                     f"{n} entries, trial {t}: the rebuilt book asks {book[c][0]!r}, "

@@ -87,6 +87,16 @@ def make_phonebook(rng: np.random.Generator, n_entries: int,
     return [(f"{first[i // len(last)]} {last[i % len(last)]}", phone_number(rng)) for i in idx]
 
 
+def trial_book(seed: int, n_entries: int, trial: int, names: tuple[list[str], list[str]]
+               ) -> tuple[list[tuple[str, str]], int, int, int]:
+    """Trial ``trial`` of the book size ``n_entries``: (book, a, b, c) with examples a, b and
+    query c (indices into the book), drawn from ``default_rng([seed, n_entries, trial])``."""
+    rng = np.random.default_rng([seed, n_entries, trial])
+    book = make_phonebook(rng, n_entries, names)
+    a, b, c = (int(i) for i in rng.choice(n_entries, size=3, replace=False))
+    return book, a, b, c
+
+
 def phonebook_prompt(book: Sequence[tuple[str, str]], a: int, b: int, c: int) -> str:
     """The prompt for ``book`` with examples ``a``, ``b`` and query ``c`` (indices)."""
     line = [f"{n}: {p}" for n, p in book]
@@ -250,9 +260,7 @@ def phonebook(model: Any, entries: Sequence[int] | str | None = DEFAULT_ENTRIES,
                         "prompt_tokens": 0, "results": []}
                 cells.append(cell)
                 for t in range(trials):
-                    rng = np.random.default_rng([seed, n, t])
-                    book = make_phonebook(rng, n, names)
-                    a, b, c = (int(i) for i in rng.choice(n, size=3, replace=False))
+                    book, a, b, c = trial_book(seed, n, t, names)
                     ids = np.asarray(tok.encode(phonebook_prompt(book, a, b, c)), dtype=np.int64)
                     pending.append((cell, book, c, ids, pool.submit(trial, pool, ids)))
                     while len(pending) >= n_workers:
