@@ -1,11 +1,13 @@
-"""Decode with and without the L2 prefetch of the GEMM weights (``SAMBA_EXT_L2_PREFETCH``,
-samba_ext/cuda/prefetch.py), one model, every setting in the same run.
+"""Decode step time under several settings, one model, every setting in the same run: the L2
+prefetch of the GEMM weights (``SAMBA_EXT_L2_PREFETCH``, samba_ext/cuda/prefetch.py), the GEMV
+kernel, programmatic dependent launch.
 
     python3 benchmarks/gpu_decode_prefetch.py [--model samba-1.7b] [--settings 0,bulk:24,touch:24]
         [--batches 1,16] [--context 4096] [--steps 20] [--out DIR]
 
 A setting is ``0`` (off) or ``MODE:MB`` (``bulk`` or ``touch``, at most MB MiB per GEMM), with
-an optional ``+gemv`` (the products on csrc/cuda/gemv.cu's kernel instead of cuBLAS). The
+optional ``+gemv`` (the products on csrc/cuda/gemv.cu's kernel instead of cuBLAS) and ``+pdl``
+(programmatic dependent launch of the decode-path kernels, csrc/cuda/pdl.cuh; off without it). The
 model (random bf16 weights, benchmarks/gpu_model.py's ``Ours``) is built once; for each
 setting its captured graphs are dropped, so the next step is captured again with the setting
 in force. Each point: a state at ``--context`` (gpu_model.py's ``state_at_context``), 4 untimed
@@ -40,19 +42,21 @@ from gpu_model import (Ours, device_name, floor_ms, git_commit,  # noqa: E402
                        measure_copy_bandwidth, state_at_context, weight_read_bytes)
 
 
-def parse_setting(s: str) -> tuple[str, str, int]:
-    """'0' -> ('0', '', 0); 'bulk:24' -> ('bulk', '24', 0); a '+gemv' suffix -> 1 (the GEMV
-    kernel of csrc/cuda/gemv.cu instead of cuBLAS for the products, SAMBA_EXT_GEMV=1)."""
-    body, plus, extra = s.partition("+")
-    if plus and extra != "gemv":
-        raise SystemExit(f"--settings: the only suffix is +gemv, got {s!r}")
-    gemv = int(bool(plus))
+def parse_setting(s: str) -> tuple[str, str, int, int]:
+    """'0' -> ('0', '', 0, 0); 'bulk:24' -> ('bulk', '24', 0, 0). Suffixes: '+gemv' (the GEMV
+    kernel of csrc/cuda/gemv.cu instead of cuBLAS for the products, SAMBA_EXT_GEMV=1) and '+pdl'
+    (programmatic dependent launch of the decode-path kernels, csrc/cuda/pdl.cuh; off without
+    it), in any order."""
+    body, *extras = s.split("+")
+    if any(e not in ("gemv", "pdl") for e in extras) or len(set(extras)) != len(extras):
+        raise SystemExit(f"--settings: the suffixes are +gemv and +pdl, got {s!r}")
+    gemv, pdl = int("gemv" in extras), int("pdl" in extras)
     if body == "0":
-        return "0", "", gemv
+        return "0", "", gemv, pdl
     mode, _, mb = body.partition(":")
     if mode not in ("bulk", "touch") or not mb.isdigit():
-        raise SystemExit(f"--settings: expected 0 or bulk:MB / touch:MB [+gemv], got {s!r}")
-    return mode, mb, gemv
+        raise SystemExit(f"--settings: expected 0 or bulk:MB / touch:MB [+gemv][+pdl], got {s!r}")
+    return mode, mb, gemv, pdl
 
 
 def point(m: Ours, batch: int, ctx: int, steps: int, warm: int = 4) -> dict[str, Any]:
@@ -95,9 +99,10 @@ def main() -> int:
     from samba_ext.cuda import runtime
 
     cu = runtime.require()
-    for mode, mb, gemv in settings:
+    for mode, mb, gemv, pdl in settings:
         os.environ["SAMBA_EXT_L2_PREFETCH"] = mode
         cu.gemv_mode(gemv)
+        cu.pdl_mode(pdl)
         if mb:
             os.environ["SAMBA_EXT_L2_PREFETCH_MB"] = mb
         for B in batches:
@@ -109,7 +114,8 @@ def main() -> int:
                 same = bool(np.array_equal(lg, ref[B]))
             else:
                 ref[B] = lg
-            name = (mode if mode == "0" else f"{mode}:{mb}") + ("+gemv" if gemv else "")
+            name = ((mode if mode == "0" else f"{mode}:{mb}") + ("+gemv" if gemv else "")
+                    + ("+pdl" if pdl else ""))
             p.update(setting=name, same_logits=same,
                      floor_ms=fl if B == 1 else None)
             rows.append(p)
@@ -135,7 +141,8 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         if r["setting"] == "0":
             off.setdefault(r["batch"], []).append(r["ms_per_step"])
     base = {b: statistics.mean(v) for b, v in off.items()}
-    lines = ["# Decode with and without the L2 prefetch of the GEMM weights", "",
+    lines = ["# Decode step settings: L2 prefetch of the GEMM weights, GEMV kernel, dependent "
+             "launch", "",
              f"{meta['date']}, commit {meta['commit']}, {meta['device']}, model "
              f"{meta['model']} (random bf16 weights), context {meta['context']}. Command: "
              f"`{meta['command']}`.", "",
@@ -143,7 +150,8 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
              f"after 4 untimed ones. Floor: {meta['weight_read_bytes'] / 1e9:.2f} GB of bf16 "
              f"weights at the copy bandwidth measured in this run "
              f"({meta['copy_bandwidth_Bps'] / 1e12:.2f} TB/s) = {fl:.3f} ms. Setting: "
-             "SAMBA_EXT_L2_PREFETCH[:SAMBA_EXT_L2_PREFETCH_MB] (+gemv: SAMBA_EXT_GEMV=1). "
+             "SAMBA_EXT_L2_PREFETCH[:SAMBA_EXT_L2_PREFETCH_MB] (+gemv: SAMBA_EXT_GEMV=1; +pdl: "
+             "programmatic dependent launch on, off in every other row). "
              "vs off: the mean time of this batch's `0` rows (the setting is off; the spread "
              "between them is the run-to-run noise) over this row's. Same logits: the first "
              "timed step's logits equal the first setting's bit for bit.", "",

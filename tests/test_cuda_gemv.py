@@ -300,17 +300,38 @@ def test_model_decode_with_gemv_matches_cublas(rng, ad, B):
     np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=1e-2 * np.abs(outs[1]).max())
 
 
+def test_gemv_auto_takes_one_row_where_dependent_launch_is_on():
+    """Mode 2 (the default): the GEMV for M = 1 on a device with dependent launch (compute
+    capability 9.0+) while pdl_mode is on; cuBLAS for M >= 2, with pdl_mode off, or before 9.0."""
+    cu = _cu()
+    old, old_pdl = cu.gemv_mode(), cu.pdl_mode()
+    has_pdl = cu.device_info(0)["capability"][0] >= 9
+    try:
+        cu.gemv_mode(2)
+        for pdl in (1, 0):
+            cu.pdl_mode(pdl)
+            for M in (1, 2):
+                got, ref, absref, ran = _run(cu, M, 96, 256, "bfloat16", "bfloat16", 0.0)
+                assert ran == (M == 1 and pdl == 1 and has_pdl), (M, pdl, has_pdl)
+                _check(got, ref, absref, 96, 256, "bfloat16", (M, pdl))
+    finally:
+        cu.gemv_mode(old)
+        cu.pdl_mode(old_pdl)
+
+
 def test_gemv_mode_rejects_other_values():
     cu = _cu()
     old = cu.gemv_mode()
-    with pytest.raises(Exception, match="gemv"):
-        cu.gemv_mode(2)
+    for bad in (3, 7):
+        with pytest.raises(Exception, match="gemv"):
+            cu.gemv_mode(bad)
     assert cu.gemv_mode() == old
 
 
-@pytest.mark.parametrize("env,want", [("1", 1), ("0", 0), (None, 0)])
+@pytest.mark.parametrize("env,want", [("1", 1), ("0", 0), (None, 2), ("yes", 2)])
 def test_gemv_mode_starts_from_the_environment(env, want):
-    """SAMBA_EXT_GEMV gives the initial setting (read once, in a fresh process)."""
+    """SAMBA_EXT_GEMV gives the initial setting (read once, in a fresh process): 1 on, 0 off,
+    anything else auto (2: one-row products where dependent launch is on)."""
     import os
     import subprocess
     import sys

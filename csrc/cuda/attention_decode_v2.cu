@@ -40,6 +40,7 @@
 #include <mutex>
 
 #include "decode_warp.cuh"
+#include "pdl.cuh"
 
 namespace {
 using namespace samba_ptx;
@@ -353,6 +354,8 @@ template <typename T, class C>
 __global__ void __launch_bounds__(C::THREADS, 1) decode_v2_kernel(Dec2Args a) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     __shared__ D2Shared sh;
+    pdl_wait();
+    pdl_trigger();
     const int64_t x_end = d2_first(a, (int64_t)blockIdx.x + 1);
     for (int64_t x = d2_first(a, blockIdx.x); x < x_end;) {
         const int64_t row = x / a.tpr;
@@ -520,7 +523,7 @@ samba_status d2_run(Dec2Args a, int64_t batch, cudaStream_t st, int *taken) {
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
     if (e != cudaSuccess) return samba_cu_fail("swa_decode (shared memory opt-in)", e);
     *taken = 1;
-    decode_v2_kernel<T, C><<<(unsigned)a.nblk, C::THREADS, C::SMEM, st>>>(a);
+    samba_launch(decode_v2_kernel<T, C>, (unsigned)a.nblk, C::THREADS, C::SMEM, st, a);
     return samba_cu_check_launch("swa_decode (v2)", st);
 }
 

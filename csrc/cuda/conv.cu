@@ -8,6 +8,7 @@
 // The final states (last W-1 inputs) are written by a second kernel, one thread per
 // (b, d), which reads its whole row before writing: final_states may alias initial_states.
 #include "pack16.cuh"
+#include "pdl.cuh"
 
 #define CONV_MAX_W 8
 
@@ -82,6 +83,8 @@ __global__ void conv_step_kernel(int64_t batch, int64_t dim, int width, samba_cu
                                  int64_t ys1) {
     const int64_t n = batch * dim;
     const int W1 = width - 1;
+    pdl_wait();
+    pdl_trigger();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t b = i / dim, d = i % dim;
@@ -257,8 +260,7 @@ extern "C" samba_status samba_cu_conv1d_step(int64_t batch, int64_t dim, int64_t
     if (s != SAMBA_OK) return s;
     const int64_t n = batch * dim;
     if (n == 0) return SAMBA_OK;
-    conv_step_kernel<<<grid_1d(n, 256), 256, 0, (cudaStream_t)stream>>>(
-        batch, dim, (int)width, x, x_s[0], x_s[1], conv_state, weight, bias, silu, y, y_s[0],
-        y_s[1]);
+    samba_launch(conv_step_kernel, grid_1d(n, 256), 256, 0, (cudaStream_t)stream, batch, dim,
+                 (int)width, x, x_s[0], x_s[1], conv_state, weight, bias, silu, y, y_s[0], y_s[1]);
     return samba_cu_check_launch("causal_conv1d_update", stream);
 }

@@ -1,8 +1,12 @@
 // gemv.cu - y (M, N) = x (M, K) @ W (N, K)^T [+ beta y] for small M (1..8), bf16 / fp16 in,
 // float32 accumulation, y float32 or the input dtype: a weight-streaming kernel for batch-1
 // decode, where cuBLAS picks tensor-core tiles (nvjet ..x8) that read W at 1.7-3 TB/s.
-// Opt-in through SAMBA_EXT_GEMV=1 (read once; samba_cu_gemv_set overrides it); gemm.cu
-// calls samba_cu_gemv first and keeps its cuBLAS path whenever this returns *done = 0.
+// SAMBA_EXT_GEMV (read once; samba_cu_gemv_set overrides it): 1 for every M <= 8, 0 never,
+// else (the default) only for M = 1 on devices where the kernels launch with programmatic
+// dependent launch (pdl.cuh): there the weights start streaming while the kernel before runs,
+// and a batch-1 decode step of samba-1.7b is 2-6% faster than on cuBLAS (benchmarks/results/
+// gpu_decode_prefetch.md); gemm.cu calls samba_cu_gemv first and keeps its cuBLAS path
+// whenever this returns *done = 0.
 //
 // Design
 // - A block is 8 warps; a warp owns R = 4 consecutive rows n of W and one K-slice (split s of
@@ -53,6 +57,7 @@
 #include <string.h>
 
 #include "gemm_internal.cuh"
+#include "pdl.cuh"
 
 #define GEMV_WARPS 8
 #define GEMV_THREADS (GEMV_WARPS * 32)
@@ -126,6 +131,21 @@ __device__ __forceinline__ void store_out(const GemvArgs &a, int64_t off, float 
     stf(a.y, a.ydt, off, v);
 }
 
+// p[0] + p[stride] + ... + p[(S - 1) stride], summed in that order (the same bits whichever
+// kernel sums), read from L2 (other blocks wrote them); the first 16 loads are issued before
+// the sum waits for any.
+__device__ __forceinline__ float sum_splits(const float *p, int64_t stride, int S) {
+    float t[16];
+#pragma unroll
+    for (int k = 0; k < 16; ++k) t[k] = k < S ? __ldcg(p + k * stride) : 0.0f;
+    float v = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 16; ++k)
+        if (k < S) v += t[k];
+    for (int k = 16; k < S; ++k) v += __ldcg(p + k * stride);
+    return v;
+}
+
 // ------------------------------------------------------------------ kernels -------------
 // grid (ceil(N / (8 R)), S); block 256. Split s covers vectors [s cps, min((s+1) cps, K/VEC))
 // of every row, the last split also the scalar tail [VEC (K/VEC), K).
@@ -144,6 +164,23 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_kernel(const GemvArgs a)
     const int64_t k0 = c0 * VEC;
     const int ks = (int)((last ? a.K : c1 * VEC) - k0);  // elements of x staged per row
     const int xst = a.xs_stride;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int64_t nb = ((int64_t)blockIdx.x * GEMV_WARPS + warp) * R;
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    // Launched as a dependent kernel (pdl.cuh), the block starts while the kernel before it
+    // still runs: its rows of W begin streaming into L2 now, the loads below find them there.
+    if (nb < a.N) {
+        const int64_t bytes = (int64_t)ks * 2, lines = (bytes + 127) >> 7;
+        for (int r = 0; r < R && nb + r < a.N; ++r) {
+            const char *row = static_cast<const char *>(a.w) + ((nb + r) * a.ldw + k0) * 2;
+            for (int64_t l = lane; l < lines; l += 32)
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(row + (l << 7)));
+        }
+    }
+#endif
+    pdl_wait();
+    pdl_trigger();
 
     // Stage x[:, k0 : k0 + ks) (16-bit raw copies).
     const unsigned short *xg = static_cast<const unsigned short *>(a.x);
@@ -162,8 +199,6 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_kernel(const GemvArgs a)
     }
     __syncthreads();
 
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int64_t nb = ((int64_t)blockIdx.x * GEMV_WARPS + warp) * R;
     if (nb >= a.N) return;  // no barrier below
     const char *wr[R];
 #pragma unroll
@@ -256,28 +291,32 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_kernel(const GemvArgs a)
 // y[m, n] = sum over the S splits in order of part[s, m, n] (+ beta y).
 __global__ void gemv_reduce_kernel(const GemvArgs a, int S) {
     const int64_t total = (int64_t)a.M * a.N;
+    pdl_wait();
+    pdl_trigger();
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
          i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t m = i / a.N, n = i - m * a.N;
-        float v = 0.0f;
-        for (int s = 0; s < S; ++s) v += a.part[(int64_t)s * total + i];
+        const float v = sum_splits(a.part + i, total, S);
         store_out(a, a.yoff[m] + n, v);
     }
 }
 
 // ------------------------------------------------------------------ host ----------------
-static int g_gemv = -1;  // 0 / 1 once known
+static int g_gemv = -1;  // SAMBA_GEMV_* once known
 
 extern "C" int samba_cu_gemv_enabled(void) {
     if (g_gemv < 0) {
         const char *v = getenv("SAMBA_EXT_GEMV");
-        g_gemv = (v != NULL && strcmp(v, "1") == 0) ? 1 : 0;
+        g_gemv = SAMBA_GEMV_AUTO;
+        if (v != NULL && strcmp(v, "1") == 0) g_gemv = SAMBA_GEMV_ON;
+        if (v != NULL && strcmp(v, "0") == 0) g_gemv = SAMBA_GEMV_OFF;
     }
     return g_gemv;
 }
 
 extern "C" samba_status samba_cu_gemv_set(int on) {
-    if (on != 0 && on != 1) return samba_cu_fail_msg(SAMBA_ERR_ARG, "gemv: expected 0 or 1, got %d", on);
+    if (on != SAMBA_GEMV_OFF && on != SAMBA_GEMV_ON && on != SAMBA_GEMV_AUTO)
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "gemv: expected 0, 1 or 2, got %d", on);
     g_gemv = on;
     return SAMBA_OK;
 }
@@ -289,7 +328,7 @@ extern "C" long long samba_cu_gemv_launches(void) { return g_launches; }
 
 template <typename T, int MT, int VEC>
 static void launch_mt(const GemvArgs &a, dim3 grid, cudaStream_t st) {
-    gemv_kernel<T, MT, VEC><<<grid, GEMV_THREADS, 0, st>>>(a);
+    samba_launch(gemv_kernel<T, MT, VEC>, grid, GEMV_THREADS, 0, st, a);
 }
 
 template <typename T, int VEC>
@@ -307,6 +346,10 @@ extern "C" samba_status samba_cu_gemv(int *done, int64_t M, int64_t N, int64_t K
                                       int64_t ldw, samba_cu_ref y, const int64_t *yoff,
                                       float beta, void *stream) {
     *done = 0;
+    // auto: one row, where the launch overlaps the kernel before it (pdl.cuh); without that
+    // overlap cuBLAS's kernels are as fast (benchmarks/results/gpu_decode_prefetch.md)
+    if (samba_cu_gemv_enabled() == SAMBA_GEMV_AUTO && (M != 1 || !samba_cu_pdl_enabled()))
+        return SAMBA_OK;
     if (M < 1 || M > SAMBA_GEMV_MAX_M || N < 1 || K < 1 || N > INT32_MAX || K > INT32_MAX)
         return SAMBA_OK;
     if (x.dtype != w.dtype || (x.dtype != SAMBA_CU_BF16 && x.dtype != SAMBA_CU_F16))
@@ -399,7 +442,7 @@ extern "C" samba_status samba_cu_gemv(int *done, int64_t M, int64_t N, int64_t K
     if (S > 1) {
         samba_status s1 = samba_cu_check_launch("gemv", stream);
         if (s1 != SAMBA_OK) return s1;
-        gemv_reduce_kernel<<<grid_1d(M * N, 256), 256, 0, st>>>(a, (int)S);
+        samba_launch(gemv_reduce_kernel, grid_1d(M * N, 256), 256, 0, st, a, (int)S);
         return samba_cu_check_launch("gemv (split-K reduce)", stream);
     }
     return samba_cu_check_launch("gemv", stream);

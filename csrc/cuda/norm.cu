@@ -1,4 +1,5 @@
 // norm.cu - RMSNorm with the fused residual add (the CUDA side of csrc/norm.c).
+#include "pdl.cuh"
 #include "vecio.cuh"
 
 #define NORM_THREADS 256
@@ -20,6 +21,8 @@ rmsnorm_reg_kernel(int64_t n, samba_cu_ref x, int64_t ldx, samba_cu_ref res, int
     const int nch = (int)(n / E);
     float v[NC][E], wv[W_EARLY ? NC : 1][E];
     float ss = 0.0f;
+    pdl_wait();
+    pdl_trigger();
 #pragma unroll
     for (int j = 0; j < NC; ++j) {
         const int c = threadIdx.x + j * blockDim.x;
@@ -80,7 +83,8 @@ static void launch_rms_reg(int64_t rows, int64_t n, samba_cu_ref x, int64_t ldx,
     const unsigned threads = (unsigned)(cdiv(cdiv(nch, nc), 32) * 32);
     const unsigned grid = (unsigned)rows;
 #define RMS_REG_LAUNCH(NC_)                                                                    \
-    rmsnorm_reg_kernel<E, NC_><<<grid, threads, 0, st>>>(n, x, ldx, res, ldr, res_out, w, eps, y)
+    samba_launch(rmsnorm_reg_kernel<E, NC_>, grid, threads, 0, st, n, x, ldx, res, ldr, res_out, \
+                 w, eps, y)
     if (nc == 1) RMS_REG_LAUNCH(1);
     else if (nc == 2) RMS_REG_LAUNCH(2);
     else if (nc == 4) RMS_REG_LAUNCH(4);

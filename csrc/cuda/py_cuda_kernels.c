@@ -286,8 +286,9 @@ py_gemm_mode(PyObject *self, PyObject *args)
     return PyLong_FromLong(samba_cu_gemm_mode());
 }
 
-/* gemv_mode(on=-1): whether small-M GEMMs run gemv.cu's kernel (1) or cuBLAS (0); on >= 0
- * sets it first (SAMBA_EXT_GEMV gives the initial value). */
+/* gemv_mode(on=-1): whether small-M GEMMs run gemv.cu's kernel (1), cuBLAS (0) or the kernel
+ * for one row when dependent launch is on (2, the default); on >= 0 sets it first
+ * (SAMBA_EXT_GEMV gives the initial value). */
 static PyObject *
 py_gemv_mode(PyObject *self, PyObject *args)
 {
@@ -299,6 +300,22 @@ py_gemv_mode(PyObject *self, PyObject *args)
         return done(SAMBA_ERR_ARG);
     }
     return PyLong_FromLong(samba_cu_gemv_enabled());
+}
+
+/* pdl_mode(on=-1): whether the decode-path kernels use programmatic dependent launch on
+ * devices that have it (1) or plain stream order (0); on >= 0 sets it first (SAMBA_EXT_PDL=0
+ * gives the initial value 0). */
+static PyObject *
+py_pdl_mode(PyObject *self, PyObject *args)
+{
+    int on = -1;
+    if (!PyArg_ParseTuple(args, "|i", &on)) {
+        return NULL;
+    }
+    if (on >= 0 && samba_cu_pdl_set(on) != SAMBA_OK) {
+        return done(SAMBA_ERR_ARG);
+    }
+    return PyLong_FromLong(samba_cu_pdl_mode());
 }
 
 /* gemv_launches(): GEMM calls that ran the GEMV kernel so far (tests check the dispatch). */
@@ -329,8 +346,12 @@ PyMethodDef samba_pycu_kernel_methods[] = {
      "\n--\n\nGEMM calls that ran the GEMV kernel so far in this process."},
     {"gemv_mode", py_gemv_mode, METH_VARARGS,
      "gemv_mode($module, on=-1, /)"
-     "\n--\n\nWhether GEMMs of <= 8 bf16/f16 rows run the GEMV kernel (1) or cuBLAS (0); on >= 0 "
-     "sets it."},
+     "\n--\n\nWhether GEMMs of <= 8 bf16/f16 rows run the GEMV kernel (1), cuBLAS (0) or the "
+     "kernel for one row where dependent launch is on (2, the default); on >= 0 sets it."},
+    {"pdl_mode", py_pdl_mode, METH_VARARGS,
+     "pdl_mode($module, on=-1, /)"
+     "\n--\n\nWhether the decode-path kernels use programmatic dependent launch on devices of "
+     "compute capability 9.0+ (1) or plain stream order (0); on >= 0 sets it."},
     {"gemm_mode", py_gemm_mode, METH_VARARGS,
      "gemm_mode($module, mode=-1, /)"
      "\n--\n\nThe GEMM path (0 cublas*Ex, 1 cuBLASLt, 2 cuBLASLt tuned); mode >= 0 sets it."},

@@ -2,6 +2,7 @@
 // csrc/rotary_bwd.c). A rotation's adjoint is the rotation by the negative angle, so the
 // backward is the forward with the sines negated (sgn = -1): dx1 = dy1 cos a + dy2 sin a,
 // dx2 = -dy1 sin a + dy2 cos a.
+#include "pdl.cuh"
 #include "samba_cuda_bwd.h"
 #include "vecio.cuh"
 
@@ -59,6 +60,8 @@ rotary_tok_kernel(int64_t ntok, int64_t L, int H, int hd, int tpb, samba_cu_ref 
     const int half = hd / 2;
     const int64_t tok0 = (int64_t)blockIdx.x * tpb;
     const int nang = tpb * half;
+    pdl_wait();
+    pdl_trigger();
     for (int k = threadIdx.x; k < nang; k += blockDim.x) {
         const int tl = k / half, i = k - tl * half;
         const int64_t g = tok0 + tl;
@@ -138,9 +141,9 @@ static int rotary_tok_try(int64_t batch, int64_t L, int64_t H, int64_t hd, samba
     const int64_t work = tpb * per_tok;
     const unsigned threads = (unsigned)(work >= ROT_THREADS ? ROT_THREADS : cdiv(work, 32) * 32);
 #define ROT_LAUNCH(E_)                                                                         \
-    rotary_tok_kernel<E_><<<(unsigned)grid, threads, smem, st>>>(                             \
-        ntok, L, (int)H, (int)hd, (int)tpb, x, xs[0], xs[1], xs[2], pos, pos_batched, offset,  \
-        log_base, sgn, y, ys[0], ys[1], ys[2])
+    samba_launch(rotary_tok_kernel<E_>, (unsigned)grid, threads, smem, st, ntok, L, (int)H,      \
+                 (int)hd, (int)tpb, x, xs[0], xs[1], xs[2], pos, pos_batched, offset, log_base,  \
+                 sgn, y, ys[0], ys[1], ys[2])
     if (E == 8) ROT_LAUNCH(8);
     else if (E == 4) ROT_LAUNCH(4);
     else if (E == 2) ROT_LAUNCH(2);

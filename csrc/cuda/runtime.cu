@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cu_common.cuh"
+#include "pdl.cuh"
 
 static thread_local char g_err[512];
 
@@ -368,6 +369,8 @@ template <typename I>
 __global__ void copy_kernel(CopyParams p) {
     const int is_int = p.src.dtype >= SAMBA_CU_I32;
     const I n = (I)p.n;
+    pdl_wait();
+    pdl_trigger();
     for (I i = (I)blockIdx.x * (I)blockDim.x + (I)threadIdx.x; i < n;
          i += (I)gridDim.x * (I)blockDim.x) {
         I rem = i;
@@ -432,8 +435,8 @@ extern "C" samba_status samba_cu_copy(int ndim, const int64_t *shape, samba_cu_r
     p.didx = dst_idx;
     // 32-bit: i < n < 2^31 and the grid stride <= (65535 * 32) * 256 < 2^29: no wrap.
     if (p.n < 0x7fffffffLL)
-        copy_kernel<uint32_t><<<grid_1d(p.n, 256), 256, 0, (cudaStream_t)stream>>>(p);
+        samba_launch(copy_kernel<uint32_t>, grid_1d(p.n, 256), 256, 0, (cudaStream_t)stream, p);
     else
-        copy_kernel<uint64_t><<<grid_1d(p.n, 256), 256, 0, (cudaStream_t)stream>>>(p);
+        samba_launch(copy_kernel<uint64_t>, grid_1d(p.n, 256), 256, 0, (cudaStream_t)stream, p);
     return samba_cu_check_launch("copy (strided / gather / scatter / dtype conversion)", stream);
 }

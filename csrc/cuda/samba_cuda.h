@@ -156,12 +156,25 @@ int samba_cu_gemm_mode(void);
 samba_status samba_cu_gemm_set_mode(int mode);
 /* GEMV path (gemv.cu) of samba_cu_gemm / samba_cu_gemm_batched for y = x @ W^T with at most 8
  * rows of bf16 / f16 x and W's base and row pitch 8-byte aligned (other calls keep the path
- * above): 1 on, 0 off. Initially from SAMBA_EXT_GEMV ("1" on, else off), read once on first
- * use; samba_cu_gemv_set overrides it (SAMBA_ERR_ARG unless 0 or 1). */
+ * above): SAMBA_GEMV_ON for such calls, SAMBA_GEMV_OFF never, SAMBA_GEMV_AUTO (the default)
+ * for one row where programmatic dependent launch is on (samba_cu_pdl_enabled). Initially
+ * from SAMBA_EXT_GEMV ("1" on, "0" off, else auto), read once on first use; samba_cu_gemv_set
+ * overrides it (SAMBA_ERR_ARG unless one of the three). */
+#define SAMBA_GEMV_OFF 0
+#define SAMBA_GEMV_ON 1
+#define SAMBA_GEMV_AUTO 2
 int samba_cu_gemv_enabled(void);
 samba_status samba_cu_gemv_set(int on);
 /* Number of GEMM calls that ran the GEMV kernel so far in this process (a testing aid). */
 long long samba_cu_gemv_launches(void);
+/* Programmatic dependent launch (pdl.cuh) of the decode-path kernels (norm, SwiGLU, the one-step
+ * conv and scan, rotary, decode attention, copies, GEMV): 1 on, 0 off. Initially on unless
+ * SAMBA_EXT_PDL=0, read once on first use; samba_cu_pdl_set overrides it (SAMBA_ERR_ARG unless 0
+ * or 1). Devices before compute capability 9.0 launch in plain stream order either way
+ * (samba_cu_pdl_enabled: the mode and the current device together). */
+int samba_cu_pdl_mode(void);
+int samba_cu_pdl_enabled(void);
+samba_status samba_cu_pdl_set(int on);
 
 /* ---------------------------------------------------------------- scan.cu ------------- */
 /*

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pdl.cuh"
 #include "scan_common.cuh"
 #include "scan_tile.cuh"
 #include "scan_tile2.cuh"
@@ -78,6 +79,8 @@ scan_fwd_kernel(samba_cu_scan_args p) {
 // and written as contiguous, coalesced rows.
 template <int LPC>
 __global__ void __launch_bounds__(SCAN_THREADS) scan_step_kernel(samba_cu_scan_step_args p) {
+    pdl_wait();
+    pdl_trigger();
     const int64_t tid = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     const int64_t rows = p.batch * p.dim;
     const bool ok = tid / LPC < rows;  // a whole group of LPC lanes is in or out
@@ -587,12 +590,12 @@ extern "C" samba_status samba_cu_scan_step(const samba_cu_scan_step_args *a, voi
     const unsigned grid = (unsigned)cdiv(n * lpc, SCAN_THREADS);
     cudaStream_t st = (cudaStream_t)stream;
     switch (lpc) {
-    case 1: scan_step_kernel<1><<<grid, SCAN_THREADS, 0, st>>>(*a); break;
-    case 2: scan_step_kernel<2><<<grid, SCAN_THREADS, 0, st>>>(*a); break;
-    case 4: scan_step_kernel<4><<<grid, SCAN_THREADS, 0, st>>>(*a); break;
-    case 8: scan_step_kernel<8><<<grid, SCAN_THREADS, 0, st>>>(*a); break;
-    case 16: scan_step_kernel<16><<<grid, SCAN_THREADS, 0, st>>>(*a); break;
-    default: scan_step_kernel<32><<<grid, SCAN_THREADS, 0, st>>>(*a); break;
+    case 1: samba_launch(scan_step_kernel<1>, grid, SCAN_THREADS, 0, st, *a); break;
+    case 2: samba_launch(scan_step_kernel<2>, grid, SCAN_THREADS, 0, st, *a); break;
+    case 4: samba_launch(scan_step_kernel<4>, grid, SCAN_THREADS, 0, st, *a); break;
+    case 8: samba_launch(scan_step_kernel<8>, grid, SCAN_THREADS, 0, st, *a); break;
+    case 16: samba_launch(scan_step_kernel<16>, grid, SCAN_THREADS, 0, st, *a); break;
+    default: samba_launch(scan_step_kernel<32>, grid, SCAN_THREADS, 0, st, *a); break;
     }
     return samba_cu_check_launch("selective_state_update", stream);
 }

@@ -1,4 +1,5 @@
 // swiglu.cu - SwiGLU, silu(gate) * up (the CUDA side of csrc/swiglu.c).
+#include "pdl.cuh"
 #include "vecio.cuh"
 
 #define SWIGLU_THREADS 256
@@ -19,6 +20,8 @@ swiglu_vec_kernel(I nitems, I vpr, samba_cu_ref g, int64_t ldg, samba_cu_ref u, 
                   samba_cu_ref y, int64_t ldy) {
     constexpr int SWIGLU_UNROLL = swiglu_unroll<E>();
     const I step = (I)gridDim.x * (I)(blockDim.x * SWIGLU_UNROLL);
+    pdl_wait();
+    pdl_trigger();
     for (I base = (I)blockIdx.x * (I)(blockDim.x * SWIGLU_UNROLL) + threadIdx.x; base < nitems;
          base += step) {
         RawV<E> ra[SWIGLU_UNROLL], rb[SWIGLU_UNROLL];
@@ -57,11 +60,11 @@ static void launch_swiglu(int64_t rows, int64_t cols, samba_cu_ref g, int64_t ld
     // 32-bit: base < nitems < 2^31 and step = grid * 256 * UNROLL <= (65535 * 32) * 1024 < 2^31,
     // so base + step never wraps.
     if (nitems < 0x7fffffffLL)
-        swiglu_vec_kernel<E, uint32_t><<<grid, SWIGLU_THREADS, 0, st>>>(
-            (uint32_t)nitems, (uint32_t)vpr, g, ldg, u, ldu, y, ldy);
+        samba_launch(swiglu_vec_kernel<E, uint32_t>, grid, SWIGLU_THREADS, 0, st, (uint32_t)nitems,
+                     (uint32_t)vpr, g, ldg, u, ldu, y, ldy);
     else
-        swiglu_vec_kernel<E, uint64_t><<<grid, SWIGLU_THREADS, 0, st>>>(
-            (uint64_t)nitems, (uint64_t)vpr, g, ldg, u, ldu, y, ldy);
+        samba_launch(swiglu_vec_kernel<E, uint64_t>, grid, SWIGLU_THREADS, 0, st, (uint64_t)nitems,
+                     (uint64_t)vpr, g, ldg, u, ldu, y, ldy);
 }
 
 extern "C" samba_status samba_cu_swiglu(int64_t rows, int64_t cols, samba_cu_ref gate,
