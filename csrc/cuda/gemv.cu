@@ -4,7 +4,7 @@
 // SAMBA_EXT_GEMV (read once; samba_cu_gemv_set overrides it): 1 for every M <= 8, 0 never,
 // else (the default) only for M = 1 on devices where the kernels launch with programmatic
 // dependent launch (pdl.cuh): there the weights start streaming while the kernel before runs,
-// and a batch-1 decode step of samba-1.7b is 2-6% faster than on cuBLAS (benchmarks/results/
+// and a batch-1 decode step of samba-1.7b is 4-6% faster than on cuBLAS (benchmarks/results/
 // gpu_decode_prefetch.md); gemm.cu calls samba_cu_gemv first and keeps its cuBLAS path
 // whenever this returns *done = 0.
 //
