@@ -271,51 +271,47 @@ py_gemm_batched(PyObject *self, PyObject *args)
                                       beta, stream));
 }
 
+/* The process-wide switches below share one form: an optional int argument; >= 0 sets the
+ * switch first (an unknown value raises ValueError and changes nothing); returns its value. */
+static PyObject *
+mode_switch(PyObject *args, samba_status (*set)(int), int (*get)(void))
+{
+    int v = -1;
+    if (!PyArg_ParseTuple(args, "|i", &v)) {
+        return NULL;
+    }
+    if (v >= 0 && set(v) != SAMBA_OK) {
+        return done(SAMBA_ERR_ARG);
+    }
+    return PyLong_FromLong(get());
+}
+
 /* gemm_mode(mode=-1): the GEMM path (0 cublas*Ex, 1 cuBLASLt, 2 cuBLASLt tuned; see
- * samba_cuda.h); a mode >= 0 is set first. */
+ * samba_cuda.h). */
 static PyObject *
 py_gemm_mode(PyObject *self, PyObject *args)
 {
-    int mode = -1;
-    if (!PyArg_ParseTuple(args, "|i", &mode)) {
-        return NULL;
-    }
-    if (mode >= 0 && samba_cu_gemm_set_mode(mode) != SAMBA_OK) {
-        return done(SAMBA_ERR_ARG);
-    }
-    return PyLong_FromLong(samba_cu_gemm_mode());
+    (void)self;
+    return mode_switch(args, samba_cu_gemm_set_mode, samba_cu_gemm_mode);
 }
 
 /* gemv_mode(on=-1): whether small-M GEMMs run gemv.cu's kernel (1), cuBLAS (0) or the kernel
- * for one row when dependent launch is on (2, the default); on >= 0 sets it first
- * (SAMBA_EXT_GEMV gives the initial value). */
+ * for one row when dependent launch is on (2, the default; SAMBA_EXT_GEMV gives the initial
+ * value). */
 static PyObject *
 py_gemv_mode(PyObject *self, PyObject *args)
 {
-    int on = -1;
-    if (!PyArg_ParseTuple(args, "|i", &on)) {
-        return NULL;
-    }
-    if (on >= 0 && samba_cu_gemv_set(on) != SAMBA_OK) {
-        return done(SAMBA_ERR_ARG);
-    }
-    return PyLong_FromLong(samba_cu_gemv_enabled());
+    (void)self;
+    return mode_switch(args, samba_cu_gemv_set, samba_cu_gemv_enabled);
 }
 
 /* pdl_mode(on=-1): whether the decode-path kernels use programmatic dependent launch on
- * devices that have it (1) or plain stream order (0); on >= 0 sets it first (SAMBA_EXT_PDL=0
- * gives the initial value 0). */
+ * devices that have it (1) or plain stream order (0; SAMBA_EXT_PDL=0 gives that initially). */
 static PyObject *
 py_pdl_mode(PyObject *self, PyObject *args)
 {
-    int on = -1;
-    if (!PyArg_ParseTuple(args, "|i", &on)) {
-        return NULL;
-    }
-    if (on >= 0 && samba_cu_pdl_set(on) != SAMBA_OK) {
-        return done(SAMBA_ERR_ARG);
-    }
-    return PyLong_FromLong(samba_cu_pdl_mode());
+    (void)self;
+    return mode_switch(args, samba_cu_pdl_set, samba_cu_pdl_mode);
 }
 
 /* gemv_launches(): GEMM calls that ran the GEMV kernel so far (tests check the dispatch). */
