@@ -138,3 +138,22 @@ def test_decode_with_pdl_matches_without_bitwise(rng, pdl_restore, gemv, wd, ad,
     finally:
         cu.gemv_mode(old_gemv)
     np.testing.assert_array_equal(out[1], out[0])
+
+
+@pytest.mark.parametrize("env,want", [("0", 0), ("1", 1), (None, 1)])
+def test_pdl_mode_starts_from_the_environment(env, want):
+    """SAMBA_EXT_PDL=0 turns dependent launch off from the start (read once, in a fresh
+    process); without it, or with 1, it is on."""
+    import os
+    import subprocess
+    import sys
+
+    e = {k: v for k, v in os.environ.items() if k != "SAMBA_EXT_PDL"}
+    if env is not None:
+        e["SAMBA_EXT_PDL"] = env
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    e["PYTHONPATH"] = root + os.pathsep + e.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", "import samba_ext._cuda as c; "
+                          "print(c.pdl_mode())"], env=e, capture_output=True, text=True,
+                         check=True).stdout
+    assert int(out.strip()) == want
