@@ -1,5 +1,8 @@
 // pdl.cu - whether samba_launch (pdl.cuh) uses programmatic dependent launch: on for devices of
 // compute capability 9.0 and later unless SAMBA_EXT_PDL=0 (read once) or samba_cu_pdl_set(0).
+// The device must also run code compiled for sm_90 or later: a build whose image for the device
+// comes from older PTX (e.g. SAMBA_EXT_CUDA_ARCHS=80 on an H100, JIT-compiled) has no
+// griddepcontrol.wait in its kernels, and launching those early would race.
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,8 +11,12 @@
 
 #define PDL_MAX_DEVICES 64
 
-static int g_pdl = -1;                    // 0 / 1 once known
-static signed char g_cc9[PDL_MAX_DEVICES];  // 0 unknown, 1 cc >= 9.0, -1 older
+static int g_pdl = -1;                      // 0 / 1 once known
+static signed char g_ok[PDL_MAX_DEVICES];   // 0 unknown, 1 PDL works, -1 not
+
+// Compiled with the same architectures as every other kernel, so its image tells which PTX
+// version the device's kernels come from.
+__global__ void pdl_probe_kernel(void) {}
 
 static int device_has_pdl(void) {
     int dev = 0;
@@ -17,15 +24,17 @@ static int device_has_pdl(void) {
         (void)cudaGetLastError();
         return 0;
     }
-    if (g_cc9[dev] == 0) {
+    if (g_ok[dev] == 0) {
         int major = 0;
-        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
-            (void)cudaGetLastError();
-            return 0;
-        }
-        g_cc9[dev] = major >= 9 ? 1 : -1;
+        cudaFuncAttributes fa;
+        const bool ok =
+            cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+            major >= 9 && cudaFuncGetAttributes(&fa, pdl_probe_kernel) == cudaSuccess &&
+            fa.ptxVersion >= 90;
+        (void)cudaGetLastError();
+        g_ok[dev] = ok ? 1 : -1;
     }
-    return g_cc9[dev] > 0;
+    return g_ok[dev] > 0;
 }
 
 extern "C" int samba_cu_pdl_mode(void) {

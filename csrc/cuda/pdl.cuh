@@ -3,10 +3,11 @@
 // call pdl_wait() before its first load or store of global memory. Before it, only L2
 // prefetches are allowed (they return no data, and the L2 is where the previous kernel's
 // stores land, so the loads after the wait see them). pdl_trigger(), called after the wait,
-// lets the next such kernel start (so at most two kernels of a stream overlap). Both are no-ops before sm_90 and when the
-// kernel was launched without the attribute, so a kernel written this way may be launched
-// either way. On by default where the device has it; SAMBA_EXT_PDL=0 (read once) or
-// samba_cu_pdl_set(0) launches every kernel in plain stream order.
+// lets the next such kernel start (so at most two kernels of a stream overlap). Both are
+// no-ops before sm_90 and when the kernel was launched without the attribute, so a kernel
+// written this way may be launched either way. On by default where the device runs sm_90+
+// code (pdl.cu); SAMBA_EXT_PDL=0 (read once) or samba_cu_pdl_set(0) launches every kernel in
+// plain stream order.
 #ifndef SAMBA_PDL_CUH
 #define SAMBA_PDL_CUH
 

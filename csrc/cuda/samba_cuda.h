@@ -170,8 +170,9 @@ long long samba_cu_gemv_launches(void);
 /* Programmatic dependent launch (pdl.cuh) of the decode-path kernels (norm, SwiGLU, the one-step
  * conv and scan, rotary, decode attention, copies, GEMV): 1 on, 0 off. Initially on unless
  * SAMBA_EXT_PDL=0, read once on first use; samba_cu_pdl_set overrides it (SAMBA_ERR_ARG unless 0
- * or 1). Devices before compute capability 9.0 launch in plain stream order either way
- * (samba_cu_pdl_enabled: the mode and the current device together). */
+ * or 1). Devices before compute capability 9.0, and builds whose code for the device comes from
+ * PTX older than sm_90, launch in plain stream order either way (samba_cu_pdl_enabled: the mode
+ * and the current device together). */
 int samba_cu_pdl_mode(void);
 int samba_cu_pdl_enabled(void);
 samba_status samba_cu_pdl_set(int on);
