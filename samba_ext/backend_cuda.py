@@ -388,6 +388,7 @@ class CUDABackend(Backend):
                     pass
                 raise
             g = self.cu.graph_end(self.stream)
+            self.cu.flush_frees()  # arrays that died during the capture
             self._graphs[key] = g
             self.stats["captures"] += 1
             while len(self._graphs) > _MAX_GRAPHS:

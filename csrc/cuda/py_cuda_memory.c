@@ -6,6 +6,11 @@
  * with cudaFreeAsync on the allocation stream (stream-ordered). If a DLPack consumer used it
  * on another stream (add_use), that stream may be destroyed by the time the Buffer dies, so
  * the free first waits for the whole device (the rare cross-stream export case only).
+ * A Buffer that dies while its stream is being captured into a graph (the garbage collector
+ * runs at any point, also inside a model's step capture) cannot be freed then: a free during
+ * capture becomes a free node of the graph, which must free an allocation of that graph. Such
+ * frees wait in a list and run at the next allocation or free made outside a capture (or at
+ * flush_frees()); buffers allocated inside the capture are the graph's and are freed at once.
  * Also: host <-> device copies, memset, strided copies with dtype conversion, pool trim and
  * statistics.
  */
@@ -22,7 +27,90 @@ typedef struct {
     void *stream;
     PyObject *keep; /* the Python stream object of `stream` (kept alive), or NULL */
     int foreign;    /* used on another stream (DLPack consumer): synchronize before free */
+    int graph;      /* allocated while `stream` was being captured: a graph allocation */
 } BufferObject;
+
+/* ------------------------------------------------------------------ deferred frees ---- */
+
+typedef struct {
+    void *ptr, *stream;
+    int device, foreign;
+    PyObject *keep; /* the reference the Buffer held */
+} DeferredFree;
+
+static DeferredFree *g_deferred; /* under the GIL */
+static Py_ssize_t g_ndeferred, g_cap_deferred;
+
+/* Free ptr on its device and stream (device made current for the call, then put back).
+ * Errors cannot be raised here: a failed free leaves the memory in the pool (a broken context
+ * is reported by the next launch anyway). */
+static void
+free_now(void *ptr, void *stream, int device, int foreign)
+{
+    int prev = -1;
+    if (samba_cu_exchange_device(device, &prev) == SAMBA_OK) {
+        if (foreign) {
+            /* A consumer used the memory on its own stream, which may be gone by now:
+             * wait for all work of the device rather than for a stream handle. */
+            samba_cu_device_sync();
+        }
+        samba_cu_free(ptr, stream);
+    }
+    samba_cu_restore_device(prev);
+}
+
+/* Run the deferred frees whose stream is no longer being captured. */
+static void
+flush_deferred(void)
+{
+    Py_ssize_t i = 0;
+    while (i < g_ndeferred) {
+        DeferredFree d = g_deferred[i];
+        int prev = -1, cap = -1;
+        if (samba_cu_exchange_device(d.device, &prev) == SAMBA_OK) {
+            cap = samba_cu_stream_capturing(d.stream);
+        }
+        samba_cu_restore_device(prev);
+        if (cap != 0) {
+            ++i;
+            continue;
+        }
+        g_deferred[i] = g_deferred[--g_ndeferred];
+        free_now(d.ptr, d.stream, d.device, d.foreign);
+        Py_XDECREF(d.keep);
+    }
+}
+
+/* Queue b's free (taking over its reference to the stream object); 0 if there is no room. */
+static int
+defer_free(BufferObject *b)
+{
+    if (g_ndeferred == g_cap_deferred) {
+        Py_ssize_t cap = g_cap_deferred ? 2 * g_cap_deferred : 16;
+        DeferredFree *p = PyMem_RawRealloc(g_deferred, (size_t)cap * sizeof(DeferredFree));
+        if (p == NULL) {
+            return 0;
+        }
+        g_deferred = p;
+        g_cap_deferred = cap;
+    }
+    DeferredFree d = {b->ptr, b->stream, b->device, b->foreign, b->keep};
+    g_deferred[g_ndeferred++] = d;
+    b->keep = NULL;
+    return 1;
+}
+
+/* 1 if `stream` on `device` is being captured (or that cannot be told), else 0. */
+static int
+capturing_on(void *stream, int device)
+{
+    int prev = -1, cap = -1;
+    if (samba_cu_exchange_device(device, &prev) == SAMBA_OK) {
+        cap = samba_cu_stream_capturing(stream);
+    }
+    samba_cu_restore_device(prev);
+    return cap != 0;
+}
 
 static PyObject *
 Buffer_new(PyTypeObject *type, PyObject *args, PyObject *kw)
@@ -40,6 +128,9 @@ Buffer_new(PyTypeObject *type, PyObject *args, PyObject *kw)
         PyErr_SetString(PyExc_ValueError, "nbytes must be >= 0");
         return NULL;
     }
+    if (g_ndeferred > 0) {
+        flush_deferred();
+    }
     BufferObject *b = (BufferObject *)type->tp_alloc(type, 0);
     if (b == NULL) {
         return NULL;
@@ -50,8 +141,10 @@ Buffer_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     int prev = -1;
     void *ptr = NULL;
     samba_status s = samba_cu_exchange_device(device, &prev);
+    int graph = 0;
     if (s == SAMBA_OK) {
         s = samba_cu_malloc(&ptr, (size_t)nbytes, stream);
+        graph = samba_cu_stream_capturing(stream) == 1;
     }
     samba_status r = samba_cu_restore_device(prev);
     if (s == SAMBA_OK && r != SAMBA_OK) {
@@ -69,6 +162,7 @@ Buffer_new(PyTypeObject *type, PyObject *args, PyObject *kw)
     b->keep = (keep != NULL && keep != Py_None) ? keep : NULL;
     Py_XINCREF(b->keep);
     b->foreign = 0;
+    b->graph = graph;
     return (PyObject *)b;
 }
 
@@ -76,25 +170,19 @@ static void
 Buffer_dealloc(BufferObject *b)
 {
     if (b->ptr != NULL) {
-        /* Errors cannot be raised from a destructor; a failed free leaves the memory in
-         * the pool (a broken context is reported by the next launch anyway). The free runs
-         * on the buffer's device; the thread's current device is put back afterwards (a
-         * destructor runs at any point of the caller's code, e.g. inside torch's work on
-         * another device). */
-        int prev = -1;
-        if (samba_cu_exchange_device(b->device, &prev) == SAMBA_OK) {
-            if (b->foreign) {
-                /* A consumer used the memory on its own stream, which may be gone by now:
-                 * wait for all work of the device rather than for a stream handle. */
-                samba_cu_device_sync();
-            }
-            samba_cu_free(b->ptr, b->stream);
+        /* The free runs on the buffer's device; the thread's current device is put back
+         * afterwards (a destructor runs at any point of the caller's code, e.g. inside torch's
+         * work on another device). */
+        if (b->graph || !capturing_on(b->stream, b->device) || !defer_free(b)) {
+            free_now(b->ptr, b->stream, b->device, b->foreign);
         }
-        samba_cu_restore_device(prev);
         b->ptr = NULL;
     }
     Py_CLEAR(b->keep);
     Py_TYPE(b)->tp_free((PyObject *)b);
+    if (g_ndeferred > 0) {
+        flush_deferred();
+    }
 }
 
 static PyObject *
@@ -287,7 +375,20 @@ py_copy(PyObject *self, PyObject *args)
                                                 sidx, didx, batched, stream));
 }
 
+/* flush_frees(): run the frees that waited for a capture to end; returns how many still wait. */
+static PyObject *
+py_flush_frees(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    flush_deferred();
+    return PyLong_FromSsize_t(g_ndeferred);
+}
+
 PyMethodDef samba_pycu_memory_methods[] = {
+    {"flush_frees", py_flush_frees, METH_NOARGS,
+     "flush_frees($module, /)\n--\n\nRun the frees of buffers that died while their stream was "
+     "captured, where the capture has ended; returns how many still wait."},
     {"memcpy_h2d", py_memcpy_h2d, METH_VARARGS,
      "memcpy_h2d($module, dst, src, stream, /)\n--\n\n"
      "Copy the bytes-like src to device pointer dst on stream."},

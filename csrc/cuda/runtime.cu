@@ -294,6 +294,15 @@ extern "C" samba_status samba_cu_stream_create(void **stream) {
     return SAMBA_OK;
 }
 
+extern "C" int samba_cu_stream_capturing(void *stream) {
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing((cudaStream_t)stream, &cs) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return -1;
+    }
+    return cs == cudaStreamCaptureStatusNone ? 0 : 1;
+}
+
 extern "C" samba_status samba_cu_stream_destroy(void *stream) {
     CU_TRY("cudaStreamDestroy", cudaStreamDestroy((cudaStream_t)stream));
     return SAMBA_OK;

@@ -103,6 +103,10 @@ samba_status samba_cu_device_sync(void);
 samba_status samba_cu_stream_wait(void *waiter, void *producer);
 samba_status samba_cu_stream_create(void **stream);
 samba_status samba_cu_stream_destroy(void *stream);
+/* 1 if `stream` is being captured into a graph (or its capture was invalidated and not yet
+ * ended), 0 if not, -1 if that cannot be told (e.g. the legacy stream while another thread
+ * captures in global mode); never leaves an error behind. */
+int samba_cu_stream_capturing(void *stream);
 /* 1 if SAMBA_EXT_CUDA_SYNC=1 (synchronize after every launch). */
 int samba_cu_sync_mode(void);
 /* After a launch: cudaGetLastError (+ stream sync in sync mode); failures name `kernel`. */
