@@ -30,6 +30,9 @@
 //   applies beta / the output dtype. Nothing is allocated here, so the call can be captured in
 //   a CUDA graph; without a workspace (first GEMM of a stream inside a capture) only S = 1 can
 //   run, else cuBLAS does.
+// - One row of x (M = 1) with x aligned as W's rows runs gemv_row_kernel instead: a row of W
+//   per 1-8 warps, their sums meeting in shared memory, so no product needs split-K partials
+//   or a second kernel (SAMBA_EXT_GEMV_ROWS=0 keeps gemv_kernel, for comparisons).
 // - M is compiled as MT in {1, 2, 4, 8}: M = 3 runs MT = 4 with its 4th row a copy of row 0
 //   whose results are not stored.
 //
@@ -78,6 +81,8 @@ struct GemvArgs {
     float *part;        // S > 1: float32 partial sums (S, M, N)
     int64_t cps;        // vectors of a row per split
     int xs_stride;      // elements between x rows in shared memory (multiple of 8)
+    int wpr;            // gemv_row_kernel: warps per row of W
+    int64_t vps;        // gemv_row_kernel: vectors of a row per warp
 };
 
 // ------------------------------------------------------------------ device helpers -----
@@ -121,6 +126,18 @@ template <> __device__ __forceinline__ void ld_x<8>(const unsigned short *p, uin
 }
 template <> __device__ __forceinline__ void ld_x<4>(const unsigned short *p, uint32_t (&v)[2]) {
     uint2 t = *reinterpret_cast<const uint2 *>(p);
+    v[0] = t.x, v[1] = t.y;
+}
+
+// One VEC-element vector of x from global memory (read-only path, kept in L1).
+template <int VEC>
+__device__ __forceinline__ void ld_xg(const unsigned short *p, uint32_t (&v)[VEC / 2]);
+template <> __device__ __forceinline__ void ld_xg<8>(const unsigned short *p, uint32_t (&v)[4]) {
+    const uint4 t = __ldg(reinterpret_cast<const uint4 *>(p));
+    v[0] = t.x, v[1] = t.y, v[2] = t.z, v[3] = t.w;
+}
+template <> __device__ __forceinline__ void ld_xg<4>(const unsigned short *p, uint32_t (&v)[2]) {
+    const uint2 t = __ldg(reinterpret_cast<const uint2 *>(p));
     v[0] = t.x, v[1] = t.y;
 }
 
@@ -288,6 +305,76 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_kernel(const GemvArgs a)
         }
 }
 
+// One row of x (M = 1): WPR = a.wpr warps share a row of W, warp j of the row taking vectors
+// [j vps, (j + 1) vps) and the last one the scalar tail; the WPR warp sums meet in shared
+// memory (summed in warp order), so the product is one kernel at every N: no split-K partials
+// in global memory and no reduce kernel. A block of 8 warps covers 8 / WPR rows. x (16- or
+// 8-byte aligned, as W's rows) is read straight from global memory through the L1 (every row
+// of the block reads it). Lanes keep 4 vectors of W and x in flight per step.
+template <typename T, int VEC>
+__global__ void __launch_bounds__(GEMV_THREADS) gemv_row_kernel(const GemvArgs a) {
+    constexpr int W2 = VEC / 2, U = 4;
+    __shared__ float part[GEMV_WARPS];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int rb = GEMV_WARPS / a.wpr;
+    const int64_t n = (int64_t)blockIdx.x * rb + warp / a.wpr;
+    const int j = warp % a.wpr;
+    const int64_t nvec = a.K / VEC;
+    const int64_t c0 = imin64((int64_t)j * a.vps, nvec), c1 = imin64(c0 + a.vps, nvec);
+    const bool row = n < a.N;
+    const char *wr = static_cast<const char *>(a.w) + (row ? n : 0) * a.ldw * 2;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (row) {  // as in gemv_kernel: the slice of W streams into L2 before the wait
+        const int64_t lines = ((c1 - c0) * VEC * 2 + 127) >> 7;
+        for (int64_t l = lane; l < lines; l += 32)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(wr + c0 * VEC * 2 + (l << 7)));
+    }
+#endif
+    pdl_wait();
+    pdl_trigger();
+    const unsigned short *xg = static_cast<const unsigned short *>(a.x) + a.xoff[0];
+    float acc = 0.0f;
+    if (row) {
+        for (int64_t c = c0 + lane; c < c1; c += 32 * U) {
+            uint32_t wv[U][W2], xv[U][W2];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int64_t cc = c + 32 * u;
+                if (cc < c1) {
+                    ld_w<VEC>(wr + cc * (VEC * 2), wv[u]);
+                    ld_xg<VEC>(xg + cc * VEC, xv[u]);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < W2; ++e) wv[u][e] = xv[u][e] = 0u;
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < U; ++u)
+#pragma unroll
+                for (int e = 0; e < W2; ++e) {
+                    const float2 wf = unpack2<T>(wv[u][e]), xf = unpack2<T>(xv[u][e]);
+                    acc = fmaf(wf.x, xf.x, acc);
+                    acc = fmaf(wf.y, xf.y, acc);
+                }
+        }
+        const int64_t kt = nvec * VEC;
+        if (j == a.wpr - 1 && lane < (int)(a.K - kt))
+            acc = fmaf(unpack1<T>(reinterpret_cast<const unsigned short *>(wr)[kt + lane]),
+                       unpack1<T>(xg[kt + lane]), acc);
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) part[warp] = acc;
+    __syncthreads();
+    if ((int)threadIdx.x < rb) {
+        const int64_t nn = (int64_t)blockIdx.x * rb + threadIdx.x;
+        if (nn < a.N) {
+            float v = 0.0f;
+            for (int k = 0; k < a.wpr; ++k) v += part[threadIdx.x * a.wpr + k];
+            store_out(a, a.yoff[0] + nn, v);
+        }
+    }
+}
+
 // y[m, n] = sum over the S splits in order of part[s, m, n] (+ beta y).
 __global__ void gemv_reduce_kernel(const GemvArgs a, int S) {
     const int64_t total = (int64_t)a.M * a.N;
@@ -341,6 +428,53 @@ static void launch_vec(const GemvArgs &a, int mt, dim3 grid, cudaStream_t st) {
     }
 }
 
+// SAMBA_EXT_GEMV_ROWS=0 (read once) keeps one-row products on gemv_kernel, for comparisons.
+static int gemv_rows_on(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *v = getenv("SAMBA_EXT_GEMV_ROWS");
+        on = !(v != NULL && strcmp(v, "0") == 0);
+    }
+    return on;
+}
+
+// gemv_row_kernel for y (1, N) = x @ W^T: the fewest warps per row (1, 2, 4 or 8) that give
+// 2 x #SMs blocks, as long as each warp keeps >= 32 vectors of its row (one per lane).
+static samba_status launch_row(int *done, int64_t N, int64_t K, samba_cu_ref x, int64_t xoff,
+                               samba_cu_ref w, int64_t ldw, samba_cu_ref y, int64_t yoff,
+                               float beta, int vec, int64_t sms, cudaStream_t st) {
+    const int64_t nvec = K / vec;
+    int wpr = 1;
+    while (wpr < GEMV_WARPS && cdiv(N * wpr, GEMV_WARPS) < 2 * sms && nvec / (2 * wpr) >= 32)
+        wpr *= 2;
+    GemvArgs a;
+    memset(&a, 0, sizeof a);
+    a.w = w.ptr;
+    a.ldw = ldw;
+    a.N = N;
+    a.K = K;
+    a.x = x.ptr;
+    a.y = y.ptr;
+    a.xoff[0] = xoff;
+    a.yoff[0] = yoff;
+    a.ydt = y.dtype;
+    a.M = 1;
+    a.beta = beta;
+    a.wpr = wpr;
+    a.vps = nvec > 0 ? cdiv(nvec, wpr) : 0;
+    const unsigned grid = (unsigned)cdiv(N, GEMV_WARPS / wpr);
+    if (x.dtype == SAMBA_CU_BF16) {
+        if (vec == 8) samba_launch(gemv_row_kernel<__nv_bfloat16, 8>, grid, GEMV_THREADS, 0, st, a);
+        else samba_launch(gemv_row_kernel<__nv_bfloat16, 4>, grid, GEMV_THREADS, 0, st, a);
+    } else {
+        if (vec == 8) samba_launch(gemv_row_kernel<__half, 8>, grid, GEMV_THREADS, 0, st, a);
+        else samba_launch(gemv_row_kernel<__half, 4>, grid, GEMV_THREADS, 0, st, a);
+    }
+    *done = 1;
+    g_launches++;
+    return samba_cu_check_launch("gemv (one row)", st);
+}
+
 extern "C" samba_status samba_cu_gemv(int *done, int64_t M, int64_t N, int64_t K,
                                       samba_cu_ref x, const int64_t *xoff, samba_cu_ref w,
                                       int64_t ldw, samba_cu_ref y, const int64_t *yoff,
@@ -375,6 +509,10 @@ extern "C" samba_status samba_cu_gemv(int *done, int64_t M, int64_t N, int64_t K
         g_sms[dev] = n > 0 ? n : 1;
     }
     const int64_t sms = g_sms[dev];
+    const uintptr_t xa = reinterpret_cast<uintptr_t>(x.ptr) + (uintptr_t)xoff[0] * 2;
+    if (M == 1 && gemv_rows_on() && xa % (uintptr_t)(vec * 2) == 0)
+        return launch_row(done, N, K, x, xoff[0], w, ldw, y, yoff[0], beta, vec, sms,
+                          (cudaStream_t)stream);
     const int mt = M == 1 ? 1 : M == 2 ? 2 : M <= 4 ? 4 : 8;
     const int u = 16 / vec;
 
