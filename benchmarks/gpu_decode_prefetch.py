@@ -6,8 +6,9 @@ kernel, programmatic dependent launch.
         [--batches 1,16] [--context 4096] [--steps 20] [--out DIR]
 
 A setting is ``0`` (off) or ``MODE:MB`` (``bulk`` or ``touch``, at most MB MiB per GEMM), with
-optional ``+gemv`` (the products on csrc/cuda/gemv.cu's kernel instead of cuBLAS) and ``+pdl``
-(programmatic dependent launch of the decode-path kernels, csrc/cuda/pdl.cuh; off without it). The
+optional ``+gemv`` (the products on csrc/cuda/gemv.cu's kernels instead of cuBLAS), ``+pdl``
+(programmatic dependent launch of the decode-path kernels, csrc/cuda/pdl.cuh; off without it) and
+``+splitk`` (one-row products on the GEMV's split-K kernel, not its one-row kernel). The
 model (random bf16 weights, benchmarks/gpu_model.py's ``Ours``) is built once; for each
 setting its captured graphs are dropped, so the next step is captured again with the setting
 in force. Each point: a state at ``--context`` (gpu_model.py's ``state_at_context``), 4 untimed
@@ -42,21 +43,26 @@ from gpu_model import (Ours, device_name, floor_ms, git_commit,  # noqa: E402
                        measure_copy_bandwidth, state_at_context, weight_read_bytes)
 
 
-def parse_setting(s: str) -> tuple[str, str, int, int]:
-    """'0' -> ('0', '', 0, 0); 'bulk:24' -> ('bulk', '24', 0, 0). Suffixes: '+gemv' (the GEMV
-    kernel of csrc/cuda/gemv.cu instead of cuBLAS for the products, SAMBA_EXT_GEMV=1) and '+pdl'
-    (programmatic dependent launch of the decode-path kernels, csrc/cuda/pdl.cuh; off without
-    it), in any order."""
+SUFFIXES = ("gemv", "pdl", "splitk")
+
+
+def parse_setting(s: str) -> tuple[str, str, frozenset[str]]:
+    """'0' -> ('0', '', {}); 'bulk:24+pdl' -> ('bulk', '24', {'pdl'}). Suffixes, in any order:
+    '+gemv' (the GEMV kernel of csrc/cuda/gemv.cu instead of cuBLAS for the products,
+    SAMBA_EXT_GEMV=1), '+pdl' (programmatic dependent launch of the decode-path kernels,
+    csrc/cuda/pdl.cuh; off without it) and '+splitk' (one-row products on the GEMV's split-K
+    kernel rather than its one-row kernel, SAMBA_EXT_GEMV_ROWS=0)."""
     body, *extras = s.split("+")
-    if any(e not in ("gemv", "pdl") for e in extras) or len(set(extras)) != len(extras):
-        raise SystemExit(f"--settings: the suffixes are +gemv and +pdl, got {s!r}")
-    gemv, pdl = int("gemv" in extras), int("pdl" in extras)
+    if any(e not in SUFFIXES for e in extras) or len(set(extras)) != len(extras):
+        raise SystemExit(f"--settings: the suffixes are {', '.join('+' + e for e in SUFFIXES)}, "
+                         f"got {s!r}")
     if body == "0":
-        return "0", "", gemv, pdl
+        return "0", "", frozenset(extras)
     mode, _, mb = body.partition(":")
     if mode not in ("bulk", "touch") or not mb.isdigit():
-        raise SystemExit(f"--settings: expected 0 or bulk:MB / touch:MB [+gemv][+pdl], got {s!r}")
-    return mode, mb, gemv, pdl
+        raise SystemExit(f"--settings: expected 0 or bulk:MB / touch:MB [+gemv][+pdl][+splitk], "
+                         f"got {s!r}")
+    return mode, mb, frozenset(extras)
 
 
 def point(m: Ours, batch: int, ctx: int, steps: int, warm: int = 4) -> dict[str, Any]:
@@ -99,10 +105,11 @@ def main() -> int:
     from samba_ext.cuda import runtime
 
     cu = runtime.require()
-    for mode, mb, gemv, pdl in settings:
+    for mode, mb, extras in settings:
         os.environ["SAMBA_EXT_L2_PREFETCH"] = mode
-        cu.gemv_mode(gemv)
-        cu.pdl_mode(pdl)
+        os.environ["SAMBA_EXT_GEMV_ROWS"] = "0" if "splitk" in extras else "1"
+        cu.gemv_mode(int("gemv" in extras))
+        cu.pdl_mode(int("pdl" in extras))
         if mb:
             os.environ["SAMBA_EXT_L2_PREFETCH_MB"] = mb
         for B in batches:
@@ -114,8 +121,8 @@ def main() -> int:
                 same = bool(np.array_equal(lg, ref[B]))
             else:
                 ref[B] = lg
-            name = ((mode if mode == "0" else f"{mode}:{mb}") + ("+gemv" if gemv else "")
-                    + ("+pdl" if pdl else ""))
+            name = (mode if mode == "0" else f"{mode}:{mb}") + "".join(
+                "+" + e for e in SUFFIXES if e in extras)
             p.update(setting=name, same_logits=same,
                      floor_ms=fl if B == 1 else None)
             rows.append(p)
@@ -151,7 +158,8 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
              f"weights at the copy bandwidth measured in this run "
              f"({meta['copy_bandwidth_Bps'] / 1e12:.2f} TB/s) = {fl:.3f} ms. Setting: "
              "SAMBA_EXT_L2_PREFETCH[:SAMBA_EXT_L2_PREFETCH_MB] (+gemv: SAMBA_EXT_GEMV=1; +pdl: "
-             "programmatic dependent launch on, off in every other row). "
+             "programmatic dependent launch on, off in every other row; +splitk: "
+             "SAMBA_EXT_GEMV_ROWS=0). "
              "vs off: the mean time of this batch's `0` rows (the setting is off; the spread "
              "between them is the run-to-run noise) over this row's. Same logits: the first "
              "timed step's logits equal the first setting's bit for bit.", "",

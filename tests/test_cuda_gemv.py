@@ -116,6 +116,21 @@ def test_gemv_matches_float64(gemv_on, dt, M, N, K):
             _check(got, ref, absref, N, K, odt, (dt, odt, beta, M, N, K))
 
 
+@pytest.mark.parametrize("rows", ["1", "0"])
+@pytest.mark.parametrize("N", [1, 7, 160, 2048, 16392])
+@pytest.mark.parametrize("K", [8, 2050, 8196])
+def test_gemv_one_row_kernels(gemv_on, monkeypatch, rows, N, K):
+    """A one-row product runs the one-row kernel (1-8 warps per row of W: N 1 and 7 take 8,
+    16392 takes 1; K 8 leaves each warp less than a vector per lane) or, with
+    SAMBA_EXT_GEMV_ROWS=0 (read at each call), the split-K kernel."""
+    monkeypatch.setenv("SAMBA_EXT_GEMV_ROWS", rows)
+    for dt in ("bfloat16", "float16"):
+        for odt, beta in ((dt, 0.0), ("float32", 1.0)):
+            got, ref, absref, ran = _run(gemv_on, 1, N, K, dt, odt, beta, ldy=N + 3)
+            assert ran, (rows, dt, odt, N, K)
+            _check(got, ref, absref, N, K, odt, (rows, dt, odt, beta, N, K))
+
+
 @pytest.mark.parametrize("M", [1, 8])
 @pytest.mark.parametrize("N,K", [(16392, 2048), (50304, 2048), (16392, 2050), (2048, 8196)])
 def test_gemv_model_sizes(gemv_on, M, N, K):

@@ -15,14 +15,15 @@ import gpu_decode_prefetch as gdp  # noqa: E402
 
 
 @pytest.mark.parametrize("text,want", [
-    ("0", ("0", "", 0, 0)), ("0+pdl", ("0", "", 0, 1)), ("0+gemv+pdl", ("0", "", 1, 1)),
-    ("0+pdl+gemv", ("0", "", 1, 1)), ("bulk:24+gemv", ("bulk", "24", 1, 0)),
-    ("touch:8", ("touch", "8", 0, 0))])
+    ("0", ("0", "", set())), ("0+pdl", ("0", "", {"pdl"})),
+    ("0+gemv+pdl", ("0", "", {"gemv", "pdl"})), ("0+pdl+gemv", ("0", "", {"gemv", "pdl"})),
+    ("0+gemv+pdl+splitk", ("0", "", {"gemv", "pdl", "splitk"})),
+    ("bulk:24+gemv", ("bulk", "24", {"gemv"})), ("touch:8", ("touch", "8", set()))])
 def test_settings_parse(text, want):
-    assert gdp.parse_setting(text) == want
+    assert gdp.parse_setting(text) == (want[0], want[1], frozenset(want[2]))
 
 
-@pytest.mark.parametrize("text", ["1", "bulk", "bulk:x", "0+fast", "0+pdl+pdl", "copy:8+pdl"])
+@pytest.mark.parametrize("text", ["1", "bulk", "bulk:x", "0+fast", "0+pdl+pdl", "copy:8+pdl", "0+split"])
 def test_bad_settings_exit_with_the_grammar(text):
     with pytest.raises(SystemExit, match="--settings"):
         gdp.parse_setting(text)

@@ -428,14 +428,11 @@ static void launch_vec(const GemvArgs &a, int mt, dim3 grid, cudaStream_t st) {
     }
 }
 
-// SAMBA_EXT_GEMV_ROWS=0 (read once) keeps one-row products on gemv_kernel, for comparisons.
+// SAMBA_EXT_GEMV_ROWS=0 keeps one-row products on gemv_kernel, for comparisons (read at each
+// call, so a benchmark can switch it between captures).
 static int gemv_rows_on(void) {
-    static int on = -1;
-    if (on < 0) {
-        const char *v = getenv("SAMBA_EXT_GEMV_ROWS");
-        on = !(v != NULL && strcmp(v, "0") == 0);
-    }
-    return on;
+    const char *v = getenv("SAMBA_EXT_GEMV_ROWS");
+    return !(v != NULL && strcmp(v, "0") == 0);
 }
 
 // gemv_row_kernel for y (1, N) = x @ W^T: the fewest warps per row (1, 2, 4 or 8) that give
