@@ -384,6 +384,7 @@ class CUDABackend(Backend):
             except BaseException:
                 try:
                     self.cu.graph_free(self.cu.graph_end(self.stream))
+                    self.cu.flush_frees()
                 except Exception:
                     pass
                 raise

@@ -53,7 +53,11 @@ static samba_status get_handle(int *dev_out, cublasHandle_t *out) {
         return samba_cu_fail_msg(SAMBA_ERR_ARG, "gemm: device %d", dev);
     if (g_handle[dev] == NULL) {
         cublasHandle_t h;
-        cublasStatus_t s = cublasCreate(&h);
+        cublasStatus_t s;
+        {
+            RelaxedCapture relaxed;
+            s = cublasCreate(&h);
+        }
         if (s != CUBLAS_STATUS_SUCCESS)
             return samba_cu_fail_msg(SAMBA_ERR_CUDA, "gemm: cublasCreate failed (%s)",
                                      cublas_status_str(s));

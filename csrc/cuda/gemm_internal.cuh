@@ -6,6 +6,17 @@
 
 #define SAMBA_GEMM_WORKSPACE_BYTES (32u << 20)
 
+// The cuBLAS and cuBLASLt handles are made on a device's first product, which may be inside a
+// stream capture (a graph whose products are the first of the process to reach cuBLAS, e.g. a
+// decode step at a new batch size after steps that ran only the GEMV). Making a handle
+// allocates, which a capture in the default (global) mode forbids; this scope puts the calling
+// thread in relaxed mode while the handle is made, then back.
+struct RelaxedCapture {
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    RelaxedCapture() { (void)cudaThreadExchangeStreamCaptureMode(&mode); }
+    ~RelaxedCapture() { (void)cudaThreadExchangeStreamCaptureMode(&mode); }
+};
+
 // The workspace (SAMBA_GEMM_WORKSPACE_BYTES) of `stream` on device `dev`, allocated on first
 // use outside stream capture and kept until samba_cu_gemm_release; *ws = NULL when none can
 // be had (inside a capture before the first eager call on that stream, or too many streams).

@@ -231,7 +231,11 @@ extern "C" samba_status samba_cu_gemm_lt(int tune_mode, int transa, int transb, 
     if (dev < 0 || dev >= LT_MAX_DEVICES)
         return samba_cu_fail_msg(SAMBA_ERR_ARG, "gemm (cuBLASLt): device %d", dev);
     if (g_lt[dev] == NULL) {
-        cublasStatus_t s = cublasLtCreate(&g_lt[dev]);
+        cublasStatus_t s;
+        {
+            RelaxedCapture relaxed;
+            s = cublasLtCreate(&g_lt[dev]);
+        }
         if (s != CUBLAS_STATUS_SUCCESS) {
             g_lt[dev] = NULL;
             return samba_cu_fail_msg(SAMBA_ERR_CUDA, "gemm: cublasLtCreate failed (%s)",
