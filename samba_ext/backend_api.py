@@ -152,6 +152,16 @@ class Backend:
         (``act_dtype``); x + residual has residual's dtype (the float32 residual stream)."""
         raise NotImplementedError
 
+    def rms_norm_matmul(self, x, weight, eps, residual, w, dtype=None):
+        """``matmul(rms_norm(x, weight, eps, residual), w, trans_b=True, dtype=dtype)``: the
+        pre-norm of a block and the product that reads it; returns the product, or (product,
+        x + residual) when residual is given. A backend may run the two as one kernel (the
+        CUDA backend does for one row) with the same result."""
+        if residual is None:
+            return self.matmul(self.rms_norm(x, weight, eps), w, trans_b=True, dtype=dtype)
+        n, r = self.rms_norm(x, weight, eps, residual)
+        return self.matmul(n, w, trans_b=True, dtype=dtype), r
+
     def apply_rotary(self, x, positions, base):
         """x (B, L, H, hd); positions int64 (B, L) absolute, or an int (the first position of
         every row). NeoX half split."""

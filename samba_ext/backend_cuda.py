@@ -54,7 +54,7 @@ from .cuda import ops as cuda_ops
 from .cuda import prefetch
 from .cuda import runtime
 from .cuda.array import DeviceArray, to_device, zeros
-from .cuda.blas import matmul
+from .cuda.blas import matmul, rms_norm_linear
 from .cuda.layout import DTYPES, check_dtype, host_contig
 from .cuda.runtime import launch
 from .errors import CudaUnavailableError
@@ -653,6 +653,19 @@ class CUDABackend(Backend):
                 out = DeviceArray.empty(x.shape, self.act_dtype, self.index, self.stream)
             return cuda_ops.rms_norm(x, weight, eps, residual, out=out, stream=self.stream)
         return self._guard(run)
+
+    def rms_norm_matmul(self, x: Any, weight: Any, eps: float, residual: Any, w: Any,
+                        dtype: Any = None) -> Any:
+        """As Backend.rms_norm_matmul; one call (csrc/cuda/rms_norm_gemm.cu: a single kernel
+        for one row where the GEMV runs) when the activations are 16-bit in w's dtype (the
+        dtype the product reads either way)."""
+        if (self.act_dtype not in ("bfloat16", "float16") or getattr(w, "dtype", None)
+                != self.act_dtype or x.ndim != 2):
+            return super().rms_norm_matmul(x, weight, eps, residual, w, dtype)
+        od = self.act_dtype if dtype is None else _dtname(dtype)
+        return self._guard(rms_norm_linear, self._dev(x), weight, eps,
+                           None if residual is None else self._dev(residual), w,
+                           out_dtype=od, stream=self.stream)
 
     def apply_rotary(self, x: Any, positions: Any, base: float) -> Any:
         def run() -> Any:

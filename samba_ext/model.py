@@ -349,13 +349,15 @@ class Samba:
 
     # ------------------------------------------------------------------ the blocks ---
     def _mlp(self, b, n):
-        be, F = self.backend, self._mlp_width
-        if n.ndim == 2:   # decode: one GEMM for gate and up
-            gu = be.matmul(n, b.w12, trans_b=True)
-            h = be.swiglu(gu[:, :F], gu[:, F:])
-        else:
-            h = be.swiglu(be.matmul(n, b.w1, trans_b=True), be.matmul(n, b.w2, trans_b=True))
+        """n (B, L, D) -> (B, L, D) (a decode step's MLP: _mlp_out)."""
+        be = self.backend
+        h = be.swiglu(be.matmul(n, b.w1, trans_b=True), be.matmul(n, b.w2, trans_b=True))
         return be.matmul(h, b.w3, trans_b=True)
+
+    def _mlp_out(self, b, gu):
+        """gu (B, 2F) = [gate | up] of a decode step's MLP -> (B, D)."""
+        be, F = self.backend, self._mlp_width
+        return be.matmul(be.swiglu(gu[:, :F], gu[:, F:]), b.w3, trans_b=True)
 
     def _mamba_chunk(self, b, n, st):
         """n (B, L, D) -> (B, L, D); updates st['conv'], st['ssm'].
@@ -579,12 +581,15 @@ class Samba:
         x = be.take(self._wte, tok, 0, np.float32)      # (B, D) float32 residual
         resid, delta = x, None
         for b, st in zip(self._blocks, state.layers):
+            # the block's pre-norm and its first product in one call (one kernel at B = 1 on
+            # the GPU): (B, 2E) for Mamba, (B, (H + 2G) hd) for attention
+            w_in = b.in_proj if b.kind == "mamba" else b.wqkv
             if delta is None:
-                n = be.rms_norm(resid, b.norm_1, cfg.norm_eps)
+                h = be.rms_norm_matmul(resid, b.norm_1, cfg.norm_eps, None, w_in)
             else:
-                n, resid = be.rms_norm(delta, b.norm_1, cfg.norm_eps, resid)
+                h, resid = be.rms_norm_matmul(delta, b.norm_1, cfg.norm_eps, resid, w_in)
             if b.kind == "mamba":
-                xz = be.matmul(n, b.in_proj, trans_b=True)                  # (B, 2E)
+                xz = h                                                      # (B, 2E)
                 xc = be.causal_conv1d_update(xz[:, :E], st["conv"], b.conv_w, b.conv_b)
                 dbl = be.matmul(xc, b.x_proj, trans_b=True)                 # (B, R + 2N)
                 dt = be.matmul(dbl[:, :R], b.dt_proj, trans_b=True)         # (B, E)
@@ -592,7 +597,7 @@ class Samba:
                                               dbl[:, R + N:], b.Dskip, xz[:, E:], b.dt_bias)
                 mix = be.matmul(y, b.out_proj, trans_b=True)
             else:
-                qkv = be.matmul(n, b.wqkv, trans_b=True)                    # (B, (H+2G) hd)
+                qkv = h                                                     # (B, (H+2G) hd)
                 # RoPE on the H query and G key heads in one call (same position per row)
                 qk = be.apply_rotary(qkv[:, : (H + G) * hd].reshape(B, 1, H + G, hd),
                                      pos.reshape(B, 1), cfg.rope_base)
@@ -603,10 +608,11 @@ class Samba:
                 be.write_rows(st["v"], slots, v)
                 o = be.swa_decode(q, st["k"], st["v"], pos, n_valid)
                 mix = be.matmul(o.reshape(B, H * hd), b.wo, trans_b=True)
-            n, resid = be.rms_norm(mix, b.norm_2, cfg.norm_eps, resid)
-            delta = self._mlp(b, n)
-        nf, _ = be.rms_norm(delta, self._ln_f, cfg.norm_eps, resid)
-        return be.matmul(nf, self._head, trans_b=True, dtype=np.float32)
+            gu, resid = be.rms_norm_matmul(mix, b.norm_2, cfg.norm_eps, resid, b.w12)
+            delta = self._mlp_out(b, gu)
+        lg, _ = be.rms_norm_matmul(delta, self._ln_f, cfg.norm_eps, resid, self._head,
+                                   dtype=np.float32)
+        return lg
 
     def nll(self, tokens: TokensLike, state: Optional[SambaState] = None,
             chunk_size: int = 2048, progress: Optional[Callable[[int, int], Any]] = None

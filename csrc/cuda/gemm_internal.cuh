@@ -43,4 +43,13 @@ extern "C" samba_status samba_cu_gemv(int *done, int64_t M, int64_t N, int64_t K
                                       int64_t ldw, samba_cu_ref y, const int64_t *yoff,
                                       float beta, void *stream);
 
+// gemv.cu: y (1, N) = rms_norm(x [+ res]) @ W^T in one kernel (rms_norm as norm.cu computes
+// it, rounded to W's dtype; res_out = x + res written when res is given). *done = 0 (and
+// SAMBA_OK) when the shapes, dtypes or alignments do not fit or the GEMV is off (the caller
+// then runs rms_norm and the product apart).
+extern "C" samba_status samba_cu_gemv_rms(int *done, int64_t N, int64_t K, samba_cu_ref x,
+                                          samba_cu_ref res, samba_cu_ref res_out,
+                                          samba_cu_ref nw, float eps, samba_cu_ref w,
+                                          int64_t ldw, samba_cu_ref y, void *stream);
+
 #endif

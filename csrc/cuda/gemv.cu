@@ -61,6 +61,7 @@
 
 #include "gemm_internal.cuh"
 #include "pdl.cuh"
+#include "vecio.cuh"
 
 #define GEMV_WARPS 8
 #define GEMV_THREADS (GEMV_WARPS * 32)
@@ -83,6 +84,13 @@ struct GemvArgs {
     int xs_stride;      // elements between x rows in shared memory (multiple of 8)
     int wpr;            // gemv_row_kernel: warps per row of W
     int64_t vps;        // gemv_row_kernel: vectors of a row per warp
+};
+
+// samba_cu_gemv_rms: x = rms_norm(x0 [+ res]) (see norm_prologue).
+struct GemvNorm {
+    samba_cu_ref x, res, res_out, w;  // x0 (K), residual (K) or ptr NULL, residual_out, weight
+    float eps;
+    int tn;                           // threads of norm.cu's kernel for a row of K elements
 };
 
 // ------------------------------------------------------------------ device helpers -----
@@ -311,10 +319,74 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_kernel(const GemvArgs a)
 // in global memory and no reduce kernel. A block of 8 warps covers 8 / WPR rows. x (16- or
 // 8-byte aligned, as W's rows) is read straight from global memory through the L1 (every row
 // of the block reads it). Lanes keep 4 vectors of W and x in flight per step.
-template <typename T, int VEC>
-__global__ void __launch_bounds__(GEMV_THREADS) gemv_row_kernel(const GemvArgs a) {
+template <typename T> __host__ __device__ constexpr int dtype_code();
+template <> __host__ __device__ constexpr int dtype_code<__nv_bfloat16>() { return SAMBA_CU_BF16; }
+template <> __host__ __device__ constexpr int dtype_code<__half>() { return SAMBA_CU_F16; }
+
+// The prologue of gemv_row_kernel<T, VEC, NC > 0> (samba_cu_gemv_rms): x = rms_norm(x0
+// [+ residual]) of one row of n = K elements, rounded to T into shared memory, computed by
+// every block with the arithmetic and summation order of norm.cu's rmsnorm_reg_kernel at E = 8
+// with `tn` threads and NC chunks per thread (the same bits as that kernel's y); block 0 also
+// writes residual_out. red: GEMV_WARPS floats of shared memory.
+template <typename T, int NC>
+__device__ __forceinline__ void norm_prologue(const GemvNorm &nm, int64_t n, unsigned short *xn,
+                                              float *red) {
+    constexpr int E = 8;
+    const int t = threadIdx.x;
+    const int nch = (int)(n / E);
+    const bool act = t < nm.tn;
+    float v[NC][E];
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NC; ++j) {
+        const int c = t + j * nm.tn;
+        if (act && c < nch) {
+            const int64_t col = (int64_t)c * E;
+            RawV<E> rx, rr;
+            ldraw<E>(nm.x, col, rx);
+            if (nm.res.ptr) ldraw<E>(nm.res, col, rr);
+            cvt<E>(rx, nm.x.dtype, v[j]);
+            if (nm.res.ptr) {
+                float r[E];
+                cvt<E>(rr, nm.res.dtype, r);
+#pragma unroll
+                for (int k = 0; k < E; ++k) v[j][k] = round_to(nm.res_out.dtype, v[j][k] + r[k]);
+                if (blockIdx.x == 0) stv<E>(nm.res_out, col, v[j]);
+            }
+#pragma unroll
+            for (int k = 0; k < E; ++k) ss += v[j][k] * v[j][k];
+        }
+    }
+    ss = warp_sum(ss);
+    if ((t & 31) == 0) red[t >> 5] = ss;
+    __syncthreads();
+    float tot = 0.0f;
+    for (int k = 0; k < nm.tn / 32; ++k) tot += red[k];
+    const float r = 1.0f / sqrtf(tot / (float)n + nm.eps);
+#pragma unroll
+    for (int j = 0; j < NC; ++j) {
+        const int c = t + j * nm.tn;
+        if (act && c < nch) {
+            const int64_t col = (int64_t)c * E;
+            float wl[E], o[E];
+            ldv<E>(nm.w, col, wl);
+#pragma unroll
+            for (int k = 0; k < E; ++k) o[k] = v[j][k] * r * wl[k];
+            unsigned w4[4];
+            pack_words<4>(o, dtype_code<T>(), w4);
+            *reinterpret_cast<uint4 *>(xn + col) = make_uint4(w4[0], w4[1], w4[2], w4[3]);
+        }
+    }
+    __syncthreads();
+}
+
+// NC = 0: x from global memory; NC > 0: x = norm_prologue's rows in shared memory.
+template <typename T, int VEC, int NC>
+__global__ void __launch_bounds__(GEMV_THREADS) gemv_row_kernel(const GemvArgs a,
+                                                                const GemvNorm nm) {
     constexpr int W2 = VEC / 2, U = 4;
     __shared__ float part[GEMV_WARPS];
+    __shared__ __align__(16) unsigned short xn[NC > 0 ? NC * GEMV_THREADS * 8 : 8];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int rb = GEMV_WARPS / a.wpr;
     const int64_t n = (int64_t)blockIdx.x * rb + warp / a.wpr;
@@ -333,6 +405,10 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_row_kernel(const GemvArgs a
     pdl_wait();
     pdl_trigger();
     const unsigned short *xg = static_cast<const unsigned short *>(a.x) + a.xoff[0];
+    if constexpr (NC > 0) {
+        norm_prologue<T, NC>(nm, a.K, xn, part);
+        xg = xn;
+    }
     float acc = 0.0f;
     if (row) {
         for (int64_t c = c0 + lane; c < c1; c += 32 * U) {
@@ -342,7 +418,8 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_row_kernel(const GemvArgs a
                 const int64_t cc = c + 32 * u;
                 if (cc < c1) {
                     ld_w<VEC>(wr + cc * (VEC * 2), wv[u]);
-                    ld_xg<VEC>(xg + cc * VEC, xv[u]);
+                    if constexpr (NC > 0) ld_x<VEC>(xg + cc * VEC, xv[u]);
+                    else ld_xg<VEC>(xg + cc * VEC, xv[u]);
                 } else {
 #pragma unroll
                     for (int e = 0; e < W2; ++e) wv[u][e] = xv[u][e] = 0u;
@@ -411,7 +488,9 @@ extern "C" samba_status samba_cu_gemv_set(int on) {
 static int g_sms[GEMV_MAX_DEVICES];
 static long long g_launches;  // calls that ran the GEMV (tests check the dispatch with it)
 
-extern "C" long long samba_cu_gemv_launches(void) { return g_launches; }
+static long long g_rms_launches;  // of which rms_norm fused (samba_cu_gemv_rms)
+
+extern "C" long long samba_cu_gemv_launches(int rms) { return rms ? g_rms_launches : g_launches; }
 
 template <typename T, int MT, int VEC>
 static void launch_mt(const GemvArgs &a, dim3 grid, cudaStream_t st) {
@@ -437,9 +516,22 @@ static int gemv_rows_on(void) {
 
 // gemv_row_kernel for y (1, N) = x @ W^T: the fewest warps per row (1, 2, 4 or 8) that give
 // 2 x #SMs blocks, as long as each warp keeps >= 32 vectors of its row (one per lane).
+// nc > 0: x is rms_norm(nm) (samba_cu_gemv_rms), made by every block in shared memory.
+template <typename T, int VEC>
+static void launch_row_t(unsigned grid, const GemvArgs &a, const GemvNorm &nm, int nc,
+                         cudaStream_t st) {
+    switch (nc) {
+    case 0: samba_launch(gemv_row_kernel<T, VEC, 0>, grid, GEMV_THREADS, 0, st, a, nm); break;
+    case 1: samba_launch(gemv_row_kernel<T, VEC, 1>, grid, GEMV_THREADS, 0, st, a, nm); break;
+    case 2: samba_launch(gemv_row_kernel<T, VEC, 2>, grid, GEMV_THREADS, 0, st, a, nm); break;
+    default: samba_launch(gemv_row_kernel<T, VEC, 4>, grid, GEMV_THREADS, 0, st, a, nm); break;
+    }
+}
+
 static samba_status launch_row(int *done, int64_t N, int64_t K, samba_cu_ref x, int64_t xoff,
                                samba_cu_ref w, int64_t ldw, samba_cu_ref y, int64_t yoff,
-                               float beta, int vec, int64_t sms, cudaStream_t st) {
+                               float beta, int vec, int64_t sms, const GemvNorm &nm, int nc,
+                               cudaStream_t st) {
     const int64_t nvec = K / vec;
     int wpr = 1;
     while (wpr < GEMV_WARPS && cdiv(N * wpr, GEMV_WARPS) < 2 * sms && nvec / (2 * wpr) >= 32)
@@ -460,16 +552,94 @@ static samba_status launch_row(int *done, int64_t N, int64_t K, samba_cu_ref x, 
     a.wpr = wpr;
     a.vps = nvec > 0 ? cdiv(nvec, wpr) : 0;
     const unsigned grid = (unsigned)cdiv(N, GEMV_WARPS / wpr);
-    if (x.dtype == SAMBA_CU_BF16) {
-        if (vec == 8) samba_launch(gemv_row_kernel<__nv_bfloat16, 8>, grid, GEMV_THREADS, 0, st, a);
-        else samba_launch(gemv_row_kernel<__nv_bfloat16, 4>, grid, GEMV_THREADS, 0, st, a);
+    if (w.dtype == SAMBA_CU_BF16) {
+        if (vec == 8) launch_row_t<__nv_bfloat16, 8>(grid, a, nm, nc, st);
+        else launch_row_t<__nv_bfloat16, 4>(grid, a, nm, nc, st);
     } else {
-        if (vec == 8) samba_launch(gemv_row_kernel<__half, 8>, grid, GEMV_THREADS, 0, st, a);
-        else samba_launch(gemv_row_kernel<__half, 4>, grid, GEMV_THREADS, 0, st, a);
+        if (vec == 8) launch_row_t<__half, 8>(grid, a, nm, nc, st);
+        else launch_row_t<__half, 4>(grid, a, nm, nc, st);
     }
     *done = 1;
     g_launches++;
-    return samba_cu_check_launch("gemv (one row)", st);
+    if (nc) g_rms_launches++;
+    return samba_cu_check_launch(nc ? "gemv (one row, rms_norm)" : "gemv (one row)", st);
+}
+
+// SAMBA_GEMV_ON / AUTO allows a one-row product here; the W vector width (8 or 4 elements,
+// from W's base and row pitch), 0 when W is not 8-byte aligned (cuBLAS then).
+static int w_vec(samba_cu_ref w, int64_t N, int64_t ldw) {
+    const uintptr_t wa = reinterpret_cast<uintptr_t>(w.ptr);
+    const int64_t pitch = ldw * 2;
+    if (wa % 16 == 0 && (N == 1 || pitch % 16 == 0)) return 8;
+    if (wa % 8 == 0 && (N == 1 || pitch % 8 == 0)) return 4;
+    return 0;
+}
+
+static samba_status sm_count(int64_t *sms) {
+    int dev = 0;
+    *sms = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return samba_cu_fail("gemv: cudaGetDevice", e);
+    if (dev < 0 || dev >= GEMV_MAX_DEVICES) return SAMBA_OK;
+    if (g_sms[dev] == 0) {
+        int n = 0;
+        e = cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+        if (e != cudaSuccess) return samba_cu_fail("gemv: cudaDeviceGetAttribute", e);
+        g_sms[dev] = n > 0 ? n : 1;
+    }
+    *sms = g_sms[dev];
+    return SAMBA_OK;
+}
+
+static int overlaps(const void *p, int64_t pn, const void *q, int64_t qn) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p), b = reinterpret_cast<uintptr_t>(q);
+    return p != NULL && q != NULL && a < b + (uintptr_t)qn && b < a + (uintptr_t)pn;
+}
+
+static int64_t elem_bytes(samba_cu_ref r) { return r.dtype == SAMBA_CU_F32 ? 4 : 2; }
+
+extern "C" samba_status samba_cu_gemv_rms(int *done, int64_t N, int64_t K, samba_cu_ref x,
+                                          samba_cu_ref res, samba_cu_ref res_out,
+                                          samba_cu_ref nw, float eps, samba_cu_ref w,
+                                          int64_t ldw, samba_cu_ref y, void *stream) {
+    *done = 0;
+    const int on = samba_cu_gemv_enabled();
+    const char *env = getenv("SAMBA_EXT_GEMV_NORM");  // "0": rms_norm apart (comparisons)
+    if (on == SAMBA_GEMV_OFF || (on == SAMBA_GEMV_AUTO && !samba_cu_pdl_enabled()) ||
+        !gemv_rows_on() || (env != NULL && strcmp(env, "0") == 0))
+        return SAMBA_OK;
+    if (N < 1 || K < 8 || K % 8 != 0 || N > INT32_MAX) return SAMBA_OK;
+    if (w.dtype != SAMBA_CU_BF16 && w.dtype != SAMBA_CU_F16) return SAMBA_OK;
+    if (y.dtype != SAMBA_CU_F32 && y.dtype != w.dtype) return SAMBA_OK;
+    if ((res.ptr == NULL) != (res_out.ptr == NULL)) return SAMBA_OK;
+    // E = 8 vectors for every norm operand, as norm.cu's register kernel takes them
+    if (!vec_float_dtype(x.dtype) || !vec_float_dtype(nw.dtype) || !vec_ok(8, x, 0) ||
+        !vec_ok(8, nw, 0) || !vec_ok(8, res, 0) || !vec_ok(8, res_out, 0))
+        return SAMBA_OK;
+    // block 0 writes residual_out while the others read x and the residual
+    if (overlaps(res_out.ptr, K * elem_bytes(res_out), x.ptr, K * elem_bytes(x)) ||
+        overlaps(res_out.ptr, K * elem_bytes(res_out), res.ptr, K * elem_bytes(res)))
+        return SAMBA_OK;
+    const int vec = w_vec(w, N, ldw);
+    if (vec == 0) return SAMBA_OK;
+    // norm.cu's choice for a row of K: the fewest chunks per thread with <= 256 threads
+    const int64_t nch = K / 8;
+    int nc = 0;
+    for (int c = 1; c <= 4 && !nc; c *= 2)
+        if (cdiv(nch, c) <= 256) nc = c;
+    if (!nc) return SAMBA_OK;
+    int64_t sms = 0;
+    samba_status st = sm_count(&sms);
+    if (st != SAMBA_OK || sms == 0) return st;
+    GemvNorm nm;
+    nm.x = x;
+    nm.res = res;
+    nm.res_out = res_out;
+    nm.w = nw;
+    nm.eps = eps;
+    nm.tn = (int)(cdiv(cdiv(nch, nc), 32) * 32);
+    return launch_row(done, N, K, w, 0, w, ldw, y, 0, 0.0f, vec, sms, nm, nc,
+                      (cudaStream_t)stream);
 }
 
 extern "C" samba_status samba_cu_gemv(int *done, int64_t M, int64_t N, int64_t K,
@@ -486,11 +656,7 @@ extern "C" samba_status samba_cu_gemv(int *done, int64_t M, int64_t N, int64_t K
     if (x.dtype != w.dtype || (x.dtype != SAMBA_CU_BF16 && x.dtype != SAMBA_CU_F16))
         return SAMBA_OK;
     if (y.dtype != SAMBA_CU_F32 && y.dtype != x.dtype) return SAMBA_OK;
-    const uintptr_t wa = reinterpret_cast<uintptr_t>(w.ptr);
-    const int64_t pitch = ldw * 2;
-    int vec = 0;
-    if (wa % 16 == 0 && (N == 1 || pitch % 16 == 0)) vec = 8;
-    else if (wa % 8 == 0 && (N == 1 || pitch % 8 == 0)) vec = 4;
+    const int vec = w_vec(w, N, ldw);
     if (vec == 0) return SAMBA_OK;  // cuBLAS reads W of any alignment
     for (int64_t m = 0; m < M; ++m)
         if (xoff[m] < 0 || yoff[m] < 0) return SAMBA_OK;
@@ -498,18 +664,16 @@ extern "C" samba_status samba_cu_gemv(int *done, int64_t M, int64_t N, int64_t K
     int dev = 0;
     cudaError_t e = cudaGetDevice(&dev);
     if (e != cudaSuccess) return samba_cu_fail("gemv: cudaGetDevice", e);
-    if (dev < 0 || dev >= GEMV_MAX_DEVICES) return SAMBA_OK;
-    if (g_sms[dev] == 0) {
-        int n = 0;
-        e = cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
-        if (e != cudaSuccess) return samba_cu_fail("gemv: cudaDeviceGetAttribute", e);
-        g_sms[dev] = n > 0 ? n : 1;
-    }
-    const int64_t sms = g_sms[dev];
+    int64_t sms = 0;
+    samba_status sst = sm_count(&sms);
+    if (sst != SAMBA_OK || sms == 0) return sst;
     const uintptr_t xa = reinterpret_cast<uintptr_t>(x.ptr) + (uintptr_t)xoff[0] * 2;
-    if (M == 1 && gemv_rows_on() && xa % (uintptr_t)(vec * 2) == 0)
-        return launch_row(done, N, K, x, xoff[0], w, ldw, y, yoff[0], beta, vec, sms,
+    if (M == 1 && gemv_rows_on() && xa % (uintptr_t)(vec * 2) == 0) {
+        GemvNorm none;
+        memset(&none, 0, sizeof none);
+        return launch_row(done, N, K, x, xoff[0], w, ldw, y, yoff[0], beta, vec, sms, none, 0,
                           (cudaStream_t)stream);
+    }
     const int mt = M == 1 ? 1 : M == 2 ? 2 : M <= 4 ? 4 : 8;
     const int u = 16 / vec;
 

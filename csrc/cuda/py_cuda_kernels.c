@@ -200,6 +200,24 @@ py_rms_norm(PyObject *self, PyObject *args)
     return done(samba_cu_rmsnorm(rows, n, x, ldx, res, ldr, res_out, w, eps, y, stream));
 }
 
+/* rms_norm_gemm(M, N, K, x, ldx, residual, ldr, residual_out, weight, eps, xn, w, ldw, y, ldy,
+ *               stream) */
+static PyObject *
+py_rms_norm_gemm(PyObject *self, PyObject *args)
+{
+    long long M, N, K, ldx, ldr, ldw, ldy;
+    samba_cu_ref x, res, res_out, nw, xn, w, y;
+    float eps;
+    void *stream;
+    if (!PyArg_ParseTuple(args, "LLLO&LO&LO&O&fO&O&LO&LO&", &M, &N, &K, REF, &x, &ldx, REF, &res,
+                          &ldr, REF, &res_out, REF, &nw, &eps, REF, &xn, REF, &w, &ldw, REF, &y,
+                          &ldy, PTR, &stream)) {
+        return NULL;
+    }
+    return done(samba_cu_rms_norm_gemm(M, N, K, x, ldx, res, ldr, res_out, nw, eps, xn, w, ldw,
+                                       y, ldy, stream));
+}
+
 /* apply_rotary(batch, seqlen, nheads, headdim, x, x_s, positions, pos_batched, offset, base,
  *              y, y_s, stream) */
 static PyObject *
@@ -314,13 +332,17 @@ py_pdl_mode(PyObject *self, PyObject *args)
     return mode_switch(args, samba_cu_pdl_set, samba_cu_pdl_mode);
 }
 
-/* gemv_launches(): GEMM calls that ran the GEMV kernel so far (tests check the dispatch). */
+/* gemv_launches(rms=0): GEMM calls that ran the GEMV kernel so far (tests check the
+ * dispatch); rms=1: those of them with rms_norm fused (rms_norm_gemm). */
 static PyObject *
 py_gemv_launches(PyObject *self, PyObject *args)
 {
     (void)self;
-    (void)args;
-    return PyLong_FromLongLong(samba_cu_gemv_launches());
+    int rms = 0;
+    if (!PyArg_ParseTuple(args, "|i", &rms)) {
+        return NULL;
+    }
+    return PyLong_FromLongLong(samba_cu_gemv_launches(rms));
 }
 
 /* scan_launches(): forward scan calls per kernel so far, (per-channel, split, tile, warp). */
@@ -337,9 +359,10 @@ PyMethodDef samba_pycu_kernel_methods[] = {
     {"scan_launches", py_scan_launches, METH_NOARGS,
      "scan_launches($module, /)"
      "\n--\n\nForward selective-scan calls so far per kernel: (per-channel, split, tile, warp)."},
-    {"gemv_launches", py_gemv_launches, METH_NOARGS,
-     "gemv_launches($module, /)"
-     "\n--\n\nGEMM calls that ran the GEMV kernel so far in this process."},
+    {"gemv_launches", py_gemv_launches, METH_VARARGS,
+     "gemv_launches($module, rms=0, /)"
+     "\n--\n\nGEMM calls that ran the GEMV kernel so far in this process (rms=1: those "
+     "with rms_norm fused)."},
     {"gemv_mode", py_gemv_mode, METH_VARARGS,
      "gemv_mode($module, on=-1, /)"
      "\n--\n\nWhether GEMMs of <= 8 bf16/f16 rows run the GEMV kernel (1), cuBLAS (0) or the "
@@ -388,6 +411,11 @@ PyMethodDef samba_pycu_kernel_methods[] = {
      "rms_norm($module, rows, n, x, ldx, residual, ldr, residual_out, weight, eps, "
      "y, stream, /)"
      "\n--\n\nLaunch the rms_norm kernel (arguments: see py_cuda_kernels.c)."},
+    {"rms_norm_gemm", py_rms_norm_gemm, METH_VARARGS,
+     "rms_norm_gemm($module, M, N, K, x, ldx, residual, ldr, residual_out, weight, eps, xn, "
+     "w, ldw, y, ldy, stream, /)"
+     "\n--\n\nrms_norm then gemm (one kernel for one row where the GEMV runs; arguments: see "
+     "py_cuda_kernels.c)."},
     {"apply_rotary", py_apply_rotary, METH_VARARGS,
      "apply_rotary($module, batch, seqlen, nheads, headdim, x, x_s, positions, "
      "pos_batched, offset, base, y, y_s, stream, /)"

@@ -169,8 +169,9 @@ samba_status samba_cu_gemm_set_mode(int mode);
 #define SAMBA_GEMV_AUTO 2
 int samba_cu_gemv_enabled(void);
 samba_status samba_cu_gemv_set(int on);
-/* Number of GEMM calls that ran the GEMV kernel so far in this process (a testing aid). */
-long long samba_cu_gemv_launches(void);
+/* Number of GEMM calls that ran the GEMV kernel so far in this process (a testing aid); rms != 0:
+ * of those, the ones with rms_norm fused (samba_cu_rms_norm_gemm). */
+long long samba_cu_gemv_launches(int rms);
 /* Programmatic dependent launch (pdl.cuh) of the decode-path kernels (norm, SwiGLU, the one-step
  * conv and scan, rotary, decode attention, copies, GEMV): 1 on, 0 off. Initially on unless
  * SAMBA_EXT_PDL=0, read once on first use; samba_cu_pdl_set overrides it (SAMBA_ERR_ARG unless 0
@@ -281,6 +282,15 @@ samba_status samba_cu_attn_decode(int64_t batch, int64_t nheads, int64_t nheads_
 samba_status samba_cu_rmsnorm(int64_t rows, int64_t n, samba_cu_ref x, int64_t ldx,
                               samba_cu_ref residual, int64_t ldr, samba_cu_ref residual_out,
                               samba_cu_ref weight, float eps, samba_cu_ref y, void *stream);
+/* y (M, N, row stride ldy) = rms_norm(x [+ residual]) @ w^T (w (N, K), row pitch ldw): as
+ * samba_cu_rmsnorm into xn (M, K) contiguous in w's dtype, then samba_cu_gemm (beta 0). One
+ * row with the GEMV on runs a single kernel that leaves xn unwritten (rms_norm_gemm.cu);
+ * residual_out is written either way. */
+samba_status samba_cu_rms_norm_gemm(int64_t M, int64_t N, int64_t K, samba_cu_ref x,
+                                    int64_t ldx, samba_cu_ref residual, int64_t ldr,
+                                    samba_cu_ref residual_out, samba_cu_ref weight, float eps,
+                                    samba_cu_ref xn, samba_cu_ref w, int64_t ldw, samba_cu_ref y,
+                                    int64_t ldy, void *stream);
 /* Rotary (NeoX half split): x, y (B, L, H, hd) with element strides x_s, y_s (last dim
  * contiguous; y may alias x). positions: int32/int64 device array (L) if pos_batched == 0 or
  * (B, L) if 1, plus `offset`; or ptr NULL: position = offset + t. Angles in float64. */

@@ -22,7 +22,7 @@ from .interop import ArrayView
 from .layout import DTYPES, check_dtype
 from .runtime import keeps_device, launch
 
-__all__ = ["linear", "matmul"]
+__all__ = ["linear", "matmul", "rms_norm_linear"]
 
 
 @keeps_device
@@ -46,6 +46,52 @@ def linear(x: Any, weight: Any, *, out: Any = None, out_dtype: Optional[str] = N
         raise TypeError(f"out_dtype: expected float32 or {xa.dtype}, got {od}")
     ya, yres = c.output(xa.shape[:-1] + (N,), od, out)
     launch(c.cu.gemm, M, N, K, xa.ref, K, wa.ref, K, ya.ref, N, 0.0, c.stream)
+    return c.finish(yres)
+
+
+@keeps_device
+def rms_norm_linear(x: Any, norm_weight: Any, eps: float, residual: Any, weight: Any, *,
+                    out_dtype: Optional[str] = None, stream: Any = None) -> Any:
+    """y (..., N) = rms_norm(x, norm_weight, eps, residual) (..., K) @ weight (N, K)^T: the
+    pre-norm of a block and the product that reads it (csrc/cuda/rms_norm_gemm.cu). The
+    normalised rows are rounded to weight's dtype (float16 or bfloat16) before the product, as
+    :func:`samba_ext.cuda.ops.rms_norm` into that dtype followed by :func:`linear` computes
+    them, bit for bit; one row (a batch-1 decode step) runs as one kernel where the GEMV runs
+    (``samba_ext._cuda.gemv_mode``). x: float32, float16 or bfloat16; residual: None or x's
+    shape. Returns y, or (y, x + residual) in residual's dtype when residual is given. y is
+    ``out_dtype`` (float32 or weight's dtype, default weight's)."""
+    eps = float(eps)
+    c = Call("rms_norm_linear", dict(x=x, norm_weight=norm_weight, residual=residual,
+                                     weight=weight), stream)
+    xa = c.arr(x, "x")
+    wa = c.contig(c.arr(weight, "weight", (2,)))
+    if xa.ndim < 1 or xa.shape[-1] != wa.shape[1]:
+        raise ValueError(f"x: last dimension must equal weight.shape[1] ({wa.shape[1]}), got "
+                         f"shape {xa.shape}")
+    if wa.dtype not in ("float16", "bfloat16"):
+        raise TypeError(f"weight: expected float16 or bfloat16, got {wa.dtype}")
+    K, N = wa.shape[1], wa.shape[0]
+    M = int(np.prod(xa.shape[:-1], dtype=np.int64))
+    xa, ldx = c.rows(xa)
+    na = c.contig(c.arr(norm_weight, "norm_weight", (1,)))
+    c.fit(na, "norm_weight", K)
+    ra = c.arr(residual, "residual")
+    c.fit(ra, "residual", *xa.shape)
+    od = check_dtype(out_dtype) if out_dtype else wa.dtype
+    if od not in ("float32", wa.dtype):
+        raise TypeError(f"out_dtype: expected float32 or {wa.dtype}, got {od}")
+    ya, yres = c.output(xa.shape[:-1] + (N,), od, None)
+    xn = c.new((M, K), wa.dtype)
+    c.keep.append(xn)
+    if ra is not None:
+        ra, ldr = c.rows(ra)
+        ro = c.new(xa.shape, "float32" if c.host else ra.dtype)
+        launch(c.cu.rms_norm_gemm, M, N, K, xa.ref, ldx, ra.ref, ldr,
+               (ro.ptr, DTYPES[ro.dtype][0]), na.ref, eps, (xn.ptr, DTYPES[xn.dtype][0]),
+               wa.ref, K, ya.ref, N, c.stream)
+        return c.finish((yres, ro))
+    launch(c.cu.rms_norm_gemm, M, N, K, xa.ref, ldx, None, 0, None, na.ref, eps,
+           (xn.ptr, DTYPES[xn.dtype][0]), wa.ref, K, ya.ref, N, c.stream)
     return c.finish(yres)
 
 
