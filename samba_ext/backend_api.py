@@ -162,6 +162,12 @@ class Backend:
         n, r = self.rms_norm(x, weight, eps, residual)
         return self.matmul(n, w, trans_b=True, dtype=dtype), r
 
+    def swiglu_matmul(self, gate, up, w, dtype=None):
+        """``matmul(swiglu(gate, up), w, trans_b=True, dtype=dtype)``: an MLP's down
+        projection. A backend may run the two as one kernel (the CUDA backend does for one
+        row) with the same result."""
+        return self.matmul(self.swiglu(gate, up), w, trans_b=True, dtype=dtype)
+
     def apply_rotary(self, x, positions, base):
         """x (B, L, H, hd); positions int64 (B, L) absolute, or an int (the first position of
         every row). NeoX half split."""

@@ -54,7 +54,7 @@ from .cuda import ops as cuda_ops
 from .cuda import prefetch
 from .cuda import runtime
 from .cuda.array import DeviceArray, to_device, zeros
-from .cuda.blas import matmul, rms_norm_linear
+from .cuda.blas import matmul, rms_norm_linear, swiglu_linear
 from .cuda.layout import DTYPES, check_dtype, host_contig
 from .cuda.runtime import launch
 from .errors import CudaUnavailableError
@@ -656,7 +656,7 @@ class CUDABackend(Backend):
 
     def rms_norm_matmul(self, x: Any, weight: Any, eps: float, residual: Any, w: Any,
                         dtype: Any = None) -> Any:
-        """As Backend.rms_norm_matmul; one call (csrc/cuda/rms_norm_gemm.cu: a single kernel
+        """As Backend.rms_norm_matmul; one call (csrc/cuda/fused_gemm.cu: a single kernel
         for one row where the GEMV runs) when the activations are 16-bit in w's dtype (the
         dtype the product reads either way)."""
         if (self.act_dtype not in ("bfloat16", "float16") or getattr(w, "dtype", None)
@@ -666,6 +666,15 @@ class CUDABackend(Backend):
         return self._guard(rms_norm_linear, self._dev(x), weight, eps,
                            None if residual is None else self._dev(residual), w,
                            out_dtype=od, stream=self.stream)
+
+    def swiglu_matmul(self, gate: Any, up: Any, w: Any, dtype: Any = None) -> Any:
+        """As Backend.swiglu_matmul; one call (csrc/cuda/fused_gemm.cu) when gate is 16-bit in
+        w's dtype (swiglu's output dtype, which the product reads either way)."""
+        if (getattr(gate, "dtype", None) not in ("bfloat16", "float16")
+                or getattr(w, "dtype", None) != gate.dtype or gate.ndim != 2):
+            return super().swiglu_matmul(gate, up, w, dtype)
+        od = self.act_dtype if dtype is None else _dtname(dtype)
+        return self._guard(swiglu_linear, gate, up, w, out_dtype=od, stream=self.stream)
 
     def apply_rotary(self, x: Any, positions: Any, base: float) -> Any:
         def run() -> Any:

@@ -357,7 +357,7 @@ class Samba:
     def _mlp_out(self, b, gu):
         """gu (B, 2F) = [gate | up] of a decode step's MLP -> (B, D)."""
         be, F = self.backend, self._mlp_width
-        return be.matmul(be.swiglu(gu[:, :F], gu[:, F:]), b.w3, trans_b=True)
+        return be.swiglu_matmul(gu[:, :F], gu[:, F:], b.w3)
 
     def _mamba_chunk(self, b, n, st):
         """n (B, L, D) -> (B, L, D); updates st['conv'], st['ssm'].

@@ -51,5 +51,10 @@ extern "C" samba_status samba_cu_gemv_rms(int *done, int64_t N, int64_t K, samba
                                           samba_cu_ref res, samba_cu_ref res_out,
                                           samba_cu_ref nw, float eps, samba_cu_ref w,
                                           int64_t ldw, samba_cu_ref y, void *stream);
+// gemv.cu: y (1, N) = (silu(g) * u) @ W^T in one kernel (SwiGLU as swiglu.cu computes it,
+// rounded to W's dtype); *done as samba_cu_gemv_rms.
+extern "C" samba_status samba_cu_gemv_swiglu(int *done, int64_t N, int64_t K, samba_cu_ref g,
+                                             samba_cu_ref u, samba_cu_ref w, int64_t ldw,
+                                             samba_cu_ref y, void *stream);
 
 #endif

@@ -69,6 +69,8 @@
 #define GEMV_SMEM_ELEMS 16384     // x slice in shared memory: 16-bit elements (32 KiB)
 #define GEMV_MAX_SPLITS 1024
 #define GEMV_MAX_DEVICES 64
+#define GEMV_SWIGLU 8             // gemv_row_kernel's NC for the SwiGLU prologue
+#define GEMV_PRO_ELEMS (4 * GEMV_THREADS * 8)  // a prologue's row in shared memory: K <= 8192
 
 struct GemvArgs {
     const void *w;      // W (N, K), row pitch ldw elements
@@ -380,13 +382,39 @@ __device__ __forceinline__ void norm_prologue(const GemvNorm &nm, int64_t n, uns
     __syncthreads();
 }
 
-// NC = 0: x from global memory; NC > 0: x = norm_prologue's rows in shared memory.
+// The prologue of gemv_row_kernel<T, VEC, GEMV_SWIGLU> (samba_cu_gemv_swiglu): x = silu(gate)
+// * up over the K elements of one row (pr.x = gate, pr.res = up), computed as swiglu.cu's
+// kernel does element by element (the same bits), rounded to T into shared memory.
+template <typename T>
+__device__ __forceinline__ void swiglu_prologue(const GemvNorm &pr, int64_t n,
+                                                unsigned short *xn) {
+    constexpr int E = 8;
+    const int nch = (int)(n / E);
+    for (int c = threadIdx.x; c < nch; c += GEMV_THREADS) {
+        const int64_t col = (int64_t)c * E;
+        RawV<E> ra, rb;
+        ldraw<E>(pr.x, col, ra);
+        ldraw<E>(pr.res, col, rb);
+        float a[E], b[E], o[E];
+        cvt<E>(ra, pr.x.dtype, a);
+        cvt<E>(rb, pr.res.dtype, b);
+#pragma unroll
+        for (int e = 0; e < E; ++e) o[e] = silu_f(a[e]) * b[e];
+        unsigned w4[4];
+        pack_words<4>(o, dtype_code<T>(), w4);
+        *reinterpret_cast<uint4 *>(xn + col) = make_uint4(w4[0], w4[1], w4[2], w4[3]);
+    }
+    __syncthreads();
+}
+
+// NC = 0: x from global memory; NC in 1..4: x = norm_prologue's row in shared memory;
+// NC = GEMV_SWIGLU: x = swiglu_prologue's row.
 template <typename T, int VEC, int NC>
 __global__ void __launch_bounds__(GEMV_THREADS) gemv_row_kernel(const GemvArgs a,
                                                                 const GemvNorm nm) {
     constexpr int W2 = VEC / 2, U = 4;
     __shared__ float part[GEMV_WARPS];
-    __shared__ __align__(16) unsigned short xn[NC > 0 ? NC * GEMV_THREADS * 8 : 8];
+    __shared__ __align__(16) unsigned short xn[NC > 0 ? GEMV_PRO_ELEMS : 8];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int rb = GEMV_WARPS / a.wpr;
     const int64_t n = (int64_t)blockIdx.x * rb + warp / a.wpr;
@@ -405,7 +433,10 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_row_kernel(const GemvArgs a
     pdl_wait();
     pdl_trigger();
     const unsigned short *xg = static_cast<const unsigned short *>(a.x) + a.xoff[0];
-    if constexpr (NC > 0) {
+    if constexpr (NC == GEMV_SWIGLU) {
+        swiglu_prologue<T>(nm, a.K, xn);
+        xg = xn;
+    } else if constexpr (NC > 0) {
         norm_prologue<T, NC>(nm, a.K, xn, part);
         xg = xn;
     }
@@ -488,9 +519,12 @@ extern "C" samba_status samba_cu_gemv_set(int on) {
 static int g_sms[GEMV_MAX_DEVICES];
 static long long g_launches;  // calls that ran the GEMV (tests check the dispatch with it)
 
-static long long g_rms_launches;  // of which rms_norm fused (samba_cu_gemv_rms)
+static long long g_rms_launches;     // of which rms_norm fused (samba_cu_gemv_rms)
+static long long g_swiglu_launches;  // of which SwiGLU fused (samba_cu_gemv_swiglu)
 
-extern "C" long long samba_cu_gemv_launches(int rms) { return rms ? g_rms_launches : g_launches; }
+extern "C" long long samba_cu_gemv_launches(int which) {
+    return which == 1 ? g_rms_launches : which == 2 ? g_swiglu_launches : g_launches;
+}
 
 template <typename T, int MT, int VEC>
 static void launch_mt(const GemvArgs &a, dim3 grid, cudaStream_t st) {
@@ -524,7 +558,10 @@ static void launch_row_t(unsigned grid, const GemvArgs &a, const GemvNorm &nm, i
     case 0: samba_launch(gemv_row_kernel<T, VEC, 0>, grid, GEMV_THREADS, 0, st, a, nm); break;
     case 1: samba_launch(gemv_row_kernel<T, VEC, 1>, grid, GEMV_THREADS, 0, st, a, nm); break;
     case 2: samba_launch(gemv_row_kernel<T, VEC, 2>, grid, GEMV_THREADS, 0, st, a, nm); break;
-    default: samba_launch(gemv_row_kernel<T, VEC, 4>, grid, GEMV_THREADS, 0, st, a, nm); break;
+    case 4: samba_launch(gemv_row_kernel<T, VEC, 4>, grid, GEMV_THREADS, 0, st, a, nm); break;
+    default:
+        samba_launch(gemv_row_kernel<T, VEC, GEMV_SWIGLU>, grid, GEMV_THREADS, 0, st, a, nm);
+        break;
     }
 }
 
@@ -561,8 +598,20 @@ static samba_status launch_row(int *done, int64_t N, int64_t K, samba_cu_ref x, 
     }
     *done = 1;
     g_launches++;
-    if (nc) g_rms_launches++;
-    return samba_cu_check_launch(nc ? "gemv (one row, rms_norm)" : "gemv (one row)", st);
+    if (nc == GEMV_SWIGLU) g_swiglu_launches++;
+    else if (nc) g_rms_launches++;
+    return samba_cu_check_launch(nc == GEMV_SWIGLU ? "gemv (one row, swiglu)"
+                                 : nc ? "gemv (one row, rms_norm)" : "gemv (one row)", st);
+}
+
+// SAMBA_EXT_GEMV_FUSE (read at each call, for comparisons): "0" runs the elementwise steps
+// of fused_gemm.cu apart, "rms" / "swiglu" fuses only that one, anything else (unset) both.
+static int fuse_on(const char *which) {
+    const char *v = getenv("SAMBA_EXT_GEMV_FUSE");
+    if (v == NULL) return 1;
+    if (strcmp(v, "0") == 0) return 0;
+    if (strcmp(v, "rms") == 0 || strcmp(v, "swiglu") == 0) return strcmp(v, which) == 0;
+    return 1;
 }
 
 // SAMBA_GEMV_ON / AUTO allows a one-row product here; the W vector width (8 or 4 elements,
@@ -604,9 +653,8 @@ extern "C" samba_status samba_cu_gemv_rms(int *done, int64_t N, int64_t K, samba
                                           int64_t ldw, samba_cu_ref y, void *stream) {
     *done = 0;
     const int on = samba_cu_gemv_enabled();
-    const char *env = getenv("SAMBA_EXT_GEMV_NORM");  // "0": rms_norm apart (comparisons)
     if (on == SAMBA_GEMV_OFF || (on == SAMBA_GEMV_AUTO && !samba_cu_pdl_enabled()) ||
-        !gemv_rows_on() || (env != NULL && strcmp(env, "0") == 0))
+        !gemv_rows_on() || !fuse_on("rms"))
         return SAMBA_OK;
     if (N < 1 || K < 8 || K % 8 != 0 || N > INT32_MAX) return SAMBA_OK;
     if (w.dtype != SAMBA_CU_BF16 && w.dtype != SAMBA_CU_F16) return SAMBA_OK;
@@ -639,6 +687,33 @@ extern "C" samba_status samba_cu_gemv_rms(int *done, int64_t N, int64_t K, samba
     nm.eps = eps;
     nm.tn = (int)(cdiv(cdiv(nch, nc), 32) * 32);
     return launch_row(done, N, K, w, 0, w, ldw, y, 0, 0.0f, vec, sms, nm, nc,
+                      (cudaStream_t)stream);
+}
+
+extern "C" samba_status samba_cu_gemv_swiglu(int *done, int64_t N, int64_t K, samba_cu_ref g,
+                                             samba_cu_ref u, samba_cu_ref w, int64_t ldw,
+                                             samba_cu_ref y, void *stream) {
+    *done = 0;
+    const int on = samba_cu_gemv_enabled();
+    if (on == SAMBA_GEMV_OFF || (on == SAMBA_GEMV_AUTO && !samba_cu_pdl_enabled()) ||
+        !gemv_rows_on() || !fuse_on("swiglu"))
+        return SAMBA_OK;
+    if (N < 1 || K < 8 || K % 8 != 0 || K > GEMV_PRO_ELEMS || N > INT32_MAX) return SAMBA_OK;
+    if (w.dtype != SAMBA_CU_BF16 && w.dtype != SAMBA_CU_F16) return SAMBA_OK;
+    if (y.dtype != SAMBA_CU_F32 && y.dtype != w.dtype) return SAMBA_OK;
+    if (!vec_float_dtype(g.dtype) || !vec_float_dtype(u.dtype) || !vec_ok(8, g, 0) ||
+        !vec_ok(8, u, 0))
+        return SAMBA_OK;
+    const int vec = w_vec(w, N, ldw);
+    if (vec == 0) return SAMBA_OK;
+    int64_t sms = 0;
+    samba_status st = sm_count(&sms);
+    if (st != SAMBA_OK || sms == 0) return st;
+    GemvNorm pr;
+    memset(&pr, 0, sizeof pr);
+    pr.x = g;
+    pr.res = u;
+    return launch_row(done, N, K, w, 0, w, ldw, y, 0, 0.0f, vec, sms, pr, GEMV_SWIGLU,
                       (cudaStream_t)stream);
 }
 

@@ -218,6 +218,20 @@ py_rms_norm_gemm(PyObject *self, PyObject *args)
                                        y, ldy, stream));
 }
 
+/* swiglu_gemm(M, N, K, gate, ld_gate, up, ld_up, h, w, ldw, y, ldy, stream) */
+static PyObject *
+py_swiglu_gemm(PyObject *self, PyObject *args)
+{
+    long long M, N, K, ldg, ldu, ldw, ldy;
+    samba_cu_ref g, u, h, w, y;
+    void *stream;
+    if (!PyArg_ParseTuple(args, "LLLO&LO&LO&O&LO&LO&", &M, &N, &K, REF, &g, &ldg, REF, &u, &ldu,
+                          REF, &h, REF, &w, &ldw, REF, &y, &ldy, PTR, &stream)) {
+        return NULL;
+    }
+    return done(samba_cu_swiglu_gemm(M, N, K, g, ldg, u, ldu, h, w, ldw, y, ldy, stream));
+}
+
 /* apply_rotary(batch, seqlen, nheads, headdim, x, x_s, positions, pos_batched, offset, base,
  *              y, y_s, stream) */
 static PyObject *
@@ -332,17 +346,17 @@ py_pdl_mode(PyObject *self, PyObject *args)
     return mode_switch(args, samba_cu_pdl_set, samba_cu_pdl_mode);
 }
 
-/* gemv_launches(rms=0): GEMM calls that ran the GEMV kernel so far (tests check the
- * dispatch); rms=1: those of them with rms_norm fused (rms_norm_gemm). */
+/* gemv_launches(which=0): GEMM calls that ran the GEMV kernel so far (tests check the
+ * dispatch); which=1 / 2: those of them with rms_norm / SwiGLU fused (fused_gemm.cu). */
 static PyObject *
 py_gemv_launches(PyObject *self, PyObject *args)
 {
     (void)self;
-    int rms = 0;
-    if (!PyArg_ParseTuple(args, "|i", &rms)) {
+    int which = 0;
+    if (!PyArg_ParseTuple(args, "|i", &which)) {
         return NULL;
     }
-    return PyLong_FromLongLong(samba_cu_gemv_launches(rms));
+    return PyLong_FromLongLong(samba_cu_gemv_launches(which));
 }
 
 /* scan_launches(): forward scan calls per kernel so far, (per-channel, split, tile, warp). */
@@ -360,9 +374,9 @@ PyMethodDef samba_pycu_kernel_methods[] = {
      "scan_launches($module, /)"
      "\n--\n\nForward selective-scan calls so far per kernel: (per-channel, split, tile, warp)."},
     {"gemv_launches", py_gemv_launches, METH_VARARGS,
-     "gemv_launches($module, rms=0, /)"
-     "\n--\n\nGEMM calls that ran the GEMV kernel so far in this process (rms=1: those "
-     "with rms_norm fused)."},
+     "gemv_launches($module, which=0, /)"
+     "\n--\n\nGEMM calls that ran the GEMV kernel so far in this process (which=1 / 2: "
+     "those with rms_norm / SwiGLU fused)."},
     {"gemv_mode", py_gemv_mode, METH_VARARGS,
      "gemv_mode($module, on=-1, /)"
      "\n--\n\nWhether GEMMs of <= 8 bf16/f16 rows run the GEMV kernel (1), cuBLAS (0) or the "
@@ -415,6 +429,10 @@ PyMethodDef samba_pycu_kernel_methods[] = {
      "rms_norm_gemm($module, M, N, K, x, ldx, residual, ldr, residual_out, weight, eps, xn, "
      "w, ldw, y, ldy, stream, /)"
      "\n--\n\nrms_norm then gemm (one kernel for one row where the GEMV runs; arguments: see "
+     "py_cuda_kernels.c)."},
+    {"swiglu_gemm", py_swiglu_gemm, METH_VARARGS,
+     "swiglu_gemm($module, M, N, K, gate, ld_gate, up, ld_up, h, w, ldw, y, ldy, stream, /)"
+     "\n--\n\nswiglu then gemm (one kernel for one row where the GEMV runs; arguments: see "
      "py_cuda_kernels.c)."},
     {"apply_rotary", py_apply_rotary, METH_VARARGS,
      "apply_rotary($module, batch, seqlen, nheads, headdim, x, x_s, positions, "

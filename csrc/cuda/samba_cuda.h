@@ -169,9 +169,9 @@ samba_status samba_cu_gemm_set_mode(int mode);
 #define SAMBA_GEMV_AUTO 2
 int samba_cu_gemv_enabled(void);
 samba_status samba_cu_gemv_set(int on);
-/* Number of GEMM calls that ran the GEMV kernel so far in this process (a testing aid); rms != 0:
- * of those, the ones with rms_norm fused (samba_cu_rms_norm_gemm). */
-long long samba_cu_gemv_launches(int rms);
+/* Number of GEMM calls that ran the GEMV kernel so far in this process (a testing aid); which
+ * 1 / 2: of those, the ones with rms_norm / SwiGLU fused (fused_gemm.cu). */
+long long samba_cu_gemv_launches(int which);
 /* Programmatic dependent launch (pdl.cuh) of the decode-path kernels (norm, SwiGLU, the one-step
  * conv and scan, rotary, decode attention, copies, GEMV): 1 on, 0 off. Initially on unless
  * SAMBA_EXT_PDL=0, read once on first use; samba_cu_pdl_set overrides it (SAMBA_ERR_ARG unless 0
@@ -284,13 +284,19 @@ samba_status samba_cu_rmsnorm(int64_t rows, int64_t n, samba_cu_ref x, int64_t l
                               samba_cu_ref weight, float eps, samba_cu_ref y, void *stream);
 /* y (M, N, row stride ldy) = rms_norm(x [+ residual]) @ w^T (w (N, K), row pitch ldw): as
  * samba_cu_rmsnorm into xn (M, K) contiguous in w's dtype, then samba_cu_gemm (beta 0). One
- * row with the GEMV on runs a single kernel that leaves xn unwritten (rms_norm_gemm.cu);
+ * row with the GEMV on runs a single kernel that leaves xn unwritten (fused_gemm.cu);
  * residual_out is written either way. */
 samba_status samba_cu_rms_norm_gemm(int64_t M, int64_t N, int64_t K, samba_cu_ref x,
                                     int64_t ldx, samba_cu_ref residual, int64_t ldr,
                                     samba_cu_ref residual_out, samba_cu_ref weight, float eps,
                                     samba_cu_ref xn, samba_cu_ref w, int64_t ldw, samba_cu_ref y,
                                     int64_t ldy, void *stream);
+/* y (M, N, row stride ldy) = (silu(g) * u) @ w^T, g and u (M, K) with row strides ldg / ldu:
+ * as samba_cu_swiglu into h (M, K) contiguous in w's dtype, then samba_cu_gemm (beta 0); one
+ * row with the GEMV on runs a single kernel that leaves h unwritten (fused_gemm.cu). */
+samba_status samba_cu_swiglu_gemm(int64_t M, int64_t N, int64_t K, samba_cu_ref g, int64_t ldg,
+                                  samba_cu_ref u, int64_t ldu, samba_cu_ref h, samba_cu_ref w,
+                                  int64_t ldw, samba_cu_ref y, int64_t ldy, void *stream);
 /* Rotary (NeoX half split): x, y (B, L, H, hd) with element strides x_s, y_s (last dim
  * contiguous; y may alias x). positions: int32/int64 device array (L) if pos_batched == 0 or
  * (B, L) if 1, plus `offset`; or ptr NULL: position = offset + t. Angles in float64. */

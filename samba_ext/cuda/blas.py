@@ -22,7 +22,7 @@ from .interop import ArrayView
 from .layout import DTYPES, check_dtype
 from .runtime import keeps_device, launch
 
-__all__ = ["linear", "matmul", "rms_norm_linear"]
+__all__ = ["linear", "matmul", "rms_norm_linear", "swiglu_linear"]
 
 
 @keeps_device
@@ -53,7 +53,7 @@ def linear(x: Any, weight: Any, *, out: Any = None, out_dtype: Optional[str] = N
 def rms_norm_linear(x: Any, norm_weight: Any, eps: float, residual: Any, weight: Any, *,
                     out_dtype: Optional[str] = None, stream: Any = None) -> Any:
     """y (..., N) = rms_norm(x, norm_weight, eps, residual) (..., K) @ weight (N, K)^T: the
-    pre-norm of a block and the product that reads it (csrc/cuda/rms_norm_gemm.cu). The
+    pre-norm of a block and the product that reads it (csrc/cuda/fused_gemm.cu). The
     normalised rows are rounded to weight's dtype (float16 or bfloat16) before the product, as
     :func:`samba_ext.cuda.ops.rms_norm` into that dtype followed by :func:`linear` computes
     them, bit for bit; one row (a batch-1 decode step) runs as one kernel where the GEMV runs
@@ -92,6 +92,39 @@ def rms_norm_linear(x: Any, norm_weight: Any, eps: float, residual: Any, weight:
         return c.finish((yres, ro))
     launch(c.cu.rms_norm_gemm, M, N, K, xa.ref, ldx, None, 0, None, na.ref, eps,
            (xn.ptr, DTYPES[xn.dtype][0]), wa.ref, K, ya.ref, N, c.stream)
+    return c.finish(yres)
+
+
+@keeps_device
+def swiglu_linear(gate: Any, up: Any, weight: Any, *, out_dtype: Optional[str] = None,
+                  stream: Any = None) -> Any:
+    """y (..., N) = (silu(gate) * up) (..., K) @ weight (N, K)^T: an MLP's down projection
+    (csrc/cuda/fused_gemm.cu). silu(gate) * up is rounded to weight's dtype (float16 or
+    bfloat16) before the product, as :func:`samba_ext.cuda.ops.swiglu` into that dtype followed
+    by :func:`linear` computes it, bit for bit; one row runs as one kernel where the GEMV runs.
+    y is ``out_dtype`` (float32 or weight's dtype, default weight's)."""
+    c = Call("swiglu_linear", dict(gate=gate, up=up, weight=weight), stream)
+    ga = c.arr(gate, "gate")
+    ua = c.arr(up, "up")
+    wa = c.contig(c.arr(weight, "weight", (2,)))
+    if ga.ndim < 1 or ga.shape[-1] != wa.shape[1]:
+        raise ValueError(f"gate: last dimension must equal weight.shape[1] ({wa.shape[1]}), "
+                         f"got shape {ga.shape}")
+    c.fit(ua, "up", *ga.shape)
+    if wa.dtype not in ("float16", "bfloat16"):
+        raise TypeError(f"weight: expected float16 or bfloat16, got {wa.dtype}")
+    K, N = wa.shape[1], wa.shape[0]
+    M = int(np.prod(ga.shape[:-1], dtype=np.int64))
+    ga, ldg = c.rows(ga)
+    ua, ldu = c.rows(ua)
+    od = check_dtype(out_dtype) if out_dtype else wa.dtype
+    if od not in ("float32", wa.dtype):
+        raise TypeError(f"out_dtype: expected float32 or {wa.dtype}, got {od}")
+    ya, yres = c.output(ga.shape[:-1] + (N,), od, None)
+    h = c.new((M, K), wa.dtype)
+    c.keep.append(h)
+    launch(c.cu.swiglu_gemm, M, N, K, ga.ref, ldg, ua.ref, ldu, (h.ptr, DTYPES[h.dtype][0]),
+           wa.ref, K, ya.ref, N, c.stream)
     return c.finish(yres)
 
 

@@ -1,14 +1,16 @@
-"""samba_ext.cuda.blas.rms_norm_linear (csrc/cuda/rms_norm_gemm.cu): y = rms_norm(x [+ residual])
-@ W^T. One row with the GEMV on runs one kernel (gemv.cu's gemv_row_kernel with the norm as
-its prologue, computed by every block); every other call runs norm.cu's kernel and then the
+"""The products of csrc/cuda/fused_gemm.cu: samba_ext.cuda.blas.rms_norm_linear, y =
+rms_norm(x [+ residual]) @ W^T, and swiglu_linear, y = (silu(gate) * up) @ W^T. One row with
+the GEMV on runs one kernel (gemv.cu's gemv_row_kernel with the elementwise step as its
+prologue, computed by every block); every other call runs the elementwise kernel and then the
 product.
 
-The fused kernel normalises with norm.cu's arithmetic and summation order and then runs the
-one-row product of the unfused path, so against ``ops.rms_norm`` (into W's dtype) followed by
-``blas.linear`` on the same inputs it must agree bit for bit: y and x + residual. The unfused
-pair is itself checked against float64 (tests/test_cuda_gemv.py, the rms_norm tests), and here
-y is also compared with a float64 product of the rounded normalised rows (tolerance of
-test_cuda_gemv.py: float32 accumulation and one rounding of the output).
+The fused kernels compute the elementwise step with norm.cu's / swiglu.cu's arithmetic (and,
+for the norm, its summation order) and then run the one-row product of the unfused path, so
+against ``ops.rms_norm`` / ``ops.swiglu`` (into W's dtype) followed by ``blas.linear`` on the
+same inputs they must agree bit for bit: y and x + residual. The unfused pairs are themselves
+checked against float64 (tests/test_cuda_gemv.py and the kernel tests), and here y is also
+compared with a float64 product of the rounded rows (tolerance of test_cuda_gemv.py: float32
+accumulation and one rounding of the output).
 """
 from __future__ import annotations
 
@@ -142,9 +144,9 @@ def test_rms_norm_linear_rejects_bad_arguments(cu, bad, match):
 
 @pytest.mark.parametrize("B", [1, 2])
 def test_model_decode_fused_equals_apart(rng, monkeypatch, B):
-    """A tiny bf16 CUDA model decoding with graphs, GEMV on: the pre-norms fused into the
-    products (default) against SAMBA_EXT_GEMV_NORM=0 (apart): the same logits bit for bit, and
-    at batch 1 the fused kernel ran (49 calls per step of samba-1.7b; here 2 per block + 1)."""
+    """A tiny bf16 CUDA model decoding with graphs, GEMV on: the pre-norms and SwiGLUs fused
+    into the products (default) against SAMBA_EXT_GEMV_FUSE=0 (apart): the same logits bit
+    for bit, and at batch 1 both fused kernels ran."""
     import dataclasses
 
     from samba_ext.backend_cuda import CUDABackend
@@ -157,22 +159,71 @@ def test_model_decode_fused_equals_apart(rng, monkeypatch, B):
     cfg = dataclasses.replace(SambaConfig.preset("samba-test"),
                               layer_types=("mamba", "swa", "attn", "mamba"))
     toks = rng.integers(0, cfg.vocab_size, (B, 12))
-    outs, fused = [], []
+    outs, fused, fused_mlp = [], [], []
     try:
         cu.gemv_mode(1)
         for env in ("1", "0"):
-            monkeypatch.setenv("SAMBA_EXT_GEMV_NORM", env)
-            before = cu.gemv_launches(1)
+            monkeypatch.setenv("SAMBA_EXT_GEMV_FUSE", env)
+            before, before_mlp = cu.gemv_launches(1), cu.gemv_launches(2)
             m = Samba(cfg, seed=6, device=CUDABackend(act_dtype="bfloat16",
                                                       weight_dtype="bfloat16", graphs=True))
             st = m.new_state(B)
             m.prefill(toks[:, :4], st)
             outs.append(np.stack([np.asarray(m.step(toks[:, t], st)) for t in range(4, 12)]))
             fused.append(cu.gemv_launches(1) - before)
+            fused_mlp.append(cu.gemv_launches(2) - before_mlp)
             assert m.backend.stats["replays"] > 0
     finally:
         cu.gemv_mode(old)
     # graphs replay without calling the dispatch again: count the eager / captured steps only
     assert (fused[0] > 0) == (B == 1) and fused[1] == 0, fused
+    assert (fused_mlp[0] > 0) == (B == 1) and fused_mlp[1] == 0, fused_mlp
     assert np.isfinite(outs[0]).all()
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("dt", ["bfloat16", "float16"])
+@pytest.mark.parametrize("M", [1, 3])
+@pytest.mark.parametrize("K,N", [(64, 7), (2056, 160), (8192, 2048), (8200, 33)])
+def test_swiglu_linear_matches_the_unfused_pair(cu, rng, dt, M, K, N):
+    """gate and up as the two halves of one (M, 2K) array (the decode step's layout); K 8192:
+    the largest row the fused kernel holds (samba-1.7b's MLP); 8200: apart. Inputs scaled so
+    that silu sees both signs and large values."""
+    from samba_ext.cuda import ops, to_device
+    from samba_ext.cuda.array import DeviceArray
+    from samba_ext.cuda.blas import linear, swiglu_linear
+
+    fuses = M == 1 and K <= 8192
+    gu = to_device((3.0 * rng.standard_normal((M, 2 * K))).astype(np.float32), dt)
+    w = round_to(rng.standard_normal((N, K)), dt)
+    wd = to_device(w.astype(np.float32), dt)
+    g, u = gu[:, :K], gu[:, K:]
+    for od in (dt, "float32"):
+        before = cu.gemv_launches(2)
+        y = swiglu_linear(g, u, wd, out_dtype=od)
+        cu.device_sync()
+        assert cu.gemv_launches(2) - before == int(fuses), (dt, M, K, N, od)
+        h = DeviceArray.empty((M, K), dt)
+        ops.swiglu(g, u, out=h)
+        yr = linear(h, wd, out_dtype=od)
+        yh = host(y)
+        assert np.isfinite(yh).all()
+        np.testing.assert_array_equal(yh, host(yr), err_msg=str((dt, M, K, N, od)))
+        a = host(h).astype(np.float64)
+        ref = a @ w.T
+        den = max(np.linalg.norm(ref), np.linalg.norm(np.abs(a) @ np.abs(w).T) / np.sqrt(K))
+        assert np.linalg.norm(yh - ref) / den <= TOL[od]
+
+
+def test_swiglu_linear_rejects_bad_arguments(cu):
+    from samba_ext.cuda import to_device
+    from samba_ext.cuda.blas import swiglu_linear
+
+    g = to_device(np.zeros((1, 8), np.float32), "bfloat16")
+    w = to_device(np.zeros((4, 8), np.float32), "bfloat16")
+    with pytest.raises(ValueError, match="up"):
+        swiglu_linear(g, to_device(np.zeros((1, 9), np.float32), "bfloat16"), w)
+    with pytest.raises(ValueError, match="gate: last dimension"):
+        swiglu_linear(to_device(np.zeros((1, 9), np.float32), "bfloat16"), g, w)
+    with pytest.raises(TypeError, match="weight: expected float16 or bfloat16"):
+        swiglu_linear(g, g, to_device(np.zeros((4, 8), np.float32)))
