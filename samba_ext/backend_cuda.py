@@ -663,8 +663,8 @@ class CUDABackend(Backend):
                 != self.act_dtype or x.ndim != 2):
             return super().rms_norm_matmul(x, weight, eps, residual, w, dtype)
         od = self.act_dtype if dtype is None else _dtname(dtype)
-        return self._guard(rms_norm_linear, self._dev(x), weight, eps,
-                           None if residual is None else self._dev(residual), w,
+        return self._guard(rms_norm_linear, self._dev(x), weight, w,
+                           None if residual is None else self._dev(residual), eps=eps,
                            out_dtype=od, stream=self.stream)
 
     def swiglu_matmul(self, gate: Any, up: Any, w: Any, dtype: Any = None) -> Any:

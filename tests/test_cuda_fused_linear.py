@@ -55,7 +55,7 @@ def _both(cu, d, dt, od, eps=1e-5):
     from samba_ext.cuda.blas import linear, rms_norm_linear
 
     before = cu.gemv_launches(1)
-    got = rms_norm_linear(d["x"], d["nw"], eps, d["r"], d["w"], out_dtype=od)
+    got = rms_norm_linear(d["x"], d["nw"], d["w"], d["r"], eps=eps, out_dtype=od)
     cu.device_sync()
     fused = cu.gemv_launches(1) - before
     xn = DeviceArray.empty(d["x"].shape, dt)
@@ -106,14 +106,14 @@ def test_rms_norm_linear_unaligned_and_off_run_apart(cu, rng):
     buf = to_device(np.concatenate([[0.0], host(d["x"]).ravel()]).astype(np.float32), dt)
     d_un = dict(d, x=buf[1:].reshape(1, K))
     before = cu.gemv_launches(1)
-    y1, s1 = rms_norm_linear(d_un["x"], d["nw"], 1e-5, d["r"], d["w"])
-    y2, s2 = rms_norm_linear(d["x"], d["nw"], 1e-5, d["r"], d["w"])
+    y1, s1 = rms_norm_linear(d_un["x"], d["nw"], d["w"], d["r"])
+    y2, s2 = rms_norm_linear(d["x"], d["nw"], d["w"], d["r"])
     cu.device_sync()
     assert cu.gemv_launches(1) - before == 1   # only the aligned call fused
     np.testing.assert_array_equal(host(s1), host(s2))
     cu.gemv_mode(0)
     before = cu.gemv_launches(1)
-    y3, _ = rms_norm_linear(d["x"], d["nw"], 1e-5, d["r"], d["w"])
+    y3, _ = rms_norm_linear(d["x"], d["nw"], d["w"], d["r"])
     cu.device_sync()
     assert cu.gemv_launches(1) == before
     a = round_to(host(s2), "float32")
@@ -139,7 +139,7 @@ def test_rms_norm_linear_rejects_bad_arguments(cu, bad, match):
                 weight=to_device(np.zeros((4, 8), np.float32), "bfloat16"))
     args.update(bad)
     with pytest.raises((ValueError, TypeError), match=match):
-        rms_norm_linear(args["x"], args["norm_weight"], 1e-5, args["residual"], args["weight"])
+        rms_norm_linear(args["x"], args["norm_weight"], args["weight"], args["residual"])
 
 
 @pytest.mark.parametrize("B", [1, 2])

@@ -50,8 +50,9 @@ def linear(x: Any, weight: Any, *, out: Any = None, out_dtype: Optional[str] = N
 
 
 @keeps_device
-def rms_norm_linear(x: Any, norm_weight: Any, eps: float, residual: Any, weight: Any, *,
-                    out_dtype: Optional[str] = None, stream: Any = None) -> Any:
+def rms_norm_linear(x: Any, norm_weight: Any, weight: Any, residual: Any = None, *,
+                    eps: float = 1e-5, out_dtype: Optional[str] = None,
+                    stream: Any = None) -> Any:
     """y (..., N) = rms_norm(x, norm_weight, eps, residual) (..., K) @ weight (N, K)^T: the
     pre-norm of a block and the product that reads it (csrc/cuda/fused_gemm.cu). The
     normalised rows are rounded to weight's dtype (float16 or bfloat16) before the product, as
