@@ -32,7 +32,13 @@
 //   run, else cuBLAS does.
 // - One row of x (M = 1) with x aligned as W's rows runs gemv_row_kernel instead: a row of W
 //   per 1-8 warps, their sums meeting in shared memory, so no product needs split-K partials
-//   or a second kernel (SAMBA_EXT_GEMV_ROWS=0 keeps gemv_kernel, for comparisons).
+//   or a second kernel (SAMBA_EXT_GEMV_ROWS=0 keeps gemv_kernel, for comparisons). Its
+//   prologue variants make x itself in shared memory, in every block, from the arrays an
+//   elementwise kernel would have read (fused_gemm.cu): rms_norm(x0 [+ residual]) with
+//   norm.cu's arithmetic and summation order (block 0 also writes the residual sum), or
+//   silu(gate) * up as swiglu.cu computes it; x is then bit for bit what the elementwise kernel
+//   would have stored, and the step has one launch fewer (SAMBA_EXT_GEMV_FUSE=0 turns them off,
+//   for comparisons).
 // - M is compiled as MT in {1, 2, 4, 8}: M = 3 runs MT = 4 with its 4th row a copy of row 0
 //   whose results are not stored.
 //
