@@ -496,15 +496,6 @@ int64_t d2_aligned_blocks(int64_t rows, int64_t tpr, int64_t nblk) {
     return 8 * n >= 7 * nblk ? n : nblk;
 }
 
-// The fewest key tiles per block (SAMBA_EXT_ATTN_DECODE_TILES, read on every call; default 1):
-// with few tiles in all (a short cache at a small batch) the grid then shrinks so that each
-// block streams several tiles through its pipeline and the merge reads fewer partial states.
-int64_t d2_min_tiles() {
-    const char *e = getenv("SAMBA_EXT_ATTN_DECODE_TILES");
-    const long long v = e ? atoll(e) : 1;
-    return v >= 1 && v <= 1024 ? (int64_t)v : 1;
-}
-
 template <typename T, class C>
 samba_status d2_run(Dec2Args a, int64_t batch, cudaStream_t st, int *taken) {
     *taken = 0;
@@ -515,8 +506,7 @@ samba_status d2_run(Dec2Args a, int64_t batch, cudaStream_t st, int *taken) {
     a.total = a.rows * a.tpr;
     if (a.total > ((int64_t)1 << 50)) return SAMBA_OK;  // keeps (x + 1) * nblk in int64
     int64_t nblk = grid < D2_MAX_BLOCKS ? grid : D2_MAX_BLOCKS;
-    const int64_t tmin = d2_min_tiles();
-    if (nblk > cdiv(a.total, tmin)) nblk = cdiv(a.total, tmin);
+    if (nblk > a.total) nblk = a.total;
     nblk = d2_aligned_blocks(a.rows, a.tpr, nblk);
     a.nblk = (int)nblk;
     // (max, sum) then outputs for nblk + rows slots; one counter per row
