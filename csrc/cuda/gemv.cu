@@ -554,6 +554,28 @@ static int gemv_rows_on(void) {
     return !(v != NULL && strcmp(v, "0") == 0);
 }
 
+// The arguments every kernel here shares (the rest zero): rows m >= M repeat row 0's offsets.
+static GemvArgs gemv_args(int64_t M, int64_t N, int64_t K, samba_cu_ref x, const int64_t *xoff,
+                          samba_cu_ref w, int64_t ldw, samba_cu_ref y, const int64_t *yoff,
+                          float beta) {
+    GemvArgs a;
+    memset(&a, 0, sizeof a);
+    a.w = w.ptr;
+    a.ldw = ldw;
+    a.N = N;
+    a.K = K;
+    a.x = x.ptr;
+    a.y = y.ptr;
+    for (int m = 0; m < SAMBA_GEMV_MAX_M; ++m) {
+        a.xoff[m] = m < M ? xoff[m] : xoff[0];
+        a.yoff[m] = m < M ? yoff[m] : yoff[0];
+    }
+    a.ydt = y.dtype;
+    a.M = (int)M;
+    a.beta = beta;
+    return a;
+}
+
 // gemv_row_kernel for y (1, N) = x @ W^T: the fewest warps per row (1, 2, 4 or 8) that give
 // 2 x #SMs blocks, as long as each warp keeps >= 32 vectors of its row (one per lane).
 // nc > 0: x is rms_norm(nm) (samba_cu_gemv_rms), made by every block in shared memory.
@@ -579,19 +601,7 @@ static samba_status launch_row(int *done, int64_t N, int64_t K, samba_cu_ref x, 
     int wpr = 1;
     while (wpr < GEMV_WARPS && cdiv(N * wpr, GEMV_WARPS) < 2 * sms && nvec / (2 * wpr) >= 32)
         wpr *= 2;
-    GemvArgs a;
-    memset(&a, 0, sizeof a);
-    a.w = w.ptr;
-    a.ldw = ldw;
-    a.N = N;
-    a.K = K;
-    a.x = x.ptr;
-    a.y = y.ptr;
-    a.xoff[0] = xoff;
-    a.yoff[0] = yoff;
-    a.ydt = y.dtype;
-    a.M = 1;
-    a.beta = beta;
+    GemvArgs a = gemv_args(1, N, K, x, &xoff, w, ldw, y, &yoff, beta);
     a.wpr = wpr;
     a.vps = nvec > 0 ? cdiv(nvec, wpr) : 0;
     const unsigned grid = (unsigned)cdiv(N, GEMV_WARPS / wpr);
@@ -646,6 +656,19 @@ static samba_status sm_count(int64_t *sms) {
     return SAMBA_OK;
 }
 
+// What both prologue kernels need: the GEMV on for one row (as samba_cu_gemv decides), the
+// prologue not switched off, a row of whole 16-byte vectors that shared memory holds, 16-bit W
+// and y float32 or W's dtype.
+static int prologue_ok(const char *which, int64_t N, int64_t K, samba_cu_ref w, samba_cu_ref y) {
+    const int on = samba_cu_gemv_enabled();
+    if (on == SAMBA_GEMV_OFF || (on == SAMBA_GEMV_AUTO && !samba_cu_pdl_enabled()) ||
+        !gemv_rows_on() || !fuse_on(which))
+        return 0;
+    if (N < 1 || K < 8 || K % 8 != 0 || K > GEMV_PRO_ELEMS || N > INT32_MAX) return 0;
+    if (w.dtype != SAMBA_CU_BF16 && w.dtype != SAMBA_CU_F16) return 0;
+    return y.dtype == SAMBA_CU_F32 || y.dtype == w.dtype;
+}
+
 static int overlaps(const void *p, int64_t pn, const void *q, int64_t qn) {
     const uintptr_t a = reinterpret_cast<uintptr_t>(p), b = reinterpret_cast<uintptr_t>(q);
     return p != NULL && q != NULL && a < b + (uintptr_t)qn && b < a + (uintptr_t)pn;
@@ -658,13 +681,7 @@ extern "C" samba_status samba_cu_gemv_rms(int *done, int64_t N, int64_t K, samba
                                           samba_cu_ref nw, float eps, samba_cu_ref w,
                                           int64_t ldw, samba_cu_ref y, void *stream) {
     *done = 0;
-    const int on = samba_cu_gemv_enabled();
-    if (on == SAMBA_GEMV_OFF || (on == SAMBA_GEMV_AUTO && !samba_cu_pdl_enabled()) ||
-        !gemv_rows_on() || !fuse_on("rms"))
-        return SAMBA_OK;
-    if (N < 1 || K < 8 || K % 8 != 0 || N > INT32_MAX) return SAMBA_OK;
-    if (w.dtype != SAMBA_CU_BF16 && w.dtype != SAMBA_CU_F16) return SAMBA_OK;
-    if (y.dtype != SAMBA_CU_F32 && y.dtype != w.dtype) return SAMBA_OK;
+    if (!prologue_ok("rms", N, K, w, y)) return SAMBA_OK;
     if ((res.ptr == NULL) != (res_out.ptr == NULL)) return SAMBA_OK;
     // E = 8 vectors for every norm operand, as norm.cu's register kernel takes them
     if (!vec_float_dtype(x.dtype) || !vec_float_dtype(nw.dtype) || !vec_ok(8, x, 0) ||
@@ -700,13 +717,7 @@ extern "C" samba_status samba_cu_gemv_swiglu(int *done, int64_t N, int64_t K, sa
                                              samba_cu_ref u, samba_cu_ref w, int64_t ldw,
                                              samba_cu_ref y, void *stream) {
     *done = 0;
-    const int on = samba_cu_gemv_enabled();
-    if (on == SAMBA_GEMV_OFF || (on == SAMBA_GEMV_AUTO && !samba_cu_pdl_enabled()) ||
-        !gemv_rows_on() || !fuse_on("swiglu"))
-        return SAMBA_OK;
-    if (N < 1 || K < 8 || K % 8 != 0 || K > GEMV_PRO_ELEMS || N > INT32_MAX) return SAMBA_OK;
-    if (w.dtype != SAMBA_CU_BF16 && w.dtype != SAMBA_CU_F16) return SAMBA_OK;
-    if (y.dtype != SAMBA_CU_F32 && y.dtype != w.dtype) return SAMBA_OK;
+    if (!prologue_ok("swiglu", N, K, w, y)) return SAMBA_OK;
     if (!vec_float_dtype(g.dtype) || !vec_float_dtype(u.dtype) || !vec_ok(8, g, 0) ||
         !vec_ok(8, u, 0))
         return SAMBA_OK;
@@ -787,20 +798,7 @@ extern "C" samba_status samba_cu_gemv(int *done, int64_t M, int64_t N, int64_t K
     if (nvec > 0) S = cdiv(nvec, cps);  // no empty split
     if (S < 1) S = 1;
 
-    GemvArgs a;
-    a.w = w.ptr;
-    a.ldw = ldw;
-    a.N = N;
-    a.K = K;
-    a.x = x.ptr;
-    a.y = y.ptr;
-    for (int m = 0; m < SAMBA_GEMV_MAX_M; ++m) {
-        a.xoff[m] = m < M ? xoff[m] : xoff[0];
-        a.yoff[m] = m < M ? yoff[m] : yoff[0];
-    }
-    a.ydt = y.dtype;
-    a.M = (int)M;
-    a.beta = beta;
+    GemvArgs a = gemv_args(M, N, K, x, xoff, w, ldw, y, yoff, beta);
     a.part = S > 1 ? static_cast<float *>(ws) : NULL;
     a.cps = cps;
     a.xs_stride = (int)(((cps * vec + vec) + 7) / 8 * 8);
