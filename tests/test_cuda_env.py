@@ -27,19 +27,33 @@ def test_typo_is_refused_naming_the_variable(monkeypatch, name):
         runtime.check_env()
 
 
-# the value literals each C file compares its knob with (strcmp(v, "...")): every one must be
-# accepted here, or a value the kernels understand would be refused before the first call
-C_KNOBS = {"SAMBA_EXT_SCAN_VARIANT": "csrc/cuda/scan.cu", "SAMBA_EXT_GEMM": "csrc/cuda/gemm.cu",
-           "SAMBA_EXT_GEMV": "csrc/cuda/gemv.cu"}
+# the value literals each C file compares its knobs with (strcmp(v, "...")): every one must be
+# accepted by one of the knobs that file reads, or a value the kernels understand would be
+# refused before the first call
+C_KNOBS = {"csrc/cuda/scan.cu": ("SAMBA_EXT_SCAN_VARIANT",), "csrc/cuda/gemm.cu": ("SAMBA_EXT_GEMM",),
+           "csrc/cuda/gemv.cu": ("SAMBA_EXT_GEMV", "SAMBA_EXT_GEMV_ROWS", "SAMBA_EXT_GEMV_FUSE")}
 
 
-@pytest.mark.parametrize("name", sorted(C_KNOBS))
-def test_every_value_the_c_side_reads_is_accepted(name):
-    src = Path(__file__).resolve().parents[1] / C_KNOBS[name]
+@pytest.mark.parametrize("path", sorted(C_KNOBS))
+def test_every_value_the_c_side_reads_is_accepted(path):
+    src = Path(__file__).resolve().parents[1] / path
     if not src.exists():
         pytest.skip("csrc/ is not next to the tests (installed package)")
     text = src.read_text()
-    assert f'getenv("{name}")' in text
+    for name in C_KNOBS[path]:
+        assert f'getenv("{name}")' in text, name
     read = set(re.findall(r'strcmp\(v, "([^"]+)"\)', text))
     assert read, f"no strcmp(v, ...) in {src.name}"
-    assert read <= set(runtime.ENV_CHOICES[name]), read - set(runtime.ENV_CHOICES[name])
+    known = {v for name in C_KNOBS[path] for v in runtime.ENV_CHOICES[name]}
+    assert read <= known, read - known
+
+
+def test_every_knob_read_in_csrc_is_checked():
+    """Each SAMBA_EXT_* variable that a file of C_KNOBS reads is one of that file's knobs."""
+    root = Path(__file__).resolve().parents[1]
+    for path, names in C_KNOBS.items():
+        src = root / path
+        if not src.exists():
+            pytest.skip("csrc/ is not next to the tests (installed package)")
+        read = set(re.findall(r'getenv\("(SAMBA_EXT_[A-Z0-9_]+)"\)', src.read_text()))
+        assert read <= set(names), (path, read - set(names))

@@ -64,6 +64,8 @@ def unavailable_reason(count: int, message: str, runtime: int, driver: int) -> s
 ENV_CHOICES = {
     "SAMBA_EXT_GEMM": ("gemmex", "lt", "lt-tune"),
     "SAMBA_EXT_GEMV": ("0", "1"),
+    "SAMBA_EXT_GEMV_ROWS": ("0", "1"),
+    "SAMBA_EXT_GEMV_FUSE": ("0", "1", "rms", "swiglu"),
     "SAMBA_EXT_L2_PREFETCH": tuple(_PREFETCH_MODES),
     "SAMBA_EXT_SCAN_VARIANT": ("split", "tile", "tile2", "warp", "warp8"),
 }
