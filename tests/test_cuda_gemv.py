@@ -2,14 +2,16 @@
 extension's ``gemv_mode``) against a float64 NumPy product: M 1..8 rows of bf16 / f16 x, every
 output dtype, beta 0 and 1, K with a scalar tail (K % 8 != 0), W rows 16- or only 8-byte
 aligned (the 8-byte vector path), unaligned W (cuBLAS must take over), strided x and y,
-split-K (small N) with its float32 partial sums, calls captured in a CUDA graph, and the CUDA
-model's decode with the GEMV on against off. ``gemv_launches`` tells which path ran.
+the one-row kernel (M = 1) and split-K (small N, M > 1) with its float32 partial sums, calls
+captured in a CUDA graph, and the CUDA model's decode with the GEMV on against off.
+``gemv_launches`` tells which path ran.
 
 Tolerances (relative Frobenius norm against max(||ref||, || |x| |w|^T || / sqrt(K)), as in
 tests/test_cuda_gemm_modes.py, whose docstring derives them): the inputs are exact in their
 dtype, so only float32 accumulation and the output's rounding remain. float32 outputs: each
 output is a float32 sum of K products in a lane-serial order (K / 32 terms per lane, or per
-lane and split), a 5-level warp tree and, with split-K, a serial sum of S partials: fewer
+lane and split or warp), a 5-level warp tree and a serial sum of the S split partials (or of
+the 1-8 warps sharing a row in the one-row kernel): fewer
 sequential roundings than K, so the sqrt(K) u32 estimate (5.4e-6 at K = 8196) holds and 3e-5
 leaves a 5x margin. float16 / bfloat16 outputs: one final rounding (unit roundoff 4.9e-4 /
 3.9e-3) dominates: tests/cuda_util.RTOL (2e-3 / 1e-2) plus the float32 part.
@@ -107,8 +109,9 @@ def _check(got, ref, absref, N, K, odt, what):
 @pytest.mark.parametrize("K", [8, 128, 2050, 8196])
 def test_gemv_matches_float64(gemv_on, dt, M, N, K):
     """Every output dtype and beta; K 2050 (W pitch 2056): a 2-element tail past the 16-byte
-    vectors; K 8196: rows 8 bytes apart modulo 16 (the 8-byte path); N 160 / 2048: split-K;
-    M 8 with K 8196: split-K forced by the shared-memory x slice."""
+    vectors; K 8196: rows 8 bytes apart modulo 16 (the 8-byte path); N 160 / 2048: split-K
+    for M > 1 (one row runs the one-row kernel, see test_gemv_one_row_kernels); M 8 with
+    K 8196: split-K forced by the shared-memory x slice."""
     for odt in (dt, "float32"):
         for beta in (0.0, 1.0):
             got, ref, absref, ran = _run(gemv_on, M, N, K, dt, odt, beta, ldy=N + 3)
@@ -237,10 +240,11 @@ def test_gemv_strided_x_view(gemv_on):
 def test_gemv_in_a_cuda_graph(gemv_on, rng, M, N, K, warm):
     """A GEMV captured into a graph and replayed computes from the inputs' current values.
     warm: the stream ran a GEMM eagerly before the capture, so it has its workspace and the
-    split-K partial sums go there; not warm: the first GEMM of a fresh stream is the captured
-    one, no workspace can be allocated, and the GEMV runs unsplit (S = 1). (These shapes fit
-    one split's shared memory, so the GEMV runs with or without a workspace: gemm.cu keeps
-    workspaces for at most 16 streams per process.)"""
+    split-K partial sums of M > 1 go there; not warm: the first GEMM of a fresh stream is the
+    captured one, no workspace can be allocated, and a split-K GEMV runs unsplit (S = 1). One
+    row runs the one-row kernel, which needs no workspace. (These shapes fit one split's shared
+    memory, so the GEMV runs with or without a workspace: gemm.cu keeps workspaces for at most
+    16 streams per process.)"""
     from samba_ext.cuda import to_device
     from samba_ext.cuda.blas import linear
 

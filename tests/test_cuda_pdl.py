@@ -72,9 +72,8 @@ def test_dependent_chain_same_as_stream_order(rng, pdl_restore, dt, rows, n):
 
 
 def _gemv_chain(cu, on: int, x0: np.ndarray, ws: list, rounds: int) -> np.ndarray:
-    """rounds x (for each W: x = rms_norm(x @ W^T)), one row of bf16: the GEMV kernel with
-    split-K (its last warp per row group sums the partials; counters reset for the next call)
-    followed by a norm that reads its output, each product reading the norm before it."""
+    """rounds x (for each W: x = rms_norm(x @ W^T)), one row of bf16: a GEMV followed by a norm
+    that reads its output, each product reading the norm before it."""
     from samba_ext.cuda import ops
     from samba_ext.cuda.blas import matmul
 
@@ -91,9 +90,13 @@ def _gemv_chain(cu, on: int, x0: np.ndarray, ws: list, rounds: int) -> np.ndarra
     return x.to_numpy().astype(np.float64)
 
 
-def test_gemv_split_k_chain_same_as_stream_order(rng, pdl_restore):
-    """2048 x 2048 products (split over K) and a 2048 -> 160 -> 2048 pair (a small N, split
-    several ways over K, then K = 160): every product of the chain runs the GEMV."""
+@pytest.mark.parametrize("rows", ["1", "0"])
+def test_gemv_chain_same_as_stream_order(rng, monkeypatch, pdl_restore, rows):
+    """2048 x 2048 products and a 2048 -> 160 -> 2048 pair: every product of the chain runs
+    the GEMV, on its one-row kernel (rows "1", the default: 1-8 warps per row of W) or on its
+    split-K kernel with the reduce kernel after it (SAMBA_EXT_GEMV_ROWS=0: 2048 x 2048 split
+    over K, the small N split several ways, then K = 160)."""
+    monkeypatch.setenv("SAMBA_EXT_GEMV_ROWS", rows)
     cu = pdl_restore
     old = cu.gemv_mode()
     ws = [rng.standard_normal((2048, 2048)) / 45.0, rng.standard_normal((160, 2048)) / 45.0,
