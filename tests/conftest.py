@@ -58,3 +58,23 @@ def poison():
     samba_cuda.set_poison(True)
     yield
     samba_cuda.set_poison(False)
+
+
+@pytest.fixture
+def cu_modes():
+    """The CUDA extension (samba_ext._cuda); the GEMM, GEMV and dependent-launch modes that a
+    test switches are put back afterwards. For CUDA tests only (needs_cuda skips before)."""
+    from samba_ext.cuda import runtime
+
+    cu = runtime.require()
+    old = [(f, f()) for f in (cu.gemm_mode, cu.gemv_mode, cu.pdl_mode)]
+    yield cu
+    for f, v in old:
+        f(v)
+
+
+@pytest.fixture
+def gemv_on(cu_modes):
+    """cu_modes with the GEMV on for every product it can take (gemv_mode 1)."""
+    assert cu_modes.gemv_mode(1) == 1
+    return cu_modes

@@ -24,14 +24,9 @@ TOL = {"float32": 3e-5, "float16": 2e-3 + 3e-5, "bfloat16": 1e-2 + 3e-5}
 
 
 @pytest.fixture
-def cu():
-    from samba_ext.cuda import runtime
-
-    c = runtime.require()
-    old = c.gemv_mode()
-    c.gemv_mode(1)
-    yield c
-    c.gemv_mode(old)
+def cu(gemv_on):
+    """conftest's gemv_on under a short name: the extension, the GEMV on, modes restored."""
+    return gemv_on
 
 
 def _inputs(rng, M, K, N, dt, xdt, res):
@@ -143,7 +138,7 @@ def test_rms_norm_linear_rejects_bad_arguments(cu, bad, match):
 
 
 @pytest.mark.parametrize("B", [1, 2])
-def test_model_decode_fused_equals_apart(rng, monkeypatch, B):
+def test_model_decode_fused_equals_apart(cu, rng, monkeypatch, B):
     """A tiny bf16 CUDA model decoding with graphs, GEMV on: the pre-norms and SwiGLUs fused
     into the products (default) against SAMBA_EXT_GEMV_FUSE=0 (apart): the same logits bit
     for bit, and at batch 1 both fused kernels ran."""
@@ -152,29 +147,22 @@ def test_model_decode_fused_equals_apart(rng, monkeypatch, B):
     from samba_ext.backend_cuda import CUDABackend
     from samba_ext.config import SambaConfig
     from samba_ext.model import Samba
-    from samba_ext.cuda import runtime
 
-    cu = runtime.require()
-    old = cu.gemv_mode()
     cfg = dataclasses.replace(SambaConfig.preset("samba-test"),
                               layer_types=("mamba", "swa", "attn", "mamba"))
     toks = rng.integers(0, cfg.vocab_size, (B, 12))
     outs, fused, fused_mlp = [], [], []
-    try:
-        cu.gemv_mode(1)
-        for env in ("1", "0"):
-            monkeypatch.setenv("SAMBA_EXT_GEMV_FUSE", env)
-            before, before_mlp = cu.gemv_launches(1), cu.gemv_launches(2)
-            m = Samba(cfg, seed=6, device=CUDABackend(act_dtype="bfloat16",
-                                                      weight_dtype="bfloat16", graphs=True))
-            st = m.new_state(B)
-            m.prefill(toks[:, :4], st)
-            outs.append(np.stack([np.asarray(m.step(toks[:, t], st)) for t in range(4, 12)]))
-            fused.append(cu.gemv_launches(1) - before)
-            fused_mlp.append(cu.gemv_launches(2) - before_mlp)
-            assert m.backend.stats["replays"] > 0
-    finally:
-        cu.gemv_mode(old)
+    for env in ("1", "0"):
+        monkeypatch.setenv("SAMBA_EXT_GEMV_FUSE", env)
+        before, before_mlp = cu.gemv_launches(1), cu.gemv_launches(2)
+        m = Samba(cfg, seed=6, device=CUDABackend(act_dtype="bfloat16",
+                                                  weight_dtype="bfloat16", graphs=True))
+        st = m.new_state(B)
+        m.prefill(toks[:, :4], st)
+        outs.append(np.stack([np.asarray(m.step(toks[:, t], st)) for t in range(4, 12)]))
+        fused.append(cu.gemv_launches(1) - before)
+        fused_mlp.append(cu.gemv_launches(2) - before_mlp)
+        assert m.backend.stats["replays"] > 0
     # graphs replay without calling the dispatch again: count the eager / captured steps only
     assert (fused[0] > 0) == (B == 1) and fused[1] == 0, fused
     assert (fused_mlp[0] > 0) == (B == 1) and fused_mlp[1] == 0, fused_mlp

@@ -31,22 +31,6 @@ TOL = {"float32": 3e-5, "float16": 2e-3 + 3e-5, "bfloat16": 1e-2 + 3e-5}
 CODE = {"float32": 0, "float16": 1, "bfloat16": 2}
 
 
-def _cu():
-    from samba_ext.cuda import runtime
-
-    return runtime.require()
-
-
-@pytest.fixture
-def gemv_on():
-    cu = _cu()
-    old = cu.gemv_mode()
-    cu.gemv_mode(1)
-    assert cu.gemv_mode() == 1
-    yield cu
-    cu.gemv_mode(old)
-
-
 def _rel(got, ref, absref, K: int) -> float:
     den = max(np.linalg.norm(ref), np.linalg.norm(absref) / np.sqrt(K))
     return float(np.linalg.norm(got - ref) / max(den, 1e-300))
@@ -283,7 +267,7 @@ def test_gemv_in_a_cuda_graph(gemv_on, rng, M, N, K, warm):
 
 @pytest.mark.parametrize("ad", ["bfloat16", "float32"])
 @pytest.mark.parametrize("B", [1, 3])
-def test_model_decode_with_gemv_matches_cublas(rng, ad, B):
+def test_model_decode_with_gemv_matches_cublas(rng, cu_modes, ad, B):
     """A tiny CUDA model (bf16 weights) decoding with CUDA graphs, GEMV on against off. The
     two paths differ only in the float32 summation order of each GEMM output (~1e-6
     relative), but an activation rounded to bf16 (a bf16 GEMM output, or a float32 activation
@@ -295,51 +279,42 @@ def test_model_decode_with_gemv_matches_cublas(rng, ad, B):
     from samba_ext.config import SambaConfig
     from samba_ext.model import Samba
 
-    cu = _cu()
-    old = cu.gemv_mode()
+    cu = cu_modes
     cfg = dataclasses.replace(SambaConfig.preset("samba-test"),
                               layer_types=("mamba", "swa", "attn", "mamba"))
     toks = rng.integers(0, cfg.vocab_size, (B, 12))
     outs, launched = [], []
-    try:
-        for on in (1, 0):
-            cu.gemv_mode(on)
-            before = cu.gemv_launches()
-            m = Samba(cfg, seed=6, device=CUDABackend(act_dtype=ad, weight_dtype="bfloat16",
-                                                      graphs=True))
-            st = m.new_state(B)
-            m.prefill(toks[:, :4], st)
-            outs.append(np.stack([m.step(toks[:, t], st) for t in range(4, 12)]))
-            launched.append(cu.gemv_launches() - before)
-            assert m.backend.stats["replays"] > 0
-    finally:
-        cu.gemv_mode(old)
+    for on in (1, 0):
+        cu.gemv_mode(on)
+        before = cu.gemv_launches()
+        m = Samba(cfg, seed=6, device=CUDABackend(act_dtype=ad, weight_dtype="bfloat16",
+                                                  graphs=True))
+        st = m.new_state(B)
+        m.prefill(toks[:, :4], st)
+        outs.append(np.stack([m.step(toks[:, t], st) for t in range(4, 12)]))
+        launched.append(cu.gemv_launches() - before)
+        assert m.backend.stats["replays"] > 0
     assert launched[0] > 0 and launched[1] == 0, launched
     assert np.isfinite(outs[0]).all()
     np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=1e-2 * np.abs(outs[1]).max())
 
 
-def test_gemv_auto_takes_one_row_where_dependent_launch_is_on():
+def test_gemv_auto_takes_one_row_where_dependent_launch_is_on(cu_modes):
     """Mode 2 (the default): the GEMV for M = 1 on a device with dependent launch (compute
     capability 9.0+) while pdl_mode is on; cuBLAS for M >= 2, with pdl_mode off, or before 9.0."""
-    cu = _cu()
-    old, old_pdl = cu.gemv_mode(), cu.pdl_mode()
+    cu = cu_modes
     has_pdl = cu.device_info(0)["capability"][0] >= 9
-    try:
-        cu.gemv_mode(2)
-        for pdl in (1, 0):
-            cu.pdl_mode(pdl)
-            for M in (1, 2):
-                got, ref, absref, ran = _run(cu, M, 96, 256, "bfloat16", "bfloat16", 0.0)
-                assert ran == (M == 1 and pdl == 1 and has_pdl), (M, pdl, has_pdl)
-                _check(got, ref, absref, 96, 256, "bfloat16", (M, pdl))
-    finally:
-        cu.gemv_mode(old)
-        cu.pdl_mode(old_pdl)
+    cu.gemv_mode(2)
+    for pdl in (1, 0):
+        cu.pdl_mode(pdl)
+        for M in (1, 2):
+            got, ref, absref, ran = _run(cu, M, 96, 256, "bfloat16", "bfloat16", 0.0)
+            assert ran == (M == 1 and pdl == 1 and has_pdl), (M, pdl, has_pdl)
+            _check(got, ref, absref, 96, 256, "bfloat16", (M, pdl))
 
 
-def test_gemv_mode_rejects_other_values():
-    cu = _cu()
+def test_gemv_mode_rejects_other_values(cu_modes):
+    cu = cu_modes
     old = cu.gemv_mode()
     for bad in (3, 7):
         with pytest.raises(Exception, match="gemv"):

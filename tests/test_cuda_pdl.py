@@ -21,22 +21,8 @@ from samba_ext.model import Samba
 pytestmark = needs_cuda
 
 
-def _cu():
-    from samba_ext.cuda import runtime
-
-    return runtime.require()
-
-
-@pytest.fixture
-def pdl_restore():
-    cu = _cu()
-    old = cu.pdl_mode()
-    yield cu
-    cu.pdl_mode(old)
-
-
-def test_pdl_mode_switches_and_rejects_other_values(pdl_restore):
-    cu = pdl_restore
+def test_pdl_mode_switches_and_rejects_other_values(cu_modes):
+    cu = cu_modes
     assert cu.pdl_mode(0) == 0 and cu.pdl_mode() == 0
     assert cu.pdl_mode(1) == 1 and cu.pdl_mode() == 1
     with pytest.raises(ValueError, match="pdl"):
@@ -61,8 +47,8 @@ def _chain(cu, on: int, x0: np.ndarray, w: np.ndarray, dt: str, rounds: int) -> 
 
 @pytest.mark.parametrize("dt", ["float32", "bfloat16"])
 @pytest.mark.parametrize("rows,n", [(1, 2048), (64, 4096), (333, 1000)])
-def test_dependent_chain_same_as_stream_order(rng, pdl_restore, dt, rows, n):
-    cu = pdl_restore
+def test_dependent_chain_same_as_stream_order(rng, cu_modes, dt, rows, n):
+    cu = cu_modes
     x0 = rng.standard_normal((rows, n)).astype(np.float32)
     w = (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
     ref = _chain(cu, 0, x0, w, dt, 60)
@@ -91,23 +77,19 @@ def _gemv_chain(cu, on: int, x0: np.ndarray, ws: list, rounds: int) -> np.ndarra
 
 
 @pytest.mark.parametrize("rows", ["1", "0"])
-def test_gemv_chain_same_as_stream_order(rng, monkeypatch, pdl_restore, rows):
+def test_gemv_chain_same_as_stream_order(rng, monkeypatch, cu_modes, rows):
     """2048 x 2048 products and a 2048 -> 160 -> 2048 pair: every product of the chain runs
     the GEMV, on its one-row kernel (rows "1", the default: 1-8 warps per row of W) or on its
     split-K kernel with the reduce kernel after it (SAMBA_EXT_GEMV_ROWS=0: 2048 x 2048 split
     over K, the small N split several ways, then K = 160)."""
     monkeypatch.setenv("SAMBA_EXT_GEMV_ROWS", rows)
-    cu = pdl_restore
-    old = cu.gemv_mode()
+    cu = cu_modes
     ws = [rng.standard_normal((2048, 2048)) / 45.0, rng.standard_normal((160, 2048)) / 45.0,
           rng.standard_normal((2048, 160)) / 12.6]
     x0 = rng.standard_normal((1, 2048))
-    try:
-        cu.gemv_mode(1)
-        ref = _gemv_chain(cu, 0, x0, ws, 20)
-        got = _gemv_chain(cu, 1, x0, ws, 20)
-    finally:
-        cu.gemv_mode(old)
+    cu.gemv_mode(1)
+    ref = _gemv_chain(cu, 0, x0, ws, 20)
+    got = _gemv_chain(cu, 1, x0, ws, 20)
     assert np.all(np.isfinite(ref))
     np.testing.assert_array_equal(got, ref)
 
@@ -115,31 +97,27 @@ def test_gemv_chain_same_as_stream_order(rng, monkeypatch, pdl_restore, rows):
 @pytest.mark.parametrize("gemv", [0, 1])
 @pytest.mark.parametrize("wd,ad", [("float32", "float32"), ("bfloat16", "bfloat16")])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_decode_with_pdl_matches_without_bitwise(rng, pdl_restore, gemv, wd, ad, batch):
+def test_decode_with_pdl_matches_without_bitwise(rng, cu_modes, gemv, wd, ad, batch):
     """One model, its graphs dropped between the modes (so each mode captures its own)."""
     from samba_ext.backend_cuda import CUDABackend
 
-    cu = pdl_restore
-    old_gemv = cu.gemv_mode()
+    cu = cu_modes
     cfg = dataclasses.replace(SambaConfig.preset("samba-test"),
                               layer_types=("mamba", "swa", "attn", "mamba"))
     toks = rng.integers(0, cfg.vocab_size, (batch, 24))
     out = {}
-    try:
-        cu.gemv_mode(gemv)
-        m = Samba(cfg, seed=21, device=CUDABackend(weight_dtype=wd, act_dtype=ad))
-        for on in (0, 1):
-            cu.pdl_mode(on)
-            m.backend._free_graphs()
-            captures = m.backend.stats["captures"]
-            st = m.new_state(batch)
-            logits = [m.prefill(toks[:, :5], st)]
-            logits += [m.step(toks[:, t], st) for t in range(5, 24)]
-            assert m.backend.stats["captures"] > captures and m.backend.stats["replays"] >= 10
-            out[on] = np.stack(logits)
-            assert np.all(np.isfinite(out[on]))
-    finally:
-        cu.gemv_mode(old_gemv)
+    cu.gemv_mode(gemv)
+    m = Samba(cfg, seed=21, device=CUDABackend(weight_dtype=wd, act_dtype=ad))
+    for on in (0, 1):
+        cu.pdl_mode(on)
+        m.backend._free_graphs()
+        captures = m.backend.stats["captures"]
+        st = m.new_state(batch)
+        logits = [m.prefill(toks[:, :5], st)]
+        logits += [m.step(toks[:, t], st) for t in range(5, 24)]
+        assert m.backend.stats["captures"] > captures and m.backend.stats["replays"] >= 10
+        out[on] = np.stack(logits)
+        assert np.all(np.isfinite(out[on]))
     np.testing.assert_array_equal(out[1], out[0])
 
 
