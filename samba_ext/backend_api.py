@@ -168,6 +168,21 @@ class Backend:
         row) with the same result."""
         return self.matmul(self.swiglu(gate, up), w, trans_b=True, dtype=dtype)
 
+    def rotary_write_kv(self, qkv, n_head, n_kv_head, positions, base, k_cache, v_cache,
+                        slots):
+        """A decode step's attention input: qkv (B, (H + 2G) hd) = [q | k | v] heads; q and k
+        rotated at positions (B,), k written into k_cache[b, slots[b]] and v into
+        v_cache[b, slots[b]] (caches (B, C, G, hd)); returns q (B, H, hd). A backend may run
+        it as one kernel (the CUDA backend does) with the same result."""
+        B = qkv.shape[0]
+        H, G = n_head, n_kv_head
+        hd = qkv.shape[1] // (H + 2 * G)
+        qk = self.apply_rotary(qkv[:, : (H + G) * hd].reshape(B, 1, H + G, hd),
+                               positions.reshape(B, 1), base)
+        self.write_rows(k_cache, slots, qk[:, 0, H:])
+        self.write_rows(v_cache, slots, qkv[:, (H + G) * hd:].reshape(B, G, hd))
+        return qk[:, 0, :H]
+
     def apply_rotary(self, x, positions, base):
         """x (B, L, H, hd); positions int64 (B, L) absolute, or an int (the first position of
         every row). NeoX half split."""

@@ -55,6 +55,7 @@ from .cuda import prefetch
 from .cuda import runtime
 from .cuda.array import DeviceArray, to_device, zeros
 from .cuda.blas import matmul, rms_norm_linear, swiglu_linear
+from .cuda.decode import rotary_write_kv
 from .cuda.layout import DTYPES, check_dtype, host_contig
 from .cuda.runtime import launch
 from .errors import CudaUnavailableError
@@ -675,6 +676,23 @@ class CUDABackend(Backend):
             return super().swiglu_matmul(gate, up, w, dtype)
         od = self.act_dtype if dtype is None else _dtname(dtype)
         return self._guard(swiglu_linear, gate, up, w, out_dtype=od, stream=self.stream)
+
+    def rotary_write_kv(self, qkv: Any, n_head: int, n_kv_head: int, positions: Any,
+                        base: float, k_cache: Any, v_cache: Any, slots: Any) -> Any:
+        """As Backend.rotary_write_kv, in one kernel (csrc/cuda/rotary.cu) when qkv and the
+        caches are this backend's arrays of one dtype (else the composition, which rounds k to
+        qkv's dtype before the cache's)."""
+        if (not all(isinstance(a, DeviceArray) for a in (qkv, k_cache, v_cache))
+                or not qkv.dtype == k_cache.dtype == v_cache.dtype):
+            return super().rotary_write_kv(qkv, n_head, n_kv_head, positions, base, k_cache,
+                                           v_cache, slots)
+
+        def run() -> Any:
+            p = positions if isinstance(positions, DeviceArray) else self._ints(positions)
+            s = slots if isinstance(slots, DeviceArray) else np.asarray(slots, dtype=np.int64)
+            return rotary_write_kv(qkv, n_head, n_kv_head, p, k_cache, v_cache, s, base=base,
+                                   stream=self.stream)
+        return self._guard(run)
 
     def apply_rotary(self, x: Any, positions: Any, base: float) -> Any:
         def run() -> Any:

@@ -597,15 +597,10 @@ class Samba:
                                               dbl[:, R + N:], b.Dskip, xz[:, E:], b.dt_bias)
                 mix = be.matmul(y, b.out_proj, trans_b=True)
             else:
-                qkv = h                                                     # (B, (H+2G) hd)
-                # RoPE on the H query and G key heads in one call (same position per row)
-                qk = be.apply_rotary(qkv[:, : (H + G) * hd].reshape(B, 1, H + G, hd),
-                                     pos.reshape(B, 1), cfg.rope_base)
-                q, k = qk[:, 0, :H], qk[:, 0, H:]
-                v = qkv[:, (H + G) * hd:].reshape(B, G, hd)
+                # h = qkv (B, (H + 2G) hd): RoPE on the H query and G key heads (same position
+                # per row), k and v into the caches at this step's slots
                 slots, n_valid = (ins[2], ins[3]) if b.kind == "swa" else (pos, ins[4])
-                be.write_rows(st["k"], slots, k)
-                be.write_rows(st["v"], slots, v)
+                q = be.rotary_write_kv(h, H, G, pos, cfg.rope_base, st["k"], st["v"], slots)
                 o = be.swa_decode(q, st["k"], st["v"], pos, n_valid)
                 mix = be.matmul(o.reshape(B, H * hd), b.wo, trans_b=True)
             gu, resid = be.rms_norm_matmul(mix, b.norm_2, cfg.norm_eps, resid, b.w12)

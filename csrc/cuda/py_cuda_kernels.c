@@ -232,6 +232,28 @@ py_swiglu_gemm(PyObject *self, PyObject *args)
     return done(samba_cu_swiglu_gemm(M, N, K, g, ldg, u, ldu, h, w, ldw, y, ldy, stream));
 }
 
+/* rotary_kv(batch, H, G, hd, qkv, ld_qkv, pos, base, q_out, k_cache, kc_s, v_cache, vc_s,
+ *           slots, stream) */
+static PyObject *
+py_rotary_kv(PyObject *self, PyObject *args)
+{
+    long long batch, H, G, hd, ld;
+    samba_cu_ref qkv, pos, q, kc, vc, slots;
+    samba_pycu_i64s ks, vs;
+    double base;
+    void *stream;
+    if (!PyArg_ParseTuple(args, "LLLLO&LO&dO&O&O&O&O&O&O&", &batch, &H, &G, &hd, REF, &qkv, &ld,
+                          REF, &pos, &base, REF, &q, REF, &kc, I64S, &ks, REF, &vc, I64S, &vs,
+                          REF, &slots, PTR, &stream)) {
+        return NULL;
+    }
+    int64_t kc_s[3], vc_s[3];
+    copy_strides(kc_s, &ks, 3);
+    copy_strides(vc_s, &vs, 3);
+    return done(samba_cu_rotary_kv(batch, H, G, hd, qkv, ld, pos, base, q, kc, kc_s, vc, vc_s,
+                                   slots, stream));
+}
+
 /* apply_rotary(batch, seqlen, nheads, headdim, x, x_s, positions, pos_batched, offset, base,
  *              y, y_s, stream) */
 static PyObject *
@@ -433,6 +455,11 @@ PyMethodDef samba_pycu_kernel_methods[] = {
     {"swiglu_gemm", py_swiglu_gemm, METH_VARARGS,
      "swiglu_gemm($module, M, N, K, gate, ld_gate, up, ld_up, h, w, ldw, y, ldy, stream, /)"
      "\n--\n\nswiglu then gemm (one kernel for one row where the GEMV runs; arguments: see "
+     "py_cuda_kernels.c)."},
+    {"rotary_kv", py_rotary_kv, METH_VARARGS,
+     "rotary_kv($module, batch, H, G, hd, qkv, ld_qkv, pos, base, q_out, k_cache, kc_s, "
+     "v_cache, vc_s, slots, stream, /)"
+     "\n--\n\nThe decode step's rotary and K/V cache write (arguments: see "
      "py_cuda_kernels.c)."},
     {"apply_rotary", py_apply_rotary, METH_VARARGS,
      "apply_rotary($module, batch, seqlen, nheads, headdim, x, x_s, positions, "

@@ -3,6 +3,7 @@
 // backward is the forward with the sines negated (sgn = -1): dx1 = dy1 cos a + dy2 sin a,
 // dx2 = -dy1 sin a + dy2 cos a.
 #include "pdl.cuh"
+#include "rotary_math.cuh"
 #include "samba_cuda_bwd.h"
 #include "vecio.cuh"
 
@@ -28,15 +29,13 @@ __global__ void rotary_kernel(int64_t batch, int64_t L, int64_t H, int64_t hd, s
             p = ldi(pos.ptr, pos.dtype, pos_batched ? b * L + t : t) + offset;
         else
             p = offset + t;
-        const double inv_freq = exp(-(2.0 * (double)i / (double)hd) * log_base);
-        double sn, cs;
-        sincos((double)p * inv_freq, &sn, &cs);
+        float c, s, y1, y2;
+        rot_angle(p, i, hd, log_base, sgn, &c, &s);
         const int64_t xo = b * xs0 + t * xs1 + h * xs2;
         const int64_t yo = b * ys0 + t * ys1 + h * ys2;
-        const float x1 = ldf(x, xo + i), x2 = ldf(x, xo + i + half);
-        const float c = (float)cs, s = sgn * (float)sn;
-        stf(y, yo + i, x1 * c - x2 * s);
-        stf(y, yo + i + half, x1 * s + x2 * c);
+        rot_pair(ldf(x, xo + i), ldf(x, xo + i + half), c, s, &y1, &y2);
+        stf(y, yo + i, y1);
+        stf(y, yo + i + half, y2);
     }
 }
 
@@ -73,10 +72,7 @@ rotary_tok_kernel(int64_t ntok, int64_t L, int H, int hd, int tpb, samba_cu_ref 
                 p = ldi(pos.ptr, pos.dtype, pos_batched ? g : t) + offset;
             else
                 p = offset + t;
-            const double inv_freq = exp(-(2.0 * (double)i / (double)hd) * log_base);
-            double sn, cs;
-            sincos((double)p * inv_freq, &sn, &cs);
-            c = (float)cs, s = sgn * (float)sn;
+            rot_angle(p, i, hd, log_base, sgn, &c, &s);
         }
         rot_cs[2 * k] = c;
         rot_cs[2 * k + 1] = s;
@@ -103,11 +99,8 @@ rotary_tok_kernel(int64_t ntok, int64_t L, int H, int hd, int tpb, samba_cu_ref 
         cvt<E>(r2, x.dtype, x2);
         const float *cs = rot_cs + 2 * (tl * half + i);
 #pragma unroll
-        for (int e = 0; e < E; ++e) {
-            const float c = cs[2 * e], s = cs[2 * e + 1];
-            y1[e] = x1[e] * c - x2[e] * s;
-            y2[e] = x1[e] * s + x2[e] * c;
-        }
+        for (int e = 0; e < E; ++e)
+            rot_pair(x1[e], x2[e], cs[2 * e], cs[2 * e + 1], &y1[e], &y2[e]);
         stv<E>(y, yo + i, y1);
         stv<E>(y, yo + i + half, y2);
     }
@@ -190,4 +183,72 @@ extern "C" samba_status samba_cu_rotary_bwd(int64_t batch, int64_t seqlen, int64
                                             void *stream) {
     return rotary_run("apply_rotary_bwd", batch, seqlen, nheads, headdim, dy, dy_s, positions,
                       pos_batched, offset, base, -1.0f, dx, dx_s, stream);
+}
+
+// The decode step's rotary and K/V cache write in one kernel (samba_cu_rotary_kv): block b
+// takes row b of qkv = [q (H heads) | k (G) | v (G)], each hd wide. The angles of position
+// pos[b] go to shared memory once; then q's pairs are rotated into q_out (b, H, hd), k's into
+// the key cache at (b, slot[b]) and v is copied to the value cache at (b, slot[b]), with the
+// arithmetic of the kernels above (the same bits as apply_rotary then two row writes).
+__global__ void rotary_kv_kernel(int H, int G, int hd, samba_cu_ref qkv, int64_t ld_qkv,
+                                 samba_cu_ref pos, double log_base, samba_cu_ref q_out,
+                                 samba_cu_ref kc, int64_t kc0, int64_t kc1, int64_t kc2,
+                                 samba_cu_ref vc, int64_t vc0, int64_t vc1, int64_t vc2,
+                                 samba_cu_ref slots) {
+    extern __shared__ float rkv_cs[];  // [half][2]: cos, sin
+    const int half = hd / 2;
+    const int64_t b = blockIdx.x;
+    pdl_wait();
+    pdl_trigger();
+    const int64_t p = ldi(pos.ptr, pos.dtype, b);
+    const int64_t slot = ldi(slots.ptr, slots.dtype, b);
+    for (int i = threadIdx.x; i < half; i += blockDim.x)
+        rot_angle(p, i, hd, log_base, 1.0f, &rkv_cs[2 * i], &rkv_cs[2 * i + 1]);
+    __syncthreads();
+    const int64_t row = b * ld_qkv;
+    const int nrot = (H + G) * half;
+    for (int k = threadIdx.x; k < nrot; k += blockDim.x) {
+        const int h = k / half, i = k - h * half;
+        const int64_t xo = row + (int64_t)h * hd;
+        float y1, y2;
+        rot_pair(ldf(qkv, xo + i), ldf(qkv, xo + i + half), rkv_cs[2 * i], rkv_cs[2 * i + 1], &y1,
+                 &y2);
+        if (h < H) {
+            const int64_t yo = (b * H + h) * (int64_t)hd;
+            stf(q_out, yo + i, y1);
+            stf(q_out, yo + i + half, y2);
+        } else {
+            const int64_t yo = b * kc0 + slot * kc1 + (int64_t)(h - H) * kc2;
+            stf(kc, yo + i, y1);
+            stf(kc, yo + i + half, y2);
+        }
+    }
+    const int nv = G * hd;
+    for (int k = threadIdx.x; k < nv; k += blockDim.x) {
+        const int g = k / hd, e = k - g * hd;
+        stf(vc, b * vc0 + slot * vc1 + (int64_t)g * vc2 + e,
+            ldf(qkv, row + (int64_t)(H + G + g) * hd + e));
+    }
+}
+
+extern "C" samba_status samba_cu_rotary_kv(int64_t batch, int64_t H, int64_t G, int64_t hd,
+                                           samba_cu_ref qkv, int64_t ld_qkv, samba_cu_ref pos,
+                                           double base, samba_cu_ref q_out, samba_cu_ref k_cache,
+                                           const int64_t *kc_s, samba_cu_ref v_cache,
+                                           const int64_t *vc_s, samba_cu_ref slots,
+                                           void *stream) {
+    if (hd % 2 != 0 || hd < 2)
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "rotary_kv: headdim must be even, got %lld",
+                                 (long long)hd);
+    if (!(base > 0.0)) return samba_cu_fail_msg(SAMBA_ERR_ARG, "rotary_kv: base must be > 0");
+    if (H > 65536 || G > 65536 || hd > 8192)
+        return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "rotary_kv: too many heads or too wide");
+    if (batch == 0) return SAMBA_OK;
+    if (batch > 0x7fffffffLL)
+        return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "rotary_kv: more than 2^31 rows");
+    const size_t smem = (size_t)(hd / 2) * 2 * sizeof(float);
+    samba_launch(rotary_kv_kernel, (unsigned)batch, 256u, smem, (cudaStream_t)stream, (int)H,
+                 (int)G, (int)hd, qkv, ld_qkv, pos, log(base), q_out, k_cache, kc_s[0], kc_s[1],
+                 kc_s[2], v_cache, vc_s[0], vc_s[1], vc_s[2], slots);
+    return samba_cu_check_launch("rotary_kv", stream);
 }

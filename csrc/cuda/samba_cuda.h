@@ -300,6 +300,16 @@ samba_status samba_cu_swiglu_gemm(int64_t M, int64_t N, int64_t K, samba_cu_ref 
 /* Rotary (NeoX half split): x, y (B, L, H, hd) with element strides x_s, y_s (last dim
  * contiguous; y may alias x). positions: int32/int64 device array (L) if pos_batched == 0 or
  * (B, L) if 1, plus `offset`; or ptr NULL: position = offset + t. Angles in float64. */
+/* The decode step's rotary and K/V cache write: qkv (batch, (H + 2G) hd) with row stride
+ * ld_qkv, q and k rotated at positions pos (batch,) (int32/int64), q into q_out (batch, H, hd)
+ * contiguous, k into k_cache[b, slots[b]] and v (unrotated) into v_cache[b, slots[b]]; the
+ * caches (batch, C, G, hd) with element strides kc_s / vc_s for their first three axes and a
+ * unit last stride. slots (batch,) int32/int64, each in [0, C) (not checked here). */
+samba_status samba_cu_rotary_kv(int64_t batch, int64_t H, int64_t G, int64_t hd,
+                                samba_cu_ref qkv, int64_t ld_qkv, samba_cu_ref pos, double base,
+                                samba_cu_ref q_out, samba_cu_ref k_cache, const int64_t *kc_s,
+                                samba_cu_ref v_cache, const int64_t *vc_s, samba_cu_ref slots,
+                                void *stream);
 samba_status samba_cu_rotary(int64_t batch, int64_t seqlen, int64_t nheads, int64_t headdim,
                              samba_cu_ref x, const int64_t *x_s, samba_cu_ref positions,
                              int pos_batched, int64_t offset, double base, samba_cu_ref y,
