@@ -10,7 +10,8 @@ optional ``+gemv`` (the products on csrc/cuda/gemv.cu's kernels instead of cuBLA
 (programmatic dependent launch of the decode-path kernels, csrc/cuda/pdl.cuh; off without it) and
 ``+splitk`` (one-row products on the GEMV's split-K kernel, not its one-row kernel) and
 ``+nofuse`` (the pre-norms and SwiGLUs as kernels of their own, not fused into the one-row
-products; ``+rmsonly``: only the pre-norms fused). The
+products; ``+rmsonly``: only the pre-norms fused) and ``+norotkv`` (an attention layer's
+rotary and K/V cache writes as the base backend's composition, not one kernel). The
 model (random bf16 weights, benchmarks/gpu_model.py's ``Ours``) is built once; for each
 setting its captured graphs are dropped, so the next step is captured again with the setting
 in force. Each point: a state at ``--context`` (gpu_model.py's ``state_at_context``), 4 untimed
@@ -45,7 +46,7 @@ from gpu_model import (Ours, device_name, floor_ms, git_commit,  # noqa: E402
                        measure_copy_bandwidth, state_at_context, weight_read_bytes)
 
 
-SUFFIXES = ("gemv", "pdl", "splitk", "nofuse", "rmsonly")
+SUFFIXES = ("gemv", "pdl", "splitk", "nofuse", "rmsonly", "norotkv")
 
 
 def parse_setting(s: str) -> tuple[str, str, frozenset[str]]:
@@ -55,7 +56,8 @@ def parse_setting(s: str) -> tuple[str, str, frozenset[str]]:
     csrc/cuda/pdl.cuh; off without it), '+splitk' (one-row products on the GEMV's split-K
     kernel rather than its one-row kernel, SAMBA_EXT_GEMV_ROWS=0), '+nofuse' (the
     pre-norms and SwiGLUs apart from the products they feed, SAMBA_EXT_GEMV_FUSE=0) and
-    '+rmsonly' (only the pre-norms fused, SAMBA_EXT_GEMV_FUSE=rms)."""
+    '+rmsonly' (only the pre-norms fused, SAMBA_EXT_GEMV_FUSE=rms), '+norotkv' (rotary and
+    K/V cache writes composed, CUDABackend.fuse_rotary_kv = False)."""
     body, *extras = s.split("+")
     if any(e not in SUFFIXES for e in extras) or len(set(extras)) != len(extras):
         raise SystemExit(f"--settings: the suffixes are {', '.join('+' + e for e in SUFFIXES)}, "
@@ -65,7 +67,7 @@ def parse_setting(s: str) -> tuple[str, str, frozenset[str]]:
     mode, _, mb = body.partition(":")
     if mode not in ("bulk", "touch") or not mb.isdigit():
         raise SystemExit("--settings: expected 0 or bulk:MB / touch:MB "
-                         f"[+gemv][+pdl][+splitk][+nofuse|+rmsonly], got {s!r}")
+                         f"[+gemv][+pdl][+splitk][+nofuse|+rmsonly][+norotkv], got {s!r}")
     return mode, mb, frozenset(extras)
 
 
@@ -116,6 +118,7 @@ def main() -> int:
                                              "rms" if "rmsonly" in extras else "1")
         cu.gemv_mode(int("gemv" in extras))
         cu.pdl_mode(int("pdl" in extras))
+        m.model.backend.fuse_rotary_kv = "norotkv" not in extras
         if mb:
             os.environ["SAMBA_EXT_L2_PREFETCH_MB"] = mb
         for B in batches:
@@ -167,7 +170,7 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
              f"({meta['copy_bandwidth_Bps'] / 1e12:.2f} TB/s) = {fl:.3f} ms. Setting: "
              "SAMBA_EXT_L2_PREFETCH[:SAMBA_EXT_L2_PREFETCH_MB] (+gemv: SAMBA_EXT_GEMV=1; +pdl: "
              "programmatic dependent launch on, off in every other row; +splitk: "
-             "SAMBA_EXT_GEMV_ROWS=0; +nofuse / +rmsonly: SAMBA_EXT_GEMV_FUSE=0 / rms). "
+             "SAMBA_EXT_GEMV_ROWS=0; +nofuse / +rmsonly: SAMBA_EXT_GEMV_FUSE=0 / rms; +norotkv: the rotary and K/V cache writes composed). "
              "vs off: the mean time of this batch's `0` rows (the setting is off; the spread "
              "between them is the run-to-run noise) over this row's. Same logits: the first "
              "timed step's logits equal those of the first setting with the same "

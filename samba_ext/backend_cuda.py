@@ -192,6 +192,10 @@ class CUDABackend(Backend):
     """The model backend on one CUDA GPU (see the module docstring)."""
 
     name = "cuda"
+    #: rotary_write_kv as one kernel (True) or as the base class's composition (False, for
+    #: comparisons: benchmarks/gpu_decode_prefetch.py's ``+norotkv``); read when a step is
+    #: recorded, so change it before the first step or free the captured graphs.
+    fuse_rotary_kv: bool = True
 
     def __init__(self, device: str = "cuda", weight_dtype: Optional[str] = None,
                  graphs: bool = True, act_dtype: Optional[str] = None,
@@ -682,7 +686,8 @@ class CUDABackend(Backend):
         """As Backend.rotary_write_kv, in one kernel (csrc/cuda/rotary.cu) when qkv and the
         caches are this backend's arrays of one dtype (else the composition, which rounds k to
         qkv's dtype before the cache's)."""
-        if (not all(isinstance(a, DeviceArray) for a in (qkv, k_cache, v_cache))
+        if (not self.fuse_rotary_kv
+                or not all(isinstance(a, DeviceArray) for a in (qkv, k_cache, v_cache))
                 or not qkv.dtype == k_cache.dtype == v_cache.dtype):
             return super().rotary_write_kv(qkv, n_head, n_kv_head, positions, base, k_cache,
                                            v_cache, slots)
