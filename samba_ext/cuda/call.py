@@ -9,6 +9,7 @@ arrays written in place); the argument rules are the contracts' (samba_ext/ops/)
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -45,6 +46,18 @@ def view(x: Any, name: str, stream: int, device: int) -> ArrayView:
     return ArrayView(x.ptr, x.shape, x.strides, x.dtype, x.device, x)
 
 
+def checker_hint(name: str) -> str:
+    """"; samba_ext.NAME checks the arguments and explains" where samba_ext.NAME is a public
+    function (a kernel op whose contract gives the full explanation, or a dotted name such as
+    grad.selective_scan_bwd), else "" (the CUDA-only ops check everything here)."""
+    mod, _, attr = ("samba_ext." + name).rpartition(".")
+    try:
+        ok = callable(getattr(importlib.import_module(mod), attr, None))
+    except ImportError:
+        ok = False
+    return f"; samba_ext.{name} checks the arguments and explains" if ok else ""
+
+
 class Call:
     """Collects the device, stream, imported views and temporaries of one kernel call.
 
@@ -76,14 +89,12 @@ class Call:
             return
         exp = "(" + ", ".join("*" if w is None else str(w) for w in want) + ")"
         raise ValueError(f"{self.name}: {name} has shape {a.shape}, which does not fit the "
-                         f"other arguments (expected {exp}); samba_ext.{self.name} checks the "
-                         f"arguments and explains")
+                         f"other arguments (expected {exp}){checker_hint(self.name)}")
 
     def need(self, ok: bool, name: str, what: str) -> None:
         """A memory-safety condition on argument ``name``."""
         if not ok:
-            raise ValueError(f"{self.name}: {name}: {what}; samba_ext.{self.name} checks the "
-                             f"arguments and explains")
+            raise ValueError(f"{self.name}: {name}: {what}{checker_hint(self.name)}")
 
     def new(self, shape: Sequence[int], dtype: str) -> DeviceArray:
         """A new array on this call's device and stream."""
