@@ -50,7 +50,7 @@ def attention_fwd(q: Any, k: Any, v: Any, scale: float, left: int, right: int, s
                   *, stream: Any = None) -> tuple[Any, Any]:
     """(out (batch, seqlen_q, nheads, headdim) in q's dtype, lse (batch, nheads, seqlen_q)
     float32); a query that sees no key gets out = 0, lse = -inf."""
-    c = Call("attention_fwd", dict(q=q, k=k, v=v), stream)
+    c = Call("grad.attention_fwd", dict(q=q, k=k, v=v), stream)
     qa, ka, va = _qkv(c, q, k, v)
     _, ores, _, lres = _forward(c, qa, ka, va, float(scale), int(left), int(right),
                                 float(softcap))
@@ -64,7 +64,7 @@ def attention_bwd(q: Any, k: Any, v: Any, scale: float, left: int, right: int, s
     """(dq, dk, dv) in the dtypes of q, k, v. out / lse: the forward's outputs; when either
     is None both are recomputed on the device first. deterministic: bitwise-repeatable
     (csrc/cuda/attention_bwd.cu)."""
-    c = Call("attention_bwd", dict(q=q, k=k, v=v, dout=dout, out=out, lse=lse), stream)
+    c = Call("grad.attention_bwd", dict(q=q, k=k, v=v, dout=dout, out=out, lse=lse), stream)
     qa, ka, va = _qkv(c, q, k, v)
     batch, Lq, H, hd = qa.shape
     Lk, Hkv = ka.shape[1], ka.shape[2]

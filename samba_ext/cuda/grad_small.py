@@ -27,7 +27,7 @@ def rms_norm_bwd(x: Any, weight: Any, eps: float, residual: Any, dy: Any, dresid
     """(dx (x's shape), dweight (n,), dresidual): dresidual is dx itself when residual was
     given, else None. With a residual the normalised sum is x + residual rounded to residual's
     dtype, as the CUDA forward computes it."""
-    c = Call("rms_norm_bwd", dict(x=x, weight=weight, residual=residual, dy=dy,
+    c = Call("grad.rms_norm_bwd", dict(x=x, weight=weight, residual=residual, dy=dy,
                                   dresidual_out=dresidual_out), stream)
     xa = c.arr(x, "x")
     c.need(xa.ndim >= 1, "x", "expected at least 1 dimension")
@@ -57,7 +57,7 @@ def rms_norm_bwd(x: Any, weight: Any, eps: float, residual: Any, dy: Any, dresid
 @keeps_device
 def swiglu_bwd(gate: Any, up: Any, dy: Any, *, stream: Any = None) -> tuple[Any, Any]:
     """(dgate, dup) of gate's shape."""
-    c = Call("swiglu_bwd", dict(gate=gate, up=up, dy=dy), stream)
+    c = Call("grad.swiglu_bwd", dict(gate=gate, up=up, dy=dy), stream)
     ga = c.arr(gate, "gate")
     ua = c.arr(up, "up")
     ya = c.arr(dy, "dy")
@@ -89,7 +89,7 @@ def apply_rotary_bwd(dy: Any, positions: Any = 0, base: float = 10000.0, *,
     if isinstance(positions, np.ndarray) and positions.ndim == 0:
         positions = int(positions)
     scalar = isinstance(positions, (int, np.integer)) and not isinstance(positions, bool)
-    c = Call("apply_rotary_bwd", dict(dy=dy, positions=None if scalar else positions), stream)
+    c = Call("grad.apply_rotary_bwd", dict(dy=dy, positions=None if scalar else positions), stream)
     ya = c.lastdim_contig(c.arr(dy, "dy", (4,)))
     batch, L, H, hd = ya.shape
     if scalar:
