@@ -26,6 +26,18 @@ __all__ = ["linear", "matmul", "rms_norm_linear", "swiglu_linear"]
 
 
 @keeps_device
+def product_dtype(out_dtype: Optional[str], dtype: str, name: str = "out_dtype") -> str:
+    """The output dtype of a product whose inputs are ``dtype``: ``out_dtype`` when it is
+    float32 or ``dtype``, ``dtype`` when None; TypeError naming ``name`` otherwise."""
+    try:
+        od = check_dtype(out_dtype) if out_dtype else dtype
+    except (TypeError, ValueError):
+        od = repr(out_dtype)
+    if od not in ("float32", dtype):
+        raise TypeError(f"{name}: expected float32 or {dtype}, got {od}")
+    return od
+
+
 def linear(x: Any, weight: Any, *, out: Any = None, out_dtype: Optional[str] = None,
            stream: Any = None) -> Any:
     """y (..., N) = x (..., K) @ weight (N, K)^T through cuBLAS (cublasGemmEx,
@@ -41,9 +53,7 @@ def linear(x: Any, weight: Any, *, out: Any = None, out_dtype: Optional[str] = N
         raise TypeError(f"x and weight: dtypes differ ({xa.dtype} vs {wa.dtype})")
     K, N = wa.shape[1], wa.shape[0]
     M = int(np.prod(xa.shape[:-1], dtype=np.int64))
-    od = check_dtype(out_dtype) if out_dtype else xa.dtype
-    if od not in ("float32", xa.dtype):
-        raise TypeError(f"out_dtype: expected float32 or {xa.dtype}, got {od}")
+    od = product_dtype(out_dtype, xa.dtype)
     ya, yres = c.output(xa.shape[:-1] + (N,), od, out)
     launch(c.cu.gemm, M, N, K, xa.ref, K, wa.ref, K, ya.ref, N, 0.0, c.stream)
     return c.finish(yres)
@@ -78,9 +88,7 @@ def rms_norm_linear(x: Any, norm_weight: Any, weight: Any, residual: Any = None,
     c.fit(na, "norm_weight", K)
     ra = c.arr(residual, "residual")
     c.fit(ra, "residual", *xa.shape)
-    od = check_dtype(out_dtype) if out_dtype else wa.dtype
-    if od not in ("float32", wa.dtype):
-        raise TypeError(f"out_dtype: expected float32 or {wa.dtype}, got {od}")
+    od = product_dtype(out_dtype, wa.dtype)
     ya, yres = c.output(xa.shape[:-1] + (N,), od, None)
     xn = c.new((M, K), wa.dtype)
     c.keep.append(xn)
@@ -118,9 +126,7 @@ def swiglu_linear(gate: Any, up: Any, weight: Any, *, out_dtype: Optional[str] =
     M = int(np.prod(ga.shape[:-1], dtype=np.int64))
     ga, ldg = c.rows(ga)
     ua, ldu = c.rows(ua)
-    od = check_dtype(out_dtype) if out_dtype else wa.dtype
-    if od not in ("float32", wa.dtype):
-        raise TypeError(f"out_dtype: expected float32 or {wa.dtype}, got {od}")
+    od = product_dtype(out_dtype, wa.dtype)
     ya, yres = c.output(ga.shape[:-1] + (N,), od, None)
     h = c.new((M, K), wa.dtype)
     c.keep.append(h)
