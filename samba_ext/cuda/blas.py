@@ -25,7 +25,6 @@ from .runtime import keeps_device, launch
 __all__ = ["linear", "matmul", "rms_norm_linear", "swiglu_linear"]
 
 
-@keeps_device
 def product_dtype(out_dtype: Optional[str], dtype: str, name: str = "out_dtype") -> str:
     """The output dtype of a product whose inputs are ``dtype``: ``out_dtype`` when it is
     float32 or ``dtype``, ``dtype`` when None; TypeError naming ``name`` otherwise."""
@@ -38,6 +37,7 @@ def product_dtype(out_dtype: Optional[str], dtype: str, name: str = "out_dtype")
     return od
 
 
+@keeps_device
 def linear(x: Any, weight: Any, *, out: Any = None, out_dtype: Optional[str] = None,
            stream: Any = None) -> Any:
     """y (..., N) = x (..., K) @ weight (N, K)^T through cuBLAS (cublasGemmEx,
