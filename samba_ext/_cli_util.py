@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import signal
 import stat
 import sys
 from typing import Any
 
-__all__ = ["CliError", "config_overrides", "load_model", "out_dir", "run_eval", "finish",
+__all__ = ["CliError", "option_names", "config_overrides", "load_model", "out_dir", "run_eval", "finish",
            "Interrupts", "SIGNALS", "RESULTS_NAME", "hold_note", "print_held_notes",
            "drop_held_notes"]
 
@@ -48,6 +49,18 @@ SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP", "SIG
 
 
 # ----------------------------------------------------------------------------- model ---
+def option_names(msg: str, parser: argparse.ArgumentParser | None) -> str:
+    """Name an argument as it is typed: an error ``"entries: ..."`` from the Python API
+    becomes ``"--entries: ..."`` when ``entries`` is an option of ``parser`` (the command's)."""
+    m = re.match(r"(\w+): ", msg)
+    if parser is None or m is None:
+        return msg
+    for action in parser._actions:
+        if action.dest == m.group(1) and action.option_strings:
+            return max(action.option_strings, key=len) + msg[len(m.group(1)):]
+    return msg
+
+
 def _check_model_path(spec: str) -> None:
     looks_like_path = (os.sep in spec or "/" in spec or spec.endswith((".safetensors", ".pth",
                                                                        ".pt", ".bin")))

@@ -33,7 +33,7 @@ import time
 from typing import Any, Sequence
 
 from ._cli_util import (CliError, Interrupts, config_overrides, drop_held_notes, hold_note,
-                        load_model, out_dir, print_held_notes, run_eval)
+                        load_model, option_names, out_dir, print_held_notes, run_eval)
 
 __all__ = ["main", "parse_lengths", "parse_depths", "parse_count", "CliError"]
 
@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"samba-ext {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
     sub.required = True
+    ap.set_defaults(_commands=sub.choices)  # each command's parser, for option_names
 
     p = sub.add_parser("passkey", help="passkey retrieval accuracy over length x depth",
                        description="Passkey retrieval (Landmark template; lengths in tokens). "
@@ -503,6 +504,7 @@ def _main(args: argparse.Namespace, intr: Interrupts) -> int:
         msg = str(e) or type(e).__name__
         if isinstance(e, FileNotFoundError) and e.filename and str(e.filename) not in msg:
             msg = f"{msg}: {e.filename}"
+        msg = option_names(msg, getattr(args, "_commands", {}).get(args.command))
         print(f"samba-ext: error: {msg}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

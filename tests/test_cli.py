@@ -345,6 +345,15 @@ def test_model_option_errors(tmp_path):
                          "300", "--no-plot", "--out", str(tmp_path / "r")), "--ray")
 
 
+def test_errors_name_the_option_as_typed(tmp_path):
+    """A check inside the Python API names its argument (entries, key_digits); the command
+    line names the option the user typed instead."""
+    p = run("phonebook", *TINY, "--entries", "2", "--no-plot", "--out", str(tmp_path / "pb"))
+    assert_bad_input(p, "--entries: expected values >= 3")
+    p = run("passkey", *TINY, "--key-digits", "40", "--no-plot", "--out", str(tmp_path / "pk"))
+    assert_bad_input(p, "--key-digits: expected 1..18")
+
+
 # ------------------------------------------------------------------- small ones (19.8) ---
 def test_small_cli_fixes(tmp_path):
     assert_bad_input(run("generate", "hi", *TINY, "--top-p", "2"), "top-p")
