@@ -57,6 +57,20 @@ py_selective_scan(PyObject *self, PyObject *args)
     return done(samba_cu_scan_fwd(&a, stream));
 }
 
+/* The state and the strides of x, z, y, B and C of a one-step update. */
+static void
+step_strides(samba_cu_scan_step_args *a, void *state, const samba_pycu_i64s *xs,
+             const samba_pycu_i64s *zs, const samba_pycu_i64s *ys, const samba_pycu_i64s *bs,
+             const samba_pycu_i64s *cs)
+{
+    a->state = state;
+    copy_strides(a->x_s, xs, 2);
+    copy_strides(a->z_s, zs, 2);
+    copy_strides(a->y_s, ys, 2);
+    copy_strides(a->B_s, bs, 3);
+    copy_strides(a->C_s, cs, 3);
+}
+
 /* selective_state_update(batch, dim, dstate, ngroups, state, x, dt, A, B, C, D, z, dt_bias,
  *                        y, x_s, dt_s, z_s, y_s, B_s, C_s, softplus, stream) */
 static PyObject *
@@ -73,13 +87,8 @@ py_selective_state_update(PyObject *self, PyObject *args)
                           &cs, &a.dt_softplus, PTR, &stream)) {
         return NULL;
     }
-    a.state = state;
-    copy_strides(a.x_s, &xs, 2);
+    step_strides(&a, state, &xs, &zs, &ys, &bs, &cs);
     copy_strides(a.dt_s, &ds, 2);
-    copy_strides(a.z_s, &zs, 2);
-    copy_strides(a.y_s, &ys, 2);
-    copy_strides(a.B_s, &bs, 3);
-    copy_strides(a.C_s, &cs, 3);
     return done(samba_cu_scan_step(&a, stream));
 }
 
@@ -101,12 +110,7 @@ py_dt_state_update(PyObject *self, PyObject *args)
                           I64S, &bs, I64S, &cs, &a.dt_softplus, PTR, &stream)) {
         return NULL;
     }
-    a.state = state;
-    copy_strides(a.x_s, &xs, 2);
-    copy_strides(a.z_s, &zs, 2);
-    copy_strides(a.y_s, &ys, 2);
-    copy_strides(a.B_s, &bs, 3);
-    copy_strides(a.C_s, &cs, 3);
+    step_strides(&a, state, &xs, &zs, &ys, &bs, &cs);
     return done(samba_cu_dt_state_update(&a, R, dt_in, ld, dt_w, dt_buf, stream));
 }
 
