@@ -14,7 +14,8 @@ from typing import Any, Optional
 
 from .call import Call
 from .interop import is_cuda_array
-from .layout import DTYPES, check_dtype
+from .blas import product_dtype
+from .layout import DTYPES
 from .ops import StepArgs, _int_vector
 from .runtime import keeps_device, launch
 
@@ -87,9 +88,7 @@ def dt_state_update(state: Any, x: Any, dt_in: Any, dt_proj: Any, A: Any, B: Any
     c.need(R >= 1, "dt_proj", "its rank (second dimension) must be >= 1")
     if da.dtype != wa.dtype:
         raise TypeError(f"dt_in: expected dt_proj's dtype ({wa.dtype}), got {da.dtype}")
-    od = check_dtype(dt_dtype) if dt_dtype else da.dtype
-    if od not in ("float32", wa.dtype):
-        raise TypeError(f"dt_dtype: expected float32 or {wa.dtype}, got {od}")
+    od = product_dtype(dt_dtype, wa.dtype, "dt_dtype")
     da, ld = c.rows(da)
     dt_buf = c.new((a.batch, a.dim), od)
     c.keep.append(dt_buf)
