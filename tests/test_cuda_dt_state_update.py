@@ -26,10 +26,12 @@ from cuda_util import host, needs_cuda, round_to
 pytestmark = needs_cuda
 
 
-def _backend():
+def _backend(dt: str = "bfloat16"):
+    """A backend whose activations are ``dt``: its matmul (the composition's product) writes
+    dt, as the fused call's dt_dtype."""
     from samba_ext.backend_cuda import CUDABackend
 
-    return CUDABackend(graphs=False, act_dtype="bfloat16", weight_dtype="bfloat16")
+    return CUDABackend(graphs=False, act_dtype=dt, weight_dtype=dt)
 
 
 def _softplus(x: np.ndarray) -> np.ndarray:
@@ -80,7 +82,7 @@ def _reference(v: dict, dt: str) -> tuple[np.ndarray, np.ndarray]:
                                  (16, 12), (4, 32)])
 def test_dt_state_update_matches_the_composition(rng, gemv_on, dt, B, N, R):
     E = 200
-    be = _backend()
+    be = _backend(dt)
     v = _inputs(rng, dt, B, E, N, R)
     yf, sf, nf = _run(be, v, dt, True)
     yc, sc, nc = _run(be, v, dt, False)
@@ -131,13 +133,14 @@ def test_dt_state_update_rejects_bad_arguments(rng, bad, match):
 
 @pytest.mark.parametrize("B", [1, 2])
 def test_model_decode_fused_equals_the_composition(rng, gemv_on, B):
-    """A tiny bf16 CUDA model (dt_rank 16, d_state 8) decoding with graphs: the state update
-    computing its own dt against the composition, the same logits bit for bit."""
+    """A tiny bf16 CUDA model decoding with graphs: the state update computing its own dt
+    against the composition, the same logits bit for bit. dt_rank 32: the backend keeps a
+    weight with a dimension under 32 in float32, and the fold needs dt_proj 16-bit."""
     from samba_ext.backend_cuda import CUDABackend
     from samba_ext.config import SambaConfig
     from samba_ext.model import Samba
 
-    cfg = dataclasses.replace(SambaConfig.preset("samba-test"), dt_rank=16)
+    cfg = dataclasses.replace(SambaConfig.preset("samba-test"), dt_rank=32)
     toks = rng.integers(0, cfg.vocab_size, (B, 24))
     outs, launches = [], []
     for fused in (True, False):
