@@ -27,11 +27,13 @@ pytestmark = needs_cuda
 
 
 def _backend(dt: str = "bfloat16"):
-    """A backend whose activations are ``dt``: its matmul (the composition's product) writes
-    dt, as the fused call's dt_dtype."""
+    """A backend whose matmul (the composition's product) writes the fused call's dt_dtype:
+    its activation dtype, bfloat16 for bfloat16 inputs and float32 for float16 ones (a
+    product writes its inputs' dtype or float32; activations are never float16)."""
     from samba_ext.backend_cuda import CUDABackend
 
-    return CUDABackend(graphs=False, act_dtype=dt, weight_dtype=dt)
+    return CUDABackend(graphs=False, act_dtype="bfloat16" if dt == "bfloat16" else "float32",
+                       weight_dtype=dt)
 
 
 def _softplus(x: np.ndarray) -> np.ndarray:
