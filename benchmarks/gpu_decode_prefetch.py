@@ -11,7 +11,8 @@ optional ``+gemv`` (the products on csrc/cuda/gemv.cu's kernels instead of cuBLA
 ``+splitk`` (one-row products on the GEMV's split-K kernel, not its one-row kernel) and
 ``+nofuse`` (the pre-norms and SwiGLUs as kernels of their own, not fused into the one-row
 products; ``+rmsonly``: only the pre-norms fused) and ``+norotkv`` (an attention layer's
-rotary and K/V cache writes as the base backend's composition, not one kernel). The
+rotary and K/V cache writes as the base backend's composition, not one kernel) and
+``+nodtfold`` (a Mamba layer's dt projection as its own product before the state update). The
 model (random bf16 weights, benchmarks/gpu_model.py's ``Ours``) is built once; for each
 setting its captured graphs are dropped, so the next step is captured again with the setting
 in force. Each point: a state at ``--context`` (gpu_model.py's ``state_at_context``), 4 untimed
@@ -46,7 +47,7 @@ from gpu_model import (Ours, device_name, floor_ms, git_commit,  # noqa: E402
                        measure_copy_bandwidth, state_at_context, weight_read_bytes)
 
 
-SUFFIXES = ("gemv", "pdl", "splitk", "nofuse", "rmsonly", "norotkv")
+SUFFIXES = ("gemv", "pdl", "splitk", "nofuse", "rmsonly", "norotkv", "nodtfold")
 
 
 def parse_setting(s: str) -> tuple[str, str, frozenset[str]]:
@@ -57,7 +58,8 @@ def parse_setting(s: str) -> tuple[str, str, frozenset[str]]:
     kernel rather than its one-row kernel, SAMBA_EXT_GEMV_ROWS=0), '+nofuse' (the
     pre-norms and SwiGLUs apart from the products they feed, SAMBA_EXT_GEMV_FUSE=0) and
     '+rmsonly' (only the pre-norms fused, SAMBA_EXT_GEMV_FUSE=rms), '+norotkv' (rotary and
-    K/V cache writes composed, CUDABackend.fuse_rotary_kv = False)."""
+    K/V cache writes composed, CUDABackend.fuse_rotary_kv = False), '+nodtfold' (the dt
+    projection apart from the state update, CUDABackend.fuse_dt_proj = False)."""
     body, *extras = s.split("+")
     if any(e not in SUFFIXES for e in extras) or len(set(extras)) != len(extras):
         raise SystemExit(f"--settings: the suffixes are {', '.join('+' + e for e in SUFFIXES)}, "
@@ -66,8 +68,8 @@ def parse_setting(s: str) -> tuple[str, str, frozenset[str]]:
         return "0", "", frozenset(extras)
     mode, _, mb = body.partition(":")
     if mode not in ("bulk", "touch") or not mb.isdigit():
-        raise SystemExit("--settings: expected 0 or bulk:MB / touch:MB "
-                         f"[+gemv][+pdl][+splitk][+nofuse|+rmsonly][+norotkv], got {s!r}")
+        raise SystemExit("--settings: expected 0 or bulk:MB / touch:MB [+gemv][+pdl][+splitk]"
+                         f"[+nofuse|+rmsonly][+norotkv][+nodtfold], got {s!r}")
     return mode, mb, frozenset(extras)
 
 
@@ -119,6 +121,7 @@ def main() -> int:
         cu.gemv_mode(int("gemv" in extras))
         cu.pdl_mode(int("pdl" in extras))
         m.model.backend.fuse_rotary_kv = "norotkv" not in extras
+        m.model.backend.fuse_dt_proj = "nodtfold" not in extras
         if mb:
             os.environ["SAMBA_EXT_L2_PREFETCH_MB"] = mb
         for B in batches:
@@ -170,7 +173,9 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
              f"({meta['copy_bandwidth_Bps'] / 1e12:.2f} TB/s) = {fl:.3f} ms. Setting: "
              "SAMBA_EXT_L2_PREFETCH[:SAMBA_EXT_L2_PREFETCH_MB] (+gemv: SAMBA_EXT_GEMV=1; +pdl: "
              "programmatic dependent launch on, off in every other row; +splitk: "
-             "SAMBA_EXT_GEMV_ROWS=0; +nofuse / +rmsonly: SAMBA_EXT_GEMV_FUSE=0 / rms; +norotkv: the rotary and K/V cache writes composed). "
+             "SAMBA_EXT_GEMV_ROWS=0; +nofuse / +rmsonly: SAMBA_EXT_GEMV_FUSE=0 / rms; "
+             "+norotkv: the rotary and K/V cache writes composed; +nodtfold: the dt "
+             "projection apart from the state update). "
              "vs off: the mean time of this batch's `0` rows (the setting is off; the spread "
              "between them is the run-to-run noise) over this row's. Same logits: the first "
              "timed step's logits equal those of the first setting with the same "

@@ -210,6 +210,13 @@ class Backend:
         returns y (B, E)."""
         raise NotImplementedError
 
+    def dt_state_update(self, state, x, dt_in, dt_proj, A, B, C, D, z, dt_bias):
+        """One scan step whose dt (B, E) = dt_in (B, R) @ dt_proj (E, R)^T (Mamba's low-rank
+        dt projection), as matmul then selective_state_update; returns y (B, E). A backend may
+        run it as one kernel (the CUDA backend does at batch 1) with the same result."""
+        dt = self.matmul(dt_in, dt_proj, trans_b=True)
+        return self.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias)
+
     def swa_attention(self, q, k, v, window):
         """q (B, Lq, H, hd); k, v (B, Lk, Hkv, hd), Lk >= Lq, query i at key index
         i + Lk - Lq; window None = full causal. Returns (B, Lq, H, hd)."""

@@ -55,7 +55,7 @@ from .cuda import prefetch
 from .cuda import runtime
 from .cuda.array import DeviceArray, to_device, zeros
 from .cuda.blas import matmul, rms_norm_linear, swiglu_linear
-from .cuda.decode import rotary_write_kv
+from .cuda.decode import dt_state_update, rotary_write_kv
 from .cuda.layout import DTYPES, check_dtype, host_contig
 from .cuda.runtime import launch
 from .errors import CudaUnavailableError
@@ -196,6 +196,10 @@ class CUDABackend(Backend):
     #: comparisons: benchmarks/gpu_decode_prefetch.py's ``+norotkv``); read when a step is
     #: recorded, so change it before the first step or free the captured graphs.
     fuse_rotary_kv: bool = True
+    #: dt_state_update through csrc/cuda/fused_gemm.cu (one kernel at batch 1) or as the base
+    #: class's composition (False, for comparisons: gpu_decode_prefetch.py's ``+nodtfold``);
+    #: read when a step is recorded, as fuse_rotary_kv.
+    fuse_dt_proj: bool = True
 
     def __init__(self, device: str = "cuda", weight_dtype: Optional[str] = None,
                  graphs: bool = True, act_dtype: Optional[str] = None,
@@ -728,6 +732,17 @@ class CUDABackend(Backend):
                                D: Any, z: Any, dt_bias: Any) -> Any:
         return self._guard(cuda_ops.selective_state_update, state, x, dt, A, B, C, D, z, dt_bias,
                            True, stream=self.stream)
+
+    def dt_state_update(self, state: Any, x: Any, dt_in: Any, dt_proj: Any, A: Any, B: Any,
+                        C: Any, D: Any, z: Any, dt_bias: Any) -> Any:
+        """As Backend.dt_state_update in one call (csrc/cuda/fused_gemm.cu: one kernel at batch
+        1 where the product would run on the GEMV's one-row kernel), dt in act_dtype as
+        matmul writes it, when dt_in and dt_proj are 16-bit of one dtype."""
+        dts = {str(getattr(dt_in, "dtype", None)), str(getattr(dt_proj, "dtype", None))}
+        if not self.fuse_dt_proj or len(dts) != 1 or dts - {"bfloat16", "float16"}:
+            return super().dt_state_update(state, x, dt_in, dt_proj, A, B, C, D, z, dt_bias)
+        return self._guard(dt_state_update, state, x, dt_in, dt_proj, A, B, C, D, z, dt_bias,
+                           True, dt_dtype=self.act_dtype, stream=self.stream)
 
     def swa_attention(self, q: Any, k: Any, v: Any, window: Optional[int]) -> Any:
         return self._guard(cuda_ops.swa_attention, q, k, v, window, stream=self.stream)

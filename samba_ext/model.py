@@ -592,9 +592,10 @@ class Samba:
                 xz = h                                                      # (B, 2E)
                 xc = be.causal_conv1d_update(xz[:, :E], st["conv"], b.conv_w, b.conv_b)
                 dbl = be.matmul(xc, b.x_proj, trans_b=True)                 # (B, R + 2N)
-                dt = be.matmul(dbl[:, :R], b.dt_proj, trans_b=True)         # (B, E)
-                y = be.selective_state_update(st["ssm"], xc, dt, b.A, dbl[:, R:R + N],
-                                              dbl[:, R + N:], b.Dskip, xz[:, E:], b.dt_bias)
+                # dt = dbl[:, :R] @ dt_proj^T feeds the state update (one kernel at B = 1)
+                y = be.dt_state_update(st["ssm"], xc, dbl[:, :R], b.dt_proj, b.A,
+                                       dbl[:, R:R + N], dbl[:, R + N:], b.Dskip, xz[:, E:],
+                                       b.dt_bias)
                 mix = be.matmul(y, b.out_proj, trans_b=True)
             else:
                 # h = qkv (B, (H + 2G) hd): RoPE on the H query and G key heads (same position

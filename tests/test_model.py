@@ -439,7 +439,7 @@ def test_model_uses_only_the_backend_interface(rng):
     assert m.generate("ab", max_new_tokens=4, stop=[]) == ref.generate("ab", max_new_tokens=4,
                                                                        stop=[])
     assert m.state_dict().keys() == ref.state_dict().keys()
-    assert be.calls["matmul"] > 0 and be.calls["selective_state_update"] > 0
+    assert be.calls["matmul"] > 0 and be.calls["dt_state_update"] > 0
 
 
 def test_prefill_and_step_copy_nothing_to_the_host_until_asked(rng):

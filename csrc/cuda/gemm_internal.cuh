@@ -51,6 +51,13 @@ extern "C" samba_status samba_cu_gemv_rms(int *done, int64_t N, int64_t K, samba
                                           samba_cu_ref res, samba_cu_ref res_out,
                                           samba_cu_ref nw, float eps, samba_cu_ref w,
                                           int64_t ldw, samba_cu_ref y, void *stream);
+// gemv.cu: 1 when samba_cu_gemm / samba_cu_gemv would compute y (1, N) = x @ W^T (W rows ldw
+// apart) with the one-row kernel at one warp per row of W and 8-element vectors, each lane
+// taking at most one vector (K a multiple of 8, at most 256): lane l's products of elements
+// 8l .. 8l + 7 accumulated in order from 0 by fmaf, plus 0, summed by warp_sum, added to 0 and
+// rounded to y's dtype. samba_cu_dt_state_update repeats exactly that.
+extern "C" int samba_cu_gemv_row_plain(int64_t N, int64_t K, samba_cu_ref x, samba_cu_ref w,
+                                       int64_t ldw, samba_cu_ref y);
 // gemv.cu: y (1, N) = (silu(g) * u) @ W^T in one kernel (SwiGLU as swiglu.cu computes it,
 // rounded to W's dtype); *done as samba_cu_gemv_rms.
 extern "C" samba_status samba_cu_gemv_swiglu(int *done, int64_t N, int64_t K, samba_cu_ref g,

@@ -656,6 +656,22 @@ static samba_status sm_count(int64_t *sms) {
     return SAMBA_OK;
 }
 
+extern "C" int samba_cu_gemv_row_plain(int64_t N, int64_t K, samba_cu_ref x, samba_cu_ref w,
+                                       int64_t ldw, samba_cu_ref y) {
+    // samba_cu_gemm's and samba_cu_gemv's gates for M = 1, then launch_row's choice of vector
+    // width (w_vec, x's alignment) and warps per row (1 while K / 8 < 64)
+    const int on = samba_cu_gemv_enabled();
+    if (on == SAMBA_GEMV_OFF || (on == SAMBA_GEMV_AUTO && !samba_cu_pdl_enabled()) ||
+        !gemv_rows_on())
+        return 0;
+    if (N < 1 || N > INT32_MAX || K < 8 || K % 8 != 0 || K > 256) return 0;
+    if (x.dtype != w.dtype || (x.dtype != SAMBA_CU_BF16 && x.dtype != SAMBA_CU_F16)) return 0;
+    if (y.dtype != SAMBA_CU_F32 && y.dtype != x.dtype) return 0;
+    if (w_vec(w, N, ldw) != 8 || reinterpret_cast<uintptr_t>(x.ptr) % 16 != 0) return 0;
+    int64_t sms = 0;
+    return sm_count(&sms) == SAMBA_OK && sms > 0;
+}
+
 // What both prologue kernels need: the GEMV on for one row (as samba_cu_gemv decides), the
 // prologue not switched off, a row of whole 16-byte vectors that shared memory holds, 16-bit W
 // and y float32 or W's dtype.

@@ -57,6 +57,20 @@ py_selective_scan(PyObject *self, PyObject *args)
     return done(samba_cu_scan_fwd(&a, stream));
 }
 
+/* The state and the strides of x, z, y, B and C of a one-step update. */
+static void
+step_strides(samba_cu_scan_step_args *a, void *state, const samba_pycu_i64s *xs,
+             const samba_pycu_i64s *zs, const samba_pycu_i64s *ys, const samba_pycu_i64s *bs,
+             const samba_pycu_i64s *cs)
+{
+    a->state = state;
+    copy_strides(a->x_s, xs, 2);
+    copy_strides(a->z_s, zs, 2);
+    copy_strides(a->y_s, ys, 2);
+    copy_strides(a->B_s, bs, 3);
+    copy_strides(a->C_s, cs, 3);
+}
+
 /* selective_state_update(batch, dim, dstate, ngroups, state, x, dt, A, B, C, D, z, dt_bias,
  *                        y, x_s, dt_s, z_s, y_s, B_s, C_s, softplus, stream) */
 static PyObject *
@@ -73,14 +87,31 @@ py_selective_state_update(PyObject *self, PyObject *args)
                           &cs, &a.dt_softplus, PTR, &stream)) {
         return NULL;
     }
-    a.state = state;
-    copy_strides(a.x_s, &xs, 2);
+    step_strides(&a, state, &xs, &zs, &ys, &bs, &cs);
     copy_strides(a.dt_s, &ds, 2);
-    copy_strides(a.z_s, &zs, 2);
-    copy_strides(a.y_s, &ys, 2);
-    copy_strides(a.B_s, &bs, 3);
-    copy_strides(a.C_s, &cs, 3);
     return done(samba_cu_scan_step(&a, stream));
+}
+
+/* dt_state_update(batch, dim, dstate, ngroups, R, state, x, dt_in, ld_dt_in, dt_w, dt_buf, A,
+ *                 B, C, D, z, dt_bias, y, x_s, z_s, y_s, B_s, C_s, softplus, stream) */
+static PyObject *
+py_dt_state_update(PyObject *self, PyObject *args)
+{
+    samba_cu_scan_step_args a;
+    samba_pycu_i64s xs, zs, ys, bs, cs;
+    samba_cu_ref dt_in, dt_w, dt_buf;
+    long long R, ld;
+    void *state, *stream;
+    memset(&a, 0, sizeof a);
+    if (!PyArg_ParseTuple(args, "LLLLLO&O&O&LO&O&O&O&O&O&O&O&O&O&O&O&O&O&iO&", &a.batch, &a.dim,
+                          &a.dstate, &a.ngroups, &R, PTR, &state, REF, &a.x, REF, &dt_in, &ld,
+                          REF, &dt_w, REF, &dt_buf, REF, &a.A, REF, &a.B, REF, &a.C, REF, &a.D,
+                          REF, &a.z, REF, &a.dt_bias, REF, &a.y, I64S, &xs, I64S, &zs, I64S, &ys,
+                          I64S, &bs, I64S, &cs, &a.dt_softplus, PTR, &stream)) {
+        return NULL;
+    }
+    step_strides(&a, state, &xs, &zs, &ys, &bs, &cs);
+    return done(samba_cu_dt_state_update(&a, R, dt_in, ld, dt_w, dt_buf, stream));
 }
 
 /* causal_conv1d(batch, dim, seqlen, width, x, x_s, weight, bias, initial_states,
@@ -456,6 +487,10 @@ PyMethodDef samba_pycu_kernel_methods[] = {
      "swiglu_gemm($module, M, N, K, gate, ld_gate, up, ld_up, h, w, ldw, y, ldy, stream, /)"
      "\n--\n\nswiglu then gemm (one kernel for one row where the GEMV runs; arguments: see "
      "py_cuda_kernels.c)."},
+    {"dt_state_update", py_dt_state_update, METH_VARARGS,
+     "dt_state_update($module, batch, dim, dstate, ngroups, R, state, x, dt_in, ld_dt_in, dt_w, "
+     "dt_buf, A, B, C, D, z, dt_bias, y, x_s, z_s, y_s, B_s, C_s, softplus, stream, /)"
+     "\n--\n\nMamba's decode step with its dt projection (arguments: see py_cuda_kernels.c)."},
     {"rotary_kv", py_rotary_kv, METH_VARARGS,
      "rotary_kv($module, batch, H, G, hd, qkv, ld_qkv, pos, base, q_out, k_cache, kc_s, "
      "v_cache, vc_s, slots, stream, /)"

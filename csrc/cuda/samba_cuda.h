@@ -206,15 +206,31 @@ samba_status samba_cu_scan_fwd(const samba_cu_scan_args *a, void *stream);
 long long samba_cu_scan_launches(int kind);
 
 /* One decode step: state (B, D, N) float32 in place; x, dt, z, y (B, D) with strides
- * *_s[0..1]; B, C (B, G, N) with strides *_s[0..2]; A (D, N), D, dt_bias (D) contiguous. */
+ * *_s[0..1]; B, C (B, G, N) with strides *_s[0..2]; A (D, N), D, dt_bias (D) contiguous.
+ * dt_nv, dt_w, dt_rdt: zero, except as samba_cu_dt_state_update sets them (fused_gemm.cu). */
 typedef struct samba_cu_scan_step_args {
     int64_t batch, dim, dstate, ngroups;
     float *state;
     samba_cu_ref x, dt, A, B, C, D, z, dt_bias, y;
     int64_t x_s[2], dt_s[2], z_s[2], y_s[2], B_s[3], C_s[3];
     int dt_softplus;
+    /* dt_nv > 0 (batch 1 only): dt is the row dt_in (1, 8 dt_nv) 16-byte aligned, and the step's
+     * dt is dt_in @ dt_w (D, 8 dt_nv)^T (dt_w's dtype, rows contiguous and 16-byte aligned),
+     * summed as gemv.cu's one-row kernel sums it and rounded to dtype dt_rdt. */
+    samba_cu_ref dt_w;
+    int dt_nv, dt_rdt;
 } samba_cu_scan_step_args;
 samba_status samba_cu_scan_step(const samba_cu_scan_step_args *a, void *stream);
+/* The decode step with the low-rank dt projection of Mamba: dt_buf (B, D) contiguous = dt_in
+ * (B, R, row stride ld_dt_in) @ dt_w (D, R)^T by samba_cu_gemm_batched (as
+ * samba_ext.cuda.blas.matmul calls it), then samba_cu_scan_step with dt = dt_buf (a->dt and
+ * a->dt_s are not read). At batch 1, where gemv.cu would
+ * compute that product with its one-row kernel at one warp per row (samba_cu_gemv_row_plain),
+ * the state update computes each channel's dt itself, with the same sums and rounding, and
+ * dt_buf is not written: one launch instead of two, the same bits. */
+samba_status samba_cu_dt_state_update(const samba_cu_scan_step_args *a, int64_t R,
+                                      samba_cu_ref dt_in, int64_t ld_dt_in, samba_cu_ref dt_w,
+                                      samba_cu_ref dt_buf, void *stream);
 
 /* ---------------------------------------------------------------- conv.cu ------------- */
 /*

@@ -72,6 +72,47 @@ scan_fwd_kernel(samba_cu_scan_args p) {
     }
 }
 
+// dt of channel d at batch 1 from the low-rank row (samba_cu_dt_state_update): the LPC threads of
+// the channel compute dt_in @ dt_w[d]^T as gemv.cu's one-row kernel does with one warp per row
+// (samba_cu_gemv_row_plain): lane l accumulates the products of elements 8l .. 8l + 7 in order
+// (the kernel's lanes past the row, and its zero vectors, add +0), the lanes' sums meet in the
+// order of warp_sum's butterfly (its steps across lanes past the row add +0), the sum is added to
+// 0 and rounded to the product's dtype. So dt has the bits the product's store and a load give.
+template <int LPC>
+__device__ __forceinline__ float step_dt_proj(const samba_cu_scan_step_args &p, int64_t d,
+                                              int lane) {
+    float acc = 0.0f;
+    if (lane < p.dt_nv) {
+        const int64_t e0 = (int64_t)lane * 8;
+        const uint4 wv = *reinterpret_cast<const uint4 *>(
+            static_cast<const unsigned short *>(p.dt_w.ptr) + d * (int64_t)p.dt_nv * 8 + e0);
+        const uint4 xv =
+            *reinterpret_cast<const uint4 *>(static_cast<const unsigned short *>(p.dt.ptr) + e0);
+        const uint32_t w4[4] = {wv.x, wv.y, wv.z, wv.w}, x4[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            float w0, w1, x0, x1;
+            if (p.dt_w.dtype == SAMBA_CU_BF16) {
+                w0 = __uint_as_float(w4[e] << 16), w1 = __uint_as_float(w4[e] & 0xffff0000u);
+                x0 = __uint_as_float(x4[e] << 16), x1 = __uint_as_float(x4[e] & 0xffff0000u);
+            } else {
+                w0 = __half2float(__ushort_as_half((unsigned short)(w4[e] & 0xffffu)));
+                w1 = __half2float(__ushort_as_half((unsigned short)(w4[e] >> 16)));
+                x0 = __half2float(__ushort_as_half((unsigned short)(x4[e] & 0xffffu)));
+                x1 = __half2float(__ushort_as_half((unsigned short)(x4[e] >> 16)));
+            }
+            acc = fmaf(w0, x0, acc);
+            acc = fmaf(w1, x1, acc);
+        }
+        acc += 0.0f;
+    }
+#pragma unroll
+    for (int o = 16; o >= LPC; o >>= 1) acc += 0.0f;
+#pragma unroll
+    for (int m = LPC / 2; m >= 1; m /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, m, LPC);
+    return round_to(p.dt_rdt, 0.0f + acc);
+}
+
 // The one-step update: LPC = min(32, next power of two >= N) consecutive threads share a
 // (batch, channel), thread `lane` updating the states lane, lane + LPC, ...; y = <h, C> is
 // summed over the LPC threads by shuffles. A batch-1 step of 4096 channels is 64K threads
@@ -91,7 +132,8 @@ __global__ void __launch_bounds__(SCAN_THREADS) scan_step_kernel(samba_cu_scan_s
     const int64_t g = d / (p.dim / p.ngroups);
     const int64_t B0 = b * p.B_s[0] + g * p.B_s[1], C0 = b * p.C_s[0] + g * p.C_s[1];
     const float x = ldf(p.x, b * p.x_s[0] + d * p.x_s[1]);
-    float dt = ldf(p.dt, b * p.dt_s[0] + d * p.dt_s[1]) + ldf_opt(p.dt_bias, d, 0.0f);
+    float dt = p.dt_nv > 0 ? step_dt_proj<LPC>(p, d, lane) : ldf(p.dt, b * p.dt_s[0] + d * p.dt_s[1]);
+    dt += ldf_opt(p.dt_bias, d, 0.0f);
     if (p.dt_softplus) dt = softplus_f(dt);
     const float dx = dt * x;
     float y = 0.0f;

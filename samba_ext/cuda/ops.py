@@ -84,37 +84,53 @@ def selective_state_update(state: Any, x: Any, dt: Any, A: Any, B: Any, C: Any, 
     """See :func:`samba_ext.kernels.selective_state_update` (state float32, in place)."""
     c = Call("selective_state_update", dict(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z,
                                             dt_bias=dt_bias, out=out), stream)
-    st = c.inplace(state, "state", 3)
-    batch, dim, N = st.shape
-    xa = c.arr(x, "x", (2,))
+    a = StepArgs(c, state, x, A, B, C, D, z, dt_bias)
     dta = c.arr(dt, "dt", (2,))
-    Aa = c.contig(c.arr(A, "A", (2,)))
-    Ba = c.arr(B, "B", (2, 3))
-    Ca = c.arr(C, "C", (2, 3))
-    G = Ba.shape[1] if Ba.ndim == 3 else 1
-    Da = c.contig(c.arr(D, "D", (1,)))
-    dba = c.contig(c.arr(dt_bias, "dt_bias", (1,)))
-    za = c.arr(z, "z", (2,))
-    c.fit(xa, "x", batch, dim)
-    c.fit(dta, "dt", batch, dim)
-    c.fit(Aa, "A", dim, N)
-    c.fit(Ba, "B", *((batch, N) if Ba.ndim == 2 else (batch, G, N)))
-    c.fit(Ca, "C", *((batch, N) if G == 1 and Ca.ndim == 2 else (batch, G, N)))
-    c.fit(Da, "D", dim)
-    c.fit(dba, "dt_bias", dim)
-    c.fit(za, "z", batch, dim)
-    c.need(G >= 1 and dim % G == 0, "B", "ngroups must divide dim")
-
-    def s3(a: ArrayView) -> tuple:
-        return (a.strides[0], 0, a.strides[1]) if a.ndim == 2 else tuple(a.strides)
-
-    ya, yres = c.output((batch, dim), xa.dtype, out)
-    launch(c.cu.selective_state_update, batch, dim, N, G, st.ptr, xa.ref, dta.ref, Aa.ref,
-           Ba.ref, Ca.ref, Da.ref if Da else None, za.ref if za else None,
-           dba.ref if dba else None, ya.ref, xa.strides, dta.strides,
-           za.strides if za else (0, 0), ya.strides, s3(Ba), s3(Ca), int(bool(dt_softplus)),
-           c.stream)
+    c.fit(dta, "dt", a.batch, a.dim)
+    ya, yres = c.output((a.batch, a.dim), a.x.dtype, out)
+    launch(c.cu.selective_state_update, a.batch, a.dim, a.N, a.G, a.state.ptr, a.x.ref, dta.ref,
+           a.A.ref, a.B.ref, a.C.ref, a.opt("D"), a.opt("z"), a.opt("dt_bias"), ya.ref,
+           a.x.strides, dta.strides, a.z.strides if a.z else (0, 0), ya.strides, a.s3(a.B),
+           a.s3(a.C), int(bool(dt_softplus)), c.stream)
     return c.finish(yres)
+
+
+class StepArgs:
+    """The checked arguments of a one-step state update other than dt (shared by
+    :func:`selective_state_update` and samba_ext.cuda.decode.dt_state_update): state (batch,
+    dim, N) float32 updated in place, x (batch, dim), A (dim, N), B and C (batch, N) or (batch,
+    G, N), D and dt_bias (dim,), z (batch, dim)."""
+
+    def __init__(self, c: Call, state: Any, x: Any, A: Any, B: Any, C: Any, D: Any, z: Any,
+                 dt_bias: Any) -> None:
+        self.state = c.inplace(state, "state", 3)
+        self.batch, self.dim, self.N = batch, dim, N = self.state.shape
+        self.x = c.arr(x, "x", (2,))
+        self.A = c.contig(c.arr(A, "A", (2,)))
+        self.B = c.arr(B, "B", (2, 3))
+        self.C = c.arr(C, "C", (2, 3))
+        self.G = G = self.B.shape[1] if self.B.ndim == 3 else 1
+        self.D = c.contig(c.arr(D, "D", (1,)))
+        self.dt_bias = c.contig(c.arr(dt_bias, "dt_bias", (1,)))
+        self.z = c.arr(z, "z", (2,))
+        c.fit(self.x, "x", batch, dim)
+        c.fit(self.A, "A", dim, N)
+        c.fit(self.B, "B", *((batch, N) if self.B.ndim == 2 else (batch, G, N)))
+        c.fit(self.C, "C", *((batch, N) if G == 1 and self.C.ndim == 2 else (batch, G, N)))
+        c.fit(self.D, "D", dim)
+        c.fit(self.dt_bias, "dt_bias", dim)
+        c.fit(self.z, "z", batch, dim)
+        c.need(G >= 1 and dim % G == 0, "B", "ngroups must divide dim")
+
+    def opt(self, name: str) -> Any:
+        """The kernel reference of an optional input (D, z, dt_bias), or None."""
+        v = getattr(self, name)
+        return v.ref if v else None
+
+    @staticmethod
+    def s3(a: ArrayView) -> tuple:
+        """B's or C's (batch, group, state) strides (group stride 0 for a 2-D array)."""
+        return (a.strides[0], 0, a.strides[1]) if a.ndim == 2 else tuple(a.strides)
 
 
 def _activation(activation: Optional[str]) -> int:
