@@ -132,7 +132,8 @@ __global__ void __launch_bounds__(SCAN_THREADS) scan_step_kernel(samba_cu_scan_s
     const int64_t g = d / (p.dim / p.ngroups);
     const int64_t B0 = b * p.B_s[0] + g * p.B_s[1], C0 = b * p.C_s[0] + g * p.C_s[1];
     const float x = ldf(p.x, b * p.x_s[0] + d * p.x_s[1]);
-    float dt = p.dt_nv > 0 ? step_dt_proj<LPC>(p, d, lane) : ldf(p.dt, b * p.dt_s[0] + d * p.dt_s[1]);
+    float dt = p.dt_nv > 0 ? step_dt_proj<LPC>(p, d, lane)
+                           : ldf(p.dt, b * p.dt_s[0] + d * p.dt_s[1]);
     dt += ldf_opt(p.dt_bias, d, 0.0f);
     if (p.dt_softplus) dt = softplus_f(dt);
     const float dx = dt * x;
