@@ -221,8 +221,10 @@ def run_eval(name: str, args: argparse.Namespace, out: str, model: Any = None,
     when stdout is not a terminal (where it would disturb the progress bars). Interrupted
     runs keep their finished units; the exit code is then 128 + the signal."""
     from .eval import EvalInterrupted
-    from .eval.grid import run_grid
+    from .eval.grid import plan_units, run_grid
 
+    if not direct:   # the evaluation's own argument checks run before any held note prints
+        plan_units(name, None, {k: v for k, v in kw.items() if k != "device"}, model_id="-")
     print_held_notes()
     prev: dict[str, Any] = {"unit": None}
 

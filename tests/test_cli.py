@@ -406,6 +406,10 @@ def test_busy_machine_note_only_for_commands_that_run(tmp_path, monkeypatch, cap
         rc = cli.main(["passkey", *TINY, "--lengths", "foo", "--out", str(tmp_path / "a")])
         err = capsys.readouterr().err
         assert rc == 2 and "--lengths" in err and note not in err
+        # a value the evaluation itself rejects (phonebook books need >= 3 entries)
+        rc = cli.main(["phonebook", *TINY, "--entries", "2", "--out", str(tmp_path / "p")])
+        err = capsys.readouterr().err
+        assert rc == 2 and "--entries" in err and note not in err
         rc = cli.main(["passkey", *TINY, "--lengths", "300", "--depths", "0", "--trials", "1",
                        "--no-progress", "--out", str(tmp_path / "b")])
         err = capsys.readouterr().err
