@@ -160,3 +160,17 @@ def test_throughput_warms_up_and_takes_a_median(model):
     assert [c["repeats"] for c in r.cells] == [3, 3, 3]
     # per prefill length: 1 warm-up + 3 timed; decode: (1 + 3) runs of a prompt + 3 steps
     assert calls["prefill"] == 2 * 4 + 4 and calls["step"] == 4 * 3
+
+
+@pytest.mark.parametrize("doc", ["README.md", os.path.join("docs", "eval.md")])
+def test_documented_passkey_output_is_the_committed_runs(doc):
+    """The `samba-ext passkey` excerpt in the docs is the committed run's printed table, line
+    for line (the lines between are elided with "..."), so it cannot drift from the JSON."""
+    committed = os.path.join(ROOT, "docs", "eval", "passkey_default.json")
+    printed = str(load_result(committed)).splitlines()
+    text = open(os.path.join(ROOT, doc), encoding="utf-8").read()
+    block = text.split("$ samba-ext passkey\n", 1)[1].split("```", 1)[0].splitlines()
+    shown = [ln for ln in block if not ln.startswith("...")]
+    assert len(shown) >= 6
+    for ln in shown:
+        assert ln in printed, f"{doc}: {ln!r} is not a line of the committed run's output"
