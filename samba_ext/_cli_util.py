@@ -261,6 +261,8 @@ def run_eval(name: str, args: argparse.Namespace, out: str, model: Any = None,
                          on_unit=on_unit if args.ray is None else None, **kw)
         except EvalInterrupted as e:
             r = e.result
+        if prev["unit"] is not None and not r.partial and not _stdout_is_tty():
+            print(f"cell done: {name} {prev['unit'].label}", flush=True)   # the last unit
     intr = getattr(args, "_interrupts", None)
     signum = intr.first if intr is not None and intr.first is not None else None
     if r.partial and signum is None:

@@ -207,6 +207,19 @@ def _wait_for_cell(proc) -> list[str]:
     raise AssertionError(f"no 'cell done' line; stderr: {proc.stderr.read()}")
 
 
+def test_every_finished_cell_is_reported(tmp_path):
+    """With stdout a pipe, each finished unit prints one "cell done" line, the last one too
+    (it was printed only when the next unit started, so the last never was)."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run([sys.executable, "-m", "samba_ext.cli", "phonebook", "--model",
+                        "random:samba-test", "--entries", "4,5", "--trials", "1", "--threads",
+                        "1", "--no-plot", "--no-progress", "--out", str(tmp_path / "pb")],
+                       cwd=ROOT, env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    done = [ln for ln in p.stdout.splitlines() if ln.startswith("cell done:")]
+    assert done == ["cell done: phonebook 4 entries", "cell done: phonebook 5 entries"], p.stdout
+
+
 SIGNAL_CASES = [("SIGINT",), ("SIGINT", "SIGINT"), ("SIGTERM",), ("SIGHUP",),
                 ("SIGTERM", "SIGHUP"), ("SIGINT", "SIGTERM"), ("SIGQUIT",), ("SIGUSR1",),
                 ("SIGXCPU",)]
