@@ -111,9 +111,12 @@ def _nonneg_float(s: str) -> float:
 
 
 class _Parser(argparse.ArgumentParser):
+    def _commands_of(self, args: argparse.Namespace) -> argparse.ArgumentParser:
+        """The parser of the command in ``args`` (this one where there is none)."""
+        return getattr(args, "_commands", {}).get(getattr(args, "command", None), self)
+
     def error(self, message: str):  # argparse's own errors: one line, exit 2
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_BAD_INPUT, f"samba-ext: error: {message}\n")
+        self.exit(EXIT_BAD_INPUT, f"samba-ext: error: {message} (see '{self.prog} --help')\n")
 
 
 def _common(p: argparse.ArgumentParser, out: bool = True, model: bool = True,
@@ -470,7 +473,9 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``samba-ext`` console script. Returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:   # named by the command's parser, whose --help lists its options
+        parser._commands_of(args).error(f"unrecognized arguments: {' '.join(extra)}")
     args._argv = list(argv) if argv is not None else None
     with Interrupts() as intr:
         args._interrupts = intr

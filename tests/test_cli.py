@@ -429,3 +429,20 @@ def test_busy_machine_note_only_for_commands_that_run(tmp_path, monkeypatch, cap
         assert rc == 0 and err.count(note) == 1
     finally:
         samba_ext.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("argv,option", [(["passkey", "--trials", "0"], "--trials"),
+                                         (["passkey", "--grid", "foo"], "--grid"),
+                                         (["passkey", "--bogus"], "--bogus"),
+                                         (["phonebook", "--entries"], "--entries")])
+def test_option_errors_are_one_line(argv, option, capsys):
+    """argparse's own errors (bad type, bad choice, unknown option) print one line naming
+    the option and the command's --help, not the whole usage block; exit code 2."""
+    from samba_ext import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.count("\n") == 1 and err.startswith("samba-ext: error:") and option in err, err
+    assert f"'samba-ext {argv[0]} --help'" in err
