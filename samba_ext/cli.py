@@ -395,6 +395,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         prompt = sys.stdin.read()
     if not prompt:
         raise CliError("generate: the prompt is empty")
+    from .sampling import check_sampling, check_seed
+
+    check_sampling(args.temperature, args.top_k, args.top_p)   # before the prompt is echoed
+    check_seed(args.seed, allow_none=True)
     model = load_model(args.model, args.device, seed=args.seed, overrides=config_overrides(args))
     print_held_notes()
     sys.stdout.write(prompt)

@@ -132,13 +132,20 @@ def generate(model: Any, prompt: Union[str, Any], max_new_tokens: int = 32,
              progress: Optional[Callable[[int, int], Any]] = None
              ) -> Union[str, list[int], list[list[int]]]:
     """The implementation of :meth:`samba_ext.model.Samba.generate` (see its docstring)."""
-    from .sampling import check_sampling, sample_next
+    from .sampling import check_sampling, check_seed, sample_next
 
     check_sampling(temperature, top_k, top_p)
+    seed = check_seed(seed, allow_none=True)
+    if stream is not None and not callable(stream):
+        raise TypeError(f"stream: expected a callable or None, got {type(stream).__name__}")
     n_new = _check_max_new(max_new_tokens)
     is_text = isinstance(prompt, str)
     if is_text:
-        ids = np.asarray([model.tokenizer.encode(prompt)], dtype=np.int64).reshape(1, -1)
+        try:
+            ids = np.asarray([model.tokenizer.encode(prompt)], dtype=np.int64).reshape(1, -1)
+        except UnicodeEncodeError as e:
+            raise ValueError(f"prompt: not encodable as UTF-8 ({e.reason} at character "
+                             f"{e.start}); pass valid text or token ids") from None
         batched = False
     else:
         arr = np.asarray(prompt)

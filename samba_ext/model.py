@@ -34,6 +34,7 @@ from .backend import Backend, get_backend
 from .config import SambaConfig
 from .errors import CheckpointError
 from .memory import available_memory, check_chunk, check_memory, memory_needed
+from .sampling import check_seed
 from .state import SambaState, state_signature
 from .weights import (expected_shapes, init_state_dict, pad_rows, qkv_grouped_to_split,
                       qkv_split_to_grouped)
@@ -114,7 +115,7 @@ class Samba:
         #: config fields :meth:`load` could not read from the file and guessed -> value
         self.guessed: dict[str, Any] = {}
         if state_dict is None:
-            state_dict = init_state_dict(config, seed)
+            state_dict = init_state_dict(config, check_seed(seed))
         self._set_weights(state_dict)
 
     # ------------------------------------------------------------------ properties ---

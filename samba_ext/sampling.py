@@ -6,7 +6,18 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["sample_next", "check_sampling"]
+__all__ = ["sample_next", "check_sampling", "check_seed"]
+
+
+def check_seed(seed: Any, allow_none: bool = False) -> Optional[int]:
+    """``seed`` checked: an int >= 0 (or None where ``allow_none``: fresh entropy). The one
+    rule for every seed argument (models, generation, evaluations)."""
+    if seed is None and allow_none:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed: expected an int >= 0{' or None' if allow_none else ''}, "
+                         f"got {seed!r}")
+    return int(seed)
 
 
 def check_sampling(temperature: Any, top_k: Any = None, top_p: Any = None) -> None:

@@ -446,3 +446,18 @@ def test_option_errors_are_one_line(argv, option, capsys):
     assert e.value.code == 2
     assert err.count("\n") == 1 and err.startswith("samba-ext: error:") and option in err, err
     assert f"'samba-ext {argv[0]} --help'" in err
+
+
+@pytest.mark.parametrize("cmd", [["passkey", "--lengths", "300"], ["phonebook"],
+                                 ["throughput", "--configs", "samba-test", "--lengths", "300"],
+                                 ["generate", "--temperature", "1", "hi"]])
+def test_negative_seed_names_the_option(cmd, tmp_path, capsys):
+    """A seed < 0 was numpy's "expected non-negative integer" (no option named); every seed
+    is now checked by samba_ext.sampling.check_seed before any work or output."""
+    from samba_ext import cli
+
+    out = [] if cmd[0] == "generate" else ["--out", str(tmp_path / "o")]
+    model = [] if cmd[0] == "throughput" else ["--model", "random:samba-test"]
+    rc = cli.main([cmd[0], *model, *cmd[1:], "--seed", "-1", *out])
+    cap = capsys.readouterr()
+    assert rc == 2 and "--seed: expected an int >= 0" in cap.err and cap.out == "", cap

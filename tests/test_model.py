@@ -639,9 +639,16 @@ def test_generate_rejects_bad_options(model):
                      ({"max_new_tokens": True}, "max_new_tokens"),
                      ({"top_p": 2.0}, "top_p"), ({"top_p": 0.0}, "top_p"),
                      ({"top_k": 0}, "top_k"), ({"temperature": -1.0}, "temperature"),
-                     ({"temperature": float("nan")}, "temperature")):
+                     ({"temperature": float("nan")}, "temperature"),
+                     ({"seed": -1}, "seed"), ({"seed": 2.5}, "seed"), ({"seed": "x"}, "seed")):
         with pytest.raises(ValueError, match=what):
             model.generate([1, 2], **kw)
+    with pytest.raises(TypeError, match="stream"):   # before the prefill, not at the 1st token
+        model.generate([1, 2], stream=5)
+    with pytest.raises(ValueError, match="prompt"):
+        model.generate("\udcff")
+    with pytest.raises(ValueError, match="seed"):
+        Samba(SambaConfig.preset("samba-test"), seed=-1)
 
 
 # ------------------------------------------------------------------------------ saving ---

@@ -36,6 +36,7 @@ import tempfile
 import time
 from typing import Any, Callable, Sequence
 
+from ..sampling import check_seed
 from ._common import as_int_list
 from .results import _REGISTRY, EvalResult, _umask, fmt_tokens
 
@@ -224,7 +225,7 @@ def plan_units(eval_name: str, model: Any, kwargs: dict, *, device: str = "cpu",
         parts = _perplexity_units(kw)
     else:
         parts = _throughput_units(kw)
-    seed = int(kw.get("seed", 0) or 0)
+    seed = check_seed(kw.get("seed") or 0)
     mid = model_id if model_id is not None else (
         "throughput" if eval_name == "throughput" else model_identity(model, seed))
     units = []

@@ -38,6 +38,7 @@ import numpy as np
 
 from ._common import (Progress, Timer, as_int_list, as_trials, call_prefill, greedy_decode,
                       model_info, notes_for, resolve_model)
+from ..sampling import check_seed
 from ._pool import TrialPool, eval_workers
 from ._run import CellRecorder
 from .gridspec import GRIDS, as_depths, as_lengths, grid_defaults
@@ -382,6 +383,7 @@ def passkey(model: Any, lengths: Sequence[int] | str | None = DEFAULT_LENGTHS,
     lengths = list(dict.fromkeys(as_int_list(list(lengths), "lengths")))
     random_depth, depth_list = _check_depths(depths)
     trials = as_trials(trials)
+    seed = check_seed(seed)
     if key_range is not None:
         lo, hi = int(key_range[0]), int(key_range[1])
         if not 0 <= lo <= hi:

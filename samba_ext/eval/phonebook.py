@@ -22,6 +22,7 @@ import numpy as np
 
 from ._common import (Progress, Timer, as_int_list, as_trials, call_prefill, greedy_decode,
                       model_info, notes_for, resolve_model)
+from ..sampling import check_seed
 from ._pool import TrialPool, eval_workers
 from ._run import CellRecorder
 from .gridspec import GRIDS, as_lengths, grid_defaults
@@ -191,6 +192,7 @@ def phonebook(model: Any, entries: Sequence[int] | str | None = DEFAULT_ENTRIES,
     tok = model.tokenizer
     entries = list(dict.fromkeys(as_int_list(list(entries), "entries", minimum=3)))
     trials = as_trials(trials)
+    seed = check_seed(seed)
     names = load_names(names_file)
     cap = len(names[0]) * len(names[1])
     if max(entries) > cap:

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..sampling import check_seed
 from ._common import Progress, Timer, as_int_list
 from ._run import CellRecorder
 from ._format import fmt_tokens, format_table
@@ -140,9 +141,12 @@ def throughput(configs: Sequence[Any] = ("samba-tiny", "samba-tiny:llama"),
 
     prompt_lengths = as_int_list(list(prompt_lengths), "prompt_lengths") if prompt_lengths else []
     gen_lengths = as_int_list(list(gen_lengths), "gen_lengths") if gen_lengths else []
+    for name, v in (("total_tokens", total_tokens), ("batch_size", batch_size),
+                    ("repeats", repeats), ("decode_prompt", decode_prompt)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
     total_tokens = int(total_tokens)
-    if total_tokens < 1 or batch_size < 1 or repeats < 1 or decode_prompt < 1:
-        raise ValueError("total_tokens, batch_size, repeats and decode_prompt must be >= 1")
+    seed = check_seed(seed)
     models = []
     for spec in configs:
         if hasattr(spec, "prefill") and hasattr(spec, "config"):
