@@ -464,7 +464,8 @@ _COMMANDS = {"passkey": _cmd_passkey, "phonebook": _cmd_phonebook,
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    errs: list[type[BaseException]] = [CliError, ValueError, OSError, ImportError]
+    # MemoryError: a run too large for this machine (one line, as for bad input)
+    errs: list[type[BaseException]] = [CliError, ValueError, OSError, ImportError, MemoryError]
     try:
         from .errors import CheckpointError, CudaUnavailableError
 
@@ -499,7 +500,10 @@ def _main(args: argparse.Namespace, intr: Interrupts) -> int:
         if threads is not None:
             from ._info import set_num_threads
 
-            set_num_threads(threads)       # the C kernels (OpenMP)
+            try:
+                set_num_threads(threads)   # the C kernels (OpenMP)
+            except ValueError as e:
+                raise CliError(f"--threads: {str(e).removeprefix('n: ')}") from None
             set_blas_threads(threads)      # NumPy's BLAS (the model's GEMMs)
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt as e:

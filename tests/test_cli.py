@@ -461,3 +461,22 @@ def test_negative_seed_names_the_option(cmd, tmp_path, capsys):
     rc = cli.main([cmd[0], *model, *cmd[1:], "--seed", "-1", *out])
     cap = capsys.readouterr()
     assert rc == 2 and "--seed: expected an int >= 0" in cap.err and cap.out == "", cap
+
+
+def test_out_of_range_counts_and_memory_errors_are_one_line(monkeypatch, capsys):
+    """Counts past 1T, a thread count past the C limit (an OverflowError traceback before) and
+    a MemoryError (e.g. a prefill that needs more than the machine has) end in one line."""
+    from samba_ext import cli
+
+    for argv, what in ((["passkey", *TINY, "--lengths", "99999999999999999999K"], "--lengths"),
+                       (["passkey", *TINY, "--threads", "5000"], "--threads")):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"error: {what}: " in err, err
+
+    def too_big(args):
+        raise MemoryError("prefill: needs about 617.9 GiB")
+
+    monkeypatch.setitem(cli._COMMANDS, "info", too_big)
+    assert cli.main(["info"]) == 2
+    assert capsys.readouterr().err == "samba-ext: error: prefill: needs about 617.9 GiB\n"

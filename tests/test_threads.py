@@ -102,3 +102,10 @@ def test_set_blas_threads_rejects_bad_values():
 def test_show_config_reports_blas(capsys):
     samba_ext.show_config()
     assert "BLAS" in capsys.readouterr().out
+
+
+def test_set_num_threads_out_of_range_is_a_value_error():
+    """A count that does not fit a C long was an OverflowError from the C API."""
+    for n in (0, 4097, 10 ** 30, -10 ** 30):
+        with pytest.raises(ValueError, match="1 <= n <= 4096"):
+            samba_ext.set_num_threads(n)

@@ -16,12 +16,13 @@
 static PyObject *
 py_set_num_threads(PyObject *self, PyObject *arg)
 {
-    long n = PyLong_AsLong(arg);
+    int overflow = 0;
+    long n = PyLong_AsLongAndOverflow(arg, &overflow);
     if (n == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    if (n < 1 || n > 4096) {
-        PyErr_Format(PyExc_ValueError, "n: expected 1 <= n <= 4096 threads, got %ld", n);
+    if (overflow || n < 1 || n > 4096) {
+        PyErr_Format(PyExc_ValueError, "n: expected 1 <= n <= 4096 threads, got %R", arg);
         return NULL;
     }
     samba_threads_set((int)n);

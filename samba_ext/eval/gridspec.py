@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any
 
 __all__ = ["GRIDS", "GridSpecError", "grid_defaults", "parse_count", "parse_lengths",
@@ -46,6 +47,9 @@ def grid_defaults(grid: str, eval_name: str) -> dict[str, Any]:
 
 
 _SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+#: the largest count parse_count accepts (1T): more than any length, batch or token count a
+#: run can hold, and small enough that no later size computation overflows
+MAX_COUNT = 1 << 40
 
 
 def parse_count(s: str, what: str = "value") -> int:
@@ -54,9 +58,11 @@ def parse_count(s: str, what: str = "value") -> int:
     if not m:
         raise GridSpecError(f"{what}: cannot parse {s!r}; use integers with an optional K/M "
                             "suffix, e.g. 4K,8K,1M")
-    v = float(m.group(1)) * _SUFFIX[m.group(2).upper()]
-    if v != int(v) or v < 1:
+    v = Fraction(m.group(1)) * _SUFFIX[m.group(2).upper()]   # exact, whatever the size
+    if v.denominator != 1 or v < 1:
         raise GridSpecError(f"{what}: {s!r} is not a positive whole number")
+    if v > MAX_COUNT:
+        raise GridSpecError(f"{what}: {s!r} is more than {MAX_COUNT:,} (1T)")
     return int(v)
 
 
