@@ -270,3 +270,19 @@ def test_finite_check_is_vectorised_and_exact():
     a[765_432] = np.nan
     with pytest.raises(CheckpointError, match=r"f: tensor 'big' holds 1 non-finite .*765432"):
         check_finite({"big": a}, "f")
+
+
+def test_bad_override_is_the_callers_error_not_the_files(tmp_path):
+    """Samba.load(path, window=0) blamed the file ("invalid config in the metadata field");
+    an override that makes a valid stored config invalid is a ValueError naming the field."""
+    from samba_ext import Samba, SambaConfig
+    from samba_ext.errors import CheckpointError
+
+    path = tmp_path / "m.safetensors"
+    Samba(SambaConfig.preset("samba-test"), seed=0).save(path)
+    for kw, field in (({"window": 0}, "window"), ({"bogus": 3}, "bogus"),
+                      ({"n_head": 3}, "n_head")):
+        with pytest.raises(ValueError, match=f"^{field}: ") as e:
+            Samba.load(path, **kw)
+        assert not isinstance(e.value, CheckpointError)
+    assert Samba.load(path, window=8).config.window == 8

@@ -31,6 +31,10 @@ _STRAY = (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError, Recurs
           OverflowError, AttributeError, MemoryError, UnicodeError)
 
 
+class _OverrideError(ValueError):
+    """The caller's field overrides make the stored config invalid (not the file's fault)."""
+
+
 def _named(fname: str, e: BaseException) -> CheckpointError:
     msg = str(e)
     if isinstance(e, CheckpointError):
@@ -53,11 +57,23 @@ def config_from_json(text: str, fname: str, what: str, overrides: dict[str, Any]
     if not isinstance(d, dict):
         raise CheckpointError(f"{fname}: invalid config in {what}: expected a JSON object, got "
                               f"{type(d).__name__}")
+    stored = dict(d)
     d.update(overrides)
     try:
         return SambaConfig.from_dict(d)
     except (ValueError, TypeError) as e:
+        if overrides and _valid(stored):   # the caller's overrides are wrong, not the file
+            raise _OverrideError(f"{', '.join(sorted(overrides))}: {e} (given to replace the "
+                                 f"stored config of {fname})") from None
         raise CheckpointError(f"{fname}: invalid config in {what} ({e})") from None
+
+
+def _valid(d: dict[str, Any]) -> bool:
+    try:
+        SambaConfig.from_dict(d)
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def check_finite(sd: dict[str, np.ndarray], fname: str) -> None:
@@ -92,6 +108,8 @@ def load_checkpoint(path: str | os.PathLike, config: Optional[SambaConfig] = Non
         overrides = {}
     try:
         return _load(Path(fname), fname, config, overrides)
+    except _OverrideError as e:
+        raise ValueError(str(e)) from None
     except CheckpointError as e:
         raise _named(fname, e) from None
     except _STRAY as e:
