@@ -249,7 +249,10 @@ class Samba:
         dtype: "F32" (default), "F16" or "BF16". A ``path`` that is a folder (exists, or ends
         with "/") gets a Hugging Face-style folder instead (config.json + model.safetensors;
         samba_ext.io.hf_folder.save_pretrained has the naming and sharding options)."""
-        from .safetensors_io import write_safetensors
+        from .safetensors_io import check_dtype, check_metadata, write_safetensors
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")
+        check_dtype(dtype)
         if os.path.isdir(path) or os.fspath(path).endswith(("/", os.sep)):
             from .io.hf_folder import save_pretrained
             save_pretrained(self, path, dtype=dtype, metadata=metadata)
@@ -257,10 +260,7 @@ class Samba:
         tok = self.config.tokenizer
         meta = {"format": "samba-ext", "config": json.dumps(self.config.to_dict()),
                 "tokenizer": tok if isinstance(tok, str) else "byte"}
-        for k, v in (metadata or {}).items():
-            if not isinstance(k, str) or not isinstance(v, str):
-                raise TypeError("metadata: expected str keys and str values")
-            meta[k] = v
+        meta.update(check_metadata(metadata, reserved=tuple(meta)))
         write_safetensors(path, self.state_dict(), meta, dtype=dtype)
 
     @classmethod
@@ -281,6 +281,9 @@ class Samba:
         from .data import BUNDLED_MODELS, resolve_model_spec
         from .io.load import load_checkpoint      # formats, validation: samba_ext/io/
 
+        if not isinstance(path_or_name, (str, os.PathLike)):
+            raise TypeError(f"path_or_name: expected a bundled name, a str or os.PathLike path, "
+                            f"got {type(path_or_name).__name__}")
         spec = os.fspath(path_or_name)
         # a bundled name always means the bundled model; local files are given as paths
         # (./samba-tiny), so a file planted in the current directory is never picked up

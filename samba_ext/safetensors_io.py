@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from typing import BinaryIO, Callable, Iterable, Mapping, Optional
+from typing import Any, BinaryIO, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -256,6 +256,29 @@ def read_safetensors_checked(path: str | os.PathLike, names: Optional[Iterable[s
     return out, meta, entries
 
 
+def check_dtype(dtype: Any) -> str:
+    """A storage dtype argument checked: "F32", "F16" or "BF16" (any case), upper-cased."""
+    if not isinstance(dtype, str) or dtype.upper() not in ("F32", "F16", "BF16"):
+        raise ValueError(f"dtype: expected 'F32', 'F16' or 'BF16', got {dtype!r}")
+    return dtype.upper()
+
+
+def check_metadata(metadata: Any, reserved: Sequence[str] = ()) -> dict[str, str]:
+    """A ``metadata`` argument checked: None or a mapping of str to str that sets none of the
+    ``reserved`` keys (those the writer fills in itself). Returns a plain dict."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise TypeError(f"metadata: expected a mapping of str to str, got "
+                        f"{type(metadata).__name__}")
+    clash = sorted(set(metadata) & set(reserved))
+    if clash:
+        raise ValueError(f"metadata: {', '.join(map(repr, clash))} would replace the entry the "
+                         f"writer stores there; use other keys")
+    return dict(metadata)
+
+
 def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
                       metadata: Optional[Mapping[str, str]] = None, dtype: str = "F32") -> None:
     """Write ``tensors`` (float arrays) as safetensors, converting to ``dtype``
@@ -263,12 +286,8 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
     with spaces to a multiple of 8 bytes. The write is atomic (samba_ext/atomic.py: a unique
     temporary file in the same folder, fsynced, then renamed over ``path``).
     """
-    dtype = dtype.upper()
-    if dtype not in ("F32", "F16", "BF16"):
-        raise ValueError(f"dtype: expected 'F32', 'F16' or 'BF16', got {dtype!r}")
-    if metadata is not None and not all(isinstance(k, str) and isinstance(v, str)
-                                        for k, v in metadata.items()):
-        raise TypeError("metadata: expected a mapping of str to str")
+    dtype = check_dtype(dtype)
+    metadata = check_metadata(metadata)
     itemsize = 4 if dtype == "F32" else 2
     hdr: dict = {}
     if metadata:

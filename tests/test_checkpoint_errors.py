@@ -286,3 +286,24 @@ def test_bad_override_is_the_callers_error_not_the_files(tmp_path):
             Samba.load(path, **kw)
         assert not isinstance(e.value, CheckpointError)
     assert Samba.load(path, window=8).config.window == 8
+
+
+def test_save_and_load_arguments_are_checked(tmp_path):
+    """Bad save / load arguments name the argument (they were AttributeErrors, or a file
+    written with a user 'config' entry that the next load refused)."""
+    from samba_ext import Samba, SambaConfig
+
+    m = Samba(SambaConfig.preset("samba-test"), seed=0)
+    f = tmp_path / "m.safetensors"
+    cases = ((lambda: Samba.load(None), TypeError, "path_or_name"),
+             (lambda: m.save(f, dtype=None), ValueError, "dtype"),
+             (lambda: m.save(tmp_path / "d/", dtype="F64"), ValueError, "dtype"),
+             (lambda: m.save(f, metadata="x"), TypeError, "metadata"),
+             (lambda: m.save(f, metadata={"config": "evil"}), ValueError, "'config'"),
+             (lambda: m.save(tmp_path / "d/", metadata={"format": "x"}), ValueError, "'format'"))
+    for call, exc, what in cases:
+        with pytest.raises(exc, match=what):
+            call()
+    assert not f.exists() and not (tmp_path / "d").exists()   # nothing written
+    m.save(f, metadata={"note": "kept"}, dtype="bf16")
+    assert Samba.load(f).metadata["note"] == "kept"

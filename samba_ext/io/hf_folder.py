@@ -29,8 +29,8 @@ import numpy as np
 
 from ..config import SambaConfig
 from ..errors import CheckpointError
-from ..safetensors_io import (_no_dup_pairs, open_regular_file, read_safetensors_checked,
-                              write_safetensors)
+from ..safetensors_io import (_no_dup_pairs, check_dtype, check_metadata, open_regular_file,
+                              read_safetensors_checked, write_safetensors)
 from .atomic import atomic_write
 from .keymap import from_hf, to_hf
 
@@ -279,6 +279,8 @@ def save_pretrained(model: Any, folder: str | os.PathLike, *, naming: str = "lit
                                         or max_shard_bytes < 1):
         raise ValueError(f"max_shard_bytes: expected a positive int or None, got "
                          f"{max_shard_bytes!r}")
+    dtype = check_dtype(dtype)
+    metadata = check_metadata(metadata, reserved=("format", SAVE_ID_KEY))
     out = Path(folder)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out}: exists and is not a folder")
@@ -289,9 +291,9 @@ def save_pretrained(model: Any, folder: str | os.PathLike, *, naming: str = "lit
         sd = to_hf(sd, cfg)
     save_id = secrets.token_hex(16)
     meta = {"format": "pt"}
-    meta.update(metadata or {})
+    meta.update(metadata)
     meta[SAVE_ID_KEY] = save_id
-    itemsize = 4 if dtype.upper() == "F32" else 2
+    itemsize = 4 if dtype == "F32" else 2
     sizes = {k: int(np.asarray(a).size) * itemsize for k, a in sd.items()}
     groups: list[list[str]] = [[]]
     if max_shard_bytes is not None:
