@@ -112,6 +112,9 @@ def parse_stop(model: Any, stop) -> tuple[set, list]:
             if s:
                 strs.append(s)
         elif isinstance(s, (int, np.integer)) and not isinstance(s, bool):
+            V = model.config.vocab_size
+            if not 0 <= s < V:   # it could never be sampled, so it would never stop
+                raise ValueError(f"stop: token id {int(s)} is outside the vocabulary [0, {V})")
             ids.add(int(s))
         else:
             raise TypeError(f"stop: expected token ids and/or strings, got {s!r}")

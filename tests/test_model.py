@@ -643,6 +643,9 @@ def test_generate_rejects_bad_options(model):
                      ({"seed": -1}, "seed"), ({"seed": 2.5}, "seed"), ({"seed": "x"}, "seed")):
         with pytest.raises(ValueError, match=what):
             model.generate([1, 2], **kw)
+    for bad in (300, -1, [5, 1000]):
+        with pytest.raises(ValueError, match="stop: token id"):
+            model.generate([1, 2], stop=bad)
     with pytest.raises(TypeError, match="stream"):   # before the prefill, not at the 1st token
         model.generate([1, 2], stream=5)
     with pytest.raises(ValueError, match="prompt"):
