@@ -27,7 +27,15 @@ from . import _core
 from .kernels import (apply_rotary, causal_conv1d, causal_conv1d_update, rms_norm,
                       selective_scan, selective_state_update, swa_attention, swa_decode,
                       swiglu)
+from ._info import ISA_LEVELS as _ISA_LEVELS
 from ._info import cuda_available, get_num_threads, set_num_threads, show_config
+
+if _os.environ.get("SAMBA_EXT_ISA") and _os.environ["SAMBA_EXT_ISA"] not in _ISA_LEVELS:
+    import warnings as _warnings
+
+    from ._info import isa_note as _isa_note
+
+    _warnings.warn(_isa_note(_os.environ["SAMBA_EXT_ISA"]), stacklevel=2)
 
 __all__ = [
     "__version__", "show_config", "set_num_threads", "get_num_threads", "cuda_available",

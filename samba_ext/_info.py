@@ -36,6 +36,20 @@ def cuda_available() -> bool:
         return False
 
 
+#: the values of SAMBA_EXT_ISA that cap the CPU kernels (csrc/simd.c; any other runs the best)
+ISA_LEVELS = ("avx512", "avx2", "vec", "scalar")
+
+
+def isa_note(value: str | None) -> str:
+    """How SAMBA_EXT_ISA=``value`` (None: unset) chose the CPU kernels, in words."""
+    if not value:
+        return "the best this CPU has; SAMBA_EXT_ISA unset"
+    if value in ISA_LEVELS:
+        return f"SAMBA_EXT_ISA={value}, or less where the CPU lacks it"
+    return (f"SAMBA_EXT_ISA={value!r} is not one of {', '.join(ISA_LEVELS)}, so it is ignored: "
+            "the best this CPU has")
+
+
 def config_dict() -> dict:
     """Everything show_config() prints, as a dict (also stored in results JSON)."""
     from . import __version__
@@ -51,6 +65,8 @@ def config_dict() -> dict:
         "blas": blas_info(),
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
         "numpy_build": info.get("numpy_build"),
+        "cpu_kernels": info.get("cpu_kernels"),
+        "SAMBA_EXT_ISA": os.environ.get("SAMBA_EXT_ISA"),
     }
     mod, why = _cuda_module()
     if mod is None:
@@ -78,6 +94,7 @@ def show_config() -> None:
     print(f"  OpenMP     : {'yes' if d['openmp'] else 'no'}, {d['threads']} threads"
           f" (OMP_NUM_THREADS={d['OMP_NUM_THREADS']})")
     print(f"  NumPy      : built against {d['numpy_build']}")
+    print(f"  CPU kernels: {d['cpu_kernels']} ({isa_note(d['SAMBA_EXT_ISA'])})")
     b = d["blas"]
     print(f"  BLAS       : {b['threads'] if b['threads'] is not None else '?'} threads "
           f"(controlled through {b['control']})")

@@ -15,6 +15,11 @@ floor of 1e-30, below which the float32 result underflows by design (simd.h flus
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import ref_small as ref
@@ -75,3 +80,24 @@ def test_conv1d_every_isa(isa, width):
         got = _core.causal_conv1d(x=x, weight=w, bias=b, activation=act, initial_states=s)
         want, _ = ref.causal_conv1d(x, w, b, act, s)
         assert_close(got, want, RTOL, f"{isa} conv width {width} activation {act}")
+
+
+@pytest.mark.parametrize("value,expect_warning", [("vec", False), ("scalar", False),
+                                                  ("bogus", True), ("AVX2", True)])
+def test_show_config_names_the_cpu_kernels(value, expect_warning):
+    """show_config / config_dict name the CPU kernels' instruction set; a SAMBA_EXT_ISA value
+    the C side does not know (it silently ran the best kernels) warns at import."""
+    code = ("import warnings, json\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    warnings.simplefilter('always')\n"
+            "    import samba_ext\n"
+            "from samba_ext._info import config_dict\n"
+            "print(json.dumps([config_dict()['cpu_kernels'], [str(x.message) for x in w]]))\n")
+    env = dict(os.environ, SAMBA_EXT_ISA=value)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    isa, warned = json.loads(out)
+    if expect_warning:
+        assert isa != value and any("SAMBA_EXT_ISA" in m for m in warned), (isa, warned)
+    else:
+        assert isa == value and not warned, (isa, warned)

@@ -5,6 +5,7 @@
 #define SAMBA_PY_MODULE_MAIN
 #include "common.h"
 #include "py_bwd.h"
+#include "simd.h"
 
 #ifndef NUMPY_VERSION_STRING
 #define NUMPY_VERSION_STRING "?"
@@ -38,9 +39,10 @@ py_get_num_threads(PyObject *self, PyObject *noargs)
 static PyObject *
 py_build_info(PyObject *self, PyObject *noargs)
 {
-    return Py_BuildValue("{s:s,s:O,s:s,s:i}", "compiler", SAMBA_COMPILER, "openmp",
+    return Py_BuildValue("{s:s,s:O,s:s,s:i,s:s}", "compiler", SAMBA_COMPILER, "openmp",
                          samba_has_openmp() ? Py_True : Py_False, "numpy_build",
-                         NUMPY_VERSION_STRING, "c_standard", 99);
+                         NUMPY_VERSION_STRING, "c_standard", 99, "cpu_kernels",
+                         samba_isa_name(samba_isa()));
 }
 
 static PyMethodDef core_methods[] = {
