@@ -47,7 +47,7 @@ def grid_defaults(grid: str, eval_name: str) -> dict[str, Any]:
 
 
 _SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-#: the largest count parse_count accepts (1T): more than any length, batch or token count a
+#: the largest count parse_count accepts (1024G = 2**40): more than any length, batch or token count a
 #: run can hold, and small enough that no later size computation overflows
 MAX_COUNT = 1 << 40
 
@@ -62,7 +62,7 @@ def parse_count(s: str, what: str = "value") -> int:
     if v.denominator != 1 or v < 1:
         raise GridSpecError(f"{what}: {s!r} is not a positive whole number")
     if v > MAX_COUNT:
-        raise GridSpecError(f"{what}: {s!r} is more than {MAX_COUNT:,} (1T)")
+        raise GridSpecError(f"{what}: {s!r} is more than {MAX_COUNT:,} (1024G)")
     return int(v)
 
 
