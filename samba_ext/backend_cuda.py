@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import collections
 import os
+import weakref
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -52,7 +53,7 @@ import numpy as np
 from .backend_api import Backend
 from .cuda import ops as cuda_ops
 from .cuda import prefetch
-from .cuda import runtime
+from .cuda import runtime, streams
 from .cuda.array import DeviceArray, to_device, zeros
 from .cuda.blas import matmul, rms_norm_linear, swiglu_linear
 from .cuda.decode import dt_state_update, rotary_write_kv
@@ -106,6 +107,12 @@ def _runs(ii: np.ndarray) -> Optional[list]:
         return None
     b = [0] + starts.tolist() + [int(ii.size)]
     return [(b[i], int(ii[b[i]]), b[i + 1] - b[i]) for i in range(len(b) - 1)]
+
+
+def _give_back(index: int, streams_held: list, graphs: dict) -> None:
+    """A collected backend's finalizer: its streams back to the pool, its graphs queued for
+    freeing (samba_ext.cuda.streams; no CUDA call here)."""
+    streams.give_back(index, streams_held, list(graphs.values()))
 
 
 class _Arena:
@@ -230,10 +237,12 @@ class CUDABackend(Backend):
         self.cache_dtype = ad
         self.mlp_pad = _mlp_pad(mlp_pad)
         self.graphs = bool(graphs)
-        # A non-blocking stream of our own on the device (the legacy stream cannot be
-        # captured). It is never destroyed: arrays allocated on it may outlive this object.
+        # A non-blocking stream of the device that no other live backend holds (the legacy
+        # stream cannot be captured), from samba_ext.cuda.streams: never destroyed (arrays
+        # allocated on it may outlive this object), given back when this object is collected.
         with runtime.DeviceGuard(idx):
-            self.stream = int(self.cu.stream_create())
+            self.stream = streams.take(self.cu, idx)
+        self._streams = [self.stream]
         self._arena: Optional[_Arena] = None
         self._arena_need = 0
         self._rec: Optional[_StepRecorder] = None
@@ -243,6 +252,7 @@ class CUDABackend(Backend):
         self._replay: dict = {}    # step key -> (graph key, inputs array, logits array)
         self._step_key: Any = None
         self.stats = {"captures": 0, "replays": 0, "direct_replays": 0, "eager_steps": 0}
+        weakref.finalize(self, _give_back, idx, self._streams, self._graphs)
 
     def __repr__(self) -> str:
         return (f"CUDABackend(device={self.device!r}, weight_dtype={self.weight_dtype!r}, "
@@ -414,9 +424,11 @@ class CUDABackend(Backend):
 
     def _side_stream(self) -> int:
         """A second stream of this device for the L2 prefetch branch of a captured step
-        (created on first use, never destroyed, like self.stream)."""
+        (taken on first use, from the pool of self.stream)."""
         if self._side is None:
-            self._side = int(self.cu.stream_create())
+            with runtime.DeviceGuard(self.index):
+                self._side = streams.take(self.cu, self.index)
+            self._streams.append(self._side)
         return self._side
 
     def _sm_count(self) -> int:
