@@ -109,10 +109,10 @@ def _runs(ii: np.ndarray) -> Optional[list]:
     return [(b[i], int(ii[b[i]]), b[i + 1] - b[i]) for i in range(len(b) - 1)]
 
 
-def _give_back(index: int, streams_held: list, graphs: dict) -> None:
+def _give_back(cu: Any, index: int, streams_held: list, graphs: dict) -> None:
     """A collected backend's finalizer: its streams back to the pool, its graphs queued for
     freeing (samba_ext.cuda.streams; no CUDA call here)."""
-    streams.give_back(index, streams_held, list(graphs.values()))
+    streams.give_back(cu, index, streams_held, list(graphs.values()))
 
 
 class _Arena:
@@ -252,7 +252,7 @@ class CUDABackend(Backend):
         self._replay: dict = {}    # step key -> (graph key, inputs array, logits array)
         self._step_key: Any = None
         self.stats = {"captures": 0, "replays": 0, "direct_replays": 0, "eager_steps": 0}
-        weakref.finalize(self, _give_back, idx, self._streams, self._graphs)
+        weakref.finalize(self, _give_back, self.cu, idx, self._streams, self._graphs)
 
     def __repr__(self) -> str:
         return (f"CUDABackend(device={self.device!r}, weight_dtype={self.weight_dtype!r}, "
