@@ -48,7 +48,7 @@ def grid_defaults(grid: str, eval_name: str) -> dict[str, Any]:
 
 _SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 #: the largest count parse_count accepts (1024G = 2**40): more than any length, batch or
-#: token count a run can hold, and small enough that no later size computation overflows
+#: token count a run can hold (larger ones end in a one-line out-of-memory error anyway)
 MAX_COUNT = 1 << 40
 
 
