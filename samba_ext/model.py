@@ -94,11 +94,12 @@ def _check_logits_mode(logits: str) -> None:
 class Samba:
     """A Samba-family language model (see the module docstring).
 
-    ``Samba(config, seed=0, device="cpu")`` builds a randomly initialised model;
+    ``Samba(config, seed=0, device="cpu")`` builds a randomly initialised model (seed: an int
+    >= 0, or None for fresh entropy);
     :meth:`load` reads a bundled name, a ``.safetensors`` file or a lit_gpt ``.pth``.
     """
 
-    def __init__(self, config: SambaConfig, seed: int = 0, device: str | Backend = "cpu",
+    def __init__(self, config: SambaConfig, seed: int | None = 0, device: str | Backend = "cpu",
                  *, state_dict: Optional[dict[str, np.ndarray]] = None,
                  tokenizer: Any = None, base_dir: Optional[str] = None):
         if isinstance(config, str):
@@ -115,7 +116,7 @@ class Samba:
         #: config fields :meth:`load` could not read from the file and guessed -> value
         self.guessed: dict[str, Any] = {}
         if state_dict is None:
-            state_dict = init_state_dict(config, check_seed(seed))
+            state_dict = init_state_dict(config, check_seed(seed, allow_none=True))
         self._set_weights(state_dict)
 
     # ------------------------------------------------------------------ properties ---

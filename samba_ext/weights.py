@@ -44,7 +44,7 @@ def expected_shapes(cfg: SambaConfig) -> dict[str, tuple[int, ...]]:
     return s
 
 
-def init_state_dict(cfg: SambaConfig, seed: int = 0) -> dict[str, np.ndarray]:
+def init_state_dict(cfg: SambaConfig, seed: int | None = 0) -> dict[str, np.ndarray]:
     """Random Mamba/Samba initialisation (docs/specification.md section 3), lit_gpt keys, float32.
 
     Embedding N(0, 0.02); Linear weights PyTorch-default U(+-1/sqrt(fan_in)); Mamba:
