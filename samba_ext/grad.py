@@ -129,9 +129,9 @@ def _attn_qkv(q: Any, k: Any, v: Any, host: bool = True) -> tuple:
     arrays themselves when not ``host``)."""
     mq = ck.floats(q, "q", 4, "(batch, seqlen_q, nheads, headdim)")
     mk = ck.floats(k, "k", 4, "(batch, seqlen_k, nheads_kv, headdim)")
-    ck.same_shape(ck.floats(v, "v", 4), "v", mk, "k")
-    ck.dim(mk, "k", 0, mq.shape[0], "batch of q")
+    ck.dim(mk, "k", 0, mq.shape[0], "batch of q")      # k against q first, then v against k
     ck.dim(mk, "k", 3, mq.shape[3], "headdim of q")
+    ck.same_shape(ck.floats(v, "v", 4), "v", mk, "k")
     if mq.shape[3] < 1:
         raise ValueError("q: headdim (shape[3]) must be >= 1")
     if mk.shape[2] < 1 or mq.shape[2] % mk.shape[2]:

@@ -250,6 +250,39 @@ def test_unsupported_arguments_raise():
         st.selective_scan_fn(x, x, -torch.ones(2, 3), torch.ones(4, 3), torch.ones(2, 3))
 
 
+def test_bad_arguments_name_the_argument():
+    """Arguments the peers check and samba_ext.torch let through or reported with another
+    name: selective_scan_ref's shapes (it broadcast a wrong A) and complex A, its last state's
+    dtype, causal_conv1d_fn's final_states_out, flash_attn_func's scalars and shapes."""
+    u = torch.randn(1, 2, 4)
+    A, Bm = -torch.rand(2, 3), torch.randn(1, 3, 4)
+    for kw, exc, what in (({"A": A[:1]}, ValueError, "A: "), ({"D": torch.randn(3)}, ValueError,
+                                                               "D: "),
+                          ({"B": Bm[..., :3]}, ValueError, "B: "),
+                          ({"A": A.to(torch.complex64)}, NotImplementedError, "A: complex")):
+        args = {"A": A, "B": Bm, **kw}
+        with pytest.raises(exc, match=what):
+            st.selective_scan_ref(u, u, args.pop("A"), args.pop("B"), Bm, **args)
+    _, last = st.selective_scan_ref(u.double(), u.double(), A.double(), Bm.double(), Bm.double(),
+                                    return_last_state=True)
+    assert last.dtype == torch.float64                   # as mamba_ssm's reference
+    x, w = torch.randn(1, 3, 5), torch.randn(3, 4)
+    for out, what in ((torch.zeros(4, 3, 3), "shape"),
+                      (torch.zeros(1, 3, 3, dtype=torch.float16), "dtype")):
+        with pytest.raises(ValueError, match=f"final_states_out: expected .*{what}"):
+            st.causal_conv1d_fn(x, w, return_final_states=True, final_states_out=out)
+    q, k = torch.randn(1, 4, 2, 8), torch.randn(1, 4, 1, 8)
+    for kw, what in (({"window_size": (1.9, 0)}, r"window_size\[0\]"),
+                     ({"window_size": (1, 1, 1)}, "window_size"),
+                     ({"softmax_scale": "a"}, "softmax_scale")):
+        with pytest.raises(TypeError, match=what):
+            st.flash_attn_func(q, k, k, **kw)
+    with pytest.raises(ValueError, match="q: headdim"):
+        st.flash_attn_func(q[..., :0], k[..., :0], k[..., :0])
+    with pytest.raises(ValueError, match="k: expected shape\\[3\\] == 8"):  # not "v"
+        st.flash_attn_func(q, k[..., :4], k)
+
+
 def test_opcheck(rng):
     opcheck = getattr(torch.library, "opcheck", None)
     if opcheck is None:

@@ -354,3 +354,16 @@ def test_opcheck():
     opcheck(inf.causal_conv1d_update_op,
             (x, torch.zeros(2, 3, 5), torch.randn(3, 4), None, True, torch.tensor([1, 7]), None),
             test_utils=utils)
+
+
+def test_selective_state_update_errors_use_the_callers_layout():
+    """With a 3-D state the arguments are checked in the multi-head layout (one head
+    inserted); a wrong shape was reported with that inserted axis, e.g. z (2, 1, 4)."""
+    s, x = torch.zeros(2, 4, 3), torch.randn(2, 4)
+    A, B = -torch.rand(4, 3), torch.randn(2, 3)
+    for kw, msg in (({"z": torch.randn(2, 3)}, r"z: expected shape \(2, 4\), got \(2, 3\)"),
+                    ({"D": torch.randn(5)}, r"D: expected shape \(4,\), got \(5,\)")):
+        with pytest.raises(ValueError, match=msg):
+            st.selective_state_update(s, x, x, A, B, B, **kw)
+    with pytest.raises(ValueError, match=r"A: expected shape \(4, 3\), got \(4, 2\)"):
+        st.selective_state_update(s, x, x, A[:, :2], B, B)

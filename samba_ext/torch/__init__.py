@@ -27,8 +27,9 @@ dstate > 256 or headdim > 256 raise NotImplementedError naming the argument.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,7 @@ from torch import Tensor
 
 from ._inference import causal_conv1d_update, selective_state_update
 from ._kvcache import flash_attn_with_kvcache
+from ._kvcache_args import scalars
 from ._mamba_inner import mamba_inner_fn, mamba_inner_ref
 from ._ops import attention_op, causal_conv1d_op, selective_scan_op
 
@@ -59,14 +61,37 @@ def selective_scan_fn(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     batch and time as a stride-0 view on CUDA (the CPU kernels get a contiguous copy,
     batch x dim x dstate x L floats); its gradient is summed back to (dim, dstate).
     """
-    for name, t in (("A", A), ("B", B), ("C", C)):
-        if t.is_complex():
-            raise NotImplementedError(f"{name}: complex {name} is not supported (real "
-                                      "Mamba-1 only)")
+    _real_only(A, B, C)
     B, C = _per_channel(u, B, C)
     y, last = selective_scan_op(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
     y = y.to(u.dtype)
     return (y, last) if return_last_state else y
+
+
+def _real_only(A: Tensor, B: Tensor, C: Tensor) -> None:
+    for name, t in (("A", A), ("B", B), ("C", C)):
+        if isinstance(t, Tensor) and t.is_complex():
+            raise NotImplementedError(f"{name}: complex {name} is not supported (real "
+                                      "Mamba-1 only)")
+
+
+def _check_scan_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                       D: Optional[Tensor], z: Optional[Tensor],
+                       delta_bias: Optional[Tensor]) -> None:
+    """The scan's shape rules (samba_ext.ops.contracts, as selective_scan_fn's op applies
+    them), on shape-only stand-ins: for selective_scan_ref, which runs no kernel."""
+    from ..ops import contracts
+
+    def shape_of(name: str, t: Optional[Tensor]) -> Optional[np.ndarray]:
+        if t is None:
+            return None
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        return np.broadcast_to(np.float32(0), tuple(t.shape))
+
+    contracts.selective_scan(*(shape_of(n, t) for n, t in (
+        ("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
+        ("delta_bias", delta_bias))))
 
 
 def _per_channel(u: Tensor, B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
@@ -105,7 +130,10 @@ def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
                        delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
                        return_last_state: bool = False):
     """Plain-torch reference of :func:`selective_scan_fn` (a loop over time, float32 or the
-    inputs' wider dtype), differentiable by torch autograd; same arguments and outputs."""
+    inputs' wider dtype), differentiable by torch autograd; same arguments, shape rules and
+    outputs, except that the last state is float64 for float64 inputs (as mamba_ssm's)."""
+    _real_only(A, B, C)
+    _check_scan_shapes(u, delta, A, *_per_channel(u, B, C), D, z, delta_bias)
     dtype_in = u.dtype
     wide = torch.float64 if u.dtype == torch.float64 else torch.float32
     u, delta, A, B, C = (t.to(wide) for t in (u, delta, A, B, C))
@@ -135,7 +163,7 @@ def selective_scan_ref(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     if z is not None:
         y = y * F.silu(z.to(wide))
     y = y.to(dtype_in)
-    return (y, x.float()) if return_last_state else y
+    return (y, x) if return_last_state else y
 
 
 def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
@@ -159,9 +187,17 @@ def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                                   f"{activation!r}")
     if final_states_out is not None and not return_final_states:
         raise ValueError("final_states_out: only used with return_final_states=True")
-    if final_states_out is not None and final_states_out.device != x.device:
-        raise ValueError(f"final_states_out: is on {final_states_out.device} but x is on "
-                         f"{x.device}; pass all tensors on one device")
+    if final_states_out is not None:
+        want = (x.shape[0], x.shape[1], weight.shape[-1] - 1) if x.dim() == 3 else None
+        if final_states_out.device != x.device:
+            raise ValueError(f"final_states_out: is on {final_states_out.device} but x is on "
+                             f"{x.device}; pass all tensors on one device")
+        if want is not None and tuple(final_states_out.shape) != want:
+            raise ValueError(f"final_states_out: expected shape (batch, dim, width - 1) = "
+                             f"{want}, got {tuple(final_states_out.shape)}")
+        if final_states_out.dtype != x.dtype:
+            raise ValueError(f"final_states_out: expected x's dtype {x.dtype}, got "
+                             f"{final_states_out.dtype}")
     y, fin = causal_conv1d_op(x, weight, bias, initial_states, activation is not None)
     y = y.to(x.dtype)
     if not return_final_states:
@@ -198,11 +234,11 @@ def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
         raise NotImplementedError(f"dropout_p: only 0.0 is supported, got {dropout_p!r}")
     if alibi_slopes is not None:
         raise NotImplementedError("alibi_slopes: ALiBi is not supported; pass None")
-    scale = 1.0 / math.sqrt(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
-    left, right = (int(w) for w in window_size)
-    if causal:
-        right = 0
-    out, lse = attention_op(q, k, v, scale, left, right, float(softcap), bool(deterministic))
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    scale, left, right, cap = scalars(q, softmax_scale, bool(causal), window_size, softcap)
+    out, lse = attention_op(q, k, v, scale, left, right, cap, bool(deterministic))
     out = out.to(q.dtype)
     if not return_attn_probs:
         return out

@@ -179,12 +179,22 @@ def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: T
     if x4.dim() != 3:
         raise ValueError(f"x: expected (batch, nheads, headdim), got shape {tuple(x.shape)}")
     batch = x4.shape[0]
-    _shape("x", x4, (batch, nheads, headdim))
-    _shape("dt", dt4, (batch, nheads, headdim))
-    _shape("z", z4, (batch, nheads, headdim))
-    _shape("A", A4, (nheads, headdim, dstate))
-    _shape("D", D4, (nheads, headdim))
-    _shape("dt_bias", db4, (nheads, headdim))
+
+    def shape(name: str, t4: Optional[Tensor], want: tuple[int, ...], axis: int) -> None:
+        # named in the caller's layout: a 3-D state's head axis (at axis) is not shown
+        if t4 is None or tuple(t4.shape) == want:
+            return
+        got = tuple(t4.shape)
+        if not has_heads:
+            want, got = want[:axis] + want[axis + 1:], got[:axis] + got[axis + 1:]
+        raise ValueError(f"{name}: expected shape {want}, got {got}")
+
+    shape("x", x4, (batch, nheads, headdim), 1)
+    shape("dt", dt4, (batch, nheads, headdim), 1)
+    shape("z", z4, (batch, nheads, headdim), 1)
+    shape("A", A4, (nheads, headdim, dstate), 0)
+    shape("D", D4, (nheads, headdim), 0)
+    shape("dt_bias", db4, (nheads, headdim), 0)
     if B4.dim() != 3 or B4.shape[0] != batch or B4.shape[2] != dstate:
         raise ValueError(f"B: expected (batch, ngroups, dstate) = ({batch}, ngroups, {dstate})"
                          f" or (batch, dstate), got shape {tuple(B.shape)}")

@@ -81,9 +81,14 @@ def _host_int(v: Any) -> Any:
     return v
 
 
-def _scalars(q: Tensor, softmax_scale: Any, causal: bool, window_size: Any,
-             softcap: Any) -> tuple[float, int, int, float]:
+def scalars(q: Tensor, softmax_scale: Any, causal: bool, window_size: Any,
+            softcap: Any) -> tuple[float, int, int, float]:
+    """flash-attn's scalar arguments checked (both functions): -> (softmax_scale, window left,
+    window right (0 when causal), softcap)."""
     scale = ck.f32_scalar(softmax_scale, "softmax_scale", allow_none=True)
+    if scale is None and q.dim() >= 1 and q.shape[-1] < 1:
+        raise PeerArgumentError(f"q: headdim (the last axis) must be >= 1, got shape "
+                                f"{tuple(q.shape)}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     try:
         left, right = window_size
@@ -222,7 +227,7 @@ def check(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor],
         if not 2 <= 2 * rotary_cos.shape[1] <= hd:
             raise PeerArgumentError(f"rotary_cos: rotary_dim = 2 * shape[1] = {2 * rotary_cos.shape[1]}"
                              f" must be in [2, headdim = {hd}]")
-    scale, left, right, cap = _scalars(q, softmax_scale, causal, window_size, softcap)
+    scale, left, right, cap = scalars(q, softmax_scale, causal, window_size, softcap)
     # flash-attn rotates query i at cache_seqlens + i when the attention is causal or local
     # (a window side shorter than the cache capacity), otherwise every query at cache_seqlens
     per_token = 0 <= left < capacity or 0 <= right < capacity
