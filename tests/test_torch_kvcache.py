@@ -324,4 +324,3 @@ def test_opcheck(rng):
             case["cache_seqlens"].long(), idx, None, None, 0.125, 3, 0, 0.0, True, True)
     opcheck(_kvcache.attention_kvcache_op, args,
             test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
-
