@@ -335,6 +335,10 @@ def test_out_must_live_where_the_op_runs(rng):
     with pytest.raises(TypeError, match="out: expected a CUDA array like the inputs"):
         samba_ext.swiglu(FakeCudaArray(a["gate"]), FakeCudaArray(a["up"]),
                          out=np.zeros((3, 4), f32))
+    ro = np.zeros((3, 4), f32)
+    ro.flags.writeable = False       # refused before the kernel runs, not by the copy after it
+    with pytest.raises(ValueError, match="out: the array is read-only"):
+        samba_ext.swiglu(**a, out=ro)
 
 
 # ------------------------------------------------------------- regression: byte order ---

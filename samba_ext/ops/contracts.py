@@ -275,6 +275,8 @@ def out_array(out: Any, shape: tuple, where: str) -> None:
     if where != "cuda-arrays" and not isinstance(out, np.ndarray):
         raise TypeError(f"out: expected a numpy.ndarray for a call on NumPy inputs, got "
                         f"{ck.describe(out)}")
+    if m.writeable is False:     # checked before the kernel runs, not at the copy after it
+        raise ValueError("out: the array is read-only; pass a writable array")
 
 
 # ------------------------------------------------------------------------- backward ---
