@@ -45,8 +45,8 @@ def floats(x: Any, name: str, ndim: Any = None, layout: str = "") -> ArrayMeta:
     allowed ints, or None for any); ``layout`` names the axes in the message."""
     m = meta(x, name)
     if m.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: {_FLOAT_HELP}, got dtype {m.dtype}; convert with "
-                        f".astype(numpy.float32)")
+        raise TypeError(f"{name}: {_FLOAT_HELP}, got dtype {m.dtype}; convert it to float32 "
+                        f"(NumPy: .astype(numpy.float32); torch: .float())")
     _check_ndim(m, name, ndim, layout)
     return m
 
