@@ -119,6 +119,32 @@ def memory_needed(cfg: SambaConfig, B: int, L: int, cs: int, state: Optional[Any
     return total, [f"{k} {n / _GiB:.2f} GiB" for k, n in parts if n >= (1 << 20)]
 
 
+def check_state_memory(cfg: SambaConfig, batch: int, capacity: int, itemsize: int) -> None:
+    """Refuse up front (MemoryError) a new state whose caches cannot fit in the memory
+    available: the sliding-window ring buffers hold ``window`` positions and full-attention
+    caches ``capacity`` (K and V, ``itemsize`` bytes each), Mamba states are float32."""
+    if os.environ.get("SAMBA_EXT_NO_MEMCHECK") == "1":
+        return
+    kv = ssm = 0
+    for t in cfg.layer_types:
+        if t == "mamba":
+            ssm += batch * cfg.d_inner * (cfg.d_conv - 1 + cfg.d_state) * 4
+        else:
+            pos = cfg.window if t == "swa" else capacity
+            kv += 2 * batch * pos * cfg.n_kv_head * cfg.head_dim * itemsize
+    need = kv + ssm
+    if need < (256 << 20):
+        return
+    avail = available_memory()
+    if avail is None or need <= avail:
+        return
+    raise MemoryError(
+        f"new_state: {batch} sequence(s) need about {need / _GiB:.1f} GiB of caches (window "
+        f"{cfg.window}, capacity {capacity}) but only {avail / _GiB:.1f} GiB of memory is "
+        "available; use a smaller batch, window or capacity (SAMBA_EXT_NO_MEMCHECK=1 skips "
+        "this check)")
+
+
 def check_memory(cfg: SambaConfig, what: str, B: int, L: int, cs: int,
                  state: Optional[Any], logits: str) -> None:
     """Refuse up front (MemoryError) a request whose working set cannot fit in the memory

@@ -33,7 +33,8 @@ import numpy as np
 from .backend import Backend, get_backend
 from .config import SambaConfig
 from .errors import CheckpointError
-from .memory import available_memory, check_chunk, check_memory, memory_needed
+from .memory import (available_memory, check_chunk, check_memory, check_state_memory,
+                     memory_needed)
 from .sampling import check_seed
 from .state import SambaState, state_signature
 from .weights import (expected_shapes, init_state_dict, pad_rows, qkv_grouped_to_split,
@@ -320,6 +321,8 @@ class Samba:
                 or capacity < 0:
             raise ValueError(f"capacity: expected an int >= 0, got {capacity!r}")
         cfg, be = self.config, self.backend
+        if be.device == "cpu":         # host memory; a GPU allocation reports its own error
+            check_state_memory(cfg, int(batch), int(capacity), np.dtype(be.cache_dtype).itemsize)
         layers = []
         for t in cfg.layer_types:
             if t == "mamba":

@@ -352,9 +352,13 @@ def test_model_config_huge_window(tmp_path):
     decode state for it cannot be allocated: new_state must fail fast with MemoryError
     (numpy's clear "Unable to allocate ..."), never start filling memory."""
     model = pytest.importorskip("samba_ext.model")
+    from samba_ext.memory import available_memory
+
     m = model.Samba.load(str(_model_file(tmp_path, {"window": 2**40})))
-    with pytest.raises((MemoryError, ValueError)):
+    with pytest.raises((MemoryError, ValueError)) as e:
         m.new_state(1)
+    if available_memory() is not None:     # refused by the state's own check, with the sizes
+        assert "new_state: 1 sequence(s) need about" in str(e.value), e.value
 
 
 @pytest.mark.parametrize("override", [
