@@ -174,7 +174,16 @@ class SambaConfig:
 
     @classmethod
     def from_json(cls, s: str) -> "SambaConfig":
-        return cls.from_dict(json.loads(s))
+        """A config from the JSON text of :meth:`to_dict` (ValueError naming ``s`` when it
+        is not a JSON object)."""
+        try:
+            d = json.loads(s)
+        except (TypeError, ValueError, RecursionError) as e:
+            raise ValueError(f"s: not a JSON config ({e})") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"s: expected a JSON object of SambaConfig fields, got "
+                             f"{type(d).__name__}")
+        return cls.from_dict(d)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "SambaConfig":

@@ -324,6 +324,9 @@ def test_config_validation_and_dict_roundtrip():
         SambaConfig.from_dict({"n_layers": 3})
     with pytest.raises(ValueError, match="unknown preset"):
         SambaConfig.preset("samba-7b")
+    for text in ("not json", "[1]", None):      # was a bare JSONDecodeError / TypeError
+        with pytest.raises(ValueError, match="^s: "):
+            SambaConfig.from_json(text)
 
 
 def test_num_parameters_counts_the_weights():
