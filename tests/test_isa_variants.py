@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,3 +103,16 @@ def test_show_config_names_the_cpu_kernels(value, expect_warning):
         assert isa != value and any("SAMBA_EXT_ISA" in m for m in warned), (isa, warned)
     else:
         assert isa == value and not warned, (isa, warned)
+
+
+def test_isa_levels_are_the_values_the_c_side_reads():
+    """samba_ext._info.ISA_LEVELS (the warning's list) is what csrc/simd.c's env_cap compares
+    SAMBA_EXT_ISA with, plus its default avx512, so the two cannot drift apart."""
+    from samba_ext._info import ISA_LEVELS
+
+    src = Path(__file__).resolve().parents[1] / "csrc" / "simd.c"
+    if not src.exists():
+        pytest.skip("csrc/ is not next to the tests (installed package)")
+    body = src.read_text().split("env_cap(void)", 1)[1].split("\n}\n", 1)[0]
+    read = set(re.findall(r'strcmp\(e, "([^"]+)"\)', body))
+    assert read and read | {"avx512"} == set(ISA_LEVELS), (read, ISA_LEVELS)
