@@ -72,6 +72,16 @@ def parse_lengths(s: str, what: str = "--lengths") -> list[int]:
         raise CliError(str(e)) from None
 
 
+def parse_names(s: str, what: str, example: str) -> list[str]:
+    """'a, b' -> ['a', 'b']; an empty list or item is a CliError naming ``what``."""
+    from .eval.gridspec import GridSpecError, split_list
+
+    try:
+        return split_list(s, what, example)
+    except GridSpecError as e:
+        raise CliError(str(e)) from None
+
+
 def parse_depths(s: str) -> list[float] | str:
     """'random', '0,0.5,1' or 'start:stop:step' (inclusive, e.g. '0:1:0.1' = 11 depths)."""
     from .eval.gridspec import GridSpecError, parse_depths as _pd
@@ -358,9 +368,7 @@ def _cmd_perplexity(args: argparse.Namespace) -> int:
 
 
 def _cmd_throughput(args: argparse.Namespace) -> int:
-    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    if not configs:
-        raise CliError("--configs: expected at least one preset name")
+    configs = parse_names(args.configs, "--configs", "samba-421m,llama3-1.6b")
     from .eval.throughput import resolve_config
 
     over = config_overrides(args)

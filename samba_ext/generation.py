@@ -109,8 +109,10 @@ def parse_stop(model: Any, stop) -> tuple[set, list]:
     ids, strs = set(), []
     for s in items:
         if isinstance(s, str):
-            if s:
-                strs.append(s)
+            if not s:   # it would match before the first token: a typo, not a request
+                raise ValueError("stop: an empty string cannot mark an end; remove it "
+                                 "(stop=[] generates without any stop)")
+            strs.append(s)
         elif isinstance(s, (int, np.integer)) and not isinstance(s, bool):
             V = model.config.vocab_size
             if not 0 <= s < V:   # it could never be sampled, so it would never stop

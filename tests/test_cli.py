@@ -40,6 +40,11 @@ def test_parse_lengths_and_counts():
     for bad in ("4X", "", "-1", "0", "1.3"):
         with pytest.raises(CliError):
             parse_lengths(bad) if bad == "" else parse_count(bad)
+    for bad in ("1K,,2K", "1K,", ",1K", " , "):   # an empty item is named, never skipped
+        with pytest.raises(CliError, match="--lengths: item [0-9] of .* is empty"):
+            parse_lengths(bad)
+    with pytest.raises(CliError, match="--depths: item 2 .* is empty"):
+        parse_depths("0,,1")
 
 
 def test_parse_depths():
@@ -167,6 +172,8 @@ def test_bad_eval_inputs(tmp_path):
     assert_bad_input(run("perplexity", *TINY, "--file", str(bad), "--out", str(tmp_path / "o")),
                      "UTF-8")
     assert_bad_input(run("throughput", "--configs", "samba-nope"), "unknown config")
+    assert_bad_input(run("throughput", "--configs", "samba-test,,samba-test:llama"),
+                     "--configs: item 2 of", "is empty")
     p = run("frobnicate")
     assert p.returncode == 2 and "Traceback" not in p.stderr
 

@@ -125,7 +125,13 @@ TABLE = [
     ("selective_scan", {"initial_state": _zeros(2, 8, 5)}, ValueError, "initial_state"),
     ("selective_scan", {"initial_state": _zeros(2, 8, 4, dtype=np.complex64)}, TypeError,
      "initial_state"),
+    # no state at all: refused forward as it is backward (every other shape consistent)
+    ("selective_scan", {"A": _zeros(8, 0), "B": _zeros(2, 2, 0, 6), "C": _zeros(2, 2, 0, 6),
+                        "initial_state": _zeros(2, 8, 0)}, ValueError, "A: dstate"),
     # selective_state_update (state is updated in place)
+    ("selective_state_update", {"state": _zeros(2, 8, 0), "A": _zeros(8, 0),
+                                "B": _zeros(2, 2, 0), "C": _zeros(2, 2, 0)}, ValueError,
+     "A: dstate"),
     ("selective_state_update", {"state": _zeros(2, 8, 4, dtype=np.float64)}, TypeError,
      "state: is updated in place and must be float32"),
     ("selective_state_update", {"state": _zeros(2, 8, 8)[:, :, ::2]}, ValueError,

@@ -203,6 +203,12 @@ def test_model_args_precedence_and_errors(model):
         backend.SambaLM(pretrained=model, bogus=1)
     with pytest.raises(ValueError, match="batch_size"):
         backend.SambaLM(pretrained=model, batch_size="x")
+    # numbers are not truncated, flags are not numbers, seeds follow the one seed rule
+    for kw in ({"batch_size": 2.5}, {"batch_size": True}, {"chunk_size": 0},
+               {"seed": 1.7}, {"seed": -1}, {"seed": "-3"}, {"seed": False}):
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            backend.SambaLM(pretrained=model, **kw)
+    assert backend.SambaLM(pretrained=model, seed=" 7 ", batch_size="3").seed == 7
     with pytest.raises(ValueError, match="device"):
         backend.SambaLM(pretrained=model, device="tpu")
     with pytest.raises(TypeError, match="pretrained"):

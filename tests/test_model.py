@@ -277,6 +277,9 @@ def test_generate_stop_string():
     assert m.generate("x", max_new_tokens=6, stop=["bab"], stream=pieces.append) == "a"
     assert "".join(pieces) == "a"
     assert m.generate(list(b"x"), max_new_tokens=6, stop="ba") == [ord("a")]
+    for bad in ("", ["ba", ""]):   # an empty stop string is a mistake, not "no stop"
+        with pytest.raises(ValueError, match="stop: an empty string"):
+            m.generate("x", max_new_tokens=6, stop=bad)
 
 
 def test_generate_batch_and_state_continuation(model, rng):

@@ -14,7 +14,7 @@ from fractions import Fraction
 from typing import Any
 
 __all__ = ["GRIDS", "GridSpecError", "grid_defaults", "parse_count", "parse_lengths",
-           "parse_depths", "as_lengths", "as_depths"]
+           "parse_depths", "split_list", "as_lengths", "as_depths"]
 
 
 class GridSpecError(ValueError):
@@ -68,10 +68,19 @@ def parse_count(s: str, what: str = "value") -> int:
 
 def parse_lengths(s: str, what: str = "--lengths") -> list[int]:
     """'1K,4K,1M' -> [1024, 4096, 1048576]."""
-    parts = [p for p in s.split(",") if p.strip()]
-    if not parts:
-        raise GridSpecError(f"{what}: expected a comma-separated list, e.g. 4K,8K,16K")
+    parts = split_list(s, what, "4K,8K,16K")
     return [parse_count(p, what) for p in parts]
+
+
+def split_list(s: str, what: str, example: str) -> list[str]:
+    """The items of a comma-separated list; an empty one (``1K,,2K``) is an error, not skipped."""
+    parts = [p.strip() for p in s.split(",")]
+    if parts == [""]:
+        raise GridSpecError(f"{what}: expected a comma-separated list, e.g. {example}")
+    if "" in parts:
+        raise GridSpecError(f"{what}: item {parts.index('') + 1} of {s!r} is empty; remove the "
+                            f"extra comma (e.g. {example})")
+    return parts
 
 
 def parse_depths(s: str, what: str = "--depths") -> list[float] | str:
@@ -79,6 +88,7 @@ def parse_depths(s: str, what: str = "--depths") -> list[float] | str:
     s = s.strip()
     if s.lower() == "random":
         return "random"
+    items = None if ":" in s else split_list(s, what, "0,0.5,1")
     try:
         if ":" in s:
             parts = [float(p) for p in s.split(":")]
@@ -90,7 +100,7 @@ def parse_depths(s: str, what: str = "--depths") -> list[float] | str:
                 raise ValueError
             vals = [round(a + i * step, 10) for i in range(n)]
         else:
-            vals = [float(p) for p in s.split(",") if p.strip()]
+            vals = [float(p) for p in items]
     except ValueError:
         raise GridSpecError(f"{what}: cannot parse {s!r}; use 'random', a list like 0,0.5,1 "
                             "or a range start:stop:step like 0:1:0.1") from None

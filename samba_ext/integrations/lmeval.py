@@ -41,6 +41,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..eval._common import get_model, greedy_decode
+from ..sampling import check_seed
 
 try:
     from lm_eval.api.model import LM
@@ -57,11 +58,21 @@ DEFAULT_MAX_GEN_TOKS = 256
 LOGITS_BUDGET = 1 << 28
 
 
+def _to_int(value: Any, name: str) -> int:
+    """An int, or the text of one (lm-eval passes ``model_args`` as text); a float or bool is
+    refused rather than truncated."""
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    raise ValueError(f"{name}: expected an integer, got {value!r}")
+
+
 def _as_int(value: Any, name: str, minimum: int = 1) -> int:
-    try:
-        v = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected an integer, got {value!r}") from None
+    v = _to_int(value, name)
     if v < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {v}")
     return v
@@ -104,7 +115,7 @@ class SambaLM(LM):
             batch_size = max_batch_size if max_batch_size is not None else 8
         self.batch_size = _as_int(batch_size, "batch_size")
         self.chunk_size = _as_int(chunk_size, "chunk_size")
-        self.seed = _as_int(seed, "seed", minimum=0)
+        self.seed = check_seed(_to_int(seed, "seed"))
         self.max_batch_tokens = _as_int(max_batch_tokens, "max_batch_tokens")
         self._device = _as_device(device)
         if isinstance(pretrained, (str, os.PathLike)):

@@ -53,6 +53,13 @@ def _bc(m: ck.ArrayMeta, name: str, batch: int, dim: int, dstate: int,
     return groups
 
 
+def _dstate(mA: ck.ArrayMeta) -> int:
+    """A's dstate (shape[1]); a scan without state is refused, forward and backward alike."""
+    if mA.shape[1] < 1:
+        raise ValueError("A: dstate (shape[1]) must be >= 1; a scan needs at least one state")
+    return mA.shape[1]
+
+
 def selective_scan(u: Any, delta: Any, A: Any, B: Any, C: Any, D: Any = None, z: Any = None,
                    delta_bias: Any = None, initial_state: Any = None) -> tuple:
     """Mamba-1 scan. -> y shape (batch, dim, seqlen)."""
@@ -61,7 +68,7 @@ def selective_scan(u: Any, delta: Any, A: Any, B: Any, C: Any, D: Any = None, z:
     ck.same_shape(ck.floats(delta, "delta", 3), "delta", mu, "u")
     mA = ck.floats(A, "A", 2, "(dim, dstate)")
     ck.dim(mA, "A", 0, dim, "dim, as in u")
-    N = mA.shape[1]
+    N = _dstate(mA)
     gB = _bc(ck.floats(B, "B", (3, 4)), "B", batch, dim, N, L)
     gC = _bc(ck.floats(C, "C", (3, 4)), "C", batch, dim, N, L)
     if gC != gB:
@@ -84,7 +91,7 @@ def selective_state_update(state: Any, x: Any, dt: Any, A: Any, B: Any, C: Any,
     ck.same_shape(ck.floats(dt, "dt", 2), "dt", mx, "x (batch, dim)")
     mA = ck.floats(A, "A", 2, "(dim, dstate)")
     ck.dim(mA, "A", 0, dim, "dim, as in x")
-    N = mA.shape[1]
+    N = _dstate(mA)
     gB = _bc(ck.floats(B, "B", (2, 3)), "B", batch, dim, N, None)
     gC = _bc(ck.floats(C, "C", (2, 3)), "C", batch, dim, N, None)
     if gC != gB:
@@ -300,8 +307,6 @@ def selective_scan_bwd(u: Any, delta: Any, A: Any, B: Any, C: Any, D: Any = None
     (required) and dlast_state (batch, dim, dstate). -> (batch, dim, seqlen, dstate)."""
     batch, dim, L = selective_scan(u, delta, A, B, C, D, z, delta_bias, initial_state)
     N = ck.meta(A, "A").shape[1]
-    if N < 1:
-        raise ValueError("A: dstate (shape[1]) must be >= 1")
     _grad(dout, "dout", (batch, dim, L), "the shape of u and y", "(batch, dim, seqlen)")
     _grad(dlast_state, "dlast_state", (batch, dim, N), "(batch, dim, dstate)")
     return (batch, dim, L, N)
