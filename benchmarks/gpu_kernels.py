@@ -6,7 +6,8 @@
   the kernel (``SAMBA_EXT_SCAN_VARIANT``: split = 4 threads per channel, 8 steps per group;
   tile = blocks of channels walking 32-step tiles with B / C and softplus(delta) in shared
   memory, ``SAMBA_EXT_SCAN_LANES`` 4 or 8 threads per channel; tile2 = tile with 4 threads per
-  channel and less shared-memory traffic; warp / warp8 = one warp per
+  channel and less shared-memory traffic, ``SAMBA_EXT_SCAN_CHUNKS`` N chunks over the sequence
+  (1: none; unset: the library's choice by channel count); warp / warp8 = one warp per
   channel, parallel over the sequence in chunks of 512 / 256 steps; unset = the library's choice)
   is timed at the issue's five shapes and the model's 16384-token prefill chunk, as a whole
   call and as device time, and its output compared with the library's choice.
@@ -78,7 +79,9 @@ def scan_cases(reps: int) -> list[dict]:
         # (SAMBA_EXT_SCAN_VARIANT, _LANES, _CHUNKS); "" = unset (the library's choice); the
         # first row is the reference of the diff column
         variants = [("", "", ""), ("split", "4", "1"), ("tile", "4", "1"), ("tile", "8", "1"),
-                    ("tile2", "4", "1"), ("warp", "", "1"), ("warp8", "", "1")]
+                    ("tile2", "4", "1"), ("tile2", "4", "2"), ("tile2", "4", "3"),
+                    ("tile2", "4", "4"), ("tile2", "4", "6"), ("tile2", "4", "8"),
+                    ("warp", "", "1"), ("warp8", "", "1")]
         if os.environ.get("SCAN_VARIANTS") == "default":  # the library's choice only
             variants = variants[:1]
         for kind, lanes, chunks in variants:

@@ -6,7 +6,8 @@ optionally in chunks over the sequence (two passes, the state passed between chu
 ``tile`` (csrc/cuda/scan_tile.cuh), blocks of 32 or 16 channels (4 or 8 threads each) walking
 the sequence in tiles of 32 steps with B / C and softplus(delta) staged in shared memory,
 ``tile2`` (csrc/cuda/scan_tile2.cuh, the same with the 4 threads' partial outputs summed by
-shuffles and swizzled staging), and
+shuffles and swizzled staging; in chunks over the sequence when asked, and by default where the
+channels give few warps), and
 ``warp`` / ``warp8`` (csrc/cuda/scan_warp.cuh), one warp per channel scanning chunks of 32 x 16
 or 32 x 8 steps in parallel over the sequence (a warp scan of the lanes' partial states).
 ``SAMBA_EXT_SCAN_LANES`` (1 | 4 | 8) and ``SAMBA_EXT_SCAN_CHUNKS`` (N) force a variant, read at
@@ -44,10 +45,11 @@ def variant(monkeypatch):
 
 
 # (kind, lanes, chunks); tile with chunks > 1 or a channel count that is not a multiple of its
-# block falls back to the split kernel, and so does warp with chunks > 1
+# block falls back to the split kernel; tile2 runs chunks itself (at most one per tile), and
+# warp with chunks > 1 runs them
 VARIANTS = [("split", 4, 1), ("split", 8, 1), ("split", 4, 3), ("split", 8, 7),
             ("split", 4, 16), ("split", 1, 1), ("tile", 4, 1), ("tile", 8, 1), ("tile2", 4, 1),
-            ("warp", 4, 1), ("warp8", 4, 1), ("warp", 4, 2)]
+            ("tile2", 4, 3), ("tile2", 4, 16), ("warp", 4, 1), ("warp8", 4, 1), ("warp", 4, 2)]
 # (batch, dim, L, G): the first four from the split kernel's tests; then whole tiled blocks
 # (dim / G a multiple of 32): batch 3 with a partial last tile, grouped B/C with an odd L over
 # many tiles, L shorter than one tile and than one group of 8, and L a multiple of the tile
@@ -156,3 +158,22 @@ def test_tile_kernels_run_and_match(rng, variant, dtype, kind, lanes):
     and a partial one whose last 8-step piece is partial too; unaligned output rows)."""
     variant(lanes, 1, kind)
     _check_kernel_on_views(rng, dtype, "tile", (2, 128, 2), ((1024, 0), (1003, 5)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("chunks", [2, 3, 5, 40])
+def test_tile2_chunks_run_and_match(rng, variant, dtype, chunks):
+    """tile2 in chunks over the sequence (two passes, the state composed between chunks):
+    L 1024 in chunks of whole tiles (3: 352 + 352 + 320 steps), then L 1003 as a view whose
+    last chunk ends in a partial tile; 40 asks for more chunks than the 32 tiles (one per
+    tile). The initial state reaches only chunk 0, the last state comes from the last chunk."""
+    variant(4, chunks, "tile2")
+    _check_kernel_on_views(rng, dtype, "tile", (2, 128, 2), ((1024, 0), (1003, 5)))
+
+
+def test_tile2_default_chunks_at_batch_1(rng, monkeypatch):
+    """The library's own choice for few channels and a long sequence (batch 1, 32 channels:
+    one warp, so chunks of at least 1024 steps): 3 chunks at L 3100, the last one partial."""
+    for var in ("SAMBA_EXT_SCAN_VARIANT", "SAMBA_EXT_SCAN_LANES", "SAMBA_EXT_SCAN_CHUNKS"):
+        monkeypatch.delenv(var, raising=False)
+    _check_kernel_on_views(rng, "bfloat16", "tile", (1, 32, 0), ((3100, 0),))

@@ -403,24 +403,6 @@ samba_status dispatch(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, in
     return launch<T, Cfg256>(a, ws, split, st);
 }
 
-int sm_count_cached() {
-    static int cached[64];
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
-        cudaGetLastError();
-        return 100;
-    }
-    if (cached[dev] == 0) {
-        int v = 0;
-        if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || v < 1) {
-            cudaGetLastError();
-            v = 100;
-        }
-        cached[dev] = v;
-    }
-    return cached[dev];
-}
-
 }  // namespace
 
 int attn_bwd_mma_applicable(const samba_cu_attn_ext_args *a) {
@@ -451,7 +433,7 @@ int attn_bwd_mma_group_split(const samba_cu_attn_ext_args *a, int wgmma) {
     const int64_t G = a->nheads / a->nheads_kv;
     if (forced > 0 && G % forced == 0) return forced;
     // the smallest divisor of G that gives ~3 blocks per multiprocessor
-    const int64_t want = 3 * (int64_t)sm_count_cached();
+    const int64_t want = 3 * (int64_t)samba_sm_count();
     const int64_t base = cfg_blocks(a, wgmma) * a->nheads_kv;
     for (int64_t s = 1; s < G; ++s)
         if (G % s == 0 && base * s >= want) return (int)s;
@@ -470,7 +452,7 @@ int attn_bwd_mma_group_split(const samba_cu_attn_ext_args *a, int wgmma) {
 int64_t attn_bwd_mma_dq_slices(const samba_cu_attn_ext_args *a) {
     const int64_t nkb = cdiv(a->seqlen_k, cfg_bn(a->headdim));
     const int64_t per = a->nheads_kv * cfg_nds(a->headdim) * a->batch;  // blocks per slice
-    int64_t s = per > 0 ? cdiv(2 * (int64_t)sm_count_cached(), per) : 1;
+    int64_t s = per > 0 ? cdiv(2 * (int64_t)samba_sm_count(), per) : 1;
     if (s > nkb) s = nkb;
     const int64_t slice = a->batch * a->seqlen_q * a->nheads * a->headdim * (int64_t)sizeof(float);
     const int64_t cap = slice > 0 ? ((int64_t)512 << 20) / slice : s;

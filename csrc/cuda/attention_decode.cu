@@ -211,16 +211,6 @@ decode_combine_kernel(int64_t nheads, int hd, int nsplit, const float *ws_o, con
     }
 }
 
-int sm_count() {
-    int dev = 0, n = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-        cudaGetLastError();
-        return 108;
-    }
-    return n;
-}
-
 template <typename T, class C> samba_status run_split(DecArgs a, int64_t batch, cudaStream_t st) {
     cudaError_t e = cudaFuncSetAttribute(decode_tc_kernel<T, C>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
@@ -287,7 +277,7 @@ samba_status attn_decode_split(int64_t batch, int64_t nheads, int64_t nheads_kv,
 
     // Enough blocks for ~4 per multiprocessor, each chunk at least two block iterations.
     const int64_t base_blocks = batch * nheads_kv * a.ngroups;
-    int64_t nsplit = cdiv(4 * (int64_t)sm_count(), base_blocks);
+    int64_t nsplit = cdiv(4 * (int64_t)samba_sm_count(), base_blocks);
     const int64_t max_split = cdiv(capacity, 2 * step);
     if (nsplit > max_split) nsplit = max_split;
     if (nsplit > DEC_MAX_SPLIT) nsplit = DEC_MAX_SPLIT;

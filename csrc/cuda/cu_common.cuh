@@ -77,6 +77,27 @@ __device__ __forceinline__ float warp_max(float v) {
 
 static inline int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Multiprocessors of the current device (cached per device; 100 if the query fails, which only
+// sizes grids, never changes results).
+static inline int samba_sm_count(void) {
+    static int cached[64];
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) {
+        cudaGetLastError();
+        return 100;
+    }
+    if (cached[dev] == 0) {
+        int v = 0;
+        if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+            v < 1) {
+            cudaGetLastError();
+            v = 100;
+        }
+        cached[dev] = v;
+    }
+    return cached[dev];
+}
+
 // Grid size for a 1-D launch over n items with `threads` per block (capped; kernels use
 // grid-stride loops).
 static inline unsigned grid_1d(int64_t n, int threads) {

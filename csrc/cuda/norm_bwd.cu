@@ -70,16 +70,6 @@ __global__ void rmsnorm_dw_kernel(int64_t n, int nb, const float *part, samba_cu
     }
 }
 
-static int nbw_sm_count() {
-    int dev = 0, v = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || v < 1) {
-        cudaGetLastError();
-        return 100;
-    }
-    return v;
-}
-
 extern "C" samba_status samba_cu_rmsnorm_bwd(int64_t rows, int64_t n, samba_cu_ref x, int64_t ldx,
                                              samba_cu_ref residual, int64_t ldr, int res_dtype,
                                              samba_cu_ref weight, float eps, samba_cu_ref dy,
@@ -93,7 +83,7 @@ extern "C" samba_status samba_cu_rmsnorm_bwd(int64_t rows, int64_t n, samba_cu_r
         const cudaError_t e = cudaMemsetAsync(dweight.ptr, 0, (size_t)n * (dweight.dtype == SAMBA_CU_F32 ? 4 : 2), st);
         return e == cudaSuccess ? SAMBA_OK : samba_cu_fail("rms_norm_bwd (memset)", e);
     }
-    int64_t nb = 4 * (int64_t)nbw_sm_count();
+    int64_t nb = 4 * (int64_t)samba_sm_count();
     nb = nb > rows ? rows : nb;
     void *part = NULL;
     samba_status s = samba_cu_malloc(&part, (size_t)nb * (size_t)n * sizeof(float), st);

@@ -505,32 +505,81 @@ static int tile_kind(void) {  // 0: split, 1: tile, 2: tile2
 static int tile_lanes(const samba_cu_scan_args *a) {
     const int kind = tile_kind();
     if (kind == 0) return 0;
-    if (env_int("SAMBA_EXT_SCAN_CHUNKS", 1) > 1) return 0;
+    if (kind == 1 && env_int("SAMBA_EXT_SCAN_CHUNKS", 1) > 1) return 0;  // tile has no chunks
     const int lanes = kind == 1 && env_int("SAMBA_EXT_SCAN_LANES", 0) == 8 ? 8 : 4;
     const int64_t cpb = TILE_THREADS / lanes;  // channels per block
     return (a->dim / a->ngroups) % cpb == 0 ? lanes : 0;
 }
 
+// Chunks of the tile2 scan (scan_tile2.cuh, Tile2Chunks): SAMBA_EXT_SCAN_CHUNKS=N asks for N
+// (1: one pass); by default, enough chunks for about 4 warps per scheduler (16 per
+// multiprocessor) where the channels alone give fewer, rounded to the nearest count, each
+// chunk at least TILE2_MIN_CHUNK steps, at most 16 chunks. At most one chunk per tile.
+#define TILE2_MIN_CHUNK 1024
+static int tile2_chunks(const samba_cu_scan_args *a) {
+    int64_t c = env_int("SAMBA_EXT_SCAN_CHUNKS", 0);
+    if (c < 1) {
+        const int64_t warps = a->batch * a->dim * TILE2_LPC / 32;
+        const int64_t want = 16 * (int64_t)samba_sm_count();
+        c = (want + warps / 2) / warps;
+        if (c > a->seqlen / TILE2_MIN_CHUNK) c = a->seqlen / TILE2_MIN_CHUNK;
+        if (c > 16) c = 16;
+    }
+    if (c > cdiv(a->seqlen, TILE_T)) c = cdiv(a->seqlen, TILE_T);
+    return c < 1 ? 1 : (int)c;
+}
+
 template <typename T>
-static void launch_tile_t(const samba_cu_scan_args *a, int lanes, cudaStream_t st) {
+static samba_status launch_tile2_t(const samba_cu_scan_args *a, cudaStream_t st) {
+    const int64_t BD = a->batch * a->dim, N = TILE_N;
+    const unsigned nb = (unsigned)(BD / TILE2_CPB);  // blocks per chunk
+    Tile2Chunks ck;
+    memset(&ck, 0, sizeof ck);
+    int nck = tile2_chunks(a);
+    if (nck > 1) {
+        ck.chunk_len = cdiv(cdiv(a->seqlen, nck), TILE_T) * TILE_T;
+        nck = (int)cdiv(a->seqlen, ck.chunk_len);
+    }
+    if (nck == 1) {
+        scan_tile2_kernel<T, 0><<<nb, TILE_THREADS, 0, st>>>(*a, ck);
+        return samba_cu_check_launch("selective_scan (tiled)", st);
+    }
+    ck.nchunks = nck;
+    // workspace: start0 (BD, N), ends (nck-1, BD, N), sums (nck-1, BD), stream-ordered
+    const size_t nbytes = (size_t)(BD * N + (nck - 1) * BD * N + (nck - 1) * BD) * sizeof(float);
+    void *ws = NULL;
+    cudaError_t e = cudaMallocAsync(&ws, nbytes, st);
+    if (e != cudaSuccess) return samba_cu_fail("selective_scan: workspace cudaMallocAsync", e);
+    ck.start0 = (float *)ws;
+    ck.ends = ck.start0 + BD * N;
+    ck.sums = ck.ends + (nck - 1) * BD * N;
+    scan_tile2_kernel<T, 1><<<nb * (unsigned)(nck - 1), TILE_THREADS, 0, st>>>(*a, ck);
+    samba_status s = samba_cu_check_launch("selective_scan (tiled, chunk pass 1)", st);
+    if (s == SAMBA_OK) {
+        scan_tile2_kernel<T, 2><<<nb * (unsigned)nck, TILE_THREADS, 0, st>>>(*a, ck);
+        s = samba_cu_check_launch("selective_scan (tiled, chunk pass 2)", st);
+    }
+    e = cudaFreeAsync(ws, st);
+    if (s == SAMBA_OK && e != cudaSuccess) return samba_cu_fail("selective_scan: cudaFreeAsync", e);
+    return s;
+}
+
+template <typename T>
+static samba_status launch_tile_t(const samba_cu_scan_args *a, int lanes, cudaStream_t st) {
     const int64_t cpb = TILE_THREADS / lanes;
     const unsigned grid = (unsigned)(a->batch * a->dim / cpb);
-    if (lanes == 4 && tile_kind() == 2)
-        scan_tile2_kernel<T><<<grid, TILE_THREADS, 0, st>>>(*a);
-    else if (lanes == 4)
+    if (lanes == 4 && tile_kind() == 2) return launch_tile2_t<T>(a, st);
+    if (lanes == 4)
         scan_tile_kernel<4, T><<<grid, TILE_THREADS, 0, st>>>(*a);
     else
         scan_tile_kernel<2, T><<<grid, TILE_THREADS, 0, st>>>(*a);
+    return samba_cu_check_launch("selective_scan (tiled)", st);
 }
 
 static samba_status launch_tile(const samba_cu_scan_args *a, int lanes, cudaStream_t st) {
-    if (a->u.dtype == SAMBA_CU_BF16)
-        launch_tile_t<__nv_bfloat16>(a, lanes, st);
-    else if (a->u.dtype == SAMBA_CU_F16)
-        launch_tile_t<__half>(a, lanes, st);
-    else
-        launch_tile_t<float>(a, lanes, st);
-    return samba_cu_check_launch("selective_scan (tiled)", st);
+    if (a->u.dtype == SAMBA_CU_BF16) return launch_tile_t<__nv_bfloat16>(a, lanes, st);
+    if (a->u.dtype == SAMBA_CU_F16) return launch_tile_t<__half>(a, lanes, st);
+    return launch_tile_t<float>(a, lanes, st);
 }
 
 // The warp kernel (scan_warp.cuh): SAMBA_EXT_SCAN_VARIANT=warp (16 steps per lane) or warp8

@@ -111,10 +111,11 @@ struct TileRows {
 
 // Loads the 8-step pieces at t0 + q * 8 (TT: the tile length; a whole tile in range: 16-byte
 // vectors, else element loads with zeros past the end).
+// has_bc false: this thread's B / C row is not needed (its registers are left as they are).
 template <int TT, typename T>
 __device__ __forceinline__ void tile_load(TileRegs<T> &R, const samba_cu_scan_args &p,
                                           const TileRows &r, int64_t t0, bool piece, int q,
-                                          bool has_z) {
+                                          bool has_z, bool has_bc = true) {
     const int64_t t = t0 + q * 8;  // first step of this thread's pieces (both roles)
     if (t0 + TT <= r.t_end) {
         if (piece) {
@@ -122,7 +123,7 @@ __device__ __forceinline__ void tile_load(TileRegs<T> &R, const samba_cu_scan_ar
             R.dl.vload(p.delta.ptr, r.dl + t);
             if (has_z) R.z.vload(p.z.ptr, r.z + t);
         }
-        R.bc.vload(r.bcp, r.bc + t);
+        if (has_bc) R.bc.vload(r.bcp, r.bc + t);
     } else {  // the last, partial tile: element loads, zeros past the end
         const int n = (int)max((int64_t)0, min((int64_t)8, r.t_end - t));
         if (piece) {
@@ -130,7 +131,7 @@ __device__ __forceinline__ void tile_load(TileRegs<T> &R, const samba_cu_scan_ar
             R.dl.sload(p.delta.ptr, r.dl + t, 1, n);
             if (has_z) R.z.sload(p.z.ptr, r.z + t, 1, n);
         }
-        R.bc.sload(r.bcp, r.bc + t, 1, n);
+        if (has_bc) R.bc.sload(r.bcp, r.bc + t, 1, n);
     }
 }
 
@@ -139,10 +140,11 @@ __device__ __forceinline__ void tile_load(TileRegs<T> &R, const samba_cu_scan_ar
 struct TileBlock {
     int64_t b, d0, g;
 };
-__device__ __forceinline__ TileBlock tile_block(const samba_cu_scan_args &p, int64_t cpb) {
+__device__ __forceinline__ TileBlock tile_block(const samba_cu_scan_args &p, int64_t cpb,
+                                                int64_t bid) {
     const int64_t blocks_per_row = p.dim / cpb;
-    const int64_t d0 = (blockIdx.x % blocks_per_row) * cpb;
-    return {blockIdx.x / blocks_per_row, d0, d0 / (p.dim / p.ngroups)};
+    const int64_t d0 = (bid % blocks_per_row) * cpb;
+    return {bid / blocks_per_row, d0, d0 / (p.dim / p.ngroups)};
 }
 
 // A thread's NPL states n0 .. of channel ds (row idx = b * dim + ds): A * log2 e and the initial
@@ -165,7 +167,7 @@ scan_tile_kernel(samba_cu_scan_args p) {
     constexpr int LPC = Cfg::LPC, CPB = Cfg::CPB, QPR = Cfg::QPR;
     __shared__ TileSmem<NPL> sm;
     const int tid = threadIdx.x;
-    const TileBlock blk = tile_block(p, CPB);
+    const TileBlock blk = tile_block(p, CPB, blockIdx.x);
     const int64_t b = blk.b, d0 = blk.d0, g = blk.g;
     const bool has_z = p.z.ptr != NULL;
 

@@ -55,22 +55,71 @@ __device__ __forceinline__ int tile2_swz(int t) {
     return (q & 1) | ((q & 2) << 1);
 }
 
-template <typename T>
+// Chunks over the sequence (PASS 1 and 2; PASS 0 walks the whole sequence in one launch).
+// With few channels (batch 1: 4096 channels x 4 threads are one warp per scheduler) the
+// sequence is cut into nchunks chunks of chunk_len steps (a multiple of TILE_T) and the
+// blocks of every chunk run at once:
+//   PASS 1 (chunks 0 .. nchunks - 2): each chunk scanned from a zero state (chunk 0 from the
+//     initial state, which it also copies to start0), without outputs; stores its end state
+//     and its sum of dt (the chunk's decay is exp(A * sum dt) per state);
+//   PASS 2 (every chunk): the true start state composed from those,
+//     h(c) = exp(A * sum_dt(c - 1)) * h(c - 1) + end(c - 1), h(1) = end(0) (exact), then the
+//     chunk's scan with outputs; the last chunk writes the final state.
+// Pass 1 repeats the exponentials of all chunks but the last ((2 - 1 / nchunks) x the floor
+// in all), in exchange for nchunks x the warps.
+struct Tile2Chunks {
+    int64_t chunk_len;  // steps per chunk (PASS 1, 2)
+    int nchunks;
+    float *start0;  // (B*D, 16) copy of the initial state (zeros without one)
+    float *ends;    // (nchunks - 1, B*D, 16) end states of pass 1
+    float *sums;    // (nchunks - 1, B*D) sums of dt of pass 1 (chunk 0's unused)
+};
+
+template <typename T, int PASS>
 __global__ void __launch_bounds__(TILE_THREADS)
-scan_tile2_kernel(samba_cu_scan_args p) {
+scan_tile2_kernel(samba_cu_scan_args p, Tile2Chunks ck) {
     constexpr int NPL = 4, LPC = TILE2_LPC, CPB = TILE2_CPB, QPR = TILE_T / 8;
+    constexpr bool WANT_Y = PASS != 1;
     static_assert(CPB * QPR == TILE_THREADS, "one u / delta / z piece per thread");
     __shared__ Tile2Smem sm;
     const int tid = threadIdx.x;
-    const TileBlock blk = tile_block(p, CPB);
+    const int64_t BD = p.batch * p.dim, nb = BD / CPB;  // blocks per chunk
+    const int chunk = PASS == 0 ? 0 : (int)(blockIdx.x / nb);
+    const TileBlock blk = tile_block(p, CPB, PASS == 0 ? (int64_t)blockIdx.x : blockIdx.x % nb);
     const int64_t b = blk.b, d0 = blk.d0, g = blk.g;
-    const bool has_z = p.z.ptr != NULL;
+    const int64_t t_begin = PASS == 0 ? 0 : chunk * ck.chunk_len;
+    const int64_t t_end = PASS == 0 ? p.seqlen : min(p.seqlen, t_begin + ck.chunk_len);
+    const bool has_z = WANT_Y && p.z.ptr != NULL;
 
     // scan role: channel cs, states n0 .. n0 + NPL - 1
     const int cs = tid / LPC, l = tid % LPC, n0 = l * NPL;
     const int64_t ds = d0 + cs, idx = b * p.dim + ds;
     float a2[NPL], h[NPL];
-    tile_state_init<NPL>(p, ds, idx, n0, a2, h);
+    tile_state_init<NPL>(p, ds, idx, n0, a2, h);  // h: the initial state (0 without one)
+    if (PASS == 1) {
+        if (chunk == 0) {
+#pragma unroll
+            for (int k = 0; k < NPL; ++k) ck.start0[idx * TILE_N + n0 + k] = h[k];
+        } else {
+#pragma unroll
+            for (int k = 0; k < NPL; ++k) h[k] = 0.0f;
+        }
+    } else if (PASS == 2) {
+        if (chunk == 0) {  // the copy: the last chunk may be overwriting the initial state
+#pragma unroll
+            for (int k = 0; k < NPL; ++k) h[k] = ck.start0[idx * TILE_N + n0 + k];
+        } else {
+#pragma unroll
+            for (int k = 0; k < NPL; ++k) h[k] = ck.ends[idx * TILE_N + n0 + k];
+            for (int c = 1; c < chunk; ++c) {
+                const float sdt = ck.sums[c * BD + idx];
+                const float *e = ck.ends + (c * BD + idx) * TILE_N + n0;
+#pragma unroll
+                for (int k = 0; k < NPL; ++k) h[k] = fmaf(ex2_ftz(sdt * a2[k]), h[k], e[k]);
+            }
+        }
+    }
+    float sum_dt = 0.0f;  // pass 1: the chunk's sum of dt (every lane of the channel)
     // piece role (every thread): channel cp, steps q * 8 .. q * 8 + 7 of each tile
     const int cp = tid / QPR, q = tid % QPR;
     const int64_t dp = d0 + cp;
@@ -79,13 +128,14 @@ scan_tile2_kernel(samba_cu_scan_args p) {
     // value of step t goes to chunk (2 (rn / 4) + isC) ^ swz(t), word rn % 4
     const int r = tid / QPR;
     const bool isB = r < TILE_N;
+    const bool has_bc = WANT_Y || isB;  // pass 1 needs no C
     const int rn = r % TILE_N;
     const int bc_chunk = 2 * (rn / NPL) + (isB ? 0 : 1), bc_word = rn % NPL;
     const int64_t bcrow = isB ? b * p.B_s[0] + g * p.B_s[1] + rn * p.B_s[2]
                               : b * p.C_s[0] + g * p.C_s[1] + rn * p.C_s[2];
     const TileRows rows = {b * p.u_s[0] + dp * p.u_s[1], b * p.delta_s[0] + dp * p.delta_s[1],
                            b * p.z_s[0] + dp * p.z_s[1], bcrow, isB ? p.B.ptr : p.C.ptr,
-                           p.seqlen};
+                           t_end};
     const int64_t y0 = b * p.y_s[0] + dp * p.y_s[1];
     // y written 8 steps per vector store where its rows allow (unit time stride, 16-byte
     // aligned base and row starts), else element by element
@@ -99,10 +149,10 @@ scan_tile2_kernel(samba_cu_scan_args p) {
     const bool hi1 = (l & 2) != 0, hi0 = (l & 1) != 0;
 
     TileRegs<T> cur, nxt;
-    tile_load<TILE_T, T>(cur, p, rows, 0, true, q, has_z);
-    for (int64_t t0 = 0; t0 < p.seqlen; t0 += TILE_T) {
-        if (t0 + TILE_T < p.seqlen)  // the next tile's rows, in flight during this one
-            tile_load<TILE_T, T>(nxt, p, rows, t0 + TILE_T, true, q, has_z);
+    tile_load<TILE_T, T>(cur, p, rows, t_begin, true, q, has_z, has_bc);
+    for (int64_t t0 = t_begin; t0 < t_end; t0 += TILE_T) {
+        if (t0 + TILE_T < t_end)  // the next tile's rows, in flight during this one
+            tile_load<TILE_T, T>(nxt, p, rows, t0 + TILE_T, true, q, has_z, has_bc);
         __syncthreads();  // the previous tile's scan and output are done with the smem
 #pragma unroll
         for (int s = 0; s < 8; s += 2) {
@@ -111,12 +161,12 @@ scan_tile2_kernel(samba_cu_scan_args p) {
             for (int e = 0; e < 2; ++e) {
                 float x = cur.dl.get(s + e) + db;
                 if (p.delta_softplus) x = softplus_ftz(x);
-                dt2[e] = t0 + q * 8 + s + e < p.seqlen ? x : 0.0f;
+                dt2[e] = t0 + q * 8 + s + e < t_end ? x : 0.0f;
             }
             *(float4 *)&sm.dtdu[cp][q * 8 + s] =
                 make_float4(dt2[0], dt2[0] * cur.u.get(s), dt2[1], dt2[1] * cur.u.get(s + 1));
         }
-        {
+        if (has_bc) {
             const int swz = tile2_swz(q * 8);  // the same for the 8 steps of the piece
 #pragma unroll
             for (int s = 0; s < 8; ++s)
@@ -138,28 +188,38 @@ scan_tile2_kernel(samba_cu_scan_args p) {
                                   : j == 2 ? make_float2(dd23.x, dd23.y)
                                            : make_float2(dd23.z, dd23.w);
                 const float4 w = *(const float4 *)&sm.bc[t][4 * ((2 * l) ^ swz)];
-                const float4 x = *(const float4 *)&sm.bc[t][4 * ((2 * l + 1) ^ swz)];
-                const float bv[4] = {w.x, w.y, w.z, w.w}, cv[4] = {x.x, x.y, x.z, x.w};
-                float y = 0.0f;
+                const float bv[4] = {w.x, w.y, w.z, w.w};
+                if (WANT_Y) {
+                    const float4 x = *(const float4 *)&sm.bc[t][4 * ((2 * l + 1) ^ swz)];
+                    const float cv[4] = {x.x, x.y, x.z, x.w};
+                    float y = 0.0f;
 #pragma unroll
-                for (int k = 0; k < NPL; ++k) {
-                    h[k] = fmaf(ex2_ftz(dd.x * a2[k]), h[k], bv[k] * dd.y);
-                    y = fmaf(h[k], cv[k], y);
+                    for (int k = 0; k < NPL; ++k) {
+                        h[k] = fmaf(ex2_ftz(dd.x * a2[k]), h[k], bv[k] * dd.y);
+                        y = fmaf(h[k], cv[k], y);
+                    }
+                    y4[j] = y;
+                } else {
+#pragma unroll
+                    for (int k = 0; k < NPL; ++k)
+                        h[k] = fmaf(ex2_ftz(dd.x * a2[k]), h[k], bv[k] * dd.y);
+                    sum_dt += dd.x;
                 }
-                y4[j] = y;
             }
-            // round 1 (lanes l, l ^ 2): keep steps 2 hi1, 2 hi1 + 1, send the other two
-            const float k0 = hi1 ? y4[2] : y4[0], k1 = hi1 ? y4[3] : y4[1];
-            const float s0 = hi1 ? y4[0] : y4[2], s1 = hi1 ? y4[1] : y4[3];
-            const float p0 = k0 + __shfl_xor_sync(0xffffffffu, s0, 2);
-            const float p1 = k1 + __shfl_xor_sync(0xffffffffu, s1, 2);
-            // round 2 (lanes l, l ^ 1): keep step 2 hi1 + hi0 = l
-            const float yl = (hi0 ? p1 : p0) + __shfl_xor_sync(0xffffffffu, hi0 ? p0 : p1, 1);
-            sm.y[cs][t4 + l] = yl;
+            if (WANT_Y) {
+                // round 1 (lanes l, l ^ 2): keep steps 2 hi1, 2 hi1 + 1, send the other two
+                const float k0 = hi1 ? y4[2] : y4[0], k1 = hi1 ? y4[3] : y4[1];
+                const float s0 = hi1 ? y4[0] : y4[2], s1 = hi1 ? y4[1] : y4[3];
+                const float p0 = k0 + __shfl_xor_sync(0xffffffffu, s0, 2);
+                const float p1 = k1 + __shfl_xor_sync(0xffffffffu, s1, 2);
+                // round 2 (lanes l, l ^ 1): keep step 2 hi1 + hi0 = l
+                const float yl = (hi0 ? p1 : p0) + __shfl_xor_sync(0xffffffffu, hi0 ? p0 : p1, 1);
+                sm.y[cs][t4 + l] = yl;
+            }
         }
-        __syncthreads();
-        // output: D skip, gate, store
-        {
+        if (WANT_Y) {
+            __syncthreads();
+            // output: D skip, gate, store
             const float4 *src = (const float4 *)&sm.y[cp][q * 8];
             const float4 a = src[0], c = src[1];
             float ys[8] = {a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w};
@@ -169,17 +229,21 @@ scan_tile2_kernel(samba_cu_scan_args p) {
                 if (has_z) ys[s] *= silu_ftz(cur.z.get(s));
             }
             const int64_t tq = t0 + q * 8;
-            if (y_vec && tq + 8 <= p.seqlen) {
+            if (y_vec && tq + 8 <= t_end) {
                 stv<8>(p.y, y0 + tq, ys);  // one 16-byte store (two for float32)
             } else {
 #pragma unroll
                 for (int s = 0; s < 8; ++s)
-                    if (tq + s < p.seqlen) stf(p.y, y0 + (tq + s) * p.y_s[2], ys[s]);
+                    if (tq + s < t_end) stf(p.y, y0 + (tq + s) * p.y_s[2], ys[s]);
             }
         }
         cur = nxt;
     }
-    if (p.final_state) {
+    if (PASS == 1) {
+        if (chunk > 0 && l == 0) ck.sums[chunk * BD + idx] = sum_dt;
+#pragma unroll
+        for (int k = 0; k < NPL; ++k) ck.ends[(chunk * BD + idx) * TILE_N + n0 + k] = h[k];
+    } else if (p.final_state && (PASS == 0 || chunk == ck.nchunks - 1)) {
 #pragma unroll
         for (int k = 0; k < NPL; ++k) p.final_state[idx * TILE_N + n0 + k] = h[k];
     }
