@@ -318,14 +318,7 @@ scan_split_kernel(samba_cu_scan_args p, ScanChunks ck) {
     for (int k = 0; k < NPL; ++k) a2[k] = ldf(p.A, d * SPLIT_N + n0 + k) * LOG2E_F;
     if (ck.pass == 2 && chunk > 0) {
         // start state from the earlier chunks: chunk 0's end is exact, later ones local
-#pragma unroll
-        for (int k = 0; k < NPL; ++k) h[k] = ck.ends[idx * SPLIT_N + n0 + k];
-        for (int c = 1; c < chunk; ++c) {
-            const float sdt = ck.sums[c * BD + idx];
-            const float *e = ck.ends + (c * BD + idx) * SPLIT_N + n0;
-#pragma unroll
-            for (int k = 0; k < NPL; ++k) h[k] = ex2_ftz(sdt * a2[k]) * h[k] + e[k];
-        }
+        chunk_start_state<NPL>(ck.ends, ck.sums, BD, idx, n0, chunk, a2, h);
     } else if (chunk == 0) {
         const float *init = ck.pass == 2 ? ck.start0 : p.initial_state;
 #pragma unroll
@@ -442,17 +435,31 @@ static void launch_split_pass(const samba_cu_scan_args *a, int lanes, const Scan
         launch_split_lpc<float>(a, lanes, ck, nck, st);
 }
 
-// Chunks over the sequence only on request (SAMBA_EXT_SCAN_CHUNKS=N): on the H200 the two
-// passes were slower than one pass with 4 threads per channel at every measured size, batch
-// 1 included (benchmarks/results/gpu_model.md), because pass 1 repeats the exponentials.
+// The split kernel's chunks over the sequence only on request (SAMBA_EXT_SCAN_CHUNKS=N): on
+// the H200 its two passes were slower than one pass with 4 threads per channel at every
+// measured size, batch 1 included (benchmarks/results/gpu_model.md). The default tile2 kernel
+// has chunks of its own (tile2_chunks below).
 static int split_chunks(const samba_cu_scan_args *a) {
     int64_t c = env_int("SAMBA_EXT_SCAN_CHUNKS", 1);
     if (c > a->seqlen / SPLIT_T) c = a->seqlen / SPLIT_T;  // at least one group per chunk
     return c < 1 ? 1 : (int)c;
 }
 
+// The chunked passes' workspace, stream-ordered (cudaFreeAsync after pass 2): start0 (BD, 16),
+// ends (nck - 1, BD, 16), sums (nck - 1, BD); CK is ScanChunks or Tile2Chunks.
+template <class CK>
+static samba_status chunk_workspace(CK &ck, int64_t BD, int nck, void **ws, cudaStream_t st) {
+    const size_t nbytes = (size_t)(BD * 16 + (nck - 1) * BD * 16 + (nck - 1) * BD) * sizeof(float);
+    cudaError_t e = cudaMallocAsync(ws, nbytes, st);
+    if (e != cudaSuccess) return samba_cu_fail("selective_scan: workspace cudaMallocAsync", e);
+    ck.start0 = (float *)*ws;
+    ck.ends = ck.start0 + BD * 16;
+    ck.sums = ck.ends + (nck - 1) * BD * 16;
+    return SAMBA_OK;
+}
+
 static samba_status launch_split(const samba_cu_scan_args *a, int lanes, cudaStream_t st) {
-    const int64_t BD = a->batch * a->dim, N = SPLIT_N;
+    const int64_t BD = a->batch * a->dim;
     ScanChunks ck;
     memset(&ck, 0, sizeof ck);
     int nck = split_chunks(a);
@@ -465,23 +472,18 @@ static samba_status launch_split(const samba_cu_scan_args *a, int lanes, cudaStr
         launch_split_pass(a, lanes, ck, 1, st);
         return samba_cu_check_launch("selective_scan", st);
     }
-    // workspace: start0 (BD, N), ends (nck-1, BD, N), sums (nck-1, BD), stream-ordered
-    const size_t nb = (size_t)(BD * N + (nck - 1) * BD * N + (nck - 1) * BD) * sizeof(float);
     void *ws = NULL;
-    cudaError_t e = cudaMallocAsync(&ws, nb, st);
-    if (e != cudaSuccess) return samba_cu_fail("selective_scan: workspace cudaMallocAsync", e);
-    ck.start0 = (float *)ws;
-    ck.ends = ck.start0 + BD * N;
-    ck.sums = ck.ends + (nck - 1) * BD * N;
+    samba_status s = chunk_workspace(ck, BD, nck, &ws, st);
+    if (s != SAMBA_OK) return s;
     ck.pass = 1;
     launch_split_pass(a, lanes, ck, nck - 1, st);
-    samba_status s = samba_cu_check_launch("selective_scan (chunk pass 1)", st);
+    s = samba_cu_check_launch("selective_scan (chunk pass 1)", st);
     if (s == SAMBA_OK) {
         ck.pass = 2;
         launch_split_pass(a, lanes, ck, nck, st);
         s = samba_cu_check_launch("selective_scan (chunk pass 2)", st);
     }
-    e = cudaFreeAsync(ws, st);
+    const cudaError_t e = cudaFreeAsync(ws, st);
     if (s == SAMBA_OK && e != cudaSuccess) return samba_cu_fail("selective_scan: cudaFreeAsync", e);
     return s;
 }
@@ -531,7 +533,7 @@ static int tile2_chunks(const samba_cu_scan_args *a) {
 
 template <typename T>
 static samba_status launch_tile2_t(const samba_cu_scan_args *a, cudaStream_t st) {
-    const int64_t BD = a->batch * a->dim, N = TILE_N;
+    const int64_t BD = a->batch * a->dim;
     const unsigned nb = (unsigned)(BD / TILE2_CPB);  // blocks per chunk
     Tile2Chunks ck;
     memset(&ck, 0, sizeof ck);
@@ -545,21 +547,16 @@ static samba_status launch_tile2_t(const samba_cu_scan_args *a, cudaStream_t st)
         return samba_cu_check_launch("selective_scan (tiled)", st);
     }
     ck.nchunks = nck;
-    // workspace: start0 (BD, N), ends (nck-1, BD, N), sums (nck-1, BD), stream-ordered
-    const size_t nbytes = (size_t)(BD * N + (nck - 1) * BD * N + (nck - 1) * BD) * sizeof(float);
     void *ws = NULL;
-    cudaError_t e = cudaMallocAsync(&ws, nbytes, st);
-    if (e != cudaSuccess) return samba_cu_fail("selective_scan: workspace cudaMallocAsync", e);
-    ck.start0 = (float *)ws;
-    ck.ends = ck.start0 + BD * N;
-    ck.sums = ck.ends + (nck - 1) * BD * N;
+    samba_status s = chunk_workspace(ck, BD, nck, &ws, st);
+    if (s != SAMBA_OK) return s;
     scan_tile2_kernel<T, 1><<<nb * (unsigned)(nck - 1), TILE_THREADS, 0, st>>>(*a, ck);
-    samba_status s = samba_cu_check_launch("selective_scan (tiled, chunk pass 1)", st);
+    s = samba_cu_check_launch("selective_scan (tiled, chunk pass 1)", st);
     if (s == SAMBA_OK) {
         scan_tile2_kernel<T, 2><<<nb * (unsigned)nck, TILE_THREADS, 0, st>>>(*a, ck);
         s = samba_cu_check_launch("selective_scan (tiled, chunk pass 2)", st);
     }
-    e = cudaFreeAsync(ws, st);
+    const cudaError_t e = cudaFreeAsync(ws, st);
     if (s == SAMBA_OK && e != cudaSuccess) return samba_cu_fail("selective_scan: cudaFreeAsync", e);
     return s;
 }

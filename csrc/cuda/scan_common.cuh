@@ -92,4 +92,22 @@ template <typename T> __device__ __forceinline__ float pick(const Vec8<T> &v, in
     return x;
 }
 
+// Start state of chunk c >= 1 of a two-pass chunked scan, for the NPL states n0 .. of row idx
+// (16 states per row, B*D = BD rows): pass 1 left each chunk's end state from a zero start
+// (chunk 0's from the true initial state, so exact) in ends and its sum of dt in sums;
+// h = end(0), then h = exp(A * sum_dt(c')) * h + end(c') for c' = 1 .. c - 1.
+template <int NPL>
+__device__ __forceinline__ void chunk_start_state(const float *ends, const float *sums,
+                                                  int64_t BD, int64_t idx, int n0, int chunk,
+                                                  const float (&a2)[NPL], float (&h)[NPL]) {
+#pragma unroll
+    for (int k = 0; k < NPL; ++k) h[k] = ends[idx * 16 + n0 + k];
+    for (int c = 1; c < chunk; ++c) {
+        const float sdt = sums[c * BD + idx];
+        const float *e = ends + (c * BD + idx) * 16 + n0;
+#pragma unroll
+        for (int k = 0; k < NPL; ++k) h[k] = fmaf(ex2_ftz(sdt * a2[k]), h[k], e[k]);
+    }
+}
+
 #endif

@@ -109,14 +109,7 @@ scan_tile2_kernel(samba_cu_scan_args p, Tile2Chunks ck) {
 #pragma unroll
             for (int k = 0; k < NPL; ++k) h[k] = ck.start0[idx * TILE_N + n0 + k];
         } else {
-#pragma unroll
-            for (int k = 0; k < NPL; ++k) h[k] = ck.ends[idx * TILE_N + n0 + k];
-            for (int c = 1; c < chunk; ++c) {
-                const float sdt = ck.sums[c * BD + idx];
-                const float *e = ck.ends + (c * BD + idx) * TILE_N + n0;
-#pragma unroll
-                for (int k = 0; k < NPL; ++k) h[k] = fmaf(ex2_ftz(sdt * a2[k]), h[k], e[k]);
-            }
+            chunk_start_state<NPL>(ck.ends, ck.sums, BD, idx, n0, chunk, a2, h);
         }
     }
     float sum_dt = 0.0f;  // pass 1: the chunk's sum of dt (every lane of the channel)
@@ -192,17 +185,9 @@ scan_tile2_kernel(samba_cu_scan_args p, Tile2Chunks ck) {
                 if (WANT_Y) {
                     const float4 x = *(const float4 *)&sm.bc[t][4 * ((2 * l + 1) ^ swz)];
                     const float cv[4] = {x.x, x.y, x.z, x.w};
-                    float y = 0.0f;
-#pragma unroll
-                    for (int k = 0; k < NPL; ++k) {
-                        h[k] = fmaf(ex2_ftz(dd.x * a2[k]), h[k], bv[k] * dd.y);
-                        y = fmaf(h[k], cv[k], y);
-                    }
-                    y4[j] = y;
-                } else {
-#pragma unroll
-                    for (int k = 0; k < NPL; ++k)
-                        h[k] = fmaf(ex2_ftz(dd.x * a2[k]), h[k], bv[k] * dd.y);
+                    y4[j] = tile_step<NPL>(h, a2, dd, bv, cv);
+                } else {  // the states only (no C, no output)
+                    tile_step<NPL>(h, a2, dd, bv, bv);
                     sum_dt += dd.x;
                 }
             }
