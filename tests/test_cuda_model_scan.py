@@ -173,7 +173,8 @@ def test_tile2_chunks_run_and_match(rng, variant, dtype, chunks):
 
 def test_tile2_default_chunks_at_batch_1(rng, monkeypatch):
     """The library's own choice for few channels and a long sequence (batch 1, 32 channels:
-    one warp, so chunks of at least 1024 steps): 3 chunks at L 3100, the last one partial."""
+    chunks of at least 1024 steps): 3 chunks at L 3104, then at L 3100 as a view of rows 3104
+    long (16-byte aligned rows, which the tiled kernels need), whose last tile is partial."""
     for var in ("SAMBA_EXT_SCAN_VARIANT", "SAMBA_EXT_SCAN_LANES", "SAMBA_EXT_SCAN_CHUNKS"):
         monkeypatch.delenv(var, raising=False)
-    _check_kernel_on_views(rng, "bfloat16", "tile", (1, 32, 0), ((3100, 0),))
+    _check_kernel_on_views(rng, "bfloat16", "tile", (1, 32, 0), ((3104, 0), (3100, 4)))
