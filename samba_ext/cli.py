@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import stat
 import sys
@@ -488,7 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:   # named by the command's parser, whose --help lists its options
-        parser._commands_of(args).error(f"unrecognized arguments: {' '.join(extra)}")
+        parser._commands_of(args).error("unrecognized arguments: "
+                                        + " ".join(shlex.quote(a) for a in extra))
     args._argv = list(argv) if argv is not None else None
     with Interrupts() as intr:
         args._interrupts = intr

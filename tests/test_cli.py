@@ -441,6 +441,7 @@ def test_busy_machine_note_only_for_commands_that_run(tmp_path, monkeypatch, cap
 @pytest.mark.parametrize("argv,option", [(["passkey", "--trials", "0"], "--trials"),
                                          (["passkey", "--grid", "foo"], "--grid"),
                                          (["passkey", "--bogus"], "--bogus"),
+                                         (["generate", "hi", "--stop", ""], "--stop ''"),
                                          (["phonebook", "--entries"], "--entries")])
 def test_option_errors_are_one_line(argv, option, capsys):
     """argparse's own errors (bad type, bad choice, unknown option) print one line naming
