@@ -516,7 +516,8 @@ static int tile_lanes(const samba_cu_scan_args *a) {
 // Chunks of the tile2 scan (scan_tile2.cuh, Tile2Chunks): SAMBA_EXT_SCAN_CHUNKS=N asks for N
 // (1: one pass). By default TILE2_CHUNKS chunks of at least TILE2_MIN_CHUNK steps where the
 // channels alone give at most 1.5 warps per scheduler (batch x dim <= 48 x the multiprocessors,
-// e.g. batch 1 x 4096 or 6144 channels on 132 of them), else none. Measured on an H100
+// e.g. batch 1 x 4096 or 6144 channels on 132 of them), else none; fewer than 3 (a sequence
+// under 3072 steps) means none. Measured on an H100
 // (benchmarks/results/gpu_scan_variants.md), kernel time over the exp-unit floor for 1, 2, 3,
 // 4, 6, 8 chunks: batch 1 x 4096 x 32K 4.66 5.20 4.03 3.61 3.81 3.66, batch 1 x 6144 x 128K
 // 3.76 4.02 4.20 3.80 3.79 3.59, batch 8 x 4096 x 4K 2.08 2.98 3.18 3.28 3.35 3.40: pass 1 runs
@@ -528,9 +529,10 @@ static int tile_lanes(const samba_cu_scan_args *a) {
 static int tile2_chunks(const samba_cu_scan_args *a) {
     int64_t c = env_int("SAMBA_EXT_SCAN_CHUNKS", 0);
     if (c < 1) {
-        const int64_t few = 48 * (int64_t)samba_sm_count();  // 1.5 warps x 4 schedulers x 8
+        const int64_t few = 48 * (int64_t)samba_sm_count();  // 6 warps of 8 channels
         c = a->batch * a->dim <= few ? TILE2_CHUNKS : 1;
         if (c > a->seqlen / TILE2_MIN_CHUNK) c = a->seqlen / TILE2_MIN_CHUNK;
+        if (c < 3) c = 1;  // 2 chunks were slower than one pass in every measured case
     }
     if (c > cdiv(a->seqlen, TILE_T)) c = cdiv(a->seqlen, TILE_T);
     return c < 1 ? 1 : (int)c;
