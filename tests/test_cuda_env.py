@@ -57,3 +57,32 @@ def test_every_knob_read_in_csrc_is_checked():
             pytest.skip("csrc/ is not next to the tests (installed package)")
         read = set(re.findall(r'getenv\("(SAMBA_EXT_[A-Z0-9_]+)"\)', src.read_text()))
         assert read <= set(names), (path, read - set(names))
+
+
+@pytest.mark.parametrize("name", sorted(runtime.ENV_INTS))
+def test_integer_knobs(monkeypatch, name):
+    """Whole numbers from the knob's minimum pass; text the C side would read as another
+    number or as its default is refused, naming the variable."""
+    least = runtime.ENV_INTS[name]
+    for v in ("", str(least), "16", "4096"):
+        monkeypatch.setenv(name, v)
+        runtime.check_env()
+    for v in ("8x", "eight", "-1", "1.5", " 4", str(least - 1), str(2**31), "\u0663"):
+        monkeypatch.setenv(name, v)
+        with pytest.raises(ValueError, match=name):
+            runtime.check_env()
+
+
+# the integer / choice knobs each C file reads with its own helper (env_int, sbwd_env)
+INT_READERS = {"csrc/cuda/scan.cu": "env_int", "csrc/cuda/scan_bwd.cu": "sbwd_env"}
+
+
+@pytest.mark.parametrize("path", sorted(INT_READERS))
+def test_every_numeric_knob_read_in_csrc_is_checked(path):
+    src = Path(__file__).resolve().parents[1] / path
+    if not src.exists():
+        pytest.skip("csrc/ is not next to the tests (installed package)")
+    read = set(re.findall(INT_READERS[path] + r'\("(SAMBA_EXT_[A-Z0-9_]+)"', src.read_text()))
+    assert read, f"no {INT_READERS[path]}(...) in {src.name}"
+    known = set(runtime.ENV_CHOICES) | set(runtime.ENV_INTS)
+    assert read <= known, read - known

@@ -68,16 +68,32 @@ ENV_CHOICES = {
     "SAMBA_EXT_GEMV_FUSE": ("0", "1", "rms", "swiglu"),
     "SAMBA_EXT_L2_PREFETCH": tuple(_PREFETCH_MODES),
     "SAMBA_EXT_SCAN_VARIANT": ("split", "tile", "tile2", "warp", "warp8"),
+    "SAMBA_EXT_SCAN_LANES": ("1", "4", "8"),
+    "SAMBA_EXT_SCAN_BWD_LANES": ("4", "8"),
+    "SAMBA_EXT_SCAN_BWD_VEC": ("0", "1"),
+}
+
+# Integer knobs read by the C side (leading digits, so "8x" would be 8 and "eight" the default),
+# with the smallest value each takes.
+ENV_INTS = {
+    "SAMBA_EXT_SCAN_CHUNKS": 1,
+    "SAMBA_EXT_SCAN_BWD_CHUNK": 1,
+    "SAMBA_EXT_SCAN_BWD_WS_MB": 0,  # 0: no budget, the longest checkpoint chunks
 }
 
 
 def check_env() -> None:
-    """Raise ValueError naming the variable when a knob of ``ENV_CHOICES`` has another value."""
+    """Raise ValueError naming the variable when a knob of ``ENV_CHOICES`` has another value,
+    or one of ``ENV_INTS`` is not a whole number at least its minimum."""
     for name, choices in ENV_CHOICES.items():
         v = os.environ.get(name)
         if v not in (None, "") and v not in choices:
             raise ValueError(f"{name}: expected one of {', '.join(choices)} (or unset), "
                              f"got {v!r}")
+    for name, least in ENV_INTS.items():
+        v = os.environ.get(name)
+        if v not in (None, "") and not (v.isascii() and v.isdigit() and least <= int(v) < 2**31):
+            raise ValueError(f"{name}: expected a whole number >= {least} (or unset), got {v!r}")
 
 
 def require() -> Any:
