@@ -86,3 +86,16 @@ def test_every_numeric_knob_read_in_csrc_is_checked(path):
     assert read, f"no {INT_READERS[path]}(...) in {src.name}"
     known = set(runtime.ENV_CHOICES) | set(runtime.ENV_INTS)
     assert read <= known, read - known
+
+
+def test_attention_generations_are_those_the_c_side_reads():
+    """csrc/cuda/attention.cu's variant_from_env compares SAMBA_EXT_ATTN_PREFILL / _DECODE with
+    these literals (anything else there was a warning and auto); here they are the choices."""
+    src = Path(__file__).resolve().parents[1] / "csrc/cuda/attention.cu"
+    if not src.exists():
+        pytest.skip("csrc/ is not next to the tests (installed package)")
+    text = src.read_text()
+    body = text[text.index("static int variant_from_env"):text.index("extern \"C\" int samba_cu_attn_variant")]
+    read = set(re.findall(r'strcmp\(s, "([^"]+)"\)', body))
+    assert read == set(runtime.ENV_CHOICES["SAMBA_EXT_ATTN_PREFILL"])
+    assert set(runtime.ENV_CHOICES["SAMBA_EXT_ATTN_DECODE"]) <= read

@@ -68,6 +68,8 @@ ENV_CHOICES = {
     "SAMBA_EXT_GEMV_FUSE": ("0", "1", "rms", "swiglu"),
     "SAMBA_EXT_L2_PREFETCH": tuple(_PREFETCH_MODES),
     "SAMBA_EXT_SCAN_VARIANT": ("split", "tile", "tile2", "warp", "warp8"),
+    "SAMBA_EXT_ATTN_PREFILL": ("auto", "v1", "v2", "v3", "v4", "1", "2", "3", "4"),
+    "SAMBA_EXT_ATTN_DECODE": ("auto", "v1", "v2", "1", "2"),
     "SAMBA_EXT_SCAN_LANES": ("1", "4", "8"),
     "SAMBA_EXT_SCAN_BWD_LANES": ("4", "8"),
     "SAMBA_EXT_SCAN_BWD_VEC": ("0", "1"),
