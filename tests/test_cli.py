@@ -156,7 +156,8 @@ def test_bad_model_inputs(tmp_path):
 
 
 def test_bad_eval_inputs(tmp_path):
-    assert_bad_input(run("passkey", *TINY, "--lengths", "100"), "smaller than the passkey template")
+    assert_bad_input(run("passkey", *TINY, "--lengths", "100"),
+                     "--lengths: 100 is smaller than the passkey template")
     assert_bad_input(run("passkey", *TINY, "--lengths", "4X"), "4X")
     assert_bad_input(run("passkey", *TINY, "--depths", "0,1.5"), "outside [0, 1]")
     assert_bad_input(run("passkey", *TINY, "--trials", "0"), "trials")
@@ -165,8 +166,8 @@ def test_bad_eval_inputs(tmp_path):
     assert_bad_input(run("passkey", *TINY, "--lengths", "300", "--out", str(f)),
                      "not a directory")
     assert_bad_input(run("perplexity", *TINY, "--file", str(tmp_path / "nope.txt")),
-                     "does not exist")
-    assert_bad_input(run("perplexity", *TINY, "--file", str(tmp_path)), "directory")
+                     "--file: ", "does not exist")
+    assert_bad_input(run("perplexity", *TINY, "--file", str(tmp_path)), "--file: ", "directory")
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"\xff\xfe\xfa")
     assert_bad_input(run("perplexity", *TINY, "--file", str(bad), "--out", str(tmp_path / "o")),

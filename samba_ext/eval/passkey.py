@@ -166,10 +166,10 @@ def build_passkey_prompt(tokenizer: Any, length: int, depth: float, key: int,
         ValueError: depth outside [0, 1], or ``length`` below the template's own length.
     """
     if not (0.0 <= float(depth) <= 1.0) or math.isnan(float(depth)):
-        raise ValueError(f"depth {depth!r} is outside [0, 1]")
+        raise ValueError(f"depth: {depth!r} is outside [0, 1]")
     base = template_tokens(tokenizer, key)
     if length < base:
-        raise ValueError(f"length {length} is smaller than the passkey template itself "
+        raise ValueError(f"length: {length} is smaller than the passkey template itself "
                          f"({base} tokens with this tokenizer); use a length >= {base}")
 
     def measure(n: int) -> tuple[str, np.ndarray]:
@@ -316,7 +316,7 @@ def _check_depths(depths: Any) -> tuple[bool, list[float]]:
             raise TypeError(f"depths: expected numbers in [0, 1], got {d!r}")
         d = float(d)
         if math.isnan(d) or not 0.0 <= d <= 1.0:
-            raise ValueError(f"depth {d!r} is outside [0, 1]")
+            raise ValueError(f"depths: {d!r} is outside [0, 1]")
         ds.append(d)
     if not ds:
         raise ValueError("depths: expected at least one depth")
@@ -397,7 +397,7 @@ def passkey(model: Any, lengths: Sequence[int] | str | None = DEFAULT_LENGTHS,
     base = template_tokens(tok, max_key)
     too_short = [x for x in lengths if x < base]
     if too_short:
-        raise ValueError(f"length {too_short[0]} is smaller than the passkey template itself "
+        raise ValueError(f"lengths: {too_short[0]} is smaller than the passkey template itself "
                          f"({base} tokens with this tokenizer); use lengths >= {base}")
 
     params = {"lengths": lengths, "depths": "random" if random_depth else depth_list,

@@ -61,17 +61,17 @@ def _open_regular(path: str):
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
-        raise ValueError(f"file {path!r} does not exist") from None
+        raise ValueError(f"file: {path!r} does not exist") from None
     except IsADirectoryError:
-        raise ValueError(f"file {path!r} is a directory; pass a text or .npy file") from None
+        raise ValueError(f"file: {path!r} is a directory; pass a text or .npy file") from None
     except OSError as e:
-        raise ValueError(f"cannot read {path!r}: {e.strerror or e}") from None
+        raise ValueError(f"file: cannot read {path!r}: {e.strerror or e}") from None
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
-            raise ValueError(f"file {path!r} is a directory; pass a text or .npy file")
+            raise ValueError(f"file: {path!r} is a directory; pass a text or .npy file")
         if not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"file {path!r} is not a regular file (a FIFO, device or socket); "
+            raise ValueError(f"file: {path!r} is not a regular file (a FIFO, device or socket); "
                              "pass a text or .npy file")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
@@ -94,23 +94,23 @@ def _read_npy(fh, path: str, size: int, max_tokens: int | None) -> np.ndarray:
         else:
             raise ValueError(f"unsupported .npy format version {version}")
     except (ValueError, OSError, EOFError, SyntaxError, TypeError) as e:
-        raise ValueError(f"file {path!r}: not a valid .npy file ({e})") from None
+        raise ValueError(f"file: {path!r}: not a valid .npy file ({e})") from None
     if dtype.kind not in "iu" or dtype.hasobject or len(shape) not in (1, 2):
-        raise ValueError(f"file {path!r}: expected a 1-D or 2-D integer array, got {dtype} "
+        raise ValueError(f"file: {path!r}: expected a 1-D or 2-D integer array, got {dtype} "
                          f"with shape {shape}")
     if any(not isinstance(d, int) or d < 0 for d in shape):
-        raise ValueError(f"file {path!r}: invalid shape {shape} in the .npy header")
+        raise ValueError(f"file: {path!r}: invalid shape {shape} in the .npy header")
     data_off = fh.tell()
     n_items = 1
     for d in shape:
         n_items *= d
     if n_items * dtype.itemsize > size - data_off:
-        raise ValueError(f"file {path!r}: the .npy header claims shape {shape} of {dtype} "
+        raise ValueError(f"file: {path!r}: the .npy header claims shape {shape} of {dtype} "
                          f"({n_items * dtype.itemsize:,} bytes) but the file holds only "
                          f"{max(size - data_off, 0):,} bytes of data")
     rows, L = (1, shape[0]) if len(shape) == 1 else shape
     if fortran and rows > 1:
-        raise ValueError(f"file {path!r}: a Fortran-ordered 2-D array; save it with "
+        raise ValueError(f"file: {path!r}: a Fortran-ordered 2-D array; save it with "
                          "np.save(path, np.ascontiguousarray(a))")
     take = L if max_tokens is None else min(L, max_tokens)
     out = np.empty((rows, take), dtype=dtype)
@@ -118,7 +118,7 @@ def _read_npy(fh, path: str, size: int, max_tokens: int | None) -> np.ndarray:
         fh.seek(data_off + r * L * dtype.itemsize)
         buf = fh.read(take * dtype.itemsize)
         if len(buf) != take * dtype.itemsize:
-            raise ValueError(f"file {path!r}: truncated .npy data")
+            raise ValueError(f"file: {path!r}: truncated .npy data")
         out[r] = np.frombuffer(buf, dtype=dtype)
     out = out.astype(np.int64)
     return out[0] if len(shape) == 1 else out
@@ -142,7 +142,7 @@ def _read_text_tokens(fh, path: str, tokenizer: Any, max_tokens: int | None) -> 
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 if eof or e.start < len(raw) - 3:      # not just a character cut by the read
-                    raise ValueError(f"file {path!r} is not UTF-8 text ({e}); pass a UTF-8 "
+                    raise ValueError(f"file: {path!r} is not UTF-8 text ({e}); pass a UTF-8 "
                                      "text file or a .npy token array") from None
                 text = raw[:e.start].decode("utf-8")
             ids = tokenizer.encode(text)
@@ -169,7 +169,7 @@ def load_tokens(tokenizer: Any, file: str | os.PathLike,
             else:
                 arr = _read_text_tokens(fh, path, tokenizer, max_tokens)
         except OSError as e:
-            raise ValueError(f"cannot read {path!r}: {e.strerror or e}") from None
+            raise ValueError(f"file: cannot read {path!r}: {e.strerror or e}") from None
     return arr, {"source": "file", "path": os.path.abspath(path)}
 
 
