@@ -72,7 +72,7 @@ def _depth_list(depths: Any) -> tuple[bool, list[float]]:
         raise ValueError("depths: expected at least one depth")
     for d in ds:
         if math.isnan(d) or not 0.0 <= d <= 1.0:
-            raise ValueError(f"depth {d!r} is outside [0, 1]")
+            raise ValueError(f"depths: {d!r} is outside [0, 1]")
     return False, list(dict.fromkeys(ds))
 CELL_SCHEMA = "samba-ext.grid-unit"
 CELL_SCHEMA_VERSION = 1

@@ -44,7 +44,8 @@ def resolve_config(spec: Any):
                         f"{type(spec).__name__}")
     name, _, variant = spec.partition(":")
     if name not in SambaConfig.presets():
-        raise ValueError(f"unknown config {name!r}; presets: {', '.join(SambaConfig.presets())}")
+        raise ValueError(f"configs: unknown config {name!r}; presets: "
+                         f"{', '.join(SambaConfig.presets())}")
     if not variant:
         return SambaConfig.preset(name)
     base = SambaConfig.preset(name)
@@ -56,7 +57,7 @@ def resolve_config(spec: Any):
     elif variant == "mamba":
         over = dict(layer_types=("mamba",) * n)
     else:
-        raise ValueError(f"unknown baseline suffix {variant!r} in {spec!r}; expected one of "
+        raise ValueError(f"configs: unknown baseline suffix {variant!r} in {spec!r}; expected one of "
                          f"{BASELINES}")
     cfg = SambaConfig.preset(name, **over)
     cfg.name = spec
