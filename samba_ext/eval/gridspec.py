@@ -88,7 +88,6 @@ def parse_depths(s: str, what: str = "--depths") -> list[float] | str:
     s = s.strip()
     if s.lower() == "random":
         return "random"
-    items = None if ":" in s else split_list(s, what, "0,0.5,1")
     try:
         if ":" in s:
             parts = [float(p) for p in s.split(":")]
@@ -100,7 +99,9 @@ def parse_depths(s: str, what: str = "--depths") -> list[float] | str:
                 raise ValueError
             vals = [round(a + i * step, 10) for i in range(n)]
         else:
-            vals = [float(p) for p in items]
+            vals = [float(p) for p in split_list(s, what, "0,0.5,1")]
+    except GridSpecError:   # already says what is wrong (an empty item)
+        raise
     except ValueError:
         raise GridSpecError(f"{what}: cannot parse {s!r}; use 'random', a list like 0,0.5,1 "
                             "or a range start:stop:step like 0:1:0.1") from None
