@@ -2,8 +2,11 @@
 
 Usage (GPU machine): compute-sanitizer --tool memcheck|racecheck python3 benchmarks/cuda_scan_san.py
 """
+import os
+
 import numpy as np
 from samba_ext import cuda as _gpu, grad
+from samba_ext.cuda import runtime as _rt
 import samba_ext
 rng = np.random.default_rng(0)
 def dev(shape, dt="float32"):
@@ -19,6 +22,22 @@ for dt in ("float32", "bfloat16"):
         y.to_numpy()
         gr = grad.selective_scan_bwd(u, de, A, B, C, D, z, db, True, h0, dout=dev((b, d, L), dt), dlast_state=dev((b, d, n)))
         [x.to_numpy() for x in gr if x is not None]
+    # the tiled kernel in chunks over the sequence (passes 1 and 2): few channels, 16-byte
+    # aligned rows of 3104 steps (3 chunks by default), then 5 forced chunks (a partial last one)
+    b, d, n, L = 1, 64, 16, 3104
+    u, de, z = dev((b, d, L), dt), dev((b, d, L), dt), dev((b, d, L), dt)
+    A = _gpu.to_device(-np.exp(rng.standard_normal((d, n))).astype(np.float32))
+    B, C, h0 = dev((b, n, L), dt), dev((b, n, L), dt), dev((b, d, n))
+    tiled0 = _rt.require().scan_launches()[2]
+    for chunks in (None, "5"):
+        if chunks:
+            os.environ["SAMBA_EXT_SCAN_CHUNKS"] = chunks
+        y, last = samba_ext.selective_scan(u, de, A, B, C, None, z, None, True,
+                                           return_last_state=True, initial_state=h0)
+        y.to_numpy()
+        last.to_numpy()
+        os.environ.pop("SAMBA_EXT_SCAN_CHUNKS", None)
+    assert _rt.require().scan_launches()[2] == tiled0 + 2, "the chunked calls missed the tiled kernel"
     for w in (2, 3, 4):
         x = dev((2, 12, 77), dt)
         wt, bias, s0 = dev((12, w)), dev((12,)), dev((2, 12, w - 1))
