@@ -13,11 +13,12 @@ Run from the repository root after an in-place CUDA build, on a machine with a G
 Cases: the scan with bfloat16 u / delta / z / B / C / dout, float32 A / D / delta_bias,
 softplus, gate z, an initial state and dlast_state, dstate 16, dim 4096, seqlen 4096, batch 1
 and 8; the conv (width 4, SiLU, bias, initial states) at the same sizes. The scan backward
-is timed for the library's default and for each lane layout x checkpoint chunk
-(SAMBA_EXT_SCAN_BWD_LANES / SAMBA_EXT_SCAN_BWD_CHUNK), and with dB / dC added by scalar
-atomics instead of the default 16-byte ones (SAMBA_EXT_SCAN_BWD_VEC=0); each variant's du
-and dB are compared with the default's (relative norm: they compute the same sums in
-another order).
+is timed for the library's default (the tiled kernels at these shapes), the tiled kernels
+with chunks of 2 and 4 tiles between checkpoints (SAMBA_EXT_SCAN_BWD_TILES), and the split
+kernels (SAMBA_EXT_SCAN_BWD_VARIANT=split) with their default, two lane layout x checkpoint
+chunk settings (SAMBA_EXT_SCAN_BWD_LANES / _CHUNK) and scalar dB / dC atomics
+(SAMBA_EXT_SCAN_BWD_VEC=0); each variant's du and dB are compared with the default's
+(relative norm: they compute the same sums in another order).
 Target (issue #18): scan backward <= 2.5x its forward.
 
 Times: median over ``--reps`` repeats of ``--calls`` back-to-back calls after a warm-up, per
@@ -95,8 +96,18 @@ def randn(rng: np.random.Generator, shape: tuple, dtype: str, scale: float = 1.0
     return scuda.to_device(a, dtype)
 
 
+# the backward's knobs (SAMBA_EXT_SCAN_BWD_*) that a variant sets; the others are unset
+KNOBS = ("VARIANT", "TILES", "LANES", "CHUNK", "VEC")
+
+
+def variant_name(v: dict[str, str]) -> str:
+    if not v:
+        return "default"
+    return ", ".join(f"{k.lower()} {v[k]}" for k in KNOBS if k in v)
+
+
 def scan_rows(rng: np.random.Generator, batch: int, dim: int, L: int, reps: int, calls: int,
-              variants: list[tuple[str, str, str]], exp_rate: float) -> list[dict]:
+              variants: list[dict[str, str]], exp_rate: float) -> list[dict]:
     N = 16
     bf = "bfloat16"
     u, z, dout = (randn(rng, (batch, dim, L), bf) for _ in range(3))
@@ -121,9 +132,8 @@ def scan_rows(rng: np.random.Generator, batch: int, dim: int, L: int, reps: int,
     rows = [dict(op="selective_scan fwd", shape=shape, variant="default", ms=fwd_ms,
                  exp_floor_ms=floor, ratio=None, rel_diff=None, method=method)]
     ref = None
-    for lanes, chunk, vec in variants:
-        set_env(SAMBA_EXT_SCAN_BWD_LANES=lanes, SAMBA_EXT_SCAN_BWD_CHUNK=chunk,
-                SAMBA_EXT_SCAN_BWD_VEC=vec)
+    for v in variants:
+        set_env(**{f"SAMBA_EXT_SCAN_BWD_{k}": v.get(k, "") for k in KNOBS})
         g = bwd()
         diff = None
         if ref is None:
@@ -132,13 +142,9 @@ def scan_rows(rng: np.random.Generator, batch: int, dim: int, L: int, reps: int,
             diff = max(rel(g.du, ref.du), rel(g.dB, ref.dB))
         del g
         ms, method = time_call(bwd, reps, calls)
-        rows.append(dict(op="selective_scan bwd", shape=shape,
-                         variant=f"lanes {lanes or 'default'}, chunk {chunk or 'default'}"
-                                 + {"": "", "0": ", scalar atomics",
-                                    "1": ", vec atomics"}[vec],
-                         ms=ms, exp_floor_ms=2 * floor, ratio=ms / fwd_ms, rel_diff=diff,
+        rows.append(dict(op="selective_scan bwd", shape=shape, variant=variant_name(v), ms=ms, exp_floor_ms=2 * floor, ratio=ms / fwd_ms, rel_diff=diff,
                          method=method))
-    set_env(SAMBA_EXT_SCAN_BWD_LANES="", SAMBA_EXT_SCAN_BWD_CHUNK="", SAMBA_EXT_SCAN_BWD_VEC="")
+    set_env(**{f"SAMBA_EXT_SCAN_BWD_{k}": "" for k in KNOBS})
     return rows
 
 
@@ -206,10 +212,13 @@ def main() -> None:
     exp_rate = info["multiprocessors"] * EXP_RATE_PER_SM * clock
     rng = np.random.default_rng(0)
     dim, L = (256, 512) if args.quick else (4096, 4096)
-    variants = ([("", "", ""), ("", "", "0"), ("4", "1", "0"), ("8", "1", "0")]
-                + [(ln, ch, "") for ln in ("4", "8") for ch in ("1", "2", "4", "8")])
+    # the default (the tiled kernels at these shapes), the tiled kernels with longer chunks,
+    # the split kernels (default, and the fastest settings of earlier runs)
+    split = {"VARIANT": "split"}
+    variants = [{}, {"TILES": "2"}, {"TILES": "4"}, split, {**split, "LANES": "4", "CHUNK": "1"},
+                {**split, "LANES": "8", "CHUNK": "2"}, {**split, "VEC": "0"}]
     if args.quick:
-        variants = [("", "", ""), ("", "", "0"), ("4", "1", ""), ("8", "2", "")]
+        variants = [{}, {"TILES": "3"}, split, {**split, "LANES": "4", "CHUNK": "1"}]
     rows: list[dict] = []
     for batch in (1, 8):
         rows += scan_rows(rng, batch, dim, L, args.reps, args.calls, variants, exp_rate)

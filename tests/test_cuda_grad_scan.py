@@ -11,7 +11,10 @@ across many checkpointed chunks, batch > 1, channel counts that leave padding ch
 a block, grouped and 3-D B/C, dstate 1..256 (more than 16: several state slices), every
 optional input on and off, softplus on and off, both lane layouts and several chunk sizes
 (``SAMBA_EXT_SCAN_BWD_LANES`` / ``_CHUNK`` / ``_WS_MB`` / ``_VEC``), strided (token-major) inputs and
-mixed input dtypes.
+mixed input dtypes. Most of these shapes take the split kernels; the tiled kernels
+(scan_tile_bwd.cuh: d_state 16, blocks of 32 channels, aligned rows) have cases of their own
+(one tile, a partial last tile, chunks of several tiles, ``SAMBA_EXT_SCAN_BWD_TILES``), and the
+tests check which kernel ran.
 
 Tolerances (relative Frobenius norm, conftest.assert_close; NaN or Inf in a result never
 passes):
@@ -164,6 +167,55 @@ def test_scan_vector_atomics(rng, monkeypatch, vec, lanes, dtype):
     r, softplus = scan_inputs(rng, 2, 72, 300, 16, 2, dtype)
     got = scan_call(to_device(r, dtype), softplus)
     check_scan(got, scan_ref(r, softplus), r, 300, dtype, f"vec {vec}, lanes {lanes}: ")
+
+
+def bwd_launches() -> tuple:
+    from samba_ext.cuda import runtime
+    return runtime.require().scan_bwd_launches()
+
+
+TILED_CASES = [
+    # batch, dim, L, G, environment, options: d_state 16, whole blocks of 32 channels per group,
+    # seqlen a multiple of 8 (16-byte rows in every dtype)
+    (1, 32, 32, 1, {}, dict()),                                    # one tile
+    (2, 64, 296, 2, {}, dict()),                                   # a partial last tile
+    (2, 64, 296, 2, {"SAMBA_EXT_SCAN_BWD_TILES": "3"}, dict(z=False)),  # chunks of 3 tiles
+    (1, 96, 296, 3, {"SAMBA_EXT_SCAN_BWD_TILES": "4"}, dict(softplus=False, init=False)),
+    (3, 32, 520, 1, {"SAMBA_EXT_SCAN_BWD_WS_MB": "0"}, dict(D=False, bias=False, dlast=False)),
+    (1, 64, 2056, 1, {}, dict(three_d=True)),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("case", TILED_CASES)
+def test_scan_tiled_kernel(rng, monkeypatch, dtype, case):
+    """The tiled backward (scan_tile_bwd.cuh, the default where it applies): one tile, a
+    partial last tile, chunks of several tiles (the states at their tile starts recomputed;
+    a last chunk of fewer tiles), the largest chunks (no budget), every option on and off."""
+    batch, dim, L, G, env, opt = case
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    r, softplus = scan_inputs(rng, batch, dim, L, 16, G, dtype, **opt)
+    before = bwd_launches()
+    got = scan_call(to_device(r, dtype), softplus)
+    assert bwd_launches() == (before[0], before[1] + 1), "the tiled kernel did not run"
+    check_scan(got, scan_ref(r, softplus), r, L, dtype, f"tiled {case[:4]} {env}: ")
+
+
+@pytest.mark.parametrize("L,env,kind", [(1028, {}, 1), (298, {}, 0),
+                                        (296, {"SAMBA_EXT_SCAN_BWD_VARIANT": "split"}, 0)])
+def test_scan_tiled_or_split(rng, monkeypatch, L, env, kind):
+    """float32 rows of 1028 steps take the tiled kernel with element stores of du / ddelta / dz
+    (seqlen not a multiple of 8); 298 steps (not a multiple of 4) and the split knob take the
+    split kernels."""
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    r, softplus = scan_inputs(rng, 1, 64, L, 16, 1, "float32")
+    before = bwd_launches()
+    got = scan_call(to_device(r, "float32"), softplus)
+    after = bwd_launches()
+    assert after[kind] == before[kind] + 1 and after[1 - kind] == before[1 - kind]
+    check_scan(got, scan_ref(r, softplus), r, L, "float32", f"L {L} {env}: ")
 
 
 def test_scan_long_sequence(rng):

@@ -83,7 +83,19 @@ py_causal_conv1d_bwd(PyObject *self, PyObject *args)
         (const float *)dfin, silu, dx, (float *)dw, (float *)dbias, (float *)dinit, stream));
 }
 
+/* scan_bwd_launches(): backward scan calls per kernel so far, (split, tiled). */
+static PyObject *
+py_scan_bwd_launches(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    return Py_BuildValue("(LL)", samba_cu_scan_bwd_launches(0), samba_cu_scan_bwd_launches(1));
+}
+
 PyMethodDef samba_pycu_bwd_scan_methods[] = {
+    {"scan_bwd_launches", py_scan_bwd_launches, METH_NOARGS,
+     "scan_bwd_launches($module, /)"
+     "\n--\n\nSelective-scan backward calls so far per kernel: (split, tiled)."},
     {"selective_scan_bwd", py_selective_scan_bwd, METH_VARARGS,
      "selective_scan_bwd($module, batch, dim, dstate, seqlen, ngroups, u, delta, A, B, C, D, "
      "z, delta_bias, dout, u_s, delta_s, z_s, dout_s, B_s, C_s, softplus, initial_state, "

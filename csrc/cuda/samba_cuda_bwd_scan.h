@@ -26,8 +26,8 @@ extern "C" {
  * float32 atomic additions, so their last bits depend on the order the blocks run in.
  * Allocates its workspace stream-ordered (cudaMallocAsync on `stream`, freed after the
  * launches): the states at chunk starts, B*D*ceil(N/16)*16 floats per chunk of 8*S steps
- * (S chosen so that this stays under SAMBA_EXT_SCAN_BWD_WS_MB, default 512 MiB), plus
- * 3*B*D*L floats when N > 16.
+ * (the tiled kernels: of 32*K steps; S or K chosen so that this stays under
+ * SAMBA_EXT_SCAN_BWD_WS_MB, default 512 MiB), plus 3*B*D*L floats when N > 16.
  */
 typedef struct samba_cu_scan_bwd_args {
     int64_t batch, dim, dstate, seqlen, ngroups;
@@ -39,6 +39,10 @@ typedef struct samba_cu_scan_bwd_args {
     float *dA, *dB, *dC, *dD, *ddelta_bias, *dinitial_state;
 } samba_cu_scan_bwd_args;
 samba_status samba_cu_scan_bwd(const samba_cu_scan_bwd_args *a, void *stream);
+
+/* Backward calls so far per kernel: kind 0 the split kernels (scan_bwd_kernels.cuh), 1 the tiled
+ * kernels (scan_tile_bwd.cuh); -1 for another kind. */
+long long samba_cu_scan_bwd_launches(int kind);
 
 /*
  * Gradients of the depthwise causal conv1d (samba_conv1d_bwd semantics, csrc/conv_bwd.c).

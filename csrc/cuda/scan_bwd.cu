@@ -12,11 +12,19 @@
 //                                  aligned (sm_90 builds; elsewhere the scalar adds): a quarter
 //                                  of the atomics of the scalar path (one float per (block,
 //                                  state, step)); 3-8% faster on an H100 (gpu_backward.md).
+//   SAMBA_EXT_SCAN_BWD_VARIANT=tile|split  the tiled kernels (scan_tile_bwd.cuh; the default
+//                                  where they apply: d_state 16, whole blocks of 32 channels
+//                                  per group, unit time strides, 16-byte aligned rows, seqlen a
+//                                  multiple of 4, the 16-byte atomics above) or those above;
+//   SAMBA_EXT_SCAN_BWD_TILES=K     the tiled kernels' tiles of 32 steps per checkpointed chunk
+//                                  (default: the fewest whose checkpoints fit the budget, at
+//                                  most 16).
 #include <stdlib.h>
 #include <string.h>
 
 #include "samba_cuda_bwd_scan.h"
 #include "scan_bwd_kernels.cuh"
+#include "scan_tile_bwd.cuh"
 
 #define SBWD_MAX_CHUNK_GROUPS 16
 
@@ -89,6 +97,52 @@ static samba_status sbwd_launch_t(const SbwdParams &p, int lanes, dim3 grid, cud
                         sizeof(float);
     if (lanes == 8) return sbwd_launch<T, 8>(p, grid, smem, st);
     return sbwd_launch<T, 4>(p, grid, smem, st);
+}
+
+// The tiled kernels (scan_tile_bwd.cuh) where they apply and are not switched off.
+static int tb_applies(const samba_cu_scan_bwd_args *a, const SbwdParams &p) {
+    const char *v = getenv("SAMBA_EXT_SCAN_BWD_VARIANT");
+    if (v != NULL && strcmp(v, "split") == 0) return 0;
+    return a->dstate == TILE_N && (a->dim / a->ngroups) % TB_CPB == 0 && p.vec &&
+           p.vec_atomics && a->seqlen % 4 == 0;
+}
+
+// Tiles per checkpointed chunk: SAMBA_EXT_SCAN_BWD_TILES, else the fewest (at most TB_MAX_K)
+// whose checkpoints ((chunks - 1) x batch x dim x 16 floats) fit SAMBA_EXT_SCAN_BWD_WS_MB.
+static int64_t tb_chunk_tiles(const samba_cu_scan_bwd_args *a) {
+    const int64_t ntiles = cdiv(a->seqlen, TILE_T);
+    const int forced = sbwd_env("SAMBA_EXT_SCAN_BWD_TILES", 0);
+    if (forced >= 1) return forced < TB_MAX_K ? forced : TB_MAX_K;
+    const int64_t budget = (int64_t)sbwd_env("SAMBA_EXT_SCAN_BWD_WS_MB", 512) << 20;
+    int64_t K = 1;
+    while (K < TB_MAX_K && (cdiv(ntiles, K) - 1) * a->batch * a->dim * TILE_N * 4 > budget) ++K;
+    return K;
+}
+
+template <typename T>
+static samba_status tb_launch(const SbwdParams &p, cudaStream_t st) {
+    const unsigned grid = (unsigned)(p.batch * p.dim / TB_CPB);
+    if (p.nchunks > 1) {
+        tb_ckpt_kernel<T><<<grid, TILE_THREADS, 0, st>>>(p);
+        samba_status s = samba_cu_check_launch("selective_scan_bwd (tiled checkpoints)", st);
+        if (s != SAMBA_OK) return s;
+    }
+    const size_t smem = sizeof(TbSmem) + (size_t)p.chunk_tiles * TILE_THREADS * sizeof(float4);
+    auto kern = p.z != nullptr ? tb_main_kernel<T, true> : tb_main_kernel<T, false>;
+    if (smem > 48 * 1024) {
+        cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             (int)smem);
+        if (e != cudaSuccess) return samba_cu_fail("selective_scan_bwd: shared memory", e);
+    }
+    kern<<<grid, TILE_THREADS, smem, st>>>(p);
+    return samba_cu_check_launch("selective_scan_bwd (tiled)", st);
+}
+
+// Backward calls per kernel so far (0 split, 1 tiled): the tests check which kernel a shape reaches.
+static long long g_bwd_launches[2];
+
+extern "C" long long samba_cu_scan_bwd_launches(int kind) {
+    return kind >= 0 && kind < 2 ? g_bwd_launches[kind] : -1;
 }
 
 static samba_status sbwd_zero(void *p, int64_t nfloats, cudaStream_t st) {
@@ -184,12 +238,24 @@ extern "C" samba_status samba_cu_scan_bwd(const samba_cu_scan_bwd_args *a, void 
                     (uintptr_t)a->dB % 16 == 0 && (uintptr_t)a->dC % 16 == 0;
     p.nslices = (int)cdiv(N, SBWD_SLICE);
     const int64_t NS = (int64_t)p.nslices * SBWD_SLICE;
+    const int tiled = tb_applies(a, p);
     const int lanes = sbwd_lanes(a);
-    p.chunk_groups = sbwd_chunk_groups(a, NS, lanes);
-    p.nchunks = cdiv(L, p.chunk_groups * SPLIT_T);
+    int64_t nck_f;
+    if (tiled) {
+        p.chunk_tiles = tb_chunk_tiles(a);
+        p.nchunks = cdiv(cdiv(L, TILE_T), p.chunk_tiles);
+        nck_f = (p.nchunks - 1) * B * Dm * TILE_N;
+        const samba_cu_ref *o[3] = {&a->du, &a->ddelta, &a->dz};
+        p.vec_out = L % 8 == 0;
+        for (int i = 0; i < 3; ++i)
+            if (o[i]->ptr != NULL && (uintptr_t)o[i]->ptr % 16) p.vec_out = 0;
+    } else {
+        p.chunk_groups = sbwd_chunk_groups(a, NS, lanes);
+        p.nchunks = cdiv(L, p.chunk_groups * SPLIT_T);
+        nck_f = sbwd_ckpt_floats(a, p.chunk_groups, NS);
+    }
 
     // workspace: checkpoints, and the per-step sums when there is more than one slice
-    const int64_t nck_f = sbwd_ckpt_floats(a, p.chunk_groups, NS);
     const int64_t acc_f = p.nslices > 1 ? 3 * B * Dm * L : 0;
     void *ws = NULL;
     if (nck_f + acc_f > 0) {
@@ -201,7 +267,15 @@ extern "C" samba_status samba_cu_scan_bwd(const samba_cu_scan_bwd_args *a, void 
     }
     const int64_t cpb = SBWD_THREADS / lanes;
     const dim3 grid((unsigned)cdiv(Dm / G, cpb), (unsigned)(G * p.nslices), (unsigned)B);
-    if (s == SAMBA_OK) {
+    if (s == SAMBA_OK) ++g_bwd_launches[tiled ? 1 : 0];
+    if (s == SAMBA_OK && tiled) {
+        if (a->u.dtype == SAMBA_CU_BF16)
+            s = tb_launch<__nv_bfloat16>(p, st);
+        else if (a->u.dtype == SAMBA_CU_F16)
+            s = tb_launch<__half>(p, st);
+        else
+            s = tb_launch<float>(p, st);
+    } else if (s == SAMBA_OK) {
         if (a->u.dtype == SAMBA_CU_BF16)
             s = sbwd_launch_t<__nv_bfloat16>(p, lanes, grid, st);
         else if (a->u.dtype == SAMBA_CU_F16)

@@ -49,6 +49,10 @@ struct SbwdParams {
     int64_t chunk_groups, nchunks;  // S groups of SPLIT_T steps per chunk
     int nslices, softplus, vec;     // vec: unit time strides, 16-byte aligned rows
     int vec_atomics;  // dB / dC by float4 atomics, 4 steps each (sm_90+; scan_bwd.cu decides)
+    // the tiled kernels (scan_tile_bwd.cuh): tiles per checkpointed chunk; du / ddelta / dz
+    // stored 8 steps per vector (seqlen a multiple of 8, 16-byte aligned bases)
+    int64_t chunk_tiles;
+    int vec_out;
 };
 
 // Which (batch, group, slice, channel, states) a thread works on.

@@ -73,6 +73,7 @@ ENV_CHOICES = {
     "SAMBA_EXT_SCAN_LANES": ("1", "4", "8"),
     "SAMBA_EXT_SCAN_BWD_LANES": ("4", "8"),
     "SAMBA_EXT_SCAN_BWD_VEC": ("0", "1"),
+    "SAMBA_EXT_SCAN_BWD_VARIANT": ("split", "tile"),
 }
 
 # Integer knobs read by the C side (leading digits, so "8x" would be 8 and "eight" the default),
@@ -81,6 +82,7 @@ ENV_INTS = {
     "SAMBA_EXT_SCAN_CHUNKS": 1,
     "SAMBA_EXT_SCAN_BWD_CHUNK": 1,
     "SAMBA_EXT_SCAN_BWD_WS_MB": 0,  # 0: no budget, the longest checkpoint chunks
+    "SAMBA_EXT_SCAN_BWD_TILES": 1,
 }
 
 
