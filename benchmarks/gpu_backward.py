@@ -13,8 +13,9 @@ Run from the repository root after an in-place CUDA build, on a machine with a G
 Cases: the scan with bfloat16 u / delta / z / B / C / dout, float32 A / D / delta_bias,
 softplus, gate z, an initial state and dlast_state, dstate 16, dim 4096, seqlen 4096, batch 1
 and 8; the conv (width 4, SiLU, bias, initial states) at the same sizes. The scan backward
-is timed for the library's default (the tiled kernels at these shapes), the tiled kernels
-with chunks of 2 and 4 tiles between checkpoints (SAMBA_EXT_SCAN_BWD_TILES), and the split
+is timed for the library's default (the tiled kernels at these shapes), the tiled main kernel
+built for 2 blocks per multiprocessor instead of 3 (SAMBA_EXT_SCAN_BWD_OCC=2), the tiled kernels
+with chunks of 2 tiles between checkpoints (SAMBA_EXT_SCAN_BWD_TILES), and the split
 kernels (SAMBA_EXT_SCAN_BWD_VARIANT=split) with their default, two lane layout x checkpoint
 chunk settings (SAMBA_EXT_SCAN_BWD_LANES / _CHUNK) and scalar dB / dC atomics
 (SAMBA_EXT_SCAN_BWD_VEC=0); each variant's du and dB are compared with the default's
@@ -97,7 +98,7 @@ def randn(rng: np.random.Generator, shape: tuple, dtype: str, scale: float = 1.0
 
 
 # the backward's knobs (SAMBA_EXT_SCAN_BWD_*) that a variant sets; the others are unset
-KNOBS = ("VARIANT", "TILES", "LANES", "CHUNK", "VEC")
+KNOBS = ("VARIANT", "TILES", "OCC", "LANES", "CHUNK", "VEC")
 
 
 def variant_name(v: dict[str, str]) -> str:
@@ -215,7 +216,7 @@ def main() -> None:
     # the default (the tiled kernels at these shapes), the tiled kernels with longer chunks,
     # the split kernels (default, and the fastest settings of earlier runs)
     split = {"VARIANT": "split"}
-    variants = [{}, {"TILES": "2"}, {"TILES": "4"}, split, {**split, "LANES": "4", "CHUNK": "1"},
+    variants = [{}, {"OCC": "2"}, {"TILES": "2"}, split, {**split, "LANES": "4", "CHUNK": "1"},
                 {**split, "LANES": "8", "CHUNK": "2"}, {**split, "VEC": "0"}]
     if args.quick:
         variants = [{}, {"TILES": "3"}, split, {**split, "LANES": "4", "CHUNK": "1"}]

@@ -6,7 +6,8 @@ Cases (bf16 data, the sizes of the issues' targets):
   scan_b1, scan_b8   selective_scan, dim 4096, d_state 16, softplus, gate z; batch 1 x L 32K
                      and batch 8 x L 4K (the exp-floor targets); *_warp, *_tile2: the warp
                      and tile2 kernels (SAMBA_EXT_SCAN_VARIANT=warp | tile2)
-  scan_bwd           grad.selective_scan_bwd, batch 1, dim 4096, L 4K
+  scan_bwd, scan_bwd_b8
+                     grad.selective_scan_bwd, batch 1 / 8, dim 4096, L 4K
   swa, swa_v4        swa_attention, L 32K, 32 query / 4 KV heads x 64, window 2048 (the
                      library's prefill choice, and the sm_90a wgmma variant v4)
   causal             swa_attention, full causal, L 4K, 32 / 4 heads x 64
@@ -34,7 +35,7 @@ import sys
 from typing import Any, Callable
 
 CASES = ("scan_b1", "scan_b8", "scan_b1_warp", "scan_b8_warp", "scan_b1_tile2", "scan_b8_tile2",
-         "scan_bwd", "swa", "swa_v4", "causal", "attn_bwd", "attn_bwd_swa", "attn_bwd_wgmma",
+         "scan_bwd", "scan_bwd_b8", "swa", "swa_v4", "causal", "attn_bwd", "attn_bwd_swa", "attn_bwd_wgmma",
          "attn_bwd_swa_wgmma", "attn_bwd_swa16k_wgmma", "attn_bwd_swa_d128_wgmma", "decode_b1_4k", "decode_b1_16k", "decode_b1_32k", "gemv")
 
 
@@ -78,10 +79,10 @@ def make(case: str) -> Callable[[], Any]:
         b, L = (1, 32768) if case.startswith("scan_b1") else (8, 4096)
         args = _scan_inputs(b, 4096, L)
         return lambda: samba_ext.selective_scan(*args, True)
-    if case == "scan_bwd":
+    if case in ("scan_bwd", "scan_bwd_b8"):
         import torch
 
-        args = _scan_inputs(1, 4096, 4096)
+        args = _scan_inputs(8 if case.endswith("b8") else 1, 4096, 4096)
         dout = torch.randn_like(args[0])
         return lambda: grad.selective_scan_bwd(*args, True, dout=dout)
     if case in ("swa", "swa_v4", "causal"):

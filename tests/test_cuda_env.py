@@ -31,7 +31,7 @@ def test_typo_is_refused_naming_the_variable(monkeypatch, name):
 # accepted by one of the knobs that file reads, or a value the kernels understand would be
 # refused before the first call
 C_KNOBS = {"csrc/cuda/scan.cu": ("SAMBA_EXT_SCAN_VARIANT",), "csrc/cuda/gemm.cu": ("SAMBA_EXT_GEMM",),
-           "csrc/cuda/scan_bwd.cu": ("SAMBA_EXT_SCAN_BWD_VARIANT",),
+           "csrc/cuda/scan_bwd.cu": ("SAMBA_EXT_SCAN_BWD_VARIANT", "SAMBA_EXT_SCAN_BWD_OCC"),
            "csrc/cuda/gemv.cu": ("SAMBA_EXT_GEMV", "SAMBA_EXT_GEMV_ROWS", "SAMBA_EXT_GEMV_FUSE")}
 
 

@@ -180,6 +180,7 @@ TILED_CASES = [
     (1, 32, 32, 1, {}, dict()),                                    # one tile
     (2, 64, 296, 2, {}, dict()),                                   # a partial last tile
     (2, 64, 296, 2, {"SAMBA_EXT_SCAN_BWD_TILES": "3"}, dict(z=False)),  # chunks of 3 tiles
+    (2, 64, 296, 2, {"SAMBA_EXT_SCAN_BWD_OCC": "2"}, dict()),      # the 2-block build
     (1, 96, 296, 3, {"SAMBA_EXT_SCAN_BWD_TILES": "4"}, dict(softplus=False, init=False)),
     (3, 32, 520, 1, {"SAMBA_EXT_SCAN_BWD_WS_MB": "0"}, dict(D=False, bias=False, dlast=False)),
     (1, 64, 2056, 1, {}, dict(three_d=True)),

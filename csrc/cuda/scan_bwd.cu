@@ -18,7 +18,10 @@
 //                                  multiple of 4, the 16-byte atomics above) or those above;
 //   SAMBA_EXT_SCAN_BWD_TILES=K     the tiled kernels' tiles of 32 steps per checkpointed chunk
 //                                  (default: the fewest whose checkpoints fit the budget, at
-//                                  most 16).
+//                                  most 16);
+//   SAMBA_EXT_SCAN_BWD_OCC=2|3     the tiled main kernel compiled for 2 or 3 resident blocks
+//                                  per multiprocessor (default 3 with 16-bit inputs, 2 with
+//                                  float32; see TB_MIN_BLOCKS).
 #include <stdlib.h>
 #include <string.h>
 
@@ -128,7 +131,11 @@ static samba_status tb_launch(const SbwdParams &p, cudaStream_t st) {
         if (s != SAMBA_OK) return s;
     }
     const size_t smem = sizeof(TbSmem) + (size_t)p.chunk_tiles * TILE_THREADS * sizeof(float4);
-    auto kern = p.z != nullptr ? tb_main_kernel<T, true> : tb_main_kernel<T, false>;
+    constexpr int MINB = TB_MIN_BLOCKS(T);
+    const char *occ = getenv("SAMBA_EXT_SCAN_BWD_OCC");
+    const bool two = MINB == 2 || (occ != NULL && strcmp(occ, "2") == 0);
+    auto kern = p.z != nullptr ? (two ? tb_main_kernel<T, true, 2> : tb_main_kernel<T, true, MINB>)
+                               : (two ? tb_main_kernel<T, false, 2> : tb_main_kernel<T, false, MINB>);
     if (smem > 48 * 1024) {
         cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              (int)smem);

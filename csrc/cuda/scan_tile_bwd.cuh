@@ -40,9 +40,10 @@
 #define TB_G 8                 // steps per register group
 #define TB_NG (TILE_T / TB_G)  // groups per tile
 #define TB_MAX_K 16            // tiles per checkpointed chunk, at most
-// resident blocks per multiprocessor the main kernel's registers must allow: 3 (168 registers;
-// ptxas spills 16-28 bytes with 16-bit inputs), 2 with float32 inputs (whose next-tile rows
-// take twice the registers; at 168 they spilled up to 236 bytes)
+// resident blocks per multiprocessor the main kernel's registers must allow (its MINB): 3 by
+// default (168 registers; ptxas spills 12-48 bytes with 16-bit inputs), 2 with float32 inputs
+// (whose next-tile rows take twice the registers; at 168 they spilled up to 236 bytes) or with
+// SAMBA_EXT_SCAN_BWD_OCC=2 (up to 255 registers, no spills, 8 warps per multiprocessor)
 #define TB_MIN_BLOCKS(T) (sizeof(T) == 4 ? 2 : 3)
 
 struct TbStage {  // a staged tile (the checkpoint kernel's shared memory)
@@ -358,8 +359,8 @@ __device__ __forceinline__ void tb_group_atomics(const SbwdParams &p, const TbBl
 #endif
 }
 
-template <typename T, bool HAS_Z>
-__global__ void __launch_bounds__(TILE_THREADS, TB_MIN_BLOCKS(T)) tb_main_kernel(SbwdParams p) {
+template <typename T, bool HAS_Z, int MINB>
+__global__ void __launch_bounds__(TILE_THREADS, MINB) tb_main_kernel(SbwdParams p) {
     extern __shared__ __align__(16) unsigned char tb_smem_raw[];
     TbSmem &sm = *reinterpret_cast<TbSmem *>(tb_smem_raw);
     float4 *hsub = reinterpret_cast<float4 *>(tb_smem_raw + sizeof(TbSmem)) + threadIdx.x;

@@ -74,6 +74,7 @@ ENV_CHOICES = {
     "SAMBA_EXT_SCAN_BWD_LANES": ("4", "8"),
     "SAMBA_EXT_SCAN_BWD_VEC": ("0", "1"),
     "SAMBA_EXT_SCAN_BWD_VARIANT": ("split", "tile"),
+    "SAMBA_EXT_SCAN_BWD_OCC": ("2", "3"),
 }
 
 # Integer knobs read by the C side (leading digits, so "8x" would be 8 and "eight" the default),
