@@ -175,6 +175,41 @@ def plan_cuda() -> dict | None:
 BUILD_KEY = ""  # set by make_extensions: a hash of everything that changes the compiled objects
 
 
+_QUOTED_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"', re.M)
+
+
+def local_includes(src: str, root: Path = CSRC) -> list[str] | None:
+    """The project headers that ``src`` includes, directly or through other headers (quoted
+    includes, looked up next to the including file, then in ``root``), or None when one of them
+    is not found: the caller then counts every header as a dependency. Includes inside comments
+    or disabled #if blocks count too (at worst a needless rebuild)."""
+    todo, seen = [Path(src)], set()
+    while todo:
+        f = todo.pop()
+        try:
+            text = f.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+        for name in _QUOTED_INCLUDE.findall(text):
+            for cand in (f.parent / name, root / name):
+                if cand.is_file():
+                    hdr = cand.resolve()
+                    if hdr not in seen:
+                        seen.add(hdr)
+                        todo.append(hdr)
+                    break
+            else:
+                return None
+    return sorted(str(h) for h in seen)
+
+
+def source_deps(src: str, fallback: list[str]) -> list[str]:
+    """``src`` and the headers it includes (``fallback``, every header, where they cannot all be
+    found): what its object must be newer than to be reused."""
+    deps = local_includes(src)
+    return [src, *(fallback if deps is None else deps)]
+
+
 def up_to_date(target: str, sources: list[str]) -> bool:
     """``target`` exists and is newer than every existing file of ``sources``."""
     try:
@@ -214,14 +249,16 @@ class BuildExt(build_ext):
                 f"(set SAMBA_EXT_CUDA=1 to make this an error)")
 
     def _skip_up_to_date(self) -> None:
-        """Make the compiler skip sources whose object is newer than them and their ``depends``
-        (build_ext passes each extension's headers as ``depends``)."""
+        """Make the compiler skip sources whose object is newer than them and the headers they
+        include (source_deps; build_ext's ``depends``, every header, where those cannot be
+        found)."""
         orig = self.compiler.compile
 
         def compile(sources, output_dir=None, *args, **kwargs):
             deps = list(kwargs.get("depends") or [])
             objs = self.compiler.object_filenames(sources, output_dir=output_dir)
-            stale = [src for src, obj in zip(sources, objs) if not up_to_date(obj, [src, *deps])]
+            stale = [src for src, obj in zip(sources, objs)
+                     if not up_to_date(obj, source_deps(src, deps))]
             if len(stale) < len(sources):
                 log(f"{len(sources) - len(stale)} of {len(sources)} C objects are up to date")
             if stale:
@@ -242,7 +279,7 @@ class BuildExt(build_ext):
         objs = []
         for src in ext._samba_cu_sources:
             obj = objdir / (Path(src).stem + ".o")
-            if self._reuse and not self.force and up_to_date(str(obj), [src, *(ext.depends or [])]):
+            if self._reuse and not self.force and up_to_date(str(obj), source_deps(src, ext.depends or [])):
                 log(f"nvcc {src}: up to date")
                 objs.append(str(obj))
                 continue
