@@ -38,20 +38,22 @@ for dt in ("float32", "bfloat16"):
         last.to_numpy()
         os.environ.pop("SAMBA_EXT_SCAN_CHUNKS", None)
     assert _rt.require().scan_launches()[2] == tiled0 + 2, "the chunked calls missed the tiled kernel"
-    # the tiled backward: one chunk per tile, then chunks of 3 tiles (a partial last tile, L 296)
+    # the tiled backward (a partial last tile, L 296): one chunk per tile and one segment per
+    # chunk (the default at this size), chunks of 3 tiles, one segment, 3 segments of 2-tile chunks
     L = 296
     u, de, z, dy = (dev((2, 64, L), dt) for _ in range(4))
     A = _gpu.to_device(-np.exp(rng.standard_normal((64, 16))).astype(np.float32))
     B, C, h0, dl = dev((2, 2, 16, L), dt), dev((2, 2, 16, L), dt), dev((2, 64, 16)), dev((2, 64, 16))
     D, db = dev((64,)), dev((64,))
     tiled0 = _rt.require().scan_bwd_launches()[1]
-    for tiles in (None, "3"):
-        if tiles:
-            os.environ["SAMBA_EXT_SCAN_BWD_TILES"] = tiles
+    knobs = ({}, {"TILES": "3"}, {"SEGS": "1"}, {"SEGS": "3", "TILES": "2"})
+    for env in knobs:
+        os.environ.update({"SAMBA_EXT_SCAN_BWD_" + k: v for k, v in env.items()})
         gr = grad.selective_scan_bwd(u, de, A, B, C, D, z, db, True, h0, dout=dy, dlast_state=dl)
         [x.to_numpy() for x in gr if x is not None]
-        os.environ.pop("SAMBA_EXT_SCAN_BWD_TILES", None)
-    assert _rt.require().scan_bwd_launches()[1] == tiled0 + 2, "the tiled backward did not run"
+        for k in env:
+            os.environ.pop("SAMBA_EXT_SCAN_BWD_" + k)
+    assert _rt.require().scan_bwd_launches()[1] == tiled0 + len(knobs), "the tiled backward did not run"
     for w in (2, 3, 4):
         x = dev((2, 12, 77), dt)
         wt, bias, s0 = dev((12, w)), dev((12,)), dev((2, 12, w - 1))

@@ -15,7 +15,9 @@ softplus, gate z, an initial state and dlast_state, dstate 16, dim 4096, seqlen 
 and 8; the conv (width 4, SiLU, bias, initial states) at the same sizes. The scan backward
 is timed for the library's default (the tiled kernels at these shapes), the tiled main kernel
 built for 2 blocks per multiprocessor instead of 3 (SAMBA_EXT_SCAN_BWD_OCC=2), the tiled kernels
-with chunks of 2 tiles between checkpoints (SAMBA_EXT_SCAN_BWD_TILES), and the split
+with chunks of 2 tiles between checkpoints (SAMBA_EXT_SCAN_BWD_TILES), with 1, 2 and 6 segments
+along the sequence (SAMBA_EXT_SCAN_BWD_SEGS; by default 3 at batch 1 on 132 SMs, 1 at batch 8),
+and the split
 kernels (SAMBA_EXT_SCAN_BWD_VARIANT=split) with their default, two lane layout x checkpoint
 chunk settings (SAMBA_EXT_SCAN_BWD_LANES / _CHUNK) and scalar dB / dC atomics
 (SAMBA_EXT_SCAN_BWD_VEC=0); each variant's du and dB are compared with the default's
@@ -98,7 +100,7 @@ def randn(rng: np.random.Generator, shape: tuple, dtype: str, scale: float = 1.0
 
 
 # the backward's knobs (SAMBA_EXT_SCAN_BWD_*) that a variant sets; the others are unset
-KNOBS = ("VARIANT", "TILES", "OCC", "LANES", "CHUNK", "VEC")
+KNOBS = ("VARIANT", "TILES", "OCC", "SEGS", "LANES", "CHUNK", "VEC")
 
 
 def variant_name(v: dict[str, str]) -> str:
@@ -213,10 +215,11 @@ def main() -> None:
     exp_rate = info["multiprocessors"] * EXP_RATE_PER_SM * clock
     rng = np.random.default_rng(0)
     dim, L = (256, 512) if args.quick else (4096, 4096)
-    # the default (the tiled kernels at these shapes), the tiled kernels with longer chunks,
+    # the default (the tiled kernels at these shapes), the tiled kernels with longer chunks or
+    # other segment counts,
     # the split kernels (default, and the fastest settings of earlier runs)
     split = {"VARIANT": "split"}
-    variants = [{}, {"OCC": "2"}, {"TILES": "2"}, split, {**split, "LANES": "4", "CHUNK": "1"},
+    variants = [{}, {"OCC": "2"}, {"TILES": "2"}, {"SEGS": "1"}, {"SEGS": "2"}, {"SEGS": "6"}, split, {**split, "LANES": "4", "CHUNK": "1"},
                 {**split, "LANES": "8", "CHUNK": "2"}, {**split, "VEC": "0"}]
     if args.quick:
         variants = [{}, {"TILES": "3"}, split, {**split, "LANES": "4", "CHUNK": "1"}]

@@ -13,8 +13,8 @@ optional input on and off, softplus on and off, both lane layouts and several ch
 (``SAMBA_EXT_SCAN_BWD_LANES`` / ``_CHUNK`` / ``_WS_MB`` / ``_VEC``), strided (token-major) inputs and
 mixed input dtypes. Most of these shapes take the split kernels; the tiled kernels
 (scan_tile_bwd.cuh: d_state 16, blocks of 32 channels, aligned rows) have cases of their own
-(one tile, a partial last tile, chunks of several tiles, ``SAMBA_EXT_SCAN_BWD_TILES``), and the
-tests check which kernel ran.
+(one tile, a partial last tile, chunks of several tiles, ``SAMBA_EXT_SCAN_BWD_TILES``, segments
+along the sequence, ``SAMBA_EXT_SCAN_BWD_SEGS``), and the tests check which kernel ran.
 
 Tolerances (relative Frobenius norm, conftest.assert_close; NaN or Inf in a result never
 passes):
@@ -27,6 +27,10 @@ passes):
   256)), still >= 50x below what a wrong term, index, mask or chunk hand-over gives (1e-3 ..
   1). It applies to every gradient returned in float32 (dA, dB, dC, dD, ddelta_bias,
   dinitial_state) whatever the input dtype, since the inputs are exactly representable.
+  Segments along the sequence carry a state or adjoint across a segment with one factor
+  exp2(a T), T the float32 sum of the segment's dt, instead of the product of the per-step
+  factors: a relative error of about |a T| 2^-24 sqrt(n) against the product's ~n 2^-22, so
+  the same bound.
 * du, ddelta, dz are returned in their input's dtype: their bound adds the rounding of the
   output, cuda_util.RTOL[dtype] (float16 2e-3, bfloat16 1e-2; float32 0 extra).
 * Conv: dx and dinitial_states are sums of at most W products, dweight / dbias sums over
@@ -184,6 +188,13 @@ TILED_CASES = [
     (1, 96, 296, 3, {"SAMBA_EXT_SCAN_BWD_TILES": "4"}, dict(softplus=False, init=False)),
     (3, 32, 520, 1, {"SAMBA_EXT_SCAN_BWD_WS_MB": "0"}, dict(D=False, bias=False, dlast=False)),
     (1, 64, 2056, 1, {}, dict(three_d=True)),
+    # segments (blocks along the sequence): the small cases above take as many as they have
+    # chunks by default (a wave of resident blocks is never full there); here one segment,
+    # three uneven ones, and two of chunks of 3 tiles with a partial last tile
+    (2, 64, 296, 2, {"SAMBA_EXT_SCAN_BWD_SEGS": "1"}, dict()),
+    (1, 64, 2056, 1, {"SAMBA_EXT_SCAN_BWD_SEGS": "3"}, dict()),
+    (1, 32, 1032, 1, {"SAMBA_EXT_SCAN_BWD_SEGS": "2", "SAMBA_EXT_SCAN_BWD_TILES": "3"},
+     dict(dlast=False)),
 ]
 
 
@@ -192,7 +203,8 @@ TILED_CASES = [
 def test_scan_tiled_kernel(rng, monkeypatch, dtype, case):
     """The tiled backward (scan_tile_bwd.cuh, the default where it applies): one tile, a
     partial last tile, chunks of several tiles (the states at their tile starts recomputed;
-    a last chunk of fewer tiles), the largest chunks (no budget), every option on and off."""
+    a last chunk of fewer tiles), the largest chunks (no budget), one and several segments
+    along the sequence, every option on and off."""
     batch, dim, L, G, env, opt = case
     for k, v in env.items():
         monkeypatch.setenv(k, v)

@@ -21,7 +21,11 @@
 //                                  most 16);
 //   SAMBA_EXT_SCAN_BWD_OCC=2|3     the tiled main kernel compiled for 2 or 3 resident blocks
 //                                  per multiprocessor (default 3 with 16-bit inputs, 2 with
-//                                  float32; see TB_MIN_BLOCKS).
+//                                  float32; see TB_MIN_BLOCKS);
+//   SAMBA_EXT_SCAN_BWD_SEGS=S      the tiled kernels' segments per row (blocks along the
+//                                  sequence; default: as many as fill the resident blocks of
+//                                  one wave, batch x dim / 32 blocks per segment, at most the
+//                                  number of chunks; 1 where one wave is already full).
 #include <stdlib.h>
 #include <string.h>
 
@@ -122,26 +126,57 @@ static int64_t tb_chunk_tiles(const samba_cu_scan_bwd_args *a) {
     return K;
 }
 
+// Resident blocks per multiprocessor the tiled main kernel is built for (TB_MIN_BLOCKS, or 2
+// with SAMBA_EXT_SCAN_BWD_OCC=2).
+static int tb_min_blocks(const samba_cu_scan_bwd_args *a) {
+    const char *occ = getenv("SAMBA_EXT_SCAN_BWD_OCC");
+    return a->u.dtype == SAMBA_CU_F32 || (occ != NULL && strcmp(occ, "2") == 0) ? 2 : 3;
+}
+
+// Segments per row: SAMBA_EXT_SCAN_BWD_SEGS, else the resident blocks of one wave (SMs x
+// tb_min_blocks) over the blocks of one segment, at least 1, at most one chunk per segment;
+// then the fewest segments of the same chunk count (none empty). Sets seg_chunks, nsegs.
+static void tb_segments(const samba_cu_scan_bwd_args *a, SbwdParams &p) {
+    const int64_t nblk = a->batch * a->dim / TB_CPB;
+    const int forced = sbwd_env("SAMBA_EXT_SCAN_BWD_SEGS", 0);
+    int64_t S = forced >= 1 ? forced : (int64_t)tb_min_blocks(a) * samba_sm_count() / nblk;
+    S = max((int64_t)1, min(min(S, p.nchunks), (int64_t)4096));  // grid.y = 2 S - 1 < 65536
+    p.seg_chunks = cdiv(p.nchunks, S);
+    p.nsegs = cdiv(p.nchunks, p.seg_chunks);
+}
+
 template <typename T>
-static samba_status tb_launch(const SbwdParams &p, cudaStream_t st) {
-    const unsigned grid = (unsigned)(p.batch * p.dim / TB_CPB);
-    if (p.nchunks > 1) {
-        tb_ckpt_kernel<T><<<grid, TILE_THREADS, 0, st>>>(p);
+static samba_status tb_launch(const samba_cu_scan_bwd_args *a, const SbwdParams &p,
+                              cudaStream_t st) {
+    const unsigned nblk = (unsigned)(p.batch * p.dim / TB_CPB);
+    if (p.nchunks > 1) {  // (one chunk: one segment)
+        tb_ckpt_kernel<T><<<dim3(nblk, (unsigned)(2 * p.nsegs - 1)), TILE_THREADS, 0, st>>>(p);
         samba_status s = samba_cu_check_launch("selective_scan_bwd (tiled checkpoints)", st);
+        if (s != SAMBA_OK) return s;
+    }
+    if (p.nsegs > 1) {
+        const int64_t n = p.batch * p.dim * 4;
+        tb_seg_kernel<<<(unsigned)cdiv(n, 256), 256, 0, st>>>(p);
+        samba_status s = samba_cu_check_launch("selective_scan_bwd (tiled segments)", st);
         if (s != SAMBA_OK) return s;
     }
     const size_t smem = sizeof(TbSmem) + (size_t)p.chunk_tiles * TILE_THREADS * sizeof(float4);
     constexpr int MINB = TB_MIN_BLOCKS(T);
-    const char *occ = getenv("SAMBA_EXT_SCAN_BWD_OCC");
-    const bool two = MINB == 2 || (occ != NULL && strcmp(occ, "2") == 0);
-    auto kern = p.z != nullptr ? (two ? tb_main_kernel<T, true, 2> : tb_main_kernel<T, true, MINB>)
-                               : (two ? tb_main_kernel<T, false, 2> : tb_main_kernel<T, false, MINB>);
+    const bool two = MINB == 2 || tb_min_blocks(a) == 2;
+    const bool seg = p.nsegs > 1;
+    auto kern = p.z != nullptr
+                    ? (two ? (seg ? tb_main_kernel<T, true, 2, true> : tb_main_kernel<T, true, 2, false>)
+                           : (seg ? tb_main_kernel<T, true, MINB, true>
+                                  : tb_main_kernel<T, true, MINB, false>))
+                    : (two ? (seg ? tb_main_kernel<T, false, 2, true> : tb_main_kernel<T, false, 2, false>)
+                           : (seg ? tb_main_kernel<T, false, MINB, true>
+                                  : tb_main_kernel<T, false, MINB, false>));
     if (smem > 48 * 1024) {
         cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              (int)smem);
         if (e != cudaSuccess) return samba_cu_fail("selective_scan_bwd: shared memory", e);
     }
-    kern<<<grid, TILE_THREADS, smem, st>>>(p);
+    kern<<<dim3(nblk, (unsigned)p.nsegs), TILE_THREADS, smem, st>>>(p);
     return samba_cu_check_launch("selective_scan_bwd (tiled)", st);
 }
 
@@ -247,11 +282,15 @@ extern "C" samba_status samba_cu_scan_bwd(const samba_cu_scan_bwd_args *a, void 
     const int64_t NS = (int64_t)p.nslices * SBWD_SLICE;
     const int tiled = tb_applies(a, p);
     const int lanes = sbwd_lanes(a);
-    int64_t nck_f;
+    int64_t nck_f, seg_f = 0;
     if (tiled) {
         p.chunk_tiles = tb_chunk_tiles(a);
         p.nchunks = cdiv(cdiv(L, TILE_T), p.chunk_tiles);
+        tb_segments(a, p);
         nck_f = (p.nchunks - 1) * B * Dm * TILE_N;
+        // with segments: ckpt_dt, seg_g, seg_dt after the checkpoints (float4-aligned: B x Dm
+        // is a multiple of 32)
+        if (p.nsegs > 1) seg_f = (p.nchunks - 1) * B * Dm + (p.nsegs - 1) * B * Dm * (TILE_N + 1);
         const samba_cu_ref *o[3] = {&a->du, &a->ddelta, &a->dz};
         p.vec_out = L % 8 == 0;
         for (int i = 0; i < 3; ++i)
@@ -265,11 +304,16 @@ extern "C" samba_status samba_cu_scan_bwd(const samba_cu_scan_bwd_args *a, void 
     // workspace: checkpoints, and the per-step sums when there is more than one slice
     const int64_t acc_f = p.nslices > 1 ? 3 * B * Dm * L : 0;
     void *ws = NULL;
-    if (nck_f + acc_f > 0) {
-        cudaError_t e = cudaMallocAsync(&ws, (size_t)(nck_f + acc_f) * sizeof(float), st);
+    if (nck_f + seg_f + acc_f > 0) {
+        cudaError_t e = cudaMallocAsync(&ws, (size_t)(nck_f + seg_f + acc_f) * sizeof(float), st);
         if (e != cudaSuccess) return samba_cu_fail("selective_scan_bwd: workspace cudaMallocAsync", e);
         p.ckpt = (float *)ws;
-        p.acc = p.ckpt + nck_f;
+        if (seg_f > 0) {
+            p.ckpt_dt = p.ckpt + nck_f;
+            p.seg_g = p.ckpt_dt + (p.nchunks - 1) * B * Dm;
+            p.seg_dt = p.seg_g + (p.nsegs - 1) * B * Dm * TILE_N;
+        }
+        p.acc = p.ckpt + nck_f + seg_f;
         s = sbwd_zero(p.acc, acc_f, st);
     }
     const int64_t cpb = SBWD_THREADS / lanes;
@@ -277,11 +321,11 @@ extern "C" samba_status samba_cu_scan_bwd(const samba_cu_scan_bwd_args *a, void 
     if (s == SAMBA_OK) ++g_bwd_launches[tiled ? 1 : 0];
     if (s == SAMBA_OK && tiled) {
         if (a->u.dtype == SAMBA_CU_BF16)
-            s = tb_launch<__nv_bfloat16>(p, st);
+            s = tb_launch<__nv_bfloat16>(a, p, st);
         else if (a->u.dtype == SAMBA_CU_F16)
-            s = tb_launch<__half>(p, st);
+            s = tb_launch<__half>(a, p, st);
         else
-            s = tb_launch<float>(p, st);
+            s = tb_launch<float>(a, p, st);
     } else if (s == SAMBA_OK) {
         if (a->u.dtype == SAMBA_CU_BF16)
             s = sbwd_launch_t<__nv_bfloat16>(p, lanes, grid, st);

@@ -53,6 +53,12 @@ struct SbwdParams {
     // stored 8 steps per vector (seqlen a multiple of 8, 16-byte aligned bases)
     int64_t chunk_tiles;
     int vec_out;
+    // their segments (several blocks per row, each over seg_chunks chunks; nsegs = 1: one):
+    // ckpt_dt (nchunks - 1, B*D) the sum of dt from the segment start to each checkpoint
+    // (whose state is then the segment's own, from zero); seg_g (nsegs - 1, B*D, 16) the
+    // adjoint that segment s (>= 1) hands on from zero, seg_dt (nsegs - 1, B*D) its sum of dt
+    float *ckpt_dt, *seg_g, *seg_dt;
+    int64_t seg_chunks, nsegs;
 };
 
 // Which (batch, group, slice, channel, states) a thread works on.

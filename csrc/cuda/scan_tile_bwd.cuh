@@ -24,11 +24,20 @@
 //   dA += g e h_{t-1} dt,  s1_t = sum_n g e h_{t-1} A,  s2_t = sum_n g B,
 //   dB_t += g dt u,  dC_t += dy0 h_t   (summed over the block's channels, float4 atomics)
 // and per (channel, step) du = s2 dt + D dy0, ddelta = (s1 + s2 u) softplus'(x),
-// dz = dout silu'(z) (y0 + D u) with y0 = sum_n C h recomputed.
-// Exponentials per (channel, state, step): 3 (checkpoints, group starts, groups), 4 with
-// K > 1. Sums over the 4 threads of a channel are reduce-scatters by shuffles (each thread
-// finishes 2 of a group's 8 steps), the dB / dC sums over the warp's 8 channels likewise, then
-// over the 4 warps through shared memory.
+// dz = dout silu'(z) (y0 + D u) with y0 = sum_n C h recomputed. Sums over the 4 threads of
+// a channel are reduce-scatters by shuffles (each thread finishes 2 of a group's 8 steps),
+// the dB / dC sums over the warp's 8 channels likewise, then over the 4 warps through shared
+// memory. Exponentials per (channel, state, step): 3 (checkpoints, group starts, groups), 4
+// with K > 1, and with segments 1 more on all but the first segment (their adjoint pre-pass).
+//
+// Segments (few rows, as batch 1): each row's chunks are cut into nsegs segments, one block
+// each, so that the grid fills the GPU. The pre-pass walks the segments in parallel, from
+// zero states and a zero adjoint; the recurrences are linear, so a segment with dt sum T maps
+// a start state h to exp(A T) h + (its end state from zero), and an adjoint likewise. A small
+// kernel then composes them, one thread per (row, 4 states), segment after segment: each
+// checkpoint gets exp(A T) times its segment's start state added (T summed from the segment's
+// start), and each segment the adjoint it starts from; the main blocks, one per (row block,
+// segment), then run as with one segment over their own chunks.
 #ifndef SAMBA_SCAN_TILE_BWD_CUH
 #define SAMBA_SCAN_TILE_BWD_CUH
 
@@ -131,9 +140,11 @@ __device__ __forceinline__ void tb_stage(TbStage &sm, const TbRegs<T> &R, const 
     }
 }
 
-// Advances this thread's 4 states over steps s0 .. s1 - 1 of the staged tile.
-__device__ __forceinline__ void tb_forward(const TbStage &sm, int cs, int l, const float (&a2)[4],
-                                           float (&h)[4], int s0, int s1) {
+// Advances this thread's 4 states over steps s0 .. s1 - 1 of the staged tile, adding the
+// steps' dt to dsum.
+__device__ __forceinline__ void tb_forward_sum(const TbStage &sm, int cs, int l,
+                                               const float (&a2)[4], float (&h)[4], int s0,
+                                               int s1, float &dsum) {
 #pragma unroll 4
     for (int t = s0; t < s1; ++t) {
         const float4 dd = sm.dd[cs][t];
@@ -141,6 +152,27 @@ __device__ __forceinline__ void tb_forward(const TbStage &sm, int cs, int l, con
         const float bv[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
         for (int k = 0; k < 4; ++k) h[k] = fmaf(ex2_ftz(dd.x * a2[k]), h[k], bv[k] * dd.y);
+        dsum += dd.x;
+    }
+}
+__device__ __forceinline__ void tb_forward(const TbStage &sm, int cs, int l, const float (&a2)[4],
+                                           float (&h)[4], int s0, int s1) {
+    float unused = 0.0f;
+    tb_forward_sum(sm, cs, l, a2, h, s0, s1, unused);
+}
+
+// The adjoint alone over the staged tile, last step first: g <- e_t (dy0_t C_t + g), the
+// recurrence of tb_group; the steps' dt added to dsum.
+__device__ __forceinline__ void tb_adjoint(const TbStage &sm, int cs, int l, const float (&a2)[4],
+                                           float (&g)[4], float &dsum) {
+#pragma unroll 4
+    for (int t = TILE_T - 1; t >= 0; --t) {
+        const float4 dd = sm.dd[cs][t];
+        const float4 w = *(const float4 *)&sm.bc[t][4 * ((2 * l + 1) ^ tile2_swz(t))];
+        const float cv[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int k = 0; k < 4; ++k) g[k] = fmaf(dd.z, cv[k], g[k]) * ex2_ftz(dd.x * a2[k]);
+        dsum += dd.x;
     }
 }
 
@@ -190,8 +222,15 @@ __device__ __forceinline__ TbRows tb_rows(const SbwdParams &p, const TbBlock &k)
     return w;
 }
 
-// The checkpoints: the state at the start of chunks 1 .. nchunks - 1 (chunk_tiles tiles each),
-// ckpt[((c - 1) * B*D + row) * 16 + n].
+// The pre-pass, grid (blocks, 2 nsegs - 1). Blocks y < nsegs walk segment y forward (chunks
+// y SC .., SC = seg_chunks), from the initial state (y = 0) or from zeros (y > 0), and store
+// the state at the start of each chunk c after the segment's first, up to and including the
+// next segment's first, as ckpt[((c - 1) * B*D + row) * 16 + n], with nsegs > 1 the sum of dt
+// since the segment's start as ckpt_dt[(c - 1) * B*D + row]; the last chunk is not walked.
+// Blocks y >= nsegs walk segment s = y - nsegs + 1 backward with the adjoint alone, from zero,
+// and store what it hands on, seg_g[((s - 1) * B*D + row) * 16 + n], and the segment's sum of
+// dt, seg_dt[(s - 1) * B*D + row]. The main kernel composes them (the recurrences are linear:
+// over a segment with dt sum T, h_end = exp(A T) h_start + h_end(from 0), and likewise g).
 template <typename T>
 __global__ void __launch_bounds__(TILE_THREADS) tb_ckpt_kernel(SbwdParams p) {
     __shared__ TbStage sm;
@@ -199,27 +238,97 @@ __global__ void __launch_bounds__(TILE_THREADS) tb_ckpt_kernel(SbwdParams p) {
     const TbBlock blk = tb_block(p);
     const TbRows rows = tb_rows(p, blk);
     const int64_t d = blk.d0 + cs, row = blk.b * p.dim + d, BD = p.batch * p.dim;
+    const int64_t K = p.chunk_tiles, SC = p.seg_chunks, y = blockIdx.y;
+    const int64_t ntiles = (p.seqlen + TILE_T - 1) / TILE_T;
     float a2[4], h[4];
+    const bool fwd = y < p.nsegs;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
         a2[k] = ldf(p.A, d * TILE_N + 4 * l + k) * LOG2E_F;
-        h[k] = p.initial_state ? p.initial_state[row * TILE_N + 4 * l + k] : 0.0f;
+        h[k] = fwd && y == 0 && p.initial_state ? p.initial_state[row * TILE_N + 4 * l + k] : 0.0f;
     }
     const float db = ldf_opt(p.delta_bias, blk.d0 + tid / 4, 0.0f);
-    const int64_t K = p.chunk_tiles, ntiles = (p.nchunks - 1) * K;
+    float dsum = 0.0f;
     TbRegs<T> cur, nxt;
-    tb_load<T>(cur, p, rows, 0, q, false);
-    for (int64_t i = 0; i < ntiles; ++i) {
-        if (i + 1 < ntiles) tb_load<T>(nxt, p, rows, (i + 1) * TILE_T, q, false);
+    if (fwd) {
+        const int64_t i0 = y * SC * K, i1 = min(y * SC + SC, p.nchunks - 1) * K;
+        if (i0 >= i1) return;  // the last segment of one chunk: nothing to store
+        tb_load<T>(cur, p, rows, i0 * TILE_T, q, false);
+        for (int64_t i = i0; i < i1; ++i) {
+            if (i + 1 < i1) tb_load<T>(nxt, p, rows, (i + 1) * TILE_T, q, false);
+            __syncthreads();
+            tb_stage<T>(sm, cur, p, rows, i * TILE_T, tid / 4, q, db, false);
+            cur = nxt;
+            __syncthreads();
+            tb_forward_sum(sm, cs, l, a2, h, 0, TILE_T, dsum);
+            if ((i + 1) % K == 0) {
+                const int64_t c = (i + 1) / K - 1;
+                float *dst = p.ckpt + (c * BD + row) * TILE_N + 4 * l;
+                *(float4 *)dst = make_float4(h[0], h[1], h[2], h[3]);
+                if (p.ckpt_dt != nullptr && l == 0) p.ckpt_dt[c * BD + row] = dsum;
+            }
+        }
+        return;
+    }
+    const int64_t s = y - p.nsegs + 1;
+    const int64_t i_lo = s * SC * K, i_hi = min(s * SC * K + SC * K, ntiles);
+    tb_load<T>(cur, p, rows, (i_hi - 1) * TILE_T, q, true);
+    for (int64_t i = i_hi - 1; i >= i_lo; --i) {
+        if (i > i_lo) tb_load<T>(nxt, p, rows, (i - 1) * TILE_T, q, true);
         __syncthreads();
-        tb_stage<T>(sm, cur, p, rows, i * TILE_T, tid / 4, q, db, false);
+        tb_stage<T>(sm, cur, p, rows, i * TILE_T, tid / 4, q, db, true);
         cur = nxt;
         __syncthreads();
-        tb_forward(sm, cs, l, a2, h, 0, TILE_T);
-        if ((i + 1) % K == 0) {
-            float *dst = p.ckpt + (((i + 1) / K - 1) * BD + row) * TILE_N + 4 * l;
-            *(float4 *)dst = make_float4(h[0], h[1], h[2], h[3]);
+        tb_adjoint(sm, cs, l, a2, h, dsum);
+    }
+    float *dst = p.seg_g + ((s - 1) * BD + row) * TILE_N + 4 * l;
+    *(float4 *)dst = make_float4(h[0], h[1], h[2], h[3]);
+    if (l == 0) p.seg_dt[(s - 1) * BD + row] = dsum;
+}
+
+// The composition of the segments (nsegs > 1), one thread per (row, 4 states): the
+// checkpoints of segment s > 0, its own states from zero, get exp(A T) h_s added, h_s the true
+// state at its start (the previous segment's last checkpoint, already composed); seg_g[s - 1],
+// what segment s hands on from a zero adjoint, becomes the adjoint segment s - 1 starts from
+// (the last segment's is dlast_state).
+__global__ void tb_seg_kernel(SbwdParams p) {
+    const int64_t BD = p.batch * p.dim, idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= BD * 4) return;
+    const int64_t row = idx / 4, d = row % p.dim;
+    const int l = (int)(idx % 4);
+    const int64_t SC = p.seg_chunks, nck = p.nchunks - 1;  // checkpoint slots
+    float a2[4], h[4] = {0.0f, 0.0f, 0.0f, 0.0f}, g[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        a2[k] = ldf(p.A, d * TILE_N + 4 * l + k) * LOG2E_F;
+        g[k] = p.dlast_state ? p.dlast_state[row * TILE_N + 4 * l + k] : 0.0f;
+    }
+    for (int64_t sg = 0; sg < p.nsegs; ++sg) {
+        const int64_t lo = sg * SC, hi = min(lo + SC, nck);  // slot c - 1: chunk c's start
+        // (segment 0's checkpoints are true states already: only its last is read)
+        for (int64_t i = sg > 0 ? lo : max(lo, hi - 1); i < hi; ++i) {
+            float4 *v = (float4 *)(p.ckpt + (i * BD + row) * TILE_N + 4 * l);
+            float4 w = *v;
+            if (sg > 0) {
+                const float t = p.ckpt_dt[i * BD + row];
+                w.x = fmaf(ex2_ftz(a2[0] * t), h[0], w.x);
+                w.y = fmaf(ex2_ftz(a2[1] * t), h[1], w.y);
+                w.z = fmaf(ex2_ftz(a2[2] * t), h[2], w.z);
+                w.w = fmaf(ex2_ftz(a2[3] * t), h[3], w.w);
+                *v = w;
+            }
+            if (i == lo + SC - 1) h[0] = w.x, h[1] = w.y, h[2] = w.z, h[3] = w.w;
         }
+    }
+    for (int64_t sg = p.nsegs - 1; sg >= 1; --sg) {
+        float4 *v = (float4 *)(p.seg_g + ((sg - 1) * BD + row) * TILE_N + 4 * l);
+        const float t = p.seg_dt[(sg - 1) * BD + row];
+        const float4 q = *v;
+        g[0] = fmaf(ex2_ftz(a2[0] * t), g[0], q.x);
+        g[1] = fmaf(ex2_ftz(a2[1] * t), g[1], q.y);
+        g[2] = fmaf(ex2_ftz(a2[2] * t), g[2], q.z);
+        g[3] = fmaf(ex2_ftz(a2[3] * t), g[3], q.w);
+        *v = make_float4(g[0], g[1], g[2], g[3]);
     }
 }
 
@@ -359,7 +468,8 @@ __device__ __forceinline__ void tb_group_atomics(const SbwdParams &p, const TbBl
 #endif
 }
 
-template <typename T, bool HAS_Z, int MINB>
+// SEG: several segments (a separate build, so that one segment keeps the registers it had)
+template <typename T, bool HAS_Z, int MINB, bool SEG>
 __global__ void __launch_bounds__(TILE_THREADS, MINB) tb_main_kernel(SbwdParams p) {
     extern __shared__ __align__(16) unsigned char tb_smem_raw[];
     TbSmem &sm = *reinterpret_cast<TbSmem *>(tb_smem_raw);
@@ -377,6 +487,13 @@ __global__ void __launch_bounds__(TILE_THREADS, MINB) tb_main_kernel(SbwdParams 
         gn[k] = p.dlast_state ? p.dlast_state[row * TILE_N + 4 * l + k] : 0.0f;
         dA[k] = 0.0f;
     }
+    // this block's segment: chunks c_lo .. c_hi - 1
+    const int64_t sg = SEG ? blockIdx.y : 0, c_lo = SEG ? sg * p.seg_chunks : 0;
+    const int64_t c_hi = SEG ? min(c_lo + p.seg_chunks, p.nchunks) : p.nchunks;
+    if (SEG && sg + 1 < p.nsegs) {  // the adjoint entering the segment (tb_seg_kernel)
+        const float4 v = *(const float4 *)(p.seg_g + (sg * BD + row) * TILE_N + 4 * l);
+        gn[0] = v.x, gn[1] = v.y, gn[2] = v.z, gn[3] = v.w;
+    }
     const float Dd = ldf_opt(p.D, d, 0.0f), db = ldf_opt(p.delta_bias, d, 0.0f);
     float dD = 0.0f, dbs = 0.0f;
     int buf = 0;
@@ -384,11 +501,11 @@ __global__ void __launch_bounds__(TILE_THREADS, MINB) tb_main_kernel(SbwdParams 
     // Order of the tiles: per chunk, last chunk first, the forward over its tiles but the last
     // (K > 1), then the backward over all its tiles, last first. The next tile's rows are
     // loaded while the current one is processed.
-    int64_t c = p.nchunks - 1;
+    int64_t c = c_hi - 1;
     auto chunk_tiles = [&](int64_t cc) { return min(K, ntiles - cc * K); };
     // a chunk's first tile is its first: forward where it has more than one tile
     tb_load<T>(cur, p, rows, c * K * TILE_T, q, chunk_tiles(c) == 1);
-    for (; c >= 0; --c) {
+    for (; c >= c_lo; --c) {
         const int64_t c0 = c * K, nt = chunk_tiles(c);
         float h[4];
         if (c > 0) {
@@ -416,7 +533,7 @@ __global__ void __launch_bounds__(TILE_THREADS, MINB) tb_main_kernel(SbwdParams 
             const int64_t t0 = (c0 + j) * TILE_T;
             if (j > 0) {
                 tb_load<T>(nxt, p, rows, t0 - TILE_T, q, true);
-            } else if (c > 0) {
+            } else if (c > c_lo) {
                 tb_load<T>(nxt, p, rows, (c - 1) * K * TILE_T, q, chunk_tiles(c - 1) == 1);
             }
             __syncthreads();  // the previous tile's outputs are done with the shared memory
@@ -448,7 +565,7 @@ __global__ void __launch_bounds__(TILE_THREADS, MINB) tb_main_kernel(SbwdParams 
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
         atomicAdd(p.dA + d * TILE_N + 4 * l + k, dA[k]);
-        if (p.dinitial_state) p.dinitial_state[row * TILE_N + 4 * l + k] = gn[k];
+        if (p.dinitial_state && sg == 0) p.dinitial_state[row * TILE_N + 4 * l + k] = gn[k];
     }
 #pragma unroll
     for (int m = 2; m >= 1; m /= 2) {

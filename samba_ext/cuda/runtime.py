@@ -84,6 +84,7 @@ ENV_INTS = {
     "SAMBA_EXT_SCAN_BWD_CHUNK": 1,
     "SAMBA_EXT_SCAN_BWD_WS_MB": 0,  # 0: no budget, the longest checkpoint chunks
     "SAMBA_EXT_SCAN_BWD_TILES": 1,
+    "SAMBA_EXT_SCAN_BWD_SEGS": 1,
 }
 
 
