@@ -189,9 +189,11 @@ TILED_CASES = [
     (3, 32, 520, 1, {"SAMBA_EXT_SCAN_BWD_WS_MB": "0"}, dict(D=False, bias=False, dlast=False)),
     (1, 64, 2056, 1, {}, dict(three_d=True)),
     # segments (blocks along the sequence): the small cases above take as many as they have
-    # chunks by default (a wave of resident blocks is never full there); here one segment,
-    # three uneven ones, and two of chunks of 3 tiles with a partial last tile
+    # chunks by default (a wave of resident blocks is never full there); here one segment
+    # (with chunks of 1 and 3 tiles), three uneven segments, and two of chunks of 3 tiles
+    # with a partial last tile
     (2, 64, 296, 2, {"SAMBA_EXT_SCAN_BWD_SEGS": "1"}, dict()),
+    (2, 64, 296, 2, {"SAMBA_EXT_SCAN_BWD_SEGS": "1", "SAMBA_EXT_SCAN_BWD_TILES": "3"}, dict()),
     (1, 64, 2056, 1, {"SAMBA_EXT_SCAN_BWD_SEGS": "3"}, dict()),
     (1, 32, 1032, 1, {"SAMBA_EXT_SCAN_BWD_SEGS": "2", "SAMBA_EXT_SCAN_BWD_TILES": "3"},
      dict(dlast=False)),
