@@ -288,9 +288,10 @@ extern "C" samba_status samba_cu_scan_bwd(const samba_cu_scan_bwd_args *a, void 
         p.nchunks = cdiv(cdiv(L, TILE_T), p.chunk_tiles);
         tb_segments(a, p);
         nck_f = (p.nchunks - 1) * B * Dm * TILE_N;
-        // with segments: ckpt_dt, seg_g, seg_dt after the checkpoints (float4-aligned: B x Dm
-        // is a multiple of 32)
-        if (p.nsegs > 1) seg_f = (p.nchunks - 1) * B * Dm + (p.nsegs - 1) * B * Dm * (TILE_N + 1);
+        // with segments: ckpt_dt, seg_g, seg_h, seg_dt after the checkpoints (float4-aligned:
+        // B x Dm is a multiple of 32)
+        if (p.nsegs > 1)
+            seg_f = (p.nchunks - 1) * B * Dm + (p.nsegs - 1) * B * Dm * (2 * TILE_N + 1);
         const samba_cu_ref *o[3] = {&a->du, &a->ddelta, &a->dz};
         p.vec_out = L % 8 == 0;
         for (int i = 0; i < 3; ++i)
@@ -311,7 +312,8 @@ extern "C" samba_status samba_cu_scan_bwd(const samba_cu_scan_bwd_args *a, void 
         if (seg_f > 0) {
             p.ckpt_dt = p.ckpt + nck_f;
             p.seg_g = p.ckpt_dt + (p.nchunks - 1) * B * Dm;
-            p.seg_dt = p.seg_g + (p.nsegs - 1) * B * Dm * TILE_N;
+            p.seg_h = p.seg_g + (p.nsegs - 1) * B * Dm * TILE_N;
+            p.seg_dt = p.seg_h + (p.nsegs - 1) * B * Dm * TILE_N;
         }
         p.acc = p.ckpt + nck_f + seg_f;
         s = sbwd_zero(p.acc, acc_f, st);

@@ -56,8 +56,9 @@ struct SbwdParams {
     // their segments (several blocks per row, each over seg_chunks chunks; nsegs = 1: one):
     // ckpt_dt (nchunks - 1, B*D) the sum of dt from the segment start to each checkpoint
     // (whose state is then the segment's own, from zero); seg_g (nsegs - 1, B*D, 16) the
-    // adjoint that segment s (>= 1) hands on from zero, seg_dt (nsegs - 1, B*D) its sum of dt
-    float *ckpt_dt, *seg_g, *seg_dt;
+    // adjoint that segment s (>= 1) hands on from zero, seg_dt (nsegs - 1, B*D) its sum of dt;
+    // seg_h (nsegs - 1, B*D, 16) the true state at the start of segment s (>= 1)
+    float *ckpt_dt, *seg_g, *seg_dt, *seg_h;
     int64_t seg_chunks, nsegs;
 };
 

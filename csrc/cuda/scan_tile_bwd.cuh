@@ -35,9 +35,9 @@
 // zero states and a zero adjoint; the recurrences are linear, so a segment with dt sum T maps
 // a start state h to exp(A T) h + (its end state from zero), and an adjoint likewise. A small
 // kernel then composes them, one thread per (row, 4 states), segment after segment: each
-// checkpoint gets exp(A T) times its segment's start state added (T summed from the segment's
-// start), and each segment the adjoint it starts from; the main blocks, one per (row block,
-// segment), then run as with one segment over their own chunks.
+// segment's start state and the adjoint it starts from. The main blocks, one per (row block,
+// segment), run as with one segment over their own chunks, adding exp(A T) times the segment's
+// start state to each checkpoint inside it as they read it (T summed from the segment's start).
 #ifndef SAMBA_SCAN_TILE_BWD_CUH
 #define SAMBA_SCAN_TILE_BWD_CUH
 
@@ -286,39 +286,38 @@ __global__ void __launch_bounds__(TILE_THREADS) tb_ckpt_kernel(SbwdParams p) {
     if (l == 0) p.seg_dt[(s - 1) * BD + row] = dsum;
 }
 
-// The composition of the segments (nsegs > 1), one thread per (row, 4 states): the
-// checkpoints of segment s > 0, its own states from zero, get exp(A T) h_s added, h_s the true
-// state at its start (the previous segment's last checkpoint, already composed); seg_g[s - 1],
-// what segment s hands on from a zero adjoint, becomes the adjoint segment s - 1 starts from
-// (the last segment's is dlast_state).
+// The composition of the segments (nsegs > 1), one thread per (row, 4 states), segment after
+// segment: the true state at the start of segment s + 1 is exp(A T) h_s plus the state segment
+// s reached from zero (its last checkpoint, T its dt sum since its start); it replaces that
+// checkpoint and goes to seg_h[s] (the main kernel adds exp(A T) seg_h[s - 1] to the other
+// checkpoints of segment s as it reads them). seg_g[s - 1], what segment s hands on from a
+// zero adjoint, becomes the adjoint segment s - 1 starts from (the last segment's is
+// dlast_state).
 __global__ void tb_seg_kernel(SbwdParams p) {
     const int64_t BD = p.batch * p.dim, idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= BD * 4) return;
     const int64_t row = idx / 4, d = row % p.dim;
     const int l = (int)(idx % 4);
-    const int64_t SC = p.seg_chunks, nck = p.nchunks - 1;  // checkpoint slots
     float a2[4], h[4] = {0.0f, 0.0f, 0.0f, 0.0f}, g[4];
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
         a2[k] = ldf(p.A, d * TILE_N + 4 * l + k) * LOG2E_F;
         g[k] = p.dlast_state ? p.dlast_state[row * TILE_N + 4 * l + k] : 0.0f;
     }
-    for (int64_t sg = 0; sg < p.nsegs; ++sg) {
-        const int64_t lo = sg * SC, hi = min(lo + SC, nck);  // slot c - 1: chunk c's start
-        // (segment 0's checkpoints are true states already: only its last is read)
-        for (int64_t i = sg > 0 ? lo : max(lo, hi - 1); i < hi; ++i) {
-            float4 *v = (float4 *)(p.ckpt + (i * BD + row) * TILE_N + 4 * l);
-            float4 w = *v;
-            if (sg > 0) {
-                const float t = p.ckpt_dt[i * BD + row];
-                w.x = fmaf(ex2_ftz(a2[0] * t), h[0], w.x);
-                w.y = fmaf(ex2_ftz(a2[1] * t), h[1], w.y);
-                w.z = fmaf(ex2_ftz(a2[2] * t), h[2], w.z);
-                w.w = fmaf(ex2_ftz(a2[3] * t), h[3], w.w);
-                *v = w;
-            }
-            if (i == lo + SC - 1) h[0] = w.x, h[1] = w.y, h[2] = w.z, h[3] = w.w;
+    for (int64_t sg = 0; sg + 1 < p.nsegs; ++sg) {
+        const int64_t i = (sg + 1) * p.seg_chunks - 1;  // slot of chunk (sg + 1) SC's start
+        float4 *v = (float4 *)(p.ckpt + (i * BD + row) * TILE_N + 4 * l);
+        float4 w = *v;
+        if (sg > 0) {  // (segment 0 started from the true initial state)
+            const float t = p.ckpt_dt[i * BD + row];
+            w.x = fmaf(ex2_ftz(a2[0] * t), h[0], w.x);
+            w.y = fmaf(ex2_ftz(a2[1] * t), h[1], w.y);
+            w.z = fmaf(ex2_ftz(a2[2] * t), h[2], w.z);
+            w.w = fmaf(ex2_ftz(a2[3] * t), h[3], w.w);
+            *v = w;
         }
+        h[0] = w.x, h[1] = w.y, h[2] = w.z, h[3] = w.w;
+        *(float4 *)(p.seg_h + (sg * BD + row) * TILE_N + 4 * l) = w;
     }
     for (int64_t sg = p.nsegs - 1; sg >= 1; --sg) {
         float4 *v = (float4 *)(p.seg_g + ((sg - 1) * BD + row) * TILE_N + 4 * l);
@@ -495,6 +494,10 @@ __global__ void __launch_bounds__(TILE_THREADS, MINB) tb_main_kernel(SbwdParams 
         gn[0] = v.x, gn[1] = v.y, gn[2] = v.z, gn[3] = v.w;
     }
     const float Dd = ldf_opt(p.D, d, 0.0f), db = ldf_opt(p.delta_bias, d, 0.0f);
+    // the segment's start state (tb_seg_kernel), for the checkpoints inside the segment
+    const float4 *hseg =
+        SEG && sg > 0 ? (const float4 *)(p.seg_h + ((sg - 1) * BD + row) * TILE_N + 4 * l)
+                      : nullptr;
     float dD = 0.0f, dbs = 0.0f;
     int buf = 0;
     TbRegs<T> cur, nxt;
@@ -511,6 +514,16 @@ __global__ void __launch_bounds__(TILE_THREADS, MINB) tb_main_kernel(SbwdParams 
         if (c > 0) {
             const float4 v = *(const float4 *)(p.ckpt + ((c - 1) * BD + row) * TILE_N + 4 * l);
             h[0] = v.x, h[1] = v.y, h[2] = v.z, h[3] = v.w;
+            if (SEG && hseg != nullptr && c > c_lo) {
+                // a checkpoint inside the segment holds the segment's own state (from zero):
+                // add exp(A T) times the segment's start state
+                const float t = p.ckpt_dt[(c - 1) * BD + row];
+                const float4 w = *hseg;
+                h[0] = fmaf(ex2_ftz(a2[0] * t), w.x, h[0]);
+                h[1] = fmaf(ex2_ftz(a2[1] * t), w.y, h[1]);
+                h[2] = fmaf(ex2_ftz(a2[2] * t), w.z, h[2]);
+                h[3] = fmaf(ex2_ftz(a2[3] * t), w.w, h[3]);
+            }
         } else {
 #pragma unroll
             for (int k = 0; k < 4; ++k)
