@@ -4,9 +4,10 @@ instruction range it closes, its static instruction count and its commonest opco
     python3 benchmarks/sass_loops.py FILE.cubin KERNEL_SUBSTRING [--cuobjdump PATH] [--top N]
 
 A cubin comes from ``nvcc -cubin`` (benchmarks/cuda_static_check.sh leaves one per source in its
-OUT folder). The first kernel whose mangled name contains KERNEL_SUBSTRING is read. Loops are
-listed innermost first (shortest range first); a loop's count includes the loops inside it once,
-so a dynamic count per iteration needs their trip counts (the kernel's source says them).
+OUT folder); it is read with sass_compare.py's parser. The first kernel whose mangled name
+contains KERNEL_SUBSTRING is read. Loops are listed innermost first (shortest range first); a
+loop's count includes the loops inside it once, so a dynamic count per iteration needs their trip
+counts (the kernel's source says them).
 """
 from __future__ import annotations
 
@@ -14,31 +15,20 @@ import argparse
 import collections
 import re
 import shutil
-import subprocess
 import sys
 
-_LINE = re.compile(r"^\s+/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
-_FUNC = re.compile(r"Function : (\S+)")
+from sass_compare import sass_of
+
 _TARGET = re.compile(r"\bBRA\b.*?0x([0-9a-f]+)")
+_BYTES = 16  # every sm_70+ instruction is 16 bytes: instruction i sits at address 16 i
 
 
-def kernel_code(text: str, needle: str) -> tuple[str, list[tuple[int, str]]]:
-    """cuobjdump -sass text -> (name, [(address, instruction)]) of the first kernel matching."""
-    name, code = None, []
-    for line in text.splitlines():
-        m = _FUNC.search(line)
-        if m:
-            if code:
-                break
-            name = m.group(1) if needle in m.group(1) else None
-            continue
-        if name:
-            m = _LINE.match(line)
-            if m:
-                code.append((int(m.group(1), 16), m.group(2)))
-    if not code:
-        raise SystemExit(f"no kernel whose name contains {needle!r}")
-    return name, code
+def kernel_code(kernels: dict[str, list[str]], needle: str) -> tuple[str, list[str]]:
+    """The first kernel of sass_compare.parse_sass's result whose name contains needle."""
+    for name, code in kernels.items():
+        if needle in name:
+            return name, code
+    raise SystemExit(f"no kernel whose name contains {needle!r}")
 
 
 def opcode(instr: str) -> str:
@@ -47,13 +37,13 @@ def opcode(instr: str) -> str:
     return op.split(".")[0]
 
 
-def loops(code: list[tuple[int, str]]) -> list[tuple[int, int]]:
-    """(first, last) addresses of each backward branch's range, shortest first."""
+def loops(code: list[str]) -> list[tuple[int, int]]:
+    """(first, last) instruction indices of each backward branch's range, shortest first."""
     out = set()
-    for addr, instr in code:
+    for i, instr in enumerate(code):
         m = _TARGET.search(instr)
-        if m and int(m.group(1), 16) <= addr:
-            out.add((int(m.group(1), 16), addr))
+        if m and int(m.group(1), 16) // _BYTES <= i:
+            out.add((int(m.group(1), 16) // _BYTES, i))
     return sorted(out, key=lambda r: r[1] - r[0])
 
 
@@ -64,15 +54,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--cuobjdump", default=shutil.which("cuobjdump") or "cuobjdump")
     ap.add_argument("--top", type=int, default=8)
     a = ap.parse_args(argv)
-    text = subprocess.run([a.cuobjdump, "-sass", a.cubin], check=True, capture_output=True,
-                          text=True).stdout
-    name, code = kernel_code(text, a.kernel)
+    name, code = kernel_code(sass_of(a.cubin, a.cuobjdump), a.kernel)
     print(f"{name}: {len(code)} instructions")
     for lo, hi in loops(code):
-        ops = collections.Counter(opcode(i) for addr, i in code if lo <= addr <= hi)
-        n = sum(ops.values())
+        ops = collections.Counter(opcode(i) for i in code[lo:hi + 1])
         common = ", ".join(f"{k} {v}" for k, v in ops.most_common(a.top))
-        print(f"loop {lo:#07x}..{hi:#07x}: {n} instructions ({common})")
+        print(f"loop {lo * _BYTES:#07x}..{hi * _BYTES:#07x}: {hi - lo + 1} instructions ({common})")
     return 0
 
 

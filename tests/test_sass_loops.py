@@ -7,6 +7,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+import sass_compare as sc  # noqa: E402
 import sass_loops as sl  # noqa: E402
 
 
@@ -32,12 +33,13 @@ CODE = ["MOV R1, RZ",                  # 0x00
 
 
 def test_loops_innermost_first_with_counts():
-    name, code = sl.kernel_code(_listing({"_Z5otherv": ["EXIT"], "_Z6kernelv": CODE}), "kernel")
+    kernels = sc.parse_sass(_listing({"_Z5otherv": ["EXIT"], "_Z6kernelv": CODE}))
+    name, code = sl.kernel_code(kernels, "kernel")
     assert name == "_Z6kernelv" and len(code) == len(CODE)
-    assert sl.loops(code) == [(0x20, 0x40), (0x10, 0x60)]
-    assert [sl.opcode(i) for _, i in code[2:5]] == ["MUFU", "FMUL", "BRA"]
+    assert sl.loops(code) == [(2, 4), (1, 6)]  # instruction indices (addresses / 16)
+    assert [sl.opcode(i) for i in code[2:5]] == ["MUFU", "FMUL", "BRA"]
 
 
 def test_missing_kernel_is_an_error():
     with pytest.raises(SystemExit, match="nope"):
-        sl.kernel_code(_listing({"_Z6kernelv": CODE}), "nope")
+        sl.kernel_code(sc.parse_sass(_listing({"_Z6kernelv": CODE})), "nope")
