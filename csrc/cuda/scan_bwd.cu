@@ -150,7 +150,11 @@ static samba_status tb_launch(const samba_cu_scan_bwd_args *a, const SbwdParams 
                               cudaStream_t st) {
     const unsigned nblk = (unsigned)(p.batch * p.dim / TB_CPB);
     if (p.nchunks > 1) {  // (one chunk: one segment)
-        tb_ckpt_kernel<T><<<dim3(nblk, (unsigned)(2 * p.nsegs - 1)), TILE_THREADS, 0, st>>>(p);
+        const dim3 grid(nblk, (unsigned)(2 * p.nsegs - 1));
+        if (p.nsegs > 1)
+            tb_ckpt_kernel<T, true><<<grid, TILE_THREADS, 0, st>>>(p);
+        else
+            tb_ckpt_kernel<T, false><<<grid, TILE_THREADS, 0, st>>>(p);
         samba_status s = samba_cu_check_launch("selective_scan_bwd (tiled checkpoints)", st);
         if (s != SAMBA_OK) return s;
     }
@@ -162,7 +166,7 @@ static samba_status tb_launch(const samba_cu_scan_bwd_args *a, const SbwdParams 
     }
     const size_t smem = sizeof(TbSmem) + (size_t)p.chunk_tiles * TILE_THREADS * sizeof(float4);
     constexpr int MINB = TB_MIN_BLOCKS(T);
-    const bool two = MINB == 2 || tb_min_blocks(a) == 2;
+    const bool two = tb_min_blocks(a) == 2;  // (always with float32, where MINB is 2)
     const bool seg = p.nsegs > 1;
     auto kern = p.z != nullptr
                     ? (two ? (seg ? tb_main_kernel<T, true, 2, true> : tb_main_kernel<T, true, 2, false>)

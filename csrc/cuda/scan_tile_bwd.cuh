@@ -231,7 +231,9 @@ __device__ __forceinline__ TbRows tb_rows(const SbwdParams &p, const TbBlock &k)
 // and store what it hands on, seg_g[((s - 1) * B*D + row) * 16 + n], and the segment's sum of
 // dt, seg_dt[(s - 1) * B*D + row]. The main kernel composes them (the recurrences are linear:
 // over a segment with dt sum T, h_end = exp(A T) h_start + h_end(from 0), and likewise g).
-template <typename T>
+// SEG: several segments (a separate build: the adjoint walk's registers would cost the
+// one-segment walk resident blocks).
+template <typename T, bool SEG>
 __global__ void __launch_bounds__(TILE_THREADS) tb_ckpt_kernel(SbwdParams p) {
     __shared__ TbStage sm;
     const int tid = threadIdx.x, cs = tid / 4, l = tid % 4, q = tid % 4;
@@ -241,7 +243,7 @@ __global__ void __launch_bounds__(TILE_THREADS) tb_ckpt_kernel(SbwdParams p) {
     const int64_t K = p.chunk_tiles, SC = p.seg_chunks, y = blockIdx.y;
     const int64_t ntiles = (p.seqlen + TILE_T - 1) / TILE_T;
     float a2[4], h[4];
-    const bool fwd = y < p.nsegs;
+    const bool fwd = !SEG || y < p.nsegs;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
         a2[k] = ldf(p.A, d * TILE_N + 4 * l + k) * LOG2E_F;
@@ -260,12 +262,15 @@ __global__ void __launch_bounds__(TILE_THREADS) tb_ckpt_kernel(SbwdParams p) {
             tb_stage<T>(sm, cur, p, rows, i * TILE_T, tid / 4, q, db, false);
             cur = nxt;
             __syncthreads();
-            tb_forward_sum(sm, cs, l, a2, h, 0, TILE_T, dsum);
+            if (SEG)
+                tb_forward_sum(sm, cs, l, a2, h, 0, TILE_T, dsum);
+            else
+                tb_forward(sm, cs, l, a2, h, 0, TILE_T);
             if ((i + 1) % K == 0) {
                 const int64_t c = (i + 1) / K - 1;
                 float *dst = p.ckpt + (c * BD + row) * TILE_N + 4 * l;
                 *(float4 *)dst = make_float4(h[0], h[1], h[2], h[3]);
-                if (p.ckpt_dt != nullptr && l == 0) p.ckpt_dt[c * BD + row] = dsum;
+                if (SEG && l == 0) p.ckpt_dt[c * BD + row] = dsum;
             }
         }
         return;
