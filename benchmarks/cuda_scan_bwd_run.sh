@@ -10,8 +10,8 @@
 # Usage (from the repository root):  bash benchmarks/cuda_scan_bwd_run.sh [steps]
 #   steps: comma-separated subset of build,tests,memcheck,racecheck,bench,profile
 #   (default: all but profile)
-# Environment: OUT (log folder, default ./out), SAMBA_EXT_CUDA_ARCHS (default 90), PYTHON,
-#   GIT_COMMIT (recorded in the logs), SAN_TIMEOUT (seconds per sanitizer run, default 240).
+# Environment: OUT (log folder, default ./out), PYTEST_WORKERS (pytest-xdist workers, default 8),
+#   SAMBA_EXT_CUDA_ARCHS (default 90), PYTHON, GIT_COMMIT (recorded in the logs), SAN_TIMEOUT (seconds per sanitizer run, default 240).
 # Files written to $OUT: build.log, tests.log, memcheck.log, racecheck.log, bench.log,
 #   gpu_backward.md / .json (the benchmark's tables; benchmarks/results keeps the committed
 #   ones), profile/ (cuda_profile_run.sh's files for scan_bwd_b8 and scan_bwd), summary.md
@@ -20,7 +20,7 @@ source "$(dirname "$0")/cuda_run_common.sh"
 header
 build_step
 
-has tests && pytest_step tests tests.log tests/test_cuda_grad_scan.py
+has tests && pytest_step tests tests.log -n "${PYTEST_WORKERS:-8}" tests/test_cuda_grad_scan.py
 has memcheck && sanitizer_step memcheck $PY benchmarks/cuda_scan_san.py
 has racecheck && sanitizer_step racecheck $PY benchmarks/cuda_scan_san.py
 if has bench; then
