@@ -11,7 +11,8 @@
 #   steps: comma-separated subset of build,tests,memcheck,racecheck,bench,profile
 #   (default: all but profile)
 # Environment: OUT (log folder, default ./out), PYTEST_WORKERS (pytest-xdist workers, default 8),
-#   SAMBA_EXT_CUDA_ARCHS (default 90), PYTHON, GIT_COMMIT (recorded in the logs), SAN_TIMEOUT (seconds per sanitizer run, default 240).
+#   SAMBA_EXT_CUDA_ARCHS (default 90), PYTHON, GIT_COMMIT (recorded in the logs),
+#   SAN_TIMEOUT (seconds per sanitizer run, default 240).
 # Files written to $OUT: build.log, tests.log, memcheck.log, racecheck.log, bench.log,
 #   gpu_backward.md / .json (the benchmark's tables; benchmarks/results keeps the committed
 #   ones), profile/ (cuda_profile_run.sh's files for scan_bwd_b8 and scan_bwd), summary.md
