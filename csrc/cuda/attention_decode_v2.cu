@@ -50,6 +50,25 @@ constexpr int D2_GB = 8;             // query heads per row (the mma N side)
 constexpr int D2_MAX_BLOCKS = 1024;  // bounds the slots one row can have (combine weights)
 constexpr int D2_LOADS = 16;         // slots in flight per thread in the combine
 
+// Phase stamps for benchmarks/cuda_decode_phases.cu, which includes this file with
+// SAMBA_D2_PHASES defined: thread 0 of each block records the SM clock and the global timer at
+// the points D2_STAMP names. Without the macro they compile to nothing.
+#ifdef SAMBA_D2_PHASES
+constexpr int D2_NSTAMPS = 8;
+__device__ unsigned long long d2_stamps[D2_MAX_BLOCKS][D2_NSTAMPS][2];
+#define D2_STAMP(i)                                                              \
+    do {                                                                         \
+        if (threadIdx.x == 0) {                                                  \
+            unsigned long long g_;                                               \
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(g_));               \
+            d2_stamps[blockIdx.x][i][0] = clock64();                             \
+            d2_stamps[blockIdx.x][i][1] = g_;                                    \
+        }                                                                        \
+    } while (0)
+#else
+#define D2_STAMP(i) ((void)0)
+#endif
+
 template <int D_, int NW_, int STAGES_> struct D2Cfg {
     static constexpr int D = D_;            // template head dim (>= hd)
     static constexpr int NW = NW_;          // warps
@@ -252,6 +271,10 @@ __device__ __forceinline__ void d2_segment(const Dec2Args &a, int64_t row, int64
     const int64_t r_begin = t0 * C::BT;
     const int64_t r_end = t1 * C::BT < nv ? t1 * C::BT : nv;
     const int ntiles = r_end > r_begin ? (int)((r_end - r_begin + C::BT - 1) / C::BT) : 0;
+#ifdef SAMBA_D2_PHASES
+    asm volatile("" ::"l"(nv), "l"(p));  // the stamp waits for both loads
+#endif
+    D2_STAMP(2);
 
     const T *kg = (const T *)a.k + (b * a.C * a.nheads_kv + hkv) * a.hd;
     const T *vg = (const T *)a.v + (b * a.C * a.nheads_kv + hkv) * a.hd;
@@ -293,7 +316,10 @@ __device__ __forceinline__ void d2_segment(const Dec2Args &a, int64_t row, int64
         for (int it = 0; it < ntiles; ++it) {
             cp_async_wait<C::STAGES - 2>();  // tile it (and Q) landed
             __syncthreads();                 // ... for every thread; stage (it-1) is free again
-            if (it == 0) dec_q_frags<T, C::KSTEPS, C::LD>(qb, sQ, lane);
+            if (it == 0) {
+                D2_STAMP(3);
+                dec_q_frags<T, C::KSTEPS, C::LD>(qb, sQ, lane);
+            }
             const int nxt = it + C::STAGES - 1;
             if (nxt < ntiles) load_tile(nxt, nxt % C::STAGES);
             cp_async_commit();
@@ -309,11 +335,13 @@ __device__ __forceinline__ void d2_segment(const Dec2Args &a, int64_t row, int64
         cp_async_wait<0>();
     }
     __syncthreads();  // the K stages become the merge scratch
+    D2_STAMP(4);
 
     // ---- merge the NW warps: (m, l) per head, O^T per head and dim ----
     float *so = reinterpret_cast<float *>(sK);  // [NW][8][D]
     dec_warp_publish<C::KSTEPS, C::D>(o, m, l, sh.m, sh.l, so, warp, lane);
     __syncthreads();
+    D2_STAMP(5);
 
     const int64_t first = d2_owner(a, row * a.tpr), last = d2_owner(a, (row + 1) * a.tpr - 1);
     const int nseg = (int)(last - first + 1);
@@ -342,20 +370,24 @@ __device__ __forceinline__ void d2_segment(const Dec2Args &a, int64_t row, int64
         __syncthreads();
         if (tid == 0) sh.last = d2_arrive(a.count + row) == (unsigned)(nseg - 1);
         __syncthreads();
+        D2_STAMP(6);
         if (sh.last) {
             d2_combine<T, C>(a, first + row, nseg, nh, out_rows, smem, sh);
             if (tid == 0) a.count[row] = 0u;  // ready for the next launch
         }
     }
     __syncthreads();  // shared memory is reused by the next segment
+    D2_STAMP(7);
 }
 
 template <typename T, class C>
 __global__ void __launch_bounds__(C::THREADS, 1) decode_v2_kernel(Dec2Args a) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     __shared__ D2Shared sh;
+    D2_STAMP(0);
     pdl_wait();
     pdl_trigger();
+    D2_STAMP(1);
     const int64_t x_end = d2_first(a, (int64_t)blockIdx.x + 1);
     for (int64_t x = d2_first(a, blockIdx.x); x < x_end;) {
         const int64_t row = x / a.tpr;
