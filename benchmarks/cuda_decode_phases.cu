@@ -8,8 +8,10 @@
 //       -o build/cuda_decode_phases
 //   build/cuda_decode_phases [capacity ...]        (default 4096 16384 32768)
 // For each capacity (32 query heads, 4 kv heads, head dim 64, a full cache): the time of one
-// launch in a CUDA graph of 20 (CUDA events, median of 9 replays; the stamps' stores included),
-// then, from one more launch, per stamp: the median and largest time since the block's first
+// launch in a CUDA graph of 20 over rotating caches (at least 256 MiB in all, so that the caches
+// come from memory, not L2, as in benchmarks/gpu_attention.py; CUDA events, median of 9
+// replays; the stamps' stores included), then, from one more launch on a cache evicted from L2
+// by writing a 256 MiB buffer, per stamp: the median and largest time since the block's first
 // stamp (SM clock cycles converted with the device's clock rate), and the span from the first
 // block's start to the last block's end (global timer, ns). Stamps (attention_decode_v2.cu):
 //   0 entry, 1 after the dependent-launch wait, 2 pos and n_valid loaded, 3 the first K/V tile
@@ -50,25 +52,29 @@ __global__ void fill_kernel(__nv_bfloat16 *p, size_t n, unsigned seed) {
 static int run(int64_t cap) {
     const int64_t H = 32, HKV = 4, HD = 64, B = 1;
     const size_t ncache = (size_t)B * cap * HKV * HD, nq = (size_t)B * H * HD;
-    __nv_bfloat16 *q, *k, *v, *out;
+    const size_t flush_bytes = (size_t)256 << 20;
+    const int R = (int)std::max<size_t>(2, flush_bytes / (4 * ncache) + 1);  // K and V copies
+    __nv_bfloat16 *q, *kv, *out;
+    unsigned char *flush;
     int64_t *pos, *nvalid;
     CK(cudaMalloc(&q, nq * 2));
     CK(cudaMalloc(&out, nq * 2));
-    CK(cudaMalloc(&k, ncache * 2));
-    CK(cudaMalloc(&v, ncache * 2));
+    CK(cudaMalloc(&kv, 2 * R * ncache * 2));
+    CK(cudaMalloc(&flush, flush_bytes));
     CK(cudaMalloc(&pos, 8));
     CK(cudaMalloc(&nvalid, 8));
     fill_kernel<<<512, 256>>>(q, nq, 1u);
-    fill_kernel<<<512, 256>>>(k, ncache, 2u);
-    fill_kernel<<<512, 256>>>(v, ncache, 3u);
+    fill_kernel<<<512, 256>>>(kv, 2 * R * ncache, 2u);
     const int64_t hp = cap - 1, hn = cap;  // a full cache, newest in the last slot
     CK(cudaMemcpy(pos, &hp, 8, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(nvalid, &hn, 8, cudaMemcpyHostToDevice));
     cudaStream_t st;
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    samba_cu_ref rq{q, SAMBA_CU_BF16}, rk{k, SAMBA_CU_BF16}, rv{v, SAMBA_CU_BF16},
-        ro{out, SAMBA_CU_BF16}, rp{pos, SAMBA_CU_I64}, rn{nvalid, SAMBA_CU_I64};
-    auto launch = [&]() {
+    samba_cu_ref rq{q, SAMBA_CU_BF16}, ro{out, SAMBA_CU_BF16}, rp{pos, SAMBA_CU_I64},
+        rn{nvalid, SAMBA_CU_I64};
+    auto launch = [&](int i) {
+        samba_cu_ref rk{kv + (size_t)(2 * (i % R)) * ncache, SAMBA_CU_BF16},
+            rv{kv + (size_t)(2 * (i % R) + 1) * ncache, SAMBA_CU_BF16};
         int taken = 0;
         if (attn_decode_v2(B, H, HKV, HD, cap, rq, rk, rv, rp, rn, 0.125f, ro, st, &taken) !=
                 SAMBA_OK ||
@@ -77,13 +83,13 @@ static int run(int64_t cap) {
             exit(1);
         }
     };
-    for (int i = 0; i < 5; ++i) launch();  // workspace allocated outside the capture
+    for (int i = 0; i < 5; ++i) launch(i);  // workspace allocated outside the capture
     CK(cudaStreamSynchronize(st));
 
     cudaGraph_t g;
     cudaGraphExec_t ge;
     CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    for (int i = 0; i < 20; ++i) launch();
+    for (int i = 0; i < 20; ++i) launch(i);
     CK(cudaStreamEndCapture(st, &g));
     CK(cudaGraphInstantiate(&ge, g, 0));
     cudaEvent_t e0, e1;
@@ -104,7 +110,8 @@ static int run(int64_t cap) {
 
     static unsigned long long zero[D2_MAX_BLOCKS][D2_NSTAMPS][2];
     CK(cudaMemcpyToSymbol(d2_stamps, zero, sizeof zero));
-    launch();
+    CK(cudaMemsetAsync(flush, 1, flush_bytes, st));
+    launch(R - 1);
     CK(cudaStreamSynchronize(st));
     static unsigned long long s[D2_MAX_BLOCKS][D2_NSTAMPS][2];
     CK(cudaMemcpyFromSymbol(s, d2_stamps, sizeof s));
@@ -115,8 +122,8 @@ static int run(int64_t cap) {
     const int64_t tpr = cdiv(cap, D2_64::BT);
     const int64_t used = d2_aligned_blocks(B * HKV, tpr, std::min<int64_t>(nblk, B * HKV * tpr));
 
-    printf("\ncapacity %lld: %lld blocks, %.1f us per launch (graph of 20)\n", (long long)cap,
-           (long long)used, us_per);
+    printf("\ncapacity %lld: %lld blocks, %.1f us per launch (graph of 20, %d caches)\n",
+           (long long)cap, (long long)used, us_per, R);
     printf("| stamp | blocks | median us | max us |\n|---|---|---|---|\n");
     unsigned long long gmin = ~0ull, gmax = 0;
     for (int i = 0; i < D2_NSTAMPS; ++i) {
@@ -145,8 +152,8 @@ static int run(int64_t cap) {
     CK(cudaGraphDestroy(g));
     cudaFree(q);
     cudaFree(out);
-    cudaFree(k);
-    cudaFree(v);
+    cudaFree(kv);
+    cudaFree(flush);
     cudaFree(pos);
     cudaFree(nvalid);
     return 0;
