@@ -11,17 +11,17 @@ Run from the repository root after an in-place CUDA build, on a machine with a G
     python3 benchmarks/gpu_backward.py --quick    # small shapes, smoke test, writes nothing
 
 Cases: the scan with bfloat16 u / delta / z / B / C / dout, float32 A / D / delta_bias,
-softplus, gate z, an initial state and dlast_state, dstate 16, dim 4096, seqlen 4096, batch 1
-and 8; the conv (width 4, SiLU, bias, initial states) at the same sizes. The scan backward
-is timed for the library's default (the tiled kernels at these shapes), the tiled main kernel
-built for 2 blocks per multiprocessor instead of 3 (SAMBA_EXT_SCAN_BWD_OCC=2), the tiled kernels
-with chunks of 2 tiles between checkpoints (SAMBA_EXT_SCAN_BWD_TILES), with 1, 2 and 6 segments
-along the sequence (SAMBA_EXT_SCAN_BWD_SEGS; by default 3 at batch 1 on 132 SMs, 1 at batch 8),
-and the split
-kernels (SAMBA_EXT_SCAN_BWD_VARIANT=split) with their default, two lane layout x checkpoint
-chunk settings (SAMBA_EXT_SCAN_BWD_LANES / _CHUNK) and scalar dB / dC atomics
-(SAMBA_EXT_SCAN_BWD_VEC=0); each variant's du and dB are compared with the default's
-(relative norm: they compute the same sums in another order).
+softplus, gate z, an initial state and dlast_state, dstate 16, dim 4096, seqlen 4096, batch 1,
+2, 4 and 8; the conv (width 4, SiLU, bias, initial states) at batch 1 and 8. At batch 1 and 8 the
+scan backward is timed for the library's default (the tiled kernels at these shapes), the tiled
+main kernel built for 2 blocks per multiprocessor instead of 3 (SAMBA_EXT_SCAN_BWD_OCC=2), the
+tiled kernels with chunks of 2 tiles between checkpoints (SAMBA_EXT_SCAN_BWD_TILES), with 1, 2,
+3, 4 and 6 segments along the sequence (SAMBA_EXT_SCAN_BWD_SEGS; by default 3 at batch 1 on 132
+SMs, 1 from batch 2 up), and the split kernels (SAMBA_EXT_SCAN_BWD_VARIANT=split) with their
+default, two lane layout x checkpoint chunk settings (SAMBA_EXT_SCAN_BWD_LANES / _CHUNK) and
+scalar dB / dC atomics (SAMBA_EXT_SCAN_BWD_VEC=0); at batch 2 and 4, the default and the
+segment counts. Each variant's du and dB are compared with the default's (relative norm: they
+compute the same sums in another order).
 Target (issue #18): scan backward <= 2.5x its forward.
 
 Times: median over ``--reps`` repeats of ``--calls`` back-to-back calls after a warm-up, per
@@ -215,18 +215,24 @@ def main() -> None:
     exp_rate = info["multiprocessors"] * EXP_RATE_PER_SM * clock
     rng = np.random.default_rng(0)
     dim, L = (256, 512) if args.quick else (4096, 4096)
-    # the default (the tiled kernels at these shapes), the tiled kernels with longer chunks or
-    # other segment counts,
-    # the split kernels (default, and the fastest settings of earlier runs)
+    # batch 1 and 8: the default (the tiled kernels at these shapes), the tiled kernels with
+    # longer chunks, 2 blocks per SM or other segment counts, the split kernels (default, and
+    # the fastest settings of earlier runs); batch 2 and 4: segment counts only (how many
+    # fill the waves of resident blocks best)
     split = {"VARIANT": "split"}
-    variants = [{}, {"OCC": "2"}, {"TILES": "2"}, {"SEGS": "1"}, {"SEGS": "2"}, {"SEGS": "6"}, split, {**split, "LANES": "4", "CHUNK": "1"},
-                {**split, "LANES": "8", "CHUNK": "2"}, {**split, "VEC": "0"}]
+    segs = [{"SEGS": str(s)} for s in (1, 2, 3, 4, 6)]
+    variants = [{}, {"OCC": "2"}, {"TILES": "2"}, *segs, split,
+                {**split, "LANES": "4", "CHUNK": "1"}, {**split, "LANES": "8", "CHUNK": "2"},
+                {**split, "VEC": "0"}]
+    batches = {1: variants, 2: [{}, *segs], 4: [{}, *segs], 8: variants}
     if args.quick:
-        variants = [{}, {"TILES": "3"}, split, {**split, "LANES": "4", "CHUNK": "1"}]
+        batches = {1: [{}, {"TILES": "3"}, split, {**split, "LANES": "4", "CHUNK": "1"}],
+                   8: [{}, {"TILES": "3"}, split, {**split, "LANES": "4", "CHUNK": "1"}]}
     rows: list[dict] = []
-    for batch in (1, 8):
-        rows += scan_rows(rng, batch, dim, L, args.reps, args.calls, variants, exp_rate)
-        rows += conv_rows(rng, batch, dim, L, args.reps, args.calls)
+    for batch, vs in batches.items():
+        rows += scan_rows(rng, batch, dim, L, args.reps, args.calls, vs, exp_rate)
+        if batch in (1, 8):
+            rows += conv_rows(rng, batch, dim, L, args.reps, args.calls)
         scuda.empty_cache()
     lines = table(rows)
     print("\n".join(lines))
