@@ -145,6 +145,10 @@ static int run(int64_t cap) {
     for (int64_t b = 0; b < used; ++b)
         if (s[b][0][1]) starts.push_back((double)(s[b][0][1] - gmin) / 1000.0);
     std::sort(starts.begin(), starts.end());
+    if (starts.empty()) {
+        fprintf(stderr, "no stamps recorded (built without -DSAMBA_D2_PHASES?)\n");
+        exit(1);
+    }
     printf("first block start to last stamp: %.2f us (global timer); block starts: median %.2f, "
            "max %.2f us after the first\n",
            (double)(gmax - gmin) / 1000.0, starts[starts.size() / 2], starts.back());
