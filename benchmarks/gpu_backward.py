@@ -226,8 +226,8 @@ def main() -> None:
                 {**split, "VEC": "0"}]
     batches = {1: variants, 2: [{}, *segs], 4: [{}, *segs], 8: variants}
     if args.quick:
-        batches = {1: [{}, {"TILES": "3"}, split, {**split, "LANES": "4", "CHUNK": "1"}],
-                   8: [{}, {"TILES": "3"}, split, {**split, "LANES": "4", "CHUNK": "1"}]}
+        quick = [{}, {"TILES": "3"}, split, {**split, "LANES": "4", "CHUNK": "1"}]
+        batches = {1: quick, 8: quick}
     rows: list[dict] = []
     for batch, vs in batches.items():
         rows += scan_rows(rng, batch, dim, L, args.reps, args.calls, vs, exp_rate)
