@@ -91,7 +91,12 @@ template <int D_, int NW_, int STAGES_> struct D2Cfg {
 };
 // 8 warps (128-key tiles) and 3-4 stages: 64-96 KB in flight per SM at d64, more above;
 // d256 keeps 4 warps (a 128-key tile would not fit twice).
-using D2_64 = D2Cfg<64, 8, 4>;    // 148.6 KB
+// SAMBA_D2_STAGES64: the head-dim-64 pipeline depth, for benchmarks/cuda_decode_phases.cu's
+// comparisons (6 stages fit: 222.3 KB)
+#ifndef SAMBA_D2_STAGES64
+#define SAMBA_D2_STAGES64 4
+#endif
+using D2_64 = D2Cfg<64, 8, SAMBA_D2_STAGES64>;  // 148.6 KB at 4 stages
 using D2_96 = D2Cfg<96, 8, 3>;    // 161.4 KB
 using D2_128 = D2Cfg<128, 8, 3>;  // 211.1 KB
 using D2_256 = D2Cfg<256, 4, 3>;  // 207.0 KB
