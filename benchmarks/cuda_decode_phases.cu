@@ -7,13 +7,13 @@
 //       benchmarks/cuda_decode_phases.cu csrc/cuda/runtime.cu csrc/cuda/pdl.cu -lcublas \
 //       -o build/cuda_decode_phases
 //   build/cuda_decode_phases [capacity ...]        (default 4096 16384 32768)
-// For each capacity (32 query heads, 4 kv heads, head dim 64, a full cache): the time of one
-// launch in a CUDA graph of 20 over rotating caches (at least 256 MiB in all, so that the caches
-// come from memory, not L2, as in benchmarks/gpu_attention.py; CUDA events, median of 9
-// replays; the stamps' stores included), then, from one more launch on a cache evicted from L2
-// by writing a 256 MiB buffer, per stamp: the median and largest time since the block's first
-// stamp (SM clock cycles converted with the device's clock rate), and the span from the first
-// block's start to the last block's end (global timer, ns). Stamps (attention_decode_v2.cu):
+// For each capacity (32 query heads and 4 kv heads, or PROBE_HEADS="H,HKV"; head dim 64; a full
+// cache): the time of one launch in a CUDA graph of 20 over rotating caches (at least 256 MiB in
+// all, so that the caches come from memory, not L2, as in benchmarks/gpu_attention.py; CUDA
+// events, median of 9 replays; the stamps' stores included), then, from one more launch on a
+// cache evicted from L2 by writing a 256 MiB buffer, per stamp: the median and largest time
+// since the block's first stamp (SM clock cycles converted with the device's clock rate), and
+// the span from the first block's start to the last block's end (global timer, ns). Stamps (attention_decode_v2.cu):
 //   0 entry, 1 after the dependent-launch wait, 2 pos and n_valid loaded, 3 the first K/V tile
 //   and Q in shared memory, 4 all tiles done, 5 the warps' states published, 6 slot written
 //   and arrival counted (blocks that share a row), 7 the segment done (the combine included).
@@ -49,8 +49,10 @@ __global__ void fill_kernel(__nv_bfloat16 *p, size_t n, unsigned seed) {
     }
 }
 
+static int64_t H = 32, HKV = 4;  // PROBE_HEADS="H,HKV" sets them
+
 static int run(int64_t cap) {
-    const int64_t H = 32, HKV = 4, HD = 64, B = 1;
+    const int64_t HD = 64, B = 1;
     const size_t ncache = (size_t)B * cap * HKV * HD, nq = (size_t)B * H * HD;
     const size_t flush_bytes = (size_t)256 << 20;
     const int R = (int)std::max<size_t>(2, flush_bytes / (4 * ncache) + 1);  // K and V copies
@@ -169,7 +171,14 @@ int main(int argc, char **argv) {
     if (caps.empty()) caps = {4096, 16384, 32768};
     cudaDeviceProp p;
     CK(cudaGetDeviceProperties(&p, 0));
-    printf("device: %s, %d SMs\n", p.name, p.multiProcessorCount);
+    const char *hs = getenv("PROBE_HEADS");
+    if (hs && (sscanf(hs, "%lld,%lld", (long long *)&H, (long long *)&HKV) != 2 || HKV < 1 ||
+               H < HKV || H % HKV || H / HKV > 8)) {
+        fprintf(stderr, "PROBE_HEADS=%s: expected H,HKV with HKV | H and H / HKV <= 8\n", hs);
+        return 1;
+    }
+    printf("device: %s, %d SMs, %lld query heads, %lld kv heads\n", p.name, p.multiProcessorCount,
+           (long long)H, (long long)HKV);
     for (int64_t c : caps) run(c);
     return 0;
 }
