@@ -16,7 +16,8 @@
 // the span from the first block's start to the last block's end (global timer, ns). Stamps (attention_decode_v2.cu):
 //   0 entry, 1 after the dependent-launch wait, 2 pos and n_valid loaded, 3 the first K/V tile
 //   and Q in shared memory, 4 all tiles done, 5 the warps' states published, 6 slot written
-//   and arrival counted (blocks that share a row), 7 the segment done (the combine included).
+//   and arrival counted (blocks that share a row), 7 the segment done (the combine included);
+//   in the combine (the row's last block): 8 after the merge weights, 9 after the weighted sums.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -142,6 +143,21 @@ static int run(int64_t cap) {
         }
         std::sort(d.begin(), d.end());
         printf("| %d | %zu | %.2f | %.2f |\n", i, d.size(), d[d.size() / 2], d.back());
+    }
+    {  // the blocks that combined a row (stamps 8 and 9): their own times, median over them
+        std::vector<double> c[4];
+        const int idx[4] = {6, 8, 9, 7};
+        for (int64_t b = 0; b < used; ++b) {
+            if (s[b][0][0] == 0 || s[b][8][0] == 0) continue;
+            for (int k = 0; k < 4; ++k)
+                c[k].push_back((double)(s[b][idx[k]][0] - s[b][0][0]) * 1000.0 / khz);
+        }
+        if (!c[0].empty()) {
+            for (auto &v : c) std::sort(v.begin(), v.end());
+            const size_t m = c[0].size() / 2;
+            printf("combining blocks (%zu): arrival %.2f, weights %.2f, sums %.2f, done %.2f us\n",
+                   c[0].size(), c[0][m], c[1][m], c[2][m], c[3][m]);
+        }
     }
     std::vector<double> starts;
     for (int64_t b = 0; b < used; ++b)

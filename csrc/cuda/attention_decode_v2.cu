@@ -54,7 +54,7 @@ constexpr int D2_LOADS = 16;         // slots in flight per thread in the combin
 // SAMBA_D2_PHASES defined: thread 0 of each block records the SM clock and the global timer at
 // the points D2_STAMP names. Without the macro they compile to nothing.
 #ifdef SAMBA_D2_PHASES
-constexpr int D2_NSTAMPS = 8;
+constexpr int D2_NSTAMPS = 10;  // 8 and 9: inside the combine (the row's last block)
 __device__ unsigned long long d2_stamps[D2_MAX_BLOCKS][D2_NSTAMPS][2];
 #define D2_STAMP(i)                                                              \
     do {                                                                         \
@@ -192,6 +192,7 @@ __device__ __forceinline__ void d2_combine(const Dec2Args &a, int64_t p0, int P,
         if (lane == 0) sh.L[j] = ls;
     }
     __syncthreads();
+    D2_STAMP(8);
     // 2. sum_s w_s o_s: one float4 column (head j, dims 4 d4 ..) per item; when the columns
     //    are fewer than the threads, `subs` threads share a column over interleaved slots.
     //    The first round of the first item comes from step 0's registers.
@@ -234,6 +235,7 @@ __device__ __forceinline__ void d2_combine(const Dec2Args &a, int64_t p0, int P,
         red[u * cols + c] = acc;
     }
     __syncthreads();
+    D2_STAMP(9);
     for (int c = tid; c < cols; c += C::THREADS) {
         const int j = c / c4, d4 = c % c4;
         float4 acc = red[c];
