@@ -13,7 +13,8 @@
 // events, median of 9 replays; the stamps' stores included), then, from one more launch on a
 // cache evicted from L2 by writing a 256 MiB buffer, per stamp: the median and largest time
 // since the block's first stamp (SM clock cycles converted with the device's clock rate), and
-// the span from the first block's start to the last block's end (global timer, ns). Stamps (attention_decode_v2.cu):
+// the span from the first block's start to the last block's end (global timer, ns).
+// Stamps (attention_decode_v2.cu):
 //   0 entry, 1 after the dependent-launch wait, 2 pos and n_valid loaded, 3 the first K/V tile
 //   and Q in shared memory, 4 all tiles done, 5 the warps' states published, 6 slot written
 //   and arrival counted (blocks that share a row), 7 the segment done (the combine included);
