@@ -3,7 +3,7 @@
 
 Usage (on a machine with a CUDA GPU, torch installed, samba_ext built with CUDA):
     python3 benchmarks/gpu_backward_attention.py [--out DIR] [--no-flex] [--reps N] [--commit SHA]
-        [--variants mma,wgmma,wgmma2]
+        [--variants mma,wgmma,wgmma2] [--trace]
 
 Cases: bf16, batch 1, 32 query heads, 4 kv heads, head dim 64: sliding window W = 2048 at
 L = 4K and 16K, full causal at 4K; and 12 heads of dim 128 (no GQA) with W = 2048 at 4K.
@@ -20,6 +20,9 @@ the flash backend cannot mask) SDPA with a boolean (L, L) mask, the backend torc
 FLOPs: the backward's five products count 10 * hd * H FLOPs per (query, key) pair inside the
 window. Timing: median of CUDA-event timings after warm-up. Every case also compares samba_ext's
 dq, dk, dv with the peer's (relative norm), so a fast wrong kernel cannot pass unnoticed.
+--trace: also record, through torch.profiler (CUPTI), the device time of every kernel of
+samba_ext's fastest variant and of FlexAttention's backward (microseconds per call, 5 calls),
+so that the event-timed call can be split into kernels and the gaps between them.
 Writes DIR/gpu_backward_attention.md and .json (default DIR: benchmarks/results), with the date,
 commit, device and the tuning knobs of the tensor-core kernel: SAMBA_EXT_ATTN_BWD_SPLIT (blocks
 per group of query heads; default: enough blocks for the device) and SAMBA_EXT_ATTN_BWD_WARPS
@@ -58,6 +61,27 @@ def window_pairs(L: int, W: int | None) -> int:
     if W is None or W >= L:
         return L * (L + 1) // 2
     return W * (W + 1) // 2 + (L - W) * W
+
+
+def kernel_us(fn, calls: int = 5) -> dict[str, float]:
+    """Device microseconds per call of each kernel fn() launches (torch.profiler, CUPTI);
+    the key "(all kernels)" holds their sum."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    agg: dict[str, float] = {}
+    for ev in prof.events():
+        if str(getattr(ev, "device_type", "")) != "DeviceType.CUDA":
+            continue
+        t = ev.device_time if hasattr(ev, "device_time") else ev.cuda_time
+        agg[ev.name[:60]] = agg.get(ev.name[:60], 0.0) + t / calls
+    agg["(all kernels)"] = sum(agg.values())
+    return agg
 
 
 def flex_backward(q, k, v, do, L: int, W: int | None, gqa: bool):
@@ -130,7 +154,7 @@ _ENV_BEFORE = tuple(os.environ.get(k) for k in KNOBS)
 
 
 def case(L: int, H: int, Hkv: int, hd: int, W: int | None, peers: list[str], reps: int,
-         variants: list[str]) -> dict:
+         variants: list[str], trace: bool = False) -> dict:
     g = torch.Generator(device="cuda").manual_seed(L + H + hd)
     q = torch.randn(1, L, H, hd, device="cuda", dtype=torch.bfloat16, generator=g)
     k = torch.randn(1, L, Hkv, hd, device="cuda", dtype=torch.bfloat16, generator=g)
@@ -161,6 +185,10 @@ def case(L: int, H: int, Hkv: int, hd: int, W: int | None, peers: list[str], rep
     best = min(times, key=times.get)
     row["samba_ext_variant"], row["samba_ext_ms"] = best, times[best]
     mine = grads[best]
+    if trace:
+        select_variant(best)
+        row["samba_ext_kernels_us"] = kernel_us(ours)
+        select_variant(None)
     if len(grads) > 1:  # the variants against each other (rounding order only)
         first = next(iter(grads))
         row["variant_err"] = max(rel_err(a, torch.from_dlpack(b)) for w in grads if w != first
@@ -176,6 +204,8 @@ def case(L: int, H: int, Hkv: int, hd: int, W: int | None, peers: list[str], rep
                 run, back, name = sdpa_backward(q, k, v, do, L, W, H, Hkv)
             row[f"{peer}_name"] = name
             row[f"{peer}_ms"] = median_ms(run, reps=reps)
+            if trace:
+                row[f"{peer}_kernels_us"] = kernel_us(run)
             theirs = back(run())
             row[f"{peer}_err"] = max(rel_err(a, b) for a, b in zip(mine, theirs))
         except Exception as e:  # noqa: BLE001 - a peer that cannot run is reported, not fatal
@@ -247,7 +277,29 @@ def render(meta: dict, rows: list[dict], peers: list[str]) -> list[str]:
              "CUDA-event timings after warm-up; TFLOP/s count 10 * hd * H FLOPs per (query, key) "
              "pair inside the window. The error column compares samba_ext's gradients with each "
              "peer's (relative norm, the largest of dq, dk, dv)."), "",
-            *table(rows, peers), "", *targets(rows)]
+            *table(rows, peers), "", *targets(rows), *kernel_tables(rows, peers)]
+
+
+def kernel_tables(rows: list[dict], peers: list[str]) -> list[str]:
+    """--trace's per-kernel device times, one table per case (none without --trace)."""
+    out: list[str] = []
+    for r in rows:
+        for key in ("samba_ext", *peers):
+            ks = r.get(f"{key}_kernels_us")
+            if not ks:
+                continue
+            if not out:
+                out = ["", "## Kernels (--trace: device us per call, torch.profiler)", "",
+                       "The event-timed call minus the kernels' sum is about the time the "
+                       "device sat idle inside the timed span (waiting on the host's launches "
+                       "and Python, or between kernels)."]
+            call_us = 1e3 * r[f"{key}_ms"]
+            out += ["", f"{r['kind']} L={r['L'] // K}K ({r['H']},{r['Hkv']},d{r['hd']}), {key}: "
+                    f"call {call_us:.0f} us, kernels {ks['(all kernels)']:.0f} us", "",
+                    "| kernel | us per call |", "|---|---|"]
+            out += [f"| `{n}` | {t:.1f} |" for n, t in sorted(ks.items(), key=lambda kv: -kv[1])
+                    if n != "(all kernels)"]
+    return out
 
 
 def main() -> int:
@@ -258,6 +310,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--variants", default="mma,wgmma,wgmma2",
                     help="samba_ext kernels to time, comma-separated: mma, wgmma, wgmma2")
+    ap.add_argument("--trace", action="store_true",
+                    help="record each kernel's device time (torch.profiler) as well")
     ap.add_argument("--render", metavar="JSON",
                     help="rewrite DIR/gpu_backward_attention.md from a saved .json (no GPU)")
     args = ap.parse_args()
@@ -294,7 +348,7 @@ def main() -> int:
     meta["variants"] = variants
     for L, W, H, Hkv, hd in ((4 * K, 2048, 32, 4, 64), (16 * K, 2048, 32, 4, 64),
                              (4 * K, None, 32, 4, 64), (4 * K, 2048, 12, 12, 128)):
-        rows.append(case(L, H, Hkv, hd, W, peers, args.reps, variants))
+        rows.append(case(L, H, Hkv, hd, W, peers, args.reps, variants, args.trace))
         torch.cuda.empty_cache()
         print(rows[-1], flush=True)
         report()
