@@ -360,15 +360,18 @@ def wgmma_unavailable() -> str | None:
 
 
 @cuda
+@pytest.mark.parametrize("ovl", ["0", "1"])
 @pytest.mark.parametrize("nwg", ["1", "2"])
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("B,Lq,Lk,H,Hkv,hd,causal,ws,cap", WGMMA_CASES)
-def test_wgmma_against_reference(poison, rng, monkeypatch, nwg, dtype, B, Lq, Lk, H, Hkv, hd,
-                                 causal, ws, cap):
-    # with one warpgroup per block (64 keys) and with two (128 keys, SAMBA_EXT_ATTN_BWD_WGMMA_WG=2)
+def test_wgmma_against_reference(poison, rng, monkeypatch, ovl, nwg, dtype, B, Lq, Lk, H, Hkv,
+                                 hd, causal, ws, cap):
+    # with one warpgroup per block (64 keys) and with two (128 keys, SAMBA_EXT_ATTN_BWD_WGMMA_WG=2),
+    # the softmax gradient in one pass or in two overlapping the products (_OVERLAP=1)
     if wgmma_unavailable():
         pytest.skip(f"wgmma backward: {wgmma_unavailable()}")
     monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_WGMMA_WG", nwg)
+    monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_OVERLAP", ovl)
     (q, gq), (k, gk), (v, gv), (do, gdo) = (rdev(rng.standard_normal(s), dtype) for s in (
         (B, Lq, H, hd), (B, Lk, Hkv, hd), (B, Lk, Hkv, hd), (B, Lq, H, hd)))
     left, right = windows(causal, ws)
@@ -432,10 +435,11 @@ def test_real_sizes(poison, rng, monkeypatch, dtype, B, L, H, Hkv, hd, causal, w
     check_grads(got, ref, dtype, w, (H // Hkv) * w)
     if dtype != "float32" and not wgmma_unavailable():
         monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_WGMMA", "require")
-        for nwg in ("1", "2"):
+        for nwg, ovl in (("1", "0"), ("2", "0"), ("2", "1")):
             monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_WGMMA_WG", nwg)
+            monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_OVERLAP", ovl)
             got = grad.attention_bwd(gq, gk, gv, None, causal, ws, dout=gdo, out=out, lse=lse)
-            check_grads(got, ref, dtype, w, (H // Hkv) * w, f"wgmma x{nwg} ")
+            check_grads(got, ref, dtype, w, (H // Hkv) * w, f"wgmma x{nwg} overlap {ovl} ")
 
 
 if __name__ == "__main__":
