@@ -84,9 +84,13 @@ template <int N> __device__ __forceinline__ void named_bar(int id) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(N) : "memory");
 }
 
-template <typename T, class C, bool OVL>
+// V: variant bits, 1 = the softmax gradient in two passes (SAMBA_EXT_ATTN_BWD_OVERLAP), 2 = no dQ
+// exchange between the two warpgroups (SAMBA_EXT_ATTN_BWD_DQ_EXCHANGE=0)
+template <typename T, class C, int V>
 __global__ void __launch_bounds__(C::THREADS, C::MINB)
 attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
+    constexpr bool OVL = (V & 1) != 0;
+    constexpr bool XCH = C::NWG == 2 && (V & 2) == 0;  // dQ summed over the warpgroups first
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     // K, V, Q [2], dO [2], dS [NWG]: swizzled tiles (wgmma_tile.cuh), 1024-byte aligned; then
     // (two warpgroups) the float32 dQ exchange [2][D / 4][128], lse * log2 e [2][BM] and Delta
@@ -380,13 +384,14 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         wg_commit();
         wg_wait<0>();
         fence_operands(dq);
-        // two warpgroups: each adds the other's part to half of the head dims (column tiles
+        // two warpgroups (XCH): each adds the other's part to half of the head dims (column tiles
         // [jlo, jlo + D / 16), warpgroup 0 the first half) through shared memory, so that the
         // block adds each dQ element to the accumulator once; the half a warpgroup adds ends up
-        // in dq[0 .. D / 4) (register indices stay compile-time constants)
-        constexpr int JH = C::NWG == 2 ? C::D / 16 : C::D / 8;  // column tiles added here
-        const int jlo = wg * JH;
-        if constexpr (C::NWG == 2) {
+        // in dq[0 .. D / 4) (register indices stay compile-time constants). Without XCH each
+        // warpgroup adds all of its own dQ (twice the atomics, one barrier less)
+        constexpr int JH = XCH ? C::D / 16 : C::D / 8;  // column tiles added here
+        const int jlo = XCH ? wg * JH : 0;
+        if constexpr (XCH) {
             float *x = sX + wg * (C::D / 4) * 128 + tid;
 #pragma unroll
             for (int i = 0; i < C::D / 4; ++i) x[i * 128] = wg ? dq[i] : dq[C::D / 4 + i];
@@ -432,34 +437,42 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
 // SAMBA_EXT_ATTN_BWD_OVERLAP: "1" splits the softmax gradient of a tile in two passes, so that
 // P^T is computed while dP^T is still in the tensor cores and the dV product runs while dS^T is
 // computed (without softcap; with it the one-pass order stays); unset or anything else: one
-// pass after both products. The same operations per pair either way. A template parameter
-// (OVL), so that the default kernel keeps its registers (the two-pass code needs 247 at D = 64
-// with two warpgroups against 220, and spills at D = 128).
-static bool wgmma_overlap(void) {
-    const char *e = getenv("SAMBA_EXT_ATTN_BWD_OVERLAP");
-    return e && e[0] == '1' && e[1] == '\0';
+// pass after both products. The same operations per pair either way.
+// SAMBA_EXT_ATTN_BWD_DQ_EXCHANGE: "0" lets each of the two warpgroups add all of its dQ (no
+// exchange through shared memory, no barrier for it); unset or anything else: the exchange.
+// Both are template bits (V), so that the default kernel keeps its registers (the two-pass
+// code needs 247 at D = 64 with two warpgroups against 220, and spills at D = 128).
+static int wgmma_variant(void) {
+    const char *o = getenv("SAMBA_EXT_ATTN_BWD_OVERLAP"), *x = getenv("SAMBA_EXT_ATTN_BWD_DQ_EXCHANGE");
+    const bool ovl = o && o[0] == '1' && o[1] == '\0', nox = x && x[0] == '0' && x[1] == '\0';
+    return (ovl ? 1 : 0) | (nox ? 2 : 0);
 }
 
-template <typename T, class C, bool OVL>
+template <typename T, class C, int V>
 samba_status launch_cfg(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int split,
                         cudaStream_t st) {
     const int64_t nkb = cdiv(a->seqlen_k, C::BN);
     const int64_t ny = a->nheads_kv * split;
     if (nkb > 0x7fffffffLL || ny > 65535 || a->batch > 65535)
         return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "attention_bwd: too many key blocks or heads");
-    cudaError_t e = cudaFuncSetAttribute(attn_bwd_wgmma_kernel<T, C, OVL>,
+    cudaError_t e = cudaFuncSetAttribute(attn_bwd_wgmma_kernel<T, C, V>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
     if (e != cudaSuccess) return samba_cu_fail("attention_bwd (shared memory opt-in)", e);
     dim3 grid((unsigned)nkb, (unsigned)ny, (unsigned)a->batch);
-    attn_bwd_wgmma_kernel<T, C, OVL><<<grid, C::THREADS, C::SMEM, st>>>(*a, *ws, split);
+    attn_bwd_wgmma_kernel<T, C, V><<<grid, C::THREADS, C::SMEM, st>>>(*a, *ws, split);
     return samba_cu_check_launch("attention_bwd (wgmma)", st);
 }
 
+// the no-exchange bit only exists with two warpgroups
 template <typename T, class C>
 samba_status launch(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int split,
                     cudaStream_t st) {
-    return wgmma_overlap() ? launch_cfg<T, C, true>(a, ws, split, st)
-                           : launch_cfg<T, C, false>(a, ws, split, st);
+    const int v = wgmma_variant();
+    if constexpr (C::NWG == 2) {
+        if (v == 2) return launch_cfg<T, C, 2>(a, ws, split, st);
+        if (v == 3) return launch_cfg<T, C, 3>(a, ws, split, st);
+    }
+    return v & 1 ? launch_cfg<T, C, 1>(a, ws, split, st) : launch_cfg<T, C, 0>(a, ws, split, st);
 }
 
 }  // namespace
