@@ -1,0 +1,105 @@
+"""Host time of one samba_ext GPU call: how long the Python and C wrappers take to check the
+arguments, import the tensors, allocate and launch, on inputs so small that the device work
+is negligible (so the host, not the GPU, sets the pace).
+
+Usage (on a machine with a CUDA GPU, torch installed, samba_ext built with CUDA):
+    python3 benchmarks/gpu_host_overhead.py [--calls N] [--out DIR] [--profile]
+
+Cases: grad.attention_fwd and grad.attention_bwd (bf16 torch tensors, batch 1, L 128, 32 query
+/ 4 kv heads of 64, window 64), and for comparison an empty torch op (x.add_(0)). For each, the
+median over 5 rounds of (wall time of N back-to-back calls) / N, with the device synchronised
+before and after each round; the GPU is idle most of that time, so the figure is the host's
+cost per call. --profile adds cProfile's top entries (by own time) for attention_bwd, which
+separates the Python layers from the C call (one entry, the extension's function).
+Writes DIR/gpu_host_overhead.md (default: print only).
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime
+import io
+import os
+import pstats
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+
+from gpu_bench_util import command_line, git_commit, write_atomic
+
+from samba_ext import grad
+
+
+def host_us(fn: Callable[[], Any], calls: int) -> float:
+    """Median over 5 rounds of the wall-clock microseconds per call of `calls` calls."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    rounds = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        rounds.append((time.perf_counter() - t0) / calls * 1e6)
+    return statistics.median(rounds)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--calls", type=int, default=200)
+    ap.add_argument("--out", help="folder for gpu_host_overhead.md")
+    ap.add_argument("--profile", action="store_true", help="cProfile attention_bwd")
+    ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT"))
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU", file=sys.stderr)
+        return 2
+    g = torch.Generator(device="cuda").manual_seed(0)
+    L, H, Hkv, hd = 128, 32, 4, 64
+
+    def rnd(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device="cuda", dtype=torch.bfloat16, generator=g)
+    q, k, v, do = rnd(1, L, H, hd), rnd(1, L, Hkv, hd), rnd(1, L, Hkv, hd), rnd(1, L, H, hd)
+    ws = (63, 0)
+    out, lse = grad.attention_fwd(q, k, v, None, True, ws)
+    x = torch.zeros(16, device="cuda")
+    cases = {
+        "torch x.add_(0) (reference)": lambda: x.add_(0),
+        "grad.attention_fwd": lambda: grad.attention_fwd(q, k, v, None, True, ws),
+        "grad.attention_bwd": lambda: grad.attention_bwd(q, k, v, None, True, ws, dout=do,
+                                                         out=out, lse=lse),
+    }
+    lines = ["# Host time per samba_ext GPU call", "",
+             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}, commit "
+             f"{git_commit(args.commit)}, {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+             f"command `{command_line('gpu_host_overhead.py', sys.argv[1:])}`.", "",
+             f"bf16, batch 1, L {L}, {H} / {Hkv} heads x {hd}, window 64: the device work is a few "
+             "microseconds, so this is the host's cost per call (median of 5 rounds of "
+             f"{args.calls} calls).", "", "| call | host us per call |", "|---|---|"]
+    for name, fn in cases.items():
+        lines.append(f"| {name} | {host_us(fn, args.calls):.1f} |")
+    if args.profile:
+        pr = cProfile.Profile()
+        fn = cases["grad.attention_bwd"]
+        pr.enable()
+        for _ in range(args.calls):
+            fn()
+        pr.disable()
+        torch.cuda.synchronize()
+        s = io.StringIO()
+        pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(25)
+        lines += ["", f"cProfile of {args.calls} attention_bwd calls (own time):", "", "```",
+                  *[ln.rstrip() for ln in s.getvalue().splitlines() if ln.strip()][:45], "```"]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        write_atomic(os.path.join(args.out, "gpu_host_overhead.md"), text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
