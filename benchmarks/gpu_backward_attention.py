@@ -9,10 +9,7 @@ Cases: bf16, batch 1, 32 query heads, 4 kv heads, head dim 64: sliding window W 
 L = 4K and 16K, full causal at 4K; and 12 heads of dim 128 (no GQA) with W = 2048 at 4K.
 Variants of samba_ext's tensor-core backward, timed in interleaved rounds (median_ms_rounds):
 "mma" (attention_bwd_mma.cu), "wgmma" and "wgmma2" (attention_bwd_wgmma.cu, sm_90a, one or two
-warpgroups per block: SAMBA_EXT_ATTN_BWD_WGMMA_WG), "wgmma2o" (wgmma2 with the softmax gradient
-in two passes that overlap the products: SAMBA_EXT_ATTN_BWD_OVERLAP=1), "wgmma2ox" (that without
-the dQ exchange between the warpgroups: SAMBA_EXT_ATTN_BWD_DQ_EXCHANGE=0); the wgmma variants are
-selected with SAMBA_EXT_ATTN_BWD_WGMMA=require,
+warpgroups per block: SAMBA_EXT_ATTN_BWD_WGMMA_WG; selected with SAMBA_EXT_ATTN_BWD_WGMMA=require,
 so a call it cannot run fails instead of timing the other kernel; a variant that fails is
 reported and left out). The fastest is the samba_ext column.
 Only the backward is timed: samba_ext's from the out / lse of its own forward
@@ -138,13 +135,9 @@ def sdpa_backward(q, k, v, do, L: int, W: int | None, H: int, Hkv: int):
     return run, lambda g: [x.transpose(1, 2) for x in g], name
 
 
-# the settings of each variant: SAMBA_EXT_ATTN_BWD_WGMMA, SAMBA_EXT_ATTN_BWD_WGMMA_WG,
-# SAMBA_EXT_ATTN_BWD_OVERLAP, SAMBA_EXT_ATTN_BWD_DQ_EXCHANGE
-VARIANT_ENV = {"mma": ("0", "1", "0", "1"), "wgmma": ("require", "1", "0", "1"),
-               "wgmma2": ("require", "2", "0", "1"), "wgmma2o": ("require", "2", "1", "1"),
-               "wgmma2ox": ("require", "2", "1", "0")}
-KNOBS = ("SAMBA_EXT_ATTN_BWD_WGMMA", "SAMBA_EXT_ATTN_BWD_WGMMA_WG", "SAMBA_EXT_ATTN_BWD_OVERLAP",
-         "SAMBA_EXT_ATTN_BWD_DQ_EXCHANGE")
+# the settings of each variant: SAMBA_EXT_ATTN_BWD_WGMMA, SAMBA_EXT_ATTN_BWD_WGMMA_WG
+VARIANT_ENV = {"mma": ("0", "1"), "wgmma": ("require", "1"), "wgmma2": ("require", "2")}
+KNOBS = ("SAMBA_EXT_ATTN_BWD_WGMMA", "SAMBA_EXT_ATTN_BWD_WGMMA_WG")
 
 
 def select_variant(name: str | None) -> None:
@@ -316,8 +309,7 @@ def main() -> int:
     ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT"))
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--variants", default="mma,wgmma,wgmma2",
-                    help="samba_ext kernels to time, comma-separated: mma, wgmma, wgmma2, "
-                    "wgmma2o, wgmma2ox")
+                    help="samba_ext kernels to time, comma-separated: mma, wgmma, wgmma2")
     ap.add_argument("--trace", action="store_true",
                     help="record each kernel's device time (torch.profiler) as well")
     ap.add_argument("--render", metavar="JSON",

@@ -20,8 +20,6 @@ Cases (bf16 data, the sizes of the issues' targets):
                      the wgmma kernel on the two cases of benchmarks/gpu_backward_attention.py
                      slower than FlexAttention: window 2048 at L 16K, and 12 / 12 heads x 128
                      at L 4K
-  attn_bwd_swa16k_wgmma_ovl
-                     the first with SAMBA_EXT_ATTN_BWD_OVERLAP=1
   decode_b1_4k, decode_b1_16k, decode_b1_32k
                      swa_decode, batch 1, caches of 4K / 16K / 32K keys, 32 query / 4 KV heads x 64
                      (the decode cases below #17's 70% bandwidth target)
@@ -38,7 +36,7 @@ from typing import Any, Callable
 
 CASES = ("scan_b1", "scan_b8", "scan_b1_warp", "scan_b8_warp", "scan_b1_tile2", "scan_b8_tile2",
          "scan_bwd", "scan_bwd_b8", "swa", "swa_v4", "causal", "attn_bwd", "attn_bwd_swa", "attn_bwd_wgmma",
-         "attn_bwd_swa_wgmma", "attn_bwd_swa16k_wgmma", "attn_bwd_swa16k_wgmma_ovl", "attn_bwd_swa_d128_wgmma", "decode_b1_4k", "decode_b1_16k", "decode_b1_32k", "gemv")
+         "attn_bwd_swa_wgmma", "attn_bwd_swa16k_wgmma", "attn_bwd_swa_d128_wgmma", "decode_b1_4k", "decode_b1_16k", "decode_b1_32k", "gemv")
 
 
 def _scan_inputs(b: int, d: int, L: int) -> tuple:
@@ -97,8 +95,7 @@ def make(case: str) -> Callable[[], Any]:
         import os
 
         # the wgmma kernel (required), or the mma.sync one (0)
-        os.environ["SAMBA_EXT_ATTN_BWD_WGMMA"] = "0" if "wgmma" not in case else "require"
-        os.environ["SAMBA_EXT_ATTN_BWD_OVERLAP"] = "1" if case.endswith("_ovl") else "0"
+        os.environ["SAMBA_EXT_ATTN_BWD_WGMMA"] = "require" if case.endswith("_wgmma") else "0"
         L = 16384 if "16k" in case else 4096
         q, k, v, do = _attn_inputs(L, *((12, 12, 128) if "_d128" in case else (32, 4, 64)))
         ws = (2047, 0) if "_swa" in case else (-1, 0)

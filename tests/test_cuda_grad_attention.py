@@ -360,20 +360,15 @@ def wgmma_unavailable() -> str | None:
 
 
 @cuda
-@pytest.mark.parametrize("ovl,xch", [("0", "1"), ("1", "1"), ("1", "0")])
 @pytest.mark.parametrize("nwg", ["1", "2"])
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("B,Lq,Lk,H,Hkv,hd,causal,ws,cap", WGMMA_CASES)
-def test_wgmma_against_reference(poison, rng, monkeypatch, ovl, xch, nwg, dtype, B, Lq, Lk, H,
-                                 Hkv, hd, causal, ws, cap):
-    # with one warpgroup per block (64 keys) and with two (128 keys, SAMBA_EXT_ATTN_BWD_WGMMA_WG=2),
-    # the softmax gradient in one pass or in two overlapping the products (_OVERLAP=1), the dQ
-    # of two warpgroups summed before the atomics or not (_DQ_EXCHANGE=0)
+def test_wgmma_against_reference(poison, rng, monkeypatch, nwg, dtype, B, Lq, Lk, H, Hkv, hd,
+                                 causal, ws, cap):
+    # with one warpgroup per block (64 keys) and with two (128 keys, SAMBA_EXT_ATTN_BWD_WGMMA_WG=2)
     if wgmma_unavailable():
         pytest.skip(f"wgmma backward: {wgmma_unavailable()}")
     monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_WGMMA_WG", nwg)
-    monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_OVERLAP", ovl)
-    monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_DQ_EXCHANGE", xch)
     (q, gq), (k, gk), (v, gv), (do, gdo) = (rdev(rng.standard_normal(s), dtype) for s in (
         (B, Lq, H, hd), (B, Lk, Hkv, hd), (B, Lk, Hkv, hd), (B, Lq, H, hd)))
     left, right = windows(causal, ws)
@@ -437,13 +432,10 @@ def test_real_sizes(poison, rng, monkeypatch, dtype, B, L, H, Hkv, hd, causal, w
     check_grads(got, ref, dtype, w, (H // Hkv) * w)
     if dtype != "float32" and not wgmma_unavailable():
         monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_WGMMA", "require")
-        for nwg, ovl, xch in (("1", "0", "1"), ("2", "0", "1"), ("2", "1", "1"), ("2", "1", "0")):
+        for nwg in ("1", "2"):
             monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_WGMMA_WG", nwg)
-            monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_OVERLAP", ovl)
-            monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_DQ_EXCHANGE", xch)
             got = grad.attention_bwd(gq, gk, gv, None, causal, ws, dout=gdo, out=out, lse=lse)
-            check_grads(got, ref, dtype, w, (H // Hkv) * w,
-                        f"wgmma x{nwg} overlap {ovl} exchange {xch} ")
+            check_grads(got, ref, dtype, w, (H // Hkv) * w, f"wgmma x{nwg} ")
 
 
 if __name__ == "__main__":

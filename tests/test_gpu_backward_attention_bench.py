@@ -62,28 +62,21 @@ def test_render_run_with_variants():
     assert len(_cells(md[head + 1])) == len(names)
 
 
-@pytest.mark.parametrize("name,settings", [("mma", ("0", "1", "0", "1")),
-                                           ("wgmma", ("require", "1", "0", "1")),
-                                           ("wgmma2", ("require", "2", "0", "1")),
-                                           ("wgmma2o", ("require", "2", "1", "1")),
-                                           ("wgmma2ox", ("require", "2", "1", "0"))])
+@pytest.mark.parametrize("name,settings", [("mma", ("0", "1")), ("wgmma", ("require", "1")),
+                                           ("wgmma2", ("require", "2"))])
 def test_variant_selects_the_kernel_settings(monkeypatch, name, settings):
     # each variant sets SAMBA_EXT_ATTN_BWD_WGMMA ("require": a call the wgmma kernel cannot run
-    # fails rather than timing the other kernel), _WG (warpgroups per block), _OVERLAP and
-    # _DQ_EXCHANGE; None
-    # restores what was there before, unset knobs included
-    monkeypatch.setattr(gba, "_ENV_BEFORE", ("1", None, None, None))
+    # fails rather than timing the other kernel) and _WG (warpgroups per block); None restores
+    # what was there before, unset knobs included
+    monkeypatch.setattr(gba, "_ENV_BEFORE", ("1", None))
     monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_WGMMA", "1")
     monkeypatch.delenv("SAMBA_EXT_ATTN_BWD_WGMMA_WG", raising=False)
-    monkeypatch.delenv("SAMBA_EXT_ATTN_BWD_OVERLAP", raising=False)
-    monkeypatch.delenv("SAMBA_EXT_ATTN_BWD_DQ_EXCHANGE", raising=False)
     gba.select_variant(name)
-    assert tuple(os.environ[k] for k in gba.KNOBS) == settings
+    assert (os.environ["SAMBA_EXT_ATTN_BWD_WGMMA"], os.environ["SAMBA_EXT_ATTN_BWD_WGMMA_WG"]) \
+        == settings
     gba.select_variant(None)
     assert os.environ["SAMBA_EXT_ATTN_BWD_WGMMA"] == "1"
     assert "SAMBA_EXT_ATTN_BWD_WGMMA_WG" not in os.environ
-    assert "SAMBA_EXT_ATTN_BWD_OVERLAP" not in os.environ
-    assert "SAMBA_EXT_ATTN_BWD_DQ_EXCHANGE" not in os.environ
 
 
 def test_command_line_leaves_out_the_output_folder():

@@ -84,13 +84,9 @@ template <int N> __device__ __forceinline__ void named_bar(int id) {
     asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(N) : "memory");
 }
 
-// V: variant bits, 1 = the softmax gradient in two passes (SAMBA_EXT_ATTN_BWD_OVERLAP), 2 = no dQ
-// exchange between the two warpgroups (SAMBA_EXT_ATTN_BWD_DQ_EXCHANGE=0)
-template <typename T, class C, int V>
+template <typename T, class C>
 __global__ void __launch_bounds__(C::THREADS, C::MINB)
 attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
-    constexpr bool OVL = (V & 1) != 0;
-    constexpr bool XCH = C::NWG == 2 && (V & 2) == 0;  // dQ summed over the warpgroups first
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     // K, V, Q [2], dO [2], dS [NWG]: swizzled tiles (wgmma_tile.cuh), 1024-byte aligned; then
     // (two warpgroups) the float32 dQ exchange [2][D / 4][128], lse * log2 e [2][BM] and Delta
@@ -179,7 +175,7 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         const uint32_t q_s = sQ + buf * C::QO_BYTES, o_s = sO + buf * C::QO_BYTES;
         const float *l_s = sL + buf * C::BM, *d_s = sD + buf * C::BM;
 
-        // ---- S^T = K Q^T, dP^T = V dO^T (keys x queries) ----
+        // ---- S^T = K Q^T, dP^T = V dO^T (keys x queries), one batch ----
         float s[C::NQ], dp[C::NQ];
 #pragma unroll
         for (int i = 0; i < C::NQ; ++i) s[i] = dp[i] = 0.0f;
@@ -189,15 +185,17 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
 #pragma unroll
         for (int ks = 0; ks < C::KS; ++ks)
             Wgmma<T, 64>::ss(s, desc_kmajor<C::BN>(sKw, ks), desc_kmajor<C::BM>(q_s, ks));
-        if (OVL) wg_commit();  // S^T in a group of its own
 #pragma unroll
         for (int ks = 0; ks < C::KS; ++ks)
             Wgmma<T, 64>::ss(dp, desc_kmajor<C::BN>(sVw, ks), desc_kmajor<C::BM>(o_s, ks));
         wg_commit();
+        wg_wait<0>();
+        fence_operands(s);
+        fence_operands(dp);
 
         // ---- P^T and dS^T (in place of s and dp); element 4 j + e: key 16 warp + g + 8 (e / 2),
-        //      query 8 j + 2 tq + (e % 2) of the tile. The lambdas below are straight-line code:
-        //      the softcap test and the tile's mask test are taken once per tile, not per
+        //      query 8 j + 2 tq + (e % 2) of the tile. softmax_grad<CAP, MASK> is straight-line
+        //      code: the softcap test and the tile's mask test are taken once per tile, not per
         //      element ----
         const bool full = kw0 + 64 <= Lk && m0 + C::BM <= Lq &&
                           (right < 0 || kw0 + 63 - m0 - off <= right) &&
@@ -235,120 +233,42 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
                 }
             }
         };
-        // the same in two passes (no softcap): P^T from S^T alone, while dP^T is still in the
-        // tensor cores, then dS^T from P^T and dP^T
-        // query qc of the tile and key kr of the warpgroup's 64 outside the mask
-        auto pair_out = [=](int qc, int kr) {
-            const int rel = rel0 + (kr - warp * 16 - g) - qc;
-            return kw0 + kr >= Lk || m0 + qc >= Lq || (right >= 0 && rel > right) ||
-                   (left >= 0 && rel < -left);
-        };
-        auto probs = [&](auto mask_c) {
-            constexpr bool MASK = decltype(mask_c)::value;
-#pragma unroll
-            for (int j = 0; j < C::BM / 8; ++j) {
-                const float2 l2 = *reinterpret_cast<const float2 *>(l_s + 8 * j + 2 * tq);
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const float pr = fast_exp2(s[4 * j + e] * sl - ((e & 1) ? l2.y : l2.x));
-                    s[4 * j + e] = MASK && pair_out(8 * j + 2 * tq + (e & 1), warp * 16 + g + (e >> 1) * 8) ? 0.0f : pr;
-                }
-            }
-        };
-        auto dscores = [&](auto mask_c) {
-            constexpr bool MASK = decltype(mask_c)::value;
-#pragma unroll
-            for (int j = 0; j < C::BM / 8; ++j) {
-                const float2 dl = *reinterpret_cast<const float2 *>(d_s + 8 * j + 2 * tq);
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const float ds = s[4 * j + e] * (dp[4 * j + e] - ((e & 1) ? dl.y : dl.x));
-                    dp[4 * j + e] = MASK && pair_out(8 * j + 2 * tq + (e & 1), warp * 16 + g + (e >> 1) * 8) ? 0.0f : ds;
-                }
-            }
-        };
-
-        // ---- dV += P^T dO, dK += dS^T Q (keys x head dims), left running: RS, P^T / dS^T
-        //      rounded to T in registers ----
-        uint32_t pa[C::BM / 16][4], da[C::BM / 16][4];
-        if (OVL && !capped) {
-            // S^T landed (dP^T may still run): P^T and its dV product in flight, then dS^T
-            wg_wait<1>();
-            fence_operands(s);
+        if (capped) {
             if (full)
-                probs(std::false_type{});
+                softmax_grad(std::true_type{}, std::false_type{});
             else
-                probs(std::true_type{});
-#pragma unroll
-            for (int kk = 0; kk < C::BM / 16; ++kk) {
-                pack_p<T>(pa[kk], reinterpret_cast<const float(&)[4]>(s[8 * kk]),
-                          reinterpret_cast<const float(&)[4]>(s[8 * kk + 4]));
-#pragma unroll
-                for (int i = 0; i < 4; ++i) fence_operand(pa[kk][i]);
-            }
-            fence_operands(dv);
-            wg_fence();
-#pragma unroll
-            for (int kk = 0; kk < C::BM / 16; ++kk)
-                Wgmma<T, C::D>::rs_t(dv, pa[kk], desc_mnmajor<C::BM>(o_s, kk));
-            wg_commit();
-            wg_wait<1>();  // dP^T landed (dV may still run)
-            fence_operands(dp);
-            if (full)
-                dscores(std::false_type{});
-            else
-                dscores(std::true_type{});
-#pragma unroll
-            for (int kk = 0; kk < C::BM / 16; ++kk) {
-                pack_p<T>(da[kk], reinterpret_cast<const float(&)[4]>(dp[8 * kk]),
-                          reinterpret_cast<const float(&)[4]>(dp[8 * kk + 4]));
-#pragma unroll
-                for (int i = 0; i < 4; ++i) fence_operand(da[kk][i]);
-            }
-            fence_operands(dk);
-            wg_fence();
-#pragma unroll
-            for (int kk = 0; kk < C::BM / 16; ++kk)
-                Wgmma<T, C::D>::rs_t(dk, da[kk], desc_mnmajor<C::BM>(q_s, kk));
-            wg_commit();
+                softmax_grad(std::true_type{}, std::true_type{});
         } else {
-            wg_wait<0>();
-            fence_operands(s);
-            fence_operands(dp);
-            if (capped) {
-                if (full)
-                    softmax_grad(std::true_type{}, std::false_type{});
-                else
-                    softmax_grad(std::true_type{}, std::true_type{});
-            } else {
-                if (full)
-                    softmax_grad(std::false_type{}, std::false_type{});
-                else
-                    softmax_grad(std::false_type{}, std::true_type{});
-            }
-#pragma unroll
-            for (int kk = 0; kk < C::BM / 16; ++kk) {
-                pack_p<T>(pa[kk], reinterpret_cast<const float(&)[4]>(s[8 * kk]),
-                          reinterpret_cast<const float(&)[4]>(s[8 * kk + 4]));
-                pack_p<T>(da[kk], reinterpret_cast<const float(&)[4]>(dp[8 * kk]),
-                          reinterpret_cast<const float(&)[4]>(dp[8 * kk + 4]));
-#pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    fence_operand(pa[kk][i]);
-                    fence_operand(da[kk][i]);
-                }
-            }
-            fence_operands(dv);
-            fence_operands(dk);
-            wg_fence();
-#pragma unroll
-            for (int kk = 0; kk < C::BM / 16; ++kk)
-                Wgmma<T, C::D>::rs_t(dv, pa[kk], desc_mnmajor<C::BM>(o_s, kk));
-#pragma unroll
-            for (int kk = 0; kk < C::BM / 16; ++kk)
-                Wgmma<T, C::D>::rs_t(dk, da[kk], desc_mnmajor<C::BM>(q_s, kk));
-            wg_commit();
+            if (full)
+                softmax_grad(std::false_type{}, std::false_type{});
+            else
+                softmax_grad(std::false_type{}, std::true_type{});
         }
+
+        // ---- dV += P^T dO, dK += dS^T Q (keys x head dims), one batch, left running ----
+        uint32_t pa[C::BM / 16][4], da[C::BM / 16][4];
+#pragma unroll
+        for (int kk = 0; kk < C::BM / 16; ++kk) {
+            pack_p<T>(pa[kk], reinterpret_cast<const float(&)[4]>(s[8 * kk]),
+                      reinterpret_cast<const float(&)[4]>(s[8 * kk + 4]));
+            pack_p<T>(da[kk], reinterpret_cast<const float(&)[4]>(dp[8 * kk]),
+                      reinterpret_cast<const float(&)[4]>(dp[8 * kk + 4]));
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                fence_operand(pa[kk][i]);
+                fence_operand(da[kk][i]);
+            }
+        }
+        fence_operands(dv);
+        fence_operands(dk);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < C::BM / 16; ++kk)
+            Wgmma<T, C::D>::rs_t(dv, pa[kk], desc_mnmajor<C::BM>(o_s, kk));
+#pragma unroll
+        for (int kk = 0; kk < C::BM / 16; ++kk)
+            Wgmma<T, C::D>::rs_t(dk, da[kk], desc_mnmajor<C::BM>(q_s, kk));
+        wg_commit();
 
         // ---- dS into shared memory (queries x keys, K-major) while those run: da[kk][i] is the
         //      8 x 8 block of keys 16 warp + 8 (i % 2) .., queries 16 kk + 8 (i / 2) ..; after
@@ -384,14 +304,13 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         wg_commit();
         wg_wait<0>();
         fence_operands(dq);
-        // two warpgroups (XCH): each adds the other's part to half of the head dims (column tiles
+        // two warpgroups: each adds the other's part to half of the head dims (column tiles
         // [jlo, jlo + D / 16), warpgroup 0 the first half) through shared memory, so that the
         // block adds each dQ element to the accumulator once; the half a warpgroup adds ends up
-        // in dq[0 .. D / 4) (register indices stay compile-time constants). Without XCH each
-        // warpgroup adds all of its own dQ (twice the atomics, one barrier less)
-        constexpr int JH = XCH ? C::D / 16 : C::D / 8;  // column tiles added here
-        const int jlo = XCH ? wg * JH : 0;
-        if constexpr (XCH) {
+        // in dq[0 .. D / 4) (register indices stay compile-time constants)
+        constexpr int JH = C::NWG == 2 ? C::D / 16 : C::D / 8;  // column tiles added here
+        const int jlo = wg * JH;
+        if constexpr (C::NWG == 2) {
             float *x = sX + wg * (C::D / 4) * 128 + tid;
 #pragma unroll
             for (int i = 0; i < C::D / 4; ++i) x[i * 128] = wg ? dq[i] : dq[C::D / 4 + i];
@@ -434,45 +353,19 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     }
 }
 
-// SAMBA_EXT_ATTN_BWD_OVERLAP: "1" splits the softmax gradient of a tile in two passes, so that
-// P^T is computed while dP^T is still in the tensor cores and the dV product runs while dS^T is
-// computed (without softcap; with it the one-pass order stays); unset or anything else: one
-// pass after both products. The same operations per pair either way.
-// SAMBA_EXT_ATTN_BWD_DQ_EXCHANGE: "0" lets each of the two warpgroups add all of its dQ (no
-// exchange through shared memory, no barrier for it); unset or anything else: the exchange.
-// Both are template bits (V), so that the default kernel keeps its registers (the two-pass
-// code needs 247 at D = 64 with two warpgroups against 220, and spills at D = 128).
-static int wgmma_variant(void) {
-    const char *o = getenv("SAMBA_EXT_ATTN_BWD_OVERLAP"), *x = getenv("SAMBA_EXT_ATTN_BWD_DQ_EXCHANGE");
-    const bool ovl = o && o[0] == '1' && o[1] == '\0', nox = x && x[0] == '0' && x[1] == '\0';
-    return (ovl ? 1 : 0) | (nox ? 2 : 0);
-}
-
-template <typename T, class C, int V>
-samba_status launch_cfg(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int split,
-                        cudaStream_t st) {
+template <typename T, class C>
+samba_status launch(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int split,
+                    cudaStream_t st) {
     const int64_t nkb = cdiv(a->seqlen_k, C::BN);
     const int64_t ny = a->nheads_kv * split;
     if (nkb > 0x7fffffffLL || ny > 65535 || a->batch > 65535)
         return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "attention_bwd: too many key blocks or heads");
-    cudaError_t e = cudaFuncSetAttribute(attn_bwd_wgmma_kernel<T, C, V>,
+    cudaError_t e = cudaFuncSetAttribute(attn_bwd_wgmma_kernel<T, C>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
     if (e != cudaSuccess) return samba_cu_fail("attention_bwd (shared memory opt-in)", e);
     dim3 grid((unsigned)nkb, (unsigned)ny, (unsigned)a->batch);
-    attn_bwd_wgmma_kernel<T, C, V><<<grid, C::THREADS, C::SMEM, st>>>(*a, *ws, split);
+    attn_bwd_wgmma_kernel<T, C><<<grid, C::THREADS, C::SMEM, st>>>(*a, *ws, split);
     return samba_cu_check_launch("attention_bwd (wgmma)", st);
-}
-
-// the no-exchange bit only exists with two warpgroups
-template <typename T, class C>
-samba_status launch(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int split,
-                    cudaStream_t st) {
-    const int v = wgmma_variant();
-    if constexpr (C::NWG == 2) {
-        if (v == 2) return launch_cfg<T, C, 2>(a, ws, split, st);
-        if (v == 3) return launch_cfg<T, C, 3>(a, ws, split, st);
-    }
-    return v & 1 ? launch_cfg<T, C, 1>(a, ws, split, st) : launch_cfg<T, C, 0>(a, ws, split, st);
 }
 
 }  // namespace
