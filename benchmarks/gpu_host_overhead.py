@@ -10,7 +10,9 @@ Cases: grad.attention_fwd and grad.attention_bwd (bf16 torch tensors, batch 1, L
 median over 5 rounds of (wall time of N back-to-back calls) / N, with the device synchronised
 before and after each round; the GPU is idle most of that time, so the figure is the host's
 cost per call. --profile adds cProfile's top entries (by own time) for attention_bwd, which
-separates the Python layers from the C call (one entry, the extension's function).
+separates the Python layers from the C call (one entry, the extension's function), and the CUDA
+runtime calls made inside that C call with their host times (torch.profiler's CPU activity, which
+records the runtime API through CUPTI: cudaLaunchKernel, cudaMallocAsync, cudaMemsetAsync, ...).
 Writes DIR/gpu_host_overhead.md (default: print only).
 """
 from __future__ import annotations
@@ -46,6 +48,26 @@ def host_us(fn: Callable[[], Any], calls: int) -> float:
         torch.cuda.synchronize()
         rounds.append((time.perf_counter() - t0) / calls * 1e6)
     return statistics.median(rounds)
+
+
+def runtime_calls(fn: Callable[[], Any], calls: int) -> list[tuple[str, float, float]]:
+    """(CUDA runtime function, calls, host microseconds) per fn() call, largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    agg: dict[str, list[float]] = {}
+    for ev in prof.events():
+        if str(getattr(ev, "device_type", "")) != "DeviceType.CPU" or not ev.name.startswith("cu"):
+            continue
+        a = agg.setdefault(ev.name, [0.0, 0.0])
+        a[0] += 1.0 / calls
+        a[1] += ev.cpu_time_total / calls
+    return sorted(((n, c, t) for n, (c, t) in agg.items()), key=lambda r: -r[2])
 
 
 def main() -> int:
@@ -94,6 +116,9 @@ def main() -> int:
         pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(25)
         lines += ["", f"cProfile of {args.calls} attention_bwd calls (own time):", "", "```",
                   *[ln.rstrip() for ln in s.getvalue().splitlines() if ln.strip()][:45], "```"]
+        lines += ["", "CUDA runtime calls per attention_bwd call (torch.profiler, host us):", "",
+                  "| runtime call | calls per call | host us per call |", "|---|---|---|",
+                  *[f"| `{n}` | {c:.1f} | {t:.1f} |" for n, c, t in runtime_calls(fn, 20)]]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
