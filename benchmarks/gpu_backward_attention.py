@@ -42,7 +42,8 @@ try:
 except ImportError:  # --render needs neither torch nor a GPU
     torch = None
 
-from gpu_bench_util import command_line, git_commit, median_ms, median_ms_rounds, write_atomic
+from gpu_bench_util import (command_line, git_commit, kernel_us, median_ms, median_ms_rounds,
+                            write_atomic)
 
 import samba_ext
 from samba_ext import grad
@@ -61,27 +62,6 @@ def window_pairs(L: int, W: int | None) -> int:
     if W is None or W >= L:
         return L * (L + 1) // 2
     return W * (W + 1) // 2 + (L - W) * W
-
-
-def kernel_us(fn, calls: int = 5) -> dict[str, float]:
-    """Device microseconds per call of each kernel fn() launches (torch.profiler, CUPTI);
-    the key "(all kernels)" holds their sum."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-    agg: dict[str, float] = {}
-    for ev in prof.events():
-        if str(getattr(ev, "device_type", "")) != "DeviceType.CUDA":
-            continue
-        t = ev.device_time if hasattr(ev, "device_time") else ev.cuda_time
-        agg[ev.name[:60]] = agg.get(ev.name[:60], 0.0) + t / calls
-    agg["(all kernels)"] = sum(agg.values())
-    return agg
 
 
 def flex_backward(q, k, v, do, L: int, W: int | None, gqa: bool):

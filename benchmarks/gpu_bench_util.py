@@ -101,26 +101,45 @@ def write_marked(path: str, script: str, block: str) -> str:
     return text
 
 
+def _cuda_profile(fn: Callable[[], Any], calls: int, warmup: int) -> Any:
+    """torch.profiler (CUDA activity) over ``calls`` calls of fn() after ``warmup``."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    return prof
+
+
 def device_ms(fn: Callable[[], Any], calls: int = 10, warmup: int = 3) -> Optional[float]:
     """Milliseconds of device time (kernels, copies, fills) per call of fn(), summed from the
     torch profiler (CUPTI) over ``calls`` calls after ``warmup``, so that the host-side cost of
     a Python call does not count; None where the profiler gives no device times."""
-    import torch
-
     try:
-        from torch.profiler import ProfilerActivity, profile
-
-        for _ in range(warmup):
-            fn()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(calls):
-                fn()
-            torch.cuda.synchronize()
+        prof = _cuda_profile(fn, calls, warmup)
         tot = sum(float(getattr(e, "self_device_time_total", 0.0)) for e in prof.key_averages())
         return tot / calls / 1000.0 if tot > 0 else None
     except (RuntimeError, ImportError, AttributeError):
         return None
+
+
+def kernel_us(fn: Callable[[], Any], calls: int = 5, warmup: int = 1) -> dict[str, float]:
+    """Device microseconds per call of each kernel (or copy, fill) fn() runs, by name (first
+    60 characters), from the torch profiler; the key "(all kernels)" holds their sum."""
+    prof = _cuda_profile(fn, calls, warmup)
+    agg: dict[str, float] = {}
+    for ev in prof.events():
+        if str(getattr(ev, "device_type", "")) != "DeviceType.CUDA":
+            continue
+        t = ev.device_time if hasattr(ev, "device_time") else ev.cuda_time
+        agg[ev.name[:60]] = agg.get(ev.name[:60], 0.0) + t / calls
+    agg["(all kernels)"] = sum(agg.values())
+    return agg
 
 
 def copy_bandwidth_Bps(nbytes: int = 1 << 30) -> float:
