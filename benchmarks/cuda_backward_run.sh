@@ -3,18 +3,20 @@
 # backward tests of attention / RMSNorm / SwiGLU / rotary (and the forward attention tests, the
 # tensor-core prefill being shared), compute-sanitizer (memcheck on the small backward tests,
 # racecheck on one small call per kernel configuration, the wgmma kernel's included) and
-# benchmarks/gpu_backward_attention.py (the mma and wgmma kernels in one run); print a short table.
+# benchmarks/gpu_backward_attention.py (the mma and wgmma kernels in one run, each kernel's device
+# time traced) and benchmarks/gpu_host_overhead.py (the host's time per call); print a short table.
 #
 # Usage (from the repository root):  bash benchmarks/cuda_backward_run.sh [steps]
-#   steps: comma-separated subset of build,tests,memcheck,racecheck,bench,knobs
-#   (default: the first five; knobs re-times samba_ext's backward alone with
+#   steps: comma-separated subset of build,tests,memcheck,racecheck,bench,host,knobs
+#   (default: the first six; host appends gpu_host_overhead.py --profile to bench.log and
+#   prints it; knobs re-times samba_ext's backward alone with
 #   SAMBA_EXT_ATTN_BWD_WARPS=4 and with SAMBA_EXT_ATTN_BWD_SPLIT=1 / 8, appended to bench.log)
 # Environment: OUT (log folder, default ./out), SAMBA_EXT_CUDA_ARCHS (default 90),
 #   GIT_COMMIT (recorded in the logs), SAN_TIMEOUT (seconds per sanitizer run, default 300),
 #   BENCH_TIMEOUT (default 400).
 # Files written to $OUT (8 at most): build.log, tests.log, memcheck.log, racecheck.log,
 #   bench.log, gpu_backward_attention.md, gpu_backward_attention.json, summary.md
-STEPS=${1:-build,tests,memcheck,racecheck,bench}
+STEPS=${1:-build,tests,memcheck,racecheck,bench,host}
 source "$(dirname "$0")/cuda_run_common.sh"
 SAN_TIMEOUT=${SAN_TIMEOUT:-300}
 header
@@ -50,11 +52,18 @@ fi
 
 if has bench; then
     t0=$(date +%s)
-    timeout "${BENCH_TIMEOUT:-400}" $PY benchmarks/gpu_backward_attention.py --out "$OUT" \
+    timeout "${BENCH_TIMEOUT:-400}" $PY benchmarks/gpu_backward_attention.py --trace --out "$OUT" \
         > "$OUT/bench.log" 2>&1
     rc=$?
     row bench "$([ $rc = 0 ] && echo ok || echo "rc=$rc")" "$(( $(date +%s) - t0 )) s"
     [ $rc = 0 ] || tail -30 "$OUT/bench.log"
+fi
+if has host; then
+    echo "== gpu_host_overhead.py --profile ==" >> "$OUT/bench.log"
+    (cd benchmarks && timeout 120 $PY gpu_host_overhead.py --profile) > /tmp/host_overhead.log 2>&1
+    row host "rc=$?" "bench.log"
+    cat /tmp/host_overhead.log >> "$OUT/bench.log"
+    cat /tmp/host_overhead.log
 fi
 if has knobs; then
     for kv in SAMBA_EXT_ATTN_BWD_WARPS=4 SAMBA_EXT_ATTN_BWD_SPLIT=1 SAMBA_EXT_ATTN_BWD_SPLIT=8; do
