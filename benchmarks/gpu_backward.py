@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 import samba_ext  # noqa: E402
 from samba_ext import cuda as scuda  # noqa: E402
 from samba_ext import grad  # noqa: E402
-from gpu_bench_util import median_ms, rel, write_atomic, write_marked  # noqa: E402
+from gpu_bench_util import kernel_us, median_ms, rel, write_atomic, write_marked  # noqa: E402
 
 TARGET = 2.5
 EXP_RATE_PER_SM = 16  # exp2 (MUFU) results per clock per multiprocessor on sm_90
@@ -80,6 +80,28 @@ def time_call(fn: Callable[[], Any], reps: int, calls: int) -> tuple[float, str]
         scuda.synchronize()
         ts.append((time.perf_counter() - t0) * 1e3 / calls)
     return statistics.median(ts), "wall time between synchronisations"
+
+
+def fwd_kernels(fn: Callable[[], Any]) -> Optional[dict[str, float]]:
+    """The kernels the forward runs, device us per call (torch.profiler), so that a run
+    records which forward kernel its ratio is against; None without torch."""
+    if _torch_events() is None:
+        return None
+    try:
+        return {k: round(v, 1) for k, v in kernel_us(fn, calls=3).items()}
+    except (RuntimeError, AttributeError):
+        return None
+
+
+def kernel_lines(rows: list[dict]) -> list[str]:
+    """One line per forward row with its kernels (none where they were not recorded)."""
+    out = []
+    for r in rows:
+        ks = r.get("kernels_us")
+        if ks:
+            parts = [f"`{n}` {t:.1f}" for n, t in ks.items() if n != "(all kernels)"]
+            out.append(f"- {r['op']} {r['shape']}: " + ", ".join(parts) + " us")
+    return ["", "Forward kernels (device us per call, torch.profiler):", "", *out] if out else []
 
 
 def set_env(**kv: str) -> None:
@@ -133,7 +155,8 @@ def scan_rows(rng: np.random.Generator, batch: int, dim: int, L: int, reps: int,
     fwd_ms, method = time_call(fwd, reps, calls)
     floor = batch * dim * L * N / exp_rate * 1e3
     rows = [dict(op="selective_scan fwd", shape=shape, variant="default", ms=fwd_ms,
-                 exp_floor_ms=floor, ratio=None, rel_diff=None, method=method)]
+                 exp_floor_ms=floor, ratio=None, rel_diff=None, method=method,
+                 kernels_us=fwd_kernels(fwd))]
     ref = None
     for v in variants:
         set_env(**{f"SAMBA_EXT_SCAN_BWD_{k}": v.get(k, "") for k in KNOBS})
@@ -254,7 +277,7 @@ def main() -> None:
           "twice that for the backward, which recomputes the states once per step besides "
           f"the checkpoint pass) at {EXP_RATE_PER_SM} per clock per SM at {clock / 1e9:.2f} "
           "GHz. rel. diff: largest relative-norm difference of du and dB against the default "
-          "variant (the same sums in another order)."]
+          "variant (the same sums in another order).", *kernel_lines(rows)]
     path = str(out / "gpu_backward.md")
     if not os.path.exists(path):
         write_atomic(path, "# GPU backward benchmark (selective scan, causal conv1d)\n\n")

@@ -87,3 +87,32 @@ def test_command_line_leaves_out_the_output_folder():
         "python3 benchmarks/x.py --reps 5"
     assert command_line("x.py", ["--out=/tmp/w", "--no-flex"]) == "python3 benchmarks/x.py --no-flex"
     assert command_line("x.py", []) == "python3 benchmarks/x.py"
+
+
+def test_kernel_tables_from_a_traced_run():
+    # the H200 run saved with --trace: one table per case and implementation, each kernel's
+    # device time, and a header line with the call's time against the kernels' sum
+    with open(os.path.join(ROOT, "benchmarks", "results", "gpu_backward_attention_h200.json")) as f:
+        saved = json.load(f)
+    md = gba.kernel_tables(saved["rows"], saved["peers"])
+    assert md[1].startswith("## Kernels")
+    heads = [ln for ln in md if ", samba_ext: call " in ln]
+    assert len(heads) == len(saved["rows"])
+    r = saved["rows"][0]
+    total = r["samba_ext_kernels_us"]["(all kernels)"]
+    assert f"call {1e3 * r['samba_ext_ms']:.0f} us, kernels {total:.0f} us" in heads[0]
+    assert not any("(all kernels)" in ln for ln in md)  # the sum is in the header, not a row
+    untraced = [{k: v for k, v in r.items() if not k.endswith("_kernels_us")}
+                for r in saved["rows"]]
+    assert gba.kernel_tables(untraced, saved["peers"]) == []
+
+
+def test_forward_kernel_lines():
+    # gpu_backward.py's note of the kernels each forward row ran (rows without them add nothing)
+    import gpu_backward as gb
+    rows = [{"op": "selective_scan fwd", "shape": "b1 d8", "kernels_us": {"k1": 12.0, "k2": 3.25,
+                                                                           "(all kernels)": 15.25}},
+            {"op": "selective_scan bwd", "shape": "b1 d8"}]
+    lines = gb.kernel_lines(rows)
+    assert lines[-1] == "- selective_scan fwd b1 d8: `k1` 12.0, `k2` 3.2 us"
+    assert gb.kernel_lines(rows[1:]) == []
