@@ -106,13 +106,3 @@ def test_kernel_tables_from_a_traced_run():
                 for r in saved["rows"]]
     assert gba.kernel_tables(untraced, saved["peers"]) == []
 
-
-def test_forward_kernel_lines():
-    # gpu_backward.py's note of the kernels each forward row ran (rows without them add nothing)
-    import gpu_backward as gb
-    rows = [{"op": "selective_scan fwd", "shape": "b1 d8", "kernels_us": {"k1": 12.0, "k2": 3.25,
-                                                                           "(all kernels)": 15.25}},
-            {"op": "selective_scan bwd", "shape": "b1 d8"}]
-    lines = gb.kernel_lines(rows)
-    assert lines[-1] == "- selective_scan fwd b1 d8: `k1` 12.0, `k2` 3.2 us"
-    assert gb.kernel_lines(rows[1:]) == []
