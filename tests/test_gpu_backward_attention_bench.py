@@ -105,4 +105,3 @@ def test_kernel_tables_from_a_traced_run():
     untraced = [{k: v for k, v in r.items() if not k.endswith("_kernels_us")}
                 for r in saved["rows"]]
     assert gba.kernel_tables(untraced, saved["peers"]) == []
-
