@@ -82,9 +82,10 @@ def time_call(fn: Callable[[], Any], reps: int, calls: int) -> tuple[float, str]
     return statistics.median(ts), "wall time between synchronisations"
 
 
-def fwd_kernels(fn: Callable[[], Any]) -> Optional[dict[str, float]]:
-    """The kernels the forward runs, device us per call (torch.profiler), so that a run
-    records which forward kernel its ratio is against; None without torch."""
+def call_kernels(fn: Callable[[], Any]) -> Optional[dict[str, float]]:
+    """The kernels one call runs, device us per call (torch.profiler), so that a run records
+    which kernels its times are of, and their device time apart from the host's cost of the
+    call (a short call timed back to back is bound by the host); None without torch."""
     if _torch_events() is None:
         return None
     try:
@@ -94,14 +95,24 @@ def fwd_kernels(fn: Callable[[], Any]) -> Optional[dict[str, float]]:
 
 
 def kernel_lines(rows: list[dict]) -> list[str]:
-    """One line per forward row with its kernels (none where they were not recorded)."""
-    out = []
+    """One line per row with recorded kernels (the forward and the default backward of each
+    batch): the kernels, their sum, and for the backward its ratio to the forward on device
+    time alone; nothing where no kernels were recorded."""
+    out, fwd_us = [], None
     for r in rows:
         ks = r.get("kernels_us")
-        if ks:
-            parts = [f"`{n}` {t:.1f}" for n, t in ks.items() if n != "(all kernels)"]
-            out.append(f"- {r['op']} {r['shape']}: " + ", ".join(parts) + " us")
-    return ["", "Forward kernels (device us per call, torch.profiler):", "", *out] if out else []
+        if not ks:
+            continue
+        parts = [f"`{n}` {t:.1f}" for n, t in ks.items() if n != "(all kernels)"]
+        tot = ks["(all kernels)"]
+        line = f"- {r['op']} {r['shape']}: " + ", ".join(parts) + f" us; sum {tot:.1f} us"
+        if r["op"].endswith("fwd"):
+            fwd_us = tot
+        elif fwd_us:
+            line += f", {tot / fwd_us:.2f}x the forward's"
+        out.append(line)
+    return ["", "Kernels (device us per call, torch.profiler; the forward and the default "
+            "backward):", "", *out] if out else []
 
 
 def set_env(**kv: str) -> None:
@@ -156,7 +167,7 @@ def scan_rows(rng: np.random.Generator, batch: int, dim: int, L: int, reps: int,
     floor = batch * dim * L * N / exp_rate * 1e3
     rows = [dict(op="selective_scan fwd", shape=shape, variant="default", ms=fwd_ms,
                  exp_floor_ms=floor, ratio=None, rel_diff=None, method=method,
-                 kernels_us=fwd_kernels(fwd))]
+                 kernels_us=call_kernels(fwd))]
     ref = None
     for v in variants:
         set_env(**{f"SAMBA_EXT_SCAN_BWD_{k}": v.get(k, "") for k in KNOBS})
@@ -169,7 +180,7 @@ def scan_rows(rng: np.random.Generator, batch: int, dim: int, L: int, reps: int,
         del g
         ms, method = time_call(bwd, reps, calls)
         rows.append(dict(op="selective_scan bwd", shape=shape, variant=variant_name(v), ms=ms, exp_floor_ms=2 * floor, ratio=ms / fwd_ms, rel_diff=diff,
-                         method=method))
+                         method=method, kernels_us=None if v else call_kernels(bwd)))
     set_env(**{f"SAMBA_EXT_SCAN_BWD_{k}": "" for k in KNOBS})
     return rows
 
