@@ -101,15 +101,17 @@ def write_marked(path: str, script: str, block: str) -> str:
     return text
 
 
-def _cuda_profile(fn: Callable[[], Any], calls: int, warmup: int) -> Any:
-    """torch.profiler (CUDA activity) over ``calls`` calls of fn() after ``warmup``."""
+def profile_calls(fn: Callable[[], Any], calls: int, warmup: int, host: bool = False) -> Any:
+    """torch.profiler over ``calls`` calls of fn() after ``warmup``: the device activity, and
+    with ``host`` the host's too (the CUDA runtime calls among it)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    acts = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if host else [ProfilerActivity.CUDA]
+    with profile(activities=acts) as prof:
         for _ in range(calls):
             fn()
         torch.cuda.synchronize()
@@ -121,7 +123,7 @@ def device_ms(fn: Callable[[], Any], calls: int = 10, warmup: int = 3) -> Option
     torch profiler (CUPTI) over ``calls`` calls after ``warmup``, so that the host-side cost of
     a Python call does not count; None where the profiler gives no device times."""
     try:
-        prof = _cuda_profile(fn, calls, warmup)
+        prof = profile_calls(fn, calls, warmup)
         tot = sum(float(getattr(e, "self_device_time_total", 0.0)) for e in prof.key_averages())
         return tot / calls / 1000.0 if tot > 0 else None
     except (RuntimeError, ImportError, AttributeError):
@@ -131,7 +133,7 @@ def device_ms(fn: Callable[[], Any], calls: int = 10, warmup: int = 3) -> Option
 def kernel_us(fn: Callable[[], Any], calls: int = 5, warmup: int = 1) -> dict[str, float]:
     """Device microseconds per call of each kernel (or copy, fill) fn() runs, by name (first
     60 characters), from the torch profiler; the key "(all kernels)" holds their sum."""
-    prof = _cuda_profile(fn, calls, warmup)
+    prof = profile_calls(fn, calls, warmup)
     agg: dict[str, float] = {}
     for ev in prof.events():
         if str(getattr(ev, "device_type", "")) != "DeviceType.CUDA":

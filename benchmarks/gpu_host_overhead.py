@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import torch
 
-from gpu_bench_util import command_line, git_commit, write_atomic
+from gpu_bench_util import command_line, git_commit, profile_calls, write_atomic
 
 from samba_ext import grad
 
@@ -52,14 +52,7 @@ def host_us(fn: Callable[[], Any], calls: int) -> float:
 
 def runtime_calls(fn: Callable[[], Any], calls: int) -> list[tuple[str, float, float]]:
     """(CUDA runtime function, calls, host microseconds) per fn() call, largest first."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
+    prof = profile_calls(fn, calls, warmup=1, host=True)
     agg: dict[str, list[float]] = {}
     for ev in prof.events():
         if str(getattr(ev, "device_type", "")) != "DeviceType.CPU" or not ev.name.startswith("cu"):
