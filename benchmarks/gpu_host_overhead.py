@@ -6,7 +6,8 @@ Usage (on a machine with a CUDA GPU, torch installed, samba_ext built with CUDA)
     python3 benchmarks/gpu_host_overhead.py [--calls N] [--out DIR] [--profile]
 
 Cases: grad.attention_fwd and grad.attention_bwd (bf16 torch tensors, batch 1, L 128, 32 query
-/ 4 kv heads of 64, window 64), and for comparison an empty torch op (x.add_(0)). For each, the
+/ 4 kv heads of 64, window 64), attention_bwd on the same values as samba_ext DeviceArrays (no
+DLPack import, no torch stream query), and for comparison an empty torch op (x.add_(0)). For each, the
 median over 5 rounds of (wall time of N back-to-back calls) / N, with the device synchronised
 before and after each round; the GPU is idle most of that time, so the figure is the host's
 cost per call. --profile adds cProfile's top entries (by own time) for attention_bwd, which
@@ -32,6 +33,7 @@ import torch
 
 from gpu_bench_util import command_line, git_commit, profile_calls, write_atomic
 
+from samba_ext import cuda as samba_cuda
 from samba_ext import grad
 
 
@@ -81,12 +83,18 @@ def main() -> int:
     q, k, v, do = rnd(1, L, H, hd), rnd(1, L, Hkv, hd), rnd(1, L, Hkv, hd), rnd(1, L, H, hd)
     ws = (63, 0)
     out, lse = grad.attention_fwd(q, k, v, None, True, ws)
+    # the same tensors as samba_ext DeviceArrays (no DLPack import, no torch stream query)
+    dq_, dk_, dv_, ddo = (samba_cuda.to_device(t.float().cpu().numpy(), "bfloat16")
+                          for t in (q, k, v, do))
+    dout_, dlse = grad.attention_fwd(dq_, dk_, dv_, None, True, ws)
     x = torch.zeros(16, device="cuda")
     cases = {
         "torch x.add_(0) (reference)": lambda: x.add_(0),
         "grad.attention_fwd": lambda: grad.attention_fwd(q, k, v, None, True, ws),
         "grad.attention_bwd": lambda: grad.attention_bwd(q, k, v, None, True, ws, dout=do,
                                                          out=out, lse=lse),
+        "grad.attention_bwd (DeviceArray inputs)": lambda: grad.attention_bwd(
+            dq_, dk_, dv_, None, True, ws, dout=ddo, out=dout_, lse=dlse),
     }
     lines = ["# Host time per samba_ext GPU call", "",
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}, commit "
