@@ -94,6 +94,35 @@ def test_torch_inputs_and_out_without_copy(rng):
                                                                                   device="cuda"))
 
 
+def test_torch_inputs_read_from_their_attributes(rng, monkeypatch):
+    """Plain CUDA tensors are read from data_ptr / shape / stride (no DLPack export): the
+    same values with torch's __dlpack__ disabled, for a strided view with a storage offset
+    and for a tensor written on torch's current side stream just before the call."""
+    torch = _torch()
+    base = torch.randn(5, 70, device="cuda")
+    g, u = base[1:, 3:67], base[:4, 2:66].t().contiguous().t()  # offset rows; column-major
+    ref = swiglu_ref(g.cpu().numpy(), u.cpu().numpy())
+
+    def no_export(self, *a, **k):
+        raise AssertionError("__dlpack__ called")
+    monkeypatch.setattr(torch.Tensor, "__dlpack__", no_export)
+    assert_close(host(samba_ext.swiglu(g, u)), ref, 1e-5)
+    s = torch.cuda.Stream()
+    x = torch.full((1 << 20,), float("nan"), device="cuda")
+    src = torch.randn(1 << 20, device="cuda")
+    torch.cuda.synchronize()
+    with torch.cuda.stream(s):
+        torch.cuda._sleep(50_000_000)
+        x.copy_(src)
+        y = samba_ext.swiglu(x, x)  # stream=None: torch's current stream, s
+    assert y.stream == s.cuda_stream
+    assert_close(y.to_numpy(), swiglu_ref(src.cpu().numpy(), src.cpu().numpy()), 1e-5)
+    # anything else still goes through DLPack: a requires_grad tensor is refused there
+    with pytest.raises(AssertionError, match="__dlpack__"):
+        samba_ext.swiglu(torch.ones(3, device="cuda", requires_grad=True),
+                         torch.ones(3, device="cuda"))
+
+
 def test_cupy_round_trip_without_copy(rng):
     cp = _cupy()
     a = cp.asarray(rng.standard_normal((3, 33)).astype(np.float32))

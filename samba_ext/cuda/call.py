@@ -15,9 +15,11 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from .array import DeviceArray
-from .interop import ArrayView, cuda_device_of, describe, import_array, is_cuda_array
+from .interop import ArrayView, cuda_device_of, describe, import_array, is_cuda_array, \
+    torch_view
 from .layout import DTYPES, FLOATS, INTS, c_strides, host_contig, nocopy_reshape
-from .runtime import current_framework_stream, launch, recorder, require, stream_handle
+from .runtime import current_framework_stream, launch, norm_stream, recorder, require, \
+    stream_handle
 
 __all__ = ["Call", "view", "default_stream", "strides_bgnl"]
 
@@ -72,8 +74,12 @@ class Call:
         self.host = not gpu
         self.device = cuda_device_of(gpu[0]) if gpu else 0
         self.cu.set_device(self.device)
+        # torch tensors read through torch_view: has this call's stream been ordered after
+        # torch's current stream? (already so when it is that stream)
+        self.torch_ordered = False
         if stream is None:
             self.stream, self.keep_stream = default_stream(gpu, self.device)
+            self.torch_ordered = type(self.keep_stream).__module__.startswith("torch")
         else:
             self.stream = stream_handle(stream)
             self.keep_stream = None if isinstance(stream, (int, np.integer)) else stream
@@ -133,7 +139,11 @@ class Call:
         if x is None:
             return None
         if is_cuda_array(x):
-            a = view(x, name, self.stream, self.device)
+            a = torch_view(x, name, self.device)
+            if a is None:
+                a = view(x, name, self.stream, self.device)
+            elif not self.torch_ordered:
+                self.order_after_torch()
         else:
             a = self._upload(x, name, kind)
         if kind == "float" and a.dtype not in FLOATS:
@@ -145,6 +155,16 @@ class Call:
             raise ValueError(f"{name}: expected a {want} array, got shape {a.shape}")
         self.keep.append(a.keep)
         return a
+
+    def order_after_torch(self) -> None:
+        """This call's stream waits for torch's current stream on the call's device (once per
+        call: torch tensors are produced in that stream's order)."""
+        import torch
+
+        ts = norm_stream(int(torch.cuda.current_stream(self.device).cuda_stream))
+        if ts != self.stream:
+            self.cu.stream_wait(self.stream, ts)
+        self.torch_ordered = True
 
     def convert(self, a: ArrayView, dtype: Optional[str] = None) -> ArrayView:
         """A C-contiguous copy of `a` (converted to `dtype`)."""

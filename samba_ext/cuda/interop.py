@@ -8,6 +8,7 @@ for the array's pending work).
 """
 from __future__ import annotations
 
+import sys
 from typing import Any, Optional
 
 import numpy as np
@@ -17,7 +18,7 @@ from .layout import DTYPES, FROM_DL, FROM_TYPESTR, KDLCUDA, KDLCUDA_MANAGED, c_s
 from .runtime import DeviceGuard, dl_stream, flush_recorder, norm_stream, require
 
 __all__ = ["ArrayView", "is_cuda_array", "cuda_device_of", "describe", "import_array",
-           "export_dlpack", "export_cai"]
+           "torch_view", "export_dlpack", "export_cai"]
 
 # ------------------------------------------------------------------------ array import ---
 class ArrayView:
@@ -42,7 +43,15 @@ class ArrayView:
         return is_c_contig(self.shape, self.strides)
 
 
+def _torch_tensor(x: Any) -> bool:
+    """x is a torch.Tensor (checked without importing torch: only when torch is loaded)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
 def is_cuda_array(x: Any) -> bool:
+    if _torch_tensor(x):
+        return bool(x.is_cuda)
     if x is None or isinstance(x, (np.ndarray, np.generic, int, float, list, tuple, str)):
         return False
     dev = getattr(x, "__dlpack_device__", None)
@@ -55,6 +64,8 @@ def is_cuda_array(x: Any) -> bool:
 
 
 def cuda_device_of(x: Any) -> int:
+    if _torch_tensor(x) and x.is_cuda:
+        return int(x.get_device())
     dev = getattr(x, "__dlpack_device__", None)
     if dev is not None:
         try:
@@ -66,6 +77,31 @@ def cuda_device_of(x: Any) -> int:
 
 def describe(x: Any) -> str:
     return type(x).__module__.split(".")[0] + "." + type(x).__name__
+
+
+_TORCH_DTYPES: dict = {}  # torch.dtype -> dtype name, filled on first use
+
+
+def torch_view(x: Any, name: str, device: int) -> Optional[ArrayView]:
+    """A view of a plain strided CUDA torch tensor read from its attributes (pointer, shape,
+    strides: what its DLPack capsule would hold, without torch's per-tensor Python export);
+    None for anything else (other types, subclasses, requires_grad, conjugate or negative
+    bit, other dtypes), which :func:`import_array` handles or refuses. The caller orders
+    torch's current stream before its own (what ``__dlpack__(stream=...)`` does per tensor)."""
+    torch = sys.modules.get("torch")
+    if torch is None or type(x) is not torch.Tensor or not x.is_cuda or x.requires_grad \
+            or x.layout != torch.strided or x.is_conj() or x.is_neg():
+        return None
+    if not _TORCH_DTYPES:
+        _TORCH_DTYPES.update({getattr(torch, n): n for n in DTYPES})
+    dtype = _TORCH_DTYPES.get(x.dtype)
+    if dtype is None:
+        return None
+    dev_id = x.get_device()
+    if dev_id != device:
+        raise ValueError(f"{name}: is on cuda:{dev_id} but the other inputs are on "
+                         f"cuda:{device}")
+    return ArrayView(x.data_ptr(), tuple(x.shape), tuple(x.stride()), dtype, dev_id, x)
 
 
 def import_array(x: Any, name: str, stream: int, device: int) -> ArrayView:
