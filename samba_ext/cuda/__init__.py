@@ -33,7 +33,8 @@ Every op here takes the same arguments as its namesake in :mod:`samba_ext.kernel
   (cupy) or ``__cuda_stream__``). With ``stream=None`` it is the current stream of the
   framework of the inputs (torch / cupy), the stream of an input DeviceArray, or the legacy
   default stream. Inputs are requested for that stream (``__dlpack__(stream=...)``), so the
-  producer orders its pending work before ours.
+  producer orders its pending work before ours (plain torch tensors are read from their
+  pointer and strides, and the stream waits once for torch's current stream instead).
 * Errors: a failed launch raises :class:`CudaError` (a RuntimeError) naming the kernel;
   set ``SAMBA_EXT_CUDA_SYNC=1`` to synchronize after every launch so that an asynchronous
   fault is reported by the kernel that caused it. Without a usable GPU every function

@@ -3,14 +3,15 @@
 CPU tensors become NumPy arrays (no copy when float32 and contiguous; bfloat16 goes through
 float32, NumPy has no bfloat16) and the float32 NumPy results are wrapped by
 ``torch.from_numpy`` (no copy). CUDA tensors are handed to the kernel API as they are: it
-reads them in place through DLPack (any strides; float32, float16 and bfloat16; float64 is
+reads them in place (any strides; float32, float16 and bfloat16; float64 is
 converted to float32 on the device first, the CUDA kernels do not read it), and its
 :class:`samba_ext.DeviceArray` results are wrapped by ``torch.from_dlpack`` (no copy). No data
 crosses between host and device.
 
 Streams: with ``stream=None`` (what samba_ext.torch passes) the kernel API queues its CUDA
-work on ``torch.cuda.current_stream(device)`` of the inputs' device, and imports the inputs
-(``__dlpack__(stream=...)``) and exports the results for that same stream, so the calls are
+work on ``torch.cuda.current_stream(device)`` of the inputs' device, reads the inputs on it
+(their pointers and strides, samba_ext.cuda.interop.torch_view) and exports the results for
+that same stream, so the calls are
 ordered with the surrounding torch work like any torch op on the current stream (and torch's
 caching allocator, which reuses freed blocks in that stream's order, never hands an input's
 memory out while a kernel still reads it). Result memory comes from samba_ext's

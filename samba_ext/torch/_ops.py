@@ -2,7 +2,7 @@
 
 Each op hands its tensors to samba_ext.kernels / samba_ext.grad through :mod:`._device`:
 CPU tensors as NumPy arrays (the C kernels; float32 results), CUDA tensors as they are (the
-CUDA kernels, read in place through DLPack; results wrapped with torch.from_dlpack, on the
+CUDA kernels, read in place; results wrapped with torch.from_dlpack, on the
 current torch stream). Output dtypes: the CPU kernels return float32; the CUDA kernels write
 the outputs that follow an input (y, out, du, ddelta, dz, dx, dq, dk, dv) in that input's
 dtype (float32 / float16 / bfloat16; float64 inputs are computed as float32) and states,
