@@ -42,7 +42,8 @@ __global__ void attn_bwd_prep_kernel(samba_cu_attn_ext_args p, float *delta, flo
     const int lane = threadIdx.x & 31, hd = (int)p.headdim;
     const int64_t wpb = blockDim.x >> 5;
     for (int64_t r = blockIdx.x * wpb + (threadIdx.x >> 5); r < rows; r += (int64_t)gridDim.x * wpb) {
-        const int64_t h = r % p.nheads, i = (r / p.nheads) % p.seqlen_q;
+        // r enumerates (b, h, i), i fastest: the layout of lse, delta and lse2
+        const int64_t i = r % p.seqlen_q, h = (r / p.seqlen_q) % p.nheads;
         const int64_t b = r / (p.nheads * p.seqlen_q);
         const int64_t ob = b * p.o_stride[0] + i * p.o_stride[1] + h * p.o_stride[2];
         const int64_t db = b * p.do_stride[0] + i * p.do_stride[1] + h * p.do_stride[2];
@@ -50,10 +51,9 @@ __global__ void attn_bwd_prep_kernel(samba_cu_attn_ext_args p, float *delta, flo
         for (int c = lane; c < hd; c += 32) acc += ldf(p.dout, db + c) * ldf(p.out, ob + c);
         acc = warp_sum(acc);
         if (lane == 0) {
-            const int64_t at = (b * p.nheads + h) * p.seqlen_q + i;
-            const float l = p.lse[at];
-            delta[at] = acc;
-            lse2[at] = l == -INFINITY ? INFINITY : l * ABW_LOG2E;
+            const float l = p.lse[r];
+            delta[r] = acc;
+            lse2[r] = l == -INFINITY ? INFINITY : l * ABW_LOG2E;
         }
     }
 }
@@ -71,7 +71,9 @@ __global__ void attn_bwd_prep_vec_kernel(samba_cu_attn_ext_args p, float *delta,
     const int64_t step = (int64_t)gridDim.x * wpb * rpw;
     for (int64_t base = (blockIdx.x * wpb + (threadIdx.x >> 5)) * rpw; base < rows; base += step) {
         const int64_t r = base + lane / g;
-        const unsigned ru = (unsigned)r, h = ru % H, t = ru / H, i = t % L, b = t / L;
+        // r enumerates (b, h, i), i fastest: the layout of lse, delta and lse2, so a warp's
+        // rows read and write consecutive floats there
+        const unsigned ru = (unsigned)r, i = ru % L, t = ru / L, h = t % H, b = t / H;
         float acc = 0.0f;
         if (r < rows && sub < nch) {
             float x[8], y[8];
@@ -82,10 +84,9 @@ __global__ void attn_bwd_prep_vec_kernel(samba_cu_attn_ext_args p, float *delta,
         }
         for (int o = g >> 1; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
         if (r < rows && sub == 0) {
-            const int64_t at = ((int64_t)b * p.nheads + h) * p.seqlen_q + i;
-            const float l = p.lse[at];
-            delta[at] = acc;
-            lse2[at] = l == -INFINITY ? INFINITY : l * ABW_LOG2E;
+            const float l = p.lse[r];
+            delta[r] = acc;
+            lse2[r] = l == -INFINITY ? INFINITY : l * ABW_LOG2E;
         }
     }
 }
