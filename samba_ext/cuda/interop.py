@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ..ops.meta import is_torch_tensor
 from .layout import DTYPES, FROM_DL, FROM_TYPESTR, KDLCUDA, KDLCUDA_MANAGED, c_strides, \
     is_c_contig
 from .runtime import DeviceGuard, dl_stream, flush_recorder, norm_stream, require
@@ -43,14 +44,8 @@ class ArrayView:
         return is_c_contig(self.shape, self.strides)
 
 
-def _torch_tensor(x: Any) -> bool:
-    """x is a torch.Tensor (checked without importing torch: only when torch is loaded)."""
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
-
-
 def is_cuda_array(x: Any) -> bool:
-    if _torch_tensor(x):
+    if is_torch_tensor(x):
         return bool(x.is_cuda)
     if x is None or isinstance(x, (np.ndarray, np.generic, int, float, list, tuple, str)):
         return False
@@ -64,7 +59,7 @@ def is_cuda_array(x: Any) -> bool:
 
 
 def cuda_device_of(x: Any) -> int:
-    if _torch_tensor(x) and x.is_cuda:
+    if is_torch_tensor(x) and x.is_cuda:
         return int(x.get_device())
     dev = getattr(x, "__dlpack_device__", None)
     if dev is not None:

@@ -8,12 +8,14 @@ reports them) strides are read.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["ArrayMeta", "meta", "on_cuda", "describe", "FLOAT_DTYPES", "INT_DTYPES"]
+__all__ = ["ArrayMeta", "meta", "on_cuda", "is_torch_tensor", "describe", "FLOAT_DTYPES",
+           "INT_DTYPES"]
 
 _KDLCUDA, _KDLCUDA_MANAGED = 2, 13
 
@@ -54,8 +56,16 @@ def describe(x: Any) -> str:
     return (t.__module__ or "").split(".")[0] + "." + t.__name__
 
 
+def is_torch_tensor(x: Any) -> bool:
+    """x is a torch.Tensor (checked only when torch is loaded; never imports it)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
 def on_cuda(x: Any) -> bool:
     """True for an array that lives on a CUDA device (DLPack device type 2/13, or CAI)."""
+    if is_torch_tensor(x):  # its is_cuda attribute, not torch's Python __dlpack_device__
+        return bool(x.is_cuda)
     if x is None or isinstance(x, (np.ndarray, np.generic, int, float, complex, str, bytes,
                                    list, tuple, dict)):
         return False
