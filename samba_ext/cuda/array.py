@@ -8,6 +8,7 @@ it (:class:`~samba_ext.cuda.runtime.DeviceGuard`).
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -62,7 +63,7 @@ class DeviceArray:
         if any(s < 0 for s in shape):
             raise ValueError(f"shape: negative dimension in {shape}")
         s = stream_handle(stream)
-        n = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype][1]
+        n = math.prod(shape) * DTYPES[dtype][1]
         rec = recorder()
         got = rec.alloc(n) if rec is not None else None
         if got is not None:

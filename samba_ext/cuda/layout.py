@@ -5,6 +5,7 @@ the kernels of csrc/cuda read the code. Strides are in elements, as in the C ent
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -35,6 +36,12 @@ def host_contig(a: np.ndarray, dtype: Any = None) -> np.ndarray:
 
 
 def c_strides(shape: Sequence[int]) -> tuple[int, ...]:
+    """Element strides of a C-contiguous array of ``shape`` (size-0 axes count as 1)."""
+    return _c_strides(shape if type(shape) is tuple else tuple(shape))
+
+
+@functools.lru_cache(maxsize=256)
+def _c_strides(shape: tuple) -> tuple[int, ...]:  # cached: every call's arrays ask for it
     st, acc = [], 1
     for n in reversed(shape):
         st.append(acc)
