@@ -6,9 +6,9 @@ Usage (on a machine with a CUDA GPU, torch installed, samba_ext built with CUDA)
     python3 benchmarks/gpu_host_overhead.py [--calls N] [--out DIR] [--profile]
 
 Cases: grad.attention_fwd and grad.attention_bwd (bf16 torch tensors, batch 1, L 128, 32 query
-/ 4 kv heads of 64, window 64), attention_bwd on the same values as samba_ext DeviceArrays (no
-DLPack import, no torch stream query), and for comparison an empty torch op (x.add_(0)). For each, the
-median over 5 rounds of (wall time of N back-to-back calls) / N, with the device synchronised
+/ 4 kv heads of 64, window 64), attention_bwd on the same values as samba_ext's own DeviceArrays
+(no torch tensor to read, no torch stream to ask for), and for comparison an empty torch op
+(x.add_(0)). For each, the median over 5 rounds of (wall time of N back-to-back calls) / N, with the device synchronised
 before and after each round; the GPU is idle most of that time, so the figure is the host's
 cost per call. --profile adds cProfile's top entries (by own time) for attention_bwd, which
 separates the Python layers from the C call (one entry, the extension's function), and the CUDA
@@ -83,7 +83,7 @@ def main() -> int:
     q, k, v, do = rnd(1, L, H, hd), rnd(1, L, Hkv, hd), rnd(1, L, Hkv, hd), rnd(1, L, H, hd)
     ws = (63, 0)
     out, lse = grad.attention_fwd(q, k, v, None, True, ws)
-    # the same tensors as samba_ext DeviceArrays (no DLPack import, no torch stream query)
+    # the same values as samba_ext DeviceArrays (no torch tensor to read, no torch stream)
     dq_, dk_, dv_, ddo = (samba_cuda.to_device(t.float().cpu().numpy(), "bfloat16")
                           for t in (q, k, v, do))
     dout_, dlse = grad.attention_fwd(dq_, dk_, dv_, None, True, ws)
