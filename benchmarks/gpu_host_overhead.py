@@ -8,9 +8,9 @@ Usage (on a machine with a CUDA GPU, torch installed, samba_ext built with CUDA)
 Cases: grad.attention_fwd and grad.attention_bwd (bf16 torch tensors, batch 1, L 128, 32 query
 / 4 kv heads of 64, window 64), attention_bwd on the same values as samba_ext's own DeviceArrays
 (no torch tensor to read, no torch stream to ask for), and for comparison an empty torch op
-(x.add_(0)). For each, the median over 5 rounds of (wall time of N back-to-back calls) / N, with the device synchronised
-before and after each round; the GPU is idle most of that time, so the figure is the host's
-cost per call. --profile adds cProfile's top entries (by own time) for attention_bwd, which
+(x.add_(0)). For each, the median over 5 rounds of (wall time of N back-to-back calls) / N,
+with the device synchronised before and after each round; the GPU is idle most of that time,
+so the figure is the host's cost per call. --profile adds cProfile's top entries (by own time) for attention_bwd, which
 separates the Python layers from the C call (one entry, the extension's function), and the CUDA
 runtime calls made inside that C call with their host times (torch.profiler's CPU activity, which
 records the runtime API through CUPTI: cudaLaunchKernel, cudaMallocAsync, cudaMemsetAsync, ...).
