@@ -4,7 +4,7 @@
 # tensor-core prefill being shared), compute-sanitizer (memcheck on the small backward tests,
 # racecheck on one small call per kernel configuration, the wgmma kernel's included) and
 # benchmarks/gpu_backward_attention.py (the mma and wgmma kernels in one run, each kernel's device
-# time traced) and benchmarks/gpu_host_overhead.py (the host's time per call); print a short table.
+# time traced, and 5 calls queued back to back besides single calls) and benchmarks/gpu_host_overhead.py (the host's time per call); print a short table.
 #
 # Usage (from the repository root):  bash benchmarks/cuda_backward_run.sh [steps]
 #   steps: comma-separated subset of build,tests,memcheck,racecheck,bench,host,knobs
@@ -52,7 +52,8 @@ fi
 
 if has bench; then
     t0=$(date +%s)
-    timeout "${BENCH_TIMEOUT:-400}" $PY benchmarks/gpu_backward_attention.py --trace --out "$OUT" \
+    timeout "${BENCH_TIMEOUT:-400}" $PY benchmarks/gpu_backward_attention.py --trace --queued 5 \
+        --out "$OUT" \
         > "$OUT/bench.log" 2>&1
     rc=$?
     row bench "$([ $rc = 0 ] && echo ok || echo "rc=$rc")" "$(( $(date +%s) - t0 )) s"

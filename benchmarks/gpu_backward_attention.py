@@ -3,7 +3,7 @@
 
 Usage (on a machine with a CUDA GPU, torch installed, samba_ext built with CUDA):
     python3 benchmarks/gpu_backward_attention.py [--out DIR] [--no-flex] [--reps N] [--commit SHA]
-        [--variants mma,wgmma,wgmma2] [--trace]
+        [--variants mma,wgmma,wgmma2] [--trace] [--queued N]
 
 Cases: bf16, batch 1, 32 query heads, 4 kv heads, head dim 64: sliding window W = 2048 at
 L = 4K and 16K, full causal at 4K; and 12 heads of dim 128 (no GQA) with W = 2048 at 4K.
@@ -23,6 +23,10 @@ dq, dk, dv with the peer's (relative norm), so a fast wrong kernel cannot pass u
 --trace: also record, through torch.profiler (CUPTI), the device time of every kernel of
 samba_ext's fastest variant and of FlexAttention's backward (microseconds per call, 5 calls),
 so that the event-timed call can be split into kernels and the gaps between them.
+--queued N (N >= 2): also time N calls queued back to back per sample (the time per call), for
+samba_ext's fastest variant and each peer: the device then never waits on the host between calls,
+so the ratio compares the devices' work, while the single-call columns include each side's
+host time before its first kernel (as a training step that waits on the result pays it).
 Writes DIR/gpu_backward_attention.md and .json (default DIR: benchmarks/results), with the date,
 commit, device and the tuning knobs of the tensor-core kernel: SAMBA_EXT_ATTN_BWD_SPLIT (blocks
 per group of query heads; default: enough blocks for the device) and SAMBA_EXT_ATTN_BWD_WARPS
@@ -134,7 +138,7 @@ _ENV_BEFORE = tuple(os.environ.get(k) for k in KNOBS)
 
 
 def case(L: int, H: int, Hkv: int, hd: int, W: int | None, peers: list[str], reps: int,
-         variants: list[str], trace: bool = False) -> dict:
+         variants: list[str], trace: bool = False, queued: int = 0) -> dict:
     g = torch.Generator(device="cuda").manual_seed(L + H + hd)
     q = torch.randn(1, L, H, hd, device="cuda", dtype=torch.bfloat16, generator=g)
     k = torch.randn(1, L, Hkv, hd, device="cuda", dtype=torch.bfloat16, generator=g)
@@ -165,9 +169,12 @@ def case(L: int, H: int, Hkv: int, hd: int, W: int | None, peers: list[str], rep
     best = min(times, key=times.get)
     row["samba_ext_variant"], row["samba_ext_ms"] = best, times[best]
     mine = grads[best]
-    if trace:
+    if trace or queued:
         select_variant(best)
-        row["samba_ext_kernels_us"] = kernel_us(ours)
+        if trace:
+            row["samba_ext_kernels_us"] = kernel_us(ours)
+        if queued:
+            row["samba_ext_queued_ms"] = median_ms(ours, reps=reps, calls=queued)
         select_variant(None)
     if len(grads) > 1:  # the variants against each other (rounding order only)
         first = next(iter(grads))
@@ -186,6 +193,8 @@ def case(L: int, H: int, Hkv: int, hd: int, W: int | None, peers: list[str], rep
             row[f"{peer}_ms"] = median_ms(run, reps=reps)
             if trace:
                 row[f"{peer}_kernels_us"] = kernel_us(run)
+            if queued:
+                row[f"{peer}_queued_ms"] = median_ms(run, reps=reps, calls=queued)
             theirs = back(run())
             row[f"{peer}_err"] = max(rel_err(a, b) for a, b in zip(mine, theirs))
         except Exception as e:  # noqa: BLE001 - a peer that cannot run is reported, not fatal
@@ -257,7 +266,30 @@ def render(meta: dict, rows: list[dict], peers: list[str]) -> list[str]:
              "CUDA-event timings after warm-up; TFLOP/s count 10 * hd * H FLOPs per (query, key) "
              "pair inside the window. The error column compares samba_ext's gradients with each "
              "peer's (relative norm, the largest of dq, dk, dv)."), "",
-            *table(rows, peers), "", *targets(rows), *kernel_tables(rows, peers)]
+            *table(rows, peers), "", *targets(rows), *queued_table(meta, rows, peers),
+            *kernel_tables(rows, peers)]
+
+
+def queued_table(meta: dict, rows: list[dict], peers: list[str]) -> list[str]:
+    """--queued's times per call of N calls back to back (none without --queued)."""
+    if not any("samba_ext_queued_ms" in r for r in rows):
+        return []
+    out = ["## Queued calls (--queued)", "",
+           f"Milliseconds per call of {meta.get('queued', '?')} calls queued back to back in one "
+           "sample (median over the samples): the device does not wait on the host between "
+           "calls, so these ratios compare the work on the device.", "",
+           "| case | samba_ext ms | " + " | ".join(f"{p} ms | samba_ext / {p}" for p in peers)
+           + " |", "|---" * (2 + 2 * len(peers)) + "|"]
+    for r in rows:
+        if "samba_ext_queued_ms" not in r:
+            continue
+        t0 = r["samba_ext_queued_ms"]
+        cells = [f"{r['kind']} L={r['L'] // K}K ({r['H']},{r['Hkv']},d{r['hd']})", fmt(t0)]
+        for p in peers:
+            t = r.get(f"{p}_queued_ms")
+            cells += [fmt(t), fmt(t0 / t, ".2f") + "x" if t else "-"]
+        out.append("| " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 def kernel_tables(rows: list[dict], peers: list[str]) -> list[str]:
@@ -292,6 +324,8 @@ def main() -> int:
                     help="samba_ext kernels to time, comma-separated: mma, wgmma, wgmma2")
     ap.add_argument("--trace", action="store_true",
                     help="record each kernel's device time (torch.profiler) as well")
+    ap.add_argument("--queued", type=int, default=0, metavar="N",
+                    help="also time N calls queued back to back (N >= 2; 0: not)")
     ap.add_argument("--render", metavar="JSON",
                     help="rewrite DIR/gpu_backward_attention.md from a saved .json (no GPU)")
     args = ap.parse_args()
@@ -326,9 +360,14 @@ def main() -> int:
     if bad or not variants:
         ap.error(f"--variants: names from {', '.join(VARIANT_ENV)}, got {args.variants!r}")
     meta["variants"] = variants
+    if args.queued == 1 or args.queued < 0:
+        ap.error(f"--queued: N >= 2 calls per sample (0: not timed), got {args.queued}")
+    if args.queued:
+        meta["queued"] = args.queued
     for L, W, H, Hkv, hd in ((4 * K, 2048, 32, 4, 64), (16 * K, 2048, 32, 4, 64),
                              (4 * K, None, 32, 4, 64), (4 * K, 2048, 12, 12, 128)):
-        rows.append(case(L, H, Hkv, hd, W, peers, args.reps, variants, args.trace))
+        rows.append(case(L, H, Hkv, hd, W, peers, args.reps, variants, args.trace,
+                         args.queued))
         torch.cuda.empty_cache()
         print(rows[-1], flush=True)
         report()

@@ -105,3 +105,22 @@ def test_kernel_tables_from_a_traced_run():
     untraced = [{k: v for k, v in r.items() if not k.endswith("_kernels_us")}
                 for r in saved["rows"]]
     assert gba.kernel_tables(untraced, saved["peers"]) == []
+
+
+def test_queued_table_only_with_queued_times():
+    # --queued: one row per case with the per-call times of N queued calls and the ratio to each
+    # peer; a peer without a queued time gets "-"; runs without --queued print no such table
+    d = _saved()
+    assert gba.queued_table(d["meta"], d["rows"], d["peers"]) == []
+    rows = copy.deepcopy(d["rows"][:2])
+    rows[0].update(samba_ext_queued_ms=0.6, flex_queued_ms=0.75, sdpa_queued_ms=1.2)
+    rows[1].update(samba_ext_queued_ms=3.0, flex_queued_ms=2.5)
+    meta = dict(d["meta"], queued=5)
+    md = gba.queued_table(meta, rows, d["peers"])
+    assert md[0] == "## Queued calls (--queued)" and "5 calls queued back to back" in md[2]
+    head = _cells(md[4])
+    assert head[:2] == ["case", "samba_ext ms"] and len(_cells(md[5])) == len(head)
+    r0, r1 = (dict(zip(head, _cells(ln))) for ln in md[6:8])
+    assert r0["samba_ext / flex"] == "0.80x" and r0["samba_ext / sdpa"] == "0.50x"
+    assert r1["samba_ext / flex"] == "1.20x" and r1["sdpa ms"] == "-"
+    assert "## Queued calls (--queued)" in gba.render(meta, rows, d["peers"])
