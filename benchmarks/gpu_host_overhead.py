@@ -7,8 +7,9 @@ Usage (on a machine with a CUDA GPU, torch installed, samba_ext built with CUDA)
 
 Cases: grad.attention_fwd and grad.attention_bwd (bf16 torch tensors, batch 1, L 128, 32 query
 / 4 kv heads of 64, window 64), attention_bwd on the same values as samba_ext's own DeviceArrays
-(no torch tensor to read, no torch stream to ask for), and for comparison an empty torch op
-(x.add_(0)). For each, the median over 5 rounds of (wall time of N back-to-back calls) / N,
+(no torch tensor to read, no torch stream to ask for), the samba_ext.torch custom op of the
+attention backward (torch's dispatcher, then attention_bwd, then each result wrapped as a tensor
+with torch.from_dlpack), and for comparison an empty torch op (x.add_(0)). For each, the median over 5 rounds of (wall time of N back-to-back calls) / N,
 with the device synchronised before and after each round; the GPU is idle most of that time,
 so the figure is the host's cost per call. --profile adds cProfile's top entries (by own time) for attention_bwd, which
 separates the Python layers from the C call (one entry, the extension's function), and the CUDA
@@ -35,6 +36,7 @@ from gpu_bench_util import command_line, git_commit, profile_calls, write_atomic
 
 from samba_ext import cuda as samba_cuda
 from samba_ext import grad
+from samba_ext.torch._ops import attention_backward_op
 
 
 def host_us(fn: Callable[[], Any], calls: int) -> float:
@@ -87,6 +89,7 @@ def main() -> int:
     dq_, dk_, dv_, ddo = (samba_cuda.to_device(t.float().cpu().numpy(), "bfloat16")
                           for t in (q, k, v, do))
     dout_, dlse = grad.attention_fwd(dq_, dk_, dv_, None, True, ws)
+    tout, tlse = torch.from_dlpack(out), torch.from_dlpack(lse)
     x = torch.zeros(16, device="cuda")
     cases = {
         "torch x.add_(0) (reference)": lambda: x.add_(0),
@@ -95,6 +98,8 @@ def main() -> int:
                                                          out=out, lse=lse),
         "grad.attention_bwd (DeviceArray inputs)": lambda: grad.attention_bwd(
             dq_, dk_, dv_, None, True, ws, dout=ddo, out=dout_, lse=dlse),
+        "samba_ext.torch op attention_backward": lambda: attention_backward_op(
+            q, k, v, tout, tlse, do, hd ** -0.5, ws[0], ws[1], 0.0),
     }
     lines = ["# Host time per samba_ext GPU call", "",
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}, commit "
