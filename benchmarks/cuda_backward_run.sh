@@ -4,7 +4,8 @@
 # tensor-core prefill being shared), compute-sanitizer (memcheck on the small backward tests,
 # racecheck on one small call per kernel configuration, the wgmma kernel's included) and
 # benchmarks/gpu_backward_attention.py (the mma and wgmma kernels in one run, each kernel's device
-# time traced, and 5 calls queued back to back besides single calls) and benchmarks/gpu_host_overhead.py (the host's time per call); print a short table.
+# time traced, and 5 calls queued back to back besides single calls) and
+# benchmarks/gpu_host_overhead.py (the host's time per call); print a short table.
 #
 # Usage (from the repository root):  bash benchmarks/cuda_backward_run.sh [steps]
 #   steps: comma-separated subset of build,tests,memcheck,racecheck,bench,host,knobs

@@ -120,8 +120,10 @@ def main() -> int:
         torch.cuda.synchronize()
         s = io.StringIO()
         pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(25)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
         lines += ["", f"cProfile of {args.calls} attention_bwd calls (own time):", "", "```",
-                  *[ln.rstrip() for ln in s.getvalue().splitlines() if ln.strip()][:45], "```"]
+                  *[ln.rstrip().replace(root, "") for ln in s.getvalue().splitlines()
+                    if ln.strip()][:45], "```"]
         lines += ["", "CUDA runtime calls per attention_bwd call (torch.profiler, host us):", "",
                   "| runtime call | calls per call | host us per call |", "|---|---|---|",
                   *[f"| `{n}` | {c:.1f} | {t:.1f} |" for n, c, t in runtime_calls(fn, 20)]]
