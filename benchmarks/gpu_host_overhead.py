@@ -11,7 +11,11 @@ Cases: grad.attention_fwd and grad.attention_bwd (bf16 torch tensors, batch 1, L
 attention backward (torch's dispatcher, then attention_bwd, then each result wrapped as a tensor
 with torch.from_dlpack), and for comparison an empty torch op (x.add_(0)). For each, the median over 5 rounds of (wall time of N back-to-back calls) / N,
 with the device synchronised before and after each round; the GPU is idle most of that time,
-so the figure is the host's cost per call. --profile adds cProfile's top entries (by own time) for attention_bwd, which
+so the figure is the host's cost per call. The op is timed twice: as it is, and with its
+results wrapped by plain torch.from_dlpack (one stream lookup and export per tensor); two more
+cases time that wrapping alone for attention_bwd's three results, by torch.from_dlpack and by
+samba_ext.torch's tensors(). --profile adds cProfile's top entries
+(by own time) for attention_bwd and for the torch op, which
 separates the Python layers from the C call (one entry, the extension's function), and the CUDA
 runtime calls made inside that C call with their host times (torch.profiler's CPU activity, which
 records the runtime API through CUPTI: cudaLaunchKernel, cudaMallocAsync, cudaMemsetAsync, ...).
@@ -25,6 +29,7 @@ import datetime
 import io
 import os
 import pstats
+import re
 import statistics
 import sys
 import time
@@ -36,7 +41,21 @@ from gpu_bench_util import command_line, git_commit, profile_calls, write_atomic
 
 from samba_ext import cuda as samba_cuda
 from samba_ext import grad
+from samba_ext.torch import _ops
+from samba_ext.torch._device import tensors as wrap
 from samba_ext.torch._ops import attention_backward_op
+
+
+def with_from_dlpack(fn: Callable[[], Any]) -> Any:
+    """fn() with samba_ext.torch's ops wrapping their results by plain torch.from_dlpack (each
+    tensor asks torch for its current stream and exports with it), as before tensors()."""
+    saved = _ops.tensors
+    _ops.tensors = lambda arrays, device: tuple(
+        torch.empty(0, device=device) if a is None else torch.from_dlpack(a) for a in arrays)
+    try:
+        return fn()
+    finally:
+        _ops.tensors = saved
 
 
 def host_us(fn: Callable[[], Any], calls: int) -> float:
@@ -91,6 +110,8 @@ def main() -> int:
     dout_, dlse = grad.attention_fwd(dq_, dk_, dv_, None, True, ws)
     tout, tlse = torch.from_dlpack(out), torch.from_dlpack(lse)
     x = torch.zeros(16, device="cuda")
+    res = grad.attention_bwd(q, k, v, None, True, ws, dout=do, out=out, lse=lse)
+    dev = q.device
     cases = {
         "torch x.add_(0) (reference)": lambda: x.add_(0),
         "grad.attention_fwd": lambda: grad.attention_fwd(q, k, v, None, True, ws),
@@ -100,6 +121,12 @@ def main() -> int:
             dq_, dk_, dv_, None, True, ws, dout=ddo, out=dout_, lse=dlse),
         "samba_ext.torch op attention_backward": lambda: attention_backward_op(
             q, k, v, tout, tlse, do, hd ** -0.5, ws[0], ws[1], 0.0),
+        "the same op, results wrapped by torch.from_dlpack": lambda: with_from_dlpack(
+            lambda: attention_backward_op(q, k, v, tout, tlse, do, hd ** -0.5, ws[0], ws[1],
+                                          0.0)),
+        # the op's pieces besides attention_bwd: wrapping its three results as tensors
+        "3 x torch.from_dlpack(DeviceArray)": lambda: [torch.from_dlpack(a) for a in res],
+        "samba_ext.torch tensors() of 3 DeviceArrays": lambda: wrap(res, dev),
     }
     lines = ["# Host time per samba_ext GPU call", "",
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}, commit "
@@ -111,19 +138,21 @@ def main() -> int:
     for name, fn in cases.items():
         lines.append(f"| {name} | {host_us(fn, args.calls):.1f} |")
     if args.profile:
-        pr = cProfile.Profile()
-        fn = cases["grad.attention_bwd"]
-        pr.enable()
-        for _ in range(args.calls):
-            fn()
-        pr.disable()
-        torch.cuda.synchronize()
-        s = io.StringIO()
-        pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(25)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-        lines += ["", f"cProfile of {args.calls} attention_bwd calls (own time):", "", "```",
-                  *[ln.rstrip().replace(root, "") for ln in s.getvalue().splitlines()
-                    if ln.strip()][:45], "```"]
+        for case, top in (("grad.attention_bwd", 25), ("samba_ext.torch op attention_backward", 40)):
+            pr = cProfile.Profile()
+            fn = cases[case]
+            pr.enable()
+            for _ in range(args.calls):
+                fn()
+            pr.disable()
+            torch.cuda.synchronize()
+            s = io.StringIO()
+            pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(top)
+            lines += ["", f"cProfile of {args.calls} calls of {case} (own time):", "", "```",
+                      *[re.sub(r"\S*site-packages/", "", ln.rstrip().replace(root, ""))
+                        for ln in s.getvalue().splitlines() if ln.strip()][:top + 20], "```"]
+        fn = cases["grad.attention_bwd"]
         lines += ["", "CUDA runtime calls per attention_bwd call (torch.profiler, host us):", "",
                   "| runtime call | calls per call | host us per call |", "|---|---|---|",
                   *[f"| `{n}` | {c:.1f} | {t:.1f} |" for n, c, t in runtime_calls(fn, 20)]]

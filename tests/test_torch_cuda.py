@@ -390,6 +390,30 @@ def test_side_stream_ordering(rng, poison):
 
 
 @gpu
+def test_results_wrapped_on_their_stream(monkeypatch):
+    """_device.tensors: a result made on torch's current stream is exported with stream=-1
+    (the consumer is that stream, nothing to order); one made on another stream goes through
+    torch.from_dlpack, which hands the export torch's current stream to wait on."""
+    from samba_ext import cuda as scuda
+    from samba_ext.torch._device import tensors
+
+    streams = []
+    real = scuda.DeviceArray.__dlpack__
+    monkeypatch.setattr(scuda.DeviceArray, "__dlpack__",
+                        lambda self, **kw: streams.append(kw.get("stream")) or real(self, **kw))
+    dev = torch.device("cuda", torch.cuda.current_device())
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        (t,) = tensors((scuda.to_device(x, device=dev.index, stream=side.cuda_stream),), dev)
+        assert streams == [-1]
+        (u,) = tensors((scuda.to_device(x, device=dev.index), None), dev)[:1]
+        assert streams[1:] == [side.cuda_stream]
+    torch.cuda.synchronize()
+    assert torch.equal(t.cpu(), torch.from_numpy(x)) and torch.equal(u.cpu(), torch.from_numpy(x))
+
+
+@gpu
 def test_compile_fullgraph(rng, poison):
     """flash_attn_func inside torch.compile(fullgraph=True) (one graph, the custom op a
     node): forward and gradients as in eager. Same kernels on the same inputs, so the only

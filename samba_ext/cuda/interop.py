@@ -171,14 +171,16 @@ def export_dlpack(arr: Any, stream: Any, max_version: Any, dl_device: Any,
         raise ValueError("stream=0 is not allowed by DLPack (use 1 for the legacy default "
                          "stream, 2 for the per-thread default stream)")
     flush_recorder()
-    with DeviceGuard(arr.device):
-        src = arr.copy() if copy else arr
-        if stream is None or int(stream) != -1:
-            consumer = 0 if stream is None else norm_stream(int(stream))
-            if consumer != src._stream:
-                cu.stream_wait(consumer, src._stream)
-                if hasattr(src._buf, "add_use"):
-                    src._buf.add_use(consumer)
+    src = arr
+    if copy or stream is None or int(stream) != -1:  # a plain stream=-1 export calls no CUDA
+        with DeviceGuard(arr.device):
+            src = arr.copy() if copy else arr
+            if stream is None or int(stream) != -1:
+                consumer = 0 if stream is None else norm_stream(int(stream))
+                if consumer != src._stream:
+                    cu.stream_wait(consumer, src._stream)
+                    if hasattr(src._buf, "add_use"):
+                        src._buf.add_use(consumer)
     versioned = max_version is not None and int(max_version[0]) >= 1
     minor = 0
     if versioned:

@@ -5,14 +5,13 @@ float32, NumPy has no bfloat16) and the float32 NumPy results are wrapped by
 ``torch.from_numpy`` (no copy). CUDA tensors are handed to the kernel API as they are: it
 reads them in place (any strides; float32, float16 and bfloat16; float64 is
 converted to float32 on the device first, the CUDA kernels do not read it), and its
-:class:`samba_ext.DeviceArray` results are wrapped by ``torch.from_dlpack`` (no copy). No data
-crosses between host and device.
+:class:`samba_ext.DeviceArray` results are wrapped by ``torch.from_dlpack`` (no copy; see
+:func:`tensors` for the stream). No data crosses between host and device.
 
 Streams: with ``stream=None`` (what samba_ext.torch passes) the kernel API queues its CUDA
 work on ``torch.cuda.current_stream(device)`` of the inputs' device, reads the inputs on it
 (their pointers and strides, samba_ext.cuda.interop.torch_view) and exports the results for
-that same stream, so the calls are
-ordered with the surrounding torch work like any torch op on the current stream (and torch's
+that same stream, so the calls are ordered with the surrounding torch work like any torch op on the current stream (and torch's
 caching allocator, which reuses freed blocks in that stream's order, never hands an input's
 memory out while a kernel still reads it). Result memory comes from samba_ext's
 stream-ordered pool (``cudaMallocAsync``), not torch's caching allocator: it is released in
@@ -27,7 +26,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["device_of", "check_kind", "is_cuda", "on_device", "arg", "tensor", "act_dtype"]
+from ..cuda.array import DeviceArray
+from ..cuda.runtime import norm_stream
+
+__all__ = ["device_of", "check_kind", "is_cuda", "on_device", "arg", "tensor", "tensors",
+           "act_dtype"]
 
 _CUDA_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -86,11 +89,34 @@ def tensor(a: Any, device: torch.device) -> Tensor:
     """A kernel-API result as a tensor sharing its memory: a float32 NumPy array through
     torch.from_numpy, a DeviceArray through torch.from_dlpack; None becomes an empty float32
     placeholder on ``device`` (a gradient of an input that was not given)."""
-    if a is None:
-        return torch.empty(0, device=device)
-    if isinstance(a, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-    return torch.from_dlpack(a)
+    return tensors((a,), device)[0]
+
+
+def tensors(arrays: Iterable[Any], device: torch.device) -> tuple[Tensor, ...]:
+    """Several kernel-API results as tensors, each as :func:`tensor` makes it.
+
+    A DeviceArray made on torch's current stream of ``device`` (what every samba_ext.torch
+    call gives: the kernel API queues its work there) is exported with ``stream=-1``, no
+    synchronisation, and its capsule handed to torch.from_dlpack: the consumer is that same
+    stream, so there is nothing to order, and torch's per-tensor lookup of its current stream
+    (what from_dlpack does before it asks for the capsule) is made once for all of them.
+    Any other DeviceArray goes through torch.from_dlpack's own protocol.
+    """
+    arrays = tuple(arrays)
+    cur: Optional[int] = None
+    if is_cuda(device) and any(isinstance(a, DeviceArray) for a in arrays):
+        cur = norm_stream(int(torch.cuda.current_stream(device).cuda_stream))
+    out = []
+    for a in arrays:
+        if a is None:
+            out.append(torch.empty(0, device=device))
+        elif isinstance(a, np.ndarray):
+            out.append(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)))
+        elif type(a) is DeviceArray and a.stream == cur:
+            out.append(torch.from_dlpack(a.__dlpack__(stream=-1)))
+        else:
+            out.append(torch.from_dlpack(a))
+    return tuple(out)
 
 
 def act_dtype(t: Tensor) -> torch.dtype:

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .. import grad as _grad
 from . import _cuda_limits
-from ._device import arg, device_of, is_cuda, on_device, tensor
+from ._device import arg, device_of, is_cuda, on_device, tensors
 from ._kvcache_args import check
 from ._rotary import apply_rotary_table
 
@@ -44,7 +44,7 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, softmax_scale: float, window: tuple
     with on_device(dev):
         out, lse = _grad.attention_fwd(arg(q), arg(k), arg(v), softmax_scale, False, window,
                                        softcap)
-        return tensor(out, dev), tensor(lse, dev)
+        return tensors((out, lse), dev)
 
 
 @torch.library.custom_op("samba_ext::attention_kvcache", mutates_args=("k_cache", "v_cache"))

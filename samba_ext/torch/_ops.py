@@ -21,7 +21,7 @@ from torch import Tensor
 from .. import grad as _grad
 from .. import kernels as _k
 from . import _cuda_limits
-from ._device import act_dtype, arg, device_of, is_cuda, on_device, tensor
+from ._device import act_dtype, arg, device_of, is_cuda, on_device, tensors
 
 
 def _like(t: Optional[Tensor], dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -46,7 +46,7 @@ def selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
         y, last = _k.selective_scan(arg(u), arg(delta), arg(A), arg(B), arg(C), arg(D),
                                     arg(z), arg(delta_bias), delta_softplus,
                                     return_last_state=True)
-        return tensor(y, dev), tensor(last, dev)
+        return tensors((y, last), dev)
 
 
 @selective_scan_op.register_fake
@@ -73,8 +73,7 @@ def selective_scan_backward_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C
         g = _grad.selective_scan_bwd(
             arg(u), arg(delta), arg(A), arg(B), arg(C), arg(D), arg(z), arg(delta_bias),
             delta_softplus, dout=arg(dout), dlast_state=arg(dlast_state))
-        return tuple(tensor(a, dev) for a in (g.du, g.ddelta, g.dA, g.dB, g.dC, g.dD, g.dz,
-                                              g.ddelta_bias))
+        return tensors((g.du, g.ddelta, g.dA, g.dB, g.dC, g.dD, g.dz, g.ddelta_bias), dev)
 
 
 @selective_scan_backward_op.register_fake
@@ -114,7 +113,7 @@ def causal_conv1d_op(x: Tensor, weight: Tensor, bias: Optional[Tensor],
     with on_device(dev):
         y, fin = _k.causal_conv1d(arg(x), arg(weight), arg(bias), "silu" if silu else None,
                                   arg(initial_states), return_final_states=True)
-        return tensor(y, dev), tensor(fin, dev)
+        return tensors((y, fin), dev)
 
 
 @causal_conv1d_op.register_fake
@@ -137,7 +136,7 @@ def causal_conv1d_backward_op(x: Tensor, weight: Tensor, bias: Optional[Tensor],
         g = _grad.causal_conv1d_bwd(arg(x), arg(weight), arg(bias), "silu" if silu else None,
                                     arg(initial_states), dy=arg(dy),
                                     dfinal_states=arg(dfinal_states))
-        return tuple(tensor(a, dev) for a in (g.dx, g.dweight, g.dbias, g.dinitial_states))
+        return tensors((g.dx, g.dweight, g.dbias, g.dinitial_states), dev)
 
 
 @causal_conv1d_backward_op.register_fake
@@ -176,7 +175,7 @@ def attention_op(q: Tensor, k: Tensor, v: Tensor, softmax_scale: float, window_l
     with on_device(dev):
         out, lse = _grad.attention_fwd(arg(q), arg(k), arg(v), softmax_scale, False,
                                        (window_left, window_right), softcap)
-        return tensor(out, dev), tensor(lse, dev)
+        return tensors((out, lse), dev)
 
 
 @attention_op.register_fake
@@ -200,7 +199,7 @@ def attention_backward_op(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Ten
                                          (window_left, window_right), softcap,
                                          dout=arg(dout), out=arg(out), lse=arg(lse),
                                          deterministic=deterministic)
-        return tensor(dq, dev), tensor(dk, dev), tensor(dv, dev)
+        return tensors((dq, dk, dv), dev)
 
 
 @attention_backward_op.register_fake
