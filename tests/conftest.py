@@ -52,7 +52,9 @@ def assert_close(got, ref, rtol: float, name: str = "output") -> None:
 
 @pytest.fixture()
 def poison():
-    """Fill new CUDA outputs with NaN for the test (an unwritten element then cannot pass)."""
+    """Fill new CUDA outputs, and the scratch the CUDA kernels allocate (accumulators,
+    partial results), with NaN for the test: an unwritten output element, or scratch read
+    before it is written or zeroed, then cannot pass."""
     from samba_ext import cuda as samba_cuda
 
     samba_cuda.set_poison(True)

@@ -4,7 +4,8 @@
 // Preprocessing: Delta = dout . out and lse * log2(e) (+inf where lse = -inf, so P = 0 there),
 // float32 (B, H, Lq) in scratch; attn_bwd_prep_vec_kernel (16-byte loads, a group of lanes per
 // row) where the rows of out and dout are 16-byte aligned, else attn_bwd_prep_kernel (one warp
-// per query row, element loads).
+// per query row, element loads). The vectorised kernel also zeroes the tensor-core path's dq
+// accumulator row by row (where it is one copy and 16-byte aligned); a memset zeroes the rest.
 //
 // bfloat16 / float16 with aligned rows: the tensor-core kernel (attention_bwd_mma.cu) adds
 // sum_j dS_ij k_j into a float32 dq accumulator (atomics), then attn_bwd_store_kernel writes
@@ -61,9 +62,11 @@ __global__ void attn_bwd_prep_kernel(samba_cu_attn_ext_args p, float *delta, flo
 // The same with 16-byte loads, where hd is a multiple of 8 and every row of out and dout starts
 // 16-byte aligned (prep_vec_ok): a group of g lanes per row (g the power of two >= hd / 8, lane
 // j of the group taking elements 8j .. 8j + 7), 32 / g rows per warp, and 32-bit index
-// arithmetic (fewer than 2^31 rows). Loops and shuffles are warp-uniform.
+// arithmetic (fewer than 2^31 rows). Loops and shuffles are warp-uniform. With dq_zero (the
+// float32 dq accumulator, (B, Lq, H, hd)), the lanes also zero the row's hd floats there, in
+// place of a memset of the whole accumulator: one pass over the rows instead of two.
 __global__ void attn_bwd_prep_vec_kernel(samba_cu_attn_ext_args p, float *delta, float *lse2,
-                                         int g) {
+                                         int g, float *dq_zero) {
     const int64_t rows = p.batch * p.seqlen_q * p.nheads;
     const unsigned H = (unsigned)p.nheads, L = (unsigned)p.seqlen_q;
     const int lane = threadIdx.x & 31, sub = lane & (g - 1), nch = (int)(p.headdim >> 3);
@@ -74,6 +77,12 @@ __global__ void attn_bwd_prep_vec_kernel(samba_cu_attn_ext_args p, float *delta,
         // r enumerates (b, h, i), i fastest: the layout of lse, delta and lse2, so a warp's
         // rows read and write consecutive floats there
         const unsigned ru = (unsigned)r, i = ru % L, t = ru / L, h = t % H, b = t / H;
+        if (dq_zero != nullptr && r < rows && sub < nch) {  // hd is a multiple of 8
+            float4 *z = reinterpret_cast<float4 *>(
+                dq_zero + (((int64_t)b * L + i) * H + h) * p.headdim + 8 * sub);
+            z[0] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            z[1] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
         float acc = 0.0f;
         if (r < rows && sub < nch) {
             float x[8], y[8];
@@ -388,11 +397,16 @@ static samba_status run(const samba_cu_attn_ext_args *a, float *scratch, bool mm
     ws.dv_acc = ws.dk_acc ? ws.dk_acc + nk : nullptr;
     ws.dq_slices = slices;
     ws.dq_slice_stride = slices > 0 ? nq : 0;
-    if (prep_vec_ok(a)) {
+    // the tensor-core path's accumulators start at zero: dq's single copy zeroed by the
+    // vectorised preprocessing as it passes each row (prep_vec_kernel), the rest (dq slices,
+    // dk / dv of a split group) by the memset below
+    const bool vec = prep_vec_ok(a);
+    const bool zero_dq = vec && mma && slices == 0 && (uintptr_t)ws.dq_acc % 16 == 0;
+    if (vec) {
         int g = 1;
         while (g < a->headdim / 8) g *= 2;
-        attn_bwd_prep_vec_kernel<<<grid_1d(cdiv(nrow, 32 / g), 8), 256, 0, st>>>(*a, ws.delta,
-                                                                               ws.lse2, g);
+        attn_bwd_prep_vec_kernel<<<grid_1d(cdiv(nrow, 32 / g), 8), 256, 0, st>>>(
+            *a, ws.delta, ws.lse2, g, zero_dq ? ws.dq_acc : nullptr);
     } else {
         attn_bwd_prep_kernel<<<grid_1d(nrow, 8), 256, 0, st>>>(*a, ws.delta, ws.lse2);
     }
@@ -403,9 +417,12 @@ static samba_status run(const samba_cu_attn_ext_args *a, float *scratch, bool mm
         if (a->headdim <= 128) return launch_core<4>(a, &ws, st);
         return launch_core<8>(a, &ws, st);
     }
-    const size_t acc = (size_t)(ncopy * nq + (ws.dk_acc ? 2 * nk : 0)) * sizeof(float);
-    const cudaError_t e = cudaMemsetAsync(ws.dq_acc, 0, acc, st);
-    if (e != cudaSuccess) return samba_cu_fail("attention_bwd (memset)", e);
+    float *const zero_from = zero_dq ? ws.dq_acc + nq : ws.dq_acc;
+    const size_t acc = (size_t)((zero_dq ? 0 : ncopy * nq) + (ws.dk_acc ? 2 * nk : 0)) * sizeof(float);
+    if (acc > 0) {
+        const cudaError_t e = cudaMemsetAsync(zero_from, 0, acc, st);
+        if (e != cudaSuccess) return samba_cu_fail("attention_bwd (memset)", e);
+    }
     s = wgmma ? attn_bwd_wgmma(a, &ws, split, st) : attn_bwd_mma(a, &ws, split, st);
     if (s == SAMBA_OK) s = store(ws.dq_acc, a->dq, nq, a->softmax_scale, ncopy, nq, st);
     if (s == SAMBA_OK && ws.dk_acc) s = store(ws.dk_acc, a->dk, nk, 1.0f, 1, 0, st);

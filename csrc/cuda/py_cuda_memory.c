@@ -322,6 +322,17 @@ py_l2_prefetch(PyObject *self, PyObject *args)
 }
 
 static PyObject *
+py_set_poison(PyObject *self, PyObject *arg)
+{
+    const int on = PyObject_IsTrue(arg);
+    if (on < 0) {
+        return NULL;
+    }
+    samba_cu_set_poison(on);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 py_trim(PyObject *self, PyObject *args)
 {
     int dev;
@@ -405,6 +416,9 @@ PyMethodDef samba_pycu_memory_methods[] = {
      "l2_prefetch($module, ptr, nbytes, mode, sm_count, stream, /)\n--\n\n"
      "Pull nbytes at device pointer ptr into the L2 cache on stream (mode 1: bulk prefetch, "
      "2: loads); reads only."},
+    {"set_poison", py_set_poison, METH_O,
+     "set_poison($module, on, /)\n--\n\nTesting aid: fill the kernels' new scratch blocks with "
+     "0xFF bytes (NaN)."},
     {"trim", py_trim, METH_VARARGS,
      "trim($module, device, /)\n--\n\nRelease the memory cached by the device's pool."},
     {"pool_stats", py_pool_stats, METH_VARARGS,

@@ -198,6 +198,10 @@ extern "C" samba_status samba_cu_restore_device(int prev) {
     return SAMBA_OK;
 }
 
+static int g_poison = 0;  // samba_cu_set_poison
+
+extern "C" void samba_cu_set_poison(int on) { g_poison = on != 0; }
+
 extern "C" samba_status samba_cu_malloc(void **ptr, size_t nbytes, void *stream) {
     *ptr = NULL;
     if (nbytes == 0) return SAMBA_OK;
@@ -210,6 +214,14 @@ extern "C" samba_status samba_cu_malloc(void **ptr, size_t nbytes, void *stream)
         snprintf(tmp, sizeof tmp, "%s while allocating %zu bytes", g_err, nbytes);
         snprintf(g_err, sizeof g_err, "%s", tmp);
         return e == cudaErrorMemoryAllocation ? SAMBA_ERR_ALLOC : SAMBA_ERR_CUDA;
+    }
+    if (g_poison) {
+        e = cudaMemsetAsync(*ptr, 0xFF, nbytes, (cudaStream_t)stream);
+        if (e != cudaSuccess) {
+            cudaFreeAsync(*ptr, (cudaStream_t)stream);
+            *ptr = NULL;
+            return samba_cu_fail("cudaMemsetAsync (poison)", e);
+        }
     }
     return SAMBA_OK;
 }

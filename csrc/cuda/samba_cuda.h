@@ -82,6 +82,9 @@ int samba_cu_primary_ctx_active(int device);
  * cached for reuse (samba_cu_trim releases it). nbytes 0 gives NULL. */
 samba_status samba_cu_malloc(void **ptr, size_t nbytes, void *stream);
 samba_status samba_cu_free(void *ptr, void *stream);
+/* Testing aid: when on, samba_cu_malloc fills each new block with 0xFF bytes on its stream
+ * (NaN as float), so a kernel that reads scratch it never wrote gives NaN. */
+void samba_cu_set_poison(int on);
 samba_status samba_cu_trim(int device);
 /* Pool statistics: bytes reserved by the pool and bytes in use. */
 samba_status samba_cu_pool_stats(int device, uint64_t *reserved, uint64_t *used);

@@ -147,9 +147,16 @@ def cuda_error_class() -> type:
 
 
 def set_poison(on: bool) -> None:
-    """Testing aid: fill every new DeviceArray with 0xFF bytes (NaN for float dtypes)."""
+    """Testing aid: fill every new DeviceArray, and every scratch block the CUDA kernels
+    allocate, with 0xFF bytes (NaN for float dtypes): an output element left unwritten, or
+    scratch read before it is written, then shows as NaN."""
     global _poison
     _poison = bool(on)
+    try:
+        mod = _import_cuda()
+    except ImportError:  # no CUDA build: nothing allocates scratch
+        return
+    mod.set_poison(_poison)
 
 
 def poison_enabled() -> bool:
