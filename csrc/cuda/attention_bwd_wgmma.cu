@@ -22,17 +22,18 @@
 //   dS   -> shared memory           movmatrix transposes each 8 x 8 block of dS^T in registers,
 //                                  so a lane stores 2 keys of one query (32-bit, no bank
 //                                  conflicts): dS (queries x keys) K-major
-//   dQ   = dS K                     wgmma m64nDk16, SS with the MN-major B operand (K's rows are
-//                                  the keys = K), added to the float32 accumulator with
-//                                  red.global.add.v2.f32 (two warpgroups: first summed
-//                                  through shared memory, each adding half of the head dims;
-//                                  at D = 128 instead each warpgroup multiplies both dS tiles
-//                                  by its half of K's head dims, m64n64k16 over all BN keys:
-//                                  half the accumulator registers, no exchange, and 5% off the
-//                                  kernel's time on an H100, gpu_backward_attention.md)
+//   dQ   = dS K                     wgmma SS with the MN-major B operand (K's rows are the keys
+//                                  = K), added to the float32 accumulator with
+//                                  red.global.add.v2.f32: one warpgroup m64nDk16 over its 64
+//                                  keys; two warpgroups each m64n(D/2)k16 over the block's 128
+//                                  keys (the two dS tiles side by side are one K-major tile) for
+//                                  its half of the head dims, K's columns D/2 wg .. (at D = 64,
+//                                  64 bytes into the swizzled rows), so that the block adds each
+//                                  dQ element once without exchanging partial sums (4-5% off
+//                                  the kernel's time on an H100 against an exchange through
+//                                  shared memory, gpu_backward_attention.md)
 // Q, dO, lse and Delta tiles are double-buffered with cp.async (tile t + 1 in flight while t is
-// computed); two barriers per tile (the tile landed; dS stored), three with two warpgroups at
-// D = 64 (dS stored is then per warpgroup, a named barrier, and the dQ exchange). One-warpgroup blocks are
+// computed); two barriers per tile (the tile landed; dS stored). One-warpgroup blocks are
 // small (58 KB of shared memory at D = 64, 106 KB at D = 128; 2 per multiprocessor) so that the
 // products of one overlap the softmax of the other; two-warpgroup blocks halve the Q / dO loads
 // and the dQ atomics per key instead.
@@ -67,38 +68,27 @@ template <int D_, int NWG_, int MINB_> struct WBCfg {
     static constexpr uint32_t KV_BYTES = BN * D * 2;   // K (or V)
     static constexpr uint32_t QO_BYTES = BM * D * 2;   // one buffer of Q (or dO)
     static constexpr uint32_t DS_BYTES = BM * 64 * 2;  // one warpgroup's dS
-    // dQ of two warpgroups at D = 128: each takes half of the head dims over all BN keys (the
-    // two dS tiles side by side are one K-major tile of BN keys); else each its own keys over
-    // all head dims, the halves exchanged through shared memory (XC_BYTES)
-    static constexpr bool DQ_HALF = NWG == 2 && D == 128;
-    static constexpr uint32_t XC_BYTES = NWG == 2 && !DQ_HALF ? 2 * 128 * (D / 4) * 4 : 0;
     static constexpr uint32_t LD_BYTES = 2 * 2 * BM * 4;  // lse and Delta, two buffers each
     static constexpr size_t SMEM =
-        1024 + 2 * KV_BYTES + 4 * QO_BYTES + NWG * DS_BYTES + XC_BYTES + LD_BYTES;
+        1024 + 2 * KV_BYTES + 4 * QO_BYTES + NWG * DS_BYTES + LD_BYTES;
     static_assert(D == 64 || D == 128, "wgmma N of dK / dV / dQ is written out for 64 and 128");
     static_assert(NWG == 1 || NWG == 2, "one or two warpgroups");
 };
 // Registers (ptxas, sm_90a, nvcc 13.0), one / two warpgroups: 222 / 220 at D = 64, 255 with 56
-// / 44 bytes of spills at D = 128, so 2 blocks of one warpgroup per SM either way (a cap of 168
+// bytes of spills / 254 at D = 128, so 2 blocks of one warpgroup per SM either way (a cap of 168
 // for 3 blocks at D = 64 spills: the scores, dP^T, dK and dV take 128 registers and the tile's
 // lse / Delta loads come on top), or 1 block of two.
 using WB64 = WBCfg<64, 1, 2>;     // 58 KB
 using WB128 = WBCfg<128, 1, 2>;   // 106 KB
-using WB64x2 = WBCfg<64, 2, 1>;   // 98 KB
-using WB128x2 = WBCfg<128, 2, 1>; // 146 KB (no dQ exchange)
-
-// bar.sync on named barrier id (1, 2, ...; 0 is __syncthreads) for n threads
-template <int N> __device__ __forceinline__ void named_bar(int id) {
-    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "n"(N) : "memory");
-}
+using WB64x2 = WBCfg<64, 2, 1>;   // 82 KB
+using WB128x2 = WBCfg<128, 2, 1>; // 146 KB
 
 template <typename T, class C>
 __global__ void __launch_bounds__(C::THREADS, C::MINB)
 attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     // K, V, Q [2], dO [2], dS [NWG]: swizzled tiles (wgmma_tile.cuh), 1024-byte aligned; then
-    // (two warpgroups) the float32 dQ exchange [2][D / 4][128], lse * log2 e [2][BM] and Delta
-    // [2][BM]
+    // lse * log2 e [2][BM] and Delta [2][BM]
     const uint32_t raw = smem_addr(smem_raw);
     const uint32_t sK = (raw + 1023u) & ~1023u;
     unsigned char *const sm = smem_raw + (sK - raw);  // generic pointer to sK
@@ -106,8 +96,7 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     const uint32_t sQ = sV + C::KV_BYTES;
     const uint32_t sO = sQ + 2 * C::QO_BYTES;
     const uint32_t sS = sO + 2 * C::QO_BYTES;
-    float *const sX = reinterpret_cast<float *>(sm + (sS + C::NWG * C::DS_BYTES - sK));
-    float *const sL = reinterpret_cast<float *>(reinterpret_cast<unsigned char *>(sX) + C::XC_BYTES);
+    float *const sL = reinterpret_cast<float *>(sm + (sS + C::NWG * C::DS_BYTES - sK));
     float *const sD = sL + 2 * C::BM;
 
     const int hs = (int)(blockIdx.y % (unsigned)gsplit);
@@ -120,7 +109,6 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     // warp-uniform as far as the compiler can tell (descriptors in uniform registers)
     const int wg = C::NWG == 1 ? 0 : __shfl_sync(0xffffffffu, (int)threadIdx.x >> 7, 0);
     const int warp = __shfl_sync(0xffffffffu, ((int)threadIdx.x >> 5) & 3, 0);  // in the warpgroup
-    const int tid = threadIdx.x & 127;                                          // in the warpgroup
     const int lane = threadIdx.x & 31;
     const int g = lane >> 2, tq = lane & 3;
     // window sides in int32 (-1 = unbounded; sequences are shorter than 2^29, so key - query
@@ -133,6 +121,9 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     const int kw0 = k0 + 64 * wg;                         // this warpgroup's first key
     const uint32_t sKw = sK + wg * 64 * 128, sVw = sV + wg * 64 * 128;  // its rows of K, V
     const uint32_t sSw = sS + wg * C::DS_BYTES;                        // its dS
+    // two warpgroups: this one's dQ columns, head dims [D / 2 wg, D / 2 (wg + 1)) of K, in column
+    // block D / 2 wg / 64 and 2 (D / 2 wg % 64) bytes into its rows
+    const uint32_t dq_col_off = (uint32_t)((C::D / 2 * wg / 64) * C::BN * 128 + (C::D / 2 * wg % 64) * 2);
     // the queries that see a key of [k0, kend): [qlo, qhi] (int64 before the clamp)
     const int64_t qlo64 = right < 0 ? 0 : (int64_t)k0 - off - right;
     const int64_t qhi64 = left < 0 ? Lq - 1 : (int64_t)kend - 1 - off + left;
@@ -294,26 +285,22 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         fence_operands(dv);
         fence_operands(dk);
         fence_proxy_async_smem();
-        if (C::NWG == 1 || C::DQ_HALF)  // every warp's dS stored (DQ_HALF: both warpgroups')
-            __syncthreads();
-        else  // every warp of this warpgroup
-            named_bar<128>(1 + wg);
+        __syncthreads();  // every warp's dS stored (two warpgroups: both tiles are read below)
 
-        // ---- dQ = dS K (queries x head dims) into the float32 accumulator: over this
-        //      warpgroup's 64 keys (4 k-steps), or with DQ_HALF over the block's BN keys (BN / 16
-        //      k-steps: dS of warpgroup 0 then 1, one tile) for head dims [64 wg, 64 wg + 64)
-        //      (K's column block wg) ----
-        constexpr int NDQ = C::DQ_HALF ? C::D / 4 : C::ND;
+        // ---- dQ = dS K (queries x head dims) into the float32 accumulator: one warpgroup over
+        //      its 64 keys (4 k-steps), all head dims; two over the block's 128 keys (8 k-steps:
+        //      dS of warpgroup 0, then 1) for head dims [D / 2 wg, D / 2 (wg + 1)) ----
+        constexpr int NDQ = C::NWG == 2 ? C::D / 4 : C::ND;
         float dq[NDQ];
 #pragma unroll
         for (int i = 0; i < NDQ; ++i) dq[i] = 0.0f;
         fence_operands(dq);
         wg_fence();
-        if constexpr (C::DQ_HALF) {
+        if constexpr (C::NWG == 2) {
 #pragma unroll
             for (int kk = 0; kk < C::BN / 16; ++kk)
                 Wgmma<T, C::D / 2>::ss_t(dq, desc_kmajor<C::BM>(sS, kk),
-                                         desc_mnmajor<C::BN>(sK + wg * C::BN * 128, kk));
+                                         desc_mnmajor<C::BN>(sK + dq_col_off, kk));
         } else {
 #pragma unroll
             for (int kk = 0; kk < 64 / 16; ++kk)
@@ -322,22 +309,9 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         wg_commit();
         wg_wait<0>();
         fence_operands(dq);
-        // two warpgroups: each adds the other's part to half of the head dims (column tiles
-        // [jlo, jlo + D / 16), warpgroup 0 the first half) through shared memory, so that the
-        // block adds each dQ element to the accumulator once; the half a warpgroup adds ends up
-        // in dq[0 .. D / 4) (register indices stay compile-time constants), where DQ_HALF's
-        // product put it directly
-        constexpr int JH = C::NWG == 2 ? C::D / 16 : C::D / 8;  // column tiles added here
+        // column tiles [jlo, jlo + JH) of 8 head dims (two warpgroups: warpgroup 0 the first half)
+        constexpr int JH = C::NWG == 2 ? C::D / 16 : C::D / 8;
         const int jlo = wg * JH;
-        if constexpr (C::NWG == 2 && !C::DQ_HALF) {
-            float *x = sX + wg * (C::D / 4) * 128 + tid;
-#pragma unroll
-            for (int i = 0; i < C::D / 4; ++i) x[i * 128] = wg ? dq[i] : dq[C::D / 4 + i];
-            __syncthreads();  // both parts written
-            const float *y = sX + (1 - wg) * (C::D / 4) * 128 + tid;
-#pragma unroll
-            for (int i = 0; i < C::D / 4; ++i) dq[i] = (wg ? dq[C::D / 4 + i] : dq[i]) + y[i * 128];
-        }
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const int q = m0 + warp * 16 + g + 8 * r;
@@ -390,8 +364,8 @@ samba_status launch(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int 
 }  // namespace
 
 // SAMBA_EXT_ATTN_BWD_WGMMA_WG: warpgroups per block, "1" (64 keys; two independent blocks per
-// SM) or anything else (and unset) 2 (128 keys; the Q / dO tiles loaded once for both and dQ
-// summed in shared memory before the atomics: half the traffic of both, and 10-19% faster on an
+// SM) or anything else (and unset) 2 (128 keys; the Q / dO tiles loaded once for both, and
+// each dQ element added once by the block: half the traffic of both, and 10-19% faster on an
 // H100, benchmarks/results/gpu_backward_attention.md)
 static int wgmma_nwg(void) {
     const char *e = getenv("SAMBA_EXT_ATTN_BWD_WGMMA_WG");

@@ -104,7 +104,7 @@ template <int N> __device__ __forceinline__ void fence_operands(float (&r)[N]) {
 }
 
 // Wgmma<T, N>::ss / ::rs_t: one wgmma.mma_async m64nNk16 with float32 accumulators
-// (N = 64 and 128, bfloat16 and float16; one macro spells the four specialisations):
+// (N = 32, 64 and 128, bfloat16 and float16; one macro spells the six specialisations):
 //   ss(d, da, db):  d (64 x N, accumulator fragment) += A (64 x 16, K-major, descriptor da) *
 //                   B (16 x N, K-major, descriptor db)
 //   ss_t(d, da, db): the same with B MN-major (tnspB = 1)
@@ -118,7 +118,10 @@ template <typename T, int N> struct Wgmma;
 #define SAMBA_WG_ASM(...) __trap()
 #endif
 
-// the accumulator operands %0 .. %31 (N = 64) or %0 .. %63 (N = 128), as text and as bindings
+// the accumulator operands %0 .. %15 (N = 32), %0 .. %31 (N = 64) or %0 .. %63 (N = 128), as
+// text and as bindings
+#define SAMBA_WG_REGS16                                                                        \
+    "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
 #define SAMBA_WG_REGS32                                                                        \
     "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                   \
     "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
@@ -130,6 +133,7 @@ template <typename T, int N> struct Wgmma;
 #define SAMBA_WG_F8(d, i)                                                                      \
     "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), \
         "+f"(d[i + 6]), "+f"(d[i + 7])
+#define SAMBA_WG_OUT16(d) SAMBA_WG_F8(d, 0), SAMBA_WG_F8(d, 8)
 #define SAMBA_WG_OUT32(d) \
     SAMBA_WG_F8(d, 0), SAMBA_WG_F8(d, 8), SAMBA_WG_F8(d, 16), SAMBA_WG_F8(d, 24)
 #define SAMBA_WG_OUT64(d) \
@@ -162,10 +166,14 @@ template <typename T, int N> struct Wgmma;
         }                                                                                     \
     };
 
+SAMBA_WG_SPEC(__nv_bfloat16, "bf16", 32, 16, SAMBA_WG_REGS16, SAMBA_WG_OUT16, "%18", "%16, %17",
+              "%21", "{%16, %17, %18, %19}, %20")
 SAMBA_WG_SPEC(__nv_bfloat16, "bf16", 64, 32, SAMBA_WG_REGS32, SAMBA_WG_OUT32, "%34", "%32, %33",
               "%37", "{%32, %33, %34, %35}, %36")
 SAMBA_WG_SPEC(__nv_bfloat16, "bf16", 128, 64, SAMBA_WG_REGS64, SAMBA_WG_OUT64, "%66", "%64, %65",
               "%69", "{%64, %65, %66, %67}, %68")
+SAMBA_WG_SPEC(__half, "f16", 32, 16, SAMBA_WG_REGS16, SAMBA_WG_OUT16, "%18", "%16, %17", "%21",
+              "{%16, %17, %18, %19}, %20")
 SAMBA_WG_SPEC(__half, "f16", 64, 32, SAMBA_WG_REGS32, SAMBA_WG_OUT32, "%34", "%32, %33", "%37",
               "{%32, %33, %34, %35}, %36")
 SAMBA_WG_SPEC(__half, "f16", 128, 64, SAMBA_WG_REGS64, SAMBA_WG_OUT64, "%66", "%64, %65", "%69",
