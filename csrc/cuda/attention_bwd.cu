@@ -418,7 +418,8 @@ static samba_status run(const samba_cu_attn_ext_args *a, float *scratch, bool mm
         return launch_core<8>(a, &ws, st);
     }
     float *const zero_from = zero_dq ? ws.dq_acc + nq : ws.dq_acc;
-    const size_t acc = (size_t)((zero_dq ? 0 : ncopy * nq) + (ws.dk_acc ? 2 * nk : 0)) * sizeof(float);
+    const size_t acc =
+        (size_t)((zero_dq ? 0 : ncopy * nq) + (ws.dk_acc ? 2 * nk : 0)) * sizeof(float);
     if (acc > 0) {
         const cudaError_t e = cudaMemsetAsync(zero_from, 0, acc, st);
         if (e != cudaSuccess) return samba_cu_fail("attention_bwd (memset)", e);

@@ -29,8 +29,8 @@
 //                                  keys (the two dS tiles side by side are one K-major tile) for
 //                                  its half of the head dims, K's columns D/2 wg .. (at D = 64,
 //                                  64 bytes into the swizzled rows), so that the block adds each
-//                                  dQ element once without exchanging partial sums (4-5% off
-//                                  the kernel's time on an H100 against an exchange through
+//                                  dQ element once without exchanging partial sums (3.7-5.4%
+//                                  off the kernel's time on an H100 against an exchange through
 //                                  shared memory, gpu_backward_attention.md)
 // Q, dO, lse and Delta tiles are double-buffered with cp.async (tile t + 1 in flight while t is
 // computed); two barriers per tile (the tile landed; dS stored). One-warpgroup blocks are
@@ -123,7 +123,8 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     const uint32_t sSw = sS + wg * C::DS_BYTES;                        // its dS
     // two warpgroups: this one's dQ columns, head dims [D / 2 wg, D / 2 (wg + 1)) of K, in column
     // block D / 2 wg / 64 and 2 (D / 2 wg % 64) bytes into its rows
-    const uint32_t dq_col_off = (uint32_t)((C::D / 2 * wg / 64) * C::BN * 128 + (C::D / 2 * wg % 64) * 2);
+    const uint32_t dq_col_off =
+        (uint32_t)((C::D / 2 * wg / 64) * C::BN * 128 + (C::D / 2 * wg % 64) * 2);
     // the queries that see a key of [k0, kend): [qlo, qhi] (int64 before the clamp)
     const int64_t qlo64 = right < 0 ? 0 : (int64_t)k0 - off - right;
     const int64_t qhi64 = left < 0 ? Lq - 1 : (int64_t)kend - 1 - off + left;

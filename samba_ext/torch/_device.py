@@ -11,9 +11,9 @@ converted to float32 on the device first, the CUDA kernels do not read it), and 
 Streams: with ``stream=None`` (what samba_ext.torch passes) the kernel API queues its CUDA
 work on ``torch.cuda.current_stream(device)`` of the inputs' device, reads the inputs on it
 (their pointers and strides, samba_ext.cuda.interop.torch_view) and exports the results for
-that same stream, so the calls are ordered with the surrounding torch work like any torch op on the current stream (and torch's
-caching allocator, which reuses freed blocks in that stream's order, never hands an input's
-memory out while a kernel still reads it). Result memory comes from samba_ext's
+that same stream, so the calls are ordered with the surrounding torch work like any torch op
+on the current stream (and torch's caching allocator, which reuses freed blocks in that
+stream's order, never hands an input's memory out while a kernel still reads it). Result memory comes from samba_ext's
 stream-ordered pool (``cudaMallocAsync``), not torch's caching allocator: it is released in
 order on the stream it was made on, so ``Tensor.record_stream`` does not apply to it.
 """
