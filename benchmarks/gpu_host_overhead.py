@@ -8,14 +8,15 @@ Usage (on a machine with a CUDA GPU, torch installed, samba_ext built with CUDA)
 Cases: grad.attention_fwd and grad.attention_bwd (bf16 torch tensors, batch 1, L 128, 32 query
 / 4 kv heads of 64, window 64), attention_bwd on the same values as samba_ext's own DeviceArrays
 (no torch tensor to read, no torch stream to ask for), the samba_ext.torch custom op of the
-attention backward (torch's dispatcher, then attention_bwd, then each result wrapped as a tensor
-with torch.from_dlpack), and for comparison an empty torch op (x.add_(0)). For each, the median over 5 rounds of (wall time of N back-to-back calls) / N,
-with the device synchronised before and after each round; the GPU is idle most of that time,
-so the figure is the host's cost per call. The op is timed twice: as it is, and with its
-results wrapped by plain torch.from_dlpack (one stream lookup and export per tensor); two more
-cases time that wrapping alone for attention_bwd's three results, by torch.from_dlpack and by
-samba_ext.torch's tensors(). --profile adds cProfile's top entries
-(by own time) for attention_bwd and for the torch op, which
+attention backward (torch's dispatcher, then attention_bwd, then its three results wrapped as
+tensors), and for comparison an empty torch op (x.add_(0)). For each, the median over 5 rounds
+of (wall time of N back-to-back calls) / N, with the device synchronised before and after each
+round; the GPU is idle most of that time, so the figure is the host's cost per call. The op is
+timed twice: as it is (samba_ext.torch's tensors(): one stream lookup per op, exports without a
+stream wait), and with its results wrapped by plain torch.from_dlpack (one stream lookup and
+export per tensor); two more cases time that wrapping alone for attention_bwd's three results,
+both ways. --profile adds cProfile's top entries (by own time) for attention_bwd and for the
+torch op, which
 separates the Python layers from the C call (one entry, the extension's function), and the CUDA
 runtime calls made inside that C call with their host times (torch.profiler's CPU activity, which
 records the runtime API through CUPTI: cudaLaunchKernel, cudaMallocAsync, cudaMemsetAsync, ...).
@@ -48,7 +49,8 @@ from samba_ext.torch._ops import attention_backward_op
 
 def with_from_dlpack(fn: Callable[[], Any]) -> Any:
     """fn() with samba_ext.torch's ops wrapping their results by plain torch.from_dlpack (each
-    tensor asks torch for its current stream and exports with it), as before tensors()."""
+    tensor asks torch for its current stream and is exported for it), for comparison with
+    samba_ext.torch's own tensors()."""
     saved = _ops.tensors
     _ops.tensors = lambda arrays, device: tuple(
         torch.empty(0, device=device) if a is None else torch.from_dlpack(a) for a in arrays)
