@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..ops.meta import is_torch_tensor
+from ..ops.meta import is_torch_tensor, on_cuda
 from .layout import DTYPES, FROM_DL, FROM_TYPESTR, KDLCUDA, KDLCUDA_MANAGED, c_strides, \
     is_c_contig
 from .runtime import DeviceGuard, dl_stream, flush_recorder, norm_stream, require
@@ -45,17 +45,8 @@ class ArrayView:
 
 
 def is_cuda_array(x: Any) -> bool:
-    if is_torch_tensor(x):
-        return bool(x.is_cuda)
-    if x is None or isinstance(x, (np.ndarray, np.generic, int, float, list, tuple, str)):
-        return False
-    dev = getattr(x, "__dlpack_device__", None)
-    if dev is not None:
-        try:
-            return int(dev()[0]) in (KDLCUDA, KDLCUDA_MANAGED)
-        except Exception:
-            return False
-    return hasattr(x, "__cuda_array_interface__")
+    """x lives on a CUDA device: the one rule of :func:`samba_ext.ops.meta.on_cuda`."""
+    return on_cuda(x)
 
 
 def cuda_device_of(x: Any) -> int:

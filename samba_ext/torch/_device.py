@@ -13,9 +13,10 @@ work on ``torch.cuda.current_stream(device)`` of the inputs' device, reads the i
 (their pointers and strides, samba_ext.cuda.interop.torch_view) and exports the results for
 that same stream, so the calls are ordered with the surrounding torch work like any torch op
 on the current stream (and torch's caching allocator, which reuses freed blocks in that
-stream's order, never hands an input's memory out while a kernel still reads it). Result memory comes from samba_ext's
-stream-ordered pool (``cudaMallocAsync``), not torch's caching allocator: it is released in
-order on the stream it was made on, so ``Tensor.record_stream`` does not apply to it.
+stream's order, never hands an input's memory out while a kernel still reads it). Result
+memory comes from samba_ext's stream-ordered pool (``cudaMallocAsync``), not torch's caching
+allocator: it is released in order on the stream it was made on, so ``Tensor.record_stream``
+does not apply to it.
 """
 from __future__ import annotations
 
@@ -112,7 +113,7 @@ def tensors(arrays: Iterable[Any], device: torch.device) -> tuple[Tensor, ...]:
             out.append(torch.empty(0, device=device))
         elif isinstance(a, np.ndarray):
             out.append(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)))
-        elif type(a) is DeviceArray and a.stream == cur:
+        elif isinstance(a, DeviceArray) and a.stream == cur:
             out.append(torch.from_dlpack(a.__dlpack__(stream=-1)))
         else:
             out.append(torch.from_dlpack(a))
