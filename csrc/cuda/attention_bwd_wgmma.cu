@@ -31,7 +31,10 @@
 //                                  64 bytes into the swizzled rows), so that the block adds each
 //                                  dQ element once without exchanging partial sums (3.7-5.4%
 //                                  off the kernel's time on an H100 against an exchange through
-//                                  shared memory, gpu_backward_attention.md)
+//                                  shared memory, gpu_backward_attention.md); at D = 64 with
+//                                  two warpgroups a tile's dQ is added during the next tile's
+//                                  S / dP products, the atomics beside the tensor cores (3.1-4.1%
+//                                  off the kernel's time on an H100)
 // Q, dO, lse and Delta tiles are double-buffered with cp.async (tile t + 1 in flight while t is
 // computed); two barriers per tile (the tile landed; dS stored). One-warpgroup blocks are
 // small (58 KB of shared memory at D = 64, 106 KB at D = 128; 2 per multiprocessor) so that the
@@ -162,6 +165,51 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
 #pragma unroll
     for (int i = 0; i < C::ND; ++i) dk[i] = dv[i] = 0.0f;
 
+    // dQ of a tile into the float32 accumulator: rows m0 + 16 warp + g (+ 8) of head h, column
+    // tiles [jlo, jlo + JH) of 8 head dims (two warpgroups: warpgroup 0 the first half)
+    constexpr int NDQ = C::NWG == 2 ? C::D / 4 : C::ND;
+    constexpr int JH = C::NWG == 2 ? C::D / 16 : C::D / 8;
+    const int jlo = wg * JH;
+    auto add_dq = [&](const float (&v)[NDQ], int m0, int64_t h) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int q = m0 + warp * 16 + g + 8 * r;
+            if (q >= Lq) continue;
+            float *row = ws.dq_acc + (((int64_t)b * Lq + q) * H + h) * hd;
+#pragma unroll
+            for (int jj = 0; jj < JH; ++jj) {
+                const int col = 8 * (jlo + jj) + 2 * tq;
+                if (col < hd) atomic_add2(row + col, v[4 * jj + 2 * r], v[4 * jj + 2 * r + 1]);
+            }
+        }
+    };
+    // the same without a branch (rows past Lq and columns past hd add zeros to the last valid
+    // ones): called while wgmma runs, where a divergent path would serialize the tensor cores
+    auto add_dq_nb = [&](const float (&v)[NDQ], int m0, int64_t h) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int q = m0 + warp * 16 + g + 8 * r;
+            const float kq = q < Lq ? 1.0f : 0.0f;
+            float *row = ws.dq_acc + (((int64_t)b * Lq + min(q, Lq - 1)) * H + h) * hd;
+#pragma unroll
+            for (int jj = 0; jj < JH; ++jj) {
+                const int col = 8 * (jlo + jj) + 2 * tq;
+                const float k = col < hd ? kq : 0.0f;
+                atomic_add2(row + min(col, hd - 2), k * v[4 * jj + 2 * r],
+                            k * v[4 * jj + 2 * r + 1]);
+            }
+        }
+    };
+    // DEFER (two warpgroups at D = 64, where the registers allow): a tile's dQ is added during
+    // the next tile's S / dP products instead of before its loop ends, so the atomics overlap
+    // the tensor cores (dq_prev, m_prev, h_prev: the tile waiting to be added)
+    constexpr bool DEFER = C::NWG == 2 && C::D == 64;
+    float dq_prev[NDQ];  // zeros before the first tile (added once, harmlessly)
+#pragma unroll
+    for (int i = 0; i < NDQ; ++i) dq_prev[i] = 0.0f;
+    int m_prev = qlo;
+    int64_t h_prev = h_first;
+
     for (int it = 0; it < n_it; ++it) {
         const int buf = (int)(it & 1);
         cp_async_wait<0>();        // tile it (and K, V) landed for this thread's copies
@@ -189,6 +237,9 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         for (int ks = 0; ks < C::KS; ++ks)
             Wgmma<T, 64>::ss(dp, desc_kmajor<C::BN>(sVw, ks), desc_kmajor<C::BM>(o_s, ks));
         wg_commit();
+        if constexpr (DEFER) {  // the previous tile's dQ while S^T and dP^T are computed
+            add_dq_nb(dq_prev, m_prev, h_prev);
+        }
         wg_wait<0>();
         fence_operands(s);
         fence_operands(dp);
@@ -291,7 +342,6 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         // ---- dQ = dS K (queries x head dims) into the float32 accumulator: one warpgroup over
         //      its 64 keys (4 k-steps), all head dims; two over the block's 128 keys (8 k-steps:
         //      dS of warpgroup 0, then 1) for head dims [D / 2 wg, D / 2 (wg + 1)) ----
-        constexpr int NDQ = C::NWG == 2 ? C::D / 4 : C::ND;
         float dq[NDQ];
 #pragma unroll
         for (int i = 0; i < NDQ; ++i) dq[i] = 0.0f;
@@ -310,20 +360,20 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         wg_commit();
         wg_wait<0>();
         fence_operands(dq);
-        // column tiles [jlo, jlo + JH) of 8 head dims (two warpgroups: warpgroup 0 the first half)
-        constexpr int JH = C::NWG == 2 ? C::D / 16 : C::D / 8;
-        const int jlo = wg * JH;
+        if constexpr (DEFER) {
+            // copied by an asm mov: with a plain copy the compiler keeps dq_prev in the dq
+            // wgmma's registers and waits for the next tile's wgmma before the deferred adds
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int q = m0 + warp * 16 + g + 8 * r;
-            if (q >= Lq) continue;
-            float *row = ws.dq_acc + (((int64_t)b * Lq + q) * H + h) * hd;
-#pragma unroll
-            for (int jj = 0; jj < JH; ++jj) {
-                const int col = 8 * (jlo + jj) + 2 * tq;
-                if (col < hd) atomic_add2(row + col, dq[4 * jj + 2 * r], dq[4 * jj + 2 * r + 1]);
-            }
+            for (int i = 0; i < NDQ; ++i)
+                asm volatile("mov.b32 %0, %1;" : "=f"(dq_prev[i]) : "f"(dq[i]));
+            m_prev = m0;
+            h_prev = h;
+        } else {
+            add_dq(dq, m0, h);
         }
+    }
+    if constexpr (DEFER) {
+        if (n_it > 0) add_dq(dq_prev, m_prev, h_prev);
     }
     cp_async_wait<0>();
 
