@@ -2,9 +2,11 @@
 # cuda_static_check.sh - what ptxas says about every CUDA kernel, without a GPU: compiles each
 # csrc/cuda/*.cu for sm_90 (the wgmma files as sm_90a, as setup.py does) with -Xptxas -v and
 # prints one line per kernel (registers, spill bytes, stack), then every ptxas warning. Exits 1
-# when ptxas reports that wgmma instructions are serialised (C7518, a warning, or C7520, printed
-# as info: a pipelined Hopper kernel would silently lose its overlap) or when a kernel spills more than
-# SPILL_LIMIT bytes (default 64).
+# when ptxas reports that it serialised wgmma instructions or waits for them where the source does
+# not (C7514: accumulators read inside a pipeline stage; C7517: an injected warpgroup.wait; C7518:
+# a wgmma batch in flight across a divergent path; C7520; printed as warnings or info: a pipelined
+# Hopper kernel would silently lose its overlap) or when a kernel spills more than SPILL_LIMIT
+# bytes (default 64).
 #
 # Usage (repository root, nvcc on PATH or in CUDA_HOME):  bash benchmarks/cuda_static_check.sh [FILE.cu ...]
 # Environment: NVCC (default: $CUDA_HOME/bin/nvcc, else nvcc), SPILL_LIMIT, OUT (log folder, default
@@ -37,10 +39,11 @@ for f in "${files[@]}"; do
             if (st + 0 > lim || ld + 0 > lim) bad = 1 }
         END { exit bad }' "$log" | { command -v c++filt >/dev/null && c++filt || cat; }
     [ "${PIPESTATUS[0]}" = 0 ] || { echo "$f: a kernel spills more than $SPILL_LIMIT bytes"; status=1; }
-    if grep -qE "C7518|C7520" "$log"; then
-        echo "$f: ptxas serialised wgmma instructions (C7518 / C7520):"; grep -E "C7518|C7520" "$log" | head -4
+    if grep -qE "C751[478]|C7520" "$log"; then
+        echo "$f: ptxas serialised wgmma instructions (C7514 / C7517 / C7518 / C7520):"
+        grep -E "C751[478]|C7520" "$log" | head -4
         status=1
     fi
-    grep -i "warning" "$log" | grep -v C7518 | head -5
+    grep -i "warning" "$log" | grep -vE "C751[478]|C7520" | head -5
 done
 exit $status
