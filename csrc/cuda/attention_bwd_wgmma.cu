@@ -32,9 +32,10 @@
 //                                  dQ element once without exchanging partial sums (3.7-5.4%
 //                                  off the kernel's time on an H100 against an exchange through
 //                                  shared memory, gpu_backward_attention.md); at D = 64 with
-//                                  two warpgroups a tile's dQ is added during the next tile's
-//                                  S / dP products, the atomics beside the tensor cores (3.1-4.1%
-//                                  off the kernel's time on an H100)
+//                                  two warpgroups (DEFER) a tile's dQ product runs on across the
+//                                  next tile's barrier, and its sums are added during that tile's
+//                                  S / dP products, the atomics beside the tensor cores (7-9% off
+//                                  the kernel's time on an H100, in two steps)
 // Q, dO, lse and Delta tiles are double-buffered with cp.async (tile t + 1 in flight while t is
 // computed); two barriers per tile (the tile landed; dS stored). One-warpgroup blocks are
 // small (58 KB of shared memory at D = 64, 106 KB at D = 128; 2 per multiprocessor) so that the
@@ -72,18 +73,24 @@ template <int D_, int NWG_, int MINB_> struct WBCfg {
     static constexpr uint32_t QO_BYTES = BM * D * 2;   // one buffer of Q (or dO)
     static constexpr uint32_t DS_BYTES = BM * 64 * 2;  // one warpgroup's dS
     static constexpr uint32_t LD_BYTES = 2 * 2 * BM * 4;  // lse and Delta, two buffers each
+    // DEFER (two warpgroups at D = 64, where the registers allow): a tile's dQ product is left
+    // running across the next tile's barrier and its sums are added during that tile's S / dP
+    // products, so dS is double-buffered (one warpgroup stores tile t + 1's dS while the other's
+    // product of tile t may still read both warpgroups' dS of tile t)
+    static constexpr bool DEFER = NWG == 2 && D == 64;
+    static constexpr int NDS = DEFER ? 2 : 1;          // dS buffers
     static constexpr size_t SMEM =
-        1024 + 2 * KV_BYTES + 4 * QO_BYTES + NWG * DS_BYTES + LD_BYTES;
+        1024 + 2 * KV_BYTES + 4 * QO_BYTES + NDS * NWG * DS_BYTES + LD_BYTES;
     static_assert(D == 64 || D == 128, "wgmma N of dK / dV / dQ is written out for 64 and 128");
     static_assert(NWG == 1 || NWG == 2, "one or two warpgroups");
 };
-// Registers (ptxas, sm_90a, nvcc 13.0), one / two warpgroups: 222 / 220 at D = 64, 255 with 56
+// Registers (ptxas, sm_90a, nvcc 13.0), one / two warpgroups: 222 / 234 at D = 64, 255 with 56
 // bytes of spills / 254 at D = 128, so 2 blocks of one warpgroup per SM either way (a cap of 168
 // for 3 blocks at D = 64 spills: the scores, dP^T, dK and dV take 128 registers and the tile's
 // lse / Delta loads come on top), or 1 block of two.
 using WB64 = WBCfg<64, 1, 2>;     // 58 KB
 using WB128 = WBCfg<128, 1, 2>;   // 106 KB
-using WB64x2 = WBCfg<64, 2, 1>;   // 82 KB
+using WB64x2 = WBCfg<64, 2, 1>;   // 98 KB (dS double-buffered)
 using WB128x2 = WBCfg<128, 2, 1>; // 146 KB
 
 template <typename T, class C>
@@ -99,7 +106,7 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     const uint32_t sQ = sV + C::KV_BYTES;
     const uint32_t sO = sQ + 2 * C::QO_BYTES;
     const uint32_t sS = sO + 2 * C::QO_BYTES;
-    float *const sL = reinterpret_cast<float *>(sm + (sS + C::NWG * C::DS_BYTES - sK));
+    float *const sL = reinterpret_cast<float *>(sm + (sS + C::NDS * C::NWG * C::DS_BYTES - sK));
     float *const sD = sL + 2 * C::BM;
 
     const int hs = (int)(blockIdx.y % (unsigned)gsplit);
@@ -123,7 +130,6 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     const int kend = k0 + C::BN < Lk ? k0 + C::BN : Lk;  // exclusive
     const int kw0 = k0 + 64 * wg;                         // this warpgroup's first key
     const uint32_t sKw = sK + wg * 64 * 128, sVw = sV + wg * 64 * 128;  // its rows of K, V
-    const uint32_t sSw = sS + wg * C::DS_BYTES;                        // its dS
     // two warpgroups: this one's dQ columns, head dims [D / 2 wg, D / 2 (wg + 1)) of K, in column
     // block D / 2 wg / 64 and 2 (D / 2 wg % 64) bytes into its rows
     const uint32_t dq_col_off =
@@ -200,13 +206,12 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
             }
         }
     };
-    // DEFER (two warpgroups at D = 64, where the registers allow): a tile's dQ is added during
-    // the next tile's S / dP products instead of before its loop ends, so the atomics overlap
-    // the tensor cores (dq_prev, m_prev, h_prev: the tile waiting to be added)
-    constexpr bool DEFER = C::NWG == 2 && C::D == 64;
-    float dq_prev[NDQ];  // zeros before the first tile (added once, harmlessly)
+    // DEFER (WBCfg): dq, m_prev, h_prev are the tile whose dQ product is running (zeros before
+    // the first tile, added once, harmlessly)
+    constexpr bool DEFER = C::DEFER;
+    float dq[NDQ];
 #pragma unroll
-    for (int i = 0; i < NDQ; ++i) dq_prev[i] = 0.0f;
+    for (int i = 0; i < NDQ; ++i) dq[i] = 0.0f;
     int m_prev = qlo;
     int64_t h_prev = h_first;
 
@@ -218,10 +223,23 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         if (it + 1 < n_it) load_q(it + 1, buf ^ 1);
         cp_async_commit();
 
+        float dq_prev[NDQ];
+        if constexpr (DEFER) {
+            // the previous tile's dQ product ran across the barrier. Its sums are copied by an
+            // asm mov: with a plain copy the compiler keeps dq_prev in the dq wgmma's registers
+            // and waits for the S / dP wgmma below before the deferred adds
+            wg_wait<0>();
+            fence_operands(dq);
+#pragma unroll
+            for (int i = 0; i < NDQ; ++i)
+                asm volatile("mov.b32 %0, %1;" : "=f"(dq_prev[i]) : "f"(dq[i]));
+        }
         const int64_t h = h_first + it / n_mt;
         const int m0 = qlo + (it % n_mt) * C::BM;
         const uint32_t q_s = sQ + buf * C::QO_BYTES, o_s = sO + buf * C::QO_BYTES;
         const float *l_s = sL + buf * C::BM, *d_s = sD + buf * C::BM;
+        const uint32_t sSb = sS + (DEFER ? buf : 0) * C::NWG * C::DS_BYTES;  // this tile's dS
+        const uint32_t sSw = sSb + wg * C::DS_BYTES;                          // its warpgroup's
 
         // ---- S^T = K Q^T, dP^T = V dO^T (keys x queries), one batch ----
         float s[C::NQ], dp[C::NQ];
@@ -237,7 +255,7 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         for (int ks = 0; ks < C::KS; ++ks)
             Wgmma<T, 64>::ss(dp, desc_kmajor<C::BN>(sVw, ks), desc_kmajor<C::BM>(o_s, ks));
         wg_commit();
-        if constexpr (DEFER) {  // the previous tile's dQ while S^T and dP^T are computed
+        if constexpr (DEFER) {  // the previous tile's dQ sums while S^T and dP^T are computed
             add_dq_nb(dq_prev, m_prev, h_prev);
         }
         wg_wait<0>();
@@ -342,7 +360,6 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         // ---- dQ = dS K (queries x head dims) into the float32 accumulator: one warpgroup over
         //      its 64 keys (4 k-steps), all head dims; two over the block's 128 keys (8 k-steps:
         //      dS of warpgroup 0, then 1) for head dims [D / 2 wg, D / 2 (wg + 1)) ----
-        float dq[NDQ];
 #pragma unroll
         for (int i = 0; i < NDQ; ++i) dq[i] = 0.0f;
         fence_operands(dq);
@@ -350,7 +367,7 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         if constexpr (C::NWG == 2) {
 #pragma unroll
             for (int kk = 0; kk < C::BN / 16; ++kk)
-                Wgmma<T, C::D / 2>::ss_t(dq, desc_kmajor<C::BM>(sS, kk),
+                Wgmma<T, C::D / 2>::ss_t(dq, desc_kmajor<C::BM>(sSb, kk),
                                          desc_mnmajor<C::BN>(sK + dq_col_off, kk));
         } else {
 #pragma unroll
@@ -358,22 +375,19 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
                 Wgmma<T, C::D>::ss_t(dq, desc_kmajor<C::BM>(sSw, kk), desc_mnmajor<C::BN>(sKw, kk));
         }
         wg_commit();
-        wg_wait<0>();
-        fence_operands(dq);
-        if constexpr (DEFER) {
-            // copied by an asm mov: with a plain copy the compiler keeps dq_prev in the dq
-            // wgmma's registers and waits for the next tile's wgmma before the deferred adds
-#pragma unroll
-            for (int i = 0; i < NDQ; ++i)
-                asm volatile("mov.b32 %0, %1;" : "=f"(dq_prev[i]) : "f"(dq[i]));
+        if constexpr (DEFER) {  // left running: waited for after the next tile's barrier
             m_prev = m0;
             h_prev = h;
         } else {
+            wg_wait<0>();
+            fence_operands(dq);
             add_dq(dq, m0, h);
         }
     }
     if constexpr (DEFER) {
-        if (n_it > 0) add_dq(dq_prev, m_prev, h_prev);
+        wg_wait<0>();
+        fence_operands(dq);
+        if (n_it > 0) add_dq(dq, m_prev, h_prev);
     }
     cp_async_wait<0>();
 
