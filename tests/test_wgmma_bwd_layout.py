@@ -4,10 +4,13 @@ hardware side: descriptor decoding, the K-major / MN-major 128-byte-swizzle read
 accumulator / A fragment, reused from there):
   * every operand of the five products reads what the kernel wrote there: K, V, Q and dO from
     load_tile_sw, dS from the kernel's own store after movmatrix;
-  * the dQ exchange of two warpgroups adds each element once (the register positions the kernel
-    assumes for S^T / dP^T, the P^T / dS^T A operands and the dQ / dK / dV stores are the
-    formulas of prefill v4, checked in tests/test_wgmma_layout.py: kernel_s_pos, kernel_pa,
-    kernel_o_pos);
+  * with two warpgroups each one multiplies the block's dS (both warpgroups' tiles, 128 keys) by
+    its half of K's head dims, so that the block adds each dQ element once (the register
+    positions the kernel assumes for S^T / dP^T, the P^T / dS^T A operands and the dQ / dK / dV
+    stores are the formulas of prefill v4, checked in tests/test_wgmma_layout.py: kernel_s_pos,
+    kernel_pa, kernel_o_pos);
+  * the shared-memory layout: K, V, two Q / dO buffers, dS (two buffers where the dQ product is
+    deferred: two warpgroups at head dim 64), lse / Delta, inside the block's allocation;
   * movmatrix.trans is modelled from the PTX ISA ("movmatrix": lane l holds row l / 4, columns
     2 (l % 4), + 1 of an 8 x 8 matrix of 16-bit values, and afterwards those positions of its
     transpose).
@@ -41,21 +44,41 @@ def desc_mnmajor(s: int, rows: int, kk: int) -> int:
     return desc_sw128(s + kk * 16 * 128, rows * 128, 1024)
 
 
-def layout(D: int, nwg: int = 1) -> dict:
-    """The kernel's shared offsets (sK .. sS), buffer 1 of Q and dO."""
+DS_BYTES = BM * 64 * 2  # one warpgroup's dS
+
+
+def ds_buffers(D: int, nwg: int) -> int:
+    """WBCfg::NDS: dS is double-buffered where the dQ product runs on into the next tile (DEFER:
+    two warpgroups at head dim 64)."""
+    return 2 if nwg == 2 and D == 64 else 1
+
+
+def smem_bytes(D: int, nwg: int) -> int:
+    """WBCfg::SMEM: 1024 bytes of alignment slack, K, V, Q [2], dO [2], dS [NDS][NWG], lse and
+    Delta [2] each."""
+    return 1024 + 2 * (64 * nwg * D * 2) + 4 * (BM * D * 2) + ds_buffers(D, nwg) * nwg * DS_BYTES \
+        + 2 * 2 * BM * 4
+
+
+def layout(D: int, nwg: int = 1, buf: int = 1) -> dict:
+    """The kernel's shared offsets (sK .. sD); q_s / o_s are buffer 1 of Q and dO, sS is dS
+    buffer `buf` (sSb; buffer 0 where there is one)."""
     kv, qo = 64 * nwg * D * 2, BM * D * 2
     sK = BASE
     sV = sK + kv
     sQ = sV + kv
     sO = sQ + 2 * qo
     sS = sO + 2 * qo
-    return {"sK": sK, "sV": sV, "q_s": sQ + qo, "o_s": sO + qo, "sS": sS}
+    sL = sS + ds_buffers(D, nwg) * nwg * DS_BYTES
+    sSb = sS + (buf if ds_buffers(D, nwg) == 2 else 0) * nwg * DS_BYTES
+    return {"sK": sK, "sV": sV, "q_s": sQ + qo, "o_s": sO + qo, "sS": sSb, "sS0": sS, "sL": sL,
+            "sD": sL + 2 * BM * 4}
 
 
 def warpgroup_bases(lay: dict, wg: int) -> dict:
     """sKw, sVw, sSw of warpgroup wg."""
     return {"sK": lay["sK"] + wg * 64 * 128, "sV": lay["sV"] + wg * 64 * 128,
-            "sS": lay["sS"] + wg * BM * 64 * 2}
+            "sS": lay["sS"] + wg * DS_BYTES}
 
 
 def kernel_ds_store(sSw: int, lane: int, warp: int, kk: int, i: int, half: int) -> int:
@@ -66,25 +89,28 @@ def kernel_ds_store(sSw: int, lane: int, warp: int, kk: int, i: int, half: int) 
     return sSw + qrow * 128 + ((chunk ^ g) << 4) + 4 * tq + 2 * half
 
 
-def kernel_dq_ksteps() -> int:
-    """The k-steps of the kernel's dQ = dS K loop: kk < 64 / 16, the warpgroup's own keys (not
-    the block's BN)."""
-    return 64 // 16
+def kernel_dq_ksteps(nwg: int) -> int:
+    """The k-steps of the kernel's dQ = dS K loop: one warpgroup over its 64 keys, two over the
+    block's BN = 128 (both warpgroups' dS tiles)."""
+    return 64 * nwg // 16
 
 
-def kernel_xc_index(D: int, wg: int, i: int, tid: int) -> int:
-    """Float index into the dQ exchange that thread tid of warpgroup wg writes x[i * 128] to."""
-    return wg * (D // 4) * 128 + tid + i * 128
+def kernel_dq_descs(lay: dict, D: int, nwg: int, wg: int, kk: int) -> tuple[int, int]:
+    """(A, B) descriptors of k-step kk of warpgroup wg's dQ product: dS K-major from sSb (two
+    warpgroups) or sSw (one), K MN-major from its rows (one warpgroup) or from dq_col_off, the
+    warpgroup's half of the head dims (two)."""
+    BN = 64 * nwg
+    if nwg == 2:
+        dq_col_off = (D // 2 * wg // 64) * BN * 128 + (D // 2 * wg % 64) * 2
+        return desc_kmajor(lay["sS"], BM, kk), desc_mnmajor(lay["sK"] + dq_col_off, BN, kk)
+    w = warpgroup_bases(lay, wg)
+    return desc_kmajor(w["sS"], BM, kk), desc_mnmajor(w["sK"], BN, kk)
 
 
-def kernel_dq_kept(D: int, nwg: int, wg: int, i: int) -> list[tuple[int, int]]:
-    """(warpgroup, accumulator index) of the dq values summed into dq[i] (i < D / 4 with two
-    warpgroups) by the exchange: the own value and what the other warpgroup sent."""
-    if nwg == 1:
-        return [(0, i)]
-    own = (wg, D // 4 + i if wg else i)
-    sent = (1 - wg, i if 1 - wg else D // 4 + i)  # the other one's x[i]: wg ? dq[i] : dq[D/4+i]
-    return [own, sent]
+def kernel_dq_columns(D: int, nwg: int, wg: int) -> tuple[int, int]:
+    """(N of the warpgroup's dQ product, first head dim it adds): jlo = wg * JH column tiles."""
+    JH = D // 16 if nwg == 2 else D // 8
+    return 8 * JH, 8 * wg * JH
 
 
 # ---------------------------------------------------------------- the hardware ---------------
@@ -129,89 +155,105 @@ def test_gradient_products_read_q_do_k_as_loaded(D, nwg):
                     write_addr(lay["sK"], BN, 64 * wg + kk * 16 + k, n), (wg, kk, k, n)
 
 
-@pytest.mark.parametrize("nwg", [1, 2])
-def test_ds_store_is_what_the_dq_product_reads(nwg):
+@pytest.mark.parametrize("D,nwg", [(64, 1), (128, 1), (64, 2), (128, 2)])
+def test_shared_layout_fits_the_allocation(D, nwg):
+    # every region lies after the previous one and inside SMEM (less the alignment slack); the
+    # dS buffers do not overlap each other or lse / Delta
+    lay0, lay1 = layout(D, nwg, 0), layout(D, nwg, 1)
+    ds = ds_buffers(D, nwg) * nwg * DS_BYTES
+    assert lay0["sS0"] + ds == lay0["sL"]
+    assert lay0["sD"] + 2 * BM * 4 == BASE + smem_bytes(D, nwg) - 1024
+    if ds_buffers(D, nwg) == 2:
+        assert lay1["sS"] - lay0["sS"] == nwg * DS_BYTES
+    else:
+        assert lay1["sS"] == lay0["sS"]
+    # the KB the kernel's comments give (alignment slack and lse / Delta included)
+    assert smem_bytes(D, nwg) == 1024 * {(64, 1): 58, (128, 1): 106, (64, 2): 98,
+                                         (128, 2): 146}[(D, nwg)]
+
+
+@pytest.mark.parametrize("D,nwg", [(64, 1), (64, 2), (128, 2)])
+def test_ds_store_is_what_the_dq_product_reads(D, nwg):
     # dS^T sits in the dP^T accumulator (keys x queries); da[kk][i] packs it as the A fragment
     # of dK += dS^T Q; movmatrix transposes each 8 x 8 block and the kernel stores the result
-    # into the warpgroup's dS. The dQ product then reads dS (queries x keys) K-major at k-step
-    # kk2 = key // 16: every element must come back from where the kernel put it
-    lay = layout(64, nwg)
-    every = set()
+    # into the warpgroup's dS (of this tile's buffer). The dQ product then reads dS (queries x
+    # keys) K-major at k-step kk2 = key // 16 (the block's keys with two warpgroups): every
+    # element must come back from where the kernel put it, and tile t + 1's buffer must not
+    # overlap tile t's, which a deferred dQ product may still read
+    per_buf = []
+    for buf in range(ds_buffers(D, nwg)):
+        lay = layout(D, nwg, buf)
+        stored = {}  # byte address -> (key of the block, query) of the dS^T value stored there
+        for wg in range(nwg):
+            sS = warpgroup_bases(lay, wg)["sS"]
+            mine = {}
+            for t in range(128):
+                lane, warp = t % 32, t // 32
+                for kk, i, half in itertools.product(range(4), range(4), range(2)):
+                    src_lane, src_half = movmatrix_trans_source(lane, half)
+                    src_t = warp * 32 + src_lane
+                    key, query = frag(src_t, kernel_pa(kk, i, src_half))
+                    addr = kernel_ds_store(sS, lane, warp, kk, i, half)
+                    assert addr not in mine, "two values stored to one address"
+                    mine[addr] = (64 * wg + key, query)
+            assert set(mine) == set(range(sS, sS + DS_BYTES, 2))  # the whole tile, once
+            assert not set(stored) & set(mine), "the warpgroups' dS overlap"
+            stored |= mine
+        assert set(stored) == set(range(lay["sS"], lay["sS"] + nwg * DS_BYTES, 2))
+        for wg in range(nwg):
+            for kk2 in range(kernel_dq_ksteps(nwg)):
+                a_desc, _ = kernel_dq_descs(lay, D, nwg, wg, kk2)
+                for m, k in itertools.product(range(BM), range(16)):
+                    if nwg == 1:  # its own keys only
+                        want = (16 * kk2 + k, m)
+                        got = stored[read_kmajor(a_desc, m, k)]
+                        assert got[0] - 64 * wg == want[0] and got[1] == m, (wg, kk2, m, k)
+                    else:
+                        assert stored[read_kmajor(a_desc, m, k)] == (16 * kk2 + k, m), \
+                            (buf, wg, kk2, m, k)
+        per_buf.append(set(stored))
+    if len(per_buf) == 2:
+        assert not per_buf[0] & per_buf[1]
+
+
+@pytest.mark.parametrize("D,nwg", [(64, 1), (128, 1), (64, 2), (128, 2)])
+def test_dq_product_reads_its_keys_and_head_dims(D, nwg):
+    # B of dQ = dS K: K's rows of the keys the A side covers (the warpgroup's 64, or the block's
+    # 128 with two warpgroups), columns n of the product = head dim n0 + n of K, where n0 is the
+    # first head dim the warpgroup adds
+    lay, BN = layout(D, nwg), 64 * nwg
     for wg in range(nwg):
-        sS = warpgroup_bases(lay, wg)["sS"]
-        stored = {}  # byte address -> (key, query) of the dS^T value stored there
+        N, n0 = kernel_dq_columns(D, nwg, wg)
+        key0 = 0 if nwg == 2 else 64 * wg
+        for kk in range(kernel_dq_ksteps(nwg)):
+            _, b_desc = kernel_dq_descs(lay, D, nwg, wg, kk)
+            for k, n in itertools.product(range(16), range(N)):
+                assert read_mnmajor(b_desc, k, n) == \
+                    write_addr(lay["sK"], BN, key0 + 16 * kk + k, n0 + n), (wg, kk, k, n)
+
+
+@pytest.mark.parametrize("D,nwg", [(64, 1), (128, 1), (64, 2), (128, 2)])
+def test_dq_adds_each_element_once(D, nwg):
+    # each warpgroup adds dq[4 jj + 2 r + c], jj < JH, to column 8 (jlo + jj) + 2 tq + c of row
+    # 16 warp + g + 8 r: that must be the element of its N-wide accumulator at (row, column - its
+    # first head dim), and the warpgroups together must add every element of the 64 x D tile once
+    # (one warpgroup: its own keys' part, summed over the block's warpgroups by the atomics)
+    for wg in range(nwg):
+        N, n0 = kernel_dq_columns(D, nwg, wg)
+        added = []
         for t in range(128):
             lane, warp = t % 32, t // 32
-            for kk, i, half in itertools.product(range(4), range(4), range(2)):
-                src_lane, src_half = movmatrix_trans_source(lane, half)
-                src_t = warp * 32 + src_lane
-                key, query = frag(src_t, kernel_pa(kk, i, src_half))
-                addr = kernel_ds_store(sS, lane, warp, kk, i, half)
-                assert addr not in stored, "two values stored to one address"
-                stored[addr] = (key, query)
-        assert set(stored) == set(range(sS, sS + BM * 64 * 2, 2))  # the whole tile, once
-        assert not every & set(stored), "the warpgroups' dS overlap"
-        every |= set(stored)
-        for kk2 in range(4):
-            for m, k in itertools.product(range(BM), range(16)):
-                addr = read_kmajor(desc_kmajor(sS, BM, kk2), m, k)
-                assert stored[addr] == (16 * kk2 + k, m), (wg, kk2, m, k)
-    assert every == set(range(lay["sS"], lay["sS"] + nwg * BM * 64 * 2, 2))  # inside dS [NWG]
-
-
-@pytest.mark.parametrize("D,nwg", [(64, 1), (128, 1), (64, 2), (128, 2)])
-def test_dq_exchange_sums_both_warpgroups_once(D, nwg):
-    # after the exchange each warpgroup adds dq[4 jj + 2 r + c], jj < JH, to column
-    # 8 (jlo + jj) + 2 tq + c: that must be the sum of the element (row, column) of every
-    # warpgroup's accumulator, and every column of the tile must be added by one warpgroup
-    JH = D // 16 if nwg == 2 else D // 8
-    for t in range(128):
-        lane, warp = t % 32, t // 32
-        added = []
-        for wg in range(nwg):
-            jlo = wg * JH
-            for jj, r, c in itertools.product(range(JH), range(2), range(2)):
-                row, col = kernel_o_pos(lane, warp, jlo + jj, r, c)
-                parts = kernel_dq_kept(D, nwg, wg, 4 * jj + 2 * r + c)
-                assert sorted(w for w, _ in parts) == list(range(nwg))
-                for _, idx in parts:
-                    assert frag(t, idx) == (row, col), (wg, jj, r, c, idx)
+            for jj, r, c in itertools.product(range(N // 8), range(2), range(2)):
+                row, col = kernel_o_pos(lane, warp, n0 // 8 + jj, r, c)
+                assert frag(t, 4 * jj + 2 * r + c) == (row, col - n0), (wg, t, jj, r, c)
                 added.append((row, col))
-        assert sorted(added) == sorted(frag(t, v) for v in range(D // 2))
-
-
-@pytest.mark.parametrize("D,nwg", [(64, 1), (128, 1), (64, 2), (128, 2)])
-def test_dq_product_reads_only_its_warpgroups_ds_and_keys(D, nwg):
-    # dQ = dS K runs over the warpgroup's 64 keys: its k-steps cover them exactly, the A reads
-    # stay inside the warpgroup's dS (queries x its 64 keys) and the B reads are K rows of its
-    # own keys (with two warpgroups a loop over the block's 128 keys would read the other one's
-    # dS, and K rows past the tile)
-    lay, BN = layout(D, nwg), 64 * nwg
-    assert kernel_dq_ksteps() * 16 == 64
-    for wg in range(nwg):
-        w = warpgroup_bases(lay, wg)
-        own_ds = range(w["sS"], w["sS"] + BM * 64 * 2)
-        for kk in range(kernel_dq_ksteps()):
-            for m, k in itertools.product(range(BM), range(16)):
-                assert read_kmajor(desc_kmajor(w["sS"], BM, kk), m, k) in own_ds, (wg, kk, m, k)
-            for k, n in itertools.product(range(16), range(D)):
-                key = 16 * kk + k
-                assert key < 64
-                assert read_mnmajor(desc_mnmajor(w["sK"], BN, kk), k, n) == \
-                    write_addr(lay["sK"], BN, 64 * wg + key, n), (wg, kk, k, n)
-
-
-@pytest.mark.parametrize("D", [64, 128])
-def test_dq_exchange_slots(D):
-    # every (warpgroup, thread, value) has its own float of the exchange (2 x D / 4 x 128
-    # floats), the other warpgroup's thread tid reads it back at the same index, and a warp's 32
-    # lanes write 32 consecutive floats (no bank conflicts)
-    slots = {kernel_xc_index(D, wg, i, tid) for wg in range(2) for i in range(D // 4)
-             for tid in range(128)}
-    assert slots == set(range(2 * (D // 4) * 128))
-    for wg, i, warp in itertools.product(range(2), range(D // 4), range(4)):
-        idx = [kernel_xc_index(D, wg, i, 32 * warp + lane) for lane in range(32)]
-        assert idx == list(range(idx[0], idx[0] + 32))
+        assert len(added) == len(set(added)) == BM * N
+        if nwg == 1:
+            assert set(added) == set(itertools.product(range(BM), range(D)))
+        else:
+            assert {c for _, c in added} == set(range(n0, n0 + N))
+    if nwg == 2:
+        assert sorted(kernel_dq_columns(D, nwg, wg)[1] for wg in range(2)) == [0, D // 2]
 
 
 def test_ds_stores_are_free_of_bank_conflicts():
@@ -231,7 +273,9 @@ def test_movmatrix_model_is_a_transpose():
 # ---------------------------------------------------------------- the kernel's control flow --
 def emulate_bwd(q, k, v, do, out, lse, scale, left, right, softcap, nwg, gsplit):
     """attention_bwd_wgmma.cu's blocks, key / query tiles, masks, head loop, group split and dQ
-    accumulation, mirrored with float64 products (no rounding): dict dq, dk, dv."""
+    accumulation (split by head dims with two warpgroups, a tile's sums added at the next tile
+    where the product is deferred), mirrored with float64 products (no rounding): dict dq, dk,
+    dv."""
     Bsz, Lq, H, hd = q.shape
     Lk, Hkv = k.shape[1], k.shape[2]
     G, off, BN = H // Hkv, Lk - Lq, 64 * nwg
@@ -241,8 +285,15 @@ def emulate_bwd(q, k, v, do, out, lse, scale, left, right, softcap, nwg, gsplit)
     sl, cap_in, cap2 = scale * LOG2E, (scale / softcap if softcap else 0.0), softcap * LOG2E
     L = -1 if left < 0 else min(left, 1 << 30)
     R = -1 if right < 0 else min(right, 1 << 30)
+    D = 64 if hd <= 64 else 128  # the template's head dim
+    defer = ds_buffers(D, nwg) == 2
     dq_acc = np.zeros_like(q)
     dk, dv = np.zeros_like(k), np.zeros_like(v)
+
+    def add_dq(bz, part, m0, h):
+        rows = min(64, Lq - m0)
+        dq_acc[bz, m0:m0 + rows, h] += part[:rows]
+
     for bz, by, bx in itertools.product(range(Bsz), range(Hkv * gsplit), range(-(-Lk // BN))):
         hs, hk = by % gsplit, by // gsplit
         h_first = hk * G + hs * hpb
@@ -255,12 +306,13 @@ def emulate_bwd(q, k, v, do, out, lse, scale, left, right, softcap, nwg, gsplit)
         kt = pad(k[bz, k0:kend, hk], BN)
         vt = pad(v[bz, k0:kend, hk], BN)
         dkw, dvw = np.zeros((BN, hd)), np.zeros((BN, hd))
+        pending = None  # the deferred tile: (dq sums, m0, h)
         for it in range(n_mt * hpb):
             h = h_first + it // n_mt
             m0 = qlo + (it % n_mt) * 64
             qt, ot = pad(q[bz, m0:m0 + 64, h], 64), pad(do[bz, m0:m0 + 64, h], 64)
             lt, dt = pad(lse2[bz, h, m0:m0 + 64], 64), pad(delta[bz, h, m0:m0 + 64], 64)
-            dq_part = np.zeros((64, hd))
+            ds_blk = np.zeros((BN, 64))  # the block's dS^T (keys x queries)
             for wg in range(nwg):
                 kw0 = k0 + 64 * wg
                 ks = slice(64 * wg, 64 * wg + 64)
@@ -285,9 +337,21 @@ def emulate_bwd(q, k, v, do, out, lse, scale, left, right, softcap, nwg, gsplit)
                     pr, ds = np.where(outm, 0.0, pr), np.where(outm, 0.0, ds)
                 dvw[ks] += pr @ ot
                 dkw[ks] += ds @ qt
-                dq_part += ds.T @ kt[ks]           # each warpgroup's part, summed (exchange)
-            rows = min(64, Lq - m0)
-            dq_acc[bz, m0:m0 + rows, h] += dq_part[:rows]
+                ds_blk[ks] = ds
+            dq_part = np.zeros((64, hd))
+            for wg in range(nwg):
+                N, n0 = kernel_dq_columns(D, nwg, wg)
+                cols = slice(n0, min(n0 + N, hd))  # head dims past hd are not added
+                keys = slice(0, BN) if nwg == 2 else slice(64 * wg, 64 * wg + 64)
+                dq_part[:, cols] += ds_blk[keys].T @ kt[keys, cols]
+            if defer:
+                if pending is not None:
+                    add_dq(bz, *pending)
+                pending = (dq_part, m0, h)
+            else:
+                add_dq(bz, dq_part, m0, h)
+        if pending is not None:
+            add_dq(bz, *pending)
         rows = kend - k0
         dk[bz, k0:kend, hk] += scale * dkw[:rows]
         dv[bz, k0:kend, hk] += dvw[:rows]
@@ -327,3 +391,29 @@ def test_kernel_control_flow_matches_the_reference(rng, nwg, gsplit, B, Lq, Lk, 
     ref = attention_bwd_ref(q, k, v, do, scale, left, right, cap)
     for name in ("dq", "dk", "dv"):
         np.testing.assert_allclose(got[name], ref[name], rtol=1e-9, atol=1e-9, err_msg=name)
+
+
+def test_mirrored_formulas_are_the_kernels():
+    # the expressions mirrored above, as they stand in the kernel's source (whitespace aside):
+    # a change there must come with the same change here
+    import pathlib
+    src = (pathlib.Path(__file__).resolve().parents[1] / "csrc" / "cuda" /
+           "attention_bwd_wgmma.cu").read_text()
+    src = " ".join(src.split())
+    for expr in (
+        "static constexpr bool DEFER = NWG == 2 && D == 64;",
+        "static constexpr int NDS = DEFER ? 2 : 1;",
+        "1024 + 2 * KV_BYTES + 4 * QO_BYTES + NDS * NWG * DS_BYTES + LD_BYTES;",
+        "static constexpr uint32_t DS_BYTES = BM * 64 * 2;",
+        "sS + C::NDS * C::NWG * C::DS_BYTES",
+        "sS + (DEFER ? buf : 0) * C::NWG * C::DS_BYTES;",
+        "const uint32_t sSw = sSb + wg * C::DS_BYTES;",
+        "(uint32_t)((C::D / 2 * wg / 64) * C::BN * 128 + (C::D / 2 * wg % 64) * 2);",
+        "Wgmma<T, C::D / 2>::ss_t(dq, desc_kmajor<C::BM>(sSb, kk), "
+        "desc_mnmajor<C::BN>(sK + dq_col_off, kk));",
+        "Wgmma<T, C::D>::ss_t(dq, desc_kmajor<C::BM>(sSw, kk), desc_mnmajor<C::BN>(sKw, kk));",
+        "for (int kk = 0; kk < C::BN / 16; ++kk)",
+        "constexpr int JH = C::NWG == 2 ? C::D / 16 : C::D / 8;",
+        "const int col = 8 * (jlo + jj) + 2 * tq;",
+    ):
+        assert expr in src, expr
