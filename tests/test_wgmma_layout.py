@@ -180,3 +180,41 @@ def test_tma_boxes_land_where_the_descriptors_read(D, BK):
                 tma_write_addr(ks_base + cb * BK * 128, r, c)
             assert read_mnmajor(v_desc(vs_base, BK, r // 16), r % 16, col) == \
                 tma_write_addr(vs_base + cb * BK * 128, r, c)
+
+
+def test_mirrored_formulas_are_the_kernels():
+    # the expressions mirrored at the top of this file, as they stand in the sources (whitespace
+    # aside): a change there must come with the same change here
+    import pathlib
+    cuda = pathlib.Path(__file__).resolve().parents[1] / "csrc" / "cuda"
+
+    def text(name: str) -> str:
+        return " ".join((cuda / name).read_text().split())
+
+    expected = {
+        "wgmma_ptx.cuh": (
+            "return (uint64_t)((addr & 0x3FFFFu) >> 4) | ((uint64_t)((lbo >> 4) & 0x3FFFu) << 16)"
+            " | ((uint64_t)((sbo >> 4) & 0x3FFFu) << 32) | ((uint64_t)1 << 62);",),
+        "wgmma_tile.cuh": (
+            "s + (uint32_t)((c >> 3) * ROWS * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));",
+            "desc_sw128(s + (uint32_t)((ks >> 2) * ROWS * 128 + (ks & 3) * 32), 16, 1024);",
+            "desc_sw128(s + (uint32_t)(kk * 16 * 128), ROWS * 128, 1024);"),
+        "attention_wgmma.cu": (
+            "constexpr uint32_t SBO = 1024, LBO_K = 16, LBO_V = C::BK * 128;",
+            "const uint64_t dq0 = desc_sw128(sQ + wg * 64 * 128, LBO_K, SBO);",
+            "const uint64_t dk0 = desc_sw128(sK, LBO_K, SBO), dv0 = desc_sw128(sV, LBO_V, SBO);",
+            "const uint32_t col = (ks & 3) * 32;",
+            "desc_add(dq0, (ks >> 2) * C::BQ * 128 + col);",
+            "desc_add(dk0, k_s - sK + (ks >> 2) * C::BK * 128 + col);",
+            "desc_add(dv0, v_s - sV + kk * 16 * 128)",
+            "const int kt = n * 8 + 2 * tq + (e & 1);",                   # kernel_s_pos
+            "reinterpret_cast<const float(&)[4]>(s[8 * kk]),",            # kernel_pa
+            "const int q = q0 + wg * 64 + warp * 16 + g + r * 8;"),       # kernel_o_pos
+        "prefill_common.cuh": (
+            "a[0] = Mma<T>::pack(s0[0], s0[1]); a[1] = Mma<T>::pack(s0[2], s0[3]); "
+            "a[2] = Mma<T>::pack(s1[0], s1[1]); a[3] = Mma<T>::pack(s1[2], s1[3]);",),
+    }
+    for name, exprs in expected.items():
+        src = text(name)
+        for expr in exprs:
+            assert expr in src, (name, expr)
