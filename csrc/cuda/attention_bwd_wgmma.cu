@@ -79,6 +79,10 @@ template <int D_, int NWG_, int MINB_> struct WBCfg {
     // product of tile t may still read both warpgroups' dS of tile t)
     static constexpr bool DEFER = NWG == 2 && D == 64;
     static constexpr int NDS = DEFER ? 2 : 1;          // dS buffers
+    // LOAD_LATE (two warpgroups): the next tile's Q / dO / lse / Delta copies are issued after
+    // this tile's S / dP products, so that their address arithmetic runs beside the tensor
+    // cores (one warpgroup at D = 128 would spill)
+    static constexpr bool LOAD_LATE = NWG == 2;
     static constexpr size_t SMEM =
         1024 + 2 * KV_BYTES + 4 * QO_BYTES + NDS * NWG * DS_BYTES + LD_BYTES;
     static_assert(D == 64 || D == 128, "wgmma N of dK / dV / dQ is written out for 64 and 128");
@@ -220,8 +224,10 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         cp_async_wait<0>();        // tile it (and K, V) landed for this thread's copies
         fence_proxy_async_smem();  // ... visible to wgmma
         __syncthreads();           // ... for every thread; tile it - 1's buffers and dS are free
-        if (it + 1 < n_it) load_q(it + 1, buf ^ 1);
-        cp_async_commit();
+        if constexpr (!C::LOAD_LATE) {
+            if (it + 1 < n_it) load_q(it + 1, buf ^ 1);
+            cp_async_commit();
+        }
 
         float dq_prev[NDQ];
         if constexpr (DEFER) {
@@ -255,6 +261,10 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         for (int ks = 0; ks < C::KS; ++ks)
             Wgmma<T, 64>::ss(dp, desc_kmajor<C::BN>(sVw, ks), desc_kmajor<C::BM>(o_s, ks));
         wg_commit();
+        if constexpr (C::LOAD_LATE) {  // the next tile's loads while S^T and dP^T are computed
+            if (it + 1 < n_it) load_q(it + 1, buf ^ 1);
+            cp_async_commit();
+        }
         if constexpr (DEFER) {  // the previous tile's dQ sums while S^T and dP^T are computed
             add_dq_nb(dq_prev, m_prev, h_prev);
         }
