@@ -194,7 +194,9 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         }
     };
     // the same without a branch (rows past Lq and columns past hd add zeros to the last valid
-    // ones): called while wgmma runs, where a divergent path would serialize the tensor cores
+    // ones): called while wgmma runs, where a divergent path would serialize the tensor cores.
+    // add_dq stays for the other calls: used there at head dim 128 it costs registers (92
+    // bytes of spills with two warpgroups and with one)
     auto add_dq_nb = [&](const float (&v)[NDQ], int m0, int64_t h) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
