@@ -7,8 +7,10 @@ configuration it is built in (one or two warpgroups; DEFER: the dQ product left 
 next tile, dS double-buffered; LOAD_LATE: the next tile's loads issued after the S / dP
 products). Every warpgroup runs the same steps, and the block barriers are the same steps for
 all of them, so a position in the unrolled list orders events:
-  * within a warpgroup, program order;
-  * across warpgroups, only through a block barrier between the two positions;
+  * two wgmma batches of one warpgroup, by program order;
+  * anything else (across warpgroups, or an access spread over the block's threads: a cp.async
+    group, the dS store, the softmax's reads of lse / Delta), only through a block barrier
+    between the two positions;
   * an asynchronous operation (cp.async group, wgmma batch) reads or writes from its issue until
     the wait that completes it in the issuing warpgroup (cp.async.wait_group 0, wgmma.wait_group
     0), and a generic-proxy write (cp.async, st.shared) reaches a wgmma only through a
@@ -68,7 +70,7 @@ def schedule(it: int, n_it: int, nwg: int, defer: bool, load_late: bool, nds: in
 
 
 def unrolled(n_it: int, nwg: int, defer: bool, load_late: bool, **mut) -> list[tuple]:
-    steps = [("load", "load0", ("Q0", "O0", "L0", "Dl0"))]  # before the loop (with K, V)
+    steps = [("load", "load0", ("K", "V", "Q0", "O0", "L0", "Dl0"))]  # before the loop
     for it in range(n_it):
         steps += schedule(it, n_it, nwg, defer, load_late, **mut)
     if defer:
