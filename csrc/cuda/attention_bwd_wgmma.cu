@@ -180,16 +180,19 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     constexpr int NDQ = C::NWG == 2 ? C::D / 4 : C::ND;
     constexpr int JH = C::NWG == 2 ? C::D / 16 : C::D / 8;
     const int jlo = wg * JH;
+    // Each add is predicated on its own test (a row past Lq forms its pointer but adds nothing):
+    // skipping a row's adds as a block made ptxas wrap them in divergent-branch bookkeeping
+    // (BSSY / BSYNC, about 50 instructions a tile at head dim 128)
     auto add_dq = [&](const float (&v)[NDQ], int m0, int64_t h) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const int q = m0 + warp * 16 + g + 8 * r;
-            if (q >= Lq) continue;
             float *row = ws.dq_acc + (((int64_t)b * Lq + q) * H + h) * hd;
 #pragma unroll
             for (int jj = 0; jj < JH; ++jj) {
                 const int col = 8 * (jlo + jj) + 2 * tq;
-                if (col < hd) atomic_add2(row + col, v[4 * jj + 2 * r], v[4 * jj + 2 * r + 1]);
+                if (q < Lq && col < hd)
+                    atomic_add2(row + col, v[4 * jj + 2 * r], v[4 * jj + 2 * r + 1]);
             }
         }
     };
