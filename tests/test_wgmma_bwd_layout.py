@@ -34,14 +34,19 @@ BASE = 1024 * 5  # any 1024-aligned shared address (the kernel rounds sK up to 1
 
 
 # ---------------------------------------------------------------- the kernel, mirrored -------
+def desc_add(d: int, nbytes: int) -> int:
+    """wgmma_ptx.cuh desc_add: the low 32-bit word moved by nbytes / 16, the high word kept."""
+    return (d & 0xFFFFFFFF00000000) | ((d + (nbytes >> 4)) & 0xFFFFFFFF)
+
+
 def desc_kmajor(s: int, rows: int, ks: int) -> int:
     """wgmma_tile.cuh desc_kmajor<ROWS>(s, ks)."""
-    return desc_sw128(s + (ks >> 2) * rows * 128 + (ks & 3) * 32, 16, 1024)
+    return desc_add(desc_sw128(s, 16, 1024), (ks >> 2) * rows * 128 + (ks & 3) * 32)
 
 
 def desc_mnmajor(s: int, rows: int, kk: int) -> int:
     """wgmma_tile.cuh desc_mnmajor<ROWS>(s, kk)."""
-    return desc_sw128(s + kk * 16 * 128, rows * 128, 1024)
+    return desc_add(desc_sw128(s, rows * 128, 1024), kk * 16 * 128)
 
 
 DS_BYTES = BM * 64 * 2  # one warpgroup's dS
@@ -391,6 +396,20 @@ def test_kernel_control_flow_matches_the_reference(rng, nwg, gsplit, B, Lq, Lk, 
     ref = attention_bwd_ref(q, k, v, do, scale, left, right, cap)
     for name in ("dq", "dk", "dv"):
         np.testing.assert_allclose(got[name], ref[name], rtol=1e-9, atol=1e-9, err_msg=name)
+
+
+@pytest.mark.parametrize("rows", [64, 128])
+def test_moved_descriptors_are_those_of_the_moved_addresses(rows):
+    # desc_kmajor / desc_mnmajor move the tile's descriptor by the step's offset instead of
+    # encoding the step's address: the same 64 bits for every 16-byte aligned tile address whose
+    # steps stay inside the 256 KB shared window (the 14-bit address field cannot carry)
+    kmax, mmax = (rows // 64 - 1) * rows * 128 + 3 * 32 + 4 * rows * 128, 15 * 16 * 128
+    for s in range(0, (1 << 18) - max(kmax, mmax), 16):
+        for ks in range(16):
+            assert desc_kmajor(s, rows, ks) == \
+                desc_sw128(s + (ks >> 2) * rows * 128 + (ks & 3) * 32, 16, 1024)
+        for kk in range(16):
+            assert desc_mnmajor(s, rows, kk) == desc_sw128(s + kk * 16 * 128, rows * 128, 1024)
 
 
 def test_mirrored_formulas_are_the_kernels():

@@ -194,11 +194,12 @@ def test_mirrored_formulas_are_the_kernels():
     expected = {
         "wgmma_ptx.cuh": (
             "return (uint64_t)((addr & 0x3FFFFu) >> 4) | ((uint64_t)((lbo >> 4) & 0x3FFFu) << 16)"
-            " | ((uint64_t)((sbo >> 4) & 0x3FFFu) << 32) | ((uint64_t)1 << 62);",),
+            " | ((uint64_t)((sbo >> 4) & 0x3FFFu) << 32) | ((uint64_t)1 << 62);",
+            "return (d & 0xFFFFFFFF00000000ull) | (uint32_t)((uint32_t)d + (bytes >> 4));"),
         "wgmma_tile.cuh": (
             "s + (uint32_t)((c >> 3) * ROWS * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));",
-            "desc_sw128(s + (uint32_t)((ks >> 2) * ROWS * 128 + (ks & 3) * 32), 16, 1024);",
-            "desc_sw128(s + (uint32_t)(kk * 16 * 128), ROWS * 128, 1024);"),
+            "desc_add(desc_sw128(s, 16, 1024), (uint32_t)((ks >> 2) * ROWS * 128 + (ks & 3) * 32));",
+            "desc_add(desc_sw128(s, ROWS * 128, 1024), (uint32_t)(kk * 16 * 128));"),
         "attention_wgmma.cu": (
             "constexpr uint32_t SBO = 1024, LBO_K = 16, LBO_V = C::BK * 128;",
             "const uint64_t dq0 = desc_sw128(sQ + wg * 64 * 128, LBO_K, SBO);",

@@ -88,8 +88,8 @@ template <int D_, int NWG_, int MINB_> struct WBCfg {
     static_assert(D == 64 || D == 128, "wgmma N of dK / dV / dQ is written out for 64 and 128");
     static_assert(NWG == 1 || NWG == 2, "one or two warpgroups");
 };
-// Registers (ptxas, sm_90a, nvcc 13.0), one / two warpgroups: 222 / 223 at D = 64, 255 with 56
-// bytes of spills / 255 at D = 128, so 2 blocks of one warpgroup per SM either way (a cap of 168
+// Registers (ptxas, sm_90a, nvcc 13.0), one / two warpgroups: 222 / 223 at D = 64, 255 with 64
+// bytes of spills / 254 at D = 128, so 2 blocks of one warpgroup per SM either way (a cap of 168
 // for 3 blocks at D = 64 spills: the scores, dP^T, dK and dV take 128 registers and the tile's
 // lse / Delta loads come on top), or 1 block of two.
 using WB64 = WBCfg<64, 1, 2>;     // 58 KB
@@ -180,16 +180,19 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     constexpr int NDQ = C::NWG == 2 ? C::D / 4 : C::ND;
     constexpr int JH = C::NWG == 2 ? C::D / 16 : C::D / 8;
     const int jlo = wg * JH;
+    // Each add is predicated on its own test (a row past Lq forms its pointer but adds nothing):
+    // skipping a row's adds as a block made ptxas wrap them in divergent-branch bookkeeping
+    // (BSSY / BSYNC, about 50 instructions a tile at head dim 128)
     auto add_dq = [&](const float (&v)[NDQ], int m0, int64_t h) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const int q = m0 + warp * 16 + g + 8 * r;
-            if (q >= Lq) continue;
             float *row = ws.dq_acc + (((int64_t)b * Lq + q) * H + h) * hd;
 #pragma unroll
             for (int jj = 0; jj < JH; ++jj) {
                 const int col = 8 * (jlo + jj) + 2 * tq;
-                if (col < hd) atomic_add2(row + col, v[4 * jj + 2 * r], v[4 * jj + 2 * r + 1]);
+                if (q < Lq && col < hd)
+                    atomic_add2(row + col, v[4 * jj + 2 * r], v[4 * jj + 2 * r + 1]);
             }
         }
     };
