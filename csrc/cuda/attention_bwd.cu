@@ -382,6 +382,11 @@ static samba_status store(const float *src, samba_cu_ref dst, int64_t n, float s
     return samba_cu_check_launch("attention_bwd (store)", st);
 }
 
+// floats of scratch before the dq accumulators: Delta and lse (nrow each), rounded up to 16
+// bytes so that the accumulators start 16-byte aligned whatever nrow is (the vectorised
+// preprocessing zeroes them only then; otherwise a memset would)
+static int64_t dq_offset(int64_t nrow) { return (2 * nrow + 3) / 4 * 4; }
+
 // slices: the number of dq accumulators (deterministic mode; 0 = one, shared through atomics)
 static samba_status run(const samba_cu_attn_ext_args *a, float *scratch, bool mma, int wgmma,
                         int split, int64_t slices, cudaStream_t st) {
@@ -392,7 +397,7 @@ static samba_status run(const samba_cu_attn_ext_args *a, float *scratch, bool mm
     attn_bwd_ws ws;
     ws.delta = scratch;
     ws.lse2 = ws.delta + nrow;
-    ws.dq_acc = mma ? ws.lse2 + nrow : nullptr;
+    ws.dq_acc = mma ? ws.delta + dq_offset(nrow) : nullptr;
     ws.dk_acc = mma && split > 1 ? ws.dq_acc + ncopy * nq : nullptr;
     ws.dv_acc = ws.dk_acc ? ws.dk_acc + nk : nullptr;
     ws.dq_slices = slices;
@@ -461,7 +466,7 @@ extern "C" samba_status samba_cu_attn_bwd(const samba_cu_attn_ext_args *a, void 
     const int64_t slices = mma && a->deterministic ? attn_bwd_mma_dq_slices(a) : 0;
     const int64_t nrow = a->batch * a->nheads * a->seqlen_q;
     const int64_t ndq = mma ? (slices > 0 ? slices : 1) * nq : 0;
-    const size_t n = (size_t)(2 * nrow + ndq + (mma && split > 1 ? 2 * nk : 0));
+    const size_t n = (size_t)(dq_offset(nrow) + ndq + (mma && split > 1 ? 2 * nk : 0));
     void *scratch = NULL;
     s = samba_cu_malloc(&scratch, n * sizeof(float), st);
     if (s != SAMBA_OK) return s;
