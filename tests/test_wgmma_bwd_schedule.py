@@ -176,6 +176,9 @@ MARKERS = [
     ("fence", "fence_proxy_async_smem(); // ... visible to wgmma"),
     ("bar", "__syncthreads(); // ... for every thread; tile it - 1's buffers and dS are free"),
     ("early load", "if constexpr (!C::LOAD_LATE) { if (it + 1 < n_it) load_q(it + 1, buf ^ 1);"),
+    # ADD_LATE: the previous tile's dQ sums (registers, global atomics: no shared buffer)
+    ("late adds", "if constexpr (ADD_LATE) { // the previous tile's dQ sums, after the barrier "
+                  "if (it > 0) add_dq(dq, m_prev, h_prev); }"),
     ("dq wait", "wg_wait<0>(); fence_operands(dq); #pragma unroll for (int i = 0; i < NDQ; ++i) "
                 "asm volatile(\"mov.b32"),
     ("sdp", "Wgmma<T, 64>::ss(s, desc_kmajor<C::BN>(sKw, ks), desc_kmajor<C::BM>(q_s, ks));"),
@@ -188,6 +191,8 @@ MARKERS = [
     ("dkdv wait", "wg_wait<0>(); // dV, dK"),
     ("fence", "fence_proxy_async_smem(); __syncthreads(); // every warp's dS stored"),
     ("dq", "Wgmma<T, C::D / 2>::ss_t(dq, desc_kmajor<C::BM>(sSb, kk),"),
+    ("dq add late", "} else if constexpr (ADD_LATE) { // added after the next tile's barrier "
+                    "wg_wait<0>(); fence_operands(dq); m_prev = m0; h_prev = h; }"),
     ("dq no defer", "} else { wg_wait<0>(); fence_operands(dq); add_dq(dq, m0, h); }"),
 ]
 
@@ -207,6 +212,7 @@ def test_schedule_steps_are_the_kernels():
     for expr in ("static constexpr bool DEFER = NWG == 2 && D == 64;",
                  "static constexpr int NDS = DEFER ? 2 : 1;",
                  "static constexpr bool LOAD_LATE = NWG == 2;",
+                 "static constexpr bool ADD_LATE = NWG == 2 && !DEFER;",
                  "const int buf = (int)(it & 1);",
                  "sS + (DEFER ? buf : 0) * C::NWG * C::DS_BYTES;"):
         assert expr in src, expr

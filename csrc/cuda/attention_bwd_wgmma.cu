@@ -83,6 +83,12 @@ template <int D_, int NWG_, int MINB_> struct WBCfg {
     // this tile's S / dP products, so that their address arithmetic runs beside the tensor
     // cores (one warpgroup at D = 128 would spill)
     static constexpr bool LOAD_LATE = NWG == 2;
+    // ADD_LATE (two warpgroups without DEFER, i.e. D = 128): a tile's dQ sums wait in their
+    // registers across the next tile's first barrier and are added right after it, before the S /
+    // dP products. Issued at the end of their tile, the atomics were still in flight at the next
+    // tile's proxy fence, whose memory barrier waited for them (Nsight Compute: that fence took
+    // about 9% of the kernel's stall samples at D = 128, the one before the dQ product under 1%)
+    static constexpr bool ADD_LATE = NWG == 2 && !DEFER;
     static constexpr size_t SMEM =
         1024 + 2 * KV_BYTES + 4 * QO_BYTES + NDS * NWG * DS_BYTES + LD_BYTES;
     static_assert(D == 64 || D == 128, "wgmma N of dK / dV / dQ is written out for 64 and 128");
@@ -217,7 +223,7 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     };
     // DEFER (WBCfg): dq, m_prev, h_prev are the tile whose dQ product is running (zeros before
     // the first tile, added once, harmlessly)
-    constexpr bool DEFER = C::DEFER;
+    constexpr bool DEFER = C::DEFER, ADD_LATE = C::ADD_LATE;
     float dq[NDQ];
 #pragma unroll
     for (int i = 0; i < NDQ; ++i) dq[i] = 0.0f;
@@ -234,6 +240,9 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
             cp_async_commit();
         }
 
+        if constexpr (ADD_LATE) {  // the previous tile's dQ sums, after the barrier
+            if (it > 0) add_dq(dq, m_prev, h_prev);
+        }
         float dq_prev[NDQ];
         if constexpr (DEFER) {
             // the previous tile's dQ product ran across the barrier. Its sums are copied by an
@@ -393,6 +402,11 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         if constexpr (DEFER) {  // left running: waited for after the next tile's barrier
             m_prev = m0;
             h_prev = h;
+        } else if constexpr (ADD_LATE) {  // added after the next tile's barrier
+            wg_wait<0>();
+            fence_operands(dq);
+            m_prev = m0;
+            h_prev = h;
         } else {
             wg_wait<0>();
             fence_operands(dq);
@@ -402,6 +416,9 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     if constexpr (DEFER) {
         wg_wait<0>();
         fence_operands(dq);
+        if (n_it > 0) add_dq(dq, m_prev, h_prev);
+    }
+    if constexpr (ADD_LATE) {
         if (n_it > 0) add_dq(dq, m_prev, h_prev);
     }
     cp_async_wait<0>();
