@@ -94,7 +94,7 @@ template <int D_, int NWG_, int MINB_> struct WBCfg {
     static_assert(D == 64 || D == 128, "wgmma N of dK / dV / dQ is written out for 64 and 128");
     static_assert(NWG == 1 || NWG == 2, "one or two warpgroups");
 };
-// Registers (ptxas, sm_90a, nvcc 13.0), one / two warpgroups: 222 / 223 at D = 64, 255 with 64
+// Registers (ptxas, sm_90a, nvcc 13.0), one / two warpgroups: 221 / 223 at D = 64, 255 with 64
 // bytes of spills / 254 at D = 128, so 2 blocks of one warpgroup per SM either way (a cap of 168
 // for 3 blocks at D = 64 spills: the scores, dP^T, dK and dV take 128 registers and the tile's
 // lse / Delta loads come on top), or 1 block of two.
