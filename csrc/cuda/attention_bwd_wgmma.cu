@@ -95,7 +95,7 @@ template <int D_, int NWG_, int MINB_> struct WBCfg {
     static_assert(NWG == 1 || NWG == 2, "one or two warpgroups");
 };
 // Registers (ptxas, sm_90a, nvcc 13.0), one / two warpgroups: 221 / 223 at D = 64, 255 with 64
-// bytes of spills / 254 at D = 128, so 2 blocks of one warpgroup per SM either way (a cap of 168
+// bytes of spills / 255 at D = 128, so 2 blocks of one warpgroup per SM either way (a cap of 168
 // for 3 blocks at D = 64 spills: the scores, dP^T, dK and dV take 128 registers and the tile's
 // lse / Delta loads come on top), or 1 block of two.
 using WB64 = WBCfg<64, 1, 2>;     // 58 KB
