@@ -31,11 +31,12 @@
 //                                  64 bytes into the swizzled rows), so that the block adds each
 //                                  dQ element once without exchanging partial sums (3.7-5.4%
 //                                  off the kernel's time on an H100 against an exchange through
-//                                  shared memory, gpu_backward_attention.md); at D = 64 with
-//                                  two warpgroups (DEFER) a tile's dQ product runs on across the
-//                                  next tile's barrier, and its sums are added during that tile's
-//                                  S / dP products, the atomics beside the tensor cores (7-9% off
-//                                  the kernel's time on an H100, in two steps)
+//                                  shared memory, gpu_backward_attention.md); with two
+//                                  warpgroups (DEFER) a tile's dQ product runs on across the
+//                                  next tile's barrier, and its sums are added after it: at D = 64
+//                                  during that tile's S / dP products, the atomics beside the
+//                                  tensor cores (7-9% off the kernel's time on an H100, in two
+//                                  steps), at D = 128 before them
 // Q, dO, lse and Delta tiles are double-buffered with cp.async (tile t + 1 in flight while t is
 // computed); two barriers per tile (the tile landed; dS stored). One-warpgroup blocks are
 // small (58 KB of shared memory at D = 64, 106 KB at D = 128; 2 per multiprocessor) so that the
@@ -73,22 +74,22 @@ template <int D_, int NWG_, int MINB_> struct WBCfg {
     static constexpr uint32_t QO_BYTES = BM * D * 2;   // one buffer of Q (or dO)
     static constexpr uint32_t DS_BYTES = BM * 64 * 2;  // one warpgroup's dS
     static constexpr uint32_t LD_BYTES = 2 * 2 * BM * 4;  // lse and Delta, two buffers each
-    // DEFER (two warpgroups at D = 64, where the registers allow): a tile's dQ product is left
-    // running across the next tile's barrier and its sums are added during that tile's S / dP
-    // products, so dS is double-buffered (one warpgroup stores tile t + 1's dS while the other's
+    // DEFER (two warpgroups): a tile's dQ product is left running across the next tile's first
+    // barrier, so dS is double-buffered (one warpgroup stores tile t + 1's dS while the other's
     // product of tile t may still read both warpgroups' dS of tile t)
-    static constexpr bool DEFER = NWG == 2 && D == 64;
+    static constexpr bool DEFER = NWG == 2;
     static constexpr int NDS = DEFER ? 2 : 1;          // dS buffers
+    // ADD_DURING (D = 64): the deferred sums are added during the next tile's S / dP products;
+    // at D = 128 the registers hold no second dQ beside the S / dP accumulators, so they are added
+    // right after the wait, before those products. Either way the atomics are issued after the
+    // barrier: issued before it, they were still in flight at the proxy fence ahead of it, whose
+    // memory barrier waited for them (Nsight Compute: that fence took about 9% of the stall
+    // samples at D = 128, the one before the dQ product under 1%)
+    static constexpr bool ADD_DURING = DEFER && D == 64;
     // LOAD_LATE (two warpgroups): the next tile's Q / dO / lse / Delta copies are issued after
     // this tile's S / dP products, so that their address arithmetic runs beside the tensor
     // cores (one warpgroup at D = 128 would spill)
     static constexpr bool LOAD_LATE = NWG == 2;
-    // ADD_LATE (two warpgroups without DEFER, i.e. D = 128): a tile's dQ sums wait in their
-    // registers across the next tile's first barrier and are added right after it, before the S /
-    // dP products. Issued at the end of their tile, the atomics were still in flight at the next
-    // tile's proxy fence, whose memory barrier waited for them (Nsight Compute: that fence took
-    // about 9% of the kernel's stall samples at D = 128, the one before the dQ product under 1%)
-    static constexpr bool ADD_LATE = NWG == 2 && !DEFER;
     static constexpr size_t SMEM =
         1024 + 2 * KV_BYTES + 4 * QO_BYTES + NDS * NWG * DS_BYTES + LD_BYTES;
     static_assert(D == 64 || D == 128, "wgmma N of dK / dV / dQ is written out for 64 and 128");
@@ -101,7 +102,7 @@ template <int D_, int NWG_, int MINB_> struct WBCfg {
 using WB64 = WBCfg<64, 1, 2>;     // 58 KB
 using WB128 = WBCfg<128, 1, 2>;   // 106 KB
 using WB64x2 = WBCfg<64, 2, 1>;   // 98 KB (dS double-buffered)
-using WB128x2 = WBCfg<128, 2, 1>; // 146 KB
+using WB128x2 = WBCfg<128, 2, 1>; // 162 KB (dS double-buffered)
 
 template <typename T, class C>
 __global__ void __launch_bounds__(C::THREADS, C::MINB)
@@ -223,7 +224,7 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     };
     // DEFER (WBCfg): dq, m_prev, h_prev are the tile whose dQ product is running (zeros before
     // the first tile, added once, harmlessly)
-    constexpr bool DEFER = C::DEFER, ADD_LATE = C::ADD_LATE;
+    constexpr bool DEFER = C::DEFER;
     float dq[NDQ];
 #pragma unroll
     for (int i = 0; i < NDQ; ++i) dq[i] = 0.0f;
@@ -240,19 +241,21 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
             cp_async_commit();
         }
 
-        if constexpr (ADD_LATE) {  // the previous tile's dQ sums, after the barrier
-            if (it > 0) add_dq(dq, m_prev, h_prev);
-        }
         float dq_prev[NDQ];
         if constexpr (DEFER) {
-            // the previous tile's dQ product ran across the barrier. Its sums are copied by an
-            // asm mov: with a plain copy the compiler keeps dq_prev in the dq wgmma's registers
-            // and waits for the S / dP wgmma below before the deferred adds
+            // the previous tile's dQ product ran across the barrier. ADD_DURING: its sums are
+            // copied by an asm mov (with a plain copy the compiler keeps dq_prev in the dq
+            // wgmma's registers and waits for the S / dP wgmma below before the deferred adds);
+            // otherwise they are added here
             wg_wait<0>();
             fence_operands(dq);
+            if constexpr (C::ADD_DURING) {
 #pragma unroll
-            for (int i = 0; i < NDQ; ++i)
-                asm volatile("mov.b32 %0, %1;" : "=f"(dq_prev[i]) : "f"(dq[i]));
+                for (int i = 0; i < NDQ; ++i)
+                    asm volatile("mov.b32 %0, %1;" : "=f"(dq_prev[i]) : "f"(dq[i]));
+            } else {
+                if (it > 0) add_dq(dq, m_prev, h_prev);
+            }
         }
         const int64_t h = h_first + it / n_mt;
         const int m0 = qlo + (it % n_mt) * C::BM;
@@ -279,7 +282,7 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
             if (it + 1 < n_it) load_q(it + 1, buf ^ 1);
             cp_async_commit();
         }
-        if constexpr (DEFER) {  // the previous tile's dQ sums while S^T and dP^T are computed
+        if constexpr (C::ADD_DURING) {  // the previous tile's dQ sums while S^T and dP^T run
             add_dq_nb(dq_prev, m_prev, h_prev);
         }
         wg_wait<0>();
@@ -402,11 +405,6 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         if constexpr (DEFER) {  // left running: waited for after the next tile's barrier
             m_prev = m0;
             h_prev = h;
-        } else if constexpr (ADD_LATE) {  // added after the next tile's barrier
-            wg_wait<0>();
-            fence_operands(dq);
-            m_prev = m0;
-            h_prev = h;
         } else {
             wg_wait<0>();
             fence_operands(dq);
@@ -416,9 +414,6 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     if constexpr (DEFER) {
         wg_wait<0>();
         fence_operands(dq);
-        if (n_it > 0) add_dq(dq, m_prev, h_prev);
-    }
-    if constexpr (ADD_LATE) {
         if (n_it > 0) add_dq(dq, m_prev, h_prev);
     }
     cp_async_wait<0>();
