@@ -178,7 +178,7 @@ MARKERS = [
     ("dq wait", "wg_wait<0>(); fence_operands(dq); if constexpr (C::ADD_DURING) { #pragma unroll "
                 "for (int i = 0; i < NDQ; ++i) asm volatile(\"mov.b32"),
     # D = 128: the previous tile's dQ sums added (global atomics: no shared buffer) before S / dP
-    ("adds before sdp", "} else { if (it > 0) add_dq(dq, m_prev, h_prev); } }"),
+    ("adds before sdp", "} else { add_dq_nb(dq, m_prev, h_prev); } }"),
     ("sdp", "Wgmma<T, 64>::ss(s, desc_kmajor<C::BN>(sKw, ks), desc_kmajor<C::BM>(q_s, ks));"),
     ("late load", "if constexpr (C::LOAD_LATE) { // the next tile's loads while S^T and dP^T are "
                   "computed if (it + 1 < n_it) load_q(it + 1, buf ^ 1);"),

@@ -95,8 +95,8 @@ template <int D_, int NWG_, int MINB_> struct WBCfg {
     static_assert(D == 64 || D == 128, "wgmma N of dK / dV / dQ is written out for 64 and 128");
     static_assert(NWG == 1 || NWG == 2, "one or two warpgroups");
 };
-// Registers (ptxas, sm_90a, nvcc 13.0), one / two warpgroups: 221 / 223 at D = 64, 255 with 64
-// bytes of spills / 255 at D = 128, so 2 blocks of one warpgroup per SM either way (a cap of 168
+// Registers (ptxas, sm_90a, nvcc 13.0), one / two warpgroups: 221 / 219 at D = 64, 255 with 64
+// bytes of spills / 254 at D = 128, so 2 blocks of one warpgroup per SM either way (a cap of 168
 // for 3 blocks at D = 64 spills: the scores, dP^T, dK and dV take 128 registers and the tile's
 // lse / Delta loads come on top), or 1 block of two.
 using WB64 = WBCfg<64, 1, 2>;     // 58 KB
@@ -204,21 +204,22 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         }
     };
     // the same without a branch (rows past Lq and columns past hd add zeros to the last valid
-    // ones): called while wgmma runs, where a divergent path would serialize the tensor cores.
-    // add_dq stays for the other calls: used there at head dim 128 it costs registers (92
-    // bytes of spills with two warpgroups and with one)
+    // ones): the deferred sums of DEFER, at head dim 64 while wgmma runs, where a divergent path
+    // would serialize the tensor cores, at 128 before the S / dP products (254 registers, no
+    // spills; add_dq there made ptxas branch around each atomic: 1284 instead of 1054
+    // instructions a tile, bwd_tile_sass.sh). add_dq stays for the one-warpgroup kernels and the
+    // last tile: in place of its non-deferred calls at head dim 128 this one spilt 92 bytes
     auto add_dq_nb = [&](const float (&v)[NDQ], int m0, int64_t h) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const int q = m0 + warp * 16 + g + 8 * r;
-            const float kq = q < Lq ? 1.0f : 0.0f;
             float *row = ws.dq_acc + (((int64_t)b * Lq + min(q, Lq - 1)) * H + h) * hd;
 #pragma unroll
             for (int jj = 0; jj < JH; ++jj) {
                 const int col = 8 * (jlo + jj) + 2 * tq;
-                const float k = col < hd ? kq : 0.0f;
-                atomic_add2(row + min(col, hd - 2), k * v[4 * jj + 2 * r],
-                            k * v[4 * jj + 2 * r + 1]);
+                const bool in = q < Lq && col < hd;  // else zeros (selected: an inf stays out)
+                atomic_add2(row + min(col, hd - 2), in ? v[4 * jj + 2 * r] : 0.0f,
+                            in ? v[4 * jj + 2 * r + 1] : 0.0f);
             }
         }
     };
@@ -254,7 +255,7 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
                 for (int i = 0; i < NDQ; ++i)
                     asm volatile("mov.b32 %0, %1;" : "=f"(dq_prev[i]) : "f"(dq[i]));
             } else {
-                if (it > 0) add_dq(dq, m_prev, h_prev);
+                add_dq_nb(dq, m_prev, h_prev);
             }
         }
         const int64_t h = h_first + it / n_mt;
