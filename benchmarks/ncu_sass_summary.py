@@ -1,17 +1,21 @@
 """Summary of one kernel's per-instruction Nsight Compute data, without a GPU.
 
 Input: the CSV that ``ncu -i REPORT.ncu-rep --page source --csv --print-source sass`` writes for
-a report taken with ``--set full`` (or at least the SourceCounters section): a first line naming
-the kernel, a header line, then one row per SASS instruction with its address, its text, its
-warp-stall samples and how often it was executed.
+a report taken with ``--set full`` (or at least the SourceCounters section): per profiled kernel
+a line naming it, a header line, then one row per SASS instruction with its address, its text,
+its warp-stall samples and how often it was executed. A report of several kernels (a call that
+launches a preprocessing, a main and a store kernel) gives one such block per kernel, some of
+them repeated, each with its own header (the columns differ between kernels): each kernel is
+summarised once, on its own, through its own header.
 
-Output: the kernel, the share of each stall reason over all samples, the executed instructions
-by opcode (per unit of work when --per gives the number of units, e.g. warps x tiles), and the
-instructions with the most stall samples. This is how ``benchmarks/results/gpu_attention_notes.md``
+Output, per kernel (or only those whose name contains --kernel): the kernel, the share of each
+stall reason over its samples, the executed instructions by opcode (per unit of work when --per
+gives the number of units, e.g. warps x tiles), and the instructions with the most stall
+samples. This is how ``benchmarks/results/gpu_attention_notes.md``
 found that the wgmma prefill issued 464 instructions per warp and key tile, a fifth of them
 address arithmetic.
 
-Usage: python3 benchmarks/ncu_sass_summary.py SASS.csv [--per N] [--top K]
+Usage: python3 benchmarks/ncu_sass_summary.py SASS.csv [--kernel NAME] [--per N] [--top K]
 """
 from __future__ import annotations
 
@@ -50,13 +54,34 @@ def _int(cell: str) -> int:
         return 0
 
 
-def read(path: str) -> tuple[str, list[Instr]]:
-    """(kernel name, instructions) from an ncu source-page CSV export."""
+def read_all(path: str) -> list[tuple[str, list[Instr]]]:
+    """[(kernel name, instructions)] from an ncu source-page CSV export, one entry per kernel
+    block in file order, a block identical to an earlier one (name and rows) left out."""
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if len(rows) < 2 or not rows[0] or rows[0][0] != "Kernel Name":
         raise ValueError(f"{path}: not an 'ncu --page source --csv' export (no 'Kernel Name' line)")
-    kernel, header = rows[0][1] if len(rows[0]) > 1 else "", rows[1]
+    starts = [i for i, r in enumerate(rows) if r and r[0] == "Kernel Name"] + [len(rows)]
+    out, seen = [], set()
+    for a, b in zip(starts, starts[1:]):
+        key = (tuple(rows[a]), tuple(tuple(r) for r in rows[a + 1:b]))
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(_block(path, rows[a], rows[a + 1:b]))
+    return out
+
+
+def read(path: str) -> tuple[str, list[Instr]]:
+    """(kernel name, instructions) of the first kernel of an ncu source-page CSV export."""
+    return read_all(path)[0]
+
+
+def _block(path: str, first: list[str], rows: list[list[str]]) -> tuple[str, list[Instr]]:
+    """One kernel's block: its 'Kernel Name' line, then the header and the instruction rows."""
+    if not rows:
+        raise ValueError(f"{path}: a 'Kernel Name' line without a header after it")
+    kernel, header = first[1] if len(first) > 1 else "", rows[0]
     col = {name: i for i, name in enumerate(header)}
     for need in ("Address", "Source", SAMPLES, EXECUTED):
         if need not in col:
@@ -64,7 +89,7 @@ def read(path: str) -> tuple[str, list[Instr]]:
                              "--set full (or --section SourceCounters)")
     reasons = [h for h in header if h.startswith("stall_") and "Not Issued" not in h]
     out = []
-    for r in rows[2:]:
+    for r in rows[1:]:
         if len(r) < len(header) or not r[col["Source"]].strip():
             continue
         text = r[col["Source"]].strip()
@@ -102,6 +127,8 @@ def summary(kernel: str, instrs: list[Instr], per: float = 1.0, top: int = 15) -
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("csv", help="ncu --page source --csv --print-source sass output")
+    ap.add_argument("--kernel", default="",
+                    help="summarise only the kernels whose name contains this text")
     ap.add_argument("--per", type=float, default=1.0,
                     help="divide executed counts by this (e.g. warps x tiles); default 1")
     ap.add_argument("--top", type=int, default=15, help="instructions listed (default 15)")
@@ -110,11 +137,16 @@ def main(argv: list[str] | None = None) -> int:
         print("--per: must be positive", file=sys.stderr)
         return 2
     try:
-        kernel, instrs = read(args.csv)
+        kernels = read_all(args.csv)
     except (OSError, ValueError) as e:
         print(f"ncu_sass_summary: {e}", file=sys.stderr)
         return 2
-    print("\n".join(summary(kernel, instrs, args.per, args.top)))
+    chosen = [(k, i) for k, i in kernels if args.kernel in k]
+    if not chosen:
+        print(f"ncu_sass_summary: --kernel: no kernel name contains {args.kernel!r}; the file has: "
+              + "; ".join(k for k, _ in kernels), file=sys.stderr)
+        return 2
+    print("\n\n".join("\n".join(summary(k, i, args.per, args.top)) for k, i in chosen))
     return 0
 
 

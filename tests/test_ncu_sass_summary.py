@@ -53,6 +53,33 @@ def test_read_and_summary(tmp_path):
     assert len(top) == 2 and "MUFU.EX2 R2, R2" in top[0] and "@!P0 BRA" in top[1]
 
 
+def test_each_kernel_through_its_own_header(tmp_path, capsys):
+    # three blocks: k, then a kernel whose header orders the stall columns the other way round,
+    # then k again (Nsight Compute repeats some blocks): two kernels, each read by its header
+    one, other = tmp_path / "k.csv", tmp_path / "store.csv"
+    _write(one)
+    swapped = HEADER[:5] + ["stall_wait", "stall_barrier", "stall_barrier (Not Issued)"]
+    with open(other, "w", newline="") as f:
+        w = csv.writer(f, quoting=csv.QUOTE_ALL)
+        w.writerow(["Kernel Name", "void store(int)"])
+        w.writerow(swapped)
+        w.writerow(["0x90", "BAR.SYNC.DEFER_BLOCKING 0x0", 8, 8, 32, 0, 8, 0])  # barrier 8
+    path = tmp_path / "multi.csv"
+    path.write_text(one.read_text() + other.read_text() + one.read_text())
+    kernels = ns.read_all(str(path))
+    assert [k for k, _ in kernels] == ["void k<float>(int)", "void store(int)"]
+    (_, first), (_, second) = kernels
+    assert len(first) == len(ROWS) and first[1].stalls == {"barrier": 6, "wait": 0}
+    assert len(second) == 1 and second[0].stalls == {"wait": 0, "barrier": 8}
+    assert ns.read(str(path))[0] == "void k<float>(int)"
+    assert ns.main([str(path), "--kernel", "store"]) == 0
+    out = capsys.readouterr().out
+    assert "void store(int)" in out and "void k<float>" not in out and "barrier 100.0%" in out
+    assert ns.main([str(path)]) == 0 and capsys.readouterr().out.count("kernel: ") == 2
+    assert ns.main([str(path), "--kernel", "none"]) == 2
+    assert "void store(int)" in capsys.readouterr().err
+
+
 def test_rejects_other_files(tmp_path, capsys):
     bad = tmp_path / "details.csv"
     _write(bad, first=("ID", "Kernel"))
