@@ -208,7 +208,10 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     // would serialize the tensor cores, at 128 before the S / dP products (254 registers, no
     // spills; add_dq there made ptxas branch around each atomic: 1284 instead of 1054
     // instructions a tile, bwd_tile_sass.sh). add_dq stays for the one-warpgroup kernels and the
-    // last tile: in place of its non-deferred calls at head dim 128 this one spilt 92 bytes
+    // last tile: in place of its non-deferred calls at head dim 128 this one spilt 92 bytes.
+    // The zeros: at head dim 128 a select (an inf outside the tile stays out), at 64 a product
+    // with 0.0f, as before the select: the selects made that kernel 1% slower on an H100
+    // (benchmarks/results/gpu_backward_attention_variants.md)
     auto add_dq_nb = [&](const float (&v)[NDQ], int m0, int64_t h) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
@@ -217,9 +220,17 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
 #pragma unroll
             for (int jj = 0; jj < JH; ++jj) {
                 const int col = 8 * (jlo + jj) + 2 * tq;
-                const bool in = q < Lq && col < hd;  // else zeros (selected: an inf stays out)
-                atomic_add2(row + min(col, hd - 2), in ? v[4 * jj + 2 * r] : 0.0f,
-                            in ? v[4 * jj + 2 * r + 1] : 0.0f);
+                const bool in = q < Lq && col < hd;
+                float x0 = v[4 * jj + 2 * r], x1 = v[4 * jj + 2 * r + 1];
+                if constexpr (C::D == 64) {
+                    const float k = in ? 1.0f : 0.0f;
+                    x0 *= k;
+                    x1 *= k;
+                } else {
+                    x0 = in ? x0 : 0.0f;
+                    x1 = in ? x1 : 0.0f;
+                }
+                atomic_add2(row + min(col, hd - 2), x0, x1);
             }
         }
     };
