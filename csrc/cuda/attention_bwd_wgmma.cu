@@ -31,11 +31,12 @@
 //                                  64 bytes into the swizzled rows), so that the block adds each
 //                                  dQ element once without exchanging partial sums (3.7-5.4%
 //                                  off the kernel's time on an H100 against an exchange through
-//                                  shared memory, gpu_backward_attention.md); at D = 64 with
-//                                  two warpgroups (DEFER) a tile's dQ product runs on across the
-//                                  next tile's barrier, and its sums are added during that tile's
-//                                  S / dP products, the atomics beside the tensor cores (7-9% off
-//                                  the kernel's time on an H100, in two steps)
+//                                  shared memory, gpu_backward_attention.md); with two
+//                                  warpgroups (DEFER) a tile's dQ product runs on across the
+//                                  next tile's barrier, and its sums are added after it: at D = 64
+//                                  during that tile's S / dP products, the atomics beside the
+//                                  tensor cores (7-9% off the kernel's time on an H100, in two
+//                                  steps), at D = 128 before them
 // Q, dO, lse and Delta tiles are double-buffered with cp.async (tile t + 1 in flight while t is
 // computed); two barriers per tile (the tile landed; dS stored). One-warpgroup blocks are
 // small (58 KB of shared memory at D = 64, 106 KB at D = 128; 2 per multiprocessor) so that the
@@ -73,12 +74,18 @@ template <int D_, int NWG_, int MINB_> struct WBCfg {
     static constexpr uint32_t QO_BYTES = BM * D * 2;   // one buffer of Q (or dO)
     static constexpr uint32_t DS_BYTES = BM * 64 * 2;  // one warpgroup's dS
     static constexpr uint32_t LD_BYTES = 2 * 2 * BM * 4;  // lse and Delta, two buffers each
-    // DEFER (two warpgroups at D = 64, where the registers allow): a tile's dQ product is left
-    // running across the next tile's barrier and its sums are added during that tile's S / dP
-    // products, so dS is double-buffered (one warpgroup stores tile t + 1's dS while the other's
+    // DEFER (two warpgroups): a tile's dQ product is left running across the next tile's first
+    // barrier, so dS is double-buffered (one warpgroup stores tile t + 1's dS while the other's
     // product of tile t may still read both warpgroups' dS of tile t)
-    static constexpr bool DEFER = NWG == 2 && D == 64;
+    static constexpr bool DEFER = NWG == 2;
     static constexpr int NDS = DEFER ? 2 : 1;          // dS buffers
+    // ADD_DURING (D = 64): the deferred sums are added during the next tile's S / dP products;
+    // at D = 128 the registers hold no second dQ beside the S / dP accumulators, so they are added
+    // right after the wait, before those products. Either way the atomics are issued after the
+    // barrier: issued before it, they were still in flight at the proxy fence ahead of it, whose
+    // memory barrier waited for them (Nsight Compute: that fence took about 9% of the stall
+    // samples at D = 128, the one before the dQ product under 1%)
+    static constexpr bool ADD_DURING = DEFER && D == 64;
     // LOAD_LATE (two warpgroups): the next tile's Q / dO / lse / Delta copies are issued after
     // this tile's S / dP products, so that their address arithmetic runs beside the tensor
     // cores (one warpgroup at D = 128 would spill)
@@ -88,14 +95,14 @@ template <int D_, int NWG_, int MINB_> struct WBCfg {
     static_assert(D == 64 || D == 128, "wgmma N of dK / dV / dQ is written out for 64 and 128");
     static_assert(NWG == 1 || NWG == 2, "one or two warpgroups");
 };
-// Registers (ptxas, sm_90a, nvcc 13.0), one / two warpgroups: 221 / 223 at D = 64, 255 with 64
+// Registers (ptxas, sm_90a, nvcc 13.0), one / two warpgroups: 221 / 219 at D = 64, 255 with 64
 // bytes of spills / 254 at D = 128, so 2 blocks of one warpgroup per SM either way (a cap of 168
 // for 3 blocks at D = 64 spills: the scores, dP^T, dK and dV take 128 registers and the tile's
 // lse / Delta loads come on top), or 1 block of two.
 using WB64 = WBCfg<64, 1, 2>;     // 58 KB
 using WB128 = WBCfg<128, 1, 2>;   // 106 KB
 using WB64x2 = WBCfg<64, 2, 1>;   // 98 KB (dS double-buffered)
-using WB128x2 = WBCfg<128, 2, 1>; // 146 KB
+using WB128x2 = WBCfg<128, 2, 1>; // 162 KB (dS double-buffered)
 
 template <typename T, class C>
 __global__ void __launch_bounds__(C::THREADS, C::MINB)
@@ -197,21 +204,33 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         }
     };
     // the same without a branch (rows past Lq and columns past hd add zeros to the last valid
-    // ones): called while wgmma runs, where a divergent path would serialize the tensor cores.
-    // add_dq stays for the other calls: used there at head dim 128 it costs registers (92
-    // bytes of spills with two warpgroups and with one)
+    // ones): the deferred sums of DEFER, at head dim 64 while wgmma runs, where a divergent path
+    // would serialize the tensor cores, at 128 before the S / dP products (254 registers, no
+    // spills; add_dq there made ptxas branch around each atomic: 1284 instead of 1054
+    // instructions a tile, bwd_tile_sass.sh). add_dq stays for the one-warpgroup kernels and the
+    // last tile: in place of its non-deferred calls at head dim 128 this one spilt 92 bytes.
+    // The zeros: at head dim 128 a select (an inf outside the tile stays out), at 64 a product
+    // with 0.0f, as before the select: the selects made that kernel 1% slower on an H100
+    // (benchmarks/results/gpu_backward_attention_variants.md)
     auto add_dq_nb = [&](const float (&v)[NDQ], int m0, int64_t h) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const int q = m0 + warp * 16 + g + 8 * r;
-            const float kq = q < Lq ? 1.0f : 0.0f;
             float *row = ws.dq_acc + (((int64_t)b * Lq + min(q, Lq - 1)) * H + h) * hd;
 #pragma unroll
             for (int jj = 0; jj < JH; ++jj) {
                 const int col = 8 * (jlo + jj) + 2 * tq;
-                const float k = col < hd ? kq : 0.0f;
-                atomic_add2(row + min(col, hd - 2), k * v[4 * jj + 2 * r],
-                            k * v[4 * jj + 2 * r + 1]);
+                const bool in = q < Lq && col < hd;
+                float x0 = v[4 * jj + 2 * r], x1 = v[4 * jj + 2 * r + 1];
+                if constexpr (C::D == 64) {
+                    const float k = in ? 1.0f : 0.0f;
+                    x0 *= k;
+                    x1 *= k;
+                } else {
+                    x0 = in ? x0 : 0.0f;
+                    x1 = in ? x1 : 0.0f;
+                }
+                atomic_add2(row + min(col, hd - 2), x0, x1);
             }
         }
     };
@@ -236,14 +255,19 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
 
         float dq_prev[NDQ];
         if constexpr (DEFER) {
-            // the previous tile's dQ product ran across the barrier. Its sums are copied by an
-            // asm mov: with a plain copy the compiler keeps dq_prev in the dq wgmma's registers
-            // and waits for the S / dP wgmma below before the deferred adds
+            // the previous tile's dQ product ran across the barrier. ADD_DURING: its sums are
+            // copied by an asm mov (with a plain copy the compiler keeps dq_prev in the dq
+            // wgmma's registers and waits for the S / dP wgmma below before the deferred adds);
+            // otherwise they are added here
             wg_wait<0>();
             fence_operands(dq);
+            if constexpr (C::ADD_DURING) {
 #pragma unroll
-            for (int i = 0; i < NDQ; ++i)
-                asm volatile("mov.b32 %0, %1;" : "=f"(dq_prev[i]) : "f"(dq[i]));
+                for (int i = 0; i < NDQ; ++i)
+                    asm volatile("mov.b32 %0, %1;" : "=f"(dq_prev[i]) : "f"(dq[i]));
+            } else {
+                add_dq_nb(dq, m_prev, h_prev);
+            }
         }
         const int64_t h = h_first + it / n_mt;
         const int m0 = qlo + (it % n_mt) * C::BM;
@@ -270,7 +294,7 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
             if (it + 1 < n_it) load_q(it + 1, buf ^ 1);
             cp_async_commit();
         }
-        if constexpr (DEFER) {  // the previous tile's dQ sums while S^T and dP^T are computed
+        if constexpr (C::ADD_DURING) {  // the previous tile's dQ sums while S^T and dP^T run
             add_dq_nb(dq_prev, m_prev, h_prev);
         }
         wg_wait<0>();
