@@ -95,7 +95,7 @@ template <int D_, int NWG_, int MINB_> struct WBCfg {
     static_assert(D == 64 || D == 128, "wgmma N of dK / dV / dQ is written out for 64 and 128");
     static_assert(NWG == 1 || NWG == 2, "one or two warpgroups");
 };
-// Registers (ptxas, sm_90a, nvcc 13.0), one / two warpgroups: 221 / 219 at D = 64, 255 with 64
+// Registers (ptxas, sm_90a, nvcc 13.0), one / two warpgroups: 221 / 223 at D = 64, 255 with 64
 // bytes of spills / 254 at D = 128, so 2 blocks of one warpgroup per SM either way (a cap of 168
 // for 3 blocks at D = 64 spills: the scores, dP^T, dK and dV take 128 registers and the tile's
 // lse / Delta loads come on top), or 1 block of two.
@@ -211,7 +211,7 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     // last tile: in place of its non-deferred calls at head dim 128 this one spilt 92 bytes.
     // The zeros: at head dim 128 a select (an inf outside the tile stays out), at 64 a product
     // with 0.0f, as before the select: the selects made that kernel 1% slower on an H100
-    // (benchmarks/results/gpu_backward_attention_variants.md)
+    // (benchmarks/results/gpu_backward_attention.md, notes)
     auto add_dq_nb = [&](const float (&v)[NDQ], int m0, int64_t h) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
