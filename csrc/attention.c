@@ -90,6 +90,9 @@ attn_tile_scalar(const attn_plan *P, int64_t b, int64_t g, int64_t p0, int64_t n
         if (P->softcap > 0.0f) {
             attn_softcap_tile(P, st, nk, Mp);
         }
+        if (P->alibi != NULL) {
+            attn_alibi_tile(P, b, g, p0, k0, nk, M, Mp, st);
+        }
         if (masked) {
             attn_mask_bounds(P, p0, k0, Mp, S->colq, S->hi, S->lo);
             for (j = 0; j < nk; j++) {
@@ -171,6 +174,8 @@ samba_attn_fwd_run(const samba_attn_ext_args *a, const samba_ctx *ctx)
     P.left = a->window_left > P.Lk + P.Lq ? -1 : a->window_left;
     P.right = a->window_right > P.Lk + P.Lq ? -1 : a->window_right;
     P.softcap = a->softcap;
+    P.alibi = a->alibi_slopes;
+    P.alibi_bs = a->alibi_batch_stride;
     P.qscale = (float)((double)a->softmax_scale * (a->softcap > 0.0f ? 1.0 : ATTN_LOG2E));
     P.bq = P.G >= ATTN_MCOLS ? 1 : ATTN_MCOLS / P.G;
     if (P.bq > P.Lq) {

@@ -70,7 +70,8 @@ abwd_check(const samba_attn_ext_args *a)
 {
     if (a == NULL || a->batch < 0 || a->seqlen_q < 0 || a->seqlen_k < 0 || a->nheads < 1 ||
         a->nheads_kv < 1 || a->nheads % a->nheads_kv != 0 || a->headdim < 1 ||
-        !(a->softcap >= 0.0f) || isinf(a->softcap) || !isfinite(a->softmax_scale)) {
+        !(a->softcap >= 0.0f) || isinf(a->softcap) || !isfinite(a->softmax_scale) ||
+        a->alibi_batch_stride < 0) {
         return SAMBA_ERR_ARG;
     }
     return SAMBA_OK;
@@ -93,6 +94,8 @@ abwd_plan_init(abwd_plan *P, const samba_attn_ext_args *a)
     P->nkt = (a->seqlen_k + ABWD_BK - 1) / ABWD_BK;
     P->scale = a->softmax_scale;
     P->softcap = a->softcap;
+    P->alibi = a->alibi_slopes;
+    P->alibi_bs = a->alibi_batch_stride;
     P->q = a->q;
     P->k = a->k;
     P->v = a->v;

@@ -22,6 +22,8 @@ typedef struct abwd_plan {
     int64_t left, right;                      /* window; < 0: unbounded on that side */
     int64_t nkt;                              /* key tiles: ceil(Lk / ABWD_BK) */
     float scale, softcap;
+    const float *alibi; /* NULL, or the ALiBi slope of (b, h) at alibi[b * alibi_bs + h] */
+    int64_t alibi_bs;
     int finite; /* the rows the rank updates read (q, k, dout) are finite */
     const float *q, *k, *v, *dout, *out, *lse; /* the argument arrays */
     const float *kt, *vt; /* (B, Hkv, nkt, hd, ABWD_BK): K^T, V^T per key tile, zero padded */

@@ -221,18 +221,26 @@ ABT_F(abt_bwd_row)(float *s, float *dp, int64_t nkp, int64_t clo, int64_t chi, f
     }
 }
 
-/* abt_bwd_row with softcap: s = cap tanh(scale r / cap), dS gets the factor 1 - tanh^2 */
+/* abt_bwd_row with a softcap (cap > 0: s = cap tanh(scale r / cap), dS gets the factor
+ * 1 - tanh^2) and / or ALiBi (s -= slope |d0 - c|, d0 = the query's key position less the
+ * tile's first key; the bias does not depend on q or k, so dS keeps its form) */
 ABT_INLINE void
-ABT_F(abt_bwd_row_cap)(float *s, float *dp, int64_t nkp, int64_t clo, int64_t chi, float lse,
-                       float dl, float scale, float cap)
+ABT_F(abt_bwd_row_gen)(float *s, float *dp, int64_t nkp, int64_t clo, int64_t chi, float lse,
+                       float dl, float scale, float cap, float slope, int64_t d0)
 {
     int64_t c;
     for (c = 0; c < nkp; c++) {
         float p = 0.0f, ds = 0.0f;
         if (c >= clo && c < chi) {
-            const float t = tanhf(scale * s[c] / cap);
-            p = samba_expf(cap * t - lse);
-            ds = p * (dp[c] - dl) * scale * (1.0f - t * t);
+            float x = scale * s[c], f = 1.0f;
+            if (cap > 0.0f) {
+                const float t = tanhf(x / cap);
+                x = cap * t;
+                f = 1.0f - t * t;
+            }
+            x -= slope * fabsf((float)(d0 - c));
+            p = samba_expf(x - lse);
+            ds = p * (dp[c] - dl) * scale * f;
         }
         s[c] = p;
         dp[c] = ds;
@@ -283,9 +291,10 @@ ABT_F(abt_bwd_block)(const abwd_plan *P, const abwd_scratch *S, int64_t b, int64
             memset(dpr, 0, sizeof(float) * (size_t)nkp);
             continue;
         }
-        if (P->softcap > 0.0f) {
-            ABT_F(abt_bwd_row_cap)(sr, dpr, nkp, clo[r], chi[r], lse[r], dl[r], P->scale,
-                                   P->softcap);
+        if (P->softcap > 0.0f || P->alibi != NULL) {
+            const float slope = P->alibi != NULL ? P->alibi[b * P->alibi_bs + h] : 0.0f;
+            ABT_F(abt_bwd_row_gen)(sr, dpr, nkp, clo[r], chi[r], lse[r], dl[r], P->scale,
+                                   P->softcap, slope, i0 + r + P->off - j0);
         }
         else if (full) {
             ABT_F(abt_bwd_row)(sr, dpr, nkp, 0, nkp, lse[r], dl[r], P->scale, 0);

@@ -28,6 +28,8 @@ typedef struct attn_plan {
     int64_t left, right; /* window sides, < 0: unbounded (causal: right = 0) */
     float qscale;        /* the packed queries' factor: scale log2(e), or scale with softcap */
     float softcap;       /* > 0: s = softcap tanh(s / softcap) before the softmax */
+    const float *alibi;  /* NULL, or the ALiBi slope of (b, h) at alibi[b * alibi_bs + h] */
+    int64_t alibi_bs;
     int64_t bq;          /* query positions per tile */
     int64_t nqt;         /* query tiles per (b, kv head) */
     int64_t Mp;          /* padded columns of a full tile (multiple of 16) */
@@ -144,6 +146,24 @@ attn_softcap_tile(const attn_plan *P, float *st, int64_t nk, int64_t Mp)
     int64_t i;
     for (i = 0; i < nk * Mp; i++) {
         st[i] = cap * tanhf(st[i] * inv) * (float)ATTN_LOG2E;
+    }
+}
+
+/* ALiBi: the base-2 scores of rows j < nk of the key tile at k0 get -slope log2(e) |p - k0 - j|
+ * (p: column c's query position plus off; slope: its head's, in batch row b); the padding
+ * columns M .. Mp are left as they are. */
+static void
+attn_alibi_tile(const attn_plan *P, int64_t b, int64_t g, int64_t p0, int64_t k0, int64_t nk,
+                int64_t M, int64_t Mp, float *st)
+{
+    const float *slope = P->alibi + b * P->alibi_bs + g * P->G;
+    int64_t c, j;
+    for (c = 0; c < M; c++) {
+        const float s2 = slope[c % P->G] * (float)ATTN_LOG2E;
+        const int64_t d0 = p0 + c / P->G + P->off - k0; /* distance to row 0 */
+        for (j = 0; j < nk; j++) {
+            st[j * Mp + c] -= s2 * fabsf((float)(d0 - j));
+        }
     }
 }
 

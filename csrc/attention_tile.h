@@ -14,6 +14,7 @@
  *   st (nk, Mp) = K_tile qt     straight from the strided K rows: broadcast k[j, d], FMA a row
  *                               of qt (no K packing; the packed qt is reused by every key tile)
  *   softcap                     when set: s = cap tanh(s / cap) (scalar tanhf)
+ *   ALiBi                       when set: s -= slope |p - j| (attn_alibi_tile)
  *   mask                        only tiles crossing a window edge (the causal diagonal is one)
  *   online softmax              per column, i.e. SIMD across queries; base 2
  *   o (M, hd) = alpha o + P V   straight from the strided V rows: broadcast P[c, j], FMA a row
@@ -173,6 +174,9 @@ ATTN_F(attn_tile)(const attn_plan *P, int64_t b, int64_t g, int64_t p0, int64_t 
         }
         if (P->softcap > 0.0f) {
             attn_softcap_tile(P, st, nk, Mp);
+        }
+        if (P->alibi != NULL) {
+            attn_alibi_tile(P, b, g, p0, k0, nk, M, Mp, st);
         }
         if (masked) {
             const int32_t *hi = S->hi, *lo = S->lo;

@@ -226,8 +226,9 @@ samba_status samba_rotary_bwd(int64_t batch, int64_t seqlen, int64_t nheads, int
  * Query i sits at key position p = i + Lk - Lq and sees keys j with
  * (window_left < 0 or j >= p - window_left) and (window_right < 0 or j <= p + window_right)
  * (causal: window_right = 0; samba_attn_fwd's window W: window_left = W - 1).
- * Scores s = scale q.k, then s = softcap tanh(s / softcap) when softcap > 0.  A query that
- * sees no key gets out = 0, lse = -inf.
+ * Scores s = scale q.k, then s = softcap tanh(s / softcap) when softcap > 0, then (ALiBi, when
+ * alibi_slopes is set) s -= slope |p - j| with slope = alibi_slopes[b * alibi_batch_stride + h].
+ * A query that sees no key gets out = 0, lse = -inf.
  * samba_attn_fwd_lse: q, k, v -> out, lse (lse may be NULL).
  * samba_attn_bwd: q, k, v, out, lse, dout -> dq, dk, dv.
  */
@@ -235,6 +236,8 @@ typedef struct samba_attn_ext_args {
     int64_t batch, seqlen_q, seqlen_k, nheads, nheads_kv, headdim;
     int64_t window_left, window_right; /* < 0: unbounded on that side */
     float softmax_scale, softcap;      /* softcap 0: none (negative: SAMBA_ERR_ARG) */
+    const float *alibi_slopes;         /* NULL: no ALiBi; else finite, indexed as above */
+    int64_t alibi_batch_stride;        /* 0: the same slopes for every batch row (>= 0) */
     const float *q, *k, *v;
     float *out; /* written by the forward, read by the backward */
     float *lse; /* idem */

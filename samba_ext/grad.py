@@ -124,6 +124,23 @@ def _windows(causal: bool, window_size: Any) -> tuple[int, int]:
     return left, 0 if causal else right
 
 
+def _alibi(alibi_slopes: Any, batch: int, nheads: int, gpu: bool) -> Optional[np.ndarray]:
+    """flash-attn's alibi_slopes: None, or finite slopes of shape (nheads,) or (batch,
+    nheads) -> None or a (batch, nheads) float32 C-contiguous array."""
+    if alibi_slopes is None:
+        return None
+    if gpu:
+        raise NotImplementedError("alibi_slopes: ALiBi runs on the CPU only so far; pass None "
+                                  "for GPU arrays, or call with host arrays")
+    m = ck.floats(alibi_slopes, "alibi_slopes", (1, 2), "(nheads,) or (batch, nheads)")
+    ck.shape(m, "alibi_slopes", (nheads,) if m.ndim == 1 else (batch, nheads),
+             "(nheads,) or (batch, nheads) of q")
+    a = np.asarray(alibi_slopes, dtype=np.float32)
+    if not np.isfinite(a).all():
+        raise ValueError("alibi_slopes: every slope must be finite (found NaN or inf)")
+    return np.ascontiguousarray(np.broadcast_to(a, (batch, nheads)))
+
+
 def _attn_qkv(q: Any, k: Any, v: Any, host: bool = True) -> tuple:
     """q (B, Lq, H, hd), k, v (B, Lk, Hkv, hd) with H % Hkv == 0 -> float32 arrays (the
     arrays themselves when not ``host``)."""
@@ -296,8 +313,8 @@ def apply_rotary_bwd(x: ArrayLike, positions: ArrayLike = 0, base: float = 10000
 
 def attention_fwd(q: ArrayLike, k: ArrayLike, v: ArrayLike,
                   softmax_scale: Optional[float] = None, causal: bool = False,
-                  window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                  alibi_slopes: ArrayLike = None) -> tuple[np.ndarray, np.ndarray]:
     """Attention forward that also returns the log-sum-exp (flash-attn masking semantics).
 
     q (batch, seqlen_q, nheads, headdim); k, v (batch, seqlen_k, nheads_kv, headdim),
@@ -305,7 +322,8 @@ def attention_fwd(q: ArrayLike, k: ArrayLike, v: ArrayLike,
     sees keys j with p - left <= j <= p + right, window_size = (left, right), -1 unbounded;
     causal=True sets right = 0 (so causal with window_size=(w-1, 0) is
     ``swa_attention(window=w)``). Scores: s = softmax_scale q.k (default 1/sqrt(headdim)),
-    then softcap * tanh(s / softcap) when softcap > 0.
+    then softcap * tanh(s / softcap) when softcap > 0, then (ALiBi) s - slope |p - j| with
+    alibi_slopes of shape (nheads,) or (batch, nheads), as flash-attn (CPU only so far).
 
     Returns (out (batch, seqlen_q, nheads, headdim), lse (batch, nheads, seqlen_q)), float32;
     a query that sees no key gets out = 0 and lse = -inf.
@@ -314,17 +332,20 @@ def attention_fwd(q: ArrayLike, k: ArrayLike, v: ArrayLike,
     q, k, v = _attn_qkv(q, k, v, not gpu)
     left, right = _windows(bool(causal), window_size)
     cap = ck.f32_scalar(softcap, "softcap", lo=0.0, expected="a finite value >= 0")
-    scale = _scale(softmax_scale, np.shape(q)[3])
+    qs = tuple(np.shape(q))
+    scale = _scale(softmax_scale, qs[3])
+    alibi = _alibi(alibi_slopes, qs[0], qs[2], gpu)
     if gpu:
         return _cuda("attention").attention_fwd(q, k, v, scale, left, right, cap)
-    return _core.attention_fwd(q, k, v, scale, left, right, cap)
+    return _core.attention_fwd(q, k, v, scale, left, right, cap, alibi)
 
 
 def attention_bwd(q: ArrayLike, k: ArrayLike, v: ArrayLike,
                   softmax_scale: Optional[float] = None, causal: bool = False,
-                  window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0, *,
-                  dout: ArrayLike, out: ArrayLike = None, lse: ArrayLike = None,
-                  deterministic: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                  alibi_slopes: ArrayLike = None, *, dout: ArrayLike, out: ArrayLike = None,
+                  lse: ArrayLike = None, deterministic: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of :func:`attention_fwd` (FlashAttention-2 style: the probabilities are
     recomputed from the saved log-sum-exp, nothing of size seqlen_q x seqlen_k is stored).
 
@@ -341,6 +362,7 @@ def attention_bwd(q: ArrayLike, k: ArrayLike, v: ArrayLike,
     cap = ck.f32_scalar(softcap, "softcap", lo=0.0, expected="a finite value >= 0")
     qs = tuple(np.shape(q))
     scale = _scale(softmax_scale, qs[3])
+    alibi = _alibi(alibi_slopes, qs[0], qs[2], gpu)
     dout = _grad_like(dout, "dout", qs, "the shape of q and out", not gpu)
     if dout is None:
         raise TypeError("dout: expected an array of q's shape, got None")
@@ -352,8 +374,8 @@ def attention_bwd(q: ArrayLike, k: ArrayLike, v: ArrayLike,
         return _cuda("attention").attention_bwd(q, k, v, scale, left, right, cap, dout, out,
                                                 lse, deterministic=bool(deterministic))
     if out is None or lse is None:
-        out, lse = _core.attention_fwd(q, k, v, scale, left, right, cap)
-    return _core.attention_bwd(q, k, v, out, lse, dout, scale, left, right, cap)
+        out, lse = _core.attention_fwd(q, k, v, scale, left, right, cap, alibi)
+    return _core.attention_bwd(q, k, v, out, lse, dout, scale, left, right, cap, alibi)
 
 
 def swa_attention_bwd(q: ArrayLike, k: ArrayLike, v: ArrayLike, window: Optional[int] = None,

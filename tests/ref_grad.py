@@ -208,8 +208,20 @@ def attention_mask(Lq: int, Lk: int, left: int, right: int) -> np.ndarray:
     return m
 
 
-def attention_fwd_ref(q, k, v, scale, left=-1, right=-1, softcap=0.0):
-    """Full-matrix float64 attention -> (out (B, Lq, H, hd), lse (B, H, Lq))."""
+def alibi_bias(alibi, b, h, Lq, Lk):
+    """(Lq, Lk) float64 ALiBi bias -slope |i + Lk - Lq - j| of (batch b, head h); alibi
+    (H,) or (B, H) slopes, or None (zeros)."""
+    if alibi is None:
+        return np.zeros((Lq, Lk))
+    a = np.asarray(alibi, dtype=np.float64)
+    slope = a[h] if a.ndim == 1 else a[b, h]
+    i = np.arange(Lq)[:, None] + Lk - Lq
+    return -slope * np.abs(i - np.arange(Lk)[None, :])
+
+
+def attention_fwd_ref(q, k, v, scale, left=-1, right=-1, softcap=0.0, alibi=None):
+    """Full-matrix float64 attention -> (out (B, Lq, H, hd), lse (B, H, Lq)); alibi: slopes
+    (H,) or (B, H), the bias added after the softcap, as flash-attn."""
     q, k, v = map(_f64, (q, k, v))
     Bsz, Lq, H, _ = q.shape
     Lk, Hkv = k.shape[1], k.shape[2]
@@ -222,7 +234,7 @@ def attention_fwd_ref(q, k, v, scale, left=-1, right=-1, softcap=0.0):
             s = scale * q[b, :, h] @ k[b, :, h // G].T
             if softcap > 0:
                 s = softcap * np.tanh(s / softcap)
-            s = np.where(m, s, -np.inf)
+            s = np.where(m, s + alibi_bias(alibi, b, h, Lq, Lk), -np.inf)
             for i in range(Lq):
                 if not m[i].any():
                     continue
@@ -233,8 +245,10 @@ def attention_fwd_ref(q, k, v, scale, left=-1, right=-1, softcap=0.0):
     return out, lse
 
 
-def attention_bwd_ref(q, k, v, dout, scale, left=-1, right=-1, softcap=0.0) -> dict:
-    """Gradients of attention_fwd_ref (float64, full matrices): dq, dk, dv."""
+def attention_bwd_ref(q, k, v, dout, scale, left=-1, right=-1, softcap=0.0,
+                      alibi=None) -> dict:
+    """Gradients of attention_fwd_ref (float64, full matrices): dq, dk, dv (the ALiBi bias
+    is a constant: it changes P, not the form of dS)."""
     q, k, v, dout = map(_f64, (q, k, v, dout))
     Bsz, Lq, H, _ = q.shape
     Lk, Hkv = k.shape[1], k.shape[2]
@@ -247,7 +261,7 @@ def attention_bwd_ref(q, k, v, dout, scale, left=-1, right=-1, softcap=0.0) -> d
             r = scale * q[b, :, h] @ kk.T
             t = np.tanh(r / softcap) if softcap > 0 else None
             s = softcap * t if softcap > 0 else r
-            s = np.where(m, s, -np.inf)
+            s = np.where(m, s + alibi_bias(alibi, b, h, Lq, Lk), -np.inf)
             mx = np.where(m.any(axis=1), s.max(axis=1), 0.0)[:, None]
             p = np.where(m, np.exp(s - mx), 0.0)
             den = p.sum(axis=1, keepdims=True)

@@ -166,6 +166,33 @@ def test_flash_attn_gradcheck(rng, causal, window_size, softcap, hkv):
         assert_close(t.grad.numpy(), ref[name], 1e-5, name)
 
 
+@pytest.mark.parametrize("causal,window_size,softcap,per_batch", [
+    (True, (-1, -1), 0.0, False), (False, (-1, -1), 0.0, True), (False, (1, 2), 2.0, True)])
+def test_flash_attn_alibi_gradcheck(rng, causal, window_size, softcap, per_batch):
+    """ALiBi slopes (nheads,) or (batch, nheads) as flash-attn: gradients of q, k, v by
+    gradcheck and against the float64 reference with the same bias; the slopes get none."""
+    q, k, v = t64(rng, 2, 5, 2, 4), t64(rng, 2, 6, 1, 4), t64(rng, 2, 6, 1, 4)
+    al = torch.tensor([[0.5, 0.125], [0.25, 1.0]] if per_batch else [0.5, 0.125])
+
+    def f(q, k, v):
+        return st.flash_attn_func(q, k, v, causal=causal, window_size=window_size,
+                                  softcap=softcap, alibi_slopes=al)
+    assert torch.autograd.gradcheck(f, (q, k, v), **GC)
+    out = f(q, k, v)
+    do = torch.tensor(rng.standard_normal(out.shape))
+    out.backward(do)
+    left, right = window_size[0], 0 if causal else window_size[1]
+    ref = attention_bwd_ref(*(t.detach().float().double().numpy() for t in (q, k, v)),
+                            do.float().double().numpy(), 0.5, left, right, softcap,
+                            al.numpy())
+    for name, t in (("dq", q), ("dk", k), ("dv", v)):
+        assert_close(t.grad.numpy(), ref[name], 1e-5, name)
+    with pytest.raises(ValueError, match="alibi_slopes: expected shape"):
+        st.flash_attn_func(q, k, v, alibi_slopes=torch.ones(3))
+    with pytest.raises(TypeError, match="alibi_slopes"):
+        st.flash_attn_func(q, k, v, alibi_slopes=[0.5, 0.5])
+
+
 def test_dtypes_and_final_states_out(rng):
     x = torch.randn(1, 4, 9, dtype=torch.bfloat16)
     w = torch.randn(4, 3, dtype=torch.bfloat16)
@@ -236,8 +263,6 @@ def test_unsupported_arguments_raise():
     q = torch.randn(1, 3, 2, 8)
     with pytest.raises(NotImplementedError, match="dropout_p"):
         st.flash_attn_func(q, q, q, dropout_p=0.1)
-    with pytest.raises(NotImplementedError, match="alibi_slopes"):
-        st.flash_attn_func(q, q, q, alibi_slopes=torch.ones(2))
     x = torch.randn(1, 2, 5)
     with pytest.raises(NotImplementedError, match="seq_idx"):
         st.causal_conv1d_fn(x, torch.randn(2, 4), seq_idx=torch.zeros(1, 5, dtype=torch.int32))
@@ -300,4 +325,8 @@ def test_opcheck(rng):
     q = torch.randn(1, 5, 2, 8, requires_grad=True)
     opcheck(_ops.attention_op, (q, torch.randn(1, 5, 1, 8, requires_grad=True),
                                 torch.randn(1, 5, 1, 8, requires_grad=True), 0.3, 2, 0, 0.0),
+            test_utils=utils)
+    opcheck(_ops.attention_op, (q, torch.randn(1, 5, 1, 8, requires_grad=True),
+                                torch.randn(1, 5, 1, 8, requires_grad=True), 0.3, 2, 0, 0.0,
+                                False, torch.tensor([0.5, 0.25])),
             test_utils=utils)

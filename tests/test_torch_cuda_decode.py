@@ -413,3 +413,20 @@ def test_decode_refused_on_cuda(rng):
     with pytest.raises(NotImplementedError, match="q: headdim"):
         st.flash_attn_with_kvcache(big, gpu_tensor(rng, (1, 8, 2, 264)),
                                    gpu_tensor(rng, (1, 8, 2, 264)), cache_seqlens=3)
+
+
+@gpu
+def test_alibi_refused_before_the_caches_change(rng):
+    """ALiBi runs in the C kernels only: CUDA tensors with alibi_slopes raise
+    NotImplementedError naming the argument, before the new keys are written (the caches keep
+    their contents), in flash_attn_with_kvcache and flash_attn_func alike."""
+    gpu_args = cuda_copy(kv_case(rng, "float32", 2, 1, 1, 4, 2, 64, 16, False, False))
+    before = (gpu_args["k_cache"].clone(), gpu_args["v_cache"].clone())
+    slopes = torch.full((4,), 0.5, device="cuda")
+    with pytest.raises(NotImplementedError, match="alibi_slopes"):
+        st.flash_attn_with_kvcache(**gpu_args, alibi_slopes=slopes)
+    assert torch.equal(gpu_args["k_cache"], before[0])
+    assert torch.equal(gpu_args["v_cache"], before[1])
+    q = gpu_args["q"]
+    with pytest.raises(NotImplementedError, match="alibi_slopes"):
+        st.flash_attn_func(q, q, q, alibi_slopes=slopes)

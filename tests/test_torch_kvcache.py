@@ -54,9 +54,10 @@ def rotate_ref(x, cos, sin, pos, interleaved):
 
 def kvcache_ref(q, k_cache, v_cache, k, v, seqlens, batch_idx=None, leftpad=None,
                 causal=False, window=(-1, -1), softcap=0.0, scale=None, rotary=None,
-                interleaved=True):
+                interleaved=True, alibi=None):
     """float64 loops over batch rows. Returns (out, lse, new k_cache, new v_cache); the
-    caches are updated copies in their own dtype."""
+    caches are updated copies in their own dtype. alibi: slopes (nh,) or (nb, nh); the
+    score of query i and key j gets -slope |i + nk - lq - j| after the softcap."""
     kc, vc = k_cache.clone(), v_cache.clone()
     nb, lq, nh, hd = q.shape
     group = nh // kc.shape[2]
@@ -87,6 +88,9 @@ def kvcache_ref(q, k_cache, v_cache, k, v, seqlens, batch_idx=None, leftpad=None
             s = softcap * torch.tanh(s / softcap)
         pos = torch.arange(lq)[:, None] + nk - lq           # query i's key position
         j = torch.arange(nk)[None, :]
+        if alibi is not None:
+            sl = alibi.double() if alibi.dim() == 1 else alibi[b].double()
+            s = s - sl[:, None, None] * (pos - j).abs()
         keep = torch.ones(lq, nk, dtype=torch.bool)
         if left >= 0:
             keep &= j >= pos - left
@@ -148,6 +152,28 @@ def test_matches_reference(rng, nb, lq, lnew, nh, nhk, hd, cap, causal, window, 
                                        window=window, softcap=softcap)
     # the append is a copy into the given positions, and nothing else changes
     assert torch.equal(case["k_cache"], ref_kc) and torch.equal(case["v_cache"], ref_vc)
+
+
+@pytest.mark.parametrize("per_batch,causal,window,leftpad", [
+    (False, True, (-1, -1), False), (True, False, (2, 1), False), (True, True, (-1, -1), True)])
+def test_alibi(rng, per_batch, causal, window, leftpad):
+    """alibi_slopes (nheads,) or (batch, nheads) against the float64 reference with the
+    same bias, with new keys appended, cache_batch_idx and (last case) cache_leftpad."""
+    case = make_case(rng, 3, 2, 2, 8, 2, 64, 14, True)
+    if leftpad:
+        seq = case["cache_seqlens"].long()
+        case["cache_leftpad"] = torch.minimum(seq, torch.tensor([1, 0, 2])).to(torch.int32)
+    al = torch.tensor(rng.uniform(0.05, 0.8, (3, 8) if per_batch else (8,)),
+                      dtype=torch.float32)
+    kc0, vc0 = case["k_cache"].clone(), case["v_cache"].clone()
+    out, lse = st.flash_attn_with_kvcache(**case, causal=causal, window_size=window,
+                                          alibi_slopes=al, return_softmax_lse=True)
+    check_against_ref(case, out, lse, kc0, vc0, causal=causal, window=window, alibi=al)
+    bad = dict(case, k=None, v=None)
+    with pytest.raises(ValueError, match="alibi_slopes: expected shape"):
+        st.flash_attn_with_kvcache(**bad, alibi_slopes=torch.ones(4))
+    with pytest.raises(TypeError, match="alibi_slopes"):
+        st.flash_attn_with_kvcache(**bad, alibi_slopes=torch.ones(8, dtype=torch.int64))
 
 
 @pytest.mark.parametrize("window", [torch.tensor([3, 1]),
@@ -262,7 +288,6 @@ def test_refused_arguments(rng):
     seq = case["cache_seqlens"]
     kc0 = kc.clone()
     nie = [
-        (dict(alibi_slopes=torch.ones(4)), "alibi_slopes"),
         (dict(num_splits=2), "num_splits"),
         (dict(q=q.to("meta")), "q"),
         (dict(cache_seqlens=seq.to("meta")), "cache_seqlens"),

@@ -6,8 +6,10 @@
  *       (dresidual is dx itself: the gradient of a sum reaches both addends unchanged)
  *   swiglu_bwd(gate, up, dy) -> (dgate, dup)
  *   apply_rotary_bwd(dy, positions (B, L) int64, base) -> dx
- *   attention_fwd(q, k, v, scale, window_left, window_right, softcap) -> (out, lse)
- *   attention_bwd(q, k, v, out, lse, dout, scale, window_left, window_right, softcap)
+ *   attention_fwd(q, k, v, scale, window_left, window_right, softcap[, alibi_slopes])
+ *       -> (out, lse)
+ *   attention_bwd(q, k, v, out, lse, dout, scale, window_left, window_right, softcap
+ *                 [, alibi_slopes])
  *       -> (dq, dk, dv)
  */
 #include "py_bwd.h"
@@ -228,25 +230,42 @@ attn_options(samba_attn_ext_args *a, double scale, long long wl, long long wr, d
     return 0;
 }
 
+/* alibi_slopes: None, or (batch, nheads) float32 (samba_ext.grad broadcasts (nheads,) and
+ * checks the values); sets a->alibi_slopes, whose array *s keeps alive. */
+static int
+attn_alibi(PyObject *o, PyArrayObject **s, samba_attn_ext_args *a)
+{
+    npy_intp s2[2];
+
+    s2[0] = a->batch;
+    s2[1] = a->nheads;
+    if ((*s = bwd_in(o, "alibi_slopes", 2, s2, 1)) == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    a->alibi_slopes = SAMBA_F32(*s);
+    a->alibi_batch_stride = a->nheads;
+    return 0;
+}
+
 static PyObject *
 py_attention_fwd(PyObject *self, PyObject *args)
 {
-    PyObject *o_q, *o_k, *o_v;
+    PyObject *o_q, *o_k, *o_v, *o_alibi = Py_None;
     double scale, cap;
     long long wl, wr;
-    PyArrayObject *q = NULL, *k = NULL, *v = NULL, *out = NULL, *lse = NULL;
+    PyArrayObject *q = NULL, *k = NULL, *v = NULL, *out = NULL, *lse = NULL, *alibi = NULL;
     PyObject *result = NULL;
     npy_intp s3[3];
     samba_attn_ext_args a;
     samba_py_run run;
     samba_status st;
 
-    if (!PyArg_ParseTuple(args, "OOOdLLd:attention_fwd", &o_q, &o_k, &o_v, &scale, &wl, &wr,
-                          &cap)) {
+    if (!PyArg_ParseTuple(args, "OOOdLLd|O:attention_fwd", &o_q, &o_k, &o_v, &scale, &wl, &wr,
+                          &cap, &o_alibi)) {
         return NULL;
     }
     if (attn_inputs(o_q, o_k, o_v, &q, &k, &v, &a) < 0 ||
-        attn_options(&a, scale, wl, wr, cap) < 0) {
+        attn_options(&a, scale, wl, wr, cap) < 0 || attn_alibi(o_alibi, &alibi, &a) < 0) {
         goto done;
     }
     s3[0] = a.batch;
@@ -266,6 +285,7 @@ py_attention_fwd(PyObject *self, PyObject *args)
     }
     result = Py_BuildValue("(OO)", out, lse);
 done:
+    Py_XDECREF(alibi);
     Py_XDECREF(q);
     Py_XDECREF(k);
     Py_XDECREF(v);
@@ -277,10 +297,11 @@ done:
 static PyObject *
 py_attention_bwd(PyObject *self, PyObject *args)
 {
-    PyObject *o_q, *o_k, *o_v, *o_out, *o_lse, *o_dout;
+    PyObject *o_q, *o_k, *o_v, *o_out, *o_lse, *o_dout, *o_alibi = Py_None;
     double scale, cap;
     long long wl, wr;
     PyArrayObject *q = NULL, *k = NULL, *v = NULL, *out = NULL, *lse = NULL, *dout = NULL;
+    PyArrayObject *alibi = NULL;
     PyArrayObject *dq = NULL, *dk = NULL, *dv = NULL;
     PyObject *result = NULL;
     npy_intp s3[3];
@@ -288,12 +309,12 @@ py_attention_bwd(PyObject *self, PyObject *args)
     samba_py_run run;
     samba_status st;
 
-    if (!PyArg_ParseTuple(args, "OOOOOOdLLd:attention_bwd", &o_q, &o_k, &o_v, &o_out, &o_lse,
-                          &o_dout, &scale, &wl, &wr, &cap)) {
+    if (!PyArg_ParseTuple(args, "OOOOOOdLLd|O:attention_bwd", &o_q, &o_k, &o_v, &o_out, &o_lse,
+                          &o_dout, &scale, &wl, &wr, &cap, &o_alibi)) {
         return NULL;
     }
     if (attn_inputs(o_q, o_k, o_v, &q, &k, &v, &a) < 0 ||
-        attn_options(&a, scale, wl, wr, cap) < 0) {
+        attn_options(&a, scale, wl, wr, cap) < 0 || attn_alibi(o_alibi, &alibi, &a) < 0) {
         goto done;
     }
     s3[0] = a.batch;
@@ -323,6 +344,7 @@ py_attention_bwd(PyObject *self, PyObject *args)
     }
     result = Py_BuildValue("(OOO)", dq, dk, dv);
 done:
+    Py_XDECREF(alibi);
     Py_XDECREF(q);
     Py_XDECREF(k);
     Py_XDECREF(v);
@@ -346,9 +368,9 @@ PyMethodDef samba_py_bwd_small_methods[] = {
      "apply_rotary_bwd($module, dy, positions, base, /)\n--\n\n"
      "positions (B, L) int64 -> dx; use samba_ext.grad.apply_rotary_bwd"},
     {"attention_fwd", py_attention_fwd, METH_VARARGS,
-     "attention_fwd($module, q, k, v, scale, window_left, window_right, softcap, /)\n--\n\n"
-     "-> (out, lse); use samba_ext.grad.attention_fwd"},
+     "attention_fwd($module, q, k, v, scale, window_left, window_right, softcap, "
+     "alibi_slopes=None, /)\n--\n\n-> (out, lse); use samba_ext.grad.attention_fwd"},
     {"attention_bwd", py_attention_bwd, METH_VARARGS,
      "attention_bwd($module, q, k, v, out, lse, dout, scale, window_left, window_right, "
-     "softcap, /)\n--\n\n-> (dq, dk, dv); use samba_ext.grad.attention_bwd"},
+     "softcap, alibi_slopes=None, /)\n--\n\n-> (dq, dk, dv); use samba_ext.grad.attention_bwd"},
     {NULL, NULL, 0, NULL}};

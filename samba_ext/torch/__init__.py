@@ -228,17 +228,22 @@ def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
     group are split over blocks) with float32 atomics, so the last bits vary between runs;
     deterministic=True makes them bitwise-repeatable, for more scratch memory (float32 copies
     of dq, up to 512 MiB) and some speed. The CPU and float32 backwards are always
-    deterministic. Not supported: dropout_p > 0, alibi_slopes.
+    deterministic. alibi_slopes (nheads,) or (batch, nheads), as flash-attn: the score of
+    query i and key j gets -slope |i + Lk - Lq - j| after the softcap (no gradient for the
+    slopes); CPU tensors only so far (NotImplementedError on CUDA). Not supported: dropout_p
+    > 0.
     """
     if dropout_p != 0.0:
         raise NotImplementedError(f"dropout_p: only 0.0 is supported, got {dropout_p!r}")
-    if alibi_slopes is not None:
-        raise NotImplementedError("alibi_slopes: ALiBi is not supported; pass None")
+    if alibi_slopes is not None and not isinstance(alibi_slopes, Tensor):
+        raise TypeError(f"alibi_slopes: expected a torch.Tensor (nheads,) or (batch, nheads) "
+                        f"or None, got {type(alibi_slopes).__name__}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     scale, left, right, cap = scalars(q, softmax_scale, bool(causal), window_size, softcap)
-    out, lse = attention_op(q, k, v, scale, left, right, cap, bool(deterministic))
+    out, lse = attention_op(q, k, v, scale, left, right, cap, bool(deterministic),
+                            alibi_slopes)
     out = out.to(q.dtype)
     if not return_attn_probs:
         return out

@@ -35,15 +35,16 @@ def _slots(b: int, start: int, stop: int, row: int, block_table: Optional[Tensor
 
 
 def _attend(q: Tensor, k: Tensor, v: Tensor, softmax_scale: float, window: tuple[int, int],
-            softcap: float) -> tuple[Tensor, Tensor]:
-    """One batch row: q (1, Lq, H, hd), k, v (1, n, Hkv, hd) -> (out, lse) float32 on q's
-    device (CPU: the float32 arrays of the tensors; CUDA: the tensors as they are)."""
+            softcap: float, alibi: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    """One batch row: q (1, Lq, H, hd), k, v (1, n, Hkv, hd), alibi (1, H) or None -> (out,
+    lse) float32 on q's device (CPU: the float32 arrays of the tensors; CUDA: the tensors as
+    they are)."""
     dev = q.device
     if not is_cuda(dev):
         q, k, v = (t.detach().to(torch.float32) for t in (q, k, v))
     with on_device(dev):
         out, lse = _grad.attention_fwd(arg(q), arg(k), arg(v), softmax_scale, False, window,
-                                       softcap)
+                                       softcap, arg(alibi))
         return tensors((out, lse), dev)
 
 
@@ -54,15 +55,18 @@ def attention_kvcache_op(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optiona
                          cache_batch_idx: Optional[Tensor], cache_leftpad: Optional[Tensor],
                          block_table: Optional[Tensor], softmax_scale: float, window_left: int,
                          window_right: int, softcap: float, rotary_interleaved: bool,
-                         rotary_q_per_token: bool) -> tuple[Tensor, Tensor]:
+                         rotary_q_per_token: bool, alibi_slopes: Optional[Tensor] = None
+                         ) -> tuple[Tensor, Tensor]:
     """Arguments as checked by _kvcache_args.check (int64 index tensors, cache_seqlens a
-    (batch,) tensor, causality folded into window_right = 0).
+    (batch,) tensor, causality folded into window_right = 0, alibi_slopes (batch, nheads)
+    float32 or None).
     -> (out (batch, seqlen_q, nheads, headdim) float32, lse (batch, nheads, seqlen_q) float32)
     """
     dev = device_of((("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("k", k), ("v", v),
                      ("rotary_cos", rotary_cos), ("rotary_sin", rotary_sin),
                      ("cache_seqlens", cache_seqlens), ("cache_batch_idx", cache_batch_idx),
-                     ("cache_leftpad", cache_leftpad), ("block_table", block_table)))
+                     ("cache_leftpad", cache_leftpad), ("block_table", block_table),
+                     ("alibi_slopes", alibi_slopes)))
     if is_cuda(dev):
         _cuda_limits.attention_heads(q)   # one attention call per batch row
     batch, seqlen_q = q.shape[0], q.shape[1]
@@ -92,7 +96,8 @@ def attention_kvcache_op(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optiona
     for b in range(batch):
         at = _slots(b, pads[b], seq[b] + seqlen_new, rows[b], block_table, block_size)
         ob, lb = _attend(q[b:b + 1], k_cache[at][None], v_cache[at][None], softmax_scale,
-                         (window_left, window_right), softcap)
+                         (window_left, window_right), softcap,
+                         None if alibi_slopes is None else alibi_slopes[b:b + 1])
         out[b] = ob[0]
         lse[b] = lb[0]
     # a query that sees no key: out 0 and, as flash-attn reports it, lse = +inf
@@ -103,7 +108,7 @@ def attention_kvcache_op(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optiona
 @attention_kvcache_op.register_fake
 def _(q, k_cache, v_cache, k, v, rotary_cos, rotary_sin, cache_seqlens, cache_batch_idx,
       cache_leftpad, block_table, softmax_scale, window_left, window_right, softcap,
-      rotary_interleaved, rotary_q_per_token):
+      rotary_interleaved, rotary_q_per_token, alibi_slopes=None):
     return (q.new_empty(q.shape, dtype=torch.float32),
             q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32))
 
@@ -133,8 +138,10 @@ def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor,
     cache_seqlens[b] + seqlen_new - 1, with flash-attn's masking over those n keys: query i
     sits at key position i + n - seqlen_q (causal bottom-right aligned; window_size (left,
     right), -1 unbounded); scores softmax_scale q.k (default 1/sqrt(headdim)), softcapped when
-    softcap > 0. block_table (batch, max_blocks) int: position p of row b lives in block
-    block_table[b, p // page_block_size] at offset p % page_block_size (any block size).
+    softcap > 0, then (alibi_slopes (nheads,) or (batch, nheads), as flash-attn) minus
+    slope |i + n - seqlen_q - j| for key j; ALiBi on CPU tensors only so far. block_table
+    (batch, max_blocks) int: position p of row b lives in block block_table[b, p //
+    page_block_size] at offset p % page_block_size (any block size).
     rotary_cos, rotary_sin (seqlen_ro, rotary_dim / 2), with k only: the new keys are rotated
     at positions cache_seqlens[b] + t before they are written, and the queries at
     cache_seqlens[b] + i when causal or local (a window side shorter than the cache), else
@@ -148,7 +155,8 @@ def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor,
     (the integer tensors too), float32 arithmetic. On CUDA the new keys are written and the
     rows gathered by torch indexing on the device; the lengths and indices are read to the
     host once per call (one synchronization) to drive one attention call per batch row.
-    Not supported (NotImplementedError): alibi_slopes, num_splits > 1; on CUDA headdim > 256.
+    Not supported (NotImplementedError): num_splits > 1; on CUDA headdim > 256 and
+    alibi_slopes.
     Also
     refused (ValueError): an index or length out of the cache, k without cache_seqlens,
     repeated cache_batch_idx (or shared block slots) when writing.
@@ -160,6 +168,6 @@ def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor,
                                     a.cache_seqlens, a.cache_batch_idx, a.cache_leftpad,
                                     a.block_table, a.softmax_scale, a.window_left,
                                     a.window_right, a.softcap, bool(rotary_interleaved),
-                                    a.rotary_q_per_token)
+                                    a.rotary_q_per_token, a.alibi_slopes)
     out = out.to(q.dtype)
     return (out, lse) if return_softmax_lse else out

@@ -30,6 +30,7 @@ class KvArgs(NamedTuple):
     window_right: int                  # -1 unbounded; 0 when causal
     softcap: float
     rotary_q_per_token: bool           # q rotated at cache_seqlens + i (else all at + 0)
+    alibi_slopes: Optional[Tensor]     # (batch, nheads) float32 or None
 
 
 def _device(name: str, t: Optional[Tensor], device: torch.device) -> None:
@@ -110,10 +111,6 @@ def check(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor],
           causal: bool, window_size: Any, softcap: Any, alibi_slopes: Optional[Tensor],
           num_splits: Any) -> KvArgs:
     """All of flash_attn_with_kvcache's rules; see its docstring for the shapes."""
-    if alibi_slopes is not None:
-        raise NotImplementedError("alibi_slopes: ALiBi is not supported (the C attention "
-                                  "kernel has no position bias, as in flash_attn_func); pass "
-                                  "None")
     splits = ck.int_scalar(num_splits, "num_splits", lo=0)
     if splits > 1:
         raise NotImplementedError(f"num_splits: only 0 (automatic) and 1 are supported; the "
@@ -237,4 +234,18 @@ def check(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor],
         if rotary_cos.shape[0] < need:
             raise PeerArgumentError(f"rotary_cos: seqlen_ro (shape[0] = {rotary_cos.shape[0]}) must "
                              f"cover the rotated positions, up to {need - 1}")
-    return KvArgs(seqlens, idx, pad, table, scale, left, right, cap, per_token)
+    alibi = None
+    if alibi_slopes is not None:
+        if not isinstance(alibi_slopes, Tensor) or not alibi_slopes.dtype.is_floating_point:
+            raise TypeError("alibi_slopes: expected a floating-point torch.Tensor (nheads,) or "
+                            f"(batch, nheads), got {type(alibi_slopes).__name__}")
+        _device("alibi_slopes", alibi_slopes, dev)
+        if dev.type == "cuda":  # refused before the caches are written
+            raise NotImplementedError("alibi_slopes: ALiBi runs on the CPU only so far; pass "
+                                      "None for CUDA tensors")
+        if tuple(alibi_slopes.shape) not in ((nheads,), (batch, nheads)):
+            raise PeerArgumentError(f"alibi_slopes: expected shape (nheads,) = ({nheads},) or "
+                                    f"(batch, nheads) = ({batch}, {nheads}), got "
+                                    f"{tuple(alibi_slopes.shape)}")
+        alibi = alibi_slopes.detach().float().expand(batch, nheads).contiguous()
+    return KvArgs(seqlens, idx, pad, table, scale, left, right, cap, per_token, alibi)

@@ -165,21 +165,24 @@ causal_conv1d_op.register_autograd(_conv_backward, setup_context=_conv_setup)
 # ------------------------------------------------------------------------ attention ---
 @torch.library.custom_op("samba_ext::attention", mutates_args=())
 def attention_op(q: Tensor, k: Tensor, v: Tensor, softmax_scale: float, window_left: int,
-                 window_right: int, softcap: float,
-                 deterministic: bool = False) -> tuple[Tensor, Tensor]:
+                 window_right: int, softcap: float, deterministic: bool = False,
+                 alibi_slopes: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """-> (out (batch, Lq, H, hd) float32 (CUDA: q's dtype), lse (batch, H, Lq) float32);
-    window -1 = none; deterministic: a bitwise-repeatable backward (see flash_attn_func)"""
-    dev = device_of((("q", q), ("k", k), ("v", v)))
+    window -1 = none; deterministic: a bitwise-repeatable backward (see flash_attn_func);
+    alibi_slopes (H,) or (batch, H), or None"""
+    dev = device_of((("q", q), ("k", k), ("v", v), ("alibi_slopes", alibi_slopes)))
     if is_cuda(dev):
         _cuda_limits.attention(q, k)
     with on_device(dev):
         out, lse = _grad.attention_fwd(arg(q), arg(k), arg(v), softmax_scale, False,
-                                       (window_left, window_right), softcap)
+                                       (window_left, window_right), softcap,
+                                       arg(alibi_slopes))
         return tensors((out, lse), dev)
 
 
 @attention_op.register_fake
-def _(q, k, v, softmax_scale, window_left, window_right, softcap, deterministic=False):
+def _(q, k, v, softmax_scale, window_left, window_right, softcap, deterministic=False,
+      alibi_slopes=None):
     return (q.new_empty(q.shape, dtype=act_dtype(q)),
             q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32))
 
@@ -187,42 +190,45 @@ def _(q, k, v, softmax_scale, window_left, window_right, softcap, deterministic=
 @torch.library.custom_op("samba_ext::attention_backward", mutates_args=())
 def attention_backward_op(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                           dout: Tensor, softmax_scale: float, window_left: int,
-                          window_right: int, softcap: float,
-                          deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+                          window_right: int, softcap: float, deterministic: bool = False,
+                          alibi_slopes: Optional[Tensor] = None
+                          ) -> tuple[Tensor, Tensor, Tensor]:
     """-> (dq, dk, dv) float32 (CUDA: the dtypes of q, k, v)"""
     dev = device_of((("q", q), ("k", k), ("v", v), ("out", out), ("lse", lse),
-                     ("dout", dout)))
+                     ("dout", dout), ("alibi_slopes", alibi_slopes)))
     if is_cuda(dev):
         _cuda_limits.attention(q, k)
     with on_device(dev):
         dq, dk, dv = _grad.attention_bwd(arg(q), arg(k), arg(v), softmax_scale, False,
                                          (window_left, window_right), softcap,
-                                         dout=arg(dout), out=arg(out), lse=arg(lse),
-                                         deterministic=deterministic)
+                                         arg(alibi_slopes), dout=arg(dout), out=arg(out),
+                                         lse=arg(lse), deterministic=deterministic)
         return tensors((dq, dk, dv), dev)
 
 
 @attention_backward_op.register_fake
 def _(q, k, v, out, lse, dout, softmax_scale, window_left, window_right, softcap,
-      deterministic=False):
+      deterministic=False, alibi_slopes=None):
     return (q.new_empty(q.shape, dtype=act_dtype(q)),
             k.new_empty(k.shape, dtype=act_dtype(k)),
             v.new_empty(v.shape, dtype=act_dtype(v)))
 
 
 def _attn_setup(ctx, inputs, output):
-    q, k, v, scale, wl, wr, cap, det = inputs
+    q, k, v, scale, wl, wr, cap, det, alibi = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.save_for_backward(q, k, v, out, lse, alibi)
     ctx.args = (scale, wl, wr, cap, det)
 
 
 def _attn_backward(ctx, dout, dlse):
     # lse is an auxiliary output for the backward; flash_attn_func returns it only detached
     # (return_attn_probs), so no loss depends on it and its incoming gradient (dlse) is zero.
-    q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = attention_backward_op(q, k, v, out, lse, dout, *ctx.args)
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None
+    # The ALiBi slopes are constants (no gradient, as in flash-attn).
+    q, k, v, out, lse, alibi = ctx.saved_tensors
+    dq, dk, dv = attention_backward_op(q, k, v, out, lse, dout, *ctx.args, alibi)
+    return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None,
+            None)
 
 
 attention_op.register_autograd(_attn_backward, setup_context=_attn_setup)
