@@ -63,6 +63,7 @@ conv_row_body(const float *x, const float *init, const float *w, float bias, int
 typedef struct conv_job {
     int64_t dim, seqlen, width;
     const float *x, *weight, *bias, *init;
+    const int64_t *seq; /* (B, L) sequence ids, or NULL */
     int silu;
     float *y;
 } conv_job;
@@ -136,6 +137,29 @@ conv_row_avx512(const conv_job *j, int64_t r, int64_t t0, int64_t t1)
 }
 #endif
 
+/* With sequence ids: tap k of y[t] reads x[s], s = t - (W-1) + k, only when s >= 0 and
+ * seq[s] == seq[t] (the taps in the same order as conv_row_body's). */
+static void
+conv_row_seq(const conv_job *j, int64_t r, int64_t t0, int64_t t1)
+{
+    const int64_t W = j->width, d = r % j->dim;
+    const float *x = j->x + r * j->seqlen, *w = j->weight + d * W;
+    const int64_t *sid = j->seq + (r / j->dim) * j->seqlen;
+    const float bias = j->bias != NULL ? j->bias[d] : 0.0f;
+    float *y = j->y + r * j->seqlen;
+    int64_t t, k;
+    for (t = t0; t < t1; t++) {
+        float acc = bias;
+        for (k = 0; k < W; k++) {
+            const int64_t s = t - (W - 1) + k;
+            if (s >= 0 && sid[s] == sid[t]) {
+                acc += w[k] * x[s];
+            }
+        }
+        y[t] = j->silu ? samba_siluf(acc) : acc;
+    }
+}
+
 static conv_row_fn
 conv_row_pick(void)
 {
@@ -161,10 +185,10 @@ conv_chunk(conv_row_fn fn, const conv_job *j, int64_t r0, int64_t r1, int64_t t0
     }
 }
 
-samba_status
-samba_conv1d_fwd(int64_t batch, int64_t dim, int64_t seqlen, int64_t width, const float *x,
-                 const float *weight, const float *bias, const float *initial_states,
-                 float *final_states, int silu, float *y, const samba_ctx *ctx)
+static samba_status
+conv_fwd(int64_t batch, int64_t dim, int64_t seqlen, int64_t width, const float *x,
+         const float *weight, const float *bias, const float *initial_states, const int64_t *seq,
+         float *final_states, int silu, float *y, const samba_ctx *ctx)
 {
     const int64_t rows = batch * dim;
     const int64_t wm1 = width - 1;
@@ -186,9 +210,10 @@ samba_conv1d_fwd(int64_t batch, int64_t dim, int64_t seqlen, int64_t width, cons
     job.weight = weight;
     job.bias = bias;
     job.init = initial_states;
+    job.seq = seq;
     job.silu = silu != 0;
     job.y = y;
-    fn = conv_row_pick();
+    fn = seq != NULL ? conv_row_seq : conv_row_pick();
     threads = samba_ctx_threads(ctx);
 
     if (rows > 0 && seqlen > 0) {
@@ -233,6 +258,27 @@ samba_conv1d_fwd(int64_t batch, int64_t dim, int64_t seqlen, int64_t width, cons
         }
     }
     return SAMBA_OK;
+}
+
+samba_status
+samba_conv1d_fwd(int64_t batch, int64_t dim, int64_t seqlen, int64_t width, const float *x,
+                 const float *weight, const float *bias, const float *initial_states,
+                 float *final_states, int silu, float *y, const samba_ctx *ctx)
+{
+    return conv_fwd(batch, dim, seqlen, width, x, weight, bias, initial_states, NULL,
+                    final_states, silu, y, ctx);
+}
+
+samba_status
+samba_conv1d_fwd_seq(int64_t batch, int64_t dim, int64_t seqlen, int64_t width, const float *x,
+                     const float *weight, const float *bias, const int64_t *seq_idx, int silu,
+                     float *y, const samba_ctx *ctx)
+{
+    if (batch * dim > 0 && seqlen > 0 && seq_idx == NULL) {
+        return SAMBA_ERR_ARG;
+    }
+    return conv_fwd(batch, dim, seqlen, width, x, weight, bias, NULL, seq_idx, NULL, silu, y,
+                    ctx);
 }
 
 /* One decode step for rows [r0, r1). */

@@ -8,6 +8,8 @@
  *   dxp[s] = sum_k w[k] gp[s + (W-1) - k] (terms with 0 <= t < L) + dfinal_states[s - L + W-1]
  *   dx = dxp[0 .. L-1];  dinitial_states = dxp[-(W-1) .. -1]
  *   dw[k] = sum_{b,t} gp[t] xp[t - (W-1) + k];  dbias = sum_{b,t} gp[t]
+ * With sequence ids (seq_idx, no states) a term with tap (t, k) exists only when its input
+ * s = t - (W-1) + k has s >= 0 and seq_idx[s] == seq_idx[t] (cbwd_row_seq).
  * Rows are split over threads by channel (each thread owns dw[d] and dbias[d], batches run
  * inside), so no reduction is needed; ctx is polled between channel chunks.
  */
@@ -143,6 +145,51 @@ cbwd_row_body(const samba_conv1d_bwd_args *a, int64_t b, int64_t d, float *restr
 typedef void (*cbwd_row_fn)(const samba_conv1d_bwd_args *, int64_t, int64_t, float *, float *,
                             float *);
 
+/* One row (b, d) with sequence ids; scratch: gp (L). Accumulates dw (W) and *db. */
+static void
+cbwd_row_seq(const samba_conv1d_bwd_args *a, int64_t b, int64_t d, float *restrict gp,
+             float *restrict dw, float *db)
+{
+    const int64_t L = a->seqlen, W = a->width, wm1 = W - 1;
+    const int64_t r = b * a->dim + d;
+    const float *x = a->x + r * L, *dy = a->dy + r * L, *w = a->weight + d * W;
+    const int64_t *sid = a->seq_idx + b * L;
+    const float bias = a->bias != NULL ? a->bias[d] : 0.0f;
+    float *dx = a->dx + r * L;
+    float sb = 0.0f;
+    int64_t t, k;
+
+    for (t = 0; t < L; t++) {
+        float g = dy[t];
+        if (a->silu) {
+            float p = bias;
+            for (k = 0; k < W; k++) {
+                const int64_t s = t - wm1 + k;
+                if (s >= 0 && sid[s] == sid[t]) {
+                    p += w[k] * x[s];
+                }
+            }
+            const float e = samba_expf(-fabsf(p));
+            const float rr = 1.0f / (1.0f + e);
+            const float sg = p >= 0.0f ? rr : e * rr;
+            g *= sg * (1.0f + p * (1.0f - sg));
+        }
+        gp[t] = g;
+        sb += g;
+        dx[t] = 0.0f;
+    }
+    *db += sb;
+    for (t = 0; t < L; t++) {
+        for (k = 0; k < W; k++) {
+            const int64_t s = t - wm1 + k;
+            if (s >= 0 && sid[s] == sid[t]) {
+                dw[k] += gp[t] * x[s];
+                dx[s] += w[k] * gp[t];
+            }
+        }
+    }
+}
+
 SAMBA_VEC_FN static void
 cbwd_row_c(const samba_conv1d_bwd_args *a, int64_t b, int64_t d, float *s, float *dw,
            float *db)
@@ -187,6 +234,10 @@ samba_conv1d_bwd(const samba_conv1d_bwd_args *a, const samba_ctx *ctx)
         (a->bias != NULL && a->dbias == NULL)) {
         return SAMBA_ERR_ARG;
     }
+    if (a->seq_idx != NULL && (a->initial_states != NULL || a->dfinal_states != NULL ||
+                               a->dinitial_states != NULL)) {
+        return SAMBA_ERR_ARG; /* sequence ids come without states */
+    }
     memset(a->dweight, 0, (size_t)(a->dim * a->width) * sizeof(float));
     if (a->dbias != NULL) {
         memset(a->dbias, 0, (size_t)a->dim * sizeof(float));
@@ -209,6 +260,9 @@ samba_conv1d_bwd(const samba_conv1d_bwd_args *a, const samba_ctx *ctx)
     default: break;
     }
 #endif
+    if (a->seq_idx != NULL) {
+        fn = cbwd_row_seq;
+    }
     rowbuf = 2 * a->seqlen + 2 * a->width;
     gbuf = (float *)malloc((size_t)nt * (size_t)rowbuf * sizeof(float));
     if (gbuf == NULL) {

@@ -98,6 +98,14 @@ samba_status samba_conv1d_fwd(int64_t batch, int64_t dim, int64_t seqlen, int64_
                               const float *initial_states, float *final_states, int silu,
                               float *y, const samba_ctx *ctx);
 
+/* The same over packed sequences (causal-conv1d's seq_idx): seq_idx (B, L); the tap on x[s]
+ * counts for y[t] only when seq_idx[s] == seq_idx[t], so no token sees an input of another
+ * sequence. No initial or final states (as causal-conv1d). */
+samba_status samba_conv1d_fwd_seq(int64_t batch, int64_t dim, int64_t seqlen, int64_t width,
+                                  const float *x, const float *weight, const float *bias,
+                                  const int64_t *seq_idx, int silu, float *y,
+                                  const samba_ctx *ctx);
+
 /* One step: x (B, D); conv_state (B, D, W-1) in/out (shifted left, x appended); y (B, D). */
 samba_status samba_conv1d_step(int64_t batch, int64_t dim, int64_t width, const float *x,
                                float *conv_state, const float *weight, const float *bias,
@@ -182,10 +190,13 @@ samba_status samba_scan_bwd(const samba_scan_bwd_args *a, const samba_ctx *ctx);
  * dy (B, D, L) and dfinal_states (B, D, W-1) or NULL.  Outputs (overwritten): dx (B, D, L),
  * dweight (D, W), dbias (D) (required when bias != NULL), dinitial_states (B, D, W-1) or
  * NULL (gradient of the initial states; zeros-as-input when initial_states is NULL).
+ * seq_idx (B, L) or NULL: the backward of samba_conv1d_fwd_seq (then initial_states,
+ * dfinal_states and dinitial_states must be NULL).
  */
 typedef struct samba_conv1d_bwd_args {
     int64_t batch, dim, seqlen, width;
     const float *x, *weight, *bias, *initial_states;
+    const int64_t *seq_idx;
     int silu;
     const float *dy, *dfinal_states;
     float *dx, *dweight, *dbias, *dinitial_states;

@@ -218,13 +218,15 @@ def selective_scan_bwd(u: ArrayLike, delta: ArrayLike, A: ArrayLike, B: ArrayLik
 
 def causal_conv1d_bwd(x: ArrayLike, weight: ArrayLike, bias: ArrayLike = None,
                       activation: Optional[str] = None, initial_states: ArrayLike = None, *,
-                      dy: ArrayLike, dfinal_states: ArrayLike = None) -> Conv1dGrads:
+                      dy: ArrayLike, dfinal_states: ArrayLike = None,
+                      seq_idx: ArrayLike = None) -> Conv1dGrads:
     """Gradients of :func:`samba_ext.causal_conv1d`.
 
     Forward arguments as there: x (batch, dim, seqlen); weight (dim, width), 2 <= width <= 4;
     bias (dim,); activation None or "silu"/"swish"; initial_states (batch, dim, width-1).
     dy (batch, dim, seqlen) is dL/dy; dfinal_states (batch, dim, width-1), optional, is
-    dL/d(final_states) when the forward returned them.
+    dL/d(final_states) when the forward returned them. seq_idx (batch, seqlen): the
+    forward's packed-sequence ids (then no initial or final states; CPU only so far).
 
     Returns :class:`Conv1dGrads` (dx, dweight, dbias, dinitial_states), float32; dbias /
     dinitial_states are None when bias / initial_states were None. With an input on a CUDA
@@ -232,16 +234,20 @@ def causal_conv1d_bwd(x: ArrayLike, weight: ArrayLike, bias: ArrayLike = None,
     others float32; float32 accumulation, deterministic).
     """
     contracts.causal_conv1d_bwd(x, weight, bias, activation, initial_states, dy,
-                                dfinal_states)
-    if any(on_cuda(a) for a in (x, weight, bias, initial_states, dy, dfinal_states)):
+                                dfinal_states, seq_idx)
+    if any(on_cuda(a) for a in (x, weight, bias, initial_states, dy, dfinal_states, seq_idx)):
+        if seq_idx is not None:
+            raise NotImplementedError("seq_idx: packed sequences run on the CPU only so far; "
+                                      "pass None for GPU arrays")
         from .cuda import grad_scan  # imported lazily: CPU users never load the CUDA backend
 
         return Conv1dGrads(*grad_scan.causal_conv1d_bwd(x, weight, bias, activation,
                                                         initial_states, dy, dfinal_states))
     x, weight, bias, initial_states, dy, dfinal_states = map(
         _f32, (x, weight, bias, initial_states, dy, dfinal_states))
+    seq = None if seq_idx is None else np.asarray(seq_idx, dtype=np.int64)
     return Conv1dGrads(*_core.causal_conv1d_bwd(x, weight, bias, activation is not None,
-                                                initial_states, dy, dfinal_states))
+                                                initial_states, dy, dfinal_states, seq))
 
 
 def rms_norm_bwd(x: ArrayLike, weight: ArrayLike, eps: float = 1e-5,

@@ -140,24 +140,31 @@ def selective_state_update(state: ArrayLike, x: ArrayLike, dt: ArrayLike, A: Arr
 
 def causal_conv1d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None,
                   activation: Optional[str] = None, initial_states: Optional[ArrayLike] = None,
-                  return_final_states: bool = False, *, out: Optional[Array] = None,
-                  device: Optional[str] = None,
+                  return_final_states: bool = False, *, seq_idx: Optional[ArrayLike] = None,
+                  out: Optional[Array] = None, device: Optional[str] = None,
                   stream: Any = None) -> Union[Array, tuple[Array, Array]]:
     """Depthwise causal conv1d (``causal_conv1d_fn`` semantics).
 
     Shapes: x (batch, dim, seqlen); weight (dim, width), 2 <= width <= 4, weight[:, -1]
     multiplies the current token; bias (dim,); initial_states (batch, dim, width-1).
-    activation: None or "silu" ("swish" is accepted as an alias).
+    activation: None or "silu" ("swish" is accepted as an alias). seq_idx (batch, seqlen)
+    integer ids of packed sequences: y[t] sees the inputs x[s] with seq_idx[s] ==
+    seq_idx[t] only (no initial or final states with it; CPU only so far).
     Returns y (batch, dim, seqlen), or (y, final_states (batch, dim, width-1)).
     """
-    where = _where("causal_conv1d", (x, weight, bias, initial_states, out), device)
+    where = _where("causal_conv1d", (x, weight, bias, initial_states, seq_idx, out), device)
     _contract.out_array(out, _contract.causal_conv1d(x, weight, bias, activation,
-                                                     initial_states), where)
+                                                     initial_states, seq_idx,
+                                                     bool(return_final_states)), where)
     if where != "cpu":
+        if seq_idx is not None:
+            raise NotImplementedError("seq_idx: packed sequences run on the CPU only so far; "
+                                      "pass None for GPU arrays")
         return _cuda_ops().causal_conv1d(x, weight, bias, activation, initial_states,
                                          bool(return_final_states), out=out, stream=stream)
     res = _core.causal_conv1d(x, weight, bias, activation, initial_states,
-                              bool(return_final_states))
+                              bool(return_final_states),
+                              None if seq_idx is None else np.asarray(seq_idx, np.int64))
     if return_final_states:
         return _finish(res[0], out), res[1]
     return _finish(res, out)

@@ -151,7 +151,7 @@ def test_dtypes_and_empty():
 
 
 @pytest.mark.parametrize("name,nparams", [
-    ("selective_scan_bwd", 12), ("causal_conv1d_bwd", 7), ("rms_norm_bwd", 6),
+    ("selective_scan_bwd", 12), ("causal_conv1d_bwd", 8), ("rms_norm_bwd", 6),
     ("swiglu_bwd", 3), ("apply_rotary_bwd", 3), ("attention_fwd", 8), ("attention_bwd", 11)])
 def test_glue_text_signatures(name, nparams):
     import inspect

@@ -146,6 +146,29 @@ def test_causal_conv1d_gradcheck(rng, activation):
         assert_close(t.grad.numpy(), ref[name], 1e-5, name)
 
 
+@pytest.mark.parametrize("activation", [None, "silu"])
+def test_causal_conv1d_seq_idx_gradcheck(rng, activation):
+    """Packed sequences (seq_idx, as causal-conv1d): gradcheck in float64, and against the
+    same call on each sequence cut out and run alone."""
+    x, w, b = t64(rng, 2, 3, 9), t64(rng, 3, 4), t64(rng, 3)
+    seq = torch.tensor([[0, 0, 0, 1, 1, 2, 2, 2, 2], [0, 1, 1, 1, 1, 1, 1, 1, 1]],
+                       dtype=torch.int32)
+
+    def f(x, w, b):
+        return st.causal_conv1d_fn(x, w, b, seq, activation=activation)
+    assert torch.autograd.gradcheck(f, (x, w, b), **GC)
+    y = f(x, w, b)
+    for r in range(2):
+        for s in seq[r].unique():
+            cols = (seq[r] == s).nonzero()[:, 0]
+            alone = st.causal_conv1d_fn(x[r:r + 1, :, cols], w, b, activation=activation)
+            assert torch.allclose(y[r:r + 1, :, cols], alone, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="seq_idx: packed sequences"):
+        st.causal_conv1d_fn(x, w, b, seq, return_final_states=True)
+    with pytest.raises(ValueError, match="seq_idx: packed sequences"):
+        st.causal_conv1d_fn(x, w, b, seq, initial_states=t64(rng, 2, 3, 3))
+
+
 @pytest.mark.parametrize("causal,window_size,softcap,hkv", [
     (True, (-1, -1), 0.0, 1), (False, (-1, -1), 0.0, 2), (True, (2, 0), 2.0, 1),
     (False, (1, 2), 0.0, 2)])
@@ -264,8 +287,6 @@ def test_unsupported_arguments_raise():
     with pytest.raises(NotImplementedError, match="dropout_p"):
         st.flash_attn_func(q, q, q, dropout_p=0.1)
     x = torch.randn(1, 2, 5)
-    with pytest.raises(NotImplementedError, match="seq_idx"):
-        st.causal_conv1d_fn(x, torch.randn(2, 4), seq_idx=torch.zeros(1, 5, dtype=torch.int32))
     with pytest.raises(NotImplementedError, match="complex"):
         st.selective_scan_fn(x, x, torch.ones(2, 3, dtype=torch.complex64), x, x)
     with pytest.raises(NotImplementedError, match="B: complex"):
@@ -322,6 +343,8 @@ def test_opcheck(rng):
     x = torch.randn(2, 3, 6, requires_grad=True)
     opcheck(_ops.causal_conv1d_op, (x, torch.randn(3, 4, requires_grad=True), None, None, True),
             test_utils=utils)
+    opcheck(_ops.causal_conv1d_op, (x, torch.randn(3, 4, requires_grad=True), None, None, True,
+                                    torch.tensor([[0, 0, 1, 1, 1, 2]] * 2)), test_utils=utils)
     q = torch.randn(1, 5, 2, 8, requires_grad=True)
     opcheck(_ops.attention_op, (q, torch.randn(1, 5, 1, 8, requires_grad=True),
                                 torch.randn(1, 5, 1, 8, requires_grad=True), 0.3, 2, 0, 0.0),

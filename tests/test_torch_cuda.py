@@ -492,6 +492,9 @@ def test_refused_on_cuda(rng):
     with pytest.raises(ValueError, match="final_states_out"):
         st.causal_conv1d_fn(u, gpu_tensor(rng, (4, 3)), return_final_states=True,
                             final_states_out=torch.empty(1, 4, 2))
+    with pytest.raises(NotImplementedError, match="seq_idx"):
+        st.causal_conv1d_fn(u, gpu_tensor(rng, (4, 3)),
+                            seq_idx=torch.zeros(1, 5, dtype=torch.int32, device="cuda"))
 
 
 # ---------------------------------------------------------------- fakes, no GPU needed ---

@@ -5,7 +5,7 @@
  *   selective_scan_bwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
  *                      dout, dfinal_state)
  *       -> (du, ddelta, dA, dB, dC, dD|None, dz|None, ddelta_bias|None, dinitial_state|None)
- *   causal_conv1d_bwd(x, weight, bias, silu, initial_states, dy, dfinal_states)
+ *   causal_conv1d_bwd(x, weight, bias, silu, initial_states, dy, dfinal_states[, seq_idx])
  *       -> (dx, dweight, dbias|None, dinitial_states|None)
  */
 #include "py_bwd.h"
@@ -214,9 +214,10 @@ done:
 static PyObject *
 py_causal_conv1d_bwd(PyObject *self, PyObject *args)
 {
-    PyObject *o_x, *o_w, *o_b, *o_init, *o_dy, *o_dfin;
+    PyObject *o_x, *o_w, *o_b, *o_init, *o_dy, *o_dfin, *o_seq = Py_None;
     int silu = 0;
     PyArrayObject *x = NULL, *w = NULL, *b = NULL, *init = NULL, *dy = NULL, *dfin = NULL;
+    PyArrayObject *seq = NULL;
     PyArrayObject *dx = NULL, *dw = NULL, *db = NULL, *dinit = NULL;
     PyObject *result = NULL;
     npy_intp s3[3], s2[2], s1[1];
@@ -224,8 +225,8 @@ py_causal_conv1d_bwd(PyObject *self, PyObject *args)
     samba_py_run run;
     samba_status st;
 
-    if (!PyArg_ParseTuple(args, "OOOpOOO:causal_conv1d_bwd", &o_x, &o_w, &o_b, &silu, &o_init,
-                          &o_dy, &o_dfin)) {
+    if (!PyArg_ParseTuple(args, "OOOpOOO|O:causal_conv1d_bwd", &o_x, &o_w, &o_b, &silu,
+                          &o_init, &o_dy, &o_dfin, &o_seq)) {
         return NULL;
     }
     s3[0] = s3[1] = s3[2] = -1;
@@ -252,6 +253,17 @@ py_causal_conv1d_bwd(PyObject *self, PyObject *args)
         ((dfin = bwd_in(o_dfin, "dfinal_states", 3, s3, 1)) == NULL && GIVEN(o_dfin))) {
         goto done;
     }
+    if (GIVEN(o_seq)) {
+        if ((seq = samba_py_i64(o_seq, "seq_idx", 2)) == NULL) {
+            goto done;
+        }
+        if (PyArray_DIM(seq, 0) != PyArray_DIM(x, 0) || PyArray_DIM(seq, 1) != PyArray_DIM(x, 2) ||
+            init != NULL || dfin != NULL) {
+            PyErr_SetString(PyExc_ValueError, "seq_idx: expected (batch, seqlen) of x, without "
+                                              "initial_states and dfinal_states");
+            goto done;
+        }
+    }
     if ((dx = samba_py_empty(3, PyArray_DIMS(x))) == NULL ||
         (dw = bwd_zeros(2, PyArray_DIMS(w))) == NULL ||
         (b != NULL && (db = bwd_zeros(1, s1)) == NULL) ||
@@ -267,6 +279,7 @@ py_causal_conv1d_bwd(PyObject *self, PyObject *args)
     a.weight = SAMBA_F32(w);
     a.bias = SAMBA_F32_OPT(b);
     a.initial_states = SAMBA_F32_OPT(init);
+    a.seq_idx = seq != NULL ? (const int64_t *)PyArray_DATA(seq) : NULL;
     a.silu = silu;
     a.dy = SAMBA_F32(dy);
     a.dfinal_states = SAMBA_F32_OPT(dfin);
@@ -288,6 +301,7 @@ done:
     Py_XDECREF(init);
     Py_XDECREF(dy);
     Py_XDECREF(dfin);
+    Py_XDECREF(seq);
     Py_XDECREF(dx);
     Py_XDECREF(dw);
     Py_XDECREF(db);
@@ -302,6 +316,7 @@ PyMethodDef samba_py_bwd_methods[] = {
      "-> (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state); "
      "use samba_ext.grad.selective_scan_bwd"},
     {"causal_conv1d_bwd", py_causal_conv1d_bwd, METH_VARARGS,
-     "causal_conv1d_bwd($module, x, weight, bias, silu, initial_states, dy, dfinal_states, /)"
+     "causal_conv1d_bwd($module, x, weight, bias, silu, initial_states, dy, dfinal_states, "
+     "seq_idx=None, /)"
      "\n--\n\n-> (dx, dweight, dbias, dinitial_states); use samba_ext.grad.causal_conv1d_bwd"},
     {NULL, NULL, 0, NULL}};

@@ -2,7 +2,8 @@
  * py_conv.c - glue for the depthwise causal conv1d (conv.c); memory-safety checks only
  * (the argument rules: samba_ext/ops/contracts.py):
  *   causal_conv1d(x, weight, bias=None, activation=None, initial_states=None,
- *                 return_final_states=False) -> y | (y, final_states)
+ *                 return_final_states=False, seq_idx=None) -> y | (y, final_states)
+ *       (seq_idx (batch, seqlen) int64: samba_conv1d_fwd_seq, without states)
  *   causal_conv1d_update(x, conv_state, weight, bias=None, activation=None) -> y
  */
 #include "common.h"
@@ -55,17 +56,18 @@ static PyObject *
 py_causal_conv1d(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"x", "weight", "bias", "activation", "initial_states",
-                             "return_final_states", NULL};
-    PyObject *x_o, *w_o, *b_o = Py_None, *act_o = Py_None, *init_o = Py_None;
+                             "return_final_states", "seq_idx", NULL};
+    PyObject *x_o, *w_o, *b_o = Py_None, *act_o = Py_None, *init_o = Py_None, *seq_o = Py_None;
     int ret_final = 0, silu;
     PyArrayObject *x = NULL, *w = NULL, *b = NULL, *init = NULL, *y = NULL, *fin = NULL;
+    PyArrayObject *seq = NULL;
     PyObject *result = NULL;
     npy_intp batch, dim, seqlen, width, fshape[3];
     samba_py_run run;
     samba_status st;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OOOp:causal_conv1d", kwlist, &x_o,
-                                     &w_o, &b_o, &act_o, &init_o, &ret_final)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|OOOpO:causal_conv1d", kwlist, &x_o,
+                                     &w_o, &b_o, &act_o, &init_o, &ret_final, &seq_o)) {
         return NULL;
     }
     silu = conv_activation(act_o);
@@ -90,6 +92,17 @@ py_causal_conv1d(PyObject *self, PyObject *args, PyObject *kwargs)
         SAMBA_PY_SHAPE(init, "causal_conv1d", "initial_states", batch, dim, width - 1) < 0) {
         goto done;
     }
+    if (seq_o != Py_None) {
+        if ((seq = samba_py_i64(seq_o, "seq_idx", 2)) == NULL ||
+            SAMBA_PY_SHAPE(seq, "causal_conv1d", "seq_idx", batch, seqlen) < 0) {
+            goto done;
+        }
+        if (init != NULL || ret_final) {
+            PyErr_SetString(PyExc_ValueError, "seq_idx: comes without initial_states and "
+                                              "return_final_states");
+            goto done;
+        }
+    }
     y = samba_py_empty(3, PyArray_DIMS(x));
     if (y == NULL) {
         goto done;
@@ -104,9 +117,16 @@ py_causal_conv1d(PyObject *self, PyObject *args, PyObject *kwargs)
         }
     }
     samba_py_run_begin(&run);
-    st = samba_conv1d_fwd(batch, dim, seqlen, width, SAMBA_F32(x), SAMBA_F32(w),
-                          SAMBA_F32_OPT(b), SAMBA_F32_OPT(init),
-                          fin != NULL ? SAMBA_F32(fin) : NULL, silu, SAMBA_F32(y), &run.ctx);
+    if (seq != NULL) {
+        st = samba_conv1d_fwd_seq(batch, dim, seqlen, width, SAMBA_F32(x), SAMBA_F32(w),
+                                  SAMBA_F32_OPT(b), (const int64_t *)PyArray_DATA(seq), silu,
+                                  SAMBA_F32(y), &run.ctx);
+    }
+    else {
+        st = samba_conv1d_fwd(batch, dim, seqlen, width, SAMBA_F32(x), SAMBA_F32(w),
+                              SAMBA_F32_OPT(b), SAMBA_F32_OPT(init),
+                              fin != NULL ? SAMBA_F32(fin) : NULL, silu, SAMBA_F32(y), &run.ctx);
+    }
     samba_py_run_end(&run);
     if (samba_py_status(st, "causal_conv1d") < 0) {
         goto done;
@@ -125,6 +145,7 @@ done:
     Py_XDECREF(init);
     Py_XDECREF(y);
     Py_XDECREF(fin);
+    Py_XDECREF(seq);
     return result;
 }
 

@@ -130,16 +130,26 @@ def _conv_weight(weight: Any, dim: int) -> int:
 
 
 def causal_conv1d(x: Any, weight: Any, bias: Any = None, activation: Any = None,
-                  initial_states: Any = None) -> tuple:
-    """Depthwise causal conv. -> y shape (batch, dim, seqlen)."""
+                  initial_states: Any = None, seq_idx: Any = None,
+                  final_states: bool = False) -> tuple:
+    """Depthwise causal conv; seq_idx (batch, seqlen) integer sequence ids of packed
+    sequences, without initial states or final states (as causal-conv1d). -> y shape
+    (batch, dim, seqlen)."""
     activation_code(activation)
     mx = ck.floats(x, "x", 3, "(batch, dim, seqlen)")
-    batch, dim, _ = mx.shape
+    batch, dim, L = mx.shape
     W = _conv_weight(weight, dim)
     ck.shape(None if bias is None else ck.floats(bias, "bias", 1), "bias", (dim,), "dim of x")
     ck.shape(None if initial_states is None else ck.floats(initial_states, "initial_states",
                                                             3),
              "initial_states", (batch, dim, W - 1), "batch, dim of x; width - 1")
+    if seq_idx is not None:
+        ck.shape(ck.ints(seq_idx, "seq_idx", 2, "(batch, seqlen)"), "seq_idx", (batch, L),
+                 "batch, seqlen of x")
+        if initial_states is not None or final_states:
+            raise ValueError("seq_idx: packed sequences take no initial_states and return no "
+                             "final states (as causal-conv1d); pass initial_states=None and "
+                             "return_final_states=False")
     return mx.shape
 
 
@@ -314,10 +324,11 @@ def selective_scan_bwd(u: Any, delta: Any, A: Any, B: Any, C: Any, D: Any = None
 
 def causal_conv1d_bwd(x: Any, weight: Any, bias: Any = None, activation: Any = None,
                       initial_states: Any = None, dy: Any = None,
-                      dfinal_states: Any = None) -> tuple:
+                      dfinal_states: Any = None, seq_idx: Any = None) -> tuple:
     """Backward of the conv: the forward's rules, dy (batch, dim, seqlen) (required) and
     dfinal_states (batch, dim, width - 1). -> (batch, dim, seqlen, width)."""
-    batch, dim, L = causal_conv1d(x, weight, bias, activation, initial_states)
+    batch, dim, L = causal_conv1d(x, weight, bias, activation, initial_states, seq_idx,
+                                  dfinal_states is not None)
     W = ck.meta(weight, "weight").shape[1]
     _grad(dy, "dy", (batch, dim, L), "the shape of x and y", "(batch, dim, seqlen)")
     _grad(dfinal_states, "dfinal_states", (batch, dim, W - 1), "(batch, dim, width-1)")

@@ -176,12 +176,14 @@ def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     x (batch, dim, L); weight (dim, width), 2 <= width <= 4; bias (dim,); initial_states
     (batch, dim, width-1); activation None, "silu" or "swish". Returns out (x's dtype), and
     with return_final_states also final_states (batch, dim, width-1) in x's dtype (written
-    into final_states_out when given). Not supported: seq_idx.
+    into final_states_out when given). seq_idx (batch, L) integer ids of packed sequences,
+    as causal-conv1d: out[t] sees only the inputs of its own sequence (no initial_states and
+    no final states with it; CPU tensors only so far, NotImplementedError on CUDA).
     Differentiable in x, weight, bias, initial_states.
     """
-    if seq_idx is not None:
-        raise NotImplementedError("seq_idx: packed sequences are not supported; pass "
-                                  "seq_idx=None")
+    if seq_idx is not None and return_final_states:
+        raise ValueError("seq_idx: packed sequences return no final states (as "
+                         "causal-conv1d); pass return_final_states=False")
     if activation not in (None, "silu", "swish"):
         raise NotImplementedError(f'activation: expected None, "silu" or "swish", got '
                                   f"{activation!r}")
@@ -198,7 +200,8 @@ def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
         if final_states_out.dtype != x.dtype:
             raise ValueError(f"final_states_out: expected x's dtype {x.dtype}, got "
                              f"{final_states_out.dtype}")
-    y, fin = causal_conv1d_op(x, weight, bias, initial_states, activation is not None)
+    y, fin = causal_conv1d_op(x, weight, bias, initial_states, activation is not None,
+                              seq_idx)
     y = y.to(x.dtype)
     if not return_final_states:
         return y

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -105,19 +106,26 @@ selective_scan_op.register_autograd(_scan_backward, setup_context=_scan_setup)
 # -------------------------------------------------------------------- causal conv1d ---
 @torch.library.custom_op("samba_ext::causal_conv1d", mutates_args=())
 def causal_conv1d_op(x: Tensor, weight: Tensor, bias: Optional[Tensor],
-                     initial_states: Optional[Tensor], silu: bool) -> tuple[Tensor, Tensor]:
+                     initial_states: Optional[Tensor], silu: bool,
+                     seq_idx: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """-> (y (batch, dim, L) float32 (CUDA: x's dtype), final_states (batch, dim, width-1)
-    float32)"""
+    float32; zeros with seq_idx, whose packed sequences have no final states)"""
     dev = device_of((("x", x), ("weight", weight), ("bias", bias),
-                     ("initial_states", initial_states)))
+                     ("initial_states", initial_states), ("seq_idx", seq_idx)))
     with on_device(dev):
-        y, fin = _k.causal_conv1d(arg(x), arg(weight), arg(bias), "silu" if silu else None,
-                                  arg(initial_states), return_final_states=True)
+        act = "silu" if silu else None
+        if seq_idx is None:
+            y, fin = _k.causal_conv1d(arg(x), arg(weight), arg(bias), act,
+                                      arg(initial_states), return_final_states=True)
+            return tensors((y, fin), dev)
+        y = _k.causal_conv1d(arg(x), arg(weight), arg(bias), act, arg(initial_states),
+                             seq_idx=arg(seq_idx))
+        fin = np.zeros((x.shape[0], x.shape[1], weight.shape[1] - 1), np.float32)
         return tensors((y, fin), dev)
 
 
 @causal_conv1d_op.register_fake
-def _(x, weight, bias, initial_states, silu):
+def _(x, weight, bias, initial_states, silu, seq_idx=None):
     return (x.new_empty(x.shape, dtype=act_dtype(x)),
             x.new_empty((x.shape[0], x.shape[1], weight.shape[1] - 1), dtype=torch.float32))
 
@@ -125,38 +133,41 @@ def _(x, weight, bias, initial_states, silu):
 @torch.library.custom_op("samba_ext::causal_conv1d_backward", mutates_args=())
 def causal_conv1d_backward_op(x: Tensor, weight: Tensor, bias: Optional[Tensor],
                               initial_states: Optional[Tensor], silu: bool, dy: Tensor,
-                              dfinal_states: Optional[Tensor]
+                              dfinal_states: Optional[Tensor], seq_idx: Optional[Tensor] = None
                               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> (dx, dweight, dbias, dinitial_states); empty tensors for inputs not given;
     float32, except dx on CUDA: x's dtype"""
     dev = device_of((("x", x), ("weight", weight), ("bias", bias),
                      ("initial_states", initial_states), ("dy", dy),
-                     ("dfinal_states", dfinal_states)))
+                     ("dfinal_states", dfinal_states), ("seq_idx", seq_idx)))
     with on_device(dev):
         g = _grad.causal_conv1d_bwd(arg(x), arg(weight), arg(bias), "silu" if silu else None,
                                     arg(initial_states), dy=arg(dy),
-                                    dfinal_states=arg(dfinal_states))
+                                    dfinal_states=arg(dfinal_states), seq_idx=arg(seq_idx))
         return tensors((g.dx, g.dweight, g.dbias, g.dinitial_states), dev)
 
 
 @causal_conv1d_backward_op.register_fake
-def _(x, weight, bias, initial_states, silu, dy, dfinal_states):
+def _(x, weight, bias, initial_states, silu, dy, dfinal_states, seq_idx=None):
     f32, dev = torch.float32, x.device
     return (_like(x, act_dtype(x), dev), _like(weight, f32, dev), _like(bias, f32, dev),
             _like(initial_states, f32, dev))
 
 
 def _conv_setup(ctx, inputs, output):
-    x, weight, bias, initial_states, silu = inputs
-    ctx.save_for_backward(x, weight, bias, initial_states)
+    x, weight, bias, initial_states, silu, seq_idx = inputs
+    ctx.save_for_backward(x, weight, bias, initial_states, seq_idx)
     ctx.silu = silu
 
 
 def _conv_backward(ctx, dy, dfinal):
-    x, weight, bias, initial_states = ctx.saved_tensors
-    g = causal_conv1d_backward_op(x, weight, bias, initial_states, ctx.silu, dy, dfinal)
+    x, weight, bias, initial_states, seq_idx = ctx.saved_tensors
+    if seq_idx is not None:
+        dfinal = None  # packed sequences have no final states (the op's zeros are unused)
+    g = causal_conv1d_backward_op(x, weight, bias, initial_states, ctx.silu, dy, dfinal,
+                                  seq_idx)
     ins = (x, weight, bias, initial_states)
-    return (*[None if t is None else gi.to(t.dtype) for gi, t in zip(g, ins)], None)
+    return (*[None if t is None else gi.to(t.dtype) for gi, t in zip(g, ins)], None, None)
 
 
 causal_conv1d_op.register_autograd(_conv_backward, setup_context=_conv_setup)

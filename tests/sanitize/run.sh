@@ -43,7 +43,8 @@ t0=$SECONDS
 # must be there: a missing one is an error, so a rename cannot silently drop it).
 KERNEL_TESTS=(test_scan.py test_conv.py test_elementwise.py test_attention.py test_properties.py
               test_grad_scan.py test_grad_conv.py test_grad_small.py test_grad_attention.py
-              test_grad_api.py test_grad_attention_tiles.py test_grad_attention_alibi.py)
+              test_grad_api.py test_grad_attention_tiles.py test_grad_attention_alibi.py
+              test_conv_seq_idx.py)
 MODEL_TESTS=(test_model.py test_checkpoint.py)
 
 echo "sanitize: building _core with -fsanitize=address,undefined into $BUILD"
