@@ -169,37 +169,12 @@ def test_causal_conv1d_seq_idx_gradcheck(rng, activation):
         st.causal_conv1d_fn(x, w, b, seq, initial_states=t64(rng, 2, 3, 3))
 
 
-@pytest.mark.parametrize("causal,window_size,softcap,hkv", [
-    (True, (-1, -1), 0.0, 1), (False, (-1, -1), 0.0, 2), (True, (2, 0), 2.0, 1),
-    (False, (1, 2), 0.0, 2)])
-def test_flash_attn_gradcheck(rng, causal, window_size, softcap, hkv):
-    q, k, v = t64(rng, 1, 5, 2, 4), t64(rng, 1, 6, hkv, 4), t64(rng, 1, 6, hkv, 4)
-
+def check_flash_attn_grads(rng, q, k, v, causal, window_size, softcap, alibi=None):
+    """flash_attn_func's gradients of q, k, v (float64 tensors) by gradcheck and against the
+    float64 reference (ALiBi slopes: the same bias there; the slopes get no gradient)."""
     def f(q, k, v):
         return st.flash_attn_func(q, k, v, causal=causal, window_size=window_size,
-                                  softcap=softcap)
-    assert torch.autograd.gradcheck(f, (q, k, v), **GC)
-    out = f(q, k, v)
-    do = torch.tensor(rng.standard_normal(out.shape))
-    out.backward(do)
-    left, right = window_size[0], 0 if causal else window_size[1]
-    ref = attention_bwd_ref(*(t.detach().float().double().numpy() for t in (q, k, v)),
-                            do.float().double().numpy(), 0.5, left, right, softcap)
-    for name, t in (("dq", q), ("dk", k), ("dv", v)):
-        assert_close(t.grad.numpy(), ref[name], 1e-5, name)
-
-
-@pytest.mark.parametrize("causal,window_size,softcap,per_batch", [
-    (True, (-1, -1), 0.0, False), (False, (-1, -1), 0.0, True), (False, (1, 2), 2.0, True)])
-def test_flash_attn_alibi_gradcheck(rng, causal, window_size, softcap, per_batch):
-    """ALiBi slopes (nheads,) or (batch, nheads) as flash-attn: gradients of q, k, v by
-    gradcheck and against the float64 reference with the same bias; the slopes get none."""
-    q, k, v = t64(rng, 2, 5, 2, 4), t64(rng, 2, 6, 1, 4), t64(rng, 2, 6, 1, 4)
-    al = torch.tensor([[0.5, 0.125], [0.25, 1.0]] if per_batch else [0.5, 0.125])
-
-    def f(q, k, v):
-        return st.flash_attn_func(q, k, v, causal=causal, window_size=window_size,
-                                  softcap=softcap, alibi_slopes=al)
+                                  softcap=softcap, alibi_slopes=alibi)
     assert torch.autograd.gradcheck(f, (q, k, v), **GC)
     out = f(q, k, v)
     do = torch.tensor(rng.standard_normal(out.shape))
@@ -207,9 +182,26 @@ def test_flash_attn_alibi_gradcheck(rng, causal, window_size, softcap, per_batch
     left, right = window_size[0], 0 if causal else window_size[1]
     ref = attention_bwd_ref(*(t.detach().float().double().numpy() for t in (q, k, v)),
                             do.float().double().numpy(), 0.5, left, right, softcap,
-                            al.numpy())
+                            None if alibi is None else alibi.numpy())
     for name, t in (("dq", q), ("dk", k), ("dv", v)):
         assert_close(t.grad.numpy(), ref[name], 1e-5, name)
+
+
+@pytest.mark.parametrize("causal,window_size,softcap,hkv", [
+    (True, (-1, -1), 0.0, 1), (False, (-1, -1), 0.0, 2), (True, (2, 0), 2.0, 1),
+    (False, (1, 2), 0.0, 2)])
+def test_flash_attn_gradcheck(rng, causal, window_size, softcap, hkv):
+    q, k, v = t64(rng, 1, 5, 2, 4), t64(rng, 1, 6, hkv, 4), t64(rng, 1, 6, hkv, 4)
+    check_flash_attn_grads(rng, q, k, v, causal, window_size, softcap)
+
+
+@pytest.mark.parametrize("causal,window_size,softcap,per_batch", [
+    (True, (-1, -1), 0.0, False), (False, (-1, -1), 0.0, True), (False, (1, 2), 2.0, True)])
+def test_flash_attn_alibi_gradcheck(rng, causal, window_size, softcap, per_batch):
+    """ALiBi slopes (nheads,) or (batch, nheads) as flash-attn."""
+    q, k, v = t64(rng, 2, 5, 2, 4), t64(rng, 2, 6, 1, 4), t64(rng, 2, 6, 1, 4)
+    al = torch.tensor([[0.5, 0.125], [0.25, 1.0]] if per_batch else [0.5, 0.125])
+    check_flash_attn_grads(rng, q, k, v, causal, window_size, softcap, al)
     with pytest.raises(ValueError, match="alibi_slopes: expected shape"):
         st.flash_attn_func(q, k, v, alibi_slopes=torch.ones(3))
     with pytest.raises(TypeError, match="alibi_slopes"):
