@@ -130,8 +130,7 @@ def _alibi(alibi_slopes: Any, batch: int, nheads: int, gpu: bool) -> Optional[np
     if alibi_slopes is None:
         return None
     if gpu:
-        raise NotImplementedError("alibi_slopes: ALiBi runs on the CPU only so far; pass None "
-                                  "for GPU arrays, or call with host arrays")
+        contracts.cpu_only(alibi_slopes, "alibi_slopes", "ALiBi slopes")
     m = ck.floats(alibi_slopes, "alibi_slopes", (1, 2), "(nheads,) or (batch, nheads)")
     ck.shape(m, "alibi_slopes", (nheads,) if m.ndim == 1 else (batch, nheads),
              "(nheads,) or (batch, nheads) of q")
@@ -236,9 +235,7 @@ def causal_conv1d_bwd(x: ArrayLike, weight: ArrayLike, bias: ArrayLike = None,
     contracts.causal_conv1d_bwd(x, weight, bias, activation, initial_states, dy,
                                 dfinal_states, seq_idx)
     if any(on_cuda(a) for a in (x, weight, bias, initial_states, dy, dfinal_states, seq_idx)):
-        if seq_idx is not None:
-            raise NotImplementedError("seq_idx: packed sequences run on the CPU only so far; "
-                                      "pass None for GPU arrays")
+        contracts.cpu_only(seq_idx, "seq_idx", "packed sequences")
         from .cuda import grad_scan  # imported lazily: CPU users never load the CUDA backend
 
         return Conv1dGrads(*grad_scan.causal_conv1d_bwd(x, weight, bias, activation,

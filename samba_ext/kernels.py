@@ -157,9 +157,7 @@ def causal_conv1d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = N
                                                      initial_states, seq_idx,
                                                      bool(return_final_states)), where)
     if where != "cpu":
-        if seq_idx is not None:
-            raise NotImplementedError("seq_idx: packed sequences run on the CPU only so far; "
-                                      "pass None for GPU arrays")
+        _contract.cpu_only(seq_idx, "seq_idx", "packed sequences")
         return _cuda_ops().causal_conv1d(x, weight, bias, activation, initial_states,
                                          bool(return_final_states), out=out, stream=stream)
     res = _core.causal_conv1d(x, weight, bias, activation, initial_states,

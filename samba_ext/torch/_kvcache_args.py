@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..errors import PeerArgumentError
 from ..ops import checks as ck
+from ..ops import contracts
 from ._device import check_kind
 
 
@@ -241,8 +242,7 @@ def check(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor],
                             f"(batch, nheads), got {type(alibi_slopes).__name__}")
         _device("alibi_slopes", alibi_slopes, dev)
         if dev.type == "cuda":  # refused before the caches are written
-            raise NotImplementedError("alibi_slopes: ALiBi runs on the CPU only so far; pass "
-                                      "None for CUDA tensors")
+            contracts.cpu_only(alibi_slopes, "alibi_slopes", "ALiBi slopes")
         if tuple(alibi_slopes.shape) not in ((nheads,), (batch, nheads)):
             raise PeerArgumentError(f"alibi_slopes: expected shape (nheads,) = ({nheads},) or "
                                     f"(batch, nheads) = ({batch}, {nheads}), got "
