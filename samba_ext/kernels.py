@@ -149,7 +149,8 @@ def causal_conv1d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = N
     multiplies the current token; bias (dim,); initial_states (batch, dim, width-1).
     activation: None or "silu" ("swish" is accepted as an alias). seq_idx (batch, seqlen)
     integer ids of packed sequences: y[t] sees the inputs x[s] with seq_idx[s] ==
-    seq_idx[t] only (no initial or final states with it; CPU only so far).
+    seq_idx[t] only (no initial or final states with it; CPU and CUDA, where int32 and int64
+    device ids are read in place).
     Returns y (batch, dim, seqlen), or (y, final_states (batch, dim, width-1)).
     """
     where = _where("causal_conv1d", (x, weight, bias, initial_states, seq_idx, out), device)
@@ -157,9 +158,9 @@ def causal_conv1d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = N
                                                      initial_states, seq_idx,
                                                      bool(return_final_states)), where)
     if where != "cpu":
-        _contract.cpu_only(seq_idx, "seq_idx", "packed sequences")
         return _cuda_ops().causal_conv1d(x, weight, bias, activation, initial_states,
-                                         bool(return_final_states), out=out, stream=stream)
+                                         bool(return_final_states), seq_idx=seq_idx, out=out,
+                                         stream=stream)
     res = _core.causal_conv1d(x, weight, bias, activation, initial_states,
                               bool(return_final_states),
                               None if seq_idx is None else np.asarray(seq_idx, np.int64))

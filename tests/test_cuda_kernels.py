@@ -232,6 +232,20 @@ def test_causal_conv1d(rng, dtype, batch, dim, L, W, bias, act, init):
     assert_close(host(f), f_ref, 1e-6, "final_states")  # copies of inputs
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("W", [2, 3, 4])
+def test_causal_conv1d_nan_stays_local(rng, dtype, W):
+    """A NaN input reaches only the W outputs whose taps read it (as on the CPU): the
+    vectorised kernel (aligned rows, several outputs per thread) must skip the taps past the
+    width rather than multiply an earlier input by a zero weight."""
+    x = round_to(rng.standard_normal((1, 16, 64)), dtype)
+    x[0, :, 21] = np.nan
+    w = round_to(rng.standard_normal((16, W)), "float32")
+    y = host(samba_ext.causal_conv1d(dev(x, dtype), dev(w)))
+    nan_t = np.flatnonzero(np.isnan(y[0]).any(axis=0))
+    np.testing.assert_array_equal(nan_t, np.arange(21, 21 + W))
+
+
 def test_causal_conv1d_token_major_and_update(rng):
     batch, dim, L, W = 2, 16, 9, 4
     x = round_to(rng.standard_normal((batch, dim, L)), "float32")

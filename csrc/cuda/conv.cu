@@ -7,6 +7,11 @@
 // the caller orders the grid that way: the index order is chosen from the strides).
 // The final states (last W-1 inputs) are written by a second kernel, one thread per
 // (b, d), which reads its whole row before writing: final_states may alias initial_states.
+//
+// Packed sequences (causal-conv1d's seq_idx, int32 or int64 (B, L) with strides ss): tap w of
+// y[t] counts only when its input position s = t - (W-1) + w has s >= 0 and seq_idx[b, s] ==
+// seq_idx[b, t] (no states then). The kernels take it as a template flag SEQ: the SEQ = false
+// instantiations, launched when seq_idx is absent, are the kernels without it.
 #include "pack16.cuh"
 #include "pdl.cuh"
 
@@ -19,8 +24,16 @@ struct ConvParams {
     const float *init;
     int silu;
     int time_fastest;  // 1: thread index -> (b, d, t) with t fastest; 0: d fastest
+    samba_cu_ref seq;  // seq_idx (B, L) int32 / int64, read by the SEQ kernels only
+    int64_t ss[2];     // its element strides (batch, time)
 };
 
+// seq_idx[b, t] (a SEQ kernel's id of one position)
+__device__ __forceinline__ int64_t conv_seq_id(const ConvParams &p, int64_t b, int64_t t) {
+    return ldi(p.seq.ptr, p.seq.dtype, b * p.ss[0] + t * p.ss[1]);
+}
+
+template <bool SEQ>
 __global__ void conv_fwd_kernel(ConvParams p) {
     const int64_t n = p.batch * p.dim * p.seqlen;
     const int W = (int)p.width;
@@ -39,8 +52,10 @@ __global__ void conv_fwd_kernel(ConvParams p) {
         const int64_t xrow = b * p.xs[0] + d * p.xs[1];
         const int64_t srow = (b * p.dim + d) * (W - 1);
         float acc = ldf_opt(p.bias, d, 0.0f);
+        const int64_t sid = SEQ ? conv_seq_id(p, b, t) : 0;
         for (int w = 0; w < W; ++w) {
             const int64_t pos = t - (W - 1) + w;
+            if (SEQ && (pos < 0 || conv_seq_id(p, b, pos) != sid)) continue;  // other sequence
             float xv;
             if (pos >= 0)
                 xv = ldf(p.x, xrow + pos * p.xs[2]);
@@ -114,11 +129,12 @@ __global__ void conv_step_kernel(int64_t batch, int64_t dim, int width, samba_cu
 // Vectorised prefill for unit time strides and 16-byte aligned rows, x and y of one dtype:
 // one thread per V consecutive outputs of a row (V = 4 float32 or 8 16-bit values): the V
 // inputs are one 16-byte load, the W-1 before them single loads (cached: the previous
-// thread's vector) or initial_states, and the V outputs one 16-byte store.
+// thread's vector) or initial_states, and the V outputs one 16-byte store. With SEQ each
+// thread also loads the ids of its V + W-1 positions and drops the taps on other sequences.
 
 // I: the index type of the thread -> (b, d, t0) decomposition, 32-bit (a few instructions
 // per division instead of a 64-bit division routine) when the vector count allows.
-template <typename T, typename I>
+template <typename T, typename I, bool SEQ>
 __global__ void conv_fwd_vec_kernel(ConvParams p) {
     constexpr int V = Pack16<T>::N;
     const I ng = (I)((p.seqlen + V - 1) / V);
@@ -132,8 +148,9 @@ __global__ void conv_fwd_vec_kernel(ConvParams p) {
         const int64_t b = (int64_t)bi, d = (int64_t)(rowi - bi * dim);
         const int64_t xrow = b * p.xs[0] + d * p.xs[1], yrow = b * p.ys[0] + d * p.ys[1];
         const int nv = (int)min((int64_t)V, p.seqlen - t0);
-        // win[CONV_MAX_W - 1 + k - m] = x[t0 + k - m]; taps beyond the width are 0, so every
-        // index is a compile-time constant (a run-time one would put win in local memory)
+        // win[CONV_MAX_W - 1 + k - m] = x[t0 + k - m], loaded for the taps m < W (0 before
+        // them); every index is a compile-time constant (a run-time one would put win in local
+        // memory)
         constexpr int H = CONV_MAX_W - 1;
         float win[H + V];
 #pragma unroll
@@ -154,6 +171,17 @@ __global__ void conv_fwd_vec_kernel(ConvParams p) {
         }
 #pragma unroll
         for (int k = 0; k < V; ++k) win[H + k] = in.get(k);
+        // SEQ: sid[H + k - m] = seq_idx[t0 + k - m] where that tap exists (m < W, position
+        // >= 0, k < nv; the others are skipped below and their ids never read)
+        int64_t sid[H + V];
+        if (SEQ) {
+#pragma unroll
+            for (int j = 0; j < H + V; ++j) {
+                const int64_t pos = t0 - H + j;
+                const bool tap = j >= H - (W - 1) && pos >= 0 && j < H + nv;
+                sid[j] = tap ? conv_seq_id(p, b, pos) : 0;
+            }
+        }
         const float bias = ldf_opt(p.bias, d, 0.0f);
         float wr[CONV_MAX_W];  // wr[m] multiplies x[t - m]
 #pragma unroll
@@ -163,7 +191,12 @@ __global__ void conv_fwd_vec_kernel(ConvParams p) {
         for (int k = 0; k < V; ++k) {
             float acc = bias;
 #pragma unroll
-            for (int m = 0; m < CONV_MAX_W; ++m) acc += wr[m] * win[H + k - m];
+            for (int m = 0; m < CONV_MAX_W; ++m) {
+                // a tap past the width is skipped, not multiplied by its weight 0: the input
+                // it would read may be NaN / Inf (an input W or more positions back)
+                if (m >= W || (SEQ && (t0 + k - m < 0 || sid[H + k - m] != sid[H + k]))) continue;
+                acc += wr[m] * win[H + k - m];
+            }
             if (p.silu) acc = silu_f(acc);
             out.set(k, acc);
         }
@@ -193,14 +226,47 @@ static samba_status check_width(int64_t width) {
     return SAMBA_OK;
 }
 
+template <bool SEQ>
+static void conv_fwd_launch(const ConvParams &p, cudaStream_t st) {
+    const int64_t n = p.batch * p.dim * p.seqlen;
+    if (conv_vec_ok(p)) {
+        const int64_t V = p.x.dtype == SAMBA_CU_F32 ? 4 : 8;
+        const int64_t nt = p.batch * p.dim * cdiv(p.seqlen, V);
+        const unsigned grid = grid_1d(nt, 256);
+        // 32-bit: i < nt < 2^31 and the grid stride <= (65535 * 32) * 256 < 2^29: no wrap.
+        const bool small = nt < 0x7fffffffLL;
+        if (p.x.dtype == SAMBA_CU_BF16) {
+            if (small) conv_fwd_vec_kernel<__nv_bfloat16, uint32_t, SEQ><<<grid, 256, 0, st>>>(p);
+            else conv_fwd_vec_kernel<__nv_bfloat16, uint64_t, SEQ><<<grid, 256, 0, st>>>(p);
+        } else if (p.x.dtype == SAMBA_CU_F16) {
+            if (small) conv_fwd_vec_kernel<__half, uint32_t, SEQ><<<grid, 256, 0, st>>>(p);
+            else conv_fwd_vec_kernel<__half, uint64_t, SEQ><<<grid, 256, 0, st>>>(p);
+        } else {
+            if (small) conv_fwd_vec_kernel<float, uint32_t, SEQ><<<grid, 256, 0, st>>>(p);
+            else conv_fwd_vec_kernel<float, uint64_t, SEQ><<<grid, 256, 0, st>>>(p);
+        }
+    } else {
+        conv_fwd_kernel<SEQ><<<grid_1d(n, 256), 256, 0, st>>>(p);
+    }
+}
+
 extern "C" samba_status samba_cu_conv1d_fwd(int64_t batch, int64_t dim, int64_t seqlen,
                                             int64_t width, samba_cu_ref x, const int64_t *x_s,
                                             samba_cu_ref weight, samba_cu_ref bias,
                                             const float *initial_states, float *final_states,
+                                            samba_cu_ref seq_idx, const int64_t *seq_s,
                                             int silu, samba_cu_ref y, const int64_t *y_s,
                                             void *stream) {
     samba_status s = check_width(width);
     if (s != SAMBA_OK) return s;
+    const bool seq = seq_idx.ptr != NULL;
+    if (seq && (initial_states != NULL || final_states != NULL))
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "causal_conv1d: seq_idx (packed sequences) "
+                                 "takes no initial_states and gives no final_states");
+    if (seq && (seq_s == NULL || (seq_idx.dtype != SAMBA_CU_I32 &&
+                                  seq_idx.dtype != SAMBA_CU_I64)))
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "causal_conv1d: seq_idx must be int32 or int64 "
+                                 "with its strides, got dtype code %d", seq_idx.dtype);
     ConvParams p;
     p.batch = batch;
     p.dim = dim;
@@ -218,28 +284,14 @@ extern "C" samba_status samba_cu_conv1d_fwd(int64_t batch, int64_t dim, int64_t 
     p.silu = silu;
     // Make the fastest-moving thread index the one with unit stride in x (coalescing).
     p.time_fastest = !(x_s[1] == 1 && x_s[2] != 1);
-    const int64_t n = batch * dim * seqlen;
-    if (n > 0 && conv_vec_ok(p)) {
-        const int64_t V = p.x.dtype == SAMBA_CU_F32 ? 4 : 8;
-        const int64_t nt = batch * dim * cdiv(seqlen, V);
-        cudaStream_t st = (cudaStream_t)stream;
-        const unsigned grid = grid_1d(nt, 256);
-        // 32-bit: i < nt < 2^31 and the grid stride <= (65535 * 32) * 256 < 2^29: no wrap.
-        const bool small = nt < 0x7fffffffLL;
-        if (p.x.dtype == SAMBA_CU_BF16) {
-            if (small) conv_fwd_vec_kernel<__nv_bfloat16, uint32_t><<<grid, 256, 0, st>>>(p);
-            else conv_fwd_vec_kernel<__nv_bfloat16, uint64_t><<<grid, 256, 0, st>>>(p);
-        } else if (p.x.dtype == SAMBA_CU_F16) {
-            if (small) conv_fwd_vec_kernel<__half, uint32_t><<<grid, 256, 0, st>>>(p);
-            else conv_fwd_vec_kernel<__half, uint64_t><<<grid, 256, 0, st>>>(p);
-        } else {
-            if (small) conv_fwd_vec_kernel<float, uint32_t><<<grid, 256, 0, st>>>(p);
-            else conv_fwd_vec_kernel<float, uint64_t><<<grid, 256, 0, st>>>(p);
-        }
-        s = samba_cu_check_launch("causal_conv1d", stream);
-        if (s != SAMBA_OK) return s;
-    } else if (n > 0) {
-        conv_fwd_kernel<<<grid_1d(n, 256), 256, 0, (cudaStream_t)stream>>>(p);
+    p.seq = seq_idx;
+    p.ss[0] = seq ? seq_s[0] : 0;
+    p.ss[1] = seq ? seq_s[1] : 0;
+    if (batch * dim * seqlen > 0) {
+        if (seq)
+            conv_fwd_launch<true>(p, (cudaStream_t)stream);
+        else
+            conv_fwd_launch<false>(p, (cudaStream_t)stream);
         s = samba_cu_check_launch("causal_conv1d", stream);
         if (s != SAMBA_OK) return s;
     }

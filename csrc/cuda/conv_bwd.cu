@@ -9,14 +9,22 @@ static int cbwd_rows_aligned(const void *ptr, const int64_t *s, int64_t item) {
            (s[1] * item) % 16 == 0;
 }
 
-template <typename T>
+template <typename T, bool SEQ>
 static void cbwd_launch(const CbwdParams &p, int width, unsigned grid, cudaStream_t st) {
     if (width == 2)
-        conv_bwd_kernel<T, 2><<<grid, CBWD_THREADS, 0, st>>>(p);
+        conv_bwd_kernel<T, 2, SEQ><<<grid, CBWD_THREADS, 0, st>>>(p);
     else if (width == 3)
-        conv_bwd_kernel<T, 3><<<grid, CBWD_THREADS, 0, st>>>(p);
+        conv_bwd_kernel<T, 3, SEQ><<<grid, CBWD_THREADS, 0, st>>>(p);
     else
-        conv_bwd_kernel<T, 4><<<grid, CBWD_THREADS, 0, st>>>(p);
+        conv_bwd_kernel<T, 4, SEQ><<<grid, CBWD_THREADS, 0, st>>>(p);
+}
+
+template <typename T>
+static void cbwd_launch(const CbwdParams &p, int width, unsigned grid, cudaStream_t st) {
+    if (p.seq.ptr != NULL)
+        cbwd_launch<T, true>(p, width, grid, st);
+    else
+        cbwd_launch<T, false>(p, width, grid, st);
 }
 
 extern "C" samba_status samba_cu_conv1d_bwd(int64_t batch, int64_t dim, int64_t seqlen,
@@ -24,8 +32,9 @@ extern "C" samba_status samba_cu_conv1d_bwd(int64_t batch, int64_t dim, int64_t 
                                             samba_cu_ref dy, const int64_t *dy_s,
                                             samba_cu_ref weight, samba_cu_ref bias,
                                             const float *initial_states,
-                                            const float *dfinal_states, int silu,
-                                            samba_cu_ref dx, float *dweight, float *dbias,
+                                            const float *dfinal_states, samba_cu_ref seq_idx,
+                                            const int64_t *seq_s, int silu, samba_cu_ref dx,
+                                            float *dweight, float *dbias,
                                             float *dinitial_states, void *stream) {
     if (width < 2 || width > 4)
         return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "causal_conv1d_bwd: width must be 2, 3 "
@@ -33,6 +42,14 @@ extern "C" samba_status samba_cu_conv1d_bwd(int64_t batch, int64_t dim, int64_t 
     if (batch < 0 || dim < 0 || seqlen < 0 || x.dtype != dy.dtype || x.dtype > SAMBA_CU_BF16)
         return samba_cu_fail_msg(SAMBA_ERR_ARG, "causal_conv1d_bwd: x and dy must have one float "
                                  "dtype and the sizes must be >= 0");
+    const bool seq = seq_idx.ptr != NULL;
+    if (seq && (initial_states != NULL || dfinal_states != NULL || dinitial_states != NULL))
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "causal_conv1d_bwd: seq_idx (packed sequences) "
+                                 "takes no initial_states, dfinal_states or dinitial_states");
+    if (seq && (seq_s == NULL || (seq_idx.dtype != SAMBA_CU_I32 &&
+                                  seq_idx.dtype != SAMBA_CU_I64)))
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "causal_conv1d_bwd: seq_idx must be int32 or "
+                                 "int64 with its strides, got dtype code %d", seq_idx.dtype);
     if (dim == 0) return SAMBA_OK;
     if (dweight == NULL || (batch * seqlen > 0 && dx.ptr == NULL))
         return samba_cu_fail_msg(SAMBA_ERR_ARG, "causal_conv1d_bwd: an output is missing");
@@ -65,6 +82,9 @@ extern "C" samba_status samba_cu_conv1d_bwd(int64_t batch, int64_t dim, int64_t 
     p.dbias = bias.ptr ? dbias : NULL;
     p.dinit = dinitial_states;
     p.silu = silu != 0;
+    p.seq = seq_idx;
+    p.ss[0] = seq ? seq_s[0] : 0;
+    p.ss[1] = seq ? seq_s[1] : 0;
     const int64_t item = x.dtype == SAMBA_CU_F32 ? 4 : 2;
     p.vec = cbwd_rows_aligned(x.ptr, x_s, item) && cbwd_rows_aligned(dy.ptr, dy_s, item);
     const int64_t dx_s[3] = {dim * seqlen, seqlen, 1};

@@ -14,6 +14,12 @@
 // own positions' terms to dw and dbias; the block then sums those in a fixed order and
 // writes dweight[d] and dbias[d] (no atomics: deterministic). Float32 arithmetic; SiLU's
 // sigmoid with the fast exp and division, as the forward's.
+//
+// Packed sequences (SEQ, seq_idx (B, L) int32 / int64 with strides ss; no states): the term of
+// tap k of output t, on input s = t - (W-1) + k, exists only when s >= 0 and seq_idx[b, s] ==
+// seq_idx[b, t] (csrc/conv_bwd.c cbwd_row_seq), in the pre-activation, dx and dw alike (dbias
+// sums gp over every position, as without). A thread loads the ids of its xw window once. The
+// SEQ = false instantiations, launched when seq_idx is absent, are the kernels without it.
 #ifndef SAMBA_CONV_BWD_KERNELS_CUH
 #define SAMBA_CONV_BWD_KERNELS_CUH
 
@@ -32,6 +38,8 @@ struct CbwdParams {
     int silu;
     int vec;      // x and dy: unit time strides, 16-byte aligned rows
     int vec_out;  // dx: of dtype T with 16-byte aligned rows
+    samba_cu_ref seq;  // seq_idx (B, L) int32 / int64, read by the SEQ kernels only
+    int64_t ss[2];     // its element strides (batch, time)
 };
 
 // 8 float32 values stored as T (16-byte stores).
@@ -62,7 +70,7 @@ template <> __device__ __forceinline__ void cbwd_store8<__half>(void *p, int64_t
     *(uint4 *)((__half *)p + i) = make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-template <typename T, int W>
+template <typename T, int W, bool SEQ>
 __global__ void __launch_bounds__(CBWD_THREADS) conv_bwd_kernel(CbwdParams p) {
     constexpr int H = W - 1, V = CBWD_V, NX = V + 2 * H, NG = V + H;
     __shared__ float red[CBWD_THREADS / 32][W + 1];
@@ -100,6 +108,18 @@ __global__ void __launch_bounds__(CBWD_THREADS) conv_bwd_kernel(CbwdParams p) {
             }
 #pragma unroll
             for (int i = 0; i < V; ++i) xw[H + i] = xc.get(i);
+            // SEQ: sid[i] = seq_idx at xw[i]'s position (0 outside the row: such taps are
+            // skipped below by their position)
+            int64_t sid[NX];
+            if (SEQ) {
+#pragma unroll
+                for (int i = 0; i < NX; ++i) {
+                    const int64_t pos = s0 - H + i;
+                    sid[i] = pos >= 0 && pos < L
+                                 ? ldi(p.seq.ptr, p.seq.dtype, b * p.ss[0] + pos * p.ss[1])
+                                 : 0;
+                }
+            }
 #pragma unroll
             for (int j = 0; j < NG; ++j) {
                 const int64_t t = s0 + j;
@@ -112,7 +132,11 @@ __global__ void __launch_bounds__(CBWD_THREADS) conv_bwd_kernel(CbwdParams p) {
                 if (p.silu) {
                     float pre = bias;
 #pragma unroll
-                    for (int k = 0; k < W; ++k) pre = fmaf(w[k], xw[j + k], pre);
+                    for (int k = 0; k < W; ++k) {
+                        // tap k of t = s0 + j reads xw[j + k]; t sits at xw[j + H]
+                        if (SEQ && (s0 - H + j + k < 0 || sid[j + k] != sid[j + H])) continue;
+                        pre = fmaf(w[k], xw[j + k], pre);
+                    }
                     const float sg = sigmoid_fast(pre);
                     g = dyv * sg * (1.0f + pre * (1.0f - sg));
                 }
@@ -124,13 +148,21 @@ __global__ void __launch_bounds__(CBWD_THREADS) conv_bwd_kernel(CbwdParams p) {
             for (int i = 0; i < V; ++i) {
                 float v = 0.0f;
 #pragma unroll
-                for (int k = 0; k < W; ++k) v = fmaf(w[k], gp[i + H - k], v);
+                for (int k = 0; k < W; ++k) {
+                    // output t = s0 + i + H - k (at xw[i + 2H - k]) reads s = s0 + i (xw[i + H])
+                    if (SEQ && (s0 + i + H - k >= L || sid[i + 2 * H - k] != sid[i + H]))
+                        continue;
+                    v = fmaf(w[k], gp[i + H - k], v);
+                }
                 const int64_t s = s0 + i;
                 if (p.dfinal && s >= L - H && s < L) v += p.dfinal[row * H + s - (L - H)];
                 dxv[i] = v;
                 accb += gp[i];  // gp is 0 past the end
 #pragma unroll
-                for (int k = 0; k < W; ++k) accw[k] = fmaf(gp[i], xw[i + k], accw[k]);
+                for (int k = 0; k < W; ++k) {
+                    if (SEQ && (s0 + i - H + k < 0 || sid[i + k] != sid[i + H])) continue;
+                    accw[k] = fmaf(gp[i], xw[i + k], accw[k]);
+                }
             }
             const int64_t o = row * L + s0;
             if (p.vec_out && nv == V) {

@@ -60,27 +60,31 @@ py_selective_scan_bwd(PyObject *self, PyObject *args)
 }
 
 /* causal_conv1d_bwd(batch, dim, seqlen, width, x, x_s, dy, dy_s, weight, bias,
- *     initial_states, dfinal_states, silu, dx, dweight, dbias, dinitial_states, stream) */
+ *     initial_states, dfinal_states, seq_idx, seq_s, silu, dx, dweight, dbias,
+ *     dinitial_states, stream)
+ * seq_idx: None or an int32 / int64 (batch, seqlen) ref, seq_s its 2 strides */
 static PyObject *
 py_causal_conv1d_bwd(PyObject *self, PyObject *args)
 {
     long long batch, dim, seqlen, width;
-    samba_cu_ref x, dy, w, bias, dx;
-    samba_pycu_i64s xs, ys;
+    samba_cu_ref x, dy, w, bias, seq, dx;
+    samba_pycu_i64s xs, ys, ss;
     void *init, *dfin, *dw, *dbias, *dinit, *stream;
     int silu;
-    if (!PyArg_ParseTuple(args, "LLLLO&O&O&O&O&O&O&O&iO&O&O&O&O&", &batch, &dim, &seqlen, &width,
-                          REF, &x, I64S, &xs, REF, &dy, I64S, &ys, REF, &w, REF, &bias, PTR,
-                          &init, PTR, &dfin, &silu, REF, &dx, PTR, &dw, PTR, &dbias, PTR, &dinit,
-                          PTR, &stream)) {
+    if (!PyArg_ParseTuple(args, "LLLLO&O&O&O&O&O&O&O&O&O&iO&O&O&O&O&", &batch, &dim, &seqlen,
+                          &width, REF, &x, I64S, &xs, REF, &dy, I64S, &ys, REF, &w, REF, &bias,
+                          PTR, &init, PTR, &dfin, REF, &seq, I64S, &ss, &silu, REF, &dx, PTR,
+                          &dw, PTR, &dbias, PTR, &dinit, PTR, &stream)) {
         return NULL;
     }
-    int64_t x_s[3], y_s[3];
+    int64_t x_s[3], y_s[3], s_s[2];
     copy_n(x_s, &xs, 3);
     copy_n(y_s, &ys, 3);
+    copy_n(s_s, &ss, 2);
     return samba_pycu_status_none(samba_cu_conv1d_bwd(
         batch, dim, seqlen, width, x, x_s, dy, y_s, w, bias, (const float *)init,
-        (const float *)dfin, silu, dx, (float *)dw, (float *)dbias, (float *)dinit, stream));
+        (const float *)dfin, seq, s_s, silu, dx, (float *)dw, (float *)dbias, (float *)dinit,
+        stream));
 }
 
 /* scan_bwd_launches(): backward scan calls per kernel so far, (split, tiled). */
@@ -103,6 +107,7 @@ PyMethodDef samba_pycu_bwd_scan_methods[] = {
      "\n--\n\nLaunch the selective scan backward (arguments: see py_cuda_bwd_scan.c)."},
     {"causal_conv1d_bwd", py_causal_conv1d_bwd, METH_VARARGS,
      "causal_conv1d_bwd($module, batch, dim, seqlen, width, x, x_s, dy, dy_s, weight, bias, "
-     "initial_states, dfinal_states, silu, dx, dweight, dbias, dinitial_states, stream, /)"
+     "initial_states, dfinal_states, seq_idx, seq_s, silu, dx, dweight, dbias, "
+     "dinitial_states, stream, /)"
      "\n--\n\nLaunch the causal conv1d backward (arguments: see py_cuda_bwd_scan.c)."},
     {NULL, NULL, 0, NULL}};

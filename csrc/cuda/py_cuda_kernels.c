@@ -115,25 +115,27 @@ py_dt_state_update(PyObject *self, PyObject *args)
 }
 
 /* causal_conv1d(batch, dim, seqlen, width, x, x_s, weight, bias, initial_states,
- *               final_states, silu, y, y_s, stream) */
+ *               final_states, seq_idx, seq_s, silu, y, y_s, stream)
+ * seq_idx: None or an int32 / int64 (batch, seqlen) ref, seq_s its 2 strides */
 static PyObject *
 py_causal_conv1d(PyObject *self, PyObject *args)
 {
     long long batch, dim, seqlen, width;
-    samba_cu_ref x, w, bias, y;
-    samba_pycu_i64s xs, ys;
+    samba_cu_ref x, w, bias, seq, y;
+    samba_pycu_i64s xs, ss, ys;
     void *init, *fin, *stream;
     int silu;
-    if (!PyArg_ParseTuple(args, "LLLLO&O&O&O&O&O&iO&O&O&", &batch, &dim, &seqlen, &width, REF,
-                          &x, I64S, &xs, REF, &w, REF, &bias, PTR, &init, PTR, &fin, &silu, REF,
-                          &y, I64S, &ys, PTR, &stream)) {
+    if (!PyArg_ParseTuple(args, "LLLLO&O&O&O&O&O&O&O&iO&O&O&", &batch, &dim, &seqlen, &width,
+                          REF, &x, I64S, &xs, REF, &w, REF, &bias, PTR, &init, PTR, &fin, REF,
+                          &seq, I64S, &ss, &silu, REF, &y, I64S, &ys, PTR, &stream)) {
         return NULL;
     }
-    int64_t x_s[3], y_s[3];
+    int64_t x_s[3], s_s[2], y_s[3];
     copy_strides(x_s, &xs, 3);
+    copy_strides(s_s, &ss, 2);
     copy_strides(y_s, &ys, 3);
-    return done(samba_cu_conv1d_fwd(batch, dim, seqlen, width, x, x_s, w, bias, init, fin, silu,
-                                    y, y_s, stream));
+    return done(samba_cu_conv1d_fwd(batch, dim, seqlen, width, x, x_s, w, bias, init, fin, seq,
+                                    s_s, silu, y, y_s, stream));
 }
 
 /* causal_conv1d_update(batch, dim, width, x, x_s, conv_state, weight, bias, silu, y, y_s,
@@ -456,7 +458,7 @@ PyMethodDef samba_pycu_kernel_methods[] = {
      "\n--\n\nLaunch the selective_state_update kernel (arguments: see py_cuda_kernels.c)."},
     {"causal_conv1d", py_causal_conv1d, METH_VARARGS,
      "causal_conv1d($module, batch, dim, seqlen, width, x, x_s, weight, bias, "
-     "initial_states, final_states, silu, y, y_s, stream, /)"
+     "initial_states, final_states, seq_idx, seq_s, silu, y, y_s, stream, /)"
      "\n--\n\nLaunch the causal_conv1d kernel (arguments: see py_cuda_kernels.c)."},
     {"causal_conv1d_update", py_causal_conv1d_update, METH_VARARGS,
      "causal_conv1d_update($module, batch, dim, width, x, x_s, conv_state, weight, "

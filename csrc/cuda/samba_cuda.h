@@ -241,11 +241,17 @@ samba_status samba_cu_dt_state_update(const samba_cu_scan_step_args *a, int64_t 
  * contiguous, 2 <= W <= 8; bias (D) or absent; initial_states (B, D, W-1) float32 or NULL;
  * final_states (B, D, W-1) float32 or NULL (may alias initial_states: written by a second
  * kernel after the convolution).
+ * seq_idx (B, L) int32 or int64 with element strides seq_s[0..1], or absent (ptr NULL; seq_s
+ * then not read): packed sequences (causal-conv1d's seq_idx, samba_conv1d_fwd_seq semantics):
+ * the tap on x[s], s = t - (W-1) + k, counts for y[t] only when s >= 0 and seq_idx[b, s] ==
+ * seq_idx[b, t]; initial_states and final_states must then be NULL (SAMBA_ERR_ARG). Absent,
+ * the kernels without the id check run (a template flag).
  */
 samba_status samba_cu_conv1d_fwd(int64_t batch, int64_t dim, int64_t seqlen, int64_t width,
                                  samba_cu_ref x, const int64_t *x_s, samba_cu_ref weight,
                                  samba_cu_ref bias, const float *initial_states,
-                                 float *final_states, int silu, samba_cu_ref y,
+                                 float *final_states, samba_cu_ref seq_idx,
+                                 const int64_t *seq_s, int silu, samba_cu_ref y,
                                  const int64_t *y_s, void *stream);
 /* One step: x, y (B, D) with strides x_s, y_s; conv_state (B, D, W-1) float32 in place. */
 samba_status samba_cu_conv1d_step(int64_t batch, int64_t dim, int64_t width, samba_cu_ref x,

@@ -52,12 +52,18 @@ long long samba_cu_scan_bwd_launches(int kind);
  * C-contiguous in its ref's dtype; dweight (D, W) and dbias (D) float32 (dbias NULL: not
  * computed); dinitial_states (B, D, W-1) float32 or NULL. One block per channel: the sums
  * over batch and time are reduced inside it in a fixed order (deterministic).
+ * seq_idx (B, L) int32 or int64 with element strides seq_s[0..1], or absent (ptr NULL): the
+ * backward of samba_cu_conv1d_fwd over packed sequences: only the taps with s >= 0 and
+ * seq_idx[b, s] == seq_idx[b, t] enter the SiLU's pre-activation, dx, dweight (dbias sums
+ * every position's gradient, as without); initial_states, dfinal_states and dinitial_states
+ * must then be NULL (SAMBA_ERR_ARG). Absent, the kernels without the id check run.
  */
 samba_status samba_cu_conv1d_bwd(int64_t batch, int64_t dim, int64_t seqlen, int64_t width,
                                  samba_cu_ref x, const int64_t *x_s, samba_cu_ref dy,
                                  const int64_t *dy_s, samba_cu_ref weight, samba_cu_ref bias,
                                  const float *initial_states, const float *dfinal_states,
-                                 int silu, samba_cu_ref dx, float *dweight, float *dbias,
+                                 samba_cu_ref seq_idx, const int64_t *seq_s, int silu,
+                                 samba_cu_ref dx, float *dweight, float *dbias,
                                  float *dinitial_states, void *stream);
 
 #ifdef __cplusplus

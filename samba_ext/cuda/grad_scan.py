@@ -104,16 +104,18 @@ def selective_scan_bwd(u: Any, delta: Any, A: Any, B: Any, C: Any, D: Any, z: An
 @keeps_device
 def causal_conv1d_bwd(x: Any, weight: Any, bias: Any, activation: Optional[str],
                       initial_states: Any, dy: Any, dfinal_states: Any, *,
-                      stream: Any = None) -> tuple:
+                      seq_idx: Any = None, stream: Any = None) -> tuple:
     """Gradients of the conv on the GPU, see :func:`samba_ext.grad.causal_conv1d_bwd`.
 
     Returns (dx, dweight, dbias, dinitial_states): dx (batch, dim, seqlen) in x's dtype;
     dweight (dim, width), dbias (dim,), dinitial_states (batch, dim, width-1) float32; None
-    for an input that was not given.
+    for an input that was not given. seq_idx (batch, seqlen): int32 / int64 on the device,
+    read in place through its strides (a host array is uploaded as int64).
     """
     c = Call("grad.causal_conv1d_bwd", dict(x=x, weight=weight, bias=bias,
                                             initial_states=initial_states, dy=dy,
-                                            dfinal_states=dfinal_states), stream)
+                                            dfinal_states=dfinal_states, seq_idx=seq_idx),
+             stream)
     xa = c.arr(x, "x", (3,))
     batch, dim, L = xa.shape
     wa = c.contig(c.arr(weight, "weight", (2,)))
@@ -124,10 +126,12 @@ def causal_conv1d_bwd(x: Any, weight: Any, bias: Any, activation: Optional[str],
     init = c.contig(c.arr(initial_states, "initial_states", (3,)), "float32")
     dfin = c.contig(c.arr(dfinal_states, "dfinal_states", (3,)), "float32")
     ya = c.arr(dy, "dy", (3,))
+    sa = c.arr(seq_idx, "seq_idx", (2,), kind="int")
     c.fit(ba, "bias", dim)
     c.fit(init, "initial_states", batch, dim, W - 1)
     c.fit(dfin, "dfinal_states", batch, dim, W - 1)
     c.fit(ya, "dy", batch, dim, L)
+    c.fit(sa, "seq_idx", batch, L)
     dx = c.new((batch, dim, L), xa.dtype)
     dw = c.new((dim, W), "float32")
     db = c.new((dim,), "float32") if ba is not None else None
@@ -135,7 +139,8 @@ def causal_conv1d_bwd(x: Any, weight: Any, bias: Any, activation: Optional[str],
     xa, ya = _one_dtype(c, [xa, ya])
     launch(c.cu.causal_conv1d_bwd, batch, dim, L, W, xa.ref, xa.strides, ya.ref, ya.strides,
            wa.ref, ba.ref if ba else None, init.ptr if init else None,
-           dfin.ptr if dfin else None, int(activation is not None), _ref(dx), dw.ptr,
+           dfin.ptr if dfin else None, sa.ref if sa else None, sa.strides if sa else (0, 0),
+           int(activation is not None), _ref(dx), dw.ptr,
            db.ptr if db is not None else None, dinit.ptr if dinit is not None else None,
            c.stream)
     return c.finish((dx, dw, db, dinit))

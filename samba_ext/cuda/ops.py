@@ -152,24 +152,30 @@ def _conv_weight(c: Call, weight: Any, dim: int) -> ArrayView:
 @keeps_device
 def causal_conv1d(x: Any, weight: Any, bias: Any = None, activation: Optional[str] = None,
                   initial_states: Any = None, return_final_states: bool = False, *,
-                  out: Any = None, stream: Any = None) -> Any:
-    """See :func:`samba_ext.kernels.causal_conv1d`. y has x's dtype; states float32."""
+                  seq_idx: Any = None, out: Any = None, stream: Any = None) -> Any:
+    """See :func:`samba_ext.kernels.causal_conv1d`. y has x's dtype; states float32.
+    seq_idx: int32 / int64 on the device, read in place through its strides (a host array
+    is uploaded as int64)."""
     silu = _activation(activation)
     c = Call("causal_conv1d", dict(x=x, weight=weight, bias=bias,
-                                   initial_states=initial_states, out=out), stream)
+                                   initial_states=initial_states, seq_idx=seq_idx, out=out),
+             stream)
     xa = c.arr(x, "x", (3,))
     batch, dim, L = xa.shape
     wa = _conv_weight(c, weight, dim)
     W = wa.shape[1]
     ba = c.contig(c.arr(bias, "bias", (1,)))
     init = c.contig(c.arr(initial_states, "initial_states", (3,)), "float32")
+    sa = c.arr(seq_idx, "seq_idx", (2,), kind="int")
     c.fit(ba, "bias", dim)
     c.fit(init, "initial_states", batch, dim, W - 1)
+    c.fit(sa, "seq_idx", batch, L)
     ya, yres = c.output((batch, dim, L), xa.dtype, out)
     fin, fres = (c.state_output((batch, dim, W - 1)) if return_final_states else (None, None))
     launch(c.cu.causal_conv1d, batch, dim, L, W, xa.ref, xa.strides, wa.ref,
-           ba.ref if ba else None, init.ptr if init else None, fin.ptr if fin else None, silu,
-           ya.ref, ya.strides, c.stream)
+           ba.ref if ba else None, init.ptr if init else None, fin.ptr if fin else None,
+           sa.ref if sa else None, sa.strides if sa else (0, 0), silu, ya.ref, ya.strides,
+           c.stream)
     return c.finish((yres, fres) if return_final_states else yres)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -120,8 +119,9 @@ def causal_conv1d_op(x: Tensor, weight: Tensor, bias: Optional[Tensor],
             return tensors((y, fin), dev)
         y = _k.causal_conv1d(arg(x), arg(weight), arg(bias), act, arg(initial_states),
                              seq_idx=arg(seq_idx))
-        fin = np.zeros((x.shape[0], x.shape[1], weight.shape[1] - 1), np.float32)
-        return tensors((y, fin), dev)
+        fin = torch.zeros((x.shape[0], x.shape[1], weight.shape[1] - 1),
+                          dtype=torch.float32, device=dev)
+        return tensors((y,), dev)[0], fin
 
 
 @causal_conv1d_op.register_fake
