@@ -124,13 +124,15 @@ def _windows(causal: bool, window_size: Any) -> tuple[int, int]:
     return left, 0 if causal else right
 
 
-def _alibi(alibi_slopes: Any, batch: int, nheads: int, gpu: bool) -> Optional[np.ndarray]:
+def _alibi(alibi_slopes: Any, batch: int, nheads: int) -> Any:
     """flash-attn's alibi_slopes: None, or finite slopes of shape (nheads,) or (batch,
-    nheads) -> None or a (batch, nheads) float32 C-contiguous array."""
+    nheads) -> None or a (batch, nheads) float32 C-contiguous array. Slopes on a CUDA device
+    are returned as they are (the CUDA call checks their shape; their values are not read
+    back to the host, so a non-finite slope gives non-finite rows there)."""
     if alibi_slopes is None:
         return None
-    if gpu:
-        contracts.cpu_only(alibi_slopes, "alibi_slopes", "ALiBi slopes")
+    if on_cuda(alibi_slopes):
+        return alibi_slopes
     m = ck.floats(alibi_slopes, "alibi_slopes", (1, 2), "(nheads,) or (batch, nheads)")
     ck.shape(m, "alibi_slopes", (nheads,) if m.ndim == 1 else (batch, nheads),
              "(nheads,) or (batch, nheads) of q")
@@ -225,7 +227,7 @@ def causal_conv1d_bwd(x: ArrayLike, weight: ArrayLike, bias: ArrayLike = None,
     bias (dim,); activation None or "silu"/"swish"; initial_states (batch, dim, width-1).
     dy (batch, dim, seqlen) is dL/dy; dfinal_states (batch, dim, width-1), optional, is
     dL/d(final_states) when the forward returned them. seq_idx (batch, seqlen): the
-    forward's packed-sequence ids (then no initial or final states; CPU only so far).
+    forward's packed-sequence ids (then no initial or final states; CPU and CUDA).
 
     Returns :class:`Conv1dGrads` (dx, dweight, dbias, dinitial_states), float32; dbias /
     dinitial_states are None when bias / initial_states were None. With an input on a CUDA
@@ -235,11 +237,11 @@ def causal_conv1d_bwd(x: ArrayLike, weight: ArrayLike, bias: ArrayLike = None,
     contracts.causal_conv1d_bwd(x, weight, bias, activation, initial_states, dy,
                                 dfinal_states, seq_idx)
     if any(on_cuda(a) for a in (x, weight, bias, initial_states, dy, dfinal_states, seq_idx)):
-        contracts.cpu_only(seq_idx, "seq_idx", "packed sequences")
         from .cuda import grad_scan  # imported lazily: CPU users never load the CUDA backend
 
         return Conv1dGrads(*grad_scan.causal_conv1d_bwd(x, weight, bias, activation,
-                                                        initial_states, dy, dfinal_states))
+                                                        initial_states, dy, dfinal_states,
+                                                        seq_idx=seq_idx))
     x, weight, bias, initial_states, dy, dfinal_states = map(
         _f32, (x, weight, bias, initial_states, dy, dfinal_states))
     seq = None if seq_idx is None else np.asarray(seq_idx, dtype=np.int64)
@@ -326,7 +328,7 @@ def attention_fwd(q: ArrayLike, k: ArrayLike, v: ArrayLike,
     causal=True sets right = 0 (so causal with window_size=(w-1, 0) is
     ``swa_attention(window=w)``). Scores: s = softmax_scale q.k (default 1/sqrt(headdim)),
     then softcap * tanh(s / softcap) when softcap > 0, then (ALiBi) s - slope |p - j| with
-    alibi_slopes of shape (nheads,) or (batch, nheads), as flash-attn (CPU only so far).
+    alibi_slopes of shape (nheads,) or (batch, nheads), as flash-attn.
 
     Returns (out (batch, seqlen_q, nheads, headdim), lse (batch, nheads, seqlen_q)), float32;
     a query that sees no key gets out = 0 and lse = -inf.
@@ -337,9 +339,9 @@ def attention_fwd(q: ArrayLike, k: ArrayLike, v: ArrayLike,
     cap = ck.f32_scalar(softcap, "softcap", lo=0.0, expected="a finite value >= 0")
     qs = tuple(np.shape(q))
     scale = _scale(softmax_scale, qs[3])
-    alibi = _alibi(alibi_slopes, qs[0], qs[2], gpu)
+    alibi = _alibi(alibi_slopes, qs[0], qs[2])
     if gpu:
-        return _cuda("attention").attention_fwd(q, k, v, scale, left, right, cap)
+        return _cuda("attention").attention_fwd(q, k, v, scale, left, right, cap, alibi)
     return _core.attention_fwd(q, k, v, scale, left, right, cap, alibi)
 
 
@@ -365,7 +367,7 @@ def attention_bwd(q: ArrayLike, k: ArrayLike, v: ArrayLike,
     cap = ck.f32_scalar(softcap, "softcap", lo=0.0, expected="a finite value >= 0")
     qs = tuple(np.shape(q))
     scale = _scale(softmax_scale, qs[3])
-    alibi = _alibi(alibi_slopes, qs[0], qs[2], gpu)
+    alibi = _alibi(alibi_slopes, qs[0], qs[2])
     dout = _grad_like(dout, "dout", qs, "the shape of q and out", not gpu)
     if dout is None:
         raise TypeError("dout: expected an array of q's shape, got None")
@@ -375,7 +377,7 @@ def attention_bwd(q: ArrayLike, k: ArrayLike, v: ArrayLike,
                          not gpu)
     if gpu:
         return _cuda("attention").attention_bwd(q, k, v, scale, left, right, cap, dout, out,
-                                                lse, deterministic=bool(deterministic))
+                                                lse, alibi, deterministic=bool(deterministic))
     if out is None or lse is None:
         out, lse = _core.attention_fwd(q, k, v, scale, left, right, cap, alibi)
     return _core.attention_bwd(q, k, v, out, lse, dout, scale, left, right, cap, alibi)

@@ -438,18 +438,5 @@ def test_real_sizes(poison, rng, monkeypatch, dtype, B, L, H, Hkv, hd, causal, w
             check_grads(got, ref, dtype, w, (H // Hkv) * w, f"wgmma x{nwg} ")
 
 
-@cuda
-def test_alibi_is_refused_on_the_gpu(rng):
-    """ALiBi runs in the C kernels only: GPU arrays with alibi_slopes raise
-    NotImplementedError naming the argument (forward and backward), not a wrong result."""
-    q = dev(rng.standard_normal((1, 4, 2, 16)))
-    k = dev(rng.standard_normal((1, 4, 1, 16)))
-    slopes = np.array([0.5, 0.25], np.float32)
-    with pytest.raises(NotImplementedError, match="alibi_slopes"):
-        grad.attention_fwd(q, k, k, None, True, alibi_slopes=slopes)
-    with pytest.raises(NotImplementedError, match="alibi_slopes"):
-        grad.attention_bwd(q, k, k, None, True, alibi_slopes=slopes, dout=q)
-
-
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider", *sys.argv[1:]]))

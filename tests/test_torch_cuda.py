@@ -199,6 +199,45 @@ def test_causal_conv1d(rng, poison, dtype, case):
         assert_close(f64(g), want[k], CONV + HALF[dtype], k)
 
 
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", [None, "silu"])
+def test_causal_conv1d_seq_idx(rng, poison, dtype, act):
+    """Packed sequences (seq_idx) on CUDA tensors: the output and the autograd gradients
+    against the same call on CPU tensors (the C kernels, tests/test_conv_seq_idx.py) holding
+    the same rounded values in float32; int32 ids, and int64 ids broadcast over the batch
+    (stride 0). Each result is within CONV of the float64 definition on both devices, plus
+    the rounding to dtype on CUDA: 2 CONV + HALF[dtype]. The fakes match (opcheck)."""
+    b, d, L, W = 2, 24, 37, 4
+    x = gpu_tensor(rng, (b, d, L), dtype, grad=True)
+    w = gpu_tensor(rng, (d, W), dtype, 0.5, grad=True)
+    bias = gpu_tensor(rng, (d,), dtype, 0.3, grad=True)
+    dy = gpu_tensor(rng, (b, d, L), dtype)
+    ids = np.sort(rng.integers(0, 5, (b, L)), axis=1)
+    for seq in (torch.tensor(ids, dtype=torch.int32, device="cuda"),
+                torch.tensor(ids[:1], dtype=torch.int64, device="cuda").expand(b, L)):
+        y = st.causal_conv1d_fn(x, w, bias, seq_idx=seq, activation=act)
+        on_gpu_as(y, x)
+        got = torch.autograd.grad(y, (x, w, bias), dy)
+        cpu = [t.detach().float().cpu().requires_grad_() for t in (x, w, bias)]
+        y_cpu = st.causal_conv1d_fn(*cpu, seq_idx=seq.cpu(), activation=act)
+        want = torch.autograd.grad(y_cpu, cpu, dy.float().cpu())
+        tol = 2 * CONV + HALF[dtype]
+        assert_close(f64(y), f64(y_cpu), tol, "y")
+        for name, g, ref, t in zip(("dx", "dweight", "dbias"), got, want, (x, w, bias)):
+            on_gpu_as(g, t)
+            assert_close(f64(g), f64(ref), tol, name)
+    opcheck = getattr(torch.library, "opcheck", None)
+    if opcheck is not None:
+        from samba_ext.torch import _ops
+        utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+        opcheck(_ops.causal_conv1d_op, (x, w, bias, None, act is not None, seq),
+                test_utils=utils)
+        opcheck(_ops.causal_conv1d_backward_op,
+                (x.detach(), w.detach(), bias.detach(), None, act is not None, dy, None, seq),
+                test_utils=utils)
+
+
 # ------------------------------------------------------------------------ attention ---
 # (batch, Lq, Lk, nheads, nheads_kv, headdim, causal, window_size, softcap)
 ATTN_CASES = [
@@ -214,20 +253,40 @@ ATTN_CASES = [
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", ATTN_CASES, ids=lambda c: "x".join(map(str, c[:6])))
 def test_flash_attn_func(rng, poison, dtype, case):
+    flash_attn_case(rng, dtype, case, None)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("per_batch", [False, True])
+@pytest.mark.parametrize("case", ATTN_CASES[1:4], ids=lambda c: "x".join(map(str, c[:6])))
+def test_flash_attn_func_alibi(rng, poison, dtype, per_batch, case):
+    """alibi_slopes (nheads,) or (batch, nheads) as CUDA tensors: -slope |i + Lk - Lq - j|
+    after the softcap, forward and autograd against the float64 references (the slopes get
+    no gradient)."""
+    b, H = case[0], case[3]
+    base = 2.0 ** (-8.0 * (np.arange(H) + 1) / H)
+    al = base[None, :] * rng.uniform(0.5, 2.0, (b, 1)) if per_batch else base
+    flash_attn_case(rng, dtype, case, torch.tensor(al, dtype=torch.float32, device="cuda"))
+
+
+def flash_attn_case(rng, dtype, case, alibi) -> None:
     b, lq, lk, H, Hkv, hd, causal, window, cap = case
     q = gpu_tensor(rng, (b, lq, H, hd), dtype, grad=True)
     k = gpu_tensor(rng, (b, lk, Hkv, hd), dtype, grad=True)
     v = gpu_tensor(rng, (b, lk, Hkv, hd), dtype, grad=True)
-    out = st.flash_attn_func(q, k, v, causal=causal, window_size=window, softcap=cap)
+    out = st.flash_attn_func(q, k, v, causal=causal, window_size=window, softcap=cap,
+                             alibi_slopes=alibi)
     on_gpu_as(out, q)
     scale = 1.0 / math.sqrt(hd)
     left, right = window[0], 0 if causal else window[1]
-    out_ref, _ = attention_fwd_ref(f64(q), f64(k), f64(v), scale, left, right, cap)
+    al = None if alibi is None else f64(alibi)
+    out_ref, _ = attention_fwd_ref(f64(q), f64(k), f64(v), scale, left, right, cap, al)
     assert_close(f64(out), out_ref, RTOL[dtype], "out")
 
     dout = gpu_tensor(rng, (b, lq, H, hd), dtype)
     got = torch.autograd.grad(out, (q, k, v), dout)
-    want = attention_bwd_ref(f64(q), f64(k), f64(v), f64(dout), scale, left, right, cap)
+    want = attention_bwd_ref(f64(q), f64(k), f64(v), f64(dout), scale, left, right, cap, al)
     n = max(lk, (H // Hkv) * lq)
     for name, t, g in zip(("dq", "dk", "dv"), (q, k, v), got):
         on_gpu_as(g, t)
@@ -492,9 +551,6 @@ def test_refused_on_cuda(rng):
     with pytest.raises(ValueError, match="final_states_out"):
         st.causal_conv1d_fn(u, gpu_tensor(rng, (4, 3)), return_final_states=True,
                             final_states_out=torch.empty(1, 4, 2))
-    with pytest.raises(NotImplementedError, match="seq_idx"):
-        st.causal_conv1d_fn(u, gpu_tensor(rng, (4, 3)),
-                            seq_idx=torch.zeros(1, 5, dtype=torch.int32, device="cuda"))
 
 
 # ---------------------------------------------------------------- fakes, no GPU needed ---

@@ -416,17 +416,27 @@ def test_decode_refused_on_cuda(rng):
 
 
 @gpu
-def test_alibi_refused_before_the_caches_change(rng):
-    """ALiBi runs in the C kernels only: CUDA tensors with alibi_slopes raise
-    NotImplementedError naming the argument, before the new keys are written (the caches keep
-    their contents), in flash_attn_with_kvcache and flash_attn_func alike."""
-    gpu_args = cuda_copy(kv_case(rng, "float32", 2, 1, 1, 4, 2, 64, 16, False, False))
-    before = (gpu_args["k_cache"].clone(), gpu_args["v_cache"].clone())
-    slopes = torch.full((4,), 0.5, device="cuda")
-    with pytest.raises(NotImplementedError, match="alibi_slopes"):
-        st.flash_attn_with_kvcache(**gpu_args, alibi_slopes=slopes)
-    assert torch.equal(gpu_args["k_cache"], before[0])
-    assert torch.equal(gpu_args["v_cache"], before[1])
-    q = gpu_args["q"]
-    with pytest.raises(NotImplementedError, match="alibi_slopes"):
-        st.flash_attn_func(q, q, q, alibi_slopes=slopes)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("per_batch", [False, True])
+def test_flash_attn_with_kvcache_alibi(rng, poison, dtype, per_batch):
+    """alibi_slopes (nheads,) or (batch, nheads) on CUDA tensors: the score of query i and key
+    j gets -slope |i + n - seqlen_q - j| after the softcap, against the float64 loop
+    reference; the new keys are appended as without ALiBi."""
+    nb, lq, lnew, nh, nhk, hd, cap = 3, 3, 2, 8, 2, 64, 40
+    cpu = kv_case(rng, dtype, nb, lq, lnew, nh, nhk, hd, cap, True, True)
+    gpu_args = cuda_copy(cpu)
+    base = 2.0 ** (-8.0 * (np.arange(nh) + 1) / nh)
+    al = torch.tensor(base[None, :] * rng.uniform(0.5, 2.0, (nb, 1)) if per_batch else base,
+                      dtype=torch.float32)
+    out, lse = st.flash_attn_with_kvcache(**gpu_args, causal=True, window_size=(20, 0),
+                                          softcap=5.0, alibi_slopes=al.to("cuda"),
+                                          return_softmax_lse=True)
+    on_gpu_as(out, gpu_args["q"])
+    ref_out, ref_lse, ref_kc, ref_vc = kvcache_ref(
+        cpu["q"], cpu["k_cache"], cpu["v_cache"], cpu["k"], cpu["v"], cpu["cache_seqlens"],
+        cpu["cache_batch_idx"], cpu["cache_leftpad"], causal=True, window=(20, 0), softcap=5.0,
+        alibi=al)
+    assert_close(f64(out), ref_out.numpy(), RTOL[dtype], "out")
+    check_lse(lse, ref_lse)
+    assert torch.equal(gpu_args["k_cache"].cpu(), ref_kc)
+    assert torch.equal(gpu_args["v_cache"].cpu(), ref_vc)

@@ -139,15 +139,16 @@ __global__ void attn_bwd_store4_kernel(const float *src, samba_cu_ref dst, int64
 // ---------------------------------------------------------------- CUDA-core passes -----
 // Probability and dS of one visible (query, key) pair from the raw dot products:
 // x = q.k * scale * log2 e (sc = that factor), or with softcap x = q.k * scale / cap (sc) and
-// s = cap log2 e tanh(x).
+// s = cap log2 e tanh(x); bias2 = the ALiBi bias slope |i - j| in base-2 units (0 without),
+// a constant that leaves dS's form as it is.
 __device__ __forceinline__ void ab_pair(float qk, float dpv, float lse2, float dl, bool capped,
-                                        float cap2, float *pr, float *ds) {
+                                        float cap2, float bias2, float *pr, float *ds) {
     float t = 0.0f, x = qk;
     if (capped) {
         t = tanhf(qk);
         x = cap2 * t;
     }
-    *pr = exp2f(x - lse2);
+    *pr = exp2f(x - bias2 - lse2);
     *ds = *pr * (dpv - dl);
     if (capped) *ds *= 1.0f - t * t;
 }
@@ -174,6 +175,7 @@ attn_bwd_dq_kernel(samba_cu_attn_ext_args p, const float *delta, const float *ls
     const bool capped = p.softcap > 0.0f;
     const float sc = capped ? p.softmax_scale / p.softcap : p.softmax_scale * ABW_LOG2E;
     const float cap2 = p.softcap * ABW_LOG2E;
+    const float slope2 = ab_slope2(p, b, h);
 
     ab_load_rows2(sQ, sO, hd, p.q, p.q_stride, p.dout, p.do_stride, b, h, q0, AB_BQ, Lq, hd, sc);
     float l2[AB_RPW], dl[AB_RPW], dq[AB_RPW][DCH];
@@ -215,7 +217,8 @@ attn_bwd_dq_kernel(samba_cu_attn_ext_args p, const float *delta, const float *ls
                     dpv += orow[c] * vr[c];
                 }
                 float pr;
-                ab_pair(qk, dpv, l2[r], dl[r], capped, cap2, &pr, &ds);
+                const float bias2 = slope2 * fabsf((float)(q + off - (kbase + lane)));
+                ab_pair(qk, dpv, l2[r], dl[r], capped, cap2, bias2, &pr, &ds);
             }
             for (int j = 0; j < AB_BT; ++j) {
                 const float dsj = __shfl_sync(0xffffffffu, ds, j);
@@ -274,6 +277,7 @@ attn_bwd_dkdv_kernel(samba_cu_attn_ext_args p, const float *delta, const float *
     qhi = qhi > Lq - 1 ? Lq - 1 : qhi;
 
     for (int64_t h = hk * G; h < (hk + 1) * G; ++h) {
+        const float slope2 = ab_slope2(p, b, h);
         for (int64_t qbase = qlo; qbase <= qhi; qbase += AB_BT) {
             __syncthreads();
             ab_load_rows2(sQ, sO, ks, p.q, p.q_stride, p.dout, p.do_stride, b, h, qbase, AB_BT, Lq,
@@ -302,7 +306,8 @@ attn_bwd_dkdv_kernel(samba_cu_attn_ext_args p, const float *delta, const float *
                         qk += kr[c] * qr[c];
                         dpv += vr[c] * orow[c];
                     }
-                    ab_pair(qk, dpv, sL[lane], sD[lane], capped, cap2, &pr, &ds);
+                    const float bias2 = slope2 * fabsf((float)(qbase + lane + off - key));
+                    ab_pair(qk, dpv, sL[lane], sD[lane], capped, cap2, bias2, &pr, &ds);
                 }
                 for (int i = 0; i < AB_BT; ++i) {
                     const float pi = __shfl_sync(0xffffffffu, pr, i);
@@ -459,7 +464,8 @@ extern "C" samba_status samba_cu_attn_bwd(const samba_cu_attn_ext_args *a, void 
                                  "backward cannot run this call (it needs an sm_90 GPU and a build "
                                  "with 90 in SAMBA_EXT_CUDA_ARCHS, q / k / v / out / dout all "
                                  "bfloat16 or all float16 with 16-byte aligned rows, a head dim "
-                                 "that is a multiple of 8 up to 128, and deterministic=False); "
+                                 "that is a multiple of 8 up to 128, deterministic=False and no "
+                                 "alibi_slopes); "
                                  "unset it to use the other kernels");
     const int split = mma ? attn_bwd_mma_group_split(a, wgmma) : 1;  // 1 when deterministic
     // dq slices: only the tensor-core path sums with atomics (attn_bwd_mma_dq_slices)

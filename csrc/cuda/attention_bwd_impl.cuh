@@ -77,6 +77,12 @@ __device__ __forceinline__ ab_exp ab_exp_of(const samba_cu_attn_ext_args &p) {
             p.softcap * ABW_LOG2E};
 }
 
+// ALiBi slope of head h of batch row b in base-2 units (0 without ALiBi): the bias of a pair
+// (query position i, key j) is -slope2 |i - j|, a constant in the score's derivative.
+__device__ __forceinline__ float ab_slope2(const samba_cu_attn_ext_args &p, int64_t b, int64_t h) {
+    return p.alibi_slopes ? p.alibi_slopes[b * p.alibi_batch_stride + h] * ABW_LOG2E : 0.0f;
+}
+
 // lse * log2 e and Delta of the BM query rows m0 .. of one (batch, head) - their rows of the
 // (B, H, Lq) scratch start at element rb - into the shared rows sl and sd by cp.async (rows at
 // or past Lq zero-filled), by the block's THREADS threads (the tensor-core kernels' tile loads).
@@ -122,7 +128,8 @@ int64_t attn_bwd_mma_dq_slices(const samba_cu_attn_ext_args *a);
 // "0" keeps attention_bwd_mma.cu, "require" makes the call fail where the wgmma kernel does not
 // apply, anything else (and unset) runs it where it applies (attn_bwd_wgmma_setting: 0, 2, 1).
 // It applies to the arguments of attn_bwd_mma_applicable with head dims up to 128, sequences
-// shorter than 2^29 (and query tiles x group size below 2^31) and deterministic off, on an sm_90
+// shorter than 2^29 (and query tiles x group size below 2^31), deterministic off and no ALiBi
+// (attention_bwd_mma.cu takes those), on an sm_90
 // device with the sm_90a build; its blocks hold attn_bwd_wgmma_bn() keys (128, or 64 with
 // SAMBA_EXT_ATTN_BWD_WGMMA_WG=1, read on every call). Same scratch and results as attn_bwd_mma
 // up to rounding order.

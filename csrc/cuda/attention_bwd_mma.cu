@@ -7,7 +7,8 @@
 // them, or 1/split of them when the group is split over blocks for parallelism). Per tile:
 //   S^T  = K_w Q^T,  dP^T = V_w dO^T     mma.sync m16n8k16 (16 keys x BM queries per warp),
 //                                        K/V fragments (A) and Q/dO fragments (B) by ldmatrix
-//   P^T  = exp2(S^T scale log2e - lse log2e)   (softcap: cap tanh(s scale / cap) first)
+//   P^T  = exp2(S^T scale log2e - lse log2e)   (softcap: cap tanh(s scale / cap) first;
+//                                        ALiBi: minus slope |i - j| log2e)
 //   dS^T = P^T (dP^T - Delta)  (x (1 - tanh^2) with softcap); masked pairs exactly 0
 //   dV_w += P^T dO,  dK_w += dS^T Q      P^T / dS^T stay in registers as the A operand
 //                                        (rounded to the input dtype), dO / Q via ldmatrix.trans
@@ -149,6 +150,7 @@ attn_bwd_mma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
         const ab_exp ex = ab_exp_of(p);
         const bool capped = ex.capped;
         const float sl = ex.sl, cap_in = ex.cap_in, cap2 = ex.cap2;
+        const bool alibi = p.alibi_slopes != nullptr;
 
         float dk[C::NDT][4], dv[C::NDT][4];
 #pragma unroll
@@ -175,6 +177,7 @@ attn_bwd_mma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
             const T *o_s = sO + buf * C::BM * C::LD;
             const float *l_s = sL + buf * C::BM;
             const float *d_s = sD + buf * C::BM;
+            const float slope2 = ab_slope2(p, b, h);  // ALiBi (0 without)
 
             // ---- S^T = K_w Q^T, dP^T = V_w dO^T (16 keys x BM queries per warp) ----
             float s[C::NQT][4], dp[C::NQT][4];
@@ -217,6 +220,7 @@ attn_bwd_mma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
                     } else {
                         x *= sl;
                     }
+                    if (alibi) x -= slope2 * fabsf((float)(rel0 + (e >> 1) * 8 - qc));
                     float pr = fast_exp2(x - l_s[qc]);
                     float ds = pr * (dp[n][e] - d_s[qc]);
                     if (capped) ds *= 1.0f - t * t;

@@ -490,7 +490,9 @@ int attn_bwd_wgmma_applicable(const samba_cu_attn_ext_args *a) {
     (void)a;
     return 0;  // this build has no sm_90a code for the kernel
 #else
-    if (a->deterministic || a->headdim > 128 || !attn_bwd_mma_applicable(a)) return 0;
+    if (a->deterministic || a->alibi_slopes != NULL || a->headdim > 128 ||
+        !attn_bwd_mma_applicable(a))
+        return 0;
     if (a->seqlen_q >= ((int64_t)1 << 29) || a->seqlen_k >= ((int64_t)1 << 29)) return 0;
     // a block's iteration count (query tiles x query heads) is an int
     if ((a->seqlen_q / 64 + 1) * (a->nheads / a->nheads_kv) >= ((int64_t)1 << 31)) return 0;

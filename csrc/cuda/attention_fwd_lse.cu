@@ -1,5 +1,5 @@
 // attention_fwd_lse.cu - the attention forward that the backward needs: two-sided window,
-// any Lq / Lk, softcap, GQA, and the log-sum-exp per row (samba_cu_attn_fwd_lse).
+// any Lq / Lk, softcap, ALiBi, GQA, and the log-sum-exp per row (samba_cu_attn_fwd_lse).
 //
 // bfloat16 / float16 with aligned rows run the tensor-core prefill of attention_mma.cu in its
 // general-mask instantiation (attn_mma_fwd_gen). Everything else - float32 in particular, which
@@ -45,6 +45,9 @@ attn_fwd_lse_kernel(samba_cu_attn_ext_args p) {
     // scores in base-2 units: s = q.k * scale * log2 e, or softcap * log2 e * tanh(q.k * scale / cap)
     const float qscale = capped ? p.softmax_scale / p.softcap : p.softmax_scale * FL_LOG2E;
     const float cap2 = p.softcap * FL_LOG2E;
+    // ALiBi slope of this (batch, head) in base-2 units (0 without ALiBi)
+    const float slope2 =
+        p.alibi_slopes ? p.alibi_slopes[b * p.alibi_batch_stride + h] * FL_LOG2E : 0.0f;
 
     for (int e = tid; e < FL_BQ * hd; e += blockDim.x) {
         const int qi = e / hd, c = e % hd;
@@ -86,7 +89,7 @@ attn_fwd_lse_kernel(samba_cu_attn_ext_args p) {
                 const float *kr = sK + lane * ks;
                 float acc = 0.0f;
                 for (int c = 0; c < hd; ++c) acc += qr[c] * kr[c];
-                s = capped ? cap2 * tanhf(acc) : acc;
+                s = (capped ? cap2 * tanhf(acc) : acc) - slope2 * fabsf((float)(qpos - key));
             }
             float mt = warp_max(s);  // fmaxf drops NaN: a NaN score is tracked on its own
             const bool nan_score = __any_sync(0xffffffffu, isnan(s));
@@ -164,6 +167,8 @@ samba_status attn_ext_check(const char *what, const samba_cu_attn_ext_args *a) {
     if (!(a->softcap >= 0.0f) || isinf(a->softcap) || !isfinite(a->softmax_scale))
         return samba_cu_fail_msg(SAMBA_ERR_ARG, "%s: softcap must be finite and >= 0, "
                                  "softmax_scale finite", what);
+    if (a->alibi_slopes != NULL && a->alibi_batch_stride < 0)
+        return samba_cu_fail_msg(SAMBA_ERR_ARG, "%s: alibi_batch_stride must be >= 0", what);
     return SAMBA_OK;
 }
 
@@ -205,7 +210,8 @@ extern "C" samba_status samba_cu_attn_fwd_lse(const samba_cu_attn_ext_args *a, v
     cudaStream_t st = (cudaStream_t)stream;
     const samba_cu_attn_args f = attn_ext_as_fwd(a);
     if (a->seqlen_k > 0 && attn_mma_applicable(&f)) {
-        const attn_gen gx = {a->window_left, a->window_right, a->softcap, a->lse};
+        const attn_gen gx = {a->window_left, a->window_right, a->softcap, a->lse,
+                             a->alibi_slopes, a->alibi_batch_stride};
         return attn_mma_fwd_gen(&f, &gx, st);
     }
     return attn_fwd_cuda_core(a, "attention_fwd", st);

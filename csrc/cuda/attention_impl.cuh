@@ -23,12 +23,15 @@ samba_status attn_mma_fwd(const samba_cu_attn_args *a, cudaStream_t stream);
 
 // The general masking of samba_cu_attn_fwd_lse for the tensor-core prefill (a->window is
 // ignored): query i at key position p = i + Lk - Lq sees keys p - left .. p + right (-1 =
-// unbounded), scores softcap * tanh(s / softcap) when softcap > 0, and lse (B, H, Lq) float32
-// (natural log, -inf for a row without keys) is written when not NULL.
+// unbounded), scores softcap * tanh(s / softcap) when softcap > 0, then (alibi not NULL)
+// s - alibi[b * alibi_bstride + h] |p - j|, and lse (B, H, Lq) float32 (natural log, -inf for a
+// row without keys) is written when not NULL.
 struct attn_gen {
     int64_t left, right;
     float softcap;
     float *lse;
+    const float *alibi;     // device float32 ALiBi slopes or NULL
+    int64_t alibi_bstride;  // elements between the slopes of two batch rows (0: shared)
 };
 samba_status attn_mma_fwd_gen(const samba_cu_attn_args *a, const attn_gen *g, cudaStream_t stream);
 

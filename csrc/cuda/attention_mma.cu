@@ -22,7 +22,7 @@
 // the next larger template with the columns past hd zero-filled (cp.async src-size 0).
 //
 // GEN = true instantiates the general masking of samba_cu_attn_fwd_lse (attention_fwd_lse.cu):
-// a two-sided window (left, right, either unbounded), any Lq / Lk, softcap, and the
+// a two-sided window (left, right, either unbounded), any Lq / Lk, softcap, ALiBi and the
 // log-sum-exp stored per row. GEN = false is the causal sliding-window kernel above, compiled
 // without any of it.
 #include "prefill_common.cuh"
@@ -123,6 +123,9 @@ attn_mma_kernel(samba_cu_attn_args p, int n_qtiles, attn_gen gx) {
     const bool capped = GEN && gx.softcap > 0.0f;
     const float cap_in = capped ? p.softmax_scale / gx.softcap : 0.0f;  // tanh argument
     const float cap_out = gx.softcap * 1.4426950408889634f;              // base-2 units
+    // GEN with ALiBi: the slope of this (batch, head) in base-2 units (0 without ALiBi)
+    const bool alibi = GEN && gx.alibi != nullptr;
+    const float slope2 = alibi ? gx.alibi[b * gx.alibi_bstride + h] * 1.4426950408889634f : 0.0f;
 
     float o[C::MT][C::NT_O][4];
 #pragma unroll
@@ -221,6 +224,10 @@ attn_mma_kernel(samba_cu_attn_args p, int n_qtiles, attn_gen gx) {
                     float x = s[mt][n][e] * sl;
                     if constexpr (GEN) {
                         if (capped) x = cap_out * tanhf(s[mt][n][e] * cap_in);
+                        if (alibi) {  // key - qpos as in the mask below
+                            const int rel = dkq + n * 8 + 2 * tq + (e & 1) - mt * 16 - (e >> 1) * 8;
+                            x -= slope2 * fabsf((float)rel);
+                        }
                     }
                     if (edge) {
                         const int kt = n * 8 + 2 * tq + (e & 1);             // key in the tile
@@ -307,7 +314,7 @@ attn_mma_kernel(samba_cu_attn_args p, int n_qtiles, attn_gen gx) {
 
 template <typename T, class C, bool GEN>
 samba_status launch(const samba_cu_attn_args *a, const attn_gen *gx, cudaStream_t st) {
-    const attn_gen none = {0, 0, 0.0f, nullptr};
+    const attn_gen none = {0, 0, 0.0f, nullptr, nullptr, 0};
     return launch_prefill(attn_mma_kernel<T, C, GEN>, C::BQ, C::THREADS, C::SMEM,
                           GEN ? "attention_fwd" : "swa_attention", a, st, gx ? *gx : none);
 }

@@ -24,25 +24,28 @@ copy3(int64_t *dst, const samba_pycu_i64s *src)
 
 /* attention_fwd_lse / attention_bwd(batch, seqlen_q, seqlen_k, nheads, nheads_kv, headdim,
  *     left, right, scale, softcap, q, q_s, k, k_s, v, v_s, out, o_s, dout, do_s, lse, dq, dk,
- *     dv, stream[, deterministic]): deterministic (attention_bwd only, optional, default
- *     false) sets a->deterministic (bit-reproducible gradients, samba_cuda_bwd.h). */
+ *     dv, stream[, deterministic[, alibi, alibi_batch_stride]]): deterministic (read by
+ *     attention_bwd only, default false) sets a->deterministic (bit-reproducible gradients,
+ *     samba_cuda_bwd.h); alibi (a float32 device pointer or None, default None) and its batch
+ *     stride set the ALiBi slopes. */
 static int
-parse_attn(PyObject *args, samba_cu_attn_ext_args *a, void **stream, int bwd)
+parse_attn(PyObject *args, samba_cu_attn_ext_args *a, void **stream)
 {
     samba_pycu_i64s qs, ks, vs, os, ds;
-    void *lse;
+    void *lse, *alibi = NULL;
+    long long alibi_bs = 0;
     memset(a, 0, sizeof *a);
-    if (!PyArg_ParseTuple(args,
-                          bwd ? "LLLLLLLLffO&O&O&O&O&O&O&O&O&O&O&O&O&O&O&|p"
-                              : "LLLLLLLLffO&O&O&O&O&O&O&O&O&O&O&O&O&O&O&",
+    if (!PyArg_ParseTuple(args, "LLLLLLLLffO&O&O&O&O&O&O&O&O&O&O&O&O&O&O&|pO&L",
                           &a->batch, &a->seqlen_q, &a->seqlen_k, &a->nheads, &a->nheads_kv,
                           &a->headdim, &a->window_left, &a->window_right, &a->softmax_scale,
                           &a->softcap, REF, &a->q, I64S, &qs, REF, &a->k, I64S, &ks, REF, &a->v,
                           I64S, &vs, REF, &a->out, I64S, &os, REF, &a->dout, I64S, &ds, PTR, &lse,
                           REF, &a->dq, REF, &a->dk, REF, &a->dv, PTR, stream,
-                          &a->deterministic)) {
+                          &a->deterministic, PTR, &alibi, &alibi_bs)) {
         return 0;
     }
+    a->alibi_slopes = (const float *)alibi;
+    a->alibi_batch_stride = alibi_bs;
     copy3(a->q_stride, &qs);
     copy3(a->k_stride, &ks);
     copy3(a->v_stride, &vs);
@@ -57,7 +60,7 @@ py_attention_fwd_lse(PyObject *self, PyObject *args)
 {
     samba_cu_attn_ext_args a;
     void *stream;
-    if (!parse_attn(args, &a, &stream, 0)) {
+    if (!parse_attn(args, &a, &stream)) {
         return NULL;
     }
     return samba_pycu_status_none(samba_cu_attn_fwd_lse(&a, stream));
@@ -68,7 +71,7 @@ py_attention_bwd(PyObject *self, PyObject *args)
 {
     samba_cu_attn_ext_args a;
     void *stream;
-    if (!parse_attn(args, &a, &stream, 1)) {
+    if (!parse_attn(args, &a, &stream)) {
         return NULL;
     }
     return samba_pycu_status_none(samba_cu_attn_bwd(&a, stream));
@@ -134,15 +137,14 @@ py_apply_rotary_bwd(PyObject *self, PyObject *args)
 #define ATTN_ARGS                                                                                \
     "batch, seqlen_q, seqlen_k, nheads, nheads_kv, headdim, left, right, scale, softcap, q, "    \
     "q_s, k, k_s, v, v_s, out, o_s, dout, do_s, lse, dq, dk, dv, stream"
-#define ATTN_SIG ATTN_ARGS ", /)"
-#define ATTN_BWD_SIG ATTN_ARGS ", deterministic=False, /)"
+#define ATTN_SIG ATTN_ARGS ", deterministic=False, alibi=None, alibi_batch_stride=0, /)"
 
 PyMethodDef samba_pycu_bwd_attn_methods[] = {
     {"attention_fwd_lse", py_attention_fwd_lse, METH_VARARGS,
      "attention_fwd_lse($module, " ATTN_SIG
      "\n--\n\nLaunch the attention forward that also writes lse (see py_cuda_bwd_attn.c)."},
     {"attention_bwd", py_attention_bwd, METH_VARARGS,
-     "attention_bwd($module, " ATTN_BWD_SIG
+     "attention_bwd($module, " ATTN_SIG
      "\n--\n\nLaunch the attention backward (see py_cuda_bwd_attn.c)."},
     {"rms_norm_bwd", py_rms_norm_bwd, METH_VARARGS,
      "rms_norm_bwd($module, rows, n, x, ldx, residual, ldr, res_dtype, weight, eps, dy, ldy, "

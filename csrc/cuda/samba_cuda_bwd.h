@@ -22,7 +22,9 @@ extern "C" {
  * samba_attn_fwd_lse / samba_attn_bwd semantics). Query i sits at key position
  * p = i + Lk - Lq and sees keys j with p - left <= j <= p + right (window_left /
  * window_right, -1 = unbounded); any Lq, Lk >= 0. Scores s = scale q.k, then
- * softcap * tanh(s / softcap) when softcap > 0. A query that sees no key: out = 0,
+ * softcap * tanh(s / softcap) when softcap > 0, then (ALiBi, alibi_slopes set)
+ * s - slope |p - j| with slope = alibi_slopes[b * alibi_batch_stride + h] (a float32 device
+ * array; stride 0 = the same slopes for every batch row). A query that sees no key: out = 0,
  * lse = -inf, zero gradients.
  *
  * q, out, dout: (B, Lq, H, hd); k, v: (B, Lk, Hkv, hd); each with element strides
@@ -37,7 +39,8 @@ extern "C" {
  * Delta (B, H, Lq) and dq accumulator (B, Lq, H, hd), plus float32 dk / dv accumulators
  * (B, Lk, Hkv, hd) when the query heads of a group are split over blocks (tensor-core
  * path), taken from the pool and freed on the stream. bfloat16 / float16 with hd a
- * multiple of 8 up to 256 and aligned rows: tensor cores (attention_bwd_mma.cu), dq and
+ * multiple of 8 up to 256 and aligned rows: tensor cores (attention_bwd_wgmma.cu on Hopper
+ * up to hd 128 without ALiBi, else attention_bwd_mma.cu), dq and
  * (with the group split) dk / dv summed with float32 atomics, so their last bits depend on
  * the order of the additions. Otherwise (float32 in particular): exact float32 arithmetic
  * on the CUDA cores, two deterministic passes (query rows, then key rows).
@@ -59,6 +62,8 @@ typedef struct samba_cu_attn_ext_args {
     float *lse;
     samba_cu_ref dq, dk, dv;
     int deterministic; /* samba_cu_attn_bwd: 1 = bit-reproducible gradients (see above) */
+    const float *alibi_slopes;  /* NULL: no ALiBi; else device float32, finite (see above) */
+    int64_t alibi_batch_stride; /* >= 0 */
 } samba_cu_attn_ext_args;
 samba_status samba_cu_attn_fwd_lse(const samba_cu_attn_ext_args *a, void *stream);
 samba_status samba_cu_attn_bwd(const samba_cu_attn_ext_args *a, void *stream);

@@ -104,14 +104,6 @@ def selective_state_update(state: Any, x: Any, dt: Any, A: Any, B: Any, C: Any,
     return (batch, dim)
 
 
-def cpu_only(value: Any, name: str, what: str) -> None:
-    """Refuses an argument (given, not None) that only the C kernels handle, for a call
-    that runs on the GPU: NotImplementedError naming it."""
-    if value is not None:
-        raise NotImplementedError(f"{name}: {what} run on the CPU only so far; pass None on "
-                                  f"the GPU, or call with host arrays")
-
-
 def activation_code(activation: Any) -> int:
     """None -> 0, "silu" / "swish" -> 1."""
     if activation is None:

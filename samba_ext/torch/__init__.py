@@ -178,7 +178,7 @@ def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     with return_final_states also final_states (batch, dim, width-1) in x's dtype (written
     into final_states_out when given). seq_idx (batch, L) integer ids of packed sequences,
     as causal-conv1d: out[t] sees only the inputs of its own sequence (no initial_states and
-    no final states with it; CPU tensors only so far, NotImplementedError on CUDA).
+    no final states with it; CPU and CUDA tensors, int32 or int64).
     Differentiable in x, weight, bias, initial_states.
     """
     if seq_idx is not None and return_final_states:
@@ -233,8 +233,9 @@ def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
     of dq, up to 512 MiB) and some speed. The CPU and float32 backwards are always
     deterministic. alibi_slopes (nheads,) or (batch, nheads), as flash-attn: the score of
     query i and key j gets -slope |i + Lk - Lq - j| after the softcap (no gradient for the
-    slopes); CPU tensors only so far (NotImplementedError on CUDA). Not supported: dropout_p
-    > 0.
+    slopes). On CUDA, ALiBi runs the general tensor-core kernels (bfloat16 / float16; the
+    Hopper wgmma backward does not take it) or the float32 CUDA-core ones. Not supported:
+    dropout_p > 0.
     """
     if dropout_p != 0.0:
         raise NotImplementedError(f"dropout_p: only 0.0 is supported, got {dropout_p!r}")

@@ -139,9 +139,9 @@ def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor,
     sits at key position i + n - seqlen_q (causal bottom-right aligned; window_size (left,
     right), -1 unbounded); scores softmax_scale q.k (default 1/sqrt(headdim)), softcapped when
     softcap > 0, then (alibi_slopes (nheads,) or (batch, nheads), as flash-attn) minus
-    slope |i + n - seqlen_q - j| for key j; ALiBi on CPU tensors only so far. block_table
-    (batch, max_blocks) int: position p of row b lives in block block_table[b, p //
-    page_block_size] at offset p % page_block_size (any block size).
+    slope |i + n - seqlen_q - j| for key j. block_table (batch, max_blocks) int: position p
+    of row b lives in block block_table[b, p // page_block_size] at offset p %
+    page_block_size (any block size).
     rotary_cos, rotary_sin (seqlen_ro, rotary_dim / 2), with k only: the new keys are rotated
     at positions cache_seqlens[b] + t before they are written, and the queries at
     cache_seqlens[b] + i when causal or local (a window side shorter than the cache), else
@@ -155,9 +155,7 @@ def flash_attn_with_kvcache(q: Tensor, k_cache: Tensor, v_cache: Tensor,
     (the integer tensors too), float32 arithmetic. On CUDA the new keys are written and the
     rows gathered by torch indexing on the device; the lengths and indices are read to the
     host once per call (one synchronization) to drive one attention call per batch row.
-    Not supported (NotImplementedError): num_splits > 1; on CUDA headdim > 256 and
-    alibi_slopes.
-    Also
+    Not supported (NotImplementedError): num_splits > 1; on CUDA headdim > 256. Also
     refused (ValueError): an index or length out of the cache, k without cache_seqlens,
     repeated cache_batch_idx (or shared block slots) when writing.
     """

@@ -16,7 +16,6 @@ from torch import Tensor
 
 from ..errors import PeerArgumentError
 from ..ops import checks as ck
-from ..ops import contracts
 from ._device import check_kind
 
 
@@ -241,8 +240,6 @@ def check(q: Tensor, k_cache: Tensor, v_cache: Tensor, k: Optional[Tensor],
             raise TypeError("alibi_slopes: expected a floating-point torch.Tensor (nheads,) or "
                             f"(batch, nheads), got {type(alibi_slopes).__name__}")
         _device("alibi_slopes", alibi_slopes, dev)
-        if dev.type == "cuda":  # refused before the caches are written
-            contracts.cpu_only(alibi_slopes, "alibi_slopes", "ALiBi slopes")
         if tuple(alibi_slopes.shape) not in ((nheads,), (batch, nheads)):
             raise PeerArgumentError(f"alibi_slopes: expected shape (nheads,) = ({nheads},) or "
                                     f"(batch, nheads) = ({batch}, {nheads}), got "
