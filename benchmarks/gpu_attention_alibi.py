@@ -42,7 +42,7 @@ CASES = [
 
 
 def rel(x: Any, ref: Any) -> float:
-    x, ref = x.float(), ref.float()
+    x, ref = x.detach().float(), ref.detach().float()
     return float((x - ref).norm() / ref.norm().clamp_min(1e-30))
 
 

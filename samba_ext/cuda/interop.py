@@ -112,7 +112,8 @@ def import_array(x: Any, name: str, stream: int, device: int) -> ArrayView:
         dtype = FROM_DL.get((code, bits)) if lanes == 1 else None
         if dtype is None:
             raise TypeError(f"{name}: unsupported dtype (DLPack code {code}, {bits} bits, "
-                            f"{lanes} lanes); expected float32, float16 or bfloat16")
+                            f"{lanes} lanes); expected float32, float16 or bfloat16 (int32 "
+                            f"or int64 for integer arguments)")
         shape = tuple(info["shape"])
         strides = tuple(info["strides"]) if info["strides"] is not None else c_strides(shape)
         return ArrayView(info["ptr"], shape, strides, dtype, dev_id, (imp, x), info["readonly"])
@@ -127,7 +128,8 @@ def import_array(x: Any, name: str, stream: int, device: int) -> ArrayView:
         dtype = FROM_TYPESTR.get(ts)
         if dtype is None:
             raise TypeError(f"{name}: unsupported typestr {ts!r}; expected float32 ('<f4'), "
-                            f"float16 ('<f2') or bfloat16 ('<V2')")
+                            f"float16 ('<f2') or bfloat16 ('<V2'), or int32 ('<i4') or int64 "
+                            f"('<i8') for integer arguments")
         shape = tuple(int(s) for s in d["shape"])
         item = DTYPES[dtype][1]
         if d.get("strides") is None:
