@@ -138,7 +138,8 @@ conv_row_avx512(const conv_job *j, int64_t r, int64_t t0, int64_t t1)
 #endif
 
 /* With sequence ids: tap k of y[t] reads x[s], s = t - (W-1) + k, only when s >= 0 and
- * seq[s] == seq[t] (the taps in the same order as conv_row_body's). */
+ * seq[s] == seq[t] (the taps in the same order as conv_row_body's); a negative id marks
+ * padding, whose output is 0. */
 static void
 conv_row_seq(const conv_job *j, int64_t r, int64_t t0, int64_t t1)
 {
@@ -150,6 +151,10 @@ conv_row_seq(const conv_job *j, int64_t r, int64_t t0, int64_t t1)
     int64_t t, k;
     for (t = t0; t < t1; t++) {
         float acc = bias;
+        if (sid[t] < 0) { /* padding */
+            y[t] = 0.0f;
+            continue;
+        }
         for (k = 0; k < W; k++) {
             const int64_t s = t - (W - 1) + k;
             if (s >= 0 && sid[s] == sid[t]) {

@@ -9,7 +9,8 @@
  *   dx = dxp[0 .. L-1];  dinitial_states = dxp[-(W-1) .. -1]
  *   dw[k] = sum_{b,t} gp[t] xp[t - (W-1) + k];  dbias = sum_{b,t} gp[t]
  * With sequence ids (seq_idx, no states) a term with tap (t, k) exists only when its input
- * s = t - (W-1) + k has s >= 0 and seq_idx[s] == seq_idx[t] (cbwd_row_seq).
+ * s = t - (W-1) + k has s >= 0 and seq_idx[s] == seq_idx[t], and y[t] = 0 where
+ * seq_idx[t] < 0 (padding), so gp[t] = 0 there (cbwd_row_seq).
  * Rows are split over threads by channel (each thread owns dw[d] and dbias[d], batches run
  * inside), so no reduction is needed; ctx is polled between channel chunks.
  */
@@ -160,8 +161,8 @@ cbwd_row_seq(const samba_conv1d_bwd_args *a, int64_t b, int64_t d, float *restri
     int64_t t, k;
 
     for (t = 0; t < L; t++) {
-        float g = dy[t];
-        if (a->silu) {
+        float g = sid[t] < 0 ? 0.0f : dy[t]; /* padding: a constant 0 output */
+        if (a->silu && sid[t] >= 0) {
             float p = bias;
             for (k = 0; k < W; k++) {
                 const int64_t s = t - wm1 + k;

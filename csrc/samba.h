@@ -100,7 +100,8 @@ samba_status samba_conv1d_fwd(int64_t batch, int64_t dim, int64_t seqlen, int64_
 
 /* The same over packed sequences (causal-conv1d's seq_idx): seq_idx (B, L); the tap on x[s]
  * counts for y[t] only when seq_idx[s] == seq_idx[t], so no token sees an input of another
- * sequence. No initial or final states (as causal-conv1d). */
+ * sequence; a negative id marks padding: y[t] = 0 there (bias and activation skipped). No
+ * initial or final states (as causal-conv1d). */
 samba_status samba_conv1d_fwd_seq(int64_t batch, int64_t dim, int64_t seqlen, int64_t width,
                                   const float *x, const float *weight, const float *bias,
                                   const int64_t *seq_idx, int silu, float *y,

@@ -149,8 +149,9 @@ def causal_conv1d(x: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = N
     multiplies the current token; bias (dim,); initial_states (batch, dim, width-1).
     activation: None or "silu" ("swish" is accepted as an alias). seq_idx (batch, seqlen)
     integer ids of packed sequences: y[t] sees the inputs x[s] with seq_idx[s] ==
-    seq_idx[t] only (no initial or final states with it; CPU and CUDA, where int32 and int64
-    device ids are read in place).
+    seq_idx[t] only, and y[t] = 0 where seq_idx[t] < 0 (padding, as causal-conv1d); no
+    initial or final states with it; CPU and CUDA, where int32 and int64 device ids are read
+    in place.
     Returns y (batch, dim, seqlen), or (y, final_states (batch, dim, width-1)).
     """
     where = _where("causal_conv1d", (x, weight, bias, initial_states, seq_idx, out), device)

@@ -2,10 +2,12 @@
 samba_ext.grad.causal_conv1d_bwd on the CPU (conv.c conv_row_seq, conv_bwd.c cbwd_row_seq).
 
 The definition, as causal-conv1d's kernels: y[t] = bias + sum_k w[k] x[t - (W-1) + k] over the
-taps whose input s = t - (W-1) + k has s >= 0 and seq_idx[s] == seq_idx[t]; no initial states
-and no final states with seq_idx. Checked against a float64 loop reference written here:
-widths 2-4, with and without bias and SiLU, ids that repeat after other ids, one token per
-sequence, batch rows with their own ids; the gradients against central differences of the
+taps whose input s = t - (W-1) + k has s >= 0 and seq_idx[s] == seq_idx[t]; a negative id
+marks padding, whose output is 0 (no bias, no activation); no initial states and no final
+states with seq_idx. Checked against a float64 loop reference written here: widths 2-4, with
+and without bias and SiLU, ids that repeat after other ids, one token per sequence, padding
+inside and after the sequences, batch rows with their own ids; the gradients (padding
+positions send none) against central differences of the
 reference; a single id gives the plain conv; every instruction-set level; bad ids raise.
 
 Tolerances: relative norms of 1e-6 for the outputs (at most 4 float32 products per output,
@@ -35,7 +37,8 @@ def conv_seq_ref(x, w, b, seq, silu):
                 s = t - (W - 1) + k
                 if s >= 0 and seq[bb, s] == seq[bb, t]:
                     y[bb, :, t] += w[:, k] * x[bb, :, s]
-    return y / (1.0 + np.exp(-y)) if silu else y
+    y = y / (1.0 + np.exp(-y)) if silu else y
+    return np.where(np.asarray(seq)[:, None, :] < 0, 0.0, y)  # padding
 
 
 def inputs(rng, B, D, L, W, bias):
@@ -45,11 +48,20 @@ def inputs(rng, B, D, L, W, bias):
     return x, w, b
 
 
+def padded_ids(B: int, L: int) -> np.ndarray:
+    """Sequences 0, 1, 2, ... separated by padding (-1), and 3 padding positions at the end."""
+    row = np.array([0, 0, 0, -1, 1, 1, 1, 1, -1, -1, 2] * L)[:L]
+    row[-3:] = -1
+    return np.tile(row, (B, 1))
+
+
 SEQS = {
     "sorted": lambda rng, B, L: np.sort(rng.integers(0, 4, (B, L)), axis=1),
     "repeats": lambda rng, B, L: np.tile(np.array([0, 0, 1, 1, 1, 0, 0, 2] * L)[:L], (B, 1)),
     "singletons": lambda rng, B, L: np.tile(np.arange(L), (B, 1)),
     "random": lambda rng, B, L: rng.integers(0, 2, (B, L)),
+    # padding (-1) between sequences and at the end, as causal-conv1d's varlen tests
+    "padded": lambda rng, B, L: padded_ids(B, L),
 }
 
 
@@ -87,6 +99,26 @@ def test_one_sequence_is_the_plain_conv(rng):
     for a, r in zip(grad.causal_conv1d_bwd(x, w, b, "silu", dy=dy, seq_idx=seq)[:3],
                     grad.causal_conv1d_bwd(x, w, b, "silu", dy=dy)[:3]):
         assert_close(a, r, 1e-5, "gradients")
+
+
+def test_padding_is_zero_and_sends_no_gradient(rng):
+    """Positions with a negative id (padding, as causal-conv1d's varlen tests mark it) output
+    exactly 0 whatever their inputs, bias and activation; their dy is ignored, and inputs
+    there get dx = 0."""
+    x, w, b = inputs(rng, 2, 4, 22, 4, True)
+    seq = padded_ids(2, 22)
+    pad = seq < 0
+    y = samba_ext.causal_conv1d(x, w, b, "silu", seq_idx=seq)
+    assert np.all(y.transpose(0, 2, 1)[pad] == 0.0)
+    assert np.all(y.transpose(0, 2, 1)[~pad] != 0.0)
+    dy = r32(rng.standard_normal(x.shape))
+    g = grad.causal_conv1d_bwd(x, w, b, "silu", dy=dy, seq_idx=seq)
+    assert np.all(g.dx.transpose(0, 2, 1)[pad] == 0.0)
+    dy2 = dy.copy()
+    dy2.transpose(0, 2, 1)[pad] = 1e6
+    g2 = grad.causal_conv1d_bwd(x, w, b, "silu", dy=dy2, seq_idx=seq)
+    for a, c in zip(g[:3], g2[:3]):
+        np.testing.assert_array_equal(a, c)
 
 
 def test_sequences_do_not_leak(rng):

@@ -13,7 +13,7 @@ central differences and the C backward first (test_reference_backward, no GPU ne
 Cases: float32 / float16 / bfloat16, widths 2, 3, 4, SiLU and bias on and off, batch > 1, odd
 lengths (19: the scalar kernels and a partial last group of 8 in the backward; 64: the 16-byte
 vector kernels), the id patterns of test_conv_seq_idx.SEQS (sorted, repeating after other ids,
-unsorted, one token per sequence), int32 and int64 ids on the device, host ids with device
+unsorted, one token per sequence, padding ids -1 whose outputs are 0), int32 and int64 ids on the device, host ids with device
 inputs (uploaded as int64), stride-0 and token-major views, the model's size once (dim 4096,
 seqlen 4096, width 4); a NaN in one sequence reaches no other; the calls without seq_idx equal
 those with one id everywhere bit for bit (the kernels without the id check, unchanged).
@@ -59,6 +59,7 @@ def conv_seq_bwd_ref(x, w, b, seq, silu, dy) -> dict:
     seq = np.asarray(seq)
     D, W = w.shape
     gp = dy * dsilu(conv_seq_ref(x, w, b, seq, False)) if silu else dy
+    gp = np.where(seq[:, None, :] < 0, 0.0, gp)  # padding outputs are constant 0
     dx = conv_seq_ref(gp[..., ::-1], w, None, seq[:, ::-1], False)[..., ::-1]
     onehot = np.eye(W)
     dw = np.stack([(gp * conv_seq_ref(x, np.tile(onehot[k], (D, 1)), None, seq, False))
@@ -70,7 +71,7 @@ def test_reference_backward(rng):
     """conv_seq_bwd_ref against central differences of conv_seq_ref and the C backward."""
     x, w, b = (rng.standard_normal(s) for s in ((2, 3, 11), (3, 4), (3,)))
     x, w, b = (a.astype(np.float32).astype(np.float64) for a in (x, w, b))
-    seq = np.array([[0, 0, 1, 1, 1, 0, 0, 2, 2, 2, 2], [3, 1, 1, 2, 2, 2, 2, 2, 1, 1, 1]])
+    seq = np.array([[0, 0, 1, 1, 1, 0, 0, 2, 2, 2, 2], [3, 1, 1, -1, 2, 2, 2, 2, 1, -1, -1]])
     dy = rng.standard_normal(x.shape).astype(np.float32).astype(np.float64)
     ref = conv_seq_bwd_ref(x, w, b, seq, True, dy)
     inp = dict(x=x.copy(), w=w.copy(), b=b.copy())

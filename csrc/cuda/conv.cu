@@ -10,7 +10,7 @@
 //
 // Packed sequences (causal-conv1d's seq_idx, int32 or int64 (B, L) with strides ss): tap w of
 // y[t] counts only when its input position s = t - (W-1) + w has s >= 0 and seq_idx[b, s] ==
-// seq_idx[b, t] (no states then). The kernels take it as a template flag SEQ: the SEQ = false
+// seq_idx[b, t]; y[t] = 0 where seq_idx[b, t] < 0 (padding; no states then). The kernels take it as a template flag SEQ: the SEQ = false
 // instantiations, launched when seq_idx is absent, are the kernels without it.
 #include "pack16.cuh"
 #include "pdl.cuh"
@@ -64,6 +64,7 @@ __global__ void conv_fwd_kernel(ConvParams p) {
             acc += ldf(p.weight, d * W + w) * xv;
         }
         if (p.silu) acc = silu_f(acc);
+        if (SEQ && sid < 0) acc = 0.0f;  // padding
         stf(p.y, b * p.ys[0] + d * p.ys[1] + t * p.ys[2], acc);
     }
 }
@@ -198,6 +199,7 @@ __global__ void conv_fwd_vec_kernel(ConvParams p) {
                 acc += wr[m] * win[H + k - m];
             }
             if (p.silu) acc = silu_f(acc);
+            if (SEQ && sid[H + k] < 0) acc = 0.0f;  // padding
             out.set(k, acc);
         }
         if (nv == V) {

@@ -17,8 +17,9 @@
 //
 // Packed sequences (SEQ, seq_idx (B, L) int32 / int64 with strides ss; no states): the term of
 // tap k of output t, on input s = t - (W-1) + k, exists only when s >= 0 and seq_idx[b, s] ==
-// seq_idx[b, t] (csrc/conv_bwd.c cbwd_row_seq), in the pre-activation, dx and dw alike (dbias
-// sums gp over every position, as without). A thread loads the ids of its xw window once. The
+// seq_idx[b, t] (csrc/conv_bwd.c cbwd_row_seq), in the pre-activation, dx and dw alike; an
+// output with a negative id is padding (a constant 0), so its gp is 0 (dbias sums gp over
+// every position, as without). A thread loads the ids of its xw window once. The
 // SEQ = false instantiations, launched when seq_idx is absent, are the kernels without it.
 #ifndef SAMBA_CONV_BWD_KERNELS_CUH
 #define SAMBA_CONV_BWD_KERNELS_CUH
@@ -140,7 +141,7 @@ __global__ void __launch_bounds__(CBWD_THREADS) conv_bwd_kernel(CbwdParams p) {
                     const float sg = sigmoid_fast(pre);
                     g = dyv * sg * (1.0f + pre * (1.0f - sg));
                 }
-                gp[j] = t < L ? g : 0.0f;
+                gp[j] = t < L && !(SEQ && sid[j + H] < 0) ? g : 0.0f;  // padding: 0
             }
             // dx and the own positions' terms of dw, dbias
             float dxv[V];

@@ -244,7 +244,8 @@ samba_status samba_cu_dt_state_update(const samba_cu_scan_step_args *a, int64_t 
  * seq_idx (B, L) int32 or int64 with element strides seq_s[0..1], or absent (ptr NULL; seq_s
  * then not read): packed sequences (causal-conv1d's seq_idx, samba_conv1d_fwd_seq semantics):
  * the tap on x[s], s = t - (W-1) + k, counts for y[t] only when s >= 0 and seq_idx[b, s] ==
- * seq_idx[b, t]; initial_states and final_states must then be NULL (SAMBA_ERR_ARG). Absent,
+ * seq_idx[b, t], and y[t] = 0 where seq_idx[b, t] < 0 (padding); initial_states and
+ * final_states must then be NULL (SAMBA_ERR_ARG). Absent,
  * the kernels without the id check run (a template flag).
  */
 samba_status samba_cu_conv1d_fwd(int64_t batch, int64_t dim, int64_t seqlen, int64_t width,

@@ -54,8 +54,9 @@ long long samba_cu_scan_bwd_launches(int kind);
  * over batch and time are reduced inside it in a fixed order (deterministic).
  * seq_idx (B, L) int32 or int64 with element strides seq_s[0..1], or absent (ptr NULL): the
  * backward of samba_cu_conv1d_fwd over packed sequences: only the taps with s >= 0 and
- * seq_idx[b, s] == seq_idx[b, t] enter the SiLU's pre-activation, dx, dweight (dbias sums
- * every position's gradient, as without); initial_states, dfinal_states and dinitial_states
+ * seq_idx[b, s] == seq_idx[b, t] enter the SiLU's pre-activation, dx, dweight, and a padding
+ * output (seq_idx[b, t] < 0, a constant 0) has gradient 0 (dbias sums every position's
+ * gradient, as without); initial_states, dfinal_states and dinitial_states
  * must then be NULL (SAMBA_ERR_ARG). Absent, the kernels without the id check run.
  */
 samba_status samba_cu_conv1d_bwd(int64_t batch, int64_t dim, int64_t seqlen, int64_t width,

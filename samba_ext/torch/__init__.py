@@ -177,8 +177,9 @@ def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     (batch, dim, width-1); activation None, "silu" or "swish". Returns out (x's dtype), and
     with return_final_states also final_states (batch, dim, width-1) in x's dtype (written
     into final_states_out when given). seq_idx (batch, L) integer ids of packed sequences,
-    as causal-conv1d: out[t] sees only the inputs of its own sequence (no initial_states and
-    no final states with it; CPU and CUDA tensors, int32 or int64).
+    as causal-conv1d: out[t] sees only the inputs of its own sequence, and out[t] = 0 where
+    seq_idx[t] < 0 (padding); no initial_states and no final states with it; CPU and CUDA
+    tensors, int32 or int64.
     Differentiable in x, weight, bias, initial_states.
     """
     if seq_idx is not None and return_final_states:
