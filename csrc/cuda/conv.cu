@@ -12,6 +12,7 @@
 // y[t] counts only when its input position s = t - (W-1) + w has s >= 0 and seq_idx[b, s] ==
 // seq_idx[b, t]; y[t] = 0 where seq_idx[b, t] < 0 (padding; no states then). The kernels take it as a template flag SEQ: the SEQ = false
 // instantiations, launched when seq_idx is absent, are the kernels without it.
+#include "conv_seq.cuh"
 #include "pack16.cuh"
 #include "pdl.cuh"
 
@@ -261,14 +262,10 @@ extern "C" samba_status samba_cu_conv1d_fwd(int64_t batch, int64_t dim, int64_t 
                                             void *stream) {
     samba_status s = check_width(width);
     if (s != SAMBA_OK) return s;
+    s = conv_seq_check("causal_conv1d", seq_idx, seq_s,
+                       initial_states != NULL || final_states != NULL);
+    if (s != SAMBA_OK) return s;
     const bool seq = seq_idx.ptr != NULL;
-    if (seq && (initial_states != NULL || final_states != NULL))
-        return samba_cu_fail_msg(SAMBA_ERR_ARG, "causal_conv1d: seq_idx (packed sequences) "
-                                 "takes no initial_states and gives no final_states");
-    if (seq && (seq_s == NULL || (seq_idx.dtype != SAMBA_CU_I32 &&
-                                  seq_idx.dtype != SAMBA_CU_I64)))
-        return samba_cu_fail_msg(SAMBA_ERR_ARG, "causal_conv1d: seq_idx must be int32 or int64 "
-                                 "with its strides, got dtype code %d", seq_idx.dtype);
     ConvParams p;
     p.batch = batch;
     p.dim = dim;

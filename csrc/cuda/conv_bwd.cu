@@ -2,6 +2,7 @@
 #include <string.h>
 
 #include "conv_bwd_kernels.cuh"
+#include "conv_seq.cuh"
 #include "samba_cuda_bwd_scan.h"
 
 static int cbwd_rows_aligned(const void *ptr, const int64_t *s, int64_t item) {
@@ -42,14 +43,11 @@ extern "C" samba_status samba_cu_conv1d_bwd(int64_t batch, int64_t dim, int64_t 
     if (batch < 0 || dim < 0 || seqlen < 0 || x.dtype != dy.dtype || x.dtype > SAMBA_CU_BF16)
         return samba_cu_fail_msg(SAMBA_ERR_ARG, "causal_conv1d_bwd: x and dy must have one float "
                                  "dtype and the sizes must be >= 0");
+    const samba_status sc = conv_seq_check(
+        "causal_conv1d_bwd", seq_idx, seq_s,
+        initial_states != NULL || dfinal_states != NULL || dinitial_states != NULL);
+    if (sc != SAMBA_OK) return sc;
     const bool seq = seq_idx.ptr != NULL;
-    if (seq && (initial_states != NULL || dfinal_states != NULL || dinitial_states != NULL))
-        return samba_cu_fail_msg(SAMBA_ERR_ARG, "causal_conv1d_bwd: seq_idx (packed sequences) "
-                                 "takes no initial_states, dfinal_states or dinitial_states");
-    if (seq && (seq_s == NULL || (seq_idx.dtype != SAMBA_CU_I32 &&
-                                  seq_idx.dtype != SAMBA_CU_I64)))
-        return samba_cu_fail_msg(SAMBA_ERR_ARG, "causal_conv1d_bwd: seq_idx must be int32 or "
-                                 "int64 with its strides, got dtype code %d", seq_idx.dtype);
     if (dim == 0) return SAMBA_OK;
     if (dweight == NULL || (batch * seqlen > 0 && dx.ptr == NULL))
         return samba_cu_fail_msg(SAMBA_ERR_ARG, "causal_conv1d_bwd: an output is missing");
