@@ -501,6 +501,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace, intr: Interrupts) -> int:
+    from .threads import blas_info, get_num_threads, set_num_threads
+
+    # the thread counts as found: put back on return, so that main() called in a Python
+    # process (a notebook, a test) leaves its threads as they were
+    saved = (get_num_threads(), blas_info()["threads"])
     try:
         threads = getattr(args, "threads", None)
         if threads is None and hasattr(args, "threads"):
@@ -508,8 +513,6 @@ def _main(args: argparse.Namespace, intr: Interrupts) -> int:
             if why:
                 hold_note(why)     # printed once the command's arguments have passed
         if threads is not None:
-            from ._info import set_num_threads
-
             try:
                 set_num_threads(threads)   # the C kernels (OpenMP)
             except ValueError as e:
@@ -530,6 +533,10 @@ def _main(args: argparse.Namespace, intr: Interrupts) -> int:
         msg = option_names(msg, getattr(args, "_commands", {}).get(args.command))
         print(f"samba-ext: error: {msg}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    finally:
+        set_num_threads(saved[0])
+        if saved[1] is not None:
+            set_blas_threads(saved[1])
 
 
 if __name__ == "__main__":

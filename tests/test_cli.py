@@ -439,6 +439,24 @@ def test_busy_machine_note_only_for_commands_that_run(tmp_path, monkeypatch, cap
         samba_ext.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("busy", [False, True])
+def test_main_puts_the_threads_back(tmp_path, monkeypatch, busy):
+    """cli.main called in a Python process (a notebook, a test) leaves the kernels' and
+    BLAS's thread counts as it found them: after --threads 1, after the busy-machine choice of
+    1 thread, and after a command that fails on its arguments. (The CPU model's GEMM results
+    move in the last bits with the BLAS thread count, so a later in-process run would
+    otherwise differ from a fresh process's.)"""
+    from samba_ext import cli, threads
+
+    if busy:
+        monkeypatch.setattr(cli, "auto_threads", lambda: (1, "note: busy"))
+    before = (threads.get_num_threads(), threads.blas_info()["threads"])
+    argv = ["passkey", *TINY, "--lengths", "300", "--depths", "0", "--trials", "1"]
+    for extra in ([] if busy else ["--threads", "1"], ["--lengths", "foo"]):
+        cli.main([*argv, *extra, "--out", str(tmp_path / "o")])
+        assert (threads.get_num_threads(), threads.blas_info()["threads"]) == before
+
+
 @pytest.mark.parametrize("argv,option", [(["passkey", "--trials", "0"], "--trials"),
                                          (["passkey", "--grid", "foo"], "--grid"),
                                          (["passkey", "--bogus"], "--bogus"),
