@@ -2,13 +2,28 @@
 
 Tests that run on both backends take the ``backend`` fixture ("cpu" or "cuda"); the CUDA
 cases skip with a clear reason where no GPU or no CUDA build is present.
+
+NumPy's BLAS runs one thread in the tests and in the processes they start (the variables
+below are inherited; the pool of this process is set too, in case NumPy was loaded first):
+on some CPUs OpenBLAS rounds a product differently with another thread count, or when two
+Python threads call it at once, and several tests compare the CPU model bit for bit across
+processes (the lm-eval CLI, ray workers) and threads. The C kernels keep their threads.
 """
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import os
 
-import samba_ext
+for _v in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_v, "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import samba_ext  # noqa: E402
+from samba_ext import threads as _threads  # noqa: E402
+
+if _threads.blas_info()["threads"] is not None:
+    _threads.set_blas_threads(1)
 
 
 def _cuda_skip_reason() -> str | None:
