@@ -41,8 +41,7 @@ PROVENANCE = [
      "samba_ext.torch"),
     ("causal_conv1d.causal_conv1d_interface", "causal_conv1d_ref, causal_conv1d_update_ref",
      "causal-conv1d's own, from its source file"),
-    ("causal_conv1d.causal_conv1d_varlen", "causal_conv1d_varlen_states",
-     "none: raises NotImplementedError (unsupported)"),
+    ("causal_conv1d.causal_conv1d_varlen", "causal_conv1d_varlen_states", "samba_ext.torch"),
     ("causal_conv1d.causal_conv1d_varlen", "causal_conv1d_varlen_states_ref",
      "causal-conv1d's own, from its source file"),
     ("flash_attn", "flash_attn_func, flash_attn_with_kvcache", "samba_ext.torch; with "

@@ -40,10 +40,11 @@ from ._kvcache import flash_attn_with_kvcache
 from ._kvcache_args import scalars
 from ._mamba_inner import mamba_inner_fn, mamba_inner_ref
 from ._ops import attention_op, causal_conv1d_op, selective_scan_op
+from ._varlen import causal_conv1d_varlen_states
 
 __all__ = ["selective_scan_fn", "selective_scan_ref", "causal_conv1d_fn", "flash_attn_func",
            "mamba_inner_fn", "mamba_inner_ref", "selective_state_update",
-           "causal_conv1d_update", "flash_attn_with_kvcache"]
+           "causal_conv1d_update", "flash_attn_with_kvcache", "causal_conv1d_varlen_states"]
 
 
 def selective_scan_fn(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
