@@ -48,6 +48,7 @@ from ref_grad import attention_bwd_ref, attention_fwd_ref, causal_conv1d_bwd_ref
 from ref_grad import selective_scan_bwd_ref  # noqa: E402
 from ref_scan import selective_scan_ref  # noqa: E402
 from ref_small import causal_conv1d as causal_conv1d_ref  # noqa: E402
+from test_grad_attention_alibi import slopes  # noqa: E402
 from torch_cuda_util import f64, gpu, gpu_tensor, on_gpu_as, rel_err  # noqa: E402
 
 import samba_ext.torch as st  # noqa: E402
@@ -264,9 +265,7 @@ def test_flash_attn_func_alibi(rng, poison, dtype, per_batch, case):
     """alibi_slopes (nheads,) or (batch, nheads) as CUDA tensors: -slope |i + Lk - Lq - j|
     after the softcap, forward and autograd against the float64 references (the slopes get
     no gradient)."""
-    b, H = case[0], case[3]
-    base = 2.0 ** (-8.0 * (np.arange(H) + 1) / H)
-    al = base[None, :] * rng.uniform(0.5, 2.0, (b, 1)) if per_batch else base
+    al = slopes(rng, case[0], case[3], per_batch)
     flash_attn_case(rng, dtype, case, torch.tensor(al, dtype=torch.float32, device="cuda"))
 
 

@@ -39,6 +39,7 @@ torch = pytest.importorskip("torch")
 from conftest import assert_close  # noqa: E402
 from cuda_util import RTOL  # noqa: E402
 from ref_scan import selective_state_update_ref  # noqa: E402
+from test_grad_attention_alibi import slopes  # noqa: E402
 from test_torch_inference import conv_update_ref  # noqa: E402
 from test_torch_kvcache import kvcache_ref  # noqa: E402
 from torch_cuda_util import f64, gpu, gpu_tensor, on_gpu_as  # noqa: E402
@@ -425,9 +426,7 @@ def test_flash_attn_with_kvcache_alibi(rng, poison, dtype, per_batch):
     nb, lq, lnew, nh, nhk, hd, cap = 3, 3, 2, 8, 2, 64, 40
     cpu = kv_case(rng, dtype, nb, lq, lnew, nh, nhk, hd, cap, True, True)
     gpu_args = cuda_copy(cpu)
-    base = 2.0 ** (-8.0 * (np.arange(nh) + 1) / nh)
-    al = torch.tensor(base[None, :] * rng.uniform(0.5, 2.0, (nb, 1)) if per_batch else base,
-                      dtype=torch.float32)
+    al = torch.tensor(slopes(rng, nb, nh, per_batch), dtype=torch.float32)
     out, lse = st.flash_attn_with_kvcache(**gpu_args, causal=True, window_size=(20, 0),
                                           softcap=5.0, alibi_slopes=al.to("cuda"),
                                           return_softmax_lse=True)
