@@ -3,7 +3,7 @@ arguments, import the tensors, allocate and launch, on inputs so small that the 
 is negligible (so the host, not the GPU, sets the pace).
 
 Usage (on a machine with a CUDA GPU, torch installed, samba_ext built with CUDA):
-    python3 benchmarks/gpu_host_overhead.py [--calls N] [--out DIR] [--profile]
+    python3 benchmarks/gpu_host_overhead.py [--calls N] [--out DIR] [--profile] [--real]
 
 Cases: grad.attention_fwd and grad.attention_bwd (bf16 torch tensors, batch 1, L 128, 32 query
 / 4 kv heads of 64, window 64), attention_bwd on the same values as samba_ext's own DeviceArrays
@@ -20,6 +20,11 @@ torch op, which
 separates the Python layers from the C call (one entry, the extension's function), and the CUDA
 runtime calls made inside that C call with their host times (torch.profiler's CPU activity, which
 records the runtime API through CUPTI: cudaLaunchKernel, cudaMallocAsync, cudaMemsetAsync, ...).
+--real adds the attention backward at a real size (SWA, L 4096, window 2048, 32 / 4 heads x
+64: the first case of gpu_backward_attention.py) for samba_ext and FlexAttention: per call, the
+host's enqueue time (wall time until the call returns, the queue empty before it), the
+CUDA-event time of the call, and the device time of its kernels (torch.profiler); the event
+time minus the kernels is how long the device waited inside the timed span.
 Writes DIR/gpu_host_overhead.md (default: print only).
 """
 from __future__ import annotations
@@ -38,7 +43,8 @@ from typing import Any, Callable
 
 import torch
 
-from gpu_bench_util import command_line, git_commit, profile_calls, write_atomic
+from gpu_bench_util import (command_line, git_commit, kernel_us, median_ms, profile_calls,
+                            write_atomic)
 
 from samba_ext import cuda as samba_cuda
 from samba_ext import grad
@@ -75,6 +81,52 @@ def host_us(fn: Callable[[], Any], calls: int) -> float:
     return statistics.median(rounds)
 
 
+def enqueue_us(fn: Callable[[], Any], calls: int) -> float:
+    """Median wall-clock microseconds until fn() returns, the device idle and its queue empty
+    before each call: the host's part of a call timed alone."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(calls):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e6)
+    torch.cuda.synchronize()
+    return statistics.median(times)
+
+
+def real_size_rows(calls: int) -> list[str]:
+    """The --real table: samba_ext's and FlexAttention's attention backward at SWA 4K."""
+    from gpu_backward_attention import flex_backward
+
+    g = torch.Generator(device="cuda").manual_seed(1)
+    L, H, Hkv, hd, W = 4096, 32, 4, 64, 2048
+    q, do = (torch.randn(1, L, H, hd, device="cuda", dtype=torch.bfloat16, generator=g)
+             for _ in range(2))
+    k, v = (torch.randn(1, L, Hkv, hd, device="cuda", dtype=torch.bfloat16, generator=g)
+            for _ in range(2))
+    ws = (W - 1, 0)
+    out, lse = grad.attention_fwd(q, k, v, None, True, ws)
+    fns = {"samba_ext grad.attention_bwd": lambda: grad.attention_bwd(
+        q, k, v, None, True, ws, dout=do, out=out, lse=lse)}
+    try:
+        run, _ = flex_backward(q, k, v, do, L, W, True)
+        fns["FlexAttention backward (autograd.grad)"] = run
+    except Exception as e:  # noqa: BLE001 - no FlexAttention here: samba_ext alone
+        print(f"FlexAttention unavailable: {type(e).__name__}: {e}", file=sys.stderr)
+    rows = ["", f"Real size: bf16, SWA L {L} W {W}, {H} / {Hkv} heads x {hd}, backward from "
+            "saved out / lse (median of the calls):", "",
+            "| call | host enqueue us | event-timed us | kernels us | device waits us |",
+            "|---|---|---|---|---|"]
+    for name, fn in fns.items():
+        enq = enqueue_us(fn, calls)
+        ev = median_ms(fn, reps=calls) * 1e3
+        ker = kernel_us(fn)["(all kernels)"]
+        rows.append(f"| {name} | {enq:.1f} | {ev:.1f} | {ker:.1f} | {ev - ker:.1f} |")
+    return rows
+
+
 def runtime_calls(fn: Callable[[], Any], calls: int) -> list[tuple[str, float, float]]:
     """(CUDA runtime function, calls, host microseconds) per fn() call, largest first."""
     prof = profile_calls(fn, calls, warmup=1, host=True)
@@ -93,6 +145,7 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=200)
     ap.add_argument("--out", help="folder for gpu_host_overhead.md")
     ap.add_argument("--profile", action="store_true", help="cProfile attention_bwd")
+    ap.add_argument("--real", action="store_true", help="add the real-size backward table")
     ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT"))
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -158,6 +211,8 @@ def main() -> int:
         lines += ["", "CUDA runtime calls per attention_bwd call (torch.profiler, host us):", "",
                   "| runtime call | calls per call | host us per call |", "|---|---|---|",
                   *[f"| `{n}` | {c:.1f} | {t:.1f} |" for n, c, t in runtime_calls(fn, 20)]]
+    if args.real:
+        lines += real_size_rows(min(args.calls, 50))
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
