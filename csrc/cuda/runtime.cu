@@ -202,10 +202,31 @@ static int g_poison = 0;  // samba_cu_set_poison
 
 extern "C" void samba_cu_set_poison(int on) { g_poison = on != 0; }
 
+// After an out-of-memory cudaMallocAsync outside stream capture: wait for the device, return
+// the pool's cached blocks to the driver (the memory the process freed but kept) and try once
+// more, as torch's caching allocator does with its own cache.
+static cudaError_t malloc_after_trim(void **ptr, size_t nbytes, cudaStream_t st) {
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    int dev = 0;
+    cudaMemPool_t pool;
+    if (cudaStreamIsCapturing(st, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone ||
+        cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetDefaultMemPool(&pool, dev) != cudaSuccess ||
+        cudaDeviceSynchronize() != cudaSuccess || cudaMemPoolTrimTo(pool, 0) != cudaSuccess) {
+        cudaGetLastError();
+        return cudaErrorMemoryAllocation;
+    }
+    return cudaMallocAsync(ptr, nbytes, st);
+}
+
 extern "C" samba_status samba_cu_malloc(void **ptr, size_t nbytes, void *stream) {
     *ptr = NULL;
     if (nbytes == 0) return SAMBA_OK;
     cudaError_t e = cudaMallocAsync(ptr, nbytes, (cudaStream_t)stream);
+    if (e == cudaErrorMemoryAllocation) {
+        cudaGetLastError();
+        *ptr = NULL;
+        e = malloc_after_trim(ptr, nbytes, (cudaStream_t)stream);
+    }
     if (e != cudaSuccess) {
         cudaGetLastError();
         *ptr = NULL;

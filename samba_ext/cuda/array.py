@@ -16,6 +16,7 @@ import numpy as np
 from .interop import export_cai, export_dlpack
 from .layout import DTYPES, KDLCUDA, c_strides, check_dtype, host_contig, is_c_contig, \
     nocopy_reshape
+from .memory import release_torch_cache
 from .runtime import DeviceGuard, flush_recorder, launch, poison_enabled, recorder, require, \
     stream_handle
 
@@ -69,7 +70,12 @@ class DeviceArray:
         if got is not None:
             owner, ptr = got
             return cls(owner, ptr, shape, dtype, device, s)
-        buf = cu.Buffer(n, int(device), s, keep)  # allocates on `device`, restores the current
+        try:  # allocates on `device`, restores the current
+            buf = cu.Buffer(n, int(device), s, keep)
+        except MemoryError:  # the C side trimmed our pool; torch's cache may hold the rest
+            if not release_torch_cache(int(device)):
+                raise
+            buf = cu.Buffer(n, int(device), s, keep)
         a = cls(buf, buf.ptr, shape, dtype, device, s)
         if poison_enabled() and n:
             with DeviceGuard(device):

@@ -3,9 +3,11 @@
 thread's current device (``_cuda.trim`` switches to ``device`` and back itself)."""
 from __future__ import annotations
 
+import sys
+
 from .runtime import require
 
-__all__ = ["empty_cache", "memory_stats"]
+__all__ = ["empty_cache", "memory_stats", "release_torch_cache"]
 
 
 def empty_cache(device: int = 0) -> None:
@@ -16,3 +18,17 @@ def empty_cache(device: int = 0) -> None:
 def memory_stats(device: int = 0) -> dict:
     """Bytes reserved by / in use in the device's default memory pool."""
     return dict(require().pool_stats(int(device)))
+
+
+def release_torch_cache(device: int) -> bool:
+    """Return the blocks torch's caching allocator keeps on ``device`` to the driver (what
+    ``torch.cuda.empty_cache`` does), so that an allocation of ours that found the device full
+    can be tried again; False when torch is not loaded or has not used CUDA (nothing to free).
+    Never imports torch."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return False
+    with torch.cuda.device(int(device)):
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+    return True
