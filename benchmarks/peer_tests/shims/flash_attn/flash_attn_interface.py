@@ -95,8 +95,11 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     for b in range(len(cq) - 1):
         qb = q[cq[b]:cq[b + 1]].unsqueeze(0)
         kb, vb = k[ck[b]:ck[b + 1]].unsqueeze(0), v[ck[b]:ck[b + 1]].unsqueeze(0)
+        # (batch, nheads) slopes: sequence b's row; (nheads,) slopes are shared
+        sb = alibi_slopes[b:b + 1] if alibi_slopes is not None and alibi_slopes.dim() == 2 \
+            else alibi_slopes
         res = flash_attn_func(qb, kb, vb, dropout_p, softmax_scale, causal, window_size,
-                              softcap, alibi_slopes, deterministic, return_attn_probs)
+                              softcap, sb, deterministic, return_attn_probs)
         if return_attn_probs:
             outs.append(res[0][0])
             lses.append(res[1][0])
