@@ -69,7 +69,9 @@ def window_pairs(L: int, W: int | None) -> int:
 
 
 def flex_backward(q, k, v, do, L: int, W: int | None, gqa: bool):
-    """A function that runs FlexAttention's backward of one kept forward, -> grads."""
+    """(run, back, forward): run() runs FlexAttention's backward of one kept forward -> grads,
+    back(grads) puts them in samba_ext's layout, forward() runs a new forward that records its
+    graph (the forward of a training step)."""
     import torch._functorch.config as functorch_config
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -91,7 +93,10 @@ def flex_backward(q, k, v, do, L: int, W: int | None, gqa: bool):
 
     def run():
         return torch.autograd.grad(out, (qt, kt, vt), dot, retain_graph=True)
-    return run, lambda g: [x.transpose(1, 2) for x in g]
+
+    def forward():
+        return fa(qt, kt, vt, block_mask=bm, enable_gqa=gqa)
+    return run, lambda g: [x.transpose(1, 2) for x in g], forward
 
 
 def sdpa_backward(q, k, v, do, L: int, W: int | None, H: int, Hkv: int):
@@ -185,8 +190,9 @@ def case(L: int, H: int, Hkv: int, hd: int, W: int | None, peers: list[str], rep
     for peer in peers:
         try:
             if peer == "flex":
-                run, back = flex_backward(q, k, v, do, L, W, H != Hkv)
+                run, back, forward = flex_backward(q, k, v, do, L, W, H != Hkv)
                 name = "flex"
+                row["flex_fwd_ms"] = median_ms(forward, reps=reps)
             else:
                 run, back, name = sdpa_backward(q, k, v, do, L, W, H, Hkv)
             row[f"{peer}_name"] = name
@@ -266,8 +272,27 @@ def render(meta: dict, rows: list[dict], peers: list[str]) -> list[str]:
              "CUDA-event timings after warm-up; TFLOP/s count 10 * hd * H FLOPs per (query, key) "
              "pair inside the window. The error column compares samba_ext's gradients with each "
              "peer's (relative norm, the largest of dq, dk, dv)."), "",
-            *table(rows, peers), "", *targets(rows), *queued_table(meta, rows, peers),
+            *table(rows, peers), "", *targets(rows), *forward_table(rows),
+            *queued_table(meta, rows, peers),
             *kernel_tables(rows, peers)]
+
+
+def forward_table(rows: list[dict]) -> list[str]:
+    """The forwards that produce what the backward needs: samba_ext's grad.attention_fwd (out
+    and lse) against FlexAttention's forward on inputs that require gradients."""
+    if not any(r.get("flex_fwd_ms") for r in rows):
+        return []
+    out = ["## Forward of a training step", "",
+           "samba_ext's grad.attention_fwd (out and lse) against FlexAttention's forward on "
+           "inputs that require gradients (it saves what its backward needs); single calls, "
+           "timed as above.", "",
+           "| case | samba_ext fwd ms | flex fwd ms | samba_ext / flex |", "|---|---|---|---|"]
+    for r in rows:
+        t, f = r.get("samba_ext_fwd_ms"), r.get("flex_fwd_ms")
+        if t and f:
+            out.append(f"| {r['kind']} L={r['L'] // K}K ({r['H']},{r['Hkv']},d{r['hd']}) | "
+                       f"{fmt(t)} | {fmt(f)} | {t / f:.2f}x |")
+    return out + [""]
 
 
 def queued_table(meta: dict, rows: list[dict], peers: list[str]) -> list[str]:

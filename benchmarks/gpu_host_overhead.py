@@ -111,7 +111,7 @@ def real_size_rows(calls: int) -> list[str]:
     fns = {"samba_ext grad.attention_bwd": lambda: grad.attention_bwd(
         q, k, v, None, True, ws, dout=do, out=out, lse=lse)}
     try:
-        run, _ = flex_backward(q, k, v, do, L, W, True)
+        run, _, _ = flex_backward(q, k, v, do, L, W, True)
         fns["FlexAttention backward (autograd.grad)"] = run
     except Exception as e:  # noqa: BLE001 - no FlexAttention here: samba_ext alone
         print(f"FlexAttention unavailable: {type(e).__name__}: {e}", file=sys.stderr)

@@ -129,3 +129,15 @@ def test_queued_table_only_with_queued_times():
         md = gba.queued_table(d["meta"], d["rows"], d["peers"])
         assert len([ln for ln in md if ln.startswith("| ") and "ms" not in ln]) == len(d["rows"])
     assert "## Queued calls (--queued)" in gba.render(meta, rows, d["peers"])
+
+
+def test_forward_table_only_with_flex_forward_times():
+    d = _saved()
+    rows = copy.deepcopy(d["rows"])
+    assert gba.forward_table([{k: v for k, v in r.items() if k != "flex_fwd_ms"} for r in rows]) == []
+    for r in rows:
+        r["samba_ext_fwd_ms"], r["flex_fwd_ms"] = 0.3, 0.2
+    md = gba.forward_table(rows)
+    body = [ln for ln in md if ln.startswith("| ") and not ln.startswith("| case")]
+    assert len(body) == len(rows)
+    assert all(_cells(ln)[1:] == ["0.300", "0.200", "1.50x"] for ln in body)
