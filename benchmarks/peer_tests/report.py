@@ -217,12 +217,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--upstream", required=True, help="folder of the upstream files (COMMITS)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "results"))
     ap.add_argument("--commit", default=None)
+    ap.add_argument("--date", default=None,
+                    help="when the tests ran, e.g. 2026-12-07T19:40:01Z (default: now)")
     a = ap.parse_args(argv)
     summaries = load_summaries(a.summaries)
     if not summaries:
         print(f"no summaries in {a.summaries}", file=sys.stderr)
         return 1
-    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    date = a.date or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     rep = build(summaries, load_commits(a.upstream), a.upstream, a.commit or git_commit(),
                 date)
     os.makedirs(a.out, exist_ok=True)
