@@ -117,13 +117,22 @@ def _whole_device(fn):
     return fn
 
 
-@_whole_device
-def test_our_cached_blocks_serve_a_larger_allocation():
+@pytest.fixture
+def emptied():
+    """(samba_ext.cuda, torch, free bytes) with both caches emptied before and after."""
     import samba_ext.cuda as sc
     torch = pytest.importorskip("torch")
     sc.empty_cache(0)
     torch.cuda.empty_cache()
-    free = torch.cuda.mem_get_info(0)[0]
+    yield sc, torch, torch.cuda.mem_get_info(0)[0]
+    sc.synchronize()
+    sc.empty_cache(0)
+    torch.cuda.empty_cache()
+
+
+@_whole_device
+def test_our_cached_blocks_serve_a_larger_allocation(emptied):
+    sc, _, free = emptied
     n = int(free * 0.45) // 4
     a = sc.empty((n,), "int32")
     b = sc.empty((n,), "int32")
@@ -132,17 +141,11 @@ def test_our_cached_blocks_serve_a_larger_allocation():
     assert sc.memory_stats(0)["reserved"] >= 2 * n * 4  # the pool keeps both blocks
     c = sc.empty((int(free * 0.7) // 4,), "int32")  # more than the driver has left
     assert c.size == int(free * 0.7) // 4
-    del c
-    sc.empty_cache(0)
 
 
 @_whole_device
-def test_torch_cached_blocks_serve_our_allocation():
-    import samba_ext.cuda as sc
-    torch = pytest.importorskip("torch")
-    sc.empty_cache(0)
-    torch.cuda.empty_cache()
-    free = torch.cuda.mem_get_info(0)[0]
+def test_torch_cached_blocks_serve_our_allocation(emptied):
+    sc, torch, free = emptied
     t = torch.empty(int(free * 0.8), dtype=torch.uint8, device="cuda:0")
     del t  # torch's allocator keeps the block
     assert torch.cuda.memory_reserved(0) >= int(free * 0.8)
@@ -151,6 +154,3 @@ def test_torch_cached_blocks_serve_our_allocation():
     assert big.size == int(free * 0.5) // 4
     assert torch.cuda.memory_reserved(0) < int(free * 0.8)
     np.testing.assert_array_equal(a.to_numpy(), [0, 1, 2])
-    del big
-    sc.empty_cache(0)
-
