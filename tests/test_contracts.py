@@ -460,3 +460,26 @@ def test_contract_returns_output_shapes(rng):
     assert contracts.selective_scan(**a) == (2, 8, 6)
     assert contracts.swa_decode(**decode_args(rng)) == (2, 4, 16)
     assert contracts.rms_norm(**norm_args(rng)) == (3, 8)
+
+
+class _CaiInts:
+    """A CUDA integer array described by __cuda_array_interface__ only (no GPU needed)."""
+
+    def __init__(self, shape: tuple, typestr: str) -> None:
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": typestr,
+                                         "data": (0, False), "version": 3}
+
+
+@pytest.mark.parametrize("typestr", ["|i1", "<i2", "|u1", "<u4", "<u8"])
+def test_cuda_integer_arrays_must_be_int32_or_int64(rng, typestr):
+    # the CUDA kernels read int32 / int64 indices in place; other integer dtypes on the device
+    # are refused by the contract, naming the argument (host arrays are converted)
+    args = OPS["swa_decode"][1](rng)
+    with pytest.raises(TypeError, match=r"^pos: a CUDA integer array must be int32 or int64"):
+        contracts.swa_decode(args["q"], args["k_cache"], args["v_cache"],
+                             _CaiInts((2,), typestr), args["n_valid"], None)
+    x, w = _rand(rng, 2, 3, 5), _rand(rng, 3, 4)
+    with pytest.raises(TypeError, match=r"^seq_idx: a CUDA integer array must be int32"):
+        contracts.causal_conv1d(x, w, seq_idx=_CaiInts((2, 5), typestr))
+    for ok in ("<i4", "<i8"):
+        contracts.causal_conv1d(x, w, seq_idx=_CaiInts((2, 5), ok))

@@ -53,10 +53,14 @@ def floats(x: Any, name: str, ndim: Any = None, layout: str = "") -> ArrayMeta:
 
 def ints(x: Any, name: str, ndim: Any = None, layout: str = "") -> ArrayMeta:
     """An integer array input; host values must fit in int64 (uint64 ones above 2**63 - 1
-    would wrap)."""
+    would wrap); a CUDA array must be int32 or int64, the integer dtypes the CUDA kernels read
+    in place (host arrays of any integer dtype are converted)."""
     m = meta(x, name)
     if m.dtype not in INT_DTYPES:
         raise TypeError(f"{name}: expected an integer array, got dtype {m.dtype}")
+    if m.where == "cuda" and m.dtype not in ("int32", "int64"):
+        raise TypeError(f"{name}: a CUDA integer array must be int32 or int64, got {m.dtype} "
+                        f"(convert it, e.g. .to(torch.int32), or pass it from the host)")
     _check_ndim(m, name, ndim, layout)
     if m.where == "host" and m.dtype == "uint64":
         a = np.asarray(x)
