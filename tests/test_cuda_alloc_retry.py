@@ -44,7 +44,7 @@ class _FailingCu:
         return _Buf(n)
 
 
-def _fake_torch(initialized: bool, log: list) -> types.ModuleType:
+def _fake_torch(initialized: bool, log: list, capturing: bool = False) -> types.ModuleType:
     t = types.ModuleType("torch")
 
     class Tensor:  # what is_torch_tensor checks against
@@ -63,6 +63,7 @@ def _fake_torch(initialized: bool, log: list) -> types.ModuleType:
     t.Tensor = Tensor
     t.cuda = types.SimpleNamespace(
         is_initialized=lambda: initialized, device=_Dev,
+        is_current_stream_capturing=lambda: capturing,
         synchronize=lambda: log.append("synchronize"),
         empty_cache=lambda: log.append("empty_cache"))
     return t
@@ -77,8 +78,8 @@ def fake(monkeypatch):
         if torch_state == "absent":
             monkeypatch.delitem(sys.modules, "torch", raising=False)
         else:
-            monkeypatch.setitem(sys.modules, "torch",
-                                _fake_torch(torch_state == "initialized", log))
+            monkeypatch.setitem(sys.modules, "torch", _fake_torch(
+                torch_state != "uninitialized", log, torch_state == "capturing"))
         return cu, log
     return make
 
@@ -90,12 +91,13 @@ def test_torch_cache_emptied_then_allocation_retried(fake):
     assert log == [("device", 1), "synchronize", "empty_cache"]
 
 
-@pytest.mark.parametrize("torch_state", ["absent", "uninitialized"])
+@pytest.mark.parametrize("torch_state", ["absent", "uninitialized", "capturing"])
 def test_no_torch_cache_no_retry(fake, torch_state):
+    # no torch, torch without CUDA, or torch capturing a graph (no synchronisation allowed)
     cu, log = fake(1, torch_state)
     with pytest.raises(MemoryError, match="out of memory"):
         _array.DeviceArray.empty((4, 5), "float32")
-    assert cu.calls == 1 and log == []
+    assert cu.calls == 1 and "synchronize" not in log and "empty_cache" not in log
 
 
 def test_second_failure_raises(fake):

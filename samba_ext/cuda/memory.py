@@ -23,12 +23,15 @@ def memory_stats(device: int = 0) -> dict:
 def release_torch_cache(device: int) -> bool:
     """Return the blocks torch's caching allocator keeps on ``device`` to the driver (what
     ``torch.cuda.empty_cache`` does), so that an allocation of ours that found the device full
-    can be tried again; False when torch is not loaded or has not used CUDA (nothing to free).
-    Never imports torch."""
+    can be tried again; False when torch is not loaded, has not used CUDA (nothing to free) or
+    is capturing a CUDA graph on the device (a synchronisation would break the capture). Never
+    imports torch."""
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_initialized():
         return False
     with torch.cuda.device(int(device)):
+        if torch.cuda.is_current_stream_capturing():
+            return False
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
     return True
