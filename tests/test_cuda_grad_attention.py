@@ -405,6 +405,56 @@ def test_wgmma_require_refuses_what_it_cannot_run(rng, monkeypatch):
                 assert all(np.all(np.isfinite(host(g))) for g in got)
 
 
+# ------------------------------------------------------------------ forward on prefill v4 -
+# Causal windows without softcap or ALiBi, Lq <= Lk, head dims up to 128: where swa_attention runs
+# its Hopper kernel (prefill v4), attention_fwd runs the same kernel, which then also writes the
+# lse; the prefill variant v2 keeps the general mma.sync kernel. v4's out is bit for bit
+# swa_attention's (the same kernel on the same inputs); both routes' out and lse are checked
+# against the float64 reference, and the backward from v4's lse against the reference gradients.
+V4_FWD_CASES = [
+    # B, Lq, Lk, H, Hkv, hd, window_size
+    pytest.param(1, 37, 37, 4, 4, 64, (-1, -1), id="odd-L-full-causal"),
+    pytest.param(2, 300, 300, 8, 2, 64, (127, 0), id="b2-gqa4-L>W"),
+    pytest.param(1, 200, 200, 8, 1, 128, (399, 0), id="gqa8-W>L-hd128"),
+    pytest.param(1, 77, 333, 4, 2, 64, (90, 0), id="Lq<Lk-bottom-right"),
+    pytest.param(1, 130, 130, 4, 2, 96, (-1, -1), id="hd96-zero-filled"),
+    pytest.param(1, 257, 257, 6, 3, 128, (0, 0), id="window-1"),
+    pytest.param(3, 129, 129, 4, 1, 64, (63, 0), id="b3-gqa4-window-64"),
+    pytest.param(1, 1, 1, 2, 1, 64, (-1, -1), id="one-token"),
+    pytest.param(1, 5, 900, 4, 4, 128, (-1, -1), id="5x900-causal"),
+    pytest.param(1, 600, 600, 32, 4, 64, (255, 0), id="gqa8-L600"),
+    pytest.param(1, 150, 150, 2, 1, 112, (70, 0), id="hd112"),
+    pytest.param(2, 64, 64, 2, 2, 64, (2000, 0), id="window-beyond-L"),
+]
+
+
+@cuda
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("B,Lq,Lk,H,Hkv,hd,ws", V4_FWD_CASES)
+def test_forward_takes_prefill_v4(poison, rng, dtype, B, Lq, Lk, H, Hkv, hd, ws):
+    from test_cuda_attention import attn_variant, v4_unavailable
+
+    import samba_ext
+
+    if v4_unavailable():
+        pytest.skip(f"prefill v4: {v4_unavailable()}")
+    (q, gq), (k, gk), (v, gv), (do, gdo) = (rdev(rng.standard_normal(s), dtype) for s in (
+        (B, Lq, H, hd), (B, Lk, Hkv, hd), (B, Lk, Hkv, hd), (B, Lq, H, hd)))
+    left = ws[0]
+    rout, rlse = attention_fwd_ref(q, k, v, 1.0 / math.sqrt(hd), left, 0)
+    with attn_variant(prefill="v4"):
+        out4, lse4 = grad.attention_fwd(gq, gk, gv, None, True, ws)
+        swa = samba_ext.swa_attention(gq, gk, gv, None if left < 0 else left + 1)
+    np.testing.assert_array_equal(host(out4), host(swa), "attention_fwd on v4 vs swa_attention")
+    check_forward(out4, lse4, rout, rlse, dtype)
+    with attn_variant(prefill="v2"):
+        out2, lse2 = grad.attention_fwd(gq, gk, gv, None, True, ws)
+    check_forward(out2, lse2, rout, rlse, dtype)
+    got = grad.attention_bwd(gq, gk, gv, None, True, ws, dout=gdo, out=out4, lse=lse4)
+    ref = attention_bwd_ref(q, k, v, do, 1.0 / math.sqrt(hd), left, 0)
+    check_grads(got, ref, dtype, *reduction_lengths(Lq, Lk, H // Hkv, left, 0), "from v4's lse ")
+
+
 # ------------------------------------------------------------------ real sizes ------------
 LARGE = [
     # dtype, B, L, H, Hkv, hd, causal, window_size

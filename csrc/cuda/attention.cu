@@ -121,6 +121,10 @@ static int attn_variant(int which, int64_t hd) {
     return which == 0 ? auto_prefill(hd) : auto_decode(hd);
 }
 
+int attn_prefill_picks_wgmma(int64_t headdim) {
+    return headdim <= 128 && attn_variant(0, headdim) == 4 && attn_wgmma_device_ok();
+}
+
 static samba_status check_heads(const char *what, int64_t nheads, int64_t nheads_kv,
                                  int64_t headdim) {
     if (nheads_kv < 1 || nheads % nheads_kv != 0)
@@ -153,7 +157,7 @@ extern "C" samba_status samba_cu_attn_fwd(const samba_cu_attn_args *a, void *str
                                          "swa_attention: prefill variant v4 (wgmma) needs a compute "
                                          "capability 9.0 GPU and a build with 90 in "
                                          "SAMBA_EXT_CUDA_ARCHS (sm_90a code)");
-            if (attn_wgmma_applicable(a)) return attn_wgmma_fwd(a, st);
+            if (attn_wgmma_applicable(a)) return attn_wgmma_fwd(a, st, nullptr);
         }
         var = mma_fallback(a->headdim);  // calls v4 cannot take (and those v2/v3 cannot, v1)
     }

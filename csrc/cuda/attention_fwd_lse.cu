@@ -2,7 +2,9 @@
 // any Lq / Lk, softcap, ALiBi, GQA, and the log-sum-exp per row (samba_cu_attn_fwd_lse).
 //
 // bfloat16 / float16 with aligned rows run the tensor-core prefill of attention_mma.cu in its
-// general-mask instantiation (attn_mma_fwd_gen). Everything else - float32 in particular, which
+// general-mask instantiation (attn_mma_fwd_gen), except causal windows without softcap or ALiBi
+// where swa_attention runs Hopper's wgmma kernel (prefill v4, attention_wgmma.cu): those run
+// that kernel, which writes the lse as well (causal_window_on_wgmma). Everything else - float32 in particular, which
 // keeps exact float32 arithmetic - runs the CUDA-core kernel below (also swa_attention's, through
 // attn_fwd_cuda_core): grid (ceil(Lq/16), H, B), 4 warps of 4 queries; key tiles
 // of 32 keys converted to float32 in shared memory (rows padded to an odd stride); lane j scores
@@ -203,12 +205,24 @@ samba_status attn_fwd_cuda_core(const samba_cu_attn_ext_args *a, const char *wha
     return launch_fwd_lse<8>(a, what, st);
 }
 
+// A causal window (right 0, any left) without softcap or ALiBi, Lq <= Lk, where swa_attention
+// runs its Hopper kernel (prefill v4) at this head dim: the same kernel, which then also
+// writes the lse, instead of the general kernel; sets f's window (keys p - left .. p) when so.
+static bool causal_window_on_wgmma(const samba_cu_attn_ext_args *a, samba_cu_attn_args *f) {
+    if (a->window_right != 0 || a->softcap > 0.0f || a->alibi_slopes != NULL ||
+        a->seqlen_q > a->seqlen_k || !attn_prefill_picks_wgmma(a->headdim))
+        return false;
+    f->window = (a->window_left < 0 || a->window_left >= a->seqlen_k) ? 0 : a->window_left + 1;
+    return attn_wgmma_applicable(f) != 0;
+}
+
 extern "C" samba_status samba_cu_attn_fwd_lse(const samba_cu_attn_ext_args *a, void *stream) {
     samba_status s = attn_ext_check("attention_fwd", a);
     if (s != SAMBA_OK) return s;
     if (a->batch == 0 || a->seqlen_q == 0 || a->nheads == 0) return SAMBA_OK;
     cudaStream_t st = (cudaStream_t)stream;
-    const samba_cu_attn_args f = attn_ext_as_fwd(a);
+    samba_cu_attn_args f = attn_ext_as_fwd(a);
+    if (a->seqlen_k > 0 && causal_window_on_wgmma(a, &f)) return attn_wgmma_fwd(&f, st, a->lse);
     if (a->seqlen_k > 0 && attn_mma_applicable(&f)) {
         const attn_gen gx = {a->window_left, a->window_right, a->softcap, a->lse,
                              a->alibi_slopes, a->alibi_batch_stride};

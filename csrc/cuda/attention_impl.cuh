@@ -54,9 +54,14 @@ samba_status attn_mma_v2_fwd(const samba_cu_attn_args *a, int variant, cudaStrea
 // with 90) and the current device has compute capability 9.0; cached per device.
 // attn_wgmma_applicable(): the rules of v2 / v3 (dtype, alignment, positive finite scale,
 // seqlen_k < 2^30) for head dims up to 128, and its tiles fitting the shared memory.
+// attn_wgmma_fwd(): with lse not NULL it also writes the log-sum-exp per row, (B, H, Lq)
+// float32 as attn_gen's (the training forward of causal windows, attention_fwd_lse.cu).
+// attn_prefill_picks_wgmma(): 1 when swa_attention would run v4 at this head dim (the
+// prefill's variant setting, attention.cu, and attn_wgmma_device_ok()).
 int attn_wgmma_device_ok(void);
 int attn_wgmma_applicable(const samba_cu_attn_args *a);
-samba_status attn_wgmma_fwd(const samba_cu_attn_args *a, cudaStream_t stream);
+samba_status attn_wgmma_fwd(const samba_cu_attn_args *a, cudaStream_t stream, float *lse);
+int attn_prefill_picks_wgmma(int64_t headdim);
 
 // Variant 2 of the split-KV decode (attention_decode_v2.cu): one launch, a stream-K division
 // of the key tiles over one wave of blocks, the merge folded in. Same applicability rules

@@ -163,7 +163,8 @@ __device__ __forceinline__ const CUtensorMap *kv_map(const KvMaps<false> &, int)
 // tile is no longer read); no block-wide barrier in the loop.
 template <typename T, class C, int SCHED, bool TMA = false>
 __global__ void __launch_bounds__(C::THREADS, C::MINB)
-attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles, const __grid_constant__ KvMaps<TMA> maps) {
+attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles, const __grid_constant__ KvMaps<TMA> maps,
+                  float *lse) {
     static_assert(SCHED == 0 || C::STAGES >= 3, "skewed / alternating keep two tiles alive");
     static_assert(!TMA || SCHED == 2, "the TMA loads are written for the alternating schedule");
     constexpr int AHEAD = SCHED ? C::STAGES - 2 : C::STAGES - 1;  // tiles loaded ahead
@@ -474,21 +475,28 @@ attn_wgmma_kernel(samba_cu_attn_args p, int n_qtiles, const __grid_constant__ Kv
     }
     cp_async_wait<0>();
 
-    // ---- normalise and store (out is contiguous (B, Lq, H, hd)) ----
+    // ---- normalise and store (out is contiguous (B, Lq, H, hd)); with lse (B, H, Lq) the
+    // natural log-sum-exp of the scaled scores, ln 2 (m sl + log2 l), -inf for a row without
+    // keys, NaN where the sum is (the training forward, attention_fwd_lse.cu) ----
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        const float inv = row_inv(quad_sum(l[r]));
+        const float lsum = quad_sum(l[r]);
+        const float inv = row_inv(lsum);
         const int q = q0 + wg * 64 + warp * 16 + g + r * 8;
         if (q >= Lq) continue;
         store_o_row<T, C::NO / 4>((T *)p.out.ptr + ((b * Lq + q) * p.nheads + h) * hd,
                                   reinterpret_cast<const float(&)[C::NO / 4][4]>(o), r, inv, hd, tq);
+        if (lse != nullptr && tq == 0)
+            lse[(b * p.nheads + h) * Lq + q] =
+                lsum > 0.0f ? 0.6931471805599453f * (m[r] * sl + log2f(lsum))
+                            : (lsum == 0.0f ? -INFINITY : lsum);
     }
 }
 
 template <typename T, class C, int SCHED = 0>
-samba_status launch_w(const samba_cu_attn_args *a, cudaStream_t st) {
+samba_status launch_w(const samba_cu_attn_args *a, cudaStream_t st, float *lse) {
     return launch_prefill(attn_wgmma_kernel<T, C, SCHED>, C::BQ, C::THREADS, C::SMEM, "swa_attention (v4)",
-                          a, st, KvMaps<false>{});
+                          a, st, KvMaps<false>{}, lse);
 }
 
 // SAMBA_EXT_ATTN_V4_BK: 64 or 128 (anything else: the default of the head dim)
@@ -572,14 +580,14 @@ bool kv_tensor_map(CUtensorMap *m, const samba_cu_attn_args *a, samba_cu_ref t, 
 // the TMA kernel for configuration C, into *out; false (nothing launched) when its tensor maps
 // or its shared memory (the ring plus 16 bytes of barriers per stage) are not available
 template <typename T, class C>
-bool launch_tma(const samba_cu_attn_args *a, cudaStream_t st, samba_status *out) {
+bool launch_tma(const samba_cu_attn_args *a, cudaStream_t st, float *lse, samba_status *out) {
     KvMaps<true> maps;
     const size_t smem = C::SMEM + 16 * C::STAGES;
     if (smem > attn_smem_optin() || !kv_tensor_map(&maps.k, a, a->k, a->k_stride, C::BK) ||
         !kv_tensor_map(&maps.v, a, a->v, a->v_stride, C::BK))
         return false;
     *out = launch_prefill(attn_wgmma_kernel<T, C, 2, true>, C::BQ, C::THREADS, smem,
-                          "swa_attention (v4, TMA)", a, st, maps);
+                          "swa_attention (v4, TMA)", a, st, maps, lse);
     return true;
 }
 
@@ -640,28 +648,31 @@ int attn_wgmma_applicable(const samba_cu_attn_args *a) {
 
 template <typename T, class C2, class C3, class C4 = C3>
 static samba_status launch_stages(int stages, int sched, const samba_cu_attn_args *a,
-                                  cudaStream_t st) {
-    if (sched == 1) return stages == 4 ? launch_w<T, C4, 1>(a, st) : launch_w<T, C3, 1>(a, st);
+                                  cudaStream_t st, float *lse) {
+    if (sched == 1)
+        return stages == 4 ? launch_w<T, C4, 1>(a, st, lse) : launch_w<T, C3, 1>(a, st, lse);
     samba_status s = SAMBA_OK;
     if (sched == 2 && v4_tma() &&
-        (stages == 4 ? launch_tma<T, C4>(a, st, &s) : launch_tma<T, C3>(a, st, &s)))
+        (stages == 4 ? launch_tma<T, C4>(a, st, lse, &s) : launch_tma<T, C3>(a, st, lse, &s)))
         return s;
-    if (sched == 2) return stages == 4 ? launch_w<T, C4, 2>(a, st) : launch_w<T, C3, 2>(a, st);
-    if (stages == 2) return launch_w<T, C2>(a, st);
-    return stages == 3 ? launch_w<T, C3>(a, st) : launch_w<T, C4>(a, st);
+    if (sched == 2)
+        return stages == 4 ? launch_w<T, C4, 2>(a, st, lse) : launch_w<T, C3, 2>(a, st, lse);
+    if (stages == 2) return launch_w<T, C2>(a, st, lse);
+    return stages == 3 ? launch_w<T, C3>(a, st, lse) : launch_w<T, C4>(a, st, lse);
 }
 
-template <typename T> static samba_status dispatch_w(const samba_cu_attn_args *a, cudaStream_t st) {
+template <typename T>
+static samba_status dispatch_w(const samba_cu_attn_args *a, cudaStream_t st, float *lse) {
     const int bk = v4_bk(a->headdim), ns = v4_stages(a->headdim, bk);
     const int sched = v4_sched();
     if (a->headdim <= 64)
-        return bk == 64 ? launch_stages<T, W64_64, W64_64_S3, W64_64_S4>(ns, sched, a, st)
-                        : launch_stages<T, W64_128, W64_128_S3>(ns, sched, a, st);
-    return bk == 64 ? launch_stages<T, W128_64, W128_64_S3>(ns, sched, a, st)
-                    : launch_stages<T, W128_128, W128_128_S3>(ns, sched, a, st);
+        return bk == 64 ? launch_stages<T, W64_64, W64_64_S3, W64_64_S4>(ns, sched, a, st, lse)
+                        : launch_stages<T, W64_128, W64_128_S3>(ns, sched, a, st, lse);
+    return bk == 64 ? launch_stages<T, W128_64, W128_64_S3>(ns, sched, a, st, lse)
+                    : launch_stages<T, W128_128, W128_128_S3>(ns, sched, a, st, lse);
 }
 
-samba_status attn_wgmma_fwd(const samba_cu_attn_args *a, cudaStream_t st) {
-    if (a->q.dtype == SAMBA_CU_BF16) return dispatch_w<__nv_bfloat16>(a, st);
-    return dispatch_w<__half>(a, st);
+samba_status attn_wgmma_fwd(const samba_cu_attn_args *a, cudaStream_t st, float *lse) {
+    if (a->q.dtype == SAMBA_CU_BF16) return dispatch_w<__nv_bfloat16>(a, st, lse);
+    return dispatch_w<__half>(a, st, lse);
 }
