@@ -291,6 +291,9 @@ class BuildExt(build_ext):
             subprocess.run(cmd, check=True)
             objs.append(str(obj))
         ext.extra_objects = list(ext.extra_objects or []) + objs
+        # build_ext relinks only when a source or a dependency is newer than the extension:
+        # the objects are dependencies, so a recompiled .cu relinks _cuda
+        ext.depends = list(ext.depends or []) + objs
 
 
 # Sources whose kernels use sm_90a-only instructions (wgmma): for them architecture 90 is
