@@ -345,3 +345,41 @@ def test_opcheck(rng):
                                 torch.randn(1, 5, 1, 8, requires_grad=True), 0.3, 2, 0, 0.0,
                                 False, torch.tensor([0.5, 0.25])),
             test_utils=utils)
+
+
+def test_flash_attn_padded_head_dim(rng, monkeypatch):
+    """The head-dim padding of flash_attn_func (which on CUDA pads float16 / bfloat16 head dims
+    that are not a multiple of 8), forced on the CPU: q, k, v padded with zero columns give
+    the unpadded call's out, lse and gradients (float32 kernels; the zero columns add exact
+    zeros, only the summation order differs: rtol 1e-5, as above), out has the original head
+    dim and the padded op saw a multiple of 8. The rule itself (which calls pad) is checked
+    on CUDA tensors in test_torch_cuda.py."""
+    import torch.nn.functional as F
+
+    seen = []
+    real = st.attention_op
+
+    def pad_all(q, k, v):
+        p = (0, -q.shape[-1] % 8)
+        return F.pad(q, p), F.pad(k, p), F.pad(v, p)
+
+    def spy(q, *args):
+        seen.append(q.shape[-1])
+        return real(q, *args)
+
+    b, lq, lk, h, hkv, hd = 2, 7, 9, 4, 2, 5
+    q, k, v = t64(rng, b, lq, h, hd), t64(rng, b, lk, hkv, hd), t64(rng, b, lk, hkv, hd)
+    dy = torch.tensor(rng.standard_normal((b, lq, h, hd)))
+    ref, ref_lse, _ = st.flash_attn_func(q, k, v, causal=True, window_size=(4, 0),
+                                         return_attn_probs=True)
+    gref = torch.autograd.grad(ref, (q, k, v), dy)
+    monkeypatch.setattr(st, "_pad_head_dim", pad_all)
+    monkeypatch.setattr(st, "attention_op", spy)
+    out, lse, _ = st.flash_attn_func(q, k, v, causal=True, window_size=(4, 0),
+                                     return_attn_probs=True)
+    assert seen == [8] and out.shape == (b, lq, h, hd)
+    assert_close(out.detach().numpy(), ref.detach().numpy(), 1e-5, "out")
+    assert_close(lse.numpy(), ref_lse.numpy(), 1e-5, "softmax_lse")
+    for name, a, r in zip(("dq", "dk", "dv"), torch.autograd.grad(out, (q, k, v), dy), gref):
+        assert a.shape == r.shape
+        assert_close(a.numpy(), r.numpy(), 1e-5, name)

@@ -269,6 +269,25 @@ def test_flash_attn_func_alibi(rng, poison, dtype, per_batch, case):
     flash_attn_case(rng, dtype, case, torch.tensor(al, dtype=torch.float32, device="cuda"))
 
 
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hd", [59, 111, 250])
+def test_flash_attn_func_odd_head_dims(rng, poison, monkeypatch, dtype, hd):
+    """float16 / bfloat16 head dims that are not a multiple of 8 run zero-padded to one (the
+    op sees the padded head dim, so the tensor-core kernels take them); float32 is not padded.
+    Forward and autograd against the float64 references, as every case above."""
+    seen = []
+    real = st.attention_op
+
+    def spy(q, *args):
+        seen.append(q.shape[-1])
+        return real(q, *args)
+
+    monkeypatch.setattr(st, "attention_op", spy)
+    flash_attn_case(rng, dtype, (2, 70, 90, 4, 2, hd, True, (30, 0), 0.0), None)
+    assert seen == [hd if dtype == "float32" else hd + (-hd) % 8]
+
+
 def flash_attn_case(rng, dtype, case, alibi) -> None:
     b, lq, lk, H, Hkv, hd, causal, window, cap = case
     q = gpu_tensor(rng, (b, lq, H, hd), dtype, grad=True)

@@ -214,6 +214,25 @@ def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     return y, fin
 
 
+def _pad_head_dim(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v with zero columns appended up to a head dim that is a multiple of 8, where that
+    moves the call onto the tensor cores: float16 / bfloat16 CUDA tensors of 4 dims with one
+    head dim below 256 that is not a multiple of 8 (the tensor-core kernels read rows of whole
+    16-byte vectors; otherwise the CUDA-core kernels run, many times slower). flash-attn pads
+    the same way. The zero columns add exactly 0 to every score and give output columns (and
+    gradient columns, through the pad's backward) that are cut off, so the result is that of
+    the unpadded call up to the kernels' summation order. Anything else is returned as is."""
+    ts = (q, k, v)
+    if not all(isinstance(t, Tensor) and t.is_cuda and t.dim() == 4 for t in ts):
+        return q, k, v
+    hd = q.shape[-1]
+    if (q.dtype not in (torch.float16, torch.bfloat16) or hd % 8 == 0 or hd > 256
+            or any(t.dtype != q.dtype or t.shape[-1] != hd for t in ts)):
+        return q, k, v
+    pad = (0, 8 - hd % 8)
+    return F.pad(q, pad), F.pad(k, pad), F.pad(v, pad)
+
+
 def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
                     softmax_scale: Optional[float] = None, causal: bool = False,
                     window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
@@ -236,8 +255,10 @@ def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
     deterministic. alibi_slopes (nheads,) or (batch, nheads), as flash-attn: the score of
     query i and key j gets -slope |i + Lk - Lq - j| after the softcap (no gradient for the
     slopes). On CUDA, ALiBi runs the general tensor-core kernels (bfloat16 / float16; the
-    Hopper wgmma backward does not take it) or the float32 CUDA-core ones. Not supported:
-    dropout_p > 0.
+    Hopper wgmma backward does not take it) or the float32 CUDA-core ones. bfloat16 / float16
+    head dims that are not a multiple of 8 are zero-padded to one on CUDA (as flash-attn
+    does), so they run on the tensor cores too; out is then a view of the padded result.
+    Not supported: dropout_p > 0.
     """
     if dropout_p != 0.0:
         raise NotImplementedError(f"dropout_p: only 0.0 is supported, got {dropout_p!r}")
@@ -248,9 +269,13 @@ def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
         if not isinstance(t, Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     scale, left, right, cap = scalars(q, softmax_scale, bool(causal), window_size, softcap)
-    out, lse = attention_op(q, k, v, scale, left, right, cap, bool(deterministic),
+    hd = q.shape[-1] if q.dim() >= 1 else 0
+    qp, kp, vp = _pad_head_dim(q, k, v)
+    out, lse = attention_op(qp, kp, vp, scale, left, right, cap, bool(deterministic),
                             alibi_slopes)
     out = out.to(q.dtype)
+    if qp is not q:
+        out = out[..., :hd]
     if not return_attn_probs:
         return out
     # a new tensor (the op's lse is saved for the backward): -inf -> +inf as flash-attn
