@@ -4,11 +4,12 @@
 // bfloat16 / float16 with aligned rows run the tensor-core prefill of attention_mma.cu in its
 // general-mask instantiation (attn_mma_fwd_gen), except causal windows without softcap or ALiBi
 // where swa_attention runs Hopper's wgmma kernel (prefill v4, attention_wgmma.cu): those run
-// that kernel, which writes the lse as well (causal_window_on_wgmma). Everything else - float32 in particular, which
-// keeps exact float32 arithmetic - runs the CUDA-core kernel below (also swa_attention's, through
-// attn_fwd_cuda_core): grid (ceil(Lq/16), H, B), 4 warps of 4 queries; key tiles
-// of 32 keys converted to float32 in shared memory (rows padded to an odd stride); lane j scores
-// key j of the tile, online softmax in base 2, lane c accumulates head dims c, c+32, ...
+// that kernel, which writes the lse as well (causal_window_on_wgmma). Everything else -
+// float32 in particular, which keeps exact float32 arithmetic - runs the CUDA-core kernel below
+// (also swa_attention's, through attn_fwd_cuda_core): grid (ceil(Lq/16), H, B), 4 warps of 4
+// queries; key tiles of 32 keys converted to float32 in shared memory (rows padded to an odd
+// stride); lane j scores key j of the tile, online softmax in base 2, lane c accumulates head
+// dims c, c+32, ...
 #include "attention_bwd_impl.cuh"
 
 #include <string.h>
