@@ -8,13 +8,15 @@ Run from the repository root after an in-place build::
     SAMBA_EXT_CUDA=0 python3 setup.py build_ext --inplace
     python3 benchmarks/cpu_backward.py            # about 1-2 min on 2 cores
     python3 benchmarks/cpu_backward.py --quick    # small shapes, smoke test, writes nothing
+    python3 benchmarks/cpu_backward.py --rounds 6 # more rounds of blocks (a busy shared machine)
 
 The NumPy implementations are float32 and vectorised over everything but the time axis
 of the scan (a Python loop over time, states kept for all steps), use BLAS matmuls for
 attention (full score matrices per head, masked), and allocate like a user call would.
 Each row reports the best wall time over alternating blocks of repeated calls (block_times:
-both sides see the same machine load, neither sees the other's idle threads), the speed-up, and the relative-norm difference of the two results (a check
-that both compute the same gradients). Target (issue #18): C >= 5x NumPy.
+both sides see the same machine load, neither sees the other's idle threads; --rounds blocks
+per side, default 2), the speed-up, and the relative-norm difference of the two results (a
+check that both compute the same gradients). Target (issue #18): C >= 5x NumPy.
 """
 from __future__ import annotations
 
@@ -188,13 +190,13 @@ def attention_pairs(L: int, window: Optional[int]) -> int:
     return sum(min(i + 1, w) for i in range(L))
 
 
-def bench_all(quick: bool) -> list[dict]:
+def bench_all(quick: bool, rounds: int = 2) -> list[dict]:
     rng = np.random.default_rng(0)
     rows = []
     gflops = blas_gflops()
 
     def row(name, shape, c_fn, np_fn, repeats, pick=None):
-        tc, tn = block_times([c_fn, np_fn], repeats)
+        tc, tn = block_times([c_fn, np_fn], repeats, rounds=rounds)
         gc, gn = c_fn(), np_fn()
         if pick is not None:
             gc = pick(gc)
@@ -281,13 +283,14 @@ def bench_all(quick: bool) -> list[dict]:
     return rows
 
 
-def render(info: dict, rows: list[dict], elapsed: float, quick: bool) -> str:
+def render(info: dict, rows: list[dict], elapsed: float, quick: bool, rounds: int = 2) -> str:
+    opts = (" --quick" if quick else "") + (f" --rounds {rounds}" if rounds != 2 else "")
     lines = ["# CPU backward benchmark (samba_ext.grad vs vectorised NumPy)", "",
              f"- date: {info['date']}", f"- git commit: {info['commit']}",
              f"- machine: {info['machine']}",
              f"- Python {info['python']}, NumPy {info['numpy']}; threads: {info['threads']}",
              f"- load average at start (1/5/15 min): {info['load']}",
-             f"- command: `python3 benchmarks/cpu_backward.py{' --quick' if quick else ''}` "
+             f"- command: `python3 benchmarks/cpu_backward.py{opts}` "
              f"({elapsed:.0f} s)", "",
              "| op | shape | C (ms) | NumPy (ms) | speed-up | target | rel. diff | status |",
              "|---|---|---|---|---|---|---|---|"]
@@ -295,7 +298,7 @@ def render(info: dict, rows: list[dict], elapsed: float, quick: bool) -> str:
         lines.append(f"| {r['op']} | {r['shape']} | {r['c_ms']:.2f} | {r['numpy_ms']:.2f} | "
                      f"{r['speedup']:.1f}x | >= {r['target']:.0f}x | {r['rel_diff']:.1e} | "
                      f"{'ok' if r['ok'] else 'below target'} |")
-    lines += ["", "Method: best wall time over two rounds of blocks of consecutive calls per side "
+    lines += ["", f"Method: best wall time over {rounds} rounds of blocks of consecutive calls per side "
               "(2 calls per block for the scan, 3 otherwise; one "
               "warm-up call each; each block starts after an untimed 0.3 s pause; blocks and "
               "pauses keep OpenBLAS's spinning idle threads out of the C calls' timings); float32 on both sides; every call "
@@ -354,13 +357,17 @@ def write_atomic(path: Path, text: str) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small shapes; writes nothing")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="rounds of blocks per row (default 2; more on a busy shared machine)")
     args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error("--rounds: expected an int >= 1")
     info = machine_info()
     print(f"commit {info['commit']}  {info['machine']}  load {info['load']}")
     t0 = time.perf_counter()
-    rows = bench_all(args.quick)
+    rows = bench_all(args.quick, args.rounds)
     elapsed = time.perf_counter() - t0
-    md = render(info, rows, elapsed, args.quick)
+    md = render(info, rows, elapsed, args.quick, args.rounds)
     print()
     print(md)
     if not args.quick:
@@ -368,7 +375,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         write_atomic(res / "cpu_backward.md", md)
         write_atomic(res / "cpu_backward.json",
                      json.dumps(dict(info, elapsed_s=round(elapsed, 1), rows=rows,
-                                     command="python3 benchmarks/cpu_backward.py"),
+                                     command="python3 benchmarks/cpu_backward.py" + (
+                                         f" --rounds {args.rounds}" if args.rounds != 2 else ""),
+                                     rounds=args.rounds),
                                 indent=1) + "\n")
         print(f"wrote {res / 'cpu_backward.md'} and .json")
     return 0

@@ -50,9 +50,10 @@ def interleaved_times(fns: list[Callable[[], object]], repeats: int) -> list[flo
 
 
 def block_times(fns: list[Callable[[], object]], repeats: int,
-                settle: float = 0.3) -> list[float]:
-    """Best seconds of each function over two rounds of blocks: in each round every function
-    runs max(2, ceil(repeats / 2)) times in a row, after one warm-up call each.
+                settle: float = 0.3, rounds: int = 2) -> list[float]:
+    """Best seconds of each function over ``rounds`` rounds of blocks (default two): in each
+    round every function runs max(2, ceil(repeats / 2)) times in a row, after one warm-up call
+    each. More rounds give each side more chances to meet a quiet moment of a shared machine.
 
     Blocks rather than strict alternation: after a NumPy call OpenBLAS's threads spin for a
     while (about 0.1 s) and take the 2 cores from the OpenMP threads of the next C call, which
@@ -64,7 +65,7 @@ def block_times(fns: list[Callable[[], object]], repeats: int,
         fn()
     per = max(2, -(-repeats // 2))
     best = [float("inf")] * len(fns)
-    for _ in range(2):
+    for _ in range(max(1, rounds)):
         for i, fn in enumerate(fns):
             time.sleep(settle)
             for _ in range(per):
