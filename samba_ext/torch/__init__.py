@@ -269,13 +269,12 @@ def flash_attn_func(q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0,
         if not isinstance(t, Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     scale, left, right, cap = scalars(q, softmax_scale, bool(causal), window_size, softcap)
-    hd = q.shape[-1] if q.dim() >= 1 else 0
     qp, kp, vp = _pad_head_dim(q, k, v)
     out, lse = attention_op(qp, kp, vp, scale, left, right, cap, bool(deterministic),
                             alibi_slopes)
     out = out.to(q.dtype)
     if qp is not q:
-        out = out[..., :hd]
+        out = out[..., :q.shape[-1]]
     if not return_attn_probs:
         return out
     # a new tensor (the op's lse is saved for the backward): -inf -> +inf as flash-attn
