@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import ref_small as ref
 from conftest import assert_close
+from ref_grad import swiglu_bwd_ref
 
 from samba_ext import _core
 
@@ -69,6 +70,30 @@ def test_swiglu_every_isa(isa):
                                rtol=RTOL, atol=1e-30)
     y = _core.swiglu(np.float32([np.nan, 1.0, np.inf, -np.inf]), np.float32([1.0, np.nan, 1.0, 0.0]))
     assert np.isnan(y[0]) and np.isnan(y[1]) and y[2] == np.inf and np.isnan(y[3])
+
+
+def test_swiglu_bwd_every_isa(isa):
+    rng = np.random.default_rng()
+    g = (rng.standard_normal(1003) * 6).astype(np.float32)
+    u, dy = rng.standard_normal((2, 1003)).astype(np.float32)
+    dg, du = _core.swiglu_bwd(g, u, dy)
+    want = swiglu_bwd_ref(g, u, dy)
+    assert_close(dg, want["dgate"], RTOL, f"{isa} swiglu_bwd dgate")
+    assert_close(du, want["dup"], RTOL, f"{isa} swiglu_bwd dup")
+    # every gate value where exp under/overflows, pointwise. dgate = s (1 + g (1 - s)) has a
+    # root near g = -1.28 where its two terms cancel, so its bound is relative to their sizes;
+    # dup = silu(g) with silu's absolute floor
+    g = np.linspace(-120, 120, 2401).astype(np.float32)
+    one = np.ones_like(g)
+    dg, du = _core.swiglu_bwd(g, one, one)
+    want = swiglu_bwd_ref(g, one, one)
+    s = 1 / (1 + np.exp(-g.astype(np.float64)))
+    assert np.all(np.abs(dg - want["dgate"]) <= RTOL * s * (1 + np.abs(g) * (1 - s)) + 1e-30)
+    np.testing.assert_allclose(du, want["dup"], rtol=RTOL, atol=1e-30)
+    # NaN anywhere in an element's inputs reaches both of its gradients (dup does not read up)
+    dg, du = _core.swiglu_bwd(np.float32([np.nan, 1.0, 1.0]), np.float32([1.0, np.nan, 1.0]),
+                              np.float32([1.0, 1.0, np.nan]))
+    assert np.isnan(dg).all() and np.isnan(du[[0, 2]]).all() and np.isfinite(du[1])
 
 
 @pytest.mark.parametrize("width", [2, 3, 4])
