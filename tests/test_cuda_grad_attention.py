@@ -175,6 +175,10 @@ CASES = [
     pytest.param(1, 300, 300, 16, 2, 64, True, (127, 0), 0.0, id="gqa8-two-kv-heads"),
     pytest.param(1, 1, 1, 2, 1, 64, True, (-1, -1), 0.0, id="one-token"),
     pytest.param(3, 65, 65, 4, 1, 128, True, (16, 0), 0.0, id="b3-gqa4-small-window"),
+    # only the left side bounded: the backward's grid starts from the last key blocks
+    # (ab_block_of in csrc/cuda/attention_bwd_impl.cuh)
+    pytest.param(2, 300, 300, 16, 2, 64, False, (40, -1), 0.0, id="b2-gqa8-left-only"),
+    pytest.param(2, 200, 260, 6, 3, 128, False, (30, -1), 0.0, id="b2-left-only-hd128-Lq<Lk"),
 ]
 
 

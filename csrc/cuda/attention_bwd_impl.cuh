@@ -41,6 +41,37 @@ __device__ __forceinline__ void atomic_add2(float *a, float x, float y) {
 #endif
 }
 
+// The block order of the tensor-core backward grids: one linear index over (key block,
+// batch, head part), the key blocks slowest, so that the blocks launched first are the key
+// blocks of every head and batch that see the most queries (a key block's work is the number
+// of query tiles that see it). With the key blocks fastest, as a (key block, head, batch) grid
+// runs them, each head's light last blocks came before the next head's heavy first ones and
+// the grid ended on a tail of heavy blocks (a list-scheduling count over 132 SMs,
+// benchmarks/attn_bwd_block_order.py: 1.17-1.28x the even share at 4K keys with a 2048 window,
+// full causal masking or head dim 128, 1.01-1.02x in this order; measured on an H100, the
+// wgmma kernel 8-15% faster there). Where the blocks are many and evenly loaded (16K keys, a
+// 2048 window) the count finds no difference, and this order measured 5% slower: its running
+// blocks span every head part, where the key-fastest order's neighbours share query tiles in L2.
+// Which key blocks are heavy: with the right side bounded (causal) a key sees the queries from
+// its own position on, so the first blocks; with only the left side bounded, the last; with
+// both unbounded every block alike. ny: head parts (kv heads x split x column parts); the
+// launch checks nkb x batch x ny < 2^31.
+struct AbBlock {
+    int64_t kb;  // key block
+    int64_t b;   // batch
+    int y;       // head part, < ny
+};
+__device__ __forceinline__ AbBlock ab_block_of(int64_t id, int ny, int64_t batch, int64_t nkb,
+                                               int64_t left, int64_t right) {
+    AbBlock r;
+    r.y = (int)(id % ny);
+    id /= ny;
+    r.b = id % batch;
+    const int64_t i = id / batch;
+    r.kb = right < 0 && left >= 0 ? nkb - 1 - i : i;
+    return r;
+}
+
 // Size and scalar checks of samba_cu_attn_fwd_lse / samba_cu_attn_bwd (message names `what`).
 samba_status attn_ext_check(const char *what, const samba_cu_attn_ext_args *a);
 // The tensor-core prefill's view of the arguments (q, k, v, out, strides; no window).

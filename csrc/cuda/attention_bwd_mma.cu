@@ -77,7 +77,8 @@ __device__ __forceinline__ void load_rows(T *s, const T *g, int64_t rs, int64_t 
 }
 
 // DET: the deterministic mode (grid.x = ws.dq_slices, a loop over key tiles, dq into slice
-// blockIdx.x); else one key tile per block and one shared dq accumulator
+// blockIdx.x); else one key tile per block (a linear grid, ab_block_of) and one shared dq
+// accumulator
 template <typename T, class C, bool DET>
 __global__ void __launch_bounds__(C::THREADS)
 attn_bwd_mma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
@@ -90,12 +91,19 @@ attn_bwd_mma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     float *sL = reinterpret_cast<float *>(sS + C::BN * C::LDS);  // [2][BM] lse * log2 e
     float *sD = sL + 2 * C::BM;                                  // [2][BM] Delta
 
-    int yb = blockIdx.y;
+    // DET: (slice, head part, batch) from the grid's three axes; else one linear index,
+    // heaviest key blocks first (ab_block_of)
+    const int64_t nkb = (p.seqlen_k + C::BN - 1) / C::BN;
+    const AbBlock blk =
+        DET ? AbBlock{(int64_t)blockIdx.x, (int64_t)blockIdx.z, (int)blockIdx.y}
+            : ab_block_of(blockIdx.x, (int)(p.nheads_kv * gsplit * C::NDS), p.batch, nkb,
+                          p.window_left, p.window_right);
+    int yb = blk.y;
     const int dsi = yb % C::NDS;
     yb /= C::NDS;
     const int hs = yb % gsplit;
     const int64_t hk = yb / gsplit;
-    const int64_t b = blockIdx.z;
+    const int64_t b = blk.b;
     const int64_t H = p.nheads, G = H / p.nheads_kv, hpb = G / gsplit;
     const int64_t h_first = hk * G + hs * hpb;
     const int64_t Lq = p.seqlen_q, Lk = p.seqlen_k, off = Lk - Lq;
@@ -105,16 +113,15 @@ attn_bwd_mma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     const int dcol0 = dsi * C::DO;
     const int64_t left = p.window_left, right = p.window_right;
 
-    // Key tiles: kb = blockIdx.x only (grid.x = the number of key tiles), or in the
+    // Key tiles: the block's one key tile (blk.kb, heaviest first over the grid), or in the
     // deterministic mode (grid.x = S slices <= the number of key tiles) kb = blockIdx.x, + S,
     // + 2S, ... in increasing order. Within a pass each dq element of the slice gets one
     // addition, from one thread; passes are separated by the barrier below, so a slice sums
     // its key tiles in a fixed order.
-    const int nkb = (int)((Lk + C::BN - 1) / C::BN);
-    for (int kb = (int)blockIdx.x; !DET || kb < nkb; kb += (int)gridDim.x) {
+    for (int64_t kb = blk.kb; !DET || kb < nkb; kb += (int64_t)gridDim.x) {
         // the previous pass's dQ jobs have finished reading sK and sS (its cp.async were drained)
         if (DET) __syncthreads();
-        const int64_t k0 = (DET ? (int64_t)kb : (int64_t)blockIdx.x) * C::BN;
+        const int64_t k0 = kb * C::BN;
         const int64_t kend = k0 + C::BN < Lk ? k0 + C::BN : Lk;  // exclusive
 
         // the queries that see a key of [k0, kend): [qlo, qhi]
@@ -339,9 +346,13 @@ samba_status launch_det(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, 
     cudaError_t e = cudaFuncSetAttribute(attn_bwd_mma_kernel<T, C, DET>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
     if (e != cudaSuccess) return samba_cu_fail("attention_bwd (shared memory opt-in)", e);
-    // one block per key tile, or per dq slice (deterministic; each loops over its key tiles)
+    // one block per dq slice (deterministic; each loops over its key tiles), or per key tile
+    // in one linear grid, heaviest key blocks first (ab_block_of)
     const int64_t nx = DET ? (ws->dq_slices < nkb ? ws->dq_slices : nkb) : nkb;
-    dim3 grid((unsigned)nx, (unsigned)ny, (unsigned)a->batch);
+    if (!DET && nkb * ny * a->batch > 0x7fffffffLL)
+        return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "attention_bwd: too many key blocks or heads");
+    const dim3 grid = DET ? dim3((unsigned)nx, (unsigned)ny, (unsigned)a->batch)
+                          : dim3((unsigned)(nkb * ny * a->batch));
     attn_bwd_mma_kernel<T, C, DET><<<grid, C::THREADS, C::SMEM, st>>>(*a, *ws, split);
     return samba_cu_check_launch("attention_bwd", st);
 }

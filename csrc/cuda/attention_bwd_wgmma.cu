@@ -120,9 +120,12 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     float *const sL = reinterpret_cast<float *>(sm + (sS + C::NDS * C::NWG * C::DS_BYTES - sK));
     float *const sD = sL + 2 * C::BM;
 
-    const int hs = (int)(blockIdx.y % (unsigned)gsplit);
-    const int64_t hk = blockIdx.y / (unsigned)gsplit;
-    const int64_t b = blockIdx.z;
+    const int64_t nkb = ((int64_t)p.seqlen_k + C::BN - 1) / C::BN;
+    const AbBlock blk = ab_block_of(blockIdx.x, (int)(p.nheads_kv * gsplit), p.batch, nkb,
+                                    p.window_left, p.window_right);
+    const int hs = blk.y % gsplit;
+    const int64_t hk = blk.y / gsplit;
+    const int64_t b = blk.b;
     const int64_t H = p.nheads, G = H / p.nheads_kv, hpb = G / gsplit;
     const int64_t h_first = hk * G + hs * hpb;
     const int Lq = (int)p.seqlen_q, Lk = (int)p.seqlen_k, off = Lk - Lq;
@@ -137,7 +140,7 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     const int left = p.window_left < 0 ? -1 : (int)(p.window_left < (1 << 30) ? p.window_left : (1 << 30));
     const int right = p.window_right < 0 ? -1 : (int)(p.window_right < (1 << 30) ? p.window_right : (1 << 30));
 
-    const int k0 = (int)blockIdx.x * C::BN;
+    const int k0 = (int)blk.kb * C::BN;
     const int kend = k0 + C::BN < Lk ? k0 + C::BN : Lk;  // exclusive
     const int kw0 = k0 + 64 * wg;                         // this warpgroup's first key
     const uint32_t sKw = sK + wg * 64 * 128, sVw = sV + wg * 64 * 128;  // its rows of K, V
@@ -455,13 +458,15 @@ samba_status launch(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int 
                     cudaStream_t st) {
     const int64_t nkb = cdiv(a->seqlen_k, C::BN);
     const int64_t ny = a->nheads_kv * split;
-    if (nkb > 0x7fffffffLL || ny > 65535 || a->batch > 65535)
+    // one linear grid, heaviest key blocks first (ab_block_of)
+    if (nkb > 0x7fffffffLL || ny > 65535 || a->batch > 65535 ||
+        nkb * ny * a->batch > 0x7fffffffLL)
         return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "attention_bwd: too many key blocks or heads");
     cudaError_t e = cudaFuncSetAttribute(attn_bwd_wgmma_kernel<T, C>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
     if (e != cudaSuccess) return samba_cu_fail("attention_bwd (shared memory opt-in)", e);
-    dim3 grid((unsigned)nkb, (unsigned)ny, (unsigned)a->batch);
-    attn_bwd_wgmma_kernel<T, C><<<grid, C::THREADS, C::SMEM, st>>>(*a, *ws, split);
+    attn_bwd_wgmma_kernel<T, C><<<(unsigned)(nkb * ny * a->batch), C::THREADS, C::SMEM, st>>>(
+        *a, *ws, split);
     return samba_cu_check_launch("attention_bwd (wgmma)", st);
 }
 

@@ -1,0 +1,80 @@
+"""The attention backward's grid order in a list-scheduling count (no GPU needed).
+
+A block of the tensor-core backward owns one key block (128 keys) of one head part and walks the
+query tiles (64 rows) that see one of its keys, for the query heads of its part; its cost is
+taken as that tile count times the part's query heads, plus one tile (its K / V loads and dK / dV
+stores). Blocks start in launch order on the first free slot of
+`--slots` (132 SMs x 1 resident block for the two-warpgroup wgmma kernel). The makespan of two
+orders is compared with the even share (total work / slots):
+  keys-fastest: the grid (key block, head part, batch) with the key blocks fastest;
+  keys-slowest: one linear index with the key blocks slowest, the heaviest first
+                (csrc/cuda/attention_bwd_impl.cuh, ab_block_of).
+The kernels run the second order. The count leaves out memory: at 16K keys, where it finds the
+orders alike, the second measured 5% slower on an H100 (its running blocks span every head part,
+so they share fewer query tiles in L2); benchmarks/results/gpu_backward_attention.md.
+The cases are benchmarks/gpu_backward_attention.py's (the GQA split as the default picks it).
+
+Usage: python3 benchmarks/attn_bwd_block_order.py [--slots N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+
+BN, BM = 128, 64
+
+
+def tiles(L: int, window: int | None, kb: int) -> int:
+    """Query tiles that see a key of key block kb (causal; window None = full causal)."""
+    k0, kend = kb * BN, min(L, kb * BN + BN)
+    qhi = L - 1 if window is None else min(L - 1, kend - 1 + window - 1)
+    return (qhi - k0 + BM) // BM
+
+
+def makespan(work: list[int], slots: int) -> int:
+    free = [0] * slots
+    end = 0
+    for w in work:
+        t = heapq.heappop(free) + w
+        end = max(end, t)
+        heapq.heappush(free, t)
+    return end
+
+
+def split_of(L: int, hkv: int, group: int, slots: int) -> int:
+    """The default group split: the smallest divisor giving ~3 blocks per SM (attention_bwd_mma.cu)."""
+    base = -(-L // BN) * hkv
+    for s in range(1, group):
+        if group % s == 0 and base * s >= 3 * slots:
+            return s
+    return group
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--slots", type=int, default=132, help="resident blocks on the device")
+    args = ap.parse_args()
+    cases = [("swa L=4K W=2048 (32,4,d64)", 4096, 2048, 32, 4),
+             ("swa L=16K W=2048 (32,4,d64)", 16384, 2048, 32, 4),
+             ("causal L=4K (32,4,d64)", 4096, None, 32, 4),
+             ("swa L=4K W=2048 (12,12,d128)", 4096, 2048, 12, 12)]
+    print(f"slots {args.slots}; block work = query tiles x query heads per block\n")
+    print("| case | blocks | even share | keys fastest | keys slowest, heaviest first |")
+    print("|---|---|---|---|---|")
+    for name, L, W, H, hkv in cases:
+        group = H // hkv
+        split = split_of(L, hkv, group, args.slots)
+        ny, per = hkv * split, group // split
+        nkb = -(-L // BN)
+        work = [tiles(L, W, kb) * per + 1 for kb in range(nkb)]
+        fast = [work[kb] for _ in range(ny) for kb in range(nkb)]
+        slow = [work[kb] for kb in range(nkb) for _ in range(ny)]
+        even = sum(fast) / args.slots
+        a, b = makespan(fast, args.slots), makespan(slow, args.slots)
+        print(f"| {name} | {len(fast)} | {even:.1f} | {a} ({a / even:.2f}x) | "
+              f"{b} ({b / even:.2f}x) |")
+
+
+if __name__ == "__main__":
+    main()
