@@ -21,7 +21,7 @@
  *   scalar / auto-vectorised  samba_exp2f, samba_expf, samba_siluf, samba_softplusf, samba_sel
  *   GCC vector extension      samba_v4 type: samba_v4_exp2, samba_v4_max, ...
  *   AVX2                      samba_v256_exp2
- *   AVX-512                   samba_v512_exp2, _exp, _recip, _softplus, _silu
+ *   AVX-512                   samba_v512_exp2, _exp, _recip, _softplus, _sigmoid, _silu
  *
  * Every exponential is 2^t = 2^round(t) * P(t - round(t)) with the one degree-6 polynomial P of
  * SAMBA_EXP2_P1..P6 on [-1/2, 1/2] (relative error 1.9e-9 in exact arithmetic, about 1e-7 after
@@ -395,14 +395,21 @@ samba_v512_softplus(__m512 x)
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(20.0f), _CMP_GT_OQ), r, x);
 }
 
-/* silu, as samba_siluf */
+/* sigmoid as in samba_siluf: s = 1 / (1 + e^-|x|), and e^-|x| s for negative x */
 SAMBA_V512 __m512
-samba_v512_silu(__m512 x)
+samba_v512_sigmoid(__m512 x)
 {
     const __m512 e = samba_v512_exp(samba_v512_negabs(x));
     const __m512 s = samba_v512_recip(_mm512_add_ps(_mm512_set1_ps(1.0f), e));
     const __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
-    return _mm512_mul_ps(x, _mm512_mask_mul_ps(s, neg, s, e));
+    return _mm512_mask_mul_ps(s, neg, s, e);
+}
+
+/* silu, as samba_siluf */
+SAMBA_V512 __m512
+samba_v512_silu(__m512 x)
+{
+    return _mm512_mul_ps(x, samba_v512_sigmoid(x));
 }
 
 /* -inf lanes to 0 */

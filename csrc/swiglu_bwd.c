@@ -44,8 +44,8 @@ gbwd_avx2(int64_t i0, int64_t i1, const float *g, const float *u, const float *d
 }
 
 /* Written out with intrinsics: the vectorised body divides (vdivps, 10-16 cycles a vector on
- * Intel cores), here 1 / (1 + e) is rcp14 with one Newton step (samba_v512_recip); the same
- * sigmoid as samba_siluf, NaN and infinities as the body. Remainder lanes masked. */
+ * Intel cores), samba_v512_sigmoid takes 1 / (1 + e) as rcp14 with one Newton step; NaN and
+ * infinities as the body. Remainder lanes masked. */
 SAMBA_TARGET_AVX512 static void
 gbwd_avx512(int64_t i0, int64_t i1, const float *g, const float *u, const float *dy, float *dg,
             float *du)
@@ -57,10 +57,7 @@ gbwd_avx512(int64_t i0, int64_t i1, const float *g, const float *u, const float 
         const __m512 x = _mm512_maskz_loadu_ps(m, g + i);
         const __m512 d = _mm512_maskz_loadu_ps(m, dy + i);
         const __m512 up = _mm512_maskz_loadu_ps(m, u + i);
-        const __m512 e = samba_v512_exp(samba_v512_negabs(x));
-        const __m512 r = samba_v512_recip(_mm512_add_ps(one, e));
-        const __mmask16 neg = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
-        const __m512 sg = _mm512_mask_mul_ps(r, neg, r, e);
+        const __m512 sg = samba_v512_sigmoid(x);
         const __m512 dsg = _mm512_mul_ps(d, sg);
         /* dgate = dy up sg (1 + x (1 - sg)), dup = dy x sg */
         const __m512 t = _mm512_fmadd_ps(x, _mm512_sub_ps(one, sg), one);
