@@ -3,7 +3,7 @@
 
 Usage (on a machine with a CUDA GPU, torch installed, samba_ext built with CUDA):
     python3 benchmarks/gpu_backward_attention.py [--out DIR] [--no-flex] [--reps N] [--commit SHA]
-        [--variants mma,wgmma,wgmma2] [--trace] [--queued N]
+        [--variants mma,wgmma,wgmma2,wgmma2-keys,wgmma2-heavy] [--trace] [--queued N]
 
 Cases: bf16, batch 1, 32 query heads, 4 kv heads, head dim 64: sliding window W = 2048 at
 L = 4K and 16K, full causal at 4K; and 12 heads of dim 128 (no GQA) with W = 2048 at 4K.
@@ -11,7 +11,8 @@ Variants of samba_ext's tensor-core backward, timed in interleaved rounds (media
 "mma" (attention_bwd_mma.cu), "wgmma" and "wgmma2" (attention_bwd_wgmma.cu, sm_90a, one or two
 warpgroups per block: SAMBA_EXT_ATTN_BWD_WGMMA_WG; selected with SAMBA_EXT_ATTN_BWD_WGMMA=require,
 so a call it cannot run fails instead of timing the other kernel; a variant that fails is
-reported and left out). The fastest is the samba_ext column.
+reported and left out); "wgmma2-keys" and "wgmma2-heavy": wgmma2 with its block order forced
+(SAMBA_EXT_ATTN_BWD_ORDER; the others pick it per call). The fastest is the samba_ext column.
 Only the backward is timed: samba_ext's from the out / lse of its own forward
 (grad.attention_fwd), the peers' as torch.autograd.grad of a forward kept alive (retain_graph).
 SDPA: the flash backend with is_causal=True for the causal case; for the sliding window (which
@@ -124,9 +125,13 @@ def sdpa_backward(q, k, v, do, L: int, W: int | None, H: int, Hkv: int):
     return run, lambda g: [x.transpose(1, 2) for x in g], name
 
 
-# the settings of each variant: SAMBA_EXT_ATTN_BWD_WGMMA, SAMBA_EXT_ATTN_BWD_WGMMA_WG
-VARIANT_ENV = {"mma": ("0", "1"), "wgmma": ("require", "1"), "wgmma2": ("require", "2")}
-KNOBS = ("SAMBA_EXT_ATTN_BWD_WGMMA", "SAMBA_EXT_ATTN_BWD_WGMMA_WG")
+# the settings of each variant: SAMBA_EXT_ATTN_BWD_WGMMA, SAMBA_EXT_ATTN_BWD_WGMMA_WG and
+# SAMBA_EXT_ATTN_BWD_ORDER (None: unset, the block order picked per call; the last two variants
+# force one order for an A/B of the pick)
+VARIANT_ENV = {"mma": ("0", "1", None), "wgmma": ("require", "1", None),
+               "wgmma2": ("require", "2", None), "wgmma2-keys": ("require", "2", "keys"),
+               "wgmma2-heavy": ("require", "2", "heavy")}
+KNOBS = ("SAMBA_EXT_ATTN_BWD_WGMMA", "SAMBA_EXT_ATTN_BWD_WGMMA_WG", "SAMBA_EXT_ATTN_BWD_ORDER")
 
 
 def select_variant(name: str | None) -> None:
@@ -346,7 +351,8 @@ def main() -> int:
     ap.add_argument("--commit", default=os.environ.get("GIT_COMMIT"))
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--variants", default="mma,wgmma,wgmma2",
-                    help="samba_ext kernels to time, comma-separated: mma, wgmma, wgmma2")
+                    help="samba_ext kernels to time, comma-separated: mma, wgmma, wgmma2, "
+                         "wgmma2-keys, wgmma2-heavy")
     ap.add_argument("--trace", action="store_true",
                     help="record each kernel's device time (torch.profiler) as well")
     ap.add_argument("--queued", type=int, default=0, metavar="N",

@@ -32,7 +32,8 @@ def test_typo_is_refused_naming_the_variable(monkeypatch, name):
 # refused before the first call
 C_KNOBS = {"csrc/cuda/scan.cu": ("SAMBA_EXT_SCAN_VARIANT",), "csrc/cuda/gemm.cu": ("SAMBA_EXT_GEMM",),
            "csrc/cuda/scan_bwd.cu": ("SAMBA_EXT_SCAN_BWD_VARIANT", "SAMBA_EXT_SCAN_BWD_OCC"),
-           "csrc/cuda/gemv.cu": ("SAMBA_EXT_GEMV", "SAMBA_EXT_GEMV_ROWS", "SAMBA_EXT_GEMV_FUSE")}
+           "csrc/cuda/gemv.cu": ("SAMBA_EXT_GEMV", "SAMBA_EXT_GEMV_ROWS", "SAMBA_EXT_GEMV_FUSE"),
+           "csrc/cuda/attention_bwd_order.cu": ("SAMBA_EXT_ATTN_BWD_ORDER",)}
 
 
 @pytest.mark.parametrize("path", sorted(C_KNOBS))

@@ -200,6 +200,30 @@ def test_mma_against_reference(poison, rng, monkeypatch, dtype, B, Lq, Lk, H, Hk
     against_reference(rng, dtype, B, Lq, Lk, H, Hkv, hd, causal, ws, cap)
 
 
+ORDER_CASES = [
+    # B, Lq, Lk, H, Hkv, hd, causal, window_size, softcap: a causal window, only the left side
+    # bounded (heaviest-first starts from the last key blocks), two-sided, full non-causal
+    pytest.param(2, 300, 300, 16, 2, 64, True, (100, 0), 0.0, id="b2-gqa8-causal-window"),
+    pytest.param(2, 200, 260, 6, 3, 128, False, (30, -1), 0.0, id="b2-left-only-hd128-Lq<Lk"),
+    pytest.param(3, 150, 170, 4, 2, 96, False, (20, 35), 0.0, id="b3-two-sided-hd96"),
+    pytest.param(1, 130, 130, 4, 4, 64, False, (-1, -1), 0.0, id="noncausal"),
+]
+
+
+@cuda
+@pytest.mark.parametrize("wgmma", ["1", "0"])
+@pytest.mark.parametrize("order", ["keys", "heavy"])
+@pytest.mark.parametrize("B,Lq,Lk,H,Hkv,hd,causal,ws,cap", ORDER_CASES)
+def test_block_orders_against_reference(poison, rng, monkeypatch, wgmma, order, B, Lq, Lk, H, Hkv,
+                                        hd, causal, ws, cap):
+    # both block orders of the tensor-core backward grids (ab_block_of, attention_bwd_impl.cuh),
+    # which the launch picks per shape (these small grids would all get keys-fastest), forced
+    # with SAMBA_EXT_ATTN_BWD_ORDER; wgmma "1" is the default kernel on sm_90, "0" mma.sync
+    monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_WGMMA", wgmma)
+    monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_ORDER", order)
+    against_reference(rng, "bfloat16", B, Lq, Lk, H, Hkv, hd, causal, ws, cap)
+
+
 def against_reference(rng, dtype, B, Lq, Lk, H, Hkv, hd, causal, ws, cap) -> None:
     """Forward (out, lse) and backward of one case against the float64 references."""
     (q, gq), (k, gk), (v, gv), (do, gdo) = (rdev(rng.standard_normal(s), dtype) for s in (

@@ -62,21 +62,25 @@ def test_render_run_with_variants():
     assert len(_cells(md[head + 1])) == len(names)
 
 
-@pytest.mark.parametrize("name,settings", [("mma", ("0", "1")), ("wgmma", ("require", "1")),
-                                           ("wgmma2", ("require", "2"))])
+@pytest.mark.parametrize("name,settings", [
+    ("mma", ("0", "1", None)), ("wgmma", ("require", "1", None)),
+    ("wgmma2", ("require", "2", None)), ("wgmma2-keys", ("require", "2", "keys")),
+    ("wgmma2-heavy", ("require", "2", "heavy"))])
 def test_variant_selects_the_kernel_settings(monkeypatch, name, settings):
     # each variant sets SAMBA_EXT_ATTN_BWD_WGMMA ("require": a call the wgmma kernel cannot run
-    # fails rather than timing the other kernel) and _WG (warpgroups per block); None restores
-    # what was there before, unset knobs included
-    monkeypatch.setattr(gba, "_ENV_BEFORE", ("1", None))
+    # fails rather than timing the other kernel), _WG (warpgroups per block) and _ORDER (the
+    # block order; unset: picked per call); None restores what was there before, unset knobs
+    # included
+    monkeypatch.setattr(gba, "_ENV_BEFORE", ("1", None, "heavy"))
     monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_WGMMA", "1")
     monkeypatch.delenv("SAMBA_EXT_ATTN_BWD_WGMMA_WG", raising=False)
+    monkeypatch.setenv("SAMBA_EXT_ATTN_BWD_ORDER", "heavy")
     gba.select_variant(name)
-    assert (os.environ["SAMBA_EXT_ATTN_BWD_WGMMA"], os.environ["SAMBA_EXT_ATTN_BWD_WGMMA_WG"]) \
-        == settings
+    assert tuple(os.environ.get(k) for k in gba.KNOBS) == settings
     gba.select_variant(None)
     assert os.environ["SAMBA_EXT_ATTN_BWD_WGMMA"] == "1"
     assert "SAMBA_EXT_ATTN_BWD_WGMMA_WG" not in os.environ
+    assert os.environ["SAMBA_EXT_ATTN_BWD_ORDER"] == "heavy"
 
 
 def test_command_line_leaves_out_the_output_folder():

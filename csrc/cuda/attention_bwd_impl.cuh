@@ -41,29 +41,38 @@ __device__ __forceinline__ void atomic_add2(float *a, float x, float y) {
 #endif
 }
 
-// The block order of the tensor-core backward grids: one linear index over (key block,
-// batch, head part), the key blocks slowest, so that the blocks launched first are the key
-// blocks of every head and batch that see the most queries (a key block's work is the number
-// of query tiles that see it). With the key blocks fastest, as a (key block, head, batch) grid
-// runs them, each head's light last blocks came before the next head's heavy first ones and
-// the grid ended on a tail of heavy blocks (a list-scheduling count over 132 SMs,
-// benchmarks/attn_bwd_block_order.py: 1.17-1.28x the even share at 4K keys with a 2048 window,
-// full causal masking or head dim 128, 1.01-1.02x in this order; measured on an H100, the
-// wgmma kernel 8-15% faster there). Where the blocks are many and evenly loaded (16K keys, a
-// 2048 window) the count finds no difference, and this order measured 5% slower: its running
-// blocks span every head part, where the key-fastest order's neighbours share query tiles in L2.
-// Which key blocks are heavy: with the right side bounded (causal) a key sees the queries from
-// its own position on, so the first blocks; with only the left side bounded, the last; with
-// both unbounded every block alike. ny: head parts (kv heads x split x column parts); the
-// launch checks nkb x batch x ny < 2^31.
+// The block order of the tensor-core backward grids: one linear index over (key block, head
+// part, batch), in one of two orders, picked per call on the host (ab_pick_order). A block's work
+// is the number of query tiles that see its key block, times the query heads of its part.
+//   AB_KEYS_FASTEST (0): the key blocks fastest, then head parts, then batch (a (key block,
+//     head part, batch) grid). Neighbouring blocks share the query tiles of one head part in L2;
+//     but each part's light key blocks come before the next part's heavy ones, so where the work
+//     per key block varies (windows near L, full causal masking) the grid can end on a tail of
+//     heavy blocks.
+//   AB_HEAVY_FIRST (1): the key blocks slowest, the heaviest first, for every head part and
+//     batch at once: with the right side bounded (causal) a key sees the queries from its own
+//     position on, so the first key blocks are the heaviest; with only the left side bounded,
+//     the last; with both unbounded every block alike.
+// On an H100 heaviest-first took 8-15% off the wgmma kernel at 4K keys with a 2048 window, full
+// causal masking or head dim 128, and was 5% slower at 16K keys with a 2048 window, where the
+// blocks are many and evenly loaded (benchmarks/results/gpu_backward_attention.md). ny: head
+// parts (kv heads x split x column parts); the launch checks nkb x batch x ny < 2^31.
+enum { AB_KEYS_FASTEST = 0, AB_HEAVY_FIRST = 1 };
 struct AbBlock {
     int64_t kb;  // key block
     int64_t b;   // batch
     int y;       // head part, < ny
 };
-__device__ __forceinline__ AbBlock ab_block_of(int64_t id, int ny, int64_t batch, int64_t nkb,
-                                               int64_t left, int64_t right) {
+__device__ __forceinline__ AbBlock ab_block_of(int64_t id, int order, int ny, int64_t batch,
+                                               int64_t nkb, int64_t left, int64_t right) {
     AbBlock r;
+    if (order == AB_KEYS_FASTEST) {
+        r.kb = id % nkb;
+        id /= nkb;
+        r.y = (int)(id % ny);
+        r.b = id / ny;
+        return r;
+    }
     r.y = (int)(id % ny);
     id /= ny;
     r.b = id % batch;
@@ -71,6 +80,15 @@ __device__ __forceinline__ AbBlock ab_block_of(int64_t id, int ny, int64_t batch
     r.kb = right < 0 && left >= 0 ? nkb - 1 - i : i;
     return r;
 }
+
+// The order of one launch (host): the two orders' ends in a list-scheduling count of the grid's
+// blocks on `slots` resident blocks (multiprocessors x blocks per multiprocessor), a block's work
+// (query tiles of bm rows that see its bn keys) x hpb + 1; heaviest-first where it ends more than
+// 3% sooner, else keys-fastest (also for a grid of one wave or of more than 2^16 blocks, where
+// the tail is short). SAMBA_EXT_ATTN_BWD_ORDER=keys / heavy forces one (tests, benchmarks).
+// benchmarks/attn_bwd_block_order.py prints the same count for the benchmark's cases.
+int ab_pick_order(const samba_cu_attn_ext_args *a, int bn, int bm, int64_t ny, int64_t hpb,
+                  int64_t slots);
 
 // Size and scalar checks of samba_cu_attn_fwd_lse / samba_cu_attn_bwd (message names `what`).
 samba_status attn_ext_check(const char *what, const samba_cu_attn_ext_args *a);

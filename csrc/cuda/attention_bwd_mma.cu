@@ -81,7 +81,7 @@ __device__ __forceinline__ void load_rows(T *s, const T *g, int64_t rs, int64_t 
 // accumulator
 template <typename T, class C, bool DET>
 __global__ void __launch_bounds__(C::THREADS)
-attn_bwd_mma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
+attn_bwd_mma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit, int order) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T *sK = reinterpret_cast<T *>(smem_raw);  // [BN][LD]
     T *sV = sK + C::BN * C::LD;               // [BN][LD]
@@ -91,12 +91,12 @@ attn_bwd_mma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     float *sL = reinterpret_cast<float *>(sS + C::BN * C::LDS);  // [2][BM] lse * log2 e
     float *sD = sL + 2 * C::BM;                                  // [2][BM] Delta
 
-    // DET: (slice, head part, batch) from the grid's three axes; else one linear index,
-    // heaviest key blocks first (ab_block_of)
+    // DET: (slice, head part, batch) from the grid's three axes; else one linear index in the
+    // launch's order (ab_block_of)
     const int64_t nkb = (p.seqlen_k + C::BN - 1) / C::BN;
     const AbBlock blk =
         DET ? AbBlock{(int64_t)blockIdx.x, (int64_t)blockIdx.z, (int)blockIdx.y}
-            : ab_block_of(blockIdx.x, (int)(p.nheads_kv * gsplit * C::NDS), p.batch, nkb,
+            : ab_block_of(blockIdx.x, order, (int)(p.nheads_kv * gsplit * C::NDS), p.batch, nkb,
                           p.window_left, p.window_right);
     int yb = blk.y;
     const int dsi = yb % C::NDS;
@@ -113,7 +113,7 @@ attn_bwd_mma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     const int dcol0 = dsi * C::DO;
     const int64_t left = p.window_left, right = p.window_right;
 
-    // Key tiles: the block's one key tile (blk.kb, heaviest first over the grid), or in the
+    // Key tiles: the block's one key tile (blk.kb), or in the
     // deterministic mode (grid.x = S slices <= the number of key tiles) kb = blockIdx.x, + S,
     // + 2S, ... in increasing order. Within a pass each dq element of the slice gets one
     // addition, from one thread; passes are separated by the barrier below, so a slice sums
@@ -341,19 +341,32 @@ samba_status launch_det(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, 
                         cudaStream_t st) {
     const int64_t nkb = cdiv(a->seqlen_k, C::BN);
     const int64_t ny = a->nheads_kv * split * C::NDS;
-    if (nkb > 0x7fffffffLL || ny > 65535)
-        return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "attention_bwd: too many key blocks or heads");
-    cudaError_t e = cudaFuncSetAttribute(attn_bwd_mma_kernel<T, C, DET>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
-    if (e != cudaSuccess) return samba_cu_fail("attention_bwd (shared memory opt-in)", e);
-    // one block per dq slice (deterministic; each loops over its key tiles), or per key tile
-    // in one linear grid, heaviest key blocks first (ab_block_of)
+    // one block per dq slice (deterministic; a (slice, head part, batch) grid, each block looping
+    // over its key tiles), or per key tile in one linear grid, in the order ab_pick_order takes
+    // for this shape (ab_block_of)
     const int64_t nx = DET ? (ws->dq_slices < nkb ? ws->dq_slices : nkb) : nkb;
-    if (!DET && nkb * ny * a->batch > 0x7fffffffLL)
+    if (DET ? nx > 0x7fffffffLL || ny > 65535 || a->batch > 65535
+            : nkb * ny * a->batch > 0x7fffffffLL)
         return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "attention_bwd: too many key blocks or heads");
+    const auto kernel = attn_bwd_mma_kernel<T, C, DET>;
+    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)C::SMEM);
+    if (e != cudaSuccess) return samba_cu_fail("attention_bwd (shared memory opt-in)", e);
+    int order = AB_KEYS_FASTEST;
+    if (!DET) {
+        static int per_sm = 0;  // resident blocks per multiprocessor (only sizes the count)
+        if (per_sm == 0 && (cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                                &per_sm, kernel, C::THREADS, C::SMEM) != cudaSuccess ||
+                            per_sm < 1)) {
+            cudaGetLastError();
+            per_sm = 1;
+        }
+        order = ab_pick_order(a, C::BN, C::BM, ny, a->nheads / a->nheads_kv / split,
+                              (int64_t)samba_sm_count() * per_sm);
+    }
     const dim3 grid = DET ? dim3((unsigned)nx, (unsigned)ny, (unsigned)a->batch)
                           : dim3((unsigned)(nkb * ny * a->batch));
-    attn_bwd_mma_kernel<T, C, DET><<<grid, C::THREADS, C::SMEM, st>>>(*a, *ws, split);
+    kernel<<<grid, C::THREADS, C::SMEM, st>>>(*a, *ws, split, order);
     return samba_cu_check_launch("attention_bwd", st);
 }
 

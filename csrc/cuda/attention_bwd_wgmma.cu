@@ -106,7 +106,7 @@ using WB128x2 = WBCfg<128, 2, 1>; // 162 KB (dS double-buffered)
 
 template <typename T, class C>
 __global__ void __launch_bounds__(C::THREADS, C::MINB)
-attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
+attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit, int order) {
     extern __shared__ __align__(1024) unsigned char smem_raw[];
     // K, V, Q [2], dO [2], dS [NWG]: swizzled tiles (wgmma_tile.cuh), 1024-byte aligned; then
     // lse * log2 e [2][BM] and Delta [2][BM]
@@ -121,7 +121,7 @@ attn_bwd_wgmma_kernel(samba_cu_attn_ext_args p, attn_bwd_ws ws, int gsplit) {
     float *const sD = sL + 2 * C::BM;
 
     const int64_t nkb = ((int64_t)p.seqlen_k + C::BN - 1) / C::BN;
-    const AbBlock blk = ab_block_of(blockIdx.x, (int)(p.nheads_kv * gsplit), p.batch, nkb,
+    const AbBlock blk = ab_block_of(blockIdx.x, order, (int)(p.nheads_kv * gsplit), p.batch, nkb,
                                     p.window_left, p.window_right);
     const int hs = blk.y % gsplit;
     const int64_t hk = blk.y / gsplit;
@@ -458,15 +458,16 @@ samba_status launch(const samba_cu_attn_ext_args *a, const attn_bwd_ws *ws, int 
                     cudaStream_t st) {
     const int64_t nkb = cdiv(a->seqlen_k, C::BN);
     const int64_t ny = a->nheads_kv * split;
-    // one linear grid, heaviest key blocks first (ab_block_of)
-    if (nkb > 0x7fffffffLL || ny > 65535 || a->batch > 65535 ||
-        nkb * ny * a->batch > 0x7fffffffLL)
+    // one linear grid in the order ab_pick_order takes for this shape (ab_block_of)
+    if (nkb * ny * a->batch > 0x7fffffffLL)
         return samba_cu_fail_msg(SAMBA_ERR_UNSUPPORTED, "attention_bwd: too many key blocks or heads");
     cudaError_t e = cudaFuncSetAttribute(attn_bwd_wgmma_kernel<T, C>,
                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)C::SMEM);
     if (e != cudaSuccess) return samba_cu_fail("attention_bwd (shared memory opt-in)", e);
+    const int order = ab_pick_order(a, C::BN, C::BM, ny, a->nheads / a->nheads_kv / split,
+                                    (int64_t)samba_sm_count() * C::MINB);
     attn_bwd_wgmma_kernel<T, C><<<(unsigned)(nkb * ny * a->batch), C::THREADS, C::SMEM, st>>>(
-        *a, *ws, split);
+        *a, *ws, split, order);
     return samba_cu_check_launch("attention_bwd (wgmma)", st);
 }
 

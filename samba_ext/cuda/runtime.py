@@ -75,6 +75,7 @@ ENV_CHOICES = {
     "SAMBA_EXT_SCAN_BWD_VEC": ("0", "1"),
     "SAMBA_EXT_SCAN_BWD_VARIANT": ("split", "tile"),
     "SAMBA_EXT_SCAN_BWD_OCC": ("2", "3"),
+    "SAMBA_EXT_ATTN_BWD_ORDER": ("auto", "keys", "heavy"),
 }
 
 # Integer knobs read by the C side (leading digits, so "8x" would be 8 and "eight" the default),
