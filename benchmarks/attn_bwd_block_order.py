@@ -26,14 +26,18 @@ import heapq
 BN, BM = 128, 64
 
 
-def tiles(L: int, window: int | None, kb: int) -> int:
-    """Query tiles that see a key of key block kb (causal; window None = full causal)."""
-    k0, kend = kb * BN, min(L, kb * BN + BN)
-    qhi = L - 1 if window is None else min(L - 1, kend - 1 + window - 1)
-    return (qhi - k0 + BM) // BM
+def tiles_of(kb: int, bn: int, bm: int, Lq: int, Lk: int, left: int, right: int) -> int:
+    """Query tiles of bm rows that see a key of key block kb (bn keys); window sides left /
+    right, -1 unbounded, bottom-right aligned (the kernels' qlo / qhi)."""
+    off, k0 = Lk - Lq, kb * bn
+    kend = min(k0 + bn, Lk)
+    qlo = max(0, 0 if right < 0 else k0 - off - right)
+    qhi = min(Lq - 1, Lq - 1 if left < 0 else kend - 1 - off + left)
+    return (qhi - qlo + bm) // bm if qhi >= qlo else 0
 
 
 def makespan(work: list[int], slots: int) -> int:
+    """When the last block ends, blocks starting in list order on the first free slot."""
     free = [0] * slots
     end = 0
     for w in work:
@@ -41,6 +45,28 @@ def makespan(work: list[int], slots: int) -> int:
         end = max(end, t)
         heapq.heappush(free, t)
     return end
+
+
+def orders(Lq: int, Lk: int, left: int, right: int, batch: int, ny: int, hpb: int,
+           bn: int = BN, bm: int = BM) -> tuple[list[int], list[int]]:
+    """The blocks' work in launch order: (keys fastest, heaviest first); a block's work is its
+    query tiles x hpb query heads + 1 (its K / V loads and dK / dV stores)."""
+    nkb = -(-Lk // bn)
+    work = [tiles_of(kb, bn, bm, Lq, Lk, left, right) * hpb + 1 for kb in range(nkb)]
+    heavy = work[::-1] if right < 0 <= left else work  # from the last key blocks: left only
+    reps = ny * batch
+    return work * reps, [w for w in heavy for _ in range(reps)]
+
+
+def pick_order(Lq: int, Lk: int, left: int, right: int, batch: int, ny: int, hpb: int,
+               slots: int, bn: int = BN, bm: int = BM) -> str:
+    """The launch's choice (ab_pick_order, csrc/cuda/attention_bwd_order.cu): "heavy" where
+    heaviest-first ends more than 3% sooner in the count, else "keys" (also for grids of one
+    wave or more than 2^16 blocks)."""
+    keys, heavy = orders(Lq, Lk, left, right, batch, ny, hpb, bn, bm)
+    if not slots < len(keys) <= 1 << 16:
+        return "keys"
+    return "heavy" if makespan(heavy, slots) < 0.97 * makespan(keys, slots) else "keys"
 
 
 def split_of(L: int, hkv: int, group: int, slots: int) -> int:
@@ -67,14 +93,12 @@ def main() -> None:
         group = H // hkv
         split = split_of(L, hkv, group, args.slots)
         ny, per = hkv * split, group // split
-        nkb = -(-L // BN)
-        work = [tiles(L, W, kb) * per + 1 for kb in range(nkb)]
-        fast = [work[kb] for _ in range(ny) for kb in range(nkb)]
-        slow = [work[kb] for kb in range(nkb) for _ in range(ny)]
+        left = -1 if W is None else W - 1
+        fast, slow = orders(L, L, left, 0, 1, ny, per)
         even = sum(fast) / args.slots
         a, b = makespan(fast, args.slots), makespan(slow, args.slots)
-        counted = args.slots < len(fast) <= 1 << 16  # else keys fastest, as the launch
-        picked = "heaviest first" if counted and b < 0.97 * a else "keys fastest"
+        picked = pick_order(L, L, left, 0, 1, ny, per, args.slots)
+        picked = "heaviest first" if picked == "heavy" else "keys fastest"
         print(f"| {name} | {len(fast)} | {even:.1f} | {a} ({a / even:.2f}x) | "
               f"{b} ({b / even:.2f}x) | {picked} |")
 

@@ -49,10 +49,12 @@ __device__ __forceinline__ void atomic_add2(float *a, float x, float y) {
 //     but each part's light key blocks come before the next part's heavy ones, so where the work
 //     per key block varies (windows near L, full causal masking) the grid can end on a tail of
 //     heavy blocks.
-//   AB_HEAVY_FIRST (1): the key blocks slowest, the heaviest first, for every head part and
-//     batch at once: with the right side bounded (causal) a key sees the queries from its own
-//     position on, so the first key blocks are the heaviest; with only the left side bounded,
-//     the last; with both unbounded every block alike.
+//   AB_HEAVY_FIRST (1): the key blocks slowest, for every head part and batch at once, from
+//     the first key block, or from the last where only the window's left side is bounded: the
+//     heaviest first where Lq = Lk and the window is causal (a key sees the queries from its
+//     own position on) or bounded on the left only (the mirror image). Elsewhere (two-sided
+//     windows; Lq < Lk with a window, whose first key blocks no query sees) it need not be,
+//     and the count below decides.
 // On an H100 heaviest-first took 8-15% off the wgmma kernel at 4K keys with a 2048 window, full
 // causal masking or head dim 128, and was 5% slower at 16K keys with a 2048 window, where the
 // blocks are many and evenly loaded (benchmarks/results/gpu_backward_attention.md). ny: head
