@@ -8,9 +8,10 @@
 # benchmarks/gpu_host_overhead.py (the host's time per call); print a short table.
 #
 # Usage (from the repository root):  bash benchmarks/cuda_backward_run.sh [steps]
-#   steps: comma-separated subset of build,tests,memcheck,racecheck,bench,host,knobs
+#   steps: comma-separated subset of build,tests,memcheck,racecheck,bench,host,order,knobs
 #   (default: the first six; host appends gpu_host_overhead.py --profile to bench.log and
-#   prints it; knobs re-times samba_ext's backward alone with
+#   prints it; order times the block order picked per shape against both orders forced;
+#   knobs re-times samba_ext's backward alone with
 #   SAMBA_EXT_ATTN_BWD_WARPS=4 and with SAMBA_EXT_ATTN_BWD_SPLIT=1 / 8, appended to bench.log)
 # Environment: OUT (log folder, default ./out), SAMBA_EXT_CUDA_ARCHS (default 90),
 #   GIT_COMMIT (recorded in the logs), SAN_TIMEOUT (seconds per sanitizer run, default 300),
@@ -66,6 +67,15 @@ if has host; then
     row host "rc=$?" "bench.log"
     cat /tmp/host_overhead.log >> "$OUT/bench.log"
     cat /tmp/host_overhead.log
+fi
+if has order; then
+    # the block order of the tensor-core backward: the per-shape pick against both orders forced
+    # (SAMBA_EXT_ATTN_BWD_ORDER through the wgmma2-keys / wgmma2-heavy variants), in one run
+    echo "== block order: wgmma2 (picked), wgmma2-keys, wgmma2-heavy ==" >> "$OUT/bench.log"
+    $PY benchmarks/gpu_backward_attention.py --out /tmp/order --no-flex --trace --queued 5 \
+        --variants wgmma2,wgmma2-keys,wgmma2-heavy >> "$OUT/bench.log" 2>&1
+    row order "rc=$?" "bench.log"
+    grep -E "^\| (swa|causal) " /tmp/order/gpu_backward_attention.md
 fi
 if has knobs; then
     for kv in SAMBA_EXT_ATTN_BWD_WARPS=4 SAMBA_EXT_ATTN_BWD_SPLIT=1 SAMBA_EXT_ATTN_BWD_SPLIT=8; do
