@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +23,23 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from attn_bwd_block_order import orders, pick_order, tiles_of  # noqa: E402
+
+# ab_pick_order compiled for the host: reads "Lq Lk left right batch ny hpb slots bn bm" lines,
+# prints the order of each
+HARNESS = r"""
+#include <cstdio>
+#include "attention_bwd_impl.cuh"
+int main() {
+    samba_cu_attn_ext_args a{};
+    long long Lq, Lk, l, r, b, ny, hpb, slots;
+    int bn, bm;
+    while (scanf("%lld %lld %lld %lld %lld %lld %lld %lld %d %d", &Lq, &Lk, &l, &r, &b, &ny, &hpb,
+                 &slots, &bn, &bm) == 10) {
+        a.seqlen_q = Lq; a.seqlen_k = Lk; a.window_left = l; a.window_right = r; a.batch = b;
+        printf("%d\n", ab_pick_order(&a, bn, bm, ny, hpb, slots));
+    }
+}
+"""
 
 KEYS, HEAVY = 0, 1
 
@@ -113,6 +133,51 @@ def test_bound_skips_only_counts_that_give_keys():
         keys, _ = orders(L, L, left, right, batch, ny, hpb)
         skipped += slots < len(keys) and 0.97 * max(keys) * slots <= 0.03 * sum(keys)
     assert skipped > 0
+
+
+def _nvcc() -> str | None:
+    found = shutil.which("nvcc")
+    cuda = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    return found or (os.path.join(cuda, "bin", "nvcc")
+                     if os.path.exists(os.path.join(cuda, "bin", "nvcc")) else None)
+
+
+def test_c_picker_is_the_mirror(tmp_path):
+    # csrc/cuda/attention_bwd_order.cu compiled for the host (no GPU needed, but nvcc and the
+    # CUDA headers are) against pick_order on random shapes: any window, Lq != Lk, batches,
+    # block shapes and slot counts
+    nvcc = _nvcc()
+    if nvcc is None or not (ROOT / "csrc").exists():
+        pytest.skip("needs nvcc and csrc/ (a source checkout)")
+    (tmp_path / "main.cu").write_text(HARNESS)
+    exe = tmp_path / "pick"
+    built = subprocess.run([nvcc, "-O2", "-std=c++17", f"-I{ROOT / 'csrc'}",
+                            f"-I{ROOT / 'csrc' / 'cuda'}", "-o", str(exe), str(tmp_path / "main.cu"),
+                            str(ROOT / "csrc" / "cuda" / "attention_bwd_order.cu")],
+                           capture_output=True, text=True)
+    if built.returncode != 0:
+        # a toolchain that cannot build a trivial program is this machine's, not the source's
+        (tmp_path / "probe.cu").write_text("int main() { return 0; }\n")
+        probe = subprocess.run([nvcc, "-o", str(tmp_path / "probe"), str(tmp_path / "probe.cu")],
+                               capture_output=True)
+        if probe.returncode != 0:
+            pytest.skip("nvcc cannot build host programs here")
+        pytest.fail(f"attention_bwd_order.cu does not build for the host:\n{built.stderr[-2000:]}")
+    rng = random.Random(0)
+    shapes, want = [], []
+    for _ in range(1000):
+        Lk = rng.choice([1, 37, 128, 300, 1000, 2048, 4096, 5000, 8192, 16384])
+        shape = (rng.choice([Lk, Lk, max(1, Lk // 2), Lk + 77]), Lk,
+                 rng.choice([-1, 0, 30, 511, 2047, 5000]), rng.choice([-1, 0, 0, 35]),
+                 rng.choice([1, 1, 2, 3, 8]), rng.choice([1, 4, 8, 12, 16, 32]),
+                 rng.choice([1, 2, 4, 8]), rng.choice([132, 264, 100]),
+                 *rng.choice([(128, 64), (64, 64), (128, 128)]))
+        shapes.append(" ".join(map(str, shape)))
+        want.append(1 if pick_order(*shape) == "heavy" else 0)
+    out = subprocess.run([str(exe)], input="\n".join(shapes), capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert [int(x) for x in out] == want
+    assert 0 < sum(want) < len(want)  # both answers occur
 
 
 def test_mirrored_expressions_are_the_sources():
