@@ -6,9 +6,7 @@
 // and dK / dV stores). The count leaves memory out, so heaviest-first is taken only where it
 // ends clearly (> 3%) sooner; keys-fastest keeps neighbouring blocks on the same query tiles.
 // The answer depends only on the shape, so the last 8 shapes are remembered per thread; grids
-// of many waves, where no order can gain 3%, are answered without the count. A count costs
-// 15-190 us of host time for grids of 512-4096 blocks (one core of a 2-core x86 VM), once per
-// new shape.
+// of many waves, where no order can gain 3%, are answered without the count.
 #include <cstdlib>
 #include <cstring>
 #include <queue>
