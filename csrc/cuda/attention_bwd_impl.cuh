@@ -60,6 +60,10 @@ __device__ __forceinline__ void atomic_add2(float *a, float x, float y) {
 // blocks are many and evenly loaded (benchmarks/results/gpu_backward_attention.md). ny: head
 // parts (kv heads x split x column parts); the launch checks nkb x batch x ny < 2^31.
 enum { AB_KEYS_FASTEST = 0, AB_HEAVY_FIRST = 1 };
+// Whether AB_HEAVY_FIRST walks the key blocks from the last: only the window's left side bounded.
+__host__ __device__ __forceinline__ bool ab_from_last(int64_t left, int64_t right) {
+    return right < 0 && left >= 0;
+}
 struct AbBlock {
     int64_t kb;  // key block
     int64_t b;   // batch
@@ -79,7 +83,7 @@ __device__ __forceinline__ AbBlock ab_block_of(int64_t id, int order, int ny, in
     id /= ny;
     r.b = id % batch;
     const int64_t i = id / batch;
-    r.kb = right < 0 && left >= 0 ? nkb - 1 - i : i;
+    r.kb = ab_from_last(left, right) ? nkb - 1 - i : i;
     return r;
 }
 

@@ -65,7 +65,7 @@ int count_order(const samba_cu_attn_ext_args *a, int bn, int bm, int64_t ny, int
     const int64_t keys = makespan(work, reps, true, slots);
     // heaviest-first visits the key blocks from the last where only the left side is bounded
     std::vector<int64_t> heavy(work);
-    if (right < 0 && left >= 0)
+    if (ab_from_last(left, right))
         for (int64_t i = 0; i < nkb; ++i) heavy[(size_t)i] = work[(size_t)(nkb - 1 - i)];
     const int64_t first = makespan(heavy, reps, false, slots);
     return (double)first < 0.97 * (double)keys ? AB_HEAVY_FIRST : AB_KEYS_FASTEST;
